@@ -1,0 +1,27 @@
+"""What a format reader returns: the tree of one checkpoint and its facts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .tensors import PlacedTensor
+from .tree import Dir
+
+
+@dataclass
+class Checkpoint:
+    #: human-readable format name, e.g. "safetensors", "nemo (tar)"
+    format: str
+    #: absolute path of the source file or directory
+    source_path: str
+    #: os.stat of the source, for ownership, times and change detection
+    stat: os.stat_result
+    #: the main tree, with shard subfolders
+    root: Dir
+    #: every file of the source, byte for byte, by its relative path
+    raw: Dir
+    #: the tensors of the main tree
+    tensors: list[PlacedTensor] = field(default_factory=list)
+    #: things the user should know about this checkpoint (shown in info.yaml)
+    notes: list[str] = field(default_factory=list)

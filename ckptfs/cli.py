@@ -1,0 +1,172 @@
+"""The `ckptfs` command: argument parsing, user messages, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__, mounts, options
+from .errors import CkptfsError
+
+log = logging.getLogger("ckptfs")
+
+SUBCOMMANDS = ("mount", "umount", "unmount")
+UMOUNT_TIMEOUT = 600.0
+
+MOUNT_EPILOG = """\
+mount options (-o, comma-separated):
+  ro                 read-only (every mount is read-only in this version)
+  allow_other        let other users see the mount (needs user_allow_other)
+  nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
+  debug, log_file=PATH, cache_dir=PATH  as the long options
+  defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
+
+examples:
+  ckptfs mount model.safetensors /mnt/m
+  ckptfs mount megatron.nemo /mnt/m -o ro
+  ckptfs mount ./hf-model-dir /mnt/m          # a Hugging Face model directory
+  mount -t fuse.ckptfs model.nemo /mnt/m -o ro # through mount(8) / fstab
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckptfs",
+        description="Mount a machine learning checkpoint (.safetensors, Hugging Face directory, .nemo) "
+        "as a directory: configs as files, every tensor as a .npy, nothing extracted.",
+    )
+    parser.add_argument("--version", action="version", version=f"ckptfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    mount = sub.add_parser(
+        "mount", help="mount a checkpoint", epilog=MOUNT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Mount SOURCE at MOUNTPOINT. Returns once the mount is usable; "
+        "the filesystem is served by a background daemon until 'ckptfs umount'.",
+    )
+    mount.add_argument("source", help="checkpoint file or directory")
+    mount.add_argument("mountpoint", help="an existing empty directory")
+    mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS", help="mount options, see below")
+    mount.add_argument("-f", "--foreground", action="store_true", help="serve in the foreground until unmounted")
+    mount.add_argument("--debug", action="store_true", help="log every detail")
+    mount.add_argument("--log-file", metavar="PATH", help="where the daemon logs (default: a file next to its state)")
+    mount.add_argument("--cache-dir", metavar="PATH", help="where gzip seek indexes are kept (default: ~/.cache/ckptfs)")
+
+    umount = sub.add_parser(
+        "umount", aliases=["unmount"], help="unmount and wait for the daemon",
+        description="Unmount MOUNTPOINT, wait for its daemon to finish and exit with its status. "
+        "Also clears a stale mount whose daemon died ('Transport endpoint is not connected').",
+    )
+    umount.add_argument("mountpoint")
+    umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open there")
+    umount.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the daemon")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "mount")  # `mount -t fuse.ckptfs` runs `ckptfs SRC MNT -o OPTS`
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return mount(args)
+        return umount(args)
+    except CkptfsError as e:
+        print(f"ckptfs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _mount_options(args) -> options.MountOptions:
+    opts = options.parse(args.options, options.MountOptions())
+    opts.debug = opts.debug or args.debug
+    opts.log_file = args.log_file or opts.log_file
+    opts.cache_dir = args.cache_dir or opts.cache_dir or _default_cache_dir()
+    return opts
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ckptfs")
+
+
+def _check_mountpoint(mountpoint: str) -> None:
+    if mounts.mounted_at(mountpoint) is not None:
+        raise CkptfsError(f"{mountpoint}: already a mount point (unmount it first: ckptfs umount {mountpoint})")
+    if not os.path.exists(mountpoint):
+        raise CkptfsError(f"{mountpoint}: mount point does not exist")
+    if not os.path.isdir(mountpoint):
+        raise CkptfsError(f"{mountpoint}: mount point is not a directory")
+
+
+def mount(args) -> int:
+    from . import daemon, metaview
+    from .formats import open_checkpoint
+    from .fuse_ops import Operations, Ownership
+
+    opts = _mount_options(args)
+    source = os.path.abspath(args.source)
+    mountpoint = os.path.abspath(args.mountpoint)
+    _check_mountpoint(mountpoint)
+    checkpoint = open_checkpoint(source, opts.cache_dir)
+    checkpoint.root.add(metaview.NAME, metaview.build(checkpoint))
+    operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat))
+    fuse_options = set(opts.fuse) | {"default_permissions", "ro", "subtype=ckptfs", "fsname=" + _fsname(source)}
+    state = mounts.MountState(mountpoint)
+
+    def run(notify) -> int:
+        return daemon.serve(operations, mountpoint, fuse_options, notify)
+
+    if args.foreground:
+        _setup_logging(opts.debug, opts.log_file)
+        state.write(os.getpid(), source)
+        code = 1
+        try:
+            code = run(lambda message: None)
+        finally:
+            state.write_exit(code)
+        return code
+    log_file = opts.log_file or state.log_file
+    return daemon.spawn(run, state, source, lambda: _setup_logging(opts.debug, log_file))
+
+
+def _fsname(source: str) -> str:
+    return source.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def _setup_logging(debug: bool, log_file: str | None) -> None:
+    handler = logging.FileHandler(log_file, mode="w") if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def umount(args) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    entry = mounts.mounted_at(mountpoint)
+    state = mounts.MountState(mountpoint)
+    pid = state.pid()
+    if entry is None and pid is None:
+        raise CkptfsError(f"{mountpoint}: not mounted")
+    if entry is not None:
+        if entry.fstype != "fuse.ckptfs":
+            raise CkptfsError(f"{mountpoint}: not a ckptfs mount (it is {entry.fstype})")
+        done, message = mounts.unmount(mountpoint, lazy=args.lazy)
+        if not done:
+            hint = " (a process has files open there; close them or use --lazy)" if "busy" in message else ""
+            raise CkptfsError(f"{mountpoint}: cannot unmount: {message}{hint}")
+    if pid is None:
+        return 0
+    if not mounts.wait_exit(pid, args.timeout):
+        raise CkptfsError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) is still running after {args.timeout:.0f} s")
+    code = state.exit_code()
+    state.clear()
+    if code is None:
+        print(f"ckptfs: {mountpoint}: the daemon had died without an exit status; stale mount cleared", file=sys.stderr)
+        return 1
+    return code

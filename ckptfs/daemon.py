@@ -1,0 +1,130 @@
+"""The mount's lifecycle: fork, readiness pipe, signals, trio + pyfuse3.
+
+The checkpoint is parsed before forking, so a bad source is reported by the
+CLI itself. The child mounts (`pyfuse3.init`), tells the waiting parent
+through a pipe, serves until unmounted or signalled, then unmounts and
+records its exit status for `ckptfs umount`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+
+import pyfuse3
+import trio
+
+from . import mounts
+from .errors import CkptfsError
+
+log = logging.getLogger(__name__)
+
+READ_AHEAD_KB = 1024
+READY = b"ok\n"
+
+
+def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify) -> int:
+    """Mount, call `notify(message)` once mounted, serve until unmounted."""
+    try:
+        pyfuse3.init(operations, mountpoint, fuse_options)
+    except RuntimeError as e:
+        raise CkptfsError(f"{mountpoint}: cannot mount: {e}") from None
+    try:
+        entry = mounts.mounted_at(mountpoint)
+        if entry and mounts.raise_read_ahead(entry, READ_AHEAD_KB):
+            log.debug("read_ahead_kb of %s set to %d", entry.device, READ_AHEAD_KB)
+        log.info("mounted at %s", mountpoint)
+        notify(READY)
+        trio.run(_main)
+    finally:
+        pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+async def _main() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    """pyfuse3 installs no signal handlers: turn SIGTERM/SIGINT/SIGHUP into a
+    clean unmount instead of a dead mount."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s received, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def spawn(run, state: mounts.MountState, source: str, log_setup, timeout: float = 120) -> int:
+    """Run `run(notify)` in a background daemon; return once it has mounted
+    (0) or failed (1, with its reason printed)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os._exit(_daemon(run, state, source, log_setup, write_end))
+    os.close(write_end)
+    message = _wait_message(read_end, timeout)
+    os.close(read_end)
+    if message is None:
+        os.kill(pid, signal.SIGTERM)
+        raise CkptfsError(f"timed out after {timeout:.0f} s waiting for the mount daemon; see {state.log_file}")
+    if message == READY.decode().strip():
+        return 0
+    raise CkptfsError(message or f"the mount daemon exited before mounting; see {state.log_file}")
+
+
+def _daemon(run, state: mounts.MountState, source: str, log_setup, pipe: int) -> int:
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    code = 1
+    try:
+        state.write(os.getpid(), source)
+        log_setup()
+
+        def notify(message: bytes) -> None:
+            os.write(pipe, message)
+
+        code = run(notify)
+    except CkptfsError as e:
+        log.error("%s", e)
+        _try_write(pipe, f"{e}\n".encode())
+    except BaseException as e:
+        log.exception("the mount daemon failed")
+        _try_write(pipe, f"the mount daemon failed ({e!r}); see {state.log_file}\n".encode())
+    finally:
+        state.write_exit(code)
+        logging.shutdown()
+    return code
+
+
+def _try_write(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass  # the parent is gone; the log has the message
+
+
+def _wait_message(fd: int, timeout: float) -> str | None:
+    """The daemon's one-line message: '' if it exited without one, None on timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()

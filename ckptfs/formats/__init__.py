@@ -1,0 +1,60 @@
+"""Format detection: by magic bytes and directory contents, never by extension."""
+
+from __future__ import annotations
+
+import os
+
+from .. import names
+from ..checkpoint import Checkpoint
+from ..errors import FormatError
+from ..rawfiles import raw_file
+from ..tree import Dir
+from ..sources import FileSource
+from . import gzindex, hf, safetensors, tar
+
+SNIFF_BYTES = 512
+
+_NOT_YET = {
+    b"PK\x03\x04": "a zip archive (torch.save checkpoints are not supported yet)",
+    b"\x80\x02": "a pickle (legacy torch.save checkpoints are not supported yet)",
+}
+
+
+def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
+    """Read the metadata of the checkpoint at `path` into a tree."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FormatError(path, "no such file or directory") from None
+    except OSError as e:
+        raise FormatError(path, e.strerror or str(e)) from None
+    if os.path.isdir(path):
+        if hf.sniff(path):
+            return hf.open_dir(path)
+        raise FormatError(path, "directory holds no checkpoint (no .safetensors files or index)")
+    if not os.path.isfile(path):
+        raise FormatError(path, "not a regular file or directory")
+    try:
+        source = FileSource(path)
+    except OSError as e:
+        raise FormatError(path, e.strerror or str(e)) from None
+    head = source.pread(0, SNIFF_BYTES)
+    if gzindex.sniff(head):
+        return gzindex.open_gzip_tar(path, st, cache_dir)
+    if tar.sniff(head):
+        return tar.open_plain(source, st)
+    if safetensors.sniff(head):
+        return _open_safetensors(source, st)
+    for magic, what in _NOT_YET.items():
+        if head.startswith(magic):
+            raise FormatError(path, f"{what}")
+    if not head:
+        raise FormatError(path, "empty file, not a checkpoint")
+    raise FormatError(path, f"not a checkpoint ckptfs knows (starts with {head[:8].hex(' ')})")
+
+
+def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
+    root, placed, _ = safetensors.expand(source)
+    raw = Dir(frozen=True)
+    raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size, frozen=True))
+    return Checkpoint("safetensors", source.path, st, root, raw, placed)

@@ -1,0 +1,144 @@
+"""safetensors: one file, a JSON header, then the tensors' bytes.
+
+Validation follows the reference implementation (safetensors' `tensor.rs`):
+header size cap, UTF-8 JSON object, known dtypes, bytes = elements x bits / 8,
+offsets sorted and contiguous from 0, and the data area ending exactly at the
+end of the file. Nothing is trusted before it is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import yaml
+
+from ..dtypes import BY_SAFETENSORS
+from ..errors import FormatError
+from ..sources import Source
+from ..tensors import Tensor, tensor_tree
+from ..tree import Content, Extent, File
+
+MAX_HEADER_SIZE = 100_000_000
+MAGIC_LENGTH = 9
+
+
+def sniff(head: bytes) -> bool:
+    """A little-endian header length followed by the start of a JSON object."""
+    return len(head) >= MAGIC_LENGTH and head[8:9] == b"{"
+
+
+def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
+    """The `__metadata__` and the tensors of a safetensors source, validated."""
+    path = source.path
+    if source.size < 8:
+        raise FormatError(path, f"safetensors file too short ({source.size} bytes) to hold a header length")
+    header_len = int.from_bytes(source.read_exact(0, 8), "little")
+    if header_len > MAX_HEADER_SIZE:
+        raise FormatError(path, f"safetensors header length {header_len} is above the limit of {MAX_HEADER_SIZE}")
+    if 8 + header_len > source.size:
+        raise FormatError(
+            path, f"safetensors header length {header_len} runs past the end of the file ({source.size} bytes; truncated?)"
+        )
+    try:
+        text = source.read_exact(8, header_len).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(path, f"safetensors header is not UTF-8 (byte {e.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, _DuplicateKey) as e:
+        raise FormatError(path, f"safetensors header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise FormatError(path, "safetensors header is not a JSON object")
+
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise FormatError(path, "safetensors __metadata__ must map strings to strings")
+
+    data_start = 8 + header_len
+    data_size = source.size - data_start
+    entries = [_entry(path, name, info) for name, info in header.items()]
+    entries.sort(key=lambda e: (e[3], e[4]))
+    tensors = []
+    expected = 0
+    previous = None
+    for name, dtype, shape, start, end in entries:
+        if start != expected:
+            what = "overlap" if start < expected else "leave a gap after"
+            other = f"tensor {previous!r}" if previous is not None else "the start of the data"
+            raise FormatError(path, f"tensor {name!r}: data_offsets [{start}, {end}] {what} {other}")
+        if end > data_size:
+            raise FormatError(
+                path, f"tensor {name!r}: data_offsets end at {end} but the file holds {data_size} bytes of data (truncated?)"
+            )
+        tensors.append(Tensor(name, dtype, shape, Extent(source, data_start + start, end - start)))
+        expected = end
+        previous = name
+    if expected != data_size:
+        raise FormatError(
+            path, f"{data_size - expected} bytes after the last tensor's data; the data area must end the file"
+        )
+    return metadata, tensors
+
+
+def _entry(path: str, name: str, info: object):
+    if not isinstance(info, dict):
+        raise FormatError(path, f"tensor {name!r}: entry is not a JSON object")
+    code = info.get("dtype")
+    dtype = BY_SAFETENSORS.get(code) if isinstance(code, str) else None
+    if dtype is None:
+        raise FormatError(path, f"tensor {name!r}: unknown dtype {code!r}")
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise FormatError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    offsets = info.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+        raise FormatError(path, f"tensor {name!r}: data_offsets {offsets!r} is not a pair of non-negative integers")
+    start, end = offsets
+    if end < start:
+        raise FormatError(path, f"tensor {name!r}: data_offsets [{start}, {end}] end before they start")
+    numel = math.prod(shape)
+    nbytes = dtype.nbytes(numel)
+    if nbytes is None:
+        raise FormatError(path, f"tensor {name!r}: {numel} elements of {code} do not fill whole bytes")
+    if nbytes != end - start:
+        raise FormatError(
+            path, f"tensor {name!r}: shape {shape} of {code} needs {nbytes} bytes but data_offsets hold {end - start}"
+        )
+    return name, dtype, tuple(shape), start, end
+
+
+def _is_count(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def metadata_file(metadata: dict[str, str], frozen: bool = False) -> File:
+    text = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return File(Content([text.encode("utf-8")]), frozen=frozen)
+
+
+def expand(source: Source, frozen: bool = False):
+    """The folder a safetensors file shows as: its tensors and `__metadata__.yaml`.
+
+    Returns (folder, placed tensors, tensors by name).
+    """
+    metadata, tensors = read(source)
+    folder, placed = tensor_tree(tensors, frozen)
+    if metadata is not None:
+        folder.add("__metadata__.yaml", metadata_file(metadata, frozen))
+    return folder, placed, {t.name: t for t in tensors}

@@ -1,0 +1,146 @@
+"""Tar archives (`.nemo`): members served zero-copy from their byte ranges.
+
+Member offsets come from Python's `tarfile`; every member's data is one byte
+range of the (possibly decompressed) tar stream. A gzip-compressed tar (NeMo
+before 1.7) is read through a seek-point index (see `gzindex`).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import asdict, dataclass
+
+from .. import names
+from ..checkpoint import Checkpoint
+from ..errors import FormatError
+from ..rawfiles import raw_file
+from ..sources import SeekableReader, Source
+from ..tree import Dir, PathConflict, Symlink
+
+BLOCK = 512
+
+
+def sniff(head: bytes) -> bool:
+    """A POSIX or GNU tar header: `ustar` magic and a valid checksum."""
+    if len(head) < BLOCK or head[257:262] != b"ustar":
+        return False
+    try:
+        stored = int(head[148:156].split(b"\0")[0].strip() or b"0", 8)
+    except ValueError:
+        return False
+    return stored == sum(head[:148]) + 8 * 32 + sum(head[156:BLOCK])
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member, by normalized path ('' is the archive's `./`)."""
+
+    name: str
+    kind: str  # "file", "dir", "symlink" or "hardlink"
+    offset: int  # of the data in the tar stream
+    size: int
+    mtime: int  # seconds since the epoch
+    link: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def list_members(fileobj, path: str) -> tuple[list[Member], list[str]]:
+    """The members of the tar read from `fileobj`, checked, and notes on
+    members skipped. Raises FormatError for a truncated or unsafe archive."""
+    notes = []
+    members = []
+    try:
+        archive = tarfile.open(fileobj=fileobj, mode="r:")
+        for info in archive:
+            member = _member(info, path)
+            if member is None:
+                notes.append(f"member {info.name!r} skipped: {_kind_text(info)} is not supported")
+            else:
+                members.append(member)
+        end = archive.offset
+    except (tarfile.TarError, EOFError) as e:
+        raise FormatError(path, f"not a readable tar archive: {e}") from None
+    except OSError as e:
+        raise FormatError(path, f"cannot read the archive: {e}") from None
+    fileobj.seek(end)
+    block = fileobj.read(BLOCK)
+    if len(block) < BLOCK:
+        last = f" (the last member read is {members[-1].name!r})" if members else ""
+        raise FormatError(path, f"tar archive is truncated: no end-of-archive block at byte {end}{last}")
+    if block.strip(b"\0"):
+        raise FormatError(path, f"tar archive has a corrupt member header at byte {end}")
+    return members, notes
+
+
+def _member(info: tarfile.TarInfo, path: str) -> Member | None:
+    name = _normalize(info.name, path)
+    if info.issparse() or not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
+        return None
+    if info.isdir():
+        return Member(name, "dir", 0, 0, int(info.mtime))
+    if info.issym():
+        return Member(name, "symlink", 0, 0, int(info.mtime), info.linkname)
+    if info.islnk():
+        return Member(name, "hardlink", 0, 0, int(info.mtime), _normalize(info.linkname, path))
+    return Member(name, "file", info.offset_data, info.size, int(info.mtime))
+
+
+def _kind_text(info: tarfile.TarInfo) -> str:
+    return "a sparse file" if info.issparse() else f"member type {info.type!r}"
+
+
+def _normalize(name: str, path: str) -> str:
+    if name.startswith("/"):
+        raise FormatError(path, f"member {name!r} has an absolute path; refusing to mount it")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise FormatError(path, f"member {name!r} points outside the archive; refusing to mount it")
+    return "/".join(parts)
+
+
+def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, notes: list[str]) -> Checkpoint:
+    """The checkpoint tree of a tar: every member in the main tree and,
+    byte for byte, in the raw mirror."""
+    root, raw = Dir(), Dir(frozen=True)
+    files = {m.name: m for m in members if m.kind == "file"}
+    for m in members:
+        if m.name == "":
+            root.mtime_ns = m.mtime * 10**9
+            continue
+        if m.kind == "hardlink":
+            target = files.get(m.link)
+            if target is None:
+                notes.append(f"member {m.name!r} skipped: hard link to missing member {m.link!r}")
+                continue
+            m = Member(m.name, "file", target.offset, target.size, m.mtime)
+            files[m.name] = m
+        for tree in (root, raw):
+            _place(tree, m, source, source.path)
+    return Checkpoint(fmt, source.path, st, root, raw, [], notes)
+
+
+def _place(tree: Dir, m: Member, source: Source, path: str) -> None:
+    parts = names.file_parts(m.name)
+    mtime_ns = m.mtime * 10**9
+    try:
+        if m.kind == "dir":
+            tree.subdir(parts).mtime_ns = mtime_ns
+            return
+        parent = tree.subdir(parts[:-1])
+        if isinstance(parent.children.get(parts[-1]), Dir):
+            raise PathConflict(m.name)
+        if m.kind == "symlink":
+            node = Symlink(m.link, mtime_ns=mtime_ns, frozen=tree.frozen)
+        else:
+            node = raw_file(source, m.offset, m.size, mtime_ns=mtime_ns, frozen=tree.frozen)
+        parent.add(parts[-1], node, replace=True)  # a later member of the same name wins, as in tar
+    except PathConflict:
+        raise FormatError(path, f"member {m.name!r} needs a folder where another member is a file, or the reverse") from None
+
+
+def open_plain(source: Source, st: os.stat_result) -> Checkpoint:
+    members, notes = list_members(SeekableReader(source), source.path)
+    return build("nemo (tar)", source, members, st, notes)

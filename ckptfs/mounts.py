@@ -1,0 +1,140 @@
+"""The system side of a mount: the kernel's mount table, fusermount3, the
+per-mount state file that lets `ckptfs umount` find and wait for its daemon."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: str
+    fstype: str
+    device: str  # "major:minor"
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def mounted_at(mountpoint: str) -> MountEntry | None:
+    """The mount whose mount point is exactly `mountpoint`, if any (the last
+    one when mounts are stacked)."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if _unescape_mountinfo(fields[4]) == mountpoint:
+                found = MountEntry(mountpoint, fields[sep + 1], fields[2])
+    return found
+
+
+def raise_read_ahead(entry: MountEntry, kb: int) -> bool:
+    """Let the kernel send larger read requests (root only); False if not allowed."""
+    try:
+        with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+        return True
+    except OSError:
+        return False
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> tuple[bool, str]:
+    """`fusermount3 -u`; returns (done, fusermount's message)."""
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return False, "fusermount3 not found (install Debian's fuse3 package)"
+    return done.returncode == 0, done.stderr.strip()
+
+
+def state_dir() -> str:
+    for base in ("/run" if os.geteuid() == 0 else None, os.environ.get("XDG_RUNTIME_DIR")):
+        if base and os.access(base, os.W_OK):
+            return os.path.join(base, "ckptfs")
+    return os.path.join(tempfile.gettempdir(), f"ckptfs-{os.geteuid()}")
+
+
+@dataclass(frozen=True)
+class MountState:
+    """Files that outlive the CLI: the daemon's pid, its exit status, its log."""
+
+    mountpoint: str
+
+    @property
+    def stem(self) -> str:
+        key = hashlib.sha256(self.mountpoint.encode()).hexdigest()[:20]
+        return os.path.join(state_dir(), key)
+
+    @property
+    def log_file(self) -> str:
+        return self.stem + ".log"
+
+    def write(self, pid: int, source: str) -> None:
+        os.makedirs(state_dir(), mode=0o700, exist_ok=True)
+        self._remove(".exit")
+        _write_json(self.stem + ".json", {"pid": pid, "source": source, "mountpoint": self.mountpoint})
+
+    def write_exit(self, code: int) -> None:
+        _write_json(self.stem + ".exit", {"exit": code})
+
+    def pid(self) -> int | None:
+        doc = _read_json(self.stem + ".json")
+        return doc["pid"] if doc else None
+
+    def exit_code(self) -> int | None:
+        doc = _read_json(self.stem + ".exit")
+        return doc["exit"] if doc else None
+
+    def clear(self) -> None:
+        self._remove(".json")
+        self._remove(".exit")
+
+    def _remove(self, suffix: str) -> None:
+        try:
+            os.unlink(self.stem + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie nobody reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

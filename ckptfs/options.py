@@ -1,0 +1,43 @@
+"""`-o` mount options, as `ckptfs mount -o` and `mount -t fuse.ckptfs` pass them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import CkptfsError
+
+#: Kernel and FUSE options handed to the mount as they are.
+PASSED_TO_FUSE = {
+    "allow_other", "allow_root", "auto_unmount",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec",
+    "atime", "noatime", "relatime", "norelatime", "strictatime", "sync", "async", "dirsync",
+}  # fmt: skip
+#: fstab bookkeeping that `mount` may pass along; meaningless to the filesystem.
+FSTAB_ONLY = {"defaults", "_netdev", "noauto", "auto", "nofail", "user", "users", "nouser", "owner", "group"}
+FSTAB_ONLY_PREFIXES = ("x-", "comment=")
+
+
+@dataclass
+class MountOptions:
+    fuse: set[str] = field(default_factory=set)
+    debug: bool = False
+    log_file: str | None = None
+    cache_dir: str | None = None
+
+
+def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
+    for item in ",".join(option_lists).split(","):
+        name, _, value = item.strip().partition("=")
+        if not name or name in FSTAB_ONLY or item.startswith(FSTAB_ONLY_PREFIXES):
+            continue
+        if name in PASSED_TO_FUSE:
+            into.fuse.add(name)
+        elif name in ("ro", "rw"):
+            pass  # every mount is read-only until writable mounts arrive
+        elif name == "debug":
+            into.debug = True
+        elif name in ("log_file", "cache_dir") and value:
+            setattr(into, name, value)
+        else:
+            raise CkptfsError(f"unknown mount option {item!r} (see 'ckptfs mount --help')")
+    return into

@@ -1,0 +1,12 @@
+"""Files served byte for byte from a source: archive members, the raw mirror."""
+
+from __future__ import annotations
+
+from .sources import Source
+from .tree import Content, Extent, File
+
+
+def raw_file(source: Source, offset: int, length: int, *, mtime_ns: int | None = None, frozen: bool) -> File:
+    path, start = source.locate(offset)
+    xattrs = {"ckptfs.source": path, "ckptfs.range": f"{start}-{start + length}"}
+    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns, xattrs=xattrs, frozen=frozen)

@@ -1,0 +1,148 @@
+"""Byte sources: something with a size and `pread`.
+
+A slice of a source is a source, so a member of a tar inside a gzip stream is
+still just (source, offset, length) and reads of it are byte-range reads of
+the file underneath. Nothing here knows about checkpoint formats.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from .errors import SourceChangedError
+
+
+class Source:
+    """Random-access bytes. Subclasses set `path` and `size` and define `pread`."""
+
+    path: str
+    size: int
+    #: True when a read may take long (decompression): the FUSE layer then
+    #: runs it in a worker thread instead of the event loop.
+    slow: bool = False
+
+    def pread(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def read_exact(self, offset: int, length: int) -> bytes:
+        """`pread` that treats a short read as a changed or truncated source."""
+        data = self.pread(offset, length)
+        if len(data) != length:
+            raise SourceChangedError(
+                f"{self.path}: expected {length} bytes at offset {offset}, got {len(data)}"
+                " (was the file truncated or replaced while mounted?)"
+            )
+        return data
+
+    def slice(self, offset: int, length: int) -> SliceSource:
+        return SliceSource(self, offset, length)
+
+    def locate(self, offset: int) -> tuple[str, int]:
+        """The file on disk and the offset in it (or in its decompressed stream)."""
+        return self.path, offset
+
+
+class FileSource(Source):
+    """A regular file, read with `os.pread`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        self.stat = st
+
+    def pread(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        data = os.pread(self.fd, length, offset)
+        if len(data) == length:
+            return data
+        parts = [data]  # a short read from a regular file: keep reading until EOF
+        got = len(data)
+        while got < length:
+            more = os.pread(self.fd, length - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class SliceSource(Source):
+    """`length` bytes of `parent` starting at `offset`."""
+
+    parent: Source
+    offset: int
+    length: int
+
+    @property
+    def path(self) -> str:  # type: ignore[override]
+        return self.parent.path
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return self.length
+
+    @property
+    def slow(self) -> bool:  # type: ignore[override]
+        return self.parent.slow
+
+    def pread(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.length - offset))
+        return self.parent.pread(self.offset + offset, length)
+
+    def slice(self, offset: int, length: int) -> SliceSource:
+        return SliceSource(self.parent, self.offset + offset, length)
+
+    def locate(self, offset: int) -> tuple[str, int]:
+        return self.parent.locate(self.offset + offset)
+
+
+class SeekableReader:
+    """A read-only file object over a source, for parsers that want one (tarfile)."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.source.size - self.pos
+        data = self.source.pread(self.pos, n)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.source.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class LockedSource(Source):
+    """Serializes reads of a source whose reader keeps a position (indexed_gzip)."""
+
+    slow = True
+
+    def __init__(self, path: str, size: int, reader):
+        self.path = path
+        self.size = size
+        self._reader = reader
+        self._lock = threading.Lock()
+
+    def pread(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        with self._lock:
+            self._reader.seek(offset)
+            return self._reader.read(length)

@@ -1,0 +1,79 @@
+"""Tensors as `.npy` files, and where they go in a tree."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from . import names, npy
+from .dtypes import DType
+from .tree import Content, Dir, Extent, File
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A C-contiguous tensor stored as one byte range."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    data: Extent
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class PlacedTensor:
+    """A tensor and the path of its file in the mount."""
+
+    path: str
+    tensor: Tensor
+
+
+def tensor_file(tensor: Tensor, frozen: bool = False) -> File:
+    descr, shape = npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length)
+    path, start = tensor.data.source.locate(tensor.data.offset)
+    xattrs = {
+        "ckptfs.name": tensor.name,
+        "ckptfs.dtype": tensor.dtype.name,
+        "ckptfs.shape": json.dumps(list(tensor.shape)),
+        "ckptfs.source": path,
+        "ckptfs.range": f"{start}-{start + tensor.data.length}",
+    }
+    return File(Content([npy.header(descr, shape), tensor.data]), xattrs=xattrs, frozen=frozen)
+
+
+def tensor_tree(tensors: list[Tensor], frozen: bool = False) -> tuple[Dir, list[PlacedTensor]]:
+    """A directory of `.npy` files, one per tensor, names split at dots.
+
+    Parts never contain a dot after the split and tensor files always end in
+    `.npy`, so no two flat names can claim the same path (docs/layout.md).
+    """
+    root = Dir(frozen=frozen)
+    placed = []
+    for tensor in sorted(tensors, key=lambda t: t.name):
+        parts = names.tensor_path(tensor.name)
+        root.subdir(parts[:-1]).add(parts[-1], tensor_file(tensor, frozen))
+        placed.append(PlacedTensor("/".join(parts), tensor))
+    return root, placed
+
+
+def merge_into(root: Dir, tree: Dir, placed: list[PlacedTensor]) -> list[PlacedTensor]:
+    """Move the top-level entries of `tree` into `root`.
+
+    An entry whose name `root` already uses (a plain file of the source) gets
+    its first character escaped; the paths in `placed` follow.
+    """
+    renames = {}
+    for name, node in tree.children.items():
+        new = name if name not in root.children else names.escape_first(name)
+        root.add(new, node)
+        renames[name] = new
+    moved = []
+    for p in placed:
+        top, _, rest = p.path.partition("/")
+        moved.append(PlacedTensor("/".join(filter(None, [renames[top], rest])), p.tensor))
+    return moved

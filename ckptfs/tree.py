@@ -1,0 +1,136 @@
+"""The format-blind tree: directories, files, symlinks.
+
+A file's content is a list of pieces: byte ranges of sources (`Extent`) or
+short synthesized byte strings (an NPY header, a YAML rendering). Readers of
+every format build these; the FUSE layer serves them and knows nothing else.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+from .sources import Source
+
+
+@dataclass(frozen=True)
+class Extent:
+    """`length` bytes of `source` starting at `offset`."""
+
+    source: Source
+    offset: int
+    length: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.source.read_exact(self.offset + offset, length)
+
+
+Piece = Union[Extent, bytes]
+
+
+class Content:
+    """The bytes of a file: pieces laid end to end."""
+
+    def __init__(self, pieces: list[Piece]):
+        self.pieces = [p for p in pieces if len_of(p)]
+        self.starts = []
+        pos = 0
+        for p in self.pieces:
+            self.starts.append(pos)
+            pos += len_of(p)
+        self.size = pos
+
+    @property
+    def slow(self) -> bool:
+        return any(isinstance(p, Extent) and p.source.slow for p in self.pieces)
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        i = bisect.bisect_right(self.starts, offset) - 1
+        out = []
+        pos = offset
+        while pos < end:
+            piece, start = self.pieces[i], self.starts[i]
+            take = min(end, start + len_of(piece)) - pos
+            if isinstance(piece, Extent):
+                out.append(piece.read(pos - start, take))
+            else:
+                out.append(piece[pos - start : pos - start + take])
+            pos += take
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def extents(self) -> list[Extent]:
+        return [p for p in self.pieces if isinstance(p, Extent)]
+
+
+def len_of(piece: Piece) -> int:
+    return piece.length if isinstance(piece, Extent) else len(piece)
+
+
+@dataclass(eq=False)
+class Node:
+    #: modification time in ns; None means the source's
+    mtime_ns: int | None = field(default=None, kw_only=True)
+    #: extended attributes shown by getfattr (names without the `user.` prefix)
+    xattrs: dict[str, str] = field(default_factory=dict, kw_only=True)
+    #: True where this node and everything below it is read-only for good
+    #: (shard subfolders, the metadata view), whatever the mount options
+    frozen: bool = field(default=False, kw_only=True)
+
+
+@dataclass(eq=False)
+class File(Node):
+    content: Content
+
+
+@dataclass(eq=False)
+class Symlink(Node):
+    target: str
+
+
+class PathConflict(Exception):
+    """A path needs a directory where a file is, or the reverse."""
+
+
+@dataclass(eq=False)
+class Dir(Node):
+    children: dict[str, Node] = field(default_factory=dict)
+
+    def add(self, name: str, node: Node, *, replace: bool = False) -> Node:
+        if name in self.children and not replace:
+            raise PathConflict(name)
+        self.children[name] = node
+        return node
+
+    def subdir(self, parts: list[str]) -> Dir:
+        """The directory at `parts` below this one, created where missing."""
+        here = self
+        for i, part in enumerate(parts):
+            node = here.children.get(part)
+            if node is None:
+                node = here.children[part] = Dir(frozen=here.frozen)
+            elif not isinstance(node, Dir):
+                raise PathConflict("/".join(parts[: i + 1]))
+            here = node
+        return here
+
+    def lookup(self, parts: list[str]) -> Node | None:
+        node: Node | None = self
+        for part in parts:
+            if not isinstance(node, Dir):
+                return None
+            node = node.children.get(part)
+        return node
+
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, Node]]:
+        """Every node below this one, as (path, node), in sorted order."""
+        for name in sorted(self.children):
+            node = self.children[name]
+            path = f"{prefix}{name}"
+            yield path, node
+            if isinstance(node, Dir):
+                yield from node.walk(path + "/")
