@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
 SPACING = 4 << 20  # inflate at most this much to reach any byte
 READ_BUFFER = 1 << 20
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def sniff(head: bytes) -> bool:

@@ -40,7 +40,7 @@ class Member:
     kind: str  # "file", "dir", "symlink" or "hardlink"
     offset: int  # of the data in the tar stream
     size: int
-    mtime: int  # seconds since the epoch
+    mtime_ns: int
     link: str = ""
 
     def to_json(self) -> dict:
@@ -62,6 +62,9 @@ def list_members(fileobj, path: str) -> tuple[list[Member], list[str]]:
                 members.append(member)
         end = archive.offset
     except (tarfile.TarError, EOFError) as e:
+        if str(e) == "unexpected end of data":
+            last = f" inside member {members[-1].name!r}" if members else ""
+            raise FormatError(path, f"tar archive is truncated: its data ends{last}") from None
         raise FormatError(path, f"not a readable tar archive: {e}") from None
     except OSError as e:
         raise FormatError(path, f"cannot read the archive: {e}") from None
@@ -80,12 +83,17 @@ def _member(info: tarfile.TarInfo, path: str) -> Member | None:
     if info.issparse() or not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
         return None
     if info.isdir():
-        return Member(name, "dir", 0, 0, int(info.mtime))
+        return Member(name, "dir", 0, 0, _ns(info.mtime))
     if info.issym():
-        return Member(name, "symlink", 0, 0, int(info.mtime), info.linkname)
+        return Member(name, "symlink", 0, 0, _ns(info.mtime), info.linkname)
     if info.islnk():
-        return Member(name, "hardlink", 0, 0, int(info.mtime), _normalize(info.linkname, path))
-    return Member(name, "file", info.offset_data, info.size, int(info.mtime))
+        return Member(name, "hardlink", 0, 0, _ns(info.mtime), _normalize(info.linkname, path))
+    return Member(name, "file", info.offset_data, info.size, _ns(info.mtime))
+
+
+def _ns(seconds: float) -> int:
+    """PAX headers give fractional mtimes; keep them to the nanosecond."""
+    return round(seconds * 10**9)
 
 
 def _kind_text(info: tarfile.TarInfo) -> str:
@@ -108,14 +116,14 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
     files = {m.name: m for m in members if m.kind == "file"}
     for m in members:
         if m.name == "":
-            root.mtime_ns = m.mtime * 10**9
+            root.mtime_ns = m.mtime_ns
             continue
         if m.kind == "hardlink":
             target = files.get(m.link)
             if target is None:
                 notes.append(f"member {m.name!r} skipped: hard link to missing member {m.link!r}")
                 continue
-            m = Member(m.name, "file", target.offset, target.size, m.mtime)
+            m = Member(m.name, "file", target.offset, target.size, m.mtime_ns)
             files[m.name] = m
         for tree in (root, raw):
             _place(tree, m, source, source.path)
@@ -124,7 +132,7 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
 
 def _place(tree: Dir, m: Member, source: Source, path: str) -> None:
     parts = names.file_parts(m.name)
-    mtime_ns = m.mtime * 10**9
+    mtime_ns = m.mtime_ns
     try:
         if m.kind == "dir":
             tree.subdir(parts).mtime_ns = mtime_ns

@@ -1,0 +1,91 @@
+"""Shared test helpers: real FUSE mounts through the CLI, and checkpoint makers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("CKPTFS_FIXTURES", REPO.parent / "shared" / "fixtures"))
+CKPTFS = [sys.executable, "-m", "ckptfs"]
+TIMEOUT = 60
+
+
+def run_ckptfs(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(CKPTFS + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path).replace("\\", "\\134").replace(" ", "\\040")
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def force_unmount(path: Path) -> None:
+    """Last resort for a test that left a mount behind: never leave one."""
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=TIMEOUT)
+
+
+def require_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: FUSE mounts cannot be tested on this machine")
+
+
+class Mounts:
+    """Mounts made by one test; each is unmounted with `ckptfs umount` at the
+    end and the daemon's log checked for errors the test did not expect."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.made: list[tuple[Path, Path, bool]] = []
+        self.cache_dir = tmp_path / "cache"
+
+    def __call__(self, source, *extra: str, log_errors_expected: bool = False) -> Path:
+        require_fuse()
+        n = len(self.made)
+        mnt = self.tmp_path / f"mnt{n}"
+        mnt.mkdir()
+        log = self.tmp_path / f"daemon{n}.log"
+        done = run_ckptfs("mount", source, mnt, "--log-file", log, "--cache-dir", self.cache_dir, *extra)
+        assert done.returncode == 0, done.stderr
+        assert is_mounted(mnt)
+        self.made.append((mnt, log, log_errors_expected))
+        return mnt
+
+    def close(self) -> None:
+        problems = []
+        for mnt, log, errors_expected in self.made:
+            if is_mounted(mnt):
+                done = run_ckptfs("umount", mnt, "--timeout", "30")
+                if done.returncode != 0:
+                    problems.append(f"umount {mnt}: {done.stderr.strip()}")
+            force_unmount(mnt)
+            text = log.read_text() if log.exists() else ""
+            if not errors_expected and ("Traceback" in text or " ERROR " in text):
+                problems.append(f"unexpected errors in the daemon log of {mnt}:\n{text}")
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def mount(tmp_path):
+    mounts = Mounts(tmp_path)
+    try:
+        yield mounts
+    finally:
+        mounts.close()
+
+
+def write_safetensors(path: Path, header: dict, data: bytes, header_len: int | None = None) -> Path:
+    """A safetensors file from a header dict and raw data, as the reference
+    writer lays it out (header padded with spaces to a multiple of 8)."""
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    n = len(text) if header_len is None else header_len
+    path.write_bytes(n.to_bytes(8, "little") + text + data)
+    return path

@@ -1,0 +1,106 @@
+"""Hugging Face directories: the transformers-written fixture and generated
+ones, against the safetensors library."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import ml_dtypes  # noqa: F401  (bfloat16 for np.load)
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from .conftest import FIXTURES
+
+BERT = FIXTURES / "hf" / "bert_tiny_sharded"
+
+
+def _npy(mnt, name):
+    return Path(mnt, *name.split(".")).with_name(name.split(".")[-1] + ".npy")
+
+
+def test_sharded_fixture_merges_into_one_tree(mount):
+    mnt = mount(BERT)
+    weight_map = json.loads((BERT / "model.safetensors.index.json").read_text())["weight_map"]
+    shards = {f: load_file(str(BERT / f)) for f in set(weight_map.values())}
+    assert len(weight_map) == 39
+    for name, shard in weight_map.items():
+        expected = shards[shard][name].numpy()
+        got = np.load(_npy(mnt, name), mmap_mode="r")
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.tobytes() == expected.tobytes(), name
+    info = (Path(mnt) / ".ckptfs" / "info.yaml").read_text()
+    assert "format: huggingface (safetensors)" in info and "tensors: 39" in info
+
+
+def test_shards_are_read_only_subfolders(mount):
+    mnt = mount(BERT)
+    for shard in sorted(BERT.glob("*.safetensors")):
+        folder = Path(mnt) / shard.name
+        assert folder.is_dir()
+        tensors = load_file(str(shard))
+        npys = sorted(str(p.relative_to(folder))[:-4].replace("/", ".") for p in folder.rglob("*.npy"))
+        assert npys == sorted(tensors)
+        for name, t in tensors.items():
+            assert np.load(_npy(folder, name)).tobytes() == t.numpy().tobytes()
+        assert (folder / "__metadata__.yaml").read_text() == "format: pt\n"
+        assert os.stat(folder).st_mode & 0o222 == 0
+        with pytest.raises(OSError):
+            open(folder / "new.npy", "wb")
+
+
+def test_other_files_appear_as_they_are(mount):
+    mnt = mount(BERT)
+    for name in ("config.json", "model.safetensors.index.json"):
+        assert (Path(mnt) / name).read_bytes() == (BERT / name).read_bytes()
+    for f in BERT.iterdir():
+        assert (Path(mnt) / ".ckptfs" / "raw" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_unsharded_directory_with_subfolders_and_cache_symlinks(mount, tmp_path):
+    """The layout of a Hugging Face cache snapshot: files are symlinks to blobs."""
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    (snap / "2_Dense").mkdir(parents=True)
+    tensors = {"model.embed.weight": torch.randn(4, 3), "lm_head.weight": torch.randn(3, 4).to(torch.bfloat16)}
+    save_file(tensors, str(blobs / "aa11"), metadata={"format": "pt"})
+    (blobs / "bb22").write_text('{"model_type": "tiny"}')
+    os.symlink(blobs / "aa11", snap / "model.safetensors")
+    os.symlink(blobs / "bb22", snap / "config.json")
+    (snap / "2_Dense" / "config.json").write_text("{}")
+    (snap / "lm_head").write_text("a plain file whose name a tensor part also wants")
+    mnt = Path(mount(snap))
+    assert (mnt / "config.json").read_text() == '{"model_type": "tiny"}'
+    assert (mnt / "2_Dense" / "config.json").read_text() == "{}"
+    assert (mnt / "lm_head").read_text().startswith("a plain file")
+    assert np.load(mnt / "model" / "embed" / "weight.npy").tobytes() == tensors["model.embed.weight"].numpy().tobytes()
+    escaped = mnt / "%6Cm_head" / "weight.npy"  # the tensor part yields its name to the file
+    assert os.getxattr(escaped, "user.ckptfs.name") == b"lm_head.weight"
+    assert np.load(escaped).tobytes() == tensors["lm_head.weight"].view(torch.int16).numpy().tobytes()
+    assert (mnt / "model.safetensors").is_dir()
+
+
+def test_duplicate_tensor_without_index_has_no_merged_tree(mount, tmp_path):
+    d = tmp_path / "dup"
+    d.mkdir()
+    save_file({"w": torch.ones(2)}, str(d / "a.safetensors"))
+    save_file({"w": torch.zeros(2)}, str(d / "b.safetensors"))
+    mnt = Path(mount(d))
+    assert not (mnt / "w.npy").exists()
+    assert np.load(mnt / "a.safetensors" / "w.npy").tolist() == [1, 1]
+    assert "more than one shard" in (mnt / ".ckptfs" / "info.yaml").read_text()
+
+
+def test_index_naming_a_tensor_absent_from_its_shard(tmp_path):
+    from ckptfs.errors import FormatError
+    from ckptfs.formats import open_checkpoint
+
+    d = tmp_path / "hf"
+    shutil.copytree(BERT, d)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"]["ghost.weight"] = "model-00001-of-00004.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(FormatError, match="'ghost.weight' is not in its shard"):
+        open_checkpoint(str(d), str(tmp_path / "cache"))

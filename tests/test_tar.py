@@ -1,0 +1,205 @@
+"""`.nemo` tars, plain and gzip: the NeMo-written fixture and generated tars,
+against Python's tarfile, byte for byte."""
+
+import concurrent.futures
+import gzip
+import io
+import json
+import os
+import random
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import FIXTURES
+
+TINY = FIXTURES / "nemo" / "tiny.nemo"
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tf:
+        return {
+            m.name.removeprefix("./"): tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()
+        }
+
+
+def test_nemo_fixture_members_byte_for_byte(mount):
+    mnt = Path(mount(TINY))
+    expected = _members(TINY)
+    assert {"model_config.yaml", "model_weights.ckpt"} <= set(expected)
+    listed = sorted(p.name for p in mnt.iterdir())
+    assert listed == sorted([".ckptfs", *expected])
+    for name, data in expected.items():
+        assert (mnt / name).read_bytes() == data
+        assert (mnt / ".ckptfs" / "raw" / name).read_bytes() == data
+    with tarfile.open(TINY) as tf:
+        for m in tf.getmembers():
+            if m.isfile():
+                st = os.stat(mnt / m.name.removeprefix("./"))
+                assert abs(st.st_mtime - m.mtime) < 1e-6 and st.st_size == m.size
+                start, end = map(int, os.getxattr(mnt / m.name.removeprefix("./"), "user.ckptfs.range").split(b"-"))
+                assert (start, end) == (m.offset_data, m.offset_data + m.size)
+
+
+def test_nemo_fixture_config_and_artifact(mount):
+    mnt = Path(mount(TINY))
+    config = yaml.safe_load((mnt / "model_config.yaml").read_text())
+    artifacts = [n for n in os.listdir(mnt) if n.endswith("_vocab.txt")]
+    assert len(artifacts) == 1 and len(artifacts[0]) == 32 + len("_vocab.txt")
+    assert f"nemo:{artifacts[0]}" in yaml.safe_dump(config)
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert info["format"] == "nemo (tar)" and info["tensors"] == 0
+
+
+def _rich_tar(path: Path, mode: str) -> dict[str, bytes]:
+    """Directories, PAX long names, a symlink, a hard link, several sizes."""
+    rng = random.Random(7)
+    contents = {
+        "model_config.yaml": b"precision: bf16\nlr: 1.0e-4\n",
+        "tokenizer/vocab.txt": b"\n".join(b"tok%d" % i for i in range(1000)),
+        "tokenizer/" + "long_name_" * 20 + ".model": rng.randbytes(3000),
+        "weights/blob.bin": rng.randbytes(3 * 1024 * 1024 + 77),
+        "empty.txt": b"",
+        "ünï code.txt": "ü".encode(),
+    }
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tf:
+        root = tarfile.TarInfo("./")
+        root.type, root.mtime = tarfile.DIRTYPE, 1_600_000_000
+        tf.addfile(root)
+        for d in ("./tokenizer", "./weights", "./empty_dir"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mtime = tarfile.DIRTYPE, 1_600_000_100
+            tf.addfile(info)
+        for name, data in contents.items():
+            info = tarfile.TarInfo("./" + name)
+            info.size, info.mtime = len(data), 1_600_000_200
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("./latest.yaml")
+        link.type, link.linkname = tarfile.SYMTYPE, "model_config.yaml"
+        tf.addfile(link)
+        hard = tarfile.TarInfo("./config_copy.yaml")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "./model_config.yaml"
+        tf.addfile(hard)
+    return contents
+
+
+@pytest.mark.parametrize("mode", ["w:", "w:gz"])
+def test_generated_tar_members_dirs_and_links(mount, tmp_path, mode):
+    path = tmp_path / "model.nemo"
+    contents = _rich_tar(path, mode)
+    mnt = Path(mount(path))
+    for name, data in contents.items():
+        assert (mnt / name).read_bytes() == data, name
+    assert (mnt / "empty_dir").is_dir() and not os.listdir(mnt / "empty_dir")
+    assert os.stat(mnt / "tokenizer").st_mtime == 1_600_000_100
+    assert os.readlink(mnt / "latest.yaml") == "model_config.yaml"
+    assert (mnt / "latest.yaml").read_bytes() == contents["model_config.yaml"]
+    assert (mnt / "config_copy.yaml").read_bytes() == contents["model_config.yaml"]
+    expected_format = "nemo (tar.gz)" if mode == "w:gz" else "nemo (tar)"
+    assert yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["format"] == expected_format
+
+
+@pytest.mark.parametrize("mode", ["w:", "w:gz"])
+def test_random_reads_across_member_and_block_boundaries(mount, tmp_path, mode):
+    path = tmp_path / "model.nemo"
+    contents = _rich_tar(path, mode)
+    mnt = Path(mount(path))
+    rng = random.Random(3)
+    for name in ("weights/blob.bin", "tokenizer/vocab.txt"):
+        data = contents[name]
+        fd = os.open(mnt / name, os.O_RDONLY)
+        try:
+            edges = [0, 1, 511, 512, 513, 4095, 4096, 131071, 131072, (1 << 20) - 1, 1 << 20, len(data) - 1, len(data)]
+            for off in [e for e in edges if e <= len(data) + 1] + [rng.randrange(len(data)) for _ in range(100)]:
+                for length in (1, 511, 513, 70_000, 1 << 20):
+                    assert os.pread(fd, length, off) == data[off : off + length], (name, off, length)
+            assert os.pread(fd, 100, len(data) + 5) == b""
+        finally:
+            os.close(fd)
+
+
+def test_gzip_seek_index_is_kept_and_reused(mount, tmp_path):
+    path = tmp_path / "old.nemo"
+    contents = _rich_tar(path, "w:gz")
+    mount(path)
+    index_dir = mount.cache_dir / "gzindex"
+    cached = sorted(index_dir.iterdir())
+    assert [p.suffix for p in cached] == [".gzidx", ".json"]
+    # Mark the cached member list: a second mount that shows the mark did not re-read the archive.
+    doc = json.loads(cached[1].read_text())
+    doc["notes"] = ["served from the cached index"]
+    cached[1].write_text(json.dumps(doc))
+    mnt = Path(mount(path))
+    assert "served from the cached index" in (mnt / ".ckptfs" / "info.yaml").read_text()
+    assert (mnt / "weights" / "blob.bin").read_bytes() == contents["weights/blob.bin"]
+    # A changed source (new mtime) is not served from the old index.
+    os.utime(path, ns=(1, 1))
+    mnt = Path(mount(path))
+    assert "served from the cached index" not in (mnt / ".ckptfs" / "info.yaml").read_text()
+
+
+def test_diff_of_two_mounts(mount, tmp_path):
+    a, b = tmp_path / "a.nemo", tmp_path / "b.nemo"
+    _rich_tar(a, "w:")
+    _rich_tar(b, "w:")
+    with tarfile.open(b, "a") as tf:  # a later member of the same name wins, as in tar
+        info = tarfile.TarInfo("./model_config.yaml")
+        info.size = 6
+        tf.addfile(info, io.BytesIO(b"lr: 2\n"))
+    same1, same2, other = mount(a), mount(a), mount(b)
+    same = subprocess.run(["diff", "-r", same1, same2], capture_output=True, text=True, timeout=60)
+    assert same.returncode == 0 and same.stdout == ""
+    differ = subprocess.run(["diff", "-rq", same1, other], capture_output=True, text=True, timeout=60)
+    assert differ.returncode == 1
+    changed = [line for line in differ.stdout.splitlines() if "differ" in line]
+    assert any("model_config.yaml" in line for line in changed), differ.stdout
+    assert not any("blob.bin" in line or "vocab.txt" in line for line in changed)
+
+
+def test_many_concurrent_readers(mount, tmp_path):
+    path = tmp_path / "model.nemo"
+    contents = _rich_tar(path, "w:gz")
+    mnt = Path(mount(path))
+    data = contents["weights/blob.bin"]
+
+    def reader(seed: int) -> int:
+        rng = random.Random(seed)
+        with open(mnt / "weights" / "blob.bin", "rb", buffering=0) as f:
+            for _ in range(30):
+                off, length = rng.randrange(len(data)), rng.randrange(1, 300_000)
+                f.seek(off)
+                assert f.read(length) == data[off : off + length]
+        return seed
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert sorted(pool.map(reader, range(32))) == list(range(32))
+    assert (mnt / "model_config.yaml").read_bytes() == contents["model_config.yaml"]
+
+
+def test_member_named_like_the_metadata_view_is_escaped(mount, tmp_path):
+    path = tmp_path / "x.nemo"
+    with tarfile.open(path, "w:") as tf:
+        info = tarfile.TarInfo("./.ckptfs")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    mnt = Path(mount(path))
+    assert (mnt / "%2Eckptfs").read_bytes() == b"abc"
+    assert (mnt / ".ckptfs" / "info.yaml").exists()
+
+
+def test_gzip_members_without_gzip_module_match_plain(tmp_path):
+    """The gzip reader serves the same bytes as the plain one for the same tar."""
+    from ckptfs.formats import open_checkpoint
+
+    plain = tmp_path / "p.nemo"
+    _rich_tar(plain, "w:")
+    packed = tmp_path / "g.nemo"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a = open_checkpoint(str(plain), str(tmp_path / "cache"))
+    b = open_checkpoint(str(packed), str(tmp_path / "cache"))
+    files_a = {p: n.content.read(0, n.content.size) for p, n in a.root.walk() if hasattr(n, "content")}
+    files_b = {p: n.content.read(0, n.content.size) for p, n in b.root.walk() if hasattr(n, "content")}
+    assert files_a == files_b and len(files_a) >= 7
