@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Also clears a stale mount whose daemon died ('Transport endpoint is not connected').",
     )
     umount.add_argument("mountpoint")
-    umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open there")
+    umount.add_argument(
+        "-z", "--lazy", action="store_true",
+        help="detach now even if files are open there; the daemon exits once they are closed",
+    )
     umount.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the daemon")
     return parser
 
@@ -161,6 +164,9 @@ def umount(args) -> int:
             hint = " (a process has files open there; close them or use --lazy)" if "busy" in message else ""
             raise CkptfsError(f"{mountpoint}: cannot unmount: {message}{hint}")
     if pid is None:
+        return 0
+    if args.lazy and mounts.process_alive(pid):
+        print(f"ckptfs: {mountpoint}: detached; its daemon exits once the last file open there is closed", file=sys.stderr)
         return 0
     if not mounts.wait_exit(pid, args.timeout):
         raise CkptfsError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) is still running after {args.timeout:.0f} s")

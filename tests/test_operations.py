@@ -1,0 +1,113 @@
+"""The FUSE operations without a mount (as s3ql's t3 tests do), and the one
+robustness case that needs a mount: a source that changes underneath."""
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pyfuse3
+import pytest
+import torch
+import trio
+from safetensors.torch import save_file
+
+from ckptfs import metaview
+from ckptfs.formats import open_checkpoint
+from ckptfs.fuse_ops import Operations, Ownership
+from ckptfs.tree import Content, Dir, File
+
+
+def _call(coro_fn, *args):
+    return trio.run(coro_fn, *args)
+
+
+@pytest.fixture
+def ops(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"enc.w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "enc.b": torch.ones(2)}, str(path))
+    ckpt = open_checkpoint(str(path), str(tmp_path / "cache"))
+    ckpt.root.add(metaview.NAME, metaview.build(ckpt))
+
+    class Exploding(Content):
+        def read(self, offset, length):
+            raise RuntimeError("boom")
+
+    ckpt.root.add("broken.bin", File(Exploding([b"12345"])))
+    return Operations(ckpt.root, Ownership.of(os.stat(path)))
+
+
+def _lookup(ops, *parts):
+    inode = pyfuse3.ROOT_INODE
+    for part in parts:
+        inode = _call(ops.lookup, inode, part.encode(), None).st_ino
+    return inode
+
+
+def test_lookup_getattr_read(ops):
+    inode = _lookup(ops, "enc", "w.npy")
+    attr = _call(ops.getattr, inode, None)
+    fh = _call(ops.open, inode, os.O_RDONLY, None).fh
+    data = _call(ops.read, fh, 0, attr.st_size + 100)
+    assert len(data) == attr.st_size
+    header_len = data.index(b"\n") + 1
+    assert np.frombuffer(data[header_len:], np.float32).tolist() == [0, 1, 2, 3, 4, 5]
+    assert _call(ops.read, fh, attr.st_size, 10) == b""
+
+
+def test_errno_at_the_boundary(ops):
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        _call(ops.lookup, pyfuse3.ROOT_INODE, b"missing", None)
+    assert err.value.errno == errno.ENOENT
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        _call(ops.getattr, 10**9, None)
+    assert err.value.errno == errno.ENOENT
+    inode = _lookup(ops, "enc", "w.npy")
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            _call(ops.open, inode, flags, None)
+        assert err.value.errno == errno.EROFS
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        _call(ops.opendir, inode, None)
+    assert err.value.errno == errno.ENOTDIR
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        _call(ops.getxattr, inode, b"user.nothing", None)
+    assert err.value.errno == pyfuse3.ENOATTR
+
+
+def test_an_unexpected_exception_becomes_eio_and_is_logged(ops, caplog):
+    inode = _lookup(ops, "broken.bin")
+    fh = _call(ops.open, inode, os.O_RDONLY, None).fh
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        _call(ops.read, fh, 0, 5)
+    assert err.value.errno == errno.EIO
+    assert "boom" in caplog.text
+    assert _call(ops.getattr, inode, None).st_size == 5  # the operations still answer
+
+
+def test_xattrs(ops):
+    inode = _lookup(ops, "enc", "b.npy")
+    names = _call(ops.listxattr, inode, None)
+    assert set(names) == {b"user.ckptfs." + k for k in (b"name", b"dtype", b"shape", b"source", b"range")}
+    assert _call(ops.getxattr, inode, b"user.ckptfs.dtype", None) == b"float32"
+
+
+def test_inodes_are_stable_and_unique(ops):
+    first = [_lookup(ops, "enc", n) for n in ("w.npy", "b.npy")]
+    assert first == [_lookup(ops, "enc", n) for n in ("w.npy", "b.npy")]
+    assert len(set(ops.nodes)) == len(ops.nodes)
+    assert len({id(n) for n in ops.nodes.values()}) == len(ops.nodes)
+
+
+def test_source_truncated_under_the_mount_gives_eio_not_a_dead_mount(mount, tmp_path):
+    path = tmp_path / "shrinks.safetensors"
+    save_file({"a": torch.ones(1000), "b": torch.zeros(1000)}, str(path))
+    mnt = Path(mount(path, log_errors_expected=True))
+    os.truncate(path, os.path.getsize(path) - 3000)
+    with pytest.raises(OSError) as err:
+        (mnt / "b.npy").read_bytes()
+    assert err.value.errno == errno.EIO
+    assert sorted(os.listdir(mnt)) == [".ckptfs", "a.npy", "b.npy"]
+    assert "format: safetensors" in (mnt / ".ckptfs" / "info.yaml").read_text()
+    log = next(tmp_path.glob("daemon*.log")).read_text()
+    assert "truncated or replaced while mounted" in log
