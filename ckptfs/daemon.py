@@ -33,23 +33,33 @@ def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str
     except RuntimeError as e:
         raise CkptfsError(f"{mountpoint}: cannot mount: {e}") from None
     try:
-        entry = mounts.mounted_at(mountpoint)
-        if entry and mounts.raise_read_ahead(entry, READ_AHEAD_KB):
-            log.debug("read_ahead_kb of %s set to %d", entry.device, READ_AHEAD_KB)
-        log.info("mounted at %s", mountpoint)
-        notify(READY)
-        trio.run(_main)
+        trio.run(_main, mountpoint, notify)
     finally:
         pyfuse3.close(unmount=True)
     log.info("unmounted %s", mountpoint)
     return 0
 
 
-async def _main() -> None:
+async def _main(mountpoint: str, notify) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_when_usable, mountpoint, notify)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _when_usable(mountpoint: str, notify) -> None:
+    """Once the kernel has finished FUSE INIT (a stat of the mount point is
+    answered only then), raise the read-ahead window, which INIT resets, and
+    tell the waiting parent that the mount is usable."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    entry = mounts.mounted_at(mountpoint)
+    if entry and mounts.raise_read_ahead(entry, READ_AHEAD_KB):
+        log.debug("read_ahead_kb of %s set to %d", entry.device, READ_AHEAD_KB)
+    else:
+        log.info("could not raise read_ahead_kb (needs root); reads arrive as 128 KiB requests")
+    log.info("mounted at %s", mountpoint)
+    notify(READY)
 
 
 async def _stop_on_signal() -> None:

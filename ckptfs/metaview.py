@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import stat
 from collections import defaultdict
 
 import yaml
@@ -35,7 +36,7 @@ def info_yaml(ckpt: Checkpoint) -> str:
     info = {
         "format": ckpt.format,
         "source": ckpt.source_path,
-        "source_bytes": ckpt.stat.st_size,
+        "source_bytes": _source_bytes(ckpt),
         "source_mtime": datetime.datetime.fromtimestamp(ckpt.stat.st_mtime, datetime.timezone.utc).isoformat(),
         "ckptfs_version": __version__,
         "tensors": len(ckpt.tensors),
@@ -46,6 +47,13 @@ def info_yaml(ckpt: Checkpoint) -> str:
     if ckpt.notes:
         info["notes"] = list(ckpt.notes)
     return yaml.safe_dump(info, sort_keys=False, allow_unicode=True)
+
+
+def _source_bytes(ckpt: Checkpoint) -> int:
+    """The file's size, or for a directory the sum of its files' sizes."""
+    if stat.S_ISREG(ckpt.stat.st_mode):
+        return ckpt.stat.st_size
+    return sum(node.content.size for _, node in ckpt.raw.walk() if isinstance(node, File))
 
 
 def tensors_tsv(ckpt: Checkpoint) -> str:

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("CKPTFS_FIXTURES", REPO.parent / "shared" / "fixtures"))
+_SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = Path(
+    os.environ.get("CKPTFS_FIXTURES") or (_SHARED_FIXTURES if _SHARED_FIXTURES.is_dir() else REPO / "samples")
+)
 CKPTFS = [sys.executable, "-m", "ckptfs"]
 TIMEOUT = 60
 

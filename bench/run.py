@@ -1,0 +1,269 @@
+"""Side-by-side benchmark of ckptfs mounts (issue: core read-only mounts).
+
+    .venv/bin/python bench/run.py [--gib 1] [--tensors 1000] [--workdir DIR]
+
+Generates checkpoints of about `--gib` GiB with `--tensors` tensors (one large
+tensor, the rest small) as .safetensors, as a plain .nemo tar and as a gzip
+.nemo, plus small twins with the same tensor names, then measures in one run:
+mount + find, first and second sequential reads, the effect of read_ahead_kb,
+daemon peak RSS, ratarmount and `cat` on the same files, and the gzip seek
+index against `tar xzf`. Prints a Markdown report (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CKPTFS = [sys.executable, "-m", "ckptfs"]
+BIG_NAME = "model.embed_tokens.weight"
+MiB = 1 << 20
+
+
+def sh(*cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, timeout=1800, **kw)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- generation
+
+
+def state_dict(gib: float, count: int, small: bool) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    big_rows = 4 if small else int(gib * (1 << 30) / 2 / 4096)  # half of the bytes in one tensor
+    small_elems = 4 if small else int(gib * (1 << 30) / 2 / (count - 1) / 4)
+    tensors = {BIG_NAME: rng.standard_normal((big_rows, 1024), dtype=np.float32)}
+    for i in range(count - 1):
+        tensors[f"model.layers.{i // 10}.block{i % 10}.weight"] = rng.standard_normal(small_elems, dtype=np.float32)
+    return tensors
+
+
+def make_checkpoints(work: Path, gib: float, count: int) -> dict[str, Path]:
+    import torch
+    from safetensors.numpy import save_file
+
+    paths = {}
+    for size in ("big", "small"):
+        tensors = state_dict(gib, count, small=size == "small")
+        st = work / f"{size}.safetensors"
+        save_file(tensors, str(st))
+        weights = io.BytesIO()
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, weights)
+        nemo = work / f"{size}.nemo"
+        with tarfile.open(nemo, "w:") as tf:  # the way NeMo >= 1.7 writes
+            for name, data in (("./model_config.yaml", b"precision: 32\n"), ("./model_weights.ckpt", weights.getvalue())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        paths[f"{size}.safetensors"], paths[f"{size}.nemo"] = st, nemo
+        del tensors, weights
+    gz = work / "big.gz.nemo"
+    with open(gz, "wb") as out:
+        subprocess.run(["gzip", "-1", "-c", str(paths["big.nemo"])], stdout=out, check=True)
+    paths["big.gz.nemo"] = gz
+    return paths
+
+
+# ---------------------------------------------------------------- mounts
+
+
+class Mount:
+    def __init__(self, source: Path, where: Path, cache: Path):
+        self.where = where
+        where.mkdir(parents=True, exist_ok=True)
+        self.mount_seconds = timed(lambda: sh(*CKPTFS, "mount", source, where, "--cache-dir", cache))
+
+    def pid(self) -> int:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if str(self.where).encode() in argv and b"mount" in argv:
+                    return int(entry)
+        raise RuntimeError("daemon not found")
+
+    def peak_rss_mib(self) -> float:
+        status = Path(f"/proc/{self.pid()}/status").read_text()
+        kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+        return kb / 1024
+
+    def set_read_ahead(self, kb: int) -> None:
+        device = sh("mountpoint", "-d", self.where).stdout.strip()
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(kb))
+
+    def close(self) -> None:
+        sh(*CKPTFS, "umount", self.where)
+
+
+def read_all(path: Path) -> tuple[float, int]:
+    """Sequential read with 1 MiB requests, like cat; (seconds, bytes)."""
+    fd = os.open(path, os.O_RDONLY)
+    total = 0
+    start = time.perf_counter()
+    try:
+        while chunk := os.read(fd, MiB):
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start, total
+
+
+def gbps(seconds_bytes: tuple[float, int]) -> str:
+    seconds, nbytes = seconds_bytes
+    return f"{nbytes / seconds / 1e9:.2f} GB/s"
+
+
+def random_reads(path: Path, count: int = 100, length: int = MiB) -> float:
+    size = os.path.getsize(path)
+    rng = random.Random(0)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return timed(lambda: [os.pread(fd, length, rng.randrange(size - length)) for _ in range(count)])
+    finally:
+        os.close(fd)
+
+
+def npy_path(mnt: Path, name: str) -> Path:
+    return mnt.joinpath(*name.split(".")).with_suffix(".npy")
+
+
+# ---------------------------------------------------------------- the report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--tensors", type=int, default=1000)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/ckptfs-bench"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=args.workdir))
+    lines: list[str] = []
+    out = lambda text="": (print(text, flush=True), lines.append(text))  # noqa: E731
+    try:
+        paths = make_checkpoints(work, args.gib, args.tensors)
+        cold = drop_caches()
+        out(f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, kernel {platform.release()}; "
+            f"checkpoints of {args.tensors} tensors, big = {paths['big.safetensors'].stat().st_size / 1e9:.2f} GB, "
+            f"small = {paths['small.safetensors'].stat().st_size / 1e6:.2f} MB; "
+            f"page cache {'dropped before each cold read' if cold else 'could not be dropped (reads are warm)'}.")  # fmt: skip
+        out()
+        report_mount_find(paths, work, out)
+        report_reads(paths, work, cold, out)
+        report_gzip(paths, work, out)
+    finally:
+        for m in work.glob("mnt*"):
+            subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    Path(__file__).with_name("out").mkdir(exist_ok=True)
+    Path(__file__).with_name("out").joinpath("latest.md").write_text("\n".join(lines) + "\n")
+
+
+def report_mount_find(paths, work, out) -> None:
+    out("| mount + `find` (median of 3) | seconds | entries |")
+    out("| --- | --- | --- |")
+    for key in ("big.safetensors", "small.safetensors", "big.nemo", "small.nemo"):
+        runs = []
+        for i in range(3):
+            where = work / f"mnt-find-{key}-{i}"
+            m = Mount(paths[key], where, work / "cache")
+            found = [0]
+            find_seconds = timed(lambda: found.__setitem__(0, len(sh("find", where).stdout.splitlines())))
+            runs.append(m.mount_seconds + find_seconds)
+            m.close()
+        out(f"| {key} | {statistics.median(runs):.2f} | {found[0]} |")
+    out()
+
+
+def report_reads(paths, work, cold, out) -> None:
+    big_bytes = npy_path(Path("/"), BIG_NAME)  # placeholder to compute the name only
+    del big_bytes
+    out("| sequential read, 1 MiB requests | throughput |")
+    out("| --- | --- |")
+    drop_caches()
+    out(f"| `cat` of the source file (.safetensors){' cold' if cold else ''} | {gbps(read_all(paths['big.safetensors']))} |")
+    m = Mount(paths["big.safetensors"], work / "mnt-read", work / "cache")
+    tensor = npy_path(m.where, BIG_NAME)
+    drop_caches()
+    out(f"| ckptfs .safetensors, largest tensor ({tensor.stat().st_size / 1e6:.0f} MB), first read{' (cold source)' if cold else ''} | {gbps(read_all(tensor))} |")
+    out(f"| ckptfs .safetensors, same tensor, second read (kernel page cache) | {gbps(read_all(tensor))} |")
+    warm_first = Mount(paths["big.safetensors"], work / "mnt-read-warm", work / "cache")
+    out(f"| ckptfs .safetensors, first read, source already in page cache | {gbps(read_all(npy_path(warm_first.where, BIG_NAME)))} |")
+    slow = Mount(paths["big.safetensors"], work / "mnt-read-128", work / "cache")
+    slow.set_read_ahead(128)
+    out(f"| ckptfs .safetensors, first read with the kernel's default read_ahead_kb=128 | {gbps(read_all(npy_path(slow.where, BIG_NAME)))} |")
+    rss = max(x.peak_rss_mib() for x in (m, warm_first, slow))
+    for x in (m, warm_first, slow):
+        x.close()
+
+    nemo = Mount(paths["big.nemo"], work / "mnt-nemo", work / "cache")
+    member = nemo.where / "model_weights.ckpt"
+    out(f"| `cat` of the source file (.nemo), page cache warm | {gbps(read_all(paths['big.nemo']))} |")
+    out(f"| ckptfs .nemo, `model_weights.ckpt` member ({member.stat().st_size / 1e6:.0f} MB), first read | {gbps(read_all(member))} |")
+    out(f"| ckptfs .nemo, same member, second read | {gbps(read_all(member))} |")
+    rss = max(rss, nemo.peak_rss_mib())
+    nemo.close()
+    rat = work / "mnt-ratarmount"
+    rat.mkdir()
+    rat_mount = timed(lambda: sh(Path(sys.executable).with_name("ratarmount"), "--index-file", work / "rat.sqlite", paths["big.nemo"], rat))
+    out(f"| ratarmount .nemo, same member, first read (mounted in {rat_mount:.2f} s) | {gbps(read_all(rat / 'model_weights.ckpt'))} |")
+    out(f"| ratarmount .nemo, same member, second read | {gbps(read_all(rat / 'model_weights.ckpt'))} |")
+    sh("fusermount3", "-u", rat)
+    out()
+    out(f"Daemon peak RSS (VmHWM) over all the reads above: **{rss:.0f} MiB**.")
+    out()
+
+
+def report_gzip(paths, work, out) -> None:
+    gz = paths["big.gz.nemo"]
+    out(f"| gzip .nemo ({gz.stat().st_size / 1e9:.2f} GB compressed) | seconds |")
+    out("| --- | --- |")
+    first = Mount(gz, work / "mnt-gz-1", work / "gzcache")
+    out(f"| ckptfs first mount (inflates once, writes the seek index) | {first.mount_seconds:.2f} |")
+    first.close()
+    second = Mount(gz, work / "mnt-gz-2", work / "gzcache")
+    out(f"| ckptfs second mount (seek index from disk) | {second.mount_seconds:.2f} |")
+    member = second.where / "model_weights.ckpt"
+    out(f"| ckptfs 100 random 1 MiB reads of `model_weights.ckpt` | {random_reads(member):.2f} |")
+    out(f"| ckptfs sequential read of `model_weights.ckpt` | {read_all(member)[0]:.2f} |")
+    rss = second.peak_rss_mib()
+    second.close()
+    extracted = work / "extracted"
+    extracted.mkdir()
+    out(f"| `tar xzf` (what users do today) | {timed(lambda: sh('tar', 'xzf', gz, '-C', extracted)):.2f} |")
+    out(f"| 100 random 1 MiB reads of the extracted file | {random_reads(extracted / 'model_weights.ckpt'):.2f} |")
+    out()
+    out(f"Daemon peak RSS serving the gzip source: **{rss:.0f} MiB**.")
+
+
+if __name__ == "__main__":
+    main()
