@@ -8,7 +8,6 @@ the file underneath. Nothing here knows about checkpoint formats.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
 from .errors import SourceChangedError
@@ -128,21 +127,3 @@ class SeekableReader:
 
     def readable(self) -> bool:
         return True
-
-
-class LockedSource(Source):
-    """Serializes reads of a source whose reader keeps a position (indexed_gzip)."""
-
-    slow = True
-
-    def __init__(self, path: str, size: int, reader):
-        self.path = path
-        self.size = size
-        self._reader = reader
-        self._lock = threading.Lock()
-
-    def pread(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self.size - offset))
-        with self._lock:
-            self._reader.seek(offset)
-            return self._reader.read(length)

@@ -1,66 +1,102 @@
 """gzip-compressed tars (NeMo before 1.7) with random access.
 
 A gzip stream cannot be entered in the middle, so the first mount inflates it
-once, sequentially: `tarfile` lists the members while indexed_gzip records a
-seek point every few MiB. Later reads start at the nearest seek point. The
-index and the member list are kept on disk, keyed by the source's device,
-inode, size and mtime, so the next mount of the same file reads neither.
+once, sequentially: `tarfile` lists the members while rapidgzip records seek
+points. Later reads start at the nearest seek point. The index and the member
+list are kept on disk, keyed by the source's device, inode, size and mtime, so
+the next mount of the same file reads neither.
+
+rapidgzip decompresses with threads, and threads do not survive the daemon's
+fork: the parent builds the index and closes its reader; the daemon opens its
+own reader, from the index, on its first read.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
+import threading
 
-import indexed_gzip
+import rapidgzip
 
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
-from ..sources import LockedSource
+from ..sources import Source
 from . import tar
 
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-SPACING = 4 << 20  # inflate at most this much to reach any byte
-READ_BUFFER = 1 << 20
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def sniff(head: bytes) -> bool:
     return head[:2] == GZIP_MAGIC
 
 
+class GzipSource(Source):
+    """The decompressed stream of a gzip file, read through a seek index."""
+
+    slow = True
+
+    def __init__(self, path: str, size: int, index: bytes):
+        self.path = path
+        self.size = size
+        self._index: bytes | None = index
+        self._reader = None
+        self._lock = threading.Lock()
+
+    def pread(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        with self._lock:
+            if self._reader is None:
+                self._reader = _open(self.path)
+                self._reader.import_index(io.BytesIO(self._index))
+                self._index = None
+                atexit.register(self._reader.close)  # its threads must stop before Python does
+            self._reader.seek(offset)
+            return self._reader.read(length)
+
+
 def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:
     stem = os.path.join(cache_dir, "gzindex", _cache_key(st))
     cached = _load_cached(stem)
+    if cached is not None:
+        index, doc = cached
+        members, notes = [tar.Member(**m) for m in doc["members"]], doc["notes"]
+        size = doc["size"]
+    else:
+        index, size, members, notes = _scan(path)
+        _save(stem, index, {"size": size, "members": [m.to_json() for m in members], "notes": notes})
+    return tar.build("nemo (tar.gz)", GzipSource(path, size, index), members, st, list(notes))
+
+
+def _scan(path: str):
+    """Inflate once: list the tar's members and build the seek index."""
     try:
-        if cached is not None:
-            reader = _open(path, index_file=stem + ".gzidx")
-            size, members, notes = cached["size"], [tar.Member(**m) for m in cached["members"]], cached["notes"]
-        else:
-            reader = _open(path)
+        with _open(path) as reader:
             head = reader.read(tar.BLOCK)
+            if len(head) < tar.BLOCK:
+                raise FormatError(path, f"gzip stream is truncated (it inflates to {len(head)} bytes)")
             if not tar.sniff(head):
                 raise FormatError(path, "gzip file that does not hold a tar archive")
             reader.seek(0)
             members, notes = tar.list_members(reader, path)
-            reader.build_full_index()
             size = reader.seek(0, os.SEEK_END)
-            _save(stem, reader, size, members, notes)
-    except (OSError, EOFError) as e:  # indexed_gzip raises OSError subclasses
-        raise FormatError(path, f"gzip stream is truncated or corrupt ({e or type(e).__name__})") from None
-    source = LockedSource(path, size, reader)
-    return tar.build("nemo (tar.gz)", source, members, st, list(notes))
+            index = io.BytesIO()
+            reader.export_index(index)
+    except (OSError, ValueError, EOFError) as e:
+        raise FormatError(path, f"gzip stream is truncated or corrupt ({e})") from None
+    return index.getvalue(), size, members, notes
 
 
-def _open(path: str, index_file: str | None = None):
-    return indexed_gzip.IndexedGzipFile(
-        path, spacing=SPACING, drop_handles=False, index_file=index_file, buffer_size=READ_BUFFER
-    )
+def _open(path: str):
+    return rapidgzip.open(path, parallelization=os.cpu_count() or 1)
 
 
 def _cache_key(st: os.stat_result) -> str:
@@ -68,40 +104,33 @@ def _cache_key(st: os.stat_result) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
-def _load_cached(stem: str) -> dict | None:
+def _load_cached(stem: str) -> tuple[bytes, dict] | None:
     try:
         with open(stem + ".json") as f:
-            cached = json.load(f)
-        if os.path.exists(stem + ".gzidx"):
-            return cached
+            doc = json.load(f)
+        with open(stem + ".gzidx", "rb") as f:
+            return f.read(), doc
     except (OSError, ValueError):
-        pass
-    return None
+        return None
 
 
-def _save(stem: str, reader, size: int, members: list[tar.Member], notes: list[str]) -> None:
+def _save(stem: str, index: bytes, doc: dict) -> None:
     """Write the index, then the member list, each atomically; a cache that
     cannot be written only costs the next mount its speed."""
     try:
         os.makedirs(os.path.dirname(stem), exist_ok=True)
-        _atomic(stem + ".gzidx", lambda tmp: reader.export_index(tmp))
-        doc = {"size": size, "members": [m.to_json() for m in members], "notes": notes}
-        _atomic(stem + ".json", lambda tmp: _write_json(tmp, doc))
+        _atomic(stem + ".gzidx", index)
+        _atomic(stem + ".json", json.dumps(doc).encode())
     except OSError as e:
         log.warning("cannot keep the gzip index in %s: %s", os.path.dirname(stem), e)
 
 
-def _atomic(final: str, write) -> None:
+def _atomic(final: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".tmp-")
-    os.close(fd)
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, final)
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def _write_json(path: str, doc: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(doc, f)
