@@ -96,7 +96,7 @@ def make_checkpoints(work: Path, gib: float, count: int) -> dict[str, Path]:
 
 class Mount:
     def __init__(self, source: Path, where: Path, cache: Path):
-        self.where = where
+        self.source_path, self.where = source, where
         where.mkdir(parents=True, exist_ok=True)
         self.mount_seconds = timed(lambda: sh(*CKPTFS, "mount", source, where, "--cache-dir", cache))
 
@@ -135,11 +135,6 @@ def read_all(path: Path) -> tuple[float, int]:
     finally:
         os.close(fd)
     return time.perf_counter() - start, total
-
-
-def gbps(seconds_bytes: tuple[float, int]) -> str:
-    seconds, nbytes = seconds_bytes
-    return f"{nbytes / seconds / 1e9:.2f} GB/s"
 
 
 def random_reads(path: Path, count: int = 100, length: int = MiB) -> float:
@@ -188,58 +183,120 @@ def main() -> None:
     Path(__file__).with_name("out").joinpath("latest.md").write_text("\n".join(lines) + "\n")
 
 
+ROUNDS = 5
+
+
 def report_mount_find(paths, work, out) -> None:
-    out("| mount + `find` (median of 3) | seconds | entries |")
-    out("| --- | --- | --- |")
-    for key in ("big.safetensors", "small.safetensors", "big.nemo", "small.nemo"):
-        runs = []
-        for i in range(3):
-            where = work / f"mnt-find-{key}-{i}"
-            m = Mount(paths[key], where, work / "cache")
-            found = [0]
-            find_seconds = timed(lambda: found.__setitem__(0, len(sh("find", where).stdout.splitlines())))
-            runs.append(m.mount_seconds + find_seconds)
+    keys = ("big.safetensors", "small.safetensors", "big.nemo", "small.nemo")
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in keys}
+    entries = {}
+    for i in range(ROUNDS):  # interleaved, so that noise falls on every row alike
+        for key in keys:
+            m = Mount(paths[key], work / f"mnt-find-{key}-{i}", work / "cache")
+            found = []
+            find_seconds = timed(lambda: found.append(len(sh("find", m.where).stdout.splitlines())))
+            runs[key].append((m.mount_seconds + find_seconds, m.mount_seconds, find_seconds))
+            entries[key] = found[0]
             m.close()
-        out(f"| {key} | {statistics.median(runs):.2f} | {found[0]} |")
+    out(f"| mount + `find` (median of {ROUNDS}, interleaved) | mount s | find s | total s | entries |")
+    out("| --- | --- | --- | --- | --- |")
+    for key in keys:
+        total, mount_s, find_s = sorted(runs[key])[ROUNDS // 2]
+        out(f"| {key} | {mount_s:.2f} | {find_s:.2f} | {total:.2f} | {entries[key]} |")
     out()
+
+
+def read_cells(cold: bool, open_mount, path_in) -> tuple[list[float], float]:
+    """GB/s of a cold first read (page cache dropped), a first read with the
+    source warm in the page cache, and a second read; fresh mounts."""
+    speeds = []
+    rss = 0.0
+    if cold:
+        mount = open_mount()
+        drop_caches()
+        speeds.append(rate(read_all(path_in(mount))))
+        rss = max(rss, mount.peak_rss_mib())
+        mount.close()
+    mount = open_mount()
+    read_all(mount.source_path)  # warm the source file
+    speeds.append(rate(read_all(path_in(mount))))
+    speeds.append(rate(read_all(path_in(mount))))
+    rss = max(rss, mount.peak_rss_mib())
+    mount.close()
+    return speeds, rss
+
+
+def rate(seconds_bytes: tuple[float, int]) -> float:
+    seconds, nbytes = seconds_bytes
+    return nbytes / seconds / 1e9
+
+
+class Plain:
+    """The source file itself, as `cat` reads it."""
+
+    def __init__(self, path: Path):
+        self.source_path = path
+
+    def peak_rss_mib(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        pass
+
+
+class Ratarmount:
+    def __init__(self, source: Path, where: Path, index: Path):
+        self.source_path, self.where = source, where
+        where.mkdir(parents=True, exist_ok=True)
+        sh(Path(sys.executable).with_name("ratarmount"), "--index-file", index, source, where)
+
+    def peak_rss_mib(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        sh("fusermount3", "-u", self.where)
 
 
 def report_reads(paths, work, cold, out) -> None:
-    big_bytes = npy_path(Path("/"), BIG_NAME)  # placeholder to compute the name only
-    del big_bytes
-    out("| sequential read, 1 MiB requests | throughput |")
-    out("| --- | --- |")
-    drop_caches()
-    out(f"| `cat` of the source file (.safetensors){' cold' if cold else ''} | {gbps(read_all(paths['big.safetensors']))} |")
-    m = Mount(paths["big.safetensors"], work / "mnt-read", work / "cache")
-    tensor = npy_path(m.where, BIG_NAME)
-    drop_caches()
-    out(f"| ckptfs .safetensors, largest tensor ({tensor.stat().st_size / 1e6:.0f} MB), first read{' (cold source)' if cold else ''} | {gbps(read_all(tensor))} |")
-    out(f"| ckptfs .safetensors, same tensor, second read (kernel page cache) | {gbps(read_all(tensor))} |")
-    warm_first = Mount(paths["big.safetensors"], work / "mnt-read-warm", work / "cache")
-    out(f"| ckptfs .safetensors, first read, source already in page cache | {gbps(read_all(npy_path(warm_first.where, BIG_NAME)))} |")
-    slow = Mount(paths["big.safetensors"], work / "mnt-read-128", work / "cache")
-    slow.set_read_ahead(128)
-    out(f"| ckptfs .safetensors, first read with the kernel's default read_ahead_kb=128 | {gbps(read_all(npy_path(slow.where, BIG_NAME)))} |")
-    rss = max(x.peak_rss_mib() for x in (m, warm_first, slow))
-    for x in (m, warm_first, slow):
-        x.close()
+    counter = iter(range(10_000))
 
-    nemo = Mount(paths["big.nemo"], work / "mnt-nemo", work / "cache")
-    member = nemo.where / "model_weights.ckpt"
-    out(f"| `cat` of the source file (.nemo), page cache warm | {gbps(read_all(paths['big.nemo']))} |")
-    out(f"| ckptfs .nemo, `model_weights.ckpt` member ({member.stat().st_size / 1e6:.0f} MB), first read | {gbps(read_all(member))} |")
-    out(f"| ckptfs .nemo, same member, second read | {gbps(read_all(member))} |")
-    rss = max(rss, nemo.peak_rss_mib())
-    nemo.close()
-    rat = work / "mnt-ratarmount"
-    rat.mkdir()
-    rat_mount = timed(lambda: sh(Path(sys.executable).with_name("ratarmount"), "--index-file", work / "rat.sqlite", paths["big.nemo"], rat))
-    out(f"| ratarmount .nemo, same member, first read (mounted in {rat_mount:.2f} s) | {gbps(read_all(rat / 'model_weights.ckpt'))} |")
-    out(f"| ratarmount .nemo, same member, second read | {gbps(read_all(rat / 'model_weights.ckpt'))} |")
-    sh("fusermount3", "-u", rat)
+    def ckptfs(key, read_ahead_kb=None):
+        def open_mount():
+            m = Mount(paths[key], work / f"mnt-read-{next(counter)}", work / "cache")
+            if read_ahead_kb:
+                m.set_read_ahead(read_ahead_kb)
+            return m
+
+        return open_mount
+
+    def ratarmount():
+        return Ratarmount(paths["big.nemo"], work / f"mnt-rat-{next(counter)}", work / "rat.sqlite")
+
+    tensor = lambda m: npy_path(m.where, BIG_NAME)  # noqa: E731
+    member = lambda m: m.where / "model_weights.ckpt"  # noqa: E731
+    rows = [
+        ("`cat` big.safetensors (the whole file)", lambda: Plain(paths["big.safetensors"]), lambda m: m.source_path, cold),
+        ("ckptfs big.safetensors, largest tensor (.npy)", ckptfs("big.safetensors"), tensor, cold),
+        ("same, read_ahead_kb left at the kernel's 128", ckptfs("big.safetensors", 128), tensor, False),
+        ("`cat` big.nemo (the whole file)", lambda: Plain(paths["big.nemo"]), lambda m: m.source_path, cold),
+        ("ckptfs big.nemo, `model_weights.ckpt` member", ckptfs("big.nemo"), member, cold),
+        ("ratarmount big.nemo, same member", ratarmount, member, cold),
+    ]
+    speeds: dict[str, list[list[float]]] = {label: [] for label, *_ in rows}
+    rss = 0.0
+    for _ in range(3):  # interleaved rounds; medians below
+        for label, open_mount, path_in, with_cold in rows:
+            cells, peak = read_cells(with_cold, open_mount, path_in)
+            speeds[label].append(cells if with_cold else [float("nan")] + cells)
+            if label.startswith("ckptfs") or label.startswith("same"):
+                rss = max(rss, peak)
+    out("| sequential read, 1 MiB requests (GB/s, median of 3) | cold | first read, source warm | second read |")
+    out("| --- | --- | --- | --- |")
+    for label, *_ in rows:
+        medians = [statistics.median(col) for col in zip(*speeds[label])]
+        out(f"| {label} | " + " | ".join("—" if m != m else f"{m:.2f}" for m in medians) + " |")
     out()
-    out(f"Daemon peak RSS (VmHWM) over all the reads above: **{rss:.0f} MiB**.")
+    out(f"Daemon peak RSS (VmHWM) over the ckptfs reads above: **{rss:.0f} MiB**.")
     out()
 
 

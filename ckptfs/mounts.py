@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -50,6 +48,8 @@ def raise_read_ahead(entry: MountEntry, kb: int) -> bool:
 
 def unmount(mountpoint: str, lazy: bool = False) -> tuple[bool, str]:
     """`fusermount3 -u`; returns (done, fusermount's message)."""
+    import subprocess  # only umount needs it; keeps `ckptfs mount` quick to start
+
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -62,7 +62,7 @@ def state_dir() -> str:
     for base in ("/run" if os.geteuid() == 0 else None, os.environ.get("XDG_RUNTIME_DIR")):
         if base and os.access(base, os.W_OK):
             return os.path.join(base, "ckptfs")
-    return os.path.join(tempfile.gettempdir(), f"ckptfs-{os.geteuid()}")
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"ckptfs-{os.geteuid()}")
 
 
 @dataclass(frozen=True)

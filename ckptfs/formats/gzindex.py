@@ -22,8 +22,6 @@ import os
 import tempfile
 import threading
 
-import rapidgzip
-
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..sources import Source
@@ -96,6 +94,8 @@ def _scan(path: str):
 
 
 def _open(path: str):
+    import rapidgzip  # imported only for gzip sources: it is slow to import
+
     return rapidgzip.open(path, parallelization=os.cpu_count() or 1)
 
 
