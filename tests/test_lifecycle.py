@@ -107,7 +107,7 @@ def test_killed_daemon_leaves_a_stale_mount_that_umount_clears(source, mnt):
     assert _wait(lambda: not _alive(pid))
     with pytest.raises(OSError) as err:
         os.listdir(mnt)
-    assert err.value.errno == errno.ENOTCONN
+    assert err.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # a dead mount, as the kernel says it
     done = run_ckptfs("umount", mnt)
     assert done.returncode == 1
     assert "died" in done.stderr and "stale mount cleared" in done.stderr
