@@ -208,3 +208,28 @@ def test_writes_are_refused_read_only(mount, every_dtype):
             attempt()
         assert err.value.errno in (30, 13)  # EROFS (kernel may say EACCES first for mode bits)
     assert os.stat(target).st_mode & 0o222 == 0
+
+
+def test_du_adds_up(mount, every_dtype):
+    mnt = mount(every_dtype)
+    sizes = [p.stat().st_size for p in Path(mnt).rglob("*.npy")]
+    apparent = subprocess.run(["du", "-sb", mnt], capture_output=True, text=True, timeout=30).stdout.split()[0]
+    blocks = subprocess.run(["du", "-s", "--block-size=512", mnt], capture_output=True, text=True, timeout=30)
+    everything = [p.stat() for p in Path(mnt).rglob("*")]
+    assert int(apparent) == sum(st.st_size for st in everything)  # directories count 0 bytes
+    assert int(blocks.stdout.split()[0]) == sum((st.st_size + 511) // 512 for st in everything)
+    assert sum(sizes) > 0
+
+
+def test_diff_of_two_mounts_names_the_differing_tensors(mount, tmp_path):
+    base = {"enc.w": torch.arange(12, dtype=torch.float32), "enc.b": torch.ones(3), "head.w": torch.zeros(2, 2)}
+    changed = dict(base, **{"enc.b": torch.tensor([1.0, 2.0, 1.0])})
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(base, str(a))
+    save_file(changed, str(b))
+    one, two, other = mount(a), mount(a), mount(b)
+    same = subprocess.run(["diff", "-r", one, two], capture_output=True, text=True, timeout=60)
+    assert same.returncode == 0 and same.stdout == ""
+    differ = subprocess.run(["diff", "-rq", "--exclude=.ckptfs", one, other], capture_output=True, text=True, timeout=60)
+    assert differ.returncode == 1
+    assert differ.stdout.strip() == f"Files {one}/enc/b.npy and {other}/enc/b.npy differ"
