@@ -193,10 +193,10 @@ def report_mount_find(paths, work, out) -> None:
     for i in range(ROUNDS):  # interleaved, so that noise falls on every row alike
         for key in keys:
             m = Mount(paths[key], work / f"mnt-find-{key}-{i}", work / "cache")
-            found = []
-            find_seconds = timed(lambda: found.append(len(sh("find", m.where).stdout.splitlines())))
+            start = time.perf_counter()
+            entries[key] = len(sh("find", m.where).stdout.splitlines())
+            find_seconds = time.perf_counter() - start
             runs[key].append((m.mount_seconds + find_seconds, m.mount_seconds, find_seconds))
-            entries[key] = found[0]
             m.close()
     out(f"| mount + `find` (median of {ROUNDS}, interleaved) | mount s | find s | total s | entries |")
     out("| --- | --- | --- | --- | --- |")
@@ -293,7 +293,7 @@ def report_reads(paths, work, cold, out) -> None:
     out("| sequential read, 1 MiB requests (GB/s, median of 3) | cold | first read, source warm | second read |")
     out("| --- | --- | --- | --- |")
     for label, *_ in rows:
-        medians = [statistics.median(col) for col in zip(*speeds[label])]
+        medians = [statistics.median(col) for col in zip(*speeds[label], strict=True)]
         out(f"| {label} | " + " | ".join("—" if m != m else f"{m:.2f}" for m in medians) + " |")
     out()
     out(f"Daemon peak RSS (VmHWM) over the ckptfs reads above: **{rss:.0f} MiB**.")

@@ -18,7 +18,7 @@ TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", 
 
 
 def build(ckpt: Checkpoint) -> Dir:
-    view = Dir(frozen=True)
+    view = Dir()
     view.add("info.yaml", _text_file(info_yaml(ckpt)))
     view.add("tensors.tsv", _text_file(tensors_tsv(ckpt)))
     view.add("raw", ckpt.raw)
@@ -71,4 +71,4 @@ def _tsv_cell(value: object) -> str:
 
 
 def _text_file(text: str) -> File:
-    return File(Content([text.encode("utf-8")]), frozen=True)
+    return File(Content([text.encode("utf-8")]))

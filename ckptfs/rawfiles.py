@@ -6,7 +6,7 @@ from .sources import Source
 from .tree import Content, Extent, File
 
 
-def raw_file(source: Source, offset: int, length: int, *, mtime_ns: int | None = None, frozen: bool) -> File:
+def raw_file(source: Source, offset: int, length: int, *, mtime_ns: int | None = None) -> File:
     path, start = source.locate(offset)
     xattrs = {"ckptfs.source": path, "ckptfs.range": f"{start}-{start + length}"}
-    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns, xattrs=xattrs, frozen=frozen)
+    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns, xattrs=xattrs)

@@ -33,7 +33,7 @@ class PlacedTensor:
     tensor: Tensor
 
 
-def tensor_file(tensor: Tensor, frozen: bool = False) -> File:
+def tensor_file(tensor: Tensor) -> File:
     descr, shape = npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length)
     path, start = tensor.data.source.locate(tensor.data.offset)
     xattrs = {
@@ -43,20 +43,20 @@ def tensor_file(tensor: Tensor, frozen: bool = False) -> File:
         "ckptfs.source": path,
         "ckptfs.range": f"{start}-{start + tensor.data.length}",
     }
-    return File(Content([npy.header(descr, shape), tensor.data]), xattrs=xattrs, frozen=frozen)
+    return File(Content([npy.header(descr, shape), tensor.data]), xattrs=xattrs)
 
 
-def tensor_tree(tensors: list[Tensor], frozen: bool = False) -> tuple[Dir, list[PlacedTensor]]:
+def tensor_tree(tensors: list[Tensor]) -> tuple[Dir, list[PlacedTensor]]:
     """A directory of `.npy` files, one per tensor, names split at dots.
 
     Parts never contain a dot after the split and tensor files always end in
     `.npy`, so no two flat names can claim the same path (docs/layout.md).
     """
-    root = Dir(frozen=frozen)
+    root = Dir()
     placed = []
     for tensor in sorted(tensors, key=lambda t: t.name):
         parts = names.tensor_path(tensor.name)
-        root.subdir(parts[:-1]).add(parts[-1], tensor_file(tensor, frozen))
+        root.subdir(parts[:-1]).add(parts[-1], tensor_file(tensor))
         placed.append(PlacedTensor("/".join(parts), tensor))
     return root, placed
 

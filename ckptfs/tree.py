@@ -63,9 +63,6 @@ class Content:
             i += 1
         return out[0] if len(out) == 1 else b"".join(out)
 
-    def extents(self) -> list[Extent]:
-        return [p for p in self.pieces if isinstance(p, Extent)]
-
 
 def len_of(piece: Piece) -> int:
     return piece.length if isinstance(piece, Extent) else len(piece)
@@ -77,9 +74,6 @@ class Node:
     mtime_ns: int | None = field(default=None, kw_only=True)
     #: extended attributes shown by getfattr (names without the `user.` prefix)
     xattrs: dict[str, str] = field(default_factory=dict, kw_only=True)
-    #: True where this node and everything below it is read-only for good
-    #: (shard subfolders, the metadata view), whatever the mount options
-    frozen: bool = field(default=False, kw_only=True)
 
 
 @dataclass(eq=False)
@@ -112,19 +106,11 @@ class Dir(Node):
         for i, part in enumerate(parts):
             node = here.children.get(part)
             if node is None:
-                node = here.children[part] = Dir(frozen=here.frozen)
+                node = here.children[part] = Dir()
             elif not isinstance(node, Dir):
                 raise PathConflict("/".join(parts[: i + 1]))
             here = node
         return here
-
-    def lookup(self, parts: list[str]) -> Node | None:
-        node: Node | None = self
-        for part in parts:
-            if not isinstance(node, Dir):
-                return None
-            node = node.children.get(part)
-        return node
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, Node]]:
         """Every node below this one, as (path, node), in sorted order."""

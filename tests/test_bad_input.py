@@ -74,7 +74,10 @@ CASES = {
     "not a checkpoint": (lambda t: _write(t / "notes.txt", b"just some text, not a checkpoint"), "not a checkpoint"),
     "empty file": (lambda t: _write(t / "empty.pt", b""), "empty file"),
     "truncated safetensors": (_truncated, "truncated"),
-    "header beyond file": (lambda t: write_safetensors(t / "x.safetensors", {"a": F32_2x2}, bytes(16), 4096), "runs past the end"),
+    "header beyond file": (
+        lambda t: write_safetensors(t / "x.safetensors", {"a": F32_2x2}, bytes(16), 4096),
+        "runs past the end",
+    ),
     "header above limit": (
         lambda t: write_safetensors(t / "x.safetensors", {"a": F32_2x2}, bytes(16), 100_000_001),
         "above the limit of 100000000",
@@ -97,7 +100,10 @@ CASES = {
         lambda t: write_safetensors(t / "x.safetensors", {"a": {**F32_2x2, "shape": [3, 2]}}, bytes(16)),
         "needs 24 bytes",
     ),
-    "unknown dtype": (lambda t: write_safetensors(t / "x.safetensors", {"a": {**F32_2x2, "dtype": "F13"}}, bytes(16)), "unknown dtype"),
+    "unknown dtype": (
+        lambda t: write_safetensors(t / "x.safetensors", {"a": {**F32_2x2, "dtype": "F13"}}, bytes(16)),
+        "unknown dtype",
+    ),
     "truncated tar": (_truncated_tar, "truncated"),
     "tar member ../x": (lambda t: _tar(t, ["./model_config.yaml", "../x"]), "outside the archive"),
     "tar member /etc/x": (lambda t: _tar(t, ["/etc/x"]), "absolute path"),

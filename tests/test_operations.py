@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from ckptfs import metaview
 from ckptfs.formats import open_checkpoint
 from ckptfs.fuse_ops import Operations, Ownership
-from ckptfs.tree import Content, Dir, File
+from ckptfs.tree import Content, File
 
 
 def _call(coro_fn, *args):

@@ -56,11 +56,11 @@ def test_every_dtype_matches_safetensors_bit_for_bit(mount, every_dtype):
             assert loaded.shape == tuple(tensor.shape), name
             assert loaded.tobytes() == expected, name
             assert loaded.dtype.itemsize == tensor.dtype.itemsize, name
-        xattr = lambda key: os.getxattr(_npy_path(mnt, name), f"user.ckptfs.{key}").decode()  # noqa: E731
-        assert xattr("name") == name
-        assert json.loads(xattr("shape")) == list(tensor.shape)
-        assert xattr("source") == str(every_dtype)
-        start, end = map(int, xattr("range").split("-"))
+        attrs = {k: os.getxattr(_npy_path(mnt, name), f"user.ckptfs.{k}").decode() for k in ("name", "shape", "source", "range")}
+        assert attrs["name"] == name
+        assert json.loads(attrs["shape"]) == list(tensor.shape)
+        assert attrs["source"] == str(every_dtype)
+        start, end = map(int, attrs["range"].split("-"))
         with open(every_dtype, "rb") as f:
             f.seek(start)
             assert f.read(end - start) == expected

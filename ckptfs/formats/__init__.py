@@ -55,6 +55,6 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
     root, placed, _ = safetensors.expand(source)
-    raw = Dir(frozen=True)
-    raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size, frozen=True))
+    raw = Dir()
+    raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
     return Checkpoint("safetensors", source.path, st, root, raw, placed)

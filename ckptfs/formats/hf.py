@@ -34,21 +34,21 @@ def sniff(path: str) -> bool:
 def open_dir(path: str) -> Checkpoint:
     st = os.stat(path)
     root = Dir()
-    raw = Dir(frozen=True)
+    raw = Dir()
     shards: dict[str, dict[str, Tensor]] = {}
     for rel in _files(path):
         parts = names.file_parts(rel)
         full = os.path.join(path, rel)
         source = FileSource(full)
         mtime = source.stat.st_mtime_ns
-        raw.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime, frozen=True))
+        raw.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
         if rel.endswith(".safetensors"):
-            folder, _, by_name = safetensors.expand(source, frozen=True)
+            folder, _, by_name = safetensors.expand(source)
             folder.mtime_ns = mtime
             root.subdir(parts[:-1]).add(parts[-1], folder)
             shards[rel] = by_name
         else:
-            root.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime, frozen=False))
+            root.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
 
     merged, notes = _merged_tensors(path, shards)
     tree, placed = tensor_tree(merged)
@@ -70,22 +70,23 @@ def _files(top: str) -> list[str]:
 
 
 def _merged_tensors(path: str, shards: dict[str, dict[str, Tensor]]) -> tuple[list[Tensor], list[str]]:
+    """The tensors of the merged tree, and notes when there is none."""
     indexes = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
     if "model" + INDEX_SUFFIX in indexes:
         indexes = ["model" + INDEX_SUFFIX]
     if len(indexes) == 1:
         return _from_index(os.path.join(path, indexes[0]), shards), []
-    top_level = {rel: t for rel, t in shards.items() if "/" not in rel}
-    notes = [f"several index files ({', '.join(indexes)}); the merged tree uses none"] if indexes else []
     if len(indexes) > 1:
-        return [], notes
+        return [], [f"several index files ({', '.join(indexes)}) and none is model{INDEX_SUFFIX}; no merged tree"]
     merged: dict[str, Tensor] = {}
-    for rel, tensors in sorted(top_level.items()):
+    for rel, tensors in sorted(shards.items()):
+        if "/" in rel:
+            continue  # only top-level files make up the model without an index
         clash = merged.keys() & tensors.keys()
         if clash:
             return [], [f"tensor {sorted(clash)[0]!r} is in more than one shard and there is no index; no merged tree"]
         merged.update(tensors)
-    return list(merged.values()), notes
+    return list(merged.values()), []
 
 
 def _from_index(index_path: str, shards: dict[str, dict[str, Tensor]]) -> list[Tensor]:

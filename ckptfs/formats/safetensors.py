@@ -127,18 +127,18 @@ def _no_duplicates(pairs):
     return seen
 
 
-def metadata_file(metadata: dict[str, str], frozen: bool = False) -> File:
+def metadata_file(metadata: dict[str, str]) -> File:
     text = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return File(Content([text.encode("utf-8")]), frozen=frozen)
+    return File(Content([text.encode("utf-8")]))
 
 
-def expand(source: Source, frozen: bool = False):
+def expand(source: Source):
     """The folder a safetensors file shows as: its tensors and `__metadata__.yaml`.
 
     Returns (folder, placed tensors, tensors by name).
     """
     metadata, tensors = read(source)
-    folder, placed = tensor_tree(tensors, frozen)
+    folder, placed = tensor_tree(tensors)
     if metadata is not None:
-        folder.add("__metadata__.yaml", metadata_file(metadata, frozen))
+        folder.add("__metadata__.yaml", metadata_file(metadata))
     return folder, placed, {t.name: t for t in tensors}

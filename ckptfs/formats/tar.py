@@ -112,7 +112,7 @@ def _normalize(name: str, path: str) -> str:
 def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, notes: list[str]) -> Checkpoint:
     """The checkpoint tree of a tar: every member in the main tree and,
     byte for byte, in the raw mirror."""
-    root, raw = Dir(), Dir(frozen=True)
+    root, raw = Dir(), Dir()
     files = {m.name: m for m in members if m.kind == "file"}
     for m in members:
         if m.name == "":
@@ -141,9 +141,9 @@ def _place(tree: Dir, m: Member, source: Source, path: str) -> None:
         if isinstance(parent.children.get(parts[-1]), Dir):
             raise PathConflict(m.name)
         if m.kind == "symlink":
-            node = Symlink(m.link, mtime_ns=mtime_ns, frozen=tree.frozen)
+            node = Symlink(m.link, mtime_ns=mtime_ns)
         else:
-            node = raw_file(source, m.offset, m.size, mtime_ns=mtime_ns, frozen=tree.frozen)
+            node = raw_file(source, m.offset, m.size, mtime_ns=mtime_ns)
         parent.add(parts[-1], node, replace=True)  # a later member of the same name wins, as in tar
     except PathConflict:
         raise FormatError(path, f"member {m.name!r} needs a folder where another member is a file, or the reverse") from None
