@@ -62,11 +62,23 @@ class FileSource(Source):
         self.size = st.st_size
         self.stat = st
         self._sequential_end = -1
+        self._prefetched_to = 0
+
+    def _prefetch(self, offset: int, length: int) -> None:
+        """Keep up to PREFETCH bytes requested ahead of a sequential reader,
+        asking again each time half of it has been consumed."""
+        if offset != self._sequential_end:
+            self._prefetched_to = 0
+            return
+        end = offset + length
+        if end > self._prefetched_to - self.PREFETCH // 2:
+            start = max(end, self._prefetched_to)
+            os.posix_fadvise(self.fd, start, self.PREFETCH, os.POSIX_FADV_WILLNEED)
+            self._prefetched_to = start + self.PREFETCH
 
     def pread(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
-        if offset == self._sequential_end:
-            os.posix_fadvise(self.fd, offset + length, self.PREFETCH, os.POSIX_FADV_WILLNEED)
+        self._prefetch(offset, length)
         self._sequential_end = offset + length
         data = os.pread(self.fd, length, offset)
         if len(data) == length:
