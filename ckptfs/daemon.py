@@ -73,8 +73,8 @@ async def _stop_on_signal() -> None:
 
 
 def spawn(run, state: mounts.MountState, source: str, log_setup, timeout: float = 120) -> int:
-    """Run `run(notify)` in a background daemon; return once it has mounted
-    (0) or failed (1, with its reason printed)."""
+    """Run `run(notify)` in a background daemon; return 0 once it has
+    mounted, or raise CkptfsError with the reason it could not."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
