@@ -1,0 +1,86 @@
+"""The inert pickle interpreter: same values as pickle for plain data in every
+protocol, and nothing executed for hostile pickles."""
+
+import collections
+import io
+import os
+import pickle
+import pickletools
+
+import pytest
+
+from ckptfs.inert_pickle import Call, Global, InertUnpickler, PickleError
+
+PLAIN = {
+    "list": [1, 2.5, "x", b"bytes", None, True, False, complex(1, 2), bytearray(b"ba")],
+    "tuple": (1, (2, 3), ()),
+    "set": {1, 2},
+    "frozen": frozenset([3]),
+    7: {"nested": [{}], (1, 2): "tuple key"},
+    "big": 2**100,
+    "neg": -5,
+    "unicode": "ünïcödé",
+}
+
+
+@pytest.mark.parametrize("protocol", range(0, 6))
+def test_plain_data_matches_pickle(protocol):
+    data = pickle.dumps(PLAIN, protocol=protocol)
+    assert InertUnpickler(data).load() == pickle.loads(data)
+
+
+def test_shared_references_stay_shared():
+    inner = [1, 2]
+    got = InertUnpickler(pickle.dumps({"a": inner, "b": inner}, protocol=2)).load()
+    assert got["a"] is got["b"]
+
+
+def _hostile(path):
+    """Pickles that would run code under pickle.load, one per mechanism."""
+
+    class Reduce:
+        def __reduce__(self):
+            return (os.system, (f"touch {path}",))
+
+    class NewObj:
+        def __reduce__(self):
+            return (collections.OrderedDict.__new__, (collections.OrderedDict,))  # harmless stand-in for cls.__new__
+
+    reduce_ = pickle.dumps(Reduce(), protocol=2)
+    inst = b"(S'touch " + str(path).encode() + b"'\nios\nsystem\n."
+    obj = b"(cos\nsystem\nS'touch " + str(path).encode() + b"'\no."
+    build = b"cbuiltins\nexec\n)R}S'x'\nS'y'\nsb."
+    newobj_ex = pickle.dumps(NewObj(), protocol=4)
+    ext = b"\x80\x02\x82\x01)R."
+    return {"REDUCE": reduce_, "INST": inst, "OBJ": obj, "BUILD": build, "NEWOBJ": newobj_ex, "EXT1": ext}
+
+
+def test_hostile_pickles_run_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    for mechanism, data in _hostile(marker).items():
+        pickletools.dis(data, out=io.StringIO())  # each is a valid pickle
+        u = InertUnpickler(data)
+        result = u.load()
+        assert isinstance(result, Call), mechanism
+        assert u.globals, mechanism
+        assert not marker.exists(), mechanism
+    u = InertUnpickler(_hostile(marker)["INST"])
+    call = u.load()
+    assert call.func == Global("os", "system") and call.args == (f"touch {marker}",)
+    assert u.globals == [Global("os", "system")]
+
+
+def test_malformed_pickles_raise_pickle_error():
+    for data in (b"", b"\x80\x02", b"\x80\x02]q\x00(K\x01", b"\x80\x02\xff.", b"\x80\x02h\x05.", b"\x80\x02a."):
+        with pytest.raises(PickleError):
+            InertUnpickler(data).load()
+
+
+def test_deep_nesting_is_data_not_recursion():
+    data = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."
+    result = InertUnpickler(data).load()
+    depth = 0
+    while result:
+        result = result[0]
+        depth += 1
+    assert depth == 99_999
