@@ -25,3 +25,5 @@ class Checkpoint:
     tensors: list[PlacedTensor] = field(default_factory=list)
     #: things the user should know about this checkpoint (shown in info.yaml)
     notes: list[str] = field(default_factory=list)
+    #: every global the pickles reference: what pickle.load would have imported or called
+    pickle_globals: list[str] = field(default_factory=list)

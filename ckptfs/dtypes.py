@@ -56,3 +56,4 @@ DTYPES: tuple[DType, ...] = (
 
 BY_SAFETENSORS = {d.safetensors: d for d in DTYPES if d.safetensors}
 BY_NAME = {d.name: d for d in DTYPES}
+BY_TORCH = {d.torch: d for d in DTYPES if d.torch}

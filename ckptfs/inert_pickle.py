@@ -51,6 +51,15 @@ class Call:
         return self.func.path if isinstance(self.func, Global) else repr(self.func)
 
 
+class PickledDict(dict):
+    """A dict subclass instance (OrderedDict): its items, plus the instance
+    attributes BUILD gave it (a state dict's `_metadata`), kept apart."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.attributes: dict = {}
+
+
 @dataclass(frozen=True)
 class Persistent:
     """A persistent id that no `persistent_load` resolved."""
@@ -311,10 +320,8 @@ class InertUnpickler:
         target = self.stack[-1]
         if isinstance(target, Call):
             target.state = state
-        elif hasattr(target, "build"):
-            target.build(state)
-        elif isinstance(target, dict) and isinstance(state, dict):
-            target.update(state)  # e.g. an OrderedDict subclass's __dict__; harmless as data
+        elif isinstance(target, PickledDict) and isinstance(state, dict):
+            target.attributes.update(state)
         else:
             raise PickleError(f"BUILD on a {type(target).__name__}")
 

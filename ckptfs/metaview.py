@@ -22,7 +22,17 @@ def build(ckpt: Checkpoint) -> Dir:
     view.add("info.yaml", _text_file(info_yaml(ckpt)))
     view.add("tensors.tsv", _text_file(tensors_tsv(ckpt)))
     view.add("raw", ckpt.raw)
+    if ckpt.pickle_globals:
+        view.add("pickle-globals.txt", _text_file(pickle_globals_text(ckpt)))
     return view
+
+
+def pickle_globals_text(ckpt: Checkpoint) -> str:
+    lines = [
+        "# Every global the checkpoint's pickles reference: what torch.load(weights_only=False)",
+        "# would import or call. ckptfs imported and called none of them.",
+    ]
+    return "\n".join(lines + ckpt.pickle_globals) + "\n"
 
 
 def info_yaml(ckpt: Checkpoint) -> str:

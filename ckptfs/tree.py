@@ -26,7 +26,9 @@ class Extent:
         return self.source.read_exact(self.offset + offset, length)
 
 
-Piece = Union[Extent, bytes]
+#: A piece is bytes, or anything with `source`, `length` and `read(offset, length)`:
+#: an `Extent`, or a `gather.Gather` for a strided view.
+Piece = Union[Extent, bytes, "Gather"]  # noqa: F821
 
 
 class Content:
@@ -43,7 +45,7 @@ class Content:
 
     @property
     def slow(self) -> bool:
-        return any(isinstance(p, Extent) and p.source.slow for p in self.pieces)
+        return any(not isinstance(p, bytes) and p.source.slow for p in self.pieces)
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(self.size, offset + length)
@@ -55,17 +57,17 @@ class Content:
         while pos < end:
             piece, start = self.pieces[i], self.starts[i]
             take = min(end, start + len_of(piece)) - pos
-            if isinstance(piece, Extent):
-                out.append(piece.read(pos - start, take))
-            else:
+            if isinstance(piece, bytes):
                 out.append(piece[pos - start : pos - start + take])
+            else:
+                out.append(piece.read(pos - start, take))
             pos += take
             i += 1
         return out[0] if len(out) == 1 else b"".join(out)
 
 
 def len_of(piece: Piece) -> int:
-    return piece.length if isinstance(piece, Extent) else len(piece)
+    return len(piece) if isinstance(piece, bytes) else piece.length
 
 
 @dataclass(eq=False)

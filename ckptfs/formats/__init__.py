@@ -10,12 +10,11 @@ from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..tree import Dir
 from ..sources import FileSource
-from . import gzindex, hf, safetensors, tar
+from . import gzindex, hf, safetensors, tar, torchzip
 
 SNIFF_BYTES = 512
 
 _NOT_YET = {
-    b"PK\x03\x04": "a zip archive (torch.save checkpoints are not supported yet)",
     b"\x80\x02": "a pickle (legacy torch.save checkpoints are not supported yet)",
 }
 
@@ -45,6 +44,8 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
         return tar.open_plain(source, st)
     if safetensors.sniff(head):
         return _open_safetensors(source, st)
+    if torchzip.sniff(head):
+        return _open_torchzip(source, st)
     for magic, what in _NOT_YET.items():
         if head.startswith(magic):
             raise FormatError(path, f"{what}")
@@ -58,3 +59,12 @@ def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
     raw = Dir()
     raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
     return Checkpoint("safetensors", source.path, st, root, raw, placed)
+
+
+def _open_torchzip(source: FileSource, st: os.stat_result) -> Checkpoint:
+    archive = torchzip.TorchZip(source, source.path)
+    root, placed = archive.tree()
+    raw = Dir()
+    raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
+    audit = [g.path for g in archive.globals]
+    return Checkpoint("torch (zip)", source.path, st, root, raw, placed, pickle_globals=audit)

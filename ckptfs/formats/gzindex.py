@@ -7,8 +7,8 @@ list are kept on disk, keyed by the source's device, inode, size and mtime, so
 the next mount of the same file reads neither.
 
 rapidgzip decompresses with threads, and threads do not survive the daemon's
-fork: the parent builds the index and closes its reader; the daemon opens its
-own reader, from the index, on its first read.
+fork: every reader is closed before a fork, and the daemon opens its own from
+the in-memory index on its first read.
 """
 
 from __future__ import annotations
@@ -45,9 +45,13 @@ class GzipSource(Source):
     def __init__(self, path: str, size: int, index: bytes):
         self.path = path
         self.size = size
-        self._index: bytes | None = index
+        self._index = index
         self._reader = None
         self._lock = threading.Lock()
+        # The reader's threads would not survive the daemon's fork: close it
+        # before any fork; whoever reads next opens a new one.
+        os.register_at_fork(before=self.close)
+        atexit.register(self.close)  # and stop its threads before Python stops
 
     def pread(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
@@ -55,10 +59,14 @@ class GzipSource(Source):
             if self._reader is None:
                 self._reader = _open(self.path)
                 self._reader.import_index(io.BytesIO(self._index))
-                self._index = None
-                atexit.register(self._reader.close)  # its threads must stop before Python does
             self._reader.seek(offset)
             return self._reader.read(length)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
 
 def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:

@@ -16,7 +16,9 @@ from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..sources import SeekableReader, Source
+from ..tensors import PlacedTensor
 from ..tree import Dir, PathConflict, Symlink
+from . import torchzip
 
 BLOCK = 512
 
@@ -127,7 +129,34 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
             files[m.name] = m
         for tree in (root, raw):
             _place(tree, m, source, source.path)
-    return Checkpoint(fmt, source.path, st, root, raw, [], notes)
+    placed, audit = _expand_checkpoints(root, files.values(), source, notes)
+    return Checkpoint(fmt, source.path, st, root, raw, placed, notes, audit)
+
+
+def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
+    """Members that are torch.save archives appear expanded at their own name
+    (docs/layout.md); their raw bytes stay in the raw mirror. A member that
+    looks like one but cannot be read stays a plain file, with a note."""
+    placed, audit = [], []
+    for m in files:
+        member = source.slice(m.offset, m.size)
+        if not torchzip.sniff(member.pread(0, 4)):
+            continue
+        try:
+            archive = torchzip.TorchZip(member, f"{source.path}:{m.name}")
+            folder, tensors = archive.tree()
+        except torchzip.NotTorchZip:
+            continue
+        except FormatError as e:
+            notes.append(f"{m.name} is shown as a plain file: {e.problem}")
+            continue
+        parts = names.file_parts(m.name)
+        parent = root.subdir(parts[:-1])
+        folder.mtime_ns = parent.children[parts[-1]].mtime_ns
+        parent.children[parts[-1]] = folder
+        placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
+        audit += [g.path for g in archive.globals if g.path not in audit]
+    return placed, audit
 
 
 def _place(tree: Dir, m: Member, source: Source, path: str) -> None:

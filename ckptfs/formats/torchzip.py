@@ -1,0 +1,130 @@
+"""torch.save zip archives (.pt, .pth, .bin, .ckpt, model_weights.ckpt).
+
+The pickle `data.pkl` is read by the inert interpreter; each storage is a
+STORED record `data/<key>` whose bytes are served straight from the archive.
+A view with strides is gathered on read (`gather.Gather`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zipfile
+
+from .. import npy
+from ..errors import FormatError
+from ..gather import Gather
+from ..inert_pickle import Global, InertUnpickler, PickleError
+from ..objtree import ObjectTree
+from ..pyobjects import RenderError
+from ..sources import SeekableReader, Source
+from ..tensors import PlacedTensor, Tensor
+from ..torch_pickle import TensorRef, persistent_load, recognize
+from ..tree import Content, Dir, Extent, File
+
+ZIP_MAGIC = b"PK\x03\x04"
+LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def sniff(head: bytes) -> bool:
+    return head[:4] == ZIP_MAGIC
+
+
+class NotTorchZip(FormatError):
+    """A zip archive that is not a torch.save checkpoint."""
+
+
+class TorchZip:
+    """The records and the pickle of one torch.save archive."""
+
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+        try:
+            archive = zipfile.ZipFile(SeekableReader(source))
+            records = {info.filename: info for info in archive.infolist()}
+            pickles = [n for n in records if n.endswith("data.pkl") and n.count("/") == 1]
+            if not pickles:
+                if any(n.endswith("constants.pkl") for n in records):
+                    raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
+                raise NotTorchZip(name, "zip archive without data.pkl: not a torch.save checkpoint")
+            self.prefix = pickles[0][: -len("data.pkl")]
+            if self.prefix + "constants.pkl" in records:
+                raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
+            byteorder = records.get(self.prefix + "byteorder")
+            if byteorder is not None and archive.read(byteorder).strip() not in (b"little", b""):
+                raise FormatError(name, "big-endian torch checkpoint: not supported")
+            self.records = records
+            unpickler = InertUnpickler(archive.read(pickles[0]), persistent_load=persistent_load, recognize=recognize)
+            self.obj = unpickler.load()
+            self.globals: list[Global] = unpickler.globals
+        except zipfile.BadZipFile as e:
+            raise FormatError(name, f"not a readable zip archive: {e}") from None
+        except PickleError as e:
+            raise FormatError(name, f"data.pkl: {e}") from None
+        self._storages: dict[str, Extent] = {}
+
+    def storage(self, key: str) -> Extent:
+        """The bytes of storage `key`, located through the record's local header."""
+        if key in self._storages:
+            return self._storages[key]
+        info = self.records.get(f"{self.prefix}data/{key}")
+        if info is None:
+            raise FormatError(self.name, f"storage {key!r} has no record data/{key}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise FormatError(self.name, f"storage {key!r} is compressed; torch.save writes it stored")
+        header = self.source.read_exact(info.header_offset, LOCAL_HEADER.size)
+        fields = LOCAL_HEADER.unpack(header)
+        if fields[0] != ZIP_MAGIC:
+            raise FormatError(self.name, f"storage {key!r}: no local header at offset {info.header_offset}")
+        start = info.header_offset + LOCAL_HEADER.size + fields[9] + fields[10]
+        if start + info.file_size > self.source.size:
+            raise FormatError(self.name, f"storage {key!r} runs past the end of the archive (truncated?)")
+        extent = self._storages[key] = Extent(self.source, start, info.file_size)
+        return extent
+
+    def tensor_file(self, ref: TensorRef, name: str) -> tuple[File, Tensor]:
+        storage = self.storage(ref.storage.key)
+        itemsize = ref.dtype.bits // 8
+        if ref.dtype.bits % 8 or itemsize == 0:
+            raise FormatError(self.name, f"tensor {name!r}: dtype {ref.dtype.name} has no byte layout")
+        numel = math.prod(ref.shape)
+        needed = (ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1) * itemsize if numel else 0
+        if needed > storage.length:
+            raise FormatError(
+                self.name, f"tensor {name!r} needs {needed} bytes of storage {ref.storage.key!r}, which holds {storage.length}"
+            )
+        nbytes = numel * itemsize
+        if _is_c_contiguous(ref.shape, ref.stride):
+            piece = Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes)
+        else:
+            piece = Gather(storage.source, storage.offset, itemsize, ref.offset, ref.shape, ref.stride)
+        tensor = Tensor(name, ref.dtype, ref.shape, Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes))
+        descr, shape = npy.served_layout(ref.dtype, ref.shape, nbytes)
+        path, start = storage.source.locate(storage.offset)
+        xattrs = {
+            "ckptfs.name": name,
+            "ckptfs.dtype": ref.dtype.name,
+            "ckptfs.shape": json.dumps(list(ref.shape)),
+            "ckptfs.source": path,
+            "ckptfs.range": f"{start}-{start + storage.length}",
+            "ckptfs.storage": f"{ref.storage.key} offset {ref.offset} stride {list(ref.stride)}",
+        }
+        return File(Content([npy.header(descr, shape), piece]), xattrs=xattrs), tensor
+
+    def tree(self) -> tuple[Dir, list[PlacedTensor]]:
+        builder = ObjectTree(self.tensor_file)
+        try:
+            root = builder.build(self.obj)
+        except RenderError as e:
+            raise FormatError(self.name, f"data.pkl: {e}") from None
+        return root, builder.placed
+
+
+def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True

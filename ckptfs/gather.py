@@ -1,0 +1,64 @@
+"""Strided views served in C order, gathered on read in bounded memory.
+
+A transposed or sliced tensor (torch.save keeps views as they are) lies in
+its storage with strides. A read of bytes [a, b) of its C-order image maps
+to scattered elements of the storage; they are fetched as clusters of
+nearby elements (one pread per cluster), so memory and reads stay
+proportional to the request, never to the tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sources import Source
+
+#: Elements closer than this in the storage are fetched by one read.
+GAP_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Gather:
+    source: Source
+    base: int  # byte offset of storage element 0 in the source
+    itemsize: int
+    start: int  # storage offset of the view, in elements
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # in elements
+
+    @property
+    def length(self) -> int:
+        return math.prod(self.shape) * self.itemsize
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.length - offset))
+        if length == 0:
+            return b""
+        first = offset // self.itemsize
+        last = -(-(offset + length) // self.itemsize)
+        index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
+        elements = np.full(last - first, self.start, dtype=np.int64)
+        for axis_index, stride in zip(index, self.strides):
+            elements += axis_index * stride
+        values = self._fetch(elements)
+        skip = offset - first * self.itemsize
+        return values.tobytes()[skip : skip + length]
+
+    def _fetch(self, elements: np.ndarray) -> np.ndarray:
+        """The `itemsize`-byte rows at storage elements `elements`, in order."""
+        wanted = np.unique(elements)
+        gap = max(1, GAP_BYTES // self.itemsize)
+        breaks = np.nonzero(np.diff(wanted) > gap)[0] + 1
+        starts = wanted[np.concatenate(([0], breaks))]
+        ends = wanted[np.concatenate((breaks - 1, [len(wanted) - 1]))] + 1
+        chunks = [
+            self.source.read_exact(self.base + int(s) * self.itemsize, int(e - s) * self.itemsize)
+            for s, e in zip(starts, ends)
+        ]
+        buffer = np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(-1, self.itemsize)
+        chunk_base = np.concatenate(([0], np.cumsum(ends - starts)[:-1]))
+        which = np.searchsorted(starts, elements, side="right") - 1
+        return buffer[chunk_base[which] + (elements - starts[which])]

@@ -1,0 +1,82 @@
+"""The generic layout of unpickled checkpoints (docs/layout.md): containers
+that hold tensors become folders, tensors become `.npy`, every other value
+becomes `.yaml`. Dotted string keys are split like tensor names."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from . import names
+from .pyobjects import to_yaml
+from .tensors import PlacedTensor
+from .torch_pickle import TensorRef
+from .tree import Content, Dir, File, Node, PathConflict
+
+TensorFile = Callable[[TensorRef, str], tuple[File, object]]
+
+
+class ObjectTree:
+    """Builds the folder for one unpickled object."""
+
+    def __init__(self, tensor_file: TensorFile):
+        self.tensor_file = tensor_file  # (tensor, full name) -> (file, Tensor for the index)
+        self.placed: list[PlacedTensor] = []
+        self._holds_tensors: dict[int, bool] = {}
+
+    def build(self, obj: object) -> Dir:
+        root = Dir()
+        if isinstance(obj, (dict, list, tuple)):
+            self._fill(root, obj, "", "")
+        else:
+            self._add(root, [], "data", obj, "data", "")
+        return root
+
+    def holds_tensors(self, value: object) -> bool:
+        """True if `value` is a container with a tensor somewhere inside."""
+        if isinstance(value, TensorRef):
+            return True
+        if not isinstance(value, (dict, list, tuple)):
+            return False
+        known = self._holds_tensors.get(id(value))
+        if known is None:
+            self._holds_tensors[id(value)] = False  # a cycle holds nothing new
+            items = value.values() if isinstance(value, dict) else value
+            known = self._holds_tensors[id(value)] = any(self.holds_tensors(v) for v in items)
+        return known
+
+    def _fill(self, folder: Dir, container, prefix: str, path: str) -> None:
+        if isinstance(container, dict):
+            pairs, keys = list(container.items()), frozenset(container)
+        else:
+            pairs, keys = list(enumerate(container)), frozenset()
+        for key, value in pairs:
+            full = f"{prefix}{key}"
+            if isinstance(key, str) and "." in key:
+                parts = [names.escape(p) for p in key.split(".")]
+            else:
+                parts = [names.key_name(key, keys)]
+            try:
+                self._add(folder, parts[:-1], parts[-1], value, full, path)
+            except PathConflict:
+                self._add(folder, [], names.escape(str(key), dots=True), value, full, path)
+
+    def _add(self, folder: Dir, dirs: list[str], leaf: str, value, full: str, path: str) -> None:
+        parent = folder.subdir(dirs)
+        where = "/".join(filter(None, [path, *dirs]))
+        if isinstance(value, TensorRef):
+            name = leaf + ".npy"
+            node, tensor = self.tensor_file(value, full)
+            self._put(parent, name, node)
+            self.placed.append(PlacedTensor(f"{where}/{name}".lstrip("/"), tensor))
+        elif self.holds_tensors(value):
+            existing = parent.children.get(leaf)
+            sub = existing if isinstance(existing, Dir) else self._put(parent, leaf, Dir())
+            self._fill(sub, value, full + ".", f"{where}/{leaf}".lstrip("/"))
+        else:
+            self._put(parent, leaf + ".yaml", File(Content([to_yaml(value).encode("utf-8")])))
+
+    @staticmethod
+    def _put(parent: Dir, name: str, node: Node) -> Node:
+        if name in parent.children:
+            raise PathConflict(name)
+        return parent.add(name, node)

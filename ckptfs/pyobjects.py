@@ -1,0 +1,98 @@
+"""Unpickled objects as YAML: plain values stay plain, omegaconf containers
+become the mapping or list they hold (interpolations kept as text), and
+everything else becomes a tagged node naming the class it would have been."""
+
+from __future__ import annotations
+
+import yaml
+
+from .inert_pickle import Call, Global, Persistent
+from .torch_pickle import StorageRef, TensorRef
+
+MAX_DEPTH = 200
+OMEGACONF_CONTAINERS = {"omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig"}
+PATHS = {f"pathlib.{k}" for k in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
+
+
+class RenderError(Exception):
+    pass
+
+
+def plain(value: object, depth: int = 0, path: tuple = ()) -> object:
+    """`value` with placeholders turned into what a user would write in YAML."""
+    if depth > MAX_DEPTH:
+        raise RenderError(f"nesting deeper than {MAX_DEPTH}")
+    if any(value is seen for seen in path):
+        return Tagged("!cycle", None)
+    path = path + (value,) if isinstance(value, (dict, list, tuple, Call)) else path
+    deeper = depth + 1
+    if isinstance(value, dict):
+        return {_key(k): plain(v, deeper, path) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, deeper, path) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return Tagged("!set", sorted((plain(v, deeper, path) for v in value), key=repr))
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, TensorRef):
+        return Tagged("!tensor", {"dtype": value.dtype.name, "shape": list(value.shape)})
+    if isinstance(value, StorageRef):
+        return Tagged("!storage", {"key": value.key, "size": value.size})
+    if isinstance(value, Global):
+        return Tagged("!python/name", value.path)
+    if isinstance(value, Persistent):
+        return Tagged("!persistent", repr(value.pid))
+    if isinstance(value, Call):
+        return _call(value, deeper, path)
+    return value
+
+
+def _call(call: Call, depth: int, path: tuple) -> object:
+    state = call.state if isinstance(call.state, dict) else {}
+    if call.path in OMEGACONF_CONTAINERS:
+        return plain(state.get("_content"), depth, path)
+    if call.path.startswith("omegaconf.nodes."):
+        return plain(state.get("_val"), depth, path)
+    if call.path == "argparse.Namespace":
+        return plain(state, depth, path)
+    if call.path in PATHS and all(isinstance(a, str) for a in call.args):
+        return "/".join(call.args).replace("//", "/")
+    body = {}
+    for field in ("args", "kwargs", "state", "items", "dictitems"):
+        content = getattr(call, field)
+        if content not in ((), {}, [], None):
+            body[field] = plain(content, depth, path)
+    return Tagged(f"!python/object:{call.path}", body)
+
+
+def _key(key: object) -> object:
+    return key if isinstance(key, (str, int, float, bool)) or key is None else repr(key)
+
+
+class Tagged:
+    """A YAML node with an explicit tag, for what is not plain data."""
+
+    def __init__(self, tag: str, value: object):
+        self.tag = tag
+        self.value = value
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_tagged(dumper: yaml.SafeDumper, data: Tagged):
+    if isinstance(data.value, dict):
+        return dumper.represent_mapping(data.tag, data.value)
+    if isinstance(data.value, list):
+        return dumper.represent_sequence(data.tag, data.value)
+    return dumper.represent_scalar(data.tag, "" if data.value is None else str(data.value))
+
+
+_Dumper.add_representer(Tagged, _represent_tagged)
+_Dumper.add_representer(complex, lambda d, c: d.represent_scalar("!complex", repr(c)))
+
+
+def to_yaml(value: object) -> str:
+    text = yaml.dump(plain(value), Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text.removesuffix("...\n")  # the end marker PyYAML puts after a lone scalar

@@ -1,0 +1,134 @@
+"""What torch.save pickles mean, read inertly: storages, tensors and the
+handful of containers checkpoints use. A table of known globals, nothing
+imported from torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dtypes import BY_TORCH, DType
+from .inert_pickle import Global, PickledDict, PickleError
+
+#: Typed storage classes of torch.save, by the dtype they hold.
+STORAGE_DTYPES = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A storage record of the checkpoint: `key` names its bytes."""
+
+    key: str
+    dtype: DType | None  # None for an UntypedStorage: the tensor says
+    location: str
+    size: int  # elements for typed storages, bytes for untyped ones
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor as torch rebuilds it: a view of a storage."""
+
+    storage: StorageRef
+    dtype: DType
+    offset: int  # in elements
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def persistent_load(pid: object) -> StorageRef:
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        raise PickleError(f"unknown persistent id {pid!r:.80}")
+    _, storage_type, key, location, size = pid[:5]
+    if not (isinstance(storage_type, Global) and isinstance(key, str) and _is_count(size)):
+        raise PickleError(f"bogus storage persistent id {pid!r:.80}")
+    if storage_type.name == "UntypedStorage":
+        dtype = None
+    elif storage_type.name in STORAGE_DTYPES:
+        dtype = BY_TORCH[STORAGE_DTYPES[storage_type.name]]
+    else:
+        raise PickleError(f"unknown storage type {storage_type.path}")
+    return StorageRef(key, dtype, str(location), size)
+
+
+def _is_count(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _tensor(storage, offset, shape, stride, dtype: DType | None) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise PickleError("tensor rebuilt from something that is not a storage")
+    dtype = dtype or storage.dtype
+    if dtype is None:
+        raise PickleError(f"tensor of storage {storage.key!r} has no dtype")
+    shape, stride = tuple(shape), tuple(stride)
+    if len(shape) != len(stride) or not all(_is_count(n) for n in (offset, *shape, *stride)):
+        raise PickleError(f"tensor of storage {storage.key!r}: bad size {shape} / stride {stride}")
+    return TensorRef(storage, dtype, offset, shape, stride)
+
+
+def _dtype_of(value: object) -> DType:
+    if isinstance(value, Global) and value.module == "torch" and value.name in BY_TORCH:
+        return BY_TORCH[value.name]
+    raise PickleError(f"unknown tensor dtype {value!r:.80}")
+
+
+def _rebuild_v2(args):  # (storage, offset, size, stride, requires_grad, hooks[, metadata])
+    return _tensor(args[0], args[1], args[2], args[3], None)
+
+
+def _rebuild_v3(args):  # (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])
+    return _tensor(args[0], args[1], args[2], args[3], _dtype_of(args[6]))
+
+
+def _rebuild_v1(args):  # (storage, offset, size, stride)
+    return _tensor(args[0], args[1], args[2], args[3], None)
+
+
+def _parameter(args):  # (data, requires_grad, hooks[, state])
+    return args[0] if isinstance(args[0], TensorRef) else NotImplemented
+
+
+def _from_type(args):  # (func, new_type, args, state): a tensor subclass
+    func, _, inner, _ = args
+    handler = KNOWN.get(func.path) if isinstance(func, Global) else None
+    return handler(inner) if handler else NotImplemented
+
+
+def _ordered_dict(args):
+    return PickledDict(args[0]) if args else PickledDict()
+
+
+def _size(args):
+    return tuple(args[0]) if args else ()
+
+
+def _device(args):
+    return ":".join(str(a) for a in args)
+
+
+KNOWN = {
+    "torch._utils._rebuild_tensor": _rebuild_v1,
+    "torch._utils._rebuild_tensor_v2": _rebuild_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_v3,
+    "torch._utils._rebuild_parameter": _parameter,
+    "torch._utils._rebuild_parameter_with_state": _parameter,
+    "torch._tensor._rebuild_from_type_v2": _from_type,
+    "collections.OrderedDict": _ordered_dict,
+    "collections.defaultdict": lambda args: PickledDict(),
+    "torch.Size": _size,
+    "torch.device": _device,
+}
+
+
+def recognize(func: Global, args: tuple) -> object:
+    handler = KNOWN.get(func.path)
+    if handler is None:
+        return NotImplemented
+    try:
+        return handler(args)
+    except (IndexError, TypeError, ValueError):
+        raise PickleError(f"unexpected arguments to {func.path}") from None

@@ -1,0 +1,208 @@
+"""torch.save zips read without running anything, compared with
+torch.load(weights_only=False) in the test process, bit for bit."""
+
+import io
+import os
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import ml_dtypes  # noqa: F401  (bfloat16 and float8 for np.load)
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from .conftest import FIXTURES, is_mounted, run_ckptfs
+
+DTYPES = [
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
+    torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+    torch.float8_e4m3fn, torch.float8_e5m2,
+]  # fmt: skip
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _npy(mnt: Path, *parts: str) -> Path:
+    return mnt.joinpath(*parts[:-1], parts[-1] + ".npy")
+
+
+def _walk(obj, prefix=()):
+    """(path parts, tensor) for every tensor in nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, prefix + tuple(str(k).split(".")))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk(v, prefix + (str(i),))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 8, generator=gen)
+    shared = torch.arange(20, dtype=torch.float32)
+    obj = {
+        "dtypes": {str(d).split(".")[1]: torch.randint(0, 100, (3, 4), generator=gen).to(d) for d in DTYPES},
+        "views": {
+            "transposed": base.t(),
+            "sliced": base[1:5, 2:7],
+            "every_other": base[:, ::2],
+            "offset_row": base[3],
+            "column": base[:, 5],
+            "permuted": torch.randn(2, 3, 4, generator=gen).permute(2, 0, 1),
+        },
+        "tied": {"a": shared, "b": shared, "head": shared[5:15].view(2, 5)},
+        "scalar": torch.tensor(2.5),
+        "empty": torch.empty(0, 3),
+        "param": torch.nn.Parameter(torch.ones(3, 2)),
+        "nested": [{"x": torch.zeros(2)}, [torch.ones(1), 7]],
+        "meta": {"step": 12, "lr": 1e-4, "name": "run", "tuple": (1, 2)},
+    }
+    path = tmp_path_factory.mktemp("tz") / "generated.pt"
+    torch.save(obj, path)
+    return path
+
+
+def test_every_tensor_matches_torch_load(mount, generated):
+    mnt = Path(mount(generated))
+    reference = torch.load(generated, weights_only=False)
+    count = 0
+    for parts, tensor in _walk(reference):
+        path = _npy(mnt, *parts)
+        for loaded in (np.load(path), np.load(path, mmap_mode="r")):
+            assert loaded.shape == tuple(tensor.shape), parts
+            assert loaded.tobytes() == _bytes(tensor), parts
+        assert os.getxattr(path, "user.ckptfs.dtype").decode() == str(tensor.dtype).split(".")[1]
+        count += 1
+    assert count >= 30
+
+
+def test_views_are_gathered_in_c_order_for_any_read(mount, generated):
+    mnt = Path(mount(generated))
+    reference = torch.load(generated, weights_only=False)["views"]["transposed"]
+    path = _npy(mnt, "views", "transposed")
+    whole = path.read_bytes()
+    header = whole.index(b"\n") + 1
+    assert whole[header:] == _bytes(reference)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for off in range(0, len(whole), 7):
+            for length in (1, 5, 33):
+                assert os.pread(fd, length, off) == whole[off : off + length]
+    finally:
+        os.close(fd)
+
+
+def test_other_values_are_yaml(mount, generated):
+    mnt = Path(mount(generated))
+    assert yaml.safe_load((mnt / "meta.yaml").read_text()) == {"step": 12, "lr": 1e-4, "name": "run", "tuple": [1, 2]}
+    assert yaml.safe_load((mnt / "nested" / "1" / "1.yaml").read_text()) == 7
+    audit = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+    assert "torch._utils._rebuild_tensor_v2" in audit and "torch.FloatStorage" in audit
+
+
+def test_lightning_fixture(mount):
+    ckpt = FIXTURES / "lightning" / "tiny.ckpt"
+    mnt = Path(mount(ckpt))
+    reference = torch.load(ckpt, weights_only=False)
+    for parts, tensor in _walk({"state_dict": reference["state_dict"], "optimizer_states": reference["optimizer_states"]}):
+        assert np.load(_npy(mnt, *parts)).tobytes() == _bytes(tensor), parts
+    hp = yaml.safe_load((mnt / "hyper_parameters.yaml").read_text())
+    assert hp["cfg"]["model"]["hidden"] == 16
+    assert hp["cfg"]["model"]["dims"] == [8, 16, 1]
+    assert hp["cfg"]["data"]["path"] == "${oc.env:HOME}/data"  # interpolation kept as written
+    assert hp["lr"] == 0.01 and hp["name"] == "run2"
+    assert (mnt / "epoch.yaml").read_text() == "3\n"  # three epochs, counted from 0, ended at 3
+    assert yaml.safe_load((mnt / "global_step.yaml").read_text()) == reference["global_step"]
+    groups = yaml.safe_load((mnt / "optimizer_states" / "0" / "param_groups.yaml").read_text())
+    assert len(groups) == 2 and groups[0]["params"] == [0, 1]
+    assert "omegaconf.dictconfig.DictConfig" in (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+
+
+def test_nemo_fixture_weights_expand_in_place(mount):
+    nemo = FIXTURES / "nemo" / "tiny.nemo"
+    mnt = Path(mount(nemo))
+    with tarfile.open(nemo) as tf:
+        raw = tf.extractfile("./model_weights.ckpt").read()
+    reference = torch.load(io.BytesIO(raw), weights_only=False)
+    assert (mnt / "model_weights.ckpt").is_dir()
+    for name, tensor in reference.items():
+        path = _npy(mnt / "model_weights.ckpt", *name.split("."))
+        assert np.load(path).tobytes() == _bytes(tensor), name
+        start, end = map(int, os.getxattr(path, "user.ckptfs.range").split(b"-"))
+        assert nemo.read_bytes()[start:end] != b""  # a byte range of the .nemo itself
+    assert (mnt / ".ckptfs" / "raw" / "model_weights.ckpt").read_bytes() == raw
+    assert torch.load(mnt / ".ckptfs" / "raw" / "model_weights.ckpt", weights_only=False).keys() == reference.keys()
+    assert len(list((mnt / "model_weights.ckpt").rglob("*.npy"))) == len(reference)
+
+
+def test_code_in_the_pickle_is_never_run(mount, tmp_path):
+    marker = tmp_path / "pwned"
+    module_dir = tmp_path / "evil_mod"
+    module_dir.mkdir()
+    (module_dir / "ckptfs_evil_marker.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+
+    class Reduce:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = {"weights": torch.ones(3), "payload": Reduce()}
+    path = tmp_path / "evil.pt"
+    torch.save(evil, path)
+    # a global naming a module that writes the marker when imported
+    with zipfile.ZipFile(path) as z:
+        original = z.read("evil/data.pkl")
+    data = original.replace(b"posix\nsystem", b"ckptfs_evil_marker\nrun")
+    assert data != original
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "evil2.pt", "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, data if info.filename.endswith("data.pkl") else src.read(info))
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = f"{module_dir}{os.pathsep}{env_path}"
+    try:
+        for source in (path, tmp_path / "evil2.pt"):
+            mnt = Path(mount(source))
+            assert np.load(mnt / "weights.npy").tolist() == [1.0, 1.0, 1.0]
+            payload = (mnt / "payload.yaml").read_text()
+            assert "!python/object:" in payload
+            assert not marker.exists()
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    assert "ckptfs_evil_marker" not in sys.modules
+
+
+def test_truncated_and_broken_zips_are_refused(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(1000)}, path)
+    data = path.read_bytes()
+    cases = {
+        "truncated.pt": (data[: len(data) // 2], "not a readable zip archive"),
+        "nopickle.pt": (_zip({"archive/other": b"x"}), "without data.pkl"),
+        "script.pt": (_zip({"archive/constants.pkl": b"x", "archive/x": b""}), "TorchScript"),
+        "badpickle.pt": (_zip({"archive/data.pkl": b"\x80\x02\xff."}), "data.pkl"),
+    }
+    for name, (content, problem) in cases.items():
+        src = tmp_path / name
+        src.write_bytes(content)
+        mnt = tmp_path / f"mnt-{name}"
+        mnt.mkdir()
+        done = run_ckptfs("mount", src, mnt)
+        assert done.returncode == 1 and problem in done.stderr and str(src) in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not is_mounted(mnt)
+
+
+def _zip(records: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+    return out.getvalue()
