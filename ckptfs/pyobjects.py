@@ -10,6 +10,7 @@ from .inert_pickle import Call, Global, Persistent
 from .torch_pickle import StorageRef, TensorRef
 
 MAX_DEPTH = 200
+MAX_NODES = 1_000_000  # shared references can make a small pickle render huge
 OMEGACONF_CONTAINERS = {"omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig"}
 PATHS = {f"pathlib.{k}" for k in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
 
@@ -18,8 +19,12 @@ class RenderError(Exception):
     pass
 
 
-def plain(value: object, depth: int = 0, path: tuple = ()) -> object:
+def plain(value: object, depth: int = 0, path: tuple = (), budget: list | None = None) -> object:
     """`value` with placeholders turned into what a user would write in YAML."""
+    budget = budget if budget is not None else [MAX_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise RenderError(f"more than {MAX_NODES} values to render")
     if depth > MAX_DEPTH:
         raise RenderError(f"nesting deeper than {MAX_DEPTH}")
     if any(value is seen for seen in path):
@@ -27,11 +32,11 @@ def plain(value: object, depth: int = 0, path: tuple = ()) -> object:
     path = path + (value,) if isinstance(value, (dict, list, tuple, Call)) else path
     deeper = depth + 1
     if isinstance(value, dict):
-        return {_key(k): plain(v, deeper, path) for k, v in value.items()}
+        return {_key(k): plain(v, deeper, path, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v, deeper, path) for v in value]
+        return [plain(v, deeper, path, budget) for v in value]
     if isinstance(value, (set, frozenset)):
-        return Tagged("!set", sorted((plain(v, deeper, path) for v in value), key=repr))
+        return Tagged("!set", sorted((plain(v, deeper, path, budget) for v in value), key=repr))
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, TensorRef):
@@ -43,25 +48,25 @@ def plain(value: object, depth: int = 0, path: tuple = ()) -> object:
     if isinstance(value, Persistent):
         return Tagged("!persistent", repr(value.pid))
     if isinstance(value, Call):
-        return _call(value, deeper, path)
+        return _call(value, deeper, path, budget)
     return value
 
 
-def _call(call: Call, depth: int, path: tuple) -> object:
+def _call(call: Call, depth: int, path: tuple, budget: list) -> object:
     state = call.state if isinstance(call.state, dict) else {}
     if call.path in OMEGACONF_CONTAINERS:
-        return plain(state.get("_content"), depth, path)
+        return plain(state.get("_content"), depth, path, budget)
     if call.path.startswith("omegaconf.nodes."):
-        return plain(state.get("_val"), depth, path)
+        return plain(state.get("_val"), depth, path, budget)
     if call.path == "argparse.Namespace":
-        return plain(state, depth, path)
+        return plain(state, depth, path, budget)
     if call.path in PATHS and all(isinstance(a, str) for a in call.args):
         return "/".join(call.args).replace("//", "/")
     body = {}
     for field in ("args", "kwargs", "state", "items", "dictitems"):
         content = getattr(call, field)
         if content not in ((), {}, [], None):
-            body[field] = plain(content, depth, path)
+            body[field] = plain(content, depth, path, budget)
     return Tagged(f"!python/object:{call.path}", body)
 
 
@@ -94,5 +99,11 @@ _Dumper.add_representer(complex, lambda d, c: d.represent_scalar("!complex", rep
 
 
 def to_yaml(value: object) -> str:
-    text = yaml.dump(plain(value), Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    """The YAML text for `value`; a value too deep or too large to render
+    becomes a one-line error in the file instead of failing the mount."""
+    try:
+        rendered = plain(value)
+    except RenderError as e:
+        return f"# ckptfs: this value cannot be shown: {e}\n!unrendered null\n"
+    text = yaml.dump(rendered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return text.removesuffix("...\n")  # the end marker PyYAML puts after a lone scalar

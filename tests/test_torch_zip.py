@@ -206,3 +206,34 @@ def _zip(records: dict[str, bytes]) -> bytes:
         for name, data in records.items():
             z.writestr(name, data)
     return out.getvalue()
+
+
+def _with_pickle(tmp_path: Path, pickle_bytes: bytes) -> Path:
+    path = tmp_path / "bomb.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    with zipfile.ZipFile(path) as src:
+        records = {info.filename: src.read(info) for info in src.infolist()}
+    records["bomb/data.pkl"] = pickle_bytes
+    path.write_bytes(_zip(records))
+    return path
+
+
+def test_recursion_and_reference_bombs_give_clear_errors(tmp_path):
+    import pickle
+
+    from ckptfs.errors import FormatError
+    from ckptfs.formats import open_checkpoint
+
+    deep = _with_pickle(tmp_path, b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b".")
+    with pytest.raises(FormatError, match="nested too deeply"):
+        open_checkpoint(str(deep), str(tmp_path / "cache"))
+
+    layer = [1]
+    for _ in range(40):  # 2**40 values once every shared reference is followed
+        layer = [layer, layer]
+    laughs = tmp_path / "laughs"
+    laughs.mkdir()
+    bomb = _with_pickle(laughs, pickle.dumps({"config": layer}, protocol=2))
+    ckpt = open_checkpoint(str(bomb), str(tmp_path / "cache"))
+    text = ckpt.root.children["config.yaml"].content.read(0, 1000).decode()
+    assert text.startswith("# ckptfs: this value cannot be shown: more than 1000000 values")

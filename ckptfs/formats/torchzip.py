@@ -17,7 +17,6 @@ from ..errors import FormatError
 from ..gather import Gather
 from ..inert_pickle import Global, InertUnpickler, PickleError
 from ..objtree import ObjectTree
-from ..pyobjects import RenderError
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import TensorRef, persistent_load, recognize
@@ -116,8 +115,8 @@ class TorchZip:
         builder = ObjectTree(self.tensor_file)
         try:
             root = builder.build(self.obj)
-        except RenderError as e:
-            raise FormatError(self.name, f"data.pkl: {e}") from None
+        except RecursionError:
+            raise FormatError(self.name, "data.pkl: containers nested too deeply to show") from None
         return root, builder.placed
 
 
