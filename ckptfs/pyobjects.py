@@ -52,7 +52,45 @@ def plain(value: object, depth: int = 0, path: tuple = (), budget: list | None =
     return value
 
 
+NUMPY_RECONSTRUCT = {f"{m}.multiarray._reconstruct" for m in ("numpy.core", "numpy._core")}
+NUMPY_SCALAR = {f"{m}.multiarray.scalar" for m in ("numpy.core", "numpy._core")}
+
+
+def _numpy_dtype(value: object):
+    """The NumPy dtype a pickled `numpy.dtype(...)` call stands for, or None."""
+    import numpy as np
+
+    if not (isinstance(value, Call) and value.path in ("numpy.dtype", "numpy.core.multiarray.dtype") and value.args):
+        return None
+    order = value.state[1] if isinstance(value.state, tuple) and len(value.state) > 1 else "|"
+    try:
+        dtype = np.dtype(value.args[0])
+        return dtype.newbyteorder(order) if order in "<>" else dtype
+    except TypeError:
+        return None
+
+
+def _numpy_value(call: Call):
+    """A pickled NumPy array or scalar as data, or None if it is not one."""
+    import numpy as np
+
+    if call.path in NUMPY_SCALAR and len(call.args) == 2 and isinstance(call.args[1], bytes):
+        dtype = _numpy_dtype(call.args[0])
+        if dtype is not None and dtype.itemsize == len(call.args[1]) and not dtype.hasobject:
+            return np.frombuffer(call.args[1], dtype)[0].item()
+    if call.path in NUMPY_RECONSTRUCT and isinstance(call.state, tuple) and len(call.state) == 5:
+        _, shape, dtype, fortran, raw = call.state
+        dtype = _numpy_dtype(dtype)
+        if dtype is not None and isinstance(raw, bytes) and not dtype.hasobject:
+            array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")
+            return Tagged("!numpy.ndarray", {"dtype": dtype.str, "shape": list(shape), "data": array.tolist()})
+    return None
+
+
 def _call(call: Call, depth: int, path: tuple, budget: list) -> object:
+    numpy_value = _numpy_value(call)
+    if numpy_value is not None:
+        return numpy_value
     state = call.state if isinstance(call.state, dict) else {}
     if call.path in OMEGACONF_CONTAINERS:
         return plain(state.get("_content"), depth, path, budget)

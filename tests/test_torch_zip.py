@@ -237,3 +237,70 @@ def test_recursion_and_reference_bombs_give_clear_errors(tmp_path):
     ckpt = open_checkpoint(str(bomb), str(tmp_path / "cache"))
     text = ckpt.root.children["config.yaml"].content.read(0, 1000).decode()
     assert text.startswith("# ckptfs: this value cannot be shown: more than 1000000 values")
+
+
+def test_numpy_values_and_rng_states(mount, tmp_path):
+    state = np.random.RandomState(0).get_state()
+    path = tmp_path / "np.pt"
+    torch.save({"w": torch.ones(1), "rng": {"numpy": state, "torch": torch.get_rng_state()},
+                "scalar": np.float64(2.5), "int": np.int32(7), "array": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)  # fmt: skip
+    mnt = Path(mount(path))
+    assert (mnt / "scalar.yaml").read_text() == "2.5\n"
+    assert (mnt / "int.yaml").read_text() == "7\n"
+    array = (mnt / "array.yaml").read_text()
+    assert array.startswith("!numpy.ndarray\n") and "dtype: <f4" in array
+    assert yaml.load(array.replace("!numpy.ndarray", ""), Loader=yaml.SafeLoader)["data"] == [[0, 1, 2], [3, 4, 5]]
+    numpy_state = (mnt / "rng" / "numpy.yaml").read_text()
+    assert "MT19937" in numpy_state and str(int(state[1][0])) in numpy_state
+    assert np.load(mnt / "rng" / "torch.npy").tobytes() == _bytes(torch.get_rng_state())
+
+
+class _Newobj:
+    """Pickles as NEWOBJ_EX of a class that, when created, would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce_ex__(self, protocol):
+        import copyreg
+
+        return (copyreg.__newobj_ex__, (_Newobj, (str(self.marker),), {"run": True}))
+
+
+class _Build:
+    """Pickles as a harmless call whose BUILD state names a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (dict, (), {"__setstate__": f"touch {self.marker}"})
+
+
+@pytest.mark.parametrize("mechanism", ["REDUCE", "EXT1", "NEWOBJ_EX", "BUILD"])
+def test_hostile_checkpoints_serve_tensors_and_run_nothing(mount, tmp_path, mechanism):
+    import copyreg
+    import pickletools
+
+    marker = tmp_path / "pwned"
+
+    class Reduce:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = {"REDUCE": Reduce(), "EXT1": Reduce(), "NEWOBJ_EX": _Newobj(marker), "BUILD": _Build(marker)}[mechanism]
+    path = tmp_path / "hostile.pt"
+    if mechanism == "EXT1":
+        copyreg.add_extension("posix", "system", 0xF0)
+    try:
+        torch.save({"weights": torch.arange(4.0), "payload": payload}, path, pickle_protocol=4 if mechanism == "NEWOBJ_EX" else 2)
+    finally:
+        if mechanism == "EXT1":
+            copyreg.remove_extension("posix", "system", 0xF0)
+    with zipfile.ZipFile(path) as z:
+        ops = {op.name for op, _, _ in pickletools.genops(z.read("hostile/data.pkl"))}
+    assert mechanism in ops
+    mnt = Path(mount(path))
+    assert np.load(mnt / "weights.npy").tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert (mnt / "payload.yaml").read_text().startswith("!python/object:")
+    assert not marker.exists()
