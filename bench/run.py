@@ -82,7 +82,9 @@ def make_checkpoints(work: Path, gib: float, count: int) -> dict[str, Path]:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
-        paths[f"{size}.safetensors"], paths[f"{size}.nemo"] = st, nemo
+        pt = work / f"{size}.pt"
+        pt.write_bytes(weights.getvalue())
+        paths[f"{size}.safetensors"], paths[f"{size}.nemo"], paths[f"{size}.pt"] = st, nemo, pt
         del tensors, weights
     gz = work / "big.gz.nemo"
     with open(gz, "wb") as out:
@@ -187,7 +189,7 @@ ROUNDS = 5
 
 
 def report_mount_find(paths, work, out) -> None:
-    keys = ("big.safetensors", "small.safetensors", "big.nemo", "small.nemo")
+    keys = ("big.safetensors", "small.safetensors", "big.pt", "small.pt", "big.nemo", "small.nemo")
     runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in keys}
     entries = {}
     for i in range(ROUNDS):  # interleaved, so that noise falls on every row alike
@@ -273,14 +275,18 @@ def report_reads(paths, work, cold, out) -> None:
         return Ratarmount(paths["big.nemo"], work / f"mnt-rat-{next(counter)}", work / "rat.sqlite")
 
     tensor = lambda m: npy_path(m.where, BIG_NAME)  # noqa: E731
-    member = lambda m: m.where / "model_weights.ckpt"  # noqa: E731
+    member = lambda m: m.where / ".ckptfs" / "raw" / "model_weights.ckpt"  # noqa: E731
+    nested = lambda m: npy_path(m.where / "model_weights.ckpt", BIG_NAME)  # noqa: E731
+    in_pt = lambda m: npy_path(m.where, BIG_NAME)  # noqa: E731
     rows = [
         ("`cat` big.safetensors (the whole file)", lambda: Plain(paths["big.safetensors"]), lambda m: m.source_path, cold),
         ("ckptfs big.safetensors, largest tensor (.npy)", ckptfs("big.safetensors"), tensor, cold),
         ("same, read_ahead_kb left at the kernel's 128", ckptfs("big.safetensors", 128), tensor, False),
         ("`cat` big.nemo (the whole file)", lambda: Plain(paths["big.nemo"]), lambda m: m.source_path, cold),
-        ("ckptfs big.nemo, `model_weights.ckpt` member", ckptfs("big.nemo"), member, cold),
-        ("ratarmount big.nemo, same member", ratarmount, member, cold),
+        ("ckptfs big.pt (torch.save), largest tensor (.npy)", ckptfs("big.pt"), in_pt, cold),
+        ("ckptfs big.nemo, largest tensor inside `model_weights.ckpt`", ckptfs("big.nemo"), nested, cold),
+        ("ckptfs big.nemo, raw `model_weights.ckpt` member", ckptfs("big.nemo"), member, cold),
+        ("ratarmount big.nemo, same member", ratarmount, lambda m: m.where / "model_weights.ckpt", cold),
     ]
     speeds: dict[str, list[list[float]]] = {label: [] for label, *_ in rows}
     rss = 0.0
@@ -309,7 +315,7 @@ def report_gzip(paths, work, out) -> None:
     first.close()
     second = Mount(gz, work / "mnt-gz-2", work / "gzcache")
     out(f"| ckptfs second mount (seek index from disk) | {second.mount_seconds:.2f} |")
-    member = second.where / "model_weights.ckpt"
+    member = second.where / ".ckptfs" / "raw" / "model_weights.ckpt"
     out(f"| ckptfs 100 random 1 MiB reads of `model_weights.ckpt` | {random_reads(member):.2f} |")
     out(f"| ckptfs sequential read of `model_weights.ckpt` | {read_all(member)[0]:.2f} |")
     rss = second.peak_rss_mib()

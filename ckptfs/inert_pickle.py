@@ -78,8 +78,10 @@ class InertUnpickler:
     """`load()` returns the object; `globals` lists every global referenced,
     in order of first use: what `pickle.load` would have imported."""
 
-    def __init__(self, data: bytes, *, persistent_load=None, recognize=None):
-        self.stream = io.BytesIO(data)
+    def __init__(self, data: bytes | io.BytesIO, *, persistent_load=None, recognize=None):
+        # a stream is left just after the pickle's STOP, for formats that
+        # write several pickles back to back
+        self.stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
         self.persistent_load = persistent_load or Persistent
         self.recognize = recognize or (lambda g, args: NotImplemented)
         self.globals: list[Global] = []

@@ -304,3 +304,54 @@ def test_hostile_checkpoints_serve_tensors_and_run_nothing(mount, tmp_path, mech
     assert np.load(mnt / "weights.npy").tolist() == [0.0, 1.0, 2.0, 3.0]
     assert (mnt / "payload.yaml").read_text().startswith("!python/object:")
     assert not marker.exists()
+
+
+def test_legacy_format_matches_torch_load(mount, tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    obj = {
+        "w": torch.randn(4, 5, generator=gen),
+        "t": torch.randn(3, 2, generator=gen).t(),
+        "h": torch.ones(3, dtype=torch.float16),
+        "i": torch.arange(7),
+        "meta": {"epoch": 4},
+    }
+    path = tmp_path / "old.pt"
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:2] == b"\x80\x02" and not zipfile.is_zipfile(path)
+    mnt = Path(mount(path))
+    reference = torch.load(path, weights_only=False)
+    for name in ("w", "t", "h", "i"):
+        assert np.load(mnt / f"{name}.npy").tobytes() == _bytes(reference[name]), name
+    assert yaml.safe_load((mnt / "meta.yaml").read_text()) == {"epoch": 4}
+    assert "torch (legacy" in (mnt / ".ckptfs" / "info.yaml").read_text()
+
+
+def test_truncated_legacy_file_names_the_missing_storage(tmp_path):
+    from ckptfs.errors import FormatError
+    from ckptfs.formats import open_checkpoint
+
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(1000)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(FormatError, match="runs past the end of the file"):
+        open_checkpoint(str(path), str(tmp_path / "cache"))
+
+
+def test_bogus_records_are_named_clearly(tmp_path):
+    from ckptfs.errors import FormatError
+    from ckptfs.formats import open_checkpoint
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(100)}, path)
+    with zipfile.ZipFile(path) as src:
+        records = {info.filename: src.read(info) for info in src.infolist()}
+    cases = {
+        "big-endian": ({"w/byteorder": b"big"}, "big-endian"),
+        "bogus pid": ({"w/data.pkl": b"\x80\x02X\x03\x00\x00\x00abcQ."}, "unknown persistent id"),
+        "short storage": ({"w/data/0": b"\x00" * 40}, "'w' needs 400 bytes of storage '0', which holds 40"),
+    }
+    for case, (changes, problem) in cases.items():
+        broken = tmp_path / f"{case}.pt"
+        broken.write_bytes(_zip({**records, **changes}))
+        with pytest.raises(FormatError, match=problem):
+            open_checkpoint(str(broken), str(tmp_path / "cache"))

@@ -10,12 +10,12 @@ from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..tree import Dir
 from ..sources import FileSource
-from . import gzindex, hf, safetensors, tar, torchzip
+from . import gzindex, hf, safetensors, tar, torchlegacy, torchzip
 
 SNIFF_BYTES = 512
 
-_NOT_YET = {
-    b"\x80\x02": "a pickle (legacy torch.save checkpoints are not supported yet)",
+_NOT_CHECKPOINTS = {
+    b"\x80": "a plain pickle, not a torch.save checkpoint (ckptfs does not run pickles)",
 }
 
 
@@ -45,10 +45,12 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     if safetensors.sniff(head):
         return _open_safetensors(source, st)
     if torchzip.sniff(head):
-        return _open_torchzip(source, st)
-    for magic, what in _NOT_YET.items():
+        return _open_pickled(torchzip.TorchZip(source, source.path), "torch (zip)", st)
+    if torchlegacy.sniff(head):
+        return _open_pickled(torchlegacy.TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
+    for magic, what in _NOT_CHECKPOINTS.items():
         if head.startswith(magic):
-            raise FormatError(path, f"{what}")
+            raise FormatError(path, what)
     if not head:
         raise FormatError(path, "empty file, not a checkpoint")
     raise FormatError(path, f"not a checkpoint ckptfs knows (starts with {head[:8].hex(' ')})")
@@ -61,10 +63,10 @@ def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
     return Checkpoint("safetensors", source.path, st, root, raw, placed)
 
 
-def _open_torchzip(source: FileSource, st: os.stat_result) -> Checkpoint:
-    archive = torchzip.TorchZip(source, source.path)
+def _open_pickled(archive: torchzip.PickledCheckpoint, fmt: str, st: os.stat_result) -> Checkpoint:
+    source = archive.source
     root, placed = archive.tree()
     raw = Dir()
     raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
     audit = [g.path for g in archive.globals]
-    return Checkpoint("torch (zip)", source.path, st, root, raw, placed, pickle_globals=audit)
+    return Checkpoint(fmt, source.path, st, root, raw, placed, pickle_globals=audit)

@@ -34,7 +34,58 @@ class NotTorchZip(FormatError):
     """A zip archive that is not a torch.save checkpoint."""
 
 
-class TorchZip:
+class PickledCheckpoint:
+    """A torch.save checkpoint read inertly: `obj` and `globals` from its
+    pickle, `storage(key)` for the bytes of each storage. Subclasses read one
+    container format (zip, legacy)."""
+
+    source: Source
+    name: str
+    obj: object
+    globals: list[Global]
+
+    def storage(self, key: str) -> Extent:
+        raise NotImplementedError
+
+    def tensor_file(self, ref: TensorRef, name: str) -> tuple[File, Tensor]:
+        storage = self.storage(ref.storage.key)
+        itemsize = ref.dtype.bits // 8
+        if ref.dtype.bits % 8 or itemsize == 0:
+            raise FormatError(self.name, f"tensor {name!r}: dtype {ref.dtype.name} has no byte layout")
+        numel = math.prod(ref.shape)
+        needed = (ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1) * itemsize if numel else 0
+        if needed > storage.length:
+            raise FormatError(
+                self.name, f"tensor {name!r} needs {needed} bytes of storage {ref.storage.key!r}, which holds {storage.length}"
+            )
+        nbytes = numel * itemsize
+        if _is_c_contiguous(ref.shape, ref.stride):
+            piece = Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes)
+        else:
+            piece = Gather(storage.source, storage.offset, itemsize, ref.offset, ref.shape, ref.stride)
+        tensor = Tensor(name, ref.dtype, ref.shape, Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes))
+        descr, shape = npy.served_layout(ref.dtype, ref.shape, nbytes)
+        path, start = storage.source.locate(storage.offset)
+        xattrs = {
+            "ckptfs.name": name,
+            "ckptfs.dtype": ref.dtype.name,
+            "ckptfs.shape": json.dumps(list(ref.shape)),
+            "ckptfs.source": path,
+            "ckptfs.range": f"{start}-{start + storage.length}",
+            "ckptfs.storage": f"{ref.storage.key} offset {ref.offset} stride {list(ref.stride)}",
+        }
+        return File(Content([npy.header(descr, shape), piece]), xattrs=xattrs), tensor
+
+    def tree(self) -> tuple[Dir, list[PlacedTensor]]:
+        builder = ObjectTree(self.tensor_file)
+        try:
+            root = builder.build(self.obj)
+        except RecursionError:
+            raise FormatError(self.name, "data.pkl: containers nested too deeply to show") from None
+        return root, builder.placed
+
+
+class TorchZip(PickledCheckpoint):
     """The records and the pickle of one torch.save archive."""
 
     def __init__(self, source: Source, name: str):
@@ -81,43 +132,6 @@ class TorchZip:
             raise FormatError(self.name, f"storage {key!r} runs past the end of the archive (truncated?)")
         extent = self._storages[key] = Extent(self.source, start, info.file_size)
         return extent
-
-    def tensor_file(self, ref: TensorRef, name: str) -> tuple[File, Tensor]:
-        storage = self.storage(ref.storage.key)
-        itemsize = ref.dtype.bits // 8
-        if ref.dtype.bits % 8 or itemsize == 0:
-            raise FormatError(self.name, f"tensor {name!r}: dtype {ref.dtype.name} has no byte layout")
-        numel = math.prod(ref.shape)
-        needed = (ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1) * itemsize if numel else 0
-        if needed > storage.length:
-            raise FormatError(
-                self.name, f"tensor {name!r} needs {needed} bytes of storage {ref.storage.key!r}, which holds {storage.length}"
-            )
-        nbytes = numel * itemsize
-        if _is_c_contiguous(ref.shape, ref.stride):
-            piece = Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes)
-        else:
-            piece = Gather(storage.source, storage.offset, itemsize, ref.offset, ref.shape, ref.stride)
-        tensor = Tensor(name, ref.dtype, ref.shape, Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes))
-        descr, shape = npy.served_layout(ref.dtype, ref.shape, nbytes)
-        path, start = storage.source.locate(storage.offset)
-        xattrs = {
-            "ckptfs.name": name,
-            "ckptfs.dtype": ref.dtype.name,
-            "ckptfs.shape": json.dumps(list(ref.shape)),
-            "ckptfs.source": path,
-            "ckptfs.range": f"{start}-{start + storage.length}",
-            "ckptfs.storage": f"{ref.storage.key} offset {ref.offset} stride {list(ref.stride)}",
-        }
-        return File(Content([npy.header(descr, shape), piece]), xattrs=xattrs), tensor
-
-    def tree(self) -> tuple[Dir, list[PlacedTensor]]:
-        builder = ObjectTree(self.tensor_file)
-        try:
-            root = builder.build(self.obj)
-        except RecursionError:
-            raise FormatError(self.name, "data.pkl: containers nested too deeply to show") from None
-        return root, builder.placed
 
 
 def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:

@@ -1,0 +1,74 @@
+"""The legacy torch.save format (before PyTorch 1.6, or
+`_use_new_zipfile_serialization=False`): pickles back to back (magic number,
+protocol version, system info, the object, the sorted storage keys), then
+each storage as an 8-byte element count and its raw bytes."""
+
+from __future__ import annotations
+
+import io
+
+from ..errors import FormatError
+from ..inert_pickle import InertUnpickler, PickleError
+from ..sources import Source
+from ..torch_pickle import persistent_load, recognize
+from ..tree import Extent
+from .torchzip import PickledCheckpoint
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+#: protocol 2, LONG1 of 10 bytes, then the magic number: how every legacy file starts
+SIGNATURE = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
+MAX_PICKLES_BYTES = 256 << 20
+
+
+def sniff(head: bytes) -> bool:
+    return head.startswith(SIGNATURE)
+
+
+class TorchLegacy(PickledCheckpoint):
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+        self.element_sizes: dict[str, int] = {}
+        stream = io.BytesIO(source.pread(0, min(source.size, MAX_PICKLES_BYTES)))
+        try:
+            header = [InertUnpickler(stream).load() for _ in range(3)]
+            if header[0] != MAGIC_NUMBER or header[1] != PROTOCOL_VERSION:
+                raise FormatError(name, f"legacy torch.save header {header[:2]} is not {MAGIC_NUMBER:#x}, {PROTOCOL_VERSION}")
+            if isinstance(header[2], dict) and header[2].get("little_endian") is False:
+                raise FormatError(name, "big-endian torch checkpoint: not supported")
+            unpickler = InertUnpickler(stream, persistent_load=self._persistent_load, recognize=recognize)
+            self.obj = unpickler.load()
+            self.globals = unpickler.globals
+            keys = InertUnpickler(stream).load()
+        except PickleError as e:
+            raise FormatError(name, f"legacy torch.save pickle: {e}") from None
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise FormatError(name, "legacy torch.save: the storage key list is missing or malformed")
+        self._storages = self._locate(keys, stream.tell())
+
+    def _persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 6 and pid[5] is not None:
+            raise PickleError("storage views of the legacy format are not supported")
+        storage = persistent_load(pid[:5] if isinstance(pid, tuple) else pid)
+        if storage.dtype is not None:
+            self.element_sizes[storage.key] = storage.dtype.bits // 8
+        return storage
+
+    def _locate(self, keys: list[str], position: int) -> dict[str, Extent]:
+        storages = {}
+        for key in keys:
+            head = self.source.pread(position, 8)
+            if len(head) < 8:
+                raise FormatError(self.name, f"storage {key!r} is missing: the file ends at byte {position} (truncated?)")
+            count = int.from_bytes(head, "little")
+            nbytes = count * self.element_sizes.get(key, 1)
+            if position + 8 + nbytes > self.source.size:
+                raise FormatError(self.name, f"storage {key!r} runs past the end of the file (truncated?)")
+            storages[key] = Extent(self.source, position + 8, nbytes)
+            position += 8 + nbytes
+        return storages
+
+    def storage(self, key: str) -> Extent:
+        if key not in self._storages:
+            raise FormatError(self.name, f"storage {key!r} is not in the file")
+        return self._storages[key]
