@@ -243,7 +243,8 @@ def test_numpy_values_and_rng_states(mount, tmp_path):
     state = np.random.RandomState(0).get_state()
     path = tmp_path / "np.pt"
     torch.save({"w": torch.ones(1), "rng": {"numpy": state, "torch": torch.get_rng_state()},
-                "scalar": np.float64(2.5), "int": np.int32(7), "array": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)  # fmt: skip
+                "scalar": np.float64(2.5), "int": np.int32(7),
+                "array": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)  # fmt: skip
     mnt = Path(mount(path))
     assert (mnt / "scalar.yaml").read_text() == "2.5\n"
     assert (mnt / "int.yaml").read_text() == "7\n"
