@@ -278,12 +278,34 @@ class _Build:
         return (dict, (), {"__setstate__": f"touch {self.marker}"})
 
 
-@pytest.mark.parametrize("mechanism", ["REDUCE", "EXT1", "NEWOBJ_EX", "BUILD"])
+def _spliced(path: Path, tmp_path: Path, opcodes: bytes) -> Path:
+    """`path`'s archive with the payload value (the int 12345) replaced by raw opcodes."""
+    with zipfile.ZipFile(path) as src:
+        records = {info.filename: src.read(info) for info in src.infolist()}
+    name = next(n for n in records if n.endswith("data.pkl"))
+    assert records[name].count(b"M90") == 1  # BININT2 12345
+    records[name] = records[name].replace(b"M90", opcodes)
+    out = tmp_path / "spliced.pt"
+    out.write_bytes(_zip(records))
+    return out
+
+
+@pytest.mark.parametrize("mechanism", ["REDUCE", "EXT1", "NEWOBJ_EX", "BUILD", "INST", "OBJ"])
 def test_hostile_checkpoints_serve_tensors_and_run_nothing(mount, tmp_path, mechanism):
     import copyreg
     import pickletools
 
     marker = tmp_path / "pwned"
+    if mechanism in ("INST", "OBJ"):  # protocol 0/1 opcodes spliced into a protocol 2 pickle
+        torch.save({"weights": torch.arange(4.0), "payload": 12345}, tmp_path / "base.pt")
+        command = f"S'touch {marker}'\n".encode()
+        opcodes = b"(" + command + b"ios\nsystem\n" if mechanism == "INST" else b"(cos\nsystem\n" + command + b"o"
+        path = _spliced(tmp_path / "base.pt", tmp_path, opcodes)
+        mnt = Path(mount(path))
+        assert np.load(mnt / "weights.npy").tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert (mnt / "payload.yaml").read_text().startswith("!python/object:os.system")
+        assert not marker.exists()
+        return
 
     class Reduce:
         def __reduce__(self):
@@ -356,3 +378,42 @@ def test_bogus_records_are_named_clearly(tmp_path):
         broken.write_bytes(_zip({**records, **changes}))
         with pytest.raises(FormatError, match=problem):
             open_checkpoint(str(broken), str(tmp_path / "cache"))
+
+
+def test_the_daemon_imports_nothing_the_checkpoint_names(tmp_path):
+    """Run the daemon in the foreground under `python -X importtime`, which
+    logs every module it imports: no torch, no omegaconf, no planted module."""
+    import subprocess
+    import time
+
+    from .conftest import CKPTFS, require_fuse
+
+    require_fuse()
+    module_dir = tmp_path / "planted"
+    module_dir.mkdir()
+    (module_dir / "ckptfs_planted.py").write_text("x = 1\n")
+    torch.save({"weights": torch.ones(2), "payload": 12345}, tmp_path / "base.pt")
+    ckpt = _spliced(tmp_path / "base.pt", tmp_path, b"cckptfs_planted\nx\n)R")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(module_dir))
+    cmd = [CKPTFS[0], "-X", "importtime", *CKPTFS[1:], "mount", "-f", str(ckpt), str(mnt)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_mounted(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert np.load(mnt / "weights.npy").tolist() == [1.0, 1.0]
+        assert "ckptfs_planted.x" in (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+        (mnt / "payload.yaml").read_text()
+        assert run_ckptfs("umount", mnt).returncode == 0
+        _, log = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], timeout=60)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time:")}
+    assert "ckptfs.fuse_ops" in imported  # the log is the daemon's own
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "omegaconf", "ckptfs_planted")}
