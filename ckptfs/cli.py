@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: still one line, the traceback only when asked for
+        if getattr(args, "debug", False):
+            raise
+        print(f"ckptfs: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _mount_options(args) -> options.MountOptions:

@@ -20,7 +20,7 @@ from ..objtree import ObjectTree
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import TensorRef, persistent_load, recognize
-from ..tree import Content, Dir, Extent, File
+from ..tree import Content, Dir, Extent, File, PathConflict
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -82,6 +82,8 @@ class PickledCheckpoint:
             root = builder.build(self.obj)
         except RecursionError:
             raise FormatError(self.name, "data.pkl: containers nested too deeply to show") from None
+        except PathConflict as e:
+            raise FormatError(self.name, f"data.pkl: two keys need the same path {e}") from None
         return root, builder.placed
 
 
