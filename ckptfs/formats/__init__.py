@@ -10,7 +10,7 @@ from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..tree import Dir
 from ..sources import FileSource
-from . import gzindex, hf, safetensors, tar, torchlegacy, torchzip
+from . import dcp, gzindex, hf, safetensors, tar, torchlegacy, torchzip
 
 SNIFF_BYTES = 512
 
@@ -28,6 +28,8 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
     if os.path.isdir(path):
+        if dcp.sniff(path):
+            return dcp.open_dir(path)
         if hf.sniff(path):
             return hf.open_dir(path)
         raise FormatError(path, "directory holds no checkpoint (no .safetensors files or index)")

@@ -47,7 +47,9 @@ class PickledCheckpoint:
     def storage(self, key: str) -> Extent:
         raise NotImplementedError
 
-    def tensor_file(self, ref: TensorRef, name: str) -> tuple[File, Tensor]:
+    def tensor_piece(self, ref: TensorRef, name: str):
+        """The C-order bytes of a tensor: an `Extent` of its storage when the
+        view is contiguous, a `Gather` when it has strides; and the storage."""
         storage = self.storage(ref.storage.key)
         itemsize = ref.dtype.bits // 8
         if ref.dtype.bits % 8 or itemsize == 0:
@@ -58,11 +60,14 @@ class PickledCheckpoint:
             raise FormatError(
                 self.name, f"tensor {name!r} needs {needed} bytes of storage {ref.storage.key!r}, which holds {storage.length}"
             )
-        nbytes = numel * itemsize
         if _is_c_contiguous(ref.shape, ref.stride):
-            piece = Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes)
-        else:
-            piece = Gather(storage.source, storage.offset, itemsize, ref.offset, ref.shape, ref.stride)
+            return Extent(storage.source, storage.offset + ref.offset * itemsize, numel * itemsize), storage
+        return Gather(storage.source, storage.offset, itemsize, ref.offset, ref.shape, ref.stride), storage
+
+    def tensor_file(self, ref: TensorRef, name: str) -> tuple[File, Tensor]:
+        piece, storage = self.tensor_piece(ref, name)
+        nbytes = piece.length
+        itemsize = ref.dtype.bits // 8
         tensor = Tensor(name, ref.dtype, ref.shape, Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes))
         descr, shape = npy.served_layout(ref.dtype, ref.shape, nbytes)
         path, start = storage.source.locate(storage.offset)

@@ -1,0 +1,81 @@
+"""A tensor assembled from chunks (distributed checkpoints), served in C order.
+
+Chunks that split only the first dimension are laid end to end by the
+caller as plain pieces. Any other layout (column shards, 2-D grids) uses
+`Assembled`: a read maps its elements to the chunks that hold them and reads
+from each only the stretch the request covers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Chunk:
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    piece: object  # the chunk's own C-order bytes: an Extent or a Gather
+
+
+@dataclass(frozen=True)
+class Assembled:
+    shape: tuple[int, ...]
+    itemsize: int
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def source(self):
+        return self.chunks[0].piece.source
+
+    @property
+    def length(self) -> int:
+        return math.prod(self.shape) * self.itemsize
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.length - offset))
+        if length == 0:
+            return b""
+        first = offset // self.itemsize
+        last = -(-(offset + length) // self.itemsize)
+        index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
+        out = np.empty((last - first, self.itemsize), dtype=np.uint8)
+        for chunk in self.chunks:
+            inside = np.ones(last - first, dtype=bool)
+            for axis, (start, size) in enumerate(zip(chunk.offsets, chunk.sizes)):
+                inside &= (index[axis] >= start) & (index[axis] < start + size)
+            if not inside.any():
+                continue
+            local = np.ravel_multi_index(
+                tuple(index[axis][inside] - start for axis, start in enumerate(chunk.offsets)), chunk.sizes
+            )
+            low, high = int(local.min()), int(local.max()) + 1
+            data = chunk.piece.read(low * self.itemsize, (high - low) * self.itemsize)
+            out[inside] = np.frombuffer(data, dtype=np.uint8).reshape(-1, self.itemsize)[local - low]
+        skip = offset - first * self.itemsize
+        return out.tobytes()[skip : skip + length]
+
+
+def covers_exactly(shape: tuple[int, ...], chunks: list[Chunk]) -> str | None:
+    """None if the chunks tile `shape` with no gap or overlap, else why not."""
+    for c in chunks:
+        if len(c.offsets) != len(shape) or any(o + s > n for o, s, n in zip(c.offsets, c.sizes, shape)):
+            return f"chunk at {list(c.offsets)} of size {list(c.sizes)} lies outside the tensor {list(shape)}"
+    for i, a in enumerate(chunks):
+        for b in chunks[i + 1 :]:
+            if all(oa < ob + sb and ob < oa + sa for oa, sa, ob, sb in zip(a.offsets, a.sizes, b.offsets, b.sizes)):
+                if math.prod(a.sizes) and math.prod(b.sizes):
+                    return f"chunks at {list(a.offsets)} and {list(b.offsets)} overlap"
+    if sum(math.prod(c.sizes) for c in chunks) != math.prod(shape):
+        return "the chunks do not cover the whole tensor"
+    return None
+
+
+def row_pieces(shape: tuple[int, ...], chunks: list[Chunk]) -> list | None:
+    """The chunks' pieces in order when they split only the first dimension."""
+    if not shape or any(c.offsets[1:] != (0,) * (len(shape) - 1) or c.sizes[1:] != shape[1:] for c in chunks):
+        return None
+    return [c.piece for c in sorted(chunks, key=lambda c: c.offsets[0])]

@@ -1,0 +1,173 @@
+"""torch.distributed.checkpoint directories: `.metadata` plus `.distcp` shards.
+
+`.metadata` is a pickle of `Metadata`, read by the inert interpreter. Each
+chunk of a tensor is a byte range of a `.distcp` file holding a complete
+torch.save zip of that chunk. Every tensor appears once, consolidated, at its
+fully qualified name; each `.distcp` file also appears as a read-only folder
+of the chunks it stores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from .. import names, npy
+from ..assemble import Assembled, Chunk, covers_exactly, row_pieces
+from ..checkpoint import Checkpoint
+from ..dtypes import BY_TORCH
+from ..errors import FormatError
+from ..inert_pickle import Call, Global, InertUnpickler, PickleError
+from ..pyobjects import to_yaml
+from ..rawfiles import raw_file
+from ..sources import FileSource
+from ..tensors import PlacedTensor, Tensor
+from ..torch_pickle import TensorRef, recognize
+from ..tree import Content, Dir, Extent, File
+from . import torchzip
+
+METADATA = ".metadata"
+
+
+def sniff(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, METADATA))
+
+
+def _fields(value: object) -> dict:
+    """The attributes of a pickled dataclass instance."""
+    if isinstance(value, Call):
+        state = value.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]}  # (__dict__, __slots__ values)
+        if isinstance(state, dict):
+            return state
+    raise PickleError(f"expected a dataclass instance, found {value!r:.80}")
+
+
+def open_dir(path: str) -> Checkpoint:
+    st = os.stat(path)
+    metadata_path = os.path.join(path, METADATA)
+    try:
+        with open(metadata_path, "rb") as f:
+            unpickler = InertUnpickler(f.read(), recognize=recognize)
+        metadata = _fields(unpickler.load())
+        items = metadata["state_dict_metadata"]
+        storage = {}
+        for index, info in metadata["storage_data"].items():
+            index, info = _fields(index), _fields(info)
+            offset = tuple(index["offset"]) if index.get("offset") is not None else None
+            storage[index["fqn"], offset] = info
+    except (PickleError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise FormatError(metadata_path, f"not a readable distributed checkpoint metadata file ({e})") from None
+    reader = _Reader(path)
+    root, raw = Dir(), Dir()
+    notes: list[str] = []
+    placed: list[PlacedTensor] = []
+    for fqn in sorted(items):
+        item = items[fqn]
+        try:
+            if isinstance(item, Call) and item.path.endswith("TensorStorageMetadata"):
+                file, tensor, chunk_files = reader.tensor(fqn, _fields(item), storage)
+                parts = names.tensor_path(fqn)
+                root.subdir(parts[:-1]).add(parts[-1], file)
+                placed.append(PlacedTensor("/".join(parts), tensor))
+                for shard, chunk_parts, chunk_file in chunk_files:
+                    reader.shard_dir(shard).subdir(chunk_parts[:-1]).add(chunk_parts[-1], chunk_file)
+            else:
+                parts = names.tensor_path(fqn, suffix="")
+                name, file = reader.bytes_item(fqn, storage)
+                root.subdir(parts[:-1]).add(parts[-1] + name, file)
+        except FormatError as e:
+            notes.append(f"{fqn}: {e}")
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            source = reader.source(name)
+            raw.add(names.file_parts(name)[0], raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
+    for name, folder in sorted(reader.shards.items()):
+        root.add(names.file_parts(name)[0], folder)
+    audit = [g.path for g in unpickler.globals]
+    return Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+
+
+class _Reader:
+    def __init__(self, path: str):
+        self.path = path
+        self._sources: dict[str, FileSource] = {}
+        self.shards: dict[str, Dir] = {}
+
+    def source(self, relative: str) -> FileSource:
+        if relative not in self._sources:
+            full = os.path.join(self.path, relative)
+            if os.path.dirname(os.path.normpath(relative)) or not os.path.isfile(full):
+                raise FormatError(full, "shard file named by .metadata is missing")
+            self._sources[relative] = FileSource(full)
+        return self._sources[relative]
+
+    def shard_dir(self, relative: str) -> Dir:
+        return self.shards.setdefault(relative, Dir())
+
+    def _record(self, fqn: str, info: dict):
+        """The torch.save zip of one chunk or item, as a source slice."""
+        source = self.source(str(info["relative_path"]))
+        start, length = int(info["offset"]), int(info["length"])
+        if info.get("transform_descriptors"):
+            raise FormatError(source.path, f"{fqn}: stream transforms {info['transform_descriptors']} are not supported yet")
+        if start < 0 or length < 0 or start + length > source.size:
+            raise FormatError(source.path, f"{fqn}: bytes {start}-{start + length} lie outside the file ({source.size} bytes)")
+        return source, source.slice(start, length)
+
+    def tensor(self, fqn: str, meta: dict, storage: dict):
+        properties = meta["properties"]
+        dtype_global = properties.state[0] if isinstance(properties.state, tuple) else _fields(properties)["dtype"]
+        if not (isinstance(dtype_global, Global) and dtype_global.name in BY_TORCH):
+            raise FormatError(self.path, f"tensor {fqn!r}: unknown dtype {dtype_global!r:.60}")
+        dtype = BY_TORCH[dtype_global.name]
+        shape = tuple(meta["size"])
+        itemsize = dtype.bits // 8
+        chunks, chunk_files = [], []
+        for chunk_meta in meta["chunks"]:
+            fields = _fields(chunk_meta)
+            offsets, sizes = tuple(fields["offsets"]), tuple(fields["sizes"])
+            info = storage.get((fqn, offsets))
+            if info is None:
+                raise FormatError(self.path, f"tensor {fqn!r}: no storage for the chunk at {list(offsets)}")
+            source, record = self._record(fqn, info)
+            archive = torchzip.TorchZip(record, f"{source.path}:{fqn}@{list(offsets)}")
+            if not isinstance(archive.obj, TensorRef) or tuple(archive.obj.shape) != sizes:
+                raise FormatError(
+                    source.path, f"tensor {fqn!r}: the chunk at {list(offsets)} does not hold a {list(sizes)} tensor"
+                )
+            piece, _ = archive.tensor_piece(archive.obj, fqn)
+            chunks.append(Chunk(offsets, sizes, piece))
+            leaf = names.tensor_path(fqn, suffix=f"@{'_'.join(map(str, offsets))}.npy")
+            xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(sizes)),
+                      "ckptfs.offsets": json.dumps(list(offsets))}  # fmt: skip
+            header = npy.header(*npy.served_layout(dtype, sizes, piece.length))
+            chunk_files.append((str(info["relative_path"]), leaf, File(Content([header, piece]), xattrs=xattrs)))
+        problem = covers_exactly(shape, chunks)
+        if problem:
+            raise FormatError(self.path, f"tensor {fqn!r}: {problem}")
+        pieces = row_pieces(shape, chunks) or [Assembled(shape, itemsize, tuple(chunks))]
+        nbytes = math.prod(shape) * itemsize
+        header = npy.header(*npy.served_layout(dtype, shape, nbytes))
+        xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(shape)),
+                  "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}  # fmt: skip
+        first = chunks[0].piece  # where the tensor starts, for the index
+        start = first.offset if isinstance(first, Extent) else first.base
+        tensor = Tensor(fqn, dtype, shape, Extent(first.source, start, nbytes))
+        return File(Content([header, *pieces]), xattrs=xattrs), tensor, chunk_files
+
+    def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
+        info = next((v for (name, _), v in storage.items() if name == fqn), None)
+        if info is None:
+            raise FormatError(self.path, f"item {fqn!r} has no storage")
+        _, record = self._record(fqn, info)
+        if torchzip.sniff(record.pread(0, 4)):
+            try:
+                value = torchzip.TorchZip(record, f"{record.path}:{fqn}").obj
+                return ".yaml", File(Content([to_yaml(value).encode("utf-8")]))
+            except FormatError:
+                pass
+        return ".bin", File(Content([Extent(record, 0, record.size)]))

@@ -1,0 +1,111 @@
+"""torch.distributed.checkpoint directories: consolidated tensors and shard
+folders, compared with torch bit for bit."""
+
+import os
+from pathlib import Path
+
+import ml_dtypes  # noqa: F401
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import yaml
+
+from .conftest import FIXTURES
+
+FSDP2 = FIXTURES / "dcp" / "fsdp2_2rank"
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _npy(mnt: Path, fqn: str) -> Path:
+    parts = fqn.split(".")
+    return mnt.joinpath(*parts[:-1], parts[-1] + ".npy")
+
+
+def test_fsdp2_fixture_consolidates_row_and_column_shards(mount):
+    mnt = Path(mount(FSDP2))
+    ref = torch.load(FSDP2.parent / "fsdp2_2rank.ref.pt", weights_only=False)
+    for name, tensor in ref["model"].items():
+        loaded = np.load(_npy(mnt, f"model.{name}"), mmap_mode="r")
+        assert loaded.shape == tuple(tensor.shape) and loaded.tobytes() == _bytes(tensor), name
+    col = _npy(mnt, "extra.colsharded")
+    assert np.load(col).tobytes() == _bytes(ref["colsharded"])
+    whole = col.read_bytes()
+    fd = os.open(col, os.O_RDONLY)
+    try:
+        for off in range(0, len(whole), 5):
+            assert os.pread(fd, 37, off) == whole[off : off + 37]
+    finally:
+        os.close(fd)
+    assert np.load(_npy(mnt, "extra.replicated")).dtype == np.dtype("bfloat16")
+    assert yaml.safe_load((mnt / "extra" / "step.yaml").read_text()) is not None
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert info["format"] == "torch.distributed.checkpoint" and "notes" not in info
+
+
+def test_shards_are_read_only_folders_of_chunks(mount):
+    mnt = Path(mount(FSDP2))
+    ref = torch.load(FSDP2.parent / "fsdp2_2rank.ref.pt", weights_only=False)
+    top = ref["model"]["0.weight"]
+    first = np.load(mnt / "__0_0.distcp" / "model" / "0" / "weight@0_0.npy")
+    second = np.load(mnt / "__1_0.distcp" / "model" / "0" / "weight@10_0.npy")
+    assert first.tobytes() == _bytes(top[:10]) and second.tobytes() == _bytes(top[10:])
+    left = np.load(mnt / "__0_0.distcp" / "extra" / "colsharded@0_0.npy")
+    assert left.tobytes() == _bytes(ref["colsharded"][:, :3])
+    assert os.stat(mnt / "__0_0.distcp").st_mode & 0o222 == 0
+    for f in FSDP2.iterdir():
+        assert (mnt / ".ckptfs" / "raw" / f.name).read_bytes() == f.read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_single_process_save_with_many_dtypes(mount, tmp_path):
+    state = {
+        "w": torch.randn(6, 4),
+        "h": torch.randn(3, 3).to(torch.bfloat16),
+        "i": torch.arange(10, dtype=torch.int64),
+        "b": torch.tensor([True, False]),
+        "nested": {"x": torch.ones(2, 2, dtype=torch.float16)},
+        "step": 41,
+    }
+    dcp.save(state, checkpoint_id=str(tmp_path / "ck"))
+    mnt = Path(mount(tmp_path / "ck"))
+    loaded = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v for k, v in state.items() if k != "nested"}
+    loaded["nested"] = {"x": torch.zeros(2, 2, dtype=torch.float16)}
+    dcp.load(loaded, checkpoint_id=str(tmp_path / "ck"))
+    expected = [(k, loaded[k]) for k in ("w", "h", "i", "b")] + [("nested.x", loaded["nested"]["x"])]
+    for fqn, tensor in expected:
+        assert np.load(_npy(mnt, fqn)).tobytes() == _bytes(tensor), fqn
+    assert yaml.safe_load((mnt / "step.yaml").read_text()) == 41
+
+
+def test_missing_shard_is_named_and_the_rest_served(mount, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(FSDP2, broken)
+    (broken / "__1_0.distcp").unlink()
+    mnt = Path(mount(broken))
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any("__1_0.distcp" in n and "missing" in n for n in notes)
+    assert not _npy(mnt, "model.0.weight").exists()
+    assert not (mnt / "__1_0.distcp").exists()
+
+
+def test_missing_metadata_is_a_clear_error(tmp_path):
+    from .conftest import run_ckptfs
+
+    d = tmp_path / "nometa"
+    d.mkdir()
+    (d / "__0_0.distcp").write_bytes(b"x")
+    (tmp_path / "mnt").mkdir()
+    done = run_ckptfs("mount", d, tmp_path / "mnt")
+    assert done.returncode == 1 and str(d) in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_metadata_globals_are_audited(mount):
+    mnt = Path(mount(FSDP2))
+    audit = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+    assert "torch.distributed.checkpoint.metadata.Metadata" in audit
