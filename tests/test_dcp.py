@@ -102,10 +102,44 @@ def test_missing_metadata_is_a_clear_error(tmp_path):
     (d / "__0_0.distcp").write_bytes(b"x")
     (tmp_path / "mnt").mkdir()
     done = run_ckptfs("mount", d, tmp_path / "mnt")
-    assert done.returncode == 1 and str(d) in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.strip() == f"ckptfs: {d}: distributed checkpoint without its .metadata file: the shards cannot be placed"
 
 
 def test_metadata_globals_are_audited(mount):
     mnt = Path(mount(FSDP2))
     audit = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
     assert "torch.distributed.checkpoint.metadata.Metadata" in audit
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def multirank(request, tmp_path_factory):
+    """A DCP directory written by `world_size` gloo ranks in subprocesses."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    out = tmp_path_factory.mktemp(f"dcp{request.param}") / "ckpt"
+    port = str(29600 + request.param + os.getpid() % 200)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.dcp_writer", str(out), str(request.param), port],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, request.param
+
+
+def test_multirank_dtensors_consolidate_bit_for_bit(mount, multirank):
+    from .dcp_writer import reference
+
+    path, world_size = multirank
+    mnt = Path(mount(path))
+    shards = sorted(p.name for p in path.glob("*.distcp"))
+    assert len(shards) == world_size
+    for fqn, tensor in reference(world_size).items():
+        loaded = np.load(_npy(mnt, fqn))
+        assert loaded.shape == tuple(tensor.shape) and loaded.tobytes() == _bytes(tensor), fqn
+    assert yaml.safe_load((mnt / "step.yaml").read_text()) == 7
+    for shard in shards:
+        assert (mnt / shard).is_dir() and list((mnt / shard).rglob("*.npy"))

@@ -32,7 +32,9 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
             return dcp.open_dir(path)
         if hf.sniff(path):
             return hf.open_dir(path)
-        raise FormatError(path, "directory holds no checkpoint (no .safetensors files or index)")
+        if dcp.has_shards(path):
+            raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
+        raise FormatError(path, "directory holds no checkpoint (no .safetensors files, index or .metadata)")
     if not os.path.isfile(path):
         raise FormatError(path, "not a regular file or directory")
     try:

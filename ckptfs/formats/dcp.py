@@ -34,6 +34,10 @@ def sniff(path: str) -> bool:
     return os.path.isfile(os.path.join(path, METADATA))
 
 
+def has_shards(path: str) -> bool:
+    return any(name.endswith(".distcp") for name in os.listdir(path))
+
+
 def _fields(value: object) -> dict:
     """The attributes of a pickled dataclass instance."""
     if isinstance(value, Call):
