@@ -75,7 +75,10 @@ def covers_exactly(shape: tuple[int, ...], chunks: list[Chunk]) -> str | None:
 
 
 def row_pieces(shape: tuple[int, ...], chunks: list[Chunk]) -> list | None:
-    """The chunks' pieces in order when they split only the first dimension."""
+    """The chunks' pieces in order when they split only the first dimension
+    (or one chunk holds the whole tensor, 0-d tensors included)."""
+    if len(chunks) == 1 and chunks[0].sizes == shape:
+        return [chunks[0].piece]
     if not shape or any(c.offsets[1:] != (0,) * (len(shape) - 1) or c.sizes[1:] != shape[1:] for c in chunks):
         return None
     return [c.piece for c in sorted(chunks, key=lambda c: c.offsets[0])]

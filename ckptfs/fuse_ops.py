@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from .errors import SourceChangedError
+from .errors import CkptfsError
 from .tree import Dir, File, Node, Symlink
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _handler(method):
             return await method(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except SourceChangedError as e:
+        except CkptfsError as e:  # a source changed under the mount, a lazily read part is broken
             log.error("%s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as e:

@@ -31,6 +31,8 @@ def test_fsdp2_fixture_consolidates_row_and_column_shards(mount):
     for name, tensor in ref["model"].items():
         loaded = np.load(_npy(mnt, f"model.{name}"), mmap_mode="r")
         assert loaded.shape == tuple(tensor.shape) and loaded.tobytes() == _bytes(tensor), name
+    for step in mnt.glob("optim/state/*/*/step.npy"):  # 0-d, replicated
+        assert np.load(step).shape == ()
     col = _npy(mnt, "extra.colsharded")
     assert np.load(col).tobytes() == _bytes(ref["colsharded"])
     whole = col.read_bytes()
@@ -143,3 +145,29 @@ def test_multirank_dtensors_consolidate_bit_for_bit(mount, multirank):
     assert yaml.safe_load((mnt / "step.yaml").read_text()) == 7
     for shard in shards:
         assert (mnt / shard).is_dir() and list((mnt / shard).rglob("*.npy"))
+
+
+def test_a_broken_chunk_fails_its_reads_only(mount, tmp_path):
+    import errno
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(FSDP2, broken)
+    metadata = dcp.FileSystemReader(str(broken)).read_metadata()
+    info = next(v for k, v in metadata.storage_data.items() if k.fqn == "model.0.weight" and tuple(k.offset) == (10, 0))
+    shard = broken / info.relative_path
+    data = bytearray(shard.read_bytes())
+    data[info.offset : info.offset + 4] = b"XXXX"  # rank 1's chunk of model.0.weight no longer starts a zip
+    shard.write_bytes(bytes(data))
+    mnt = Path(mount(broken, log_errors_expected=True))
+    failed = []
+    for npy in sorted(p for p in mnt.rglob("*.npy") if not p.relative_to(mnt).parts[0].endswith(".distcp")):
+        try:
+            np.load(npy)
+        except OSError as e:
+            assert e.errno == errno.EIO
+            failed.append(os.getxattr(npy, "user.ckptfs.name").decode())
+    assert failed == ["model.0.weight"]  # every other tensor still reads
+    log = next(tmp_path.glob("daemon*.log")).read_text()
+    assert "__1_0.distcp" in log and "Traceback" not in log
+    assert all(name in log for name in failed)

@@ -95,6 +95,39 @@ def open_dir(path: str) -> Checkpoint:
     return Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
 
 
+class LazyChunk:
+    """One chunk's C-order bytes, from the torch.save zip at its byte range.
+
+    The zip is parsed on the first read, not at mount: mount time then
+    depends on `.metadata` alone, however many chunks the shards hold. A
+    chunk that turns out to be broken fails its reads (EIO, logged with the
+    file and tensor), and the rest of the checkpoint stays readable.
+    """
+
+    def __init__(self, record, name: str, sizes: tuple[int, ...], length: int):
+        self.record, self.name, self.sizes, self.length = record, name, sizes, length
+        self._piece = None
+
+    @property
+    def source(self):
+        return self.record
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._piece is None:
+            self._piece = self._resolve()
+        return self._piece.read(offset, length)
+
+    def _resolve(self):
+        archive = torchzip.TorchZip(self.record, self.name)
+        ref = archive.obj
+        if not isinstance(ref, TensorRef) or tuple(ref.shape) != self.sizes:
+            raise FormatError(self.name, f"does not hold a {list(self.sizes)} tensor")
+        piece, _ = archive.tensor_piece(ref, self.name)
+        if piece.length != self.length:
+            raise FormatError(self.name, f"holds {piece.length} bytes where .metadata promises {self.length}")
+        return piece
+
+
 class _Reader:
     def __init__(self, path: str):
         self.path = path
@@ -137,13 +170,8 @@ class _Reader:
             info = storage.get((fqn, offsets))
             if info is None:
                 raise FormatError(self.path, f"tensor {fqn!r}: no storage for the chunk at {list(offsets)}")
-            source, record = self._record(fqn, info)
-            archive = torchzip.TorchZip(record, f"{source.path}:{fqn}@{list(offsets)}")
-            if not isinstance(archive.obj, TensorRef) or tuple(archive.obj.shape) != sizes:
-                raise FormatError(
-                    source.path, f"tensor {fqn!r}: the chunk at {list(offsets)} does not hold a {list(sizes)} tensor"
-                )
-            piece, _ = archive.tensor_piece(archive.obj, fqn)
+            _, record = self._record(fqn, info)
+            piece = LazyChunk(record, f"{record.path}: {fqn} chunk at {list(offsets)}", sizes, math.prod(sizes) * itemsize)
             chunks.append(Chunk(offsets, sizes, piece))
             leaf = names.tensor_path(fqn, suffix=f"@{'_'.join(map(str, offsets))}.npy")
             xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(sizes)),
@@ -158,9 +186,8 @@ class _Reader:
         header = npy.header(*npy.served_layout(dtype, shape, nbytes))
         xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(shape)),
                   "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}  # fmt: skip
-        first = chunks[0].piece  # where the tensor starts, for the index
-        start = first.offset if isinstance(first, Extent) else first.base
-        tensor = Tensor(fqn, dtype, shape, Extent(first.source, start, nbytes))
+        first = chunks[0].piece.record  # where the tensor's first chunk lies, for the index
+        tensor = Tensor(fqn, dtype, shape, Extent(first.parent, first.offset, nbytes))
         return File(Content([header, *pieces]), xattrs=xattrs), tensor, chunk_files
 
     def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
