@@ -171,3 +171,33 @@ def test_a_broken_chunk_fails_its_reads_only(mount, tmp_path):
     log = next(tmp_path.glob("daemon*.log")).read_text()
     assert "__1_0.distcp" in log and "Traceback" not in log
     assert all(name in log for name in failed)
+
+
+def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank):
+    """NeMo keeps Megatron weights as a DCP directory `model_weights/` in the tar."""
+    import tarfile
+
+    from .dcp_writer import reference
+
+    import shutil
+
+    original, world_size = multirank
+    path = tmp_path / "model_weights"
+    shutil.copytree(original, path)
+    nemo = tmp_path / "megatron.nemo"
+    with tarfile.open(nemo, "w:") as tf:
+        config = tmp_path / "model_config.yaml"
+        config.write_text("precision: bf16-mixed\n")
+        tf.add(config, arcname="./model_config.yaml")
+        tf.add(path, arcname="./model_weights")
+    metadata = (path / ".metadata").read_bytes()
+    shutil.rmtree(path)  # from here on, every byte comes from the .nemo
+    mnt = Path(mount(nemo))
+    weights = mnt / "model_weights"
+    for fqn, tensor in reference(world_size).items():
+        npy = _npy(weights, fqn)
+        assert np.load(npy).tobytes() == _bytes(tensor), fqn
+    assert (mnt / "model_config.yaml").read_text() == "precision: bf16-mixed\n"
+    assert (weights / "__0_0.distcp").is_dir()
+    assert (mnt / ".ckptfs" / "raw" / "model_weights" / ".metadata").read_bytes() == metadata
+    assert np.load(next((weights / "__0_0.distcp").rglob("*.npy"))).size > 0

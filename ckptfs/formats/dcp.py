@@ -21,7 +21,7 @@ from ..errors import FormatError
 from ..inert_pickle import Call, Global, InertUnpickler, PickleError
 from ..pyobjects import to_yaml
 from ..rawfiles import raw_file
-from ..sources import FileSource
+from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import TensorRef, recognize
 from ..tree import Content, Dir, Extent, File
@@ -51,10 +51,27 @@ def _fields(value: object) -> dict:
 
 def open_dir(path: str) -> Checkpoint:
     st = os.stat(path)
-    metadata_path = os.path.join(path, METADATA)
+    files = {
+        name: FileSource(os.path.join(path, name))
+        for name in sorted(os.listdir(path))
+        if os.path.isfile(os.path.join(path, name))
+    }
+    root, placed, notes, audit = expand(path, files)
+    raw = Dir()
+    for name, source in files.items():
+        raw.add(names.file_parts(name)[0], raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
+    return Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+
+
+def expand(name: str, files: dict[str, Source]):
+    """The tree of a distributed checkpoint whose files are `files` (by their
+    names in its directory): a directory on disk, or members of a tar.
+    Returns (folder, placed tensors, notes, pickle globals)."""
+    metadata_path = f"{name}/{METADATA}"
+    if METADATA not in files:
+        raise FormatError(metadata_path, "missing")
     try:
-        with open(metadata_path, "rb") as f:
-            unpickler = InertUnpickler(f.read(), recognize=recognize)
+        unpickler = InertUnpickler(files[METADATA].read_exact(0, files[METADATA].size), recognize=recognize)
         metadata = _fields(unpickler.load())
         items = metadata["state_dict_metadata"]
         storage = {}
@@ -64,8 +81,8 @@ def open_dir(path: str) -> Checkpoint:
             storage[index["fqn"], offset] = info
     except (PickleError, KeyError, TypeError, AttributeError, OSError) as e:
         raise FormatError(metadata_path, f"not a readable distributed checkpoint metadata file ({e})") from None
-    reader = _Reader(path)
-    root, raw = Dir(), Dir()
+    reader = _Reader(name, files)
+    root = Dir()
     notes: list[str] = []
     placed: list[PlacedTensor] = []
     for fqn in sorted(items):
@@ -80,19 +97,13 @@ def open_dir(path: str) -> Checkpoint:
                     reader.shard_dir(shard).subdir(chunk_parts[:-1]).add(chunk_parts[-1], chunk_file)
             else:
                 parts = names.tensor_path(fqn, suffix="")
-                name, file = reader.bytes_item(fqn, storage)
-                root.subdir(parts[:-1]).add(parts[-1] + name, file)
+                suffix, file = reader.bytes_item(fqn, storage)
+                root.subdir(parts[:-1]).add(parts[-1] + suffix, file)
         except FormatError as e:
             notes.append(f"{fqn}: {e}")
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isfile(full):
-            source = reader.source(name)
-            raw.add(names.file_parts(name)[0], raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
-    for name, folder in sorted(reader.shards.items()):
-        root.add(names.file_parts(name)[0], folder)
-    audit = [g.path for g in unpickler.globals]
-    return Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+    for shard, folder in sorted(reader.shards.items()):
+        root.add(names.file_parts(shard)[0], folder)
+    return root, placed, notes, [g.path for g in unpickler.globals]
 
 
 class LazyChunk:
@@ -129,18 +140,15 @@ class LazyChunk:
 
 
 class _Reader:
-    def __init__(self, path: str):
-        self.path = path
-        self._sources: dict[str, FileSource] = {}
+    def __init__(self, name: str, files: dict[str, Source]):
+        self.path = name
+        self.files = files
         self.shards: dict[str, Dir] = {}
 
-    def source(self, relative: str) -> FileSource:
-        if relative not in self._sources:
-            full = os.path.join(self.path, relative)
-            if os.path.dirname(os.path.normpath(relative)) or not os.path.isfile(full):
-                raise FormatError(full, "shard file named by .metadata is missing")
-            self._sources[relative] = FileSource(full)
-        return self._sources[relative]
+    def source(self, relative: str) -> Source:
+        if relative not in self.files:
+            raise FormatError(f"{self.path}/{relative}", "shard file named by .metadata is missing")
+        return self.files[relative]
 
     def shard_dir(self, relative: str) -> Dir:
         return self.shards.setdefault(relative, Dir())

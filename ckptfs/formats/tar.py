@@ -18,7 +18,7 @@ from ..rawfiles import raw_file
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor
 from ..tree import Dir, PathConflict, Symlink
-from . import torchzip
+from . import dcp, torchzip
 
 BLOCK = 512
 
@@ -130,7 +130,38 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
         for tree in (root, raw):
             _place(tree, m, source, source.path)
     placed, audit = _expand_checkpoints(root, files.values(), source, notes)
-    return Checkpoint(fmt, source.path, st, root, raw, placed, notes, audit)
+    more_placed, more_audit = _expand_distributed(root, files.values(), source, notes)
+    audit += [g for g in more_audit if g not in audit]
+    return Checkpoint(fmt, source.path, st, root, raw, placed + more_placed, notes, audit)
+
+
+def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
+    """Folders of the archive that hold a distributed checkpoint (NeMo's
+    `model_weights/`) appear expanded in place, served from the tar's bytes."""
+    by_folder: dict[str, dict[str, Source]] = {}
+    for m in files:
+        folder, _, name = m.name.rpartition("/")
+        by_folder.setdefault(folder, {})[name] = source.slice(m.offset, m.size)
+    placed, audit = [], []
+    for folder, members in sorted(by_folder.items()):
+        if dcp.METADATA not in members or not folder:
+            continue
+        try:
+            tree, tensors, dcp_notes, dcp_audit = dcp.expand(f"{source.path}:{folder}", members)
+        except FormatError as e:
+            notes.append(f"{folder} is shown as plain files: {e.problem}")
+            continue
+        parts = names.file_parts(folder)
+        parent = root.subdir(parts[:-1])
+        tree.mtime_ns = parent.children[parts[-1]].mtime_ns
+        for name, node in parent.children[parts[-1]].children.items():
+            if not name.endswith(".distcp") and name != dcp.METADATA:
+                tree.children.setdefault(name, node)  # other files of the folder stay as they are
+        parent.children[parts[-1]] = tree
+        notes += [f"{folder}: {n}" for n in dcp_notes]
+        placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
+        audit += [g for g in dcp_audit if g not in audit]
+    return placed, audit
 
 
 def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
