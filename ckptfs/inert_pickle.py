@@ -1,6 +1,6 @@
 """An inert pickle interpreter: reads any protocol (0-5), runs nothing.
 
-Opcodes come from `pickletools.genops`, which only parses. Nothing named in
+Opcodes are decoded with `pickletools`' argument readers, which only parse. Nothing named in
 the pickle is imported or called: a global is a `Global` placeholder, and
 REDUCE, NEWOBJ, INST/OBJ and BUILD record what would have been called as a
 `Call`. A `recognize(global, args)` hook may turn calls of known constructors
@@ -90,23 +90,25 @@ class InertUnpickler:
         self.memo: dict[int, object] = {}
 
     def load(self) -> object:
+        read = self.stream.read
         try:
-            for count, (opcode, arg, _pos) in enumerate(pickletools.genops(self.stream)):
-                if count > MAX_OPS:
-                    raise PickleError(f"more than {MAX_OPS} opcodes")
-                if opcode.name == "STOP":
+            for count in range(MAX_OPS):
+                code = read(1)
+                entry = _OPCODES.get(code)
+                if entry is None:
+                    raise PickleError("pickle ended without STOP" if not code else f"unknown opcode {code!r}")
+                name, reader, handler = entry
+                arg = reader(self.stream) if reader else None
+                if handler is None:  # STOP
                     if len(self.stack) != 1 or self.marks:
                         raise PickleError(f"STOP with {len(self.stack)} items on the stack")
                     return self.stack.pop()
-                handler = getattr(self, "op_" + opcode.name, None)
-                if handler is None:
-                    raise PickleError(f"unsupported opcode {opcode.name}")
-                handler(arg)
+                handler(self, arg)
+            raise PickleError(f"more than {MAX_OPS} opcodes")
         except PickleError:
             raise
         except (ValueError, IndexError, KeyError, TypeError, EOFError, UnicodeDecodeError, AttributeError) as e:
             raise PickleError(f"malformed pickle ({type(e).__name__}: {e})") from None
-        raise PickleError("pickle ended without STOP")
 
     # -- helpers
     def _push(self, value: object) -> None:
@@ -337,6 +339,16 @@ class InertUnpickler:
         pass
 
     op_FRAME = op_PROTO
+
+
+#: opcode byte -> (name, argument reader from pickletools, handler); STOP has no handler.
+#: Opcodes without a handler here (NEXT_BUFFER, READONLY_BUFFER: out-of-band
+#: buffers) are refused as unknown.
+_OPCODES = {
+    op.code.encode("latin-1"): (op.name, op.arg.reader if op.arg else None, vars(InertUnpickler).get("op_" + op.name))
+    for op in pickletools.opcodes
+    if op.name == "STOP" or "op_" + op.name in vars(InertUnpickler)
+}
 
 
 def _encode(args: tuple) -> object:

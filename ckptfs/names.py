@@ -32,6 +32,8 @@ def escape(part: str, suffix: str = "", *, dots: bool = False) -> str:
 def _quote(part: str, dots: bool = False) -> str:
     if part == "":
         return EMPTY
+    if part[0] != "." and "%" not in part and "/" not in part and "\0" not in part and not (dots and "." in part):
+        return part  # the common case: nothing to escape
     return "".join(
         _quote_char(ch) if ch in _ALWAYS or (ch == "." and (i == 0 or dots)) else ch
         for i, ch in enumerate(part)

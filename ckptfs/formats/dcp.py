@@ -106,6 +106,11 @@ def expand(name: str, files: dict[str, Source]):
     return root, placed, notes, [g.path for g in unpickler.globals]
 
 
+def _json_list(numbers: tuple[int, ...]) -> str:
+    """`json.dumps(list(numbers))` for ints, without its cost per chunk."""
+    return "[" + ", ".join(map(str, numbers)) + "]"
+
+
 class LazyChunk:
     """One chunk's C-order bytes, from the torch.save zip at its byte range.
 
@@ -172,6 +177,8 @@ class _Reader:
         shape = tuple(meta["size"])
         itemsize = dtype.bits // 8
         chunks, chunk_files = [], []
+        parts = names.tensor_path(fqn, suffix="")
+        last = fqn.split(".")[-1]
         for chunk_meta in meta["chunks"]:
             fields = _fields(chunk_meta)
             offsets, sizes = tuple(fields["offsets"]), tuple(fields["sizes"])
@@ -181,9 +188,9 @@ class _Reader:
             _, record = self._record(fqn, info)
             piece = LazyChunk(record, f"{record.path}: {fqn} chunk at {list(offsets)}", sizes, math.prod(sizes) * itemsize)
             chunks.append(Chunk(offsets, sizes, piece))
-            leaf = names.tensor_path(fqn, suffix=f"@{'_'.join(map(str, offsets))}.npy")
-            xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(sizes)),
-                      "ckptfs.offsets": json.dumps(list(offsets))}  # fmt: skip
+            leaf = parts[:-1] + [names.escape(last, f"@{'_'.join(map(str, offsets))}.npy")]
+            xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": _json_list(sizes),
+                      "ckptfs.offsets": _json_list(offsets)}  # fmt: skip
             header = npy.header(*npy.served_layout(dtype, sizes, piece.length))
             chunk_files.append((str(info["relative_path"]), leaf, File(Content([header, piece]), xattrs=xattrs)))
         problem = covers_exactly(shape, chunks)
