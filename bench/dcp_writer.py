@@ -17,10 +17,8 @@ from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 def _state(kind: str, mesh) -> dict:
     gen = torch.Generator().manual_seed(0)
     if kind == "many":  # 1,000 row-sharded tensors
-        return {
-            f"model.layers.{i // 10}.block{i % 10}.weight": distribute_tensor(torch.randn(64, 16, generator=gen), mesh, [Shard(0)])
-            for i in range(1000)
-        }
+        full = {f"model.layers.{i // 10}.block{i % 10}.weight": torch.randn(64, 16, generator=gen) for i in range(1000)}
+        return {name: distribute_tensor(t, mesh, [Shard(0)]) for name, t in full.items()}
     rows = torch.randn(1 << 16, 1024, generator=gen)  # 256 MiB each
     cols = torch.randn(1 << 16, 1024, generator=gen)
     return {"rows": distribute_tensor(rows, mesh, [Shard(0)]), "cols": distribute_tensor(cols, mesh, [Shard(1)])}
