@@ -41,6 +41,9 @@ class Assembled:
             return b""
         first = offset // self.itemsize
         last = -(-(offset + length) // self.itemsize)
+        if len(self.shape) == 2:
+            skip = offset - first * self.itemsize
+            return self._read_2d(first, last).reshape(-1)[skip : skip + length].tobytes()
         index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
         out = np.empty((last - first, self.itemsize), dtype=np.uint8)
         for chunk in self.chunks:
@@ -57,6 +60,25 @@ class Assembled:
             out[inside] = np.frombuffer(data, dtype=np.uint8).reshape(-1, self.itemsize)[local - low]
         skip = offset - first * self.itemsize
         return out.tobytes()[skip : skip + length]
+
+
+    def _read_2d(self, first: int, last: int) -> np.ndarray:
+        """Elements [first, last) of a matrix: for each chunk, the block of
+        rows the request covers is read in one piece and copied into place."""
+        rows, width = self.shape
+        row_first, row_last = first // width, -(-last // width)
+        out = np.empty((row_last - row_first, width * self.itemsize), dtype=np.uint8)
+        for chunk in self.chunks:
+            (r0, c0), (nr, nc) = chunk.offsets, chunk.sizes
+            top, bottom = max(row_first, r0), min(row_last, r0 + nr)
+            if top >= bottom or nc == 0:
+                continue
+            block = chunk.piece.read((top - r0) * nc * self.itemsize, (bottom - top) * nc * self.itemsize)
+            out[top - row_first : bottom - row_first, c0 * self.itemsize : (c0 + nc) * self.itemsize] = np.frombuffer(
+                block, dtype=np.uint8
+            ).reshape(bottom - top, nc * self.itemsize)
+        begin = first - row_first * width
+        return out.reshape(-1, self.itemsize)[begin : begin + (last - first)]
 
 
 def covers_exactly(shape: tuple[int, ...], chunks: list[Chunk]) -> str | None:

@@ -39,13 +39,45 @@ class Gather:
             return b""
         first = offset // self.itemsize
         last = -(-(offset + length) // self.itemsize)
+        if self.shape and self.strides[-1] == 1 and self.shape[-1] > 1:
+            skip = offset - first * self.itemsize
+            return self._rows(first, last).reshape(-1)[skip : skip + length].tobytes()
         index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
         elements = np.full(last - first, self.start, dtype=np.int64)
         for axis_index, stride in zip(index, self.strides):
             elements += axis_index * stride
-        values = self._fetch(elements)
         skip = offset - first * self.itemsize
-        return values.tobytes()[skip : skip + length]
+        return self._fetch(elements).reshape(-1)[skip : skip + length].tobytes()
+
+    def _rows(self, first: int, last: int) -> np.ndarray:
+        """Elements [first, last) when rows are contiguous in the storage
+        (the last stride is 1): whole rows are copied, no per-element work."""
+        width = self.shape[-1]
+        row_first, row_last = first // width, -(-last // width)
+        starts = np.full(row_last - row_first, self.start, dtype=np.int64)
+        if len(self.shape) > 1:
+            index = np.unravel_index(np.arange(row_first, row_last, dtype=np.int64), self.shape[:-1])
+            for axis_index, stride in zip(index, self.strides[:-1]):
+                starts += axis_index * stride
+        low, high = int(starts.min()), int(starts.max()) + width
+        span = self.source.read_exact(self.base + low * self.itemsize, (high - low) * self.itemsize)
+        flat = np.frombuffer(span, dtype=np.uint8)
+        steps = np.diff(starts)
+        if len(starts) == 1 or (steps > 0).all() and (steps == steps[0]).all():
+            # evenly spaced rows (any matrix view): a strided view, copied at memory speed
+            step = int(steps[0]) if len(steps) else width
+            view = np.lib.stride_tricks.as_strided(
+                flat[(int(starts[0]) - low) * self.itemsize :],
+                shape=(len(starts), width * self.itemsize),
+                strides=(step * self.itemsize, 1),
+                writeable=False,
+            )
+            rows = np.ascontiguousarray(view).reshape(-1, self.itemsize)
+        else:
+            flat = flat.reshape(-1, self.itemsize)
+            rows = flat[(starts - low)[:, None] + np.arange(width)[None, :]].reshape(-1, self.itemsize)
+        begin = first - row_first * width
+        return rows[begin : begin + (last - first)]
 
     def _fetch(self, elements: np.ndarray) -> np.ndarray:
         """The `itemsize`-byte rows at storage elements `elements`, in order."""
