@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .gather import read_elements
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -36,14 +38,10 @@ class Assembled:
         return math.prod(self.shape) * self.itemsize
 
     def read(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self.length - offset))
-        if length == 0:
-            return b""
-        first = offset // self.itemsize
-        last = -(-(offset + length) // self.itemsize)
-        if len(self.shape) == 2:
-            skip = offset - first * self.itemsize
-            return self._read_2d(first, last).reshape(-1)[skip : skip + length].tobytes()
+        return read_elements(self, offset, length, self._read_2d if len(self.shape) == 2 else self._elements)
+
+    def _elements(self, first: int, last: int) -> np.ndarray:
+        """Elements [first, last) of any layout: each mapped to its chunk."""
         index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
         out = np.empty((last - first, self.itemsize), dtype=np.uint8)
         for chunk in self.chunks:
@@ -58,9 +56,7 @@ class Assembled:
             low, high = int(local.min()), int(local.max()) + 1
             data = chunk.piece.read(low * self.itemsize, (high - low) * self.itemsize)
             out[inside] = np.frombuffer(data, dtype=np.uint8).reshape(-1, self.itemsize)[local - low]
-        skip = offset - first * self.itemsize
-        return out.tobytes()[skip : skip + length]
-
+        return out
 
     def _read_2d(self, first: int, last: int) -> np.ndarray:
         """Elements [first, last) of a matrix: for each chunk, the block of

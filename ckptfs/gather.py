@@ -20,6 +20,19 @@ from .sources import Source
 GAP_BYTES = 4096
 
 
+def read_elements(piece, offset: int, length: int, elements) -> bytes:
+    """Bytes [offset, offset + length) of a piece served in C order, where
+    `elements(first, last)` returns its elements [first, last) as rows of
+    `itemsize` bytes. Reads past the end are short, as at EOF."""
+    length = max(0, min(length, piece.length - offset))
+    if length == 0:
+        return b""
+    first = offset // piece.itemsize
+    last = -(-(offset + length) // piece.itemsize)
+    skip = offset - first * piece.itemsize
+    return elements(first, last).reshape(-1)[skip : skip + length].tobytes()
+
+
 @dataclass(frozen=True)
 class Gather:
     source: Source
@@ -34,20 +47,16 @@ class Gather:
         return math.prod(self.shape) * self.itemsize
 
     def read(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self.length - offset))
-        if length == 0:
-            return b""
-        first = offset // self.itemsize
-        last = -(-(offset + length) // self.itemsize)
+        return read_elements(self, offset, length, self._elements)
+
+    def _elements(self, first: int, last: int) -> np.ndarray:
         if self.shape and self.strides[-1] == 1 and self.shape[-1] > 1:
-            skip = offset - first * self.itemsize
-            return self._rows(first, last).reshape(-1)[skip : skip + length].tobytes()
+            return self._rows(first, last)
         index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
         elements = np.full(last - first, self.start, dtype=np.int64)
         for axis_index, stride in zip(index, self.strides):
             elements += axis_index * stride
-        skip = offset - first * self.itemsize
-        return self._fetch(elements).reshape(-1)[skip : skip + length].tobytes()
+        return self._fetch(elements)
 
     def _rows(self, first: int, last: int) -> np.ndarray:
         """Elements [first, last) when rows are contiguous in the storage
