@@ -201,3 +201,20 @@ def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank
     assert (weights / "__0_0.distcp").is_dir()
     assert (mnt / ".ckptfs" / "raw" / "model_weights" / ".metadata").read_bytes() == metadata
     assert np.load(next((weights / "__0_0.distcp").rglob("*.npy"))).size > 0
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_megatron_style_directory_shows_common_pt_and_metadata_json(mount, tmp_path):
+    """Megatron-core torch_dist: a DCP directory with metadata.json and common.pt beside it."""
+    import json
+
+    ckpt = tmp_path / "iter_0000100"
+    dcp.save({"decoder.weight": torch.arange(6.0).reshape(2, 3)}, checkpoint_id=str(ckpt))
+    (ckpt / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1}))
+    torch.save({"iteration": 100, "args": {"hidden": 8}, "rng": torch.ones(3)}, ckpt / "common.pt")
+    mnt = Path(mount(ckpt))
+    assert json.loads((mnt / "metadata.json").read_text())["sharded_backend"] == "torch_dist"
+    assert yaml.safe_load((mnt / "common.pt" / "iteration.yaml").read_text()) == 100
+    assert np.load(mnt / "common.pt" / "rng.npy").tolist() == [1.0, 1.0, 1.0]
+    assert np.load(mnt / "decoder" / "weight.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert (mnt / ".ckptfs" / "raw" / "common.pt").read_bytes() == (ckpt / "common.pt").read_bytes()

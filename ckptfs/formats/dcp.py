@@ -59,8 +59,30 @@ def open_dir(path: str) -> Checkpoint:
     root, placed, notes, audit = expand(path, files)
     raw = Dir()
     for name, source in files.items():
-        raw.add(names.file_parts(name)[0], raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
+        leaf = names.file_parts(name)[0]
+        raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
+        if name == METADATA or name.endswith(".distcp") or leaf in root.children:
+            continue
+        # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
+        node, inner_tensors, inner_audit = _other_file(source, name, notes)
+        root.add(leaf, node)
+        placed += [PlacedTensor(f"{leaf}/{p.path}", p.tensor) for p in inner_tensors]
+        audit += [g for g in inner_audit if g not in audit]
     return Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+
+
+def _other_file(source: FileSource, name: str, notes: list[str]):
+    """A file beside the shards: (node, its tensors, its pickle globals)."""
+    if torchzip.sniff(source.pread(0, 4)):
+        try:
+            archive = torchzip.TorchZip(source, source.path)
+            folder, tensors = archive.tree()
+            return folder, tensors, [g.path for g in archive.globals]
+        except torchzip.NotTorchZip:
+            pass
+        except FormatError as e:
+            notes.append(f"{name} is shown as a plain file: {e.problem}")
+    return raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns), [], []
 
 
 def expand(name: str, files: dict[str, Source]):
