@@ -62,15 +62,17 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
     root, placed, _ = safetensors.expand(source)
-    raw = Dir()
-    raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
-    return Checkpoint("safetensors", source.path, st, root, raw, placed)
+    return Checkpoint("safetensors", source.path, st, root, _raw_mirror(source), placed)
 
 
 def _open_pickled(archive: torchzip.PickledCheckpoint, fmt: str, st: os.stat_result) -> Checkpoint:
-    source = archive.source
     root, placed = archive.tree()
+    audit = [g.path for g in archive.globals]
+    return Checkpoint(fmt, archive.source.path, st, root, _raw_mirror(archive.source), placed, pickle_globals=audit)
+
+
+def _raw_mirror(source: FileSource) -> Dir:
+    """The raw mirror of a single-file checkpoint: the file itself."""
     raw = Dir()
     raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
-    audit = [g.path for g in archive.globals]
-    return Checkpoint(fmt, source.path, st, root, raw, placed, pickle_globals=audit)
+    return raw

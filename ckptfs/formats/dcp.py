@@ -73,15 +73,9 @@ def open_dir(path: str) -> Checkpoint:
 
 def _other_file(source: FileSource, name: str, notes: list[str]):
     """A file beside the shards: (node, its tensors, its pickle globals)."""
-    if torchzip.sniff(source.pread(0, 4)):
-        try:
-            archive = torchzip.TorchZip(source, source.path)
-            folder, tensors = archive.tree()
-            return folder, tensors, [g.path for g in archive.globals]
-        except torchzip.NotTorchZip:
-            pass
-        except FormatError as e:
-            notes.append(f"{name} is shown as a plain file: {e.problem}")
+    expanded = torchzip.expand_nested(source, name, notes)
+    if expanded is not None:
+        return expanded
     return raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns), [], []
 
 

@@ -170,23 +170,16 @@ def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
     looks like one but cannot be read stays a plain file, with a note."""
     placed, audit = [], []
     for m in files:
-        member = source.slice(m.offset, m.size)
-        if not torchzip.sniff(member.pread(0, 4)):
+        expanded = torchzip.expand_nested(source.slice(m.offset, m.size), m.name, notes)
+        if expanded is None:
             continue
-        try:
-            archive = torchzip.TorchZip(member, f"{source.path}:{m.name}")
-            folder, tensors = archive.tree()
-        except torchzip.NotTorchZip:
-            continue
-        except FormatError as e:
-            notes.append(f"{m.name} is shown as a plain file: {e.problem}")
-            continue
+        folder, tensors, globals_ = expanded
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
         folder.mtime_ns = parent.children[parts[-1]].mtime_ns
         parent.children[parts[-1]] = folder
         placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
-        audit += [g.path for g in archive.globals if g.path not in audit]
+        audit += [g for g in globals_ if g not in audit]
     return placed, audit
 
 

@@ -141,6 +141,24 @@ class TorchZip(PickledCheckpoint):
         return extent
 
 
+def expand_nested(source: Source, name: str, notes: list[str]):
+    """A file inside another checkpoint, expanded if it is a torch.save zip:
+    (folder, its tensors, its pickle globals), or None to keep it a plain
+    file. One that looks like a torch zip but cannot be read stays plain, and
+    `notes` says why."""
+    if not sniff(source.pread(0, 4)):
+        return None
+    try:
+        archive = TorchZip(source, f"{source.path}:{name}")
+        folder, tensors = archive.tree()
+    except NotTorchZip:
+        return None
+    except FormatError as e:
+        notes.append(f"{name} is shown as a plain file: {e.problem}")
+        return None
+    return folder, tensors, [g.path for g in archive.globals]
+
+
 def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     expected = 1
     for n, s in zip(reversed(shape), reversed(stride)):
