@@ -1,6 +1,7 @@
 """torch.distributed.checkpoint directories: consolidated tensors and shard
 folders, compared with torch bit for bit."""
 
+import json
 import os
 from pathlib import Path
 
@@ -116,13 +117,14 @@ def test_metadata_globals_are_audited(mount):
 
 @pytest.fixture(scope="module", params=[2, 3])
 def multirank(request, tmp_path_factory):
-    """A DCP directory written by `world_size` gloo ranks in subprocesses."""
+    """DCP directories written by `world_size` gloo ranks in subprocesses,
+    one per variant of tests/dcp_writer.py, and an FSDP2 model and optimizer."""
     import subprocess
     import sys
 
     from .conftest import REPO
 
-    out = tmp_path_factory.mktemp(f"dcp{request.param}") / "ckpt"
+    out = tmp_path_factory.mktemp(f"dcp{request.param}")
     port = str(29600 + request.param + os.getpid() % 200)
     done = subprocess.run(
         [sys.executable, "-m", "tests.dcp_writer", str(out), str(request.param), port],
@@ -132,19 +134,55 @@ def multirank(request, tmp_path_factory):
     return out, request.param
 
 
-def test_multirank_dtensors_consolidate_bit_for_bit(mount, multirank):
+VARIANTS = ["plain", "zstd", "safetensors", "per_rank_metadata"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_multirank_dtensors_consolidate_bit_for_bit(mount, multirank, variant):
     from .dcp_writer import reference
 
-    path, world_size = multirank
+    out, world_size = multirank
+    path = out / variant
     mnt = Path(mount(path))
     shards = sorted(p.name for p in path.glob("*.distcp"))
     assert len(shards) == world_size
     for fqn, tensor in reference(world_size).items():
         loaded = np.load(_npy(mnt, fqn))
         assert loaded.shape == tuple(tensor.shape) and loaded.tobytes() == _bytes(tensor), fqn
+        whole = _npy(mnt, fqn).read_bytes()
+        with open(_npy(mnt, fqn), "rb") as f:  # reads that start anywhere, in any order
+            for off in reversed(range(0, len(whole), 23)):
+                assert os.pread(f.fileno(), 41, off) == whole[off : off + 41]
     assert yaml.safe_load((mnt / "step.yaml").read_text()) == 7
+    chunks = 0
     for shard in shards:
-        assert (mnt / shard).is_dir() and list((mnt / shard).rglob("*.npy"))
+        for chunk in (mnt / shard).rglob("*.npy"):
+            offsets = json.loads(os.getxattr(chunk, "user.ckptfs.offsets"))
+            full = reference(world_size)[os.getxattr(chunk, "user.ckptfs.name").decode()]
+            block = full[tuple(slice(o, o + n) for o, n in zip(offsets, np.load(chunk).shape))]
+            assert np.load(chunk).tobytes() == _bytes(block), chunk
+            chunks += 1
+    assert chunks >= len(reference(world_size))
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert "notes" not in info
+
+
+def test_fsdp2_model_and_optimizer_from_get_state_dict(mount, multirank):
+    out, world_size = multirank
+    mnt = Path(mount(out / "fsdp2"))
+    ref = torch.load(out / "fsdp2.ref.pt", weights_only=False)
+    for name, tensor in ref["model"].items():
+        assert np.load(_npy(mnt, f"model.{name}")).tobytes() == _bytes(tensor), name
+    for param, state in ref["optim"]["state"].items():
+        for key, tensor in state.items():
+            loaded = np.load(_npy(mnt, f"optim.state.{param}.{key}"))
+            assert loaded.shape == tuple(tensor.shape) and loaded.tobytes() == _bytes(tensor), (param, key)
+    group = mnt / "optim" / "param_groups" / "0"
+    for key, value in ref["optim"]["param_groups"][0].items():
+        shown = yaml.safe_load((group / f"{key}.yaml").read_text())
+        assert shown == (list(value) if isinstance(value, tuple) else value), key
+    rows = [p for p in mnt.glob("__*.distcp/model/0/weight@*.npy")]
+    assert len(rows) == world_size  # 20 rows over the ranks, unevenly for 3
 
 
 def test_a_broken_chunk_fails_its_reads_only(mount, tmp_path):
@@ -173,7 +211,8 @@ def test_a_broken_chunk_fails_its_reads_only(mount, tmp_path):
     assert all(name in log for name in failed)
 
 
-def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank, variant):
     """NeMo keeps Megatron weights as a DCP directory `model_weights/` in the tar."""
     import tarfile
 
@@ -181,7 +220,8 @@ def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank
 
     import shutil
 
-    original, world_size = multirank
+    out, world_size = multirank
+    original = out / variant
     path = tmp_path / "model_weights"
     shutil.copytree(original, path)
     nemo = tmp_path / "megatron.nemo"
@@ -190,7 +230,7 @@ def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank
         config.write_text("precision: bf16-mixed\n")
         tf.add(config, arcname="./model_config.yaml")
         tf.add(path, arcname="./model_weights")
-    metadata = (path / ".metadata").read_bytes()
+    metadata = {p.name: p.read_bytes() for p in path.glob("*.metadata")}
     shutil.rmtree(path)  # from here on, every byte comes from the .nemo
     mnt = Path(mount(nemo))
     weights = mnt / "model_weights"
@@ -199,7 +239,9 @@ def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank
         assert np.load(npy).tobytes() == _bytes(tensor), fqn
     assert (mnt / "model_config.yaml").read_text() == "precision: bf16-mixed\n"
     assert (weights / "__0_0.distcp").is_dir()
-    assert (mnt / ".ckptfs" / "raw" / "model_weights" / ".metadata").read_bytes() == metadata
+    for name, data in metadata.items():
+        assert (mnt / ".ckptfs" / "raw" / "model_weights" / name).read_bytes() == data
+    assert "notes" not in yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
     assert np.load(next((weights / "__0_0.distcp").rglob("*.npy"))).size > 0
 
 
@@ -218,3 +260,140 @@ def test_megatron_style_directory_shows_common_pt_and_metadata_json(mount, tmp_p
     assert np.load(mnt / "common.pt" / "rng.npy").tolist() == [1.0, 1.0, 1.0]
     assert np.load(mnt / "decoder" / "weight.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
     assert (mnt / ".ckptfs" / "raw" / "common.pt").read_bytes() == (ckpt / "common.pt").read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_megatron_sharded_objects_are_files_named_after_their_shard(mount, tmp_path):
+    """Megatron-core saves a ShardedObject as a torch.save of its data under
+    `key/shard_<offset>_<shape>`, and its planner stores those bytes as they are."""
+    import io
+
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    class MCoreLikeSavePlanner(DefaultSavePlanner):
+        def transform_object(self, write_item, object):
+            return object
+
+    def sharded_object(data) -> io.BytesIO:
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        buffer.seek(0)
+        return buffer
+
+    ckpt = tmp_path / "iter_0000001"
+    state = {
+        "decoder.layers.self_attention._extra_state/shard_0.1_1.2": sharded_object({"fp8": False, "amax": [1.5]}),
+        "decoder.layers.self_attention._extra_state/shard_0.0_1.2": sharded_object({"fp8": False, "amax": [0.5]}),
+        "rng_state/shard_0_1": sharded_object([{"random_rng_state": (3, 4)}]),
+        "decoder.layers.self_attention.weight": torch.ones(2, 2),
+    }
+    dcp.save(state, checkpoint_id=str(ckpt), planner=MCoreLikeSavePlanner())
+    mnt = Path(mount(ckpt))
+    extra = mnt / "decoder" / "layers" / "self_attention" / "_extra_state"
+    assert sorted(p.name for p in extra.iterdir()) == ["shard_0.0_1.2.yaml", "shard_0.1_1.2.yaml"]
+    assert yaml.safe_load((extra / "shard_0.1_1.2.yaml").read_text()) == {"fp8": False, "amax": [1.5]}
+    assert yaml.safe_load((mnt / "rng_state" / "shard_0_1.yaml").read_text()) == [{"random_rng_state": [3, 4]}]
+    assert np.load(mnt / "decoder" / "layers" / "self_attention" / "weight.npy").tolist() == [[1, 1], [1, 1]]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_nemo2_checkpoint_directory_mounts_context_and_weights(mount, tmp_path):
+    """NeMo 2 saves `context/` (io.json, model.yaml, tokenizer files) beside
+    `weights/`, a Megatron torch_dist directory."""
+    ckpt = tmp_path / "model--step=9-consumed_samples=40.0"
+    (ckpt / "context" / "nemo_tokenizer").mkdir(parents=True)
+    (ckpt / "context" / "io.json").write_text('{"root": {"type": "ref"}}')
+    (ckpt / "context" / "model.yaml").write_text("_target_: nemo.collections.llm.gpt.model.base.GPTModel\n")
+    (ckpt / "context" / "nemo_tokenizer" / "tokenizer.json").write_text("{}")
+    weights = ckpt / "weights"
+    embedding = torch.randn(6, 4).to(torch.bfloat16)
+    dcp.save({"module.embedding.word_embeddings.weight": embedding, "optimizer.step": 9}, checkpoint_id=str(weights))
+    (weights / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    torch.save({"content_metadata": {"format": "nemo2"}}, weights / "common.pt")
+    mnt = Path(mount(ckpt))
+    assert (mnt / "context" / "model.yaml").read_text().startswith("_target_:")
+    assert (mnt / "context" / "nemo_tokenizer" / "tokenizer.json").read_text() == "{}"
+    npy = mnt / "weights" / "module" / "embedding" / "word_embeddings" / "weight.npy"
+    assert np.load(npy).tobytes() == _bytes(embedding)
+    assert yaml.safe_load((mnt / "weights" / "optimizer" / "step.yaml").read_text()) == 9
+    assert yaml.safe_load((mnt / "weights" / "common.pt" / "content_metadata.yaml").read_text()) == {"format": "nemo2"}
+    assert (mnt / "weights" / "__0_0.distcp").is_dir()
+    for f in ckpt.rglob("*"):
+        if f.is_file():
+            assert (mnt / ".ckptfs" / "raw" / f.relative_to(ckpt)).read_bytes() == f.read_bytes()
+    tsv = (mnt / ".ckptfs" / "tensors.tsv").read_text()
+    assert "weights/module/embedding/word_embeddings/weight.npy" in tsv
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert info["format"] == "folder of distributed checkpoints" and "notes" not in info
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_an_unknown_stream_transform_is_a_note_and_the_rest_reads(mount, tmp_path):
+    import pickle
+
+    ckpt = tmp_path / "ck"
+    dcp.save({"a": torch.ones(3), "b": torch.zeros(2)}, checkpoint_id=str(ckpt))
+    metadata = dcp.FileSystemReader(str(ckpt)).read_metadata()
+    for index, info in metadata.storage_data.items():
+        if index.fqn == "a":
+            info.transform_descriptors = ["stream.rot13/1"]
+    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
+    mnt = Path(mount(ckpt))
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any("'stream.rot13/1'" in n and n.startswith("a: ") for n in notes)
+    assert np.load(mnt / "b.npy").tolist() == [0, 0]
+
+
+def _gap(metadata, _shards):
+    tensor = metadata.state_dict_metadata["model.0.weight"]
+    tensor.chunks = [c for c in tensor.chunks if c.offsets[0] == 0]  # rows 10-19 no longer stored
+    return "model.0.weight", "do not cover the whole tensor"
+
+
+def _overlap(metadata, _shards):
+    tensor = metadata.state_dict_metadata["extra.colsharded"]
+    second = max(tensor.chunks, key=lambda c: c.offsets[1])
+    tensor.chunks.append(type(second)(offsets=torch.Size([0, second.offsets[1] - 1]), sizes=second.sizes))
+    index = next(k for k in metadata.storage_data if k.fqn == "extra.colsharded" and k.offset == second.offsets)
+    metadata.storage_data[type(index)("extra.colsharded", torch.Size([0, second.offsets[1] - 1]))] = metadata.storage_data[index]
+    return "extra.colsharded", "overlap"
+
+
+def _out_of_range(metadata, _shards):
+    for index, info in metadata.storage_data.items():
+        if index.fqn == "model.2.weight":
+            info.offset += 10**9
+    return "model.2.weight", "lie outside the file"
+
+
+def _truncated_shard(metadata, shards):
+    last = max((info for index, info in metadata.storage_data.items() if info.relative_path == "__1_0.distcp"),
+               key=lambda info: info.offset)  # fmt: skip
+    fqn = next(index.fqn for index, info in metadata.storage_data.items() if info is last)
+    with open(shards / "__1_0.distcp", "r+b") as f:
+        f.truncate(last.offset + last.length - 1)
+    return fqn, "lie outside the file"
+
+
+@pytest.mark.parametrize("damage", [_gap, _overlap, _out_of_range, _truncated_shard], ids=lambda f: f.__name__[1:])
+def test_bad_chunk_metadata_names_the_tensor_and_the_rest_reads(mount, tmp_path, damage):
+    import pickle
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(FSDP2, broken)
+    metadata = dcp.FileSystemReader(str(broken)).read_metadata()
+    metadata.storage_meta = None
+    fqn, problem = damage(metadata, broken)
+    (broken / ".metadata").write_bytes(pickle.dumps(metadata))
+    source_before = {p.name: p.read_bytes() for p in broken.iterdir()}
+    mnt = Path(mount(broken))
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert [n for n in notes if n.startswith(f"{fqn}: ")], notes
+    assert all(problem in n and str(broken) in n for n in notes if n.startswith(f"{fqn}: ")), notes
+    assert not _npy(mnt, fqn).exists()
+    ref = torch.load(FSDP2.parent / "fsdp2_2rank.ref.pt", weights_only=False)
+    for name, tensor in ref["model"].items():
+        if f"model.{name}" != fqn:
+            assert np.load(_npy(mnt, f"model.{name}")).tobytes() == _bytes(tensor), name
+    assert {p.name: p.read_bytes() for p in broken.iterdir()} == source_before

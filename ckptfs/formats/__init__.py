@@ -10,7 +10,7 @@ from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..tree import Dir
 from ..sources import FileSource
-from . import dcp, gzindex, hf, safetensors, tar, torchlegacy, torchzip
+from . import dcp, folder, gzindex, hf, safetensors, tar, torchlegacy, torchzip
 
 SNIFF_BYTES = 512
 
@@ -32,9 +32,11 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
             return dcp.open_dir(path)
         if hf.sniff(path):
             return hf.open_dir(path)
+        if folder.sniff(path):
+            return folder.open_dir(path)
         if dcp.has_shards(path):
             raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
-        raise FormatError(path, "directory holds no checkpoint (no .safetensors files, index or .metadata)")
+        raise FormatError(path, "directory holds no checkpoint (no .safetensors files or index, no .metadata here or in a subfolder)")
     if not os.path.isfile(path):
         raise FormatError(path, "not a regular file or directory")
     try:

@@ -1,10 +1,12 @@
 """torch.distributed.checkpoint directories: `.metadata` plus `.distcp` shards.
 
-`.metadata` is a pickle of `Metadata`, read by the inert interpreter. Each
+`.metadata` (or, for a save without rank coordination, one `__N.metadata`
+per rank) is a pickle of `Metadata`, read by the inert interpreter. Each
 chunk of a tensor is a byte range of a `.distcp` file holding a complete
-torch.save zip of that chunk. Every tensor appears once, consolidated, at its
-fully qualified name; each `.distcp` file also appears as a read-only folder
-of the chunks it stores.
+torch.save zip of that chunk, possibly zstd-compressed, or a tensor of the
+safetensors block the `safetensors` serialization format ends each file
+with. Every tensor appears once, consolidated, at its fully qualified name;
+each `.distcp` file also appears as a read-only folder of the chunks it stores.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from dataclasses import dataclass, field
 
 from .. import names, npy
 from ..assemble import Assembled, Chunk, covers_exactly, row_pieces
 from ..checkpoint import Checkpoint
-from ..dtypes import BY_TORCH
+from ..dtypes import BY_TORCH, DType
 from ..errors import FormatError
 from ..inert_pickle import Call, Global, InertUnpickler, PickleError
 from ..pyobjects import to_yaml
@@ -25,28 +29,34 @@ from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import TensorRef, recognize
 from ..tree import Content, Dir, Extent, File
-from . import torchzip
+from ..zstdsource import ZstdSource
+from . import safetensors, torchzip
 
 METADATA = ".metadata"
+_RANK_METADATA = re.compile(r"__(\d+)\.metadata")
+#: Megatron-core's key for one shard of a ShardedObject: `key/shard_<offset>_<shape>`
+_SHARDED_OBJECT = re.compile(r"(.+)/(shard_[0-9.]+_[0-9.]+)")
+
+
+def is_metadata(name: str) -> bool:
+    return name == METADATA or _RANK_METADATA.fullmatch(name) is not None
+
+
+def metadata_names(file_names) -> list[str]:
+    """The metadata files to read: the global `.metadata`, or else every
+    rank's `__N.metadata` (a save with `use_collectives=False`), by rank."""
+    if METADATA in file_names:
+        return [METADATA]
+    ranks = [n for n in file_names if _RANK_METADATA.fullmatch(n)]
+    return sorted(ranks, key=lambda n: int(_RANK_METADATA.fullmatch(n).group(1)))
 
 
 def sniff(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, METADATA))
+    return any(is_metadata(n) and os.path.isfile(os.path.join(path, n)) for n in os.listdir(path))
 
 
 def has_shards(path: str) -> bool:
     return any(name.endswith(".distcp") for name in os.listdir(path))
-
-
-def _fields(value: object) -> dict:
-    """The attributes of a pickled dataclass instance."""
-    if isinstance(value, Call):
-        state = value.state
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-            state = {**(state[0] or {}), **state[1]}  # (__dict__, __slots__ values)
-        if isinstance(state, dict):
-            return state
-    raise PickleError(f"expected a dataclass instance, found {value!r:.80}")
 
 
 def open_dir(path: str) -> Checkpoint:
@@ -61,7 +71,7 @@ def open_dir(path: str) -> Checkpoint:
     for name, source in files.items():
         leaf = names.file_parts(name)[0]
         raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
-        if name == METADATA or name.endswith(".distcp") or leaf in root.children:
+        if is_metadata(name) or name.endswith(".distcp") or leaf in root.children:
             continue
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
         node, inner_tensors, inner_audit = _other_file(source, name, notes)
@@ -83,43 +93,117 @@ def expand(name: str, files: dict[str, Source]):
     """The tree of a distributed checkpoint whose files are `files` (by their
     names in its directory): a directory on disk, or members of a tar.
     Returns (folder, placed tensors, notes, pickle globals)."""
-    metadata_path = f"{name}/{METADATA}"
-    if METADATA not in files:
-        raise FormatError(metadata_path, "missing")
-    try:
-        unpickler = InertUnpickler(files[METADATA].read_exact(0, files[METADATA].size), recognize=recognize)
-        metadata = _fields(unpickler.load())
-        items = metadata["state_dict_metadata"]
-        storage = {}
-        for index, info in metadata["storage_data"].items():
-            index, info = _fields(index), _fields(info)
-            offset = tuple(index["offset"]) if index.get("offset") is not None else None
-            storage[index["fqn"], offset] = info
-    except (PickleError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise FormatError(metadata_path, f"not a readable distributed checkpoint metadata file ({e})") from None
+    metadata = _Metadata.read(name, files)
     reader = _Reader(name, files)
     root = Dir()
     notes: list[str] = []
     placed: list[PlacedTensor] = []
-    for fqn in sorted(items):
-        item = items[fqn]
+    for fqn in sorted(metadata.items):
+        item = metadata.items[fqn]
         try:
-            if isinstance(item, Call) and item.path.endswith("TensorStorageMetadata"):
-                file, tensor, chunk_files = reader.tensor(fqn, _fields(item), storage)
+            if isinstance(item, TensorMeta):
+                file, tensor, chunk_files = reader.tensor(fqn, item, metadata.storage)
                 parts = names.tensor_path(fqn)
                 root.subdir(parts[:-1]).add(parts[-1], file)
                 placed.append(PlacedTensor("/".join(parts), tensor))
                 for shard, chunk_parts, chunk_file in chunk_files:
                     reader.shard_dir(shard).subdir(chunk_parts[:-1]).add(chunk_parts[-1], chunk_file)
             else:
-                parts = names.tensor_path(fqn, suffix="")
-                suffix, file = reader.bytes_item(fqn, storage)
-                root.subdir(parts[:-1]).add(parts[-1] + suffix, file)
+                suffix, file = reader.bytes_item(fqn, metadata.storage)
+                parts = _item_path(fqn, suffix)
+                root.subdir(parts[:-1]).add(parts[-1], file)
         except FormatError as e:
             notes.append(f"{fqn}: {e}")
+    notes += metadata.notes
     for shard, folder in sorted(reader.shards.items()):
         root.add(names.file_parts(shard)[0], folder)
-    return root, placed, notes, [g.path for g in unpickler.globals]
+    return root, placed, notes, metadata.globals
+
+
+def _item_path(fqn: str, suffix: str) -> list[str]:
+    """Path parts of a non-tensor item. A Megatron ShardedObject shard
+    (`decoder.layers.x._extra_state/shard_0.1_1.4`) is a file named after the
+    shard in the folder of its key."""
+    sharded = _SHARDED_OBJECT.fullmatch(fqn)
+    if sharded:
+        return names.tensor_path(sharded.group(1), suffix="") + [names.escape(sharded.group(2), suffix)]
+    return names.tensor_path(fqn, suffix=suffix)
+
+
+@dataclass
+class TensorMeta:
+    dtype: DType
+    shape: tuple[int, ...]
+    #: chunk offsets -> sizes, in the order the metadata lists them
+    chunks: dict[tuple[int, ...], tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class _Metadata:
+    """What the metadata file(s) say: each item (a TensorMeta, or None for a
+    bytes item) and where each chunk or item is stored."""
+
+    items: dict[str, TensorMeta | None]
+    storage: dict[tuple[str, tuple[int, ...] | None], dict]
+    globals: list[str]
+    notes: list[str]
+
+    @classmethod
+    def read(cls, name: str, files: dict[str, Source]) -> _Metadata:
+        found = metadata_names(files)
+        if not found:
+            raise FormatError(f"{name}/{METADATA}", "missing")
+        merged = cls({}, {}, [], [])
+        for metadata_name in found:
+            path = f"{name}/{metadata_name}"
+            source = files[metadata_name]
+            try:
+                unpickler = InertUnpickler(source.read_exact(0, source.size), recognize=recognize)
+                merged._add(path, _fields(unpickler.load()))
+            except (PickleError, KeyError, TypeError, AttributeError, ValueError, OSError) as e:
+                raise FormatError(path, f"not a readable distributed checkpoint metadata file ({e})") from None
+            merged.globals += [g.path for g in unpickler.globals if g.path not in merged.globals]
+        return merged
+
+    def _add(self, path: str, metadata: dict) -> None:
+        for index, info in metadata["storage_data"].items():
+            index, info = _fields(index), _fields(info)
+            offset = tuple(index["offset"]) if index.get("offset") is not None else None
+            self.storage.setdefault((index["fqn"], offset), info)
+        for fqn, item in metadata["state_dict_metadata"].items():
+            if not (isinstance(item, Call) and item.path.endswith("TensorStorageMetadata")):
+                self.items.setdefault(fqn, None)
+                continue
+            meta = _tensor_meta(path, fqn, _fields(item))
+            known = self.items.setdefault(fqn, meta)
+            if known is None or (known.dtype, known.shape) != (meta.dtype, meta.shape):
+                self.notes.append(f"{fqn}: {path} disagrees with an earlier metadata file on its type or shape; kept the first")
+                continue
+            for offsets, sizes in meta.chunks.items():
+                known.chunks.setdefault(offsets, sizes)
+
+
+def _tensor_meta(path: str, fqn: str, meta: dict) -> TensorMeta:
+    properties = meta["properties"]
+    dtype_global = properties.state[0] if isinstance(properties.state, tuple) else _fields(properties)["dtype"]
+    if not (isinstance(dtype_global, Global) and dtype_global.name in BY_TORCH):
+        raise FormatError(path, f"tensor {fqn!r}: unknown dtype {dtype_global!r:.60}")
+    chunks = {}
+    for chunk_meta in meta["chunks"]:
+        fields = _fields(chunk_meta)
+        chunks[tuple(fields["offsets"])] = tuple(fields["sizes"])
+    return TensorMeta(BY_TORCH[dtype_global.name], tuple(meta["size"]), chunks)
+
+
+def _fields(value: object) -> dict:
+    """The attributes of a pickled dataclass instance."""
+    if isinstance(value, Call):
+        state = value.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]}  # (__dict__, __slots__ values)
+        if isinstance(state, dict):
+            return state
+    raise PickleError(f"expected a dataclass instance, found {value!r:.80}")
 
 
 def _json_list(numbers: tuple[int, ...]) -> str:
@@ -127,22 +211,39 @@ def _json_list(numbers: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, numbers)) + "]"
 
 
-class LazyChunk:
-    """One chunk's C-order bytes, from the torch.save zip at its byte range.
+@dataclass(frozen=True)
+class Record:
+    """Where `_StorageInfo` puts one chunk or item: `raw` is its byte range,
+    `start` onwards in the shard file, `data` the bytes after undoing the
+    stream transforms. `label` names the shard file in messages."""
 
-    The zip is parsed on the first read, not at mount: mount time then
-    depends on `.metadata` alone, however many chunks the shards hold. A
-    chunk that turns out to be broken fails its reads (EIO, logged with the
-    file and tensor), and the rest of the checkpoint stays readable.
+    label: str
+    shard: Source
+    start: int
+    raw: Source
+    data: Source
+
+
+class LazyChunk:
+    """One chunk's C-order bytes, found in its record on the first read.
+
+    The record is parsed then, not at mount: mount time then depends on the
+    metadata alone, however many chunks the shards hold. A chunk that turns
+    out to be broken fails its reads (EIO, logged with the file and tensor),
+    and the rest of the checkpoint stays readable.
     """
 
-    def __init__(self, record, name: str, sizes: tuple[int, ...], length: int):
-        self.record, self.name, self.sizes, self.length = record, name, sizes, length
+    def __init__(self, record: Record, fqn: str, dtype: DType, offsets: tuple[int, ...], sizes: tuple[int, ...],
+                 blocks: dict):  # fmt: skip
+        self.record, self.fqn, self.dtype, self.sizes = record, fqn, dtype, sizes
+        self.length = math.prod(sizes) * (dtype.bits // 8)
+        self.name = f"{record.label}: {fqn} chunk at {list(offsets)}"
+        self._blocks = blocks  # safetensors blocks already parsed, shared by the chunks of a checkpoint
         self._piece = None
 
     @property
-    def source(self):
-        return self.record
+    def source(self) -> Source:
+        return self.record.data
 
     def read(self, offset: int, length: int) -> bytes:
         if self._piece is None:
@@ -150,14 +251,39 @@ class LazyChunk:
         return self._piece.read(offset, length)
 
     def _resolve(self):
-        archive = torchzip.TorchZip(self.record, self.name)
+        head = self.record.data.pread(0, 4)
+        if torchzip.sniff(head):
+            piece = self._from_torch_zip()
+        elif self.record.data is self.record.raw:
+            piece = self._from_safetensors_block()
+        else:
+            raise FormatError(self.name, "the record is not a torch.save zip")
+        if piece.length != self.length:
+            raise FormatError(self.name, f"holds {piece.length} bytes where the metadata promises {self.length}")
+        return piece
+
+    def _from_torch_zip(self):
+        archive = torchzip.TorchZip(self.record.data, self.name)
         ref = archive.obj
         if not isinstance(ref, TensorRef) or tuple(ref.shape) != self.sizes:
             raise FormatError(self.name, f"does not hold a {list(self.sizes)} tensor")
-        piece, _ = archive.tensor_piece(ref, self.name)
-        if piece.length != self.length:
-            raise FormatError(self.name, f"holds {piece.length} bytes where .metadata promises {self.length}")
-        return piece
+        return archive.tensor_piece(ref, self.name)[0]
+
+    def _from_safetensors_block(self):
+        """SerializationFormat.SAFETENSORS: the record's offset is where a
+        safetensors block starts, which runs to the end of the shard file and
+        holds this rank's chunk under the tensor's name."""
+        key = (self.record.label, self.record.start)
+        if key not in self._blocks:
+            shard, start = self.record.shard, self.record.start
+            block = shard.slice(start, shard.size - start)
+            if not safetensors.sniff(block.pread(0, safetensors.MAGIC_LENGTH)):
+                raise FormatError(self.name, "the record is neither a torch.save zip nor a safetensors block")
+            self._blocks[key] = {t.name: t for t in safetensors.read(block)[1]}
+        tensor = self._blocks[key].get(self.fqn)
+        if tensor is None or tensor.shape != self.sizes or tensor.dtype != self.dtype:
+            raise FormatError(self.name, f"the safetensors block holds no {self.dtype.name} {list(self.sizes)} tensor of that name")
+        return tensor.data
 
 
 class _Reader:
@@ -165,44 +291,44 @@ class _Reader:
         self.path = name
         self.files = files
         self.shards: dict[str, Dir] = {}
+        self.blocks: dict = {}
 
     def source(self, relative: str) -> Source:
         if relative not in self.files:
-            raise FormatError(f"{self.path}/{relative}", "shard file named by .metadata is missing")
+            raise FormatError(f"{self.path}/{relative}", "shard file named by the metadata is missing")
         return self.files[relative]
 
     def shard_dir(self, relative: str) -> Dir:
         return self.shards.setdefault(relative, Dir())
 
-    def _record(self, fqn: str, info: dict):
-        """The torch.save zip of one chunk or item, as a source slice."""
-        source = self.source(str(info["relative_path"]))
+    def record(self, fqn: str, info: dict) -> Record:
+        """The stored bytes of one chunk or item."""
+        shard = self.source(str(info["relative_path"]))
         start, length = int(info["offset"]), int(info["length"])
-        if info.get("transform_descriptors"):
-            raise FormatError(source.path, f"{fqn}: stream transforms {info['transform_descriptors']} are not supported yet")
-        if start < 0 or length < 0 or start + length > source.size:
-            raise FormatError(source.path, f"{fqn}: bytes {start}-{start + length} lie outside the file ({source.size} bytes)")
-        return source, source.slice(start, length)
+        if start < 0 or length < 0 or start + length > shard.size:
+            raise FormatError(f"{self.path}/{info['relative_path']}", f"{fqn}: bytes {start}-{start + length} lie outside the file ({shard.size} bytes)")
+        label = f"{self.path}/{info['relative_path']}"
+        raw = shard.slice(start, length)
+        data: Source = raw
+        for descriptor in info.get("transform_descriptors") or ():
+            name, _, version = str(descriptor).partition("/")
+            if name != "stream.zstd" or version.partition(".")[0] != "1":
+                raise FormatError(label, f"{fqn}: unknown stream transform {descriptor!r}")
+            data = ZstdSource(data, f"{label}: {fqn}")
+        return Record(label, shard, start, raw, data)
 
-    def tensor(self, fqn: str, meta: dict, storage: dict):
-        properties = meta["properties"]
-        dtype_global = properties.state[0] if isinstance(properties.state, tuple) else _fields(properties)["dtype"]
-        if not (isinstance(dtype_global, Global) and dtype_global.name in BY_TORCH):
-            raise FormatError(self.path, f"tensor {fqn!r}: unknown dtype {dtype_global!r:.60}")
-        dtype = BY_TORCH[dtype_global.name]
-        shape = tuple(meta["size"])
+    def tensor(self, fqn: str, meta: TensorMeta, storage: dict):
+        dtype, shape = meta.dtype, meta.shape
         itemsize = dtype.bits // 8
         chunks, chunk_files = [], []
         parts = names.tensor_path(fqn, suffix="")
         last = fqn.split(".")[-1]
-        for chunk_meta in meta["chunks"]:
-            fields = _fields(chunk_meta)
-            offsets, sizes = tuple(fields["offsets"]), tuple(fields["sizes"])
+        for offsets, sizes in meta.chunks.items():
             info = storage.get((fqn, offsets))
             if info is None:
                 raise FormatError(self.path, f"tensor {fqn!r}: no storage for the chunk at {list(offsets)}")
-            _, record = self._record(fqn, info)
-            piece = LazyChunk(record, f"{record.path}: {fqn} chunk at {list(offsets)}", sizes, math.prod(sizes) * itemsize)
+            record = self.record(fqn, info)
+            piece = LazyChunk(record, fqn, dtype, offsets, sizes, self.blocks)
             chunks.append(Chunk(offsets, sizes, piece))
             leaf = parts[:-1] + [names.escape(last, f"@{'_'.join(map(str, offsets))}.npy")]
             xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": _json_list(sizes),
@@ -217,19 +343,19 @@ class _Reader:
         header = npy.header(*npy.served_layout(dtype, shape, nbytes))
         xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(shape)),
                   "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}  # fmt: skip
-        first = chunks[0].piece.record  # where the tensor's first chunk lies, for the index
-        tensor = Tensor(fqn, dtype, shape, Extent(first.parent, first.offset, nbytes))
+        first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
+        tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
         return File(Content([header, *pieces]), xattrs=xattrs), tensor, chunk_files
 
     def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
-        info = next((v for (name, _), v in storage.items() if name == fqn), None)
+        info = storage.get((fqn, None)) or next((v for (name, _), v in storage.items() if name == fqn), None)
         if info is None:
             raise FormatError(self.path, f"item {fqn!r} has no storage")
-        _, record = self._record(fqn, info)
-        if torchzip.sniff(record.pread(0, 4)):
+        data = self.record(fqn, info).data
+        if torchzip.sniff(data.pread(0, 4)):
             try:
-                value = torchzip.TorchZip(record, f"{record.path}:{fqn}").obj
+                value = torchzip.TorchZip(data, f"{data.path}:{fqn}").obj
                 return ".yaml", File(Content([to_yaml(value).encode("utf-8")]))
             except FormatError:
                 pass
-        return ".bin", File(Content([Extent(record, 0, record.size)]))
+        return ".bin", File(Content([Extent(data, 0, data.size)]))

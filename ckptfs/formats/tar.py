@@ -144,7 +144,7 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         by_folder.setdefault(folder, {})[name] = source.slice(m.offset, m.size)
     placed, audit = [], []
     for folder, members in sorted(by_folder.items()):
-        if dcp.METADATA not in members or not folder:
+        if not dcp.metadata_names(members) or not folder:
             continue
         try:
             tree, tensors, dcp_notes, dcp_audit = dcp.expand(f"{source.path}:{folder}", members)
@@ -155,7 +155,7 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         parent = root.subdir(parts[:-1])
         tree.mtime_ns = parent.children[parts[-1]].mtime_ns
         for name, node in parent.children[parts[-1]].children.items():
-            if not name.endswith(".distcp") and name != dcp.METADATA:
+            if not name.endswith(".distcp") and not dcp.is_metadata(name):
                 tree.children.setdefault(name, node)  # other files of the folder stay as they are
         parent.children[parts[-1]] = tree
         notes += [f"{folder}: {n}" for n in dcp_notes]

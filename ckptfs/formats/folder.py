@@ -1,0 +1,73 @@
+"""A directory whose subfolders are distributed checkpoints among other files:
+a NeMo 2 checkpoint (`context/` beside `weights/`), a Megatron save folder
+(`iter_0000100/` beside `latest_checkpointed_iteration.txt`).
+
+Every subfolder that is a distributed checkpoint appears expanded in place;
+every other file appears as it is, except torch.save files, which are
+expanded at their own name as everywhere else (docs/layout.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import names
+from ..checkpoint import Checkpoint
+from ..errors import FormatError
+from ..rawfiles import raw_file
+from ..sources import FileSource
+from ..tensors import PlacedTensor
+from ..tree import Dir
+from . import dcp, torchzip
+
+
+def sniff(path: str) -> bool:
+    """True when a direct subfolder is a distributed checkpoint."""
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    return any(os.path.isdir(os.path.join(path, e)) and dcp.sniff(os.path.join(path, e)) for e in entries)
+
+
+def open_dir(path: str) -> Checkpoint:
+    st = os.stat(path)
+    root, raw = Dir(), Dir()
+    placed: list[PlacedTensor] = []
+    notes: list[str] = []
+    audit: list[str] = []
+    for here, dirs, files in os.walk(path):
+        dirs.sort()
+        rel = os.path.relpath(here, path)
+        parts = [] if rel == "." else names.file_parts(rel)
+        prefix = "".join(f"{p}/" for p in parts)
+        if parts and dcp.sniff(here):
+            try:
+                inner = dcp.open_dir(here)
+            except FormatError as e:
+                notes.append(f"{rel} is shown as plain files: {e.problem}")
+            else:
+                dirs.clear()
+                root.subdir(parts[:-1]).add(parts[-1], inner.root)
+                raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
+                placed += [PlacedTensor(prefix + p.path, p.tensor) for p in inner.tensors]
+                notes += [f"{rel}: {n}" for n in inner.notes]
+                audit += [g for g in inner.pickle_globals if g not in audit]
+                continue
+        for name in sorted(files):
+            full = os.path.join(here, name)
+            if not os.path.isfile(full):
+                continue
+            source = FileSource(full)
+            leaf = names.file_parts(name)[0]
+            plain = raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns)
+            raw.subdir(parts).add(leaf, plain)
+            expanded = torchzip.expand_nested(source, prefix + name, notes)
+            if expanded is None:
+                root.subdir(parts).add(leaf, plain)
+                continue
+            folder, tensors, globals_ = expanded
+            root.subdir(parts).add(leaf, folder)
+            placed += [PlacedTensor(f"{prefix}{leaf}/{p.path}", p.tensor) for p in tensors]
+            audit += [g for g in globals_ if g not in audit]
+    return Checkpoint("folder of distributed checkpoints", path, st, root, raw, placed, notes, audit)
