@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .gather import read_elements
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Assembled:
 
     def _elements(self, first: int, last: int) -> np.ndarray:
         """Elements [first, last) of any layout: each mapped to its chunk."""
+        import numpy as np  # imported on the first read: mounting does not need NumPy
+
         index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
         out = np.empty((last - first, self.itemsize), dtype=np.uint8)
         for chunk in self.chunks:
@@ -61,6 +65,8 @@ class Assembled:
     def _read_2d(self, first: int, last: int) -> np.ndarray:
         """Elements [first, last) of a matrix: for each chunk, the block of
         rows the request covers is read in one piece and copied into place."""
+        import numpy as np  # imported on the first read: mounting does not need NumPy
+
         rows, width = self.shape
         row_first, row_last = first // width, -(-last // width)
         out = np.empty((row_last - row_first, width * self.itemsize), dtype=np.uint8)
@@ -82,11 +88,14 @@ def covers_exactly(shape: tuple[int, ...], chunks: list[Chunk]) -> str | None:
     for c in chunks:
         if len(c.offsets) != len(shape) or any(o + s > n for o, s, n in zip(c.offsets, c.sizes, shape)):
             return f"chunk at {list(c.offsets)} of size {list(c.sizes)} lies outside the tensor {list(shape)}"
-    for i, a in enumerate(chunks):
-        for b in chunks[i + 1 :]:
-            if all(oa < ob + sb and ob < oa + sa for oa, sa, ob, sb in zip(a.offsets, a.sizes, b.offsets, b.sizes)):
-                if math.prod(a.sizes) and math.prod(b.sizes):
-                    return f"chunks at {list(a.offsets)} and {list(b.offsets)} overlap"
+    if shape:  # a sweep along the first dimension: only chunks whose rows meet can overlap
+        active: list[Chunk] = []
+        for c in sorted((c for c in chunks if math.prod(c.sizes)), key=lambda c: c.offsets[0]):
+            active = [a for a in active if a.offsets[0] + a.sizes[0] > c.offsets[0]]
+            for a in active:
+                if all(oa < ob + sb and ob < oa + sa for oa, sa, ob, sb in zip(a.offsets, a.sizes, c.offsets, c.sizes)):
+                    return f"chunks at {list(a.offsets)} and {list(c.offsets)} overlap"
+            active.append(c)
     if sum(math.prod(c.sizes) for c in chunks) != math.prod(shape):
         return "the chunks do not cover the whole tensor"
     return None

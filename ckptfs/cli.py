@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -120,9 +121,17 @@ def mount(args) -> int:
     source = os.path.abspath(args.source)
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
-    checkpoint = open_checkpoint(source, opts.cache_dir)
-    checkpoint.root.add(metaview.NAME, metaview.build(checkpoint))
-    operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat))
+    # Reading the metadata makes hundreds of thousands of objects that live as
+    # long as the mount: collecting during the parse only re-scans them (a
+    # third of the parse time), and frozen they are never scanned again.
+    gc.disable()
+    try:
+        checkpoint = open_checkpoint(source, opts.cache_dir)
+        checkpoint.root.add(metaview.NAME, metaview.build(checkpoint))
+        operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat))
+    finally:
+        gc.freeze()
+        gc.enable()
     fuse_options = set(opts.fuse) | {"default_permissions", "ro", "subtype=ckptfs", "fsname=" + _fsname(source)}
     state = mounts.MountState(mountpoint)
 

@@ -1,7 +1,8 @@
 """The FUSE operations: inodes, handles, attributes, errno. No format here.
 
-The tree is numbered once at mount time (inodes stable for the life of the
-mount); every handler is wrapped so that only FUSEError reaches pyfuse3: an
+A directory's entries get inode numbers when it is first looked into, so
+mount time does not depend on the size of the tree; numbers then stay the
+same for the life of the mount. Every handler is wrapped so that only FUSEError reaches pyfuse3: an
 unexpected exception is logged and answered with EIO, never ending the mount.
 """
 
@@ -66,27 +67,41 @@ class Operations(pyfuse3.Operations):
     def __init__(self, root: Dir, owner: Ownership):
         super().__init__()
         self.owner = owner
+        self.root = root
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
         self.listings: dict[int, list[tuple[bytes, int]]] = {}
         self.entries: dict[tuple[int, bytes], int] = {}
-        self._number(root, pyfuse3.ROOT_INODE)
-        self.total_bytes = sum(n.content.size for n in self.nodes.values() if isinstance(n, File))
+        self._next_inode = pyfuse3.ROOT_INODE + 1
 
-    def _number(self, root: Dir, root_inode: int) -> None:
-        pending = [(root, root_inode)]
-        next_inode = root_inode + 1
-        while pending:
-            directory, inode = pending.pop()
+    def _listing(self, inode: int) -> list[tuple[bytes, int]]:
+        """The (name, inode) entries of a directory, numbered on first use."""
+        listing = self.listings.get(inode)
+        if listing is None:
+            directory = self._node(inode)
+            if not isinstance(directory, Dir):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
             listing = []
             for name in sorted(directory.children):
-                child = directory.children[name]
-                self.nodes[next_inode] = child
-                listing.append((os.fsencode(name), next_inode))
-                self.entries[inode, os.fsencode(name)] = next_inode
-                if isinstance(child, Dir):
-                    pending.append((child, next_inode))
-                next_inode += 1
+                encoded = os.fsencode(name)
+                self.nodes[self._next_inode] = directory.children[name]
+                self.entries[inode, encoded] = self._next_inode
+                listing.append((encoded, self._next_inode))
+                self._next_inode += 1
             self.listings[inode] = listing
+        return listing
+
+    @functools.cached_property
+    def totals(self) -> tuple[int, int]:
+        """(bytes of all files, number of nodes), for statfs."""
+        size, count, pending = 0, 1, [self.root]
+        while pending:
+            for child in pending.pop().children.values():
+                count += 1
+                if isinstance(child, Dir):
+                    pending.append(child)
+                elif isinstance(child, File):
+                    size += child.content.size
+        return size, count
 
     def _node(self, inode: int) -> Node:
         try:
@@ -106,7 +121,7 @@ class Operations(pyfuse3.Operations):
         attr.st_blksize = BLKSIZE
         if isinstance(node, Dir):
             attr.st_mode = stat.S_IFDIR | self.owner.read_bits | (self.owner.read_bits >> 2)
-            attr.st_nlink = 2 + sum(isinstance(c, Dir) for c in node.children.values())
+            attr.st_nlink = 2 + node.subdir_count()
             attr.st_size = 0
         elif isinstance(node, Symlink):
             attr.st_mode = stat.S_IFLNK | 0o777
@@ -125,6 +140,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def lookup(self, parent_inode, name, ctx=None):
+        self._listing(parent_inode)
         inode = self.entries.get((parent_inode, name))
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -138,7 +154,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh, start_id, token):
-        listing = self.listings[fh]
+        listing = self._listing(fh)
         for index in range(start_id, len(listing)):
             name, inode = listing[index]
             if not pyfuse3.readdir_reply(token, name, self.attributes(inode), index + 1):
@@ -183,9 +199,10 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx):
         sv = pyfuse3.StatvfsData()
         sv.f_bsize = sv.f_frsize = 512
-        sv.f_blocks = (self.total_bytes + 511) // 512
+        total_bytes, total_nodes = self.totals
+        sv.f_blocks = (total_bytes + 511) // 512
         sv.f_bfree = sv.f_bavail = 0
-        sv.f_files = len(self.nodes)
+        sv.f_files = total_nodes
         sv.f_ffree = sv.f_favail = 0
         sv.f_namemax = 255
         return sv

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .sources import Source
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Elements closer than this in the storage are fetched by one read.
 GAP_BYTES = 4096
@@ -50,6 +52,8 @@ class Gather:
         return read_elements(self, offset, length, self._elements)
 
     def _elements(self, first: int, last: int) -> np.ndarray:
+        import numpy as np  # imported on the first read: mounting does not need NumPy
+
         if self.shape and self.strides[-1] == 1 and self.shape[-1] > 1:
             return self._rows(first, last)
         index = np.unravel_index(np.arange(first, last, dtype=np.int64), self.shape)
@@ -61,6 +65,8 @@ class Gather:
     def _rows(self, first: int, last: int) -> np.ndarray:
         """Elements [first, last) when rows are contiguous in the storage
         (the last stride is 1): whole rows are copied, no per-element work."""
+        import numpy as np  # imported on the first read: mounting does not need NumPy
+
         width = self.shape[-1]
         row_first, row_last = first // width, -(-last // width)
         starts = np.full(row_last - row_first, self.start, dtype=np.int64)
@@ -90,6 +96,8 @@ class Gather:
 
     def _fetch(self, elements: np.ndarray) -> np.ndarray:
         """The `itemsize`-byte rows at storage elements `elements`, in order."""
+        import numpy as np  # imported on the first read: mounting does not need NumPy
+
         wanted = np.unique(elements)
         gap = max(1, GAP_BYTES // self.itemsize)
         breaks = np.nonzero(np.diff(wanted) > gap)[0] + 1

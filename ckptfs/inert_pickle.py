@@ -1,17 +1,20 @@
 """An inert pickle interpreter: reads any protocol (0-5), runs nothing.
 
-Opcodes are decoded with `pickletools`' argument readers, which only parse. Nothing named in
+Opcodes are decoded inline (the frequent ones) or with `pickletools`'
+argument readers, which only parse. Nothing named in
 the pickle is imported or called: a global is a `Global` placeholder, and
 REDUCE, NEWOBJ, INST/OBJ and BUILD record what would have been called as a
-`Call`. A `recognize(global, args)` hook may turn calls of known constructors
-(OrderedDict, tensor rebuilds, NumPy arrays...) into plain values, again by
-table lookup, without executing anything.
+`Call`. A `known` table ({"module.name": build(args)}) may turn calls of
+known constructors (OrderedDict, tensor rebuilds...) into plain values,
+again by table lookup, without executing anything.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import pickletools
+import struct
 from dataclasses import dataclass, field
 
 MAX_OPS = 50_000_000
@@ -29,7 +32,7 @@ class Global:
     module: str
     name: str
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         return f"{self.module}.{self.name}"
 
@@ -67,48 +70,122 @@ class Persistent:
     pid: object
 
 
-class _Mark:
-    pass
-
-
-_MARK = _Mark()
+_UNSEEN = object()
 
 
 class InertUnpickler:
     """`load()` returns the object; `globals` lists every global referenced,
     in order of first use: what `pickle.load` would have imported."""
 
-    def __init__(self, data: bytes | io.BytesIO, *, persistent_load=None, recognize=None):
+    def __init__(self, data: bytes | io.BytesIO, *, persistent_load=None, known: dict | None = None):
         # a stream is left just after the pickle's STOP, for formats that
         # write several pickles back to back
         self.stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
         self.persistent_load = persistent_load or Persistent
-        self.recognize = recognize or (lambda g, args: NotImplemented)
+        self.known = known or {}
+        self._builders: dict[Global, object] = {}  # each global's entry of _BUILTINS or `known`, or None
         self.globals: list[Global] = []
         self.stack: list = []
         self.marks: list[int] = []
         self.memo: dict[int, object] = {}
 
     def load(self) -> object:
-        read = self.stream.read
+        stream = self.stream
         try:
-            for count in range(MAX_OPS):
-                code = read(1)
-                entry = _OPCODES.get(code)
-                if entry is None:
-                    raise PickleError("pickle ended without STOP" if not code else f"unknown opcode {code!r}")
-                name, reader, handler = entry
-                arg = reader(self.stream) if reader else None
-                if handler is None:  # STOP
-                    if len(self.stack) != 1 or self.marks:
-                        raise PickleError(f"STOP with {len(self.stack)} items on the stack")
-                    return self.stack.pop()
-                handler(self, arg)
-            raise PickleError(f"more than {MAX_OPS} opcodes")
+            with stream.getbuffer() as buf:
+                pos, value = self._run(buf, stream.tell())
         except PickleError:
             raise
-        except (ValueError, IndexError, KeyError, TypeError, EOFError, UnicodeDecodeError, AttributeError) as e:
+        except (ValueError, IndexError, KeyError, TypeError, EOFError, UnicodeDecodeError, AttributeError,
+                struct.error) as e:  # fmt: skip
             raise PickleError(f"malformed pickle ({type(e).__name__}: {e})") from None
+        stream.seek(pos)
+        return value
+
+    def _run(self, buf: memoryview, pos: int) -> tuple[int, object]:
+        """The opcode loop: (position after STOP, the object).
+
+        The most frequent opcodes of real checkpoints are decoded inline;
+        the rest go through `_BY_CODE` and pickletools' readers.
+        """
+        stack, memo, marks, stream = self.stack, self.memo, self.marks, self.stream
+        push, call = stack.append, self._call
+        end = len(buf)
+        unpack_int, unpack_uint = _INT4.unpack_from, _UINT4.unpack_from
+        # local names: the loop compares against them on every opcode
+        MEMOIZE, BINGET, LONG_BINGET, BININT1, MARK, TUPLE1, TUPLE2, EMPTY_TUPLE, EMPTY_DICT = _HOT[:9]
+        SHORT_BINUNICODE, BININT, NEWOBJ, BUILD, REDUCE, SETITEMS = _HOT[9:]
+        for _ in range(MAX_OPS):
+            if pos >= end:
+                raise PickleError("pickle ended without STOP")
+            code = buf[pos]
+            pos += 1
+            if code == MEMOIZE:
+                if len(memo) >= MAX_MEMO:
+                    raise PickleError(f"memo larger than {MAX_MEMO} entries")
+                memo[len(memo)] = stack[-1]
+            elif code == BINGET:
+                push(memo[buf[pos]])
+                pos += 1
+            elif code == LONG_BINGET:
+                push(memo[unpack_uint(buf, pos)[0]])
+                pos += 4
+            elif code == BININT1:
+                push(buf[pos])
+                pos += 1
+            elif code == MARK:
+                marks.append(len(stack))
+            elif code == TUPLE1:
+                stack[-1] = (stack[-1],)
+            elif code == TUPLE2:
+                stack[-2:] = [(stack[-2], stack[-1])]
+            elif code == EMPTY_TUPLE:
+                push(())
+            elif code == EMPTY_DICT:
+                push({})
+            elif code == SHORT_BINUNICODE:
+                n = buf[pos]
+                if pos + 1 + n > end:
+                    raise PickleError("pickle ended inside a string")
+                push(str(buf[pos + 1 : pos + 1 + n], "utf-8"))
+                pos += 1 + n
+            elif code == BININT:
+                push(unpack_int(buf, pos)[0])
+                pos += 4
+            elif code == NEWOBJ:
+                args = stack.pop()
+                stack[-1] = call(stack[-1], tuple(args))
+            elif code == BUILD and type(stack[-2]) is Call:
+                state = stack.pop()
+                stack[-1].state = state
+            elif code == REDUCE and type(stack[-1]) is tuple:
+                args = stack.pop()
+                stack[-1] = call(stack[-1], args)
+            elif code == SETITEMS and marks[-1] > 0 and type(stack[marks[-1] - 1]) is dict:
+                start = marks.pop()
+                target, items = stack[start - 1], stack[start:]
+                del stack[start:]
+                try:
+                    for i in range(0, len(items), 2):
+                        target[items[i]] = items[i + 1]
+                except TypeError:  # a key Python cannot hash: the slow path keeps it as a tuple or placeholder
+                    self._setitems(target, list(zip(items[::2], items[1::2])))
+            else:
+                entry = _BY_CODE[code]
+                if entry is None:
+                    raise PickleError(f"unknown opcode {bytes([code])!r}")
+                reader, handler = entry
+                arg = None
+                if reader:
+                    stream.seek(pos)
+                    arg = reader(stream)
+                    pos = stream.tell()
+                if handler is None:  # STOP
+                    if len(stack) != 1 or marks:
+                        raise PickleError(f"STOP with {len(stack)} items on the stack")
+                    return pos, stack.pop()
+                handler(self, arg)
+        raise PickleError(f"more than {MAX_OPS} opcodes")
 
     # -- helpers
     def _push(self, value: object) -> None:
@@ -127,12 +204,18 @@ class InertUnpickler:
         return g
 
     def _call(self, func: object, args: tuple, kwargs: dict | None = None) -> object:
-        if isinstance(func, Global) and not kwargs:
-            builtin = _BUILTINS.get((func.module, func.name))
-            value = builtin(args) if builtin else self.recognize(func, args)
-            if value is not NotImplemented:
-                return value
-        return Call(func, tuple(args), kwargs or {})
+        if type(func) is Global and not kwargs:
+            build = self._builders.get(func, _UNSEEN)
+            if build is _UNSEEN:
+                build = self._builders[func] = _BUILTINS.get((func.module, func.name)) or self.known.get(func.path)
+            if build is not None:
+                try:
+                    value = build(args)
+                except (IndexError, TypeError, ValueError):
+                    raise PickleError(f"unexpected arguments to {func.path}") from None
+                if value is not NotImplemented:
+                    return value
+        return Call(func, args, kwargs or {})
 
     # -- constants
     def _const(self, arg):
@@ -341,14 +424,20 @@ class InertUnpickler:
     op_FRAME = op_PROTO
 
 
-#: opcode byte -> (name, argument reader from pickletools, handler); STOP has no handler.
-#: Opcodes without a handler here (NEXT_BUFFER, READONLY_BUFFER: out-of-band
-#: buffers) are refused as unknown.
-_OPCODES = {
-    op.code.encode("latin-1"): (op.name, op.arg.reader if op.arg else None, vars(InertUnpickler).get("op_" + op.name))
-    for op in pickletools.opcodes
-    if op.name == "STOP" or "op_" + op.name in vars(InertUnpickler)
-}
+#: opcode byte -> (argument reader from pickletools, handler); STOP has no
+#: handler. Opcodes without a handler here (NEXT_BUFFER, READONLY_BUFFER:
+#: out-of-band buffers) are None: refused as unknown.
+_BY_CODE: list = [None] * 256
+for _op in pickletools.opcodes:
+    if _op.name == "STOP" or "op_" + _op.name in vars(InertUnpickler):
+        _BY_CODE[ord(_op.code)] = (_op.arg.reader if _op.arg else None, vars(InertUnpickler).get("op_" + _op.name))
+_CODE = {op.name: ord(op.code) for op in pickletools.opcodes}
+#: the opcodes `_run` decodes inline, in the order it tests them
+_HOT = tuple(_CODE[name] for name in (
+    "MEMOIZE", "BINGET", "LONG_BINGET", "BININT1", "MARK", "TUPLE1", "TUPLE2", "EMPTY_TUPLE", "EMPTY_DICT",
+    "SHORT_BINUNICODE", "BININT", "NEWOBJ", "BUILD", "REDUCE", "SETITEMS",
+))  # fmt: skip
+_INT4, _UINT4 = struct.Struct("<i"), struct.Struct("<I")
 
 
 def _encode(args: tuple) -> object:

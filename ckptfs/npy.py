@@ -7,6 +7,8 @@ at a multiple of 64 bytes, which keeps `np.load(mmap_mode="r")` aligned.
 
 from __future__ import annotations
 
+import functools
+
 from .dtypes import DType
 
 MAGIC = b"\x93NUMPY\x01\x00"
@@ -24,6 +26,7 @@ def served_layout(dtype: DType, shape: tuple[int, ...], nbytes: int) -> tuple[st
     return dtype.npy_descr, shape
 
 
+@functools.lru_cache(maxsize=4096)  # the shards of a checkpoint repeat a few shapes many times
 def header(descr: str, shape: tuple[int, ...]) -> bytes:
     """The NPY 1.0 header (magic through newline) for a C-order array."""
     if len(shape) == 1:

@@ -123,12 +123,3 @@ KNOWN = {
     "torch.device": _device,
 }
 
-
-def recognize(func: Global, args: tuple) -> object:
-    handler = KNOWN.get(func.path)
-    if handler is None:
-        return NotImplemented
-    try:
-        return handler(args)
-    except (IndexError, TypeError, ValueError):
-        raise PickleError(f"unexpected arguments to {func.path}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 from .sources import Source
 
@@ -114,6 +114,10 @@ class Dir(Node):
             here = node
         return here
 
+    def subdir_count(self) -> int:
+        """How many directories this one holds (for its link count)."""
+        return sum(isinstance(c, Dir) for c in self.children.values())
+
     def walk(self, prefix: str = "") -> Iterator[tuple[str, Node]]:
         """Every node below this one, as (path, node), in sorted order."""
         for name in sorted(self.children):
@@ -122,3 +126,31 @@ class Dir(Node):
             yield path, node
             if isinstance(node, Dir):
                 yield from node.walk(path + "/")
+
+
+class LazyDir(Dir):
+    """A directory whose entries are made when first used, by `fill(self)`.
+
+    For folders of many entries that few users open (the chunk files of
+    every DCP shard): mounting then does not pay for them. `subdirs` is how
+    many directories `fill` will add, so that `stat` needs no fill.
+    """
+
+    def __init__(self, fill: Callable[[Dir], None], subdirs: int, **kwargs):
+        self._fill: Callable[[Dir], None] | None = None
+        super().__init__(**kwargs)
+        self._fill, self._subdirs = fill, subdirs
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[str, Node]:
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            fill(self)
+        return self._children
+
+    @children.setter
+    def children(self, value: dict[str, Node]) -> None:
+        self._children = value
+
+    def subdir_count(self) -> int:
+        return self._subdirs if self._fill is not None else super().subdir_count()

@@ -84,3 +84,30 @@ def test_deep_nesting_is_data_not_recursion():
         result = result[0]
         depth += 1
     assert depth == 99_999
+
+
+class _Point:
+    def __init__(self, x):
+        self.x = x
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_many_shared_objects_match_pickle(protocol):
+    """Over 256 memo entries: LONG_BINGET/LONG_BINPUT and MEMOIZE paths."""
+    items = [f"name{i}" for i in range(600)]
+    data = pickle.dumps({"first": items, "again": items[::-1], "ints": list(range(-300, 70000, 97))}, protocol=protocol)
+    assert InertUnpickler(data).load() == pickle.loads(data)
+
+
+def test_every_truncation_is_a_pickle_error():
+    data = pickle.dumps({"a": [_Point(1), _Point(2)], "b": ("x" * 300, 2**40, -7, 1.5), 3: {"k": None}}, protocol=4)
+    assert isinstance(InertUnpickler(data).load()["a"][0], Call)
+    for cut in range(len(data) - 1):
+        with pytest.raises(PickleError):
+            InertUnpickler(data[:cut]).load()
+
+
+def test_unhashable_and_misplaced_setitems():
+    assert InertUnpickler(b"\x80\x02}(]K\x01u.").load() == {(): 1}  # a list key is kept as a tuple
+    with pytest.raises(PickleError):
+        InertUnpickler(b"\x80\x02(}K\x01K\x02u.").load()  # SETITEMS with nothing below its mark

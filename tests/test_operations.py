@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from ckptfs import metaview
 from ckptfs.formats import open_checkpoint
 from ckptfs.fuse_ops import Operations, Ownership
-from ckptfs.tree import Content, File
+from ckptfs.tree import Content, Dir, File, LazyDir
 
 
 def _call(coro_fn, *args):
@@ -97,6 +97,26 @@ def test_inodes_are_stable_and_unique(ops):
     assert first == [_lookup(ops, "enc", n) for n in ("w.npy", "b.npy")]
     assert len(set(ops.nodes)) == len(ops.nodes)
     assert len({id(n) for n in ops.nodes.values()}) == len(ops.nodes)
+
+
+def test_a_lazy_folder_is_filled_once_on_first_use_and_stat_needs_no_fill(tmp_path):
+    fills = []
+
+    def fill(folder):
+        fills.append(folder)
+        folder.subdir(["a", "b"]).add("x.bin", File(Content([b"xyz"])))
+        folder.add("c", Dir())
+        folder.add("top.bin", File(Content([b"1"])))
+
+    root = Dir()
+    root.add("lazy", LazyDir(fill, subdirs=2))
+    ops = Operations(root, Ownership.of(os.stat(tmp_path)))
+    lazy = _lookup(ops, "lazy")
+    assert _call(ops.getattr, lazy, None).st_nlink == 4 and not fills  # a stat does not fill
+    inode = _lookup(ops, "lazy", "a", "b", "x.bin")
+    assert _call(ops.read, _call(ops.open, inode, os.O_RDONLY, None).fh, 0, 10) == b"xyz"
+    assert _call(ops.getattr, lazy, None).st_nlink == 4
+    assert len(fills) == 1 and sorted(root.children["lazy"].children) == ["a", "c", "top.bin"]
 
 
 def test_source_truncated_under_the_mount_gives_eio_not_a_dead_mount(mount, tmp_path):

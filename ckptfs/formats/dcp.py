@@ -11,6 +11,7 @@ each `.distcp` file also appears as a read-only folder of the chunks it stores.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,8 +28,8 @@ from ..pyobjects import to_yaml
 from ..rawfiles import raw_file
 from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
-from ..torch_pickle import TensorRef, recognize
-from ..tree import Content, Dir, Extent, File
+from ..torch_pickle import KNOWN, TensorRef
+from ..tree import Content, Dir, Extent, File, LazyDir
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
 
@@ -102,12 +103,10 @@ def expand(name: str, files: dict[str, Source]):
         item = metadata.items[fqn]
         try:
             if isinstance(item, TensorMeta):
-                file, tensor, chunk_files = reader.tensor(fqn, item, metadata.storage)
+                file, tensor = reader.tensor(fqn, item, metadata.storage)
                 parts = names.tensor_path(fqn)
                 root.subdir(parts[:-1]).add(parts[-1], file)
                 placed.append(PlacedTensor("/".join(parts), tensor))
-                for shard, chunk_parts, chunk_file in chunk_files:
-                    reader.shard_dir(shard).subdir(chunk_parts[:-1]).add(chunk_parts[-1], chunk_file)
             else:
                 suffix, file = reader.bytes_item(fqn, metadata.storage)
                 parts = _item_path(fqn, suffix)
@@ -115,9 +114,33 @@ def expand(name: str, files: dict[str, Source]):
         except FormatError as e:
             notes.append(f"{fqn}: {e}")
     notes += metadata.notes
-    for shard, folder in sorted(reader.shards.items()):
-        root.add(names.file_parts(shard)[0], folder)
+    for shard, chunks in sorted(reader.shard_chunks.items()):
+        subdirs = len({c.parts[0] for c in chunks if len(c.parts) > 1})
+        root.add(names.file_parts(shard)[0], LazyDir(functools.partial(_fill_shard, chunks), subdirs))
     return root, placed, notes, metadata.globals
+
+
+@dataclass(frozen=True)
+class ShardChunk:
+    """One chunk as its shard folder shows it."""
+
+    parts: list[str]  # its tensor's name split at dots, not yet escaped
+    fqn: str
+    chunk: Chunk
+    dtype: DType
+
+
+def _fill_shard(chunks: list[ShardChunk], folder: Dir) -> None:
+    """The chunk files of one shard folder, each at its tensor's path with
+    its global offsets in its name: `weight@10_0.npy`."""
+    for c in chunks:
+        offsets, sizes, piece = c.chunk.offsets, c.chunk.sizes, c.chunk.piece
+        xattrs = {"ckptfs.name": c.fqn, "ckptfs.dtype": c.dtype.name, "ckptfs.shape": _json_list(sizes),
+                  "ckptfs.offsets": _json_list(offsets)}  # fmt: skip
+        header = npy.header(*npy.served_layout(c.dtype, sizes, piece.length))
+        leaf = names.escape(c.parts[-1], f"@{'_'.join(map(str, offsets))}.npy")
+        parent = folder.subdir([names.escape(p) for p in c.parts[:-1]])
+        parent.add(leaf, File(Content([header, piece]), xattrs=xattrs))
 
 
 def _item_path(fqn: str, suffix: str) -> list[str]:
@@ -158,7 +181,7 @@ class _Metadata:
             path = f"{name}/{metadata_name}"
             source = files[metadata_name]
             try:
-                unpickler = InertUnpickler(source.read_exact(0, source.size), recognize=recognize)
+                unpickler = InertUnpickler(source.read_exact(0, source.size), known=KNOWN)
                 merged._add(path, _fields(unpickler.load()))
             except (PickleError, KeyError, TypeError, AttributeError, ValueError, OSError) as e:
                 raise FormatError(path, f"not a readable distributed checkpoint metadata file ({e})") from None
@@ -290,16 +313,13 @@ class _Reader:
     def __init__(self, name: str, files: dict[str, Source]):
         self.path = name
         self.files = files
-        self.shards: dict[str, Dir] = {}
+        self.shard_chunks: dict[str, list[ShardChunk]] = {}
         self.blocks: dict = {}
 
     def source(self, relative: str) -> Source:
         if relative not in self.files:
             raise FormatError(f"{self.path}/{relative}", "shard file named by the metadata is missing")
         return self.files[relative]
-
-    def shard_dir(self, relative: str) -> Dir:
-        return self.shards.setdefault(relative, Dir())
 
     def record(self, fqn: str, info: dict) -> Record:
         """The stored bytes of one chunk or item."""
@@ -320,21 +340,17 @@ class _Reader:
     def tensor(self, fqn: str, meta: TensorMeta, storage: dict):
         dtype, shape = meta.dtype, meta.shape
         itemsize = dtype.bits // 8
-        chunks, chunk_files = [], []
-        parts = names.tensor_path(fqn, suffix="")
-        last = fqn.split(".")[-1]
+        chunks = []
+        parts = names.split_dotted(fqn)
         for offsets, sizes in meta.chunks.items():
             info = storage.get((fqn, offsets))
             if info is None:
                 raise FormatError(self.path, f"tensor {fqn!r}: no storage for the chunk at {list(offsets)}")
             record = self.record(fqn, info)
             piece = LazyChunk(record, fqn, dtype, offsets, sizes, self.blocks)
-            chunks.append(Chunk(offsets, sizes, piece))
-            leaf = parts[:-1] + [names.escape(last, f"@{'_'.join(map(str, offsets))}.npy")]
-            xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": _json_list(sizes),
-                      "ckptfs.offsets": _json_list(offsets)}  # fmt: skip
-            header = npy.header(*npy.served_layout(dtype, sizes, piece.length))
-            chunk_files.append((str(info["relative_path"]), leaf, File(Content([header, piece]), xattrs=xattrs)))
+            chunk = Chunk(offsets, sizes, piece)
+            chunks.append(chunk)
+            self.shard_chunks.setdefault(str(info["relative_path"]), []).append(ShardChunk(parts, fqn, chunk, dtype))
         problem = covers_exactly(shape, chunks)
         if problem:
             raise FormatError(self.path, f"tensor {fqn!r}: {problem}")
@@ -345,7 +361,7 @@ class _Reader:
                   "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}  # fmt: skip
         first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
         tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
-        return File(Content([header, *pieces]), xattrs=xattrs), tensor, chunk_files
+        return File(Content([header, *pieces]), xattrs=xattrs), tensor
 
     def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
         info = storage.get((fqn, None)) or next((v for (name, _), v in storage.items() if name == fqn), None)

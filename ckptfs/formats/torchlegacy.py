@@ -10,7 +10,7 @@ import io
 from ..errors import FormatError
 from ..inert_pickle import InertUnpickler, PickleError
 from ..sources import Source
-from ..torch_pickle import persistent_load, recognize
+from ..torch_pickle import KNOWN, persistent_load
 from ..tree import Extent
 from .torchzip import PickledCheckpoint
 
@@ -36,7 +36,7 @@ class TorchLegacy(PickledCheckpoint):
                 raise FormatError(name, f"legacy torch.save header {header[:2]} is not {MAGIC_NUMBER:#x}, {PROTOCOL_VERSION}")
             if isinstance(header[2], dict) and header[2].get("little_endian") is False:
                 raise FormatError(name, "big-endian torch checkpoint: not supported")
-            unpickler = InertUnpickler(stream, persistent_load=self._persistent_load, recognize=recognize)
+            unpickler = InertUnpickler(stream, persistent_load=self._persistent_load, known=KNOWN)
             self.obj = unpickler.load()
             self.globals = unpickler.globals
             keys = InertUnpickler(stream).load()

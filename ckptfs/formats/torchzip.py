@@ -19,7 +19,7 @@ from ..inert_pickle import Global, InertUnpickler, PickleError
 from ..objtree import ObjectTree
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
-from ..torch_pickle import TensorRef, persistent_load, recognize
+from ..torch_pickle import KNOWN, TensorRef, persistent_load
 from ..tree import Content, Dir, Extent, File, PathConflict
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -112,7 +112,7 @@ class TorchZip(PickledCheckpoint):
             if byteorder is not None and archive.read(byteorder).strip() not in (b"little", b""):
                 raise FormatError(name, "big-endian torch checkpoint: not supported")
             self.records = records
-            unpickler = InertUnpickler(archive.read(pickles[0]), persistent_load=persistent_load, recognize=recognize)
+            unpickler = InertUnpickler(archive.read(pickles[0]), persistent_load=persistent_load, known=KNOWN)
             self.obj = unpickler.load()
             self.globals: list[Global] = unpickler.globals
         except zipfile.BadZipFile as e:
