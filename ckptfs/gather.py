@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .sources import Source
+from .sources import Source, scatter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,6 +47,9 @@ class Gather:
     @property
     def length(self) -> int:
         return math.prod(self.shape) * self.itemsize
+
+    def readv(self, offset: int, buffers: list[memoryview]) -> None:
+        scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
     def read(self, offset: int, length: int) -> bytes:
         return read_elements(self, offset, length, self._elements)

@@ -25,6 +25,9 @@ class Extent:
     def read(self, offset: int, length: int) -> bytes:
         return self.source.read_exact(self.offset + offset, length)
 
+    def readv(self, offset: int, buffers: list[memoryview]) -> None:
+        self.source.readv(self.offset + offset, buffers)
+
 
 #: A piece is bytes, or anything with `source`, `length` and `read(offset, length)`:
 #: an `Extent`, or a `gather.Gather` for a strided view.

@@ -41,10 +41,14 @@ def reference(world_size: int) -> dict[str, torch.Tensor]:
         "cols_bf16": torch.randn(4, 9, generator=gen).to(torch.bfloat16),
         "replicated": torch.arange(6, dtype=torch.int64),
         "layer.0.weight": torch.randn(8, 3, 2, generator=gen),
+        "wide_cols": torch.randn(40, 600, generator=gen),  # 1,200-byte chunk rows for 2 ranks: read row by row
     }
 
 
-PLACEMENTS = {"rows": Shard(0), "cols": Shard(1), "cols_bf16": Shard(1), "replicated": Replicate(), "layer.0.weight": Shard(2)}
+PLACEMENTS = {
+    "rows": Shard(0), "cols": Shard(1), "cols_bf16": Shard(1), "replicated": Replicate(), "layer.0.weight": Shard(2),
+    "wide_cols": Shard(1),
+}  # fmt: skip
 
 
 def _save(state: dict, out: str, how: dict) -> None:

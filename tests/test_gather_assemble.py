@@ -4,22 +4,21 @@ every offset and several lengths (including reads past the end)."""
 import numpy as np
 import pytest
 
+from ckptfs import assemble
 from ckptfs.assemble import Assembled, Chunk, covers_exactly, row_pieces
 from ckptfs.gather import Gather
+from ckptfs.sources import Source
 from ckptfs.tree import Extent
 
 
-class MemorySource:
-    slow = False
+class MemorySource(Source):
     path = "memory"
 
     def __init__(self, data: bytes):
         self.data, self.size = data, len(data)
 
-    def read_exact(self, offset, length):
-        chunk = self.data[offset : offset + length]
-        assert len(chunk) == length
-        return chunk
+    def pread(self, offset, length):
+        return self.data[offset : offset + length]
 
 
 BASE = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
@@ -60,7 +59,9 @@ def _chunked(full: np.ndarray, boxes):
         ((2, 6, 3), [((0, 0, 0), (2, 2, 3)), ((0, 2, 0), (2, 4, 3))]),  # a middle dimension (general path)
     ],
 )
-def test_assembled_matches_numpy(shape, boxes):
+@pytest.mark.parametrize("scatter", [False, True], ids=["numpy-copy", "scatter-rows"])
+def test_assembled_matches_numpy(shape, boxes, scatter, monkeypatch):
+    monkeypatch.setattr(assemble, "SCATTER_MIN_ROW", 1 if scatter else 1 << 30)
     full = np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape)
     chunks = _chunked(full, boxes)
     assert covers_exactly(shape, chunks) is None

@@ -26,7 +26,7 @@ from ..errors import FormatError
 from ..inert_pickle import Call, Global, InertUnpickler, PickleError
 from ..pyobjects import to_yaml
 from ..rawfiles import raw_file
-from ..sources import FileSource, Source
+from ..sources import FileSource, Source, scatter
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef
 from ..tree import Content, Dir, Extent, File, LazyDir
@@ -269,9 +269,19 @@ class LazyChunk:
         return self.record.data
 
     def read(self, offset: int, length: int) -> bytes:
+        return self._resolved().read(offset, length)
+
+    def readv(self, offset: int, buffers: list[memoryview]) -> None:
+        piece = self._resolved()
+        if isinstance(piece, Extent):
+            piece.readv(offset, buffers)
+        else:  # a chunk stored with strides
+            scatter(piece.read(offset, sum(map(len, buffers))), buffers)
+
+    def _resolved(self):
         if self._piece is None:
             self._piece = self._resolve()
-        return self._piece.read(offset, length)
+        return self._piece
 
     def _resolve(self):
         head = self.record.data.pread(0, 4)
