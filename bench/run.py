@@ -1,13 +1,16 @@
 """Side-by-side benchmark of ckptfs mounts (issue: core read-only mounts).
 
-    .venv/bin/python bench/run.py [--gib 1] [--tensors 1000] [--workdir DIR]
+    .venv/bin/python bench/run.py [--gib 1] [--tensors 1000] [--workdir DIR] [--only core|dcp]
 
 Generates checkpoints of about `--gib` GiB with `--tensors` tensors (one large
 tensor, the rest small) as .safetensors, as a plain .nemo tar and as a gzip
 .nemo, plus small twins with the same tensor names, then measures in one run:
 mount + find, first and second sequential reads, the effect of read_ahead_kb,
 daemon peak RSS, ratarmount and `cat` on the same files, and the gzip seek
-index against `tar xzf`. Prints a Markdown report (docs/benchmarks.md).
+index against `tar xzf`. Then distributed checkpoints written by gloo ranks
+(bench/dcp_writer.py): mount time of 1,000 tensors in 8 shards, and reads of
+row- and column-sharded tensors against a same-size `.safetensors` tensor.
+Prints a Markdown report (docs/benchmarks.md), also kept in bench/out/latest.md.
 """
 
 from __future__ import annotations
@@ -161,22 +164,28 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--tensors", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/ckptfs-bench"))
+    parser.add_argument("--only", choices=["core", "dcp"], help="run one part: the core formats, or DCP")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=args.workdir))
     lines: list[str] = []
     out = lambda text="": (print(text, flush=True), lines.append(text))  # noqa: E731
     try:
-        paths = make_checkpoints(work, args.gib, args.tensors)
-        cold = drop_caches()
-        out(f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, kernel {platform.release()}; "
-            f"checkpoints of {args.tensors} tensors, big = {paths['big.safetensors'].stat().st_size / 1e9:.2f} GB, "
-            f"small = {paths['small.safetensors'].stat().st_size / 1e6:.2f} MB; "
-            f"page cache {'dropped before each cold read' if cold else 'could not be dropped (reads are warm)'}.")  # fmt: skip
+        out(f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, kernel {platform.release()}.")
         out()
-        report_mount_find(paths, work, out)
-        report_reads(paths, work, cold, out)
-        report_gzip(paths, work, out)
+        if args.only != "dcp":
+            paths = make_checkpoints(work, args.gib, args.tensors)
+            cold = drop_caches()
+            out(f"Checkpoints of {args.tensors} tensors, big = {paths['big.safetensors'].stat().st_size / 1e9:.2f} GB, "
+                f"small = {paths['small.safetensors'].stat().st_size / 1e6:.2f} MB; "
+                f"page cache {'dropped before each cold read' if cold else 'could not be dropped (reads are warm)'}.")  # fmt: skip
+            out()
+            report_mount_find(paths, work, out)
+            report_reads(paths, work, cold, out)
+            report_gzip(paths, work, out)
+            out()
+        if args.only != "core":
+            report_dcp(work, out)
     finally:
         for m in work.glob("mnt*"):
             subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True)
@@ -326,6 +335,51 @@ def report_gzip(paths, work, out) -> None:
     out(f"| 100 random 1 MiB reads of the extracted file | {random_reads(extracted / 'model_weights.ckpt'):.2f} |")
     out()
     out(f"Daemon peak RSS serving the gzip source: **{rss:.0f} MiB**.")
+
+
+
+def report_dcp(work: Path, out) -> None:
+    """Distributed checkpoints: mount time and sharded reads (issue 4's targets)."""
+    from safetensors.numpy import save_file
+
+    writer = Path(__file__).with_name("dcp_writer.py")
+    many, big = work / "dcp-many", work / "dcp-big"
+    sh(sys.executable, writer, many, 8, "many", "29731")
+    sh(sys.executable, writer, big, 2, "big", "29732")
+    twin = work / "dcp-twin.safetensors"  # one tensor the size of each sharded one
+    save_file({"t": np.random.default_rng(1).standard_normal((1 << 16, 1024), dtype=np.float32)}, str(twin))
+    metadata_mb = (many / ".metadata").stat().st_size / 1e6
+    mounts = []
+    for i in range(ROUNDS):
+        m = Mount(many, work / f"mnt-dcp-many-{i}", work / "cache")
+        mounts.append(m.mount_seconds)
+        m.close()
+    mounts.sort()
+    out(f"| distributed checkpoint, 1,000 tensors x 8 shards ({metadata_mb:.1f} MB `.metadata`) | seconds |")
+    out("| --- | --- |")
+    out(f"| `ckptfs mount`, median of {ROUNDS} (range) | {mounts[ROUNDS // 2]:.2f} ({mounts[0]:.2f}-{mounts[-1]:.2f}) |")
+    out()
+    rows = [
+        ("`.safetensors` tensor, 268 MB", twin, "t.npy"),
+        ("DCP row-sharded (Shard(0)) over 2 ranks, 268 MB", big, "rows.npy"),
+        ("DCP column-sharded (Shard(1)) over 2 ranks, 268 MB", big, "cols.npy"),
+    ]
+    speeds: dict[str, list[float]] = {label: [] for label, *_ in rows}
+    counter = iter(range(10_000))
+    for _ in range(ROUNDS):  # interleaved; a fresh mount for each first read, sources warm
+        for label, source, name in rows:
+            m = Mount(source, work / f"mnt-dcp-read-{next(counter)}", work / "cache")
+            read_all(source if source.is_file() else source / "__0_0.distcp")
+            if not source.is_file():
+                read_all(source / "__1_0.distcp")
+            speeds[label].append(rate(read_all(m.where / name)))
+            m.close()
+    reference = statistics.median(speeds[rows[0][0]])
+    out(f"| first read through a fresh mount, source warm (median of {ROUNDS}) | GB/s | ÷ `.safetensors` |")
+    out("| --- | --- | --- |")
+    for label, *_ in rows:
+        median = statistics.median(speeds[label])
+        out(f"| {label} | {median:.2f} | {median / reference:.2f} |")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class InertUnpickler:
         self.stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
         self.persistent_load = persistent_load or Persistent
         self.known = known or {}
-        self._builders: dict[Global, object] = {}  # each global's entry of _BUILTINS or `known`, or None
+        self._builders: dict[str, object] = {}  # by global path: its entry of _BUILTINS or `known`, or None
         self.globals: list[Global] = []
         self.stack: list = []
         self.marks: list[int] = []
@@ -121,9 +121,10 @@ class InertUnpickler:
             code = buf[pos]
             pos += 1
             if code == MEMOIZE:
-                if len(memo) >= MAX_MEMO:
+                n = len(memo)
+                if n >= MAX_MEMO:
                     raise PickleError(f"memo larger than {MAX_MEMO} entries")
-                memo[len(memo)] = stack[-1]
+                memo[n] = stack[-1]
             elif code == BINGET:
                 push(memo[buf[pos]])
                 pos += 1
@@ -205,9 +206,9 @@ class InertUnpickler:
 
     def _call(self, func: object, args: tuple, kwargs: dict | None = None) -> object:
         if type(func) is Global and not kwargs:
-            build = self._builders.get(func, _UNSEEN)
+            build = self._builders.get(func.path, _UNSEEN)
             if build is _UNSEEN:
-                build = self._builders[func] = _BUILTINS.get((func.module, func.name)) or self.known.get(func.path)
+                build = self._builders[func.path] = _BUILTINS.get((func.module, func.name)) or self.known.get(func.path)
             if build is not None:
                 try:
                     value = build(args)
