@@ -213,17 +213,19 @@ def test_a_broken_chunk_fails_its_reads_only(mount, tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank, variant):
-    """NeMo keeps Megatron weights as a DCP directory `model_weights/` in the tar."""
+    """NeMo keeps Megatron weights as a DCP directory `model_weights/` in the
+    tar, with Megatron-core's common.pt and metadata.json beside the shards."""
+    import shutil
     import tarfile
 
     from .dcp_writer import reference
-
-    import shutil
 
     out, world_size = multirank
     original = out / variant
     path = tmp_path / "model_weights"
     shutil.copytree(original, path)
+    (path / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    torch.save({"iteration": 3, "rng": torch.arange(4)}, path / "common.pt")
     nemo = tmp_path / "megatron.nemo"
     with tarfile.open(nemo, "w:") as tf:
         config = tmp_path / "model_config.yaml"
@@ -239,6 +241,9 @@ def test_dcp_inside_a_nemo_tar_is_served_from_the_tar(mount, tmp_path, multirank
         assert np.load(npy).tobytes() == _bytes(tensor), fqn
     assert (mnt / "model_config.yaml").read_text() == "precision: bf16-mixed\n"
     assert (weights / "__0_0.distcp").is_dir()
+    assert (weights / "metadata.json").read_text() == '{"sharded_backend": "torch_dist"}'
+    assert yaml.safe_load((weights / "common.pt" / "iteration.yaml").read_text()) == 3
+    assert np.load(weights / "common.pt" / "rng.npy").tolist() == [0, 1, 2, 3]
     for name, data in metadata.items():
         assert (mnt / ".ckptfs" / "raw" / "model_weights" / name).read_bytes() == data
     assert "notes" not in yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
@@ -355,7 +360,8 @@ def _overlap(metadata, _shards):
     second = max(tensor.chunks, key=lambda c: c.offsets[1])
     tensor.chunks.append(type(second)(offsets=torch.Size([0, second.offsets[1] - 1]), sizes=second.sizes))
     index = next(k for k in metadata.storage_data if k.fqn == "extra.colsharded" and k.offset == second.offsets)
-    metadata.storage_data[type(index)("extra.colsharded", torch.Size([0, second.offsets[1] - 1]))] = metadata.storage_data[index]
+    moved = type(index)("extra.colsharded", torch.Size([0, second.offsets[1] - 1]))
+    metadata.storage_data[moved] = metadata.storage_data[index]
     return "extra.colsharded", "overlap"
 
 
@@ -397,3 +403,25 @@ def test_bad_chunk_metadata_names_the_tensor_and_the_rest_reads(mount, tmp_path,
         if f"model.{name}" != fqn:
             assert np.load(_npy(mnt, f"model.{name}")).tobytes() == _bytes(tensor), name
     assert {p.name: p.read_bytes() for p in broken.iterdir()} == source_before
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_metadata_from_older_torch_class_paths_and_protocol_2(mount, tmp_path):
+    """torch before 2.0 kept these classes in torch.distributed._shard.checkpoint
+    and may have written protocol 2: the same checkpoint, spelled that way."""
+    import pickle
+
+    ckpt = tmp_path / "ck"
+    state = {"w": torch.randn(3, 5), "step": 4}
+    dcp.save(state, checkpoint_id=str(ckpt))
+    metadata = dcp.FileSystemReader(str(ckpt)).read_metadata()
+    metadata.storage_meta = None
+    old = pickle.dumps(metadata, protocol=2).replace(
+        b"torch.distributed.checkpoint.metadata", b"torch.distributed._shard.checkpoint.metadata"
+    )
+    assert b"torch.distributed._shard.checkpoint.metadata\nTensorStorageMetadata" in old
+    (ckpt / ".metadata").write_bytes(old)
+    mnt = Path(mount(ckpt))
+    assert np.load(mnt / "w.npy").tobytes() == _bytes(state["w"])
+    assert yaml.safe_load((mnt / "step.yaml").read_text()) == 4
+    assert "torch.distributed._shard.checkpoint.metadata.Metadata" in (mnt / ".ckptfs" / "pickle-globals.txt").read_text()

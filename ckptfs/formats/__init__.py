@@ -36,7 +36,7 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
             return folder.open_dir(path)
         if dcp.has_shards(path):
             raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
-        raise FormatError(path, "directory holds no checkpoint (no .safetensors files or index, no .metadata here or in a subfolder)")
+        raise FormatError(path, "directory holds no checkpoint (no .safetensors, no .metadata here or in a subfolder)")
     if not os.path.isfile(path):
         raise FormatError(path, "not a regular file or directory")
     try:

@@ -26,7 +26,7 @@ from ..errors import FormatError
 from ..inert_pickle import Call, Global, InertUnpickler, PickleError
 from ..pyobjects import to_yaml
 from ..rawfiles import raw_file
-from ..sources import FileSource, Source, scatter
+from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef
 from ..tree import Content, Dir, Extent, File, LazyDir
@@ -200,7 +200,7 @@ class _Metadata:
             meta = _tensor_meta(path, fqn, _fields(item))
             known = self.items.setdefault(fqn, meta)
             if known is None or (known.dtype, known.shape) != (meta.dtype, meta.shape):
-                self.notes.append(f"{fqn}: {path} disagrees with an earlier metadata file on its type or shape; kept the first")
+                self.notes.append(f"{fqn}: {path} disagrees with an earlier metadata file on type or shape; kept the first")
                 continue
             for offsets, sizes in meta.chunks.items():
                 known.chunks.setdefault(offsets, sizes)
@@ -272,11 +272,7 @@ class LazyChunk:
         return self._resolved().read(offset, length)
 
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        piece = self._resolved()
-        if isinstance(piece, Extent):
-            piece.readv(offset, buffers)
-        else:  # a chunk stored with strides
-            scatter(piece.read(offset, sum(map(len, buffers))), buffers)
+        self._resolved().readv(offset, buffers)
 
     def _resolved(self):
         if self._piece is None:
@@ -315,7 +311,8 @@ class LazyChunk:
             self._blocks[key] = {t.name: t for t in safetensors.read(block)[1]}
         tensor = self._blocks[key].get(self.fqn)
         if tensor is None or tensor.shape != self.sizes or tensor.dtype != self.dtype:
-            raise FormatError(self.name, f"the safetensors block holds no {self.dtype.name} {list(self.sizes)} tensor of that name")
+            wanted = f"{self.dtype.name} {list(self.sizes)}"
+            raise FormatError(self.name, f"the safetensors block holds no {wanted} tensor of that name")
         return tensor.data
 
 
@@ -334,10 +331,10 @@ class _Reader:
     def record(self, fqn: str, info: dict) -> Record:
         """The stored bytes of one chunk or item."""
         shard = self.source(str(info["relative_path"]))
+        label = f"{self.path}/{info['relative_path']}"
         start, length = int(info["offset"]), int(info["length"])
         if start < 0 or length < 0 or start + length > shard.size:
-            raise FormatError(f"{self.path}/{info['relative_path']}", f"{fqn}: bytes {start}-{start + length} lie outside the file ({shard.size} bytes)")
-        label = f"{self.path}/{info['relative_path']}"
+            raise FormatError(label, f"{fqn}: bytes {start}-{start + length} lie outside the file ({shard.size} bytes)")
         raw = shard.slice(start, length)
         data: Source = raw
         for descriptor in info.get("transform_descriptors") or ():
