@@ -4,7 +4,8 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr
+# vim and nano: the tests of writable mounts edit through real editors
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr vim nano
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages demo test bench clean

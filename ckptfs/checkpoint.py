@@ -27,3 +27,6 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     #: every global the pickles reference: what pickle.load would have imported or called
     pickle_globals: list[str] = field(default_factory=list)
+    #: writes an edited tree back in this format (`write(files, output)`);
+    #: None for formats that are mounted read-only
+    writer: object = None

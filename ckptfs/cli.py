@@ -13,12 +13,13 @@ from .errors import CkptfsError
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount")
+SUBCOMMANDS = ("mount", "umount", "unmount", "recover")
 UMOUNT_TIMEOUT = 600.0
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
-  ro                 read-only (every mount is read-only in this version)
+  ro                 read-only (default: writable where the format has a writer,
+                     safetensors files and .nemo tars in this version; see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
   nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
   debug, log_file=PATH, cache_dir=PATH  as the long options
@@ -66,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="detach now even if files are open there; the daemon exits once they are closed",
     )
     umount.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the daemon")
+    umount.add_argument("--discard", action="store_true", help="drop the edits instead of writing them")
+
+    recover = sub.add_parser(
+        "recover", help="write or drop the edits a crashed mount left",
+        description="A writable mount whose daemon died leaves its edits in an overlay beside SOURCE "
+        "(.NAME.ckptfs/). Write them into SOURCE (--resume) or drop them (--discard).",
+    )  # fmt: skip
+    recover.add_argument("source")
+    action = recover.add_mutually_exclusive_group(required=True)
+    action.add_argument("--resume", action="store_true", help="repack SOURCE with the edits")
+    action.add_argument("--discard", action="store_true", help="drop the edits; SOURCE stays as it is")
+    recover.add_argument("--output", metavar="PATH", help="write the edited checkpoint here instead of over SOURCE")
     return parser
 
 
@@ -77,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mount":
             return mount(args)
+        if args.command == "recover":
+            return recover(args)
         return umount(args)
     except CkptfsError as e:
         print(f"ckptfs: {e}", file=sys.stderr)
@@ -127,28 +142,85 @@ def mount(args) -> int:
     gc.disable()
     try:
         checkpoint = open_checkpoint(source, opts.cache_dir)
-        checkpoint.root.add(metaview.NAME, metaview.build(checkpoint))
-        operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat))
+        session = _edit_session(checkpoint, opts)
+        view = metaview.build(checkpoint)
+        view.readonly = True
+        checkpoint.root.add(metaview.NAME, view)
+        operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable)
     finally:
         gc.freeze()
         gc.enable()
-    fuse_options = set(opts.fuse) | {"default_permissions", "ro", "subtype=ckptfs", "fsname=" + _fsname(source)}
+    fuse_options = set(opts.fuse) | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
+    if session is None:
+        fuse_options.add("ro")
     state = mounts.MountState(mountpoint)
 
     def run(notify) -> int:
-        return daemon.serve(operations, mountpoint, fuse_options, notify)
+        return daemon.serve(operations, mountpoint, fuse_options, notify, session and _finisher(session, state))
 
     if args.foreground:
         _setup_logging(opts.debug, opts.log_file)
         state.write(os.getpid(), source)
-        code = 1
+        code, message = 1, ""
         try:
-            code = run(lambda message: None)
+            code, message = run(lambda message: None)
         finally:
-            state.write_exit(code)
+            state.write_exit(code, message)
+        if message:
+            print(f"ckptfs: {message}", file=sys.stderr)
         return code
     log_file = opts.log_file or state.log_file
     return daemon.spawn(run, state, source, lambda: _setup_logging(opts.debug, log_file))
+
+
+def _edit_session(checkpoint, opts):
+    """The edit session of a writable mount, or None: read-only when asked,
+    when the format has no writer yet, or when the overlay cannot be had
+    (another writable mount, edits of a crashed one waiting, no write access)."""
+    from .repack import EditSession
+
+    if opts.read_only:
+        checkpoint.root.xattrs["ckptfs.read_only"] = "mounted with -o ro"
+        return None
+    if checkpoint.writer is None:
+        checkpoint.root.xattrs["ckptfs.read_only"] = f"ckptfs cannot write {checkpoint.format} checkpoints yet"
+        return None
+    try:
+        return EditSession.start(checkpoint, mounts.state_dir())
+    except (CkptfsError, OSError) as e:
+        reason = str(e) if isinstance(e, CkptfsError) else f"{checkpoint.source_path}: {e}"
+        print(f"ckptfs: {reason}; mounted read-only", file=sys.stderr)
+        checkpoint.root.xattrs["ckptfs.read_only"] = reason
+        return None
+
+
+def _finisher(session, state: mounts.MountState):
+    """What the daemon does once unmounted: repack, or drop the edits when
+    `ckptfs umount --discard` asked for it. Returns (exit code, message)."""
+
+    def finish() -> tuple[int, str]:
+        try:
+            return 0, session.finish(discard=state.discard_requested())
+        except CkptfsError as e:
+            return 1, str(e)
+
+    return finish
+
+
+def recover(args) -> int:
+    from .formats import open_checkpoint
+    from .overlay import Overlay, lock_path
+    from .repack import EditSession
+
+    source = os.path.abspath(args.source)
+    if args.discard:  # needs no checkpoint: the source may be anything by now
+        overlay, _ = Overlay.reopen(source, lock_path(mounts.state_dir(), source))
+        overlay.remove()
+        print(f"ckptfs: {source}: edits discarded", file=sys.stderr)
+        return 0
+    session = EditSession.resume(open_checkpoint(source, _default_cache_dir()), mounts.state_dir())
+    print(f"ckptfs: {session.finish(output_path=args.output)}", file=sys.stderr)
+    return 0
 
 
 def _fsname(source: str) -> str:
@@ -173,6 +245,8 @@ def umount(args) -> int:
     if entry is not None:
         if entry.fstype != "fuse.ckptfs":
             raise CkptfsError(f"{mountpoint}: not a ckptfs mount (it is {entry.fstype})")
+        if args.discard:
+            state.request_discard()
         done, message = mounts.unmount(mountpoint, lazy=args.lazy)
         if not done:
             hint = " (a process has files open there; close them or use --lazy)" if "busy" in message else ""
@@ -184,9 +258,11 @@ def umount(args) -> int:
         return 0
     if not mounts.wait_exit(pid, args.timeout):
         raise CkptfsError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) is still running after {args.timeout:.0f} s")
-    code = state.exit_code()
+    code, message = state.exit_code(), state.exit_message()
     state.clear()
     if code is None:
         print(f"ckptfs: {mountpoint}: the daemon had died without an exit status; stale mount cleared", file=sys.stderr)
         return 1
+    if message and (code or sys.stderr.isatty()):
+        print(f"ckptfs: {message}", file=sys.stderr)
     return code

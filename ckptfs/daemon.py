@@ -26,8 +26,10 @@ READ_AHEAD_KB = 1024
 READY = b"ok\n"
 
 
-def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify) -> int:
-    """Mount, call `notify(message)` once mounted, serve until unmounted."""
+def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify, finish=None):
+    """Mount, call `notify(message)` once mounted, serve until unmounted,
+    then run `finish()` (the repack of a writable mount). Returns the exit
+    code and a line for `ckptfs umount` (what the repack did, or why not)."""
     try:
         pyfuse3.init(operations, mountpoint, fuse_options)
     except RuntimeError as e:
@@ -37,7 +39,11 @@ def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str
     finally:
         pyfuse3.close(unmount=True)
     log.info("unmounted %s", mountpoint)
-    return 0
+    if finish is None:
+        return 0, ""
+    code, message = finish()
+    (log.error if code else log.info)("%s", message)
+    return code, message
 
 
 async def _main(mountpoint: str, notify) -> None:
@@ -97,15 +103,15 @@ def _daemon(run, state: mounts.MountState, source: str, log_setup, pipe: int) ->
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    code = 1
+    code, message = 1, ""
     try:
         state.write(os.getpid(), source)
         log_setup()
 
-        def notify(message: bytes) -> None:
-            os.write(pipe, message)
+        def notify(line: bytes) -> None:
+            os.write(pipe, line)
 
-        code = run(notify)
+        code, message = run(notify)
     except CkptfsError as e:
         log.error("%s", e)
         _try_write(pipe, f"{e}\n".encode())
@@ -113,7 +119,7 @@ def _daemon(run, state: mounts.MountState, source: str, log_setup, pipe: int) ->
         log.exception("the mount daemon failed")
         _try_write(pipe, f"the mount daemon failed ({e!r}); see {state.log_file}\n".encode())
     finally:
-        state.write_exit(code)
+        state.write_exit(code, message)
         logging.shutdown()
     return code
 

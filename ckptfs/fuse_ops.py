@@ -13,12 +13,14 @@ import functools
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
 from .errors import CkptfsError
+from .overlay import EditableTree, EditedContent
 from .tree import Dir, File, Node, Symlink
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 #: The content never changes under a mount, so the kernel may cache names,
 #: attributes and pages for as long as it likes.
 CACHE_SECONDS = 24 * 3600
+#: A writable mount changes only through the kernel, which updates what it
+#: caches, but a short timeout keeps times and sizes honest after edits.
+EDIT_CACHE_SECONDS = 1.0
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 BLKSIZE = 1 << 20  # tells cp and friends to read in large blocks
 
 
@@ -64,17 +70,26 @@ def _handler(method):
 
 
 class Operations(pyfuse3.Operations):
-    def __init__(self, root: Dir, owner: Ownership):
+    """`editable` is None for a read-only mount; otherwise every change goes
+    through it (and its on-disk overlay) and read-only parts of the tree
+    (nodes marked `readonly`, and everything below them) answer EROFS."""
+
+    def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None):
         super().__init__()
         self.owner = owner
         self.root = root
+        self.editable = editable
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
         self.listings: dict[int, list[tuple[bytes, int]]] = {}
         self.entries: dict[tuple[int, bytes], int] = {}
+        self.parents: dict[int, tuple[int, str]] = {}  # inode -> (parent inode, name)
+        self.inode_of: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}  # id(node) -> inode, stable across edits
+        self.read_only: set[int] = set() if editable else {pyfuse3.ROOT_INODE}
         self._next_inode = pyfuse3.ROOT_INODE + 1
 
     def _listing(self, inode: int) -> list[tuple[bytes, int]]:
-        """The (name, inode) entries of a directory, numbered on first use."""
+        """The (name, inode) entries of a directory, numbered on first use
+        (a node keeps its number when the directory is listed again after an edit)."""
         listing = self.listings.get(inode)
         if listing is None:
             directory = self._node(inode)
@@ -82,13 +97,41 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             listing = []
             for name in sorted(directory.children):
+                child = directory.children[name]
+                number = self.inode_of.get(id(child))
+                if number is None:
+                    number = self.inode_of[id(child)] = self._next_inode
+                    self.nodes[number] = child
+                    self._next_inode += 1
+                if inode in self.read_only or child.readonly:
+                    self.read_only.add(number)
                 encoded = os.fsencode(name)
-                self.nodes[self._next_inode] = directory.children[name]
-                self.entries[inode, encoded] = self._next_inode
-                listing.append((encoded, self._next_inode))
-                self._next_inode += 1
+                self.parents[number] = (inode, name)
+                self.entries[inode, encoded] = number
+                listing.append((encoded, number))
             self.listings[inode] = listing
         return listing
+
+    def _changed(self, inode: int) -> None:
+        """Forget a directory's listing after an edit; rebuilt on next use."""
+        for name, _ in self.listings.pop(inode, []):
+            self.entries.pop((inode, name), None)
+
+    def _path(self, inode: int, name: str | None = None) -> str:
+        parts = [] if name is None else [name]
+        while inode != pyfuse3.ROOT_INODE:
+            inode, part = self.parents[inode]
+            parts.append(part)
+        return "/".join(reversed(parts))
+
+    def _writable(self, inode: int) -> EditableTree:
+        if self.editable is None or inode in self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.editable
+
+    def _child(self, parent_inode: int, name: bytes) -> int | None:
+        self._listing(parent_inode)
+        return self.entries.get((parent_inode, name))
 
     @functools.cached_property
     def totals(self) -> tuple[int, int]:
@@ -113,14 +156,15 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
-        attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS
+        attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS if self.editable is None else EDIT_CACHE_SECONDS
+        write_bits = 0 if inode in self.read_only else 0o200
         attr.st_uid, attr.st_gid = self.owner.uid, self.owner.gid
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = (
             node.mtime_ns if node.mtime_ns is not None else self.owner.mtime_ns
         )
         attr.st_blksize = BLKSIZE
         if isinstance(node, Dir):
-            attr.st_mode = stat.S_IFDIR | self.owner.read_bits | (self.owner.read_bits >> 2)
+            attr.st_mode = stat.S_IFDIR | self.owner.read_bits | (self.owner.read_bits >> 2) | write_bits
             attr.st_nlink = 2 + node.subdir_count()
             attr.st_size = 0
         elif isinstance(node, Symlink):
@@ -128,7 +172,7 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = len(os.fsencode(node.target))
         else:
-            attr.st_mode = stat.S_IFREG | self.owner.read_bits
+            attr.st_mode = stat.S_IFREG | self.owner.read_bits | write_bits
             attr.st_nlink = 1
             attr.st_size = node.content.size
         attr.st_blocks = (attr.st_size + 511) // 512
@@ -140,8 +184,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def lookup(self, parent_inode, name, ctx=None):
-        self._listing(parent_inode)
-        inode = self.entries.get((parent_inode, name))
+        inode = self._child(parent_inode, name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(inode)
@@ -166,8 +209,12 @@ class Operations(pyfuse3.Operations):
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.ELOOP)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+            editable = self._writable(inode)
+            editable.edit(self._path(inode))
+            if flags & os.O_TRUNC:
+                editable.truncate(node.content, 0)
+        # content that can change is not kept in the page cache across opens
+        return pyfuse3.FileInfo(fh=inode, keep_cache=not isinstance(node.content, EditedContent))
 
     @_handler
     async def read(self, fh, off, size):
@@ -175,6 +222,103 @@ class Operations(pyfuse3.Operations):
         if content.slow:
             return await trio.to_thread.run_sync(content.read, off, size)
         return content.read(off, size)
+
+    # -- writes (docs/writing.md): each goes to the overlay before it returns
+
+    @_handler
+    async def write(self, fh, off, buf):
+        node = self.nodes[fh]
+        if not isinstance(node.content, EditedContent):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        written = self._writable(fh).write(node.content, off, buf)
+        node.mtime_ns = time.time_ns()
+        return written
+
+    @_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if fields.update_size:
+            if not isinstance(node, File):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            editable = self._writable(inode)
+            editable.edit(self._path(inode))
+            editable.truncate(node.content, attr.st_size)
+            node.mtime_ns = time.time_ns()
+        elif fields.update_mtime:  # touch: accepted, and not an edit of the checkpoint
+            self._writable(inode)
+            node.mtime_ns = attr.st_mtime_ns
+        elif fields.update_mode or fields.update_uid or fields.update_gid:
+            self._writable(inode)  # chmod/chown: accepted where writable; the checkpoint keeps its modes
+        return self.attributes(inode)
+
+    @_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        editable = self._writable(parent_inode)
+        existing = self._child(parent_inode, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            self._writable(existing)
+        editable.create(self._path(parent_inode, os.fsdecode(name)))
+        self._changed(parent_inode)
+        inode = self._child(parent_inode, name)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=False), self.attributes(inode)
+
+    @_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable(parent_inode).mkdir(self._path(parent_inode, os.fsdecode(name)))
+        self._changed(parent_inode)
+        return self.attributes(self._child(parent_inode, name))
+
+    @_handler
+    async def unlink(self, parent_inode, name, ctx):
+        await self._remove(parent_inode, name, directory=False)
+
+    @_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._remove(parent_inode, name, directory=True)
+
+    async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+        inode = self._child(parent_inode, name)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if isinstance(self.nodes[inode], Dir) != directory:
+            raise pyfuse3.FUSEError(errno.EISDIR if not directory else errno.ENOTDIR)
+        editable = self._writable(inode)
+        self._writable(parent_inode)
+        editable.remove(self._path(parent_inode, os.fsdecode(name)))
+        self._changed(parent_inode)
+
+    @_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        inode = self._child(parent_inode_old, name_old)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if flags & RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        target = self._child(parent_inode_new, name_new)
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            self._writable(target)
+        editable = self._writable(inode)
+        self._writable(parent_inode_old)
+        self._writable(parent_inode_new)
+        old = self._path(parent_inode_old, os.fsdecode(name_old))
+        editable.rename(old, self._path(parent_inode_new, os.fsdecode(name_new)))
+        self._changed(parent_inode_old)
+        self._changed(parent_inode_new)
+
+    @_handler
+    async def fsync(self, fh, datasync):
+        node = self.nodes[fh]
+        if self.editable is not None:
+            self.editable.overlay.fsync(node.content if isinstance(node.content, EditedContent) else None)
+
+    @_handler
+    async def fsyncdir(self, fh, datasync):
+        if self.editable is not None:
+            self.editable.overlay.fsync()
 
     @_handler
     async def readlink(self, inode, ctx):

@@ -83,10 +83,22 @@ class MountState:
     def write(self, pid: int, source: str) -> None:
         os.makedirs(state_dir(), mode=0o700, exist_ok=True)
         self._remove(".exit")
+        self._remove(".discard")
         _write_json(self.stem + ".json", {"pid": pid, "source": source, "mountpoint": self.mountpoint})
 
-    def write_exit(self, code: int) -> None:
-        _write_json(self.stem + ".exit", {"exit": code})
+    def write_exit(self, code: int, message: str = "") -> None:
+        _write_json(self.stem + ".exit", {"exit": code, "message": message})
+
+    def exit_message(self) -> str:
+        doc = _read_json(self.stem + ".exit")
+        return doc.get("message", "") if doc else ""
+
+    def request_discard(self) -> None:
+        """Ask the daemon to drop its edits when unmounted (`umount --discard`)."""
+        _write_json(self.stem + ".discard", {})
+
+    def discard_requested(self) -> bool:
+        return os.path.exists(self.stem + ".discard")
 
     def pid(self) -> int | None:
         doc = _read_json(self.stem + ".json")
@@ -99,6 +111,7 @@ class MountState:
     def clear(self) -> None:
         self._remove(".json")
         self._remove(".exit")
+        self._remove(".discard")
 
     def _remove(self, suffix: str) -> None:
         try:

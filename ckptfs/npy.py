@@ -40,3 +40,36 @@ def header(descr: str, shape: tuple[int, ...]) -> bytes:
     if len(body) > _MAX_V1_HEADER:
         raise ValueError(f"NPY header of {len(body)} bytes does not fit NPY 1.0 (shape {shape})")
     return MAGIC + len(body).to_bytes(2, "little") + body
+
+
+def parse_header(head: bytes, name: str) -> tuple[str, tuple[int, ...], int]:
+    """(descr, shape, data offset) of an NPY file starting with `head` (its
+    first few KiB). ValueError, with the reason, if it is not NPY or is
+    Fortran-ordered (tensors are stored in C order)."""
+    import ast
+
+    if not head.startswith(b"\x93NUMPY") or len(head) < 10:
+        raise ValueError(f"{name}: not an NPY file")
+    major = head[6]
+    if major == 1:
+        size, start = int.from_bytes(head[8:10], "little"), 10
+    elif major in (2, 3):
+        size, start = int.from_bytes(head[8:12], "little"), 12
+    else:
+        raise ValueError(f"{name}: NPY version {major} is not known")
+    if start + size > len(head):
+        raise ValueError(f"{name}: NPY header is cut short")
+    try:
+        fields = ast.literal_eval(head[start : start + size].decode("latin-1" if major < 3 else "utf-8"))
+    except (ValueError, SyntaxError, UnicodeDecodeError) as e:
+        raise ValueError(f"{name}: NPY header is not readable ({e})") from None
+    if not (isinstance(fields, dict) and {"descr", "fortran_order", "shape"} <= fields.keys()):
+        raise ValueError(f"{name}: NPY header lacks descr, fortran_order or shape")
+    descr, shape = fields["descr"], fields["shape"]
+    if not isinstance(descr, str):
+        raise ValueError(f"{name}: NPY descr {descr!r} is not a plain dtype (structured arrays cannot be tensors)")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise ValueError(f"{name}: NPY shape {shape!r} is not a tuple of sizes")
+    if fields["fortran_order"] and len([n for n in shape if n != 1]) > 1:
+        raise ValueError(f"{name}: Fortran-ordered array; save it in C order (np.ascontiguousarray)")
+    return descr, shape, start + size

@@ -23,6 +23,7 @@ class MountOptions:
     debug: bool = False
     log_file: str | None = None
     cache_dir: str | None = None
+    read_only: bool = False
 
 
 def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
@@ -33,7 +34,7 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
         if name in PASSED_TO_FUSE:
             into.fuse.add(name)
         elif name in ("ro", "rw"):
-            pass  # every mount is read-only until writable mounts arrive
+            into.read_only = name == "ro"
         elif name == "debug":
             into.debug = True
         elif name in ("log_file", "cache_dir") and value:

@@ -79,6 +79,9 @@ class Node:
     mtime_ns: int | None = field(default=None, kw_only=True)
     #: extended attributes shown by getfattr (names without the `user.` prefix)
     xattrs: dict[str, str] = field(default_factory=dict, kw_only=True)
+    #: true for parts of a writable mount that stay read-only (and all below them):
+    #: the `.ckptfs/` view, checkpoints nested in an archive
+    readonly: bool = field(default=False, kw_only=True)
 
 
 @dataclass(eq=False)

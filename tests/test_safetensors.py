@@ -94,7 +94,7 @@ def test_data_starts_64_byte_aligned_and_stat_is_exact(mount, every_dtype):
         assert st.st_blocks == (st.st_size + 511) // 512
         assert st.st_mtime_ns == src.st_mtime_ns
         assert (st.st_uid, st.st_gid) == (src.st_uid, src.st_gid)
-        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(src.st_mode) & 0o444
+        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(src.st_mode) & 0o444 | 0o200  # a writable mount
 
 
 def test_metadata_yaml(mount, every_dtype):
@@ -195,7 +195,8 @@ def test_metadata_view(mount, every_dtype):
 
 
 def test_writes_are_refused_read_only(mount, every_dtype):
-    mnt = mount(every_dtype)
+    mnt = mount(every_dtype, "-o", "ro")
+    assert os.getxattr(mnt, "user.ckptfs.read_only") == b"mounted with -o ro"
     target = _npy_path(mnt, "shapes.big")
     for attempt in (
         lambda: open(target, "r+b"),

@@ -63,8 +63,10 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 
 def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
-    root, placed, _ = safetensors.expand(source)
-    return Checkpoint("safetensors", source.path, st, root, _raw_mirror(source), placed)
+    root, placed, by_name = safetensors.expand(source)
+    ckpt = Checkpoint("safetensors", source.path, st, root, _raw_mirror(source), placed)
+    ckpt.writer = safetensors.Writer(by_name)
+    return ckpt
 
 
 def _open_pickled(archive: torchzip.PickledCheckpoint, fmt: str, st: os.stat_result) -> Checkpoint:

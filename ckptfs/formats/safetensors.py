@@ -13,11 +13,14 @@ import math
 
 import yaml
 
-from ..dtypes import BY_SAFETENSORS
+from .. import names, npy
+from ..dtypes import BY_SAFETENSORS, DTYPES
 from ..errors import FormatError
+from ..overlay import EditedContent
+from ..repack import RepackError
 from ..sources import Source
 from ..tensors import Tensor, tensor_tree
-from ..tree import Content, Extent, File
+from ..tree import Content, Dir, Extent, File
 
 MAX_HEADER_SIZE = 100_000_000
 MAGIC_LENGTH = 9
@@ -142,3 +145,96 @@ def expand(source: Source):
     if metadata is not None:
         folder.add("__metadata__.yaml", metadata_file(metadata))
     return folder, placed, {t.name: t for t in tensors}
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Writer:
+    """Writes an edited tree of a safetensors file: the tensors (`*.npy`,
+    names from their paths) and `__metadata__.yaml`. Tensors of the source
+    keep their order and are copied byte range to byte range; new ones follow,
+    sorted by name."""
+
+    def __init__(self, tensors: dict[str, Tensor]):
+        self.tensors = tensors  # the source's, by name
+
+    def write(self, files: dict, before: dict, output) -> None:
+        metadata, entries, problems = None, {}, []
+        for path, node in sorted(files.items()):
+            if isinstance(node, Dir):
+                continue
+            if path == "__metadata__.yaml":
+                metadata = _edited_metadata(node, problems)
+            elif path.endswith(".npy") and isinstance(node, File):
+                try:
+                    name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
+                    entries[name] = self._entry(name, node)
+                except ValueError as e:
+                    problems.append(str(e))
+            else:
+                problems.append(f"{path}: a safetensors file holds only tensors (.npy) and __metadata__.yaml")
+        if problems:
+            raise RepackError("cannot write the safetensors file: " + "; ".join(problems))
+        order = [n for n in sorted(self.tensors, key=lambda n: self.tensors[n].data.offset) if n in entries]
+        order += sorted(n for n in entries if n not in self.tensors)
+        header: dict = {} if metadata is None else {"__metadata__": metadata}
+        position = 0
+        for name in order:
+            dtype, shape, _, length = entries[name]
+            header[name] = {"dtype": dtype.safetensors, "shape": list(shape), "data_offsets": [position, position + length]}
+            position += length
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        output.write(len(text).to_bytes(8, "little") + text)
+        for name in order:
+            _, _, piece, length = entries[name]
+            if isinstance(piece, Extent):
+                output.copy(piece.source, piece.offset, length)
+            else:
+                content, start = piece
+                output.copy_content(content, start, length)
+
+    def _entry(self, name: str, node: File):
+        """(dtype, shape, bytes: an Extent of the source or (content, offset), length)."""
+        original = self.tensors.get(name)
+        if original is not None and not isinstance(node.content, EditedContent):
+            return original.dtype, original.shape, original.data, original.data.length
+        content = node.content
+        descr, shape, start = npy.parse_header(content.read(0, 65536), name)
+        dtype = _dtype_of(descr, original)
+        if dtype is None or dtype.safetensors is None:
+            raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in safetensors")
+        length = dtype.nbytes(math.prod(shape))
+        if content.size - start != length:
+            raise ValueError(f"{name}: {content.size - start} bytes of data for shape {list(shape)} of {dtype.name}")
+        return dtype, shape, (content, start), length
+
+
+def _dtype_of(descr: str, original: Tensor | None):
+    """The tensor type an NPY descr stands for. A void or raw-byte descr of the
+    original tensor's item size keeps its type (np.save of bfloat16 and
+    float8 arrays writes '<V2' or '|V1')."""
+    descr = descr.replace("=", "<")
+    for dtype in DTYPES:
+        if dtype.npy_descr == descr:
+            return dtype
+    if original is not None and descr[1:2] == "V" and int(descr[2:] or 0) * 8 == original.dtype.bits:
+        return original.dtype
+    if original is not None and original.dtype.npy_descr is None and descr == "|u1":
+        return original.dtype
+    return None
+
+
+def _edited_metadata(node: File, problems: list[str]):
+    try:
+        value = yaml.safe_load(node.content.read(0, node.content.size).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problems.append(f"__metadata__.yaml: not valid YAML ({str(e).splitlines()[0]})")
+        return None
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+        problems.append("__metadata__.yaml: must map strings to strings")
+        return None
+    return value

@@ -7,17 +7,21 @@ before 1.7) is read through a seek-point index (see `gzindex`).
 
 from __future__ import annotations
 
+import copy
 import os
 import tarfile
+import time
 from dataclasses import asdict, dataclass
 
 from .. import names
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
+from ..overlay import EditedContent
+from ..repack import GzipOutput
 from ..rawfiles import raw_file
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor
-from ..tree import Dir, PathConflict, Symlink
+from ..tree import Dir, File, PathConflict, Symlink
 from . import dcp, torchzip
 
 BLOCK = 512
@@ -132,7 +136,9 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
     placed, audit = _expand_checkpoints(root, files.values(), source, notes)
     more_placed, more_audit = _expand_distributed(root, files.values(), source, notes)
     audit += [g for g in more_audit if g not in audit]
-    return Checkpoint(fmt, source.path, st, root, raw, placed + more_placed, notes, audit)
+    ckpt = Checkpoint(fmt, source.path, st, root, raw, placed + more_placed, notes, audit)
+    ckpt.writer = Writer(source, compressed=fmt.endswith(".gz)"))
+    return ckpt
 
 
 def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
@@ -154,6 +160,7 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         parts = names.file_parts(folder)
         parent = root.subdir(parts[:-1])
         tree.mtime_ns = parent.children[parts[-1]].mtime_ns
+        tree.readonly = True  # no writer for a distributed checkpoint inside a tar yet
         for name, node in parent.children[parts[-1]].children.items():
             if not name.endswith(".distcp") and not dcp.is_metadata(name):
                 tree.children.setdefault(name, node)  # other files of the folder stay as they are
@@ -177,6 +184,7 @@ def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
         folder.mtime_ns = parent.children[parts[-1]].mtime_ns
+        folder.readonly = True  # no writer for a checkpoint nested in a tar yet
         parent.children[parts[-1]] = folder
         placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
         audit += [g for g in globals_ if g not in audit]
@@ -205,3 +213,69 @@ def _place(tree: Dir, m: Member, source: Source, path: str) -> None:
 def open_plain(source: Source, st: os.stat_result) -> Checkpoint:
     members, notes = list_members(SeekableReader(source), source.path)
     return build("nemo (tar)", source, members, st, notes)
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Writer:
+    """Writes an edited tree of a tar: every member in its original order,
+    unchanged ones copied byte for byte (headers included), edited ones with
+    a new header, deleted ones left out, new files and folders appended in
+    path order. A gzip source is written gzip-compressed."""
+
+    def __init__(self, source: Source, compressed: bool):
+        self.source, self.compressed = source, compressed
+
+    def write(self, files: dict, before: dict, output) -> None:
+        if self.compressed:
+            compressed = GzipOutput(output)
+            self._write(files, before, compressed)
+            compressed.close()
+        else:
+            self._write(files, before, output)
+
+    def _write(self, files: dict, before: dict, output) -> None:
+        archive = tarfile.open(fileobj=SeekableReader(self.source), mode="r:")
+        infos = archive.getmembers()
+        prefix = "./" if any(i.name == "." or i.name.startswith("./") for i in infos) else ""
+        written = set()
+        for info in infos:
+            path = "/".join(names.file_parts(_normalize(info.name, self.source.path))) if info.name.strip("./") else ""
+            node = files.get(path)
+            if path and node is None and path in before:
+                continue  # deleted
+            written.add(path)
+            end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
+            content = getattr(node, "content", None)
+            if isinstance(content, EditedContent) and info.isreg():
+                self._edited(info, node, output)
+            else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
+                output.copy(self.source, info.offset, end - info.offset)
+        for path in sorted(p for p in files if p not in written and p not in before):
+            self._new(prefix, path, files[path], output)
+        output.write(b"\0" * (2 * BLOCK))
+        output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
+
+    def _edited(self, info: tarfile.TarInfo, node, output) -> None:
+        info = copy.copy(info)
+        info.size = node.content.size
+        info.mtime = (node.mtime_ns or time.time_ns()) / 1e9
+        info.pax_headers = {k: v for k, v in info.pax_headers.items() if k not in ("size", "mtime", "atime", "ctime")}
+        self._member(info, node.content, output)
+
+    def _new(self, prefix: str, path: str, node, output) -> None:
+        info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
+        info.mtime = (node.mtime_ns or time.time_ns()) / 1e9
+        if isinstance(node, Dir):
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            self._member(info, None, output)
+        elif isinstance(node, File):
+            info.mode, info.size = 0o644, node.content.size
+            self._member(info, node.content, output)
+
+    def _member(self, info: tarfile.TarInfo, content, output) -> None:
+        output.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if content is not None:
+            output.copy_content(content)
+            output.write(b"\0" * (-info.size % BLOCK))

@@ -1,0 +1,362 @@
+"""Edits of a writable mount, kept on disk beside the source (docs/writing.md).
+
+    <dir>/.<name>.ckptfs/     the overlay of <dir>/<name>, made on the first edit
+        state.json            the source's identity at mount (device, inode, size, mtime)
+        journal               one JSON line per change of the tree, in order
+        data/<n>              the bytes of new and edited files
+
+A writable mount holds a lock (flock) in the runtime state directory, so a
+second writable mount of the same source is refused.
+
+Nothing is kept only in memory: a write is in `data/<n>` and a change of the
+tree is in the journal before the call returns, so both survive the daemon
+being killed; `fsync` makes them survive a power loss too. Replaying the
+journal on the tree of the unchanged source rebuilds the edited tree
+(`ckptfs recover`).
+
+An edited file that existed in the source is copied up block by block: the
+first write to a block copies that block of the source into the data file
+(a sparse file of the same length), so patching a few bytes of a large
+tensor costs a block, not the tensor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+
+from .errors import CkptfsError
+from .tree import Content, Dir, File, Node
+
+BLOCK = 1 << 16
+
+#: Names editors and tools use for their own temporary files: never packed,
+#: and their existence alone is not an edit (`-o keep=` changes nothing here yet).
+TEMP_PATTERNS = (".*.swp", ".*.swx", ".*.swo", "*~", "4913", ".#*", "*.tmp", ".~lock.*#")
+
+
+def overlay_dir(source: str) -> str:
+    parent, name = os.path.split(os.path.abspath(source))
+    return os.path.join(parent, f".{name}.ckptfs")
+
+
+def is_temp_name(name: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMP_PATTERNS)
+
+
+def source_identity(path: str) -> dict:
+    st = os.stat(path)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class EditedContent:
+    """A file's bytes after edits: the data file where written, the source's
+    content (`base`) elsewhere. The data file's length is the file's length."""
+
+    def __init__(self, fd: int, number: int, base: Content | None):
+        self.fd, self.number, self.base = fd, number, base
+        self.base_size = base.size if base is not None else 0
+        self.dirty: set[int] = set()  # blocks of `base` copied into the data file
+        self.whole = base is None  # every byte is in the data file
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return os.fstat(self.fd).st_size
+
+    @property
+    def slow(self) -> bool:  # type: ignore[override]
+        return False
+
+    def _from_data(self, block: int) -> bool:
+        return self.whole or block in self.dirty or block * BLOCK >= self.base_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(self.size, offset + length)
+        parts, pos = [], offset
+        while pos < end:
+            block = pos // BLOCK
+            stop = min(end, (block + 1) * BLOCK)
+            if self._from_data(block):
+                parts.append(os.pread(self.fd, stop - pos, pos))
+            else:
+                parts.append(self.base.read(pos, min(stop, self.base_size) - pos))
+                if stop > self.base_size:  # past the source's end: from the (sparse) data file
+                    parts.append(os.pread(self.fd, stop - self.base_size, self.base_size))
+            pos = stop
+        return b"".join(parts)
+
+    def blocks_to_copy(self, offset: int, length: int) -> list[int]:
+        if self.whole:
+            return []
+        first, last = offset // BLOCK, (offset + max(length, 1) - 1) // BLOCK
+        return [b for b in range(first, last + 1) if not self._from_data(b)]
+
+    def copy_up(self, blocks: list[int]) -> None:
+        for b in blocks:
+            start = b * BLOCK
+            data = self.base.read(start, min(BLOCK, self.base_size - start))
+            os.pwrite(self.fd, data, start)
+            self.dirty.add(b)
+
+
+class Overlay:
+    """The on-disk overlay of one source. Its directory is made on the first
+    edit, so a writable mount that changes nothing leaves no trace."""
+
+    def __init__(self, source: str, lock_fd: int, journal_fd: int | None = None, next_number: int = 0):
+        self.source, self.path = os.path.abspath(source), overlay_dir(source)
+        self.lock_fd, self.journal_fd, self.next_number = lock_fd, journal_fd, next_number
+        self.identity = source_identity(source)
+
+    @classmethod
+    def create(cls, source: str, lock_path: str) -> Overlay:
+        """The overlay of a writable mount; CkptfsError if another writable
+        mount holds the lock or if edits of an earlier mount wait."""
+        journal = os.path.join(overlay_dir(source), "journal")
+        if os.path.exists(journal) and os.path.getsize(journal) > 0:
+            raise CkptfsError(
+                f"{source}: edits of an earlier mount are waiting in {overlay_dir(source)}"
+                f" (ckptfs recover {source} --resume or --discard)"
+            )
+        lock_fd = _lock(lock_path)
+        if lock_fd is None:
+            raise CkptfsError(f"{source}: already mounted writable elsewhere")
+        return cls(source, lock_fd)
+
+    @classmethod
+    def reopen(cls, source: str, lock_path: str) -> tuple[Overlay, list[dict]]:
+        """The overlay an earlier mount left, and its journal records."""
+        path = overlay_dir(source)
+        if not os.path.isdir(path):
+            raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
+        lock_fd = _lock(lock_path)
+        if lock_fd is None:
+            raise CkptfsError(f"{source}: mounted writable; unmount it first")
+        records = []
+        with open(os.path.join(path, "journal"), "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # the last record was cut short by a crash: that change never completed
+                records.append(json.loads(line))
+        fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        numbers = [r["file"] for r in records if "file" in r]
+        overlay = cls(source, lock_fd, fd, max(numbers, default=-1) + 1)
+        overlay.identity = {k: v for k, v in overlay.state().items() if k != "source"}
+        return overlay, records
+
+    @property
+    def exists(self) -> bool:
+        return self.journal_fd is not None
+
+    def _ensure(self) -> None:
+        if self.journal_fd is None:
+            os.makedirs(os.path.join(self.path, "data"), exist_ok=True)
+            _write_json(os.path.join(self.path, "state.json"), {"source": self.source, **self.identity})
+            self.journal_fd = os.open(
+                os.path.join(self.path, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+            _fsync_dir(self.path)
+            _fsync_dir(os.path.dirname(self.path))
+
+    def state(self) -> dict:
+        with open(os.path.join(self.path, "state.json")) as f:
+            return json.load(f)
+
+    def record(self, **fields) -> None:
+        self._ensure()
+        os.write(self.journal_fd, (json.dumps(fields, separators=(",", ":")) + "\n").encode())
+
+    def data_file(self, number: int, create: bool) -> int:
+        self._ensure()
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        return os.open(os.path.join(self.path, "data", str(number)), flags, 0o600)
+
+    def new_content(self, base) -> EditedContent:
+        number = self.next_number
+        self.next_number += 1
+        fd = self.data_file(number, create=True)
+        content = EditedContent(fd, number, base)
+        if base is not None:
+            os.ftruncate(fd, base.size)
+        return content
+
+    def fsync(self, content: EditedContent | None = None) -> None:
+        if content is not None:
+            os.fsync(content.fd)
+        if self.journal_fd is not None:
+            os.fsync(self.journal_fd)
+
+    def remove(self) -> None:
+        """Drop the overlay (after a repack, or on discard) and the lock."""
+        if self.journal_fd is not None:
+            os.close(self.journal_fd)
+            self.journal_fd = None
+            shutil.rmtree(self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        os.close(self.lock_fd)
+
+
+def lock_path(state_dir: str, source: str) -> str:
+    """The lock a writable mount of `source` holds: in the runtime state
+    directory, named after the source's device and inode."""
+    st = os.stat(source)
+    return os.path.join(state_dir, f"lock-{st.st_dev}-{st.st_ino}")
+
+
+def _lock(path: str) -> int | None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EditableTree:
+    """The tree of a writable mount: changes by path, each journaled first.
+
+    The same methods replay a journal (`ckptfs recover`), so the tree a
+    recovery rebuilds is the one the mount had.
+    """
+
+    def __init__(self, root: Dir, overlay: Overlay, journal: bool = True):
+        self.root, self.overlay, self.journal = root, overlay, journal
+        self.contents: dict[int, EditedContent] = {}
+
+    def _log(self, **fields) -> None:
+        if self.journal:
+            self.overlay.record(**fields)
+
+    def node(self, path: str) -> Node:
+        here: Node = self.root
+        for part in path.split("/") if path else []:
+            if not isinstance(here, Dir) or part not in here.children:
+                raise FileNotFoundError(path)
+            here = here.children[part]
+        return here
+
+    def _parent(self, path: str) -> tuple[Dir, str]:
+        head, _, name = path.rpartition("/")
+        parent = self.node(head)
+        if not isinstance(parent, Dir):
+            raise NotADirectoryError(head)
+        return parent, name
+
+    def create(self, path: str, number: int | None = None) -> File:
+        parent, name = self._parent(path)
+        content = self._content(None, number)
+        file = File(content, mtime_ns=time.time_ns())
+        parent.children[name] = file
+        self._log(op="create", path=path, file=content.number)
+        return file
+
+    def edit(self, path: str, number: int | None = None) -> File:
+        """Make a file of the source editable (its content copied up on write)."""
+        file = self.node(path)
+        if not isinstance(file, File):
+            raise IsADirectoryError(path)
+        if not isinstance(file.content, EditedContent):
+            file.content = self._content(file.content, number)
+            self._log(op="edit", path=path, file=file.content.number)
+        return file
+
+    def _content(self, base: Content | None, number: int | None) -> EditedContent:
+        if number is None:
+            content = self.overlay.new_content(base)
+        else:  # replaying: the data file exists
+            content = EditedContent(self.overlay.data_file(number, create=False), number, base)
+        self.contents[content.number] = content
+        return content
+
+    def write(self, content: EditedContent, offset: int, data: bytes) -> int:
+        blocks = content.blocks_to_copy(offset, len(data))
+        if blocks:
+            content.copy_up(blocks)
+            self._log(op="dirty", file=content.number, blocks=blocks)
+        return os.pwrite(content.fd, data, offset)
+
+    def truncate(self, content: EditedContent, size: int) -> None:
+        if not content.whole and size < content.base_size:
+            content.copy_up(content.blocks_to_copy(0, size))
+            content.whole = True
+            self._log(op="whole", file=content.number)
+        os.ftruncate(content.fd, size)
+
+    def mkdir(self, path: str) -> Dir:
+        parent, name = self._parent(path)
+        if name in parent.children:
+            raise FileExistsError(path)
+        folder = parent.children[name] = Dir(mtime_ns=time.time_ns())
+        self._log(op="mkdir", path=path)
+        return folder
+
+    def remove(self, path: str) -> None:
+        parent, name = self._parent(path)
+        node = parent.children.get(name)
+        if node is None:
+            raise FileNotFoundError(path)
+        if isinstance(node, Dir) and node.children:
+            raise OSError(39, "Directory not empty", path)  # ENOTEMPTY
+        del parent.children[name]
+        self._log(op="remove", path=path)
+
+    def rename(self, old: str, new: str) -> None:
+        old_parent, old_name = self._parent(old)
+        new_parent, new_name = self._parent(new)
+        node = old_parent.children.get(old_name)
+        if node is None:
+            raise FileNotFoundError(old)
+        target = new_parent.children.get(new_name)
+        if isinstance(target, Dir) and (not isinstance(node, Dir) or target.children):
+            raise IsADirectoryError(new) if not isinstance(node, Dir) else OSError(39, "Directory not empty", new)
+        if target is not None and isinstance(node, Dir) and not isinstance(target, Dir):
+            raise NotADirectoryError(new)
+        del old_parent.children[old_name]
+        new_parent.children[new_name] = node
+        node.xattrs.pop("ckptfs.name", None)  # the name now comes from the path
+        self._log(op="rename", old=old, new=new)
+
+    def replay(self, records: list[dict]) -> None:
+        """Apply the journal of an earlier mount to the source's tree."""
+        for r in records:
+            op = r["op"]
+            if op == "create":
+                self.create(r["path"], r["file"])
+            elif op == "edit":
+                self.edit(r["path"], r["file"])
+            elif op == "dirty":
+                self.contents[r["file"]].dirty.update(r["blocks"])
+            elif op == "whole":
+                self.contents[r["file"]].whole = True
+            elif op == "mkdir":
+                self.mkdir(r["path"])
+            elif op == "remove":
+                self.remove(r["path"])
+            elif op == "rename":
+                self.rename(r["old"], r["new"])
+            else:
+                raise CkptfsError(f"{self.overlay.path}: unknown journal record {r!r:.80}")

@@ -1,0 +1,240 @@
+"""Repack: the edited tree written as a new checkpoint of the source's format,
+then swapped in atomically (docs/writing.md).
+
+The new file is written beside the source (same filesystem), fsynced, then
+renamed over it, and the directory fsynced. Until that rename the source is
+untouched; if anything fails before it, the temp file is removed and the
+overlay stays for `ckptfs recover`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from .errors import CkptfsError
+from .overlay import EditableTree, EditedContent, Overlay, is_temp_name, lock_path, source_identity
+from .sources import FileSource, SliceSource, Source
+from .tree import Dir, File, Node
+
+log = logging.getLogger(__name__)
+COPY_BLOCK = 8 << 20
+
+
+class RepackError(CkptfsError):
+    """The edits cannot be written as a checkpoint of this format."""
+
+
+@dataclass
+class Output:
+    """The file a writer streams into, with helpers to copy bytes cheaply."""
+
+    fd: int
+    written: int = 0
+    progress: list = field(default_factory=list)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.written += len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def copy(self, source: Source, offset: int, length: int) -> None:
+        """`length` bytes of `source` from `offset`: `copy_file_range` when they
+        lie in a plain file (no trip through user space), else read and write."""
+        base, start = _file_range(source, offset)
+        if base is not None:
+            done = 0
+            while done < length:
+                n = os.copy_file_range(base.fd, self.fd, min(COPY_BLOCK, length - done), start + done)
+                if n == 0:
+                    raise CkptfsError(f"{base.path}: ended while copying (changed since mount?)")
+                done += n
+            self.written += length
+            return
+        for pos in range(0, length, COPY_BLOCK):
+            self.write(source.read_exact(offset + pos, min(COPY_BLOCK, length - pos)))
+
+    def copy_content(self, content, offset: int = 0, length: int | None = None) -> None:
+        """Bytes of a file of the tree (an edited one, or one of the source)."""
+        length = content.size - offset if length is None else length
+        for pos in range(0, length, COPY_BLOCK):
+            self.write(content.read(offset + pos, min(COPY_BLOCK, length - pos)))
+
+
+def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
+    while isinstance(source, SliceSource):
+        source, offset = source.parent, source.offset + offset
+    return (source, offset) if isinstance(source, FileSource) else (None, offset)
+
+
+def files_of(root: Dir, skip: frozenset[str] = frozenset()) -> dict[str, Node]:
+    """Every node of the main tree by path, without editors' temporary files
+    and the `skip` top-level names (the `.ckptfs/` view)."""
+    found: dict[str, Node] = {}
+    pending = [("", root)]
+    while pending:
+        prefix, folder = pending.pop()
+        for name, node in folder.children.items():
+            if (not prefix and name in skip) or is_temp_name(name):
+                continue
+            path = prefix + name
+            found[path] = node
+            if isinstance(node, Dir):
+                pending.append((path + "/", node))
+    return found
+
+
+def same_bytes(a, b) -> bool:
+    if a.size != b.size:
+        return False
+    return all(a.read(p, COPY_BLOCK) == b.read(p, COPY_BLOCK) for p in range(0, a.size, COPY_BLOCK))
+
+
+def changes(before: dict[str, tuple[Node, object]], after: dict[str, Node]) -> list[str]:
+    """Paths whose existence, kind or bytes differ between the source's tree
+    (`before`: path -> (node, its content at mount)) and the edited one."""
+    changed = sorted(set(before) ^ set(after))
+    for path, node in after.items():
+        if path not in before:
+            continue
+        old, old_content = before[path]
+        if isinstance(old, Dir) != isinstance(node, Dir):
+            changed.append(path)
+        elif isinstance(node, File) and isinstance(node.content, EditedContent):
+            if not same_bytes(node.content, old_content):
+                changed.append(path)
+    return changed
+
+
+def write_atomically(source: str, writer, expected_identity: dict, output_path: str | None = None) -> str:
+    """Run `writer(output)` into a temp file beside the destination, fsync it
+    and rename it over the destination (the source unless `output_path`)."""
+    if source_identity(source) != expected_identity:
+        raise CkptfsError(f"{source}: changed since it was mounted; the edits were not written")
+    destination = os.path.abspath(output_path or source)
+    directory = os.path.dirname(destination)
+    fs = os.statvfs(directory)
+    needed, free = os.path.getsize(source), fs.f_bavail * fs.f_frsize
+    if free < needed:
+        raise CkptfsError(f"{directory}: {free / 1e6:.0f} MB free, the new checkpoint needs about {needed / 1e6:.0f} MB")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=directory)
+    try:
+        output = Output(fd)
+        writer(output)
+        os.fsync(fd)
+        os.fchmod(fd, os.stat(source).st_mode & 0o7777)
+        os.close(fd)
+        fd = -1
+        if source_identity(source) != expected_identity:
+            raise CkptfsError(f"{source}: changed while the edits were being written; they were not")
+        os.replace(tmp, destination)
+        _fsync_dir(directory)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return destination
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class GzipOutput:
+    """An output that compresses what it is given: a gzip `.nemo` stays gzip.
+    No name and a zero time in the gzip header, so the same tree gives the
+    same bytes."""
+
+    def __init__(self, output: Output):
+        import gzip
+
+        self.output, self.written = output, 0
+        self.gz = gzip.GzipFile(fileobj=output, mode="wb", compresslevel=6, mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self.gz.write(data)
+        self.written += len(data)
+
+    def copy(self, source: Source, offset: int, length: int) -> None:
+        for pos in range(0, length, COPY_BLOCK):
+            self.write(source.read_exact(offset + pos, min(COPY_BLOCK, length - pos)))
+
+    def copy_content(self, content, offset: int = 0, length: int | None = None) -> None:
+        length = content.size - offset if length is None else length
+        for pos in range(0, length, COPY_BLOCK):
+            self.write(content.read(offset + pos, min(COPY_BLOCK, length - pos)))
+
+    def close(self) -> None:
+        self.gz.close()
+
+
+VIEW = frozenset({".ckptfs"})
+
+
+@dataclass
+class EditSession:
+    """A writable mount's edits: the tree, its overlay, and what the tree
+    held at mount (path -> (node, content)) to tell what changed."""
+
+    checkpoint: object
+    editable: EditableTree
+    before: dict
+
+    @classmethod
+    def start(cls, checkpoint, state_dir: str) -> EditSession:
+        overlay = Overlay.create(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path))
+        return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root))
+
+    @classmethod
+    def resume(cls, checkpoint, state_dir: str) -> EditSession:
+        """The edits an earlier mount left in the overlay, replayed."""
+        overlay, records = Overlay.reopen(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path))
+        before = _snapshot(checkpoint.root)
+        editable = EditableTree(checkpoint.root, overlay, journal=False)
+        try:
+            editable.replay(records)
+        except (OSError, KeyError) as e:
+            raise CkptfsError(f"{overlay.path}: the journal does not apply to {checkpoint.source_path} ({e})") from None
+        editable.journal = True
+        return cls(checkpoint, editable, before)
+
+    def finish(self, discard: bool = False, output_path: str | None = None) -> str:
+        """Repack (or drop) the edits; returns what was done, in a line.
+        On failure the overlay stays and the error says where it is."""
+        overlay, source = self.editable.overlay, self.checkpoint.source_path
+        if discard:
+            overlay.remove()
+            return f"{source}: edits discarded"
+        after = files_of(self.checkpoint.root, VIEW)
+        changed = changes(self.before, after) if overlay.exists else []
+        if not changed and not output_path:
+            overlay.remove()
+            return f"{source}: no changes; the source was left as it was"
+        try:
+            written = write_atomically(
+                source, lambda out: self.checkpoint.writer.write(after, self.before, out), overlay.identity, output_path
+            )
+        except (CkptfsError, OSError) as e:
+            reason = e if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing"
+            raise CkptfsError(
+                f"{reason}; the edits are kept in {overlay.path} (ckptfs recover {source} --resume or --discard)"
+            ) from None
+        overlay.remove()
+        return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}"
+
+
+def _snapshot(root: Dir) -> dict:
+    return {path: (node, getattr(node, "content", None)) for path, node in files_of(root, VIEW).items()}
