@@ -202,6 +202,7 @@ class EditSession:
     def resume(cls, checkpoint, state_dir: str) -> EditSession:
         """The edits an earlier mount left in the overlay, replayed."""
         overlay, records = Overlay.reopen(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path))
+        _remove_stale_temp_files(checkpoint.source_path)
         before = _snapshot(checkpoint.root)
         editable = EditableTree(checkpoint.root, overlay, journal=False)
         try:
@@ -234,6 +235,16 @@ class EditSession:
             ) from None
         overlay.remove()
         return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}"
+
+
+def _remove_stale_temp_files(source: str) -> None:
+    """Half-written checkpoints of a repack the crash interrupted (we hold
+    the source's lock, so no repack is running)."""
+    directory, name = os.path.split(os.path.abspath(source))
+    for entry in os.listdir(directory):
+        if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
+            log.info("removing %s, left by an interrupted repack", entry)
+            os.unlink(os.path.join(directory, entry))
 
 
 def _snapshot(root: Dir) -> dict:

@@ -101,6 +101,9 @@ class PathConflict(Exception):
 @dataclass(eq=False)
 class Dir(Node):
     children: dict[str, Node] = field(default_factory=dict)
+    #: for a checkpoint shown expanded inside another (a `.nemo`'s
+    #: `model_weights.ckpt/`): the writer that rebuilds its bytes from edits
+    writer: object = field(default=None, kw_only=True)
 
     def add(self, name: str, node: Node, *, replace: bool = False) -> Node:
         if name in self.children and not replace:

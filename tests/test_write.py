@@ -3,6 +3,7 @@ with safetensors and tarfile; crashes, discards and bad edits."""
 
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -129,8 +130,6 @@ def test_nemo_edits_with_sed_vim_cp_and_rm(mount, tmp_path):
     (mnt / "scratch.txt").write_text("x")
     os.rename(mnt / "scratch.txt", mnt / "notes" / "moved.txt")
     os.unlink(mnt / "notes" / "moved.txt")
-    with pytest.raises(OSError):
-        (mnt / "model_weights.ckpt" / "new.npy").write_bytes(b"x")  # nested checkpoints are read-only here
     done = _umount(mnt)
     assert done.returncode == 0, done.stderr
     members = _tar_members(nemo)
@@ -233,3 +232,182 @@ def test_a_source_changed_under_the_mount_is_not_overwritten(mount, model):
     assert done.returncode == 1 and "changed since it was mounted" in done.stderr
     assert _sha(model) == changed
     assert run_ckptfs("recover", model, "--discard").returncode == 0
+
+
+def _nano_edit(path: Path, keys: bytes) -> None:
+    """Drive nano on a pseudo-terminal: type `keys`, write out (^O, Enter), exit (^X)."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp("nano", ["nano", "--ignorercfiles", str(path)])
+    try:
+        deadline = time.monotonic() + 30
+
+        def drain(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < min(end, deadline):
+                if select.select([fd], [], [], 0.05)[0]:
+                    try:
+                        os.read(fd, 65536)
+                    except OSError:
+                        return
+
+        drain(1.0)
+        for chunk in (keys, b"\x0f", b"\r", b"\x18"):
+            os.write(fd, chunk)
+            drain(0.5)
+        for _ in range(100):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0
+                return
+            drain(0.1)
+        raise AssertionError("nano did not exit")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
+def test_tools_on_a_nemo_nano_dd_truncate_mv_and_rm_r(mount, tmp_path):
+    nemo = tmp_path / "model.nemo"
+    shutil.copy(NEMO, nemo)
+    mnt = mount(nemo)
+    _nano_edit(mnt / "model_config.yaml", b"# nano was here\r")
+    subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'blob.bin'}", "bs=1k", "count=64", "status=none"], check=True)
+    subprocess.run(["dd", f"of={mnt / 'blob.bin'}", "bs=1", "seek=100", "conv=notrunc", "status=none"],
+                   input=b"PATCH", check=True)  # fmt: skip
+    subprocess.run(["truncate", "-s", "1000", mnt / "blob.bin"], check=True)
+    with open(mnt / "log.txt", "a") as f:
+        f.write("one\n")
+    with open(mnt / "log.txt", "a") as f:
+        f.write("two\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("moved in\n")
+    shutil.move(outside, mnt / "moved.txt")
+    (mnt / "many").mkdir()
+    for i in range(2000):
+        (mnt / "many" / f"{i}.txt").write_text(str(i))
+    assert len(os.listdir(mnt / "many")) == 2000
+    subprocess.run(["rm", "-r", mnt / "many"], check=True, timeout=120)
+    shutil.move(mnt / "moved.txt", tmp_path / "back.txt")  # and out again
+    assert (tmp_path / "back.txt").read_text() == "moved in\n"
+    os.chmod(mnt / "log.txt", 0o600)
+    done = _umount(mnt)
+    assert done.returncode == 0, done.stderr
+    members = _tar_members(nemo)
+    assert members["./model_config.yaml"].startswith(b"# nano was here\n")
+    blob = members["./blob.bin"]
+    assert len(blob) == 1000 and blob[100:105] == b"PATCH" and blob.count(0) == 995
+    assert members["./log.txt"] == b"one\ntwo\n"
+    assert not [n for n in members if "many" in n or "moved" in n]
+
+
+def test_kill_during_repack_leaves_the_source_and_recover_finishes(mount, tmp_path):
+    import threading
+    import time
+
+    path = tmp_path / "big.safetensors"
+    save_file({"a": np.zeros(1 << 26, dtype=np.float32), "b": np.ones(4, dtype=np.float32)}, str(path))  # 256 MiB
+    digest = _sha(path)
+    mnt = mount(path, log_errors_expected=True)
+    np.save(mnt / "b.npy", np.full(4, 3, dtype=np.float32))
+    pid = _daemon_pid(mnt)
+    umount = threading.Thread(target=_umount, args=(mnt,))
+    umount.start()
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".ckptfs-new") for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline, "the repack never started"
+        time.sleep(0.001)
+    os.kill(pid, signal.SIGKILL)
+    umount.join(timeout=90)
+    assert _sha(path) == digest
+    done = run_ckptfs("recover", path, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert not [p for p in tmp_path.iterdir() if "ckptfs" in p.name]
+    tensors, _ = _read_safetensors(path)
+    assert tensors["b"].tolist() == [3, 3, 3, 3] and tensors["a"].shape == (1 << 26,)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 40 MiB tmpfs, unmounted after the test."""
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", where], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], capture_output=True)
+
+
+def test_a_full_disk_during_repack_leaves_the_source_and_the_edits(mount, small_fs):
+    path = small_fs / "m.safetensors"
+    save_file({"a": np.zeros(10 << 18, dtype=np.float32)}, str(path))  # 10 MiB
+    digest = _sha(path)
+    mnt = mount(path, log_errors_expected=True)
+    np.save(mnt / "extra.npy", np.ones(12 << 18, dtype=np.float32))  # 12 MiB more: 22 MiB to write, 18 free
+    done = _umount(mnt)
+    assert done.returncode == 1 and "No space left on device" in done.stderr, done.stderr
+    assert _sha(path) == digest
+    assert not [p for p in small_fs.iterdir() if p.name.endswith(".ckptfs-new")]
+    assert (small_fs / ".m.safetensors.ckptfs" / "journal").exists()
+    assert run_ckptfs("recover", path, "--discard").returncode == 0
+
+
+def test_patching_tensors_of_a_pt_and_of_the_ckpt_inside_a_nemo(mount, tmp_path):
+    import torch
+
+    pt = tmp_path / "model.pt"
+    state = {"layer": {"w": torch.arange(12.0).reshape(3, 4), "b": torch.zeros(4)}, "step": 3}
+    torch.save(state, pt)
+    mnt = mount(pt)
+    w = np.load(mnt / "layer" / "w.npy", mmap_mode="r+")
+    w[1, 2] = -1.0  # an mmap write
+    w.flush()
+    del w
+    np.save(mnt / "layer" / "b.npy", np.full(4, 0.5, dtype=np.float32))  # a rewrite, same shape and dtype
+    assert _umount(mnt).returncode == 0
+    for loaded in (torch.load(pt, weights_only=True), torch.load(pt, weights_only=True, mmap=True)):
+        expected = torch.arange(12.0).reshape(3, 4)
+        expected[1, 2] = -1
+        assert torch.equal(loaded["layer"]["w"], expected) and loaded["layer"]["b"].tolist() == [0.5] * 4
+        assert loaded["step"] == 3
+
+    nemo = tmp_path / "model.nemo"
+    shutil.copy(NEMO, nemo)
+    original = _tar_members(nemo)
+    mnt = mount(nemo)
+    tensor = next(p for p in sorted((mnt / "model_weights.ckpt").rglob("*.npy")) if np.load(p).dtype == np.float32)
+    values = np.load(tensor)
+    np.save(tensor, values + 1)
+    assert _umount(mnt).returncode == 0
+    members = _tar_members(nemo)
+    assert [n for n in members if members[n] != original[n]] == ["./model_weights.ckpt"]
+    weights = torch.load(io.BytesIO(members["./model_weights.ckpt"]), weights_only=False)
+    before = torch.load(io.BytesIO(original["./model_weights.ckpt"]), weights_only=False)
+    changed = [k for k in before if not torch.equal(before[k], weights[k])]
+    assert len(changed) == 1 and torch.equal(weights[changed[0]], before[changed[0]] + 1)
+
+
+def test_structural_edits_of_a_pt_are_refused_and_kept(mount, tmp_path):
+    import torch
+
+    pt = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2), "b": torch.zeros(2)}, pt)
+    digest = _sha(pt)
+    mnt = mount(pt, log_errors_expected=True)
+    os.unlink(mnt / "b.npy")
+    np.save(mnt / "w.npy", np.ones(3, dtype=np.float32))
+    done = _umount(mnt)
+    assert done.returncode == 1 and "b.npy" in done.stderr and "keeps its shape [2]" in done.stderr
+    assert _sha(pt) == digest
+    assert run_ckptfs("recover", pt, "--discard").returncode == 0

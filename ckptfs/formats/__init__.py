@@ -51,7 +51,9 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     if safetensors.sniff(head):
         return _open_safetensors(source, st)
     if torchzip.sniff(head):
-        return _open_pickled(torchzip.TorchZip(source, source.path), "torch (zip)", st)
+        ckpt = _open_pickled(torchzip.TorchZip(source, source.path), "torch (zip)", st)
+        ckpt.writer = torchzip.Writer(source, source.path)
+        return ckpt
     if torchlegacy.sniff(head):
         return _open_pickled(torchlegacy.TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
     for magic, what in _NOT_CHECKPOINTS.items():

@@ -184,7 +184,6 @@ def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
         folder.mtime_ns = parent.children[parts[-1]].mtime_ns
-        folder.readonly = True  # no writer for a checkpoint nested in a tar yet
         parent.children[parts[-1]] = folder
         placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
         audit += [g for g in globals_ if g not in audit]
@@ -218,6 +217,15 @@ def open_plain(source: Source, st: os.stat_result) -> Checkpoint:
 # ---------------------------------------------------------------- the writer
 
 
+def _below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
+    """The entries of `files` and `before` under `folder`, relative to it."""
+    prefix = folder + "/"
+    return (
+        {p[len(prefix) :]: n for p, n in files.items() if p.startswith(prefix)},
+        {p[len(prefix) :]: v for p, v in before.items() if p.startswith(prefix)},
+    )
+
+
 class Writer:
     """Writes an edited tree of a tar: every member in its original order,
     unchanged ones copied byte for byte (headers included), edited ones with
@@ -248,8 +256,14 @@ class Writer:
             written.add(path)
             end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
             content = getattr(node, "content", None)
+            nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
+            patches = nested.patches(*_below(path, files, before)) if nested and info.isreg() else None
             if isinstance(content, EditedContent) and info.isreg():
                 self._edited(info, node, output)
+            elif patches:  # same size: header and padding as they were
+                output.copy(self.source, info.offset, info.offset_data - info.offset)
+                nested.write_patches(patches, output)
+                output.copy(self.source, info.offset_data + info.size, end - info.offset_data - info.size)
             else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
                 output.copy(self.source, info.offset, end - info.offset)
         for path in sorted(p for p in files if p not in written and p not in before):
@@ -258,6 +272,7 @@ class Writer:
         output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
 
     def _edited(self, info: tarfile.TarInfo, node, output) -> None:
+        """A member whose bytes were rewritten: a new header, its new bytes."""
         info = copy.copy(info)
         info.size = node.content.size
         info.mtime = (node.mtime_ns or time.time_ns()) / 1e9

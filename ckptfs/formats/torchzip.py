@@ -11,12 +11,15 @@ import json
 import math
 import struct
 import zipfile
+import zlib
 
 from .. import npy
 from ..errors import FormatError
 from ..gather import Gather
 from ..inert_pickle import Global, InertUnpickler, PickleError
 from ..objtree import ObjectTree
+from ..overlay import EditedContent
+from ..repack import COPY_BLOCK, RepackError, same_bytes
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef, persistent_load
@@ -156,6 +159,7 @@ def expand_nested(source: Source, name: str, notes: list[str]):
     except FormatError as e:
         notes.append(f"{name} is shown as a plain file: {e.problem}")
         return None
+    folder.writer = Writer(source, archive.name)  # the outer format's writer asks it for the member's bytes
     return folder, tensors, [g.path for g in archive.globals]
 
 
@@ -166,3 +170,114 @@ def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
             return False
         expected *= n
     return True
+
+
+# ---------------------------------------------------------------- the writer
+
+CENTRAL_ENTRY = struct.Struct("<4s6H3I5H2I")
+DESCRIPTOR_MAGIC = b"PK\x07\x08"
+
+
+class Writer:
+    """Writes an edited tree of a torch.save zip, for edits that keep its
+    layout: tensor files rewritten with the same shape and dtype (np.save,
+    `mmap` writes). The archive is copied as it is but for the patched
+    storage bytes and the CRC-32 of the records that hold them (in the data
+    descriptor, the central directory and, where set, the local header).
+    Changing the object structure (adding, deleting or reshaping tensors,
+    editing YAML views) needs a rewritten data.pkl: not in this version."""
+
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+
+    def write(self, files: dict, before: dict, output) -> None:
+        self.write_patches(self.patches(files, before), output)
+
+    def patches(self, files: dict, before: dict) -> dict[int, tuple[int, object, int]]:
+        """{offset in the archive: (length, edited content, where its data starts)};
+        RepackError naming every edit this writer cannot make."""
+        patches, problems = {}, []
+        for path in sorted(set(files) - set(before)):
+            problems.append(f"{path}: adding files to a torch.save checkpoint is not supported yet")
+        for path, (node, content) in sorted(before.items()):
+            after = files.get(path)
+            if after is None or isinstance(after, Dir) != isinstance(node, Dir):
+                problems.append(f"{path}: removing or replacing parts of a torch.save checkpoint is not supported yet")
+                continue
+            if not isinstance(getattr(after, "content", None), EditedContent) or same_bytes(after.content, content):
+                continue
+            try:
+                offset, length, start = _tensor_patch(path, content, after.content)
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            patches[offset] = (length, after.content, start)
+        ends = sorted((o, o + p[0]) for o, p in patches.items())
+        problems += [f"two edited tensors share storage bytes at {b}" for (_, a), (b, _) in zip(ends, ends[1:]) if b < a]
+        if problems:
+            raise RepackError(f"cannot write {self.name}: " + "; ".join(problems))
+        return patches
+
+    def write_patches(self, patches: dict, output) -> None:
+        replacements = [(o, length, ("data", content, start)) for o, (length, content, start) in patches.items()]
+        for record_start, record_end, crc_fields in self._records():
+            inside = [o for o in patches if record_start <= o < record_end]
+            if inside:
+                crc = self._crc(record_start, record_end, patches, inside)
+                replacements += [(f, 4, ("bytes", struct.pack("<I", crc))) for f in crc_fields]
+        position = 0
+        for offset, length, (kind, *what) in sorted(replacements, key=lambda r: r[0]):
+            output.copy(self.source, position, offset - position)
+            if kind == "bytes":
+                output.write(what[0])
+            else:
+                output.copy_content(what[0], what[1], length)
+            position = offset + length
+        output.copy(self.source, position, self.source.size - position)
+
+    def _records(self):
+        """(data start, data end, offsets of its CRC fields) for every record."""
+        archive = zipfile.ZipFile(SeekableReader(self.source))
+        position = archive.start_dir
+        for info in archive.infolist():
+            entry = CENTRAL_ENTRY.unpack(self.source.read_exact(position, CENTRAL_ENTRY.size))
+            fields = [position + 16]  # the central directory's CRC
+            local = LOCAL_HEADER.unpack(self.source.read_exact(info.header_offset, LOCAL_HEADER.size))
+            start = info.header_offset + LOCAL_HEADER.size + local[9] + local[10]
+            end = start + info.compress_size
+            if local[6] or not info.flag_bits & 0x08:
+                fields.append(info.header_offset + 14)  # the local header's CRC, when it carries one
+            if info.flag_bits & 0x08:
+                magic = self.source.read_exact(end, 4) == DESCRIPTOR_MAGIC
+                fields.append(end + 4 if magic else end)
+            yield start, end, fields
+            position += CENTRAL_ENTRY.size + entry[10] + entry[11] + entry[12]
+
+    def _crc(self, start: int, end: int, patches: dict, inside: list[int]) -> int:
+        crc, position = 0, start
+        for offset in sorted(inside) + [end]:
+            for pos in range(position, offset, COPY_BLOCK):
+                crc = zlib.crc32(self.source.read_exact(pos, min(COPY_BLOCK, offset - pos)), crc)
+            if offset == end:
+                break
+            length, content, data = patches[offset]
+            for pos in range(0, length, COPY_BLOCK):
+                crc = zlib.crc32(content.read(data + pos, min(COPY_BLOCK, length - pos)), crc)
+            position = offset + length
+        return crc
+
+
+def _tensor_patch(path: str, original: Content, edited) -> tuple[int, int, int]:
+    """Where an edited tensor file's data goes: (archive offset, length, data
+    start in the edited file). ValueError unless shape, dtype and layout stay."""
+    pieces = getattr(original, "pieces", [])
+    if not (path.endswith(".npy") and len(pieces) == 2 and isinstance(pieces[1], Extent)):
+        raise ValueError(f"{path}: only the tensors of a torch.save checkpoint can be edited in this version")
+    piece = pieces[1]
+    old_descr, old_shape, _ = npy.parse_header(pieces[0], path)
+    descr, shape, start = npy.parse_header(edited.read(0, 65536), path)
+    same_type = descr == old_descr or (descr[1:2] == "V" and edited.size - start == piece.length)
+    if shape != old_shape or not same_type or edited.size - start != piece.length:
+        raise ValueError(f"{path}: a tensor of a torch.save checkpoint keeps its shape {list(old_shape)} and dtype"
+                         f" {old_descr} in this version (got {list(shape)} {descr})")  # fmt: skip
+    return piece.offset, piece.length, start
