@@ -10,6 +10,8 @@ daemon peak RSS, ratarmount and `cat` on the same files, and the gzip seek
 index against `tar xzf`. Then distributed checkpoints written by gloo ranks
 (bench/dcp_writer.py): mount time of 1,000 tensors in 8 shards, and reads of
 row- and column-sharded tensors against a same-size `.safetensors` tensor.
+Then a writable mount: a one-line config edit of the big `.nemo` repacked on
+unmount, against `cp` + `sync` and `tar xf` / edit / `tar cf`.
 Prints a Markdown report (docs/benchmarks.md), also kept in bench/out/latest.md.
 """
 

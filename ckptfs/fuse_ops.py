@@ -210,7 +210,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.ELOOP)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             editable = self._writable(inode)
-            editable.edit(self._path(inode))
+            if not isinstance(node.content, EditedContent):
+                editable.edit(self._path(inode))
             if flags & os.O_TRUNC:
                 editable.truncate(node.content, 0)
         # content that can change is not kept in the page cache across opens
@@ -241,7 +242,8 @@ class Operations(pyfuse3.Operations):
             if not isinstance(node, File):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             editable = self._writable(inode)
-            editable.edit(self._path(inode))
+            if not isinstance(node.content, EditedContent):
+                editable.edit(self._path(inode))
             editable.truncate(node.content, attr.st_size)
             node.mtime_ns = time.time_ns()
         elif fields.update_mtime:  # touch: accepted, and not an edit of the checkpoint
@@ -308,6 +310,7 @@ class Operations(pyfuse3.Operations):
         editable.rename(old, self._path(parent_inode_new, os.fsdecode(name_new)))
         self._changed(parent_inode_old)
         self._changed(parent_inode_new)
+        self.parents[inode] = (parent_inode_new, os.fsdecode(name_new))  # the kernel may use it before a lookup
 
     @_handler
     async def fsync(self, fh, datasync):
@@ -346,6 +349,10 @@ class Operations(pyfuse3.Operations):
         total_bytes, total_nodes = self.totals
         sv.f_blocks = (total_bytes + 511) // 512
         sv.f_bfree = sv.f_bavail = 0
+        if self.editable is not None:  # edits take room beside the source
+            room = os.statvfs(os.path.dirname(self.editable.overlay.path))
+            sv.f_bfree = sv.f_bavail = room.f_bavail * room.f_frsize // 512
+            sv.f_blocks += sv.f_bfree
         sv.f_files = total_nodes
         sv.f_ffree = sv.f_favail = 0
         sv.f_namemax = 255

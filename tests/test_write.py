@@ -143,6 +143,29 @@ def test_nemo_edits_with_sed_vim_cp_and_rm(mount, tmp_path):
     assert not [n for n in members if "swp" in n or n.endswith("~") or "moved" in n]
 
 
+def test_renamed_and_unlinked_files_stay_writable_through_open_handles(mount, tmp_path):
+    nemo = tmp_path / "model.nemo"
+    shutil.copy(NEMO, nemo)
+    mnt = mount(nemo)
+    (mnt / "a.txt").write_text("a")
+    os.rename(mnt / "a.txt", mnt / "b.txt")
+    with open(mnt / "b.txt", "r+") as f:  # the kernel knows the inode from the rename: no lookup
+        f.write("B")
+    with open(mnt / "model_config.yaml", "r+") as f:
+        os.rename(mnt / "model_config.yaml", mnt / "renamed.yaml")
+        f.write("# x")
+        f.truncate(3)
+    with open(mnt / "gone.txt", "w") as f:
+        os.unlink(mnt / "gone.txt")
+        f.write("still writable")
+        f.truncate(5)
+    assert (mnt / "b.txt").read_text() == "B" and (mnt / "renamed.yaml").read_text() == "# x"
+    assert _umount(mnt).returncode == 0
+    members = _tar_members(nemo)
+    assert members["./b.txt"] == b"B" and members["./renamed.yaml"] == b"# x"
+    assert "./model_config.yaml" not in members and not [n for n in members if "gone" in n]
+
+
 def test_gzip_nemo_stays_gzip(mount, tmp_path):
     nemo = tmp_path / "old.nemo"
     with gzip.GzipFile(nemo, "wb", mtime=0) as gz:
