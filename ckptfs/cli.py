@@ -143,7 +143,7 @@ def mount(args) -> int:
     try:
         checkpoint = open_checkpoint(source, opts.cache_dir)
         session = _edit_session(checkpoint, opts)
-        view = metaview.build(checkpoint)
+        view = metaview.build(checkpoint, session and session.editable)
         view.readonly = True
         checkpoint.root.add(metaview.NAME, view)
         operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable)

@@ -21,7 +21,7 @@ import trio
 
 from .errors import CkptfsError
 from .overlay import EditableTree, EditedContent
-from .tree import Dir, File, Node, Symlink
+from .tree import Content, Dir, File, Node, Symlink
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,9 @@ class Operations(pyfuse3.Operations):
                 editable.edit(self._path(inode))
             if flags & os.O_TRUNC:
                 editable.truncate(node.content, 0)
-        # content that can change is not kept in the page cache across opens
-        return pyfuse3.FileInfo(fh=inode, keep_cache=not isinstance(node.content, EditedContent))
+        # content that can change (edited files, views that follow edits) is
+        # not kept in the page cache across opens
+        return pyfuse3.FileInfo(fh=inode, keep_cache=isinstance(node.content, Content))
 
     @_handler
     async def read(self, fh, off, size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import stat
@@ -9,18 +10,26 @@ from collections import defaultdict
 
 import yaml
 
-from . import __version__
+from . import __version__, names, npy
 from .checkpoint import Checkpoint
-from .tree import Content, Dir, File
+from .tensors import PlacedTensor, Tensor
+from .tree import Content, Dir, Extent, File
 
 NAME = ".ckptfs"
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
 
 
-def build(ckpt: Checkpoint) -> Dir:
+def build(ckpt: Checkpoint, editable=None) -> Dir:
+    """The view; for a writable mount (`editable`), info.yaml and
+    tensors.tsv follow the edits (recomputed after each change)."""
     view = Dir()
-    view.add("info.yaml", _text_file(info_yaml(ckpt)))
-    view.add("tensors.tsv", _text_file(tensors_tsv(ckpt)))
+    if editable is None:
+        view.add("info.yaml", _text_file(info_yaml(ckpt)))
+        view.add("tensors.tsv", _text_file(tensors_tsv(ckpt)))
+    else:
+        current = CurrentTensors(ckpt, editable)
+        view.add("info.yaml", File(LiveText(editable, lambda: info_yaml(current.checkpoint()))))
+        view.add("tensors.tsv", File(LiveText(editable, lambda: tensors_tsv(current.checkpoint()))))
     view.add("raw", ckpt.raw)
     if ckpt.pickle_globals:
         view.add("pickle-globals.txt", _text_file(pickle_globals_text(ckpt)))
@@ -78,6 +87,75 @@ def tensors_tsv(ckpt: Checkpoint) -> str:
 
 def _tsv_cell(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+class LiveText:
+    """File content rendered again after every edit of the tree."""
+
+    slow = False
+
+    def __init__(self, editable, render):
+        self.editable, self.render = editable, render
+        self._generation, self._data = -1, b""
+
+    def _current(self) -> bytes:
+        if self._generation != self.editable.generation:
+            self._data, self._generation = self.render().encode("utf-8"), self.editable.generation
+        return self._data
+
+    @property
+    def size(self) -> int:
+        return len(self._current())
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._current()[offset : offset + length]
+
+
+class CurrentTensors:
+    """The checkpoint's tensors as the edited tree holds them: those of the
+    source where untouched, the `.npy` headers of edited ones, and new
+    `.npy` files where the format stores them as tensors (safetensors)."""
+
+    def __init__(self, ckpt: Checkpoint, editable):
+        self.ckpt, self.editable = ckpt, editable
+        self.by_node = {}
+        for placed in ckpt.tensors:
+            try:
+                self.by_node[id(editable.node(placed.path))] = placed.tensor
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+
+    def checkpoint(self) -> Checkpoint:
+        from .overlay import EditedContent, EditedSource
+        from .repack import VIEW, files_of
+
+        tensors = []
+        for path, node in sorted(files_of(self.ckpt.root, VIEW).items()):
+            if not isinstance(node, File):
+                continue
+            original = self.by_node.get(id(node))
+            if original is not None and not isinstance(node.content, EditedContent):
+                tensors.append(PlacedTensor(path, original))
+            elif path.endswith(".npy") and (original is not None or self.ckpt.format == "safetensors"):
+                tensor = _edited_tensor(path, node, original, EditedSource(node.content))
+                if tensor is not None:
+                    tensors.append(PlacedTensor(path, tensor))
+        return dataclasses.replace(self.ckpt, tensors=tensors)
+
+
+def _edited_tensor(path: str, node: File, original, source) -> Tensor | None:
+    """The tensor an edited `.npy` holds, or None while it is not valid NPY."""
+    from .formats.safetensors import dtype_of
+
+    try:
+        descr, shape, start = npy.parse_header(node.content.read(0, 65536), path)
+    except ValueError:
+        return None
+    dtype = dtype_of(descr, original)
+    if dtype is None:
+        return None
+    name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
+    return Tensor(name, dtype, tuple(shape), Extent(source, start, max(0, source.size - start)))
 
 
 def _text_file(text: str) -> File:

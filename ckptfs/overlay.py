@@ -29,6 +29,7 @@ import shutil
 import time
 
 from .errors import CkptfsError
+from .sources import Source
 from .tree import Content, Dir, File, Node
 
 BLOCK = 1 << 16
@@ -52,6 +53,24 @@ def is_temp_name(name: str) -> bool:
 def source_identity(path: str) -> dict:
     st = os.stat(path)
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class EditedSource(Source):
+    """An edited file as a source (for the views that describe it)."""
+
+    def __init__(self, content: EditedContent):
+        self.content = content
+
+    @property
+    def path(self) -> str:  # type: ignore[override]
+        return "(edited; in the overlay)"
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return self.content.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.content.read(offset, length)
 
 
 class EditedContent:
@@ -246,8 +265,10 @@ class EditableTree:
     def __init__(self, root: Dir, overlay: Overlay, journal: bool = True):
         self.root, self.overlay, self.journal = root, overlay, journal
         self.contents: dict[int, EditedContent] = {}
+        self.generation = 0  # counts changes, for views that follow them
 
     def _log(self, **fields) -> None:
+        self.generation += 1
         if self.journal:
             self.overlay.record(**fields)
 
@@ -297,6 +318,7 @@ class EditableTree:
         if blocks:
             content.copy_up(blocks)
             self._log(op="dirty", file=content.number, blocks=blocks)
+        self.generation += 1
         return os.pwrite(content.fd, data, offset)
 
     def truncate(self, content: EditedContent, size: int) -> None:
@@ -304,6 +326,7 @@ class EditableTree:
             content.copy_up(content.blocks_to_copy(0, size))
             content.whole = True
             self._log(op="whole", file=content.number)
+        self.generation += 1
         os.ftruncate(content.fd, size)
 
     def mkdir(self, path: str) -> Dir:

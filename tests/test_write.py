@@ -78,6 +78,24 @@ def test_safetensors_replace_delete_add_and_metadata(mount, model):
     assert torch is not None
 
 
+def test_the_tensor_index_and_info_follow_the_edits(mount, model):
+    import yaml
+
+    mnt = mount(model)
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert info["tensors"] == 4
+    np.save(mnt / "added.npy", np.zeros((2, 5), dtype=np.float16))
+    os.unlink(mnt / "big.npy")
+    rows = [line.split("\t") for line in (mnt / ".ckptfs" / "tensors.tsv").read_text().splitlines()[1:]]
+    by_name = {r[1]: r for r in rows}
+    assert sorted(by_name) == ["added", "dec.w", "enc.b", "enc.w"]
+    assert by_name["added"][2:6] == ["float16", "[2, 5]", "10", "20"]
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert info["tensors"] == 4 and info["by_dtype"]["float16"]["parameters"] == 10
+    assert "float32" in info["by_dtype"] and info["by_dtype"]["float32"]["parameters"] == 12
+    assert _umount(mnt, "--discard").returncode == 0
+
+
 def test_a_mount_without_edits_leaves_the_source_alone(mount, model):
     before = os.stat(model)
     digest = _sha(model)

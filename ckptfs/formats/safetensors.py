@@ -202,7 +202,7 @@ class Writer:
             return original.dtype, original.shape, original.data, original.data.length
         content = node.content
         descr, shape, start = npy.parse_header(content.read(0, 65536), name)
-        dtype = _dtype_of(descr, original)
+        dtype = dtype_of(descr, original)
         if dtype is None or dtype.safetensors is None:
             raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in safetensors")
         length = dtype.nbytes(math.prod(shape))
@@ -211,7 +211,7 @@ class Writer:
         return dtype, shape, (content, start), length
 
 
-def _dtype_of(descr: str, original: Tensor | None):
+def dtype_of(descr: str, original: Tensor | None):
     """The tensor type an NPY descr stands for. A void or raw-byte descr of the
     original tensor's item size keeps its type (np.save of bfloat16 and
     float8 arrays writes '<V2' or '|V1')."""
