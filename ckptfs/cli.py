@@ -18,8 +18,9 @@ UMOUNT_TIMEOUT = 600.0
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
-  ro                 read-only (default: writable where the format has a writer,
-                     safetensors files and .nemo tars in this version; see docs/writing.md)
+  ro                 read-only (default: writable where ckptfs can write the format:
+                     safetensors, Hugging Face directories, .nemo, torch.save tensor
+                     patches; see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
   nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
   debug, log_file=PATH, cache_dir=PATH  as the long options
@@ -183,7 +184,7 @@ def _edit_session(checkpoint, opts):
         checkpoint.root.xattrs["ckptfs.read_only"] = "mounted with -o ro"
         return None
     if checkpoint.writer is None:
-        checkpoint.root.xattrs["ckptfs.read_only"] = f"ckptfs cannot write {checkpoint.format} checkpoints yet"
+        checkpoint.root.xattrs.setdefault("ckptfs.read_only", f"ckptfs cannot write {checkpoint.format} checkpoints yet")
         return None
     try:
         return EditSession.start(checkpoint, mounts.state_dir())

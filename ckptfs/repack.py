@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 
@@ -145,6 +146,46 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
     return destination
 
 
+def write_directory_atomically(source: str, builder, expected_identity: dict, output_path: str | None = None) -> str:
+    """Run `builder(new_dir)` on a sibling directory, then swap it with the
+    source in one step (renameat2 RENAME_EXCHANGE) and remove the old one,
+    whose files the new one hard-links where they did not change."""
+    if source_identity(source) != expected_identity:
+        raise CkptfsError(f"{source}: changed since it was mounted; the edits were not written")
+    destination = os.path.abspath(output_path or source)
+    parent = os.path.dirname(destination)
+    if output_path and os.path.exists(destination):
+        raise CkptfsError(f"{destination}: exists; give a new path for the edited directory")
+    new = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=parent)
+    try:
+        builder(new)
+        for here, _, _ in os.walk(new):
+            _fsync_dir(here)
+        if source_identity(source) != expected_identity:
+            raise CkptfsError(f"{source}: changed while the edits were being written; they were not")
+        if output_path:
+            os.rename(new, destination)
+        else:
+            _exchange(new, destination)  # `new` now holds the old directory
+            shutil.rmtree(new)
+        _fsync_dir(parent)
+    except BaseException:
+        if os.path.isdir(new):
+            shutil.rmtree(new)
+        raise
+    return destination
+
+
+def _exchange(a: str, b: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -224,10 +265,16 @@ class EditSession:
         if not changed and not output_path:
             overlay.remove()
             return f"{source}: no changes; the source was left as it was"
+        writer = self.checkpoint.writer
         try:
-            written = write_atomically(
-                source, lambda out: self.checkpoint.writer.write(after, self.before, out), overlay.identity, output_path
-            )
+            if getattr(writer, "directory", False):
+                written = write_directory_atomically(
+                    source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path
+                )
+            else:
+                written = write_atomically(
+                    source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path
+                )
         except (CkptfsError, OSError) as e:
             reason = e if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing"
             raise CkptfsError(

@@ -452,3 +452,42 @@ def test_structural_edits_of_a_pt_are_refused_and_kept(mount, tmp_path):
     assert done.returncode == 1 and "b.npy" in done.stderr and "keeps its shape [2]" in done.stderr
     assert _sha(pt) == digest
     assert run_ckptfs("recover", pt, "--discard").returncode == 0
+
+
+def test_hugging_face_directory_edits_go_back_to_their_shards(mount, tmp_path):
+    import json
+
+    model = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", model)
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    names_before = sorted(index["weight_map"])
+    first, gone = names_before[0], names_before[1]
+    untouched_shard = sorted(set(index["weight_map"].values()))[0]
+    inode = os.stat(model / untouched_shard).st_ino
+    mnt = mount(model)
+    parts = first.split(".")
+    path = mnt.joinpath(*parts[:-1], parts[-1] + ".npy")
+    values = np.load(path)
+    np.save(path, values * 2)
+    gone_parts = gone.split(".")
+    os.unlink(mnt.joinpath(*gone_parts[:-1], gone_parts[-1] + ".npy"))
+    np.save(mnt / "extra_head.npy", np.arange(4, dtype=np.float32))
+    config = json.loads((mnt / "config.json").read_text())
+    config["num_labels"] = 7
+    (mnt / "config.json").write_text(json.dumps(config))
+    done = _umount(mnt)
+    assert done.returncode == 0, done.stderr
+    new_index = json.loads((model / "model.safetensors.index.json").read_text())
+    assert sorted(new_index["weight_map"]) == sorted(set(names_before) - {gone} | {"extra_head"})
+    loaded = {}
+    for shard in sorted(set(new_index["weight_map"].values())):
+        with safe_open(str(model / shard), "np") as f:
+            loaded.update({k: f.get_tensor(k) for k in f.keys()})
+    assert sorted(loaded) == sorted(new_index["weight_map"])
+    assert np.array_equal(loaded[first], values * 2) and loaded["extra_head"].tolist() == [0, 1, 2, 3]
+    assert json.loads((model / "config.json").read_text())["num_labels"] == 7
+    if "total_size" in index.get("metadata", {}):
+        assert new_index["metadata"]["total_size"] == sum(t.nbytes for t in loaded.values())
+    if index["weight_map"][first] != untouched_shard and index["weight_map"][gone] != untouched_shard:
+        assert os.stat(model / untouched_shard).st_ino == inode  # unchanged shards are hard links of the old
+    assert not [p for p in tmp_path.iterdir() if "ckptfs" in p.name]

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 
-from .. import names
+from .. import names, npy
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..sources import FileSource
 from ..tensors import Tensor, merge_into, tensor_tree
-from ..tree import Dir
+from ..overlay import EditedContent
+from ..repack import Output
+from ..tree import Dir, File
 from . import safetensors
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -36,24 +38,37 @@ def open_dir(path: str) -> Checkpoint:
     root = Dir()
     raw = Dir()
     shards: dict[str, dict[str, Tensor]] = {}
+    metadata: dict[str, dict | None] = {}
+    originals: dict[int, str] = {}  # the plain files, for the writer
+    links = False
     for rel in _files(path):
         parts = names.file_parts(rel)
         full = os.path.join(path, rel)
+        links = links or os.path.islink(full)
         source = FileSource(full)
         mtime = source.stat.st_mtime_ns
         raw.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
         if rel.endswith(".safetensors"):
             folder, _, by_name = safetensors.expand(source)
             folder.mtime_ns = mtime
+            folder.readonly = True  # tensors are edited in the merged tree
             root.subdir(parts[:-1]).add(parts[-1], folder)
             shards[rel] = by_name
+            metadata[rel] = safetensors.read(source)[0]
         else:
-            root.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
+            node = root.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
+            originals[id(node)] = rel
 
     merged, notes = _merged_tensors(path, shards)
     tree, placed = tensor_tree(merged)
     placed = merge_into(root, tree, placed)
-    return Checkpoint("huggingface (safetensors)", path, st, root, raw, placed, notes)
+    ckpt = Checkpoint("huggingface (safetensors)", path, st, root, raw, placed, notes)
+    indexes = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
+    if links:
+        root.xattrs["ckptfs.read_only"] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
+    elif shards and not notes and len(indexes) <= 1:
+        ckpt.writer = Writer(path, shards, metadata, indexes[0] if indexes else None, originals)
+    return ckpt
 
 
 def _files(top: str) -> list[str]:
@@ -107,3 +122,88 @@ def _from_index(index_path: str, shards: dict[str, dict[str, Tensor]]) -> list[T
             raise FormatError(index_path, f"tensor {name!r} is not in its shard {shard!r}")
         merged.append(tensor)
     return merged
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Writer:
+    """Writes an edited Hugging Face directory as a new directory beside it
+    (swapped in by the caller). Tensors are edited in the merged tree; each
+    goes back to the shard that held it (new ones to the last shard). A shard
+    whose tensors are all unchanged, and every unchanged file, is hard-linked
+    from the source; a changed shard is written anew, and the index's
+    weight_map and total_size follow."""
+
+    directory = True
+
+    def __init__(self, path: str, shards: dict[str, dict[str, Tensor]], metadata: dict, index: str | None,
+                 originals: dict[int, str]):  # fmt: skip
+        self.path, self.shards, self.metadata, self.index = path, shards, metadata, index
+        self.shard_of = {name: rel for rel, tensors in shards.items() for name in tensors}
+        self.originals = originals  # id(node) -> relative path, for the files of the source
+
+    def write_dir(self, files: dict, before: dict, out: str) -> None:
+        tensors, plain = {}, {}
+        for path, node in files.items():
+            if any(path == s or path.startswith(s + "/") for s in map(_tree_path, self.shards)):
+                continue  # the read-only shard folders
+            if isinstance(node, File) and path.endswith(".npy") and id(node) not in self.originals:
+                name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
+                tensors[name] = node
+            elif isinstance(node, (File, Dir)):
+                plain[path] = node
+        last = sorted(self.shards)[-1]
+        home = {name: self.shard_of.get(name, last) for name in tensors}
+        rewritten = False
+        for rel, originals in sorted(self.shards.items()):
+            mine = {n: tensors[n] for n in tensors if home[n] == rel}
+            destination = os.path.join(out, rel)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            if set(mine) == set(originals) and not any(isinstance(n.content, EditedContent) for n in mine.values()):
+                os.link(os.path.join(self.path, rel), destination)
+                continue
+            rewritten = True
+            shard_files = {"/".join(names.tensor_path(n)): node for n, node in mine.items()}
+            writer = safetensors.Writer(originals, self.metadata.get(rel))
+            _write_file(destination, lambda output: writer.write(shard_files, {}, output))
+        for path, node in sorted(plain.items()):
+            rel = self.originals.get(id(node)) or "/".join(names.unescape(p) for p in path.split("/"))
+            target = os.path.join(out, "/".join(names.unescape(p) for p in path.split("/")))
+            if isinstance(node, Dir):
+                os.makedirs(target, exist_ok=True)
+            elif rel == self.index and rewritten and not isinstance(node.content, EditedContent):
+                _write_file(target, lambda output: output.write(self._index(tensors, home)))
+            elif id(node) in self.originals and not isinstance(node.content, EditedContent):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.link(os.path.join(self.path, rel), target)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _write_file(target, lambda output, content=node.content: output.copy_content(content))
+
+    def _index(self, tensors: dict, home: dict) -> bytes:
+        with open(os.path.join(self.path, self.index)) as f:
+            index = json.load(f)
+        index["weight_map"] = {name: home[name] for name in sorted(tensors)}
+        if isinstance(index.get("metadata"), dict) and "total_size" in index["metadata"]:
+            index["metadata"]["total_size"] = sum(_nbytes(node, name) for name, node in tensors.items())
+        return (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _nbytes(node: File, name: str) -> int:
+    """Bytes of a tensor's data: its `.npy` file's size less its header."""
+    head = node.content.read(0, 65536)
+    return node.content.size - npy.parse_header(head, name)[2]
+
+
+def _tree_path(rel: str) -> str:
+    return "/".join(names.file_parts(rel))
+
+
+def _write_file(path: str, fill) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fill(Output(fd))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

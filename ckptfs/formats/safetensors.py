@@ -156,11 +156,12 @@ class Writer:
     keep their order and are copied byte range to byte range; new ones follow,
     sorted by name."""
 
-    def __init__(self, tensors: dict[str, Tensor]):
+    def __init__(self, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None):
         self.tensors = tensors  # the source's, by name
+        self.metadata = metadata  # kept when the tree has no __metadata__.yaml (a shard of a directory)
 
     def write(self, files: dict, before: dict, output) -> None:
-        metadata, entries, problems = None, {}, []
+        metadata, entries, problems = self.metadata, {}, []
         for path, node in sorted(files.items()):
             if isinstance(node, Dir):
                 continue
