@@ -13,7 +13,7 @@ from .errors import CkptfsError
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount", "recover")
+SUBCOMMANDS = ("mount", "umount", "unmount", "recover", "commit")
 UMOUNT_TIMEOUT = 600.0
 
 MOUNT_EPILOG = """\
@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     umount.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the daemon")
     umount.add_argument("--discard", action="store_true", help="drop the edits instead of writing them")
 
+    commit = sub.add_parser(
+        "commit", help="write a writable mount's edits now, without unmounting",
+        description="Repack the checkpoint mounted at MOUNTPOINT with its edits, as an unmount would, and go on "
+        "serving the new checkpoint with no edits pending. Requests wait while it runs.",
+    )  # fmt: skip
+    commit.add_argument("mountpoint")
+    commit.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the repack")
+
     recover = sub.add_parser(
         "recover", help="write or drop the edits a crashed mount left",
         description="A writable mount whose daemon died leaves its edits in an overlay beside SOURCE "
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return mount(args)
         if args.command == "recover":
             return recover(args)
+        if args.command == "commit":
+            return commit(args)
         return umount(args)
     except CkptfsError as e:
         print(f"ckptfs: {e}", file=sys.stderr)
@@ -129,35 +139,26 @@ def _check_mountpoint(mountpoint: str) -> None:
 
 
 def mount(args) -> int:
-    from . import daemon, metaview
-    from .formats import open_checkpoint
+    from . import daemon
     from .fuse_ops import Operations, Ownership
 
     opts = _mount_options(args)
     source = os.path.abspath(args.source)
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
-    # Reading the metadata makes hundreds of thousands of objects that live as
-    # long as the mount: collecting during the parse only re-scans them (a
-    # third of the parse time), and frozen they are never scanned again.
-    gc.disable()
-    try:
-        checkpoint = open_checkpoint(source, opts.cache_dir)
-        session = _edit_session(checkpoint, opts)
-        view = metaview.build(checkpoint, session and session.editable)
-        view.readonly = True
-        checkpoint.root.add(metaview.NAME, view)
-        operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable)
-    finally:
-        gc.freeze()
-        gc.enable()
+    state = mounts.MountState(mountpoint)
+    edits = MountEdits(source, opts, state)
+    checkpoint = edits.load()
+    session = edits.session
+    operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable)
+    edits.operations = operations
     fuse_options = set(opts.fuse) | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
     if session is None:
         fuse_options.add("ro")
-    state = mounts.MountState(mountpoint)
 
-    def run(notify) -> int:
-        return daemon.serve(operations, mountpoint, fuse_options, notify, session and _finisher(session, state))
+    def run(notify):
+        hooks = (edits.finish, edits.commit) if session else (None, None)
+        return daemon.serve(operations, mountpoint, fuse_options, notify, *hooks)
 
     if args.foreground:
         _setup_logging(opts.debug, opts.log_file)
@@ -195,17 +196,76 @@ def _edit_session(checkpoint, opts):
         return None
 
 
-def _finisher(session, state: mounts.MountState):
-    """What the daemon does once unmounted: repack, or drop the edits when
-    `ckptfs umount --discard` asked for it. Returns (exit code, message)."""
+class MountEdits:
+    """The checkpoint a mount serves and its edit session: loaded at mount,
+    repacked at unmount (`finish`) or on demand (`commit`, which then serves
+    the new checkpoint)."""
 
-    def finish() -> tuple[int, str]:
+    def __init__(self, source: str, opts, state: mounts.MountState):
+        self.source, self.opts, self.state = source, opts, state
+        self.session = None
+        self.operations = None
+
+    def load(self):
+        from . import metaview
+        from .formats import open_checkpoint
+
+        # Reading the metadata makes hundreds of thousands of objects that live as
+        # long as the mount: collecting during the parse only re-scans them (a
+        # third of the parse time), and frozen they are never scanned again.
+        gc.disable()
         try:
-            return 0, session.finish(discard=state.discard_requested())
+            checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
+            self.session = _edit_session(checkpoint, self.opts)
+            view = metaview.build(checkpoint, self.session and self.session.editable)
+            view.readonly = True
+            checkpoint.root.add(metaview.NAME, view)
+        finally:
+            gc.freeze()
+            gc.enable()
+        return checkpoint
+
+    def finish(self) -> tuple[int, str]:
+        """At unmount: repack, or drop the edits when `umount --discard` asked."""
+        try:
+            return 0, self.session.finish(discard=self.state.discard_requested())
         except CkptfsError as e:
             return 1, str(e)
 
-    return finish
+    def commit(self) -> tuple[int, str]:
+        """`ckptfs commit`: repack now, then serve the new checkpoint with an
+        empty overlay. Files already open keep reading what they opened."""
+        try:
+            message = self.session.finish()
+            checkpoint = self.load()
+        except CkptfsError as e:
+            return 1, str(e)
+        if self.session is None:
+            return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
+        self.operations.replace_tree(checkpoint.root, self.session.editable)
+        return 0, message
+
+
+def commit(args) -> int:
+    import signal
+    import time
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    state = mounts.MountState(mountpoint)
+    pid = state.pid()
+    if mounts.mounted_at(mountpoint) is None or pid is None or not mounts.process_alive(pid):
+        raise CkptfsError(f"{mountpoint}: not a running ckptfs mount")
+    request = state.request_commit()
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + args.timeout
+    while (result := state.commit_result(request)) is None:
+        if time.monotonic() > deadline or not mounts.process_alive(pid):
+            raise CkptfsError(f"{mountpoint}: no answer from the daemon (pid {pid}); see {state.log_file}")
+        time.sleep(0.05)
+    code, message = result
+    if message and (code or sys.stderr.isatty()):
+        print(f"ckptfs: {message}", file=sys.stderr)
+    return code
 
 
 def recover(args) -> int:

@@ -26,16 +26,17 @@ READ_AHEAD_KB = 1024
 READY = b"ok\n"
 
 
-def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify, finish=None):
+def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify, finish=None, commit=None):
     """Mount, call `notify(message)` once mounted, serve until unmounted,
-    then run `finish()` (the repack of a writable mount). Returns the exit
-    code and a line for `ckptfs umount` (what the repack did, or why not)."""
+    then run `finish()` (the repack of a writable mount). SIGUSR1 runs
+    `commit()` (`ckptfs commit`) meanwhile. Returns the exit code and a line
+    for `ckptfs umount` (what the repack did, or why not)."""
     try:
         pyfuse3.init(operations, mountpoint, fuse_options)
     except RuntimeError as e:
         raise CkptfsError(f"{mountpoint}: cannot mount: {e}") from None
     try:
-        trio.run(_main, mountpoint, notify)
+        trio.run(_main, mountpoint, notify, commit)
     finally:
         pyfuse3.close(unmount=True)
     log.info("unmounted %s", mountpoint)
@@ -46,9 +47,11 @@ def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str
     return code, message
 
 
-async def _main(mountpoint: str, notify) -> None:
+async def _main(mountpoint: str, notify, commit) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        if commit is not None:
+            nursery.start_soon(_commit_on_signal, mountpoint, commit)
         nursery.start_soon(_when_usable, mountpoint, notify)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -66,6 +69,20 @@ async def _when_usable(mountpoint: str, notify) -> None:
         log.info("could not raise read_ahead_kb (needs root); reads arrive as 128 KiB requests")
     log.info("mounted at %s", mountpoint)
     notify(READY)
+
+
+async def _commit_on_signal(mountpoint: str, commit) -> None:
+    """SIGUSR1 (from `ckptfs commit`): repack now. It runs in the event loop,
+    so requests wait meanwhile and every edit before it is in the repack."""
+    state = mounts.MountState(mountpoint)
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            request = state.commit_requested()
+            if request is None:
+                continue
+            code, message = commit()
+            (log.error if code else log.info)("commit: %s", message)
+            state.write_commit_result(request, code, message)
 
 
 async def _stop_on_signal() -> None:

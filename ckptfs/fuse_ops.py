@@ -87,6 +87,20 @@ class Operations(pyfuse3.Operations):
         self.read_only: set[int] = set() if editable else {pyfuse3.ROOT_INODE}
         self._next_inode = pyfuse3.ROOT_INODE + 1
 
+    def replace_tree(self, root: Dir, editable: EditableTree | None) -> None:
+        """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
+        their inodes, so open files read on; names are looked up afresh."""
+        self.root, self.editable = root, editable
+        self.nodes[pyfuse3.ROOT_INODE] = root
+        self.inode_of[id(root)] = pyfuse3.ROOT_INODE
+        old = [name for name, _ in self.listings.get(pyfuse3.ROOT_INODE, [])]
+        self.listings.clear()
+        self.entries.clear()
+        self.read_only = set() if editable else {pyfuse3.ROOT_INODE}
+        self.__dict__.pop("totals", None)
+        for name in old:  # names the kernel may have cached: look them up again
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
+
     def _listing(self, inode: int) -> list[tuple[bytes, int]]:
         """The (name, inode) entries of a directory, numbered on first use
         (a node keeps its number when the directory is listed again after an edit)."""
@@ -232,7 +246,10 @@ class Operations(pyfuse3.Operations):
         node = self.nodes[fh]
         if not isinstance(node.content, EditedContent):
             raise pyfuse3.FUSEError(errno.EBADF)
-        written = self._writable(fh).write(node.content, off, buf)
+        editable = self._writable(fh)
+        if editable.contents.get(node.content.number) is not node.content:
+            raise pyfuse3.FUSEError(errno.ESTALE)  # opened before a commit: its edits were written; reopen it
+        written = editable.write(node.content, off, buf)
         node.mtime_ns = time.time_ns()
         return written
 

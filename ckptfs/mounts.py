@@ -100,6 +100,23 @@ class MountState:
     def discard_requested(self) -> bool:
         return os.path.exists(self.stem + ".discard")
 
+    def request_commit(self) -> str:
+        """Ask for a commit (`ckptfs commit`); returns the request's id."""
+        request = f"{os.getpid()}-{time.monotonic_ns()}"
+        _write_json(self.stem + ".commit", {"request": request})
+        return request
+
+    def commit_requested(self) -> str | None:
+        doc = _read_json(self.stem + ".commit")
+        return doc["request"] if doc else None
+
+    def write_commit_result(self, request: str, code: int, message: str) -> None:
+        _write_json(self.stem + ".committed", {"request": request, "exit": code, "message": message})
+
+    def commit_result(self, request: str) -> tuple[int, str] | None:
+        doc = _read_json(self.stem + ".committed")
+        return (doc["exit"], doc["message"]) if doc and doc.get("request") == request else None
+
     def pid(self) -> int | None:
         doc = _read_json(self.stem + ".json")
         return doc["pid"] if doc else None
@@ -109,9 +126,8 @@ class MountState:
         return doc["exit"] if doc else None
 
     def clear(self) -> None:
-        self._remove(".json")
-        self._remove(".exit")
-        self._remove(".discard")
+        for suffix in (".json", ".exit", ".discard", ".commit", ".committed"):
+            self._remove(suffix)
 
     def _remove(self, suffix: str) -> None:
         try:

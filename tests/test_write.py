@@ -491,3 +491,29 @@ def test_hugging_face_directory_edits_go_back_to_their_shards(mount, tmp_path):
     if index["weight_map"][first] != untouched_shard and index["weight_map"][gone] != untouched_shard:
         assert os.stat(model / untouched_shard).st_ino == inode  # unchanged shards are hard links of the old
     assert not [p for p in tmp_path.iterdir() if "ckptfs" in p.name]
+
+
+def test_commit_writes_now_and_the_mount_goes_on_with_the_new_checkpoint(mount, model):
+    import errno
+
+    mnt = mount(model)
+    np.save(mnt / "enc" / "w.npy", np.full((2, 2), 5, dtype=np.float32))
+    reader = open(mnt / "big.npy", "rb")  # open across the commit: reads stay consistent
+    writer = open(mnt / "enc" / "w.npy", "r+b", buffering=0)
+    first = reader.read(1 << 20)
+    done = run_ckptfs("commit", mnt)
+    assert done.returncode == 0, done.stderr
+    assert _read_safetensors(model)[0]["enc.w"].tolist() == [[5, 5], [5, 5]]
+    assert not (model.parent / ".model.safetensors.ckptfs").exists()
+    reader.seek(0)
+    assert reader.read(1 << 20) == first and len(reader.read()) > 0
+    reader.close()
+    with pytest.raises(OSError) as err:
+        writer.write(b"x" * 10)
+    assert err.value.errno == errno.ESTALE  # its edits were written by the commit
+    writer.close()
+    assert np.load(mnt / "enc" / "w.npy").tolist() == [[5, 5], [5, 5]]  # served from the new file
+    np.save(mnt / "new.npy", np.arange(3, dtype=np.int8))  # and writable again
+    assert _umount(mnt).returncode == 0
+    tensors, _ = _read_safetensors(model)
+    assert tensors["new"].tolist() == [0, 1, 2] and tensors["enc.w"].tolist() == [[5, 5], [5, 5]]
