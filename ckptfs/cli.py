@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serving the new checkpoint with no edits pending. Requests wait while it runs.",
     )  # fmt: skip
     commit.add_argument("mountpoint")
+    commit.add_argument("--force", action="store_true", help="write the checkpoint even if nothing changed")
     commit.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the repack")
 
     recover = sub.add_parser(
@@ -232,11 +233,11 @@ class MountEdits:
         except CkptfsError as e:
             return 1, str(e)
 
-    def commit(self) -> tuple[int, str]:
+    def commit(self, force: bool = False) -> tuple[int, str]:
         """`ckptfs commit`: repack now, then serve the new checkpoint with an
         empty overlay. Files already open keep reading what they opened."""
         try:
-            message = self.session.finish()
+            message = self.session.finish(force=force)
             checkpoint = self.load()
         except CkptfsError as e:
             return 1, str(e)
@@ -255,7 +256,7 @@ def commit(args) -> int:
     pid = state.pid()
     if mounts.mounted_at(mountpoint) is None or pid is None or not mounts.process_alive(pid):
         raise CkptfsError(f"{mountpoint}: not a running ckptfs mount")
-    request = state.request_commit()
+    request = state.request_commit(force=args.force)
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + args.timeout
     while (result := state.commit_result(request)) is None:

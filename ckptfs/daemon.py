@@ -77,10 +77,11 @@ async def _commit_on_signal(mountpoint: str, commit) -> None:
     state = mounts.MountState(mountpoint)
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async for _ in signals:
-            request = state.commit_requested()
-            if request is None:
+            requested = state.commit_requested()
+            if requested is None:
                 continue
-            code, message = commit()
+            request, force = requested
+            code, message = commit(force)
             (log.error if code else log.info)("commit: %s", message)
             state.write_commit_result(request, code, message)
 

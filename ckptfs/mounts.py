@@ -100,15 +100,15 @@ class MountState:
     def discard_requested(self) -> bool:
         return os.path.exists(self.stem + ".discard")
 
-    def request_commit(self) -> str:
+    def request_commit(self, force: bool = False) -> str:
         """Ask for a commit (`ckptfs commit`); returns the request's id."""
         request = f"{os.getpid()}-{time.monotonic_ns()}"
-        _write_json(self.stem + ".commit", {"request": request})
+        _write_json(self.stem + ".commit", {"request": request, "force": force})
         return request
 
-    def commit_requested(self) -> str | None:
+    def commit_requested(self) -> tuple[str, bool] | None:
         doc = _read_json(self.stem + ".commit")
-        return doc["request"] if doc else None
+        return (doc["request"], doc.get("force", False)) if doc else None
 
     def write_commit_result(self, request: str, code: int, message: str) -> None:
         _write_json(self.stem + ".committed", {"request": request, "exit": code, "message": message})

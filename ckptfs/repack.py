@@ -253,7 +253,7 @@ class EditSession:
         editable.journal = True
         return cls(checkpoint, editable, before)
 
-    def finish(self, discard: bool = False, output_path: str | None = None) -> str:
+    def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False) -> str:
         """Repack (or drop) the edits; returns what was done, in a line.
         On failure the overlay stays and the error says where it is."""
         overlay, source = self.editable.overlay, self.checkpoint.source_path
@@ -262,7 +262,7 @@ class EditSession:
             return f"{source}: edits discarded"
         after = files_of(self.checkpoint.root, VIEW)
         changed = changes(self.before, after) if overlay.exists else []
-        if not changed and not output_path:
+        if not changed and not output_path and not force:
             overlay.remove()
             return f"{source}: no changes; the source was left as it was"
         writer = self.checkpoint.writer

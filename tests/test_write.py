@@ -517,3 +517,24 @@ def test_commit_writes_now_and_the_mount_goes_on_with_the_new_checkpoint(mount, 
     assert _umount(mnt).returncode == 0
     tensors, _ = _read_safetensors(model)
     assert tensors["new"].tolist() == [0, 1, 2] and tensors["enc.w"].tolist() == [[5, 5], [5, 5]]
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "nemo"])
+def test_forced_commits_without_edits_load_equal_and_repeat_byte_for_byte(mount, model, tmp_path, kind):
+    source = model if kind == "safetensors" else tmp_path / "model.nemo"
+    if kind == "nemo":
+        shutil.copy(NEMO, source)
+    before = _read_safetensors(source)[0] if kind == "safetensors" else _tar_members(source)
+    mnt = mount(source)
+    digests = []
+    for _ in range(2):
+        done = run_ckptfs("commit", "--force", mnt)
+        assert done.returncode == 0, done.stderr
+        digests.append(_sha(source))
+    assert digests[0] == digests[1]
+    if kind == "safetensors":
+        after = _read_safetensors(source)[0]
+        assert sorted(after) == sorted(before) and all(np.array_equal(after[k], before[k]) for k in before)
+    else:
+        assert _tar_members(source) == before
+    assert _umount(mnt).returncode == 0
