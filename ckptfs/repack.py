@@ -77,7 +77,9 @@ def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
 
 def files_of(root: Dir, skip: frozenset[str] = frozenset()) -> dict[str, Node]:
     """Every node of the main tree by path, without editors' temporary files
-    and the `skip` top-level names (the `.ckptfs/` view)."""
+    and the `skip` top-level names (the `.ckptfs/` view). A read-only folder
+    is listed but not entered: nothing below it can change (and a lazy one
+    stays unfilled)."""
     found: dict[str, Node] = {}
     pending = [("", root)]
     while pending:
@@ -87,7 +89,7 @@ def files_of(root: Dir, skip: frozenset[str] = frozenset()) -> dict[str, Node]:
                 continue
             path = prefix + name
             found[path] = node
-            if isinstance(node, Dir):
+            if isinstance(node, Dir) and not node.readonly:
                 pending.append((path + "/", node))
     return found
 

@@ -276,43 +276,47 @@ def test_a_source_changed_under_the_mount_is_not_overwritten(mount, model):
 
 
 def _nano_edit(path: Path, keys: bytes) -> None:
-    """Drive nano on a pseudo-terminal: type `keys`, write out (^O, Enter), exit (^X)."""
+    """Drive nano on a pseudo-terminal as a user would: wait for its screen,
+    type `keys`, write out (^O, Enter) and exit (^X)."""
     import pty
     import select
     import time
 
     pid, fd = pty.fork()
-    if pid == 0:
-        os.execvp("nano", ["nano", "--ignorercfiles", str(path)])
+    if pid == 0:  # the terminal type is set: CI may run without one
+        os.execvpe("nano", ["nano", "--ignorercfiles", str(path)], {**os.environ, "TERM": "xterm"})
+
+    def settle(quiet: float = 0.7, timeout: float = 20) -> None:
+        """Read nano's output until it has drawn something and then been
+        quiet for `quiet` seconds: its screen is up."""
+        deadline, last = time.monotonic() + timeout, None
+        while last is None or time.monotonic() - last < quiet:
+            assert time.monotonic() < deadline, "nano never settled"
+            if select.select([fd], [], [], 0.05)[0]:
+                os.read(fd, 65536)
+                last = time.monotonic()
+
     try:
-        deadline = time.monotonic() + 30
-
-        def drain(seconds: float) -> None:
-            end = time.monotonic() + seconds
-            while time.monotonic() < min(end, deadline):
-                if select.select([fd], [], [], 0.05)[0]:
-                    try:
-                        os.read(fd, 65536)
-                    except OSError:
-                        return
-
-        drain(1.0)
-        for chunk in (keys, b"\x0f", b"\r", b"\x18"):
-            os.write(fd, chunk)
-            drain(0.5)
-        for _ in range(100):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                assert os.waitstatus_to_exitcode(status) == 0
-                return
-            drain(0.1)
-        raise AssertionError("nano did not exit")
+        settle()
+        os.write(fd, keys)
+        os.write(fd, b"\x0f")  # ^O: write out
+        settle()
+        os.write(fd, b"\r")  # keep the file name
+        settle()
+        os.write(fd, b"\x18")  # ^X
+        deadline = time.monotonic() + 20
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            assert time.monotonic() < deadline, "nano did not exit"
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    os.read(fd, 65536)
+                except OSError:
+                    pass
+        pid = 0
     finally:
-        try:
+        if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
         os.close(fd)
 
 
@@ -538,3 +542,55 @@ def test_forced_commits_without_edits_load_equal_and_repeat_byte_for_byte(mount,
     else:
         assert _tar_members(source) == before
     assert _umount(mnt).returncode == 0
+
+
+def test_readers_of_members_after_an_edited_one_read_consistent_data_across_commit(mount, tmp_path):
+    nemo = tmp_path / "model.nemo"
+    shutil.copy(NEMO, nemo)
+    mnt = mount(nemo)
+    tensors = sorted((mnt / "model_weights.ckpt").rglob("*.npy"))
+    expected = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tensors}
+    handles = {p: open(p, "rb") for p in tensors}
+    halves = {p: f.read(max(1, os.path.getsize(p) // 2)) for p, f in handles.items()}
+    (mnt / "model_config.yaml").write_text("# a longer config moves every member after it\n" * 50)
+    assert run_ckptfs("commit", mnt).returncode == 0
+    for p, f in handles.items():
+        assert hashlib.sha256(halves[p] + f.read()).hexdigest() == expected[p]
+        f.close()
+    for p in tensors:  # opened again: the new file, same tensors
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == expected[p]
+    assert _umount(mnt).returncode == 0
+
+
+def test_overwritten_column_sharded_tensor_is_split_back_into_its_chunks(mount, tmp_path):
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    ckpt = tmp_path / "fsdp2"
+    shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", ckpt)
+    ref = torch.load(FIXTURES / "dcp" / "fsdp2_2rank.ref.pt", weights_only=False)
+    mnt = mount(ckpt)
+    new = np.arange(60, dtype=np.float32).reshape(10, 6) * -1
+    np.save(mnt / "extra" / "colsharded.npy", new)  # Shard(1): each rank's chunk is a column block
+    weight = np.load(mnt / "model" / "0" / "weight.npy")
+    array = np.load(mnt / "model" / "0" / "weight.npy", mmap_mode="r+")
+    array[15, 3] = 99.0  # in rank 1's row shard, through mmap
+    array.flush()
+    del array
+    done = _umount(mnt)
+    assert done.returncode == 0, done.stderr
+    state = {
+        "extra": {"colsharded": torch.zeros(10, 6)},
+        "model": {name: torch.zeros_like(t) for name, t in ref["model"].items()},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(ckpt))
+    assert state["extra"]["colsharded"].numpy().tolist() == new.tolist()
+    weight[15, 3] = 99.0
+    assert np.array_equal(state["model"]["0.weight"].numpy(), weight)
+    for name, tensor in ref["model"].items():
+        if name != "0.weight":
+            assert torch.equal(state["model"][name], tensor), name

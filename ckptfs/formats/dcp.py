@@ -30,6 +30,8 @@ from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef
 from ..tree import Content, Dir, Extent, File, LazyDir
+from ..overlay import EditedContent
+from ..repack import Output, RepackError, same_bytes
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
 
@@ -67,7 +69,8 @@ def open_dir(path: str) -> Checkpoint:
         for name in sorted(os.listdir(path))
         if os.path.isfile(os.path.join(path, name))
     }
-    root, placed, notes, audit = expand(path, files)
+    chunks_of: dict = {}
+    root, placed, notes, audit = expand(path, files, chunks_of)
     raw = Dir()
     for name, source in files.items():
         leaf = names.file_parts(name)[0]
@@ -79,7 +82,9 @@ def open_dir(path: str) -> Checkpoint:
         root.add(leaf, node)
         placed += [PlacedTensor(f"{leaf}/{p.path}", p.tensor) for p in inner_tensors]
         audit += [g for g in inner_audit if g not in audit]
-    return Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+    ckpt = Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+    ckpt.writer = Writer(path, files, chunks_of)
+    return ckpt
 
 
 def _other_file(source: FileSource, name: str, notes: list[str]):
@@ -90,12 +95,15 @@ def _other_file(source: FileSource, name: str, notes: list[str]):
     return raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns), [], []
 
 
-def expand(name: str, files: dict[str, Source]):
+def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None):
     """The tree of a distributed checkpoint whose files are `files` (by their
     names in its directory): a directory on disk, or members of a tar.
-    Returns (folder, placed tensors, notes, pickle globals)."""
+    Returns (folder, placed tensors, notes, pickle globals); `chunks_of`, if
+    given, receives each tensor file's chunks (for the writer)."""
     metadata = _Metadata.read(name, files)
     reader = _Reader(name, files)
+    if chunks_of is not None:
+        reader.chunks_of = chunks_of
     root = Dir()
     notes: list[str] = []
     placed: list[PlacedTensor] = []
@@ -116,7 +124,8 @@ def expand(name: str, files: dict[str, Source]):
     notes += metadata.notes
     for shard, chunks in sorted(reader.shard_chunks.items()):
         subdirs = len({c.parts[0] for c in chunks if len(c.parts) > 1})
-        root.add(names.file_parts(shard)[0], LazyDir(functools.partial(_fill_shard, chunks), subdirs))
+        folder = LazyDir(functools.partial(_fill_shard, chunks), subdirs, readonly=True)
+        root.add(names.file_parts(shard)[0], folder)
     return root, placed, notes, metadata.globals
 
 
@@ -322,6 +331,7 @@ class _Reader:
         self.files = files
         self.shard_chunks: dict[str, list[ShardChunk]] = {}
         self.blocks: dict = {}
+        self.chunks_of: dict[int, tuple] = {}  # id(tensor file) -> (dtype, shape, chunks), for the writer
 
     def source(self, relative: str) -> Source:
         if relative not in self.files:
@@ -368,7 +378,9 @@ class _Reader:
                   "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}  # fmt: skip
         first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
         tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
-        return File(Content([header, *pieces]), xattrs=xattrs), tensor
+        file = File(Content([header, *pieces]), xattrs=xattrs)
+        self.chunks_of[id(file)] = (dtype, shape, chunks)
+        return file, tensor
 
     def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
         info = storage.get((fqn, None)) or next((v for (name, _), v in storage.items() if name == fqn), None)
@@ -382,3 +394,103 @@ class _Reader:
             except FormatError:
                 pass
         return ".bin", File(Content([Extent(data, 0, data.size)]))
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Writer:
+    """Writes an edited distributed checkpoint as a new directory beside it
+    (swapped in by the caller): consolidated tensors rewritten with the same
+    shape and dtype are split back into their chunks, each patched inside its
+    shard's torch.save record (CRCs included); every other file, and every
+    shard without a patch, is hard-linked from the source. Structural edits
+    (new, deleted or reshaped tensors, edits of other files) are refused."""
+
+    directory = True
+
+    def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict):
+        self.path, self.files, self.chunks_of = path, files, chunks_of
+
+    def write_dir(self, files: dict, before: dict, out: str) -> None:
+        patches: dict[str, dict[int, list]] = {}  # shard -> record start -> [(offset, length, reader, 0)]
+        problems = [f"{p}: adding files to a distributed checkpoint is not supported yet" for p in files if p not in before]
+        for path, (node, content) in sorted(before.items()):
+            after = files.get(path)
+            if after is None:
+                problems.append(f"{path}: removing parts of a distributed checkpoint is not supported yet")
+            elif isinstance(getattr(after, "content", None), EditedContent) and not same_bytes(after.content, content):
+                try:
+                    self._split(path, node, after.content, patches)
+                except ValueError as e:
+                    problems.append(str(e))
+        if problems:
+            raise RepackError(f"cannot write {self.path}: " + "; ".join(problems))
+        for name, source in self.files.items():
+            target = os.path.join(out, name)
+            if name not in patches:
+                os.link(source.path, target)
+                continue
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                output, position = Output(fd), 0
+                for start, (record, record_patches) in sorted(patches[name].items()):
+                    output.copy(source, position, start - position)
+                    torchzip.Writer(record, record.path).write_patches(record_patches, output)
+                    position = start + record.size
+                output.copy(source, position, source.size - position)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _split(self, path: str, node: File, edited, patches: dict) -> None:
+        if id(node) not in self.chunks_of:
+            raise ValueError(f"{path}: only consolidated tensors of a distributed checkpoint can be edited yet")
+        dtype, shape, chunks = self.chunks_of[id(node)]
+        descr, new_shape, start = npy.parse_header(edited.read(0, 65536), path)
+        itemsize = dtype.bits // 8
+        served = npy.served_layout(dtype, shape, math.prod(shape) * itemsize)
+        if tuple(new_shape) != served[1] or not (descr == served[0] or descr[1:2] == "V"):
+            raise ValueError(f"{path}: keeps its shape {list(shape)} and dtype {dtype.name} in this version")
+        if edited.size - start != math.prod(shape) * itemsize:
+            raise ValueError(f"{path}: {edited.size - start} bytes of data for shape {list(shape)}")
+        for chunk in chunks:
+            lazy = chunk.piece
+            record = lazy.record
+            if record.data is not record.raw:
+                raise ValueError(f"{path}: its chunks are compressed; rewriting them is not supported yet")
+            piece = lazy._resolved()
+            if not isinstance(piece, Extent) or piece.source is not record.raw:
+                raise ValueError(f"{path}: a chunk that is not a plain torch.save record cannot be rewritten yet")
+            box = _Box(edited, start, shape, itemsize, chunk.offsets, chunk.sizes)
+            by_record = patches.setdefault(record.label.rpartition("/")[2], {})
+            by_record.setdefault(record.start, (record.raw, {}))[1][piece.offset] = (piece.length, box, 0)
+
+
+class _Box:
+    """The C-order bytes of one chunk (a box of the tensor), read from the
+    edited full tensor one run along the last dimension at a time."""
+
+    def __init__(self, content, data_start: int, shape, itemsize: int, offsets, sizes):
+        self.content, self.data_start, self.itemsize = content, data_start, itemsize
+        self.shape, self.offsets, self.sizes = tuple(shape), tuple(offsets), tuple(sizes)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if not self.shape:
+            return self.content.read(self.data_start + offset, length)
+        row = self.sizes[-1] * self.itemsize  # bytes of one run of the chunk
+        parts, position, end = [], offset, offset + length
+        while position < end:
+            run, within = divmod(position, row)
+            index = []
+            for size in reversed(self.sizes[:-1]):
+                run, i = divmod(run, size)
+                index.append(i)
+            element = 0
+            for axis, i in enumerate(reversed(index)):
+                element = element * self.shape[axis] + self.offsets[axis] + i
+            element = element * self.shape[-1] + self.offsets[-1]
+            take = min(row - within, end - position)
+            parts.append(self.content.read(self.data_start + element * self.itemsize + within, take))
+            position += take
+        return b"".join(parts)
