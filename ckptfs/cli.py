@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     umount.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the daemon")
     umount.add_argument("--discard", action="store_true", help="drop the edits instead of writing them")
+    umount.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig when writing the edits")
 
     commit = sub.add_parser(
         "commit", help="write a writable mount's edits now, without unmounting",
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     commit.add_argument("mountpoint")
     commit.add_argument("--force", action="store_true", help="write the checkpoint even if nothing changed")
+    commit.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
     commit.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the repack")
 
     recover = sub.add_parser(
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--resume", action="store_true", help="repack SOURCE with the edits")
     action.add_argument("--discard", action="store_true", help="drop the edits; SOURCE stays as it is")
     recover.add_argument("--output", metavar="PATH", help="write the edited checkpoint here instead of over SOURCE")
+    recover.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
     return parser
 
 
@@ -228,16 +231,20 @@ class MountEdits:
 
     def finish(self) -> tuple[int, str]:
         """At unmount: repack, or drop the edits when `umount --discard` asked."""
+        options = self.state.finish_options()
         try:
-            return 0, self.session.finish(discard=self.state.discard_requested())
+            return 0, self.session.finish(
+                discard=options.get("discard", False), backup=options.get("backup", False),
+                progress=self.state.write_progress,
+            )  # fmt: skip
         except CkptfsError as e:
             return 1, str(e)
 
-    def commit(self, force: bool = False) -> tuple[int, str]:
+    def commit(self, force: bool = False, backup: bool = False) -> tuple[int, str]:
         """`ckptfs commit`: repack now, then serve the new checkpoint with an
         empty overlay. Files already open keep reading what they opened."""
         try:
-            message = self.session.finish(force=force)
+            message = self.session.finish(force=force, backup=backup)
             checkpoint = self.load()
         except CkptfsError as e:
             return 1, str(e)
@@ -245,6 +252,21 @@ class MountEdits:
             return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
         self.operations.replace_tree(checkpoint.root, self.session.editable)
         return 0, message
+
+
+def _progress_printer(state: mounts.MountState):
+    """Shows the repack's progress on one terminal line while `umount` waits."""
+    shown = []
+
+    def show() -> None:
+        progress = state.progress()
+        if progress and progress != (shown[-1] if shown else None):
+            done, total = progress
+            print(f"\rckptfs: writing the checkpoint: {done / 1e6:,.0f} of ~{total / 1e6:,.0f} MB", end="",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            shown.append(progress)
+
+    return show
 
 
 def commit(args) -> int:
@@ -256,7 +278,7 @@ def commit(args) -> int:
     pid = state.pid()
     if mounts.mounted_at(mountpoint) is None or pid is None or not mounts.process_alive(pid):
         raise CkptfsError(f"{mountpoint}: not a running ckptfs mount")
-    request = state.request_commit(force=args.force)
+    request = state.request_commit(force=args.force, backup=args.backup)
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + args.timeout
     while (result := state.commit_result(request)) is None:
@@ -281,7 +303,7 @@ def recover(args) -> int:
         print(f"ckptfs: {source}: edits discarded", file=sys.stderr)
         return 0
     session = EditSession.resume(open_checkpoint(source, _default_cache_dir()), mounts.state_dir())
-    print(f"ckptfs: {session.finish(output_path=args.output)}", file=sys.stderr)
+    print(f"ckptfs: {session.finish(output_path=args.output, backup=args.backup)}", file=sys.stderr)
     return 0
 
 
@@ -307,8 +329,8 @@ def umount(args) -> int:
     if entry is not None:
         if entry.fstype != "fuse.ckptfs":
             raise CkptfsError(f"{mountpoint}: not a ckptfs mount (it is {entry.fstype})")
-        if args.discard:
-            state.request_discard()
+        if args.discard or args.backup:
+            state.request_finish(discard=args.discard, backup=args.backup)
         done, message = mounts.unmount(mountpoint, lazy=args.lazy)
         if not done:
             hint = " (a process has files open there; close them or use --lazy)" if "busy" in message else ""
@@ -318,9 +340,11 @@ def umount(args) -> int:
     if args.lazy and mounts.process_alive(pid):
         print(f"ckptfs: {mountpoint}: detached; its daemon exits once the last file open there is closed", file=sys.stderr)
         return 0
-    if not mounts.wait_exit(pid, args.timeout):
+    if not mounts.wait_exit(pid, args.timeout, _progress_printer(state) if sys.stderr.isatty() else None):
         raise CkptfsError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) is still running after {args.timeout:.0f} s")
     code, message = state.exit_code(), state.exit_message()
+    if state.progress() and sys.stderr.isatty():
+        print(file=sys.stderr)  # end the progress line
     state.clear()
     if code is None:
         print(f"ckptfs: {mountpoint}: the daemon had died without an exit status; stale mount cleared", file=sys.stderr)

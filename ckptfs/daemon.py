@@ -80,10 +80,9 @@ async def _commit_on_signal(mountpoint: str, commit) -> None:
             requested = state.commit_requested()
             if requested is None:
                 continue
-            request, force = requested
-            code, message = commit(force)
+            code, message = commit(requested.get("force", False), requested.get("backup", False))
             (log.error if code else log.info)("commit: %s", message)
-            state.write_commit_result(request, code, message)
+            state.write_commit_result(requested["request"], code, message)
 
 
 async def _stop_on_signal() -> None:

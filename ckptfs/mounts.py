@@ -93,22 +93,28 @@ class MountState:
         doc = _read_json(self.stem + ".exit")
         return doc.get("message", "") if doc else ""
 
-    def request_discard(self) -> None:
-        """Ask the daemon to drop its edits when unmounted (`umount --discard`)."""
-        _write_json(self.stem + ".discard", {})
+    def request_finish(self, discard: bool = False, backup: bool = False) -> None:
+        """How the daemon ends its edits when unmounted (`umount --discard`, `--backup`)."""
+        _write_json(self.stem + ".discard", {"discard": discard, "backup": backup})
 
-    def discard_requested(self) -> bool:
-        return os.path.exists(self.stem + ".discard")
+    def finish_options(self) -> dict:
+        return _read_json(self.stem + ".discard") or {}
 
-    def request_commit(self, force: bool = False) -> str:
+    def write_progress(self, done: int, total: int) -> None:
+        _write_json(self.stem + ".progress", {"done": done, "total": total})
+
+    def progress(self) -> tuple[int, int] | None:
+        doc = _read_json(self.stem + ".progress")
+        return (doc["done"], doc["total"]) if doc else None
+
+    def request_commit(self, force: bool = False, backup: bool = False) -> str:
         """Ask for a commit (`ckptfs commit`); returns the request's id."""
         request = f"{os.getpid()}-{time.monotonic_ns()}"
-        _write_json(self.stem + ".commit", {"request": request, "force": force})
+        _write_json(self.stem + ".commit", {"request": request, "force": force, "backup": backup})
         return request
 
-    def commit_requested(self) -> tuple[str, bool] | None:
-        doc = _read_json(self.stem + ".commit")
-        return (doc["request"], doc.get("force", False)) if doc else None
+    def commit_requested(self) -> dict | None:
+        return _read_json(self.stem + ".commit")
 
     def write_commit_result(self, request: str, code: int, message: str) -> None:
         _write_json(self.stem + ".committed", {"request": request, "exit": code, "message": message})
@@ -126,7 +132,7 @@ class MountState:
         return doc["exit"] if doc else None
 
     def clear(self) -> None:
-        for suffix in (".json", ".exit", ".discard", ".commit", ".committed"):
+        for suffix in (".json", ".exit", ".discard", ".commit", ".committed", ".progress"):
             self._remove(suffix)
 
     def _remove(self, suffix: str) -> None:
@@ -160,10 +166,13 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def wait_exit(pid: int, timeout: float) -> bool:
+def wait_exit(pid: int, timeout: float, progress=None) -> bool:
+    """Wait for `pid` to exit; `progress()` is called while waiting."""
     deadline = time.monotonic() + timeout
     while process_alive(pid):
         if time.monotonic() > deadline:
             return False
+        if progress is not None:
+            progress()
         time.sleep(0.05)
     return True

@@ -13,7 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 
 from .errors import CkptfsError
 from .overlay import EditableTree, EditedContent, Overlay, is_temp_name, lock_path, source_identity
@@ -30,18 +31,27 @@ class RepackError(CkptfsError):
 
 @dataclass
 class Output:
-    """The file a writer streams into, with helpers to copy bytes cheaply."""
+    """The file a writer streams into, with helpers to copy bytes cheaply.
+    `progress(written, expected)`, if given, hears of it twice a second."""
 
     fd: int
     written: int = 0
-    progress: list = field(default_factory=list)
+    progress: object = None
+    expected: int = 0
+    _reported: float = 0.0
+
+    def _advanced(self, n: int) -> None:
+        self.written += n
+        if self.progress is not None and time.monotonic() - self._reported > 0.5:
+            self._reported = time.monotonic()
+            self.progress(self.written, self.expected)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-        self.written += len(data)
+        self._advanced(len(data))
 
     def flush(self) -> None:
         pass
@@ -57,7 +67,7 @@ class Output:
                 if n == 0:
                     raise CkptfsError(f"{base.path}: ended while copying (changed since mount?)")
                 done += n
-            self.written += length
+                self._advanced(n)
             return
         for pos in range(0, length, COPY_BLOCK):
             self.write(source.read_exact(offset + pos, min(COPY_BLOCK, length - pos)))
@@ -116,9 +126,11 @@ def changes(before: dict[str, tuple[Node, object]], after: dict[str, Node]) -> l
     return changed
 
 
-def write_atomically(source: str, writer, expected_identity: dict, output_path: str | None = None) -> str:
+def write_atomically(source: str, writer, expected_identity: dict, output_path: str | None = None,
+                     backup: bool = False, progress=None) -> str:  # fmt: skip
     """Run `writer(output)` into a temp file beside the destination, fsync it
-    and rename it over the destination (the source unless `output_path`)."""
+    and rename it over the destination (the source unless `output_path`);
+    `backup` keeps the source as SOURCE.orig (a hard link)."""
     if source_identity(source) != expected_identity:
         raise CkptfsError(f"{source}: changed since it was mounted; the edits were not written")
     destination = os.path.abspath(output_path or source)
@@ -129,7 +141,7 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
         raise CkptfsError(f"{directory}: {free / 1e6:.0f} MB free, the new checkpoint needs about {needed / 1e6:.0f} MB")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=directory)
     try:
-        output = Output(fd)
+        output = Output(fd, progress=progress, expected=needed)
         writer(output)
         os.fsync(fd)
         os.fchmod(fd, os.stat(source).st_mode & 0o7777)
@@ -137,6 +149,8 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
         fd = -1
         if source_identity(source) != expected_identity:
             raise CkptfsError(f"{source}: changed while the edits were being written; they were not")
+        if backup and not output_path:
+            os.link(source, _free_name(source + ".orig"))
         os.replace(tmp, destination)
         _fsync_dir(directory)
     except BaseException:
@@ -148,10 +162,12 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
     return destination
 
 
-def write_directory_atomically(source: str, builder, expected_identity: dict, output_path: str | None = None) -> str:
+def write_directory_atomically(source: str, builder, expected_identity: dict, output_path: str | None = None,
+                               backup: bool = False) -> str:  # fmt: skip
     """Run `builder(new_dir)` on a sibling directory, then swap it with the
-    source in one step (renameat2 RENAME_EXCHANGE) and remove the old one,
-    whose files the new one hard-links where they did not change."""
+    source in one step (renameat2 RENAME_EXCHANGE) and remove the old one
+    (or keep it as SOURCE.orig with `backup`), whose files the new one
+    hard-links where they did not change."""
     if source_identity(source) != expected_identity:
         raise CkptfsError(f"{source}: changed since it was mounted; the edits were not written")
     destination = os.path.abspath(output_path or source)
@@ -169,13 +185,23 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
             os.rename(new, destination)
         else:
             _exchange(new, destination)  # `new` now holds the old directory
-            shutil.rmtree(new)
+            if backup:
+                os.rename(new, _free_name(destination + ".orig"))
+            else:
+                shutil.rmtree(new)
         _fsync_dir(parent)
     except BaseException:
         if os.path.isdir(new):
             shutil.rmtree(new)
         raise
     return destination
+
+
+def _free_name(path: str) -> str:
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        candidate, n = f"{path}.{n}", n + 1
+    return candidate
 
 
 def _exchange(a: str, b: str) -> None:
@@ -255,7 +281,8 @@ class EditSession:
         editable.journal = True
         return cls(checkpoint, editable, before)
 
-    def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False) -> str:
+    def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
+               backup: bool = False, progress=None) -> str:  # fmt: skip
         """Repack (or drop) the edits; returns what was done, in a line.
         On failure the overlay stays and the error says where it is."""
         overlay, source = self.editable.overlay, self.checkpoint.source_path
@@ -271,19 +298,21 @@ class EditSession:
         try:
             if getattr(writer, "directory", False):
                 written = write_directory_atomically(
-                    source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path
+                    source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path, backup
                 )
             else:
                 written = write_atomically(
-                    source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path
-                )
+                    source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path,
+                    backup, progress,
+                )  # fmt: skip
         except (CkptfsError, OSError) as e:
             reason = e if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing"
             raise CkptfsError(
                 f"{reason}; the edits are kept in {overlay.path} (ckptfs recover {source} --resume or --discard)"
             ) from None
         overlay.remove()
-        return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}"
+        kept = f"; the original is kept beside it as {os.path.basename(written)}.orig*" if backup else ""
+        return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}{kept}"
 
 
 def _remove_stale_temp_files(source: str) -> None:

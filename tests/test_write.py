@@ -594,3 +594,21 @@ def test_overwritten_column_sharded_tensor_is_split_back_into_its_chunks(mount, 
     for name, tensor in ref["model"].items():
         if name != "0.weight":
             assert torch.equal(state["model"][name], tensor), name
+
+
+def test_backup_keeps_the_original_beside_the_new_checkpoint(mount, model, tmp_path):
+    digest = _sha(model)
+    mnt = mount(model)
+    os.unlink(mnt / "big.npy")
+    assert _umount(mnt, "--backup").returncode == 0
+    assert _sha(model.with_name("model.safetensors.orig")) == digest
+    assert "big" not in _read_safetensors(model)[0]
+    model_dir = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", model_dir)
+    mnt = mount(model_dir)
+    (mnt / "config.json").write_text("{}")
+    done = run_ckptfs("commit", "--backup", mnt)
+    assert done.returncode == 0, done.stderr
+    assert (model_dir / "config.json").read_text() == "{}"
+    assert (tmp_path / "bert.orig" / "config.json").read_text() != "{}"
+    assert _umount(mnt).returncode == 0
