@@ -191,6 +191,10 @@ def _edit_session(checkpoint, opts):
     if checkpoint.writer is None:
         checkpoint.root.xattrs.setdefault("ckptfs.read_only", f"ckptfs cannot write {checkpoint.format} checkpoints yet")
         return None
+    parent = os.path.dirname(os.path.abspath(checkpoint.source_path))
+    if not os.access(parent, os.W_OK):  # edits live beside the source
+        checkpoint.root.xattrs["ckptfs.read_only"] = f"{parent}: not writable, so edits cannot be kept beside the source"
+        return None
     try:
         return EditSession.start(checkpoint, mounts.state_dir())
     except (CkptfsError, OSError) as e:

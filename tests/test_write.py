@@ -612,3 +612,14 @@ def test_backup_keeps_the_original_beside_the_new_checkpoint(mount, model, tmp_p
     assert (model_dir / "config.json").read_text() == "{}"
     assert (tmp_path / "bert.orig" / "config.json").read_text() != "{}"
     assert _umount(mnt).returncode == 0
+
+
+def test_a_source_on_a_read_only_filesystem_mounts_read_only(mount, small_fs, model):
+    shutil.copy(model, small_fs / "m.safetensors")
+    done = subprocess.run(["mount", "-o", "remount,ro", small_fs], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    mnt = mount(small_fs / "m.safetensors")
+    assert b"not writable" in os.getxattr(mnt, "user.ckptfs.read_only")
+    with pytest.raises(OSError):
+        np.save(mnt / "x.npy", np.ones(1))
+    assert np.load(mnt / "enc" / "w.npy").shape == (3, 4)
