@@ -289,10 +289,12 @@ class EditableTree:
 
     def create(self, path: str, number: int | None = None) -> File:
         parent, name = self._parent(path)
+        if isinstance(parent.children.get(name), Dir):
+            raise IsADirectoryError(path)
         content = self._content(None, number)
         file = File(content, mtime_ns=time.time_ns())
+        self._log(op="create", path=path, file=content.number)  # journaled, then done: a failed write changes nothing
         parent.children[name] = file
-        self._log(op="create", path=path, file=content.number)
         return file
 
     def edit(self, path: str, number: int | None = None) -> File:
@@ -301,8 +303,9 @@ class EditableTree:
         if not isinstance(file, File):
             raise IsADirectoryError(path)
         if not isinstance(file.content, EditedContent):
-            file.content = self._content(file.content, number)
-            self._log(op="edit", path=path, file=file.content.number)
+            content = self._content(file.content, number)
+            self._log(op="edit", path=path, file=content.number)
+            file.content = content
         return file
 
     def _content(self, base: Content | None, number: int | None) -> EditedContent:
@@ -333,8 +336,8 @@ class EditableTree:
         parent, name = self._parent(path)
         if name in parent.children:
             raise FileExistsError(path)
-        folder = parent.children[name] = Dir(mtime_ns=time.time_ns())
         self._log(op="mkdir", path=path)
+        folder = parent.children[name] = Dir(mtime_ns=time.time_ns())
         return folder
 
     def remove(self, path: str) -> None:
@@ -344,8 +347,8 @@ class EditableTree:
             raise FileNotFoundError(path)
         if isinstance(node, Dir) and node.children:
             raise OSError(39, "Directory not empty", path)  # ENOTEMPTY
-        del parent.children[name]
         self._log(op="remove", path=path)
+        del parent.children[name]
 
     def rename(self, old: str, new: str) -> None:
         old_parent, old_name = self._parent(old)
@@ -358,10 +361,10 @@ class EditableTree:
             raise IsADirectoryError(new) if not isinstance(node, Dir) else OSError(39, "Directory not empty", new)
         if target is not None and isinstance(node, Dir) and not isinstance(target, Dir):
             raise NotADirectoryError(new)
+        self._log(op="rename", old=old, new=new)
         del old_parent.children[old_name]
         new_parent.children[new_name] = node
         node.xattrs.pop("ckptfs.name", None)  # the name now comes from the path
-        self._log(op="rename", old=old, new=new)
 
     def replay(self, records: list[dict]) -> None:
         """Apply the journal of an earlier mount to the source's tree."""

@@ -14,7 +14,7 @@ import math
 import yaml
 
 from .. import names, npy
-from ..dtypes import BY_SAFETENSORS, DTYPES
+from ..dtypes import BY_NAME, BY_SAFETENSORS, DTYPES, DType
 from ..errors import FormatError
 from ..overlay import EditedContent
 from ..repack import RepackError
@@ -203,7 +203,7 @@ class Writer:
             return original.dtype, original.shape, original.data, original.data.length
         content = node.content
         descr, shape, start = npy.parse_header(content.read(0, 65536), name)
-        dtype = dtype_of(descr, original)
+        dtype = dtype_of(descr, original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")))
         if dtype is None or dtype.safetensors is None:
             raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in safetensors")
         length = dtype.nbytes(math.prod(shape))
@@ -212,18 +212,18 @@ class Writer:
         return dtype, shape, (content, start), length
 
 
-def dtype_of(descr: str, original: Tensor | None):
+def dtype_of(descr: str, like: DType | None):
     """The tensor type an NPY descr stands for. A void or raw-byte descr of the
-    original tensor's item size keeps its type (np.save of bfloat16 and
-    float8 arrays writes '<V2' or '|V1')."""
+    item size of `like` (the type the tensor had) keeps that type: np.save of
+    bfloat16 and float8 arrays writes '<V2' or '|V1'."""
     descr = descr.replace("=", "<")
     for dtype in DTYPES:
         if dtype.npy_descr == descr:
             return dtype
-    if original is not None and descr[1:2] == "V" and int(descr[2:] or 0) * 8 == original.dtype.bits:
-        return original.dtype
-    if original is not None and original.dtype.npy_descr is None and descr == "|u1":
-        return original.dtype
+    if like is not None and descr[1:2] == "V" and int(descr[2:] or 0) * 8 == like.bits:
+        return like
+    if like is not None and like.npy_descr is None and descr == "|u1":
+        return like
     return None
 
 
