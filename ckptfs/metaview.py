@@ -114,7 +114,7 @@ class LiveText:
 class CurrentTensors:
     """The checkpoint's tensors as the edited tree holds them: those of the
     source where untouched, the `.npy` headers of edited ones, and new
-    `.npy` files where the format stores them as tensors (safetensors)."""
+    `.npy` files where the format's writer stores them as tensors."""
 
     def __init__(self, ckpt: Checkpoint, editable):
         self.ckpt, self.editable = ckpt, editable
@@ -136,7 +136,7 @@ class CurrentTensors:
             original = self.by_node.get(id(node))
             if original is not None and not isinstance(node.content, EditedContent):
                 tensors.append(PlacedTensor(path, original))
-            elif path.endswith(".npy") and (original is not None or self.ckpt.format == "safetensors"):
+            elif path.endswith(".npy") and (original is not None or getattr(self.ckpt.writer, "adds_tensors", False)):
                 tensor = _edited_tensor(path, node, original, EditedSource(node.content))
                 if tensor is not None:
                     tensors.append(PlacedTensor(path, tensor))

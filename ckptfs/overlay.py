@@ -179,8 +179,8 @@ class Overlay:
             self.journal_fd = os.open(
                 os.path.join(self.path, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
             )
-            _fsync_dir(self.path)
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(self.path)
+            fsync_dir(os.path.dirname(self.path))
 
     def state(self) -> dict:
         with open(os.path.join(self.path, "state.json")) as f:
@@ -216,7 +216,7 @@ class Overlay:
             os.close(self.journal_fd)
             self.journal_fd = None
             shutil.rmtree(self.path)
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(os.path.dirname(self.path))
         os.close(self.lock_fd)
 
 
@@ -247,7 +247,8 @@ def _write_json(path: str, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries durable (after a create, rename or unlink in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import CkptfsError
-from .overlay import EditableTree, EditedContent, Overlay, is_temp_name, lock_path, source_identity
+from .overlay import EditableTree, EditedContent, Overlay, fsync_dir, is_temp_name, lock_path, source_identity
 from .sources import FileSource, SliceSource, Source
 from .tree import Dir, File, Node
 
@@ -39,6 +39,8 @@ class Output:
     progress: object = None
     expected: int = 0
     _reported: float = 0.0
+    #: bytes of plain files may be copied file to file by the kernel
+    in_kernel = True
 
     def _advanced(self, n: int) -> None:
         self.written += n
@@ -59,7 +61,7 @@ class Output:
     def copy(self, source: Source, offset: int, length: int) -> None:
         """`length` bytes of `source` from `offset`: `copy_file_range` when they
         lie in a plain file (no trip through user space), else read and write."""
-        base, start = _file_range(source, offset)
+        base, start = _file_range(source, offset) if self.in_kernel else (None, offset)
         if base is not None:
             done = 0
             while done < length:
@@ -152,7 +154,7 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
         if backup and not output_path:
             os.link(source, _free_name(source + ".orig"))
         os.replace(tmp, destination)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -178,7 +180,7 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
     try:
         builder(new)
         for here, _, _ in os.walk(new):
-            _fsync_dir(here)
+            fsync_dir(here)
         if source_identity(source) != expected_identity:
             raise CkptfsError(f"{source}: changed while the edits were being written; they were not")
         if output_path:
@@ -189,7 +191,7 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
                 os.rename(new, _free_name(destination + ".orig"))
             else:
                 shutil.rmtree(new)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         if os.path.isdir(new):
             shutil.rmtree(new)
@@ -214,37 +216,22 @@ def _exchange(a: str, b: str) -> None:
         raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class GzipOutput:
+class GzipOutput(Output):
     """An output that compresses what it is given: a gzip `.nemo` stays gzip.
     No name and a zero time in the gzip header, so the same tree gives the
     same bytes."""
 
+    in_kernel = False  # every byte goes through the compressor
+
     def __init__(self, output: Output):
         import gzip
 
-        self.output, self.written = output, 0
+        super().__init__(-1)
         self.gz = gzip.GzipFile(fileobj=output, mode="wb", compresslevel=6, mtime=0)
 
     def write(self, data: bytes) -> None:
         self.gz.write(data)
-        self.written += len(data)
-
-    def copy(self, source: Source, offset: int, length: int) -> None:
-        for pos in range(0, length, COPY_BLOCK):
-            self.write(source.read_exact(offset + pos, min(COPY_BLOCK, length - pos)))
-
-    def copy_content(self, content, offset: int = 0, length: int | None = None) -> None:
-        length = content.size - offset if length is None else length
-        for pos in range(0, length, COPY_BLOCK):
-            self.write(content.read(offset + pos, min(COPY_BLOCK, length - pos)))
+        self._advanced(len(data))
 
     def close(self) -> None:
         self.gz.close()

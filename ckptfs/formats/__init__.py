@@ -65,7 +65,7 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 
 def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
-    root, placed, by_name = safetensors.expand(source)
+    root, placed, by_name, _ = safetensors.expand(source)
     ckpt = Checkpoint("safetensors", source.path, st, root, _raw_mirror(source), placed)
     ckpt.writer = safetensors.Writer(by_name)
     return ckpt

@@ -49,12 +49,11 @@ def open_dir(path: str) -> Checkpoint:
         mtime = source.stat.st_mtime_ns
         raw.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
         if rel.endswith(".safetensors"):
-            folder, _, by_name = safetensors.expand(source)
+            folder, _, by_name, metadata[rel] = safetensors.expand(source)
             folder.mtime_ns = mtime
             folder.readonly = True  # tensors are edited in the merged tree
             root.subdir(parts[:-1]).add(parts[-1], folder)
             shards[rel] = by_name
-            metadata[rel] = safetensors.read(source)[0]
         else:
             node = root.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
             originals[id(node)] = rel
@@ -136,6 +135,7 @@ class Writer:
     weight_map and total_size follow."""
 
     directory = True
+    adds_tensors = True  # a new `.npy` in the merged tree is a new tensor
 
     def __init__(self, path: str, shards: dict[str, dict[str, Tensor]], metadata: dict, index: str | None,
                  originals: dict[int, str]):  # fmt: skip

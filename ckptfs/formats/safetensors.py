@@ -138,13 +138,13 @@ def metadata_file(metadata: dict[str, str]) -> File:
 def expand(source: Source):
     """The folder a safetensors file shows as: its tensors and `__metadata__.yaml`.
 
-    Returns (folder, placed tensors, tensors by name).
+    Returns (folder, placed tensors, tensors by name, `__metadata__`).
     """
     metadata, tensors = read(source)
     folder, placed = tensor_tree(tensors)
     if metadata is not None:
         folder.add("__metadata__.yaml", metadata_file(metadata))
-    return folder, placed, {t.name: t for t in tensors}
+    return folder, placed, {t.name: t for t in tensors}, metadata
 
 
 # ---------------------------------------------------------------- the writer
@@ -155,6 +155,8 @@ class Writer:
     names from their paths) and `__metadata__.yaml`. Tensors of the source
     keep their order and are copied byte range to byte range; new ones follow,
     sorted by name."""
+
+    adds_tensors = True  # a new `.npy` in the tree is a new tensor
 
     def __init__(self, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None):
         self.tensors = tensors  # the source's, by name
