@@ -6,7 +6,9 @@ the pickle is imported or called: a global is a `Global` placeholder, and
 REDUCE, NEWOBJ, INST/OBJ and BUILD record what would have been called as a
 `Call`. A `known` table ({"module.name": build(args)}) may turn calls of
 known constructors (OrderedDict, tensor rebuilds...) into plain values,
-again by table lookup, without executing anything.
+again by table lookup, without executing anything. A built value with a
+`pickled` attribute (a `Rebuilt`) keeps the call it came from, so that
+`pickle_writer` can write it back as it was.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Global:
 @dataclass(eq=False)
 class Call:
     """A call the pickle asked for and we did not make: `func(*args, **kwargs)`,
-    then `__setstate__(state)` and appended items, all kept as data."""
+    then `__setstate__(state)` and appended items, all kept as data. `kind`
+    says how: "reduce" calls `func`, "newobj" calls `func.__new__(func, ...)`."""
 
     func: object
     args: tuple = ()
@@ -48,13 +51,21 @@ class Call:
     state: object = None
     items: list = field(default_factory=list)
     dictitems: dict = field(default_factory=dict)
+    kind: str = "reduce"
 
     @property
     def path(self) -> str:
         return self.func.path if isinstance(self.func, Global) else repr(self.func)
 
 
-class PickledDict(dict):
+class Rebuilt:
+    """A value a `known` constructor built; `pickled` is the call the pickle
+    made for it (set by the interpreter), to write it back unchanged."""
+
+    pickled: Call | None = None
+
+
+class PickledDict(dict, Rebuilt):
     """A dict subclass instance (OrderedDict): its items, plus the instance
     attributes BUILD gave it (a state dict's `_metadata`), kept apart."""
 
@@ -155,7 +166,7 @@ class InertUnpickler:
                 pos += 4
             elif code == NEWOBJ:
                 args = stack.pop()
-                stack[-1] = call(stack[-1], tuple(args))
+                stack[-1] = call(stack[-1], tuple(args), None, "newobj")
             elif code == BUILD and type(stack[-2]) is Call:
                 state = stack.pop()
                 stack[-1].state = state
@@ -204,7 +215,7 @@ class InertUnpickler:
             self.globals.append(g)
         return g
 
-    def _call(self, func: object, args: tuple, kwargs: dict | None = None) -> object:
+    def _call(self, func: object, args: tuple, kwargs: dict | None = None, kind: str = "reduce") -> object:
         if type(func) is Global and not kwargs:
             build = self._builders.get(func.path, _UNSEEN)
             if build is _UNSEEN:
@@ -215,8 +226,10 @@ class InertUnpickler:
                 except (IndexError, TypeError, ValueError):
                     raise PickleError(f"unexpected arguments to {func.path}") from None
                 if value is not NotImplemented:
+                    if isinstance(value, Rebuilt) and value.pickled is None:
+                        object.__setattr__(value, "pickled", Call(func, args, kind=kind))
                     return value
-        return Call(func, args, kwargs or {})
+        return Call(func, args, kwargs or {}, kind=kind)
 
     # -- constants
     def _const(self, arg):
@@ -387,21 +400,24 @@ class InertUnpickler:
     def op_NEWOBJ(self, arg):
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._push(self._call(cls, tuple(args)))
+        self._push(self._call(cls, tuple(args), None, "newobj"))
 
     def op_NEWOBJ_EX(self, arg):
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._push(self._call(cls, tuple(args), dict(kwargs)))
+        self._push(self._call(cls, tuple(args), dict(kwargs), "newobj"))
 
+    # INST and OBJ (protocols 0 and 1) call the class with arguments, and
+    # create a bare instance without
     def op_INST(self, arg):
         module, name = arg.split(" ", 1)
-        self._push(self._call(self._global(module, name), tuple(self._pop_mark())))
+        args = tuple(self._pop_mark())
+        self._push(self._call(self._global(module, name), args, None, "reduce" if args else "newobj"))
 
     def op_OBJ(self, arg):
         items = self._pop_mark()
-        self._push(self._call(items[0], tuple(items[1:])))
+        self._push(self._call(items[0], tuple(items[1:]), None, "reduce" if len(items) > 1 else "newobj"))
 
     def op_BUILD(self, arg):
         state = self.stack.pop()
@@ -451,7 +467,7 @@ def _encode(args: tuple) -> object:
 def _reconstructor(args: tuple) -> object:
     """`copyreg._reconstructor(cls, object, None)`: protocol 0-1 object creation."""
     if len(args) == 3 and isinstance(args[0], Global):
-        return Call(args[0])
+        return Call(args[0], kind="newobj")
     return NotImplemented
 
 

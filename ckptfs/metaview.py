@@ -145,13 +145,11 @@ class CurrentTensors:
 
 def _edited_tensor(path: str, node: File, original, source) -> Tensor | None:
     """The tensor an edited `.npy` holds, or None while it is not valid NPY."""
-    from .formats.safetensors import dtype_of
-
     try:
         descr, shape, start = npy.parse_header(node.content.read(0, 65536), path)
     except ValueError:
         return None
-    dtype = dtype_of(descr, original.dtype if original else None)
+    dtype = npy.dtype_of(descr, original.dtype if original else None)
     if dtype is None:
         return None
     name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from .dtypes import DType
+from .dtypes import DTYPES, DType
 
 MAGIC = b"\x93NUMPY\x01\x00"
 ALIGN = 64
@@ -73,3 +73,18 @@ def parse_header(head: bytes, name: str) -> tuple[str, tuple[int, ...], int]:
     if fields["fortran_order"] and len([n for n in shape if n != 1]) > 1:
         raise ValueError(f"{name}: Fortran-ordered array; save it in C order (np.ascontiguousarray)")
     return descr, shape, start + size
+
+
+def dtype_of(descr: str, like: DType | None):
+    """The tensor type an NPY descr stands for. A void or raw-byte descr of the
+    item size of `like` (the type the tensor had) keeps that type: np.save of
+    bfloat16 and float8 arrays writes '<V2' or '|V1'."""
+    descr = descr.replace("=", "<")
+    for dtype in DTYPES:
+        if dtype.npy_descr == descr:
+            return dtype
+    if like is not None and descr[1:2] == "V" and int(descr[2:] or 0) * 8 == like.bits:
+        return like
+    if like is not None and like.npy_descr is None and descr == "|u1":
+        return like
+    return None

@@ -16,19 +16,31 @@ TensorFile = Callable[[TensorRef, str], tuple[File, object]]
 
 
 class ObjectTree:
-    """Builds the folder for one unpickled object."""
+    """Builds the folder for one unpickled object.
+
+    A writer also needs to know where each path's value lives: `slots` maps
+    the path of every file and container folder to (container, key), and
+    `folders` maps every folder to (container, key prefix) for new files,
+    the prefix being the dotted start of the keys a split name stands for.
+    A value that is not a container is the one item of `holder`.
+    """
 
     def __init__(self, tensor_file: TensorFile):
         self.tensor_file = tensor_file  # (tensor, full name) -> (file, Tensor for the index)
         self.placed: list[PlacedTensor] = []
         self._holds_tensors: dict[int, bool] = {}
+        self.slots: dict[str, tuple[object, object]] = {}
+        self.folders: dict[str, tuple[object, str]] = {}
+        self.holder: list = []
 
     def build(self, obj: object) -> Dir:
         root = Dir()
+        self.holder = [obj]
         if isinstance(obj, (dict, list, tuple)):
+            self.slots[""] = (self.holder, 0)
             self._fill(root, obj, "", "")
         else:
-            self._add(root, [], "data", obj, "data", "")
+            self._add(root, [], "data", obj, "data", "", (self.holder, 0))
         return root
 
     def holds_tensors(self, value: object) -> bool:
@@ -45,6 +57,7 @@ class ObjectTree:
         return known
 
     def _fill(self, folder: Dir, container, prefix: str, path: str) -> None:
+        self.folders.setdefault(path, (container, ""))
         if isinstance(container, dict):
             pairs, keys = list(container.items()), frozenset(container)
         else:
@@ -56,24 +69,30 @@ class ObjectTree:
             else:
                 parts = [names.key_name(key, keys)]
             try:
-                self._add(folder, parts[:-1], parts[-1], value, full, path)
+                self._add(folder, parts[:-1], parts[-1], value, full, path, (container, key))
             except PathConflict:
-                self._add(folder, [], names.escape(str(key), dots=True), value, full, path)
+                self._add(folder, [], names.escape(str(key), dots=True), value, full, path, (container, key))
 
-    def _add(self, folder: Dir, dirs: list[str], leaf: str, value, full: str, path: str) -> None:
+    def _add(self, folder: Dir, dirs: list[str], leaf: str, value, full: str, path: str, slot: tuple) -> None:
         parent = folder.subdir(dirs)
         where = "/".join(filter(None, [path, *dirs]))
+        for depth in range(1, len(dirs) + 1):  # the folders a dotted key was split into
+            dotted = ".".join(slot[1].split(".")[:depth]) + "."
+            self.folders.setdefault("/".join(filter(None, [path, *dirs[:depth]])), (slot[0], dotted))
         if isinstance(value, TensorRef):
             name = leaf + ".npy"
             node, tensor = self.tensor_file(value, full)
             self._put(parent, name, node)
             self.placed.append(PlacedTensor(f"{where}/{name}".lstrip("/"), tensor))
+            self.slots[f"{where}/{name}".lstrip("/")] = slot
         elif self.holds_tensors(value):
             existing = parent.children.get(leaf)
             sub = existing if isinstance(existing, Dir) else self._put(parent, leaf, Dir())
+            self.slots[f"{where}/{leaf}".lstrip("/")] = slot
             self._fill(sub, value, full + ".", f"{where}/{leaf}".lstrip("/"))
         else:
             self._put(parent, leaf + ".yaml", File(Content([to_yaml(value).encode("utf-8")])))
+            self.slots[f"{where}/{leaf}.yaml".lstrip("/")] = slot
 
     @staticmethod
     def _put(parent: Dir, name: str, node: Node) -> Node:

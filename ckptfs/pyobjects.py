@@ -49,6 +49,8 @@ def plain(value: object, depth: int = 0, path: tuple = (), budget: list | None =
         return Tagged("!persistent", repr(value.pid))
     if isinstance(value, Call):
         return _call(value, deeper, path, budget)
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)  # a torch.device
     return value
 
 
@@ -109,7 +111,9 @@ def _call(call: Call, depth: int, path: tuple, budget: list) -> object:
 
 
 def _key(key: object) -> object:
-    return key if isinstance(key, (str, int, float, bool)) or key is None else repr(key)
+    if isinstance(key, str):
+        return str(key)
+    return key if isinstance(key, (int, float, bool)) or key is None else repr(key)
 
 
 class Tagged:

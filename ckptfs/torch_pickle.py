@@ -4,10 +4,12 @@ imported from torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from dataclasses import dataclass, field
 
 from .dtypes import BY_TORCH, DType
-from .inert_pickle import Global, PickledDict, PickleError
+from .inert_pickle import Call, Global, PickledDict, PickleError, Rebuilt
 
 #: Typed storage classes of torch.save, by the dtype they hold.
 STORAGE_DTYPES = {
@@ -26,11 +28,13 @@ class StorageRef:
     dtype: DType | None  # None for an UntypedStorage: the tensor says
     location: str
     size: int  # elements for typed storages, bytes for untyped ones
+    pid: tuple = field(default=(), compare=False, repr=False)  # the persistent id, as pickled
 
 
 @dataclass(frozen=True)
-class TensorRef:
-    """A tensor as torch rebuilds it: a view of a storage."""
+class TensorRef(Rebuilt):
+    """A tensor as torch rebuilds it: a view of a storage. `pickled` is the
+    rebuild call (a Parameter's wraps the tensor's own)."""
 
     storage: StorageRef
     dtype: DType
@@ -51,7 +55,7 @@ def persistent_load(pid: object) -> StorageRef:
         dtype = BY_TORCH[STORAGE_DTYPES[storage_type.name]]
     else:
         raise PickleError(f"unknown storage type {storage_type.path}")
-    return StorageRef(key, dtype, str(location), size)
+    return StorageRef(key, dtype, str(location), size, pid)
 
 
 def _is_count(n: object) -> bool:
@@ -89,7 +93,8 @@ def _rebuild_v1(args):  # (storage, offset, size, stride)
 
 
 def _parameter(args):  # (data, requires_grad, hooks[, state])
-    return args[0] if isinstance(args[0], TensorRef) else NotImplemented
+    # a copy: the tensor keeps its own rebuild call, the copy gets the Parameter's
+    return dataclasses.replace(args[0]) if isinstance(args[0], TensorRef) else NotImplemented
 
 
 def _from_type(args):  # (func, new_type, args, state): a tensor subclass
@@ -102,12 +107,20 @@ def _ordered_dict(args):
     return PickledDict(args[0]) if args else PickledDict()
 
 
+class Size(tuple, Rebuilt):
+    """A `torch.Size`: a tuple, written back as a torch.Size."""
+
+
+class Device(str, Rebuilt):
+    """A `torch.device`, as its name ("cuda:0"), written back as a device."""
+
+
 def _size(args):
-    return tuple(args[0]) if args else ()
+    return Size(args[0] if args else ())
 
 
 def _device(args):
-    return ":".join(str(a) for a in args)
+    return Device(":".join(str(a) for a in args))
 
 
 KNOWN = {
@@ -123,3 +136,58 @@ KNOWN = {
     "torch.device": _device,
 }
 
+
+
+# ---------------------------------------------------------------- new tensors
+
+STORAGE_CLASSES = {dtype: name for name, dtype in STORAGE_DTYPES.items()}
+PARAMETERS = {"torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"}
+FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+
+
+def new_tensor(key: str, dtype: DType, shape: tuple[int, ...], like: TensorRef | None) -> TensorRef:
+    """A tensor of the new storage `key`, pickled as torch.save pickles one
+    (a typed storage and `_rebuild_tensor_v2`, or for newer dtypes an
+    untyped one and `_rebuild_tensor_v3`). In place of `like` it stays what
+    `like` was: a Parameter, a tensor subclass, with its requires_grad."""
+    numel = math.prod(shape)
+    stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    location = like.storage.location if like else "cpu"
+    storage_class = STORAGE_CLASSES.get(dtype.torch)
+    if storage_class:
+        pid = ("storage", Global("torch", storage_class), key, location, numel)
+        storage = StorageRef(key, dtype, location, numel, pid)
+    else:
+        nbytes = numel * dtype.bits // 8
+        pid = ("storage", Global("torch.storage", "UntypedStorage"), key, location, nbytes)
+        storage = StorageRef(key, None, location, nbytes, pid)
+    outer = like.pickled if like else None
+    base = _base_call(outer)
+    requires_grad = base.args[4] if base and len(base.args) > 4 and isinstance(base.args[4], bool) else False
+    hooks = PickledDict()
+    hooks.pickled = Call(Global("collections", "OrderedDict"), ())
+    args = (storage, 0, tuple(shape), stride, requires_grad, hooks)
+    if storage_class:
+        call = Call(Global("torch._utils", "_rebuild_tensor_v2"), args)
+    else:
+        call = Call(Global("torch._utils", "_rebuild_tensor_v3"), (*args, Global("torch", dtype.torch)))
+    if outer is not None and outer.path in PARAMETERS:
+        inner = TensorRef(storage, dtype, 0, tuple(shape), stride)
+        object.__setattr__(inner, "pickled", call)
+        call = Call(outer.func, (inner, *outer.args[1:]), kind=outer.kind)
+    elif outer is not None and outer.path == FROM_TYPE:
+        call = Call(outer.func, (call.func, outer.args[1], call.args, outer.args[3]), kind=outer.kind)
+    tensor = TensorRef(storage, dtype, 0, tuple(shape), stride)
+    object.__setattr__(tensor, "pickled", call)
+    return tensor
+
+
+def _base_call(call: Call | None) -> Call | None:
+    """The `_rebuild_tensor*` call inside a Parameter or subclass rebuild."""
+    if call is None:
+        return None
+    if call.path in PARAMETERS and call.args and isinstance(call.args[0], TensorRef):
+        return _base_call(call.args[0].pickled)
+    if call.path == FROM_TYPE and len(call.args) == 4 and isinstance(call.args[2], tuple):
+        return Call(call.args[0], call.args[2])
+    return call

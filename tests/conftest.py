@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,17 @@ def write_safetensors(path: Path, header: dict, data: bytes, header_len: int | N
     n = len(text) if header_len is None else header_len
     path.write_bytes(n.to_bytes(8, "little") + text + data)
     return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def umount(mnt: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`ckptfs umount`, which repacks the edits (or not, with --discard)."""
+    return run_ckptfs("umount", mnt, "--timeout", "60", *extra)
+
+
+def tar_members(path: Path) -> dict[str, bytes | None]:
+    with tarfile.open(path) as tf:
+        return {m.name: (tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()}

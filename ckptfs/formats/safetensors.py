@@ -14,7 +14,7 @@ import math
 import yaml
 
 from .. import names, npy
-from ..dtypes import BY_NAME, BY_SAFETENSORS, DTYPES, DType
+from ..dtypes import BY_NAME, BY_SAFETENSORS
 from ..errors import FormatError
 from ..overlay import EditedContent
 from ..repack import RepackError
@@ -205,28 +205,13 @@ class Writer:
             return original.dtype, original.shape, original.data, original.data.length
         content = node.content
         descr, shape, start = npy.parse_header(content.read(0, 65536), name)
-        dtype = dtype_of(descr, original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")))
+        dtype = npy.dtype_of(descr, original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")))
         if dtype is None or dtype.safetensors is None:
             raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in safetensors")
         length = dtype.nbytes(math.prod(shape))
         if content.size - start != length:
             raise ValueError(f"{name}: {content.size - start} bytes of data for shape {list(shape)} of {dtype.name}")
         return dtype, shape, (content, start), length
-
-
-def dtype_of(descr: str, like: DType | None):
-    """The tensor type an NPY descr stands for. A void or raw-byte descr of the
-    item size of `like` (the type the tensor had) keeps that type: np.save of
-    bfloat16 and float8 arrays writes '<V2' or '|V1'."""
-    descr = descr.replace("=", "<")
-    for dtype in DTYPES:
-        if dtype.npy_descr == descr:
-            return dtype
-    if like is not None and descr[1:2] == "V" and int(descr[2:] or 0) * 8 == like.bits:
-        return like
-    if like is not None and like.npy_descr is None and descr == "|u1":
-        return like
-    return None
 
 
 def _edited_metadata(node: File, problems: list[str]):

@@ -217,6 +217,13 @@ def open_plain(source: Source, st: os.stat_result) -> Checkpoint:
 # ---------------------------------------------------------------- the writer
 
 
+def _latest(folder: str, files: dict):
+    """The most recently changed node under `folder`: its mtime dates the
+    rewritten member (so the same tree gives the same bytes)."""
+    below = [n for p, n in files.items() if p.startswith(folder + "/") and n.mtime_ns is not None]
+    return max(below, key=lambda n: n.mtime_ns, default=files[folder])
+
+
 def _below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
     """The entries of `files` and `before` under `folder`, relative to it."""
     prefix = folder + "/"
@@ -257,27 +264,32 @@ class Writer:
             end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
             content = getattr(node, "content", None)
             nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
-            patches = nested.patches(*_below(path, files, before)) if nested and info.isreg() else None
+            plan = nested.plan(*_below(path, files, before)) if nested and info.isreg() else None
             if isinstance(content, EditedContent) and info.isreg():
-                self._edited(info, node, output)
-            elif patches:  # same size: header and padding as they were
+                self._edited(info, node.content.size, node, node.content, output)
+            elif plan is not None and plan.size == info.size:  # header and padding as they were
                 output.copy(self.source, info.offset, info.offset_data - info.offset)
-                nested.write_patches(patches, output)
+                plan.write(output)
                 output.copy(self.source, info.offset_data + info.size, end - info.offset_data - info.size)
+            elif plan is not None:
+                self._edited(info, plan.size, _latest(path, files), plan, output)
             else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
                 output.copy(self.source, info.offset, end - info.offset)
+        nested = {p + "/" for p, n in files.items() if getattr(n, "writer", None)}  # they write what is inside
         for path in sorted(p for p in files if p not in written and p not in before):
-            self._new(prefix, path, files[path], output)
+            if not any(path.startswith(folder) for folder in nested):
+                self._new(prefix, path, files[path], output)
         output.write(b"\0" * (2 * BLOCK))
         output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
 
-    def _edited(self, info: tarfile.TarInfo, node, output) -> None:
-        """A member whose bytes were rewritten: a new header, its new bytes."""
+    def _edited(self, info: tarfile.TarInfo, size: int, node, content, output) -> None:
+        """A member whose bytes changed: a new header, then `content` (a file's
+        bytes, or the plan of a nested checkpoint)."""
         info = copy.copy(info)
-        info.size = node.content.size
+        info.size = size
         info.mtime = (node.mtime_ns or time.time_ns()) / 1e9
         info.pax_headers = {k: v for k, v in info.pax_headers.items() if k not in ("size", "mtime", "atime", "ctime")}
-        self._member(info, node.content, output)
+        self._member(info, content, output)
 
     def _new(self, prefix: str, path: str, node, output) -> None:
         info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
@@ -291,6 +303,9 @@ class Writer:
 
     def _member(self, info: tarfile.TarInfo, content, output) -> None:
         output.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        if content is not None:
+        if hasattr(content, "write"):  # a nested checkpoint's plan
+            content.write(output)
+        elif content is not None:
             output.copy_content(content)
+        if content is not None:
             output.write(b"\0" * (-info.size % BLOCK))

@@ -19,11 +19,12 @@ from ..gather import Gather
 from ..inert_pickle import Global, InertUnpickler, PickleError
 from ..objtree import ObjectTree
 from ..overlay import EditedContent
-from ..repack import COPY_BLOCK, RepackError, same_bytes
+from ..repack import COPY_BLOCK, changes
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef, persistent_load
 from ..tree import Content, Dir, Extent, File, PathConflict
+from .torchzip_rewrite import rewrite_plan
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -133,15 +134,19 @@ class TorchZip(PickledCheckpoint):
             raise FormatError(self.name, f"storage {key!r} has no record data/{key}")
         if info.compress_type != zipfile.ZIP_STORED:
             raise FormatError(self.name, f"storage {key!r} is compressed; torch.save writes it stored")
+        extent = self._storages[key] = self.record_data(info)
+        return extent
+
+    def record_data(self, info: zipfile.ZipInfo) -> Extent:
+        """The stored (maybe compressed) bytes of a record."""
         header = self.source.read_exact(info.header_offset, LOCAL_HEADER.size)
         fields = LOCAL_HEADER.unpack(header)
         if fields[0] != ZIP_MAGIC:
-            raise FormatError(self.name, f"storage {key!r}: no local header at offset {info.header_offset}")
+            raise FormatError(self.name, f"{info.filename}: no local header at offset {info.header_offset}")
         start = info.header_offset + LOCAL_HEADER.size + fields[9] + fields[10]
-        if start + info.file_size > self.source.size:
-            raise FormatError(self.name, f"storage {key!r} runs past the end of the archive (truncated?)")
-        extent = self._storages[key] = Extent(self.source, start, info.file_size)
-        return extent
+        if start + info.compress_size > self.source.size:
+            raise FormatError(self.name, f"{info.filename} runs past the end of the archive (truncated?)")
+        return Extent(self.source, start, info.compress_size)
 
 
 def expand_nested(source: Source, name: str, notes: list[str]):
@@ -179,43 +184,52 @@ DESCRIPTOR_MAGIC = b"PK\x07\x08"
 
 
 class Writer:
-    """Writes an edited tree of a torch.save zip, for edits that keep its
-    layout: tensor files rewritten with the same shape and dtype (np.save,
-    `mmap` writes). The archive is copied as it is but for the patched
-    storage bytes and the CRC-32 of the records that hold them (in the data
-    descriptor, the central directory and, where set, the local header).
-    Changing the object structure (adding, deleting or reshaping tensors,
-    editing YAML views) needs a rewritten data.pkl: not in this version."""
+    """Writes an edited tree of a torch.save zip. Tensor files rewritten with
+    the same shape and dtype (np.save, `mmap` writes) are patched in: the
+    archive is copied as it is but for those storage bytes and the CRC-32
+    of their records (in the data descriptor, the central directory and,
+    where set, the local header). Any other edit (tensors added, removed or
+    reshaped, YAML views changed) rewrites data.pkl and the archive
+    (`torchzip_rewrite`)."""
+
+    adds_tensors = True
 
     def __init__(self, source: Source, name: str):
         self.source, self.name = source, name
 
     def write(self, files: dict, before: dict, output) -> None:
-        self.write_patches(self.patches(files, before), output)
+        plan = self.plan(files, before)
+        if plan is None:
+            output.copy(self.source, 0, self.source.size)
+        else:
+            plan.write(output)
 
-    def patches(self, files: dict, before: dict) -> dict[int, tuple[int, object, int]]:
-        """{offset in the archive: (length, edited content, where its data starts)};
-        RepackError naming every edit this writer cannot make."""
-        patches, problems = {}, []
-        for path in sorted(set(files) - set(before)):
-            problems.append(f"{path}: adding files to a torch.save checkpoint is not supported yet")
-        for path, (node, content) in sorted(before.items()):
+    def plan(self, files: dict, before: dict):
+        """How to write the edited archive (`size`, `write(output)`), or None
+        if nothing in it changed."""
+        if not changes(before, files):
+            return None
+        patches = self.patches(files, before)
+        if patches is not None:
+            return _Patched(self, patches)
+        return rewrite_plan(TorchZip(self.source, self.name), files, before)
+
+    def patches(self, files: dict, before: dict) -> dict[int, tuple[int, object, int]] | None:
+        """{offset in the archive: (length, edited content, where its data
+        starts)}, or None if an edit is not a same-layout tensor rewrite."""
+        patches = {}
+        for path in changes(before, files):
             after = files.get(path)
-            if after is None or isinstance(after, Dir) != isinstance(node, Dir):
-                problems.append(f"{path}: removing or replacing parts of a torch.save checkpoint is not supported yet")
-                continue
-            if not isinstance(getattr(after, "content", None), EditedContent) or same_bytes(after.content, content):
-                continue
+            if path not in before or not isinstance(getattr(after, "content", None), EditedContent):
+                return None
             try:
-                offset, length, start = _tensor_patch(path, content, after.content)
-            except ValueError as e:
-                problems.append(str(e))
-                continue
+                offset, length, start = _tensor_patch(path, before[path][1], after.content)
+            except ValueError:
+                return None
             patches[offset] = (length, after.content, start)
         ends = sorted((o, o + p[0]) for o, p in patches.items())
-        problems += [f"two edited tensors share storage bytes at {b}" for (_, a), (b, _) in zip(ends, ends[1:]) if b < a]
-        if problems:
-            raise RepackError(f"cannot write {self.name}: " + "; ".join(problems))
+        if any(b < a for (_, a), (b, _) in zip(ends, ends[1:])):
+            return None  # views of one storage: each gets its own in a rewrite
         return patches
 
     def write_patches(self, patches: dict, output) -> None:
@@ -267,17 +281,24 @@ class Writer:
         return crc
 
 
+class _Patched:
+    def __init__(self, writer: Writer, patches: dict):
+        self.writer, self.patches, self.size = writer, patches, writer.source.size
+
+    def write(self, output) -> None:
+        self.writer.write_patches(self.patches, output)
+
+
 def _tensor_patch(path: str, original: Content, edited) -> tuple[int, int, int]:
     """Where an edited tensor file's data goes: (archive offset, length, data
     start in the edited file). ValueError unless shape, dtype and layout stay."""
     pieces = getattr(original, "pieces", [])
     if not (path.endswith(".npy") and len(pieces) == 2 and isinstance(pieces[1], Extent)):
-        raise ValueError(f"{path}: only the tensors of a torch.save checkpoint can be edited in this version")
+        raise ValueError(f"{path}: not a tensor stored in one piece")
     piece = pieces[1]
     old_descr, old_shape, _ = npy.parse_header(pieces[0], path)
     descr, shape, start = npy.parse_header(edited.read(0, 65536), path)
     same_type = descr == old_descr or (descr[1:2] == "V" and edited.size - start == piece.length)
     if shape != old_shape or not same_type or edited.size - start != piece.length:
-        raise ValueError(f"{path}: a tensor of a torch.save checkpoint keeps its shape {list(old_shape)} and dtype"
-                         f" {old_descr} in this version (got {list(shape)} {descr})")  # fmt: skip
+        raise ValueError(f"{path}: not of the shape and dtype it had")
     return piece.offset, piece.length, start
