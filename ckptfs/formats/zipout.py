@@ -23,7 +23,8 @@ CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 END = struct.Struct("<4sHHHHIIH")
 END64 = struct.Struct("<4sQHHIIQQQQ")
 LOCATOR64 = struct.Struct("<4sIQI")
-LIMIT = 0xFFFFFFFF
+MASK = 0xFFFFFFFF  # a 32-bit field whose value is in the zip64 extra field
+ZIP64_AT = 0xFFFFFFFF
 
 
 @dataclass
@@ -45,8 +46,11 @@ class Record:
 
 
 class ZipPlan:
-    def __init__(self, records: list[Record]):
-        self.records = records
+    """`zip64_at`: sizes and offsets from which zip64 fields are used (lower
+    it to test them without writing 4 GiB)."""
+
+    def __init__(self, records: list[Record], zip64_at: int = ZIP64_AT):
+        self.records, self.zip64_at = records, zip64_at
         self.offsets: list[int] = []
         position = 0
         for record in records:
@@ -57,9 +61,11 @@ class ZipPlan:
                                   for r, o in zip(records, self.offsets))  # fmt: skip
         self.size = position + self.directory_size + len(self._end())
 
-    @staticmethod
-    def _needs_zip64(record: Record, offset: int) -> bool:
-        return max(record.length, record.size or 0) >= LIMIT or offset >= LIMIT
+    def _needs_zip64(self, record: Record, offset: int) -> bool:
+        return max(record.length, record.size or 0) >= self.zip64_at or offset >= self.zip64_at
+
+    def _field(self, n: int) -> int:
+        return MASK if n >= self.zip64_at else n
 
     def _local(self, record: Record, offset: int, crc: int = 0) -> bytes:
         name = record.name.encode()
@@ -67,7 +73,7 @@ class ZipPlan:
         extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
         unpadded = offset + LOCAL.size + len(name) + len(extra) + 4
         extra += struct.pack("<HH", 0x4246, -unpadded % ALIGN) + b"Z" * (-unpadded % ALIGN)
-        sizes = LIMIT if zip64 else 0
+        sizes = MASK if zip64 else 0
         version = 45 if zip64 else 20
         return LOCAL.pack(b"PK\x03\x04", version, FLAGS, record.method, 0, 0, 0, sizes, sizes, len(name), len(extra)) + \
             name + extra  # fmt: skip
@@ -77,17 +83,17 @@ class ZipPlan:
 
     def _zip64_central(self, record: Record, offset: int) -> bytes:
         fields = [n for n in (record.size if record.size is not None else record.length, record.length, offset)
-                  if n >= LIMIT]  # fmt: skip
+                  if n >= self.zip64_at]  # fmt: skip
         return struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
 
     def _end(self) -> bytes:
         count, size, offset = len(self.records), self.directory_size, self.directory_offset
-        if count < 0xFFFF and size < LIMIT and offset < LIMIT:
+        if count < 0xFFFF and size < self.zip64_at and offset < self.zip64_at:
             return END.pack(b"PK\x05\x06", 0, 0, count, count, size, offset, 0)
         end64 = END64.pack(b"PK\x06\x06", END64.size - 12, 45, 45, 0, 0, count, count, size, offset)
         locator = LOCATOR64.pack(b"PK\x06\x07", 0, offset + size, 1)
-        return end64 + locator + END.pack(b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-                                          min(size, LIMIT), min(offset, LIMIT), 0)  # fmt: skip
+        entries = min(count, 0xFFFF)
+        return end64 + locator + END.pack(b"PK\x05\x06", 0, 0, entries, entries, self._field(size), self._field(offset), 0)
 
     def write(self, output) -> None:
         crcs = []
@@ -105,7 +111,7 @@ class ZipPlan:
             usize = record.size if record.size is not None else record.length
             output.write(CENTRAL.pack(
                 b"PK\x01\x02", 45 if zip64 else 20, 45 if zip64 else 20, FLAGS, record.method, 0, 0, crc,
-                min(record.length, LIMIT), min(usize, LIMIT), len(name), len(zip64), 0, 0, 0, 0, min(offset, LIMIT),
+                self._field(record.length), self._field(usize), len(name), len(zip64), 0, 0, 0, 0, self._field(offset),
             ) + name + zip64)  # fmt: skip
         output.write(self._end())
 
