@@ -154,7 +154,8 @@ def mount(args) -> int:
     edits = MountEdits(source, opts, state)
     checkpoint = edits.load()
     session = edits.session
-    operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable)
+    operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
+                            session and session.check)  # fmt: skip
     edits.operations = operations
     fuse_options = set(opts.fuse) | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
     if session is None:
@@ -254,7 +255,7 @@ class MountEdits:
             return 1, str(e)
         if self.session is None:
             return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
-        self.operations.replace_tree(checkpoint.root, self.session.editable)
+        self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check)
         return 0, message
 
 

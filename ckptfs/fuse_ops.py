@@ -69,16 +69,30 @@ def _handler(method):
     return wrapper
 
 
+@dataclass
+class _Handle:
+    """An open file: its inode, and whether it was written through."""
+
+    inode: int
+    wrote: bool = False
+
+
 class Operations(pyfuse3.Operations):
     """`editable` is None for a read-only mount; otherwise every change goes
     through it (and its on-disk overlay) and read-only parts of the tree
-    (nodes marked `readonly`, and everything below them) answer EROFS."""
+    (nodes marked `readonly`, and everything below them) answer EROFS.
+    `check(path, node)` names what keeps an edited file from being written
+    back, or returns None: a file is checked when it is closed after a write
+    through that open file (the close fails with EINVAL), and when renamed
+    (a warning: editors rename a finished file into place)."""
 
-    def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None):
+    def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None, check=None):
         super().__init__()
         self.owner = owner
         self.root = root
-        self.editable = editable
+        self.editable, self.check = editable, check
+        self.handles: dict[int, _Handle] = {}  # open files
+        self._next_handle = 1
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
         self.listings: dict[int, list[tuple[bytes, int]]] = {}
         self.entries: dict[tuple[int, bytes], int] = {}
@@ -87,10 +101,10 @@ class Operations(pyfuse3.Operations):
         self.read_only: set[int] = set() if editable else {pyfuse3.ROOT_INODE}
         self._next_inode = pyfuse3.ROOT_INODE + 1
 
-    def replace_tree(self, root: Dir, editable: EditableTree | None) -> None:
+    def replace_tree(self, root: Dir, editable: EditableTree | None, check=None) -> None:
         """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
         their inodes, so open files read on; names are looked up afresh."""
-        self.root, self.editable = root, editable
+        self.root, self.editable, self.check = root, editable, check
         self.nodes[pyfuse3.ROOT_INODE] = root
         self.inode_of[id(root)] = pyfuse3.ROOT_INODE
         old = [name for name, _ in self.listings.get(pyfuse3.ROOT_INODE, [])]
@@ -230,11 +244,21 @@ class Operations(pyfuse3.Operations):
                 editable.truncate(node.content, 0)
         # content that can change (edited files, views that follow edits) is
         # not kept in the page cache across opens
-        return pyfuse3.FileInfo(fh=inode, keep_cache=isinstance(node.content, Content))
+        fh = self._open_handle(inode, wrote=bool(flags & os.O_TRUNC))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=isinstance(node.content, Content))
+
+    def _open_handle(self, inode: int, wrote: bool = False) -> int:
+        fh, self._next_handle = self._next_handle, self._next_handle + 1
+        self.handles[fh] = _Handle(inode, wrote)
+        return fh
+
+    @_handler
+    async def release(self, fh):
+        self.handles.pop(fh, None)
 
     @_handler
     async def read(self, fh, off, size):
-        content = self.nodes[fh].content
+        content = self.nodes[self.handles[fh].inode].content
         if content.slow:
             return await trio.to_thread.run_sync(content.read, off, size)
         return content.read(off, size)
@@ -243,15 +267,37 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def write(self, fh, off, buf):
-        node = self.nodes[fh]
+        handle = self.handles[fh]
+        node = self.nodes[handle.inode]
         if not isinstance(node.content, EditedContent):
             raise pyfuse3.FUSEError(errno.EBADF)
-        editable = self._writable(fh)
+        editable = self._writable(handle.inode)
         if editable.contents.get(node.content.number) is not node.content:
             raise pyfuse3.FUSEError(errno.ESTALE)  # opened before a commit: its edits were written; reopen it
         written = editable.write(node.content, off, buf)
         node.mtime_ns = time.time_ns()
+        handle.wrote = True
         return written
+
+    @_handler
+    async def flush(self, fh):
+        handle = self.handles[fh]
+        if handle.wrote and self._checked(handle.inode) is not None:  # every close of it: dup'd descriptors too
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    def _checked(self, inode: int) -> str | None:
+        """Checks an edited file; its problem, if any, is logged and shown in
+        its `user.ckptfs.problem` attribute until it is fixed."""
+        node = self.nodes.get(inode)
+        if self.check is None or not isinstance(node, File) or not isinstance(node.content, EditedContent):
+            return None
+        problem = self.check(self._path(inode), node)
+        if problem is None:
+            node.xattrs.pop("ckptfs.problem", None)
+        else:
+            node.xattrs["ckptfs.problem"] = problem
+            log.warning("%s (the repack will refuse it until it is fixed)", problem)
+        return problem
 
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -264,6 +310,8 @@ class Operations(pyfuse3.Operations):
                 editable.edit(self._path(inode))
             editable.truncate(node.content, attr.st_size)
             node.mtime_ns = time.time_ns()
+            if fh in self.handles:  # ftruncate
+                self.handles[fh].wrote = True
         elif fields.update_mtime:  # touch: accepted, and not an edit of the checkpoint
             self._writable(inode)
             node.mtime_ns = attr.st_mtime_ns
@@ -282,7 +330,7 @@ class Operations(pyfuse3.Operations):
         editable.create(self._path(parent_inode, os.fsdecode(name)))
         self._changed(parent_inode)
         inode = self._child(parent_inode, name)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=False), self.attributes(inode)
+        return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=False), self.attributes(inode)
 
     @_handler
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -329,10 +377,11 @@ class Operations(pyfuse3.Operations):
         self._changed(parent_inode_old)
         self._changed(parent_inode_new)
         self.parents[inode] = (parent_inode_new, os.fsdecode(name_new))  # the kernel may use it before a lookup
+        self._checked(inode)  # a file written under a temporary name (sed -i), now in place
 
     @_handler
     async def fsync(self, fh, datasync):
-        node = self.nodes[fh]
+        node = self.nodes[self.handles[fh].inode]
         if self.editable is not None:
             self.editable.overlay.fsync(node.content if isinstance(node.content, EditedContent) else None)
 

@@ -88,3 +88,21 @@ def dtype_of(descr: str, like: DType | None):
     if like is not None and like.npy_descr is None and descr == "|u1":
         return like
     return None
+
+
+def edited_layout(content, name: str, like: DType | None, storable, target: str) -> tuple[DType, tuple[int, ...], int, int]:
+    """(dtype, shape, data start, data length) of an edited `.npy` (`content`
+    has `size` and `read`); ValueError naming `name` and the problem when it
+    is not NPY, `storable(dtype)` says `target` cannot hold its dtype, or its
+    size does not match its shape. `like` is the tensor's type before."""
+    import math
+
+    descr, shape, start = parse_header(content.read(0, 65536), name)
+    dtype = dtype_of(descr, like)
+    if dtype is None or not storable(dtype):
+        raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in {target}")
+    length = dtype.nbytes(math.prod(shape))
+    if length is None or content.size - start != length:
+        raise ValueError(f"{name}: {content.size - start} bytes of data, but shape {list(shape)} of {dtype.name}"
+                         f" needs {length}")  # fmt: skip
+    return dtype, shape, start, length

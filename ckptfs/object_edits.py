@@ -23,7 +23,7 @@ from .torch_pickle import Device, Size
 ANY_NODE = "omegaconf.nodes.AnyNode"
 
 
-class EditError(Exception):
+class EditError(ValueError):
     """An edit that cannot be made without changing a value's type or a
     part of the checkpoint YAML cannot change."""
 

@@ -268,6 +268,26 @@ class EditSession:
         editable.journal = True
         return cls(checkpoint, editable, before)
 
+    def check(self, path: str, node: Node) -> str | None:
+        """What keeps an edited file from being written back, or None: asked
+        of the writer of the checkpoint it belongs to (a nested one's, for a
+        file inside a `.nemo`'s `model_weights.ckpt/`)."""
+        if is_temp_name(path.rpartition("/")[2]):
+            return None
+        writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
+        parts = path.split("/")
+        for depth, name in enumerate(parts[:-1], 1):
+            folder = folder.children.get(name) if isinstance(folder, Dir) else None
+            if getattr(folder, "writer", None) is not None:
+                writer, relative = folder.writer, "/".join(parts[depth:])
+        check = getattr(writer, "check", None)
+        try:
+            if check is not None:
+                check(relative, node)
+        except ValueError as e:
+            return str(e)
+        return None
+
     def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
                backup: bool = False, progress=None) -> str:  # fmt: skip
         """Repack (or drop) the edits; returns what was done, in a line.

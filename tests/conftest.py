@@ -108,3 +108,13 @@ def umount(mnt: Path, *extra: str) -> subprocess.CompletedProcess:
 def tar_members(path: Path) -> dict[str, bytes | None]:
     with tarfile.open(path) as tf:
         return {m.name: (tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()}
+
+
+def write_refused(path: Path, data: bytes) -> None:
+    """Writes `data`, whose close the mount must refuse (EINVAL) as an edit
+    it cannot write back; the bytes stay, for the user to fix."""
+    import errno
+
+    with pytest.raises(OSError) as refused:
+        path.write_bytes(data)
+    assert refused.value.errno == errno.EINVAL

@@ -1,6 +1,7 @@
 """Writable mounts: edits through real FUSE, repacked on unmount, read back
 with safetensors and tarfile; crashes, discards and bad edits."""
 
+import errno
 import gzip
 import hashlib
 import io
@@ -16,7 +17,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from .conftest import FIXTURES, run_ckptfs, sha256, tar_members, umount
+from .conftest import FIXTURES, run_ckptfs, sha256, tar_members, umount, write_refused
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 
@@ -237,8 +238,8 @@ def test_killed_daemon_keeps_source_and_edits_for_recover(mount, model):
 def test_a_bad_edit_is_refused_and_kept_for_fixing(mount, model, tmp_path):
     digest = sha256(model)
     mnt = mount(model, log_errors_expected=True)
-    (mnt / "enc" / "w.npy").write_bytes(b"not npy")
-    (mnt / "__metadata__.yaml").write_text("a: [unclosed\n")
+    write_refused(mnt / "enc" / "w.npy", b"not npy")
+    write_refused(mnt / "__metadata__.yaml", b"a: [unclosed\n")
     done = umount(mnt)
     assert done.returncode == 1
     assert "enc.w: not an NPY file" in done.stderr and "__metadata__.yaml" in done.stderr
@@ -247,6 +248,33 @@ def test_a_bad_edit_is_refused_and_kept_for_fixing(mount, model, tmp_path):
     assert run_ckptfs("recover", model, "--resume", "--output", out).returncode == 1  # still bad
     assert run_ckptfs("recover", model, "--discard").returncode == 0
     assert sha256(model) == digest
+
+
+def test_an_edit_that_cannot_be_written_back_fails_when_closed(mount, model):
+    mnt = mount(model)
+    tensor = mnt / "enc" / "w.npy"
+    with open(tensor, "wb") as f:  # complex128: safetensors has no such dtype
+        np.save(f, np.ones(3, dtype=np.complex128))
+        with pytest.raises(OSError) as refused:
+            f.close()
+    assert refused.value.errno == errno.EINVAL
+    problem = os.getxattr(tensor, "user.ckptfs.problem").decode()
+    assert problem == "enc.w: NPY dtype '<c16' cannot be stored in safetensors"
+    np.save(tensor, np.ones(3, dtype=np.float32))  # fixed: the close succeeds and the problem is gone
+    assert "user.ckptfs.problem" not in os.listxattr(tensor)
+    with open(tensor, "r+b") as f:  # a size that does not match the shape
+        f.truncate(f.seek(0, os.SEEK_END) - 4)
+        with pytest.raises(OSError):
+            f.close()
+    assert os.getxattr(tensor, "user.ckptfs.problem").endswith(b"8 bytes of data, but shape [3] of float32 needs 12")
+    np.save(tensor, np.zeros((2, 2), dtype=np.float16))
+    staged = mnt / "staged.npy.part"
+    staged.write_bytes(b"not yet npy")  # a name no writer reads: not checked
+    os.rename(staged, mnt / "staged.npy")  # moved into place: checked, with a warning (a rename cannot fail for it)
+    assert "not an NPY file" in os.getxattr(mnt / "staged.npy", "user.ckptfs.problem").decode()
+    os.unlink(mnt / "staged.npy")
+    assert umount(mnt).returncode == 0
+    assert _read_safetensors(model)[0]["enc.w"].dtype == np.float16
 
 
 def test_a_source_changed_under_the_mount_is_not_overwritten(mount, model):

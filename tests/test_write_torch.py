@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import FIXTURES, run_ckptfs, sha256, tar_members, umount
+from .conftest import FIXTURES, run_ckptfs, sha256, tar_members, umount, write_refused
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
@@ -99,10 +99,11 @@ def test_bad_edits_are_refused_by_name_and_kept(mount, state_pt):
     path, _ = state_pt
     digest = sha256(path)
     mnt = mount(path, log_errors_expected=True)
-    (mnt / "lr.yaml").write_text("fast\n")
-    (mnt / "step.yaml").write_text("[unclosed\n")
-    (mnt / "model" / "head.npy").write_bytes(b"not an array")
-    (mnt / "notes.txt").write_text("hello")
+    write_refused(mnt / "lr.yaml", b"fast\n")
+    write_refused(mnt / "step.yaml", b"[unclosed\n")
+    write_refused(mnt / "model" / "head.npy", b"not an array")
+    assert "lr.yaml: was a float (0.01); 'fast'" in os.getxattr(mnt / "lr.yaml", "user.ckptfs.problem").decode()
+    (mnt / "notes.txt").write_text("hello")  # refused at repack: a torch.save checkpoint holds no plain files
     done = umount(mnt)
     assert done.returncode == 1
     for problem in ("lr.yaml: was a float (0.01); 'fast' would change its type", "step.yaml: not valid YAML",

@@ -443,7 +443,13 @@ class Writer:
             finally:
                 os.close(fd)
 
-    def _split(self, path: str, node: File, edited, patches: dict) -> None:
+    def check(self, path: str, node: File) -> None:
+        """ValueError if the edited file cannot be written back (on close)."""
+        if path.endswith(".npy"):
+            self._layout(path, node, node.content)
+
+    def _layout(self, path: str, node: File, edited) -> tuple:
+        """(dtype, shape, chunks, data start) of an edited consolidated tensor."""
         if id(node) not in self.chunks_of:
             raise ValueError(f"{path}: only consolidated tensors of a distributed checkpoint can be edited yet")
         dtype, shape, chunks = self.chunks_of[id(node)]
@@ -454,6 +460,11 @@ class Writer:
             raise ValueError(f"{path}: keeps its shape {list(shape)} and dtype {dtype.name} in this version")
         if edited.size - start != math.prod(shape) * itemsize:
             raise ValueError(f"{path}: {edited.size - start} bytes of data for shape {list(shape)}")
+        return dtype, shape, chunks, start
+
+    def _split(self, path: str, node: File, edited, patches: dict) -> None:
+        dtype, shape, chunks, start = self._layout(path, node, edited)
+        itemsize = dtype.bits // 8
         for chunk in chunks:
             lazy = chunk.piece
             record = lazy.record

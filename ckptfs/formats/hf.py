@@ -13,6 +13,7 @@ import os
 
 from .. import names, npy
 from ..checkpoint import Checkpoint
+from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..rawfiles import raw_file
 from ..sources import FileSource
@@ -142,6 +143,12 @@ class Writer:
         self.path, self.shards, self.metadata, self.index = path, shards, metadata, index
         self.shard_of = {name: rel for rel, tensors in shards.items() for name in tensors}
         self.originals = originals  # id(node) -> relative path, for the files of the source
+
+    def check(self, path: str, node: File) -> None:
+        """ValueError if an edited tensor cannot be written back (on close)."""
+        if path.endswith(".npy") and id(node) not in self.originals:
+            like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+            npy.edited_layout(node.content, path, like, safetensors.storable, "safetensors")
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         tensors, plain = {}, {}

@@ -14,7 +14,7 @@ import math
 import yaml
 
 from .. import names, npy
-from ..dtypes import BY_NAME, BY_SAFETENSORS
+from ..dtypes import BY_NAME, BY_SAFETENSORS, DType
 from ..errors import FormatError
 from ..overlay import EditedContent
 from ..repack import RepackError
@@ -198,20 +198,30 @@ class Writer:
                 content, start = piece
                 output.copy_content(content, start, length)
 
+    def check(self, path: str, node: File) -> None:
+        """ValueError if the edited file cannot be written back (on close)."""
+        if path.endswith(".npy"):
+            self._entry(node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/")), node)
+        elif path == "__metadata__.yaml":
+            problems: list[str] = []
+            _edited_metadata(node, problems)
+            if problems:
+                raise ValueError(problems[0])
+
     def _entry(self, name: str, node: File):
         """(dtype, shape, bytes: an Extent of the source or (content, offset), length)."""
         original = self.tensors.get(name)
         if original is not None and not isinstance(node.content, EditedContent):
             return original.dtype, original.shape, original.data, original.data.length
         content = node.content
-        descr, shape, start = npy.parse_header(content.read(0, 65536), name)
-        dtype = npy.dtype_of(descr, original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")))
-        if dtype is None or dtype.safetensors is None:
-            raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in safetensors")
-        length = dtype.nbytes(math.prod(shape))
-        if content.size - start != length:
-            raise ValueError(f"{name}: {content.size - start} bytes of data for shape {list(shape)} of {dtype.name}")
+        like = original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+        dtype, shape, start, length = npy.edited_layout(content, name, like, storable, "safetensors")
         return dtype, shape, (content, start), length
+
+
+def storable(dtype: DType) -> bool:
+    """Whether a safetensors header can name `dtype`."""
+    return dtype.safetensors is not None
 
 
 def _edited_metadata(node: File, problems: list[str]):

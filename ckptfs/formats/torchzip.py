@@ -13,7 +13,8 @@ import struct
 import zipfile
 import zlib
 
-from .. import npy
+from .. import npy, object_edits
+from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..gather import Gather
 from ..inert_pickle import Global, InertUnpickler, PickleError
@@ -24,7 +25,7 @@ from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef, persistent_load
 from ..tree import Content, Dir, Extent, File, PathConflict
-from .torchzip_rewrite import rewrite_plan
+from .torchzip_rewrite import rewrite_plan, storable
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -196,6 +197,25 @@ class Writer:
 
     def __init__(self, source: Source, name: str):
         self.source, self.name = source, name
+
+    def check(self, path: str, node: File) -> None:
+        """ValueError if the edited file cannot be written back (on close): a
+        tensor file that is not NPY of a dtype torch can hold and of its
+        shape's size; a YAML view that is not YAML, or whose values would
+        change type (checked against the objects read afresh)."""
+        if path.endswith(".npy"):
+            like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+            npy.edited_layout(node.content, path, like, storable, "torch.save")
+        elif path.endswith(".yaml"):
+            view = object_edits.parse(node.content.read(0, node.content.size), path)
+            archive = TorchZip(self.source, self.name)
+            tree = ObjectTree(archive.tensor_file)
+            tree.build(archive.obj)
+            if path in tree.slots:
+                container, key = tree.slots[path]
+                object_edits.merge(container[key], view, path)
+            else:
+                object_edits.new_value(view, path)
 
     def write(self, files: dict, before: dict, output) -> None:
         plan = self.plan(files, before)

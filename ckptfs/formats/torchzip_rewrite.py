@@ -10,9 +10,8 @@ ones. Unchanged storages are copied by byte range.
 
 from __future__ import annotations
 
-import math
-
 from .. import npy, pickle_writer, pickled_edits
+from ..dtypes import DType
 from ..inert_pickle import Call, PickledDict, Rebuilt
 from ..object_edits import EditError
 from ..objtree import ObjectTree
@@ -31,17 +30,12 @@ def rewrite_plan(archive, files: dict, before: dict) -> ZipPlan:
     new_storages: dict[str, tuple[object, int, int]] = {}
 
     def tensor_for(path: str, content, like) -> TensorRef:
+        like = like if isinstance(like, TensorRef) else None
         try:
-            descr, shape, start = npy.parse_header(content.read(0, 65536), path)
+            dtype, shape, start, nbytes = npy.edited_layout(content, path, like.dtype if like else None, storable,
+                                                            "torch.save")  # fmt: skip
         except ValueError as e:
             raise EditError(str(e)) from None
-        like = like if isinstance(like, TensorRef) else None
-        dtype = npy.dtype_of(descr, like.dtype if like else None)
-        if dtype is None or dtype.torch is None or dtype.bits % 8:
-            raise EditError(f"{path}: NPY dtype {descr!r} is not a dtype torch.save can store")
-        nbytes = math.prod(shape) * dtype.bits // 8
-        if content.size - start != nbytes:
-            raise EditError(f"{path}: {content.size - start} bytes of data, but {list(shape)} {dtype.name} needs {nbytes}")
         key = str(max(used, default=-1) + 1 + len(new_storages))
         new_storages[key] = (content, start, nbytes)
         return new_tensor(key, dtype, tuple(shape), like)
@@ -72,6 +66,11 @@ def rewrite_plan(archive, files: dict, before: dict) -> ZipPlan:
              for key, (content, start, nbytes) in new_storages.items() if key in live]  # fmt: skip
     at = len(records) if after_storages is None else after_storages
     return ZipPlan(records[:at] + added + records[at:])
+
+
+def storable(dtype: DType) -> bool:
+    """Whether torch.save can hold `dtype` (a torch dtype of whole bytes)."""
+    return dtype.torch is not None and dtype.bits % 8 == 0
 
 
 def storage_keys(root: object) -> set[str]:
