@@ -25,6 +25,7 @@ from ..tree import Dir, File, PathConflict, Symlink
 from . import dcp, torchzip
 
 BLOCK = 512
+PAGE = 4096
 
 
 def sniff(head: bytes) -> bool:
@@ -266,13 +267,13 @@ class Writer:
             nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
             plan = nested.plan(*_below(path, files, before)) if nested and info.isreg() else None
             if isinstance(content, EditedContent) and info.isreg():
-                self._edited(info, node.content.size, node, node.content, output)
+                self._edited(info, node.content.size, node, node.content, output, end)
             elif plan is not None and plan.size == info.size:  # header and padding as they were
                 output.copy(self.source, info.offset, info.offset_data - info.offset)
                 plan.write(output)
                 output.copy(self.source, info.offset_data + info.size, end - info.offset_data - info.size)
             elif plan is not None:
-                self._edited(info, plan.size, _latest(path, files), plan, output)
+                self._edited(info, plan.size, _latest(path, files), plan, output, end)
             else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
                 output.copy(self.source, info.offset, end - info.offset)
         nested = {p + "/" for p, n in files.items() if getattr(n, "writer", None)}  # they write what is inside
@@ -282,14 +283,24 @@ class Writer:
         output.write(b"\0" * (2 * BLOCK))
         output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
 
-    def _edited(self, info: tarfile.TarInfo, size: int, node, content, output) -> None:
+    def _edited(self, info: tarfile.TarInfo, size: int, node, content, output, source_end: int) -> None:
         """A member whose bytes changed: a new header, then `content` (a file's
-        bytes, or the plan of a nested checkpoint)."""
+        bytes, or the plan of a nested checkpoint). The header is padded so
+        that the member ends where the old one did, modulo a page: the
+        members copied after it keep their alignment, which the kernel
+        copies faster."""
         info = copy.copy(info)
         info.size = size
         info.mtime = (node.mtime_ns or time.time_ns()) / 1e9
         info.pax_headers = {k: v for k, v in info.pax_headers.items() if k not in ("size", "mtime", "atime", "ctime")}
-        self._member(info, content, output)
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        body = size + -size % BLOCK
+        for padding in range(0, PAGE * 2, BLOCK) if output.in_kernel else ():
+            if (output.written + len(header) + body - source_end) % PAGE == 0:
+                break
+            info.pax_headers["comment"] = "ckptfs: padding that keeps the next members page-aligned".ljust(padding, ".")
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self._member(info, content, output, header)
 
     def _new(self, prefix: str, path: str, node, output) -> None:
         info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
@@ -301,8 +312,8 @@ class Writer:
             info.mode, info.size = 0o644, node.content.size
             self._member(info, node.content, output)
 
-    def _member(self, info: tarfile.TarInfo, content, output) -> None:
-        output.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    def _member(self, info: tarfile.TarInfo, content, output, header: bytes | None = None) -> None:
+        output.write(header or info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if hasattr(content, "write"):  # a nested checkpoint's plan
             content.write(output)
         elif content is not None:
