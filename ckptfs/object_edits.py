@@ -17,7 +17,8 @@ import math
 import yaml
 
 from .inert_pickle import Call, Global
-from .pyobjects import NUMPY_RECONSTRUCT, NUMPY_SCALAR, OMEGACONF_CONTAINERS, PATHS, Tagged, _key, _numpy_dtype, plain
+from .pyobjects import (NUMPY_RECONSTRUCT, NUMPY_SCALAR, OMEGACONF_CONTAINERS, PATHS, Tagged, _key, _numpy_dtype,
+                        _numpy_value, plain)  # fmt: skip
 from .torch_pickle import Device, Size
 
 ANY_NODE = "omegaconf.nodes.AnyNode"
@@ -126,6 +127,10 @@ def _merge_dict(old: dict, node: yaml.Node, where: str, wrap=None) -> dict:
         if (rendered if key is _UNSET else key) in items:
             raise EditError(f"{where}: key {rendered!r} appears twice")
         if key is _UNSET:
+            try:
+                hash(rendered)
+            except TypeError:
+                raise EditError(f"{where}: a key must be a scalar, not {rendered!r:.40}") from None
             value = new_value(value_node, child(where, rendered))
             items[rendered] = wrap(rendered, value) if wrap else value
         else:
@@ -249,9 +254,9 @@ def _merge_call(call: Call, node: yaml.Node, where: str) -> object:
     if path == "argparse.Namespace" and state is not None:
         _merge_dict(state, node, where)
         return call
-    if path in NUMPY_SCALAR:
+    if path in NUMPY_SCALAR and _numpy_value(call) is not None:
         return _numpy_scalar(call, node, where)
-    if path in NUMPY_RECONSTRUCT:
+    if path in NUMPY_RECONSTRUCT and _numpy_value(call) is not None:
         return _numpy_array(call, node, where)
     if path in PATHS and all(isinstance(a, str) for a in call.args):
         text = _scalar(plain(call), node, where)

@@ -184,6 +184,7 @@ class _Writer:
             call = Call(Global("__builtin__", "bytearray"), (bytes(obj),))
         elif type(obj) is complex:
             call = Call(Global("__builtin__", "complex"), (obj.real, obj.imag))
-        else:
-            call = Call(Global("__builtin__", type(obj).__name__), (list(obj),))
+        else:  # in a fixed order: the same graph gives the same bytes whatever the hash seed
+            items = sorted(obj, key=lambda item: (type(item).__name__, repr(item)))
+            call = Call(Global("__builtin__", type(obj).__name__), (items,))
         self._call(call, obj)

@@ -27,12 +27,14 @@ def apply(tree: ObjectTree, files: dict, before: dict, new_tensor: NewTensor) ->
     removed = [p for p in changed if p in before and (p not in files or _kind_changed(p, files, before))]
     added = [p for p in changed if p in files and (p not in before or _kind_changed(p, files, before))]
     rewritten = [p for p in changed if p not in removed and p not in added and not isinstance(files[p], Dir)]
+    was_at = {id(node): path for path, (node, _) in before.items()}
     for path in rewritten:
         edits.guarded(edits.rewrite, path, files[path].content)
-    edits.remove_all(removed)
+    renamed = {p: edits.value_at(was_at[id(files[p])]) for p in added if id(files[p]) in was_at}
+    edits.guarded(edits.remove_all, removed)
     for path in added:
         if not isinstance(files[path], Dir):  # a new folder is made by the keys of what it holds
-            edits.guarded(edits.add, path, files[path].content)
+            edits.guarded(edits.add, path, files[path].content, renamed.get(path))
     return tree.holder[0], edits.problems
 
 
@@ -66,9 +68,15 @@ class _Edits:
         else:
             raise EditError(f"{path}: not a file of this checkpoint's layout")
 
-    def add(self, path: str, content) -> None:
+    def value_at(self, path: str) -> object:
+        container, key = self.tree.slots.get(path, (None, None))
+        return None if container is None else self._live(container)[key]
+
+    def add(self, path: str, content, renamed_from=None) -> None:
+        """A new file; `renamed_from` is the value a renamed one had (a
+        Parameter stays one)."""
         if path.endswith(".npy"):
-            value = self.new_tensor(path, content, None)
+            value = self.new_tensor(path, content, renamed_from)
         elif path.endswith(".yaml"):
             node = object_edits.parse(content.read(0, content.size), path)
             value = object_edits.new_value(node, path)
@@ -87,6 +95,8 @@ class _Edits:
             folder = "/".join(parts[:depth])
             if folder in self.tree.folders:
                 break
+        else:
+            raise EditError(f"{path}: the checkpoint holds one value, not a folder of them")
         container, prefix = self.tree.folders[folder]
         container = self._live(container)
         rest = parts[depth:]
@@ -112,6 +122,8 @@ class _Edits:
                 continue  # a folder a dotted name made, or inside a removed container
             gone.add(path)
             container, key = self.tree.slots[path]
+            if container is self.tree.holder:
+                raise EditError(f"{path}: the checkpoint's only value cannot be removed")
             live = self._live(container)
             if isinstance(live, dict):
                 del live[key]

@@ -95,6 +95,17 @@ def test_a_float8_tensor_and_a_tensor_inside_a_list(mount, tmp_path):
         assert [t.tolist() for t in loaded["scales"]] == [[3, 3]]
 
 
+def test_a_renamed_parameter_stays_a_parameter(mount, state_pt):
+    path, state = state_pt
+    mnt = mount(path)
+    os.rename(mnt / "model" / "enc" / "w.npy", mnt / "model" / "enc" / "weight.npy")
+    assert umount(mnt).returncode == 0
+    for loaded in _loads(path):
+        assert list(loaded["model"]) == ["enc.b", "dec.w", "head", "enc.weight"]
+        renamed = loaded["model"]["enc.weight"]
+        assert isinstance(renamed, torch.nn.Parameter) and torch.equal(renamed, state["model"]["enc.w"])
+
+
 def test_bad_edits_are_refused_by_name_and_kept(mount, state_pt):
     path, _ = state_pt
     digest = sha256(path)
