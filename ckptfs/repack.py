@@ -199,6 +199,17 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
     return destination
 
 
+def write_new_file(path: str, fill) -> None:
+    """A file of a new directory (a repacked Hugging Face or distributed
+    checkpoint): `fill(output)` writes it, then it is fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fill(Output(fd))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _free_name(path: str) -> str:
     candidate, n = path, 1
     while os.path.exists(candidate):

@@ -595,6 +595,41 @@ def test_overwritten_column_sharded_tensor_is_split_back_into_its_chunks(mount, 
             assert torch.equal(state["model"][name], tensor), name
 
 
+def test_removing_the_optimizer_state_of_a_distributed_checkpoint_shrinks_it(mount, tmp_path):
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    ckpt = tmp_path / "fsdp2"
+    shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", ckpt)
+    ref = torch.load(FIXTURES / "dcp" / "fsdp2_2rank.ref.pt", weights_only=False)
+    size_before = sum(p.stat().st_size for p in ckpt.glob("*.distcp"))
+    mnt = mount(ckpt)
+    shutil.rmtree(mnt / "optim")
+    os.unlink(mnt / "extra" / "note.yaml")
+    new = np.arange(60, dtype=np.float32).reshape(10, 6)
+    np.save(mnt / "extra" / "colsharded.npy", new)  # a patch in the same repack
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    assert sum(p.stat().st_size for p in ckpt.glob("*.distcp")) < size_before
+    keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    assert not [k for k in keys if k.startswith("optim.") or k == "extra.note"]
+    assert "model.0.weight" in keys and "extra.step" in keys
+    state = {
+        "extra": {"colsharded": torch.zeros(10, 6), "step": 0},
+        "model": {name: torch.zeros_like(t) for name, t in ref["model"].items()},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(ckpt))
+    assert state["extra"]["colsharded"].numpy().tolist() == new.tolist()
+    for name, tensor in ref["model"].items():
+        assert torch.equal(state["model"][name], tensor), name
+    mnt = mount(ckpt)  # and ckptfs reads it back
+    assert not (mnt / "optim").exists() and (mnt / "model" / "0" / "weight.npy").exists()
+
+
 def test_backup_keeps_the_original_beside_the_new_checkpoint(mount, model, tmp_path):
     digest = sha256(model)
     mnt = mount(model)

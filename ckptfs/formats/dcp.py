@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .. import names, npy
+from .. import names, npy, pickle_writer
 from ..assemble import Assembled, Chunk, covers_exactly, row_pieces
 from ..checkpoint import Checkpoint
 from ..dtypes import BY_TORCH, DType
@@ -31,7 +31,7 @@ from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef
 from ..tree import Content, Dir, Extent, File, LazyDir
 from ..overlay import EditedContent
-from ..repack import Output, RepackError, same_bytes
+from ..repack import RepackError, same_bytes, write_new_file
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
 
@@ -70,7 +70,8 @@ def open_dir(path: str) -> Checkpoint:
         if os.path.isfile(os.path.join(path, name))
     }
     chunks_of: dict = {}
-    root, placed, notes, audit = expand(path, files, chunks_of)
+    fqn_of: dict = {}
+    root, placed, notes, audit = expand(path, files, chunks_of, fqn_of)
     raw = Dir()
     for name, source in files.items():
         leaf = names.file_parts(name)[0]
@@ -83,7 +84,7 @@ def open_dir(path: str) -> Checkpoint:
         placed += [PlacedTensor(f"{leaf}/{p.path}", p.tensor) for p in inner_tensors]
         audit += [g for g in inner_audit if g not in audit]
     ckpt = Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
-    ckpt.writer = Writer(path, files, chunks_of)
+    ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt
 
 
@@ -95,15 +96,18 @@ def _other_file(source: FileSource, name: str, notes: list[str]):
     return raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns), [], []
 
 
-def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None):
+def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, fqn_of: dict | None = None):
     """The tree of a distributed checkpoint whose files are `files` (by their
     names in its directory): a directory on disk, or members of a tar.
-    Returns (folder, placed tensors, notes, pickle globals); `chunks_of`, if
-    given, receives each tensor file's chunks (for the writer)."""
+    Returns (folder, placed tensors, notes, pickle globals). For the writer,
+    `chunks_of`, if given, receives each tensor file's chunks, and `fqn_of`
+    the key of each tensor and item file (by id of the file)."""
     metadata = _Metadata.read(name, files)
     reader = _Reader(name, files)
     if chunks_of is not None:
         reader.chunks_of = chunks_of
+    if fqn_of is not None:
+        reader.fqn_of = fqn_of
     root = Dir()
     notes: list[str] = []
     placed: list[PlacedTensor] = []
@@ -332,6 +336,7 @@ class _Reader:
         self.shard_chunks: dict[str, list[ShardChunk]] = {}
         self.blocks: dict = {}
         self.chunks_of: dict[int, tuple] = {}  # id(tensor file) -> (dtype, shape, chunks), for the writer
+        self.fqn_of: dict[int, str] = {}  # id(tensor or item file) -> its key, for the writer
 
     def source(self, relative: str) -> Source:
         if relative not in self.files:
@@ -380,6 +385,7 @@ class _Reader:
         tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
         file = File(Content([header, *pieces]), xattrs=xattrs)
         self.chunks_of[id(file)] = (dtype, shape, chunks)
+        self.fqn_of[id(file)] = fqn
         return file, tensor
 
     def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
@@ -387,13 +393,15 @@ class _Reader:
         if info is None:
             raise FormatError(self.path, f"item {fqn!r} has no storage")
         data = self.record(fqn, info).data
+        suffix, file = ".bin", File(Content([Extent(data, 0, data.size)]))
         if torchzip.sniff(data.pread(0, 4)):
             try:
                 value = torchzip.TorchZip(data, f"{data.path}:{fqn}").obj
-                return ".yaml", File(Content([to_yaml(value).encode("utf-8")]))
+                suffix, file = ".yaml", File(Content([to_yaml(value).encode("utf-8")]))
             except FormatError:
                 pass
-        return ".bin", File(Content([Extent(data, 0, data.size)]))
+        self.fqn_of[id(file)] = fqn
+        return suffix, file
 
 
 # ---------------------------------------------------------------- the writer
@@ -401,47 +409,55 @@ class _Reader:
 
 class Writer:
     """Writes an edited distributed checkpoint as a new directory beside it
-    (swapped in by the caller): consolidated tensors rewritten with the same
+    (swapped in by the caller). Consolidated tensors rewritten with the same
     shape and dtype are split back into their chunks, each patched inside its
-    shard's torch.save record (CRCs included); every other file, and every
-    shard without a patch, is hard-linked from the source. Structural edits
-    (new, deleted or reshaped tensors, edits of other files) are refused."""
+    shard's torch.save record (CRCs included). Removed tensors and items
+    leave the metadata (`.metadata` pickled again) and their shards (the
+    records after them move up). Every other file, and every shard without a
+    change, is hard-linked from the source. New or reshaped tensors are
+    refused."""
 
     directory = True
 
-    def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict):
-        self.path, self.files, self.chunks_of = path, files, chunks_of
+    def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict, fqn_of: dict):
+        self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         patches: dict[str, dict[int, list]] = {}  # shard -> record start -> [(offset, length, reader, 0)]
         problems = [f"{p}: adding files to a distributed checkpoint is not supported yet" for p in files if p not in before]
+        removed: set[str] = set()
         for path, (node, content) in sorted(before.items()):
             after = files.get(path)
-            if after is None:
-                problems.append(f"{path}: removing parts of a distributed checkpoint is not supported yet")
+            if after is None and id(node) in self.fqn_of:
+                removed.add(self.fqn_of[id(node)])
+            elif after is None and not isinstance(node, Dir):  # a folder's files say what it held
+                problems.append(f"{path}: only tensors and items of a distributed checkpoint can be removed")
             elif isinstance(getattr(after, "content", None), EditedContent) and not same_bytes(after.content, content):
                 try:
                     self._split(path, node, after.content, patches)
                 except ValueError as e:
                     problems.append(str(e))
+        layout = None
+        if removed and not problems:
+            try:
+                layout = _Without(self.files, removed)
+            except ValueError as e:
+                problems.append(str(e))
         if problems:
             raise RepackError(f"cannot write {self.path}: " + "; ".join(problems))
         for name, source in self.files.items():
             target = os.path.join(out, name)
-            if name not in patches:
-                os.link(source.path, target)
+            if layout is not None and name == METADATA:
+                write_new_file(target, lambda output: output.write(layout.metadata))
+            elif layout is not None and name in layout.files:
+                write_new_file(target, lambda output, name=name, source=source:
+                               layout.write(name, source, patches.get(name, {}), output))  # fmt: skip
+            elif layout is not None and name in layout.emptied:
                 continue
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                output, position = Output(fd), 0
-                for start, (record, record_patches) in sorted(patches[name].items()):
-                    output.copy(source, position, start - position)
-                    torchzip.Writer(record, record.path).write_patches(record_patches, output)
-                    position = start + record.size
-                output.copy(source, position, source.size - position)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            elif name not in patches:
+                os.link(source.path, target)
+            else:
+                write_new_file(target, lambda output, name=name, source=source: _patched(source, patches[name], output))
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
@@ -476,6 +492,82 @@ class Writer:
             box = _Box(edited, start, shape, itemsize, chunk.offsets, chunk.sizes)
             by_record = patches.setdefault(record.label.rpartition("/")[2], {})
             by_record.setdefault(record.start, (record.raw, {}))[1][piece.offset] = (piece.length, box, 0)
+
+
+def _patched(source: FileSource, patches: dict, output) -> None:
+    """A shard copied with some of its records patched."""
+    position = 0
+    for start, (record, record_patches) in sorted(patches.items()):
+        output.copy(source, position, start - position)
+        torchzip.Writer(record, record.path).write_patches(record_patches, output)
+        position = start + record.size
+    output.copy(source, position, source.size - position)
+
+
+class _Without:
+    """The layout of a distributed checkpoint without some of its keys: the
+    metadata pickled again without them, each shard that held one written
+    without its records (the later records move up, and the metadata says
+    where), a shard left empty not written at all."""
+
+    def __init__(self, files: dict[str, FileSource], removed: set[str]):
+        if METADATA not in files:
+            raise ValueError("removing keys from a checkpoint saved with one metadata file per rank is not supported yet")
+        metadata = InertUnpickler(files[METADATA].read_exact(0, files[METADATA].size), known=KNOWN).load()
+        fields = _fields(metadata)
+        for key in ("state_dict_metadata", "planner_data"):
+            if isinstance(fields.get(key), dict):
+                for fqn in removed:
+                    fields[key].pop(fqn, None)
+        storage = fields["storage_data"]
+        records: dict[str, list[tuple[int, int, object, bool]]] = {}  # shard -> [(start, length, info, removed)]
+        for index in list(storage):
+            where = _fields(storage[index])
+            gone = _fields(index)["fqn"] in removed
+            records.setdefault(str(where["relative_path"]), []).append(
+                (int(where["offset"]), int(where["length"]), storage[index], gone))
+            if gone:
+                del storage[index]
+        self.files: dict[str, list[tuple[int, int]]] = {}  # rewritten shard -> the (start, length) of its kept records
+        self.emptied: set[str] = set()
+        for name, in_shard in records.items():
+            if not any(gone for *_, gone in in_shard):
+                continue
+            in_shard.sort(key=lambda r: r[0])
+            ends = [0] + [start + length for start, length, *_ in in_shard]
+            if [r[0] for r in in_shard] != ends[:-1] or name not in files or ends[-1] != files[name].size:
+                raise ValueError(f"{name}: holds bytes besides its records (a safetensors-format shard?);"
+                                 " removing keys from it is not supported yet")  # fmt: skip
+            kept = [(start, length, info) for start, length, info, gone in in_shard if not gone]
+            if not kept:
+                self.emptied.add(name)
+                continue
+            position = 0
+            for start, length, info in kept:
+                _set_field(info, "offset", position)
+                position += length
+            self.files[name] = [(start, length) for start, length, _ in kept]
+        self.metadata = pickle_writer.dumps(metadata)
+
+    def write(self, name: str, source: FileSource, patches: dict, output) -> None:
+        """Shard `name` without its removed records; `patches` by record start."""
+        for start, length in self.files[name]:
+            if start in patches:
+                record, record_patches = patches[start]
+                torchzip.Writer(record, record.path).write_patches(record_patches, output)
+            else:
+                output.copy(source, start, length)
+
+
+def _set_field(value: Call, name: str, new: object) -> None:
+    """Sets an attribute of a pickled dataclass instance (see `_fields`)."""
+    state = value.state
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict) and name in state[1]:
+        state[1][name] = new
+    elif isinstance(state, tuple) and isinstance(state[0], dict):
+        state[0][name] = new
+    else:
+        state[name] = new
 
 
 class _Box:

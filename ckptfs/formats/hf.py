@@ -19,7 +19,7 @@ from ..rawfiles import raw_file
 from ..sources import FileSource
 from ..tensors import Tensor, merge_into, tensor_tree
 from ..overlay import EditedContent
-from ..repack import Output
+from ..repack import write_new_file
 from ..tree import Dir, File
 from . import safetensors
 
@@ -173,20 +173,20 @@ class Writer:
             rewritten = True
             shard_files = {"/".join(names.tensor_path(n)): node for n, node in mine.items()}
             writer = safetensors.Writer(originals, self.metadata.get(rel))
-            _write_file(destination, lambda output: writer.write(shard_files, {}, output))
+            write_new_file(destination, lambda output: writer.write(shard_files, {}, output))
         for path, node in sorted(plain.items()):
             rel = self.originals.get(id(node)) or "/".join(names.unescape(p) for p in path.split("/"))
             target = os.path.join(out, "/".join(names.unescape(p) for p in path.split("/")))
             if isinstance(node, Dir):
                 os.makedirs(target, exist_ok=True)
             elif rel == self.index and rewritten and not isinstance(node.content, EditedContent):
-                _write_file(target, lambda output: output.write(self._index(tensors, home)))
+                write_new_file(target, lambda output: output.write(self._index(tensors, home)))
             elif id(node) in self.originals and not isinstance(node.content, EditedContent):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.link(os.path.join(self.path, rel), target)
             else:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                _write_file(target, lambda output, content=node.content: output.copy_content(content))
+                write_new_file(target, lambda output, content=node.content: output.copy_content(content))
 
     def _index(self, tensors: dict, home: dict) -> bytes:
         with open(os.path.join(self.path, self.index)) as f:
@@ -205,12 +205,3 @@ def _nbytes(node: File, name: str) -> int:
 
 def _tree_path(rel: str) -> str:
     return "/".join(names.file_parts(rel))
-
-
-def _write_file(path: str, fill) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        fill(Output(fd))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
