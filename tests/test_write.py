@@ -630,6 +630,45 @@ def test_removing_the_optimizer_state_of_a_distributed_checkpoint_shrinks_it(mou
     assert not (mnt / "optim").exists() and (mnt / "model" / "0" / "weight.npy").exists()
 
 
+def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount, tmp_path):
+    import tarfile
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    ref = torch.load(FIXTURES / "dcp" / "fsdp2_2rank.ref.pt", weights_only=False)
+    config = tmp_path / "model_config.yaml"
+    config.write_text("precision: bf16-mixed\n")
+    nemo = tmp_path / "megatron.nemo"
+    with tarfile.open(nemo, "w:") as tf:  # NeMo's layout: the weights as a DCP folder in the tar
+        tf.add(config, arcname="./model_config.yaml")
+        tf.add(FIXTURES / "dcp" / "fsdp2_2rank", arcname="./model_weights")
+    original = tar_members(nemo)
+    mnt = mount(nemo)
+    weights = mnt / "model_weights"
+    new = np.arange(60, dtype=np.float32).reshape(10, 6)
+    np.save(weights / "extra" / "colsharded.npy", new)
+    shutil.rmtree(weights / "optim")
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    members = tar_members(nemo)
+    assert list(members) == list(original) and members["./model_config.yaml"] == original["./model_config.yaml"]
+    assert len(members["./model_weights/__0_0.distcp"]) < len(original["./model_weights/__0_0.distcp"])
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(nemo) as tf:
+        tf.extractall(unpacked, filter="data")
+    state = {"extra": {"colsharded": torch.zeros(10, 6)},
+             "model": {name: torch.zeros_like(t) for name, t in ref["model"].items()}}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(unpacked / "model_weights"))
+        keys = dcp.FileSystemReader(str(unpacked / "model_weights")).read_metadata().state_dict_metadata
+    assert not [k for k in keys if k.startswith("optim.")]
+    assert state["extra"]["colsharded"].numpy().tolist() == new.tolist()
+    assert all(torch.equal(state["model"][name], tensor) for name, tensor in ref["model"].items())
+
+
 def test_backup_keeps_the_original_beside_the_new_checkpoint(mount, model, tmp_path):
     digest = sha256(model)
     mnt = mount(model)

@@ -423,6 +423,18 @@ class Writer:
         self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
+        new = self.new_files(files, before)
+        for name, source in self.files.items():
+            target = os.path.join(out, name)
+            if name not in new:
+                os.link(source.path, target)
+            elif new[name] is not None:
+                write_new_file(target, new[name].write)
+
+    def new_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
+        """What the edits make of the checkpoint's files, by name: a `NewFile`
+        for a changed one, None for one left out; unchanged ones are not
+        listed. RepackError naming every edit that cannot be written."""
         patches: dict[str, dict[int, list]] = {}  # shard -> record start -> [(offset, length, reader, 0)]
         problems = [f"{p}: adding files to a distributed checkpoint is not supported yet" for p in files if p not in before]
         removed: set[str] = set()
@@ -445,19 +457,19 @@ class Writer:
                 problems.append(str(e))
         if problems:
             raise RepackError(f"cannot write {self.path}: " + "; ".join(problems))
+        new: dict[str, NewFile | None] = {}
         for name, source in self.files.items():
-            target = os.path.join(out, name)
+            shard_patches = patches.get(name, {})
             if layout is not None and name == METADATA:
-                write_new_file(target, lambda output: output.write(layout.metadata))
+                new[name] = NewFile(len(layout.metadata), lambda output: output.write(layout.metadata))
             elif layout is not None and name in layout.files:
-                write_new_file(target, lambda output, name=name, source=source:
-                               layout.write(name, source, patches.get(name, {}), output))  # fmt: skip
+                size = sum(length for _, length in layout.files[name])
+                new[name] = NewFile(size, functools.partial(layout.write, name, source, shard_patches))
             elif layout is not None and name in layout.emptied:
-                continue
-            elif name not in patches:
-                os.link(source.path, target)
-            else:
-                write_new_file(target, lambda output, name=name, source=source: _patched(source, patches[name], output))
+                new[name] = None
+            elif shard_patches:
+                new[name] = NewFile(source.size, functools.partial(_patched, source, shard_patches))
+        return new
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
@@ -492,6 +504,15 @@ class Writer:
             box = _Box(edited, start, shape, itemsize, chunk.offsets, chunk.sizes)
             by_record = patches.setdefault(record.label.rpartition("/")[2], {})
             by_record.setdefault(record.start, (record.raw, {}))[1][piece.offset] = (piece.length, box, 0)
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file of the checkpoint as the edits make it: `write(output)` writes
+    its `size` bytes."""
+
+    size: int
+    write: object
 
 
 def _patched(source: FileSource, patches: dict, output) -> None:

@@ -153,15 +153,16 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
     for folder, members in sorted(by_folder.items()):
         if not dcp.metadata_names(members) or not folder:
             continue
+        chunks_of, fqn_of = {}, {}
         try:
-            tree, tensors, dcp_notes, dcp_audit = dcp.expand(f"{source.path}:{folder}", members)
+            tree, tensors, dcp_notes, dcp_audit = dcp.expand(f"{source.path}:{folder}", members, chunks_of, fqn_of)
         except FormatError as e:
             notes.append(f"{folder} is shown as plain files: {e.problem}")
             continue
         parts = names.file_parts(folder)
         parent = root.subdir(parts[:-1])
         tree.mtime_ns = parent.children[parts[-1]].mtime_ns
-        tree.readonly = True  # no writer for a distributed checkpoint inside a tar yet
+        tree.writer = dcp.Writer(f"{source.path}:{folder}", members, chunks_of, fqn_of)
         for name, node in parent.children[parts[-1]].children.items():
             if not name.endswith(".distcp") and not dcp.is_metadata(name):
                 tree.children.setdefault(name, node)  # other files of the folder stay as they are
@@ -218,11 +219,11 @@ def open_plain(source: Source, st: os.stat_result) -> Checkpoint:
 # ---------------------------------------------------------------- the writer
 
 
-def _latest(folder: str, files: dict):
-    """The most recently changed node under `folder`: its mtime dates the
-    rewritten member (so the same tree gives the same bytes)."""
-    below = [n for p, n in files.items() if p.startswith(folder + "/") and n.mtime_ns is not None]
-    return max(below, key=lambda n: n.mtime_ns, default=files[folder])
+def _latest(folder: str, files: dict) -> int | None:
+    """When the last change under `folder` was made: it dates the member
+    rewritten for it (so the same tree gives the same bytes)."""
+    times = [n.mtime_ns for p, n in files.items() if p.startswith(folder + "/") and n.mtime_ns is not None]
+    return max(times, default=getattr(files.get(folder), "mtime_ns", None))
 
 
 def _below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
@@ -256,24 +257,26 @@ class Writer:
         infos = archive.getmembers()
         prefix = "./" if any(i.name == "." or i.name.startswith("./") for i in infos) else ""
         written = set()
+        in_folders = self._distributed(files, before)
         for info in infos:
             path = "/".join(names.file_parts(_normalize(info.name, self.source.path))) if info.name.strip("./") else ""
             node = files.get(path)
-            if path and node is None and path in before:
+            if path and node is None and path in before or in_folders.get(path, info) is None:
                 continue  # deleted
             written.add(path)
             end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
             content = getattr(node, "content", None)
             nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
-            plan = nested.plan(*_below(path, files, before)) if nested and info.isreg() else None
+            plan = nested.plan(*_below(path, files, before)) if nested and info.isreg() else in_folders.get(path)
             if isinstance(content, EditedContent) and info.isreg():
-                self._edited(info, node.content.size, node, node.content, output, end)
+                self._edited(info, node.content.size, node.mtime_ns, node.content, output, end)
             elif plan is not None and plan.size == info.size:  # header and padding as they were
                 output.copy(self.source, info.offset, info.offset_data - info.offset)
                 plan.write(output)
                 output.copy(self.source, info.offset_data + info.size, end - info.offset_data - info.size)
             elif plan is not None:
-                self._edited(info, plan.size, _latest(path, files), plan, output, end)
+                self._edited(info, plan.size, _latest(path if path in files else path.rpartition("/")[0], files), plan,
+                             output, end)  # fmt: skip
             else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
                 output.copy(self.source, info.offset, end - info.offset)
         nested = {p + "/" for p, n in files.items() if getattr(n, "writer", None)}  # they write what is inside
@@ -283,7 +286,20 @@ class Writer:
         output.write(b"\0" * (2 * BLOCK))
         output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
 
-    def _edited(self, info: tarfile.TarInfo, size: int, node, content, output, source_end: int) -> None:
+    @staticmethod
+    def _distributed(files: dict, before: dict) -> dict:
+        """The members of the distributed checkpoints in the tar (a Megatron
+        `.nemo`'s `model_weights/`) that the edits change, by path: how to
+        write each (`size`, `write`), or None to leave it out."""
+        changed = {}
+        for folder, node in files.items():
+            writer = getattr(node, "writer", None)
+            if isinstance(node, Dir) and getattr(writer, "directory", False):
+                for name, plan in writer.new_files(*_below(folder, files, before)).items():
+                    changed[f"{folder}/{names.file_parts(name)[0]}"] = plan
+        return changed
+
+    def _edited(self, info: tarfile.TarInfo, size: int, mtime_ns: int | None, content, output, source_end: int) -> None:
         """A member whose bytes changed: a new header, then `content` (a file's
         bytes, or the plan of a nested checkpoint). The header is padded so
         that the member ends where the old one did, modulo a page: the
@@ -291,7 +307,7 @@ class Writer:
         copies faster."""
         info = copy.copy(info)
         info.size = size
-        info.mtime = (node.mtime_ns or time.time_ns()) / 1e9
+        info.mtime = (mtime_ns or time.time_ns()) / 1e9
         info.pax_headers = {k: v for k, v in info.pax_headers.items() if k not in ("size", "mtime", "atime", "ctime")}
         header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         body = size + -size % BLOCK
