@@ -127,9 +127,9 @@ class Overlay:
     """The on-disk overlay of one source. Its directory is made on the first
     edit, so a writable mount that changes nothing leaves no trace."""
 
-    def __init__(self, source: str, lock_fd: int, journal_fd: int | None = None, next_number: int = 0):
+    def __init__(self, source: str, lock: tuple[str, int], journal_fd: int | None = None, next_number: int = 0):
         self.source, self.path = os.path.abspath(source), overlay_dir(source)
-        self.lock_fd, self.journal_fd, self.next_number = lock_fd, journal_fd, next_number
+        self.lock, self.journal_fd, self.next_number = lock, journal_fd, next_number
         self.identity = source_identity(source)
 
     @classmethod
@@ -145,7 +145,7 @@ class Overlay:
         lock_fd = _lock(lock_path)
         if lock_fd is None:
             raise CkptfsError(f"{source}: already mounted writable elsewhere")
-        return cls(source, lock_fd)
+        return cls(source, (lock_path, lock_fd))
 
     @classmethod
     def reopen(cls, source: str, lock_path: str) -> tuple[Overlay, list[dict]]:
@@ -164,7 +164,7 @@ class Overlay:
                 records.append(json.loads(line))
         fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         numbers = [r["file"] for r in records if "file" in r]
-        overlay = cls(source, lock_fd, fd, max(numbers, default=-1) + 1)
+        overlay = cls(source, (lock_path, lock_fd), fd, max(numbers, default=-1) + 1)
         overlay.identity = {k: v for k, v in overlay.state().items() if k != "source"}
         return overlay, records
 
@@ -217,7 +217,9 @@ class Overlay:
             self.journal_fd = None
             shutil.rmtree(self.path)
             fsync_dir(os.path.dirname(self.path))
-        os.close(self.lock_fd)
+        path, fd = self.lock
+        os.unlink(path)  # while held: whoever opened it meanwhile finds it gone (`_lock`) and takes a new one
+        os.close(fd)
 
 
 def lock_path(state_dir: str, source: str) -> str:
@@ -228,14 +230,23 @@ def lock_path(state_dir: str, source: str) -> str:
 
 
 def _lock(path: str) -> int | None:
+    """The lock file at `path`, held; None if another process holds it. The
+    holder removes it when done, so a lock taken on a file already removed
+    is let go and taken again on the new one."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        return None
-    return fd
 
 
 def _write_json(path: str, doc: dict) -> None:
