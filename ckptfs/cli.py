@@ -19,8 +19,8 @@ UMOUNT_TIMEOUT = 600.0
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
   ro                 read-only (default: writable where ckptfs can write the format:
-                     safetensors, Hugging Face directories, .nemo, torch.save,
-                     distributed checkpoints for patches and removals; see docs/writing.md)
+                     safetensors, Hugging Face directories, .nemo, torch.save zips,
+                     distributed checkpoints; see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
   nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
   debug, log_file=PATH, cache_dir=PATH  as the long options

@@ -630,6 +630,38 @@ def test_removing_the_optimizer_state_of_a_distributed_checkpoint_shrinks_it(mou
     assert not (mnt / "optim").exists() and (mnt / "model" / "0" / "weight.npy").exists()
 
 
+def test_tensors_added_and_reshaped_in_a_distributed_checkpoint(mount, tmp_path):
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    ckpt = tmp_path / "fsdp2"
+    shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", ckpt)
+    ref = torch.load(FIXTURES / "dcp" / "fsdp2_2rank.ref.pt", weights_only=False)
+    mnt = mount(ckpt)
+    wider = np.arange(72, dtype=np.float64).reshape(12, 6)
+    np.save(mnt / "extra" / "colsharded.npy", wider)  # a new shape and dtype: stored whole
+    np.save(mnt / "model" / "new.npy", np.arange(3, dtype=np.int16))
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__0_1.distcp", "__1_0.distcp"]
+    metadata = dcp.FileSystemReader(str(ckpt)).read_metadata()
+    assert metadata.planner_data["model.new"] == ("model", "new")
+    state = {
+        "extra": {"colsharded": torch.zeros(12, 6, dtype=torch.float64)},
+        "model": {**{name: torch.zeros_like(t) for name, t in ref["model"].items()}, "new": torch.zeros(3, dtype=torch.int16)},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(ckpt))
+    assert state["extra"]["colsharded"].numpy().tolist() == wider.tolist()
+    assert state["model"]["new"].tolist() == [0, 1, 2]
+    assert all(torch.equal(state["model"][name], tensor) for name, tensor in ref["model"].items())
+    mnt = mount(ckpt)
+    assert np.load(mnt / "extra" / "colsharded.npy").tolist() == wider.tolist()
+
+
 def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount, tmp_path):
     import tarfile
     import warnings
@@ -650,22 +682,25 @@ def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount
     new = np.arange(60, dtype=np.float32).reshape(10, 6)
     np.save(weights / "extra" / "colsharded.npy", new)
     shutil.rmtree(weights / "optim")
+    np.save(weights / "model" / "added.npy", np.ones(2, dtype=np.float32))
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
     members = tar_members(nemo)
-    assert list(members) == list(original) and members["./model_config.yaml"] == original["./model_config.yaml"]
+    assert list(members) == list(original) + ["./model_weights/__0_1.distcp"]  # the new tensor's shard at the end
+    assert members["./model_config.yaml"] == original["./model_config.yaml"]
     assert len(members["./model_weights/__0_0.distcp"]) < len(original["./model_weights/__0_0.distcp"])
     unpacked = tmp_path / "unpacked"
     with tarfile.open(nemo) as tf:
         tf.extractall(unpacked, filter="data")
     state = {"extra": {"colsharded": torch.zeros(10, 6)},
-             "model": {name: torch.zeros_like(t) for name, t in ref["model"].items()}}  # fmt: skip
+             "model": {**{name: torch.zeros_like(t) for name, t in ref["model"].items()}, "added": torch.zeros(2)}}  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(state, checkpoint_id=str(unpacked / "model_weights"))
         keys = dcp.FileSystemReader(str(unpacked / "model_weights")).read_metadata().state_dict_metadata
     assert not [k for k in keys if k.startswith("optim.")]
     assert state["extra"]["colsharded"].numpy().tolist() == new.tolist()
+    assert state["model"]["added"].tolist() == [1, 1]
     assert all(torch.equal(state["model"][name], tensor) for name, tensor in ref["model"].items())
 
 

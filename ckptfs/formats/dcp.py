@@ -21,19 +21,22 @@ from dataclasses import dataclass, field
 from .. import names, npy, pickle_writer
 from ..assemble import Assembled, Chunk, covers_exactly, row_pieces
 from ..checkpoint import Checkpoint
-from ..dtypes import BY_TORCH, DType
+from ..dtypes import BY_NAME, BY_TORCH, DType
 from ..errors import FormatError
 from ..inert_pickle import Call, Global, InertUnpickler, PickleError
 from ..pyobjects import to_yaml
 from ..rawfiles import raw_file
 from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
-from ..torch_pickle import KNOWN, TensorRef
+from ..object_edits import new_size
+from ..torch_pickle import KNOWN, TensorRef, new_tensor
 from ..tree import Content, Dir, Extent, File, LazyDir
 from ..overlay import EditedContent
 from ..repack import RepackError, same_bytes, write_new_file
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
+from .torchzip_rewrite import storable as torch_storable
+from . import zipout
 
 METADATA = ".metadata"
 _RANK_METADATA = re.compile(r"__(\d+)\.metadata")
@@ -413,11 +416,12 @@ class Writer:
     shape and dtype are split back into their chunks, each patched inside its
     shard's torch.save record (CRCs included). Removed tensors and items
     leave the metadata (`.metadata` pickled again) and their shards (the
-    records after them move up). Every other file, and every shard without a
-    change, is hard-linked from the source. New or reshaped tensors are
-    refused."""
+    records after them move up). New tensors, and tensors of a new shape or
+    dtype, are stored whole in a new shard. Every other file, and every
+    shard without a change, is hard-linked from the source."""
 
     directory = True
+    adds_tensors = True  # a new `.npy` is a new tensor
 
     def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict, fqn_of: dict):
         self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
@@ -425,19 +429,23 @@ class Writer:
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         new = self.new_files(files, before)
         for name, source in self.files.items():
-            target = os.path.join(out, name)
             if name not in new:
-                os.link(source.path, target)
-            elif new[name] is not None:
-                write_new_file(target, new[name].write)
+                os.link(source.path, os.path.join(out, name))
+        for name, made in new.items():
+            if made is not None:
+                write_new_file(os.path.join(out, name), made.write)
 
     def new_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
         """What the edits make of the checkpoint's files, by name: a `NewFile`
         for a changed one, None for one left out; unchanged ones are not
         listed. RepackError naming every edit that cannot be written."""
         patches: dict[str, dict[int, list]] = {}  # shard -> record start -> [(offset, length, reader, 0)]
-        problems = [f"{p}: adding files to a distributed checkpoint is not supported yet" for p in files if p not in before]
+        problems: list[str] = []
         removed: set[str] = set()
+        added: dict[str, tuple] = {}  # fqn -> (content, data start, dtype, shape): new and reshaped tensors
+        for path, node in sorted(files.items()):
+            if path not in before and not isinstance(node, Dir):
+                self._guarded(problems, self._added, path, node, added)
         for path, (node, content) in sorted(before.items()):
             after = files.get(path)
             if after is None and id(node) in self.fqn_of:
@@ -445,14 +453,15 @@ class Writer:
             elif after is None and not isinstance(node, Dir):  # a folder's files say what it held
                 problems.append(f"{path}: only tensors and items of a distributed checkpoint can be removed")
             elif isinstance(getattr(after, "content", None), EditedContent) and not same_bytes(after.content, content):
-                try:
-                    self._split(path, node, after.content, patches)
-                except ValueError as e:
-                    problems.append(str(e))
+                if self._same_layout(path, node, after.content):
+                    self._guarded(problems, self._split, path, node, after.content, patches)
+                else:  # another shape or dtype: the tensor is stored anew, whole
+                    removed.add(self.fqn_of[id(node)])
+                    self._guarded(problems, self._added, path, after, added)
         layout = None
-        if removed and not problems:
+        if (removed or added) and not problems:
             try:
-                layout = _Without(self.files, removed)
+                layout = _Rewrite(self.files, removed, added)
             except ValueError as e:
                 problems.append(str(e))
         if problems:
@@ -469,12 +478,37 @@ class Writer:
                 new[name] = None
             elif shard_patches:
                 new[name] = NewFile(source.size, functools.partial(_patched, source, shard_patches))
+        if layout is not None and layout.added:
+            new[layout.new_shard] = NewFile(sum(r.size for r in layout.added), layout.write_added)
         return new
+
+    @staticmethod
+    def _guarded(problems: list[str], step, *args) -> None:
+        try:
+            step(*args)
+        except ValueError as e:
+            problems.append(str(e))
+
+    def _added(self, path: str, node: File, added: dict) -> None:
+        """A new tensor file (or one of a new shape or dtype), to be stored whole."""
+        if not path.endswith(".npy"):
+            raise ValueError(f"{path}: a distributed checkpoint takes new tensors (.npy) only")
+        fqn = self.fqn_of.get(id(node)) or ".".join(names.unescape(p) for p in path[: -len(".npy")].split("/"))
+        like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+        dtype, shape, start, _ = npy.edited_layout(node.content, path, like, torch_storable, "a distributed checkpoint")
+        added[fqn] = (node.content, start, dtype, tuple(shape))
+
+    def _same_layout(self, path: str, node: File, edited) -> bool:
+        try:
+            self._layout(path, node, edited)
+            return True
+        except ValueError:
+            return False
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
         if path.endswith(".npy"):
-            self._layout(path, node, node.content)
+            self._added(path, node, {})
 
     def _layout(self, path: str, node: File, edited) -> tuple:
         """(dtype, shape, chunks, data start) of an edited consolidated tensor."""
@@ -525,22 +559,25 @@ def _patched(source: FileSource, patches: dict, output) -> None:
     output.copy(source, position, source.size - position)
 
 
-class _Without:
-    """The layout of a distributed checkpoint without some of its keys: the
-    metadata pickled again without them, each shard that held one written
-    without its records (the later records move up, and the metadata says
-    where), a shard left empty not written at all."""
+class _Rewrite:
+    """The layout of a distributed checkpoint with keys removed and tensors
+    added: the metadata pickled again; each shard that held a removed key
+    written without its records (the later records move up, and the
+    metadata says where), a shard left empty not written; the added tensors
+    stored whole, each as a torch.save record as DCP writes them, in a new
+    shard `__0_<n>.distcp`, their metadata made like the other tensors'."""
 
-    def __init__(self, files: dict[str, FileSource], removed: set[str]):
+    def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple]):
         if METADATA not in files:
-            raise ValueError("removing keys from a checkpoint saved with one metadata file per rank is not supported yet")
+            raise ValueError("changing the keys of a checkpoint saved with one metadata file per rank is not supported yet")
         metadata = InertUnpickler(files[METADATA].read_exact(0, files[METADATA].size), known=KNOWN).load()
         fields = _fields(metadata)
-        for key in ("state_dict_metadata", "planner_data"):
-            if isinstance(fields.get(key), dict):
-                for fqn in removed:
-                    fields[key].pop(fqn, None)
-        storage = fields["storage_data"]
+        items, storage, planner = fields["state_dict_metadata"], fields["storage_data"], fields.get("planner_data")
+        templates = _Templates(items, storage, planner)
+        for fqn in removed:
+            items.pop(fqn, None)
+            if isinstance(planner, dict):
+                planner.pop(fqn, None)
         records: dict[str, list[tuple[int, int, object, bool]]] = {}  # shard -> [(start, length, info, removed)]
         for index in list(storage):
             where = _fields(storage[index])
@@ -568,6 +605,14 @@ class _Without:
                 _set_field(info, "offset", position)
                 position += length
             self.files[name] = [(start, length) for start, length, _ in kept]
+        self.new_shard = _free_shard_name(files)
+        self.added: list[zipout.ZipPlan] = []
+        position = 0
+        for fqn, (content, start, dtype, shape) in sorted(added.items()):
+            record = _tensor_record(content, start, dtype, shape)
+            templates.add(fqn, dtype, shape, self.new_shard, position, record.size)
+            self.added.append(record)
+            position += record.size
         self.metadata = pickle_writer.dumps(metadata)
 
     def write(self, name: str, source: FileSource, patches: dict, output) -> None:
@@ -578,6 +623,83 @@ class _Without:
                 torchzip.Writer(record, record.path).write_patches(record_patches, output)
             else:
                 output.copy(source, start, length)
+
+    def write_added(self, output) -> None:
+        for record in self.added:
+            record.write(output)
+
+
+class _Templates:
+    """Metadata for new tensors, made like the checkpoint's own: each object
+    copies one of the same class from the metadata, with new fields."""
+
+    def __init__(self, items: dict, storage: dict, planner):
+        self.items, self.storage, self.planner = items, storage, planner
+        self.tensor = next((v for v in items.values() if isinstance(v, Call) and v.path.endswith("TensorStorageMetadata")), None)
+        self.index, self.info = next(iter(storage.items()), (None, None))
+
+    def add(self, fqn: str, dtype: DType, shape: tuple[int, ...], shard: str, offset: int, length: int) -> None:
+        if self.tensor is None or self.index is None:
+            raise ValueError(f"{fqn}: the checkpoint has no tensor to make the new one's metadata like")
+        zeros = new_size([0] * len(shape))
+        properties = _copy(self.tensor.state["properties"])
+        if isinstance(properties.state, tuple):
+            properties.state = (Global("torch", dtype.torch), *properties.state[1:])
+        else:
+            properties.state["dtype"] = Global("torch", dtype.torch)
+        chunk = _copy(self.tensor.state["chunks"][0], offsets=zeros, sizes=new_size(list(shape)))
+        self.items[fqn] = _copy(self.tensor, properties=properties, size=new_size(list(shape)), chunks=[chunk])
+        info = _copy(self.info, relative_path=shard, offset=offset, length=length)
+        if "transform_descriptors" in info.state:
+            info.state["transform_descriptors"] = None
+        self.storage[_copy(self.index, fqn=fqn, offset=zeros, index=0)] = info
+        if isinstance(self.planner, dict):
+            self.planner[fqn] = _planner_path(self.planner, fqn)
+
+
+def _copy(call: Call, **fields) -> Call:
+    """A pickled dataclass instance like `call`, with some fields changed."""
+    state = call.state
+    if isinstance(state, dict):
+        state = {**state, **fields}
+    elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        state = (state[0], {**state[1], **fields})
+    return Call(call.func, call.args, dict(call.kwargs), state, kind=call.kind)
+
+
+def _planner_path(planner: dict, fqn: str) -> tuple:
+    """How DCP's planner unflattens a new key: like the key sharing the
+    longest dotted prefix with it (`model.0.weight` -> ("model", "0.weight"))."""
+    parts = fqn.split(".")
+
+    def shared(other: str) -> int:
+        return next((i for i, (a, b) in enumerate(zip(parts, other.split("."))) if a != b), len(parts))
+
+    like = max(planner, key=shared, default=None)
+    path = planner.get(like)
+    if not (isinstance(path, tuple) and path and all(isinstance(p, str) for p in path)):
+        return tuple(parts)
+    depth = min(len(path), len(parts))
+    return (*parts[: depth - 1], ".".join(parts[depth - 1 :]))
+
+
+def _free_shard_name(files: dict) -> str:
+    taken = [int(m.group(1)) for n in files if (m := re.fullmatch(r"__0_(\d+)\.distcp", n))]
+    return f"__0_{max(taken, default=-1) + 1}.distcp"
+
+
+def _tensor_record(content, start: int, dtype: DType, shape: tuple[int, ...]) -> zipout.ZipPlan:
+    """A torch.save zip of one tensor whose bytes are `content` from `start`,
+    as DCP's writer stores each tensor chunk."""
+    tensor = new_tensor("0", dtype, shape, None)
+    pickle = pickle_writer.dumps(tensor)
+    nbytes = math.prod(shape) * dtype.bits // 8
+    return zipout.ZipPlan([
+        zipout.Record("archive/data.pkl", len(pickle), data=pickle),
+        zipout.Record("archive/byteorder", 6, data=b"little"),
+        zipout.Record("archive/data/0", nbytes, piece=content, start=start),
+        zipout.Record("archive/version", 2, data=b"3\n"),
+    ])  # fmt: skip
 
 
 def _set_field(value: Call, name: str, new: object) -> None:

@@ -283,6 +283,12 @@ class Writer:
         for path in sorted(p for p in files if p not in written and p not in before):
             if not any(path.startswith(folder) for folder in nested):
                 self._new(prefix, path, files[path], output)
+        for path, plan in sorted(in_folders.items()):
+            if path not in written and plan is not None:  # a new shard of a distributed checkpoint
+                info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
+                info.mode, info.size = 0o644, plan.size
+                info.mtime = (_latest(path.rpartition("/")[0], files) or time.time_ns()) / 1e9
+                self._member(info, plan, output)
         output.write(b"\0" * (2 * BLOCK))
         output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
 
