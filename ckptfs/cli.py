@@ -18,9 +18,8 @@ UMOUNT_TIMEOUT = 600.0
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
-  ro                 read-only (default: writable where ckptfs can write the format:
-                     safetensors, Hugging Face directories, .nemo, torch.save zips,
-                     distributed checkpoints; see docs/writing.md)
+  ro                 read-only (default: writable; edits are written back on unmount,
+                     see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
   nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
   debug, log_file=PATH, cache_dir=PATH  as the long options

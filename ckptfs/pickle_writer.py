@@ -23,8 +23,10 @@ class PickleWriteError(Exception):
     """The graph holds a value protocol 2 cannot spell."""
 
 
-def dumps(obj: object) -> bytes:
-    writer = _Writer()
+def dumps(obj: object, storage_pid=None) -> bytes:
+    """The protocol 2 pickle of `obj`. `storage_pid(ref)` gives a storage's
+    persistent id (default: as it was read; the legacy format adds a view)."""
+    writer = _Writer(storage_pid or (lambda ref: ref.pid))
     writer.out += pickle.PROTO + b"\x02"
     try:
         writer.save(obj)
@@ -35,7 +37,8 @@ def dumps(obj: object) -> bytes:
 
 
 class _Writer:
-    def __init__(self):
+    def __init__(self, storage_pid):
+        self.storage_pid = storage_pid
         self.out = bytearray()
         self.memo: dict[int, int] = {}
         self.alive: list = []  # keeps memoized objects alive, so no id is reused
@@ -75,7 +78,7 @@ class _Writer:
             self.out += pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("utf-8")
             self._memoize(obj)
         elif isinstance(obj, StorageRef):
-            self.save(obj.pid)
+            self.save(self.storage_pid(obj))
             self.out += pickle.BINPERSID
         elif isinstance(obj, Persistent):
             self.save(obj.pid)

@@ -95,6 +95,25 @@ def test_a_float8_tensor_and_a_tensor_inside_a_list(mount, tmp_path):
         assert [t.tolist() for t in loaded["scales"]] == [[3, 3]]
 
 
+def test_edits_of_a_legacy_torch_save_file_stay_in_the_legacy_format(mount, tmp_path):
+    path = tmp_path / "legacy.pth"
+    state = {"w": torch.nn.Parameter(torch.arange(6.0).reshape(2, 3)), "b": torch.ones(3), "gone": torch.zeros(4), "step": 3}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    mnt = mount(path)
+    np.save(mnt / "w.npy", np.full((3, 3), 2, dtype=np.float64))
+    os.unlink(mnt / "gone.npy")
+    np.save(mnt / "new.npy", np.arange(4, dtype=np.int32))
+    (mnt / "step.yaml").write_text("4\n")
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    assert not zipfile.is_zipfile(path)  # still the legacy layout
+    for loaded in (torch.load(path, weights_only=False), torch.load(path, weights_only=True)):
+        assert list(loaded) == ["w", "b", "step", "new"]
+        assert isinstance(loaded["w"], torch.nn.Parameter) and loaded["w"].dtype == torch.float64
+        assert loaded["w"].tolist() == [[2] * 3] * 3 and torch.equal(loaded["b"], state["b"])
+        assert loaded["new"].tolist() == [0, 1, 2, 3] and loaded["step"] == 4
+
+
 def test_a_renamed_parameter_stays_a_parameter(mount, state_pt):
     path, state = state_pt
     mnt = mount(path)

@@ -55,7 +55,9 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
         ckpt.writer = torchzip.Writer(source, source.path)
         return ckpt
     if torchlegacy.sniff(head):
-        return _open_pickled(torchlegacy.TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
+        ckpt = _open_pickled(torchlegacy.TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
+        ckpt.writer = torchlegacy.Writer(source, source.path)
+        return ckpt
     for magic, what in _NOT_CHECKPOINTS.items():
         if head.startswith(magic):
             raise FormatError(path, what)

@@ -35,7 +35,7 @@ from ..overlay import EditedContent
 from ..repack import RepackError, same_bytes, write_new_file
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
-from .torchzip_rewrite import storable as torch_storable
+from .torch_rewrite import storable as torch_storable
 from . import zipout
 
 METADATA = ".metadata"

@@ -5,13 +5,17 @@ each storage as an 8-byte element count and its raw bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
+from .. import npy
+from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..inert_pickle import InertUnpickler, PickleError
 from ..sources import Source
 from ..torch_pickle import KNOWN, persistent_load
 from ..tree import Extent
+from .torch_rewrite import legacy_storable, write_legacy
 from .torchzip import PickledCheckpoint
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -32,6 +36,7 @@ class TorchLegacy(PickledCheckpoint):
         stream = io.BytesIO(source.pread(0, min(source.size, MAX_PICKLES_BYTES)))
         try:
             header = [InertUnpickler(stream).load() for _ in range(3)]
+            self.header_end = stream.tell()  # magic number, protocol version, system info
             if header[0] != MAGIC_NUMBER or header[1] != PROTOCOL_VERSION:
                 raise FormatError(name, f"legacy torch.save header {header[:2]} is not {MAGIC_NUMBER:#x}, {PROTOCOL_VERSION}")
             if isinstance(header[2], dict) and header[2].get("little_endian") is False:
@@ -52,7 +57,7 @@ class TorchLegacy(PickledCheckpoint):
         storage = persistent_load(pid[:5] if isinstance(pid, tuple) else pid)
         if storage.dtype is not None:
             self.element_sizes[storage.key] = storage.dtype.bits // 8
-        return storage
+        return dataclasses.replace(storage, pid=pid)
 
     def _locate(self, keys: list[str], position: int) -> dict[str, Extent]:
         storages = {}
@@ -68,7 +73,31 @@ class TorchLegacy(PickledCheckpoint):
             position += 8 + nbytes
         return storages
 
+    def storage_keys(self) -> list[str]:
+        return list(self._storages)
+
     def storage(self, key: str) -> Extent:
         if key not in self._storages:
             raise FormatError(self.name, f"storage {key!r} is not in the file")
         return self._storages[key]
+
+
+class Writer:
+    """Writes an edited tree of a legacy torch.save file in the legacy
+    layout (`torch_rewrite.write_legacy`): any edit rewrites the object
+    pickle; storages are copied by byte range."""
+
+    adds_tensors = True
+
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+
+    def write(self, files: dict, before: dict, output) -> None:
+        write_legacy(TorchLegacy(self.source, self.name), files, before, output)
+
+    def check(self, path: str, node) -> None:
+        """ValueError if an edited tensor cannot be written back (on close);
+        YAML views are checked at the repack."""
+        if path.endswith(".npy"):
+            like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+            npy.edited_layout(node.content, path, like, legacy_storable, "the legacy torch.save format")

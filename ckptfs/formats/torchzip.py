@@ -25,7 +25,7 @@ from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
 from ..torch_pickle import KNOWN, TensorRef, persistent_load
 from ..tree import Content, Dir, Extent, File, PathConflict
-from .torchzip_rewrite import rewrite_plan, storable
+from .torch_rewrite import rewrite_plan, storable
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -50,6 +50,9 @@ class PickledCheckpoint:
     globals: list[Global]
 
     def storage(self, key: str) -> Extent:
+        raise NotImplementedError
+
+    def storage_keys(self) -> list[str]:
         raise NotImplementedError
 
     def tensor_piece(self, ref: TensorRef, name: str):
@@ -138,6 +141,10 @@ class TorchZip(PickledCheckpoint):
         extent = self._storages[key] = self.record_data(info)
         return extent
 
+    def storage_keys(self) -> list[str]:
+        storages = self.prefix + "data/"
+        return [name[len(storages) :] for name in self.records if name.startswith(storages)]
+
     def record_data(self, info: zipfile.ZipInfo) -> Extent:
         """The stored (maybe compressed) bytes of a record."""
         header = self.source.read_exact(info.header_offset, LOCAL_HEADER.size)
@@ -191,7 +198,7 @@ class Writer:
     of their records (in the data descriptor, the central directory and,
     where set, the local header). Any other edit (tensors added, removed or
     reshaped, YAML views changed) rewrites data.pkl and the archive
-    (`torchzip_rewrite`)."""
+    (`torch_rewrite`)."""
 
     adds_tensors = True
 

@@ -1,11 +1,12 @@
-"""A torch.save zip written anew for edits that change its objects: tensors
-added, removed or reshaped, YAML views changed.
+"""A torch.save checkpoint written anew for edits that change its objects:
+tensors added, removed or reshaped, YAML views changed.
 
 The pickle is read again, the edits are made on its objects
-(`pickled_edits`), and data.pkl is pickled from them (`pickle_writer`).
-Every other record keeps its place and bytes; storages no tensor uses any
-more are left out, and new tensors get new storage records after the old
-ones. Unchanged storages are copied by byte range.
+(`pickled_edits`), and it is pickled from them (`pickle_writer`).
+Storages no tensor uses any more are left out, new tensors get new
+storages after the old ones, unchanged storages are copied by byte range.
+A zip keeps every other record in its place with its bytes; a legacy file
+keeps its header pickles.
 """
 
 from __future__ import annotations
@@ -16,38 +17,50 @@ from ..inert_pickle import Call, PickledDict, Rebuilt
 from ..object_edits import EditError
 from ..objtree import ObjectTree
 from ..repack import RepackError
-from ..torch_pickle import StorageRef, TensorRef, new_tensor
+from ..torch_pickle import STORAGE_CLASSES, StorageRef, TensorRef, new_tensor
 from .zipout import Record, ZipPlan
 
 
-def rewrite_plan(archive, files: dict, before: dict) -> ZipPlan:
-    """The new archive for the edited tree of `archive` (a `TorchZip`);
-    RepackError naming every edit that cannot be made."""
+def edit_objects(archive, files: dict, before: dict, storable, target: str) -> tuple[object, dict]:
+    """The edited object graph of `archive` (a `PickledCheckpoint`), and the
+    new storages {key: (content, data start, length, count)}; RepackError naming
+    every edit that cannot be made. `storable(dtype)` says which dtypes the
+    `target` format holds."""
     tree = ObjectTree(archive.tensor_file)
     tree.build(archive.obj)
-    storage_prefix = archive.prefix + "data/"
-    used = [int(n[len(storage_prefix) :]) for n in archive.records if n[len(storage_prefix) :].isdigit()]
-    new_storages: dict[str, tuple[object, int, int]] = {}
+    used = [int(key) for key in archive.storage_keys() if key.isdigit()]
+    new_storages: dict[str, tuple[object, int, int, int]] = {}
 
     def tensor_for(path: str, content, like) -> TensorRef:
         like = like if isinstance(like, TensorRef) else None
         try:
-            dtype, shape, start, nbytes = npy.edited_layout(content, path, like.dtype if like else None, storable,
-                                                            "torch.save")  # fmt: skip
+            dtype, shape, start, nbytes = npy.edited_layout(content, path, like.dtype if like else None, storable, target)
         except ValueError as e:
             raise EditError(str(e)) from None
         key = str(max(used, default=-1) + 1 + len(new_storages))
-        new_storages[key] = (content, start, nbytes)
-        return new_tensor(key, dtype, tuple(shape), like)
+        tensor = new_tensor(key, dtype, tuple(shape), like)
+        new_storages[key] = (content, start, nbytes, tensor.storage.size)
+        return tensor
 
     obj, problems = pickled_edits.apply(tree, files, before, tensor_for)
     if problems:
         raise RepackError(f"cannot write {archive.name}: " + "; ".join(problems))
+    return obj, new_storages
+
+
+def _pickled(archive, obj: object, **options) -> bytes:
     try:
-        pickle = pickle_writer.dumps(obj)
+        return pickle_writer.dumps(obj, **options)
     except pickle_writer.PickleWriteError as e:
-        raise RepackError(f"cannot write {archive.name}: data.pkl: {e}") from None
+        raise RepackError(f"cannot write {archive.name}: the pickle: {e}") from None
+
+
+def rewrite_plan(archive, files: dict, before: dict) -> ZipPlan:
+    """The new archive for the edited tree of `archive` (a `TorchZip`)."""
+    obj, new_storages = edit_objects(archive, files, before, storable, "torch.save")
+    pickle = _pickled(archive, obj)
     live = storage_keys(obj)
+    storage_prefix = archive.prefix + "data/"
     records, after_storages = [], None
     for name, info in archive.records.items():
         if name == archive.prefix + "data.pkl":
@@ -63,14 +76,39 @@ def rewrite_plan(archive, files: dict, before: dict) -> ZipPlan:
         records.append(Record(name, extent.length, piece=extent, crc=info.CRC, method=info.compress_type,
                               size=info.file_size))  # fmt: skip
     added = [Record(storage_prefix + key, nbytes, piece=content, start=start)
-             for key, (content, start, nbytes) in new_storages.items() if key in live]  # fmt: skip
+             for key, (content, start, nbytes, _) in new_storages.items() if key in live]  # fmt: skip
     at = len(records) if after_storages is None else after_storages
     return ZipPlan(records[:at] + added + records[at:])
+
+
+def write_legacy(archive, files: dict, before: dict, output) -> None:
+    """The edited tree of `archive` (a `TorchLegacy`) in the legacy layout:
+    its header pickles as they were, the object, the sorted storage keys,
+    then each storage as its element count and bytes."""
+    obj, new_storages = edit_objects(archive, files, before, legacy_storable, "the legacy torch.save format")
+    pickle = _pickled(archive, obj, storage_pid=lambda ref: (*ref.pid[:5], None))
+    live = sorted(storage_keys(obj))  # as torch sorts them
+    output.copy(archive.source, 0, archive.header_end)
+    output.write(pickle)
+    output.write(_pickled(archive, live))
+    for key in live:
+        if key in new_storages:
+            content, start, nbytes, count = new_storages[key]
+            output.write(count.to_bytes(8, "little"))
+            output.copy_content(content, start, nbytes)
+        else:
+            extent = archive.storage(key)
+            output.copy(archive.source, extent.offset - 8, extent.length + 8)  # its count, then its bytes
 
 
 def storable(dtype: DType) -> bool:
     """Whether torch.save can hold `dtype` (a torch dtype of whole bytes)."""
     return dtype.torch is not None and dtype.bits % 8 == 0
+
+
+def legacy_storable(dtype: DType) -> bool:
+    """Whether the legacy format holds `dtype`: only as a typed storage."""
+    return dtype.torch in STORAGE_CLASSES
 
 
 def storage_keys(root: object) -> set[str]:
