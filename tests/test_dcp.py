@@ -425,3 +425,54 @@ def test_metadata_from_older_torch_class_paths_and_protocol_2(mount, tmp_path):
     assert np.load(mnt / "w.npy").tobytes() == _bytes(state["w"])
     assert yaml.safe_load((mnt / "step.yaml").read_text()) == 4
     assert "torch.distributed._shard.checkpoint.metadata.Metadata" in (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_takes_a_rewrite_a_removal_and_a_new_tensor(mount, tmp_path, multirank, variant):
+    """Plain chunks are patched in place; zstd-compressed ones are stored
+    anew whole; per-rank metadata files all follow. A safetensors-format
+    checkpoint takes removals, and refuses tensors stored anew."""
+    import shutil
+    import warnings
+
+    from .conftest import run_ckptfs, umount
+    from .dcp_writer import reference
+
+    out, world_size = multirank
+    ckpt = tmp_path / variant
+    shutil.copytree(out / variant, ckpt)
+    expected = reference(world_size)
+    mnt = Path(mount(ckpt, log_errors_expected=variant == "safetensors"))
+    rows = expected["rows"].numpy() * 2
+    np.save(_npy(mnt, "rows"), rows)
+    os.unlink(_npy(mnt, "cols"))
+    np.save(mnt / "added.npy", np.arange(5, dtype=np.int16))
+    done = umount(mnt)
+    if variant == "safetensors":
+        assert done.returncode == 1 and "added, rows: this checkpoint stores its chunks in safetensors blocks" in done.stderr
+        assert run_ckptfs("recover", ckpt, "--discard").returncode == 0
+        mnt = Path(mount(ckpt))
+        os.unlink(_npy(mnt, "cols"))
+        assert umount(mnt).returncode == 0
+        rows = expected["rows"].numpy()
+    else:
+        assert done.returncode == 0, done.stderr
+    mnt = Path(mount(ckpt))
+    assert np.load(_npy(mnt, "rows")).tolist() == rows.tolist() and not _npy(mnt, "cols").exists()
+    assert (mnt / "added.npy").exists() == (variant != "safetensors")
+    for fqn in ("cols_bf16", "replicated", "layer.0.weight", "wide_cols"):
+        assert np.load(_npy(mnt, fqn)).tobytes() == _bytes(expected[fqn]), fqn
+    reader = dcp.FileSystemReader(str(ckpt))
+    if variant in ("per_rank_metadata", "safetensors"):  # torch's FileSystemReader loads neither in one process
+        for rank in range(world_size) if variant == "per_rank_metadata" else [None]:
+            keys = reader.read_metadata(rank=rank).state_dict_metadata
+            assert "cols" not in keys and ("added" in keys) == (variant != "safetensors")
+        return
+    assert np.load(mnt / "added.npy").tolist() == [0, 1, 2, 3, 4]
+    state = {"rows": torch.zeros(10, 7), "added": torch.zeros(5, dtype=torch.int16), "step": 0,
+             "wide_cols": torch.zeros(40, 600)}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(ckpt))
+    assert state["rows"].numpy().tolist() == rows.tolist() and state["added"].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(state["wide_cols"], expected["wide_cols"]) and state["step"] == 7

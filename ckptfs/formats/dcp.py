@@ -453,11 +453,12 @@ class Writer:
             elif after is None and not isinstance(node, Dir):  # a folder's files say what it held
                 problems.append(f"{path}: only tensors and items of a distributed checkpoint can be removed")
             elif isinstance(getattr(after, "content", None), EditedContent) and not same_bytes(after.content, content):
-                if self._same_layout(path, node, after.content):
-                    self._guarded(problems, self._split, path, node, after.content, patches)
-                else:  # another shape or dtype: the tensor is stored anew, whole
-                    removed.add(self.fqn_of[id(node)])
+                if not self._patched_in_place(path, node, after.content, patches):
+                    removed.add(self.fqn_of[id(node)])  # stored anew, whole
                     self._guarded(problems, self._added, path, after, added)
+        if added and not self._stores_torch_records():
+            problems.append(f"{', '.join(sorted(added))}: this checkpoint stores its chunks in safetensors blocks;"
+                            " storing tensors anew in it is not supported yet")  # fmt: skip
         layout = None
         if (removed or added) and not problems:
             try:
@@ -469,8 +470,9 @@ class Writer:
         new: dict[str, NewFile | None] = {}
         for name, source in self.files.items():
             shard_patches = patches.get(name, {})
-            if layout is not None and name == METADATA:
-                new[name] = NewFile(len(layout.metadata), lambda output: output.write(layout.metadata))
+            if layout is not None and name in layout.metadata:
+                data = layout.metadata[name]
+                new[name] = NewFile(len(data), functools.partial(_write_bytes, data))
             elif layout is not None and name in layout.files:
                 size = sum(length for _, length in layout.files[name])
                 new[name] = NewFile(size, functools.partial(layout.write, name, source, shard_patches))
@@ -481,6 +483,13 @@ class Writer:
         if layout is not None and layout.added:
             new[layout.new_shard] = NewFile(sum(r.size for r in layout.added), layout.write_added)
         return new
+
+    def _stores_torch_records(self) -> bool:
+        """Whether tensor chunks are torch.save records (not a safetensors block)."""
+        for _, _, chunks in self.chunks_of.values():
+            record = chunks[0].piece.record
+            return torchzip.sniff(record.data.pread(0, 4))
+        return True
 
     @staticmethod
     def _guarded(problems: list[str], step, *args) -> None:
@@ -498,12 +507,19 @@ class Writer:
         dtype, shape, start, _ = npy.edited_layout(node.content, path, like, torch_storable, "a distributed checkpoint")
         added[fqn] = (node.content, start, dtype, tuple(shape))
 
-    def _same_layout(self, path: str, node: File, edited) -> bool:
+    def _patched_in_place(self, path: str, node: File, edited, patches: dict) -> bool:
+        """Whether an edited tensor of its old shape and dtype could be patched
+        into its chunks' records; False for another shape or dtype, or chunks
+        that are compressed or not torch.save records."""
+        mine: dict = {}
         try:
-            self._layout(path, node, edited)
-            return True
+            self._split(path, node, edited, mine)
         except ValueError:
             return False
+        for shard, by_record in mine.items():
+            for start, (record, record_patches) in by_record.items():
+                patches.setdefault(shard, {}).setdefault(start, (record, {}))[1].update(record_patches)
+        return True
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
@@ -540,6 +556,10 @@ class Writer:
             by_record.setdefault(record.start, (record.raw, {}))[1][piece.offset] = (piece.length, box, 0)
 
 
+def _write_bytes(data: bytes, output) -> None:
+    output.write(data)
+
+
 @dataclass(frozen=True)
 class NewFile:
     """A file of the checkpoint as the edits make it: `write(output)` writes
@@ -561,31 +581,34 @@ def _patched(source: FileSource, patches: dict, output) -> None:
 
 class _Rewrite:
     """The layout of a distributed checkpoint with keys removed and tensors
-    added: the metadata pickled again; each shard that held a removed key
+    added: the metadata pickled again (every rank's, for a checkpoint saved
+    with one metadata file per rank); each shard that held a removed key
     written without its records (the later records move up, and the
-    metadata says where), a shard left empty not written; the added tensors
-    stored whole, each as a torch.save record as DCP writes them, in a new
-    shard `__0_<n>.distcp`, their metadata made like the other tensors'."""
+    metadata says where), a shard left empty not written, a shard with
+    bytes besides its records (a safetensors-format one) kept as it was;
+    the added tensors stored whole, each as a torch.save record as DCP
+    writes them, in a new shard `__0_<n>.distcp`, with metadata made like
+    the other tensors'."""
 
     def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple]):
-        if METADATA not in files:
-            raise ValueError("changing the keys of a checkpoint saved with one metadata file per rank is not supported yet")
-        metadata = InertUnpickler(files[METADATA].read_exact(0, files[METADATA].size), known=KNOWN).load()
-        fields = _fields(metadata)
-        items, storage, planner = fields["state_dict_metadata"], fields["storage_data"], fields.get("planner_data")
-        templates = _Templates(items, storage, planner)
-        for fqn in removed:
-            items.pop(fqn, None)
-            if isinstance(planner, dict):
-                planner.pop(fqn, None)
+        graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
+                  for name in metadata_names(files)}  # fmt: skip
+        fields = {name: _fields(graph) for name, graph in graphs.items()}
+        templates = [_Templates(f["state_dict_metadata"], f["storage_data"], f.get("planner_data")) for f in fields.values()]
         records: dict[str, list[tuple[int, int, object, bool]]] = {}  # shard -> [(start, length, info, removed)]
-        for index in list(storage):
-            where = _fields(storage[index])
-            gone = _fields(index)["fqn"] in removed
-            records.setdefault(str(where["relative_path"]), []).append(
-                (int(where["offset"]), int(where["length"]), storage[index], gone))
-            if gone:
-                del storage[index]
+        for f in fields.values():
+            items, storage, planner = f["state_dict_metadata"], f["storage_data"], f.get("planner_data")
+            for fqn in removed:
+                items.pop(fqn, None)
+                if isinstance(planner, dict):
+                    planner.pop(fqn, None)
+            for index in list(storage):
+                where = _fields(storage[index])
+                gone = _fields(index)["fqn"] in removed
+                records.setdefault(str(where["relative_path"]), []).append(
+                    (int(where["offset"]), int(where["length"]), storage[index], gone))
+                if gone:
+                    del storage[index]
         self.files: dict[str, list[tuple[int, int]]] = {}  # rewritten shard -> the (start, length) of its kept records
         self.emptied: set[str] = set()
         for name, in_shard in records.items():
@@ -594,8 +617,7 @@ class _Rewrite:
             in_shard.sort(key=lambda r: r[0])
             ends = [0] + [start + length for start, length, *_ in in_shard]
             if [r[0] for r in in_shard] != ends[:-1] or name not in files or ends[-1] != files[name].size:
-                raise ValueError(f"{name}: holds bytes besides its records (a safetensors-format shard?);"
-                                 " removing keys from it is not supported yet")  # fmt: skip
+                continue  # bytes besides the records: the shard stays as it is, its removed records unread
             kept = [(start, length, info) for start, length, info, gone in in_shard if not gone]
             if not kept:
                 self.emptied.add(name)
@@ -608,12 +630,16 @@ class _Rewrite:
         self.new_shard = _free_shard_name(files)
         self.added: list[zipout.ZipPlan] = []
         position = 0
+        pattern = next((t for t in templates if t.tensor is not None and t.index is not None), None)
         for fqn, (content, start, dtype, shape) in sorted(added.items()):
+            if pattern is None:
+                raise ValueError(f"{fqn}: the checkpoint has no tensor to make the new one's metadata like")
             record = _tensor_record(content, start, dtype, shape)
-            templates.add(fqn, dtype, shape, self.new_shard, position, record.size)
+            for own in templates:  # every rank's metadata lists it: each rank reads its own
+                own.add(fqn, dtype, shape, self.new_shard, position, record.size, pattern)
             self.added.append(record)
             position += record.size
-        self.metadata = pickle_writer.dumps(metadata)
+        self.metadata = {name: pickle_writer.dumps(graph) for name, graph in graphs.items()}
 
     def write(self, name: str, source: FileSource, patches: dict, output) -> None:
         """Shard `name` without its removed records; `patches` by record start."""
@@ -638,21 +664,23 @@ class _Templates:
         self.tensor = next((v for v in items.values() if isinstance(v, Call) and v.path.endswith("TensorStorageMetadata")), None)
         self.index, self.info = next(iter(storage.items()), (None, None))
 
-    def add(self, fqn: str, dtype: DType, shape: tuple[int, ...], shard: str, offset: int, length: int) -> None:
-        if self.tensor is None or self.index is None:
-            raise ValueError(f"{fqn}: the checkpoint has no tensor to make the new one's metadata like")
+    def add(self, fqn: str, dtype: DType, shape: tuple[int, ...], shard: str, offset: int, length: int,
+            pattern: _Templates) -> None:  # fmt: skip
+        """Metadata of a tensor stored whole at `offset` of `shard`; made like
+        this file's own objects, or `pattern`'s where it has none."""
+        tensor, index, info = self.tensor or pattern.tensor, self.index or pattern.index, self.info or pattern.info
         zeros = new_size([0] * len(shape))
-        properties = _copy(self.tensor.state["properties"])
+        properties = _copy(tensor.state["properties"])
         if isinstance(properties.state, tuple):
             properties.state = (Global("torch", dtype.torch), *properties.state[1:])
         else:
             properties.state["dtype"] = Global("torch", dtype.torch)
-        chunk = _copy(self.tensor.state["chunks"][0], offsets=zeros, sizes=new_size(list(shape)))
-        self.items[fqn] = _copy(self.tensor, properties=properties, size=new_size(list(shape)), chunks=[chunk])
-        info = _copy(self.info, relative_path=shard, offset=offset, length=length)
+        chunk = _copy(tensor.state["chunks"][0], offsets=zeros, sizes=new_size(list(shape)))
+        self.items[fqn] = _copy(tensor, properties=properties, size=new_size(list(shape)), chunks=[chunk])
+        info = _copy(info, relative_path=shard, offset=offset, length=length)
         if "transform_descriptors" in info.state:
             info.state["transform_descriptors"] = None
-        self.storage[_copy(self.index, fqn=fqn, offset=zeros, index=0)] = info
+        self.storage[_copy(index, fqn=fqn, offset=zeros, index=0)] = info
         if isinstance(self.planner, dict):
             self.planner[fqn] = _planner_path(self.planner, fqn)
 
