@@ -44,7 +44,22 @@ def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str
         return 0, ""
     code, message = finish()
     (log.error if code else log.info)("%s", message)
+    _close_files_after_exit()
     return code, message
+
+
+def _close_files_after_exit() -> None:
+    """Leave the last close of the daemon's files to a helper that outlives
+    it by a moment. A repack renames the new checkpoint over the source, and
+    the last close of the old file frees its blocks (a quarter of a second
+    per GB on ext4), which `ckptfs umount`, waiting for the daemon to exit,
+    need not wait for."""
+    read_end, write_end = os.pipe()  # write_end stays open until the daemon exits
+    if os.fork() == 0:
+        os.close(write_end)
+        os.read(read_end, 1)  # end of file: the daemon is gone
+        os._exit(0)
+    os.close(read_end)
 
 
 async def _main(mountpoint: str, notify, commit) -> None:
