@@ -22,6 +22,9 @@ mount options (-o, comma-separated):
                      see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
   nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
+  ignore=GLOB:GLOB   names of editors' temporary files, never packed (default:
+                     .*.swp:.*.swx:.*.swo:*~:4913:.#*:*.tmp:.~lock.*#; ignore=+GLOB adds
+                     to them, ignore= packs everything)
   debug, log_file=PATH, cache_dir=PATH  as the long options
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
@@ -196,7 +199,9 @@ def _edit_session(checkpoint, opts):
         checkpoint.root.xattrs["ckptfs.read_only"] = f"{parent}: not writable, so edits cannot be kept beside the source"
         return None
     try:
-        return EditSession.start(checkpoint, mounts.state_dir())
+        if opts.ignore is None:
+            return EditSession.start(checkpoint, mounts.state_dir())
+        return EditSession.start(checkpoint, mounts.state_dir(), opts.ignore)
     except (CkptfsError, OSError) as e:
         reason = str(e) if isinstance(e, CkptfsError) else f"{checkpoint.source_path}: {e}"
         print(f"ckptfs: {reason}; mounted read-only", file=sys.stderr)

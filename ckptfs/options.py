@@ -24,6 +24,8 @@ class MountOptions:
     log_file: str | None = None
     cache_dir: str | None = None
     read_only: bool = False
+    #: names of temporary files never packed (None: the defaults of overlay.TEMP_PATTERNS)
+    ignore: tuple[str, ...] | None = None
 
 
 def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
@@ -39,6 +41,17 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.debug = True
         elif name in ("log_file", "cache_dir") and value:
             setattr(into, name, value)
+        elif name == "ignore":
+            into.ignore = _patterns(value)
         else:
             raise CkptfsError(f"unknown mount option {item!r} (see 'ckptfs mount --help')")
     return into
+
+
+def _patterns(value: str) -> tuple[str, ...]:
+    """`ignore=`'s glob patterns, separated by `:`; a leading `+` adds them
+    to the default ones instead of replacing them."""
+    from .overlay import TEMP_PATTERNS
+
+    patterns = tuple(p for p in value.removeprefix("+").split(":") if p)
+    return TEMP_PATTERNS + patterns if value.startswith("+") else patterns

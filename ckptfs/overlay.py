@@ -35,7 +35,7 @@ from .tree import Content, Dir, File, Node
 BLOCK = 1 << 16
 
 #: Names editors and tools use for their own temporary files: never packed,
-#: and their existence alone is not an edit (`-o keep=` changes nothing here yet).
+#: and their existence alone is not an edit. `-o ignore=` replaces them.
 TEMP_PATTERNS = (".*.swp", ".*.swx", ".*.swo", "*~", "4913", ".#*", "*.tmp", ".~lock.*#")
 
 
@@ -44,10 +44,10 @@ def overlay_dir(source: str) -> str:
     return os.path.join(parent, f".{name}.ckptfs")
 
 
-def is_temp_name(name: str) -> bool:
+def is_temp_name(name: str, patterns: tuple[str, ...] = TEMP_PATTERNS) -> bool:
     import fnmatch
 
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMP_PATTERNS)
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def source_identity(path: str) -> dict:
@@ -127,13 +127,15 @@ class Overlay:
     """The on-disk overlay of one source. Its directory is made on the first
     edit, so a writable mount that changes nothing leaves no trace."""
 
-    def __init__(self, source: str, lock: tuple[str, int], journal_fd: int | None = None, next_number: int = 0):
+    def __init__(self, source: str, lock: tuple[str, int], journal_fd: int | None = None, next_number: int = 0,
+                 ignored: tuple[str, ...] = TEMP_PATTERNS):  # fmt: skip
         self.source, self.path = os.path.abspath(source), overlay_dir(source)
         self.lock, self.journal_fd, self.next_number = lock, journal_fd, next_number
         self.identity = source_identity(source)
+        self.ignored = ignored  # names of temporary files, never packed (kept for `recover`)
 
     @classmethod
-    def create(cls, source: str, lock_path: str) -> Overlay:
+    def create(cls, source: str, lock_path: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> Overlay:
         """The overlay of a writable mount; CkptfsError if another writable
         mount holds the lock or if edits of an earlier mount wait."""
         journal = os.path.join(overlay_dir(source), "journal")
@@ -145,7 +147,7 @@ class Overlay:
         lock_fd = _lock(lock_path)
         if lock_fd is None:
             raise CkptfsError(f"{source}: already mounted writable elsewhere")
-        return cls(source, (lock_path, lock_fd))
+        return cls(source, (lock_path, lock_fd), ignored=ignored)
 
     @classmethod
     def reopen(cls, source: str, lock_path: str) -> tuple[Overlay, list[dict]]:
@@ -165,7 +167,9 @@ class Overlay:
         fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         numbers = [r["file"] for r in records if "file" in r]
         overlay = cls(source, (lock_path, lock_fd), fd, max(numbers, default=-1) + 1)
-        overlay.identity = {k: v for k, v in overlay.state().items() if k != "source"}
+        state = overlay.state()
+        overlay.identity = {k: state[k] for k in ("dev", "ino", "size", "mtime_ns")}
+        overlay.ignored = tuple(state.get("ignored", TEMP_PATTERNS))
         return overlay, records
 
     @property
@@ -175,7 +179,8 @@ class Overlay:
     def _ensure(self) -> None:
         if self.journal_fd is None:
             os.makedirs(os.path.join(self.path, "data"), exist_ok=True)
-            _write_json(os.path.join(self.path, "state.json"), {"source": self.source, **self.identity})
+            _write_json(os.path.join(self.path, "state.json"),
+                        {"source": self.source, **self.identity, "ignored": list(self.ignored)})  # fmt: skip
             self.journal_fd = os.open(
                 os.path.join(self.path, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
             )

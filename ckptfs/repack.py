@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 from .errors import CkptfsError
-from .overlay import EditableTree, EditedContent, Overlay, fsync_dir, is_temp_name, lock_path, source_identity
+from .overlay import (TEMP_PATTERNS, EditableTree, EditedContent, Overlay, fsync_dir, is_temp_name, lock_path,
+                      source_identity)  # fmt: skip
 from .sources import FileSource, SliceSource, Source
 from .tree import Dir, File, Node
 
@@ -117,17 +118,17 @@ def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
     return (source, offset) if isinstance(source, FileSource) else (None, offset)
 
 
-def files_of(root: Dir, skip: frozenset[str] = frozenset()) -> dict[str, Node]:
+def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, ...] = TEMP_PATTERNS) -> dict[str, Node]:
     """Every node of the main tree by path, without editors' temporary files
-    and the `skip` top-level names (the `.ckptfs/` view). A read-only folder
-    is listed but not entered: nothing below it can change (and a lazy one
-    stays unfilled)."""
+    (names matching `ignored`) and the `skip` top-level names (the `.ckptfs/`
+    view). A read-only folder is listed but not entered: nothing below it
+    can change (and a lazy one stays unfilled)."""
     found: dict[str, Node] = {}
     pending = [("", root)]
     while pending:
         prefix, folder = pending.pop()
         for name, node in folder.children.items():
-            if (not prefix and name in skip) or is_temp_name(name):
+            if (not prefix and name in skip) or is_temp_name(name, ignored):
                 continue
             path = prefix + name
             found[path] = node
@@ -291,16 +292,16 @@ class EditSession:
     before: dict
 
     @classmethod
-    def start(cls, checkpoint, state_dir: str) -> EditSession:
-        overlay = Overlay.create(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path))
-        return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root))
+    def start(cls, checkpoint, state_dir: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
+        overlay = Overlay.create(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path), ignored)
+        return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root, ignored))
 
     @classmethod
     def resume(cls, checkpoint, state_dir: str) -> EditSession:
         """The edits an earlier mount left in the overlay, replayed."""
         overlay, records = Overlay.reopen(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path))
         _remove_stale_temp_files(checkpoint.source_path)
-        before = _snapshot(checkpoint.root)
+        before = _snapshot(checkpoint.root, overlay.ignored)
         editable = EditableTree(checkpoint.root, overlay, journal=False)
         try:
             editable.replay(records)
@@ -313,7 +314,7 @@ class EditSession:
         """What keeps an edited file from being written back, or None: asked
         of the writer of the checkpoint it belongs to (a nested one's, for a
         file inside a `.nemo`'s `model_weights.ckpt/`)."""
-        if is_temp_name(path.rpartition("/")[2]):
+        if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored):
             return None
         writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
         parts = path.split("/")
@@ -337,7 +338,7 @@ class EditSession:
         if discard:
             overlay.remove()
             return f"{source}: edits discarded"
-        after = files_of(self.checkpoint.root, VIEW)
+        after = files_of(self.checkpoint.root, VIEW, overlay.ignored)
         changed = changes(self.before, after) if overlay.exists else []
         if not changed and not output_path and not force:
             overlay.remove()
@@ -373,5 +374,5 @@ def _remove_stale_temp_files(source: str) -> None:
             os.unlink(os.path.join(directory, entry))
 
 
-def _snapshot(root: Dir) -> dict:
-    return {path: (node, getattr(node, "content", None)) for path, node in files_of(root, VIEW).items()}
+def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:
+    return {path: (node, getattr(node, "content", None)) for path, node in files_of(root, VIEW, ignored).items()}

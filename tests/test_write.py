@@ -103,6 +103,20 @@ def test_a_mount_without_edits_leaves_the_source_alone(mount, model):
     assert not [p.name for p in model.parent.iterdir() if "ckptfs" in p.name]  # no overlay, no temp file
 
 
+def test_ignored_names_can_be_added_to_or_replaced(mount, tmp_path):
+    nemo = tmp_path / "model.nemo"
+    shutil.copy(NEMO, nemo)
+    digest = sha256(nemo)
+    mnt = mount(nemo, "-o", "ignore=+*.bak")
+    (mnt / "model_config.yaml.bak").write_text("a backup\n")
+    (mnt / ".model_config.yaml.swp").write_bytes(b"vim swap")  # still ignored: a default
+    assert umount(mnt).returncode == 0 and sha256(nemo) == digest  # no edit
+    mnt = mount(nemo, "-o", "ignore=")
+    (mnt / "notes.tmp").write_text("kept\n")
+    assert umount(mnt).returncode == 0
+    assert tar_members(nemo)["./notes.tmp"] == b"kept\n"
+
+
 def test_mmap_write_copies_blocks_not_the_tensor(mount, model):
     mnt = mount(model)
     array = np.load(mnt / "big.npy", mmap_mode="r+")
