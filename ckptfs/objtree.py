@@ -18,15 +18,16 @@ TensorFile = Callable[[TensorRef, str], tuple[File, object]]
 class ObjectTree:
     """Builds the folder for one unpickled object.
 
-    A writer also needs to know where each path's value lives: `slots` maps
-    the path of every file and container folder to (container, key), and
-    `folders` maps every folder to (container, key prefix) for new files,
-    the prefix being the dotted start of the keys a split name stands for.
-    A value that is not a container is the one item of `holder`.
+    A writer also needs to know where each path's value lives (`record`):
+    `slots` maps the path of every file and container folder to (container,
+    key), and `folders` maps every folder to (container, key prefix) for new
+    files, the prefix being the dotted start of the keys a split name stands
+    for. A value that is not a container is the one item of `holder`.
     """
 
-    def __init__(self, tensor_file: TensorFile):
+    def __init__(self, tensor_file: TensorFile, record: bool = False):
         self.tensor_file = tensor_file  # (tensor, full name) -> (file, Tensor for the index)
+        self.record = record
         self.placed: list[PlacedTensor] = []
         self._holds_tensors: dict[int, bool] = {}
         self.slots: dict[str, tuple[object, object]] = {}
@@ -57,7 +58,8 @@ class ObjectTree:
         return known
 
     def _fill(self, folder: Dir, container, prefix: str, path: str) -> None:
-        self.folders.setdefault(path, (container, ""))
+        if self.record:
+            self.folders.setdefault(path, (container, ""))
         if isinstance(container, dict):
             pairs, keys = list(container.items()), frozenset(container)
         else:
@@ -76,7 +78,7 @@ class ObjectTree:
     def _add(self, folder: Dir, dirs: list[str], leaf: str, value, full: str, path: str, slot: tuple) -> None:
         parent = folder.subdir(dirs)
         where = "/".join(filter(None, [path, *dirs]))
-        for depth in range(1, len(dirs) + 1):  # the folders a dotted key was split into
+        for depth in range(1, len(dirs) + 1) if self.record else ():  # the folders a dotted key was split into
             dotted = ".".join(slot[1].split(".")[:depth]) + "."
             self.folders.setdefault("/".join(filter(None, [path, *dirs[:depth]])), (slot[0], dotted))
         if isinstance(value, TensorRef):
@@ -84,15 +86,19 @@ class ObjectTree:
             node, tensor = self.tensor_file(value, full)
             self._put(parent, name, node)
             self.placed.append(PlacedTensor(f"{where}/{name}".lstrip("/"), tensor))
-            self.slots[f"{where}/{name}".lstrip("/")] = slot
+            self._slot(f"{where}/{name}", slot)
         elif self.holds_tensors(value):
             existing = parent.children.get(leaf)
             sub = existing if isinstance(existing, Dir) else self._put(parent, leaf, Dir())
-            self.slots[f"{where}/{leaf}".lstrip("/")] = slot
+            self._slot(f"{where}/{leaf}", slot)
             self._fill(sub, value, full + ".", f"{where}/{leaf}".lstrip("/"))
         else:
             self._put(parent, leaf + ".yaml", File(Content([to_yaml(value).encode("utf-8")])))
-            self.slots[f"{where}/{leaf}.yaml".lstrip("/")] = slot
+            self._slot(f"{where}/{leaf}.yaml", slot)
+
+    def _slot(self, path: str, slot: tuple) -> None:
+        if self.record:
+            self.slots[path.lstrip("/")] = slot
 
     @staticmethod
     def _put(parent: Dir, name: str, node: Node) -> Node:

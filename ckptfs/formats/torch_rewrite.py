@@ -26,7 +26,7 @@ def edit_objects(archive, files: dict, before: dict, storable, target: str) -> t
     new storages {key: (content, data start, length, count)}; RepackError naming
     every edit that cannot be made. `storable(dtype)` says which dtypes the
     `target` format holds."""
-    tree = ObjectTree(archive.tensor_file)
+    tree = ObjectTree(archive.tensor_file, record=True)
     tree.build(archive.obj)
     used = [int(key) for key in archive.storage_keys() if key.isdigit()]
     new_storages: dict[str, tuple[object, int, int, int]] = {}

@@ -216,7 +216,7 @@ class Writer:
         elif path.endswith(".yaml"):
             view = object_edits.parse(node.content.read(0, node.content.size), path)
             archive = TorchZip(self.source, self.name)
-            tree = ObjectTree(archive.tensor_file)
+            tree = ObjectTree(archive.tensor_file, record=True)
             tree.build(archive.obj)
             if path in tree.slots:
                 container, key = tree.slots[path]
