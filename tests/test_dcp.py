@@ -429,46 +429,44 @@ def test_metadata_from_older_torch_class_paths_and_protocol_2(mount, tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_takes_a_rewrite_a_removal_and_a_new_tensor(mount, tmp_path, multirank, variant):
-    """Plain chunks are patched in place; zstd-compressed ones are stored
-    anew whole; per-rank metadata files all follow. A safetensors-format
-    checkpoint takes removals, and refuses tensors stored anew."""
+    """Plain chunks are patched in place; zstd-compressed ones and those of
+    safetensors blocks are stored anew whole (in a safetensors block for the
+    latter); per-rank metadata files all follow."""
     import shutil
     import warnings
 
-    from .conftest import run_ckptfs, umount
+    from .conftest import umount
     from .dcp_writer import reference
 
     out, world_size = multirank
     ckpt = tmp_path / variant
     shutil.copytree(out / variant, ckpt)
     expected = reference(world_size)
-    mnt = Path(mount(ckpt, log_errors_expected=variant == "safetensors"))
+    mnt = Path(mount(ckpt))
     rows = expected["rows"].numpy() * 2
     np.save(_npy(mnt, "rows"), rows)
     os.unlink(_npy(mnt, "cols"))
     np.save(mnt / "added.npy", np.arange(5, dtype=np.int16))
     done = umount(mnt)
-    if variant == "safetensors":
-        assert done.returncode == 1 and "added, rows: this checkpoint stores its chunks in safetensors blocks" in done.stderr
-        assert run_ckptfs("recover", ckpt, "--discard").returncode == 0
-        mnt = Path(mount(ckpt))
-        os.unlink(_npy(mnt, "cols"))
-        assert umount(mnt).returncode == 0
-        rows = expected["rows"].numpy()
-    else:
-        assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr
     mnt = Path(mount(ckpt))
     assert np.load(_npy(mnt, "rows")).tolist() == rows.tolist() and not _npy(mnt, "cols").exists()
-    assert (mnt / "added.npy").exists() == (variant != "safetensors")
+    assert np.load(mnt / "added.npy").tolist() == [0, 1, 2, 3, 4]
     for fqn in ("cols_bf16", "replicated", "layer.0.weight", "wide_cols"):
         assert np.load(_npy(mnt, fqn)).tobytes() == _bytes(expected[fqn]), fqn
     reader = dcp.FileSystemReader(str(ckpt))
-    if variant in ("per_rank_metadata", "safetensors"):  # torch's FileSystemReader loads neither in one process
+    if variant == "safetensors":  # torch's FileSystemReader reads no safetensors-format checkpoint
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt / "__0_1.distcp"), "np") as block:  # the new shard, as the format makes one
+            assert block.get_tensor("added").tolist() == [0, 1, 2, 3, 4]
+            sharding = json.loads(block.metadata()["DCP_SHARDING_INFO"])
+            assert sharding == {"added": {"saved_offsets": [0]}, "rows": {"saved_offsets": [0, 0]}}
+    if variant in ("per_rank_metadata", "safetensors"):
         for rank in range(world_size) if variant == "per_rank_metadata" else [None]:
             keys = reader.read_metadata(rank=rank).state_dict_metadata
-            assert "cols" not in keys and ("added" in keys) == (variant != "safetensors")
+            assert "cols" not in keys and "added" in keys
         return
-    assert np.load(mnt / "added.npy").tolist() == [0, 1, 2, 3, 4]
     state = {"rows": torch.zeros(10, 7), "added": torch.zeros(5, dtype=torch.int16), "step": 0,
              "wide_cols": torch.zeros(40, 600)}  # fmt: skip
     with warnings.catch_warnings():

@@ -456,13 +456,10 @@ class Writer:
                 if not self._patched_in_place(path, node, after.content, patches):
                     removed.add(self.fqn_of[id(node)])  # stored anew, whole
                     self._guarded(problems, self._added, path, after, added)
-        if added and not self._stores_torch_records():
-            problems.append(f"{', '.join(sorted(added))}: this checkpoint stores its chunks in safetensors blocks;"
-                            " storing tensors anew in it is not supported yet")  # fmt: skip
         layout = None
         if (removed or added) and not problems:
             try:
-                layout = _Rewrite(self.files, removed, added)
+                layout = _Rewrite(self.files, removed, added, self._stores_torch_records())
             except ValueError as e:
                 problems.append(str(e))
         if problems:
@@ -480,12 +477,13 @@ class Writer:
                 new[name] = None
             elif shard_patches:
                 new[name] = NewFile(source.size, functools.partial(_patched, source, shard_patches))
-        if layout is not None and layout.added:
-            new[layout.new_shard] = NewFile(sum(r.size for r in layout.added), layout.write_added)
+        if layout is not None and layout.added is not None:
+            new[layout.new_shard] = NewFile(layout.added.size, layout.added.write)
         return new
 
     def _stores_torch_records(self) -> bool:
-        """Whether tensor chunks are torch.save records (not a safetensors block)."""
+        """Whether tensor chunks are torch.save records, or else (the
+        safetensors serialization format) tensors of a safetensors block."""
         for _, _, chunks in self.chunks_of.values():
             record = chunks[0].piece.record
             return torchzip.sniff(record.data.pread(0, 4))
@@ -586,11 +584,11 @@ class _Rewrite:
     written without its records (the later records move up, and the
     metadata says where), a shard left empty not written, a shard with
     bytes besides its records (a safetensors-format one) kept as it was;
-    the added tensors stored whole, each as a torch.save record as DCP
-    writes them, in a new shard `__0_<n>.distcp`, with metadata made like
-    the other tensors'."""
+    the added tensors stored whole in a new shard `__0_<n>.distcp` as DCP
+    stores chunks (torch.save records, or one safetensors block), with
+    metadata made like the other tensors'."""
 
-    def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple]):
+    def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
                   for name in metadata_names(files)}  # fmt: skip
         fields = {name: _fields(graph) for name, graph in graphs.items()}
@@ -628,17 +626,16 @@ class _Rewrite:
                 position += length
             self.files[name] = [(start, length) for start, length, _ in kept]
         self.new_shard = _free_shard_name(files)
-        self.added: list[zipout.ZipPlan] = []
-        position = 0
-        pattern = next((t for t in templates if t.tensor is not None and t.index is not None), None)
-        for fqn, (content, start, dtype, shape) in sorted(added.items()):
+        self.added: _NewShard | None = None
+        if added:
+            pattern = next((t for t in templates if t.tensor is not None and t.index is not None), None)
             if pattern is None:
-                raise ValueError(f"{fqn}: the checkpoint has no tensor to make the new one's metadata like")
-            record = _tensor_record(content, start, dtype, shape)
-            for own in templates:  # every rank's metadata lists it: each rank reads its own
-                own.add(fqn, dtype, shape, self.new_shard, position, record.size, pattern)
-            self.added.append(record)
-            position += record.size
+                raise ValueError(f"{', '.join(sorted(added))}: no tensor in the checkpoint to make new ones' metadata like")
+            ordered = sorted(added.items())
+            self.added = (_torch_records if torch_records else _safetensors_block)(ordered)
+            for (fqn, (_, _, dtype, shape)), (offset, length) in zip(ordered, self.added.places):
+                for own in templates:  # every rank's metadata lists it: each rank reads its own
+                    own.add(fqn, dtype, shape, self.new_shard, offset, length, pattern)
         self.metadata = {name: pickle_writer.dumps(graph) for name, graph in graphs.items()}
 
     def write(self, name: str, source: FileSource, patches: dict, output) -> None:
@@ -649,10 +646,6 @@ class _Rewrite:
                 torchzip.Writer(record, record.path).write_patches(record_patches, output)
             else:
                 output.copy(source, start, length)
-
-    def write_added(self, output) -> None:
-        for record in self.added:
-            record.write(output)
 
 
 class _Templates:
@@ -716,18 +709,46 @@ def _free_shard_name(files: dict) -> str:
     return f"__0_{max(taken, default=-1) + 1}.distcp"
 
 
-def _tensor_record(content, start: int, dtype: DType, shape: tuple[int, ...]) -> zipout.ZipPlan:
-    """A torch.save zip of one tensor whose bytes are `content` from `start`,
-    as DCP's writer stores each tensor chunk."""
-    tensor = new_tensor("0", dtype, shape, None)
-    pickle = pickle_writer.dumps(tensor)
-    nbytes = math.prod(shape) * dtype.bits // 8
-    return zipout.ZipPlan([
-        zipout.Record("archive/data.pkl", len(pickle), data=pickle),
-        zipout.Record("archive/byteorder", 6, data=b"little"),
-        zipout.Record("archive/data/0", nbytes, piece=content, start=start),
-        zipout.Record("archive/version", 2, data=b"3\n"),
-    ])  # fmt: skip
+class _NewShard:
+    """The bytes of a new shard (`size`, `write(output)`) and where each
+    tensor's storage info points (`places`: (offset, length), in order)."""
+
+    def __init__(self, parts: list, places: list[tuple[int, int]]):
+        self.parts, self.places = parts, places
+        self.size = sum(part.size for part in parts)
+
+    def write(self, output) -> None:
+        for part in self.parts:
+            part.write(output)
+
+
+def _torch_records(added: list[tuple[str, tuple]]) -> _NewShard:
+    """Each tensor as the torch.save zip DCP's writer makes of a chunk, one
+    after the other."""
+    records, places, position = [], [], 0
+    for _, (content, start, dtype, shape) in added:
+        pickle = pickle_writer.dumps(new_tensor("0", dtype, shape, None))
+        record = zipout.ZipPlan([
+            zipout.Record("archive/data.pkl", len(pickle), data=pickle),
+            zipout.Record("archive/byteorder", 6, data=b"little"),
+            zipout.Record("archive/data/0", math.prod(shape) * dtype.bits // 8, piece=content, start=start),
+            zipout.Record("archive/version", 2, data=b"3\n"),
+        ])  # fmt: skip
+        records.append(record)
+        places.append((position, record.size))
+        position += record.size
+    return _NewShard(records, places)
+
+
+def _safetensors_block(added: list[tuple[str, tuple]]) -> _NewShard:
+    """The tensors in one safetensors block, as the `safetensors`
+    serialization format ends a shard: each record's offset is where the
+    block starts, its length the tensor's bytes, its chunk found by name."""
+    tensors = [(fqn, dtype, shape, (content, start), math.prod(shape) * dtype.bits // 8)
+               for fqn, (content, start, dtype, shape) in added]  # fmt: skip
+    sharding = {fqn: {"saved_offsets": [0] * len(shape)} for fqn, (_, _, _, shape) in added}
+    block = safetensors.Block({"DCP_SHARDING_INFO": json.dumps(sharding), "DCP_VERSION": "1.0", "format": "pt"}, tensors)
+    return _NewShard([block], [(0, length) for *_, length in tensors])
 
 
 def _set_field(value: Call, name: str, new: object) -> None:

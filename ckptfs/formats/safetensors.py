@@ -181,22 +181,7 @@ class Writer:
             raise RepackError("cannot write the safetensors file: " + "; ".join(problems))
         order = [n for n in sorted(self.tensors, key=lambda n: self.tensors[n].data.offset) if n in entries]
         order += sorted(n for n in entries if n not in self.tensors)
-        header: dict = {} if metadata is None else {"__metadata__": metadata}
-        position = 0
-        for name in order:
-            dtype, shape, _, length = entries[name]
-            header[name] = {"dtype": dtype.safetensors, "shape": list(shape), "data_offsets": [position, position + length]}
-            position += length
-        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        text += b" " * (-len(text) % 8)
-        output.write(len(text).to_bytes(8, "little") + text)
-        for name in order:
-            _, _, piece, length = entries[name]
-            if isinstance(piece, Extent):
-                output.copy(piece.source, piece.offset, length)
-            else:
-                content, start = piece
-                output.copy_content(content, start, length)
+        Block(metadata, [(name, *entries[name]) for name in order]).write(output)
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
@@ -217,6 +202,34 @@ class Writer:
         like = original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
         dtype, shape, start, length = npy.edited_layout(content, name, like, storable, "safetensors")
         return dtype, shape, (content, start), length
+
+
+class Block:
+    """A safetensors file (or block) of `tensors`, in order: (name, dtype,
+    shape, bytes: an Extent of a source or (content, offset), length). The
+    header is the reference layout: compact JSON padded with spaces to a
+    multiple of 8. `size` is known before it is written."""
+
+    def __init__(self, metadata: dict[str, str] | None, tensors: list[tuple]):
+        header: dict = {} if metadata is None else {"__metadata__": metadata}
+        position = 0
+        for name, dtype, shape, _, length in tensors:
+            header[name] = {"dtype": dtype.safetensors, "shape": list(shape), "data_offsets": [position, position + length]}
+            position += length
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        self.header = len(text).to_bytes(8, "little") + text
+        self.tensors = tensors
+        self.size = len(self.header) + position
+
+    def write(self, output) -> None:
+        output.write(self.header)
+        for *_, piece, length in self.tensors:
+            if isinstance(piece, Extent):
+                output.copy(piece.source, piece.offset, length)
+            else:
+                content, start = piece
+                output.copy_content(content, start, length)
 
 
 def storable(dtype: DType) -> bool:
