@@ -137,6 +137,15 @@ def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, 
     return found
 
 
+def below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
+    """The entries of `files` and `before` under `folder`, relative to it."""
+    prefix = folder + "/"
+    return (
+        {p[len(prefix) :]: n for p, n in files.items() if p.startswith(prefix)},
+        {p[len(prefix) :]: v for p, v in before.items() if p.startswith(prefix)},
+    )
+
+
 def same_bytes(a, b) -> bool:
     if a.size != b.size:
         return False
@@ -239,6 +248,19 @@ def write_new_file(path: str, fill) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def put_file(target: str, node: Node, original: str | None) -> None:
+    """A file or folder of a new directory: a hard link of `original` (its
+    path in the source) when unchanged, else its bytes written."""
+    if isinstance(node, Dir):
+        os.makedirs(target, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if original is not None and not isinstance(node.content, EditedContent):
+        os.link(original, target)
+    else:
+        write_new_file(target, lambda output: output.copy_content(node.content))
 
 
 def _free_name(path: str) -> str:

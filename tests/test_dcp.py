@@ -268,6 +268,31 @@ def test_megatron_style_directory_shows_common_pt_and_metadata_json(mount, tmp_p
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_files_beside_a_megatron_checkpoint_are_written_back_with_it(mount, tmp_path):
+    from .conftest import umount
+
+    ckpt = tmp_path / "iter_0000100"
+    dcp.save({"decoder.weight": torch.arange(6.0).reshape(2, 3)}, checkpoint_id=str(ckpt))
+    (ckpt / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    torch.save({"iteration": 100, "rng": torch.ones(3)}, ckpt / "common.pt")
+    (ckpt / "notes.txt").write_text("to be removed\n")
+    mnt = Path(mount(ckpt))
+    (mnt / "metadata.json").write_text('{"sharded_backend": "torch_dist", "edited": true}')
+    (mnt / "common.pt" / "iteration.yaml").write_text("101\n")
+    os.unlink(mnt / "notes.txt")
+    np.save(mnt / "decoder" / "weight.npy", np.ones((2, 3), dtype=np.float32))
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((ckpt / "metadata.json").read_text()) == {"sharded_backend": "torch_dist", "edited": True}
+    common = torch.load(ckpt / "common.pt", weights_only=True)
+    assert common["iteration"] == 101 and common["rng"].tolist() == [1, 1, 1]
+    assert not (ckpt / "notes.txt").exists()
+    state = {"decoder.weight": torch.zeros(2, 3)}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    assert state["decoder.weight"].tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_megatron_sharded_objects_are_files_named_after_their_shard(mount, tmp_path):
     """Megatron-core saves a ShardedObject as a torch.save of its data under
     `key/shard_<offset>_<shape>`, and its planner stores those bytes as they are."""
@@ -330,6 +355,26 @@ def test_nemo2_checkpoint_directory_mounts_context_and_weights(mount, tmp_path):
     assert "weights/module/embedding/word_embeddings/weight.npy" in tsv
     info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
     assert info["format"] == "folder of distributed checkpoints" and "notes" not in info
+
+    # and written back: the context files, the weights through their own writer, common.pt through its own
+    from .conftest import umount
+
+    tokenizer = ckpt / "context" / "nemo_tokenizer" / "tokenizer.json"
+    inode = tokenizer.stat().st_ino
+    (mnt / "context" / "model.yaml").write_text("_target_: edited\n")
+    (mnt / "context" / "extra.txt").write_text("new\n")
+    np.save(npy, np.ones((6, 4), dtype=np.float32).astype(ml_dtypes.bfloat16))
+    (mnt / "weights" / "common.pt" / "content_metadata.yaml").write_text("format: nemo2-edited\n")
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    assert (ckpt / "context" / "model.yaml").read_text() == "_target_: edited\n"
+    assert (ckpt / "context" / "extra.txt").read_text() == "new\n"
+    assert tokenizer.stat().st_ino == inode  # unchanged files are hard links of the old ones
+    assert torch.load(weights / "common.pt", weights_only=True)["content_metadata"] == {"format": "nemo2-edited"}
+    state = {"module.embedding.word_embeddings.weight": torch.zeros(6, 4, dtype=torch.bfloat16), "optimizer.step": 0}
+    dcp.load(state, checkpoint_id=str(weights))
+    assert state["module.embedding.word_embeddings.weight"].float().tolist() == [[1.0] * 4] * 6
+    assert state["optimizer.step"] == 9
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")

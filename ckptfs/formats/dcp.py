@@ -32,7 +32,7 @@ from ..object_edits import new_size
 from ..torch_pickle import KNOWN, TensorRef, new_tensor
 from ..tree import Content, Dir, Extent, File, LazyDir
 from ..overlay import EditedContent
-from ..repack import RepackError, same_bytes, write_new_file
+from ..repack import RepackError, below, same_bytes, write_new_file
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
 from .torch_rewrite import storable as torch_storable
@@ -427,13 +427,32 @@ class Writer:
         self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
-        new = self.new_files(files, before)
+        new = {**self.new_files(files, before), **self._other_files(files, before)}
         for name, source in self.files.items():
             if name not in new:
                 os.link(source.path, os.path.join(out, name))
         for name, made in new.items():
             if made is not None:
                 write_new_file(os.path.join(out, name), made.write)
+
+    def _other_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
+        """The directory's files beside the checkpoint (Megatron's
+        metadata.json, common.pt) that the edits change or remove."""
+        changed: dict[str, NewFile | None] = {}
+        for name, source in self.files.items():
+            leaf = names.file_parts(name)[0]
+            node = files.get(leaf)
+            if is_metadata(name) or name.endswith(".distcp") or leaf not in before:
+                continue
+            if node is None:
+                changed[name] = None
+            elif getattr(node, "writer", None) is not None:  # common.pt, shown expanded
+                plan = node.writer.plan(*below(leaf, files, before))
+                if plan is not None:
+                    changed[name] = NewFile(plan.size, plan.write)
+            elif isinstance(getattr(node, "content", None), EditedContent):
+                changed[name] = NewFile(node.content.size, functools.partial(_write_content, node.content))
+        return changed
 
     def new_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
         """What the edits make of the checkpoint's files, by name: a `NewFile`
@@ -443,17 +462,20 @@ class Writer:
         problems: list[str] = []
         removed: set[str] = set()
         added: dict[str, tuple] = {}  # fqn -> (content, data start, dtype, shape): new and reshaped tensors
+        beside = {p for p, n in files.items() if getattr(n, "writer", None) is not None}  # common.pt, shown expanded
         for path, node in sorted(files.items()):
-            if path not in before and not isinstance(node, Dir):
+            if path not in before and not isinstance(node, Dir) and not any(path.startswith(f + "/") for f in beside):
                 self._guarded(problems, self._added, path, node, added)
         for path, (node, content) in sorted(before.items()):
+            if id(node) not in self.fqn_of:
+                continue  # a folder, or a file beside the checkpoint: written as it is (`_other_files`, the tar)
             after = files.get(path)
-            if after is None and id(node) in self.fqn_of:
+            if after is None:
                 removed.add(self.fqn_of[id(node)])
-            elif after is None and not isinstance(node, Dir):  # a folder's files say what it held
-                problems.append(f"{path}: only tensors and items of a distributed checkpoint can be removed")
             elif isinstance(getattr(after, "content", None), EditedContent) and not same_bytes(after.content, content):
-                if not self._patched_in_place(path, node, after.content, patches):
+                if id(node) not in self.chunks_of:
+                    problems.append(f"{path}: a non-tensor item of a distributed checkpoint cannot be edited yet")
+                elif not self._patched_in_place(path, node, after.content, patches):
                     removed.add(self.fqn_of[id(node)])  # stored anew, whole
                     self._guarded(problems, self._added, path, after, added)
         layout = None
@@ -556,6 +578,10 @@ class Writer:
 
 def _write_bytes(data: bytes, output) -> None:
     output.write(data)
+
+
+def _write_content(content, output) -> None:
+    output.copy_content(content)
 
 
 @dataclass(frozen=True)

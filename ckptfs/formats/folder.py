@@ -15,6 +15,7 @@ from .. import names
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..rawfiles import raw_file
+from ..repack import below, put_file, write_new_file
 from ..sources import FileSource
 from ..tensors import PlacedTensor
 from ..tree import Dir
@@ -36,6 +37,7 @@ def open_dir(path: str) -> Checkpoint:
     placed: list[PlacedTensor] = []
     notes: list[str] = []
     audit: list[str] = []
+    originals: dict[int, str] = {}  # id(node) -> the file it shows, for the writer
     for here, dirs, files in os.walk(path):
         dirs.sort()
         rel = os.path.relpath(here, path)
@@ -48,6 +50,7 @@ def open_dir(path: str) -> Checkpoint:
                 notes.append(f"{rel} is shown as plain files: {e.problem}")
             else:
                 dirs.clear()
+                inner.root.writer = inner.writer  # writes its folder of the new directory
                 root.subdir(parts[:-1]).add(parts[-1], inner.root)
                 raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
                 placed += [PlacedTensor(prefix + p.path, p.tensor) for p in inner.tensors]
@@ -60,14 +63,50 @@ def open_dir(path: str) -> Checkpoint:
                 continue
             source = FileSource(full)
             leaf = names.file_parts(name)[0]
-            plain = raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns)
-            raw.subdir(parts).add(leaf, plain)
+            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
             expanded = torchzip.expand_nested(source, prefix + name, notes)
             if expanded is None:
+                plain = raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns)
+                originals[id(plain)] = full
                 root.subdir(parts).add(leaf, plain)
                 continue
             folder, tensors, globals_ = expanded
+            originals[id(folder)] = full
             root.subdir(parts).add(leaf, folder)
             placed += [PlacedTensor(f"{prefix}{leaf}/{p.path}", p.tensor) for p in tensors]
             audit += [g for g in globals_ if g not in audit]
-    return Checkpoint("folder of distributed checkpoints", path, st, root, raw, placed, notes, audit)
+    ckpt = Checkpoint("folder of distributed checkpoints", path, st, root, raw, placed, notes, audit)
+    ckpt.writer = Writer(originals)
+    return ckpt
+
+
+class Writer:
+    """Writes an edited folder as a new directory beside it (swapped in by
+    the caller): each distributed checkpoint by its own writer, each
+    torch.save file shown expanded by its own, every other file hard-linked
+    when unchanged and written when edited or new."""
+
+    directory = True
+
+    def __init__(self, originals: dict[int, str]):
+        self.originals = originals
+
+    def write_dir(self, files: dict, before: dict, out: str) -> None:
+        owned = [p for p, n in files.items() if getattr(n, "writer", None) is not None]
+        for path, node in sorted(files.items()):
+            if any(path.startswith(folder + "/") for folder in owned):
+                continue  # written by the checkpoint it belongs to
+            target = os.path.join(out, *(names.unescape(p) for p in path.split("/")))
+            writer = getattr(node, "writer", None)
+            if getattr(writer, "directory", False):
+                os.makedirs(target, exist_ok=True)
+                writer.write_dir(*below(path, files, before), target)
+            elif writer is not None:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                plan = writer.plan(*below(path, files, before))
+                if plan is None:
+                    os.link(self.originals[id(node)], target)
+                else:
+                    write_new_file(target, plan.write)
+            else:
+                put_file(target, node, self.originals.get(id(node)))

@@ -19,7 +19,7 @@ from ..rawfiles import raw_file
 from ..sources import FileSource
 from ..tensors import Tensor, merge_into, tensor_tree
 from ..overlay import EditedContent
-from ..repack import write_new_file
+from ..repack import put_file, write_new_file
 from ..tree import Dir, File
 from . import safetensors
 
@@ -175,18 +175,12 @@ class Writer:
             writer = safetensors.Writer(originals, self.metadata.get(rel))
             write_new_file(destination, lambda output: writer.write(shard_files, {}, output))
         for path, node in sorted(plain.items()):
-            rel = self.originals.get(id(node)) or "/".join(names.unescape(p) for p in path.split("/"))
+            rel = self.originals.get(id(node))
             target = os.path.join(out, "/".join(names.unescape(p) for p in path.split("/")))
-            if isinstance(node, Dir):
-                os.makedirs(target, exist_ok=True)
-            elif rel == self.index and rewritten and not isinstance(node.content, EditedContent):
+            if rel is not None and rel == self.index and rewritten and not isinstance(node.content, EditedContent):
                 write_new_file(target, lambda output: output.write(self._index(tensors, home)))
-            elif id(node) in self.originals and not isinstance(node.content, EditedContent):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.link(os.path.join(self.path, rel), target)
             else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                write_new_file(target, lambda output, content=node.content: output.copy_content(content))
+                put_file(target, node, rel and os.path.join(self.path, rel))
 
     def _index(self, tensors: dict, home: dict) -> bytes:
         with open(os.path.join(self.path, self.index)) as f:

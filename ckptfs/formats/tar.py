@@ -17,7 +17,7 @@ from .. import names
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..overlay import EditedContent
-from ..repack import GzipOutput
+from ..repack import GzipOutput, below
 from ..rawfiles import raw_file
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor
@@ -226,15 +226,6 @@ def _latest(folder: str, files: dict) -> int | None:
     return max(times, default=getattr(files.get(folder), "mtime_ns", None))
 
 
-def _below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
-    """The entries of `files` and `before` under `folder`, relative to it."""
-    prefix = folder + "/"
-    return (
-        {p[len(prefix) :]: n for p, n in files.items() if p.startswith(prefix)},
-        {p[len(prefix) :]: v for p, v in before.items() if p.startswith(prefix)},
-    )
-
-
 class Writer:
     """Writes an edited tree of a tar: every member in its original order,
     unchanged ones copied byte for byte (headers included), edited ones with
@@ -267,7 +258,7 @@ class Writer:
             end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
             content = getattr(node, "content", None)
             nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
-            plan = nested.plan(*_below(path, files, before)) if nested and info.isreg() else in_folders.get(path)
+            plan = nested.plan(*below(path, files, before)) if nested and info.isreg() else in_folders.get(path)
             if isinstance(content, EditedContent) and info.isreg():
                 self._edited(info, node.content.size, node.mtime_ns, node.content, output, end)
             elif plan is not None and plan.size == info.size:  # header and padding as they were
@@ -301,7 +292,7 @@ class Writer:
         for folder, node in files.items():
             writer = getattr(node, "writer", None)
             if isinstance(node, Dir) and getattr(writer, "directory", False):
-                for name, plan in writer.new_files(*_below(folder, files, before)).items():
+                for name, plan in writer.new_files(*below(folder, files, before)).items():
                     changed[f"{folder}/{names.file_parts(name)[0]}"] = plan
         return changed
 
