@@ -2,6 +2,7 @@
 removed, reshaped; YAML views of pickled values), through real FUSE, read
 back with torch.load, tarfile and Lightning."""
 
+import gzip
 import io
 import os
 import shutil
@@ -143,9 +144,14 @@ def test_bad_edits_are_refused_by_name_and_kept(mount, state_pt):
     assert run_ckptfs("recover", path, "--discard").returncode == 0
 
 
-def test_structural_edits_inside_a_nemo(mount, tmp_path):
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "gzip"])
+def test_structural_edits_inside_a_nemo(mount, tmp_path, compressed):
     nemo = tmp_path / "model.nemo"
-    shutil.copy(NEMO, nemo)
+    if compressed:  # NeMo before 1.7
+        with gzip.GzipFile(nemo, "wb", mtime=0) as gz:
+            gz.write(NEMO.read_bytes())
+    else:
+        shutil.copy(NEMO, nemo)
     original = tar_members(nemo)
     mnt = mount(nemo)
     weights = mnt / "model_weights.ckpt"
@@ -166,6 +172,7 @@ def test_structural_edits_inside_a_nemo(mount, tmp_path):
     assert list(after) == [k for k in before if k != gone_key] + ["added"]
     assert all(torch.equal(after[k], before[k]) for k in before if k != gone_key)
     assert after["added"].tolist() == [[1, 1], [1, 1]]
+    assert (nemo.read_bytes()[:2] == b"\x1f\x8b") == compressed
 
 
 # ---------------------------------------------------------------- Lightning
