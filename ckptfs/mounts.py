@@ -174,5 +174,5 @@ def wait_exit(pid: int, timeout: float, progress=None) -> bool:
             return False
         if progress is not None:
             progress()
-        time.sleep(0.05)
+        time.sleep(0.01)
     return True

@@ -19,7 +19,7 @@ import yaml
 from .inert_pickle import Call, Global
 from .pyobjects import (NUMPY_RECONSTRUCT, NUMPY_SCALAR, OMEGACONF_CONTAINERS, PATHS, Tagged, _key, _numpy_dtype,
                         _numpy_value, plain)  # fmt: skip
-from .torch_pickle import Device, Size
+from .torch_pickle import Device, Size, new_size
 
 ANY_NODE = "omegaconf.nodes.AnyNode"
 
@@ -350,9 +350,3 @@ def _device(name: str) -> Device:
     device = Device(name)
     device.pickled = Call(Global("torch", "device"), (name,))
     return device
-
-
-def new_size(items: list) -> Size:
-    size = Size(items)
-    size.pickled = Call(Global("torch", "Size"), (tuple(items),))
-    return size

@@ -14,6 +14,7 @@ from . import names, object_edits
 from .object_edits import EditError
 from .objtree import ObjectTree
 from .repack import changes
+from .torch_pickle import new_size
 from .tree import Dir
 
 #: (path, edited content, the tensor it replaces or None) -> the new tensor's value
@@ -154,7 +155,7 @@ class _Edits:
         if isinstance(live, list):
             live[:] = items
             return
-        new = tuple(items) if type(live) is tuple else object_edits.new_size(items)
+        new = tuple(items) if type(live) is tuple else new_size(items)
         self.replaced[id(container)] = new
         parent, key = self.slot_of[id(container)]
         self._set(parent, key, new)

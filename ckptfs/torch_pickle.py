@@ -145,6 +145,23 @@ PARAMETERS = {"torch._utils._rebuild_parameter", "torch._utils._rebuild_paramete
 FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 
 
+def storable(dtype: DType) -> bool:
+    """Whether torch.save can hold `dtype` (a torch dtype of whole bytes)."""
+    return dtype.torch is not None and dtype.bits % 8 == 0
+
+
+def legacy_storable(dtype: DType) -> bool:
+    """Whether the legacy torch.save format holds `dtype`: only as a typed storage."""
+    return dtype.torch in STORAGE_CLASSES
+
+
+def new_size(items: list) -> Size:
+    """A torch.Size of `items`, pickled as one."""
+    size = Size(items)
+    size.pickled = Call(Global("torch", "Size"), (tuple(items),))
+    return size
+
+
 def new_tensor(key: str, dtype: DType, shape: tuple[int, ...], like: TensorRef | None) -> TensorRef:
     """A tensor of the new storage `key`, pickled as torch.save pickles one
     (a typed storage and `_rebuild_tensor_v2`, or for newer dtypes an

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .. import names, npy, pickle_writer
+from .. import names, npy
 from ..assemble import Assembled, Chunk, covers_exactly, row_pieces
 from ..checkpoint import Checkpoint
 from ..dtypes import BY_NAME, BY_TORCH, DType
@@ -28,15 +28,13 @@ from ..pyobjects import to_yaml
 from ..rawfiles import raw_file
 from ..sources import FileSource, Source
 from ..tensors import PlacedTensor, Tensor
-from ..object_edits import new_size
-from ..torch_pickle import KNOWN, TensorRef, new_tensor
+from ..torch_pickle import KNOWN, TensorRef, new_size, new_tensor
+from ..torch_pickle import storable as torch_storable
 from ..tree import Content, Dir, Extent, File, LazyDir
 from ..overlay import EditedContent
 from ..repack import RepackError, below, same_bytes, write_new_file
 from ..zstdsource import ZstdSource
 from . import safetensors, torchzip
-from .torch_rewrite import storable as torch_storable
-from . import zipout
 
 METADATA = ".metadata"
 _RANK_METADATA = re.compile(r"__(\d+)\.metadata")
@@ -615,6 +613,8 @@ class _Rewrite:
     metadata made like the other tensors'."""
 
     def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
+        from .. import pickle_writer  # written only at repack: not imported at mount
+
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
                   for name in metadata_names(files)}  # fmt: skip
         fields = {name: _fields(graph) for name, graph in graphs.items()}
@@ -751,6 +751,9 @@ class _NewShard:
 def _torch_records(added: list[tuple[str, tuple]]) -> _NewShard:
     """Each tensor as the torch.save zip DCP's writer makes of a chunk, one
     after the other."""
+    from .. import pickle_writer
+    from . import zipout
+
     records, places, position = [], [], 0
     for _, (content, start, dtype, shape) in added:
         pickle = pickle_writer.dumps(new_tensor("0", dtype, shape, None))

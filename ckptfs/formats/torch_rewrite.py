@@ -12,12 +12,11 @@ keeps its header pickles.
 from __future__ import annotations
 
 from .. import npy, pickle_writer, pickled_edits
-from ..dtypes import DType
 from ..inert_pickle import Call, PickledDict, Rebuilt
 from ..object_edits import EditError
 from ..objtree import ObjectTree
 from ..repack import RepackError
-from ..torch_pickle import STORAGE_CLASSES, StorageRef, TensorRef, new_tensor
+from ..torch_pickle import StorageRef, TensorRef, legacy_storable, new_tensor, storable
 from .zipout import Record, ZipPlan
 
 
@@ -99,16 +98,6 @@ def write_legacy(archive, files: dict, before: dict, output) -> None:
         else:
             extent = archive.storage(key)
             output.copy(archive.source, extent.offset - 8, extent.length + 8)  # its count, then its bytes
-
-
-def storable(dtype: DType) -> bool:
-    """Whether torch.save can hold `dtype` (a torch dtype of whole bytes)."""
-    return dtype.torch is not None and dtype.bits % 8 == 0
-
-
-def legacy_storable(dtype: DType) -> bool:
-    """Whether the legacy format holds `dtype`: only as a typed storage."""
-    return dtype.torch in STORAGE_CLASSES
 
 
 def storage_keys(root: object) -> set[str]:

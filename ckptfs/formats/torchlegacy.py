@@ -13,9 +13,8 @@ from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..inert_pickle import InertUnpickler, PickleError
 from ..sources import Source
-from ..torch_pickle import KNOWN, persistent_load
+from ..torch_pickle import KNOWN, legacy_storable, persistent_load
 from ..tree import Extent
-from .torch_rewrite import legacy_storable, write_legacy
 from .torchzip import PickledCheckpoint
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -93,6 +92,8 @@ class Writer:
         self.source, self.name = source, name
 
     def write(self, files: dict, before: dict, output) -> None:
+        from .torch_rewrite import write_legacy  # written only at repack: not imported at mount
+
         write_legacy(TorchLegacy(self.source, self.name), files, before, output)
 
     def check(self, path: str, node) -> None:

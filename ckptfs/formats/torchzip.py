@@ -13,7 +13,7 @@ import struct
 import zipfile
 import zlib
 
-from .. import npy, object_edits
+from .. import npy
 from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..gather import Gather
@@ -23,9 +23,8 @@ from ..overlay import EditedContent
 from ..repack import COPY_BLOCK, changes
 from ..sources import SeekableReader, Source
 from ..tensors import PlacedTensor, Tensor
-from ..torch_pickle import KNOWN, TensorRef, persistent_load
+from ..torch_pickle import KNOWN, TensorRef, persistent_load, storable
 from ..tree import Content, Dir, Extent, File, PathConflict
-from .torch_rewrite import rewrite_plan, storable
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -210,6 +209,8 @@ class Writer:
         tensor file that is not NPY of a dtype torch can hold and of its
         shape's size; a YAML view that is not YAML, or whose values would
         change type (checked against the objects read afresh)."""
+        from .. import object_edits
+
         if path.endswith(".npy"):
             like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
             npy.edited_layout(node.content, path, like, storable, "torch.save")
@@ -234,6 +235,8 @@ class Writer:
     def plan(self, files: dict, before: dict):
         """How to write the edited archive (`size`, `write(output)`), or None
         if nothing in it changed."""
+        from .torch_rewrite import rewrite_plan  # written only at repack: not imported at mount
+
         if not changes(before, files):
             return None
         patches = self.patches(files, before)
