@@ -676,7 +676,8 @@ def test_tensors_added_and_reshaped_in_a_distributed_checkpoint(mount, tmp_path)
     assert np.load(mnt / "extra" / "colsharded.npy").tolist() == wider.tolist()
 
 
-def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount, tmp_path):
+@pytest.mark.parametrize("mode", ["w:", "w:gz"], ids=["tar", "gzip"])
+def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount, tmp_path, mode):
     import tarfile
     import warnings
 
@@ -687,7 +688,7 @@ def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount
     config = tmp_path / "model_config.yaml"
     config.write_text("precision: bf16-mixed\n")
     nemo = tmp_path / "megatron.nemo"
-    with tarfile.open(nemo, "w:") as tf:  # NeMo's layout: the weights as a DCP folder in the tar
+    with tarfile.open(nemo, mode) as tf:  # NeMo's layout: the weights as a DCP folder in the tar
         tf.add(config, arcname="./model_config.yaml")
         tf.add(FIXTURES / "dcp" / "fsdp2_2rank", arcname="./model_weights")
     original = tar_members(nemo)
@@ -715,6 +716,7 @@ def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount
     assert not [k for k in keys if k.startswith("optim.")]
     assert state["extra"]["colsharded"].numpy().tolist() == new.tolist()
     assert state["model"]["added"].tolist() == [1, 1]
+    assert (nemo.read_bytes()[:2] == b"\x1f\x8b") == (mode == "w:gz")  # a gzip .nemo stays gzip
     assert all(torch.equal(state["model"][name], tensor) for name, tensor in ref["model"].items())
 
 
