@@ -13,7 +13,6 @@ from typing import Callable
 from . import names, object_edits
 from .object_edits import EditError
 from .objtree import ObjectTree
-from .repack import changes
 from .torch_pickle import new_size
 from .tree import Dir
 
@@ -21,10 +20,10 @@ from .tree import Dir
 NewTensor = Callable[[str, object, object], object]
 
 
-def apply(tree: ObjectTree, files: dict, before: dict, new_tensor: NewTensor) -> tuple[object, list[str]]:
-    """The edited root object, and the problems (one line per bad path)."""
+def apply(tree: ObjectTree, files: dict, before: dict, changed: list[str], new_tensor: NewTensor) -> tuple[object, list[str]]:
+    """The edited root object, and the problems (one line per bad path).
+    `changed` lists the paths that differ (`repack.changes`)."""
     edits = _Edits(tree, new_tensor)
-    changed = changes(before, files)
     removed = [p for p in changed if p in before and (p not in files or _kind_changed(p, files, before))]
     added = [p for p in changed if p in files and (p not in before or _kind_changed(p, files, before))]
     rewritten = [p for p in changed if p not in removed and p not in added and not isinstance(files[p], Dir)]

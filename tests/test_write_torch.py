@@ -104,6 +104,7 @@ def test_edits_of_a_legacy_torch_save_file_stay_in_the_legacy_format(mount, tmp_
     np.save(mnt / "w.npy", np.full((3, 3), 2, dtype=np.float64))
     os.unlink(mnt / "gone.npy")
     np.save(mnt / "new.npy", np.arange(4, dtype=np.int32))
+    write_refused(mnt / "step.yaml", b"fast\n")  # checked on close, as in a zip
     (mnt / "step.yaml").write_text("4\n")
     done = umount(mnt)
     assert done.returncode == 0, done.stderr

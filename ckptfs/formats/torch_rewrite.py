@@ -11,22 +11,47 @@ keeps its header pickles.
 
 from __future__ import annotations
 
-from .. import npy, pickle_writer, pickled_edits
+from .. import npy, object_edits, pickle_writer, pickled_edits
+from ..dtypes import BY_NAME
 from ..inert_pickle import Call, PickledDict, Rebuilt
 from ..object_edits import EditError
 from ..objtree import ObjectTree
-from ..repack import RepackError
+from ..repack import RepackError, changes
 from ..torch_pickle import StorageRef, TensorRef, legacy_storable, new_tensor, storable
 from .zipout import Record, ZipPlan
 
 
-def edit_objects(archive, files: dict, before: dict, storable, target: str) -> tuple[object, dict]:
-    """The edited object graph of `archive` (a `PickledCheckpoint`), and the
-    new storages {key: (content, data start, length, count)}; RepackError naming
-    every edit that cannot be made. `storable(dtype)` says which dtypes the
-    `target` format holds."""
+def _object_tree(archive) -> ObjectTree:
+    """The tree of `archive`, knowing where each path's value lives."""
     tree = ObjectTree(archive.tensor_file, record=True)
     tree.build(archive.obj)
+    return tree
+
+
+def check(archive_of, path: str, node, storable, target: str) -> None:
+    """ValueError if an edited file of a pickled checkpoint cannot be written
+    back (on close): a tensor file that is not NPY of a dtype `target` holds
+    and of its shape's size; a YAML view that is not YAML, or whose values
+    would change type (checked against the objects `archive_of()` reads
+    afresh)."""
+    if path.endswith(".npy"):
+        npy.edited_layout(node.content, path, BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")), storable, target)
+    elif path.endswith(".yaml"):
+        view = object_edits.parse(node.content.read(0, node.content.size), path)
+        tree = _object_tree(archive_of())
+        if path in tree.slots:
+            container, key = tree.slots[path]
+            object_edits.merge(container[key], view, path)
+        else:
+            object_edits.new_value(view, path)
+
+
+def edit_objects(archive, files: dict, before: dict, changed: list[str], storable, target: str) -> tuple[object, dict]:
+    """The edited object graph of `archive` (a `PickledCheckpoint`), and the
+    new storages {key: (content, data start, length, count)}; RepackError naming
+    every edit that cannot be made. `changed` lists the paths that differ;
+    `storable(dtype)` says which dtypes the `target` format holds."""
+    tree = _object_tree(archive)
     used = [int(key) for key in archive.storage_keys() if key.isdigit()]
     new_storages: dict[str, tuple[object, int, int, int]] = {}
 
@@ -41,7 +66,7 @@ def edit_objects(archive, files: dict, before: dict, storable, target: str) -> t
         new_storages[key] = (content, start, nbytes, tensor.storage.size)
         return tensor
 
-    obj, problems = pickled_edits.apply(tree, files, before, tensor_for)
+    obj, problems = pickled_edits.apply(tree, files, before, changed, tensor_for)
     if problems:
         raise RepackError(f"cannot write {archive.name}: " + "; ".join(problems))
     return obj, new_storages
@@ -54,9 +79,9 @@ def _pickled(archive, obj: object, **options) -> bytes:
         raise RepackError(f"cannot write {archive.name}: the pickle: {e}") from None
 
 
-def rewrite_plan(archive, files: dict, before: dict) -> ZipPlan:
+def rewrite_plan(archive, files: dict, before: dict, changed: list[str]) -> ZipPlan:
     """The new archive for the edited tree of `archive` (a `TorchZip`)."""
-    obj, new_storages = edit_objects(archive, files, before, storable, "torch.save")
+    obj, new_storages = edit_objects(archive, files, before, changed, storable, "torch.save")
     pickle = _pickled(archive, obj)
     live = storage_keys(obj)
     storage_prefix = archive.prefix + "data/"
@@ -84,7 +109,7 @@ def write_legacy(archive, files: dict, before: dict, output) -> None:
     """The edited tree of `archive` (a `TorchLegacy`) in the legacy layout:
     its header pickles as they were, the object, the sorted storage keys,
     then each storage as its element count and bytes."""
-    obj, new_storages = edit_objects(archive, files, before, legacy_storable, "the legacy torch.save format")
+    obj, new_storages = edit_objects(archive, files, before, changes(before, files), legacy_storable, LEGACY)
     pickle = _pickled(archive, obj, storage_pid=lambda ref: (*ref.pid[:5], None))
     live = sorted(storage_keys(obj))  # as torch sorts them
     output.copy(archive.source, 0, archive.header_end)
@@ -98,6 +123,9 @@ def write_legacy(archive, files: dict, before: dict, output) -> None:
         else:
             extent = archive.storage(key)
             output.copy(archive.source, extent.offset - 8, extent.length + 8)  # its count, then its bytes
+
+
+LEGACY = "the legacy torch.save format"
 
 
 def storage_keys(root: object) -> set[str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import io
 
-from .. import npy
-from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..inert_pickle import InertUnpickler, PickleError
 from ..sources import Source
@@ -97,8 +95,7 @@ class Writer:
         write_legacy(TorchLegacy(self.source, self.name), files, before, output)
 
     def check(self, path: str, node) -> None:
-        """ValueError if an edited tensor cannot be written back (on close);
-        YAML views are checked at the repack."""
-        if path.endswith(".npy"):
-            like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
-            npy.edited_layout(node.content, path, like, legacy_storable, "the legacy torch.save format")
+        """ValueError if the edited file cannot be written back (on close)."""
+        from .torch_rewrite import LEGACY, check
+
+        check(lambda: TorchLegacy(self.source, self.name), path, node, legacy_storable, LEGACY)

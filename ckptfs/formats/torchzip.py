@@ -14,7 +14,6 @@ import zipfile
 import zlib
 
 from .. import npy
-from ..dtypes import BY_NAME
 from ..errors import FormatError
 from ..gather import Gather
 from ..inert_pickle import Global, InertUnpickler, PickleError
@@ -205,25 +204,10 @@ class Writer:
         self.source, self.name = source, name
 
     def check(self, path: str, node: File) -> None:
-        """ValueError if the edited file cannot be written back (on close): a
-        tensor file that is not NPY of a dtype torch can hold and of its
-        shape's size; a YAML view that is not YAML, or whose values would
-        change type (checked against the objects read afresh)."""
-        from .. import object_edits
+        """ValueError if the edited file cannot be written back (on close)."""
+        from .torch_rewrite import check  # written only at repack: not imported at mount
 
-        if path.endswith(".npy"):
-            like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
-            npy.edited_layout(node.content, path, like, storable, "torch.save")
-        elif path.endswith(".yaml"):
-            view = object_edits.parse(node.content.read(0, node.content.size), path)
-            archive = TorchZip(self.source, self.name)
-            tree = ObjectTree(archive.tensor_file, record=True)
-            tree.build(archive.obj)
-            if path in tree.slots:
-                container, key = tree.slots[path]
-                object_edits.merge(container[key], view, path)
-            else:
-                object_edits.new_value(view, path)
+        check(lambda: TorchZip(self.source, self.name), path, node, storable, "torch.save")
 
     def write(self, files: dict, before: dict, output) -> None:
         plan = self.plan(files, before)
@@ -237,18 +221,20 @@ class Writer:
         if nothing in it changed."""
         from .torch_rewrite import rewrite_plan  # written only at repack: not imported at mount
 
-        if not changes(before, files):
+        changed = changes(before, files)
+        if not changed:
             return None
-        patches = self.patches(files, before)
+        patches = self.patches(files, before, changed)
         if patches is not None:
             return _Patched(self, patches)
-        return rewrite_plan(TorchZip(self.source, self.name), files, before)
+        return rewrite_plan(TorchZip(self.source, self.name), files, before, changed)
 
-    def patches(self, files: dict, before: dict) -> dict[int, tuple[int, object, int]] | None:
+    def patches(self, files: dict, before: dict, changed: list[str]) -> dict[int, tuple[int, object, int]] | None:
         """{offset in the archive: (length, edited content, where its data
-        starts)}, or None if an edit is not a same-layout tensor rewrite."""
+        starts)} for the `changed` paths, or None if one is not a same-layout
+        tensor rewrite."""
         patches = {}
-        for path in changes(before, files):
+        for path in changed:
             after = files.get(path)
             if path not in before or not isinstance(getattr(after, "content", None), EditedContent):
                 return None
