@@ -1,38 +1,59 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Both install what is missing: Debian's fuse3 packages (pyfuse3 builds
-# against libfuse3) and a virtualenv in .venv with ckptfs and its test extra.
+# Both install what is missing: Debian's packages (pyfuse3 builds against
+# libfuse3) and a virtualenv in .venv. The demo installs ckptfs alone; the
+# tests add torch, safetensors, Lightning and friends (the [test] extra).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# getfattr (attr) shows the tensors' attributes in the demo
+DEMO_APT := fuse3 libfuse3-dev pkg-config gcc attr
 # vim and nano: the tests of writable mounts edit through real editors
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr vim nano
+TEST_APT := $(DEMO_APT) vim nano
+# Debian's own python3 needs its headers and venv module to build pyfuse3
+PYTHON_APT := $(if $(filter /usr/bin/python3,$(shell command -v python3)),python3-dev python3-venv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PIP := $(PY) -m pip install --progress-bar on
 
-.PHONY: setup system-packages demo test bench clean
+.PHONY: demo test bench clean demo-deps test-deps
 
-setup: system-packages $(VENV)/.installed
-
-system-packages:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+define apt_install
+	@missing=$$(for p in $(1) $(PYTHON_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:" $$missing; \
+		echo "== installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+endef
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
+	@echo "== making a virtualenv in $(VENV)"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+
+$(VENV)/.demo-installed: pyproject.toml | $(PY)
+	@echo "== installing ckptfs and its dependencies (about 30 MB; pyfuse3 is compiled)"
+	$(PIP) -e .
 	touch $@
 
-demo: setup
+$(VENV)/.test-installed: pyproject.toml | $(PY)
+	@echo "== installing ckptfs with its test dependencies (torch, safetensors, Lightning, ...)"
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.demo-installed
+
+demo-deps:
+	$(call apt_install,$(DEMO_APT))
+	@$(MAKE) --no-print-directory $(VENV)/.demo-installed
+
+test-deps:
+	$(call apt_install,$(TEST_APT))
+	@$(MAKE) --no-print-directory $(VENV)/.test-installed
+
+demo: demo-deps
 	@bash samples/demo.sh $(VENV)/bin/ckptfs $(PY)
 
-test: setup
+test: test-deps
 	$(PY) -m pytest
 
-bench: setup
-	$(PY) -m pip install -q -e '.[bench]'
+bench: test-deps
+	$(PIP) -e '.[bench]'
 	$(PY) bench/run.py
 
 clean:
