@@ -9,12 +9,15 @@ import os
 import sys
 
 from . import __version__, mounts, options
-from .errors import CkptfsError
+from .errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount", "recover", "commit")
+SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover")
 UMOUNT_TIMEOUT = 600.0
+FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
+           ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
+           "(FSDP, DTensor, Megatron) and folders of them (NeMo 2)")  # fmt: skip
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
@@ -22,6 +25,7 @@ mount options (-o, comma-separated):
                      see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
   nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
+  nonempty           mount over a directory that holds files (they are hidden until unmounted)
   ignore=GLOB:GLOB   names of editors' temporary files, never packed (default:
                      .*.swp:.*.swx:.*.swo:*~:4913:.#*:*.tmp:.~lock.*#; ignore=+GLOB adds
                      to them, ignore= packs everything)
@@ -39,28 +43,38 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckptfs",
-        description="Mount a machine learning checkpoint (.safetensors, Hugging Face directory, .nemo) "
-        "as a directory: configs as files, every tensor as a .npy, nothing extracted.",
+        description=f"Mount a machine learning checkpoint as a directory: configs as files, every tensor as a "
+        f".npy, nothing extracted. Reads {FORMATS}. Writable: edits are written back in the same format "
+        "on unmount.",
     )
     parser.add_argument("--version", action="version", version=f"ckptfs {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="log every detail; show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     mount = sub.add_parser(
         "mount", help="mount a checkpoint", epilog=MOUNT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Mount SOURCE at MOUNTPOINT. Returns once the mount is usable; "
-        "the filesystem is served by a background daemon until 'ckptfs umount'.",
+        parents=[common], description=f"Mount SOURCE at MOUNTPOINT. Returns once the mount is usable; "
+        f"the filesystem is served by a background daemon until 'ckptfs umount'. SOURCE is any of: {FORMATS}.",
     )
     mount.add_argument("source", help="checkpoint file or directory")
-    mount.add_argument("mountpoint", help="an existing empty directory")
+    mount.add_argument("mountpoint", help="an existing empty directory (-o nonempty allows files there)")
     mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS", help="mount options, see below")
     mount.add_argument("-f", "--foreground", action="store_true", help="serve in the foreground until unmounted")
-    mount.add_argument("--debug", action="store_true", help="log every detail")
-    mount.add_argument("--log-file", metavar="PATH", help="where the daemon logs (default: a file next to its state)")
+    mount.add_argument(
+        "--resume", action="store_true",
+        help="mount writable with the edits an earlier mount left waiting (a refused repack, a crash), to fix them",
+    )  # fmt: skip
+    mount.add_argument(
+        "--log-file", metavar="PATH",
+        help="where the daemon logs (default: a file named after the mount point in /run/ckptfs, or "
+        "$XDG_RUNTIME_DIR/ckptfs for other users; removed when the mount ends cleanly, kept when not)",
+    )  # fmt: skip
     mount.add_argument("--cache-dir", metavar="PATH", help="where gzip seek indexes are kept (default: ~/.cache/ckptfs)")
 
     umount = sub.add_parser(
-        "umount", aliases=["unmount"], help="unmount and wait for the daemon",
+        "umount", aliases=["unmount"], help="unmount and wait for the daemon", parents=[common],
         description="Unmount MOUNTPOINT, wait for its daemon to finish and exit with its status. "
         "Also clears a stale mount whose daemon died ('Transport endpoint is not connected').",
     )
@@ -74,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     umount.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig when writing the edits")
 
     commit = sub.add_parser(
-        "commit", help="write a writable mount's edits now, without unmounting",
+        "commit", help="write a writable mount's edits now, without unmounting", parents=[common],
         description="Repack the checkpoint mounted at MOUNTPOINT with its edits, as an unmount would, and go on "
         "serving the new checkpoint with no edits pending. Requests wait while it runs.",
     )  # fmt: skip
@@ -84,23 +98,39 @@ def build_parser() -> argparse.ArgumentParser:
     commit.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, help="seconds to wait for the repack")
 
     recover = sub.add_parser(
-        "recover", help="write or drop the edits a crashed mount left",
-        description="A writable mount whose daemon died leaves its edits in an overlay beside SOURCE "
-        "(.NAME.ckptfs/). Write them into SOURCE (--resume) or drop them (--discard).",
+        "recover", help="write or drop the edits a crashed mount or a refused repack left", parents=[common],
+        description="A writable mount whose daemon died, or whose repack was refused, leaves its edits in an "
+        "overlay beside SOURCE (.NAME.ckptfs/). Write them into SOURCE (--resume) or drop them (--discard); "
+        "to fix an edit first, 'ckptfs mount --resume SOURCE MOUNTPOINT'.",
     )  # fmt: skip
     recover.add_argument("source")
     action = recover.add_mutually_exclusive_group(required=True)
     action.add_argument("--resume", action="store_true", help="repack SOURCE with the edits")
     action.add_argument("--discard", action="store_true", help="drop the edits; SOURCE stays as it is")
-    recover.add_argument("--output", metavar="PATH", help="write the edited checkpoint here instead of over SOURCE")
+    recover.add_argument(
+        "--output", metavar="PATH",
+        help="write the edited checkpoint here instead of over SOURCE (also when SOURCE changed since the edits)",
+    )  # fmt: skip
     recover.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
     return parser
+
+
+def _is_mount_form(argv: list[str]) -> bool:
+    """`mount -t fuse.ckptfs` runs `ckptfs SRC MNT -o OPTS`: two paths first."""
+    paths = argv[:2]
+    return len(paths) == 2 and not any(a.startswith("-") for a in paths) and (
+        os.path.exists(paths[0]) or "/" in paths[0] or "." in paths[0]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
-        argv.insert(0, "mount")  # `mount -t fuse.ckptfs` runs `ckptfs SRC MNT -o OPTS`
+        if not _is_mount_form(argv):
+            print(f"ckptfs: unknown command {argv[0]!r} (commands: {', '.join(SUBCOMMANDS)}; "
+                  "see 'ckptfs --help')", file=sys.stderr)  # fmt: skip
+            return 2
+        argv.insert(0, "mount")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "mount":
@@ -135,13 +165,15 @@ def _default_cache_dir() -> str:
     return os.path.join(base, "ckptfs")
 
 
-def _check_mountpoint(mountpoint: str) -> None:
+def _check_mountpoint(mountpoint: str, nonempty: bool) -> None:
     if mounts.mounted_at(mountpoint) is not None:
         raise CkptfsError(f"{mountpoint}: already a mount point (unmount it first: ckptfs umount {mountpoint})")
     if not os.path.exists(mountpoint):
         raise CkptfsError(f"{mountpoint}: mount point does not exist")
     if not os.path.isdir(mountpoint):
         raise CkptfsError(f"{mountpoint}: mount point is not a directory")
+    if not nonempty and os.listdir(mountpoint):
+        raise CkptfsError(f"{mountpoint}: mount point is not empty; its files would be hidden (-o nonempty mounts anyway)")
 
 
 def mount(args) -> int:
@@ -151,9 +183,11 @@ def mount(args) -> int:
     opts = _mount_options(args)
     source = os.path.abspath(args.source)
     mountpoint = os.path.abspath(args.mountpoint)
-    _check_mountpoint(mountpoint)
+    _check_mountpoint(mountpoint, opts.nonempty)
+    if args.resume and opts.read_only:
+        raise CkptfsError("--resume mounts writable, to fix the waiting edits; it does not go with -o ro")
     state = mounts.MountState(mountpoint)
-    edits = MountEdits(source, opts, state)
+    edits = MountEdits(source, opts, state, resume=args.resume)
     checkpoint = edits.load()
     session = edits.session
     operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
@@ -168,45 +202,84 @@ def mount(args) -> int:
         return daemon.serve(operations, mountpoint, fuse_options, notify, *hooks)
 
     if args.foreground:
-        _setup_logging(opts.debug, opts.log_file)
-        state.write(os.getpid(), source)
+        daemon.ignore_commit_signal()
+        end_log = _setup_logging(opts.debug, opts.log_file)
+        state.write(os.getpid(), source, session is not None)
         code, message = 1, ""
         try:
             code, message = run(lambda message: None)
         finally:
             state.write_exit(code, message)
+            end_log(code)
         if message:
             print(f"ckptfs: {message}", file=sys.stderr)
         return code
     log_file = opts.log_file or state.log_file
-    return daemon.spawn(run, state, source, lambda: _setup_logging(opts.debug, log_file))
+    keep_log = opts.log_file is not None
+    return daemon.spawn(run, state, source, session is not None,
+                        lambda: _setup_logging(opts.debug, log_file, keep_log), log_file)  # fmt: skip
 
 
-def _edit_session(checkpoint, opts):
+def _read_only(checkpoint, reason: str, say: bool = True) -> None:
+    """Serve the checkpoint read-only, saying why on stderr (unless asked
+    for) and in the root's `user.ckptfs.read_only` attribute."""
+    checkpoint.root.xattrs["ckptfs.read_only"] = reason
+    if say:
+        print(f"ckptfs: {reason}; mounted read-only", file=sys.stderr)
+
+
+def _edit_session(checkpoint, opts, resume: bool = False):
     """The edit session of a writable mount, or None: read-only when asked,
-    when the format has no writer yet, or when the overlay cannot be had
-    (another writable mount, edits of a crashed one waiting, no write access)."""
+    when the format has no writer, or when the overlay cannot be had
+    (another writable mount, edits of a crashed one waiting, no write access).
+    `resume` takes up the waiting edits instead (CkptfsError if it cannot)."""
     from .repack import EditSession
 
+    source = checkpoint.source_path
     if opts.read_only:
-        checkpoint.root.xattrs["ckptfs.read_only"] = "mounted with -o ro"
-        return None
+        return _read_only(checkpoint, "mounted with -o ro", say=False)
     if checkpoint.writer is None:
-        checkpoint.root.xattrs.setdefault("ckptfs.read_only", f"ckptfs cannot write {checkpoint.format} checkpoints yet")
-        return None
-    parent = os.path.dirname(os.path.abspath(checkpoint.source_path))
+        reason = checkpoint.root.xattrs.get("ckptfs.read_only") or f"ckptfs cannot write {checkpoint.format} checkpoints"
+        return _read_only(checkpoint, f"{source}: {reason}")
+    parent = os.path.dirname(os.path.abspath(source))
     if not os.access(parent, os.W_OK):  # edits live beside the source
-        checkpoint.root.xattrs["ckptfs.read_only"] = f"{parent}: not writable, so edits cannot be kept beside the source"
-        return None
+        return _read_only(checkpoint, f"{parent}: not writable, so edits cannot be kept beside the source")
+    if resume:
+        try:
+            return EditSession.resume(checkpoint, mounts.state_dir())
+        except SourceChangedError as e:
+            raise CkptfsError(f"{e}; write them to a new file: ckptfs recover {source} --resume --output NEW, "
+                              f"or drop them: ckptfs recover {source} --discard") from None  # fmt: skip
     try:
         if opts.ignore is None:
             return EditSession.start(checkpoint, mounts.state_dir())
         return EditSession.start(checkpoint, mounts.state_dir(), opts.ignore)
+    except EditsWaiting as e:
+        return _read_only(checkpoint, f"{e} (to take them up: ckptfs mount --resume {source} MOUNTPOINT; "
+                                      f"to drop them: ckptfs recover {source} --discard)")  # fmt: skip
     except (CkptfsError, OSError) as e:
-        reason = str(e) if isinstance(e, CkptfsError) else f"{checkpoint.source_path}: {e}"
-        print(f"ckptfs: {reason}; mounted read-only", file=sys.stderr)
-        checkpoint.root.xattrs["ckptfs.read_only"] = reason
-        return None
+        return _read_only(checkpoint, str(e) if isinstance(e, CkptfsError) else f"{source}: {e}")
+
+
+def advice(error: EditsKept, source: str, mountpoint: str | None, mounted: bool) -> str:
+    """What to do about edits a repack did not write: commands that work in
+    the state the mount is in (`mounted`: `ckptfs commit` failed, the mount
+    goes on). NEW and MOUNTPOINT are for the user to choose."""
+    if mounted and error.kind == "changed":
+        todo = (f"unmount (ckptfs umount {mountpoint}), then write them to a new file: "
+                f"ckptfs recover {source} --resume --output NEW")  # fmt: skip
+    elif mounted:
+        todo = (f"fix the file in {mountpoint}, then commit again: ckptfs commit {mountpoint}, "
+                f"or drop every edit: ckptfs umount {mountpoint} --discard")  # fmt: skip
+    elif error.kind == "changed":
+        todo = (f"write them to a new file: ckptfs recover {source} --resume --output NEW, "
+                f"or drop them: ckptfs recover {source} --discard")  # fmt: skip
+    elif error.kind == "edit":
+        todo = (f"fix them in a mount: ckptfs mount --resume {source} {mountpoint or 'MOUNTPOINT'}, "
+                f"or drop them: ckptfs recover {source} --discard")  # fmt: skip
+    else:
+        todo = f"once that is fixed: ckptfs recover {source} --resume, or drop them: ckptfs recover {source} --discard"
+    return f"{error}; {todo}"
 
 
 class MountEdits:
@@ -214,8 +287,8 @@ class MountEdits:
     repacked at unmount (`finish`) or on demand (`commit`, which then serves
     the new checkpoint)."""
 
-    def __init__(self, source: str, opts, state: mounts.MountState):
-        self.source, self.opts, self.state = source, opts, state
+    def __init__(self, source: str, opts, state: mounts.MountState, resume: bool = False):
+        self.source, self.opts, self.state, self.resume = source, opts, state, resume
         self.session = None
         self.operations = None
 
@@ -229,7 +302,8 @@ class MountEdits:
         gc.disable()
         try:
             checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
-            self.session = _edit_session(checkpoint, self.opts)
+            self.session = _edit_session(checkpoint, self.opts, self.resume)
+            self.resume = False  # a commit starts afresh
             view = metaview.build(checkpoint, self.session and self.session.editable)
             view.readonly = True
             checkpoint.root.add(metaview.NAME, view)
@@ -246,6 +320,8 @@ class MountEdits:
                 discard=options.get("discard", False), backup=options.get("backup", False),
                 progress=self.state.write_progress,
             )  # fmt: skip
+        except EditsKept as e:
+            return 1, advice(e, self.source, self.state.mountpoint, mounted=False)
         except CkptfsError as e:
             return 1, str(e)
 
@@ -254,13 +330,29 @@ class MountEdits:
         empty overlay. Files already open keep reading what they opened."""
         try:
             message = self.session.finish(force=force, backup=backup)
-            checkpoint = self.load()
+        except EditsKept as e:
+            return 1, advice(e, self.source, self.state.mountpoint, mounted=True)
         except CkptfsError as e:
             return 1, str(e)
+        try:
+            checkpoint = self.load()
+        except CkptfsError as e:
+            return 1, f"{message}, but it cannot be mounted again ({e}); the mount serves what it served"
         if self.session is None:
             return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
         self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check)
         return 0, message
+
+
+def human_size(n: float) -> str:
+    """A byte count in the unit that fits it: 512 bytes, 38.5 kB, 1.2 GB."""
+    if n < 1000:
+        return f"{n:.0f} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if n < 100 else f"{n:,.0f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def _progress_printer(state: mounts.MountState):
@@ -271,7 +363,7 @@ def _progress_printer(state: mounts.MountState):
         progress = state.progress()
         if progress and progress != (shown[-1] if shown else None):
             done, total = progress
-            print(f"\rckptfs: writing the checkpoint: {done / 1e6:,.0f} of ~{total / 1e6:,.0f} MB", end="",
+            print(f"\rckptfs: writing the checkpoint: {human_size(done)} of about {human_size(total)}\033[K", end="",
                   file=sys.stderr, flush=True)  # fmt: skip
             shown.append(progress)
 
@@ -287,6 +379,8 @@ def commit(args) -> int:
     pid = state.pid()
     if mounts.mounted_at(mountpoint) is None or pid is None or not mounts.process_alive(pid):
         raise CkptfsError(f"{mountpoint}: not a running ckptfs mount")
+    if not state.mounted().get("writable"):
+        raise CkptfsError(f"{mountpoint}: mounted read-only; there are no edits to write")
     request = state.request_commit(force=args.force, backup=args.backup)
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + args.timeout
@@ -302,17 +396,31 @@ def commit(args) -> int:
 
 def recover(args) -> int:
     from .formats import open_checkpoint
-    from .overlay import Overlay, lock_path
+    from .overlay import Overlay, lock_path, overlay_dir
     from .repack import EditSession
 
     source = os.path.abspath(args.source)
+    if not os.path.lexists(source):
+        waiting = f" (edits wait in {overlay_dir(source)}; remove it to drop them)" if os.path.isdir(overlay_dir(source)) else ""
+        raise CkptfsError(f"{source}: no such file or directory{waiting}")
     if args.discard:  # needs no checkpoint: the source may be anything by now
         overlay, _ = Overlay.reopen(source, lock_path(mounts.state_dir(), source))
         overlay.remove()
         print(f"ckptfs: {source}: edits discarded", file=sys.stderr)
         return 0
-    session = EditSession.resume(open_checkpoint(source, _default_cache_dir()), mounts.state_dir())
-    print(f"ckptfs: {session.finish(output_path=args.output, backup=args.backup)}", file=sys.stderr)
+    checkpoint = open_checkpoint(source, _default_cache_dir())
+    try:
+        session = EditSession.resume(checkpoint, mounts.state_dir(), source_changed_ok=args.output is not None)
+    except SourceChangedError as e:
+        raise CkptfsError(f"{e}; write them to a new file: ckptfs recover {source} --resume --output NEW, "
+                          f"or drop them: ckptfs recover {source} --discard") from None  # fmt: skip
+    try:
+        message = session.finish(output_path=args.output, backup=args.backup)
+    except EditsKept as e:
+        raise CkptfsError(advice(e, source, None, mounted=False)) from None
+    finally:
+        session.editable.overlay.release()  # the lock, and the overlay if it is still there
+    print(f"ckptfs: {message}", file=sys.stderr)
     return 0
 
 
@@ -320,12 +428,34 @@ def _fsname(source: str) -> str:
     return source.replace("\\", "\\\\").replace(",", "\\,")
 
 
-def _setup_logging(debug: bool, log_file: str | None) -> None:
+class _WorstLevel(logging.Filter):
+    """Remembers the most severe level logged."""
+
+    level = logging.NOTSET
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.level = max(self.level, record.levelno)
+        return True
+
+
+def _setup_logging(debug: bool, log_file: str | None, keep: bool = True):
+    """Logs to `log_file` (stderr if None). Returns what ends the log, given
+    the exit code: a log that is not to be kept is removed when the mount
+    ended cleanly (exit 0, no warning), and kept to be read when not."""
     handler = logging.FileHandler(log_file, mode="w") if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    worst = _WorstLevel()
+    handler.addFilter(worst)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+    def end(code: int) -> None:
+        logging.shutdown()
+        if log_file and not keep and code == 0 and worst.level < logging.WARNING:
+            os.unlink(log_file)
+
+    return end
 
 
 def umount(args) -> int:

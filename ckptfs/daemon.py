@@ -65,8 +65,7 @@ def _close_files_after_exit() -> None:
 async def _main(mountpoint: str, notify, commit) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
-        if commit is not None:
-            nursery.start_soon(_commit_on_signal, mountpoint, commit)
+        nursery.start_soon(_commit_on_signal, mountpoint, commit)
         nursery.start_soon(_when_usable, mountpoint, notify)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -88,14 +87,18 @@ async def _when_usable(mountpoint: str, notify) -> None:
 
 async def _commit_on_signal(mountpoint: str, commit) -> None:
     """SIGUSR1 (from `ckptfs commit`): repack now. It runs in the event loop,
-    so requests wait meanwhile and every edit before it is in the repack."""
+    so requests wait meanwhile and every edit before it is in the repack.
+    A read-only mount (`commit` None) answers that it has nothing to write."""
     state = mounts.MountState(mountpoint)
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async for _ in signals:
             requested = state.commit_requested()
             if requested is None:
                 continue
-            code, message = commit(requested.get("force", False), requested.get("backup", False))
+            if commit is None:
+                code, message = 1, f"{mountpoint}: mounted read-only; there are no edits to write"
+            else:
+                code, message = commit(requested.get("force", False), requested.get("backup", False))
             (log.error if code else log.info)("commit: %s", message)
             state.write_commit_result(requested["request"], code, message)
 
@@ -110,35 +113,46 @@ async def _stop_on_signal() -> None:
             return
 
 
-def spawn(run, state: mounts.MountState, source: str, log_setup, timeout: float = 120) -> int:
+def ignore_commit_signal() -> None:
+    """Before a daemon's pid is written where `ckptfs commit` finds it: a
+    SIGUSR1 that arrives before the event loop listens must not kill it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def spawn(run, state: mounts.MountState, source: str, writable: bool, log_setup, log_file: str,
+          timeout: float = 120) -> int:  # fmt: skip
     """Run `run(notify)` in a background daemon; return 0 once it has
-    mounted, or raise CkptfsError with the reason it could not."""
+    mounted, or raise CkptfsError with the reason it could not.
+    `log_setup()` starts the daemon's log and returns what ends it, given
+    the exit code."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(read_end)
-        os._exit(_daemon(run, state, source, log_setup, write_end))
+        os._exit(_daemon(run, state, source, writable, log_setup, write_end))
     os.close(write_end)
     message = _wait_message(read_end, timeout)
     os.close(read_end)
     if message is None:
         os.kill(pid, signal.SIGTERM)
-        raise CkptfsError(f"timed out after {timeout:.0f} s waiting for the mount daemon; see {state.log_file}")
+        raise CkptfsError(f"timed out after {timeout:.0f} s waiting for the mount daemon; see {log_file}")
     if message == READY.decode().strip():
         return 0
-    raise CkptfsError(message or f"the mount daemon exited before mounting; see {state.log_file}")
+    raise CkptfsError(f"{message or 'the mount daemon exited before mounting'} (its log: {log_file})")
 
 
-def _daemon(run, state: mounts.MountState, source: str, log_setup, pipe: int) -> int:
+def _daemon(run, state: mounts.MountState, source: str, writable: bool, log_setup, pipe: int) -> int:
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
     code, message = 1, ""
+    end_log = lambda code: logging.shutdown()  # noqa: E731 (until the log is set up)
     try:
-        state.write(os.getpid(), source)
-        log_setup()
+        ignore_commit_signal()
+        state.write(os.getpid(), source, writable)
+        end_log = log_setup()
 
         def notify(line: bytes) -> None:
             os.write(pipe, line)
@@ -149,10 +163,10 @@ def _daemon(run, state: mounts.MountState, source: str, log_setup, pipe: int) ->
         _try_write(pipe, f"{e}\n".encode())
     except BaseException as e:
         log.exception("the mount daemon failed")
-        _try_write(pipe, f"the mount daemon failed ({e!r}); see {state.log_file}\n".encode())
+        _try_write(pipe, f"the mount daemon failed ({e!r})\n".encode())
     finally:
         state.write_exit(code, message)
-        logging.shutdown()
+        end_log(code)
     return code
 
 

@@ -20,3 +20,19 @@ class FormatError(CkptfsError):
 
 class SourceChangedError(CkptfsError):
     """The source file no longer holds the bytes it held at mount time."""
+
+
+class EditsWaiting(CkptfsError):
+    """A writable mount was asked for while an earlier mount's edits wait in
+    the overlay (`ckptfs mount --resume` or `ckptfs recover` take them up)."""
+
+
+class EditsKept(CkptfsError):
+    """A repack did not happen; the edits stay in the overlay. `kind` says
+    what the user can do about it: "edit" (an edit the format cannot hold:
+    fix it), "changed" (the source changed under the edits: write them
+    elsewhere), "other" (room, permissions: try again)."""
+
+    def __init__(self, reason: str, kind: str, overlay: str):
+        super().__init__(f"{reason}; the edits are kept in {overlay}")
+        self.reason, self.kind, self.overlay = reason, kind, overlay

@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 from .errors import CkptfsError
-from .overlay import EditableTree, EditedContent
+from .overlay import EditableTree, EditedContent, describe_tensor
 from .tree import Content, Dir, File, Node, Symlink
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,10 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def readdir(self, fh, start_id, token):
         listing = self._listing(fh)
-        for index in range(start_id, len(listing)):
-            name, inode = listing[index]
+        parent = self.parents[fh][0] if fh in self.parents else pyfuse3.ROOT_INODE
+        entries = [(b".", fh), (b"..", parent)] + listing
+        for index in range(start_id, len(entries)):
+            name, inode = entries[index]
             if not pyfuse3.readdir_reply(token, name, self.attributes(inode), index + 1):
                 break
 
@@ -254,7 +256,11 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh):
-        self.handles.pop(fh, None)
+        handle = self.handles.pop(fh, None)
+        if handle is not None and handle.wrote:
+            problem = self.nodes[handle.inode].xattrs.get("ckptfs.problem")
+            if problem is not None:
+                log.warning("%s (the repack will refuse it until it is fixed)", problem)
 
     @_handler
     async def read(self, fh, off, size):
@@ -286,17 +292,22 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
 
     def _checked(self, inode: int) -> str | None:
-        """Checks an edited file; its problem, if any, is logged and shown in
-        its `user.ckptfs.problem` attribute until it is fixed."""
+        """Checks an edited file; its problem, if any, is shown in its
+        `user.ckptfs.problem` attribute until it is fixed (and logged once,
+        when the file is released: a shell's `>` closes a dup'd descriptor
+        of the still empty file first). A `.npy` file's dtype and shape
+        attributes follow its header."""
         node = self.nodes.get(inode)
         if self.check is None or not isinstance(node, File) or not isinstance(node.content, EditedContent):
             return None
-        problem = self.check(self._path(inode), node)
+        path = self._path(inode)
+        problem = self.check(path, node)
         if problem is None:
             node.xattrs.pop("ckptfs.problem", None)
+            if path.endswith(".npy"):
+                describe_tensor(node)
         else:
             node.xattrs["ckptfs.problem"] = problem
-            log.warning("%s (the repack will refuse it until it is fixed)", problem)
         return problem
 
     @_handler
@@ -377,7 +388,9 @@ class Operations(pyfuse3.Operations):
         self._changed(parent_inode_old)
         self._changed(parent_inode_new)
         self.parents[inode] = (parent_inode_new, os.fsdecode(name_new))  # the kernel may use it before a lookup
-        self._checked(inode)  # a file written under a temporary name (sed -i), now in place
+        problem = self._checked(inode)  # a file written under a temporary name (sed -i), now in place
+        if problem is not None:
+            log.warning("%s (the repack will refuse it until it is fixed)", problem)
 
     @_handler
     async def fsync(self, fh, datasync):

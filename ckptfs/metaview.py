@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import stat
 from collections import defaultdict
 
@@ -33,6 +34,10 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
     view.add("raw", ckpt.raw)
     if ckpt.pickle_globals:
         view.add("pickle-globals.txt", _text_file(pickle_globals_text(ckpt)))
+    # where the checkpoint is, kept out of the files so that two mounts of
+    # the same bytes compare equal under `diff -r`
+    view.xattrs["ckptfs.source"] = ckpt.source_path
+    view.xattrs["ckptfs.source_mtime"] = _mtime(ckpt)
     return view
 
 
@@ -54,9 +59,7 @@ def info_yaml(ckpt: Checkpoint) -> str:
         row["bytes"] += t.data.length
     info = {
         "format": ckpt.format,
-        "source": ckpt.source_path,
         "source_bytes": _source_bytes(ckpt),
-        "source_mtime": datetime.datetime.fromtimestamp(ckpt.stat.st_mtime, datetime.timezone.utc).isoformat(),
         "ckptfs_version": __version__,
         "tensors": len(ckpt.tensors),
         "parameters": sum(r["parameters"] for r in by_dtype.values()),
@@ -66,6 +69,10 @@ def info_yaml(ckpt: Checkpoint) -> str:
     if ckpt.notes:
         info["notes"] = list(ckpt.notes)
     return yaml.safe_dump(info, sort_keys=False, allow_unicode=True)
+
+
+def _mtime(ckpt: Checkpoint) -> str:
+    return datetime.datetime.fromtimestamp(ckpt.stat.st_mtime, datetime.timezone.utc).isoformat()
 
 
 def _source_bytes(ckpt: Checkpoint) -> int:
@@ -80,9 +87,20 @@ def tensors_tsv(ckpt: Checkpoint) -> str:
     for placed in sorted(ckpt.tensors, key=lambda p: p.path):
         t = placed.tensor
         file, offset = t.data.source.locate(t.data.offset)
-        row = (placed.path, t.name, t.dtype.name, json.dumps(list(t.shape)), t.numel, t.data.length, file, offset)
+        row = (placed.path, t.name, t.dtype.name, json.dumps(list(t.shape)), t.numel, t.data.length,
+               _in_source(ckpt, file), offset)  # fmt: skip
         lines.append("\t".join(_tsv_cell(v) for v in row))
     return "\n".join(lines) + "\n"
+
+
+def _in_source(ckpt: Checkpoint, file: str) -> str:
+    """A file of the checkpoint as `.ckptfs/raw/` names it: relative to a
+    source directory, or a single file's own name."""
+    if not os.path.isabs(file):
+        return file  # an edited file: "(edited; in the overlay)"
+    if stat.S_ISDIR(ckpt.stat.st_mode):
+        return os.path.relpath(file, ckpt.source_path)
+    return os.path.basename(file)
 
 
 def _tsv_cell(value: object) -> str:

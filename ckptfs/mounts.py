@@ -65,26 +65,51 @@ def state_dir() -> str:
     return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"ckptfs-{os.geteuid()}")
 
 
+def escaped_path(path: str) -> str:
+    """A file name for a mount point, as systemd names its mount units:
+    `/mnt/my-model` becomes `mnt-my\\x2dmodel`, so each mount point has its
+    own name and a person can tell which is which. A name too long for the
+    kernel keeps its head and a hash of the whole."""
+    out = []
+    for i, byte in enumerate(os.fsencode(path.strip("/"))):
+        char = chr(byte)
+        if char == "/":
+            out.append("-")
+        elif char.isascii() and (char.isalnum() or char in "_" or (char == "." and i)):
+            out.append(char)
+        else:
+            out.append(f"\\x{byte:02x}")
+    name = "".join(out) or "-"
+    if len(name) > 160:
+        name = name[:140] + "~" + hashlib.sha256(path.encode()).hexdigest()[:16]
+    return name
+
+
 @dataclass(frozen=True)
 class MountState:
-    """Files that outlive the CLI: the daemon's pid, its exit status, its log."""
+    """Files that outlive the CLI: the daemon's pid, its exit status, its log,
+    named after the mount point (`/run/ckptfs/mnt-model.log`)."""
 
     mountpoint: str
 
     @property
     def stem(self) -> str:
-        key = hashlib.sha256(self.mountpoint.encode()).hexdigest()[:20]
-        return os.path.join(state_dir(), key)
+        return os.path.join(state_dir(), escaped_path(self.mountpoint))
 
     @property
     def log_file(self) -> str:
         return self.stem + ".log"
 
-    def write(self, pid: int, source: str) -> None:
+    def write(self, pid: int, source: str, writable: bool) -> None:
         os.makedirs(state_dir(), mode=0o700, exist_ok=True)
         self._remove(".exit")
         self._remove(".discard")
-        _write_json(self.stem + ".json", {"pid": pid, "source": source, "mountpoint": self.mountpoint})
+        _write_json(self.stem + ".json",
+                    {"pid": pid, "source": source, "mountpoint": self.mountpoint, "writable": writable})  # fmt: skip
+
+    def mounted(self) -> dict:
+        """What `write` recorded: pid, source, mountpoint, writable ({} if nothing)."""
+        return _read_json(self.stem + ".json") or {}
 
     def write_exit(self, code: int, message: str = "") -> None:
         _write_json(self.stem + ".exit", {"exit": code, "message": message})
@@ -124,8 +149,7 @@ class MountState:
         return (doc["exit"], doc["message"]) if doc and doc.get("request") == request else None
 
     def pid(self) -> int | None:
-        doc = _read_json(self.stem + ".json")
-        return doc["pid"] if doc else None
+        return self.mounted().get("pid")
 
     def exit_code(self) -> int | None:
         doc = _read_json(self.stem + ".exit")
@@ -134,6 +158,9 @@ class MountState:
     def clear(self) -> None:
         for suffix in (".json", ".exit", ".discard", ".commit", ".committed", ".progress"):
             self._remove(suffix)
+
+    def remove_log(self) -> None:
+        self._remove(".log")
 
     def _remove(self, suffix: str) -> None:
         try:

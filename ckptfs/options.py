@@ -24,6 +24,8 @@ class MountOptions:
     log_file: str | None = None
     cache_dir: str | None = None
     read_only: bool = False
+    #: mount over a directory that holds files (hidden while mounted)
+    nonempty: bool = False
     #: names of temporary files never packed (None: the defaults of overlay.TEMP_PATTERNS)
     ignore: tuple[str, ...] | None = None
 
@@ -39,6 +41,8 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.read_only = name == "ro"
         elif name == "debug":
             into.debug = True
+        elif name == "nonempty":
+            into.nonempty = True
         elif name in ("log_file", "cache_dir") and value:
             setattr(into, name, value)
         elif name == "ignore":

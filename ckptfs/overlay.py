@@ -28,7 +28,9 @@ import os
 import shutil
 import time
 
-from .errors import CkptfsError
+from . import npy
+from .dtypes import BY_NAME
+from .errors import CkptfsError, EditsWaiting
 from .sources import Source
 from .tree import Content, Dir, File, Node
 
@@ -140,10 +142,7 @@ class Overlay:
         mount holds the lock or if edits of an earlier mount wait."""
         journal = os.path.join(overlay_dir(source), "journal")
         if os.path.exists(journal) and os.path.getsize(journal) > 0:
-            raise CkptfsError(
-                f"{source}: edits of an earlier mount are waiting in {overlay_dir(source)}"
-                f" (ckptfs recover {source} --resume or --discard)"
-            )
+            raise EditsWaiting(f"{source}: edits of an earlier mount are waiting in {overlay_dir(source)}")
         lock_fd = _lock(lock_path)
         if lock_fd is None:
             raise CkptfsError(f"{source}: already mounted writable elsewhere")
@@ -222,9 +221,22 @@ class Overlay:
             self.journal_fd = None
             shutil.rmtree(self.path)
             fsync_dir(os.path.dirname(self.path))
+        self._unlock()
+
+    def release(self) -> None:
+        """Keep the overlay for later and let go of the lock."""
+        if self.journal_fd is not None:
+            os.close(self.journal_fd)
+            self.journal_fd = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is None:
+            return
         path, fd = self.lock
         os.unlink(path)  # while held: whoever opened it meanwhile finds it gone (`_lock`) and takes a new one
         os.close(fd)
+        self.lock = None
 
 
 def lock_path(state_dir: str, source: str) -> str:
@@ -272,6 +284,30 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+#: attributes that say where a file's bytes lie in the source: an edited
+#: file's bytes lie in the overlay instead
+LOCATION_XATTRS = ("ckptfs.source", "ckptfs.range", "ckptfs.storage", "ckptfs.chunks", "ckptfs.offsets")
+
+
+def _describe_edited(file: File) -> None:
+    for key in LOCATION_XATTRS:
+        file.xattrs.pop(key, None)
+    file.xattrs["ckptfs.edited"] = f"its bytes are in the overlay (data/{file.content.number}) until the repack"
+
+
+def describe_tensor(file: File) -> None:
+    """An edited `.npy` file's dtype and shape attributes, from its header
+    as it is now (unchanged while it is not valid NPY)."""
+    try:
+        descr, shape, _ = npy.parse_header(file.content.read(0, 65536), "")
+    except ValueError:
+        return
+    dtype = npy.dtype_of(descr, BY_NAME.get(file.xattrs.get("ckptfs.dtype", "")))
+    if dtype is not None:
+        file.xattrs["ckptfs.dtype"] = dtype.name
+        file.xattrs["ckptfs.shape"] = json.dumps(list(shape))
+
+
 class EditableTree:
     """The tree of a writable mount: changes by path, each journaled first.
 
@@ -312,6 +348,7 @@ class EditableTree:
         file = File(content, mtime_ns=time.time_ns())
         self._log(op="create", path=path, file=content.number)  # journaled, then done: a failed write changes nothing
         parent.children[name] = file
+        _describe_edited(file)
         return file
 
     def edit(self, path: str, number: int | None = None) -> File:
@@ -323,6 +360,7 @@ class EditableTree:
             content = self._content(file.content, number)
             self._log(op="edit", path=path, file=content.number)
             file.content = content
+            _describe_edited(file)
         return file
 
     def _content(self, base: Content | None, number: int | None) -> EditedContent:

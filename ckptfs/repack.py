@@ -13,11 +13,12 @@ import functools
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 
-from .errors import CkptfsError
+from .errors import CkptfsError, EditsKept, SourceChangedError
 from .overlay import (TEMP_PATTERNS, EditableTree, EditedContent, Overlay, fsync_dir, is_temp_name, lock_path,
                       source_identity)  # fmt: skip
 from .sources import FileSource, SliceSource, Source
@@ -174,7 +175,7 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
     and rename it over the destination (the source unless `output_path`);
     `backup` keeps the source as SOURCE.orig (a hard link)."""
     if source_identity(source) != expected_identity:
-        raise CkptfsError(f"{source}: changed since it was mounted; the edits were not written")
+        raise SourceChangedError(f"{source}: changed since it was mounted; the edits were not written")
     destination = os.path.abspath(output_path or source)
     directory = os.path.dirname(destination)
     fs = os.statvfs(directory)
@@ -186,11 +187,11 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
         output = Output(fd, progress=progress, expected=needed)
         writer(output)
         os.fsync(fd)
-        os.fchmod(fd, os.stat(source).st_mode & 0o7777)
+        keep_owner_and_mode(os.stat(source), fd=fd)
         os.close(fd)
         fd = -1
         if source_identity(source) != expected_identity:
-            raise CkptfsError(f"{source}: changed while the edits were being written; they were not")
+            raise SourceChangedError(f"{source}: changed while the edits were being written; they were not")
         if backup and not output_path:
             os.link(source, _free_name(source + ".orig"))
         os.replace(tmp, destination)
@@ -211,7 +212,7 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
     (or keep it as SOURCE.orig with `backup`), whose files the new one
     hard-links where they did not change."""
     if source_identity(source) != expected_identity:
-        raise CkptfsError(f"{source}: changed since it was mounted; the edits were not written")
+        raise SourceChangedError(f"{source}: changed since it was mounted; the edits were not written")
     destination = os.path.abspath(output_path or source)
     parent = os.path.dirname(destination)
     if output_path and os.path.exists(destination):
@@ -219,10 +220,11 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
     new = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=parent)
     try:
         builder(new)
+        _keep_modes(source, new)
         for here, _, _ in os.walk(new):
             fsync_dir(here)
         if source_identity(source) != expected_identity:
-            raise CkptfsError(f"{source}: changed while the edits were being written; they were not")
+            raise SourceChangedError(f"{source}: changed while the edits were being written; they were not")
         if output_path:
             os.rename(new, destination)
         else:
@@ -237,6 +239,33 @@ def write_directory_atomically(source: str, builder, expected_identity: dict, ou
             shutil.rmtree(new)
         raise
     return destination
+
+
+def keep_owner_and_mode(old: os.stat_result, *, fd: int | None = None, path: str | None = None) -> None:
+    """Give a file written anew the owner (where allowed) and mode of the one
+    it replaces; the owner first, since chown clears set-id bits."""
+    target = fd if fd is not None else path  # os.chown and os.chmod take either
+    try:
+        os.chown(target, old.st_uid, old.st_gid)
+    except PermissionError:
+        pass  # not ours to give away: the file stays the writer's
+    os.chmod(target, stat.S_IMODE(old.st_mode))
+
+
+def _keep_modes(source: str, new: str) -> None:
+    """Every file and folder of a new directory that stands where the source
+    had one keeps that one's owner and mode (hard links already share them);
+    new ones keep the modes they were made with."""
+    keep_owner_and_mode(os.stat(source), path=new)
+    for here, dirs, files in os.walk(new):
+        for name in dirs + files:
+            made = os.path.join(here, name)
+            try:
+                old = os.stat(os.path.join(source, os.path.relpath(made, new)), follow_symlinks=False)
+            except OSError:
+                continue
+            if old.st_ino != os.lstat(made).st_ino:
+                keep_owner_and_mode(old, path=made)
 
 
 def write_new_file(path: str, fill) -> None:
@@ -319,16 +348,33 @@ class EditSession:
         return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root, ignored))
 
     @classmethod
-    def resume(cls, checkpoint, state_dir: str) -> EditSession:
-        """The edits an earlier mount left in the overlay, replayed."""
-        overlay, records = Overlay.reopen(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path))
-        _remove_stale_temp_files(checkpoint.source_path)
-        before = _snapshot(checkpoint.root, overlay.ignored)
-        editable = EditableTree(checkpoint.root, overlay, journal=False)
+    def resume(cls, checkpoint, state_dir: str, source_changed_ok: bool = False) -> EditSession:
+        """The edits an earlier mount left in the overlay, replayed. If the
+        source changed since, SourceChangedError, unless `source_changed_ok`
+        (the edits then go to a new file): they are replayed on its present
+        content when every edited file was written whole, since a file
+        patched in place takes its other bytes from the source."""
+        source = checkpoint.source_path
+        overlay, records = Overlay.reopen(source, lock_path(state_dir, source))
         try:
-            editable.replay(records)
-        except (OSError, KeyError) as e:
-            raise CkptfsError(f"{overlay.path}: the journal does not apply to {checkpoint.source_path} ({e})") from None
+            _remove_stale_temp_files(source)
+            before = _snapshot(checkpoint.root, overlay.ignored)
+            editable = EditableTree(checkpoint.root, overlay, journal=False)
+            try:
+                editable.replay(records)
+            except (OSError, KeyError) as e:
+                raise CkptfsError(f"{overlay.path}: the journal does not apply to {source} ({e})") from None
+            if overlay.identity != source_identity(source):
+                patched = [c for c in editable.contents.values() if not c.whole and c.base is not None]
+                if not source_changed_ok:
+                    raise SourceChangedError(f"{source}: changed since the edits in {overlay.path} were made")
+                if patched:
+                    raise CkptfsError(f"{source}: changed since the edits in {overlay.path} were made, and some"
+                                      " files were patched in place; they cannot be applied to its new content")  # fmt: skip
+                overlay.identity = source_identity(source)
+        except BaseException:
+            overlay.release()
+            raise
         editable.journal = True
         return cls(checkpoint, editable, before)
 
@@ -376,11 +422,13 @@ class EditSession:
                     source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path,
                     backup, progress,
                 )  # fmt: skip
+        except RepackError as e:
+            raise EditsKept(str(e), "edit", overlay.path) from None
+        except SourceChangedError as e:
+            raise EditsKept(str(e), "changed", overlay.path) from None
         except (CkptfsError, OSError) as e:
-            reason = e if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing"
-            raise CkptfsError(
-                f"{reason}; the edits are kept in {overlay.path} (ckptfs recover {source} --resume or --discard)"
-            ) from None
+            reason = str(e) if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing {source}"
+            raise EditsKept(reason, "other", overlay.path) from None
         overlay.remove()
         kept = f"; the original is kept beside it as {os.path.basename(written)}.orig*" if backup else ""
         return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}{kept}"

@@ -9,6 +9,7 @@ the root. Every other file appears as it is.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from .. import names, npy
@@ -66,8 +67,11 @@ def open_dir(path: str) -> Checkpoint:
     indexes = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
     if links:
         root.xattrs["ckptfs.read_only"] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
-    elif shards and not notes and len(indexes) <= 1:
-        ckpt.writer = Writer(path, shards, metadata, indexes[0] if indexes else None, originals)
+    elif not shards or notes or len(indexes) > 1:
+        root.xattrs["ckptfs.read_only"] = "no single index or set of files names the model's tensors to write back"
+    else:
+        ckpt.writer = Writer(path, shards, metadata, indexes[0] if indexes else None, originals,
+                             sum(t.numel for t in merged))  # fmt: skip
     return ckpt
 
 
@@ -139,8 +143,9 @@ class Writer:
     adds_tensors = True  # a new `.npy` in the merged tree is a new tensor
 
     def __init__(self, path: str, shards: dict[str, dict[str, Tensor]], metadata: dict, index: str | None,
-                 originals: dict[int, str]):  # fmt: skip
+                 originals: dict[int, str], elements: int):  # fmt: skip
         self.path, self.shards, self.metadata, self.index = path, shards, metadata, index
+        self.elements = elements  # of the merged tensors at mount
         self.shard_of = {name: rel for rel, tensors in shards.items() for name in tensors}
         self.originals = originals  # id(node) -> relative path, for the files of the source
 
@@ -158,7 +163,7 @@ class Writer:
             if isinstance(node, File) and path.endswith(".npy") and id(node) not in self.originals:
                 name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
                 tensors[name] = node
-            elif isinstance(node, (File, Dir)):
+            elif isinstance(node, File):  # folders are made for the files they hold, not for tensors
                 plain[path] = node
         last = sorted(self.shards)[-1]
         home = {name: self.shard_of.get(name, last) for name in tensors}
@@ -183,18 +188,27 @@ class Writer:
                 put_file(target, node, rel and os.path.join(self.path, rel))
 
     def _index(self, tensors: dict, home: dict) -> bytes:
+        """The index as transformers writes it: weight_map, and the metadata's
+        total_size (bytes of all tensors) and total_parameters (which counts
+        what transformers calls parameters, not every tensor; it moves by
+        the elements added or removed)."""
         with open(os.path.join(self.path, self.index)) as f:
             index = json.load(f)
         index["weight_map"] = {name: home[name] for name in sorted(tensors)}
-        if isinstance(index.get("metadata"), dict) and "total_size" in index["metadata"]:
-            index["metadata"]["total_size"] = sum(_nbytes(node, name) for name, node in tensors.items())
+        metadata = index.get("metadata")
+        if isinstance(metadata, dict):
+            sizes = {name: _layout(node, name) for name, node in tensors.items()}
+            if "total_size" in metadata:
+                metadata["total_size"] = sum(nbytes for nbytes, _ in sizes.values())
+            if isinstance(metadata.get("total_parameters"), int):
+                metadata["total_parameters"] += sum(numel for _, numel in sizes.values()) - self.elements
         return (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _nbytes(node: File, name: str) -> int:
-    """Bytes of a tensor's data: its `.npy` file's size less its header."""
-    head = node.content.read(0, 65536)
-    return node.content.size - npy.parse_header(head, name)[2]
+def _layout(node: File, name: str) -> tuple[int, int]:
+    """(bytes of data, elements) of a tensor's `.npy` file."""
+    _, shape, start = npy.parse_header(node.content.read(0, 65536), name)
+    return node.content.size - start, math.prod(shape)
 
 
 def _tree_path(rel: str) -> str:

@@ -1,0 +1,181 @@
+"""What the command line says: one clear line for each mistake, every
+fallback said aloud, no signal that kills a daemon, logs that name their
+mount and go away when it ends cleanly."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from ckptfs import daemon, mounts
+from ckptfs.cli import human_size
+from ckptfs.errors import CkptfsError
+
+from .conftest import FIXTURES, force_unmount, is_mounted, require_fuse, run_ckptfs, umount
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    path = tmp_path / "model.safetensors"
+    save_file({"w": np.arange(6, dtype=np.float32)}, str(path))
+    return path
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    require_fuse()
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    force_unmount(path)
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckptfs: "), done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    return lines[0]
+
+
+def test_commit_of_a_read_only_mount_says_so_and_the_mount_lives_on(mount, model):
+    mnt = mount(model, "-o", "ro")
+    done = run_ckptfs("commit", mnt)
+    assert done.returncode == 1
+    assert _one_line(done) == f"ckptfs: {mnt}: mounted read-only; there are no edits to write"
+    assert is_mounted(mnt) and np.load(mnt / "w.npy").tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_stray_commit_signal_never_kills_a_daemon(mount, model):
+    """SIGUSR1 is how `ckptfs commit` wakes a daemon: a read-only one, or one
+    that is not asked anything, answers nothing and serves on."""
+    for options in (("-o", "ro"), ()):
+        mnt = mount(model, *options)
+        pid = mounts.MountState(str(mnt)).pid()
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR1)
+        assert np.load(mnt / "w.npy").tolist() == [0, 1, 2, 3, 4, 5]
+        assert mounts.process_alive(pid) and umount(mnt).returncode == 0
+
+
+def test_recover_of_a_missing_path_is_one_line_and_every_command_takes_debug(tmp_path):
+    missing = tmp_path / "missing.nemo"
+    for command in (["recover", missing, "--discard"], ["recover", missing, "--resume", "--debug"]):
+        done = run_ckptfs(*command)
+        assert done.returncode == 1
+        assert _one_line(done) == f"ckptfs: {missing}: no such file or directory"
+    for command in (["umount", tmp_path, "--debug"], ["commit", tmp_path, "--debug"], ["mount", missing, tmp_path, "--debug"]):
+        done = run_ckptfs(*command)
+        assert done.returncode == 1 and "unrecognized arguments" not in done.stderr
+        _one_line(done)
+
+
+def test_an_unknown_command_names_the_commands():
+    done = run_ckptfs("bogus")
+    assert done.returncode == 2
+    assert _one_line(done) == ("ckptfs: unknown command 'bogus' (commands: mount, umount, unmount, commit, recover; "
+                               "see 'ckptfs --help')")  # fmt: skip
+
+
+def test_help_names_every_format_and_where_the_log_goes():
+    top = run_ckptfs("--help").stdout
+    for fmt in (".nemo", "torch.save", "Lightning", "legacy", ".safetensors", "Hugging Face", "torch.distributed"):
+        assert fmt in " ".join(top.split()), fmt
+    mount_help = " ".join(run_ckptfs("mount", "--help").stdout.split())
+    assert "/run/ckptfs" in mount_help and "removed when the mount ends cleanly" in mount_help
+    assert "-o nonempty" in mount_help and "empty directory" in mount_help
+
+
+def test_a_mount_point_that_holds_files_is_refused_unless_nonempty(model, mnt):
+    (mnt / "mine.txt").write_text("keep me")
+    done = run_ckptfs("mount", model, mnt)
+    assert done.returncode == 1 and not is_mounted(mnt)
+    assert _one_line(done) == (f"ckptfs: {mnt}: mount point is not empty; its files would be hidden "
+                               "(-o nonempty mounts anyway)")  # fmt: skip
+    done = run_ckptfs("mount", model, mnt, "-o", "nonempty,ro")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(mnt)) == [".ckptfs", "w.npy"]
+    assert umount(mnt).returncode == 0 and (mnt / "mine.txt").read_text() == "keep me"
+
+
+def test_every_fallback_to_read_only_is_said(tmp_path, mnt):
+    snapshot = tmp_path / "snapshot"
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    save_file({"w": np.ones(2, dtype=np.float32)}, str(blobs / "abc"))
+    snapshot.mkdir()
+    (snapshot / "model.safetensors").symlink_to(blobs / "abc")  # a Hugging Face cache snapshot
+    done = run_ckptfs("mount", snapshot, mnt)
+    assert done.returncode == 0
+    assert _one_line(done) == (f"ckptfs: {snapshot}: a Hugging Face cache snapshot (symlinks into blobs/): "
+                               "copy it to edit; mounted read-only")  # fmt: skip
+    assert os.getxattr(mnt, "user.ckptfs.read_only").decode() in done.stderr
+    assert umount(mnt).returncode == 0
+    done = run_ckptfs("mount", snapshot, mnt, "-o", "ro")  # asked for: nothing to say
+    assert done.returncode == 0 and done.stderr == ""
+    assert umount(mnt).returncode == 0
+
+
+def test_an_overwritten_yaml_view_is_logged_once_and_only_when_wrong(mount, tmp_path):
+    ckpt = tmp_path / "tiny.ckpt"
+    ckpt.write_bytes((FIXTURES / "lightning" / "tiny.ckpt").read_bytes())
+    log = tmp_path / "daemon0.log"
+    mnt = mount(ckpt)
+    view = mnt / "epoch.yaml"
+    shell = subprocess.run(["bash", "-c", f"echo 7 > {view}"], capture_output=True, text=True)
+    assert shell.returncode == 0, shell.stderr  # bash closes a dup'd, still empty descriptor first
+    assert "would change its type" not in log.read_text()
+    shell = subprocess.run(["bash", "-c", f"echo seven > {view}"], capture_output=True, text=True)
+    problems = [line for line in log.read_text().splitlines() if "would change its type" in line]
+    assert len(problems) == 1 and "'seven'" in problems[0] and "''" not in problems[0]
+    shell = subprocess.run(["bash", "-c", f"echo 7 > {view}"], capture_output=True, text=True)
+    assert shell.returncode == 0 and umount(mnt, "--discard").returncode == 0
+
+
+def test_sizes_are_said_in_units_that_fit():
+    assert human_size(0) == "0 bytes" and human_size(999) == "999 bytes"
+    assert human_size(38_536) == "38.5 kB" and human_size(1_500_000) == "1.5 MB"
+    assert human_size(250e6) == "250 MB" and human_size(2.1e9) == "2.1 GB" and human_size(3e15) == "3,000 TB"
+
+
+def test_a_log_is_named_after_its_mount_point_and_removed_after_a_clean_end(model, mnt):
+    log = Path(mounts.state_dir()) / f"{mounts.escaped_path(str(mnt))}.log"
+    assert log.name.startswith("tmp-") and log.name.endswith("-mnt.log")
+    assert run_ckptfs("mount", model, mnt).returncode == 0
+    assert log.exists() and "mounted at" in log.read_text()
+    assert umount(mnt).returncode == 0
+    assert not log.exists()
+    assert not list(Path(mounts.state_dir()).glob(mounts.escaped_path(str(mnt)) + ".*"))
+    # one that did not end cleanly is kept, for the user to read
+    assert run_ckptfs("mount", model, mnt).returncode == 0
+    (mnt / "notes.txt").write_text("not a tensor")  # safetensors holds tensors only: the repack refuses it
+    done = umount(mnt)
+    assert done.returncode == 1 and log.exists() and "notes.txt" in log.read_text()
+    assert run_ckptfs("recover", model, "--discard").returncode == 0
+    log.unlink()
+
+
+def test_a_daemon_that_fails_says_where_its_log_is(tmp_path):
+    """The daemon half of a mount, forked for real: a failure before it is
+    ready reaches the user with the path of the log that tells more."""
+    log = tmp_path / "daemon.log"
+    state = mounts.MountState(str(tmp_path / "nowhere"))
+
+    def fail(notify):
+        raise CkptfsError("the mount failed for a reason")
+
+    def log_setup():
+        import logging
+
+        handler = logging.FileHandler(log)
+        logging.getLogger().addHandler(handler)
+        return lambda code: (logging.getLogger().removeHandler(handler), handler.close())
+
+    with pytest.raises(CkptfsError) as failed:
+        daemon.spawn(fail, state, str(tmp_path / "x"), False, log_setup, str(log))
+    assert str(failed.value) == f"the mount failed for a reason (its log: {log})"
+    assert "the mount failed for a reason" in log.read_text()
+    state.clear()
