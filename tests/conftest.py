@@ -77,6 +77,17 @@ class Mounts:
 
 
 @pytest.fixture
+def mnt(tmp_path):
+    """An empty mount point for a test that mounts with the CLI itself;
+    whatever is left mounted there is unmounted after the test."""
+    require_fuse()
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    force_unmount(path)
+
+
+@pytest.fixture
 def mount(tmp_path):
     mounts = Mounts(tmp_path)
     try:

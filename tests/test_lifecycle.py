@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from .conftest import CKPTFS, TIMEOUT, force_unmount, is_mounted, require_fuse, run_ckptfs
+from .conftest import CKPTFS, TIMEOUT, is_mounted, run_ckptfs
 
 
 @pytest.fixture
@@ -22,15 +22,6 @@ def source(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.arange(10, dtype=torch.float32)}, str(path))
     return path
-
-
-@pytest.fixture
-def mnt(tmp_path):
-    require_fuse()
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    force_unmount(path)
 
 
 def _daemon_pid(mountpoint: Path) -> int:

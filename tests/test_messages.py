@@ -15,7 +15,7 @@ from ckptfs import daemon, mounts
 from ckptfs.cli import human_size
 from ckptfs.errors import CkptfsError
 
-from .conftest import FIXTURES, force_unmount, is_mounted, require_fuse, run_ckptfs, umount
+from .conftest import FIXTURES, is_mounted, run_ckptfs, umount
 
 
 @pytest.fixture
@@ -23,15 +23,6 @@ def model(tmp_path) -> Path:
     path = tmp_path / "model.safetensors"
     save_file({"w": np.arange(6, dtype=np.float32)}, str(path))
     return path
-
-
-@pytest.fixture
-def mnt(tmp_path):
-    require_fuse()
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    force_unmount(path)
 
 
 def _one_line(done: subprocess.CompletedProcess) -> str:
