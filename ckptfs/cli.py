@@ -479,10 +479,12 @@ def umount(args) -> int:
     if args.lazy and mounts.process_alive(pid):
         print(f"ckptfs: {mountpoint}: detached; its daemon exits once the last file open there is closed", file=sys.stderr)
         return 0
-    if not mounts.wait_exit(pid, args.timeout, _progress_printer(state) if sys.stderr.isatty() else None):
+    show_progress = _progress_printer(state) if sys.stderr.isatty() else None
+    if not mounts.wait_exit(pid, args.timeout, show_progress):
         raise CkptfsError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) is still running after {args.timeout:.0f} s")
     code, message = state.exit_code(), state.exit_message()
-    if state.progress() and sys.stderr.isatty():
+    if show_progress is not None and state.progress():
+        show_progress()  # the last it reported, however quick the repack was
         print(file=sys.stderr)  # end the progress line
     state.clear()
     if code is None:

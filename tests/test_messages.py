@@ -3,6 +3,8 @@ fallback said aloud, no signal that kills a daemon, logs that name their
 mount and go away when it ends cleanly."""
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -15,7 +17,7 @@ from ckptfs import daemon, mounts
 from ckptfs.cli import human_size
 from ckptfs.errors import CkptfsError
 
-from .conftest import FIXTURES, is_mounted, run_ckptfs, umount
+from .conftest import CKPTFS, FIXTURES, is_mounted, run_ckptfs, umount
 
 
 @pytest.fixture
@@ -126,10 +128,19 @@ def test_an_overwritten_yaml_view_is_logged_once_and_only_when_wrong(mount, tmp_
     assert shell.returncode == 0 and umount(mnt, "--discard").returncode == 0
 
 
-def test_sizes_are_said_in_units_that_fit():
+def test_sizes_are_said_in_units_that_fit(model, mnt):
     assert human_size(0) == "0 bytes" and human_size(999) == "999 bytes"
     assert human_size(38_536) == "38.5 kB" and human_size(1_500_000) == "1.5 MB"
     assert human_size(250e6) == "250 MB" and human_size(2.1e9) == "2.1 GB" and human_size(3e15) == "3,000 TB"
+    # the repack's progress, as `umount` shows it on a terminal (script(1) gives it one)
+    assert run_ckptfs("mount", model, mnt).returncode == 0
+    np.save(mnt / "w.npy", np.ones(6, dtype=np.float32))
+    command = " ".join([*map(shlex.quote, CKPTFS), "umount", shlex.quote(str(mnt))])
+    shown = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stdout
+    progress = re.search(r"writing the checkpoint: (.*?) of about (.*?)\x1b", shown.stdout)
+    assert progress and progress[1].endswith(" bytes") and progress[2] == f"{model.stat().st_size} bytes", shown.stdout
+    assert "MB" not in shown.stdout
 
 
 def test_a_log_is_named_after_its_mount_point_and_removed_after_a_clean_end(model, mnt):

@@ -737,12 +737,16 @@ def test_backup_keeps_the_original_beside_the_new_checkpoint(mount, model, tmp_p
     assert umount(mnt).returncode == 0
 
 
-def test_a_source_on_a_read_only_filesystem_mounts_read_only(mount, small_fs, model):
+def test_a_source_on_a_read_only_filesystem_mounts_read_only_and_says_so(mnt, small_fs, model):
     shutil.copy(model, small_fs / "m.safetensors")
     done = subprocess.run(["mount", "-o", "remount,ro", small_fs], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    mnt = mount(small_fs / "m.safetensors")
-    assert b"not writable" in os.getxattr(mnt, "user.ckptfs.read_only")
+    done = run_ckptfs("mount", small_fs / "m.safetensors", mnt)
+    assert done.returncode == 0
+    reason = f"{small_fs}: not writable, so edits cannot be kept beside the source"
+    assert done.stderr == f"ckptfs: {reason}; mounted read-only\n"
+    assert os.getxattr(mnt, "user.ckptfs.read_only").decode() == reason
     with pytest.raises(OSError):
         np.save(mnt / "x.npy", np.ones(1))
     assert np.load(mnt / "enc" / "w.npy").shape == (3, 4)
+    assert umount(mnt).returncode == 0
