@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from . import __version__, mounts, options
+from . import __version__, advice, mounts, options
 from .errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 
 log = logging.getLogger("ckptfs")
@@ -248,38 +248,15 @@ def _edit_session(checkpoint, opts, resume: bool = False):
         try:
             return EditSession.resume(checkpoint, mounts.state_dir())
         except SourceChangedError as e:
-            raise CkptfsError(f"{e}; write them to a new file: ckptfs recover {source} --resume --output NEW, "
-                              f"or drop them: ckptfs recover {source} --discard") from None  # fmt: skip
+            raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
     try:
         if opts.ignore is None:
             return EditSession.start(checkpoint, mounts.state_dir())
         return EditSession.start(checkpoint, mounts.state_dir(), opts.ignore)
     except EditsWaiting as e:
-        return _read_only(checkpoint, f"{e} (to take them up: ckptfs mount --resume {source} MOUNTPOINT; "
-                                      f"to drop them: ckptfs recover {source} --discard)")  # fmt: skip
+        return _read_only(checkpoint, f"{e} ({advice.waiting(source)})")
     except (CkptfsError, OSError) as e:
         return _read_only(checkpoint, str(e) if isinstance(e, CkptfsError) else f"{source}: {e}")
-
-
-def advice(error: EditsKept, source: str, mountpoint: str | None, mounted: bool) -> str:
-    """What to do about edits a repack did not write: commands that work in
-    the state the mount is in (`mounted`: `ckptfs commit` failed, the mount
-    goes on). NEW and MOUNTPOINT are for the user to choose."""
-    if mounted and error.kind == "changed":
-        todo = (f"unmount (ckptfs umount {mountpoint}), then write them to a new file: "
-                f"ckptfs recover {source} --resume --output NEW")  # fmt: skip
-    elif mounted:
-        todo = (f"fix the file in {mountpoint}, then commit again: ckptfs commit {mountpoint}, "
-                f"or drop every edit: ckptfs umount {mountpoint} --discard")  # fmt: skip
-    elif error.kind == "changed":
-        todo = (f"write them to a new file: ckptfs recover {source} --resume --output NEW, "
-                f"or drop them: ckptfs recover {source} --discard")  # fmt: skip
-    elif error.kind == "edit":
-        todo = (f"fix them in a mount: ckptfs mount --resume {source} {mountpoint or 'MOUNTPOINT'}, "
-                f"or drop them: ckptfs recover {source} --discard")  # fmt: skip
-    else:
-        todo = f"once that is fixed: ckptfs recover {source} --resume, or drop them: ckptfs recover {source} --discard"
-    return f"{error}; {todo}"
 
 
 class MountEdits:
@@ -321,7 +298,7 @@ class MountEdits:
                 progress=self.state.write_progress,
             )  # fmt: skip
         except EditsKept as e:
-            return 1, advice(e, self.source, self.state.mountpoint, mounted=False)
+            return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=False)
         except CkptfsError as e:
             return 1, str(e)
 
@@ -331,7 +308,7 @@ class MountEdits:
         try:
             message = self.session.finish(force=force, backup=backup)
         except EditsKept as e:
-            return 1, advice(e, self.source, self.state.mountpoint, mounted=True)
+            return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=True)
         except CkptfsError as e:
             return 1, str(e)
         try:
@@ -412,12 +389,11 @@ def recover(args) -> int:
     try:
         session = EditSession.resume(checkpoint, mounts.state_dir(), source_changed_ok=args.output is not None)
     except SourceChangedError as e:
-        raise CkptfsError(f"{e}; write them to a new file: ckptfs recover {source} --resume --output NEW, "
-                          f"or drop them: ckptfs recover {source} --discard") from None  # fmt: skip
+        raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
     try:
         message = session.finish(output_path=args.output, backup=args.backup)
     except EditsKept as e:
-        raise CkptfsError(advice(e, source, None, mounted=False)) from None
+        raise CkptfsError(advice.after_repack(e, source, None, mounted=False)) from None
     finally:
         session.editable.overlay.release()  # the lock, and the overlay if it is still there
     print(f"ckptfs: {message}", file=sys.stderr)

@@ -48,7 +48,8 @@ def test_a_refused_repack_can_be_fixed_in_a_resumed_mount(mount, model, tmp_path
     assert resume == ["mount", "--resume", str(model), str(mnt)] and discard == ["recover", str(model), "--discard"]
     # without --resume, a mount is read-only and says how to take the edits up
     again = run_ckptfs("mount", model, mnt)
-    assert again.returncode == 0 and "--resume" in again.stderr and "mounted read-only" in again.stderr
+    assert again.returncode == 0 and "mounted read-only" in again.stderr
+    assert advised(again.stderr, MOUNTPOINT=mnt) == [resume, discard]
     assert umount(mnt).returncode == 0
     taken_up = run_ckptfs(*resume, "--log-file", tmp_path / "resumed.log")
     assert taken_up.returncode == 0, taken_up.stderr
@@ -120,3 +121,17 @@ def test_a_failed_commit_advises_what_works_while_mounted(mount, model):
     write_refused(mnt / "more.npy", b"bad again")
     assert run_ckptfs(*discard).returncode == 0 and not is_mounted(mnt)
     assert sorted(load_file(str(model))) == ["b", "kept", "w"]
+
+
+def test_a_commit_on_a_changed_source_advises_unmounting_then_writing_beside_it(mount, model, tmp_path):
+    mnt = mount(model, log_errors_expected=True)
+    np.save(mnt / "w.npy", np.full(2, 3, dtype=np.float32))
+    save_file({"w": np.arange(6, dtype=np.float32), "b": np.ones(2, dtype=np.int64), "c": np.ones(1)}, str(model))
+    done = run_ckptfs("commit", mnt)
+    assert done.returncode == 1 and is_mounted(mnt) and len(done.stderr.strip().splitlines()) == 1
+    new = tmp_path / "edited.safetensors"
+    unmount, write = advised(done.stderr, NEW=new)
+    assert unmount == ["umount", str(mnt)]
+    assert run_ckptfs(*unmount).returncode == 1 and not is_mounted(mnt)  # the repack is refused again: kept
+    assert run_ckptfs(*write).returncode == 0
+    assert load_file(str(new))["w"].tolist() == [3, 3] and "c" in load_file(str(new))

@@ -1,0 +1,43 @@
+"""What to do next, in the words of commands that work in the state the
+user is in; the tests run every command these suggest. NEW and MOUNTPOINT
+are for the user to choose."""
+
+from __future__ import annotations
+
+from .errors import EditsKept
+
+
+def _write_new(source: str) -> str:
+    return f"write them to a new file: ckptfs recover {source} --resume --output NEW"
+
+
+def _drop(source: str) -> str:
+    return f"drop them: ckptfs recover {source} --discard"
+
+
+def elsewhere(source: str) -> str:
+    """For edits made on a source that has changed since: never over it."""
+    return f"{_write_new(source)}, or {_drop(source)}"
+
+
+def waiting(source: str) -> str:
+    """For a mount that found an earlier mount's edits waiting."""
+    return f"to take them up: ckptfs mount --resume {source} MOUNTPOINT; to {_drop(source)}"
+
+
+def after_repack(error: EditsKept, source: str, mountpoint: str | None, mounted: bool) -> str:
+    """The message for edits a repack did not write. `mounted`: `ckptfs
+    commit` failed and the mount goes on, so `recover` (which refuses while
+    mounted) is not a way out yet."""
+    if mounted and error.kind == "changed":
+        todo = f"unmount (ckptfs umount {mountpoint}), then {_write_new(source)}"
+    elif mounted:
+        todo = (f"fix the file in {mountpoint}, then commit again: ckptfs commit {mountpoint}, "
+                f"or drop every edit: ckptfs umount {mountpoint} --discard")  # fmt: skip
+    elif error.kind == "changed":
+        todo = elsewhere(source)
+    elif error.kind == "edit":
+        todo = f"fix them in a mount: ckptfs mount --resume {source} {mountpoint or 'MOUNTPOINT'}, or {_drop(source)}"
+    else:
+        todo = f"once that is fixed: ckptfs recover {source} --resume, or {_drop(source)}"
+    return f"{error}; {todo}"
