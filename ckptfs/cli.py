@@ -298,6 +298,7 @@ class MountEdits:
                 progress=self.state.write_progress,
             )  # fmt: skip
         except EditsKept as e:
+            self.session.editable.overlay.release()  # the lock goes with the mount; the edits stay
             return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=False)
         except CkptfsError as e:
             return 1, str(e)
