@@ -94,13 +94,14 @@ def tensors_tsv(ckpt: Checkpoint) -> str:
 
 
 def _in_source(ckpt: Checkpoint, file: str) -> str:
-    """A file of the checkpoint as `.ckptfs/raw/` names it: relative to a
-    source directory, or a single file's own name."""
+    """A file of the checkpoint by its path in a source directory, or `.`
+    for a single-file source itself: never a name the source merely has,
+    so that copies of a checkpoint under other names compare equal."""
     if not os.path.isabs(file):
         return file  # an edited file: "(edited; in the overlay)"
     if stat.S_ISDIR(ckpt.stat.st_mode):
         return os.path.relpath(file, ckpt.source_path)
-    return os.path.basename(file)
+    return "."
 
 
 def _tsv_cell(value: object) -> str:

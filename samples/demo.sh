@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Mount the bundled samples, look inside with ordinary tools, unmount.
+# Mount the bundled samples, look inside with ordinary tools, edit a config
+# in place and compare the result with the original, unmount.
 set -euo pipefail
 ckptfs=$1 python=$2
 here=$(cd "$(dirname "$0")" && pwd)
-mnt=$(mktemp -d /tmp/ckptfs-demo.XXXXXX)
-cleanup() { "$ckptfs" umount "$mnt" >/dev/null 2>&1 || fusermount3 -u -z "$mnt" 2>/dev/null || true; rmdir "$mnt"; }
+work=$(mktemp -d /tmp/ckptfs-demo.XXXXXX)
+mnt=$work/mnt edited=$work/edited
+mkdir "$mnt" "$edited"
+cleanup() {
+    for m in "$mnt" "$edited"; do
+        "$ckptfs" umount "$m" >/dev/null 2>&1 || fusermount3 -u -z "$m" 2>/dev/null || true
+    done
+    rm -rf --one-file-system "$work"
+}
 trap cleanup EXIT
 
 show() { printf '\n$ %s\n' "$*"; "$@"; }
@@ -18,7 +26,18 @@ show "$python" -c "import numpy as np; w = np.load('$mnt/embeddings/word_embeddi
 show du -sh --apparent-size "$mnt/encoder"
 show "$ckptfs" umount "$mnt"
 
-show "$ckptfs" mount "$here/nemo/tiny.nemo" "$mnt"
+cp "$here/nemo/tiny.nemo" "$work/copy.nemo"
+show "$ckptfs" mount "$work/copy.nemo" "$mnt"
 show ls -l "$mnt"
 show cat "$mnt/model_config.yaml"
+show sed -i 's/lr: 0.001/lr: 0.0003/' "$mnt/model_config.yaml"
+show "$python" -c "import numpy as np; np.save('$mnt/model_weights.ckpt/encoder/0/bias.npy', np.zeros(24, np.float32))"
+show "$ckptfs" umount "$mnt"   # writes copy.nemo anew, in the same format
+show tar tvf "$work/copy.nemo"
+
+show "$ckptfs" mount -o ro "$here/nemo/tiny.nemo" "$mnt"
+show "$ckptfs" mount -o ro "$work/copy.nemo" "$edited"
+printf '\n$ diff -r -x raw %s %s   # what the edit changed\n' "$mnt" "$edited"
+diff -r -x raw "$mnt" "$edited" || true
 show "$ckptfs" umount "$mnt"
+show "$ckptfs" umount "$edited"

@@ -48,6 +48,13 @@ def test_two_mounts_of_the_same_bytes_compare_equal(mount, tmp_path, make):
     assert done.stdout == ""
 
 
+def test_copies_under_other_names_differ_only_in_the_raw_mirror(mount, tmp_path):
+    a = _nemo(tmp_path)
+    b = Path(shutil.copy(a, tmp_path / "renamed.nemo"))
+    done = _diff(mount(a, "-o", "ro"), mount(b, "-o", "ro"), "-x", "raw")
+    assert done.returncode == 0 and done.stdout == "", done.stdout
+
+
 def test_diff_names_the_tensor_that_differs(mount, tmp_path):
     a, b = _copies(tmp_path, _safetensors)
     save_file({"enc.w": np.arange(12, dtype=np.float32).reshape(3, 4), "enc.b": np.zeros(4, dtype=np.float32)}, str(b))
