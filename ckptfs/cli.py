@@ -375,7 +375,7 @@ def commit(args) -> int:
 def recover(args) -> int:
     from .formats import open_checkpoint
     from .overlay import Overlay, lock_path, overlay_dir
-    from .repack import EditSession
+    from .repack import EditSession, remove_stale_temp_files
 
     source = os.path.abspath(args.source)
     if not os.path.lexists(source):
@@ -383,6 +383,7 @@ def recover(args) -> int:
         raise CkptfsError(f"{source}: no such file or directory{waiting}")
     if args.discard:  # needs no checkpoint: the source may be anything by now
         overlay, _ = Overlay.reopen(source, lock_path(mounts.state_dir(), source))
+        remove_stale_temp_files(source)
         overlay.remove()
         print(f"ckptfs: {source}: edits discarded", file=sys.stderr)
         return 0

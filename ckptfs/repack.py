@@ -357,7 +357,7 @@ class EditSession:
         source = checkpoint.source_path
         overlay, records = Overlay.reopen(source, lock_path(state_dir, source))
         try:
-            _remove_stale_temp_files(source)
+            remove_stale_temp_files(source)
             before = _snapshot(checkpoint.root, overlay.ignored)
             editable = EditableTree(checkpoint.root, overlay, journal=False)
             try:
@@ -434,14 +434,19 @@ class EditSession:
         return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}{kept}"
 
 
-def _remove_stale_temp_files(source: str) -> None:
-    """Half-written checkpoints of a repack the crash interrupted (we hold
-    the source's lock, so no repack is running)."""
+def remove_stale_temp_files(source: str) -> None:
+    """Half-written checkpoints (files, or directories of a directory
+    format) of a repack a crash interrupted. Call it holding the source's
+    lock, so that no repack is running."""
     directory, name = os.path.split(os.path.abspath(source))
     for entry in os.listdir(directory):
         if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
             log.info("removing %s, left by an interrupted repack", entry)
-            os.unlink(os.path.join(directory, entry))
+            path = os.path.join(directory, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
 
 
 def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:

@@ -2,14 +2,19 @@
 it is printed in: each test below takes the commands out of the message and
 runs them."""
 
+import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from .conftest import is_mounted, run_ckptfs, sha256, umount, write_refused
+from ckptfs import mounts
+
+from .conftest import FIXTURES, is_mounted, run_ckptfs, sha256, umount, write_refused
 
 COMMAND = re.compile(r"ckptfs (?:mount|umount|commit|recover)\b[^,;()]*")
 
@@ -135,3 +140,25 @@ def test_a_commit_on_a_changed_source_advises_unmounting_then_writing_beside_it(
     assert run_ckptfs(*unmount).returncode == 1 and not is_mounted(mnt)  # the repack is refused again: kept
     assert run_ckptfs(*write).returncode == 0
     assert load_file(str(new))["w"].tolist() == [3, 3] and "c" in load_file(str(new))
+
+
+def test_what_an_interrupted_repack_left_is_cleared_by_resume_and_by_discard(mount, tmp_path):
+    """A crash during a repack leaves a half-written file, or for a directory
+    format a half-built directory, beside the source."""
+    import shutil
+
+    model = Path(shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", tmp_path / "bert"))
+    for ending in ("resume", "discard"):
+        mnt = mount(model, log_errors_expected=True)
+        np.save(mnt / f"{ending}.npy", np.ones(2, dtype=np.float32))
+        os.kill(mounts.MountState(str(mnt)).pid(), signal.SIGKILL)
+        assert umount(mnt).returncode == 1  # clears the dead mount
+        half_built = tmp_path / ".bert.x1y2.ckptfs-new"
+        (half_built / "sub").mkdir(parents=True)
+        (half_built / "sub" / "model-00001-of-00004.safetensors").write_bytes(b"half")
+        done = run_ckptfs("recover", model, f"--{ending}")
+        assert done.returncode == 0, done.stderr
+        assert not half_built.exists() and not (tmp_path / ".bert.ckptfs").exists()
+        weight_map = json.loads((model / "model.safetensors.index.json").read_text())["weight_map"]
+        assert (ending in weight_map) == (ending == "resume")
+        mnt.rmdir()
