@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ckptfs import mounts
+
 from .conftest import CKPTFS, TIMEOUT, is_mounted, run_ckptfs
 
 
@@ -166,3 +168,6 @@ def test_busy_mount_says_so_and_lazy_unmount_detaches(source, mnt):
         assert not is_mounted(mnt)
         assert held.read(6) == b"\x93NUMPY"
     assert _wait(lambda: not _alive(pid))
+    done = run_ckptfs("umount", mnt)  # collects the detached daemon's exit status, and its state files
+    assert done.returncode == 0, done.stderr
+    assert not list(Path(mounts.state_dir()).glob(mounts.escaped_path(str(mnt)) + ".*"))

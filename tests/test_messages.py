@@ -7,6 +7,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,4 +181,8 @@ def test_a_daemon_that_fails_says_where_its_log_is(tmp_path):
         daemon.spawn(fail, state, str(tmp_path / "x"), False, log_setup, str(log))
     assert str(failed.value) == f"the mount failed for a reason (its log: {log})"
     assert "the mount failed for a reason" in log.read_text()
+    deadline = time.monotonic() + 30
+    while state.exit_code() is None and time.monotonic() < deadline:  # the daemon's last word, then it exits
+        time.sleep(0.01)
+    assert state.exit_code() == 1
     state.clear()
