@@ -119,14 +119,23 @@ def test_an_overwritten_yaml_view_is_logged_once_and_only_when_wrong(mount, tmp_
     log = tmp_path / "daemon0.log"
     mnt = mount(ckpt)
     view = mnt / "epoch.yaml"
-    shell = subprocess.run(["bash", "-c", f"echo 7 > {view}"], capture_output=True, text=True)
-    assert shell.returncode == 0, shell.stderr  # bash closes a dup'd, still empty descriptor first
-    assert "would change its type" not in log.read_text()
-    shell = subprocess.run(["bash", "-c", f"echo seven > {view}"], capture_output=True, text=True)
-    problems = [line for line in log.read_text().splitlines() if "would change its type" in line]
-    assert len(problems) == 1 and "'seven'" in problems[0] and "''" not in problems[0]
-    shell = subprocess.run(["bash", "-c", f"echo 7 > {view}"], capture_output=True, text=True)
-    assert shell.returncode == 0 and umount(mnt, "--discard").returncode == 0
+
+    def shell(command: str) -> None:
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr  # bash does not report a failed close of a redirection
+
+    def problems() -> list[str]:
+        return [line for line in log.read_text().splitlines() if "would change its type" in line]
+
+    shell(f"echo 7 > {view}")  # bash first closes a dup'd, still empty descriptor: no problem to log
+    shell(f"echo seven > {view}")  # a real one, logged when the file is released (after close returns)
+    deadline = time.monotonic() + 30
+    while not problems() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # whatever else these closes would log has arrived by now
+    assert len(problems()) == 1 and "'seven'" in problems()[0], log.read_text()
+    shell(f"echo 7 > {view}")
+    assert umount(mnt, "--discard").returncode == 0
 
 
 def test_sizes_are_said_in_units_that_fit(model, mnt):
