@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 
-from . import __version__, advice, mounts, options
+from . import __version__, advice
+from .mount import mounts, options
 from .errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 
 log = logging.getLogger("ckptfs")
@@ -177,8 +178,8 @@ def _check_mountpoint(mountpoint: str, nonempty: bool) -> None:
 
 
 def mount(args) -> int:
-    from . import daemon
-    from .fuse_ops import Operations, Ownership
+    from .mount import daemon
+    from .fuse.operations import Operations, Ownership
 
     opts = _mount_options(args)
     source = os.path.abspath(args.source)
@@ -233,7 +234,7 @@ def _edit_session(checkpoint, opts, resume: bool = False):
     when the format has no writer, or when the overlay cannot be had
     (another writable mount, edits of a crashed one waiting, no write access).
     `resume` takes up the waiting edits instead (CkptfsError if it cannot)."""
-    from .repack import EditSession
+    from .write.repack import EditSession
 
     source = checkpoint.source_path
     if opts.read_only:
@@ -270,7 +271,7 @@ class MountEdits:
         self.operations = None
 
     def load(self):
-        from . import metaview
+        from .fuse import metaview
         from .formats import open_checkpoint
 
         # Reading the metadata makes hundreds of thousands of objects that live as
@@ -374,8 +375,8 @@ def commit(args) -> int:
 
 def recover(args) -> int:
     from .formats import open_checkpoint
-    from .overlay import Overlay, lock_path, overlay_dir
-    from .repack import EditSession, remove_stale_temp_files
+    from .write.overlay import Overlay, lock_path, overlay_dir
+    from .write.repack import EditSession, remove_stale_temp_files
 
     source = os.path.abspath(args.source)
     if not os.path.lexists(source):

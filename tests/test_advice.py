@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ckptfs import mounts
+from ckptfs.mount import mounts
 
 from .conftest import FIXTURES, is_mounted, run_ckptfs, sha256, umount, write_refused
 

@@ -175,7 +175,7 @@ def test_unknown_mount_option(tmp_path):
 def test_json_duplicate_keys_are_refused(tmp_path):
     from ckptfs.errors import FormatError
     from ckptfs.formats import safetensors
-    from ckptfs.sources import FileSource
+    from ckptfs.sources.base import FileSource
 
     text = b'{"a":' + json.dumps(F32_2x2).encode() + b',"a":' + json.dumps(F32_2x2).encode() + b"}"
     text += b" " * (-len(text) % 8)

@@ -4,11 +4,11 @@ every offset and several lengths (including reads past the end)."""
 import numpy as np
 import pytest
 
-from ckptfs import assemble
-from ckptfs.assemble import Assembled, Chunk, covers_exactly, row_pieces
-from ckptfs.gather import Gather
-from ckptfs.sources import Source
-from ckptfs.tree import Extent
+from ckptfs.formats.dcp import assemble
+from ckptfs.formats.dcp.assemble import Assembled, Chunk, covers_exactly, row_pieces
+from ckptfs.tree.gather import Gather
+from ckptfs.sources.base import Source
+from ckptfs.tree.nodes import Extent
 
 
 class MemorySource(Source):

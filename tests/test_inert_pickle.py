@@ -9,7 +9,7 @@ import pickletools
 
 import pytest
 
-from ckptfs.inert_pickle import Call, Global, InertUnpickler, PickleError
+from ckptfs.pickle.inert import Call, Global, InertUnpickler, PickleError
 
 PLAIN = {
     "list": [1, 2.5, "x", b"bytes", None, True, False, complex(1, 2), bytearray(b"ba")],

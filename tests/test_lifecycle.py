@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckptfs import mounts
+from ckptfs.mount import mounts
 
 from .conftest import CKPTFS, TIMEOUT, is_mounted, run_ckptfs
 

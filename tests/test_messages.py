@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from ckptfs import daemon, mounts
+from ckptfs.mount import daemon, mounts
 from ckptfs.cli import human_size
 from ckptfs.errors import CkptfsError
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ckptfs import names
+from ckptfs.tree import names
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import pytest
 import safetensors
 import torch
 
-from ckptfs import npy
-from ckptfs.dtypes import BY_SAFETENSORS, DTYPES
+from ckptfs.tree import npy
+from ckptfs.tree.dtypes import BY_SAFETENSORS, DTYPES
 
 from .conftest import REPO
 

@@ -12,10 +12,10 @@ import torch
 import trio
 from safetensors.torch import save_file
 
-from ckptfs import metaview
+from ckptfs.fuse import metaview
 from ckptfs.formats import open_checkpoint
-from ckptfs.fuse_ops import Operations, Ownership
-from ckptfs.tree import Content, Dir, File, LazyDir
+from ckptfs.fuse.operations import Operations, Ownership
+from ckptfs.tree.nodes import Content, Dir, File, LazyDir
 
 
 def _call(coro_fn, *args):

@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from ckptfs import object_edits
-from ckptfs.inert_pickle import InertUnpickler
-from ckptfs.object_edits import EditError
-from ckptfs.pickle_writer import dumps
-from ckptfs.pyobjects import to_yaml
-from ckptfs.torch_pickle import KNOWN, persistent_load
+from ckptfs.pickle import object_edits
+from ckptfs.pickle.inert import InertUnpickler
+from ckptfs.pickle.object_edits import EditError
+from ckptfs.pickle.writer import dumps
+from ckptfs.pickle.pyobjects import to_yaml
+from ckptfs.pickle.torch_classes import KNOWN, persistent_load
 
 from .conftest import FIXTURES
 

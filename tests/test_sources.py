@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ckptfs.errors import SourceChangedError
-from ckptfs.sources import IOV_MAX, FileSource
+from ckptfs.sources.base import IOV_MAX, FileSource
 
 
 def _buffers(sizes):

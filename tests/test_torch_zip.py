@@ -415,5 +415,5 @@ def test_the_daemon_imports_nothing_the_checkpoint_names(tmp_path):
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], timeout=60)
     imported = {line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time:")}
-    assert "ckptfs.fuse_ops" in imported  # the log is the daemon's own
+    assert "ckptfs.fuse.operations" in imported  # the log is the daemon's own
     assert not {m for m in imported if m.split(".")[0] in ("torch", "omegaconf", "ckptfs_planted")}

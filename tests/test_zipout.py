@@ -10,8 +10,8 @@ import torch
 
 from ckptfs.formats.torchzip import TorchZip
 from ckptfs.formats.zipout import Record, ZipPlan
-from ckptfs.repack import Output
-from ckptfs.sources import FileSource
+from ckptfs.write.repack import Output
+from ckptfs.sources.base import FileSource
 
 
 @pytest.mark.parametrize("zip64_at", [0xFFFFFFFF, 64], ids=["zip32", "zip64"])

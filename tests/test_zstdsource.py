@@ -7,8 +7,8 @@ import pytest
 import zstandard
 
 from ckptfs.errors import FormatError
-from ckptfs.sources import Source
-from ckptfs.zstdsource import ZstdSource
+from ckptfs.sources.base import Source
+from ckptfs.sources.zstd import ZstdSource
 
 
 class BytesSource(Source):

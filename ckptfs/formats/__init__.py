@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from .. import names
-from ..checkpoint import Checkpoint
+from ..tree import names
+from ..tree.checkpoint import Checkpoint
 from ..errors import FormatError
-from ..rawfiles import raw_file
-from ..tree import Dir
-from ..sources import FileSource
+from ..tree.rawfiles import raw_file
+from ..tree.nodes import Dir
+from ..sources.base import FileSource
 from . import dcp, folder, gzindex, hf, safetensors, tar, torchlegacy, torchzip
 
 SNIFF_BYTES = 512

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 
-from .. import names
-from ..checkpoint import Checkpoint
+from ..tree import names
+from ..tree.checkpoint import Checkpoint
 from ..errors import FormatError
-from ..rawfiles import raw_file
-from ..repack import below, put_file, write_new_file
-from ..sources import FileSource
-from ..tensors import PlacedTensor
-from ..tree import Dir
+from ..tree.rawfiles import raw_file
+from ..write.repack import below, put_file, write_new_file
+from ..sources.base import FileSource
+from ..tree.tensors import PlacedTensor
+from ..tree.nodes import Dir
 from . import dcp, torchzip
 
 

@@ -22,9 +22,9 @@ import os
 import tempfile
 import threading
 
-from ..checkpoint import Checkpoint
+from ..tree.checkpoint import Checkpoint
 from ..errors import FormatError
-from ..sources import Source
+from ..sources.base import Source
 from . import tar
 
 log = logging.getLogger(__name__)

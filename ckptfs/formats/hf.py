@@ -12,16 +12,16 @@ import json
 import math
 import os
 
-from .. import names, npy
-from ..checkpoint import Checkpoint
-from ..dtypes import BY_NAME
+from ..tree import names, npy
+from ..tree.checkpoint import Checkpoint
+from ..tree.dtypes import BY_NAME
 from ..errors import FormatError
-from ..rawfiles import raw_file
-from ..sources import FileSource
-from ..tensors import Tensor, merge_into, tensor_tree
-from ..overlay import EditedContent
-from ..repack import put_file, write_new_file
-from ..tree import Dir, File
+from ..tree.rawfiles import raw_file
+from ..sources.base import FileSource
+from ..tree.tensors import Tensor, merge_into, tensor_tree
+from ..write.overlay import EditedContent
+from ..write.repack import put_file, write_new_file
+from ..tree.nodes import Dir, File
 from . import safetensors
 
 INDEX_SUFFIX = ".safetensors.index.json"

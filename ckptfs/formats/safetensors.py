@@ -13,14 +13,14 @@ import math
 
 import yaml
 
-from .. import names, npy
-from ..dtypes import BY_NAME, BY_SAFETENSORS, DType
+from ..tree import names, npy
+from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
 from ..errors import FormatError
-from ..overlay import EditedContent
-from ..repack import RepackError
-from ..sources import Source
-from ..tensors import Tensor, tensor_tree
-from ..tree import Content, Dir, Extent, File
+from ..write.overlay import EditedContent
+from ..write.repack import RepackError
+from ..sources.base import Source
+from ..tree.tensors import Tensor, tensor_tree
+from ..tree.nodes import Content, Dir, Extent, File
 
 MAX_HEADER_SIZE = 100_000_000
 MAGIC_LENGTH = 9

@@ -13,15 +13,15 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 
-from .. import names
-from ..checkpoint import Checkpoint
+from ..tree import names
+from ..tree.checkpoint import Checkpoint
 from ..errors import FormatError
-from ..overlay import EditedContent
-from ..repack import GzipOutput, below
-from ..rawfiles import raw_file
-from ..sources import SeekableReader, Source
-from ..tensors import PlacedTensor
-from ..tree import Dir, File, PathConflict, Symlink
+from ..write.overlay import EditedContent
+from ..write.repack import GzipOutput, below
+from ..tree.rawfiles import raw_file
+from ..sources.base import SeekableReader, Source
+from ..tree.tensors import PlacedTensor
+from ..tree.nodes import Dir, File, PathConflict, Symlink
 from . import dcp, torchzip
 
 BLOCK = 512

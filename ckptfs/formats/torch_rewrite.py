@@ -11,13 +11,14 @@ keeps its header pickles.
 
 from __future__ import annotations
 
-from .. import npy, object_edits, pickle_writer, pickled_edits
-from ..dtypes import BY_NAME
-from ..inert_pickle import Call, PickledDict, Rebuilt
-from ..object_edits import EditError
-from ..objtree import ObjectTree
-from ..repack import RepackError, changes
-from ..torch_pickle import StorageRef, TensorRef, legacy_storable, new_tensor, storable
+from ..tree import npy
+from ..pickle import object_edits, writer as pickle_writer, tree_edits as pickled_edits
+from ..tree.dtypes import BY_NAME
+from ..pickle.inert import Call, PickledDict, Rebuilt
+from ..pickle.object_edits import EditError
+from ..pickle.objtree import ObjectTree
+from ..write.repack import RepackError, changes
+from ..pickle.torch_classes import StorageRef, TensorRef, legacy_storable, new_tensor, storable
 from .zipout import Record, ZipPlan
 
 

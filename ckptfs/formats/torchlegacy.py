@@ -9,10 +9,10 @@ import dataclasses
 import io
 
 from ..errors import FormatError
-from ..inert_pickle import InertUnpickler, PickleError
-from ..sources import Source
-from ..torch_pickle import KNOWN, legacy_storable, persistent_load
-from ..tree import Extent
+from ..pickle.inert import InertUnpickler, PickleError
+from ..sources.base import Source
+from ..pickle.torch_classes import KNOWN, legacy_storable, persistent_load
+from ..tree.nodes import Extent
 from .torchzip import PickledCheckpoint
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

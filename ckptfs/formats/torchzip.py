@@ -13,17 +13,17 @@ import struct
 import zipfile
 import zlib
 
-from .. import npy
+from ..tree import npy
 from ..errors import FormatError
-from ..gather import Gather
-from ..inert_pickle import Global, InertUnpickler, PickleError
-from ..objtree import ObjectTree
-from ..overlay import EditedContent
-from ..repack import COPY_BLOCK, changes
-from ..sources import SeekableReader, Source
-from ..tensors import PlacedTensor, Tensor
-from ..torch_pickle import KNOWN, TensorRef, persistent_load, storable
-from ..tree import Content, Dir, Extent, File, PathConflict
+from ..tree.gather import Gather
+from ..pickle.inert import Global, InertUnpickler, PickleError
+from ..pickle.objtree import ObjectTree
+from ..write.overlay import EditedContent
+from ..write.repack import COPY_BLOCK, changes
+from ..sources.base import SeekableReader, Source
+from ..tree.tensors import PlacedTensor, Tensor
+from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
+from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")

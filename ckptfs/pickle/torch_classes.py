@@ -8,8 +8,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .dtypes import BY_TORCH, DType
-from .inert_pickle import Call, Global, PickledDict, PickleError, Rebuilt
+from ..tree.dtypes import BY_TORCH, DType
+from .inert import Call, Global, PickledDict, PickleError, Rebuilt
 
 #: Typed storage classes of torch.save, by the dtype they hold.
 STORAGE_DTYPES = {

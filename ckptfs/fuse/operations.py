@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from .errors import CkptfsError
-from .overlay import EditableTree, EditedContent, describe_tensor
-from .tree import Content, Dir, File, Node, Symlink
+from ..errors import CkptfsError
+from ..write.overlay import EditableTree, EditedContent, describe_tensor
+from ..tree.nodes import Content, Dir, File, Node, Symlink
 
 log = logging.getLogger(__name__)
 

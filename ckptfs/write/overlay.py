@@ -28,11 +28,11 @@ import os
 import shutil
 import time
 
-from . import npy
-from .dtypes import BY_NAME
-from .errors import CkptfsError, EditsWaiting
-from .sources import Source
-from .tree import Content, Dir, File, Node
+from ..tree import npy
+from ..tree.dtypes import BY_NAME
+from ..errors import CkptfsError, EditsWaiting
+from ..sources.base import Source
+from ..tree.nodes import Content, Dir, File, Node
 
 BLOCK = 1 << 16
 

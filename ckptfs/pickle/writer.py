@@ -13,8 +13,8 @@ from __future__ import annotations
 import pickle
 import struct
 
-from .inert_pickle import Call, Global, Persistent, PickledDict, Rebuilt
-from .torch_pickle import StorageRef
+from .inert import Call, Global, Persistent, PickledDict, Rebuilt
+from .torch_classes import StorageRef
 
 BATCH = 1000  # items per APPENDS / SETITEMS, as pickle writes them
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from . import names, npy
 from .dtypes import DType
-from .tree import Content, Dir, Extent, File
+from .nodes import Content, Dir, Extent, File
 
 
 @dataclass(frozen=True)

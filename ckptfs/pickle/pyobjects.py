@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import yaml
 
-from .inert_pickle import Call, Global, Persistent
-from .torch_pickle import StorageRef, TensorRef
+from .inert import Call, Global, Persistent
+from .torch_classes import StorageRef, TensorRef
 
 MAX_DEPTH = 200
 MAX_NODES = 1_000_000  # shared references can make a small pickle render huge

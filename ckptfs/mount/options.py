@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import CkptfsError
+from ..errors import CkptfsError
 
 #: Kernel and FUSE options handed to the mount as they are.
 PASSED_TO_FUSE = {
@@ -55,7 +55,7 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
 def _patterns(value: str) -> tuple[str, ...]:
     """`ignore=`'s glob patterns, separated by `:`; a leading `+` adds them
     to the default ones instead of replacing them."""
-    from .overlay import TEMP_PATTERNS
+    from ..write.overlay import TEMP_PATTERNS
 
     patterns = tuple(p for p in value.removeprefix("+").split(":") if p)
     return TEMP_PATTERNS + patterns if value.startswith("+") else patterns

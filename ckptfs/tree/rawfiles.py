@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .sources import Source
-from .tree import Content, Extent, File
+from ..sources.base import Source
+from .nodes import Content, Extent, File
 
 
 def raw_file(source: Source, offset: int, length: int, *, mtime_ns: int | None = None) -> File:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from .tensors import PlacedTensor
-from .tree import Dir
+from .nodes import Dir
 
 
 @dataclass

@@ -17,8 +17,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the interpreter
     from backports import zstd
 
-from .errors import FormatError
-from .sources import Source
+from ..errors import FormatError
+from .base import Source
 
 MAGIC = b"\x28\xb5\x2f\xfd"
 

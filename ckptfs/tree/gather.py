@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .sources import Source, scatter
+from ..sources.base import Source, scatter
 
 if TYPE_CHECKING:
     import numpy as np

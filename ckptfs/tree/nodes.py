@@ -11,7 +11,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Union
 
-from .sources import Source
+from ..sources.base import Source
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .gather import read_elements
+from ...tree.gather import read_elements
 
 if TYPE_CHECKING:
     import numpy as np

@@ -18,11 +18,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from .errors import CkptfsError, EditsKept, SourceChangedError
+from ..errors import CkptfsError, EditsKept, SourceChangedError
 from .overlay import (TEMP_PATTERNS, EditableTree, EditedContent, Overlay, fsync_dir, is_temp_name, lock_path,
                       source_identity)  # fmt: skip
-from .sources import FileSource, SliceSource, Source
-from .tree import Dir, File, Node
+from ..sources.base import FileSource, SliceSource, Source
+from ..tree.nodes import Dir, File, Node
 
 log = logging.getLogger(__name__)
 COPY_BLOCK = 8 << 20

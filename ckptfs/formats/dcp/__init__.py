@@ -18,23 +18,23 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .. import names, npy
-from ..assemble import Assembled, Chunk, covers_exactly, row_pieces
-from ..checkpoint import Checkpoint
-from ..dtypes import BY_NAME, BY_TORCH, DType
-from ..errors import FormatError
-from ..inert_pickle import Call, Global, InertUnpickler, PickleError
-from ..pyobjects import to_yaml
-from ..rawfiles import raw_file
-from ..sources import FileSource, Source
-from ..tensors import PlacedTensor, Tensor
-from ..torch_pickle import KNOWN, TensorRef, new_size, new_tensor
-from ..torch_pickle import storable as torch_storable
-from ..tree import Content, Dir, Extent, File, LazyDir
-from ..overlay import EditedContent
-from ..repack import RepackError, below, same_bytes, write_new_file
-from ..zstdsource import ZstdSource
-from . import safetensors, torchzip
+from ...tree import names, npy
+from .assemble import Assembled, Chunk, covers_exactly, row_pieces
+from ...tree.checkpoint import Checkpoint
+from ...tree.dtypes import BY_NAME, BY_TORCH, DType
+from ...errors import FormatError
+from ...pickle.inert import Call, Global, InertUnpickler, PickleError
+from ...pickle.pyobjects import to_yaml
+from ...tree.rawfiles import raw_file
+from ...sources.base import FileSource, Source
+from ...tree.tensors import PlacedTensor, Tensor
+from ...pickle.torch_classes import KNOWN, TensorRef, new_size, new_tensor
+from ...pickle.torch_classes import storable as torch_storable
+from ...tree.nodes import Content, Dir, Extent, File, LazyDir
+from ...write.overlay import EditedContent
+from ...write.repack import RepackError, below, same_bytes, write_new_file
+from ...sources.zstd import ZstdSource
+from .. import safetensors, torchzip
 
 METADATA = ".metadata"
 _RANK_METADATA = re.compile(r"__(\d+)\.metadata")
@@ -613,7 +613,7 @@ class _Rewrite:
     metadata made like the other tensors'."""
 
     def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
-        from .. import pickle_writer  # written only at repack: not imported at mount
+        from ...pickle import writer as pickle_writer  # written only at repack: not imported at mount
 
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
                   for name in metadata_names(files)}  # fmt: skip
@@ -751,8 +751,8 @@ class _NewShard:
 def _torch_records(added: list[tuple[str, tuple]]) -> _NewShard:
     """Each tensor as the torch.save zip DCP's writer makes of a chunk, one
     after the other."""
-    from .. import pickle_writer
-    from . import zipout
+    from ...pickle import writer as pickle_writer
+    from .. import zipout
 
     records, places, position = [], [], 0
     for _, (content, start, dtype, shape) in added:

@@ -16,10 +16,10 @@ import math
 
 import yaml
 
-from .inert_pickle import Call, Global
+from .inert import Call, Global
 from .pyobjects import (NUMPY_RECONSTRUCT, NUMPY_SCALAR, OMEGACONF_CONTAINERS, PATHS, Tagged, _key, _numpy_dtype,
                         _numpy_value, plain)  # fmt: skip
-from .torch_pickle import Device, Size, new_size
+from .torch_classes import Device, Size, new_size
 
 ANY_NODE = "omegaconf.nodes.AnyNode"
 

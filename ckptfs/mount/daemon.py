@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from . import mounts
-from .errors import CkptfsError
+from ..errors import CkptfsError
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import names
+from ..tree import names
 from .pyobjects import to_yaml
-from .tensors import PlacedTensor
-from .torch_pickle import TensorRef
-from .tree import Content, Dir, File, Node, PathConflict
+from ..tree.tensors import PlacedTensor
+from .torch_classes import TensorRef
+from ..tree.nodes import Content, Dir, File, Node, PathConflict
 
 TensorFile = Callable[[TensorRef, str], tuple[File, object]]
 

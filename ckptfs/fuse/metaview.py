@@ -11,10 +11,11 @@ from collections import defaultdict
 
 import yaml
 
-from . import __version__, names, npy
-from .checkpoint import Checkpoint
-from .tensors import PlacedTensor, Tensor
-from .tree import Content, Dir, Extent, File
+from .. import __version__
+from ..tree import names, npy
+from ..tree.checkpoint import Checkpoint
+from ..tree.tensors import PlacedTensor, Tensor
+from ..tree.nodes import Content, Dir, Extent, File
 
 NAME = ".ckptfs"
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
@@ -145,8 +146,8 @@ class CurrentTensors:
                 pass
 
     def checkpoint(self) -> Checkpoint:
-        from .overlay import EditedContent, EditedSource
-        from .repack import VIEW, files_of
+        from ..write.overlay import EditedContent, EditedSource
+        from ..write.repack import VIEW, files_of
 
         tensors = []
         for path, node in sorted(files_of(self.ckpt.root, VIEW).items()):
