@@ -9,8 +9,9 @@ import os
 import sys
 
 from . import __version__, advice
-from .mount import mounts, options
 from .errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
+from .mount import mounts, options
+from .tree.checkpoint import VIEW_NAME
 
 log = logging.getLogger("ckptfs")
 
@@ -178,8 +179,8 @@ def _check_mountpoint(mountpoint: str, nonempty: bool) -> None:
 
 
 def mount(args) -> int:
-    from .mount import daemon
     from .fuse.operations import Operations, Ownership
+    from .mount import daemon
 
     opts = _mount_options(args)
     source = os.path.abspath(args.source)
@@ -234,7 +235,7 @@ def _edit_session(checkpoint, opts, resume: bool = False):
     when the format has no writer, or when the overlay cannot be had
     (another writable mount, edits of a crashed one waiting, no write access).
     `resume` takes up the waiting edits instead (CkptfsError if it cannot)."""
-    from .write.repack import EditSession
+    from .write.session import EditSession
 
     source = checkpoint.source_path
     if opts.read_only:
@@ -271,8 +272,8 @@ class MountEdits:
         self.operations = None
 
     def load(self):
-        from .fuse import metaview
         from .formats import open_checkpoint
+        from .fuse import metaview
 
         # Reading the metadata makes hundreds of thousands of objects that live as
         # long as the mount: collecting during the parse only re-scans them (a
@@ -284,7 +285,7 @@ class MountEdits:
             self.resume = False  # a commit starts afresh
             view = metaview.build(checkpoint, self.session and self.session.editable)
             view.readonly = True
-            checkpoint.root.add(metaview.NAME, view)
+            checkpoint.root.add(VIEW_NAME, view)
         finally:
             gc.freeze()
             gc.enable()
@@ -376,7 +377,7 @@ def commit(args) -> int:
 def recover(args) -> int:
     from .formats import open_checkpoint
     from .write.overlay import Overlay, lock_path, overlay_dir
-    from .write.repack import EditSession, remove_stale_temp_files
+    from .write.session import EditSession, remove_stale_temp_files
 
     source = os.path.abspath(args.source)
     if not os.path.lexists(source):

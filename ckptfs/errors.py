@@ -22,6 +22,16 @@ class SourceChangedError(CkptfsError):
     """The source file no longer holds the bytes it held at mount time."""
 
 
+class RepackError(CkptfsError):
+    """The edits cannot be written as a checkpoint of this format; the
+    message names every edit that stands in the way."""
+
+
+class EditRefused(CkptfsError):
+    """An edited file its format cannot hold, found when it is closed: the
+    message names the file and the problem."""
+
+
 class EditsWaiting(CkptfsError):
     """A writable mount was asked for while an earlier mount's edits wait in
     the overlay (`ckptfs mount --resume` or `ckptfs recover` take them up)."""

@@ -13,6 +13,7 @@ import trio
 from safetensors.torch import save_file
 
 from ckptfs.fuse import metaview
+from ckptfs.tree.checkpoint import VIEW_NAME
 from ckptfs.formats import open_checkpoint
 from ckptfs.fuse.operations import Operations, Ownership
 from ckptfs.tree.nodes import Content, Dir, File, LazyDir
@@ -27,7 +28,7 @@ def ops(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({"enc.w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "enc.b": torch.ones(2)}, str(path))
     ckpt = open_checkpoint(str(path), str(tmp_path / "cache"))
-    ckpt.root.add(metaview.NAME, metaview.build(ckpt))
+    ckpt.root.add(VIEW_NAME, metaview.build(ckpt))
 
     class Exploding(Content):
         def read(self, offset, length):

@@ -10,7 +10,7 @@ import torch
 
 from ckptfs.formats.torchzip import TorchZip
 from ckptfs.formats.zipout import Record, ZipPlan
-from ckptfs.write.repack import Output
+from ckptfs.write.output import Output
 from ckptfs.sources.base import FileSource
 
 

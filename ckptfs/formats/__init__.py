@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
+from ..errors import FormatError
+from ..sources.base import FileSource
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
-from ..errors import FormatError
-from ..tree.rawfiles import raw_file
 from ..tree.nodes import Dir
-from ..sources.base import FileSource
+from ..tree.rawfiles import raw_file
 from . import dcp, folder, gzindex, hf, safetensors, tar, torchlegacy, torchzip
 
 SNIFF_BYTES = 512

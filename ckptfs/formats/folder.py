@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 
+from ..errors import FormatError
+from ..sources.base import FileSource
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
-from ..errors import FormatError
-from ..tree.rawfiles import raw_file
-from ..write.repack import below, put_file, write_new_file
-from ..sources.base import FileSource
-from ..tree.tensors import PlacedTensor
 from ..tree.nodes import Dir
+from ..tree.rawfiles import raw_file
+from ..tree.tensors import PlacedTensor
+from ..write.diff import below
+from ..write.output import put_file, write_new_file
 from . import dcp, torchzip
 
 

@@ -22,9 +22,9 @@ import os
 import tempfile
 import threading
 
-from ..tree.checkpoint import Checkpoint
 from ..errors import FormatError
 from ..sources.base import Source
+from ..tree.checkpoint import Checkpoint
 from . import tar
 
 log = logging.getLogger(__name__)

@@ -12,16 +12,16 @@ import json
 import math
 import os
 
+from ..errors import FormatError
+from ..sources.base import FileSource
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
-from ..errors import FormatError
-from ..tree.rawfiles import raw_file
-from ..sources.base import FileSource
-from ..tree.tensors import Tensor, merge_into, tensor_tree
-from ..write.overlay import EditedContent
-from ..write.repack import put_file, write_new_file
 from ..tree.nodes import Dir, File
+from ..tree.rawfiles import raw_file
+from ..tree.tensors import Tensor, merge_into, tensor_tree
+from ..write.diff import is_edited
+from ..write.output import put_file, write_new_file
 from . import safetensors
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -172,7 +172,7 @@ class Writer:
             mine = {n: tensors[n] for n in tensors if home[n] == rel}
             destination = os.path.join(out, rel)
             os.makedirs(os.path.dirname(destination), exist_ok=True)
-            if set(mine) == set(originals) and not any(isinstance(n.content, EditedContent) for n in mine.values()):
+            if set(mine) == set(originals) and not any(is_edited(n) for n in mine.values()):
                 os.link(os.path.join(self.path, rel), destination)
                 continue
             rewritten = True
@@ -182,7 +182,7 @@ class Writer:
         for path, node in sorted(plain.items()):
             rel = self.originals.get(id(node))
             target = os.path.join(out, "/".join(names.unescape(p) for p in path.split("/")))
-            if rel is not None and rel == self.index and rewritten and not isinstance(node.content, EditedContent):
+            if rel is not None and rel == self.index and rewritten and not is_edited(node):
                 write_new_file(target, lambda output: output.write(self._index(tensors, home)))
             else:
                 put_file(target, node, rel and os.path.join(self.path, rel))

@@ -13,14 +13,13 @@ import math
 
 import yaml
 
+from ..errors import FormatError, RepackError
+from ..sources.base import Source
 from ..tree import names, npy
 from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
-from ..errors import FormatError
-from ..write.overlay import EditedContent
-from ..write.repack import RepackError
-from ..sources.base import Source
-from ..tree.tensors import Tensor, tensor_tree
 from ..tree.nodes import Content, Dir, Extent, File
+from ..tree.tensors import Tensor, tensor_tree
+from ..write.diff import is_edited
 
 MAX_HEADER_SIZE = 100_000_000
 MAGIC_LENGTH = 9
@@ -196,7 +195,7 @@ class Writer:
     def _entry(self, name: str, node: File):
         """(dtype, shape, bytes: an Extent of the source or (content, offset), length)."""
         original = self.tensors.get(name)
-        if original is not None and not isinstance(node.content, EditedContent):
+        if original is not None and not is_edited(node):
             return original.dtype, original.shape, original.data, original.data.length
         content = node.content
         like = original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))

@@ -13,15 +13,15 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 
+from ..errors import FormatError
+from ..sources.base import SeekableReader, Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
-from ..errors import FormatError
-from ..write.overlay import EditedContent
-from ..write.repack import GzipOutput, below
-from ..tree.rawfiles import raw_file
-from ..sources.base import SeekableReader, Source
-from ..tree.tensors import PlacedTensor
 from ..tree.nodes import Dir, File, PathConflict, Symlink
+from ..tree.rawfiles import raw_file
+from ..tree.tensors import PlacedTensor
+from ..write.diff import below, is_edited
+from ..write.output import GzipOutput
 from . import dcp, torchzip
 
 BLOCK = 512
@@ -256,10 +256,9 @@ class Writer:
                 continue  # deleted
             written.add(path)
             end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
-            content = getattr(node, "content", None)
             nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
             plan = nested.plan(*below(path, files, before)) if nested and info.isreg() else in_folders.get(path)
-            if isinstance(content, EditedContent) and info.isreg():
+            if is_edited(node) and info.isreg():
                 self._edited(info, node.content.size, node.mtime_ns, node.content, output, end)
             elif plan is not None and plan.size == info.size:  # header and padding as they were
                 output.copy(self.source, info.offset, info.offset_data - info.offset)

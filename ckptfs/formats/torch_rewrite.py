@@ -11,14 +11,23 @@ keeps its header pickles.
 
 from __future__ import annotations
 
-from ..tree import npy
-from ..pickle import object_edits, writer as pickle_writer, tree_edits as pickled_edits
-from ..tree.dtypes import BY_NAME
+from ..errors import RepackError
+from ..pickle import object_edits
+from ..pickle import tree_edits as pickled_edits
+from ..pickle import writer as pickle_writer
 from ..pickle.inert import Call, PickledDict, Rebuilt
 from ..pickle.object_edits import EditError
 from ..pickle.objtree import ObjectTree
-from ..write.repack import RepackError, changes
-from ..pickle.torch_classes import StorageRef, TensorRef, legacy_storable, new_tensor, storable
+from ..pickle.torch_classes import (
+    StorageRef,
+    TensorRef,
+    legacy_storable,
+    new_tensor,
+    storable,
+)
+from ..tree import npy
+from ..tree.dtypes import BY_NAME
+from ..write.diff import changes
 from .zipout import Record, ZipPlan
 
 

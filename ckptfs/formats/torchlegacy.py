@@ -10,8 +10,8 @@ import io
 
 from ..errors import FormatError
 from ..pickle.inert import InertUnpickler, PickleError
-from ..sources.base import Source
 from ..pickle.torch_classes import KNOWN, legacy_storable, persistent_load
+from ..sources.base import Source
 from ..tree.nodes import Extent
 from .torchzip import PickledCheckpoint
 
@@ -90,7 +90,9 @@ class Writer:
         self.source, self.name = source, name
 
     def write(self, files: dict, before: dict, output) -> None:
-        from .torch_rewrite import write_legacy  # written only at repack: not imported at mount
+        from .torch_rewrite import (
+            write_legacy,  # written only at repack: not imported at mount
+        )
 
         write_legacy(TorchLegacy(self.source, self.name), files, before, output)
 

@@ -13,17 +13,17 @@ import struct
 import zipfile
 import zlib
 
-from ..tree import npy
 from ..errors import FormatError
-from ..tree.gather import Gather
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
-from ..write.overlay import EditedContent
-from ..write.repack import COPY_BLOCK, changes
-from ..sources.base import SeekableReader, Source
-from ..tree.tensors import PlacedTensor, Tensor
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
+from ..sources.base import SeekableReader, Source
+from ..tree import npy
+from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
+from ..tree.tensors import PlacedTensor, Tensor
+from ..write.diff import changes, is_edited
+from ..write.output import COPY_BLOCK
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -205,7 +205,9 @@ class Writer:
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
-        from .torch_rewrite import check  # written only at repack: not imported at mount
+        from .torch_rewrite import (
+            check,  # written only at repack: not imported at mount
+        )
 
         check(lambda: TorchZip(self.source, self.name), path, node, storable, "torch.save")
 
@@ -219,7 +221,9 @@ class Writer:
     def plan(self, files: dict, before: dict):
         """How to write the edited archive (`size`, `write(output)`), or None
         if nothing in it changed."""
-        from .torch_rewrite import rewrite_plan  # written only at repack: not imported at mount
+        from .torch_rewrite import (
+            rewrite_plan,  # written only at repack: not imported at mount
+        )
 
         changed = changes(before, files)
         if not changed:
@@ -236,7 +240,7 @@ class Writer:
         patches = {}
         for path in changed:
             after = files.get(path)
-            if path not in before or not isinstance(getattr(after, "content", None), EditedContent):
+            if path not in before or not is_edited(after):
                 return None
             try:
                 offset, length, start = _tensor_patch(path, before[path][1], after.content)

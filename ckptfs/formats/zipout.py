@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from ..write.repack import COPY_BLOCK
+from ..write.output import COPY_BLOCK
 
 ALIGN = 64
 FLAGS = 0x0808  # data descriptor, UTF-8 names

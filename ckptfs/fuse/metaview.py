@@ -13,11 +13,10 @@ import yaml
 
 from .. import __version__
 from ..tree import names, npy
-from ..tree.checkpoint import Checkpoint
-from ..tree.tensors import PlacedTensor, Tensor
+from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File
+from ..tree.tensors import PlacedTensor, Tensor
 
-NAME = ".ckptfs"
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
 
 
@@ -146,15 +145,15 @@ class CurrentTensors:
                 pass
 
     def checkpoint(self) -> Checkpoint:
-        from ..write.overlay import EditedContent, EditedSource
-        from ..write.repack import VIEW, files_of
+        from ..write.diff import files_of, is_edited
+        from ..write.overlay import EditedSource
 
         tensors = []
-        for path, node in sorted(files_of(self.ckpt.root, VIEW).items()):
+        for path, node in sorted(files_of(self.ckpt.root, frozenset({VIEW_NAME})).items()):
             if not isinstance(node, File):
                 continue
             original = self.by_node.get(id(node))
-            if original is not None and not isinstance(node.content, EditedContent):
+            if original is not None and not is_edited(node):
                 tensors.append(PlacedTensor(path, original))
             elif path.endswith(".npy") and (original is not None or getattr(self.ckpt.writer, "adds_tensors", False)):
                 tensor = _edited_tensor(path, node, original, EditedSource(node.content))

@@ -20,8 +20,8 @@ import pyfuse3
 import trio
 
 from ..errors import CkptfsError
-from ..write.overlay import EditableTree, EditedContent, describe_tensor
 from ..tree.nodes import Content, Dir, File, Node, Symlink
+from ..write.overlay import EditableTree, EditedContent, describe_tensor
 
 log = logging.getLogger(__name__)
 

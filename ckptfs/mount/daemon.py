@@ -17,8 +17,8 @@ import time
 import pyfuse3
 import trio
 
-from . import mounts
 from ..errors import CkptfsError
+from . import mounts
 
 log = logging.getLogger(__name__)
 

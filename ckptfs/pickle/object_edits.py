@@ -17,8 +17,17 @@ import math
 import yaml
 
 from .inert import Call, Global
-from .pyobjects import (NUMPY_RECONSTRUCT, NUMPY_SCALAR, OMEGACONF_CONTAINERS, PATHS, Tagged, _key, _numpy_dtype,
-                        _numpy_value, plain)  # fmt: skip
+from .pyobjects import (
+    NUMPY_RECONSTRUCT,
+    NUMPY_SCALAR,
+    OMEGACONF_CONTAINERS,
+    PATHS,
+    Tagged,
+    _key,
+    _numpy_dtype,
+    _numpy_value,  # fmt: skip
+    plain,
+)
 from .torch_classes import Device, Size, new_size
 
 ANY_NODE = "omegaconf.nodes.AnyNode"

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Callable
 
 from ..tree import names
-from .pyobjects import to_yaml
-from ..tree.tensors import PlacedTensor
-from .torch_classes import TensorRef
 from ..tree.nodes import Content, Dir, File, Node, PathConflict
+from ..tree.tensors import PlacedTensor
+from .pyobjects import to_yaml
+from .torch_classes import TensorRef
 
 TensorFile = Callable[[TensorRef, str], tuple[File, object]]
 

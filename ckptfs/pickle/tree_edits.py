@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Callable
 
 from ..tree import names
+from ..tree.nodes import Dir
 from . import object_edits
 from .object_edits import EditError
 from .objtree import ObjectTree
 from .torch_classes import new_size
-from ..tree.nodes import Dir
 
 #: (path, edited content, the tensor it replaces or None) -> the new tensor's value
 NewTensor = Callable[[str, object, object], object]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .tensors import PlacedTensor
 from .nodes import Dir
+from .tensors import PlacedTensor
+
+#: the read-only folder at the root of every mount that describes the
+#: checkpoint (`info.yaml`, `tensors.tsv`, `raw/`); never part of its content
+VIEW_NAME = ".ckptfs"
 
 
 @dataclass

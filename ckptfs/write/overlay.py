@@ -28,10 +28,10 @@ import os
 import shutil
 import time
 
-from ..tree import npy
-from ..tree.dtypes import BY_NAME
 from ..errors import CkptfsError, EditsWaiting
 from ..sources.base import Source
+from ..tree import npy
+from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, File, Node
 
 BLOCK = 1 << 16

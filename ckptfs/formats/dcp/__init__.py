@@ -18,23 +18,23 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ...tree import names, npy
-from .assemble import Assembled, Chunk, covers_exactly, row_pieces
-from ...tree.checkpoint import Checkpoint
-from ...tree.dtypes import BY_NAME, BY_TORCH, DType
-from ...errors import FormatError
+from ...errors import FormatError, RepackError
 from ...pickle.inert import Call, Global, InertUnpickler, PickleError
 from ...pickle.pyobjects import to_yaml
-from ...tree.rawfiles import raw_file
-from ...sources.base import FileSource, Source
-from ...tree.tensors import PlacedTensor, Tensor
 from ...pickle.torch_classes import KNOWN, TensorRef, new_size, new_tensor
 from ...pickle.torch_classes import storable as torch_storable
-from ...tree.nodes import Content, Dir, Extent, File, LazyDir
-from ...write.overlay import EditedContent
-from ...write.repack import RepackError, below, same_bytes, write_new_file
+from ...sources.base import FileSource, Source
 from ...sources.zstd import ZstdSource
+from ...tree import names, npy
+from ...tree.checkpoint import Checkpoint
+from ...tree.dtypes import BY_NAME, BY_TORCH, DType
+from ...tree.nodes import Content, Dir, Extent, File, LazyDir
+from ...tree.rawfiles import raw_file
+from ...tree.tensors import PlacedTensor, Tensor
+from ...write.diff import below, is_edited, same_bytes
+from ...write.output import write_new_file
 from .. import safetensors, torchzip
+from .assemble import Assembled, Chunk, covers_exactly, row_pieces
 
 METADATA = ".metadata"
 _RANK_METADATA = re.compile(r"__(\d+)\.metadata")
@@ -448,7 +448,7 @@ class Writer:
                 plan = node.writer.plan(*below(leaf, files, before))
                 if plan is not None:
                     changed[name] = NewFile(plan.size, plan.write)
-            elif isinstance(getattr(node, "content", None), EditedContent):
+            elif is_edited(node):
                 changed[name] = NewFile(node.content.size, functools.partial(_write_content, node.content))
         return changed
 
@@ -470,7 +470,7 @@ class Writer:
             after = files.get(path)
             if after is None:
                 removed.add(self.fqn_of[id(node)])
-            elif isinstance(getattr(after, "content", None), EditedContent) and not same_bytes(after.content, content):
+            elif is_edited(after) and not same_bytes(after.content, content):
                 if id(node) not in self.chunks_of:
                     problems.append(f"{path}: a non-tensor item of a distributed checkpoint cannot be edited yet")
                 elif not self._patched_in_place(path, node, after.content, patches):
@@ -613,7 +613,9 @@ class _Rewrite:
     metadata made like the other tensors'."""
 
     def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
-        from ...pickle import writer as pickle_writer  # written only at repack: not imported at mount
+        from ...pickle import (
+            writer as pickle_writer,  # written only at repack: not imported at mount
+        )
 
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
                   for name in metadata_names(files)}  # fmt: skip

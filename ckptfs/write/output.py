@@ -1,35 +1,39 @@
-"""Repack: the edited tree written as a new checkpoint of the source's format,
-then swapped in atomically (docs/writing.md).
+"""Where a format's writer puts the new checkpoint: an output that copies
+byte ranges cheaply and streams them to disk as it goes (a gzip one too),
+and the atomic swap of the new file or directory for the source.
 
 The new file is written beside the source (same filesystem), fsynced, then
 renamed over it, and the directory fsynced. Until that rename the source is
-untouched; if anything fails before it, the temp file is removed and the
-overlay stays for `ckptfs recover`.
+untouched; if anything fails before it, the temp file is removed.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import shutil
 import stat
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from ..errors import CkptfsError, EditsKept, SourceChangedError
-from .overlay import (TEMP_PATTERNS, EditableTree, EditedContent, Overlay, fsync_dir, is_temp_name, lock_path,
-                      source_identity)  # fmt: skip
+from ..errors import CkptfsError, SourceChangedError
 from ..sources.base import FileSource, SliceSource, Source
-from ..tree.nodes import Dir, File, Node
+from ..tree.nodes import Dir, Node
+from .diff import is_edited
+from .overlay import fsync_dir, source_identity
 
-log = logging.getLogger(__name__)
 COPY_BLOCK = 8 << 20
 
 
-class RepackError(CkptfsError):
-    """The edits cannot be written as a checkpoint of this format."""
+class Blob(Protocol):
+    """Bytes a writer makes for a file of the new checkpoint: its size is
+    known before they are written (an archive's member header needs it)."""
+
+    size: int
+
+    def write(self, output: Output) -> None: ...
 
 
 @dataclass
@@ -117,56 +121,6 @@ def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
     while isinstance(source, SliceSource):
         source, offset = source.parent, source.offset + offset
     return (source, offset) if isinstance(source, FileSource) else (None, offset)
-
-
-def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, ...] = TEMP_PATTERNS) -> dict[str, Node]:
-    """Every node of the main tree by path, without editors' temporary files
-    (names matching `ignored`) and the `skip` top-level names (the `.ckptfs/`
-    view). A read-only folder is listed but not entered: nothing below it
-    can change (and a lazy one stays unfilled)."""
-    found: dict[str, Node] = {}
-    pending = [("", root)]
-    while pending:
-        prefix, folder = pending.pop()
-        for name, node in folder.children.items():
-            if (not prefix and name in skip) or is_temp_name(name, ignored):
-                continue
-            path = prefix + name
-            found[path] = node
-            if isinstance(node, Dir) and not node.readonly:
-                pending.append((path + "/", node))
-    return found
-
-
-def below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
-    """The entries of `files` and `before` under `folder`, relative to it."""
-    prefix = folder + "/"
-    return (
-        {p[len(prefix) :]: n for p, n in files.items() if p.startswith(prefix)},
-        {p[len(prefix) :]: v for p, v in before.items() if p.startswith(prefix)},
-    )
-
-
-def same_bytes(a, b) -> bool:
-    if a.size != b.size:
-        return False
-    return all(a.read(p, COPY_BLOCK) == b.read(p, COPY_BLOCK) for p in range(0, a.size, COPY_BLOCK))
-
-
-def changes(before: dict[str, tuple[Node, object]], after: dict[str, Node]) -> list[str]:
-    """Paths whose existence, kind or bytes differ between the source's tree
-    (`before`: path -> (node, its content at mount)) and the edited one."""
-    changed = sorted(set(before) ^ set(after))
-    for path, node in after.items():
-        if path not in before:
-            continue
-        old, old_content = before[path]
-        if isinstance(old, Dir) != isinstance(node, Dir):
-            changed.append(path)
-        elif isinstance(node, File) and isinstance(node.content, EditedContent):
-            if not same_bytes(node.content, old_content):
-                changed.append(path)
-    return changed
 
 
 def write_atomically(source: str, writer, expected_identity: dict, output_path: str | None = None,
@@ -286,7 +240,7 @@ def put_file(target: str, node: Node, original: str | None) -> None:
         os.makedirs(target, exist_ok=True)
         return
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    if original is not None and not isinstance(node.content, EditedContent):
+    if original is not None and not is_edited(node):
         os.link(original, target)
     else:
         write_new_file(target, lambda output: output.copy_content(node.content))
@@ -328,126 +282,3 @@ class GzipOutput(Output):
 
     def close(self) -> None:
         self.gz.close()
-
-
-VIEW = frozenset({".ckptfs"})
-
-
-@dataclass
-class EditSession:
-    """A writable mount's edits: the tree, its overlay, and what the tree
-    held at mount (path -> (node, content)) to tell what changed."""
-
-    checkpoint: object
-    editable: EditableTree
-    before: dict
-
-    @classmethod
-    def start(cls, checkpoint, state_dir: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
-        overlay = Overlay.create(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path), ignored)
-        return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root, ignored))
-
-    @classmethod
-    def resume(cls, checkpoint, state_dir: str, source_changed_ok: bool = False) -> EditSession:
-        """The edits an earlier mount left in the overlay, replayed. If the
-        source changed since, SourceChangedError, unless `source_changed_ok`
-        (the edits then go to a new file): they are replayed on its present
-        content when every edited file was written whole, since a file
-        patched in place takes its other bytes from the source."""
-        source = checkpoint.source_path
-        overlay, records = Overlay.reopen(source, lock_path(state_dir, source))
-        try:
-            remove_stale_temp_files(source)
-            before = _snapshot(checkpoint.root, overlay.ignored)
-            editable = EditableTree(checkpoint.root, overlay, journal=False)
-            try:
-                editable.replay(records)
-            except (OSError, KeyError) as e:
-                raise CkptfsError(f"{overlay.path}: the journal does not apply to {source} ({e})") from None
-            if overlay.identity != source_identity(source):
-                patched = [c for c in editable.contents.values() if not c.whole and c.base is not None]
-                if not source_changed_ok:
-                    raise SourceChangedError(f"{source}: changed since the edits in {overlay.path} were made")
-                if patched:
-                    raise CkptfsError(f"{source}: changed since the edits in {overlay.path} were made, and some"
-                                      " files were patched in place; they cannot be applied to its new content")  # fmt: skip
-                overlay.identity = source_identity(source)
-        except BaseException:
-            overlay.release()
-            raise
-        editable.journal = True
-        return cls(checkpoint, editable, before)
-
-    def check(self, path: str, node: Node) -> str | None:
-        """What keeps an edited file from being written back, or None: asked
-        of the writer of the checkpoint it belongs to (a nested one's, for a
-        file inside a `.nemo`'s `model_weights.ckpt/`)."""
-        if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored):
-            return None
-        writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
-        parts = path.split("/")
-        for depth, name in enumerate(parts[:-1], 1):
-            folder = folder.children.get(name) if isinstance(folder, Dir) else None
-            if getattr(folder, "writer", None) is not None:
-                writer, relative = folder.writer, "/".join(parts[depth:])
-        check = getattr(writer, "check", None)
-        try:
-            if check is not None:
-                check(relative, node)
-        except ValueError as e:
-            return str(e)
-        return None
-
-    def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
-               backup: bool = False, progress=None) -> str:  # fmt: skip
-        """Repack (or drop) the edits; returns what was done, in a line.
-        On failure the overlay stays and the error says where it is."""
-        overlay, source = self.editable.overlay, self.checkpoint.source_path
-        if discard:
-            overlay.remove()
-            return f"{source}: edits discarded"
-        after = files_of(self.checkpoint.root, VIEW, overlay.ignored)
-        changed = changes(self.before, after) if overlay.exists else []
-        if not changed and not output_path and not force:
-            overlay.remove()
-            return f"{source}: no changes; the source was left as it was"
-        writer = self.checkpoint.writer
-        try:
-            if getattr(writer, "directory", False):
-                written = write_directory_atomically(
-                    source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path, backup
-                )
-            else:
-                written = write_atomically(
-                    source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path,
-                    backup, progress,
-                )  # fmt: skip
-        except RepackError as e:
-            raise EditsKept(str(e), "edit", overlay.path) from None
-        except SourceChangedError as e:
-            raise EditsKept(str(e), "changed", overlay.path) from None
-        except (CkptfsError, OSError) as e:
-            reason = str(e) if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing {source}"
-            raise EditsKept(reason, "other", overlay.path) from None
-        overlay.remove()
-        kept = f"; the original is kept beside it as {os.path.basename(written)}.orig*" if backup else ""
-        return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}{kept}"
-
-
-def remove_stale_temp_files(source: str) -> None:
-    """Half-written checkpoints (files, or directories of a directory
-    format) of a repack a crash interrupted. Call it holding the source's
-    lock, so that no repack is running."""
-    directory, name = os.path.split(os.path.abspath(source))
-    for entry in os.listdir(directory):
-        if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
-            log.info("removing %s, left by an interrupted repack", entry)
-            path = os.path.join(directory, entry)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-
-
-def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:
-    return {path: (node, getattr(node, "content", None)) for path, node in files_of(root, VIEW, ignored).items()}

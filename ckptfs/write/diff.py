@@ -1,0 +1,65 @@
+"""What changed between the tree a writable mount had at mount and the
+edited one: the paths of a tree, which of them differ, which files were
+edited. Writers ask these; they never see the overlay itself."""
+
+from __future__ import annotations
+
+from ..tree.nodes import Dir, File, Node
+from .overlay import TEMP_PATTERNS, EditedContent, is_temp_name
+
+COMPARE_BLOCK = 8 << 20
+
+
+def is_edited(node: Node | None) -> bool:
+    """True for a file whose bytes were written through the mount."""
+    return isinstance(node, File) and isinstance(node.content, EditedContent)
+
+
+def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, ...] = TEMP_PATTERNS) -> dict[str, Node]:
+    """Every node of the main tree by path, without editors' temporary files
+    (names matching `ignored`) and the `skip` top-level names (the `.ckptfs/`
+    view). A read-only folder is listed but not entered: nothing below it
+    can change (and a lazy one stays unfilled)."""
+    found: dict[str, Node] = {}
+    pending = [("", root)]
+    while pending:
+        prefix, folder = pending.pop()
+        for name, node in folder.children.items():
+            if (not prefix and name in skip) or is_temp_name(name, ignored):
+                continue
+            path = prefix + name
+            found[path] = node
+            if isinstance(node, Dir) and not node.readonly:
+                pending.append((path + "/", node))
+    return found
+
+
+def below(folder: str, files: dict, before: dict) -> tuple[dict, dict]:
+    """The entries of `files` and `before` under `folder`, relative to it."""
+    prefix = folder + "/"
+    return (
+        {p[len(prefix) :]: n for p, n in files.items() if p.startswith(prefix)},
+        {p[len(prefix) :]: v for p, v in before.items() if p.startswith(prefix)},
+    )
+
+
+def same_bytes(a, b) -> bool:
+    if a.size != b.size:
+        return False
+    return all(a.read(p, COMPARE_BLOCK) == b.read(p, COMPARE_BLOCK) for p in range(0, a.size, COMPARE_BLOCK))
+
+
+def changes(before: dict[str, tuple[Node, object]], after: dict[str, Node]) -> list[str]:
+    """Paths whose existence, kind or bytes differ between the source's tree
+    (`before`: path -> (node, its content at mount)) and the edited one."""
+    changed = sorted(set(before) ^ set(after))
+    for path, node in after.items():
+        if path not in before:
+            continue
+        old, old_content = before[path]
+        if isinstance(old, Dir) != isinstance(node, Dir):
+            changed.append(path)
+        elif is_edited(node):
+            if not same_bytes(node.content, old_content):
+                changed.append(path)
+    return changed

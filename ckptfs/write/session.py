@@ -1,0 +1,149 @@
+"""The edit session of a writable mount: started at mount (or resumed from
+the overlay an earlier mount left), finished at unmount or commit by the
+format's writer, then swapped in atomically (docs/writing.md). On failure
+the overlay stays, for `ckptfs mount --resume` or `ckptfs recover`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+
+from ..errors import CkptfsError, EditsKept, RepackError, SourceChangedError
+from ..tree.checkpoint import VIEW_NAME
+from ..tree.nodes import Dir, Node
+from .diff import changes, files_of
+from .output import write_atomically, write_directory_atomically
+from .overlay import (
+    TEMP_PATTERNS,
+    EditableTree,
+    Overlay,
+    is_temp_name,
+    lock_path,
+    source_identity,
+)
+
+log = logging.getLogger(__name__)
+VIEW = frozenset({VIEW_NAME})
+
+
+@dataclass
+class EditSession:
+    """A writable mount's edits: the tree, its overlay, and what the tree
+    held at mount (path -> (node, content)) to tell what changed."""
+
+    checkpoint: object
+    editable: EditableTree
+    before: dict
+
+    @classmethod
+    def start(cls, checkpoint, state_dir: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
+        overlay = Overlay.create(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path), ignored)
+        return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root, ignored))
+
+    @classmethod
+    def resume(cls, checkpoint, state_dir: str, source_changed_ok: bool = False) -> EditSession:
+        """The edits an earlier mount left in the overlay, replayed. If the
+        source changed since, SourceChangedError, unless `source_changed_ok`
+        (the edits then go to a new file): they are replayed on its present
+        content when every edited file was written whole, since a file
+        patched in place takes its other bytes from the source."""
+        source = checkpoint.source_path
+        overlay, records = Overlay.reopen(source, lock_path(state_dir, source))
+        try:
+            remove_stale_temp_files(source)
+            before = _snapshot(checkpoint.root, overlay.ignored)
+            editable = EditableTree(checkpoint.root, overlay, journal=False)
+            try:
+                editable.replay(records)
+            except (OSError, KeyError) as e:
+                raise CkptfsError(f"{overlay.path}: the journal does not apply to {source} ({e})") from None
+            if overlay.identity != source_identity(source):
+                patched = [c for c in editable.contents.values() if not c.whole and c.base is not None]
+                if not source_changed_ok:
+                    raise SourceChangedError(f"{source}: changed since the edits in {overlay.path} were made")
+                if patched:
+                    raise CkptfsError(f"{source}: changed since the edits in {overlay.path} were made, and some"
+                                      " files were patched in place; they cannot be applied to its new content")  # fmt: skip
+                overlay.identity = source_identity(source)
+        except BaseException:
+            overlay.release()
+            raise
+        editable.journal = True
+        return cls(checkpoint, editable, before)
+
+    def check(self, path: str, node: Node) -> str | None:
+        """What keeps an edited file from being written back, or None: asked
+        of the writer of the checkpoint it belongs to (a nested one's, for a
+        file inside a `.nemo`'s `model_weights.ckpt/`)."""
+        if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored):
+            return None
+        writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
+        parts = path.split("/")
+        for depth, name in enumerate(parts[:-1], 1):
+            folder = folder.children.get(name) if isinstance(folder, Dir) else None
+            if getattr(folder, "writer", None) is not None:
+                writer, relative = folder.writer, "/".join(parts[depth:])
+        check = getattr(writer, "check", None)
+        try:
+            if check is not None:
+                check(relative, node)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
+               backup: bool = False, progress=None) -> str:  # fmt: skip
+        """Repack (or drop) the edits; returns what was done, in a line.
+        On failure the overlay stays and the error says where it is."""
+        overlay, source = self.editable.overlay, self.checkpoint.source_path
+        if discard:
+            overlay.remove()
+            return f"{source}: edits discarded"
+        after = files_of(self.checkpoint.root, VIEW, overlay.ignored)
+        changed = changes(self.before, after) if overlay.exists else []
+        if not changed and not output_path and not force:
+            overlay.remove()
+            return f"{source}: no changes; the source was left as it was"
+        writer = self.checkpoint.writer
+        try:
+            if getattr(writer, "directory", False):
+                written = write_directory_atomically(
+                    source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path, backup
+                )
+            else:
+                written = write_atomically(
+                    source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path,
+                    backup, progress,
+                )  # fmt: skip
+        except RepackError as e:
+            raise EditsKept(str(e), "edit", overlay.path) from None
+        except SourceChangedError as e:
+            raise EditsKept(str(e), "changed", overlay.path) from None
+        except (CkptfsError, OSError) as e:
+            reason = str(e) if isinstance(e, CkptfsError) else f"{e.strerror or e} while writing {source}"
+            raise EditsKept(reason, "other", overlay.path) from None
+        overlay.remove()
+        kept = f"; the original is kept beside it as {os.path.basename(written)}.orig*" if backup else ""
+        return f"{written}: written with {len(changed)} changed path{'s' * (len(changed) != 1)}{kept}"
+
+
+def remove_stale_temp_files(source: str) -> None:
+    """Half-written checkpoints (files, or directories of a directory
+    format) of a repack a crash interrupted. Call it holding the source's
+    lock, so that no repack is running."""
+    directory, name = os.path.split(os.path.abspath(source))
+    for entry in os.listdir(directory):
+        if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
+            log.info("removing %s, left by an interrupted repack", entry)
+            path = os.path.join(directory, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+
+def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:
+    return {path: (node, getattr(node, "content", None)) for path, node in files_of(root, VIEW, ignored).items()}
