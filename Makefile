@@ -50,6 +50,7 @@ demo: demo-deps
 	@bash samples/demo.sh $(VENV)/bin/ckptfs $(PY)
 
 test: test-deps
+	$(PY) -m ruff check ckptfs tests bench
 	$(PY) -m pytest
 
 bench: test-deps

@@ -181,7 +181,7 @@ def main() -> None:
             cold = drop_caches()
             out(f"Checkpoints of {args.tensors} tensors, big = {paths['big.safetensors'].stat().st_size / 1e9:.2f} GB, "
                 f"small = {paths['small.safetensors'].stat().st_size / 1e6:.2f} MB; "
-                f"page cache {'dropped before each cold read' if cold else 'could not be dropped (reads are warm)'}.")  # fmt: skip
+                f"page cache {'dropped before each cold read' if cold else 'could not be dropped (reads are warm)'}.")
             out()
             report_mount_find(paths, work, out)
             report_reads(paths, work, cold, out)

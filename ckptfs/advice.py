@@ -33,7 +33,7 @@ def after_repack(error: EditsKept, source: str, mountpoint: str | None, mounted:
         todo = f"unmount (ckptfs umount {mountpoint}), then {_write_new(source)}"
     elif mounted:
         todo = (f"fix the file in {mountpoint}, then commit again: ckptfs commit {mountpoint}, "
-                f"or drop every edit: ckptfs umount {mountpoint} --discard")  # fmt: skip
+                f"or drop every edit: ckptfs umount {mountpoint} --discard")
     elif error.kind == "changed":
         todo = elsewhere(source)
     elif error.kind == "edit":

@@ -19,7 +19,7 @@ SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover")
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
            ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
-           "(FSDP, DTensor, Megatron) and folders of them (NeMo 2)")  # fmt: skip
+           "(FSDP, DTensor, Megatron) and folders of them (NeMo 2)")
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
@@ -67,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--resume", action="store_true",
         help="mount writable with the edits an earlier mount left waiting (a refused repack, a crash), to fix them",
-    )  # fmt: skip
+    )
     mount.add_argument(
         "--log-file", metavar="PATH",
         help="where the daemon logs (default: a file named after the mount point in /run/ckptfs, or "
         "$XDG_RUNTIME_DIR/ckptfs for other users; removed when the mount ends cleanly, kept when not)",
-    )  # fmt: skip
+    )
     mount.add_argument("--cache-dir", metavar="PATH", help="where gzip seek indexes are kept (default: ~/.cache/ckptfs)")
 
     umount = sub.add_parser(
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commit", help="write a writable mount's edits now, without unmounting", parents=[common],
         description="Repack the checkpoint mounted at MOUNTPOINT with its edits, as an unmount would, and go on "
         "serving the new checkpoint with no edits pending. Requests wait while it runs.",
-    )  # fmt: skip
+    )
     commit.add_argument("mountpoint")
     commit.add_argument("--force", action="store_true", help="write the checkpoint even if nothing changed")
     commit.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A writable mount whose daemon died, or whose repack was refused, leaves its edits in an "
         "overlay beside SOURCE (.NAME.ckptfs/). Write them into SOURCE (--resume) or drop them (--discard); "
         "to fix an edit first, 'ckptfs mount --resume SOURCE MOUNTPOINT'.",
-    )  # fmt: skip
+    )
     recover.add_argument("source")
     action = recover.add_mutually_exclusive_group(required=True)
     action.add_argument("--resume", action="store_true", help="repack SOURCE with the edits")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument(
         "--output", metavar="PATH",
         help="write the edited checkpoint here instead of over SOURCE (also when SOURCE changed since the edits)",
-    )  # fmt: skip
+    )
     recover.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
     return parser
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         if not _is_mount_form(argv):
             print(f"ckptfs: unknown command {argv[0]!r} (commands: {', '.join(SUBCOMMANDS)}; "
-                  "see 'ckptfs --help')", file=sys.stderr)  # fmt: skip
+                  "see 'ckptfs --help')", file=sys.stderr)
             return 2
         argv.insert(0, "mount")
     args = build_parser().parse_args(argv)
@@ -193,7 +193,7 @@ def mount(args) -> int:
     checkpoint = edits.load()
     session = edits.session
     operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
-                            session and session.check)  # fmt: skip
+                            session and session.check)
     edits.operations = operations
     fuse_options = set(opts.fuse) | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
     if session is None:
@@ -219,7 +219,7 @@ def mount(args) -> int:
     log_file = opts.log_file or state.log_file
     keep_log = opts.log_file is not None
     return daemon.spawn(run, state, source, session is not None,
-                        lambda: _setup_logging(opts.debug, log_file, keep_log), log_file)  # fmt: skip
+                        lambda: _setup_logging(opts.debug, log_file, keep_log), log_file)
 
 
 def _read_only(checkpoint, reason: str, say: bool = True) -> None:
@@ -298,7 +298,7 @@ class MountEdits:
             return 0, self.session.finish(
                 discard=options.get("discard", False), backup=options.get("backup", False),
                 progress=self.state.write_progress,
-            )  # fmt: skip
+            )
         except EditsKept as e:
             self.session.editable.overlay.release()  # the lock goes with the mount; the edits stay
             return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=False)
@@ -344,7 +344,7 @@ def _progress_printer(state: mounts.MountState):
         if progress and progress != (shown[-1] if shown else None):
             done, total = progress
             print(f"\rckptfs: writing the checkpoint: {human_size(done)} of about {human_size(total)}\033[K", end="",
-                  file=sys.stderr, flush=True)  # fmt: skip
+                  file=sys.stderr, flush=True)
             shown.append(progress)
 
     return show

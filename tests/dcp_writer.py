@@ -48,7 +48,7 @@ def reference(world_size: int) -> dict[str, torch.Tensor]:
 PLACEMENTS = {
     "rows": Shard(0), "cols": Shard(1), "cols_bf16": Shard(1), "replicated": Replicate(), "layer.0.weight": Shard(2),
     "wide_cols": Shard(1),
-}  # fmt: skip
+}
 
 
 def _save(state: dict, out: str, how: dict) -> None:

@@ -129,7 +129,7 @@ def multirank(request, tmp_path_factory):
     done = subprocess.run(
         [sys.executable, "-m", "tests.dcp_writer", str(out), str(request.param), port],
         cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, request.param
 
@@ -419,7 +419,7 @@ def _out_of_range(metadata, _shards):
 
 def _truncated_shard(metadata, shards):
     last = max((info for index, info in metadata.storage_data.items() if info.relative_path == "__1_0.distcp"),
-               key=lambda info: info.offset)  # fmt: skip
+               key=lambda info: info.offset)
     fqn = next(index.fqn for index, info in metadata.storage_data.items() if info is last)
     with open(shards / "__1_0.distcp", "r+b") as f:
         f.truncate(last.offset + last.length - 1)
@@ -513,7 +513,7 @@ def test_every_variant_takes_a_rewrite_a_removal_and_a_new_tensor(mount, tmp_pat
             assert "cols" not in keys and "added" in keys
         return
     state = {"rows": torch.zeros(10, 7), "added": torch.zeros(5, dtype=torch.int16), "step": 0,
-             "wide_cols": torch.zeros(40, 600)}  # fmt: skip
+             "wide_cols": torch.zeros(40, 600)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(state, checkpoint_id=str(ckpt))

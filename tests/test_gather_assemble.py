@@ -6,8 +6,8 @@ import pytest
 
 from ckptfs.formats.dcp import assemble
 from ckptfs.formats.dcp.assemble import Assembled, Chunk, covers_exactly, row_pieces
-from ckptfs.tree.gather import Gather
 from ckptfs.sources.base import Source
+from ckptfs.tree.gather import Gather
 from ckptfs.tree.nodes import Extent
 
 

@@ -114,7 +114,7 @@ def test_foreground_serves_until_unmounted(source, mnt, tmp_path):
     proc = subprocess.Popen(
         CKPTFS + ["mount", "--foreground", "--debug", "--log-file", str(log), str(source), str(mnt)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         assert _wait(lambda: is_mounted(mnt))
         assert (mnt / "w.npy").stat().st_size > 0

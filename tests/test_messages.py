@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from ckptfs.mount import daemon, mounts
 from ckptfs.cli import human_size
 from ckptfs.errors import CkptfsError
+from ckptfs.mount import daemon, mounts
 
 from .conftest import CKPTFS, FIXTURES, is_mounted, run_ckptfs, umount
 
@@ -71,7 +71,7 @@ def test_an_unknown_command_names_the_commands():
     done = run_ckptfs("bogus")
     assert done.returncode == 2
     assert _one_line(done) == ("ckptfs: unknown command 'bogus' (commands: mount, umount, unmount, commit, recover; "
-                               "see 'ckptfs --help')")  # fmt: skip
+                               "see 'ckptfs --help')")
 
 
 def test_help_names_every_format_and_where_the_log_goes():
@@ -88,7 +88,7 @@ def test_a_mount_point_that_holds_files_is_refused_unless_nonempty(model, mnt):
     done = run_ckptfs("mount", model, mnt)
     assert done.returncode == 1 and not is_mounted(mnt)
     assert _one_line(done) == (f"ckptfs: {mnt}: mount point is not empty; its files would be hidden "
-                               "(-o nonempty mounts anyway)")  # fmt: skip
+                               "(-o nonempty mounts anyway)")
     done = run_ckptfs("mount", model, mnt, "-o", "nonempty,ro")
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(mnt)) == [".ckptfs", "w.npy"]
@@ -105,7 +105,7 @@ def test_every_fallback_to_read_only_is_said(tmp_path, mnt):
     done = run_ckptfs("mount", snapshot, mnt)
     assert done.returncode == 0
     assert _one_line(done) == (f"ckptfs: {snapshot}: a Hugging Face cache snapshot (symlinks into blobs/): "
-                               "copy it to edit; mounted read-only")  # fmt: skip
+                               "copy it to edit; mounted read-only")
     assert os.getxattr(mnt, "user.ckptfs.read_only").decode() in done.stderr
     assert umount(mnt).returncode == 0
     done = run_ckptfs("mount", snapshot, mnt, "-o", "ro")  # asked for: nothing to say

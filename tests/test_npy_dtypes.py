@@ -55,7 +55,7 @@ def test_table_covers_every_safetensors_dtype():
     assert set(BY_SAFETENSORS) >= {
         "BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F16", "BF16", "F32", "F64", "C64",
         "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2",
-    }  # fmt: skip
+    }
 
 
 def test_docs_table_matches_the_code():

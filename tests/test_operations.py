@@ -12,10 +12,10 @@ import torch
 import trio
 from safetensors.torch import save_file
 
-from ckptfs.fuse import metaview
-from ckptfs.tree.checkpoint import VIEW_NAME
 from ckptfs.formats import open_checkpoint
+from ckptfs.fuse import metaview
 from ckptfs.fuse.operations import Operations, Ownership
+from ckptfs.tree.checkpoint import VIEW_NAME
 from ckptfs.tree.nodes import Content, Dir, File, LazyDir
 
 

@@ -16,9 +16,9 @@ import yaml
 from ckptfs.pickle import object_edits
 from ckptfs.pickle.inert import InertUnpickler
 from ckptfs.pickle.object_edits import EditError
-from ckptfs.pickle.writer import dumps
 from ckptfs.pickle.pyobjects import to_yaml
 from ckptfs.pickle.torch_classes import KNOWN, persistent_load
+from ckptfs.pickle.writer import dumps
 
 from .conftest import FIXTURES
 
@@ -117,7 +117,7 @@ def _edit(value, text: str):
 CONFIG = {
     "lr": 0.01, "hidden": 16, "name": "tiny", "flag": True, "none": None, "scale": np.float32(0.5),
     "shape": (2, 3), "ns": argparse.Namespace(depth=2), "path": pathlib.PurePosixPath("/data/x"), 3: "int key",
-}  # fmt: skip
+}
 
 
 def test_yaml_edits_keep_each_value_and_its_type():

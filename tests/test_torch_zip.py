@@ -20,7 +20,7 @@ DTYPES = [
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
     torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
     torch.float8_e4m3fn, torch.float8_e5m2,
-]  # fmt: skip
+]
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -244,7 +244,7 @@ def test_numpy_values_and_rng_states(mount, tmp_path):
     path = tmp_path / "np.pt"
     torch.save({"w": torch.ones(1), "rng": {"numpy": state, "torch": torch.get_rng_state()},
                 "scalar": np.float64(2.5), "int": np.int32(7),
-                "array": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)  # fmt: skip
+                "array": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)
     mnt = Path(mount(path))
     assert (mnt / "scalar.yaml").read_text() == "2.5\n"
     assert (mnt / "int.yaml").read_text() == "7\n"

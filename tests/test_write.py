@@ -355,7 +355,7 @@ def test_tools_on_a_nemo_nano_dd_truncate_mv_and_rm_r(mount, tmp_path):
     _nano_edit(mnt / "model_config.yaml", b"# nano was here\r")
     subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'blob.bin'}", "bs=1k", "count=64", "status=none"], check=True)
     subprocess.run(["dd", f"of={mnt / 'blob.bin'}", "bs=1", "seek=100", "conv=notrunc", "status=none"],
-                   input=b"PATCH", check=True)  # fmt: skip
+                   input=b"PATCH", check=True)
     subprocess.run(["truncate", "-s", "1000", mnt / "blob.bin"], check=True)
     with open(mnt / "log.txt", "a") as f:
         f.write("one\n")
@@ -707,7 +707,7 @@ def test_a_distributed_checkpoint_inside_a_nemo_takes_patches_and_removals(mount
     with tarfile.open(nemo) as tf:
         tf.extractall(unpacked, filter="data")
     state = {"extra": {"colsharded": torch.zeros(10, 6)},
-             "model": {**{name: torch.zeros_like(t) for name, t in ref["model"].items()}, "added": torch.zeros(2)}}  # fmt: skip
+             "model": {**{name: torch.zeros_like(t) for name, t in ref["model"].items()}, "added": torch.zeros(2)}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(state, checkpoint_id=str(unpacked / "model_weights"))

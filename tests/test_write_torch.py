@@ -23,7 +23,7 @@ LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
 def _loads(path):
     """The checkpoint as torch.load gives it: plain, memory-mapped, and with weights_only."""
     return [torch.load(path, weights_only=False), torch.load(path, weights_only=False, mmap=True),
-            torch.load(path, weights_only=True)]  # fmt: skip
+            torch.load(path, weights_only=True)]
 
 
 def _assert_storages_aligned(path) -> None:
@@ -139,7 +139,7 @@ def test_bad_edits_are_refused_by_name_and_kept(mount, state_pt):
     done = umount(mnt)
     assert done.returncode == 1
     for problem in ("lr.yaml: was a float (0.01); 'fast' would change its type", "step.yaml: not valid YAML",
-                    "model/head.npy: not an NPY file", "notes.txt: a new file must be a tensor"):  # fmt: skip
+                    "model/head.npy: not an NPY file", "notes.txt: a new file must be a tensor"):
         assert problem in done.stderr
     assert "recover" in done.stderr and sha256(path) == digest
     assert run_ckptfs("recover", path, "--discard").returncode == 0
@@ -197,7 +197,7 @@ def _lightning_module():
 
         def configure_optimizers(self):
             groups = [{"params": self.net[0].parameters(), "lr": self.hparams.lr},
-                      {"params": self.net[2].parameters(), "lr": self.hparams.lr / 10}]  # fmt: skip
+                      {"params": self.net[2].parameters(), "lr": self.hparams.lr / 10}]
             optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
             return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)]
 
@@ -208,7 +208,7 @@ def _trainer(root, epochs: int):
     import lightning.pytorch as pl
 
     return pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      enable_model_summary=False, default_root_dir=root, accelerator="cpu")  # fmt: skip
+                      enable_model_summary=False, default_root_dir=root, accelerator="cpu")
 
 
 def _data():
@@ -216,7 +216,7 @@ def _data():
 
     generator = torch.Generator().manual_seed(0)
     return DataLoader(TensorDataset(torch.randn(64, 8, generator=generator), torch.randn(64, 1, generator=generator)),
-                      batch_size=16)  # fmt: skip
+                      batch_size=16)
 
 
 @pytest.fixture(params=["fixture", "fresh"])

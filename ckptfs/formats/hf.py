@@ -71,7 +71,7 @@ def open_dir(path: str) -> Checkpoint:
         root.xattrs["ckptfs.read_only"] = "no single index or set of files names the model's tensors to write back"
     else:
         ckpt.writer = Writer(path, shards, metadata, indexes[0] if indexes else None, originals,
-                             sum(t.numel for t in merged))  # fmt: skip
+                             sum(t.numel for t in merged))
     return ckpt
 
 
@@ -143,7 +143,7 @@ class Writer:
     adds_tensors = True  # a new `.npy` in the merged tree is a new tensor
 
     def __init__(self, path: str, shards: dict[str, dict[str, Tensor]], metadata: dict, index: str | None,
-                 originals: dict[int, str], elements: int):  # fmt: skip
+                 originals: dict[int, str], elements: int):
         self.path, self.shards, self.metadata, self.index = path, shards, metadata, index
         self.elements = elements  # of the merged tensors at mount
         self.shard_of = {name: rel for rel, tensors in shards.items() for name in tensors}

@@ -266,7 +266,7 @@ class Writer:
                 output.copy(self.source, info.offset_data + info.size, end - info.offset_data - info.size)
             elif plan is not None:
                 self._edited(info, plan.size, _latest(path if path in files else path.rpartition("/")[0], files), plan,
-                             output, end)  # fmt: skip
+                             output, end)
             else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
                 output.copy(self.source, info.offset, end - info.offset)
         nested = {p + "/" for p, n in files.items() if getattr(n, "writer", None)}  # they write what is inside

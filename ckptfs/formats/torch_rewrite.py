@@ -108,9 +108,9 @@ def rewrite_plan(archive, files: dict, before: dict, changed: list[str]) -> ZipP
             after_storages = len(records)
         extent = archive.record_data(info)
         records.append(Record(name, extent.length, piece=extent, crc=info.CRC, method=info.compress_type,
-                              size=info.file_size))  # fmt: skip
+                              size=info.file_size))
     added = [Record(storage_prefix + key, nbytes, piece=content, start=start)
-             for key, (content, start, nbytes, _) in new_storages.items() if key in live]  # fmt: skip
+             for key, (content, start, nbytes, _) in new_storages.items() if key in live]
     at = len(records) if after_storages is None else after_storages
     return ZipPlan(records[:at] + added + records[at:])
 

@@ -90,9 +90,7 @@ class Writer:
         self.source, self.name = source, name
 
     def write(self, files: dict, before: dict, output) -> None:
-        from .torch_rewrite import (
-            write_legacy,  # written only at repack: not imported at mount
-        )
+        from .torch_rewrite import write_legacy  # written only at repack: not imported at mount
 
         write_legacy(TorchLegacy(self.source, self.name), files, before, output)
 

@@ -205,9 +205,7 @@ class Writer:
 
     def check(self, path: str, node: File) -> None:
         """ValueError if the edited file cannot be written back (on close)."""
-        from .torch_rewrite import (
-            check,  # written only at repack: not imported at mount
-        )
+        from .torch_rewrite import check  # written only at repack: not imported at mount
 
         check(lambda: TorchZip(self.source, self.name), path, node, storable, "torch.save")
 
@@ -221,9 +219,7 @@ class Writer:
     def plan(self, files: dict, before: dict):
         """How to write the edited archive (`size`, `write(output)`), or None
         if nothing in it changed."""
-        from .torch_rewrite import (
-            rewrite_plan,  # written only at repack: not imported at mount
-        )
+        from .torch_rewrite import rewrite_plan  # written only at repack: not imported at mount
 
         changed = changes(before, files)
         if not changed:

@@ -58,7 +58,7 @@ class ZipPlan:
             position += len(self._local(record, position)) + record.length + self._descriptor_size(record, position)
         self.directory_offset = position
         self.directory_size = sum(CENTRAL.size + len(r.name.encode()) + len(self._zip64_central(r, o))
-                                  for r, o in zip(records, self.offsets))  # fmt: skip
+                                  for r, o in zip(records, self.offsets))
         self.size = position + self.directory_size + len(self._end())
 
     def _needs_zip64(self, record: Record, offset: int) -> bool:
@@ -76,14 +76,14 @@ class ZipPlan:
         sizes = MASK if zip64 else 0
         version = 45 if zip64 else 20
         return LOCAL.pack(b"PK\x03\x04", version, FLAGS, record.method, 0, 0, 0, sizes, sizes, len(name), len(extra)) + \
-            name + extra  # fmt: skip
+            name + extra
 
     def _descriptor_size(self, record: Record, offset: int) -> int:
         return 24 if self._needs_zip64(record, offset) else 16
 
     def _zip64_central(self, record: Record, offset: int) -> bytes:
         fields = [n for n in (record.size if record.size is not None else record.length, record.length, offset)
-                  if n >= self.zip64_at]  # fmt: skip
+                  if n >= self.zip64_at]
         return struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
 
     def _end(self) -> bytes:
@@ -112,7 +112,7 @@ class ZipPlan:
             output.write(CENTRAL.pack(
                 b"PK\x01\x02", 45 if zip64 else 20, 45 if zip64 else 20, FLAGS, record.method, 0, 0, crc,
                 self._field(record.length), self._field(usize), len(name), len(zip64), 0, 0, 0, 0, self._field(offset),
-            ) + name + zip64)  # fmt: skip
+            ) + name + zip64)
         output.write(self._end())
 
     @staticmethod

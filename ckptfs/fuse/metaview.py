@@ -88,7 +88,7 @@ def tensors_tsv(ckpt: Checkpoint) -> str:
         t = placed.tensor
         file, offset = t.data.source.locate(t.data.offset)
         row = (placed.path, t.name, t.dtype.name, json.dumps(list(t.shape)), t.numel, t.data.length,
-               _in_source(ckpt, file), offset)  # fmt: skip
+               _in_source(ckpt, file), offset)
         lines.append("\t".join(_tsv_cell(v) for v in row))
     return "\n".join(lines) + "\n"
 

@@ -120,7 +120,7 @@ def ignore_commit_signal() -> None:
 
 
 def spawn(run, state: mounts.MountState, source: str, writable: bool, log_setup, log_file: str,
-          timeout: float = 120) -> int:  # fmt: skip
+          timeout: float = 120) -> int:
     """Run `run(notify)` in a background daemon; return 0 once it has
     mounted, or raise CkptfsError with the reason it could not.
     `log_setup()` starts the daemon's log and returns what ends it, given

@@ -105,7 +105,7 @@ class MountState:
         self._remove(".exit")
         self._remove(".discard")
         _write_json(self.stem + ".json",
-                    {"pid": pid, "source": source, "mountpoint": self.mountpoint, "writable": writable})  # fmt: skip
+                    {"pid": pid, "source": source, "mountpoint": self.mountpoint, "writable": writable})
 
     def mounted(self) -> dict:
         """What `write` recorded: pid, source, mountpoint, writable ({} if nothing)."""

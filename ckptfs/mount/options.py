@@ -11,7 +11,7 @@ PASSED_TO_FUSE = {
     "allow_other", "allow_root", "auto_unmount",
     "dev", "nodev", "suid", "nosuid", "exec", "noexec",
     "atime", "noatime", "relatime", "norelatime", "strictatime", "sync", "async", "dirsync",
-}  # fmt: skip
+}
 #: fstab bookkeeping that `mount` may pass along; meaningless to the filesystem.
 FSTAB_ONLY = {"defaults", "_netdev", "noauto", "auto", "nofail", "user", "users", "nouser", "owner", "group"}
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")

@@ -108,7 +108,7 @@ class InertUnpickler:
         except PickleError:
             raise
         except (ValueError, IndexError, KeyError, TypeError, EOFError, UnicodeDecodeError, AttributeError,
-                struct.error) as e:  # fmt: skip
+                struct.error) as e:
             raise PickleError(f"malformed pickle ({type(e).__name__}: {e})") from None
         stream.seek(pos)
         return value
@@ -453,7 +453,7 @@ _CODE = {op.name: ord(op.code) for op in pickletools.opcodes}
 _HOT = tuple(_CODE[name] for name in (
     "MEMOIZE", "BINGET", "LONG_BINGET", "BININT1", "MARK", "TUPLE1", "TUPLE2", "EMPTY_TUPLE", "EMPTY_DICT",
     "SHORT_BINUNICODE", "BININT", "NEWOBJ", "BUILD", "REDUCE", "SETITEMS",
-))  # fmt: skip
+))
 _INT4, _UINT4 = struct.Struct("<i"), struct.Struct("<I")
 
 
@@ -498,7 +498,7 @@ for _module in ("builtins", "__builtin__"):
         (_module, "frozenset"): _container(frozenset),
         (_module, "bytearray"): _container(bytearray),
         (_module, "complex"): _complex,
-    })  # fmt: skip
+    })
 
 
 def _hashable(key):

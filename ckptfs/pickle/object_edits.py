@@ -25,7 +25,7 @@ from .pyobjects import (
     Tagged,
     _key,
     _numpy_dtype,
-    _numpy_value,  # fmt: skip
+    _numpy_value,
     plain,
 )
 from .torch_classes import Device, Size, new_size
@@ -290,9 +290,9 @@ def _merge_omegaconf(container: Call, content: object, node: yaml.Node, where: s
 def _new_any_node(parent: Call, siblings, key, value, where: str) -> Call:
     if isinstance(value, (dict, list)):
         raise EditError(f"{child(where, key)}: a new mapping or list in an omegaconf config cannot be added here;"
-                        " add scalar values")  # fmt: skip
+                        " add scalar values")
     pattern = next((v for v in (siblings.values() if isinstance(siblings, dict) else siblings)
-                    if isinstance(v, Call) and v.path == ANY_NODE and isinstance(v.state, dict)), None)  # fmt: skip
+                    if isinstance(v, Call) and v.path == ANY_NODE and isinstance(v.state, dict)), None)
     metadata = pattern.state.get("_metadata") if pattern else None
     if not (isinstance(metadata, Call) and isinstance(metadata.state, dict)):
         raise EditError(f"{child(where, key)}: no plain value beside it to copy an omegaconf node from")
@@ -325,7 +325,7 @@ def _numpy_array(call: Call, node: yaml.Node, where: str) -> Call:
     if _same(value, old):
         return call
     if not (isinstance(old, Tagged) and isinstance(value, Tagged) and value.tag == old.tag
-            and isinstance(value.value, dict) and value.value.get("dtype") == old.value["dtype"]):  # fmt: skip
+            and isinstance(value.value, dict) and value.value.get("dtype") == old.value["dtype"]):
         raise EditError(f"{where}: a NumPy array keeps its tag and dtype {old.value['dtype']}; change its data")
     try:
         array = np.array(value.value.get("data"), dtype=old.value["dtype"])

@@ -108,7 +108,7 @@ class _Writer:
         else:
             data = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
             self.out += pickle.LONG1 + bytes([len(data)]) + data if len(data) < 256 else \
-                pickle.LONG4 + struct.pack("<i", len(data)) + data  # fmt: skip
+                pickle.LONG4 + struct.pack("<i", len(data)) + data
 
     def _tuple(self, items: tuple) -> None:
         if not items:

@@ -104,5 +104,5 @@ def edited_layout(content, name: str, like: DType | None, storable, target: str)
     length = dtype.nbytes(math.prod(shape))
     if length is None or content.size - start != length:
         raise ValueError(f"{name}: {content.size - start} bytes of data, but shape {list(shape)} of {dtype.name}"
-                         f" needs {length}")  # fmt: skip
+                         f" needs {length}")
     return dtype, shape, start, length

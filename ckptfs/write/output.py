@@ -124,7 +124,7 @@ def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
 
 
 def write_atomically(source: str, writer, expected_identity: dict, output_path: str | None = None,
-                     backup: bool = False, progress=None) -> str:  # fmt: skip
+                     backup: bool = False, progress=None) -> str:
     """Run `writer(output)` into a temp file beside the destination, fsync it
     and rename it over the destination (the source unless `output_path`);
     `backup` keeps the source as SOURCE.orig (a hard link)."""
@@ -160,7 +160,7 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
 
 
 def write_directory_atomically(source: str, builder, expected_identity: dict, output_path: str | None = None,
-                               backup: bool = False) -> str:  # fmt: skip
+                               backup: bool = False) -> str:
     """Run `builder(new_dir)` on a sibling directory, then swap it with the
     source in one step (renameat2 RENAME_EXCHANGE) and remove the old one
     (or keep it as SOURCE.orig with `backup`), whose files the new one

@@ -86,11 +86,11 @@ class EditedContent:
         self.whole = base is None  # every byte is in the data file
 
     @property
-    def size(self) -> int:  # type: ignore[override]
+    def size(self) -> int:
         return os.fstat(self.fd).st_size
 
     @property
-    def slow(self) -> bool:  # type: ignore[override]
+    def slow(self) -> bool:
         return False
 
     def _from_data(self, block: int) -> bool:
@@ -130,7 +130,7 @@ class Overlay:
     edit, so a writable mount that changes nothing leaves no trace."""
 
     def __init__(self, source: str, lock: tuple[str, int], journal_fd: int | None = None, next_number: int = 0,
-                 ignored: tuple[str, ...] = TEMP_PATTERNS):  # fmt: skip
+                 ignored: tuple[str, ...] = TEMP_PATTERNS):
         self.source, self.path = os.path.abspath(source), overlay_dir(source)
         self.lock, self.journal_fd, self.next_number = lock, journal_fd, next_number
         self.identity = source_identity(source)
@@ -179,7 +179,7 @@ class Overlay:
         if self.journal_fd is None:
             os.makedirs(os.path.join(self.path, "data"), exist_ok=True)
             _write_json(os.path.join(self.path, "state.json"),
-                        {"source": self.source, **self.identity, "ignored": list(self.ignored)})  # fmt: skip
+                        {"source": self.source, **self.identity, "ignored": list(self.ignored)})
             self.journal_fd = os.open(
                 os.path.join(self.path, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
             )

@@ -66,7 +66,7 @@ class EditSession:
                     raise SourceChangedError(f"{source}: changed since the edits in {overlay.path} were made")
                 if patched:
                     raise CkptfsError(f"{source}: changed since the edits in {overlay.path} were made, and some"
-                                      " files were patched in place; they cannot be applied to its new content")  # fmt: skip
+                                      " files were patched in place; they cannot be applied to its new content")
                 overlay.identity = source_identity(source)
         except BaseException:
             overlay.release()
@@ -95,7 +95,7 @@ class EditSession:
         return None
 
     def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
-               backup: bool = False, progress=None) -> str:  # fmt: skip
+               backup: bool = False, progress=None) -> str:
         """Repack (or drop) the edits; returns what was done, in a line.
         On failure the overlay stays and the error says where it is."""
         overlay, source = self.editable.overlay, self.checkpoint.source_path
@@ -117,7 +117,7 @@ class EditSession:
                 written = write_atomically(
                     source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path,
                     backup, progress,
-                )  # fmt: skip
+                )
         except RepackError as e:
             raise EditsKept(str(e), "edit", overlay.path) from None
         except SourceChangedError as e:

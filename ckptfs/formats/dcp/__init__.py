@@ -150,7 +150,7 @@ def _fill_shard(chunks: list[ShardChunk], folder: Dir) -> None:
     for c in chunks:
         offsets, sizes, piece = c.chunk.offsets, c.chunk.sizes, c.chunk.piece
         xattrs = {"ckptfs.name": c.fqn, "ckptfs.dtype": c.dtype.name, "ckptfs.shape": _json_list(sizes),
-                  "ckptfs.offsets": _json_list(offsets)}  # fmt: skip
+                  "ckptfs.offsets": _json_list(offsets)}
         header = npy.header(*npy.served_layout(c.dtype, sizes, piece.length))
         leaf = names.escape(c.parts[-1], f"@{'_'.join(map(str, offsets))}.npy")
         parent = folder.subdir([names.escape(p) for p in c.parts[:-1]])
@@ -271,7 +271,7 @@ class LazyChunk:
     """
 
     def __init__(self, record: Record, fqn: str, dtype: DType, offsets: tuple[int, ...], sizes: tuple[int, ...],
-                 blocks: dict):  # fmt: skip
+                 blocks: dict):
         self.record, self.fqn, self.dtype, self.sizes = record, fqn, dtype, sizes
         self.length = math.prod(sizes) * (dtype.bits // 8)
         self.name = f"{record.label}: {fqn} chunk at {list(offsets)}"
@@ -381,7 +381,7 @@ class _Reader:
         nbytes = math.prod(shape) * itemsize
         header = npy.header(*npy.served_layout(dtype, shape, nbytes))
         xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(shape)),
-                  "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}  # fmt: skip
+                  "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}
         first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
         tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
         file = File(Content([header, *pieces]), xattrs=xattrs)
@@ -613,12 +613,10 @@ class _Rewrite:
     metadata made like the other tensors'."""
 
     def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
-        from ...pickle import (
-            writer as pickle_writer,  # written only at repack: not imported at mount
-        )
+        from ...pickle import writer as pickle_writer  # written only at repack: not imported at mount
 
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
-                  for name in metadata_names(files)}  # fmt: skip
+                  for name in metadata_names(files)}
         fields = {name: _fields(graph) for name, graph in graphs.items()}
         templates = [_Templates(f["state_dict_metadata"], f["storage_data"], f.get("planner_data")) for f in fields.values()]
         records: dict[str, list[tuple[int, int, object, bool]]] = {}  # shard -> [(start, length, info, removed)]
@@ -686,7 +684,7 @@ class _Templates:
         self.index, self.info = next(iter(storage.items()), (None, None))
 
     def add(self, fqn: str, dtype: DType, shape: tuple[int, ...], shard: str, offset: int, length: int,
-            pattern: _Templates) -> None:  # fmt: skip
+            pattern: _Templates) -> None:
         """Metadata of a tensor stored whole at `offset` of `shard`; made like
         this file's own objects, or `pattern`'s where it has none."""
         tensor, index, info = self.tensor or pattern.tensor, self.index or pattern.index, self.info or pattern.info
@@ -764,7 +762,7 @@ def _torch_records(added: list[tuple[str, tuple]]) -> _NewShard:
             zipout.Record("archive/byteorder", 6, data=b"little"),
             zipout.Record("archive/data/0", math.prod(shape) * dtype.bits // 8, piece=content, start=start),
             zipout.Record("archive/version", 2, data=b"3\n"),
-        ])  # fmt: skip
+        ])
         records.append(record)
         places.append((position, record.size))
         position += record.size
@@ -776,7 +774,7 @@ def _safetensors_block(added: list[tuple[str, tuple]]) -> _NewShard:
     serialization format ends a shard: each record's offset is where the
     block starts, its length the tensor's bytes, its chunk found by name."""
     tensors = [(fqn, dtype, shape, (content, start), math.prod(shape) * dtype.bits // 8)
-               for fqn, (content, start, dtype, shape) in added]  # fmt: skip
+               for fqn, (content, start, dtype, shape) in added]
     sharding = {fqn: {"saved_offsets": [0] * len(shape)} for fqn, (_, _, _, shape) in added}
     block = safetensors.Block({"DCP_SHARDING_INFO": json.dumps(sharding), "DCP_VERSION": "1.0", "format": "pt"}, tensors)
     return _NewShard([block], [(0, length) for *_, length in tensors])
