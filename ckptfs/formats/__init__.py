@@ -1,4 +1,6 @@
-"""Format detection: by magic bytes and directory contents, never by extension."""
+"""The formats ckptfs reads and writes, and detection: by magic bytes and
+directory contents, never by extension. Adding a format is one module that
+ends with its FORMAT (formats/base.py) and one line in a list below."""
 
 from __future__ import annotations
 
@@ -6,13 +8,26 @@ import os
 
 from ..errors import FormatError
 from ..sources.base import FileSource
-from ..tree import names
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Dir
-from ..tree.rawfiles import raw_file
 from . import dcp, folder, gzindex, hf, safetensors, tar, torchlegacy, torchzip
+from .base import DirectoryFormat, FileFormat
 
 SNIFF_BYTES = 512
+
+#: single-file formats, tried in this order on the first SNIFF_BYTES bytes
+FILE_FORMATS: tuple[FileFormat, ...] = (
+    gzindex.FORMAT,
+    tar.FORMAT,
+    safetensors.FORMAT,
+    torchzip.FORMAT,
+    torchlegacy.FORMAT,
+)
+#: directory formats, tried in this order
+DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
+    dcp.FORMAT,
+    hf.FORMAT,
+    folder.FORMAT,
+)
 
 _NOT_CHECKPOINTS = {
     b"\x80": "a plain pickle, not a torch.save checkpoint (ckptfs does not run pickles)",
@@ -28,12 +43,9 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
     if os.path.isdir(path):
-        if dcp.sniff(path):
-            return dcp.open_dir(path)
-        if hf.sniff(path):
-            return hf.open_dir(path)
-        if folder.sniff(path):
-            return folder.open_dir(path)
+        for fmt in DIRECTORY_FORMATS:
+            if fmt.sniff(path):
+                return fmt.open(path)
         if dcp.has_shards(path):
             raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
         raise FormatError(path, "directory holds no checkpoint (no .safetensors, no .metadata here or in a subfolder)")
@@ -44,43 +56,12 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
     head = source.pread(0, SNIFF_BYTES)
-    if gzindex.sniff(head):
-        return gzindex.open_gzip_tar(path, st, cache_dir)
-    if tar.sniff(head):
-        return tar.open_plain(source, st)
-    if safetensors.sniff(head):
-        return _open_safetensors(source, st)
-    if torchzip.sniff(head):
-        ckpt = _open_pickled(torchzip.TorchZip(source, source.path), "torch (zip)", st)
-        ckpt.writer = torchzip.Writer(source, source.path)
-        return ckpt
-    if torchlegacy.sniff(head):
-        ckpt = _open_pickled(torchlegacy.TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
-        ckpt.writer = torchlegacy.Writer(source, source.path)
-        return ckpt
+    for fmt in FILE_FORMATS:
+        if fmt.sniff(head):
+            return fmt.open(source, st, cache_dir)
     for magic, what in _NOT_CHECKPOINTS.items():
         if head.startswith(magic):
             raise FormatError(path, what)
     if not head:
         raise FormatError(path, "empty file, not a checkpoint")
     raise FormatError(path, f"not a checkpoint ckptfs knows (starts with {head[:8].hex(' ')})")
-
-
-def _open_safetensors(source: FileSource, st: os.stat_result) -> Checkpoint:
-    root, placed, by_name, _ = safetensors.expand(source)
-    ckpt = Checkpoint("safetensors", source.path, st, root, _raw_mirror(source), placed)
-    ckpt.writer = safetensors.Writer(by_name)
-    return ckpt
-
-
-def _open_pickled(archive: torchzip.PickledCheckpoint, fmt: str, st: os.stat_result) -> Checkpoint:
-    root, placed = archive.tree()
-    audit = [g.path for g in archive.globals]
-    return Checkpoint(fmt, archive.source.path, st, root, _raw_mirror(archive.source), placed, pickle_globals=audit)
-
-
-def _raw_mirror(source: FileSource) -> Dir:
-    """The raw mirror of a single-file checkpoint: the file itself."""
-    raw = Dir()
-    raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
-    return raw

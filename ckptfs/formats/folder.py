@@ -21,6 +21,7 @@ from ..tree.tensors import PlacedTensor
 from ..write.diff import below
 from ..write.output import put_file, write_new_file
 from . import dcp, torchzip
+from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
 
 
 def sniff(path: str) -> bool:
@@ -81,33 +82,34 @@ def open_dir(path: str) -> Checkpoint:
     return ckpt
 
 
-class Writer:
+class Writer(DirectoryWriter):
     """Writes an edited folder as a new directory beside it (swapped in by
     the caller): each distributed checkpoint by its own writer, each
     torch.save file shown expanded by its own, every other file hard-linked
     when unchanged and written when edited or new."""
 
-    directory = True
-
     def __init__(self, originals: dict[int, str]):
         self.originals = originals
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
-        owned = [p for p, n in files.items() if getattr(n, "writer", None) is not None]
+        owned = [p for p, n in files.items() if nested_writer(n) is not None]
         for path, node in sorted(files.items()):
             if any(path.startswith(folder + "/") for folder in owned):
                 continue  # written by the checkpoint it belongs to
             target = os.path.join(out, *(names.unescape(p) for p in path.split("/")))
-            writer = getattr(node, "writer", None)
-            if getattr(writer, "directory", False):
+            writer = nested_writer(node)
+            if isinstance(writer, DirectoryWriter):
                 os.makedirs(target, exist_ok=True)
                 writer.write_dir(*below(path, files, before), target)
-            elif writer is not None:
+            elif isinstance(writer, FileWriter):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                plan = writer.plan(*below(path, files, before))
-                if plan is None:
+                blob = writer.blob(*below(path, files, before))
+                if blob is None:
                     os.link(self.originals[id(node)], target)
                 else:
-                    write_new_file(target, plan.write)
+                    write_new_file(target, blob.write)
             else:
                 put_file(target, node, self.originals.get(id(node)))
+
+
+FORMAT = DirectoryFormat("folder of distributed checkpoints", sniff, open_dir)

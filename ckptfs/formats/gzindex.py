@@ -23,9 +23,10 @@ import tempfile
 import threading
 
 from ..errors import FormatError
-from ..sources.base import Source
+from ..sources.base import FileSource, Source
 from ..tree.checkpoint import Checkpoint
 from . import tar
+from .base import FileFormat
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +143,10 @@ def _atomic(final: str, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    return open_gzip_tar(source.path, st, cache_dir)
+
+
+FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file)

@@ -12,7 +12,7 @@ import json
 import math
 import os
 
-from ..errors import FormatError
+from ..errors import EditRefused, FormatError
 from ..sources.base import FileSource
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
@@ -23,6 +23,7 @@ from ..tree.tensors import Tensor, merge_into, tensor_tree
 from ..write.diff import is_edited
 from ..write.output import put_file, write_new_file
 from . import safetensors
+from .base import DirectoryFormat, DirectoryWriter
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -131,7 +132,7 @@ def _from_index(index_path: str, shards: dict[str, dict[str, Tensor]]) -> list[T
 # ---------------------------------------------------------------- the writer
 
 
-class Writer:
+class Writer(DirectoryWriter):
     """Writes an edited Hugging Face directory as a new directory beside it
     (swapped in by the caller). Tensors are edited in the merged tree; each
     goes back to the shard that held it (new ones to the last shard). A shard
@@ -139,7 +140,6 @@ class Writer:
     from the source; a changed shard is written anew, and the index's
     weight_map and total_size follow."""
 
-    directory = True
     adds_tensors = True  # a new `.npy` in the merged tree is a new tensor
 
     def __init__(self, path: str, shards: dict[str, dict[str, Tensor]], metadata: dict, index: str | None,
@@ -150,10 +150,12 @@ class Writer:
         self.originals = originals  # id(node) -> relative path, for the files of the source
 
     def check(self, path: str, node: File) -> None:
-        """ValueError if an edited tensor cannot be written back (on close)."""
         if path.endswith(".npy") and id(node) not in self.originals:
             like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
-            npy.edited_layout(node.content, path, like, safetensors.storable, "safetensors")
+            try:
+                npy.edited_layout(node.content, path, like, safetensors.storable, "safetensors")
+            except ValueError as e:
+                raise EditRefused(str(e)) from None
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         tensors, plain = {}, {}
@@ -213,3 +215,6 @@ def _layout(node: File, name: str) -> tuple[int, int]:
 
 def _tree_path(rel: str) -> str:
     return "/".join(names.file_parts(rel))
+
+
+FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir)

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import yaml
 
-from ..errors import FormatError, RepackError
-from ..sources.base import Source
+from ..errors import EditRefused, FormatError, RepackError
+from ..sources.base import FileSource, Source
 from ..tree import names, npy
+from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
+from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, tensor_tree
 from ..write.diff import is_edited
+from .base import FileFormat, FileWriter
 
 MAX_HEADER_SIZE = 100_000_000
 MAGIC_LENGTH = 9
@@ -149,7 +153,7 @@ def expand(source: Source):
 # ---------------------------------------------------------------- the writer
 
 
-class Writer:
+class Writer(FileWriter):
     """Writes an edited tree of a safetensors file: the tensors (`*.npy`,
     names from their paths) and `__metadata__.yaml`. Tensors of the source
     keep their order and are copied byte range to byte range; new ones follow,
@@ -183,14 +187,16 @@ class Writer:
         Block(metadata, [(name, *entries[name]) for name in order]).write(output)
 
     def check(self, path: str, node: File) -> None:
-        """ValueError if the edited file cannot be written back (on close)."""
         if path.endswith(".npy"):
-            self._entry(node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/")), node)
+            try:
+                self._entry(node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/")), node)
+            except ValueError as e:
+                raise EditRefused(str(e)) from None
         elif path == "__metadata__.yaml":
             problems: list[str] = []
             _edited_metadata(node, problems)
             if problems:
-                raise ValueError(problems[0])
+                raise EditRefused(problems[0])
 
     def _entry(self, name: str, node: File):
         """(dtype, shape, bytes: an Extent of the source or (content, offset), length)."""
@@ -248,3 +254,13 @@ def _edited_metadata(node: File, problems: list[str]):
         problems.append("__metadata__.yaml: must map strings to strings")
         return None
     return value
+
+
+def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    root, placed, by_name, _ = expand(source)
+    ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed)
+    ckpt.writer = Writer(by_name)
+    return ckpt
+
+
+FORMAT = FileFormat("safetensors", sniff, open_file)

@@ -14,15 +14,16 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..errors import FormatError
-from ..sources.base import SeekableReader, Source
+from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File, PathConflict, Symlink
 from ..tree.rawfiles import raw_file
 from ..tree.tensors import PlacedTensor
 from ..write.diff import below, is_edited
-from ..write.output import GzipOutput
+from ..write.output import Blob, ContentBlob, GzipOutput
 from . import dcp, torchzip
+from .base import FileFormat, FileWriter, nested_writer
 
 BLOCK = 512
 PAGE = 4096
@@ -223,10 +224,10 @@ def _latest(folder: str, files: dict) -> int | None:
     """When the last change under `folder` was made: it dates the member
     rewritten for it (so the same tree gives the same bytes)."""
     times = [n.mtime_ns for p, n in files.items() if p.startswith(folder + "/") and n.mtime_ns is not None]
-    return max(times, default=getattr(files.get(folder), "mtime_ns", None))
+    return max(times, default=files[folder].mtime_ns if folder in files else None)
 
 
-class Writer:
+class Writer(FileWriter):
     """Writes an edited tree of a tar: every member in its original order,
     unchanged ones copied byte for byte (headers included), edited ones with
     a new header, deleted ones left out, new files and folders appended in
@@ -256,29 +257,28 @@ class Writer:
                 continue  # deleted
             written.add(path)
             end = info.offset_data + (-(-info.size // BLOCK) * BLOCK if info.isreg() else 0)
-            nested = getattr(node, "writer", None)  # a checkpoint inside the tar, shown expanded
-            plan = nested.plan(*below(path, files, before)) if nested and info.isreg() else in_folders.get(path)
+            nested = nested_writer(node)  # a checkpoint inside the tar, shown expanded
+            blob = nested.blob(*below(path, files, before)) if nested and info.isreg() else in_folders.get(path)
             if is_edited(node) and info.isreg():
-                self._edited(info, node.content.size, node.mtime_ns, node.content, output, end)
-            elif plan is not None and plan.size == info.size:  # header and padding as they were
+                self._edited(info, node.mtime_ns, ContentBlob(node.content), output, end)
+            elif blob is not None and blob.size == info.size:  # header and padding as they were
                 output.copy(self.source, info.offset, info.offset_data - info.offset)
-                plan.write(output)
+                blob.write(output)
                 output.copy(self.source, info.offset_data + info.size, end - info.offset_data - info.size)
-            elif plan is not None:
-                self._edited(info, plan.size, _latest(path if path in files else path.rpartition("/")[0], files), plan,
-                             output, end)
+            elif blob is not None:
+                self._edited(info, _latest(path if path in files else path.rpartition("/")[0], files), blob, output, end)
             else:  # unchanged, or not shown in the main tree (a DCP folder's .metadata)
                 output.copy(self.source, info.offset, end - info.offset)
-        nested = {p + "/" for p, n in files.items() if getattr(n, "writer", None)}  # they write what is inside
+        nested = {p + "/" for p, n in files.items() if nested_writer(n)}  # they write what is inside
         for path in sorted(p for p in files if p not in written and p not in before):
             if not any(path.startswith(folder) for folder in nested):
                 self._new(prefix, path, files[path], output)
-        for path, plan in sorted(in_folders.items()):
-            if path not in written and plan is not None:  # a new shard of a distributed checkpoint
+        for path, blob in sorted(in_folders.items()):
+            if path not in written and blob is not None:  # a new shard of a distributed checkpoint
                 info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
-                info.mode, info.size = 0o644, plan.size
+                info.mode, info.size = 0o644, blob.size
                 info.mtime = (_latest(path.rpartition("/")[0], files) or time.time_ns()) / 1e9
-                self._member(info, plan, output)
+                self._member(info, blob, output)
         output.write(b"\0" * (2 * BLOCK))
         output.write(b"\0" * (-output.written % tarfile.RECORDSIZE))
 
@@ -289,20 +289,20 @@ class Writer:
         write each (`size`, `write`), or None to leave it out."""
         changed = {}
         for folder, node in files.items():
-            writer = getattr(node, "writer", None)
-            if isinstance(node, Dir) and getattr(writer, "directory", False):
-                for name, plan in writer.new_files(*below(folder, files, before)).items():
-                    changed[f"{folder}/{names.file_parts(name)[0]}"] = plan
+            writer = nested_writer(node)
+            if writer is not None and writer.directory:
+                for name, blob in writer.new_files(*below(folder, files, before)).items():
+                    changed[f"{folder}/{names.file_parts(name)[0]}"] = blob
         return changed
 
-    def _edited(self, info: tarfile.TarInfo, size: int, mtime_ns: int | None, content, output, source_end: int) -> None:
-        """A member whose bytes changed: a new header, then `content` (a file's
-        bytes, or the plan of a nested checkpoint). The header is padded so
+    def _edited(self, info: tarfile.TarInfo, mtime_ns: int | None, blob: Blob, output, source_end: int) -> None:
+        """A member whose bytes changed: a new header, then `blob` (a file's
+        bytes, or those of a nested checkpoint). The header is padded so
         that the member ends where the old one did, modulo a page: the
         members copied after it keep their alignment, which the kernel
         copies faster."""
         info = copy.copy(info)
-        info.size = size
+        size = info.size = blob.size
         info.mtime = (mtime_ns or time.time_ns()) / 1e9
         info.pax_headers = {k: v for k, v in info.pax_headers.items() if k not in ("size", "mtime", "atime", "ctime")}
         header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -312,7 +312,7 @@ class Writer:
                 break
             info.pax_headers["comment"] = "ckptfs: padding that keeps the next members page-aligned".ljust(padding, ".")
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        self._member(info, content, output, header)
+        self._member(info, blob, output, header)
 
     def _new(self, prefix: str, path: str, node, output) -> None:
         info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
@@ -322,13 +322,17 @@ class Writer:
             self._member(info, None, output)
         elif isinstance(node, File):
             info.mode, info.size = 0o644, node.content.size
-            self._member(info, node.content, output)
+            self._member(info, ContentBlob(node.content), output)
 
-    def _member(self, info: tarfile.TarInfo, content, output, header: bytes | None = None) -> None:
+    def _member(self, info: tarfile.TarInfo, blob: Blob | None, output, header: bytes | None = None) -> None:
         output.write(header or info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        if hasattr(content, "write"):  # a nested checkpoint's plan
-            content.write(output)
-        elif content is not None:
-            output.copy_content(content)
-        if content is not None:
+        if blob is not None:
+            blob.write(output)
             output.write(b"\0" * (-info.size % BLOCK))
+
+
+def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    return open_plain(source, st)
+
+
+FORMAT = FileFormat("nemo (tar)", sniff, open_file)

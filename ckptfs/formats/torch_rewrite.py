@@ -11,7 +11,7 @@ keeps its header pickles.
 
 from __future__ import annotations
 
-from ..errors import RepackError
+from ..errors import EditRefused, RepackError
 from ..pickle import object_edits
 from ..pickle import tree_edits as pickled_edits
 from ..pickle import writer as pickle_writer
@@ -39,21 +39,24 @@ def _object_tree(archive) -> ObjectTree:
 
 
 def check(archive_of, path: str, node, storable, target: str) -> None:
-    """ValueError if an edited file of a pickled checkpoint cannot be written
-    back (on close): a tensor file that is not NPY of a dtype `target` holds
-    and of its shape's size; a YAML view that is not YAML, or whose values
-    would change type (checked against the objects `archive_of()` reads
-    afresh)."""
-    if path.endswith(".npy"):
-        npy.edited_layout(node.content, path, BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")), storable, target)
-    elif path.endswith(".yaml"):
-        view = object_edits.parse(node.content.read(0, node.content.size), path)
-        tree = _object_tree(archive_of())
-        if path in tree.slots:
-            container, key = tree.slots[path]
-            object_edits.merge(container[key], view, path)
-        else:
-            object_edits.new_value(view, path)
+    """EditRefused if an edited file of a pickled checkpoint cannot be
+    written back (on close): a tensor file that is not NPY of a dtype
+    `target` holds and of its shape's size; a YAML view that is not YAML, or
+    whose values would change type (checked against the objects
+    `archive_of()` reads afresh)."""
+    try:
+        if path.endswith(".npy"):
+            npy.edited_layout(node.content, path, BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")), storable, target)
+        elif path.endswith(".yaml"):
+            view = object_edits.parse(node.content.read(0, node.content.size), path)
+            tree = _object_tree(archive_of())
+            if path in tree.slots:
+                container, key = tree.slots[path]
+                object_edits.merge(container[key], view, path)
+            else:
+                object_edits.new_value(view, path)
+    except ValueError as e:
+        raise EditRefused(str(e)) from None
 
 
 def edit_objects(archive, files: dict, before: dict, changed: list[str], storable, target: str) -> tuple[object, dict]:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 
 from ..errors import FormatError
 from ..pickle.inert import InertUnpickler, PickleError
 from ..pickle.torch_classes import KNOWN, legacy_storable, persistent_load
-from ..sources.base import Source
+from ..sources.base import FileSource, Source
+from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Extent
-from .torchzip import PickledCheckpoint
+from .base import FileFormat, FileWriter
+from .torchzip import PickledCheckpoint, open_pickled
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -79,7 +82,7 @@ class TorchLegacy(PickledCheckpoint):
         return self._storages[key]
 
 
-class Writer:
+class Writer(FileWriter):
     """Writes an edited tree of a legacy torch.save file in the legacy
     layout (`torch_rewrite.write_legacy`): any edit rewrites the object
     pickle; storages are copied by byte range."""
@@ -95,7 +98,15 @@ class Writer:
         write_legacy(TorchLegacy(self.source, self.name), files, before, output)
 
     def check(self, path: str, node) -> None:
-        """ValueError if the edited file cannot be written back (on close)."""
         from .torch_rewrite import LEGACY, check
 
         check(lambda: TorchLegacy(self.source, self.name), path, node, legacy_storable, LEGACY)
+
+
+def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    ckpt = open_pickled(TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
+    ckpt.writer = Writer(source, source.path)
+    return ckpt
+
+
+FORMAT = FileFormat("torch.save (legacy)", sniff, open_file)

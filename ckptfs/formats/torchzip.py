@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import zipfile
 import zlib
@@ -17,13 +18,16 @@ from ..errors import FormatError
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
-from ..sources.base import SeekableReader, Source
+from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import npy
+from ..tree.checkpoint import Checkpoint
 from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
+from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor
 from ..write.diff import changes, is_edited
 from ..write.output import COPY_BLOCK
+from .base import FileFormat, FileWriter
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -189,7 +193,7 @@ CENTRAL_ENTRY = struct.Struct("<4s6H3I5H2I")
 DESCRIPTOR_MAGIC = b"PK\x07\x08"
 
 
-class Writer:
+class Writer(FileWriter):
     """Writes an edited tree of a torch.save zip. Tensor files rewritten with
     the same shape and dtype (np.save, `mmap` writes) are patched in: the
     archive is copied as it is but for those storage bytes and the CRC-32
@@ -204,21 +208,19 @@ class Writer:
         self.source, self.name = source, name
 
     def check(self, path: str, node: File) -> None:
-        """ValueError if the edited file cannot be written back (on close)."""
         from .torch_rewrite import check  # written only at repack: not imported at mount
 
         check(lambda: TorchZip(self.source, self.name), path, node, storable, "torch.save")
 
     def write(self, files: dict, before: dict, output) -> None:
-        plan = self.plan(files, before)
-        if plan is None:
+        blob = self.blob(files, before)
+        if blob is None:
             output.copy(self.source, 0, self.source.size)
         else:
-            plan.write(output)
+            blob.write(output)
 
-    def plan(self, files: dict, before: dict):
-        """How to write the edited archive (`size`, `write(output)`), or None
-        if nothing in it changed."""
+    def blob(self, files: dict, before: dict):
+        """The edited archive's bytes, or None if nothing in it changed."""
         from .torch_rewrite import rewrite_plan  # written only at repack: not imported at mount
 
         changed = changes(before, files)
@@ -308,7 +310,7 @@ class _Patched:
 def _tensor_patch(path: str, original: Content, edited) -> tuple[int, int, int]:
     """Where an edited tensor file's data goes: (archive offset, length, data
     start in the edited file). ValueError unless shape, dtype and layout stay."""
-    pieces = getattr(original, "pieces", [])
+    pieces = original.pieces if isinstance(original, Content) else []
     if not (path.endswith(".npy") and len(pieces) == 2 and isinstance(pieces[1], Extent)):
         raise ValueError(f"{path}: not a tensor stored in one piece")
     piece = pieces[1]
@@ -318,3 +320,19 @@ def _tensor_patch(path: str, original: Content, edited) -> tuple[int, int, int]:
     if shape != old_shape or not same_type or edited.size - start != piece.length:
         raise ValueError(f"{path}: not of the shape and dtype it had")
     return piece.offset, piece.length, start
+
+
+def open_pickled(archive: PickledCheckpoint, fmt: str, st: os.stat_result) -> Checkpoint:
+    """The checkpoint of a torch.save file, zip or legacy."""
+    root, placed = archive.tree()
+    audit = [g.path for g in archive.globals]
+    return Checkpoint(fmt, archive.source.path, st, root, raw_mirror(archive.source), placed, pickle_globals=audit)
+
+
+def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    ckpt = open_pickled(TorchZip(source, source.path), "torch (zip)", st)
+    ckpt.writer = Writer(source, source.path)
+    return ckpt
+
+
+FORMAT = FileFormat("torch.save (zip)", sniff, open_file)

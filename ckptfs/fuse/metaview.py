@@ -155,7 +155,7 @@ class CurrentTensors:
             original = self.by_node.get(id(node))
             if original is not None and not is_edited(node):
                 tensors.append(PlacedTensor(path, original))
-            elif path.endswith(".npy") and (original is not None or getattr(self.ckpt.writer, "adds_tensors", False)):
+            elif path.endswith(".npy") and (original is not None or self.ckpt.writer.adds_tensors):
                 tensor = _edited_tensor(path, node, original, EditedSource(node.content))
                 if tensor is not None:
                     tensors.append(PlacedTensor(path, tensor))

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .nodes import Dir
 from .tensors import PlacedTensor
+
+if TYPE_CHECKING:
+    from ..formats.base import Writer
 
 #: the read-only folder at the root of every mount that describes the
 #: checkpoint (`info.yaml`, `tensors.tsv`, `raw/`); never part of its content
@@ -31,6 +35,6 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     #: every global the pickles reference: what pickle.load would have imported or called
     pickle_globals: list[str] = field(default_factory=list)
-    #: writes an edited tree back in this format (`write(files, output)`);
-    #: None for formats that are mounted read-only
-    writer: object = None
+    #: writes an edited tree back in this format (formats/base.py); None
+    #: when it cannot (a Hugging Face cache snapshot, an ambiguous directory)
+    writer: Writer | None = None

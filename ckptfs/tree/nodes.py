@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 
 from ..sources.base import Source
+
+if TYPE_CHECKING:
+    from ..formats.base import Writer
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class Dir(Node):
     children: dict[str, Node] = field(default_factory=dict)
     #: for a checkpoint shown expanded inside another (a `.nemo`'s
     #: `model_weights.ckpt/`): the writer that rebuilds its bytes from edits
-    writer: object = field(default=None, kw_only=True)
+    writer: Writer | None = field(default=None, kw_only=True)
 
     def add(self, name: str, node: Node, *, replace: bool = False) -> Node:
         if name in self.children and not replace:

@@ -36,6 +36,20 @@ class Blob(Protocol):
     def write(self, output: Output) -> None: ...
 
 
+@dataclass(frozen=True)
+class ContentBlob:
+    """The bytes of a file of the tree (edited, or as the source has them)."""
+
+    content: object
+
+    @property
+    def size(self) -> int:
+        return self.content.size
+
+    def write(self, output: Output) -> None:
+        output.copy_content(self.content)
+
+
 @dataclass
 class Output:
     """The file a writer streams into, with helpers to copy bytes cheaply.

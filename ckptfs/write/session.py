@@ -11,9 +11,10 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from ..errors import CkptfsError, EditsKept, RepackError, SourceChangedError
+from ..errors import CkptfsError, EditRefused, EditsKept, RepackError, SourceChangedError
+from ..formats.base import DirectoryWriter, nested_writer
 from ..tree.checkpoint import VIEW_NAME
-from ..tree.nodes import Dir, Node
+from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
 from .output import write_atomically, write_directory_atomically
 from .overlay import (
@@ -84,13 +85,11 @@ class EditSession:
         parts = path.split("/")
         for depth, name in enumerate(parts[:-1], 1):
             folder = folder.children.get(name) if isinstance(folder, Dir) else None
-            if getattr(folder, "writer", None) is not None:
-                writer, relative = folder.writer, "/".join(parts[depth:])
-        check = getattr(writer, "check", None)
+            if nested_writer(folder) is not None:
+                writer, relative = nested_writer(folder), "/".join(parts[depth:])
         try:
-            if check is not None:
-                check(relative, node)
-        except ValueError as e:
+            writer.check(relative, node)
+        except EditRefused as e:
             return str(e)
         return None
 
@@ -109,7 +108,7 @@ class EditSession:
             return f"{source}: no changes; the source was left as it was"
         writer = self.checkpoint.writer
         try:
-            if getattr(writer, "directory", False):
+            if isinstance(writer, DirectoryWriter):
                 written = write_directory_atomically(
                     source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path, backup
                 )
@@ -146,4 +145,5 @@ def remove_stale_temp_files(source: str) -> None:
 
 
 def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:
-    return {path: (node, getattr(node, "content", None)) for path, node in files_of(root, VIEW, ignored).items()}
+    return {path: (node, node.content if isinstance(node, File) else None)
+            for path, node in files_of(root, VIEW, ignored).items()}

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ...errors import FormatError, RepackError
+from ...errors import EditRefused, FormatError, RepackError
 from ...pickle.inert import Call, Global, InertUnpickler, PickleError
 from ...pickle.pyobjects import to_yaml
 from ...pickle.torch_classes import KNOWN, TensorRef, new_size, new_tensor
@@ -34,6 +34,7 @@ from ...tree.tensors import PlacedTensor, Tensor
 from ...write.diff import below, is_edited, same_bytes
 from ...write.output import write_new_file
 from .. import safetensors, torchzip
+from ..base import DirectoryFormat, DirectoryWriter, nested_writer
 from .assemble import Assembled, Chunk, covers_exactly, row_pieces
 
 METADATA = ".metadata"
@@ -408,7 +409,7 @@ class _Reader:
 # ---------------------------------------------------------------- the writer
 
 
-class Writer:
+class Writer(DirectoryWriter):
     """Writes an edited distributed checkpoint as a new directory beside it
     (swapped in by the caller). Consolidated tensors rewritten with the same
     shape and dtype are split back into their chunks, each patched inside its
@@ -418,7 +419,6 @@ class Writer:
     dtype, are stored whole in a new shard. Every other file, and every
     shard without a change, is hard-linked from the source."""
 
-    directory = True
     adds_tensors = True  # a new `.npy` is a new tensor
 
     def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict, fqn_of: dict):
@@ -444,10 +444,10 @@ class Writer:
                 continue
             if node is None:
                 changed[name] = None
-            elif getattr(node, "writer", None) is not None:  # common.pt, shown expanded
-                plan = node.writer.plan(*below(leaf, files, before))
-                if plan is not None:
-                    changed[name] = NewFile(plan.size, plan.write)
+            elif nested_writer(node) is not None:  # common.pt, shown expanded
+                blob = nested_writer(node).blob(*below(leaf, files, before))
+                if blob is not None:
+                    changed[name] = blob
             elif is_edited(node):
                 changed[name] = NewFile(node.content.size, functools.partial(_write_content, node.content))
         return changed
@@ -460,7 +460,7 @@ class Writer:
         problems: list[str] = []
         removed: set[str] = set()
         added: dict[str, tuple] = {}  # fqn -> (content, data start, dtype, shape): new and reshaped tensors
-        beside = {p for p, n in files.items() if getattr(n, "writer", None) is not None}  # common.pt, shown expanded
+        beside = {p for p, n in files.items() if nested_writer(n) is not None}  # common.pt, shown expanded
         for path, node in sorted(files.items()):
             if path not in before and not isinstance(node, Dir) and not any(path.startswith(f + "/") for f in beside):
                 self._guarded(problems, self._added, path, node, added)
@@ -540,9 +540,11 @@ class Writer:
         return True
 
     def check(self, path: str, node: File) -> None:
-        """ValueError if the edited file cannot be written back (on close)."""
         if path.endswith(".npy"):
-            self._added(path, node, {})
+            try:
+                self._added(path, node, {})
+            except ValueError as e:
+                raise EditRefused(str(e)) from None
 
     def _layout(self, path: str, node: File, edited) -> tuple:
         """(dtype, shape, chunks, data start) of an edited consolidated tensor."""
@@ -818,3 +820,6 @@ class _Box:
             parts.append(self.content.read(self.data_start + element * self.itemsize + within, take))
             position += take
         return b"".join(parts)
+
+
+FORMAT = DirectoryFormat("torch.distributed.checkpoint", sniff, open_dir)

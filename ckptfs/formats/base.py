@@ -1,0 +1,105 @@
+"""What a format is to the rest of ckptfs (docs/architecture.md, "Adding a
+format"): how it recognises a checkpoint, how it opens one into a tree, and
+how its writer puts an edited tree back.
+
+A format is one module that ends with its `FORMAT` (a `FileFormat` or a
+`DirectoryFormat`); `formats/__init__.py` lists them in the order detection
+tries them. A writable format gives its `Checkpoint` a `Writer`: a
+`FileWriter` streams one file, a `DirectoryWriter` fills a new directory.
+The edit session (write/session.py) calls writers through these classes
+only; a writer gets what it needs (the tree as it is and as it was, an
+output) and returns, never calling back into the session.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+from ..errors import RepackError
+from ..tree.nodes import Dir, File, Node
+
+if TYPE_CHECKING:
+    from ..sources.base import FileSource
+    from ..tree.checkpoint import Checkpoint
+    from ..write.output import Blob, Output
+
+#: path -> node of the edited tree, as `write.diff.files_of` lists it
+Files = dict[str, Node]
+#: path -> (node, its content at mount) of the tree as the source has it
+Before = dict[str, tuple[Node, object]]
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A format stored in one file, recognised by its first bytes."""
+
+    name: str
+    #: True if these first bytes (up to 512) start a checkpoint of this format
+    sniff: Callable[[bytes], bool]
+    #: (the file, its stat, the cache directory) -> the checkpoint
+    open: Callable[[FileSource, os.stat_result, str], Checkpoint]
+
+
+@dataclass(frozen=True)
+class DirectoryFormat:
+    """A format stored as a directory, recognised by what it holds."""
+
+    name: str
+    #: True if the directory at this path is a checkpoint of this format
+    sniff: Callable[[str], bool]
+    #: the directory's path -> the checkpoint
+    open: Callable[[str], Checkpoint]
+
+
+class Writer(ABC):
+    """Writes an edited tree back in its format."""
+
+    #: a new `.npy` file in the tree becomes a new tensor of the checkpoint
+    #: (the `.ckptfs/` view lists it as one)
+    adds_tensors: ClassVar[bool] = False
+    #: fills a new directory (`DirectoryWriter`) rather than one file
+    directory: ClassVar[bool] = False
+
+    def check(self, path: str, node: File) -> None:
+        """Raise EditRefused, naming `path` and the problem, if the edited
+        file cannot be written back; asked when it is closed. By default
+        every edit waits for the repack to be judged."""
+
+
+class FileWriter(Writer):
+    """A format stored in one file."""
+
+    @abstractmethod
+    def write(self, files: Files, before: Before, output: Output) -> None:
+        """The whole new file into `output`; RepackError naming every edit
+        the format cannot hold."""
+
+    def blob(self, files: Files, before: Before) -> Blob | None:
+        """The new bytes of this checkpoint when it is a file inside another
+        one (a `.ckpt` in a `.nemo`), or None if nothing in it changed."""
+        raise RepackError(f"{type(self).__module__}: this format cannot be written inside another checkpoint")
+
+
+class DirectoryWriter(Writer):
+    """A format stored as a directory."""
+
+    directory = True
+
+    @abstractmethod
+    def write_dir(self, files: Files, before: Before, out: str) -> None:
+        """Fill the empty directory `out` with the new checkpoint."""
+
+    def new_files(self, files: Files, before: Before) -> dict[str, Blob | None]:
+        """When the directory lies inside an archive (a `.nemo`'s
+        `model_weights/`): its files that the edits change, by name, each
+        with its new bytes, or None to leave it out."""
+        raise RepackError(f"{type(self).__module__}: this format cannot be written inside an archive")
+
+
+def nested_writer(node: Node | None) -> Writer | None:
+    """The writer of a checkpoint shown expanded inside another (a folder
+    whose `writer` rebuilds the file or directory it stands for)."""
+    return node.writer if isinstance(node, Dir) else None
