@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: still one line, the traceback only when asked for
-        if getattr(args, "debug", False):
+        if args.debug:
             raise
         print(f"ckptfs: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
         return 1

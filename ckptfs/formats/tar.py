@@ -22,8 +22,11 @@ from ..tree.rawfiles import raw_file
 from ..tree.tensors import PlacedTensor
 from ..write.diff import below, is_edited
 from ..write.output import Blob, ContentBlob, GzipOutput
-from . import dcp, torchzip
+from . import torchzip
 from .base import FileFormat, FileWriter, nested_writer
+from .dcp.metadata import is_metadata, metadata_names
+from .dcp.reader import expand as expand_distributed
+from .dcp.writer import Writer as DistributedWriter
 
 BLOCK = 512
 PAGE = 4096
@@ -152,20 +155,20 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         by_folder.setdefault(folder, {})[name] = source.slice(m.offset, m.size)
     placed, audit = [], []
     for folder, members in sorted(by_folder.items()):
-        if not dcp.metadata_names(members) or not folder:
+        if not metadata_names(members) or not folder:
             continue
         chunks_of, fqn_of = {}, {}
         try:
-            tree, tensors, dcp_notes, dcp_audit = dcp.expand(f"{source.path}:{folder}", members, chunks_of, fqn_of)
+            tree, tensors, dcp_notes, dcp_audit = expand_distributed(f"{source.path}:{folder}", members, chunks_of, fqn_of)
         except FormatError as e:
             notes.append(f"{folder} is shown as plain files: {e.problem}")
             continue
         parts = names.file_parts(folder)
         parent = root.subdir(parts[:-1])
         tree.mtime_ns = parent.children[parts[-1]].mtime_ns
-        tree.writer = dcp.Writer(f"{source.path}:{folder}", members, chunks_of, fqn_of)
+        tree.writer = DistributedWriter(f"{source.path}:{folder}", members, chunks_of, fqn_of)
         for name, node in parent.children[parts[-1]].children.items():
-            if not name.endswith(".distcp") and not dcp.is_metadata(name):
+            if not name.endswith(".distcp") and not is_metadata(name):
                 tree.children.setdefault(name, node)  # other files of the folder stay as they are
         parent.children[parts[-1]] = tree
         notes += [f"{folder}: {n}" for n in dcp_notes]

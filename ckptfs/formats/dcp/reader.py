@@ -1,0 +1,182 @@
+"""The tree of a distributed checkpoint: every tensor consolidated at its
+fully qualified name (assembled from its chunks on read), every bytes item
+as a file, every shard as a read-only folder of the chunks it stores."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+
+from ...errors import FormatError
+from ...pickle.pyobjects import to_yaml
+from ...sources.base import FileSource, Source
+from ...sources.zstd import ZstdSource
+from ...tree import names, npy
+from ...tree.dtypes import DType
+from ...tree.nodes import Content, Dir, Extent, File, LazyDir
+from ...tree.rawfiles import raw_file
+from ...tree.tensors import PlacedTensor, Tensor
+from .. import torchzip
+from .assemble import Assembled, Chunk, covers_exactly, row_pieces
+from .chunks import ChunkRecord, LazyChunk
+from .metadata import SHARDED_OBJECT, Metadata, TensorMeta
+
+
+def other_file(source: FileSource, name: str, notes: list[str]):
+    """A file beside the shards: (node, its tensors, its pickle globals)."""
+    expanded = torchzip.expand_nested(source, name, notes)
+    if expanded is not None:
+        return expanded
+    return raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns), [], []
+
+
+def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, fqn_of: dict | None = None):
+    """The tree of a distributed checkpoint whose files are `files` (by their
+    names in its directory): a directory on disk, or members of a tar.
+    Returns (folder, placed tensors, notes, pickle globals). For the writer,
+    `chunks_of`, if given, receives each tensor file's chunks, and `fqn_of`
+    the key of each tensor and item file (by id of the file)."""
+    metadata = Metadata.read(name, files)
+    reader = Reader(name, files)
+    if chunks_of is not None:
+        reader.chunks_of = chunks_of
+    if fqn_of is not None:
+        reader.fqn_of = fqn_of
+    root = Dir()
+    notes: list[str] = []
+    placed: list[PlacedTensor] = []
+    for fqn in sorted(metadata.items):
+        item = metadata.items[fqn]
+        try:
+            if isinstance(item, TensorMeta):
+                file, tensor = reader.tensor(fqn, item, metadata.storage)
+                parts = names.tensor_path(fqn)
+                root.subdir(parts[:-1]).add(parts[-1], file)
+                placed.append(PlacedTensor("/".join(parts), tensor))
+            else:
+                suffix, file = reader.bytes_item(fqn, metadata.storage)
+                parts = _item_path(fqn, suffix)
+                root.subdir(parts[:-1]).add(parts[-1], file)
+        except FormatError as e:
+            notes.append(f"{fqn}: {e}")
+    notes += metadata.notes
+    for shard, chunks in sorted(reader.shard_chunks.items()):
+        subdirs = len({c.parts[0] for c in chunks if len(c.parts) > 1})
+        folder = LazyDir(functools.partial(_fill_shard, chunks), subdirs, readonly=True)
+        root.add(names.file_parts(shard)[0], folder)
+    return root, placed, notes, metadata.globals
+
+
+@dataclass(frozen=True)
+class ShardChunk:
+    """One chunk as its shard folder shows it."""
+
+    parts: list[str]  # its tensor's name split at dots, not yet escaped
+    fqn: str
+    chunk: Chunk
+    dtype: DType
+
+
+def _fill_shard(chunks: list[ShardChunk], folder: Dir) -> None:
+    """The chunk files of one shard folder, each at its tensor's path with
+    its global offsets in its name: `weight@10_0.npy`."""
+    for c in chunks:
+        offsets, sizes, piece = c.chunk.offsets, c.chunk.sizes, c.chunk.piece
+        xattrs = {"ckptfs.name": c.fqn, "ckptfs.dtype": c.dtype.name, "ckptfs.shape": _json_list(sizes),
+                  "ckptfs.offsets": _json_list(offsets)}
+        header = npy.header(*npy.served_layout(c.dtype, sizes, piece.length))
+        leaf = names.escape(c.parts[-1], f"@{'_'.join(map(str, offsets))}.npy")
+        parent = folder.subdir([names.escape(p) for p in c.parts[:-1]])
+        parent.add(leaf, File(Content([header, piece]), xattrs=xattrs))
+
+
+def _item_path(fqn: str, suffix: str) -> list[str]:
+    """Path parts of a non-tensor item. A Megatron ShardedObject shard
+    (`decoder.layers.x._extra_state/shard_0.1_1.4`) is a file named after the
+    shard in the folder of its key."""
+    sharded = SHARDED_OBJECT.fullmatch(fqn)
+    if sharded:
+        return names.tensor_path(sharded.group(1), suffix="") + [names.escape(sharded.group(2), suffix)]
+    return names.tensor_path(fqn, suffix=suffix)
+
+
+def _json_list(numbers: tuple[int, ...]) -> str:
+    """`json.dumps(list(numbers))` for ints, without its cost per chunk."""
+    return "[" + ", ".join(map(str, numbers)) + "]"
+
+
+class Reader:
+    def __init__(self, name: str, files: dict[str, Source]):
+        self.path = name
+        self.files = files
+        self.shard_chunks: dict[str, list[ShardChunk]] = {}
+        self.blocks: dict = {}
+        self.chunks_of: dict[int, tuple] = {}  # id(tensor file) -> (dtype, shape, chunks), for the writer
+        self.fqn_of: dict[int, str] = {}  # id(tensor or item file) -> its key, for the writer
+
+    def source(self, relative: str) -> Source:
+        if relative not in self.files:
+            raise FormatError(f"{self.path}/{relative}", "shard file named by the metadata is missing")
+        return self.files[relative]
+
+    def record(self, fqn: str, info: dict) -> ChunkRecord:
+        """The stored bytes of one chunk or item."""
+        shard = self.source(str(info["relative_path"]))
+        label = f"{self.path}/{info['relative_path']}"
+        start, length = int(info["offset"]), int(info["length"])
+        if start < 0 or length < 0 or start + length > shard.size:
+            raise FormatError(label, f"{fqn}: bytes {start}-{start + length} lie outside the file ({shard.size} bytes)")
+        raw = shard.slice(start, length)
+        data: Source = raw
+        for descriptor in info.get("transform_descriptors") or ():
+            name, _, version = str(descriptor).partition("/")
+            if name != "stream.zstd" or version.partition(".")[0] != "1":
+                raise FormatError(label, f"{fqn}: unknown stream transform {descriptor!r}")
+            data = ZstdSource(data, f"{label}: {fqn}")
+        return ChunkRecord(label, shard, start, raw, data)
+
+    def tensor(self, fqn: str, meta: TensorMeta, storage: dict):
+        dtype, shape = meta.dtype, meta.shape
+        itemsize = dtype.bits // 8
+        chunks = []
+        parts = names.split_dotted(fqn)
+        for offsets, sizes in meta.chunks.items():
+            info = storage.get((fqn, offsets))
+            if info is None:
+                raise FormatError(self.path, f"tensor {fqn!r}: no storage for the chunk at {list(offsets)}")
+            record = self.record(fqn, info)
+            piece = LazyChunk(record, fqn, dtype, offsets, sizes, self.blocks)
+            chunk = Chunk(offsets, sizes, piece)
+            chunks.append(chunk)
+            self.shard_chunks.setdefault(str(info["relative_path"]), []).append(ShardChunk(parts, fqn, chunk, dtype))
+        problem = covers_exactly(shape, chunks)
+        if problem:
+            raise FormatError(self.path, f"tensor {fqn!r}: {problem}")
+        pieces = row_pieces(shape, chunks) or [Assembled(shape, itemsize, tuple(chunks))]
+        nbytes = math.prod(shape) * itemsize
+        header = npy.header(*npy.served_layout(dtype, shape, nbytes))
+        xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(shape)),
+                  "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}
+        first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
+        tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
+        file = File(Content([header, *pieces]), xattrs=xattrs)
+        self.chunks_of[id(file)] = (dtype, shape, chunks)
+        self.fqn_of[id(file)] = fqn
+        return file, tensor
+
+    def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
+        info = storage.get((fqn, None)) or next((v for (name, _), v in storage.items() if name == fqn), None)
+        if info is None:
+            raise FormatError(self.path, f"item {fqn!r} has no storage")
+        data = self.record(fqn, info).data
+        suffix, file = ".bin", File(Content([Extent(data, 0, data.size)]))
+        if torchzip.sniff(data.pread(0, 4)):
+            try:
+                value = torchzip.TorchZip(data, f"{data.path}:{fqn}").obj
+                suffix, file = ".yaml", File(Content([to_yaml(value).encode("utf-8")]))
+            except FormatError:
+                pass
+        self.fqn_of[id(file)] = fqn
+        return suffix, file

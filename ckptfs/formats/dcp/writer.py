@@ -1,0 +1,321 @@
+"""Writes an edited distributed checkpoint: chunks patched in their
+records, removed keys dropped and the records after them moved up, new
+tensors in a new shard (new_shards.py), the metadata pickled again."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+from ...errors import EditRefused, RepackError
+from ...pickle.inert import InertUnpickler
+from ...pickle.torch_classes import KNOWN
+from ...pickle.torch_classes import storable as torch_storable
+from ...sources.base import FileSource
+from ...tree import names, npy
+from ...tree.dtypes import BY_NAME
+from ...tree.nodes import Dir, Extent, File
+from ...write.diff import below, is_edited, same_bytes
+from ...write.output import write_new_file
+from .. import torchzip
+from ..base import DirectoryWriter, nested_writer
+from .metadata import fields_of, is_metadata, metadata_names
+from .new_shards import NewShard, Templates, free_shard_name, new_safetensors_shard, new_torch_shard, set_field
+
+
+class Writer(DirectoryWriter):
+    """Writes an edited distributed checkpoint as a new directory beside it
+    (swapped in by the caller). Consolidated tensors rewritten with the same
+    shape and dtype are split back into their chunks, each patched inside its
+    shard's torch.save record (CRCs included). Removed tensors and items
+    leave the metadata (`.metadata` pickled again) and their shards (the
+    records after them move up). New tensors, and tensors of a new shape or
+    dtype, are stored whole in a new shard. Every other file, and every
+    shard without a change, is hard-linked from the source."""
+
+    adds_tensors = True  # a new `.npy` is a new tensor
+
+    def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict, fqn_of: dict):
+        self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
+
+    def write_dir(self, files: dict, before: dict, out: str) -> None:
+        new = {**self.new_files(files, before), **self._other_files(files, before)}
+        for name, source in self.files.items():
+            if name not in new:
+                os.link(source.path, os.path.join(out, name))
+        for name, made in new.items():
+            if made is not None:
+                write_new_file(os.path.join(out, name), made.write)
+
+    def _other_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
+        """The directory's files beside the checkpoint (Megatron's
+        metadata.json, common.pt) that the edits change or remove."""
+        changed: dict[str, NewFile | None] = {}
+        for name, source in self.files.items():
+            leaf = names.file_parts(name)[0]
+            node = files.get(leaf)
+            if is_metadata(name) or name.endswith(".distcp") or leaf not in before:
+                continue
+            if node is None:
+                changed[name] = None
+            elif nested_writer(node) is not None:  # common.pt, shown expanded
+                blob = nested_writer(node).blob(*below(leaf, files, before))
+                if blob is not None:
+                    changed[name] = blob
+            elif is_edited(node):
+                changed[name] = NewFile(node.content.size, functools.partial(_write_content, node.content))
+        return changed
+
+    def new_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
+        """What the edits make of the checkpoint's files, by name: a `NewFile`
+        for a changed one, None for one left out; unchanged ones are not
+        listed. RepackError naming every edit that cannot be written."""
+        patches: dict[str, dict[int, list]] = {}  # shard -> record start -> [(offset, length, reader, 0)]
+        problems: list[str] = []
+        removed: set[str] = set()
+        added: dict[str, tuple] = {}  # fqn -> (content, data start, dtype, shape): new and reshaped tensors
+        beside = {p for p, n in files.items() if nested_writer(n) is not None}  # common.pt, shown expanded
+        for path, node in sorted(files.items()):
+            if path not in before and not isinstance(node, Dir) and not any(path.startswith(f + "/") for f in beside):
+                self._guarded(problems, self._added, path, node, added)
+        for path, (node, content) in sorted(before.items()):
+            if id(node) not in self.fqn_of:
+                continue  # a folder, or a file beside the checkpoint: written as it is (`_other_files`, the tar)
+            after = files.get(path)
+            if after is None:
+                removed.add(self.fqn_of[id(node)])
+            elif is_edited(after) and not same_bytes(after.content, content):
+                if id(node) not in self.chunks_of:
+                    problems.append(f"{path}: a non-tensor item of a distributed checkpoint cannot be edited yet")
+                elif not self._patched_in_place(path, node, after.content, patches):
+                    removed.add(self.fqn_of[id(node)])  # stored anew, whole
+                    self._guarded(problems, self._added, path, after, added)
+        layout = None
+        if (removed or added) and not problems:
+            try:
+                layout = _Rewrite(self.files, removed, added, self._stores_torch_records())
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            raise RepackError(f"cannot write {self.path}: " + "; ".join(problems))
+        new: dict[str, NewFile | None] = {}
+        for name, source in self.files.items():
+            shard_patches = patches.get(name, {})
+            if layout is not None and name in layout.metadata:
+                data = layout.metadata[name]
+                new[name] = NewFile(len(data), functools.partial(_write_bytes, data))
+            elif layout is not None and name in layout.files:
+                size = sum(length for _, length in layout.files[name])
+                new[name] = NewFile(size, functools.partial(layout.write, name, source, shard_patches))
+            elif layout is not None and name in layout.emptied:
+                new[name] = None
+            elif shard_patches:
+                new[name] = NewFile(source.size, functools.partial(_patched, source, shard_patches))
+        if layout is not None and layout.added is not None:
+            new[layout.new_shard] = NewFile(layout.added.size, layout.added.write)
+        return new
+
+    def _stores_torch_records(self) -> bool:
+        """Whether tensor chunks are torch.save records, or else (the
+        safetensors serialization format) tensors of a safetensors block."""
+        for _, _, chunks in self.chunks_of.values():
+            record = chunks[0].piece.record
+            return torchzip.sniff(record.data.pread(0, 4))
+        return True
+
+    @staticmethod
+    def _guarded(problems: list[str], step, *args) -> None:
+        try:
+            step(*args)
+        except ValueError as e:
+            problems.append(str(e))
+
+    def _added(self, path: str, node: File, added: dict) -> None:
+        """A new tensor file (or one of a new shape or dtype), to be stored whole."""
+        if not path.endswith(".npy"):
+            raise ValueError(f"{path}: a distributed checkpoint takes new tensors (.npy) only")
+        fqn = self.fqn_of.get(id(node)) or ".".join(names.unescape(p) for p in path[: -len(".npy")].split("/"))
+        like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+        dtype, shape, start, _ = npy.edited_layout(node.content, path, like, torch_storable, "a distributed checkpoint")
+        added[fqn] = (node.content, start, dtype, tuple(shape))
+
+    def _patched_in_place(self, path: str, node: File, edited, patches: dict) -> bool:
+        """Whether an edited tensor of its old shape and dtype could be patched
+        into its chunks' records; False for another shape or dtype, or chunks
+        that are compressed or not torch.save records."""
+        mine: dict = {}
+        try:
+            self._split(path, node, edited, mine)
+        except ValueError:
+            return False
+        for shard, by_record in mine.items():
+            for start, (record, record_patches) in by_record.items():
+                patches.setdefault(shard, {}).setdefault(start, (record, {}))[1].update(record_patches)
+        return True
+
+    def check(self, path: str, node: File) -> None:
+        if path.endswith(".npy"):
+            try:
+                self._added(path, node, {})
+            except ValueError as e:
+                raise EditRefused(str(e)) from None
+
+    def _layout(self, path: str, node: File, edited) -> tuple:
+        """(dtype, shape, chunks, data start) of an edited consolidated tensor."""
+        if id(node) not in self.chunks_of:
+            raise ValueError(f"{path}: only consolidated tensors of a distributed checkpoint can be edited yet")
+        dtype, shape, chunks = self.chunks_of[id(node)]
+        descr, new_shape, start = npy.parse_header(edited.read(0, 65536), path)
+        itemsize = dtype.bits // 8
+        served = npy.served_layout(dtype, shape, math.prod(shape) * itemsize)
+        if tuple(new_shape) != served[1] or not (descr == served[0] or descr[1:2] == "V"):
+            raise ValueError(f"{path}: keeps its shape {list(shape)} and dtype {dtype.name} in this version")
+        if edited.size - start != math.prod(shape) * itemsize:
+            raise ValueError(f"{path}: {edited.size - start} bytes of data for shape {list(shape)}")
+        return dtype, shape, chunks, start
+
+    def _split(self, path: str, node: File, edited, patches: dict) -> None:
+        dtype, shape, chunks, start = self._layout(path, node, edited)
+        itemsize = dtype.bits // 8
+        for chunk in chunks:
+            lazy = chunk.piece
+            record = lazy.record
+            if record.data is not record.raw:
+                raise ValueError(f"{path}: its chunks are compressed; rewriting them is not supported yet")
+            piece = lazy._resolved()
+            if not isinstance(piece, Extent) or piece.source is not record.raw:
+                raise ValueError(f"{path}: a chunk that is not a plain torch.save record cannot be rewritten yet")
+            box = _Box(edited, start, shape, itemsize, chunk.offsets, chunk.sizes)
+            by_record = patches.setdefault(record.label.rpartition("/")[2], {})
+            by_record.setdefault(record.start, (record.raw, {}))[1][piece.offset] = (piece.length, box, 0)
+
+
+def _write_bytes(data: bytes, output) -> None:
+    output.write(data)
+
+
+def _write_content(content, output) -> None:
+    output.copy_content(content)
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file of the checkpoint as the edits make it: `write(output)` writes
+    its `size` bytes."""
+
+    size: int
+    write: object
+
+
+def _patched(source: FileSource, patches: dict, output) -> None:
+    """A shard copied with some of its records patched."""
+    position = 0
+    for start, (record, record_patches) in sorted(patches.items()):
+        output.copy(source, position, start - position)
+        torchzip.Writer(record, record.path).write_patches(record_patches, output)
+        position = start + record.size
+    output.copy(source, position, source.size - position)
+
+
+class _Rewrite:
+    """The layout of a distributed checkpoint with keys removed and tensors
+    added: the metadata pickled again (every rank's, for a checkpoint saved
+    with one metadata file per rank); each shard that held a removed key
+    written without its records (the later records move up, and the
+    metadata says where), a shard left empty not written, a shard with
+    bytes besides its records (a safetensors-format one) kept as it was;
+    the added tensors stored whole in a new shard `__0_<n>.distcp` as DCP
+    stores chunks (torch.save records, or one safetensors block), with
+    metadata made like the other tensors'."""
+
+    def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
+        from ...pickle import writer as pickle_writer  # written only at repack: not imported at mount
+
+        graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
+                  for name in metadata_names(files)}
+        fields = {name: fields_of(graph) for name, graph in graphs.items()}
+        templates = [Templates(f["state_dict_metadata"], f["storage_data"], f.get("planner_data")) for f in fields.values()]
+        records: dict[str, list[tuple[int, int, object, bool]]] = {}  # shard -> [(start, length, info, removed)]
+        for f in fields.values():
+            items, storage, planner = f["state_dict_metadata"], f["storage_data"], f.get("planner_data")
+            for fqn in removed:
+                items.pop(fqn, None)
+                if isinstance(planner, dict):
+                    planner.pop(fqn, None)
+            for index in list(storage):
+                where = fields_of(storage[index])
+                gone = fields_of(index)["fqn"] in removed
+                records.setdefault(str(where["relative_path"]), []).append(
+                    (int(where["offset"]), int(where["length"]), storage[index], gone))
+                if gone:
+                    del storage[index]
+        self.files: dict[str, list[tuple[int, int]]] = {}  # rewritten shard -> the (start, length) of its kept records
+        self.emptied: set[str] = set()
+        for name, in_shard in records.items():
+            if not any(gone for *_, gone in in_shard):
+                continue
+            in_shard.sort(key=lambda r: r[0])
+            ends = [0] + [start + length for start, length, *_ in in_shard]
+            if [r[0] for r in in_shard] != ends[:-1] or name not in files or ends[-1] != files[name].size:
+                continue  # bytes besides the records: the shard stays as it is, its removed records unread
+            kept = [(start, length, info) for start, length, info, gone in in_shard if not gone]
+            if not kept:
+                self.emptied.add(name)
+                continue
+            position = 0
+            for start, length, info in kept:
+                set_field(info, "offset", position)
+                position += length
+            self.files[name] = [(start, length) for start, length, _ in kept]
+        self.new_shard = free_shard_name(files)
+        self.added: NewShard | None = None
+        if added:
+            pattern = next((t for t in templates if t.tensor is not None and t.index is not None), None)
+            if pattern is None:
+                raise ValueError(f"{', '.join(sorted(added))}: no tensor in the checkpoint to make new ones' metadata like")
+            ordered = sorted(added.items())
+            self.added = (new_torch_shard if torch_records else new_safetensors_shard)(ordered)
+            for (fqn, (_, _, dtype, shape)), (offset, length) in zip(ordered, self.added.places):
+                for own in templates:  # every rank's metadata lists it: each rank reads its own
+                    own.add(fqn, dtype, shape, self.new_shard, offset, length, pattern)
+        self.metadata = {name: pickle_writer.dumps(graph) for name, graph in graphs.items()}
+
+    def write(self, name: str, source: FileSource, patches: dict, output) -> None:
+        """Shard `name` without its removed records; `patches` by record start."""
+        for start, length in self.files[name]:
+            if start in patches:
+                record, record_patches = patches[start]
+                torchzip.Writer(record, record.path).write_patches(record_patches, output)
+            else:
+                output.copy(source, start, length)
+
+
+class _Box:
+    """The C-order bytes of one chunk (a box of the tensor), read from the
+    edited full tensor one run along the last dimension at a time."""
+
+    def __init__(self, content, data_start: int, shape, itemsize: int, offsets, sizes):
+        self.content, self.data_start, self.itemsize = content, data_start, itemsize
+        self.shape, self.offsets, self.sizes = tuple(shape), tuple(offsets), tuple(sizes)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if not self.shape:
+            return self.content.read(self.data_start + offset, length)
+        row = self.sizes[-1] * self.itemsize  # bytes of one run of the chunk
+        parts, position, end = [], offset, offset + length
+        while position < end:
+            run, within = divmod(position, row)
+            index = []
+            for size in reversed(self.sizes[:-1]):
+                run, i = divmod(run, size)
+                index.append(i)
+            element = 0
+            for axis, i in enumerate(reversed(index)):
+                element = element * self.shape[axis] + self.offsets[axis] + i
+            element = element * self.shape[-1] + self.offsets[-1]
+            take = min(row - within, end - position)
+            parts.append(self.content.read(self.data_start + element * self.itemsize + within, take))
+            position += take
+        return b"".join(parts)
