@@ -21,7 +21,8 @@ import trio
 
 from ..errors import CkptfsError
 from ..tree.nodes import Content, Dir, File, Node, Symlink
-from ..write.overlay import EditableTree, EditedContent, describe_tensor
+from ..write.editable import EditableTree, describe_tensor
+from ..write.overlay import EditedContent
 
 log = logging.getLogger(__name__)
 

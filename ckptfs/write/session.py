@@ -16,15 +16,9 @@ from ..formats.base import DirectoryWriter, nested_writer
 from ..tree.checkpoint import VIEW_NAME
 from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
+from .editable import EditableTree
 from .output import write_atomically, write_directory_atomically
-from .overlay import (
-    TEMP_PATTERNS,
-    EditableTree,
-    Overlay,
-    is_temp_name,
-    lock_path,
-    source_identity,
-)
+from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, lock_path, source_identity
 
 log = logging.getLogger(__name__)
 VIEW = frozenset({VIEW_NAME})

@@ -1,0 +1,116 @@
+"""The checkpoint a mount serves and its edit session: opened at mount
+(writable, or read-only with the reason said), repacked at unmount or on
+`ckptfs commit`, which then serves the new checkpoint."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+from .. import advice
+from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
+from ..tree.checkpoint import VIEW_NAME
+from . import mounts
+
+
+def _read_only(checkpoint, reason: str, say: bool = True) -> None:
+    """Serve the checkpoint read-only, saying why on stderr (unless asked
+    for) and in the root's `user.ckptfs.read_only` attribute."""
+    checkpoint.root.xattrs["ckptfs.read_only"] = reason
+    if say:
+        print(f"ckptfs: {reason}; mounted read-only", file=sys.stderr)
+
+
+def _edit_session(checkpoint, opts, resume: bool = False):
+    """The edit session of a writable mount, or None: read-only when asked,
+    when the format has no writer, or when the overlay cannot be had
+    (another writable mount, edits of a crashed one waiting, no write access).
+    `resume` takes up the waiting edits instead (CkptfsError if it cannot)."""
+    from ..write.session import EditSession
+
+    source = checkpoint.source_path
+    if opts.read_only:
+        return _read_only(checkpoint, "mounted with -o ro", say=False)
+    if checkpoint.writer is None:
+        reason = checkpoint.root.xattrs.get("ckptfs.read_only") or f"ckptfs cannot write {checkpoint.format} checkpoints"
+        return _read_only(checkpoint, f"{source}: {reason}")
+    parent = os.path.dirname(os.path.abspath(source))
+    if not os.access(parent, os.W_OK):  # edits live beside the source
+        return _read_only(checkpoint, f"{parent}: not writable, so edits cannot be kept beside the source")
+    if resume:
+        try:
+            return EditSession.resume(checkpoint, mounts.state_dir())
+        except SourceChangedError as e:
+            raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
+    try:
+        if opts.ignore is None:
+            return EditSession.start(checkpoint, mounts.state_dir())
+        return EditSession.start(checkpoint, mounts.state_dir(), opts.ignore)
+    except EditsWaiting as e:
+        return _read_only(checkpoint, f"{e} ({advice.waiting(source)})")
+    except (CkptfsError, OSError) as e:
+        return _read_only(checkpoint, str(e) if isinstance(e, CkptfsError) else f"{source}: {e}")
+
+
+class MountEdits:
+    """The checkpoint a mount serves and its edit session: loaded at mount,
+    repacked at unmount (`finish`) or on demand (`commit`, which then serves
+    the new checkpoint)."""
+
+    def __init__(self, source: str, opts, state: mounts.MountState, resume: bool = False):
+        self.source, self.opts, self.state, self.resume = source, opts, state, resume
+        self.session = None
+        self.operations = None
+
+    def load(self):
+        from ..formats import open_checkpoint
+        from ..fuse import metaview
+
+        # Reading the metadata makes hundreds of thousands of objects that live as
+        # long as the mount: collecting during the parse only re-scans them (a
+        # third of the parse time), and frozen they are never scanned again.
+        gc.disable()
+        try:
+            checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
+            self.session = _edit_session(checkpoint, self.opts, self.resume)
+            self.resume = False  # a commit starts afresh
+            view = metaview.build(checkpoint, self.session and self.session.editable)
+            view.readonly = True
+            checkpoint.root.add(VIEW_NAME, view)
+        finally:
+            gc.freeze()
+            gc.enable()
+        return checkpoint
+
+    def finish(self) -> tuple[int, str]:
+        """At unmount: repack, or drop the edits when `umount --discard` asked."""
+        options = self.state.finish_options()
+        try:
+            return 0, self.session.finish(
+                discard=options.get("discard", False), backup=options.get("backup", False),
+                progress=self.state.write_progress,
+            )
+        except EditsKept as e:
+            self.session.editable.overlay.release()  # the lock goes with the mount; the edits stay
+            return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=False)
+        except CkptfsError as e:
+            return 1, str(e)
+
+    def commit(self, force: bool = False, backup: bool = False) -> tuple[int, str]:
+        """`ckptfs commit`: repack now, then serve the new checkpoint with an
+        empty overlay. Files already open keep reading what they opened."""
+        try:
+            message = self.session.finish(force=force, backup=backup)
+        except EditsKept as e:
+            return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=True)
+        except CkptfsError as e:
+            return 1, str(e)
+        try:
+            checkpoint = self.load()
+        except CkptfsError as e:
+            return 1, f"{message}, but it cannot be mounted again ({e}); the mount serves what it served"
+        if self.session is None:
+            return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
+        self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check)
+        return 0, message
