@@ -8,6 +8,7 @@ import os
 
 from ..errors import FormatError
 from ..sources.base import FileSource
+from ..sources.directory import LocalDirectory
 from ..tree.checkpoint import Checkpoint
 from . import dcp, folder, gzindex, hf, safetensors, tar, torchlegacy, torchzip
 from .base import DirectoryFormat, FileFormat
@@ -43,10 +44,11 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
     if os.path.isdir(path):
+        directory = LocalDirectory(path)
         for fmt in DIRECTORY_FORMATS:
-            if fmt.sniff(path):
-                return fmt.open(path)
-        if dcp.has_shards(path):
+            if fmt.sniff(directory):
+                return fmt.open(directory)
+        if dcp.has_shards(directory):
             raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
         raise FormatError(path, "directory holds no checkpoint (no .safetensors, no .metadata here or in a subfolder)")
     if not os.path.isfile(path):

@@ -23,6 +23,7 @@ from ..tree.nodes import Dir, File, Node
 
 if TYPE_CHECKING:
     from ..sources.base import FileSource
+    from ..sources.directory import Directory
     from ..tree.checkpoint import Checkpoint
     from ..write.output import Blob, Output
 
@@ -48,10 +49,10 @@ class DirectoryFormat:
     """A format stored as a directory, recognised by what it holds."""
 
     name: str
-    #: True if the directory at this path is a checkpoint of this format
-    sniff: Callable[[str], bool]
-    #: the directory's path -> the checkpoint
-    open: Callable[[str], Checkpoint]
+    #: True if this directory is a checkpoint of this format
+    sniff: Callable[[Directory], bool]
+    #: the directory -> the checkpoint
+    open: Callable[[Directory], Checkpoint]
 
 
 class Writer(ABC):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from ..errors import FormatError
-from ..sources.base import FileSource
+from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir
@@ -24,34 +24,29 @@ from . import dcp, torchzip
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
 
 
-def sniff(path: str) -> bool:
+def sniff(directory: Directory) -> bool:
     """True when a direct subfolder is a distributed checkpoint."""
-    try:
-        entries = os.listdir(path)
-    except OSError:
-        return False
-    return any(os.path.isdir(os.path.join(path, e)) and dcp.sniff(os.path.join(path, e)) for e in entries)
+    return any(directory.is_dir(e) and dcp.sniff(directory.sub(e)) for e in directory.names())
 
 
-def open_dir(path: str) -> Checkpoint:
-    st = os.stat(path)
+def open_dir(directory: Directory) -> Checkpoint:
+    path = directory.path
     root, raw = Dir(), Dir()
     placed: list[PlacedTensor] = []
     notes: list[str] = []
     audit: list[str] = []
     originals: dict[int, str] = {}  # id(node) -> the file it shows, for the writer
-    for here, dirs, files in os.walk(path):
-        dirs.sort()
-        rel = os.path.relpath(here, path)
-        parts = [] if rel == "." else names.file_parts(rel)
+    pending = [""]
+    while pending:
+        rel = pending.pop(0)
+        parts = names.file_parts(rel) if rel else []
         prefix = "".join(f"{p}/" for p in parts)
-        if parts and dcp.sniff(here):
+        if parts and dcp.sniff(directory.sub(rel)):
             try:
-                inner = dcp.open_dir(here)
+                inner = dcp.open_dir(directory.sub(rel))
             except FormatError as e:
                 notes.append(f"{rel} is shown as plain files: {e.problem}")
             else:
-                dirs.clear()
                 inner.root.writer = inner.writer  # writes its folder of the new directory
                 root.subdir(parts[:-1]).add(parts[-1], inner.root)
                 raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
@@ -59,25 +54,25 @@ def open_dir(path: str) -> Checkpoint:
                 notes += [f"{rel}: {n}" for n in inner.notes]
                 audit += [g for g in inner.pickle_globals if g not in audit]
                 continue
-        for name in sorted(files):
-            full = os.path.join(here, name)
-            if not os.path.isfile(full):
-                continue
-            source = FileSource(full)
-            leaf = names.file_parts(name)[0]
-            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
-            expanded = torchzip.expand_nested(source, prefix + name, notes)
+        entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
+        pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
+        for name in (e for e in entries if directory.is_file(e)):
+            source = directory.open(name)
+            mtime = directory.mtime_ns(name)
+            leaf = names.file_parts(name.rpartition("/")[2])[0]
+            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
+            expanded = torchzip.expand_nested(source, prefix + name.rpartition("/")[2], notes)
             if expanded is None:
-                plain = raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns)
-                originals[id(plain)] = full
+                plain = raw_file(source, 0, source.size, mtime_ns=mtime)
+                originals[id(plain)] = os.path.join(path, name)
                 root.subdir(parts).add(leaf, plain)
                 continue
             folder, tensors, globals_ = expanded
-            originals[id(folder)] = full
+            originals[id(folder)] = os.path.join(path, name)
             root.subdir(parts).add(leaf, folder)
             placed += [PlacedTensor(f"{prefix}{leaf}/{p.path}", p.tensor) for p in tensors]
             audit += [g for g in globals_ if g not in audit]
-    ckpt = Checkpoint("folder of distributed checkpoints", path, st, root, raw, placed, notes, audit)
+    ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, placed, notes, audit)
     ckpt.writer = Writer(originals)
     return ckpt
 

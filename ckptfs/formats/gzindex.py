@@ -6,24 +6,21 @@ points. Later reads start at the nearest seek point. The index and the member
 list are kept on disk, keyed by the source's device, inode, size and mtime, so
 the next mount of the same file reads neither.
 
-rapidgzip decompresses with threads, and threads do not survive the daemon's
-fork: every reader is closed before a fork, and the daemon opens its own from
-the in-memory index on its first read.
+Reads go through `sources.gzip.GzipSource`.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import io
 import json
 import logging
 import os
 import tempfile
-import threading
 
 from ..errors import FormatError
-from ..sources.base import FileSource, Source
+from ..sources.base import FileSource
+from ..sources.gzip import GzipSource, open_gzip
 from ..tree.checkpoint import Checkpoint
 from . import tar
 from .base import FileFormat
@@ -36,38 +33,6 @@ CACHE_VERSION = 3
 
 def sniff(head: bytes) -> bool:
     return head[:2] == GZIP_MAGIC
-
-
-class GzipSource(Source):
-    """The decompressed stream of a gzip file, read through a seek index."""
-
-    slow = True
-
-    def __init__(self, path: str, size: int, index: bytes):
-        self.path = path
-        self.size = size
-        self._index = index
-        self._reader = None
-        self._lock = threading.Lock()
-        # The reader's threads would not survive the daemon's fork: close it
-        # before any fork; whoever reads next opens a new one.
-        os.register_at_fork(before=self.close)
-        atexit.register(self.close)  # and stop its threads before Python stops
-
-    def pread(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self.size - offset))
-        with self._lock:
-            if self._reader is None:
-                self._reader = _open(self.path)
-                self._reader.import_index(io.BytesIO(self._index))
-            self._reader.seek(offset)
-            return self._reader.read(length)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
 
 
 def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:
@@ -86,7 +51,7 @@ def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:
 def _scan(path: str):
     """Inflate once: list the tar's members and build the seek index."""
     try:
-        with _open(path) as reader:
+        with open_gzip(path) as reader:
             head = reader.read(tar.BLOCK)
             if len(head) < tar.BLOCK:
                 raise FormatError(path, f"gzip stream is truncated (it inflates to {len(head)} bytes)")
@@ -100,12 +65,6 @@ def _scan(path: str):
     except (OSError, ValueError, EOFError) as e:
         raise FormatError(path, f"gzip stream is truncated or corrupt ({e})") from None
     return index.getvalue(), size, members, notes
-
-
-def _open(path: str):
-    import rapidgzip  # imported only for gzip sources: it is slow to import
-
-    return rapidgzip.open(path, parallelization=os.cpu_count() or 1)
 
 
 def _cache_key(st: os.stat_result) -> str:

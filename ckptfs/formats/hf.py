@@ -12,8 +12,8 @@ import json
 import math
 import os
 
-from ..errors import EditRefused, FormatError
-from ..sources.base import FileSource
+from ..errors import CkptfsError, EditRefused, FormatError
+from ..sources.directory import Directory
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
@@ -28,28 +28,23 @@ from .base import DirectoryFormat, DirectoryWriter
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
-def sniff(path: str) -> bool:
-    try:
-        entries = os.listdir(path)
-    except OSError:
-        return False
-    return any(e.endswith(".safetensors") or e.endswith(INDEX_SUFFIX) for e in entries)
+def sniff(directory: Directory) -> bool:
+    return any(e.endswith(".safetensors") or e.endswith(INDEX_SUFFIX) for e in directory.names())
 
 
-def open_dir(path: str) -> Checkpoint:
-    st = os.stat(path)
+def open_dir(directory: Directory) -> Checkpoint:
+    path = directory.path
     root = Dir()
     raw = Dir()
     shards: dict[str, dict[str, Tensor]] = {}
     metadata: dict[str, dict | None] = {}
     originals: dict[int, str] = {}  # the plain files, for the writer
     links = False
-    for rel in _files(path):
+    for rel in directory.files():  # links to files followed, as in the Hugging Face cache
         parts = names.file_parts(rel)
-        full = os.path.join(path, rel)
-        links = links or os.path.islink(full)
-        source = FileSource(full)
-        mtime = source.stat.st_mtime_ns
+        links = links or directory.is_link(rel)
+        source = directory.open(rel)
+        mtime = directory.mtime_ns(rel)
         raw.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
         if rel.endswith(".safetensors"):
             folder, _, by_name, metadata[rel] = safetensors.expand(source)
@@ -61,11 +56,11 @@ def open_dir(path: str) -> Checkpoint:
             node = root.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
             originals[id(node)] = rel
 
-    merged, notes = _merged_tensors(path, shards)
+    indexes = [f for f in directory.names() if f.endswith(INDEX_SUFFIX)]
+    merged, notes = _merged_tensors(directory, indexes, shards)
     tree, placed = tensor_tree(merged)
     placed = merge_into(root, tree, placed)
-    ckpt = Checkpoint("huggingface (safetensors)", path, st, root, raw, placed, notes)
-    indexes = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
+    ckpt = Checkpoint("huggingface (safetensors)", path, directory.stat(), root, raw, placed, notes)
     if links:
         root.xattrs["ckptfs.read_only"] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
     elif not shards or notes or len(indexes) > 1:
@@ -76,26 +71,13 @@ def open_dir(path: str) -> Checkpoint:
     return ckpt
 
 
-def _files(top: str) -> list[str]:
-    """Relative paths of the regular files below `top` (symlinks to files
-    followed, as in the Hugging Face cache), sorted."""
-    found = []
-    for here, dirs, files in os.walk(top):
-        dirs.sort()
-        for f in sorted(files):
-            full = os.path.join(here, f)
-            if os.path.isfile(full):
-                found.append(os.path.relpath(full, top))
-    return found
-
-
-def _merged_tensors(path: str, shards: dict[str, dict[str, Tensor]]) -> tuple[list[Tensor], list[str]]:
+def _merged_tensors(directory: Directory, indexes: list[str],
+                    shards: dict[str, dict[str, Tensor]]) -> tuple[list[Tensor], list[str]]:
     """The tensors of the merged tree, and notes when there is none."""
-    indexes = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
     if "model" + INDEX_SUFFIX in indexes:
         indexes = ["model" + INDEX_SUFFIX]
     if len(indexes) == 1:
-        return _from_index(os.path.join(path, indexes[0]), shards), []
+        return _from_index(directory, indexes[0], shards), []
     if len(indexes) > 1:
         return [], [f"several index files ({', '.join(indexes)}) and none is model{INDEX_SUFFIX}; no merged tree"]
     merged: dict[str, Tensor] = {}
@@ -109,11 +91,11 @@ def _merged_tensors(path: str, shards: dict[str, dict[str, Tensor]]) -> tuple[li
     return list(merged.values()), []
 
 
-def _from_index(index_path: str, shards: dict[str, dict[str, Tensor]]) -> list[Tensor]:
+def _from_index(directory: Directory, index_name: str, shards: dict[str, dict[str, Tensor]]) -> list[Tensor]:
+    index_path = os.path.join(directory.path, index_name)
     try:
-        with open(index_path, "rb") as f:
-            index = json.load(f)
-    except (OSError, ValueError) as e:
+        index = json.loads(directory.read(index_name))
+    except (OSError, ValueError, CkptfsError) as e:
         raise FormatError(index_path, f"cannot read the index: {e}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):

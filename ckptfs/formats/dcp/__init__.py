@@ -11,9 +11,7 @@ each `.distcp` file also appears as a read-only folder of the chunks it stores.
 
 from __future__ import annotations
 
-import os
-
-from ...sources.base import FileSource
+from ...sources.directory import Directory
 from ...tree import names
 from ...tree.checkpoint import Checkpoint
 from ...tree.nodes import Dir
@@ -25,36 +23,32 @@ from .reader import expand, other_file
 from .writer import Writer
 
 
-def sniff(path: str) -> bool:
-    return any(is_metadata(n) and os.path.isfile(os.path.join(path, n)) for n in os.listdir(path))
+def sniff(directory: Directory) -> bool:
+    return any(is_metadata(n) and directory.is_file(n) for n in directory.names())
 
 
-def has_shards(path: str) -> bool:
-    return any(name.endswith(".distcp") for name in os.listdir(path))
+def has_shards(directory: Directory) -> bool:
+    return any(name.endswith(".distcp") for name in directory.names())
 
 
-def open_dir(path: str) -> Checkpoint:
-    st = os.stat(path)
-    files = {
-        name: FileSource(os.path.join(path, name))
-        for name in sorted(os.listdir(path))
-        if os.path.isfile(os.path.join(path, name))
-    }
+def open_dir(directory: Directory) -> Checkpoint:
+    path = directory.path
+    files = {name: directory.open(name) for name in directory.names() if directory.is_file(name)}
     chunks_of: dict = {}
     fqn_of: dict = {}
     root, placed, notes, audit = expand(path, files, chunks_of, fqn_of)
     raw = Dir()
     for name, source in files.items():
         leaf = names.file_parts(name)[0]
-        raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns))
+        raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=directory.mtime_ns(name)))
         if is_metadata(name) or name.endswith(".distcp") or leaf in root.children:
             continue
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
-        node, inner_tensors, inner_audit = other_file(source, name, notes)
+        node, inner_tensors, inner_audit = other_file(source, name, directory.mtime_ns(name), notes)
         root.add(leaf, node)
         placed += [PlacedTensor(f"{leaf}/{p.path}", p.tensor) for p in inner_tensors]
         audit += [g for g in inner_audit if g not in audit]
-    ckpt = Checkpoint("torch.distributed.checkpoint", path, st, root, raw, placed, notes, audit)
+    ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, placed, notes, audit)
     ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ...errors import FormatError
 from ...pickle.pyobjects import to_yaml
-from ...sources.base import FileSource, Source
+from ...sources.base import Source
 from ...sources.zstd import ZstdSource
 from ...tree import names, npy
 from ...tree.dtypes import DType
@@ -24,12 +24,12 @@ from .chunks import ChunkRecord, LazyChunk
 from .metadata import SHARDED_OBJECT, Metadata, TensorMeta
 
 
-def other_file(source: FileSource, name: str, notes: list[str]):
+def other_file(source: Source, name: str, mtime_ns: int, notes: list[str]):
     """A file beside the shards: (node, its tensors, its pickle globals)."""
     expanded = torchzip.expand_nested(source, name, notes)
     if expanded is not None:
         return expanded
-    return raw_file(source, 0, source.size, mtime_ns=source.stat.st_mtime_ns), [], []
+    return raw_file(source, 0, source.size, mtime_ns=mtime_ns), [], []
 
 
 def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, fqn_of: dict | None = None):

@@ -1,0 +1,103 @@
+"""Directories to read: what the directory formats (Hugging Face, distributed
+checkpoints, folders of them) list, and each file opened as a Source. The
+formats never call `os.listdir` or open files themselves, so a remote
+prefix (a bucket, a hub repository) is one more subclass below them."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+
+from .base import FileSource, Source
+
+
+class Directory(ABC):
+    """A directory of a checkpoint; names inside it are relative and use `/`."""
+
+    #: how the directory is named to the user (an absolute path)
+    path: str
+
+    @abstractmethod
+    def stat(self) -> os.stat_result:
+        """The directory's own stat: owner, mode, times."""
+
+    @abstractmethod
+    def names(self, folder: str = "") -> list[str]:
+        """The entries directly inside `folder` (relative; "" for this one), sorted."""
+
+    @abstractmethod
+    def is_file(self, name: str) -> bool:
+        """True for a regular file, or a link to one."""
+
+    @abstractmethod
+    def is_dir(self, name: str) -> bool:
+        """True for a folder (not a link to one)."""
+
+    @abstractmethod
+    def is_link(self, name: str) -> bool:
+        """True for a symbolic link (a Hugging Face cache snapshot is made of them)."""
+
+    @abstractmethod
+    def open(self, name: str) -> Source:
+        """The file `name` as a byte source."""
+
+    @abstractmethod
+    def mtime_ns(self, name: str) -> int:
+        """When the file `name` was last modified."""
+
+    @abstractmethod
+    def sub(self, folder: str) -> Directory:
+        """The folder `folder` as a directory of its own."""
+
+    def files(self, folder: str = "") -> list[str]:
+        """Every regular file below `folder`, as paths relative to this
+        directory, sorted depth first (a folder's files before its folders')."""
+        found, prefix = [], f"{folder}/" if folder else ""
+        entries = self.names(folder)
+        found += [prefix + n for n in entries if self.is_file(prefix + n)]
+        for n in entries:
+            if self.is_dir(prefix + n):
+                found += self.files(prefix + n)
+        return found
+
+    def read(self, name: str) -> bytes:
+        source = self.open(name)
+        return source.read_exact(0, source.size)
+
+
+class LocalDirectory(Directory):
+    """A directory on a local (or locally mounted) filesystem."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def _full(self, name: str) -> str:
+        return os.path.join(self.path, *name.split("/")) if name else self.path
+
+    def stat(self) -> os.stat_result:
+        return os.stat(self.path)
+
+    def names(self, folder: str = "") -> list[str]:
+        try:
+            return sorted(os.listdir(self._full(folder)))
+        except OSError:
+            return []
+
+    def is_file(self, name: str) -> bool:
+        return os.path.isfile(self._full(name))
+
+    def is_dir(self, name: str) -> bool:
+        full = self._full(name)
+        return os.path.isdir(full) and not os.path.islink(full)
+
+    def is_link(self, name: str) -> bool:
+        return os.path.islink(self._full(name))
+
+    def open(self, name: str) -> FileSource:
+        return FileSource(self._full(name))
+
+    def mtime_ns(self, name: str) -> int:
+        return os.stat(self._full(name)).st_mtime_ns
+
+    def sub(self, folder: str) -> LocalDirectory:
+        return LocalDirectory(self._full(folder))
