@@ -111,8 +111,8 @@ def test_missing_metadata_is_a_clear_error(tmp_path):
 
 def test_metadata_globals_are_audited(mount):
     mnt = Path(mount(FSDP2))
-    audit = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
-    assert "torch.distributed.checkpoint.metadata.Metadata" in audit
+    pickle_globals = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+    assert "torch.distributed.checkpoint.metadata.Metadata" in pickle_globals
 
 
 @pytest.fixture(scope="module", params=[2, 3])

@@ -105,8 +105,8 @@ def test_other_values_are_yaml(mount, generated):
     mnt = Path(mount(generated))
     assert yaml.safe_load((mnt / "meta.yaml").read_text()) == {"step": 12, "lr": 1e-4, "name": "run", "tuple": [1, 2]}
     assert yaml.safe_load((mnt / "nested" / "1" / "1.yaml").read_text()) == 7
-    audit = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
-    assert "torch._utils._rebuild_tensor_v2" in audit and "torch.FloatStorage" in audit
+    pickle_globals = (mnt / ".ckptfs" / "pickle-globals.txt").read_text()
+    assert "torch._utils._rebuild_tensor_v2" in pickle_globals and "torch.FloatStorage" in pickle_globals
 
 
 def test_lightning_fixture(mount):

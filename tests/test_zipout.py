@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckptfs.formats.torchzip import TorchZip
-from ckptfs.formats.zipout import Record, ZipPlan
+from ckptfs.formats.zipout import Record, ZipBlob
 from ckptfs.sources.base import FileSource
 from ckptfs.write.output import Output
 
@@ -29,15 +29,15 @@ def test_records_copied_into_a_new_archive_load_the_same(tmp_path, zip64_at):
                 records.append(Record(name, extent.length, piece=extent))
             else:
                 records.append(Record(name, extent.length, piece=extent, crc=info.CRC))
-        plan = ZipPlan(records, zip64_at=zip64_at)
+        blob = ZipBlob(records, zip64_at=zip64_at)
         fd = os.open(copy_path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            plan.write(Output(fd))
+            blob.write(Output(fd))
         finally:
             os.close(fd)
     finally:
         os.close(source.fd)
-    assert copy_path.stat().st_size == plan.size
+    assert copy_path.stat().st_size == blob.size
     with zipfile.ZipFile(copy_path) as copy:
         assert copy.testzip() is None
         assert [i.filename for i in copy.infolist()] == list(archive.records)

@@ -34,7 +34,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     root, raw = Dir(), Dir()
     placed: list[PlacedTensor] = []
     notes: list[str] = []
-    audit: list[str] = []
+    pickle_globals: list[str] = []
     originals: dict[int, str] = {}  # id(node) -> the file it shows, for the writer
     pending = [""]
     while pending:
@@ -52,7 +52,7 @@ def open_dir(directory: Directory) -> Checkpoint:
                 raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
                 placed += [PlacedTensor(prefix + p.path, p.tensor) for p in inner.tensors]
                 notes += [f"{rel}: {n}" for n in inner.notes]
-                audit += [g for g in inner.pickle_globals if g not in audit]
+                pickle_globals += [g for g in inner.pickle_globals if g not in pickle_globals]
                 continue
         entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
         pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
@@ -67,12 +67,12 @@ def open_dir(directory: Directory) -> Checkpoint:
                 originals[id(plain)] = os.path.join(path, name)
                 root.subdir(parts).add(leaf, plain)
                 continue
-            folder, tensors, globals_ = expanded
+            folder, tensors, inner_globals = expanded
             originals[id(folder)] = os.path.join(path, name)
             root.subdir(parts).add(leaf, folder)
             placed += [PlacedTensor(f"{prefix}{leaf}/{p.path}", p.tensor) for p in tensors]
-            audit += [g for g in globals_ if g not in audit]
-    ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, placed, notes, audit)
+            pickle_globals += [g for g in inner_globals if g not in pickle_globals]
+    ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, placed, notes, pickle_globals)
     ckpt.writer = Writer(originals)
     return ckpt
 

@@ -49,7 +49,7 @@ def open_dir(directory: Directory) -> Checkpoint:
         if rel.endswith(".safetensors"):
             folder, _, by_name, metadata[rel] = safetensors.expand(source)
             folder.mtime_ns = mtime
-            folder.readonly = True  # tensors are edited in the merged tree
+            folder.read_only = True  # tensors are edited in the merged tree
             root.subdir(parts[:-1]).add(parts[-1], folder)
             shards[rel] = by_name
         else:

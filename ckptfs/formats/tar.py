@@ -138,10 +138,10 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
             files[m.name] = m
         for tree in (root, raw):
             _place(tree, m, source, source.path)
-    placed, audit = _expand_checkpoints(root, files.values(), source, notes)
+    placed, pickle_globals = _expand_checkpoints(root, files.values(), source, notes)
     more_placed, more_audit = _expand_distributed(root, files.values(), source, notes)
-    audit += [g for g in more_audit if g not in audit]
-    ckpt = Checkpoint(fmt, source.path, st, root, raw, placed + more_placed, notes, audit)
+    pickle_globals += [g for g in more_audit if g not in pickle_globals]
+    ckpt = Checkpoint(fmt, source.path, st, root, raw, placed + more_placed, notes, pickle_globals)
     ckpt.writer = Writer(source, compressed=fmt.endswith(".gz)"))
     return ckpt
 
@@ -153,13 +153,13 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
     for m in files:
         folder, _, name = m.name.rpartition("/")
         by_folder.setdefault(folder, {})[name] = source.slice(m.offset, m.size)
-    placed, audit = [], []
+    placed, pickle_globals = [], []
     for folder, members in sorted(by_folder.items()):
         if not metadata_names(members) or not folder:
             continue
         chunks_of, fqn_of = {}, {}
         try:
-            tree, tensors, dcp_notes, dcp_audit = expand_distributed(f"{source.path}:{folder}", members, chunks_of, fqn_of)
+            tree, tensors, dcp_notes, dcp_globals = expand_distributed(f"{source.path}:{folder}", members, chunks_of, fqn_of)
         except FormatError as e:
             notes.append(f"{folder} is shown as plain files: {e.problem}")
             continue
@@ -173,27 +173,27 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         parent.children[parts[-1]] = tree
         notes += [f"{folder}: {n}" for n in dcp_notes]
         placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
-        audit += [g for g in dcp_audit if g not in audit]
-    return placed, audit
+        pickle_globals += [g for g in dcp_globals if g not in pickle_globals]
+    return placed, pickle_globals
 
 
 def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
     """Members that are torch.save archives appear expanded at their own name
     (docs/layout.md); their raw bytes stay in the raw mirror. A member that
     looks like one but cannot be read stays a plain file, with a note."""
-    placed, audit = [], []
+    placed, pickle_globals = [], []
     for m in files:
         expanded = torchzip.expand_nested(source.slice(m.offset, m.size), m.name, notes)
         if expanded is None:
             continue
-        folder, tensors, globals_ = expanded
+        folder, tensors, inner_globals = expanded
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
         folder.mtime_ns = parent.children[parts[-1]].mtime_ns
         parent.children[parts[-1]] = folder
         placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
-        audit += [g for g in globals_ if g not in audit]
-    return placed, audit
+        pickle_globals += [g for g in inner_globals if g not in pickle_globals]
+    return placed, pickle_globals
 
 
 def _place(tree: Dir, m: Member, source: Source, path: str) -> None:

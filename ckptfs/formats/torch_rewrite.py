@@ -28,7 +28,7 @@ from ..pickle.torch_classes import (
 from ..tree import npy
 from ..tree.dtypes import BY_NAME
 from ..write.diff import changes
-from .zipout import Record, ZipPlan
+from .zipout import Record, ZipBlob
 
 
 def _object_tree(archive) -> ObjectTree:
@@ -92,7 +92,7 @@ def _pickled(archive, obj: object, **options) -> bytes:
         raise RepackError(f"cannot write {archive.name}: the pickle: {e}") from None
 
 
-def rewrite_plan(archive, files: dict, before: dict, changed: list[str]) -> ZipPlan:
+def rewrite_blob(archive, files: dict, before: dict, changed: list[str]) -> ZipBlob:
     """The new archive for the edited tree of `archive` (a `TorchZip`)."""
     obj, new_storages = edit_objects(archive, files, before, changed, storable, "torch.save")
     pickle = _pickled(archive, obj)
@@ -115,7 +115,7 @@ def rewrite_plan(archive, files: dict, before: dict, changed: list[str]) -> ZipP
     added = [Record(storage_prefix + key, nbytes, piece=content, start=start)
              for key, (content, start, nbytes, _) in new_storages.items() if key in live]
     at = len(records) if after_storages is None else after_storages
-    return ZipPlan(records[:at] + added + records[at:])
+    return ZipBlob(records[:at] + added + records[at:])
 
 
 def write_legacy(archive, files: dict, before: dict, output) -> None:

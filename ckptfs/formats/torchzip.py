@@ -221,7 +221,7 @@ class Writer(FileWriter):
 
     def blob(self, files: dict, before: dict):
         """The edited archive's bytes, or None if nothing in it changed."""
-        from .torch_rewrite import rewrite_plan  # written only at repack: not imported at mount
+        from .torch_rewrite import rewrite_blob  # written only at repack: not imported at mount
 
         changed = changes(before, files)
         if not changed:
@@ -229,7 +229,7 @@ class Writer(FileWriter):
         patches = self.patches(files, before, changed)
         if patches is not None:
             return _Patched(self, patches)
-        return rewrite_plan(TorchZip(self.source, self.name), files, before, changed)
+        return rewrite_blob(TorchZip(self.source, self.name), files, before, changed)
 
     def patches(self, files: dict, before: dict, changed: list[str]) -> dict[int, tuple[int, object, int]] | None:
         """{offset in the archive: (length, edited content, where its data
@@ -325,8 +325,8 @@ def _tensor_patch(path: str, original: Content, edited) -> tuple[int, int, int]:
 def open_pickled(archive: PickledCheckpoint, fmt: str, st: os.stat_result) -> Checkpoint:
     """The checkpoint of a torch.save file, zip or legacy."""
     root, placed = archive.tree()
-    audit = [g.path for g in archive.globals]
-    return Checkpoint(fmt, archive.source.path, st, root, raw_mirror(archive.source), placed, pickle_globals=audit)
+    pickle_globals = [g.path for g in archive.globals]
+    return Checkpoint(fmt, archive.source.path, st, root, raw_mirror(archive.source), placed, pickle_globals=pickle_globals)
 
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:

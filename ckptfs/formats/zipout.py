@@ -45,7 +45,7 @@ class Record:
     size: int | None = None  # the uncompressed size, when it differs from `length`
 
 
-class ZipPlan:
+class ZipBlob:
     """`zip64_at`: sizes and offsets from which zip64 fields are used (lower
     it to test them without writing 4 GiB)."""
 

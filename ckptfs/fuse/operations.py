@@ -81,7 +81,7 @@ class _Handle:
 class Operations(pyfuse3.Operations):
     """`editable` is None for a read-only mount; otherwise every change goes
     through it (and its on-disk overlay) and read-only parts of the tree
-    (nodes marked `readonly`, and everything below them) answer EROFS.
+    (nodes marked `read_only`, and everything below them) answer EROFS.
     `check(path, node)` names what keeps an edited file from being written
     back, or returns None: a file is checked when it is closed after a write
     through that open file (the close fails with EINVAL), and when renamed
@@ -132,7 +132,7 @@ class Operations(pyfuse3.Operations):
                     number = self.inode_of[id(child)] = self._next_inode
                     self.nodes[number] = child
                     self._next_inode += 1
-                if inode in self.read_only or child.readonly:
+                if inode in self.read_only or child.read_only:
                     self.read_only.add(number)
                 encoded = os.fsencode(name)
                 self.parents[number] = (inode, name)

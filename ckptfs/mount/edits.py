@@ -76,7 +76,7 @@ class MountEdits:
             self.session = _edit_session(checkpoint, self.opts, self.resume)
             self.resume = False  # a commit starts afresh
             view = metaview.build(checkpoint, self.session and self.session.editable)
-            view.readonly = True
+            view.read_only = True
             checkpoint.root.add(VIEW_NAME, view)
         finally:
             gc.freeze()

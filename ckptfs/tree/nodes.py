@@ -84,7 +84,7 @@ class Node:
     xattrs: dict[str, str] = field(default_factory=dict, kw_only=True)
     #: true for parts of a writable mount that stay read-only (and all below them):
     #: the `.ckptfs/` view, checkpoints nested in an archive
-    readonly: bool = field(default=False, kw_only=True)
+    read_only: bool = field(default=False, kw_only=True)
 
 
 @dataclass(eq=False)

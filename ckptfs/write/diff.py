@@ -29,7 +29,7 @@ def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, 
                 continue
             path = prefix + name
             found[path] = node
-            if isinstance(node, Dir) and not node.readonly:
+            if isinstance(node, Dir) and not node.read_only:
                 pending.append((path + "/", node))
     return found
 

@@ -36,7 +36,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     files = {name: directory.open(name) for name in directory.names() if directory.is_file(name)}
     chunks_of: dict = {}
     fqn_of: dict = {}
-    root, placed, notes, audit = expand(path, files, chunks_of, fqn_of)
+    root, placed, notes, pickle_globals = expand(path, files, chunks_of, fqn_of)
     raw = Dir()
     for name, source in files.items():
         leaf = names.file_parts(name)[0]
@@ -44,11 +44,11 @@ def open_dir(directory: Directory) -> Checkpoint:
         if is_metadata(name) or name.endswith(".distcp") or leaf in root.children:
             continue
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
-        node, inner_tensors, inner_audit = other_file(source, name, directory.mtime_ns(name), notes)
+        node, inner_tensors, inner_globals = other_file(source, name, directory.mtime_ns(name), notes)
         root.add(leaf, node)
         placed += [PlacedTensor(f"{leaf}/{p.path}", p.tensor) for p in inner_tensors]
-        audit += [g for g in inner_audit if g not in audit]
-    ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, placed, notes, audit)
+        pickle_globals += [g for g in inner_globals if g not in pickle_globals]
+    ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, placed, notes, pickle_globals)
     ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt
 

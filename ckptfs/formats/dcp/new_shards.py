@@ -97,7 +97,7 @@ def new_torch_shard(added: list[tuple[str, tuple]]) -> NewShard:
     records, places, position = [], [], 0
     for _, (content, start, dtype, shape) in added:
         pickle = pickle_writer.dumps(new_tensor("0", dtype, shape, None))
-        record = zipout.ZipPlan([
+        record = zipout.ZipBlob([
             zipout.Record("archive/data.pkl", len(pickle), data=pickle),
             zipout.Record("archive/byteorder", 6, data=b"little"),
             zipout.Record("archive/data/0", math.prod(shape) * dtype.bits // 8, piece=content, start=start),

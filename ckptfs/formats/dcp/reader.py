@@ -64,7 +64,7 @@ def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, f
     notes += metadata.notes
     for shard, chunks in sorted(reader.shard_chunks.items()):
         subdirs = len({c.parts[0] for c in chunks if len(c.parts) > 1})
-        folder = LazyDir(functools.partial(_fill_shard, chunks), subdirs, readonly=True)
+        folder = LazyDir(functools.partial(_fill_shard, chunks), subdirs, read_only=True)
         root.add(names.file_parts(shard)[0], folder)
     return root, placed, notes, metadata.globals
 

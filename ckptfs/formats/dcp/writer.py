@@ -49,10 +49,10 @@ class Writer(DirectoryWriter):
             if made is not None:
                 write_new_file(os.path.join(out, name), made.write)
 
-    def _other_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
+    def _other_files(self, files: dict, before: dict) -> dict[str, FileBlob | None]:
         """The directory's files beside the checkpoint (Megatron's
         metadata.json, common.pt) that the edits change or remove."""
-        changed: dict[str, NewFile | None] = {}
+        changed: dict[str, FileBlob | None] = {}
         for name, source in self.files.items():
             leaf = names.file_parts(name)[0]
             node = files.get(leaf)
@@ -65,11 +65,11 @@ class Writer(DirectoryWriter):
                 if blob is not None:
                     changed[name] = blob
             elif is_edited(node):
-                changed[name] = NewFile(node.content.size, functools.partial(_write_content, node.content))
+                changed[name] = FileBlob(node.content.size, functools.partial(_write_content, node.content))
         return changed
 
-    def new_files(self, files: dict, before: dict) -> dict[str, NewFile | None]:
-        """What the edits make of the checkpoint's files, by name: a `NewFile`
+    def new_files(self, files: dict, before: dict) -> dict[str, FileBlob | None]:
+        """What the edits make of the checkpoint's files, by name: a `FileBlob`
         for a changed one, None for one left out; unchanged ones are not
         listed. RepackError naming every edit that cannot be written."""
         patches: dict[str, dict[int, list]] = {}  # shard -> record start -> [(offset, length, reader, 0)]
@@ -100,21 +100,21 @@ class Writer(DirectoryWriter):
                 problems.append(str(e))
         if problems:
             raise RepackError(f"cannot write {self.path}: " + "; ".join(problems))
-        new: dict[str, NewFile | None] = {}
+        new: dict[str, FileBlob | None] = {}
         for name, source in self.files.items():
             shard_patches = patches.get(name, {})
             if layout is not None and name in layout.metadata:
                 data = layout.metadata[name]
-                new[name] = NewFile(len(data), functools.partial(_write_bytes, data))
+                new[name] = FileBlob(len(data), functools.partial(_write_bytes, data))
             elif layout is not None and name in layout.files:
                 size = sum(length for _, length in layout.files[name])
-                new[name] = NewFile(size, functools.partial(layout.write, name, source, shard_patches))
+                new[name] = FileBlob(size, functools.partial(layout.write, name, source, shard_patches))
             elif layout is not None and name in layout.emptied:
                 new[name] = None
             elif shard_patches:
-                new[name] = NewFile(source.size, functools.partial(_patched, source, shard_patches))
+                new[name] = FileBlob(source.size, functools.partial(_patched, source, shard_patches))
         if layout is not None and layout.added is not None:
-            new[layout.new_shard] = NewFile(layout.added.size, layout.added.write)
+            new[layout.new_shard] = FileBlob(layout.added.size, layout.added.write)
         return new
 
     def _stores_torch_records(self) -> bool:
@@ -201,7 +201,7 @@ def _write_content(content, output) -> None:
 
 
 @dataclass(frozen=True)
-class NewFile:
+class FileBlob:
     """A file of the checkpoint as the edits make it: `write(output)` writes
     its `size` bytes."""
 
