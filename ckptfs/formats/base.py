@@ -22,9 +22,10 @@ from ..errors import RepackError
 from ..tree.nodes import Dir, File, Node
 
 if TYPE_CHECKING:
-    from ..sources.base import FileSource
+    from ..sources.base import FileSource, Source
     from ..sources.directory import Directory
     from ..tree.checkpoint import Checkpoint
+    from ..tree.tensors import PlacedTensor
     from ..write.output import Blob, Output
 
 #: path -> node of the edited tree, as `write.diff.files_of` lists it
@@ -42,6 +43,10 @@ class FileFormat:
     sniff: Callable[[bytes], bool]
     #: (the file, its stat, the cache directory) -> the checkpoint
     open: Callable[[FileSource, os.stat_result, str], Checkpoint]
+    #: for a format that can be shown inside another checkpoint (formats/nested.py):
+    #: (the inner file, its path, notes) -> (its tree with a writer, its placed
+    #: tensors, its pickle globals), or None to leave it a plain file
+    nest: Callable[[Source, str, list[str]], tuple[Dir, list[PlacedTensor], list[str]] | None] | None = None
 
 
 @dataclass(frozen=True)

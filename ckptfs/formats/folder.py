@@ -17,11 +17,11 @@ from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir
 from ..tree.rawfiles import raw_file
-from ..tree.tensors import PlacedTensor
 from ..write.diff import below
 from ..write.output import put_file, write_new_file
-from . import dcp, torchzip
+from . import dcp
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
+from .nested import Grafts
 
 
 def sniff(directory: Directory) -> bool:
@@ -32,47 +32,35 @@ def sniff(directory: Directory) -> bool:
 def open_dir(directory: Directory) -> Checkpoint:
     path = directory.path
     root, raw = Dir(), Dir()
-    placed: list[PlacedTensor] = []
-    notes: list[str] = []
-    pickle_globals: list[str] = []
+    grafts = Grafts()
     originals: dict[int, str] = {}  # id(node) -> the file it shows, for the writer
     pending = [""]
     while pending:
         rel = pending.pop(0)
         parts = names.file_parts(rel) if rel else []
-        prefix = "".join(f"{p}/" for p in parts)
         if parts and dcp.sniff(directory.sub(rel)):
             try:
                 inner = dcp.open_dir(directory.sub(rel))
             except FormatError as e:
-                notes.append(f"{rel} is shown as plain files: {e.problem}")
+                grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
             else:
                 inner.root.writer = inner.writer  # writes its folder of the new directory
-                root.subdir(parts[:-1]).add(parts[-1], inner.root)
                 raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
-                placed += [PlacedTensor(prefix + p.path, p.tensor) for p in inner.tensors]
-                notes += [f"{rel}: {n}" for n in inner.notes]
-                pickle_globals += [g for g in inner.pickle_globals if g not in pickle_globals]
+                grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
+                             inner.notes, inner.pickle_globals)
                 continue
         entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
         pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
         for name in (e for e in entries if directory.is_file(e)):
-            source = directory.open(name)
-            mtime = directory.mtime_ns(name)
+            source, mtime = directory.open(name), directory.mtime_ns(name)
             leaf = names.file_parts(name.rpartition("/")[2])[0]
             raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-            expanded = torchzip.expand_nested(source, prefix + name.rpartition("/")[2], notes)
-            if expanded is None:
-                plain = raw_file(source, 0, source.size, mtime_ns=mtime)
-                originals[id(plain)] = os.path.join(path, name)
-                root.subdir(parts).add(leaf, plain)
-                continue
-            folder, tensors, inner_globals = expanded
-            originals[id(folder)] = os.path.join(path, name)
-            root.subdir(parts).add(leaf, folder)
-            placed += [PlacedTensor(f"{prefix}{leaf}/{p.path}", p.tensor) for p in tensors]
-            pickle_globals += [g for g in inner_globals if g not in pickle_globals]
-    ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, placed, notes, pickle_globals)
+            parent = root.subdir(parts)
+            parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
+            grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)  # a torch.save file, expanded
+            originals[id(parent.children[leaf])] = os.path.join(path, name)
+    ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, grafts.placed,
+                      grafts.notes, grafts.pickle_globals)
     ckpt.writer = Writer(originals)
     return ckpt
 

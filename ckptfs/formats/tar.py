@@ -19,14 +19,13 @@ from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File, PathConflict, Symlink
 from ..tree.rawfiles import raw_file
-from ..tree.tensors import PlacedTensor
 from ..write.diff import below, is_edited
 from ..write.output import Blob, ContentBlob, GzipOutput
-from . import torchzip
 from .base import FileFormat, FileWriter, nested_writer
 from .dcp.metadata import is_metadata, metadata_names
 from .dcp.reader import expand as expand_distributed
 from .dcp.writer import Writer as DistributedWriter
+from .nested import Grafts
 
 BLOCK = 512
 PAGE = 4096
@@ -138,22 +137,21 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
             files[m.name] = m
         for tree in (root, raw):
             _place(tree, m, source, source.path)
-    placed, pickle_globals = _expand_checkpoints(root, files.values(), source, notes)
-    more_placed, more_audit = _expand_distributed(root, files.values(), source, notes)
-    pickle_globals += [g for g in more_audit if g not in pickle_globals]
-    ckpt = Checkpoint(fmt, source.path, st, root, raw, placed + more_placed, notes, pickle_globals)
+    grafts = Grafts(notes=notes)
+    _expand_checkpoints(root, files.values(), source, grafts)
+    _expand_distributed(root, files.values(), source, grafts)
+    ckpt = Checkpoint(fmt, source.path, st, root, raw, grafts.placed, grafts.notes, grafts.pickle_globals)
     ckpt.writer = Writer(source, compressed=fmt.endswith(".gz)"))
     return ckpt
 
 
-def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
+def _expand_distributed(root: Dir, files, source: Source, grafts: Grafts) -> None:
     """Folders of the archive that hold a distributed checkpoint (NeMo's
     `model_weights/`) appear expanded in place, served from the tar's bytes."""
     by_folder: dict[str, dict[str, Source]] = {}
     for m in files:
         folder, _, name = m.name.rpartition("/")
         by_folder.setdefault(folder, {})[name] = source.slice(m.offset, m.size)
-    placed, pickle_globals = [], []
     for folder, members in sorted(by_folder.items()):
         if not metadata_names(members) or not folder:
             continue
@@ -161,7 +159,7 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         try:
             tree, tensors, dcp_notes, dcp_globals = expand_distributed(f"{source.path}:{folder}", members, chunks_of, fqn_of)
         except FormatError as e:
-            notes.append(f"{folder} is shown as plain files: {e.problem}")
+            grafts.notes.append(f"{folder} is shown as plain files: {e.problem}")
             continue
         parts = names.file_parts(folder)
         parent = root.subdir(parts[:-1])
@@ -170,30 +168,16 @@ def _expand_distributed(root: Dir, files, source: Source, notes: list[str]):
         for name, node in parent.children[parts[-1]].children.items():
             if not name.endswith(".distcp") and not is_metadata(name):
                 tree.children.setdefault(name, node)  # other files of the folder stay as they are
-        parent.children[parts[-1]] = tree
-        notes += [f"{folder}: {n}" for n in dcp_notes]
-        placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
-        pickle_globals += [g for g in dcp_globals if g not in pickle_globals]
-    return placed, pickle_globals
+        grafts.graft(parent, parts[-1], "/".join(parts), tree, tensors, dcp_notes, dcp_globals)
 
 
-def _expand_checkpoints(root: Dir, files, source: Source, notes: list[str]):
-    """Members that are torch.save archives appear expanded at their own name
-    (docs/layout.md); their raw bytes stay in the raw mirror. A member that
-    looks like one but cannot be read stays a plain file, with a note."""
-    placed, pickle_globals = [], []
+def _expand_checkpoints(root: Dir, files, source: Source, grafts: Grafts) -> None:
+    """Members that are checkpoints themselves (torch.save archives) appear
+    expanded at their own name (docs/layout.md)."""
     for m in files:
-        expanded = torchzip.expand_nested(source.slice(m.offset, m.size), m.name, notes)
-        if expanded is None:
-            continue
-        folder, tensors, inner_globals = expanded
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
-        folder.mtime_ns = parent.children[parts[-1]].mtime_ns
-        parent.children[parts[-1]] = folder
-        placed += [PlacedTensor(f"{'/'.join(parts)}/{p.path}", p.tensor) for p in tensors]
-        pickle_globals += [g for g in inner_globals if g not in pickle_globals]
-    return placed, pickle_globals
+        grafts.file(parent, parts[-1], "/".join(parts), source.slice(m.offset, m.size), parent.children[parts[-1]].mtime_ns)
 
 
 def _place(tree: Dir, m: Member, source: Source, path: str) -> None:

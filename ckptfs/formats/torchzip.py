@@ -335,4 +335,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("torch.save (zip)", sniff, open_file)
+FORMAT = FileFormat("torch.save (zip)", sniff, open_file, nest=expand_nested)

@@ -16,10 +16,10 @@ from ...tree import names
 from ...tree.checkpoint import Checkpoint
 from ...tree.nodes import Dir
 from ...tree.rawfiles import raw_file
-from ...tree.tensors import PlacedTensor
 from ..base import DirectoryFormat
+from ..nested import Grafts
 from .metadata import is_metadata
-from .reader import expand, other_file
+from .reader import expand
 from .writer import Writer
 
 
@@ -37,18 +37,18 @@ def open_dir(directory: Directory) -> Checkpoint:
     chunks_of: dict = {}
     fqn_of: dict = {}
     root, placed, notes, pickle_globals = expand(path, files, chunks_of, fqn_of)
+    grafts = Grafts(placed, notes, pickle_globals)
     raw = Dir()
     for name, source in files.items():
-        leaf = names.file_parts(name)[0]
-        raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=directory.mtime_ns(name)))
+        leaf, mtime = names.file_parts(name)[0], directory.mtime_ns(name)
+        raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
         if is_metadata(name) or name.endswith(".distcp") or leaf in root.children:
             continue
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
-        node, inner_tensors, inner_globals = other_file(source, name, directory.mtime_ns(name), notes)
-        root.add(leaf, node)
-        placed += [PlacedTensor(f"{leaf}/{p.path}", p.tensor) for p in inner_tensors]
-        pickle_globals += [g for g in inner_globals if g not in pickle_globals]
-    ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, placed, notes, pickle_globals)
+        root.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
+        grafts.file(root, leaf, leaf, source, mtime)
+    ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, grafts.placed, grafts.notes,
+                      grafts.pickle_globals)
     ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt
 

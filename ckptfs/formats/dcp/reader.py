@@ -16,20 +16,11 @@ from ...sources.zstd import ZstdSource
 from ...tree import names, npy
 from ...tree.dtypes import DType
 from ...tree.nodes import Content, Dir, Extent, File, LazyDir
-from ...tree.rawfiles import raw_file
 from ...tree.tensors import PlacedTensor, Tensor
 from .. import torchzip
 from .assemble import Assembled, Chunk, covers_exactly, row_pieces
 from .chunks import ChunkRecord, LazyChunk
 from .metadata import SHARDED_OBJECT, Metadata, TensorMeta
-
-
-def other_file(source: Source, name: str, mtime_ns: int, notes: list[str]):
-    """A file beside the shards: (node, its tensors, its pickle globals)."""
-    expanded = torchzip.expand_nested(source, name, notes)
-    if expanded is not None:
-        return expanded
-    return raw_file(source, 0, source.size, mtime_ns=mtime_ns), [], []
 
 
 def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, fqn_of: dict | None = None):

@@ -1,0 +1,55 @@
+"""Checkpoints inside checkpoints: a `.ckpt` in a `.nemo`, `common.pt` beside
+a distributed checkpoint, a distributed checkpoint in a folder or a tar.
+
+One helper grafts every one of them: the inner checkpoint's folder takes the
+place of the file (or folder) it was read from, its tensors are placed under
+that path, and its notes and pickle globals join the outer checkpoint's. A
+file is expanded by the first format of the registry that sniffs it and can
+open it nested (`FileFormat.nest`); its raw bytes stay in the raw mirror.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..sources.base import Source
+from ..tree.nodes import Dir
+from ..tree.tensors import PlacedTensor
+
+SNIFF_BYTES = 512
+
+
+@dataclass
+class Grafts:
+    """What the checkpoints nested in one outer checkpoint add to its facts."""
+
+    placed: list[PlacedTensor] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    pickle_globals: list[str] = field(default_factory=list)
+
+    def graft(self, parent: Dir, leaf: str, path: str, folder: Dir, tensors: list[PlacedTensor],
+              notes: list[str] = (), pickle_globals: list[str] = ()) -> None:
+        """Put `folder` (an inner checkpoint's tree) at `parent/leaf`, whose
+        path in the outer tree is `path`."""
+        parent.children[leaf] = folder
+        self.placed += [PlacedTensor(f"{path}/{p.path}", p.tensor) for p in tensors]
+        self.notes += [f"{path}: {n}" for n in notes]
+        self.pickle_globals += [g for g in pickle_globals if g not in self.pickle_globals]
+
+    def file(self, parent: Dir, leaf: str, path: str, source: Source, mtime_ns: int | None) -> bool:
+        """Expand the file at `parent/leaf` (`path` in the outer tree) if it
+        is a checkpoint that can be shown nested; False leaves it a plain
+        file (one that looks like a checkpoint but cannot be read gets a note)."""
+        from . import FILE_FORMATS  # the registry lists this module's users: imported when first needed
+
+        head = source.pread(0, SNIFF_BYTES)
+        for fmt in FILE_FORMATS:
+            if fmt.nest is not None and fmt.sniff(head):
+                expanded = fmt.nest(source, path, self.notes)
+                if expanded is None:
+                    return False
+                folder, tensors, pickle_globals = expanded
+                folder.mtime_ns = mtime_ns
+                self.graft(parent, leaf, path, folder, tensors, (), pickle_globals)
+                return True
+        return False
