@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import CkptfsError, EditRefused, EditsKept, RepackError, SourceChangedError
 from ..formats.base import DirectoryWriter, nested_writer
-from ..tree.checkpoint import VIEW_NAME
+from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
 from .editable import EditableTree
@@ -29,7 +29,7 @@ class EditSession:
     """A writable mount's edits: the tree, its overlay, and what the tree
     held at mount (path -> (node, content)) to tell what changed."""
 
-    checkpoint: object
+    checkpoint: Checkpoint
     editable: EditableTree
     before: dict
 
