@@ -137,17 +137,17 @@ def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
     return (source, offset) if isinstance(source, FileSource) else (None, offset)
 
 
-def write_atomically(source: str, writer, expected_identity: dict, output_path: str | None = None,
+def write_atomically(source_path: str, writer, expected_identity: dict, output_path: str | None = None,
                      backup: bool = False, progress=None) -> str:
     """Run `writer(output)` into a temp file beside the destination, fsync it
     and rename it over the destination (the source unless `output_path`);
     `backup` keeps the source as SOURCE.orig (a hard link)."""
-    if source_identity(source) != expected_identity:
-        raise SourceChangedError(f"{source}: changed since it was mounted; the edits were not written")
-    destination = os.path.abspath(output_path or source)
+    if source_identity(source_path) != expected_identity:
+        raise SourceChangedError(f"{source_path}: changed since it was mounted; the edits were not written")
+    destination = os.path.abspath(output_path or source_path)
     directory = os.path.dirname(destination)
     fs = os.statvfs(directory)
-    needed, free = os.path.getsize(source), fs.f_bavail * fs.f_frsize
+    needed, free = os.path.getsize(source_path), fs.f_bavail * fs.f_frsize
     if free < needed:
         raise CkptfsError(f"{directory}: {free / 1e6:.0f} MB free, the new checkpoint needs about {needed / 1e6:.0f} MB")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=directory)
@@ -155,13 +155,13 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
         output = Output(fd, progress=progress, expected=needed)
         writer(output)
         os.fsync(fd)
-        keep_owner_and_mode(os.stat(source), fd=fd)
+        keep_owner_and_mode(os.stat(source_path), fd=fd)
         os.close(fd)
         fd = -1
-        if source_identity(source) != expected_identity:
-            raise SourceChangedError(f"{source}: changed while the edits were being written; they were not")
+        if source_identity(source_path) != expected_identity:
+            raise SourceChangedError(f"{source_path}: changed while the edits were being written; they were not")
         if backup and not output_path:
-            os.link(source, _free_name(source + ".orig"))
+            os.link(source_path, _free_name(source_path + ".orig"))
         os.replace(tmp, destination)
         fsync_dir(directory)
     except BaseException:
@@ -173,26 +173,26 @@ def write_atomically(source: str, writer, expected_identity: dict, output_path: 
     return destination
 
 
-def write_directory_atomically(source: str, builder, expected_identity: dict, output_path: str | None = None,
+def write_directory_atomically(source_path: str, builder, expected_identity: dict, output_path: str | None = None,
                                backup: bool = False) -> str:
     """Run `builder(new_dir)` on a sibling directory, then swap it with the
     source in one step (renameat2 RENAME_EXCHANGE) and remove the old one
     (or keep it as SOURCE.orig with `backup`), whose files the new one
     hard-links where they did not change."""
-    if source_identity(source) != expected_identity:
-        raise SourceChangedError(f"{source}: changed since it was mounted; the edits were not written")
-    destination = os.path.abspath(output_path or source)
+    if source_identity(source_path) != expected_identity:
+        raise SourceChangedError(f"{source_path}: changed since it was mounted; the edits were not written")
+    destination = os.path.abspath(output_path or source_path)
     parent = os.path.dirname(destination)
     if output_path and os.path.exists(destination):
         raise CkptfsError(f"{destination}: exists; give a new path for the edited directory")
     new = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=parent)
     try:
         builder(new)
-        _keep_modes(source, new)
+        _keep_modes(source_path, new)
         for here, _, _ in os.walk(new):
             fsync_dir(here)
-        if source_identity(source) != expected_identity:
-            raise SourceChangedError(f"{source}: changed while the edits were being written; they were not")
+        if source_identity(source_path) != expected_identity:
+            raise SourceChangedError(f"{source_path}: changed while the edits were being written; they were not")
         if output_path:
             os.rename(new, destination)
         else:
@@ -220,16 +220,16 @@ def keep_owner_and_mode(old: os.stat_result, *, fd: int | None = None, path: str
     os.chmod(target, stat.S_IMODE(old.st_mode))
 
 
-def _keep_modes(source: str, new: str) -> None:
+def _keep_modes(source_path: str, new: str) -> None:
     """Every file and folder of a new directory that stands where the source
     had one keeps that one's owner and mode (hard links already share them);
     new ones keep the modes they were made with."""
-    keep_owner_and_mode(os.stat(source), path=new)
+    keep_owner_and_mode(os.stat(source_path), path=new)
     for here, dirs, files in os.walk(new):
         for name in dirs + files:
             made = os.path.join(here, name)
             try:
-                old = os.stat(os.path.join(source, os.path.relpath(made, new)), follow_symlinks=False)
+                old = os.stat(os.path.join(source_path, os.path.relpath(made, new)), follow_symlinks=False)
             except OSError:
                 continue
             if old.st_ino != os.lstat(made).st_ino:
