@@ -245,3 +245,48 @@ def test_the_hugging_face_writer_fills_a_directory_in_memory(tmp_path):
     assert sorted(merged) == sorted(index["weight_map"])
     unchanged = [s for s in out.glob("*.safetensors") if "pooler.dense.bias" not in load_file(str(s))]
     assert all(os.stat(s).st_ino == os.stat(src / s.name).st_ino for s in unchanged)  # hard links, not copies
+
+
+def test_the_distributed_checkpoint_writer_fills_a_directory_in_memory(tmp_path):
+    import shutil
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    src = Path(shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", tmp_path / "ckpt"))
+    ref = torch.load(FIXTURES / "dcp" / "fsdp2_2rank.ref.pt", weights_only=False)
+    ckpt = open_checkpoint(str(src), str(tmp_path / "cache"))
+    assert ckpt.writer.directory and ckpt.writer.adds_tensors
+    new = np.arange(60, dtype=np.float32).reshape(10, 6)
+
+    def edits(tree):
+        _replace(tree, "extra/colsharded.npy", _npy(new))  # split back into both ranks' column chunks
+
+    files, before = _edit_in_memory(ckpt, tmp_path, edits)
+    out = tmp_path / "out"
+    out.mkdir()
+    ckpt.writer.write_dir(files, before, str(out))
+    state = {"extra": {"colsharded": torch.zeros(10, 6)}, "model": {k: torch.zeros_like(v) for k, v in ref["model"].items()}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(out))
+    assert np.array_equal(state["extra"]["colsharded"].numpy(), new)
+    assert all(torch.equal(state["model"][k], v) for k, v in ref["model"].items())
+
+
+def test_the_legacy_torch_save_writer_on_a_tree_in_memory(tmp_path):
+    import torch
+
+    src = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(3), "lr": 0.5}, src, _use_new_zipfile_serialization=False)
+    ckpt = open_checkpoint(str(src), str(tmp_path / "cache"))
+
+    def edits(tree):
+        _replace(tree, "lr.yaml", b"0.25\n")
+        tree.remove("w.npy")
+
+    files, before = _edit_in_memory(ckpt, tmp_path, edits)
+    out = tmp_path / "out.pt"
+    _write(ckpt.writer, files, before, out)
+    assert torch.load(out, weights_only=True) == {"lr": 0.25}
