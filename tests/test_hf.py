@@ -60,15 +60,17 @@ def test_other_files_appear_as_they_are(mount):
 
 
 def test_unsharded_directory_with_subfolders_and_cache_symlinks(mount, tmp_path):
-    """The layout of a Hugging Face cache snapshot: files are symlinks to blobs."""
-    blobs, snap = tmp_path / "blobs", tmp_path / "snapshot"
-    blobs.mkdir()
+    """The layout of a Hugging Face cache snapshot: files are symlinks to the
+    repository's blobs (`models--ORG--NAME/snapshots/REV/x -> ../../blobs/HASH`)."""
+    repo = tmp_path / "models--org--tiny"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
     (snap / "2_Dense").mkdir(parents=True)
     tensors = {"model.embed.weight": torch.randn(4, 3), "lm_head.weight": torch.randn(3, 4).to(torch.bfloat16)}
     save_file(tensors, str(blobs / "aa11"), metadata={"format": "pt"})
     (blobs / "bb22").write_text('{"model_type": "tiny"}')
-    os.symlink(blobs / "aa11", snap / "model.safetensors")
-    os.symlink(blobs / "bb22", snap / "config.json")
+    os.symlink("../../blobs/aa11", snap / "model.safetensors")
+    os.symlink("../../blobs/bb22", snap / "config.json")
     (snap / "2_Dense" / "config.json").write_text("{}")
     (snap / "lm_head").write_text("a plain file whose name a tensor part also wants")
     mnt = Path(mount(snap))

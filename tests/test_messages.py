@@ -96,12 +96,12 @@ def test_a_mount_point_that_holds_files_is_refused_unless_nonempty(model, mnt):
 
 
 def test_every_fallback_to_read_only_is_said(tmp_path, mnt):
-    snapshot = tmp_path / "snapshot"
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
+    repo = tmp_path / "models--org--tiny"  # a Hugging Face cache: snapshots link into the repository's blobs
+    snapshot, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    blobs.mkdir(parents=True)
     save_file({"w": np.ones(2, dtype=np.float32)}, str(blobs / "abc"))
-    snapshot.mkdir()
-    (snapshot / "model.safetensors").symlink_to(blobs / "abc")  # a Hugging Face cache snapshot
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to("../../blobs/abc")
     done = run_ckptfs("mount", snapshot, mnt)
     assert done.returncode == 0
     assert _one_line(done) == (f"ckptfs: {snapshot}: a Hugging Face cache snapshot (symlinks into blobs/): "

@@ -16,7 +16,7 @@ from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir
-from ..tree.rawfiles import raw_file
+from ..tree.rawfiles import LINKS_OUTSIDE, raw_file, unfollowed_links
 from ..write.diff import below
 from ..write.output import put_file, write_new_file
 from . import dcp
@@ -59,9 +59,13 @@ def open_dir(directory: Directory) -> Checkpoint:
             parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
             grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)  # a torch.save file, expanded
             originals[id(parent.children[leaf])] = os.path.join(path, name)
+    outside = unfollowed_links(directory, root, raw)
     ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, grafts.placed,
                       grafts.notes, grafts.pickle_globals)
-    ckpt.writer = Writer(originals)
+    if outside:
+        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+    else:
+        ckpt.writer = Writer(originals)
     return ckpt
 
 

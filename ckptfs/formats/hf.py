@@ -17,8 +17,8 @@ from ..sources.directory import Directory
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
-from ..tree.nodes import Dir, File
-from ..tree.rawfiles import raw_file
+from ..tree.nodes import Access, Dir, File
+from ..tree.rawfiles import LINKS_OUTSIDE, raw_file, unfollowed_links
 from ..tree.tensors import Tensor, merge_into, tensor_tree
 from ..write.diff import is_edited
 from ..write.output import put_file, write_new_file
@@ -50,6 +50,7 @@ def open_dir(directory: Directory) -> Checkpoint:
             folder, _, by_name, metadata[rel] = safetensors.expand(source)
             folder.mtime_ns = mtime
             folder.read_only = True  # tensors are edited in the merged tree
+            folder.access = Access.of(source.stat)
             root.subdir(parts[:-1]).add(parts[-1], folder)
             shards[rel] = by_name
         else:
@@ -59,9 +60,13 @@ def open_dir(directory: Directory) -> Checkpoint:
     indexes = [f for f in directory.names() if f.endswith(INDEX_SUFFIX)]
     merged, notes = _merged_tensors(directory, indexes, shards)
     tree, placed = tensor_tree(merged)
+    _own_access(tree, placed, Access.of(directory.stat()))
     placed = merge_into(root, tree, placed)
+    outside = unfollowed_links(directory, root, raw)
     ckpt = Checkpoint("huggingface (safetensors)", path, directory.stat(), root, raw, placed, notes)
-    if links:
+    if outside:
+        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+    elif links:
         root.xattrs["ckptfs.read_only"] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
     elif not shards or notes or len(indexes) > 1:
         root.xattrs["ckptfs.read_only"] = "no single index or set of files names the model's tensors to write back"
@@ -69,6 +74,16 @@ def open_dir(directory: Directory) -> Checkpoint:
         ckpt.writer = Writer(path, shards, metadata, indexes[0] if indexes else None, originals,
                              sum(t.numel for t in merged))
     return ckpt
+
+
+def _own_access(tree: Dir, placed: list, default: Access) -> None:
+    """Each tensor is readable by whom its shard file is, where that is not
+    the directory's owner and read bits."""
+    for p in placed:
+        access = Access.of(p.tensor.data.source.origin.stat)
+        if access != default:
+            parts = p.path.split("/")
+            tree.subdir(parts[:-1]).children[parts[-1]].access = access
 
 
 def _merged_tensors(directory: Directory, indexes: list[str],

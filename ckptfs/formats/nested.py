@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..sources.base import Source
-from ..tree.nodes import Dir
+from ..tree.nodes import Access, Dir
 from ..tree.tensors import PlacedTensor
 
 SNIFF_BYTES = 512
@@ -50,6 +50,8 @@ class Grafts:
                     return False
                 folder, tensors, pickle_globals = expanded
                 folder.mtime_ns = mtime_ns
+                origin = source.origin
+                folder.access = Access.of(origin.stat) if origin is not None else None
                 self.graft(parent, leaf, path, folder, tensors, (), pickle_globals)
                 return True
         return False

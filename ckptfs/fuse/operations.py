@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 from ..errors import CkptfsError
-from ..tree.nodes import Content, Dir, File, Node, Symlink
+from ..tree.nodes import Access, Content, Dir, File, Node, Symlink
 from ..write.editable import EditableTree, describe_tensor
 from ..write.overlay import EditedContent
 
@@ -100,6 +100,9 @@ class Operations(pyfuse3.Operations):
         self.parents: dict[int, tuple[int, str]] = {}  # inode -> (parent inode, name)
         self.inode_of: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}  # id(node) -> inode, stable across edits
         self.read_only: set[int] = set() if editable else {pyfuse3.ROOT_INODE}
+        #: inode -> who may read it, where a node (or a folder above it) says
+        #: more than the source's owner and read bits (files of a directory source)
+        self.access_of: dict[int, Access] = {pyfuse3.ROOT_INODE: root.access} if root.access else {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
 
     def replace_tree(self, root: Dir, editable: EditableTree | None, check=None) -> None:
@@ -112,6 +115,7 @@ class Operations(pyfuse3.Operations):
         self.listings.clear()
         self.entries.clear()
         self.read_only = set() if editable else {pyfuse3.ROOT_INODE}
+        self.access_of = {pyfuse3.ROOT_INODE: root.access} if root.access else {}
         self.__dict__.pop("totals", None)
         for name in old:  # names the kernel may have cached: look them up again
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
@@ -125,6 +129,7 @@ class Operations(pyfuse3.Operations):
             if not isinstance(directory, Dir):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             listing = []
+            inherited = self.access_of.get(inode)
             for name in sorted(directory.children):
                 child = directory.children[name]
                 number = self.inode_of.get(id(child))
@@ -134,6 +139,8 @@ class Operations(pyfuse3.Operations):
                     self._next_inode += 1
                 if inode in self.read_only or child.read_only:
                     self.read_only.add(number)
+                if child.access or inherited:
+                    self.access_of[number] = child.access or inherited
                 encoded = os.fsencode(name)
                 self.parents[number] = (inode, name)
                 self.entries[inode, encoded] = number
@@ -187,13 +194,15 @@ class Operations(pyfuse3.Operations):
         attr.st_ino = inode
         attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS if self.editable is None else EDIT_CACHE_SECONDS
         write_bits = 0 if inode in self.read_only else 0o200
-        attr.st_uid, attr.st_gid = self.owner.uid, self.owner.gid
+        access = self.access_of.get(inode)
+        attr.st_uid, attr.st_gid = (access.uid, access.gid) if access else (self.owner.uid, self.owner.gid)
+        read_bits = access.read_bits if access else self.owner.read_bits
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = (
             node.mtime_ns if node.mtime_ns is not None else self.owner.mtime_ns
         )
         attr.st_blksize = BLKSIZE
         if isinstance(node, Dir):
-            attr.st_mode = stat.S_IFDIR | self.owner.read_bits | (self.owner.read_bits >> 2) | write_bits
+            attr.st_mode = stat.S_IFDIR | read_bits | (read_bits >> 2) | write_bits
             attr.st_nlink = 2 + node.subdir_count()
             attr.st_size = 0
         elif isinstance(node, Symlink):
@@ -201,7 +210,7 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = len(os.fsencode(node.target))
         else:
-            attr.st_mode = stat.S_IFREG | self.owner.read_bits | write_bits
+            attr.st_mode = stat.S_IFREG | read_bits | write_bits
             attr.st_nlink = 1
             attr.st_size = node.content.size
         attr.st_blocks = (attr.st_size + 511) // 512

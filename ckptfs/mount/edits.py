@@ -11,6 +11,7 @@ import sys
 from .. import advice
 from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 from ..tree.checkpoint import VIEW_NAME
+from ..tree.nodes import Access
 from . import mounts
 
 
@@ -77,6 +78,7 @@ class MountEdits:
             self.resume = False  # a commit starts afresh
             view = metaview.build(checkpoint, self.session and self.session.editable)
             view.read_only = True
+            view.access = Access.of(checkpoint.stat)  # not what the tree's root may say of its tensors
             checkpoint.root.add(VIEW_NAME, view)
         finally:
             gc.freeze()

@@ -7,8 +7,11 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
+
+from ..errors import CkptfsError
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,29 @@ def unmount(mountpoint: str, lazy: bool = False) -> tuple[bool, str]:
 
 
 def state_dir() -> str:
+    """Where mounts keep their state, logs and locks: `/run/ckptfs` for root,
+    else `$XDG_RUNTIME_DIR/ckptfs`, else `/tmp/ckptfs-UID`. It is made
+    private (0700) and used only while it is a directory of this user's that
+    nobody else can write into and not a link: in a shared /tmp another user
+    could have made it first, to read or redirect what is written there."""
     for base in ("/run" if os.geteuid() == 0 else None, os.environ.get("XDG_RUNTIME_DIR")):
         if base and os.access(base, os.W_OK):
-            return os.path.join(base, "ckptfs")
-    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"ckptfs-{os.geteuid()}")
+            return _private(os.path.join(base, "ckptfs"))
+    return _private(os.path.join(os.environ.get("TMPDIR") or "/tmp", f"ckptfs-{os.geteuid()}"))
+
+
+def _private(path: str) -> str:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise CkptfsError(f"{path}: not a directory of this user's (a link, or another user's); remove it, or set"
+                          " XDG_RUNTIME_DIR to a directory of your own")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
 
 
 def escaped_path(path: str) -> str:

@@ -48,6 +48,12 @@ class Source:
         """The file on disk and the offset in it (or in its decompressed stream)."""
         return self.path, offset
 
+    @property
+    def origin(self) -> FileSource | None:
+        """The file on disk whose bytes these are, for its owner and mode
+        (None where there is no such file, or it is the checkpoint's own)."""
+        return None
+
 
 class FileSource(Source):
     """A regular file, read with `os.pread`.
@@ -68,6 +74,10 @@ class FileSource(Source):
         self.size = st.st_size
         self.stat = st
         self._sequential_end = -1
+
+    @property
+    def origin(self) -> FileSource:
+        return self
         self._prefetched_to = 0
 
     def _prefetch(self, offset: int, length: int) -> None:
@@ -155,6 +165,10 @@ class SliceSource(Source):
 
     def locate(self, offset: int) -> tuple[str, int]:
         return self.parent.locate(self.offset + offset)
+
+    @property
+    def origin(self) -> FileSource | None:
+        return self.parent.origin
 
 
 class SeekableReader:

@@ -27,7 +27,8 @@ class Directory(ABC):
 
     @abstractmethod
     def is_file(self, name: str) -> bool:
-        """True for a regular file, or a link to one."""
+        """True for a regular file, or a link to one that stays inside the
+        checkpoint: links that lead elsewhere are never followed."""
 
     @abstractmethod
     def is_dir(self, name: str) -> bool:
@@ -36,6 +37,10 @@ class Directory(ABC):
     @abstractmethod
     def is_link(self, name: str) -> bool:
         """True for a symbolic link (a Hugging Face cache snapshot is made of them)."""
+
+    @abstractmethod
+    def link_target(self, name: str) -> str:
+        """Where the symbolic link `name` points, as it is written."""
 
     @abstractmethod
     def open(self, name: str) -> Source:
@@ -60,16 +65,40 @@ class Directory(ABC):
                 found += self.files(prefix + n)
         return found
 
+    def unfollowed_links(self, folder: str = "") -> list[str]:
+        """The links below `folder` that are not followed (they leave the
+        checkpoint, dangle, or lead to a folder): shown as links, not served."""
+        found, prefix = [], f"{folder}/" if folder else ""
+        for n in self.names(folder):
+            name = prefix + n
+            if self.is_dir(name):
+                found += self.unfollowed_links(name)
+            elif self.is_link(name) and not self.is_file(name):
+                found.append(name)
+        return found
+
     def read(self, name: str) -> bytes:
         source = self.open(name)
         return source.read_exact(0, source.size)
 
 
 class LocalDirectory(Directory):
-    """A directory on a local (or locally mounted) filesystem."""
+    """A directory on a local (or locally mounted) filesystem. A link is
+    followed when it resolves inside the directory, or, for a Hugging Face
+    cache snapshot (`models--ORG--NAME/snapshots/REV/`), inside that
+    repository's cache folder, whose `blobs/` the snapshot links to."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, roots: tuple[str, ...] | None = None):
         self.path = os.path.abspath(path)
+        if roots is None:
+            real = os.path.realpath(self.path)
+            parent = os.path.dirname(real)
+            roots = (real,) + ((os.path.dirname(parent),) if os.path.basename(parent) == "snapshots" else ())
+        self.roots = roots
+
+    def _inside(self, name: str) -> bool:
+        real = os.path.realpath(self._full(name))
+        return any(real == root or real.startswith(root + os.sep) for root in self.roots)
 
     def _full(self, name: str) -> str:
         return os.path.join(self.path, *name.split("/")) if name else self.path
@@ -84,7 +113,7 @@ class LocalDirectory(Directory):
             return []
 
     def is_file(self, name: str) -> bool:
-        return os.path.isfile(self._full(name))
+        return os.path.isfile(self._full(name)) and self._inside(name)
 
     def is_dir(self, name: str) -> bool:
         full = self._full(name)
@@ -93,6 +122,9 @@ class LocalDirectory(Directory):
     def is_link(self, name: str) -> bool:
         return os.path.islink(self._full(name))
 
+    def link_target(self, name: str) -> str:
+        return os.readlink(self._full(name))
+
     def open(self, name: str) -> FileSource:
         return FileSource(self._full(name))
 
@@ -100,4 +132,4 @@ class LocalDirectory(Directory):
         return os.stat(self._full(name)).st_mtime_ns
 
     def sub(self, folder: str) -> LocalDirectory:
-        return LocalDirectory(self._full(folder))
+        return LocalDirectory(self._full(folder), self.roots)

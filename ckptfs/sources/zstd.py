@@ -55,6 +55,10 @@ class ZstdSource(Source):
     def locate(self, offset: int) -> tuple[str, int]:
         return self.compressed.locate(0)
 
+    @property
+    def origin(self):
+        return self.compressed.origin
+
     def pread(self, offset: int, length: int) -> bytes:
         with self._lock:
             if offset < self._out_end - len(self._window):

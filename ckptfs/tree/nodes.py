@@ -76,6 +76,44 @@ def len_of(piece: Piece) -> int:
     return len(piece) if isinstance(piece, bytes) else piece.length
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may read a node: the owner, group and read bits of the file (or
+    files) of the source its bytes come from."""
+
+    uid: int
+    gid: int
+    read_bits: int  # e.g. 0o444
+
+    @classmethod
+    def of(cls, st) -> Access:
+        return _interned(cls(st.st_uid, st.st_gid, st.st_mode & 0o444))
+
+    @classmethod
+    def of_all(cls, stats) -> Access:
+        """What every one of these files allows, never more: their owner and
+        group where they share them; where they do not, only what all of them
+        let anybody read."""
+        accesses = {cls.of(st) for st in stats}
+        if len(accesses) == 1:
+            return accesses.pop()
+        first = min(accesses, key=lambda a: (a.uid, a.gid, a.read_bits))
+        if len({a.uid for a in accesses}) == 1 and len({a.gid for a in accesses}) == 1:
+            bits = 0o444
+            for a in accesses:
+                bits &= a.read_bits
+            return _interned(cls(first.uid, first.gid, bits))
+        others = all(a.read_bits & 0o004 for a in accesses)
+        return _interned(cls(first.uid, first.gid, 0o444 if others else 0))
+
+
+_ACCESSES: dict[Access, Access] = {}
+
+
+def _interned(access: Access) -> Access:
+    return _ACCESSES.setdefault(access, access)
+
+
 @dataclass(eq=False)
 class Node:
     #: modification time in ns; None means the source's
@@ -85,6 +123,9 @@ class Node:
     #: true for parts of a writable mount that stay read-only (and all below them):
     #: the `.ckptfs/` view, checkpoints nested in an archive
     read_only: bool = field(default=False, kw_only=True)
+    #: who may read it (and all below it that say nothing else), where that is
+    #: not the source's: a file of a directory source with its own owner and mode
+    access: Access | None = field(default=None, kw_only=True)
 
 
 @dataclass(eq=False)

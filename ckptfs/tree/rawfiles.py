@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 
 from ..sources.base import Source
+from ..sources.directory import Directory
 from . import names
-from .nodes import Content, Dir, Extent, File
+from .nodes import Access, Content, Dir, Extent, File, Symlink
 
 
 def raw_file(source: Source, offset: int, length: int, *, mtime_ns: int | None = None) -> File:
+    """A file of `length` bytes of `source` from `offset`, readable by whom
+    the file on disk holding them is."""
     path, start = source.locate(offset)
     xattrs = {"ckptfs.source": path, "ckptfs.range": f"{start}-{start + length}"}
-    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns, xattrs=xattrs)
+    origin = source.origin
+    access = Access.of(origin.stat) if origin is not None else None
+    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns, xattrs=xattrs, access=access)
 
 
 def raw_mirror(source: Source) -> Dir:
@@ -20,3 +25,20 @@ def raw_mirror(source: Source) -> Dir:
     raw = Dir()
     raw.add(names.file_parts(os.path.basename(source.path))[0], raw_file(source, 0, source.size))
     return raw
+
+
+#: why a directory with links that lead outside it mounts read-only: a
+#: repack could not write them back as they are
+LINKS_OUTSIDE = "holds links that lead outside it ({}), shown as links: copy what they point to, to edit"
+
+
+def unfollowed_links(directory: Directory, *trees: Dir) -> list[str]:
+    """Put each link of `directory` that is not followed (it leaves the
+    checkpoint) into `trees` as a symbolic link, as it is written: shown,
+    never served. Returns their names."""
+    found = directory.unfollowed_links()
+    for name in found:
+        parts = names.file_parts(name)
+        for tree in trees:
+            tree.subdir(parts[:-1]).children.setdefault(parts[-1], Symlink(directory.link_target(name)))
+    return found

@@ -14,8 +14,8 @@ from __future__ import annotations
 from ...sources.directory import Directory
 from ...tree import names
 from ...tree.checkpoint import Checkpoint
-from ...tree.nodes import Dir
-from ...tree.rawfiles import raw_file
+from ...tree.nodes import Access, Dir
+from ...tree.rawfiles import LINKS_OUTSIDE, raw_file, unfollowed_links
 from ..base import DirectoryFormat
 from ..nested import Grafts
 from .metadata import is_metadata
@@ -37,6 +37,10 @@ def open_dir(directory: Directory) -> Checkpoint:
     chunks_of: dict = {}
     fqn_of: dict = {}
     root, placed, notes, pickle_globals = expand(path, files, chunks_of, fqn_of)
+    # a tensor is assembled from every rank's shard: readable by whom all of them are
+    shared = Access.of_all([s.origin.stat for s in files.values()] or [directory.stat()])
+    for node in root.children.values():
+        node.access = node.access or shared
     grafts = Grafts(placed, notes, pickle_globals)
     raw = Dir()
     for name, source in files.items():
@@ -47,9 +51,13 @@ def open_dir(directory: Directory) -> Checkpoint:
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
         root.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
         grafts.file(root, leaf, leaf, source, mtime)
+    outside = unfollowed_links(directory, root, raw)
     ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, grafts.placed, grafts.notes,
                       grafts.pickle_globals)
-    ckpt.writer = Writer(path, files, chunks_of, fqn_of)
+    if outside:
+        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+    else:
+        ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt
 
 

@@ -1,0 +1,155 @@
+"""Permissions never widen: what a user cannot read in the source, nobody
+reads through the mount. Checked with a real second user (nobody), whose
+reads go through the kernel's permission checks on a mount made with
+`-o allow_other`; links that leave a directory source are never followed."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from .conftest import FIXTURES, force_unmount, is_mounted, require_fuse, run_ckptfs, umount
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared():
+    """A folder every user may enter (pytest's tmp_path is root's alone),
+    holding the sources and the mount point; unmounted and removed after."""
+    require_fuse()
+    top = Path(tempfile.mkdtemp(prefix="ckptfs-perm-", dir="/tmp"))
+    top.chmod(0o755)
+    (top / "mnt").mkdir()
+    yield top
+    force_unmount(top / "mnt")
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _as_nobody(*paths: Path) -> dict[str, str]:
+    """What user nobody gets reading each path: "ok", or the errno's name."""
+    code = (
+        "import errno, json, os, sys\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "out = {}\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        with open(p, 'rb') as f: f.read(16)\n"
+        "        out[p] = 'ok'\n"
+        "    except OSError as e:\n"
+        "        out[p] = errno.errorcode[e.errno]\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _mount_shared(source: Path, mnt: Path, *options: str) -> None:
+    done = run_ckptfs("mount", source, mnt, "-o", ",".join(("allow_other",) + options))
+    assert done.returncode == 0, done.stderr
+    assert is_mounted(mnt)
+
+
+def test_each_file_of_a_directory_keeps_its_own_owner_and_mode(shared):
+    model = Path(shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", shared / "bert"))
+    model.chmod(0o755)
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    private_shard = "model-00002-of-00004.safetensors"
+    (model / private_shard).chmod(0o600)
+    (model / "config.json").chmod(0o600)
+    private = next(name for name, shard in sorted(index["weight_map"].items()) if shard == private_shard)
+    public = next(name for name, shard in sorted(index["weight_map"].items()) if shard != private_shard)
+    mnt = shared / "mnt"
+    _mount_shared(model, mnt, "ro")
+    try:
+        def npy(name):
+            return mnt / (name.replace(".", "/") + ".npy")
+
+        paths = [npy(private), npy(public), mnt / "config.json", mnt / private_shard / (private.replace(".", "/") + ".npy"),
+                 mnt / ".ckptfs" / "raw" / private_shard, mnt / ".ckptfs" / "raw" / "model.safetensors.index.json"]
+        got = _as_nobody(*paths)
+        assert [got[str(p)] for p in paths] == ["EACCES", "ok", "EACCES", "EACCES", "EACCES", "ok"], got
+        assert os.stat(npy(private)).st_mode & 0o777 == 0o400 and os.stat(npy(public)).st_mode & 0o777 == 0o444
+        assert np.load(npy(private)).size > 0  # its owner (root) still reads it
+    finally:
+        assert umount(mnt).returncode == 0
+
+
+def test_a_distributed_checkpoint_is_readable_by_whom_all_its_shards_are(shared):
+    ckpt = Path(shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", shared / "ckpt"))
+    ckpt.chmod(0o755)
+    (ckpt / "__1_0.distcp").chmod(0o600)  # one rank's shard is private: every tensor has chunks there
+    mnt = shared / "mnt"
+    _mount_shared(ckpt, mnt, "ro")
+    try:
+        weight = next(p for p in (mnt / "model").rglob("*.npy"))
+        got = _as_nobody(weight, mnt / ".ckptfs" / "raw" / "__0_0.distcp", mnt / ".ckptfs" / "raw" / "__1_0.distcp")
+        assert list(got.values()) == ["EACCES", "ok", "EACCES"], got
+    finally:
+        assert umount(mnt).returncode == 0
+
+
+def test_links_out_of_a_directory_are_shown_not_followed(shared):
+    model = shared / "model"
+    model.mkdir()
+    save_file({"w": np.ones(2, dtype=np.float32)}, str(model / "model.safetensors"))
+    secret = shared / "secret.txt"
+    secret.write_text("nobody's business")
+    secret.chmod(0o600)
+    os.symlink(secret, model / "notes.txt")  # leads outside the checkpoint
+    mnt = shared / "mnt"
+    done = run_ckptfs("mount", model, mnt, "-o", "allow_other")
+    assert done.returncode == 0 and "links that lead outside it (notes.txt)" in done.stderr
+    try:
+        assert os.path.islink(mnt / "notes.txt") and os.readlink(mnt / "notes.txt") == str(secret)
+        assert os.path.islink(mnt / ".ckptfs" / "raw" / "notes.txt")
+        assert "notes.txt" not in (mnt / ".ckptfs" / "tensors.tsv").read_text()
+        assert list(_as_nobody(mnt / "notes.txt").values()) == ["EACCES"]  # the link leads to the file itself
+        assert b"links that lead outside it" in os.getxattr(mnt, "user.ckptfs.read_only")
+    finally:
+        assert umount(mnt).returncode == 0
+
+
+def test_a_state_directory_that_is_not_the_users_own_is_refused(shared):
+    """Another user may create /tmp/ckptfs-UID first (or a link there) to read
+    or redirect what ckptfs writes: it is refused, not used."""
+    shared_tmp = shared / "tmp"
+    shared_tmp.mkdir()
+    shared_tmp.chmod(0o1777)
+    planted = shared_tmp / f"ckptfs-{NOBODY}"
+    planted.mkdir()  # made by root, for user nobody to fall into
+    code = (
+        "import os\n"
+        "from ckptfs.errors import CkptfsError\n"
+        "from ckptfs.mount import mounts\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        "    print(mounts.state_dir())\n"
+        "except CkptfsError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = str(shared_tmp)
+
+    def state_dir_of_nobody() -> str:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert state_dir_of_nobody().startswith(f"refused: {planted}: not a directory of this user's")
+    planted.rmdir()
+    planted.symlink_to(shared)  # a link to somewhere else: refused too
+    assert state_dir_of_nobody().startswith(f"refused: {planted}: not a directory of this user's")
+    planted.unlink()
+    assert state_dir_of_nobody() == str(planted)  # made afresh, private
+    st = os.lstat(planted)
+    assert st.st_uid == NOBODY and st.st_mode & 0o777 == 0o700
