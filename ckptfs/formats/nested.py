@@ -45,7 +45,11 @@ class Grafts:
         head = source.pread(0, SNIFF_BYTES)
         for fmt in FILE_FORMATS:
             if fmt.nest is not None and fmt.sniff(head):
-                expanded = fmt.nest(source, path, self.notes)
+                try:
+                    expanded = fmt.nest(source, path, self.notes)
+                except Exception as e:  # a fault of the inner file must not take the outer checkpoint down
+                    self.notes.append(f"{path} is shown as a plain file: {type(e).__name__}: {e}")
+                    return False
                 if expanded is None:
                     return False
                 folder, tensors, pickle_globals = expanded

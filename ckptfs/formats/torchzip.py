@@ -129,6 +129,9 @@ class TorchZip(PickledCheckpoint):
             raise FormatError(name, f"not a readable zip archive: {e}") from None
         except PickleError as e:
             raise FormatError(name, f"data.pkl: {e}") from None
+        except (RuntimeError, NotImplementedError, EOFError, UnicodeDecodeError, zlib.error) as e:
+            # what zipfile raises for encrypted or oddly compressed records and bad names
+            raise FormatError(name, f"not a zip archive ckptfs can read: {e}") from None
         self._storages: dict[str, Extent] = {}
 
     def storage(self, key: str) -> Extent:

@@ -119,7 +119,7 @@ class LiveText:
 
     def _current(self) -> bytes:
         if self._generation != self.editable.generation:
-            self._data, self._generation = self.render().encode("utf-8"), self.editable.generation
+            self._data, self._generation = self.render().encode("utf-8", "backslashreplace"), self.editable.generation
         return self._data
 
     @property
@@ -176,4 +176,4 @@ def _edited_tensor(path: str, node: File, original, source) -> Tensor | None:
 
 
 def _text_file(text: str) -> File:
-    return File(Content([text.encode("utf-8")]))
+    return File(Content([text.encode("utf-8", "backslashreplace")]))  # a lone surrogate of a name shows as \ud800

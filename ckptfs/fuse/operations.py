@@ -240,7 +240,12 @@ class Operations(pyfuse3.Operations):
         entries = [(b".", fh), (b"..", parent)] + listing
         for index in range(start_id, len(entries)):
             name, inode = entries[index]
-            if not pyfuse3.readdir_reply(token, name, self.attributes(inode), index + 1):
+            try:
+                attributes = self.attributes(inode)
+            except (OverflowError, ValueError) as e:  # one bad entry: its own lookup fails, not the listing
+                log.warning("%s: left out of its folder's listing: %s", self._path(inode), e)
+                continue
+            if not pyfuse3.readdir_reply(token, name, attributes, index + 1):
                 break
 
     @_handler

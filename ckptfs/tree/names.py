@@ -1,19 +1,25 @@
 """Names of checkpoint keys as file names, and back (docs/layout.md).
 
 Percent-encoding of the UTF-8 bytes, applied only where a name cannot stand
-as it is: `%`, `/`, NUL, a leading `.`, the empty name, and names longer than
-the kernel's 255-byte limit. Every function here is pure.
+as it is: `%`, `/`, NUL, a leading `.`, the empty name, a lone surrogate
+(which no file name can hold: a pickle or a JSON header may still name a key
+so), and names longer than the kernel's 255-byte limit. Every function here
+is pure.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import re
 
 NAME_MAX = 255
 EMPTY = "%"
 _ALWAYS = {"%", "/", "\0"}
 _HASH_MARK = "%#"
+#: surrogates that `os.fsencode` cannot turn into bytes (those standing for
+#: undecodable bytes of a file name, U+DC80..U+DCFF, it can)
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 def _quote_char(ch: str) -> str:
@@ -32,10 +38,11 @@ def escape(part: str, suffix: str = "", *, dots: bool = False) -> str:
 def _quote(part: str, dots: bool = False) -> str:
     if part == "":
         return EMPTY
-    if part[0] != "." and "%" not in part and "/" not in part and "\0" not in part and not (dots and "." in part):
+    if (part[0] != "." and "%" not in part and "/" not in part and "\0" not in part and not (dots and "." in part)
+            and not _LONE_SURROGATE.search(part)):
         return part  # the common case: nothing to escape
     return "".join(
-        _quote_char(ch) if ch in _ALWAYS or (ch == "." and (i == 0 or dots)) else ch
+        _quote_char(ch) if ch in _ALWAYS or (ch == "." and (i == 0 or dots)) or _LONE_SURROGATE.match(ch) else ch
         for i, ch in enumerate(part)
     )
 

@@ -12,6 +12,8 @@ import functools
 from .dtypes import DTYPES, DType
 
 MAGIC = b"\x93NUMPY\x01\x00"
+#: no file can be larger (a stat's size is a signed 64-bit number)
+MAX_FILE_SIZE = 1 << 62
 ALIGN = 64
 _MAX_V1_HEADER = 0xFFFF
 

@@ -16,6 +16,7 @@ from ...sources.zstd import ZstdSource
 from ...tree import names, npy
 from ...tree.dtypes import DType
 from ...tree.nodes import Content, Dir, Extent, File, LazyDir
+from ...tree.npy import MAX_FILE_SIZE
 from ...tree.tensors import PlacedTensor, Tensor
 from .. import torchzip
 from .assemble import Assembled, Chunk, covers_exactly, row_pieces
@@ -114,9 +115,13 @@ class Reader:
 
     def record(self, fqn: str, info: dict) -> ChunkRecord:
         """The stored bytes of one chunk or item."""
-        shard = self.source(str(info["relative_path"]))
-        label = f"{self.path}/{info['relative_path']}"
-        start, length = int(info["offset"]), int(info["length"])
+        try:
+            relative, start, length = str(info["relative_path"]), int(info["offset"]), int(info["length"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(self.path, f"{fqn}: its storage entry in the metadata is incomplete "
+                                         f"({type(e).__name__}: {e})") from None
+        shard = self.source(relative)
+        label = f"{self.path}/{relative}"
         if start < 0 or length < 0 or start + length > shard.size:
             raise FormatError(label, f"{fqn}: bytes {start}-{start + length} lie outside the file ({shard.size} bytes)")
         raw = shard.slice(start, length)
@@ -131,6 +136,8 @@ class Reader:
     def tensor(self, fqn: str, meta: TensorMeta, storage: dict):
         dtype, shape = meta.dtype, meta.shape
         itemsize = dtype.bits // 8
+        if any(n < 0 for n in shape) or math.prod(shape) * itemsize >= MAX_FILE_SIZE:
+            raise FormatError(self.path, f"tensor {fqn!r}: shape {list(shape)} is more than a file can hold")
         chunks = []
         parts = names.split_dotted(fqn)
         for offsets, sizes in meta.chunks.items():
