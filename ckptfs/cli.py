@@ -281,9 +281,8 @@ def recover(args) -> int:
         waiting = f" (edits wait in {overlay_dir(source)}; remove it to drop them)" if os.path.isdir(overlay_dir(source)) else ""
         raise CkptfsError(f"{source}: no such file or directory{waiting}")
     if args.discard:  # needs no checkpoint: the source may be anything by now
-        overlay, _ = Overlay.reopen(source, lock_path(mounts.state_dir(), source))
-        remove_stale_temp_files(source)
-        overlay.remove()
+        Overlay.discard_waiting(source, lock_path(mounts.state_dir(), source),
+                                also=lambda: remove_stale_temp_files(source))
         print(f"ckptfs: {source}: edits discarded", file=sys.stderr)
         return 0
     checkpoint = open_checkpoint(source, _default_cache_dir())

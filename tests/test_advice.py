@@ -162,3 +162,19 @@ def test_what_an_interrupted_repack_left_is_cleared_by_resume_and_by_discard(mou
         weight_map = json.loads((model / "model.safetensors.index.json").read_text())["weight_map"]
         assert (ending in weight_map) == (ending == "resume")
         mnt.rmdir()
+
+
+def test_edits_that_cannot_be_read_back_can_still_be_dropped(mount, model):
+    """A full disk can cut the overlay's state file short: resuming says so
+    in one line and advises dropping the edits, which then works."""
+    digest = sha256(model)
+    mnt = mount(model, log_errors_expected=True)
+    np.save(mnt / "w.npy", np.zeros(6, dtype=np.float32))
+    os.kill(mounts.MountState(str(mnt)).pid(), signal.SIGKILL)
+    assert umount(mnt).returncode == 1  # clears the dead mount
+    (model.parent / ".model.safetensors.ckptfs" / "state.json").write_text('{"dev": 1')
+    done = run_ckptfs("recover", model, "--resume")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "internal error" not in done.stderr
+    (discard,) = advised(done.stderr)
+    assert discard == ["recover", str(model), "--discard"] and run_ckptfs(*discard).returncode == 0
+    assert sha256(model) == digest and not (model.parent / ".model.safetensors.ckptfs").exists()

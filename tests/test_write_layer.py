@@ -290,3 +290,52 @@ def test_the_legacy_torch_save_writer_on_a_tree_in_memory(tmp_path):
     out = tmp_path / "out.pt"
     _write(ckpt.writer, files, before, out)
     assert torch.load(out, weights_only=True) == {"lr": 0.25}
+
+
+def test_a_journal_record_cut_short_is_taken_back_and_the_journal_stays_readable(tmp_path, source, monkeypatch):
+    import errno
+
+    lock = lock_path(str(tmp_path / "state"), str(source))
+    overlay = Overlay.create(str(source), lock)
+    tree = EditableTree(_tree(), overlay)
+    tree.mkdir("kept")
+    real_write = os.write
+
+    def full_disk(fd, data):  # half the record fits, then the disk is full
+        if fd == overlay.journal_fd:
+            monkeypatch.setattr(os, "write", real_write)
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError) as refused:
+        tree.mkdir("lost")
+    assert refused.value.errno == errno.ENOSPC and "lost" not in tree.root.children  # not made: journal first
+    tree.mkdir("after")
+    overlay.release()
+    again, records = Overlay.reopen(str(source), lock)
+    assert [r.get("path") for r in records] == ["kept", "after"]
+    again.release()
+
+
+def test_a_torn_last_record_is_left_out_and_a_damaged_one_is_an_error(tmp_path, source, caplog):
+    lock = lock_path(str(tmp_path / "state"), str(source))
+    overlay = Overlay.create(str(source), lock)
+    tree = EditableTree(_tree(), overlay)
+    tree.mkdir("a")
+    tree.mkdir("b")
+    overlay.release()
+    journal = Path(overlay.path) / "journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'0badc0de {"op":"mkdir","path":"c"}\n')  # its checksum does not match: torn
+    again, records = Overlay.reopen(str(source), lock)
+    assert [r["path"] for r in records] == ["a", "b"] and "cut short" in caplog.text
+    again.release()
+    lines = whole.split(b"\n")
+    journal.write_bytes(lines[0][:-3] + b"xyz\n" + lines[1] + b"\n")  # the first record damaged: not a crash's doing
+    with pytest.raises(CkptfsError, match="record 1 of 2 is damaged.*ckptfs recover .* --discard"):
+        Overlay.reopen(str(source), lock)
+    (Path(overlay.path) / "state.json").write_text("{")  # cut short by a full disk
+    Overlay.discard_waiting(str(source), lock)  # drops them whatever state they are in
+    assert not Path(overlay.path).exists() and not os.path.exists(lock)

@@ -2,7 +2,7 @@
 
     <dir>/.<name>.ckptfs/     the overlay of <dir>/<name>, made on the first edit
         state.json            the source's identity at mount (device, inode, size, mtime)
-        journal               one JSON line per change of the tree, in order
+        journal               one line per change of the tree, in order: CRC-32, JSON
         data/<n>              the bytes of new and edited files
 
 A writable mount holds a lock (flock) in the runtime state directory, so a
@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
+import zlib
 
 from ..errors import CkptfsError, EditsWaiting
 from ..sources.base import Source
 from ..tree.nodes import Content
+
+log = logging.getLogger(__name__)
 
 BLOCK = 1 << 16
 
@@ -154,19 +158,42 @@ class Overlay:
         lock_fd = _lock(lock_path)
         if lock_fd is None:
             raise CkptfsError(f"{source}: mounted writable; unmount it first")
-        records = []
-        with open(os.path.join(path, "journal"), "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # the last record was cut short by a crash: that change never completed
-                records.append(json.loads(line))
+        try:
+            records = read_journal(os.path.join(path, "journal"))
+            with open(os.path.join(path, "state.json")) as f:
+                state = json.load(f)
+            identity = {k: int(state[k]) for k in ("dev", "ino", "size", "mtime_ns")}
+        except (OSError, ValueError, KeyError, TypeError, CkptfsError) as e:
+            os.close(lock_fd)
+            raise CkptfsError(f"{path}: the edits cannot be read back ({e}); drop them: ckptfs recover {source}"
+                              " --discard") from None
         fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         numbers = [r["file"] for r in records if "file" in r]
         overlay = cls(source, (lock_path, lock_fd), fd, max(numbers, default=-1) + 1)
-        state = overlay.state()
-        overlay.identity = {k: state[k] for k in ("dev", "ino", "size", "mtime_ns")}
+        overlay.identity = identity
         overlay.ignored = tuple(state.get("ignored", TEMP_PATTERNS))
         return overlay, records
+
+    @classmethod
+    def discard_waiting(cls, source: str, lock_path: str, also=None) -> None:
+        """Drop the overlay an earlier mount left, whatever state it is in
+        (a journal or state file cut short by a full disk included), and
+        run `also()` while the lock is held."""
+        path = overlay_dir(source)
+        if not os.path.isdir(path):
+            raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
+        lock_fd = _lock(lock_path)
+        if lock_fd is None:
+            raise CkptfsError(f"{source}: mounted writable; unmount it first")
+        overlay = cls.__new__(cls)
+        overlay.path, overlay.lock, overlay.journal_fd = path, (lock_path, lock_fd), None
+        try:
+            if also is not None:
+                also()
+            shutil.rmtree(path)
+            fsync_dir(os.path.dirname(path))
+        finally:
+            overlay._unlock()
 
     @property
     def exists(self) -> bool:
@@ -183,13 +210,20 @@ class Overlay:
             fsync_dir(self.path)
             fsync_dir(os.path.dirname(self.path))
 
-    def state(self) -> dict:
-        with open(os.path.join(self.path, "state.json")) as f:
-            return json.load(f)
-
     def record(self, **fields) -> None:
+        """Append one change to the journal, whole or not at all: a write cut
+        short (a full disk) is taken back and its error raised, so the journal
+        stays a list of complete records."""
         self._ensure()
-        os.write(self.journal_fd, (json.dumps(fields, separators=(",", ":")) + "\n").encode())
+        line = journal_line(fields)
+        end = os.lseek(self.journal_fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.journal_fd, view):]
+        except OSError:
+            os.ftruncate(self.journal_fd, end)
+            raise
 
     def data_file(self, number: int, create: bool) -> int:
         self._ensure()
@@ -234,6 +268,47 @@ class Overlay:
         os.unlink(path)  # while held: whoever opened it meanwhile finds it gone (`_lock`) and takes a new one
         os.close(fd)
         self.lock = None
+
+
+def journal_line(fields: dict) -> bytes:
+    """One journal record: the CRC-32 of its JSON in hex, a space, the JSON."""
+    body = json.dumps(fields, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def read_journal(path: str) -> list[dict]:
+    """The records of a journal. A last record cut short or damaged (a crash
+    in the middle of it) is a change that never completed: left out, with a
+    warning. A damaged record before the last is an error."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    torn = lines.pop()  # after the last newline: empty, or a record cut short
+    records = []
+    for number, line in enumerate(lines, 1):
+        record = _record(line)
+        if record is None and number < len(lines):
+            raise CkptfsError(f"{path}: record {number} of {len(lines)} is damaged")
+        if record is None:
+            torn = line
+            break
+        records.append(record)
+    if torn:
+        log.warning("%s: its last record was cut short (a crash while writing it); that change is left out", path)
+    return records
+
+
+def _record(line: bytes) -> dict | None:
+    if line.startswith(b"{"):  # written before records had a checksum
+        body = line
+    else:
+        crc, _, body = line.partition(b" ")
+        if crc != b"%08x" % zlib.crc32(body):
+            return None
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def lock_path(state_dir: str, source: str) -> str:
