@@ -273,7 +273,7 @@ def commit(args) -> int:
 
 def recover(args) -> int:
     from .formats import open_checkpoint
-    from .write.overlay import Overlay, lock_path, overlay_dir
+    from .write.overlay import Overlay, overlay_dir
     from .write.session import EditSession, remove_stale_temp_files
 
     source = os.path.abspath(args.source)
@@ -281,13 +281,12 @@ def recover(args) -> int:
         waiting = f" (edits wait in {overlay_dir(source)}; remove it to drop them)" if os.path.isdir(overlay_dir(source)) else ""
         raise CkptfsError(f"{source}: no such file or directory{waiting}")
     if args.discard:  # needs no checkpoint: the source may be anything by now
-        Overlay.discard_waiting(source, lock_path(mounts.state_dir(), source),
-                                also=lambda: remove_stale_temp_files(source))
+        Overlay.discard_waiting(source, also=lambda: remove_stale_temp_files(source))
         print(f"ckptfs: {source}: edits discarded", file=sys.stderr)
         return 0
     checkpoint = open_checkpoint(source, _default_cache_dir())
     try:
-        session = EditSession.resume(checkpoint, mounts.state_dir(), source_changed_ok=args.output is not None)
+        session = EditSession.resume(checkpoint, source_changed_ok=args.output is not None)
     except SourceChangedError as e:
         raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
     try:

@@ -54,8 +54,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def test_replaying_the_journal_rebuilds_the_edited_tree(tmp_path, source):
-    state = tmp_path / "state"
-    overlay = Overlay.create(str(source), lock_path(str(state), str(source)))
+    overlay = Overlay.create(str(source))
     edited = EditableTree(_tree(), overlay)
     b = edited.edit("sub/b.bin").content
     edited.write(b, 65536 + 10, b"patched")  # the second block only
@@ -72,31 +71,32 @@ def test_replaying_the_journal_rebuilds_the_edited_tree(tmp_path, source):
     assert b.dirty == {1}  # one block copied up, not the file
     overlay.release()
 
-    again, records = Overlay.reopen(str(source), lock_path(str(state), str(source)))
+    again, records = Overlay.reopen(str(source))
     replayed = EditableTree(_tree(), again, journal=False)
     replayed.replay(records)
     assert _contents(replayed.root) == expected
     again.remove()
-    assert not Path(again.path).exists() and not os.path.exists(lock_path(str(state), str(source)))
+    assert not Path(again.path).exists() and not os.path.exists(lock_path(str(source)))
 
 
 def test_a_second_writer_is_locked_out_and_waiting_edits_are_said(tmp_path, source):
-    lock = lock_path(str(tmp_path / "state"), str(source))
-    first = Overlay.create(str(source), lock)
+    first = Overlay.create(str(source))
+    # beside the source, where every host and container that shares its file system sees it
+    assert lock_path(str(source)) == str(source.parent / ".model.bin.ckptfs.lock") and os.path.exists(lock_path(str(source)))
     with pytest.raises(CkptfsError, match="already mounted writable"):
-        Overlay.create(str(source), lock)
+        Overlay.create(str(source))
     EditableTree(_tree(), first).mkdir("x")  # the first change makes the overlay and its journal
     first.release()
     with pytest.raises(EditsWaiting, match="edits of an earlier mount are waiting"):
-        Overlay.create(str(source), lock)
-    again, records = Overlay.reopen(str(source), lock)
+        Overlay.create(str(source))
+    again, records = Overlay.reopen(str(source))
     assert [r["op"] for r in records] == ["mkdir"]
     again.remove()
-    Overlay.create(str(source), lock).remove()  # free again
+    Overlay.create(str(source)).remove()  # free again
 
 
 def test_changes_are_bytes_and_kinds_not_writes(tmp_path, source):
-    overlay = Overlay.create(str(source), lock_path(str(tmp_path / "state"), str(source)))
+    overlay = Overlay.create(str(source))
     edited = EditableTree(_tree(), overlay)
     before = _snapshot(edited.root)
     a = edited.edit("a.txt").content
@@ -122,7 +122,7 @@ def test_mount_options():
 def _edit_in_memory(checkpoint, tmp_path, edits) -> tuple[dict, dict]:
     """(edited files, before) of `checkpoint` after `edits(tree)`, as the
     edit session would hand them to the format's writer."""
-    overlay = Overlay.create(checkpoint.source_path, lock_path(str(tmp_path / "state"), checkpoint.source_path))
+    overlay = Overlay.create(checkpoint.source_path)
     tree = EditableTree(checkpoint.root, overlay)
     before = _snapshot(checkpoint.root)
     edits(tree)
@@ -295,8 +295,7 @@ def test_the_legacy_torch_save_writer_on_a_tree_in_memory(tmp_path):
 def test_a_journal_record_cut_short_is_taken_back_and_the_journal_stays_readable(tmp_path, source, monkeypatch):
     import errno
 
-    lock = lock_path(str(tmp_path / "state"), str(source))
-    overlay = Overlay.create(str(source), lock)
+    overlay = Overlay.create(str(source))
     tree = EditableTree(_tree(), overlay)
     tree.mkdir("kept")
     real_write = os.write
@@ -314,14 +313,13 @@ def test_a_journal_record_cut_short_is_taken_back_and_the_journal_stays_readable
     assert refused.value.errno == errno.ENOSPC and "lost" not in tree.root.children  # not made: journal first
     tree.mkdir("after")
     overlay.release()
-    again, records = Overlay.reopen(str(source), lock)
+    again, records = Overlay.reopen(str(source))
     assert [r.get("path") for r in records] == ["kept", "after"]
     again.release()
 
 
 def test_a_torn_last_record_is_left_out_and_a_damaged_one_is_an_error(tmp_path, source, caplog):
-    lock = lock_path(str(tmp_path / "state"), str(source))
-    overlay = Overlay.create(str(source), lock)
+    overlay = Overlay.create(str(source))
     tree = EditableTree(_tree(), overlay)
     tree.mkdir("a")
     tree.mkdir("b")
@@ -329,13 +327,13 @@ def test_a_torn_last_record_is_left_out_and_a_damaged_one_is_an_error(tmp_path, 
     journal = Path(overlay.path) / "journal"
     whole = journal.read_bytes()
     journal.write_bytes(whole + b'0badc0de {"op":"mkdir","path":"c"}\n')  # its checksum does not match: torn
-    again, records = Overlay.reopen(str(source), lock)
+    again, records = Overlay.reopen(str(source))
     assert [r["path"] for r in records] == ["a", "b"] and "cut short" in caplog.text
     again.release()
     lines = whole.split(b"\n")
     journal.write_bytes(lines[0][:-3] + b"xyz\n" + lines[1] + b"\n")  # the first record damaged: not a crash's doing
     with pytest.raises(CkptfsError, match="record 1 of 2 is damaged.*ckptfs recover .* --discard"):
-        Overlay.reopen(str(source), lock)
+        Overlay.reopen(str(source))
     (Path(overlay.path) / "state.json").write_text("{")  # cut short by a full disk
-    Overlay.discard_waiting(str(source), lock)  # drops them whatever state they are in
-    assert not Path(overlay.path).exists() and not os.path.exists(lock)
+    Overlay.discard_waiting(str(source))  # drops them whatever state they are in
+    assert not Path(overlay.path).exists() and not os.path.exists(lock_path(str(source)))

@@ -41,13 +41,13 @@ def _edit_session(checkpoint, opts, resume: bool = False):
         return _read_only(checkpoint, f"{parent}: not writable, so edits cannot be kept beside the source")
     if resume:
         try:
-            return EditSession.resume(checkpoint, mounts.state_dir())
+            return EditSession.resume(checkpoint)
         except SourceChangedError as e:
             raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
     try:
         if opts.ignore is None:
-            return EditSession.start(checkpoint, mounts.state_dir())
-        return EditSession.start(checkpoint, mounts.state_dir(), opts.ignore)
+            return EditSession.start(checkpoint)
+        return EditSession.start(checkpoint, opts.ignore)
     except EditsWaiting as e:
         return _read_only(checkpoint, f"{e} ({advice.waiting(source)})")
     except (CkptfsError, OSError) as e:

@@ -5,8 +5,9 @@
         journal               one line per change of the tree, in order: CRC-32, JSON
         data/<n>              the bytes of new and edited files
 
-A writable mount holds a lock (flock) in the runtime state directory, so a
-second writable mount of the same source is refused.
+A writable mount holds a lock (flock) on `<dir>/.<name>.ckptfs.lock`, beside
+the overlay, so a second writable mount of the same source is refused, from
+this host or another that shares the file system.
 
 Nothing is kept only in memory: a write is in `data/<n>` and a change of the
 tree is in the journal before the call returns, so both survive the daemon
@@ -138,24 +139,26 @@ class Overlay:
         self.ignored = ignored  # names of temporary files, never packed (kept for `recover`)
 
     @classmethod
-    def create(cls, source: str, lock_path: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> Overlay:
+    def create(cls, source: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> Overlay:
         """The overlay of a writable mount; CkptfsError if another writable
         mount holds the lock or if edits of an earlier mount wait."""
         journal = os.path.join(overlay_dir(source), "journal")
         if os.path.exists(journal) and os.path.getsize(journal) > 0:
             raise EditsWaiting(f"{source}: edits of an earlier mount are waiting in {overlay_dir(source)}")
-        lock_fd = _lock(lock_path)
+        lock = lock_path(source)
+        lock_fd = _lock(lock)
         if lock_fd is None:
             raise CkptfsError(f"{source}: already mounted writable elsewhere")
-        return cls(source, (lock_path, lock_fd), ignored=ignored)
+        return cls(source, (lock, lock_fd), ignored=ignored)
 
     @classmethod
-    def reopen(cls, source: str, lock_path: str) -> tuple[Overlay, list[dict]]:
+    def reopen(cls, source: str) -> tuple[Overlay, list[dict]]:
         """The overlay an earlier mount left, and its journal records."""
         path = overlay_dir(source)
         if not os.path.isdir(path):
             raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
-        lock_fd = _lock(lock_path)
+        lock = lock_path(source)
+        lock_fd = _lock(lock)
         if lock_fd is None:
             raise CkptfsError(f"{source}: mounted writable; unmount it first")
         try:
@@ -169,24 +172,25 @@ class Overlay:
                               " --discard") from None
         fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         numbers = [r["file"] for r in records if "file" in r]
-        overlay = cls(source, (lock_path, lock_fd), fd, max(numbers, default=-1) + 1)
+        overlay = cls(source, (lock, lock_fd), fd, max(numbers, default=-1) + 1)
         overlay.identity = identity
         overlay.ignored = tuple(state.get("ignored", TEMP_PATTERNS))
         return overlay, records
 
     @classmethod
-    def discard_waiting(cls, source: str, lock_path: str, also=None) -> None:
+    def discard_waiting(cls, source: str, also=None) -> None:
         """Drop the overlay an earlier mount left, whatever state it is in
         (a journal or state file cut short by a full disk included), and
         run `also()` while the lock is held."""
         path = overlay_dir(source)
         if not os.path.isdir(path):
             raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
-        lock_fd = _lock(lock_path)
+        lock = lock_path(source)
+        lock_fd = _lock(lock)
         if lock_fd is None:
             raise CkptfsError(f"{source}: mounted writable; unmount it first")
         overlay = cls.__new__(cls)
-        overlay.path, overlay.lock, overlay.journal_fd = path, (lock_path, lock_fd), None
+        overlay.path, overlay.lock, overlay.journal_fd = path, (lock, lock_fd), None
         try:
             if also is not None:
                 also()
@@ -311,18 +315,18 @@ def _record(line: bytes) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def lock_path(state_dir: str, source: str) -> str:
-    """The lock a writable mount of `source` holds: in the runtime state
-    directory, named after the source's device and inode."""
-    st = os.stat(source)
-    return os.path.join(state_dir, f"lock-{st.st_dev}-{st.st_ino}")
+def lock_path(source: str) -> str:
+    """The lock a writable mount of `source` holds: beside the overlay, on the
+    source's file system, so that every host and container that sees the
+    source sees the lock (one in each's own /run would not keep two of them
+    from sharing one overlay)."""
+    return overlay_dir(source) + ".lock"
 
 
 def _lock(path: str) -> int | None:
     """The lock file at `path`, held; None if another process holds it. The
     holder removes it when done, so a lock taken on a file already removed
     is let go and taken again on the new one."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

@@ -18,7 +18,7 @@ from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
 from .editable import EditableTree
 from .output import write_atomically, write_directory_atomically
-from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, lock_path, source_identity
+from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, source_identity
 
 log = logging.getLogger(__name__)
 VIEW = frozenset({VIEW_NAME})
@@ -34,19 +34,19 @@ class EditSession:
     before: dict
 
     @classmethod
-    def start(cls, checkpoint, state_dir: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
-        overlay = Overlay.create(checkpoint.source_path, lock_path(state_dir, checkpoint.source_path), ignored)
+    def start(cls, checkpoint, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
+        overlay = Overlay.create(checkpoint.source_path, ignored)
         return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root, ignored))
 
     @classmethod
-    def resume(cls, checkpoint, state_dir: str, source_changed_ok: bool = False) -> EditSession:
+    def resume(cls, checkpoint, source_changed_ok: bool = False) -> EditSession:
         """The edits an earlier mount left in the overlay, replayed. If the
         source changed since, SourceChangedError, unless `source_changed_ok`
         (the edits then go to a new file): they are replayed on its present
         content when every edited file was written whole, since a file
         patched in place takes its other bytes from the source."""
         source = checkpoint.source_path
-        overlay, records = Overlay.reopen(source, lock_path(state_dir, source))
+        overlay, records = Overlay.reopen(source)
         try:
             remove_stale_temp_files(source)
             before = _snapshot(checkpoint.root, overlay.ignored)
