@@ -17,7 +17,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
-from .conftest import FIXTURES, run_ckptfs, write_safetensors
+from .conftest import FIXTURES, run_ckptfs, write_refused, write_safetensors
 
 
 def _encrypted_torch_zip() -> bytes:
@@ -114,3 +114,38 @@ def test_a_tensor_larger_than_any_file_breaks_only_itself(mount, tmp_path):
     assert sorted(os.listdir(mnt)) == [".ckptfs", "__0_0.distcp", "b.npy"]
     assert any("is more than a file can hold" in n for n in _notes(mnt)), _notes(mnt)
     assert json.dumps(_notes(mnt))  # the notes render
+
+
+def test_a_yaml_alias_bomb_in_a_view_is_refused_at_once(mount, tmp_path):
+    import time
+
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2), "cfg": {"lr": 0.1}}, path)
+    mnt = mount(path, log_errors_expected=True)
+    levels = [b'a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):  # a few hundred bytes that stand for 9**9 values
+        this, before = chr(97 + i).encode(), chr(96 + i).encode()
+        levels.append(this + b": &" + this + b" [" + b",".join([b"*" + before] * 9) + b"]")
+    bomb = b"\n".join(levels) + b"\n"
+    started = time.monotonic()
+    write_refused(mnt / "cfg.yaml", bomb)
+    assert time.monotonic() - started < 5
+    assert "aliases expand to more than 100,000 values" in os.getxattr(mnt / "cfg.yaml", "user.ckptfs.problem").decode()
+    assert np.load(mnt / "w.npy").tolist() == [1.0, 1.0]  # the mount answers meanwhile
+    done = run_ckptfs("umount", mnt, "--discard")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_pathological_npy_header_is_one_line_everywhere(mount, tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8))
+    mnt = mount(path, log_errors_expected=True)
+    shape = "(" * 20000 + ")" * 20000
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % shape
+    header = text.encode() + b" " * (-(len(text) + 11) % 64) + b"\n"
+    write_refused(mnt / "w.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    assert "NPY header is not readable" in os.getxattr(mnt / "w.npy", "user.ckptfs.problem").decode()
+    done = run_ckptfs("umount", mnt)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "w: NPY header is not readable" in done.stderr and "ckptfs recover" in done.stderr
+    assert run_ckptfs("recover", path, "--discard").returncode == 0

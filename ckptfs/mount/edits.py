@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 
@@ -13,6 +14,8 @@ from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 from ..tree.checkpoint import VIEW_NAME
 from ..tree.nodes import Access
 from . import mounts
+
+log = logging.getLogger(__name__)
 
 
 def _read_only(checkpoint, reason: str, say: bool = True) -> None:
@@ -98,6 +101,11 @@ class MountEdits:
             return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=False)
         except CkptfsError as e:
             return 1, str(e)
+        except Exception as e:  # a bug: still a line for `umount` to show, and the edits kept
+            log.exception("the repack failed")
+            overlay = self.session.editable.overlay
+            return 1, (f"{self.source}: the repack failed ({type(e).__name__}: {e}); the edits are kept in "
+                       f"{overlay.path}; see the log, {self.opts.log_file or self.state.log_file}")
 
     def commit(self, force: bool = False, backup: bool = False) -> tuple[int, str]:
         """`ckptfs commit`: repack now, then serve the new checkpoint with an

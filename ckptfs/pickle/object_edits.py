@@ -55,10 +55,17 @@ def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
 _Loader.add_multi_constructor("!", _tagged)
 
 
+#: how many nodes an edited YAML view may stand for once its aliases are
+#: expanded: a few hundred bytes of nested aliases (a "billion laughs") would
+#: otherwise make the merge walk billions of nodes
+MAX_EXPANDED_NODES = 100_000
+
+
 def parse(text: bytes, name: str) -> yaml.Node | None:
-    """The YAML node tree of an edited view; EditError if it is not YAML."""
+    """The YAML node tree of an edited view; EditError if it is not YAML, or
+    if its aliases expand beyond MAX_EXPANDED_NODES or into a cycle."""
     try:
-        return yaml.compose(text.decode("utf-8"), Loader=_Loader)
+        node = yaml.compose(text.decode("utf-8"), Loader=_Loader)
     except UnicodeDecodeError:
         raise EditError(f"{name}: not UTF-8 text") from None
     except yaml.MarkedYAMLError as e:
@@ -66,6 +73,39 @@ def parse(text: bytes, name: str) -> yaml.Node | None:
         raise EditError(f"{name}: not valid YAML (line {mark.line + 1}, column {mark.column + 1}: {e.problem})") from None
     except yaml.YAMLError as e:
         raise EditError(f"{name}: not valid YAML ({' '.join(str(e).split())})") from None
+    if node is not None and _expanded_size(node, name) > MAX_EXPANDED_NODES:
+        raise EditError(f"{name}: its aliases expand to more than {MAX_EXPANDED_NODES:,} values")
+    return node
+
+
+def _expanded_size(root: yaml.Node, name: str) -> int:
+    """How many nodes `root` stands for with every alias expanded, counted
+    once per distinct node (so the count itself costs little)."""
+    sizes: dict[int, int] = {}
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while pending:
+        node, children_done = pending.pop()
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = min(MAX_EXPANDED_NODES + 1, 1 + sum(sizes[id(c)] for c in _children(node)))
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in on_path:
+            raise EditError(f"{name}: an alias refers to a value that holds it (a cycle)")
+        on_path.add(id(node))
+        pending.append((node, True))
+        pending.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def construct(node: yaml.Node) -> object:

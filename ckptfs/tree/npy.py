@@ -63,8 +63,9 @@ def parse_header(head: bytes, name: str) -> tuple[str, tuple[int, ...], int]:
         raise ValueError(f"{name}: NPY header is cut short")
     try:
         fields = ast.literal_eval(head[start : start + size].decode("latin-1" if major < 3 else "utf-8"))
-    except (ValueError, SyntaxError, UnicodeDecodeError) as e:
-        raise ValueError(f"{name}: NPY header is not readable ({e})") from None
+    except (ValueError, SyntaxError, UnicodeDecodeError, TypeError, RecursionError, MemoryError) as e:
+        # a header is at most 64 KiB here, but deep nesting still overflows the parser
+        raise ValueError(f"{name}: NPY header is not readable ({type(e).__name__}: {e})") from None
     if not (isinstance(fields, dict) and {"descr", "fortran_order", "shape"} <= fields.keys()):
         raise ValueError(f"{name}: NPY header lacks descr, fortran_order or shape")
     descr, shape = fields["descr"], fields["shape"]
