@@ -149,3 +149,35 @@ def test_a_pathological_npy_header_is_one_line_everywhere(mount, tmp_path):
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "w: NPY header is not readable" in done.stderr and "ckptfs recover" in done.stderr
     assert run_ckptfs("recover", path, "--discard").returncode == 0
+
+
+def test_a_pickle_that_asks_for_gigabytes_gets_a_placeholder(mount, tmp_path):
+    from .test_torch_zip import _spliced
+
+    torch.save({"weights": torch.ones(2), "payload": 12345}, tmp_path / "base.pt")
+    ckpt = _spliced(tmp_path / "base.pt", tmp_path, b"cbuiltins\nbytearray\n\x8a\x05\x00\x5e\xd0\xb2\x00\x85R")
+    mnt = mount(ckpt, "-o", "ro")  # bytearray(3_000_000_000) through REDUCE
+    assert np.load(mnt / "weights.npy").tolist() == [1.0, 1.0]
+    assert "bytearray" in (mnt / "payload.yaml").read_text() and "3000000000" in (mnt / "payload.yaml").read_text()
+    status = Path(f"/proc/{_daemon_of(mnt)}/status").read_text()
+    peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    assert peak_kb < 1 << 20, f"the daemon peaked at {peak_kb} kB"  # far below the 3 GB asked for
+
+
+def _daemon_of(mnt: Path) -> int:
+    from ckptfs.mount import mounts
+
+    return mounts.MountState(str(mnt)).pid()
+
+
+def test_a_tar_member_with_a_negative_size_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "negative.nemo"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("model_config.yaml")
+        info.size, info.pax_headers = 3, {"size": "-512"}
+        tf.addfile(info, io.BytesIO(b"a: "))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = run_ckptfs("mount", path, mnt)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"ckptfs: {path}: member 'model_config.yaml' claims a negative size (-512)"]

@@ -64,7 +64,13 @@ def list_members(fileobj, path: str) -> tuple[list[Member], list[str]]:
     members = []
     try:
         archive = tarfile.open(fileobj=fileobj, mode="r:")
+        last = -1
         for info in archive:
+            if info.size < 0:
+                raise FormatError(path, f"member {info.name!r} claims a negative size ({info.size})")
+            if info.offset <= last:  # a header that sends the reader back: it would read forever
+                raise FormatError(path, f"member {info.name!r} at byte {info.offset} comes before the one it follows")
+            last = info.offset
             member = _member(info, path)
             if member is None:
                 notes.append(f"member {info.name!r} skipped: {_kind_text(info)} is not supported")

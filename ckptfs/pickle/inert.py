@@ -476,6 +476,8 @@ def _container(kind):
         if len(args) > 1:
             return NotImplemented
         items = args[0] if args else ()
+        if not isinstance(items, (list, tuple, set, frozenset, bytes, bytearray)):
+            return NotImplemented  # `bytearray(3_000_000_000)` stays a call: nothing is allocated for it
         return kind(_hashable(x) for x in items) if kind in (set, frozenset) else kind(items)
 
     return build
