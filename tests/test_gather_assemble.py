@@ -83,3 +83,26 @@ def test_row_shards_are_laid_end_to_end_and_bad_tilings_are_named():
     assert "overlap" in covers_exactly((4, 3), overlap)
     outside = _chunked(np.zeros((5, 3), np.int32), [((0, 0), (5, 3))])
     assert "outside the tensor" in covers_exactly((4, 3), outside)
+
+
+class CountingSource(MemorySource):
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.read_bytes = 0
+
+    def pread(self, offset, length):
+        self.read_bytes += length
+        return super().pread(offset, length)
+
+
+def test_rows_far_apart_are_fetched_without_the_span_between():
+    """A small view of a big storage (a few rows, far apart) reads its rows,
+    not the storage between them, however the request is cut."""
+    storage = np.arange(4_000_000, dtype=np.uint8) * 7
+    view = np.lib.stride_tricks.as_strided(storage, shape=(4, 2), strides=(1_000_000, 1))
+    source = CountingSource(storage.tobytes())
+    gather = Gather(source, 0, 1, 0, (4, 2), (1_000_000, 1))
+    want = np.ascontiguousarray(view).tobytes()
+    for offset in range(len(want)):
+        assert gather.read(offset, 8) == want[offset:]
+    assert source.read_bytes < 1000  # 8 reads of at most 8 bytes each; the span is 3 MB

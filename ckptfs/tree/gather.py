@@ -78,6 +78,11 @@ class Gather:
             for axis_index, stride in zip(index, self.strides[:-1]):
                 starts += axis_index * stride
         low, high = int(starts.min()), int(starts.max()) + width
+        begin = first - row_first * width
+        if high - low > 2 * len(starts) * width + GAP_BYTES // self.itemsize:
+            # rows far apart (a few rows of a big storage): fetch them, never the span between
+            elements = (starts[:, None] + np.arange(width, dtype=np.int64)[None, :]).reshape(-1)
+            return self._fetch(elements)[begin : begin + (last - first)]
         span = self.source.read_exact(self.base + low * self.itemsize, (high - low) * self.itemsize)
         flat = np.frombuffer(span, dtype=np.uint8)
         steps = np.diff(starts)
@@ -94,7 +99,6 @@ class Gather:
         else:
             flat = flat.reshape(-1, self.itemsize)
             rows = flat[(starts - low)[:, None] + np.arange(width)[None, :]].reshape(-1, self.itemsize)
-        begin = first - row_first * width
         return rows[begin : begin + (last - first)]
 
     def _fetch(self, elements: np.ndarray) -> np.ndarray:
