@@ -154,50 +154,36 @@ class Overlay:
     @classmethod
     def reopen(cls, source: str) -> tuple[Overlay, list[dict]]:
         """The overlay an earlier mount left, and its journal records."""
-        path = overlay_dir(source)
-        if not os.path.isdir(path):
-            raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
-        lock = lock_path(source)
-        lock_fd = _lock(lock)
-        if lock_fd is None:
-            raise CkptfsError(f"{source}: mounted writable; unmount it first")
+        path, lock = _take_waiting(source)
         try:
             records = read_journal(os.path.join(path, "journal"))
             with open(os.path.join(path, "state.json")) as f:
                 state = json.load(f)
             identity = {k: int(state[k]) for k in ("dev", "ino", "size", "mtime_ns")}
         except (OSError, ValueError, KeyError, TypeError, CkptfsError) as e:
-            os.close(lock_fd)
+            _release(lock)
             raise CkptfsError(f"{path}: the edits cannot be read back ({e}); drop them: ckptfs recover {source}"
                               " --discard") from None
         fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         numbers = [r["file"] for r in records if "file" in r]
-        overlay = cls(source, (lock, lock_fd), fd, max(numbers, default=-1) + 1)
+        overlay = cls(source, lock, fd, max(numbers, default=-1) + 1)
         overlay.identity = identity
         overlay.ignored = tuple(state.get("ignored", TEMP_PATTERNS))
         return overlay, records
 
-    @classmethod
-    def discard_waiting(cls, source: str, also=None) -> None:
+    @staticmethod
+    def discard_waiting(source: str, also=None) -> None:
         """Drop the overlay an earlier mount left, whatever state it is in
         (a journal or state file cut short by a full disk included), and
         run `also()` while the lock is held."""
-        path = overlay_dir(source)
-        if not os.path.isdir(path):
-            raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
-        lock = lock_path(source)
-        lock_fd = _lock(lock)
-        if lock_fd is None:
-            raise CkptfsError(f"{source}: mounted writable; unmount it first")
-        overlay = cls.__new__(cls)
-        overlay.path, overlay.lock, overlay.journal_fd = path, (lock, lock_fd), None
+        path, lock = _take_waiting(source)
         try:
             if also is not None:
                 also()
             shutil.rmtree(path)
             fsync_dir(os.path.dirname(path))
         finally:
-            overlay._unlock()
+            _release(lock)
 
     @property
     def exists(self) -> bool:
@@ -266,12 +252,9 @@ class Overlay:
         self._unlock()
 
     def _unlock(self) -> None:
-        if self.lock is None:
-            return
-        path, fd = self.lock
-        os.unlink(path)  # while held: whoever opened it meanwhile finds it gone (`_lock`) and takes a new one
-        os.close(fd)
-        self.lock = None
+        if self.lock is not None:
+            _release(self.lock)
+            self.lock = None
 
 
 def journal_line(fields: dict) -> bytes:
@@ -313,6 +296,24 @@ def _record(line: bytes) -> dict | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def _take_waiting(source: str) -> tuple[str, tuple[str, int]]:
+    """The overlay directory an earlier mount left, and its lock, held."""
+    path = overlay_dir(source)
+    if not os.path.isdir(path):
+        raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
+    lock = lock_path(source)
+    fd = _lock(lock)
+    if fd is None:
+        raise CkptfsError(f"{source}: mounted writable; unmount it first")
+    return path, (lock, fd)
+
+
+def _release(lock: tuple[str, int]) -> None:
+    path, fd = lock
+    os.unlink(path)  # while held: whoever opened it meanwhile finds it gone (`_lock`) and takes a new one
+    os.close(fd)
 
 
 def lock_path(source: str) -> str:
