@@ -11,9 +11,7 @@ from ..sources.base import FileSource
 from ..sources.directory import LocalDirectory
 from ..tree.checkpoint import Checkpoint
 from . import dcp, folder, gzindex, hf, safetensors, tar, torchlegacy, torchzip
-from .base import DirectoryFormat, FileFormat
-
-SNIFF_BYTES = 512
+from .base import SNIFF_BYTES, DirectoryFormat, FileFormat
 
 #: single-file formats, tried in this order on the first SNIFF_BYTES bytes
 FILE_FORMATS: tuple[FileFormat, ...] = (

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from ..tree.tensors import PlacedTensor
     from ..write.output import Blob, Output
 
+#: how many first bytes a file format's `sniff` is shown
+SNIFF_BYTES = 512
+
 #: path -> node of the edited tree, as `write.diff.files_of` lists it
 Files = dict[str, Node]
 #: path -> (node, its content at mount) of the tree as the source has it

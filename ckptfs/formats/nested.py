@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from ..sources.base import Source
 from ..tree.nodes import Access, Dir
 from ..tree.tensors import PlacedTensor
-
-SNIFF_BYTES = 512
+from .base import SNIFF_BYTES
 
 
 @dataclass

@@ -163,12 +163,10 @@ class TorchZip(PickledCheckpoint):
 
 
 def expand_nested(source: Source, name: str, notes: list[str]):
-    """A file inside another checkpoint, expanded if it is a torch.save zip:
-    (folder, its tensors, its pickle globals), or None to keep it a plain
-    file. One that looks like a torch zip but cannot be read stays plain, and
-    `notes` says why."""
-    if not sniff(source.pread(0, 4)):
-        return None
+    """A torch.save zip inside another checkpoint (`FileFormat.nest`, once
+    `sniff` said yes), expanded: (folder, its tensors, its pickle globals),
+    or None to keep it a plain file. One that looks like a torch zip but
+    cannot be read stays plain, and `notes` says why."""
     try:
         archive = TorchZip(source, f"{source.path}:{name}")
         folder, tensors = archive.tree()

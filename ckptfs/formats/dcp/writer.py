@@ -18,7 +18,7 @@ from ...tree import names, npy
 from ...tree.dtypes import BY_NAME
 from ...tree.nodes import Dir, Extent, File
 from ...write.diff import below, is_edited, same_bytes
-from ...write.output import write_new_file
+from ...write.output import Blob, ContentBlob, write_new_file
 from .. import torchzip
 from ..base import DirectoryWriter, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names
@@ -49,10 +49,10 @@ class Writer(DirectoryWriter):
             if made is not None:
                 write_new_file(os.path.join(out, name), made.write)
 
-    def _other_files(self, files: dict, before: dict) -> dict[str, FileBlob | None]:
+    def _other_files(self, files: dict, before: dict) -> dict[str, Blob | None]:
         """The directory's files beside the checkpoint (Megatron's
         metadata.json, common.pt) that the edits change or remove."""
-        changed: dict[str, FileBlob | None] = {}
+        changed: dict[str, Blob | None] = {}
         for name, source in self.files.items():
             leaf = names.file_parts(name)[0]
             node = files.get(leaf)
@@ -65,10 +65,10 @@ class Writer(DirectoryWriter):
                 if blob is not None:
                     changed[name] = blob
             elif is_edited(node):
-                changed[name] = FileBlob(node.content.size, functools.partial(_write_content, node.content))
+                changed[name] = ContentBlob(node.content)
         return changed
 
-    def new_files(self, files: dict, before: dict) -> dict[str, FileBlob | None]:
+    def new_files(self, files: dict, before: dict) -> dict[str, Blob | None]:
         """What the edits make of the checkpoint's files, by name: a `FileBlob`
         for a changed one, None for one left out; unchanged ones are not
         listed. RepackError naming every edit that cannot be written."""
@@ -100,7 +100,7 @@ class Writer(DirectoryWriter):
                 problems.append(str(e))
         if problems:
             raise RepackError(f"cannot write {self.path}: " + "; ".join(problems))
-        new: dict[str, FileBlob | None] = {}
+        new: dict[str, Blob | None] = {}
         for name, source in self.files.items():
             shard_patches = patches.get(name, {})
             if layout is not None and name in layout.metadata:
@@ -194,10 +194,6 @@ class Writer(DirectoryWriter):
 
 def _write_bytes(data: bytes, output) -> None:
     output.write(data)
-
-
-def _write_content(content, output) -> None:
-    output.copy_content(content)
 
 
 @dataclass(frozen=True)
