@@ -90,6 +90,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None, check=None):
         super().__init__()
         self.owner = owner
+        self.default_access = Access(owner.uid, owner.gid, owner.read_bits)
         self.root = root
         self.editable, self.check = editable, check
         self.handles: dict[int, _Handle] = {}  # open files
@@ -102,7 +103,8 @@ class Operations(pyfuse3.Operations):
         self.read_only: set[int] = set() if editable else {pyfuse3.ROOT_INODE}
         #: inode -> who may read it, where a node (or a folder above it) says
         #: more than the source's owner and read bits (files of a directory source)
-        self.access_of: dict[int, Access] = {pyfuse3.ROOT_INODE: root.access} if root.access else {}
+        self.access_of: dict[int, Access] = {}
+        self._set_access(pyfuse3.ROOT_INODE, root.access)
         self._next_inode = pyfuse3.ROOT_INODE + 1
 
     def replace_tree(self, root: Dir, editable: EditableTree | None, check=None) -> None:
@@ -115,7 +117,8 @@ class Operations(pyfuse3.Operations):
         self.listings.clear()
         self.entries.clear()
         self.read_only = set() if editable else {pyfuse3.ROOT_INODE}
-        self.access_of = {pyfuse3.ROOT_INODE: root.access} if root.access else {}
+        self.access_of = {}
+        self._set_access(pyfuse3.ROOT_INODE, root.access)
         self.__dict__.pop("totals", None)
         for name in old:  # names the kernel may have cached: look them up again
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
@@ -139,14 +142,21 @@ class Operations(pyfuse3.Operations):
                     self._next_inode += 1
                 if inode in self.read_only or child.read_only:
                     self.read_only.add(number)
-                if child.access or inherited:
-                    self.access_of[number] = child.access or inherited
+                self._set_access(number, child.access or inherited)
                 encoded = os.fsencode(name)
                 self.parents[number] = (inode, name)
                 self.entries[inode, encoded] = number
                 listing.append((encoded, number))
             self.listings[inode] = listing
         return listing
+
+    def _set_access(self, inode: int, access: Access | None) -> None:
+        """Keep who may read `inode` where it is not the source's owner and
+        read bits (most nodes: they cost nothing)."""
+        if access is not None and access != self.default_access:
+            self.access_of[inode] = access
+        else:
+            self.access_of.pop(inode, None)
 
     def _changed(self, inode: int) -> None:
         """Forget a directory's listing after an edit; rebuilt on next use."""
@@ -237,9 +247,9 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         listing = self._listing(fh)
         parent = self.parents[fh][0] if fh in self.parents else pyfuse3.ROOT_INODE
-        entries = [(b".", fh), (b"..", parent)] + listing
-        for index in range(start_id, len(entries)):
-            name, inode = entries[index]
+        dots = ((b".", fh), (b"..", parent))  # entries 0 and 1; the listing follows, never copied
+        for index in range(start_id, len(listing) + 2):
+            name, inode = dots[index] if index < 2 else listing[index - 2]
             try:
                 attributes = self.attributes(inode)
             except (OverflowError, ValueError) as e:  # one bad entry: its own lookup fails, not the listing
