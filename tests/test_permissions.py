@@ -153,3 +153,22 @@ def test_a_state_directory_that_is_not_the_users_own_is_refused(shared):
     assert state_dir_of_nobody() == str(planted)  # made afresh, private
     st = os.lstat(planted)
     assert st.st_uid == NOBODY and st.st_mode & 0o777 == 0o700
+
+
+def test_a_link_out_of_a_distributed_checkpoint_in_a_folder_makes_the_folder_read_only(shared):
+    folder = shared / "nemo2"
+    weights = Path(shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", folder / "weights"))
+    (folder / "context").mkdir()
+    secret = shared / "secret.txt"
+    secret.write_text("nobody's business")
+    os.symlink(secret, weights / "notes.txt")
+    mnt = shared / "mnt"
+    done = run_ckptfs("mount", folder, mnt)
+    assert done.returncode == 0 and "mounted read-only" in done.stderr, done.stderr
+    try:
+        assert os.path.islink(mnt / "weights" / "notes.txt")
+        reason = os.getxattr(mnt, "user.ckptfs.read_only").decode()
+        assert reason.startswith(f"{folder}: weights: holds links that lead outside it (notes.txt)")
+        assert next((mnt / "weights" / "model").rglob("*.npy")).stat().st_size > 0  # the rest is served
+    finally:
+        assert umount(mnt).returncode == 0

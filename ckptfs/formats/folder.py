@@ -16,7 +16,7 @@ from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir
-from ..tree.rawfiles import LINKS_OUTSIDE, raw_file, unfollowed_links
+from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..write.diff import below
 from ..write.output import put_file, write_new_file
 from . import dcp
@@ -34,6 +34,8 @@ def open_dir(directory: Directory) -> Checkpoint:
     root, raw = Dir(), Dir()
     grafts = Grafts()
     originals: dict[int, str] = {}  # id(node) -> the file it shows, for the writer
+    outside: list[str] = []  # links not followed
+    unwritable = ""  # why a distributed checkpoint inside cannot be written, if it cannot
     pending = [""]
     while pending:
         rel = pending.pop(0)
@@ -45,12 +47,15 @@ def open_dir(directory: Directory) -> Checkpoint:
                 grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
             else:
                 inner.root.writer = inner.writer  # writes its folder of the new directory
+                if inner.writer is None:  # then neither can the folder that holds it be written
+                    unwritable = unwritable or f"{rel}: {inner.root.xattrs.get('ckptfs.read_only')}"
                 raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
                 grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
                              inner.notes, inner.pickle_globals)
                 continue
         entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
         pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
+        outside += [e for e in entries if directory.is_link(e) and not directory.is_file(e)]
         for name in (e for e in entries if directory.is_file(e)):
             source, mtime = directory.open(name), directory.mtime_ns(name)
             leaf = names.file_parts(name.rpartition("/")[2])[0]
@@ -59,11 +64,11 @@ def open_dir(directory: Directory) -> Checkpoint:
             parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
             grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)  # a torch.save file, expanded
             originals[id(parent.children[leaf])] = os.path.join(path, name)
-    outside = unfollowed_links(directory, root, raw)
+    add_links(directory, outside, root, raw)
     ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, grafts.placed,
                       grafts.notes, grafts.pickle_globals)
-    if outside:
-        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+    if outside or unwritable:
+        root.xattrs["ckptfs.read_only"] = unwritable or LINKS_OUTSIDE.format(", ".join(outside))
     else:
         ckpt.writer = Writer(originals)
     return ckpt

@@ -18,7 +18,7 @@ from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Access, Dir, File
-from ..tree.rawfiles import LINKS_OUTSIDE, raw_file, unfollowed_links
+from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, merge_into, tensor_tree
 from ..write.diff import is_edited
 from ..write.output import put_file, write_new_file
@@ -40,7 +40,8 @@ def open_dir(directory: Directory) -> Checkpoint:
     metadata: dict[str, dict | None] = {}
     originals: dict[int, str] = {}  # the plain files, for the writer
     links = False
-    for rel in directory.files():  # links to files followed, as in the Hugging Face cache
+    found, outside = directory.walk()
+    for rel in found:  # links to files followed, as in the Hugging Face cache
         parts = names.file_parts(rel)
         links = links or directory.is_link(rel)
         source = directory.open(rel)
@@ -62,7 +63,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     tree, placed = tensor_tree(merged)
     _own_access(tree, placed, Access.of(directory.stat()))
     placed = merge_into(root, tree, placed)
-    outside = unfollowed_links(directory, root, raw)
+    add_links(directory, outside, root, raw)
     ckpt = Checkpoint("huggingface (safetensors)", path, directory.stat(), root, raw, placed, notes)
     if outside:
         root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))

@@ -54,28 +54,24 @@ class Directory(ABC):
     def sub(self, folder: str) -> Directory:
         """The folder `folder` as a directory of its own."""
 
-    def files(self, folder: str = "") -> list[str]:
-        """Every regular file below `folder`, as paths relative to this
-        directory, sorted depth first (a folder's files before its folders')."""
-        found, prefix = [], f"{folder}/" if folder else ""
-        entries = self.names(folder)
-        found += [prefix + n for n in entries if self.is_file(prefix + n)]
-        for n in entries:
-            if self.is_dir(prefix + n):
-                found += self.files(prefix + n)
-        return found
-
-    def unfollowed_links(self, folder: str = "") -> list[str]:
-        """The links below `folder` that are not followed (they leave the
-        checkpoint, dangle, or lead to a folder): shown as links, not served."""
-        found, prefix = [], f"{folder}/" if folder else ""
-        for n in self.names(folder):
-            name = prefix + n
+    def walk(self, folder: str = "") -> tuple[list[str], list[str]]:
+        """Below `folder`, in one pass: every regular file (links to files
+        inside followed), and every link that is not followed (it leaves the
+        checkpoint, dangles, or leads to a folder), as paths relative to this
+        directory, depth first in order (a folder's files before its folders')."""
+        files, links, prefix = [], [], f"{folder}/" if folder else ""
+        entries = [prefix + n for n in self.names(folder)]
+        for name in entries:
+            if self.is_file(name):
+                files.append(name)
+            elif self.is_link(name):
+                links.append(name)
+        for name in entries:
             if self.is_dir(name):
-                found += self.unfollowed_links(name)
-            elif self.is_link(name) and not self.is_file(name):
-                found.append(name)
-        return found
+                more_files, more_links = self.walk(name)
+                files += more_files
+                links += more_links
+        return files, links
 
     def read(self, name: str) -> bytes:
         source = self.open(name)

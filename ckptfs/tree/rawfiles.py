@@ -32,13 +32,11 @@ def raw_mirror(source: Source) -> Dir:
 LINKS_OUTSIDE = "holds links that lead outside it ({}), shown as links: copy what they point to, to edit"
 
 
-def unfollowed_links(directory: Directory, *trees: Dir) -> list[str]:
-    """Put each link of `directory` that is not followed (it leaves the
-    checkpoint) into `trees` as a symbolic link, as it is written: shown,
-    never served. Returns their names."""
-    found = directory.unfollowed_links()
-    for name in found:
+def add_links(directory: Directory, links: list[str], *trees: Dir) -> None:
+    """Put the links of `directory` that are not followed (they leave the
+    checkpoint) into `trees` as symbolic links, as they are written: shown,
+    never served."""
+    for name in links:
         parts = names.file_parts(name)
         for tree in trees:
             tree.subdir(parts[:-1]).children.setdefault(parts[-1], Symlink(directory.link_target(name)))
-    return found

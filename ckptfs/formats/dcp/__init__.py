@@ -15,7 +15,7 @@ from ...sources.directory import Directory
 from ...tree import names
 from ...tree.checkpoint import Checkpoint
 from ...tree.nodes import Access, Dir
-from ...tree.rawfiles import LINKS_OUTSIDE, raw_file, unfollowed_links
+from ...tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..base import DirectoryFormat
 from ..nested import Grafts
 from .metadata import is_metadata
@@ -33,7 +33,9 @@ def has_shards(directory: Directory) -> bool:
 
 def open_dir(directory: Directory) -> Checkpoint:
     path = directory.path
-    files = {name: directory.open(name) for name in directory.names() if directory.is_file(name)}
+    entries = directory.names()  # a distributed checkpoint is one flat folder
+    files = {name: directory.open(name) for name in entries if directory.is_file(name)}
+    outside = [name for name in entries if directory.is_link(name) and name not in files]
     chunks_of: dict = {}
     fqn_of: dict = {}
     root, placed, notes, pickle_globals = expand(path, files, chunks_of, fqn_of)
@@ -51,7 +53,7 @@ def open_dir(directory: Directory) -> Checkpoint:
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
         root.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
         grafts.file(root, leaf, leaf, source, mtime)
-    outside = unfollowed_links(directory, root, raw)
+    add_links(directory, outside, root, raw)
     ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, grafts.placed, grafts.notes,
                       grafts.pickle_globals)
     if outside:
