@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from . import __version__, advice
+from . import __version__, advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
 from .mount import mounts, options
 
@@ -30,6 +30,9 @@ mount options (-o, comma-separated):
                      .*.swp:.*.swx:.*.swo:*~:4913:.#*:*.tmp:.~lock.*#; ignore=+GLOB adds
                      to them, ignore= packs everything)
   debug, log_file=PATH, cache_dir=PATH  as the long options
+  max_NAME=N         raise a bound on what a checkpoint may make ckptfs spend: max_pickle_ops,
+                     max_pickle_memo, max_pickle_nesting, max_pickle_bytes, max_yaml_values,
+                     max_header_bytes (defaults in docs/security.md)
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
 examples:
@@ -182,6 +185,7 @@ def mount(args) -> int:
     from .mount.edits import MountEdits
 
     opts = _mount_options(args)
+    limits.apply(opts.limits)
     source = os.path.abspath(args.source)
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint, opts.nonempty)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import limits
 from ..errors import CkptfsError
 
 #: Kernel and FUSE options handed to the mount as they are.
@@ -28,6 +29,8 @@ class MountOptions:
     nonempty: bool = False
     #: names of temporary files never packed (None: the defaults of overlay.TEMP_PATTERNS)
     ignore: tuple[str, ...] | None = None
+    #: `max_NAME=N`: bounds raised above the defaults of `limits.Limits`
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
@@ -47,6 +50,8 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             setattr(into, name, value)
         elif name == "ignore":
             into.ignore = _patterns(value)
+        elif name.startswith("max_") and name[4:] in limits.NAMES:
+            into.limits[name[4:]] = _count(item, value)
         else:
             raise CkptfsError(f"unknown mount option {item!r} (see 'ckptfs mount --help')")
     return into
@@ -59,3 +64,13 @@ def _patterns(value: str) -> tuple[str, ...]:
 
     patterns = tuple(p for p in value.removeprefix("+").split(":") if p)
     return TEMP_PATTERNS + patterns if value.startswith("+") else patterns
+
+
+def _count(item: str, value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 1:
+        raise CkptfsError(f"mount option {item!r} needs a positive whole number")
+    return count
