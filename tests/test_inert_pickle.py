@@ -9,6 +9,7 @@ import pickletools
 
 import pytest
 
+from ckptfs.limits import LIMITS
 from ckptfs.pickle.inert import Call, Global, InertUnpickler, PickleError
 
 PLAIN = {
@@ -76,14 +77,48 @@ def test_malformed_pickles_raise_pickle_error():
             InertUnpickler(data).load()
 
 
-def test_deep_nesting_is_data_not_recursion():
+def test_deep_nesting_is_refused_without_recursion(monkeypatch):
     data = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."
+    with pytest.raises(PickleError, match="nested deeper than 200"):
+        InertUnpickler(data).load()
+    monkeypatch.setattr(LIMITS, "pickle_nesting", 200_000)  # what -o max_pickle_nesting=200000 sets
     result = InertUnpickler(data).load()
     depth = 0
     while result:
         result = result[0]
         depth += 1
     assert depth == 99_999
+
+
+def test_nesting_counts_the_longest_path_and_a_shared_list_once():
+    shared = ["leaf"]
+    for _ in range(150):
+        shared = [shared, shared]  # 2^150 paths, 151 levels: loads at once
+    loaded = InertUnpickler(pickle.dumps(shared, protocol=2)).load()
+    assert loaded[0] is loaded[1] and loaded[0][0] is loaded[1][1]  # shared as it was, not copied out
+    deeper = [shared]
+    for _ in range(60):
+        deeper = [deeper]
+    with pytest.raises(PickleError, match="nested deeper than 200"):
+        InertUnpickler(pickle.dumps(deeper, protocol=2)).load()
+
+
+def test_a_key_of_shared_tuples_is_kept_without_hashing_it_out():
+    key = ("x",)
+    for _ in range(64):
+        key = (key, key)  # hashing it would visit 2^64 values
+    # {key: 1, "b": 2}, spelled by hand: Python itself would hash the key to build the dict
+    data = b"\x80\x02}(" + pickle.dumps(key, protocol=2)[2:-1] + b"K\x01X\x01\x00\x00\x00bK\x02u."
+    result = InertUnpickler(data).load()
+    (placeholder, one), (b, two) = result.items()
+    assert (one, b, two) == (1, "b", 2) and placeholder.key[0][1] is placeholder.key[1][0]
+    assert len(repr(placeholder)) < 100
+
+
+def test_many_distinct_globals_cost_linear_time():
+    ops = b"".join(b"c" + f"m{i}\nn\n".encode() + b"0" for i in range(200_000))
+    unpickler = InertUnpickler(b"\x80\x02" + ops + b"N.")
+    assert unpickler.load() is None and len(unpickler.globals) == 200_000
 
 
 class _Point:

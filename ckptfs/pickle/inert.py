@@ -16,11 +16,15 @@ from __future__ import annotations
 import functools
 import io
 import pickletools
+import reprlib
 import struct
 from dataclasses import dataclass, field
 
-MAX_OPS = 50_000_000
-MAX_MEMO = 10_000_000
+from ..limits import LIMITS
+
+#: how far `_hashable` expands a key: a tuple of shared tuples 60 levels deep
+#: would take 2^60 steps to hash
+MAX_KEY_VALUES = 10_000
 
 
 class PickleError(Exception):
@@ -55,7 +59,10 @@ class Call:
 
     @property
     def path(self) -> str:
-        return self.func.path if isinstance(self.func, Global) else repr(self.func)
+        return self.func.path if isinstance(self.func, Global) else short_repr(self.func)
+
+    def __repr__(self) -> str:  # short: a call's arguments may be a huge shared structure
+        return f"Call({self.path})"
 
 
 class Rebuilt:
@@ -80,6 +87,31 @@ class Persistent:
 
     pid: object
 
+    def __repr__(self) -> str:
+        return f"Persistent({short_repr(self.pid)})"
+
+
+class Unhashable:
+    """A key Python cannot hash (a dict, or a tuple too large to hash
+    safely), kept in its place by identity."""
+
+    def __init__(self, key: object):
+        self.key = key
+
+    def __repr__(self) -> str:
+        return short_repr(self.key)
+
+
+def _short_repr() -> reprlib.Repr:
+    cut = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    cut.maxlevel, cut.maxstring, cut.maxother = 3, 60, 60
+    cut.maxtuple = cut.maxlist = cut.maxdict = cut.maxset = cut.maxfrozenset = 4
+    return cut
+
+
+#: `repr` cut to a few levels and items: what a key or a placeholder shows
+short_repr = _short_repr().repr
+
 
 _UNSEEN = object()
 
@@ -96,6 +128,7 @@ class InertUnpickler:
         self.known = known or {}
         self._builders: dict[str, object] = {}  # by global path: its entry of _BUILTINS or `known`, or None
         self.globals: list[Global] = []
+        self._global_set: set[Global] = set()
         self.stack: list = []
         self.marks: list[int] = []
         self.memo: dict[int, object] = {}
@@ -105,6 +138,7 @@ class InertUnpickler:
         try:
             with stream.getbuffer() as buf:
                 pos, value = self._run(buf, stream.tell())
+            _check_nesting(value, LIMITS.pickle_nesting)
         except PickleError:
             raise
         except (ValueError, IndexError, KeyError, TypeError, EOFError, UnicodeDecodeError, AttributeError,
@@ -126,15 +160,16 @@ class InertUnpickler:
         # local names: the loop compares against them on every opcode
         MEMOIZE, BINGET, LONG_BINGET, BININT1, MARK, TUPLE1, TUPLE2, EMPTY_TUPLE, EMPTY_DICT = _HOT[:9]
         SHORT_BINUNICODE, BININT, NEWOBJ, BUILD, REDUCE, SETITEMS = _HOT[9:]
-        for _ in range(MAX_OPS):
+        max_ops, max_memo = LIMITS.pickle_ops, LIMITS.pickle_memo
+        for _ in range(max_ops):
             if pos >= end:
                 raise PickleError("pickle ended without STOP")
             code = buf[pos]
             pos += 1
             if code == MEMOIZE:
                 n = len(memo)
-                if n >= MAX_MEMO:
-                    raise PickleError(f"memo larger than {MAX_MEMO} entries")
+                if n >= max_memo:
+                    raise PickleError(f"memo larger than {max_memo} entries (-o max_pickle_memo raises the limit)")
                 memo[n] = stack[-1]
             elif code == BINGET:
                 push(memo[buf[pos]])
@@ -177,11 +212,15 @@ class InertUnpickler:
                 start = marks.pop()
                 target, items = stack[start - 1], stack[start:]
                 del stack[start:]
-                try:
-                    for i in range(0, len(items), 2):
-                        target[items[i]] = items[i + 1]
-                except TypeError:  # a key Python cannot hash: the slow path keeps it as a tuple or placeholder
-                    self._setitems(target, list(zip(items[::2], items[1::2])))
+                keys = items[::2]
+                if any(type(k) is tuple for k in keys):  # the slow path bounds what hashing them costs
+                    self._setitems(target, list(zip(keys, items[1::2])))
+                else:
+                    try:
+                        for i in range(0, len(items), 2):
+                            target[items[i]] = items[i + 1]
+                    except TypeError:  # a key Python cannot hash: the slow path keeps it as a placeholder
+                        self._setitems(target, list(zip(keys, items[1::2])))
             else:
                 entry = _BY_CODE[code]
                 if entry is None:
@@ -197,7 +236,7 @@ class InertUnpickler:
                         raise PickleError(f"STOP with {len(stack)} items on the stack")
                     return pos, stack.pop()
                 handler(self, arg)
-        raise PickleError(f"more than {MAX_OPS} opcodes")
+        raise PickleError(f"more than {max_ops} opcodes (-o max_pickle_ops raises the limit)")
 
     # -- helpers
     def _push(self, value: object) -> None:
@@ -211,7 +250,8 @@ class InertUnpickler:
 
     def _global(self, module: str, name: str) -> Global:
         g = Global(module, name)
-        if g not in self.globals:
+        if g not in self._global_set:
+            self._global_set.add(g)
             self.globals.append(g)
         return g
 
@@ -356,8 +396,8 @@ class InertUnpickler:
         self._push(self.stack[-1])
 
     def _put(self, index):
-        if len(self.memo) >= MAX_MEMO:
-            raise PickleError(f"memo larger than {MAX_MEMO} entries")
+        if len(self.memo) >= LIMITS.pickle_memo:
+            raise PickleError(f"memo larger than {LIMITS.pickle_memo} entries (-o max_pickle_memo raises the limit)")
         self.memo[index] = self.stack[-1]
 
     def op_PUT(self, arg):
@@ -504,10 +544,77 @@ for _module in ("builtins", "__builtin__"):
 
 
 def _hashable(key):
-    """Keys that Python could not hash (a list, a placeholder dict) keep
-    their place as a tuple or an identity-hashed placeholder."""
+    """`key` if Python can hash it at a bounded cost; a list becomes a tuple,
+    anything else (a dict, a huge or shared tuple) an identity-hashed
+    placeholder that keeps its place."""
+    if isinstance(key, list):
+        key = tuple(key)
+    if isinstance(key, tuple) and not _small(key):
+        return Unhashable(key)
     try:
         hash(key)
         return key
     except TypeError:
-        return tuple(key) if isinstance(key, list) else Persistent(repr(key))
+        return Unhashable(key)
+
+
+def _small(key: tuple) -> bool:
+    """True if hashing `key` visits at most MAX_KEY_VALUES values (hashing
+    and comparing a tuple visits every value of it, shared ones each time)."""
+    budget, pending = MAX_KEY_VALUES, [key]
+    while pending:
+        value = pending.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        if type(value) is tuple:
+            pending.extend(value)
+    return True
+
+
+def _children(value: object):
+    """The values a container holds, for `_check_nesting`."""
+    if isinstance(value, dict):
+        yield from value.keys()
+        yield from value.values()
+        if isinstance(value, PickledDict):
+            yield value.attributes
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        yield from value
+    elif isinstance(value, Call):
+        yield from (value.func, value.args, value.kwargs, value.state, value.items, value.dictitems)
+    elif isinstance(value, (Persistent, Unhashable)):
+        yield value.pid if isinstance(value, Persistent) else value.key
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset, Call, Persistent, Unhashable)
+
+
+def _check_nesting(root: object, limit: int) -> None:
+    """Refuse containers nested deeper than `limit`, counted along the
+    longest path (a shared container once per path): what reads the object
+    later (its tree, its YAML, the writer) walks it recursively.
+
+    Iterative, and each container is visited once: heights are kept by id.
+    """
+    if not isinstance(root, _CONTAINERS):
+        return
+    height: dict[int, int] = {}
+    on_path = {id(root)}
+    stack = [(root, _children(root))]
+    while stack:
+        node, pending = stack[-1]
+        for child in pending:
+            if isinstance(child, _CONTAINERS) and id(child) not in height and id(child) not in on_path:
+                if len(stack) >= limit:
+                    raise PickleError(f"containers nested deeper than {limit} (-o max_pickle_nesting raises the limit)")
+                on_path.add(id(child))
+                stack.append((child, _children(child)))
+                break
+        else:
+            stack.pop()
+            on_path.discard(id(node))
+            below = [height.get(id(c), 0) for c in _children(node) if isinstance(c, _CONTAINERS)]
+            height[id(node)] = 1 + max(below, default=0)
+            if height[id(node)] > limit:
+                raise PickleError(f"containers nested deeper than {limit} (-o max_pickle_nesting raises the limit)")

@@ -1,13 +1,18 @@
 """The generic layout of unpickled checkpoints (docs/layout.md): containers
 that hold tensors become folders, tensors become `.npy`, every other value
-becomes `.yaml`. Dotted string keys are split like tensor names."""
+becomes `.yaml`. Dotted string keys are split like tensor names. A folder or
+tensor the pickle holds in several places is shown once, and a link
+everywhere else: the graph is a graph, never copied out into a tree (30
+levels of a list shared twice would be 2^30 folders)."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import Callable
 
+from ..limits import LIMITS
 from ..tree import names
-from ..tree.nodes import Content, Dir, File, Node, PathConflict
+from ..tree.nodes import Content, Dir, File, Node, PathConflict, Symlink
 from ..tree.tensors import PlacedTensor
 from .pyobjects import to_yaml
 from .torch_classes import TensorRef
@@ -33,6 +38,8 @@ class ObjectTree:
         self.slots: dict[str, tuple[object, object]] = {}
         self.folders: dict[str, tuple[object, str]] = {}
         self.holder: list = []
+        self._shown_at: dict[int, str] = {}  # id of a container or tensor -> the path it is shown at
+        self._yaml_budget = [LIMITS.yaml_values]  # values left to render, for every YAML file of the pickle
 
     def build(self, obj: object) -> Dir:
         root = Dir()
@@ -83,18 +90,32 @@ class ObjectTree:
             self.folders.setdefault("/".join(filter(None, [path, *dirs[:depth]])), (slot[0], dotted))
         if isinstance(value, TensorRef):
             name = leaf + ".npy"
-            node, tensor = self.tensor_file(value, full)
-            self._put(parent, name, node)
-            self.placed.append(PlacedTensor(f"{where}/{name}".lstrip("/"), tensor))
-            self._slot(f"{where}/{name}", slot)
+            if not self._link(parent, name, value, where, slot):
+                node, tensor = self.tensor_file(value, full)
+                self._put(parent, name, node)
+                self.placed.append(PlacedTensor(f"{where}/{name}".lstrip("/"), tensor))
+                self._slot(f"{where}/{name}", slot)
         elif self.holds_tensors(value):
             existing = parent.children.get(leaf)
-            sub = existing if isinstance(existing, Dir) else self._put(parent, leaf, Dir())
-            self._slot(f"{where}/{leaf}", slot)
-            self._fill(sub, value, full + ".", f"{where}/{leaf}".lstrip("/"))
+            if isinstance(existing, Dir) or not self._link(parent, leaf, value, where, slot):
+                sub = existing if isinstance(existing, Dir) else self._put(parent, leaf, Dir())
+                self._slot(f"{where}/{leaf}", slot)
+                self._fill(sub, value, full + ".", f"{where}/{leaf}".lstrip("/"))
         else:
-            self._put(parent, leaf + ".yaml", File(Content([to_yaml(value).encode("utf-8")])))
+            text = to_yaml(value, self._yaml_budget)
+            self._put(parent, leaf + ".yaml", File(Content([text.encode("utf-8")])))
             self._slot(f"{where}/{leaf}.yaml", slot)
+
+    def _link(self, parent: Dir, name: str, value: object, where: str, slot: tuple) -> bool:
+        """Put a link to where `value` is shown already, if it is; else
+        remember that it is shown at `where/name` and say False."""
+        shown_at = self._shown_at.get(id(value))
+        if shown_at is None:
+            self._shown_at[id(value)] = f"{where}/{name}".lstrip("/")
+            return False
+        self._put(parent, name, Symlink(posixpath.relpath(shown_at, where or ".")))
+        self._slot(f"{where}/{name}", slot)  # removing the link removes this key; the value stays where it is shown
+        return True
 
     def _slot(self, path: str, slot: tuple) -> None:
         if self.record:

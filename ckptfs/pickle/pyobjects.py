@@ -6,37 +6,60 @@ from __future__ import annotations
 
 import yaml
 
-from .inert import Call, Global, Persistent
+from ..limits import LIMITS
+from ..tree import yamltext
+from .inert import Call, Global, Persistent, Unhashable, short_repr
 from .torch_classes import StorageRef, TensorRef
 
 MAX_DEPTH = 200
-MAX_NODES = 1_000_000  # shared references can make a small pickle render huge
 OMEGACONF_CONTAINERS = {"omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig"}
 PATHS = {f"pathlib.{k}" for k in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
+#: what `plain` renders once per file and shares: YAML writes a repeat as an alias
+_SHAREABLE = (dict, list, tuple, set, frozenset, Call)
 
 
 class RenderError(Exception):
     pass
 
 
-def plain(value: object, depth: int = 0, path: tuple = (), budget: list | None = None) -> object:
+class Render:
+    """The state of rendering one file: what is left of the budget (shared by
+    every file of one pickle), and what this file rendered already, by id,
+    so that a shared value is rendered once and written as an alias."""
+
+    def __init__(self, budget: list[int]):
+        self.budget = budget
+        self.done: dict[int, object] = {}
+
+
+def plain(value: object, depth: int = 0, path: tuple = (), render: Render | None = None) -> object:
     """`value` with placeholders turned into what a user would write in YAML."""
-    budget = budget if budget is not None else [MAX_NODES]
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise RenderError(f"more than {MAX_NODES} values to render")
+    render = render or Render([LIMITS.yaml_values])
+    shareable = isinstance(value, _SHAREABLE)
+    if shareable:
+        done = render.done.get(id(value))
+        if done is not None:
+            return done
+    render.budget[0] -= 1
+    if render.budget[0] < 0:
+        raise RenderError(f"more than {LIMITS.yaml_values} values to render (-o max_yaml_values raises the limit)")
     if depth > MAX_DEPTH:
         raise RenderError(f"nesting deeper than {MAX_DEPTH}")
     if any(value is seen for seen in path):
         return Tagged("!cycle", None)
-    path = path + (value,) if isinstance(value, (dict, list, tuple, Call)) else path
-    deeper = depth + 1
+    rendered = _plain(value, depth + 1, path + (value,) if shareable else path, render)
+    if shareable:
+        render.done[id(value)] = rendered
+    return rendered
+
+
+def _plain(value: object, deeper: int, path: tuple, render: Render) -> object:
     if isinstance(value, dict):
-        return {_key(k): plain(v, deeper, path, budget) for k, v in value.items()}
+        return {_key(k): plain(v, deeper, path, render) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v, deeper, path, budget) for v in value]
+        return [plain(v, deeper, path, render) for v in value]
     if isinstance(value, (set, frozenset)):
-        return Tagged("!set", sorted((plain(v, deeper, path, budget) for v in value), key=repr))
+        return Tagged("!set", sorted((plain(v, deeper, path, render) for v in value), key=short_repr))
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, TensorRef):
@@ -46,9 +69,11 @@ def plain(value: object, depth: int = 0, path: tuple = (), budget: list | None =
     if isinstance(value, Global):
         return Tagged("!python/name", value.path)
     if isinstance(value, Persistent):
-        return Tagged("!persistent", repr(value.pid))
+        return Tagged("!persistent", short_repr(value.pid))
+    if isinstance(value, Unhashable):
+        return plain(value.key, deeper, path, render)
     if isinstance(value, Call):
-        return _call(value, deeper, path, budget)
+        return _call(value, deeper - 1, path, render)
     if isinstance(value, str) and type(value) is not str:
         return str(value)  # a torch.device
     return value
@@ -89,31 +114,31 @@ def _numpy_value(call: Call):
     return None
 
 
-def _call(call: Call, depth: int, path: tuple, budget: list) -> object:
+def _call(call: Call, depth: int, path: tuple, render: Render) -> object:
     numpy_value = _numpy_value(call)
     if numpy_value is not None:
         return numpy_value
     state = call.state if isinstance(call.state, dict) else {}
     if call.path in OMEGACONF_CONTAINERS:
-        return plain(state.get("_content"), depth, path, budget)
+        return plain(state.get("_content"), depth, path, render)
     if call.path.startswith("omegaconf.nodes."):
-        return plain(state.get("_val"), depth, path, budget)
+        return plain(state.get("_val"), depth, path, render)
     if call.path == "argparse.Namespace":
-        return plain(state, depth, path, budget)
+        return plain(state, depth, path, render)
     if call.path in PATHS and all(isinstance(a, str) for a in call.args):
         return "/".join(call.args).replace("//", "/")
     body = {}
     for field in ("args", "kwargs", "state", "items", "dictitems"):
         content = getattr(call, field)
         if content not in ((), {}, [], None):
-            body[field] = plain(content, depth, path, budget)
+            body[field] = plain(content, depth, path, render)
     return Tagged(f"!python/object:{call.path}", body)
 
 
 def _key(key: object) -> object:
     if isinstance(key, str):
         return str(key)
-    return key if isinstance(key, (int, float, bool)) or key is None else repr(key)
+    return key if isinstance(key, (int, float, bool)) or key is None else short_repr(key)
 
 
 class Tagged:
@@ -124,10 +149,6 @@ class Tagged:
         self.value = value
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
 def _represent_tagged(dumper: yaml.SafeDumper, data: Tagged):
     if isinstance(data.value, dict):
         return dumper.represent_mapping(data.tag, data.value)
@@ -136,16 +157,17 @@ def _represent_tagged(dumper: yaml.SafeDumper, data: Tagged):
     return dumper.represent_scalar(data.tag, "" if data.value is None else str(data.value))
 
 
-_Dumper.add_representer(Tagged, _represent_tagged)
-_Dumper.add_representer(complex, lambda d, c: d.represent_scalar("!complex", repr(c)))
+for _dumper in yamltext.DUMPERS:
+    _dumper.add_representer(Tagged, _represent_tagged)
+    _dumper.add_representer(complex, lambda d, c: d.represent_scalar("!complex", repr(c)))
 
 
-def to_yaml(value: object) -> str:
+def to_yaml(value: object, budget: list[int] | None = None) -> str:
     """The YAML text for `value`; a value too deep or too large to render
-    becomes a one-line error in the file instead of failing the mount."""
+    becomes a one-line error in the file instead of failing the mount.
+    `budget` ([values left]) is shared by the files of one pickle."""
     try:
-        rendered = plain(value)
+        rendered = plain(value, render=Render(budget if budget is not None else [LIMITS.yaml_values]))
     except RenderError as e:
         return f"# ckptfs: this value cannot be shown: {e}\n!unrendered null\n"
-    text = yaml.dump(rendered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return text.removesuffix("...\n")  # the end marker PyYAML puts after a lone scalar
+    return yamltext.dump(rendered).removesuffix("...\n")  # the end marker PyYAML puts after a lone scalar

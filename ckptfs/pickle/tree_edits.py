@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..tree import names
-from ..tree.nodes import Dir
+from ..tree.nodes import Dir, Symlink
 from . import object_edits
 from .object_edits import EditError
 from .objtree import ObjectTree
@@ -34,7 +34,10 @@ def apply(tree: ObjectTree, files: dict, before: dict, changed: list[str], new_t
     renamed = {p: edits.value_at(was_at[id(files[p])]) for p in added if id(files[p]) in was_at}
     edits.guarded(edits.remove_all, removed)
     for path in added:
-        if not isinstance(files[path], Dir):  # a new folder is made by the keys of what it holds
+        if isinstance(files[path], Symlink):
+            edits.problems.append(f"{path}: a link stands for a value shown elsewhere; it cannot be moved or made "
+                                  f"(edit the value where the link leads)")
+        elif not isinstance(files[path], Dir):  # a new folder is made by the keys of what it holds
             edits.guarded(edits.add, path, files[path].content, renamed.get(path))
     return tree.holder[0], edits.problems
 

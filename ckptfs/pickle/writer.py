@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import struct
 
-from .inert import Call, Global, Persistent, PickledDict, Rebuilt
+from .inert import Call, Global, Persistent, PickledDict, Rebuilt, Unhashable
 from .torch_classes import StorageRef
 
 BATCH = 1000  # items per APPENDS / SETITEMS, as pickle writes them
@@ -83,6 +83,8 @@ class _Writer:
         elif isinstance(obj, Persistent):
             self.save(obj.pid)
             self.out += pickle.BINPERSID
+        elif isinstance(obj, Unhashable):  # a key as the pickle had it
+            self.save(obj.key)
         elif type(obj) in (bytes, bytearray, set, frozenset, complex):
             self._builtin(obj)
         else:
