@@ -10,6 +10,7 @@ import io
 import os
 
 from ..errors import FormatError
+from ..limits import LIMITS
 from ..pickle.inert import InertUnpickler, PickleError
 from ..pickle.torch_classes import KNOWN, legacy_storable, persistent_load
 from ..sources.base import FileSource, Source
@@ -22,7 +23,6 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 #: protocol 2, LONG1 of 10 bytes, then the magic number: how every legacy file starts
 SIGNATURE = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
-MAX_PICKLES_BYTES = 256 << 20
 
 
 def sniff(head: bytes) -> bool:
@@ -33,7 +33,7 @@ class TorchLegacy(PickledCheckpoint):
     def __init__(self, source: Source, name: str):
         self.source, self.name = source, name
         self.element_sizes: dict[str, int] = {}
-        stream = io.BytesIO(source.pread(0, min(source.size, MAX_PICKLES_BYTES)))
+        stream = io.BytesIO(source.pread(0, min(source.size, LIMITS.pickle_bytes)))
         try:
             header = [InertUnpickler(stream).load() for _ in range(3)]
             self.header_end = stream.tell()  # magic number, protocol version, system info

@@ -7,7 +7,6 @@ A view with strides is gathered on read (`gather.Gather`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -15,6 +14,7 @@ import zipfile
 import zlib
 
 from ..errors import FormatError
+from ..limits import LIMITS
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
@@ -24,7 +24,7 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PlacedTensor, Tensor
+from ..tree.tensors import PlacedTensor, Tensor, shape_text
 from ..write.diff import changes, is_edited
 from ..write.output import COPY_BLOCK
 from .base import FileFormat, FileWriter
@@ -84,7 +84,7 @@ class PickledCheckpoint:
         xattrs = {
             "ckptfs.name": name,
             "ckptfs.dtype": ref.dtype.name,
-            "ckptfs.shape": json.dumps(list(ref.shape)),
+            "ckptfs.shape": shape_text(ref.shape),
             "ckptfs.source": path,
             "ckptfs.range": f"{start}-{start + storage.length}",
             "ckptfs.storage": f"{ref.storage.key} offset {ref.offset} stride {list(ref.stride)}",
@@ -119,18 +119,23 @@ class TorchZip(PickledCheckpoint):
             if self.prefix + "constants.pkl" in records:
                 raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
             byteorder = records.get(self.prefix + "byteorder")
-            if byteorder is not None and archive.read(byteorder).strip() not in (b"little", b""):
+            if byteorder is not None and _read_record(archive, byteorder, 16).strip() not in (b"little", b""):
                 raise FormatError(name, "big-endian torch checkpoint: not supported")
             self.records = records
-            unpickler = InertUnpickler(archive.read(pickles[0]), persistent_load=persistent_load, known=KNOWN)
+            pickled = records[pickles[0]]
+            if pickled.file_size > LIMITS.pickle_bytes:
+                raise FormatError(name, f"{pickled.filename} is {pickled.file_size} bytes, above the limit of "
+                                        f"{LIMITS.pickle_bytes} (-o max_pickle_bytes raises it)")
+            data = _read_record(archive, pickled, LIMITS.pickle_bytes)
+            unpickler = InertUnpickler(data, persistent_load=persistent_load, known=KNOWN)
             self.obj = unpickler.load()
             self.globals: list[Global] = unpickler.globals
         except zipfile.BadZipFile as e:
             raise FormatError(name, f"not a readable zip archive: {e}") from None
         except PickleError as e:
             raise FormatError(name, f"data.pkl: {e}") from None
-        except (RuntimeError, NotImplementedError, EOFError, UnicodeDecodeError, zlib.error) as e:
-            # what zipfile raises for encrypted or oddly compressed records and bad names
+        except (RuntimeError, NotImplementedError, EOFError, ValueError, OSError, zlib.error) as e:
+            # what zipfile raises for encrypted or oddly compressed records, bad names and offsets
             raise FormatError(name, f"not a zip archive ckptfs can read: {e}") from None
         self._storages: dict[str, Extent] = {}
 
@@ -160,6 +165,13 @@ class TorchZip(PickledCheckpoint):
         if start + info.compress_size > self.source.size:
             raise FormatError(self.name, f"{info.filename} runs past the end of the archive (truncated?)")
         return Extent(self.source, start, info.compress_size)
+
+
+def _read_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """At most `limit` bytes of a record. zipfile inflates a compressed one
+    only up to the size its header declares, and checks its CRC there."""
+    with archive.open(info) as record:
+        return record.read(limit)
 
 
 def expand_nested(source: Source, name: str, notes: list[str]):

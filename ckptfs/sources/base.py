@@ -187,6 +187,8 @@ class SeekableReader:
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.source.size}[whence]
+        if base + offset < 0:  # as io.BytesIO says it: an archive's offsets may point anywhere
+            raise ValueError(f"negative seek position {base + offset}")
         self.pos = base + offset
         return self.pos
 
