@@ -62,7 +62,7 @@ def _scan(path: str):
             size = reader.seek(0, os.SEEK_END)
             index = io.BytesIO()
             reader.export_index(index)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, RuntimeError) as e:  # rapidgzip says a bad CRC or length with RuntimeError
         raise FormatError(path, f"gzip stream is truncated or corrupt ({e})") from None
     return index.getvalue(), size, members, notes
 

@@ -15,8 +15,9 @@ import os
 import yaml
 
 from ..errors import EditRefused, FormatError, RepackError
+from ..limits import LIMITS
 from ..sources.base import FileSource, Source
-from ..tree import names, npy
+from ..tree import names, npy, yamltext
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
@@ -25,7 +26,6 @@ from ..tree.tensors import Tensor, tensor_tree
 from ..write.diff import is_edited
 from .base import FileFormat, FileWriter
 
-MAX_HEADER_SIZE = 100_000_000
 MAGIC_LENGTH = 9
 
 
@@ -40,8 +40,9 @@ def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
     if source.size < 8:
         raise FormatError(path, f"safetensors file too short ({source.size} bytes) to hold a header length")
     header_len = int.from_bytes(source.read_exact(0, 8), "little")
-    if header_len > MAX_HEADER_SIZE:
-        raise FormatError(path, f"safetensors header length {header_len} is above the limit of {MAX_HEADER_SIZE}")
+    if header_len > LIMITS.header_bytes:
+        raise FormatError(path, f"safetensors header length {header_len} is above the limit of {LIMITS.header_bytes}"
+                                " (-o max_header_bytes raises it)")
     if 8 + header_len > source.size:
         raise FormatError(
             path, f"safetensors header length {header_len} runs past the end of the file ({source.size} bytes; truncated?)"
@@ -124,17 +125,19 @@ class _DuplicateKey(Exception):
     pass
 
 
-def _no_duplicates(pairs):
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _DuplicateKey(f"key {key!r} appears twice")
-        seen[key] = value
+def _no_duplicates(pairs: list) -> dict:
+    seen = dict(pairs)
+    if len(seen) != len(pairs):
+        counts: dict = {}
+        for key, _ in pairs:
+            counts[key] = counts.get(key, 0) + 1
+        twice = next(key for key, n in counts.items() if n > 1)
+        raise _DuplicateKey(f"key {twice!r} appears twice")
     return seen
 
 
 def metadata_file(metadata: dict[str, str]) -> File:
-    text = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    text = yamltext.dump(metadata)
     return File(Content([text.encode("utf-8")]))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import stat
 from collections import defaultdict
@@ -15,7 +14,7 @@ from .. import __version__
 from ..tree import names, npy
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File
-from ..tree.tensors import PlacedTensor, Tensor
+from ..tree.tensors import PlacedTensor, Tensor, shape_text
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
 
@@ -87,7 +86,7 @@ def tensors_tsv(ckpt: Checkpoint) -> str:
     for placed in sorted(ckpt.tensors, key=lambda p: p.path):
         t = placed.tensor
         file, offset = t.data.source.locate(t.data.offset)
-        row = (placed.path, t.name, t.dtype.name, json.dumps(list(t.shape)), t.numel, t.data.length,
+        row = (placed.path, t.name, t.dtype.name, shape_text(t.shape), t.numel, t.data.length,
                _in_source(ckpt, file), offset)
         lines.append("\t".join(_tsv_cell(v) for v in row))
     return "\n".join(lines) + "\n"

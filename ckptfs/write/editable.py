@@ -5,7 +5,6 @@ Edited files' attributes say what they are now, not where they were."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -13,6 +12,7 @@ from ..errors import CkptfsError
 from ..tree import npy
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, File, Node
+from ..tree.tensors import shape_text
 from .overlay import EditedContent, Overlay
 
 #: attributes that say where a file's bytes lie in the source: an edited
@@ -36,7 +36,7 @@ def describe_tensor(file: File) -> None:
     dtype = npy.dtype_of(descr, BY_NAME.get(file.xattrs.get("ckptfs.dtype", "")))
     if dtype is not None:
         file.xattrs["ckptfs.dtype"] = dtype.name
-        file.xattrs["ckptfs.shape"] = json.dumps(list(shape))
+        file.xattrs["ckptfs.shape"] = shape_text(shape)
 
 
 class EditableTree:

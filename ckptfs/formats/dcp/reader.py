@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import FormatError
+from ...limits import LIMITS
 from ...pickle.pyobjects import to_yaml
 from ...sources.base import Source
 from ...sources.zstd import ZstdSource
@@ -17,7 +18,7 @@ from ...tree import names, npy
 from ...tree.dtypes import DType
 from ...tree.nodes import Content, Dir, Extent, File, LazyDir
 from ...tree.npy import MAX_FILE_SIZE
-from ...tree.tensors import PlacedTensor, Tensor
+from ...tree.tensors import PlacedTensor, Tensor, shape_text
 from .. import torchzip
 from .assemble import Assembled, Chunk, covers_exactly, row_pieces
 from .chunks import ChunkRecord, LazyChunk
@@ -76,8 +77,8 @@ def _fill_shard(chunks: list[ShardChunk], folder: Dir) -> None:
     its global offsets in its name: `weight@10_0.npy`."""
     for c in chunks:
         offsets, sizes, piece = c.chunk.offsets, c.chunk.sizes, c.chunk.piece
-        xattrs = {"ckptfs.name": c.fqn, "ckptfs.dtype": c.dtype.name, "ckptfs.shape": _json_list(sizes),
-                  "ckptfs.offsets": _json_list(offsets)}
+        xattrs = {"ckptfs.name": c.fqn, "ckptfs.dtype": c.dtype.name, "ckptfs.shape": shape_text(sizes),
+                  "ckptfs.offsets": shape_text(offsets)}
         header = npy.header(*npy.served_layout(c.dtype, sizes, piece.length))
         leaf = names.escape(c.parts[-1], f"@{'_'.join(map(str, offsets))}.npy")
         parent = folder.subdir([names.escape(p) for p in c.parts[:-1]])
@@ -94,11 +95,6 @@ def _item_path(fqn: str, suffix: str) -> list[str]:
     return names.tensor_path(fqn, suffix=suffix)
 
 
-def _json_list(numbers: tuple[int, ...]) -> str:
-    """`json.dumps(list(numbers))` for ints, without its cost per chunk."""
-    return "[" + ", ".join(map(str, numbers)) + "]"
-
-
 class Reader:
     def __init__(self, name: str, files: dict[str, Source]):
         self.path = name
@@ -107,6 +103,7 @@ class Reader:
         self.blocks: dict = {}
         self.chunks_of: dict[int, tuple] = {}  # id(tensor file) -> (dtype, shape, chunks), for the writer
         self.fqn_of: dict[int, str] = {}  # id(tensor or item file) -> its key, for the writer
+        self.yaml_budget = [LIMITS.yaml_values]  # values left to render, for every pickled item
 
     def source(self, relative: str) -> Source:
         if relative not in self.files:
@@ -155,7 +152,7 @@ class Reader:
         pieces = row_pieces(shape, chunks) or [Assembled(shape, itemsize, tuple(chunks))]
         nbytes = math.prod(shape) * itemsize
         header = npy.header(*npy.served_layout(dtype, shape, nbytes))
-        xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": json.dumps(list(shape)),
+        xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": shape_text(shape),
                   "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}
         first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
         tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
@@ -173,7 +170,7 @@ class Reader:
         if torchzip.sniff(data.pread(0, 4)):
             try:
                 value = torchzip.TorchZip(data, f"{data.path}:{fqn}").obj
-                suffix, file = ".yaml", File(Content([to_yaml(value).encode("utf-8")]))
+                suffix, file = ".yaml", File(Content([to_yaml(value, self.yaml_budget).encode("utf-8")]))
             except FormatError:
                 pass
         self.fqn_of[id(file)] = fqn
