@@ -36,7 +36,7 @@ def test_records_copied_into_a_new_archive_load_the_same(tmp_path, zip64_at):
         finally:
             os.close(fd)
     finally:
-        os.close(source.fd)
+        source.close()
     assert copy_path.stat().st_size == blob.size
     with zipfile.ZipFile(copy_path) as copy:
         assert copy.testzip() is None

@@ -74,11 +74,18 @@ class FileSource(Source):
         self.size = st.st_size
         self.stat = st
         self._sequential_end = -1
+        self._prefetched_to = 0
+
+    def close(self) -> None:
+        fd, self.fd = getattr(self, "fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    __del__ = close  # a tree dropped (a commit's old one, a refused file) closes its files
 
     @property
     def origin(self) -> FileSource:
         return self
-        self._prefetched_to = 0
 
     def _prefetch(self, offset: int, length: int) -> None:
         """Keep up to PREFETCH bytes requested ahead of a sequential reader,
