@@ -108,17 +108,21 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def construct(node: yaml.Node) -> object:
+def construct(node: yaml.Node, where: str) -> object:
+    """The value of a node; EditError if YAML cannot build it (a mapping
+    used as a key, a bad `!!int`)."""
     loader = _Loader("")
     try:
         return loader.construct_document(node)
+    except (yaml.YAMLError, TypeError, ValueError) as e:
+        raise EditError(f"{where}: not a value YAML can build ({' '.join(str(e).split())})") from None
     finally:
         loader.dispose()
 
 
 def new_value(node: yaml.Node | None, where: str) -> object:
     """A value for a new key: plain YAML data only."""
-    value = construct(node) if node is not None else None
+    value = construct(node, where) if node is not None else None
     if _has_tags(value):
         raise EditError(f"{where}: a new value must be plain YAML data (no ! tags)")
     return value
@@ -171,15 +175,14 @@ def _merge_dict(old: dict, node: yaml.Node, where: str, wrap=None) -> dict:
     by_rendering = {_key(k): k for k in old}
     items = {}
     for key_node, value_node in node.value:
-        rendered = construct(key_node)
-        key = by_rendering.get(rendered, _UNSET)
+        rendered = construct(key_node, where)
+        try:
+            key = by_rendering.get(rendered, _UNSET)
+        except TypeError:
+            raise EditError(f"{where}: a key must be a scalar, not {rendered!r:.40}") from None
         if (rendered if key is _UNSET else key) in items:
             raise EditError(f"{where}: key {rendered!r} appears twice")
         if key is _UNSET:
-            try:
-                hash(rendered)
-            except TypeError:
-                raise EditError(f"{where}: a key must be a scalar, not {rendered!r:.40}") from None
             value = new_value(value_node, child(where, rendered))
             items[rendered] = wrap(rendered, value) if wrap else value
         else:
@@ -219,7 +222,7 @@ def _kind(node: yaml.Node) -> str:
 def _scalar(old: object, node: yaml.Node, where: str) -> object:
     """The new value of a scalar (or of a value shown as a tagged node), of
     the old one's type."""
-    value = construct(node)
+    value = construct(node, where)
     if _same(value, plain(old)):
         return old
     if old is None:
@@ -361,7 +364,7 @@ def _numpy_array(call: Call, node: yaml.Node, where: str) -> Call:
     import numpy as np
 
     old = plain(call)
-    value = construct(node)
+    value = construct(node, where)
     if _same(value, old):
         return call
     if not (isinstance(old, Tagged) and isinstance(value, Tagged) and value.tag == old.tag
@@ -380,11 +383,14 @@ def _numpy_array(call: Call, node: yaml.Node, where: str) -> Call:
 def _merge_object(call: Call, node: yaml.Node, where: str) -> Call:
     """An object of another class (a `!python/object:` node): its fields."""
     rendered = plain(call)
-    if _same(construct(node), rendered):
+    if _same(construct(node, where), rendered):
         return call
     if not (isinstance(rendered, Tagged) and node.tag == rendered.tag and isinstance(node, yaml.MappingNode)):
         raise EditError(f"{where}: {_describe(call)} cannot be changed in YAML")
-    fields = {construct(k): v for k, v in node.value}
+    try:
+        fields = {construct(k, where): v for k, v in node.value}
+    except TypeError:
+        raise EditError(f"{where}: a {call.path} keeps its fields ({', '.join(rendered.value)})") from None
     if set(fields) != set(rendered.value):
         raise EditError(f"{where}: a {call.path} keeps its fields ({', '.join(rendered.value)})")
     for name, field_node in fields.items():
