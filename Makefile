@@ -14,7 +14,7 @@ PYTHON_APT := $(if $(filter /usr/bin/python3,$(shell command -v python3)),python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PIP := $(PY) -m pip install --progress-bar on
 
-.PHONY: demo test bench clean demo-deps test-deps
+.PHONY: demo test bench fuzz clean demo-deps test-deps
 
 define apt_install
 	@missing=$$(for p in $(1) $(PYTHON_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -52,6 +52,12 @@ demo: demo-deps
 test: test-deps
 	$(PY) -m ruff check ckptfs tests bench
 	$(PY) -m pytest
+
+# FUZZ_SECONDS per parser (default 300); atheris if it installs, else hypothesis
+FUZZ_SECONDS ?= 300
+fuzz: test-deps
+	$(PIP) -e '.[fuzz]' || echo "== atheris does not install here: the fuzzers run with hypothesis"
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench: test-deps
 	$(PIP) -e '.[bench]'

@@ -1,0 +1,67 @@
+"""Seed inputs for each fuzz target, taken from the samples: the fuzzers
+start from real files and mutate them, which reaches far deeper into a
+parser than random bytes do."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def _safetensors() -> list[bytes]:
+    shard = (SAMPLES / "hf" / "bert_tiny_sharded" / "model-00004-of-00004.safetensors").read_bytes()
+    header = json.dumps({"__metadata__": {"format": "pt"}, "a.b": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+                         "c": {"dtype": "I64", "shape": [], "data_offsets": [8, 16]}}).encode()
+    return [shard, len(header).to_bytes(8, "little") + header + bytes(range(16))]
+
+
+def _pickles() -> list[bytes]:
+    found = []
+    for path in (SAMPLES / "lightning" / "tiny.ckpt", SAMPLES / "dcp" / "fsdp2_2rank.ref.pt"):
+        with zipfile.ZipFile(path) as archive:
+            found += [archive.read(n) for n in archive.namelist() if n.endswith("data.pkl")]
+    return found + [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()]
+
+
+def _npy_headers() -> list[bytes]:
+    found = []
+    for array in (np.zeros((2, 3), np.float32), np.arange(5, dtype=">i8"), np.zeros((), np.float16)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        found.append(buffer.getvalue())
+    return found
+
+
+def _yaml() -> list[bytes]:
+    import tarfile
+
+    with tarfile.open(SAMPLES / "nemo" / "tiny.nemo") as archive:
+        config = next(m for m in archive.getmembers() if m.name.endswith("model_config.yaml"))
+        text = archive.extractfile(config).read()
+    return [text, b"model: {hidden: 32, layers: [1, 2]}\nname: other\n", b"a: &x [1, 2]\nb: *x\n"]
+
+
+@functools.cache
+def seeds(target: str) -> list[bytes]:
+    nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
+    torch_zip = (SAMPLES / "lightning" / "tiny.ckpt").read_bytes()
+    by_target = {
+        "safetensors_header": _safetensors,
+        "tar_reader": lambda: [nemo],
+        "gzip_index": lambda: [gzip.compress(nemo, mtime=0)],
+        "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
+        "inert_pickle": _pickles,
+        "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
+        "npy_header": _npy_headers,
+        "yaml_merge": _yaml,
+        "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
+    }
+    return by_target[target]()

@@ -1,0 +1,152 @@
+"""One fuzz target per parser: a function of the input bytes, and the error
+classes it may raise. The contract every target is held to: a parser either
+returns or raises its own error class (a one-line reason for the user),
+never anything else, within the time and memory budget (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ckptfs.errors import CkptfsError
+from ckptfs.formats import open_checkpoint, safetensors, tar, torchzip
+from ckptfs.formats.dcp.metadata import Metadata
+from ckptfs.formats.gzindex import _scan as scan_gzip
+from ckptfs.pickle import object_edits
+from ckptfs.pickle.inert import InertUnpickler, PickleError
+from ckptfs.pickle.pyobjects import to_yaml
+from ckptfs.pickle.torch_classes import KNOWN, persistent_load
+from ckptfs.sources.base import Source
+from ckptfs.tree import npy
+from ckptfs.tree.nodes import File
+
+CRASHES = Path(__file__).parent / "crashes"
+#: how much of each file of a mounted tree the whole-file target reads
+READ_BYTES = 1 << 16
+
+
+class MemorySource(Source):
+    """Bytes in memory as a source, so that no input touches the disk."""
+
+    def __init__(self, data: bytes, path: str = "<fuzz input>"):
+        self.data, self.size, self.path = data, len(data), path
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    run: Callable[[bytes], None]
+    #: what the parser may raise: its own error classes, nothing else
+    allowed: tuple[type[BaseException], ...]
+
+
+def _safetensors_header(data: bytes) -> None:
+    safetensors.read(MemorySource(data))
+
+
+def _tar_reader(data: bytes) -> None:
+    tar.list_members(io.BytesIO(data), "<fuzz input>")
+
+
+def _with_file(data: bytes, use: Callable[[str], None]) -> None:
+    with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-") as folder:
+        path = os.path.join(folder, "input")
+        with open(path, "wb") as f:
+            f.write(data)
+        use(path)
+
+
+def _gzip_index(data: bytes) -> None:
+    _with_file(data, scan_gzip)
+
+
+def _zip_reader(data: bytes) -> None:
+    torchzip.TorchZip(MemorySource(data), "<fuzz input>").tree()
+
+
+def _inert_pickle(data: bytes) -> None:
+    value = InertUnpickler(data, persistent_load=persistent_load, known=KNOWN).load()
+    to_yaml(value)  # every value a pickle can make renders, or says in one line why not
+
+
+def _dcp_metadata(data: bytes) -> None:
+    Metadata.read("<fuzz input>", {".metadata": MemorySource(data)})
+
+
+def _npy_header(data: bytes) -> None:
+    npy.parse_header(data, "<fuzz input>")
+
+
+#: the value an edited YAML view is merged into: a config as NeMo pickles it
+_MERGED_INTO = b"""
+model:
+  hidden: 64
+  layers: [1, 2, 3]
+  optim: {name: adam, lr: 0.001, betas: [0.9, 0.98]}
+  tokenizer: null
+name: tiny
+"""
+
+
+def _yaml_merge(data: bytes) -> None:
+    old = object_edits.construct(object_edits.parse(_MERGED_INTO, "seed.yaml"), "seed.yaml")
+    node = object_edits.parse(data, "edited.yaml")
+    object_edits.merge(old, node, "edited.yaml")
+
+
+def _whole_file(data: bytes) -> None:
+    """Any file as `ckptfs mount` opens it, then the first bytes of every
+    file of its tree read as a mount reads them."""
+
+    def open_and_read(path: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-cache-") as cache:
+            checkpoint = open_checkpoint(path, cache)
+            for _, node in checkpoint.root.walk():
+                if isinstance(node, File):
+                    node.content.read(0, READ_BYTES)
+
+    _with_file(data, open_and_read)
+
+
+TARGETS = {t.name: t for t in (
+    Target("safetensors_header", _safetensors_header, (CkptfsError,)),
+    Target("tar_reader", _tar_reader, (CkptfsError,)),
+    Target("gzip_index", _gzip_index, (CkptfsError,)),
+    Target("zip_reader", _zip_reader, (CkptfsError,)),
+    Target("inert_pickle", _inert_pickle, (PickleError,)),
+    Target("dcp_metadata", _dcp_metadata, (CkptfsError,)),
+    Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
+    Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
+    Target("whole_file", _whole_file, (CkptfsError,)),
+)}
+
+
+def check(target: Target, data: bytes) -> None:
+    """Run `target` on `data`; an error outside its contract is raised as
+    AssertionError naming the input, for the fuzzer to report."""
+    try:
+        target.run(data)
+    except target.allowed:
+        pass
+    except Exception as e:
+        kept = keep(target, type(e).__name__, data)
+        raise AssertionError(f"{target.name}: {type(e).__name__}: {e} (the input is kept in {kept})") from e
+
+
+def keep(target: Target, error: str, data: bytes) -> Path:
+    """Keep an input that broke `target` in crashes/, where the test suite
+    replays it from then on (commit it with the fix): the smallest one of
+    each error, as the fuzzer shrinks it."""
+    path = CRASHES / f"{target.name}-{error}"
+    if not path.exists() or path.stat().st_size >= len(data):
+        CRASHES.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    return path
