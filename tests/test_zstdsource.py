@@ -58,3 +58,13 @@ def test_truncated_and_garbage_streams_are_format_errors():
         ZstdSource(BytesSource(compressed[:-100]), "x").pread(0, 60000)
     with pytest.raises(FormatError, match="not a valid zstd stream"):
         ZstdSource(BytesSource(b"\x28\xb5\x2f\xfdgarbage-garbage"), "x").pread(0, 10)
+
+
+def test_a_failed_frame_checksum_returns_no_bytes_of_that_read():
+    plain = os.urandom(20000)
+    compressed = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(plain))
+    compressed[-2] ^= 1  # the checksum at the end of the frame
+    with pytest.raises(FormatError, match="checksum"):
+        ZstdSource(BytesSource(bytes(compressed)), "x").pread(0, len(plain))
+    intact = bytes(zstandard.ZstdCompressor(write_checksum=True).compress(plain))
+    assert ZstdSource(BytesSource(intact), "x").pread(0, len(plain)) == plain

@@ -62,7 +62,7 @@ class Call:
         return self.func.path if isinstance(self.func, Global) else short_repr(self.func)
 
     def __repr__(self) -> str:  # short: a call's arguments may be a huge shared structure
-        return f"Call({self.path})"
+        return short_repr(self)
 
 
 class Rebuilt:
@@ -88,7 +88,7 @@ class Persistent:
     pid: object
 
     def __repr__(self) -> str:
-        return f"Persistent({short_repr(self.pid)})"
+        return short_repr(self)
 
 
 class Unhashable:
@@ -102,15 +102,28 @@ class Unhashable:
         return short_repr(self.key)
 
 
-def _short_repr() -> reprlib.Repr:
-    cut = reprlib.Repr()  # (keyword arguments only from Python 3.12)
-    cut.maxlevel, cut.maxstring, cut.maxother = 3, 60, 60
-    cut.maxtuple = cut.maxlist = cut.maxdict = cut.maxset = cut.maxfrozenset = 4
-    return cut
+class _ShortRepr(reprlib.Repr):
+    """`repr` cut to a few levels and items, placeholders included (each
+    of them one level down, never a fresh start: keys inside keys nest)."""
+
+    def __init__(self):
+        super().__init__()  # (keyword arguments only from Python 3.12)
+        self.maxlevel, self.maxstring, self.maxother = 3, 60, 60
+        self.maxtuple = self.maxlist = self.maxdict = self.maxset = self.maxfrozenset = 4
+
+    def repr_Unhashable(self, value: Unhashable, level: int) -> str:
+        return self.repr1(value.key, level)
+
+    def repr_Persistent(self, value: Persistent, level: int) -> str:
+        return f"Persistent({self.repr1(value.pid, level - 1)})"
+
+    def repr_Call(self, value: Call, level: int) -> str:
+        func = value.func.path if isinstance(value.func, Global) else "..." if level <= 0 else self.repr1(value.func, level - 1)
+        return f"Call({func})"
 
 
-#: `repr` cut to a few levels and items: what a key or a placeholder shows
-short_repr = _short_repr().repr
+#: what a key or a placeholder shows
+short_repr = _ShortRepr().repr
 
 
 _UNSEEN = object()

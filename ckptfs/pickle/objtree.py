@@ -71,7 +71,7 @@ class ObjectTree:
             pairs, keys = list(container.items()), frozenset(container)
         else:
             pairs, keys = list(enumerate(container)), frozenset()
-        for key, value in pairs:
+        for position, (key, value) in enumerate(pairs):
             full = f"{prefix}{key}"
             if isinstance(key, str) and "." in key:
                 parts = [names.escape(p) for p in key.split(".")]
@@ -80,7 +80,11 @@ class ObjectTree:
             try:
                 self._add(folder, parts[:-1], parts[-1], value, full, path, (container, key))
             except PathConflict:
-                self._add(folder, [], names.escape(str(key), dots=True), value, full, path, (container, key))
+                try:
+                    self._add(folder, [], names.escape(str(key), dots=True), value, full, path, (container, key))
+                except PathConflict:  # a key named by a cut repr, like another one: its position tells them apart
+                    self._add(folder, [], f"{names.escape(str(key), dots=True)}%~{position}", value, full, path,
+                              (container, key))
 
     def _add(self, folder: Dir, dirs: list[str], leaf: str, value, full: str, path: str, slot: tuple) -> None:
         parent = folder.subdir(dirs)
