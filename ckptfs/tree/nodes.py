@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..formats.base import Writer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Extent:
     """`length` bytes of `source` starting at `offset`."""
 

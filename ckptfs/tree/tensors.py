@@ -10,7 +10,7 @@ from .dtypes import DType
 from .nodes import Content, Dir, Extent, File
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tensor:
     """A C-contiguous tensor stored as one byte range."""
 
@@ -24,7 +24,7 @@ class Tensor:
         return math.prod(self.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlacedTensor:
     """A tensor and the path of its file in the mount."""
 
@@ -32,17 +32,32 @@ class PlacedTensor:
     tensor: Tensor
 
 
-def tensor_file(tensor: Tensor) -> File:
-    descr, shape = npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length)
-    path, start = tensor.data.source.locate(tensor.data.offset)
-    xattrs = {
-        "ckptfs.name": tensor.name,
-        "ckptfs.dtype": tensor.dtype.name,
-        "ckptfs.shape": shape_text(tensor.shape),
-        "ckptfs.source": path,
-        "ckptfs.range": f"{start}-{start + tensor.data.length}",
-    }
-    return File(Content([npy.header(descr, shape), tensor.data]), xattrs=xattrs)
+class TensorFile(File):
+    """A tensor's `.npy` file. Its attributes are spelled out when first
+    asked for: a header of a million tensors need not hold a million dicts."""
+
+    def __init__(self, tensor: Tensor):
+        descr, shape = npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length)
+        super().__init__(Content([npy.header(descr, shape), tensor.data]))
+        self.tensor, self._xattrs = tensor, None
+
+    @property  # type: ignore[override]
+    def xattrs(self) -> dict[str, str]:
+        if self._xattrs is None:
+            tensor = self.tensor
+            path, start = tensor.data.source.locate(tensor.data.offset)
+            self._xattrs = {
+                "ckptfs.name": tensor.name,
+                "ckptfs.dtype": tensor.dtype.name,
+                "ckptfs.shape": shape_text(tensor.shape),
+                "ckptfs.source": path,
+                "ckptfs.range": f"{start}-{start + tensor.data.length}",
+            }
+        return self._xattrs
+
+    @xattrs.setter
+    def xattrs(self, value: dict[str, str]) -> None:
+        self._xattrs = value
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -60,7 +75,7 @@ def tensor_tree(tensors: list[Tensor]) -> tuple[Dir, list[PlacedTensor]]:
     placed = []
     for tensor in sorted(tensors, key=lambda t: t.name):
         parts = names.tensor_path(tensor.name)
-        root.subdir(parts[:-1]).add(parts[-1], tensor_file(tensor))
+        root.subdir(parts[:-1]).add(parts[-1], TensorFile(tensor))
         placed.append(PlacedTensor("/".join(parts), tensor))
     return root, placed
 
