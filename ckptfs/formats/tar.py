@@ -8,6 +8,7 @@ before 1.7) is read through a seek-point index (see `gzindex`).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tarfile
 import time
@@ -108,7 +109,11 @@ def _member(info: tarfile.TarInfo, path: str) -> Member | None:
 
 
 def _ns(seconds: float) -> int:
-    """PAX headers give fractional mtimes; keep them to the nanosecond."""
+    """PAX headers give fractional mtimes; keep them to the nanosecond. One
+    no file system can hold (infinite, not a number, beyond 64 bits of
+    nanoseconds) becomes 0, the epoch."""
+    if not math.isfinite(seconds) or abs(seconds) >= 9.2e9:
+        return 0
     return round(seconds * 10**9)
 
 
