@@ -78,7 +78,7 @@ def list_members(fileobj, path: str) -> tuple[list[Member], list[str]]:
             else:
                 members.append(member)
         end = archive.offset
-    except (tarfile.TarError, EOFError) as e:
+    except (tarfile.TarError, EOFError, OverflowError) as e:  # OverflowError: tarfile on a PAX length past 2^63
         if str(e) == "unexpected end of data":
             last = f" inside member {members[-1].name!r}" if members else ""
             raise FormatError(path, f"tar archive is truncated: its data ends{last}") from None

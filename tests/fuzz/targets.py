@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -137,14 +138,15 @@ def check(target: Target, data: bytes) -> None:
     except target.allowed:
         pass
     except Exception as e:
-        kept = keep(target, type(e).__name__, data)
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        kept = keep(target, f"{type(e).__name__}-{Path(where.filename).stem}-{where.lineno}", data)
         raise AssertionError(f"{target.name}: {type(e).__name__}: {e} (the input is kept in {kept})") from e
 
 
 def keep(target: Target, error: str, data: bytes) -> Path:
     """Keep an input that broke `target` in crashes/, where the test suite
     replays it from then on (commit it with the fix): the smallest one of
-    each error, as the fuzzer shrinks it."""
+    each error and the line that raised it, as the fuzzer shrinks it."""
     path = CRASHES / f"{target.name}-{error}"
     if not path.exists() or path.stat().st_size >= len(data):
         CRASHES.mkdir(exist_ok=True)
