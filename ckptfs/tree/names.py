@@ -49,8 +49,8 @@ def _quote(part: str, dots: bool = False) -> str:
 
 def _fit(body: str, suffix: str) -> str:
     name = body + suffix
-    if len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX:
-        return name
+    if len(name) <= NAME_MAX // 4 or len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX:
+        return name  # (at most 4 bytes a character: a short name needs no encoding to know it fits)
     digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     tail = _HASH_MARK + digest + suffix
     room = NAME_MAX - len(tail.encode())

@@ -24,9 +24,12 @@ tensor costs a block, not the tensor.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
+import functools
 import json
 import logging
 import os
+import re
 import shutil
 import zlib
 
@@ -49,9 +52,16 @@ def overlay_dir(source: str) -> str:
 
 
 def is_temp_name(name: str, patterns: tuple[str, ...] = TEMP_PATTERNS) -> bool:
-    import fnmatch
+    return _matcher(patterns)(name) is not None
 
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+@functools.lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]):
+    """One regular expression for all the patterns: a writable mount tests
+    every name of its tree (fnmatch per pattern took 1 s for 100k tensors)."""
+    if not patterns:
+        return lambda name: None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL).match
 
 
 def source_identity(path: str) -> dict:
