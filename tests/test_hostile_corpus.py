@@ -124,8 +124,9 @@ def _pt_of_memo_beyond_the_option(tmp_path: Path) -> Path:
     return _with_pickle(tmp_path, b"\x80\x02(" + b"N\x94" * 2000 + b"l.")  # 2000 MEMOIZE
 
 
-def _pt_whose_pickle_inflates_to_gigabytes(tmp_path: Path) -> Path:
-    path = tmp_path / "inflating.pt"
+def _resaved(path: Path, write_pickle) -> bytes:
+    """A torch.save of one tensor, zipped again with its data.pkl written
+    by `write_pickle(zip, name, data)`."""
     torch.save({"w": torch.ones(2)}, path)
     with zipfile.ZipFile(path) as src:
         records = {info.filename: src.read(info) for info in src.infolist()}
@@ -133,30 +134,31 @@ def _pt_whose_pickle_inflates_to_gigabytes(tmp_path: Path) -> Path:
     with zipfile.ZipFile(out, "w") as z:
         for name, data in records.items():
             if name.endswith("data.pkl"):
-                info = zipfile.ZipInfo(name)
-                info.compress_type = zipfile.ZIP_DEFLATED  # 300 MB of zeros, 300 KB on disk
-                with z.open(info, "w", force_zip64=True) as member:
-                    for _ in range(300):
-                        member.write(bytes(1 << 20))
+                write_pickle(z, name, data)
             else:
                 z.writestr(name, data)
-    path.write_bytes(out.getvalue())
+    return out.getvalue()
+
+
+def _pt_whose_pickle_inflates_to_gigabytes(tmp_path: Path) -> Path:
+    def inflating(z: zipfile.ZipFile, name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED  # 300 MB of zeros, 300 KB on disk
+        with z.open(info, "w", force_zip64=True) as member:
+            for _ in range(300):
+                member.write(bytes(1 << 20))
+
+    path = tmp_path / "inflating.pt"
+    path.write_bytes(_resaved(path, inflating))
     return path
 
 
 def _pt_whose_record_lies_about_its_size(tmp_path: Path) -> Path:
+    def padded(z: zipfile.ZipFile, name: str, data: bytes) -> None:
+        z.writestr(name, data + bytes(50 << 20), compress_type=zipfile.ZIP_DEFLATED)
+
     path = tmp_path / "lying.pt"
-    torch.save({"w": torch.ones(2)}, path)
-    with zipfile.ZipFile(path) as src:
-        records = {info.filename: src.read(info) for info in src.infolist()}
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for name, data in records.items():
-            if name.endswith("data.pkl"):
-                z.writestr(name, data + bytes(50 << 20), compress_type=zipfile.ZIP_DEFLATED)
-            else:
-                z.writestr(name, data)
-    data = bytearray(out.getvalue())
+    data = bytearray(_resaved(path, padded))
     for magic, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # declared: 100 bytes
         at = data.find(magic)
         while at >= 0:

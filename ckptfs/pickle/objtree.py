@@ -17,7 +17,7 @@ from ..tree.tensors import PlacedTensor
 from .pyobjects import to_yaml
 from .torch_classes import TensorRef
 
-TensorFile = Callable[[TensorRef, str], tuple[File, object]]
+MakeTensorFile = Callable[[TensorRef, str], tuple[File, object]]
 
 
 class ObjectTree:
@@ -30,7 +30,7 @@ class ObjectTree:
     for. A value that is not a container is the one item of `holder`.
     """
 
-    def __init__(self, tensor_file: TensorFile, record: bool = False):
+    def __init__(self, tensor_file: MakeTensorFile, record: bool = False):
         self.tensor_file = tensor_file  # (tensor, full name) -> (file, Tensor for the index)
         self.record = record
         self.placed: list[PlacedTensor] = []
