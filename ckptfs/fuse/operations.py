@@ -2,19 +2,25 @@
 
 A directory's entries get inode numbers when it is first looked into, so
 mount time does not depend on the size of the tree; numbers then stay the
-same for the life of the mount. Every handler is wrapped so that only FUSEError reaches pyfuse3: an
+same for the life of the mount. What an inode costs is kept small (a walk
+of 200,000 entries): its node, its parent's number and its name are slots
+of three arrays, and a folder's listing is its sorted names beside the range
+of numbers they got (a list only where edits renumbered some). Every handler is wrapped so that only FUSEError reaches pyfuse3: an
 unexpected exception is logged and answered with EIO, never ending the mount.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import logging
 import os
 import stat
 import time
+from array import array
 from dataclasses import dataclass
+from typing import Sequence
 
 import pyfuse3
 import trio
@@ -33,6 +39,9 @@ CACHE_SECONDS = 24 * 3600
 #: caches, but a short timeout keeps times and sizes honest after edits.
 EDIT_CACHE_SECONDS = 1.0
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+#: pyfuse3 built with vendor/pyfuse3's patch passes the inode as the handle
+#: where the kernel opened without asking (zero-message opens, Linux 5.1)
+ZERO_MESSAGE_OPENS = getattr(pyfuse3, "NO_OPEN_FH_IS_INODE", False)
 BLKSIZE = 1 << 20  # tells cp and friends to read in large blocks
 
 
@@ -48,6 +57,12 @@ class Ownership:
     @classmethod
     def of(cls, st: os.stat_result) -> Ownership:
         return cls(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & 0o444, st.st_mtime_ns)
+
+
+def _dot_attributes(inode: int) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino, attr.st_mode = inode, stat.S_IFDIR
+    return attr
 
 
 def _handler(method):
@@ -68,6 +83,14 @@ def _handler(method):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+@dataclass(slots=True)
+class _Listing:
+    """A directory's entries: names in sorted order, and their inode numbers."""
+
+    names: list[str]
+    inodes: Sequence[int]  # a range where numbered in one go
 
 
 @dataclass
@@ -95,17 +118,23 @@ class Operations(pyfuse3.Operations):
         self.editable, self.check = editable, check
         self.handles: dict[int, _Handle] = {}  # open files
         self._next_handle = 1
-        self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
-        self.listings: dict[int, list[tuple[bytes, int]]] = {}
-        self.entries: dict[tuple[int, bytes], int] = {}
-        self.parents: dict[int, tuple[int, str]] = {}  # inode -> (parent inode, name)
-        self.inode_of: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}  # id(node) -> inode, stable across edits
-        self.read_only: set[int] = set() if editable else {pyfuse3.ROOT_INODE}
+        # by inode number (0 is unused): the node, its parent's number, its name
+        self.nodes: list[Node | None] = [None, root]
+        self.parents = array("Q", [0, pyfuse3.ROOT_INODE])
+        self.names: list[str] = ["", ""]
+        self.listings: dict[int, _Listing] = {}
+        #: id(node) -> inode, so that a node keeps its number when its folder
+        #: is listed again after an edit (a read-only mount lists each once)
+        self.inode_of: dict[int, int] | None = {id(root): pyfuse3.ROOT_INODE} if editable else None
+        #: read-only parts of a writable mount (a read-only mount is all of it)
+        self.read_only: set[int] = set()
+        #: a read-only mount answers open and opendir with ENOSYS: the kernel
+        #: then opens without asking, keeps pages and caches listings
+        self.zero_message_opens = editable is None and ZERO_MESSAGE_OPENS
         #: inode -> who may read it, where a node (or a folder above it) says
         #: more than the source's owner and read bits (files of a directory source)
         self.access_of: dict[int, Access] = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
-        self._next_inode = pyfuse3.ROOT_INODE + 1
 
     def replace_tree(self, root: Dir, editable: EditableTree | None, check=None) -> None:
         """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
@@ -113,42 +142,53 @@ class Operations(pyfuse3.Operations):
         self.root, self.editable, self.check = root, editable, check
         self.nodes[pyfuse3.ROOT_INODE] = root
         self.inode_of[id(root)] = pyfuse3.ROOT_INODE
-        old = [name for name, _ in self.listings.get(pyfuse3.ROOT_INODE, [])]
+        listing = self.listings.get(pyfuse3.ROOT_INODE)
+        old = [os.fsencode(name) for name in listing.names] if listing else []
         self.listings.clear()
-        self.entries.clear()
-        self.read_only = set() if editable else {pyfuse3.ROOT_INODE}
+        self.read_only = set()
         self.access_of = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
         self.__dict__.pop("totals", None)
         for name in old:  # names the kernel may have cached: look them up again
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
 
-    def _listing(self, inode: int) -> list[tuple[bytes, int]]:
-        """The (name, inode) entries of a directory, numbered on first use
-        (a node keeps its number when the directory is listed again after an edit)."""
+    def _listing(self, inode: int) -> _Listing:
+        """A directory's entries, numbered on first use (a node keeps its
+        number when the directory is listed again after an edit)."""
         listing = self.listings.get(inode)
         if listing is None:
             directory = self._node(inode)
             if not isinstance(directory, Dir):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            listing = []
+            children = directory.children
+            names = sorted(children)
+            numbers: Sequence[int]
+            if self.inode_of is None:  # read-only: every child is new
+                numbers = range(len(self.nodes), len(self.nodes) + len(names))
+                self.nodes.extend(children[name] for name in names)
+            else:
+                numbers = [self._number(children[name]) for name in names]
+            self.parents.extend([0] * (len(self.nodes) - len(self.parents)))
+            self.names.extend([""] * (len(self.nodes) - len(self.names)))
             inherited = self.access_of.get(inode)
-            for name in sorted(directory.children):
-                child = directory.children[name]
-                number = self.inode_of.get(id(child))
-                if number is None:
-                    number = self.inode_of[id(child)] = self._next_inode
-                    self.nodes[number] = child
-                    self._next_inode += 1
-                if inode in self.read_only or child.read_only:
+            read_only = inode in self.read_only
+            for name, number in zip(names, numbers):
+                child = children[name]
+                if read_only or child.read_only:
                     self.read_only.add(number)
-                self._set_access(number, child.access or inherited)
-                encoded = os.fsencode(name)
-                self.parents[number] = (inode, name)
-                self.entries[inode, encoded] = number
-                listing.append((encoded, number))
-            self.listings[inode] = listing
+                if child.access is not None or inherited is not None:
+                    self._set_access(number, child.access or inherited)
+                self.parents[number] = inode
+                self.names[number] = name
+            listing = self.listings[inode] = _Listing(names, numbers)
         return listing
+
+    def _number(self, node: Node) -> int:
+        number = self.inode_of.get(id(node))
+        if number is None:
+            number = self.inode_of[id(node)] = len(self.nodes)
+            self.nodes.append(node)
+        return number
 
     def _set_access(self, inode: int, access: Access | None) -> None:
         """Keep who may read `inode` where it is not the source's owner and
@@ -160,14 +200,13 @@ class Operations(pyfuse3.Operations):
 
     def _changed(self, inode: int) -> None:
         """Forget a directory's listing after an edit; rebuilt on next use."""
-        for name, _ in self.listings.pop(inode, []):
-            self.entries.pop((inode, name), None)
+        self.listings.pop(inode, None)
 
     def _path(self, inode: int, name: str | None = None) -> str:
         parts = [] if name is None else [name]
         while inode != pyfuse3.ROOT_INODE:
-            inode, part = self.parents[inode]
-            parts.append(part)
+            parts.append(self.names[inode])
+            inode = self.parents[inode]
         return "/".join(reversed(parts))
 
     def _writable(self, inode: int) -> EditableTree:
@@ -176,8 +215,12 @@ class Operations(pyfuse3.Operations):
         return self.editable
 
     def _child(self, parent_inode: int, name: bytes) -> int | None:
-        self._listing(parent_inode)
-        return self.entries.get((parent_inode, name))
+        listing = self._listing(parent_inode)
+        wanted = os.fsdecode(name)
+        index = bisect.bisect_left(listing.names, wanted)
+        if index < len(listing.names) and listing.names[index] == wanted:
+            return listing.inodes[index]
+        return None
 
     @functools.cached_property
     def totals(self) -> tuple[int, int]:
@@ -193,17 +236,17 @@ class Operations(pyfuse3.Operations):
         return size, count
 
     def _node(self, inode: int) -> Node:
-        try:
-            return self.nodes[inode]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        node = self.nodes[inode] if 0 < inode < len(self.nodes) else None
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
 
     def attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
         attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS if self.editable is None else EDIT_CACHE_SECONDS
-        write_bits = 0 if inode in self.read_only else 0o200
+        write_bits = 0 if self.editable is None or inode in self.read_only else 0o200
         access = self.access_of.get(inode)
         attr.st_uid, attr.st_gid = (access.uid, access.gid) if access else (self.owner.uid, self.owner.gid)
         read_bits = access.read_bits if access else self.owner.read_bits
@@ -239,6 +282,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode, ctx):
+        if self.zero_message_opens:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if not isinstance(self._node(inode), Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
@@ -246,10 +291,13 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def readdir(self, fh, start_id, token):
         listing = self._listing(fh)
-        parent = self.parents[fh][0] if fh in self.parents else pyfuse3.ROOT_INODE
-        dots = ((b".", fh), (b"..", parent))  # entries 0 and 1; the listing follows, never copied
-        for index in range(start_id, len(listing) + 2):
-            name, inode = dots[index] if index < 2 else listing[index - 2]
+        for index in range(start_id, len(listing.names) + 2):
+            if index < 2:  # "." and "..": the kernel reads only their inode and type
+                name, attributes = (b".", b"..")[index], _dot_attributes((fh, self.parents[fh])[index])
+                if not pyfuse3.readdir_reply(token, name, attributes, index + 1):
+                    break
+                continue
+            name, inode = os.fsencode(listing.names[index - 2]), listing.inodes[index - 2]
             try:
                 attributes = self.attributes(inode)
             except (OverflowError, ValueError) as e:  # one bad entry: its own lookup fails, not the listing
@@ -260,6 +308,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode, flags, ctx):
+        if self.zero_message_opens:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.ELOOP)
@@ -289,7 +339,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def read(self, fh, off, size):
-        content = self.nodes[self.handles[fh].inode].content
+        content = self.nodes[fh if self.zero_message_opens else self.handles[fh].inode].content
         if content.slow:
             return await trio.to_thread.run_sync(content.read, off, size)
         return content.read(off, size)
@@ -312,6 +362,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh):
+        if self.editable is None:  # nothing to check on close: the kernel stops asking
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self.handles[fh]
         if handle.wrote and self._checked(handle.inode) is not None:  # every close of it: dup'd descriptors too
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -322,7 +374,7 @@ class Operations(pyfuse3.Operations):
         when the file is released: a shell's `>` closes a dup'd descriptor
         of the still empty file first). A `.npy` file's dtype and shape
         attributes follow its header."""
-        node = self.nodes.get(inode)
+        node = self.nodes[inode]
         if self.check is None or not isinstance(node, File) or not isinstance(node.content, EditedContent):
             return None
         path = self._path(inode)
@@ -412,15 +464,16 @@ class Operations(pyfuse3.Operations):
         editable.rename(old, self._path(parent_inode_new, os.fsdecode(name_new)))
         self._changed(parent_inode_old)
         self._changed(parent_inode_new)
-        self.parents[inode] = (parent_inode_new, os.fsdecode(name_new))  # the kernel may use it before a lookup
+        self.parents[inode] = parent_inode_new  # the kernel may use it before a lookup
+        self.names[inode] = os.fsdecode(name_new)
         problem = self._checked(inode)  # a file written under a temporary name (sed -i), now in place
         if problem is not None:
             log.warning("%s (the repack will refuse it until it is fixed)", problem)
 
     @_handler
     async def fsync(self, fh, datasync):
-        node = self.nodes[self.handles[fh].inode]
         if self.editable is not None:
+            node = self.nodes[self.handles[fh].inode]
             self.editable.overlay.fsync(node.content if isinstance(node.content, EditedContent) else None)
 
     @_handler
