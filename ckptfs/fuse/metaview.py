@@ -24,8 +24,8 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
     tensors.tsv follow the edits (recomputed after each change)."""
     view = Dir()
     if editable is None:
-        view.add("info.yaml", _text_file(info_yaml(ckpt)))
-        view.add("tensors.tsv", _text_file(tensors_tsv(ckpt)))
+        view.add("info.yaml", File(RenderedText(lambda: info_yaml(ckpt))))
+        view.add("tensors.tsv", File(RenderedText(lambda: tensors_tsv(ckpt))))
     else:
         current = CurrentTensors(ckpt, editable)
         view.add("info.yaml", File(LiveText(editable, lambda: info_yaml(current.checkpoint()))))
@@ -105,6 +105,34 @@ def _in_source(ckpt: Checkpoint, file: str) -> str:
 
 def _tsv_cell(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+class RenderedText:
+    """Text rendered when first asked for. A `stat` keeps only the size:
+    a walk of a mount of 100,000 tensors need not hold their 10 MB listing.
+    The bytes are kept from the first read on."""
+
+    slow = False
+
+    def __init__(self, render):
+        self.render = render
+        self._size: int | None = None
+        self._data: bytes | None = None
+
+    def _rendered(self) -> bytes:
+        return self.render().encode("utf-8", "backslashreplace")  # a lone surrogate of a name shows as \ud800
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._size = len(self._data if self._data is not None else self._rendered())
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._data is None:
+            self._data = self._rendered()
+            self._size = len(self._data)
+        return self._data[offset : offset + length]
 
 
 class LiveText:

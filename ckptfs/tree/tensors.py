@@ -32,13 +32,37 @@ class PlacedTensor:
     tensor: Tensor
 
 
+class NpyContent(Content):
+    """A tensor's `.npy` bytes: its NPY header, made again when read (headers
+    of one shape are shared by a cache), then its data, in place."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Tensor):
+        self.tensor = tensor
+        self.size = len(self._header()) + tensor.data.length
+
+    def _header(self) -> bytes:
+        tensor = self.tensor
+        return npy.header(*npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length))
+
+    @property  # type: ignore[override]
+    def pieces(self) -> list:
+        return [self._header(), self.tensor.data]
+
+    @property  # type: ignore[override]
+    def starts(self) -> list[int]:
+        return [0, self.size - self.tensor.data.length]
+
+
 class TensorFile(File):
     """A tensor's `.npy` file. Its attributes are spelled out when first
     asked for: a header of a million tensors need not hold a million dicts."""
 
+    __slots__ = ("tensor", "_xattrs")
+
     def __init__(self, tensor: Tensor):
-        descr, shape = npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length)
-        super().__init__(Content([npy.header(descr, shape), tensor.data]))
+        File.__init__(self, NpyContent(tensor))
         self.tensor, self._xattrs = tensor, None
 
     @property  # type: ignore[override]
@@ -73,10 +97,17 @@ def tensor_tree(tensors: list[Tensor]) -> tuple[Dir, list[PlacedTensor]]:
     """
     root = Dir()
     placed = []
+    escaped: dict[str, str] = {}  # folder names repeat: model, layers, 0, mlp...
+    folders: dict[tuple[str, ...], Dir] = {}
     for tensor in sorted(tensors, key=lambda t: t.name):
-        parts = names.tensor_path(tensor.name)
-        root.subdir(parts[:-1]).add(parts[-1], TensorFile(tensor))
-        placed.append(PlacedTensor("/".join(parts), tensor))
+        *path, leaf = names.split_dotted(tensor.name)
+        folder_names = tuple(escaped.get(p) or escaped.setdefault(p, names.escape(p)) for p in path)
+        folder = folders.get(folder_names)
+        if folder is None:
+            folder = folders[folder_names] = root.subdir(list(folder_names))
+        file_name = names.escape(leaf, ".npy")
+        folder.add(file_name, TensorFile(tensor))
+        placed.append(PlacedTensor("/".join((*folder_names, file_name)), tensor))
     return root, placed
 
 
