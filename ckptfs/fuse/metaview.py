@@ -164,22 +164,31 @@ class CurrentTensors:
 
     def __init__(self, ckpt: Checkpoint, editable):
         self.ckpt, self.editable = ckpt, editable
-        self.by_node = {}
-        for placed in ckpt.tensors:
-            try:
-                self.by_node[id(editable.node(placed.path))] = placed.tensor
-            except (FileNotFoundError, NotADirectoryError):
-                pass
+        self._by_node: dict[int, Tensor] | None = None
+        editable.before_first_change.append(self._tensor_by_node)
+
+    def _tensor_by_node(self) -> dict[int, Tensor]:
+        """The source's tensors by their file node, indexed when first needed
+        (at the latest just before the tree first changes)."""
+        if self._by_node is None:
+            self._by_node = {}
+            for placed in self.ckpt.tensors:
+                try:
+                    self._by_node[id(self.editable.node(placed.path))] = placed.tensor
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+        return self._by_node
 
     def checkpoint(self) -> Checkpoint:
         from ..write.diff import files_of, is_edited
         from ..write.overlay import EditedSource
 
         tensors = []
+        by_node = self._tensor_by_node()
         for path, node in sorted(files_of(self.ckpt.root, frozenset({VIEW_NAME})).items()):
             if not isinstance(node, File):
                 continue
-            original = self.by_node.get(id(node))
+            original = by_node.get(id(node))
             if original is not None and not is_edited(node):
                 tensors.append(PlacedTensor(path, original))
             elif path.endswith(".npy") and (original is not None or self.ckpt.writer.adds_tensors):

@@ -123,9 +123,10 @@ class Operations(pyfuse3.Operations):
         self.parents = array("Q", [0, pyfuse3.ROOT_INODE])
         self.names: list[str] = ["", ""]
         self.listings: dict[int, _Listing] = {}
-        #: id(node) -> inode, so that a node keeps its number when its folder
-        #: is listed again after an edit (a read-only mount lists each once)
-        self.inode_of: dict[int, int] | None = {id(root): pyfuse3.ROOT_INODE} if editable else None
+        #: id(node) -> inode of the entries of folders an edit changed, so that
+        #: a node keeps its number when listed again (a read-only mount lists
+        #: each folder once). Numbered nodes are never freed: ids stay unique.
+        self.inode_of: dict[int, int] = {}
         #: read-only parts of a writable mount (a read-only mount is all of it)
         self.read_only: set[int] = set()
         #: a read-only mount answers open and opendir with ENOSYS: the kernel
@@ -141,7 +142,6 @@ class Operations(pyfuse3.Operations):
         their inodes, so open files read on; names are looked up afresh."""
         self.root, self.editable, self.check = root, editable, check
         self.nodes[pyfuse3.ROOT_INODE] = root
-        self.inode_of[id(root)] = pyfuse3.ROOT_INODE
         listing = self.listings.get(pyfuse3.ROOT_INODE)
         old = [os.fsencode(name) for name in listing.names] if listing else []
         self.listings.clear()
@@ -163,7 +163,7 @@ class Operations(pyfuse3.Operations):
             children = directory.children
             names = sorted(children)
             numbers: Sequence[int]
-            if self.inode_of is None:  # read-only: every child is new
+            if not self.inode_of:  # no folder was edited: every child is new
                 numbers = range(len(self.nodes), len(self.nodes) + len(names))
                 self.nodes.extend(children[name] for name in names)
             else:
@@ -186,7 +186,7 @@ class Operations(pyfuse3.Operations):
     def _number(self, node: Node) -> int:
         number = self.inode_of.get(id(node))
         if number is None:
-            number = self.inode_of[id(node)] = len(self.nodes)
+            number = len(self.nodes)
             self.nodes.append(node)
         return number
 
@@ -199,8 +199,12 @@ class Operations(pyfuse3.Operations):
             self.access_of.pop(inode, None)
 
     def _changed(self, inode: int) -> None:
-        """Forget a directory's listing after an edit; rebuilt on next use."""
-        self.listings.pop(inode, None)
+        """Forget a directory's listing after an edit; rebuilt on next use,
+        with the numbers its entries had."""
+        listing = self.listings.pop(inode, None)
+        if listing is not None:
+            for number in listing.inodes:
+                self.inode_of[id(self.nodes[number])] = number
 
     def _path(self, inode: int, name: str | None = None) -> str:
         parts = [] if name is None else [name]

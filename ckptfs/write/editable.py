@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 from ..errors import CkptfsError
 from ..tree import npy
@@ -50,8 +51,14 @@ class EditableTree:
         self.root, self.overlay, self.journal = root, overlay, journal
         self.contents: dict[int, EditedContent] = {}
         self.generation = 0  # counts changes, for views that follow them
+        #: called once, before the tree first changes: what needs the tree as
+        #: it was at mount takes it then, not at mount (a snapshot of 200,000 paths)
+        self.before_first_change: list[Callable[[], object]] = []
 
     def _log(self, **fields) -> None:
+        """Every change comes here before it touches the tree."""
+        while self.before_first_change:
+            self.before_first_change.pop(0)()
         self.generation += 1
         if self.journal:
             self.overlay.record(**fields)

@@ -27,16 +27,28 @@ VIEW = frozenset({VIEW_NAME})
 @dataclass
 class EditSession:
     """A writable mount's edits: the tree, its overlay, and what the tree
-    held at mount (path -> (node, content)) to tell what changed."""
+    held at mount (path -> (node, content)) to tell what changed.
+
+    That snapshot is taken just before the first change: a mount nobody
+    edits (most) never holds the path of each of its 200,000 nodes twice.
+    """
 
     checkpoint: Checkpoint
     editable: EditableTree
-    before: dict
+    _before: dict | None = None
 
     @classmethod
     def start(cls, checkpoint, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
         overlay = Overlay.create(checkpoint.source_path, ignored)
-        return cls(checkpoint, EditableTree(checkpoint.root, overlay), _snapshot(checkpoint.root, ignored))
+        session = cls(checkpoint, EditableTree(checkpoint.root, overlay))
+        session.editable.before_first_change.append(session.before)
+        return session
+
+    def before(self) -> dict:
+        """The tree as it was at mount: unchanged until the first edit."""
+        if self._before is None:
+            self._before = _snapshot(self.checkpoint.root, self.editable.overlay.ignored)
+        return self._before
 
     @classmethod
     def resume(cls, checkpoint, source_changed_ok: bool = False) -> EditSession:
@@ -96,7 +108,7 @@ class EditSession:
             overlay.remove()
             return f"{source}: edits discarded"
         after = files_of(self.checkpoint.root, VIEW, overlay.ignored)
-        changed = changes(self.before, after) if overlay.exists else []
+        changed = changes(self.before(), after) if overlay.exists else []
         if not changed and not output_path and not force:
             overlay.remove()
             return f"{source}: no changes; the source was left as it was"
@@ -104,11 +116,11 @@ class EditSession:
         try:
             if isinstance(writer, DirectoryWriter):
                 written = write_directory_atomically(
-                    source, lambda out: writer.write_dir(after, self.before, out), overlay.identity, output_path, backup
+                    source, lambda out: writer.write_dir(after, self.before(), out), overlay.identity, output_path, backup
                 )
             else:
                 written = write_atomically(
-                    source, lambda out: writer.write(after, self.before, out), overlay.identity, output_path,
+                    source, lambda out: writer.write(after, self.before(), out), overlay.identity, output_path,
                     backup, progress,
                 )
         except RepackError as e:
