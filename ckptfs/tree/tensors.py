@@ -46,6 +46,17 @@ class NpyContent(Content):
         tensor = self.tensor
         return npy.header(*npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length))
 
+    @property
+    def slow(self) -> bool:
+        return self.tensor.data.source.slow
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.tensor.data
+        start = self.size - data.length  # the header's length
+        if offset >= start:  # the common case: tensor bytes only, straight from the source
+            return data.read(offset - start, max(0, min(length, self.size - offset)))
+        return Content.read(self, offset, length)
+
     @property  # type: ignore[override]
     def pieces(self) -> list:
         return [self._header(), self.tensor.data]
