@@ -62,9 +62,15 @@ fuzz: test-deps
 	$(PIP) -e '.[fuzz]' || echo "== atheris does not install here: the fuzzers run with hypothesis"
 	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
+# ratarmount, the peer the benchmarks compare with, lives in a virtualenv of
+# its own: it pins an older rapidgzip than ckptfs is tested with.
+# QUICK=1: 1k and 10k tensors and smaller files (minutes instead of half an hour)
+RATARMOUNT_VENV ?= .venv-ratarmount
 bench: test-deps
 	$(PIP) -e '.[bench]'
-	$(PY) bench/run.py
+	[ -x $(RATARMOUNT_VENV)/bin/ratarmount ] || { python3 -m venv $(RATARMOUNT_VENV) && $(RATARMOUNT_VENV)/bin/pip install --progress-bar on ratarmount; }
+	$(PY) bench/scale.py $(if $(QUICK),--quick) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount --plot docs/scale.png
+	$(PY) bench/run.py $(if $(QUICK),--gib 0.25) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(RATARMOUNT_VENV) build *.egg-info

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 CKPTFS = [sys.executable, "-m", "ckptfs"]
+RATARMOUNT = [shutil.which("ratarmount") or "ratarmount"]  # --ratarmount sets it
 BIG_NAME = "model.embed_tokens.weight"
 MiB = 1 << 20
 
@@ -167,7 +168,10 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/ckptfs-bench"))
     parser.add_argument("--only", choices=["core", "dcp", "write"], help="run one part: core formats, DCP, or repack")
+    parser.add_argument("--ratarmount", help="the peer's executable (default: on PATH)")
     args = parser.parse_args()
+    if args.ratarmount:
+        RATARMOUNT[0] = args.ratarmount
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=args.workdir))
     lines: list[str] = []
@@ -265,7 +269,7 @@ class Ratarmount:
     def __init__(self, source: Path, where: Path, index: Path):
         self.source_path, self.where = source, where
         where.mkdir(parents=True, exist_ok=True)
-        sh(Path(sys.executable).with_name("ratarmount"), "--index-file", index, source, where)
+        sh(*RATARMOUNT, "--index-file", index, source, where)
 
     def peak_rss_mib(self) -> float:
         return 0.0
@@ -330,6 +334,14 @@ def report_gzip(paths, work, out) -> None:
     first.close()
     second = Mount(gz, work / "mnt-gz-2", work / "gzcache")
     out(f"| ckptfs second mount (seek index from disk) | {second.mount_seconds:.2f} |")
+    rat_seconds = []
+    for i in range(2):  # the first builds ratarmount's index, the second reads it
+        where = work / f"mnt-gz-rat-{i}"
+        where.mkdir()
+        rat_seconds.append(timed(lambda: sh(*RATARMOUNT, "--index-file", work / "gz.sqlite", gz, where)))  # noqa: B023
+        sh("fusermount3", "-u", where)
+    out(f"| ratarmount first mount / second mount (index from disk) | {rat_seconds[0]:.2f} / {rat_seconds[1]:.2f} |")
+    out(f"| ckptfs second mount ÷ ratarmount's | {second.mount_seconds / rat_seconds[1]:.2f} |")
     member = second.where / ".ckptfs" / "raw" / "model_weights.ckpt"
     out(f"| ckptfs 100 random 1 MiB reads of `model_weights.ckpt` | {random_reads(member):.2f} |")
     out(f"| ckptfs sequential read of `model_weights.ckpt` | {read_all(member)[0]:.2f} |")
