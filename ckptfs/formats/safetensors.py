@@ -98,10 +98,10 @@ def _entry(path: str, name: str, info: object):
     if dtype is None:
         raise FormatError(path, f"tensor {name!r}: unknown dtype {code!r}")
     shape = info.get("shape")
-    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):  # (a bool is no count)
         raise FormatError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
     offsets = info.get("data_offsets")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int and n >= 0 for n in offsets)):
         raise FormatError(path, f"tensor {name!r}: data_offsets {offsets!r} is not a pair of non-negative integers")
     start, end = offsets
     if end < start:
@@ -115,10 +115,6 @@ def _entry(path: str, name: str, info: object):
             path, f"tensor {name!r}: shape {shape} of {code} needs {nbytes} bytes but data_offsets hold {end - start}"
         )
     return name, dtype, tuple(shape), start, end
-
-
-def _is_count(n: object) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 class _DuplicateKey(Exception):

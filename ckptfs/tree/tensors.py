@@ -108,17 +108,20 @@ def tensor_tree(tensors: list[Tensor]) -> tuple[Dir, list[PlacedTensor]]:
     """
     root = Dir()
     placed = []
-    escaped: dict[str, str] = {}  # folder names repeat: model, layers, 0, mlp...
-    folders: dict[tuple[str, ...], Dir] = {}
+    escaped: dict[str, str] = {}  # parts repeat: model, layers, 0, mlp...
+    files: dict[str, str] = {}  # and so do last parts: weight -> weight.npy
+    #: a name up to its last dot -> (its folder, the folder's path + "/")
+    folders: dict[str, tuple[Dir, str]] = {"": (root, "")}
     for tensor in sorted(tensors, key=lambda t: t.name):
-        *path, leaf = names.split_dotted(tensor.name)
-        folder_names = tuple(escaped.get(p) or escaped.setdefault(p, names.escape(p)) for p in path)
-        folder = folders.get(folder_names)
-        if folder is None:
-            folder = folders[folder_names] = root.subdir(list(folder_names))
-        file_name = names.escape(leaf, ".npy")
+        prefix, dot, leaf = tensor.name.rpartition(".")
+        found = folders.get(prefix + dot)
+        if found is None:
+            parts = [escaped.get(p) or escaped.setdefault(p, names.escape(p)) for p in names.split_dotted(prefix)]
+            found = folders[prefix + dot] = (root.subdir(parts), "/".join(parts) + "/")
+        folder, folder_path = found
+        file_name = files.get(leaf) or files.setdefault(leaf, names.escape(leaf, ".npy"))
         folder.add(file_name, TensorFile(tensor))
-        placed.append(PlacedTensor("/".join((*folder_names, file_name)), tensor))
+        placed.append(PlacedTensor(folder_path + file_name, tensor))
     return root, placed
 
 
