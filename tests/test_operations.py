@@ -36,8 +36,8 @@ def ops(request, tmp_path):
 
     ckpt.root.add("broken.bin", File(Exploding([b"12345"])))
     ops = Operations(ckpt.root, Ownership.of(os.stat(path)))
-    assert ops.zero_message_opens  # pyfuse3 has vendor/pyfuse3's patch
-    ops.zero_message_opens = request.param == "zero-message opens"  # as with a stock pyfuse3
+    assert ops.zero_message_opens and ops.zero_message_opendirs  # pyfuse3 has vendor/pyfuse3's patch
+    ops.zero_message_opens = ops.zero_message_opendirs = request.param == "zero-message opens"  # as with a stock pyfuse3
     return ops
 
 

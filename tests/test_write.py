@@ -535,6 +535,23 @@ def test_commit_writes_now_and_the_mount_goes_on_with_the_new_checkpoint(mount, 
     assert tensors["new"].tolist() == [0, 1, 2] and tensors["enc.w"].tolist() == [[5, 5], [5, 5]]
 
 
+def test_listings_follow_the_commit_though_the_kernel_caches_them(mount, model):
+    """Folders are opened without asking the daemon (zero-message opendir),
+    so the kernel keeps their listings; after a commit the root's shows what
+    the repack kept: an editor's swap file and an empty folder are not packed."""
+    mnt = mount(model)
+    (mnt / ".w.npy.swp").write_bytes(b"vim")
+    (mnt / "empty").mkdir()
+    np.save(mnt / "new.npy", np.arange(3, dtype=np.int8))
+    before = sorted(os.listdir(mnt))
+    assert {".w.npy.swp", "empty", "new.npy", "enc"} <= set(before)
+    assert sorted(os.listdir(mnt)) == sorted(os.listdir(mnt))  # listed twice: the second from the kernel's cache
+    done = run_ckptfs("commit", mnt)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(mnt)) == [n for n in before if n not in (".w.npy.swp", "empty")]
+    assert sorted(os.listdir(mnt / "enc")) == ["b.npy", "w.npy"]
+
+
 @pytest.mark.parametrize("kind", ["safetensors", "nemo"])
 def test_forced_commits_without_edits_load_equal_and_repeat_byte_for_byte(mount, model, tmp_path, kind):
     source = model if kind == "safetensors" else tmp_path / "model.nemo"

@@ -129,8 +129,11 @@ class Operations(pyfuse3.Operations):
         self.inode_of: dict[int, int] = {}
         #: read-only parts of a writable mount (a read-only mount is all of it)
         self.read_only: set[int] = set()
-        #: a read-only mount answers open and opendir with ENOSYS: the kernel
-        #: then opens without asking, keeps pages and caches listings
+        #: every mount answers opendir with ENOSYS: the kernel then opens
+        #: folders without asking and caches their listings (dropping them when
+        #: it changes a folder itself); a read-only mount answers open so too:
+        #: the kernel opens files without asking and keeps their pages
+        self.zero_message_opendirs = ZERO_MESSAGE_OPENS
         self.zero_message_opens = editable is None and ZERO_MESSAGE_OPENS
         #: inode -> who may read it, where a node (or a folder above it) says
         #: more than the source's owner and read bits (files of a directory source)
@@ -149,7 +152,9 @@ class Operations(pyfuse3.Operations):
         self.access_of = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
         self.__dict__.pop("totals", None)
-        for name in old:  # names the kernel may have cached: look them up again
+        # names the kernel may have cached: look them up again (which also
+        # drops its cached listing of the root; other folders get new inodes)
+        for name in old:
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
 
     def _listing(self, inode: int) -> _Listing:
@@ -286,7 +291,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode, ctx):
-        if self.zero_message_opens:
+        if self.zero_message_opendirs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not isinstance(self._node(inode), Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
