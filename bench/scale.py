@@ -13,7 +13,8 @@ tensors to a folder), in interleaved rounds:
   `safe_open(...).keys()`;
 - the daemons' resident memory after the walk.
 
-Then one big tensor: 1,000 random `pread`s of 4 KiB and of 1 MiB through a
+Then a 100 GB sparse safetensors of 5,000 tensors, mounted and walked. Then
+one big tensor: 1,000 random `pread`s of 4 KiB and of 1 MiB through a
 fresh mount against the same ranges of the source file (in the page cache),
 random rows of it through `np.load(mmap_mode="r")`, first and second pass,
 against a `np.memmap` of the source; and reading every `.npy` of a
@@ -231,6 +232,30 @@ def report_walks(counts, rounds, work, ratarmount, out) -> dict:
     return rows
 
 
+def report_sparse(work: Path, rounds: int, out) -> None:
+    """Mount + `find` of a 100 GB safetensors of 5,000 tensors (sparse: no data on disk)."""
+    path = work / "sparse.safetensors"
+    header, offset, each = {}, 0, 20_000_000  # 5,000 x 20 MB = 100 GB
+    for i, name in enumerate(sorted(moe_names(5000))):
+        header[name] = {"dtype": "F32", "shape": [each // 4], "data_offsets": [offset, offset + each]}
+        offset += each
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + offset)
+    totals: dict[str, list[float]] = {"ro": [], "rw": []}
+    for i in range(rounds):
+        for how in totals:
+            m = Mounted(how, path, work / f"mnt-sparse-{how}-{i}")
+            find_seconds, _ = m.find()
+            totals[how].append(m.mount_seconds + find_seconds)
+            m.close()
+    out(f"**A {path.stat().st_size / 1e9:.0f} GB sparse safetensors of 5,000 tensors**: mount + `find` "
+        f"{median(totals['ro']):.2f} s read-only, {median(totals['rw']):.2f} s writable (medians of {rounds}).")
+    out()
+
+
 # ---------------------------------------------------------------- random access
 
 
@@ -384,6 +409,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/ckptfs-bench"))
     parser.add_argument("--ratarmount", default=shutil.which("ratarmount"), help="the peer (default: on PATH)")
     parser.add_argument("--plot", type=Path, help="draw the walks as a PNG here")
+    parser.add_argument("--only", choices=["walks", "sparse", "random", "reread"], help="run one part")
     args = parser.parse_args()
     counts = (1000, 10000) if args.quick else (1000, 10000, 100000)
     rounds = 3
@@ -395,10 +421,14 @@ def main() -> None:
         if not args.ratarmount:
             out("ratarmount not found: its rows are left out (make bench installs it in .venv-ratarmount).")
             out()
-        rows = report_walks(counts, rounds, work, args.ratarmount, out)
-        report_random(work, 256 if args.quick else 2048, rounds, out)
-        report_second_read(work, rounds, out)
-        if args.plot:
+        rows = report_walks(counts, rounds, work, args.ratarmount, out) if args.only in (None, "walks") else {}
+        if args.only in (None, "sparse"):
+            report_sparse(work, rounds, out)
+        if args.only in (None, "random"):
+            report_random(work, 256 if args.quick else 2048, rounds, out)
+        if args.only in (None, "reread"):
+            report_second_read(work, rounds, out)
+        if args.plot and rows:
             plot(rows, args.plot)
             out(f"Plot: {args.plot}")
     finally:
