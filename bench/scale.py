@@ -157,7 +157,9 @@ import json, struct, time
 with open({str(path)!r}, "rb") as f:
     n = struct.unpack("<Q", f.read(8))[0]; raw = f.read(n)
 t = time.perf_counter(); json.loads(raw); parse = time.perf_counter() - t
+import gc
 from ckptfs.formats import open_checkpoint
+gc.disable()  # as ckptfs mount parses
 t = time.perf_counter(); open_checkpoint({str(path)!r}, {str(cache)!r}); tree = time.perf_counter() - t
 try:
     from safetensors import safe_open
