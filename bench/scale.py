@@ -420,7 +420,7 @@ def main() -> None:
     lines: list[str] = []
     out = lambda text="": (print(text, flush=True), lines.append(text))  # noqa: E731
     try:
-        if not args.ratarmount:
+        if not args.ratarmount and args.only in (None, "walks"):
             out("ratarmount not found: its rows are left out (make bench installs it in .venv-ratarmount).")
             out()
         rows = report_walks(counts, rounds, work, args.ratarmount, out) if args.only in (None, "walks") else {}
