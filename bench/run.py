@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scale import daemon_pid  # bench/ is the script's folder
 
 CKPTFS = [sys.executable, "-m", "ckptfs"]
 RATARMOUNT = [shutil.which("ratarmount") or "ratarmount"]  # --ratarmount sets it
@@ -111,15 +112,7 @@ class Mount:
         self.mount_seconds = timed(lambda: sh(*CKPTFS, "mount", source, where, "--cache-dir", cache, *mount_options))
 
     def pid(self) -> int:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if str(self.where).encode() in argv and b"mount" in argv:
-                    return int(entry)
-        raise RuntimeError("daemon not found")
+        return daemon_pid(self.where, b"ckptfs")
 
     def peak_rss_mib(self) -> float:
         status = Path(f"/proc/{self.pid()}/status").read_text()

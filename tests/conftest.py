@@ -37,6 +37,19 @@ def force_unmount(path: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=TIMEOUT)
 
 
+def daemon_pid(mnt: Path) -> int:
+    """The pid of the daemon serving `mnt`."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(mnt).encode() in argv and b"mount" in argv:
+                return int(entry)
+    raise AssertionError(f"no daemon serves {mnt}")
+
+
 def require_fuse() -> None:
     assert os.path.exists("/dev/fuse"), "/dev/fuse is missing: the tests mount through real FUSE"
 

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 
 from ckptfs.tree import names
 
-from .conftest import is_mounted
+from .conftest import daemon_pid, is_mounted
 
 COUNT = 100_000
 #: the daemon's resident memory after a walk of every entry: measured
@@ -47,16 +47,8 @@ def checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def _daemon_rss_mib(mnt: Path) -> float:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue
-            if str(mnt).encode() in argv and b"mount" in argv:
-                return int(status.split("VmRSS:")[1].split()[0]) / 1024
-    raise AssertionError(f"no daemon serves {mnt}")
+    status = Path(f"/proc/{daemon_pid(mnt)}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 @pytest.mark.timeout(600)

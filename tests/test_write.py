@@ -17,7 +17,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from .conftest import FIXTURES, run_ckptfs, sha256, tar_members, umount, write_refused
+from .conftest import FIXTURES, daemon_pid, run_ckptfs, sha256, tar_members, umount, write_refused
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 
@@ -217,18 +217,6 @@ def test_a_second_writable_mount_is_read_only(mount, model):
     assert run_ckptfs("recover", model, "--discard").returncode == 0
 
 
-def _daemon_pid(mnt: Path) -> int:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(mnt).encode() in argv and b"mount" in argv:
-                return int(entry)
-    raise AssertionError("daemon not found")
-
-
 def test_killed_daemon_keeps_source_and_edits_for_recover(mount, model):
     digest = sha256(model)
     mnt = mount(model, log_errors_expected=True)
@@ -237,7 +225,7 @@ def test_killed_daemon_keeps_source_and_edits_for_recover(mount, model):
         np.save(f, np.arange(3, dtype=np.int32))
         f.flush()
         os.fsync(f.fileno())
-    os.kill(_daemon_pid(mnt), signal.SIGKILL)
+    os.kill(daemon_pid(mnt), signal.SIGKILL)
     assert umount(mnt).returncode == 1  # clears the dead mount
     assert sha256(model) == digest
     again = run_ckptfs("mount", model, mnt)  # says that edits are waiting, mounts read-only
@@ -391,7 +379,7 @@ def test_kill_during_repack_leaves_the_source_and_recover_finishes(mount, tmp_pa
     digest = sha256(path)
     mnt = mount(path, log_errors_expected=True)
     np.save(mnt / "b.npy", np.full(4, 3, dtype=np.float32))
-    pid = _daemon_pid(mnt)
+    pid = daemon_pid(mnt)
     unmounting = threading.Thread(target=umount, args=(mnt,))
     unmounting.start()
     deadline = time.monotonic() + 60
