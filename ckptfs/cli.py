@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
 from . import __version__, advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
-from .mount import mounts, options
+from .humanize import human_size
+from .mount import logs, mounts, options
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover")
+SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "install-helper", "completion")
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
            ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
@@ -24,12 +26,17 @@ mount options (-o, comma-separated):
   ro                 read-only (default: writable; edits are written back on unmount,
                      see docs/writing.md)
   allow_other        let other users see the mount (needs user_allow_other)
-  nosuid, nodev, noexec, noatime, ...   kernel mount flags, passed through
+  uid=N, gid=N       show every file as owned by this user and group (root only,
+                     or your own uid and groups)
+  umask=022          take these mode bits away from files and folders
+  fmask=, dmask=     the same for files only, for folders only
+  noexec, noatime, ...   kernel mount flags, passed through; every mount is nosuid,nodev
+                     (suid and dev, which mount.fuse3 adds, are ignored)
   nonempty           mount over a directory that holds files (they are hidden until unmounted)
   ignore=GLOB:GLOB   names of editors' temporary files, never packed (default:
                      .*.swp:.*.swx:.*.swo:*~:4913:.#*:*.tmp:.~lock.*#; ignore=+GLOB adds
                      to them, ignore= packs everything)
-  debug, log_file=PATH, cache_dir=PATH  as the long options
+  debug, log_level=LEVEL, log_file=PATH, cache_dir=PATH  as the long options
   max_NAME=N         raise a bound on what a checkpoint may make ckptfs spend: max_pickle_ops,
                      max_pickle_memo, max_pickle_nesting, max_pickle_bytes, max_yaml_values,
                      max_header_bytes (defaults in docs/security.md)
@@ -39,7 +46,7 @@ examples:
   ckptfs mount model.safetensors /mnt/m
   ckptfs mount megatron.nemo /mnt/m -o ro
   ckptfs mount ./hf-model-dir /mnt/m          # a Hugging Face model directory
-  mount -t fuse.ckptfs model.nemo /mnt/m -o ro # through mount(8) / fstab
+  mount -t fuse.ckptfs model.nemo /mnt/m -o ro # through mount(8) / fstab (ckptfs install-helper)
 """
 
 
@@ -75,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/ckptfs for other users; removed when the mount ends cleanly, kept when not)",
     )
     mount.add_argument("--cache-dir", metavar="PATH", help="where gzip seek indexes are kept (default: ~/.cache/ckptfs)")
+    mount.add_argument("--log-level", choices=logs.LEVELS, help="the least severe messages logged (default: info)")
 
     umount = sub.add_parser(
         "umount", aliases=["unmount"], help="unmount and wait for the daemon", parents=[common],
@@ -115,6 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the edited checkpoint here instead of over SOURCE (also when SOURCE changed since the edits)",
     )
     recover.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
+
+    status = sub.add_parser(
+        "status", help="list the ckptfs mounts on this machine", parents=[common],
+        description="Every ckptfs mount in this mount namespace (or the one at MOUNTPOINT): its source, format, "
+        "read-only or writable, whether edits wait to be written, the daemon's pid and its log. What another "
+        "user's daemon recorded is shown to root only; for the rest the kernel's mount table speaks.",
+    )
+    status.add_argument("mountpoint", nargs="?")
+    status.add_argument("--json", action="store_true", help="a JSON list of objects, one per mount (docs/cli.md)")
+
+    helper = sub.add_parser(
+        "install-helper", help="let mount(8), fstab and systemd mount with this ckptfs (root)", parents=[common],
+        description="Install /sbin/mount.fuse.ckptfs, which runs this installation's ckptfs by its absolute path "
+        "(mount(8) resets PATH), with the man page and the bash and zsh completions under /usr/local/share. "
+        "Run it again after moving ckptfs; files it did not write are left alone.",
+    )
+    helper.add_argument("--uninstall", action="store_true", help="remove what install-helper installed")
+    helper.add_argument("--root", default="/", metavar="DIR",
+                        help="install under DIR instead of / (for packages and images)")
+
+    completion = sub.add_parser(
+        "completion", help="print a shell completion script", parents=[common],
+        description="Print the completion script for SHELL; install-helper installs both system-wide. "
+        "For one user: ckptfs completion bash > ~/.local/share/bash-completion/completions/ckptfs",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -126,6 +160,29 @@ def _is_mount_form(argv: list[str]) -> bool:
     )
 
 
+def _mount_helper_argv(argv: list[str]) -> list[str] | None:
+    """`ckptfs mount` arguments for what mount(8) passes a helper,
+    `SRC MNT [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`; None for `-f` (a fake
+    mount: nothing to do). -s (sloppy), -n (no mtab), -v and -t say nothing
+    to ckptfs; -N (another mount namespace) is not supported."""
+    out, rest = ["mount", *argv[:2]], argv[2:]
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("-o", "-t") and rest:
+            value = rest.pop(0)
+            out += ["-o", value] if arg == "-o" else []
+        elif arg.startswith("-o") and len(arg) > 2:
+            out += ["-o", arg[2:]]
+        elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) <= set("sfnv"):
+            if "f" in arg:
+                return None
+        elif arg == "-N" or arg.startswith("-N"):
+            raise CkptfsError("mount -N (another mount namespace) is not supported; run the mount inside it")
+        else:
+            out.append(arg)  # ckptfs's own flags, such as --debug
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
@@ -133,16 +190,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ckptfs: unknown command {argv[0]!r} (commands: {', '.join(SUBCOMMANDS)}; "
                   "see 'ckptfs --help')", file=sys.stderr)
             return 2
-        argv.insert(0, "mount")
+        try:
+            argv = _mount_helper_argv(argv)
+        except CkptfsError as e:
+            print(f"ckptfs: {e}", file=sys.stderr)
+            return 1
+        if argv is None:
+            return 0
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "mount":
-            return mount(args)
-        if args.command == "recover":
-            return recover(args)
-        if args.command == "commit":
-            return commit(args)
-        return umount(args)
+        return COMMANDS[args.command](args)
     except CkptfsError as e:
         print(f"ckptfs: {e}", file=sys.stderr)
         return 1
@@ -158,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 def _mount_options(args) -> options.MountOptions:
     opts = options.parse(args.options, options.MountOptions())
     opts.debug = opts.debug or args.debug
+    opts.log_level = "debug" if opts.debug else args.log_level or opts.log_level or "info"
     opts.log_file = args.log_file or opts.log_file
     opts.cache_dir = args.cache_dir or opts.cache_dir or _default_cache_dir()
     return opts
@@ -168,72 +226,93 @@ def _default_cache_dir() -> str:
     return os.path.join(base, "ckptfs")
 
 
-def _check_mountpoint(mountpoint: str, nonempty: bool) -> None:
-    if mounts.mounted_at(mountpoint) is not None:
+def _check_mountpoint(mountpoint: str, nonempty: bool) -> bool:
+    """A mount point must be an empty directory with nothing mounted on it,
+    but for systemd's automount point: ckptfs mounts over its autofs entry,
+    whose listing is not read. Returns whether it is such a point."""
+    entry = mounts.mounted_at(mountpoint)
+    if entry is not None and entry.fstype != "autofs":
         raise CkptfsError(f"{mountpoint}: already a mount point (unmount it first: ckptfs umount {mountpoint})")
     if not os.path.exists(mountpoint):
         raise CkptfsError(f"{mountpoint}: mount point does not exist")
     if not os.path.isdir(mountpoint):
         raise CkptfsError(f"{mountpoint}: mount point is not a directory")
-    if not nonempty and os.listdir(mountpoint):
+    if entry is None and not nonempty and os.listdir(mountpoint):
         raise CkptfsError(f"{mountpoint}: mount point is not empty; its files would be hidden (-o nonempty mounts anyway)")
+    return entry is not None
+
+
+def _check_ownership_options(opts: options.MountOptions) -> None:
+    """Only root hands a mount's files to another user or group."""
+    if os.geteuid() == 0:
+        return
+    if opts.uid not in (None, os.geteuid()):
+        raise CkptfsError(f"-o uid={opts.uid}: only root may show the files as another user's")
+    if opts.gid not in (None, os.getegid(), *os.getgroups()):
+        raise CkptfsError(f"-o gid={opts.gid}: not a group of yours; only root may show the files as its")
 
 
 def mount(args) -> int:
-    from .fuse.operations import Operations, Ownership
+    """Refusals and the fall-back to read-only are logged as well as said."""
+    opts = _mount_options(args)
+    mountpoint = os.path.abspath(args.mountpoint)
+    state = mounts.MountState(mountpoint)
+    to_stderr = args.foreground and not opts.log_file or not args.foreground and logs.stderr_is_journal()
+    log_file = None if to_stderr else opts.log_file or state.log_file
+    end_log = logs.setup(opts.log_level, log_file, keep=args.foreground or opts.log_file is not None)
+    try:
+        return _mount(args, opts, os.path.abspath(args.source), mountpoint, state, log_file, end_log)
+    except CkptfsError as e:
+        log.error("mount refused: %s", e)
+        end_log(1)
+        if to_stderr:
+            return 1
+        raise
+
+
+def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, log_file: str | None, end_log) -> int:
+    from .fuse.operations import Operations, Ownership, Shown
     from .mount import daemon
     from .mount.edits import MountEdits
+    from .mount.sdnotify import Notifier
 
-    opts = _mount_options(args)
     limits.apply(opts.limits)
-    source = os.path.abspath(args.source)
-    mountpoint = os.path.abspath(args.mountpoint)
-    _check_mountpoint(mountpoint, opts.nonempty)
+    over_autofs = _check_mountpoint(mountpoint, opts.nonempty)
+    _check_ownership_options(opts)
     if args.resume and opts.read_only:
         raise CkptfsError("--resume mounts writable, to fix the waiting edits; it does not go with -o ro")
-    state = mounts.MountState(mountpoint)
-    edits = MountEdits(source, opts, state, resume=args.resume)
+    # only a foreground mount is the process systemd started (Type=notify);
+    # a background daemon would be a stranger to it
+    notifier = Notifier.from_environment() if args.foreground else Notifier("")
+    edits = MountEdits(source, opts, state, resume=args.resume, notifier=notifier)
     checkpoint = edits.load()
     session = edits.session
+    shown = Shown(opts.uid, opts.gid, opts.fmask, opts.dmask)
     operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
-                            session and session.check)
+                            session and session.check, shown if shown != Shown() else None)
     edits.operations = operations
-    fuse_options = set(opts.fuse) | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
+    fuse_options = set(opts.fuse) | options.ALWAYS | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
     if session is None:
         fuse_options.add("ro")
+    record = mounts.Record(source, checkpoint.format, session is not None, log_file or "stderr")
 
     def run(notify):
         hooks = (edits.finish, edits.commit) if session else (None, None)
-        return daemon.serve(operations, mountpoint, fuse_options, notify, *hooks)
+        return daemon.serve(operations, mountpoint, fuse_options, notify, *hooks, notifier=notifier, source=source)
 
     if args.foreground:
         daemon.ignore_commit_signal()
-        end_log = _setup_logging(opts.debug, opts.log_file)
-        state.write(os.getpid(), source, session is not None)
+        state.write(os.getpid(), record)
         code, message = 1, ""
         try:
             code, message = run(lambda message: None)
         finally:
             state.write_exit(code, message)
             end_log(code)
-        if message:
+        if message and log_file is not None:
             print(f"ckptfs: {message}", file=sys.stderr)
         return code
-    log_file = opts.log_file or state.log_file
-    keep_log = opts.log_file is not None
-    return daemon.spawn(run, state, source, session is not None,
-                        lambda: _setup_logging(opts.debug, log_file, keep_log), log_file)
-
-
-def human_size(n: float) -> str:
-    """A byte count in the unit that fits it: 512 bytes, 38.5 kB, 1.2 GB."""
-    if n < 1000:
-        return f"{n:.0f} bytes"
-    for unit in ("kB", "MB", "GB", "TB"):
-        n /= 1000
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if n < 100 else f"{n:,.0f} {unit}"
-    raise AssertionError("unreachable")
+    return daemon.spawn(run, state, record, end_log, log_file or "the journal", over_autofs=over_autofs)
 
 
 def _progress_printer(state: mounts.MountState):
@@ -303,38 +382,42 @@ def recover(args) -> int:
     return 0
 
 
+def status(args) -> int:
+    from .mount import status as mount_status
+
+    if args.mountpoint is not None:
+        mountpoint = os.path.abspath(args.mountpoint)
+        found = [m for m in mount_status.ckptfs_mounts() if m["mountpoint"] == mountpoint]
+        if not found:
+            raise CkptfsError(f"{mountpoint}: not a ckptfs mount")
+    else:
+        found = mount_status.ckptfs_mounts()
+    print(json.dumps(found, indent=2) if args.json else mount_status.table(found))
+    return 0
+
+
+def install_helper(args) -> int:
+    from . import install
+
+    try:
+        done = install.uninstall(args.root) if args.uninstall else install.install(args.root)
+    except OSError as e:
+        hint = " (install-helper writes system folders: run it as root)" if e.errno in (1, 13) else ""
+        raise CkptfsError(f"{e.filename}: {e.strerror}{hint}") from None
+    for line in done:
+        print(f"ckptfs: {line}", file=sys.stderr)
+    return 0
+
+
+def completion(args) -> int:
+    from . import manual
+
+    print(manual.completion(build_parser(), args.shell), end="")
+    return 0
+
+
 def _fsname(source: str) -> str:
     return source.replace("\\", "\\\\").replace(",", "\\,")
-
-
-class _WorstLevel(logging.Filter):
-    """Remembers the most severe level logged."""
-
-    level = logging.NOTSET
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.level = max(self.level, record.levelno)
-        return True
-
-
-def _setup_logging(debug: bool, log_file: str | None, keep: bool = True):
-    """Logs to `log_file` (stderr if None). Returns what ends the log, given
-    the exit code: a log that is not to be kept is removed when the mount
-    ended cleanly (exit 0, no warning), and kept to be read when not."""
-    handler = logging.FileHandler(log_file, mode="w") if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    worst = _WorstLevel()
-    handler.addFilter(worst)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-
-    def end(code: int) -> None:
-        logging.shutdown()
-        if log_file and not keep and code == 0 and worst.level < logging.WARNING:
-            os.unlink(log_file)
-
-    return end
 
 
 def umount(args) -> int:
@@ -372,3 +455,7 @@ def umount(args) -> int:
     if message and (code or sys.stderr.isatty()):
         print(f"ckptfs: {message}", file=sys.stderr)
     return code
+
+
+COMMANDS = {"mount": mount, "umount": umount, "unmount": umount, "commit": commit, "recover": recover,
+            "status": status, "install-helper": install_helper, "completion": completion}

@@ -50,6 +50,32 @@ def daemon_pid(mnt: Path) -> int:
     raise AssertionError(f"no daemon serves {mnt}")
 
 
+@pytest.fixture(scope="session")
+def installed_helper():
+    """/sbin/mount.fuse.ckptfs, the man page and the completions, as
+    `ckptfs install-helper` writes them for the ckptfs under test; whatever
+    was there before is put back afterwards."""
+    from ckptfs import install
+
+    paths = [Path(p) for p in install._paths("/")]
+    before = {p: p.read_bytes() for p in paths if p.is_file()}
+    done = run_ckptfs("install-helper")
+    assert done.returncode == 0, done.stderr
+    yield Path("/", install.HELPER)
+    for path in paths:
+        if path in before:
+            path.write_bytes(before[path])
+        else:
+            path.unlink(missing_ok=True)
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kill a foreground mount that a failed test left running, and wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+
+
 def require_fuse() -> None:
     assert os.path.exists("/dev/fuse"), "/dev/fuse is missing: the tests mount through real FUSE"
 

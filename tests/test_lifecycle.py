@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from ckptfs.mount import mounts
 
-from .conftest import CKPTFS, TIMEOUT, is_mounted, run_ckptfs
+from .conftest import CKPTFS, TIMEOUT, is_mounted, reap, run_ckptfs
 
 
 @pytest.fixture
@@ -121,9 +121,7 @@ def test_foreground_serves_until_unmounted(source, mnt, tmp_path):
         assert run_ckptfs("umount", mnt).returncode == 0
         assert proc.wait(timeout=TIMEOUT) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=TIMEOUT)
+        reap(proc)
         proc.stdout.close()
         proc.stderr.close()
     assert "mounted at" in log.read_text() and "unmounted" in log.read_text()

@@ -2,6 +2,7 @@
 fallback said aloud, no signal that kills a daemon, logs that name their
 mount and go away when it ends cleanly."""
 
+import logging
 import os
 import re
 import shlex
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from ckptfs.cli import human_size
 from ckptfs.errors import CkptfsError
+from ckptfs.humanize import human_size
 from ckptfs.mount import daemon, mounts
 
 from .conftest import CKPTFS, FIXTURES, is_mounted, run_ckptfs, umount
@@ -70,8 +71,8 @@ def test_recover_of_a_missing_path_is_one_line_and_every_command_takes_debug(tmp
 def test_an_unknown_command_names_the_commands():
     done = run_ckptfs("bogus")
     assert done.returncode == 2
-    assert _one_line(done) == ("ckptfs: unknown command 'bogus' (commands: mount, umount, unmount, commit, recover; "
-                               "see 'ckptfs --help')")
+    assert _one_line(done) == ("ckptfs: unknown command 'bogus' (commands: mount, umount, unmount, commit, recover, "
+                               "status, install-helper, completion; see 'ckptfs --help')")
 
 
 def test_help_names_every_format_and_where_the_log_goes():
@@ -179,15 +180,19 @@ def test_a_daemon_that_fails_says_where_its_log_is(tmp_path):
     def fail(notify):
         raise CkptfsError("the mount failed for a reason")
 
-    def log_setup():
-        import logging
+    handler = logging.FileHandler(log)  # set up before the fork, as `ckptfs mount` does
+    logging.getLogger().addHandler(handler)
 
-        handler = logging.FileHandler(log)
-        logging.getLogger().addHandler(handler)
-        return lambda code: (logging.getLogger().removeHandler(handler), handler.close())
+    def end_log(code):
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
-    with pytest.raises(CkptfsError) as failed:
-        daemon.spawn(fail, state, str(tmp_path / "x"), False, log_setup, str(log))
+    record = mounts.Record(str(tmp_path / "x"), "safetensors", False, str(log))
+    try:
+        with pytest.raises(CkptfsError) as failed:
+            daemon.spawn(fail, state, record, end_log, str(log))
+    finally:
+        end_log(1)
     assert str(failed.value) == f"the mount failed for a reason (its log: {log})"
     assert "the mount failed for a reason" in log.read_text()
     deadline = time.monotonic() + 30

@@ -59,6 +59,26 @@ class Ownership:
         return cls(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & 0o444, st.st_mtime_ns)
 
 
+@dataclass(frozen=True)
+class Shown:
+    """`-o uid=,gid=,fmask=,dmask=`: the owner and group every entry is shown
+    with, in place of the source's, and mode bits taken away. Masks only
+    take away: what the source does not let its readers read stays unread."""
+
+    uid: int | None = None
+    gid: int | None = None
+    fmask: int = 0
+    dmask: int = 0
+
+    def apply(self, attr: pyfuse3.EntryAttributes) -> None:
+        if self.uid is not None:
+            attr.st_uid = self.uid
+        if self.gid is not None:
+            attr.st_gid = self.gid
+        mask = self.dmask if stat.S_ISDIR(attr.st_mode) else self.fmask if stat.S_ISREG(attr.st_mode) else 0
+        attr.st_mode &= ~mask
+
+
 def _dot_attributes(inode: int) -> pyfuse3.EntryAttributes:
     attr = pyfuse3.EntryAttributes()
     attr.st_ino, attr.st_mode = inode, stat.S_IFDIR
@@ -110,9 +130,11 @@ class Operations(pyfuse3.Operations):
     through that open file (the close fails with EINVAL), and when renamed
     (a warning: editors rename a finished file into place)."""
 
-    def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None, check=None):
+    def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None, check=None,
+                 shown: Shown | None = None):
         super().__init__()
         self.owner = owner
+        self.shown = shown
         self.default_access = Access(owner.uid, owner.gid, owner.read_bits)
         self.root = root
         self.editable, self.check = editable, check
@@ -276,6 +298,8 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = node.content.size
         attr.st_blocks = (attr.st_size + 511) // 512
+        if self.shown is not None:
+            self.shown.apply(attr)
         return attr
 
     @_handler

@@ -19,6 +19,7 @@ import trio
 
 from ..errors import CkptfsError
 from . import mounts
+from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,31 @@ READ_AHEAD_KB = 1024
 READY = b"ok\n"
 
 
-def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify, finish=None, commit=None):
+def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str], notify, finish=None, commit=None,
+          notifier: Notifier | None = None, source: str = ""):
     """Mount, call `notify(message)` once mounted, serve until unmounted,
     then run `finish()` (the repack of a writable mount). SIGUSR1 runs
     `commit()` (`ckptfs commit`) meanwhile. Returns the exit code and a line
-    for `ckptfs umount` (what the repack did, or why not)."""
+    for `ckptfs umount` (what the repack did, or why not). `notifier` tells
+    systemd: READY=1 once the mount answers, STOPPING=1 when it ends, and
+    STATUS= lines meanwhile (the repack's progress among them)."""
+    notifier = notifier or Notifier("")
     try:
         pyfuse3.init(operations, mountpoint, fuse_options)
     except RuntimeError as e:
         raise CkptfsError(f"{mountpoint}: cannot mount: {e}") from None
+    serving = f"serving {source} at {mountpoint}" + (" (writable)" if finish else " (read-only)")
     try:
-        trio.run(_main, mountpoint, notify, commit)
+        trio.run(_main, mountpoint, notify, commit, notifier, serving)
     finally:
         pyfuse3.close(unmount=True)
     log.info("unmounted %s", mountpoint)
+    notifier.stopping("unmounted; writing the edits, if any" if finish else "unmounted")
     if finish is None:
         return 0, ""
     code, message = finish()
     (log.error if code else log.info)("%s", message)
+    notifier.status(message)
     _close_files_after_exit()
     return code, message
 
@@ -62,16 +70,16 @@ def _close_files_after_exit() -> None:
     os.close(read_end)
 
 
-async def _main(mountpoint: str, notify, commit) -> None:
+async def _main(mountpoint: str, notify, commit, notifier: Notifier, serving: str) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal)
-        nursery.start_soon(_commit_on_signal, mountpoint, commit)
-        nursery.start_soon(_when_usable, mountpoint, notify)
+        nursery.start_soon(_stop_on_signal, notifier)
+        nursery.start_soon(_commit_on_signal, mountpoint, commit, notifier, serving)
+        nursery.start_soon(_when_usable, mountpoint, notify, notifier, serving)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _when_usable(mountpoint: str, notify) -> None:
+async def _when_usable(mountpoint: str, notify, notifier: Notifier, serving: str) -> None:
     """Once the kernel has finished FUSE INIT (a stat of the mount point is
     answered only then), raise the read-ahead window, which INIT resets, and
     tell the waiting parent that the mount is usable."""
@@ -83,9 +91,10 @@ async def _when_usable(mountpoint: str, notify) -> None:
         log.info("could not raise read_ahead_kb (needs root); reads arrive as 128 KiB requests")
     log.info("mounted at %s", mountpoint)
     notify(READY)
+    notifier.ready(serving)
 
 
-async def _commit_on_signal(mountpoint: str, commit) -> None:
+async def _commit_on_signal(mountpoint: str, commit, notifier: Notifier, serving: str) -> None:
     """SIGUSR1 (from `ckptfs commit`): repack now. It runs in the event loop,
     so requests wait meanwhile and every edit before it is in the repack.
     A read-only mount (`commit` None) answers that it has nothing to write."""
@@ -98,17 +107,20 @@ async def _commit_on_signal(mountpoint: str, commit) -> None:
             if commit is None:
                 code, message = 1, f"{mountpoint}: mounted read-only; there are no edits to write"
             else:
+                notifier.status("ckptfs commit: writing the edits")
                 code, message = commit(requested.get("force", False), requested.get("backup", False))
             (log.error if code else log.info)("commit: %s", message)
+            notifier.status(f"{serving}; last commit: {message}")
             state.write_commit_result(requested["request"], code, message)
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(notifier: Notifier) -> None:
     """pyfuse3 installs no signal handlers: turn SIGTERM/SIGINT/SIGHUP into a
     clean unmount instead of a dead mount."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s received, unmounting", signal.Signals(signum).name)
+            notifier.stopping(f"{signal.Signals(signum).name} received, unmounting")
             pyfuse3.terminate()
             return
 
@@ -119,40 +131,47 @@ def ignore_commit_signal() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def spawn(run, state: mounts.MountState, source: str, writable: bool, log_setup, log_file: str,
-          timeout: float = 120) -> int:
+def spawn(run, state: mounts.MountState, record: mounts.Record, end_log, log_where: str, timeout: float = 120,
+          over_autofs: bool = False) -> int:
     """Run `run(notify)` in a background daemon; return 0 once it has
-    mounted, or raise CkptfsError with the reason it could not.
-    `log_setup()` starts the daemon's log and returns what ends it, given
-    the exit code."""
+    mounted, or raise CkptfsError with the reason it could not. The daemon
+    ends the log that is already set up (`end_log(code)`); `log_where` (a
+    path, or "the journal") is named in messages.
+
+    The daemon starts a session of its own, away from the terminal, except
+    over an automount point (`over_autofs`): the kernel lets only the
+    automounter's process group (systemd runs mount(8) in its own) walk to
+    a mount point whose mount is pending; anybody else, this daemon mounting
+    there included, would wait for the very mount it is making."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(read_end)
-        os._exit(_daemon(run, state, source, writable, log_setup, write_end))
+        os._exit(_daemon(run, state, record, end_log, write_end, keep_stderr=log_where == "the journal",
+                         new_session=not over_autofs))
     os.close(write_end)
     message = _wait_message(read_end, timeout)
     os.close(read_end)
     if message is None:
         os.kill(pid, signal.SIGTERM)
-        raise CkptfsError(f"timed out after {timeout:.0f} s waiting for the mount daemon; see {log_file}")
+        raise CkptfsError(f"timed out after {timeout:.0f} s waiting for the mount daemon; see {log_where}")
     if message == READY.decode().strip():
         return 0
-    raise CkptfsError(f"{message or 'the mount daemon exited before mounting'} (its log: {log_file})")
+    raise CkptfsError(f"{message or 'the mount daemon exited before mounting'} (its log: {log_where})")
 
 
-def _daemon(run, state: mounts.MountState, source: str, writable: bool, log_setup, pipe: int) -> int:
-    os.setsid()
+def _daemon(run, state: mounts.MountState, record: mounts.Record, end_log, pipe: int, keep_stderr: bool,
+            new_session: bool) -> int:
+    if new_session:
+        os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
     code, message = 1, ""
-    end_log = lambda code: logging.shutdown()  # noqa: E731 (until the log is set up)
     try:
         ignore_commit_signal()
-        state.write(os.getpid(), source, writable)
-        end_log = log_setup()
+        state.write(os.getpid(), record)
 
         def notify(line: bytes) -> None:
             os.write(pipe, line)

@@ -7,23 +7,24 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 
 from .. import advice
 from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
+from ..humanize import human_size
 from ..tree.checkpoint import VIEW_NAME
 from ..tree.nodes import Access
-from . import mounts
+from . import logs, mounts
+from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
 
 def _read_only(checkpoint, reason: str, say: bool = True) -> None:
-    """Serve the checkpoint read-only, saying why on stderr (unless asked
-    for) and in the root's `user.ckptfs.read_only` attribute."""
+    """Serve the checkpoint read-only, saying why in the log and on stderr
+    (unless asked for) and in the root's `user.ckptfs.read_only` attribute."""
     checkpoint.root.xattrs["ckptfs.read_only"] = reason
     if say:
-        print(f"ckptfs: {reason}; mounted read-only", file=sys.stderr)
+        logs.tell(log, logging.WARNING, f"{reason}; mounted read-only")
 
 
 def _edit_session(checkpoint, opts, resume: bool = False):
@@ -62,8 +63,9 @@ class MountEdits:
     repacked at unmount (`finish`) or on demand (`commit`, which then serves
     the new checkpoint)."""
 
-    def __init__(self, source: str, opts, state: mounts.MountState, resume: bool = False):
+    def __init__(self, source: str, opts, state: mounts.MountState, resume: bool = False, notifier=None):
         self.source, self.opts, self.state, self.resume = source, opts, state, resume
+        self.notifier = notifier or Notifier("")
         self.session = None
         self.operations = None
 
@@ -78,6 +80,10 @@ class MountEdits:
         try:
             checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
             self.session = _edit_session(checkpoint, self.opts, self.resume)
+            if self.session is not None:
+                waiting = self.resume  # `--resume` serves edits waiting to be written from the start
+                self.state.write_edits_waiting(waiting)
+                self.session.editable.before_first_change.append(lambda: self.state.write_edits_waiting(True))
             self.resume = False  # a commit starts afresh
             view = metaview.build(checkpoint, self.session and self.session.editable)
             view.read_only = True
@@ -93,8 +99,7 @@ class MountEdits:
         options = self.state.finish_options()
         try:
             return 0, self.session.finish(
-                discard=options.get("discard", False), backup=options.get("backup", False),
-                progress=self.state.write_progress,
+                discard=options.get("discard", False), backup=options.get("backup", False), progress=self._progress,
             )
         except EditsKept as e:
             self.session.editable.overlay.release()  # the lock goes with the mount; the edits stay
@@ -111,7 +116,7 @@ class MountEdits:
         """`ckptfs commit`: repack now, then serve the new checkpoint with an
         empty overlay. Files already open keep reading what they opened."""
         try:
-            message = self.session.finish(force=force, backup=backup)
+            message = self.session.finish(force=force, backup=backup, progress=self._progress)
         except EditsKept as e:
             return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=True)
         except CkptfsError as e:
@@ -124,3 +129,8 @@ class MountEdits:
             return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
         self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check)
         return 0, message
+
+    def _progress(self, done: int, total: int) -> None:
+        """The repack's progress, for `ckptfs umount` and for systemd."""
+        self.state.write_progress(done, total)
+        self.notifier.progress(f"writing the checkpoint: {human_size(done)} of about {human_size(total)}")

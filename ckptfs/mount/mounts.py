@@ -9,7 +9,7 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import CkptfsError
 
@@ -21,7 +21,7 @@ class MountEntry:
     device: str  # "major:minor"
 
 
-def _unescape_mountinfo(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     """The kernel writes space, tab, newline and backslash as octal escapes."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
@@ -34,7 +34,7 @@ def mounted_at(mountpoint: str) -> MountEntry | None:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
-            if _unescape_mountinfo(fields[4]) == mountpoint:
+            if unescape_mountinfo(fields[4]) == mountpoint:
                 found = MountEntry(mountpoint, fields[sep + 1], fields[2])
     return found
 
@@ -108,30 +108,47 @@ def escaped_path(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class Record:
+    """What `ckptfs status` shows of a mount beside the kernel's mount table."""
+
+    source: str
+    format: str
+    writable: bool
+    log: str  # the log file's path, or where else the log goes
+
+
+@dataclass(frozen=True)
 class MountState:
     """Files that outlive the CLI: the daemon's pid, its exit status, its log,
     named after the mount point (`/run/ckptfs/mnt-model.log`)."""
 
     mountpoint: str
+    #: the state directory (None: this user's, `state_dir()`)
+    directory: str | None = None
 
     @property
     def stem(self) -> str:
-        return os.path.join(state_dir(), escaped_path(self.mountpoint))
+        return os.path.join(self.directory or state_dir(), escaped_path(self.mountpoint))
 
     @property
     def log_file(self) -> str:
         return self.stem + ".log"
 
-    def write(self, pid: int, source: str, writable: bool) -> None:
-        os.makedirs(state_dir(), mode=0o700, exist_ok=True)
+    def write(self, pid: int, record: Record) -> None:
         self._remove(".exit")
         self._remove(".discard")
-        _write_json(self.stem + ".json",
-                    {"pid": pid, "source": source, "mountpoint": self.mountpoint, "writable": writable})
+        _write_json(self.stem + ".json", {"pid": pid, "mountpoint": self.mountpoint, **asdict(record), "edits": False})
 
     def mounted(self) -> dict:
-        """What `write` recorded: pid, source, mountpoint, writable ({} if nothing)."""
+        """What `write` recorded: pid, mountpoint, the fields of Record and
+        whether edits wait to be written ({} if nothing)."""
         return _read_json(self.stem + ".json") or {}
+
+    def write_edits_waiting(self, waiting: bool) -> None:
+        """Only the daemon writes this file, so reading and writing it back loses nothing."""
+        doc = self.mounted()
+        if doc and doc.get("edits") != waiting:
+            _write_json(self.stem + ".json", {**doc, "edits": waiting})
 
     def write_exit(self, code: int, message: str = "") -> None:
         _write_json(self.stem + ".exit", {"exit": code, "message": message})

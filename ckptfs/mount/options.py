@@ -6,13 +6,18 @@ from dataclasses import dataclass, field
 
 from .. import limits
 from ..errors import CkptfsError
+from .logs import LEVELS
 
 #: Kernel and FUSE options handed to the mount as they are.
 PASSED_TO_FUSE = {
-    "allow_other", "allow_root", "auto_unmount",
-    "dev", "nodev", "suid", "nosuid", "exec", "noexec",
+    "allow_other", "allow_root", "auto_unmount", "exec", "noexec",
     "atime", "noatime", "relatime", "norelatime", "strictatime", "sync", "async", "dirsync",
 }
+#: Every mount is nosuid,nodev: a checkpoint has no business with either.
+#: `suid` and `dev` are accepted and ignored, because mount.fuse3 adds them
+#: for root whenever the fstab line does not say nosuid,nodev.
+ALWAYS = {"nosuid", "nodev"}
+IGNORED = {"suid", "dev"}
 #: fstab bookkeeping that `mount` may pass along; meaningless to the filesystem.
 FSTAB_ONLY = {"defaults", "_netdev", "noauto", "auto", "nofail", "user", "users", "nouser", "owner", "group"}
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")
@@ -31,6 +36,13 @@ class MountOptions:
     ignore: tuple[str, ...] | None = None
     #: `max_NAME=N`: bounds raised above the defaults of `limits.Limits`
     limits: dict[str, int] = field(default_factory=dict)
+    log_level: str | None = None
+    #: `uid=`, `gid=`: the owner and group every file is shown with (None: the source's)
+    uid: int | None = None
+    gid: int | None = None
+    #: `umask=`, `fmask=`, `dmask=`: mode bits taken away from files and folders
+    fmask: int = 0
+    dmask: int = 0
 
 
 def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
@@ -38,8 +50,10 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
         name, _, value = item.strip().partition("=")
         if not name or name in FSTAB_ONLY or item.startswith(FSTAB_ONLY_PREFIXES):
             continue
-        if name in PASSED_TO_FUSE:
+        if name in PASSED_TO_FUSE or name in ALWAYS:
             into.fuse.add(name)
+        elif name in IGNORED:
+            continue
         elif name in ("ro", "rw"):
             into.read_only = name == "ro"
         elif name == "debug":
@@ -48,6 +62,14 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.nonempty = True
         elif name in ("log_file", "cache_dir") and value:
             setattr(into, name, value)
+        elif name == "log_level" and value in LEVELS:
+            into.log_level = value
+        elif name in ("uid", "gid"):
+            setattr(into, name, _count(item, value, least=0))
+        elif name in ("umask", "fmask", "dmask"):
+            mask = _mask(item, value)
+            into.fmask = mask if name != "dmask" else into.fmask
+            into.dmask = mask if name != "fmask" else into.dmask
         elif name == "ignore":
             into.ignore = _patterns(value)
         elif name.startswith("max_") and name[4:] in limits.NAMES:
@@ -66,11 +88,22 @@ def _patterns(value: str) -> tuple[str, ...]:
     return TEMP_PATTERNS + patterns if value.startswith("+") else patterns
 
 
-def _count(item: str, value: str) -> int:
+def _count(item: str, value: str, least: int = 1) -> int:
     try:
         count = int(value)
     except ValueError:
         count = -1
-    if count < 1:
-        raise CkptfsError(f"mount option {item!r} needs a positive whole number")
+    if count < least:
+        raise CkptfsError(f"mount option {item!r} needs a {'positive ' if least else ''}whole number")
     return count
+
+
+def _mask(item: str, value: str) -> int:
+    """An octal mask, as umask(1) writes it: 022, 0077."""
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise CkptfsError(f"mount option {item!r} needs an octal mask such as 022")
+    return mask

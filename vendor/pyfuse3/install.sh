@@ -14,7 +14,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "== building pyfuse3 $version with ckptfs's patch (vendor/pyfuse3)"
-"$python" -m pip download --quiet --no-deps --no-binary :all: --dest "$work" "pyfuse3==$version"
+"$python" -m pip download --quiet --no-deps --no-binary pyfuse3 --dest "$work" "pyfuse3==$version"
 echo "$sha256  $work/pyfuse3-$version.tar.gz" | sha256sum --check --quiet
 tar -xzf "$work/pyfuse3-$version.tar.gz" -C "$work"
 patch --quiet -d "$work/pyfuse3-$version" -p1 < "$here/zero-message-open.patch"
