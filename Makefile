@@ -7,13 +7,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # getfattr (attr) shows the tensors' attributes in the demo
 # patch: pyfuse3 is built with a small patch (vendor/pyfuse3/README.md)
-DEMO_APT := fuse3 libfuse3-dev pkg-config gcc attr patch
-# vim and nano: the tests of writable mounts edit through real editors
-TEST_APT := $(DEMO_APT) vim nano
+# man-db: `man ckptfs` (the page is made from the argument parser, below)
+DEMO_APT := fuse3 libfuse3-dev pkg-config gcc attr patch man-db
+# vim and nano: the tests of writable mounts edit through real editors;
+# systemd: systemd-analyze verifies the units in systemd/; zsh: the completion;
+# python3-dev, python3-venv: an unprivileged user's mount runs Debian's own python3
+TEST_APT := $(DEMO_APT) vim nano systemd zsh python3-dev python3-venv
 # Debian's own python3 needs its headers and venv module to build pyfuse3
 PYTHON_APT := $(if $(filter /usr/bin/python3,$(shell command -v python3)),python3-dev python3-venv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PIP := $(PY) -m pip install --progress-bar on
+
+# An editable install installs no data files: the man page and completions
+# are made from the argument parser into the virtualenv's share/, where
+# man(1) and bash-completion look beside its bin/ (ckptfs/manual.py)
+MAN_PAGE := $(VENV)/share/man/man1/ckptfs.1
+$(MAN_PAGE): ckptfs/cli.py ckptfs/manual.py ckptfs/mount/options.py ckptfs/mount/logs.py | $(PY)
+	$(PY) -m ckptfs.manual --prefix $(VENV)
 
 .PHONY: demo test bench fuzz clean demo-deps test-deps
 
@@ -43,11 +53,11 @@ $(VENV)/.test-installed: pyproject.toml vendor/pyfuse3/zero-message-open.patch |
 
 demo-deps:
 	$(call apt_install,$(DEMO_APT))
-	@$(MAKE) --no-print-directory $(VENV)/.demo-installed
+	@$(MAKE) --no-print-directory $(VENV)/.demo-installed $(MAN_PAGE)
 
 test-deps:
 	$(call apt_install,$(TEST_APT))
-	@$(MAKE) --no-print-directory $(VENV)/.test-installed
+	@$(MAKE) --no-print-directory $(VENV)/.test-installed $(MAN_PAGE)
 
 demo: demo-deps
 	@bash samples/demo.sh $(VENV)/bin/ckptfs $(PY)
