@@ -1,0 +1,113 @@
+"""Every command the guide shows is run: each ```console block of docs/ is a
+shell session (`$ ` commands, then the output they print), run in a
+sandbox that holds the files the guide names and compared line by line.
+`/data/` and `/mnt/` in the docs are folders of the sandbox; an output
+line `...` stands for any number of lines. ```sh blocks are for what
+cannot run in a test (installing, systemctl, docker); the last test keeps
+them to those."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import FIXTURES, REPO, force_unmount, is_mounted
+
+DOCS = sorted((REPO / "docs").glob("*.md"))
+MARK = "@@ckptfs-doc-command"
+#: the first word of a command an ```sh block may show (run by CI or by nobody here)
+NOT_RUN_HERE = {"make", "pip", "sudo", "apt-get", "systemctl", "docker", "journalctl", "python", ".venv/bin/python"}
+
+
+def _blocks(kind: str) -> list[tuple[str, list[str]]]:
+    found = []
+    for doc in DOCS:
+        lines = doc.read_text().splitlines()
+        start = None
+        for i, line in enumerate(lines):
+            if start is None and line.strip() == f"```{kind}":
+                start = i
+            elif start is not None and line.strip() == "```":
+                found.append((f"{doc.name}:{start + 1}", lines[start + 1:i]))
+                start = None
+    return found
+
+
+def _session(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """(command, expected output lines) of each `$ ` line."""
+    session: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("$ "):
+            session.append((line[2:], []))
+        elif session and session[-1][0].endswith("\\"):
+            session[-1] = (session[-1][0][:-1] + line.strip(), [])
+        else:
+            assert session, f"output before any command: {line!r}"
+            session[-1][1].append(line)
+    return session
+
+
+def _matches(expected: list[str], actual: list[str]) -> bool:
+    pattern = "\n".join(".*?" if line == "..." else re.escape(line.rstrip()) for line in expected)
+    return re.fullmatch(pattern, "\n".join(line.rstrip() for line in actual), re.DOTALL) is not None
+
+
+def _broken_safetensors(path: Path) -> None:
+    header = {"lm_head.weight": {"dtype": "F32", "shape": [64, 1024], "data_offsets": [0, 262144]}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(131072))
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", data / "model.nemo")
+    shutil.copyfile(FIXTURES / "lightning" / "tiny.ckpt", data / "tiny.ckpt")
+    shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", data / "bert")
+    shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", data / "fsdp")
+    _broken_safetensors(data / "broken.safetensors")
+    for name in ("m", "a", "b"):
+        (tmp_path / "mnt" / name).mkdir(parents=True)
+    yield tmp_path
+    for mnt in (tmp_path / "mnt").iterdir():
+        force_unmount(mnt)
+
+
+@pytest.mark.parametrize("where, lines", _blocks("console"), ids=[w for w, _ in _blocks("console")])
+def test_console_block_runs_as_shown(sandbox, where, lines):
+    def here(text: str) -> str:
+        return text.replace("/data/", f"{sandbox}/data/").replace("/mnt/", f"{sandbox}/mnt/")
+
+    session = _session(lines)
+    # each command's status stays in $? for the next, past the marker between them
+    script = "status=0\n" + "".join(f"printf '%s\\n' '{MARK}'; (exit $status); {here(command)} 2>&1; status=$?\n"
+                                   for command, _ in session)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", COLUMNS="80")
+    env.pop("NOTIFY_SOCKET", None)
+    done = subprocess.run(["bash", "-c", script], cwd=sandbox / "data", capture_output=True, text=True, env=env,
+                          timeout=120)
+    outputs = done.stdout.split(f"{MARK}\n")[1:]
+    assert len(outputs) == len(session), f"{where}: the session stopped early:\n{done.stdout}{done.stderr}"
+    for (command, expected), output in zip(session, outputs):
+        actual = output.splitlines()
+        assert _matches([here(line) for line in expected], actual), \
+            f"{where}: $ {command}\nexpected:\n" + "\n".join(expected) + "\ngot:\n" + "\n".join(actual)
+    left = [m for m in (sandbox / "mnt").iterdir() if is_mounted(m)]
+    assert not left, f"{where}: the session leaves {left} mounted"
+
+
+def test_commands_outside_console_blocks_are_only_what_cannot_run_in_a_test():
+    for where, lines in _blocks("sh"):
+        for line in "\n".join(lines).replace("\\\n", " ").splitlines():
+            command = line.split("#")[0].strip()
+            if command:
+                assert command.split()[0] in NOT_RUN_HERE, f"{where}: {command!r} belongs in a ```console block"
