@@ -12,6 +12,7 @@ import torch
 import trio
 from safetensors.torch import save_file
 
+from ckptfs.errors import CkptfsError
 from ckptfs.formats import open_checkpoint
 from ckptfs.fuse import metaview
 from ckptfs.fuse.operations import Operations, Ownership
@@ -148,3 +149,25 @@ def test_source_truncated_under_the_mount_gives_eio_not_a_dead_mount(mount, tmp_
     assert "format: safetensors" in (mnt / ".ckptfs" / "info.yaml").read_text()
     log = next(tmp_path.glob("daemon*.log")).read_text()
     assert "truncated or replaced while mounted" in log
+
+
+def test_uid_gid_and_masks_shown_as_mount_options_say(tmp_path):
+    """`-o uid=,gid=,fmask=,dmask=` as parsed, applied to what getattr says:
+    owner and group replaced, mode bits only ever taken away."""
+    from ckptfs.fuse.operations import Shown
+    from ckptfs.mount import options
+
+    opts = options.parse(["ro,uid=1234,gid=567,umask=027,dmask=002"], options.MountOptions())
+    assert (opts.uid, opts.gid, opts.fmask, opts.dmask) == (1234, 567, 0o027, 0o002)
+    assert {"nosuid", "nodev"} == options.ALWAYS and "suid" not in options.parse(["suid,dev"], options.MountOptions()).fuse
+    with pytest.raises(CkptfsError, match="octal mask"):
+        options.parse(["umask=999"], options.MountOptions())
+    path = tmp_path / "m.safetensors"
+    save_file({"enc.w": torch.ones(2)}, str(path))
+    os.chmod(path, 0o644)
+    ckpt = open_checkpoint(str(path), str(tmp_path / "cache"))
+    ops = Operations(ckpt.root, Ownership.of(os.stat(path)), shown=Shown(opts.uid, opts.gid, opts.fmask, opts.dmask))
+    folder = _call(ops.getattr, _lookup(ops, "enc"), None)
+    tensor = _call(ops.getattr, _lookup(ops, "enc", "w.npy"), None)
+    assert (tensor.st_uid, tensor.st_gid, tensor.st_mode & 0o777) == (1234, 567, 0o444 & ~0o027)
+    assert (folder.st_uid, folder.st_gid, folder.st_mode & 0o777) == (1234, 567, 0o555 & ~0o002)
