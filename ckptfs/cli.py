@@ -294,7 +294,8 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
     fuse_options = set(opts.fuse) | options.ALWAYS | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
     if session is None:
         fuse_options.add("ro")
-    record = mounts.Record(source, checkpoint.format, session is not None, log_file or "stderr")
+    log_where = log_file or ("the journal" if logs.stderr_is_journal() else "stderr")
+    record = mounts.Record(source, checkpoint.format, session is not None, log_where)
 
     def run(notify):
         hooks = (edits.finish, edits.commit) if session else (None, None)
@@ -312,7 +313,7 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
         if message and log_file is not None:
             print(f"ckptfs: {message}", file=sys.stderr)
         return code
-    return daemon.spawn(run, state, record, end_log, log_file or "the journal", over_autofs=over_autofs)
+    return daemon.spawn(run, state, record, end_log, log_where, over_autofs=over_autofs)
 
 
 def _progress_printer(state: mounts.MountState):
