@@ -15,7 +15,8 @@ from .mount import logs, mounts, options
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "install-helper", "completion")
+SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "install-helper",
+               "completion")
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
            ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
@@ -133,6 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("mountpoint", nargs="?")
     status.add_argument("--json", action="store_true", help="a JSON list of objects, one per mount (docs/cli.md)")
 
+    info = sub.add_parser(
+        "info", help="what a checkpoint holds, without mounting it", parents=[common],
+        description="Format, size, tensors, parameters by dtype and by top-level folder, the globals its pickles "
+        "name (none is imported or run) and notes, read from the metadata alone.",
+    )
+    info.add_argument("source", help="checkpoint file or directory")
+    info.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+
+    ls = sub.add_parser(
+        "ls", help="list a checkpoint's tree, as a mount shows it, without mounting", parents=[common],
+        description="List the folder (or the file) at PATH in the tree a mount of SOURCE shows: the same "
+        "names, the .ckptfs/ view included. Needs no FUSE.",
+    )
+    ls.add_argument("source", help="checkpoint file or directory")
+    ls.add_argument("path", nargs="?", default=".", help="a path in the tree (default: its root)")
+    ls.add_argument("-R", "--recursive", action="store_true", help="everything below PATH")
+    ls.add_argument("-l", "--long", action="store_true", help="type, size and, for a tensor, dtype and shape")
+    ls.add_argument("--json", action="store_true", help="a JSON list of objects, one per entry (docs/cli.md)")
+
+    cat = sub.add_parser(
+        "cat", help="write a file of a checkpoint's tree to stdout, without mounting", parents=[common],
+        description="Write the file at PATH in the tree a mount of SOURCE shows, byte for byte as the mount "
+        "serves it: a tensor as its .npy, a value as its YAML. Needs no FUSE.",
+    )
+    cat.add_argument("source", help="checkpoint file or directory")
+    cat.add_argument("path", help="a path in the tree, such as model_config.yaml or encoder/0/weight.npy")
+
     helper = sub.add_parser(
         "install-helper", help="let mount(8), fstab and systemd mount with this ckptfs (root)", parents=[common],
         description="Install /sbin/mount.fuse.ckptfs, which runs this installation's ckptfs by its absolute path "
@@ -198,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None:
             return 0
     args = build_parser().parse_args(argv)
+    if args.command in PRINTING:
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ckptfs cat ... | head` ends as cat does
     try:
         return COMMANDS[args.command](args)
     except CkptfsError as e:
@@ -397,6 +429,42 @@ def status(args) -> int:
     return 0
 
 
+def _open(source: str):
+    from .formats import open_checkpoint
+
+    return open_checkpoint(os.path.abspath(source), _default_cache_dir())
+
+
+def info(args) -> int:
+    from . import info as checkpoint_info
+
+    summary = checkpoint_info.summary(_open(args.source))
+    print(json.dumps(summary, indent=2) if args.json else checkpoint_info.text(summary))
+    return 0
+
+
+def ls(args) -> int:
+    from . import browse
+
+    ckpt = _open(args.source)
+    listed = list(browse.entries(browse.find(ckpt, args.path), args.path, args.recursive))
+    if args.json:
+        print(json.dumps([browse.describe(path, node) for path, node in listed], indent=2))
+    else:
+        shown = [(path if args.recursive else path.rsplit("/", 1)[-1], node) for path, node in listed]
+        print("\n".join(browse.long_line(name, node) if args.long else name for name, node in shown))
+    return 0
+
+
+def cat(args) -> int:
+    from . import browse
+
+    ckpt = _open(args.source)
+    browse.copy(ckpt, args.path, browse.find(ckpt, args.path), sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return 0
+
+
 def install_helper(args) -> int:
     from . import install
 
@@ -459,4 +527,7 @@ def umount(args) -> int:
 
 
 COMMANDS = {"mount": mount, "umount": umount, "unmount": umount, "commit": commit, "recover": recover,
-            "status": status, "install-helper": install_helper, "completion": completion}
+            "status": status, "info": info, "ls": ls, "cat": cat, "install-helper": install_helper,
+            "completion": completion}
+#: commands whose output is read by pipes
+PRINTING = ("status", "info", "ls", "cat", "completion")

@@ -58,7 +58,7 @@ def info_yaml(ckpt: Checkpoint) -> str:
         row["bytes"] += t.data.length
     info = {
         "format": ckpt.format,
-        "source_bytes": _source_bytes(ckpt),
+        "source_bytes": ckpt.source_bytes(),
         "ckptfs_version": __version__,
         "tensors": len(ckpt.tensors),
         "parameters": sum(r["parameters"] for r in by_dtype.values()),
@@ -72,13 +72,6 @@ def info_yaml(ckpt: Checkpoint) -> str:
 
 def _mtime(ckpt: Checkpoint) -> str:
     return datetime.datetime.fromtimestamp(ckpt.stat.st_mtime, datetime.timezone.utc).isoformat()
-
-
-def _source_bytes(ckpt: Checkpoint) -> int:
-    """The file's size, or for a directory the sum of its files' sizes."""
-    if stat.S_ISREG(ckpt.stat.st_mode):
-        return ckpt.stat.st_size
-    return sum(node.content.size for _, node in ckpt.raw.walk() if isinstance(node, File))
 
 
 def tensors_tsv(ckpt: Checkpoint) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .nodes import Dir
+from .nodes import Dir, File
 from .tensors import PlacedTensor
 
 if TYPE_CHECKING:
@@ -38,3 +39,9 @@ class Checkpoint:
     #: writes an edited tree back in this format (formats/base.py); None
     #: when it cannot (a Hugging Face cache snapshot, an ambiguous directory)
     writer: Writer | None = None
+
+    def source_bytes(self) -> int:
+        """The file's size, or for a directory the sum of its files' sizes."""
+        if stat.S_ISREG(self.stat.st_mode):
+            return self.stat.st_size
+        return sum(node.content.size for _, node in self.raw.walk() if isinstance(node, File))

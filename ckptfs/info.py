@@ -1,0 +1,62 @@
+"""`ckptfs info`: what a checkpoint holds, from its metadata alone (headers,
+member lists, pickles read by the inert interpreter; no tensor bytes).
+The keys of `summary` are the documented schema of `ckptfs info --json`
+(docs/cli.md)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from . import __version__
+from .tree.checkpoint import Checkpoint
+
+
+def _totals() -> dict[str, int]:
+    return {"tensors": 0, "parameters": 0, "bytes": 0}
+
+
+def summary(ckpt: Checkpoint) -> dict:
+    by_dtype: dict[str, dict[str, int]] = defaultdict(_totals)
+    by_prefix: dict[str, dict[str, int]] = defaultdict(_totals)
+    for placed in ckpt.tensors:
+        t = placed.tensor
+        for row in (by_dtype[t.dtype.name], by_prefix[placed.path.split("/", 1)[0]]):
+            row["tensors"] += 1
+            row["parameters"] += t.numel
+            row["bytes"] += t.data.length
+    return {
+        "source": ckpt.source_path,
+        "format": ckpt.format,
+        "source_bytes": ckpt.source_bytes(),
+        "writable": ckpt.writer is not None,
+        "tensors": len(ckpt.tensors),
+        "parameters": sum(r["parameters"] for r in by_dtype.values()),
+        "tensor_bytes": sum(r["bytes"] for r in by_dtype.values()),
+        "by_dtype": dict(sorted(by_dtype.items())),
+        "by_prefix": dict(sorted(by_prefix.items())),
+        "pickle_globals": list(ckpt.pickle_globals),
+        "notes": list(ckpt.notes),
+        "ckptfs_version": __version__,
+    }
+
+
+def text(info: dict) -> str:
+    """What `ckptfs info` prints: a few lines a person reads."""
+    from .humanize import human_size
+
+    lines = [
+        f"source      {info['source']}",
+        f"format      {info['format']}{'' if info['writable'] else ' (read-only: ckptfs cannot write it back)'}",
+        f"size        {human_size(info['source_bytes'])}",
+        f"tensors     {info['tensors']:,}, {info['parameters']:,} parameters, {human_size(info['tensor_bytes'])}",
+    ]
+    for title, key in (("dtypes", "by_dtype"), ("prefixes", "by_prefix")):
+        rows = info[key]
+        for i, (name, row) in enumerate(rows.items()):
+            lines.append(f"{title if i == 0 else '':<11} {name:<24} {row['tensors']:>8,} tensors "
+                         f"{row['parameters']:>16,} parameters")
+    if info["pickle_globals"]:
+        lines.append(f"globals     {len(info['pickle_globals'])} named by its pickles (none imported or run):")
+        lines += [f"  {name}" for name in info["pickle_globals"]]
+    lines += [f"note        {note}" for note in info["notes"]]
+    return "\n".join(lines)
