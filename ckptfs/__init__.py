@@ -1,3 +1,12 @@
-"""ckptfs: machine learning checkpoints as a FUSE filesystem."""
+"""ckptfs: machine learning checkpoints as a FUSE filesystem, and as data
+without one: `ckptfs.open(path)` (ckptfs/api.py, docs/api.md)."""
 
 __version__ = "0.1.0"
+
+
+def open(source, cache_dir=None):  # noqa: A001 (as tarfile.open and zipfile do)
+    """Open the checkpoint at `source` (file or directory): its metadata is
+    read now, tensor bytes when asked for. Returns a `ckptfs.api.Checkpoint`."""
+    from .api import open_checkpoint
+
+    return open_checkpoint(source, cache_dir)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import ckptfs
+
 from .conftest import FIXTURES, REPO, force_unmount, is_mounted
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -75,6 +77,8 @@ def sandbox(tmp_path):
     shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", data / "bert")
     shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", data / "fsdp")
     _broken_safetensors(data / "broken.safetensors")
+    # a bfloat16 tensor's .npy as a mount serves it (dtypes.md)
+    (data / "weight.npy").write_bytes(ckptfs.open(data / "model.nemo").read("model_weights.ckpt/emb/weight.npy"))
     for name in ("m", "a", "b"):
         (tmp_path / "mnt" / name).mkdir(parents=True)
     yield tmp_path
@@ -103,6 +107,18 @@ def test_console_block_runs_as_shown(sandbox, where, lines):
             f"{where}: $ {command}\nexpected:\n" + "\n".join(expected) + "\ngot:\n" + "\n".join(actual)
     left = [m for m in (sandbox / "mnt").iterdir() if is_mounted(m)]
     assert not left, f"{where}: the session leaves {left} mounted"
+
+
+#: architecture.md's Python is a sketch of the protocol, for contributors
+PYTHON_BLOCKS = [(where, lines) for where, lines in _blocks("python") if not where.startswith("architecture.md")]
+
+
+@pytest.mark.parametrize("where, lines", PYTHON_BLOCKS, ids=[w for w, _ in PYTHON_BLOCKS])
+def test_python_block_runs(sandbox, where, lines):
+    code = "\n".join(lines).replace("/data/", f"{sandbox}/data/")
+    done = subprocess.run([sys.executable, "-c", code], cwd=sandbox / "data", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"{where}:\n{done.stdout}{done.stderr}"
 
 
 def test_commands_outside_console_blocks_are_only_what_cannot_run_in_a_test():

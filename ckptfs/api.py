@@ -1,0 +1,146 @@
+"""The Python API: a checkpoint as data, without FUSE (docs/api.md).
+
+    >>> import ckptfs
+    >>> ckpt = ckptfs.open("model.nemo")
+    >>> [t.name for t in ckpt.tensors()][:2]
+    >>> ckpt.tensor("encoder.0.weight")          # a numpy array, memory-mapped where it can be
+    >>> ckpt.read("model_config.yaml")           # any file of the tree, as a mount serves it
+    >>> ckpt.config["d_hidden"]
+
+Nothing from a checkpoint is ever imported or run: pickles are read by
+ckptfs's inert interpreter, as for a mount.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import yaml
+
+from . import browse
+from .errors import CkptfsError
+from .sources.base import FileSource, SliceSource
+from .tree import npy
+from .tree.checkpoint import Checkpoint as _Parsed
+from .tree.nodes import File
+from .tree.tensors import NpyContent, Tensor
+
+#: where a format keeps its configuration, in the order they are looked for
+CONFIG_FILES = ("model_config.yaml", "hyper_parameters.yaml", "config.json", "config.yaml")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor of the checkpoint: its dotted name, the path of its `.npy`
+    in the tree, its dtype's name, shape and stored size."""
+
+    name: str
+    path: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file, folder or link of the tree (`Checkpoint.walk`)."""
+
+    path: str
+    type: str  # "file", "dir" or "link"
+    size: int
+
+
+class Checkpoint:
+    """A checkpoint opened by `ckptfs.open`: its metadata is read, its tensor
+    bytes only when asked for."""
+
+    def __init__(self, parsed: _Parsed):
+        self._parsed = parsed
+        self._by_name = {placed.tensor.name: placed for placed in parsed.tensors}
+        browse.tree(parsed)  # the `.ckptfs/` view, as a mount has it
+
+    @property
+    def format(self) -> str:
+        return self._parsed.format
+
+    @property
+    def path(self) -> str:
+        return self._parsed.source_path
+
+    def tensors(self) -> list[TensorInfo]:
+        return [TensorInfo(p.tensor.name, p.path, p.tensor.dtype.name, tuple(p.tensor.shape), p.tensor.data.length)
+                for p in self._parsed.tensors]
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor called `name` (`encoder.0.weight`): a read-only memory
+        map where its bytes lie whole in an uncompressed file, else an array
+        read from the source. bfloat16 and float8 need ml_dtypes installed."""
+        placed = self._by_name.get(name)
+        if placed is None:
+            raise KeyError(f"{self.path}: no tensor {name!r}")
+        node = browse.find(self._parsed, placed.path)
+        if isinstance(node, File) and isinstance(node.content, NpyContent):  # header + the stored bytes as they lie
+            mapped = _memory_map(node.content.tensor)
+            if mapped is not None:
+                return mapped
+        return np.load(io.BytesIO(self.read(placed.path)))  # gathered, assembled or decompressed: read
+
+    def read(self, path: str) -> bytes:
+        """The bytes of the file at `path` in the tree, as a mount serves them."""
+        node = browse.find(self._parsed, path)
+        out = io.BytesIO()
+        browse.copy(self._parsed, path, node, out)
+        return out.getvalue()
+
+    @property
+    def config(self) -> Any:
+        """The configuration where the format has one (a `.nemo`'s
+        `model_config.yaml`, Lightning's `hyper_parameters.yaml`, a Hugging
+        Face `config.json`), parsed; None where there is none."""
+        for name in CONFIG_FILES:
+            node = self._parsed.root.children.get(name)
+            if isinstance(node, File):
+                text = self.read(name)
+                return json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        return None
+
+    def walk(self) -> Iterator[Entry]:
+        """Every file, folder and link of the tree, in the mount's order."""
+        for path, node in browse.entries(self._parsed.root, ".", recursive=True):
+            entry = browse.describe(path, node)
+            yield Entry(path, entry["type"], entry.get("size", 0))
+
+    def __repr__(self) -> str:
+        return f"<ckptfs.Checkpoint {self.format} {self.path!r}: {len(self._by_name)} tensors>"
+
+
+def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
+    from .formats import open_checkpoint as parse
+
+    if cache_dir is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        cache_dir = os.path.join(base, "ckptfs")
+    return Checkpoint(parse(os.path.abspath(os.fspath(source)), cache_dir))
+
+
+def _memory_map(tensor: Tensor) -> np.ndarray | None:
+    """A read-only map of the tensor's bytes in the file that holds them, or
+    None where they are not whole in one plain file (compressed, assembled
+    from shards) or numpy has no dtype for them."""
+    source, offset = tensor.data.source, tensor.data.offset
+    while isinstance(source, SliceSource):
+        source, offset = source.parent, source.offset + offset
+    if not isinstance(source, FileSource) or tensor.dtype.npy_descr is None or tensor.data.length == 0:
+        return None
+    try:
+        dtype = np.dtype(npy.served_layout(tensor.dtype, tensor.shape, tensor.data.length)[0])
+    except TypeError:
+        return None  # bfloat16 without ml_dtypes: np.load of the .npy says what to install
+    if dtype.itemsize * int(np.prod(tensor.shape)) != tensor.data.length:
+        raise CkptfsError(f"{source.path}: tensor {tensor.name!r}: {tensor.data.length} bytes for shape {tensor.shape}")
+    return np.memmap(source.path, dtype=dtype, mode="r", offset=offset, shape=tuple(tensor.shape))
