@@ -77,3 +77,25 @@ def test_read_and_walk_are_the_tree_of_ls_and_cat():
         ckpt.tensor("nope")
     with pytest.raises(CkptfsError, match="no such file or folder"):
         ckpt.read("nope.yaml")
+
+
+def test_the_ckpt_filesystem_lists_and_reads_the_tree_by_ranges():
+    """fsspec finds ckpt:// by its entry point; listings and bytes are the tree's."""
+    import fsspec
+
+    fs = fsspec.filesystem("ckpt", fo=str(NEMO))
+    ckpt = ckptfs.open(NEMO)
+    assert fs.ls("", detail=False) == run_ckptfs("ls", NEMO).stdout.split()
+    assert sorted(fs.find("")) == sorted(e.path for e in ckpt.walk() if e.type == "file")
+    path = "model_weights.ckpt/encoder/0/weight.npy"
+    whole = ckpt.read(path)
+    assert fs.info(path) == {"name": path, "size": len(whole), "type": "file"}
+    with fs.open(path, block_size=64) as f:  # small blocks: many range reads
+        f.seek(100)
+        assert f.read(300) == whole[100:400] and f.read() == whole[400:]
+    with fsspec.open(f"ckpt://model_config.yaml::{NEMO}") as f:
+        assert f.read() == ckpt.read("model_config.yaml")
+    with pytest.raises(ValueError, match="local checkpoints only"):
+        fsspec.filesystem("ckpt", fo="s3://bucket/model.nemo", skip_instance_cache=True)
+    with pytest.raises(NotImplementedError, match="read-only"):
+        fs.open("model_config.yaml", "wb")
