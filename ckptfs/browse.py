@@ -18,8 +18,10 @@ CHUNK = 1 << 20
 
 
 def tree(ckpt: Checkpoint) -> Dir:
-    """The checkpoint's tree as a read-only mount shows it."""
-    ckpt.root.add(VIEW_NAME, metaview.build(ckpt), replace=True)
+    """The checkpoint's tree as a read-only mount shows it (the view is
+    added once, as a mount adds it)."""
+    if VIEW_NAME not in ckpt.root.children:
+        ckpt.root.add(VIEW_NAME, metaview.build(ckpt))
     return ckpt.root
 
 
