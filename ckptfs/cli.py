@@ -15,8 +15,8 @@ from .mount import logs, mounts, options
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "install-helper",
-               "completion")
+SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "diff",
+               "install-helper", "completion")
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
            ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
@@ -160,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat.add_argument("source", help="checkpoint file or directory")
     cat.add_argument("path", help="a path in the tree, such as model_config.yaml or encoder/0/weight.npy")
+
+    diff = sub.add_parser(
+        "diff", help="compare two checkpoints tensor by tensor, without mounting", parents=[common],
+        description="Compare A and B, of any formats: tensors only one has, tensors whose dtype or shape "
+        "changed, and for the others whether their bits are equal or how far apart they are (elements that "
+        "differ, largest absolute and relative difference, cosine similarity); configurations as a unified "
+        "diff. Exit status 0: the same; 1: different; 2: trouble, as diff(1).",
+    )
+    diff.add_argument("a", metavar="A", help="checkpoint file or directory")
+    diff.add_argument("b", metavar="B", help="checkpoint file or directory")
+    diff.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
+                      help="rewrite the prefix OLD of A's tensor names to NEW before matching (repeatable)")
+    diff.add_argument("--include", action="append", default=[], metavar="GLOB",
+                      help="compare only tensors whose names match (repeatable)")
+    diff.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                      help="leave out tensors whose names match (repeatable)")
+    diff.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
     helper = sub.add_parser(
         "install-helper", help="let mount(8), fstab and systemd mount with this ckptfs (root)", parents=[common],
@@ -465,6 +482,28 @@ def cat(args) -> int:
     return 0
 
 
+def diff(args) -> int:
+    """Exit status as diff(1): 0 the same, 1 different, 2 trouble."""
+    from . import compare
+
+    maps = []
+    for item in args.map:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            print(f"ckptfs: --map {item!r}: give it as OLD=NEW", file=sys.stderr)
+            return 2
+        maps.append((old, new))
+    try:
+        from .api import open_checkpoint
+
+        report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
+    except CkptfsError as e:
+        print(f"ckptfs: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else compare.text(report))
+    return 0 if report["same"] else 1
+
+
 def install_helper(args) -> int:
     from . import install
 
@@ -527,7 +566,7 @@ def umount(args) -> int:
 
 
 COMMANDS = {"mount": mount, "umount": umount, "unmount": umount, "commit": commit, "recover": recover,
-            "status": status, "info": info, "ls": ls, "cat": cat, "install-helper": install_helper,
+            "status": status, "info": info, "ls": ls, "cat": cat, "diff": diff, "install-helper": install_helper,
             "completion": completion}
 #: commands whose output is read by pipes
-PRINTING = ("status", "info", "ls", "cat", "completion")
+PRINTING = ("status", "info", "ls", "cat", "diff", "completion")
