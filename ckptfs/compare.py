@@ -2,8 +2,9 @@
 formats and layouts, and their configurations as a unified diff.
 
 Tensors are matched by dotted name (after `--map OLD=NEW` prefix rewrites
-of A's names) and read one at a time, in chunks, so memory stays bounded by
-a chunk whatever the checkpoints hold. Two tensors are the same when their
+of A's names) and compared one pair at a time, in chunks: memory stays
+within a chunk for memory-mapped tensors and within the pair for tensors
+that are read (`Checkpoint.tensor`), whatever the checkpoints hold. Two tensors are the same when their
 bits are; otherwise the report counts the elements whose bits differ and,
 where NumPy knows the dtype (bfloat16 and float8 with ml_dtypes), gives the
 largest absolute and relative difference and the cosine similarity.
