@@ -344,7 +344,7 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
     if session is None:
         fuse_options.add("ro")
     log_where = log_file or ("the journal" if logs.stderr_is_journal() else "stderr")
-    record = mounts.Record(source, checkpoint.format, session is not None, log_where)
+    record = mounts.Record(source, checkpoint.format, session is not None, log_where, edits=bool(args.resume))
 
     def run(notify):
         hooks = (edits.finish, edits.commit) if session else (None, None)

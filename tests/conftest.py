@@ -38,16 +38,12 @@ def force_unmount(path: Path) -> None:
 
 
 def daemon_pid(mnt: Path) -> int:
-    """The pid of the daemon serving `mnt`."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(mnt).encode() in argv and b"mount" in argv:
-                return int(entry)
-    raise AssertionError(f"no daemon serves {mnt}")
+    """The pid of the daemon serving `mnt`, as it recorded it (`ckptfs status`)."""
+    from ckptfs.mount import mounts
+
+    pid = mounts.MountState(str(mnt)).pid()
+    assert pid is not None, f"no daemon serves {mnt}"
+    return pid
 
 
 @pytest.fixture(scope="session")

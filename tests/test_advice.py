@@ -58,6 +58,7 @@ def test_a_refused_repack_can_be_fixed_in_a_resumed_mount(mount, model, tmp_path
     assert umount(mnt).returncode == 0
     taken_up = run_ckptfs(*resume, "--log-file", tmp_path / "resumed.log")
     assert taken_up.returncode == 0, taken_up.stderr
+    assert "edits waiting" in run_ckptfs("status", mnt).stdout  # waiting from the start, before any new edit
     assert (mnt / "w.npy").read_bytes() == b"not npy"  # the edits are there, to be fixed
     assert np.load(mnt / "kept.npy").tolist() == [5, 5, 5]
     np.save(mnt / "w.npy", np.zeros(2, dtype=np.float32))

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from ckptfs.mount import mounts
 
-from .conftest import CKPTFS, TIMEOUT, is_mounted, reap, run_ckptfs
+from .conftest import CKPTFS, TIMEOUT, daemon_pid, is_mounted, reap, run_ckptfs
 
 
 @pytest.fixture
@@ -24,20 +24,6 @@ def source(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.arange(10, dtype=torch.float32)}, str(path))
     return path
-
-
-def _daemon_pid(mountpoint: Path) -> int:
-    """The daemon serving `mountpoint`, found by its command line."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if str(mountpoint).encode() in argv and any(b"ckptfs" in a for a in argv) and int(entry) != os.getpid():
-            return int(entry)
-    raise AssertionError(f"no daemon for {mountpoint}")
 
 
 def _wait(predicate, timeout=TIMEOUT) -> bool:
@@ -72,7 +58,7 @@ def test_mount_is_usable_on_return_and_umount_waits_for_the_daemon(source, mnt):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
     assert os.listdir(mnt) == [".ckptfs", "w.npy"] or sorted(os.listdir(mnt)) == [".ckptfs", "w.npy"]
-    pid = _daemon_pid(mnt)
+    pid = daemon_pid(mnt)
     assert os.getppid() != pid
     done = run_ckptfs("umount", mnt)
     assert done.returncode == 0, done.stderr
@@ -85,7 +71,7 @@ def test_mount_is_usable_on_return_and_umount_waits_for_the_daemon(source, mnt):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_unmounts_cleanly(source, mnt, signum):
     assert run_ckptfs("mount", source, mnt).returncode == 0
-    pid = _daemon_pid(mnt)
+    pid = daemon_pid(mnt)
     os.kill(pid, signum)
     assert _wait(lambda: not is_mounted(mnt) and not _alive(pid))
     assert os.listdir(mnt) == []  # no dead mount left behind
@@ -95,7 +81,7 @@ def test_signal_unmounts_cleanly(source, mnt, signum):
 
 def test_killed_daemon_leaves_a_stale_mount_that_umount_clears(source, mnt):
     assert run_ckptfs("mount", source, mnt).returncode == 0
-    pid = _daemon_pid(mnt)
+    pid = daemon_pid(mnt)
     os.kill(pid, signal.SIGKILL)
     assert _wait(lambda: not _alive(pid))
     with pytest.raises(OSError) as err:
@@ -156,7 +142,7 @@ def test_umount_refuses_what_is_not_ckptfs(tmp_path):
 
 def test_busy_mount_says_so_and_lazy_unmount_detaches(source, mnt):
     assert run_ckptfs("mount", source, mnt).returncode == 0
-    pid = _daemon_pid(mnt)
+    pid = daemon_pid(mnt)
     with open(mnt / "w.npy", "rb") as held:
         done = run_ckptfs("umount", mnt)
         assert done.returncode == 1 and "busy" in done.stderr

@@ -81,8 +81,6 @@ class MountEdits:
             checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
             self.session = _edit_session(checkpoint, self.opts, self.resume)
             if self.session is not None:
-                waiting = self.resume  # `--resume` serves edits waiting to be written from the start
-                self.state.write_edits_waiting(waiting)
                 self.session.editable.before_first_change.append(lambda: self.state.write_edits_waiting(True))
             self.resume = False  # a commit starts afresh
             view = metaview.build(checkpoint, self.session and self.session.editable)
@@ -121,6 +119,7 @@ class MountEdits:
             return 1, advice.after_repack(e, self.source, self.state.mountpoint, mounted=True)
         except CkptfsError as e:
             return 1, str(e)
+        self.state.write_edits_waiting(False)  # written: whatever is served next, nothing waits
         try:
             checkpoint = self.load()
         except CkptfsError as e:

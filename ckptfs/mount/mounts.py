@@ -115,6 +115,8 @@ class Record:
     format: str
     writable: bool
     log: str  # the log file's path, or where else the log goes
+    #: whether edits wait to be written (from the start with `mount --resume`)
+    edits: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class MountState:
     def write(self, pid: int, record: Record) -> None:
         self._remove(".exit")
         self._remove(".discard")
-        _write_json(self.stem + ".json", {"pid": pid, "mountpoint": self.mountpoint, **asdict(record), "edits": False})
+        _write_json(self.stem + ".json", {"pid": pid, "mountpoint": self.mountpoint, **asdict(record)})
 
     def mounted(self) -> dict:
         """What `write` recorded: pid, mountpoint, the fields of Record and
