@@ -100,7 +100,7 @@ def rewrite_blob(archive, files: dict, before: dict, changed: list[str]) -> ZipB
     storage_prefix = archive.prefix + "data/"
     records, after_storages = [], None
     for name, info in archive.records.items():
-        if name == archive.prefix + "data.pkl":
+        if name == archive.pickle_name:
             records.append(Record(name, len(pickle), data=pickle))
             continue
         if name.startswith(storage_prefix):

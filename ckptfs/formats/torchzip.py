@@ -110,19 +110,18 @@ class TorchZip(PickledCheckpoint):
         try:
             archive = zipfile.ZipFile(SeekableReader(source))
             records = {info.filename: info for info in archive.infolist()}
-            pickles = [n for n in records if n.endswith("data.pkl") and n.count("/") == 1]
-            if not pickles:
-                if any(n.endswith("constants.pkl") for n in records):
-                    raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
-                raise NotTorchZip(name, "zip archive without data.pkl: not a torch.save checkpoint")
-            self.prefix = pickles[0][: -len("data.pkl")]
-            if self.prefix + "constants.pkl" in records:
+            # as torch.load: the archive's folder is the first record's, and miniz finds names ignoring case
+            self.prefix = next(iter(records), "").partition("/")[0] + "/"
+            self.pickle_name = find_record(records, self.prefix + "data.pkl")
+            if find_record(records, self.prefix + "constants.pkl"):
                 raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
+            if self.pickle_name is None:
+                raise NotTorchZip(name, "zip archive without data.pkl: not a torch.save checkpoint")
             byteorder = records.get(self.prefix + "byteorder")
             if byteorder is not None and _read_record(archive, byteorder, 16).strip() not in (b"little", b""):
                 raise FormatError(name, "big-endian torch checkpoint: not supported")
             self.records = records
-            pickled = records[pickles[0]]
+            pickled = records[self.pickle_name]
             if pickled.file_size > LIMITS.pickle_bytes:
                 raise FormatError(name, f"{pickled.filename} is {pickled.file_size} bytes, above the limit of "
                                         f"{LIMITS.pickle_bytes} (-o max_pickle_bytes raises it)")
@@ -165,6 +164,14 @@ class TorchZip(PickledCheckpoint):
         if start + info.compress_size > self.source.size:
             raise FormatError(self.name, f"{info.filename} runs past the end of the archive (truncated?)")
         return Extent(self.source, start, info.compress_size)
+
+
+def find_record(records: dict[str, zipfile.ZipInfo], name: str) -> str | None:
+    """The record `torch.load` reads for `name`: that name, or one that
+    differs only in case (miniz's lookup ignores case)."""
+    if name in records:
+        return name
+    return next((n for n in records if n.lower() == name.lower()), None)
 
 
 def _read_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
