@@ -120,12 +120,10 @@ class Checkpoint:
 
 
 def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
+    from .formats import default_cache_dir
     from .formats import open_checkpoint as parse
 
-    if cache_dir is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        cache_dir = os.path.join(base, "ckptfs")
-    return Checkpoint(parse(os.path.abspath(os.fspath(source)), cache_dir))
+    return Checkpoint(parse(os.path.abspath(os.fspath(source)), cache_dir or default_cache_dir()))
 
 
 def _memory_map(tensor: Tensor) -> np.ndarray | None:

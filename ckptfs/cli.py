@@ -15,7 +15,7 @@ from .mount import logs, mounts, options
 
 log = logging.getLogger("ckptfs")
 
-SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "diff",
+SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "diff", "scan",
                "install-helper", "completion")
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
@@ -178,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave out tensors whose names match (repeatable)")
     diff.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
+    scan = sub.add_parser(
+        "scan", help="check a checkpoint's pickles for code before anything loads them", parents=[common],
+        description="List every global the pickles of SOURCE name (data.pkl and every other .pkl record, in any "
+        "case, legacy torch.save files, distributed checkpoint metadata and items, common.pt, files inside "
+        "archives) and check each against an allowlist of what checkpoints need: tensors, storages, dtypes, "
+        "containers, NumPy arrays, OmegaConf configs. Nothing is imported or run. Exit status 0: safe; "
+        "1: a global outside the allowlist (printed with where it is); 2: trouble, no verdict.",
+    )
+    scan.add_argument("source", help="checkpoint file or directory")
+    scan.add_argument("--allow", action="append", default=[], metavar="GLOBAL",
+                      help="also take globals matching GLOBAL (module.name, * as a wildcard) as safe (repeatable)")
+    scan.add_argument("-v", "--verbose", action="store_true",
+                      help="list every global with its verdict, and what was passed over")
+    scan.add_argument("-o", dest="options", action="append", default=[], metavar="max_NAME=N",
+                      help="raise a limit, as for mount (max_pickle_bytes, max_pickle_ops, ...)")
+    scan.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+
     helper = sub.add_parser(
         "install-helper", help="let mount(8), fstab and systemd mount with this ckptfs (root)", parents=[common],
         description="Install /sbin/mount.fuse.ckptfs, which runs this installation's ckptfs by its absolute path "
@@ -247,18 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         import signal
 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ckptfs cat ... | head` ends as cat does
+    trouble = TROUBLE_EXIT.get(args.command, 1)
     try:
         return COMMANDS[args.command](args)
     except CkptfsError as e:
         print(f"ckptfs: {e}", file=sys.stderr)
-        return 1
+        return trouble
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: still one line, the traceback only when asked for
         if args.debug:
             raise
         print(f"ckptfs: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return trouble
 
 
 def _mount_options(args) -> options.MountOptions:
@@ -271,8 +289,9 @@ def _mount_options(args) -> options.MountOptions:
 
 
 def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ckptfs")
+    from .formats import default_cache_dir
+
+    return default_cache_dir()
 
 
 def _check_mountpoint(mountpoint: str, nonempty: bool) -> bool:
@@ -493,15 +512,21 @@ def diff(args) -> int:
             print(f"ckptfs: --map {item!r}: give it as OLD=NEW", file=sys.stderr)
             return 2
         maps.append((old, new))
-    try:
-        from .api import open_checkpoint
+    from .api import open_checkpoint
 
-        report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
-    except CkptfsError as e:
-        print(f"ckptfs: {e}", file=sys.stderr)
-        return 2
+    report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
     print(json.dumps(report, indent=2) if args.json else compare.text(report))
     return 0 if report["same"] else 1
+
+
+def scan(args) -> int:
+    """Exit status 0 safe, 1 dangerous, 2 trouble."""
+    from . import scan as pickle_scan
+
+    limits.apply(options.limit_values(args.options))
+    report = pickle_scan.scan(os.path.abspath(args.source), tuple(args.allow))
+    print(json.dumps(report.to_json(), indent=2) if args.json else pickle_scan.text(report, args.verbose))
+    return {"safe": 0, "dangerous": 1}.get(report.verdict, 2)
 
 
 def install_helper(args) -> int:
@@ -566,7 +591,9 @@ def umount(args) -> int:
 
 
 COMMANDS = {"mount": mount, "umount": umount, "unmount": umount, "commit": commit, "recover": recover,
-            "status": status, "info": info, "ls": ls, "cat": cat, "diff": diff, "install-helper": install_helper,
-            "completion": completion}
+            "status": status, "info": info, "ls": ls, "cat": cat, "diff": diff, "scan": scan,
+            "install-helper": install_helper, "completion": completion}
 #: commands whose output is read by pipes
-PRINTING = ("status", "info", "ls", "cat", "diff", "completion")
+PRINTING = ("status", "info", "ls", "cat", "diff", "scan", "completion")
+#: commands whose exit status 1 is an answer (different, dangerous): their trouble exits 2, as diff(1)'s does
+TROUBLE_EXIT = {"diff": 2, "scan": 2}

@@ -15,6 +15,14 @@ def _totals() -> dict[str, int]:
     return {"tensors": 0, "parameters": 0, "bytes": 0}
 
 
+def _allowed(path: str) -> bool:
+    from .pickle.allowlist import classify
+    from .pickle.inert import Global
+
+    module, _, name = path.rpartition(".")
+    return classify(Global(module, name)).safe
+
+
 def summary(ckpt: Checkpoint) -> dict:
     by_dtype: dict[str, dict[str, int]] = defaultdict(_totals)
     by_prefix: dict[str, dict[str, int]] = defaultdict(_totals)
@@ -35,6 +43,7 @@ def summary(ckpt: Checkpoint) -> dict:
         "by_dtype": dict(sorted(by_dtype.items())),
         "by_prefix": dict(sorted(by_prefix.items())),
         "pickle_globals": list(ckpt.pickle_globals),
+        "unsafe_globals": [g for g in ckpt.pickle_globals if not _allowed(g)],
         "notes": list(ckpt.notes),
         "ckptfs_version": __version__,
     }
@@ -56,7 +65,10 @@ def text(info: dict) -> str:
             lines.append(f"{title if i == 0 else '':<11} {name:<24} {row['tensors']:>8,} tensors "
                          f"{row['parameters']:>16,} parameters")
     if info["pickle_globals"]:
-        lines.append(f"globals     {len(info['pickle_globals'])} named by its pickles (none imported or run):")
-        lines += [f"  {name}" for name in info["pickle_globals"]]
+        unsafe = info["unsafe_globals"]
+        verdict = f"{len(unsafe)} outside the allowlist: see ckptfs scan" if unsafe else "all on the allowlist"
+        lines.append(f"globals     {len(info['pickle_globals'])} named by its pickles, {verdict} "
+                     "(none imported or run):")
+        lines += [f"  {name}{'  (outside the allowlist)' if name in unsafe else ''}" for name in info["pickle_globals"]]
     lines += [f"note        {note}" for note in info["notes"]]
     return "\n".join(lines)

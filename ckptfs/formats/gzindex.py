@@ -36,6 +36,13 @@ def sniff(head: bytes) -> bool:
 
 
 def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    source, members, notes = open_tar_stream(path, st, cache_dir)
+    return tar.build("nemo (tar.gz)", source, members, st, notes)
+
+
+def open_tar_stream(path: str, st: os.stat_result, cache_dir: str) -> tuple[GzipSource, list[tar.Member], list[str]]:
+    """The inflated tar stream of a gzip file with random access, its
+    members and notes on members skipped; from the cache when it has them."""
     stem = os.path.join(cache_dir, "gzindex", _cache_key(st))
     cached = _load_cached(stem)
     if cached is not None:
@@ -45,7 +52,7 @@ def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:
     else:
         index, size, members, notes = _scan(path)
         _save(stem, index, {"size": size, "members": [m.to_json() for m in members], "notes": notes})
-    return tar.build("nemo (tar.gz)", GzipSource(path, size, index), members, st, list(notes))
+    return GzipSource(path, size, index), members, list(notes)
 
 
 def _scan(path: str):

@@ -79,6 +79,20 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
     return into
 
 
+def limit_values(option_lists: list[str]) -> dict[str, int]:
+    """The `max_NAME=N` options of commands that take no others (scan)."""
+    values = {}
+    for item in ",".join(option_lists).split(","):
+        name, _, value = item.strip().partition("=")
+        if not name:
+            continue
+        if not (name.startswith("max_") and name[4:] in limits.NAMES):
+            raise CkptfsError(f"unknown option {item!r} (this command takes only max_NAME=N: "
+                              f"{', '.join('max_' + n for n in limits.NAMES)})")
+        values[name[4:]] = _count(item, value)
+    return values
+
+
 def _patterns(value: str) -> tuple[str, ...]:
     """`ignore=`'s glob patterns, separated by `:`; a leading `+` adds them
     to the default ones instead of replacing them."""
