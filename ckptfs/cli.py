@@ -16,7 +16,7 @@ from .mount import logs, mounts, options
 log = logging.getLogger("ckptfs")
 
 SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "diff", "scan",
-               "install-helper", "completion")
+               "export", "install-helper", "completion")
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
            ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
@@ -177,6 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                       help="leave out tensors whose names match (repeatable)")
     diff.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+
+    export = sub.add_parser(
+        "export", help="write a checkpoint's tensors as safetensors, a Hugging Face folder or a torch.save file",
+        parents=[common],
+        description="Convert SOURCE, of any format, tensor by tensor into OUT: one .safetensors file, a Hugging "
+        "Face folder of safetensors shards with model.safetensors.index.json (hf), or a torch.save file of the "
+        "state dict that torch.load(weights_only=True) reads (torch). Streams: memory stays within a copy block, "
+        "however large the tensors. The bytes of --to safetensors are those of a mount's "
+        ".ckptfs/export/model.safetensors.",
+    )
+    export.add_argument("source", help="checkpoint file or directory")
+    export.add_argument("out", metavar="OUT", help="the new file (a new folder for --to hf); must not exist")
+    export.add_argument("--to", choices=("safetensors", "hf", "torch"), default="safetensors",
+                        help="the format to write (default: safetensors)")
+    export.add_argument("--include", action="append", default=[], metavar="GLOB",
+                        help="export only tensors whose names match (repeatable)")
+    export.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="leave out tensors whose names match (repeatable)")
+    export.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
+                        help="write names that start with OLD with NEW in its place; globs match the names "
+                        "before (repeatable)")
+    export.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                        help="largest shard of --to hf, as transformers says it: 5GB, 500MB, 2GiB (default: 5GB)")
 
     scan = sub.add_parser(
         "scan", help="check a checkpoint's pickles for code before anything loads them", parents=[common],
@@ -505,18 +528,68 @@ def diff(args) -> int:
     """Exit status as diff(1): 0 the same, 1 different, 2 trouble."""
     from . import compare
 
-    maps = []
-    for item in args.map:
-        old, sep, new = item.partition("=")
-        if not sep or not old:
-            print(f"ckptfs: --map {item!r}: give it as OLD=NEW", file=sys.stderr)
-            return 2
-        maps.append((old, new))
+    maps = _prefix_maps(args.map)
     from .api import open_checkpoint
 
     report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
     print(json.dumps(report, indent=2) if args.json else compare.text(report))
     return 0 if report["same"] else 1
+
+
+def _prefix_maps(items: list[str]) -> list[tuple[str, str]]:
+    maps = []
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            raise CkptfsError(f"--map {item!r}: give it as OLD=NEW")
+        maps.append((old, new))
+    return maps
+
+
+def _byte_size(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 1 << 10, "MIB": 1 << 20,
+             "GIB": 1 << 30, "TIB": 1 << 40}
+    digits = text.strip().rstrip("BbIiKkMmGgTt")
+    unit = text.strip()[len(digits):].upper()
+    try:
+        value = float(digits) * units[unit]
+    except (ValueError, KeyError):
+        value = 0
+    if value < 1:
+        raise CkptfsError(f"--max-shard-size {text!r}: give a size such as 5GB, 500MB or 2GiB")
+    return int(value)
+
+
+def export(args) -> int:
+    from .formats import open_checkpoint
+    from .write import export as exporting
+
+    maps = _prefix_maps(args.map)
+    max_bytes = _byte_size(args.max_shard_size)
+    source = os.path.abspath(args.source)
+    selection = exporting.select(open_checkpoint(source, _default_cache_dir()), args.include, args.exclude, maps)
+    for line in selection.left_out:
+        print(f"ckptfs: left out {line}", file=sys.stderr)
+    if not selection.items:
+        raise CkptfsError(f"{source}: no tensors to export" + (" (see --include and --exclude)"
+                                                               if args.include or args.exclude else ""))
+    progress = _transfer_printer("exporting") if sys.stderr.isatty() else None
+    exporting.write(args.to, selection.items, args.out, max_bytes, progress)
+    if progress:
+        print(file=sys.stderr)
+    total = sum(i.length for i in selection.items)
+    print(f"ckptfs: wrote {os.path.abspath(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
+          f"({args.to})", file=sys.stderr)
+    return 0
+
+
+def _transfer_printer(what: str):
+    def show(done: int, total: int) -> None:
+        percent = f" ({100 * done // total}%)" if total else ""
+        print(f"\rckptfs: {what}: {human_size(done)} of {human_size(total)}{percent}\033[K", end="",
+              file=sys.stderr, flush=True)
+
+    return show
 
 
 def scan(args) -> int:
@@ -591,7 +664,7 @@ def umount(args) -> int:
 
 
 COMMANDS = {"mount": mount, "umount": umount, "unmount": umount, "commit": commit, "recover": recover,
-            "status": status, "info": info, "ls": ls, "cat": cat, "diff": diff, "scan": scan,
+            "status": status, "info": info, "ls": ls, "cat": cat, "diff": diff, "scan": scan, "export": export,
             "install-helper": install_helper, "completion": completion}
 #: commands whose output is read by pipes
 PRINTING = ("status", "info", "ls", "cat", "diff", "scan", "completion")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import os
 import stat
 from collections import defaultdict
@@ -13,7 +14,7 @@ import yaml
 from .. import __version__
 from ..tree import names, npy
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
-from ..tree.nodes import Content, Dir, Extent, File
+from ..tree.nodes import Content, Dir, Extent, File, LazyDir
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
@@ -31,6 +32,10 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
         view.add("info.yaml", File(LiveText(editable, lambda: info_yaml(current.checkpoint()))))
         view.add("tensors.tsv", File(LiveText(editable, lambda: tensors_tsv(current.checkpoint()))))
     view.add("raw", ckpt.raw)
+    if ckpt.tensors:
+        exports = view.add("export", LazyDir(functools.partial(_fill_export, ckpt), 1, read_only=True))
+        if editable is not None:  # laid out from the tree as mounted, before an edit replaces a file
+            editable.before_first_change.append(lambda: exports.children)
     if ckpt.pickle_globals:
         view.add("pickle-globals.txt", _text_file(pickle_globals_text(ckpt)))
     # where the checkpoint is, kept out of the files so that two mounts of
@@ -38,6 +43,22 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
     view.xattrs["ckptfs.source"] = ckpt.source_path
     view.xattrs["ckptfs.source_mtime"] = _mtime(ckpt)
     return view
+
+
+def _fill_export(ckpt: Checkpoint, folder: Dir) -> None:
+    """`export/`: the tensors as one safetensors file, and as a Hugging Face
+    folder (shards of 5 GB and their index where it takes more than one),
+    the bytes `ckptfs export --to safetensors` and `--to hf` write."""
+    from ..write import export
+
+    selection = export.select(ckpt)
+    folder.add(export.SINGLE, File(export.safetensors_file(selection.items), access=selection.access))
+    hf = folder.add("hf", Dir(read_only=True))
+    for name, content in export.hf_files(selection.items).items():
+        hf.add(name, File(content, access=selection.access))
+    if selection.left_out:
+        lines = ["# Tensors the export leaves out, and why:", *selection.left_out]
+        folder.add("left-out.txt", _text_file("\n".join(lines) + "\n"))
 
 
 def pickle_globals_text(ckpt: Checkpoint) -> str:

@@ -40,7 +40,7 @@ Piece = Union[Extent, bytes, "Gather"]  # noqa: F821
 class Content:
     """The bytes of a file: pieces laid end to end."""
 
-    __slots__ = ("pieces", "starts", "size")
+    __slots__ = ("pieces", "starts", "size", "_slow")
 
     def __init__(self, pieces: list[Piece]):
         self.pieces = [p for p in pieces if len_of(p)]
@@ -50,10 +50,14 @@ class Content:
             self.starts.append(pos)
             pos += len_of(p)
         self.size = pos
+        self._slow: bool | None = None
 
     @property
     def slow(self) -> bool:
-        return any(not isinstance(p, bytes) and p.source.slow for p in self.pieces)
+        """Asked on every read: found once (a file of many pieces has many to ask)."""
+        if self._slow is None:
+            self._slow = any(not isinstance(p, bytes) and p.source.slow for p in self.pieces)
+        return self._slow
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(self.size, offset + length)
@@ -96,7 +100,11 @@ class Access:
         """What every one of these files allows, never more: their owner and
         group where they share them; where they do not, only what all of them
         let anybody read."""
-        accesses = {cls.of(st) for st in stats}
+        return cls.common({cls.of(st) for st in stats})
+
+    @classmethod
+    def common(cls, accesses: set[Access]) -> Access:
+        """What every one of these accesses allows, never more (`of_all`)."""
         if len(accesses) == 1:
             return accesses.pop()
         first = min(accesses, key=lambda a: (a.uid, a.gid, a.read_bits))

@@ -1,0 +1,248 @@
+"""A checkpoint's tensors in another format: one safetensors file, a Hugging
+Face sharded set, or a torch.save zip (docs/cli.md, "ckptfs export").
+
+Each output is laid out from metadata alone, as pieces: its header, then
+each tensor's bytes as the tree serves them (a range of the source, a
+gathered view, chunks of a distributed checkpoint assembled on read). The
+`.ckptfs/export/` view serves those pieces as files; `ckptfs export` writes
+the same pieces, so the two give the same bytes, and both stream: memory
+stays within a copy block whatever the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from ..errors import CkptfsError
+from ..formats import safetensors, zipout
+from ..pickle import writer as pickle_writer
+from ..pickle.inert import Call, Global, PickledDict
+from ..pickle.torch_classes import new_tensor
+from ..tree.checkpoint import Checkpoint
+from ..tree.dtypes import DType
+from ..tree.nodes import Access, Content, Dir, Extent, File, Node, len_of
+from .output import COPY_BLOCK, Output
+from .overlay import fsync_dir
+
+#: the __metadata__ of every safetensors file written (what transformers' save_pretrained writes)
+METADATA = {"format": "pt"}
+#: the shard size `--to hf` and the view's `hf/` folder use unless told (transformers' default)
+DEFAULT_SHARD_BYTES = 5 * 10**9
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One tensor to export: its name, dtype, shape and C-order bytes."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    pieces: tuple
+    length: int
+
+
+@dataclass
+class Selection:
+    items: list[Item]
+    #: tensors left out, and why
+    left_out: list[str]
+    #: who may read the bytes of every item (None: whoever may read the source)
+    access: Access | None = None
+
+
+def select(ckpt: Checkpoint, include=(), exclude=(), maps=()) -> Selection:
+    """The tensors of `ckpt` that the include and exclude globs choose (by
+    their names in the checkpoint), by name after `maps` ((old prefix, new
+    prefix) pairs)."""
+    items: dict[str, Item] = {}
+    left_out: list[str] = []
+    accesses: set = set()
+    default = Access.of(ckpt.stat)
+    for placed in ckpt.tensors:
+        tensor = placed.tensor
+        if include and not any(fnmatch.fnmatchcase(tensor.name, g) for g in include):
+            continue
+        if any(fnmatch.fnmatchcase(tensor.name, g) for g in exclude):
+            continue
+        name = _renamed(tensor.name, maps)
+        if tensor.dtype.safetensors is None:
+            left_out.append(f"{name}: safetensors has no dtype {tensor.dtype.name}")
+            continue
+        if name in items:
+            left_out.append(f"{name}: a second tensor of that name (at {placed.path}); the first is kept")
+            continue
+        node, access = _find(ckpt.root, placed.path)
+        nbytes = tensor.dtype.nbytes(tensor.numel)
+        pieces = node.content.pieces if isinstance(node, File) else []
+        if not pieces or not isinstance(pieces[0], bytes) or sum(map(len_of, pieces[1:])) != nbytes:
+            left_out.append(f"{name}: its file at {placed.path} does not hold its {nbytes} bytes")
+            continue
+        items[name] = Item(name, tensor.dtype, tuple(tensor.shape), tuple(pieces[1:]), nbytes)
+        accesses.add(access or default)
+    access = None if accesses <= {default} else Access.common(accesses)
+    return Selection([items[name] for name in sorted(items)], left_out, access)
+
+
+def _renamed(name: str, maps) -> str:
+    for old, new in maps:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _find(root: Dir, path: str) -> tuple[Node | None, Access | None]:
+    """The node at `path` and who may read it (inherited from its folders)."""
+    node: Node | None = root
+    access = root.access
+    for part in path.split("/"):
+        node = node.children.get(part) if isinstance(node, Dir) else None
+        if node is None:
+            return None, access
+        access = node.access or access
+    return node, access
+
+
+#: what `ckptfs export --to` writes
+TARGETS = ("safetensors", "hf", "torch")
+
+
+def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
+    """The files `target` makes of `items`, by name: one for safetensors
+    and torch (named `out_name`), a folder's for hf. Each is a Content or
+    a ZipBlob: its `size` known, `write(output)` writing it."""
+    if target == "safetensors":
+        return {out_name: safetensors_file(items)}
+    if target == "torch":
+        return {out_name: torch_zip(items, os.path.splitext(out_name)[0] or "archive")}
+    return hf_files(items, max_bytes)
+
+
+def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> None:
+    """Write the export to `out` (a new file, or for hf a new folder) beside
+    which it is first written whole and fsynced, then renamed into place:
+    `out` never holds half an export."""
+    out = os.path.abspath(out)
+    if os.path.lexists(out):
+        raise CkptfsError(f"{out}: exists; remove it first or give a new path")
+    parent = os.path.dirname(out)
+    files = files_for(target, items, os.path.basename(out), max_bytes)
+    expected = sum(f.size for f in files.values())
+    fs = os.statvfs(parent)
+    if fs.f_bavail * fs.f_frsize < expected:
+        raise CkptfsError(f"{parent}: {fs.f_bavail * fs.f_frsize / 1e6:.0f} MB free, the export needs "
+                          f"{expected / 1e6:.0f} MB")
+    written = [0]
+
+    def fill(path: str, made) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            output = Output(fd, progress=progress and (lambda n, _: progress(written[0] + n, expected)),
+                            expected=expected)
+            write_content(made, output) if isinstance(made, Content) else made.write(output)
+            os.fsync(fd)
+            written[0] += output.written
+        finally:
+            os.close(fd)
+
+    if target != "hf":
+        [made] = files.values()
+        tmp = f"{out}.ckptfs-new"
+        try:
+            fill(tmp, made)
+            os.rename(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".ckptfs-new", dir=parent)
+        try:
+            for name, made in files.items():
+                fill(os.path.join(tmp, name), made)
+            os.chmod(tmp, 0o755 & ~_umask())
+            fsync_dir(tmp)
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    fsync_dir(parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- layouts
+def safetensors_file(items: list[Item]) -> Content:
+    """One safetensors file of `items`, in order: the reference header
+    (compact JSON padded to 8 bytes), then their bytes end to end."""
+    block = safetensors.Block(METADATA, [(i.name, i.dtype, i.shape, None, i.length) for i in items])
+    return Content([block.header, *(p for i in items for p in i.pieces)])
+
+
+def shards(items: list[Item], max_bytes: int) -> list[list[Item]]:
+    """`items` cut in order into shards of at most `max_bytes` of tensor
+    data (a larger tensor alone in its own), as transformers cuts them."""
+    out: list[list[Item]] = []
+    size = 0
+    for item in items:
+        if not out or (size + item.length > max_bytes and out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += item.length
+    return out or [[]]
+
+
+def hf_files(items: list[Item], max_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Content]:
+    """A Hugging Face checkpoint's weight files: `model.safetensors`, or
+    `model-0000K-of-0000N.safetensors` shards and their index."""
+    cut = shards(items, max_bytes)
+    if len(cut) == 1:
+        return {SINGLE: safetensors_file(cut[0])}
+    files: dict[str, Content] = {}
+    weight_map = {}
+    for k, shard in enumerate(cut, 1):
+        name = f"model-{k:05d}-of-{len(cut):05d}.safetensors"
+        files[name] = safetensors_file(shard)
+        weight_map.update({i.name: name for i in shard})
+    index = {"metadata": {"total_size": sum(i.length for i in items)}, "weight_map": dict(sorted(weight_map.items()))}
+    files[INDEX] = Content([(json.dumps(index, indent=2) + "\n").encode()])
+    return files
+
+
+def torch_zip(items: list[Item], archive: str = "archive") -> zipout.ZipBlob:
+    """A torch.save zip of a flat state dict (an OrderedDict of name to
+    tensor, one storage each), as `torch.load(weights_only=True)` reads it."""
+    state = PickledDict()
+    state.pickled = Call(Global("collections", "OrderedDict"), ())
+    for key, item in enumerate(items):
+        state[item.name] = new_tensor(str(key), item.dtype, item.shape, None)
+    pickle = pickle_writer.dumps(state)
+    records = [zipout.Record(f"{archive}/data.pkl", len(pickle), data=pickle),
+               zipout.Record(f"{archive}/byteorder", 6, data=b"little")]
+    records += [zipout.Record(f"{archive}/data/{key}", item.length, piece=Content(list(item.pieces)))
+                for key, item in enumerate(items)]
+    records.append(zipout.Record(f"{archive}/version", 2, data=b"3\n"))
+    return zipout.ZipBlob(records)
+
+
+def write_content(content: Content, output: Output) -> None:
+    """The bytes of `content`; ranges of plain files are copied by the kernel."""
+    for piece in content.pieces:
+        if isinstance(piece, bytes):
+            output.write(piece)
+        elif isinstance(piece, Extent):
+            output.copy(piece.source, piece.offset, piece.length)
+        else:
+            for pos in range(0, piece.length, COPY_BLOCK):
+                output.write(piece.read(pos, min(COPY_BLOCK, piece.length - pos)))

@@ -1,0 +1,174 @@
+"""`ckptfs export` and the `.ckptfs/export/` view: every format's tensors
+as safetensors, a Hugging Face folder or a torch.save file, compared with
+what torch, safetensors, the DCP loader and transformers read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+
+import ml_dtypes  # noqa: F401  (numpy then knows bfloat16 and float8)
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from .conftest import FIXTURES, run_ckptfs
+
+NEMO = FIXTURES / "nemo" / "tiny.nemo"
+LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
+DCP = FIXTURES / "dcp" / "fsdp2_2rank"
+HF = FIXTURES / "hf" / "bert_tiny_sharded"
+
+
+def _flat(obj, prefix="") -> dict[str, torch.Tensor]:
+    """The tensors of a nested state dict, by dotted name (as ckptfs names them)."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix[:-1]: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    out = {}
+    for key, value in items:
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+def _reference(path, tmp_path) -> dict[str, torch.Tensor]:
+    """What the format's own loader reads."""
+    if path.is_dir() and (path / ".metadata").exists():
+        dcp_to_torch_save(str(path), str(tmp_path / "dcp.pt"))
+        return _flat(torch.load(tmp_path / "dcp.pt", weights_only=False))
+    if path.is_dir():
+        return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
+    if path.suffix == ".nemo":
+        import tarfile
+
+        with tarfile.open(path) as tar:
+            tar.extract("./model_weights.ckpt", tmp_path, filter="data")
+        return _flat(torch.load(tmp_path / "model_weights.ckpt", weights_only=True))
+    return _flat(torch.load(path, weights_only=False))
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        bits = [t.contiguous().reshape(-1).view(torch.uint8) for t in (a[name], b[name])]
+        assert torch.equal(*bits), name
+
+
+def _export(*args) -> None:
+    done = run_ckptfs("export", *map(str, args))
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("source", [NEMO, LIGHTNING, DCP, FIXTURES / "dcp" / "fsdp2_2rank.ref.pt", HF],
+                         ids=lambda p: p.name)
+def test_every_format_exports_bit_exact_to_each_target(source, tmp_path, mount):
+    reference = _reference(source, tmp_path)
+    _export(source, tmp_path / "out.safetensors")
+    _equal(load_file(tmp_path / "out.safetensors"), reference)
+    _export(source, tmp_path / "out.pt", "--to", "torch")
+    _equal(torch.load(tmp_path / "out.pt", weights_only=True), reference)
+    _export(source, tmp_path / "hf", "--to", "hf", "--max-shard-size", "200B")
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in (tmp_path / "hf").glob("*.safetensors"))
+    assert sorted(set(index["weight_map"].values())) == shards and len(shards) > 1
+    loaded = {k: v for name in shards for k, v in load_file(tmp_path / "hf" / name).items()}
+    assert {k: index["weight_map"][k] for k in loaded} == {k: n for n in shards for k in load_file(tmp_path / "hf" / n)}
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in reference.values())
+    _equal(loaded, reference)
+    # the mount's view: the same bytes, readable where it lies
+    view = mount(source, "-o", "ro") / ".ckptfs" / "export"
+    assert (view / "model.safetensors").read_bytes() == (tmp_path / "out.safetensors").read_bytes()
+    with safe_open(view / "model.safetensors", "pt") as f:
+        _equal({k: f.get_tensor(k) for k in f.keys()}, reference)
+    assert [p.name for p in (view / "hf").iterdir()] == ["model.safetensors"]  # one shard of 5 GB
+
+
+def test_the_view_is_deterministic_and_follows_the_mount_not_the_edits(tmp_path, mount):
+    copy = tmp_path / "model.nemo"
+    shutil.copy(NEMO, copy)
+    first = hashlib.sha256((mount(copy, "-o", "ro") / ".ckptfs/export/model.safetensors").read_bytes()).hexdigest()
+    mnt = mount(copy)
+    weight = mnt / "model_weights.ckpt/norm/weight.npy"
+    array = np.load(weight)
+    np.save(weight, array + 1)
+    view = (mnt / ".ckptfs/export/model.safetensors").read_bytes()
+    assert hashlib.sha256(view).hexdigest() == first  # as mounted; the edit shows after the repack
+    done = run_ckptfs("umount", mnt)
+    assert done.returncode == 0, done.stderr
+    again = (mount(copy, "-o", "ro") / ".ckptfs/export/model.safetensors")
+    with safe_open(again, "np") as f:
+        assert np.array_equal(f.get_tensor("norm.weight"), array + 1)
+
+
+def test_names_selected_and_mapped(tmp_path):
+    out = tmp_path / "weights.safetensors"
+    _export(LIGHTNING, out, "--include", "state_dict.*", "--exclude", "*.bias", "--map", "state_dict.=")
+    reference = _flat(torch.load(LIGHTNING, weights_only=False)["state_dict"])
+    _equal(load_file(out), {k: v for k, v in reference.items() if not k.endswith(".bias")})
+
+
+def test_dtypes_and_what_safetensors_cannot_hold(tmp_path, mount):
+    tensors = {"f8": torch.randn(4, 3).to(torch.float8_e4m3fn), "b": torch.tensor([True, False]),
+               "i16": torch.arange(-5, 5, dtype=torch.int16), "u8": torch.arange(7, dtype=torch.uint8),
+               "bf": torch.randn(2, 3, 4).to(torch.bfloat16), "scalar": torch.tensor(2.5, dtype=torch.float64),
+               "strided": torch.arange(24.0).reshape(4, 6)[:, ::2], "empty": torch.zeros(0, 3),
+               "c128": torch.randn(3, dtype=torch.complex128)}
+    source = tmp_path / "mixed.pt"
+    torch.save(tensors, source)
+    done = run_ckptfs("export", str(source), str(tmp_path / "out.safetensors"))
+    assert done.returncode == 0
+    assert "ckptfs: left out c128: safetensors has no dtype complex128" in done.stderr
+    expected = {k: v for k, v in tensors.items() if k != "c128"}
+    _equal(load_file(tmp_path / "out.safetensors"), expected)
+    _export(source, tmp_path / "out.pt", "--to", "torch")
+    _equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
+    view = mount(source, "-o", "ro") / ".ckptfs/export"
+    assert "c128: safetensors has no dtype complex128" in (view / "left-out.txt").read_text()
+    assert (view / "model.safetensors").read_bytes() == (tmp_path / "out.safetensors").read_bytes()
+
+
+def test_from_pretrained_reads_the_export_and_the_mount(tmp_path, mount):
+    import transformers
+
+    original = transformers.BertModel.from_pretrained(HF)
+    _export(HF, tmp_path / "hf", "--to", "hf", "--max-shard-size", "40KB")
+    shutil.copy(HF / "config.json", tmp_path / "hf")
+    exported = transformers.BertModel.from_pretrained(tmp_path / "hf")
+    _equal(exported.state_dict(), original.state_dict())
+    # straight from a mount: the config beside, the weights in the mount's view
+    view = mount(HF, "-o", "ro") / ".ckptfs/export"
+    folder = tmp_path / "from_mount"
+    folder.mkdir()
+    shutil.copy(HF / "config.json", folder)
+    (folder / "model.safetensors").symlink_to(view / "model.safetensors")
+    _equal(transformers.BertModel.from_pretrained(folder).state_dict(), original.state_dict())
+
+
+def test_refusals_leave_nothing_behind(tmp_path):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"mine")
+    done = run_ckptfs("export", str(NEMO), str(out))
+    assert (done.returncode, done.stderr.strip()) == (1, f"ckptfs: {out}: exists; remove it first or give a new path")
+    assert out.read_bytes() == b"mine"
+    done = run_ckptfs("export", str(NEMO), str(tmp_path / "x.safetensors"), "--include", "nothing*")
+    assert done.returncode == 1 and "no tensors to export (see --include and --exclude)" in done.stderr
+    done = run_ckptfs("export", str(NEMO), str(tmp_path / "x"), "--to", "hf", "--max-shard-size", "lots")
+    assert done.returncode == 1 and "--max-shard-size 'lots'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+def test_the_view_is_readable_only_by_whom_every_source_file_is(tmp_path, mount):
+    folder = tmp_path / "hf"
+    shutil.copytree(HF, folder)
+    private = sorted(folder.glob("*.safetensors"))[0]
+    os.chmod(private, 0o640)
+    view = mount(folder, "-o", "ro") / ".ckptfs/export"
+    mode = stat.S_IMODE(os.stat(view / "model.safetensors").st_mode)
+    assert mode & 0o004 == 0 and mode & 0o440 == 0o440
