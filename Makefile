@@ -81,6 +81,7 @@ bench: test-deps
 	[ -x $(RATARMOUNT_VENV)/bin/ratarmount ] || { python3 -m venv $(RATARMOUNT_VENV) && $(RATARMOUNT_VENV)/bin/pip install --progress-bar on ratarmount; }
 	$(PY) bench/scale.py $(if $(QUICK),--quick) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount --plot docs/scale.png
 	$(PY) bench/run.py $(if $(QUICK),--gib 0.25) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount
+	$(PY) bench/tools.py $(if $(QUICK),--rounds 2)
 
 clean:
 	rm -rf $(VENV) $(RATARMOUNT_VENV) build *.egg-info

@@ -1,7 +1,7 @@
 """Writes the distributed checkpoints bench/run.py measures: spawned gloo
 ranks on CPU saving DTensors with torch.distributed.checkpoint.
 
-    python bench/dcp_writer.py OUT WORLD_SIZE KIND   (KIND: many | big)
+    python bench/dcp_writer.py OUT WORLD_SIZE KIND   (KIND: many | big | gib)
 """
 
 import os
@@ -19,6 +19,9 @@ def _state(kind: str, mesh) -> dict:
     if kind == "many":  # 1,000 row-sharded tensors
         full = {f"model.layers.{i // 10}.block{i % 10}.weight": torch.randn(64, 16, generator=gen) for i in range(1000)}
         return {name: distribute_tensor(t, mesh, [Shard(0)]) for name, t in full.items()}
+    if kind == "gib":  # 1 GiB in 8 tensors of 128 MiB, sharded by rows and by columns in turn
+        full = {f"model.layers.{i}.weight": torch.randn(1 << 15, 1024, generator=gen) for i in range(8)}
+        return {name: distribute_tensor(t, mesh, [Shard(i % 2)]) for i, (name, t) in enumerate(full.items())}
     rows = torch.randn(1 << 16, 1024, generator=gen)  # 256 MiB each
     cols = torch.randn(1 << 16, 1024, generator=gen)
     return {"rows": distribute_tensor(rows, mesh, [Shard(0)]), "cols": distribute_tensor(cols, mesh, [Shard(1)])}

@@ -234,11 +234,10 @@ def report_walks(counts, rounds, work, ratarmount, out) -> dict:
     return rows
 
 
-def report_sparse(work: Path, rounds: int, out) -> None:
-    """Mount + `find` of a 100 GB safetensors of 5,000 tensors (sparse: no data on disk)."""
-    path = work / "sparse.safetensors"
-    header, offset, each = {}, 0, 20_000_000  # 5,000 x 20 MB = 100 GB
-    for i, name in enumerate(sorted(moe_names(5000))):
+def sparse_safetensors(path: Path, count: int = 5000, each: int = 20_000_000) -> None:
+    """A safetensors of `count` float32 tensors of `each` bytes (5,000 x 20 MB = 100 GB) with no data on disk."""
+    header, offset = {}, 0
+    for name in sorted(moe_names(count)):
         header[name] = {"dtype": "F32", "shape": [each // 4], "data_offsets": [offset, offset + each]}
         offset += each
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -246,6 +245,12 @@ def report_sparse(work: Path, rounds: int, out) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         f.truncate(8 + len(text) + offset)
+
+
+def report_sparse(work: Path, rounds: int, out) -> None:
+    """Mount + `find` of a 100 GB safetensors of 5,000 tensors (sparse: no data on disk)."""
+    path = work / "sparse.safetensors"
+    sparse_safetensors(path)
     totals: dict[str, list[float]] = {"ro": [], "rw": []}
     for i in range(rounds):
         for how in totals:

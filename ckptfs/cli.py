@@ -532,7 +532,7 @@ def diff(args) -> int:
     from .api import open_checkpoint
 
     report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
-    print(json.dumps(report, indent=2) if args.json else compare.text(report))
+    print(json.dumps(compare.json_safe(report), indent=2) if args.json else compare.text(report))
     return 0 if report["same"] else 1
 
 

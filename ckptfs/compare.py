@@ -69,24 +69,44 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
     for start in range(0, x.size, CHUNK):
         a, b = np.ascontiguousarray(x[start:start + CHUNK]), np.ascontiguousarray(y[start:start + CHUNK])
         bits_a, bits_b = a.view(np.uint8).reshape(-1, size), b.view(np.uint8).reshape(-1, size)
-        differing += int((bits_a != bits_b).any(axis=1).sum())
+        unequal = (bits_a != bits_b).any(axis=1)
+        differing += int(unequal.sum())
         if numeric:
-            fa, fb = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64), b.astype(
-                np.complex128 if b.dtype.kind == "c" else np.float64)
-            delta = np.abs(fa - fb)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rel = np.where(delta == 0, 0.0, delta / np.maximum(np.abs(fa), np.abs(fb)))
-            max_abs = max(max_abs, float(np.max(delta, initial=0.0)))
-            max_rel = max(max_rel, float(np.max(rel, initial=0.0)))
-            dot += float(np.real(np.vdot(fa, fb)))
-            norm_x += float(np.real(np.vdot(fa, fa)))
-            norm_y += float(np.real(np.vdot(fb, fb)))
+            wide = np.complex128 if a.dtype.kind == "c" else np.float64
+            fa, fb = a.astype(wide), b.astype(wide)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                # over the elements whose bits differ: a NaN equal to itself is no difference
+                delta = np.abs(fa[unequal] - fb[unequal])
+                rel = np.where(delta == 0, 0.0, delta / np.maximum(np.abs(fa[unequal]), np.abs(fb[unequal])))
+                max_abs = _larger(max_abs, np.max(delta, initial=0.0))
+                max_rel = _larger(max_rel, np.max(rel, initial=0.0))
+                dot += float(np.real(np.vdot(fa, fb)))
+                norm_x += float(np.real(np.vdot(fa, fa)))
+                norm_y += float(np.real(np.vdot(fb, fb)))
     result: dict = {"elements": int(x.size), "differing": differing}
     if numeric:
         norms = math.sqrt(norm_x) * math.sqrt(norm_y)
         result.update(max_abs_diff=max_abs, max_rel_diff=max_rel,
                       cosine=1.0 if norms == 0 and norm_x == norm_y else dot / norms if norms else 0.0)
     return result
+
+
+def _larger(known: float, found) -> float:
+    """The larger of two measures, NaN (a difference that has no size) winning."""
+    found = float(found)
+    return found if math.isnan(found) or found > known else known
+
+
+def json_safe(value):
+    """The report with NaN and infinities as the strings "nan", "inf",
+    "-inf": JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _configs(a: Checkpoint, b: Checkpoint) -> str:

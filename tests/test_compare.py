@@ -59,11 +59,13 @@ def test_diff_names_the_tensor_that_differs(mount, tmp_path):
     a, b = _copies(tmp_path, _safetensors)
     save_file({"enc.w": np.arange(12, dtype=np.float32).reshape(3, 4), "enc.b": np.zeros(4, dtype=np.float32)}, str(b))
     mnt_a, mnt_b = mount(a, "-o", "ro"), mount(b, "-o", "ro")
-    done = _diff(mnt_a, mnt_b, "-q", "-x", "raw")
+    done = _diff(mnt_a, mnt_b, "-q", "-x", "raw", "-x", "export")
     assert done.returncode == 1
     assert done.stdout == f"Files {mnt_a}/enc/b.npy and {mnt_b}/enc/b.npy differ\n"
-    done = _diff(mnt_a, mnt_b, "-q")  # and the source file itself, in the raw mirror
+    done = _diff(mnt_a, mnt_b, "-q")  # and the source file itself, in the raw mirror, and the export view
     assert sorted(done.stdout.splitlines()) == [
+        f"Files {mnt_a}/.ckptfs/export/hf/model.safetensors and {mnt_b}/.ckptfs/export/hf/model.safetensors differ",
+        f"Files {mnt_a}/.ckptfs/export/model.safetensors and {mnt_b}/.ckptfs/export/model.safetensors differ",
         f"Files {mnt_a}/.ckptfs/raw/model.safetensors and {mnt_b}/.ckptfs/raw/model.safetensors differ",
         f"Files {mnt_a}/enc/b.npy and {mnt_b}/enc/b.npy differ",
     ]

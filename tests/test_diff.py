@@ -118,3 +118,18 @@ def test_without_ml_dtypes_bfloat16_is_compared_bit_for_bit(tmp_path):
                            str(tmp_path / "b.safetensors")], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["differing"] == {"h": {"elements": 40, "differing": 1}}
+
+
+def test_nan_and_infinity_are_measured_and_written_as_json_can_hold(tmp_path):
+    x = np.array([1.0, np.nan, 3.0, 4.0], np.float32)
+    y = np.array([1.0, np.nan, np.inf, 4.0], np.float32)  # the same NaN on both sides is no difference
+    save_file({"same_nan": x, "to_inf": x}, str(tmp_path / "a.safetensors"))
+    save_file({"same_nan": x.copy(), "to_inf": y}, str(tmp_path / "b.safetensors"))
+    done = run_ckptfs("diff", "--json", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"))
+    assert done.returncode == 1
+    assert "NaN" not in done.stdout and "Infinity" not in done.stdout
+    report = json.loads(done.stdout)
+    assert report["equal"] == 1 and list(report["differing"]) == ["to_inf"]
+    assert report["differing"]["to_inf"]["differing"] == 1
+    assert report["differing"]["to_inf"]["max_abs_diff"] == "inf"
+    assert report["differing"]["to_inf"]["cosine"] == "nan"
