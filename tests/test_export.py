@@ -172,3 +172,19 @@ def test_the_view_is_readable_only_by_whom_every_source_file_is(tmp_path, mount)
     view = mount(folder, "-o", "ro") / ".ckptfs/export"
     mode = stat.S_IMODE(os.stat(view / "model.safetensors").st_mode)
     assert mode & 0o004 == 0 and mode & 0o440 == 0o440
+
+
+def test_a_file_edited_before_the_view_is_laid_out_is_left_out_with_a_reason():
+    """A resumed mount (`mount --resume`) starts with edits in its tree:
+    their bytes exist only in the overlay until the repack writes them."""
+    from ckptfs.formats import default_cache_dir, open_checkpoint
+    from ckptfs.write.export import select
+    from ckptfs.write.overlay import EditedContent
+
+    ckpt = open_checkpoint(str(NEMO), default_cache_dir())
+    before = select(ckpt)
+    node = ckpt.root.children["model_weights.ckpt"].children["norm"].children["weight.npy"]
+    node.content = EditedContent.__new__(EditedContent)
+    after = select(ckpt)
+    assert [i.name for i in after.items] == [i.name for i in before.items if i.name != "norm.weight"]
+    assert after.left_out == ["norm.weight: edited in this mount; exported as it is once the edits are written"]

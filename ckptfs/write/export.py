@@ -80,7 +80,10 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=()) -> Selection:
             continue
         node, access = _find(ckpt.root, placed.path)
         nbytes = tensor.dtype.nbytes(tensor.numel)
-        pieces = node.content.pieces if isinstance(node, File) else []
+        pieces = getattr(node.content, "pieces", None) if isinstance(node, File) else None
+        if pieces is None and isinstance(node, File):  # a resumed mount's edit: written only by the repack
+            left_out.append(f"{name}: edited in this mount; exported as it is once the edits are written")
+            continue
         if not pieces or not isinstance(pieces[0], bytes) or sum(map(len_of, pieces[1:])) != nbytes:
             left_out.append(f"{name}: its file at {placed.path} does not hold its {nbytes} bytes")
             continue
