@@ -26,7 +26,7 @@ import pyfuse3
 import trio
 
 from ..errors import CkptfsError
-from ..tree.nodes import Access, Content, Dir, File, Node, Symlink
+from ..tree.nodes import Access, Content, Dir, File, LazyDir, Node, Symlink
 from ..write.editable import EditableTree, describe_tensor
 from ..write.overlay import EditedContent
 
@@ -255,12 +255,14 @@ class Operations(pyfuse3.Operations):
 
     @functools.cached_property
     def totals(self) -> tuple[int, int]:
-        """(bytes of all files, number of nodes), for statfs."""
+        """(bytes of all files, number of nodes), for statfs. Folders made
+        on first use (a shard's chunks, the export view) count once made:
+        `df` must not make them."""
         size, count, pending = 0, 1, [self.root]
         while pending:
             for child in pending.pop().children.values():
                 count += 1
-                if isinstance(child, Dir):
+                if isinstance(child, Dir) and not (isinstance(child, LazyDir) and not child.filled):
                     pending.append(child)
                 elif isinstance(child, File):
                     size += child.content.size

@@ -216,5 +216,9 @@ class LazyDir(Dir):
     def children(self, value: dict[str, Node]) -> None:
         self._children = value
 
+    @property
+    def filled(self) -> bool:
+        return self._fill is None
+
     def subdir_count(self) -> int:
         return self._subdirs if self._fill is not None else super().subdir_count()
