@@ -22,6 +22,7 @@ import numpy as np
 
 from .api import CONFIG_FILES, Checkpoint, TensorInfo
 from .tree.nodes import File
+from .write.export import rename_prefix
 
 try:  # where installed, NumPy then knows bfloat16 and float8, to measure them
     import ml_dtypes  # noqa: F401
@@ -30,13 +31,6 @@ except ImportError:
 
 #: elements compared at a time
 CHUNK = 1 << 20
-
-
-def _rename(name: str, maps: list[tuple[str, str]]) -> str:
-    for old, new in maps:
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
 
 
 def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
@@ -125,7 +119,7 @@ def _configs(a: Checkpoint, b: Checkpoint) -> str:
 def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), include: list[str] = (),
             exclude: list[str] = ()) -> dict:
     """The report of `ckptfs diff --json` (docs/cli.md)."""
-    left = {_rename(t.name, list(maps)): t for t in a.tensors()}
+    left = {rename_prefix(t.name, list(maps)): t for t in a.tensors()}
     right = {t.name: t for t in b.tensors()}
     left = {n: t for n, t in left.items() if _selected(n, list(include), list(exclude))}
     right = {n: t for n, t in right.items() if _selected(n, list(include), list(exclude))}

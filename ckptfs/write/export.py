@@ -71,7 +71,7 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=()) -> Selection:
             continue
         if any(fnmatch.fnmatchcase(tensor.name, g) for g in exclude):
             continue
-        name = _renamed(tensor.name, maps)
+        name = rename_prefix(tensor.name, maps)
         if tensor.dtype.safetensors is None:
             left_out.append(f"{name}: safetensors has no dtype {tensor.dtype.name}")
             continue
@@ -93,7 +93,8 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=()) -> Selection:
     return Selection([items[name] for name in sorted(items)], left_out, access)
 
 
-def _renamed(name: str, maps) -> str:
+def rename_prefix(name: str, maps) -> str:
+    """`name` with the first matching OLD prefix of `maps` ((OLD, NEW) pairs) replaced by its NEW."""
     for old, new in maps:
         if name.startswith(old):
             return new + name[len(old):]
