@@ -37,7 +37,11 @@ show tar tvf "$work/copy.nemo"
 
 show "$ckptfs" mount -o ro "$here/nemo/tiny.nemo" "$mnt"
 show "$ckptfs" mount -o ro "$work/copy.nemo" "$edited"
-printf '\n$ diff -r -x raw %s %s   # what the edit changed\n' "$mnt" "$edited"
-diff -r -x raw "$mnt" "$edited" || true
+printf '\n$ diff -r -x raw -x export %s %s   # what the edit changed\n' "$mnt" "$edited"
+diff -r -x raw -x export "$mnt" "$edited" || true
 show "$ckptfs" umount "$mnt"
 show "$ckptfs" umount "$edited"
+
+# without FUSE: is it safe to torch.load, and one consolidated file from FSDP2's shards
+show "$ckptfs" scan "$here/lightning/tiny.ckpt"
+show "$ckptfs" export "$here/dcp/fsdp2_2rank" "$work/consolidated.safetensors"
