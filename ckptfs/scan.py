@@ -164,7 +164,7 @@ class _Scanner:
         self.members(stream, members, location, 0)
 
     # -- one file's bytes
-    def blob(self, source: Source, location: str, depth: int, sniffed_only: bool = False) -> None:
+    def blob(self, source: Source, location: str, depth: int) -> None:
         """Whatever `source` holds, found by its first bytes (and, for
         pickles of protocols 0 and 1, which start with no marker, its name)."""
         try:
@@ -187,7 +187,7 @@ class _Scanner:
             self.pickles(source, location, count=5)  # magic, protocol, system info, the object, storage keys
         elif len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
             self.pickles(source, location)
-        elif head and not sniffed_only and location.lower().endswith(_PICKLE_SUFFIXES):
+        elif head and location.lower().endswith(_PICKLE_SUFFIXES):
             self.pickles(source, location, quiet=True)
 
     def members(self, stream: Source, members: list[tar.Member], location: str, depth: int) -> None:
@@ -227,7 +227,7 @@ class _Scanner:
                 elif lower.startswith(storages) and "/" not in lower[len(storages):]:
                     continue
                 elif info.compress_type == zipfile.ZIP_STORED:
-                    self.blob(_record_data(source, info, inner), inner, depth + 1, sniffed_only=True)
+                    self.blob(_record_data(source, info, inner), inner, depth + 1)
                 else:
                     with archive.open(info) as record:
                         head = record.read(2)

@@ -165,8 +165,10 @@ def test_nested_and_compressed_containers(tmp_path):
     with zipfile.ZipFile(outer, "w") as z:
         z.writestr("a/notes.pickle", pickle.dumps(Payload("x"), protocol=4), compress_type=zipfile.ZIP_DEFLATED)
         z.writestr("a/inner.pt", evil.getvalue(), compress_type=zipfile.ZIP_STORED)
+        z.writestr("a/old.pt", pickle.dumps(Payload("x"), protocol=0), compress_type=zipfile.ZIP_STORED)
     assert _dangerous(scan(str(outer))) == {("posix.system", "outer.zip:a/notes.pickle"),
-                                            ("posix.system", "outer.zip:a/inner.pt:archive/data.pkl")}
+                                            ("posix.system", "outer.zip:a/inner.pt:archive/data.pkl"),
+                                            ("posix.system", "outer.zip:a/old.pt")}
 
 
 def test_attribute_chains_and_python2_names():
