@@ -40,6 +40,8 @@ MAX_DEPTH = 8
 #: file names whose bytes `torch.load` or `pickle.load` is run on, though they may not start with PROTO
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".metadata")
 _PROTO = 0x80
+#: bytes of a file read for its pickles at first; more only for a pickle that runs past them
+FIRST_READ = 1 << 20
 
 
 @dataclass
@@ -241,7 +243,8 @@ class _Scanner:
         """A zip record read as `torch.load` reads `data.pkl`: one pickle."""
         with archive.open(info) as record:
             data = record.read(LIMITS.pickle_bytes)
-        self.record(audit(data, 0), location, info.file_size > len(data))
+        result = audit(data, 0)
+        self.record(result, location, truncated=result.ran_out and info.file_size > len(data))
 
     def distributed(self, files: dict[str, Source], name: str, prefix: str, depth: int) -> None:
         """The byte items and chunks of a distributed checkpoint: each a
@@ -265,25 +268,24 @@ class _Scanner:
     # -- pickles
     def pickles(self, source: Source, location: str, count: int | None = None, quiet: bool = False) -> None:
         """Pickles back to back from the start of `source`: `count` of them,
-        or as many as follow one another."""
-        data = source.pread(0, min(source.size, LIMITS.pickle_bytes))
-        truncated = source.size > len(data)
-        start, n = 0, 0
-        while start < len(data) and (count is None or n < count):
-            if n and count is None and data[start] != _PROTO:
-                break
-            result = audit(data, start)
-            if quiet and n == 0 and not result.whole and not result.globals:
-                return  # not a pickle: pickle.load would stop before importing anything
+        or as many as follow one another. The first MiB is read first, and
+        more (up to the bound) only if a pickle runs past it."""
+        cap = min(source.size, LIMITS.pickle_bytes)
+        data = source.pread(0, min(cap, FIRST_READ))
+        audits = _back_to_back(data, count)
+        if audits and audits[-1].ran_out and len(data) < cap:
+            data = source.pread(0, cap)
+            audits = _back_to_back(data, count)
+        if quiet and audits and not audits[0].whole and not audits[0].globals:
+            return  # not a pickle: pickle.load would stop before importing anything
+        for n, result in enumerate(audits):
             label = location if n == 0 else f"{location} (pickle {n + 1})"
-            self.record(result, label, truncated)
-            if not result.whole:
-                break
-            start, n = result.end, n + 1
+            self.record(result, label, truncated=result.ran_out and source.size > len(data))
 
     def record(self, result: Audit, location: str, truncated: bool) -> None:
+        """`truncated`: the pickle runs past the bytes that were read."""
         unseen = result.unseen
-        if not result.whole and truncated:
+        if truncated:
             unseen = unseen or (f"larger than the {LIMITS.pickle_bytes} bytes read (-o max_pickle_bytes raises "
                                 "the limit)")
         self.report.pickles.append({"location": location, "globals": [g.path for g in result.globals],
@@ -296,6 +298,22 @@ class _Scanner:
             self.report.found.append(Found(g, location, verdict))
         if unseen:
             self.report.problems.append(f"{location}: not scanned to its end: {unseen}")
+
+
+def _back_to_back(data: bytes, count: int | None) -> list[Audit]:
+    """The audits of the pickles from the start of `data`: `count` of them,
+    or while another starts (with PROTO) where one ends; up to the first
+    that is not whole."""
+    audits: list[Audit] = []
+    start = 0
+    while start < len(data) and (count is None or len(audits) < count):
+        if audits and count is None and data[start] != _PROTO:
+            break
+        audits.append(audit(data, start))
+        if not audits[-1].whole:
+            break
+        start = audits[-1].end
+    return audits
 
 
 def _record_data(source: Source, info: zipfile.ZipInfo, location: str) -> Source:

@@ -243,3 +243,20 @@ def test_allow_limits_and_trouble(tmp_path):
     torn.write_bytes(custom.read_bytes()[:-200])
     done = run_ckptfs("scan", str(torn))
     assert done.returncode == 2 and "cannot scan: torn.pt: not a readable zip archive" in done.stdout
+
+
+def test_a_large_file_is_read_only_as_far_as_its_pickles_go(tmp_path):
+    """A big file named like a pickle but holding none costs a first read,
+    not the 256 MiB bound; a pickle longer than the first read is read on."""
+    raw = tmp_path / "vectors.bin"
+    with open(raw, "wb") as f:
+        f.write(b"\x00" * 4096)
+        f.truncate(1 << 30)  # sparse: 1 GiB that no pickle parser could want
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert scan(str(raw)).verdict == "safe"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: well under the bound
+    big = tmp_path / "big.pkl"
+    big.write_bytes(pickle.dumps([bytes(3 << 20), Payload("x")], protocol=2))
+    assert _dangerous(scan(str(big))) == {("posix.system", "big.pkl")}

@@ -37,6 +37,8 @@ class Audit:
     end: int = 0
     #: False if the pickle breaks off or goes wrong before its STOP (`pickle.load` raises at `end`)
     whole: bool = True
+    #: True if the data ended before the pickle did (more of it may lie beyond what was read)
+    ran_out: bool = False
     #: why part of it went unaudited (a limit), if it did: the audit is then not a verdict
     unseen: str | None = None
     #: why the interpreter stopped early, if it did (the globals then come from the opcodes)
@@ -99,7 +101,9 @@ def _opcode_globals(data: bytes, start: int) -> Audit:
             elif name not in _NO_PUSH:
                 recent = [recent[1], None]
         result.end = pos
-    except ValueError:  # genops: an opcode it cannot parse, or the data ends first
+    except ValueError as e:  # genops: an opcode it cannot parse, or the data ends first
         result.end = pos
+        # pickletools' words for data that ends too soon (an unknown opcode or a negative count is no such end)
+        result.ran_out = any(words in str(e) for words in ("exhausted", "remain", "not enough data", "no newline"))
     result.whole = False
     return result
