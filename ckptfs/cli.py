@@ -268,8 +268,24 @@ def _mount_helper_argv(argv: list[str]) -> list[str] | None:
     return out
 
 
+def _raise_open_files_limit() -> None:
+    """A distributed checkpoint of 2,048 ranks is 2,048 files held open; the
+    usual soft limit is 1,024. Raise it to the hard limit (to 2^20 where
+    that is unlimited, the kernel's usual ceiling)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # the limit stays; a checkpoint of more files than it says nothing here can change
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _raise_open_files_limit()
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         if not _is_mount_form(argv):
             print(f"ckptfs: unknown command {argv[0]!r} (commands: {', '.join(SUBCOMMANDS)}; "

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 
 from ckptfs.tree import names
 
-from .conftest import daemon_pid, is_mounted
+from .conftest import CKPTFS, TIMEOUT, daemon_pid, is_mounted
 
 COUNT = 100_000
 #: the daemon's resident memory after a walk of every entry: measured
@@ -73,3 +73,35 @@ def test_100k_tensors_list_whole_and_read_right_in_bounded_memory(checkpoint, mo
     tsv = (mnt / ".ckptfs" / "tensors.tsv").read_text().splitlines()
     assert sorted(row.split("\t")[1] for row in tsv[1:]) == tensor_names
     assert is_mounted(mnt)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_more_shard_files_than_the_usual_open_files_limit(tmp_path, mnt):
+    """1,100 `.distcp` files (a save of one file per item; 2,048 ranks write
+    as many) held open under the usual soft limit of 1,024 open files."""
+    import resource
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    source = tmp_path / "many"
+    dcp.save({f"w{i}": torch.full((2,), float(i)) for i in range(1100)},
+             storage_writer=dcp.FileSystemWriter(str(source), single_file_per_rank=False), no_dist=True)
+    assert len(list(source.glob("*.distcp"))) == 1100
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.fail(f"the hard limit of open files here is {hard}; the test needs room above 1,100")
+
+    def ckptfs(*args):
+        return subprocess.run([*CKPTFS, *map(str, args)], capture_output=True, text=True, timeout=TIMEOUT,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+
+    info = ckptfs("info", "--json", source)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["tensors"] == 1100
+    scanned = ckptfs("scan", source)
+    assert scanned.returncode == 0, scanned.stdout + scanned.stderr
+    mounted = ckptfs("mount", "-o", "ro", source, mnt)
+    assert mounted.returncode == 0, mounted.stderr
+    assert np.load(mnt / "w1099.npy").tolist() == [1099.0, 1099.0]
+    assert ckptfs("umount", mnt).returncode == 0

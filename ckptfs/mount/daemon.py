@@ -200,9 +200,11 @@ def _wait_message(fd: int, timeout: float) -> str | None:
     """The daemon's one-line message: '' if it exited without one, None on timeout."""
     deadline = time.monotonic() + timeout
     data = b""
+    poller = select.poll()  # not select(): the fd may be above 1,024 once a checkpoint's files are open
+    poller.register(fd, select.POLLIN)
     while not data.endswith(b"\n"):
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        if remaining <= 0 or not poller.poll(remaining * 1000):
             return None
         chunk = os.read(fd, 4096)
         if not chunk:
