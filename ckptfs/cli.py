@@ -280,7 +280,7 @@ def _raise_open_files_limit() -> None:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
-            pass  # the limit stays; a checkpoint of more files than it says nothing here can change
+            pass  # the limit stays as it was (troubleshooting.md: "Too many open files")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,10 +543,9 @@ def cat(args) -> int:
 def diff(args) -> int:
     """Exit status as diff(1): 0 the same, 1 different, 2 trouble."""
     from . import compare
-
-    maps = _prefix_maps(args.map)
     from .api import open_checkpoint
 
+    maps = _prefix_maps(args.map)
     report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
     print(json.dumps(compare.json_safe(report), indent=2) if args.json else compare.text(report))
     return 0 if report["same"] else 1
