@@ -213,7 +213,7 @@ class _Scanner:
     def zip(self, source: Source, location: str, depth: int) -> None:
         try:
             archive = zipfile.ZipFile(SeekableReader(source))
-            records = [info for info in archive.infolist() if not info.is_dir()]
+            records = [info for info in archive.infolist() if not info.filename.endswith("/")]  # is_dir() fails on ''
         except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError, OSError) as e:
             self.report.problems.append(f"{location}: not a readable zip archive ({e})")
             return
@@ -229,7 +229,8 @@ class _Scanner:
                 elif lower.startswith(storages) and "/" not in lower[len(storages):]:
                     continue
                 elif info.compress_type == zipfile.ZIP_STORED:
-                    self.blob(_record_data(source, info, inner), inner, depth + 1)
+                    extent = torchzip.record_extent(source, info, inner)
+                    self.blob(source.slice(extent.offset, extent.length), inner, depth + 1)
                 else:
                     with archive.open(info) as record:
                         head = record.read(2)
@@ -314,17 +315,6 @@ def _back_to_back(data: bytes, count: int | None) -> list[Audit]:
             break
         start = audits[-1].end
     return audits
-
-
-def _record_data(source: Source, info: zipfile.ZipInfo, location: str) -> Source:
-    header = source.read_exact(info.header_offset, torchzip.LOCAL_HEADER.size)
-    fields = torchzip.LOCAL_HEADER.unpack(header)
-    if fields[0] != torchzip.ZIP_MAGIC:
-        raise FormatError(location, f"no local header at offset {info.header_offset}")
-    start = info.header_offset + torchzip.LOCAL_HEADER.size + fields[9] + fields[10]
-    if start + info.compress_size > source.size:
-        raise FormatError(location, "runs past the end of the archive (truncated?)")
-    return source.slice(start, info.compress_size)
 
 
 def text(report: Report, verbose: bool = False) -> str:

@@ -155,15 +155,20 @@ class TorchZip(PickledCheckpoint):
         return [name[len(storages) :] for name in self.records if name.startswith(storages)]
 
     def record_data(self, info: zipfile.ZipInfo) -> Extent:
-        """The stored (maybe compressed) bytes of a record."""
-        header = self.source.read_exact(info.header_offset, LOCAL_HEADER.size)
-        fields = LOCAL_HEADER.unpack(header)
-        if fields[0] != ZIP_MAGIC:
-            raise FormatError(self.name, f"{info.filename}: no local header at offset {info.header_offset}")
-        start = info.header_offset + LOCAL_HEADER.size + fields[9] + fields[10]
-        if start + info.compress_size > self.source.size:
-            raise FormatError(self.name, f"{info.filename} runs past the end of the archive (truncated?)")
-        return Extent(self.source, start, info.compress_size)
+        return record_extent(self.source, info, self.name)
+
+
+def record_extent(source: Source, info: zipfile.ZipInfo, name: str) -> Extent:
+    """The stored (maybe compressed) bytes of a zip record, located through
+    its local header; FormatError naming `name` if they are not there."""
+    header = source.read_exact(info.header_offset, LOCAL_HEADER.size)
+    fields = LOCAL_HEADER.unpack(header)
+    if fields[0] != ZIP_MAGIC:
+        raise FormatError(name, f"{info.filename}: no local header at offset {info.header_offset}")
+    start = info.header_offset + LOCAL_HEADER.size + fields[9] + fields[10]
+    if start + info.compress_size > source.size:
+        raise FormatError(name, f"{info.filename} runs past the end of the archive (truncated?)")
+    return Extent(source, start, info.compress_size)
 
 
 def find_record(records: dict[str, zipfile.ZipInfo], name: str) -> str | None:
