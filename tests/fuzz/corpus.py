@@ -49,6 +49,18 @@ def _yaml() -> list[bytes]:
     return [text, b"model: {hidden: 32, layers: [1, 2]}\nname: other\n", b"a: &x [1, 2]\nb: *x\n"]
 
 
+def _npz() -> list[bytes]:
+    """Archives as numpy.savez and savez_compressed write them."""
+    import numpy as np
+
+    out = []
+    for save in (np.savez, np.savez_compressed):
+        buffer = io.BytesIO()
+        save(buffer, w=np.arange(12, dtype=np.float32).reshape(3, 4), ids=np.arange(5), names=np.array(["a"]))
+        out.append(buffer.getvalue())
+    return out
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -58,6 +70,7 @@ def seeds(target: str) -> list[bytes]:
         "tar_reader": lambda: [nemo],
         "gzip_index": lambda: [gzip.compress(nemo, mtime=0)],
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
+        "npz_reader": _npz,
         "inert_pickle": _pickles,
         "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
         "npy_header": _npy_headers,

@@ -1,0 +1,149 @@
+"""NumPy `.npz` archives (numpy.savez and savez_compressed): read through a
+real mount equal to np.load, random reads of deflated records, edits
+repacked into an archive np.load reads, bad archives refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import zipfile
+
+import numpy as np
+import pytest
+
+from ckptfs.sources.base import FileSource
+from ckptfs.sources.deflate import DeflateSource
+
+from .conftest import run_ckptfs, sha256, write_refused
+
+ARRAYS = {
+    "weight": np.random.default_rng(0).standard_normal((257, 129)).astype(np.float32),
+    "ids": np.arange(-5, 40, dtype=np.int64),
+    "half": np.linspace(0, 1, 7, dtype=np.float16),
+    "mask": np.array([True, False, True]),
+    "scalar": np.float64(2.5),
+    "layers/0/bias": np.zeros(11, np.float32),
+    "names": np.array(["a", "bcd"]),  # an array that is no tensor: served as it is
+}
+
+
+@pytest.fixture(params=["savez", "savez_compressed"])
+def archive(request, tmp_path):
+    path = tmp_path / f"{request.param}.npz"
+    getattr(np, request.param)(path, **ARRAYS)
+    return path
+
+
+def test_every_array_reads_as_np_load_reads_it(archive, mount):
+    mnt = mount(archive, "-o", "ro")
+    reference = np.load(archive)
+    assert sorted(reference.files) == sorted(ARRAYS)
+    with zipfile.ZipFile(archive) as z:
+        for key in reference.files:
+            served = mnt / f"{key}.npy"
+            assert served.read_bytes() == z.read(f"{key}.npy")  # the record itself, byte for byte
+            got = np.load(served)
+            assert got.dtype == reference[key].dtype and np.array_equal(got, reference[key]), key
+    mapped = np.load(mnt / "weight.npy", mmap_mode="r")
+    assert np.array_equal(mapped[100:103], ARRAYS["weight"][100:103])
+    del mapped
+    info = json.loads(run_ckptfs("info", "--json", str(archive)).stdout)
+    assert info["format"] == "numpy .npz" and info["tensors"] == len(ARRAYS) - 1  # the strings are no tensor
+    assert info["parameters"] == sum(np.asarray(a).size for k, a in ARRAYS.items() if k != "names")
+
+
+def test_a_deflated_record_reads_from_anywhere(tmp_path):
+    data = np.random.default_rng(1).integers(0, 4, 3 << 20, dtype=np.uint8).tobytes() + bytes(5 << 20)
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("big.npy", data)
+    with zipfile.ZipFile(path) as z:
+        info = z.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    source = DeflateSource(FileSource(str(path)).slice(start, info.compress_size), len(data), "big")
+    rng = random.Random(0)
+    for _ in range(200):
+        offset, length = rng.randrange(len(data)), rng.randrange(1, 400_000)
+        assert source.pread(offset, length) == data[offset:offset + length]
+    assert b"".join(source.pread(o, 131072) for o in range(0, len(data), 131072)) == data
+    assert len(source._points) <= len(data) // DeflateSource.SPACING + 1
+    broken = DeflateSource(FileSource(str(path)).slice(start, 1000), len(data), "big")
+    with pytest.raises(Exception, match="deflate stream ends"):
+        broken.pread(0, len(data))
+
+
+def test_edits_repack_into_an_archive_np_load_reads(archive, mount):
+    mnt = mount(archive)
+    np.save(mnt / "ids.npy", np.arange(3) * 7)
+    os.remove(mnt / "names.npy")
+    np.save(mnt / "layers" / "0" / "extra.npy", np.ones((2, 2), np.int16))
+    done = run_ckptfs("umount", str(mnt))
+    assert done.returncode == 0, done.stderr
+    result = np.load(archive)
+    assert sorted(result.files) == sorted([k for k in ARRAYS if k != "names"] + ["layers/0/extra"])
+    assert result["ids"].tolist() == [0, 7, 14]
+    assert result["layers/0/extra"].tolist() == [[1, 1], [1, 1]]
+    for key in ("weight", "half", "mask", "scalar", "layers/0/bias"):
+        assert np.array_equal(result[key], ARRAYS[key]), key
+    with zipfile.ZipFile(archive) as z:
+        methods = {i.filename: i.compress_type for i in z.infolist()}
+        assert z.testzip() is None  # every CRC right
+    compressed = "compressed" in archive.name
+    assert methods["weight.npy"] == (zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED)  # kept as it was
+    assert methods["ids.npy"] == zipfile.ZIP_STORED  # written anew: stored
+
+
+def test_a_file_that_is_no_npy_is_refused_when_closed(archive, mount):
+    before = sha256(archive)
+    mnt = mount(archive, log_errors_expected=True)
+    write_refused(mnt / "ids.npy", b"not an array")
+    assert "not an NPY file" in os.getxattr(mnt / "ids.npy", "user.ckptfs.problem").decode()
+    os.remove(mnt / "ids.npy")  # dropping the bad edit lets the rest be written
+    assert run_ckptfs("umount", str(mnt)).returncode == 0
+    assert sha256(archive) != before and "ids" not in np.load(archive).files
+
+
+def test_bad_archives(tmp_path, mount):
+    good = tmp_path / "good.npz"
+    np.savez(good, a=np.arange(4), b=np.ones(3))
+    torn = tmp_path / "torn.npz"
+    torn.write_bytes(good.read_bytes()[:-30])
+    done = run_ckptfs("info", str(torn))
+    assert done.returncode == 1 and done.stderr.startswith(f"ckptfs: {torn}: not a readable zip archive")
+    # one record deflated with a corrupt stream: its file fails, the rest reads
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("a.npy", _npy(np.arange(1000)), zipfile.ZIP_DEFLATED)
+        z.writestr("b.npy", _npy(np.ones(3)))
+    raw = bytearray(bad.read_bytes())
+    with zipfile.ZipFile(bad) as z:
+        info = z.getinfo("a.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + 40: start + 60] = b"\xff" * 20
+    bad.write_bytes(bytes(raw))
+    mnt = mount(bad, "-o", "ro", log_errors_expected=True)
+    assert np.array_equal(np.load(mnt / "b.npy"), np.ones(3))
+    with pytest.raises(OSError):
+        (mnt / "a.npy").read_bytes()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def test_export_and_scan_of_an_npz(archive, tmp_path):
+    from safetensors.numpy import load_file
+
+    done = run_ckptfs("export", str(archive), str(tmp_path / "out.safetensors"))
+    assert done.returncode == 0, done.stderr
+    exported = load_file(str(tmp_path / "out.safetensors"))
+    assert sorted(exported) == sorted(k for k in ARRAYS if k != "names")
+    for key, array in exported.items():
+        assert np.array_equal(array, ARRAYS[key]) and array.dtype == np.asarray(ARRAYS[key]).dtype
+    scanned = run_ckptfs("scan", str(archive))
+    assert scanned.returncode == 0 and "safe: no pickles" in scanned.stdout
