@@ -20,7 +20,7 @@ SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "inf
 UMOUNT_TIMEOUT = 600.0
 FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
            ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
-           "(FSDP, DTensor, Megatron) and folders of them (NeMo 2), NumPy .npz archives")
+           "(FSDP, DTensor, Megatron) and folders of them (NeMo 2), NumPy .npz archives, GGUF (read-only)")
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):

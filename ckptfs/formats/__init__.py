@@ -10,7 +10,7 @@ from ..errors import FormatError
 from ..sources.base import FileSource
 from ..sources.directory import LocalDirectory
 from ..tree.checkpoint import Checkpoint
-from . import dcp, folder, gzindex, hf, npz, safetensors, tar, torchlegacy, torchzip
+from . import dcp, folder, gguf, gzindex, hf, npz, safetensors, tar, torchlegacy, torchzip
 from .base import SNIFF_BYTES, DirectoryFormat, FileFormat
 
 #: single-file formats, tried in this order on the first SNIFF_BYTES bytes
@@ -18,6 +18,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     gzindex.FORMAT,
     tar.FORMAT,
     safetensors.FORMAT,
+    gguf.FORMAT,
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,

@@ -61,6 +61,32 @@ def _npz() -> list[bytes]:
     return out
 
 
+def _gguf() -> list[bytes]:
+    """A file as the gguf package's GGUFWriter writes one: every value type, a plain and a quantized tensor."""
+    import tempfile
+
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, quants
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "seed.gguf"
+        w = GGUFWriter(str(path), "llama")
+        w.add_uint32("n", 7)
+        w.add_float32("eps", 1e-5)
+        w.add_string("name", "seed")
+        w.add_bool("flag", False)
+        w.add_array("tokens", ["a", "b"])
+        w.add_array("scores", [1.5, 2.5])
+        w.add_tensor("w", np.arange(64, dtype=np.float32).reshape(2, 32))
+        q = quants.quantize(np.ones((1, 32), np.float32), GGMLQuantizationType.Q8_0)
+        w.add_tensor("q", q, raw_shape=q.shape, raw_dtype=GGMLQuantizationType.Q8_0)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return [path.read_bytes()]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -71,6 +97,7 @@ def seeds(target: str) -> list[bytes]:
         "gzip_index": lambda: [gzip.compress(nemo, mtime=0)],
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
+        "gguf_header": _gguf,
         "inert_pickle": _pickles,
         "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
         "npy_header": _npy_headers,
