@@ -28,6 +28,21 @@ PLAIN = {
     "blk.0.long": np.arange(4, dtype=np.int64),
 }
 QUANTIZED = {"blk.1.ffn_up.weight": T.Q8_0, "blk.1.ffn_down.weight": T.Q4_0}
+#: K-quants and the rest: blocks of random bytes with finite scales, as gguf.quants cannot make them
+RAW_BLOCKS = {"blk.2.q4_1.weight": T.Q4_1, "blk.2.q5_0.weight": T.Q5_0, "blk.2.q5_1.weight": T.Q5_1,
+              "blk.2.q4_k.weight": T.Q4_K, "blk.2.q6_k.weight": T.Q6_K}
+#: where each type keeps its float16 scales
+SCALE_BYTES = {T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q6_K: (208,)}
+
+
+def _random_blocks(kind, rows: int, columns: int) -> np.ndarray:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[kind]
+    raw = rng.integers(0, 256, (rows * columns // block, size), dtype=np.uint8)
+    for at in SCALE_BYTES[kind]:
+        raw[:, at:at + 2] = rng.uniform(-0.1, 0.1, (len(raw), 1)).astype(np.float16).view(np.uint8)
+    return raw.reshape(rows, columns // block * size)
 
 
 class TypedLoader(yaml.SafeLoader):
@@ -60,6 +75,9 @@ def model(tmp_path_factory):
     for name, kind in QUANTIZED.items():
         q = quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), kind)
         w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=kind)
+    for name, kind in RAW_BLOCKS.items():
+        q = _random_blocks(kind, 3, 512)
+        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -70,7 +88,7 @@ def model(tmp_path_factory):
 def test_tensors_read_as_gguf_reader_reads_them(model, mount):
     mnt = mount(model, "-o", "ro")
     reader = GGUFReader(str(model))
-    seen = 0
+    seen = dequantized_seen = 0
     for tensor in reader.tensors:
         folder = mnt.joinpath(*tensor.name.split("."))
         raw = (folder / "raw.bin").read_bytes()
@@ -83,7 +101,16 @@ def test_tensors_read_as_gguf_reader_reads_them(model, mount):
             seen += 1
         else:
             assert not (folder / "tensor.npy").exists()
-    assert seen == len(PLAIN)
+            expected = quants.dequantize(tensor.data, tensor.tensor_type)
+            dequantized = np.load(folder / "dequantized.npy")
+            assert dequantized.dtype == np.float32 and dequantized.shape == expected.shape
+            assert dequantized.tobytes() == expected.astype(np.float32).tobytes(), tensor.name
+            whole = (folder / "dequantized.npy").read_bytes()
+            with open(folder / "dequantized.npy", "rb") as f:  # reads that start and end inside blocks
+                for offset in range(0, len(whole), 97):
+                    assert os.pread(f.fileno(), 211, offset) == whole[offset:offset + 211]
+            dequantized_seen += 1
+    assert seen == len(PLAIN) and dequantized_seen == len(QUANTIZED) + len(RAW_BLOCKS)
     info = json.loads(run_ckptfs("info", "--json", str(model)).stdout)
     assert info["format"] == "gguf" and info["tensors"] == len(PLAIN)
 
@@ -149,7 +176,7 @@ def test_bad_headers_are_refused_in_one_line(tmp_path, data, problem):
 def test_a_tensor_past_the_end_is_left_out_with_a_note(model, tmp_path):
     cut = tmp_path / "cut.gguf"
     data = model.read_bytes()
-    cut.write_bytes(data[: len(data) - 20])  # the last tensor loses its end
+    cut.write_bytes(data[: len(data) - 300])  # the last tensor loses its end
     info = json.loads(run_ckptfs("info", "--json", str(cut)).stdout)
     assert any("run past the end of the file" in note for note in info["notes"])
     assert info["tensors"] >= len(PLAIN) - 1

@@ -6,7 +6,9 @@ strings and booleans are plain). Every tensor is a folder at its dotted
 name holding `raw.bin`, its bytes as stored (block-quantized or not, with
 `user.ckptfs.ggml_type`), and for the types NumPy knows (F32, F16, BF16,
 F64, I8-I64) `tensor.npy`, served zero-copy, its shape reversed from GGUF's
-dimension order as gguf-py's reader reports it. Read-only for now.
+dimension order as gguf-py's reader reports it; for Q4_0, Q4_1, Q5_0, Q5_1,
+Q8_0, Q4_K and Q6_K `dequantized.npy`, float32 made on read
+(`gguf_quants`). Read-only for now.
 
 Every count and offset of the header is checked against the file before it
 is used; the header is read in steps, within `max_header_bytes`.
@@ -25,13 +27,14 @@ import numpy as np
 from ..errors import FormatError
 from ..limits import LIMITS
 from ..sources.base import FileSource, Source
-from ..tree import names
+from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, TensorFile
 from .base import FileFormat
+from .gguf_quants import DEQUANTIZE, Dequantized
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -209,6 +212,8 @@ def expand(source: Source, name: str) -> tuple[Dir, list[PlacedTensor], list[str
             if file is not None:
                 where.add("tensor.npy", file)
                 placed.append(PlacedTensor("/".join(parts + ["tensor.npy"]), tensor))
+            elif GGML_TYPES[kind][0] in DEQUANTIZE:
+                where.add("dequantized.npy", _dequantized(source, data_start + offset, GGML_TYPES[kind][0], dims))
         except FormatError as e:
             notes.append(f"{tensor_name}: {e.problem}")
         except PathConflict:
@@ -230,9 +235,18 @@ def _tensor(source: Source, name: str, tensor: str, dims: list[int], kind: int, 
     raw = File(Content([data]), xattrs={"ckptfs.name": tensor, "ckptfs.ggml_type": type_name,
                                         "ckptfs.gguf_shape": json.dumps(dims)})
     if dtype_name is None:
-        return raw, None, None
+        return raw, None, None  # the caller adds the dequantized view where there is one
     placed = Tensor(tensor, BY_NAME[dtype_name], tuple(reversed(dims)), data)
     return raw, TensorFile(placed), placed
+
+
+def _dequantized(source: Source, start: int, type_name: str, dims: list[int]) -> File:
+    """A quantized tensor as float32, dequantized on read (not one of the
+    checkpoint's tensors: its values are computed, not stored)."""
+    shape = tuple(reversed(dims))
+    piece = Dequantized(source, start, type_name, math.prod(dims))
+    return File(Content([npy.header("<f4", shape), piece]), read_only=True,
+                xattrs={"ckptfs.dequantized_from": type_name, "ckptfs.shape": json.dumps(list(shape))})
 
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
