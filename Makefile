@@ -82,6 +82,7 @@ bench: test-deps
 	$(PY) bench/scale.py $(if $(QUICK),--quick) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount --plot docs/scale.png
 	$(PY) bench/run.py $(if $(QUICK),--gib 0.25) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount
 	$(PY) bench/tools.py $(if $(QUICK),--rounds 2)
+	$(PY) bench/gguf_bench.py $(if $(QUICK),--rounds 2)
 
 clean:
 	rm -rf $(VENV) $(RATARMOUNT_VENV) build *.egg-info
