@@ -40,6 +40,7 @@ MAX_DEPTH = 8
 #: file names whose bytes `torch.load` or `pickle.load` is run on, though they may not start with PROTO
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".metadata")
 _PROTO = 0x80
+NPY_MAGIC = b"\x93NUMPY"
 #: bytes of a file read for its pickles at first; more only for a pickle that runs past them
 FIRST_READ = 1 << 20
 
@@ -185,12 +186,24 @@ class _Scanner:
                                      "(neither torch.load nor pickle.load reads it)")
         elif safetensors.sniff(head[: safetensors.MAGIC_LENGTH]):
             return
+        elif head.startswith(NPY_MAGIC):
+            self.object_array(source, location, head)
         elif torchlegacy.sniff(head):
             self.pickles(source, location, count=5)  # magic, protocol, system info, the object, storage keys
         elif len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
             self.pickles(source, location)
         elif head and location.lower().endswith(_PICKLE_SUFFIXES):
             self.pickles(source, location, quiet=True)
+
+    def object_array(self, source: Source, location: str, head: bytes) -> None:
+        """An `.npy` of Python objects holds a pickle after its header, which
+        `np.load(allow_pickle=True)` loads (an `.npz` record too)."""
+        major = head[6] if len(head) > 9 else 0
+        size_bytes = 2 if major == 1 else 4
+        start = 8 + size_bytes + int.from_bytes(head[8:8 + size_bytes], "little")
+        header = source.pread(0, min(start, 1 << 16))
+        if b"O'" in header and start < source.size:  # descr '|O', or a field of objects in a structured one
+            self.pickles(source.slice(start, source.size - start), f"{location} (its objects)")
 
     def members(self, stream: Source, members: list[tar.Member], location: str, depth: int) -> None:
         folders: dict[str, dict[str, Source]] = {}
@@ -233,9 +246,11 @@ class _Scanner:
                     self.blob(source.slice(extent.offset, extent.length), inner, depth + 1)
                 else:
                     with archive.open(info) as record:
-                        head = record.read(2)
-                    if len(head) == 2 and head[0] == _PROTO and 2 <= head[1] <= 5:
+                        head = record.read(512)
+                    if len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
                         self.pickle_record(archive, info, inner)
+                    elif head.startswith(NPY_MAGIC):  # savez_compressed: its objects, inflated within the bound
+                        self.object_array(_Inflated(archive, info), inner, head)
             except (FormatError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError,
                     OSError, zlib.error) as e:
                 self.report.problems.append(e.args[0] if isinstance(e, FormatError) else f"{inner}: cannot read it ({e})")
@@ -299,6 +314,19 @@ class _Scanner:
             self.report.found.append(Found(g, location, verdict))
         if unseen:
             self.report.problems.append(f"{location}: not scanned to its end: {unseen}")
+
+
+class _Inflated(Source):
+    """A compressed zip record as a source, inflated within the pickle bound
+    (read only for the pickle of an object array)."""
+
+    def __init__(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
+        with archive.open(info) as record:
+            self.data = record.read(LIMITS.pickle_bytes)
+        self.path, self.size = info.filename, info.file_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
 
 
 def _back_to_back(data: bytes, count: int | None) -> list[Audit]:

@@ -260,3 +260,17 @@ def test_a_large_file_is_read_only_as_far_as_its_pickles_go(tmp_path):
     big = tmp_path / "big.pkl"
     big.write_bytes(pickle.dumps([bytes(3 << 20), Payload("x")], protocol=2))
     assert _dangerous(scan(str(big))) == {("posix.system", "big.pkl")}
+
+
+def test_an_object_array_in_an_npz_is_a_pickle_np_load_would_load(tmp_path):
+    """np.load(allow_pickle=True) unpickles an object array's data."""
+    import numpy as np
+
+    path = tmp_path / "arrays.npz"
+    np.savez(path, plain=np.arange(3), objects=np.array([Payload(tmp_path / "ran"), 1], dtype=object))
+    assert _dangerous(scan(str(path))) == {("posix.system", "arrays.npz:objects.npy (its objects)")}
+    np.savez_compressed(tmp_path / "packed.npz", objects=np.array([Payload(tmp_path / "ran")], dtype=object))
+    assert _dangerous(scan(str(tmp_path / "packed.npz"))) == {("posix.system", "packed.npz:objects.npy (its objects)")}
+    np.savez(tmp_path / "clean.npz", plain=np.arange(3))
+    assert scan(str(tmp_path / "clean.npz")).verdict == "safe"
+    assert not (tmp_path / "ran").exists()

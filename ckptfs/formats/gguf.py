@@ -85,6 +85,8 @@ class _Header:
             self.buffer = keep + self.source.pread(self.start + len(self.buffer), max(READ_STEP, end - self.pos - len(keep)))
             self.start = self.pos
         data = self.buffer[self.pos - self.start: end - self.start]
+        if len(data) != n:
+            raise FormatError(self.name, f"{what} at byte {self.pos}: the file ends early (changed while read?)")
         self.pos = end
         return data
 
@@ -114,6 +116,8 @@ class _Header:
                 raise FormatError(self.name, f"{what}: more than {LIMITS.yaml_values} strings and arrays in the "
                                              "metadata (-o max_yaml_values raises the limit)")
             return (inner, [self.value(inner, what, depth + 1) for _ in range(count)])
+        if kind == ARRAY:
+            raise FormatError(self.name, f"{what}: arrays nested more than 8 deep")
         raise FormatError(self.name, f"{what}: unknown value type {kind}")
 
 

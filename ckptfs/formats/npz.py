@@ -124,11 +124,6 @@ class Writer(FileWriter):
     def write(self, files: dict, before: dict, output) -> None:
         self._archive(files).write(output)
 
-    def blob(self, files: dict, before: dict):
-        if not any(is_edited(n) for n in files.values()) and set(files) == set(before):
-            return None
-        return self._archive(files)
-
     def check(self, path: str, node: File) -> None:
         if path.endswith(SUFFIX):
             try:
