@@ -241,16 +241,8 @@ class _Scanner:
                     self.pickle_record(archive, info, inner)
                 elif lower.startswith(storages) and "/" not in lower[len(storages):]:
                     continue
-                elif info.compress_type == zipfile.ZIP_STORED:
-                    extent = torchzip.record_extent(source, info, inner)
-                    self.blob(source.slice(extent.offset, extent.length), inner, depth + 1)
-                else:
-                    with archive.open(info) as record:
-                        head = record.read(512)
-                    if len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
-                        self.pickle_record(archive, info, inner)
-                    elif head.startswith(NPY_MAGIC):  # savez_compressed: its objects, inflated within the bound
-                        self.object_array(_Inflated(archive, info), inner, head)
+                else:  # stored, or deflated and inflated as far as reads go (savez_compressed's object arrays)
+                    self.blob(torchzip.record_source(source, info, inner), inner, depth + 1)
             except (FormatError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError,
                     OSError, zlib.error) as e:
                 self.report.problems.append(e.args[0] if isinstance(e, FormatError) else f"{inner}: cannot read it ({e})")
@@ -314,19 +306,6 @@ class _Scanner:
             self.report.found.append(Found(g, location, verdict))
         if unseen:
             self.report.problems.append(f"{location}: not scanned to its end: {unseen}")
-
-
-class _Inflated(Source):
-    """A compressed zip record as a source, inflated within the pickle bound
-    (read only for the pickle of an object array)."""
-
-    def __init__(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
-        with archive.open(info) as record:
-            self.data = record.read(LIMITS.pickle_bytes)
-        self.path, self.size = info.filename, info.file_size
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.data[offset:offset + length]
 
 
 def _back_to_back(data: bytes, count: int | None) -> list[Audit]:

@@ -22,7 +22,6 @@ import zipfile
 
 from ..errors import EditRefused, FormatError, RepackError
 from ..sources.base import FileSource, SeekableReader, Source
-from ..sources.deflate import DeflateSource
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
@@ -30,7 +29,7 @@ from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
 from ..write.diff import is_edited
 from .base import FileFormat, FileWriter
-from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent
+from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Record, ZipBlob
 
 SUFFIX = ".npy"
@@ -44,21 +43,6 @@ def sniff(head: bytes) -> bool:
         return False
     name_length = LOCAL_HEADER.unpack_from(head)[9]
     return head[LOCAL_HEADER.size : LOCAL_HEADER.size + name_length].endswith(SUFFIX.encode())
-
-
-def record_source(source: Source, info: zipfile.ZipInfo, name: str) -> Source:
-    """A record's uncompressed bytes: a slice of the archive, or an inflater over one."""
-    extent = record_extent(source, info, name)
-    stored = source.slice(extent.offset, extent.length)
-    if info.compress_type == zipfile.ZIP_STORED:
-        if info.compress_size != info.file_size:
-            raise FormatError(name, f"{info.filename}: stored record of {info.compress_size} bytes claims "
-                                    f"{info.file_size}")
-        return stored
-    if info.compress_type == zipfile.ZIP_DEFLATED:
-        return DeflateSource(stored, info.file_size, f"{name}:{info.filename}")
-    raise FormatError(name, f"{info.filename}: compression method {info.compress_type} is not supported "
-                            "(numpy writes stored or deflated records)")
 
 
 def records_of(source: Source, name: str) -> list[zipfile.ZipInfo]:

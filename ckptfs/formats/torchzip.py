@@ -19,6 +19,7 @@ from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
 from ..sources.base import FileSource, SeekableReader, Source
+from ..sources.deflate import DeflateSource
 from ..tree import npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.gather import Gather
@@ -177,6 +178,21 @@ def find_record(records: dict[str, zipfile.ZipInfo], name: str) -> str | None:
     if name in records:
         return name
     return next((n for n in records if n.lower() == name.lower()), None)
+
+
+def record_source(source: Source, info: zipfile.ZipInfo, name: str) -> Source:
+    """A record's uncompressed bytes: a slice of the archive, or an inflater over one."""
+    extent = record_extent(source, info, name)
+    stored = source.slice(extent.offset, extent.length)
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise FormatError(name, f"{info.filename}: stored record of {info.compress_size} bytes claims "
+                                    f"{info.file_size}")
+        return stored
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return DeflateSource(stored, info.file_size, f"{name}:{info.filename}")
+    raise FormatError(name, f"{info.filename}: compression method {info.compress_type} is not supported "
+                            "(ckptfs reads stored and deflated records, which torch and numpy write)")
 
 
 def _read_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
