@@ -1,11 +1,15 @@
 """GGUF files written by the `gguf` package's GGUFWriter: metadata.yaml
 holds every value with its type, plain tensors read as GGUFReader reads
-them, quantized ones as their raw blocks; bad headers refused in one line."""
+them, quantized ones as their raw blocks and dequantized; edits repack
+into files GGUFReader reads (byte for byte what GGUFWriter writes); bad
+headers and edits refused in one line."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -14,9 +18,10 @@ import yaml
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, GGUFValueType, GGUFWriter, quants
 
+from ckptfs.formats import gguf_values
 from ckptfs.formats.gguf import GGML_TYPES
 
-from .conftest import run_ckptfs
+from .conftest import run_ckptfs, umount, write_refused
 
 rng = np.random.default_rng(0)
 PLAIN = {
@@ -58,31 +63,42 @@ for _tag in ("u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64")
     TypedLoader.add_constructor(f"!{_tag}", _construct)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+#: the values the quantized tensors hold before they are quantized
+QUANTIZED_VALUES = {name: rng.standard_normal((4, 64)).astype(np.float32) for name in QUANTIZED}
+RAW_BLOCK_DATA = {name: _random_blocks(kind, 3, 512) for name, kind in RAW_BLOCKS.items()}
+
+
+def write_model(path, context_length: int = 4096, name: str = 'tiny "model" ü', alignment: int | None = None):
+    """The test model as GGUFWriter writes it; the same bytes for the same arguments."""
     w = GGUFWriter(str(path), "llama")
-    w.add_uint32("llama.context_length", 4096)
+    w.add_uint32("llama.context_length", context_length)
     w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_int64("big", -(2 ** 40))
     w.add_float64("ratio", 1 / 3)
     w.add_bool("flag", True)
-    w.add_string("general.name", 'tiny "model" ü')
+    w.add_string("general.name", name)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     w.add_array("tokenizer.ggml.tokens", ["<s>", "a b", "ü", ""])
     w.add_array("tokenizer.ggml.scores", [0.5, -1.0, 2.25])
-    for name, array in PLAIN.items():
-        w.add_tensor(name, array)
-    for name, kind in QUANTIZED.items():
-        q = quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), kind)
-        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=kind)
-    for name, kind in RAW_BLOCKS.items():
-        q = _random_blocks(kind, 3, 512)
-        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=kind)
+    for tensor, array in PLAIN.items():
+        w.add_tensor(tensor, array)
+    for tensor, kind in QUANTIZED.items():
+        q = quants.quantize(QUANTIZED_VALUES[tensor], kind)
+        w.add_tensor(tensor, q, raw_shape=q.shape, raw_dtype=kind)
+    for tensor, kind in RAW_BLOCKS.items():
+        q = RAW_BLOCK_DATA[tensor]
+        w.add_tensor(tensor, q, raw_shape=q.shape, raw_dtype=kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
 def test_tensors_read_as_gguf_reader_reads_them(model, mount):
@@ -147,11 +163,114 @@ def test_the_type_table_matches_ggml(model):
         assert (T(kind).name, GGML_QUANT_SIZES[T(kind)]) == (name, (block, size))
 
 
-def test_a_gguf_mount_is_read_only_and_says_so(model, mnt):
-    done = run_ckptfs("mount", str(model), str(mnt))
-    assert done.returncode == 0
-    assert "ckptfs cannot write gguf checkpoints; mounted read-only" in done.stderr
-    assert run_ckptfs("umount", str(mnt)).returncode == 0
+def test_an_edit_repacks_to_the_bytes_gguf_writer_writes(tmp_path, mount):
+    """Metadata edited through the mount: the file is what GGUFWriter
+    writes with that value, byte for byte (header, padding, tensor order)."""
+    source = write_model(tmp_path / "edited.gguf")
+    expected = write_model(tmp_path / "expected.gguf", context_length=8192, name="renamed")
+    mnt = mount(source)
+    text = (mnt / "metadata.yaml").read_text()
+    text = text.replace("llama.context_length: !u32 4096", "llama.context_length: 8192")  # untagged: stays u32
+    text = text.replace('general.name: "tiny \\"model\\" ü"', 'general.name: renamed')
+    assert "8192" in text and "renamed" in text
+    (mnt / "metadata.yaml").write_text(text)
+    assert umount(mnt).returncode == 0
+    assert source.read_bytes() == expected.read_bytes()
+
+
+def test_tensor_edits_and_removals_load_in_gguf_reader(tmp_path, mount):
+    source = write_model(tmp_path / "edited.gguf")
+    mnt = mount(source)
+    text = (mnt / "metadata.yaml").read_text()
+    text = text.replace("flag: true\n", "")
+    text += "general.alignment: !u32 64\nadded: !u16 [1, 2, 65535]\nlabels: [x, y]\nnested: [[1, 2], [\"a\"]]\n"
+    (mnt / "metadata.yaml").write_text(text)
+    new_embedding = np.full((8, 32), 0.25, np.float32)
+    np.save(mnt / "token_embd" / "weight" / "tensor.npy", new_embedding)
+    new_q8 = quants.quantize(np.linspace(-1, 1, 256, dtype=np.float32).reshape(4, 64), T.Q8_0)
+    (mnt / "blk" / "1" / "ffn_up" / "weight" / "raw.bin").write_bytes(new_q8.tobytes())
+    shutil.rmtree(mnt / "blk" / "0" / "small")
+    shutil.rmtree(mnt / "blk" / "2" / "q4_k")  # its dequantized.npy is read-only, and goes with its tensor
+    assert umount(mnt).returncode == 0
+
+    reader = GGUFReader(str(source))
+    fields = {f.name: f for f in reader.fields.values()}
+    assert "flag" not in fields and fields["general.alignment"].contents() == 64
+    assert fields["general.alignment"].types == [GGUFValueType.UINT32]
+    assert fields["added"].types == [GGUFValueType.ARRAY, GGUFValueType.UINT16]
+    assert fields["added"].contents() == [1, 2, 65535]
+    assert fields["labels"].contents() == ["x", "y"]
+    assert fields["nested"].types[:2] == [GGUFValueType.ARRAY, GGUFValueType.ARRAY]
+    assert fields["general.name"].contents() == 'tiny "model" ü'
+    assert fields["llama.context_length"].types == [GGUFValueType.UINT32]
+    assert fields["ratio"].contents() == 1 / 3  # float64 kept whole
+    tensors = {t.name: t for t in reader.tensors}
+    expected = set(PLAIN) | set(QUANTIZED) | set(RAW_BLOCKS)
+    assert set(tensors) == expected - {"blk.0.small", "blk.2.q4_k.weight"}
+    assert reader.data_offset % 64 == 0
+    assert all(t.data_offset % 64 == 0 for t in tensors.values())
+    assert np.array_equal(tensors["token_embd.weight"].data, new_embedding)
+    assert tensors["blk.1.ffn_up.weight"].data.tobytes() == new_q8.tobytes()
+    for name, array in PLAIN.items():
+        if name in tensors and name != "token_embd.weight":
+            assert np.array_equal(tensors[name].data, array), name
+    for name, data in RAW_BLOCK_DATA.items():
+        if name in tensors:
+            assert tensors[name].data.tobytes() == data.tobytes(), name
+
+
+@pytest.mark.parametrize("path, data, problem", [
+    ("metadata.yaml", b"llama.context_length: -1\n", "'llama.context_length': '-1' is not a u32 number"),
+    ("metadata.yaml", b"x: !u8 [1, 300]\n", "'x': '300' is not a u8 number"),
+    ("metadata.yaml", b"x: !f32 1e40\n", "'x': '1e40' is not a f32 number"),
+    ("metadata.yaml", b"x: 1\nx: 2\n", "'x' is given twice"),
+    ("metadata.yaml", b"x: {a: 1}\n", "GGUF has no mappings inside values"),
+    ("metadata.yaml", b"general.alignment: !u32 48\n", "general.alignment 48 is not a power of two"),
+    ("token_embd/weight/raw.bin", b"\0" * 12, "raw.bin holds 12 bytes; F32 of shape [32, 8] takes 1024"),
+    ("token_embd/weight/tensor.npy", None, "a GGUF tensor keeps its type and shape (float32 [8, 32])"),
+])
+def test_edits_a_gguf_cannot_hold_are_refused_when_closed(model, tmp_path, mount, path, data, problem):
+    source = tmp_path / "m.gguf"
+    shutil.copy(model, source)
+    mnt = mount(source, log_errors_expected=True)
+    if data is None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((32, 8), np.float32))  # the shape GGUF lists, not the one the reader reports
+        data = buffer.getvalue()
+    write_refused(mnt / path, data)
+    assert problem in os.getxattr(mnt / path, "user.ckptfs.problem").decode()
+    assert umount(mnt, "--discard").returncode == 0
+    assert source.read_bytes() == model.read_bytes()
+
+
+def test_a_file_gguf_cannot_hold_fails_the_repack_and_keeps_the_edits(model, tmp_path, mount):
+    source = tmp_path / "m.gguf"
+    shutil.copy(model, source)
+    mnt = mount(source, log_errors_expected=True)
+    write_refused(mnt / "notes.txt", b"hello")  # refused when closed, kept for the user to move away
+    os.remove(mnt / "blk" / "0" / "ids" / "tensor.npy")  # half a tensor removed
+    done = umount(mnt)
+    assert done.returncode == 1
+    assert "notes.txt: a GGUF file holds metadata.yaml and its tensors' folders only" in done.stderr
+    assert "blk/0/ids/tensor.npy was removed: remove the tensor's whole folder" in done.stderr
+    assert source.read_bytes() == model.read_bytes()
+    assert "ckptfs recover" in done.stderr  # the edits are kept beside the source
+    assert run_ckptfs("recover", source, "--discard").returncode == 0
+
+
+def test_metadata_text_reads_back_as_the_same_values():
+    """metadata.yaml, parsed unedited, gives back every value and type:
+    bytes that are no UTF-8, float32's shortest text, nested arrays."""
+    metadata = [
+        ("s", gguf_values.STRING, "ok \udcff end"), ("f", 6, float(np.float32(0.1))), ("d", 12, 0.1),
+        ("inf", 6, float("inf")), ("b", 7, False), ("u64", 10, 2 ** 64 - 1), ("i8", 1, -128),
+        ("empty", 9, (8, [])), ("bools", 9, (7, np.array([True, False]))),
+        ("nested", 9, (9, [(4, np.array([1, 2], "<u4")), (8, ["x"])])), ("weird key: x", 8, ""),
+    ]
+    back = gguf_values.parse(gguf_values.metadata_yaml(metadata).encode(), metadata)
+    for (key, kind, value), (key2, kind2, value2) in zip(metadata, back, strict=True):
+        assert (key, kind) == (key2, kind2)
+        assert gguf_values.encode(kind, value) == gguf_values.encode(kind2, value2), key
 
 
 def _header(version=3, tensors=0, keys=0) -> bytes:

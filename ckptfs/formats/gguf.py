@@ -8,7 +8,12 @@ name holding `raw.bin`, its bytes as stored (block-quantized or not, with
 F64, I8-I64) `tensor.npy`, served zero-copy, its shape reversed from GGUF's
 dimension order as gguf-py's reader reports it; for Q4_0, Q4_1, Q5_0, Q5_1,
 Q8_0, Q4_K and Q6_K `dequantized.npy`, float32 made on read
-(`gguf_quants`). Read-only for now.
+(`gguf_quants`), read-only.
+
+Writable: `metadata.yaml` (each key keeps its type, `gguf_values`), a
+tensor's `raw.bin` or `tensor.npy` replaced with the same type and shape,
+a tensor's folder removed. The repack writes the header anew and each
+tensor's data at a multiple of `general.alignment`.
 
 Every count and offset of the header is checked against the file before it
 is used; the header is read in steps, within `max_header_bytes`.
@@ -16,15 +21,15 @@ is used; the header is read in steps, within `max_header_bytes`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import re
 import struct
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import EditRefused, FormatError, RepackError
 from ..limits import LIMITS
 from ..sources.base import FileSource, Source
 from ..tree import names, npy
@@ -33,17 +38,15 @@ from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, TensorFile
-from .base import FileFormat
+from ..write.diff import is_edited
+from . import gguf_values
+from .base import Before, FileFormat, Files, FileWriter
 from .gguf_quants import DEQUANTIZE, Dequantized
+from .gguf_values import ARRAY, BOOL, SCALARS, STRING, metadata_yaml
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 READ_STEP = 1 << 20
-
-#: GGUF value types: id -> (tag, struct format); STRING (8) and ARRAY (9) apart
-SCALARS = {0: ("u8", "<B"), 1: ("i8", "<b"), 2: ("u16", "<H"), 3: ("i16", "<h"), 4: ("u32", "<I"), 5: ("i32", "<i"),
-           6: ("f32", "<f"), 7: ("bool", "<?"), 10: ("u64", "<Q"), 11: ("i64", "<q"), 12: ("f64", "<d")}
-STRING, ARRAY = 8, 9
 
 #: ggml tensor types: id -> (name, elements per block, bytes per block, dtype name where NumPy knows it)
 GGML_TYPES = {
@@ -146,60 +149,17 @@ def read_header(source: Source, name: str):
             raise FormatError(name, f"tensor {tensor!r}: {n_dims} dimensions (GGML has at most 4)")
         dims = [header.unpack("<Q", f"{tensor!r}'s shape") for _ in range(n_dims)]
         infos.append((tensor, dims, header.unpack("<I", f"{tensor!r}'s type"), header.unpack("<Q", f"{tensor!r}'s offset")))
-    alignment = next((v for k, t, v in metadata if k == "general.alignment" and t in SCALARS and t != 7),
-                     DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise FormatError(name, f"general.alignment {alignment!r} is not a power of two")
+    alignment = alignment_of(metadata, name)
     return metadata, infos, header.pos + (-header.pos % alignment)
 
 
-# -- metadata.yaml
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-
-
-def _quoted(text: str) -> str:
-    """A YAML double-quoted string; bytes that were no UTF-8 (kept as
-    surrogates) escaped as `\\udcXX`, so the file stays UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(text)
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _scalar(kind: int, value) -> str:
-    if kind == STRING:
-        return _quoted(value)
-    if kind == 7:
-        return "true" if value else "false"
-    if SCALARS[kind][0].startswith("f"):
-        text = str(np.float32(value)) if kind == 6 else repr(value)  # the shortest text that reads back the same
-        return {"inf": ".inf", "-inf": "-.inf", "nan": ".nan"}.get(text, text)
-    return str(value)
-
-
-def _value_text(kind: int, value, indent: str) -> str:
-    if kind != ARRAY:
-        tag = "" if kind in (STRING, 7) else f"!{SCALARS[kind][0]} "
-        return " " + tag + _scalar(kind, value)
-    inner, items = value
-    if inner == STRING:  # one per line: tokenizer vocabularies read down a page
-        return "".join(f"\n{indent}- {_scalar(STRING, v)}" for v in items) if items else " []"
-    if inner == ARRAY:
-        return "".join(f"\n{indent}-{_value_text(ARRAY, v, indent + '  ')}" for v in items) if items else " []"
-    tag = "" if inner == 7 else f"!{SCALARS[inner][0]} "
-    if len(items) > LIMITS.yaml_values:
-        return f" {tag}[]  # ckptfs: {len(items)} values, more than max_yaml_values shows"
-    return f" {tag}[" + ", ".join(_scalar(inner, v) for v in items.tolist()) + "]"
-
-
-def metadata_yaml(metadata) -> str:
-    """The key-value metadata as YAML, each number tagged with its GGUF type."""
-    lines = ["# GGUF metadata: numbers carry their type as a tag (!u32, !f32, ...); strings and booleans are plain"]
-    for key, kind, value in metadata:
-        shown = key if _PLAIN_KEY.fullmatch(key) else _quoted(key)
-        lines.append(f"{shown}:{_value_text(kind, value, '  ')}")
-    return "\n".join(lines) + "\n"
+def alignment_of(metadata, name: str) -> int:
+    """`general.alignment`, or GGUF's default; FormatError if it is no power of two."""
+    alignment = next((v for k, t, v in metadata if k == "general.alignment" and t in SCALARS and t != BOOL),
+                     DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise FormatError(name, f"general.alignment {alignment!r} is not a power of two")
+    return alignment
 
 
 # -- the tree
@@ -228,11 +188,10 @@ def expand(source: Source, name: str) -> tuple[Dir, list[PlacedTensor], list[str
 def _tensor(source: Source, name: str, tensor: str, dims: list[int], kind: int, start: int):
     if kind not in GGML_TYPES:
         raise FormatError(name, f"unknown ggml type {kind}")
-    type_name, block, block_bytes, dtype_name = GGML_TYPES[kind]
-    count = math.prod(dims)
+    type_name, block, _, dtype_name = GGML_TYPES[kind]
     if not dims or dims[0] % block:
         raise FormatError(name, f"its first dimension {dims[:1]} is not a whole number of {type_name} blocks of {block}")
-    nbytes = count // block * block_bytes
+    nbytes = byte_count(dims, kind)
     if start + nbytes > source.size:
         raise FormatError(name, f"its {nbytes} bytes at {start} run past the end of the file ({source.size} bytes)")
     data = Extent(source, start, nbytes)
@@ -244,6 +203,12 @@ def _tensor(source: Source, name: str, tensor: str, dims: list[int], kind: int, 
     return raw, TensorFile(placed), placed
 
 
+def byte_count(dims: list[int], kind: int) -> int:
+    """Bytes of a tensor of GGUF shape `dims` and ggml type `kind`."""
+    _, block, block_bytes, _ = GGML_TYPES[kind]
+    return math.prod(dims) // block * block_bytes
+
+
 def _dequantized(source: Source, start: int, type_name: str, dims: list[int]) -> File:
     """A quantized tensor as float32, dequantized on read (not one of the
     checkpoint's tensors: its values are computed, not stored)."""
@@ -253,9 +218,151 @@ def _dequantized(source: Source, start: int, type_name: str, dims: list[int]) ->
                 xattrs={"ckptfs.dequantized_from": type_name, "ckptfs.shape": json.dumps(list(shape))})
 
 
+# -- the writer
+class Writer(FileWriter):
+    """Writes an edited tree back as GGUF: the metadata from `metadata.yaml`
+    (each key's type kept), every tensor whose folder is left, in the
+    source's order, from its edited `raw.bin` or `tensor.npy` (same type and
+    shape) or copied as it is; each tensor's data at a multiple of
+    `general.alignment`, as gguf-py's writer places it."""
+
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+
+    @functools.cached_property
+    def _header(self):
+        """(the metadata, the tensors by folder path: (name, dims, ggml type, data offset))."""
+        metadata, infos, data_start = read_header(self.source, self.name)
+        return metadata, {"/".join(names.tensor_path(t, suffix="")): (t, dims, kind, data_start + offset)
+                          for t, dims, kind, offset in infos}
+
+    def check(self, path: str, node: File) -> None:
+        folder, _, leaf = path.rpartition("/")
+        metadata, tensors = self._header
+        if path == "metadata.yaml":
+            try:
+                alignment_of(gguf_values.parse(node.content.read(0, node.content.size), metadata), path)
+            except ValueError as e:
+                raise EditRefused(f"metadata.yaml: {e}") from None
+            except FormatError as e:
+                raise EditRefused(f"metadata.yaml: {e.problem}") from None
+            return
+        tensor = tensors.get(folder)
+        if tensor is None or leaf not in ("raw.bin", "tensor.npy"):
+            raise EditRefused(f"{path}: a GGUF file holds metadata.yaml and its tensors' raw.bin and tensor.npy only")
+        try:
+            _edited_bytes(node, leaf, tensor)
+        except ValueError as e:
+            raise EditRefused(str(e)) from None
+
+    def write(self, files: Files, before: Before, output) -> None:
+        metadata, tensors = self._header
+        problems, placed = [], []
+        meta_node = files.get("metadata.yaml")
+        if not isinstance(meta_node, File):
+            problems.append("metadata.yaml was removed: a GGUF file needs its metadata (an empty file clears it)")
+        elif is_edited(meta_node):
+            try:
+                metadata = gguf_values.parse(meta_node.content.read(0, meta_node.content.size), metadata)
+            except ValueError as e:
+                problems.append(f"metadata.yaml: {e}")
+        known = {"metadata.yaml"} | {"/".join(f.split("/")[:i]) for f in tensors for i in range(1, f.count("/") + 2)}
+        for folder, tensor in tensors.items():
+            known |= {f"{folder}/raw.bin", f"{folder}/tensor.npy", f"{folder}/dequantized.npy"}
+            try:
+                data = self._data(files, folder, tensor) if f"{folder}/raw.bin" in before else self._kept(tensor)
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            if data is not None:
+                placed.append((tensor[0], tensor[1], tensor[2], data))
+        for path, node in files.items():
+            if path not in known:
+                problems.append(f"{path}: a GGUF file holds metadata.yaml and its tensors' folders only")
+        try:
+            alignment = alignment_of(metadata, "metadata.yaml")
+        except FormatError as e:
+            problems.append(f"metadata.yaml: {e.problem}")
+        if problems:
+            raise RepackError(f"cannot write {self.name}: " + "; ".join(problems))
+        _write_gguf(output, self.source.pread(4, 4), metadata, placed, alignment)
+
+    def _data(self, files: Files, folder: str, tensor):
+        """The tensor's bytes as a (content, start, length) or Extent, or None
+        when its folder was removed."""
+        raw, array = files.get(f"{folder}/raw.bin"), files.get(f"{folder}/tensor.npy")
+        has_array = GGML_TYPES.get(tensor[2], (None,) * 4)[3] is not None
+        if raw is None and (array is None or not has_array):
+            return None
+        if raw is None or (has_array and array is None):
+            gone = "raw.bin" if raw is None else "tensor.npy"
+            raise ValueError(f"{folder}/{gone} was removed: remove the tensor's whole folder to leave "
+                             f"{tensor[0]!r} out, or put the file back")
+        if is_edited(raw) and is_edited(array):
+            raise ValueError(f"{folder}: both raw.bin and tensor.npy were written; keep one of the two edits")
+        for leaf, node in (("raw.bin", raw), ("tensor.npy", array)):
+            if is_edited(node):
+                return _edited_bytes(node, leaf, tensor)
+        return self._kept(tensor)
+
+    def _kept(self, tensor) -> Extent:
+        """A tensor's bytes as the source has them (also one the mount could
+        not show: its path taken by another)."""
+        name, dims, kind, start = tensor
+        try:
+            _tensor(self.source, self.name, name, dims, kind, start)
+        except FormatError as e:
+            raise ValueError(f"{name}: {e.problem}; ckptfs will not write the file without it") from None
+        return Extent(self.source, start, byte_count(dims, kind))
+
+
+def _edited_bytes(node: File, leaf: str, tensor) -> tuple:
+    """(content, start, length) of an edited raw.bin or tensor.npy; ValueError
+    unless it holds the tensor's type and shape."""
+    name, dims, kind, _ = tensor
+    type_name, _, _, dtype_name = GGML_TYPES[kind]
+    nbytes = byte_count(dims, kind)
+    content = node.content
+    if leaf == "raw.bin":
+        if content.size != nbytes:
+            raise ValueError(f"{name}: raw.bin holds {content.size} bytes; {type_name} of shape {dims} takes {nbytes}")
+        return content, 0, nbytes
+    dtype, shape, start, length = npy.edited_layout(content, name, BY_NAME[dtype_name], lambda d: True, "GGUF")
+    want = tuple(reversed(dims))
+    if dtype.name != dtype_name or tuple(shape) != want:
+        raise ValueError(f"{name}: tensor.npy is {dtype.name} {list(shape)}; a GGUF tensor keeps its type and shape "
+                         f"({dtype_name} {list(want)})")
+    return content, start, length
+
+
+def _write_gguf(output, version: bytes, metadata, tensors, alignment: int) -> None:
+    """A GGUF file: header, key-values, tensor infos, then each tensor's
+    bytes at a multiple of `alignment` from the data start (the data start
+    is aligned too)."""
+    infos, offset = [], 0
+    for name, dims, kind, data in tensors:
+        length = data.length if isinstance(data, Extent) else data[2]
+        offset += -offset % alignment
+        infos.append(gguf_values.encode(STRING, name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, kind, offset))
+        offset += length
+    head = b"".join([MAGIC, version, struct.pack("<QQ", len(tensors), len(metadata)),
+                     *(gguf_values.key_value_bytes(*entry) for entry in metadata), *infos])
+    output.write(head + bytes(-len(head) % alignment))
+    for _, _, _, data in tensors:  # each padded after, the last too, as gguf-py and ggml write them
+        if isinstance(data, Extent):
+            output.copy(data.source, data.offset, data.length)
+            length = data.length
+        else:
+            content, start, length = data
+            output.copy_content(content, start, length)
+        output.write(bytes(-length % alignment))
+
+
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
     root, placed, notes = expand(source, source.path)
-    return Checkpoint("gguf", source.path, st, root, raw_mirror(source), placed, notes)  # no writer yet: read-only
+    ckpt = Checkpoint("gguf", source.path, st, root, raw_mirror(source), placed, notes)
+    ckpt.writer = Writer(source, source.path)
+    return ckpt
 
 
 FORMAT = FileFormat("gguf", sniff, open_file)

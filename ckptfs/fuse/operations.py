@@ -475,7 +475,9 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if isinstance(self.nodes[inode], Dir) != directory:
             raise pyfuse3.FUSEError(errno.EISDIR if not directory else errno.ENOTDIR)
-        editable = self._writable(inode)
+        # as in POSIX, a file goes with its folder's write permission (a
+        # read-only view such as GGUF's dequantized.npy leaves with its tensor)
+        editable = self._writable(inode if directory else parent_inode)
         self._writable(parent_inode)
         editable.remove(self._path(parent_inode, os.fsdecode(name)))
         self._changed(parent_inode)
