@@ -52,6 +52,8 @@ def _rank(rank: int, world: int, out: str, stage: int, port: str, bf16: bool) ->
     engine.backward(engine(ids).float().square().mean())
     engine.step()
     engine.save_checkpoint(out, tag="global_step1", client_state={"epoch": 3})
+    torch.distributed.barrier()  # no rank leaves while another still talks to it
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from ..errors import FormatError
 from ..sources.base import FileSource
 from ..sources.directory import LocalDirectory
 from ..tree.checkpoint import Checkpoint
-from . import dcp, deepspeed, folder, gguf, gzindex, hf, npz, safetensors, tar, torchlegacy, torchzip
+from . import dcp, deepspeed, folder, gguf, gzindex, hf, npz, safetensors, sharded_torch, tar, torchlegacy, torchzip
 from .base import SNIFF_BYTES, DirectoryFormat, FileFormat
 
 #: single-file formats, tried in this order on the first SNIFF_BYTES bytes
@@ -27,6 +27,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     dcp.FORMAT,
     deepspeed.FORMAT,
+    sharded_torch.FORMAT,
     hf.FORMAT,
     folder.FORMAT,
 )

@@ -39,10 +39,10 @@ from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
 from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
-from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
+from ..tree.rawfiles import LINKS_OUTSIDE
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
 from .base import DirectoryFormat
-from .nested import Grafts
+from .nested import Grafts, show_directory
 from .torchzip import TorchZip
 
 MODEL_STATES, OPTIM_STATES = "_model_states.pt", "_optim_states.pt"
@@ -67,25 +67,13 @@ def _natural(name: str) -> list:
 
 
 def open_dir(directory: Directory) -> Checkpoint:
-    root, raw, grafts = Dir(), Dir(), Grafts()
-    outside: list[str] = []
-    pending = [""]
-    while pending:
-        rel = pending.pop(0)
-        parts = names.file_parts(rel) if rel else []
-        entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
-        pending[:0] = [e for e in entries if directory.is_dir(e)]
-        outside += [e for e in entries if directory.is_link(e) and not directory.is_file(e)]
-        for name in (e for e in entries if directory.is_file(e)):
-            source, mtime = directory.open(name), directory.mtime_ns(name)
-            leaf = names.file_parts(name.rpartition("/")[2])[0]
-            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-            parent = root.subdir(parts)
-            parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-            grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)
+    grafts = Grafts()
+
+    def each_folder(rel: str, folder: Dir, path: str) -> None:
         if is_tag(directory, rel):
-            _add_fp32(directory, rel, root.subdir(parts), "/".join(parts), grafts)
-    add_links(directory, outside, root, raw)
+            _add_fp32(directory, rel, folder, path, grafts)
+
+    root, raw, outside = show_directory(directory, grafts, each_folder)
     ckpt = Checkpoint("deepspeed zero", directory.path, directory.stat(), root, raw, grafts.placed, grafts.notes,
                       grafts.pickle_globals)
     if outside:

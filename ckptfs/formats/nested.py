@@ -11,9 +11,13 @@ open it nested (`FileFormat.nest`); its raw bytes stay in the raw mirror.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..sources.base import Source
+from ..sources.directory import Directory
+from ..tree import names
 from ..tree.nodes import Access, Dir
+from ..tree.rawfiles import add_links, raw_file
 from ..tree.tensors import PlacedTensor
 from .base import SNIFF_BYTES
 
@@ -58,3 +62,30 @@ class Grafts:
                 self.graft(parent, leaf, path, folder, tensors, (), pickle_globals)
                 return True
         return False
+
+
+def show_directory(directory: Directory, grafts: Grafts,
+                   each_folder: Callable[[str, Dir, str], None] | None = None) -> tuple[Dir, Dir, list[str]]:
+    """Every file of `directory` as it is, at its own path, torch.save files
+    expanded; (the tree, the raw mirror, the links not followed: they lead
+    outside). `each_folder(relative path, its folder, its path in the tree)`
+    is called for every folder once its files are in."""
+    root, raw, outside = Dir(), Dir(), []
+    pending = [""]
+    while pending:
+        rel = pending.pop(0)
+        parts = names.file_parts(rel) if rel else []
+        entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
+        pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
+        outside += [e for e in entries if directory.is_link(e) and not directory.is_file(e)]
+        for name in (e for e in entries if directory.is_file(e)):
+            source, mtime = directory.open(name), directory.mtime_ns(name)
+            leaf = names.file_parts(name.rpartition("/")[2])[0]
+            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
+            parent = root.subdir(parts)
+            parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
+            grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)
+        if each_folder is not None:
+            each_folder(rel, root.subdir(parts), "/".join(parts))
+    add_links(directory, outside, root, raw)
+    return root, raw, outside

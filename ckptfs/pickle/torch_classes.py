@@ -74,7 +74,7 @@ def _tensor(storage, offset, shape, stride, dtype: DType | None) -> TensorRef:
     return TensorRef(storage, dtype, offset, shape, stride)
 
 
-def _dtype_of(value: object) -> DType:
+def dtype_of(value: object) -> DType:
     if isinstance(value, Global) and value.module == "torch" and value.name in BY_TORCH:
         return BY_TORCH[value.name]
     raise PickleError(f"unknown tensor dtype {value!r:.80}")
@@ -85,7 +85,7 @@ def _rebuild_v2(args):  # (storage, offset, size, stride, requires_grad, hooks[,
 
 
 def _rebuild_v3(args):  # (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])
-    return _tensor(args[0], args[1], args[2], args[3], _dtype_of(args[6]))
+    return _tensor(args[0], args[1], args[2], args[3], dtype_of(args[6]))
 
 
 def _rebuild_v1(args):  # (storage, offset, size, stride)
