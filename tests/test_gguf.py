@@ -35,9 +35,11 @@ PLAIN = {
 QUANTIZED = {"blk.1.ffn_up.weight": T.Q8_0, "blk.1.ffn_down.weight": T.Q4_0}
 #: K-quants and the rest: blocks of random bytes with finite scales, as gguf.quants cannot make them
 RAW_BLOCKS = {"blk.2.q4_1.weight": T.Q4_1, "blk.2.q5_0.weight": T.Q5_0, "blk.2.q5_1.weight": T.Q5_1,
-              "blk.2.q4_k.weight": T.Q4_K, "blk.2.q6_k.weight": T.Q6_K}
+              "blk.2.q2_k.weight": T.Q2_K, "blk.2.q3_k.weight": T.Q3_K, "blk.2.q4_k.weight": T.Q4_K,
+              "blk.2.q5_k.weight": T.Q5_K, "blk.2.q6_k.weight": T.Q6_K}
 #: where each type keeps its float16 scales
-SCALE_BYTES = {T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q6_K: (208,)}
+SCALE_BYTES = {T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2),
+               T.Q5_K: (0, 2), T.Q6_K: (208,)}
 
 
 def _random_blocks(kind, rows: int, columns: int) -> np.ndarray:

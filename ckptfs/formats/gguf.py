@@ -7,7 +7,7 @@ name holding `raw.bin`, its bytes as stored (block-quantized or not, with
 `user.ckptfs.ggml_type`), and for the types NumPy knows (F32, F16, BF16,
 F64, I8-I64) `tensor.npy`, served zero-copy, its shape reversed from GGUF's
 dimension order as gguf-py's reader reports it; for Q4_0, Q4_1, Q5_0, Q5_1,
-Q8_0, Q4_K and Q6_K `dequantized.npy`, float32 made on read
+Q8_0 and Q2_K to Q6_K `dequantized.npy`, float32 made on read
 (`gguf_quants`), read-only.
 
 Writable: `metadata.yaml` (each key keeps its type, `gguf_values`), a

@@ -28,6 +28,10 @@ from ..limits import LIMITS
 SCALARS = {0: ("u8", "<B"), 1: ("i8", "<b"), 2: ("u16", "<H"), 3: ("i16", "<h"), 4: ("u32", "<I"), 5: ("i32", "<i"),
            6: ("f32", "<f"), 7: ("bool", "<?"), 10: ("u64", "<Q"), 11: ("i64", "<q"), 12: ("f64", "<d")}
 STRING, ARRAY, BOOL, INT32, FLOAT32 = 8, 9, 7, 5, 6
+#: what YAML calls untagged values; any other tag is refused
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("seq", "map", "str", "int", "float", "bool", "null")}
+#: arrays inside arrays, as deep as the reader takes them
+MAX_DEPTH = 8
 BY_TAG = {tag: kind for kind, (tag, _) in SCALARS.items() if kind != BOOL}
 NUMBER_KINDS = frozenset(BY_TAG.values())
 
@@ -105,6 +109,8 @@ def parse(text: bytes, before) -> list:
             loader.dispose()
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ValueError("not valid YAML (nested too deep)") from None
     if root is None:
         return []
     if not isinstance(root, yaml.MappingNode):
@@ -133,18 +139,20 @@ def _metadata(root: yaml.MappingNode, old: dict) -> list:
     return metadata
 
 
-def _typed(loader: _Loader, node: yaml.Node, like, key: str):
+def _typed(loader: _Loader, node: yaml.Node, like, key: str, depth: int = 0):
     """(type, value) of one YAML node; `like` is the key's (type, value) before."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{key!r}: arrays nested more than {MAX_DEPTH} deep")
     if node.tag.startswith("!") and node.tag[1:] in BY_TAG:
         kind = BY_TAG[node.tag[1:]]
         if isinstance(node, yaml.SequenceNode):
             return ARRAY, (kind, _numbers(loader, node.value, kind, key))
         return kind, _numbers(loader, [node], kind, key)[0].item()
-    if node.tag.startswith("!"):
+    if node.tag.startswith("!") or node.tag not in _PLAIN_TAGS:
         raise ValueError(f"{key!r}: unknown tag {node.tag} (GGUF's are !" + ", !".join(BY_TAG) + ")")
     if isinstance(node, yaml.SequenceNode):
         old_inner = like[1] if like is not None and like[0] == ARRAY else None
-        return ARRAY, _array(loader, node.value, old_inner, key)
+        return ARRAY, _array(loader, node.value, old_inner, key, depth)
     if isinstance(node, yaml.MappingNode):
         raise ValueError(f"{key!r}: GGUF has no mappings inside values")
     value = loader.construct_object(node, deep=True)
@@ -160,7 +168,7 @@ def _typed(loader: _Loader, node: yaml.Node, like, key: str):
     raise ValueError(f"{key!r}: {type(value).__name__} values have no GGUF type")
 
 
-def _array(loader: _Loader, nodes: list, like, key: str):
+def _array(loader: _Loader, nodes: list, like, key: str, depth: int):
     """(items' type, items) of an untagged YAML list; `like` is the key's
     (items' type, items) before, if it was an array."""
     if not nodes:
@@ -170,7 +178,8 @@ def _array(loader: _Loader, nodes: list, like, key: str):
         if not all(isinstance(n, yaml.SequenceNode) for n in nodes):
             raise ValueError(f"{key!r}: an array of arrays holds arrays only")
         olds = like[1] if like is not None and like[0] == ARRAY else []
-        return ARRAY, [_typed(loader, n, (ARRAY, olds[i]) if i < len(olds) else None, key)[1] for i, n in enumerate(nodes)]
+        return ARRAY, [_typed(loader, n, (ARRAY, olds[i]) if i < len(olds) else None, key, depth + 1)[1]
+                       for i, n in enumerate(nodes)]
     if any(n.tag.startswith("!") or not isinstance(n, yaml.ScalarNode) for n in nodes):
         raise ValueError(f"{key!r}: tag the whole list, not its items (!u32 [1, 2])")
     values = [loader.construct_object(n, deep=True) for n in nodes]
@@ -198,7 +207,7 @@ def _numbers(loader: _Loader, nodes: list, kind: int, key: str) -> np.ndarray:
         try:
             value = loader.construct_yaml_float(node) if tag.startswith("f") else loader.construct_yaml_int(node)
             struct.pack(fmt, value)
-        except (ValueError, OverflowError, struct.error):
+        except (ValueError, OverflowError, IndexError, struct.error):  # PyYAML's own resolvers raise all of these
             raise ValueError(f"{key!r}: {node.value!r} is not a {tag} number") from None
         values.append(value)
     return np.array(values, dtype=fmt)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ckptfs.formats import gguf, gguf_values
+
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
@@ -87,6 +89,13 @@ def _gguf() -> list[bytes]:
         return [path.read_bytes()]
 
 
+def _gguf_metadata() -> list[bytes]:
+    """metadata.yaml of the GGUF seed, as a mount shows it."""
+    from .targets import MemorySource
+
+    return [gguf_values.metadata_yaml(gguf.read_header(MemorySource(data), "seed")[0]).encode() for data in _gguf()]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -98,6 +107,7 @@ def seeds(target: str) -> list[bytes]:
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
         "gguf_header": _gguf,
+        "gguf_metadata_edit": _gguf_metadata,
         "inert_pickle": _pickles,
         "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
         "npy_header": _npy_headers,

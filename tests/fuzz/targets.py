@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ckptfs.errors import CkptfsError
-from ckptfs.formats import gguf, npz, open_checkpoint, safetensors, tar, torchzip
+from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, safetensors, tar, torchzip
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
 from ckptfs.pickle import object_edits
@@ -80,6 +80,11 @@ def _npz_reader(data: bytes) -> None:
             node.content.read(0, READ_BYTES)  # a deflated record inflates as a mount reads it
 
 
+def _gguf_metadata_edit(data: bytes) -> None:
+    """An edited metadata.yaml, as the writer reads it back (a user's edit is input too)."""
+    gguf_values.parse(data, [("n", 4, 7), ("tokens", 9, (8, ["a", "b"]))])
+
+
 def _gguf_header(data: bytes) -> None:
     root, _, _ = gguf.expand(MemorySource(data), "<fuzz input>")
     root.children["metadata.yaml"].content.read(0, READ_BYTES)
@@ -136,6 +141,7 @@ TARGETS = {t.name: t for t in (
     Target("zip_reader", _zip_reader, (CkptfsError,)),
     Target("npz_reader", _npz_reader, (CkptfsError,)),
     Target("gguf_header", _gguf_header, (CkptfsError,)),
+    Target("gguf_metadata_edit", _gguf_metadata_edit, (ValueError,)),  # parse's contract: ValueError with the reason
     Target("inert_pickle", _inert_pickle, (PickleError,)),
     Target("dcp_metadata", _dcp_metadata, (CkptfsError,)),
     Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
