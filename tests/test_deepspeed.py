@@ -152,3 +152,21 @@ def test_sizes_a_save_claims_are_checked_before_use(tmp_path, shape, ranks, note
     assert info["format"] == "deepspeed zero"
     assert any(n.startswith("global_step1/fp32: parameters not assembled") and note in n for n in info["notes"]), info
     assert run_ckptfs("cat", tag.parent, "latest").stdout == "global_step1"
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3-bf16"])
+def test_export_writes_what_zero_to_fp32_writes(saves, name, tmp_path):
+    """`ckptfs export SAVE model.safetensors` in place of `zero_to_fp32.py
+    --safe_serialization`: the tag `latest` names, its parameters only."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "model.safetensors"
+    done = run_ckptfs("export", saves[name], out)
+    assert done.returncode == 0, done.stderr
+    exported = load_file(out)
+    reference = _reference(saves[name])
+    assert sorted(exported) == sorted(reference)
+    for key, expected in reference.items():
+        assert exported[key].dtype == expected.dtype and exported[key].tobytes() == expected.tobytes(), key
+    info = json.loads(run_ckptfs("info", "--json", saves[name]).stdout)
+    assert info["tensors"] == len(reference)

@@ -87,3 +87,16 @@ def test_a_missing_rank_leaves_its_tensors_out_with_a_note(saved, tmp_path):
     shown = run_ckptfs("cat", ranks, "assembled/column.yaml")  # left as the first rank's file shows it
     assert shown.returncode == 0 and "ShardedTensor" in shown.stdout
     assert run_ckptfs("cat", ranks, "assembled/step.yaml").stdout.strip() == "7"
+
+
+def test_export_writes_the_whole_state(saved, tmp_path):
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "whole.safetensors"
+    done = run_ckptfs("export", saved / "ranks", out)
+    assert done.returncode == 0, done.stderr
+    exported = load_file(out)
+    reference = {".".join(path): array for path, array in _tensors(torch.load(saved / "full.pt", weights_only=False)).items()}
+    assert sorted(exported) == sorted(reference)
+    for key, expected in reference.items():
+        assert exported[key].tobytes() == expected.tobytes() and exported[key].shape == expected.shape, key

@@ -19,6 +19,11 @@ the byte ranges of the ranks' flat fp32 partitions that hold it:
   (its groups laid end to end), and the pieces, rank after rank, cut back
   to `numel`, are the parameter.
 
+The checkpoint's tensors (what `info`, `export` and `diff` see) are the
+parameters of the tag `latest` names, as zero_to_fp32 picks it, or of
+every tag when there is no `latest`; the ranks' own tensors (optimizer
+states, bf16 copies) stay in their files' trees.
+
 Read-only. A tag that is tensor or pipeline parallel (files of a second
 `mp_rank`, `layer_*` files), or whose pickles do not add up, is shown
 without `fp32/`, with a note saying why.
@@ -67,18 +72,30 @@ def _natural(name: str) -> list:
 
 
 def open_dir(directory: Directory) -> Checkpoint:
-    grafts = Grafts()
+    files, tags = Grafts(), {}  # the files as saved; each tag's fp32/ apart
 
     def each_folder(rel: str, folder: Dir, path: str) -> None:
         if is_tag(directory, rel):
-            _add_fp32(directory, rel, folder, path, grafts)
+            tags[rel] = Grafts()
+            _add_fp32(directory, rel, folder, path, tags[rel])
 
-    root, raw, outside = show_directory(directory, grafts, each_folder)
-    ckpt = Checkpoint("deepspeed zero", directory.path, directory.stat(), root, raw, grafts.placed, grafts.notes,
-                      grafts.pickle_globals)
+    root, raw, outside = show_directory(directory, files, each_folder)
+    latest = _latest(directory)
+    chosen = [tags[latest]] if latest in tags else list(tags.values())
+    ckpt = Checkpoint("deepspeed zero", directory.path, directory.stat(), root, raw,
+                      [p for views in chosen for p in views.placed],
+                      files.notes + [n for views in tags.values() for n in views.notes], files.pickle_globals)
     if outside:
         root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
     return ckpt  # no writer: read-only
+
+
+def _latest(directory: Directory) -> str | None:
+    """The tag `latest` names, as zero_to_fp32 picks it."""
+    if "latest" not in directory.names() or not directory.is_file("latest"):
+        return None
+    source = directory.open("latest")
+    return source.pread(0, min(source.size, 4096)).decode("utf-8", "replace").strip()
 
 
 def _add_fp32(directory: Directory, tag: str, folder: Dir, path: str, grafts: Grafts) -> None:

@@ -10,7 +10,8 @@ with each ShardedTensor in it whole, assembled on read from the local
 shards of every rank's file, as a distributed checkpoint's chunks are
 (`dcp.assemble`): a shard's place comes from its `ShardMetadata`
 (offsets and sizes), and the shards must tile the tensor's size, no gap,
-no overlap. Read-only.
+no overlap. The checkpoint's tensors (what `info`, `export` and `diff`
+see) are those of `assembled/`. Read-only.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def _sharded_of(archive: TorchZip) -> dict[tuple, Sharded]:
 
 
 def open_dir(directory: Directory) -> Checkpoint:
-    grafts = Grafts()
+    grafts, views = Grafts(), Grafts()  # the files as saved; assembled/ apart, its tensors the checkpoint's
     root, raw, outside = show_directory(directory, grafts)
     label, rank_files = ASSEMBLED, _rank_files(directory)
     if ASSEMBLED in root.children:
@@ -207,8 +208,8 @@ def open_dir(directory: Directory) -> Checkpoint:
         else:
             # assembled from every rank's file: readable by whom all of them are
             folder.access = Access.of_all([directory.open(n).origin.stat for n in rank_files])
-            grafts.graft(root, ASSEMBLED, ASSEMBLED, folder, placed)
-    ckpt = Checkpoint("sharded torch.save (FSDP1)", directory.path, directory.stat(), root, raw, grafts.placed,
+            views.graft(root, ASSEMBLED, ASSEMBLED, folder, placed)
+    ckpt = Checkpoint("sharded torch.save (FSDP1)", directory.path, directory.stat(), root, raw, views.placed,
                       grafts.notes, grafts.pickle_globals)
     if outside:
         root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
