@@ -83,6 +83,7 @@ bench: test-deps
 	$(PY) bench/run.py $(if $(QUICK),--gib 0.25) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount
 	$(PY) bench/tools.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/gguf_bench.py $(if $(QUICK),--rounds 2)
+	$(PY) bench/deepspeed_bench.py $(if $(QUICK),--rounds 2)
 
 clean:
 	rm -rf $(VENV) $(RATARMOUNT_VENV) build *.egg-info
