@@ -66,11 +66,6 @@ def sniff(directory: Directory) -> bool:
     return is_tag(directory) or any(directory.is_dir(e) and is_tag(directory, e) for e in directory.names())
 
 
-def _natural(name: str) -> list:
-    """Sorted as DeepSpeed sorts the ranks' files: numbers by value."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
 def open_dir(directory: Directory) -> Checkpoint:
     files, tags = Grafts(), {}  # the files as saved; each tag's fp32/ apart
 
@@ -125,12 +120,12 @@ def _add_fp32(directory: Directory, tag: str, folder: Dir, path: str, grafts: Gr
     grafts.graft(folder, FP32, label, fp32, placed)
 
 
-class Assembled:
-    """A parameter made of byte ranges of the ranks' files (`pieces`, in order)."""
+class Parameter:
+    """A tensor of `fp32/`, made of byte ranges of the ranks' files (`pieces`, in order)."""
 
     def __init__(self, name: str, dtype: DType, shape: tuple[int, ...], pieces: list[Extent], convert: bool = False):
         self.name, self.dtype, self.shape, self.pieces = name, dtype, shape, pieces
-        self.convert = convert  # a float16 or bfloat16 buffer, served as float32 as zero_to_fp32 gives it
+        self.convert = convert  # a float16 or bfloat16 buffer or frozen parameter, served as float32
         served = FLOAT32 if convert else dtype
         nbytes = served.nbytes(math.prod(shape))
         # where its first bytes lie, for the index (.ckptfs/tensors.tsv); the file reads every piece
@@ -207,7 +202,7 @@ class Tag:
 
     def __init__(self, directory: Directory, tag: str):
         self.directory, self.tag = directory, tag
-        entries = sorted((n for n in directory.names(tag) if directory.is_file(self._rel(n))), key=_natural)
+        entries = sorted((n for n in directory.names(tag) if directory.is_file(self._rel(n))), key=names.natural_key)
         self.path = directory.path + (f"/{tag}" if tag else "")
         model = [n for n in entries if n.endswith(MODEL_STATES)]
         optim = [n for n in entries if n.endswith(OPTIM_STATES)]
@@ -228,7 +223,7 @@ class Tag:
             raise FormatError(archive.name, "does not hold a dict")
         return archive, archive.obj
 
-    def state_dict(self) -> dict[str, Assembled]:
+    def state_dict(self) -> dict[str, Parameter]:
         archive, model = self.model[0]
         for key in ("buffer_names", "param_shapes", "module"):
             if key not in model:
@@ -242,7 +237,7 @@ class Tag:
         if world != len(self.optim):
             raise FormatError(self.path, f"{len(self.optim)} optimizer states files for {world} ranks "
                                          "(a save cut short, or two saves in one folder?)")
-        out: dict[str, Assembled] = {}
+        out: dict[str, Parameter] = {}
         module = model["module"] if isinstance(model["module"], dict) else {}
         for name in model["buffer_names"] if isinstance(model["buffer_names"], list) else ():
             if name in module:
@@ -261,13 +256,13 @@ class Tag:
         shared = model.get("shared_params")
         for name, target in (shared.items() if isinstance(shared, dict) else ()):
             if isinstance(name, str) and target in out:
-                out[name] = Assembled(name, out[target].dtype, out[target].shape, out[target].pieces, out[target].convert)
+                out[name] = Parameter(name, out[target].dtype, out[target].shape, out[target].pieces, out[target].convert)
         return out
 
-    def _whole(self, name: str, ref, archive: TorchZip, convert: bool = False) -> Assembled:
+    def _whole(self, name: str, ref, archive: TorchZip, convert: bool = False) -> Parameter:
         """A tensor one file holds whole (a buffer, a stage 2 frozen parameter)."""
         piece, _ = archive.tensor_piece(_ref(ref, name, archive.name), name)
-        return Assembled(name, ref.dtype, ref.shape, [piece], convert=convert and _narrow_float(ref.dtype))
+        return Parameter(name, ref.dtype, ref.shape, [piece], convert=convert and _narrow_float(ref.dtype))
 
     def _flats(self, key: str) -> list[Flat]:
         """Each rank's fp32 groups under `key`, laid end to end."""
@@ -299,7 +294,7 @@ class Tag:
             offset = 0
             for i, (name, shape) in enumerate(group.items()):
                 numel = math.prod(shape)
-                out[name] = Assembled(name, flats[0].dtype, shape, vector.take(offset, numel))
+                out[name] = Parameter(name, flats[0].dtype, shape, vector.take(offset, numel))
                 offset += numel + (pads[i] if pads else 0)
             align = 2 * world  # as zero_to_fp32 checks: both ends rounded up to 2 x ranks
             if -(-offset // align) != -(-vector.count // align):
@@ -315,7 +310,7 @@ class Tag:
             for flat in flats:
                 pieces += flat.take(offset, min(share, left))
                 left -= min(share, left)
-            out[name] = Assembled(name, flats[0].dtype, shape, pieces)
+            out[name] = Parameter(name, flats[0].dtype, shape, pieces)
             offset += share
         if offset != flats[0].count:
             raise FormatError(self.path, f"the parameters take {offset} elements of each rank's {flats[0].count}")
@@ -344,7 +339,7 @@ class Tag:
                 dtype = ref.dtype
                 extents.append(rank_archive.tensor_piece(ref, name)[0])
             flat = Flat(extents, dtype, f"{self.path}: frozen parameter {name}")
-            out[name] = Assembled(name, dtype, shape, flat.take(0, math.prod(shape)), _narrow_float(dtype))
+            out[name] = Parameter(name, dtype, shape, flat.take(0, math.prod(shape)), _narrow_float(dtype))
 
 
 def _narrow_float(dtype: DType) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import zipfile
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import Size, TensorRef, dtype_of
 from ..sources.base import SeekableReader, Source
 from ..sources.directory import Directory
-from ..tree import npy
+from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Access, Content, Extent, File, PathConflict
 from ..tree.rawfiles import LINKS_OUTSIDE
@@ -66,11 +65,7 @@ def _holds_sharded(source: Source) -> bool:
 
 def _rank_files(directory: Directory) -> list[str]:
     files = [n for n in directory.names() if directory.is_file(n)]
-    return sorted((n for n in files if _holds_sharded(directory.open(n))), key=_natural)
-
-
-def _natural(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    return sorted((n for n in files if _holds_sharded(directory.open(n))), key=names.natural_key)
 
 
 def sniff(directory: Directory) -> bool:

@@ -145,3 +145,9 @@ def file_parts(relpath: str) -> list[str]:
     if parts[0] == ".ckptfs":
         parts[0] = "%2Eckptfs"
     return parts
+
+
+def natural_key(name: str) -> list:
+    """Sorts names as people and distributed writers do: `rank2` before
+    `rank10` (the numbers in a name compared by value)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
