@@ -122,8 +122,10 @@ class Checkpoint:
 def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
     from .formats import default_cache_dir
     from .formats import open_checkpoint as parse
+    from .sources.remote import is_url
 
-    return Checkpoint(parse(os.path.abspath(os.fspath(source)), cache_dir or default_cache_dir()))
+    path = os.fspath(source)
+    return Checkpoint(parse(path if is_url(path) else os.path.abspath(path), cache_dir or default_cache_dir()))
 
 
 def _memory_map(tensor: Tensor) -> np.ndarray | None:

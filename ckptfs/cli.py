@@ -10,7 +10,7 @@ import sys
 
 from . import __version__, advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
-from .humanize import human_size
+from .humanize import human_size, parse_size
 from .mount import logs, mounts, options
 
 log = logging.getLogger("ckptfs")
@@ -41,6 +41,9 @@ mount options (-o, comma-separated):
   max_NAME=N         raise a bound on what a checkpoint may make ckptfs spend: max_pickle_ops,
                      max_pickle_memo, max_pickle_nesting, max_pickle_bytes, max_yaml_values,
                      max_header_bytes (defaults in docs/security.md)
+  block_size=8M      a remote source's largest range request (docs/remote.md)
+  cache_memory=256M  remote bytes kept in memory
+  cache_disk=2G      remote bytes kept on disk under the cache dir across mounts (0: none)
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
 examples:
@@ -48,6 +51,8 @@ examples:
   ckptfs mount megatron.nemo /mnt/m -o ro
   ckptfs mount ./hf-model-dir /mnt/m          # a Hugging Face model directory
   mount -t fuse.ckptfs model.nemo /mnt/m -o ro # through mount(8) / fstab (ckptfs install-helper)
+  ckptfs mount s3://bucket/run/step_100/ /mnt/m     # a prefix of an object store (pip install 'ckptfs[remote]')
+  ckptfs mount https://host/model.safetensors /mnt/m
 """
 
 
@@ -368,7 +373,7 @@ def mount(args) -> int:
     log_file = None if to_stderr else opts.log_file or state.log_file
     end_log = logs.setup(opts.log_level, log_file, keep=args.foreground or opts.log_file is not None)
     try:
-        return _mount(args, opts, os.path.abspath(args.source), mountpoint, state, log_file, end_log)
+        return _mount(args, opts, source_path(args.source), mountpoint, state, log_file, end_log)
     except CkptfsError as e:
         log.error("mount refused: %s", e)
         end_log(1)
@@ -384,6 +389,7 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
     from .mount.sdnotify import Notifier
 
     limits.apply(opts.limits)
+    remote_settings(opts.remote)
     over_autofs = _check_mountpoint(mountpoint, opts.nonempty)
     _check_ownership_options(opts)
     if args.resume and opts.read_only:
@@ -504,10 +510,24 @@ def status(args) -> int:
     return 0
 
 
+def remote_settings(values: dict[str, int]) -> None:
+    from .sources import remote
+
+    for name, value in values.items():
+        setattr(remote.SETTINGS, name, value)
+
+
+def source_path(text: str) -> str:
+    """A source as the command line names it: a URL as it is, a path made absolute."""
+    from .sources.remote import is_url
+
+    return text if is_url(text) else os.path.abspath(text)
+
+
 def _open(source: str):
     from .formats import open_checkpoint
 
-    return open_checkpoint(os.path.abspath(source), _default_cache_dir())
+    return open_checkpoint(source_path(source), _default_cache_dir())
 
 
 def info(args) -> int:
@@ -562,17 +582,13 @@ def _prefix_maps(items: list[str]) -> list[tuple[str, str]]:
 
 
 def _byte_size(text: str) -> int:
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 1 << 10, "MIB": 1 << 20,
-             "GIB": 1 << 30, "TIB": 1 << 40}
-    digits = text.strip().rstrip("BbIiKkMmGgTt")
-    unit = text.strip()[len(digits):].upper()
     try:
-        value = float(digits) * units[unit]
-    except (ValueError, KeyError):
+        value = parse_size(text)
+    except ValueError:
         value = 0
     if value < 1:
         raise CkptfsError(f"--max-shard-size {text!r}: give a size such as 5GB, 500MB or 2GiB")
-    return int(value)
+    return value
 
 
 def export(args) -> int:
@@ -581,7 +597,7 @@ def export(args) -> int:
 
     maps = _prefix_maps(args.map)
     max_bytes = _byte_size(args.max_shard_size)
-    source = os.path.abspath(args.source)
+    source = source_path(args.source)
     selection = exporting.select(open_checkpoint(source, _default_cache_dir()), args.include, args.exclude, maps)
     for line in selection.left_out:
         print(f"ckptfs: left out {line}", file=sys.stderr)
@@ -612,7 +628,11 @@ def scan(args) -> int:
     from . import scan as pickle_scan
 
     limits.apply(options.limit_values(args.options))
-    report = pickle_scan.scan(os.path.abspath(args.source), tuple(args.allow))
+    source = source_path(args.source)
+    if source != os.path.abspath(args.source):
+        raise CkptfsError(f"{source}: scan reads local files and folders only (download the pickles, or mount the "
+                          "URL and scan the mount's .ckptfs/raw/)")
+    report = pickle_scan.scan(source, tuple(args.allow))
     print(json.dumps(report.to_json(), indent=2) if args.json else pickle_scan.text(report, args.verbose))
     return {"safe": 0, "dangerous": 1}.get(report.verdict, 2)
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 
 from ..errors import FormatError
-from ..sources.base import FileSource
-from ..sources.directory import LocalDirectory
+from ..sources import remote
+from ..sources.base import FileSource, Source
+from ..sources.directory import Directory, LocalDirectory
 from ..tree.checkpoint import Checkpoint
 from . import dcp, deepspeed, folder, gguf, gzindex, hf, npz, safetensors, sharded_torch, tar, torchlegacy, torchzip
 from .base import SNIFF_BYTES, DirectoryFormat, FileFormat
@@ -32,6 +33,8 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     folder.FORMAT,
 )
 
+REMOTE_READ_ONLY = "a remote checkpoint mounts read-only (edits are written back to local files only, for now)"
+
 _NOT_CHECKPOINTS = {
     b"\x80": "a plain pickle, not a torch.save checkpoint (ckptfs does not run pickles)",
 }
@@ -44,7 +47,10 @@ def default_cache_dir() -> str:
 
 
 def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
-    """Read the metadata of the checkpoint at `path` into a tree."""
+    """Read the metadata of the checkpoint at `path` (a file, a directory,
+    or a URL: sources/remote.py) into a tree."""
+    if remote.is_url(path):
+        return _open_remote(path, cache_dir)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -52,19 +58,40 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
     if os.path.isdir(path):
-        directory = LocalDirectory(path)
-        for fmt in DIRECTORY_FORMATS:
-            if fmt.sniff(directory):
-                return fmt.open(directory)
-        if dcp.has_shards(directory):
-            raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
-        raise FormatError(path, "directory holds no checkpoint (no .safetensors, no .metadata here or in a subfolder)")
+        return _open_directory(LocalDirectory(path))
     if not os.path.isfile(path):
         raise FormatError(path, "not a regular file or directory")
     try:
         source = FileSource(path)
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
+    return _open_file(source, st, cache_dir)
+
+
+def _open_remote(url: str, cache_dir: str) -> Checkpoint:
+    """A checkpoint on object storage or a web server: read-only."""
+    opened = remote.open_url(url, remote.page_cache(cache_dir))
+    if isinstance(opened, Directory):
+        ckpt = _open_directory(opened)
+    else:
+        ckpt = _open_file(opened, opened.stat, cache_dir)
+    ckpt.writer = None
+    ckpt.root.xattrs["ckptfs.read_only"] = REMOTE_READ_ONLY
+    return ckpt
+
+
+def _open_directory(directory: Directory) -> Checkpoint:
+    for fmt in DIRECTORY_FORMATS:
+        if fmt.sniff(directory):
+            return fmt.open(directory)
+    path = directory.path
+    if dcp.has_shards(directory):
+        raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
+    raise FormatError(path, "directory holds no checkpoint (no .safetensors, no .metadata here or in a subfolder)")
+
+
+def _open_file(source: Source, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    path = source.path
     head = source.pread(0, SNIFF_BYTES)
     for fmt in FILE_FORMATS:
         if fmt.sniff(head):

@@ -43,6 +43,8 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 #: where the kernel opened without asking (zero-message opens, Linux 5.1)
 ZERO_MESSAGE_OPENS = getattr(pyfuse3, "NO_OPEN_FH_IS_INODE", False)
 BLKSIZE = 1 << 20  # tells cp and friends to read in large blocks
+#: how much of a fetched file its first read asks for, and how far ahead a sequential reader is kept
+FIRST_AHEAD, MAX_AHEAD = 32 << 20, 64 << 20
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class Operations(pyfuse3.Operations):
         self.root = root
         self.editable, self.check = editable, check
         self.handles: dict[int, _Handle] = {}  # open files
+        self.ahead: dict[int, tuple[int, int]] = {}  # inode -> (where its next read would start, read-ahead)
         self._next_handle = 1
         # by inode number (0 is unused): the node, its parent's number, its name
         self.nodes: list[Node | None] = [None, root]
@@ -374,10 +377,29 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def read(self, fh, off, size):
-        content = self.nodes[fh if self.zero_message_opens else self.handles[fh].inode].content
+        inode = fh if self.zero_message_opens else self.handles[fh].inode
+        content = self.nodes[inode].content
         if content.slow:
+            self._read_ahead(inode, content, off, size)
             return await trio.to_thread.run_sync(content.read, off, size)
         return content.read(off, size)
+
+    def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
+        """For a file whose bytes are fetched (a remote source): its first
+        read starts fetching the file's first FIRST_AHEAD bytes (a tensor's
+        every range, across shards); each read that follows the last one
+        fetches ahead of it, twice as far each time, up to MAX_AHEAD. Only
+        this file's bytes: never its neighbours'."""
+        expected, window = self.ahead.get(inode, (-1, 0))
+        if off == 0:
+            content.prefetch(0, FIRST_AHEAD)
+            window = FIRST_AHEAD
+        elif off == expected:
+            window = min(max(window, size) * 2, MAX_AHEAD)
+            content.prefetch(off + size, window)
+        else:
+            window = 0
+        self.ahead[inode] = (off + size, window)
 
     # -- writes (docs/writing.md): each goes to the overlay before it returns
 

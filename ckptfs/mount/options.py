@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from .. import limits
 from ..errors import CkptfsError
+from ..humanize import parse_size
+from ..sources.pagecache import PAGE
 from .logs import LEVELS
 
 #: Kernel and FUSE options handed to the mount as they are.
@@ -21,6 +23,10 @@ IGNORED = {"suid", "dev"}
 #: fstab bookkeeping that `mount` may pass along; meaningless to the filesystem.
 FSTAB_ONLY = {"defaults", "_netdev", "noauto", "auto", "nofail", "user", "users", "nouser", "owner", "group"}
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")
+
+
+#: remote source options -> the field of sources.remote.Settings they set
+REMOTE_SIZES = {"block_size": "block", "cache_memory": "memory", "cache_disk": "disk"}
 
 
 @dataclass
@@ -43,6 +49,8 @@ class MountOptions:
     #: `umask=`, `fmask=`, `dmask=`: mode bits taken away from files and folders
     fmask: int = 0
     dmask: int = 0
+    #: `block_size=`, `cache_memory=`, `cache_disk=`: sizes for remote sources (sources/remote.py)
+    remote: dict[str, int] = field(default_factory=dict)
 
 
 def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
@@ -72,6 +80,8 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.dmask = mask if name != "fmask" else into.dmask
         elif name == "ignore":
             into.ignore = _patterns(value)
+        elif name in REMOTE_SIZES:
+            into.remote[REMOTE_SIZES[name]] = _size(item, value, least=0 if name == "cache_disk" else PAGE)
         elif name.startswith("max_") and name[4:] in limits.NAMES:
             into.limits[name[4:]] = _count(item, value)
         else:
@@ -110,6 +120,16 @@ def _count(item: str, value: str, least: int = 1) -> int:
     if count < least:
         raise CkptfsError(f"mount option {item!r} needs a {'positive ' if least else ''}whole number")
     return count
+
+
+def _size(item: str, value: str, least: int) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError:
+        size = -1
+    if size < least:
+        raise CkptfsError(f"mount option {item!r} needs a size of at least {least} bytes, such as 8M or 2G")
+    return size
 
 
 def _mask(item: str, value: str) -> int:

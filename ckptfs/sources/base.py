@@ -44,6 +44,10 @@ class Source:
     def slice(self, offset: int, length: int) -> SliceSource:
         return SliceSource(self, offset, length)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """Start getting these bytes ready for a read soon (a remote source
+        fetches them); by default nothing."""
+
     def locate(self, offset: int) -> tuple[str, int]:
         """The file on disk and the offset in it (or in its decompressed stream)."""
         return self.path, offset
@@ -169,6 +173,9 @@ class SliceSource(Source):
 
     def slice(self, offset: int, length: int) -> SliceSource:
         return SliceSource(self.parent, self.offset + offset, length)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        self.parent.prefetch(self.offset + offset, max(0, min(length, self.length - offset)))
 
     def locate(self, offset: int) -> tuple[str, int]:
         return self.parent.locate(self.offset + offset)

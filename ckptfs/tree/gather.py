@@ -51,6 +51,12 @@ class Gather:
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
         scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """The storage bytes the whole view spans."""
+        if math.prod(self.shape):
+            span = sum((n - 1) * s for n, s in zip(self.shape, self.strides)) + 1
+            self.source.prefetch(self.base + self.start * self.itemsize, span * self.itemsize)
+
     def read(self, offset: int, length: int) -> bytes:
         return read_elements(self, offset, length, self._elements)
 

@@ -31,6 +31,9 @@ class Extent:
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
         self.source.readv(self.offset + offset, buffers)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        self.source.prefetch(self.offset + offset, min(length, self.length - offset))
+
 
 #: A piece is bytes, or anything with `source`, `length` and `read(offset, length)`:
 #: an `Extent`, or a `gather.Gather` for a strided view.
@@ -76,6 +79,21 @@ class Content:
             pos += take
             i += 1
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        """Start fetching the bytes [offset, offset + length) where a source
+        fetches (a remote one); elsewhere nothing."""
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        while i < len(self.pieces) and self.starts[i] < end:
+            piece, start = self.pieces[i], self.starts[i]
+            ahead = getattr(piece, "prefetch", None)
+            if ahead is not None:
+                first = max(offset, start) - start
+                ahead(first, min(end, start + len_of(piece)) - start - first)
+            i += 1
 
 
 def len_of(piece: Piece) -> int:

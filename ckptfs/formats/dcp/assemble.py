@@ -45,6 +45,13 @@ class Assembled:
     def length(self) -> int:
         return math.prod(self.shape) * self.itemsize
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """Every chunk whole: a range of the tensor touches most of them."""
+        for chunk in self.chunks:
+            ahead = getattr(chunk.piece, "prefetch", None)
+            if ahead is not None:
+                ahead(0, chunk.piece.length)
+
     def read(self, offset: int, length: int) -> bytes | bytearray:
         if len(self.shape) == 2 and min(c.sizes[1] for c in self.chunks) * self.itemsize >= SCATTER_MIN_ROW:
             return self._scatter_rows(offset, length)

@@ -54,6 +54,11 @@ class LazyChunk:
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
         self._resolved().readv(offset, buffers)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """The record's whole byte range: it holds little besides the chunk,
+        and the chunk's place in it is known only once it is parsed."""
+        self.record.raw.prefetch(0, self.record.raw.size)
+
     def _resolved(self):
         if self._piece is None:
             self._piece = self._resolve()

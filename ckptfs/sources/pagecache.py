@@ -1,0 +1,223 @@
+"""The cache below remote sources: an object's bytes in pages of PAGE bytes,
+kept in memory (least recently used out first, within `memory_bytes`) and,
+if there is a disk cache, on disk across mounts.
+
+A read asks for the pages it covers. Pages in memory or on disk are used as
+they are; the rest are fetched in runs of consecutive pages, one range
+request per run of at most `block_bytes`, the runs of one read in parallel.
+A page another thread is already fetching is waited for, not fetched again.
+`prefetch` starts the same fetches without waiting for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+PAGE = 64 << 10
+DEFAULT_BLOCK = 8 << 20
+DEFAULT_MEMORY = 256 << 20
+DEFAULT_DISK = 2 << 30
+WORKERS = 8
+
+#: (start, end) -> the bytes: one range request of an object
+Fetch = Callable[[int, int], bytes]
+
+
+class PageCache:
+    """The pages of the remote objects of one mount."""
+
+    def __init__(self, memory_bytes: int = DEFAULT_MEMORY, block_bytes: int = DEFAULT_BLOCK,
+                 disk: DiskCache | None = None, workers: int = WORKERS):
+        self.memory_bytes = max(memory_bytes, PAGE)
+        self.block_pages = max(1, block_bytes // PAGE)
+        self.disk = disk
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-fetch")
+        self.lock = threading.Lock()
+        self.pages: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self.held = 0
+        self.fetching: dict[tuple[str, int], Future] = {}
+        #: requests and bytes fetched, for the user (.ckptfs/info.yaml) and the tests
+        self.requests = 0
+        self.fetched = 0
+
+    def after_fork(self) -> None:
+        """In a forked child: new workers and locks (the parent's threads are gone)."""
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="ckptfs-fetch")
+        self.lock = threading.Lock()
+        self.fetching = {}
+        if self.disk:
+            self.disk.lock = threading.Lock()
+
+    def read(self, key: str, size: int, fetch: Fetch, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of the object `key` of `size` bytes."""
+        end = min(size, offset + length)
+        if offset >= end:
+            return b""
+        first, last = offset // PAGE, (end - 1) // PAGE
+        futures = self._request(key, size, fetch, first, last + 1)
+        parts = [f.result() if isinstance(f, Future) else f for f in futures]
+        data = b"".join(parts)
+        skip = offset - first * PAGE
+        return data[skip: skip + end - offset]
+
+    def prefetch(self, key: str, size: int, fetch: Fetch, offset: int, length: int) -> None:
+        """Start fetching the pages of [offset, offset + length) that are not here."""
+        end = min(size, offset + length)
+        if offset < end:
+            self._request(key, size, fetch, offset // PAGE, (end - 1) // PAGE + 1)
+
+    def _request(self, key: str, size: int, fetch: Fetch, first: int, stop: int) -> list:
+        """Each page of [first, stop): its bytes, or a future of them."""
+        out: list = []
+        missing: list[int] = []
+        with self.lock:
+            for index in range(first, stop):
+                data = self.pages.get((key, index))
+                if data is not None:
+                    self.pages.move_to_end((key, index))
+                    out.append(data)
+                    continue
+                future = self.fetching.get((key, index))
+                if future is None:
+                    future = self.fetching[(key, index)] = Future()
+                    missing.append(index)
+                out.append(future)
+        for run in _runs(missing, self.block_pages):
+            self.pool.submit(self._fill, key, size, fetch, run)
+        return out
+
+    def _fill(self, key: str, size: int, fetch: Fetch, run: list[int]) -> None:
+        """Get the pages of `run` (consecutive) from disk or with one request."""
+        try:
+            found = {i: self.disk.get(key, i) for i in run} if self.disk else {}
+            wanted = [i for i in run if found.get(i) is None]
+            for part in _runs(wanted, self.block_pages):
+                start, end = part[0] * PAGE, min(size, (part[-1] + 1) * PAGE)
+                data = fetch(start, end)
+                with self.lock:
+                    self.requests += 1
+                    self.fetched += len(data)
+                for i in part:
+                    found[i] = data[(i - part[0]) * PAGE: (i - part[0] + 1) * PAGE]
+                    if self.disk:
+                        self.disk.put(key, i, found[i])
+        except BaseException as e:
+            with self.lock:
+                for i in run:
+                    self.fetching.pop((key, i)).set_exception(e)
+            return
+        with self.lock:
+            for i in run:
+                self.pages[(key, i)] = found[i]
+                self.held += len(found[i])
+                self.fetching.pop((key, i)).set_result(found[i])
+            while self.held > self.memory_bytes and self.pages:
+                _, dropped = self.pages.popitem(last=False)
+                self.held -= len(dropped)
+
+
+def _runs(indexes: list[int], most: int) -> list[list[int]]:
+    """Sorted page numbers as runs of consecutive ones, each of at most `most`."""
+    runs: list[list[int]] = []
+    for i in indexes:
+        if runs and runs[-1][-1] == i - 1 and len(runs[-1]) < most:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+class DiskCache:
+    """Pages of remote objects on disk, one folder per object version (its
+    URL and ETag hashed): `data` holds the pages at their offsets (a sparse
+    file), `pages` logs each page's number and CRC-32 once written, so a page
+    is used only when whole and right. The least recently used objects go
+    when the folder passes `limit` bytes."""
+
+    RECORD = struct.Struct("<QI")
+
+    def __init__(self, root: str, limit: int = DEFAULT_DISK):
+        self.root, self.limit = root, limit
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        self.lock = threading.Lock()
+        self.open: dict[str, tuple[int, int, dict[int, int]]] = {}  # key -> (data fd, log fd, page -> crc)
+        self._evict()
+
+    def _folder(self, key: str) -> str:
+        return os.path.join(self.root, hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40])
+
+    def _files(self, key: str) -> tuple[int, int, dict[int, int]]:
+        with self.lock:
+            if key in self.open:
+                return self.open[key]
+            folder = self._folder(key)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.utime(folder)  # used now: the last to go
+            data = os.open(os.path.join(folder, "data"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            pages = os.open(os.path.join(folder, "pages"), os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            known: dict[int, int] = {}
+            raw = os.pread(pages, os.fstat(pages).st_size, 0)
+            for at in range(0, len(raw) - self.RECORD.size + 1, self.RECORD.size):
+                index, crc = self.RECORD.unpack_from(raw, at)
+                known[index] = crc
+            self.open[key] = (data, pages, known)
+            return self.open[key]
+
+    def get(self, key: str, index: int) -> bytes | None:
+        data, _, known = self._files(key)
+        crc = known.get(index)
+        if crc is None:
+            return None
+        page = os.pread(data, PAGE, index * PAGE)
+        if zlib.crc32(page) != crc:  # cut short or damaged (a crash, a full disk): fetched again
+            return None
+        return page
+
+    def put(self, key: str, index: int, page: bytes) -> None:
+        data, pages, known = self._files(key)
+        try:
+            os.pwrite(data, page, index * PAGE)
+            os.write(pages, self.RECORD.pack(index, zlib.crc32(page)))
+        except OSError as e:  # a full disk costs the cache, not the read
+            log.warning("disk cache %s: %s; pages are not kept", self.root, e.strerror)
+            return
+        known[index] = zlib.crc32(page)
+
+    def _evict(self) -> None:
+        """Remove the least recently used objects' folders while the cache
+        holds more than `limit` bytes (when a mount starts)."""
+        try:
+            folders = [os.path.join(self.root, n) for n in os.listdir(self.root)]
+        except OSError:
+            return
+        sized = []
+        for folder in folders:
+            try:
+                used = sum(os.stat(os.path.join(folder, f)).st_blocks * 512 for f in ("data", "pages"))
+                sized.append((os.stat(folder).st_mtime, used, folder))
+            except OSError:
+                continue
+        total = sum(used for _, used, _ in sized)
+        for _, used, folder in sorted(sized):
+            if total <= self.limit:
+                break
+            for name in ("data", "pages"):
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+            total -= used

@@ -1,0 +1,357 @@
+"""Checkpoints on object storage and web servers: `s3://bucket/key`, a
+prefix `s3://bucket/folder/` as a directory, and `https://host/file`.
+
+Each object is pinned when it is first listed or asked about: its size and
+version (S3's ETag, HTTP's ETag). Every range request carries the version
+(`If-Match`) and every reply is checked (206, its `Content-Range`, its
+ETag), so an object replaced while mounted fails the read with
+SourceChangedError (EIO, one log line), and bytes of two versions are never
+mixed. Reads go through the mount's PageCache; credentials are the storage
+library's own (environment, config files) and never logged.
+
+fsspec and its filesystems (s3fs; aiohttp for HTTP) are the optional
+`remote` extra: imported only when a URL is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat as stat_module
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from ..errors import CkptfsError, SourceChangedError
+from .base import Source
+from .directory import Directory
+from .pagecache import DEFAULT_BLOCK, DEFAULT_DISK, DEFAULT_MEMORY, DiskCache, PageCache
+
+SCHEMES = ("s3://", "http://", "https://")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(SCHEMES)
+
+
+class RemoteError(CkptfsError):
+    """A remote source cannot be reached or read."""
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object as it was when pinned: where, how big, which version."""
+
+    url: str
+    size: int
+    version: str  # the ETag (quotes kept), "" where the server gives none
+    mtime: float
+
+    @property
+    def key(self) -> str:
+        """The cache's name for this version of the object."""
+        return f"{self.url}\0{self.version}"
+
+    def fetch(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of this version: one range request."""
+        try:
+            return store_for(self.url).get(self, start, end)
+        except CkptfsError:
+            raise
+        except Exception as e:  # the network's own (timeouts, resets, refused connections)
+            raise RemoteError(f"{self.url}: bytes {start}-{end - 1}: {type(e).__name__}: {e}") from None
+
+
+# ---------------------------------------------------------------- stores
+
+
+def _missing(what: str) -> RemoteError:
+    return RemoteError(f"{what} needs the remote extra: pip install 'ckptfs[remote]'")
+
+
+class HttpStore:
+    """https:// and http://: HEAD for the size and ETag, ranged GETs."""
+
+    def __init__(self):
+        try:
+            from fsspec.asyn import sync
+            from fsspec.implementations.http import HTTPFileSystem
+        except ImportError:
+            raise _missing("an http(s):// source") from None
+        self.fs, self.sync = HTTPFileSystem(skip_instance_cache=True), sync
+
+    def _run(self, function):
+        """Run the coroutine function on fsspec's event loop thread; its result."""
+        return self.sync(self.fs.loop, function)
+
+    def stat(self, url: str) -> RemoteObject:
+        async def head():
+            session = await self.fs.set_session()
+            async with session.head(url, allow_redirects=True) as r:
+                return r.status, _lower(r.headers)
+
+        status, headers = self._run(head)
+        if status == 404:
+            raise RemoteError(f"{url}: no such object (HTTP 404)")
+        if status >= 400:
+            raise RemoteError(f"{url}: HTTP {status}")
+        size = headers.get("content-length")
+        if size is None or not size.isdigit():
+            raise RemoteError(f"{url}: the server gives no size (Content-Length); ckptfs reads byte ranges of a known size")
+        if headers.get("accept-ranges", "").lower() == "none":
+            raise RemoteError(f"{url}: the server does not serve byte ranges")
+        return RemoteObject(url, int(size), headers.get("etag", ""), _http_time(headers.get("last-modified")))
+
+    def get(self, obj: RemoteObject, start: int, end: int) -> bytes:
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if obj.version:
+            headers["If-Match"] = obj.version
+
+        async def get():
+            session = await self.fs.set_session()
+            async with session.get(obj.url, headers=headers) as r:
+                if r.status != 206:  # never read a whole object that was asked for a range
+                    return r.status, _lower(r.headers), b""
+                return r.status, _lower(r.headers), await r.read()
+
+        status, reply, data = self._run(get)
+        if status == 412:
+            raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (its ETag is no longer "
+                                     f"{obj.version}); remount to read the new one")
+        if status == 200:
+            raise RemoteError(f"{obj.url}: the server answered a range request with the whole object")
+        if status != 206:
+            raise RemoteError(f"{obj.url}: HTTP {status} for bytes {start}-{end - 1}")
+        _check_reply(obj, start, end, reply.get("content-range", ""), reply.get("etag", ""), data)
+        return data
+
+
+def _lower(headers) -> dict[str, str]:
+    """HTTP headers by lower-case name (servers and aiohttp spell them as they like: ETag, Etag)."""
+    return {name.lower(): value for name, value in headers.items()}
+
+
+class S3Store:
+    """s3:// through s3fs: the endpoint, region and credentials are boto's
+    (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws/...)."""
+
+    def __init__(self):
+        try:
+            import s3fs
+            from fsspec.asyn import sync
+        except ImportError:
+            raise _missing("an s3:// source") from None
+        self.fs, self.sync = s3fs.S3FileSystem(skip_instance_cache=True), sync
+
+    def _object(self, url: str, info: dict) -> RemoteObject:
+        modified = info.get("LastModified")
+        return RemoteObject(url, int(info["size"]), str(info.get("ETag", "")),
+                            modified.timestamp() if hasattr(modified, "timestamp") else 0.0)
+
+    def stat(self, url: str) -> RemoteObject:
+        try:
+            info = self.fs.info(url)
+        except FileNotFoundError:
+            raise RemoteError(f"{url}: no such object") from None
+        except (OSError, ValueError) as e:
+            raise RemoteError(f"{url}: {e}") from None
+        if info.get("type") != "file":
+            raise RemoteError(f"{url}: a prefix, not an object (end it with / to mount it as a directory)")
+        return self._object(url, info)
+
+    def listing(self, url: str) -> dict[str, RemoteObject]:
+        """Every object below the prefix `url` (ending in /), by relative path: one LIST."""
+        try:
+            found = self.fs.find(url, detail=True)
+        except (OSError, ValueError) as e:
+            raise RemoteError(f"{url}: {e}") from None
+        base = url[len("s3://"):]
+        return {name[len(base):]: self._object("s3://" + name, info)
+                for name, info in found.items() if name.startswith(base) and info.get("type") == "file"}
+
+    def get(self, obj: RemoteObject, start: int, end: int) -> bytes:
+        bucket, key, _ = self.fs.split_path(obj.url)
+        pin = {"IfMatch": obj.version} if obj.version else {}
+
+        async def get():
+            reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                                           **pin)
+            try:
+                return reply, await reply["Body"].read()
+            finally:
+                reply["Body"].close()
+
+        try:
+            reply, data = self.sync(self.fs.loop, get)
+        except OSError as e:
+            if "PreconditionFailed" in str(e) or "412" in str(e):
+                raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (its ETag is no "
+                                         f"longer {obj.version}); remount to read the new one") from None
+            raise RemoteError(f"{obj.url}: {e}") from None
+        _check_reply(obj, start, end, reply.get("ContentRange", ""), reply.get("ETag", ""), data)
+        return data
+
+
+def _check_reply(obj: RemoteObject, start: int, end: int, content_range: str, etag: str, data: bytes) -> None:
+    """The reply holds bytes [start, end) of the pinned version, or it is refused."""
+    if obj.version and etag and etag != obj.version:
+        raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (ETag {etag}, mounted "
+                                 f"{obj.version}); remount to read the new one")
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if not match or (int(match[1]), int(match[2]) + 1, int(match[3])) != (start, end, obj.size):
+        raise SourceChangedError(f"{obj.url}: asked for bytes {start}-{end - 1} of {obj.size}, the reply holds "
+                                 f"{content_range or 'no Content-Range'}")
+    if len(data) != end - start:
+        raise SourceChangedError(f"{obj.url}: bytes {start}-{end - 1}: the reply was cut short ({len(data)} bytes)")
+
+
+def _http_time(text: str | None) -> float:
+    try:
+        return parsedate_to_datetime(text).timestamp() if text else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+_STORES: dict[str, object] = {}
+_CACHES: dict[str, PageCache] = {}
+
+
+def _after_fork() -> None:
+    """The mount daemon forks after parsing: its stores (sessions bound to
+    the parent's event loop) are made anew, and the caches' workers."""
+    _STORES.clear()
+    for cache in _CACHES.values():
+        cache.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+@dataclass
+class Settings:
+    """The remote options of this process (`-o block_size=`, `cache_memory=`, `cache_disk=`)."""
+
+    block: int = DEFAULT_BLOCK
+    memory: int = DEFAULT_MEMORY
+    disk: int = DEFAULT_DISK
+
+
+SETTINGS = Settings()
+
+
+def page_cache(cache_dir: str) -> PageCache:
+    """The page cache of this process, its disk part under `cache_dir/remote`."""
+    if cache_dir not in _CACHES:
+        disk = DiskCache(os.path.join(cache_dir, "remote"), SETTINGS.disk) if SETTINGS.disk else None
+        _CACHES[cache_dir] = PageCache(SETTINGS.memory, SETTINGS.block, disk)
+    return _CACHES[cache_dir]
+
+
+def store_for(url: str):
+    """One store per scheme and process (their sessions and connection pools are shared)."""
+    scheme = "s3" if url.startswith("s3://") else "http"
+    if scheme not in _STORES:
+        _STORES[scheme] = S3Store() if scheme == "s3" else HttpStore()
+    return _STORES[scheme]
+
+
+# ---------------------------------------------------------------- sources
+
+
+def synthetic_stat(size: int, mtime: float, directory: bool = False) -> os.stat_result:
+    """What a remote object shows as its stat: the mounting user's, readable
+    by that user only (the credentials that read it are that user's)."""
+    mode = (stat_module.S_IFDIR | 0o500) if directory else (stat_module.S_IFREG | 0o400)
+    when = mtime or time.time()
+    ns = int(when * 1e9)
+    return os.stat_result((mode, 0, 0, 1, os.getuid(), os.getgid(), size, int(when), int(when), int(when),
+                           when, when, when, ns, ns, ns))
+
+
+class RemoteSource(Source):
+    """A remote object, read through the mount's page cache."""
+
+    slow = True  # a read may wait for the network: the FUSE layer runs it in a worker thread
+
+    def __init__(self, obj: RemoteObject, cache: PageCache):
+        self.obj, self.cache = obj, cache
+        self.path, self.size = obj.url, obj.size
+        self.stat = synthetic_stat(obj.size, obj.mtime)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.cache.read(self.obj.key, self.size, self.obj.fetch, offset, length)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        self.cache.prefetch(self.obj.key, self.size, self.obj.fetch, offset, length)
+
+    @property
+    def origin(self) -> RemoteSource:
+        """Itself: its `stat` (the mounting user's, owner-only) decides who reads it."""
+        return self
+
+
+class RemoteDirectory(Directory):
+    """A prefix of an object store as a directory, from one listing."""
+
+    def __init__(self, url: str, objects: dict[str, RemoteObject], cache: PageCache):
+        self.path, self.objects, self.cache = url, objects, cache
+        self.folders: dict[str, set[str]] = {"": set()}
+        for name in objects:
+            parts = name.split("/")
+            for depth in range(len(parts)):
+                folder = "/".join(parts[:depth])
+                self.folders.setdefault(folder, set()).add(parts[depth])
+        newest = max((o.mtime for o in objects.values()), default=0.0)
+        self._stat = synthetic_stat(0, newest, directory=True)
+
+    def stat(self) -> os.stat_result:
+        return self._stat
+
+    def names(self, folder: str = "") -> list[str]:
+        return sorted(self.folders.get(folder, ()))
+
+    def is_file(self, name: str) -> bool:
+        return name in self.objects
+
+    def is_dir(self, name: str) -> bool:
+        return name in self.folders and name not in self.objects
+
+    def is_link(self, name: str) -> bool:
+        return False
+
+    def link_target(self, name: str) -> str:
+        raise OSError(f"{self.path}{name}: object stores have no links")
+
+    def open(self, name: str) -> RemoteSource:
+        return RemoteSource(self.objects[name], self.cache)
+
+    def mtime_ns(self, name: str) -> int:
+        return int(self.objects[name].mtime * 1e9)
+
+    def sub(self, folder: str) -> RemoteDirectory:
+        prefix = folder + "/"
+        return RemoteDirectory(self.path + prefix, {n[len(prefix):]: o for n, o in self.objects.items()
+                                                   if n.startswith(prefix)}, self.cache)
+
+
+def open_url(url: str, cache: PageCache) -> RemoteSource | RemoteDirectory:
+    """The object or prefix at `url`: one request (a HEAD, or a LIST for a prefix)."""
+    try:
+        store = store_for(url)
+        if url.endswith("/"):
+            return _open_prefix(url, store, cache)
+        return RemoteSource(store.stat(url), cache)
+    except CkptfsError:
+        raise
+    except Exception as e:  # the network's own, and the storage library's
+        raise RemoteError(f"{url}: {type(e).__name__}: {e}") from None
+
+
+def _open_prefix(url: str, store, cache: PageCache) -> RemoteDirectory:
+    if not isinstance(store, S3Store):
+        raise RemoteError(f"{url}: a web server lists no folders; mount one file, or a prefix of s3://")
+    objects = store.listing(url)
+    if not objects:
+        raise RemoteError(f"{url}: no objects under this prefix")
+    return RemoteDirectory(url, objects, cache)

@@ -1,0 +1,183 @@
+"""Servers on loopback for the remote source tests and benchmarks: a web
+server with byte ranges, ETags and If-Match (as object stores and CDNs
+serve files), and moto's S3 server behind a counting proxy. Each counts
+the requests it answers and the body bytes it sends."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+class Counts:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.bytes = 0
+        self.lines: list[str] = []
+
+    def add(self, line: str, sent: int) -> None:
+        with self.lock:
+            self.requests += 1
+            self.bytes += sent
+            self.lines.append(line)
+
+    def reset(self) -> tuple[int, int]:
+        with self.lock:
+            seen = (self.requests, self.bytes)
+            self.requests = self.bytes = 0
+            self.lines = []
+            return seen
+
+
+def etag_of(path: Path) -> str:
+    st = path.stat()
+    return '"' + hashlib.sha256(f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}".encode()).hexdigest()[:16] + '"'
+
+
+class _Files(BaseHTTPRequestHandler):
+    root: Path
+    counts: Counts
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _file(self) -> Path | None:
+        path = (self.root / self.path.lstrip("/")).resolve()
+        return path if path.is_file() and self.root.resolve() in path.parents else None
+
+    def do_HEAD(self) -> None:
+        path = self._file()
+        if path is None:
+            self.send_error(404)
+            self.counts.add(f"HEAD {self.path} 404", 0)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.send_header("ETag", etag_of(path))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.counts.add(f"HEAD {self.path}", 0)
+
+    def do_GET(self) -> None:
+        path = self._file()
+        if path is None:
+            self.send_error(404)
+            self.counts.add(f"GET {self.path} 404", 0)
+            return
+        size, etag = path.stat().st_size, etag_of(path)
+        wanted = self.headers.get("If-Match")
+        if wanted is not None and wanted != etag:
+            self.send_response(412)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.counts.add(f"GET {self.path} 412", 0)
+            return
+        match = _RANGE.fullmatch(self.headers.get("Range", ""))
+        start, end = (int(match[1]), min(size, int(match[2]) + 1 if match[2] else size)) if match else (0, size)
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start)
+        self.send_response(206 if match else 200)
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        self.wfile.write(body)
+        self.counts.add(f"GET {self.path} {start}-{end}", len(body))
+
+
+class FileServer:
+    """Serves the files of `root` at http://127.0.0.1:PORT/."""
+
+    def __init__(self, root: Path):
+        self.counts = Counts()
+        handler = type("Handler", (_Files,), {"root": Path(root), "counts": self.counts})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """Passes each request on to moto's server, counting it."""
+
+    upstream: tuple[str, int]
+    counts: Counts
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _pass(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        headers["Host"] = f"{self.upstream[0]}:{self.upstream[1]}"
+        connection.request(self.command, self.path, body=body, headers=headers)
+        reply = connection.getresponse()
+        data = reply.read()
+        self.send_response(reply.status)
+        for name, value in reply.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        # a HEAD's length is the object's, as the server said it
+        self.send_header("Content-Length", reply.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        connection.close()
+        self.counts.add(f"{self.command} {self.path} {reply.status}", len(data) if self.command != "HEAD" else 0)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _pass
+
+
+class S3Server:
+    """moto's S3 on loopback, behind a counting proxy; `env` points boto at it."""
+
+    def __init__(self):
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        self.moto.start()
+        host, port = self.moto.get_host_and_port()
+        self.counts = Counts()
+        handler = type("Proxy", (_Proxy,), {"upstream": (host, port), "counts": self.counts})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.moto.stop()
+
+
+def environment(extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **extra}

@@ -1,0 +1,210 @@
+"""Remote sources against real servers on loopback: a web server with byte
+ranges and ETags (https:// is the same code over TLS), and moto's S3 behind
+a proxy that counts. Every count here is the server's, not ckptfs's."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import json
+import os
+import shutil
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckptfs.sources.pagecache import PAGE, DiskCache, PageCache
+
+from .conftest import run_ckptfs
+from .remote_servers import FileServer, S3Server
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+TENSOR = 10 << 20  # bytes of each tensor of the sparse checkpoint
+COUNT = 100  # 100 x 10 MiB: a 1 GiB checkpoint
+
+
+def sparse_safetensors(path: Path) -> Path:
+    """A 1 GiB safetensors, all zeros on disk but the tensor `t.7`, which holds its own index."""
+    header, offset = {}, 0
+    for i in range(COUNT):
+        header[f"t.{i}"] = {"dtype": "F32", "shape": [TENSOR // 4], "data_offsets": [offset, offset + TENSOR]}
+        offset += TENSOR
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        start = f.tell()
+        f.truncate(start + offset)
+        f.seek(start + 7 * TENSOR)
+        f.write(np.arange(TENSOR // 4, dtype=np.float32).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("www")
+    sparse_safetensors(root / "big.safetensors")
+    shutil.copy(SAMPLES / "nemo" / "tiny.nemo", root / "tiny.nemo")
+    server = FileServer(root)
+    yield server, root
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server()
+    client = server.client()
+    client.create_bucket(Bucket="ckpts")
+    for folder, prefix in ((SAMPLES / "dcp" / "fsdp2_2rank", "dcp/"), (SAMPLES / "hf" / "bert_tiny_sharded", "hf/")):
+        for path in folder.iterdir():
+            client.upload_file(str(path), "ckpts", prefix + path.name)
+    client.upload_file(str(SAMPLES / "lightning" / "tiny.ckpt"), "ckpts", "lightning/tiny.ckpt")
+    yield server
+    server.close()
+
+
+def _env(monkeypatch, server: S3Server) -> None:
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_1gib_mount_fetches_under_1mb_and_a_tensor_only_its_bytes(web, tmp_path, mount):
+    server, root = web
+    server.counts.reset()
+    mnt = mount(server.url + "big.safetensors", "--cache-dir", tmp_path / "cache")
+    requests, fetched = server.counts.reset()
+    assert requests <= 3 and fetched < 1 << 20, server.counts.lines
+    assert len(list(mnt.glob("t/*.npy"))) == COUNT
+    served = np.load(mnt / "t" / "7.npy")
+    assert np.array_equal(served, np.arange(TENSOR // 4, dtype=np.float32))
+    requests, fetched = server.counts.reset()
+    assert TENSOR <= fetched <= TENSOR + 2 * PAGE  # the tensor, and the pages its ends share with its neighbours
+    assert requests <= TENSOR // (8 << 20) + 2  # in blocks of 8 MiB, the first read fetching all of them
+
+
+def test_a_second_mount_with_the_disk_cache_makes_one_request(web, tmp_path, mount):
+    server, _ = web
+    cache = tmp_path / "cache"
+    first = mount(server.url + "big.safetensors", "--cache-dir", cache)
+    np.load(first / "t" / "7.npy")
+    server.counts.reset()
+    second = mount(server.url + "big.safetensors", "--cache-dir", cache)
+    assert server.counts.reset()[0] == 1  # the HEAD that pins the ETag; the header comes from disk
+    assert np.load(second / "t" / "7.npy")[-1] == TENSOR // 4 - 1
+    assert server.counts.reset() == (0, 0)
+
+
+def test_a_tar_over_https_reads_as_the_file_does(web, tmp_path, mount):
+    server, root = web
+    remote = mount(server.url + "tiny.nemo", "--cache-dir", tmp_path / "cache")
+    local = mount(root / "tiny.nemo", "-o", "ro")
+    compared = filecmp.dircmp(remote, local, ignore=[".ckptfs"])
+    assert not compared.left_only and not compared.right_only
+    for path in local.rglob("*"):
+        if path.is_file() and ".ckptfs" not in path.parts:
+            assert (remote / path.relative_to(local)).read_bytes() == path.read_bytes(), path
+
+
+def test_an_object_replaced_while_mounted_fails_reads_with_eio(tmp_path, mount):
+    root = tmp_path / "www"
+    root.mkdir()
+    sparse_safetensors(root / "big.safetensors")
+    server = FileServer(root)
+    try:
+        mnt = mount(server.url + "big.safetensors", "--cache-dir", tmp_path / "cache", log_errors_expected=True)
+        replaced = root / "big.safetensors.new"
+        sparse_safetensors(replaced)
+        os.replace(replaced, root / "big.safetensors")  # a new ETag
+        with pytest.raises(OSError) as failed:
+            (mnt / "t" / "3.npy").read_bytes()
+        assert failed.value.errno == errno.EIO
+        log = next(tmp_path.glob("daemon*.log")).read_text()
+        assert "the object changed since it was mounted" in log
+    finally:
+        server.close()
+
+
+def test_an_s3_prefix_mounts_as_the_folder_does(s3, tmp_path, monkeypatch, mount):
+    _env(monkeypatch, s3)
+    for prefix, folder in (("dcp/", SAMPLES / "dcp" / "fsdp2_2rank"), ("hf/", SAMPLES / "hf" / "bert_tiny_sharded")):
+        s3.counts.reset()
+        remote = mount(f"s3://ckpts/{prefix}", "--cache-dir", tmp_path / "cache")
+        mounted_with = s3.counts.reset()
+        local = mount(folder, "-o", "ro")
+        files = [p.relative_to(local) for p in local.rglob("*") if p.is_file() and ".ckptfs" not in p.parts]
+        assert files
+        for path in files:
+            assert (remote / path).read_bytes() == (local / path).read_bytes(), (prefix, path)
+        objects = len(list(folder.iterdir()))
+        assert mounted_with[0] <= objects + 1, s3.counts.lines  # the LIST, then at most one read per object
+        assert mounted_with[1] <= objects * PAGE
+
+
+def test_an_s3_object_reads_like_the_file(s3, tmp_path, monkeypatch):
+    _env(monkeypatch, s3)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    info = json.loads(run_ckptfs("info", "--json", "s3://ckpts/lightning/tiny.ckpt").stdout)
+    local = json.loads(run_ckptfs("info", "--json", SAMPLES / "lightning" / "tiny.ckpt").stdout)
+    assert info["format"] == local["format"] and info["by_dtype"] == local["by_dtype"]
+    assert info["writable"] is False
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("{web}missing.safetensors", "no such object (HTTP 404)"),
+    ("{web}", "a web server lists no folders"),
+    ("s3://ckpts/nothing-here/", "no objects under this prefix"),
+    ("s3://ckpts/nothing.safetensors", "no such object"),
+])
+def test_remote_sources_that_cannot_be_read_are_refused_in_one_line(web, s3, tmp_path, monkeypatch, url, problem):
+    _env(monkeypatch, s3)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    done = run_ckptfs("info", url.format(web=web[0].url))
+    assert done.returncode == 1 and problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# ---------------------------------------------------------------- the cache on its own
+
+
+def test_concurrent_reads_of_one_page_fetch_it_once():
+    calls, gate = [], threading.Event()
+
+    def fetch(start: int, end: int) -> bytes:
+        calls.append((start, end))
+        gate.wait(5)
+        return bytes(range(256)) * ((end - start) // 256)
+
+    cache = PageCache(memory_bytes=16 * PAGE, block_bytes=4 * PAGE)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.read("k", 8 * PAGE, fetch, 100, 3 * PAGE)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 8 and len(set(results)) == 1 and len(results[0]) == 3 * PAGE
+    assert sorted(calls) == [(0, 4 * PAGE)]  # one request for the 4 pages the read covers
+    cache.read("k", 8 * PAGE, fetch, 0, 8 * PAGE)
+    assert sorted(calls) == [(0, 4 * PAGE), (4 * PAGE, 8 * PAGE)]
+
+
+def test_a_damaged_disk_page_is_fetched_again(tmp_path):
+    pages = {0: b"a" * PAGE, 1: b"b" * PAGE}
+    fetched = []
+
+    def fetch(start: int, end: int) -> bytes:
+        fetched.append((start, end))
+        return b"".join(pages[i] for i in range(start // PAGE, end // PAGE))
+
+    first = PageCache(disk=DiskCache(str(tmp_path)))
+    assert first.read("k", 2 * PAGE, fetch, 0, 2 * PAGE) == pages[0] + pages[1]
+    folder = next(p for p in tmp_path.iterdir() if p.is_dir())
+    with open(folder / "data", "r+b") as f:  # page 1 damaged on disk
+        f.seek(PAGE + 10)
+        f.write(b"X")
+    second = PageCache(disk=DiskCache(str(tmp_path)))
+    assert second.read("k", 2 * PAGE, fetch, 0, 2 * PAGE) == pages[0] + pages[1]
+    assert fetched == [(0, 2 * PAGE), (PAGE, 2 * PAGE)]  # only the damaged page again
