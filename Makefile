@@ -84,6 +84,7 @@ bench: test-deps
 	$(PY) bench/tools.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/gguf_bench.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/deepspeed_bench.py $(if $(QUICK),--rounds 2)
+	$(PY) bench/remote_bench.py $(if $(QUICK),--rounds 2)
 
 clean:
 	rm -rf $(VENV) $(RATARMOUNT_VENV) build *.egg-info

@@ -24,6 +24,7 @@ from .remote_servers import FileServer, S3Server
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 TENSOR = 10 << 20  # bytes of each tensor of the sparse checkpoint
 COUNT = 100  # 100 x 10 MiB: a 1 GiB checkpoint
+LONG = 96 << 20  # a tensor read from start to end
 
 
 def sparse_safetensors(path: Path) -> Path:
@@ -48,6 +49,10 @@ def web(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     sparse_safetensors(root / "big.safetensors")
     shutil.copy(SAMPLES / "nemo" / "tiny.nemo", root / "tiny.nemo")
+    text = json.dumps({"long": {"dtype": "U8", "shape": [LONG], "data_offsets": [0, LONG]}}).encode().ljust(64)
+    with open(root / "long.safetensors", "wb") as f:  # one 96 MiB tensor, zeros
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + LONG)
     server = FileServer(root)
     yield server, root
     server.close()
@@ -83,6 +88,18 @@ def test_a_1gib_mount_fetches_under_1mb_and_a_tensor_only_its_bytes(web, tmp_pat
     requests, fetched = server.counts.reset()
     assert TENSOR <= fetched <= TENSOR + 2 * PAGE  # the tensor, and the pages its ends share with its neighbours
     assert requests <= TENSOR // (8 << 20) + 2  # in blocks of 8 MiB, the first read fetching all of them
+
+
+def test_a_sequential_read_is_fetched_in_large_requests(web, tmp_path, mount):
+    server, _ = web
+    mnt = mount(server.url + "long.safetensors", "--cache-dir", tmp_path / "cache")
+    server.counts.reset()
+    with open(mnt / "long.npy", "rb") as f:
+        while f.read(128 << 10):  # as cat reads
+            pass
+    requests, fetched = server.counts.reset()
+    assert LONG - PAGE <= fetched <= LONG + PAGE  # the file once (its first page came with the header at mount)
+    assert requests <= LONG // (8 << 20) + 4, server.counts.lines  # 8 MiB requests, not one per read
 
 
 def test_a_second_mount_with_the_disk_cache_makes_one_request(web, tmp_path, mount):

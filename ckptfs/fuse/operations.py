@@ -141,7 +141,7 @@ class Operations(pyfuse3.Operations):
         self.root = root
         self.editable, self.check = editable, check
         self.handles: dict[int, _Handle] = {}  # open files
-        self.ahead: dict[int, tuple[int, int]] = {}  # inode -> (where its next read would start, read-ahead)
+        self.ahead: dict[int, tuple[int, int, int]] = {}  # inode -> (its next read's start, read-ahead, asked up to)
         self._next_handle = 1
         # by inode number (0 is unused): the node, its parent's number, its name
         self.nodes: list[Node | None] = [None, root]
@@ -387,19 +387,23 @@ class Operations(pyfuse3.Operations):
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
         """For a file whose bytes are fetched (a remote source): its first
         read starts fetching the file's first FIRST_AHEAD bytes (a tensor's
-        every range, across shards); each read that follows the last one
-        fetches ahead of it, twice as far each time, up to MAX_AHEAD. Only
+        every range, across shards). A reader that goes on where it left off
+        is kept ahead: once it is within half a window of what was asked
+        for, the next window is asked for, twice as long each time up to
+        MAX_AHEAD (whole windows: large requests, not one per read). Only
         this file's bytes: never its neighbours'."""
-        expected, window = self.ahead.get(inode, (-1, 0))
+        expected, window, frontier = self.ahead.get(inode, (-1, 0, 0))
         if off == 0:
+            window = frontier = FIRST_AHEAD
             content.prefetch(0, FIRST_AHEAD)
-            window = FIRST_AHEAD
-        elif off == expected:
-            window = min(max(window, size) * 2, MAX_AHEAD)
-            content.prefetch(off + size, window)
-        else:
-            window = 0
-        self.ahead[inode] = (off + size, window)
+        elif off != expected:
+            window, frontier = 0, 0
+        elif off + size + window // 2 >= frontier and frontier < content.size:
+            window = min(max(window, 4 * size) * 2, MAX_AHEAD)
+            start = max(frontier, off + size)
+            content.prefetch(start, window)
+            frontier = start + window
+        self.ahead[inode] = (off + size, window, frontier)
 
     # -- writes (docs/writing.md): each goes to the overlay before it returns
 
