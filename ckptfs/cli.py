@@ -53,6 +53,7 @@ examples:
   mount -t fuse.ckptfs model.nemo /mnt/m -o ro # through mount(8) / fstab (ckptfs install-helper)
   ckptfs mount s3://bucket/run/step_100/ /mnt/m     # a prefix of an object store (pip install 'ckptfs[remote]')
   ckptfs mount https://host/model.safetensors /mnt/m
+  ckptfs mount hf://org/model@main /mnt/m           # a Hugging Face repository at its commit
 """
 
 

@@ -37,6 +37,7 @@ def summary(ckpt: Checkpoint) -> dict:
         "format": ckpt.format,
         "source_bytes": ckpt.source_bytes(),
         "writable": ckpt.writer is not None,
+        "read_only_because": None if ckpt.writer is not None else ckpt.root.xattrs.get("ckptfs.read_only"),
         "tensors": len(ckpt.tensors),
         "parameters": sum(r["parameters"] for r in by_dtype.values()),
         "tensor_bytes": sum(r["bytes"] for r in by_dtype.values()),
@@ -55,7 +56,7 @@ def text(info: dict) -> str:
 
     lines = [
         f"source      {info['source']}",
-        f"format      {info['format']}{'' if info['writable'] else ' (read-only: ckptfs cannot write it back)'}",
+        f"format      {info['format']}{'' if info['writable'] else ' (read-only: ' + (info['read_only_because'] or 'ckptfs cannot write it back') + ')'}",
         f"size        {human_size(info['source_bytes'])}",
         f"tensors     {info['tensors']:,}, {info['parameters']:,} parameters, {human_size(info['tensor_bytes'])}",
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import threading
@@ -181,3 +182,55 @@ class S3Server:
 
 def environment(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **extra}
+
+
+class _Hub(_Files):
+    """The Hugging Face Hub's API and file URLs, for one repository held in
+    `root`: `/api/models/ORG/NAME/revision/REV` lists it at commit SHA, and
+    `/ORG/NAME/resolve/SHA/PATH` redirects to the file, as the Hub sends
+    large files to its CDN (here `/cdn/PATH`, with ranges and ETags)."""
+
+    repo: str
+    sha: str
+
+    def do_GET(self) -> None:
+        api = f"/api/models/{self.repo}/revision/"
+        resolve = f"/{self.repo}/resolve/{self.sha}/"
+        if self.path.startswith(api):
+            siblings = [{"rfilename": str(p.relative_to(self.root)), "size": p.stat().st_size}
+                        for p in sorted(self.root.rglob("*")) if p.is_file()]
+            body = json.dumps({"id": self.repo, "sha": self.sha, "lastModified": "2026-11-30T12:00:00.000Z",
+                               "siblings": siblings}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.counts.add(f"GET {self.path}", len(body))
+        elif self.path.startswith(resolve):
+            self.send_response(302)
+            self.send_header("Location", "/cdn/" + self.path[len(resolve):])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.counts.add(f"GET {self.path} 302", 0)
+        elif self.path.startswith("/cdn/"):
+            self.path = self.path[len("/cdn"):]
+            super().do_GET()
+        else:
+            self.send_error(404)
+            self.counts.add(f"GET {self.path} 404", 0)
+
+
+class HubServer(FileServer):
+    """A Hub of one repository `org/model` at commit SHA; point HF_ENDPOINT at `url`."""
+
+    SHA = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, root: Path, repo: str = "org/model"):
+        self.counts = Counts()
+        handler = type("Hub", (_Hub,), {"root": Path(root), "counts": self.counts, "repo": repo, "sha": self.SHA})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()

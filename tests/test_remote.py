@@ -19,7 +19,7 @@ import pytest
 from ckptfs.sources.pagecache import PAGE, DiskCache, PageCache
 
 from .conftest import run_ckptfs
-from .remote_servers import FileServer, S3Server
+from .remote_servers import FileServer, HubServer, S3Server
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 TENSOR = 10 << 20  # bytes of each tensor of the sparse checkpoint
@@ -225,3 +225,28 @@ def test_a_damaged_disk_page_is_fetched_again(tmp_path):
     second = PageCache(disk=DiskCache(str(tmp_path)))
     assert second.read("k", 2 * PAGE, fetch, 0, 2 * PAGE) == pages[0] + pages[1]
     assert fetched == [(0, 2 * PAGE), (PAGE, 2 * PAGE)]  # only the damaged page again
+
+
+def test_a_hub_repository_mounts_at_its_commit(tmp_path, monkeypatch, mount):
+    """hf:// against a stand-in for the Hub on loopback (HF_ENDPOINT): one API
+    request pins the revision to its commit; files come from the commit's
+    resolve URLs through the redirect the Hub answers with."""
+    folder = SAMPLES / "hf" / "bert_tiny_sharded"
+    hub = HubServer(folder)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        remote = mount("hf://org/model@main", "--cache-dir", tmp_path / "cache")
+        requests = [line for line in hub.counts.lines if "/api/" in line]
+        assert len(requests) == 1
+        local = mount(folder, "-o", "ro")
+        files = [p.relative_to(local) for p in local.rglob("*") if p.is_file() and ".ckptfs" not in p.parts]
+        assert files
+        for path in files:
+            assert (remote / path).read_bytes() == (local / path).read_bytes(), path
+        info = json.loads(run_ckptfs("info", "--json", "hf://org/model").stdout)
+        assert info["source"] == f"hf://org/model@{HubServer.SHA}/" and info["tensors"] > 0
+        done = run_ckptfs("info", "hf://org/other")
+        assert done.returncode == 1 and "HTTP 404" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    finally:
+        hub.close()

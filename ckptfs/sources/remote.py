@@ -1,5 +1,8 @@
-"""Checkpoints on object storage and web servers: `s3://bucket/key`, a
-prefix `s3://bucket/folder/` as a directory, and `https://host/file`.
+"""Checkpoints on object storage, web servers and the Hugging Face Hub:
+`s3://bucket/key`, a prefix `s3://bucket/folder/` as a directory,
+`https://host/file`, and `hf://org/name[@revision]` as a directory (its
+revision pinned to the commit; HF_ENDPOINT and HF_TOKEN as the Hub's own
+tools read them).
 
 Each object is pinned when it is first listed or asked about: its size and
 version (S3's ETag, HTTP's ETag). Every range request carries the version
@@ -15,19 +18,23 @@ fsspec and its filesystems (s3fs; aiohttp for HTTP) are the optional
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat as stat_module
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 
 from ..errors import CkptfsError, SourceChangedError
 from .base import Source
 from .directory import Directory
 from .pagecache import DEFAULT_BLOCK, DEFAULT_DISK, DEFAULT_MEMORY, DiskCache, PageCache
 
-SCHEMES = ("s3://", "http://", "https://")
+SCHEMES = ("s3://", "http://", "https://", "hf://")
+HF_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
@@ -104,8 +111,8 @@ class HttpStore:
         return RemoteObject(url, int(size), headers.get("etag", ""), _http_time(headers.get("last-modified")))
 
     def get(self, obj: RemoteObject, start: int, end: int) -> bytes:
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if obj.version:
+        headers = {"Range": f"bytes={start}-{end - 1}", **_hub_auth(obj.url)}
+        if obj.version and not obj.version.startswith("W/"):  # a weak ETag never matches If-Match: the reply's is checked
             headers["If-Match"] = obj.version
 
         async def get():
@@ -125,6 +132,30 @@ class HttpStore:
             raise RemoteError(f"{obj.url}: HTTP {status} for bytes {start}-{end - 1}")
         _check_reply(obj, start, end, reply.get("content-range", ""), reply.get("etag", ""), data)
         return data
+
+    def json(self, url: str):
+        """A JSON document (a Hub API answer): one GET."""
+        async def get():
+            session = await self.fs.set_session()
+            async with session.get(url, headers=_hub_auth(url)) as r:
+                return r.status, await r.read()
+
+        status, body = self._run(get)
+        if status in (401, 403, 404):
+            raise RemoteError(f"{url}: HTTP {status} (no such repository or revision, or it needs a token: HF_TOKEN)")
+        if status != 200:
+            raise RemoteError(f"{url}: HTTP {status}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise RemoteError(f"{url}: the answer is not JSON") from None
+
+
+def _hub_auth(url: str) -> dict[str, str]:
+    """The Hub token (HF_TOKEN), sent to the Hub's own host only."""
+    token = os.environ.get("HF_TOKEN")
+    endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
+    return {"Authorization": f"Bearer {token}"} if token and url.startswith(endpoint + "/") else {}
 
 
 def _lower(headers) -> dict[str, str]:
@@ -191,6 +222,48 @@ class S3Store:
             raise RemoteError(f"{obj.url}: {e}") from None
         _check_reply(obj, start, end, reply.get("ContentRange", ""), reply.get("ETag", ""), data)
         return data
+
+
+def hub_listing(url: str) -> tuple[str, dict[str, RemoteObject]]:
+    """`hf://[datasets/]ORG/NAME[@REVISION][/FOLDER/]`: (the URL with the
+    revision pinned to its commit, every file below FOLDER by relative path),
+    from one API request. Files are read from the commit's `resolve/` URLs,
+    which never change: no ETag to pin."""
+    rest = url[len("hf://"):]
+    kind = "datasets" if rest.startswith("datasets/") else "models"
+    rest = rest.removeprefix("datasets/")
+    parts = rest.split("/")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise RemoteError(f"{url}: name a repository, hf://ORG/NAME[@REVISION][/FOLDER/]")
+    name, _, revision = parts[1].partition("@")
+    repo, folder = f"{parts[0]}/{name}", "/".join(parts[2:])
+    endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
+    store = store_for(endpoint + "/")
+    info = store.json(f"{endpoint}/api/{kind}/{repo}/revision/{quote(revision or 'main', safe='')}?blobs=true")
+    sha = info.get("sha") if isinstance(info, dict) else None
+    siblings = info.get("siblings") if isinstance(info, dict) else None
+    if not isinstance(sha, str) or not isinstance(siblings, list):
+        raise RemoteError(f"{url}: the Hub's answer names no commit and files")
+    prefix = "" if kind == "models" else "datasets/"
+    modified = _iso_time(info.get("lastModified"))
+    objects = {}
+    for sibling in siblings:
+        path, size = (sibling.get("rfilename"), sibling.get("size")) if isinstance(sibling, dict) else (None, None)
+        if not isinstance(path, str) or not isinstance(size, int) or size < 0:
+            continue
+        if folder and not path.startswith(folder.rstrip("/") + "/"):
+            continue
+        relative = path[len(folder.rstrip("/")) + 1:] if folder else path
+        objects[relative] = RemoteObject(f"{endpoint}/{prefix}{repo}/resolve/{sha}/{quote(path)}", size, "", modified)
+    pinned = f"hf://{prefix}{repo}@{sha}/" + (folder.rstrip("/") + "/" if folder else "")
+    return pinned, objects
+
+
+def _iso_time(text) -> float:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _check_reply(obj: RemoteObject, start: int, end: int, content_range: str, etag: str, data: bytes) -> None:
@@ -338,6 +411,11 @@ class RemoteDirectory(Directory):
 def open_url(url: str, cache: PageCache) -> RemoteSource | RemoteDirectory:
     """The object or prefix at `url`: one request (a HEAD, or a LIST for a prefix)."""
     try:
+        if url.startswith("hf://"):
+            pinned, objects = hub_listing(url)
+            if not objects:
+                raise RemoteError(f"{url}: no files there")
+            return RemoteDirectory(pinned, objects, cache)
         store = store_for(url)
         if url.endswith("/"):
             return _open_prefix(url, store, cache)
