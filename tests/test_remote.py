@@ -250,3 +250,16 @@ def test_a_hub_repository_mounts_at_its_commit(tmp_path, monkeypatch, mount):
         assert done.returncode == 1 and "HTTP 404" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     finally:
         hub.close()
+
+
+def test_the_disk_cache_keeps_to_its_bound(tmp_path, monkeypatch):
+    import ckptfs.sources.pagecache as pagecache
+
+    monkeypatch.setattr(pagecache, "TRIM_EVERY", 8 * PAGE)
+    disk = DiskCache(str(tmp_path), limit=20 * PAGE)
+    cache = PageCache(disk=disk)
+    for name in "abcd":  # four objects of 16 pages: 64 pages written through a 20-page bound
+        cache.read(name, 16 * PAGE, lambda start, end: b"x" * (end - start), 0, 16 * PAGE)
+    used = sum(f.stat().st_blocks * 512 for f in tmp_path.rglob("*") if f.is_file())
+    assert used <= 20 * PAGE + 8 * PAGE + 4096 * 4, used  # the bound, plus what came in since the last trim
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) < 4

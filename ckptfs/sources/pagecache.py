@@ -28,6 +28,8 @@ DEFAULT_BLOCK = 8 << 20
 DEFAULT_MEMORY = 256 << 20
 DEFAULT_DISK = 2 << 30
 WORKERS = 8
+#: the disk cache is trimmed to its limit after it has taken this many bytes
+TRIM_EVERY = 256 << 20
 
 #: (start, end) -> the bytes: one range request of an object
 Fetch = Callable[[int, int], bytes]
@@ -151,6 +153,7 @@ class DiskCache:
         os.makedirs(root, mode=0o700, exist_ok=True)
         self.lock = threading.Lock()
         self.open: dict[str, tuple[int, int, dict[int, int]]] = {}  # key -> (data fd, log fd, page -> crc)
+        self.written = 0  # bytes put since the cache was last trimmed
         self._evict()
 
     def _folder(self, key: str) -> str:
@@ -192,10 +195,22 @@ class DiskCache:
             log.warning("disk cache %s: %s; pages are not kept", self.root, e.strerror)
             return
         known[index] = zlib.crc32(page)
+        with self.lock:
+            self.written += len(page)
+            trim, self.written = self.written >= TRIM_EVERY, self.written % TRIM_EVERY
+        if trim:
+            for key in list(self.open):  # the objects in use are the last to go
+                try:
+                    os.utime(self._folder(key))
+                except OSError:
+                    pass
+            self._evict()
 
     def _evict(self) -> None:
         """Remove the least recently used objects' folders while the cache
-        holds more than `limit` bytes (when a mount starts)."""
+        holds more than `limit` bytes (when a mount starts, and after each
+        TRIM_EVERY bytes it takes). An object still in use keeps its open
+        files: its pages stay readable by this process."""
         try:
             folders = [os.path.join(self.root, n) for n in os.listdir(self.root)]
         except OSError:
