@@ -153,13 +153,13 @@ class _Scanner:
             raise FormatError(path, e.strerror or str(e)) from None
         name = os.path.basename(path)
         if gzindex.sniff(source.pread(0, 2)):
-            self.gzip_tar(path, st, name)
+            self.gzip_tar(source, st, name)
         else:
             self.blob(source, name, 0)
 
-    def gzip_tar(self, path: str, st: os.stat_result, location: str) -> None:
+    def gzip_tar(self, compressed: Source, st: os.stat_result, location: str) -> None:
         try:
-            stream, members, notes = gzindex.open_tar_stream(path, st, self.cache_dir or default_cache_dir())
+            stream, members, notes = gzindex.open_tar_stream(compressed, st, self.cache_dir or default_cache_dir())
         except FormatError as e:
             self.report.problems.append(f"{location}: {e.problem}")
             return

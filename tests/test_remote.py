@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import filecmp
+import gzip
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ def web(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     sparse_safetensors(root / "big.safetensors")
     shutil.copy(SAMPLES / "nemo" / "tiny.nemo", root / "tiny.nemo")
+    (root / "old.nemo").write_bytes(gzip.compress((SAMPLES / "nemo" / "tiny.nemo").read_bytes(), mtime=0))
     text = json.dumps({"long": {"dtype": "U8", "shape": [LONG], "data_offsets": [0, LONG]}}).encode().ljust(64)
     with open(root / "long.safetensors", "wb") as f:  # one 96 MiB tensor, zeros
         f.write(struct.pack("<Q", len(text)) + text)
@@ -114,10 +116,11 @@ def test_a_second_mount_with_the_disk_cache_makes_one_request(web, tmp_path, mou
     assert server.counts.reset() == (0, 0)
 
 
-def test_a_tar_over_https_reads_as_the_file_does(web, tmp_path, mount):
+@pytest.mark.parametrize("name", ["tiny.nemo", "old.nemo"])  # a plain tar, and a gzip one (pre-1.7 NeMo)
+def test_a_tar_over_https_reads_as_the_file_does(web, tmp_path, mount, name):
     server, root = web
-    remote = mount(server.url + "tiny.nemo", "--cache-dir", tmp_path / "cache")
-    local = mount(root / "tiny.nemo", "-o", "ro")
+    remote = mount(server.url + name, "--cache-dir", tmp_path / "cache")
+    local = mount(root / name, "-o", "ro", "--cache-dir", tmp_path / "local-cache")
     compared = filecmp.dircmp(remote, local, ignore=[".ckptfs"])
     assert not compared.left_only and not compared.right_only
     for path in local.rglob("*"):

@@ -19,7 +19,7 @@ import os
 import tempfile
 
 from ..errors import FormatError
-from ..sources.base import FileSource
+from ..sources.base import FileSource, Source
 from ..sources.gzip import GzipSource, open_gzip
 from ..tree.checkpoint import Checkpoint
 from . import tar
@@ -35,30 +35,32 @@ def sniff(head: bytes) -> bool:
     return head[:2] == GZIP_MAGIC
 
 
-def open_gzip_tar(path: str, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    source, members, notes = open_tar_stream(path, st, cache_dir)
+def open_gzip_tar(compressed: Source, st: os.stat_result, cache_dir: str) -> Checkpoint:
+    source, members, notes = open_tar_stream(compressed, st, cache_dir)
     return tar.build("nemo (tar.gz)", source, members, st, notes)
 
 
-def open_tar_stream(path: str, st: os.stat_result, cache_dir: str) -> tuple[GzipSource, list[tar.Member], list[str]]:
+def open_tar_stream(compressed: Source, st: os.stat_result, cache_dir: str) -> tuple[GzipSource, list[tar.Member], list[str]]:
     """The inflated tar stream of a gzip file with random access, its
-    members and notes on members skipped; from the cache when it has them."""
-    stem = os.path.join(cache_dir, "gzindex", _cache_key(st))
+    members and notes on members skipped; from the cache when it has them.
+    (A remote file is read whole, once, to build the index.)"""
+    stem = os.path.join(cache_dir, "gzindex", _cache_key(st, getattr(compressed, "identity", "")))
     cached = _load_cached(stem)
     if cached is not None:
         index, doc = cached
         members, notes = [tar.Member(**m) for m in doc["members"]], doc["notes"]
         size = doc["size"]
     else:
-        index, size, members, notes = _scan(path)
+        index, size, members, notes = _scan(compressed)
         _save(stem, index, {"size": size, "members": [m.to_json() for m in members], "notes": notes})
-    return GzipSource(path, size, index), members, list(notes)
+    return GzipSource(compressed, size, index), members, list(notes)
 
 
-def _scan(path: str):
+def _scan(compressed: Source):
     """Inflate once: list the tar's members and build the seek index."""
+    path = compressed.path
     try:
-        with open_gzip(path) as reader:
+        with open_gzip(compressed) as reader:
             head = reader.read(tar.BLOCK)
             if len(head) < tar.BLOCK:
                 raise FormatError(path, f"gzip stream is truncated (it inflates to {len(head)} bytes)")
@@ -74,8 +76,10 @@ def _scan(path: str):
     return index.getvalue(), size, members, notes
 
 
-def _cache_key(st: os.stat_result) -> str:
-    ident = f"v{CACHE_VERSION}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+def _cache_key(st: os.stat_result, identity: str = "") -> str:
+    """A local file by its device, inode, size and time; a remote one also by
+    its `identity` (its URL and version)."""
+    ident = f"v{CACHE_VERSION}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" + (f":{identity}" if identity else "")
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -112,7 +116,7 @@ def _atomic(final: str, data: bytes) -> None:
 
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    return open_gzip_tar(source.path, st, cache_dir)
+    return open_gzip_tar(source, st, cache_dir)
 
 
 FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file)

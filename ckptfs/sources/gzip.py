@@ -13,14 +13,27 @@ import io
 import os
 import threading
 
-from .base import Source
+from .base import FileSource, SeekableReader, Source
 
 
-def open_gzip(path: str):
-    """A rapidgzip reader of the file at `path`, decompressing on every core."""
+class _FileObject(SeekableReader):
+    """What rapidgzip takes for a file object: it also asks for `write` and `close`."""
+
+    def write(self, data: bytes) -> int:
+        raise io.UnsupportedOperation("a checkpoint's gzip stream is read-only")
+
+    def close(self) -> None:
+        """The source stays open: the tree's other files read it too."""
+
+
+def open_gzip(compressed: Source):
+    """A rapidgzip reader of the gzip file `compressed`, decompressing on
+    every core: a local file by its path, anything else (a remote object)
+    through a file object over the source."""
     import rapidgzip  # imported only for gzip sources: it is slow to import
 
-    return rapidgzip.open(path, parallelization=os.cpu_count() or 1)
+    target = compressed.path if isinstance(compressed, FileSource) else _FileObject(compressed)
+    return rapidgzip.open(target, parallelization=os.cpu_count() or 1)
 
 
 class GzipSource(Source):
@@ -28,8 +41,9 @@ class GzipSource(Source):
 
     slow = True
 
-    def __init__(self, path: str, size: int, index: bytes):
-        self.path = path
+    def __init__(self, compressed: Source, size: int, index: bytes):
+        self.compressed = compressed
+        self.path = compressed.path
         self.size = size
         self._index = index
         self._reader = None
@@ -43,7 +57,7 @@ class GzipSource(Source):
         length = max(0, min(length, self.size - offset))
         with self._lock:
             if self._reader is None:
-                self._reader = open_gzip(self.path)
+                self._reader = open_gzip(self.compressed)
                 self._reader.import_index(io.BytesIO(self._index))
             self._reader.seek(offset)
             return self._reader.read(length)

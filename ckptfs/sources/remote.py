@@ -359,6 +359,11 @@ class RemoteSource(Source):
         self.cache.prefetch(self.obj.key, self.size, self.obj.fetch, offset, length)
 
     @property
+    def identity(self) -> str:
+        """Which object and version: what caches of parsed indexes key on."""
+        return self.obj.key
+
+    @property
     def origin(self) -> RemoteSource:
         """Itself: its `stat` (the mounting user's, owner-only) decides who reads it."""
         return self

@@ -22,7 +22,7 @@ from ckptfs.pickle import object_edits
 from ckptfs.pickle.inert import InertUnpickler, PickleError
 from ckptfs.pickle.pyobjects import to_yaml
 from ckptfs.pickle.torch_classes import KNOWN, persistent_load
-from ckptfs.sources.base import Source
+from ckptfs.sources.base import FileSource, Source
 from ckptfs.tree import npy
 from ckptfs.tree.nodes import File
 
@@ -66,7 +66,14 @@ def _with_file(data: bytes, use: Callable[[str], None]) -> None:
 
 
 def _gzip_index(data: bytes) -> None:
-    _with_file(data, scan_gzip)
+    def scan(path: str) -> None:
+        source = FileSource(path)
+        try:
+            scan_gzip(source)
+        finally:
+            source.close()
+
+    _with_file(data, scan)
 
 
 def _zip_reader(data: bytes) -> None:
