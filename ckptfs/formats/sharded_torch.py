@@ -69,7 +69,9 @@ def _rank_files(directory: Directory) -> list[str]:
 
 
 def sniff(directory: Directory) -> bool:
-    return bool(_rank_files(directory))
+    """At the first file that holds ShardedTensors: detection tries this on
+    every directory no earlier format took (Hugging Face folders of .bin files)."""
+    return any(directory.is_file(n) and _holds_sharded(directory.open(n)) for n in directory.names())
 
 
 @dataclass
