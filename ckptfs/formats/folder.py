@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 
 from ..errors import FormatError
+from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..write.diff import below
-from ..write.output import put_file, write_new_file
+from ..write.output import keep_file, put_file, write_new_file
 from . import dcp
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
 from .nested import Grafts
@@ -33,7 +34,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     path = directory.path
     root, raw = Dir(), Dir()
     grafts = Grafts()
-    originals: dict[int, str] = {}  # id(node) -> the file it shows, for the writer
+    originals: dict[int, Source] = {}  # id(node) -> the file it shows, for the writer
     outside: list[str] = []  # links not followed
     unwritable = ""  # why a distributed checkpoint inside cannot be written, if it cannot
     pending = [""]
@@ -63,7 +64,7 @@ def open_dir(directory: Directory) -> Checkpoint:
             parent = root.subdir(parts)
             parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
             grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)  # a torch.save file, expanded
-            originals[id(parent.children[leaf])] = os.path.join(path, name)
+            originals[id(parent.children[leaf])] = source
     add_links(directory, outside, root, raw)
     ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, grafts.placed,
                       grafts.notes, grafts.pickle_globals)
@@ -80,7 +81,7 @@ class Writer(DirectoryWriter):
     torch.save file shown expanded by its own, every other file hard-linked
     when unchanged and written when edited or new."""
 
-    def __init__(self, originals: dict[int, str]):
+    def __init__(self, originals: dict[int, Source]):
         self.originals = originals
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
@@ -97,7 +98,7 @@ class Writer(DirectoryWriter):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 blob = writer.blob(*below(path, files, before))
                 if blob is None:
-                    os.link(self.originals[id(node)], target)
+                    keep_file(self.originals[id(node)], target)
                 else:
                     write_new_file(target, blob.write)
             else:

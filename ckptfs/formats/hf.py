@@ -13,6 +13,7 @@ import math
 import os
 
 from ..errors import CkptfsError, EditRefused, FormatError
+from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
@@ -21,7 +22,7 @@ from ..tree.nodes import Access, Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, merge_into, tensor_tree
 from ..write.diff import is_edited
-from ..write.output import put_file, write_new_file
+from ..write.output import keep_file, put_file, write_new_file
 from . import safetensors
 from .base import DirectoryFormat, DirectoryWriter
 
@@ -39,12 +40,13 @@ def open_dir(directory: Directory) -> Checkpoint:
     shards: dict[str, dict[str, Tensor]] = {}
     metadata: dict[str, dict | None] = {}
     originals: dict[int, str] = {}  # the plain files, for the writer
+    sources: dict[str, Source] = {}  # every file, by relative path, for the writer to keep
     links = False
     found, outside = directory.walk()
     for rel in found:  # links to files followed, as in the Hugging Face cache
         parts = names.file_parts(rel)
         links = links or directory.is_link(rel)
-        source = directory.open(rel)
+        source = sources[rel] = directory.open(rel)
         mtime = directory.mtime_ns(rel)
         raw.subdir(parts[:-1]).add(parts[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
         if rel.endswith(".safetensors"):
@@ -72,7 +74,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     elif not shards or notes or len(indexes) > 1:
         root.xattrs["ckptfs.read_only"] = "no single index or set of files names the model's tensors to write back"
     else:
-        ckpt.writer = Writer(path, shards, metadata, indexes[0] if indexes else None, originals,
+        ckpt.writer = Writer(sources, shards, metadata, indexes[0] if indexes else None, originals,
                              sum(t.numel for t in merged))
     return ckpt
 
@@ -140,9 +142,9 @@ class Writer(DirectoryWriter):
 
     adds_tensors = True  # a new `.npy` in the merged tree is a new tensor
 
-    def __init__(self, path: str, shards: dict[str, dict[str, Tensor]], metadata: dict, index: str | None,
-                 originals: dict[int, str], elements: int):
-        self.path, self.shards, self.metadata, self.index = path, shards, metadata, index
+    def __init__(self, sources: dict[str, Source], shards: dict[str, dict[str, Tensor]], metadata: dict,
+                 index: str | None, originals: dict[int, str], elements: int):
+        self.sources, self.shards, self.metadata, self.index = sources, shards, metadata, index
         self.elements = elements  # of the merged tensors at mount
         self.shard_of = {name: rel for rel, tensors in shards.items() for name in tensors}
         self.originals = originals  # id(node) -> relative path, for the files of the source
@@ -173,7 +175,7 @@ class Writer(DirectoryWriter):
             destination = os.path.join(out, rel)
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             if set(mine) == set(originals) and not any(is_edited(n) for n in mine.values()):
-                os.link(os.path.join(self.path, rel), destination)
+                keep_file(self.sources[rel], destination)
                 continue
             rewritten = True
             shard_files = {"/".join(names.tensor_path(n)): node for n, node in mine.items()}
@@ -185,15 +187,15 @@ class Writer(DirectoryWriter):
             if rel is not None and rel == self.index and rewritten and not is_edited(node):
                 write_new_file(target, lambda output: output.write(self._index(tensors, home)))
             else:
-                put_file(target, node, rel and os.path.join(self.path, rel))
+                put_file(target, node, rel and self.sources[rel])
 
     def _index(self, tensors: dict, home: dict) -> bytes:
         """The index as transformers writes it: weight_map, and the metadata's
         total_size (bytes of all tensors) and total_parameters (which counts
         what transformers calls parameters, not every tensor; it moves by
         the elements added or removed)."""
-        with open(os.path.join(self.path, self.index)) as f:
-            index = json.load(f)
+        source = self.sources[self.index]
+        index = json.loads(source.read_exact(0, source.size))
         index["weight_map"] = {name: home[name] for name in sorted(tensors)}
         metadata = index.get("metadata")
         if isinstance(metadata, dict):

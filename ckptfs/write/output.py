@@ -247,17 +247,26 @@ def write_new_file(path: str, fill) -> None:
         os.close(fd)
 
 
-def put_file(target: str, node: Node, original: str | None) -> None:
-    """A file or folder of a new directory: a hard link of `original` (its
-    path in the source) when unchanged, else its bytes written."""
+def put_file(target: str, node: Node, original: Source | None) -> None:
+    """A file or folder of a new directory: `original` (the file of the
+    source it shows) kept when unchanged, else its bytes written."""
     if isinstance(node, Dir):
         os.makedirs(target, exist_ok=True)
         return
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if original is not None and not is_edited(node):
-        os.link(original, target)
+        keep_file(original, target)
     else:
         write_new_file(target, lambda output: output.copy_content(node.content))
+
+
+def keep_file(original: Source, target: str) -> None:
+    """An unchanged file of the source in the new directory: hard-linked
+    where it is a local file, its bytes copied where it is not (a remote one)."""
+    if isinstance(original, FileSource):
+        os.link(original.path, target)
+    else:
+        write_new_file(target, lambda output: output.copy(original, 0, original.size))
 
 
 def _free_name(path: str) -> str:

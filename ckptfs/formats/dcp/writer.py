@@ -13,12 +13,12 @@ from ...errors import EditRefused, RepackError
 from ...pickle.inert import InertUnpickler
 from ...pickle.torch_classes import KNOWN
 from ...pickle.torch_classes import storable as torch_storable
-from ...sources.base import FileSource
+from ...sources.base import Source
 from ...tree import names, npy
 from ...tree.dtypes import BY_NAME
 from ...tree.nodes import Dir, Extent, File
 from ...write.diff import below, is_edited, same_bytes
-from ...write.output import Blob, ContentBlob, write_new_file
+from ...write.output import Blob, ContentBlob, keep_file, write_new_file
 from .. import torchzip
 from ..base import DirectoryWriter, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names
@@ -37,14 +37,14 @@ class Writer(DirectoryWriter):
 
     adds_tensors = True  # a new `.npy` is a new tensor
 
-    def __init__(self, path: str, files: dict[str, FileSource], chunks_of: dict, fqn_of: dict):
+    def __init__(self, path: str, files: dict[str, Source], chunks_of: dict, fqn_of: dict):
         self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         new = {**self.new_files(files, before), **self._other_files(files, before)}
         for name, source in self.files.items():
             if name not in new:
-                os.link(source.path, os.path.join(out, name))
+                keep_file(source, os.path.join(out, name))
         for name, made in new.items():
             if made is not None:
                 write_new_file(os.path.join(out, name), made.write)
@@ -205,7 +205,7 @@ class FileBlob:
     write: object
 
 
-def _patched(source: FileSource, patches: dict, output) -> None:
+def _patched(source: Source, patches: dict, output) -> None:
     """A shard copied with some of its records patched."""
     position = 0
     for start, (record, record_patches) in sorted(patches.items()):
@@ -226,7 +226,7 @@ class _Rewrite:
     stores chunks (torch.save records, or one safetensors block), with
     metadata made like the other tensors'."""
 
-    def __init__(self, files: dict[str, FileSource], removed: set[str], added: dict[str, tuple], torch_records: bool):
+    def __init__(self, files: dict[str, Source], removed: set[str], added: dict[str, tuple], torch_records: bool):
         from ...pickle import writer as pickle_writer  # written only at repack: not imported at mount
 
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
@@ -278,7 +278,7 @@ class _Rewrite:
                     own.add(fqn, dtype, shape, self.new_shard, offset, length, pattern)
         self.metadata = {name: pickle_writer.dumps(graph) for name, graph in graphs.items()}
 
-    def write(self, name: str, source: FileSource, patches: dict, output) -> None:
+    def write(self, name: str, source: Source, patches: dict, output) -> None:
         """Shard `name` without its removed records; `patches` by record start."""
         for start, length in self.files[name]:
             if start in patches:
