@@ -7,12 +7,29 @@ from __future__ import annotations
 from .errors import EditsKept
 
 
+def _named(source: str) -> str:
+    """The source as the commands name it: a remote one with the overlays
+    folder its edits are in, when it is not the default."""
+    from .sources import remote
+
+    if remote.is_url(source) and remote.SETTINGS.overlays:
+        return f"{source} --overlay-dir {remote.SETTINGS.overlays}"
+    return source
+
+
+def _to(source: str) -> str:
+    """Where a resumed mount of a remote source writes: it must be told."""
+    from .sources import remote
+
+    return " --output NEW" if remote.is_url(source) else ""
+
+
 def _write_new(source: str) -> str:
-    return f"write them to a new file: ckptfs recover {source} --resume --output NEW"
+    return f"write them to a new file: ckptfs recover {_named(source)} --resume --output NEW"
 
 
 def _drop(source: str) -> str:
-    return f"drop them: ckptfs recover {source} --discard"
+    return f"drop them: ckptfs recover {_named(source)} --discard"
 
 
 def elsewhere(source: str) -> str:
@@ -22,7 +39,7 @@ def elsewhere(source: str) -> str:
 
 def waiting(source: str) -> str:
     """For a mount that found an earlier mount's edits waiting."""
-    return f"to take them up: ckptfs mount --resume {source} MOUNTPOINT; to {_drop(source)}"
+    return f"to take them up: ckptfs mount --resume {_named(source)} MOUNTPOINT{_to(source)}; to {_drop(source)}"
 
 
 def after_repack(error: EditsKept, source: str, mountpoint: str | None, mounted: bool) -> str:
@@ -37,7 +54,8 @@ def after_repack(error: EditsKept, source: str, mountpoint: str | None, mounted:
     elif error.kind == "changed":
         todo = elsewhere(source)
     elif error.kind == "edit":
-        todo = f"fix them in a mount: ckptfs mount --resume {source} {mountpoint or 'MOUNTPOINT'}, or {_drop(source)}"
+        todo = (f"fix them in a mount: ckptfs mount --resume {_named(source)} {mountpoint or 'MOUNTPOINT'}"
+                f"{_to(source)}, or {_drop(source)}")
     else:
-        todo = f"once that is fixed: ckptfs recover {source} --resume, or {_drop(source)}"
+        todo = f"once that is fixed: ckptfs recover {_named(source)} --resume{_to(source)}, or {_drop(source)}"
     return f"{error}; {todo}"

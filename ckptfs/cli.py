@@ -54,6 +54,7 @@ examples:
   ckptfs mount s3://bucket/run/step_100/ /mnt/m     # a prefix of an object store (pip install 'ckptfs[remote]')
   ckptfs mount https://host/model.safetensors /mnt/m
   ckptfs mount hf://org/model@main /mnt/m           # a Hugging Face repository at its commit
+  ckptfs mount s3://bucket/model.nemo /mnt/m --output s3://bucket/fixed.nemo   # edits go to a new key
 """
 
 
@@ -89,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/ckptfs for other users; removed when the mount ends cleanly, kept when not)",
     )
     mount.add_argument("--cache-dir", metavar="PATH", help="where gzip seek indexes are kept (default: ~/.cache/ckptfs)")
+    to = mount.add_mutually_exclusive_group()
+    to.add_argument(
+        "--output", metavar="DEST",
+        help="write the edited checkpoint to DEST (a new path, or a new s3:// key) at unmount; the source stays "
+        "as it is. A remote source mounts writable only with --output or --replace",
+    )
+    to.add_argument(
+        "--replace", action="store_true",
+        help="a remote (s3://) source: upload the edited checkpoint over it at unmount, only if it still holds "
+        "the version mounted",
+    )
+    mount.add_argument(
+        "--overlay-dir", metavar="DIR",
+        help="a remote source: where its edits are kept until written (default: ~/.cache/ckptfs/edits)",
+    )
     mount.add_argument("--log-level", choices=logs.LEVELS, help="the least severe messages logged (default: info)")
 
     umount = sub.add_parser(
@@ -127,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--discard", action="store_true", help="drop the edits; SOURCE stays as it is")
     recover.add_argument(
         "--output", metavar="PATH",
-        help="write the edited checkpoint here instead of over SOURCE (also when SOURCE changed since the edits)",
+        help="write the edited checkpoint here (a path or an s3:// key) instead of over SOURCE (also when SOURCE "
+        "changed since the edits)",
     )
+    recover.add_argument("--overlay-dir", metavar="DIR", help="a remote source: the --overlay-dir it was mounted with")
     recover.add_argument("--backup", action="store_true", help="keep the original as SOURCE.orig")
 
     status = sub.add_parser(
@@ -330,7 +348,58 @@ def _mount_options(args) -> options.MountOptions:
     opts.log_level = "debug" if opts.debug else args.log_level or opts.log_level or "info"
     opts.log_file = args.log_file or opts.log_file
     opts.cache_dir = args.cache_dir or opts.cache_dir or _default_cache_dir()
+    opts.output, opts.replace = args.output and _destination(args.output), args.replace
+    opts.overlay_dir = args.overlay_dir and os.path.abspath(args.overlay_dir)
     return opts
+
+
+def _destination(text: str) -> str:
+    """Where `--output` writes: a URL as it is, a path made absolute."""
+    from .sources.remote import is_url
+
+    return text if is_url(text) else os.path.abspath(text)
+
+
+def _check_edit_options(opts: options.MountOptions, source: str, resume: bool) -> None:
+    """--output, --replace and --overlay-dir, checked before anything is
+    mounted: an edit session that could only fail at unmount is refused now."""
+    from .sources import remote
+
+    if (opts.output or opts.replace or resume) and opts.read_only:
+        flag = "--output" if opts.output else "--replace" if opts.replace else "--resume"
+        raise CkptfsError(f"{flag} mounts writable; it does not go with -o ro")
+    if not remote.is_url(source):
+        if opts.replace or opts.overlay_dir:
+            flag = "--replace" if opts.replace else "--overlay-dir"
+            raise CkptfsError(f"{flag} is for remote sources; a local one is written over in place, and its "
+                              "edits are kept beside it")
+    elif opts.replace and (not source.startswith("s3://") or source.endswith("/")):
+        raise CkptfsError(f"{source}: only an s3:// object can be replaced (a web server or the Hub takes no writes, "
+                          "and a folder cannot be switched at once); give --output PATH instead of --replace")
+    elif resume and not (opts.output or opts.replace):
+        raise CkptfsError(f"{source}: say where the edits go: --output DEST, or --replace")
+    if opts.overlay_dir:
+        remote.SETTINGS.overlays = opts.overlay_dir
+    if opts.output:
+        _check_output(opts.output, source)
+
+
+def _check_output(output: str, source: str) -> None:
+    from .sources import remote
+
+    folder = source.endswith("/") or source.startswith("hf://") or os.path.isdir(source)
+    if remote.is_url(output) and folder:
+        raise CkptfsError(f"{output}: an edited folder is written to a local path only; upload it afterwards "
+                          "(aws s3 sync)")
+    if remote.is_url(output):
+        if not output.startswith("s3://"):
+            raise CkptfsError(f"{output}: ckptfs writes checkpoints to local paths and s3:// only")
+        if remote.store_for(output).exists(output):
+            raise CkptfsError(f"{output}: exists; give a new key for the edited checkpoint")
+    elif os.path.lexists(output):
+        raise CkptfsError(f"{output}: exists; give a new path for the edited checkpoint")
+    elif not os.path.isdir(os.path.dirname(output)):
+        raise CkptfsError(f"{os.path.dirname(output)}: no such directory, for --output")
 
 
 def _default_cache_dir() -> str:
@@ -391,10 +460,9 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
 
     limits.apply(opts.limits)
     remote_settings(opts.remote)
+    _check_edit_options(opts, source, args.resume)
     over_autofs = _check_mountpoint(mountpoint, opts.nonempty)
     _check_ownership_options(opts)
-    if args.resume and opts.read_only:
-        raise CkptfsError("--resume mounts writable, to fix the waiting edits; it does not go with -o ro")
     # only a foreground mount is the process systemd started (Type=notify);
     # a background daemon would be a stranger to it
     notifier = Notifier.from_environment() if args.foreground else Notifier("")
@@ -409,7 +477,8 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
     if session is None:
         fuse_options.add("ro")
     log_where = log_file or ("the journal" if logs.stderr_is_journal() else "stderr")
-    record = mounts.Record(source, checkpoint.format, session is not None, log_where, edits=bool(args.resume))
+    record = mounts.Record(source, checkpoint.format, session is not None, log_where, edits=bool(args.resume),
+                           output=opts.output if session is not None else None)
 
     def run(notify):
         hooks = (edits.finish, edits.commit) if session else (None, None)
@@ -456,6 +525,9 @@ def commit(args) -> int:
         raise CkptfsError(f"{mountpoint}: not a running ckptfs mount")
     if not state.mounted().get("writable"):
         raise CkptfsError(f"{mountpoint}: mounted read-only; there are no edits to write")
+    if state.mounted().get("output"):
+        raise CkptfsError(f"{mountpoint}: its edits are written to {state.mounted()['output']} when it is unmounted; "
+                          "commit writes over the source only")
     request = state.request_commit(force=args.force, backup=args.backup)
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + args.timeout
@@ -471,11 +543,18 @@ def commit(args) -> int:
 
 def recover(args) -> int:
     from .formats import open_checkpoint
+    from .sources import remote
     from .write.overlay import Overlay, overlay_dir
     from .write.session import EditSession, remove_stale_temp_files
 
-    source = os.path.abspath(args.source)
-    if not os.path.lexists(source):
+    source = source_path(args.source)
+    if args.overlay_dir:
+        if not remote.is_url(source):
+            raise CkptfsError("--overlay-dir is for remote sources; a local one's edits are kept beside it")
+        remote.SETTINGS.overlays = os.path.abspath(args.overlay_dir)
+    if args.output:
+        _check_output(_destination(args.output), source)
+    if not remote.is_url(source) and not os.path.lexists(source):
         waiting = f" (edits wait in {overlay_dir(source)}; remove it to drop them)" if os.path.isdir(overlay_dir(source)) else ""
         raise CkptfsError(f"{source}: no such file or directory{waiting}")
     if args.discard:  # needs no checkpoint: the source may be anything by now
@@ -488,7 +567,7 @@ def recover(args) -> int:
     except SourceChangedError as e:
         raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
     try:
-        message = session.finish(output_path=args.output, backup=args.backup)
+        message = session.finish(output_path=args.output and _destination(args.output), backup=args.backup)
     except EditsKept as e:
         raise CkptfsError(advice.after_repack(e, source, None, mounted=False)) from None
     finally:

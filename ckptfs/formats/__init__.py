@@ -33,8 +33,6 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     folder.FORMAT,
 )
 
-REMOTE_READ_ONLY = "a remote checkpoint mounts read-only (edits are written back to local files only, for now)"
-
 _NOT_CHECKPOINTS = {
     b"\x80": "a plain pickle, not a torch.save checkpoint (ckptfs does not run pickles)",
 }
@@ -69,15 +67,11 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 
 def _open_remote(url: str, cache_dir: str) -> Checkpoint:
-    """A checkpoint on object storage or a web server: read-only."""
+    """A checkpoint on object storage or a web server."""
     opened = remote.open_url(url, remote.page_cache(cache_dir))
     if isinstance(opened, Directory):
-        ckpt = _open_directory(opened)
-    else:
-        ckpt = _open_file(opened, opened.stat, cache_dir)
-    ckpt.writer = None
-    ckpt.root.xattrs["ckptfs.read_only"] = REMOTE_READ_ONLY
-    return ckpt
+        return _open_directory(opened)
+    return _open_file(opened, opened.stat, cache_dir)
 
 
 def _open_directory(directory: Directory) -> Checkpoint:

@@ -11,12 +11,16 @@ import os
 from .. import advice
 from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 from ..humanize import human_size
+from ..sources import remote
 from ..tree.checkpoint import VIEW_NAME
 from ..tree.nodes import Access
 from . import logs, mounts
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
+
+REMOTE_READ_ONLY = ("a remote checkpoint mounts read-only unless its edits have somewhere to go: --output DEST, "
+                    "or --replace (docs/remote.md)")
 
 
 def _read_only(checkpoint, reason: str, say: bool = True) -> None:
@@ -40,9 +44,13 @@ def _edit_session(checkpoint, opts, resume: bool = False):
     if checkpoint.writer is None:
         reason = checkpoint.root.xattrs.get("ckptfs.read_only") or f"ckptfs cannot write {checkpoint.format} checkpoints"
         return _read_only(checkpoint, f"{source}: {reason}")
-    parent = os.path.dirname(os.path.abspath(source))
-    if not os.access(parent, os.W_OK):  # edits live beside the source
-        return _read_only(checkpoint, f"{parent}: not writable, so edits cannot be kept beside the source")
+    if remote.is_url(source):
+        if not (opts.output or opts.replace):
+            return _read_only(checkpoint, REMOTE_READ_ONLY, say=False)
+    else:
+        parent = os.path.dirname(os.path.abspath(source))
+        if not os.access(parent, os.W_OK):  # edits live beside the source
+            return _read_only(checkpoint, f"{parent}: not writable, so edits cannot be kept beside the source")
     if resume:
         try:
             return EditSession.resume(checkpoint)
@@ -97,7 +105,8 @@ class MountEdits:
         options = self.state.finish_options()
         try:
             return 0, self.session.finish(
-                discard=options.get("discard", False), backup=options.get("backup", False), progress=self._progress,
+                discard=options.get("discard", False), output_path=self.opts.output,
+                backup=options.get("backup", False), progress=self._progress,
             )
         except EditsKept as e:
             self.session.editable.overlay.release()  # the lock goes with the mount; the edits stay
@@ -112,7 +121,11 @@ class MountEdits:
 
     def commit(self, force: bool = False, backup: bool = False) -> tuple[int, str]:
         """`ckptfs commit`: repack now, then serve the new checkpoint with an
-        empty overlay. Files already open keep reading what they opened."""
+        empty overlay. Files already open keep reading what they opened.
+        A mount with --output writes there once, at unmount."""
+        if self.opts.output:
+            return 1, (f"{self.source}: this mount writes its edits to {self.opts.output} when it is unmounted; "
+                       "commit writes over the source only")
         try:
             message = self.session.finish(force=force, backup=backup, progress=self._progress)
         except EditsKept as e:

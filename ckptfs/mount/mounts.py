@@ -117,6 +117,8 @@ class Record:
     log: str  # the log file's path, or where else the log goes
     #: whether edits wait to be written (from the start with `mount --resume`)
     edits: bool = False
+    #: where the edits are written at unmount (`mount --output`); None: over the source
+    output: str | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,12 @@ class MountOptions:
     dmask: int = 0
     #: `block_size=`, `cache_memory=`, `cache_disk=`: sizes for remote sources (sources/remote.py)
     remote: dict[str, int] = field(default_factory=dict)
+    #: `--output`: where the edited checkpoint goes at unmount (None: over the source)
+    output: str | None = None
+    #: `--replace`: a remote source is written over (it mounts read-only without this or --output)
+    replace: bool = False
+    #: `--overlay-dir`: where a remote source's edits are kept (None: ~/.cache/ckptfs/edits)
+    overlay_dir: str | None = None
 
 
 def parse(option_lists: list[str], into: MountOptions) -> MountOptions:

@@ -72,6 +72,7 @@ def ckptfs_mounts() -> list[dict]:
             "format": doc.get("format"),
             "writable": writable,
             "edits_waiting": doc.get("edits") if writable and doc else (False if not writable else None),
+            "output": doc.get("output") if writable else None,
             "pid": pid if alive else None,
             "daemon_running": alive,
             "log": doc.get("log"),
@@ -96,6 +97,8 @@ def table(found: list[dict]) -> str:
         else:
             daemon = str(m["pid"]) if m["pid"] else "unknown (another user's mount)"
         rows = [("source", m["source"]), ("format", m["format"] or "unknown"), ("mode", mode), ("daemon", daemon)]
+        if m["output"]:
+            rows.insert(3, ("output", f"{m['output']} (written at unmount; the source stays as it is)"))
         if m["log"]:
             rows.append(("log", m["log"]))
         blocks.append("\n".join([m["mountpoint"]] + [f"  {name:<7} {value}" for name, value in rows]))

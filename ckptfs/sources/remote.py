@@ -18,6 +18,7 @@ fsspec and its filesystems (s3fs; aiohttp for HTTP) are the optional
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -223,6 +224,83 @@ class S3Store:
         _check_reply(obj, start, end, reply.get("ContentRange", ""), reply.get("ETag", ""), data)
         return data
 
+    # Writing: one PUT, or a multipart upload whose parts are invisible until
+    # it completes. Both carry a condition the store checks at that moment,
+    # when the object appears: `If-None-Match: *` (the key is new) or
+    # `If-Match: ETAG` (the key still holds the version that was mounted).
+
+    def exists(self, url: str) -> bool:
+        """Whether an object or a prefix is at `url`."""
+        try:
+            return bool(self.fs.exists(url))
+        except (OSError, ValueError) as e:
+            raise RemoteError(f"{url}: {e}") from None
+
+    def put(self, url: str, data: bytes, condition: dict[str, str]) -> None:
+        bucket, key, _ = self.fs.split_path(url)
+        self._write(url, "put_object", Bucket=bucket, Key=key, Body=data, **condition)
+
+    def start_upload(self, url: str) -> str:
+        bucket, key, _ = self.fs.split_path(url)
+        return self._write(url, "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+
+    def upload_part(self, url: str, upload: str, number: int, data: bytes) -> str:
+        bucket, key, _ = self.fs.split_path(url)
+        reply = self._write(url, "upload_part", Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data)
+        return reply["ETag"]
+
+    def complete_upload(self, url: str, upload: str, etags: list[str], condition: dict[str, str]) -> None:
+        bucket, key, _ = self.fs.split_path(url)
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
+        self._write(url, "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload,
+                    MultipartUpload={"Parts": parts}, **condition)
+
+    def abort_upload(self, url: str, upload: str) -> None:
+        bucket, key, _ = self.fs.split_path(url)
+        self._write(url, "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload)
+
+    def _write(self, url: str, method: str, **arguments) -> dict:
+        async def call():
+            return await self.fs._call_s3(method, **arguments)
+
+        try:
+            return self.sync(self.fs.loop, call)
+        except OSError as e:
+            if "PreconditionFailed" in str(e) or "412" in str(e):
+                raise PreconditionFailed(url) from None
+            raise RemoteError(f"{url}: {e}") from None
+
+
+class PreconditionFailed(RemoteError):
+    """A conditional write found the key other than expected: taken, or
+    holding another version than the one mounted."""
+
+
+def identity(url: str) -> dict:
+    """What an object is now (its size and version): a remote source's
+    `source_identity`, to tell whether it changed since it was mounted."""
+    try:
+        if url.endswith("/") or url.startswith("hf://"):
+            return _folder_identity(url)
+        obj = store_for(url).stat(url)
+    except CkptfsError:
+        raise
+    except Exception as e:  # the network's own
+        raise RemoteError(f"{url}: {type(e).__name__}: {e}") from None
+    return {"url": url, "size": obj.size, "version": obj.version}
+
+
+def _folder_identity(url: str) -> dict:
+    """A prefix's or a Hub folder's identity: its objects' names, sizes and
+    versions, hashed (a prefix has no version of its own)."""
+    if url.startswith("hf://"):
+        objects = hub_listing(url)[1]
+    else:
+        objects = store_for(url).listing(url) if isinstance(store_for(url), S3Store) else {}
+    listed = sorted((name, o.size, o.version) for name, o in objects.items())
+    digest = hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+    return {"url": url, "size": sum(o.size for o in objects.values()), "version": digest}
+
 
 def hub_listing(url: str) -> tuple[str, dict[str, RemoteObject]]:
     """`hf://[datasets/]ORG/NAME[@REVISION][/FOLDER/]`: (the URL with the
@@ -308,6 +386,8 @@ class Settings:
     block: int = DEFAULT_BLOCK
     memory: int = DEFAULT_MEMORY
     disk: int = DEFAULT_DISK
+    #: where the overlays of writable remote mounts are kept (`--overlay-dir`; "": ~/.cache/ckptfs/edits)
+    overlays: str = ""
 
 
 SETTINGS = Settings()

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from ..errors import CkptfsError, SourceChangedError
 from ..sources.base import FileSource, SliceSource, Source
+from ..sources.remote import is_url
 from ..tree.nodes import Dir, Node
 from .diff import is_edited
 from .overlay import fsync_dir, source_identity
@@ -141,13 +142,28 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
                      backup: bool = False, progress=None) -> str:
     """Run `writer(output)` into a temp file beside the destination, fsync it
     and rename it over the destination (the source unless `output_path`);
-    `backup` keeps the source as SOURCE.orig (a hard link)."""
+    `backup` keeps the source as SOURCE.orig (a hard link). A destination
+    on object storage is uploaded instead (write/upload.py)."""
     if source_identity(source_path) != expected_identity:
         raise SourceChangedError(f"{source_path}: changed since it was mounted; the edits were not written")
+    from_remote = is_url(source_path)
+    if backup and from_remote:
+        raise CkptfsError(f"{source_path}: --backup keeps a local file only; an object store keeps old versions "
+                          "itself if its bucket has versioning on")
+    needed = expected_identity["size"]
+    if is_url(output_path or source_path):
+        from .upload import upload
+
+        def still_unchanged():
+            if source_identity(source_path) != expected_identity:
+                raise SourceChangedError(f"{source_path}: changed while the edits were being written; they were not")
+
+        return upload(output_path or source_path, writer, needed, progress,
+                      None if output_path else expected_identity, still_unchanged)
     destination = os.path.abspath(output_path or source_path)
     directory = os.path.dirname(destination)
     fs = os.statvfs(directory)
-    needed, free = os.path.getsize(source_path), fs.f_bavail * fs.f_frsize
+    free = fs.f_bavail * fs.f_frsize
     if free < needed:
         raise CkptfsError(f"{directory}: {free / 1e6:.0f} MB free, the new checkpoint needs about {needed / 1e6:.0f} MB")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=directory)
@@ -155,7 +171,8 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
         output = Output(fd, progress=progress, expected=needed)
         writer(output)
         os.fsync(fd)
-        keep_owner_and_mode(os.stat(source_path), fd=fd)
+        if not from_remote:
+            keep_owner_and_mode(os.stat(source_path), fd=fd)
         os.close(fd)
         fd = -1
         if source_identity(source_path) != expected_identity:
@@ -181,6 +198,12 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     hard-links where they did not change."""
     if source_identity(source_path) != expected_identity:
         raise SourceChangedError(f"{source_path}: changed since it was mounted; the edits were not written")
+    from_remote = is_url(source_path)
+    if from_remote and not output_path or output_path and is_url(output_path):
+        raise CkptfsError(f"{output_path or source_path}: an edited folder is written to a local path only "
+                          "(--output PATH); an object store has no way to switch a folder at once")
+    if backup and from_remote:
+        raise CkptfsError(f"{source_path}: --backup keeps a local folder only")
     destination = os.path.abspath(output_path or source_path)
     parent = os.path.dirname(destination)
     if output_path and os.path.exists(destination):
@@ -188,7 +211,8 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     new = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=parent)
     try:
         builder(new)
-        _keep_modes(source_path, new)
+        if not from_remote:
+            _keep_modes(source_path, new)
         for here, _, _ in os.walk(new):
             fsync_dir(here)
         if source_identity(source_path) != expected_identity:

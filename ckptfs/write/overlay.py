@@ -23,9 +23,11 @@ tensor costs a block, not the tensor.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ import shutil
 import zlib
 
 from ..errors import CkptfsError, EditsWaiting
+from ..sources import remote
 from ..sources.base import Source
 from ..tree.nodes import Content
 
@@ -47,8 +50,24 @@ TEMP_PATTERNS = (".*.swp", ".*.swx", ".*.swo", "*~", "4913", ".#*", "*.tmp", ".~
 
 
 def overlay_dir(source: str) -> str:
-    parent, name = os.path.split(os.path.abspath(source))
+    parent, name = os.path.split(_local_stand_in(source))
     return os.path.join(parent, f".{name}.ckptfs")
+
+
+def _local_stand_in(source: str) -> str:
+    """Where a source's overlay and lock go beside: the source itself, or,
+    for a remote one, a path named after it in the overlays folder
+    (`--overlay-dir`, by default ~/.cache/ckptfs/edits, whatever `--cache-dir`
+    says, so that `recover` finds it), one subfolder per URL."""
+    if not remote.is_url(source):
+        return os.path.abspath(source)
+    root = remote.SETTINGS.overlays
+    if not root:
+        from ..formats import default_cache_dir
+
+        root = os.path.join(default_cache_dir(), "edits")
+    name = source.rstrip("/").rpartition("/")[2] or "source"
+    return os.path.join(root, hashlib.sha256(source.encode()).hexdigest()[:16], name)
 
 
 def is_temp_name(name: str, patterns: tuple[str, ...] = TEMP_PATTERNS) -> bool:
@@ -65,8 +84,19 @@ def _matcher(patterns: tuple[str, ...]):
 
 
 def source_identity(path: str) -> dict:
+    """What tells whether the source changed since mount: a file's device,
+    inode, size and mtime; a remote object's size and version (its ETag)."""
+    if remote.is_url(path):
+        return remote.identity(path)
     st = os.stat(path)
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _identity_in(state: dict, source: str) -> dict:
+    """The identity an overlay's state.json recorded (KeyError, ValueError if damaged)."""
+    if remote.is_url(source):
+        return {"url": str(state["url"]), "size": int(state["size"]), "version": str(state["version"])}
+    return {k: int(state[k]) for k in ("dev", "ino", "size", "mtime_ns")}
 
 
 class EditedSource(Source):
@@ -143,7 +173,7 @@ class Overlay:
 
     def __init__(self, source: str, lock: tuple[str, int], journal_fd: int | None = None, next_number: int = 0,
                  ignored: tuple[str, ...] = TEMP_PATTERNS):
-        self.source, self.path = os.path.abspath(source), overlay_dir(source)
+        self.source, self.path = source if remote.is_url(source) else os.path.abspath(source), overlay_dir(source)
         self.lock, self.journal_fd, self.next_number = lock, journal_fd, next_number
         self.identity = source_identity(source)
         self.ignored = ignored  # names of temporary files, never packed (kept for `recover`)
@@ -169,7 +199,7 @@ class Overlay:
             records = read_journal(os.path.join(path, "journal"))
             with open(os.path.join(path, "state.json")) as f:
                 state = json.load(f)
-            identity = {k: int(state[k]) for k in ("dev", "ino", "size", "mtime_ns")}
+            identity = _identity_in(state, source)
         except (OSError, ValueError, KeyError, TypeError, CkptfsError) as e:
             _release(lock)
             raise CkptfsError(f"{path}: the edits cannot be read back ({e}); drop them: ckptfs recover {source}"
@@ -194,6 +224,7 @@ class Overlay:
             fsync_dir(os.path.dirname(path))
         finally:
             _release(lock)
+        _tidy(source)
 
     @property
     def exists(self) -> bool:
@@ -253,6 +284,7 @@ class Overlay:
             shutil.rmtree(self.path)
             fsync_dir(os.path.dirname(self.path))
         self._unlock()
+        _tidy(self.source)
 
     def release(self) -> None:
         """Keep the overlay for later and let go of the lock."""
@@ -265,6 +297,14 @@ class Overlay:
         if self.lock is not None:
             _release(self.lock)
             self.lock = None
+
+
+def _tidy(source: str) -> None:
+    """A remote source's folder in the overlays folder goes once its overlay
+    and lock are gone (it stays while either is there)."""
+    if remote.is_url(source):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(overlay_dir(source)))
 
 
 def journal_line(fields: dict) -> bytes:
@@ -331,7 +371,10 @@ def lock_path(source: str) -> str:
     source's file system, so that every host and container that sees the
     source sees the lock (one in each's own /run would not keep two of them
     from sharing one overlay)."""
-    return overlay_dir(source) + ".lock"
+    path = overlay_dir(source) + ".lock"
+    if remote.is_url(source):  # its folder in the overlays folder, made on first use
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return path
 
 
 def _lock(path: str) -> int | None:

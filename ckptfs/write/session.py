@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import CkptfsError, EditRefused, EditsKept, RepackError, SourceChangedError
 from ..formats.base import DirectoryWriter, nested_writer
+from ..sources import remote
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
@@ -138,7 +139,10 @@ class EditSession:
 def remove_stale_temp_files(source: str) -> None:
     """Half-written checkpoints (files, or directories of a directory
     format) of a repack a crash interrupted. Call it holding the source's
-    lock, so that no repack is running."""
+    lock, so that no repack is running. A remote source has none: its
+    repack is uploaded, and an upload cut short never shows."""
+    if remote.is_url(source):
+        return
     directory, name = os.path.split(os.path.abspath(source))
     for entry in os.listdir(directory):
         if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):

@@ -1,0 +1,100 @@
+"""A repacked checkpoint written to object storage (`s3://`).
+
+The writer's bytes stream into the parts of a multipart upload: neither
+the checkpoint nor a local copy of it is ever held whole, only one part.
+Nothing shows at the key until the upload completes, and it completes
+under a condition the store checks at that moment: that the key is new
+(`--output`), or that it still holds the version that was mounted
+(`--replace`). Readers see the old object or the new one, never a mix. A
+failed upload is aborted and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..errors import CkptfsError, SourceChangedError
+from ..sources import remote
+from .output import Output
+
+#: S3 takes parts of 5 MiB to 5 GiB, at most 10,000 of them
+PART = 32 << 20
+MAX_PARTS = 10_000
+
+
+class UploadOutput(Output):
+    """An output that sends what it is given in parts of `part_size`; a
+    checkpoint smaller than one part goes in a single PUT."""
+
+    in_kernel = False
+
+    def __init__(self, store, url: str, part_size: int, progress=None, expected: int = 0):
+        super().__init__(-1, progress=progress, expected=expected)
+        self.store, self.url, self.part_size = store, url, part_size
+        self.buffer = bytearray()
+        self.upload: str | None = None
+        self.etags: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= self.part_size:
+            self._send(bytes(memoryview(self.buffer)[:self.part_size]))
+            del self.buffer[:self.part_size]
+        self._advanced(len(data))
+
+    def _send(self, part: bytes) -> None:
+        if len(self.etags) == MAX_PARTS:
+            raise CkptfsError(f"{self.url}: the new checkpoint outgrew {MAX_PARTS} parts of {self.part_size} bytes")
+        if self.upload is None:
+            self.upload = self.store.start_upload(self.url)
+        self.etags.append(self.store.upload_part(self.url, self.upload, len(self.etags) + 1, part))
+
+    def finish(self, condition: dict[str, str]) -> None:
+        if self.upload is None:
+            self.store.put(self.url, bytes(self.buffer), condition)
+            return
+        if self.buffer:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+        self.store.complete_upload(self.url, self.upload, self.etags, condition)
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            with contextlib.suppress(CkptfsError):
+                self.store.abort_upload(self.url, self.upload)
+
+
+def part_size(expected: int) -> int:
+    """Parts large enough for a checkpoint twice the source's size within
+    the store's count of parts, in whole MiB."""
+    least = -(-2 * expected // MAX_PARTS)
+    return max(PART, -(-least // (1 << 20)) << 20)
+
+
+def upload(url: str, writer, expected: int, progress=None, replacing: dict | None = None,
+           still_unchanged=lambda: None) -> str:
+    """Run `writer(output)` into the object at `url`: a new key, or, with
+    `replacing` (the identity of the source at `url` when mounted), over
+    that version only. `still_unchanged()` is called just before the upload
+    completes, to refuse it if the source changed meanwhile."""
+    store = remote.store_for(url)
+    if not isinstance(store, remote.S3Store):
+        raise CkptfsError(f"{url}: ckptfs writes checkpoints to local paths and s3:// only, not to a web server")
+    if replacing is None and store.exists(url):
+        raise CkptfsError(f"{url}: exists; give a new key for the edited checkpoint")
+    condition = {"IfMatch": replacing["version"]} if replacing else {"IfNoneMatch": "*"}
+    output = UploadOutput(store, url, part_size(expected), progress, expected)
+    try:
+        writer(output)
+        still_unchanged()
+        output.finish(condition)
+    except remote.PreconditionFailed:
+        output.abort()
+        if replacing:
+            raise SourceChangedError(f"{url}: changed while the edits were being written; they were not") from None
+        raise CkptfsError(f"{url}: was written by someone else during the upload; give a new key") from None
+    except BaseException:
+        output.abort()
+        raise
+    return url
+
