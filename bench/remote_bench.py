@@ -10,7 +10,10 @@ one run:
   an empty disk cache (the issue's target: under 1 s);
 - mount + `find` of the remote 10 GB file against the same file local;
 - a sequential read (`cat`) of the 256 MiB tensor through a mount of the S3
-  object against s3fs's `cat_file` of the same bytes into a file, each cold.
+  object against s3fs's `cat_file` of the same bytes into a file, each cold;
+- an edit of the S3 object written to a new key (mount `--output s3://...`,
+  add a tensor, unmount) against what users do today: s3fs `get_file` of
+  the object to local disk and `put_file` of it to a new key.
 
 Prints Markdown (docs/benchmarks.md), also kept in bench/out/remote.md.
 """
@@ -28,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -84,26 +89,27 @@ def main() -> None:
     server.client().upload_file(str(work / "big.safetensors"), "bench", "big.safetensors")
     s3_url = "s3://bench/big.safetensors"
     lines: list[str] = []
+    local_gb = local.stat().st_size / 1e9
 
     def out(line: str = "") -> None:
         print(line, flush=True)
         lines.append(line)
 
-    def mounted(source, name: str, options: str = "ro"):
+    def mounted(source, name: str, options: str = "ro", *extra):
         mnt = work / name
         mnt.mkdir(exist_ok=True)
         cache = work / f"cache-{name}"
         shutil.rmtree(cache, ignore_errors=True)
         began = time.perf_counter()
-        subprocess.run([*CKPTFS, "mount", source, mnt, "-o", options, "--cache-dir", cache], check=True, timeout=300,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run([*CKPTFS, "mount", source, mnt, "-o", options, "--cache-dir", cache, *extra], check=True,
+                       timeout=300, stderr=subprocess.DEVNULL)
         return mnt, began
 
     def unmount(mnt: Path) -> None:
         subprocess.run([*CKPTFS, "umount", mnt], check=True, timeout=300)
 
     results: dict[str, list[float]] = {k: [] for k in ("first", "first_requests", "find_remote", "find_local",
-                                                        "cat", "cat64", "s3fs")}
+                                                        "cat", "cat64", "s3fs", "edit", "get_put")}
     try:
         for i in range(args.rounds):
             web.counts.reset()
@@ -132,6 +138,19 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
             results["s3fs"].append(time.perf_counter() - began)
             target.unlink()
+            mnt, began = mounted(s3_url, f"edit{i}", "rw", "--output", f"s3://bench/edited{i}.safetensors",
+                                 "--overlay-dir", work / "edits")
+            np.save(mnt / "added.npy", np.zeros(4, dtype=np.float32))
+            unmount(mnt)
+            results["edit"].append(time.perf_counter() - began)
+            code = ("import s3fs\n"
+                    "fs = s3fs.S3FileSystem(skip_instance_cache=True)\n"
+                    f"fs.get_file({s3_url!r}, {str(target)!r})\n"
+                    f"fs.put_file({str(target)!r}, 's3://bench/copied{i}.safetensors')\n")
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+            results["get_put"].append(time.perf_counter() - began)
+            target.unlink()
     finally:
         server.close()
         web.close()
@@ -140,7 +159,7 @@ def main() -> None:
     mib = length / 2**20
     out(f"## Remote sources (`bench/remote_bench.py`, {time.strftime('%Y-%m-%d %H:%M')})")
     out()
-    out(f"On loopback: a {local.stat().st_size / 1e9:.0f} GB sparse safetensors of {COUNT:,} tensors from a ranged "
+    out(f"On loopback: a {local_gb:.0f} GB sparse safetensors of {COUNT:,} tensors from a ranged "
         f"web server, and a {mib:.0f} MiB tensor from moto's S3. Medians of {args.rounds} rounds, each with an "
         "empty disk cache.")
     out()
@@ -159,6 +178,11 @@ def main() -> None:
         f"{median(results['cat64']):.2f} | {median(results['cat64']) / s3fs_seconds:.2f}x |")
     out(f"| s3fs `cat_file` of the same bytes into a file, a fresh Python ({mib / s3fs_seconds:.0f} MiB/s) | "
         f"{s3fs_seconds:.2f} | 1.00x |")
+    get_put = median(results["get_put"])
+    out(f"| mount `--output s3://NEW`, add a tensor, unmount: the {mib:.0f} MiB object read, repacked and uploaded "
+        f"in parts | {median(results['edit']):.2f} | {median(results['edit']) / get_put:.2f}x |")
+    out(f"| s3fs `get_file` of the object to local disk, then `put_file` to a new key, a fresh Python | "
+        f"{get_put:.2f} | 1.00x |")
     out()
     results_dir = HERE / "out"
     results_dir.mkdir(exist_ok=True)

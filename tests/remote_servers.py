@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -102,8 +103,7 @@ class FileServer:
     def __init__(self, root: Path):
         self.counts = Counts()
         handler = type("Handler", (_Files,), {"root": Path(root), "counts": self.counts})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -111,6 +111,17 @@ class FileServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    """A threaded server that lets a client hang up quietly: a mount that
+    ends while its read-ahead is in flight closes connections mid-reply."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Proxy(BaseHTTPRequestHandler):
@@ -161,8 +172,7 @@ class S3Server:
         host, port = self.moto.get_host_and_port()
         self.counts = Counts()
         handler = type("Proxy", (_Proxy,), {"upstream": (host, port), "counts": self.counts})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
@@ -229,8 +239,7 @@ class HubServer(FileServer):
     def __init__(self, root: Path, repo: str = "org/model"):
         self.counts = Counts()
         handler = type("Hub", (_Hub,), {"root": Path(root), "counts": self.counts, "repo": repo, "sha": self.SHA})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

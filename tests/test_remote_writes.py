@@ -249,6 +249,16 @@ def test_a_local_source_takes_output_but_not_replace(tmp_path, mount):
     assert not (tmp_path / ".model.safetensors.ckptfs").exists()
 
 
+def test_a_local_checkpoint_can_be_written_to_s3(env, tmp_path, mount):
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(save(TENSORS))
+    mnt = mount(model, "--output", "s3://ckpts/from-local/model.safetensors")
+    np.save(mnt / "w.npy", np.zeros((3, 4), dtype=np.float32))
+    assert umount(mnt).returncode == 0
+    assert load(_get(env, "from-local/model.safetensors"))["w"].tolist() == np.zeros((3, 4)).tolist()
+    assert model.read_bytes() == save(TENSORS)
+
+
 def test_a_large_upload_goes_in_parts_and_a_failed_one_leaves_nothing(env, monkeypatch):
     from ckptfs.sources import remote
     from ckptfs.write import upload

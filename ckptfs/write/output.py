@@ -26,6 +26,9 @@ from .diff import is_edited
 from .overlay import fsync_dir, source_identity
 
 COPY_BLOCK = 8 << 20
+#: bytes asked for ahead of a copy from a slow source (a remote one), so
+#: that the network fetches the next blocks while one is written
+COPY_AHEAD = 4 * COPY_BLOCK
 
 
 class Blob(Protocol):
@@ -99,6 +102,8 @@ class Output:
                 self._advanced(n)
             return
         for pos in range(0, length, COPY_BLOCK):
+            if source.slow:
+                source.prefetch(offset + pos + COPY_BLOCK, min(COPY_AHEAD, length - pos - COPY_BLOCK))
             self.write(source.read_exact(offset + pos, min(COPY_BLOCK, length - pos)))
 
     def copy_content(self, content, offset: int = 0, length: int | None = None) -> None:

@@ -12,6 +12,7 @@ failed upload is aborted and leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..errors import CkptfsError, SourceChangedError
 from ..sources import remote
@@ -22,9 +23,15 @@ PART = 32 << 20
 MAX_PARTS = 10_000
 
 
+#: parts being sent while the writer goes on making the next one
+IN_FLIGHT = 2
+
+
 class UploadOutput(Output):
-    """An output that sends what it is given in parts of `part_size`; a
-    checkpoint smaller than one part goes in a single PUT."""
+    """An output that sends what it is given in parts of `part_size`, up to
+    IN_FLIGHT of them at a time while the writer makes the next (memory:
+    IN_FLIGHT + 1 parts); a checkpoint smaller than one part goes in a
+    single PUT."""
 
     in_kernel = False
 
@@ -33,7 +40,8 @@ class UploadOutput(Output):
         self.store, self.url, self.part_size = store, url, part_size
         self.buffer = bytearray()
         self.upload: str | None = None
-        self.etags: list[str] = []
+        self.parts: list[Future] = []  # each part's ETag, to come
+        self.pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="ckptfs-upload")
 
     def write(self, data: bytes) -> None:
         self.buffer += data
@@ -43,22 +51,31 @@ class UploadOutput(Output):
         self._advanced(len(data))
 
     def _send(self, part: bytes) -> None:
-        if len(self.etags) == MAX_PARTS:
+        if len(self.parts) == MAX_PARTS:
             raise CkptfsError(f"{self.url}: the new checkpoint outgrew {MAX_PARTS} parts of {self.part_size} bytes")
         if self.upload is None:
             self.upload = self.store.start_upload(self.url)
-        self.etags.append(self.store.upload_part(self.url, self.upload, len(self.etags) + 1, part))
+        if len(self.parts) >= IN_FLIGHT:
+            self.parts[-IN_FLIGHT].result()  # wait for room (and raise its error, if it failed)
+        self.parts.append(self.pool.submit(self.store.upload_part, self.url, self.upload, len(self.parts) + 1, part))
 
     def finish(self, condition: dict[str, str]) -> None:
-        if self.upload is None:
-            self.store.put(self.url, bytes(self.buffer), condition)
-            return
-        if self.buffer:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
-        self.store.complete_upload(self.url, self.upload, self.etags, condition)
+        try:
+            if self.upload is None:
+                self.store.put(self.url, bytes(self.buffer), condition)
+                return
+            if self.buffer:
+                self._send(bytes(self.buffer))
+                self.buffer.clear()
+            etags = [part.result() for part in self.parts]
+            self.store.complete_upload(self.url, self.upload, etags, condition)
+        finally:
+            self.pool.shutdown()
 
     def abort(self) -> None:
+        for part in self.parts:
+            part.cancel()
+        self.pool.shutdown(wait=True)
         if self.upload is not None:
             with contextlib.suppress(CkptfsError):
                 self.store.abort_upload(self.url, self.upload)
