@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         ".ckptfs/export/model.safetensors.",
     )
     export.add_argument("source", help="checkpoint file or directory")
-    export.add_argument("out", metavar="OUT", help="the new file (a new folder for --to hf); must not exist")
+    export.add_argument("out", metavar="OUT", help="the new file (a new folder for --to hf); must not exist. An "
+                        "s3:// key (a prefix for --to hf) is uploaded as it is written, nothing staged on disk")
     export.add_argument("--to", choices=("safetensors", "hf", "torch"), default="safetensors",
                         help="the format to write (default: safetensors)")
     export.add_argument("--include", action="append", default=[], metavar="GLOB",
@@ -689,7 +690,7 @@ def export(args) -> int:
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
-    print(f"ckptfs: wrote {os.path.abspath(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
+    print(f"ckptfs: wrote {_destination(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
           f"({args.to})", file=sys.stderr)
     return 0
 

@@ -259,6 +259,51 @@ def test_a_local_checkpoint_can_be_written_to_s3(env, tmp_path, mount):
     assert model.read_bytes() == save(TENSORS)
 
 
+def test_an_s3_checkpoint_exports_to_s3_as_it_does_to_local_files(env, tmp_path):
+    folder = SAMPLES / "dcp" / "fsdp2_2rank"
+    source = _upload_folder(env, folder, "dcp-export/")
+    done = run_ckptfs("export", source, "s3://ckpts/exported/model.safetensors")
+    assert done.returncode == 0, done.stderr
+    local = tmp_path / "model.safetensors"
+    assert run_ckptfs("export", folder, local).returncode == 0
+    assert _get(env, "exported/model.safetensors") == local.read_bytes()
+    again = run_ckptfs("export", source, "s3://ckpts/exported/model.safetensors")
+    assert again.returncode == 1 and "exists; give a new key" in again.stderr
+
+    done = run_ckptfs("export", source, "s3://ckpts/exported-hf/", "--to", "hf", "--max-shard-size", "2KB")
+    assert done.returncode == 0, done.stderr
+    assert run_ckptfs("export", folder, tmp_path / "hf", "--to", "hf", "--max-shard-size", "2KB").returncode == 0
+    names = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert len(names) > 2 and sorted(k.removeprefix("exported-hf/") for k in _keys(env)
+                                     if k.startswith("exported-hf/")) == names
+    for name in names:
+        assert _get(env, f"exported-hf/{name}") == (tmp_path / "hf" / name).read_bytes(), name
+    again = run_ckptfs("export", source, "s3://ckpts/exported-hf/", "--to", "hf")
+    assert again.returncode == 1 and "objects are there already" in again.stderr
+
+
+def test_a_failed_folder_export_removes_the_shards_it_uploaded(env, monkeypatch):
+    from ckptfs.formats import open_checkpoint
+    from ckptfs.sources import remote
+    from ckptfs.write import export, upload
+
+    monkeypatch.setattr(remote, "_STORES", {})
+    real, sent = upload.upload, []
+
+    def failing_at_the_index(url, *args, **kwargs):
+        sent.append(url)
+        if url.endswith(export.INDEX):
+            raise OSError("connection lost")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(upload, "upload", failing_at_the_index)
+    items = export.select(open_checkpoint(str(SAMPLES / "dcp" / "fsdp2_2rank"), "/nonexistent")).items
+    with pytest.raises(OSError):
+        export.write("hf", items, "s3://ckpts/failing/", max_bytes=2000)
+    assert len(sent) > 2 and sent[-1].endswith(export.INDEX)  # the shards went up first
+    assert not [k for k in _keys(env) if k.startswith("failing/")]
+
+
 def test_a_large_upload_goes_in_parts_and_a_failed_one_leaves_nothing(env, monkeypatch):
     from ckptfs.sources import remote
     from ckptfs.write import upload

@@ -18,6 +18,7 @@ fsspec and its filesystems (s3fs; aiohttp for HTTP) are the optional
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -258,6 +259,13 @@ class S3Store:
     def abort_upload(self, url: str, upload: str) -> None:
         bucket, key, _ = self.fs.split_path(url)
         self._write(url, "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload)
+
+    def delete(self, url: str) -> None:
+        """Remove an object this process made (an upload given up); quietly,
+        since it runs while another error is on its way to the user."""
+        bucket, key, _ = self.fs.split_path(url)
+        with contextlib.suppress(RemoteError):
+            self._write(url, "delete_object", Bucket=bucket, Key=key)
 
     def _write(self, url: str, method: str, **arguments) -> dict:
         async def call():

@@ -23,6 +23,7 @@ from ..formats import safetensors, zipout
 from ..pickle import writer as pickle_writer
 from ..pickle.inert import Call, Global, PickledDict
 from ..pickle.torch_classes import new_tensor
+from ..sources import remote
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import DType
 from ..tree.nodes import Access, Content, Dir, Extent, File, Node, len_of
@@ -131,7 +132,9 @@ def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DE
 def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> None:
     """Write the export to `out` (a new file, or for hf a new folder) beside
     which it is first written whole and fsynced, then renamed into place:
-    `out` never holds half an export."""
+    `out` never holds half an export. An `s3://` `out` is uploaded instead."""
+    if remote.is_url(out):
+        return _upload(target, items, out, max_bytes, progress)
     out = os.path.abspath(out)
     if os.path.lexists(out):
         raise CkptfsError(f"{out}: exists; remove it first or give a new path")
@@ -177,6 +180,44 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     fsync_dir(parent)
+
+
+def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) -> None:
+    """The export as new objects (write/upload.py), streamed: one, or for hf
+    the shards and then the index, so that a reader never finds an index
+    whose shards are not all there. A failed hf upload removes the shards
+    it made; each object appears whole or not at all."""
+    from .upload import upload
+
+    prefix = out.rstrip("/") + "/"
+    files = files_for(target, items, prefix[:-1].rpartition("/")[2], max_bytes)
+    expected = sum(f.size for f in files.values())
+    written: list[int] = [0]
+
+    def send(url: str, made) -> None:
+        def fill(output: Output) -> None:
+            write_content(made, output) if isinstance(made, Content) else made.write(output)
+            written[0] += output.written
+
+        shown = progress and (lambda n, _: progress(written[0] + n, expected))
+        upload(url, fill, made.size, shown)
+
+    if target != "hf":
+        [made] = files.values()
+        send(out, made)
+        return
+    store = remote.store_for(prefix)
+    if isinstance(store, remote.S3Store) and store.exists(prefix):
+        raise CkptfsError(f"{prefix}: objects are there already; give a new prefix")
+    made_urls: list[str] = []
+    try:
+        for name in sorted(files, key=lambda n: n == INDEX):  # the index last
+            send(prefix + name, files[name])
+            made_urls.append(prefix + name)
+    except BaseException:
+        for url in made_urls:
+            store.delete(url)
+        raise
 
 
 def _umask() -> int:
