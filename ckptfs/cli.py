@@ -379,6 +379,8 @@ def _check_edit_options(opts: options.MountOptions, source: str, resume: bool) -
                           "and a folder cannot be switched at once); give --output PATH instead of --replace")
     elif resume and not (opts.output or opts.replace):
         raise CkptfsError(f"{source}: say where the edits go: --output DEST, or --replace")
+    elif opts.replace:
+        remote.store_for(source).check_conditional_writes(source)
     if opts.overlay_dir:
         remote.SETTINGS.overlays = opts.overlay_dir
     if opts.output:
@@ -395,6 +397,7 @@ def _check_output(output: str, source: str) -> None:
     if remote.is_url(output):
         if not output.startswith("s3://"):
             raise CkptfsError(f"{output}: ckptfs writes checkpoints to local paths and s3:// only")
+        remote.store_for(output).check_conditional_writes(output)
         if remote.store_for(output).exists(output):
             raise CkptfsError(f"{output}: exists; give a new key for the edited checkpoint")
     elif os.path.lexists(output):

@@ -320,6 +320,13 @@ def test_a_large_upload_goes_in_parts_and_a_failed_one_leaves_nothing(env, monke
     assert _get(env, "parts/big.bin") == data
     assert env.head_object(Bucket="ckpts", Key="parts/big.bin")["ETag"].endswith('-3"')  # three parts
 
+    # over the same key, in parts, only if it still holds the version that was read (If-Match as it completes)
+    version = env.head_object(Bucket="ckpts", Key="parts/big.bin")["ETag"]
+    replacing = {"url": "s3://ckpts/parts/big.bin", "size": len(data), "version": version}
+    assert upload.upload("s3://ckpts/parts/big.bin", lambda output: output.write(data[::-1]), len(data),
+                         replacing=replacing) == "s3://ckpts/parts/big.bin"
+    assert _get(env, "parts/big.bin") == data[::-1]
+
     def failing(output):
         output.write(data[: 6 << 20])
         raise OSError("disk gone")
@@ -334,3 +341,26 @@ def _npy(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     np.save(out, array)
     return out.getvalue()
+
+
+def test_a_botocore_without_conditional_writes_is_refused_before_anything_is_sent(env, monkeypatch):
+    import botocore.session
+
+    from ckptfs.errors import CkptfsError
+    from ckptfs.sources import remote
+    from ckptfs.write import upload
+
+    monkeypatch.setattr(remote, "_STORES", {})
+    model = botocore.session.get_session().get_service_model("s3")
+
+    class Older:  # the S3 model of a botocore from before August 2024
+        def operation_model(self, name):
+            real = model.operation_model(name)
+            shape = type("Shape", (), {"members": {k: v for k, v in real.input_shape.members.items()
+                                                    if not k.startswith("If")}})
+            return type("Operation", (), {"input_shape": shape})
+
+    monkeypatch.setattr(botocore.session.Session, "get_service_model", lambda self, name: Older())
+    with pytest.raises(CkptfsError, match="cannot make S3's conditional writes"):
+        upload.upload("s3://ckpts/old/model.bin", lambda output: output.write(b"x"), 1)
+    assert "old/model.bin" not in _keys(env)

@@ -230,6 +230,19 @@ class S3Store:
     # when the object appears: `If-None-Match: *` (the key is new) or
     # `If-Match: ETAG` (the key still holds the version that was mounted).
 
+    def check_conditional_writes(self, url: str) -> None:
+        """RemoteError unless this botocore can send `If-Match` and
+        `If-None-Match` with S3's writes (its models have them since late
+        2024): without them a write would not be safe."""
+        import botocore.session
+
+        model = botocore.session.get_session().get_service_model("s3")
+        for operation in ("PutObject", "CompleteMultipartUpload"):
+            if not {"IfMatch", "IfNoneMatch"} <= set(model.operation_model(operation).input_shape.members):
+                raise RemoteError(f"{url}: this botocore ({botocore.__version__}) cannot make S3's conditional "
+                                  "writes, which keep an upload from overwriting what it should not: pip install -U "
+                                  "botocore aiobotocore s3fs")
+
     def exists(self, url: str) -> bool:
         """Whether an object or a prefix is at `url`."""
         try:

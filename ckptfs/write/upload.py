@@ -97,6 +97,7 @@ def upload(url: str, writer, expected: int, progress=None, replacing: dict | Non
     store = remote.store_for(url)
     if not isinstance(store, remote.S3Store):
         raise CkptfsError(f"{url}: ckptfs writes checkpoints to local paths and s3:// only, not to a web server")
+    store.check_conditional_writes(url)
     if replacing is None and store.exists(url):
         raise CkptfsError(f"{url}: exists; give a new key for the edited checkpoint")
     condition = {"IfMatch": replacing["version"]} if replacing else {"IfNoneMatch": "*"}
