@@ -66,7 +66,7 @@ def _local_stand_in(source: str) -> str:
         from ..formats import default_cache_dir
 
         root = os.path.join(default_cache_dir(), "edits")
-    name = source.rstrip("/").rpartition("/")[2] or "source"
+    name = source.rstrip("/").rpartition("/")[2][:100] or "source"  # for people to read; the hash tells URLs apart
     return os.path.join(root, hashlib.sha256(source.encode()).hexdigest()[:16], name)
 
 
