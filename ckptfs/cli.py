@@ -12,6 +12,7 @@ from . import __version__, advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
 from .humanize import human_size, parse_size
 from .mount import logs, mounts, options
+from .mount.destination import check_edit_options, check_output, destination, use_overlay_dir
 
 log = logging.getLogger("ckptfs")
 
@@ -349,61 +350,9 @@ def _mount_options(args) -> options.MountOptions:
     opts.log_level = "debug" if opts.debug else args.log_level or opts.log_level or "info"
     opts.log_file = args.log_file or opts.log_file
     opts.cache_dir = args.cache_dir or opts.cache_dir or _default_cache_dir()
-    opts.output, opts.replace = args.output and _destination(args.output), args.replace
-    opts.overlay_dir = args.overlay_dir and os.path.abspath(args.overlay_dir)
+    opts.output, opts.replace = args.output and destination(args.output), args.replace
+    opts.overlay_dir = args.overlay_dir
     return opts
-
-
-def _destination(text: str) -> str:
-    """Where `--output` writes: a URL as it is, a path made absolute."""
-    from .sources.remote import is_url
-
-    return text if is_url(text) else os.path.abspath(text)
-
-
-def _check_edit_options(opts: options.MountOptions, source: str, resume: bool) -> None:
-    """--output, --replace and --overlay-dir, checked before anything is
-    mounted: an edit session that could only fail at unmount is refused now."""
-    from .sources import remote
-
-    if (opts.output or opts.replace or resume) and opts.read_only:
-        flag = "--output" if opts.output else "--replace" if opts.replace else "--resume"
-        raise CkptfsError(f"{flag} mounts writable; it does not go with -o ro")
-    if not remote.is_url(source):
-        if opts.replace or opts.overlay_dir:
-            flag = "--replace" if opts.replace else "--overlay-dir"
-            raise CkptfsError(f"{flag} is for remote sources; a local one is written over in place, and its "
-                              "edits are kept beside it")
-    elif opts.replace and (not source.startswith("s3://") or source.endswith("/")):
-        raise CkptfsError(f"{source}: only an s3:// object can be replaced (a web server or the Hub takes no writes, "
-                          "and a folder cannot be switched at once); give --output PATH instead of --replace")
-    elif resume and not (opts.output or opts.replace):
-        raise CkptfsError(f"{source}: say where the edits go: --output DEST, or --replace")
-    elif opts.replace:
-        remote.store_for(source).check_conditional_writes(source)
-    if opts.overlay_dir:
-        remote.SETTINGS.overlays = opts.overlay_dir
-    if opts.output:
-        _check_output(opts.output, source)
-
-
-def _check_output(output: str, source: str) -> None:
-    from .sources import remote
-
-    folder = source.endswith("/") or source.startswith("hf://") or os.path.isdir(source)
-    if remote.is_url(output) and folder:
-        raise CkptfsError(f"{output}: an edited folder is written to a local path only; upload it afterwards "
-                          "(aws s3 sync)")
-    if remote.is_url(output):
-        if not output.startswith("s3://"):
-            raise CkptfsError(f"{output}: ckptfs writes checkpoints to local paths and s3:// only")
-        remote.store_for(output).check_conditional_writes(output)
-        if remote.store_for(output).exists(output):
-            raise CkptfsError(f"{output}: exists; give a new key for the edited checkpoint")
-    elif os.path.lexists(output):
-        raise CkptfsError(f"{output}: exists; give a new path for the edited checkpoint")
-    elif not os.path.isdir(os.path.dirname(output)):
-        raise CkptfsError(f"{os.path.dirname(output)}: no such directory, for --output")
 
 
 def _default_cache_dir() -> str:
@@ -464,7 +413,7 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
 
     limits.apply(opts.limits)
     remote_settings(opts.remote)
-    _check_edit_options(opts, source, args.resume)
+    check_edit_options(opts, source, args.resume)
     over_autofs = _check_mountpoint(mountpoint, opts.nonempty)
     _check_ownership_options(opts)
     # only a foreground mount is the process systemd started (Type=notify);
@@ -552,12 +501,9 @@ def recover(args) -> int:
     from .write.session import EditSession, remove_stale_temp_files
 
     source = source_path(args.source)
-    if args.overlay_dir:
-        if not remote.is_url(source):
-            raise CkptfsError("--overlay-dir is for remote sources; a local one's edits are kept beside it")
-        remote.SETTINGS.overlays = os.path.abspath(args.overlay_dir)
+    use_overlay_dir(source, args.overlay_dir)
     if args.output:
-        _check_output(_destination(args.output), source)
+        check_output(destination(args.output), source)
     if not remote.is_url(source) and not os.path.lexists(source):
         waiting = f" (edits wait in {overlay_dir(source)}; remove it to drop them)" if os.path.isdir(overlay_dir(source)) else ""
         raise CkptfsError(f"{source}: no such file or directory{waiting}")
@@ -571,7 +517,7 @@ def recover(args) -> int:
     except SourceChangedError as e:
         raise CkptfsError(f"{e}; {advice.elsewhere(source)}") from None
     try:
-        message = session.finish(output_path=args.output and _destination(args.output), backup=args.backup)
+        message = session.finish(output_path=args.output and destination(args.output), backup=args.backup)
     except EditsKept as e:
         raise CkptfsError(advice.after_repack(e, source, None, mounted=False)) from None
     finally:
@@ -693,7 +639,7 @@ def export(args) -> int:
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
-    print(f"ckptfs: wrote {_destination(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
+    print(f"ckptfs: wrote {destination(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
           f"({args.to})", file=sys.stderr)
     return 0
 
