@@ -251,6 +251,19 @@ def test_a_hub_repository_mounts_at_its_commit(tmp_path, monkeypatch, mount):
         assert info["source"] == f"hf://org/model@{HubServer.SHA}/" and info["tensors"] > 0
         done = run_ckptfs("info", "hf://org/other")
         assert done.returncode == 1 and "HTTP 404" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+        # edits of a repository go to a local folder, kept meanwhile under the commit they were made on
+        out = tmp_path / "edited"
+        editable = mount("hf://org/model@main", "--output", out)
+        config = json.loads((editable / "config.json").read_text())
+        (editable / "config.json").write_text(json.dumps({**config, "ckptfs_edit": 1}))
+        kept = list((tmp_path / "xdg" / "ckptfs" / "edits").glob("*/.model@*.ckptfs"))
+        assert [p.name for p in kept] == [f".model@{HubServer.SHA}.ckptfs"]
+        assert run_ckptfs("umount", editable).returncode == 0
+        assert json.loads((out / "config.json").read_text()) == {**config, "ckptfs_edit": 1}
+        for path in folder.iterdir():
+            if path.name != "config.json":
+                assert (out / path.name).read_bytes() == path.read_bytes(), path.name
     finally:
         hub.close()
 

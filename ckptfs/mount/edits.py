@@ -87,6 +87,9 @@ class MountEdits:
         gc.disable()
         try:
             checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
+            # what the edits are made on, and what advice must name: for hf://ORG/NAME@main,
+            # the commit main was at (its overlay is that commit's)
+            self.source = checkpoint.source_path
             self.session = _edit_session(checkpoint, self.opts, self.resume)
             if self.session is not None:
                 self.session.editable.before_first_change.append(lambda: self.state.write_edits_waiting(True))
