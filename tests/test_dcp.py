@@ -3,6 +3,7 @@ folders, compared with torch bit for bit."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import ml_dtypes  # noqa: F401
@@ -543,3 +544,19 @@ def test_multirank_exports_and_scans(multirank, variant, tmp_path):
     report = json.loads(scanned.stdout)
     items = [p for p in report["pickles"] if ".distcp@" in p["location"]]  # chunks and items read from the shards
     assert report["verdict"] == "safe" and items and all(p["whole"] for p in items)
+
+
+def test_a_folder_shows_a_distributed_checkpoint_it_cannot_read_as_plain_files(tmp_path):
+    from ckptfs.formats import open_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(FSDP2, run / "weights")
+    (run / "broken").mkdir()
+    (run / "broken" / ".metadata").write_bytes(b"not a pickle")
+    (run / "notes.txt").write_text("kept\n")
+    ckpt = open_checkpoint(str(run), str(tmp_path / "cache"))
+    assert ckpt.format == "folder of distributed checkpoints"
+    assert [n for n in ckpt.notes if n.startswith("broken is shown as plain files: ")]
+    assert list(ckpt.root.children["broken"].children) == [".metadata"]
+    assert ckpt.root.children["notes.txt"].content.read(0, 100) == b"kept\n"
+    assert {p.path.split("/")[0] for p in ckpt.tensors} == {"weights"} and ckpt.writer is not None

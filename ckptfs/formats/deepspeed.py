@@ -74,7 +74,8 @@ def open_dir(directory: Directory) -> Checkpoint:
             tags[rel] = Grafts()
             _add_fp32(directory, rel, folder, path, tags[rel])
 
-    root, raw, outside = show_directory(directory, files, each_folder)
+    shown = show_directory(directory, files, each_folder)
+    root, raw, outside = shown.root, shown.raw, shown.outside
     latest = _latest(directory)
     chosen = [tags[latest]] if latest in tags else list(tags.values())
     ckpt = Checkpoint("deepspeed zero", directory.path, directory.stat(), root, raw,

@@ -17,12 +17,12 @@ from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir
-from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
+from ..tree.rawfiles import LINKS_OUTSIDE
 from ..write.diff import below
 from ..write.output import keep_file, put_file, write_new_file
 from . import dcp
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
-from .nested import Grafts
+from .nested import Grafts, show_directory
 
 
 def sniff(directory: Directory) -> bool:
@@ -31,47 +31,34 @@ def sniff(directory: Directory) -> bool:
 
 
 def open_dir(directory: Directory) -> Checkpoint:
-    path = directory.path
-    root, raw = Dir(), Dir()
     grafts = Grafts()
-    originals: dict[int, Source] = {}  # id(node) -> the file it shows, for the writer
-    outside: list[str] = []  # links not followed
-    unwritable = ""  # why a distributed checkpoint inside cannot be written, if it cannot
-    pending = [""]
-    while pending:
-        rel = pending.pop(0)
-        parts = names.file_parts(rel) if rel else []
-        if parts and dcp.sniff(directory.sub(rel)):
-            try:
-                inner = dcp.open_dir(directory.sub(rel))
-            except FormatError as e:
-                grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
-            else:
-                inner.root.writer = inner.writer  # writes its folder of the new directory
-                if inner.writer is None:  # then neither can the folder that holds it be written
-                    unwritable = unwritable or f"{rel}: {inner.root.xattrs.get('ckptfs.read_only')}"
-                raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
-                grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
-                             inner.notes, inner.pickle_globals)
-                continue
-        entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
-        pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
-        outside += [e for e in entries if directory.is_link(e) and not directory.is_file(e)]
-        for name in (e for e in entries if directory.is_file(e)):
-            source, mtime = directory.open(name), directory.mtime_ns(name)
-            leaf = names.file_parts(name.rpartition("/")[2])[0]
-            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-            parent = root.subdir(parts)
-            parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-            grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)  # a torch.save file, expanded
-            originals[id(parent.children[leaf])] = source
-    add_links(directory, outside, root, raw)
-    ckpt = Checkpoint("folder of distributed checkpoints", path, directory.stat(), root, raw, grafts.placed,
-                      grafts.notes, grafts.pickle_globals)
-    if outside or unwritable:
-        root.xattrs["ckptfs.read_only"] = unwritable or LINKS_OUTSIDE.format(", ".join(outside))
+    unwritable: list[str] = []  # why a distributed checkpoint inside cannot be written, if one cannot
+
+    def distributed(rel: str, parts: list[str], root: Dir, raw: Dir) -> bool:
+        """A subfolder that is a distributed checkpoint, shown expanded in place."""
+        if not dcp.sniff(directory.sub(rel)):
+            return False
+        try:
+            inner = dcp.open_dir(directory.sub(rel))
+        except FormatError as e:
+            grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
+            return False
+        inner.root.writer = inner.writer  # writes its folder of the new directory
+        if inner.writer is None:  # then neither can the folder that holds it be written
+            unwritable.append(f"{rel}: {inner.root.xattrs.get('ckptfs.read_only')}")
+        raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
+        grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
+                     inner.notes, inner.pickle_globals)
+        return True
+
+    shown = show_directory(directory, grafts, take_folder=distributed)
+    ckpt = Checkpoint("folder of distributed checkpoints", directory.path, directory.stat(), shown.root, shown.raw,
+                      grafts.placed, grafts.notes, grafts.pickle_globals)
+    if shown.outside or unwritable:
+        shown.root.xattrs["ckptfs.read_only"] = (unwritable[0] if unwritable
+                                                 else LINKS_OUTSIDE.format(", ".join(shown.outside)))
     else:
-        ckpt.writer = Writer(originals)
+        ckpt.writer = Writer(shown.sources)
     return ckpt
 
 

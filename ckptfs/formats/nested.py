@@ -64,28 +64,45 @@ class Grafts:
         return False
 
 
+@dataclass
+class Shown:
+    """A directory shown file by file: the tree, its raw mirror, the links
+    not followed (they lead outside), and the source of every file by the
+    node at its place in the tree (`id(node)`), for a writer to keep."""
+
+    root: Dir
+    raw: Dir
+    outside: list[str]
+    sources: dict[int, Source]
+
+
 def show_directory(directory: Directory, grafts: Grafts,
-                   each_folder: Callable[[str, Dir, str], None] | None = None) -> tuple[Dir, Dir, list[str]]:
+                   each_folder: Callable[[str, Dir, str], None] | None = None,
+                   take_folder: Callable[[str, list[str], Dir, Dir], bool] | None = None) -> Shown:
     """Every file of `directory` as it is, at its own path, torch.save files
-    expanded; (the tree, the raw mirror, the links not followed: they lead
-    outside). `each_folder(relative path, its folder, its path in the tree)`
-    is called for every folder once its files are in."""
-    root, raw, outside = Dir(), Dir(), []
+    expanded. `take_folder(relative path, its parts, root, raw)` may show a
+    subfolder itself (returning True), before it is walked; `each_folder(
+    relative path, its folder, its path in the tree)` is called for every
+    folder walked, once its files are in."""
+    shown = Shown(Dir(), Dir(), [], {})
     pending = [""]
     while pending:
         rel = pending.pop(0)
         parts = names.file_parts(rel) if rel else []
+        if parts and take_folder is not None and take_folder(rel, parts, shown.root, shown.raw):
+            continue
         entries = [(f"{rel}/" if rel else "") + n for n in directory.names(rel)]
         pending[:0] = [e for e in entries if directory.is_dir(e)]  # depth first, in order
-        outside += [e for e in entries if directory.is_link(e) and not directory.is_file(e)]
+        shown.outside += [e for e in entries if directory.is_link(e) and not directory.is_file(e)]
         for name in (e for e in entries if directory.is_file(e)):
             source, mtime = directory.open(name), directory.mtime_ns(name)
             leaf = names.file_parts(name.rpartition("/")[2])[0]
-            raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-            parent = root.subdir(parts)
+            shown.raw.subdir(parts).add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
+            parent = shown.root.subdir(parts)
             parent.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
             grafts.file(parent, leaf, "/".join([*parts, leaf]), source, mtime)
+            shown.sources[id(parent.children[leaf])] = source  # the file, or what it was expanded into
         if each_folder is not None:
-            each_folder(rel, root.subdir(parts), "/".join(parts))
-    add_links(directory, outside, root, raw)
-    return root, raw, outside
+            each_folder(rel, shown.root.subdir(parts), "/".join(parts))
+    add_links(directory, shown.outside, shown.root, shown.raw)
+    return shown

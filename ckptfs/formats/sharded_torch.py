@@ -193,7 +193,8 @@ def _sharded_of(archive: TorchZip) -> dict[tuple, Sharded]:
 
 def open_dir(directory: Directory) -> Checkpoint:
     grafts, views = Grafts(), Grafts()  # the files as saved; assembled/ apart, its tensors the checkpoint's
-    root, raw, outside = show_directory(directory, grafts)
+    shown = show_directory(directory, grafts)
+    root, raw, outside = shown.root, shown.raw, shown.outside
     label, rank_files = ASSEMBLED, _rank_files(directory)
     if ASSEMBLED in root.children:
         grafts.notes.append(f"{label}: the folder already holds a file of that name; tensors not assembled")
