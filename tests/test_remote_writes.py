@@ -59,9 +59,12 @@ def _nothing_left(tmp_path: Path) -> None:
     assert not edits.exists() or not any(edits.rglob("*")), list(edits.rglob("*"))
 
 
-def test_an_edited_s3_object_is_uploaded_to_a_new_key(env, tmp_path, mount):
+def test_an_edited_s3_object_is_uploaded_to_a_new_key(s3, env, tmp_path, mount):
     source = _put(env, "edit/model.safetensors", save(TENSORS, metadata={"step": "1"}))
+    s3.counts.reset()
     mnt = mount(source, "--output", "s3://ckpts/edit/edited.safetensors")
+    # the version the tree was read from is the overlay's too: the source is asked about once
+    assert len([line for line in s3.counts.lines if line.startswith("HEAD /ckpts/edit/model.safetensors")]) == 1
     np.save(mnt / "w.npy", np.full((3, 4), 7, dtype=np.float32))
     (mnt / "added.npy").write_bytes(_npy(np.arange(3, dtype=np.int32)))
     done = umount(mnt)

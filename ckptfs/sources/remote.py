@@ -298,26 +298,35 @@ class PreconditionFailed(RemoteError):
 
 
 def identity(url: str) -> dict:
-    """What an object is now (its size and version): a remote source's
-    `source_identity`, to tell whether it changed since it was mounted."""
+    """What an object (or a prefix, a Hub folder) is now: a remote
+    source's `source_identity`, to tell whether it changed since it was
+    mounted. One request: a HEAD, a LIST or the Hub's API."""
     try:
-        if url.endswith("/") or url.startswith("hf://"):
-            return _folder_identity(url)
-        obj = store_for(url).stat(url)
+        if url.startswith("hf://"):
+            return _listing_identity(url, hub_listing(url)[1])
+        store = store_for(url)
+        if url.endswith("/"):
+            return _listing_identity(url, store.listing(url) if isinstance(store, S3Store) else {})
+        return _object_identity(store.stat(url))
     except CkptfsError:
         raise
     except Exception as e:  # the network's own
         raise RemoteError(f"{url}: {type(e).__name__}: {e}") from None
-    return {"url": url, "size": obj.size, "version": obj.version}
 
 
-def _folder_identity(url: str) -> dict:
-    """A prefix's or a Hub folder's identity: its objects' names, sizes and
-    versions, hashed (a prefix has no version of its own)."""
-    if url.startswith("hf://"):
-        objects = hub_listing(url)[1]
-    else:
-        objects = store_for(url).listing(url) if isinstance(store_for(url), S3Store) else {}
+def pinned_identity(url: str) -> dict | None:
+    """The identity of `url` as this process opened it (`open_url`), with
+    no request: what a mount's tree was read from. None if not opened."""
+    return _PINNED.get(url)
+
+
+def _object_identity(obj: RemoteObject) -> dict:
+    return {"url": obj.url, "size": obj.size, "version": obj.version}
+
+
+def _listing_identity(url: str, objects: dict[str, RemoteObject]) -> dict:
+    """A prefix has no version of its own: its objects' names, sizes and
+    versions, hashed."""
     listed = sorted((name, o.size, o.version) for name, o in objects.items())
     digest = hashlib.sha256(json.dumps(listed).encode()).hexdigest()
     return {"url": url, "size": sum(o.size for o in objects.values()), "version": digest}
@@ -386,6 +395,8 @@ def _http_time(text: str | None) -> float:
 
 
 _STORES: dict[str, object] = {}
+#: the identity of each object and prefix this process opened, by URL (`pinned_identity`)
+_PINNED: dict[str, dict] = {}
 _CACHES: dict[str, PageCache] = {}
 
 
@@ -521,15 +532,18 @@ def open_url(url: str, cache: PageCache) -> RemoteSource | RemoteDirectory:
             pinned, objects = hub_listing(url)
             if not objects:
                 raise RemoteError(f"{url}: no files there")
-            return RemoteDirectory(pinned, objects, cache)
-        store = store_for(url)
-        if url.endswith("/"):
-            return _open_prefix(url, store, cache)
-        return RemoteSource(store.stat(url), cache)
+            opened: RemoteSource | RemoteDirectory = RemoteDirectory(pinned, objects, cache)
+        elif url.endswith("/"):
+            opened = _open_prefix(url, store_for(url), cache)
+        else:
+            opened = RemoteSource(store_for(url).stat(url), cache)
     except CkptfsError:
         raise
     except Exception as e:  # the network's own, and the storage library's
         raise RemoteError(f"{url}: {type(e).__name__}: {e}") from None
+    _PINNED[opened.path] = (_listing_identity(opened.path, opened.objects) if isinstance(opened, RemoteDirectory)
+                            else _object_identity(opened.obj))
+    return opened
 
 
 def _open_prefix(url: str, store, cache: PageCache) -> RemoteDirectory:

@@ -92,6 +92,12 @@ def source_identity(path: str) -> dict:
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def mounted_identity(path: str) -> dict:
+    """The source's identity as this process read it: a remote one's as it
+    was pinned when opened, with no request again."""
+    return (remote.pinned_identity(path) if remote.is_url(path) else None) or source_identity(path)
+
+
 def _identity_in(state: dict, source: str) -> dict:
     """The identity an overlay's state.json recorded (KeyError, ValueError if damaged)."""
     if remote.is_url(source):
@@ -175,7 +181,7 @@ class Overlay:
                  ignored: tuple[str, ...] = TEMP_PATTERNS):
         self.source, self.path = source if remote.is_url(source) else os.path.abspath(source), overlay_dir(source)
         self.lock, self.journal_fd, self.next_number = lock, journal_fd, next_number
-        self.identity = source_identity(source)
+        self.identity = mounted_identity(source)
         self.ignored = ignored  # names of temporary files, never packed (kept for `recover`)
 
     @classmethod

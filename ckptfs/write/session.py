@@ -19,7 +19,7 @@ from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
 from .editable import EditableTree
 from .output import write_atomically, write_directory_atomically
-from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, source_identity
+from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, mounted_identity
 
 log = logging.getLogger(__name__)
 VIEW = frozenset({VIEW_NAME})
@@ -68,14 +68,14 @@ class EditSession:
                 editable.replay(records)
             except (OSError, KeyError) as e:
                 raise CkptfsError(f"{overlay.path}: the journal does not apply to {source} ({e})") from None
-            if overlay.identity != source_identity(source):
+            if overlay.identity != mounted_identity(source):
                 patched = [c for c in editable.contents.values() if not c.whole and c.base is not None]
                 if not source_changed_ok:
                     raise SourceChangedError(f"{source}: changed since the edits in {overlay.path} were made")
                 if patched:
                     raise CkptfsError(f"{source}: changed since the edits in {overlay.path} were made, and some"
                                       " files were patched in place; they cannot be applied to its new content")
-                overlay.identity = source_identity(source)
+                overlay.identity = mounted_identity(source)
         except BaseException:
             overlay.release()
             raise
