@@ -65,6 +65,14 @@ def write_checkpoint(path: Path, count: int) -> tuple[int, int]:
     return start, BIG
 
 
+def with_s3fs(code: str) -> float:
+    """Seconds a fresh Python takes to run `code` with an s3fs filesystem `fs`."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import s3fs\nfs = s3fs.S3FileSystem(skip_instance_cache=True)\n" + code],
+                   check=True, timeout=300)
+    return time.perf_counter() - began
+
+
 def median(values) -> float:
     return statistics.median(list(values))
 
@@ -130,26 +138,16 @@ def main() -> None:
                 results[key].append(time.perf_counter() - began)
                 unmount(mnt)
             target = work / "s3fs.bin"
-            code = ("import s3fs, sys\n"
-                    "fs = s3fs.S3FileSystem(skip_instance_cache=True)\n"
-                    f"data = fs.cat_file({s3_url!r}, start={start}, end={start + length})\n"
-                    f"open({str(target)!r}, 'wb').write(data)\n")
-            began = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-            results["s3fs"].append(time.perf_counter() - began)
+            results["s3fs"].append(with_s3fs(f"data = fs.cat_file({s3_url!r}, start={start}, end={start + length})\n"
+                                             f"open({str(target)!r}, 'wb').write(data)\n"))
             target.unlink()
             mnt, began = mounted(s3_url, f"edit{i}", "rw", "--output", f"s3://bench/edited{i}.safetensors",
                                  "--overlay-dir", work / "edits")
             np.save(mnt / "added.npy", np.zeros(4, dtype=np.float32))
             unmount(mnt)
             results["edit"].append(time.perf_counter() - began)
-            code = ("import s3fs\n"
-                    "fs = s3fs.S3FileSystem(skip_instance_cache=True)\n"
-                    f"fs.get_file({s3_url!r}, {str(target)!r})\n"
-                    f"fs.put_file({str(target)!r}, 's3://bench/copied{i}.safetensors')\n")
-            began = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-            results["get_put"].append(time.perf_counter() - began)
+            results["get_put"].append(with_s3fs(f"fs.get_file({s3_url!r}, {str(target)!r})\n"
+                                                f"fs.put_file({str(target)!r}, 's3://bench/copied{i}.safetensors')\n"))
             target.unlink()
     finally:
         server.close()

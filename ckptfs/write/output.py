@@ -143,14 +143,18 @@ def _file_range(source: Source, offset: int) -> tuple[FileSource | None, int]:
     return (source, offset) if isinstance(source, FileSource) else (None, offset)
 
 
+def _check_unchanged(source_path: str, expected_identity: dict, when: str) -> None:
+    if source_identity(source_path) != expected_identity:
+        raise SourceChangedError(f"{source_path}: changed {when}")
+
+
 def write_atomically(source_path: str, writer, expected_identity: dict, output_path: str | None = None,
                      backup: bool = False, progress=None) -> str:
     """Run `writer(output)` into a temp file beside the destination, fsync it
     and rename it over the destination (the source unless `output_path`);
     `backup` keeps the source as SOURCE.orig (a hard link). A destination
     on object storage is uploaded instead (write/upload.py)."""
-    if source_identity(source_path) != expected_identity:
-        raise SourceChangedError(f"{source_path}: changed since it was mounted; the edits were not written")
+    _check_unchanged(source_path, expected_identity, "since it was mounted; the edits were not written")
     from_remote = is_url(source_path)
     if backup and from_remote:
         raise CkptfsError(f"{source_path}: --backup keeps a local file only; an object store keeps old versions "
@@ -160,8 +164,7 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
         from .upload import upload
 
         def still_unchanged():
-            if source_identity(source_path) != expected_identity:
-                raise SourceChangedError(f"{source_path}: changed while the edits were being written; they were not")
+            _check_unchanged(source_path, expected_identity, "while the edits were being written; they were not")
 
         return upload(output_path or source_path, writer, needed, progress,
                       None if output_path else expected_identity, still_unchanged)
@@ -180,8 +183,7 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
             keep_owner_and_mode(os.stat(source_path), fd=fd)
         os.close(fd)
         fd = -1
-        if source_identity(source_path) != expected_identity:
-            raise SourceChangedError(f"{source_path}: changed while the edits were being written; they were not")
+        _check_unchanged(source_path, expected_identity, "while the edits were being written; they were not")
         if backup and not output_path:
             os.link(source_path, _free_name(source_path + ".orig"))
         os.replace(tmp, destination)
@@ -201,8 +203,7 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     source in one step (renameat2 RENAME_EXCHANGE) and remove the old one
     (or keep it as SOURCE.orig with `backup`), whose files the new one
     hard-links where they did not change."""
-    if source_identity(source_path) != expected_identity:
-        raise SourceChangedError(f"{source_path}: changed since it was mounted; the edits were not written")
+    _check_unchanged(source_path, expected_identity, "since it was mounted; the edits were not written")
     from_remote = is_url(source_path)
     if from_remote and not output_path or output_path and is_url(output_path):
         raise CkptfsError(f"{output_path or source_path}: an edited folder is written to a local path only "
@@ -220,8 +221,7 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
             _keep_modes(source_path, new)
         for here, _, _ in os.walk(new):
             fsync_dir(here)
-        if source_identity(source_path) != expected_identity:
-            raise SourceChangedError(f"{source_path}: changed while the edits were being written; they were not")
+        _check_unchanged(source_path, expected_identity, "while the edits were being written; they were not")
         if output_path:
             os.rename(new, destination)
         else:
