@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import stat as stat_module
@@ -31,6 +32,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 from ..errors import CkptfsError, SourceChangedError
+from . import pathnames
 from .base import Source
 from .directory import Directory
 from .pagecache import DEFAULT_BLOCK, DEFAULT_DISK, DEFAULT_MEMORY, DiskCache, PageCache
@@ -38,6 +40,7 @@ from .pagecache import DEFAULT_BLOCK, DEFAULT_DISK, DEFAULT_MEMORY, DiskCache, P
 SCHEMES = ("s3://", "http://", "https://", "hf://")
 HF_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+log = logging.getLogger(__name__)
 
 
 def is_url(path: str) -> bool:
@@ -482,10 +485,14 @@ class RemoteSource(Source):
 
 
 class RemoteDirectory(Directory):
-    """A prefix of an object store as a directory, from one listing."""
+    """A prefix of an object store as a directory, from one listing. Each
+    object's name is checked against the name rule (sources/pathnames.py)
+    as it enters: a key such as `../x`, `/x` or `a//b` is kept under a name
+    with those parts escaped (`%2E%2E/x`), so that no name of this
+    directory leads outside a folder it is written to."""
 
     def __init__(self, url: str, objects: dict[str, RemoteObject], cache: PageCache):
-        self.path, self.objects, self.cache = url, objects, cache
+        self.path, self.objects, self.cache = url, _checked_names(url, objects), cache
         self.folders: dict[str, set[str]] = {"": set()}
         for name in objects:
             parts = name.split("/")
@@ -525,31 +532,45 @@ class RemoteDirectory(Directory):
                                                    if n.startswith(prefix)}, self.cache)
 
 
+def _checked_names(url: str, objects: dict[str, RemoteObject]) -> dict[str, RemoteObject]:
+    checked = {name: obj for name, obj in objects.items() if pathnames.path_problem(name) is None}
+    for name, obj in objects.items():
+        if name in checked:
+            continue
+        kept = pathnames.escaped(name)
+        if kept in checked or any(other.startswith(kept + "/") for other in checked):
+            log.warning("%s: left out %r, whose escaped name %r another object has", url, name, kept)
+            continue
+        log.warning("%s: %r is shown as %r: %s", url, name, kept, pathnames.path_problem(name))
+        checked[kept] = obj
+    return checked
+
+
 def open_url(url: str, cache: PageCache) -> RemoteSource | RemoteDirectory:
     """The object or prefix at `url`: one request (a HEAD, or a LIST for a prefix)."""
     try:
         if url.startswith("hf://"):
-            pinned, objects = hub_listing(url)
+            path, objects = hub_listing(url)
             if not objects:
                 raise RemoteError(f"{url}: no files there")
-            opened: RemoteSource | RemoteDirectory = RemoteDirectory(pinned, objects, cache)
         elif url.endswith("/"):
-            opened = _open_prefix(url, store_for(url), cache)
+            path, objects = url, _prefix_listing(url, store_for(url))
         else:
             opened = RemoteSource(store_for(url).stat(url), cache)
+            _PINNED[opened.path] = _object_identity(opened.obj)
+            return opened
     except CkptfsError:
         raise
     except Exception as e:  # the network's own, and the storage library's
         raise RemoteError(f"{url}: {type(e).__name__}: {e}") from None
-    _PINNED[opened.path] = (_listing_identity(opened.path, opened.objects) if isinstance(opened, RemoteDirectory)
-                            else _object_identity(opened.obj))
-    return opened
+    _PINNED[path] = _listing_identity(path, objects)  # of the names as listed, as `identity` sees them
+    return RemoteDirectory(path, objects, cache)
 
 
-def _open_prefix(url: str, store, cache: PageCache) -> RemoteDirectory:
+def _prefix_listing(url: str, store) -> dict[str, RemoteObject]:
     if not isinstance(store, S3Store):
         raise RemoteError(f"{url}: a web server lists no folders; mount one file, or a prefix of s3://")
     objects = store.listing(url)
     if not objects:
         raise RemoteError(f"{url}: no objects under this prefix")
-    return RemoteDirectory(url, objects, cache)
+    return objects

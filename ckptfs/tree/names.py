@@ -140,11 +140,22 @@ def escape_first(name: str) -> str:
 
 def file_parts(relpath: str) -> list[str]:
     """File names for a path of a file of the source (a tar member, a file
-    of a directory): kept as they are but for `%` and a top-level `.ckptfs`."""
-    parts = [_fit(p.replace("%", "%25"), "") for p in relpath.split("/")]
+    of a directory, an archive's record): kept as they are but for `%`, a
+    top-level `.ckptfs`, and what the name rule (sources/pathnames.py)
+    refuses: an empty part, `.`, `..`, NUL, a character no file name holds."""
+    parts = [_file_part(p) for p in relpath.split("/")]
     if parts[0] == ".ckptfs":
         parts[0] = "%2Eckptfs"
     return parts
+
+
+def _file_part(part: str) -> str:
+    if part in ("", ".", ".."):
+        return "%2E" * len(part) or EMPTY
+    body = part.replace("%", "%25")
+    if "\0" in body or _LONE_SURROGATE.search(body):
+        body = "".join(_quote_char(c) if c == "\0" or _LONE_SURROGATE.match(c) else c for c in body)
+    return _fit(body, "")
 
 
 def natural_key(name: str) -> list:
