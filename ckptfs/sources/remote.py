@@ -494,12 +494,12 @@ class RemoteDirectory(Directory):
     def __init__(self, url: str, objects: dict[str, RemoteObject], cache: PageCache):
         self.path, self.objects, self.cache = url, _checked_names(url, objects), cache
         self.folders: dict[str, set[str]] = {"": set()}
-        for name in objects:
+        for name in self.objects:
             parts = name.split("/")
             for depth in range(len(parts)):
                 folder = "/".join(parts[:depth])
                 self.folders.setdefault(folder, set()).add(parts[depth])
-        newest = max((o.mtime for o in objects.values()), default=0.0)
+        newest = max((o.mtime for o in self.objects.values()), default=0.0)
         self._stat = synthetic_stat(0, newest, directory=True)
 
     def stat(self) -> os.stat_result:
@@ -533,16 +533,24 @@ class RemoteDirectory(Directory):
 
 
 def _checked_names(url: str, objects: dict[str, RemoteObject]) -> dict[str, RemoteObject]:
+    """`objects` with each name that breaks the name rule escaped (one line
+    in the log says which), or left out where its escaped name is taken."""
     checked = {name: obj for name, obj in objects.items() if pathnames.path_problem(name) is None}
+    renamed, dropped = [], []
     for name, obj in objects.items():
         if name in checked:
             continue
         kept = pathnames.escaped(name)
         if kept in checked or any(other.startswith(kept + "/") for other in checked):
-            log.warning("%s: left out %r, whose escaped name %r another object has", url, name, kept)
-            continue
-        log.warning("%s: %r is shown as %r: %s", url, name, kept, pathnames.path_problem(name))
-        checked[kept] = obj
+            dropped.append(name)
+        else:
+            checked[kept] = obj
+            renamed.append(f"{name!r} as {kept!r}")
+    if renamed or dropped:
+        log.warning("%s: %s", url, "; ".join(
+            ([f"names no folder can hold are shown escaped: {', '.join(renamed[:3])}"
+              f"{f' and {len(renamed) - 3} more' if len(renamed) > 3 else ''}"] if renamed else []) +
+            ([f"left out, their escaped names taken: {', '.join(map(repr, dropped[:3]))}"] if dropped else [])))
     return checked
 
 
