@@ -72,7 +72,7 @@ class NewDirectory:
             return
         parent, leaf = self._parent(relpath)
         try:
-            os.link(original.path, leaf, dst_dir_fd=parent, follow_symlinks=False)
+            os.link(original.path, leaf, dst_dir_fd=parent)  # a link inside the source (a Hub cache's blob): its file
         finally:
             if parent != self.fd:
                 os.close(parent)
