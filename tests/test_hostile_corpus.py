@@ -111,11 +111,15 @@ KEPT_AS = {"../../climbed.txt": "%2E%2E/%2E%2E/climbed.txt", "/absolute.txt": "%
            "a//b.txt": "a/%/b.txt", "a/./dot.txt": "a/%2E/dot.txt"}
 
 
-def _written_inside(tmp_path: Path, out: Path, mnt: Path) -> None:
-    """The output folder holds every file under its kept name and the edit;
-    nothing was made anywhere else below the test's folder."""
+def _written_inside(tmp_path: Path, mount, url: str) -> None:
+    """`url` mounted with a local --output folder two levels down: the
+    mount shows every file under its kept name, the output folder holds them
+    and the edit, and nothing was made anywhere else below the test's folder."""
     from ckptfs.tree import names
 
+    out = tmp_path / "deep" / "er" / "out"
+    out.parent.mkdir(parents=True)
+    mnt = mount(url, "--output", out)
     for name, data in HOSTILE_NAMES.items():
         shown = mnt.joinpath(*names.file_parts(KEPT_AS[name]))
         assert shown.read_bytes() == data, name
@@ -146,10 +150,7 @@ def test_an_s3_prefix_whose_keys_climb_out_is_written_inside_its_output(tmp_path
             client.put_object(Bucket="ckpts", Key="m/" + name, Body=data)
         listed = run_ckptfs("ls", "-R", "s3://ckpts/m/")  # a key starting with '/' made every command recurse
         assert listed.returncode == 0 and "climbed.txt" in listed.stdout, listed.stderr
-        out = tmp_path / "deep" / "er" / "out"
-        out.parent.mkdir(parents=True)
-        mnt = mount("s3://ckpts/m/", "--output", out)
-        _written_inside(tmp_path, out, mnt)
+        _written_inside(tmp_path, mount, "s3://ckpts/m/")
     finally:
         s3.close()
 
@@ -194,10 +195,7 @@ def test_a_hub_whose_listing_climbs_out_is_written_inside_its_output(tmp_path, m
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
         info = run_ckptfs("info", "hf://org/model")
         assert info.returncode == 0, info.stderr
-        out = tmp_path / "deep" / "er" / "out"
-        out.parent.mkdir(parents=True)
-        mnt = mount("hf://org/model", "--output", out)
-        _written_inside(tmp_path, out, mnt)
+        _written_inside(tmp_path, mount, "hf://org/model")
     finally:
         server.shutdown()
         server.server_close()
