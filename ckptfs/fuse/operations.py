@@ -95,7 +95,9 @@ def _handler(method):
         except pyfuse3.FUSEError:
             raise
         except CkptfsError as e:  # a source changed under the mount, a lazily read part is broken
-            log.error("%s", e)
+            if not getattr(e, "logged", False):  # one failed fetch fails every read waiting for it: one line
+                log.error("%s", e)
+                e.logged = True
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as e:
             log.warning("%s%r: %s", method.__name__, args[:1], e)
