@@ -2,19 +2,23 @@
 loopback that drip one byte a second, or never answer (docs/remote.md,
 "Stalls"). A read of what they serve fails with EIO once the transfer has
 made no progress for `-o stall_timeout` twice, on two connections; a
-server that is slow but keeps sending is read whole, and the mount serves
-its other files meanwhile. Reads that could hang run in child processes,
-so that every wait here is bounded."""
+server that is slow but keeps sending is read whole; a reader killed while
+its read waits is gone at once (the kernel's FUSE_INTERRUPT is honoured),
+and the mount unmounts, and serves its other files meanwhile. Reads that
+could hang run in child processes, so that every wait here is bounded."""
 
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pyfuse3
 import pytest
 
 from ckptfs.errors import CkptfsError
@@ -36,6 +40,15 @@ except OSError as e:
     print("errno", e.errno)
 else:
     print("ok", hashlib.sha256(data).hexdigest())
+"""
+#: a reader that waits in a FUSE read of its own: a page fault in a mapping
+#: with MADV_RANDOM is one read request, which the faulting process waits for
+#: (a read() waits, killable, for the kernel's read-ahead, which no reader owns)
+FAULT = """import mmap, sys
+with open(sys.argv[1], "rb") as f:
+    view = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    view.madvise(mmap.MADV_RANDOM)
+    print(view[len(view) // 2])
 """
 
 
@@ -133,6 +146,32 @@ def test_a_slow_server_that_keeps_sending_is_read_whole(drip, mount, kind):
     assert in_child(READ, mnt / "slow.npy").startswith("ok ")
     assert np.array_equal(np.load(mnt / "slow.npy"), served.tensors["slow"])
     assert [ended for *_, ended in served.server.slow] == ["sent"]  # one request, never asked again
+
+
+@pytest.mark.parametrize("reader", [FAULT, READ], ids=["its own read", "the kernel's read-ahead"])
+def test_a_reader_killed_while_its_read_waits_is_gone_at_once(tmp_path, drip, mount, reader):
+    """A process killed in a FUSE read of its own stays (state D) until
+    the daemon answers; with FUSE_INTERRUPT honoured the read is answered
+    EINTR at once, long before the stall timeout would end it. One killed
+    while it waits for the kernel's read-ahead is gone at once anyway: that
+    request, which no reader owns, is dropped when the mount goes."""
+    assert getattr(pyfuse3, "READ_INTERRUPTS", False), "pyfuse3 lacks vendor/pyfuse3's patches: run install.sh"
+    served = drip("http", pace=(1, 1.0))
+    mnt = mount(served.url, "-o", "stall_timeout=60")
+    process = subprocess.Popen([sys.executable, "-c", reader, str(mnt / "slow.npy")], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: served.server.began, "the reader's read reaches the server", bound=BOUND)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        process.kill()
+        process.wait(timeout=BOUND)
+
+    assert served.server.slow == []  # its fetch still drips (for the next read of those bytes)
+    assert np.array_equal(np.load(mnt / "fast.npy"), served.tensors["fast"])
+    done = run_ckptfs("umount", mnt, "--timeout", "10", timeout=BOUND)
+    assert done.returncode == 0 and not is_mounted(mnt), done.stderr
+    assert error_lines(tmp_path / "daemon0.log") == []
 
 
 @pytest.mark.parametrize("kind, url, hold, asked", [

@@ -383,7 +383,11 @@ class Operations(pyfuse3.Operations):
         content = self.nodes[inode].content
         if content.slow:
             self._read_ahead(inode, content, off, size)
-            return await trio.to_thread.run_sync(content.read, off, size)
+            # pyfuse3 built with vendor/pyfuse3's patches cancels a read the
+            # kernel interrupts (its reader got a signal, SIGKILL too), and
+            # answers EINTR; the thread is left to finish waiting for pages
+            # other reads share, bounded by -o stall_timeout
+            return await trio.to_thread.run_sync(content.read, off, size, abandon_on_cancel=True)
         return content.read(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
