@@ -45,6 +45,8 @@ mount options (-o, comma-separated):
   block_size=8M      a remote source's largest range request (docs/remote.md)
   cache_memory=256M  remote bytes kept in memory
   cache_disk=2G      remote bytes kept on disk under the cache dir across mounts (0: none)
+  stall_timeout=30   seconds a remote request may go without progress: then it is
+                     asked once more, on another connection, then the read fails (EIO)
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
 examples:
