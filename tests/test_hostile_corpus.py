@@ -148,8 +148,10 @@ def test_an_s3_prefix_whose_keys_climb_out_is_written_inside_its_output(tmp_path
         client.put_object(Bucket="ckpts", Key="m/model.safetensors", Body=save({"w": np.ones(3, dtype=np.float32)}))
         for name, data in HOSTILE_NAMES.items():
             client.put_object(Bucket="ckpts", Key="m/" + name, Body=data)
+        client.put_object(Bucket="ckpts", Key="m/empty/", Body=b"")  # a folder marker, as "Create folder" makes
         listed = run_ckptfs("ls", "-R", "s3://ckpts/m/")  # a key starting with '/' made every command recurse
         assert listed.returncode == 0 and "climbed.txt" in listed.stdout, listed.stderr
+        assert not any(line.startswith("empty") for line in listed.stdout.split()), listed.stdout
         _written_inside(tmp_path, mount, "s3://ckpts/m/")
     finally:
         s3.close()

@@ -48,6 +48,10 @@ SCHEMES = ("s3://", "http://", "https://", "hf://")
 HF_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 log = logging.getLogger(__name__)
+#: the longest Hub API answer read (a listing of 100,000 files is about 20 MB)
+MAX_API_ANSWER = 256 << 20
+#: the most objects a prefix's listing is read for (a server may say "truncated" for ever), in pages of LIST_PAGE
+MAX_LISTED, LIST_PAGE = 10_000_000, 1000
 
 
 def is_url(path: str) -> bool:
@@ -152,9 +156,11 @@ class HttpStore:
             session = await self.fs.set_session()
             async with session.get(url, headers=_hub_auth(url)) as r:
                 watch.progress()
-                return r.status, await _body(r, watch)
+                return r.status, await _body(r, watch, MAX_API_ANSWER)
 
         status, body = _watched(self, url, get)
+        if len(body) > MAX_API_ANSWER:
+            raise RemoteError(f"{url}: an answer of more than {MAX_API_ANSWER:,} bytes; a repository's listing is far less")
         if status in (401, 403, 404):
             raise RemoteError(f"{url}: HTTP {status} (no such repository or revision, or it needs a token: HF_TOKEN)")
         if status != 200:
@@ -245,22 +251,29 @@ class S3Store:
         bucket, _, prefix = url[len("s3://"):].partition("/")
         found: dict[str, RemoteObject] = {}
         more: dict[str, str] = {}
+        pages = 0
         while True:
             try:
                 page = _watched(self, url, functools.partial(self._list_page, bucket, prefix, more))
             except (OSError, ValueError) as e:
                 raise RemoteError(f"{url}: {e}") from None
             for item in page.get("Contents", ()):
-                if not item["Key"].startswith(prefix):  # a server's answer is checked like a file's
-                    continue
+                key, size = item.get("Key"), item.get("Size")
+                if not isinstance(key, str) or not key.startswith(prefix) or not isinstance(size, int) or size < 0:
+                    continue  # a server's answer is checked like a file's
+                if key.endswith("/") and not size:
+                    continue  # a folder marker (what "Create folder" makes), not a file
                 modified = item.get("LastModified")
-                found[item["Key"][len(prefix):]] = RemoteObject(
-                    f"s3://{bucket}/{item['Key']}", int(item["Size"]), str(item.get("ETag", "")),
+                found[key[len(prefix):]] = RemoteObject(
+                    f"s3://{bucket}/{key}", size, str(item.get("ETag", "")),
                     modified.timestamp() if hasattr(modified, "timestamp") else 0.0)
             if not page.get("IsTruncated"):
                 return found
             if not page.get("NextContinuationToken"):
                 raise RemoteError(f"{url}: the listing says it goes on, but not where")
+            pages += 1
+            if pages * LIST_PAGE > MAX_LISTED:
+                raise RemoteError(f"{url}: more than {MAX_LISTED:,} objects under this prefix; mount a prefix below it")
             more = {"ContinuationToken": page["NextContinuationToken"]}
 
     async def _list_page(self, bucket: str, prefix: str, more: dict[str, str], watch: Watchdog) -> dict:
