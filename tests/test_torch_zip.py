@@ -4,6 +4,7 @@ torch.load(weights_only=False) in the test process, bit for bit."""
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import tarfile
@@ -619,3 +620,23 @@ def test_ten_thousand_records_read_each_local_header_once_and_no_tensor_data(tmp
     for offset, length in source.reads:
         assert not any(offset < start + size and start < offset + length for start, size in storages), (offset, length)
     assert len(source.reads) < len(infos) + 10
+
+
+def test_a_zip_torch_load_cannot_read_is_scanned_as_zipfile_reads_it(tmp_path):
+    """miniz refuses an end record whose two entry counts differ; zipfile
+    reads on, and so would np.load and pickle tools built on it."""
+    from ckptfs.errors import FormatError
+    from ckptfs.formats.torchzip_records import read_records
+    from ckptfs.scan import scan
+    from ckptfs.sources.base import FileSource
+
+    data = bytearray(zips.zip_of({"hook.pkl": zips.command_pickle(tmp_path / "ran")}))
+    struct.pack_into("<H", data, data.rfind(b"PK\x05\x06") + 8, 2)  # entries on this disk: 2 of 1
+    path = tmp_path / "odd.zip"
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="several disks"):
+        read_records(FileSource(str(path)), path.name)
+    assert zipfile.ZipFile(path).read("hook.pkl").startswith(b"\x80\x02cos\nsystem")
+    report = scan(str(path))
+    assert [(f.glob.path, f.location) for f in report.dangerous] == [("os.system", "odd.zip:hook.pkl")]
+    assert any("read as Python's zipfile reads it" in note for note in report.notes), report.notes
