@@ -458,13 +458,17 @@ def test_two_archives_concatenated_are_refused_where_torch_reads_the_first(tmp_p
     pair = zips.pair_of_weights(tmp_path)
     assert _torch_load(pair) == "{'w': tensor([9., 9.])}"
     assert _zipfile_storage(pair) == [1.0, 1.0]
+    saved_pair = tmp_path / "saved-pair.pt"  # torch.save's own archives, zip64 end records and all
+    saved_pair.write_bytes(b"".join(zips.torch_bytes({"w": torch.tensor([v, v])}) for v in (9.0, 1.0)))
+    assert _torch_load(saved_pair) == "{'w': tensor([9., 9.])}"
+    assert _zipfile_storage(saved_pair) == [1.0, 1.0]
     command = zips.pair_running_a_command(tmp_path)
     assert _zipfile_storage(command) == [1.0, 1.0]
     assert _torch_load(command, weights_only=False) == "0" and (tmp_path / "ran").exists()
     (tmp_path / "ran").unlink()
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.ones(2)}, plain)
-    for source in (pair, command):
+    for source in (pair, saved_pair, command):
         line = _refused_in_one_line(run_ckptfs("mount", source, mnt), source)
         assert zips.SAYS in line and "concatenated" in line, line
         assert not is_mounted(mnt)

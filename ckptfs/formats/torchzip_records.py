@@ -184,67 +184,90 @@ def _unreadable(name: str, problem: str) -> FormatError:
 
 @dataclass
 class _Directory:
+    """The central directory as the end records give it: `count` entries
+    in `size` bytes at `offset`, on disk number `disk`."""
+
     offset: int
     size: int
     count: int
-    #: where the central directory ends if nothing lies between it and the end records
-    end: int
     disk: int
 
 
 def _directory(source: Source, name: str, disagreements: list[str]) -> _Directory:
     """Where the central directory is, from the end records, as miniz's
     mz_zip_reader_read_central_dir finds it."""
+    end_at, fields = _end_record(source, name, disagreements)
+    directory_end, zip64_problem = end_at, None
+    zip64 = _zip64_end_record(source, name, end_at)
+    if zip64 is not None:
+        end64_at, fields = zip64
+        directory_end = end_at - LOCATOR.size - END64.size
+        if end64_at != directory_end:
+            zip64_problem = (f"the zip64 locator points at {end64_at}, but zipfile reads the zip64 end record right "
+                             f"before it, at {directory_end}")
+    disk, directory_disk, on_this_disk, count, directory_size, directory_offset = fields
+    if count != on_this_disk or ((disk | directory_disk) != 0 and (disk, directory_disk) != (1, 1)):
+        raise _unreadable(name, "an archive spanning several disks")
+    if directory_size < count * CENTRAL.size or directory_offset + directory_size > source.size:
+        raise _unreadable(name, f"a central directory of {count} entries in {directory_size} bytes at offset "
+                                f"{directory_offset} does not fit in the archive (truncated?)")
+    if directory_size > LIMITS.header_bytes:
+        raise FormatError(name, f"a central directory of {directory_size} bytes, above the limit of "
+                                f"{LIMITS.header_bytes} (-o max_header_bytes raises it)")
+    shift = directory_end - directory_offset - directory_size
+    if shift > 0:
+        disagreements.append(f"the central directory ends at {directory_offset + directory_size}, {shift} bytes "
+                             "before the end records (two archives concatenated?): zipfile takes those bytes for "
+                             "data before the archive and reads every record that much further on")
+    elif shift < 0:
+        disagreements.append(f"the central directory runs {-shift} bytes into the end records")
+    if zip64_problem:
+        disagreements.append(zip64_problem)
+    return _Directory(directory_offset, directory_size, count, disk)
+
+
+def _end_record(source: Source, name: str, disagreements: list[str]) -> tuple[int, tuple]:
+    """The end record's offset and its (disk, directory disk, entries on
+    this disk, entries, directory size, directory offset): the last
+    signature with a whole record after it, searched for over the longest
+    comment back from the end, as miniz (and, but for the cases noted, zipfile)."""
     size = source.size
     tail_start = max(0, size - END.size)
     tail = source.read_exact(tail_start, size - tail_start)
-    if not (tail.startswith(END_MAGIC) and tail.endswith(b"\0\0")):  # not the end record without a comment
+    if not (tail.startswith(END_MAGIC) and tail.endswith(b"\0\0")):  # not an end record without a comment
         tail_start = max(0, size - END.size - 0xFFFF)
         tail = source.read_exact(tail_start, size - tail_start)
     at = tail.rfind(END_MAGIC, 0, max(0, len(tail) - END.size + len(END_MAGIC)))
     if at < 0:
         raise _unreadable(name, "no end of central directory record (truncated, or not a zip?)")
     end_at = tail_start + at
-    _, disk, directory_disk, on_this_disk, count, directory_size, directory_offset, comment = END.unpack_from(tail, at)
+    _, *fields, comment = END.unpack_from(tail, at)
     if tail.find(END_MAGIC, at + 1) >= 0:
         disagreements.append("an end-record signature after the end record, which zipfile takes for the end record")
     elif end_at + END.size + comment != size:
         disagreements.append(f"{size - end_at - END.size} bytes after the end record, whose comment is {comment} "
                              "bytes long")
-    directory_end = end_at
-    if end_at >= LOCATOR.size + END64.size and source.read_exact(end_at - LOCATOR.size, 4) == LOCATOR_MAGIC:
-        _, locator_disk, end64_at, disks = LOCATOR.unpack(source.read_exact(end_at - LOCATOR.size, LOCATOR.size))
-        if end64_at != end_at - LOCATOR.size - END64.size:
-            disagreements.append(f"the zip64 locator points at {end64_at}, but zipfile reads the zip64 end record "
-                                 f"right before it, at {end_at - LOCATOR.size - END64.size}")
-        if end64_at > size - END64.size:
-            raise _unreadable(name, "a zip64 locator pointing past the end of the archive")
-        end64 = END64.unpack(source.read_exact(end64_at, END64.size))
-        if end64[0] == END64_MAGIC:
-            if end64[1] < END64.size - 12:
-                raise _unreadable(name, "a zip64 end record that is too short")
-            if disks != 1 or locator_disk != 0:
-                raise _unreadable(name, "an archive spanning several disks")
-            _, _, _, _, disk, directory_disk, on_this_disk, count, directory_size, directory_offset = end64
-            if count > MASK or on_this_disk > MASK or directory_size > MASK:
-                raise _unreadable(name, "a central directory larger than miniz reads")
-            directory_end = end_at - LOCATOR.size - END64.size
-    if count != on_this_disk or ((disk | directory_disk) != 0 and (disk, directory_disk) != (1, 1)):
+    return end_at, tuple(fields)
+
+
+def _zip64_end_record(source: Source, name: str, end_at: int) -> tuple[int, tuple] | None:
+    """Where the zip64 end record is and its fields (as `_end_record`'s), if
+    a locator just before the end record finds one where it points."""
+    if end_at < LOCATOR.size + END64.size or source.read_exact(end_at - LOCATOR.size, 4) != LOCATOR_MAGIC:
+        return None
+    _, locator_disk, end64_at, disks = LOCATOR.unpack(source.read_exact(end_at - LOCATOR.size, LOCATOR.size))
+    if end64_at > source.size - END64.size:
+        raise _unreadable(name, "a zip64 locator pointing past the end of the archive")
+    magic, record_size, _, _, *fields = END64.unpack(source.read_exact(end64_at, END64.size))
+    if magic != END64_MAGIC:
+        return None
+    if record_size < END64.size - 12:
+        raise _unreadable(name, "a zip64 end record that is too short")
+    if disks != 1 or locator_disk != 0:
         raise _unreadable(name, "an archive spanning several disks")
-    if directory_size < count * CENTRAL.size or directory_offset + directory_size > size:
-        raise _unreadable(name, f"a central directory of {count} entries in {directory_size} bytes at offset "
-                                f"{directory_offset} does not fit in the archive (truncated?)")
-    if directory_size > LIMITS.header_bytes:
-        raise FormatError(name, f"a central directory of {directory_size} bytes, above the limit of "
-                                f"{LIMITS.header_bytes} (-o max_header_bytes raises it)")
-    if directory_offset + directory_size != directory_end:
-        shift = directory_end - directory_offset - directory_size
-        disagreements.append(
-            f"the central directory ends at {directory_offset + directory_size}, {shift} bytes before the end records"
-            " (two archives concatenated?): zipfile takes those bytes for data before the archive and reads every "
-            "record that much further on" if shift > 0 else
-            f"the central directory runs {-shift} bytes into the end records")
-    return _Directory(directory_offset, directory_size, count, directory_end, disk)
+    if max(fields[2:5]) > MASK:
+        raise _unreadable(name, "a central directory larger than miniz reads")
+    return end64_at, tuple(fields)
 
 
 def _entries(source: Source, name: str, directory: _Directory, disagreements: list[str]) -> list[Entry]:
