@@ -46,8 +46,8 @@ class Audit:
     unseen: str | None = None
     #: why the interpreter stopped early, if it did (the globals then come from the opcodes)
     problem: str | None = None
-    #: what the pickle holds, when the interpreter read it whole and it is a plain int (a magic number)
-    number: int | None = None
+    #: what the pickle holds, as the interpreter reads it (None where it stopped early)
+    value: object = None
 
 
 def audit(data: bytes, start: int = 0) -> Audit:
@@ -57,7 +57,7 @@ def audit(data: bytes, start: int = 0) -> Audit:
     unpickler = InertUnpickler(stream)
     try:
         value = unpickler.load()
-        return Audit(list(unpickler.globals), stream.tell(), number=value if type(value) is int else None)
+        return Audit(list(unpickler.globals), stream.tell(), value=value)
     except (PickleError, RecursionError, MemoryError) as e:
         problem = str(e) if isinstance(e, PickleError) else f"{type(e).__name__} while interpreting it"
     found = _opcode_globals(data, start)
