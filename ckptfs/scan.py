@@ -50,6 +50,8 @@ from .tree.dtypes import BY_TORCH
 
 #: containers inside containers the scan enters
 MAX_DEPTH = 8
+#: folders a directory's walk enters, links to folders followed (each real folder once)
+MAX_FOLDERS = 10_000
 #: names of text files that no loader unpickles: read as pickles only if they start with PROTO
 TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".txt", ".md", ".rst", ".py", ".cfg", ".ini", ".toml", ".csv",
                  ".tsv", ".jinja", ".html")
@@ -132,18 +134,21 @@ class _Scanner:
 
     # -- what holds files
     def directory(self, root: str) -> None:
-        """Every folder below `root`, links to folders inside it followed as
-        loaders follow them (each real folder scanned once); a link to a
-        folder outside it is a problem."""
-        real_root = os.path.realpath(root)
-        pending, seen = [(root, "")], {real_root}
+        """Every folder below `root`, links to folders followed wherever they
+        lead, as a loader follows them (each real folder scanned once, up to
+        MAX_FOLDERS)."""
+        pending, seen = [(root, "")], {os.path.realpath(root)}
         while pending:
+            if len(seen) > MAX_FOLDERS:
+                self.report.problems.append(f"more than {MAX_FOLDERS} folders, links followed: "
+                                            f"{', '.join(p for _, p in pending[:3])}... not scanned")
+                return
             folder, prefix = pending.pop(0)
-            files, subfolders = self._entries(folder, prefix, real_root, seen)
+            files, subfolders = self._entries(folder, prefix, seen)
             self.folder(files, prefix, 0)
             pending[:0] = subfolders
 
-    def _entries(self, folder: str, prefix: str, real_root: str, seen: set[str]):
+    def _entries(self, folder: str, prefix: str, seen: set[str]):
         """The files of one folder (links followed) and its subfolders to walk."""
         files: dict[str, Source] = {}
         subfolders = []
@@ -167,10 +172,7 @@ class _Scanner:
                                             "it gives; not scanned")
                 continue
             real = os.path.realpath(path)
-            if os.path.islink(path) and os.path.commonpath([real, real_root]) != real_root:
-                self.report.problems.append(f"{location}: a link to {real}, a folder outside the one scanned, "
-                                            "which a loader follows: not scanned (scan it too)")
-            elif real in seen:
+            if real in seen:
                 self.report.notes.append(f"{location}: a link to a folder scanned in its own place")
             else:
                 seen.add(real)
