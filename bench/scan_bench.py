@@ -12,7 +12,7 @@ dangerous), missed (called safe), no verdict (an error, or nothing
 scanned), false alarms (a safe checkpoint called dangerous), and time.
 The three peers live in a virtualenv of their own (`make bench` makes it).
 A tool that takes files only (fickling) is run on each file of a folder
-that is not named as text, the folder dangerous if any file is. Prints
+that is not named as text or safetensors, the folder dangerous if any file is. Prints
 Markdown (docs/benchmarks.md), also kept in bench/out/scan.md.
 """
 
@@ -29,14 +29,41 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TEXT = (".yaml", ".yml", ".json", ".txt", ".md", ".py")
-#: a verdict: "dangerous", "safe" or "none" (no verdict)
+#: files a tool that takes files only is not given: text, and safetensors (which holds no pickle)
+NOT_PICKLES = (".yaml", ".yml", ".json", ".txt", ".md", ".py", ".safetensors")
+#: fickling's scanning API on one file (its zip records named .pkl, .pickle, .bin): "dangerous" where an
+#: analysis finds it unsafe, "none" where it only reports parse errors, else "safe"
 FICKLING = """
 import sys, zipfile
 from fickling.loader import scan_file, scan_zip_archive
 results = scan_zip_archive(sys.argv[1], graceful=True) if zipfile.is_zipfile(sys.argv[1]) else {"": scan_file(sys.argv[1], graceful=True)}
 values = list(results.values())
-print("dangerous" if any(not r.is_safe for r in values) else "none" if not values or any(r.errors for r in values) else "safe")
+unsafe = [r for r in values if not r.is_safe and r.results]
+print("dangerous" if unsafe else "none" if not values or any(r.errors for r in values) else "safe")
+"""
+#: the same with fickling's ML allowlist in place of its analysis of imports outside the standard library
+#: (which calls torch's own rebuild functions unsafe); its scanning API does not offer it, so the records
+#: are found here as scan_zip_archive finds them
+FICKLING_ML = """
+import sys, zipfile
+from fickling.analysis import Analysis, Analyzer, NonStandardImports, Severity, check_safety
+from fickling.fickle import Pickled
+from fickling.ml import MLAllowlist
+analyzer = Analyzer([a for a in Analysis.ALL if not isinstance(a, NonStandardImports)] + [MLAllowlist()])
+path = sys.argv[1]
+if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as z:
+        blobs = [z.read(i) for i in z.infolist() if i.filename.lower().endswith((".pkl", ".pickle", ".bin"))]
+else:
+    blobs = [open(path, "rb").read()]
+verdicts = []
+for data in blobs:
+    try:
+        pickled = Pickled.load(data, fail_on_decode_error=False)
+        verdicts.append("safe" if check_safety(pickled, analyzer).severity <= Severity.LIKELY_SAFE else "dangerous")
+    except Exception:
+        verdicts.append("none")
+print("dangerous" if "dangerous" in verdicts else "none" if "none" in verdicts or not verdicts else "safe")
 """
 
 
@@ -68,18 +95,23 @@ def modelscan(path: Path, venv: Path) -> tuple[str, float]:
     return {0: "safe", 1: "dangerous"}.get(done.returncode if done else -1, "none"), seconds
 
 
-def fickling(path: Path, venv: Path) -> tuple[str, float]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(TEXT))
+def fickling(path: Path, venv: Path, program: str = FICKLING) -> tuple[str, float]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(NOT_PICKLES))
     verdicts, seconds = [], 0.0
     for file in files:
-        done, took = _run([str(venv / "bin" / "python"), "-c", FICKLING, str(file)])
+        done, took = _run([str(venv / "bin" / "python"), "-c", program, str(file)])
         seconds += took
         verdicts.append(done.stdout.strip() if done and done.returncode == 0 else "none")
     verdict = "dangerous" if "dangerous" in verdicts else "none" if "none" in verdicts or not verdicts else "safe"
     return verdict, seconds
 
 
-TOOLS = {"ckptfs scan": ckptfs, "picklescan": picklescan, "modelscan": modelscan, "fickling": fickling}
+def fickling_ml(path: Path, venv: Path) -> tuple[str, float]:
+    return fickling(path, venv, FICKLING_ML)
+
+
+TOOLS = {"ckptfs scan": ckptfs, "picklescan": picklescan, "modelscan": modelscan, "fickling": fickling,
+         "fickling, ML allowlist": fickling_ml}
 
 
 def _versions(venv: Path) -> str:
@@ -101,7 +133,7 @@ def main() -> None:
         manifest = json.loads((corpus / "manifest.json").read_text())
         malicious = {name: corpus / entry["path"] for name, entry in manifest.items()}
         benign = {path.name: path for path in sorted(safe.iterdir())}
-        rows, per_sample = [], {}
+        rows, per_sample, wrong = [], {}, []
         for tool, run in TOOLS.items():
             seen = {name: run(path, args.scanners) for name, path in malicious.items()}
             clean = {name: run(path, args.scanners) for name, path in benign.items()}
@@ -112,11 +144,12 @@ def main() -> None:
                         f"{count(clean, 'dangerous')} | {count(clean, 'none')} | {sum(times):.1f} | "
                         f"{statistics.median(times):.2f} |")
             if any(v != "safe" for v, _ in clean.values()):
-                rows[-1] += " " + ", ".join(f"{n}: {v}" for n, (v, _) in clean.items() if v != "safe")
+                wrong.append(f"{tool}: " + ", ".join(f"{n} {v}" for n, (v, _) in clean.items() if v != "safe"))
     lines = [f"**{len(malicious)} malicious samples, {len(benign)} safe checkpoints** ({_versions(args.scanners)}; "
              "one process per sample, wall time)", "",
              "| tool | caught | missed | no verdict | false alarms | no verdict on safe | total s | median s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows, "",
+             "Safe checkpoints not called safe (none: no verdict): " + ("; ".join(wrong) or "none") + ".", "",
              "| sample | " + " | ".join(TOOLS) + " |", "| --- |" + " --- |" * len(TOOLS)]
     for name in malicious:
         lines.append(f"| {name} | " + " | ".join(per_sample[tool][name] for tool in TOOLS) + " |")

@@ -477,7 +477,7 @@ def _back_to_back(data: bytes, loaded: bool, complete: bool) -> list[Audit]:
         if not is_pickle and (complete or not result.ran_out):
             break  # no pickle: pickle.load stops where the reader stopped, before importing anything
         audits.append(result)
-        if len(audits) == 1 and result.value == torchlegacy.MAGIC_NUMBER and type(result.value) is int:
+        if len(audits) == 1 and type(result.value) is int and result.value == torchlegacy.MAGIC_NUMBER:
             count = 5  # torch.load reads the legacy format's five: magic, protocol, system info, object, storage keys
         if not result.whole:
             break

@@ -38,7 +38,7 @@ def is_tar(head: bytes) -> bool:
 class Extracted:
     #: each file's bytes by path ('a/b', no '.' parts), in archive order; links resolved
     files: dict[str, Source] = field(default_factory=dict)
-    #: folders, and the folders that links to folders inside the archive lead to
+    #: folders: directory members, and the parents of every path
     folders: set[str] = field(default_factory=set)
     #: links to folders inside the archive: path -> the folder it leads to
     folder_links: dict[str, str] = field(default_factory=dict)
