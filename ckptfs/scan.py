@@ -404,26 +404,30 @@ class _Scanner:
 
 class _TarWalk:
     """Pickles and raw runs one after another in a member of torch's tar
-    format (up to the pickle bound), each pickle recorded as it is read."""
+    format, each pickle recorded as it is read; raw runs are passed over
+    unread, their sizes checked against the member's."""
 
     def __init__(self, scanner: _Scanner, member: Source, location: str):
-        self.scanner, self.location = scanner, location
-        self.data = member.pread(0, min(member.size, LIMITS.pickle_bytes))
-        self.complete = len(self.data) == member.size
+        self.scanner, self.member, self.location = scanner, member, location
         self.pos, self.count, self.stopped = 0, 0, False
 
     def next_pickle(self) -> object:
-        """The next pickle's value (None when it is not a plain one)."""
+        """The next pickle's value (None when it is not whole)."""
         if self.stopped:
             return None
-        result = audit(self.data, self.pos)
+        left = self.member.size - self.pos
+        data = self.member.pread(self.pos, min(left, FIRST_READ))
+        result = audit(data)
+        if result.ran_out and len(data) < min(left, LIMITS.pickle_bytes):
+            data = self.member.pread(self.pos, min(left, LIMITS.pickle_bytes))
+            result = audit(data)
         self.count += 1
-        label = self.location if self.count == 1 else f"{self.location} (pickle {self.count})"
-        self.scanner.record(result, label, truncated=result.ran_out and not self.complete)
+        label = f"{self.location} (pickle {self.count} at byte {self.pos})"
+        self.scanner.record(result, label, truncated=result.ran_out and len(data) < left)
         if not result.whole:
             self.stopped = True
             return None
-        self.pos = result.end
+        self.pos += result.end
         return result.value
 
     def counted(self):
@@ -434,18 +438,18 @@ class _TarWalk:
             self.stop("its count is not a number")
             return
         for _ in range(count):
-            if self.stopped or self.pos >= len(self.data):
+            if self.stopped or self.pos >= self.member.size:
                 return
             yield
 
     def skip(self, head_size: int, length_of) -> bool:
         """Pass raw bytes: `head_size` bytes, then `length_of(head)` more."""
-        head = self.data[self.pos : self.pos + head_size]
+        head = self.member.pread(self.pos, head_size)
         try:
             length = length_of(head) if len(head) == head_size else -1
         except struct.error:
             length = -1
-        if length < 0 or self.pos + head_size + length > len(self.data):
+        if length < 0 or self.pos + head_size + length > self.member.size:
             return False
         self.pos += head_size + length
         return True

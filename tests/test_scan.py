@@ -347,3 +347,24 @@ def test_what_a_tar_leads_to_outside_itself_is_a_problem(tmp_path):
     os.rename(tmp_path / "weights.bin", tmp_path / "folder" / "weights.bin")
     report = scan(str(tmp_path / "folder"))
     assert report.verdict == "error" and report.problems[0].startswith("weights.bin: not a regular file")
+
+
+def test_torch_tar_format_is_followed_past_large_storages(tmp_path):
+    """torch.load's tar format: a pickle after the raw bytes of a storage
+    larger than what is read for pickles is found by the sizes torch reads."""
+    n = 600_000  # 2.4 MB of float32
+    for views, verdict in (([], "safe"), (Payload(tmp_path / "ran"), "dangerous")):
+        storages = (pickle.dumps(1, protocol=2) + pickle.dumps(("0", "cpu", torch.FloatStorage), protocol=2)
+                    + struct.pack("<q", n) + bytes(4 * n) + pickle.dumps(views, protocol=2))
+        path = tmp_path / f"{verdict}.tar"
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in (("storages", storages), ("tensors", pickle.dumps(0, protocol=2)),
+                               ("pickle", pickle.dumps({"a": 1}, protocol=2))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        report = scan(str(path))
+        assert (report.verdict, report.problems) == (verdict, [])
+        assert len(report.pickles) == 5  # count, storage, views; tensors' count; the object
+    assert _dangerous(report) == {("posix.system", f"dangerous.tar:storages (pickle 3 at byte {59 + 4 * n})")}
+    assert torch.load(tmp_path / "safe.tar", weights_only=False) == {"a": 1}  # torch reads it so
