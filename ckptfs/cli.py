@@ -45,6 +45,8 @@ mount options (-o, comma-separated):
   block_size=8M      a remote source's largest range request (docs/remote.md)
   cache_memory=256M  remote bytes kept in memory
   cache_disk=2G      remote bytes kept on disk under the cache dir across mounts (0: none)
+  stall_timeout=30   seconds a remote request may go without progress: then it is
+                     asked once more, on another connection, then the read fails (EIO)
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
 examples:
@@ -623,19 +625,22 @@ def _byte_size(text: str) -> int:
 
 def export(args) -> int:
     from .formats import open_checkpoint
+    from .tree.nodes import Access
     from .write import export as exporting
 
     maps = _prefix_maps(args.map)
     max_bytes = _byte_size(args.max_shard_size)
     source = source_path(args.source)
-    selection = exporting.select(open_checkpoint(source, _default_cache_dir()), args.include, args.exclude, maps)
+    checkpoint = open_checkpoint(source, _default_cache_dir())
+    selection = exporting.select(checkpoint, args.include, args.exclude, maps)
     for line in selection.left_out:
         print(f"ckptfs: left out {line}", file=sys.stderr)
     if not selection.items:
         raise CkptfsError(f"{source}: no tensors to export" + (" (see --include and --exclude)"
                                                                if args.include or args.exclude else ""))
     progress = _transfer_printer("exporting") if sys.stderr.isatty() else None
-    exporting.write(args.to, selection.items, args.out, max_bytes, progress)
+    readers = selection.access or Access.of(checkpoint.stat)  # never wider than the source
+    exporting.write(args.to, selection.items, args.out, max_bytes, progress, readers)
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)

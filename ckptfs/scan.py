@@ -4,10 +4,10 @@ pickles").
 
 The scan walks the bytes, not the tree a mount shows, so a part the mount
 would refuse or show as a plain file is scanned all the same: a file or a
-directory (links to folders inside it followed); in it tar members as
+directory (links to folders followed); in it tar members as
 extraction leaves them (`scan_tar`: hard and symbolic links, sparse
 members; gzip-compressed too), zip records, the byte items of a distributed
-checkpoint (each loaded with `torch.load`), torch's pre-1.6 tar format and
+checkpoint (each loaded with `torch.load`), torch's pre-1.0 tar format and
 legacy files, NumPy object arrays and plain pickles; and inside those
 again, a few levels deep. In a zip, every record whose name ends in `.pkl`
 in any case is read: `torch.load` finds `<archive>/data.pkl` through miniz,
@@ -35,10 +35,11 @@ import zlib
 from dataclasses import dataclass, field
 
 from . import __version__
-from .errors import FormatError, SourceChangedError
+from .errors import CkptfsError, FormatError, SourceChangedError
 from .formats import default_cache_dir, gzindex, safetensors, torchlegacy, torchzip
 from .formats.dcp.metadata import Metadata, is_metadata
 from .formats.dcp.reader import Reader
+from .formats.torchzip_records import CONSEQUENCE, read_records
 from .limits import LIMITS
 from .pickle.allowlist import Verdict, classify
 from .pickle.audit import UNNAMED, Audit, audit
@@ -63,6 +64,8 @@ NPY_HEADER_BYTES = 1 << 20
 FIRST_READ = 1 << 20
 #: what torch.load reads from its pre-1.6 tar format, in its order
 TORCH_TAR = ("storages", "tensors", "pickle")
+#: what a zip that torch.load and other zip readers read differently is reported as, in place of a global
+READ_DIFFERENTLY = Global("<zip>", "read differently")
 
 
 @dataclass
@@ -278,7 +281,7 @@ class _Scanner:
             self.report.problems.append(e.args[0])
             return
         self.report.problems += extracted.problems
-        if "storages" in extracted.by_name:  # torch.load reads it as its pre-1.6 format
+        if "storages" in extracted.by_name:  # torch.load reads it as its pre-1.0 tar format
             self.torch_tar(extracted, location)
         self.report.notes += [f"{location}:{link}: a link to the folder {target}, scanned in its own place"
                               for link, target in extracted.folder_links.items()]
@@ -311,36 +314,69 @@ class _Scanner:
             self.pickles(extracted.by_name["pickle"], f"{location}:pickle", loaded=True)
 
     def zip(self, source: Source, location: str, depth: int) -> None:
+        """A zip's records as torch.load finds them (`torchzip_records`).
+        One that other zip readers would read otherwise is dangerous
+        whatever its pickles name: what a scanner built on zipfile saw is
+        not what torch.load runs. One torch.load cannot read at all is read
+        as zipfile reads it, as np.load does."""
         try:
-            archive = zipfile.ZipFile(SeekableReader(source))
-            records = [info for info in archive.infolist() if not info.filename.endswith("/")]  # is_dir() fails on ''
+            archive = read_records(source, location)
+        except (FormatError, SourceChangedError) as unreadable:
+            self.report.notes.append(f"{unreadable.args[0]}; read as Python's zipfile reads it")
+            self.python_zip(source, location, depth)
+            return
+        # torch.load reads <the first record's folder>/data.pkl; its storages are the records in data/
+        folder = archive.entries[0].name_bytes.partition(b"/")[0] if archive.entries else b""
+        storages = (folder + b"/data/").lower()
+        for entry in archive.entries:
+            if entry.name_bytes.endswith(b"/") and not entry.compress_size:
+                continue  # a folder
+            inner = f"{location}:{entry.filename}"
+            lower = entry.name_bytes.lower()
+            try:
+                if lower.endswith(b".pkl"):
+                    data = self.pickle_record(archive.contents(entry), inner)
+                    if len(data) == entry.file_size:
+                        archive.check_crc(entry, data)
+                elif lower.startswith(storages) and b"/" not in lower[len(storages):]:
+                    continue
+                else:  # stored, or deflated and inflated as far as reads go (savez_compressed's object arrays)
+                    self.blob(archive.contents(entry), inner, depth + 1)
+            except (FormatError, SourceChangedError, OSError, zlib.error) as e:
+                self.report.problems.append(e.args[0] if isinstance(e, CkptfsError) else f"{inner}: cannot read it ({e})")
+        for problem in archive.disagreements:
+            self.read_differently(location, problem)
+
+    def python_zip(self, source: Source, location: str, depth: int) -> None:
+        """A zip torch.load cannot read, as Python's zipfile reads it."""
+        try:
+            records = [i for i in zipfile.ZipFile(SeekableReader(source)).infolist() if not i.filename.endswith("/")]
         except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError, OSError) as e:
             self.report.problems.append(f"{location}: not a readable zip archive ({e})")
             return
-        # torch.load reads <the first record's folder>/data.pkl; its storages are the records in data/
-        archive_name = records[0].filename.partition("/")[0] if records else ""
-        storages = f"{archive_name}/data/".lower()
         for info in records:
             inner = f"{location}:{info.filename}"
-            lower = info.filename.lower()
             try:
-                if lower.endswith(".pkl"):
-                    self.pickle_record(archive, info, inner)
-                elif lower.startswith(storages) and "/" not in lower[len(storages):]:
-                    continue
-                else:  # stored, or deflated and inflated as far as reads go (savez_compressed's object arrays)
-                    self.blob(torchzip.record_source(source, info, inner), inner, depth + 1)
-            except (FormatError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError,
-                    OSError, zlib.error) as e:
-                self.report.problems.append(e.args[0] if isinstance(e, FormatError) else f"{inner}: cannot read it ({e})")
+                contents = torchzip.record_source(source, info, inner)
+                if info.filename.lower().endswith(".pkl"):
+                    self.pickle_record(contents, inner)
+                else:
+                    self.blob(contents, inner, depth + 1)
+            except (FormatError, SourceChangedError, OSError, zlib.error) as e:
+                self.report.problems.append(e.args[0] if isinstance(e, CkptfsError) else f"{inner}: cannot read it ({e})")
 
-    def pickle_record(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, location: str) -> None:
-        """A zip record read as `torch.load` reads `data.pkl`: one pickle."""
-        with archive.open(info) as record:
-            data = record.read(LIMITS.pickle_bytes)
+    def read_differently(self, location: str, problem: str) -> None:
+        """A zip whose records depend on the reader: as dangerous as a global
+        outside the allowlist, since torch.load runs a pickle other tools never saw."""
+        self.report.found.append(Found(READ_DIFFERENTLY, location, Verdict(False, f"{problem}: {CONSEQUENCE}")))
+
+    def pickle_record(self, contents: Source, location: str) -> bytes:
+        """A zip record read as `torch.load` reads `data.pkl`: one pickle, up
+        to the bound. Returns the bytes read."""
+        data = contents.pread(0, min(contents.size, LIMITS.pickle_bytes))
         result = audit(data, 0)
-        self.record(result, location, truncated=result.ran_out and info.file_size > len(data))
-
+        self.record(result, location, truncated=result.ran_out and contents.size > len(data))
+        return data
 
     def distributed(self, files: dict[str, Source], name: str, prefix: str, depth: int) -> None:
         """The byte items and chunks of a distributed checkpoint: each

@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -163,3 +167,45 @@ def write_refused(path: Path, data: bytes) -> None:
     with pytest.raises(OSError) as refused:
         path.write_bytes(data)
     assert refused.value.errno == errno.EINVAL
+
+
+# -- users other than root (tests/test_users.py, and the hostile corpus's second user)
+
+@pytest.fixture(scope="module")
+def users():
+    """Two unprivileged users made for the test, removed after it."""
+    made = []
+    for _ in range(2):
+        name = f"ckptfs-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", "--user-group", name], check=True,
+                       timeout=TIMEOUT)
+        made.append(pwd.getpwnam(name))
+    yield made
+    for user in made:
+        subprocess.run(["userdel", user.pw_name], timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def shared_dir():
+    """A folder every user can reach (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ckptfs-users-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    for mnt in path.glob("*/mnt*"):
+        force_unmount(mnt)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def user_home(shared_dir: Path, user: pwd.struct_passwd) -> Path:
+    """A folder of `user`'s own in `shared_dir`, 0700."""
+    home = shared_dir / user.pw_name
+    home.mkdir(mode=0o700, exist_ok=True)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    return home
+
+
+def as_user(user: pwd.struct_passwd, command: list, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`command` run as `user`, with no groups but theirs and a bare environment."""
+    base = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    return subprocess.run([str(c) for c in command], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                          env={**base, **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)

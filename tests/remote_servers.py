@@ -10,6 +10,8 @@ import http.client
 import json
 import os
 import re
+import select
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -243,3 +245,107 @@ class HubServer(FileServer):
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+
+class _Drip(_Files):
+    """`_Files` over HTTP/1.1 keep-alive connections, with two ways of
+    being slow: a request whose path starts with one of `hold` is never
+    answered, and the body of a ranged GET of a path in `pace` that starts
+    at or after `after` is sent at that path's pace, `(bytes, seconds)`:
+    so many bytes, then a pause. Each slow request is recorded in `began`
+    as it begins, with the client's port (its connection), and in `slow`
+    when it ends, with how: "sent", "hung up" (the client closed the
+    connection first) or "stopped"."""
+
+    protocol_version = "HTTP/1.1"
+    pace: dict[str, tuple[int, float]]
+    after: int
+    hold: tuple[str, ...]
+    stopping: threading.Event
+    began: list[tuple[str, str, int]]
+    slow: list[tuple[str, str, int, str]]
+
+    def do_HEAD(self) -> None:
+        if not self._held():
+            super().do_HEAD()
+
+    def do_GET(self) -> None:
+        if self._held():
+            return
+        path = self._file()
+        match = _RANGE.fullmatch(self.headers.get("Range", ""))
+        if path is None or not match or int(match[1]) < self.after or self.path not in self.pace:
+            super().do_GET()
+            return
+        size, etag = path.stat().st_size, etag_of(path)
+        start, end = int(match[1]), min(size, int(match[2]) + 1 if match[2] else size)
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        self.began.append((self.path, f"{start}-{end}", self.client_address[1]))
+        step, pause = self.pace[self.path]
+        ended = "sent"
+        try:
+            for at in range(0, len(body), step):
+                self.wfile.write(body[at: at + step])
+                self.wfile.flush()
+                if self.stopping.wait(pause):
+                    ended = "stopped"
+                    break
+        except ConnectionError:
+            ended = "hung up"
+        self._record(f"{start}-{end}", ended)
+
+    def _held(self) -> bool:
+        """Answer nothing to a request of a held path, until the client
+        hangs up or the server stops."""
+        if not self.path.startswith(self.hold):
+            return False
+        self.began.append((self.path, self.command, self.client_address[1]))
+        ended = "stopped"
+        while not self.stopping.wait(0.1):
+            if select.select([self.connection], [], [], 0)[0] and not self.connection.recv(1, socket.MSG_PEEK):
+                ended = "hung up"
+                break
+        self._record(self.command, ended)
+        return True
+
+    def _record(self, what: str, ended: str) -> None:
+        self.close_connection = ended != "sent"
+        self.slow.append((self.path, what, self.client_address[1], ended))
+        self.counts.add(f"{self.command} {self.path} {what} {ended}", 0)
+
+
+class DripServer(FileServer):
+    """A web server that is slow where it is told: the paths in `pace`
+    send each range that starts at or after `after` bytes at that pace,
+    `(bytes, seconds)`: `{"/x": (1, 1.0)}` drips one byte a second. A path
+    that starts with one of `hold` gets no answer at all. The rest (HEADs,
+    the first bytes, other files) is served as FileServer serves it. It
+    also serves S3's HeadObject and ranged GetObject of `root/BUCKET/KEY`
+    (point AWS_ENDPOINT_URL at `url`). `began` records each slow request
+    as it begins: (path, its range or method, the client's port); `slow`
+    as it ends, with how it ended: "sent", "hung up" or "stopped"."""
+
+    def __init__(self, root: Path, pace: dict[str, tuple[int, float]] | None = None, after: int = 0,
+                 hold: tuple[str, ...] = ()):
+        self.counts = Counts()
+        self.stopping = threading.Event()
+        self.began: list[tuple[str, str, int]] = []
+        self.slow: list[tuple[str, str, int, str]] = []
+        handler = type("Drip", (_Drip,), {"root": Path(root), "counts": self.counts, "pace": pace or {},
+                                          "after": after, "hold": hold, "stopping": self.stopping,
+                                          "began": self.began, "slow": self.slow})
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stopping.set()  # ends the slow replies still being sent
+        super().close()

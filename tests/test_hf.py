@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, umount, write_refused
 
 BERT = FIXTURES / "hf" / "bert_tiny_sharded"
 
@@ -106,3 +106,22 @@ def test_index_naming_a_tensor_absent_from_its_shard(tmp_path):
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(FormatError, match="'ghost.weight' is not in its shard"):
         open_checkpoint(str(d), str(tmp_path / "cache"))
+
+
+def test_a_file_made_in_the_mount_is_written_under_the_name_it_stands_for(mount, tmp_path):
+    """A name made in the mount is unescaped when the folder is written: one
+    that stands for `..` (`%2E%2E`) is refused when closed and at unmount,
+    and a `%` that starts no escape (`50%.txt`) is kept as it is."""
+    src = Path(shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", tmp_path / "bert"))
+    mnt = mount(src, log_errors_expected=True)
+    (mnt / "50%.txt").write_text("half")
+    (mnt / "%2E%2E").mkdir()
+    write_refused(mnt / "%2E%2E" / "climbed.txt", b"out")
+    done = umount(mnt)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot be named '../climbed.txt': the name '..'" in done.stderr and "the edits are kept" in done.stderr
+    assert not (tmp_path / "climbed.txt").exists()
+    mnt = mount(src, "--resume")
+    shutil.rmtree(mnt / "%2E%2E")
+    assert umount(mnt).returncode == 0
+    assert (src / "50%.txt").read_text() == "half" and not (tmp_path / "climbed.txt").exists()

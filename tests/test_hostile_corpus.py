@@ -9,15 +9,21 @@ for each kind of input."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
+import shutil
 import subprocess
+import threading
 from pathlib import Path
+from urllib.parse import unquote
 
+import numpy as np
 import pytest
 
-from .conftest import CKPTFS, force_unmount, is_mounted, require_fuse, run_ckptfs
+from .conftest import CKPTFS, FIXTURES, as_user, force_unmount, is_mounted, require_fuse, run_ckptfs
 from .hostile import corpus
+from .remote_servers import Counts, _Files, _Server
 
 #: what a daemon may use: far above a real mount of these files (about 120 MB,
 #: 1.3 GB of address space with rapidgzip's threads), far below what they ask for
@@ -94,3 +100,183 @@ def test_a_shared_graph_is_shown_as_a_graph(tmp_path, mount):
     assert leaf.read_bytes() == (mnt / "a" / Path(*["0"] * 30) / "0.npy").read_bytes()
     folders = [f for f, _, _ in os.walk(mnt / "a")]
     assert len(folders) == 31
+
+
+# -- names from a remote listing: kept inside the folder they are written to
+
+HOSTILE_NAMES = {"../../climbed.txt": b"climbed", "/absolute.txt": b"absolute", "a//b.txt": b"doubled",
+                 "a/./dot.txt": b"dot"}
+#: where each is kept (in the mount, and under the output folder): its offending parts escaped
+KEPT_AS = {"../../climbed.txt": "%2E%2E/%2E%2E/climbed.txt", "/absolute.txt": "%/absolute.txt",
+           "a//b.txt": "a/%/b.txt", "a/./dot.txt": "a/%2E/dot.txt"}
+
+
+def _written_inside(tmp_path: Path, mount, url: str) -> None:
+    """`url` mounted with a local --output folder two levels down: the
+    mount shows every file under its kept name, the output folder holds them
+    and the edit, and nothing was made anywhere else below the test's folder."""
+    from ckptfs.tree import names
+
+    out = tmp_path / "deep" / "er" / "out"
+    out.parent.mkdir(parents=True)
+    mnt = mount(url, "--output", out)
+    for name, data in HOSTILE_NAMES.items():
+        shown = mnt.joinpath(*names.file_parts(KEPT_AS[name]))
+        assert shown.read_bytes() == data, name
+    (mnt / "note.txt").write_text("edited")
+    done = run_ckptfs("umount", mnt, "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    for name, data in HOSTILE_NAMES.items():
+        assert out.joinpath(KEPT_AS[name]).read_bytes() == data, name
+    assert (out / "note.txt").read_text() == "edited"
+    made = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.is_relative_to(out)}
+    assert {p for p in made if p.name.endswith(".txt")} == set(), made
+
+
+def test_an_s3_prefix_whose_keys_climb_out_is_written_inside_its_output(tmp_path, mount, monkeypatch):
+    from safetensors.numpy import save
+
+    from .remote_servers import S3Server
+
+    s3 = S3Server()
+    try:
+        for name, value in s3.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        client = s3.client()
+        client.create_bucket(Bucket="ckpts")
+        client.put_object(Bucket="ckpts", Key="m/model.safetensors", Body=save({"w": np.ones(3, dtype=np.float32)}))
+        for name, data in HOSTILE_NAMES.items():
+            client.put_object(Bucket="ckpts", Key="m/" + name, Body=data)
+        client.put_object(Bucket="ckpts", Key="m/empty/", Body=b"")  # a folder marker, as "Create folder" makes
+        listed = run_ckptfs("ls", "-R", "s3://ckpts/m/")  # a key starting with '/' made every command recurse
+        assert listed.returncode == 0 and "climbed.txt" in listed.stdout, listed.stderr
+        assert not any(line.startswith("empty") for line in listed.stdout.split()), listed.stdout
+        _written_inside(tmp_path, mount, "s3://ckpts/m/")
+    finally:
+        s3.close()
+
+
+class _HostileHub(_Files):
+    """A Hub stand-in whose listing names files as no real Hub does (`../x`,
+    `/x`, `a//b`): each is served, with ranges, at any URL that ends in its
+    last part, since a client folds `..` away before it asks."""
+
+    listed: dict[str, str]  # a name in the listing -> its file under root
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/api/"):
+            siblings = [{"rfilename": name, "size": (self.root / file).stat().st_size}
+                        for name, file in self.listed.items()]
+            body = json.dumps({"sha": "0" * 40, "siblings": siblings}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        leaf = unquote(self.path.rpartition("/")[2])
+        self.path = "/" + next((f for n, f in self.listed.items() if n.rpartition("/")[2] == leaf), "missing")
+        super().do_GET()
+
+
+def test_a_hub_whose_listing_climbs_out_is_written_inside_its_output(tmp_path, mount, monkeypatch):
+    from safetensors.numpy import save
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.safetensors").write_bytes(save({"w": np.ones(3, dtype=np.float32)}))
+    listed = {"model.safetensors": "model.safetensors"}
+    for n, (name, data) in enumerate(HOSTILE_NAMES.items()):
+        (served / str(n)).write_bytes(data)
+        listed[name] = str(n)
+    handler = type("Hub", (_HostileHub,), {"root": served, "counts": Counts(), "listed": listed})
+    server = _Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        info = run_ckptfs("info", "hf://org/model")
+        assert info.returncode == 0, info.stderr
+        _written_inside(tmp_path, mount, "hf://org/model")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- what another user plants beside a source: refused in one line, never followed or resumed
+
+@pytest.fixture
+def sticky(shared_dir):
+    """A folder anyone may create names in, as /tmp (mode 1777), with root's checkpoint in it."""
+    folder = shared_dir / f"sticky-{os.urandom(4).hex()}"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", folder / "model.nemo")
+    return folder
+
+
+@pytest.mark.parametrize("planted", [".model.nemo.ckptfs.lock", ".model.nemo.ckptfs"])
+def test_a_link_planted_beside_a_source_is_never_followed(users, shared_dir, sticky, tmp_path, planted):
+    attacker = users[1]
+    source = sticky / "model.nemo"
+    before = source.read_bytes()
+    target = shared_dir / f"nologin-{os.urandom(4).hex()}"  # where root may write and the attacker may not
+    assert as_user(attacker, ["ln", "-s", target, sticky / planted]).returncode == 0
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        done = run_ckptfs("mount", source, mnt)
+        assert done.returncode == 0 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{sticky / planted}: a symbolic link" in done.stderr and "mounted read-only" in done.stderr
+        with pytest.raises(OSError) as refused:
+            (mnt / "model_config.yaml").write_text("a: 1\n")
+        assert refused.value.errno == errno.EROFS
+        assert run_ckptfs("umount", mnt).returncode == 0
+        for command in (["recover", source, "--resume"], ["recover", source, "--discard"]):
+            done = run_ckptfs(*command)
+            assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+            assert str(sticky / planted) in done.stderr and "symbolic link" in done.stderr
+        assert not target.exists() and (sticky / planted).is_symlink() and source.read_bytes() == before
+    finally:
+        force_unmount(mnt)
+
+
+def test_an_overlay_forged_by_another_user_is_never_resumed(users, sticky, tmp_path):
+    """A complete overlay as ckptfs writes one (its state from a plain stat
+    of the source, a journal with valid checksums, a file of the attacker's
+    choice): root's mount does not offer to resume it, and neither mount
+    --resume nor recover writes it into the checkpoint."""
+    attacker = users[1]
+    source = sticky / "model.nemo"
+    before = source.read_bytes()
+    forge = (
+        "import json, os, zlib, sys\n"
+        "src = sys.argv[1]; st = os.stat(src)\n"
+        "ov = os.path.join(os.path.dirname(src), '.model.nemo.ckptfs')\n"
+        "os.makedirs(os.path.join(ov, 'data'), 0o700)\n"
+        "json.dump({'source': src, 'dev': st.st_dev, 'ino': st.st_ino, 'size': st.st_size,"
+        " 'mtime_ns': st.st_mtime_ns, 'ignored': []}, open(os.path.join(ov, 'state.json'), 'w'))\n"
+        "open(os.path.join(ov, 'data', '0'), 'wb').write(b'planted')\n"
+        "body = json.dumps({'op': 'create', 'path': 'planted.txt', 'file': 0}, separators=(',', ':')).encode()\n"
+        "open(os.path.join(ov, 'journal'), 'wb').write(b'%08x %s\\n' % (zlib.crc32(body), body))\n"
+    )
+    forged = as_user(attacker, ["/usr/bin/python3", "-c", forge, source])
+    assert forged.returncode == 0, forged.stderr
+    overlay = sticky / ".model.nemo.ckptfs"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        done = run_ckptfs("mount", source, mnt)
+        assert done.returncode == 0 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{overlay}: belongs to user {attacker.pw_name}" in done.stderr and "recover" not in done.stderr
+        assert not (mnt / "planted.txt").exists()
+        assert run_ckptfs("umount", mnt).returncode == 0
+        for command in (["mount", source, mnt, "--resume"], ["recover", source, "--resume"],
+                        ["recover", source, "--discard"]):
+            done = run_ckptfs(*command)
+            assert done.returncode == 1 and done.stderr.count("\n") == 1, (command, done.stderr)
+            assert f"{overlay}: belongs to user {attacker.pw_name}" in done.stderr
+            assert not is_mounted(mnt)
+        assert source.read_bytes() == before and (overlay / "journal").exists()
+    finally:
+        force_unmount(mnt)

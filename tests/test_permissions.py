@@ -172,3 +172,58 @@ def test_a_link_out_of_a_distributed_checkpoint_in_a_folder_makes_the_folder_rea
         assert next((mnt / "weights" / "model").rglob("*.npy")).stat().st_size > 0  # the rest is served
     finally:
         assert umount(mnt).returncode == 0
+
+
+def _mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+@pytest.mark.parametrize("to", ["safetensors", "torch", "hf"])
+@pytest.mark.parametrize("source_mode", [0o600, 0o640, 0o644])
+def test_an_export_is_never_more_readable_than_its_source(tmp_path, to, source_mode):
+    source = tmp_path / "model.safetensors"
+    save_file({"w": np.ones(4, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}, source)
+    source.chmod(source_mode)
+    os.chown(source, 0, 4242)  # a group the exporting user (root, group root) is not: its read bit does not carry
+    out = tmp_path / "out"
+    done = run_ckptfs("export", source, out, "--to", to, "--max-shard-size", "16")
+    assert done.returncode == 0, done.stderr
+    expected = 0o600 | (source_mode & 0o004)
+    files = sorted(out.iterdir()) if to == "hf" else [out]
+    assert len(files) == (3 if to == "hf" else 1)  # two shards and the index
+    assert {_mode(f) for f in files} == {expected}
+    if to == "hf":
+        assert _mode(out) == expected | 0o100 | (expected & 0o044) >> 2
+    os.chown(source, 0, 0)  # now the exporter's own group: its read bit carries
+    again = tmp_path / "again"
+    assert run_ckptfs("export", source, again).returncode == 0
+    assert _mode(again) == 0o600 | (source_mode & 0o044)
+
+
+def test_files_new_in_a_repacked_folder_are_readable_as_the_folder_is(tmp_path, mount):
+    folder = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", folder)
+    folder.chmod(0o750)
+    os.chown(folder, NOBODY, 4242)
+    mnt = mount(folder)
+    (mnt / "extra").mkdir()
+    (mnt / "extra" / "notes.txt").write_text("new")
+    (mnt / "config.json").write_text((mnt / "config.json").read_text())
+    assert umount(mnt).returncode == 0
+    new_file, new_folder = folder / "extra" / "notes.txt", folder / "extra"
+    assert (os.stat(new_file).st_uid, os.stat(new_file).st_gid, _mode(new_file)) == (NOBODY, 4242, 0o640)
+    assert (os.stat(new_folder).st_uid, _mode(new_folder)) == (NOBODY, 0o750)
+    assert (os.stat(folder).st_uid, os.stat(folder).st_gid, _mode(folder)) == (NOBODY, 4242, 0o750)
+
+
+def test_an_overlay_is_its_users_alone(tmp_path, mount):
+    source = tmp_path / "model.nemo"
+    shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", source)
+    source.chmod(0o644)
+    mnt = mount(source)
+    (mnt / "model_config.yaml").write_text((mnt / "model_config.yaml").read_text() + "# edited\n")
+    overlay = tmp_path / ".model.nemo.ckptfs"
+    assert _mode(overlay) == 0o700 and _mode(overlay / "data") == 0o700
+    assert {_mode(p) for p in overlay.rglob("*") if p.is_file()} == {0o600}
+    assert _mode(tmp_path / ".model.nemo.ckptfs.lock") == 0o600
+    assert umount(mnt).returncode == 0

@@ -4,6 +4,7 @@ a proxy that counts. Every count here is the server's, not ckptfs's."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import filecmp
 import gzip
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 
 from ckptfs.sources.pagecache import PAGE, DiskCache, PageCache
+from ckptfs.sources.remote import RemoteError
+from ckptfs.sources.stall import PROGRESS, Stalled, Watchdog
 
 from .conftest import run_ckptfs
 from .remote_servers import FileServer, HubServer, S3Server
@@ -228,6 +231,54 @@ def test_a_damaged_disk_page_is_fetched_again(tmp_path):
     second = PageCache(disk=DiskCache(str(tmp_path)))
     assert second.read("k", 2 * PAGE, fetch, 0, 2 * PAGE) == pages[0] + pages[1]
     assert fetched == [(0, 2 * PAGE), (PAGE, 2 * PAGE)]  # only the damaged page again
+
+
+def test_a_failed_page_fails_at_once_until_failed_for_has_passed(monkeypatch):
+    """The kernel reads a page again as soon as its read-ahead failed: that
+    read gets the same error at once, not another wait for the server."""
+    import ckptfs.sources.pagecache as pagecache
+
+    asked = []
+
+    def fetch(start: int, end: int) -> bytes:
+        asked.append((start, end))
+        raise RemoteError(f"bytes {start}-{end - 1}: no progress for 30 s, twice")
+
+    cache = PageCache(block_bytes=4 * PAGE, failed_for=30)
+    with pytest.raises(RemoteError) as first:
+        cache.read("k", 8 * PAGE, fetch, 0, 2 * PAGE)
+    with pytest.raises(RemoteError) as again:
+        cache.read("k", 8 * PAGE, fetch, PAGE + 10, 100)
+    assert again.value is first.value and asked == [(0, 2 * PAGE)]
+    assert cache.read("k", 8 * PAGE, lambda start, end: b"x" * (end - start), 2 * PAGE, 10) == b"x" * 10
+
+    now = pagecache.time.monotonic()
+    monkeypatch.setattr(pagecache.time, "monotonic", lambda: now + 31)
+    with pytest.raises(RemoteError):
+        cache.read("k", 8 * PAGE, fetch, PAGE, 100)
+    assert asked == [(0, 2 * PAGE), (PAGE, 2 * PAGE)]  # asked again once the time has passed
+
+
+@pytest.mark.parametrize("chunk, pause, stalls", [
+    (1, 0.05, True),  # a byte at a time, never a page's worth within the timeout
+    (PROGRESS, 0.05, False),  # a page every 0.05 s for 1.5 s: three times the timeout
+])
+def test_the_watchdog_counts_progress_by_the_page(chunk, pause, stalls):
+    async def transfer():
+        chunks = iter([b"x" * chunk] * (30 if chunk == PROGRESS else 1000))
+
+        async def read_some() -> bytes:
+            await asyncio.sleep(pause)
+            return next(chunks, b"")
+
+        async with Watchdog(0.5) as watch:
+            return await watch.body(read_some)
+
+    if stalls:
+        with pytest.raises(Stalled, match="no progress for 0.5 s"):
+            asyncio.run(transfer())
+    else:
+        assert asyncio.run(transfer()) == b"x" * 30 * PROGRESS
 
 
 def test_a_hub_repository_mounts_at_its_commit(tmp_path, monkeypatch, mount):

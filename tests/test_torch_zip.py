@@ -2,7 +2,10 @@
 torch.load(weights_only=False) in the test process, bit for bit."""
 
 import io
+import json
 import os
+import struct
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -14,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from .conftest import FIXTURES, is_mounted, run_ckptfs
+from .conftest import FIXTURES, TIMEOUT, is_mounted, run_ckptfs
+from .hostile import zips
 
 DTYPES = [
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
@@ -188,7 +192,11 @@ def test_truncated_and_broken_zips_are_refused(tmp_path):
         "nopickle.pt": (_zip({"archive/other": b"x"}), "without data.pkl"),
         "script.pt": (_zip({"archive/constants.pkl": b"x", "archive/x": b""}), "TorchScript"),
         "badpickle.pt": (_zip({"archive/data.pkl": b"\x80\x02\xff."}), "data.pkl"),
+        "stray.pt": (_zip({"archive/data.pkl": b"\x80\x02}.", "archive/version": b"3\n", "elsewhere/x": b""}),
+                     "outside the folder 'archive'"),
     }
+    (tmp_path / "stray-only.pt").write_bytes(cases["stray.pt"][0])  # torch.load refuses it too
+    assert "not in a subdirectory archive/: elsewhere/x" in _torch_load(tmp_path / "stray-only.pt")
     for name, (content, problem) in cases.items():
         src = tmp_path / name
         src.write_bytes(content)
@@ -385,7 +393,6 @@ def test_bogus_records_are_named_clearly(tmp_path):
 def test_the_daemon_imports_nothing_the_checkpoint_names(tmp_path):
     """Run the daemon in the foreground under `python -X importtime`, which
     logs every module it imports: no torch, no omegaconf, no planted module."""
-    import subprocess
     import time
 
     from .conftest import CKPTFS, require_fuse
@@ -419,3 +426,221 @@ def test_the_daemon_imports_nothing_the_checkpoint_names(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time:")}
     assert "ckptfs.fuse.operations" in imported  # the log is the daemon's own
     assert not {m for m in imported if m.split(".")[0] in ("torch", "omegaconf", "ckptfs_planted")}
+
+
+# ---------------------------------------------------------------- a zip read as torch reads it
+
+
+def _torch_load(path: Path, weights_only: bool = True) -> str:
+    """What torch.load gives for `path`, in a throwaway child process: the
+    repr of what it loaded, or 'error: ' and its last line."""
+    code = f"import torch; print(torch.load({str(path)!r}, weights_only={weights_only}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    return done.stdout.strip() if done.returncode == 0 else "error: " + done.stderr.strip().splitlines()[-1]
+
+
+def _zipfile_storage(path: Path) -> list[float]:
+    with zipfile.ZipFile(path) as z:
+        return np.frombuffer(z.read("archive/data/0"), np.float32).tolist()
+
+
+def _refused_in_one_line(done: subprocess.CompletedProcess, source: Path) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"ckptfs: {source}: ") and "internal error" not in lines[0], lines[0]
+    return lines[0]
+
+
+def test_two_archives_concatenated_are_refused_where_torch_reads_the_first(tmp_path, mnt):
+    """Item 3 of issue 26: zipfile (which ckptfs used) read the second
+    archive, torch.load the first; mount, info, diff, export and scan all
+    saw the benign one."""
+    pair = zips.pair_of_weights(tmp_path)
+    assert _torch_load(pair) == "{'w': tensor([9., 9.])}"
+    assert _zipfile_storage(pair) == [1.0, 1.0]
+    saved_pair = tmp_path / "saved-pair.pt"  # torch.save's own archives, zip64 end records and all
+    saved_pair.write_bytes(b"".join(zips.torch_bytes({"w": torch.tensor([v, v])}) for v in (9.0, 1.0)))
+    assert _torch_load(saved_pair) == "{'w': tensor([9., 9.])}"
+    assert _zipfile_storage(saved_pair) == [1.0, 1.0]
+    command = zips.pair_running_a_command(tmp_path)
+    assert _zipfile_storage(command) == [1.0, 1.0]
+    assert _torch_load(command, weights_only=False) == "0" and (tmp_path / "ran").exists()
+    (tmp_path / "ran").unlink()
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(2)}, plain)
+    for source in (pair, saved_pair, command):
+        line = _refused_in_one_line(run_ckptfs("mount", source, mnt), source)
+        assert zips.SAYS in line and "concatenated" in line, line
+        assert not is_mounted(mnt)
+        _refused_in_one_line(run_ckptfs("info", source), source)
+        _refused_in_one_line(run_ckptfs("diff", source, plain), source)
+        _refused_in_one_line(run_ckptfs("export", source, tmp_path / f"{source.stem}.safetensors"), source)
+        assert not (tmp_path / f"{source.stem}.safetensors").exists()
+        done = run_ckptfs("scan", "--json", source)
+        report = json.loads(done.stdout)
+        assert done.returncode == 1 and report["verdict"] == "dangerous", done.stdout
+        assert any("concatenated" in d["reason"] and d["location"] == source.name for d in report["dangerous"])
+    assert "os.system" in run_ckptfs("scan", command).stdout  # the pickle torch loads is the one scanned
+    assert not (tmp_path / "ran").exists()
+
+
+#: each way torch.load and other readers part: the builder, what torch.load
+#: (weights_only unless it runs a command) gives, and what zipfile makes of it
+DISAGREEMENTS = {
+    "local name": (zips.local_name_of_another_record, "{'w': tensor([1., 1.])}", "File name in directory"),
+    "local sizes": (zips.local_sizes_that_differ, "{'w': tensor([1., 1.])}", [1.0, 1.0]),
+    "CRC": (zips.pickle_of_a_wrong_crc, "{'w': tensor([1., 1.])}", "Bad CRC-32"),
+    "named twice": (zips.storage_named_twice, "{'w': tensor([9., 9.])}", [1.0, 1.0]),
+    "named twice, other case": (zips.storage_named_twice_in_other_case, "{'w': tensor([9., 9.])}", [1.0, 1.0]),
+    "folder": (zips.storage_marked_as_folder, None, [1.0, 1.0]),
+    "hidden bytes": (zips.archive_after_hidden_bytes, "{'w': tensor([1., 1.])}", [1.0, 1.0]),
+    "trailing signature": (zips.end_signature_in_trailing_bytes, "{'w': tensor([1., 1.])}", "not a zip file"),
+    "long directory": (zips.directory_longer_than_its_count, "{'w': tensor([1., 1.])}", [1.0, 1.0]),
+    "zip64 locator": (zips.zip64_locator_elsewhere, "{'w': tensor([1., 1.])}", [1.0, 1.0]),
+    "overlap": (zips.record_over_the_next, "{'w': tensor([1., 1.])}", [1.0, 1.0]),
+    "NUL": (zips.name_cut_by_a_nul, "0", [1.0, 1.0]),
+}
+
+
+@pytest.mark.parametrize("case", list(DISAGREEMENTS))
+def test_each_way_the_readers_part_is_refused_and_scanned_as_dangerous(tmp_path, case):
+    from ckptfs.errors import FormatError
+    from ckptfs.formats import open_checkpoint
+    from ckptfs.scan import scan
+
+    build, loaded, zipfile_reads = DISAGREEMENTS[case]
+    path = build(tmp_path)
+    runs = loaded == "0"
+    got = _torch_load(path, weights_only=not runs)
+    assert not got.startswith("error") and (loaded is None or got == loaded), got
+    assert (tmp_path / "ran").exists() == runs
+    (tmp_path / "ran").unlink(missing_ok=True)
+    if isinstance(zipfile_reads, str):
+        with pytest.raises(zipfile.BadZipFile, match=zipfile_reads), zipfile.ZipFile(path) as z:
+            z.read(zips.PKL)
+    else:
+        assert _zipfile_storage(path) == zipfile_reads
+    with pytest.raises(FormatError, match=zips.SAYS):
+        open_checkpoint(str(path), str(tmp_path / "cache"))
+    report = scan(str(path))
+    assert report.verdict == "dangerous", report.to_json()
+    assert any(zips.SAYS in f.verdict.reason for f in report.dangerous), report.to_json()
+    assert not (tmp_path / "ran").exists()
+
+
+def _zipfile_view(source) -> list[tuple]:
+    from ckptfs.sources.base import SeekableReader
+
+    with zipfile.ZipFile(SeekableReader(source)) as z:
+        return [(i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC) for i in z.infolist()]
+
+
+def _real_zips(tmp_path: Path, generated: Path):
+    """(label, Source) of every kind of zip torch.load and np.load read."""
+    from ckptfs.formats.torchzip import TorchZip
+    from ckptfs.formats.zipout import Record, ZipBlob
+    from ckptfs.sources.base import FileSource
+    from ckptfs.write.output import Output
+
+    yield "generated", FileSource(str(generated))
+    yield "lightning", FileSource(str(FIXTURES / "lightning" / "tiny.ckpt"))
+    nemo = FileSource(str(FIXTURES / "nemo" / "tiny.nemo"))
+    with tarfile.open(nemo.path) as tf:
+        member = tf.getmember("./model_weights.ckpt")
+    yield "nemo's model_weights.ckpt", nemo.slice(member.offset_data, member.size)
+    empty = tmp_path / "empty-storage.pt"
+    torch.save({"e": torch.empty(0), "w": torch.ones(3, dtype=torch.float16)}, empty)
+    yield "an empty storage", FileSource(str(empty))
+    written = tmp_path / "python.pt"
+    written.write_bytes(zips.zip_of(zips.weights(2.0)))
+    yield "written by zipfile", FileSource(str(written))
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, a=np.arange(5), b=np.ones((2, 3)))
+        yield save.__name__, FileSource(str(path))
+    archive = TorchZip(FileSource(str(generated)), "generated")
+    blob = ZipBlob([Record(n, archive.record_data(e).length, piece=archive.record_data(e), crc=e.CRC)
+                    for n, e in archive.records.items()], zip64_at=64)
+    forced = tmp_path / "zip64.pt"
+    fd = os.open(forced, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        blob.write(Output(fd))
+    finally:
+        os.close(fd)
+    yield "zip64 everywhere (ckptfs's writer)", FileSource(str(forced))
+
+
+def test_ordinary_zips_are_read_as_zipfile_reads_them(tmp_path, generated):
+    """For an archive both readers read alike, the records of the torch
+    reader are zipfile's: names, offsets, methods, sizes, CRCs, and where
+    the data starts."""
+    from ckptfs.formats.torchzip import record_extent
+    from ckptfs.formats.torchzip_records import read_records
+
+    for label, source in _real_zips(tmp_path, generated):
+        records = read_records(source, label)
+        assert records.disagreements == [], label
+        got = [(e.filename, e.header_offset, e.compress_type, e.compress_size, e.file_size, e.CRC)
+               for e in records.entries]
+        assert got == _zipfile_view(source), label
+        for entry in records.entries:
+            assert entry.data_offset == record_extent(source, entry, label).offset, (label, entry.filename)
+
+
+def test_real_torch_zips_still_open(tmp_path, generated):
+    from ckptfs.formats import open_checkpoint
+
+    for path in (generated, FIXTURES / "lightning" / "tiny.ckpt", FIXTURES / "nemo" / "tiny.nemo"):
+        ckpt = open_checkpoint(str(path), str(tmp_path / "cache"))
+        assert ckpt.tensors and not any("plain file" in note for note in ckpt.notes), (path, ckpt.notes)
+
+
+def test_ten_thousand_records_read_each_local_header_once_and_no_tensor_data(tmp_path):
+    from ckptfs.formats.torchzip import TorchZip
+    from ckptfs.sources.base import FileSource, Source
+
+    class _CountingSource(Source):
+        """Records every read of the source it wraps."""
+
+        def __init__(self, source: Source):
+            self.source, self.path, self.size, self.reads = source, source.path, source.size, []
+
+        def pread(self, offset: int, length: int) -> bytes:
+            self.reads.append((offset, length))
+            return self.source.pread(offset, length)
+
+    path = tmp_path / "many.pt"
+    torch.save({f"t{i}": torch.full((4,), float(i)) for i in range(10_000)}, path)
+    source = _CountingSource(FileSource(str(path)))
+    archive = TorchZip(source, str(path))
+    archive.tree()
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+    headers = {i.header_offset for i in infos}
+    assert len(infos) > 10_000
+    read_at = [offset for offset, _ in source.reads]
+    assert sorted(o for o in read_at if o in headers) == sorted(headers)  # each local header, once
+    storages = [(archive.records[i.filename].data_offset, i.compress_size) for i in infos if "/data/" in i.filename]
+    for offset, length in source.reads:
+        assert not any(offset < start + size and start < offset + length for start, size in storages), (offset, length)
+    assert len(source.reads) < len(infos) + 10
+
+
+def test_a_zip_torch_load_cannot_read_is_scanned_as_zipfile_reads_it(tmp_path):
+    """miniz refuses an end record whose two entry counts differ; zipfile
+    reads on, and so would np.load and pickle tools built on it."""
+    from ckptfs.errors import FormatError
+    from ckptfs.formats.torchzip_records import read_records
+    from ckptfs.scan import scan
+    from ckptfs.sources.base import FileSource
+
+    data = bytearray(zips.zip_of({"hook.pkl": zips.command_pickle(tmp_path / "ran")}))
+    struct.pack_into("<H", data, data.rfind(b"PK\x05\x06") + 8, 2)  # entries on this disk: 2 of 1
+    path = tmp_path / "odd.zip"
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="several disks"):
+        read_records(FileSource(str(path)), path.name)
+    assert zipfile.ZipFile(path).read("hook.pkl").startswith(b"\x80\x02cos\nsystem")
+    report = scan(str(path))
+    assert [(f.glob.path, f.location) for f in report.dangerous] == [("os.system", "odd.zip:hook.pkl")]
+    assert any("read as Python's zipfile reads it" in note for note in report.notes), report.notes

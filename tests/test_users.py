@@ -7,47 +7,19 @@ under /root); their state directory cannot be planted by another user; and
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import stat
 import subprocess
 import tarfile
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
-from .conftest import FIXTURES, REPO, TIMEOUT, force_unmount, is_mounted, run_ckptfs
+from .conftest import FIXTURES, REPO, TIMEOUT, as_user, force_unmount, is_mounted, run_ckptfs, user_home
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 #: the first test builds the user's virtualenv (pyfuse3 from source): minutes
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def users():
-    """Two unprivileged users made for the test, removed after it."""
-    made = []
-    for _ in range(2):
-        name = f"ckptfs-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", "--user-group", name], check=True,
-                       timeout=TIMEOUT)
-        made.append(pwd.getpwnam(name))
-    yield made
-    for user in made:
-        subprocess.run(["userdel", user.pw_name], timeout=TIMEOUT)
-
-
-@pytest.fixture(scope="module")
-def shared_dir():
-    """A folder every user can reach (pytest's own are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="ckptfs-users-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    for mnt in path.glob("*/mnt*"):
-        force_unmount(mnt)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +46,10 @@ def dev_fuse_for_all():
     os.chmod("/dev/fuse", mode)
 
 
-def _home(shared_dir: Path, user: pwd.struct_passwd) -> Path:
-    home = shared_dir / user.pw_name
-    home.mkdir(mode=0o700, exist_ok=True)
-    os.chown(home, user.pw_uid, user.pw_gid)
-    return home
-
-
-def _as(user: pwd.struct_passwd, command: list, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    base = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
-    return subprocess.run([str(c) for c in command], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                          env={**base, **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
-
-
 def test_an_unprivileged_user_mounts_edits_and_unmounts_their_checkpoint(users, shared_dir, user_ckptfs,
                                                                          dev_fuse_for_all):
     user = users[0]
-    home = _home(shared_dir, user)
+    home = user_home(shared_dir, user)
     source, mnt = home / "model.nemo", home / "mnt"
     shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", source)
     mnt.mkdir()
@@ -100,28 +59,28 @@ def test_an_unprivileged_user_mounts_edits_and_unmounts_their_checkpoint(users, 
         os.chown(path, user.pw_uid, user.pw_gid)
     env = {"XDG_RUNTIME_DIR": str(runtime), "HOME": str(home)}
     try:
-        done = _as(user, [user_ckptfs, "mount", source, mnt], env)
+        done = as_user(user, [user_ckptfs, "mount", source, mnt], env)
         assert done.returncode == 0 and done.stderr == "", done.stderr
-        entry = next(m for m in _as(user, ["cat", "/proc/self/mountinfo"]).stdout.splitlines() if f" {mnt} " in m)
+        entry = next(m for m in as_user(user, ["cat", "/proc/self/mountinfo"]).stdout.splitlines() if f" {mnt} " in m)
         assert f"user_id={user.pw_uid}" in entry and "nosuid,nodev" in entry
         logs = list((runtime / "ckptfs").glob("*.log"))
         assert len(logs) == 1 and "could not raise read_ahead_kb (needs root)" in logs[0].read_text(), logs
         assert stat.S_IMODE(os.stat(runtime / "ckptfs").st_mode) == 0o700
-        config = _as(user, ["cat", mnt / "model_config.yaml"])
+        config = as_user(user, ["cat", mnt / "model_config.yaml"])
         with tarfile.open(source) as tf:
             assert config.stdout.encode() == tf.extractfile("./model_config.yaml").read()
-        edit = _as(user, ["sh", "-c", f"echo '# mine' >> {mnt}/model_config.yaml"])
+        edit = as_user(user, ["sh", "-c", f"echo '# mine' >> {mnt}/model_config.yaml"])
         assert edit.returncode == 0, edit.stderr
-        status = _as(user, [user_ckptfs, "status", mnt], env)
+        status = as_user(user, [user_ckptfs, "status", mnt], env)
         assert "edits waiting" in status.stdout and "daemon  unknown" not in status.stdout, status.stdout
-        gone = _as(user, [user_ckptfs, "umount", mnt], env)
+        gone = as_user(user, [user_ckptfs, "umount", mnt], env)
         assert gone.returncode == 0, gone.stderr
         with tarfile.open(source) as tf:
             assert tf.extractfile("./model_config.yaml").read().endswith(b"# mine\n")
         assert os.stat(source).st_uid == user.pw_uid
-        refused = _as(user, [user_ckptfs, "install-helper"], env)
+        refused = as_user(user, [user_ckptfs, "install-helper"], env)
         assert refused.returncode == 1 and "run it as root" in refused.stderr, refused.stderr
-        other = _as(user, [user_ckptfs, "mount", source, mnt, "-o", "ro,uid=0"], env)
+        other = as_user(user, [user_ckptfs, "mount", source, mnt, "-o", "ro,uid=0"], env)
         assert other.returncode == 1 and "only root may show the files as another user's" in other.stderr
     finally:
         force_unmount(mnt)
@@ -133,17 +92,17 @@ def test_a_state_directory_planted_by_another_user_is_refused(users, shared_dir,
     user made that first (here a link to their own folder), the mount is
     refused rather than writing where they can read or redirect."""
     victim, attacker = users
-    home = _home(shared_dir, victim)
+    home = user_home(shared_dir, victim)
     source, mnt = home / "planted.nemo", home / "mnt-planted"
     shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", source)
     mnt.mkdir()
     for path in (source, mnt):
         os.chown(path, victim.pw_uid, victim.pw_gid)
     planted = Path(f"/tmp/ckptfs-{victim.pw_uid}")
-    trap = _home(shared_dir, attacker)
-    assert _as(attacker, ["ln", "-s", trap, planted]).returncode == 0
+    trap = user_home(shared_dir, attacker)
+    assert as_user(attacker, ["ln", "-s", trap, planted]).returncode == 0
     try:
-        done = _as(victim, [user_ckptfs, "mount", source, mnt], {"HOME": str(home)})
+        done = as_user(victim, [user_ckptfs, "mount", source, mnt], {"HOME": str(home)})
         assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
         assert f"{planted}: not a directory of this user's" in done.stderr
         assert not is_mounted(mnt) and list(trap.iterdir()) == []
@@ -167,8 +126,8 @@ def test_uid_gid_umask_with_allow_other_decide_what_a_second_user_reads(users, s
         st = os.stat(config)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (owner.pw_uid, owner.pw_gid, 0o440)
         assert stat.S_IMODE(os.stat(mnt).st_mode) == 0o550
-        assert _as(owner, ["cat", config]).returncode == 0
-        denied = _as(stranger, ["cat", config])
+        assert as_user(owner, ["cat", config]).returncode == 0
+        denied = as_user(stranger, ["cat", config])
         assert denied.returncode == 1 and "Permission denied" in denied.stderr
     finally:
         assert run_ckptfs("umount", mnt).returncode == 0
@@ -177,13 +136,13 @@ def test_uid_gid_umask_with_allow_other_decide_what_a_second_user_reads(users, s
     assert run_ckptfs("mount", source, mnt, "-o", "ro,allow_other,umask=000").returncode == 0
     try:
         assert stat.S_IMODE(os.stat(mnt / "model_config.yaml").st_mode) == 0o400
-        assert _as(owner, ["cat", mnt / "model_config.yaml"]).returncode == 1
+        assert as_user(owner, ["cat", mnt / "model_config.yaml"]).returncode == 1
     finally:
         assert run_ckptfs("umount", mnt).returncode == 0
     # and without allow_other, nobody but root goes in at all
     source.chmod(0o644)
     assert run_ckptfs("mount", source, mnt, "-o", f"ro,uid={owner.pw_uid}").returncode == 0
     try:
-        assert _as(owner, ["ls", mnt]).returncode != 0
+        assert as_user(owner, ["ls", mnt]).returncode != 0
     finally:
         assert run_ckptfs("umount", mnt).returncode == 0

@@ -18,8 +18,10 @@ from ckptfs.mount import options
 from ckptfs.tree.nodes import Content, Dir, File
 from ckptfs.write.diff import changes, files_of, is_edited
 from ckptfs.write.editable import EditableTree
+from ckptfs.write.newdir import NewDirectory
 from ckptfs.write.output import Output
 from ckptfs.write.overlay import Overlay, lock_path
+from ckptfs.write.owned import NotOwned
 
 from .conftest import FIXTURES
 
@@ -93,6 +95,35 @@ def test_a_second_writer_is_locked_out_and_waiting_edits_are_said(tmp_path, sour
     assert [r["op"] for r in records] == ["mkdir"]
     again.remove()
     Overlay.create(str(source)).remove()  # free again
+
+
+def test_an_overlay_or_lock_that_others_could_change_is_refused_not_used(tmp_path, source):
+    """What stands where the overlay or its lock goes is used only if this
+    user made it, closed to others, with one name (write/owned.py)."""
+    first = Overlay.create(str(source))
+    EditableTree(_tree(), first).mkdir("x")
+    first.release()
+    overlay = Path(first.path)
+    overlay.chmod(0o755)  # as an older ckptfs made them, or as someone loosened it
+    for attempt in (lambda: Overlay.reopen(str(source)), lambda: Overlay.create(str(source)),
+                    lambda: Overlay.discard_waiting(str(source))):
+        with pytest.raises(NotOwned, match=f"{overlay}: mode 0755 lets others change or read it"):
+            attempt()
+    overlay.chmod(0o700)
+    (overlay / "journal").chmod(0o644)
+    with pytest.raises(NotOwned, match="journal: mode 0644"):
+        Overlay.reopen(str(source))
+    (overlay / "journal").chmod(0o600)
+    Overlay.discard_waiting(str(source))
+    other = tmp_path / "someone-elses"
+    other.write_bytes(b"")
+    other.chmod(0o600)
+    os.link(other, lock_path(str(source)))  # the lock a second name of another file
+    with pytest.raises(NotOwned, match="a file with 2 names"):
+        Overlay.create(str(source))
+    os.unlink(lock_path(str(source)))
+    Overlay.create(str(source)).remove()  # free again
+    assert other.read_bytes() == b"" and not overlay.exists()
 
 
 def test_changes_are_bytes_and_kinds_not_writes(tmp_path, source):
@@ -235,7 +266,8 @@ def test_the_hugging_face_writer_fills_a_directory_in_memory(tmp_path):
     files, before = _edit_in_memory(ckpt, tmp_path, edits)
     out = tmp_path / "out"
     out.mkdir()
-    ckpt.writer.write_dir(files, before, str(out))
+    with NewDirectory(str(out)) as new:
+        ckpt.writer.write_dir(files, before, new)
     assert sorted(os.listdir(out)) == sorted(os.listdir(src))
     merged = {}
     for shard in sorted(out.glob("*.safetensors")):
@@ -266,7 +298,8 @@ def test_the_distributed_checkpoint_writer_fills_a_directory_in_memory(tmp_path)
     files, before = _edit_in_memory(ckpt, tmp_path, edits)
     out = tmp_path / "out"
     out.mkdir()
-    ckpt.writer.write_dir(files, before, str(out))
+    with NewDirectory(str(out)) as directory:
+        ckpt.writer.write_dir(files, before, directory)
     state = {"extra": {"colsharded": torch.zeros(10, 6)}, "model": {k: torch.zeros_like(v) for k, v in ref["model"].items()}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -18,7 +18,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
-from ..errors import RepackError
+from ..errors import EditRefused, RepackError
+from ..sources import pathnames
+from ..tree import names
 from ..tree.nodes import Dir, File, Node
 
 if TYPE_CHECKING:
@@ -97,9 +99,19 @@ class DirectoryWriter(Writer):
 
     directory = True
 
+    @staticmethod
+    def check_file_name(path: str) -> None:
+        """EditRefused unless the plain file at `path` of the tree stands for
+        a name a folder can hold (a file made as `%2E%2E` stands for `..`)."""
+        problem = pathnames.path_problem(names.disk_path(path))
+        if problem is not None:
+            raise EditRefused(f"{path}: cannot be a file of the folder it is written to: {problem}")
+
     @abstractmethod
-    def write_dir(self, files: Files, before: Before, out: str) -> None:
-        """Fill the empty directory `out` with the new checkpoint."""
+    def write_dir(self, files: Files, before: Before, out) -> None:
+        """Fill the empty directory `out` (a `write.newdir.NewDirectory`,
+        which makes each file below it, whatever its name) with the new
+        checkpoint."""
 
     def new_files(self, files: Files, before: Before) -> dict[str, Blob | None]:
         """When the directory lies inside an archive (a `.nemo`'s

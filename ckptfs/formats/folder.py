@@ -9,17 +9,14 @@ expanded at their own name as everywhere else (docs/layout.md).
 
 from __future__ import annotations
 
-import os
-
 from ..errors import FormatError
 from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Dir
+from ..tree.nodes import Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE
 from ..write.diff import below
-from ..write.output import keep_file, put_file, write_new_file
 from . import dcp
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
 from .nested import Grafts, show_directory
@@ -71,25 +68,27 @@ class Writer(DirectoryWriter):
     def __init__(self, originals: dict[int, Source]):
         self.originals = originals
 
+    def check(self, path: str, node: File) -> None:
+        self.check_file_name(path)
+
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         owned = [p for p, n in files.items() if nested_writer(n) is not None]
         for path, node in sorted(files.items()):
             if any(path.startswith(folder + "/") for folder in owned):
                 continue  # written by the checkpoint it belongs to
-            target = os.path.join(out, *(names.unescape(p) for p in path.split("/")))
+            target = names.disk_path(path)
             writer = nested_writer(node)
             if isinstance(writer, DirectoryWriter):
-                os.makedirs(target, exist_ok=True)
-                writer.write_dir(*below(path, files, before), target)
+                with out.sub(target) as inner:
+                    writer.write_dir(*below(path, files, before), inner)
             elif isinstance(writer, FileWriter):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
                 blob = writer.blob(*below(path, files, before))
                 if blob is None:
-                    keep_file(self.originals[id(node)], target)
+                    out.keep(self.originals[id(node)], target)
                 else:
-                    write_new_file(target, blob.write)
+                    out.write(target, blob.write)
             else:
-                put_file(target, node, self.originals.get(id(node)))
+                out.put(target, node, self.originals.get(id(node)))
 
 
 FORMAT = DirectoryFormat("folder of distributed checkpoints", sniff, open_dir)

@@ -22,7 +22,6 @@ from ..tree.nodes import Access, Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, merge_into, tensor_tree
 from ..write.diff import is_edited
-from ..write.output import keep_file, put_file, write_new_file
 from . import safetensors
 from .base import DirectoryFormat, DirectoryWriter
 
@@ -150,7 +149,9 @@ class Writer(DirectoryWriter):
         self.originals = originals  # id(node) -> relative path, for the files of the source
 
     def check(self, path: str, node: File) -> None:
-        if path.endswith(".npy") and id(node) not in self.originals:
+        if not path.endswith(".npy"):
+            self.check_file_name(path)
+        elif id(node) not in self.originals:
             like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
             try:
                 npy.edited_layout(node.content, path, like, safetensors.storable, "safetensors")
@@ -172,22 +173,20 @@ class Writer(DirectoryWriter):
         rewritten = False
         for rel, originals in sorted(self.shards.items()):
             mine = {n: tensors[n] for n in tensors if home[n] == rel}
-            destination = os.path.join(out, rel)
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
             if set(mine) == set(originals) and not any(is_edited(n) for n in mine.values()):
-                keep_file(self.sources[rel], destination)
+                out.keep(self.sources[rel], rel)
                 continue
             rewritten = True
             shard_files = {"/".join(names.tensor_path(n)): node for n, node in mine.items()}
             writer = safetensors.Writer(originals, self.metadata.get(rel))
-            write_new_file(destination, lambda output: writer.write(shard_files, {}, output))
+            out.write(rel, lambda output: writer.write(shard_files, {}, output))
         for path, node in sorted(plain.items()):
             rel = self.originals.get(id(node))
-            target = os.path.join(out, "/".join(names.unescape(p) for p in path.split("/")))
+            target = names.disk_path(path)
             if rel is not None and rel == self.index and rewritten and not is_edited(node):
-                write_new_file(target, lambda output: output.write(self._index(tensors, home)))
+                out.write(target, lambda output: output.write(self._index(tensors, home)))
             else:
-                put_file(target, node, rel and self.sources[rel])
+                out.put(target, node, rel and self.sources[rel])
 
     def _index(self, tensors: dict, home: dict) -> bytes:
         """The index as transformers writes it: weight_map, and the metadata's

@@ -184,8 +184,13 @@ def _expand_distributed(root: Dir, files, source: Source, grafts: Grafts) -> Non
 
 def _expand_checkpoints(root: Dir, files, source: Source, grafts: Grafts) -> None:
     """Members that are checkpoints themselves (torch.save archives) appear
-    expanded at their own name (docs/layout.md)."""
+    expanded at their own name (docs/layout.md). The shards of a distributed
+    checkpoint are not: each holds torch.save archives one after another,
+    read through the metadata beside it (`_expand_distributed`)."""
+    distributed = {m.name.rpartition("/")[0] for m in files if is_metadata(m.name.rpartition("/")[2])}
     for m in files:
+        if m.name.endswith(".distcp") and m.name.rpartition("/")[0] in distributed:
+            continue
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
         grafts.file(parent, parts[-1], "/".join(parts), source.slice(m.offset, m.size), parent.children[parts[-1]].mtime_ns)

@@ -1,8 +1,11 @@
 """torch.save zip archives (.pt, .pth, .bin, .ckpt, model_weights.ckpt).
 
-The pickle `data.pkl` is read by the inert interpreter; each storage is a
-STORED record `data/<key>` whose bytes are served straight from the archive.
-A view with strides is gathered on read (`gather.Gather`).
+The records are those torch.load finds (`torchzip_records`, miniz's rules);
+an archive that other zip readers would read otherwise is refused. The
+pickle `data.pkl` is read by the inert interpreter; each storage is a
+STORED record `data/<key>` whose bytes are served straight from the archive,
+unchecked, as torch.load serves them. A view with strides is gathered on
+read (`gather.Gather`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from ..limits import LIMITS
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
-from ..sources.base import FileSource, SeekableReader, Source
+from ..sources.base import FileSource, Source
 from ..sources.deflate import DeflateSource
 from ..tree import npy
 from ..tree.checkpoint import Checkpoint
@@ -29,6 +32,7 @@ from ..tree.tensors import PlacedTensor, Tensor, shape_text
 from ..write.diff import changes, is_edited
 from ..write.output import COPY_BLOCK
 from .base import FileFormat, FileWriter
+from .torchzip_records import DESCRIPTOR, STORED, Entry, ZipRecords, read_records
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -104,59 +108,80 @@ class PickledCheckpoint:
 
 
 class TorchZip(PickledCheckpoint):
-    """The records and the pickle of one torch.save archive."""
+    """The records and the pickle of one torch.save archive, found as
+    torch.load finds them (`torchzip_records`); an archive that other zip
+    readers would read otherwise is refused (`ReadDifferently`)."""
 
     def __init__(self, source: Source, name: str):
         self.source, self.name = source, name
+        archive = read_records(source, name)
+        archive.require_agreement()
+        folder = _folder(archive, name)
+        self.prefix = archive.entries[0].filename.partition("/")[0] + "/"  # as the names in `records` are decoded
+        pickled = archive.find(folder + b"data.pkl")
+        if any(entry.name_bytes == folder + b"constants.pkl" for entry in archive.entries):  # as torch.load tells them
+            raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
+        if pickled is None:
+            raise NotTorchZip(name, "zip archive without data.pkl: not a torch.save checkpoint")
+        byteorder = archive.find(folder + b"byteorder")
+        if byteorder is not None:
+            order = archive.read(byteorder, 16)
+            archive.check_crc(byteorder, order)
+            archive.require_agreement()
+            if order != b"little":
+                raise FormatError(name, "big-endian torch checkpoint: not supported" if order == b"big" else
+                                        f"byteorder record holds {order!r}, which torch.load refuses")
+        if pickled.file_size > LIMITS.pickle_bytes:
+            raise FormatError(name, f"{pickled.filename} is {pickled.file_size} bytes, above the limit of "
+                                    f"{LIMITS.pickle_bytes} (-o max_pickle_bytes raises it)")
+        data = archive.read(pickled, LIMITS.pickle_bytes)
+        archive.check_crc(pickled, data)
+        archive.require_agreement()
+        self.archive, self.pickle_name = archive, pickled.filename
+        self.records = {entry.filename: entry for entry in archive.entries}
         try:
-            archive = zipfile.ZipFile(SeekableReader(source))
-            records = {info.filename: info for info in archive.infolist()}
-            # as torch.load: the archive's folder is the first record's, and miniz finds names ignoring case
-            self.prefix = next(iter(records), "").partition("/")[0] + "/"
-            self.pickle_name = find_record(records, self.prefix + "data.pkl")
-            if find_record(records, self.prefix + "constants.pkl"):
-                raise NotTorchZip(name, "a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
-            if self.pickle_name is None:
-                raise NotTorchZip(name, "zip archive without data.pkl: not a torch.save checkpoint")
-            byteorder = records.get(self.prefix + "byteorder")
-            if byteorder is not None and _read_record(archive, byteorder, 16).strip() not in (b"little", b""):
-                raise FormatError(name, "big-endian torch checkpoint: not supported")
-            self.records = records
-            pickled = records[self.pickle_name]
-            if pickled.file_size > LIMITS.pickle_bytes:
-                raise FormatError(name, f"{pickled.filename} is {pickled.file_size} bytes, above the limit of "
-                                        f"{LIMITS.pickle_bytes} (-o max_pickle_bytes raises it)")
-            data = _read_record(archive, pickled, LIMITS.pickle_bytes)
             unpickler = InertUnpickler(data, persistent_load=persistent_load, known=KNOWN)
             self.obj = unpickler.load()
-            self.globals: list[Global] = unpickler.globals
-        except zipfile.BadZipFile as e:
-            raise FormatError(name, f"not a readable zip archive: {e}") from None
         except PickleError as e:
             raise FormatError(name, f"data.pkl: {e}") from None
-        except (RuntimeError, NotImplementedError, EOFError, ValueError, OSError, zlib.error) as e:
-            # what zipfile raises for encrypted or oddly compressed records, bad names and offsets
-            raise FormatError(name, f"not a zip archive ckptfs can read: {e}") from None
+        self.globals: list[Global] = unpickler.globals
+        self._folder = folder
         self._storages: dict[str, Extent] = {}
 
     def storage(self, key: str) -> Extent:
-        """The bytes of storage `key`, located through the record's local header."""
+        """The bytes of storage `key`: the record torch.load reads for it."""
         if key in self._storages:
             return self._storages[key]
-        info = self.records.get(f"{self.prefix}data/{key}")
-        if info is None:
+        entry = self.archive.find(self._folder + f"data/{key}".encode())
+        if entry is None:
             raise FormatError(self.name, f"storage {key!r} has no record data/{key}")
-        if info.compress_type != zipfile.ZIP_STORED:
+        if entry.compress_type != STORED:
             raise FormatError(self.name, f"storage {key!r} is compressed; torch.save writes it stored")
-        extent = self._storages[key] = self.record_data(info)
+        extent = self._storages[key] = self.record_data(entry)
         return extent
 
     def storage_keys(self) -> list[str]:
         storages = self.prefix + "data/"
         return [name[len(storages) :] for name in self.records if name.startswith(storages)]
 
-    def record_data(self, info: zipfile.ZipInfo) -> Extent:
-        return record_extent(self.source, info, self.name)
+    def record_data(self, entry: Entry) -> Extent:
+        """A record's stored bytes, where its local header (read once, when
+        the archive was opened) says they start."""
+        return Extent(self.source, entry.data_offset, entry.compress_size)
+
+
+def _folder(archive: ZipRecords, name: str) -> bytes:
+    """The archive's folder, with its slash: the first record's, every record
+    in it (torch.load refuses an archive with a record elsewhere)."""
+    first = archive.entries[0].name_bytes if archive.entries else b""
+    if b"/" not in first:
+        raise NotTorchZip(name, "zip archive whose first record is in no folder: not a torch.save checkpoint")
+    folder = first.partition(b"/")[0] + b"/"
+    stray = next((entry for entry in archive.entries if not entry.name_bytes.startswith(folder)), None)
+    if stray is not None:
+        raise FormatError(name, f"{stray.filename!r} is outside the folder {archive.entries[0].filename.partition('/')[0]!r}"
+                                " of the archive's first record, so torch.load refuses the archive")
+    return folder
 
 
 def record_extent(source: Source, info: zipfile.ZipInfo, name: str) -> Extent:
@@ -195,13 +220,6 @@ def record_source(source: Source, info: zipfile.ZipInfo, name: str) -> Source:
                             "(ckptfs reads stored and deflated records, which torch and numpy write)")
 
 
-def _read_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """At most `limit` bytes of a record. zipfile inflates a compressed one
-    only up to the size its header declares, and checks its CRC there."""
-    with archive.open(info) as record:
-        return record.read(limit)
-
-
 def expand_nested(source: Source, name: str, notes: list[str]):
     """A torch.save zip inside another checkpoint (`FileFormat.nest`, once
     `sniff` said yes), expanded: (folder, its tensors, its pickle globals),
@@ -230,7 +248,6 @@ def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
 
 # ---------------------------------------------------------------- the writer
 
-CENTRAL_ENTRY = struct.Struct("<4s6H3I5H2I")
 DESCRIPTOR_MAGIC = b"PK\x07\x08"
 
 
@@ -310,21 +327,14 @@ class Writer(FileWriter):
 
     def _records(self):
         """(data start, data end, offsets of its CRC fields) for every record."""
-        archive = zipfile.ZipFile(SeekableReader(self.source))
-        position = archive.start_dir
-        for info in archive.infolist():
-            entry = CENTRAL_ENTRY.unpack(self.source.read_exact(position, CENTRAL_ENTRY.size))
-            fields = [position + 16]  # the central directory's CRC
-            local = LOCAL_HEADER.unpack(self.source.read_exact(info.header_offset, LOCAL_HEADER.size))
-            start = info.header_offset + LOCAL_HEADER.size + local[9] + local[10]
-            end = start + info.compress_size
-            if local[6] or not info.flag_bits & 0x08:
-                fields.append(info.header_offset + 14)  # the local header's CRC, when it carries one
-            if info.flag_bits & 0x08:
-                magic = self.source.read_exact(end, 4) == DESCRIPTOR_MAGIC
-                fields.append(end + 4 if magic else end)
-            yield start, end, fields
-            position += CENTRAL_ENTRY.size + entry[10] + entry[11] + entry[12]
+        for entry in read_records(self.source, self.name).entries:
+            fields = [entry.central_offset + 16]  # the central directory's CRC
+            if entry.local_crc or not entry.flag_bits & DESCRIPTOR:
+                fields.append(entry.header_offset + 14)  # the local header's CRC, when it carries one
+            if entry.flag_bits & DESCRIPTOR:
+                magic = self.source.read_exact(entry.end, 4) == DESCRIPTOR_MAGIC
+                fields.append(entry.end + 4 if magic else entry.end)
+            yield entry.data_offset, entry.end, fields
 
     def _crc(self, start: int, end: int, patches: dict, inside: list[int]) -> int:
         crc, position = 0, start

@@ -95,7 +95,9 @@ def _handler(method):
         except pyfuse3.FUSEError:
             raise
         except CkptfsError as e:  # a source changed under the mount, a lazily read part is broken
-            log.error("%s", e)
+            if not getattr(e, "logged", False):  # one failed fetch fails every read waiting for it: one line
+                log.error("%s", e)
+                e.logged = True
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as e:
             log.warning("%s%r: %s", method.__name__, args[:1], e)
@@ -381,7 +383,11 @@ class Operations(pyfuse3.Operations):
         content = self.nodes[inode].content
         if content.slow:
             self._read_ahead(inode, content, off, size)
-            return await trio.to_thread.run_sync(content.read, off, size)
+            # pyfuse3 built with vendor/pyfuse3's patches cancels a read the
+            # kernel interrupts (its reader got a signal, SIGKILL too), and
+            # answers EINTR; the thread is left to finish waiting for pages
+            # other reads share, bounded by -o stall_timeout
+            return await trio.to_thread.run_sync(content.read, off, size, abandon_on_cancel=True)
         return content.read(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:

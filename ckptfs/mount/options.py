@@ -49,8 +49,8 @@ class MountOptions:
     #: `umask=`, `fmask=`, `dmask=`: mode bits taken away from files and folders
     fmask: int = 0
     dmask: int = 0
-    #: `block_size=`, `cache_memory=`, `cache_disk=`: sizes for remote sources (sources/remote.py)
-    remote: dict[str, int] = field(default_factory=dict)
+    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`: for remote sources (sources/remote.py)
+    remote: dict[str, float] = field(default_factory=dict)
     #: `--output`: where the edited checkpoint goes at unmount (None: over the source)
     output: str | None = None
     #: `--replace`: a remote source is written over (it mounts read-only without this or --output)
@@ -88,6 +88,8 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.ignore = _patterns(value)
         elif name in REMOTE_SIZES:
             into.remote[REMOTE_SIZES[name]] = _size(item, value, least=0 if name == "cache_disk" else PAGE)
+        elif name == "stall_timeout":
+            into.remote["stall"] = _seconds(item, value)
         elif name.startswith("max_") and name[4:] in limits.NAMES:
             into.limits[name[4:]] = _count(item, value)
         else:
@@ -136,6 +138,16 @@ def _size(item: str, value: str, least: int) -> int:
     if size < least:
         raise CkptfsError(f"mount option {item!r} needs a size of at least {least} bytes, such as 8M or 2G")
     return size
+
+
+def _seconds(item: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise CkptfsError(f"mount option {item!r} needs a number of seconds above 0, such as 30")
+    return seconds
 
 
 def _mask(item: str, value: str) -> int:

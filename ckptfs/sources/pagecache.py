@@ -6,7 +6,11 @@ A read asks for the pages it covers. Pages in memory or on disk are used as
 they are; the rest are fetched in runs of consecutive pages, one range
 request per run of at most `block_bytes`, the runs of one read in parallel.
 A page another thread is already fetching is waited for, not fetched again.
-`prefetch` starts the same fetches without waiting for them.
+`prefetch` starts the same fetches without waiting for them. A page whose
+fetch failed is not asked for again for `failed_for` seconds: reads of it
+fail at once, with the same error. The kernel reads a page again as soon
+as its read-ahead failed, and a reader may retry in a loop; neither should
+wait out a server's stall, or ask a failing server, once more.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,7 +44,7 @@ class PageCache:
     """The pages of the remote objects of one mount."""
 
     def __init__(self, memory_bytes: int = DEFAULT_MEMORY, block_bytes: int = DEFAULT_BLOCK,
-                 disk: DiskCache | None = None, workers: int = WORKERS):
+                 disk: DiskCache | None = None, workers: int = WORKERS, failed_for: float = 0.0):
         self.memory_bytes = max(memory_bytes, PAGE)
         self.block_pages = max(1, block_bytes // PAGE)
         self.disk = disk
@@ -48,6 +53,9 @@ class PageCache:
         self.pages: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.held = 0
         self.fetching: dict[tuple[str, int], Future] = {}
+        #: (key, page) -> (until when, by time.monotonic(), the error of the fetch that failed)
+        self.failed: dict[tuple[str, int], tuple[float, BaseException]] = {}
+        self.failed_for = failed_for
         #: requests and bytes fetched, for the user (.ckptfs/info.yaml) and the tests
         self.requests = 0
         self.fetched = 0
@@ -82,12 +90,17 @@ class PageCache:
         """Each page of [first, stop): its bytes, or a future of them."""
         out: list = []
         missing: list[int] = []
+        now = time.monotonic()
         with self.lock:
             for index in range(first, stop):
                 data = self.pages.get((key, index))
                 if data is not None:
                     self.pages.move_to_end((key, index))
                     out.append(data)
+                    continue
+                failure = self.failed.get((key, index))
+                if failure is not None and failure[0] > now:
+                    out.append(_failed(failure[1]))
                     continue
                 future = self.fetching.get((key, index))
                 if future is None:
@@ -114,18 +127,29 @@ class PageCache:
                     if self.disk:
                         self.disk.put(key, i, found[i])
         except BaseException as e:
+            now = time.monotonic()
             with self.lock:
+                self.failed = {page: failure for page, failure in self.failed.items() if failure[0] > now}
                 for i in run:
+                    if self.failed_for > 0:
+                        self.failed[(key, i)] = (now + self.failed_for, e)
                     self.fetching.pop((key, i)).set_exception(e)
             return
         with self.lock:
             for i in run:
+                self.failed.pop((key, i), None)
                 self.pages[(key, i)] = found[i]
                 self.held += len(found[i])
                 self.fetching.pop((key, i)).set_result(found[i])
             while self.held > self.memory_bytes and self.pages:
                 _, dropped = self.pages.popitem(last=False)
                 self.held -= len(dropped)
+
+
+def _failed(error: BaseException) -> Future:
+    future: Future = Future()
+    future.set_exception(error)
+    return future
 
 
 def _runs(indexes: list[int], most: int) -> list[list[int]]:

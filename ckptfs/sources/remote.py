@@ -12,6 +12,11 @@ SourceChangedError (EIO, one log line), and bytes of two versions are never
 mixed. Reads go through the mount's PageCache; credentials are the storage
 library's own (environment, config files) and never logged.
 
+Every request that reads (HEAD, LIST, GET, the Hub's API) is watched for
+progress (sources/stall.py): one that makes none for `-o stall_timeout=`
+seconds is dropped with its connection and asked once more, on another
+connection, then fails with RemoteError naming the URL and the bytes.
+
 fsspec and its filesystems (s3fs; aiohttp for HTTP) are the optional
 `remote` extra: imported only when a URL is opened.
 """
@@ -19,6 +24,7 @@ fsspec and its filesystems (s3fs; aiohttp for HTTP) are the optional
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -36,11 +42,16 @@ from . import pathnames
 from .base import Source
 from .directory import Directory
 from .pagecache import DEFAULT_BLOCK, DEFAULT_DISK, DEFAULT_MEMORY, DiskCache, PageCache
+from .stall import DEFAULT_SECONDS, PROGRESS, Stalled, Watchdog
 
 SCHEMES = ("s3://", "http://", "https://", "hf://")
 HF_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 log = logging.getLogger(__name__)
+#: the longest Hub API answer read (a listing of 100,000 files is about 20 MB)
+MAX_API_ANSWER = 256 << 20
+#: the most objects a prefix's listing is read for (a server may say "truncated" for ever), in pages of LIST_PAGE
+MAX_LISTED, LIST_PAGE = 10_000_000, 1000
 
 
 def is_url(path: str) -> bool:
@@ -87,23 +98,23 @@ class HttpStore:
 
     def __init__(self):
         try:
+            import aiohttp
             from fsspec.asyn import sync
             from fsspec.implementations.http import HTTPFileSystem
         except ImportError:
             raise _missing("an http(s):// source") from None
-        self.fs, self.sync = HTTPFileSystem(skip_instance_cache=True), sync
-
-    def _run(self, function):
-        """Run the coroutine function on fsspec's event loop thread; its result."""
-        return self.sync(self.fs.loop, function)
+        # no total timeout (aiohttp's is 300 s): a transfer that keeps arriving
+        # may take as long as it takes; one that stalls is cut by its Watchdog
+        client = {"timeout": aiohttp.ClientTimeout(total=None)}
+        self.fs, self.sync = HTTPFileSystem(skip_instance_cache=True, client_kwargs=client), sync
 
     def stat(self, url: str) -> RemoteObject:
-        async def head():
+        async def head(watch: Watchdog):
             session = await self.fs.set_session()
             async with session.head(url, allow_redirects=True) as r:
                 return r.status, _lower(r.headers)
 
-        status, headers = self._run(head)
+        status, headers = _watched(self, url, head)
         if status == 404:
             raise RemoteError(f"{url}: no such object (HTTP 404)")
         if status >= 400:
@@ -120,14 +131,15 @@ class HttpStore:
         if obj.version and not obj.version.startswith("W/"):  # a weak ETag never matches If-Match: the reply's is checked
             headers["If-Match"] = obj.version
 
-        async def get():
+        async def get(watch: Watchdog):
             session = await self.fs.set_session()
             async with session.get(obj.url, headers=headers) as r:
+                watch.progress()
                 if r.status != 206:  # never read a whole object that was asked for a range
                     return r.status, _lower(r.headers), b""
-                return r.status, _lower(r.headers), await r.read()
+                return r.status, _lower(r.headers), await _body(r, watch, end - start)
 
-        status, reply, data = self._run(get)
+        status, reply, data = _watched(self, f"{obj.url}: bytes {start}-{end - 1}", get)
         if status == 412:
             raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (its ETag is no longer "
                                      f"{obj.version}); remount to read the new one")
@@ -140,12 +152,15 @@ class HttpStore:
 
     def json(self, url: str):
         """A JSON document (a Hub API answer): one GET."""
-        async def get():
+        async def get(watch: Watchdog):
             session = await self.fs.set_session()
             async with session.get(url, headers=_hub_auth(url)) as r:
-                return r.status, await r.read()
+                watch.progress()
+                return r.status, await _body(r, watch, MAX_API_ANSWER)
 
-        status, body = self._run(get)
+        status, body = _watched(self, url, get)
+        if len(body) > MAX_API_ANSWER:
+            raise RemoteError(f"{url}: an answer of more than {MAX_API_ANSWER:,} bytes; a repository's listing is far less")
         if status in (401, 403, 404):
             raise RemoteError(f"{url}: HTTP {status} (no such repository or revision, or it needs a token: HF_TOKEN)")
         if status != 200:
@@ -154,6 +169,37 @@ class HttpStore:
             return json.loads(body)
         except ValueError:
             raise RemoteError(f"{url}: the answer is not JSON") from None
+
+
+async def _body(reply, watch: Watchdog, most: int | None = None) -> bytes:
+    """An aiohttp reply's body (at most `most` + 1 bytes: one more than
+    asked for is enough to refuse it). A body that fails or stalls
+    takes its connection with it: never handed to another request."""
+    try:
+        return await watch.body(reply.content.readany, most)
+    except BaseException:
+        reply.close()
+        raise
+
+
+def _watched(store, what: str, request):
+    """`request(watch)`, a coroutine function, run on the store's event
+    loop under a Watchdog of `-o stall_timeout` seconds. After a stall it
+    is asked once more: the stalled connection was closed, so the second
+    try goes out on another. A second stall is a RemoteError naming `what`
+    (the URL, and the bytes)."""
+    async def attempt():
+        async with Watchdog(SETTINGS.stall) as watch:
+            return await request(watch)
+
+    try:
+        return store.sync(store.fs.loop, attempt)
+    except Stalled as e:
+        log.debug("%s: %s; asking once more on another connection", what, e)
+    try:
+        return store.sync(store.fs.loop, attempt)
+    except Stalled as e:
+        raise RemoteError(f"{what}: {e}, twice (the second time on another connection)") from None
 
 
 def _hub_auth(url: str) -> dict[str, str]:
@@ -186,8 +232,11 @@ class S3Store:
                             modified.timestamp() if hasattr(modified, "timestamp") else 0.0)
 
     def stat(self, url: str) -> RemoteObject:
+        async def head(watch: Watchdog):
+            return await self.fs._info(url)
+
         try:
-            info = self.fs.info(url)
+            info = _watched(self, url, head)
         except FileNotFoundError:
             raise RemoteError(f"{url}: no such object") from None
         except (OSError, ValueError) as e:
@@ -197,29 +246,54 @@ class S3Store:
         return self._object(url, info)
 
     def listing(self, url: str) -> dict[str, RemoteObject]:
-        """Every object below the prefix `url` (ending in /), by relative path: one LIST."""
-        try:
-            found = self.fs.find(url, detail=True)
-        except (OSError, ValueError) as e:
-            raise RemoteError(f"{url}: {e}") from None
-        base = url[len("s3://"):]
-        return {name[len(base):]: self._object("s3://" + name, info)
-                for name, info in found.items() if name.startswith(base) and info.get("type") == "file"}
+        """Every object below the prefix `url` (ending in /), by relative
+        path: one LIST, a request for each page of a thousand keys."""
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        found: dict[str, RemoteObject] = {}
+        more: dict[str, str] = {}
+        pages = 0
+        while True:
+            try:
+                page = _watched(self, url, functools.partial(self._list_page, bucket, prefix, more))
+            except (OSError, ValueError) as e:
+                raise RemoteError(f"{url}: {e}") from None
+            for item in page.get("Contents", ()):
+                key, size = item.get("Key"), item.get("Size")
+                if not isinstance(key, str) or not key.startswith(prefix) or not isinstance(size, int) or size < 0:
+                    continue  # a server's answer is checked like a file's
+                if key.endswith("/") and not size:
+                    continue  # a folder marker (what "Create folder" makes), not a file
+                modified = item.get("LastModified")
+                found[key[len(prefix):]] = RemoteObject(
+                    f"s3://{bucket}/{key}", size, str(item.get("ETag", "")),
+                    modified.timestamp() if hasattr(modified, "timestamp") else 0.0)
+            if not page.get("IsTruncated"):
+                return found
+            if not page.get("NextContinuationToken"):
+                raise RemoteError(f"{url}: the listing says it goes on, but not where")
+            pages += 1
+            if pages * LIST_PAGE > MAX_LISTED:
+                raise RemoteError(f"{url}: more than {MAX_LISTED:,} objects under this prefix; mount a prefix below it")
+            more = {"ContinuationToken": page["NextContinuationToken"]}
+
+    async def _list_page(self, bucket: str, prefix: str, more: dict[str, str], watch: Watchdog) -> dict:
+        return await self.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **more, **self.fs.req_kw)
 
     def get(self, obj: RemoteObject, start: int, end: int) -> bytes:
         bucket, key, _ = self.fs.split_path(obj.url)
         pin = {"IfMatch": obj.version} if obj.version else {}
 
-        async def get():
+        async def get(watch: Watchdog):
             reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
                                            **pin)
-            try:
-                return reply, await reply["Body"].read()
+            watch.progress()
+            try:  # closed, its connection with it, however the body ends
+                return reply, await watch.body(functools.partial(reply["Body"].read, PROGRESS), end - start)
             finally:
                 reply["Body"].close()
 
         try:
-            reply, data = self.sync(self.fs.loop, get)
+            reply, data = _watched(self, f"{obj.url}: bytes {start}-{end - 1}", get)
         except OSError as e:
             if "PreconditionFailed" in str(e) or "412" in str(e):
                 raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (its ETag is no "
@@ -248,8 +322,11 @@ class S3Store:
 
     def exists(self, url: str) -> bool:
         """Whether an object or a prefix is at `url`."""
+        async def look(watch: Watchdog):
+            return await self.fs._exists(url)
+
         try:
-            return bool(self.fs.exists(url))
+            return bool(_watched(self, url, look))
         except (OSError, ValueError) as e:
             raise RemoteError(f"{url}: {e}") from None
 
@@ -387,7 +464,7 @@ def _check_reply(obj: RemoteObject, start: int, end: int, content_range: str, et
         raise SourceChangedError(f"{obj.url}: asked for bytes {start}-{end - 1} of {obj.size}, the reply holds "
                                  f"{content_range or 'no Content-Range'}")
     if len(data) != end - start:
-        raise SourceChangedError(f"{obj.url}: bytes {start}-{end - 1}: the reply was cut short ({len(data)} bytes)")
+        raise SourceChangedError(f"{obj.url}: bytes {start}-{end - 1}: the reply holds {len(data)} bytes")
 
 
 def _http_time(text: str | None) -> float:
@@ -416,13 +493,15 @@ os.register_at_fork(after_in_child=_after_fork)
 
 @dataclass
 class Settings:
-    """The remote options of this process (`-o block_size=`, `cache_memory=`, `cache_disk=`)."""
+    """The remote options of this process (`-o block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`)."""
 
     block: int = DEFAULT_BLOCK
     memory: int = DEFAULT_MEMORY
     disk: int = DEFAULT_DISK
     #: where the overlays of writable remote mounts are kept (`--overlay-dir`; "": ~/.cache/ckptfs/edits)
     overlays: str = ""
+    #: seconds a request may go without progress (`-o stall_timeout=`, sources/stall.py)
+    stall: float = DEFAULT_SECONDS
 
 
 SETTINGS = Settings()
@@ -432,7 +511,7 @@ def page_cache(cache_dir: str) -> PageCache:
     """The page cache of this process, its disk part under `cache_dir/remote`."""
     if cache_dir not in _CACHES:
         disk = DiskCache(os.path.join(cache_dir, "remote"), SETTINGS.disk) if SETTINGS.disk else None
-        _CACHES[cache_dir] = PageCache(SETTINGS.memory, SETTINGS.block, disk)
+        _CACHES[cache_dir] = PageCache(SETTINGS.memory, SETTINGS.block, disk, failed_for=SETTINGS.stall)
     return _CACHES[cache_dir]
 
 
@@ -494,12 +573,12 @@ class RemoteDirectory(Directory):
     def __init__(self, url: str, objects: dict[str, RemoteObject], cache: PageCache):
         self.path, self.objects, self.cache = url, _checked_names(url, objects), cache
         self.folders: dict[str, set[str]] = {"": set()}
-        for name in objects:
+        for name in self.objects:
             parts = name.split("/")
             for depth in range(len(parts)):
                 folder = "/".join(parts[:depth])
                 self.folders.setdefault(folder, set()).add(parts[depth])
-        newest = max((o.mtime for o in objects.values()), default=0.0)
+        newest = max((o.mtime for o in self.objects.values()), default=0.0)
         self._stat = synthetic_stat(0, newest, directory=True)
 
     def stat(self) -> os.stat_result:
@@ -533,16 +612,24 @@ class RemoteDirectory(Directory):
 
 
 def _checked_names(url: str, objects: dict[str, RemoteObject]) -> dict[str, RemoteObject]:
+    """`objects` with each name that breaks the name rule escaped (one line
+    in the log says which), or left out where its escaped name is taken."""
     checked = {name: obj for name, obj in objects.items() if pathnames.path_problem(name) is None}
+    renamed, dropped = [], []
     for name, obj in objects.items():
         if name in checked:
             continue
         kept = pathnames.escaped(name)
         if kept in checked or any(other.startswith(kept + "/") for other in checked):
-            log.warning("%s: left out %r, whose escaped name %r another object has", url, name, kept)
-            continue
-        log.warning("%s: %r is shown as %r: %s", url, name, kept, pathnames.path_problem(name))
-        checked[kept] = obj
+            dropped.append(name)
+        else:
+            checked[kept] = obj
+            renamed.append(f"{name!r} as {kept!r}")
+    if renamed or dropped:
+        log.warning("%s: %s", url, "; ".join(
+            ([f"names no folder can hold are shown escaped: {', '.join(renamed[:3])}"
+              f"{f' and {len(renamed) - 3} more' if len(renamed) > 3 else ''}"] if renamed else []) +
+            ([f"left out, their escaped names taken: {', '.join(map(repr, dropped[:3]))}"] if dropped else [])))
     return checked
 
 

@@ -61,7 +61,9 @@ def _fit(body: str, suffix: str) -> str:
 
 
 def unescape(name: str) -> str:
-    """The name part a file name stands for (the reverse of `escape`).
+    """The name part a file name stands for (the reverse of `escape`). A `%`
+    that no two hex digits follow is kept as it is: a name a user made in
+    the mount (`50%.txt`) means what it says.
 
     Raises ValueError for a shortened name: its original lives in the
     `user.ckptfs.name` attribute, not in the name.
@@ -74,16 +76,23 @@ def unescape(name: str) -> str:
     i = 0
     while i < len(name):
         ch = name[i]
-        if ch == "%":
-            hexpair = name[i + 1 : i + 3]
-            if len(hexpair) != 2 or not all(c in "0123456789ABCDEFabcdef" for c in hexpair):
-                raise ValueError(f"{name!r}: '%' not followed by two hex digits")
+        hexpair = name[i + 1 : i + 3]
+        if ch == "%" and len(hexpair) == 2 and all(c in "0123456789ABCDEFabcdef" for c in hexpair):
             out.append(int(hexpair, 16))
             i += 3
         else:
             out += ch.encode("utf-8", "surrogatepass")
             i += 1
-    return out.decode("utf-8", "surrogatepass")
+    try:
+        return out.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # escapes no name of ours makes (`%FF`): the name as it is
+        return name
+
+
+def disk_path(tree_path: str) -> str:
+    """The path of a file of a directory a path of the tree stands for, each
+    part unescaped (`%2E%2E/x` is `../x`: check it before it is written)."""
+    return "/".join(unescape(p) for p in tree_path.split("/"))
 
 
 def split_dotted(name: str) -> list[str]:

@@ -27,7 +27,7 @@ from ..sources import remote
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import DType
 from ..tree.nodes import Access, Content, Dir, Extent, File, Node, len_of
-from .output import COPY_BLOCK, Output
+from .output import COPY_BLOCK, Output, created_mode, umask, with_search_bits
 from .overlay import fsync_dir
 
 #: the __metadata__ of every safetensors file written (what transformers' save_pretrained writes)
@@ -129,10 +129,13 @@ def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DE
     return hf_files(items, max_bytes)
 
 
-def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> None:
+def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHARD_BYTES, progress=None,
+          readers: Access | None = None) -> None:
     """Write the export to `out` (a new file, or for hf a new folder) beside
     which it is first written whole and fsynced, then renamed into place:
-    `out` never holds half an export. An `s3://` `out` is uploaded instead."""
+    `out` never holds half an export. An `s3://` `out` is uploaded instead.
+    `readers` say who may read the tensors' source: the export is readable
+    by them at most (`output.created_mode`), by its owner alone if None."""
     if remote.is_url(out):
         return _upload(target, items, out, max_bytes, progress)
     out = os.path.abspath(out)
@@ -147,9 +150,13 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
                           f"{expected / 1e6:.0f} MB")
     written = [0]
 
+    def mode(gid: int) -> int:
+        return (created_mode(readers, gid) if readers is not None else 0o600) & ~umask()
+
     def fill(path: str, made) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
+            os.fchmod(fd, mode(os.fstat(fd).st_gid))
             output = Output(fd, progress=progress and (lambda n, _: progress(written[0] + n, expected)),
                             expected=expected)
             write_content(made, output) if isinstance(made, Content) else made.write(output)
@@ -173,7 +180,7 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
         try:
             for name, made in files.items():
                 fill(os.path.join(tmp, name), made)
-            os.chmod(tmp, 0o755 & ~_umask())
+            os.chmod(tmp, with_search_bits(mode(os.stat(tmp).st_gid)))
             fsync_dir(tmp)
             os.rename(tmp, out)
         except BaseException:
@@ -218,12 +225,6 @@ def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) 
         for url in made_urls:
             store.delete(url)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -- layouts

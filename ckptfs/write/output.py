@@ -21,8 +21,7 @@ from typing import Protocol
 from ..errors import CkptfsError, SourceChangedError
 from ..sources.base import FileSource, SliceSource, Source
 from ..sources.remote import is_url
-from ..tree.nodes import Dir, Node
-from .diff import is_edited
+from ..tree.nodes import Access
 from .overlay import fsync_dir, source_identity
 
 COPY_BLOCK = 8 << 20
@@ -251,56 +250,62 @@ def keep_owner_and_mode(old: os.stat_result, *, fd: int | None = None, path: str
 
 def _keep_modes(source_path: str, new: str) -> None:
     """Every file and folder of a new directory that stands where the source
-    had one keeps that one's owner and mode (hard links already share them);
-    new ones keep the modes they were made with."""
-    keep_owner_and_mode(os.stat(source_path), path=new)
+    had one keeps that one's owner and mode (hard links already share them).
+    New ones (made 0600 and 0700) take the source directory's owner and
+    group where the writer may give them away, and are readable by whom
+    the source directory is (`created_mode`)."""
+    top = os.stat(source_path)
+    keep_owner_and_mode(top, path=new)
     for here, dirs, files in os.walk(new):
         for name in dirs + files:
             made = os.path.join(here, name)
             try:
                 old = os.stat(os.path.join(source_path, os.path.relpath(made, new)), follow_symlinks=False)
-            except OSError:
+            except OSError:  # none there (or a file where a folder is now)
+                _give_new(made, top, name in dirs)
                 continue
             if old.st_ino != os.lstat(made).st_ino:
                 keep_owner_and_mode(old, path=made)
 
 
-def write_new_file(path: str, fill) -> None:
-    """A file of a new directory (a repacked Hugging Face or distributed
-    checkpoint): `fill(output)` writes it, then it is fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+def _give_new(path: str, folder: os.stat_result, is_dir: bool) -> None:
     try:
-        fill(Output(fd))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.chown(path, folder.st_uid, folder.st_gid, follow_symlinks=False)
+    except PermissionError:
+        pass  # not ours to give away: it stays the writer's
+    mode = created_mode(Access.of(folder), os.lstat(path).st_gid) & ~umask()
+    os.chmod(path, with_search_bits(mode) if is_dir else mode)
 
 
-def put_file(target: str, node: Node, original: Source | None) -> None:
-    """A file or folder of a new directory: `original` (the file of the
-    source it shows) kept when unchanged, else its bytes written."""
-    if isinstance(node, Dir):
-        os.makedirs(target, exist_ok=True)
-        return
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if original is not None and not is_edited(node):
-        keep_file(original, target)
-    else:
-        write_new_file(target, lambda output: output.copy_content(node.content))
+def created_mode(readers: Access, gid: int) -> int:
+    """The mode of a file ckptfs makes of bytes that `readers` say who may
+    read (an export, a file new in a repacked folder): its owner reads and
+    writes it; others read it only if they may read the source (the group's
+    bit only for a file of the source's group): never wider than the
+    source."""
+    return 0o600 | (readers.read_bits & 0o004) | (readers.read_bits & 0o040 if gid == readers.gid else 0)
 
 
-def keep_file(original: Source, target: str) -> None:
-    """An unchanged file of the source in the new directory: hard-linked
-    where it is a local file, its bytes copied where it is not (a remote one)."""
-    if isinstance(original, FileSource):
-        os.link(original.path, target)
-    else:
-        write_new_file(target, lambda output: output.copy(original, 0, original.size))
+def umask() -> int:
+    """This process's umask, from /proc (setting it to read it would, for an
+    instant, let the daemon's other threads make files open to all)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
+
+
+def with_search_bits(mode: int) -> int:
+    """A folder's mode for files of `mode`: search for whoever may read."""
+    return mode | 0o100 | (mode & 0o044) >> 2
 
 
 def _free_name(path: str) -> str:
     candidate, n = path, 1
-    while os.path.exists(candidate):
+    while os.path.lexists(candidate):
         candidate, n = f"{path}.{n}", n + 1
     return candidate
 

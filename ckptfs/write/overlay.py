@@ -9,6 +9,11 @@ A writable mount holds a lock (flock) on `<dir>/.<name>.ckptfs.lock`, beside
 the overlay, so a second writable mount of the same source is refused, from
 this host or another that shares the file system.
 
+The overlay is made with mode 0700 and its files 0600, without following
+links; an overlay, lock or file in it that is a link, another user's, or
+open to others is refused (write/owned.py), so nobody who can write in the
+source's folder can redirect the edits or have forged ones written in.
+
 Nothing is kept only in memory: a write is in `data/<n>` and a change of the
 tree is in the journal before the call returns, so both survive the daemon
 being killed; `fsync` makes them survive a power loss too. Replaying the
@@ -32,13 +37,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import zlib
 
 from ..errors import CkptfsError, EditsWaiting
 from ..sources import remote
 from ..sources.base import Source
 from ..tree.nodes import Content
+from . import owned
 
 log = logging.getLogger(__name__)
 
@@ -175,62 +180,99 @@ class EditedContent:
 
 class Overlay:
     """The on-disk overlay of one source. Its directory is made on the first
-    edit, so a writable mount that changes nothing leaves no trace."""
+    edit, so a writable mount that changes nothing leaves no trace. Its
+    files are reached only through descriptors of folders checked to be
+    this user's own (write/owned.py): a link or a forged overlay planted
+    beside the source is refused, never followed or resumed."""
 
-    def __init__(self, source: str, lock: tuple[str, int], journal_fd: int | None = None, next_number: int = 0,
-                 ignored: tuple[str, ...] = TEMP_PATTERNS):
+    def __init__(self, source: str, lock: _Lock, ignored: tuple[str, ...] = TEMP_PATTERNS):
         self.source, self.path = source if remote.is_url(source) else os.path.abspath(source), overlay_dir(source)
-        self.lock, self.journal_fd, self.next_number = lock, journal_fd, next_number
+        self.lock = lock
+        self.name = os.path.basename(self.path)
         self.identity = mounted_identity(source)
         self.ignored = ignored  # names of temporary files, never packed (kept for `recover`)
+        self.fd: int | None = None  # the overlay's folder, once made
+        self.data_fd: int | None = None
+        self.journal_fd: int | None = None
+        self.next_number = 0
 
     @classmethod
     def create(cls, source: str, ignored: tuple[str, ...] = TEMP_PATTERNS) -> Overlay:
         """The overlay of a writable mount; CkptfsError if another writable
-        mount holds the lock or if edits of an earlier mount wait."""
-        journal = os.path.join(overlay_dir(source), "journal")
-        if os.path.exists(journal) and os.path.getsize(journal) > 0:
-            raise EditsWaiting(f"{source}: edits of an earlier mount are waiting in {overlay_dir(source)}")
-        lock = lock_path(source)
-        lock_fd = _lock(lock)
-        if lock_fd is None:
-            raise CkptfsError(f"{source}: already mounted writable elsewhere")
-        return cls(source, (lock, lock_fd), ignored=ignored)
+        mount holds the lock, if edits of an earlier mount wait, or if what
+        stands where the overlay goes is not this user's own."""
+        path = overlay_dir(source)
+        lock = _Lock.take(source)
+        try:
+            existing = owned.folder(lock.folder, os.path.basename(path), path, create=False)
+            if existing is not None:
+                try:
+                    waiting = _journal_size(existing, path) > 0
+                finally:
+                    os.close(existing)
+                if waiting:
+                    raise EditsWaiting(f"{source}: edits of an earlier mount are waiting in {path}")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(source, lock, ignored)
 
     @classmethod
     def reopen(cls, source: str) -> tuple[Overlay, list[dict]]:
         """The overlay an earlier mount left, and its journal records."""
-        path, lock = _take_waiting(source)
+        overlay = cls._waiting(source)
+        path = overlay.path
         try:
-            records = read_journal(os.path.join(path, "journal"))
-            with open(os.path.join(path, "state.json")) as f:
-                state = json.load(f)
-            identity = _identity_in(state, source)
+            records = parse_journal(owned.read(overlay.fd, "journal", f"{path}/journal"), f"{path}/journal")
+            state = json.loads(owned.read(overlay.fd, "state.json", f"{path}/state.json"))
+            overlay.identity = _identity_in(state, source)
+            overlay.ignored = tuple(state.get("ignored", TEMP_PATTERNS))
+            overlay.data_fd = owned.folder(overlay.fd, "data", f"{path}/data", create=False)
+            if overlay.data_fd is None:
+                raise CkptfsError(f"{path}/data: missing")
+        except owned.NotOwned:
+            overlay.release()
+            raise
         except (OSError, ValueError, KeyError, TypeError, CkptfsError) as e:
-            _release(lock)
+            overlay.release()
             raise CkptfsError(f"{path}: the edits cannot be read back ({e}); drop them: ckptfs recover {source}"
                               " --discard") from None
-        fd = os.open(os.path.join(path, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        overlay.journal_fd = owned.file(overlay.fd, "journal", f"{path}/journal", os.O_WRONLY | os.O_APPEND)
         numbers = [r["file"] for r in records if "file" in r]
-        overlay = cls(source, lock, fd, max(numbers, default=-1) + 1)
-        overlay.identity = identity
-        overlay.ignored = tuple(state.get("ignored", TEMP_PATTERNS))
+        overlay.next_number = max(numbers, default=-1) + 1
         return overlay, records
 
-    @staticmethod
-    def discard_waiting(source: str, also=None) -> None:
+    @classmethod
+    def _waiting(cls, source: str) -> Overlay:
+        """The overlay an earlier mount left, opened and locked (its records unread)."""
+        path = overlay_dir(source)
+        lock = _Lock.take(source, waiting=True)
+        try:
+            fd = owned.folder(lock.folder, os.path.basename(path), path, create=False)
+        except BaseException:
+            lock.release()
+            raise
+        if fd is None:
+            lock.release()
+            raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
+        overlay = cls(source, lock)
+        overlay.fd = fd
+        return overlay
+
+    @classmethod
+    def discard_waiting(cls, source: str, also=None) -> None:
         """Drop the overlay an earlier mount left, whatever state it is in
         (a journal or state file cut short by a full disk included), and
-        run `also()` while the lock is held."""
-        path, lock = _take_waiting(source)
-        try:
-            if also is not None:
+        run `also()` while the lock is held. An overlay that is not this
+        user's own is refused, as everywhere."""
+        overlay = cls._waiting(source)
+        if also is not None:
+            try:
                 also()
-            shutil.rmtree(path)
-            fsync_dir(os.path.dirname(path))
-        finally:
-            _release(lock)
-        _tidy(source)
+            except BaseException:
+                overlay.release()
+                raise
+        overlay.remove()
 
     @property
     def exists(self) -> bool:
@@ -238,14 +280,21 @@ class Overlay:
 
     def _ensure(self) -> None:
         if self.journal_fd is None:
-            os.makedirs(os.path.join(self.path, "data"), exist_ok=True)
-            _write_json(os.path.join(self.path, "state.json"),
-                        {"source": self.source, **self.identity, "ignored": list(self.ignored)})
-            self.journal_fd = os.open(
-                os.path.join(self.path, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-            )
-            fsync_dir(self.path)
-            fsync_dir(os.path.dirname(self.path))
+            self.fd = owned.folder(self.lock.folder, self.name, self.path, create=True)
+            self.data_fd = owned.folder(self.fd, "data", f"{self.path}/data", create=True)
+            self._write_state({"source": self.source, **self.identity, "ignored": list(self.ignored)})
+            self.journal_fd = owned.file(self.fd, "journal", f"{self.path}/journal",
+                                         os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.fsync(self.fd)
+            os.fsync(self.lock.folder)
+
+    def _write_state(self, doc: dict) -> None:
+        fd = owned.file(self.fd, "state.json.tmp", f"{self.path}/state.json.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace("state.json.tmp", "state.json", src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def record(self, **fields) -> None:
         """Append one change to the journal, whole or not at all: a write cut
@@ -264,8 +313,8 @@ class Overlay:
 
     def data_file(self, number: int, create: bool) -> int:
         self._ensure()
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-        return os.open(os.path.join(self.path, "data", str(number)), flags, 0o600)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        return owned.file(self.data_fd, str(number), f"{self.path}/data/{number}", flags)
 
     def new_content(self, base) -> EditedContent:
         number = self.next_number
@@ -284,25 +333,60 @@ class Overlay:
 
     def remove(self) -> None:
         """Drop the overlay (after a repack, or on discard) and the lock."""
-        if self.journal_fd is not None:
-            os.close(self.journal_fd)
-            self.journal_fd = None
-            shutil.rmtree(self.path)
-            fsync_dir(os.path.dirname(self.path))
+        if self.fd is not None:
+            if owned.same(self.lock.folder, self.name, self.fd):
+                _empty(self.fd)
+                os.rmdir(self.name, dir_fd=self.lock.folder)
+                os.fsync(self.lock.folder)
+            else:
+                log.warning("%s: no longer the overlay this mount made (moved away?); left as it is", self.path)
+        self._close()
         self._unlock()
         _tidy(self.source)
 
     def release(self) -> None:
         """Keep the overlay for later and let go of the lock."""
-        if self.journal_fd is not None:
-            os.close(self.journal_fd)
-            self.journal_fd = None
+        self._close()
         self._unlock()
+
+    def _close(self) -> None:
+        for name in ("journal_fd", "data_fd", "fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
 
     def _unlock(self) -> None:
         if self.lock is not None:
-            _release(self.lock)
+            self.lock.release()
             self.lock = None
+
+
+def _empty(folder: int) -> None:
+    """Remove everything in the folder open as `folder`, through descriptors
+    (so a link put in its place leads nowhere)."""
+    for name in os.listdir(folder):
+        try:
+            os.unlink(name, dir_fd=folder)
+        except IsADirectoryError:
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            try:
+                _empty(inner)
+            finally:
+                os.close(inner)
+            os.rmdir(name, dir_fd=folder)
+
+
+def _journal_size(overlay: int, path: str) -> int:
+    """The size of an overlay's journal (0 when it has none)."""
+    try:
+        fd = owned.file(overlay, "journal", f"{path}/journal", os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def _tidy(source: str) -> None:
@@ -319,12 +403,12 @@ def journal_line(fields: dict) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def read_journal(path: str) -> list[dict]:
-    """The records of a journal. A last record cut short or damaged (a crash
-    in the middle of it) is a change that never completed: left out, with a
-    warning. A damaged record before the last is an error."""
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+def parse_journal(data: bytes, path: str) -> list[dict]:
+    """The records of a journal (`path` names it in messages). A last record
+    cut short or damaged (a crash in the middle of it) is a change that never
+    completed: left out, with a warning. A damaged record before the last is
+    an error."""
+    lines = data.split(b"\n")
     torn = lines.pop()  # after the last newline: empty, or a record cut short
     records = []
     for number, line in enumerate(lines, 1):
@@ -354,22 +438,57 @@ def _record(line: bytes) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _take_waiting(source: str) -> tuple[str, tuple[str, int]]:
-    """The overlay directory an earlier mount left, and its lock, held."""
-    path = overlay_dir(source)
-    if not os.path.isdir(path):
-        raise CkptfsError(f"{source}: no edits are waiting ({path} does not exist)")
-    lock = lock_path(source)
-    fd = _lock(lock)
-    if fd is None:
-        raise CkptfsError(f"{source}: mounted writable; unmount it first")
-    return path, (lock, fd)
+class _Lock:
+    """The lock a writable mount of a source holds (flock on
+    `.NAME.ckptfs.lock` beside the overlay), and a descriptor of the folder
+    both are in."""
+
+    def __init__(self, folder: int, name: str, fd: int):
+        self.folder, self.name, self.fd = folder, name, fd
+
+    @classmethod
+    def take(cls, source: str, waiting: bool = False) -> _Lock:
+        """The lock of `source`, held; CkptfsError if another process holds
+        it. The holder removes it when done, so a lock taken on a file
+        already removed is let go and taken again on the new one."""
+        path = lock_path(source)
+        folder, name = _holding_folder(source), os.path.basename(path)
+        try:
+            while True:
+                fd = owned.file(folder, name, path, os.O_RDWR | os.O_CREAT)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise CkptfsError(f"{source}: mounted writable; unmount it first" if waiting
+                                      else f"{source}: already mounted writable elsewhere") from None
+                if owned.same(folder, name, fd):
+                    return cls(folder, name, fd)
+                os.close(fd)
+        except BaseException:
+            os.close(folder)
+            raise
+
+    def release(self) -> None:
+        os.unlink(self.name, dir_fd=self.folder)  # while held: whoever opened it meanwhile finds it gone and takes a new one
+        os.close(self.fd)
+        os.close(self.folder)
 
 
-def _release(lock: tuple[str, int]) -> None:
-    path, fd = lock
-    os.unlink(path)  # while held: whoever opened it meanwhile finds it gone (`_lock`) and takes a new one
-    os.close(fd)
+def _holding_folder(source: str) -> int:
+    """A descriptor of the folder an overlay and its lock are in: the
+    source's own, or for a remote source its folder in the overlays folder
+    (made on first use, this user's own)."""
+    parent = os.path.dirname(overlay_dir(source))
+    if not remote.is_url(source):
+        return owned.open_folder(parent)
+    root, name = os.path.split(parent)
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    top = owned.open_folder(root)
+    try:
+        return owned.folder(top, name, parent, create=True)
+    finally:
+        os.close(top)
 
 
 def lock_path(source: str) -> str:
@@ -377,38 +496,7 @@ def lock_path(source: str) -> str:
     source's file system, so that every host and container that sees the
     source sees the lock (one in each's own /run would not keep two of them
     from sharing one overlay)."""
-    path = overlay_dir(source) + ".lock"
-    if remote.is_url(source):  # its folder in the overlays folder, made on first use
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    return path
-
-
-def _lock(path: str) -> int | None:
-    """The lock file at `path`, held; None if another process holds it. The
-    holder removes it when done, so a lock taken on a file already removed
-    is let go and taken again on the new one."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def _write_json(path: str, doc: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return overlay_dir(source) + ".lock"
 
 
 def fsync_dir(path: str) -> None:

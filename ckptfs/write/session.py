@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 
 from ..errors import CkptfsError, EditRefused, EditsKept, RepackError, SourceChangedError
@@ -18,6 +19,7 @@ from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
 from .editable import EditableTree
+from .newdir import NewDirectory
 from .output import write_atomically, write_directory_atomically
 from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, mounted_identity
 
@@ -116,9 +118,11 @@ class EditSession:
         writer = self.checkpoint.writer
         try:
             if isinstance(writer, DirectoryWriter):
-                written = write_directory_atomically(
-                    source, lambda out: writer.write_dir(after, self.before(), out), overlay.identity, output_path, backup
-                )
+                def build(path: str) -> None:
+                    with NewDirectory(path) as out:
+                        writer.write_dir(after, self.before(), out)
+
+                written = write_directory_atomically(source, build, overlay.identity, output_path, backup)
             else:
                 written = write_atomically(
                     source, lambda out: writer.write(after, self.before(), out), overlay.identity, output_path,
@@ -139,18 +143,24 @@ class EditSession:
 def remove_stale_temp_files(source: str) -> None:
     """Half-written checkpoints (files, or directories of a directory
     format) of a repack a crash interrupted. Call it holding the source's
-    lock, so that no repack is running. A remote source has none: its
-    repack is uploaded, and an upload cut short never shows."""
+    lock, so that no repack is running. Only this user's are removed:
+    another's, or a link, is something else that has the name. A remote
+    source has none: its repack is uploaded, and an upload cut short never
+    shows."""
     if remote.is_url(source):
         return
     directory, name = os.path.split(os.path.abspath(source))
     for entry in os.listdir(directory):
         if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
-            log.info("removing %s, left by an interrupted repack", entry)
             path = os.path.join(directory, entry)
-            if os.path.isdir(path) and not os.path.islink(path):
+            st = os.lstat(path)
+            if st.st_uid != os.geteuid() or stat.S_ISLNK(st.st_mode):
+                log.warning("%s: left as it is: not a file this user's repack made", path)
+            elif stat.S_ISDIR(st.st_mode):
+                log.info("removing %s, left by an interrupted repack", entry)
                 shutil.rmtree(path)
             else:
+                log.info("removing %s, left by an interrupted repack", entry)
                 os.unlink(path)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 from ...errors import EditRefused, RepackError
@@ -18,7 +17,7 @@ from ...tree import names, npy
 from ...tree.dtypes import BY_NAME
 from ...tree.nodes import Dir, Extent, File
 from ...write.diff import below, is_edited, same_bytes
-from ...write.output import Blob, ContentBlob, keep_file, write_new_file
+from ...write.output import Blob, ContentBlob
 from .. import torchzip
 from ..base import DirectoryWriter, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names
@@ -44,10 +43,10 @@ class Writer(DirectoryWriter):
         new = {**self.new_files(files, before), **self._other_files(files, before)}
         for name, source in self.files.items():
             if name not in new:
-                keep_file(source, os.path.join(out, name))
+                out.keep(source, name)
         for name, made in new.items():
             if made is not None:
-                write_new_file(os.path.join(out, name), made.write)
+                out.write(name, made.write)
 
     def _other_files(self, files: dict, before: dict) -> dict[str, Blob | None]:
         """The directory's files beside the checkpoint (Megatron's
