@@ -36,7 +36,6 @@ def test_the_payload_runs_under_its_loader(name, tmp_path):
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_scan_calls_it_dangerous(name, tmp_path):
-    """`needs`: a sample another change of issue 26 makes scan catch."""
     sample = SAMPLES[name]
     marker = tmp_path / "ran"
     report = scan(str(sample.write(tmp_path, marker)), cache_dir=str(tmp_path / "cache"))

@@ -49,8 +49,6 @@ class Sample:
     write: Callable[[Path, Path], Path]
     loader: str
     technique: str
-    #: what else must be merged for scan to catch it (None: this branch catches it)
-    needs: str | None = None
 
 
 class R:
@@ -413,8 +411,7 @@ SAMPLES: dict[str, Sample] = {
     "STACK_GLOBAL of a computed name": Sample(_stack_global_computed, "pickle", "STACK_GLOBAL, a name made by a call"),
     "DATA.PKL record": Sample(_data_pkl_renamed, "torch", "zip: data.pkl renamed DATA.PKL (miniz ignores case)"),
     "concatenated zips, malicious first": Sample(_zip_pair_torch, "torch",
-                                                 "zip: two archives back to back, torch reads the first",
-                                                 needs="the zip reader of item 3 (torch's miniz rules)"),
+                                                 "zip: two archives back to back, torch reads the first"),
     "concatenated zips, malicious second": Sample(_zip_pair_npz, "numpy",
                                                   "zip: two archives back to back, np.load reads the last"),
     "torch tar format, pickle member": Sample(lambda f, m: _torch_tar(f, "old.tar", [], R(os.system, _touch(m))),
