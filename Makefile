@@ -76,6 +76,8 @@ fuzz: test-deps
 # its own: it pins an older rapidgzip than ckptfs is tested with.
 # QUICK=1: 1k and 10k tensors and smaller files (minutes instead of half an hour)
 RATARMOUNT_VENV ?= .venv-ratarmount
+# picklescan, modelscan and fickling, the scanners `ckptfs scan` is compared with, likewise
+SCANNERS_VENV ?= .venv-scanners
 bench: test-deps
 	$(PIP) -e '.[bench]'
 	[ -x $(RATARMOUNT_VENV)/bin/ratarmount ] || { python3 -m venv $(RATARMOUNT_VENV) && $(RATARMOUNT_VENV)/bin/pip install --progress-bar on ratarmount; }
@@ -85,6 +87,8 @@ bench: test-deps
 	$(PY) bench/gguf_bench.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/deepspeed_bench.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/remote_bench.py $(if $(QUICK),--rounds 2)
+	[ -x $(SCANNERS_VENV)/bin/fickling ] || { python3 -m venv $(SCANNERS_VENV) && $(SCANNERS_VENV)/bin/pip install --progress-bar on picklescan modelscan fickling typing_extensions; }
+	$(PY) bench/scan_bench.py --scanners $(SCANNERS_VENV)
 
 clean:
-	rm -rf $(VENV) $(RATARMOUNT_VENV) build *.egg-info
+	rm -rf $(VENV) $(RATARMOUNT_VENV) $(SCANNERS_VENV) build *.egg-info

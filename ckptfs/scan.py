@@ -4,14 +4,23 @@ pickles").
 
 The scan walks the bytes, not the tree a mount shows, so a part the mount
 would refuse or show as a plain file is scanned all the same: a file or a
-directory; in it tar members (gzip-compressed too), zip records, the byte
-items of a distributed checkpoint (each a torch.save zip that
-`torch.distributed.checkpoint` loads), legacy torch.save files and plain
-pickles; and inside those again, a few levels deep. In a zip, every record
-whose name ends in `.pkl` in any case is read: `torch.load` finds
-`<archive>/data.pkl` through miniz, which ignores case, so a record named
-`DATA.PKL` is loaded too. Tensor storages (`<archive>/data/N`) are raw bytes
-that nothing unpickles, and are skipped.
+directory (links to folders followed); in it tar members as
+extraction leaves them (`scan_tar`: hard and symbolic links, sparse
+members; gzip-compressed too), zip records, the byte items of a distributed
+checkpoint (each loaded with `torch.load`), torch's pre-1.0 tar format and
+legacy files, NumPy object arrays and plain pickles; and inside those
+again, a few levels deep. In a zip, every record whose name ends in `.pkl`
+in any case is read: `torch.load` finds `<archive>/data.pkl` through miniz,
+which ignores case, so a record named `DATA.PKL` is loaded too. Tensor
+storages (`<archive>/data/N`) are raw bytes that nothing unpickles, and are
+skipped.
+
+Any other file is read as `pickle.load` would read it, whatever its name:
+pickles of protocols 0 and 1 start with no marker. A file is no pickle only
+if it breaks off before its STOP without naming a global (the opcode reader
+stops where `pickle.load` does, so nothing was imported); anything else that
+does not read to its STOP is a problem, never "safe". Whatever the scan
+cannot read is a problem in the verdict, never silence.
 
 Nothing found is imported or run: pickles are read by `pickle.audit`.
 """
@@ -20,13 +29,14 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import CkptfsError, FormatError, SourceChangedError
-from .formats import default_cache_dir, gzindex, safetensors, tar, torchlegacy, torchzip
+from .formats import default_cache_dir, gzindex, safetensors, torchlegacy, torchzip
 from .formats.dcp.metadata import Metadata, is_metadata
 from .formats.dcp.reader import Reader
 from .formats.torchzip_records import CONSEQUENCE, read_records
@@ -34,16 +44,26 @@ from .limits import LIMITS
 from .pickle.allowlist import Verdict, classify
 from .pickle.audit import UNNAMED, Audit, audit
 from .pickle.inert import Global
+from .pickle.torch_classes import STORAGE_DTYPES
+from .scan_tar import Extracted, extract, is_tar
 from .sources.base import FileSource, SeekableReader, Source
+from .tree.dtypes import BY_TORCH
 
 #: containers inside containers the scan enters
 MAX_DEPTH = 8
-#: file names whose bytes `torch.load` or `pickle.load` is run on, though they may not start with PROTO
-_PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".metadata")
+#: folders a directory's walk enters, links to folders followed (each real folder once)
+MAX_FOLDERS = 10_000
+#: names of text files that no loader unpickles: read as pickles only if they start with PROTO
+TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".txt", ".md", ".rst", ".py", ".cfg", ".ini", ".toml", ".csv",
+                 ".tsv", ".jinja", ".html")
 _PROTO = 0x80
 NPY_MAGIC = b"\x93NUMPY"
+#: an .npy header longer than this is not parsed (np.load reads any length when it may unpickle)
+NPY_HEADER_BYTES = 1 << 20
 #: bytes of a file read for its pickles at first; more only for a pickle that runs past them
 FIRST_READ = 1 << 20
+#: what torch.load reads from its pre-1.6 tar format, in its order
+TORCH_TAR = ("storages", "tensors", "pickle")
 #: what a zip that torch.load and other zip readers read differently is reported as, in place of a global
 READ_DIFFERENTLY = Global("<zip>", "read differently")
 
@@ -117,24 +137,50 @@ class _Scanner:
 
     # -- what holds files
     def directory(self, root: str) -> None:
-        for folder, subdirs, file_names in os.walk(root, onerror=self._walk_error):
-            subdirs.sort()
-            files = {}
-            for name in sorted(file_names):
-                path = os.path.join(folder, name)
-                location = os.path.relpath(path, root)
-                try:
-                    if not stat.S_ISREG(os.stat(path).st_mode):
-                        self.report.notes.append(f"{location}: not a regular file, not scanned")
-                        continue
-                    files[name] = FileSource(path)
-                except OSError as e:
-                    self.report.problems.append(f"{location}: {e.strerror or e}")
-            relative = os.path.relpath(folder, root)
-            self.folder(files, "" if relative == "." else relative + "/", 0)
+        """Every folder below `root`, links to folders followed wherever they
+        lead, as a loader follows them (each real folder scanned once, up to
+        MAX_FOLDERS)."""
+        pending, seen = [(root, "")], {os.path.realpath(root)}
+        while pending:
+            if len(seen) > MAX_FOLDERS:
+                self.report.problems.append(f"more than {MAX_FOLDERS} folders, links followed: "
+                                            f"{', '.join(p for _, p in pending[:3])}... not scanned")
+                return
+            folder, prefix = pending.pop(0)
+            files, subfolders = self._entries(folder, prefix, seen)
+            self.folder(files, prefix, 0)
+            pending[:0] = subfolders
 
-    def _walk_error(self, error: OSError) -> None:
-        self.report.problems.append(f"{error.filename}: {error.strerror or error}")
+    def _entries(self, folder: str, prefix: str, seen: set[str]):
+        """The files of one folder (links followed) and its subfolders to walk."""
+        files: dict[str, Source] = {}
+        subfolders = []
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as e:
+            self.report.problems.append(f"{prefix or '.'}: {e.strerror or e}")
+            return files, subfolders
+        for name in names:
+            path, location = os.path.join(folder, name), prefix + name
+            try:
+                st = os.stat(path)
+                if stat.S_ISREG(st.st_mode):
+                    files[name] = FileSource(path)
+                    continue
+            except OSError as e:
+                self.report.problems.append(f"{location}: {e.strerror or e}")
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                self.report.problems.append(f"{location}: not a regular file or folder: a loader reads whatever "
+                                            "it gives; not scanned")
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                self.report.notes.append(f"{location}: a link to a folder scanned in its own place")
+            else:
+                seen.add(real)
+                subfolders.append((path, location + "/"))
+        return files, subfolders
 
     def folder(self, files: dict[str, Source], prefix: str, depth: int) -> None:
         """The files of one folder: a distributed checkpoint's shards through
@@ -143,9 +189,7 @@ class _Scanner:
         if distributed:
             self.distributed(files, prefix.rstrip("/") or ".", prefix, depth)
         for name, source in files.items():
-            if name.endswith(".distcp"):  # only its byte items are loaded, each a zip of its own
-                if not distributed:
-                    self.report.notes.append(f"{prefix}{name}: no metadata beside it names its items; not scanned")
+            if distributed and name.endswith(".distcp"):  # only its items are loaded, each read through the metadata
                 continue
             self.blob(source, prefix + name, depth)
 
@@ -162,27 +206,29 @@ class _Scanner:
 
     def gzip_tar(self, compressed: Source, st: os.stat_result, location: str) -> None:
         try:
-            stream, members, notes = gzindex.open_tar_stream(compressed, st, self.cache_dir or default_cache_dir())
+            stream, _, notes = gzindex.open_tar_stream(compressed, st, self.cache_dir or default_cache_dir())
         except FormatError as e:
             self.report.problems.append(f"{location}: {e.problem}")
             return
-        self.report.notes += [f"{location}: {note}" for note in notes]
-        self.members(stream, members, location, 0)
+        self.report.notes += [f"{location}: {note}" for note in notes if "skipped" not in note]
+        self.tar(stream, location, 0)
 
     # -- one file's bytes
     def blob(self, source: Source, location: str, depth: int) -> None:
-        """Whatever `source` holds, found by its first bytes (and, for
-        pickles of protocols 0 and 1, which start with no marker, its name)."""
+        """Whatever `source` holds, found by its first bytes: a container,
+        else a pickle if its bytes read as one."""
         try:
             head = source.pread(0, 512)
         except OSError as e:
             self.report.problems.append(f"{location}: {e.strerror or e}")
             return
-        if depth > MAX_DEPTH and head:
+        if not head:
+            return
+        if depth > MAX_DEPTH:
             self.report.problems.append(f"{location}: more than {MAX_DEPTH} archives deep; not scanned")
         elif torchzip.sniff(head):
             self.zip(source, location, depth)
-        elif tar.sniff(head):
+        elif is_tar(head):  # torch.load tries tarfile first too
             self.tar(source, location, depth)
         elif gzindex.sniff(head):
             self.report.notes.append(f"{location}: gzip-compressed inside another file; not scanned "
@@ -190,41 +236,82 @@ class _Scanner:
         elif safetensors.sniff(head[: safetensors.MAGIC_LENGTH]):
             return
         elif head.startswith(NPY_MAGIC):
-            self.object_array(source, location, head)
-        elif torchlegacy.sniff(head):
-            self.pickles(source, location, count=5)  # magic, protocol, system info, the object, storage keys
+            self.object_array(source, location)
         elif len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
-            self.pickles(source, location)
-        elif head and location.lower().endswith(_PICKLE_SUFFIXES):
-            self.pickles(source, location, quiet=True)
+            self.pickles(source, location, loaded=True)
+        elif location.lower().endswith(TEXT_SUFFIXES):
+            self.report.notes.append(f"{location}: named as text, and read as a pickle only if it starts with "
+                                     "PROTO: no loader unpickles it")
+        else:
+            self.pickles(source, location, loaded=False)
 
-    def object_array(self, source: Source, location: str, head: bytes) -> None:
-        """An `.npy` of Python objects holds a pickle after its header, which
-        `np.load(allow_pickle=True)` loads (an `.npz` record too)."""
-        major = head[6] if len(head) > 9 else 0
-        size_bytes = 2 if major == 1 else 4
-        start = 8 + size_bytes + int.from_bytes(head[8:8 + size_bytes], "little")
-        header = source.pread(0, min(start, 1 << 16))
-        if b"O'" in header and start < source.size:  # descr '|O', or a field of objects in a structured one
-            self.pickles(source.slice(start, source.size - start), f"{location} (its objects)")
+    def object_array(self, source: Source, location: str) -> None:
+        """An `.npy` whose dtype holds Python objects holds a pickle after
+        its header, which `np.load(allow_pickle=True)` loads (an `.npz`
+        record too). The header is read by NumPy's own parser, so the
+        dtype is found however it is spelled ('|O', "O", 'object', a field
+        of a structured one) and wherever it lies."""
+        from numpy.lib import format as npformat
 
-    def members(self, stream: Source, members: list[tar.Member], location: str, depth: int) -> None:
-        folders: dict[str, dict[str, Source]] = {}
-        for m in members:
-            if m.kind == "file":
-                parent, _, leaf = m.name.rpartition("/")
-                folders.setdefault(parent, {})[leaf] = stream.slice(m.offset, m.size)
-        for parent, files in folders.items():
-            self.folder(files, f"{location}:{parent + '/' if parent else ''}", depth + 1)
+        reader = SeekableReader(source)
+        try:
+            version = npformat.read_magic(reader)
+            length_bytes = 2 if version == (1, 0) else 4
+            length = int.from_bytes(source.pread(8, length_bytes), "little")
+            if length > NPY_HEADER_BYTES:
+                self.report.problems.append(f"{location}: an .npy header of {length} bytes, more than the "
+                                            f"{NPY_HEADER_BYTES} read; not scanned")
+                return
+            read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            _, _, dtype = read_header(reader, max_header_size=NPY_HEADER_BYTES)
+        except Exception as e:  # whatever NumPy raises here, np.load raises too, before it unpickles anything
+            self.report.notes.append(f"{location}: an .npy header np.load refuses ({type(e).__name__}); "
+                                     "nothing in it is unpickled")
+            return
+        if dtype.hasobject:
+            start = reader.tell()
+            self.pickles(source.slice(start, max(0, source.size - start)), f"{location} (its objects)", loaded=True)
 
     def tar(self, source: Source, location: str, depth: int) -> None:
+        """A tar's files as extraction leaves them; torch's own tar format
+        by torch's rules."""
         try:
-            members, notes = tar.list_members(SeekableReader(source), location)
+            extracted = extract(source, location)
         except FormatError as e:
             self.report.problems.append(e.args[0])
             return
-        self.report.notes += [f"{location}: {note}" for note in notes]
-        self.members(source, members, location, depth)
+        self.report.problems += extracted.problems
+        if "storages" in extracted.by_name:  # torch.load reads it as its pre-1.0 tar format
+            self.torch_tar(extracted, location)
+        self.report.notes += [f"{location}:{link}: a link to the folder {target}, scanned in its own place"
+                              for link, target in extracted.folder_links.items()]
+        folders: dict[str, dict[str, Source]] = {}
+        for path, data in extracted.files.items():
+            if path not in TORCH_TAR or "storages" not in extracted.by_name:
+                parent, _, leaf = path.rpartition("/")
+                folders.setdefault(parent, {})[leaf] = data
+        for parent, files in folders.items():
+            self.folder(files, f"{location}:{parent + '/' if parent else ''}", depth + 1)
+
+    def torch_tar(self, extracted: Extracted, location: str) -> None:
+        """torch's tar format (before 1.0): `storages` holds a count, then
+        for each storage a pickle and its raw bytes, then a pickle of
+        views; `tensors` a count, then for each tensor a pickle and its
+        raw sizes; `pickle` the object. torch.load unpickles every one."""
+        walk = _TarWalk(self, extracted.by_name["storages"], f"{location}:storages")
+        for _ in walk.counted():
+            size = _element_size(walk.next_pickle())
+            if size is None or not walk.skip(8, lambda head: int.from_bytes(head, "little") * size):
+                walk.stop("a storage whose type or size cannot be followed")
+        walk.next_pickle()  # the storage views
+        if "tensors" in extracted.by_name:
+            walk = _TarWalk(self, extracted.by_name["tensors"], f"{location}:tensors")
+            for _ in walk.counted():
+                walk.next_pickle()
+                if not walk.skip(4, lambda head: 4 + 16 * struct.unpack("<i", head)[0] + 8):  # ndim, sizes, strides
+                    walk.stop("a tensor whose sizes cannot be followed")
+        if "pickle" in extracted.by_name:
+            self.pickles(extracted.by_name["pickle"], f"{location}:pickle", loaded=True)
 
     def zip(self, source: Source, location: str, depth: int) -> None:
         """A zip's records as torch.load finds them (`torchzip_records`).
@@ -292,9 +379,9 @@ class _Scanner:
         return data
 
     def distributed(self, files: dict[str, Source], name: str, prefix: str, depth: int) -> None:
-        """The byte items and chunks of a distributed checkpoint: each a
-        torch.save zip that `torch.distributed.checkpoint` loads (items
-        with `weights_only=False`)."""
+        """The byte items and chunks of a distributed checkpoint: each
+        loaded with `torch.load` (items with `weights_only=False`), a zip or
+        a bare pickle alike."""
         try:
             metadata = Metadata.read(name, files)
         except FormatError as e:
@@ -304,31 +391,33 @@ class _Scanner:
         for (fqn, _), info in metadata.storage.items():
             try:
                 record = reader.record(fqn, info)
-                if torchzip.sniff(record.data.pread(0, 4)):
-                    location = f"{prefix}{info['relative_path']}@{record.start} ({fqn})"
-                    self.zip(record.data, location, depth + 1)
+                self.blob(record.data, f"{prefix}{info['relative_path']}@{record.start} ({fqn})", depth + 1)
             except (FormatError, SourceChangedError, OSError) as e:
                 self.report.problems.append(str(e))
 
     # -- pickles
-    def pickles(self, source: Source, location: str, count: int | None = None, quiet: bool = False) -> None:
-        """Pickles back to back from the start of `source`: `count` of them,
-        or as many as follow one another. The first MiB is read first, and
-        more (up to the bound) only if a pickle runs past it."""
+    def pickles(self, source: Source, location: str, loaded: bool) -> None:
+        """Pickles back to back from the start of `source`, as long as the
+        bytes after one read as another (a legacy torch.save file: its five).
+        `loaded`: a loader unpickles the first whatever it holds (a PROTO
+        marker, an object array's data), so it is a pickle even if it
+        breaks off; otherwise bytes that break off naming no global are no
+        pickle. The first MiB is read first, and more (up to the bound)
+        only if a pickle runs past it."""
         cap = min(source.size, LIMITS.pickle_bytes)
         data = source.pread(0, min(cap, FIRST_READ))
-        audits = _back_to_back(data, count)
+        audits = _back_to_back(data, loaded, complete=len(data) == source.size)
         if audits and audits[-1].ran_out and len(data) < cap:
             data = source.pread(0, cap)
-            audits = _back_to_back(data, count)
-        if quiet and audits and not audits[0].whole and not audits[0].globals:
-            return  # not a pickle: pickle.load would stop before importing anything
+            audits = _back_to_back(data, loaded, complete=len(data) == source.size)
         for n, result in enumerate(audits):
             label = location if n == 0 else f"{location} (pickle {n + 1})"
             self.record(result, label, truncated=result.ran_out and source.size > len(data))
 
     def record(self, result: Audit, location: str, truncated: bool) -> None:
-        """`truncated`: the pickle runs past the bytes that were read."""
+        """`truncated`: the pickle runs past the bytes that were read. A
+        pickle that does not read to its STOP is a problem: what it would
+        do past there is not known, so it is never safe."""
         unseen = result.unseen
         if truncated:
             unseen = unseen or (f"larger than the {LIMITS.pickle_bytes} bytes read (-o max_pickle_bytes raises "
@@ -343,21 +432,96 @@ class _Scanner:
             self.report.found.append(Found(g, location, verdict))
         if unseen:
             self.report.problems.append(f"{location}: not scanned to its end: {unseen}")
+        elif not result.whole:
+            why = f" ({result.problem})" if result.problem else ""
+            self.report.problems.append(f"{location}: the pickle breaks off at byte {result.end}{why}: "
+                                        "loading it fails there, and it is no verdict")
 
 
-def _back_to_back(data: bytes, count: int | None) -> list[Audit]:
-    """The audits of the pickles from the start of `data`: `count` of them,
-    or while another starts (with PROTO) where one ends; up to the first
-    that is not whole."""
+class _TarWalk:
+    """Pickles and raw runs one after another in a member of torch's tar
+    format, each pickle recorded as it is read; raw runs are passed over
+    unread, their sizes checked against the member's."""
+
+    def __init__(self, scanner: _Scanner, member: Source, location: str):
+        self.scanner, self.member, self.location = scanner, member, location
+        self.pos, self.count, self.stopped = 0, 0, False
+
+    def next_pickle(self) -> object:
+        """The next pickle's value (None when it is not whole)."""
+        if self.stopped:
+            return None
+        left = self.member.size - self.pos
+        data = self.member.pread(self.pos, min(left, FIRST_READ))
+        result = audit(data)
+        if result.ran_out and len(data) < min(left, LIMITS.pickle_bytes):
+            data = self.member.pread(self.pos, min(left, LIMITS.pickle_bytes))
+            result = audit(data)
+        self.count += 1
+        label = f"{self.location} (pickle {self.count} at byte {self.pos})"
+        self.scanner.record(result, label, truncated=result.ran_out and len(data) < left)
+        if not result.whole:
+            self.stopped = True
+            return None
+        self.pos += result.end
+        return result.value
+
+    def counted(self):
+        """As many turns as the count pickled first says (each ends the
+        walk early if it stops)."""
+        count = self.next_pickle()
+        if type(count) is not int or count < 0:
+            self.stop("its count is not a number")
+            return
+        for _ in range(count):
+            if self.stopped or self.pos >= self.member.size:
+                return
+            yield
+
+    def skip(self, head_size: int, length_of) -> bool:
+        """Pass raw bytes: `head_size` bytes, then `length_of(head)` more."""
+        head = self.member.pread(self.pos, head_size)
+        try:
+            length = length_of(head) if len(head) == head_size else -1
+        except struct.error:
+            length = -1
+        if length < 0 or self.pos + head_size + length > self.member.size:
+            return False
+        self.pos += head_size + length
+        return True
+
+    def stop(self, why: str) -> None:
+        if not self.stopped:
+            self.scanner.report.problems.append(f"{self.location}: {why} at byte {self.pos}: the pickles after it "
+                                                "are not scanned")
+        self.stopped = True
+
+
+def _element_size(args: object) -> int | None:
+    """Bytes per element of a storage of torch's tar format, from its
+    (key, location, storage type) pickle."""
+    if not (isinstance(args, tuple) and len(args) == 3 and isinstance(args[2], Global)):
+        return None
+    dtype = STORAGE_DTYPES.get(args[2].name) if args[2].module == "torch" else None
+    return BY_TORCH[dtype].bits // 8 if dtype else None
+
+
+def _back_to_back(data: bytes, loaded: bool, complete: bool) -> list[Audit]:
+    """The audits of the pickles from the start of `data`, up to the first
+    that is not whole. `complete`: `data` is the whole of the file."""
     audits: list[Audit] = []
-    start = 0
+    start, count = 0, None
     while start < len(data) and (count is None or len(audits) < count):
-        if audits and count is None and data[start] != _PROTO:
+        result = audit(data, start)
+        is_pickle = (loaded and not audits) or count is not None or result.whole or result.globals
+        if not is_pickle and (complete or not result.ran_out):
+            break  # no pickle: pickle.load stops where the reader stopped, before importing anything
+        audits.append(result)
+        if len(audits) == 1 and type(result.value) is int and result.value == torchlegacy.MAGIC_NUMBER:
+            count = 5  # torch.load reads the legacy format's five: magic, protocol, system info, object, storage keys
+        if not result.whole:
             break
-        audits.append(audit(data, start))
-        if not audits[-1].whole:
-            break
-        start = audits[-1].end
+        start = result.end
     return audits
 
 

@@ -274,3 +274,97 @@ def test_an_object_array_in_an_npz_is_a_pickle_np_load_would_load(tmp_path):
     np.savez(tmp_path / "clean.npz", plain=np.arange(3))
     assert scan(str(tmp_path / "clean.npz")).verdict == "safe"
     assert not (tmp_path / "ran").exists()
+
+
+def test_deepspeed_classes_on_the_allowlist_unpickle_as_plain_data():
+    """The reasoning beside each DeepSpeed entry of the allowlist, checked
+    against the installed DeepSpeed: unpickling runs none of its code."""
+    import dataclasses
+    import enum
+
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from ckptfs.pickle.allowlist import GROUPS
+
+    hooks = {"__new__", "__setstate__", "__reduce__", "__reduce_ex__", "__getattr__", "__getattribute__"}
+    for cls in (fragment_address, LossScaler, DynamicLossScaler):
+        assert f"{cls.__module__}.{cls.__qualname__}" in GROUPS["DeepSpeed training state"]
+        assert not [k for klass in cls.__mro__[:-1] for k in vars(klass) if k in hooks], cls
+    assert dataclasses.is_dataclass(fragment_address)
+    assert issubclass(ZeroStageEnum, enum.Enum) and "_missing_" not in vars(ZeroStageEnum)
+    assert ZeroStageEnum.__new__ is enum.Enum.__new__ or "__new__" not in vars(ZeroStageEnum)
+    scaler = DynamicLossScaler(2.0**16, 1000, 1.0, 2, False)
+    saved = io.BytesIO()
+    torch.save({"loss_scaler": scaler, "zero_stage": ZeroStageEnum(2), "map": {"w": fragment_address(4, 0)}}, saved)
+    saved.seek(0)
+    path = io.BytesIO(saved.getvalue())
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    from ckptfs.pickle.allowlist import classify
+    from ckptfs.pickle.audit import audit
+
+    assert all(classify(g).safe for g in audit(data).globals)
+
+
+def test_a_pickle_that_breaks_off_is_no_verdict(tmp_path):
+    """What pickle.load would do past where the pickle stops reading is not
+    known: never "safe"."""
+    torn = tmp_path / "torn.pkl"
+    torn.write_bytes(b"\x80\x02]q\x00(K\x01")
+    report = scan(str(torn))
+    assert report.verdict == "error" and "breaks off at byte" in report.problems[0]
+    # bytes without PROTO that break off naming no global are no pickle: pickle.load imports nothing
+    (tmp_path / "vocab.dat").write_bytes(b"(K\x01\x00\x00 raw bytes")
+    assert (scan(str(tmp_path / "vocab.dat")).verdict, scan(str(tmp_path / "vocab.dat")).pickles) == ("safe", [])
+    # a text file is read as a pickle only if it starts with PROTO, and noted
+    (tmp_path / "hparams.yaml").write_text("cfg:\n  lr: 0.1\n")
+    report = scan(str(tmp_path / "hparams.yaml"))
+    assert report.verdict == "safe" and "named as text" in report.notes[0]
+
+
+def test_what_a_tar_leads_to_outside_itself_is_a_problem(tmp_path):
+    evil = io.BytesIO()
+    torch.save({"hook": Payload(tmp_path / "ran")}, evil)
+    path = tmp_path / "links.nemo"
+    with tarfile.open(path, "w") as tar:
+        for name, kind, target in (("./real.ckpt", tarfile.REGTYPE, ""), ("./model_weights.ckpt", tarfile.SYMTYPE,
+                                   "real.ckpt"), ("./out.ckpt", tarfile.SYMTYPE, "/etc/passwd"),
+                                   ("./pipe", tarfile.FIFOTYPE, "")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            data = evil.getvalue() if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    report = scan(str(path))
+    assert _dangerous(report) == {("posix.system", "links.nemo:real.ckpt:archive/data.pkl"),
+                                  ("posix.system", "links.nemo:model_weights.ckpt:archive/data.pkl")}
+    assert sorted(p.split(":")[1].split(" ")[0] for p in report.problems) == ["./pipe", "out.ckpt"]
+    # in a folder: a FIFO is not read, and says so
+    os.mkfifo(tmp_path / "weights.bin")
+    (tmp_path / "folder").mkdir()
+    os.rename(tmp_path / "weights.bin", tmp_path / "folder" / "weights.bin")
+    report = scan(str(tmp_path / "folder"))
+    assert report.verdict == "error" and report.problems[0].startswith("weights.bin: not a regular file")
+
+
+def test_torch_tar_format_is_followed_past_large_storages(tmp_path):
+    """torch.load's tar format: a pickle after the raw bytes of a storage
+    larger than what is read for pickles is found by the sizes torch reads."""
+    n = 600_000  # 2.4 MB of float32
+    for views, verdict in (([], "safe"), (Payload(tmp_path / "ran"), "dangerous")):
+        storages = (pickle.dumps(1, protocol=2) + pickle.dumps(("0", "cpu", torch.FloatStorage), protocol=2)
+                    + struct.pack("<q", n) + bytes(4 * n) + pickle.dumps(views, protocol=2))
+        path = tmp_path / f"{verdict}.tar"
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in (("storages", storages), ("tensors", pickle.dumps(0, protocol=2)),
+                               ("pickle", pickle.dumps({"a": 1}, protocol=2))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        report = scan(str(path))
+        assert (report.verdict, report.problems) == (verdict, [])
+        assert len(report.pickles) == 5  # count, storage, views; tensors' count; the object
+    assert _dangerous(report) == {("posix.system", f"dangerous.tar:storages (pickle 3 at byte {59 + 4 * n})")}
+    assert torch.load(tmp_path / "safe.tar", weights_only=False) == {"a": 1}  # torch reads it so

@@ -109,6 +109,22 @@ GROUPS: dict[str, list[str]] = {
         "lightning.fabric.utilities.data.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
         "pytorch_lightning.utilities.parsing.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict",
     ],
+    # What every DeepSpeed engine.save_checkpoint writes into its optimizer states (read in
+    # DeepSpeed 0.19.8; tests/test_scan.py checks the installed version still holds to it).
+    # Importing each module is the installed library's own code.
+    "DeepSpeed training state": [
+        # a @dataclass of two ints (numel, start), no __new__, __setstate__, __reduce__ or
+        # __getattr__: unpickled as object.__new__ then its __dict__ filled (NEWOBJ, BUILD)
+        "deepspeed.utils.tensor_fragment.fragment_address",
+        # LossScaler and DynamicLossScaler derive from LossScalerBase and DeepSpeedConfigObject,
+        # plain classes defining none of __new__, __setstate__, __reduce__ or __getattr__:
+        # unpickled as object.__new__ then __dict__ filled; __init__ is not called
+        "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+        "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+        # an (int, Enum) pickled as ZeroStageEnum(1): EnumType.__call__ looks the value up among
+        # the members, or raises; given names too it makes a new Enum, which runs no code either
+        "deepspeed.runtime.zero.config.ZeroStageEnum",
+    ],
 }
 
 SAFE: frozenset[tuple[str, str]] = frozenset(

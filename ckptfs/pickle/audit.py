@@ -3,21 +3,24 @@
 The inert interpreter follows the stack, so it names exactly what
 `pickle.load` would import, STACK_GLOBAL's strings included however they
 reached the stack. Where it stops early (a malformed pickle, a limit), the
-opcodes are listed instead with `pickletools.genops`, which only parses:
-`pickle.load` itself stops at the first opcode genops cannot parse, so
-nothing past it can be imported. There, a STACK_GLOBAL whose two strings are
-not the two values pushed just before it cannot be named, and is reported
-as such: an audit never passes over a global it could not name.
+opcodes are listed instead with `inert.read_opcodes`, which only parses,
+and reads every argument as the C unpickler does: `pickle.load` itself
+stops at the first opcode that cannot be parsed so, and nothing past it can
+be imported. There, a STACK_GLOBAL whose two strings are not the two values
+pushed just before it cannot be named, and is reported as such: an audit
+never passes over a global it could not name.
+
+A pickle that does not parse to its STOP is no verdict by itself: `whole`
+says so, and the caller decides (`ckptfs scan` calls it a problem).
 """
 
 from __future__ import annotations
 
 import io
-import pickletools
 from dataclasses import dataclass, field
 
 from ..limits import LIMITS
-from .inert import Global, InertUnpickler, PickleError
+from .inert import Global, InertUnpickler, PickleError, read_opcodes
 
 #: what an unnamed STACK_GLOBAL is reported as
 UNNAMED = "?"
@@ -43,6 +46,8 @@ class Audit:
     unseen: str | None = None
     #: why the interpreter stopped early, if it did (the globals then come from the opcodes)
     problem: str | None = None
+    #: what the pickle holds, as the interpreter reads it (None where it stopped early)
+    value: object = None
 
 
 def audit(data: bytes, start: int = 0) -> Audit:
@@ -51,8 +56,8 @@ def audit(data: bytes, start: int = 0) -> Audit:
     stream.seek(start)
     unpickler = InertUnpickler(stream)
     try:
-        unpickler.load()
-        return Audit(list(unpickler.globals), stream.tell())
+        value = unpickler.load()
+        return Audit(list(unpickler.globals), stream.tell(), value=value)
     except (PickleError, RecursionError, MemoryError) as e:
         problem = str(e) if isinstance(e, PickleError) else f"{type(e).__name__} while interpreting it"
     found = _opcode_globals(data, start)
@@ -69,15 +74,13 @@ def _opcode_globals(data: bytes, start: int) -> Audit:
     stream.seek(start)
     pos = start
     try:
-        for count, (op, arg, pos) in enumerate(pickletools.genops(stream)):
+        for count, (name, arg, pos) in enumerate(read_opcodes(stream)):
             if count >= LIMITS.pickle_ops:
-                result.unseen = f"more than {LIMITS.pickle_ops} opcodes (--max-pickle-ops raises the limit)"
+                result.unseen = f"more than {LIMITS.pickle_ops} opcodes (-o max_pickle_ops raises the limit)"
                 break
-            name = op.name
             g = None
             if name in ("GLOBAL", "INST"):
-                module, _, attr = str(arg).partition(" ")
-                g = Global(module, attr)
+                g = Global(*arg)
             elif name == "STACK_GLOBAL":
                 module, attr = recent
                 g = Global(module, attr) if module is not None and attr is not None else Global(UNNAMED, f"byte {pos}")
@@ -95,15 +98,13 @@ def _opcode_globals(data: bytes, start: int) -> Audit:
                 memo[len(memo)] = recent[1]
             elif name in _GETS:
                 recent = [recent[1], memo.get(int(arg))]
-            elif name in _STRINGS:
-                value = arg.decode("latin-1") if isinstance(arg, bytes) else arg
-                recent = [recent[1], value]
+            elif name in _STRINGS:  # a Python 2 string as text under encoding='latin1'
+                recent = [recent[1], arg.decode("latin-1") if isinstance(arg, bytes) else arg]
             elif name not in _NO_PUSH:
                 recent = [recent[1], None]
         result.end = pos
-    except ValueError as e:  # genops: an opcode it cannot parse, or the data ends first
+    except ValueError:  # an opcode the C unpickler could not read either, or the data ends first
         result.end = pos
-        # pickletools' words for data that ends too soon (an unknown opcode or a negative count is no such end)
-        result.ran_out = any(words in str(e) for words in ("exhausted", "remain", "not enough data", "no newline"))
+        result.ran_out = stream.tell() >= len(data)  # a read went to the end: more data might have let it on
     result.whole = False
     return result

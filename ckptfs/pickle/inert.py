@@ -1,7 +1,11 @@
 """An inert pickle interpreter: reads any protocol (0-5), runs nothing.
 
 Opcodes are decoded inline (the frequent ones) or with `pickletools`'
-argument readers, which only parse. Nothing named in
+argument readers, which only parse; the arguments written as text lines
+(INT, LONG, FLOAT, STRING, GLOBAL, INST, GET, PUT) are read by readers of
+our own that accept exactly what the C unpickler (`pickle.load`) accepts,
+where pickletools is stricter: `I0x10` is 16 there (base 0), a STRING of
+UTF-8 bytes is text under torch's `encoding='utf-8'`. Nothing named in
 the pickle is imported or called: a global is a `Global` placeholder, and
 REDUCE, NEWOBJ, INST/OBJ and BUILD record what would have been called as a
 `Call`. A `known` table ({"module.name": build(args)}) may turn calls of
@@ -13,9 +17,11 @@ again by table lookup, without executing anything. A built value with a
 
 from __future__ import annotations
 
+import codecs
 import functools
 import io
 import pickletools
+import re
 import reprlib
 import struct
 from dataclasses import dataclass, field
@@ -164,7 +170,7 @@ class InertUnpickler:
         """The opcode loop: (position after STOP, the object).
 
         The most frequent opcodes of real checkpoints are decoded inline;
-        the rest go through `_BY_CODE` and pickletools' readers.
+        the rest go through `_BY_CODE` and its argument readers.
         """
         stack, memo, marks, stream = self.stack, self.memo, self.marks, self.stream
         push, call = stack.append, self._call
@@ -207,7 +213,7 @@ class InertUnpickler:
                 n = buf[pos]
                 if pos + 1 + n > end:
                     raise PickleError("pickle ended inside a string")
-                push(str(buf[pos + 1 : pos + 1 + n], "utf-8"))
+                push(str(buf[pos + 1 : pos + 1 + n], "utf-8", "surrogatepass"))
                 pos += 1 + n
             elif code == BININT:
                 push(unpack_int(buf, pos)[0])
@@ -297,11 +303,10 @@ class InertUnpickler:
 
     def _py2_string(self, arg):
         # Python 2 str: torch reads legacy checkpoints as UTF-8, falling back to bytes
-        if isinstance(arg, bytes):
-            try:
-                arg = arg.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
+        try:
+            arg = arg.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
         self._push(arg)
 
     op_STRING = op_BINSTRING = op_SHORT_BINSTRING = _py2_string
@@ -428,15 +433,16 @@ class InertUnpickler:
 
     # -- globals and calls (recorded, never made)
     def op_GLOBAL(self, arg):
-        module, name = arg.split(" ", 1)
-        self._push(self._global(module, name))
+        self._push(self._global(*arg))
 
     def op_STACK_GLOBAL(self, arg):
         name = self.stack.pop()
         module = self.stack.pop()
-        if not (isinstance(module, str) and isinstance(name, str)):
+        if not (isinstance(module, (str, bytes)) and isinstance(name, (str, bytes))):
             raise PickleError("STACK_GLOBAL needs two strings")
-        self._push(self._global(module, name))
+        # a Python 2 string that is not UTF-8 stays bytes here; an unpickler
+        # given encoding='latin1' (np.load's option) sees it as text: name that
+        self._push(self._global(*(s.decode("latin-1") if isinstance(s, bytes) else s for s in (module, name))))
 
     def _ext(self, arg):
         self._push(self._global("copyreg._extension_registry", str(arg)))
@@ -464,9 +470,8 @@ class InertUnpickler:
     # INST and OBJ (protocols 0 and 1) call the class with arguments, and
     # create a bare instance without
     def op_INST(self, arg):
-        module, name = arg.split(" ", 1)
         args = tuple(self._pop_mark())
-        self._push(self._call(self._global(module, name), args, None, "reduce" if args else "newobj"))
+        self._push(self._call(self._global(*arg), args, None, "reduce" if args else "newobj"))
 
     def op_OBJ(self, arg):
         items = self._pop_mark()
@@ -494,13 +499,146 @@ class InertUnpickler:
     op_FRAME = op_PROTO
 
 
-#: opcode byte -> (argument reader from pickletools, handler); STOP has no
-#: handler. Opcodes without a handler here (NEXT_BUFFER, READONLY_BUFFER:
-#: out-of-band buffers) are None: refused as unknown.
+# -- arguments written as lines, read as the C unpickler reads them
+
+
+def _line(f) -> bytes:
+    """One argument line, newline included, at least one byte before it."""
+    line = f.readline()
+    if not line.endswith(b"\n"):
+        raise ValueError("no newline found: the pickle ends inside an argument")
+    if len(line) < 2:
+        raise ValueError("empty argument line")
+    return line
+
+
+def _c_string(line: bytes) -> bytes:
+    """What C code reads of a line: up to its first NUL byte."""
+    return line.split(b"\0", 1)[0]
+
+
+#: what strtol(s, &end, 0) reads: spaces, a sign, then hex, octal or decimal digits
+_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))")
+
+
+def _read_int(f) -> int | bool:
+    """INT: strtol in base 0 (`0x10` is 16, `010` is 8), and Python's own
+    int(s, 0) for what strtol cannot hold or end at the newline; `00` and
+    `01` (any 3-byte line reading 0 or 1) are False and True."""
+    line = _line(f)
+    text = _c_string(line)
+    m = _STRTOL.match(text)
+    if m and text[m.end():m.end() + 1] in (b"\n", b""):
+        hexa, octal, decimal = m.group(2), m.group(3), m.group(4)
+        value = int(hexa, 16) if hexa else int(octal, 8) if octal else int(decimal)
+        value = -value if m.group(1) == b"-" else value
+        if -(1 << 63) <= value < 1 << 63:
+            return bool(value) if len(line) == 3 and value in (0, 1) else value
+    return int(text, 0)
+
+
+def _read_long(f) -> int:
+    """LONG: Python's int(s, 0), a trailing L dropped."""
+    line = _line(f)
+    if line[-2:-1] == b"L":
+        line = line[:-2]
+    return int(_c_string(line), 0)
+
+
+def _read_decimal(f) -> int:
+    """GET and PUT: a base-10 index."""
+    return int(_c_string(_line(f)), 10)
+
+
+_DOUBLE = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.IGNORECASE)
+
+
+def _read_float(f) -> float:
+    """FLOAT: PyOS_string_to_double, which reads no leading space and
+    refuses a value too large for a double."""
+    text = _c_string(_line(f))
+    m = _DOUBLE.match(text)
+    if not m or text[m.end():m.end() + 1] not in (b"\n", b""):
+        raise ValueError(f"FLOAT argument {text!r} is not a number")
+    value = float(m.group())
+    if value in (float("inf"), float("-inf")) and b"n" not in m.group().lower():
+        raise ValueError(f"FLOAT argument {text!r} is too large")
+    return value
+
+
+def _read_string(f) -> bytes:
+    """STRING: quoted alike at both ends, escapes undone; bytes, which the
+    handler decodes (as UTF-8, as torch does)."""
+    line = _line(f)[:-1]
+    if not (len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"')):
+        raise ValueError("the STRING opcode argument must be quoted")
+    return codecs.escape_decode(line[1:-1])[0]
+
+
+def _read_global(f) -> tuple[str, str]:
+    """GLOBAL: (module, name), two lines of UTF-8 (either may hold a space)."""
+    return _line(f)[:-1].decode("utf-8"), _line(f)[:-1].decode("utf-8")
+
+
+def _read_inst(f) -> tuple[str, str]:
+    """INST: (module, name), two lines of ASCII."""
+    return _line(f)[:-1].decode("ascii"), _line(f)[:-1].decode("ascii")
+
+
+def _read_binstring(size_reader):
+    def read(f) -> bytes:
+        n = size_reader(f)
+        if n < 0:
+            raise ValueError(f"negative string length {n}")
+        data = f.read(n)
+        if len(data) < n:
+            raise ValueError(f"expected {n} bytes in a string, but only {len(data)} remain")
+        return data
+
+    return read
+
+
+_READERS = {
+    "INT": _read_int, "LONG": _read_long, "FLOAT": _read_float, "STRING": _read_string,
+    "GLOBAL": _read_global, "INST": _read_inst, "GET": _read_decimal, "PUT": _read_decimal,
+    "BINSTRING": _read_binstring(pickletools.read_int4), "SHORT_BINSTRING": _read_binstring(pickletools.read_uint1),
+}
+
+
+def _reader(op: pickletools.OpcodeInfo):
+    return _READERS.get(op.name) or (op.arg.reader if op.arg else None)
+
+
+#: opcode byte -> (argument reader, handler); STOP has no handler.
+#: Opcodes without a handler here (NEXT_BUFFER, READONLY_BUFFER: out-of-band
+#: buffers) are None: refused as unknown.
 _BY_CODE: list = [None] * 256
 for _op in pickletools.opcodes:
     if _op.name == "STOP" or "op_" + _op.name in vars(InertUnpickler):
-        _BY_CODE[ord(_op.code)] = (_op.arg.reader if _op.arg else None, vars(InertUnpickler).get("op_" + _op.name))
+        _BY_CODE[ord(_op.code)] = (_reader(_op), vars(InertUnpickler).get("op_" + _op.name))
+#: opcode byte -> (name, argument reader), every opcode the C unpickler knows
+_OPCODES: list = [None] * 256
+for _op in pickletools.opcodes:
+    _OPCODES[ord(_op.code)] = (_op.name, _reader(_op))
+
+
+def read_opcodes(stream: io.BytesIO):
+    """(name, argument, position) of each opcode from the stream's position
+    to STOP, arguments read as by the interpreter: what `pickle.load` would
+    parse, without following the stack. Raises ValueError where `pickle.load`
+    could not read on (an unknown opcode, a malformed argument, the end)."""
+    while True:
+        pos = stream.tell()
+        code = stream.read(1)
+        if not code:
+            raise ValueError("the pickle ends without STOP")
+        entry = _OPCODES[code[0]]
+        if entry is None:
+            raise ValueError(f"unknown opcode {code!r}")
+        name, reader = entry
+        yield name, reader(stream) if reader else None, pos
+        if name == "STOP":
+            return
 _CODE = {op.name: ord(op.code) for op in pickletools.opcodes}
 #: the opcodes `_run` decodes inline, in the order it tests them
 _HOT = tuple(_CODE[name] for name in (
