@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import sys
 import sysconfig
 
@@ -78,7 +79,7 @@ def install(root: str = "/") -> list[str]:
     for path, (text, mode) in files.items():
         if os.path.isfile(path) and not os.path.islink(path):
             with open(path) as f:
-                if f.read() == text:
+                if f.read() == text and stat.S_IMODE(os.stat(path).st_mode) == mode:
                     done.append(f"{path}: up to date")
                     continue
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -58,13 +58,14 @@ def installed_helper():
     from ckptfs import install
 
     paths = [Path(p) for p in install._paths("/")]
-    before = {p: p.read_bytes() for p in paths if p.is_file()}
+    before = {p: (p.read_bytes(), p.stat().st_mode) for p in paths if p.is_file()}
     done = run_ckptfs("install-helper")
     assert done.returncode == 0, done.stderr
     yield Path("/", install.HELPER)
     for path in paths:
         if path in before:
-            path.write_bytes(before[path])
+            path.write_bytes(before[path][0])
+            path.chmod(before[path][1])
         else:
             path.unlink(missing_ok=True)
 

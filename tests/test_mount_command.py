@@ -54,6 +54,9 @@ def test_install_helper_is_idempotent_refuses_foreign_files_and_uninstalls(tmp_p
     assert (root / "usr/local/share/man/man1/ckptfs.1").read_text().startswith('.\\" made from')
     again = run_ckptfs("install-helper", "--root", root)
     assert again.returncode == 0 and again.stderr.count(": up to date") == 4, again.stderr
+    helper.chmod(0o644)  # its text right, its mode lost: mount(8) could not run it
+    mended = run_ckptfs("install-helper", "--root", root)
+    assert mended.returncode == 0 and f"{helper}: written" in mended.stderr and os.access(helper, os.X_OK)
     helper.write_text("#!/bin/sh\nexec /opt/other/ckptfs \"$@\"\n")  # somebody else's helper
     refused = run_ckptfs("install-helper", "--root", root)
     assert refused.returncode == 1 and "was not written by ckptfs install-helper" in refused.stderr
