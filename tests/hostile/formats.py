@@ -5,13 +5,20 @@ members."""
 
 from __future__ import annotations
 
+import errno
+import gzip
 import io
 import os
+import random
+import tarfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ckptfs.formats import default_cache_dir, gzindex, open_checkpoint
 
 from . import Case
 
@@ -54,9 +61,89 @@ def _each_bad_name_breaks_only_itself(mnt: Path, source: Path) -> None:
             assert np.load(mnt / path).tolist() == archive[key].tolist(), key
 
 
+def gzip_nemo(path: Path, seed: int = 0) -> bytes:
+    """A gzip .nemo of a config and 4 MiB of random bytes (which gzip keeps
+    in stored blocks, so 64 bytes flipped there change what it inflates to
+    and not how much: only the CRC can tell). Returns the tar's bytes."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w:") as tf:
+        for name, data in (("./model_config.yaml", b"lr: 1\n"), ("./weights.bin", random.Random(seed).randbytes(4 << 20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(plain.getvalue(), mtime=0))
+    return plain.getvalue()
+
+
+def flip_in_place(path: Path, count: int = 64) -> None:
+    """`count` bytes in the middle of the file flipped where they are, the
+    file's times put back: its device, inode, size and mtime stay."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        damaged = bytes(b ^ 0xFF for b in f.read(count))
+        f.seek(st.st_size // 2)
+        f.write(damaged)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def damaged_stretch(path: Path, plain: bytes) -> tuple[int, int]:
+    """Where the damaged file inflates to other bytes than `plain`
+    (inflated without a CRC check): [first, last]."""
+    inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(path.read_bytes()[10:])  # past gzip's 10-byte header
+    assert len(inflated) == len(plain), "the damage must keep the length"
+    differ = [i for i in range(len(plain)) if inflated[i] != plain[i]]
+    return differ[0], differ[-1]
+
+
+def _gzip_nemo_damaged_inside(tmp_path: Path) -> Path:
+    path = tmp_path / "damaged.nemo"
+    gzip_nemo(path)
+    flip_in_place(path)
+    return path
+
+
+def _gzip_nemo_damaged_after_indexing(tmp_path: Path) -> Path:
+    """Indexed by a first mount's reading (in the cache a mount uses by
+    default), then damaged in place: the cached index still matches it."""
+    path = tmp_path / "rotted.nemo"
+    plain = gzip_nemo(path)
+    open_checkpoint(str(path), default_cache_dir())
+    flip_in_place(path)
+    (tmp_path / "rotted.tar").write_bytes(plain)
+    return path
+
+
+def _never_serves_other_bytes(mnt: Path, source: Path) -> None:
+    plain = (source.parent / "rotted.tar").read_bytes()
+    first, last = damaged_stretch(source, plain)
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tf:
+        start = tf.getmember("./weights.bin").offset_data
+    fd = os.open(mnt / "weights.bin", os.O_RDONLY)
+    try:
+        for offset in (first - start - 1000, first - start, (first + last) // 2 - start - (64 << 10)):
+            try:
+                got = os.pread(fd, 128 << 10, offset)
+            except OSError as e:
+                assert e.errno == errno.EIO and offset >= first - start - 4096, (offset, e)
+            else:  # a short read of what lies before the damaged span, never a byte of it
+                assert start + offset + len(got) <= first, f"{len(got)} bytes read at {offset}, past the damage"
+                assert got == plain[start + offset:start + offset + len(got)]
+        assert os.pread(fd, 4096, 0) == plain[start:start + 4096]  # a span far from the damage still reads
+    finally:
+        os.close(fd)
+        stem = os.path.join(default_cache_dir(), "gzindex", gzindex._cache_key(os.stat(source)))
+        for suffix in (".json", ".gzidx"):
+            Path(stem + suffix).unlink(missing_ok=True)
+
+
 CASES = {
     "an npz with two records of one name": Case(_npz_of_a_duplicate_record, "served", "np.load reads that one",
                                                 check=_serves_the_last_record),
     "npz records named /abs, x//y, ../../evil and under a file": Case(_npz_of_bad_names, "served", "left out",
                                                                         check=_each_bad_name_breaks_only_itself),
+    "a gzip .nemo with 64 bytes flipped that only its CRC tells": Case(_gzip_nemo_damaged_inside, "refused",
+                                                                       "gzip stream is truncated or corrupt"),
+    "a gzip .nemo damaged after a first mount indexed it": Case(_gzip_nemo_damaged_after_indexing, "served",
+                                                                check=_never_serves_other_bytes),
 }
