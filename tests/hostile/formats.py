@@ -10,6 +10,7 @@ import gzip
 import io
 import os
 import random
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -137,6 +138,18 @@ def _never_serves_other_bytes(mnt: Path, source: Path) -> None:
             Path(stem + suffix).unlink(missing_ok=True)
 
 
+def _gguf_of_bool_arrays(tmp_path: Path) -> Path:
+    """90 arrays of a million booleans: a 90 MB header, under max_header_bytes,
+    that would render to gigabytes of YAML."""
+    path = tmp_path / "bools.gguf"
+    with open(path, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 90))
+        for i in range(90):
+            key = f"bools.{i}".encode()
+            f.write(struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 7, 1_000_000) + b"\1\0" * 500_000)
+    return path
+
+
 CASES = {
     "an npz with two records of one name": Case(_npz_of_a_duplicate_record, "served", "np.load reads that one",
                                                 check=_serves_the_last_record),
@@ -146,4 +159,6 @@ CASES = {
                                                                        "gzip stream is truncated or corrupt"),
     "a gzip .nemo damaged after a first mount indexed it": Case(_gzip_nemo_damaged_after_indexing, "served",
                                                                 check=_never_serves_other_bytes),
+    "GGUF metadata of 90 arrays of a million booleans": Case(_gguf_of_bool_arrays, "served",
+                                                             "past the max_yaml_values this file shows"),
 }
