@@ -217,3 +217,19 @@ def test_a_record_no_path_can_hold_breaks_only_itself(tmp_path, mount):
     assert after == {**expected, "ok": [80], "x//y": [30]}  # the records left out are kept as they were
     with zipfile.ZipFile(archive) as z:
         assert z.read("folder/") == b"bytes a folder record holds" and z.testzip() is None
+
+
+def test_a_record_that_is_no_array_is_the_file_np_load_returns(tmp_path, mount):
+    archive = tmp_path / "mixed.npz"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("text.npy", b"not an array")  # np.load returns these bytes
+        z.writestr("broken.npy", b"\x93NUMPY\x01\x00\x04\x00{}\n")  # np.load raises
+        z.writestr("a.npy", _npy(np.arange(3)))
+    with np.load(archive) as loaded:
+        assert loaded["text"] == b"not an array"
+    mnt = mount(archive, "-o", "ro")
+    assert (mnt / "text.npy").read_bytes() == b"not an array"
+    assert (mnt / "broken.npy").read_bytes() == b"\x93NUMPY\x01\x00\x04\x00{}\n"
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any(n.startswith("'broken.npy' is shown as the plain file it is") for n in notes), notes
+    assert (mnt / ".ckptfs" / "tensors.tsv").read_text().count("\n") == 2  # a.npy alone, under its header line

@@ -34,6 +34,8 @@ from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Record, ZipBlob
 
 SUFFIX = ".npy"
+#: what np.load looks for to read a record as an array (numpy.lib.format.MAGIC_PREFIX)
+NPY_PREFIX = b"\x93NUMPY"
 #: the most of a record read for its NPY header
 HEADER_BYTES = 65536
 
@@ -95,36 +97,45 @@ def _place(layout: Layout, source: Source, info: zipfile.ZipInfo, name: str) -> 
         return None, "a folder record that holds bytes" if info.file_size else ""
     parts = names.file_parts(info.filename)
     try:
-        file, tensor = _record_file(record_source(source, info, name), info.filename, name)
+        file, tensor, unreadable = _record_file(record_source(source, info, name), info.filename)
         layout.root.subdir(parts[:-1]).add(parts[-1], file)
     except FormatError as e:
         return None, e.problem
     except PathConflict:
         return None, "another record needs its path (a file where it needs a folder, or the reverse)"
+    if unreadable:
+        layout.notes.append(f"{info.filename!r} is shown as the plain file it is: {unreadable} (np.load cannot "
+                            "read it)")
     path = "/".join(parts)
     if tensor is not None:
         layout.placed.append(PlacedTensor(path, tensor))
     return path, ""
 
 
-def _record_file(data: Source, record: str, name: str) -> tuple[File, Tensor | None]:
+def _record_file(data: Source, record: str) -> tuple[File, Tensor | None, str]:
+    """A record's file, its tensor when it is one, and why np.load cannot
+    read it as an array when it starts as NPY does but cannot be (empty
+    otherwise). np.load returns the bytes of a record that does not start
+    as NPY does, so such a record is a plain file whatever its name."""
     file = File(Content([Extent(data, 0, data.size)]))
     if not record.endswith(SUFFIX):
-        return file, None
-    key = record[: -len(SUFFIX)]
+        return file, None, ""
     head = data.pread(0, min(data.size, HEADER_BYTES))
+    if not head.startswith(NPY_PREFIX):
+        return file, None, ""
     try:
         descr, shape, start = npy.parse_header(head, record)
     except ValueError as e:
-        raise FormatError(name, str(e)) from None
+        return file, None, str(e)
+    key = record[: -len(SUFFIX)]
     dtype = npy.dtype_of(descr, None)
     nbytes = dtype.nbytes(math.prod(shape)) if dtype is not None else None
     if nbytes is None or start + nbytes != data.size:
-        return file, None  # an array but no tensor (objects, strings, structured): the file as it is
+        return file, None, ""  # an array but no tensor (objects, strings, structured): the file as it is
     tensor = Tensor(key, dtype, tuple(shape), Extent(data, start, nbytes))
     # the same bytes, as every tensor's file holds them: its NPY header, then its data
     xattrs = {"ckptfs.name": key, "ckptfs.dtype": dtype.name, "ckptfs.shape": shape_text(shape)}
-    return File(Content([head[:start], tensor.data]), xattrs=xattrs), tensor
+    return File(Content([head[:start], tensor.data]), xattrs=xattrs), tensor, ""
 
 
 class Writer(FileWriter):
