@@ -19,6 +19,7 @@ from ckptfs.sources.base import FileSource
 from ckptfs.sources.deflate import DeflateSource
 
 from .conftest import run_ckptfs, sha256, write_refused
+from .hostile.formats import empty_records_zip
 
 ARRAYS = {
     "weight": np.random.default_rng(0).standard_normal((257, 129)).astype(np.float32),
@@ -217,6 +218,18 @@ def test_a_record_no_path_can_hold_breaks_only_itself(tmp_path, mount):
     assert after == {**expected, "ok": [80], "x//y": [30]}  # the records left out are kept as they were
     with zipfile.ZipFile(archive) as z:
         assert z.read("folder/") == b"bytes a folder record holds" and z.testzip() is None
+
+
+def test_an_archive_of_more_records_than_max_members_is_refused_before_zipfile_reads_them(tmp_path, mount):
+    path = empty_records_zip(tmp_path / "many.npz", 1001)
+    mnt = tmp_path / "refused"
+    mnt.mkdir()
+    done = run_ckptfs("mount", path, mnt, "-o", "ro,max_members=1000")
+    assert done.returncode == 1 and done.stderr == f"ckptfs: {path}: more than 1000 records (-o max_members raises the limit)\n"
+    served = mount(path, "-o", "ro,max_members=1001")
+    assert len(os.listdir(served)) == 1002  # the empty records: plain files, the bytes np.load returns
+    done = run_ckptfs("mount", path, mnt, "-o", "ro,max_header_bytes=1000")
+    assert done.returncode == 1 and "a central directory of 58058 bytes, more than max_header_bytes" in done.stderr
 
 
 def test_a_record_that_is_no_array_is_the_file_np_load_returns(tmp_path, mount):

@@ -20,8 +20,8 @@ from ckptfs.formats import gzindex
 from ckptfs.sources.base import FileSource
 from ckptfs.sources.gzip import SPAN, Inflated, SpanSums
 
-from .conftest import FIXTURES, run_ckptfs
-from .hostile.formats import damaged_stretch, flip_in_place, gzip_nemo
+from .conftest import FIXTURES, is_mounted, run_ckptfs
+from .hostile.formats import damaged_stretch, empty_members_tar, flip_in_place, gzip_nemo
 
 TINY = FIXTURES / "nemo" / "tiny.nemo"
 
@@ -271,3 +271,17 @@ def test_the_gzip_index_is_read_in_one_pass_that_never_seeks_back_far(tmp_path):
         with pytest.raises(OSError, match="no tar header is that long"):
             stream.read(2 << 20)
 
+
+def test_an_archive_of_more_members_than_max_members_is_refused_in_one_line(tmp_path, mount):
+    path = empty_members_tar(tmp_path / "many.nemo", 1001)
+    mnt = tmp_path / "refused"
+    mnt.mkdir()
+    done = run_ckptfs("mount", path, mnt, "-o", "ro,max_members=1000")
+    assert done.returncode == 1 and done.stderr == f"ckptfs: {path}: more than 1000 members (-o max_members raises the limit)\n"
+    assert not is_mounted(mnt)
+    served = mount(path, "-o", "ro,max_members=1001")
+    assert len(os.listdir(served)) == 1002 and (served / "m0001000").read_bytes() == b""
+    packed = tmp_path / "many.gz.nemo"  # a gzip one is counted as it is inflated
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    done = run_ckptfs("mount", packed, mnt, "-o", "ro,max_members=1000")
+    assert done.returncode == 1 and "more than 1000 members" in done.stderr and not is_mounted(mnt)

@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 
 from ..errors import EditRefused, FormatError, RepackError
+from ..limits import LIMITS
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
@@ -34,6 +35,7 @@ from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Record, ZipBlob
 
 SUFFIX = ".npy"
+CENTRAL_SIGNATURE = b"PK\x01\x02"
 #: what np.load looks for to read a record as an array (numpy.lib.format.MAGIC_PREFIX)
 NPY_PREFIX = b"\x93NUMPY"
 #: the most of a record read for its NPY header
@@ -52,10 +54,31 @@ def records_of(source: Source, name: str) -> list[zipfile.ZipInfo]:
     """Every record of the archive, in its order, as zipfile reads them
     (a name cut at its first NUL, as `np.load` sees it)."""
     try:
-        return zipfile.ZipFile(SeekableReader(source)).infolist()
+        return zipfile.ZipFile(_Bounded(source, name)).infolist()
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError, OSError,
             struct.error) as e:
         raise FormatError(name, f"not a readable zip archive: {e}") from None
+
+
+class _Bounded(SeekableReader):
+    """The archive as zipfile reads it, within the budgets. zipfile reads
+    the central directory in one piece before it makes a record of each
+    entry: a read longer than `max_header_bytes`, or one holding more entry
+    signatures (at least one each) than `max_members`, is refused first."""
+
+    def __init__(self, source: Source, name: str):
+        super().__init__(source)
+        self.name = name
+
+    def read(self, n: int = -1) -> bytes:
+        wanted = self.source.size - self.pos if n is None or n < 0 else n
+        if wanted > LIMITS.header_bytes:
+            raise FormatError(self.name, f"a central directory of {wanted} bytes, more than max_header_bytes "
+                                         "(-o max_header_bytes raises the limit)")
+        data = super().read(n)
+        if data.count(CENTRAL_SIGNATURE) > LIMITS.members:
+            raise FormatError(self.name, f"more than {LIMITS.members} records (-o max_members raises the limit)")
+        return data
 
 
 @dataclass

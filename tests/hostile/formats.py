@@ -150,6 +150,41 @@ def _gguf_of_bool_arrays(tmp_path: Path) -> Path:
     return path
 
 
+def empty_members_tar(path: Path, count: int) -> Path:
+    """A ustar archive of `count` empty files (a 512-byte header each), made
+    from one header with its name and checksum changed: tarfile would take
+    a minute for a million."""
+    template = bytearray(tarfile.TarInfo("x" * 8).tobuf(tarfile.USTAR_FORMAT))
+    template[148:156] = b" " * 8
+    base = sum(template) - sum(b"x" * 8)
+    with open(path, "wb") as f:
+        block = bytearray()
+        for i in range(count):
+            name = b"m%07d" % i
+            template[0:8] = name
+            template[148:156] = b"%06o\0 " % (base + sum(name))
+            block += template
+            if len(block) >= 1 << 22:
+                f.write(block)
+                block.clear()
+        f.write(block + bytes(1024))
+    return path
+
+
+def empty_records_zip(path: Path, count: int) -> Path:
+    """A zip of `count` empty stored `.npy` records, written directly."""
+    local, central = bytearray(), bytearray()
+    for i in range(count):
+        name = b"r%07d.npy" % i
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, 0, 0, 0, len(name), 0, 0,
+                               0, 0, 0, len(local)) + name
+        local += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0x21, 0, 0, 0, len(name), 0) + name
+    count16 = min(count, 0xFFFF)
+    path.write_bytes(local + central + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count16, count16,
+                                                   len(central), len(local), 0))
+    return path
+
+
 CASES = {
     "an npz with two records of one name": Case(_npz_of_a_duplicate_record, "served", "np.load reads that one",
                                                 check=_serves_the_last_record),
@@ -161,4 +196,8 @@ CASES = {
                                                                 check=_never_serves_other_bytes),
     "GGUF metadata of 90 arrays of a million booleans": Case(_gguf_of_bool_arrays, "served",
                                                              "past the max_yaml_values this file shows"),
+    "a .nemo of a million empty members": Case(lambda tmp: empty_members_tar(tmp / "many.nemo", 1_000_000),
+                                               "refused", "more than 200000 members"),
+    "an .npz of a million empty records": Case(lambda tmp: empty_records_zip(tmp / "many.npz", 1_000_000),
+                                               "refused", "more than 200000 records"),
 }
