@@ -331,3 +331,12 @@ def test_numbers_count_against_max_yaml_values_and_arrays_past_it_are_kept(tmp_p
                                                                                          GGUFValueType.INT32]
     assert fields["third"].contents() == [2.5] and fields["scalar"].contents() == 8
     assert fields["first"].contents() == [True, False] * 3
+
+
+def test_more_tensors_than_max_members_or_keys_than_max_yaml_values_are_refused(model, mnt):
+    tensors = len(PLAIN) + len(QUANTIZED) + len(RAW_BLOCKS)
+    keys = 9  # general.architecture and the eight write_model adds
+    for option, problem in ((f"max_members={tensors - 1}", f"{tensors} tensors, more than max_members"),
+                            (f"max_yaml_values={keys - 1}", f"{keys} keys, more than max_yaml_values")):
+        done = run_ckptfs("mount", model, mnt, "-o", f"ro,{option}")
+        assert done.returncode == 1 and done.stderr.startswith(f"ckptfs: {model}: {problem} (-o "), done.stderr

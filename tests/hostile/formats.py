@@ -185,6 +185,25 @@ def empty_records_zip(path: Path, count: int) -> Path:
     return path
 
 
+def _gguf_of_a_million_tensors(tmp_path: Path) -> Path:
+    """A million F32 tensors of 8 values (40 MB of tensor infos): each would
+    be a folder of two files."""
+    path = tmp_path / "tensors.gguf"
+    infos = b"".join(struct.pack("<Q", 8) + b"t%07d" % i + struct.pack("<IQIQ", 1, 8, 0, 32 * i)
+                     for i in range(1_000_000))
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1_000_000, 0) + infos
+    path.write_bytes(head + bytes(-len(head) % 32 + 32_000_000))
+    return path
+
+
+def _gguf_of_millions_of_keys(tmp_path: Path) -> Path:
+    """4.5 million u8 keys in a 94 MB header: each would be a line of metadata.yaml."""
+    path = tmp_path / "keys.gguf"
+    keys = b"".join(struct.pack("<Q", 8) + b"k%07d" % i + b"\0\0\0\0\1" for i in range(4_500_000))
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 4_500_000) + keys)
+    return path
+
+
 CASES = {
     "an npz with two records of one name": Case(_npz_of_a_duplicate_record, "served", "np.load reads that one",
                                                 check=_serves_the_last_record),
@@ -196,6 +215,8 @@ CASES = {
                                                                 check=_never_serves_other_bytes),
     "GGUF metadata of 90 arrays of a million booleans": Case(_gguf_of_bool_arrays, "served",
                                                              "past the max_yaml_values this file shows"),
+    "a GGUF of a million tensors": Case(_gguf_of_a_million_tensors, "refused", "more than max_members"),
+    "a GGUF of 4.5 million keys": Case(_gguf_of_millions_of_keys, "refused", "more than max_yaml_values"),
     "a .nemo of a million empty members": Case(lambda tmp: empty_members_tar(tmp / "many.nemo", 1_000_000),
                                                "refused", "more than 200000 members"),
     "an .npz of a million empty records": Case(lambda tmp: empty_records_zip(tmp / "many.npz", 1_000_000),
