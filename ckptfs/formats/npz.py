@@ -5,12 +5,14 @@ Each record is shown as the `.npy` file it holds, at its own path: a stored
 record is served straight from the archive, a deflated one through a
 seekable inflater (`sources.deflate`). An array that is a tensor (a dtype
 ckptfs knows, C order) is listed as one, under its key (the record's name
-without `.npy`, as `np.load` names it).
+without `.npy`, as `np.load` names it). Records are taken as np.load takes
+them, through zipfile: of two records of one name, the last; a record
+whose name no path can hold beside the others is left out alone.
 
 Writable: the repack copies unchanged records as they are (compressed or
-not, CRC kept) and writes edited and new files as stored records; a removed
-file's record is left out. `np.load` reads the result as it reads what
-`numpy.savez` writes.
+not, CRC kept), and those the mount left out, and writes edited and new
+files as stored records; a removed file's record is left out. `np.load`
+reads the result as it reads what `numpy.savez` writes.
 """
 
 from __future__ import annotations
