@@ -41,7 +41,7 @@ mount options (-o, comma-separated):
   debug, log_level=LEVEL, log_file=PATH, cache_dir=PATH  as the long options
   max_NAME=N         raise a bound on what a checkpoint may make ckptfs spend: max_pickle_ops,
                      max_pickle_memo, max_pickle_nesting, max_pickle_bytes, max_yaml_values,
-                     max_header_bytes (defaults in docs/security.md)
+                     max_header_bytes, max_members (defaults in docs/security.md)
   block_size=8M      a remote source's largest range request (docs/remote.md)
   cache_memory=256M  remote bytes kept in memory
   cache_disk=2G      remote bytes kept on disk under the cache dir across mounts (0: none)

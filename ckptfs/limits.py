@@ -25,6 +25,8 @@ class Limits:
     yaml_values: int = 1_000_000
     #: bytes of a safetensors JSON header (the safetensors library's own limit)
     header_bytes: int = 100_000_000
+    #: members of one archive: a tar's (every header), a zip's records
+    members: int = 200_000
 
 
 #: the bounds of this process; `apply` sets them from mount options

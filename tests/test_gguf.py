@@ -301,3 +301,42 @@ def test_a_tensor_past_the_end_is_left_out_with_a_note(model, tmp_path):
     info = json.loads(run_ckptfs("info", "--json", str(cut)).stdout)
     assert any("run past the end of the file" in note for note in info["notes"])
     assert info["tensors"] >= len(PLAIN) - 1
+
+
+def test_numbers_count_against_max_yaml_values_and_arrays_past_it_are_kept(tmp_path, mount):
+    """metadata.yaml shows at most max_yaml_values values, numbers counted
+    as strings are: an array that would pass the bound shows as `[]` and is
+    written back as it was; values written in its place replace it."""
+    source = tmp_path / "arrays.gguf"
+    w = GGUFWriter(str(source), "llama")
+    w.add_array("first", [True, False] * 3)  # 6 values
+    w.add_array("second", list(range(10)))  # 10 would pass 12: elided
+    w.add_uint32("scalar", 7)  # 1
+    w.add_array("third", [0.5] * 5)  # 5: elided too (5 left)
+    w.add_array("fourth", [1, 2])  # 2: shown
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    mnt = mount(source, "-o", "max_yaml_values=12")
+    text = (mnt / "metadata.yaml").read_text()
+    shown = yaml.load(text, Loader=TypedLoader)
+    assert shown["first"] == [True, False] * 3 and shown["fourth"] == ("i32", [1, 2]) and shown["scalar"] == ("u32", 7)
+    assert shown["second"] == ("i32", []) and shown["third"] == ("f32", [])
+    assert "second: !i32 []  # ckptfs: 10 values, past the max_yaml_values" in text
+    (mnt / "metadata.yaml").write_text(text.replace("scalar: !u32 7", "scalar: !u32 8")
+                                       .replace("third: !f32 []", "third: !f32 [2.5]"))
+    assert umount(mnt).returncode == 0
+    fields = {f.name: f for f in GGUFReader(str(source)).fields.values()}
+    assert fields["second"].contents() == list(range(10)) and fields["second"].types == [GGUFValueType.ARRAY,
+                                                                                         GGUFValueType.INT32]
+    assert fields["third"].contents() == [2.5] and fields["scalar"].contents() == 8
+    assert fields["first"].contents() == [True, False] * 3
+
+
+def test_more_tensors_than_max_members_or_keys_than_max_yaml_values_are_refused(model, mnt):
+    tensors = len(PLAIN) + len(QUANTIZED) + len(RAW_BLOCKS)
+    keys = 9  # general.architecture and the eight write_model adds
+    for option, problem in ((f"max_members={tensors - 1}", f"{tensors} tensors, more than max_members"),
+                            (f"max_yaml_values={keys - 1}", f"{keys} keys, more than max_yaml_values")):
+        done = run_ckptfs("mount", model, mnt, "-o", f"ro,{option}")
+        assert done.returncode == 1 and done.stderr.startswith(f"ckptfs: {model}: {problem} (-o "), done.stderr

@@ -1,21 +1,25 @@
 """NumPy `.npz` archives (numpy.savez and savez_compressed): read through a
 real mount equal to np.load, random reads of deflated records, edits
-repacked into an archive np.load reads, bad archives refused in one line."""
+repacked into an archive np.load reads, bad archives refused in one line,
+records of one name or of names no path holds shown as np.load reads them."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
+import yaml
 
 from ckptfs.sources.base import FileSource
 from ckptfs.sources.deflate import DeflateSource
 
 from .conftest import run_ckptfs, sha256, write_refused
+from .hostile.formats import empty_records_zip
 
 ARRAYS = {
     "weight": np.random.default_rng(0).standard_normal((257, 129)).astype(np.float32),
@@ -147,3 +151,98 @@ def test_export_and_scan_of_an_npz(archive, tmp_path):
         assert np.array_equal(array, ARRAYS[key]) and array.dtype == np.asarray(ARRAYS[key]).dtype
     scanned = run_ckptfs("scan", str(archive))
     assert scanned.returncode == 0 and "safe: no pickles" in scanned.stdout
+
+
+def _odd_archive(path, records: list[tuple[str, np.ndarray]]):
+    with warnings.catch_warnings():  # zipfile warns of a duplicate name: that is the point
+        warnings.simplefilter("ignore")
+        with zipfile.ZipFile(path, "w") as z:
+            for name, array in records:
+                z.writestr(name, _npy(array))
+    return path
+
+
+def _loaded(path) -> dict:
+    with np.load(path) as archive:
+        return {key: (lambda v: v if isinstance(v, bytes) else v.tolist())(archive[key]) for key in archive.files}
+
+
+def test_of_two_records_of_one_name_the_mount_shows_what_np_load_reads(tmp_path, mount):
+    archive = _odd_archive(tmp_path / "twice.npz", [("w.npy", np.array([1, 1])), ("b.npy", np.arange(3)),
+                                                    ("w.npy", np.array([9, 9]))])
+    assert _loaded(archive)["w"] == [9, 9]
+    mnt = mount(archive)
+    assert np.load(mnt / "w.npy").tolist() == [9, 9]
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert any("'w.npy'" in note and "np.load reads" in note for note in info["notes"]), info["notes"]
+    np.save(mnt / "b.npy", np.arange(4))  # an edit elsewhere: w is copied, once, the one shown
+    assert run_ckptfs("umount", mnt).returncode == 0
+    with zipfile.ZipFile(archive) as z:
+        assert [i.filename for i in z.infolist()] == ["b.npy", "w.npy"]
+    assert _loaded(archive) == {"w": [9, 9], "b": [0, 1, 2, 3]}
+
+    _odd_archive(archive, [("w.npy", np.array([1, 1])), ("w.npy", np.array([9, 9]))])
+    mnt = mount(archive)
+    np.save(mnt / "w.npy", np.array([5, 5]))  # the edited one replaces the one shown, and only it is written
+    assert run_ckptfs("umount", mnt).returncode == 0
+    with zipfile.ZipFile(archive) as z:
+        assert [i.filename for i in z.infolist()] == ["w.npy"]
+    assert _loaded(archive) == {"w": [5, 5]}
+
+
+def test_a_record_no_path_can_hold_breaks_only_itself(tmp_path, mount):
+    records = [("/abs.npy", np.array([2])), ("x//y.npy", np.array([3])), ("x/z.npy", np.array([4])),
+               ("../../evil.npy", np.array([5])), ("f.npy", np.array([6])), ("f.npy/g.npy", np.array([7])),
+               ("ok.npy", np.array([8]))]
+    archive = _odd_archive(tmp_path / "names.npz", records)
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("folder/", b"bytes a folder record holds")  # np.load returns them for key 'folder/'
+    expected = _loaded(archive)
+    mnt = mount(archive)
+    assert sorted(os.listdir(mnt)) == sorted([".ckptfs", "%", "x", "%2E%2E", "f.npy", "ok.npy"])
+    assert sorted(os.listdir(mnt / "x")) == ["%", "z.npy"]
+    served = {"/abs": "%/abs.npy", "x//y": "x/%/y.npy", "x/z": "x/z.npy", "../../evil": "%2E%2E/%2E%2E/evil.npy",
+              "f": "f.npy", "ok": "ok.npy"}
+    for key, path in served.items():
+        assert np.load(mnt / path).tolist() == expected[key], key
+        assert os.getxattr(mnt / path, "user.ckptfs.name").decode() == key  # the tensor's name is np.load's key
+    notes = "\n".join(yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"])
+    assert "'f.npy/g.npy' left out" in notes and "'folder/' left out" in notes
+    tsv = (mnt / ".ckptfs" / "tensors.tsv").read_text()
+    assert "\n%2E%2E/%2E%2E/evil.npy\t../../evil\t" in tsv  # the path escaped, the name as np.load gives it
+    assert not any(line.startswith(("../", "/")) for line in tsv.splitlines())
+    np.save(mnt / "ok.npy", np.array([80]))
+    np.save(mnt / "x" / "%" / "y.npy", np.array([30]))  # an edit of a record whose name holds an empty part
+    assert run_ckptfs("umount", mnt).returncode == 0
+    after = _loaded(archive)
+    assert after == {**expected, "ok": [80], "x//y": [30]}  # the records left out are kept as they were
+    with zipfile.ZipFile(archive) as z:
+        assert z.read("folder/") == b"bytes a folder record holds" and z.testzip() is None
+
+
+def test_an_archive_of_more_records_than_max_members_is_refused_before_zipfile_reads_them(tmp_path, mount):
+    path = empty_records_zip(tmp_path / "many.npz", 1001)
+    mnt = tmp_path / "refused"
+    mnt.mkdir()
+    done = run_ckptfs("mount", path, mnt, "-o", "ro,max_members=1000")
+    assert done.returncode == 1 and done.stderr == f"ckptfs: {path}: more than 1000 records (-o max_members raises the limit)\n"
+    served = mount(path, "-o", "ro,max_members=1001")
+    assert len(os.listdir(served)) == 1002  # the empty records: plain files, the bytes np.load returns
+    done = run_ckptfs("mount", path, mnt, "-o", "ro,max_header_bytes=1000")
+    assert done.returncode == 1 and "a central directory of 58058 bytes, more than max_header_bytes" in done.stderr
+
+
+def test_a_record_that_is_no_array_is_the_file_np_load_returns(tmp_path, mount):
+    archive = tmp_path / "mixed.npz"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("text.npy", b"not an array")  # np.load returns these bytes
+        z.writestr("broken.npy", b"\x93NUMPY\x01\x00\x04\x00{}\n")  # np.load raises
+        z.writestr("a.npy", _npy(np.arange(3)))
+    with np.load(archive) as loaded:
+        assert loaded["text"] == b"not an array"
+    mnt = mount(archive, "-o", "ro")
+    assert (mnt / "text.npy").read_bytes() == b"not an array"
+    assert (mnt / "broken.npy").read_bytes() == b"\x93NUMPY\x01\x00\x04\x00{}\n"
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any(n.startswith("'broken.npy' is shown as the plain file it is") for n in notes), notes
+    assert (mnt / ".ckptfs" / "tensors.tsv").read_text().count("\n") == 2  # a.npy alone, under its header line

@@ -2,6 +2,7 @@
 against Python's tarfile, byte for byte."""
 
 import concurrent.futures
+import errno
 import gzip
 import io
 import json
@@ -12,9 +13,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import rapidgzip
 import yaml
 
-from .conftest import FIXTURES
+from ckptfs.formats import gzindex
+from ckptfs.sources.base import FileSource
+from ckptfs.sources.gzip import SPAN, Inflated, SpanSums
+
+from .conftest import FIXTURES, is_mounted, run_ckptfs
+from .hostile.formats import damaged_stretch, empty_members_tar, flip_in_place, gzip_nemo
 
 TINY = FIXTURES / "nemo" / "tiny.nemo"
 
@@ -206,3 +213,75 @@ def test_gzip_members_without_gzip_module_match_plain(tmp_path):
     files_a = {p: n.content.read(0, n.content.size) for p, n in a.root.walk() if hasattr(n, "content")}
     files_b = {p: n.content.read(0, n.content.size) for p, n in b.root.walk() if hasattr(n, "content")}
     assert files_a == files_b and len(files_a) >= 7
+
+
+def test_a_gzip_stream_only_its_crc_shows_damaged_is_refused_at_its_first_mount(tmp_path):
+    path = tmp_path / "damaged.nemo"
+    plain = gzip_nemo(path)
+    flip_in_place(path)
+    damaged_stretch(path, plain)  # inflates to as many bytes as before: only the CRC tells
+    done = run_ckptfs("info", path)
+    assert done.returncode == 1 and done.stderr.startswith(f"ckptfs: {path}: gzip stream is truncated or corrupt")
+    assert "CRC" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_a_gzip_file_damaged_after_it_was_indexed_answers_eio_for_the_damaged_span(mount, tmp_path):
+    path = tmp_path / "old.nemo"
+    plain = gzip_nemo(path)
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tf:
+        start = tf.getmember("./weights.bin").offset_data
+    mnt = mount(path)  # indexes it
+    assert run_ckptfs("umount", mnt).returncode == 0
+    flip_in_place(path)  # device, inode, size and mtime as indexed
+    first, last = damaged_stretch(path, plain)
+    mnt = mount(path, log_errors_expected=True)
+    fd = os.open(mnt / "weights.bin", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as raised:
+            os.pread(fd, 128 << 10, first - start)
+        assert raised.value.errno == errno.EIO
+        after = ((SPAN * (first // SPAN + 1) - start) // 4096 + 1) * 4096  # a page of the next span
+        assert os.pread(fd, 1 << 16, after) == plain[start + after:start + after + (1 << 16)]
+        assert os.pread(fd, 1 << 16, 0) == plain[start:start + (1 << 16)]
+    finally:
+        os.close(fd)
+    log = next(tmp_path.glob("daemon1.log")).read_text()
+    assert f"bytes {first // SPAN * SPAN}-{first // SPAN * SPAN + SPAN} of the gzip stream: " in log
+
+
+def test_the_gzip_index_is_read_in_one_pass_that_never_seeks_back_far(tmp_path):
+    """tarfile reads the stream as it is inflated, once: a seek forward
+    inflates what it skips; the span checksums cover every byte."""
+    path = tmp_path / "model.nemo"
+    contents = _rich_tar(path, "w:gz")
+    plain = gzip.decompress(path.read_bytes())
+    source, members, _ = gzindex.open_tar_stream(FileSource(str(path)), os.stat(path), str(tmp_path / "cache"))
+    assert source.size == len(plain) and {m.name for m in members} >= set(contents)
+    sums = SpanSums()
+    sums.add(plain)
+    assert source._sums == sums.finish().sums and len(sums.sums) == -(-len(plain) // SPAN)
+    with rapidgzip.open(str(path)) as reader:
+        stream = Inflated(reader, SpanSums(), 1 << 20)
+        assert stream.read(1 << 20) == plain[:1 << 20]
+        stream.seek(-1000, os.SEEK_CUR)  # back a little: what was inflated last is kept
+        assert stream.read(2000) == plain[(1 << 20) - 1000:(1 << 20) + 1000]
+        with pytest.raises(OSError, match="cannot go back"):
+            stream.seek(0)
+            stream.read(1)
+        with pytest.raises(OSError, match="no tar header is that long"):
+            stream.read(2 << 20)
+
+
+def test_an_archive_of_more_members_than_max_members_is_refused_in_one_line(tmp_path, mount):
+    path = empty_members_tar(tmp_path / "many.nemo", 1001)
+    mnt = tmp_path / "refused"
+    mnt.mkdir()
+    done = run_ckptfs("mount", path, mnt, "-o", "ro,max_members=1000")
+    assert done.returncode == 1 and done.stderr == f"ckptfs: {path}: more than 1000 members (-o max_members raises the limit)\n"
+    assert not is_mounted(mnt)
+    served = mount(path, "-o", "ro,max_members=1001")
+    assert len(os.listdir(served)) == 1002 and (served / "m0001000").read_bytes() == b""
+    packed = tmp_path / "many.gz.nemo"  # a gzip one is counted as it is inflated
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    done = run_ckptfs("mount", packed, mnt, "-o", "ro,max_members=1000")
+    assert done.returncode == 1 and "more than 1000 members" in done.stderr and not is_mounted(mnt)

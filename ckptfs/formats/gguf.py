@@ -136,6 +136,10 @@ def read_header(source: Source, name: str):
     tensor_count, kv_count = header.unpack("<Q", "tensor count"), header.unpack("<Q", "key count")
     if kv_count * 12 > header.limit or tensor_count * 24 > header.limit:  # the least one entry takes
         raise FormatError(name, f"{kv_count} keys and {tensor_count} tensors cannot fit the file")
+    if kv_count > LIMITS.yaml_values:  # each one a line of metadata.yaml
+        raise FormatError(name, f"{kv_count} keys, more than max_yaml_values (-o max_yaml_values raises the limit)")
+    if tensor_count > LIMITS.members:  # each one a folder of two files
+        raise FormatError(name, f"{tensor_count} tensors, more than max_members (-o max_members raises the limit)")
     metadata = []
     for i in range(kv_count):
         key = header.string(f"key {i}")

@@ -61,10 +61,34 @@ def _scalar(kind: int, value) -> str:
     return str(value)
 
 
-def too_many_to_show(kind: int, value) -> bool:
-    """A number array longer than `max_yaml_values`: shown as `[]` with a
-    comment, and kept as it is when the file is edited and still says `[]`."""
-    return kind == ARRAY and value[0] in SCALARS and len(value[1]) > LIMITS.yaml_values
+def value_count(kind: int, value) -> int:
+    """How many values `metadata.yaml` would show for one key: 1 for a
+    scalar, an array's items (those of the arrays inside it counted)."""
+    if kind != ARRAY:
+        return 1
+    inner, items = value
+    return sum(value_count(ARRAY, item) for item in items) if inner == ARRAY else len(items)
+
+
+def elided(metadata) -> set[str]:
+    """The keys whose arrays `metadata.yaml` shows as `[]` with a comment,
+    kept as they are unless values are written in their place: those that
+    would take the file, counted in order, past `max_yaml_values` values."""
+    left, keys = LIMITS.yaml_values, set()
+    for key, kind, value in metadata:
+        count = value_count(kind, value)
+        if kind == ARRAY and count > left:
+            keys.add(key)
+        else:
+            left -= count
+    return keys
+
+
+def _elided_text(value) -> str:
+    inner, items = value
+    tag = f"!{SCALARS[inner][0]} " if inner in SCALARS and inner != BOOL else ""
+    return (f" {tag}[]  # ckptfs: {value_count(ARRAY, value)} values, past the max_yaml_values this file shows; "
+            "kept unless you write some")
 
 
 def _value_text(kind: int, value, indent: str) -> str:
@@ -77,17 +101,16 @@ def _value_text(kind: int, value, indent: str) -> str:
     if inner == ARRAY:
         return "".join(f"\n{indent}-{_value_text(ARRAY, v, indent + '  ')}" for v in items) if items else " []"
     tag = "" if inner == BOOL else f"!{SCALARS[inner][0]} "
-    if too_many_to_show(kind, value):
-        return f" {tag}[]  # ckptfs: {len(items)} values, more than max_yaml_values shows; kept unless you write some"
     return f" {tag}[" + ", ".join(_scalar(inner, v) for v in items.tolist()) + "]"
 
 
 def metadata_yaml(metadata) -> str:
-    """The key-value metadata [(key, type, value)] as YAML."""
+    """The key-value metadata [(key, type, value)] as YAML, within `max_yaml_values` values."""
+    hidden = elided(metadata)
     lines = [HEADER_LINE]
     for key, kind, value in metadata:
         shown = key if _PLAIN_KEY.fullmatch(key) else _quoted(key)
-        lines.append(f"{shown}:{_value_text(kind, value, '  ')}")
+        lines.append(f"{shown}:{_elided_text(value) if key in hidden else _value_text(kind, value, '  ')}")
     return "\n".join(lines) + "\n"
 
 
@@ -116,12 +139,12 @@ def parse(text: bytes, before) -> list:
     if not isinstance(root, yaml.MappingNode):
         raise ValueError("must map each key to its value")
     try:
-        return _metadata(root, {key: (kind, value) for key, kind, value in before})
+        return _metadata(root, {key: (kind, value) for key, kind, value in before}, elided(before))
     except yaml.YAMLError as e:
         raise ValueError(f"not GGUF metadata ({str(e).splitlines()[0]})") from None
 
 
-def _metadata(root: yaml.MappingNode, old: dict) -> list:
+def _metadata(root: yaml.MappingNode, old: dict, hidden: set[str]) -> list:
     loader = _Loader("")
     metadata, seen = [], set()
     for key_node, value_node in root.value:
@@ -132,8 +155,8 @@ def _metadata(root: yaml.MappingNode, old: dict) -> list:
             raise ValueError(f"{key!r} is given twice")
         seen.add(key)
         kind, value = _typed(loader, value_node, old.get(key), key)
-        if key in old and too_many_to_show(*old[key]) and kind == ARRAY and not len(value[1]):
-            kind, value = old[key]  # shown as [] because too long: kept
+        if key in hidden and kind == ARRAY and not len(value[1]):
+            kind, value = old[key]  # shown as [] because the file showed enough values: kept
         _check_encodes(kind, value, key)
         metadata.append((key, kind, value))
     return metadata

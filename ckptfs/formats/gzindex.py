@@ -1,16 +1,21 @@
 """gzip-compressed tars (NeMo before 1.7) with random access.
 
 A gzip stream cannot be entered in the middle, so the first mount inflates it
-once, sequentially: `tarfile` lists the members while rapidgzip records seek
-points. Later reads start at the nearest seek point. The index and the member
-list are kept on disk, keyed by the source's device, inode, size and mtime, so
-the next mount of the same file reads neither.
+once, whole, front to back: `tarfile` lists the members while rapidgzip
+records seek points and checks the stream's CRC and length at its end, and a
+CRC-32 of each span of the inflated bytes is taken (`sources.gzip`). Nothing
+is served from a stream that failed its check. Later reads start at the
+nearest seek point, and each span they inflate is checked against its
+CRC-32. The index, the span checksums and the member list are kept on disk,
+keyed by the source's device, inode, size and mtime, so the next mount of
+the same file reads none of them again.
 
 Reads go through `sources.gzip.GzipSource`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -19,8 +24,9 @@ import os
 import tempfile
 
 from ..errors import FormatError
+from ..limits import LIMITS
 from ..sources.base import FileSource, Source
-from ..sources.gzip import GzipSource, open_gzip
+from ..sources.gzip import GzipSource, Inflated, SpanSums, open_gzip
 from ..tree.checkpoint import Checkpoint
 from . import tar
 from .base import FileFormat
@@ -28,7 +34,7 @@ from .base import FileFormat
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 def sniff(head: bytes) -> bool:
@@ -47,33 +53,35 @@ def open_tar_stream(compressed: Source, st: os.stat_result, cache_dir: str) -> t
     stem = os.path.join(cache_dir, "gzindex", _cache_key(st, getattr(compressed, "identity", "")))
     cached = _load_cached(stem)
     if cached is not None:
-        index, doc = cached
-        members, notes = [tar.Member(**m) for m in doc["members"]], doc["notes"]
-        size = doc["size"]
+        index, doc, sums = cached
+        members, notes, size = [tar.Member(**m) for m in doc["members"]], doc["notes"], doc["size"]
     else:
-        index, size, members, notes = _scan(compressed)
-        _save(stem, index, {"size": size, "members": [m.to_json() for m in members], "notes": notes})
-    return GzipSource(compressed, size, index), members, list(notes)
+        index, size, sums, members, notes = _scan(compressed)
+        _save(stem, index, {"size": size, "spans": base64.b64encode(sums.to_bytes()).decode(),
+                            "members": [m.to_json() for m in members], "notes": notes})
+    return GzipSource(compressed, size, index, sums), members, list(notes)
 
 
 def _scan(compressed: Source):
-    """Inflate once: list the tar's members and build the seek index."""
+    """Inflate once, whole: list the tar's members, build the seek index,
+    check the stream's CRC and take its span checksums."""
     path = compressed.path
     try:
         with open_gzip(compressed) as reader:
-            head = reader.read(tar.BLOCK)
+            stream = Inflated(reader, SpanSums(), LIMITS.header_bytes)
+            head = stream.read(tar.BLOCK)
             if len(head) < tar.BLOCK:
                 raise FormatError(path, f"gzip stream is truncated (it inflates to {len(head)} bytes)")
             if not tar.sniff(head):
                 raise FormatError(path, "gzip file that does not hold a tar archive")
-            reader.seek(0)
-            members, notes = tar.list_members(reader, path)
-            size = reader.seek(0, os.SEEK_END)
+            stream.seek(0)
+            members, notes = tar.list_members(stream, path)
+            size = stream.to_end()
             index = io.BytesIO()
             reader.export_index(index)
     except (OSError, ValueError, EOFError, RuntimeError) as e:  # rapidgzip says a bad CRC or length with RuntimeError
         raise FormatError(path, f"gzip stream is truncated or corrupt ({e})") from None
-    return index.getvalue(), size, members, notes
+    return index.getvalue(), size, stream.sums, members, notes
 
 
 def _cache_key(st: os.stat_result, identity: str = "") -> str:
@@ -83,13 +91,16 @@ def _cache_key(st: os.stat_result, identity: str = "") -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
-def _load_cached(stem: str) -> tuple[bytes, dict] | None:
+def _load_cached(stem: str) -> tuple[bytes, dict, SpanSums] | None:
+    """The index, the member list and the span checksums kept for this
+    file, or None (missing, or kept by another version: indexed again)."""
     try:
         with open(stem + ".json") as f:
             doc = json.load(f)
         with open(stem + ".gzidx", "rb") as f:
-            return f.read(), doc
-    except (OSError, ValueError):
+            index = f.read()
+        return index, doc, SpanSums.from_bytes(base64.b64decode(doc["spans"]), doc["size"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

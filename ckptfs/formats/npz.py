@@ -5,12 +5,14 @@ Each record is shown as the `.npy` file it holds, at its own path: a stored
 record is served straight from the archive, a deflated one through a
 seekable inflater (`sources.deflate`). An array that is a tensor (a dtype
 ckptfs knows, C order) is listed as one, under its key (the record's name
-without `.npy`, as `np.load` names it).
+without `.npy`, as `np.load` names it). Records are taken as np.load takes
+them, through zipfile: of two records of one name, the last; a record
+whose name no path can hold beside the others is left out alone.
 
 Writable: the repack copies unchanged records as they are (compressed or
-not, CRC kept) and writes edited and new files as stored records; a removed
-file's record is left out. `np.load` reads the result as it reads what
-`numpy.savez` writes.
+not, CRC kept), and those the mount left out, and writes edited and new
+files as stored records; a removed file's record is left out. `np.load`
+reads the result as it reads what `numpy.savez` writes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import math
 import os
 import struct
 import zipfile
+from dataclasses import dataclass
 
 from ..errors import EditRefused, FormatError, RepackError
+from ..limits import LIMITS
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
@@ -33,6 +37,9 @@ from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Record, ZipBlob
 
 SUFFIX = ".npy"
+CENTRAL_SIGNATURE = b"PK\x01\x02"
+#: what np.load looks for to read a record as an array (numpy.lib.format.MAGIC_PREFIX)
+NPY_PREFIX = b"\x93NUMPY"
 #: the most of a record read for its NPY header
 HEADER_BYTES = 65536
 
@@ -46,64 +53,121 @@ def sniff(head: bytes) -> bool:
 
 
 def records_of(source: Source, name: str) -> list[zipfile.ZipInfo]:
-    """The records of the archive, folders left out."""
+    """Every record of the archive, in its order, as zipfile reads them
+    (a name cut at its first NUL, as `np.load` sees it)."""
     try:
-        records = [i for i in zipfile.ZipFile(SeekableReader(source)).infolist() if not i.filename.endswith("/")]
+        return zipfile.ZipFile(_Bounded(source, name)).infolist()
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError, OSError,
             struct.error) as e:
         raise FormatError(name, f"not a readable zip archive: {e}") from None
-    return records
 
 
-def read(source: Source, name: str) -> tuple[Dir, list[PlacedTensor], list[str]]:
-    """The tree of an archive: every record at its path, its tensors, and notes."""
+class _Bounded(SeekableReader):
+    """The archive as zipfile reads it, within the budgets. zipfile reads
+    the central directory in one piece before it makes a record of each
+    entry: a read longer than `max_header_bytes`, or one holding more entry
+    signatures (at least one each) than `max_members`, is refused first."""
+
+    def __init__(self, source: Source, name: str):
+        super().__init__(source)
+        self.name = name
+
+    def read(self, n: int = -1) -> bytes:
+        wanted = self.source.size - self.pos if n is None or n < 0 else n
+        if wanted > LIMITS.header_bytes:
+            raise FormatError(self.name, f"a central directory of {wanted} bytes, more than max_header_bytes "
+                                         "(-o max_header_bytes raises the limit)")
+        data = super().read(n)
+        if data.count(CENTRAL_SIGNATURE) > LIMITS.members:
+            raise FormatError(self.name, f"more than {LIMITS.members} records (-o max_members raises the limit)")
+        return data
+
+
+@dataclass
+class Layout:
+    """What a mount shows of an archive: the tree, its tensors, notes, and
+    the records a repack writes, in the archive's order, each with the path
+    it is shown at, or None for one left out (named in a note), which a
+    repack keeps as it is."""
+
+    root: Dir
+    placed: list[PlacedTensor]
+    notes: list[str]
+    records: list[tuple[zipfile.ZipInfo, str | None]]
+
+
+def read(source: Source, name: str) -> Layout:
+    """Each record at its path, as `np.load` reads it: of two records of
+    the same name, the last (zipfile's `getinfo` takes it); a record whose
+    name no path can hold next to the others is left out alone."""
     records = records_of(source, name)
-    root, placed, notes = Dir(), [], []
+    latest = {info.filename: info for info in records}
+    layout = Layout(Dir(), [], [], [])
     for info in records:
-        if not info.filename:
-            notes.append("a record with no name left out")
+        if latest[info.filename] is not info:
+            layout.notes.append(f"{info.filename!r}: a later record has the same name; np.load reads that one, "
+                                "shown here, and a repack leaves this one out")
             continue
-        try:
-            data = record_source(source, info, name)
-            file, tensor = _record_file(data, info.filename, name)
-            parts = names.file_parts(info.filename)
-            root.subdir(parts[:-1]).add(parts[-1], file)
-        except FormatError as e:
-            notes.append(f"{info.filename} left out: {e.problem}")
-            continue
-        except PathConflict:
-            notes.append(f"{info.filename} left out: another record needs the same path")
-            continue
-        if tensor is not None:
-            placed.append(PlacedTensor("/".join(parts), tensor))
-    return root, placed, notes
+        path, problem = _place(layout, source, info, name)
+        layout.records.append((info, path))
+        if problem:
+            layout.notes.append(f"{info.filename!r} left out: {problem}; a repack keeps it as it is")
+    return layout
 
 
-def _record_file(data: Source, record: str, name: str) -> tuple[File, Tensor | None]:
+def _place(layout: Layout, source: Source, info: zipfile.ZipInfo, name: str) -> tuple[str | None, str]:
+    """Put one record in the tree: (its path, "") or, when it cannot be,
+    (None, why; empty for a folder record that holds nothing)."""
+    if info.filename.endswith("/"):
+        return None, "a folder record that holds bytes" if info.file_size else ""
+    parts = names.file_parts(info.filename)
+    try:
+        file, tensor, unreadable = _record_file(record_source(source, info, name), info.filename)
+        layout.root.subdir(parts[:-1]).add(parts[-1], file)
+    except FormatError as e:
+        return None, e.problem
+    except PathConflict:
+        return None, "another record needs its path (a file where it needs a folder, or the reverse)"
+    if unreadable:
+        layout.notes.append(f"{info.filename!r} is shown as the plain file it is: {unreadable} (np.load cannot "
+                            "read it)")
+    path = "/".join(parts)
+    if tensor is not None:
+        layout.placed.append(PlacedTensor(path, tensor))
+    return path, ""
+
+
+def _record_file(data: Source, record: str) -> tuple[File, Tensor | None, str]:
+    """A record's file, its tensor when it is one, and why np.load cannot
+    read it as an array when it starts as NPY does but cannot be (empty
+    otherwise). np.load returns the bytes of a record that does not start
+    as NPY does, so such a record is a plain file whatever its name."""
     file = File(Content([Extent(data, 0, data.size)]))
     if not record.endswith(SUFFIX):
-        return file, None
-    key = record[: -len(SUFFIX)]
+        return file, None, ""
     head = data.pread(0, min(data.size, HEADER_BYTES))
+    if not head.startswith(NPY_PREFIX):
+        return file, None, ""
     try:
         descr, shape, start = npy.parse_header(head, record)
     except ValueError as e:
-        raise FormatError(name, str(e)) from None
+        return file, None, str(e)
+    key = record[: -len(SUFFIX)]
     dtype = npy.dtype_of(descr, None)
     nbytes = dtype.nbytes(math.prod(shape)) if dtype is not None else None
     if nbytes is None or start + nbytes != data.size:
-        return file, None  # an array but no tensor (objects, strings, structured): the file as it is
+        return file, None, ""  # an array but no tensor (objects, strings, structured): the file as it is
     tensor = Tensor(key, dtype, tuple(shape), Extent(data, start, nbytes))
     # the same bytes, as every tensor's file holds them: its NPY header, then its data
     xattrs = {"ckptfs.name": key, "ckptfs.dtype": dtype.name, "ckptfs.shape": shape_text(shape)}
-    return File(Content([head[:start], tensor.data]), xattrs=xattrs), tensor
+    return File(Content([head[:start], tensor.data]), xattrs=xattrs), tensor, ""
 
 
 class Writer(FileWriter):
     adds_tensors = True  # a new `.npy` file is a new array of the archive
 
-    def __init__(self, source: Source, name: str):
-        self.source, self.name = source, name
+    def __init__(self, source: Source, name: str, layout: Layout):
+        self.source, self.name, self.records = source, name, layout.records
 
     def write(self, files: dict, before: dict, output) -> None:
         self._archive(files).write(output)
@@ -116,38 +180,51 @@ class Writer(FileWriter):
                 raise EditRefused(f"{e}; np.load could not read it from the archive") from None
 
     def _archive(self, files: dict) -> ZipBlob:
-        """Unchanged records first, in the archive's order, then the rest by path."""
-        originals = {"/".join(names.file_parts(i.filename)): i for i in records_of(self.source, self.name)}
-        out, problems = [], []
-        paths = [p for p in originals if p in files] + sorted(p for p in files if p not in originals)
-        for path in paths:
+        """The records shown (edited ones written anew, removed ones left
+        out) and those left out of the mount, in the archive's order, then
+        new files by path: np.load reads in the result what the mount
+        showed."""
+        shown = {path: info.filename for info, path in self.records if path is not None}
+        new, problems = {}, []
+        for path in sorted(files):
             node = files[path]
-            if isinstance(node, Dir):
-                continue
-            if not isinstance(node, File):
+            if not isinstance(node, (File, Dir)):
                 problems.append(f"{path}: an archive holds files only")
-                continue
-            info = originals.get(path)
-            if info is not None and not is_edited(node):
-                extent = record_extent(self.source, info, self.name)
-                out.append(Record(info.filename, extent.length, piece=extent, crc=info.CRC,
-                                  method=info.compress_type, size=info.file_size))
-            else:
+            elif isinstance(node, File) and (path not in shown or is_edited(node)):
                 try:
-                    record = "/".join(names.unescape(p) for p in path.split("/"))
+                    new[path] = shown.get(path) or "/".join(names.unescape(p) for p in path.split("/"))
                 except ValueError as e:
                     problems.append(f"{path}: {e}")
-                    continue
-                out.append(Record(record, node.content.size, piece=node.content))
         if problems:
             raise RepackError(f"cannot write {self.name}: " + "; ".join(problems))
+        taken = set(new.values())
+        out = []
+        for info, path in self.records:
+            if path is None:  # left out of the mount: kept, unless a new file takes its name
+                if info.filename not in taken:
+                    out.append(self._copied(info))
+            elif path in new:
+                out.append(self._anew(new.pop(path), files[path]))
+            elif path in files:
+                out.append(self._copied(info))
+        out += [self._anew(record, files[path]) for path, record in new.items()]
         return ZipBlob(out)
+
+    @staticmethod
+    def _anew(record: str, node: File) -> Record:
+        return Record(record, node.content.size, piece=node.content)
+
+    def _copied(self, info: zipfile.ZipInfo) -> Record:
+        """A record as it is: compressed or not, its CRC kept."""
+        extent = record_extent(self.source, info, self.name)
+        return Record(info.filename, extent.length, piece=extent, crc=info.CRC, method=info.compress_type,
+                      size=info.file_size)
 
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    root, placed, notes = read(source, source.path)
-    ckpt = Checkpoint("numpy .npz", source.path, st, root, raw_mirror(source), placed, notes)
-    ckpt.writer = Writer(source, source.path)
+    layout = read(source, source.path)
+    ckpt = Checkpoint("numpy .npz", source.path, st, layout.root, raw_mirror(source), layout.placed, layout.notes)
+    ckpt.writer = Writer(source, source.path, layout)
     return ckpt
 
 

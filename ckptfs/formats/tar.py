@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..errors import FormatError
+from ..limits import LIMITS
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
@@ -43,7 +44,7 @@ def sniff(head: bytes) -> bool:
     return stored == sum(head[:148]) + 8 * 32 + sum(head[156:BLOCK])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One tar member, by normalized path ('' is the archive's `./`)."""
 
@@ -60,13 +61,18 @@ class Member:
 
 def list_members(fileobj, path: str) -> tuple[list[Member], list[str]]:
     """The members of the tar read from `fileobj`, checked, and notes on
-    members skipped. Raises FormatError for a truncated or unsafe archive."""
+    members skipped. Raises FormatError for a truncated or unsafe archive,
+    or one of more than `max_members` members."""
     notes = []
     members = []
     try:
         archive = tarfile.open(fileobj=fileobj, mode="r:")
-        last = -1
-        for info in archive:
+        last, count = -1, 0
+        while (info := archive.next()) is not None:
+            archive.members.clear()  # tarfile keeps every header it reads: a million of them take a gigabyte
+            count += 1
+            if count > LIMITS.members:
+                raise FormatError(path, f"more than {LIMITS.members} members (-o max_members raises the limit)")
             if info.size < 0:
                 raise FormatError(path, f"member {info.name!r} claims a negative size ({info.size})")
             if info.offset <= last:  # a header that sends the reader back: it would read forever
@@ -159,13 +165,14 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
 def _expand_distributed(root: Dir, files, source: Source, grafts: Grafts) -> None:
     """Folders of the archive that hold a distributed checkpoint (NeMo's
     `model_weights/`) appear expanded in place, served from the tar's bytes."""
-    by_folder: dict[str, dict[str, Source]] = {}
+    by_folder: dict[str, dict[str, Member]] = {}
     for m in files:
         folder, _, name = m.name.rpartition("/")
-        by_folder.setdefault(folder, {})[name] = source.slice(m.offset, m.size)
-    for folder, members in sorted(by_folder.items()):
-        if not metadata_names(members) or not folder:
+        by_folder.setdefault(folder, {})[name] = m
+    for folder, in_folder in sorted(by_folder.items()):
+        if not metadata_names(in_folder) or not folder:
             continue
+        members = {name: source.slice(m.offset, m.size) for name, m in in_folder.items()}
         chunks_of, fqn_of = {}, {}
         try:
             tree, tensors, dcp_notes, dcp_globals = expand_distributed(f"{source.path}:{folder}", members, chunks_of, fqn_of)

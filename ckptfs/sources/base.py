@@ -78,6 +78,7 @@ class FileSource(Source):
         self.size = st.st_size
         self.stat = st
         self._sequential_end = -1
+        self._sequential_start = 0
         self._prefetched_to = 0
 
     def close(self) -> None:
@@ -92,12 +93,16 @@ class FileSource(Source):
         return self
 
     def _prefetch(self, offset: int, length: int) -> None:
-        """Keep up to PREFETCH bytes requested ahead of a sequential reader,
-        asking again each time half of it has been consumed."""
+        """Keep up to PREFETCH bytes requested ahead of a sequential reader
+        (one that has read 1 MiB in a row: a parser's header and the bytes
+        after it are no stream), asking again each time half of it has been
+        consumed."""
         if offset != self._sequential_end:
-            self._prefetched_to = 0
+            self._sequential_start, self._prefetched_to = offset, 0
             return
         end = offset + length
+        if end - self._sequential_start < self.PREFETCH // 8:
+            return
         if end > self._prefetched_to - self.PREFETCH // 2:
             start = max(end, self._prefetched_to)
             os.posix_fadvise(self.fd, start, self.PREFETCH, os.POSIX_FADV_WILLNEED)

@@ -81,8 +81,7 @@ def _zip_reader(data: bytes) -> None:
 
 
 def _npz_reader(data: bytes) -> None:
-    root, _, _ = npz.read(MemorySource(data), "<fuzz input>")
-    for _, node in root.walk():
+    for _, node in npz.read(MemorySource(data), "<fuzz input>").root.walk():
         if isinstance(node, File):
             node.content.read(0, READ_BYTES)  # a deflated record inflates as a mount reads it
 
