@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from .conftest import CKPTFS, FIXTURES, as_user, force_unmount, is_mounted, require_fuse, run_ckptfs
+from .conftest import CKPTFS, FIXTURES, as_user, force_unmount, is_mounted, require_fuse, run_ckptfs, user_home
 from .hostile import corpus
 from .remote_servers import Counts, _Files, _Server
 
@@ -280,3 +280,43 @@ def test_an_overlay_forged_by_another_user_is_never_resumed(users, sticky, tmp_p
         assert source.read_bytes() == before and (overlay / "journal").exists()
     finally:
         force_unmount(mnt)
+
+
+def _folder_of(owner, path: Path) -> Path:
+    """A Hugging Face folder owned by `owner`: a tensor, config.json, sub/x.json."""
+    from safetensors.numpy import save_file
+
+    (path / "sub").mkdir(parents=True)
+    save_file({"w": np.ones(2, dtype=np.float32)}, path / "model.safetensors")
+    (path / "config.json").write_text('{"a": 1}')
+    (path / "sub" / "x.json").write_text('{"x": 1}')
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, owner.pw_uid, owner.pw_gid)
+    return path
+
+
+def test_a_link_put_in_a_folder_while_root_repacks_it_changes_nothing_outside(users, shared_dir, tmp_path):
+    """The folder's owner swaps a file for a link to a file only root may
+    touch while root has it mounted: the repack neither links that file in,
+    nor gives it away, nor opens it up."""
+    owner = users[1]
+    folder = _folder_of(owner, user_home(shared_dir, owner) / "m1")
+    victim = shared_dir / f"victim-{os.urandom(4).hex()}"
+    victim.write_text("root's")
+    victim.chmod(0o600)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        assert run_ckptfs("mount", folder, mnt).returncode == 0
+        (mnt / "config.json").write_text('{"a": 2}')
+        swapped = as_user(owner, ["sh", "-c", f"rm {folder}/sub/x.json && ln -s {victim} {folder}/sub/x.json"])
+        assert swapped.returncode == 0, swapped.stderr
+        done = run_ckptfs("umount", mnt, "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+    finally:
+        force_unmount(mnt)
+    st = victim.stat()
+    assert (st.st_uid, st.st_mode & 0o7777, st.st_nlink, victim.read_text()) == (0, 0o600, 1, "root's")
+    kept = folder / "sub" / "x.json"  # the file the mount showed, from the descriptor it read
+    assert not kept.is_symlink() and kept.read_text() == '{"x": 1}' and kept.stat().st_uid == owner.pw_uid
+    assert (folder / "config.json").read_text() == '{"a": 2}' and (folder / "config.json").stat().st_uid == owner.pw_uid

@@ -227,3 +227,17 @@ def test_an_overlay_is_its_users_alone(tmp_path, mount):
     assert {_mode(p) for p in overlay.rglob("*") if p.is_file()} == {0o600}
     assert _mode(tmp_path / ".model.nemo.ckptfs.lock") == 0o600
     assert umount(mnt).returncode == 0
+
+
+def test_a_link_inside_a_repacked_folder_leaves_the_file_it_leads_to_as_it_was(tmp_path, mount):
+    folder = tmp_path / "run"  # a folder holding a distributed checkpoint, as NeMo 2 saves one
+    shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", folder / "weights")
+    (folder / "context").mkdir()
+    (folder / "context" / "a.yaml").write_text("a: 1\n")
+    (folder / "context" / "a.yaml").chmod(0o640)
+    (folder / "context" / "b.yaml").symlink_to("a.yaml")  # inside the folder: followed
+    mnt = mount(folder)
+    (mnt / "context" / "c.yaml").write_text("c: 1\n")
+    assert umount(mnt).returncode == 0
+    a = folder / "context" / "a.yaml"
+    assert (_mode(a), a.read_text(), (folder / "context" / "b.yaml").read_text()) == (0o640, "a: 1\n", "a: 1\n")

@@ -86,7 +86,7 @@ class Writer(DirectoryWriter):
                 if blob is None:
                     out.keep(self.originals[id(node)], target)
                 else:
-                    out.write(target, blob.write)
+                    out.write(target, blob.write, like=self.originals[id(node)])
             else:
                 out.put(target, node, self.originals.get(id(node)))
 

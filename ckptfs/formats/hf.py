@@ -179,12 +179,12 @@ class Writer(DirectoryWriter):
             rewritten = True
             shard_files = {"/".join(names.tensor_path(n)): node for n, node in mine.items()}
             writer = safetensors.Writer(originals, self.metadata.get(rel))
-            out.write(rel, lambda output: writer.write(shard_files, {}, output))
+            out.write(rel, lambda output: writer.write(shard_files, {}, output), like=self.sources[rel])
         for path, node in sorted(plain.items()):
             rel = self.originals.get(id(node))
             target = names.disk_path(path)
             if rel is not None and rel == self.index and rewritten and not is_edited(node):
-                out.write(target, lambda output: output.write(self._index(tensors, home)))
+                out.write(target, lambda output: output.write(self._index(tensors, home)), like=self.sources[rel])
             else:
                 out.put(target, node, rel and self.sources[rel])
 

@@ -179,7 +179,7 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
         writer(output)
         os.fsync(fd)
         if not from_remote:
-            keep_owner_and_mode(os.stat(source_path), fd=fd)
+            keep_owner_and_mode(os.stat(source_path), fd)
         os.close(fd)
         fd = -1
         _check_unchanged(source_path, expected_identity, "while the edits were being written; they were not")
@@ -216,8 +216,6 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     new = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=parent)
     try:
         builder(new)
-        if not from_remote:
-            _keep_modes(source_path, new)
         for here, _, _ in os.walk(new):
             fsync_dir(here)
         _check_unchanged(source_path, expected_identity, "while the edits were being written; they were not")
@@ -237,44 +235,15 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     return destination
 
 
-def keep_owner_and_mode(old: os.stat_result, *, fd: int | None = None, path: str | None = None) -> None:
-    """Give a file written anew the owner (where allowed) and mode of the one
-    it replaces; the owner first, since chown clears set-id bits."""
-    target = fd if fd is not None else path  # os.chown and os.chmod take either
+def keep_owner_and_mode(old: os.stat_result, fd: int) -> None:
+    """Give the file (or folder) open as `fd`, written anew, the owner (where
+    allowed) and mode of the one it replaces; the owner first, since chown
+    clears set-id bits. Through the descriptor: no link is followed."""
     try:
-        os.chown(target, old.st_uid, old.st_gid)
+        os.fchown(fd, old.st_uid, old.st_gid)
     except PermissionError:
         pass  # not ours to give away: the file stays the writer's
-    os.chmod(target, stat.S_IMODE(old.st_mode))
-
-
-def _keep_modes(source_path: str, new: str) -> None:
-    """Every file and folder of a new directory that stands where the source
-    had one keeps that one's owner and mode (hard links already share them).
-    New ones (made 0600 and 0700) take the source directory's owner and
-    group where the writer may give them away, and are readable by whom
-    the source directory is (`created_mode`)."""
-    top = os.stat(source_path)
-    keep_owner_and_mode(top, path=new)
-    for here, dirs, files in os.walk(new):
-        for name in dirs + files:
-            made = os.path.join(here, name)
-            try:
-                old = os.stat(os.path.join(source_path, os.path.relpath(made, new)), follow_symlinks=False)
-            except OSError:  # none there (or a file where a folder is now)
-                _give_new(made, top, name in dirs)
-                continue
-            if old.st_ino != os.lstat(made).st_ino:
-                keep_owner_and_mode(old, path=made)
-
-
-def _give_new(path: str, folder: os.stat_result, is_dir: bool) -> None:
-    try:
-        os.chown(path, folder.st_uid, folder.st_gid, follow_symlinks=False)
-    except PermissionError:
-        pass  # not ours to give away: it stays the writer's
-    mode = created_mode(Access.of(folder), os.lstat(path).st_gid) & ~umask()
-    os.chmod(path, with_search_bits(mode) if is_dir else mode)
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 def created_mode(readers: Access, gid: int) -> int:

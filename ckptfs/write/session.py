@@ -19,7 +19,7 @@ from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, Node
 from .diff import changes, files_of
 from .editable import EditableTree
-from .newdir import NewDirectory
+from .newdir import NewDirectory, Owners
 from .output import write_atomically, write_directory_atomically
 from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, mounted_identity
 
@@ -119,8 +119,13 @@ class EditSession:
         try:
             if isinstance(writer, DirectoryWriter):
                 def build(path: str) -> None:
-                    with NewDirectory(path) as out:
-                        writer.write_dir(after, self.before(), out)
+                    owners = Owners() if remote.is_url(source) else Owners.of(source)
+                    try:
+                        with NewDirectory(path, owners) as out:
+                            writer.write_dir(after, self.before(), out)
+                            out.finish()
+                    finally:
+                        owners.close()
 
                 written = write_directory_atomically(source, build, overlay.identity, output_path, backup)
             else:

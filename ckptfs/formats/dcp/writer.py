@@ -46,7 +46,7 @@ class Writer(DirectoryWriter):
                 out.keep(source, name)
         for name, made in new.items():
             if made is not None:
-                out.write(name, made.write)
+                out.write(name, made.write, like=self.files.get(name))
 
     def _other_files(self, files: dict, before: dict) -> dict[str, Blob | None]:
         """The directory's files beside the checkpoint (Megatron's
