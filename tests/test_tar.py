@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from ckptfs.formats import gzindex
 from ckptfs.sources.base import FileSource
 from ckptfs.sources.gzip import SPAN, Inflated, SpanSums
 
-from .conftest import FIXTURES, is_mounted, run_ckptfs
+from .conftest import FIXTURES, is_mounted, run_ckptfs, umount, write_refused
 from .hostile.formats import damaged_stretch, empty_members_tar, flip_in_place, gzip_nemo
 
 TINY = FIXTURES / "nemo" / "tiny.nemo"
@@ -285,3 +286,24 @@ def test_an_archive_of_more_members_than_max_members_is_refused_in_one_line(tmp_
     packed.write_bytes(gzip.compress(path.read_bytes()))
     done = run_ckptfs("mount", packed, mnt, "-o", "ro,max_members=1000")
     assert done.returncode == 1 and "more than 1000 members" in done.stderr and not is_mounted(mnt)
+
+
+def test_a_file_made_in_the_mount_never_becomes_a_member_that_climbs_out(mount, tmp_path):
+    """A file made as `%2E%2E/evil.txt` stands for `../evil.txt`, a member
+    that unpacking (NeMo's tarfile.extractall) would put outside its folder:
+    refused when closed and by the repack, the edits kept; once it is gone
+    the rest is written."""
+    nemo = tmp_path / "model.nemo"
+    shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", nemo)
+    mnt = mount(nemo, log_errors_expected=True)
+    (mnt / "%2E%2E").mkdir()
+    write_refused(mnt / "%2E%2E" / "evil.txt", b"out")
+    (mnt / "notes.txt").write_text("kept")
+    done = umount(mnt)
+    assert done.returncode == 1 and "member of the archive cannot be named '..': the name '..'" in done.stderr, done.stderr
+    mnt = mount(nemo, "--resume")
+    shutil.rmtree(mnt / "%2E%2E")
+    assert umount(mnt).returncode == 0
+    with tarfile.open(nemo) as tf:
+        names = tf.getnames()
+    assert "./notes.txt" in names and not any(".." in n.split("/") for n in names), names

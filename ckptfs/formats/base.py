@@ -79,6 +79,16 @@ class Writer(ABC):
         file cannot be written back; asked when it is closed. By default
         every edit waits for the repack to be judged."""
 
+    @staticmethod
+    def check_file_name(path: str) -> None:
+        """EditRefused unless the file at `path` of the tree stands for a
+        path a folder can hold (a file made as `%2E%2E` stands for `..`):
+        for formats whose files become files on disk (a folder's, a tar's
+        members once unpacked)."""
+        problem = pathnames.path_problem(names.disk_path(path))
+        if problem is not None:
+            raise EditRefused(f"{path}: cannot be a file of the folder it is written to: {problem}")
+
 
 class FileWriter(Writer):
     """A format stored in one file."""
@@ -98,14 +108,6 @@ class DirectoryWriter(Writer):
     """A format stored as a directory."""
 
     directory = True
-
-    @staticmethod
-    def check_file_name(path: str) -> None:
-        """EditRefused unless the plain file at `path` of the tree stands for
-        a name a folder can hold (a file made as `%2E%2E` stands for `..`)."""
-        problem = pathnames.path_problem(names.disk_path(path))
-        if problem is not None:
-            raise EditRefused(f"{path}: cannot be a file of the folder it is written to: {problem}")
 
     @abstractmethod
     def write_dir(self, files: Files, before: Before, out) -> None:

@@ -14,8 +14,9 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 
-from ..errors import FormatError
+from ..errors import FormatError, RepackError
 from ..limits import LIMITS
+from ..sources import pathnames
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
@@ -246,6 +247,9 @@ class Writer(FileWriter):
     def __init__(self, source: Source, compressed: bool):
         self.source, self.compressed = source, compressed
 
+    def check(self, path: str, node: File) -> None:
+        self.check_file_name(path)  # a member is a file on disk once the archive is unpacked
+
     def write(self, files: dict, before: dict, output) -> None:
         if self.compressed:
             compressed = GzipOutput(output)
@@ -285,7 +289,7 @@ class Writer(FileWriter):
                 self._new(prefix, path, files[path], output)
         for path, blob in sorted(in_folders.items()):
             if path not in written and blob is not None:  # a new shard of a distributed checkpoint
-                info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
+                info = tarfile.TarInfo(prefix + _member_name(path))
                 info.mode, info.size = 0o644, blob.size
                 info.mtime = (_latest(path.rpartition("/")[0], files) or time.time_ns()) / 1e9
                 self._member(info, blob, output)
@@ -325,7 +329,7 @@ class Writer(FileWriter):
         self._member(info, blob, output, header)
 
     def _new(self, prefix: str, path: str, node, output) -> None:
-        info = tarfile.TarInfo(prefix + "/".join(names.unescape(p) for p in path.split("/")))
+        info = tarfile.TarInfo(prefix + _member_name(path))
         info.mtime = (node.mtime_ns or time.time_ns()) / 1e9
         if isinstance(node, Dir):
             info.type, info.mode = tarfile.DIRTYPE, 0o755
@@ -339,6 +343,17 @@ class Writer(FileWriter):
         if blob is not None:
             blob.write(output)
             output.write(b"\0" * (-info.size % BLOCK))
+
+
+def _member_name(path: str) -> str:
+    """The member name a new file of the tree stands for; RepackError if it
+    is one the reader refuses and that unpacking would put outside its folder."""
+    name = names.disk_path(path)
+    problem = pathnames.path_problem(name)
+    if problem is not None:
+        raise RepackError(f"a member of the archive cannot be named {name!r}: {problem} (rename or remove it in "
+                          "the mount)")
+    return name
 
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
