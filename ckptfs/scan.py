@@ -58,6 +58,8 @@ TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".txt", ".md", ".rst", ".py
                  ".tsv", ".jinja", ".html")
 _PROTO = 0x80
 NPY_MAGIC = b"\x93NUMPY"
+#: the end record of an empty zip: np.load takes a file that starts so for a zip too
+EMPTY_ZIP = b"PK\x05\x06"
 #: an .npy header longer than this is not parsed (np.load reads any length when it may unpickle)
 NPY_HEADER_BYTES = 1 << 20
 #: bytes of a file read for its pickles at first; more only for a pickle that runs past them
@@ -226,15 +228,16 @@ class _Scanner:
             return
         if depth > MAX_DEPTH:
             self.report.problems.append(f"{location}: more than {MAX_DEPTH} archives deep; not scanned")
-        elif torchzip.sniff(head):
+        elif torchzip.sniff(head) or head.startswith(EMPTY_ZIP):
             self.zip(source, location, depth)
         elif is_tar(head):  # torch.load tries tarfile first too
             self.tar(source, location, depth)
+            self.pickles(source, location, loaded=False)  # pickle.load and np.load read it from its first byte
         elif gzindex.sniff(head):
             self.report.notes.append(f"{location}: gzip-compressed inside another file; not scanned "
                                      "(neither torch.load nor pickle.load reads it)")
         elif safetensors.sniff(head[: safetensors.MAGIC_LENGTH]):
-            return
+            self.pickles(source, location, loaded=False)  # torch.load reads a file not named .safetensors so
         elif head.startswith(NPY_MAGIC):
             self.object_array(source, location)
         elif len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
@@ -427,6 +430,10 @@ class _Scanner:
         for g in result.globals:
             if g.module == UNNAMED:
                 verdict = Verdict(False, f"a STACK_GLOBAL at {g.name} whose names could not be followed")
+            elif not importable(g):
+                self.report.notes.append(f"{location}: names {g.path!r}, which no module answers to (an import "
+                                         "of a name with NUL or '/' fails before anything runs)")
+                continue
             else:
                 verdict = classify(g, self.allowed)
             self.report.found.append(Found(g, location, verdict))
@@ -506,6 +513,13 @@ def _element_size(args: object) -> int | None:
     return BY_TORCH[dtype].bits // 8 if dtype else None
 
 
+def importable(g: Global) -> bool:
+    """Whether a global's module could be imported at all: a name holding
+    NUL or '/' (what bytes that are no pickle spell when read as one) finds
+    no module, and the import fails before any code runs."""
+    return g.module == UNNAMED or (bool(g.module) and "\0" not in g.module and "/" not in g.module)
+
+
 def _back_to_back(data: bytes, loaded: bool, complete: bool) -> list[Audit]:
     """The audits of the pickles from the start of `data`, up to the first
     that is not whole. `complete`: `data` is the whole of the file."""
@@ -513,7 +527,7 @@ def _back_to_back(data: bytes, loaded: bool, complete: bool) -> list[Audit]:
     start, count = 0, None
     while start < len(data) and (count is None or len(audits) < count):
         result = audit(data, start)
-        is_pickle = (loaded and not audits) or count is not None or result.whole or result.globals
+        is_pickle = (loaded and not audits) or count is not None or result.whole or any(map(importable, result.globals))
         if not is_pickle and (complete or not result.ran_out):
             break  # no pickle: pickle.load stops where the reader stopped, before importing anything
         audits.append(result)

@@ -368,3 +368,34 @@ def test_torch_tar_format_is_followed_past_large_storages(tmp_path):
         assert len(report.pickles) == 5  # count, storage, views; tensors' count; the object
     assert _dangerous(report) == {("posix.system", f"dangerous.tar:storages (pickle 3 at byte {59 + 4 * n})")}
     assert torch.load(tmp_path / "safe.tar", weights_only=False) == {"a": 1}  # torch reads it so
+
+
+def test_a_tar_is_also_read_from_its_first_byte_as_a_pickle_without_false_alarms(tmp_path):
+    """pickle.load and np.load(allow_pickle=True) read a tar from its first
+    byte: a first member named `config.yaml` reads as a GLOBAL of a module
+    whose name holds NUL, which no import finds (nothing runs); the same
+    bytes with the module named plainly are dangerous."""
+    def tar_of(name: str) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            info = tarfile.TarInfo(name)
+            body = b"a: 1\nb: 2\n"
+            info.size = len(body)
+            tf.addfile(info, io.BytesIO(body))
+        return out.getvalue()
+
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(tar_of("config.yaml"))
+    assert scan(str(plain)).verdict == "safe"
+    with pytest.raises(Exception):  # what pickle.load makes of it: no module answers
+        pickle.loads(plain.read_bytes())
+    hidden = tmp_path / "hidden.tar"
+    data = bytearray(tar_of("x"))
+    data[:12] = b"cos\nsystem\n."  # a GLOBAL in the name field: pickle.load imports os.system
+    data[148:156] = b" " * 8  # the header's checksum, made again: still a tar to tarfile
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    hidden.write_bytes(bytes(data))
+    with tarfile.open(hidden) as tf:
+        assert tf.getnames() == ["cos\nsystem\n."]
+    report = scan(str(hidden))
+    assert report.verdict == "dangerous" and [f.glob.path for f in report.dangerous] == ["os.system"]

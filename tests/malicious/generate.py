@@ -231,6 +231,39 @@ def _zip_pair_npz(folder: Path, marker: Path) -> Path:
     return _file(folder, "pair.npz", benign.getvalue() + evil.getvalue())
 
 
+def _npz_marked_empty(folder: Path, marker: Path) -> Path:
+    """An .npz of an object array behind the bytes of an empty zip's end
+    record: np.load takes a file that starts so for a zip, and zipfile skips
+    what stands before the archive."""
+    import numpy as np
+
+    evil = io.BytesIO()
+    np.savez(evil, a=np.array([R(os.system, _touch(marker))], dtype=object))
+    return _file(folder, "marked.npz", b"PK\x05\x06\n" + evil.getvalue())
+
+
+# -- files that are two things at once
+
+
+def _safetensors_lookalike(folder: Path, marker: Path) -> Path:
+    """A pickle whose ninth byte is '{', as a safetensors header's is."""
+    body = b"X\x02\x00\x00\x00a{0" + b"cposix\nsystem\n" + _unicode(_touch(marker)) + b"\x85R."
+    return _file(folder, "weights.pt", b"\x80\x02" + body)
+
+
+def _tar_pickle(folder: Path, marker: Path) -> Path:
+    """A tar whose first header is the start of a pickle: PROTO, then a
+    BINBYTES of the rest of the header (its name field holds the opcode
+    and the length); the pickle goes on in the member's bytes. pickle.load
+    and np.load read the file from its first byte."""
+    body = b"0cposix\nsystem\n" + _unicode(_touch(marker)) + b"\x85R."
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        _tar_member(tar, os.fsdecode(b"\x80\x03B" + struct.pack("<I", 512 - 7)).rstrip("\0"), body)
+    return _file(folder, "archive.tar", out.getvalue())
+
+
 # -- torch's own formats
 
 
@@ -446,6 +479,11 @@ SAMPLES: dict[str, Sample] = {
     "folder whose weights/ is a link": Sample(_weights_link, "nemo 2", "a folder's weights/ a link to a folder elsewhere"),
     "distributed checkpoint, a bare pickle item": Sample(_dcp_raw_pickle, "dcp",
                                                          "a distributed checkpoint's byte item that is a raw pickle"),
+    "a pickle that looks like safetensors": Sample(_safetensors_lookalike, "torch",
+                                                   "a pickle whose ninth byte is '{', as in a safetensors header"),
+    "a tar that is a pickle": Sample(_tar_pickle, "pickle", "a tar whose first header starts a pickle"),
+    "an .npz behind an empty zip's end record": Sample(_npz_marked_empty, "numpy",
+                                                        "zip: 'PK\\5\\6' first, which np.load takes for a zip"),
 }
 
 
