@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from ckptfs.sources.pagecache import PAGE, DiskCache, PageCache
-from ckptfs.sources.remote import RemoteError
+from ckptfs.sources.remote import RemoteError, StalledTwice
 from ckptfs.sources.stall import PROGRESS, Stalled, Watchdog
 
 from .conftest import run_ckptfs
@@ -242,7 +242,7 @@ def test_a_failed_page_fails_at_once_until_failed_for_has_passed(monkeypatch):
 
     def fetch(start: int, end: int) -> bytes:
         asked.append((start, end))
-        raise RemoteError(f"bytes {start}-{end - 1}: no progress for 30 s, twice")
+        raise StalledTwice(f"bytes {start}-{end - 1}: no progress for 30 s, twice")
 
     cache = PageCache(block_bytes=4 * PAGE, failed_for=30)
     with pytest.raises(RemoteError) as first:
@@ -257,6 +257,22 @@ def test_a_failed_page_fails_at_once_until_failed_for_has_passed(monkeypatch):
     with pytest.raises(RemoteError):
         cache.read("k", 8 * PAGE, fetch, PAGE, 100)
     assert asked == [(0, 2 * PAGE), (PAGE, 2 * PAGE)]  # asked again once the time has passed
+
+
+def test_a_page_whose_fetch_failed_at_once_is_asked_for_again():
+    """A reset or a 503 costs no wait: the next read asks again, and gets the bytes."""
+    answers = iter([RemoteError("connection reset"), b"x" * PAGE])
+
+    def fetch(start: int, end: int) -> bytes:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cache = PageCache(block_bytes=4 * PAGE, failed_for=30)
+    with pytest.raises(RemoteError, match="reset"):
+        cache.read("k", PAGE, fetch, 0, 10)
+    assert cache.read("k", PAGE, fetch, 0, 10) == b"x" * 10
 
 
 @pytest.mark.parametrize("chunk, pause, stalls", [

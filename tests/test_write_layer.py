@@ -107,11 +107,11 @@ def test_an_overlay_or_lock_that_others_could_change_is_refused_not_used(tmp_pat
     overlay.chmod(0o755)  # as an older ckptfs made them, or as someone loosened it
     for attempt in (lambda: Overlay.reopen(str(source)), lambda: Overlay.create(str(source)),
                     lambda: Overlay.discard_waiting(str(source))):
-        with pytest.raises(NotOwned, match=f"{overlay}: mode 0755 lets others change or read it"):
+        with pytest.raises(NotOwned, match=f"{overlay}: mode 0755 opens it to other users"):
             attempt()
     overlay.chmod(0o700)
     (overlay / "journal").chmod(0o644)
-    with pytest.raises(NotOwned, match="journal: mode 0644"):
+    with pytest.raises(NotOwned, match="journal: mode 0644 opens it"):
         Overlay.reopen(str(source))
     (overlay / "journal").chmod(0o600)
     Overlay.discard_waiting(str(source))

@@ -7,10 +7,12 @@ they are; the rest are fetched in runs of consecutive pages, one range
 request per run of at most `block_bytes`, the runs of one read in parallel.
 A page another thread is already fetching is waited for, not fetched again.
 `prefetch` starts the same fetches without waiting for them. A page whose
-fetch failed is not asked for again for `failed_for` seconds: reads of it
-fail at once, with the same error. The kernel reads a page again as soon
-as its read-ahead failed, and a reader may retry in a loop; neither should
-wait out a server's stall, or ask a failing server, once more.
+fetch stalled (or found the object changed) is not asked for again for
+`failed_for` seconds: reads of it fail at once, with the same error. The
+kernel reads a page again as soon as its read-ahead failed, and a reader
+may retry in a loop; neither should wait out a server's stall once more.
+A fetch that failed at once (a reset, a 503) is asked for again on the
+next read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import zlib
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
+
+from ..errors import SourceChangedError
+from .stall import Stalled
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +136,7 @@ class PageCache:
             with self.lock:
                 self.failed = {page: failure for page, failure in self.failed.items() if failure[0] > now}
                 for i in run:
-                    if self.failed_for > 0:
+                    if self.failed_for > 0 and isinstance(e, (Stalled, SourceChangedError)):
                         self.failed[(key, i)] = (now + self.failed_for, e)
                     self.fetching.pop((key, i)).set_exception(e)
             return

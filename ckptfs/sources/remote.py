@@ -182,6 +182,10 @@ async def _body(reply, watch: Watchdog, most: int | None = None) -> bytes:
         raise
 
 
+class StalledTwice(RemoteError, Stalled):
+    """A request that stalled, and stalled again on another connection."""
+
+
 def _watched(store, what: str, request):
     """`request(watch)`, a coroutine function, run on the store's event
     loop under a Watchdog of `-o stall_timeout` seconds. After a stall it
@@ -199,7 +203,7 @@ def _watched(store, what: str, request):
     try:
         return store.sync(store.fs.loop, attempt)
     except Stalled as e:
-        raise RemoteError(f"{what}: {e}, twice (the second time on another connection)") from None
+        raise StalledTwice(f"{what}: {e}, twice (the second time on another connection)") from None
 
 
 def _hub_auth(url: str) -> dict[str, str]:
@@ -613,18 +617,21 @@ class RemoteDirectory(Directory):
 
 def _checked_names(url: str, objects: dict[str, RemoteObject]) -> dict[str, RemoteObject]:
     """`objects` with each name that breaks the name rule escaped (one line
-    in the log says which), or left out where its escaped name is taken."""
+    in the log says which), or left out where its escaped name, or a folder
+    of that name, is taken."""
     checked = {name: obj for name, obj in objects.items() if pathnames.path_problem(name) is None}
+    folders = {name[:i] for name in checked for i, ch in enumerate(name) if ch == "/"}
     renamed, dropped = [], []
     for name, obj in objects.items():
         if name in checked:
             continue
         kept = pathnames.escaped(name)
-        if kept in checked or any(other.startswith(kept + "/") for other in checked):
+        if kept in checked or kept in folders:
             dropped.append(name)
-        else:
-            checked[kept] = obj
-            renamed.append(f"{name!r} as {kept!r}")
+            continue
+        checked[kept] = obj
+        folders.update(kept[:i] for i, ch in enumerate(kept) if ch == "/")
+        renamed.append(f"{name!r} as {kept!r}")
     if renamed or dropped:
         log.warning("%s: %s", url, "; ".join(
             ([f"names no folder can hold are shown escaped: {', '.join(renamed[:3])}"

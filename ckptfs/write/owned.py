@@ -75,8 +75,10 @@ def _checked(fd: int, path: str) -> int:
     problem = _problem(st)
     if problem is not None:
         os.close(fd)
-        raise NotOwned(f"{path}: {problem}; ckptfs uses only what its user made, closed to others "
-                       "(remove it if it should not be there)")
+        only_open = problem.startswith("mode")  # this user's own, but open to others
+        hint = (f"if it is yours (an older ckptfs made overlays 0755), chmod -R go= {path}, else remove it"
+                if only_open else "remove it if it should not be there")
+        raise NotOwned(f"{path}: {problem}; ckptfs uses only what its user made, closed to others ({hint})")
     return fd
 
 
@@ -88,7 +90,7 @@ def _problem(st: os.stat_result) -> str | None:
     if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
         return f"a file with {st.st_nlink} names (a hard link to another file)"
     if st.st_mode & 0o077:
-        return f"mode {stat.S_IMODE(st.st_mode):04o} lets others change or read it"
+        return f"mode {stat.S_IMODE(st.st_mode):04o} opens it to other users"
     return None
 
 
