@@ -153,8 +153,9 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
     def mode(gid: int) -> int:
         return (created_mode(readers, gid) if readers is not None else 0o600) & ~umask()
 
-    def fill(path: str, made) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    def fill(path: str, made, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, mode(os.fstat(fd).st_gid))
             output = Output(fd, progress=progress and (lambda n, _: progress(written[0] + n, expected)),
@@ -167,13 +168,12 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
 
     if target != "hf":
         [made] = files.values()
-        tmp = f"{out}.ckptfs-new"
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".ckptfs-new", dir=parent)
         try:
-            fill(tmp, made)
+            fill(tmp, made, fd)
             os.rename(tmp, out)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.unlink(tmp)  # the name mkstemp made, this export's alone
             raise
     else:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".ckptfs-new", dir=parent)

@@ -6,6 +6,7 @@ the overlay stays, for `ckptfs mount --resume` or `ckptfs recover`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -148,18 +149,22 @@ class EditSession:
 def remove_stale_temp_files(source: str) -> None:
     """Half-written checkpoints (files, or directories of a directory
     format) of a repack a crash interrupted. Call it holding the source's
-    lock, so that no repack is running. Only this user's are removed:
-    another's, or a link, is something else that has the name. A remote
+    lock, so that no repack is running. Only this user's and the source
+    owner's are removed: another's, or a link, is something else that has
+    the name. A remote
     source has none: its repack is uploaded, and an upload cut short never
     shows."""
     if remote.is_url(source):
         return
     directory, name = os.path.split(os.path.abspath(source))
+    ours = {os.geteuid()}
+    with contextlib.suppress(OSError):
+        ours.add(os.stat(source).st_uid)  # a new folder is given to the source's owner before the swap
     for entry in os.listdir(directory):
         if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
             path = os.path.join(directory, entry)
             st = os.lstat(path)
-            if st.st_uid != os.geteuid() or stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in ours or stat.S_ISLNK(st.st_mode):
                 log.warning("%s: left as it is: not a file this user's repack made", path)
             elif stat.S_ISDIR(st.st_mode):
                 log.info("removing %s, left by an interrupted repack", entry)
