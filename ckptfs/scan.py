@@ -527,7 +527,8 @@ def _back_to_back(data: bytes, loaded: bool, complete: bool) -> list[Audit]:
     start, count = 0, None
     while start < len(data) and (count is None or len(audits) < count):
         result = audit(data, start)
-        is_pickle = (loaded and not audits) or count is not None or result.whole or any(map(importable, result.globals))
+        clean_stop = result.whole and not result.problem  # not a STOP on an empty stack, which pickle.load refuses
+        is_pickle = (loaded and not audits) or count is not None or clean_stop or any(map(importable, result.globals))
         if not is_pickle and (complete or not result.ran_out):
             break  # no pickle: pickle.load stops where the reader stopped, before importing anything
         audits.append(result)

@@ -15,9 +15,10 @@ So nothing here goes by a path that could lead elsewhere:
   names now;
 - owners and modes are given through the new file's own descriptor: a file
   or folder that stands where the source had one takes its owner and mode
-  (a file's as it was at mount; a folder's looked up below the source
-  without following links), a new one the source folder's owner and group
-  and the read bits it gives (`output.created_mode`). The new directory
+  (a file's as it was at mount; one saved anew under its name, and a
+  folder, looked up below the source without following links), a new one
+  the source folder's owner and group and the read bits it gives
+  (`output.created_mode`). The new directory
   itself is given away last (`finish`).
 """
 
@@ -56,9 +57,11 @@ class Owners:
             os.close(self.fd)
             self.fd = None
 
-    def folder(self, relpath: str) -> os.stat_result | None:
-        """The source's folder at `relpath`, if it has one: found without
-        following links (a link put in its place is no folder of it)."""
+    def counterpart(self, relpath: str, folder: bool) -> os.stat_result | None:
+        """The stat of the source's folder (or regular file) at `relpath`, if
+        it has one: found without following links (a link put in its place
+        is no file of it). A file an editor saved as a new one and renamed
+        (`sed -i`, vim) stands where the source's did, and keeps its mode."""
         if self.fd is None:
             return None
         fd = os.dup(self.fd)
@@ -72,7 +75,7 @@ class Owners:
             return None
         finally:
             os.close(fd)
-        return st if stat.S_ISDIR(st.st_mode) else None
+        return st if (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)) else None
 
     def give(self, fd: int, like: os.stat_result | None, is_dir: bool) -> None:
         """Give the file or folder open as `fd` the owner and mode of `like`
@@ -133,7 +136,8 @@ class NewDirectory:
                 os.close(parent)
         try:
             fill(Output(fd))
-            self.owners.give(fd, _mounted_stat(like), is_dir=False)
+            known = _mounted_stat(like) or self.owners.counterpart(self.prefix + relpath, folder=False)
+            self.owners.give(fd, known, is_dir=False)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -185,7 +189,8 @@ class NewDirectory:
                 os.close(fd)
                 fd = inner
                 if made:
-                    self.owners.give(fd, self.owners.folder(self.prefix + "/".join(parts[:depth])), is_dir=True)
+                    self.owners.give(fd, self.owners.counterpart(self.prefix + "/".join(parts[:depth]), folder=True),
+                                     is_dir=True)
         except BaseException:
             os.close(fd)
             raise
