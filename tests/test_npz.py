@@ -8,15 +8,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import yaml
 
+from ckptfs.formats.zipout import Deflated, Record, ZipStream
 from ckptfs.sources.base import FileSource
 from ckptfs.sources.deflate import DeflateSource
+from ckptfs.write.output import COPY_BLOCK, Output
 
 from .conftest import run_ckptfs, sha256, write_refused
 from .hostile.formats import empty_records_zip
@@ -93,9 +97,10 @@ def test_edits_repack_into_an_archive_np_load_reads(archive, mount):
     with zipfile.ZipFile(archive) as z:
         methods = {i.filename: i.compress_type for i in z.infolist()}
         assert z.testzip() is None  # every CRC right
-    compressed = "compressed" in archive.name
-    assert methods["weight.npy"] == (zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED)  # kept as it was
-    assert methods["ids.npy"] == zipfile.ZIP_STORED  # written anew: stored
+    kept = zipfile.ZIP_DEFLATED if "compressed" in archive.name else zipfile.ZIP_STORED
+    assert methods["weight.npy"] == kept  # copied as it was
+    assert methods["ids.npy"] == kept  # written anew as it was written
+    assert methods["layers/0/extra.npy"] == kept  # new: as the archive's writer writes every record
 
 
 def test_a_file_that_is_no_npy_is_refused_when_closed(archive, mount):
@@ -246,3 +251,144 @@ def test_a_record_that_is_no_array_is_the_file_np_load_returns(tmp_path, mount):
     notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
     assert any(n.startswith("'broken.npy' is shown as the plain file it is") for n in notes), notes
     assert (mnt / ".ckptfs" / "tensors.tsv").read_text().count("\n") == 2  # a.npy alone, under its header line
+
+
+def _compressible(seed: int, shape: tuple) -> np.ndarray:
+    """Values of few kinds, half of them zero: deflate packs them several times over."""
+    array = np.random.default_rng(seed).integers(0, 6, shape).astype(np.float32)
+    array[..., : shape[-1] // 2] = 0
+    return array
+
+
+def _record_bytes(path, info: zipfile.ZipInfo) -> bytes:
+    """A record's bytes as the archive holds them (compressed ones compressed)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        return f.read(info.compress_size)
+
+
+def test_an_edited_savez_compressed_archive_stays_compressed(tmp_path, mount):
+    arrays = {"emb": _compressible(0, (600, 512)), "head": _compressible(1, (256, 300)),
+              "bias": np.zeros(4096, np.float32), "steps": np.arange(20000, dtype=np.int64)}
+    archive = tmp_path / "model.npz"
+    np.savez_compressed(archive, **arrays)
+    with zipfile.ZipFile(archive) as z:
+        before = {i.filename: _record_bytes(archive, i) for i in z.infolist()}
+    mnt = mount(archive)
+    edited = _compressible(2, (256, 300))
+    np.save(mnt / "head.npy", edited)  # the same shape, other values
+    np.save(mnt / "steps.npy", np.arange(30000, dtype=np.int32))  # another shape and dtype
+    np.save(mnt / "new.npy", _compressible(3, (100, 400)))
+    os.remove(mnt / "bias.npy")
+    done = run_ckptfs("umount", mnt)
+    assert done.returncode == 0, done.stderr
+
+    expected = {"emb": arrays["emb"], "head": edited, "steps": np.arange(30000, dtype=np.int32),
+                "new": _compressible(3, (100, 400))}
+    with np.load(archive) as result:
+        assert result.files == list(expected)
+        for key, array in expected.items():
+            assert result[key].dtype == array.dtype and result[key].tobytes() == array.tobytes(), key
+    reference = tmp_path / "reference.npz"
+    np.savez_compressed(reference, **expected)  # what numpy writes for the same arrays
+    with zipfile.ZipFile(archive) as z, zipfile.ZipFile(reference) as r:
+        assert z.testzip() is None  # every CRC-32 right
+        infos, wanted = z.infolist(), r.infolist()
+        assert [i.compress_type for i in infos] == [zipfile.ZIP_DEFLATED] * 4
+        assert _record_bytes(archive, infos[0]) == before["emb.npy"]  # unchanged: its bytes copied
+        # edited and new records deflated as zipfile deflates them for numpy, to the byte
+        assert [(i.filename, i.compress_size, i.file_size) for i in infos] == \
+               [(i.filename, i.compress_size, i.file_size) for i in wanted]
+    assert abs(archive.stat().st_size - reference.stat().st_size) <= 64 * len(expected)
+    assert archive.stat().st_size < sum(a.nbytes for a in expected.values()) // 3
+
+
+def test_each_record_keeps_its_own_compression_and_new_ones_take_the_archives(tmp_path, mount):
+    archive = tmp_path / "mixed.npz"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.npy", _npy(_compressible(4, (50, 60))), zipfile.ZIP_STORED)
+        z.writestr("b.npy", _npy(_compressible(5, (50, 60))), zipfile.ZIP_DEFLATED, compresslevel=1)
+        z.writestr("c.npy", _npy(_compressible(6, (50, 60))), zipfile.ZIP_DEFLATED, compresslevel=9)
+    with zipfile.ZipFile(archive) as z:
+        untouched = _record_bytes(archive, z.getinfo("c.npy"))
+    mnt = mount(archive)
+    np.save(mnt / "a.npy", np.full((3, 3), 7.0))
+    np.save(mnt / "b.npy", np.full((3, 3), 8.0))
+    np.save(mnt / "d.npy", np.full((3, 3), 9.0))
+    assert run_ckptfs("umount", mnt).returncode == 0
+    with zipfile.ZipFile(archive) as z:
+        assert z.testzip() is None
+        assert {i.filename: i.compress_type for i in z.infolist()} == {
+            "a.npy": zipfile.ZIP_STORED, "b.npy": zipfile.ZIP_DEFLATED, "c.npy": zipfile.ZIP_DEFLATED,
+            "d.npy": zipfile.ZIP_DEFLATED}  # two of three were deflated: so is the new one
+        assert _record_bytes(archive, z.getinfo("c.npy")) == untouched  # level 9 kept: never recompressed
+    with np.load(archive) as result:
+        assert result["a"].tolist() == [[7.0] * 3] * 3 and result["b"].tolist() == [[8.0] * 3] * 3
+        assert result["d"].tolist() == [[9.0] * 3] * 3
+        assert np.array_equal(result["c"], _compressible(6, (50, 60)))
+
+
+class _BytesPiece:
+    """Bytes read as a file of the tree is read."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
+
+
+@pytest.mark.parametrize("zip64_at", [0xFFFFFFFF, 64], ids=["zip32", "zip64"])
+def test_deflated_records_are_written_as_zipfile_reads_them(tmp_path, zip64_at):
+    weights, steps = _npy(_compressible(7, (250, 200))), _npy(np.arange(9))
+    records = [Deflated("w.npy", len(weights), _BytesPiece(weights)), Record("s.npy", len(steps), data=steps),
+               Deflated("empty", 0, _BytesPiece(b""))]
+    path = tmp_path / "written.npz"
+    with open(path, "wb") as f:
+        ZipStream(records, zip64_at=zip64_at).write(Output(f.fileno()))
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None  # CRC-32s and sizes as zipfile checks them
+        assert [(i.filename, i.compress_type) for i in z.infolist()] == [
+            ("w.npy", zipfile.ZIP_DEFLATED), ("s.npy", zipfile.ZIP_STORED), ("empty", zipfile.ZIP_DEFLATED)]
+        assert z.getinfo("w.npy").compress_size < len(weights) // 3
+    with np.load(path) as result:
+        assert np.array_equal(result["w"], _compressible(7, (250, 200))) and result["s"].tolist() == list(range(9))
+        assert result["empty"] == b""
+
+
+class _Generated:
+    """`size` bytes made as they are read, a tenth of each block random:
+    a piece no memory holds whole. Keeps the CRC-32 of what it served."""
+
+    def __init__(self, size: int):
+        self.size, self.crc = size, 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        block = random.Random(offset).randbytes(length // 10).ljust(length, b"\0")
+        self.crc = zlib.crc32(block, self.crc)
+        return block
+
+
+class _Counted:
+    """An output that keeps only the count of what it is given."""
+
+    length = 0
+
+    def write(self, data: bytes) -> None:
+        self.length += len(data)
+
+
+def test_a_record_is_deflated_in_blocks_never_held_whole():
+    import tracemalloc
+
+    piece, sink = _Generated(96 << 20), _Counted()
+    tracemalloc.start()
+    try:
+        crc, length = Deflated("big.npy", piece.size, piece).write(sink)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert crc == piece.crc and length == sink.length and 0 < length < piece.size // 5
+    assert peak < 3 * COPY_BLOCK  # a block read and its deflated bytes: far below the record's 96 MiB

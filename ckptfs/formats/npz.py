@@ -10,9 +10,13 @@ them, through zipfile: of two records of one name, the last; a record
 whose name no path can hold beside the others is left out alone.
 
 Writable: the repack copies unchanged records as they are (compressed or
-not, CRC kept), and those the mount left out, and writes edited and new
-files as stored records; a removed file's record is left out. `np.load`
-reads the result as it reads what `numpy.savez` writes.
+not, CRC kept), and those the mount left out; an edited record keeps its
+compression (deflated while it is written, in blocks, if it was deflated),
+and a new file takes the archive's: deflated in an archive of at least
+as many deflated records as stored ones (`numpy.savez_compressed` deflates
+them all), stored otherwise. A removed file's record is left out. `np.load` reads the result
+as it reads what `numpy.savez` and `numpy.savez_compressed` write, and the
+archive stays about the size its writer made it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from ..tree.tensors import PlacedTensor, Tensor, shape_text
 from ..write.diff import is_edited
 from .base import FileFormat, FileWriter
 from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
-from .zipout import Record, ZipBlob
+from .zipout import Deflated, Record, ZipStream
 
 SUFFIX = ".npy"
 CENTRAL_SIGNATURE = b"PK\x01\x02"
@@ -179,7 +183,7 @@ class Writer(FileWriter):
             except ValueError as e:
                 raise EditRefused(f"{e}; np.load could not read it from the archive") from None
 
-    def _archive(self, files: dict) -> ZipBlob:
+    def _archive(self, files: dict) -> ZipStream:
         """The records shown (edited ones written anew, removed ones left
         out) and those left out of the mount, in the archive's order, then
         new files by path: np.load reads in the result what the mount
@@ -204,14 +208,27 @@ class Writer(FileWriter):
                 if info.filename not in taken:
                     out.append(self._copied(info))
             elif path in new:
-                out.append(self._anew(new.pop(path), files[path]))
+                out.append(self._anew(new.pop(path), files[path], info.compress_type))
             elif path in files:
                 out.append(self._copied(info))
-        out += [self._anew(record, files[path]) for path, record in new.items()]
-        return ZipBlob(out)
+        method = self._prevailing_method()
+        out += [self._anew(record, files[path], method) for path, record in new.items()]
+        return ZipStream(out)
+
+    def _prevailing_method(self) -> int:
+        """What a new record is written as: deflated in an archive of at
+        least as many deflated records as stored ones (savez_compressed
+        deflates them all), stored otherwise (savez, or no records)."""
+        methods = [info.compress_type for info, _ in self.records]
+        deflated = methods.count(zipfile.ZIP_DEFLATED)
+        return zipfile.ZIP_DEFLATED if deflated and deflated >= methods.count(zipfile.ZIP_STORED) else zipfile.ZIP_STORED
 
     @staticmethod
-    def _anew(record: str, node: File) -> Record:
+    def _anew(record: str, node: File, method: int) -> Record | Deflated:
+        """A file written anew, with the compression its record had (a
+        shown record is stored or deflated: no other kind is read)."""
+        if method == zipfile.ZIP_DEFLATED:
+            return Deflated(record, node.content.size, node.content)
         return Record(record, node.content.size, piece=node.content)
 
     def _copied(self, info: zipfile.ZipInfo) -> Record:
