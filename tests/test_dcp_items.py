@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:Us
 def _state(**extra) -> dict:
     state = {
         "model": {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(4, dtype=torch.bfloat16)},
-        "extra": {"step": 7, "note": "x", "lr": 0.1, "layers": [1, 2], "pair": (1, "x")},
+        "extra": {"step": 7, "note": "x", "lr": 0.1, "layers": [1, 2], "pair": (1, "x"), "scratch": "drop me"},
         "args": argparse.Namespace(lr=0.5, mask=torch.tensor([1, 0, 1], dtype=torch.uint8)),  # a tensor inside
         "blob": io.BytesIO(b"hello raw"),
     }
@@ -98,6 +99,8 @@ def test_edited_new_renamed_and_removed_items_read_back_by_dcp_load(mount, tmp_p
     blob = (mnt / "blob.yaml").read_text()
     (mnt / "blob.yaml").write_text(blob.replace("aGVsbG8gcmF3", "Ynll"))  # base64 of b"bye"
     os.unlink(mnt / "model" / "b.npy")
+    os.unlink(extra / "scratch.yaml")
+    np.save(mnt / "model" / "w.npy", np.arange(12, dtype=np.float32).reshape(3, 4) * 2)  # patched beside the items
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
 
@@ -106,6 +109,7 @@ def test_edited_new_renamed_and_removed_items_read_back_by_dcp_load(mount, tmp_p
     expected["args"].lr = 0.25
     expected["blob"] = io.BytesIO(b"bye")
     del expected["model"]["b"]
+    expected["model"]["w"] = torch.arange(12, dtype=torch.float32).reshape(3, 4) * 2
     reference = tmp_path / "reference"
     dcp.save(expected, checkpoint_id=str(reference))
     if variant == "safetensors":  # torch's FileSystemReader reads the items there, not the tensors
@@ -117,8 +121,18 @@ def test_edited_new_renamed_and_removed_items_read_back_by_dcp_load(mount, tmp_p
     assert sorted(k for k, v in metadata.state_dict_metadata.items() if type(v).__name__ == "BytesStorageMetadata") == [
         "args", "blob", "extra.epoch", "extra.lr", "extra.note", "extra.pair", "extra.sizes", "extra.step"]
     assert metadata.planner_data["extra.epoch"] == ("extra", "epoch")
-    for gone in ("extra.layers", "model.b"):
+    for gone in ("extra.layers", "extra.scratch", "model.b"):
         assert gone not in metadata.state_dict_metadata
+    # a new item's record is the zip torch.save writes of its value: the same records, the same pickle
+    info = next(v for k, v in metadata.storage_data.items() if k.fqn == "extra.epoch")
+    with open(ckpt / info.relative_path, "rb") as f:
+        f.seek(info.offset)
+        ours = zipfile.ZipFile(io.BytesIO(f.read(info.length)))
+    buffer = io.BytesIO()
+    torch.save(3, buffer)
+    theirs = zipfile.ZipFile(buffer)
+    assert ours.namelist() == theirs.namelist()
+    assert ours.read("archive/data.pkl") == theirs.read("archive/data.pkl")
 
 
 def test_an_edit_an_item_cannot_hold_fails_at_close(mount, tmp_path):
