@@ -1,6 +1,7 @@
 """torch.distributed.checkpoint directories: consolidated tensors and shard
 folders, compared with torch bit for bit."""
 
+import io
 import json
 import os
 import shutil
@@ -493,6 +494,7 @@ def test_every_variant_takes_a_rewrite_a_removal_and_a_new_tensor(mount, tmp_pat
     np.save(_npy(mnt, "rows"), rows)
     os.unlink(_npy(mnt, "cols"))
     np.save(mnt / "added.npy", np.arange(5, dtype=np.int16))
+    (mnt / "step.yaml").write_text("8\n")  # a non-tensor item: its record written anew (in every rank's shard)
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
     mnt = Path(mount(ckpt))
@@ -502,16 +504,24 @@ def test_every_variant_takes_a_rewrite_a_removal_and_a_new_tensor(mount, tmp_pat
         assert np.load(_npy(mnt, fqn)).tobytes() == _bytes(expected[fqn]), fqn
     reader = dcp.FileSystemReader(str(ckpt))
     if variant == "safetensors":  # torch's FileSystemReader reads no safetensors-format checkpoint
-        from safetensors import safe_open
+        from safetensors.numpy import load
 
-        with safe_open(str(ckpt / "__0_1.distcp"), "np") as block:  # the new shard, as the format makes one
-            assert block.get_tensor("added").tolist() == [0, 1, 2, 3, 4]
-            sharding = json.loads(block.metadata()["DCP_SHARDING_INFO"])
-            assert sharding == {"added": {"saved_offsets": [0]}, "rows": {"saved_offsets": [0, 0]}}
+        info = next(v for k, v in reader.read_metadata().storage_data.items() if k.fqn == "added")
+        assert info.relative_path == "__0_1.distcp"
+        # the new shard as the format makes one: the items' records (the edited step), then one block
+        block = (ckpt / info.relative_path).read_bytes()[info.offset :]
+        assert load(block)["added"].tolist() == [0, 1, 2, 3, 4]
+        header = json.loads(block[8 : 8 + int.from_bytes(block[:8], "little")])
+        sharding = json.loads(header["__metadata__"]["DCP_SHARDING_INFO"])
+        assert sharding == {"added": {"saved_offsets": [0]}, "rows": {"saved_offsets": [0, 0]}}
     if variant in ("per_rank_metadata", "safetensors"):
         for rank in range(world_size) if variant == "per_rank_metadata" else [None]:
-            keys = reader.read_metadata(rank=rank).state_dict_metadata
-            assert "cols" not in keys and "added" in keys
+            metadata = reader.read_metadata(rank=rank)
+            assert "cols" not in metadata.state_dict_metadata and "added" in metadata.state_dict_metadata
+            info = next(v for k, v in metadata.storage_data.items() if k.fqn == "step")
+            with open(ckpt / info.relative_path, "rb") as f:  # the record each rank's dcp.load reads
+                f.seek(info.offset)
+                assert torch.load(io.BytesIO(f.read(info.length)), weights_only=True) == 8
         return
     state = {"rows": torch.zeros(10, 7), "added": torch.zeros(5, dtype=torch.int16), "step": 0,
              "wide_cols": torch.zeros(40, 600)}
@@ -519,7 +529,7 @@ def test_every_variant_takes_a_rewrite_a_removal_and_a_new_tensor(mount, tmp_pat
         warnings.simplefilter("ignore")
         dcp.load(state, checkpoint_id=str(ckpt))
     assert state["rows"].numpy().tolist() == rows.tolist() and state["added"].tolist() == [0, 1, 2, 3, 4]
-    assert torch.equal(state["wide_cols"], expected["wide_cols"]) and state["step"] == 7
+    assert torch.equal(state["wide_cols"], expected["wide_cols"]) and state["step"] == 8
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -11,6 +11,8 @@ keeps its header pickles.
 
 from __future__ import annotations
 
+import hashlib
+
 from ..errors import EditRefused, RepackError
 from ..pickle import object_edits
 from ..pickle import tree_edits as pickled_edits
@@ -95,7 +97,15 @@ def _pickled(archive, obj: object, **options) -> bytes:
 def rewrite_blob(archive, files: dict, before: dict, changed: list[str]) -> ZipBlob:
     """The new archive for the edited tree of `archive` (a `TorchZip`)."""
     obj, new_storages = edit_objects(archive, files, before, changed, storable, "torch.save")
-    pickle = _pickled(archive, obj)
+    return archive_blob(archive, _pickled(archive, obj), obj, new_storages)
+
+
+def archive_blob(archive, pickle: bytes, obj: object, new_storages: dict | None = None) -> ZipBlob:
+    """`archive` (a `TorchZip`) with `pickle` (of `obj`) as its data.pkl: the
+    storages `obj` no longer uses left out, `new_storages` (as
+    `edit_objects` gives them) after the old ones, every other record kept
+    with its bytes."""
+    new_storages = new_storages or {}
     live = storage_keys(obj)
     storage_prefix = archive.prefix + "data/"
     records, after_storages = [], None
@@ -116,6 +126,19 @@ def rewrite_blob(archive, files: dict, before: dict, changed: list[str]) -> ZipB
              for key, (content, start, nbytes, _) in new_storages.items() if key in live]
     at = len(records) if after_storages is None else after_storages
     return ZipBlob(records[:at] + added + records[at:])
+
+
+def new_archive(pickle: bytes) -> ZipBlob:
+    """The torch.save zip of a value that holds no tensor, `pickle` its
+    data.pkl, with the records torch.save writes into a buffer (archive
+    name `archive/`). Its serialization id (random in torch) is made from
+    the pickle, so the same value gives the same bytes."""
+    serialization_id = str(int.from_bytes(hashlib.sha256(pickle).digest()[:16], "big")).zfill(40).encode()
+    records = [
+        ("data.pkl", pickle), (".format_version", b"1"), (".storage_alignment", b"64"), ("byteorder", b"little"),
+        ("version", b"3\n"), (".data/serialization_id", serialization_id),
+    ]
+    return ZipBlob([Record(f"archive/{name}", len(data), data=data) for name, data in records])
 
 
 def write_legacy(archive, files: dict, before: dict, output) -> None:

@@ -21,6 +21,7 @@ class Templates:
     def __init__(self, items: dict, storage: dict, planner):
         self.items, self.storage, self.planner = items, storage, planner
         self.tensor = next((v for v in items.values() if isinstance(v, Call) and v.path.endswith("TensorStorageMetadata")), None)
+        self.bytes = next((v for v in items.values() if isinstance(v, Call) and v.path.endswith("BytesStorageMetadata")), None)
         self.index, self.info = next(iter(storage.items()), (None, None))
 
     def add(self, fqn: str, dtype: DType, shape: tuple[int, ...], shard: str, offset: int, length: int,
@@ -40,6 +41,24 @@ class Templates:
         if "transform_descriptors" in info.state:
             info.state["transform_descriptors"] = None
         self.storage[_copy(index, fqn=fqn, offset=zeros, index=0)] = info
+        if isinstance(self.planner, dict):
+            self.planner[fqn] = _planner_path(self.planner, fqn)
+
+
+    def add_item(self, fqn: str, shard: str, offset: int, length: int, pattern: Templates) -> None:
+        """Metadata of a non-tensor item stored at `offset` of `shard`, as DCP
+        writes it: a `BytesStorageMetadata`, an index with no offset."""
+        index, info = self.index or pattern.index, self.info or pattern.info
+        made = self.bytes or pattern.bytes
+        if made is None:  # the checkpoint holds tensors only: the class beside TensorStorageMetadata
+            tensor = self.tensor or pattern.tensor
+            made = Call(Global(tensor.func.module, "BytesStorageMetadata"), kind=tensor.kind)
+        self.items[fqn] = _copy(made)
+        index = _copy(index, fqn=fqn, index=None)
+        drop_field(index, "offset")
+        info = _copy(info, relative_path=shard, offset=offset, length=length)
+        drop_field(info, "transform_descriptors")
+        self.storage[index] = info
         if isinstance(self.planner, dict):
             self.planner[fqn] = _planner_path(self.planner, fqn)
 
@@ -87,6 +106,18 @@ class NewShard:
         for part in self.parts:
             part.write(output)
 
+    @classmethod
+    def joined(cls, items: list, tensors: NewShard | None) -> NewShard:
+        """A shard of `items` (each a blob of a non-tensor item's record),
+        then `tensors`, as DCP writes a shard: bytes items first."""
+        places, position = [], 0
+        for blob in items:
+            places.append((position, blob.size))
+            position += blob.size
+        if tensors is None:
+            return cls(list(items), places)
+        return cls([*items, *tensors.parts], places + [(offset + position, length) for offset, length in tensors.places])
+
 
 def new_torch_shard(added: list[tuple[str, tuple]]) -> NewShard:
     """Each tensor as the torch.save zip DCP's writer makes of a chunk, one
@@ -129,3 +160,12 @@ def set_field(value: Call, name: str, new: object) -> None:
         state[0][name] = new
     else:
         state[name] = new
+
+
+def drop_field(value: Call, name: str) -> None:
+    """Leaves an attribute out of a pickled dataclass instance, as DCP leaves
+    out a `_StorageInfo`'s `transform_descriptors` when there are none."""
+    state = value.state
+    for fields in (state[1], state[0]) if isinstance(state, tuple) else (state,):
+        if isinstance(fields, dict):
+            fields.pop(name, None)

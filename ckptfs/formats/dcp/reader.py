@@ -50,7 +50,7 @@ def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, f
                 placed.append(PlacedTensor("/".join(parts), tensor))
             else:
                 suffix, file = reader.bytes_item(fqn, metadata.storage)
-                parts = _item_path(fqn, suffix)
+                parts = item_path(fqn, suffix)
                 root.subdir(parts[:-1]).add(parts[-1], file)
         except FormatError as e:
             notes.append(f"{fqn}: {e}")
@@ -85,7 +85,7 @@ def _fill_shard(chunks: list[ShardChunk], folder: Dir) -> None:
         parent.add(leaf, File(Content([header, piece]), xattrs=xattrs))
 
 
-def _item_path(fqn: str, suffix: str) -> list[str]:
+def item_path(fqn: str, suffix: str) -> list[str]:
     """Path parts of a non-tensor item. A Megatron ShardedObject shard
     (`decoder.layers.x._extra_state/shard_0.1_1.4`) is a file named after the
     shard in the folder of its key."""
@@ -161,11 +161,15 @@ class Reader:
         self.fqn_of[id(file)] = fqn
         return file, tensor
 
-    def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
+    def item_storage(self, fqn: str, storage: dict) -> dict:
+        """The storage entry of a non-tensor item."""
         info = storage.get((fqn, None)) or next((v for (name, _), v in storage.items() if name == fqn), None)
         if info is None:
             raise FormatError(self.path, f"item {fqn!r} has no storage")
-        data = self.record(fqn, info).data
+        return info
+
+    def bytes_item(self, fqn: str, storage: dict) -> tuple[str, File]:
+        data = self.record(fqn, self.item_storage(fqn, storage)).data
         suffix, file = ".bin", File(Content([Extent(data, 0, data.size)]))
         if torchzip.sniff(data.pread(0, 4)):
             try:

@@ -1,6 +1,7 @@
 """Writes an edited distributed checkpoint: chunks patched in their
-records, removed keys dropped and the records after them moved up, new
-tensors in a new shard (new_shards.py), the metadata pickled again."""
+records, removed keys dropped and the records after them moved up, edited
+non-tensor items stored anew in their records (items.py), new tensors and
+items in a new shard (new_shards.py), the metadata pickled again."""
 
 from __future__ import annotations
 
@@ -21,23 +22,42 @@ from ...write.output import Blob, ContentBlob
 from .. import torchzip
 from ..base import DirectoryWriter, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names
-from .new_shards import NewShard, Templates, free_shard_name, new_safetensors_shard, new_torch_shard, set_field
+from .new_shards import (
+    NewShard,
+    Templates,
+    drop_field,
+    free_shard_name,
+    new_safetensors_shard,
+    new_torch_shard,
+    set_field,
+)
 
 
 class Writer(DirectoryWriter):
     """Writes an edited distributed checkpoint as a new directory beside it
     (swapped in by the caller). Consolidated tensors rewritten with the same
     shape and dtype are split back into their chunks, each patched inside its
-    shard's torch.save record (CRCs included). Removed tensors and items
-    leave the metadata (`.metadata` pickled again) and their shards (the
-    records after them move up). New tensors, and tensors of a new shape or
-    dtype, are stored whole in a new shard. Every other file, and every
-    shard without a change, is hard-linked from the source."""
+    shard's torch.save record (CRCs included). An edited non-tensor item's
+    record is written anew in its place (the records after it move).
+    Removed tensors and items leave the metadata (`.metadata` pickled
+    again) and their shards (the records after them move up). New tensors
+    and items, and tensors of a new shape or dtype, are stored whole in a
+    new shard. Every other file, and every shard without a change, is
+    hard-linked from the source."""
 
     adds_tensors = True  # a new `.npy` is a new tensor
 
     def __init__(self, path: str, files: dict[str, Source], chunks_of: dict, fqn_of: dict):
         self.path, self.files, self.chunks_of, self.fqn_of = path, files, chunks_of, fqn_of
+        self._items = None
+
+    def items(self):
+        """The non-tensor items (`items.Items`), read when first asked."""
+        if self._items is None:
+            from .items import Items  # edits are checked only at close and repack: not imported at mount
+
+            self._items = Items(self.path, self.files)
+        return self._items
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         new = {**self.new_files(files, before), **self._other_files(files, before)}
@@ -75,10 +95,15 @@ class Writer(DirectoryWriter):
         problems: list[str] = []
         removed: set[str] = set()
         added: dict[str, tuple] = {}  # fqn -> (content, data start, dtype, shape): new and reshaped tensors
+        replaced: dict[str, object] = {}  # fqn -> the new bytes of an edited item's record (a blob)
+        new_items: dict[str, object] = {}  # fqn -> the bytes of a new (or renamed) item's record
         beside = {p for p, n in files.items() if nested_writer(n) is not None}  # common.pt, shown expanded
         for path, node in sorted(files.items()):
             if path not in before and not isinstance(node, Dir) and not any(path.startswith(f + "/") for f in beside):
-                self._guarded(problems, self._added, path, node, added)
+                if path.endswith(".npy"):
+                    self._guarded(problems, self._added, path, node, added)
+                else:
+                    self._guarded(problems, self._new_item, path, node, new_items)
         for path, (node, content) in sorted(before.items()):
             if id(node) not in self.fqn_of:
                 continue  # a folder, or a file beside the checkpoint: written as it is (`_other_files`, the tar)
@@ -87,14 +112,15 @@ class Writer(DirectoryWriter):
                 removed.add(self.fqn_of[id(node)])
             elif is_edited(after) and not same_bytes(after.content, content):
                 if id(node) not in self.chunks_of:
-                    problems.append(f"{path}: a non-tensor item of a distributed checkpoint cannot be edited yet")
+                    self._guarded(problems, self._edited_item, path, after, self.fqn_of[id(node)], replaced)
                 elif not self._patched_in_place(path, node, after.content, patches):
                     removed.add(self.fqn_of[id(node)])  # stored anew, whole
                     self._guarded(problems, self._added, path, after, added)
+        problems += self._key_clashes(new_items, removed, added)
         layout = None
-        if (removed or added) and not problems:
+        if (removed or added or replaced or new_items) and not problems:
             try:
-                layout = _Rewrite(self.files, removed, added, self._stores_torch_records())
+                layout = _Rewrite(self.files, removed, added, self._stores_torch_records(), replaced, new_items)
             except ValueError as e:
                 problems.append(str(e))
         if problems:
@@ -106,7 +132,7 @@ class Writer(DirectoryWriter):
                 data = layout.metadata[name]
                 new[name] = FileBlob(len(data), functools.partial(_write_bytes, data))
             elif layout is not None and name in layout.files:
-                size = sum(length for _, length in layout.files[name])
+                size = sum(length for _, length, _ in layout.files[name])
                 new[name] = FileBlob(size, functools.partial(layout.write, name, source, shard_patches))
             elif layout is not None and name in layout.emptied:
                 new[name] = None
@@ -140,6 +166,28 @@ class Writer(DirectoryWriter):
         dtype, shape, start, _ = npy.edited_layout(node.content, path, like, torch_storable, "a distributed checkpoint")
         added[fqn] = (node.content, start, dtype, tuple(shape))
 
+    def _item_was(self, path: str, node: File) -> str | None:
+        """The key of the item a file at `path` showed: the item the mount
+        shows there (a file written anew in its place, `sed -i`), or the one
+        this file was before a rename."""
+        was = self.items().at(path)
+        if was is None and id(node) in self.fqn_of and id(node) not in self.chunks_of:
+            was = self.fqn_of[id(node)]
+        return was
+
+    def _new_item(self, path: str, node: File, new_items: dict) -> None:
+        """A new file that is not a tensor: a new item, or one renamed."""
+        new_items[self.items().key_for(path)] = self.items().stored(path, node.content, self._item_was(path, node))
+
+    def _edited_item(self, path: str, node: File, fqn: str, replaced: dict) -> None:
+        replaced[fqn] = self.items().stored(path, node.content, fqn)
+
+    def _key_clashes(self, new_items: dict, removed: set[str], added: dict) -> list[str]:
+        """A new item under a key the checkpoint keeps for another value."""
+        kept = {fqn for fqn in self.fqn_of.values() if fqn not in removed} | set(added)
+        return [f"{fqn}: a new item's key is already in use (by a file of another name)"
+                for fqn in sorted(new_items) if fqn in kept]
+
     def _patched_in_place(self, path: str, node: File, edited, patches: dict) -> bool:
         """Whether an edited tensor of its old shape and dtype could be patched
         into its chunks' records; False for another shape or dtype, or chunks
@@ -155,11 +203,18 @@ class Writer(DirectoryWriter):
         return True
 
     def check(self, path: str, node: File) -> None:
-        if path.endswith(".npy"):
-            try:
+        try:
+            if path.endswith(".npy"):
                 self._added(path, node, {})
-            except ValueError as e:
-                raise EditRefused(str(e)) from None
+            elif path.endswith((".yaml", ".bin")) and path not in self._beside():
+                self.items().stored(path, node.content, self._item_was(path, node))
+        except ValueError as e:
+            raise EditRefused(str(e)) from None
+
+    def _beside(self) -> set[str]:
+        """The names of the files beside the checkpoint (Megatron's
+        metadata.json), shown at the top as they are."""
+        return {names.file_parts(n)[0] for n in self.files if not is_metadata(n) and not n.endswith(".distcp")}
 
     def _layout(self, path: str, node: File, edited) -> tuple:
         """(dtype, shape, chunks, data start) of an edited consolidated tensor."""
@@ -215,24 +270,28 @@ def _patched(source: Source, patches: dict, output) -> None:
 
 
 class _Rewrite:
-    """The layout of a distributed checkpoint with keys removed and tensors
-    added: the metadata pickled again (every rank's, for a checkpoint saved
-    with one metadata file per rank); each shard that held a removed key
-    written without its records (the later records move up, and the
-    metadata says where), a shard left empty not written, a shard with
-    bytes besides its records (a safetensors-format one) kept as it was;
-    the added tensors stored whole in a new shard `__0_<n>.distcp` as DCP
-    stores chunks (torch.save records, or one safetensors block), with
-    metadata made like the other tensors'."""
+    """The layout of a distributed checkpoint with keys removed, items
+    rewritten and tensors added: the metadata pickled again (every rank's,
+    for a checkpoint saved with one metadata file per rank); each shard
+    that held a removed key written without its records and each edited
+    item's record written anew in its place (the later records move, and
+    the metadata says where), a shard left empty not written, a shard with
+    bytes besides its records (a safetensors-format one) kept as it was
+    (an edited item there moves to the new shard); new items and the added
+    tensors stored whole in a new shard `__0_<n>.distcp` as DCP stores them
+    (items' bytes first, then tensors as torch.save records, or one
+    safetensors block), with metadata made like the checkpoint's own."""
 
-    def __init__(self, files: dict[str, Source], removed: set[str], added: dict[str, tuple], torch_records: bool):
+    def __init__(self, files: dict[str, Source], removed: set[str], added: dict[str, tuple], torch_records: bool,
+                 replaced: dict[str, object] | None = None, new_items: dict[str, object] | None = None):
         from ...pickle import writer as pickle_writer  # written only at repack: not imported at mount
 
+        replaced, new_items = replaced or {}, dict(new_items or {})
         graphs = {name: InertUnpickler(files[name].read_exact(0, files[name].size), known=KNOWN).load()
                   for name in metadata_names(files)}
         fields = {name: fields_of(graph) for name, graph in graphs.items()}
         templates = [Templates(f["state_dict_metadata"], f["storage_data"], f.get("planner_data")) for f in fields.values()]
-        records: dict[str, list[tuple[int, int, object, bool]]] = {}  # shard -> [(start, length, info, removed)]
+        records: dict[str, list[tuple]] = {}  # shard -> [(start, length, info, removed, new bytes or None, fqn)]
         for f in fields.values():
             items, storage, planner = f["state_dict_metadata"], f["storage_data"], f.get("planner_data")
             for fqn in removed:
@@ -241,46 +300,75 @@ class _Rewrite:
                     planner.pop(fqn, None)
             for index in list(storage):
                 where = fields_of(storage[index])
-                gone = fields_of(index)["fqn"] in removed
+                fqn = fields_of(index)["fqn"]
+                gone = fqn in removed
                 records.setdefault(str(where["relative_path"]), []).append(
-                    (int(where["offset"]), int(where["length"]), storage[index], gone))
+                    (int(where["offset"]), int(where["length"]), storage[index], gone, replaced.get(fqn), fqn))
                 if gone:
                     del storage[index]
-        self.files: dict[str, list[tuple[int, int]]] = {}  # rewritten shard -> the (start, length) of its kept records
+        self.files: dict[str, list[tuple]] = {}  # rewritten shard -> its records: (start, length, new bytes or None)
         self.emptied: set[str] = set()
+        moved: dict[str, list] = {}  # fqn -> the storage infos of an edited item whose shard stays as it was
         for name, in_shard in records.items():
-            if not any(gone for *_, gone in in_shard):
+            if not any(gone or blob is not None for _, _, _, gone, blob, _ in in_shard):
                 continue
             in_shard.sort(key=lambda r: r[0])
             ends = [0] + [start + length for start, length, *_ in in_shard]
             if [r[0] for r in in_shard] != ends[:-1] or name not in files or ends[-1] != files[name].size:
-                continue  # bytes besides the records: the shard stays as it is, its removed records unread
-            kept = [(start, length, info) for start, length, info, gone in in_shard if not gone]
+                # bytes besides the records: the shard stays as it is, its removed records unread
+                for _, _, info, gone, blob, fqn in in_shard:
+                    if blob is not None and not gone:
+                        moved.setdefault(fqn, []).append(info)
+                continue
+            kept = [(start, length, info, blob) for start, length, info, gone, blob, _ in in_shard if not gone]
             if not kept:
                 self.emptied.add(name)
                 continue
-            position = 0
-            for start, length, info in kept:
+            position, layout = 0, []
+            for start, length, info, blob in kept:
                 set_field(info, "offset", position)
+                if blob is not None:
+                    length = blob.size
+                    set_field(info, "length", length)
+                    drop_field(info, "transform_descriptors")  # stored plain
+                layout.append((start, length, blob))
                 position += length
-            self.files[name] = [(start, length) for start, length, _ in kept]
+            self.files[name] = layout
+        new_items.update({fqn: replaced[fqn] for fqn in moved})
         self.new_shard = free_shard_name(files)
         self.added: NewShard | None = None
-        if added:
-            pattern = next((t for t in templates if t.tensor is not None and t.index is not None), None)
+        if added or new_items:
+            pattern = next((t for t in templates if t.index is not None and (
+                t.tensor is not None or (not added and t.bytes is not None))), None)
             if pattern is None:
-                raise ValueError(f"{', '.join(sorted(added))}: no tensor in the checkpoint to make new ones' metadata like")
+                raise ValueError(f"{', '.join(sorted([*added, *new_items]))}: no {'tensor' if added else 'item'} in "
+                                 "the checkpoint to make new ones' metadata like")
             ordered = sorted(added.items())
-            self.added = (new_torch_shard if torch_records else new_safetensors_shard)(ordered)
-            for (fqn, (_, _, dtype, shape)), (offset, length) in zip(ordered, self.added.places):
+            ordered_items = sorted(new_items.items())
+            tensors = (new_torch_shard if torch_records else new_safetensors_shard)(ordered) if ordered else None
+            self.added = NewShard.joined([blob for _, blob in ordered_items], tensors)
+            item_places, tensor_places = self.added.places[: len(ordered_items)], self.added.places[len(ordered_items) :]
+            for (fqn, _), (offset, length) in zip(ordered_items, item_places):
+                if fqn in moved:
+                    for info in moved[fqn]:  # every rank's copy points to the one record
+                        for field, value in (("relative_path", self.new_shard), ("offset", offset), ("length", length)):
+                            set_field(info, field, value)
+                        drop_field(info, "transform_descriptors")
+                    continue
                 for own in templates:  # every rank's metadata lists it: each rank reads its own
+                    own.add_item(fqn, self.new_shard, offset, length, pattern)
+            for (fqn, (_, _, dtype, shape)), (offset, length) in zip(ordered, tensor_places):
+                for own in templates:
                     own.add(fqn, dtype, shape, self.new_shard, offset, length, pattern)
         self.metadata = {name: pickle_writer.dumps(graph) for name, graph in graphs.items()}
 
     def write(self, name: str, source: Source, patches: dict, output) -> None:
-        """Shard `name` without its removed records; `patches` by record start."""
-        for start, length in self.files[name]:
-            if start in patches:
+        """Shard `name` without its removed records, and with its edited
+        items' new bytes; `patches` by record start."""
+        for start, length, blob in self.files[name]:
+            if blob is not None:
+                blob.write(output)
+            elif start in patches:
                 record, record_patches = patches[start]
                 torchzip.Writer(record, record.path).write_patches(record_patches, output)
             else:
