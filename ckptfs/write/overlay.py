@@ -53,6 +53,13 @@ BLOCK = 1 << 16
 #: and their existence alone is not an edit. `-o ignore=` replaces them.
 TEMP_PATTERNS = (".*.swp", ".*.swx", ".*.swo", "*~", "4913", ".#*", "*.tmp", ".~lock.*#")
 
+#: Names of files a program writes whole, then renames over the file they
+#: replace: sed -i's `sedXXXXXX`, Python tempfile's `tmpXXXXXXXX` (mkstemp,
+#: NamedTemporaryFile; a suffix or not). Such a file is checked under the
+#: name it is renamed to, not when closed; one still there at the repack
+#: holds an edit that never reached its file, and is refused.
+STAGING_PATTERNS = ("sed??????", "tmp????????", "tmp????????.*")
+
 
 def overlay_dir(source: str) -> str:
     parent, name = os.path.split(_local_stand_in(source))
@@ -77,6 +84,11 @@ def _local_stand_in(source: str) -> str:
 
 def is_temp_name(name: str, patterns: tuple[str, ...] = TEMP_PATTERNS) -> bool:
     return _matcher(patterns)(name) is not None
+
+
+def is_staging_name(name: str) -> bool:
+    """A name `STAGING_PATTERNS` matches."""
+    return _matcher(STAGING_PATTERNS)(name) is not None
 
 
 @functools.lru_cache(maxsize=8)

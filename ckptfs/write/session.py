@@ -22,7 +22,7 @@ from .diff import changes, files_of
 from .editable import EditableTree
 from .newdir import NewDirectory, Owners
 from .output import write_atomically, write_directory_atomically
-from .overlay import TEMP_PATTERNS, Overlay, is_temp_name, mounted_identity
+from .overlay import TEMP_PATTERNS, EditedContent, Overlay, is_staging_name, is_temp_name, mounted_identity
 
 log = logging.getLogger(__name__)
 VIEW = frozenset({VIEW_NAME})
@@ -88,8 +88,9 @@ class EditSession:
     def check(self, path: str, node: Node) -> str | None:
         """What keeps an edited file from being written back, or None: asked
         of the writer of the checkpoint it belongs to (a nested one's, for a
-        file inside a `.nemo`'s `model_weights.ckpt/`)."""
-        if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored):
+        file inside a `.nemo`'s `model_weights.ckpt/`). An editor's
+        temporary file is not: it is checked where it is renamed to."""
+        if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored) or self._staged(path, node):
             return None
         writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
         parts = path.split("/")
@@ -102,6 +103,11 @@ class EditSession:
         except EditRefused as e:
             return str(e)
         return None
+
+    def _staged(self, path: str, node: Node) -> bool:
+        """A file made in this mount under a name of `STAGING_PATTERNS`."""
+        return (is_staging_name(path.rpartition("/")[2]) and isinstance(node, File)
+                and isinstance(node.content, EditedContent) and path not in self.before())
 
     def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
                backup: bool = False, progress=None) -> str:
@@ -116,6 +122,11 @@ class EditSession:
         if not changed and not output_path and not force:
             overlay.remove()
             return f"{source}: no changes; the source was left as it was"
+        staged = sorted(path for path, node in after.items() if self._staged(path, node))
+        if staged:
+            raise EditsKept(f"cannot write {source}: {', '.join(staged)}: left by sed -i or a program that writes "
+                            "a temporary file, then renames it over the file it replaces; that edit never reached "
+                            "its file: rename each over the file it stands for, or remove it", "edit", overlay.path)
         writer = self.checkpoint.writer
         try:
             if isinstance(writer, DirectoryWriter):
