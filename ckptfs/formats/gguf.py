@@ -16,7 +16,9 @@ a tensor's folder removed. The repack writes the header anew and each
 tensor's data at a multiple of `general.alignment`.
 
 Every count and offset of the header is checked against the file before it
-is used; the header is read in steps, within `max_header_bytes`.
+is used; the header is read in steps, within `max_header_bytes`. A tensor
+whose bytes cannot be read is left out with a note, and the file mounts
+read-only (`open_file`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,7 +40,7 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PlacedTensor, Tensor, TensorFile
+from ..tree.tensors import PlacedTensor, QuantizedTensor, Tensor, TensorFile
 from ..write.diff import is_edited
 from . import gguf_values
 from .base import Before, FileFormat, Files, FileWriter
@@ -167,26 +170,51 @@ def alignment_of(metadata, name: str) -> int:
 
 
 # -- the tree
-def expand(source: Source, name: str) -> tuple[Dir, list[PlacedTensor], list[str]]:
+@dataclass
+class Expanded:
+    """What a mount shows of a GGUF file."""
+
+    root: Dir
+    #: tensors of a NumPy dtype, as `tensor.npy`
+    placed: list[PlacedTensor] = field(default_factory=list)
+    #: block-quantized tensors, as `raw.bin` and (where ckptfs computes it) `dequantized.npy`
+    quantized: list[QuantizedTensor] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: names of the tensors whose bytes cannot be read (the file cut short)
+    damaged: list[str] = field(default_factory=list)
+    #: tensors the header lists
+    count: int = 0
+
+
+def expand(source: Source, name: str) -> Expanded:
     metadata, infos, data_start = read_header(source, name)
-    root, placed, notes = Dir(), [], []
-    root.add("metadata.yaml", File(Content([metadata_yaml(metadata).encode("utf-8")])))
+    shown = Expanded(Dir(), count=len(infos))
+    shown.root.add("metadata.yaml", File(Content([metadata_yaml(metadata).encode("utf-8")])))
     for tensor_name, dims, kind, offset in infos:
         try:
             raw, file, tensor = _tensor(source, name, tensor_name, dims, kind, data_start + offset)
             parts = names.tensor_path(tensor_name, suffix="")
-            where = root.subdir(parts)
+            where = shown.root.subdir(parts)
             where.add("raw.bin", raw)
+            folder = "/".join(parts) + "/"
             if file is not None:
                 where.add("tensor.npy", file)
-                placed.append(PlacedTensor("/".join(parts + ["tensor.npy"]), tensor))
-            elif GGML_TYPES[kind][0] in DEQUANTIZE:
-                where.add("dequantized.npy", _dequantized(source, data_start + offset, GGML_TYPES[kind][0], dims))
+                shown.placed.append(PlacedTensor(folder + "tensor.npy", tensor))
+                continue
+            type_name, block, block_bytes, _ = GGML_TYPES[kind]
+            values = None
+            if type_name in DEQUANTIZE:
+                where.add("dequantized.npy", _dequantized(source, data_start + offset, type_name, dims))
+                values = folder + "dequantized.npy"
+            shape = tuple(reversed(dims))
+            shown.quantized.append(QuantizedTensor(tensor_name, type_name, shape, folder + "raw.bin",
+                                                   shape[:-1] + (dims[0] // block * block_bytes,), values))
         except FormatError as e:
-            notes.append(f"{tensor_name}: {e.problem}")
+            shown.notes.append(f"{tensor_name}: {e.problem}")
+            shown.damaged.append(tensor_name)
         except PathConflict:
-            notes.append(f"{tensor_name}: another tensor or file needs its path")
-    return root, placed, notes
+            shown.notes.append(f"{tensor_name}: another tensor or file needs its path")
+    return shown
 
 
 def _tensor(source: Source, name: str, tensor: str, dims: list[int], kind: int, start: int):
@@ -363,9 +391,18 @@ def _write_gguf(output, version: bytes, metadata, tensors, alignment: int) -> No
 
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    root, placed, notes = expand(source, source.path)
-    ckpt = Checkpoint("gguf", source.path, st, root, raw_mirror(source), placed, notes)
-    ckpt.writer = Writer(source, source.path)
+    """A file with tensors that cannot be read (cut short: a download that
+    stopped) mounts read-only: written back, it could only lose them, and a
+    download could no longer be resumed; its readable tensors export."""
+    shown = expand(source, source.path)
+    ckpt = Checkpoint("gguf", source.path, st, shown.root, raw_mirror(source), shown.placed, shown.notes,
+                      quantized=shown.quantized)
+    if shown.damaged:
+        shown.root.xattrs["ckptfs.read_only"] = (
+            f"{len(shown.damaged)} of {shown.count} tensors cannot be read, and a GGUF written back would lose "
+            f"them; to keep the others: ckptfs export {source.path} NEW.safetensors")
+    else:
+        ckpt.writer = Writer(source, source.path)
     return ckpt
 
 

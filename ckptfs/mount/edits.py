@@ -31,6 +31,22 @@ def _read_only(checkpoint, reason: str, say: bool = True) -> None:
         logs.tell(log, logging.WARNING, f"{reason}; mounted read-only")
 
 
+#: notes said at mount, at most; the rest are in .ckptfs/info.yaml
+NOTES_SAID = 20
+
+
+def say_notes(checkpoint, mountpoint: str) -> None:
+    """What a reader noted instead of refusing (a tensor cut off, a member
+    skipped, a file shown plain because it cannot be read), one line each
+    on stderr and in the log."""
+    notes = checkpoint.notes
+    for note in notes[:NOTES_SAID]:
+        logs.tell(log, logging.WARNING, f"{checkpoint.source_path}: {note}")
+    if len(notes) > NOTES_SAID:
+        logs.tell(log, logging.WARNING, f"{checkpoint.source_path}: {len(notes) - NOTES_SAID} more notes in "
+                                        f"{os.path.join(mountpoint, VIEW_NAME, 'info.yaml')}")
+
+
 def _edit_session(checkpoint, opts, resume: bool = False):
     """The edit session of a writable mount, or None: read-only when asked,
     when the format has no writer, or when the overlay cannot be had
@@ -87,6 +103,8 @@ class MountEdits:
         gc.disable()
         try:
             checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
+            if self.operations is None:  # at mount; a commit's new checkpoint has the same to say
+                say_notes(checkpoint, self.state.mountpoint)
             # what the edits are made on, and what advice must name: for hf://ORG/NAME@main,
             # the commit main was at (its overlay is that commit's)
             self.source = checkpoint.source_path

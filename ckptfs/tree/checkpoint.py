@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .nodes import Dir, File
-from .tensors import PlacedTensor
+from .tensors import PlacedTensor, QuantizedTensor
 
 if TYPE_CHECKING:
     from ..formats.base import Writer
@@ -39,6 +39,8 @@ class Checkpoint:
     #: writes an edited tree back in this format (formats/base.py); None
     #: when it cannot (a Hugging Face cache snapshot, an ambiguous directory)
     writer: Writer | None = None
+    #: tensors of quantized types no NumPy dtype holds (GGUF's), not among `tensors`
+    quantized: list[QuantizedTensor] = field(default_factory=list)
 
     def source_bytes(self) -> int:
         """The file's size, or for a directory the sum of its files' sizes."""

@@ -32,6 +32,22 @@ class PlacedTensor:
     tensor: Tensor
 
 
+@dataclass(frozen=True, slots=True)
+class QuantizedTensor:
+    """A tensor stored in blocks of a quantized type no NumPy dtype holds
+    (GGML's Q4_0, Q6_K...): the shape of its values, the path in the tree
+    of its raw bytes (`raw_shape`: uint8, the last dimension counted in
+    bytes, as gguf-py's reader gives them), and of its values as float32,
+    None where ckptfs cannot compute them."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    raw_path: str
+    raw_shape: tuple[int, ...]
+    dequantized_path: str | None
+
+
 class NpyContent(Content):
     """A tensor's `.npy` bytes: its NPY header, made again when read (headers
     of one shape are shared by a cache), then its data, in place."""

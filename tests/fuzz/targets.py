@@ -92,8 +92,7 @@ def _gguf_metadata_edit(data: bytes) -> None:
 
 
 def _gguf_header(data: bytes) -> None:
-    root, _, _ = gguf.expand(MemorySource(data), "<fuzz input>")
-    root.children["metadata.yaml"].content.read(0, READ_BYTES)
+    gguf.expand(MemorySource(data), "<fuzz input>").root.children["metadata.yaml"].content.read(0, READ_BYTES)
 
 
 def _inert_pickle(data: bytes) -> None:

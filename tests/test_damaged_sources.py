@@ -1,0 +1,113 @@
+"""A checkpoint a reader serves in part (a GGUF cut short, a distributed
+checkpoint missing a shard, a .nemo whose weights are cut short) says what
+is missing on stderr at mount, one line each, once. Where a repack could
+only lose what is missing, the mount is read-only and says what to do
+instead, and that command works; where the damaged part is copied as it
+is, edits are written and it stays byte for byte."""
+
+from __future__ import annotations
+
+import errno
+import io
+import shlex
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import run_ckptfs, umount
+
+
+def _gguf(path):
+    """Three tensors, the file cut inside the second: two of three missing (issue 27)."""
+    from gguf import GGUFReader, GGUFWriter
+
+    whole = path.with_name("whole.gguf")
+    w = GGUFWriter(str(whole), "llama")
+    for name in ("a", "b", "c"):
+        w.add_tensor(name, np.full((4, 8), ord(name), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    second = GGUFReader(str(whole)).tensors[1]
+    path.write_bytes(whole.read_bytes()[:second.data_offset + 16])
+    return ["b: its 128 bytes at", "c: its 128 bytes at"], ["a"]
+
+
+def _dcp(path):
+    """Two saves' metadata in one, the second's shard lost."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    one, two = path.with_name("one"), path.with_name("two")
+    with pytest.warns(UserWarning):  # one process, no process group
+        dcp.save({"a": torch.ones(3), "b": torch.zeros(2)}, checkpoint_id=str(one))
+        dcp.save({"c": torch.full((2,), 7.0)}, checkpoint_id=str(two))
+    metadata = dcp.FileSystemReader(str(one)).read_metadata()
+    second = dcp.FileSystemReader(str(two)).read_metadata()
+    for info in second.storage_data.values():
+        info.relative_path = "__1_0.distcp"
+    metadata.state_dict_metadata.update(second.state_dict_metadata)
+    metadata.storage_data.update(second.storage_data)
+    path.mkdir()
+    (one / "__0_0.distcp").rename(path / "__0_0.distcp")
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+    return [f"c: {path}/__1_0.distcp: shard file named by the metadata is missing"], ["a", "b"]
+
+
+def _nemo(path):
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.ones(64, 64)}}, buffer)
+    with tarfile.open(path, "w:") as tar:
+        for name, data in (("./model_config.yaml", b"a: 1\n"), ("./model_weights.ckpt", buffer.getvalue()[:9000])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return ["model_weights.ckpt is shown as a plain file: not a readable zip archive"], None
+
+
+CASES = {"gguf": (_gguf, "cut.gguf"), "dcp": (_dcp, "dcp"), "nemo": (_nemo, "cut.nemo")}
+
+
+def _files(path):
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} if path.is_dir() else path.read_bytes()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_what_a_mount_cannot_serve_is_said_at_mount_and_edits_get_advice_that_works(case, tmp_path, mnt):
+    make, name = CASES[case]
+    source = tmp_path / name
+    said, readable = make(source)
+    before = _files(source)
+    done = run_ckptfs("mount", source, mnt, "--log-file", tmp_path / "daemon.log")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    for fragment in said:
+        assert len([line for line in lines if line.startswith(f"ckptfs: {source}: ") and fragment in line]) == 1, lines
+    if readable is None:  # the damaged part is copied as it is: edits are written
+        with tarfile.open(source) as tar:
+            weights = tar.extractfile("./model_weights.ckpt").read()
+        (mnt / "model_config.yaml").write_text("a: 2\n")
+        assert umount(mnt).returncode == 0
+        with tarfile.open(source) as tar:
+            assert tar.extractfile("./model_config.yaml").read() == b"a: 2\n"
+            assert tar.extractfile("./model_weights.ckpt").read() == weights
+        return
+    [advice] = [line for line in lines if line.endswith("; mounted read-only")]
+    with pytest.raises(OSError) as refused:
+        (mnt / "new.txt").write_text("x")
+    assert refused.value.errno == errno.EROFS
+    assert umount(mnt).returncode == 0
+    assert _files(source) == before
+    command = advice.rpartition(": ckptfs ")[2].removesuffix("; mounted read-only").split()
+    out = tmp_path / "NEW.safetensors"
+    exported = run_ckptfs(*[str(out) if word == "NEW.safetensors" else word for word in command])
+    assert exported.returncode == 0, exported.stderr
+    for fragment in said:  # the export names what it leaves out too
+        assert fragment in exported.stderr
+    from safetensors.numpy import load_file
+
+    assert sorted(load_file(out)) == readable, shlex.join(command)
