@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "before (repeatable)")
     export.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                         help="largest shard of --to hf, as transformers says it: 5GB, 500MB, 2GiB (default: 5GB)")
+    export.add_argument("--quantized", choices=("dequantize", "raw"), default="dequantize",
+                        help="a quantized tensor (GGUF's Q4_0, Q6_K...) as float32 values, as its dequantized.npy "
+                        "shows them, or as its blocks (uint8, its GGML type in the safetensors metadata) "
+                        "(default: dequantize)")
 
     scan = sub.add_parser(
         "scan", help="check a checkpoint's pickles for code before anything loads them", parents=[common],
@@ -632,7 +636,9 @@ def export(args) -> int:
     max_bytes = _byte_size(args.max_shard_size)
     source = source_path(args.source)
     checkpoint = open_checkpoint(source, _default_cache_dir())
-    selection = exporting.select(checkpoint, args.include, args.exclude, maps)
+    selection = exporting.select(checkpoint, args.include, args.exclude, maps, args.quantized)
+    for note in checkpoint.notes:  # what the reader could not show: a tensor cut off is not exported either
+        print(f"ckptfs: {source}: {note}", file=sys.stderr)
     for line in selection.left_out:
         print(f"ckptfs: left out {line}", file=sys.stderr)
     if not selection.items:
@@ -644,7 +650,8 @@ def export(args) -> int:
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
-    print(f"ckptfs: wrote {destination(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
+    dequantized = f" ({len(selection.dequantized):,} dequantized to float32)" if selection.dequantized else ""
+    print(f"ckptfs: wrote {destination(args.out)}: {len(selection.items):,} tensors{dequantized}, {human_size(total)} "
           f"({args.to})", file=sys.stderr)
     return 0
 

@@ -188,3 +188,73 @@ def test_a_file_edited_before_the_view_is_laid_out_is_left_out_with_a_reason():
     after = select(ckpt)
     assert [i.name for i in after.items] == [i.name for i in before.items if i.name != "norm.weight"]
     assert after.left_out == ["norm.weight: edited in this mount; exported as it is once the edits are written"]
+
+
+def _quantized_gguf(path) -> None:
+    """A plain tensor, Q8_0 (quantized by gguf), Q4_K blocks, and IQ4_NL
+    blocks (a type ckptfs does not dequantize), as GGUFWriter writes them."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import GGUFWriter, quants
+
+    rng = np.random.default_rng(27)
+
+    def blocks(rows: int, per_row: int, size: int, scales: tuple[int, ...]) -> np.ndarray:
+        raw = rng.integers(0, 256, (rows * per_row, size), dtype=np.uint8)
+        for at in scales:  # finite float16 scales, as a quantizer writes them
+            raw[:, at:at + 2] = rng.uniform(-0.1, 0.1, (len(raw), 1)).astype(np.float16).view(np.uint8)
+        return raw.reshape(rows, per_row * size)
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_tensor("plain", rng.standard_normal((4, 32)).astype(np.float32))
+    q8 = quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), T.Q8_0)
+    for name, data, kind in (("blk.q8", q8, T.Q8_0), ("blk.q4k", blocks(2, 1, 144, (0, 2)), T.Q4_K),
+                             ("blk.iq4", blocks(3, 2, 18, (0,)), T.IQ4_NL)):
+        w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_gguf_exports_every_tensor_dequantized_or_as_its_blocks_and_names_what_it_leaves_out(tmp_path, mount):
+    from gguf import GGMLQuantizationType as T
+    from gguf import GGUFReader, quants
+
+    source = tmp_path / "q.gguf"
+    _quantized_gguf(source)
+    tensors = {t.name: t for t in GGUFReader(str(source)).tensors}
+
+    out = tmp_path / "values.safetensors"
+    done = run_ckptfs("export", source, out)
+    assert done.returncode == 0, done.stderr
+    assert "ckptfs: left out blk.iq4: ckptfs cannot dequantize IQ4_NL; --quantized raw writes its blocks" in done.stderr
+    assert ": 3 tensors (2 dequantized to float32), " in done.stderr
+    with safe_open(out, "np") as f:
+        assert sorted(f.keys()) == ["blk.q4k", "blk.q8", "plain"]
+        assert f.get_tensor("plain").tobytes() == np.asarray(tensors["plain"].data).tobytes()
+        for name in ("blk.q8", "blk.q4k"):
+            want = quants.dequantize(tensors[name].data, tensors[name].tensor_type)
+            got = f.get_tensor(name)
+            assert (got.dtype, got.shape) == (np.float32, want.shape) and got.tobytes() == want.tobytes(), name
+    view = mount(source, "-o", "ro") / ".ckptfs/export"
+    assert (view / "model.safetensors").read_bytes() == out.read_bytes()  # what --help promises
+
+    blocks = tmp_path / "blocks"
+    done = run_ckptfs("export", source, blocks, "--to", "hf", "--quantized", "raw")
+    assert done.returncode == 0, done.stderr
+    assert "left out" not in done.stderr and ": 4 tensors, " in done.stderr
+    with safe_open(blocks / "model.safetensors", "np") as f:
+        metadata = f.metadata()
+        for name in ("blk.q8", "blk.q4k", "blk.iq4"):
+            stored, got = tensors[name], f.get_tensor(name)
+            assert got.dtype == np.uint8 and got.shape == stored.data.shape and got.tobytes() == stored.data.tobytes()
+            assert metadata[f"ggml_type.{name}"] == stored.tensor_type.name
+            again = quants.dequantize(got, T[metadata[f"ggml_type.{name}"]])  # the blocks and their type suffice
+            assert again.tobytes() == quants.dequantize(stored.data, stored.tensor_type).tobytes()
+        assert "ggml_type.plain" not in metadata
+
+    done = run_ckptfs("export", source, tmp_path / "x.pt", "--to", "torch", "--quantized", "raw")
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
+        "ckptfs: --quantized raw: a torch.save file has no place to say the GGML type of a tensor's blocks; "
+        "write them --to safetensors or --to hf")
+    assert not (tmp_path / "x.pt").exists()

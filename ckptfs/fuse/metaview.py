@@ -32,7 +32,7 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
         view.add("info.yaml", File(LiveText(editable, lambda: info_yaml(current.checkpoint()))))
         view.add("tensors.tsv", File(LiveText(editable, lambda: tensors_tsv(current.checkpoint()))))
     view.add("raw", ckpt.raw)
-    if ckpt.tensors:
+    if ckpt.tensors or ckpt.quantized:
         exports = view.add("export", LazyDir(functools.partial(_fill_export, ckpt), 1, read_only=True))
         if editable is not None:  # laid out from the tree as mounted, before an edit replaces a file
             editable.before_first_change.append(lambda: exports.children)

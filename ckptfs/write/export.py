@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import CkptfsError
 from ..formats import safetensors, zipout
@@ -25,13 +26,16 @@ from ..pickle.inert import Call, Global, PickledDict
 from ..pickle.torch_classes import new_tensor
 from ..sources import remote
 from ..tree.checkpoint import Checkpoint
-from ..tree.dtypes import DType
+from ..tree.dtypes import BY_NAME, DType
 from ..tree.nodes import Access, Content, Dir, Extent, File, Node, len_of
+from ..tree.tensors import QuantizedTensor
 from .output import COPY_BLOCK, Output, created_mode, umask, with_search_bits
 from .overlay import fsync_dir
 
 #: the __metadata__ of every safetensors file written (what transformers' save_pretrained writes)
 METADATA = {"format": "pt"}
+#: the __metadata__ key, before a tensor's name, of the GGML type of its blocks (`--quantized raw`)
+GGML_TYPE_KEY = "ggml_type."
 #: the shard size `--to hf` and the view's `hf/` folder use unless told (transformers' default)
 DEFAULT_SHARD_BYTES = 5 * 10**9
 SINGLE = "model.safetensors"
@@ -47,6 +51,9 @@ class Item:
     shape: tuple[int, ...]
     pieces: tuple
     length: int
+    #: for a quantized tensor's blocks written as they are (uint8): their
+    #: GGML type, which a safetensors file records in its metadata
+    ggml_type: str | None = None
 
 
 @dataclass
@@ -56,21 +63,32 @@ class Selection:
     left_out: list[str]
     #: who may read the bytes of every item (None: whoever may read the source)
     access: Access | None = None
+    #: the names of the items whose values are a quantized tensor's, dequantized to float32
+    dequantized: list[str] = field(default_factory=list)
 
 
-def select(ckpt: Checkpoint, include=(), exclude=(), maps=()) -> Selection:
+#: what `--quantized` makes of a quantized tensor (GGUF's Q4_0...): float32 values, or its blocks as uint8
+QUANTIZED = ("dequantize", "raw")
+
+
+def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "dequantize") -> Selection:
     """The tensors of `ckpt` that the include and exclude globs choose (by
     their names in the checkpoint), by name after `maps` ((old prefix, new
-    prefix) pairs)."""
+    prefix) pairs). A quantized tensor is written as float32, as its
+    `dequantized.npy` shows it, or with `quantized="raw"` as its blocks."""
     items: dict[str, Item] = {}
     left_out: list[str] = []
     accesses: set = set()
     default = Access.of(ckpt.stat)
+    selection = Selection([], left_out)
+
+    def chosen(name: str) -> bool:
+        return ((not include or any(fnmatch.fnmatchcase(name, g) for g in include))
+                and not any(fnmatch.fnmatchcase(name, g) for g in exclude))
+
     for placed in ckpt.tensors:
         tensor = placed.tensor
-        if include and not any(fnmatch.fnmatchcase(tensor.name, g) for g in include):
-            continue
-        if any(fnmatch.fnmatchcase(tensor.name, g) for g in exclude):
+        if not chosen(tensor.name):
             continue
         name = rename_prefix(tensor.name, maps)
         if tensor.dtype.safetensors is None:
@@ -90,8 +108,45 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=()) -> Selection:
             continue
         items[name] = Item(name, tensor.dtype, tuple(tensor.shape), tuple(pieces[1:]), nbytes)
         accesses.add(access or default)
-    access = None if accesses <= {default} else Access.common(accesses)
-    return Selection([items[name] for name in sorted(items)], left_out, access)
+    for tensor in ckpt.quantized:
+        if not chosen(tensor.name):
+            continue
+        name = rename_prefix(tensor.name, maps)
+        if name in items:
+            left_out.append(f"{name}: a second tensor of that name (at {tensor.raw_path}); the first is kept")
+            continue
+        item, access = _quantized_item(ckpt.root, tensor, name, quantized, left_out)
+        if item is not None:
+            items[name] = item
+            accesses.add(access or default)
+            if item.ggml_type is None:
+                selection.dequantized.append(name)
+    selection.items = [items[name] for name in sorted(items)]
+    selection.access = None if accesses <= {default} else Access.common(accesses)
+    return selection
+
+
+def _quantized_item(root: Dir, tensor: QuantizedTensor, name: str, quantized: str, left_out: list[str]):
+    """(the Item of a quantized tensor, who may read it), or (None, None)
+    with a line in `left_out` saying why."""
+    if quantized == "raw":
+        node, access = _find(root, tensor.raw_path)
+        pieces = tuple(getattr(node.content, "pieces", ())) if isinstance(node, File) else ()
+        length = sum(map(len_of, pieces))
+        if length != math.prod(tensor.raw_shape):
+            left_out.append(f"{name}: its file at {tensor.raw_path} does not hold its blocks")
+            return None, None
+        return Item(name, BY_NAME["uint8"], tensor.raw_shape, pieces, length, tensor.kind), access
+    if tensor.dequantized_path is None:
+        left_out.append(f"{name}: ckptfs cannot dequantize {tensor.kind}; --quantized raw writes its blocks")
+        return None, None
+    node, access = _find(root, tensor.dequantized_path)
+    pieces = node.content.pieces if isinstance(node, File) else []
+    length = 4 * math.prod(tensor.shape)
+    if not pieces or not isinstance(pieces[0], bytes) or sum(map(len_of, pieces[1:])) != length:
+        left_out.append(f"{name}: its file at {tensor.dequantized_path} does not hold its {length} bytes")
+        return None, None
+    return Item(name, BY_NAME["float32"], tensor.shape, tuple(pieces[1:]), length), access
 
 
 def rename_prefix(name: str, maps) -> str:
@@ -125,6 +180,9 @@ def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DE
     if target == "safetensors":
         return {out_name: safetensors_file(items)}
     if target == "torch":
+        if any(i.ggml_type for i in items):
+            raise CkptfsError("--quantized raw: a torch.save file has no place to say the GGML type of a tensor's "
+                              "blocks; write them --to safetensors or --to hf")
         return {out_name: torch_zip(items, os.path.splitext(out_name)[0] or "archive")}
     return hf_files(items, max_bytes)
 
@@ -231,7 +289,8 @@ def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) 
 def safetensors_file(items: list[Item]) -> Content:
     """One safetensors file of `items`, in order: the reference header
     (compact JSON padded to 8 bytes), then their bytes end to end."""
-    block = safetensors.Block(METADATA, [(i.name, i.dtype, i.shape, None, i.length) for i in items])
+    metadata = {**METADATA, **{GGML_TYPE_KEY + i.name: i.ggml_type for i in items if i.ggml_type}}
+    block = safetensors.Block(metadata, [(i.name, i.dtype, i.shape, None, i.length) for i in items])
     return Content([block.header, *(p for i in items for p in i.pieces)])
 
 
