@@ -38,8 +38,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     outside = [name for name in entries if directory.is_link(name) and name not in files]
     chunks_of: dict = {}
     fqn_of: dict = {}
-    damaged: list[str] = []
-    root, placed, notes, pickle_globals = expand(path, files, chunks_of, fqn_of, damaged)
+    root, placed, notes, pickle_globals = expand(path, files, chunks_of, fqn_of)
     # a tensor is assembled from every rank's shard: readable by whom all of them are
     shared = Access.of_all([s.origin.stat for s in files.values()] or [directory.stat()])
     for node in root.children.values():
@@ -59,11 +58,6 @@ def open_dir(directory: Directory) -> Checkpoint:
                       grafts.pickle_globals)
     if outside:
         root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
-    elif damaged:  # written back, its metadata would name bytes the new shards do not hold
-        root.xattrs["ckptfs.read_only"] = (
-            f"what it holds of {', '.join(damaged[:5])}{', ...' if len(damaged) > 5 else ''} cannot be read, and "
-            f"a checkpoint written back would name data it does not hold; to keep the tensors that can be read: "
-            f"ckptfs export {path} NEW.safetensors")
     else:
         ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt

@@ -25,14 +25,12 @@ from .chunks import ChunkRecord, LazyChunk
 from .metadata import SHARDED_OBJECT, Metadata, TensorMeta
 
 
-def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, fqn_of: dict | None = None,
-           damaged: list[str] | None = None):
+def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, fqn_of: dict | None = None):
     """The tree of a distributed checkpoint whose files are `files` (by their
     names in its directory): a directory on disk, or members of a tar.
     Returns (folder, placed tensors, notes, pickle globals). For the writer,
     `chunks_of`, if given, receives each tensor file's chunks, and `fqn_of`
-    the key of each tensor and item file (by id of the file); `damaged` the
-    keys of the items that cannot be read (a shard missing)."""
+    the key of each tensor and item file (by id of the file)."""
     metadata = Metadata.read(name, files)
     reader = Reader(name, files)
     if chunks_of is not None:
@@ -56,8 +54,6 @@ def expand(name: str, files: dict[str, Source], chunks_of: dict | None = None, f
                 root.subdir(parts[:-1]).add(parts[-1], file)
         except FormatError as e:
             notes.append(f"{fqn}: {e}")
-            if damaged is not None:
-                damaged.append(fqn)
     notes += metadata.notes
     for shard, chunks in sorted(reader.shard_chunks.items()):
         subdirs = len({c.parts[0] for c in chunks if len(c.parts) > 1})

@@ -335,7 +335,7 @@ class _Rewrite:
                 position += length
             self.files[name] = layout
         new_items.update({fqn: replaced[fqn] for fqn in moved})
-        self.new_shard = free_shard_name(files)
+        self.new_shard = free_shard_name([*files, *records])  # nor one the metadata names that is missing
         self.added: NewShard | None = None
         if added or new_items:
             pattern = next((t for t in templates if t.index is not None and (
