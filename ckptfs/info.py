@@ -5,6 +5,7 @@ The keys of `summary` are the documented schema of `ckptfs info --json`
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from . import __version__
@@ -32,13 +33,18 @@ def summary(ckpt: Checkpoint) -> dict:
             row["tensors"] += 1
             row["parameters"] += t.numel
             row["bytes"] += t.data.length
+    for q in ckpt.quantized:  # a GGUF's block-quantized tensors, under their GGML type
+        for row in (by_dtype[q.kind], by_prefix[q.raw_path.split("/", 1)[0]]):
+            row["tensors"] += 1
+            row["parameters"] += math.prod(q.shape)
+            row["bytes"] += math.prod(q.raw_shape)
     return {
         "source": ckpt.source_path,
         "format": ckpt.format,
         "source_bytes": ckpt.source_bytes(),
         "writable": ckpt.writer is not None,
         "read_only_because": None if ckpt.writer is not None else ckpt.root.xattrs.get("ckptfs.read_only"),
-        "tensors": len(ckpt.tensors),
+        "tensors": len(ckpt.tensors) + len(ckpt.quantized),
         "parameters": sum(r["parameters"] for r in by_dtype.values()),
         "tensor_bytes": sum(r["bytes"] for r in by_dtype.values()),
         "by_dtype": dict(sorted(by_dtype.items())),

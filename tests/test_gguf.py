@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import struct
@@ -130,7 +131,10 @@ def test_tensors_read_as_gguf_reader_reads_them(model, mount):
             dequantized_seen += 1
     assert seen == len(PLAIN) and dequantized_seen == len(QUANTIZED) + len(RAW_BLOCKS)
     info = json.loads(run_ckptfs("info", "--json", str(model)).stdout)
-    assert info["format"] == "gguf" and info["tensors"] == len(PLAIN)
+    assert info["format"] == "gguf" and info["tensors"] == len(PLAIN) + len(QUANTIZED) + len(RAW_BLOCKS)
+    assert info["by_dtype"]["Q4_0"]["tensors"] == 1  # a quantized tensor counts, under its GGML type
+    assert info["parameters"] == sum(math.prod(t.shape) for t in reader.tensors)
+    assert info["tensor_bytes"] == sum(t.n_bytes for t in reader.tensors)
 
 
 def test_metadata_keeps_every_value_and_its_type(model, mount):
