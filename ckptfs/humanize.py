@@ -1,4 +1,4 @@
-"""Sizes in the words a person reads."""
+"""Sizes and counts in the words a person reads."""
 
 from __future__ import annotations
 
@@ -26,3 +26,10 @@ def parse_size(text: str) -> int:
     if unit not in _UNITS:
         raise ValueError(f"{text!r} is no size")
     return int(float(digits) * _UNITS[unit])
+
+
+def count(n: int, noun: str, plural: str = "", spec: str = "") -> str:
+    """`n` and the noun in the number it takes: 1 tensor, 2 tensors,
+    0 files, 1 index/2 indices (`plural`); `spec` formats the number
+    (`","` writes 1,024)."""
+    return f"{n:{spec}} {noun if n == 1 else plural or noun + 's'}"
