@@ -10,7 +10,7 @@ import sys
 
 from . import __version__, advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
-from .humanize import human_size, parse_size
+from .humanize import human_size, parse_size, plural
 from .mount import logs, mounts, options
 from .mount.destination import check_edit_options, check_output, destination, use_overlay_dir
 
@@ -648,7 +648,7 @@ def export(args) -> int:
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
-    print(f"ckptfs: wrote {destination(args.out)}: {len(selection.items):,} tensors, {human_size(total)} "
+    print(f"ckptfs: wrote {destination(args.out)}: {plural(len(selection.items), 'tensor', spec=',')}, {human_size(total)} "
           f"({args.to})", file=sys.stderr)
     return 0
 

@@ -5,11 +5,13 @@ by value (compare_files.py).
 Tensors are matched by dotted name (after `--map OLD=NEW` prefix rewrites
 of A's names) and compared one pair at a time, in chunks: memory stays
 within a chunk for memory-mapped tensors and within the pair for tensors
-that are read (`Checkpoint.tensor`), whatever the checkpoints hold. Two tensors are the same when their
-bits are; otherwise the report counts the elements whose bits differ and,
-where NumPy knows the dtype (bfloat16 and float8 with ml_dtypes), gives the
-largest absolute and relative difference and the cosine similarity (None
-where either tensor is all zeros: the angle is undefined). Without ml_dtypes those types are compared bit for bit only (docs/cli.md).
+that are read (`Checkpoint.tensor`), whatever the checkpoints hold. Two
+tensors are the same when their bits are; otherwise the report counts the
+elements whose bits differ and, where NumPy knows the dtype (bfloat16 and
+float8 with ml_dtypes), gives the largest absolute and relative difference
+and the cosine similarity (None where either tensor is all zeros: no angle
+is defined). Without ml_dtypes those types are compared bit for bit only
+(docs/cli.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from .api import Checkpoint, TensorInfo
 from .compare_files import compare_files
-from .humanize import count
+from .humanize import plural
 from .write.export import rename_prefix
 
 try:  # where installed, NumPy then knows bfloat16 and float8, to measure them
@@ -164,7 +166,7 @@ def text(report: dict) -> str:
         if "cosine" in d:
             cosine = "n/a (zero vector)" if d["cosine"] is None else f"{d['cosine']:.6f}"
             measures = f", max abs diff {d['max_abs_diff']:.6g}, max rel diff {d['max_rel_diff']:.6g}, cosine {cosine}"
-        print(f"differs: {name}: {d['differing']:,} of {count(d['elements'], 'element', spec=',')}{measures}",
+        print(f"differs: {name}: {d['differing']:,} of {plural(d['elements'], 'element', spec=',')}{measures}",
               file=out)
     for value in report["values"]:
         print(f"value: {value['path']}: {_shown(value['a'])} -> {_shown(value['b'])}", file=out)
@@ -175,7 +177,7 @@ def text(report: dict) -> str:
     for change in report["files"]["changed"]:
         print(f"file differs: {change['path']}: {_file(change['a'])} -> {_file(change['b'])}", file=out)
         out.write(change.get("diff", ""))
-    print(f"{count(report['equal'], 'tensor', spec=',')} bit-equal"
+    print(f"{plural(report['equal'], 'tensor', spec=',')} bit-equal"
           + ("; the checkpoints are the same" if report["same"] else ""), file=out)
     return out.getvalue().rstrip("\n")
 
@@ -189,4 +191,4 @@ def _shown(value: str | None) -> str:
 def _file(what: dict) -> str:
     if "link" in what:
         return f"a link to {what['link']}"
-    return f"{count(what['size'], 'byte', spec=',')}, sha256 {what['sha256'][:16]}"
+    return f"{plural(what['size'], 'byte', spec=',')}, sha256 {what['sha256'][:16]}"

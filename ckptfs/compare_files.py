@@ -150,7 +150,9 @@ def _walk(x: yaml.Node | None, y: yaml.Node | None, where: str, seen: set) -> It
 
 
 def _key(node: yaml.Node) -> str:
-    return node.value if isinstance(node, yaml.ScalarNode) else _text(node)
+    """A key as YAML writes it: `lr`, `0`, and `'0'` for the string (quoted
+    as the rendering quoted it), so that no two keys read alike."""
+    return node.value if isinstance(node, yaml.ScalarNode) and node.style is None else _text(node)
 
 
 def _text(node: yaml.Node | None) -> str | None:

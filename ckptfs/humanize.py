@@ -6,7 +6,7 @@ from __future__ import annotations
 def human_size(n: float) -> str:
     """A byte count in the unit that fits it: 512 bytes, 38.5 kB, 1.2 GB."""
     if n < 1000:
-        return f"{n:.0f} bytes"
+        return plural(round(n), "byte")
     for unit in ("kB", "MB", "GB", "TB"):
         n /= 1000
         if n < 1000 or unit == "TB":
@@ -28,8 +28,8 @@ def parse_size(text: str) -> int:
     return int(float(digits) * _UNITS[unit])
 
 
-def count(n: int, noun: str, plural: str = "", spec: str = "") -> str:
+def plural(n: int, noun: str, nouns: str = "", spec: str = "") -> str:
     """`n` and the noun in the number it takes: 1 tensor, 2 tensors,
-    0 files, 1 index/2 indices (`plural`); `spec` formats the number
+    0 files, 1 index/2 indices (`nouns`); `spec` formats the number
     (`","` writes 1,024)."""
-    return f"{n:{spec}} {noun if n == 1 else plural or noun + 's'}"
+    return f"{n:{spec}} {noun if n == 1 else nouns or noun + 's'}"

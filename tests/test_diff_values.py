@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 import ckptfs
 from ckptfs import cli, compare
 
-from .conftest import FIXTURES, run_ckptfs
+from .conftest import FIXTURES, run_ckptfs, write_safetensors
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
@@ -179,11 +179,12 @@ def test_safetensors_metadata_and_a_gguf_s_metadata_and_quantized_tensor(tmp_pat
     assert "value: __metadata__/step: '100' -> '200'" in text
 
     rows = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
-    for name, title, scale in (("a", "tiny", 1.0), ("b", "tinier", 1.0), ("c", "tiny", 3.0)):
+    for name, title, scale, quantized_scale in (("a", "tiny", 1, 1), ("b", "tinier", 1, 1), ("c", "tiny", 1, 3),
+                                                 ("d", "tiny", 2, 1)):
         writer = GGUFWriter(str(tmp_path / f"{name}.gguf"), "llama")
         writer.add_string("general.name", title)
-        writer.add_tensor("f", rows)
-        packed = quants.quantize(rows * scale, GGMLQuantizationType.Q8_0)
+        writer.add_tensor("f", rows * scale)
+        packed = quants.quantize(rows * quantized_scale, GGMLQuantizationType.Q8_0)
         writer.add_tensor("q", packed, raw_shape=packed.shape, raw_dtype=GGMLQuantizationType.Q8_0)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -194,6 +195,8 @@ def test_safetensors_metadata_and_a_gguf_s_metadata_and_quantized_tensor(tmp_pat
     assert report["values"] == [{"path": "metadata/general.name", "a": '"tiny"', "b": '"tinier"'}]
     status, report, _ = _diff(tmp_path / "a.gguf", tmp_path / "c.gguf")  # the quantized tensor, by its stored bytes
     assert status == 1 and report["values"] == [] and [c["path"] for c in report["files"]["changed"]] == ["q/raw.bin"]
+    status, report, _ = _diff(tmp_path / "a.gguf", tmp_path / "d.gguf")  # a float tensor: as a tensor, once
+    assert status == 1 and list(report["differing"]) == ["f"] and not any(report["files"].values())
     _same_with_itself(tmp_path / "a.gguf")
 
 
@@ -246,3 +249,25 @@ def test_cosine_of_an_all_zero_tensor_is_undefined(tmp_path):
     status, report, text = _diff(tmp_path / "d.safetensors", tmp_path / "e.safetensors")
     assert text == ["differs: z: 1 of 1 element, max abs diff 1, max rel diff 1, cosine n/a (zero vector)",
                     "0 tensors bit-equal"]
+
+
+def test_a_count_of_one_takes_the_singular(tmp_path):
+    """"1 tensors" and its kin, in diff, info, the API and error messages."""
+    save_file({"only": np.ones(3, np.float32)}, str(tmp_path / "one.safetensors"))
+    status, _, text = _diff(tmp_path / "one.safetensors", tmp_path / "one.safetensors")
+    assert text == ["1 tensor bit-equal; the checkpoints are the same"]
+    info = run_ckptfs("info", tmp_path / "one.safetensors").stdout
+    assert "tensors     1, 3 parameters, 12 bytes" in info and " 1 tensor " in info and "1 tensors" not in info
+    assert repr(ckptfs.open(tmp_path / "one.safetensors")).endswith(": 1 tensor>")
+    longer = write_safetensors(tmp_path / "longer.safetensors",
+                               {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(5))
+    done = run_ckptfs("info", longer)
+    assert done.returncode == 1 and done.stderr == (
+        f"ckptfs: {longer}: 1 byte after the last tensor's data; the data area must end the file\n")
+
+
+def test_keys_that_read_alike_are_told_apart(tmp_path):
+    torch.save({"w": torch.ones(2), "ids": {0: "pad", "0": "pad"}}, tmp_path / "a.pt")
+    torch.save({"w": torch.ones(2), "ids": {0: "pad", "0": "unk"}}, tmp_path / "b.pt")
+    status, report, text = _diff(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert status == 1 and report["values"] == [{"path": "ids/'0'", "a": "pad", "b": "unk"}]
