@@ -24,6 +24,7 @@ import yaml
 
 from . import browse
 from .errors import CkptfsError
+from .humanize import plural
 from .sources.base import FileSource, SliceSource
 from .tree import npy
 from .tree.checkpoint import Checkpoint as _Parsed
@@ -116,7 +117,7 @@ class Checkpoint:
             yield Entry(path, entry["type"], entry.get("size", 0))
 
     def __repr__(self) -> str:
-        return f"<ckptfs.Checkpoint {self.format} {self.path!r}: {len(self._by_name)} tensors>"
+        return f"<ckptfs.Checkpoint {self.format} {self.path!r}: {plural(len(self._by_name), 'tensor')}>"
 
 
 def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
@@ -142,5 +143,6 @@ def _memory_map(tensor: Tensor) -> np.ndarray | None:
     except TypeError:
         return None  # bfloat16 without ml_dtypes: np.load of the .npy says what to install
     if dtype.itemsize * int(np.prod(tensor.shape)) != tensor.data.length:
-        raise CkptfsError(f"{source.path}: tensor {tensor.name!r}: {tensor.data.length} bytes for shape {tensor.shape}")
+        raise CkptfsError(f"{source.path}: tensor {tensor.name!r}: {plural(tensor.data.length, 'byte')} "
+                          f"for shape {tensor.shape}")
     return np.memmap(source.path, dtype=dtype, mode="r", offset=offset, shape=tuple(tensor.shape))

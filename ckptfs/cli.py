@@ -10,7 +10,7 @@ import sys
 
 from . import __version__, advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
-from .humanize import human_size, parse_size
+from .humanize import human_size, parse_size, plural
 from .mount import logs, mounts, options
 from .mount.destination import check_edit_options, check_output, destination, use_overlay_dir
 
@@ -192,17 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
         "diff", help="compare two checkpoints tensor by tensor, without mounting", parents=[common],
         description="Compare A and B, of any formats: tensors only one has, tensors whose dtype or shape "
         "changed, and for the others whether their bits are equal or how far apart they are (elements that "
-        "differ, largest absolute and relative difference, cosine similarity); configurations as a unified "
-        "diff. Exit status 0: the same; 1: different; 2: trouble, as diff(1).",
+        "differ, largest absolute and relative difference, cosine similarity); every non-tensor value by its "
+        "path and both values; every other file, added, removed or changed (text as a unified diff). Exit "
+        "status 0: nothing differs; 1: different; 2: trouble, as diff(1).",
     )
     diff.add_argument("a", metavar="A", help="checkpoint file or directory")
     diff.add_argument("b", metavar="B", help="checkpoint file or directory")
     diff.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
                       help="rewrite the prefix OLD of A's tensor names to NEW before matching (repeatable)")
     diff.add_argument("--include", action="append", default=[], metavar="GLOB",
-                      help="compare only tensors whose names match (repeatable)")
+                      help="compare only the tensors, values and files whose names or paths match (repeatable)")
     diff.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                      help="leave out tensors whose names match (repeatable)")
+                      help="leave out the tensors, values and files whose names or paths match (repeatable)")
+    diff.add_argument("--tensors-only", action="store_true",
+                      help="compare tensors only, not the files and values beside them (across formats)")
     diff.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
     export = sub.add_parser(
@@ -602,7 +605,8 @@ def diff(args) -> int:
     from .api import open_checkpoint
 
     maps = _prefix_maps(args.map)
-    report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude)
+    report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude,
+                             args.tensors_only)
     print(json.dumps(compare.json_safe(report), indent=2) if args.json else compare.text(report))
     return 0 if report["same"] else 1
 
@@ -651,7 +655,8 @@ def export(args) -> int:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
     dequantized = f" ({len(selection.dequantized):,} dequantized to float32)" if selection.dequantized else ""
-    print(f"ckptfs: wrote {destination(args.out)}: {len(selection.items):,} tensors{dequantized}, {human_size(total)} "
+    print(f"ckptfs: wrote {destination(args.out)}: {plural(len(selection.items), 'tensor', spec=',')}{dequantized}, "
+          f"{human_size(total)} "
           f"({args.to})", file=sys.stderr)
     return 0
 

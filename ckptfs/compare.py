@@ -1,27 +1,30 @@
 """`ckptfs diff A B`: two checkpoints compared tensor by tensor, across
-formats and layouts, and their configurations as a unified diff.
+formats and layouts, and everything else they hold file by file and value
+by value (compare_files.py).
 
 Tensors are matched by dotted name (after `--map OLD=NEW` prefix rewrites
 of A's names) and compared one pair at a time, in chunks: memory stays
 within a chunk for memory-mapped tensors and within the pair for tensors
-that are read (`Checkpoint.tensor`), whatever the checkpoints hold. Two tensors are the same when their
-bits are; otherwise the report counts the elements whose bits differ and,
-where NumPy knows the dtype (bfloat16 and float8 with ml_dtypes), gives the
-largest absolute and relative difference and the cosine similarity.
-Without ml_dtypes those types are compared bit for bit only (docs/cli.md).
+that are read (`Checkpoint.tensor`), whatever the checkpoints hold. Two
+tensors are the same when their bits are; otherwise the report counts the
+elements whose bits differ and, where NumPy knows the dtype (bfloat16 and
+float8 with ml_dtypes), gives the largest absolute and relative difference
+and the cosine similarity (None where either tensor is all zeros: no angle
+is defined). Without ml_dtypes those types are compared bit for bit only
+(docs/cli.md).
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import io
 import math
 
 import numpy as np
 
-from .api import CONFIG_FILES, Checkpoint, TensorInfo
-from .tree.nodes import File
+from .api import Checkpoint, TensorInfo
+from .compare_files import compare_files
+from .humanize import plural
 from .write.export import rename_prefix
 
 try:  # where installed, NumPy then knows bfloat16 and float8, to measure them
@@ -34,8 +37,14 @@ CHUNK = 1 << 20
 
 
 def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
-    return (not include or any(fnmatch.fnmatchcase(name, g) for g in include)) and not any(
-        fnmatch.fnmatchcase(name, g) for g in exclude)
+    """A tensor's dotted name, or a file's or value's path, written with
+    `/` or with `.`, matched against the globs."""
+    forms = {name, name.replace("/", ".")}
+
+    def matches(globs):
+        return any(fnmatch.fnmatchcase(form, g) for form in forms for g in globs)
+
+    return (not include or matches(include)) and not matches(exclude)
 
 
 def _raw(ckpt: Checkpoint, info: TensorInfo) -> np.ndarray:
@@ -80,8 +89,7 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
     result: dict = {"elements": int(x.size), "differing": differing}
     if numeric:
         norms = math.sqrt(norm_x) * math.sqrt(norm_y)
-        result.update(max_abs_diff=max_abs, max_rel_diff=max_rel,
-                      cosine=1.0 if norms == 0 and norm_x == norm_y else dot / norms if norms else 0.0)
+        result.update(max_abs_diff=max_abs, max_rel_diff=max_rel, cosine=dot / norms if norms else None)
     return result
 
 
@@ -103,26 +111,14 @@ def json_safe(value):
     return value
 
 
-def _configs(a: Checkpoint, b: Checkpoint) -> str:
-    """A unified diff of the configuration files both have at their root (a
-    `.nemo`'s YAML and a Hugging Face `config.json` are not comparable
-    line by line, so a file only one side has is not a difference)."""
-    out = []
-    for name in CONFIG_FILES:
-        if not all(isinstance(c._parsed.root.children.get(name), File) for c in (a, b)):
-            continue
-        texts = [c.read(name).decode(errors="replace").splitlines(True) for c in (a, b)]
-        out += difflib.unified_diff(*texts, f"A/{name}", f"B/{name}")
-    return "".join(out)
-
-
 def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), include: list[str] = (),
-            exclude: list[str] = ()) -> dict:
+            exclude: list[str] = (), tensors_only: bool = False) -> dict:
     """The report of `ckptfs diff --json` (docs/cli.md)."""
-    left = {rename_prefix(t.name, list(maps)): t for t in a.tensors()}
-    right = {t.name: t for t in b.tensors()}
-    left = {n: t for n, t in left.items() if _selected(n, list(include), list(exclude))}
-    right = {n: t for n, t in right.items() if _selected(n, list(include), list(exclude))}
+    def selected(name: str) -> bool:
+        return _selected(name, list(include), list(exclude))
+
+    left = {n: t for n, t in ((rename_prefix(t.name, list(maps)), t) for t in a.tensors()) if selected(n)}
+    right = {t.name: t for t in b.tensors() if selected(t.name)}
     report: dict = {
         "removed": sorted(set(left) - set(right)),
         "added": sorted(set(right) - set(left)),
@@ -145,10 +141,15 @@ def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), incl
             report["differing"][name] = difference
         else:
             report["equal"] += 1
-    report["config_diff"] = _configs(a, b)
+    report["values"], report["files"] = ([], {"removed": [], "added": [], "changed": []}) if tensors_only else (
+        compare_files(a._parsed, b._parsed, selected))
     report["same"] = not (report["removed"] or report["added"] or report["changed"] or report["differing"]
-                          or report["config_diff"])
+                          or report["values"] or any(report["files"].values()))
     return report
+
+
+#: the longest value `text` prints whole
+SHOWN = 200
 
 
 def text(report: dict) -> str:
@@ -163,10 +164,31 @@ def text(report: dict) -> str:
     for name, d in report["differing"].items():
         measures = ""
         if "cosine" in d:
-            measures = (f", max abs diff {d['max_abs_diff']:.6g}, max rel diff {d['max_rel_diff']:.6g}, "
-                        f"cosine {d['cosine']:.6f}")
-        print(f"differs: {name}: {d['differing']:,} of {d['elements']:,} elements{measures}", file=out)
-    out.write(report["config_diff"])
-    print(f"{report['equal']:,} tensors bit-equal" + ("; the checkpoints are the same" if report["same"] else ""),
-          file=out)
+            cosine = "n/a (zero vector)" if d["cosine"] is None else f"{d['cosine']:.6f}"
+            measures = f", max abs diff {d['max_abs_diff']:.6g}, max rel diff {d['max_rel_diff']:.6g}, cosine {cosine}"
+        print(f"differs: {name}: {d['differing']:,} of {plural(d['elements'], 'element', spec=',')}{measures}",
+              file=out)
+    for value in report["values"]:
+        print(f"value: {value['path']}: {_shown(value['a'])} -> {_shown(value['b'])}", file=out)
+    for path in report["files"]["removed"]:
+        print(f"file only in A: {path}", file=out)
+    for path in report["files"]["added"]:
+        print(f"file only in B: {path}", file=out)
+    for change in report["files"]["changed"]:
+        print(f"file differs: {change['path']}: {_file(change['a'])} -> {_file(change['b'])}", file=out)
+        out.write(change.get("diff", ""))
+    print(f"{plural(report['equal'], 'tensor', spec=',')} bit-equal"
+          + ("; the checkpoints are the same" if report["same"] else ""), file=out)
     return out.getvalue().rstrip("\n")
+
+
+def _shown(value: str | None) -> str:
+    if value is None:
+        return "(none)"
+    return value if len(value) <= SHOWN else value[:SHOWN] + "..."
+
+
+def _file(what: dict) -> str:
+    if "link" in what:
+        return f"a link to {what['link']}"
+    return f"{plural(what['size'], 'byte', spec=',')}, sha256 {what['sha256'][:16]}"

@@ -1,4 +1,4 @@
-"""Sizes in the words a person reads."""
+"""Sizes and counts in the words a person reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 def human_size(n: float) -> str:
     """A byte count in the unit that fits it: 512 bytes, 38.5 kB, 1.2 GB."""
     if n < 1000:
-        return f"{n:.0f} bytes"
+        return plural(round(n), "byte")
     for unit in ("kB", "MB", "GB", "TB"):
         n /= 1000
         if n < 1000 or unit == "TB":
@@ -26,3 +26,10 @@ def parse_size(text: str) -> int:
     if unit not in _UNITS:
         raise ValueError(f"{text!r} is no size")
     return int(float(digits) * _UNITS[unit])
+
+
+def plural(n: int, noun: str, nouns: str = "", spec: str = "") -> str:
+    """`n` and the noun in the number it takes: 1 tensor, 2 tensors,
+    0 files, 1 index/2 indices (`nouns`); `spec` formats the number
+    (`","` writes 1,024)."""
+    return f"{n:{spec}} {noun if n == 1 else nouns or noun + 's'}"

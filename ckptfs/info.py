@@ -58,19 +58,20 @@ def summary(ckpt: Checkpoint) -> dict:
 
 def text(info: dict) -> str:
     """What `ckptfs info` prints: a few lines a person reads."""
-    from .humanize import human_size
+    from .humanize import human_size, plural
 
     lines = [
         f"source      {info['source']}",
         f"format      {info['format']}{'' if info['writable'] else ' (read-only: ' + (info['read_only_because'] or 'ckptfs cannot write it back') + ')'}",
         f"size        {human_size(info['source_bytes'])}",
-        f"tensors     {info['tensors']:,}, {info['parameters']:,} parameters, {human_size(info['tensor_bytes'])}",
+        f"tensors     {info['tensors']:,}, {plural(info['parameters'], 'parameter', spec=',')}, "
+        f"{human_size(info['tensor_bytes'])}",
     ]
     for title, key in (("dtypes", "by_dtype"), ("prefixes", "by_prefix")):
         rows = info[key]
         for i, (name, row) in enumerate(rows.items()):
-            lines.append(f"{title if i == 0 else '':<11} {name:<24} {row['tensors']:>8,} tensors "
-                         f"{row['parameters']:>16,} parameters")
+            lines.append(f"{title if i == 0 else '':<11} {name:<24} {plural(row['tensors'], 'tensor', spec='>8,'):<17}"
+                         f"{plural(row['parameters'], 'parameter', spec='>16,')}")
     if info["pickle_globals"]:
         unsafe = info["unsafe_globals"]
         verdict = f"{len(unsafe)} outside the allowlist: see ckptfs scan" if unsafe else "all on the allowlist"

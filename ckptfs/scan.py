@@ -40,6 +40,7 @@ from .formats import default_cache_dir, gzindex, safetensors, torchlegacy, torch
 from .formats.dcp.metadata import Metadata, is_metadata
 from .formats.dcp.reader import Reader
 from .formats.torchzip_records import CONSEQUENCE, read_records
+from .humanize import plural
 from .limits import LIMITS
 from .pickle.allowlist import Verdict, classify
 from .pickle.audit import UNNAMED, Audit, audit
@@ -423,7 +424,7 @@ class _Scanner:
         do past there is not known, so it is never safe."""
         unseen = result.unseen
         if truncated:
-            unseen = unseen or (f"larger than the {LIMITS.pickle_bytes} bytes read (-o max_pickle_bytes raises "
+            unseen = unseen or (f"larger than the {plural(LIMITS.pickle_bytes, 'byte')} read (-o max_pickle_bytes raises "
                                 "the limit)")
         self.report.pickles.append({"location": location, "globals": [g.path for g in result.globals],
                                     "whole": result.whole, "problem": result.problem})

@@ -134,7 +134,7 @@ def test_a_save_that_does_not_add_up_is_shown_without_fp32(saves, tmp_path, dama
 
 @pytest.mark.parametrize("shape, ranks, note", [
     ((10 ** 12,), [1], "elements 0-1000000000000 lie past its 4"),
-    ((2, 2), 10 ** 9, "1 optimizer states files for 1000000000 ranks"),
+    ((2, 2), 10 ** 9, "1 optimizer states file for 1000000000 ranks"),
     ((2, -2), [1], "shape (2, -2) is no list of sizes"),
     ((2, 2), "x", "partition_count 'x' is no number of ranks"),
 ])

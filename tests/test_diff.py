@@ -62,7 +62,7 @@ def test_every_kind_of_difference_is_named_and_measured(tmp_path):
     text = run_ckptfs("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors").stdout.splitlines()
     assert "only in A: gone" in text and "only in B: new" in text
     assert "changed: retyped: float32 [64, 48] -> float16 [64, 48]" in text
-    assert text[-1] == "1 tensors bit-equal"
+    assert text[-1] == "1 tensor bit-equal"
     only, report = _diff("--include", "same", "--include", "t*", "--exclude", "tuned",
                          tmp_path / "a.safetensors", tmp_path / "b.safetensors")
     assert only == 0 and report["same"] and report["equal"] == 1
@@ -78,8 +78,13 @@ def test_a_nemo_against_a_safetensors_of_its_weights_with_a_prefix_map(tmp_path)
     save_torch({f"model.{k}": v.contiguous() for k, v in weights.items()}, str(tmp_path / "w.safetensors"))
     status, report = _diff(NEMO, tmp_path / "w.safetensors")
     assert status == 1 and len(report["removed"]) == len(weights) == len(report["added"])
-    status, report = _diff("--map", "encoder.=model.encoder.", "--map", "emb.=model.emb.", "--map",
-                           "norm.=model.norm.", "--map", "counter=model.counter", NEMO, tmp_path / "w.safetensors")
+    maps = ["--map", "encoder.=model.encoder.", "--map", "emb.=model.emb.", "--map", "norm.=model.norm.", "--map",
+            "counter=model.counter"]
+    status, report = _diff(*maps, NEMO, tmp_path / "w.safetensors")  # the .nemo's config and vocabulary too
+    with tarfile.open(NEMO) as tf:
+        beside = sorted(name.removeprefix("./") for name in tf.getnames() if name.endswith((".yaml", ".txt")))
+    assert (status, report["equal"], report["files"]["removed"]) == (1, len(weights), beside), report
+    status, report = _diff("--tensors-only", *maps, NEMO, tmp_path / "w.safetensors")
     assert (status, report["equal"], report["same"]) == (0, len(weights), True), report
 
 
@@ -96,7 +101,8 @@ def test_identical_configs_and_a_changed_one(tmp_path):
             out.addfile(member, io.BytesIO(data) if data is not None else None)
     status, report = _diff(NEMO, changed)
     assert status == 1 and report["equal"] == 8
-    assert "-d_out: 8\n+d_out: 9\n" in report["config_diff"]
+    assert [change["path"] for change in report["files"]["changed"]] == ["model_config.yaml"]
+    assert "-d_out: 8\n+d_out: 9\n" in report["files"]["changed"][0]["diff"]
 
 
 def test_trouble_is_status_2():

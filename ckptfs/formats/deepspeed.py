@@ -39,6 +39,7 @@ import re
 import numpy as np
 
 from ..errors import FormatError
+from ..humanize import plural
 from ..sources.directory import Directory
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
@@ -236,7 +237,7 @@ class Tag:
         if not _is_count(world) or world == 0:
             raise FormatError(self.optim[0][0].name, f"partition_count {world!r} is no number of ranks")
         if world != len(self.optim):
-            raise FormatError(self.path, f"{len(self.optim)} optimizer states files for {world} ranks "
+            raise FormatError(self.path, f"{plural(len(self.optim), 'optimizer states file')} for {plural(world, 'rank')} "
                                          "(a save cut short, or two saves in one folder?)")
         out: dict[str, Parameter] = {}
         module = model["module"] if isinstance(model["module"], dict) else {}
@@ -299,7 +300,7 @@ class Tag:
                 offset += numel + (pads[i] if pads else 0)
             align = 2 * world  # as zero_to_fp32 checks: both ends rounded up to 2 x ranks
             if -(-offset // align) != -(-vector.count // align):
-                raise FormatError(self.path, f"parameter group {g}: its parameters take {offset} elements of the "
+                raise FormatError(self.path, f"parameter group {g}: its parameters take {plural(offset, 'element')} of the "
                                              f"{vector.count} its partitions hold")
 
     def _zero3(self, out: dict, world: int, shapes: dict) -> None:
@@ -314,7 +315,7 @@ class Tag:
             out[name] = Parameter(name, flats[0].dtype, shape, pieces)
             offset += share
         if offset != flats[0].count:
-            raise FormatError(self.path, f"the parameters take {offset} elements of each rank's {flats[0].count}")
+            raise FormatError(self.path, f"the parameters take {plural(offset, 'element')} of each rank's {flats[0].count}")
 
     def _frozen(self, out: dict, world: int, zero3: bool) -> None:
         archive, model = self.model[0]
@@ -329,7 +330,7 @@ class Tag:
                 out[name] = self._whole(name, fragments[name], archive, convert=True)
             return
         if len(self.model) != world:
-            raise FormatError(self.path, f"{len(self.model)} model states files for {world} ranks")
+            raise FormatError(self.path, f"{plural(len(self.model), 'model states file')} for {plural(world, 'rank')}")
         for name, shape in shapes.items():
             extents, dtype = [], None
             for rank_archive, obj in self.model:

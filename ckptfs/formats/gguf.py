@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EditRefused, FormatError, RepackError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import FileSource, Source
 from ..tree import names, npy
@@ -113,13 +114,15 @@ class _Header:
             inner, count = self.unpack("<I", what), self.unpack("<Q", what)
             least = struct.calcsize(SCALARS[inner][1]) if inner in SCALARS else 8 if inner in (STRING, ARRAY) else 0
             if not least or count * least > self.limit - self.pos:
-                raise FormatError(self.name, f"{what}: an array of {count} values of type {inner} cannot fit the file")
+                raise FormatError(self.name, f"{what}: an array of {plural(count, 'value')} of type {inner} "
+                                             "cannot fit the file")
             if inner in SCALARS:  # kept as an array of its bytes: no object per value
                 fmt = SCALARS[inner][1]
                 return (inner, np.frombuffer(self.take(count * least, what), dtype=fmt.replace("?", "b1")))
             self.values += count
             if self.values > LIMITS.yaml_values:
-                raise FormatError(self.name, f"{what}: more than {LIMITS.yaml_values} strings and arrays in the "
+                most = plural(LIMITS.yaml_values, "string or array", "strings and arrays")
+                raise FormatError(self.name, f"{what}: more than {most} in the "
                                              "metadata (-o max_yaml_values raises the limit)")
             return (inner, [self.value(inner, what, depth + 1) for _ in range(count)])
         if kind == ARRAY:
@@ -138,11 +141,13 @@ def read_header(source: Source, name: str):
         raise FormatError(name, f"GGUF version {version}: only versions 2 and 3 are read")
     tensor_count, kv_count = header.unpack("<Q", "tensor count"), header.unpack("<Q", "key count")
     if kv_count * 12 > header.limit or tensor_count * 24 > header.limit:  # the least one entry takes
-        raise FormatError(name, f"{kv_count} keys and {tensor_count} tensors cannot fit the file")
+        raise FormatError(name, f"{plural(kv_count, 'key')} and {plural(tensor_count, 'tensor')} cannot fit the file")
     if kv_count > LIMITS.yaml_values:  # each one a line of metadata.yaml
-        raise FormatError(name, f"{kv_count} keys, more than max_yaml_values (-o max_yaml_values raises the limit)")
+        raise FormatError(name, f"{plural(kv_count, 'key')}, more than max_yaml_values "
+                                "(-o max_yaml_values raises the limit)")
     if tensor_count > LIMITS.members:  # each one a folder of two files
-        raise FormatError(name, f"{tensor_count} tensors, more than max_members (-o max_members raises the limit)")
+        raise FormatError(name, f"{plural(tensor_count, 'tensor')}, more than max_members "
+                                "(-o max_members raises the limit)")
     metadata = []
     for i in range(kv_count):
         key = header.string(f"key {i}")
@@ -225,7 +230,8 @@ def _tensor(source: Source, name: str, tensor: str, dims: list[int], kind: int, 
         raise FormatError(name, f"its first dimension {dims[:1]} is not a whole number of {type_name} blocks of {block}")
     nbytes = byte_count(dims, kind)
     if start + nbytes > source.size:
-        raise FormatError(name, f"its {nbytes} bytes at {start} run past the end of the file ({source.size} bytes)")
+        raise FormatError(name, f"its {plural(nbytes, 'byte')} at {start} run past the end of the file "
+                                f"({plural(source.size, 'byte')})")
     data = Extent(source, start, nbytes)
     raw = File(Content([data]), xattrs={"ckptfs.name": tensor, "ckptfs.ggml_type": type_name,
                                         "ckptfs.gguf_shape": json.dumps(dims)})

@@ -22,6 +22,7 @@ import struct
 import numpy as np
 import yaml
 
+from ..humanize import plural
 from ..limits import LIMITS
 
 #: GGUF value types: id -> (tag, struct format); STRING (8) and ARRAY (9) apart
@@ -87,7 +88,7 @@ def elided(metadata) -> set[str]:
 def _elided_text(value) -> str:
     inner, items = value
     tag = f"!{SCALARS[inner][0]} " if inner in SCALARS and inner != BOOL else ""
-    return (f" {tag}[]  # ckptfs: {value_count(ARRAY, value)} values, past the max_yaml_values this file shows; "
+    return (f" {tag}[]  # ckptfs: {plural(value_count(ARRAY, value), 'value')}, past the max_yaml_values this file shows; "
             "kept unless you write some")
 
 

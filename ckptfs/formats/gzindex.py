@@ -24,6 +24,7 @@ import os
 import tempfile
 
 from ..errors import FormatError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import FileSource, Source
 from ..sources.gzip import GzipSource, Inflated, SpanSums, open_gzip
@@ -71,7 +72,7 @@ def _scan(compressed: Source):
             stream = Inflated(reader, SpanSums(), LIMITS.header_bytes)
             head = stream.read(tar.BLOCK)
             if len(head) < tar.BLOCK:
-                raise FormatError(path, f"gzip stream is truncated (it inflates to {len(head)} bytes)")
+                raise FormatError(path, f"gzip stream is truncated (it inflates to {plural(len(head), 'byte')})")
             if not tar.sniff(head):
                 raise FormatError(path, "gzip file that does not hold a tar archive")
             stream.seek(0)

@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass
 
 from ..errors import EditRefused, FormatError, RepackError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names, npy
@@ -79,11 +80,11 @@ class _Bounded(SeekableReader):
     def read(self, n: int = -1) -> bytes:
         wanted = self.source.size - self.pos if n is None or n < 0 else n
         if wanted > LIMITS.header_bytes:
-            raise FormatError(self.name, f"a central directory of {wanted} bytes, more than max_header_bytes "
+            raise FormatError(self.name, f"a central directory of {plural(wanted, 'byte')}, more than max_header_bytes "
                                          "(-o max_header_bytes raises the limit)")
         data = super().read(n)
         if data.count(CENTRAL_SIGNATURE) > LIMITS.members:
-            raise FormatError(self.name, f"more than {LIMITS.members} records (-o max_members raises the limit)")
+            raise FormatError(self.name, f"more than {plural(LIMITS.members, 'record')} (-o max_members raises the limit)")
         return data
 
 

@@ -15,6 +15,7 @@ import os
 import yaml
 
 from ..errors import EditRefused, FormatError, RepackError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import FileSource, Source
 from ..tree import names, npy, yamltext
@@ -38,7 +39,7 @@ def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
     """The `__metadata__` and the tensors of a safetensors source, validated."""
     path = source.path
     if source.size < 8:
-        raise FormatError(path, f"safetensors file too short ({source.size} bytes) to hold a header length")
+        raise FormatError(path, f"safetensors file too short ({plural(source.size, 'byte')}) to hold a header length")
     header_len = int.from_bytes(source.read_exact(0, 8), "little")
     if header_len > LIMITS.header_bytes:
         raise FormatError(path, f"safetensors header length {header_len} is above the limit of {LIMITS.header_bytes}"
@@ -78,14 +79,15 @@ def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
             raise FormatError(path, f"tensor {name!r}: data_offsets [{start}, {end}] {what} {other}")
         if end > data_size:
             raise FormatError(
-                path, f"tensor {name!r}: data_offsets end at {end} but the file holds {data_size} bytes of data (truncated?)"
+                path, f"tensor {name!r}: data_offsets end at {end} but the file holds {plural(data_size, 'byte')} "
+                "of data (truncated?)"
             )
         tensors.append(Tensor(name, dtype, shape, Extent(source, data_start + start, end - start)))
         expected = end
         previous = name
     if expected != data_size:
         raise FormatError(
-            path, f"{data_size - expected} bytes after the last tensor's data; the data area must end the file"
+            path, f"{plural(data_size - expected, 'byte')} after the last tensor's data; the data area must end the file"
         )
     return metadata, tensors
 
@@ -109,10 +111,11 @@ def _entry(path: str, name: str, info: object):
     numel = math.prod(shape)
     nbytes = dtype.nbytes(numel)
     if nbytes is None:
-        raise FormatError(path, f"tensor {name!r}: {numel} elements of {code} do not fill whole bytes")
+        raise FormatError(path, f"tensor {name!r}: {plural(numel, 'element')} of {code} do not fill whole bytes")
     if nbytes != end - start:
         raise FormatError(
-            path, f"tensor {name!r}: shape {shape} of {code} needs {nbytes} bytes but data_offsets hold {end - start}"
+            path, f"tensor {name!r}: shape {shape} of {code} needs {plural(nbytes, 'byte')} "
+            f"but data_offsets hold {end - start}"
         )
     return name, dtype, tuple(shape), start, end
 

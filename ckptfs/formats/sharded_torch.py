@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass
 
 from ..errors import FormatError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..pickle.inert import Call, Global, PickleError
 from ..pickle.objtree import ObjectTree
@@ -270,7 +271,7 @@ def _whole(path: tuple, archives: list[TorchZip], per_rank: list[dict]):
             chunks.append(Chunk(offsets, sizes, piece))
     problem = covers_exactly(base.size, chunks)
     if problem:
-        raise FormatError(archives[0].name, f"the shards of {len(archives)} files do not tile it: {problem}")
+        raise FormatError(archives[0].name, f"the shards of {plural(len(archives), 'file')} do not tile it: {problem}")
     itemsize = base.dtype.bits // 8
     pieces = row_pieces(base.size, chunks) or [Assembled(base.size, itemsize, tuple(chunks))]
     nbytes = math.prod(base.size) * itemsize

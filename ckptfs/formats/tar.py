@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..errors import FormatError, RepackError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..sources import pathnames
 from ..sources.base import FileSource, SeekableReader, Source
@@ -73,7 +74,7 @@ def list_members(fileobj, path: str) -> tuple[list[Member], list[str]]:
             archive.members.clear()  # tarfile keeps every header it reads: a million of them take a gigabyte
             count += 1
             if count > LIMITS.members:
-                raise FormatError(path, f"more than {LIMITS.members} members (-o max_members raises the limit)")
+                raise FormatError(path, f"more than {plural(LIMITS.members, 'member')} (-o max_members raises the limit)")
             if info.size < 0:
                 raise FormatError(path, f"member {info.name!r} claims a negative size ({info.size})")
             if info.offset <= last:  # a header that sends the reader back: it would read forever

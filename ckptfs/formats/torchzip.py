@@ -17,6 +17,7 @@ import zipfile
 import zlib
 
 from ..errors import FormatError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
@@ -132,7 +133,7 @@ class TorchZip(PickledCheckpoint):
                 raise FormatError(name, "big-endian torch checkpoint: not supported" if order == b"big" else
                                         f"byteorder record holds {order!r}, which torch.load refuses")
         if pickled.file_size > LIMITS.pickle_bytes:
-            raise FormatError(name, f"{pickled.filename} is {pickled.file_size} bytes, above the limit of "
+            raise FormatError(name, f"{pickled.filename} is {plural(pickled.file_size, 'byte')}, above the limit of "
                                     f"{LIMITS.pickle_bytes} (-o max_pickle_bytes raises it)")
         data = archive.read(pickled, LIMITS.pickle_bytes)
         archive.check_crc(pickled, data)
@@ -211,7 +212,7 @@ def record_source(source: Source, info: zipfile.ZipInfo, name: str) -> Source:
     stored = source.slice(extent.offset, extent.length)
     if info.compress_type == zipfile.ZIP_STORED:
         if info.compress_size != info.file_size:
-            raise FormatError(name, f"{info.filename}: stored record of {info.compress_size} bytes claims "
+            raise FormatError(name, f"{info.filename}: stored record of {plural(info.compress_size, 'byte')} claims "
                                     f"{info.file_size}")
         return stored
     if info.compress_type == zipfile.ZIP_DEFLATED:

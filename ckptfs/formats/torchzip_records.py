@@ -38,6 +38,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import FormatError
+from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import Source
 from ..sources.deflate import DeflateSource
@@ -161,7 +162,7 @@ def _inflate_exactly(stored: Source, size: int, label: str) -> bytes:
     except zlib.error as e:
         raise FormatError(label, f"corrupt deflate stream ({e})") from None
     if not inflater.eof or len(out) != size:
-        raise FormatError(label, f"inflates to {'more than ' if len(out) > size else ''}{len(out)} bytes, not the "
+        raise FormatError(label, f"inflates to {'more than ' if len(out) > size else ''}{plural(len(out), 'byte')}, not the "
                                  f"{size} its directory entry gives")
     return bytes(out)
 
@@ -209,18 +210,19 @@ def _directory(source: Source, name: str, disagreements: list[str]) -> _Director
     if count != on_this_disk or ((disk | directory_disk) != 0 and (disk, directory_disk) != (1, 1)):
         raise _unreadable(name, "an archive spanning several disks")
     if directory_size < count * CENTRAL.size or directory_offset + directory_size > source.size:
-        raise _unreadable(name, f"a central directory of {count} entries in {directory_size} bytes at offset "
+        raise _unreadable(name, f"a central directory of {plural(count, 'entry', 'entries')} in "
+                                f"{plural(directory_size, 'byte')} at offset "
                                 f"{directory_offset} does not fit in the archive (truncated?)")
     if directory_size > LIMITS.header_bytes:
-        raise FormatError(name, f"a central directory of {directory_size} bytes, above the limit of "
+        raise FormatError(name, f"a central directory of {plural(directory_size, 'byte')}, above the limit of "
                                 f"{LIMITS.header_bytes} (-o max_header_bytes raises it)")
     shift = directory_end - directory_offset - directory_size
     if shift > 0:
-        disagreements.append(f"the central directory ends at {directory_offset + directory_size}, {shift} bytes "
+        disagreements.append(f"the central directory ends at {directory_offset + directory_size}, {plural(shift, 'byte')} "
                              "before the end records (two archives concatenated?): zipfile takes those bytes for "
                              "data before the archive and reads every record that much further on")
     elif shift < 0:
-        disagreements.append(f"the central directory runs {-shift} bytes into the end records")
+        disagreements.append(f"the central directory runs {plural(-shift, 'byte')} into the end records")
     if zip64_problem:
         disagreements.append(zip64_problem)
     return _Directory(directory_offset, directory_size, count, disk)
@@ -245,8 +247,8 @@ def _end_record(source: Source, name: str, disagreements: list[str]) -> tuple[in
     if tail.find(END_MAGIC, at + 1) >= 0:
         disagreements.append("an end-record signature after the end record, which zipfile takes for the end record")
     elif end_at + END.size + comment != size:
-        disagreements.append(f"{size - end_at - END.size} bytes after the end record, whose comment is {comment} "
-                             "bytes long")
+        disagreements.append(f"{plural(size - end_at - END.size, 'byte')} after the end record, whose comment is "
+                             f"{plural(comment, 'byte')} long")
     return end_at, tuple(fields)
 
 
@@ -289,7 +291,7 @@ def _entries(source: Source, name: str, directory: _Directory, disagreements: li
             extra = data[start + name_length : start + name_length + extra_length]
             size, compressed, header_offset = _zip64_values(extra, (size, compressed, header_offset), name, label)
         if (method == STORED and compressed != size) or (size and not compressed):
-            raise _unreadable(name, f"{label}: {compressed} bytes on disk cannot hold its {size}")
+            raise _unreadable(name, f"{label}: {plural(compressed, 'byte')} on disk cannot hold its {size}")
         if disk == 0xFFFF or disk not in (directory.disk, 1):
             raise _unreadable(name, f"{label}: on another disk")
         if header_offset + LOCAL.size + compressed > source.size:
@@ -316,8 +318,9 @@ def _entries(source: Source, name: str, directory: _Directory, disagreements: li
         entries.append(entry)
         position = after
     if position != len(data):
-        disagreements.append(f"the end record counts {directory.count} directory entries, which take {position} of "
-                             f"its {len(data)} bytes: zipfile reads entries on to the end")
+        entries = plural(directory.count, "directory entry", "directory entries")
+        disagreements.append(f"the end record counts {entries}, which take {position} of "
+                             f"its {plural(len(data), 'byte')}: zipfile reads entries on to the end")
     return entries
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
+from ..humanize import plural
 from ..limits import LIMITS
 from .inert import Global, InertUnpickler, PickleError, read_opcodes
 
@@ -76,7 +77,7 @@ def _opcode_globals(data: bytes, start: int) -> Audit:
     try:
         for count, (name, arg, pos) in enumerate(read_opcodes(stream)):
             if count >= LIMITS.pickle_ops:
-                result.unseen = f"more than {LIMITS.pickle_ops} opcodes (-o max_pickle_ops raises the limit)"
+                result.unseen = f"more than {plural(LIMITS.pickle_ops, 'opcode')} (-o max_pickle_ops raises the limit)"
                 break
             g = None
             if name in ("GLOBAL", "INST"):

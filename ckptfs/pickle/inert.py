@@ -26,6 +26,7 @@ import reprlib
 import struct
 from dataclasses import dataclass, field
 
+from ..humanize import plural
 from ..limits import LIMITS
 
 #: how far `_hashable` expands a key: a tuple of shared tuples 60 levels deep
@@ -188,7 +189,8 @@ class InertUnpickler:
             if code == MEMOIZE:
                 n = len(memo)
                 if n >= max_memo:
-                    raise PickleError(f"memo larger than {max_memo} entries (-o max_pickle_memo raises the limit)")
+                    raise PickleError(f"memo larger than {plural(max_memo, 'entry', 'entries')} "
+                                      "(-o max_pickle_memo raises the limit)")
                 memo[n] = stack[-1]
             elif code == BINGET:
                 push(memo[buf[pos]])
@@ -255,7 +257,7 @@ class InertUnpickler:
                         raise PickleError(f"STOP with {len(stack)} items on the stack")
                     return pos, stack.pop()
                 handler(self, arg)
-        raise PickleError(f"more than {max_ops} opcodes (-o max_pickle_ops raises the limit)")
+        raise PickleError(f"more than {plural(max_ops, 'opcode')} (-o max_pickle_ops raises the limit)")
 
     # -- helpers
     def _push(self, value: object) -> None:
@@ -415,7 +417,8 @@ class InertUnpickler:
 
     def _put(self, index):
         if len(self.memo) >= LIMITS.pickle_memo:
-            raise PickleError(f"memo larger than {LIMITS.pickle_memo} entries (-o max_pickle_memo raises the limit)")
+            raise PickleError(f"memo larger than {plural(LIMITS.pickle_memo, 'entry', 'entries')} "
+                              "(-o max_pickle_memo raises the limit)")
         self.memo[index] = self.stack[-1]
 
     def op_PUT(self, arg):
@@ -592,7 +595,7 @@ def _read_binstring(size_reader):
             raise ValueError(f"negative string length {n}")
         data = f.read(n)
         if len(data) < n:
-            raise ValueError(f"expected {n} bytes in a string, but only {len(data)} remain")
+            raise ValueError(f"expected {plural(n, 'byte')} in a string, but only {len(data)} remain")
         return data
 
     return read

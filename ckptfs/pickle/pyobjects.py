@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import yaml
 
+from ..humanize import plural
 from ..limits import LIMITS
 from ..tree import yamltext
 from .inert import Call, Global, Persistent, Unhashable, short_repr
@@ -42,7 +43,8 @@ def plain(value: object, depth: int = 0, path: tuple = (), render: Render | None
             return done
     render.budget[0] -= 1
     if render.budget[0] < 0:
-        raise RenderError(f"more than {LIMITS.yaml_values} values to render (-o max_yaml_values raises the limit)")
+        raise RenderError(f"more than {plural(LIMITS.yaml_values, 'value')} to render "
+                          "(-o max_yaml_values raises the limit)")
     if depth > MAX_DEPTH:
         raise RenderError(f"nesting deeper than {MAX_DEPTH}")
     if any(value is seen for seen in path):

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import SourceChangedError
+from ..humanize import plural
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -32,7 +33,7 @@ class Source:
         data = self.pread(offset, length)
         if len(data) != length:
             raise SourceChangedError(
-                f"{self.path}: expected {length} bytes at offset {offset}, got {len(data)}"
+                f"{self.path}: expected {plural(length, 'byte')} at offset {offset}, got {len(data)}"
                 " (was the file truncated or replaced while mounted?)"
             )
         return data

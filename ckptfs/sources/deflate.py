@@ -15,6 +15,7 @@ import threading
 import zlib
 
 from ..errors import FormatError
+from ..humanize import plural
 from .base import Source
 
 
@@ -59,7 +60,7 @@ class DeflateSource(Source):
                 pending = self.compressed.pread(in_pos, self.IN_STEP)
                 in_pos += len(pending)
                 if not pending:
-                    raise FormatError(self.name, f"deflate stream ends after {out_pos} of {self.size} bytes")
+                    raise FormatError(self.name, f"deflate stream ends after {out_pos} of {plural(self.size, 'byte')}")
             # never past `end`: the state then stops exactly where the next sequential read starts
             want = min(self.OUT_STEP, end - out_pos) if out_pos >= offset else min(self.OUT_STEP, offset - out_pos)
             try:
@@ -68,7 +69,7 @@ class DeflateSource(Source):
                 raise FormatError(self.name, f"corrupt deflate stream ({e})") from None
             pending = inflater.unconsumed_tail
             if not block and inflater.eof:
-                raise FormatError(self.name, f"deflate stream ends after {out_pos} of {self.size} bytes")
+                raise FormatError(self.name, f"deflate stream ends after {out_pos} of {plural(self.size, 'byte')}")
             if out_pos >= offset:
                 out += block
             out_pos += len(block)

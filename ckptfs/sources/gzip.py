@@ -26,6 +26,7 @@ from array import array
 from collections import OrderedDict
 
 from ..errors import FormatError
+from ..humanize import plural
 from .base import FileSource, SeekableReader, Source
 
 #: bytes of the inflated stream checked together (the last span is shorter)
@@ -96,7 +97,7 @@ class SpanSums:
         if sys.byteorder != "little":
             sums.byteswap()
         if len(sums) != -(-size // SPAN):
-            raise ValueError(f"{len(sums)} span checksums for a stream of {size} bytes")
+            raise ValueError(f"{plural(len(sums), 'span checksum')} for a stream of {plural(size, 'byte')}")
         return cls(sums)
 
 
@@ -142,7 +143,7 @@ class Inflated:
             pass  # sent forward: inflate what is skipped
         behind = self._end - self._pos
         if behind > len(self._kept):
-            raise OSError(f"cannot go back {behind} bytes in a gzip stream read once")
+            raise OSError(f"cannot go back {plural(behind, 'byte')} in a gzip stream read once")
         out = bytearray(self._kept[len(self._kept) - behind:][:n] if behind > 0 else b"")
         while len(out) < n:
             more = self._inflate(min(n - len(out), self.STEP))

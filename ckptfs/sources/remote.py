@@ -38,6 +38,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 from ..errors import CkptfsError, SourceChangedError
+from ..humanize import plural
 from . import pathnames
 from .base import Source
 from .directory import Directory
@@ -468,7 +469,7 @@ def _check_reply(obj: RemoteObject, start: int, end: int, content_range: str, et
         raise SourceChangedError(f"{obj.url}: asked for bytes {start}-{end - 1} of {obj.size}, the reply holds "
                                  f"{content_range or 'no Content-Range'}")
     if len(data) != end - start:
-        raise SourceChangedError(f"{obj.url}: bytes {start}-{end - 1}: the reply holds {len(data)} bytes")
+        raise SourceChangedError(f"{obj.url}: bytes {start}-{end - 1}: the reply holds {plural(len(data), 'byte')}")
 
 
 def _http_time(text: str | None) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+from ..humanize import plural
 from .dtypes import DTYPES, DType
 
 MAGIC = b"\x93NUMPY\x01\x00"
@@ -106,6 +107,6 @@ def edited_layout(content, name: str, like: DType | None, storable, target: str)
         raise ValueError(f"{name}: NPY dtype {descr!r} cannot be stored in {target}")
     length = dtype.nbytes(math.prod(shape))
     if length is None or content.size - start != length:
-        raise ValueError(f"{name}: {content.size - start} bytes of data, but shape {list(shape)} of {dtype.name}"
+        raise ValueError(f"{name}: {plural(content.size - start, 'byte')} of data, but shape {list(shape)} of {dtype.name}"
                          f" needs {length}")
     return dtype, shape, start, length

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CkptfsError
 from ..formats import safetensors, zipout
+from ..humanize import plural
 from ..pickle import writer as pickle_writer
 from ..pickle.inert import Call, Global, PickledDict
 from ..pickle.torch_classes import new_tensor
@@ -104,7 +105,7 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "
             left_out.append(f"{name}: edited in this mount; exported as it is once the edits are written")
             continue
         if not pieces or not isinstance(pieces[0], bytes) or sum(map(len_of, pieces[1:])) != nbytes:
-            left_out.append(f"{name}: its file at {placed.path} does not hold its {nbytes} bytes")
+            left_out.append(f"{name}: its file at {placed.path} does not hold its {plural(nbytes, 'byte')}")
             continue
         items[name] = Item(name, tensor.dtype, tuple(tensor.shape), tuple(pieces[1:]), nbytes)
         accesses.add(access or default)

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import FormatError
+from ...humanize import plural
 from ...pickle.torch_classes import TensorRef
 from ...sources.base import Source
 from ...tree.dtypes import DType
@@ -73,7 +74,7 @@ class LazyChunk:
         else:
             raise FormatError(self.name, "the record is not a torch.save zip")
         if piece.length != self.length:
-            raise FormatError(self.name, f"holds {piece.length} bytes where the metadata promises {self.length}")
+            raise FormatError(self.name, f"holds {plural(piece.length, 'byte')} where the metadata promises {self.length}")
         return piece
 
     def _from_torch_zip(self):

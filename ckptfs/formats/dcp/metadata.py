@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from ...errors import FormatError
+from ...humanize import plural
 from ...limits import LIMITS
 from ...pickle.inert import Call, Global, InertUnpickler, PickleError
 from ...pickle.torch_classes import KNOWN
@@ -61,7 +62,8 @@ class Metadata:
             path = f"{name}/{metadata_name}"
             source = files[metadata_name]
             if source.size > LIMITS.pickle_bytes:
-                raise FormatError(path, f"{source.size} bytes, above the limit of {LIMITS.pickle_bytes} for a pickle "
+                raise FormatError(path, f"{plural(source.size, 'byte')}, above the limit of "
+                                        f"{LIMITS.pickle_bytes} for a pickle "
                                         "(-o max_pickle_bytes raises it)")
             try:
                 unpickler = InertUnpickler(source.read_exact(0, source.size), known=KNOWN)

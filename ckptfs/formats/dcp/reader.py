@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import FormatError
+from ...humanize import plural
 from ...limits import LIMITS
 from ...pickle.pyobjects import to_yaml
 from ...sources.base import Source
@@ -120,7 +121,8 @@ class Reader:
         shard = self.source(relative)
         label = f"{self.path}/{relative}"
         if start < 0 or length < 0 or start + length > shard.size:
-            raise FormatError(label, f"{fqn}: bytes {start}-{start + length} lie outside the file ({shard.size} bytes)")
+            raise FormatError(label, f"{fqn}: bytes {start}-{start + length} lie outside the file "
+                                     f"({plural(shard.size, 'byte')})")
         raw = shard.slice(start, length)
         data: Source = raw
         for descriptor in info.get("transform_descriptors") or ():

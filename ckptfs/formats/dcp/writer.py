@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import EditRefused, RepackError
+from ...humanize import plural
 from ...pickle.inert import InertUnpickler
 from ...pickle.torch_classes import KNOWN
 from ...pickle.torch_classes import storable as torch_storable
@@ -227,7 +228,7 @@ class Writer(DirectoryWriter):
         if tuple(new_shape) != served[1] or not (descr == served[0] or descr[1:2] == "V"):
             raise ValueError(f"{path}: keeps its shape {list(shape)} and dtype {dtype.name} in this version")
         if edited.size - start != math.prod(shape) * itemsize:
-            raise ValueError(f"{path}: {edited.size - start} bytes of data for shape {list(shape)}")
+            raise ValueError(f"{path}: {plural(edited.size - start, 'byte')} of data for shape {list(shape)}")
         return dtype, shape, chunks, start
 
     def _split(self, path: str, node: File, edited, patches: dict) -> None:
