@@ -433,7 +433,8 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
     session = edits.session
     shown = Shown(opts.uid, opts.gid, opts.fmask, opts.dmask)
     operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
-                            session and session.check, shown if shown != Shown() else None)
+                            session and session.check, shown if shown != Shown() else None,
+                            session and session.check_move)
     edits.operations = operations
     fuse_options = set(opts.fuse) | options.ALWAYS | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
     if session is None:

@@ -32,6 +32,17 @@ class EditRefused(CkptfsError):
     message names the file and the problem."""
 
 
+class MoveRefused(EditRefused):
+    """A rename (or link) the format cannot hold, refused when it is made:
+    the message says why, `errno` is what the call answers: EXDEV across
+    checkpoints, so that `mv` copies instead; EPERM where the format cannot
+    hold the move (not EINVAL, which `mv` reports as a move into itself)."""
+
+    def __init__(self, message: str, errno: int):
+        super().__init__(message)
+        self.errno = errno
+
+
 class EditsWaiting(CkptfsError):
     """A writable mount was asked for while an earlier mount's edits wait in
     the overlay (`ckptfs mount --resume` or `ckptfs recover` take them up)."""

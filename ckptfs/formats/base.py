@@ -13,12 +13,13 @@ output) and returns, never calling back into the session.
 
 from __future__ import annotations
 
+import errno
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
-from ..errors import EditRefused, RepackError
+from ..errors import EditRefused, MoveRefused, RepackError
 from ..sources import pathnames
 from ..tree import names
 from ..tree.nodes import Dir, File, Node
@@ -65,6 +66,21 @@ class DirectoryFormat:
     open: Callable[[Directory], Checkpoint]
 
 
+@dataclass(frozen=True)
+class Moved:
+    """A file or folder where a rename puts it: its path in the checkpoint
+    after the rename, and, for one of the source's (rather than a file made
+    in the mount), its path in the checkpoint as the source has it."""
+
+    path: str
+    node: Node
+    was: str | None
+
+    @property
+    def from_source(self) -> bool:
+        return self.was is not None
+
+
 class Writer(ABC):
     """Writes an edited tree back in its format."""
 
@@ -74,10 +90,34 @@ class Writer(ABC):
     #: fills a new directory (`DirectoryWriter`) rather than one file
     directory: ClassVar[bool] = False
 
+    #: files and folders of the source can be renamed: the writer finds
+    #: them at their new paths and names their keys after those. A writer
+    #: that keys them by where the source had them says False, and a rename
+    #: of anything of the source is refused when it is made (EPERM)
+    renames: ClassVar[bool] = True
+
     def check(self, path: str, node: File) -> None:
         """Raise EditRefused, naming `path` and the problem, if the edited
         file cannot be written back; asked when it is closed. By default
         every edit waits for the repack to be judged."""
+
+    def check_move(self, moved: list[Moved]) -> None:
+        """Raise MoveRefused if the format cannot hold a rename that puts
+        each of `moved` (the file or folder renamed and everything in it)
+        where it says; asked before the rename is made."""
+
+    @staticmethod
+    def check_moved_files(moved: list[Moved], allowed: Callable[[str], bool], why: str) -> None:
+        """MoveRefused (EPERM) naming the first moved file whose new path
+        `allowed` refuses, and `why`."""
+        for m in moved:
+            if isinstance(m.node, File) and not allowed(m.path):
+                raise MoveRefused(f"{m.path}: {why}", errno.EPERM)
+
+    @staticmethod
+    def file_name_ok(path: str) -> bool:
+        """Whether a path of the tree stands for one a folder can hold (`check_file_name`)."""
+        return pathnames.path_problem(names.disk_path(path)) is None
 
     @staticmethod
     def check_file_name(path: str) -> None:

@@ -71,6 +71,9 @@ class Writer(DirectoryWriter):
     def check(self, path: str, node: File) -> None:
         self.check_file_name(path)
 
+    def check_move(self, moved: list) -> None:
+        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         owned = [p for p, n in files.items() if nested_writer(n) is not None]
         for path, node in sorted(files.items()):

@@ -264,6 +264,8 @@ class Writer(FileWriter):
     shape) or copied as it is; each tensor's data at a multiple of
     `general.alignment`, as gguf-py's writer places it."""
 
+    renames = False  # tensors are looked for where the source has them: renaming one is refused (EPERM)
+
     def __init__(self, source: Source, name: str):
         self.source, self.name = source, name
 

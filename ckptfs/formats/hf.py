@@ -158,6 +158,9 @@ class Writer(DirectoryWriter):
             except ValueError as e:
                 raise EditRefused(str(e)) from None
 
+    def check_move(self, moved: list) -> None:
+        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         tensors, plain = {}, {}
         for path, node in files.items():

@@ -8,13 +8,14 @@ end of the file. Nothing is trusted before it is checked.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 
 import yaml
 
-from ..errors import EditRefused, FormatError, RepackError
+from ..errors import EditRefused, FormatError, MoveRefused, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import FileSource, Source
@@ -25,7 +26,7 @@ from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, tensor_tree
 from ..write.diff import is_edited
-from .base import FileFormat, FileWriter
+from .base import FileFormat, FileWriter, Moved
 
 MAGIC_LENGTH = 9
 
@@ -199,6 +200,12 @@ class Writer(FileWriter):
             _edited_metadata(node, problems)
             if problems:
                 raise EditRefused(problems[0])
+
+    def check_move(self, moved: list[Moved]) -> None:
+        for m in moved:
+            if isinstance(m.node, File) and not m.path.endswith(".npy") and m.path != "__metadata__.yaml":
+                raise MoveRefused(f"{m.path}: a safetensors file holds only tensors (.npy) and __metadata__.yaml",
+                                  errno.EPERM)
 
     def _entry(self, name: str, node: File):
         """(dtype, shape, bytes: an Extent of the source or (content, offset), length)."""

@@ -251,6 +251,9 @@ class Writer(FileWriter):
     def check(self, path: str, node: File) -> None:
         self.check_file_name(path)  # a member is a file on disk once the archive is unpacked
 
+    def check_move(self, moved: list) -> None:
+        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+
     def write(self, files: dict, before: dict, output) -> None:
         if self.compressed:
             compressed = GzipOutput(output)

@@ -11,9 +11,10 @@ keeps its header pickles.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
-from ..errors import EditRefused, RepackError
+from ..errors import EditRefused, MoveRefused, RepackError
 from ..pickle import object_edits
 from ..pickle import tree_edits as pickled_edits
 from ..pickle import writer as pickle_writer
@@ -29,7 +30,9 @@ from ..pickle.torch_classes import (
 )
 from ..tree import npy
 from ..tree.dtypes import BY_NAME
+from ..tree.nodes import Dir
 from ..write.diff import changes
+from .base import FileWriter
 from .zipout import Record, ZipBlob
 
 
@@ -38,6 +41,25 @@ def _object_tree(archive) -> ObjectTree:
     tree = ObjectTree(archive.tensor_file, record=True)
     tree.build(archive.obj)
     return tree
+
+
+def check_move(archive_of, moved: list) -> None:
+    """MoveRefused (EPERM) for a rename a pickled checkpoint cannot hold:
+    a file made anything but a tensor (.npy) or a value (.yaml), and a
+    folder that stands for a dict or list of the pickle (a new path spells
+    a dotted key in the nearest container, so the container would not move:
+    its tensors would become keys like `enc2.w` of the one above). Folders
+    a dotted key was split into move, and so do the files in a container."""
+    FileWriter.check_moved_files(moved, lambda p: p.endswith((".npy", ".yaml")),
+                                 "a file of a pickled checkpoint is a tensor (.npy) or a value (.yaml)")
+    folders = [m for m in moved if isinstance(m.node, Dir) and m.from_source]
+    if folders:
+        slots = _object_tree(archive_of()).slots
+        for m in folders:
+            if m.was in slots:
+                raise MoveRefused(f"{m.path}: this folder is a dict or list of the pickled checkpoint; it cannot be "
+                                  "renamed in this version (mv the files in it into a new folder instead)",
+                                  errno.EPERM)
 
 
 def check(archive_of, path: str, node, storable, target: str) -> None:

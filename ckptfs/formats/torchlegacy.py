@@ -102,6 +102,11 @@ class Writer(FileWriter):
 
         check(lambda: TorchLegacy(self.source, self.name), path, node, legacy_storable, LEGACY)
 
+    def check_move(self, moved: list) -> None:
+        from .torch_rewrite import check_move  # written only at repack: not imported at mount
+
+        check_move(lambda: TorchLegacy(self.source, self.name), moved)
+
 
 def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
     ckpt = open_pickled(TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)

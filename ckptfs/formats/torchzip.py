@@ -271,6 +271,11 @@ class Writer(FileWriter):
 
         check(lambda: TorchZip(self.source, self.name), path, node, storable, "torch.save")
 
+    def check_move(self, moved: list) -> None:
+        from .torch_rewrite import check_move  # written only at repack: not imported at mount
+
+        check_move(lambda: TorchZip(self.source, self.name), moved)
+
     def write(self, files: dict, before: dict, output) -> None:
         blob = self.blob(files, before)
         if blob is None:

@@ -132,16 +132,18 @@ class Operations(pyfuse3.Operations):
     `check(path, node)` names what keeps an edited file from being written
     back, or returns None: a file is checked when it is closed after a write
     through that open file (the close fails with EINVAL), and when renamed
-    (a warning: editors rename a finished file into place)."""
+    (a warning: editors rename a finished file into place).
+    `check_move(old, new)` returns the MoveRefused that keeps a rename from
+    being made (its errno is the answer), or None."""
 
     def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None, check=None,
-                 shown: Shown | None = None):
+                 shown: Shown | None = None, check_move=None):
         super().__init__()
         self.owner = owner
         self.shown = shown
         self.default_access = Access(owner.uid, owner.gid, owner.read_bits)
         self.root = root
-        self.editable, self.check = editable, check
+        self.editable, self.check, self.check_move = editable, check, check_move
         self.handles: dict[int, _Handle] = {}  # open files
         self.ahead: dict[int, tuple[int, int, int]] = {}  # inode -> (its next read's start, read-ahead, asked up to)
         self._next_handle = 1
@@ -167,10 +169,10 @@ class Operations(pyfuse3.Operations):
         self.access_of: dict[int, Access] = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
 
-    def replace_tree(self, root: Dir, editable: EditableTree | None, check=None) -> None:
+    def replace_tree(self, root: Dir, editable: EditableTree | None, check=None, check_move=None) -> None:
         """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
         their inodes, so open files read on; names are looked up afresh."""
-        self.root, self.editable, self.check = root, editable, check
+        self.root, self.editable, self.check, self.check_move = root, editable, check, check_move
         self.nodes[pyfuse3.ROOT_INODE] = root
         listing = self.listings.get(pyfuse3.ROOT_INODE)
         old = [os.fsencode(name) for name in listing.names] if listing else []
@@ -519,25 +521,82 @@ class Operations(pyfuse3.Operations):
         inode = self._child(parent_inode_old, name_old)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if flags & RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
         target = self._child(parent_inode_new, name_new)
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             self._writable(target)
+        elif flags & RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.ENOENT)
         editable = self._writable(inode)
         self._writable(parent_inode_old)
         self._writable(parent_inode_new)
         old = self._path(parent_inode_old, os.fsdecode(name_old))
-        editable.rename(old, self._path(parent_inode_new, os.fsdecode(name_new)))
+        new = self._path(parent_inode_new, os.fsdecode(name_new))
+        self._may_move(old, new)
+        if flags & RENAME_EXCHANGE:
+            self._may_move(new, old)
+            editable.exchange(old, new)
+        else:
+            editable.rename(old, new)
         self._changed(parent_inode_old)
         self._changed(parent_inode_new)
         self.parents[inode] = parent_inode_new  # the kernel may use it before a lookup
         self.names[inode] = os.fsdecode(name_new)
-        problem = self._checked(inode)  # a file written under a temporary name (sed -i), now in place
-        if problem is not None:
-            log.warning("%s (the repack will refuse it until it is fixed)", problem)
+        moved = [inode]
+        if flags & RENAME_EXCHANGE:
+            self.parents[target], self.names[target] = parent_inode_old, os.fsdecode(name_old)
+            moved.append(target)
+        for number in moved:
+            problem = self._checked(number)  # a file written under a temporary name (sed -i), now in place
+            if problem is not None:
+                log.warning("%s (the repack will refuse it until it is fixed)", problem)
+
+    def _may_move(self, old: str, new: str) -> None:
+        """Refuse, with the errno the format's writer gives and a line in the
+        log saying why, a rename the checkpoint cannot hold."""
+        refused = self.check_move(old, new) if self.check_move is not None else None
+        if refused is not None:
+            log.warning("rename refused: %s", refused)
+            raise pyfuse3.FUSEError(refused.errno)
+
+    @_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._refuse(new_parent_inode, new_name, "a hard link", errno.EPERM)
+
+    @_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._refuse(parent_inode, name, "a symbolic link", errno.EPERM)
+
+    @_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        if stat.S_ISREG(mode):  # mknod(2) of a plain file: an empty file, as create makes it
+            editable = self._writable(parent_inode)
+            if self._child(parent_inode, name) is not None:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            editable.create(self._path(parent_inode, os.fsdecode(name)))
+            self._changed(parent_inode)
+            return self.attributes(self._child(parent_inode, name))
+        self._refuse(parent_inode, name, "a device, FIFO or socket", errno.EPERM)
+
+    def _refuse(self, parent_inode: int, name: bytes, what: str, code: int) -> None:
+        self._writable(parent_inode)
+        log.warning("%s: refused: a checkpoint cannot hold %s", self._path(parent_inode, os.fsdecode(name)), what)
+        raise pyfuse3.FUSEError(code)
+
+    @_handler
+    async def setxattr(self, inode, name, value, ctx):
+        self._writable(inode)
+        log.warning("%s: setting attribute %s refused: a checkpoint keeps no attributes (its user.ckptfs.* ones "
+                    "are made from what it holds)", self._path(inode), os.fsdecode(name))
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @_handler
+    async def removexattr(self, inode, name, ctx):
+        self._writable(inode)
+        log.warning("%s: removing attribute %s refused: a checkpoint keeps no attributes",
+                    self._path(inode), os.fsdecode(name))
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @_handler
     async def fsync(self, fh, datasync):

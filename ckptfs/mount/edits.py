@@ -160,7 +160,8 @@ class MountEdits:
             return 1, f"{message}, but it cannot be mounted again ({e}); the mount serves what it served"
         if self.session is None:
             return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
-        self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check)
+        self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check,
+                                     self.session.check_move)
         return 0, message
 
     def _progress(self, done: int, total: int) -> None:

@@ -160,6 +160,10 @@ class Node:
 @dataclass(eq=False, slots=True)
 class File(Node):
     content: Content
+    #: true once a rename took it (or a folder above it) from where the
+    #: source has it: what lies at its path is no longer the source's
+    #: bytes there, whatever its own bytes (write/diff.py `is_edited`)
+    moved: bool = field(default=False, kw_only=True)
 
 
 @dataclass(eq=False, slots=True)

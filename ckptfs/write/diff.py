@@ -11,8 +11,11 @@ COMPARE_BLOCK = 8 << 20
 
 
 def is_edited(node: Node | None) -> bool:
-    """True for a file whose bytes were written through the mount."""
-    return isinstance(node, File) and isinstance(node.content, EditedContent)
+    """True for a file whose bytes were written through the mount, or that
+    a rename moved: either way its path no longer holds what the source
+    has there (a writer that copied the source's bytes for that path, or
+    took its key from the node's mount-time name, would drop the edit)."""
+    return isinstance(node, File) and (node.moved or isinstance(node.content, EditedContent))
 
 
 def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, ...] = TEMP_PATTERNS) -> dict[str, Node]:

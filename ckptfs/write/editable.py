@@ -12,7 +12,7 @@ from typing import Callable
 from ..errors import CkptfsError
 from ..tree import npy
 from ..tree.dtypes import BY_NAME
-from ..tree.nodes import Content, Dir, File, Node
+from ..tree.nodes import Content, Dir, File, LazyDir, Node
 from ..tree.tensors import shape_text
 from .overlay import EditedContent, Overlay
 
@@ -38,6 +38,20 @@ def describe_tensor(file: File) -> None:
     if dtype is not None:
         file.xattrs["ckptfs.dtype"] = dtype.name
         file.xattrs["ckptfs.shape"] = shape_text(shape)
+
+
+def _moved(node: Node) -> None:
+    """A file or folder a rename moved: every file in it stands at a path
+    the source holds other bytes at (or none), and every name below it now
+    comes from its path, not from the key it had at mount."""
+    pending = [node]
+    while pending:
+        here = pending.pop()
+        here.xattrs.pop("ckptfs.name", None)
+        if isinstance(here, File):
+            here.moved = True
+        elif isinstance(here, Dir) and not (isinstance(here, LazyDir) and not here.filled):
+            pending.extend(here.children.values())
 
 
 class EditableTree:
@@ -150,6 +164,10 @@ class EditableTree:
         if node is None:
             raise FileNotFoundError(old)
         target = new_parent.children.get(new_name)
+        if target is node:
+            return  # rename(2) of a name onto itself (or a hard link of it): nothing happens
+        if isinstance(node, Dir) and (new + "/").startswith(old + "/"):
+            raise OSError(22, "Invalid argument", new)  # EINVAL: a folder into itself
         if isinstance(target, Dir) and (not isinstance(node, Dir) or target.children):
             raise IsADirectoryError(new) if not isinstance(node, Dir) else OSError(39, "Directory not empty", new)
         if target is not None and isinstance(node, Dir) and not isinstance(target, Dir):
@@ -157,7 +175,23 @@ class EditableTree:
         self._log(op="rename", old=old, new=new)
         del old_parent.children[old_name]
         new_parent.children[new_name] = node
-        node.xattrs.pop("ckptfs.name", None)  # the name now comes from the path
+        _moved(node)
+
+    def exchange(self, a: str, b: str) -> None:
+        """renameat2's RENAME_EXCHANGE: `a` and `b` (files or folders) swap places."""
+        a_parent, a_name = self._parent(a)
+        b_parent, b_name = self._parent(b)
+        first, second = a_parent.children.get(a_name), b_parent.children.get(b_name)
+        if first is None or second is None:
+            raise FileNotFoundError(a if first is None else b)
+        if first is second:
+            return
+        if (b + "/").startswith(a + "/") or (a + "/").startswith(b + "/"):
+            raise OSError(22, "Invalid argument", b)  # EINVAL: a folder with what it holds
+        self._log(op="exchange", old=a, new=b)
+        a_parent.children[a_name], b_parent.children[b_name] = second, first
+        _moved(first)
+        _moved(second)
 
     def replay(self, records: list[dict]) -> None:
         """Apply the journal of an earlier mount to the source's tree."""
@@ -177,5 +211,7 @@ class EditableTree:
                 self.remove(r["path"])
             elif op == "rename":
                 self.rename(r["old"], r["new"])
+            elif op == "exchange":
+                self.exchange(r["old"], r["new"])
             else:
                 raise CkptfsError(f"{self.overlay.path}: unknown journal record {r!r:.80}")

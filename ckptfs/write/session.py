@@ -7,17 +7,19 @@ the overlay stays, for `ckptfs mount --resume` or `ckptfs recover`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import stat
 from dataclasses import dataclass
 
-from ..errors import CkptfsError, EditRefused, EditsKept, RepackError, SourceChangedError
-from ..formats.base import DirectoryWriter, nested_writer
+from ..errors import CkptfsError, EditRefused, EditsKept, MoveRefused, RepackError, SourceChangedError
+from ..formats.base import DirectoryWriter, Moved, Writer, nested_writer
 from ..sources import remote
+from ..tree import names
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
-from ..tree.nodes import Dir, File, Node
+from ..tree.nodes import Dir, File, LazyDir, Node, Symlink
 from .diff import changes, files_of
 from .editable import EditableTree
 from .newdir import NewDirectory, Owners
@@ -40,6 +42,7 @@ class EditSession:
     checkpoint: Checkpoint
     editable: EditableTree
     _before: dict | None = None
+    _mount: dict[int, str] | None = None
 
     @classmethod
     def start(cls, checkpoint, ignored: tuple[str, ...] = TEMP_PATTERNS) -> EditSession:
@@ -92,22 +95,77 @@ class EditSession:
         temporary file is not: it is checked where it is renamed to."""
         if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored) or self._staged(path, node):
             return None
-        writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
-        parts = path.split("/")
-        for depth, name in enumerate(parts[:-1], 1):
-            folder = folder.children.get(name) if isinstance(folder, Dir) else None
-            if nested_writer(folder) is not None:
-                writer, relative = nested_writer(folder), "/".join(parts[depth:])
+        writer, relative = self._writer_of(path)
         try:
             writer.check(relative, node)
         except EditRefused as e:
             return str(e)
         return None
 
+    def _writer_of(self, path: str) -> tuple[Writer, str]:
+        """The writer of the checkpoint `path` lies in, and the path in it."""
+        writer, relative, folder = self.checkpoint.writer, path, self.checkpoint.root
+        parts = path.split("/")
+        for depth, name in enumerate(parts[:-1], 1):
+            folder = folder.children.get(name) if isinstance(folder, Dir) else None
+            if nested_writer(folder) is not None:
+                writer, relative = nested_writer(folder), "/".join(parts[depth:])
+        return writer, relative
+
+    def check_move(self, old: str, new: str) -> MoveRefused | None:
+        """What keeps the format from holding `old` renamed to `new` (paths of
+        the tree), or None; asked before the rename is made. A rename to an
+        editor's temporary name is a removal, and always taken."""
+        if is_temp_name(new.rpartition("/")[2], self.editable.overlay.ignored):
+            return None
+        try:
+            node = self.editable.node(old)
+        except OSError:
+            return None  # the rename answers for itself
+        writer, relative = self._writer_of(old)
+        other, target = self._writer_of(new)
+        if other is not writer:
+            return MoveRefused(f"{old} -> {new}: these lie in different checkpoints; a file moves between them "
+                               "as a copy (mv copies on EXDEV)", errno.EXDEV)
+        mine = self._mount_paths()
+        root = old[: len(old) - len(relative)]  # where the checkpoint of `writer` lies in the tree
+        moved = []
+        for path, found in _subtree(target, node):
+            if nested_writer(found) is not None or found.read_only:
+                return MoveRefused(f"{old}: holds {_below(new, target, path)}, a checkpoint that is written "
+                                   "where the source has it; it cannot be renamed or moved", errno.EPERM)
+            if isinstance(found, Symlink) and id(found) in mine:
+                return MoveRefused(f"{old}: a link stands for a value or file shown elsewhere; it cannot be "
+                                   "moved (edit it where it leads)", errno.EPERM)
+            was = mine.get(id(found))
+            moved.append(Moved(path, found, was[len(root):] if was is not None else None))
+        shortened = next((p for p in [target, *(m.path for m in moved)] if not _spells_a_key(p)), None)
+        if shortened is not None:
+            return MoveRefused(f"{_below(new, target, shortened)}: a name shortened to fit cannot be moved (its "
+                               "key is in its user.ckptfs.name attribute, not in its name)", errno.EPERM)
+        if not writer.renames and any(m.from_source for m in moved):
+            return MoveRefused(f"{old}: a {self.checkpoint.format} checkpoint cannot rename what its source "
+                               "holds in this version", errno.EPERM)
+        try:
+            writer.check_move(moved)
+            if isinstance(node, File) and moved[0].from_source and not isinstance(node.content, EditedContent):
+                writer.check(target, node)  # its bytes are the source's: what fails now fails at the repack
+        except MoveRefused as e:
+            return e
+        except EditRefused as e:
+            return MoveRefused(str(e), errno.EPERM)
+        return None
+
     def _staged(self, path: str, node: Node) -> bool:
         """A file made in this mount under a name of `STAGING_PATTERNS`."""
         return (is_staging_name(path.rpartition("/")[2]) and isinstance(node, File)
                 and isinstance(node.content, EditedContent) and path not in self.before())
+
+    def _mount_paths(self) -> dict[int, str]:
+        """Where each node of the tree as it was at mount stood then (by id: the snapshot holds them)."""
+        if self._mount is None:
+            self._mount = {id(node): path for path, (node, _) in self.before().items()}
+        return self._mount
 
     def finish(self, discard: bool = False, output_path: str | None = None, force: bool = False,
                backup: bool = False, progress=None) -> str:
@@ -183,6 +241,31 @@ def remove_stale_temp_files(source: str) -> None:
             else:
                 log.info("removing %s, left by an interrupted repack", entry)
                 os.unlink(path)
+
+
+def _subtree(path: str, node: Node):
+    """(path, node) of `node` and of everything in it (a folder not yet filled is not entered)."""
+    pending = [(path, node)]
+    while pending:
+        path, node = pending.pop()
+        yield path, node
+        if isinstance(node, Dir) and not (isinstance(node, LazyDir) and not node.filled):
+            pending.extend((f"{path}/{name}", child) for name, child in node.children.items())
+
+
+def _spells_a_key(path: str) -> bool:
+    """Whether every name of `path` stands for a key (a shortened one does not)."""
+    try:
+        for part in path.split("/"):
+            names.unescape(part)
+    except ValueError:
+        return False
+    return True
+
+
+def _below(new: str, target: str, path: str) -> str:
+    """A path of a moved checkpoint's subtree, as the tree names it after the move."""
+    return new[: len(new) - len(target)] + path
 
 
 def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:

@@ -5,11 +5,12 @@ items in a new shard (new_shards.py), the metadata pickled again."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 from dataclasses import dataclass
 
-from ...errors import EditRefused, RepackError
+from ...errors import EditRefused, MoveRefused, RepackError
 from ...humanize import plural
 from ...pickle.inert import InertUnpickler
 from ...pickle.torch_classes import KNOWN
@@ -21,7 +22,7 @@ from ...tree.nodes import Dir, Extent, File
 from ...write.diff import below, is_edited, same_bytes
 from ...write.output import Blob, ContentBlob
 from .. import torchzip
-from ..base import DirectoryWriter, nested_writer
+from ..base import DirectoryWriter, Moved, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names
 from .new_shards import (
     NewShard,
@@ -162,7 +163,8 @@ class Writer(DirectoryWriter):
         """A new tensor file (or one of a new shape or dtype), to be stored whole."""
         if not path.endswith(".npy"):
             raise ValueError(f"{path}: a distributed checkpoint takes new tensors (.npy) only")
-        fqn = self.fqn_of.get(id(node)) or ".".join(names.unescape(p) for p in path[: -len(".npy")].split("/"))
+        # its key at mount while it stays where it was (a rename drops the name): else the key its path spells
+        fqn = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[: -len(".npy")].split("/"))
         like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
         dtype, shape, start, _ = npy.edited_layout(node.content, path, like, torch_storable, "a distributed checkpoint")
         added[fqn] = (node.content, start, dtype, tuple(shape))
@@ -202,6 +204,15 @@ class Writer(DirectoryWriter):
             for start, (record, record_patches) in by_record.items():
                 patches.setdefault(shard, {}).setdefault(start, (record, {}))[1].update(record_patches)
         return True
+
+    def check_move(self, moved: list[Moved]) -> None:
+        """Tensors move (stored whole under their new keys); the other items
+        and the files beside the checkpoint keep their names."""
+        for m in moved:
+            if m.from_source and isinstance(m.node, File) and id(m.node) not in self.chunks_of:
+                raise MoveRefused(f"{m.path}: only tensors of a distributed checkpoint can be renamed", errno.EPERM)
+            if isinstance(m.node, File) and id(m.node) in self.chunks_of and not m.path.endswith(".npy"):
+                raise MoveRefused(f"{m.path}: a tensor of a distributed checkpoint is a .npy file", errno.EPERM)
 
     def check(self, path: str, node: File) -> None:
         try:
