@@ -39,6 +39,7 @@ SOURCE = {
     "z": np.array([-1, 1], dtype=np.float32),
     "p": np.array([1, 2, 3], dtype=np.float32),
     "q": np.array([4, 5, 6], dtype=np.float32),
+    "dec.w": np.array([[9, 8]], dtype=np.float32),
 }
 NEW_W = np.full((2, 3), 0.25, dtype=np.float32)
 #: what every format holds after `_operate`
@@ -50,6 +51,7 @@ EXPECTED = {
     "p": SOURCE["q"],  # RENAME_EXCHANGE
     "q": SOURCE["p"],
     "y2": SOURCE["y"],  # RENAME_NOREPLACE to a free name
+    "dec.w": SOURCE["dec.w"],
 }
 
 
@@ -280,16 +282,19 @@ def _after(kind: str, source: Path, tmp: Path) -> None:
 @pytest.mark.parametrize("kind", ["safetensors", "hf", "dcp", "npz"])
 def test_a_renamed_folder_and_a_name_renamed_over_are_written(kind, mount, tmp_path):
     """The issue's case: `mv enc/block enc/blk` was shown, and the file came
-    back unchanged; a tensor renamed over another kept the other's bytes."""
+    back unchanged; a tensor renamed over another kept the other's bytes.
+    Two folders exchanged swap their tensors' keys."""
     make, _, _, read = FORMATS[kind]
     source = make(tmp_path)
     mnt = mount(source)
     os.rename(mnt / "enc" / "block", mnt / "enc" / "blk")
     os.rename(mnt / "z.npy", mnt / "x.npy")
+    renameat2(mnt / "enc" / "blk", mnt / "dec", RENAME_EXCHANGE)
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
-    expected = {k.replace("enc.block.", "enc.blk."): v for k, v in SOURCE.items() if k not in ("x", "z")}
-    expected["x"] = SOURCE["z"]
+    expected = {k: v for k, v in SOURCE.items() if k not in ("x", "z", "dec.w") and not k.startswith("enc.")}
+    expected.update({"x": SOURCE["z"], "dec.w": SOURCE["enc.block.w"], "dec.b": SOURCE["enc.block.b"],
+                     "enc.blk.w": SOURCE["dec.w"]})
     _same(read(source) if kind != "dcp" else _numpy(_dcp_read(source, expected)), expected)
 
 
