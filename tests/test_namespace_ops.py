@@ -121,15 +121,15 @@ def _numpy(state: dict) -> dict:
     return {k: v.numpy() for k, v in state.items()}
 
 
-def _dcp_read(folder, expected: dict) -> dict:
+def _dcp_read(folder, expected: dict, item: str = "step") -> dict:
     """The tensors as dcp.load reads them (its metadata must list no other
-    keys), and the pickled item `step` as it was."""
+    keys), and the pickled item `step` as it was, under the key `item`."""
     keys = set(dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
     state = {k: torch.zeros(v.shape, dtype=torch.from_numpy(v).dtype) for k, v in expected.items()}
-    state["step"] = 0
+    state[item] = 0
     assert keys == set(state), keys ^ set(state)
     dcp.load(state, checkpoint_id=str(folder))
-    assert state.pop("step") == 3
+    assert state.pop(item) == 3
     return state
 
 
@@ -192,6 +192,7 @@ def _dcp_folder(tmp: Path) -> Path:
     (tmp / "run" / "context").mkdir(parents=True)
     (tmp / "run" / "context" / "model.yaml").write_text("hidden: 4\n")
     dcp.save({**_torch_state(SOURCE), "step": 3}, checkpoint_id=str(tmp / "run" / "weights"))
+    (tmp / "run" / "weights" / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
     return tmp / "run"
 
 
@@ -207,11 +208,11 @@ FORMATS = {
     "npz": (_npz, "", "/", lambda src: {k.replace("/", "."): v for k, v in np.load(src).items()}),
     "torch_zip": (_torch_zip, "", ".", lambda src: _numpy(torch.load(src, weights_only=True))),
     "torch_legacy": (_torch_legacy, "", ".", lambda src: _numpy(torch.load(src, weights_only=True))),
-    "dcp": (_dcp, "", ".", lambda src: _numpy(_dcp_read(src, EXPECTED))),
+    "dcp": (_dcp, "", ".", lambda src: _numpy(_dcp_read(src, EXPECTED, "extra.step"))),
     "nemo": (_nemo, "model_weights.ckpt", ".", lambda src: _numpy(
         torch.load(io.BytesIO(_extract(src, "model_weights.ckpt")), weights_only=True))),
     "nemo_dcp": (_nemo_dcp, "model_weights", ".", None),
-    "dcp_folder": (_dcp_folder, "weights", ".", lambda src: _numpy(_dcp_read(src / "weights", EXPECTED))),
+    "dcp_folder": (_dcp_folder, "weights", ".", lambda src: _numpy(_dcp_read(src / "weights", EXPECTED, "extra.step"))),
 }
 
 
@@ -219,7 +220,7 @@ def _read_nemo_dcp(src: Path, tmp: Path) -> dict:
     out = tmp / "unpacked"
     with tarfile.open(src) as tar:
         tar.extractall(out, filter="data")
-    return _numpy(_dcp_read(out / "model_weights", EXPECTED))
+    return _numpy(_dcp_read(out / "model_weights", EXPECTED, "extra.step"))
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
@@ -250,15 +251,18 @@ def _format_specific(kind: str, mnt: Path, root: Path) -> None:
         refused(errno.EPERM, os.rename, mnt / "config2.json", mnt / "%2E%2E")  # '..' once written
     if kind in ("torch_zip", "torch_legacy", "nemo"):  # a key holds a tensor (.npy) or a value (.yaml)
         refused(errno.EPERM, os.rename, root / "x.npy", root / "x.txt")
-    if kind in ("dcp", "nemo_dcp", "dcp_folder"):  # a pickled item keeps its key; a tensor stays a .npy
-        refused(errno.EPERM, os.rename, root / "step.yaml", root / "step2.yaml")
+    if kind in ("dcp", "nemo_dcp", "dcp_folder"):  # a pickled item moves too; each stays what it was shown as
+        refused(errno.EPERM, os.rename, root / "step.yaml", root / "step.npy")
         refused(errno.EPERM, os.rename, root / "x.npy", root / "x.bin")
+        (root / "extra").mkdir()
+        os.rename(root / "step.yaml", root / "extra" / "step.yaml")
     if kind in ("nemo", "nemo_dcp"):  # a member is renamed; the checkpoint inside keeps its name
         os.rename(mnt / "model_config.yaml", mnt / "config.yaml")
         refused(errno.EPERM, os.rename, mnt / "config.yaml", mnt / "%2E%2E")
         refused(errno.EPERM, os.rename, root, mnt / "weights")
         refused(errno.EXDEV, os.rename, root / "y2.npy", mnt / "y2.npy")  # across checkpoints: mv copies
     if kind == "dcp_folder":
+        refused(errno.EPERM, os.rename, root / "metadata.json", root / "meta.json")  # Megatron's, beside the DCP
         os.rename(mnt / "context" / "model.yaml", mnt / "context" / "model2.yaml")
         refused(errno.EPERM, os.rename, root, mnt / "weights2")
         refused(errno.EXDEV, os.rename, root / "y2.npy", mnt / "context" / "y2.npy")
@@ -274,6 +278,7 @@ def _after(kind: str, source: Path, tmp: Path) -> None:
         assert "config.yaml" in names and "model_config.yaml" not in names
         assert _extract(source, "config.yaml") == b"hidden: 4\n"
     if kind == "dcp_folder":
+        assert (source / "weights" / "metadata.json").read_text() == '{"sharded_backend": "torch_dist"}'
         assert (source / "context" / "model2.yaml").read_text() == "hidden: 4\n"
         assert not (source / "context" / "model.yaml").exists()
 

@@ -206,13 +206,19 @@ class Writer(DirectoryWriter):
         return True
 
     def check_move(self, moved: list[Moved]) -> None:
-        """Tensors move (stored whole under their new keys); the other items
-        and the files beside the checkpoint keep their names."""
+        """Tensors and items move (a tensor stored whole under its new key,
+        an item's record under its new one), each keeping its suffix: what
+        the mount showed it as. The files beside the checkpoint keep their
+        names (Megatron looks for them by name)."""
         for m in moved:
-            if m.from_source and isinstance(m.node, File) and id(m.node) not in self.chunks_of:
-                raise MoveRefused(f"{m.path}: only tensors of a distributed checkpoint can be renamed", errno.EPERM)
-            if isinstance(m.node, File) and id(m.node) in self.chunks_of and not m.path.endswith(".npy"):
-                raise MoveRefused(f"{m.path}: a tensor of a distributed checkpoint is a .npy file", errno.EPERM)
+            if not (m.from_source and isinstance(m.node, File)):
+                continue
+            if id(m.node) not in self.fqn_of:
+                raise MoveRefused(f"{m.path}: a file beside a distributed checkpoint keeps its name", errno.EPERM)
+            suffix = "." + m.was.rpartition(".")[2]
+            if not m.path.endswith(suffix):
+                what = "a tensor" if id(m.node) in self.chunks_of else "an item"
+                raise MoveRefused(f"{m.path}: {what} of a distributed checkpoint stays a {suffix} file", errno.EPERM)
 
     def check(self, path: str, node: File) -> None:
         try:
