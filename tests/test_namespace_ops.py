@@ -295,6 +295,10 @@ def test_a_renamed_folder_and_a_name_renamed_over_are_written(kind, mount, tmp_p
     os.rename(mnt / "enc" / "block", mnt / "enc" / "blk")
     os.rename(mnt / "z.npy", mnt / "x.npy")
     renameat2(mnt / "enc" / "blk", mnt / "dec", RENAME_EXCHANGE)
+    rows = {line.split("\t")[0]: line.split("\t") for line in (mnt / ".ckptfs" / "tensors.tsv").read_text().splitlines()}
+    assert "dec/w.npy" in rows and "enc/blk/w.npy" in rows and not any(p.startswith("enc/block/") for p in rows)
+    if kind != "npz":  # the index names a moved tensor by its new key, its bytes still where the source has them
+        assert rows["dec/w.npy"][1] == "dec.w" and "overlay" not in rows["dec/w.npy"][6]
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
     expected = {k: v for k, v in SOURCE.items() if k not in ("x", "z", "dec.w") and not k.startswith("enc.")}

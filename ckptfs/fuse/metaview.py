@@ -195,7 +195,7 @@ class CurrentTensors:
 
     def checkpoint(self) -> Checkpoint:
         from ..write.diff import files_of, is_edited
-        from ..write.overlay import EditedSource
+        from ..write.overlay import EditedContent, EditedSource
 
         tensors = []
         by_node = self._tensor_by_node()
@@ -205,6 +205,8 @@ class CurrentTensors:
             original = by_node.get(id(node))
             if original is not None and not is_edited(node):
                 tensors.append(PlacedTensor(path, original))
+            elif original is not None and not isinstance(node.content, EditedContent):  # moved: bytes where they were
+                tensors.append(PlacedTensor(path, dataclasses.replace(original, name=_name(path, node))))
             elif path.endswith(".npy") and (original is not None or self.ckpt.writer.adds_tensors):
                 tensor = _edited_tensor(path, node, original, EditedSource(node.content))
                 if tensor is not None:
@@ -221,8 +223,12 @@ def _edited_tensor(path: str, node: File, original, source) -> Tensor | None:
     dtype = npy.dtype_of(descr, original.dtype if original else None)
     if dtype is None:
         return None
-    name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
-    return Tensor(name, dtype, tuple(shape), Extent(source, start, max(0, source.size - start)))
+    return Tensor(_name(path, node), dtype, tuple(shape), Extent(source, start, max(0, source.size - start)))
+
+
+def _name(path: str, node: File) -> str:
+    """A tensor file's key: its own while it stays where it was, else the one its path spells."""
+    return node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
 
 
 def _text_file(text: str) -> File:
