@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .conftest import FIXTURES, umount, write_refused
+from .conftest import FIXTURES, pretrained_state, umount, write_refused
 
 BERT = FIXTURES / "hf" / "bert_tiny_sharded"
 
@@ -125,3 +125,32 @@ def test_a_file_made_in_the_mount_is_written_under_the_name_it_stands_for(mount,
     shutil.rmtree(mnt / "%2E%2E")
     assert umount(mnt).returncode == 0
     assert (src / "50%.txt").read_text() == "half" and not (tmp_path / "climbed.txt").exists()
+
+
+
+def _equal_states(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and got[name].numpy().tobytes() == tensor.numpy().tobytes(), name
+
+
+def test_from_pretrained_loads_the_mount_with_its_edits(mount, tmp_path):
+    """`.ckptfs/pretrained/` is what from_pretrained loads: config.json (a
+    link into the mount) and one model.safetensors of the tensors as they
+    are now, edits included, before the unmount."""
+    original, _ = pretrained_state(BERT)
+    view = mount(BERT, "-o", "ro") / ".ckptfs" / "pretrained"
+    assert sorted(os.listdir(view)) == ["config.json", "model.safetensors"]
+    _equal_states(pretrained_state(view)[0], original)
+    src = Path(shutil.copytree(BERT, tmp_path / "bert"))
+    mnt = mount(src)
+    expected = dict(original)
+    expected["pooler.dense.bias"] = torch.linspace(-1, 1, original["pooler.dense.bias"].numel())
+    np.save(_npy(mnt, "pooler.dense.bias"), expected["pooler.dense.bias"].numpy())
+    (mnt / "config.json").write_text((mnt / "config.json").read_text().replace('"hidden_act": "gelu"',
+                                                                               '"hidden_act": "relu"'))
+    state, config = pretrained_state(mnt / ".ckptfs" / "pretrained")
+    _equal_states(state, expected)
+    assert config.hidden_act == "relu"  # the config as the mount has it now
+    assert umount(mnt).returncode == 0
+    _equal_states(pretrained_state(src)[0], expected)

@@ -188,3 +188,21 @@ def test_a_weights_file_holding_no_state_dict_is_shown_read_only(tmp_path, mount
     assert (mnt / "pytorch_model.bin" / "step.yaml").read_text().strip() == "3"
     assert "holds no state dict" in (mnt / ".ckptfs" / "info.yaml").read_text()
     assert b"no single index" in os.getxattr(mnt, "user.ckptfs.read_only")
+
+
+def test_from_pretrained_loads_the_mount_with_its_edits(mount, saved, tmp_path):
+    """`.ckptfs/pretrained/` is the folder from_pretrained loads: the
+    folder's other files, and the tensors as they are now."""
+    state, sharded, _ = saved
+    folder = Path(shutil.copytree(sharded, tmp_path / "model"))
+    mnt = mount(folder)
+    view = mnt / ".ckptfs" / "pretrained"
+    assert sorted(os.listdir(view)) == ["config.json", "model.safetensors", "special_tokens_map.json"]
+    assert os.readlink(view / "config.json") == "../../config.json"
+    _same(_pretrained(view), state)
+    expected = dict(state)
+    expected["pooler.dense.bias"] = torch.linspace(-1, 1, 32)
+    np.save(_npy(mnt, "pooler.dense.bias"), expected["pooler.dense.bias"].numpy())
+    _same(_pretrained(view), expected)  # before the unmount
+    assert umount(mnt).returncode == 0
+    _same(_pretrained(folder), expected)

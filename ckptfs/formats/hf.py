@@ -95,6 +95,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     kind = "torch.save" if in_torch else "safetensors"
     pickle_globals = sorted({g for s in torch_shards.values() for g in s.globals})
     ckpt = Checkpoint(f"huggingface ({kind})", path, directory.stat(), root, raw, placed, notes, pickle_globals)
+    ckpt.pretrained_files = _beside_weights(root, weights | set(shards), {p.path.split("/")[0] for p in placed})
     if outside:
         root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
     elif links:
@@ -105,6 +106,16 @@ def open_dir(directory: Directory) -> Checkpoint:
         ckpt.writer = Writer(sources, shards, metadata, indexes[0] if indexes else None, originals,
                              sum(p.tensor.numel for p in placed), torch)
     return ckpt
+
+
+def _beside_weights(root: Dir, weights: set[str], tensor_tops: set[str]) -> list[str]:
+    """The top-level entries from_pretrained reads beside the weights: all
+    but the merged tree's, the weights files (of either kind) and their indexes."""
+    def is_weights(name: str) -> bool:
+        return (name in weights or name.endswith((".safetensors", INDEX_SUFFIX, hf_torch.INDEX_SUFFIX))
+                or hf_torch.is_weights(name))
+
+    return sorted(n for n in root.children if n not in tensor_tops and not is_weights(n))
 
 
 def _torch_weights(directory: Directory, indexes: list[str]) -> set[str]:

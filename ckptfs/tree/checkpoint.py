@@ -39,6 +39,11 @@ class Checkpoint:
     #: writes an edited tree back in this format (formats/base.py); None
     #: when it cannot (a Hugging Face cache snapshot, an ambiguous directory)
     writer: Writer | None = None
+    #: for a Hugging Face folder: the top-level entries of the main tree that
+    #: `from_pretrained` reads beside the weights (config.json, tokenizer
+    #: files, subfolders), which `.ckptfs/pretrained/` links to; None for
+    #: any other checkpoint
+    pretrained_files: list[str] | None = None
 
     def source_bytes(self) -> int:
         """The file's size, or for a directory the sum of its files' sizes."""
