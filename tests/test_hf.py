@@ -154,3 +154,25 @@ def test_from_pretrained_loads_the_mount_with_its_edits(mount, tmp_path):
     assert config.hidden_act == "relu"  # the config as the mount has it now
     assert umount(mnt).returncode == 0
     _equal_states(pretrained_state(src)[0], expected)
+
+
+def test_a_safetensors_file_in_a_subfolder_is_kept_when_the_model_is_edited(mount, tmp_path):
+    """A sentence-transformers folder: `2_Dense/model.safetensors` holds none
+    of the model's tensors; an edit of the model leaves it as it was (it
+    was written back empty)."""
+    folder = tmp_path / "st"
+    (folder / "2_Dense").mkdir(parents=True)
+    save_file({"embed.weight": torch.ones(4, 3)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    dense = folder / "2_Dense" / "model.safetensors"
+    save_file({"linear.weight": torch.full((2, 3), 7.0)}, str(dense), metadata={"format": "pt"})
+    (folder / "2_Dense" / "config.json").write_text('{"in_features": 3}')
+    (folder / "config.json").write_text("{}")
+    kept, inode = dense.read_bytes(), dense.stat().st_ino
+    mnt = mount(folder)
+    np.save(mnt / "embed" / "weight.npy", np.zeros((4, 3), np.float32))
+    assert umount(mnt).returncode == 0
+    assert load_file(str(folder / "model.safetensors"))["embed.weight"].sum() == 0
+    assert dense.read_bytes() == kept and dense.stat().st_ino == inode
+    view = mount(folder, "-o", "ro") / ".ckptfs" / "pretrained"  # the subfolder is what from_pretrained reads too
+    assert sorted(os.listdir(view)) == ["2_Dense", "config.json", "model.safetensors"]
+    assert (view / "2_Dense" / "model.safetensors").is_dir()  # as the mount shows it

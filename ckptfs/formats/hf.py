@@ -86,9 +86,12 @@ def open_dir(directory: Directory) -> Checkpoint:
             by_shard.setdefault(rel, []).append(name)
         tree, placed, owner = hf_torch.merged_tree(torch_shards, by_shard)
         torch = hf_torch.TorchShards(torch_shards, by_shard, owner)
+        aside = sorted(shards)  # safetensors files in subfolders
     else:
         merged, notes = _merged_tensors(directory, indexes, shards, suffix)
         tree, placed = tensor_tree(merged)
+        used = {id(t) for t in merged}  # a sentence-transformers 2_Dense/model.safetensors holds none of them
+        aside = sorted(rel for rel, by_name in shards.items() if not any(id(t) in used for t in by_name.values()))
     _own_access(tree, placed, Access.of(directory.stat()))
     placed = merge_into(root, tree, placed)
     add_links(directory, outside, root, raw)
@@ -100,11 +103,12 @@ def open_dir(directory: Directory) -> Checkpoint:
         root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
     elif links:
         root.xattrs["ckptfs.read_only"] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
-    elif not (shards or torch_shards) or notes or len(indexes) > 1:
+    elif not (set(shards) - set(aside) or torch_shards) or notes or len(indexes) > 1:
         root.xattrs["ckptfs.read_only"] = "no single index or set of files names the model's tensors to write back"
     else:
-        ckpt.writer = Writer(sources, shards, metadata, indexes[0] if indexes else None, originals,
-                             sum(p.tensor.numel for p in placed), torch)
+        model = {rel: by_name for rel, by_name in shards.items() if rel not in aside}
+        ckpt.writer = Writer(sources, model, metadata, indexes[0] if indexes else None, originals,
+                             sum(p.tensor.numel for p in placed), torch, aside)
     return ckpt
 
 
@@ -199,12 +203,13 @@ class Writer(DirectoryWriter):
 
     def __init__(self, sources: dict[str, Source], shards: dict[str, dict[str, Tensor]], metadata: dict,
                  index: str | None, originals: dict[int, str], elements: int,
-                 torch: hf_torch.TorchShards | None = None):
+                 torch: hf_torch.TorchShards | None = None, aside: list[str] = ()):
         self.sources, self.shards, self.metadata, self.index = sources, shards, metadata, index
         self.elements = elements  # of the merged tensors at mount
         self.shard_of = {name: rel for rel, tensors in shards.items() for name in tensors}
         self.originals = originals  # id(node) -> relative path, for the files of the source
         self.torch = torch
+        self.aside = aside  # weights files that hold none of the merged tree's tensors: kept as they are
 
     def check(self, path: str, node: File) -> None:
         if not path.endswith(".npy"):
@@ -222,7 +227,8 @@ class Writer(DirectoryWriter):
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         tensors, plain = {}, {}
-        shard_folders = [_tree_path(rel) for rel in [*self.shards, *(self.torch.shards if self.torch else ())]]
+        expanded = [*self.shards, *self.aside, *(self.torch.shards if self.torch else ())]
+        shard_folders = [_tree_path(rel) for rel in expanded]
         for path, node in files.items():
             if any(path == s or path.startswith(s + "/") for s in shard_folders):
                 continue  # the read-only shard folders
@@ -236,10 +242,10 @@ class Writer(DirectoryWriter):
             homes, rewritten = self.torch.write(out, tensors, files, before, self.sources)
             home = {self.torch.name(p, n): homes[p] for p, n in tensors.items()}
             tensors = {self.torch.name(p, n): n for p, n in tensors.items()}
-            for rel in self.shards:  # safetensors files in subfolders: no part of the model's tensors
-                out.keep(self.sources[rel], rel)
         else:
             tensors, home, rewritten = self._write_safetensors(tensors, out)
+        for rel in self.aside:
+            out.keep(self.sources[rel], rel)
         for path, node in sorted(plain.items()):
             rel = self.originals.get(id(node))
             target = names.disk_path(path)
