@@ -1,9 +1,12 @@
-"""Hugging Face model directories: safetensors shards, an index, other files.
+"""Hugging Face model directories: safetensors shards, an index, other files;
+or, in a folder without safetensors (transformers picks those first),
+torch.save weights (`pytorch_model.bin`, shards and their index: hf_torch.py).
 
-Every `.safetensors` file appears expanded at its own name as a read-only
-shard folder. The tensors named by `*.safetensors.index.json` (or, without an
-index, those of all top-level `.safetensors` files) are merged into one tree at
-the root. Every other file appears as it is.
+Every `.safetensors` file (or torch.save weights file) appears expanded at
+its own name as a read-only shard folder. The tensors named by the index
+(`*.safetensors.index.json`, `*.bin.index.json`; without one, those of all
+top-level weights files) are merged into one tree at the root. Every other
+file appears as it is.
 """
 
 from __future__ import annotations
