@@ -152,6 +152,12 @@ def test_from_pretrained_loads_the_mount_with_its_edits(mount, tmp_path):
     state, config = pretrained_state(mnt / ".ckptfs" / "pretrained")
     _equal_states(state, expected)
     assert config.hidden_act == "relu"  # the config as the mount has it now
+    weights = mnt / ".ckptfs" / "pretrained" / "model.safetensors"
+    size = os.stat(weights).st_size  # the kernel keeps it...
+    np.save(mnt / "extra.npy", np.arange(1000, dtype=np.float32))  # ...and the file grows: read at once, whole
+    assert len(weights.read_bytes()) > size + 4000  # the data, and the header's new entry
+    assert load_file(str(weights))["extra"].tolist() == list(range(1000))
+    (mnt / "extra.npy").unlink()
     assert umount(mnt).returncode == 0
     _equal_states(pretrained_state(src)[0], expected)
 
