@@ -14,7 +14,7 @@ import math
 from ..tree import names, npy
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.dtypes import BY_NAME
-from ..tree.nodes import Content, Dir, Extent, File, LazyDir, Symlink
+from ..tree.nodes import Content, Dir, Extent, File, LazyDir, Symlink, len_of
 from ..tree.tensors import PlacedTensor
 from ..write import export
 from ..write.overlay import EditedSource
@@ -71,13 +71,15 @@ class CurrentWeights:
 
         at_mount = self._tensors_at_mount()
         items: dict[str, export.Item] = {}
-        for path, node in files_of(self.ckpt.root, frozenset({VIEW_NAME})).items():
+        # every name: a tensor folder `4913` is no editor's temporary file (a tensor file never is one)
+        for path, node in files_of(self.ckpt.root, frozenset({VIEW_NAME}), ignored=()).items():
             original = at_mount.get(id(node))
             if not (isinstance(node, File) and path.endswith(".npy")):
                 continue
             if original is None and not self.ckpt.writer.adds_tensors:
                 continue
-            item = _item(path, node, original)
+            item = _as_mounted(path, node, original) if original is not None else None
+            item = item or _item(path, node, original)
             if item is not None and item.name not in items:
                 items[item.name] = item
         return [items[name] for name in sorted(items)]
@@ -95,6 +97,20 @@ class CurrentWeights:
 
     def prefetch(self, offset: int, length: int) -> None:
         self._current().prefetch(offset, length)
+
+
+def _as_mounted(path: str, node: File, original: PlacedTensor) -> export.Item | None:
+    """A tensor of the source, unedited where it was at mount: its item from
+    what the mount knew (no header read: a tree of 100,000 tensors is laid
+    out again after each edit)."""
+    tensor = original.tensor
+    pieces = node.content.pieces if isinstance(node.content, Content) else None  # None once edited
+    if original.path != path or pieces is None or tensor.dtype.safetensors is None:
+        return None
+    nbytes = tensor.dtype.nbytes(tensor.numel)
+    if sum(map(len_of, pieces[1:])) != nbytes:
+        return None
+    return export.Item(tensor.name, tensor.dtype, tuple(tensor.shape), tuple(pieces[1:]), nbytes)
 
 
 def _item(path: str, node: File, original: PlacedTensor | None) -> export.Item | None:
