@@ -127,10 +127,11 @@ def _beside_weights(root: Dir, weights: set[str], tensor_tops: set[str]) -> list
 
 def _torch_weights(directory: Directory, indexes: list[str]) -> set[str]:
     """The torch.save weights files: those an index names, and the top-level
-    files named as transformers names them."""
-    weights = {e for e in directory.names() if hf_torch.is_weights(e) and directory.is_file(e)}
+    files named as transformers names them (names only: a file of the walk
+    whose path is one of them is read as weights)."""
+    weights = {e for e in directory.names() if hf_torch.is_weights(e)}
     for index in indexes:
-        weights |= {f for f in _weight_map(directory, index).values() if isinstance(f, str) and directory.is_file(f)}
+        weights |= {f for f in _weight_map(directory, index).values() if isinstance(f, str)}
     return weights
 
 
