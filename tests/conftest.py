@@ -155,6 +155,21 @@ def umount(mnt: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_ckptfs("umount", mnt, "--timeout", "60", *extra)
 
 
+def pretrained_state(folder) -> tuple[dict, object]:
+    """The state dict and config transformers' AutoModel.from_pretrained
+    loads from `folder`, copied: the model's tensors map its safetensors
+    file, which would keep a mount busy."""
+    import gc
+
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(folder)
+    state, config = {k: v.clone() for k, v in model.state_dict().items()}, model.config
+    del model
+    gc.collect()
+    return state, config
+
+
 def tar_members(path: Path) -> dict[str, bytes | None]:
     with tarfile.open(path) as tf:
         return {m.name: (tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()}

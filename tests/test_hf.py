@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .conftest import FIXTURES, umount, write_refused
+from .conftest import FIXTURES, pretrained_state, umount, write_refused
 
 BERT = FIXTURES / "hf" / "bert_tiny_sharded"
 
@@ -125,3 +125,60 @@ def test_a_file_made_in_the_mount_is_written_under_the_name_it_stands_for(mount,
     shutil.rmtree(mnt / "%2E%2E")
     assert umount(mnt).returncode == 0
     assert (src / "50%.txt").read_text() == "half" and not (tmp_path / "climbed.txt").exists()
+
+
+
+def _equal_states(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and got[name].numpy().tobytes() == tensor.numpy().tobytes(), name
+
+
+def test_from_pretrained_loads_the_mount_with_its_edits(mount, tmp_path):
+    """`.ckptfs/pretrained/` is what from_pretrained loads: config.json (a
+    link into the mount) and one model.safetensors of the tensors as they
+    are now, edits included, before the unmount."""
+    original, _ = pretrained_state(BERT)
+    view = mount(BERT, "-o", "ro") / ".ckptfs" / "pretrained"
+    assert sorted(os.listdir(view)) == ["config.json", "model.safetensors"]
+    _equal_states(pretrained_state(view)[0], original)
+    src = Path(shutil.copytree(BERT, tmp_path / "bert"))
+    mnt = mount(src)
+    expected = dict(original)
+    expected["pooler.dense.bias"] = torch.linspace(-1, 1, original["pooler.dense.bias"].numel())
+    np.save(_npy(mnt, "pooler.dense.bias"), expected["pooler.dense.bias"].numpy())
+    (mnt / "config.json").write_text((mnt / "config.json").read_text().replace('"hidden_act": "gelu"',
+                                                                               '"hidden_act": "relu"'))
+    state, config = pretrained_state(mnt / ".ckptfs" / "pretrained")
+    _equal_states(state, expected)
+    assert config.hidden_act == "relu"  # the config as the mount has it now
+    weights = mnt / ".ckptfs" / "pretrained" / "model.safetensors"
+    size = os.stat(weights).st_size  # the kernel keeps it...
+    np.save(mnt / "extra.npy", np.arange(1000, dtype=np.float32))  # ...and the file grows: read at once, whole
+    assert len(weights.read_bytes()) > size + 4000  # the data, and the header's new entry
+    assert load_file(str(weights))["extra"].tolist() == list(range(1000))
+    (mnt / "extra.npy").unlink()
+    assert umount(mnt).returncode == 0
+    _equal_states(pretrained_state(src)[0], expected)
+
+
+def test_a_safetensors_file_in_a_subfolder_is_kept_when_the_model_is_edited(mount, tmp_path):
+    """A sentence-transformers folder: `2_Dense/model.safetensors` holds none
+    of the model's tensors; an edit of the model leaves it as it was (it
+    was written back empty)."""
+    folder = tmp_path / "st"
+    (folder / "2_Dense").mkdir(parents=True)
+    save_file({"embed.weight": torch.ones(4, 3)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    dense = folder / "2_Dense" / "model.safetensors"
+    save_file({"linear.weight": torch.full((2, 3), 7.0)}, str(dense), metadata={"format": "pt"})
+    (folder / "2_Dense" / "config.json").write_text('{"in_features": 3}')
+    (folder / "config.json").write_text("{}")
+    kept, inode = dense.read_bytes(), dense.stat().st_ino
+    mnt = mount(folder)
+    np.save(mnt / "embed" / "weight.npy", np.zeros((4, 3), np.float32))
+    assert umount(mnt).returncode == 0
+    assert load_file(str(folder / "model.safetensors"))["embed.weight"].sum() == 0
+    assert dense.read_bytes() == kept and dense.stat().st_ino == inode
+    view = mount(folder, "-o", "ro") / ".ckptfs" / "pretrained"  # the subfolder is what from_pretrained reads too
+    assert sorted(os.listdir(view)) == ["2_Dense", "config.json", "model.safetensors"]
+    assert (view / "2_Dense" / "model.safetensors").is_dir()  # as the mount shows it

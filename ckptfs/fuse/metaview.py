@@ -38,6 +38,10 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
             editable.before_first_change.append(lambda: exports.children)
     if ckpt.pickle_globals:
         view.add("pickle-globals.txt", _text_file(pickle_globals_text(ckpt)))
+    if ckpt.pretrained_files is not None:
+        from . import pretrained
+
+        view.add(pretrained.NAME, pretrained.build(ckpt, editable))
     # where the checkpoint is, kept out of the files so that two mounts of
     # the same bytes compare equal under `diff -r`
     view.xattrs["ckptfs.source"] = ckpt.source_path

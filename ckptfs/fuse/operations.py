@@ -158,6 +158,9 @@ class Operations(pyfuse3.Operations):
         self.inode_of: dict[int, int] = {}
         #: read-only parts of a writable mount (a read-only mount is all of it)
         self.read_only: set[int] = set()
+        #: files whose content follows the edits (info.yaml, tensors.tsv, the
+        #: pretrained view's weights): the kernel forgets their size after each change
+        self.following: set[int] = set()
         #: every mount answers opendir with ENOSYS: the kernel then opens
         #: folders without asking and caches their listings (dropping them when
         #: it changes a folder itself); a read-only mount answers open so too:
@@ -208,6 +211,8 @@ class Operations(pyfuse3.Operations):
             read_only = inode in self.read_only
             for name, number in zip(names, numbers):
                 child = children[name]
+                if isinstance(child, File) and not isinstance(child.content, (Content, EditedContent)):
+                    self.following.add(number)
                 if read_only or child.read_only:
                     self.read_only.add(number)
                 if child.access is not None or inherited is not None:
@@ -239,6 +244,18 @@ class Operations(pyfuse3.Operations):
         if listing is not None:
             for number in listing.inodes:
                 self.inode_of[id(self.nodes[number])] = number
+        self._views_changed()
+
+    def _views_changed(self) -> None:
+        """The files that follow the edits may have a new size: the kernel
+        asks again rather than cut a read at the size it kept (attributes
+        only: dropping pages could wait on a read this loop has to answer;
+        their pages are dropped at each open)."""
+        for inode in self.following:
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:  # not known to the kernel (any more)
+                pass
 
     def _path(self, inode: int, name: str | None = None) -> str:
         parts = [] if name is None else [name]
@@ -375,6 +392,7 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
         if handle is not None and handle.wrote:
+            self._views_changed()
             problem = self.nodes[handle.inode].xattrs.get("ckptfs.problem")
             if problem is not None:
                 log.warning("%s (the repack will refuse it until it is fixed)", problem)
@@ -467,6 +485,7 @@ class Operations(pyfuse3.Operations):
                 editable.edit(self._path(inode))
             editable.truncate(node.content, attr.st_size)
             node.mtime_ns = time.time_ns()
+            self._views_changed()
             if fh in self.handles:  # ftruncate
                 self.handles[fh].wrote = True
         elif fields.update_mtime:  # touch: accepted, and not an edit of the checkpoint

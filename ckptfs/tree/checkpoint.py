@@ -41,6 +41,11 @@ class Checkpoint:
     writer: Writer | None = None
     #: tensors of quantized types no NumPy dtype holds (GGUF's), not among `tensors`
     quantized: list[QuantizedTensor] = field(default_factory=list)
+    #: for a Hugging Face folder: the top-level entries of the main tree that
+    #: `from_pretrained` reads beside the weights (config.json, tokenizer
+    #: files, subfolders), which `.ckptfs/pretrained/` links to; None for
+    #: any other checkpoint
+    pretrained_files: list[str] | None = None
 
     def source_bytes(self) -> int:
         """The file's size, or for a directory the sum of its files' sizes."""
