@@ -6,6 +6,7 @@ repack, with what to do."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -201,3 +202,38 @@ def test_a_temporary_file_left_in_the_mount_is_refused_by_the_repack(fmt, tmp_pa
     assert "rename each over the file it stands for, or remove it" in done.stderr
     assert source.read_bytes() == before
     assert run_ckptfs("recover", source, "--discard").returncode == 0
+
+
+def test_files_of_the_source_named_like_temporary_files_are_kept(tmp_path, mount):
+    """Only files made in the mount are editors' temporaries: a tensor
+    `layers.4913.w` (4913 is vim's probe file) and a `.nemo` member `notes~`
+    stay when another file is edited (they were dropped from the repack)."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = tmp_path / "m.safetensors"
+    save_file({"layers.4913.w": ONES, "layers.0.w": ONES * 2, "b": ONES * 3}, str(weights))
+    nemo = tmp_path / "m.nemo"
+    with tarfile.open(nemo, "w") as tar:
+        for member, text in (("model_config.yaml", "a: 1\n"), ("notes~", "kept\n"), ("x.tmp", "kept too\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    mnt = mount(weights)
+    assert (mnt / "layers" / "4913" / "w.npy").exists()
+    np.save(mnt / "b.npy", ONES * 4)
+    assert umount(mnt).returncode == 0
+    got = load_file(str(weights))
+    assert sorted(got) == ["b", "layers.0.w", "layers.4913.w"]
+    assert (got["layers.4913.w"] == ONES).all() and (got["b"] == ONES * 4).all()
+
+    mnt = mount(nemo)
+    (mnt / "model_config.yaml").write_text("a: 2\n")
+    (mnt / "x.tmp").write_text("edited\n")  # the source's own: an edit like any other
+    assert umount(mnt).returncode == 0
+    with tarfile.open(nemo) as tar:
+        assert tar.getnames() == ["model_config.yaml", "notes~", "x.tmp"]
+        assert tar.extractfile("notes~").read() == b"kept\n"
+        assert tar.extractfile("x.tmp").read() == b"edited\n"
+        assert tar.extractfile("model_config.yaml").read() == b"a: 2\n"

@@ -75,7 +75,7 @@ def expand(source: Source, path: str) -> Shard:
     if not (isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items())):
         problem = "holds no state dict (a dict of tensors by name)"
     paths = {key: p for p, (container, key) in builder.slots.items() if container is obj and p.endswith(".npy")}
-    entries = {p: (n, n.content if isinstance(n, File) else None) for p, n in files_of(folder).items()}
+    entries = {p: (n, n.content if isinstance(n, File) else None) for p, n in files_of(folder, ignored=()).items()}
     return Shard(folder, builder.placed, paths, writer, [g.path for g in archive.globals], entries, problem)
 
 

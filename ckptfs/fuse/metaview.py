@@ -203,7 +203,8 @@ class CurrentTensors:
 
         tensors = []
         by_node = self._tensor_by_node()
-        for path, node in sorted(files_of(self.ckpt.root, frozenset({VIEW_NAME})).items()):
+        for path, node in sorted(files_of(self.ckpt.root, frozenset({VIEW_NAME}),
+                                          kept=lambda path, node: id(node) in by_node).items()):
             if not isinstance(node, File):
                 continue
             original = by_node.get(id(node))

@@ -4,6 +4,8 @@ edited. Writers ask these; they never see the overlay itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..tree.nodes import Dir, File, Node
 from .overlay import TEMP_PATTERNS, EditedContent, is_temp_name
 
@@ -18,19 +20,21 @@ def is_edited(node: Node | None) -> bool:
     return isinstance(node, File) and (node.moved or isinstance(node.content, EditedContent))
 
 
-def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, ...] = TEMP_PATTERNS) -> dict[str, Node]:
+def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, ...] = TEMP_PATTERNS,
+             kept: Callable[[str, Node], bool] = lambda path, node: False) -> dict[str, Node]:
     """Every node of the main tree by path, without editors' temporary files
-    (names matching `ignored`) and the `skip` top-level names (the `.ckptfs/`
-    view). A read-only folder is listed but not entered: nothing below it
-    can change (and a lazy one stays unfilled)."""
+    (names matching `ignored`, unless `kept(path, node)` says the source had
+    it: a tensor `layers.4913.w` is no editor's) and the `skip` top-level
+    names (the `.ckptfs/` view). A read-only folder is listed but not
+    entered: nothing below it can change (and a lazy one stays unfilled)."""
     found: dict[str, Node] = {}
     pending = [("", root)]
     while pending:
         prefix, folder = pending.pop()
         for name, node in folder.children.items():
-            if (not prefix and name in skip) or is_temp_name(name, ignored):
-                continue
             path = prefix + name
+            if (not prefix and name in skip) or (is_temp_name(name, ignored) and not kept(path, node)):
+                continue
             found[path] = node
             if isinstance(node, Dir) and not node.read_only:
                 pending.append((path + "/", node))

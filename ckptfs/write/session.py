@@ -54,7 +54,7 @@ class EditSession:
     def before(self) -> dict:
         """The tree as it was at mount: unchanged until the first edit."""
         if self._before is None:
-            self._before = _snapshot(self.checkpoint.root, self.editable.overlay.ignored)
+            self._before = _snapshot(self.checkpoint.root)
         return self._before
 
     @classmethod
@@ -68,7 +68,7 @@ class EditSession:
         overlay, records = Overlay.reopen(source)
         try:
             remove_stale_temp_files(source)
-            before = _snapshot(checkpoint.root, overlay.ignored)
+            before = _snapshot(checkpoint.root)
             editable = EditableTree(checkpoint.root, overlay, journal=False)
             try:
                 editable.replay(records)
@@ -93,7 +93,7 @@ class EditSession:
         of the writer of the checkpoint it belongs to (a nested one's, for a
         file inside a `.nemo`'s `model_weights.ckpt/`). An editor's
         temporary file is not: it is checked where it is renamed to."""
-        if is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored) or self._staged(path, node):
+        if self._temporary(path, node) or self._staged(path, node):
             return None
         writer, relative = self._writer_of(path)
         try:
@@ -161,6 +161,15 @@ class EditSession:
         return (is_staging_name(path.rpartition("/")[2]) and isinstance(node, File)
                 and isinstance(node.content, EditedContent) and path not in self.before())
 
+    def _temporary(self, path: str, node: Node) -> bool:
+        """An editor's temporary file: named like one, and not the source's."""
+        return is_temp_name(path.rpartition("/")[2], self.editable.overlay.ignored) and not self._of_source(path, node)
+
+    def _of_source(self, path: str, node: Node) -> bool:
+        """Whether a file named like an editor's temporary file is the
+        source's own (at its path, or moved with its folder): it is packed."""
+        return path in self.before() or id(node) in self._mount_paths()
+
     def _mount_paths(self) -> dict[int, str]:
         """Where each node of the tree as it was at mount stood then (by id: the snapshot holds them)."""
         if self._mount is None:
@@ -175,7 +184,7 @@ class EditSession:
         if discard:
             overlay.remove()
             return f"{source}: edits discarded"
-        after = files_of(self.checkpoint.root, VIEW, overlay.ignored)
+        after = files_of(self.checkpoint.root, VIEW, overlay.ignored, self._of_source)
         changed = changes(self.before(), after) if overlay.exists else []
         if not changed and not output_path and not force:
             overlay.remove()
@@ -268,6 +277,8 @@ def _below(new: str, target: str, path: str) -> str:
     return new[: len(new) - len(target)] + path
 
 
-def _snapshot(root: Dir, ignored: tuple[str, ...]) -> dict:
+def _snapshot(root: Dir) -> dict:
+    """Every node of the source's tree by path, with its content at mount;
+    names like editors' temporary files too: there they are the source's."""
     return {path: (node, node.content if isinstance(node, File) else None)
-            for path, node in files_of(root, VIEW, ignored).items()}
+            for path, node in files_of(root, VIEW, ignored=()).items()}
