@@ -482,7 +482,12 @@ class _Lock:
             raise
 
     def release(self) -> None:
-        os.unlink(self.name, dir_fd=self.folder)  # while held: whoever opened it meanwhile finds it gone and takes a new one
+        """Remove the lock file while held (whoever opened it meanwhile finds
+        it gone and takes a new one), unless it is gone already: a mount's
+        daemon and the command that forked it share the lock, and either may
+        be the one to let go of a mount that failed."""
+        if owned.same(self.folder, self.name, self.fd):
+            os.unlink(self.name, dir_fd=self.folder)
         os.close(self.fd)
         os.close(self.folder)
 

@@ -1,0 +1,186 @@
+"""Paths as Linux holds them: a source and a mount point whose names are
+not ASCII, or not UTF-8 at all (Python holds those bytes as surrogate
+escapes, os.fsencode gives them back), mount, read, take edits, repack,
+show in `ckptfs status`, findmnt and mount(8), and unmount; and a mount
+that fails, at whatever stage, leaves nothing beside its source."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load, save
+
+from .conftest import CKPTFS, REPO, TIMEOUT, daemon_pid, force_unmount, is_mounted, require_fuse
+
+#: a folder name with a letter, an emoji, a space and a no-break space (which str.split() splits at)
+FOLDER = "modèle/😀 a\u00a0b"
+#: a file name that is not UTF-8
+RAW_NAME = os.fsdecode(b"\xff\xfe.safetensors")
+TENSORS = {"enc.w": np.arange(6, dtype=np.float32).reshape(2, 3), "enc.b": np.ones(3, dtype=np.float16)}
+
+
+def run(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI with bytes for output: what it prints may hold any byte a name holds."""
+    return subprocess.run(CKPTFS + [str(a) for a in args], capture_output=True, timeout=TIMEOUT, env=env)
+
+
+def listing(folder: Path) -> list[bytes]:
+    return sorted(os.listdir(os.fsencode(folder)))
+
+
+def mountinfo_line(mnt: Path) -> bytes | None:
+    """The raw line of /proc/self/mountinfo for `mnt` (its octal escapes as the kernel writes them)."""
+    escaped = os.fsencode(mnt).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+    with open("/proc/self/mountinfo", "rb") as f:
+        found = [line for line in f if line.split(b" ")[4] == escaped]
+    return found[-1] if found else None
+
+
+@pytest.fixture
+def place(tmp_path):
+    """(the source, a mount point), both named with bytes that are not ASCII or not UTF-8."""
+    require_fuse()
+    folder = tmp_path / FOLDER
+    folder.mkdir(parents=True)
+    source = folder / RAW_NAME
+    source.write_bytes(save(TENSORS))
+    mnt = tmp_path / os.fsdecode(b"mnt \xc3\xa9,\\ \xff")  # a space, an e acute, a comma, a backslash, a lone byte
+    mnt.mkdir()
+    yield source, mnt
+    if is_mounted(mnt):
+        run("umount", mnt, "--discard")
+    force_unmount(mnt)
+
+
+def test_a_source_and_mount_point_not_ascii_mount_edit_repack_and_unmount(place, tmp_path):
+    source, mnt = place
+    assert b"\xff" in os.fsencode(mnt) and b"\xff\xfe" in os.fsencode(source)
+    before = listing(source.parent)
+    log = tmp_path / "daemon é.log"
+    done = run("mount", source, mnt, "--log-file", log)
+    assert done.returncode == 0, done.stderr
+    # the kernel holds the source as its bytes; findmnt, status and the daemon's records find it by them
+    line = mountinfo_line(mnt)
+    assert line is not None and b" fuse.ckptfs " + os.fsencode(source).replace(b" ", b"\\040") + b" " in line
+    found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--source", str(source)], capture_output=True,
+                           timeout=TIMEOUT)
+    assert found.returncode == 0 and found.stdout.strip() == b"fuse.ckptfs", found
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    shown = [m for m in json.loads(status.stdout) if m["mountpoint"] == str(mnt)]
+    assert [(m["source"], m["format"], m["writable"]) for m in shown] == [(str(source), "safetensors", True)]
+    table = run("status", mnt)
+    assert table.returncode == 0 and os.fsencode(source) in table.stdout and os.fsencode(mnt) in table.stdout
+    # reads, and edits in folders and files named with bytes that are not UTF-8
+    assert np.array_equal(np.load(mnt / "enc" / "w.npy"), TENSORS["enc.w"])
+    edited = TENSORS["enc.w"] * 3
+    np.save(mnt / "enc" / "w.npy", edited)
+    overlay = sorted(n for n in listing(source.parent) if n not in before)
+    assert overlay == [b".\xff\xfe.safetensors.ckptfs", b".\xff\xfe.safetensors.ckptfs.lock"]
+    journal = (source.parent / os.fsdecode(overlay[0]) / "journal").read_bytes()
+    assert b'"enc/w.npy"' in journal
+    gone = run("umount", mnt, "--timeout", "60")
+    assert gone.returncode == 0, gone.stderr
+    assert not is_mounted(mnt)
+    written = load(source.read_bytes())
+    assert np.array_equal(written["enc.w"], edited) and np.array_equal(written["enc.b"], TENSORS["enc.b"])
+    assert listing(source.parent) == before
+    assert b"Logging error" not in done.stderr + gone.stderr
+    assert b"Traceback" not in log.read_bytes() if log.exists() else True
+
+
+def test_edits_of_a_source_not_utf8_survive_a_crash_and_are_resumed_by_that_name(place):
+    """A daemon killed leaves the edits in `.NAME.ckptfs`, whose journal
+    names files as JSON (surrogate escapes for bytes that are not UTF-8);
+    `mount --resume` finds and replays them by the source's own bytes."""
+    source, mnt = place
+    done = run("mount", source, mnt)
+    assert done.returncode == 0, done.stderr
+    os.mkdir(mnt / os.fsdecode(b"d\xe9j\xe0"))  # a folder named in Latin-1: refused at repack, kept till then
+    np.save(mnt / "enc" / "w.npy", TENSORS["enc.w"] + 1)
+    os.kill(daemon_pid(mnt), signal.SIGKILL)
+    stale = run("umount", mnt)
+    assert stale.returncode == 1 and not is_mounted(mnt), stale.stderr
+    assert b".\xff\xfe.safetensors.ckptfs" in listing(source.parent)
+    resumed = run("mount", "--resume", source, mnt)
+    assert resumed.returncode == 0, resumed.stderr
+    assert os.listdir(os.fsencode(mnt)) and b"d\xe9j\xe0" in os.listdir(os.fsencode(mnt))
+    assert np.array_equal(np.load(mnt / "enc" / "w.npy"), TENSORS["enc.w"] + 1)
+    os.rmdir(mnt / os.fsdecode(b"d\xe9j\xe0"))
+    gone = run("umount", mnt, "--timeout", "60")
+    assert gone.returncode == 0, gone.stderr
+    assert np.array_equal(load(source.read_bytes())["enc.w"], TENSORS["enc.w"] + 1)
+    assert listing(source.parent) == [b"\xff\xfe.safetensors"]
+
+
+def _fuse_unusable(command: list[str]) -> list[str]:
+    """`command` in a mount namespace of its own where /dev/fuse is /dev/null:
+    libfuse opens it, and the kernel refuses the mount (EINVAL)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind /dev/null /dev/fuse && exec "$@"', "sh", *command]
+
+
+@pytest.mark.parametrize("stage", ["bad file", "bad option", "mount point busy", "mount point a file",
+                                   "fuse refuses the mount", "fuse refuses a foreground mount"])
+def test_a_failed_mount_says_one_line_and_leaves_nothing_beside_the_source(place, tmp_path, stage):
+    source, mnt = place
+    if stage == "bad file":
+        source.write_bytes(source.read_bytes()[:40])  # its header runs past the end
+    extra: list[str] = []
+    command = None
+    if stage == "bad option":
+        extra = ["-o", "uid=nobody"]
+    elif stage == "mount point busy":
+        other = tmp_path / "autre é"
+        other.mkdir()
+        shutil.copyfile(source, other / "m.safetensors")
+        first = run("mount", other / "m.safetensors", mnt, "-o", "ro")
+        assert first.returncode == 0, first.stderr
+    elif stage == "mount point a file":
+        mnt.rmdir()
+        mnt.write_bytes(b"")
+    elif stage.startswith("fuse refuses"):
+        if shutil.which("unshare") is None:
+            pytest.skip("needs unshare(1) (util-linux) for a mount namespace of its own")
+        command = _fuse_unusable(CKPTFS + ["mount", str(source), str(mnt)] +
+                                 (["--foreground"] if "foreground" in stage else []))
+    before = listing(source.parent)
+    if command is None:
+        done = run("mount", source, mnt, *extra)
+    else:
+        done = subprocess.run(command, capture_output=True, timeout=TIMEOUT)
+    try:
+        assert done.returncode == 1, done
+        lines = done.stderr.strip().splitlines()
+        said = b" ERROR ckptfs: mount refused: " if "foreground" in stage else b"ckptfs: "  # its log is stderr
+        assert len(lines) == 1 and said in lines[0] and lines[0].index(said) < 30, done.stderr
+        assert b"Error" not in lines[0] and b"Traceback" not in done.stderr
+        if stage.startswith("fuse refuses"):
+            assert b"cannot mount: fuse: mount failed: Invalid argument" in lines[0]
+        assert listing(source.parent) == before
+        if stage != "mount point busy":
+            assert not is_mounted(mnt)
+    finally:
+        if stage == "mount point busy":
+            assert run("umount", mnt).returncode == 0
+
+
+def test_mount_8_and_umount_8_find_a_mount_by_a_source_not_ascii(installed_helper, place):
+    """mount(8) runs the helper with the source's bytes; `umount SOURCE`
+    finds the mount by the source the kernel shows."""
+    source, mnt = place
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["mount", "-t", "fuse.ckptfs", str(source), str(mnt), "-o", "ro"], capture_output=True,
+                          env=env, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(mnt / "enc" / "b.npy"), TENSORS["enc.b"])
+    gone = subprocess.run(["umount", str(source)], capture_output=True, env=env, timeout=TIMEOUT)
+    assert gone.returncode == 0, gone.stderr
+    assert not is_mounted(mnt)
