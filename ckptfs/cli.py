@@ -47,6 +47,8 @@ mount options (-o, comma-separated):
   cache_disk=2G      remote bytes kept on disk under the cache dir across mounts (0: none)
   stall_timeout=30   seconds a remote request may go without progress: then it is
                      asked once more, on another connection, then the read fails (EIO)
+  fetch=whole        a file on a web server that ignores range requests (python -m http.server):
+                     download it once into the disk cache and read it there
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
 examples:
