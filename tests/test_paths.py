@@ -184,3 +184,56 @@ def test_mount_8_and_umount_8_find_a_mount_by_a_source_not_ascii(installed_helpe
     gone = subprocess.run(["umount", str(source)], capture_output=True, env=env, timeout=TIMEOUT)
     assert gone.returncode == 0, gone.stderr
     assert not is_mounted(mnt)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_source_named_near_the_name_limit_mounts_writable_and_repacks(tmp_path, mnt, kind):
+    """`.NAME.ckptfs`, `.NAME.ckptfs.lock` and the repack's `.NAME.*.ckptfs-new`
+    pass 255 bytes for a name of 252 (84 letters of three bytes): they are
+    named after its head and a hash instead, and the mount is writable."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    name = "模" * 80 + ("·model" if kind == "folder" else ".safetensors")
+    assert 245 < len(os.fsencode(name)) <= 255
+    source = folder / name
+    if kind == "file":
+        source.write_bytes(save(TENSORS))
+    else:
+        source.mkdir()
+        (source / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 3}))
+        (source / "model.safetensors").write_bytes(save(TENSORS))
+    before = listing(folder)
+    done = run("mount", source, mnt)
+    assert done.returncode == 0 and b"read-only" not in done.stderr, done.stderr
+    np.save(mnt / "enc" / "w.npy", TENSORS["enc.w"] - 5)  # a Hugging Face folder's tensors too are at the top
+    kept = [n for n in listing(folder) if n not in before]
+    assert len(kept) == 2 and all(len(n) <= 255 and n.startswith(b".\xe6\xa8\xa1") for n in kept), kept
+    gone = run("umount", mnt, "--timeout", "60")
+    assert gone.returncode == 0, gone.stderr
+    written = load((source / "model.safetensors" if kind == "folder" else source).read_bytes())
+    assert np.array_equal(written["enc.w"], TENSORS["enc.w"] - 5)
+    assert listing(folder) == before
+
+
+def test_names_kept_beside_a_source_fit_and_belong_to_it_alone(tmp_path):
+    """Overlay, lock and temp names stay within 255 bytes for any name a
+    folder holds, and a repack's leftovers are told apart by the whole
+    name: those of `a.b` are not `a`'s."""
+    from ckptfs.sources.pathnames import NAME_MAX, beside, temp_prefix
+    from ckptfs.write.output import TEMP_SUFFIX
+    from ckptfs.write.session import remove_stale_temp_files
+
+    for name in ("m.nemo", "é" * 127, os.fsdecode(b"\xff" * 255), "模" * 85, "x" * 240 + "模" * 5):
+        assert len(os.fsencode(name)) <= NAME_MAX
+        for tail in (".ckptfs", ".ckptfs.lock"):
+            assert len(os.fsencode(beside(name, tail))) <= NAME_MAX and beside(name, tail).endswith(tail)
+        assert len(os.fsencode(temp_prefix(name, TEMP_SUFFIX))) + 8 + len(TEMP_SUFFIX) <= NAME_MAX
+    assert beside("m.nemo", ".ckptfs") == ".m.nemo.ckptfs"  # a short name is kept whole, as before
+    assert beside("é" * 127, ".ckptfs") != beside("é" * 126 + "e", ".ckptfs")
+    (tmp_path / "a").write_bytes(b"")
+    (tmp_path / "a.b").write_bytes(b"")
+    mine, theirs = tmp_path / ".a.k3j_9xq2.ckptfs-new", tmp_path / ".a.b.p0w8ma7z.ckptfs-new"
+    mine.write_bytes(b"half")
+    theirs.write_bytes(b"half")  # a repack of a.b, perhaps running now
+    remove_stale_temp_files(str(tmp_path / "a"))
+    assert not mine.exists() and theirs.exists()
