@@ -237,3 +237,23 @@ def test_names_kept_beside_a_source_fit_and_belong_to_it_alone(tmp_path):
     theirs.write_bytes(b"half")  # a repack of a.b, perhaps running now
     remove_stale_temp_files(str(tmp_path / "a"))
     assert not mine.exists() and theirs.exists()
+
+
+def test_systemd_hears_of_a_source_not_utf8_in_utf8(tmp_path):
+    """STATUS= names the source; systemd reads UTF-8, so a byte that is not
+    is sent as an escape rather than failing the daemon as it starts."""
+    import socket
+    import sys
+
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listening.bind(str(tmp_path / "notify"))
+    listening.settimeout(10)
+    with listening:
+        sent = subprocess.run([sys.executable, "-c", "import sys; from ckptfs.mount.sdnotify import Notifier; "
+                               "print(Notifier(sys.argv[1]).send('READY=1', 'STATUS=serving ' + sys.argv[2]))",
+                               str(tmp_path / "notify"), f"/data/{RAW_NAME} at /mnt/m"],
+                              capture_output=True, timeout=TIMEOUT)
+        assert sent.stdout == b"True\n", sent.stderr
+        message = listening.recv(4096)
+    assert message == b"READY=1\nSTATUS=serving /data/\\udcff\\udcfe.safetensors at /mnt/m\n"
+    message.decode("utf-8")
