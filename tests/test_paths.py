@@ -19,8 +19,9 @@ from safetensors.numpy import load, save
 
 from .conftest import CKPTFS, REPO, TIMEOUT, daemon_pid, force_unmount, is_mounted, require_fuse
 
-#: a folder name with a letter, an emoji, a space and a no-break space (which str.split() splits at)
-FOLDER = "modèle/😀 a\u00a0b"
+#: a folder name with a letter, an emoji, a space, a no-break space (which str.split() splits at), a
+#: comma (which separates mount options) and a backslash (which escapes in them and in /proc/self/mountinfo)
+FOLDER = "modèle/😀 a\u00a0b,c\\d"
 #: a file name that is not UTF-8
 RAW_NAME = os.fsdecode(b"\xff\xfe.safetensors")
 TENSORS = {"enc.w": np.arange(6, dtype=np.float32).reshape(2, 3), "enc.b": np.ones(3, dtype=np.float16)}
@@ -68,7 +69,8 @@ def test_a_source_and_mount_point_not_ascii_mount_edit_repack_and_unmount(place,
     assert done.returncode == 0, done.stderr
     # the kernel holds the source as its bytes; findmnt, status and the daemon's records find it by them
     line = mountinfo_line(mnt)
-    assert line is not None and b" fuse.ckptfs " + os.fsencode(source).replace(b" ", b"\\040") + b" " in line
+    escaped = os.fsencode(source).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+    assert line is not None and b" fuse.ckptfs " + escaped + b" " in line
     found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--source", str(source)], capture_output=True,
                            timeout=TIMEOUT)
     assert found.returncode == 0 and found.stdout.strip() == b"fuse.ckptfs", found
