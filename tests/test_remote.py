@@ -417,6 +417,26 @@ def test_fetch_whole_downloads_a_plain_servers_file_once_and_reads_it_bit_exact(
     assert [p.name for p in copies] == ["whole"] and copies[0].stat().st_mode & 0o077 == 0
 
 
+def test_edits_of_a_file_fetched_whole_go_to_output(http_server, tmp_path, mnt):
+    """A writable mount of `…/modèle/😀/model.safetensors` (-o fetch=whole,
+    --output): its overlay is kept under the URL's name in --overlay-dir,
+    and the edited file is written where --output says."""
+    from safetensors.numpy import load_file
+
+    url, local, _ = http_server
+    out, overlays = tmp_path / "édité.safetensors", tmp_path / "edits é"
+    done = run_ckptfs("mount", url, mnt, "-o", "fetch=whole", "--cache-dir", tmp_path / "cache", "--output", out,
+                      "--overlay-dir", overlays)
+    assert done.returncode == 0, done.stderr
+    np.save(mnt / "head" / "w.npy", np.zeros(4096, dtype=np.float16))
+    assert [p.name for p in overlays.glob("*/.*")] == [".model.safetensors.ckptfs", ".model.safetensors.ckptfs.lock"]
+    gone = run_ckptfs("umount", mnt, "--timeout", "60")
+    assert gone.returncode == 0, gone.stderr
+    written, source = load_file(str(out)), load_file(str(local))
+    assert not written["head.w"].any() and written["emb"].tobytes() == source["emb"].tobytes()
+    assert list(overlays.iterdir()) == []
+
+
 @pytest.mark.parametrize("grow, lie, problem", [
     (10, "length", "the reply is of 4106 bytes (Content-Length), the object was 4096 when mounted"),
     (10, "close", "the reply holds more than 4096 bytes, the object was 4096 when mounted"),
