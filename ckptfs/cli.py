@@ -307,13 +307,14 @@ def _mount_helper_argv(argv: list[str]) -> list[str] | None:
 
 def _names_as_bytes() -> None:
     """A path that is not UTF-8 (Python holds its bytes as surrogate
-    escapes) is printed as the bytes it is, as ls and find print it, not
-    as an error (stdout) or a backslashed escape (stderr)."""
+    escapes) is printed on stdout as the bytes it is, as ls and find print
+    it, whatever the locale (a UTF-8 one other than C.UTF-8 would make it an
+    error). Messages on stderr keep Python's escapes (`\\udcff`): text for
+    a terminal, the journal and the tests that read them."""
     import io
 
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="surrogateescape")
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
 
 
 def _raise_open_files_limit() -> None:
