@@ -47,6 +47,8 @@ mount options (-o, comma-separated):
   cache_disk=2G      remote bytes kept on disk under the cache dir across mounts (0: none)
   stall_timeout=30   seconds a remote request may go without progress: then it is
                      asked once more, on another connection, then the read fails (EIO)
+  fetch=whole        a file on a web server that ignores range requests (python -m http.server):
+                     download it once into the disk cache and read it there
   defaults, noauto, nofail, _netdev, x-systemd.*, ...  fstab-only, ignored
 
 examples:
@@ -303,6 +305,18 @@ def _mount_helper_argv(argv: list[str]) -> list[str] | None:
     return out
 
 
+def _names_as_bytes() -> None:
+    """A path that is not UTF-8 (Python holds its bytes as surrogate
+    escapes) is printed on stdout as the bytes it is, as ls and find print
+    it, whatever the locale (a UTF-8 one other than C.UTF-8 would make it an
+    error). Messages on stderr keep Python's escapes (`\\udcff`): text for
+    a terminal, the journal and the tests that read them."""
+    import io
+
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def _raise_open_files_limit() -> None:
     """A distributed checkpoint of 2,048 ranks is 2,048 files held open; the
     usual soft limit is 1,024. Raise it to the hard limit (to 2^20 where
@@ -321,6 +335,7 @@ def _raise_open_files_limit() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _raise_open_files_limit()
+    _names_as_bytes()
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         if not _is_mount_form(argv):
             print(f"ckptfs: unknown command {argv[0]!r} (commands: {', '.join(SUBCOMMANDS)}; "
@@ -430,36 +445,45 @@ def _mount(args, opts, source: str, mountpoint: str, state: mounts.MountState, l
     notifier = Notifier.from_environment() if args.foreground else Notifier("")
     edits = MountEdits(source, opts, state, resume=args.resume, notifier=notifier)
     checkpoint = edits.load()
-    session = edits.session
-    shown = Shown(opts.uid, opts.gid, opts.fmask, opts.dmask)
-    operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
-                            session and session.check, shown if shown != Shown() else None,
-                            session and session.check_move)
-    edits.operations = operations
-    fuse_options = set(opts.fuse) | options.ALWAYS | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
-    if session is None:
-        fuse_options.add("ro")
-    log_where = log_file or ("the journal" if logs.stderr_is_journal() else "stderr")
-    record = mounts.Record(source, checkpoint.format, session is not None, log_where, edits=bool(args.resume),
-                           output=opts.output if session is not None else None)
+    try:
+        session = edits.session
+        shown = Shown(opts.uid, opts.gid, opts.fmask, opts.dmask)
+        operations = Operations(checkpoint.root, Ownership.of(checkpoint.stat), session and session.editable,
+                                session and session.check, shown if shown != Shown() else None,
+                                session and session.check_move)
+        edits.operations = operations
+        fuse_options = set(opts.fuse) | options.ALWAYS | {"default_permissions", "subtype=ckptfs", "fsname=" + _fsname(source)}
+        if session is None:
+            fuse_options.add("ro")
+        log_where = log_file or ("the journal" if logs.stderr_is_journal() else "stderr")
+        record = mounts.Record(source, checkpoint.format, session is not None, log_where, edits=bool(args.resume),
+                               output=opts.output if session is not None else None)
 
-    def run(notify):
-        hooks = (edits.finish, edits.commit) if session else (None, None)
-        return daemon.serve(operations, mountpoint, fuse_options, notify, *hooks, notifier=notifier, source=source)
+        def run(notify):
+            hooks = (edits.finish, edits.commit) if session else (None, None)
+            try:
+                return daemon.serve(operations, mountpoint, fuse_options, notify, *hooks, notifier=notifier,
+                                    source=source)
+            except BaseException:
+                edits.abandon()  # in the daemon: the edits, if any, stay for recover
+                raise
 
-    if args.foreground:
-        daemon.ignore_commit_signal()
-        state.write(os.getpid(), record)
-        code, message = 1, ""
-        try:
-            code, message = run(lambda message: None)
-        finally:
-            state.write_exit(code, message)
-            end_log(code)
-        if message and log_file is not None:
-            print(f"ckptfs: {message}", file=sys.stderr)
-        return code
-    return daemon.spawn(run, state, record, end_log, log_where, over_autofs=over_autofs)
+        if args.foreground:
+            daemon.ignore_commit_signal()
+            state.write(os.getpid(), record)
+            code, message = 1, ""
+            try:
+                code, message = run(lambda message: None)
+            finally:
+                state.write_exit(code, message)
+                end_log(code)
+            if message and log_file is not None:
+                print(f"ckptfs: {message}", file=sys.stderr)
+            return code
+        return daemon.spawn(run, state, record, end_log, log_where, over_autofs=over_autofs)
+    except BaseException:
+        edits.abandon()  # a mount that failed leaves no lock beside the source
+        raise
 
 
 def _progress_printer(state: mounts.MountState):

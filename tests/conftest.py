@@ -30,9 +30,10 @@ def run_ckptfs(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProc
 
 
 def is_mounted(path: Path) -> bool:
-    target = str(path).replace("\\", "\\134").replace(" ", "\\040")
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    """Read as bytes: another mount's path may be any bytes, UTF-8 or not."""
+    target = os.fsencode(path).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(line.split(b" ")[4] == target for line in f)
 
 
 def force_unmount(path: Path) -> None:
@@ -224,4 +225,5 @@ def as_user(user: pwd.struct_passwd, command: list, env: dict | None = None, **k
     """`command` run as `user`, with no groups but theirs and a bare environment."""
     base = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
     return subprocess.run([str(c) for c in command], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                          env={**base, **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
+                          env={**base, **(env or {})}, capture_output=True, text=True, errors="surrogateescape",
+                          timeout=TIMEOUT, **kwargs)

@@ -349,3 +349,49 @@ class DripServer(FileServer):
     def close(self) -> None:
         self.stopping.set()  # ends the slow replies still being sent
         super().close()
+
+
+class _NoRanges(_Files):
+    """A server that ignores Range, as `python -m http.server` does, and
+    sends no ETag; `grow` bytes of zeros are added to each GET's body, with
+    a Content-Length that says so (`lie="length"`), or with none, the body
+    ending when the connection closes (`lie="close"`)."""
+
+    grow: int
+    lie: str
+
+    def do_HEAD(self) -> None:
+        path = self._file()
+        if path is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.end_headers()
+        self.counts.add(f"HEAD {self.path}", 0)
+
+    def do_GET(self) -> None:
+        path = self._file()
+        if path is None:
+            self.send_error(404)
+            return
+        body = path.read_bytes() + bytes(self.grow)
+        self.send_response(200)
+        if self.lie != "close":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+        self.counts.add(f"GET {self.path}", len(body))
+
+
+class NoRangesServer(FileServer):
+    """Serves the files of `root` whole whatever was asked (`_NoRanges`)."""
+
+    def __init__(self, root: Path, grow: int = 0, lie: str = "length"):
+        self.counts = Counts()
+        handler = type("NoRanges", (_NoRanges,), {"root": Path(root), "counts": self.counts, "grow": grow, "lie": lie})
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()

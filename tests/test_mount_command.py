@@ -34,7 +34,7 @@ def nemo(tmp_path):
 def _mount_options(mnt: Path) -> tuple[list[str], list[str]]:
     """The kernel's per-mount flags and the superblock options of the top mount at `mnt`."""
     found = None
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in Path("/proc/self/mountinfo").read_text(errors="surrogateescape").splitlines():
         fields = line.split()
         if fields[4] == str(mnt):
             sep = fields.index("-")

@@ -10,8 +10,11 @@ import filecmp
 import gzip
 import json
 import os
+import re
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -22,8 +25,8 @@ from ckptfs.sources.pagecache import PAGE, DiskCache, PageCache
 from ckptfs.sources.remote import RemoteError, StalledTwice
 from ckptfs.sources.stall import PROGRESS, Stalled, Watchdog
 
-from .conftest import run_ckptfs
-from .remote_servers import FileServer, HubServer, S3Server
+from .conftest import is_mounted, run_ckptfs
+from .remote_servers import FileServer, HubServer, NoRangesServer, S3Server
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 TENSOR = 10 << 20  # bytes of each tensor of the sparse checkpoint
@@ -346,3 +349,136 @@ def test_the_disk_cache_keeps_to_its_bound(tmp_path, monkeypatch):
     used = sum(f.stat().st_blocks * 512 for f in tmp_path.rglob("*") if f.is_file())
     assert used <= 20 * PAGE + 8 * PAGE + 4096 * 4, used  # the bound, plus what came in since the last trim
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) < 4
+
+
+# ---------------------------------------------------------------- a server that ignores ranges: -o fetch=whole
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory):
+    """`python -m http.server` on loopback, as a user starts it (it ignores
+    Range and sends no ETag), serving a safetensors in a folder named
+    `modèle/😀`; its request log in a file. Yields (the URL, the file, the log)."""
+    root = tmp_path_factory.mktemp("plain-www")
+    folder = root / "modèle" / "😀"
+    folder.mkdir(parents=True)
+    tensors = {"emb": np.arange(300_000, dtype=np.float32).reshape(1000, 300),
+               "head.w": np.linspace(-1, 1, 4096).astype(np.float16), "step": np.array([7], dtype=np.int64)}
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(folder / "model.safetensors"))
+    log = root.parent / f"{root.name}.log"
+    with open(log, "wb") as said:
+        server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                                   "--directory", str(root)], stdout=subprocess.PIPE, stderr=said)
+    try:
+        line = server.stdout.readline().decode()  # "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ..."
+        port = re.search(r" port (\d+) ", line)
+        assert port, line
+        yield f"http://127.0.0.1:{port[1]}/modèle/😀/model.safetensors", folder / "model.safetensors", log
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stdout.close()
+
+
+def _gets(log: Path) -> int:
+    return log.read_text(errors="replace").count('"GET ')
+
+
+def test_a_server_that_ignores_ranges_is_refused_saying_so(http_server, tmp_path, monkeypatch):
+    url, _, _ = http_server
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    done = run_ckptfs("info", url)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{url}: the server ignores range requests" in done.stderr and "-o fetch=whole" in done.stderr
+
+
+def test_fetch_whole_downloads_a_plain_servers_file_once_and_reads_it_bit_exact(http_server, tmp_path, mount):
+    from safetensors.numpy import load_file
+
+    url, local, log = http_server
+    expected = load_file(str(local))
+    cache = tmp_path / "cache"
+    before = _gets(log)
+    mnt = mount(url, "-o", "fetch=whole", "--cache-dir", cache)
+    assert _gets(log) == before + 1  # one GET, the whole file
+    for name, array in expected.items():
+        served = np.load(mnt / f"{name.replace('.', '/')}.npy")
+        assert served.dtype == array.dtype and served.shape == array.shape
+        assert served.tobytes() == array.tobytes(), name
+    raw = (mnt / ".ckptfs" / "raw" / "model.safetensors").read_bytes()
+    assert raw == local.read_bytes()
+    assert _gets(log) == before + 1  # every read came from the copy
+    again = mount(url, "-o", "fetch=whole", "--cache-dir", cache)
+    assert np.load(again / "step.npy").tolist() == [7]
+    assert _gets(log) == before + 1  # the same version (size, time) is downloaded once
+    copies = [p for p in (cache / "remote").rglob("*") if p.is_file()]
+    assert [p.name for p in copies] == ["whole"] and copies[0].stat().st_mode & 0o077 == 0
+
+
+def test_edits_of_a_file_fetched_whole_go_to_output(http_server, tmp_path, mnt):
+    """A writable mount of `…/modèle/😀/model.safetensors` (-o fetch=whole,
+    --output): its overlay is kept under the URL's name in --overlay-dir,
+    and the edited file is written where --output says."""
+    from safetensors.numpy import load_file
+
+    url, local, _ = http_server
+    out, overlays = tmp_path / "édité.safetensors", tmp_path / "edits é"
+    done = run_ckptfs("mount", url, mnt, "-o", "fetch=whole", "--cache-dir", tmp_path / "cache", "--output", out,
+                      "--overlay-dir", overlays)
+    assert done.returncode == 0, done.stderr
+    np.save(mnt / "head" / "w.npy", np.zeros(4096, dtype=np.float16))
+    assert [p.name for p in overlays.glob("*/.*")] == [".model.safetensors.ckptfs", ".model.safetensors.ckptfs.lock"]
+    gone = run_ckptfs("umount", mnt, "--timeout", "60")
+    assert gone.returncode == 0, gone.stderr
+    written, source = load_file(str(out)), load_file(str(local))
+    assert not written["head.w"].any() and written["emb"].tobytes() == source["emb"].tobytes()
+    assert list(overlays.iterdir()) == []
+
+
+@pytest.mark.parametrize("grow, lie, problem", [
+    (10, "length", "the reply is of 4106 bytes (Content-Length), the object was 4096 when mounted"),
+    (10, "close", "the reply holds more than 4096 bytes, the object was 4096 when mounted"),
+])
+def test_fetch_whole_refuses_a_reply_of_another_size_and_keeps_nothing(tmp_path, mnt, grow, lie, problem):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "m.safetensors").write_bytes(_padded_safetensors(4096))
+    server = NoRangesServer(root, grow=grow, lie=lie)
+    try:
+        done = run_ckptfs("mount", server.url + "m.safetensors", mnt, "-o", "fetch=whole",
+                          "--cache-dir", tmp_path / "cache")
+    finally:
+        server.close()
+    assert done.returncode == 1 and problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not is_mounted(mnt)
+    assert [p.name for p in (tmp_path / "cache" / "remote").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("source, options, problem", [
+    ("{url}", "fetch=whole,cache_disk=4096", "8,192 bytes, more than the disk cache's bound (4,096 bytes"),
+    ("{url}", "fetch=whole,cache_disk=0", "-o fetch=whole keeps the file in the disk cache"),
+    ("{local}", "fetch=whole", "-o fetch=whole is for a file on a web server"),
+    ("{url}", "fetch=all", "give fetch=ranges (the default) or fetch=whole"),
+])
+def test_fetch_whole_that_cannot_be_is_refused_in_one_line(tmp_path, mnt, source, options, problem):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "m.safetensors").write_bytes(_padded_safetensors(8192))
+    server = NoRangesServer(root)
+    try:
+        done = run_ckptfs("mount", source.format(url=server.url + "m.safetensors", local=root / "m.safetensors"),
+                          mnt, "-o", options, "--cache-dir", tmp_path / "cache")
+    finally:
+        server.close()
+    assert done.returncode == 1 and problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert server.counts.lines == [] or all(not line.startswith("GET") for line in server.counts.lines)
+    assert not is_mounted(mnt)
+
+
+def _padded_safetensors(size: int) -> bytes:
+    """A safetensors of exactly `size` bytes: one U8 tensor after an 8-byte-aligned header."""
+    header = json.dumps({"x": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}).encode()
+    header = header.ljust(size - 8)
+    return struct.pack("<Q", len(header)) + header

@@ -89,7 +89,7 @@ def _cache_key(st: os.stat_result, identity: str = "") -> str:
     """A local file by its device, inode, size and time; a remote one also by
     its `identity` (its URL and version)."""
     ident = f"v{CACHE_VERSION}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" + (f":{identity}" if identity else "")
-    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+    return hashlib.sha256(os.fsencode(ident)).hexdigest()[:32]  # a URL may hold a path's bytes that are not UTF-8
 
 
 def _load_cached(stem: str) -> tuple[bytes, dict, SpanSums] | None:

@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import signal
+import tempfile
 import time
 
 import pyfuse3
@@ -36,10 +37,7 @@ def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str
     systemd: READY=1 once the mount answers, STOPPING=1 when it ends, and
     STATUS= lines meanwhile (the repack's progress among them)."""
     notifier = notifier or Notifier("")
-    try:
-        pyfuse3.init(operations, mountpoint, fuse_options)
-    except RuntimeError as e:
-        raise CkptfsError(f"{mountpoint}: cannot mount: {e}") from None
+    _init(operations, mountpoint, fuse_options)
     serving = f"serving {source} at {mountpoint}" + (" (writable)" if finish else " (read-only)")
     try:
         trio.run(_main, mountpoint, notify, commit, notifier, serving)
@@ -54,6 +52,43 @@ def serve(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str
     notifier.status(message)
     _close_files_after_exit()
     return code, message
+
+
+def _init(operations: pyfuse3.Operations, mountpoint: str, fuse_options: set[str]) -> None:
+    """`pyfuse3.init`, which says only "fuse_session_mount failed": the
+    reason is what libfuse or fusermount3 wrote on stderr meanwhile (the
+    daemon's is /dev/null), so stderr is a file of its own for the call and
+    its last line goes into the error (passed on to stderr when it mounted)."""
+    with tempfile.TemporaryFile() as said:
+        saved = os.dup(2)
+        os.dup2(said.fileno(), 2)
+        error = None
+        try:
+            pyfuse3.init(operations, mountpoint, {_FuseOption(o) for o in fuse_options})
+        except RuntimeError as e:
+            error = e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said.seek(0)
+        text = said.read(64 << 10)
+    if error is None:
+        _try_write(2, text)
+        return
+    lines = text.decode(errors="surrogateescape").strip().splitlines()
+    raise CkptfsError(f"{mountpoint}: cannot mount: {lines[-1].strip() if lines else error}")
+
+
+class _FuseOption(str):
+    """A mount option as bytes for libfuse, whatever bytes it holds.
+    pyfuse3 (3.5, `make_fuse_args`) encodes each option with
+    `.encode('us-ascii')`, so `fsname=` of a source named `modèle/…` (or with
+    bytes that are not UTF-8) cannot be given as a plain str; libfuse and the
+    kernel take any bytes but NUL there, and /proc/self/mountinfo then names
+    the source as it is on disk, for findmnt and `ckptfs status`."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return os.fsencode(str(self))
 
 
 def _close_files_after_exit() -> None:
@@ -145,15 +180,20 @@ def spawn(run, state: mounts.MountState, record: mounts.Record, end_log, log_whe
     there included, would wait for the very mount it is making."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the daemon
-        os.close(read_end)
-        os._exit(_daemon(run, state, record, end_log, write_end, keep_stderr=log_where == "the journal",
-                         new_session=not over_autofs))
+    if pid == 0:  # the daemon: it never returns into the command's code, whatever happens
+        code = 1
+        try:
+            os.close(read_end)
+            code = _daemon(run, state, record, end_log, write_end, keep_stderr=log_where == "the journal",
+                           new_session=not over_autofs)
+        finally:
+            os._exit(code)
     os.close(write_end)
     message = _wait_message(read_end, timeout)
     os.close(read_end)
     if message is None:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)  # it unmounts, if it had mounted, and exits
+        mounts.wait_exit(pid, 30)
         raise CkptfsError(f"timed out after {timeout:.0f} s waiting for the mount daemon; see {log_where}")
     if message == READY.decode().strip():
         return 0
@@ -179,10 +219,10 @@ def _daemon(run, state: mounts.MountState, record: mounts.Record, end_log, pipe:
         code, message = run(notify)
     except CkptfsError as e:
         log.error("%s", e)
-        _try_write(pipe, f"{e}\n".encode())
+        _try_write(pipe, os.fsencode(f"{e}\n"))  # a path's bytes as they are
     except BaseException as e:
         log.exception("the mount daemon failed")
-        _try_write(pipe, f"the mount daemon failed ({e!r})\n".encode())
+        _try_write(pipe, os.fsencode(f"the mount daemon failed ({e!r})\n"))
     finally:
         state.write_exit(code, message)
         end_log(code)
@@ -210,4 +250,4 @@ def _wait_message(fd: int, timeout: float) -> str | None:
         if not chunk:
             break
         data += chunk
-    return data.decode(errors="replace").strip()
+    return os.fsdecode(data).strip()

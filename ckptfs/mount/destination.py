@@ -30,6 +30,10 @@ def check_edit_options(opts: MountOptions, source: str, resume: bool) -> None:
             raise CkptfsError(f"{source}: say where the edits go: --output DEST, or --replace")
         if opts.replace:
             remote.store_for(source).check_conditional_writes(source)
+    if opts.remote.get("fetch") == "whole" and not (source.startswith(("http://", "https://"))
+                                                     and not source.endswith("/")):
+        raise CkptfsError(f"{source}: -o fetch=whole is for a file on a web server (http:// or https://), whose "
+                          "server may ignore range requests; object stores and the Hub serve them")
     use_overlay_dir(source, opts.overlay_dir)
     if opts.output:
         check_output(opts.output, source)

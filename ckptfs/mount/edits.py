@@ -109,17 +109,29 @@ class MountEdits:
             # the commit main was at (its overlay is that commit's)
             self.source = checkpoint.source_path
             self.session = _edit_session(checkpoint, self.opts, self.resume)
-            if self.session is not None:
-                self.session.editable.before_first_change.append(lambda: self.state.write_edits_waiting(True))
-            self.resume = False  # a commit starts afresh
-            view = metaview.build(checkpoint, self.session and self.session.editable)
-            view.read_only = True
-            view.access = Access.of(checkpoint.stat)  # not what the tree's root may say of its tensors
-            checkpoint.root.add(VIEW_NAME, view)
+            try:
+                if self.session is not None:
+                    self.session.editable.before_first_change.append(lambda: self.state.write_edits_waiting(True))
+                self.resume = False  # a commit starts afresh
+                view = metaview.build(checkpoint, self.session and self.session.editable)
+                view.read_only = True
+                view.access = Access.of(checkpoint.stat)  # not what the tree's root may say of its tensors
+                checkpoint.root.add(VIEW_NAME, view)
+            except BaseException:
+                self.abandon()
+                raise
         finally:
             gc.freeze()
             gc.enable()
         return checkpoint
+
+    def abandon(self) -> None:
+        """A mount that did not come to be: let go of the lock, so that it
+        leaves nothing beside the source (the overlay is made on the first
+        edit; one that `--resume` took up stays, its edits waiting)."""
+        if self.session is not None:
+            self.session.editable.overlay.release()
+            self.session = None
 
     def finish(self) -> tuple[int, str]:
         """At unmount: repack, or drop the edits when `umount --discard` asked."""

@@ -58,7 +58,8 @@ def setup(level: str, log_file: str | None, keep: bool = True):
                              logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         # appended to: a mount refused at a mount point in use logs beside the mount there
-        handler = logging.FileHandler(log_file, mode="a")
+        # a byte of a name that is not UTF-8 is logged as Python's escape (`\udcff`), as stderr says it
+        handler = logging.FileHandler(log_file, mode="a", errors="backslashreplace")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     worst = _WorstLevel()
     handler.addFilter(worst)

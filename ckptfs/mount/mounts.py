@@ -16,26 +16,49 @@ from ..errors import CkptfsError
 
 @dataclass(frozen=True)
 class MountEntry:
+    """One line of /proc/self/mountinfo (proc(5)), its paths as Python gives
+    file names: bytes that are not UTF-8 as surrogate escapes (os.fsdecode)."""
+
     mountpoint: str
     fstype: str
     device: str  # "major:minor"
+    source: str = ""
+    options: tuple[str, ...] = ()  # the mount's own: rw, nosuid, ...
+    super_options: tuple[str, ...] = ()  # the file system's: user_id=0, ...
 
 
-def unescape_mountinfo(field: str) -> str:
-    """The kernel writes space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+def unescape_mountinfo(field: bytes) -> str:
+    """The kernel writes space, tab, newline and backslash as octal escapes
+    and every other byte as it is; the field is read as bytes, so a name that
+    is not UTF-8 comes back as the path Python gives for it."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8) & 0xFF]), field))
+
+
+def mount_table() -> list[MountEntry]:
+    """The mounts this process sees, in the kernel's order (the last of
+    mounts stacked on one point is the one in use). Read as bytes and split
+    on ASCII spaces only: a name may hold any byte but the ones escaped."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        lines = f.read().splitlines()
+    table = []
+    for line in lines:
+        fields = line.split(b" ")
+        sep = fields.index(b"-", 6)
+        table.append(MountEntry(
+            unescape_mountinfo(fields[4]), os.fsdecode(fields[sep + 1]), os.fsdecode(fields[2]),
+            unescape_mountinfo(fields[sep + 2]), tuple(os.fsdecode(fields[5]).split(",")),
+            tuple(os.fsdecode(fields[sep + 3]).split(",")),
+        ))
+    return table
 
 
 def mounted_at(mountpoint: str) -> MountEntry | None:
     """The mount whose mount point is exactly `mountpoint`, if any (the last
     one when mounts are stacked)."""
     found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if unescape_mountinfo(fields[4]) == mountpoint:
-                found = MountEntry(mountpoint, fields[sep + 1], fields[2])
+    for entry in mount_table():
+        if entry.mountpoint == mountpoint:
+            found = entry
     return found
 
 
@@ -103,7 +126,7 @@ def escaped_path(path: str) -> str:
             out.append(f"\\x{byte:02x}")
     name = "".join(out) or "-"
     if len(name) > 160:
-        name = name[:140] + "~" + hashlib.sha256(path.encode()).hexdigest()[:16]
+        name = name[:140] + "~" + hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
     return name
 
 

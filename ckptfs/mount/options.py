@@ -27,6 +27,8 @@ FSTAB_ONLY_PREFIXES = ("x-", "comment=")
 
 #: remote source options -> the field of sources.remote.Settings they set
 REMOTE_SIZES = {"block_size": "block", "cache_memory": "memory", "cache_disk": "disk"}
+#: `fetch=`: read a remote file's byte ranges, or download a web server's file whole once
+FETCH = ("ranges", "whole")
 
 
 @dataclass
@@ -49,8 +51,8 @@ class MountOptions:
     #: `umask=`, `fmask=`, `dmask=`: mode bits taken away from files and folders
     fmask: int = 0
     dmask: int = 0
-    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`: for remote sources (sources/remote.py)
-    remote: dict[str, float] = field(default_factory=dict)
+    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`, `fetch=`: for remote sources (sources/remote.py)
+    remote: dict[str, float | str] = field(default_factory=dict)
     #: `--output`: where the edited checkpoint goes at unmount (None: over the source)
     output: str | None = None
     #: `--replace`: a remote source is written over (it mounts read-only without this or --output)
@@ -90,6 +92,10 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.remote[REMOTE_SIZES[name]] = _size(item, value, least=0 if name == "cache_disk" else PAGE)
         elif name == "stall_timeout":
             into.remote["stall"] = _seconds(item, value)
+        elif name == "fetch":
+            if value not in FETCH:
+                raise CkptfsError(f"mount option {item!r}: give fetch=ranges (the default) or fetch=whole")
+            into.remote["fetch"] = value
         elif name.startswith("max_") and name[4:] in limits.NAMES:
             into.limits[name[4:]] = _count(item, value)
         else:

@@ -43,7 +43,8 @@ class Notifier:
         try:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._socket.sendto("\n".join(lines).encode() + b"\n", target)
+            # systemd reads UTF-8: a path's bytes that are not are sent as escapes (`\udcff`)
+            self._socket.sendto("\n".join(lines).encode("utf-8", "backslashreplace") + b"\n", target)
             return True
         except OSError as e:
             log.debug("cannot notify systemd at %s: %s", self.address, e)

@@ -18,16 +18,13 @@ def _mount_table() -> list[tuple[str, str, bool, int | None]]:
     """(mount point, source, writable, uid of the user who mounted) of every
     fuse.ckptfs mount this process can see."""
     found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] != "fuse.ckptfs":
-                continue
-            super_options = dict(o.partition("=")[::2] for o in fields[sep + 3].split(","))
-            uid = super_options.get("user_id")
-            found.append((mounts.unescape_mountinfo(fields[4]), mounts.unescape_mountinfo(fields[sep + 2]),
-                          "rw" in fields[5].split(","), int(uid) if uid and uid.isdigit() else None))
+    for entry in mounts.mount_table():
+        if entry.fstype != "fuse.ckptfs":
+            continue
+        super_options = dict(o.partition("=")[::2] for o in entry.super_options)
+        uid = super_options.get("user_id")
+        found.append((entry.mountpoint, entry.source, "rw" in entry.options,
+                      int(uid) if uid and uid.isdigit() else None))
     return found
 
 

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import struct
+import tempfile
 import threading
 import time
 import zlib
@@ -28,7 +29,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from ..errors import SourceChangedError
+from ..errors import CkptfsError, SourceChangedError
 from .stall import Stalled
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,44 @@ class DiskCache:
                     pass
             self._evict()
 
+    def whole(self, key: str, size: int, download: Callable[[int], None]) -> tuple[int, bool]:
+        """A descriptor of the object `key` kept whole on disk, and whether it
+        was downloaded now: `download(fd)` writes its `size` bytes into a
+        file of its own, renamed into place once written and flushed, so a
+        copy that is there is complete. Refused (CkptfsError) before any
+        byte is fetched when the object is larger than the cache's bound or
+        than the free space of its file system."""
+        folder = self._folder(key)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        path = os.path.join(folder, "whole")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0 and os.fstat(fd).st_size == size:
+            os.utime(folder)  # used now: the last to go
+            return fd, False
+        if fd >= 0:
+            os.close(fd)
+        fs = os.statvfs(folder)
+        free = fs.f_bavail * fs.f_frsize
+        if size > self.limit or size > free:
+            bound = f"the disk cache's bound ({self.limit:,} bytes; -o cache_disk= raises it)" if size > self.limit \
+                else f"the free space of {self.root} ({free:,} bytes)"
+            raise CkptfsError(f"{key.partition(chr(0))[0]}: {size:,} bytes, more than {bound}")
+        fd, part = tempfile.mkstemp(prefix="whole.", suffix=".part", dir=folder)
+        try:
+            download(fd)
+            os.fsync(fd)
+            os.replace(part, path)
+        except BaseException:
+            os.close(fd)
+            os.unlink(part)
+            raise
+        os.utime(folder)
+        self._evict()
+        return fd, True
+
     def _evict(self) -> None:
         """Remove the least recently used objects' folders while the cache
         holds more than `limit` bytes (when a mount starts, and after each
@@ -247,7 +286,7 @@ class DiskCache:
         sized = []
         for folder in folders:
             try:
-                used = sum(os.stat(os.path.join(folder, f)).st_blocks * 512 for f in ("data", "pages"))
+                used = sum(os.stat(os.path.join(folder, f)).st_blocks * 512 for f in os.listdir(folder))
                 sized.append((os.stat(folder).st_mtime, used, folder))
             except OSError:
                 continue
@@ -255,7 +294,7 @@ class DiskCache:
         for _, used, folder in sorted(sized):
             if total <= self.limit:
                 break
-            for name in ("data", "pages"):
+            for name in ("data", "pages", "whole"):
                 try:
                     os.remove(os.path.join(folder, name))
                 except OSError:

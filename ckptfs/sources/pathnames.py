@@ -10,6 +10,7 @@ belongs to.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 NAME_MAX = 255
@@ -68,8 +69,32 @@ def _escaped_part(part: str) -> str:
     text = "".join(out)
     if len(os.fsencode(text)) <= NAME_MAX:
         return text
-    import hashlib
-
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     head = os.fsencode(text)[: NAME_MAX - 18].decode("utf-8", "ignore")
     return f"{head}%#{digest}"
+
+
+def beside(name: str, tail: str) -> str:
+    """The name of a file ckptfs keeps beside the file `name` in its folder:
+    `.NAME` and `tail` (`.model.nemo.ckptfs`), or where that passes NAME_MAX
+    bytes, NAME's head (cut at a byte: any bytes make a name) and a hash of
+    all of it: a source named near the limit (80 letters of a script of
+    three bytes each are 240) still has its overlay, lock and temp files."""
+    whole = f".{name}{tail}"
+    encoded = os.fsencode(name)
+    if len(os.fsencode(whole)) <= NAME_MAX:
+        return whole
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    room = NAME_MAX - len(os.fsencode(tail)) - len(digest) - 2
+    return f".{os.fsdecode(encoded[:room])}~{digest}{tail}"
+
+
+#: the random part `tempfile.mkstemp` and `mkdtemp` put between prefix and suffix
+_RANDOM = "X" * 8
+
+
+def temp_prefix(name: str, suffix: str) -> str:
+    """The `prefix` for `tempfile.mkstemp(prefix, suffix)` of a file beside
+    `name` whose whole name stays within NAME_MAX (what `beside` gives for
+    `.RANDOM` and `suffix`, less those)."""
+    return beside(name, f".{_RANDOM}{suffix}")[: -len(_RANDOM + suffix)]

@@ -63,6 +63,15 @@ class RemoteError(CkptfsError):
     """A remote source cannot be reached or read."""
 
 
+class RangesIgnored(RemoteError):
+    """A web server that sends the whole object when asked for a range (as
+    `python -m http.server` does), or says it serves none."""
+
+    def __init__(self, url: str, what: str):
+        super().__init__(f"{url}: the server ignores range requests ({what}); mount it with -o fetch=whole "
+                         "to download it once into the disk cache and read it there")
+
+
 @dataclass(frozen=True)
 class RemoteObject:
     """One object as it was when pinned: where, how big, which version."""
@@ -123,8 +132,8 @@ class HttpStore:
         size = headers.get("content-length")
         if size is None or not size.isdigit():
             raise RemoteError(f"{url}: the server gives no size (Content-Length); ckptfs reads byte ranges of a known size")
-        if headers.get("accept-ranges", "").lower() == "none":
-            raise RemoteError(f"{url}: the server does not serve byte ranges")
+        if headers.get("accept-ranges", "").lower() == "none" and SETTINGS.fetch != "whole":
+            raise RangesIgnored(url, "it says Accept-Ranges: none")
         return RemoteObject(url, int(size), headers.get("etag", ""), _http_time(headers.get("last-modified")))
 
     def get(self, obj: RemoteObject, start: int, end: int) -> bytes:
@@ -145,11 +154,57 @@ class HttpStore:
             raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (its ETag is no longer "
                                      f"{obj.version}); remount to read the new one")
         if status == 200:
-            raise RemoteError(f"{obj.url}: the server answered a range request with the whole object")
+            raise RangesIgnored(obj.url, f"asked for bytes {start}-{end - 1}, it sent the whole object")
         if status != 206:
             raise RemoteError(f"{obj.url}: HTTP {status} for bytes {start}-{end - 1}")
         _check_reply(obj, start, end, reply.get("content-range", ""), reply.get("etag", ""), data)
         return data
+
+    def download(self, obj: RemoteObject, fd: int) -> None:
+        """The whole of the pinned version into the file `fd`, with one GET
+        (`-o fetch=whole`): checked as a range is (its status, its length
+        against the pinned size, its ETag), and never more than that size
+        read. A second try, after a stall, starts the file again."""
+        headers = _hub_auth(obj.url)
+        if obj.version and not obj.version.startswith("W/"):
+            headers["If-Match"] = obj.version
+
+        async def get(watch: Watchdog):
+            os.ftruncate(fd, 0)
+            session = await self.fs.set_session()
+            async with session.get(obj.url, headers=headers) as r:
+                watch.progress()
+                reply = _lower(r.headers)
+                if r.status != 200 or reply.get("content-length", str(obj.size)) != str(obj.size):
+                    return r.status, reply, 0
+                written = credited = 0
+                while written <= obj.size and (chunk := await r.content.readany()):
+                    os.pwrite(fd, chunk[: max(0, obj.size - written)], written)
+                    written += len(chunk)
+                    if written - credited >= PROGRESS:
+                        credited = written
+                        watch.progress()
+                if written > obj.size:
+                    r.close()
+                return r.status, reply, written
+
+        status, reply, written = _watched(self, f"{obj.url}: the whole object", get)
+        if status == 412:
+            raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (its ETag is no longer "
+                                     f"{obj.version}); remount to read the new one")
+        if status != 200:
+            raise RemoteError(f"{obj.url}: HTTP {status} for the whole object")
+        etag, length = reply.get("etag", ""), reply.get("content-length")
+        if obj.version and etag and etag != obj.version:
+            raise SourceChangedError(f"{obj.url}: the object changed since it was mounted (ETag {etag}, mounted "
+                                     f"{obj.version}); remount to read the new one")
+        if length is not None and length != str(obj.size):
+            raise SourceChangedError(f"{obj.url}: the reply is of {length} bytes (Content-Length), the object "
+                                     f"was {obj.size} when mounted")
+        if written != obj.size:
+            held = f"more than {obj.size}" if written > obj.size else str(written)
+            raise SourceChangedError(f"{obj.url}: the reply holds {held} bytes, the object was {obj.size} "
+                                     "when mounted")
 
     def json(self, url: str):
         """A JSON document (a Hub API answer): one GET."""
@@ -507,6 +562,9 @@ class Settings:
     overlays: str = ""
     #: seconds a request may go without progress (`-o stall_timeout=`, sources/stall.py)
     stall: float = DEFAULT_SECONDS
+    #: `-o fetch=`: "ranges" (read the bytes that are read), or "whole" (a web server's file
+    #: downloaded once into the disk cache, for a server that ignores range requests)
+    fetch: str = "ranges"
 
 
 SETTINGS = Settings()
@@ -566,6 +624,34 @@ class RemoteSource(Source):
     def origin(self) -> RemoteSource:
         """Itself: its `stat` (the mounting user's, owner-only) decides who reads it."""
         return self
+
+
+class WholeSource(RemoteSource):
+    """A web server's file downloaded whole into the disk cache once and
+    read from there (`-o fetch=whole`): for a server that ignores range
+    requests. The copy is of the pinned version, kept under its URL, ETag,
+    size and modification time, so a later mount of the same version
+    downloads nothing."""
+
+    slow = False
+
+    def __init__(self, obj: RemoteObject, cache: PageCache):
+        super().__init__(obj, cache)
+        if cache.disk is None:
+            raise RemoteError(f"{obj.url}: -o fetch=whole keeps the file in the disk cache, which "
+                              "-o cache_disk=0 turns off")
+        key = f"{obj.key}\0{obj.size}\0{obj.mtime}"
+        self.fd, downloaded = cache.disk.whole(key, obj.size, functools.partial(store_for(obj.url).download, obj))
+        if downloaded:
+            with cache.lock:
+                cache.requests += 1
+                cache.fetched += obj.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, max(0, min(length, self.size - offset)), offset)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        pass  # all of it is here
 
 
 class RemoteDirectory(Directory):
@@ -651,7 +737,8 @@ def open_url(url: str, cache: PageCache) -> RemoteSource | RemoteDirectory:
         elif url.endswith("/"):
             path, objects = url, _prefix_listing(url, store_for(url))
         else:
-            opened = RemoteSource(store_for(url).stat(url), cache)
+            obj = store_for(url).stat(url)
+            opened = WholeSource(obj, cache) if SETTINGS.fetch == "whole" else RemoteSource(obj, cache)
             _PINNED[opened.path] = _object_identity(opened.obj)
             return opened
     except CkptfsError:

@@ -20,10 +20,13 @@ from typing import Protocol
 
 from ..errors import CkptfsError, SourceChangedError
 from ..sources.base import FileSource, SliceSource, Source
+from ..sources.pathnames import temp_prefix
 from ..sources.remote import is_url
 from ..tree.nodes import Access
 from .overlay import fsync_dir, source_identity
 
+#: the end of the name of a checkpoint being written beside its destination (`.NAME.RANDOM.ckptfs-new`)
+TEMP_SUFFIX = ".ckptfs-new"
 COPY_BLOCK = 8 << 20
 #: bytes asked for ahead of a copy from a slow source (a remote one), so
 #: that the network fetches the next blocks while one is written
@@ -173,7 +176,8 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
     free = fs.f_bavail * fs.f_frsize
     if free < needed:
         raise CkptfsError(f"{directory}: {free / 1e6:.0f} MB free, the new checkpoint needs about {needed / 1e6:.0f} MB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(destination), TEMP_SUFFIX), suffix=TEMP_SUFFIX,
+                               dir=directory)
     try:
         output = Output(fd, progress=progress, expected=needed)
         writer(output)
@@ -213,7 +217,8 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     parent = os.path.dirname(destination)
     if output_path and os.path.exists(destination):
         raise CkptfsError(f"{destination}: exists; give a new path for the edited directory")
-    new = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", suffix=".ckptfs-new", dir=parent)
+    new = tempfile.mkdtemp(prefix=temp_prefix(os.path.basename(destination), TEMP_SUFFIX), suffix=TEMP_SUFFIX,
+                           dir=parent)
     try:
         builder(new)
         for here, _, _ in os.walk(new):

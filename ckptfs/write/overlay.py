@@ -40,7 +40,7 @@ import re
 import zlib
 
 from ..errors import CkptfsError, EditsWaiting
-from ..sources import remote
+from ..sources import pathnames, remote
 from ..sources.base import Source
 from ..tree.nodes import Content
 from . import owned
@@ -63,7 +63,7 @@ STAGING_PATTERNS = ("sed??????", "tmp????????", "tmp????????.*")
 
 def overlay_dir(source: str) -> str:
     parent, name = os.path.split(_local_stand_in(source))
-    return os.path.join(parent, f".{name}.ckptfs")
+    return os.path.join(parent, pathnames.beside(name, ".ckptfs"))
 
 
 def _local_stand_in(source: str) -> str:
@@ -79,7 +79,7 @@ def _local_stand_in(source: str) -> str:
 
         root = os.path.join(default_cache_dir(), "edits")
     name = source.rstrip("/").rpartition("/")[2][:100] or "source"  # for people to read; the hash tells URLs apart
-    return os.path.join(root, hashlib.sha256(source.encode()).hexdigest()[:16], name)
+    return os.path.join(root, hashlib.sha256(os.fsencode(source)).hexdigest()[:16], name)
 
 
 def is_temp_name(name: str, patterns: tuple[str, ...] = TEMP_PATTERNS) -> bool:
@@ -482,7 +482,12 @@ class _Lock:
             raise
 
     def release(self) -> None:
-        os.unlink(self.name, dir_fd=self.folder)  # while held: whoever opened it meanwhile finds it gone and takes a new one
+        """Remove the lock file while held (whoever opened it meanwhile finds
+        it gone and takes a new one), unless it is gone already: a mount's
+        daemon and the command that forked it share the lock, and either may
+        be the one to let go of a mount that failed."""
+        if owned.same(self.folder, self.name, self.fd):
+            os.unlink(self.name, dir_fd=self.folder)
         os.close(self.fd)
         os.close(self.folder)
 
@@ -508,7 +513,8 @@ def lock_path(source: str) -> str:
     source's file system, so that every host and container that sees the
     source sees the lock (one in each's own /run would not keep two of them
     from sharing one overlay)."""
-    return overlay_dir(source) + ".lock"
+    parent, name = os.path.split(_local_stand_in(source))
+    return os.path.join(parent, pathnames.beside(name, ".ckptfs.lock"))
 
 
 def fsync_dir(path: str) -> None:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from ..errors import CkptfsError, EditRefused, EditsKept, MoveRefused, RepackError, SourceChangedError
 from ..formats.base import DirectoryWriter, Moved, Writer, nested_writer
 from ..sources import remote
+from ..sources.pathnames import temp_prefix
 from ..tree import names
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, LazyDir, Node, Symlink
 from .diff import changes, files_of
 from .editable import EditableTree
 from .newdir import NewDirectory, Owners
-from .output import write_atomically, write_directory_atomically
+from .output import TEMP_SUFFIX, write_atomically, write_directory_atomically
 from .overlay import TEMP_PATTERNS, EditedContent, Overlay, is_staging_name, is_temp_name, mounted_identity
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,10 @@ def remove_stale_temp_files(source: str) -> None:
     ours = {os.geteuid()}
     with contextlib.suppress(OSError):
         ours.add(os.stat(source).st_uid)  # a new folder is given to the source's owner before the swap
+    prefix = temp_prefix(name, TEMP_SUFFIX)
     for entry in os.listdir(directory):
-        if entry.startswith(f".{name}.") and entry.endswith(".ckptfs-new"):
+        middle = entry[len(prefix):-len(TEMP_SUFFIX)]  # tempfile's random part has no dot: `.a.b.*` is not `a`'s
+        if entry.startswith(prefix) and entry.endswith(TEMP_SUFFIX) and middle and "." not in middle:
             path = os.path.join(directory, entry)
             st = os.lstat(path)
             if st.st_uid not in ours or stat.S_ISLNK(st.st_mode):
