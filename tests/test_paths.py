@@ -260,3 +260,18 @@ def test_systemd_hears_of_a_source_not_utf8_in_utf8(tmp_path):
         message = listening.recv(4096)
     assert message == b"READY=1\nSTATUS=serving /data/\\udcff\\udcfe.safetensors at /mnt/m\n"
     message.decode("utf-8")
+
+
+@pytest.mark.parametrize("to", ["safetensors", "hf"])
+def test_an_export_to_a_name_near_the_limit_is_written(tmp_path, to):
+    """The export's temporary name beside OUT fits in 255 bytes too (it was
+    `.OUT.RANDOM.ckptfs-new`, too long for a name of 252 bytes)."""
+    source = tmp_path / "m.safetensors"
+    source.write_bytes(save(TENSORS))
+    out = tmp_path / ("模" * 84)
+    assert len(os.fsencode(out.name)) == 252
+    done = run("export", source, out, "--to", to)
+    assert done.returncode == 0, done.stderr
+    written = load((out / "model.safetensors" if to == "hf" else out).read_bytes())
+    assert all(np.array_equal(written[k], v) for k, v in TENSORS.items()) and sorted(written) == sorted(TENSORS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, out.name])

@@ -26,11 +26,12 @@ from ..pickle import writer as pickle_writer
 from ..pickle.inert import Call, Global, PickledDict
 from ..pickle.torch_classes import new_tensor
 from ..sources import remote
+from ..sources.pathnames import temp_prefix
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
 from ..tree.nodes import Access, Content, Dir, Extent, File, Node, len_of
 from ..tree.tensors import QuantizedTensor
-from .output import COPY_BLOCK, Output, created_mode, umask, with_search_bits
+from .output import COPY_BLOCK, TEMP_SUFFIX, Output, created_mode, umask, with_search_bits
 from .overlay import fsync_dir
 
 #: the __metadata__ of every safetensors file written (what transformers' save_pretrained writes)
@@ -227,7 +228,7 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
 
     if target != "hf":
         [made] = files.values()
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".ckptfs-new", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(out), TEMP_SUFFIX), suffix=TEMP_SUFFIX, dir=parent)
         try:
             fill(tmp, made, fd)
             os.rename(tmp, out)
@@ -235,7 +236,7 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
             os.unlink(tmp)  # the name mkstemp made, this export's alone
             raise
     else:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".ckptfs-new", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=temp_prefix(os.path.basename(out), TEMP_SUFFIX), suffix=TEMP_SUFFIX, dir=parent)
         try:
             for name, made in files.items():
                 fill(os.path.join(tmp, name), made)
