@@ -97,6 +97,8 @@ class Mounts:
         mnt = self.tmp_path / f"mnt{n}"
         mnt.mkdir()
         log = self.tmp_path / f"daemon{n}.log"
+        if _in_repository(source) and not _asks_read_only(extra):
+            extra = ("-o", "ro", *extra)  # a leaked writable mount of a sample would edit the repository
         done = run_ckptfs("mount", source, mnt, "--log-file", log, "--cache-dir", self.cache_dir, *extra)
         assert done.returncode == 0, done.stderr
         assert is_mounted(mnt)
@@ -115,6 +117,14 @@ class Mounts:
             if not errors_expected and ("Traceback" in text or " ERROR " in text):
                 problems.append(f"unexpected errors in the daemon log of {mnt}:\n{text}")
         assert not problems, "\n".join(problems)
+
+
+def _in_repository(source) -> bool:
+    return isinstance(source, (str, Path)) and "://" not in str(source) and Path(source).resolve().is_relative_to(REPO)
+
+
+def _asks_read_only(extra) -> bool:
+    return any(a == "-o" and "ro" in str(b).split(",") for a, b in zip(extra, extra[1:]))
 
 
 @pytest.fixture
