@@ -318,8 +318,8 @@ def _entries(source: Source, name: str, directory: _Directory, disagreements: li
         entries.append(entry)
         position = after
     if position != len(data):
-        entries = plural(directory.count, "directory entry", "directory entries")
-        disagreements.append(f"the end record counts {entries}, which take {position} of "
+        counted = plural(directory.count, "directory entry", "directory entries")
+        disagreements.append(f"the end record counts {counted}, which take {position} of "
                              f"its {plural(len(data), 'byte')}: zipfile reads entries on to the end")
     return entries
 
