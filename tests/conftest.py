@@ -29,10 +29,17 @@ def run_ckptfs(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProc
     return subprocess.run(CKPTFS + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
 
 
+def mountinfo() -> list[list[str]]:
+    """The fields of each line of /proc/self/mountinfo, read as Python reads
+    file names: a mount of a name that is not UTF-8 (another test's, or
+    another suite's beside this one) is a line like the others."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return [line.split(" ") for line in f.read().splitlines()]
+
+
 def is_mounted(path: Path) -> bool:
-    target = str(path).replace("\\", "\\134").replace(" ", "\\040")
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    target = str(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    return any(fields[4] == target for fields in mountinfo())
 
 
 def force_unmount(path: Path) -> None:
