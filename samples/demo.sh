@@ -15,9 +15,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# a word as one would type it: in single quotes where the shell would split or expand it
+# a word as one would type it: quoted where the shell would split or expand it,
+# in double quotes when it holds single quotes and nothing double quotes expand
 quote() {
-    if [[ $1 =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+    if [[ $1 =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then printf '%s' "$1"
+    elif [[ $1 == *\'* && $1 != *[\"\$\`\\!]* ]]; then printf '"%s"' "$1"
+    else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
 }
 # print a command as it could be pasted into a shell, then run it
 show() {

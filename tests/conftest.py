@@ -23,6 +23,21 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CKPTFS_FIXTURES") or REPO / "samples")
 CKPTFS = [sys.executable, "-m", "ckptfs"]
 TIMEOUT = 60
+#: for a module whose shared (module- or session-scoped) fixture is written by
+#: programs it runs, each bounded by a timeout of its own (minutes on a busy
+#: machine): the per-test limit (120 s, pyproject.toml) then times each test's
+#: body alone, where pytest-timeout would count the build in its first user's time
+TIMED_APART = pytest.mark.timeout(func_only=True)
+
+
+def free_port() -> str:
+    """A TCP port on loopback no one listens on now, for a rendezvous of ranks
+    (a fixed one could be another suite's, running beside this one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def run_ckptfs(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
@@ -113,7 +128,7 @@ class Mounts:
         problems = []
         for mnt, log, errors_expected in self.made:
             if is_mounted(mnt):
-                done = run_ckptfs("umount", mnt, "--timeout", "30")
+                done = run_ckptfs("umount", mnt, "--timeout", "60", timeout=TIMEOUT + 30)
                 if done.returncode != 0:
                     problems.append(f"umount {mnt}: {done.stderr.strip()}")
             force_unmount(mnt)
@@ -159,7 +174,7 @@ def sha256(path: Path) -> str:
 
 def umount(mnt: Path, *extra: str) -> subprocess.CompletedProcess:
     """`ckptfs umount`, which repacks the edits (or not, with --discard)."""
-    return run_ckptfs("umount", mnt, "--timeout", "60", *extra)
+    return run_ckptfs("umount", mnt, "--timeout", "60", *extra, timeout=TIMEOUT + 30)
 
 
 def tar_members(path: Path) -> dict[str, bytes | None]:

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,17 +20,13 @@ import torch
 
 import ckptfs
 
-from .conftest import run_ckptfs
+from .conftest import TIMED_APART, free_port, run_ckptfs
 
 REPO = Path(__file__).resolve().parent.parent
 #: name -> (stage, ranks, bf16)
 SAVES = {"zero1-bf16": (1, 2, True), "zero2": (2, 3, False), "zero3-bf16": (3, 3, True)}
-
-
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+#: the saves take DeepSpeed minutes on a busy machine, each within its own timeout
+pytestmark = TIMED_APART
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +36,8 @@ def saves(tmp_path_factory) -> dict[str, Path]:
     for name, (stage, world, bf16) in SAVES.items():
         out = base / name
         done = subprocess.run([sys.executable, "-m", "tests.deepspeed_writer", str(out), str(stage), str(world),
-                               _free_port(), *(["bf16"] if bf16 else [])], cwd=REPO, capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+                               free_port(), *(["bf16"] if bf16 else [])], cwd=REPO, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
         assert done.returncode == 0, done.stderr[-3000:]
         made[name] = out
     return made

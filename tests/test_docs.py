@@ -201,7 +201,7 @@ def test_the_demo_prints_each_command_as_one_could_paste_it():
     defined = "".join(re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", text, re.MULTILINE | re.DOTALL).group(0)
                       for name in functions)
     words = ["printf", "%s|", "plain", "two words", "it's", "$HOME", "lr: 0.001", "", "a;b", "*.npy", "-c",
-             "import numpy as np; print(np.load('/mnt/m/w.npy'))", "ü"]
+             "import numpy as np; print(np.load('/mnt/m/w.npy'))", "it's $HOME", "ü"]
     done = subprocess.run(["bash", "-c", defined + 'show "$@"', "bash", *words], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -209,3 +209,4 @@ def test_the_demo_prints_each_command_as_one_could_paste_it():
     assert printed.startswith("$ ") and shlex.split(printed[2:]) == words, printed
     assert ran == "|".join(words[2:]) + "|"
     assert printed.startswith("$ printf '%s|' plain 'two words' ")  # quotes only where a shell needs them
+    assert """ -c "import numpy as np; print(np.load('/mnt/m/w.npy'))" """ in printed  # as one would write it

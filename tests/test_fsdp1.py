@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,20 +19,19 @@ import torch
 
 from ckptfs.formats import sharded_torch
 
-from .conftest import run_ckptfs
+from .conftest import TIMED_APART, free_port, run_ckptfs
 
 REPO = Path(__file__).resolve().parent.parent
 WORLD = 3
+#: the save takes three torch ranks minutes on a busy machine, within its own timeout
+pytestmark = TIMED_APART
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    done = subprocess.run([sys.executable, "-m", "tests.fsdp1_writer", str(out), str(WORLD), port], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "tests.fsdp1_writer", str(out), str(WORLD), free_port()], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

@@ -15,12 +15,13 @@ import pytest
 
 from ckptfs.scan import scan
 
-from .conftest import TIMEOUT
+from .conftest import TIMED_APART, TIMEOUT
 from .malicious.generate import LOADERS, SAMPLES
 from .malicious.safe import REPO, SAFE
 from .malicious.safe import SAMPLES as REPO_SAMPLES
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+#: the real checkpoints are written once by Lightning, transformers and DeepSpeed, within their own timeout
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.distributed is disabled"), TIMED_APART]
 
 
 @pytest.mark.parametrize("name", SAMPLES)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FIXTURES, REPO, TIMEOUT, as_user, force_unmount, is_mounted, run_ckptfs, user_home
+from .conftest import FIXTURES, REPO, TIMED_APART, TIMEOUT, as_user, force_unmount, is_mounted, run_ckptfs, user_home
 
 DEBIAN_PYTHON = "/usr/bin/python3"
-#: the first test builds the user's virtualenv (pyfuse3 from source): minutes
-pytestmark = pytest.mark.timeout(900)
+#: the user's virtualenv (pyfuse3 from source) takes minutes, within the timeouts of its own steps
+pytestmark = TIMED_APART
 
 
 @pytest.fixture(scope="module")
