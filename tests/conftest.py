@@ -72,6 +72,33 @@ def daemon_pid(mnt: Path) -> int:
     return pid
 
 
+#: how long one of the writer programs below may take: minutes on a busy machine
+WRITER_TIMEOUT = 600
+
+
+@pytest.fixture(scope="session")
+def written(tmp_path_factory):
+    """`written(MODULE, *ARGS)`: the folder `python -m MODULE OUT *ARGS` wrote
+    (tests/*_writer.py: torch ranks on gloo, seconds of CPU each), run once a
+    session however many test modules read what it wrote, within
+    WRITER_TIMEOUT; a PORT in ARGS becomes a free port. Modules that use it
+    are TIMED_APART."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def write(module: str, *args: str) -> Path:
+        key = (module, *args)
+        if key not in made:
+            out = tmp_path_factory.mktemp(module.rsplit(".", 1)[-1]) / "out"
+            command = [sys.executable, "-m", module, str(out), *(free_port() if a == "PORT" else a for a in args)]
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=WRITER_TIMEOUT,
+                                  env={**os.environ, "DS_ACCELERATOR": "cpu"})
+            assert done.returncode == 0, f"{' '.join(command)}:\n{done.stderr[-3000:]}"
+            made[key] = out
+        return made[key]
+
+    return write
+
+
 @pytest.fixture(scope="session")
 def installed_helper():
     """/sbin/mount.fuse.ckptfs, the man page and the completions, as

@@ -119,21 +119,11 @@ def test_metadata_globals_are_audited(mount):
 
 
 @pytest.fixture(scope="module", params=[2, 3])
-def multirank(request, tmp_path_factory):
+def multirank(request, written):
     """DCP directories written by `world_size` gloo ranks in subprocesses,
-    one per variant of tests/dcp_writer.py, and an FSDP2 model and optimizer."""
-    import subprocess
-    import sys
-
-    from .conftest import REPO, free_port
-
-    out = tmp_path_factory.mktemp(f"dcp{request.param}")
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.dcp_writer", str(out), str(request.param), free_port()],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, request.param
+    one per variant of tests/dcp_writer.py, and an FSDP2 model and optimizer
+    (test_malicious_corpus.py shares the 2-rank ones)."""
+    return written("tests.dcp_writer", str(request.param), "PORT"), request.param
 
 
 VARIANTS = ["plain", "zstd", "safetensors", "per_rank_metadata"]

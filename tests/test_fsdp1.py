@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +17,16 @@ import torch
 
 from ckptfs.formats import sharded_torch
 
-from .conftest import TIMED_APART, free_port, run_ckptfs
+from .conftest import TIMED_APART, run_ckptfs
 
-REPO = Path(__file__).resolve().parent.parent
 WORLD = 3
 #: the save takes three torch ranks minutes on a busy machine, within its own timeout
 pytestmark = TIMED_APART
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fsdp1")
-    done = subprocess.run([sys.executable, "-m", "tests.fsdp1_writer", str(out), str(WORLD), free_port()], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def saved(written) -> Path:
+    return written("tests.fsdp1_writer", str(WORLD), "PORT")
 
 
 def _tensors(obj, prefix=()) -> dict[tuple, np.ndarray]:
