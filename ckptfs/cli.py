@@ -19,9 +19,27 @@ log = logging.getLogger("ckptfs")
 SUBCOMMANDS = ("mount", "umount", "unmount", "commit", "recover", "status", "info", "ls", "cat", "diff", "scan",
                "export", "install-helper", "completion")
 UMOUNT_TIMEOUT = 600.0
-FORMATS = (".nemo (plain or gzip tar), torch.save files (.pt, .pth, .bin, Lightning .ckpt; zip or legacy), "
-           ".safetensors, Hugging Face model directories, torch.distributed.checkpoint directories "
-           "(FSDP, DTensor, Megatron) and folders of them (NeMo 2), NumPy .npz archives, GGUF (read-only)")
+#: stands in a description for the formats' list, which `_Parser` reads from their registry
+FORMATS = "{formats}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Its description names the formats as their registry describes them
+    (formats/__init__.py), imported only when help or the man page reads it:
+    importing every format would slow each command by a quarter second."""
+
+    @property
+    def description(self) -> str | None:
+        if self._description and FORMATS in self._description:
+            from .formats import described
+
+            return self._description.replace(FORMATS, described())
+        return self._description
+
+    @description.setter
+    def description(self, text: str | None) -> None:
+        self._description = text
+
 
 MOUNT_EPILOG = """\
 mount options (-o, comma-separated):
@@ -56,7 +74,7 @@ examples:
   ckptfs mount megatron.nemo /mnt/m -o ro
   ckptfs mount ./hf-model-dir /mnt/m          # a Hugging Face model directory
   mount -t fuse.ckptfs model.nemo /mnt/m -o ro # through mount(8) / fstab (ckptfs install-helper)
-  ckptfs mount s3://bucket/run/step_100/ /mnt/m     # a prefix of an object store (pip install 'ckptfs[remote]')
+  ckptfs mount s3://bucket/run/step_100/ /mnt/m     # a prefix of an object store (the remote extra)
   ckptfs mount https://host/model.safetensors /mnt/m
   ckptfs mount hf://org/model@main /mnt/m           # a Hugging Face repository at its commit
   ckptfs mount s3://bucket/model.nemo /mnt/m --output s3://bucket/fixed.nemo   # edits go to a new key
@@ -64,11 +82,11 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ckptfs",
         description=f"Mount a machine learning checkpoint as a directory: configs as files, every tensor as a "
-        f".npy, nothing extracted. Reads {FORMATS}. Writable: edits are written back in the same format "
-        "on unmount.",
+        f".npy, nothing extracted. Reads {FORMATS}. Mounts of all but the read-only ones are writable: edits "
+        "are written back in the same format on unmount.",
     )
     parser.add_argument("--version", action="version", version=f"ckptfs {__version__}")
     common = argparse.ArgumentParser(add_help=False)

@@ -15,7 +15,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-show() { printf '\n$ %s\n' "$*"; "$@"; }
+# a word as one would type it: quoted where the shell would split or expand it,
+# in double quotes when it holds single quotes and nothing double quotes expand
+quote() {
+    if [[ $1 =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then printf '%s' "$1"
+    elif [[ $1 == *\'* && $1 != *[\"\$\`\\!]* ]]; then printf '"%s"' "$1"
+    else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+# print a command as it could be pasted into a shell, then run it
+show() {
+    printf '\n$'
+    for word in "$@"; do printf ' '; quote "$word"; done
+    printf '\n'
+    "$@"
+}
 
 show "$ckptfs" mount "$here/hf/bert_tiny_sharded" "$mnt"
 show ls "$mnt"
@@ -37,8 +50,8 @@ show tar tvf "$work/copy.nemo"
 
 show "$ckptfs" mount -o ro "$here/nemo/tiny.nemo" "$mnt"
 show "$ckptfs" mount -o ro "$work/copy.nemo" "$edited"
-printf '\n$ diff -r -x raw -x export %s %s   # what the edit changed\n' "$mnt" "$edited"
-diff -r -x raw -x export "$mnt" "$edited" || true
+printf '\n# what the edit changed:'
+show diff -r -x raw -x export "$mnt" "$edited" || true
 show "$ckptfs" umount "$mnt"
 show "$ckptfs" umount "$edited"
 

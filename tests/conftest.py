@@ -23,17 +23,38 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CKPTFS_FIXTURES") or REPO / "samples")
 CKPTFS = [sys.executable, "-m", "ckptfs"]
 TIMEOUT = 60
+#: for a module whose shared (module- or session-scoped) fixture is written by
+#: programs it runs, each bounded by a timeout of its own (minutes on a busy
+#: machine): the per-test limit (120 s, pyproject.toml) then times each test's
+#: body alone, where pytest-timeout would count the build in its first user's time
+TIMED_APART = pytest.mark.timeout(func_only=True)
+
+
+def free_port() -> str:
+    """A TCP port on loopback no one listens on now, for a rendezvous of ranks
+    (a fixed one could be another suite's, running beside this one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def run_ckptfs(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run(CKPTFS + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
 
 
+def mountinfo() -> list[list[str]]:
+    """The fields of each line of /proc/self/mountinfo, read as Python reads
+    file names: a mount of a name that is not UTF-8 (another test's, or
+    another suite's beside this one) is a line like the others."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return [line.split(" ") for line in f.read().splitlines()]
+
+
 def is_mounted(path: Path) -> bool:
-    """Read as bytes: another mount's path may be any bytes, UTF-8 or not."""
-    target = os.fsencode(path).replace(b"\\", b"\\134").replace(b" ", b"\\040")
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split(b" ")[4] == target for line in f)
+    target = str(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    return any(fields[4] == target for fields in mountinfo())
 
 
 def force_unmount(path: Path) -> None:
@@ -49,6 +70,33 @@ def daemon_pid(mnt: Path) -> int:
     pid = mounts.MountState(str(mnt)).pid()
     assert pid is not None, f"no daemon serves {mnt}"
     return pid
+
+
+#: how long one of the writer programs below may take: minutes on a busy machine
+WRITER_TIMEOUT = 600
+
+
+@pytest.fixture(scope="session")
+def written(tmp_path_factory):
+    """`written(MODULE, *ARGS)`: the folder `python -m MODULE OUT *ARGS` wrote
+    (tests/*_writer.py: torch ranks on gloo, seconds of CPU each), run once a
+    session however many test modules read what it wrote, within
+    WRITER_TIMEOUT; a PORT in ARGS becomes a free port. Modules that use it
+    are TIMED_APART."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def write(module: str, *args: str) -> Path:
+        key = (module, *args)
+        if key not in made:
+            out = tmp_path_factory.mktemp(module.rsplit(".", 1)[-1]) / "out"
+            command = [sys.executable, "-m", module, str(out), *(free_port() if a == "PORT" else a for a in args)]
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=WRITER_TIMEOUT,
+                                  env={**os.environ, "DS_ACCELERATOR": "cpu"})
+            assert done.returncode == 0, f"{' '.join(command)}:\n{done.stderr[-3000:]}"
+            made[key] = out
+        return made[key]
+
+    return write
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +157,7 @@ class Mounts:
         problems = []
         for mnt, log, errors_expected in self.made:
             if is_mounted(mnt):
-                done = run_ckptfs("umount", mnt, "--timeout", "30")
+                done = run_ckptfs("umount", mnt, "--timeout", "60", timeout=TIMEOUT + 30)
                 if done.returncode != 0:
                     problems.append(f"umount {mnt}: {done.stderr.strip()}")
             force_unmount(mnt)
@@ -163,7 +211,7 @@ def sha256(path: Path) -> str:
 
 def umount(mnt: Path, *extra: str) -> subprocess.CompletedProcess:
     """`ckptfs umount`, which repacks the edits (or not, with --discard)."""
-    return run_ckptfs("umount", mnt, "--timeout", "60", *extra)
+    return run_ckptfs("umount", mnt, "--timeout", "60", *extra, timeout=TIMEOUT + 30)
 
 
 def pretrained_state(folder) -> tuple[dict, object]:

@@ -77,5 +77,6 @@ def test_ls_a_shows_dot_and_dot_dot(mount, tmp_path):
         done = subprocess.run(["ls", "-a", folder], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.split()[:2] == [".", ".."], done.stdout
     assert (mnt / "enc" / "..").resolve() == mnt and sorted(p.name for p in (mnt / "enc").iterdir()) == ["b.npy", "w.npy"]
-    inode = subprocess.run(["stat", "-c", "%i", mnt / "enc" / ".", mnt / "enc"], capture_output=True, text=True).stdout
+    inode = subprocess.run(["stat", "-c", "%i", mnt / "enc" / ".", mnt / "enc"], capture_output=True, text=True,
+                           timeout=60).stdout
     assert len(set(inode.split())) == 1

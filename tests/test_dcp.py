@@ -14,9 +14,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, TIMED_APART
 
 FSDP2 = FIXTURES / "dcp" / "fsdp2_2rank"
+#: the multi-rank checkpoints are written by gloo ranks in minutes on a busy machine, within their own timeout
+pytestmark = TIMED_APART
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -118,22 +120,11 @@ def test_metadata_globals_are_audited(mount):
 
 
 @pytest.fixture(scope="module", params=[2, 3])
-def multirank(request, tmp_path_factory):
+def multirank(request, written):
     """DCP directories written by `world_size` gloo ranks in subprocesses,
-    one per variant of tests/dcp_writer.py, and an FSDP2 model and optimizer."""
-    import subprocess
-    import sys
-
-    from .conftest import REPO
-
-    out = tmp_path_factory.mktemp(f"dcp{request.param}")
-    port = str(29600 + request.param + os.getpid() % 200)
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.dcp_writer", str(out), str(request.param), port],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, request.param
+    one per variant of tests/dcp_writer.py, and an FSDP2 model and optimizer
+    (test_malicious_corpus.py shares the 2-rank ones)."""
+    return written("tests.dcp_writer", str(request.param), "PORT"), request.param
 
 
 VARIANTS = ["plain", "zstd", "safetensors", "per_rank_metadata"]

@@ -145,3 +145,86 @@ def test_commands_outside_console_blocks_are_only_what_cannot_run_in_a_test():
             command = line.split("#")[0].strip()
             if command:
                 assert command.split()[0] in NOT_RUN_HERE, f"{where}: {command!r} belongs in a ```console block"
+
+
+def _synopsis() -> dict[str, str]:
+    """docs/cli.md's synopsis: each command's line, with its continuation lines."""
+    text = (REPO / "docs" / "cli.md").read_text()
+    block = text.split("```\n", 2)[1]
+    lines: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        if line.startswith("ckptfs "):
+            name = line.split()[1]
+            lines[name] = line
+        elif line.startswith(" ") and name:
+            lines[name] += " " + line.strip()
+    return lines
+
+
+def test_the_cli_synopsis_has_every_command_with_every_option():
+    from ckptfs import manual
+    from ckptfs.cli import build_parser
+
+    synopsis = _synopsis()
+    for name, _, sub in manual._subcommands(build_parser()):
+        assert name in synopsis, f"docs/cli.md's synopsis lacks 'ckptfs {name}'"
+        for action in manual._optionals(sub):
+            if action.dest in ("help", "debug"):  # every command's, said once below the synopsis
+                continue
+            assert any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", synopsis[name]) for o in action.option_strings), \
+                f"docs/cli.md's synopsis of 'ckptfs {name}' lacks {'/'.join(action.option_strings)}"
+
+
+def test_help_lists_the_formats_of_the_registry():
+    """--help and the man page (made from the same parser) name every
+    registered format, the read-only ones as read-only, and the remote sources."""
+    from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
+    from ckptfs.sources.remote import SCHEMES
+
+    for command in ([], ["mount"]):
+        done = subprocess.run([sys.executable, "-m", "ckptfs", *command, "--help"], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        text = " ".join(done.stdout.split())
+        for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS):
+            shown = fmt.described + ("" if fmt.writable else " (read-only)")
+            assert f"{shown}," in text or f"{shown};" in text, f"ckptfs {' '.join(command)} --help: {shown!r}"
+        assert text.count("(read-only)") == sum(not f.writable for f in (*FILE_FORMATS, *DIRECTORY_FORMATS))
+        assert all(scheme in text for scheme in SCHEMES)
+
+
+#: how the docs may tell to install ckptfs: from a clone or a built wheel (it is on no package index)
+INSTALL_FROM = re.compile(r"pip install (-e )?['\"]?(\.|\S+\.whl)(\[[a-z,]+\])?['\"]?(\s|$)")
+
+
+def test_every_pip_install_of_ckptfs_is_from_a_clone_or_a_wheel():
+    texts = {p.relative_to(REPO): p.read_text() for p in [REPO / "README.md", *DOCS, *(REPO / "ckptfs").rglob("*.py")]}
+    for where, text in texts.items():
+        for line in text.splitlines():
+            for found in re.finditer(r"pip install (-\S+ )*(\S+)", line):
+                word = found.group(2).strip("'\"`),")
+                if "ckptfs" in word or word.startswith("."):
+                    assert INSTALL_FROM.search(line[found.start():]), f"{where}: {line.strip()!r}"
+
+
+def test_the_demo_prints_each_command_as_one_could_paste_it():
+    """samples/demo.sh's `show` prints a command before it runs it: read
+    back as a shell reads it, the printed line is the words it ran."""
+    import shlex
+
+    text = (REPO / "samples" / "demo.sh").read_text()
+    functions = re.findall(r"^(quote|show)\(\) \{\n.*?^\}$", text, re.MULTILINE | re.DOTALL)
+    assert functions == ["quote", "show"]
+    defined = "".join(re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", text, re.MULTILINE | re.DOTALL).group(0)
+                      for name in functions)
+    words = ["printf", "%s|", "plain", "two words", "it's", "$HOME", "lr: 0.001", "", "a;b", "*.npy", "-c",
+             "import numpy as np; print(np.load('/mnt/m/w.npy'))", "it's $HOME", "ü"]
+    done = subprocess.run(["bash", "-c", defined + 'show "$@"', "bash", *words], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed, ran = done.stdout.lstrip("\n").split("\n", 1)
+    assert printed.startswith("$ ") and shlex.split(printed[2:]) == words, printed
+    assert ran == "|".join(words[2:]) + "|"
+    assert printed.startswith("$ printf '%s|' plain 'two words' ")  # quotes only where a shell needs them
+    assert """ -c "import numpy as np; print(np.load('/mnt/m/w.npy'))" """ in printed  # as one would write it

@@ -9,31 +9,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from .conftest import run_ckptfs
+from ckptfs.formats import sharded_torch
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import TIMED_APART, run_ckptfs
+
 WORLD = 3
+#: the save takes three torch ranks minutes on a busy machine, within its own timeout
+pytestmark = TIMED_APART
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fsdp1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    done = subprocess.run([sys.executable, "-m", "tests.fsdp1_writer", str(out), str(WORLD), port], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def saved(written) -> Path:
+    return written("tests.fsdp1_writer", str(WORLD), "PORT")
 
 
 def _tensors(obj, prefix=()) -> dict[tuple, np.ndarray]:
@@ -75,6 +68,8 @@ def test_each_rank_file_is_shown_as_saved(saved, mount):
     assert (mnt / "assembled" / "step.yaml").read_text().strip() == "7"
     info = json.loads(run_ckptfs("info", "--json", saved / "ranks").stdout)
     assert info["format"] == "sharded torch.save (FSDP1)" and not info["notes"]
+    # read-only, as its record says and so `ckptfs --help` (tests/test_registry.py for the other formats)
+    assert info["writable"] is False and sharded_torch.FORMAT.writable is False
 
 
 def test_a_missing_rank_leaves_its_tensors_out_with_a_note(saved, tmp_path):

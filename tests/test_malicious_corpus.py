@@ -15,12 +15,13 @@ import pytest
 
 from ckptfs.scan import scan
 
-from .conftest import TIMEOUT
+from .conftest import TIMED_APART, TIMEOUT
 from .malicious.generate import LOADERS, SAMPLES
 from .malicious.safe import REPO, SAFE
 from .malicious.safe import SAMPLES as REPO_SAMPLES
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+#: the real checkpoints are written once by Lightning, transformers and DeepSpeed, within their own timeout
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.distributed is disabled"), TIMED_APART]
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -44,10 +45,14 @@ def test_scan_calls_it_dangerous(name, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def safe_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Written in a child: Lightning, transformers and DeepSpeed stay out of the test process."""
+def safe_checkpoints(tmp_path_factory, written) -> dict[str, Path]:
+    """Written in a child: Lightning, transformers and DeepSpeed stay out of the test process.
+    The DeepSpeed and DCP saves are test_deepspeed.py's and test_dcp.py's, by the same writers."""
     base = tmp_path_factory.mktemp("safe")
-    done = subprocess.run([sys.executable, "-m", "tests.malicious.safe", str(base)], cwd=REPO, capture_output=True,
+    shared = {"deepspeed": written("tests.deepspeed_writer", "2", "3", "PORT"),  # test_deepspeed.py's zero2
+              "dcp": written("tests.dcp_writer", "2", "PORT")}  # test_dcp.py's 2 ranks
+    done = subprocess.run([sys.executable, "-m", "tests.malicious.safe", str(base),
+                           *(f"{name}={folder}" for name, folder in shared.items())], cwd=REPO, capture_output=True,
                           text=True, timeout=TIMEOUT * 15)
     assert done.returncode == 0, done.stderr[-3000:]
     return {path.name: path for path in base.iterdir()}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CKPTFS, FIXTURES, TIMEOUT, force_unmount, is_mounted, run_ckptfs
+from .conftest import CKPTFS, FIXTURES, TIMEOUT, force_unmount, is_mounted, mountinfo, run_ckptfs
 
 #: what mount(8) runs a helper with when started by hand or by systemd: no PATH of ours
 BARE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -34,8 +34,7 @@ def nemo(tmp_path):
 def _mount_options(mnt: Path) -> tuple[list[str], list[str]]:
     """The kernel's per-mount flags and the superblock options of the top mount at `mnt`."""
     found = None
-    for line in Path("/proc/self/mountinfo").read_text(errors="surrogateescape").splitlines():
-        fields = line.split()
+    for fields in mountinfo():
         if fields[4] == str(mnt):
             sep = fields.index("-")
             found = fields[5].split(","), fields[sep + 3].split(",") + [fields[sep + 1]]

@@ -4,12 +4,21 @@ FORMAT is tried by detection, once, and nothing else names the formats."""
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import pkgutil
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
 
 import ckptfs.formats as formats
 from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
-from ckptfs.formats.base import DirectoryFormat, FileFormat
+from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, FileFormat
+from ckptfs.sources.directory import LocalDirectory
+
+from .conftest import FIXTURES
 
 
 def test_every_format_module_is_in_the_registry_once():
@@ -22,3 +31,76 @@ def test_every_format_module_is_in_the_registry_once():
     assert sorted(f.name for f in defined) == sorted(f.name for f in registered)
     assert len({id(f) for f in registered}) == len(registered)
     assert {"gguf", "numpy .npz", "deepspeed zero", "sharded torch.save (FSDP1)"} <= {f.name for f in registered}
+
+
+def _gguf(path):
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_uint32("llama.context_length", 8)
+    w.add_tensor("token_embd.weight", np.ones((2, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _deepspeed(path):
+    """A save in DeepSpeed's layout, as test_deepspeed.py writes one by hand."""
+    import torch
+
+    tag = path / "global_step1"
+    tag.mkdir(parents=True)
+    (path / "latest").write_text("global_step1")
+    torch.save({"module": {}, "buffer_names": [], "param_shapes": [{"w": (2, 2)}], "shared_params": {}},
+               tag / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": {"partition_count": [1], "single_partition_of_fp32_groups": [torch.ones(4)]}},
+               tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+
+
+def _legacy(path):
+    import torch
+
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+
+
+#: format name -> (file or folder name, how to make one from the library that writes it, or a sample)
+MADE = {
+    "nemo (gzip tar)": ("m.nemo", lambda p: p.write_bytes(gzip.compress((FIXTURES / "nemo/tiny.nemo").read_bytes()))),
+    "nemo (tar)": ("m.nemo", lambda p: shutil.copyfile(FIXTURES / "nemo/tiny.nemo", p)),
+    "safetensors": ("m.safetensors", lambda p: save_file({"w": np.ones(3, np.float32)}, p)),
+    "gguf": ("m.gguf", _gguf),
+    "numpy .npz": ("m.npz", lambda p: np.savez(p, w=np.ones(3))),
+    "torch.save (zip)": ("m.ckpt", lambda p: shutil.copyfile(FIXTURES / "lightning/tiny.ckpt", p)),
+    "torch.save (legacy)": ("m.pt", _legacy),
+    "torch.distributed.checkpoint": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p)),
+    "deepspeed zero": ("m", _deepspeed),
+    "Hugging Face directory": ("m", lambda p: shutil.copytree(FIXTURES / "hf/bert_tiny_sharded", p)),
+    "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
+}
+
+
+@pytest.mark.parametrize("name", MADE)
+def test_a_format_takes_edits_as_its_record_says(tmp_path, name):
+    """What `ckptfs --help` says of a format (its record's `writable`, and the
+    name detection gives it) is what opening one does: a writer, or none and a
+    read-only mount. FSDP1 saves need three ranks: tests/test_fsdp1.py."""
+    fmt = next(f for f in (*FILE_FORMATS, *DIRECTORY_FORMATS) if f.name == name)
+    path = tmp_path / MADE[name][0]
+    MADE[name][1](path)
+    assert _detected(path) is fmt
+    checkpoint = formats.open_checkpoint(str(path), str(tmp_path / "cache"))
+    assert (checkpoint.writer is not None) == fmt.writable
+
+
+def _detected(path):
+    """The format detection takes `path` for: the first whose sniff says yes."""
+    if path.is_dir():
+        return next(f for f in DIRECTORY_FORMATS if f.sniff(LocalDirectory(str(path))))
+    head = path.read_bytes()[:SNIFF_BYTES]
+    return next(f for f in FILE_FORMATS if f.sniff(head))
+
+
+def test_every_format_is_made_above_but_fsdp1():
+    names = {f.name for f in (*FILE_FORMATS, *DIRECTORY_FORMATS)}
+    assert names == set(MADE) | {"sharded torch.save (FSDP1)"}

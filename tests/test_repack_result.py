@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from .conftest import FIXTURES, umount
+from .conftest import FIXTURES, TIMEOUT, umount
 
 BERT = FIXTURES / "hf" / "bert_tiny_sharded"
 OWNER = (1234, 2345)  # somebody else: the tests run as root, who may give files away
@@ -46,7 +46,8 @@ def test_a_config_edit_of_a_hugging_face_directory_keeps_modes_and_writes_only_i
     _owned(bert / "config.json", 0o604)
     before = sorted(os.listdir(bert))
     mnt = mount(bert)
-    done = subprocess.run(["sed", "-i", "s/gelu/relu/", mnt / "config.json"], capture_output=True, text=True)
+    done = subprocess.run(["sed", "-i", "s/gelu/relu/", mnt / "config.json"], capture_output=True, text=True,
+                          timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     done = umount(mnt)
     assert done.returncode == 0, done.stderr

@@ -17,7 +17,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from .conftest import FIXTURES, daemon_pid, run_ckptfs, sha256, tar_members, umount, write_refused
+from .conftest import FIXTURES, TIMEOUT, daemon_pid, run_ckptfs, sha256, tar_members, umount, write_refused
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 
@@ -302,7 +302,7 @@ def _nano_edit(path: Path, keys: bytes) -> None:
     if pid == 0:  # the terminal type is set: CI may run without one
         os.execvpe("nano", ["nano", "--ignorercfiles", str(path)], {**os.environ, "TERM": "xterm"})
 
-    def settle(quiet: float = 0.7, timeout: float = 20) -> None:
+    def settle(quiet: float = 0.7, timeout: float = 60) -> None:
         """Read nano's output until it has drawn something and then been
         quiet for `quiet` seconds: its screen is up."""
         deadline, last = time.monotonic() + timeout, None
@@ -320,7 +320,7 @@ def _nano_edit(path: Path, keys: bytes) -> None:
         os.write(fd, b"\r")  # keep the file name
         settle()
         os.write(fd, b"\x18")  # ^X
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not os.waitpid(pid, os.WNOHANG)[0]:
             assert time.monotonic() < deadline, "nano did not exit"
             if select.select([fd], [], [], 0.1)[0]:
@@ -341,10 +341,11 @@ def test_tools_on_a_nemo_nano_dd_truncate_mv_and_rm_r(mount, tmp_path):
     shutil.copy(NEMO, nemo)
     mnt = mount(nemo)
     _nano_edit(mnt / "model_config.yaml", b"# nano was here\r")
-    subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'blob.bin'}", "bs=1k", "count=64", "status=none"], check=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'blob.bin'}", "bs=1k", "count=64", "status=none"], check=True,
+                   timeout=TIMEOUT)
     subprocess.run(["dd", f"of={mnt / 'blob.bin'}", "bs=1", "seek=100", "conv=notrunc", "status=none"],
-                   input=b"PATCH", check=True)
-    subprocess.run(["truncate", "-s", "1000", mnt / "blob.bin"], check=True)
+                   input=b"PATCH", check=True, timeout=TIMEOUT)
+    subprocess.run(["truncate", "-s", "1000", mnt / "blob.bin"], check=True, timeout=TIMEOUT)
     with open(mnt / "log.txt", "a") as f:
         f.write("one\n")
     with open(mnt / "log.txt", "a") as f:
@@ -401,12 +402,13 @@ def small_fs(tmp_path):
     """A 40 MiB tmpfs, unmounted after the test."""
     where = tmp_path / "small"
     where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", where], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", where], capture_output=True, text=True,
+                          timeout=TIMEOUT)
     assert done.returncode == 0, f"cannot mount a tmpfs (the tests run as root): {done.stderr.strip()}"
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", where], capture_output=True)
+        subprocess.run(["umount", "-l", where], capture_output=True, timeout=TIMEOUT)
 
 
 def test_a_full_disk_during_repack_leaves_the_source_and_the_edits(mount, small_fs):
@@ -744,7 +746,7 @@ def test_backup_keeps_the_original_beside_the_new_checkpoint(mount, model, tmp_p
 
 def test_a_source_on_a_read_only_filesystem_mounts_read_only_and_says_so(mnt, small_fs, model):
     shutil.copy(model, small_fs / "m.safetensors")
-    done = subprocess.run(["mount", "-o", "remount,ro", small_fs], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-o", "remount,ro", small_fs], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     done = run_ckptfs("mount", small_fs / "m.safetensors", mnt)
     assert done.returncode == 0

@@ -33,6 +33,16 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     folder.FORMAT,
 )
 
+
+
+def described() -> str:
+    """The formats as `ckptfs --help` and the man page list them, in the
+    order detection tries them, and where they may come from."""
+    shown = [fmt.described + ("" if fmt.writable else " (read-only)") for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS)]
+    return f"{', '.join(shown)}; each from a local path, or from a URL ({', '.join(remote.SCHEMES)}) with the " \
+        "remote extra installed"
+
+
 _NOT_CHECKPOINTS = {
     b"\x80": "a plain pickle, not a torch.save checkpoint (ckptfs does not run pickles)",
 }

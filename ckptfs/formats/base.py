@@ -49,6 +49,10 @@ class FileFormat:
     sniff: Callable[[bytes], bool]
     #: (the file, its stat, the cache directory) -> the checkpoint
     open: Callable[[FileSource, os.stat_result, str], Checkpoint]
+    #: what `ckptfs --help` and the man page call it, in a few words
+    described: str
+    #: whether its checkpoints take edits (its `Checkpoint` has a `Writer`)
+    writable: bool
     #: for a format that can be shown inside another checkpoint (formats/nested.py):
     #: (the inner file, its path, notes) -> (its tree with a writer, its placed
     #: tensors, its pickle globals), or None to leave it a plain file
@@ -64,6 +68,10 @@ class DirectoryFormat:
     sniff: Callable[[Directory], bool]
     #: the directory -> the checkpoint
     open: Callable[[Directory], Checkpoint]
+    #: what `ckptfs --help` and the man page call it, in a few words
+    described: str
+    #: whether its checkpoints take edits (its `Checkpoint` has a `Writer`)
+    writable: bool
 
 
 @dataclass(frozen=True)

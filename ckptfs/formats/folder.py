@@ -94,4 +94,5 @@ class Writer(DirectoryWriter):
                 out.put(target, node, self.originals.get(id(node)))
 
 
-FORMAT = DirectoryFormat("folder of distributed checkpoints", sniff, open_dir)
+FORMAT = DirectoryFormat("folder of distributed checkpoints", sniff, open_dir,
+                         "folders holding distributed checkpoints (NeMo 2, Megatron saves)", writable=True)

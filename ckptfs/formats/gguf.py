@@ -414,4 +414,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("gguf", sniff, open_file)
+FORMAT = FileFormat("gguf", sniff, open_file, "GGUF (llama.cpp, Ollama)", writable=True)

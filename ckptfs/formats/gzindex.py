@@ -131,4 +131,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return open_gzip_tar(source, st, cache_dir)
 
 
-FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file)
+FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file, ".nemo (gzip tar, older NeMo)", writable=True)

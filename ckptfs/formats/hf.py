@@ -309,4 +309,4 @@ def _tree_path(rel: str) -> str:
     return "/".join(names.file_parts(rel))
 
 
-FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir)
+FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir, "Hugging Face model directories", writable=True)

@@ -246,4 +246,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("numpy .npz", sniff, open_file)
+FORMAT = FileFormat("numpy .npz", sniff, open_file, "NumPy .npz archives", writable=True)

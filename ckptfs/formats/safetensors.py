@@ -272,4 +272,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("safetensors", sniff, open_file)
+FORMAT = FileFormat("safetensors", sniff, open_file, ".safetensors", writable=True)

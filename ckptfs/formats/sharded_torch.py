@@ -284,4 +284,5 @@ def _whole(path: tuple, archives: list[TorchZip], per_rank: list[dict]):
     return File(Content([header, *pieces]), xattrs=xattrs), (base.dtype, base.size, extent)
 
 
-FORMAT = DirectoryFormat("sharded torch.save (FSDP1)", sniff, open_dir)
+FORMAT = DirectoryFormat("sharded torch.save (FSDP1)", sniff, open_dir,
+                         "FSDP1 folders of per-rank torch.save files", writable=False)

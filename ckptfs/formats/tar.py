@@ -364,4 +364,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return open_plain(source, st)
 
 
-FORMAT = FileFormat("nemo (tar)", sniff, open_file)
+FORMAT = FileFormat("nemo (tar)", sniff, open_file, ".nemo (tar)", writable=True)

@@ -114,4 +114,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("torch.save (legacy)", sniff, open_file)
+FORMAT = FileFormat("torch.save (legacy)", sniff, open_file, "legacy torch.save files (before torch 1.6)", writable=True)

@@ -392,4 +392,5 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("torch.save (zip)", sniff, open_file, nest=expand_nested)
+FORMAT = FileFormat("torch.save (zip)", sniff, open_file, "torch.save files (.pt, .pth, .bin, Lightning .ckpt)",
+                    writable=True, nest=expand_nested)

@@ -100,7 +100,7 @@ class RemoteObject:
 
 
 def _missing(what: str) -> RemoteError:
-    return RemoteError(f"{what} needs the remote extra: pip install 'ckptfs[remote]'")
+    return RemoteError(f"{what} needs the remote extra: pip install -e '.[remote]' in a clone of ckptfs")
 
 
 class HttpStore:

@@ -9,7 +9,6 @@ closed (never handed to another request) and the caller gets `Stalled`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from ..errors import CkptfsError
@@ -40,6 +39,10 @@ class Watchdog:
         self.fired = False
 
     async def __aenter__(self) -> Watchdog:
+        # imported here: every ckptfs command imports this module (through
+        # the mount options), and asyncio with ssl and socket would cost each one
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._timer = self._loop.call_later(self.seconds, self._fire)
@@ -74,6 +77,8 @@ class Watchdog:
         if not self.fired:
             return False
         if kind is None:  # it fired as the block ended: take the cancel back, keep the result
+            import asyncio
+
             try:
                 await asyncio.sleep(0)
             except asyncio.CancelledError:

@@ -2,9 +2,12 @@
 what `ckptfs scan` must call safe (tests/test_malicious_corpus.py) and
 what the scanners are benchmarked on for false alarms (bench/scan_bench.py).
 
-    python -m tests.malicious.safe OUT
+    python -m tests.malicious.safe OUT [NAME=FOLDER ...]
 
-writes OUT/<name> for each of SAFE, and the samples of the repository.
+writes OUT/<name> for each of SAFE, and the samples of the repository; a
+NAME=FOLDER copies FOLDER, which the same writer already wrote, as NAME
+(the tests share the DeepSpeed and DCP saves of test_deepspeed.py and
+test_dcp.py).
 """
 
 from __future__ import annotations
@@ -103,8 +106,8 @@ def _writer(module: str, out: Path, *args: str) -> Path:
 
 
 def deepspeed(out: Path) -> Path:
-    """engine.save_checkpoint of ZeRO stage 2 on two CPU ranks (tests/deepspeed_writer.py)."""
-    return _writer("tests.deepspeed_writer", out, "2", "2", _port())
+    """engine.save_checkpoint of ZeRO stage 2 on three CPU ranks (tests/deepspeed_writer.py)."""
+    return _writer("tests.deepspeed_writer", out, "2", "3", _port())
 
 
 def distributed(out: Path) -> Path:
@@ -117,14 +120,17 @@ SAFE = {"lightning.ckpt": lightning, "transformers": transformers_model, "optimi
         "numpy": numpy_arrays, "deepspeed": deepspeed, "dcp": distributed}
 
 
-def main(out: Path) -> None:
+def main(out: Path, written: dict[str, Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, write in SAFE.items():
-        write(out / name)
+        if name in written:
+            shutil.copytree(written[name], out / name)
+        else:
+            write(out / name)
     for sample in SAMPLES:
         copy = shutil.copytree if (REPO / sample).is_dir() else shutil.copy
         copy(REPO / sample, out / Path(sample).name)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), {name: Path(folder) for name, _, folder in (a.partition("=") for a in sys.argv[2:])})

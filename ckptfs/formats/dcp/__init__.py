@@ -63,4 +63,5 @@ def open_dir(directory: Directory) -> Checkpoint:
     return ckpt
 
 
-FORMAT = DirectoryFormat("torch.distributed.checkpoint", sniff, open_dir)
+FORMAT = DirectoryFormat("torch.distributed.checkpoint", sniff, open_dir,
+                         "torch.distributed.checkpoint directories (FSDP, DTensor, Megatron)", writable=True)
