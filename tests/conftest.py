@@ -285,3 +285,21 @@ def as_user(user: pwd.struct_passwd, command: list, env: dict | None = None, **k
     return subprocess.run([str(c) for c in command], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
                           env={**base, **(env or {})}, capture_output=True, text=True, errors="surrogateescape",
                           timeout=TIMEOUT, **kwargs)
+
+
+def write_cut_gguf(path: Path) -> None:
+    """A GGUF of three float32 tensors (a, b, c) cut inside the second, as
+    an interrupted download leaves one: two of the three are missing."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    whole = path.with_name("whole.gguf")
+    w = GGUFWriter(str(whole), "llama")
+    for name in ("a", "b", "c"):
+        w.add_tensor(name, np.full((4, 8), ord(name), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    path.write_bytes(whole.read_bytes()[:GGUFReader(str(whole)).tensors[1].data_offset + 16])
+    whole.unlink()

@@ -16,23 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import run_ckptfs, umount
+from .conftest import run_ckptfs, umount, write_cut_gguf
 
 
 def _gguf(path):
     """Three tensors, the file cut inside the second: two of three missing (issue 27)."""
-    from gguf import GGUFReader, GGUFWriter
-
-    whole = path.with_name("whole.gguf")
-    w = GGUFWriter(str(whole), "llama")
-    for name in ("a", "b", "c"):
-        w.add_tensor(name, np.full((4, 8), ord(name), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    second = GGUFReader(str(whole)).tensors[1]
-    path.write_bytes(whole.read_bytes()[:second.data_offset + 16])
+    write_cut_gguf(path)
     return ["b: its 128 bytes at", "c: its 128 bytes at"]
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import ckptfs
 
-from .conftest import FIXTURES, REPO, force_unmount, is_mounted
+from .conftest import FIXTURES, REPO, force_unmount, is_mounted, write_cut_gguf
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
 MARK = "@@ckptfs-doc-command"
@@ -68,23 +68,6 @@ def _broken_safetensors(path: Path) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(131072))
 
 
-def _cut_gguf(path: Path) -> None:
-    """Three tensors, the file cut inside the second (troubleshooting.md)."""
-    import numpy as np
-    from gguf import GGUFReader, GGUFWriter
-
-    whole = path.with_name("whole.gguf")
-    w = GGUFWriter(str(whole), "llama")
-    for name in ("a", "b", "c"):
-        w.add_tensor(name, np.full((4, 8), ord(name), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    path.write_bytes(whole.read_bytes()[:GGUFReader(str(whole)).tensors[1].data_offset + 16])
-    whole.unlink()
-
-
 @pytest.fixture
 def sandbox(tmp_path):
     data = tmp_path / "data"
@@ -94,7 +77,7 @@ def sandbox(tmp_path):
     shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", data / "bert")
     shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", data / "fsdp")
     _broken_safetensors(data / "broken.safetensors")
-    _cut_gguf(data / "cut.gguf")
+    write_cut_gguf(data / "cut.gguf")  # troubleshooting.md
     # a bfloat16 tensor's .npy as a mount serves it (dtypes.md)
     (data / "weight.npy").write_bytes(ckptfs.open(data / "model.nemo").read("model_weights.ckpt/emb/weight.npy"))
     for name in ("m", "a", "b"):
