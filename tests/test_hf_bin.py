@@ -206,3 +206,21 @@ def test_from_pretrained_loads_the_mount_with_its_edits(mount, saved, tmp_path):
     _same(_pretrained(view), expected)  # before the unmount
     assert umount(mnt).returncode == 0
     _same(_pretrained(folder), expected)
+
+
+def test_a_new_tensor_goes_to_the_last_shard_the_index_names_not_a_variant_beside(mount, saved, tmp_path):
+    """`pytorch_model.fp16.bin` sorts after `pytorch_model-00004-of-00004.bin`
+    but is no shard of the index: a new tensor went into it, and the index
+    named it, so from_pretrained loaded the variant as a shard."""
+    state, sharded, _ = saved
+    folder = Path(shutil.copytree(sharded, tmp_path / "model"))
+    variant = folder / "pytorch_model.fp16.bin"
+    torch.save({k: v.half() for k, v in state.items()}, variant)
+    variant_bytes = variant.read_bytes()
+    mnt = mount(folder)
+    np.save(mnt / "new.npy", np.arange(3, dtype=np.float32))
+    assert umount(mnt).returncode == 0
+    index = json.loads((folder / "pytorch_model.bin.index.json").read_text())
+    assert index["weight_map"]["new"] == "pytorch_model-00004-of-00004.bin"
+    assert "new" in torch.load(folder / "pytorch_model-00004-of-00004.bin", weights_only=True)
+    assert variant.read_bytes() == variant_bytes

@@ -114,19 +114,26 @@ class TorchShards:
     def __post_init__(self):
         self.key_at = {rel: {shard.paths[n]: n for n in self.chosen.get(rel, ())} for rel, shard in self.shards.items()}
 
-    def home(self, node: Node, last: str) -> str:
-        return self.owner.get(id(node), last)
+    @property
+    def last(self) -> str:
+        """The shard new tensors go to: the last the index (or the merge)
+        uses, never a variant beside them (`pytorch_model.fp16.bin`, which
+        sorts after `pytorch_model-00002-of-00002.bin`)."""
+        return sorted(self.chosen or self.shards)[-1]
 
-    def check(self, path: str, node: File, last: str) -> None:
-        self.shards[self.home(node, last)].writer.check(path, node)
+    def home(self, node: Node) -> str:
+        return self.owner.get(id(node), self.last)
 
-    def shard_trees(self, tensors: dict[str, Node], files: dict, before: dict, rel: str, last: str):
+    def check(self, path: str, node: File) -> None:
+        self.shards[self.home(node)].writer.check(path, node)
+
+    def shard_trees(self, tensors: dict[str, Node], files: dict, before: dict, rel: str):
         """(files, before) of shard `rel` as its own writer reads them: the
         merged tree's tensor files (and links) that belong to it, at their
         paths; the folders its tree has; and the values of the file the
         merged tree does not show, as they are."""
         shard = self.shards[rel]
-        mine = {p: n for p, n in tensors.items() if self.home(n, last) == rel}
+        mine = {p: n for p, n in tensors.items() if self.home(n) == rel}
         shown = {p for p, (n, _) in before.items() if self.owner.get(id(n)) == rel}
         dirs = {p for p, (n, _) in shard.entries.items() if isinstance(n, Dir)}
         kept = {p: v for p, v in shard.entries.items() if p not in self.key_at[rel] and p not in dirs}
@@ -136,18 +143,19 @@ class TorchShards:
         was = {**kept, **{p: before[p] for p in shown}, **{p: shard.entries[p] for p in dirs}}
         return after, was
 
-    def write(self, out, tensors: dict[str, Node], files: dict, before: dict, sources: dict) -> dict[str, str]:
+    def write(self, out, tensors: dict[str, Node], files: dict, before: dict,
+              sources: dict) -> tuple[dict[str, str], bool]:
         """Each shard kept (hard-linked) or written anew; (the shard of every
         tensor path, whether one was written anew)."""
-        last, rewritten = sorted(self.shards)[-1], False
+        rewritten = False
         for rel, shard in sorted(self.shards.items()):
-            after, was = self.shard_trees(tensors, files, before, rel, last)
+            after, was = self.shard_trees(tensors, files, before, rel)
             if not changes(was, after):
                 out.keep(sources[rel], rel)
             else:
                 rewritten = True
                 out.write(rel, lambda output, s=shard, a=after, w=was: s.writer.write(a, w, output), like=sources[rel])
-        return {p: self.home(n, last) for p, n in tensors.items()}, rewritten
+        return {p: self.home(n) for p, n in tensors.items()}, rewritten
 
     def name(self, path: str, node: Node) -> str:
         """The key a tensor path of the merged tree stands for in its shard."""
