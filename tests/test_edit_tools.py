@@ -223,6 +223,7 @@ def test_files_of_the_source_named_like_temporary_files_are_kept(tmp_path, mount
     mnt = mount(weights)
     assert (mnt / "layers" / "4913" / "w.npy").exists()
     np.save(mnt / "b.npy", ONES * 4)
+    assert "layers.4913.w" in (mnt / ".ckptfs" / "tensors.tsv").read_text()  # what the repack packs
     assert umount(mnt).returncode == 0
     got = load_file(str(weights))
     assert sorted(got) == ["b", "layers.0.w", "layers.4913.w"]
@@ -237,3 +238,39 @@ def test_files_of_the_source_named_like_temporary_files_are_kept(tmp_path, mount
         assert tar.extractfile("notes~").read() == b"kept\n"
         assert tar.extractfile("x.tmp").read() == b"edited\n"
         assert tar.extractfile("model_config.yaml").read() == b"a: 2\n"
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "nemo"])
+def test_a_file_renamed_to_a_backup_name_is_gone_as_rm_would_have_it(fmt, tmp_path, mount):
+    """Emacs (and vim with `backup`) keeps its backup by renaming FILE to
+    FILE~: the file is then gone from what is packed, never packed as a
+    tensor `w.npy~` or refused as one."""
+    source = tmp_path / f"m.{fmt}"
+    if fmt == "safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"w": ONES, "b": ONES * 2}, str(source))
+    elif fmt == "npz":
+        np.savez(source, w=ONES, b=ONES * 2)
+    else:
+        with tarfile.open(source, "w") as tar:
+            for member in ("w.npy", "b.npy"):
+                info = tarfile.TarInfo(member)
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"abc"))
+    mnt = mount(source)
+    os.rename(mnt / "w.npy", mnt / "w.npy~")
+    assert "w.npy" not in (mnt / ".ckptfs" / "tensors.tsv").read_text()
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    if fmt == "nemo":
+        with tarfile.open(source) as tar:
+            assert tar.getnames() == ["b.npy"]
+        return
+    if fmt == "npz":
+        got = dict(np.load(source))
+    else:
+        from safetensors.numpy import load_file
+
+        got = load_file(str(source))
+    assert sorted(got) == ["b"] and (got["b"] == ONES * 2).all()

@@ -13,22 +13,24 @@ import yaml
 
 from .. import __version__
 from ..tree import names, npy
-from ..tree.checkpoint import VIEW_NAME, Checkpoint
+from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
 
 
-def build(ckpt: Checkpoint, editable=None) -> Dir:
-    """The view; for a writable mount (`editable`), info.yaml and
-    tensors.tsv follow the edits (recomputed after each change)."""
+def build(ckpt: Checkpoint, session=None) -> Dir:
+    """The view; for a writable mount (its edit `session`), info.yaml and
+    tensors.tsv follow the edits (recomputed after each change) and show
+    the files a repack would pack."""
     view = Dir()
+    editable = session and session.editable
     if editable is None:
         view.add("info.yaml", File(RenderedText(lambda: info_yaml(ckpt))))
         view.add("tensors.tsv", File(RenderedText(lambda: tensors_tsv(ckpt))))
     else:
-        current = CurrentTensors(ckpt, editable)
+        current = CurrentTensors(ckpt, editable, session.packed_files)
         view.add("info.yaml", File(LiveText(editable, lambda: info_yaml(current.checkpoint()))))
         view.add("tensors.tsv", File(LiveText(editable, lambda: tensors_tsv(current.checkpoint()))))
     view.add("raw", ckpt.raw)
@@ -41,7 +43,7 @@ def build(ckpt: Checkpoint, editable=None) -> Dir:
     if ckpt.pretrained_files is not None:
         from . import pretrained
 
-        view.add(pretrained.NAME, pretrained.build(ckpt, editable))
+        view.add(pretrained.NAME, pretrained.build(ckpt, session))
     # where the checkpoint is, kept out of the files so that two mounts of
     # the same bytes compare equal under `diff -r`
     view.xattrs["ckptfs.source"] = ckpt.source_path
@@ -180,8 +182,8 @@ class CurrentTensors:
     source where untouched, the `.npy` headers of edited ones, and new
     `.npy` files where the format's writer stores them as tensors."""
 
-    def __init__(self, ckpt: Checkpoint, editable):
-        self.ckpt, self.editable = ckpt, editable
+    def __init__(self, ckpt: Checkpoint, editable, packed_files):
+        self.ckpt, self.editable, self.packed_files = ckpt, editable, packed_files
         self._by_node: dict[int, Tensor] | None = None
         editable.before_first_change.append(self._tensor_by_node)
 
@@ -198,13 +200,12 @@ class CurrentTensors:
         return self._by_node
 
     def checkpoint(self) -> Checkpoint:
-        from ..write.diff import files_of, is_edited
+        from ..write.diff import is_edited
         from ..write.overlay import EditedContent, EditedSource
 
         tensors = []
         by_node = self._tensor_by_node()
-        for path, node in sorted(files_of(self.ckpt.root, frozenset({VIEW_NAME}),
-                                          kept=lambda path, node: id(node) in by_node).items()):
+        for path, node in sorted(self.packed_files().items()):
             if not isinstance(node, File):
                 continue
             original = by_node.get(id(node))

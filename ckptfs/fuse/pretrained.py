@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..tree import names, npy
-from ..tree.checkpoint import VIEW_NAME, Checkpoint
+from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir, Symlink, len_of
 from ..tree.tensors import PlacedTensor
@@ -22,17 +22,17 @@ from ..write.overlay import EditedSource
 NAME = "pretrained"
 
 
-def build(ckpt: Checkpoint, editable=None) -> Dir:
-    """The folder; its weights follow the edits of a writable mount (`editable`)."""
+def build(ckpt: Checkpoint, session=None) -> Dir:
+    """The folder; its weights follow the edits of a writable mount (its edit `session`)."""
 
     def fill(folder: Dir) -> None:
         for name in ckpt.pretrained_files or ():
             folder.add(name, Symlink(f"../../{name}"))
-        if editable is None:
+        if session is None:
             selection = export.select(ckpt)
             folder.add(export.SINGLE, File(export.safetensors_file(selection.items), access=selection.access))
         else:
-            folder.add(export.SINGLE, File(CurrentWeights(ckpt, editable)))
+            folder.add(export.SINGLE, File(CurrentWeights(ckpt, session)))
 
     return LazyDir(fill, 0, read_only=True)
 
@@ -43,11 +43,11 @@ class CurrentWeights:
     since the last read. A tensor file that is not valid NPY at the moment,
     or of a dtype safetensors lacks, is left out until it is."""
 
-    def __init__(self, ckpt: Checkpoint, editable):
-        self.ckpt, self.editable = ckpt, editable
+    def __init__(self, ckpt: Checkpoint, session):
+        self.ckpt, self.session, self.editable = ckpt, session, session.editable
         self._generation, self._content = -1, Content([])
         self._at_mount: dict[int, PlacedTensor] | None = None
-        editable.before_first_change.append(self._tensors_at_mount)
+        self.editable.before_first_change.append(self._tensors_at_mount)
 
     def _tensors_at_mount(self) -> dict[int, PlacedTensor]:
         """The source's tensors by their file node, taken before the tree first changes."""
@@ -67,12 +67,9 @@ class CurrentWeights:
         return self._content
 
     def _items(self) -> list[export.Item]:
-        from ..write.diff import files_of
-
         at_mount = self._tensors_at_mount()
         items: dict[str, export.Item] = {}
-        # every name: a tensor folder `4913` is no editor's temporary file (a tensor file never is one)
-        for path, node in files_of(self.ckpt.root, frozenset({VIEW_NAME}), ignored=()).items():
+        for path, node in self.session.packed_files().items():
             original = at_mount.get(id(node))
             if not (isinstance(node, File) and path.endswith(".npy")):
                 continue

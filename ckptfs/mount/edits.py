@@ -113,7 +113,7 @@ class MountEdits:
                 if self.session is not None:
                     self.session.editable.before_first_change.append(lambda: self.state.write_edits_waiting(True))
                 self.resume = False  # a commit starts afresh
-                view = metaview.build(checkpoint, self.session and self.session.editable)
+                view = metaview.build(checkpoint, self.session)
                 view.read_only = True
                 view.access = Access.of(checkpoint.stat)  # not what the tree's root may say of its tensors
                 checkpoint.root.add(VIEW_NAME, view)

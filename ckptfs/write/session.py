@@ -168,8 +168,18 @@ class EditSession:
 
     def _of_source(self, path: str, node: Node) -> bool:
         """Whether a file named like an editor's temporary file is the
-        source's own (at its path, or moved with its folder): it is packed."""
-        return path in self.before() or id(node) in self._mount_paths()
+        source's own: at its path, or moved with its folder under the name
+        it had. One renamed to such a name is gone, as `rm` would have it
+        (Emacs keeps its backup by renaming FILE to FILE~)."""
+        if path in self.before():
+            return True
+        was = self._mount_paths().get(id(node))
+        return was is not None and was.rpartition("/")[2] == path.rpartition("/")[2]
+
+    def packed_files(self) -> dict[str, Node]:
+        """The tree's files as a repack packs them, by path: without the
+        `.ckptfs/` view and editors' temporary files."""
+        return files_of(self.checkpoint.root, VIEW, self.editable.overlay.ignored, self._of_source)
 
     def _mount_paths(self) -> dict[int, str]:
         """Where each node of the tree as it was at mount stood then (by id: the snapshot holds them)."""
@@ -185,7 +195,7 @@ class EditSession:
         if discard:
             overlay.remove()
             return f"{source}: edits discarded"
-        after = files_of(self.checkpoint.root, VIEW, overlay.ignored, self._of_source)
+        after = self.packed_files()
         changed = changes(self.before(), after) if overlay.exists else []
         if not changed and not output_path and not force:
             overlay.remove()
