@@ -175,7 +175,8 @@ def text(report: dict) -> str:
     for path in report["files"]["added"]:
         print(f"file only in B: {path}", file=out)
     for change in report["files"]["changed"]:
-        print(f"file differs: {change['path']}: {_file(change['a'])} -> {_file(change['b'])}", file=out)
+        where = f" (first at byte {change['differs_at']:,})" if "differs_at" in change else ""
+        print(f"file differs: {change['path']}: {_file(change['a'])} -> {_file(change['b'])}{where}", file=out)
         out.write(change.get("diff", ""))
     print(f"{plural(report['equal'], 'tensor', spec=',')} bit-equal"
           + ("; the checkpoints are the same" if report["same"] else ""), file=out)
@@ -191,4 +192,5 @@ def _shown(value: str | None) -> str:
 def _file(what: dict) -> str:
     if "link" in what:
         return f"a link to {what['link']}"
-    return f"{plural(what['size'], 'byte', spec=',')}, sha256 {what['sha256'][:16]}"
+    size = plural(what['size'], 'byte', spec=',')
+    return f"{size}, sha256 {what['sha256'][:16]}" if "sha256" in what else size

@@ -182,6 +182,8 @@ def _file_change(path: str, x: Node, y: Node) -> dict | None:
     if isinstance(x, Symlink) or isinstance(y, Symlink):
         a, b = _describe_link(x), _describe_link(y)
         return None if a == b else {"path": path, "a": a, "b": b}
+    if max(x.content.size, y.content.size) > TEXT_LIMIT:
+        return _large_change(path, x.content, y.content)
     (a, a_head), (b, b_head) = _digest(x), _digest(y)
     if a == b:
         return None
@@ -194,21 +196,34 @@ def _file_change(path: str, x: Node, y: Node) -> dict | None:
     return change
 
 
+def _large_change(path: str, a, b) -> dict | None:
+    """How two contents of which one passes TEXT_LIMIT differ: by size
+    without reading a byte (a multi-GB `pytorch_model.bin` beside the
+    safetensors weights, on a remote source too), else by the first block
+    that differs, read a block at a time from both."""
+    change = {"path": path, "a": {"size": a.size}, "b": {"size": b.size}}
+    if a.size != b.size:
+        return change
+    for offset in range(0, a.size, CHUNK):
+        length = min(CHUNK, a.size - offset)
+        x, y = a.read(offset, length), b.read(offset, length)
+        if x != y:
+            change["differs_at"] = offset + next(i for i, (p, q) in enumerate(zip(x, y)) if p != q)
+            return change
+    return None
+
+
 def _describe_link(node: Node) -> dict:
-    return {"link": node.target} if isinstance(node, Symlink) else _digest(node)[0]
+    """A link's target; a file's size, and its digest if it is small."""
+    if isinstance(node, Symlink):
+        return {"link": node.target}
+    return {"size": node.content.size} if node.content.size > TEXT_LIMIT else _digest(node)[0]
 
 
 def _digest(node: File) -> tuple[dict, bytes | None]:
-    """({size, sha256}, the bytes where they are few enough to show as text),
-    read a block at a time."""
-    content, hashed = node.content, hashlib.sha256()
-    kept = []
-    for offset in range(0, content.size, CHUNK):
-        block = content.read(offset, min(CHUNK, content.size - offset))
-        hashed.update(block)
-        if content.size <= TEXT_LIMIT:
-            kept.append(block)
-    return {"size": content.size, "sha256": hashed.hexdigest()}, b"".join(kept) if content.size <= TEXT_LIMIT else None
+    """({size, sha256}, its bytes) of a file of at most TEXT_LIMIT bytes."""
+    data = node.content.read(0, node.content.size)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, data
 
 
 def _whole(node: File) -> bytes:

@@ -271,3 +271,26 @@ def test_keys_that_read_alike_are_told_apart(tmp_path):
     torch.save({"w": torch.ones(2), "ids": {0: "pad", "0": "unk"}}, tmp_path / "b.pt")
     status, report, text = _diff(tmp_path / "a.pt", tmp_path / "b.pt")
     assert status == 1 and report["values"] == [{"path": "ids/'0'", "a": "pad", "b": "unk"}]
+
+
+def test_a_large_file_beside_the_weights_is_never_hashed_whole(tmp_path):
+    """Files over 1 MiB of different sizes differ without a byte read; of one
+    size, they are compared up to the first block that differs, and the
+    answer says where."""
+    sides = []
+    for name, blob in (("a", b"\0" * (3 << 20)), ("b", b"\0" * (2 << 20) + b"\1" + b"\0" * ((1 << 20) - 1))):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({"w": np.ones(2, np.float32)}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+        (folder / "same.bin").write_bytes(blob)
+        (folder / "sized.bin").write_bytes(bytes((2 << 20) + {"a": 1, "b": 2}[name]))
+        sides.append(folder)
+    done = run_ckptfs("diff", *sides, "--json")
+    assert done.returncode == 1, done.stderr
+    changed = {c["path"]: c for c in json.loads(done.stdout)["files"]["changed"]}
+    assert changed["same.bin"]["differs_at"] == 2 << 20
+    assert changed["same.bin"]["a"] == {"size": 3 << 20}
+    assert changed["sized.bin"]["a"] == {"size": (2 << 20) + 1} and "differs_at" not in changed["sized.bin"]
+    text = run_ckptfs("diff", *sides).stdout
+    assert "file differs: same.bin: 3,145,728 bytes -> 3,145,728 bytes (first at byte 2,097,152)" in text

@@ -146,7 +146,7 @@ def _quantized_item(root: Dir, tensor: QuantizedTensor, name: str, quantized: st
     pieces = node.content.pieces if isinstance(node, File) else []
     length = 4 * math.prod(tensor.shape)
     if not pieces or not isinstance(pieces[0], bytes) or sum(map(len_of, pieces[1:])) != length:
-        left_out.append(f"{name}: its file at {tensor.dequantized_path} does not hold its {length} bytes")
+        left_out.append(f"{name}: its file at {tensor.dequantized_path} does not hold its {plural(length, 'byte')}")
         return None, None
     return Item(name, BY_NAME["float32"], tensor.shape, tuple(pieces[1:]), length), access
 
