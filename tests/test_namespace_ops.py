@@ -331,6 +331,9 @@ def test_gguf_refuses_renaming_its_tensors_and_takes_a_file_saved_into_place(mou
     text = (mnt / "metadata.yaml").read_text().replace("llama.context_length: !u32 16", "llama.context_length: 32")
     (mnt / "metadata.yaml.tmp").write_text(text)
     os.rename(mnt / "metadata.yaml.tmp", mnt / "metadata.yaml")
+    (mnt / "tmpabcdefgh").write_text("a note\n")  # a temporary name: taken when closed
+    refused(errno.EPERM, os.rename, mnt / "tmpabcdefgh", mnt / "notes.txt")  # a name the file cannot hold
+    os.unlink(mnt / "tmpabcdefgh")
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
     reader = GGUFReader(str(source))

@@ -295,6 +295,17 @@ class Writer(FileWriter):
         except ValueError as e:
             raise EditRefused(str(e)) from None
 
+    def check_move(self, moved: list) -> None:
+        """A file renamed into place (sed -i's, an editor's) only to a name
+        the file holds: refused at the rename, not by the repack."""
+        tensors = self._header[1]
+
+        def held(path: str) -> bool:
+            folder, _, leaf = path.rpartition("/")
+            return path == "metadata.yaml" or (folder in tensors and leaf in ("raw.bin", "tensor.npy"))
+
+        self.check_moved_files(moved, held, "a GGUF file holds metadata.yaml and its tensors' raw.bin and tensor.npy only")
+
     def write(self, files: Files, before: Before, output) -> None:
         metadata, tensors = self._header
         problems, placed = [], []
