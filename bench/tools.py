@@ -89,7 +89,8 @@ def in_process(fn, rounds: int) -> float:
 
 def report_info(work: Path, rounds: int, out) -> None:
     from ckptfs import info as checkpoint_info
-    from ckptfs.formats import default_cache_dir, open_checkpoint
+    from ckptfs.formats import open_checkpoint
+    from ckptfs.sources.cachedir import default_cache_dir
 
     sparse, pt = work / "sparse.safetensors", work / "tensors.pt"
     sparse_safetensors(sparse)

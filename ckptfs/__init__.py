@@ -1,7 +1,9 @@
 """ckptfs: machine learning checkpoints as a FUSE filesystem, and as data
 without one: `ckptfs.open(path)` (ckptfs/api.py, docs/api.md)."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "open"]
 
 
 def open(source, cache_dir=None):  # noqa: A001 (as tarfile.open and zipfile do)

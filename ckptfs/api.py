@@ -22,7 +22,6 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
-from . import browse
 from .errors import CkptfsError
 from .humanize import plural
 from .sources.base import FileSource, SliceSource
@@ -30,6 +29,7 @@ from .tree import npy
 from .tree.checkpoint import Checkpoint as _Parsed
 from .tree.nodes import File
 from .tree.tensors import NpyContent, Tensor
+from .view import browse
 
 #: where a format keeps its configuration, in the order they are looked for
 CONFIG_FILES = ("model_config.yaml", "hyper_parameters.yaml", "config.json", "config.yaml")
@@ -121,8 +121,8 @@ class Checkpoint:
 
 
 def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
-    from .formats import default_cache_dir
     from .formats import open_checkpoint as parse
+    from .sources.cachedir import default_cache_dir
     from .sources.remote import is_url
 
     path = os.fspath(source)

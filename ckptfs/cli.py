@@ -8,11 +8,12 @@ import logging
 import os
 import sys
 
-from . import __version__, advice, limits
+from . import advice, limits
 from .errors import CkptfsError, EditsKept, SourceChangedError
 from .humanize import human_size, parse_size, plural
 from .mount import logs, mounts, options
 from .mount.destination import check_edit_options, check_output, destination, use_overlay_dir
+from .version import __version__
 
 log = logging.getLogger("ckptfs")
 
@@ -398,7 +399,7 @@ def _mount_options(args) -> options.MountOptions:
 
 
 def _default_cache_dir() -> str:
-    from .formats import default_cache_dir
+    from .sources.cachedir import default_cache_dir
 
     return default_cache_dir()
 
@@ -621,7 +622,7 @@ def info(args) -> int:
 
 
 def ls(args) -> int:
-    from . import browse
+    from .view import browse
 
     ckpt = _open(args.source)
     listed = list(browse.entries(browse.find(ckpt, args.path), args.path, args.recursive))
@@ -634,7 +635,7 @@ def ls(args) -> int:
 
 
 def cat(args) -> int:
-    from . import browse
+    from .view import browse
 
     ckpt = _open(args.source)
     browse.copy(ckpt, args.path, browse.find(ckpt, args.path), sys.stdout.buffer)

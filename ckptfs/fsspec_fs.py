@@ -16,9 +16,9 @@ import os
 from fsspec.archive import AbstractArchiveFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from . import browse
 from .api import open_checkpoint
 from .tree.nodes import Dir, File
+from .view import browse
 
 
 class CheckpointFileSystem(AbstractArchiveFileSystem):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from . import __version__
 from .tree.checkpoint import Checkpoint
+from .version import __version__
 
 
 def _totals() -> dict[str, int]:

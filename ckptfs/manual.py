@@ -16,8 +16,8 @@ import os
 import re
 import sys
 
-from . import __version__
 from .mount import options
+from .version import __version__
 
 #: in every file made here; install-helper --uninstall removes only files that hold it
 MADE_HERE = "made from ckptfs's argument parser by ckptfs.manual"

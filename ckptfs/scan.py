@@ -34,9 +34,8 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 
-from . import __version__
 from .errors import CkptfsError, FormatError, SourceChangedError
-from .formats import default_cache_dir, gzindex, safetensors, torchlegacy, torchzip
+from .formats import gzindex, safetensors, torchlegacy, torchzip
 from .formats.dcp.metadata import Metadata, is_metadata
 from .formats.dcp.reader import Reader
 from .formats.torchzip_records import CONSEQUENCE, read_records
@@ -48,7 +47,9 @@ from .pickle.inert import Global
 from .pickle.torch_classes import STORAGE_DTYPES
 from .scan_tar import Extracted, extract, is_tar
 from .sources.base import FileSource, SeekableReader, Source
+from .sources.cachedir import default_cache_dir
 from .tree.dtypes import BY_TORCH
+from .version import __version__
 
 #: containers inside containers the scan enters
 MAX_DEPTH = 8

@@ -177,7 +177,8 @@ def test_the_view_is_readable_only_by_whom_every_source_file_is(tmp_path, mount)
 def test_a_file_edited_before_the_view_is_laid_out_is_left_out_with_a_reason():
     """A resumed mount (`mount --resume`) starts with edits in its tree:
     their bytes exist only in the overlay until the repack writes them."""
-    from ckptfs.formats import default_cache_dir, open_checkpoint
+    from ckptfs.formats import open_checkpoint
+    from ckptfs.sources.cachedir import default_cache_dir
     from ckptfs.write.export import select
     from ckptfs.write.overlay import EditedContent
 

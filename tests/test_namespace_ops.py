@@ -346,8 +346,8 @@ def test_renames_and_exchanges_are_replayed_from_the_journal(tmp_path):
     """`ckptfs recover` and `mount --resume` rebuild the tree a rename made:
     the moved files stand at their new paths, named after them, and count as
     edited there (a writer must not take the source's bytes for that path)."""
+    from ckptfs.pack.changes import files_of, is_edited
     from ckptfs.tree.nodes import Content, Dir, File
-    from ckptfs.write.diff import files_of, is_edited
     from ckptfs.write.editable import EditableTree
     from ckptfs.write.overlay import Overlay
 

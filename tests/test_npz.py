@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from ckptfs.formats.zipout import Deflated, Record, ZipStream
+from ckptfs.pack.output import COPY_BLOCK, Output
 from ckptfs.sources.base import FileSource
 from ckptfs.sources.deflate import DeflateSource
-from ckptfs.write.output import COPY_BLOCK, Output
 
 from .conftest import run_ckptfs, sha256, write_refused
 from .hostile.formats import empty_records_zip

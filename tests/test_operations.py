@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 
 from ckptfs.errors import CkptfsError
 from ckptfs.formats import open_checkpoint
-from ckptfs.fuse import metaview
 from ckptfs.fuse.operations import Operations, Ownership
 from ckptfs.tree.checkpoint import VIEW_NAME
 from ckptfs.tree.nodes import Content, Dir, File, LazyDir
+from ckptfs.view import metaview
 
 
 def _call(coro_fn, *args):

@@ -222,8 +222,8 @@ def test_names_kept_beside_a_source_fit_and_belong_to_it_alone(tmp_path):
     """Overlay, lock and temp names stay within 255 bytes for any name a
     folder holds, and a repack's leftovers are told apart by the whole
     name: those of `a.b` are not `a`'s."""
+    from ckptfs.pack.output import TEMP_SUFFIX
     from ckptfs.sources.pathnames import NAME_MAX, beside, temp_prefix
-    from ckptfs.write.output import TEMP_SUFFIX
     from ckptfs.write.session import remove_stale_temp_files
 
     for name in ("m.nemo", "é" * 127, os.fsdecode(b"\xff" * 255), "模" * 85, "x" * 240 + "模" * 5):

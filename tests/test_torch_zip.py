@@ -539,8 +539,8 @@ def _real_zips(tmp_path: Path, generated: Path):
     """(label, Source) of every kind of zip torch.load and np.load read."""
     from ckptfs.formats.torchzip import TorchZip
     from ckptfs.formats.zipout import Record, ZipBlob
+    from ckptfs.pack.output import Output
     from ckptfs.sources.base import FileSource
-    from ckptfs.write.output import Output
 
     yield "generated", FileSource(str(generated))
     yield "lightning", FileSource(str(FIXTURES / "lightning" / "tiny.ckpt"))

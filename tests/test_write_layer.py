@@ -15,11 +15,11 @@ from safetensors.numpy import load_file, save_file
 from ckptfs.errors import CkptfsError, EditRefused, EditsWaiting, RepackError
 from ckptfs.formats import open_checkpoint
 from ckptfs.mount import options
+from ckptfs.pack.changes import changes, files_of, is_edited
+from ckptfs.pack.newdir import NewDirectory
+from ckptfs.pack.output import Output
 from ckptfs.tree.nodes import Content, Dir, File
-from ckptfs.write.diff import changes, files_of, is_edited
 from ckptfs.write.editable import EditableTree
-from ckptfs.write.newdir import NewDirectory
-from ckptfs.write.output import Output
 from ckptfs.write.overlay import Overlay, lock_path
 from ckptfs.write.owned import NotOwned
 

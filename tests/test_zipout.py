@@ -10,8 +10,8 @@ import torch
 
 from ckptfs.formats.torchzip import TorchZip
 from ckptfs.formats.zipout import Record, ZipBlob
+from ckptfs.pack.output import Output
 from ckptfs.sources.base import FileSource
-from ckptfs.write.output import Output
 
 
 @pytest.mark.parametrize("zip64_at", [0xFFFFFFFF, 64], ids=["zip32", "zip64"])

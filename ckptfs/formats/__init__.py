@@ -48,12 +48,6 @@ _NOT_CHECKPOINTS = {
 }
 
 
-def default_cache_dir() -> str:
-    """Where parsed indexes (gzip seek points) are kept between runs."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ckptfs")
-
-
 def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     """Read the metadata of the checkpoint at `path` (a file, a directory,
     or a URL: sources/remote.py) into a tree."""

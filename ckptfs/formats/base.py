@@ -25,16 +25,16 @@ from ..tree import names
 from ..tree.nodes import Dir, File, Node
 
 if TYPE_CHECKING:
+    from ..pack.output import Blob, Output
     from ..sources.base import FileSource, Source
     from ..sources.directory import Directory
     from ..tree.checkpoint import Checkpoint
     from ..tree.tensors import PlacedTensor
-    from ..write.output import Blob, Output
 
 #: how many first bytes a file format's `sniff` is shown
 SNIFF_BYTES = 512
 
-#: path -> node of the edited tree, as `write.diff.files_of` lists it
+#: path -> node of the edited tree, as `pack.changes.files_of` lists it
 Files = dict[str, Node]
 #: path -> (node, its content at mount) of the tree as the source has it
 Before = dict[str, tuple[Node, object]]
@@ -159,7 +159,7 @@ class DirectoryWriter(Writer):
 
     @abstractmethod
     def write_dir(self, files: Files, before: Before, out) -> None:
-        """Fill the empty directory `out` (a `write.newdir.NewDirectory`,
+        """Fill the empty directory `out` (a `pack.newdir.NewDirectory`,
         which makes each file below it, whatever its name) with the new
         checkpoint."""
 

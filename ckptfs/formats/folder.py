@@ -10,13 +10,13 @@ expanded at their own name as everywhere else (docs/layout.md).
 from __future__ import annotations
 
 from ..errors import FormatError
+from ..pack.changes import below
 from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE
-from ..write.diff import below
 from . import dcp
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
 from .nested import Grafts, show_directory

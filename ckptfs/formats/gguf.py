@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import EditRefused, FormatError, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..pack.changes import is_edited
 from ..sources.base import FileSource, Source
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
@@ -42,7 +43,6 @@ from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, QuantizedTensor, Tensor, TensorFile
-from ..write.diff import is_edited
 from . import gguf_values
 from .base import Before, FileFormat, Files, FileWriter
 from .gguf_quants import DEQUANTIZE, Dequantized

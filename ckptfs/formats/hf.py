@@ -16,6 +16,7 @@ import math
 import os
 
 from ..errors import CkptfsError, EditRefused, FormatError
+from ..pack.changes import is_edited
 from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names, npy
@@ -24,7 +25,6 @@ from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Access, Dir, File, Symlink
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, merge_into, tensor_tree
-from ..write.diff import is_edited
 from . import hf_torch, safetensors
 from .base import DirectoryFormat, DirectoryWriter
 

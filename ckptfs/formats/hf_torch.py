@@ -18,13 +18,13 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
+from ..pack.changes import changes, files_of
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import TensorRef
 from ..sources.base import Source
 from ..tree import names
 from ..tree.nodes import Dir, File, Node, PathConflict, Symlink
 from ..tree.tensors import PlacedTensor
-from ..write.diff import changes, files_of
 from . import torchlegacy, torchzip
 from .base import SNIFF_BYTES, FileWriter
 

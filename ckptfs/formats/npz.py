@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from ..errors import EditRefused, FormatError, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..pack.changes import is_edited
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
-from ..write.diff import is_edited
 from .base import FileFormat, FileWriter
 from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Deflated, Record, ZipStream

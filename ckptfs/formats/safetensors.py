@@ -18,6 +18,7 @@ import yaml
 from ..errors import EditRefused, FormatError, MoveRefused, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..pack.changes import is_edited
 from ..sources.base import FileSource, Source
 from ..tree import names, npy, yamltext
 from ..tree.checkpoint import Checkpoint
@@ -25,7 +26,6 @@ from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, tensor_tree
-from ..write.diff import is_edited
 from .base import FileFormat, FileWriter, Moved
 
 MAGIC_LENGTH = 9

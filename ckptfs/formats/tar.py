@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass
 from ..errors import FormatError, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..pack.changes import below, is_edited
+from ..pack.output import Blob, ContentBlob, GzipOutput
 from ..sources import pathnames
 from ..sources.base import FileSource, SeekableReader, Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File, PathConflict, Symlink
 from ..tree.rawfiles import raw_file
-from ..write.diff import below, is_edited
-from ..write.output import Blob, ContentBlob, GzipOutput
 from .base import FileFormat, FileWriter, nested_writer
 from .dcp.metadata import is_metadata, metadata_names
 from .dcp.reader import expand as expand_distributed

@@ -15,6 +15,7 @@ import errno
 import hashlib
 
 from ..errors import EditRefused, MoveRefused, RepackError
+from ..pack.changes import changes
 from ..pickle import object_edits
 from ..pickle import tree_edits as pickled_edits
 from ..pickle import writer as pickle_writer
@@ -31,7 +32,6 @@ from ..pickle.torch_classes import (
 from ..tree import npy
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Dir
-from ..write.diff import changes
 from .base import FileWriter
 from .zipout import Record, ZipBlob
 

@@ -19,6 +19,8 @@ import zlib
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..pack.changes import changes, is_edited
+from ..pack.output import COPY_BLOCK
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
@@ -30,8 +32,6 @@ from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
-from ..write.diff import changes, is_edited
-from ..write.output import COPY_BLOCK
 from .base import FileFormat, FileWriter
 from .torchzip_records import DESCRIPTOR, STORED, Entry, ZipRecords, read_records
 

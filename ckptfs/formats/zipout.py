@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..write.output import COPY_BLOCK
+from ..pack.output import COPY_BLOCK
 
 ALIGN = 64
 FLAGS = 0x0808  # data descriptor, UTF-8 names

@@ -1,2 +1,2 @@
-"""The FUSE side: inodes, handles and errno over a tree of nodes, and the
-`.ckptfs/` view. Knows no format."""
+"""The FUSE side: inodes, handles and errno over a tree of nodes. Knows no
+format."""

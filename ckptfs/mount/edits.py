@@ -95,7 +95,7 @@ class MountEdits:
 
     def load(self):
         from ..formats import open_checkpoint
-        from ..fuse import metaview
+        from ..view import metaview
 
         # Reading the metadata makes hundreds of thousands of objects that live as
         # long as the mount: collecting during the parse only re-scans them (a

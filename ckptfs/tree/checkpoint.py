@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from .nodes import Dir, File
+from .nodes import Dir, File, Writer
 from .tensors import PlacedTensor, QuantizedTensor
-
-if TYPE_CHECKING:
-    from ..formats.base import Writer
 
 #: the read-only folder at the root of every mount that describes the
 #: checkpoint (`info.yaml`, `tensors.tsv`, `raw/`); never part of its content

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Union
+from typing import Callable, Iterator, Protocol, Union
 
 from ..sources.base import Source
-
-if TYPE_CHECKING:
-    from ..formats.base import Writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +41,9 @@ class Content:
     """The bytes of a file: pieces laid end to end."""
 
     __slots__ = ("pieces", "starts", "size", "_slow")
+
+    #: bytes written through the mount (a writable mount's content says True)
+    edited = False
 
     def __init__(self, pieces: list[Piece]):
         self.pieces = [p for p in pieces if len_of(p)]
@@ -162,13 +162,32 @@ class File(Node):
     content: Content
     #: true once a rename took it (or a folder above it) from where the
     #: source has it: what lies at its path is no longer the source's
-    #: bytes there, whatever its own bytes (write/diff.py `is_edited`)
+    #: bytes there, whatever its own bytes (pack/changes.py `is_edited`)
     moved: bool = field(default=False, kw_only=True)
+
+    @property
+    def edited(self) -> bool:
+        """Whether its path no longer holds the source's bytes there: its
+        bytes were written through the mount, or a rename moved it."""
+        return self.moved or getattr(self.content, "edited", False)
 
 
 @dataclass(eq=False, slots=True)
 class Symlink(Node):
     target: str
+
+
+class Writer(Protocol):
+    """A format's writer as the tree holds it (formats/base.py implements
+    it): the edit session and an outer writer call it, the tree never does."""
+
+    adds_tensors: bool
+    directory: bool
+    renames: bool
+
+    def check(self, path: str, node: File) -> None: ...
+
+    def check_move(self, moved: list) -> None: ...
 
 
 class PathConflict(Exception):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import CkptfsError
 from ..formats import safetensors, zipout
 from ..humanize import plural
+from ..pack.output import COPY_BLOCK, TEMP_SUFFIX, Output, created_mode, fsync_dir, umask, with_search_bits
 from ..pickle import writer as pickle_writer
 from ..pickle.inert import Call, Global, PickledDict
 from ..pickle.torch_classes import new_tensor
@@ -31,8 +32,6 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
 from ..tree.nodes import Access, Content, Dir, Extent, File, Node, len_of
 from ..tree.tensors import QuantizedTensor
-from .output import COPY_BLOCK, TEMP_SUFFIX, Output, created_mode, umask, with_search_bits
-from .overlay import fsync_dir
 
 #: the __metadata__ of every safetensors file written (what transformers' save_pretrained writes)
 METADATA = {"format": "pt"}
@@ -250,11 +249,11 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
 
 
 def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) -> None:
-    """The export as new objects (write/upload.py), streamed: one, or for hf
+    """The export as new objects (pack/upload.py), streamed: one, or for hf
     the shards and then the index, so that a reader never finds an index
     whose shards are not all there. A failed hf upload removes the shards
     it made; each object appears whole or not at all."""
-    from .upload import upload
+    from ..pack.upload import upload
 
     prefix = out.rstrip("/") + "/"
     files = files_for(target, items, prefix[:-1].rpartition("/")[2], max_bytes)

@@ -30,36 +30,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import fnmatch
-import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import zlib
 
 from ..errors import CkptfsError, EditsWaiting
+from ..pack.changes import TEMP_PATTERNS
+from ..pack.output import source_identity
 from ..sources import pathnames, remote
 from ..sources.base import Source
+from ..sources.cachedir import default_cache_dir
 from ..tree.nodes import Content
 from . import owned
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 16
-
-#: Names editors and tools use for their own temporary files: never packed,
-#: and their existence alone is not an edit. `-o ignore=` replaces them.
-TEMP_PATTERNS = (".*.swp", ".*.swx", ".*.swo", "*~", "4913", ".#*", "*.tmp", ".~lock.*#")
-
-#: Names of files a program writes whole, then renames over the file they
-#: replace: sed -i's `sedXXXXXX`, Python tempfile's `tmpXXXXXXXX` (mkstemp,
-#: NamedTemporaryFile; a suffix or not). Such a file is checked under the
-#: name it is renamed to, not when closed; one still there at the repack
-#: holds an edit that never reached its file, and is refused.
-STAGING_PATTERNS = ("sed??????", "tmp????????", "tmp????????.*")
-
 
 def overlay_dir(source: str) -> str:
     parent, name = os.path.split(_local_stand_in(source))
@@ -75,38 +63,9 @@ def _local_stand_in(source: str) -> str:
         return os.path.abspath(source)
     root = remote.SETTINGS.overlays
     if not root:
-        from ..formats import default_cache_dir
-
         root = os.path.join(default_cache_dir(), "edits")
     name = source.rstrip("/").rpartition("/")[2][:100] or "source"  # for people to read; the hash tells URLs apart
     return os.path.join(root, hashlib.sha256(os.fsencode(source)).hexdigest()[:16], name)
-
-
-def is_temp_name(name: str, patterns: tuple[str, ...] = TEMP_PATTERNS) -> bool:
-    return _matcher(patterns)(name) is not None
-
-
-def is_staging_name(name: str) -> bool:
-    """A name `STAGING_PATTERNS` matches."""
-    return _matcher(STAGING_PATTERNS)(name) is not None
-
-
-@functools.lru_cache(maxsize=8)
-def _matcher(patterns: tuple[str, ...]):
-    """One regular expression for all the patterns: a writable mount tests
-    every name of its tree (fnmatch per pattern took 1 s for 100k tensors)."""
-    if not patterns:
-        return lambda name: None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL).match
-
-
-def source_identity(path: str) -> dict:
-    """What tells whether the source changed since mount: a file's device,
-    inode, size and mtime; a remote object's size and version (its ETag)."""
-    if remote.is_url(path):
-        return remote.identity(path)
-    st = os.stat(path)
-    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def mounted_identity(path: str) -> dict:
@@ -143,6 +102,8 @@ class EditedSource(Source):
 class EditedContent:
     """A file's bytes after edits: the data file where written, the source's
     content (`base`) elsewhere. The data file's length is the file's length."""
+
+    edited = True
 
     def __init__(self, fd: int, number: int, base: Content | None):
         self.fd, self.number, self.base = fd, number, base
@@ -515,12 +476,3 @@ def lock_path(source: str) -> str:
     from sharing one overlay)."""
     parent, name = os.path.split(_local_stand_in(source))
     return os.path.join(parent, pathnames.beside(name, ".ckptfs.lock"))
-
-
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries durable (after a create, rename or unlink in it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

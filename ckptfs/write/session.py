@@ -16,16 +16,16 @@ from dataclasses import dataclass
 
 from ..errors import CkptfsError, EditRefused, EditsKept, MoveRefused, RepackError, SourceChangedError
 from ..formats.base import DirectoryWriter, Moved, Writer, nested_writer
+from ..pack.changes import TEMP_PATTERNS, changes, files_of, is_staging_name, is_temp_name
+from ..pack.newdir import NewDirectory, Owners
+from ..pack.output import TEMP_SUFFIX, write_atomically, write_directory_atomically
 from ..sources import remote
 from ..sources.pathnames import temp_prefix
 from ..tree import names
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, LazyDir, Node, Symlink
-from .diff import changes, files_of
 from .editable import EditableTree
-from .newdir import NewDirectory, Owners
-from .output import TEMP_SUFFIX, write_atomically, write_directory_atomically
-from .overlay import TEMP_PATTERNS, EditedContent, Overlay, is_staging_name, is_temp_name, mounted_identity
+from .overlay import EditedContent, Overlay, mounted_identity
 
 log = logging.getLogger(__name__)
 VIEW = frozenset({VIEW_NAME})

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckptfs.formats import default_cache_dir, gzindex, open_checkpoint
+from ckptfs.formats import gzindex, open_checkpoint
+from ckptfs.sources.cachedir import default_cache_dir
 
 from . import Case
 

@@ -15,11 +15,11 @@ edited one is stored as its new bytes. Nothing is imported or run.
 from __future__ import annotations
 
 from ...errors import FormatError
+from ...pack.output import ContentBlob
 from ...pickle import object_edits
 from ...pickle.writer import PickleWriteError
 from ...sources.base import Source
 from ...tree import names
-from ...write.output import ContentBlob
 from .. import torchzip
 from .metadata import SHARDED_OBJECT, Metadata
 from .reader import Reader, item_path

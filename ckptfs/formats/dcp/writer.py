@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from ...errors import EditRefused, MoveRefused, RepackError
 from ...humanize import plural
+from ...pack.changes import below, is_edited, same_bytes
+from ...pack.output import Blob, ContentBlob
 from ...pickle.inert import InertUnpickler
 from ...pickle.torch_classes import KNOWN
 from ...pickle.torch_classes import storable as torch_storable
@@ -19,8 +21,6 @@ from ...sources.base import Source
 from ...tree import names, npy
 from ...tree.dtypes import BY_NAME
 from ...tree.nodes import Dir, Extent, File
-from ...write.diff import below, is_edited, same_bytes
-from ...write.output import Blob, ContentBlob
 from .. import torchzip
 from ..base import DirectoryWriter, Moved, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import CkptfsError, SourceChangedError
+from ..sources import remote
 from ..sources.base import FileSource, SliceSource, Source
 from ..sources.pathnames import temp_prefix
 from ..sources.remote import is_url
 from ..tree.nodes import Access
-from .overlay import fsync_dir, source_identity
 
 #: the end of the name of a checkpoint being written beside its destination (`.NAME.RANDOM.ckptfs-new`)
 TEMP_SUFFIX = ".ckptfs-new"
@@ -155,7 +155,7 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
     """Run `writer(output)` into a temp file beside the destination, fsync it
     and rename it over the destination (the source unless `output_path`);
     `backup` keeps the source as SOURCE.orig (a hard link). A destination
-    on object storage is uploaded instead (write/upload.py)."""
+    on object storage is uploaded instead (pack/upload.py)."""
     _check_unchanged(source_path, expected_identity, "since it was mounted; the edits were not written")
     from_remote = is_url(source_path)
     if backup and from_remote:
@@ -313,3 +313,21 @@ class GzipOutput(Output):
 
     def close(self) -> None:
         self.gz.close()
+
+
+def source_identity(path: str) -> dict:
+    """What tells whether the source changed since mount: a file's device,
+    inode, size and mtime; a remote object's size and version (its ETag)."""
+    if remote.is_url(path):
+        return remote.identity(path)
+    st = os.stat(path)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries durable (after a create, rename or unlink in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,11 +11,11 @@ from collections import defaultdict
 
 import yaml
 
-from .. import __version__
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
+from ..version import __version__
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
 
@@ -200,8 +200,8 @@ class CurrentTensors:
         return self._by_node
 
     def checkpoint(self) -> Checkpoint:
-        from ..write.diff import is_edited
-        from ..write.overlay import EditedContent, EditedSource
+        from ..pack.changes import is_edited
+        from ..write.overlay import EditedSource
 
         tensors = []
         by_node = self._tensor_by_node()
@@ -211,7 +211,7 @@ class CurrentTensors:
             original = by_node.get(id(node))
             if original is not None and not is_edited(node):
                 tensors.append(PlacedTensor(path, original))
-            elif original is not None and not isinstance(node.content, EditedContent):  # moved: bytes where they were
+            elif original is not None and not getattr(node.content, "edited", False):  # moved: bytes where they were
                 tensors.append(PlacedTensor(path, dataclasses.replace(original, name=_name(path, node))))
             elif path.endswith(".npy") and (original is not None or self.ckpt.writer.adds_tensors):
                 tensor = _edited_tensor(path, node, original, EditedSource(node.content))

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from typing import BinaryIO, Iterator
 
-from .errors import CkptfsError
-from .fuse import metaview
-from .tree.checkpoint import VIEW_NAME, Checkpoint
-from .tree.nodes import Dir, File, Node, Symlink
-from .tree.tensors import shape_text
+from ..errors import CkptfsError
+from ..tree.checkpoint import VIEW_NAME, Checkpoint
+from ..tree.nodes import Dir, File, Node, Symlink
+from ..tree.tensors import shape_text
+from . import metaview
 
 #: bytes `cat` reads at a time
 CHUNK = 1 << 20

@@ -32,7 +32,7 @@ from ..errors import RepackError
 from ..sources import pathnames
 from ..sources.base import FileSource, Source
 from ..tree.nodes import Access, Dir, Node
-from .diff import is_edited
+from .changes import is_edited
 from .output import Output, created_mode, keep_owner_and_mode, umask, with_search_bits
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
