@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import yaml
 
+from .tree import xattrs
 from .tree.checkpoint import VIEW_NAME
 from .tree.checkpoint import Checkpoint as Parsed
 from .tree.nodes import Dir, Extent, File, Node, Symlink
@@ -37,7 +38,7 @@ TEXT_LIMIT = 1 << 20
 #: the largest rendered YAML compared value by value (larger ones as files)
 VALUES_LIMIT = 4 << 20
 #: xattrs that mark a tensor's file
-TENSOR_XATTRS = ("ckptfs.dtype", "ckptfs.dequantized_from")
+TENSOR_XATTRS = (xattrs.DTYPE, xattrs.DEQUANTIZED_FROM)
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from .tree import xattrs
 from .tree.checkpoint import Checkpoint
 from .version import __version__
 
@@ -43,7 +44,7 @@ def summary(ckpt: Checkpoint) -> dict:
         "format": ckpt.format,
         "source_bytes": ckpt.source_bytes(),
         "writable": ckpt.writer is not None,
-        "read_only_because": None if ckpt.writer is not None else ckpt.root.xattrs.get("ckptfs.read_only"),
+        "read_only_because": None if ckpt.writer is not None else ckpt.root.xattrs.get(xattrs.READ_ONLY),
         "tensors": len(ckpt.tensors) + len(ckpt.quantized),
         "parameters": sum(r["parameters"] for r in by_dtype.values()),
         "tensor_bytes": sum(r["bytes"] for r in by_dtype.values()),

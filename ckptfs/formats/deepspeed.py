@@ -41,12 +41,12 @@ import numpy as np
 from ..errors import FormatError
 from ..humanize import plural
 from ..sources.directory import Directory
-from ..tree import names, npy
+from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
-from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
+from ..tree.nodes import Access, Dir, Extent, PathConflict
 from ..tree.rawfiles import LINKS_OUTSIDE
-from ..tree.tensors import PlacedTensor, Tensor, shape_text
+from ..tree.tensors import PiecedTensor, PlacedTensor, TensorFile
 from .base import DirectoryFormat
 from .nested import Grafts, show_directory
 from .torchzip import TorchZip
@@ -83,7 +83,7 @@ def open_dir(directory: Directory) -> Checkpoint:
                       [p for views in chosen for p in views.placed],
                       files.notes + [n for views in tags.values() for n in views.notes], files.pickle_globals)
     if outside:
-        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+        root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))
     return ckpt  # no writer: read-only
 
 
@@ -107,14 +107,14 @@ def _add_fp32(directory: Directory, tag: str, folder: Dir, path: str, grafts: Gr
         grafts.notes.append(f"{label}: parameters not assembled: " + (f"{where}: " if where != "." else "") + e.problem)
         return
     fp32, placed = Dir(), []
-    for name, tensor_file in tensors.items():
+    for name, parameter in tensors.items():
         try:
             parts = names.tensor_path(name)
-            fp32.subdir(parts[:-1]).add(parts[-1], tensor_file.file())
+            fp32.subdir(parts[:-1]).add(parts[-1], TensorFile(parameter.tensor))
         except PathConflict:
             grafts.notes.append(f"{label}: {name}: another parameter needs its path")
             continue
-        placed.append(PlacedTensor("/".join(parts), tensor_file.tensor))
+        placed.append(PlacedTensor("/".join(parts), parameter.tensor))
     # assembled from every rank's files: readable by whom all of them are
     files = [f"{tag}/{n}" if tag else n for n in directory.names(tag)]
     stats = [directory.open(f).origin.stat for f in files if directory.is_file(f)]
@@ -131,14 +131,9 @@ class Parameter:
         served = FLOAT32 if convert else dtype
         nbytes = served.nbytes(math.prod(shape))
         # where its first bytes lie, for the index (.ckptfs/tensors.tsv); the file reads every piece
-        self.tensor = Tensor(name, served, shape, Extent(pieces[0].source, pieces[0].offset, nbytes))
-
-    def file(self) -> File:
-        dtype = self.tensor.dtype
-        pieces = [ToFloat32(p, self.dtype.name) for p in self.pieces] if self.convert else self.pieces
-        nbytes = sum(p.length for p in pieces)
-        xattrs = {"ckptfs.name": self.name, "ckptfs.dtype": dtype.name, "ckptfs.shape": shape_text(self.shape)}
-        return File(Content([npy.header(*npy.served_layout(dtype, self.shape, nbytes)), *pieces]), xattrs=xattrs)
+        first = Extent(pieces[0].source, pieces[0].offset, nbytes)
+        shown = tuple(ToFloat32(p, dtype.name) for p in pieces) if convert else tuple(pieces)
+        self.tensor = PiecedTensor(name, served, shape, first, shown)
 
 
 class ToFloat32:

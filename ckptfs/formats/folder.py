@@ -13,7 +13,7 @@ from ..errors import FormatError
 from ..pack.changes import below
 from ..sources.base import Source
 from ..sources.directory import Directory
-from ..tree import names
+from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE
@@ -42,7 +42,7 @@ def open_dir(directory: Directory) -> Checkpoint:
             return False
         inner.root.writer = inner.writer  # writes its folder of the new directory
         if inner.writer is None:  # then neither can the folder that holds it be written
-            unwritable.append(f"{rel}: {inner.root.xattrs.get('ckptfs.read_only')}")
+            unwritable.append(f"{rel}: {inner.root.xattrs.get(xattrs.READ_ONLY)}")
         raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
         grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
                      inner.notes, inner.pickle_globals)
@@ -52,7 +52,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     ckpt = Checkpoint("folder of distributed checkpoints", directory.path, directory.stat(), shown.root, shown.raw,
                       grafts.placed, grafts.notes, grafts.pickle_globals)
     if shown.outside or unwritable:
-        shown.root.xattrs["ckptfs.read_only"] = (unwritable[0] if unwritable
+        shown.root.xattrs[xattrs.READ_ONLY] = (unwritable[0] if unwritable
                                                  else LINKS_OUTSIDE.format(", ".join(shown.outside)))
     else:
         ckpt.writer = Writer(shown.sources)

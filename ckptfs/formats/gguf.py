@@ -37,12 +37,12 @@ from ..humanize import plural
 from ..limits import LIMITS
 from ..pack.changes import is_edited
 from ..sources.base import FileSource, Source
-from ..tree import names, npy
+from ..tree import names, npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PlacedTensor, QuantizedTensor, Tensor, TensorFile
+from ..tree.tensors import ComputedTensor, PlacedTensor, QuantizedTensor, Tensor, TensorFile
 from . import gguf_values
 from .base import Before, FileFormat, Files, FileWriter
 from .gguf_quants import DEQUANTIZE, Dequantized
@@ -50,6 +50,7 @@ from .gguf_values import ARRAY, BOOL, SCALARS, STRING, metadata_yaml
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+FLOAT32 = BY_NAME["float32"]
 READ_STEP = 1 << 20
 
 #: ggml tensor types: id -> (name, elements per block, bytes per block, dtype name where NumPy knows it)
@@ -209,7 +210,7 @@ def expand(source: Source, name: str) -> Expanded:
             type_name, block, block_bytes, _ = GGML_TYPES[kind]
             values = None
             if type_name in DEQUANTIZE:
-                where.add("dequantized.npy", _dequantized(source, data_start + offset, type_name, dims))
+                where.add("dequantized.npy", _dequantized(source, data_start + offset, tensor_name, kind, dims))
                 values = folder + "dequantized.npy"
             shape = tuple(reversed(dims))
             shown.quantized.append(QuantizedTensor(tensor_name, type_name, shape, folder + "raw.bin",
@@ -233,8 +234,8 @@ def _tensor(source: Source, name: str, tensor: str, dims: list[int], kind: int, 
         raise FormatError(name, f"its {plural(nbytes, 'byte')} at {start} run past the end of the file "
                                 f"({plural(source.size, 'byte')})")
     data = Extent(source, start, nbytes)
-    raw = File(Content([data]), xattrs={"ckptfs.name": tensor, "ckptfs.ggml_type": type_name,
-                                        "ckptfs.gguf_shape": json.dumps(dims)})
+    raw = File(Content([data]), xattrs={xattrs.NAME: tensor, xattrs.GGML_TYPE: type_name,
+                                        xattrs.GGUF_SHAPE: json.dumps(dims)})
     if dtype_name is None:
         return raw, None, None  # the caller adds the dequantized view where there is one
     placed = Tensor(tensor, BY_NAME[dtype_name], tuple(reversed(dims)), data)
@@ -247,13 +248,16 @@ def byte_count(dims: list[int], kind: int) -> int:
     return math.prod(dims) // block * block_bytes
 
 
-def _dequantized(source: Source, start: int, type_name: str, dims: list[int]) -> File:
-    """A quantized tensor as float32, dequantized on read (not one of the
-    checkpoint's tensors: its values are computed, not stored)."""
-    shape = tuple(reversed(dims))
+def _dequantized(source: Source, start: int, name: str, kind: int, dims: list[int]) -> File:
+    """The quantized tensor `name` as float32, dequantized on read (not one
+    of the checkpoint's tensors: its values are computed, not stored)."""
+    type_name, stored = GGML_TYPES[kind][0], Extent(source, start, byte_count(dims, kind))
     piece = Dequantized(source, start, type_name, math.prod(dims))
-    return File(Content([npy.header("<f4", shape), piece]), read_only=True,
-                xattrs={"ckptfs.dequantized_from": type_name, "ckptfs.shape": json.dumps(list(shape))})
+    values = ComputedTensor(name, FLOAT32, tuple(reversed(dims)), stored, (piece,),
+                            ((xattrs.DEQUANTIZED_FROM, type_name),))
+    file = TensorFile(values)
+    file.read_only = True
+    return file
 
 
 # -- the writer
@@ -417,7 +421,7 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     ckpt = Checkpoint("gguf", source.path, st, shown.root, raw_mirror(source), shown.placed, shown.notes,
                       quantized=shown.quantized)
     if shown.damaged:
-        shown.root.xattrs["ckptfs.read_only"] = (
+        shown.root.xattrs[xattrs.READ_ONLY] = (
             f"{len(shown.damaged)} of {shown.count} tensors cannot be read, and a GGUF written back would lose "
             f"them; to keep the others: ckptfs export {source.path} NEW.safetensors")
     else:

@@ -19,12 +19,11 @@ from ..errors import CkptfsError, EditRefused, FormatError
 from ..pack.changes import is_edited
 from ..sources.base import Source
 from ..sources.directory import Directory
-from ..tree import names, npy
+from ..tree import names, npy, xattrs
 from ..tree.checkpoint import Checkpoint
-from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Access, Dir, File, Symlink
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
-from ..tree.tensors import Tensor, merge_into, tensor_tree
+from ..tree.tensors import Tensor, dtype_before, merge_into, tensor_key, tensor_tree
 from . import hf_torch, safetensors
 from .base import DirectoryFormat, DirectoryWriter
 
@@ -103,11 +102,11 @@ def open_dir(directory: Directory) -> Checkpoint:
     ckpt = Checkpoint(f"huggingface ({kind})", path, directory.stat(), root, raw, placed, notes, pickle_globals)
     ckpt.pretrained_files = _beside_weights(root, weights | set(shards), {p.path.split("/")[0] for p in placed})
     if outside:
-        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+        root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))
     elif links:
-        root.xattrs["ckptfs.read_only"] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
+        root.xattrs[xattrs.READ_ONLY] = "a Hugging Face cache snapshot (symlinks into blobs/): copy it to edit"
     elif not (set(shards) - set(aside) or torch_shards) or notes or len(indexes) > 1:
-        root.xattrs["ckptfs.read_only"] = "no single index or set of files names the model's tensors to write back"
+        root.xattrs[xattrs.READ_ONLY] = "no single index or set of files names the model's tensors to write back"
     else:
         model = {rel: by_name for rel, by_name in shards.items() if rel not in aside}
         ckpt.writer = Writer(sources, model, metadata, indexes[0] if indexes else None, originals,
@@ -223,9 +222,8 @@ class Writer(DirectoryWriter):
         elif self.torch is not None:
             self.torch.check(path, node)
         else:
-            like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
             try:
-                npy.edited_layout(node.content, path, like, safetensors.storable, "safetensors")
+                npy.edited_layout(node.content, path, dtype_before(node), safetensors.storable, "safetensors")
             except ValueError as e:
                 raise EditRefused(str(e)) from None
 
@@ -265,8 +263,7 @@ class Writer(DirectoryWriter):
         """The safetensors shards; (the tensors by name, the shard of each, whether one was written anew)."""
         tensors = {}
         for path, node in by_path.items():
-            name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
-            tensors[name] = node
+            tensors[tensor_key(path, node)] = node
         last = sorted(self.shards)[-1]
         home = {name: self.shard_of.get(name, last) for name in tensors}
         rewritten = False

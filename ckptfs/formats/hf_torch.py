@@ -24,7 +24,7 @@ from ..pickle.torch_classes import TensorRef
 from ..sources.base import Source
 from ..tree import names
 from ..tree.nodes import Dir, File, Node, PathConflict, Symlink
-from ..tree.tensors import PlacedTensor
+from ..tree.tensors import PlacedTensor, shown_again
 from . import torchlegacy, torchzip
 from .base import SNIFF_BYTES, FileWriter
 
@@ -63,7 +63,7 @@ def expand(source: Source, path: str) -> Shard:
         archive, writer = torchlegacy.TorchLegacy(source, path), torchlegacy.Writer(source, path)
     else:
         raise FormatError(path, "not a torch.save file (a weights file of a Hugging Face folder must be one)")
-    builder = ObjectTree(archive.tensor_file, record=True)
+    builder = ObjectTree(archive.tensor, record=True)
     try:
         folder = builder.build(archive.obj)
     except RecursionError:
@@ -91,7 +91,7 @@ def merged_tree(shards: dict[str, Shard], chosen: dict[str, list[str]]) -> tuple
             path = shard.paths[name]
             node = shard.entries[path][0]
             copy: Node = (Symlink(node.target) if isinstance(node, Symlink) else
-                          File(node.content, xattrs=dict(node.xattrs), mtime_ns=shard.folder.mtime_ns))
+                          shown_again(node, mtime_ns=shard.folder.mtime_ns))
             parts = path.split("/")
             try:
                 root.subdir(parts[:-1]).add(parts[-1], copy)
@@ -163,4 +163,4 @@ class TorchShards:
         name = self.key_at[rel].get(path) if rel is not None else None
         if name is not None:
             return name
-        return ".".join(names.unescape(p) for p in path[:-4].split("/"))
+        return names.tensor_name(path)

@@ -36,7 +36,7 @@ from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PlacedTensor, Tensor, shape_text
+from ..tree.tensors import PiecedTensor, PlacedTensor, Tensor, TensorFile
 from .base import FileFormat, FileWriter
 from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Deflated, Record, ZipStream
@@ -162,10 +162,10 @@ def _record_file(data: Source, record: str) -> tuple[File, Tensor | None, str]:
     nbytes = dtype.nbytes(math.prod(shape)) if dtype is not None else None
     if nbytes is None or start + nbytes != data.size:
         return file, None, ""  # an array but no tensor (objects, strings, structured): the file as it is
-    tensor = Tensor(key, dtype, tuple(shape), Extent(data, start, nbytes))
-    # the same bytes, as every tensor's file holds them: its NPY header, then its data
-    xattrs = {"ckptfs.name": key, "ckptfs.dtype": dtype.name, "ckptfs.shape": shape_text(shape)}
-    return File(Content([head[:start], tensor.data]), xattrs=xattrs), tensor, ""
+    stored = Extent(data, start, nbytes)
+    # the record's bytes as np.load reads them: its own NPY header, then its data
+    tensor = PiecedTensor(key, dtype, tuple(shape), stored, (stored,), header=head[:start])
+    return TensorFile(tensor), tensor, ""
 
 
 class Writer(FileWriter):

@@ -20,12 +20,12 @@ from ..humanize import plural
 from ..limits import LIMITS
 from ..pack.changes import is_edited
 from ..sources.base import FileSource, Source
-from ..tree import names, npy, yamltext
+from ..tree import npy, yamltext
 from ..tree.checkpoint import Checkpoint
-from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
+from ..tree.dtypes import BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import Tensor, tensor_tree
+from ..tree.tensors import Tensor, dtype_before, tensor_key, tensor_tree
 from .base import FileFormat, FileWriter, Moved
 
 MAGIC_LENGTH = 9
@@ -177,7 +177,7 @@ class Writer(FileWriter):
                 metadata = _edited_metadata(node, problems)
             elif path.endswith(".npy") and isinstance(node, File):
                 try:
-                    name = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
+                    name = tensor_key(path, node)
                     entries[name] = self._entry(name, node)
                 except ValueError as e:
                     problems.append(str(e))
@@ -192,7 +192,7 @@ class Writer(FileWriter):
     def check(self, path: str, node: File) -> None:
         if path.endswith(".npy"):
             try:
-                self._entry(node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/")), node)
+                self._entry(tensor_key(path, node), node)
             except ValueError as e:
                 raise EditRefused(str(e)) from None
         elif path == "__metadata__.yaml":
@@ -213,7 +213,7 @@ class Writer(FileWriter):
         if original is not None and not is_edited(node):
             return original.dtype, original.shape, original.data, original.data.length
         content = node.content
-        like = original.dtype if original else BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+        like = original.dtype if original else dtype_before(node)
         dtype, shape, start, length = npy.edited_layout(content, name, like, storable, "safetensors")
         return dtype, shape, (content, start), length
 

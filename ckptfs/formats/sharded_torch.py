@@ -16,7 +16,7 @@ see) are those of `assembled/`. Read-only.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import zipfile
@@ -30,13 +30,13 @@ from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import Size, TensorRef, dtype_of
 from ..sources.base import SeekableReader, Source
 from ..sources.directory import Directory
-from ..tree import names, npy
+from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Access, Content, Extent, File, PathConflict
+from ..tree.nodes import Access, Extent, PathConflict
 from ..tree.rawfiles import LINKS_OUTSIDE
-from ..tree.tensors import Tensor, shape_text
+from ..tree.tensors import Tensor
 from .base import DirectoryFormat
-from .dcp.assemble import Assembled, Chunk, covers_exactly, row_pieces
+from .dcp.assemble import Chunk, assembled_tensor, covers_exactly
 from .nested import Grafts, show_directory
 from .torchzip import ZIP_MAGIC, TorchZip, find_record
 
@@ -211,7 +211,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     ckpt = Checkpoint("sharded torch.save (FSDP1)", directory.path, directory.stat(), root, raw, views.placed,
                       grafts.notes, grafts.pickle_globals)
     if outside:
-        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+        root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))
     return ckpt  # no writer: read-only
 
 
@@ -236,14 +236,12 @@ def _assembled(directory: Directory, rank_files: list[str], notes: list[str]):
         stride = tuple(math.prod(size[i + 1:]) for i in range(len(size)))
         return WholeRef(None, per_rank[0][path].dtype, 0, size, stride, path)
 
-    def tensor_file(ref: TensorRef, name: str):
+    def tensor_of(ref: TensorRef, name: str) -> Tensor:
         if isinstance(ref, WholeRef):
-            file, (dtype, shape, extent) = wholes[ref.key_path]
-            file.xattrs["ckptfs.name"] = name
-            return file, Tensor(name, dtype, shape, extent)
-        return first.tensor_file(ref, name)
+            return dataclasses.replace(wholes[ref.key_path], name=name)
+        return first.tensor(ref, name)
 
-    builder = ObjectTree(tensor_file)
+    builder = ObjectTree(tensor_of)
     try:
         folder = builder.build(_walk(first.obj, (), whole_ref, set()))
     except RecursionError:
@@ -253,9 +251,10 @@ def _assembled(directory: Directory, rank_files: list[str], notes: list[str]):
     return folder, builder.placed
 
 
-def _whole(path: tuple, archives: list[TorchZip], per_rank: list[dict]):
-    """The file of a ShardedTensor, whole: every rank's local shards laid
-    in place. FormatError naming the tensor when they do not tile it."""
+def _whole(path: tuple, archives: list[TorchZip], per_rank: list[dict]) -> Tensor:
+    """The record of a ShardedTensor, whole (named by its key path): every
+    rank's local shards laid in place. FormatError naming the tensor when
+    they do not tile it."""
     where = ".".join(map(str, path))
     base = per_rank[0][path]
     chunks = []
@@ -272,16 +271,11 @@ def _whole(path: tuple, archives: list[TorchZip], per_rank: list[dict]):
     problem = covers_exactly(base.size, chunks)
     if problem:
         raise FormatError(archives[0].name, f"the shards of {plural(len(archives), 'file')} do not tile it: {problem}")
-    itemsize = base.dtype.bits // 8
-    pieces = row_pieces(base.size, chunks) or [Assembled(base.size, itemsize, tuple(chunks))]
-    nbytes = math.prod(base.size) * itemsize
-    xattrs = {"ckptfs.dtype": base.dtype.name, "ckptfs.shape": shape_text(base.size),
-              "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}
+    nbytes = math.prod(base.size) * (base.dtype.bits // 8)
     # where its first shard lies, for the index (.ckptfs/tensors.tsv); the file reads every shard
     first = chunks[0].piece if chunks else Extent(archives[0].source, 0, 0)
     extent = Extent(first.source, first.offset if isinstance(first, Extent) else first.base, nbytes)
-    header = npy.header(*npy.served_layout(base.dtype, base.size, nbytes))
-    return File(Content([header, *pieces]), xattrs=xattrs), (base.dtype, base.size, extent)
+    return assembled_tensor(where, base.dtype, base.size, chunks, extent)
 
 
 FORMAT = DirectoryFormat("sharded torch.save (FSDP1)", sniff, open_dir,

@@ -30,15 +30,15 @@ from ..pickle.torch_classes import (
     storable,
 )
 from ..tree import npy
-from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Dir
+from ..tree.tensors import dtype_before
 from .base import FileWriter
 from .zipout import Record, ZipBlob
 
 
 def _object_tree(archive) -> ObjectTree:
     """The tree of `archive`, knowing where each path's value lives."""
-    tree = ObjectTree(archive.tensor_file, record=True)
+    tree = ObjectTree(archive.tensor, record=True)
     tree.build(archive.obj)
     return tree
 
@@ -70,7 +70,7 @@ def check(archive_of, path: str, node, storable, target: str) -> None:
     `archive_of()` reads afresh)."""
     try:
         if path.endswith(".npy"):
-            npy.edited_layout(node.content, path, BY_NAME.get(node.xattrs.get("ckptfs.dtype", "")), storable, target)
+            npy.edited_layout(node.content, path, dtype_before(node), storable, target)
         elif path.endswith(".yaml"):
             view = object_edits.parse(node.content.read(0, node.content.size), path)
             tree = _object_tree(archive_of())

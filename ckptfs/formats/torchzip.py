@@ -26,12 +26,12 @@ from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
 from ..sources.base import FileSource, Source
 from ..sources.deflate import DeflateSource
-from ..tree import npy
+from ..tree import npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PlacedTensor, Tensor, shape_text
+from ..tree.tensors import PiecedTensor, PlacedTensor
 from .base import FileFormat, FileWriter
 from .torchzip_records import DESCRIPTOR, STORED, Entry, ZipRecords, read_records
 
@@ -80,25 +80,18 @@ class PickledCheckpoint:
             return Extent(storage.source, storage.offset + ref.offset * itemsize, numel * itemsize), storage
         return Gather(storage.source, storage.offset, itemsize, ref.offset, ref.shape, ref.stride), storage
 
-    def tensor_file(self, ref: TensorRef, name: str) -> tuple[File, Tensor]:
+    def tensor(self, ref: TensorRef, name: str) -> PiecedTensor:
+        """The record of the tensor `ref` at key `name`: its piece, and
+        where its storage lies."""
         piece, storage = self.tensor_piece(ref, name)
-        nbytes = piece.length
-        itemsize = ref.dtype.bits // 8
-        tensor = Tensor(name, ref.dtype, ref.shape, Extent(storage.source, storage.offset + ref.offset * itemsize, nbytes))
-        descr, shape = npy.served_layout(ref.dtype, ref.shape, nbytes)
-        path, start = storage.source.locate(storage.offset)
-        xattrs = {
-            "ckptfs.name": name,
-            "ckptfs.dtype": ref.dtype.name,
-            "ckptfs.shape": shape_text(ref.shape),
-            "ckptfs.source": path,
-            "ckptfs.range": f"{start}-{start + storage.length}",
-            "ckptfs.storage": f"{ref.storage.key} offset {ref.offset} stride {list(ref.stride)}",
-        }
-        return File(Content([npy.header(descr, shape), piece]), xattrs=xattrs), tensor
+        start = storage.offset + ref.offset * (ref.dtype.bits // 8)
+        path, first = storage.source.locate(storage.offset)
+        facts = ((xattrs.SOURCE, path), (xattrs.RANGE, f"{first}-{first + storage.length}"),
+                 (xattrs.STORAGE, f"{ref.storage.key} offset {ref.offset} stride {list(ref.stride)}"))
+        return PiecedTensor(name, ref.dtype, ref.shape, Extent(storage.source, start, piece.length), (piece,), facts)
 
     def tree(self) -> tuple[Dir, list[PlacedTensor]]:
-        builder = ObjectTree(self.tensor_file)
+        builder = ObjectTree(self.tensor)
         try:
             root = builder.build(self.obj)
         except RecursionError:

@@ -26,6 +26,7 @@ import pyfuse3
 import trio
 
 from ..errors import CkptfsError
+from ..tree import xattrs
 from ..tree.nodes import Access, Content, Dir, File, LazyDir, Node, Symlink
 from ..write.editable import EditableTree, describe_tensor
 from ..write.overlay import EditedContent
@@ -393,7 +394,7 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is not None and handle.wrote:
             self._views_changed()
-            problem = self.nodes[handle.inode].xattrs.get("ckptfs.problem")
+            problem = self.nodes[handle.inode].xattrs.get(xattrs.PROBLEM)
             if problem is not None:
                 log.warning("%s (the repack will refuse it until it is fixed)", problem)
 
@@ -467,11 +468,11 @@ class Operations(pyfuse3.Operations):
         path = self._path(inode)
         problem = self.check(path, node)
         if problem is None:
-            node.xattrs.pop("ckptfs.problem", None)
+            node.xattrs.pop(xattrs.PROBLEM, None)
             if path.endswith(".npy"):
                 describe_tensor(node)
         else:
-            node.xattrs["ckptfs.problem"] = problem
+            node.xattrs[xattrs.PROBLEM] = problem
         return problem
 
     @_handler

@@ -12,6 +12,7 @@ from .. import advice
 from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 from ..humanize import human_size
 from ..sources import remote
+from ..tree import xattrs
 from ..tree.checkpoint import VIEW_NAME
 from ..tree.nodes import Access
 from . import logs, mounts
@@ -26,7 +27,7 @@ REMOTE_READ_ONLY = ("a remote checkpoint mounts read-only unless its edits have 
 def _read_only(checkpoint, reason: str, say: bool = True) -> None:
     """Serve the checkpoint read-only, saying why in the log and on stderr
     (unless asked for) and in the root's `user.ckptfs.read_only` attribute."""
-    checkpoint.root.xattrs["ckptfs.read_only"] = reason
+    checkpoint.root.xattrs[xattrs.READ_ONLY] = reason
     if say:
         logs.tell(log, logging.WARNING, f"{reason}; mounted read-only")
 
@@ -58,7 +59,7 @@ def _edit_session(checkpoint, opts, resume: bool = False):
     if opts.read_only:
         return _read_only(checkpoint, "mounted with -o ro", say=False)
     if checkpoint.writer is None:
-        reason = checkpoint.root.xattrs.get("ckptfs.read_only") or f"ckptfs cannot write {checkpoint.format} checkpoints"
+        reason = checkpoint.root.xattrs.get(xattrs.READ_ONLY) or f"ckptfs cannot write {checkpoint.format} checkpoints"
         return _read_only(checkpoint, f"{source}: {reason}")
     if remote.is_url(source):
         if not (opts.output or opts.replace):
@@ -171,7 +172,7 @@ class MountEdits:
         except CkptfsError as e:
             return 1, f"{message}, but it cannot be mounted again ({e}); the mount serves what it served"
         if self.session is None:
-            return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs['ckptfs.read_only']})"
+            return 1, f"{message}; the mount is read-only from now on ({checkpoint.root.xattrs[xattrs.READ_ONLY]})"
         self.operations.replace_tree(checkpoint.root, self.session.editable, self.session.check,
                                      self.session.check_move)
         return 0, message

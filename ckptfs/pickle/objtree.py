@@ -13,11 +13,12 @@ from typing import Callable
 from ..limits import LIMITS
 from ..tree import names
 from ..tree.nodes import Content, Dir, File, Node, PathConflict, Symlink
-from ..tree.tensors import PlacedTensor
+from ..tree.tensors import PlacedTensor, Tensor, TensorFile
 from .pyobjects import to_yaml
 from .torch_classes import TensorRef
 
-MakeTensorFile = Callable[[TensorRef, str], tuple[File, object]]
+#: (a pickled tensor, its full key) -> its record
+TensorOf = Callable[[TensorRef, str], Tensor]
 
 
 class ObjectTree:
@@ -30,8 +31,8 @@ class ObjectTree:
     for. A value that is not a container is the one item of `holder`.
     """
 
-    def __init__(self, tensor_file: MakeTensorFile, record: bool = False):
-        self.tensor_file = tensor_file  # (tensor, full name) -> (file, Tensor for the index)
+    def __init__(self, tensor_of: TensorOf, record: bool = False):
+        self.tensor_of = tensor_of
         self.record = record
         self.placed: list[PlacedTensor] = []
         self._holds_tensors: dict[int, bool] = {}
@@ -95,8 +96,8 @@ class ObjectTree:
         if isinstance(value, TensorRef):
             name = leaf + ".npy"
             if not self._link(parent, name, value, where, slot):
-                node, tensor = self.tensor_file(value, full)
-                self._put(parent, name, node)
+                tensor = self.tensor_of(value, full)
+                self._put(parent, name, TensorFile(tensor))
                 self.placed.append(PlacedTensor(f"{where}/{name}".lstrip("/"), tensor))
                 self._slot(f"{where}/{name}", slot)
         elif self.holds_tensors(value):

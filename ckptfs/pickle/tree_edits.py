@@ -111,7 +111,7 @@ class _Edits:
             if len(rest) == 1 and not prefix:
                 int_keys = any(isinstance(k, int) and not isinstance(k, bool) for k in container)
                 return container, names.key_from_name(rest[0], int_keys)
-            return container, prefix + ".".join(names.unescape(p) for p in rest)
+            return container, prefix + names.tensor_name("/".join(rest), suffix="")
         except (ValueError, SyntaxError) as e:
             raise EditError(f"{path}: {e}") from None
 

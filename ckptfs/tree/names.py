@@ -106,6 +106,12 @@ def tensor_path(name: str, suffix: str = ".npy") -> list[str]:
     return [escape(p) for p in parts[:-1]] + [escape(parts[-1], suffix)]
 
 
+def tensor_name(path: str, suffix: str = ".npy") -> str:
+    """The flat dotted tensor name a path of the tree spells, the inverse of
+    `tensor_path`: `a/b/w.npy` -> `a.b.w` (each part unescaped)."""
+    return ".".join(unescape(p) for p in path.removesuffix(suffix).split("/"))
+
+
 def key_name(key: object, sibling_keys: frozenset = frozenset(), suffix: str = "") -> str:
     """The file name for one key of a container (dict key or list index).
 

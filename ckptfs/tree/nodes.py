@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Union
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Protocol, Union
 
 from ..sources.base import Source
+
+if TYPE_CHECKING:
+    from .tensors import Tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,10 @@ class File(Node):
     #: source has it: what lies at its path is no longer the source's
     #: bytes there, whatever its own bytes (pack/changes.py `is_edited`)
     moved: bool = field(default=False, kw_only=True)
+    #: the tensor a `.npy` file of the source shows (`tensors.TensorFile`
+    #: has one): what writers take its key and dtype from; None for any
+    #: other file, and for a file made through the mount
+    tensor: ClassVar[Tensor | None] = None
 
     @property
     def edited(self) -> bool:

@@ -6,7 +6,7 @@ import os
 
 from ..sources.base import Source
 from ..sources.directory import Directory
-from . import names
+from . import names, xattrs
 from .nodes import Access, Content, Dir, Extent, File, Symlink
 
 
@@ -14,10 +14,10 @@ def raw_file(source: Source, offset: int, length: int, *, mtime_ns: int | None =
     """A file of `length` bytes of `source` from `offset`, readable by whom
     the file on disk holding them is."""
     path, start = source.locate(offset)
-    xattrs = {"ckptfs.source": path, "ckptfs.range": f"{start}-{start + length}"}
     origin = source.origin
     access = Access.of(origin.stat) if origin is not None else None
-    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns, xattrs=xattrs, access=access)
+    return File(Content([Extent(source, offset, length)]), mtime_ns=mtime_ns,
+                xattrs={xattrs.SOURCE: path, xattrs.RANGE: f"{start}-{start + length}"}, access=access)
 
 
 def raw_mirror(source: Source) -> Dir:

@@ -4,53 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-from . import names, npy
+from . import names, npy, xattrs
 from .dtypes import DType
-from .nodes import Content, Dir, Extent, File
-
-
-@dataclass(frozen=True, slots=True)
-class Tensor:
-    """A C-contiguous tensor stored as one byte range."""
-
-    name: str
-    dtype: DType
-    shape: tuple[int, ...]
-    data: Extent
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True, slots=True)
-class PlacedTensor:
-    """A tensor and the path of its file in the mount."""
-
-    path: str
-    tensor: Tensor
-
-
-@dataclass(frozen=True, slots=True)
-class QuantizedTensor:
-    """A tensor stored in blocks of a quantized type no NumPy dtype holds
-    (GGML's Q4_0, Q6_K...): the shape of its values, the path in the tree
-    of its raw bytes (`raw_shape`: uint8, the last dimension counted in
-    bytes, as gguf-py's reader gives them), and of its values as float32,
-    None where ckptfs cannot compute them."""
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-    raw_path: str
-    raw_shape: tuple[int, ...]
-    dequantized_path: str | None
+from .nodes import Content, Dir, Extent, File, Piece, len_of
 
 
 class NpyContent(Content):
-    """A tensor's `.npy` bytes: its NPY header, made again when read (headers
-    of one shape are shared by a cache), then its data, in place."""
+    """A `Tensor`'s `.npy` bytes: its NPY header, made again when read
+    (headers of one shape are shared by a cache), then its data, in place."""
 
     __slots__ = ("tensor",)
 
@@ -82,33 +45,149 @@ class NpyContent(Content):
         return [0, self.size - self.tensor.data.length]
 
 
+class PiecedContent(Content):
+    """A `PiecedTensor`'s `.npy` bytes: its NPY header (its own, or made),
+    then its pieces."""
+
+    __slots__ = ()
+
+    def __init__(self, tensor: PiecedTensor):
+        header = tensor.header
+        if header is None:
+            nbytes = sum(map(len_of, tensor.pieces))
+            header = npy.header(*npy.served_layout(tensor.dtype, tensor.shape, nbytes))
+        Content.__init__(self, [header, *tensor.pieces])
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A tensor of a checkpoint, the record its `.npy` file is built from
+    (`TensorFile`) and writers read: its key, dtype and shape, and `data`,
+    its C-order bytes in one byte range of a source. The file shows them,
+    and where that range lies."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    data: Extent
+
+    #: what its file's bytes are, made from the record: the NPY header, then `data`
+    content_type: ClassVar[type[Content]] = NpyContent
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def attributes(self) -> dict[str, str]:
+        path, start = self.data.source.locate(self.data.offset)
+        return {xattrs.NAME: self.name, xattrs.DTYPE: self.dtype.name, xattrs.SHAPE: shape_text(self.shape),
+                xattrs.SOURCE: path, xattrs.RANGE: f"{start}-{start + self.data.length}"}
+
+
+@dataclass(frozen=True, slots=True)
+class PiecedTensor(Tensor):
+    """A tensor whose bytes are read from `pieces` rather than `data` alone:
+    a strided view (`gather.Gather`), chunks or shards assembled on read,
+    values converted on read, or the bytes after an NPY header of their own
+    (`header`, an `.npz` record's). `data` is then where its first bytes
+    lie, which the index shows. `facts` are the attributes its format adds
+    (where a storage lies, the chunks), shown after name, dtype and shape."""
+
+    pieces: tuple[Piece, ...]
+    facts: tuple[tuple[str, str], ...] = ()
+    header: bytes | None = None
+
+    content_type: ClassVar[type[Content]] = PiecedContent
+
+    def attributes(self) -> dict[str, str]:
+        return {xattrs.NAME: self.name, xattrs.DTYPE: self.dtype.name, xattrs.SHAPE: shape_text(self.shape),
+                **dict(self.facts)}
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedTensor(PiecedTensor):
+    """Values computed on read from the stored tensor `name` (GGUF blocks
+    dequantized): not a tensor of the checkpoint, so its file shows no key
+    or dtype of its own, only its `facts` (what it was computed from) and
+    its shape."""
+
+    def attributes(self) -> dict[str, str]:
+        return {**dict(self.facts), xattrs.SHAPE: shape_text(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedTensor:
+    """A tensor and the path of its file in the mount."""
+
+    path: str
+    tensor: Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizedTensor:
+    """A tensor stored in blocks of a quantized type no NumPy dtype holds
+    (GGML's Q4_0, Q6_K...): the shape of its values, the path in the tree
+    of its raw bytes (`raw_shape`: uint8, the last dimension counted in
+    bytes, as gguf-py's reader gives them), and of its values as float32,
+    None where ckptfs cannot compute them."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    raw_path: str
+    raw_shape: tuple[int, ...]
+    dequantized_path: str | None
+
+
 class TensorFile(File):
-    """A tensor's `.npy` file. Its attributes are spelled out when first
-    asked for: a header of a million tensors need not hold a million dicts."""
+    """The `.npy` file of a tensor, built from its record alone, which it
+    keeps (`File.tensor`): every format's tensor files are made here. Its
+    bytes are the record's `content_type`, its attributes the record's
+    `attributes()`, spelled out when first asked for: a header of a million
+    tensors need not hold a million dicts. Other fields of a node are set
+    on the file made: the call takes the record alone, as Python calls a
+    function without defaults fastest, and a mount may make a million."""
 
     __slots__ = ("tensor", "_xattrs")
 
     def __init__(self, tensor: Tensor):
-        File.__init__(self, NpyContent(tensor))
+        File.__init__(self, tensor.content_type(tensor))
         self.tensor, self._xattrs = tensor, None
 
     @property  # type: ignore[override]
     def xattrs(self) -> dict[str, str]:
         if self._xattrs is None:
-            tensor = self.tensor
-            path, start = tensor.data.source.locate(tensor.data.offset)
-            self._xattrs = {
-                "ckptfs.name": tensor.name,
-                "ckptfs.dtype": tensor.dtype.name,
-                "ckptfs.shape": shape_text(tensor.shape),
-                "ckptfs.source": path,
-                "ckptfs.range": f"{start}-{start + tensor.data.length}",
-            }
+            self._xattrs = self.tensor.attributes()
         return self._xattrs
 
     @xattrs.setter
     def xattrs(self, value: dict[str, str]) -> None:
         self._xattrs = value
+
+
+def shown_again(file: File, mtime_ns: int | None) -> File:
+    """Another node for `file`, its content, record and attributes (a tree
+    that shows it at a second place: a folder of shards merged)."""
+    if file.tensor is None:
+        return File(file.content, xattrs=dict(file.xattrs), mtime_ns=mtime_ns)
+    again = TensorFile(file.tensor)
+    again.content, again.mtime_ns = file.content, mtime_ns
+    return again
+
+
+def tensor_key(path: str, file: File) -> str:
+    """The key of the tensor a `.npy` file at `path` holds: the one it had
+    at mount while it stays where it was (an edit of its bytes keeps it),
+    else the one its path spells (a new file, or one a rename moved)."""
+    if file.tensor is not None and not file.moved:
+        return file.tensor.name
+    return names.tensor_name(path)
+
+
+def dtype_before(file: File) -> DType | None:
+    """The dtype a file's tensor had at mount (how a void NPY descr, which
+    np.save writes for bfloat16, is read back); None for a new file."""
+    return file.tensor.dtype if file.tensor is not None else None
 
 
 def shape_text(shape: tuple[int, ...]) -> str:

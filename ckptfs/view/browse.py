@@ -8,6 +8,7 @@ import json
 from typing import BinaryIO, Iterator
 
 from ..errors import CkptfsError
+from ..tree import xattrs
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
 from ..tree.nodes import Dir, File, Node, Symlink
 from ..tree.tensors import shape_text
@@ -63,9 +64,9 @@ def describe(path: str, node: Node) -> dict:
     if isinstance(node, File):
         entry["size"] = node.content.size
         attributes = node.xattrs  # a tensor's file says what it is, as getfattr shows on a mount
-        if "ckptfs.dtype" in attributes:
-            entry.update(name=attributes["ckptfs.name"], dtype=attributes["ckptfs.dtype"],
-                         shape=json.loads(attributes["ckptfs.shape"]))
+        if xattrs.DTYPE in attributes:
+            entry.update(name=attributes[xattrs.NAME], dtype=attributes[xattrs.DTYPE],
+                         shape=json.loads(attributes[xattrs.SHAPE]))
     elif isinstance(node, Symlink):
         entry["target"] = node.target
     return entry

@@ -11,10 +11,10 @@ from collections import defaultdict
 
 import yaml
 
-from ..tree import names, npy
+from ..tree import npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir
-from ..tree.tensors import PlacedTensor, Tensor, shape_text
+from ..tree.tensors import PlacedTensor, Tensor, shape_text, tensor_key
 from ..version import __version__
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
@@ -46,8 +46,8 @@ def build(ckpt: Checkpoint, session=None) -> Dir:
         view.add(pretrained.NAME, pretrained.build(ckpt, session))
     # where the checkpoint is, kept out of the files so that two mounts of
     # the same bytes compare equal under `diff -r`
-    view.xattrs["ckptfs.source"] = ckpt.source_path
-    view.xattrs["ckptfs.source_mtime"] = _mtime(ckpt)
+    view.xattrs[xattrs.SOURCE] = ckpt.source_path
+    view.xattrs[xattrs.SOURCE_MTIME] = _mtime(ckpt)
     return view
 
 
@@ -212,7 +212,7 @@ class CurrentTensors:
             if original is not None and not is_edited(node):
                 tensors.append(PlacedTensor(path, original))
             elif original is not None and not getattr(node.content, "edited", False):  # moved: bytes where they were
-                tensors.append(PlacedTensor(path, dataclasses.replace(original, name=_name(path, node))))
+                tensors.append(PlacedTensor(path, dataclasses.replace(original, name=tensor_key(path, node))))
             elif path.endswith(".npy") and (original is not None or self.ckpt.writer.adds_tensors):
                 tensor = _edited_tensor(path, node, original, EditedSource(node.content))
                 if tensor is not None:
@@ -229,12 +229,7 @@ def _edited_tensor(path: str, node: File, original, source) -> Tensor | None:
     dtype = npy.dtype_of(descr, original.dtype if original else None)
     if dtype is None:
         return None
-    return Tensor(_name(path, node), dtype, tuple(shape), Extent(source, start, max(0, source.size - start)))
-
-
-def _name(path: str, node: File) -> str:
-    """A tensor file's key: its own while it stays where it was, else the one its path spells."""
-    return node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[:-4].split("/"))
+    return Tensor(tensor_key(path, node), dtype, tuple(shape), Extent(source, start, max(0, source.size - start)))
 
 
 def _text_file(text: str) -> File:

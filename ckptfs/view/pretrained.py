@@ -13,9 +13,8 @@ import math
 
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
-from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir, Symlink, len_of
-from ..tree.tensors import PlacedTensor
+from ..tree.tensors import PlacedTensor, dtype_before
 from ..write import export
 from ..write.overlay import EditedSource
 
@@ -118,7 +117,7 @@ def _item(path: str, node: File, original: PlacedTensor | None) -> export.Item |
         descr, shape, start = npy.parse_header(content.read(0, 65536), path)
     except ValueError:
         return None
-    like = original.tensor.dtype if original is not None else BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
+    like = original.tensor.dtype if original is not None else dtype_before(node)
     dtype = npy.dtype_of(descr, like)
     if dtype is None or dtype.safetensors is None:
         return None
@@ -128,6 +127,6 @@ def _item(path: str, node: File, original: PlacedTensor | None) -> export.Item |
     if original is not None and original.path == path:
         name = original.tensor.name
     else:
-        name = ".".join(names.unescape(p) for p in path[:-4].split("/"))
+        name = names.tensor_name(path)
     # read through the file as the mount serves it, edited or not
     return export.Item(name, dtype, tuple(shape), (Extent(EditedSource(content), start, nbytes),), nbytes)

@@ -10,21 +10,16 @@ import time
 from typing import Callable
 
 from ..errors import CkptfsError
-from ..tree import npy
-from ..tree.dtypes import BY_NAME
+from ..tree import npy, xattrs
 from ..tree.nodes import Content, Dir, File, LazyDir, Node
-from ..tree.tensors import shape_text
+from ..tree.tensors import dtype_before, shape_text
 from .overlay import EditedContent, Overlay
-
-#: attributes that say where a file's bytes lie in the source: an edited
-#: file's bytes lie in the overlay instead
-LOCATION_XATTRS = ("ckptfs.source", "ckptfs.range", "ckptfs.storage", "ckptfs.chunks", "ckptfs.offsets")
 
 
 def _describe_edited(file: File) -> None:
-    for key in LOCATION_XATTRS:
+    for key in xattrs.LOCATION:
         file.xattrs.pop(key, None)
-    file.xattrs["ckptfs.edited"] = f"its bytes are in the overlay (data/{file.content.number}) until the repack"
+    file.xattrs[xattrs.EDITED] = f"its bytes are in the overlay (data/{file.content.number}) until the repack"
 
 
 def describe_tensor(file: File) -> None:
@@ -34,10 +29,10 @@ def describe_tensor(file: File) -> None:
         descr, shape, _ = npy.parse_header(file.content.read(0, 65536), "")
     except ValueError:
         return
-    dtype = npy.dtype_of(descr, BY_NAME.get(file.xattrs.get("ckptfs.dtype", "")))
+    dtype = npy.dtype_of(descr, dtype_before(file))
     if dtype is not None:
-        file.xattrs["ckptfs.dtype"] = dtype.name
-        file.xattrs["ckptfs.shape"] = shape_text(shape)
+        file.xattrs[xattrs.DTYPE] = dtype.name
+        file.xattrs[xattrs.SHAPE] = shape_text(shape)
 
 
 def _moved(node: Node) -> None:
@@ -47,7 +42,7 @@ def _moved(node: Node) -> None:
     pending = [node]
     while pending:
         here = pending.pop()
-        here.xattrs.pop("ckptfs.name", None)
+        here.xattrs.pop(xattrs.NAME, None)
         if isinstance(here, File):
             here.moved = True
         elif isinstance(here, Dir) and not (isinstance(here, LazyDir) and not here.filled):

@@ -12,7 +12,7 @@ each `.distcp` file also appears as a read-only folder of the chunks it stores.
 from __future__ import annotations
 
 from ...sources.directory import Directory
-from ...tree import names
+from ...tree import names, xattrs
 from ...tree.checkpoint import Checkpoint
 from ...tree.nodes import Access, Dir
 from ...tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
@@ -57,7 +57,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     ckpt = Checkpoint("torch.distributed.checkpoint", path, directory.stat(), root, raw, grafts.placed, grafts.notes,
                       grafts.pickle_globals)
     if outside:
-        root.xattrs["ckptfs.read_only"] = LINKS_OUTSIDE.format(", ".join(outside))
+        root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))
     else:
         ckpt.writer = Writer(path, files, chunks_of, fqn_of)
     return ckpt

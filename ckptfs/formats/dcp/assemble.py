@@ -8,11 +8,16 @@ from each only the stretch the request covers.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...tree import xattrs
+from ...tree.dtypes import DType
 from ...tree.gather import read_elements
+from ...tree.nodes import Extent
+from ...tree.tensors import PiecedTensor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,3 +156,13 @@ def row_pieces(shape: tuple[int, ...], chunks: list[Chunk]) -> list | None:
     if not shape or any(c.offsets[1:] != (0,) * (len(shape) - 1) or c.sizes[1:] != shape[1:] for c in chunks):
         return None
     return [c.piece for c in sorted(chunks, key=lambda c: c.offsets[0])]
+
+
+def assembled_tensor(name: str, dtype: DType, shape: tuple[int, ...], chunks: list[Chunk], first: Extent) -> PiecedTensor:
+    """The record of a tensor read from `chunks`, which cover it exactly
+    (`covers_exactly`): laid end to end where they split its first
+    dimension only, else `Assembled`. `first` is where its first chunk lies,
+    which the index shows; its file lists the chunks (`user.ckptfs.chunks`)."""
+    pieces = row_pieces(shape, chunks) or [Assembled(shape, dtype.bits // 8, tuple(chunks))]
+    listed = json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])
+    return PiecedTensor(name, dtype, shape, first, tuple(pieces), ((xattrs.CHUNKS, listed),))

@@ -5,7 +5,6 @@ as a file, every shard as a read-only folder of the chunks it stores."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 
@@ -15,13 +14,13 @@ from ...limits import LIMITS
 from ...pickle.pyobjects import to_yaml
 from ...sources.base import Source
 from ...sources.zstd import ZstdSource
-from ...tree import names, npy
+from ...tree import names, xattrs
 from ...tree.dtypes import DType
 from ...tree.nodes import Content, Dir, Extent, File, LazyDir
 from ...tree.npy import MAX_FILE_SIZE
-from ...tree.tensors import PlacedTensor, Tensor, shape_text
+from ...tree.tensors import PiecedTensor, PlacedTensor, TensorFile, shape_text
 from .. import torchzip
-from .assemble import Assembled, Chunk, covers_exactly, row_pieces
+from .assemble import Chunk, assembled_tensor, covers_exactly
 from .chunks import ChunkRecord, LazyChunk
 from .metadata import SHARDED_OBJECT, Metadata, TensorMeta
 
@@ -78,12 +77,11 @@ def _fill_shard(chunks: list[ShardChunk], folder: Dir) -> None:
     its global offsets in its name: `weight@10_0.npy`."""
     for c in chunks:
         offsets, sizes, piece = c.chunk.offsets, c.chunk.sizes, c.chunk.piece
-        xattrs = {"ckptfs.name": c.fqn, "ckptfs.dtype": c.dtype.name, "ckptfs.shape": shape_text(sizes),
-                  "ckptfs.offsets": shape_text(offsets)}
-        header = npy.header(*npy.served_layout(c.dtype, sizes, piece.length))
+        stored = Extent(piece.record.raw, 0, piece.length)  # where the chunk lies
+        tensor = PiecedTensor(c.fqn, c.dtype, sizes, stored, (piece,), ((xattrs.OFFSETS, shape_text(offsets)),))
         leaf = names.escape(c.parts[-1], f"@{'_'.join(map(str, offsets))}.npy")
         parent = folder.subdir([names.escape(p) for p in c.parts[:-1]])
-        parent.add(leaf, File(Content([header, piece]), xattrs=xattrs))
+        parent.add(leaf, TensorFile(tensor))
 
 
 def item_path(fqn: str, suffix: str) -> list[str]:
@@ -151,14 +149,9 @@ class Reader:
         problem = covers_exactly(shape, chunks)
         if problem:
             raise FormatError(self.path, f"tensor {fqn!r}: {problem}")
-        pieces = row_pieces(shape, chunks) or [Assembled(shape, itemsize, tuple(chunks))]
-        nbytes = math.prod(shape) * itemsize
-        header = npy.header(*npy.served_layout(dtype, shape, nbytes))
-        xattrs = {"ckptfs.name": fqn, "ckptfs.dtype": dtype.name, "ckptfs.shape": shape_text(shape),
-                  "ckptfs.chunks": json.dumps([[list(c.offsets), list(c.sizes)] for c in chunks])}
-        first = chunks[0].piece.record.raw  # where the tensor's first chunk lies, for the index
-        tensor = Tensor(fqn, dtype, shape, Extent(first, 0, nbytes))
-        file = File(Content([header, *pieces]), xattrs=xattrs)
+        first = Extent(chunks[0].piece.record.raw, 0, math.prod(shape) * itemsize)
+        tensor = assembled_tensor(fqn, dtype, shape, chunks, first)
+        file = TensorFile(tensor)
         self.chunks_of[id(file)] = (dtype, shape, chunks)
         self.fqn_of[id(file)] = fqn
         return file, tensor

@@ -19,8 +19,8 @@ from ...pickle.torch_classes import KNOWN
 from ...pickle.torch_classes import storable as torch_storable
 from ...sources.base import Source
 from ...tree import names, npy
-from ...tree.dtypes import BY_NAME
 from ...tree.nodes import Dir, Extent, File
+from ...tree.tensors import dtype_before, tensor_key
 from .. import torchzip
 from ..base import DirectoryWriter, Moved, nested_writer
 from .metadata import fields_of, is_metadata, metadata_names
@@ -164,9 +164,9 @@ class Writer(DirectoryWriter):
         if not path.endswith(".npy"):
             raise ValueError(f"{path}: a distributed checkpoint takes new tensors (.npy) only")
         # its key at mount while it stays where it was (a rename drops the name): else the key its path spells
-        fqn = node.xattrs.get("ckptfs.name") or ".".join(names.unescape(p) for p in path[: -len(".npy")].split("/"))
-        like = BY_NAME.get(node.xattrs.get("ckptfs.dtype", ""))
-        dtype, shape, start, _ = npy.edited_layout(node.content, path, like, torch_storable, "a distributed checkpoint")
+        fqn = tensor_key(path, node)
+        dtype, shape, start, _ = npy.edited_layout(node.content, path, dtype_before(node), torch_storable,
+                                                   "a distributed checkpoint")
         added[fqn] = (node.content, start, dtype, tuple(shape))
 
     def _item_was(self, path: str, node: File) -> str | None:
