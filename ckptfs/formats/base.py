@@ -123,19 +123,29 @@ class Writer(ABC):
                 raise MoveRefused(f"{m.path}: {why}", errno.EPERM)
 
     @staticmethod
-    def file_name_ok(path: str) -> bool:
-        """Whether a path of the tree stands for one a folder can hold (`check_file_name`)."""
-        return pathnames.path_problem(names.disk_path(path)) is None
-
-    @staticmethod
     def check_file_name(path: str) -> None:
         """EditRefused unless the file at `path` of the tree stands for a
         path a folder can hold (a file made as `%2E%2E` stands for `..`):
         for formats whose files become files on disk (a folder's, a tar's
         members once unpacked)."""
-        problem = pathnames.path_problem(names.disk_path(path))
+        problem = _folder_problem(path)
         if problem is not None:
-            raise EditRefused(f"{path}: cannot be a file of the folder it is written to: {problem}")
+            raise EditRefused(f"{path}: {NOT_IN_A_FOLDER}: {problem}")
+
+    @classmethod
+    def check_moved_file_names(cls, moved: list[Moved]) -> None:
+        """`check_move` for the formats `check_file_name` is for: each moved
+        file must land at a path a folder can hold."""
+        cls.check_moved_files(moved, lambda path: _folder_problem(path) is None, NOT_IN_A_FOLDER)
+
+
+#: why a file of the tree cannot be written to a folder under its name
+NOT_IN_A_FOLDER = "cannot be a file of the folder it is written to"
+
+
+def _folder_problem(path: str) -> str | None:
+    """What keeps the file at `path` of the tree from being a file of a folder, or None."""
+    return pathnames.path_problem(names.disk_path(path))
 
 
 class FileWriter(Writer):

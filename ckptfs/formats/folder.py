@@ -72,7 +72,7 @@ class Writer(DirectoryWriter):
         self.check_file_name(path)
 
     def check_move(self, moved: list) -> None:
-        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+        self.check_moved_file_names(moved)
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         owned = [p for p, n in files.items() if nested_writer(n) is not None]

@@ -230,7 +230,7 @@ class Writer(DirectoryWriter):
                 raise EditRefused(str(e)) from None
 
     def check_move(self, moved: list) -> None:
-        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+        self.check_moved_file_names(moved)
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         tensors, plain = {}, {}

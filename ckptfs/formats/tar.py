@@ -252,7 +252,7 @@ class Writer(FileWriter):
         self.check_file_name(path)  # a member is a file on disk once the archive is unpacked
 
     def check_move(self, moved: list) -> None:
-        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+        self.check_moved_file_names(moved)
 
     def write(self, files: dict, before: dict, output) -> None:
         if self.compressed:
