@@ -162,7 +162,7 @@ def test_the_cli_synopsis_has_every_command_with_every_option():
 def test_help_lists_the_formats_of_the_registry():
     """--help and the man page (made from the same parser) name every
     registered format, the read-only ones as read-only, and the remote sources."""
-    from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
+    from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS, shown_as
     from ckptfs.sources.remote import SCHEMES
 
     for command in ([], ["mount"]):
@@ -171,9 +171,9 @@ def test_help_lists_the_formats_of_the_registry():
         assert done.returncode == 0, done.stderr
         text = " ".join(done.stdout.split())
         for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS):
-            shown = fmt.described + ("" if fmt.writable else " (read-only)")
+            shown = shown_as(fmt)
             assert f"{shown}," in text or f"{shown};" in text, f"ckptfs {' '.join(command)} --help: {shown!r}"
-        assert text.count("(read-only)") == sum(not f.writable for f in (*FILE_FORMATS, *DIRECTORY_FORMATS))
+        assert text.count("(read-only)") == sum(f.writes is None for f in (*FILE_FORMATS, *DIRECTORY_FORMATS))
         assert all(scheme in text for scheme in SCHEMES)
 
 
