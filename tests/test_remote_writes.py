@@ -287,8 +287,9 @@ def test_an_s3_checkpoint_exports_to_s3_as_it_does_to_local_files(env, tmp_path)
 
 def test_a_failed_folder_export_removes_the_shards_it_uploaded(env, monkeypatch):
     from ckptfs.formats import open_checkpoint
+    from ckptfs.pack import upload
     from ckptfs.sources import remote
-    from ckptfs.write import export, upload
+    from ckptfs.write import export
 
     monkeypatch.setattr(remote, "_STORES", {})
     real, sent = upload.upload, []
@@ -308,8 +309,8 @@ def test_a_failed_folder_export_removes_the_shards_it_uploaded(env, monkeypatch)
 
 
 def test_a_large_upload_goes_in_parts_and_a_failed_one_leaves_nothing(env, monkeypatch):
+    from ckptfs.pack import upload
     from ckptfs.sources import remote
-    from ckptfs.write import upload
 
     monkeypatch.setattr(upload, "PART", 5 << 20)  # S3's least part
     monkeypatch.setattr(remote, "_STORES", {})
@@ -350,8 +351,8 @@ def test_a_botocore_without_conditional_writes_is_refused_before_anything_is_sen
     import botocore.session
 
     from ckptfs.errors import CkptfsError
+    from ckptfs.pack import upload
     from ckptfs.sources import remote
-    from ckptfs.write import upload
 
     monkeypatch.setattr(remote, "_STORES", {})
     model = botocore.session.get_session().get_service_model("s3")
