@@ -216,6 +216,22 @@ def test_memory_names_that_climb_out_are_kept_escaped_inside_the_mount(tmp_path,
     assert "'../../climbed.txt' as '%2E%2E/%2E%2E/climbed.txt'" in (tmp_path / "daemon0.log").read_text()
 
 
+def test_a_plain_file_reader_and_a_fetched_file_reader_keep_the_read_ahead_they_had():
+    from ckptfs.sources.readahead import FETCHED, LOCAL
+
+    local, MiB = LOCAL.reader(), 1 << 20
+    asked = [local.advance(at, 128 << 10, 1 << 30) for at in range(0, 2 * MiB, 128 << 10)]
+    assert asked.index((MiB, 8 * MiB)) == 7 and asked.count(None) == len(asked) - 1  # 1 MiB in a row, then 8 MiB ahead
+    assert local.advance(100 * MiB, 4096, 1 << 30) is None  # a jump starts again
+
+    fetched = FETCHED.reader()
+    assert fetched.advance(0, MiB, 1 << 30) == (0, 32 * MiB)
+    asked = {at: fetched.advance(at, MiB, 1 << 30) for at in range(MiB, 17 * MiB, MiB)}
+    assert [a for a in asked.values() if a] == [(32 * MiB, 64 * MiB)]  # within half a window: the next, doubled
+    assert fetched.advance(500 * MiB, MiB, 1 << 30) is None
+    assert fetched.advance(501 * MiB, MiB, 1 << 30) == (502 * MiB, 8 * MiB)  # 4 reads' worth, doubled
+
+
 def test_ckptfs_ls_of_a_file_url_lists_as_the_local_path():
     local = run_ckptfs("ls", "-l", "-R", HF)
     remote = run_ckptfs("ls", "-l", "-R", f"file://{HF}/")
