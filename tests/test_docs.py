@@ -146,8 +146,7 @@ def _synopsis() -> dict[str, str]:
 
 
 def test_the_cli_synopsis_has_every_command_with_every_option():
-    from ckptfs import manual
-    from ckptfs.cli import build_parser
+    from ckptfs.commands import build_parser, manual
 
     synopsis = _synopsis()
     for name, _, sub in manual._subcommands(build_parser()):

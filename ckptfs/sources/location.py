@@ -98,11 +98,6 @@ def location(text: str) -> Location:
     return Location(text if scheme else os.path.abspath(text), scheme)
 
 
-def is_url(text: str) -> bool:
-    """Whether `text` is a URL rather than a path."""
-    return bool(scheme_of(text))
-
-
 def writers() -> str:
     """Where ckptfs writes checkpoints, for messages: `local paths and s3://`."""
     return f"local paths and {writable_schemes()}"

@@ -22,16 +22,13 @@ from ..errors import CkptfsError
 from . import pathnames
 from .base import Source
 from .directory import Directory
-from .location import is_url, location
+from .location import location
 from .pagecache import PageCache
 from .pinning import listing_identity, object_identity, pin
 from .settings import SETTINGS
 from .stores.base import RemoteError, RemoteObject, store_for
 
 log = logging.getLogger(__name__)
-# `is_url` and `SETTINGS` are here for cli.py alone, which another change is
-# splitting into commands/: once it asks sources.location and sources.settings, they go
-__all__ = ["RemoteSource", "WholeSource", "RemoteDirectory", "open_url", "synthetic_stat", "is_url", "SETTINGS"]
 
 
 def synthetic_stat(size: int, mtime: float, directory: bool = False) -> os.stat_result:
