@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 import ckptfs.formats as formats
 from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
-from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, Writes
+from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, WriterKind
 from ckptfs.sources.directory import LocalDirectory
 
 from .conftest import FIXTURES, REPO
@@ -92,7 +92,7 @@ def test_a_format_takes_edits_as_its_record_says(tmp_path, name):
     MADE[name][1](path)
     assert _detected(path) is fmt
     checkpoint = formats.open_checkpoint(str(path), str(tmp_path / "cache"))
-    kinds = {None: type(None), Writes.FILE: FileWriter, Writes.DIRECTORY: DirectoryWriter}
+    kinds = {None: type(None), WriterKind.FILE: FileWriter, WriterKind.DIRECTORY: DirectoryWriter}
     assert isinstance(checkpoint.writer, kinds[fmt.writes])
     assert checkpoint.description == fmt.description
 

@@ -4,7 +4,6 @@ it: a checkpoint named on the command line, `--backup`, `--map OLD=NEW`."""
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..errors import CkptfsError
 from ..sources.cachedir import default_cache_dir
@@ -20,9 +19,9 @@ def backup(parser: argparse.ArgumentParser, text: str = "keep the original as SO
 
 def source_path(text: str) -> str:
     """A source as the command line names it: a URL as it is, a path made absolute."""
-    from ..sources.remote import is_url
+    from ..sources.location import location
 
-    return text if is_url(text) else os.path.abspath(text)
+    return location(text).text
 
 
 def open_source(text: str):

@@ -30,7 +30,7 @@ def _arguments(parser) -> None:
 
 def run(args) -> int:
     from ..formats import open_checkpoint
-    from ..sources import remote
+    from ..sources.location import location
     from ..write.overlay import Overlay, overlay_dir
     from ..write.session import EditSession, remove_stale_temp_files
 
@@ -38,7 +38,7 @@ def run(args) -> int:
     use_overlay_dir(source, args.overlay_dir)
     if args.output:
         check_output(destination(args.output), source)
-    if not remote.is_url(source) and not os.path.lexists(source):
+    if location(source).local and not os.path.lexists(source):
         waiting = f" (edits wait in {overlay_dir(source)}; remove it to drop them)" if os.path.isdir(overlay_dir(source)) else ""
         raise CkptfsError(f"{source}: no such file or directory{waiting}")
     if args.discard:  # needs no checkpoint: the source may be anything by now

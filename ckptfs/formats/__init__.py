@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 
 from ..errors import FormatError
-from ..sources import remote
 from ..sources.base import FileSource
 from ..sources.directory import Directory, LocalDirectory
+from ..sources.location import location
+from ..sources.remote import open_url
+from ..sources.settings import page_cache
+from ..sources.stores.base import places
 from ..tree.checkpoint import Checkpoint
 from . import (
     dcp,
@@ -53,8 +56,7 @@ def described() -> str:
     """The formats as `ckptfs --help` and the man page list them, in the
     order detection tries them, and where they may come from."""
     shown = [shown_as(fmt) for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS)]
-    return f"{', '.join(shown)}; each from a local path, or from a URL ({', '.join(remote.SCHEMES)}) with the " \
-        "remote extra installed"
+    return f"{', '.join(shown)}; each from a local path, or from {places()}"
 
 
 def shown_as(fmt: FileFormat | DirectoryFormat) -> str:
@@ -76,7 +78,7 @@ _NOT_CHECKPOINTS = {
 def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     """Read the metadata of the checkpoint at `path` (a file, a directory,
     or a URL: sources/remote.py) into a tree."""
-    if remote.is_url(path):
+    if location(path).remote:
         return _open_remote(path, cache_dir)
     try:
         st = os.stat(path)
@@ -97,7 +99,7 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 def _open_remote(url: str, cache_dir: str) -> Checkpoint:
     """A checkpoint on object storage or a web server."""
-    opened = remote.open_url(url, remote.page_cache(cache_dir))
+    opened = open_url(url, page_cache(cache_dir))
     if isinstance(opened, Directory):
         return _open_directory(opened)
     return _open_file(Opening(opened, opened.stat, cache_dir))  # an object's neighbours are not listed

@@ -41,7 +41,7 @@ Files = dict[str, Node]
 Before = dict[str, tuple[Node, object]]
 
 
-class Writes(Enum):
+class WriterKind(Enum):
     """How a format's checkpoints take edits: what its writer makes, swapped
     in for the source at unmount (docs/writing.md)."""
 
@@ -93,7 +93,7 @@ class Format(Generic[Sniffed, Opened]):
     #: one line: what `ckptfs --help`, `ckptfs info` and the README's table call it
     description: str
     #: how its checkpoints take edits (its `Checkpoint` has a `Writer`), None if they do not
-    writes: Writes | None
+    writes: WriterKind | None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE
-from .base import DirectoryFormat, DirectoryWriter, FileWriter, Writes, nested_writer
+from .base import DirectoryFormat, DirectoryWriter, FileWriter, WriterKind, nested_writer
 from .nested import Grafts, directory_format, show_directory
 
 
@@ -96,4 +96,4 @@ class Writer(DirectoryWriter):
 
 
 FORMAT = DirectoryFormat("folder of distributed checkpoints", sniff, open_dir,
-                         "folders holding distributed checkpoints (NeMo 2, Megatron saves)", Writes.DIRECTORY)
+                         "folders holding distributed checkpoints (NeMo 2, Megatron saves)", WriterKind.DIRECTORY)

@@ -43,7 +43,7 @@ from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, QuantizedTensor, Tensor, TensorFile
 from . import gguf_values
-from .base import Before, FileFormat, Files, FileWriter, Opening, Writes
+from .base import Before, FileFormat, Files, FileWriter, Opening, WriterKind
 from .gguf_quants import DEQUANTIZE, Dequantized
 from .gguf_values import ARRAY, BOOL, SCALARS, STRING, metadata_yaml
 
@@ -425,4 +425,4 @@ def open_file(opening: Opening) -> Checkpoint:
     return ckpt
 
 
-FORMAT = FileFormat("gguf", sniff, open_file, "GGUF v2/v3 files (llama.cpp, Ollama)", Writes.FILE)
+FORMAT = FileFormat("gguf", sniff, open_file, "GGUF v2/v3 files (llama.cpp, Ollama)", WriterKind.FILE)

@@ -30,7 +30,7 @@ from ..sources.base import Source
 from ..sources.gzip import GzipSource, Inflated, SpanSums, open_gzip
 from ..tree.checkpoint import Checkpoint
 from . import tar
-from .base import FileFormat, Opening, Pickles, Writes
+from .base import FileFormat, Opening, Pickles, WriterKind
 
 log = logging.getLogger(__name__)
 
@@ -131,5 +131,5 @@ def open_file(opening: Opening) -> Checkpoint:
     return open_gzip_tar(opening.source, opening.stat, opening.cache_dir)
 
 
-FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file, "NeMo .nemo archives (gzip tar, older NeMo)", Writes.FILE,
+FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file, "NeMo .nemo archives (gzip tar, older NeMo)", WriterKind.FILE,
                     pickles=Pickles.GZIP)

@@ -26,7 +26,7 @@ from ..tree.nodes import Access, Dir, File, Symlink
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, merge_into, tensor_tree
 from . import hf_torch, safetensors
-from .base import DirectoryFormat, DirectoryWriter, Writes
+from .base import DirectoryFormat, DirectoryWriter, WriterKind
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -309,4 +309,4 @@ def _tree_path(rel: str) -> str:
     return "/".join(names.file_parts(rel))
 
 
-FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir, "Hugging Face model directories", Writes.DIRECTORY)
+FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir, "Hugging Face model directories", WriterKind.DIRECTORY)

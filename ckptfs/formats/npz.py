@@ -36,7 +36,7 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
-from .base import FileFormat, FileWriter, Opening, Pickles, Writes
+from .base import FileFormat, FileWriter, Opening, Pickles, WriterKind
 from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Deflated, Record, ZipStream
 
@@ -246,5 +246,5 @@ def open_file(opening: Opening) -> Checkpoint:
     return ckpt
 
 
-FORMAT = FileFormat("numpy .npz", sniff, open_file, "NumPy .npz archives (savez, savez_compressed)", Writes.FILE,
+FORMAT = FileFormat("numpy .npz", sniff, open_file, "NumPy .npz archives (savez, savez_compressed)", WriterKind.FILE,
                     pickles=Pickles.ZIP)

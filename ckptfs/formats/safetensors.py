@@ -25,7 +25,7 @@ from ..tree.dtypes import BY_NAME, BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, tensor_tree
-from .base import FileFormat, FileWriter, Moved, Opening, Pickles, Writes
+from .base import FileFormat, FileWriter, Moved, Opening, Pickles, WriterKind
 
 MAGIC_LENGTH = 9
 
@@ -272,4 +272,4 @@ def open_file(opening: Opening) -> Checkpoint:
     return ckpt
 
 
-FORMAT = FileFormat("safetensors", sniff, open_file, ".safetensors files", Writes.FILE, pickles=Pickles.UNMARKED)
+FORMAT = FileFormat("safetensors", sniff, open_file, ".safetensors files", WriterKind.FILE, pickles=Pickles.UNMARKED)

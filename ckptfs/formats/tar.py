@@ -25,7 +25,7 @@ from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File, PathConflict, Symlink
 from ..tree.rawfiles import raw_file
-from .base import DirectoryFormat, FileFormat, FileWriter, Opening, Writes, nested_writer
+from .base import DirectoryFormat, FileFormat, FileWriter, Opening, WriterKind, nested_writer
 from .nested import Grafts, Members, directory_format
 
 BLOCK = 512
@@ -378,4 +378,4 @@ def open_file(opening: Opening) -> Checkpoint:
     return open_plain(opening.source, opening.stat)
 
 
-FORMAT = FileFormat("nemo (tar)", sniff, open_file, "NeMo .nemo archives (plain tar, NeMo 1.7 and later)", Writes.FILE)
+FORMAT = FileFormat("nemo (tar)", sniff, open_file, "NeMo .nemo archives (plain tar, NeMo 1.7 and later)", WriterKind.FILE)

@@ -15,7 +15,7 @@ from ..pickle.torch_classes import KNOWN, legacy_storable, persistent_load
 from ..sources.base import Source
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Extent
-from .base import FileFormat, FileWriter, Opening, Writes
+from .base import FileFormat, FileWriter, Opening, WriterKind
 from .torchzip import PickledCheckpoint, open_pickled
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -114,4 +114,4 @@ def open_file(opening: Opening) -> Checkpoint:
     return ckpt
 
 
-FORMAT = FileFormat("torch.save (legacy)", sniff, open_file, "legacy torch.save files (before torch 1.6)", Writes.FILE)
+FORMAT = FileFormat("torch.save (legacy)", sniff, open_file, "legacy torch.save files (before torch 1.6)", WriterKind.FILE)

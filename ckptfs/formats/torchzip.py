@@ -32,7 +32,7 @@ from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, shape_text
-from .base import FileFormat, FileWriter, Opening, Pickles, Writes
+from .base import FileFormat, FileWriter, Opening, Pickles, WriterKind
 from .torchzip_records import DESCRIPTOR, STORED, Entry, ZipRecords, read_records
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -394,4 +394,4 @@ def open_file(opening: Opening) -> Checkpoint:
 
 
 FORMAT = FileFormat("torch.save (zip)", sniff, open_file, "torch.save files (.pt, .pth, .bin, Lightning .ckpt)",
-                    Writes.FILE, nest=expand_nested, pickles=Pickles.ZIP)
+                    WriterKind.FILE, nest=expand_nested, pickles=Pickles.ZIP)

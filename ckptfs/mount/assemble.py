@@ -99,10 +99,10 @@ def _serve_in_foreground(run, state: mounts.MountState, record: mounts.Record, l
 
 
 def _remote_settings(values: dict[str, int]) -> None:
-    from ..sources import remote
+    from ..sources.settings import SETTINGS
 
     for name, value in values.items():
-        setattr(remote.SETTINGS, name, value)
+        setattr(SETTINGS, name, value)
 
 
 def _check_mountpoint(mountpoint: str, nonempty: bool) -> bool:

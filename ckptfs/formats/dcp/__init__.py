@@ -16,7 +16,7 @@ from ...tree import names
 from ...tree.checkpoint import Checkpoint
 from ...tree.nodes import Access, Dir
 from ...tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
-from ..base import DirectoryFormat, Nest, Writes
+from ..base import DirectoryFormat, Nest, WriterKind
 from ..nested import Grafts
 from .metadata import is_metadata
 from .reader import expand
@@ -83,5 +83,5 @@ def owns(name: str) -> bool:
 
 
 FORMAT = DirectoryFormat("torch.distributed.checkpoint", sniff, open_dir,
-                         "torch.distributed.checkpoint directories (FSDP, DTensor, Megatron)", Writes.DIRECTORY,
+                         "torch.distributed.checkpoint directories (FSDP, DTensor, Megatron)", WriterKind.DIRECTORY,
                          nest=Nest(open_in_archive, owns))
