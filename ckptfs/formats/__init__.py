@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 
 from ..errors import FormatError
-from ..sources import remote
 from ..sources.base import FileSource, Source
 from ..sources.directory import Directory, LocalDirectory
+from ..sources.location import location
+from ..sources.remote import open_url
+from ..sources.settings import page_cache
+from ..sources.stores.base import places
 from ..tree.checkpoint import Checkpoint
 from . import dcp, deepspeed, folder, gguf, gzindex, hf, npz, safetensors, sharded_torch, tar, torchlegacy, torchzip
 from .base import SNIFF_BYTES, DirectoryFormat, FileFormat
@@ -39,8 +42,7 @@ def described() -> str:
     """The formats as `ckptfs --help` and the man page list them, in the
     order detection tries them, and where they may come from."""
     shown = [fmt.described + ("" if fmt.writable else " (read-only)") for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS)]
-    return f"{', '.join(shown)}; each from a local path, or from a URL ({', '.join(remote.SCHEMES)}) with the " \
-        "remote extra installed"
+    return f"{', '.join(shown)}; each from a local path, or from {places()}"
 
 
 _NOT_CHECKPOINTS = {
@@ -51,7 +53,7 @@ _NOT_CHECKPOINTS = {
 def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     """Read the metadata of the checkpoint at `path` (a file, a directory,
     or a URL: sources/remote.py) into a tree."""
-    if remote.is_url(path):
+    if location(path).remote:
         return _open_remote(path, cache_dir)
     try:
         st = os.stat(path)
@@ -72,7 +74,7 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
 
 def _open_remote(url: str, cache_dir: str) -> Checkpoint:
     """A checkpoint on object storage or a web server."""
-    opened = remote.open_url(url, remote.page_cache(cache_dir))
+    opened = open_url(url, page_cache(cache_dir))
     if isinstance(opened, Directory):
         return _open_directory(opened)
     return _open_file(opened, opened.stat, cache_dir)

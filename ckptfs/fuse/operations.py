@@ -26,6 +26,7 @@ import pyfuse3
 import trio
 
 from ..errors import CkptfsError
+from ..sources.readahead import FETCHED, Reader
 from ..tree.nodes import Access, Content, Dir, File, LazyDir, Node, Symlink
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 #: where the kernel opened without asking (zero-message opens, Linux 5.1)
 ZERO_MESSAGE_OPENS = getattr(pyfuse3, "NO_OPEN_FH_IS_INODE", False)
 BLKSIZE = 1 << 20  # tells cp and friends to read in large blocks
-#: how much of a fetched file its first read asks for, and how far ahead a sequential reader is kept
-FIRST_AHEAD, MAX_AHEAD = 32 << 20, 64 << 20
 
 
 class Edits(Protocol):
@@ -174,7 +173,7 @@ class Operations(pyfuse3.Operations):
         self.root = root
         self.editable, self.check, self.check_move = editable, check, check_move
         self.handles: dict[int, _Handle] = {}  # open files
-        self.ahead: dict[int, tuple[int, int, int]] = {}  # inode -> (its next read's start, read-ahead, asked up to)
+        self.ahead: dict[int, Reader] = {}  # inode -> where its reader is, for read-ahead
         self._next_handle = 1
         # by inode number (0 is unused): the node, its parent's number, its name
         self.nodes: list[Node | None] = [None, root]
@@ -440,25 +439,15 @@ class Operations(pyfuse3.Operations):
         return content.read(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
-        """For a file whose bytes are fetched (a remote source): its first
-        read starts fetching the file's first FIRST_AHEAD bytes (a tensor's
-        every range, across shards). A reader that goes on where it left off
-        is kept ahead: once it is within half a window of what was asked
-        for, the next window is asked for, twice as long each time up to
-        MAX_AHEAD (whole windows: large requests, not one per read). Only
-        this file's bytes: never its neighbours'."""
-        expected, window, frontier = self.ahead.get(inode, (-1, 0, 0))
-        if off == 0:
-            window = frontier = FIRST_AHEAD
-            content.prefetch(0, FIRST_AHEAD)
-        elif off != expected:
-            window, frontier = 0, 0
-        elif off + size + window // 2 >= frontier and frontier < content.size:
-            window = min(max(window, 4 * size) * 2, MAX_AHEAD)
-            start = max(frontier, off + size)
-            content.prefetch(start, window)
-            frontier = start + window
-        self.ahead[inode] = (off + size, window, frontier)
+        """For a file whose bytes are fetched (a remote source): what the
+        read-ahead policy for fetched files (sources/readahead.py) wants
+        ahead of this read, of this file's bytes only, never its neighbours'."""
+        reader = self.ahead.get(inode)
+        if reader is None:
+            reader = self.ahead[inode] = FETCHED.reader()
+        wanted = reader.advance(off, size, content.size)
+        if wanted is not None:
+            content.prefetch(*wanted)
 
     # -- writes (docs/writing.md): each goes to the overlay before it returns
 

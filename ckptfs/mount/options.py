@@ -28,7 +28,7 @@ FSTAB_ONLY = {"defaults", "_netdev", "noauto", "auto", "nofail", "user", "users"
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")
 
 
-#: remote source options -> the field of sources.remote.Settings they set
+#: remote source options -> the field of sources.settings.Settings they set
 REMOTE_SIZES = {"block_size": "block", "cache_memory": "memory", "cache_disk": "disk"}
 #: `fetch=`: read a remote file's byte ranges, or download a web server's file whole once
 FETCH = ("ranges", "whole")
@@ -54,7 +54,7 @@ class MountOptions:
     #: `umask=`, `fmask=`, `dmask=`: mode bits taken away from files and folders
     fmask: int = 0
     dmask: int = 0
-    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`, `fetch=`: for remote sources (sources/remote.py)
+    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`, `fetch=`: for remote sources (sources/settings.py)
     remote: dict[str, float | str] = field(default_factory=dict)
     #: `--output`: where the edited checkpoint goes at unmount (None: over the source)
     output: str | None = None
