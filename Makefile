@@ -20,9 +20,9 @@ PIP := $(PY) -m pip install --progress-bar on
 
 # An editable install installs no data files: the man page and completions
 # are made from the argument parser into the virtualenv's share/, where
-# man(1) and bash-completion look beside its bin/ (ckptfs/manual.py)
+# man(1) and bash-completion look beside its bin/ (ckptfs/commands/manual.py)
 MAN_PAGE := $(VENV)/share/man/man1/ckptfs.1
-$(MAN_PAGE): ckptfs/cli.py ckptfs/manual.py ckptfs/mount/options.py ckptfs/mount/logs.py | $(PY)
+$(MAN_PAGE): ckptfs/manual.py $(wildcard ckptfs/commands/*.py) ckptfs/mount/options.py ckptfs/mount/logs.py | $(PY)
 	$(PY) -m ckptfs.manual --prefix $(VENV)
 
 .PHONY: demo test bench fuzz clean demo-deps test-deps

@@ -10,18 +10,19 @@ from .errors import EditsKept
 def _named(source: str) -> str:
     """The source as the commands name it: a remote one with the overlays
     folder its edits are in, when it is not the default."""
-    from .sources import remote
+    from .sources.location import location
+    from .sources.settings import SETTINGS
 
-    if remote.is_url(source) and remote.SETTINGS.overlays:
-        return f"{source} --overlay-dir {remote.SETTINGS.overlays}"
+    if location(source).remote and SETTINGS.overlays:
+        return f"{source} --overlay-dir {SETTINGS.overlays}"
     return source
 
 
 def _to(source: str) -> str:
     """Where a resumed mount of a remote source writes: it must be told."""
-    from .sources import remote
+    from .sources.location import location
 
-    return " --output NEW" if remote.is_url(source) else ""
+    return " --output NEW" if location(source).remote else ""
 
 
 def _write_new(source: str) -> str:

@@ -123,10 +123,9 @@ class Checkpoint:
 def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
     from .formats import open_checkpoint as parse
     from .sources.cachedir import default_cache_dir
-    from .sources.remote import is_url
+    from .sources.location import location
 
-    path = os.fspath(source)
-    return Checkpoint(parse(path if is_url(path) else os.path.abspath(path), cache_dir or default_cache_dir()))
+    return Checkpoint(parse(location(os.fspath(source)).text, cache_dir or default_cache_dir()))
 
 
 def _memory_map(tensor: Tensor) -> np.ndarray | None:

@@ -42,6 +42,7 @@ def summary(ckpt: Checkpoint) -> dict:
     return {
         "source": ckpt.source_path,
         "format": ckpt.format,
+        "format_description": ckpt.description,
         "source_bytes": ckpt.source_bytes(),
         "writable": ckpt.writer is not None,
         "read_only_because": None if ckpt.writer is not None else ckpt.root.xattrs.get(xattrs.READ_ONLY),
@@ -57,13 +58,17 @@ def summary(ckpt: Checkpoint) -> dict:
     }
 
 
+def _described(info: dict) -> str:
+    return f": {info['format_description']}" if info["format_description"] else ""
+
+
 def text(info: dict) -> str:
     """What `ckptfs info` prints: a few lines a person reads."""
     from .humanize import human_size, plural
 
     lines = [
         f"source      {info['source']}",
-        f"format      {info['format']}{'' if info['writable'] else ' (read-only: ' + (info['read_only_because'] or 'ckptfs cannot write it back') + ')'}",
+        f"format      {info['format']}{_described(info)}{'' if info['writable'] else ' (read-only: ' + (info['read_only_because'] or 'ckptfs cannot write it back') + ')'}",
         f"size        {human_size(info['source_bytes'])}",
         f"tensors     {info['tensors']:,}, {plural(info['parameters'], 'parameter', spec=',')}, "
         f"{human_size(info['tensor_bytes'])}",

@@ -35,7 +35,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import CkptfsError, FormatError, SourceChangedError
-from .formats import gzindex, safetensors, torchlegacy, torchzip
+from .formats import file_formats, gzindex, torchlegacy, torchzip
+from .formats.base import SNIFF_BYTES, Pickles
 from .formats.dcp.metadata import Metadata, is_metadata
 from .formats.dcp.reader import Reader
 from .formats.torchzip_records import CONSEQUENCE, read_records
@@ -59,7 +60,6 @@ MAX_FOLDERS = 10_000
 TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".txt", ".md", ".rst", ".py", ".cfg", ".ini", ".toml", ".csv",
                  ".tsv", ".jinja", ".html")
 _PROTO = 0x80
-NPY_MAGIC = b"\x93NUMPY"
 #: the end record of an empty zip: np.load takes a file that starts so for a zip too
 EMPTY_ZIP = b"PK\x05\x06"
 #: an .npy header longer than this is not parsed (np.load reads any length when it may unpickle)
@@ -203,7 +203,7 @@ class _Scanner:
         except OSError as e:
             raise FormatError(path, e.strerror or str(e)) from None
         name = os.path.basename(path)
-        if gzindex.sniff(source.pread(0, 2)):
+        if Pickles.GZIP in _pickles(source.pread(0, SNIFF_BYTES)):
             self.gzip_tar(source, st, name)
         else:
             self.blob(source, name, 0)
@@ -222,25 +222,26 @@ class _Scanner:
         """Whatever `source` holds, found by its first bytes: a container,
         else a pickle if its bytes read as one."""
         try:
-            head = source.pread(0, 512)
+            head = source.pread(0, SNIFF_BYTES)
         except OSError as e:
             self.report.problems.append(f"{location}: {e.strerror or e}")
             return
         if not head:
             return
+        pickles = _pickles(head)
         if depth > MAX_DEPTH:
             self.report.problems.append(f"{location}: more than {MAX_DEPTH} archives deep; not scanned")
-        elif torchzip.sniff(head) or head.startswith(EMPTY_ZIP):
+        elif Pickles.ZIP in pickles or head.startswith(EMPTY_ZIP):
             self.zip(source, location, depth)
         elif is_tar(head):  # torch.load tries tarfile first too
             self.tar(source, location, depth)
             self.pickles(source, location, loaded=False)  # pickle.load and np.load read it from its first byte
-        elif gzindex.sniff(head):
+        elif Pickles.GZIP in pickles:
             self.report.notes.append(f"{location}: gzip-compressed inside another file; not scanned "
                                      "(neither torch.load nor pickle.load reads it)")
-        elif safetensors.sniff(head[: safetensors.MAGIC_LENGTH]):
+        elif Pickles.UNMARKED in pickles:
             self.pickles(source, location, loaded=False)  # torch.load reads a file not named .safetensors so
-        elif head.startswith(NPY_MAGIC):
+        elif Pickles.OBJECTS in pickles:
             self.object_array(source, location)
         elif len(head) > 1 and head[0] == _PROTO and 2 <= head[1] <= 5:
             self.pickles(source, location, loaded=True)
@@ -513,6 +514,13 @@ def _element_size(args: object) -> int | None:
         return None
     dtype = STORAGE_DTYPES.get(args[2].name) if args[2].module == "torch" else None
     return BY_TORCH[dtype].bits // 8 if dtype else None
+
+
+def _pickles(head: bytes) -> set[Pickles]:
+    """Where loaders find pickles in a file that starts with `head`, as the
+    formats that sniff it say (formats/base.py `Pickles`), whichever of
+    them a mount would open: the scan follows the loaders' order."""
+    return {fmt.pickles for fmt in file_formats(head) if fmt.pickles is not None}
 
 
 def importable(g: Global) -> bool:

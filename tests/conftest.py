@@ -104,7 +104,7 @@ def installed_helper():
     """/sbin/mount.fuse.ckptfs, the man page and the completions, as
     `ckptfs install-helper` writes them for the ckptfs under test; whatever
     was there before is put back afterwards."""
-    from ckptfs import install
+    from ckptfs.commands import install_helper as install
 
     paths = [Path(p) for p in install._paths("/")]
     before = {p: (p.read_bytes(), p.stat().st_mode) for p in paths if p.is_file()}

@@ -21,7 +21,8 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 from safetensors.numpy import save_file
 
 import ckptfs
-from ckptfs import cli, compare
+from ckptfs import compare
+from ckptfs.commands import arguments, build_parser
 
 from .conftest import FIXTURES, run_ckptfs, write_safetensors
 
@@ -38,8 +39,8 @@ def _diff(a: Path, b: Path, *options: str) -> tuple[int, dict, list[str]]:
     assert done.returncode in (0, 1), done.stderr
     report = json.loads(done.stdout)
     assert report["same"] == (done.returncode == 0)
-    args = cli.build_parser().parse_args(["diff", *options, str(a), str(b)])
-    here = compare.compare(ckptfs.open(a), ckptfs.open(b), cli._prefix_maps(args.map), args.include, args.exclude,
+    args = build_parser().parse_args(["diff", *options, str(a), str(b)])
+    here = compare.compare(ckptfs.open(a), ckptfs.open(b), arguments.prefix_maps(args.map), args.include, args.exclude,
                            args.tensors_only)
     assert compare.json_safe(here) == report
     text = compare.text(here).splitlines()

@@ -146,8 +146,7 @@ def _synopsis() -> dict[str, str]:
 
 
 def test_the_cli_synopsis_has_every_command_with_every_option():
-    from ckptfs import manual
-    from ckptfs.cli import build_parser
+    from ckptfs.commands import build_parser, manual
 
     synopsis = _synopsis()
     for name, _, sub in manual._subcommands(build_parser()):
@@ -162,8 +161,8 @@ def test_the_cli_synopsis_has_every_command_with_every_option():
 def test_help_lists_the_formats_of_the_registry():
     """--help and the man page (made from the same parser) name every
     registered format, the read-only ones as read-only, and the remote sources."""
-    from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
-    from ckptfs.sources.remote import SCHEMES
+    from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS, shown_as
+    from ckptfs.sources.stores.base import native_schemes
 
     for command in ([], ["mount"]):
         done = subprocess.run([sys.executable, "-m", "ckptfs", *command, "--help"], capture_output=True, text=True,
@@ -171,10 +170,10 @@ def test_help_lists_the_formats_of_the_registry():
         assert done.returncode == 0, done.stderr
         text = " ".join(done.stdout.split())
         for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS):
-            shown = fmt.described + ("" if fmt.writable else " (read-only)")
+            shown = shown_as(fmt)
             assert f"{shown}," in text or f"{shown};" in text, f"ckptfs {' '.join(command)} --help: {shown!r}"
-        assert text.count("(read-only)") == sum(not f.writable for f in (*FILE_FORMATS, *DIRECTORY_FORMATS))
-        assert all(scheme in text for scheme in SCHEMES)
+        assert text.count("(read-only)") == sum(f.writes is None for f in (*FILE_FORMATS, *DIRECTORY_FORMATS))
+        assert all(scheme in text for scheme in native_schemes())
 
 
 #: how the docs may tell to install ckptfs: from a clone or a built wheel (it is on no package index)

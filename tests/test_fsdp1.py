@@ -69,7 +69,7 @@ def test_each_rank_file_is_shown_as_saved(saved, mount):
     info = json.loads(run_ckptfs("info", "--json", saved / "ranks").stdout)
     assert info["format"] == "sharded torch.save (FSDP1)" and not info["notes"]
     # read-only, as its record says and so `ckptfs --help` (tests/test_registry.py for the other formats)
-    assert info["writable"] is False and sharded_torch.FORMAT.writable is False
+    assert info["writable"] is False and sharded_torch.FORMAT.writes is None
 
 
 def test_a_missing_rank_leaves_its_tensors_out_with_a_note(saved, tmp_path):

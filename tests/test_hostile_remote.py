@@ -82,8 +82,9 @@ class Served:
 
     def ended(self, count: int) -> list[tuple[str, str, int, str]]:
         """The slow requests, once `count` of them have ended (the server
-        sees a client hang up at its next write, a second later at most)."""
-        wait_for(lambda: len(self.server.slow) >= count, f"{count} slow requests ended")
+        sees a client hang up at its next write, a second later at most; a
+        busy machine's daemon may take longer to hang up)."""
+        wait_for(lambda: len(self.server.slow) >= count, f"{count} slow requests ended", bound=30.0)
         return list(self.server.slow)
 
 

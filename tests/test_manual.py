@@ -10,8 +10,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from ckptfs import manual
-from ckptfs.cli import build_parser
+from ckptfs.commands import build_parser, manual
 
 from .conftest import CKPTFS, REPO, TIMEOUT
 

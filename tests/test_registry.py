@@ -15,10 +15,10 @@ from safetensors.numpy import save_file
 
 import ckptfs.formats as formats
 from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
-from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, FileFormat
+from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, WriterKind
 from ckptfs.sources.directory import LocalDirectory
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, REPO
 
 
 def test_every_format_module_is_in_the_registry_once():
@@ -71,6 +71,7 @@ MADE = {
     "safetensors": ("m.safetensors", lambda p: save_file({"w": np.ones(3, np.float32)}, p)),
     "gguf": ("m.gguf", _gguf),
     "numpy .npz": ("m.npz", lambda p: np.savez(p, w=np.ones(3))),
+    "numpy .npy": ("m.npy", lambda p: np.save(p, np.ones(3))),
     "torch.save (zip)": ("m.ckpt", lambda p: shutil.copyfile(FIXTURES / "lightning/tiny.ckpt", p)),
     "torch.save (legacy)": ("m.pt", _legacy),
     "torch.distributed.checkpoint": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p)),
@@ -82,15 +83,18 @@ MADE = {
 
 @pytest.mark.parametrize("name", MADE)
 def test_a_format_takes_edits_as_its_record_says(tmp_path, name):
-    """What `ckptfs --help` says of a format (its record's `writable`, and the
-    name detection gives it) is what opening one does: a writer, or none and a
-    read-only mount. FSDP1 saves need three ranks: tests/test_fsdp1.py."""
+    """What `ckptfs --help` says of a format (its record's `writes`, and the
+    name detection gives it) is what opening one does: a writer of that kind,
+    or none and a read-only mount; `ckptfs info` names it by its record's
+    description. FSDP1 saves need three ranks: tests/test_fsdp1.py."""
     fmt = next(f for f in (*FILE_FORMATS, *DIRECTORY_FORMATS) if f.name == name)
     path = tmp_path / MADE[name][0]
     MADE[name][1](path)
     assert _detected(path) is fmt
     checkpoint = formats.open_checkpoint(str(path), str(tmp_path / "cache"))
-    assert (checkpoint.writer is not None) == fmt.writable
+    kinds = {None: type(None), WriterKind.FILE: FileWriter, WriterKind.DIRECTORY: DirectoryWriter}
+    assert isinstance(checkpoint.writer, kinds[fmt.writes])
+    assert checkpoint.description == fmt.description
 
 
 def _detected(path):
@@ -104,3 +108,52 @@ def _detected(path):
 def test_every_format_is_made_above_but_fsdp1():
     names = {f.name for f in (*FILE_FORMATS, *DIRECTORY_FORMATS)}
     assert names == set(MADE) | {"sharded torch.save (FSDP1)"}
+
+
+def _readme_table() -> list[str]:
+    """The first cells of the rows of the README's table of what ckptfs reads."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## What it reads", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [row.split(" | ", 1)[0].removeprefix("| ") for row in rows[2:]]  # past the heading and its rule
+
+
+def test_the_readme_table_names_every_format_as_the_registry_describes_it():
+    """One row a format, first cell as `ckptfs --help` names it (its
+    record's description, and read-only where it writes nothing); the one
+    other row is where they may come from."""
+    registered = [formats.shown_as(f) for f in (*FILE_FORMATS, *DIRECTORY_FORMATS)]
+    table = _readme_table()
+    others = [cell for cell in table if cell not in registered]
+    assert sorted(cell for cell in table if cell in registered) == sorted(registered), \
+        f"README.md's table of formats lacks or repeats some of {registered}"
+    assert len(others) == 1 and others[0].startswith("any of these on S3"), others
+
+
+def test_a_file_format_is_opened_with_the_folder_around_it(tmp_path, monkeypatch):
+    """`Opening.neighbours` lists and opens the files beside a local
+    checkpoint (an ONNX model's external data, a TensorFlow `.index` beside
+    its shards); a link that leaves the folder is not followed."""
+    from ckptfs.tree.checkpoint import Checkpoint
+    from ckptfs.tree.nodes import Dir
+
+    opened = []
+
+    def open_probe(opening):
+        opened.append(opening)
+        return Checkpoint("probe", opening.source.path, opening.stat, Dir(), Dir())
+
+    probe = FileFormat("probe", lambda head: head.startswith(b"PROBE"), open_probe, "probe files", None)
+    monkeypatch.setattr(formats, "FILE_FORMATS", (probe, *FILE_FORMATS))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.probe").write_bytes(b"PROBE header")
+    (folder / "model.probe.data").write_bytes(b"external weights")
+    (tmp_path / "secret").write_bytes(b"outside")
+    (folder / "leak").symlink_to(tmp_path / "secret")
+    ckpt = formats.open_checkpoint(str(folder / "model.probe"), str(tmp_path / "cache"))
+    assert ckpt.description == "probe files"
+    neighbours = opened[0].neighbours
+    assert neighbours.names() == ["leak", "model.probe", "model.probe.data"]
+    assert neighbours.read("model.probe.data") == b"external weights"
+    assert not neighbours.is_file("leak") and neighbours.is_link("leak")

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from ckptfs.sources.pagecache import PAGE, DiskCache, PageCache
-from ckptfs.sources.remote import RemoteError, StalledTwice
 from ckptfs.sources.stall import PROGRESS, Stalled, Watchdog
+from ckptfs.sources.stores.base import RemoteError
+from ckptfs.sources.stores.watched import StalledTwice
 
 from .conftest import is_mounted, run_ckptfs
 from .remote_servers import FileServer, HubServer, NoRangesServer, S3Server

@@ -287,10 +287,11 @@ def test_an_s3_checkpoint_exports_to_s3_as_it_does_to_local_files(env, tmp_path)
 
 def test_a_failed_folder_export_removes_the_shards_it_uploaded(env, monkeypatch):
     from ckptfs.formats import open_checkpoint
-    from ckptfs.sources import remote
-    from ckptfs.write import export, upload
+    from ckptfs.pack import upload
+    from ckptfs.sources.stores import base as stores
+    from ckptfs.write import export
 
-    monkeypatch.setattr(remote, "_STORES", {})
+    monkeypatch.setattr(stores, "_STORES", {})
     real, sent = upload.upload, []
 
     def failing_at_the_index(url, *args, **kwargs):
@@ -308,11 +309,11 @@ def test_a_failed_folder_export_removes_the_shards_it_uploaded(env, monkeypatch)
 
 
 def test_a_large_upload_goes_in_parts_and_a_failed_one_leaves_nothing(env, monkeypatch):
-    from ckptfs.sources import remote
-    from ckptfs.write import upload
+    from ckptfs.pack import upload
+    from ckptfs.sources.stores import base as stores
 
     monkeypatch.setattr(upload, "PART", 5 << 20)  # S3's least part
-    monkeypatch.setattr(remote, "_STORES", {})
+    monkeypatch.setattr(stores, "_STORES", {})
     data = np.random.default_rng(0).integers(0, 256, 12 << 20, dtype=np.uint8).tobytes()
 
     def writer(output):
@@ -350,10 +351,10 @@ def test_a_botocore_without_conditional_writes_is_refused_before_anything_is_sen
     import botocore.session
 
     from ckptfs.errors import CkptfsError
-    from ckptfs.sources import remote
-    from ckptfs.write import upload
+    from ckptfs.pack import upload
+    from ckptfs.sources.stores import base as stores
 
-    monkeypatch.setattr(remote, "_STORES", {})
+    monkeypatch.setattr(stores, "_STORES", {})
     model = botocore.session.get_session().get_service_model("s3")
 
     class Older:  # the S3 model of a botocore from before August 2024

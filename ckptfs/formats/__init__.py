@@ -7,17 +7,35 @@ from __future__ import annotations
 import os
 
 from ..errors import FormatError
-from ..sources import remote
-from ..sources.base import FileSource, Source
+from ..sources.base import FileSource
 from ..sources.directory import Directory, LocalDirectory
+from ..sources.location import location
+from ..sources.remote import open_url
+from ..sources.settings import page_cache
+from ..sources.stores.base import places
 from ..tree.checkpoint import Checkpoint
-from . import dcp, deepspeed, folder, gguf, gzindex, hf, npz, safetensors, sharded_torch, tar, torchlegacy, torchzip
-from .base import SNIFF_BYTES, DirectoryFormat, FileFormat
+from . import (
+    dcp,
+    deepspeed,
+    folder,
+    gguf,
+    gzindex,
+    hf,
+    npy,
+    npz,
+    safetensors,
+    sharded_torch,
+    tar,
+    torchlegacy,
+    torchzip,
+)
+from .base import SNIFF_BYTES, DirectoryFormat, FileFormat, Opening
 
 #: single-file formats, tried in this order on the first SNIFF_BYTES bytes
 FILE_FORMATS: tuple[FileFormat, ...] = (
     gzindex.FORMAT,
     tar.FORMAT,
+    npy.FORMAT,
     safetensors.FORMAT,
     gguf.FORMAT,
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
@@ -34,13 +52,22 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
 )
 
 
-
 def described() -> str:
     """The formats as `ckptfs --help` and the man page list them, in the
     order detection tries them, and where they may come from."""
-    shown = [fmt.described + ("" if fmt.writable else " (read-only)") for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS)]
-    return f"{', '.join(shown)}; each from a local path, or from a URL ({', '.join(remote.SCHEMES)}) with the " \
-        "remote extra installed"
+    shown = [shown_as(fmt) for fmt in (*FILE_FORMATS, *DIRECTORY_FORMATS)]
+    return f"{', '.join(shown)}; each from a local path, or from {places()}"
+
+
+def shown_as(fmt: FileFormat | DirectoryFormat) -> str:
+    """A format as `ckptfs --help` and the README's table name it."""
+    return fmt.description + ("" if fmt.writes else " (read-only)")
+
+
+def file_formats(head: bytes) -> list[FileFormat]:
+    """Every file format whose sniff takes these first bytes, in the order
+    detection tries them (the first is the one a mount opens)."""
+    return [fmt for fmt in FILE_FORMATS if fmt.sniff(head)]
 
 
 _NOT_CHECKPOINTS = {
@@ -51,7 +78,7 @@ _NOT_CHECKPOINTS = {
 def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
     """Read the metadata of the checkpoint at `path` (a file, a directory,
     or a URL: sources/remote.py) into a tree."""
-    if remote.is_url(path):
+    if location(path).remote:
         return _open_remote(path, cache_dir)
     try:
         st = os.stat(path)
@@ -67,36 +94,41 @@ def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
         source = FileSource(path)
     except OSError as e:
         raise FormatError(path, e.strerror or str(e)) from None
-    return _open_file(source, st, cache_dir)
+    return _open_file(Opening(source, st, cache_dir, LocalDirectory(os.path.dirname(os.path.abspath(path)))))
 
 
 def _open_remote(url: str, cache_dir: str) -> Checkpoint:
     """A checkpoint on object storage or a web server."""
-    opened = remote.open_url(url, remote.page_cache(cache_dir))
+    opened = open_url(url, page_cache(cache_dir))
     if isinstance(opened, Directory):
         return _open_directory(opened)
-    return _open_file(opened, opened.stat, cache_dir)
+    return _open_file(Opening(opened, opened.stat, cache_dir))  # an object's neighbours are not listed
 
 
 def _open_directory(directory: Directory) -> Checkpoint:
     for fmt in DIRECTORY_FORMATS:
         if fmt.sniff(directory):
-            return fmt.open(directory)
+            return _described(fmt.open(directory), fmt)
     path = directory.path
     if dcp.has_shards(directory):
         raise FormatError(path, "distributed checkpoint without its .metadata file: the shards cannot be placed")
     raise FormatError(path, "directory holds no checkpoint (no .safetensors, no .metadata here or in a subfolder)")
 
 
-def _open_file(source: Source, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    path = source.path
-    head = source.pread(0, SNIFF_BYTES)
-    for fmt in FILE_FORMATS:
-        if fmt.sniff(head):
-            return fmt.open(source, st, cache_dir)
+def _open_file(opening: Opening) -> Checkpoint:
+    path = opening.source.path
+    head = opening.source.pread(0, SNIFF_BYTES)
+    matching = file_formats(head)
+    if matching:
+        return _described(matching[0].open(opening), matching[0])
     for magic, what in _NOT_CHECKPOINTS.items():
         if head.startswith(magic):
             raise FormatError(path, what)
     if not head:
         raise FormatError(path, "empty file, not a checkpoint")
     raise FormatError(path, f"not a checkpoint ckptfs knows (starts with {head[:8].hex(' ')})")
+
+
+def _described(ckpt: Checkpoint, fmt: FileFormat | DirectoryFormat) -> Checkpoint:
+    ckpt.description = fmt.description
+    return ckpt

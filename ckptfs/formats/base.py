@@ -17,17 +17,18 @@ import errno
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from enum import Enum
+from typing import TYPE_CHECKING, Callable, ClassVar, Generic, TypeVar
 
 from ..errors import EditRefused, MoveRefused, RepackError
 from ..sources import pathnames
+from ..sources.directory import Directory
 from ..tree import names
 from ..tree.nodes import Dir, File, Node
 
 if TYPE_CHECKING:
     from ..pack.output import Blob, Output
-    from ..sources.base import FileSource, Source
-    from ..sources.directory import Directory
+    from ..sources.base import Source
     from ..tree.checkpoint import Checkpoint
     from ..tree.tensors import PlacedTensor
 
@@ -40,38 +41,96 @@ Files = dict[str, Node]
 Before = dict[str, tuple[Node, object]]
 
 
+class WriterKind(Enum):
+    """How a format's checkpoints take edits: what its writer makes, swapped
+    in for the source at unmount (docs/writing.md)."""
+
+    FILE = "file"  # a `FileWriter`: one new file
+    DIRECTORY = "directory"  # a `DirectoryWriter`: a new directory
+
+
+class Pickles(Enum):
+    """Where loaders find the pickles of a file of a format: what `ckptfs
+    scan` reads of it (scan.py), whatever its name."""
+
+    ZIP = "in the records of a zip, which torch.load and np.load open"
+    GZIP = "in the tar inside the gzip stream (read at the top level only: no loader inflates a file inside another)"
+    UNMARKED = "none, but torch.load reads a file as a pickle from its first byte, PROTO marker or not"
+    OBJECTS = "after an .npy header whose dtype holds Python objects, which np.load(allow_pickle=True) unpickles"
+
+
 @dataclass(frozen=True)
-class FileFormat:
-    """A format stored in one file, recognised by its first bytes."""
+class Opening:
+    """What a file format's `open` is handed: the file and what lies around it."""
+
+    source: Source
+    #: its stat: owner, mode, times, and the identity a cached index is kept under
+    stat: os.stat_result
+    #: where a format may keep what it builds once (a gzip tar's seek index)
+    cache_dir: str
+    #: the folder the file lies in, to list and open the files beside it
+    #: (an ONNX model's external data, a TensorFlow `.index` beside its
+    #: `.data-*` shards), the links that leave it not followed; None where
+    #: nothing can be listed (a member of an archive, a remote object)
+    neighbours: Directory | None = None
+
+
+#: what a format's `sniff` looks at: a file's first bytes, or a directory
+Sniffed = TypeVar("Sniffed")
+#: what a format's `open` is handed: an `Opening` of a file, or a directory
+Opened = TypeVar("Opened")
+
+
+@dataclass(frozen=True)
+class Format(Generic[Sniffed, Opened]):
+    """What the registry holds of every format (formats/__init__.py)."""
 
     name: str
-    #: True if these first bytes (up to 512) start a checkpoint of this format
-    sniff: Callable[[bytes], bool]
-    #: (the file, its stat, the cache directory) -> the checkpoint
-    open: Callable[[FileSource, os.stat_result, str], Checkpoint]
-    #: what `ckptfs --help` and the man page call it, in a few words
-    described: str
-    #: whether its checkpoints take edits (its `Checkpoint` has a `Writer`)
-    writable: bool
+    #: True if this (a file's first SNIFF_BYTES bytes, or a directory) is a checkpoint of this format
+    sniff: Callable[[Sniffed], bool]
+    #: the file and what lies around it, or the directory -> the checkpoint
+    open: Callable[[Opened], Checkpoint]
+    #: one line: what `ckptfs --help`, `ckptfs info` and the README's table call it
+    description: str
+    #: how its checkpoints take edits (its `Checkpoint` has a `Writer`), None if they do not
+    writes: WriterKind | None
+
+
+@dataclass(frozen=True)
+class FileFormat(Format[bytes, Opening]):
+    """A format stored in one file, recognised by its first bytes."""
+
     #: for a format that can be shown inside another checkpoint (formats/nested.py):
     #: (the inner file, its path, notes) -> (its tree with a writer, its placed
     #: tensors, its pickle globals), or None to leave it a plain file
     nest: Callable[[Source, str, list[str]], tuple[Dir, list[PlacedTensor], list[str]] | None] | None = None
+    #: where `ckptfs scan` looks for the pickles of a file this format
+    #: sniffs; None: the scan judges by the bytes alone (a PROTO marker, a
+    #: header tarfile takes, what `pickle.load` would read: scan.py)
+    pickles: Pickles | None = None
 
 
 @dataclass(frozen=True)
-class DirectoryFormat:
+class DirectoryFormat(Format[Directory, Directory]):
     """A format stored as a directory, recognised by what it holds."""
 
-    name: str
-    #: True if this directory is a checkpoint of this format
-    sniff: Callable[[Directory], bool]
-    #: the directory -> the checkpoint
+    #: for a format whose folders are shown expanded where they lie inside
+    #: another checkpoint (formats/nested.py): a folder of a NeMo 2
+    #: checkpoint, opened by `open`, or of a `.nemo` archive, by this
+    nest: Nest | None = None
+
+
+@dataclass(frozen=True)
+class Nest:
+    """How a directory format's folder is shown inside an archive (a
+    `.nemo`'s `model_weights/`)."""
+
+    #: (the folder's members, as a flat Directory) -> its checkpoint, whose
+    #: writer writes the members the edits change (`DirectoryWriter.new_files`)
     open: Callable[[Directory], Checkpoint]
-    #: what `ckptfs --help` and the man page call it, in a few words
-    described: str
-    #: whether its checkpoints take edits (its `Checkpoint` has a `Writer`)
-    writable: bool
+    #: whether a file of the folder, by name, is the format's own (read by
+    #: `open`); the others stay beside its tree as the archive shows them
+    owns: Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -123,19 +182,29 @@ class Writer(ABC):
                 raise MoveRefused(f"{m.path}: {why}", errno.EPERM)
 
     @staticmethod
-    def file_name_ok(path: str) -> bool:
-        """Whether a path of the tree stands for one a folder can hold (`check_file_name`)."""
-        return pathnames.path_problem(names.disk_path(path)) is None
-
-    @staticmethod
     def check_file_name(path: str) -> None:
         """EditRefused unless the file at `path` of the tree stands for a
         path a folder can hold (a file made as `%2E%2E` stands for `..`):
         for formats whose files become files on disk (a folder's, a tar's
         members once unpacked)."""
-        problem = pathnames.path_problem(names.disk_path(path))
+        problem = _folder_problem(path)
         if problem is not None:
-            raise EditRefused(f"{path}: cannot be a file of the folder it is written to: {problem}")
+            raise EditRefused(f"{path}: {NOT_IN_A_FOLDER}: {problem}")
+
+    @classmethod
+    def check_moved_file_names(cls, moved: list[Moved]) -> None:
+        """`check_move` for the formats `check_file_name` is for: each moved
+        file must land at a path a folder can hold."""
+        cls.check_moved_files(moved, lambda path: _folder_problem(path) is None, NOT_IN_A_FOLDER)
+
+
+#: why a file of the tree cannot be written to a folder under its name
+NOT_IN_A_FOLDER = "cannot be a file of the folder it is written to"
+
+
+def _folder_problem(path: str) -> str | None:
+    """What keeps the file at `path` of the tree from being a file of a folder, or None."""
+    return pathnames.path_problem(names.disk_path(path))
 
 
 class FileWriter(Writer):

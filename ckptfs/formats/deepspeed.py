@@ -373,4 +373,4 @@ def _shapes(group, name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-FORMAT = DirectoryFormat("deepspeed zero", sniff, open_dir, "DeepSpeed ZeRO save folders", writable=False)
+FORMAT = DirectoryFormat("deepspeed zero", sniff, open_dir, "DeepSpeed ZeRO save folders", writes=None)

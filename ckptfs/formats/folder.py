@@ -17,14 +17,14 @@ from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE
-from . import dcp
-from .base import DirectoryFormat, DirectoryWriter, FileWriter, nested_writer
-from .nested import Grafts, show_directory
+from .base import DirectoryFormat, DirectoryWriter, FileWriter, WriterKind, nested_writer
+from .nested import Grafts, directory_format, show_directory
 
 
 def sniff(directory: Directory) -> bool:
-    """True when a direct subfolder is a distributed checkpoint."""
-    return any(directory.is_dir(e) and dcp.sniff(directory.sub(e)) for e in directory.names())
+    """True when a direct subfolder is a checkpoint of a directory format
+    that nests (a distributed checkpoint)."""
+    return any(directory.is_dir(e) and directory_format(directory.sub(e)) is not None for e in directory.names())
 
 
 def open_dir(directory: Directory) -> Checkpoint:
@@ -33,10 +33,11 @@ def open_dir(directory: Directory) -> Checkpoint:
 
     def distributed(rel: str, parts: list[str], root: Dir, raw: Dir) -> bool:
         """A subfolder that is a distributed checkpoint, shown expanded in place."""
-        if not dcp.sniff(directory.sub(rel)):
+        fmt = directory_format(directory.sub(rel))
+        if fmt is None:
             return False
         try:
-            inner = dcp.open_dir(directory.sub(rel))
+            inner = fmt.open(directory.sub(rel))
         except FormatError as e:
             grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
             return False
@@ -72,7 +73,7 @@ class Writer(DirectoryWriter):
         self.check_file_name(path)
 
     def check_move(self, moved: list) -> None:
-        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+        self.check_moved_file_names(moved)
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         owned = [p for p, n in files.items() if nested_writer(n) is not None]
@@ -95,4 +96,4 @@ class Writer(DirectoryWriter):
 
 
 FORMAT = DirectoryFormat("folder of distributed checkpoints", sniff, open_dir,
-                         "folders holding distributed checkpoints (NeMo 2, Megatron saves)", writable=True)
+                         "folders holding distributed checkpoints (NeMo 2, Megatron saves)", WriterKind.DIRECTORY)

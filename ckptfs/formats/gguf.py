@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ from ..errors import EditRefused, FormatError, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..pack.changes import is_edited
-from ..sources.base import FileSource, Source
+from ..sources.base import Source
 from ..tree import names, npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
@@ -44,7 +43,7 @@ from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import ComputedTensor, PlacedTensor, QuantizedTensor, Tensor, TensorFile
 from . import gguf_values
-from .base import Before, FileFormat, Files, FileWriter
+from .base import Before, FileFormat, Files, FileWriter, Opening, WriterKind
 from .gguf_quants import DEQUANTIZE, Dequantized
 from .gguf_values import ARRAY, BOOL, SCALARS, STRING, metadata_yaml
 
@@ -413,10 +412,11 @@ def _write_gguf(output, version: bytes, metadata, tensors, alignment: int) -> No
         output.write(bytes(-length % alignment))
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+def open_file(opening: Opening) -> Checkpoint:
     """A file with tensors that cannot be read (cut short: a download that
     stopped) mounts read-only: written back, it could only lose them, and a
     download could no longer be resumed; its readable tensors export."""
+    source, st = opening.source, opening.stat
     shown = expand(source, source.path)
     ckpt = Checkpoint("gguf", source.path, st, shown.root, raw_mirror(source), shown.placed, shown.notes,
                       quantized=shown.quantized)
@@ -429,4 +429,4 @@ def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpo
     return ckpt
 
 
-FORMAT = FileFormat("gguf", sniff, open_file, "GGUF (llama.cpp, Ollama)", writable=True)
+FORMAT = FileFormat("gguf", sniff, open_file, "GGUF v2/v3 files (llama.cpp, Ollama)", WriterKind.FILE)

@@ -26,11 +26,11 @@ import tempfile
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
-from ..sources.base import FileSource, Source
+from ..sources.base import Source
 from ..sources.gzip import GzipSource, Inflated, SpanSums, open_gzip
 from ..tree.checkpoint import Checkpoint
 from . import tar
-from .base import FileFormat
+from .base import FileFormat, Opening, Pickles, WriterKind
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,9 @@ def _atomic(final: str, data: bytes) -> None:
         raise
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    return open_gzip_tar(source, st, cache_dir)
+def open_file(opening: Opening) -> Checkpoint:
+    return open_gzip_tar(opening.source, opening.stat, opening.cache_dir)
 
 
-FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file, ".nemo (gzip tar, older NeMo)", writable=True)
+FORMAT = FileFormat("nemo (gzip tar)", sniff, open_file, "NeMo .nemo archives (gzip tar, older NeMo)", WriterKind.FILE,
+                    pickles=Pickles.GZIP)

@@ -25,7 +25,7 @@ from ..tree.nodes import Access, Dir, File, Symlink
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, dtype_before, merge_into, tensor_key, tensor_tree
 from . import hf_torch, safetensors
-from .base import DirectoryFormat, DirectoryWriter
+from .base import DirectoryFormat, DirectoryWriter, WriterKind
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -228,7 +228,7 @@ class Writer(DirectoryWriter):
                 raise EditRefused(str(e)) from None
 
     def check_move(self, moved: list) -> None:
-        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+        self.check_moved_file_names(moved)
 
     def write_dir(self, files: dict, before: dict, out: str) -> None:
         tensors, plain = {}, {}
@@ -306,4 +306,4 @@ def _tree_path(rel: str) -> str:
     return "/".join(names.file_parts(rel))
 
 
-FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir, "Hugging Face model directories", writable=True)
+FORMAT = DirectoryFormat("Hugging Face directory", sniff, open_dir, "Hugging Face model directories", WriterKind.DIRECTORY)

@@ -5,13 +5,16 @@ One helper grafts every one of them: the inner checkpoint's folder takes the
 place of the file (or folder) it was read from, its tensors are placed under
 that path, and its notes and pickle globals join the outer checkpoint's. A
 file is expanded by the first format of the registry that sniffs it and can
-open it nested (`FileFormat.nest`); its raw bytes stay in the raw mirror.
+open it nested (`FileFormat.nest`); its raw bytes stay in the raw mirror. A
+folder is expanded by the first directory format that sniffs it and can be
+nested (`DirectoryFormat.nest`, `directory_format`): no format names another.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..sources.base import Source
 from ..sources.directory import Directory
@@ -20,6 +23,52 @@ from ..tree.nodes import Access, Dir
 from ..tree.rawfiles import add_links, raw_file
 from ..tree.tensors import PlacedTensor
 from .base import SNIFF_BYTES
+
+if TYPE_CHECKING:
+    from .base import DirectoryFormat
+
+
+def directory_format(directory: Directory) -> DirectoryFormat | None:
+    """The first directory format of the registry that can be shown nested
+    in another checkpoint and sniffs `directory` as one of its own."""
+    from . import DIRECTORY_FORMATS  # the registry lists this module's users: imported when first needed
+
+    return next((fmt for fmt in DIRECTORY_FORMATS if fmt.nest is not None and fmt.sniff(directory)), None)
+
+
+class Members(Directory):
+    """The files of one folder of an archive, by name, as a flat directory
+    (`Nest.open` reads it): no subfolders, no links."""
+
+    def __init__(self, path: str, stat: os.stat_result, mtimes: dict[str, int], opener: Callable[[str], Source]):
+        self.path, self._stat, self.mtimes, self.opener = path, stat, mtimes, opener
+
+    def stat(self) -> os.stat_result:
+        return self._stat
+
+    def names(self, folder: str = "") -> list[str]:
+        return sorted(self.mtimes) if not folder else []
+
+    def is_file(self, name: str) -> bool:
+        return name in self.mtimes
+
+    def is_dir(self, name: str) -> bool:
+        return False
+
+    def is_link(self, name: str) -> bool:
+        return False
+
+    def link_target(self, name: str) -> str:
+        raise FileNotFoundError(name)
+
+    def open(self, name: str) -> Source:
+        return self.opener(name)
+
+    def mtime_ns(self, name: str) -> int:
+        return self.mtimes[name]
+
+    def sub(self, folder: str) -> Directory:
+        raise FileNotFoundError(folder)
 
 
 @dataclass

@@ -22,7 +22,6 @@ archive stays about the size its writer made it.
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -31,13 +30,13 @@ from ..errors import EditRefused, FormatError, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..pack.changes import is_edited
-from ..sources.base import FileSource, SeekableReader, Source
+from ..sources.base import SeekableReader, Source
 from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PiecedTensor, PlacedTensor, Tensor, TensorFile
-from .base import FileFormat, FileWriter
+from .base import FileFormat, FileWriter, Opening, Pickles, WriterKind
 from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Deflated, Record, ZipStream
 
@@ -127,7 +126,7 @@ def _place(layout: Layout, source: Source, info: zipfile.ZipInfo, name: str) -> 
         return None, "a folder record that holds bytes" if info.file_size else ""
     parts = names.file_parts(info.filename)
     try:
-        file, tensor, unreadable = _record_file(record_source(source, info, name), info.filename)
+        file, tensor, unreadable = record_file(record_source(source, info, name), info.filename)
         layout.root.subdir(parts[:-1]).add(parts[-1], file)
     except FormatError as e:
         return None, e.problem
@@ -142,7 +141,7 @@ def _place(layout: Layout, source: Source, info: zipfile.ZipInfo, name: str) -> 
     return path, ""
 
 
-def _record_file(data: Source, record: str) -> tuple[File, Tensor | None, str]:
+def record_file(data: Source, record: str) -> tuple[File, Tensor | None, str]:
     """A record's file, its tensor when it is one, and why np.load cannot
     read it as an array when it starts as NPY does but cannot be (empty
     otherwise). np.load returns the bytes of a record that does not start
@@ -239,11 +238,13 @@ class Writer(FileWriter):
                       size=info.file_size)
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+def open_file(opening: Opening) -> Checkpoint:
+    source, st = opening.source, opening.stat
     layout = read(source, source.path)
     ckpt = Checkpoint("numpy .npz", source.path, st, layout.root, raw_mirror(source), layout.placed, layout.notes)
     ckpt.writer = Writer(source, source.path, layout)
     return ckpt
 
 
-FORMAT = FileFormat("numpy .npz", sniff, open_file, "NumPy .npz archives", writable=True)
+FORMAT = FileFormat("numpy .npz", sniff, open_file, "NumPy .npz archives (savez, savez_compressed)", WriterKind.FILE,
+                    pickles=Pickles.ZIP)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 
 import yaml
 
@@ -19,14 +18,14 @@ from ..errors import EditRefused, FormatError, MoveRefused, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..pack.changes import is_edited
-from ..sources.base import FileSource, Source
+from ..sources.base import Source
 from ..tree import npy, yamltext
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, dtype_before, tensor_key, tensor_tree
-from .base import FileFormat, FileWriter, Moved
+from .base import FileFormat, FileWriter, Moved, Opening, Pickles, WriterKind
 
 MAGIC_LENGTH = 9
 
@@ -265,11 +264,12 @@ def _edited_metadata(node: File, problems: list[str]):
     return value
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+def open_file(opening: Opening) -> Checkpoint:
+    source, st = opening.source, opening.stat
     root, placed, by_name, _ = expand(source)
     ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed)
     ckpt.writer = Writer(by_name)
     return ckpt
 
 
-FORMAT = FileFormat("safetensors", sniff, open_file, ".safetensors", writable=True)
+FORMAT = FileFormat("safetensors", sniff, open_file, ".safetensors files", WriterKind.FILE, pickles=Pickles.UNMARKED)

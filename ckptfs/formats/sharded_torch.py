@@ -279,4 +279,4 @@ def _whole(path: tuple, archives: list[TorchZip], per_rank: list[dict]) -> Tenso
 
 
 FORMAT = DirectoryFormat("sharded torch.save (FSDP1)", sniff, open_dir,
-                         "FSDP1 folders of per-rank torch.save files", writable=False)
+                         "FSDP1 folders of per-rank torch.save files", writes=None)

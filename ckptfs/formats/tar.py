@@ -20,16 +20,13 @@ from ..limits import LIMITS
 from ..pack.changes import below, is_edited
 from ..pack.output import Blob, ContentBlob, GzipOutput
 from ..sources import pathnames
-from ..sources.base import FileSource, SeekableReader, Source
+from ..sources.base import SeekableReader, Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File, PathConflict, Symlink
 from ..tree.rawfiles import raw_file
-from .base import FileFormat, FileWriter, nested_writer
-from .dcp.metadata import is_metadata, metadata_names
-from .dcp.reader import expand as expand_distributed
-from .dcp.writer import Writer as DistributedWriter
-from .nested import Grafts
+from .base import DirectoryFormat, FileFormat, FileWriter, Opening, WriterKind, nested_writer
+from .nested import Grafts, Members, directory_format
 
 BLOCK = 512
 PAGE = 4096
@@ -157,48 +154,65 @@ def build(fmt: str, source: Source, members: list[Member], st: os.stat_result, n
         for tree in (root, raw):
             _place(tree, m, source, source.path)
     grafts = Grafts(notes=notes)
-    _expand_checkpoints(root, files.values(), source, grafts)
-    _expand_distributed(root, files.values(), source, grafts)
+    folders = _nested_folders(files.values(), source, st)
+    _expand_checkpoints(root, files.values(), source, grafts, folders)
+    _expand_folders(root, folders, grafts)
     ckpt = Checkpoint(fmt, source.path, st, root, raw, grafts.placed, grafts.notes, grafts.pickle_globals)
     ckpt.writer = Writer(source, compressed=fmt.endswith(".gz)"))
     return ckpt
 
 
-def _expand_distributed(root: Dir, files, source: Source, grafts: Grafts) -> None:
-    """Folders of the archive that hold a distributed checkpoint (NeMo's
-    `model_weights/`) appear expanded in place, served from the tar's bytes."""
+def _nested_folders(files, source: Source, st: os.stat_result) -> dict[str, tuple[DirectoryFormat, Members]]:
+    """The folders of the archive that hold a checkpoint of a directory
+    format that nests (NeMo's `model_weights/`, a distributed checkpoint),
+    each with its format and its files."""
     by_folder: dict[str, dict[str, Member]] = {}
     for m in files:
         folder, _, name = m.name.rpartition("/")
         by_folder.setdefault(folder, {})[name] = m
+    nested = {}
     for folder, in_folder in sorted(by_folder.items()):
-        if not metadata_names(in_folder) or not folder:
+        mtimes = {name: m.mtime_ns for name, m in in_folder.items()}
+        members = Members(f"{source.path}:{folder}", st, mtimes,
+                          lambda name, in_folder=in_folder: source.slice(in_folder[name].offset, in_folder[name].size))
+        fmt = directory_format(members)
+        if fmt is not None:
+            nested[folder] = (fmt, members)
+    return nested
+
+
+def _expand_folders(root: Dir, folders: dict[str, tuple[DirectoryFormat, Members]], grafts: Grafts) -> None:
+    """Folders of the archive that hold a directory checkpoint appear
+    expanded in place, served from the tar's bytes; the files of the folder
+    that are not its own stay beside it as they are."""
+    for folder, (fmt, members) in folders.items():
+        if not folder:
             continue
-        members = {name: source.slice(m.offset, m.size) for name, m in in_folder.items()}
-        chunks_of, fqn_of = {}, {}
         try:
-            tree, tensors, dcp_notes, dcp_globals = expand_distributed(f"{source.path}:{folder}", members, chunks_of, fqn_of)
+            inner = fmt.nest.open(members)
         except FormatError as e:
             grafts.notes.append(f"{folder} is shown as plain files: {e.problem}")
             continue
         parts = names.file_parts(folder)
         parent = root.subdir(parts[:-1])
-        tree.mtime_ns = parent.children[parts[-1]].mtime_ns
-        tree.writer = DistributedWriter(f"{source.path}:{folder}", members, chunks_of, fqn_of)
-        for name, node in parent.children[parts[-1]].children.items():
-            if not name.endswith(".distcp") and not is_metadata(name):
-                tree.children.setdefault(name, node)  # other files of the folder stay as they are
-        grafts.graft(parent, parts[-1], "/".join(parts), tree, tensors, dcp_notes, dcp_globals)
+        shown = parent.children[parts[-1]]
+        inner.root.mtime_ns = shown.mtime_ns
+        inner.root.writer = inner.writer
+        for name, node in shown.children.items():
+            if not fmt.nest.owns(name):
+                inner.root.children.setdefault(name, node)  # other files of the folder stay as they are
+        grafts.graft(parent, parts[-1], "/".join(parts), inner.root, inner.tensors, inner.notes, inner.pickle_globals)
 
 
-def _expand_checkpoints(root: Dir, files, source: Source, grafts: Grafts) -> None:
+def _expand_checkpoints(root: Dir, files, source: Source, grafts: Grafts, folders: dict) -> None:
     """Members that are checkpoints themselves (torch.save archives) appear
-    expanded at their own name (docs/layout.md). The shards of a distributed
-    checkpoint are not: each holds torch.save archives one after another,
-    read through the metadata beside it (`_expand_distributed`)."""
-    distributed = {m.name.rpartition("/")[0] for m in files if is_metadata(m.name.rpartition("/")[2])}
+    expanded at their own name (docs/layout.md). The files a directory
+    checkpoint's folder holds of its own are not: a distributed
+    checkpoint's shards hold torch.save archives one after another, read
+    through the metadata beside them (`_expand_folders`)."""
     for m in files:
-        if m.name.endswith(".distcp") and m.name.rpartition("/")[0] in distributed:
+        folder, _, leaf = m.name.rpartition("/")
+        if folder in folders and folders[folder][0].nest.owns(leaf):
             continue
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])
@@ -252,7 +266,7 @@ class Writer(FileWriter):
         self.check_file_name(path)  # a member is a file on disk once the archive is unpacked
 
     def check_move(self, moved: list) -> None:
-        self.check_moved_files(moved, self.file_name_ok, "cannot be a file of the folder it is written to")
+        self.check_moved_file_names(moved)
 
     def write(self, files: dict, before: dict, output) -> None:
         if self.compressed:
@@ -360,8 +374,8 @@ def _member_name(path: str) -> str:
     return name
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
-    return open_plain(source, st)
+def open_file(opening: Opening) -> Checkpoint:
+    return open_plain(opening.source, opening.stat)
 
 
-FORMAT = FileFormat("nemo (tar)", sniff, open_file, ".nemo (tar)", writable=True)
+FORMAT = FileFormat("nemo (tar)", sniff, open_file, "NeMo .nemo archives (plain tar, NeMo 1.7 and later)", WriterKind.FILE)

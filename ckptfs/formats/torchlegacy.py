@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 
 from ..errors import FormatError
 from ..limits import LIMITS
 from ..pickle.inert import InertUnpickler, PickleError
 from ..pickle.torch_classes import KNOWN, legacy_storable, persistent_load
-from ..sources.base import FileSource, Source
+from ..sources.base import Source
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Extent
-from .base import FileFormat, FileWriter
+from .base import FileFormat, FileWriter, Opening, WriterKind
 from .torchzip import PickledCheckpoint, open_pickled
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -108,10 +107,11 @@ class Writer(FileWriter):
         check_move(lambda: TorchLegacy(self.source, self.name), moved)
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+def open_file(opening: Opening) -> Checkpoint:
+    source, st = opening.source, opening.stat
     ckpt = open_pickled(TorchLegacy(source, source.path), "torch (legacy, before 1.6)", st)
     ckpt.writer = Writer(source, source.path)
     return ckpt
 
 
-FORMAT = FileFormat("torch.save (legacy)", sniff, open_file, "legacy torch.save files (before torch 1.6)", writable=True)
+FORMAT = FileFormat("torch.save (legacy)", sniff, open_file, "legacy torch.save files (before torch 1.6)", WriterKind.FILE)

@@ -24,7 +24,7 @@ from ..pack.output import COPY_BLOCK
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
 from ..pickle.torch_classes import KNOWN, TensorRef, persistent_load, storable
-from ..sources.base import FileSource, Source
+from ..sources.base import Source
 from ..sources.deflate import DeflateSource
 from ..tree import npy, xattrs
 from ..tree.checkpoint import Checkpoint
@@ -32,7 +32,7 @@ from ..tree.gather import Gather
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PiecedTensor, PlacedTensor
-from .base import FileFormat, FileWriter
+from .base import FileFormat, FileWriter, Opening, Pickles, WriterKind
 from .torchzip_records import DESCRIPTOR, STORED, Entry, ZipRecords, read_records
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -379,11 +379,12 @@ def open_pickled(archive: PickledCheckpoint, fmt: str, st: os.stat_result) -> Ch
     return Checkpoint(fmt, archive.source.path, st, root, raw_mirror(archive.source), placed, pickle_globals=pickle_globals)
 
 
-def open_file(source: FileSource, st: os.stat_result, cache_dir: str) -> Checkpoint:
+def open_file(opening: Opening) -> Checkpoint:
+    source, st = opening.source, opening.stat
     ckpt = open_pickled(TorchZip(source, source.path), "torch (zip)", st)
     ckpt.writer = Writer(source, source.path)
     return ckpt
 
 
 FORMAT = FileFormat("torch.save (zip)", sniff, open_file, "torch.save files (.pt, .pth, .bin, Lightning .ckpt)",
-                    writable=True, nest=expand_nested)
+                    WriterKind.FILE, nest=expand_nested, pickles=Pickles.ZIP)

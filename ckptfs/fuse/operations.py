@@ -20,16 +20,15 @@ import stat
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import pyfuse3
 import trio
 
 from ..errors import CkptfsError
+from ..sources.readahead import FETCHED, Reader
 from ..tree import xattrs
 from ..tree.nodes import Access, Content, Dir, File, LazyDir, Node, Symlink
-from ..write.editable import EditableTree, describe_tensor
-from ..write.overlay import EditedContent
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,37 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 #: where the kernel opened without asking (zero-message opens, Linux 5.1)
 ZERO_MESSAGE_OPENS = getattr(pyfuse3, "NO_OPEN_FH_IS_INODE", False)
 BLKSIZE = 1 << 20  # tells cp and friends to read in large blocks
-#: how much of a fetched file its first read asks for, and how far ahead a sequential reader is kept
-FIRST_AHEAD, MAX_AHEAD = 32 << 20, 64 << 20
+
+
+class Edits(Protocol):
+    """All the operations know of a writable mount's edit session (the edit
+    session's `EditableTree` is one; a file's content says itself whether it
+    is `edited`): changes by path, bytes written through an edited file's
+    content, and where they are kept."""
+
+    def edit(self, path: str) -> File: ...  # a file of the source made editable: its content is edited
+
+    def create(self, path: str) -> File: ...
+
+    def mkdir(self, path: str) -> Dir: ...
+
+    def remove(self, path: str) -> None: ...
+
+    def rename(self, old: str, new: str) -> None: ...
+
+    def exchange(self, a: str, b: str) -> None: ...
+
+    def write(self, content: Any, offset: int, data: bytes) -> int: ...
+
+    def truncate(self, content: Any, size: int) -> None: ...
+
+    def holds(self, content: Any) -> bool: ...  # False for an edited content of before a commit
+
+    def describe(self, path: str, file: File) -> None: ...  # an edited file that passed its check
+
+    def fsync(self, file: File | None = None) -> None: ...  # the journal, and a file's written bytes
+
+    def room(self) -> int: ...  # bytes free where the edits are kept
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,7 @@ class Operations(pyfuse3.Operations):
     `check_move(old, new)` returns the MoveRefused that keeps a rename from
     being made (its errno is the answer), or None."""
 
-    def __init__(self, root: Dir, owner: Ownership, editable: EditableTree | None = None, check=None,
+    def __init__(self, root: Dir, owner: Ownership, editable: Edits | None = None, check=None,
                  shown: Shown | None = None, check_move=None):
         super().__init__()
         self.owner = owner
@@ -146,7 +174,7 @@ class Operations(pyfuse3.Operations):
         self.root = root
         self.editable, self.check, self.check_move = editable, check, check_move
         self.handles: dict[int, _Handle] = {}  # open files
-        self.ahead: dict[int, tuple[int, int, int]] = {}  # inode -> (its next read's start, read-ahead, asked up to)
+        self.ahead: dict[int, Reader] = {}  # inode -> where its reader is, for read-ahead
         self._next_handle = 1
         # by inode number (0 is unused): the node, its parent's number, its name
         self.nodes: list[Node | None] = [None, root]
@@ -173,7 +201,7 @@ class Operations(pyfuse3.Operations):
         self.access_of: dict[int, Access] = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
 
-    def replace_tree(self, root: Dir, editable: EditableTree | None, check=None, check_move=None) -> None:
+    def replace_tree(self, root: Dir, editable: Edits | None, check=None, check_move=None) -> None:
         """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
         their inodes, so open files read on; names are looked up afresh."""
         self.root, self.editable, self.check, self.check_move = root, editable, check, check_move
@@ -212,7 +240,7 @@ class Operations(pyfuse3.Operations):
             read_only = inode in self.read_only
             for name, number in zip(names, numbers):
                 child = children[name]
-                if isinstance(child, File) and not isinstance(child.content, (Content, EditedContent)):
+                if isinstance(child, File) and not isinstance(child.content, Content) and not child.content.edited:
                     self.following.add(number)
                 if read_only or child.read_only:
                     self.read_only.add(number)
@@ -265,7 +293,7 @@ class Operations(pyfuse3.Operations):
             inode = self.parents[inode]
         return "/".join(reversed(parts))
 
-    def _writable(self, inode: int) -> EditableTree:
+    def _writable(self, inode: int) -> Edits:
         if self.editable is None or inode in self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
         return self.editable
@@ -375,7 +403,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.ELOOP)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             editable = self._writable(inode)
-            if not isinstance(node.content, EditedContent):
+            if not node.content.edited:
                 editable.edit(self._path(inode))
             if flags & os.O_TRUNC:
                 editable.truncate(node.content, 0)
@@ -412,25 +440,15 @@ class Operations(pyfuse3.Operations):
         return content.read(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
-        """For a file whose bytes are fetched (a remote source): its first
-        read starts fetching the file's first FIRST_AHEAD bytes (a tensor's
-        every range, across shards). A reader that goes on where it left off
-        is kept ahead: once it is within half a window of what was asked
-        for, the next window is asked for, twice as long each time up to
-        MAX_AHEAD (whole windows: large requests, not one per read). Only
-        this file's bytes: never its neighbours'."""
-        expected, window, frontier = self.ahead.get(inode, (-1, 0, 0))
-        if off == 0:
-            window = frontier = FIRST_AHEAD
-            content.prefetch(0, FIRST_AHEAD)
-        elif off != expected:
-            window, frontier = 0, 0
-        elif off + size + window // 2 >= frontier and frontier < content.size:
-            window = min(max(window, 4 * size) * 2, MAX_AHEAD)
-            start = max(frontier, off + size)
-            content.prefetch(start, window)
-            frontier = start + window
-        self.ahead[inode] = (off + size, window, frontier)
+        """For a file whose bytes are fetched (a remote source): what the
+        read-ahead policy for fetched files (sources/readahead.py) wants
+        ahead of this read, of this file's bytes only, never its neighbours'."""
+        reader = self.ahead.get(inode)
+        if reader is None:
+            reader = self.ahead[inode] = FETCHED.reader()
+        wanted = reader.advance(off, size, content.size)
+        if wanted is not None:
+            content.prefetch(*wanted)
 
     # -- writes (docs/writing.md): each goes to the overlay before it returns
 
@@ -438,10 +456,10 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         handle = self.handles[fh]
         node = self.nodes[handle.inode]
-        if not isinstance(node.content, EditedContent):
+        if not node.content.edited:
             raise pyfuse3.FUSEError(errno.EBADF)
         editable = self._writable(handle.inode)
-        if editable.contents.get(node.content.number) is not node.content:
+        if not editable.holds(node.content):
             raise pyfuse3.FUSEError(errno.ESTALE)  # opened before a commit: its edits were written; reopen it
         written = editable.write(node.content, off, buf)
         node.mtime_ns = time.time_ns()
@@ -463,14 +481,13 @@ class Operations(pyfuse3.Operations):
         of the still empty file first). A `.npy` file's dtype and shape
         attributes follow its header."""
         node = self.nodes[inode]
-        if self.check is None or not isinstance(node, File) or not isinstance(node.content, EditedContent):
+        if self.check is None or not isinstance(node, File) or not node.content.edited:
             return None
         path = self._path(inode)
         problem = self.check(path, node)
         if problem is None:
             node.xattrs.pop(xattrs.PROBLEM, None)
-            if path.endswith(".npy"):
-                describe_tensor(node)
+            self.editable.describe(path, node)
         else:
             node.xattrs[xattrs.PROBLEM] = problem
         return problem
@@ -482,7 +499,7 @@ class Operations(pyfuse3.Operations):
             if not isinstance(node, File):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             editable = self._writable(inode)
-            if not isinstance(node.content, EditedContent):
+            if not node.content.edited:
                 editable.edit(self._path(inode))
             editable.truncate(node.content, attr.st_size)
             node.mtime_ns = time.time_ns()
@@ -621,13 +638,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def fsync(self, fh, datasync):
         if self.editable is not None:
-            node = self.nodes[self.handles[fh].inode]
-            self.editable.overlay.fsync(node.content if isinstance(node.content, EditedContent) else None)
+            self.editable.fsync(self.nodes[self.handles[fh].inode])
 
     @_handler
     async def fsyncdir(self, fh, datasync):
         if self.editable is not None:
-            self.editable.overlay.fsync()
+            self.editable.fsync()
 
     @_handler
     async def readlink(self, inode, ctx):
@@ -656,8 +672,7 @@ class Operations(pyfuse3.Operations):
         sv.f_blocks = (total_bytes + 511) // 512
         sv.f_bfree = sv.f_bavail = 0
         if self.editable is not None:  # edits take room beside the source
-            room = os.statvfs(os.path.dirname(self.editable.overlay.path))
-            sv.f_bfree = sv.f_bavail = room.f_bavail * room.f_frsize // 512
+            sv.f_bfree = sv.f_bavail = self.editable.room() // 512
             sv.f_blocks += sv.f_bfree
         sv.f_files = total_nodes
         sv.f_ffree = sv.f_favail = 0

@@ -11,7 +11,7 @@ import os
 from .. import advice
 from ..errors import CkptfsError, EditsKept, EditsWaiting, SourceChangedError
 from ..humanize import human_size
-from ..sources import remote
+from ..sources.location import location
 from ..tree import xattrs
 from ..tree.checkpoint import VIEW_NAME
 from ..tree.nodes import Access
@@ -61,7 +61,7 @@ def _edit_session(checkpoint, opts, resume: bool = False):
     if checkpoint.writer is None:
         reason = checkpoint.root.xattrs.get(xattrs.READ_ONLY) or f"ckptfs cannot write {checkpoint.format} checkpoints"
         return _read_only(checkpoint, f"{source}: {reason}")
-    if remote.is_url(source):
+    if location(source).remote:
         if not (opts.output or opts.replace):
             return _read_only(checkpoint, REMOTE_READ_ONLY, say=False)
     else:

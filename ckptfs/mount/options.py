@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 from .. import limits
 from ..errors import CkptfsError
 from ..humanize import parse_size
 from ..sources.pagecache import PAGE
 from .logs import LEVELS
+
+T = TypeVar("T")
 
 #: Kernel and FUSE options handed to the mount as they are.
 PASSED_TO_FUSE = {
@@ -25,7 +28,7 @@ FSTAB_ONLY = {"defaults", "_netdev", "noauto", "auto", "nofail", "user", "users"
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")
 
 
-#: remote source options -> the field of sources.remote.Settings they set
+#: remote source options -> the field of sources.settings.Settings they set
 REMOTE_SIZES = {"block_size": "block", "cache_memory": "memory", "cache_disk": "disk"}
 #: `fetch=`: read a remote file's byte ranges, or download a web server's file whole once
 FETCH = ("ranges", "whole")
@@ -51,7 +54,7 @@ class MountOptions:
     #: `umask=`, `fmask=`, `dmask=`: mode bits taken away from files and folders
     fmask: int = 0
     dmask: int = 0
-    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`, `fetch=`: for remote sources (sources/remote.py)
+    #: `block_size=`, `cache_memory=`, `cache_disk=`, `stall_timeout=`, `fetch=`: for remote sources (sources/settings.py)
     remote: dict[str, float | str] = field(default_factory=dict)
     #: `--output`: where the edited checkpoint goes at unmount (None: over the source)
     output: str | None = None
@@ -127,41 +130,29 @@ def _patterns(value: str) -> tuple[str, ...]:
 
 
 def _count(item: str, value: str, least: int = 1) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < least:
-        raise CkptfsError(f"mount option {item!r} needs a {'positive ' if least else ''}whole number")
-    return count
+    return _parsed(item, value, int, lambda n: n >= least, f"a {'positive ' if least else ''}whole number")
 
 
 def _size(item: str, value: str, least: int) -> int:
-    try:
-        size = parse_size(value)
-    except ValueError:
-        size = -1
-    if size < least:
-        raise CkptfsError(f"mount option {item!r} needs a size of at least {least} bytes, such as 8M or 2G")
-    return size
+    return _parsed(item, value, parse_size, lambda n: n >= least, f"a size of at least {least} bytes, such as 8M or 2G")
 
 
 def _seconds(item: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise CkptfsError(f"mount option {item!r} needs a number of seconds above 0, such as 30")
-    return seconds
+    return _parsed(item, value, float, lambda s: 0 < s < float("inf"), "a number of seconds above 0, such as 30")
 
 
 def _mask(item: str, value: str) -> int:
     """An octal mask, as umask(1) writes it: 022, 0077."""
+    return _parsed(item, value, lambda text: int(text, 8), lambda m: 0 <= m <= 0o777, "an octal mask such as 022")
+
+
+def _parsed(item: str, value: str, parse: Callable[[str], T], fits: Callable[[T], bool], needs: str) -> T:
+    """`value` as `parse` reads it, where it can and the result `fits`; else
+    the error that says what the option `item` needs."""
     try:
-        mask = int(value, 8)
+        parsed: T | None = parse(value)
     except ValueError:
-        mask = -1
-    if not 0 <= mask <= 0o777:
-        raise CkptfsError(f"mount option {item!r} needs an octal mask such as 022")
-    return mask
+        parsed = None
+    if parsed is None or not fits(parsed):
+        raise CkptfsError(f"mount option {item!r} needs {needs}")
+    return parsed

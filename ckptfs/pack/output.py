@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import CkptfsError, SourceChangedError
-from ..sources import remote
 from ..sources.base import FileSource, SliceSource, Source
+from ..sources.location import location
 from ..sources.pathnames import temp_prefix
-from ..sources.remote import is_url
 from ..tree.nodes import Access
 
 #: the end of the name of a checkpoint being written beside its destination (`.NAME.RANDOM.ckptfs-new`)
@@ -157,12 +156,12 @@ def write_atomically(source_path: str, writer, expected_identity: dict, output_p
     `backup` keeps the source as SOURCE.orig (a hard link). A destination
     on object storage is uploaded instead (pack/upload.py)."""
     _check_unchanged(source_path, expected_identity, "since it was mounted; the edits were not written")
-    from_remote = is_url(source_path)
+    from_remote = location(source_path).remote
     if backup and from_remote:
         raise CkptfsError(f"{source_path}: --backup keeps a local file only; an object store keeps old versions "
                           "itself if its bucket has versioning on")
     needed = expected_identity["size"]
-    if is_url(output_path or source_path):
+    if location(output_path or source_path).remote:
         from .upload import upload
 
         def still_unchanged():
@@ -207,8 +206,8 @@ def write_directory_atomically(source_path: str, builder, expected_identity: dic
     (or keep it as SOURCE.orig with `backup`), whose files the new one
     hard-links where they did not change."""
     _check_unchanged(source_path, expected_identity, "since it was mounted; the edits were not written")
-    from_remote = is_url(source_path)
-    if from_remote and not output_path or output_path and is_url(output_path):
+    from_remote = location(source_path).remote
+    if from_remote and not output_path or output_path and location(output_path).remote:
         raise CkptfsError(f"{output_path or source_path}: an edited folder is written to a local path only "
                           "(--output PATH); an object store has no way to switch a folder at once")
     if backup and from_remote:
@@ -318,10 +317,7 @@ class GzipOutput(Output):
 def source_identity(path: str) -> dict:
     """What tells whether the source changed since mount: a file's device,
     inode, size and mtime; a remote object's size and version (its ETag)."""
-    if remote.is_url(path):
-        return remote.identity(path)
-    st = os.stat(path)
-    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return location(path).identity()
 
 
 def fsync_dir(path: str) -> None:

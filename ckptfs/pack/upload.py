@@ -1,4 +1,5 @@
-"""A repacked checkpoint written to object storage (`s3://`).
+"""A repacked checkpoint written to object storage (a store that declares
+conditional, multipart writes: `s3://`).
 
 The writer's bytes stream into the parts of a multipart upload: neither
 the checkpoint nor a local copy of it is ever held whole, only one part.
@@ -15,7 +16,8 @@ import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..errors import CkptfsError, SourceChangedError
-from ..sources import remote
+from ..sources.location import location, writers
+from ..sources.stores.base import PreconditionFailed
 from .output import Output
 
 #: S3 takes parts of 5 MiB to 5 GiB, at most 10,000 of them
@@ -94,9 +96,10 @@ def upload(url: str, writer, expected: int, progress=None, replacing: dict | Non
     `replacing` (the identity of the source at `url` when mounted), over
     that version only. `still_unchanged()` is called just before the upload
     completes, to refuse it if the source changed meanwhile."""
-    store = remote.store_for(url)
-    if not isinstance(store, remote.S3Store):
-        raise CkptfsError(f"{url}: ckptfs writes checkpoints to local paths and s3:// only, not to a web server")
+    where = location(url)
+    if not where.uploads:
+        raise CkptfsError(f"{url}: ckptfs writes checkpoints to {writers()} only, not to {where.kind.kind}")
+    store = where.store
     store.check_conditional_writes(url)
     if replacing is None and store.exists(url):
         raise CkptfsError(f"{url}: exists; give a new key for the edited checkpoint")
@@ -106,7 +109,7 @@ def upload(url: str, writer, expected: int, progress=None, replacing: dict | Non
         writer(output)
         still_unchanged()
         output.finish(condition)
-    except remote.PreconditionFailed:
+    except PreconditionFailed:
         output.abort()
         if replacing:
             raise SourceChangedError(f"{url}: changed while the edits were being written; they were not") from None

@@ -179,7 +179,7 @@ class InertUnpickler:
         unpack_int, unpack_uint = _INT4.unpack_from, _UINT4.unpack_from
         # local names: the loop compares against them on every opcode
         MEMOIZE, BINGET, LONG_BINGET, BININT1, MARK, TUPLE1, TUPLE2, EMPTY_TUPLE, EMPTY_DICT = _HOT[:9]
-        SHORT_BINUNICODE, BININT, NEWOBJ, BUILD, REDUCE, SETITEMS = _HOT[9:]
+        SHORT_BINUNICODE, BININT, NEWOBJ, BUILD, REDUCE = _HOT[9:]
         max_ops, max_memo = LIMITS.pickle_ops, LIMITS.pickle_memo
         for _ in range(max_ops):
             if pos >= end:
@@ -229,19 +229,6 @@ class InertUnpickler:
             elif code == REDUCE and type(stack[-1]) is tuple:
                 args = stack.pop()
                 stack[-1] = call(stack[-1], args)
-            elif code == SETITEMS and marks[-1] > 0 and type(stack[marks[-1] - 1]) is dict:
-                start = marks.pop()
-                target, items = stack[start - 1], stack[start:]
-                del stack[start:]
-                keys = items[::2]
-                if any(type(k) is tuple for k in keys):  # the slow path bounds what hashing them costs
-                    self._setitems(target, list(zip(keys, items[1::2])))
-                else:
-                    try:
-                        for i in range(0, len(items), 2):
-                            target[items[i]] = items[i + 1]
-                    except TypeError:  # a key Python cannot hash: the slow path keeps it as a placeholder
-                        self._setitems(target, list(zip(keys, items[1::2])))
             else:
                 entry = _BY_CODE[code]
                 if entry is None:
@@ -383,7 +370,17 @@ class InertUnpickler:
 
     def op_SETITEMS(self, arg):
         items = self._pop_mark()
-        self._setitems(self.stack[-1], list(zip(items[::2], items[1::2])))
+        target, keys = self.stack[-1], items[::2]
+        # a dict's items set at once: pickle writes them 1,000 to a SETITEMS, so
+        # it needs no place in `_run`; tuple keys take the slow path, which bounds what hashing them costs
+        if type(target) is dict and not any(type(k) is tuple for k in keys):
+            try:
+                for i in range(0, len(items), 2):
+                    target[items[i]] = items[i + 1]
+                return
+            except TypeError:  # a key Python cannot hash: the slow path keeps it as a placeholder
+                pass
+        self._setitems(target, list(zip(keys, items[1::2])))
 
     def _setitems(self, target, pairs):
         if isinstance(target, dict):
@@ -646,7 +643,7 @@ _CODE = {op.name: ord(op.code) for op in pickletools.opcodes}
 #: the opcodes `_run` decodes inline, in the order it tests them
 _HOT = tuple(_CODE[name] for name in (
     "MEMOIZE", "BINGET", "LONG_BINGET", "BININT1", "MARK", "TUPLE1", "TUPLE2", "EMPTY_TUPLE", "EMPTY_DICT",
-    "SHORT_BINUNICODE", "BININT", "NEWOBJ", "BUILD", "REDUCE", "SETITEMS",
+    "SHORT_BINUNICODE", "BININT", "NEWOBJ", "BUILD", "REDUCE",
 ))
 _INT4, _UINT4 = struct.Struct("<i"), struct.Struct("<I")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import SourceChangedError
 from ..humanize import plural
+from . import readahead
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -66,11 +67,10 @@ class FileSource(Source):
     The daemon serves one request at a time, so a sequential reader of a file
     that is not yet in the page cache would wait for the disk on every
     request. When reads are sequential, the next stretch is requested from
-    the kernel ahead of time (POSIX_FADV_WILLNEED), which keeps the disk busy
-    while the current request is answered.
+    the kernel ahead of time (POSIX_FADV_WILLNEED, as far as the read-ahead
+    policy says: sources/readahead.py), which keeps the disk busy while the
+    current request is answered.
     """
-
-    PREFETCH = 8 << 20
 
     def __init__(self, path: str):
         self.path = path
@@ -78,9 +78,7 @@ class FileSource(Source):
         st = os.fstat(self.fd)
         self.size = st.st_size
         self.stat = st
-        self._sequential_end = -1
-        self._sequential_start = 0
-        self._prefetched_to = 0
+        self._ahead = readahead.LOCAL.reader()
 
     def close(self) -> None:
         fd, self.fd = getattr(self, "fd", -1), -1
@@ -94,25 +92,14 @@ class FileSource(Source):
         return self
 
     def _prefetch(self, offset: int, length: int) -> None:
-        """Keep up to PREFETCH bytes requested ahead of a sequential reader
-        (one that has read 1 MiB in a row: a parser's header and the bytes
-        after it are no stream), asking again each time half of it has been
-        consumed."""
-        if offset != self._sequential_end:
-            self._sequential_start, self._prefetched_to = offset, 0
-            return
-        end = offset + length
-        if end - self._sequential_start < self.PREFETCH // 8:
-            return
-        if end > self._prefetched_to - self.PREFETCH // 2:
-            start = max(end, self._prefetched_to)
-            os.posix_fadvise(self.fd, start, self.PREFETCH, os.POSIX_FADV_WILLNEED)
-            self._prefetched_to = start + self.PREFETCH
+        """Ask the kernel for what the read-ahead policy wants ahead of this read."""
+        wanted = self._ahead.advance(offset, length, self.size)
+        if wanted is not None:
+            os.posix_fadvise(self.fd, *wanted, os.POSIX_FADV_WILLNEED)
 
     def pread(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
         self._prefetch(offset, length)
-        self._sequential_end = offset + length
         data = os.pread(self.fd, length, offset)
         if len(data) == length:
             return data
@@ -131,7 +118,6 @@ class FileSource(Source):
         saves a copy when a read is scattered (column shards)."""
         total = sum(map(len, buffers))
         self._prefetch(offset, total)
-        self._sequential_end = offset + total
         for start in range(0, len(buffers), IOV_MAX):
             batch = buffers[start : start + IOV_MAX] if len(buffers) > IOV_MAX else buffers
             want = sum(map(len, batch)) if batch is not buffers else total

@@ -42,6 +42,8 @@ class Checkpoint:
     #: files, subfolders), which `.ckptfs/pretrained/` links to; None for
     #: any other checkpoint
     pretrained_files: list[str] | None = None
+    #: its format as the registry describes it in one line (formats/__init__.py)
+    description: str = ""
 
     def source_bytes(self) -> int:
         """The file's size, or for a directory the sum of its files' sizes."""

@@ -49,6 +49,15 @@ def parse_header(head: bytes, name: str) -> tuple[str, tuple[int, ...], int]:
     """(descr, shape, data offset) of an NPY file starting with `head` (its
     first few KiB). ValueError, with the reason, if it is not NPY or is
     Fortran-ordered (tensors are stored in C order)."""
+    descr, shape, fortran_order, start = read_header(head, name)
+    if fortran_order and len([n for n in shape if n != 1]) > 1:
+        raise ValueError(f"{name}: Fortran-ordered array; save it in C order (np.ascontiguousarray)")
+    return descr, shape, start
+
+
+def read_header(head: bytes, name: str) -> tuple[str, tuple[int, ...], bool, int]:
+    """(descr, shape, fortran_order, data offset) of an NPY file starting
+    with `head`; ValueError, with the reason, if it is not NPY."""
     import ast
 
     if not head.startswith(b"\x93NUMPY") or len(head) < 10:
@@ -74,9 +83,7 @@ def parse_header(head: bytes, name: str) -> tuple[str, tuple[int, ...], int]:
         raise ValueError(f"{name}: NPY descr {descr!r} is not a plain dtype (structured arrays cannot be tensors)")
     if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
         raise ValueError(f"{name}: NPY shape {shape!r} is not a tuple of sizes")
-    if fields["fortran_order"] and len([n for n in shape if n != 1]) > 1:
-        raise ValueError(f"{name}: Fortran-ordered array; save it in C order (np.ascontiguousarray)")
-    return descr, shape, start + size
+    return descr, shape, bool(fields["fortran_order"]), start + size
 
 
 def dtype_of(descr: str, like: DType | None):

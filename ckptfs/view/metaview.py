@@ -133,6 +133,7 @@ class RenderedText:
     The bytes are kept from the first read on."""
 
     slow = False
+    edited = False  # a view: never written through the mount
 
     def __init__(self, render):
         self.render = render
@@ -159,6 +160,7 @@ class LiveText:
     """File content rendered again after every edit of the tree."""
 
     slow = False
+    edited = False  # a view: never written through the mount
 
     def __init__(self, editable, render):
         self.editable, self.render = editable, render

@@ -42,6 +42,8 @@ class CurrentWeights:
     since the last read. A tensor file that is not valid NPY at the moment,
     or of a dtype safetensors lacks, is left out until it is."""
 
+    edited = False  # a view: never written through the mount
+
     def __init__(self, ckpt: Checkpoint, session):
         self.ckpt, self.session, self.editable = ckpt, session, session.editable
         self._generation, self._content = -1, Content([])

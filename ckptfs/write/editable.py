@@ -134,6 +134,26 @@ class EditableTree:
         self.generation += 1
         os.ftruncate(content.fd, size)
 
+    def holds(self, content: EditedContent) -> bool:
+        """Whether an edited content is this tree's (one of before a commit is
+        not: its edits were written)."""
+        return self.contents.get(content.number) is content
+
+    def describe(self, path: str, file: File) -> None:
+        """An edited file that passed its format's check: a `.npy` file's
+        dtype and shape attributes follow its header."""
+        if path.endswith(".npy"):
+            describe_tensor(file)
+
+    def fsync(self, file: File | None = None) -> None:
+        """The journal to disk, and the bytes written to `file` if it is edited."""
+        self.overlay.fsync(file.content if file is not None and file.content.edited else None)
+
+    def room(self) -> int:
+        """Bytes free where the edits are kept."""
+        st = os.statvfs(os.path.dirname(self.overlay.path))
+        return st.f_bavail * st.f_frsize
+
     def mkdir(self, path: str) -> Dir:
         parent, name = self._parent(path)
         if name in parent.children:

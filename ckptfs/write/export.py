@@ -26,7 +26,7 @@ from ..pack.output import COPY_BLOCK, TEMP_SUFFIX, Output, created_mode, fsync_d
 from ..pickle import writer as pickle_writer
 from ..pickle.inert import Call, Global, PickledDict
 from ..pickle.torch_classes import new_tensor
-from ..sources import remote
+from ..sources.location import location
 from ..sources.pathnames import temp_prefix
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
@@ -195,7 +195,7 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
     `out` never holds half an export. An `s3://` `out` is uploaded instead.
     `readers` say who may read the tensors' source: the export is readable
     by them at most (`output.created_mode`), by its owner alone if None."""
-    if remote.is_url(out):
+    if location(out).remote:
         return _upload(target, items, out, max_bytes, progress)
     out = os.path.abspath(out)
     if os.path.lexists(out):
@@ -272,8 +272,8 @@ def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) 
         [made] = files.values()
         send(out, made)
         return
-    store = remote.store_for(prefix)
-    if isinstance(store, remote.S3Store) and store.exists(prefix):
+    where = location(prefix)
+    if where.uploads and where.store.exists(prefix):
         raise CkptfsError(f"{prefix}: objects are there already; give a new prefix")
     made_urls: list[str] = []
     try:
@@ -282,7 +282,7 @@ def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) 
             made_urls.append(prefix + name)
     except BaseException:
         for url in made_urls:
-            store.delete(url)
+            where.store.delete(url)
         raise
 
 

@@ -39,9 +39,11 @@ import zlib
 from ..errors import CkptfsError, EditsWaiting
 from ..pack.changes import TEMP_PATTERNS
 from ..pack.output import source_identity
-from ..sources import pathnames, remote
+from ..sources import pathnames
 from ..sources.base import Source
 from ..sources.cachedir import default_cache_dir
+from ..sources.location import location
+from ..sources.settings import SETTINGS
 from ..tree.nodes import Content
 from . import owned
 
@@ -59,9 +61,9 @@ def _local_stand_in(source: str) -> str:
     for a remote one, a path named after it in the overlays folder
     (`--overlay-dir`, by default ~/.cache/ckptfs/edits, whatever `--cache-dir`
     says, so that `recover` finds it), one subfolder per URL."""
-    if not remote.is_url(source):
+    if location(source).local:
         return os.path.abspath(source)
-    root = remote.SETTINGS.overlays
+    root = SETTINGS.overlays
     if not root:
         root = os.path.join(default_cache_dir(), "edits")
     name = source.rstrip("/").rpartition("/")[2][:100] or "source"  # for people to read; the hash tells URLs apart
@@ -71,14 +73,12 @@ def _local_stand_in(source: str) -> str:
 def mounted_identity(path: str) -> dict:
     """The source's identity as this process read it: a remote one's as it
     was pinned when opened, with no request again."""
-    return (remote.pinned_identity(path) if remote.is_url(path) else None) or source_identity(path)
+    return location(path).pinned() or source_identity(path)
 
 
 def _identity_in(state: dict, source: str) -> dict:
     """The identity an overlay's state.json recorded (KeyError, ValueError if damaged)."""
-    if remote.is_url(source):
-        return {"url": str(state["url"]), "size": int(state["size"]), "version": str(state["version"])}
-    return {k: int(state[k]) for k in ("dev", "ino", "size", "mtime_ns")}
+    return {name: kind(state[name]) for name, kind in location(source).identity_fields.items()}
 
 
 class EditedSource(Source):
@@ -159,7 +159,7 @@ class Overlay:
     beside the source is refused, never followed or resumed."""
 
     def __init__(self, source: str, lock: _Lock, ignored: tuple[str, ...] = TEMP_PATTERNS):
-        self.source, self.path = source if remote.is_url(source) else os.path.abspath(source), overlay_dir(source)
+        self.source, self.path = location(source).text, overlay_dir(source)
         self.lock = lock
         self.name = os.path.basename(self.path)
         self.identity = mounted_identity(source)
@@ -365,7 +365,7 @@ def _journal_size(overlay: int, path: str) -> int:
 def _tidy(source: str) -> None:
     """A remote source's folder in the overlays folder goes once its overlay
     and lock are gone (it stays while either is there)."""
-    if remote.is_url(source):
+    if location(source).remote:
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(overlay_dir(source)))
 
@@ -458,7 +458,7 @@ def _holding_folder(source: str) -> int:
     source's own, or for a remote source its folder in the overlays folder
     (made on first use, this user's own)."""
     parent = os.path.dirname(overlay_dir(source))
-    if not remote.is_url(source):
+    if location(source).local:
         return owned.open_folder(parent)
     root, name = os.path.split(parent)
     os.makedirs(root, mode=0o700, exist_ok=True)

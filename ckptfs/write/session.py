@@ -19,7 +19,7 @@ from ..formats.base import DirectoryWriter, Moved, Writer, nested_writer
 from ..pack.changes import TEMP_PATTERNS, changes, files_of, is_staging_name, is_temp_name
 from ..pack.newdir import NewDirectory, Owners
 from ..pack.output import TEMP_SUFFIX, write_atomically, write_directory_atomically
-from ..sources import remote
+from ..sources.location import location
 from ..sources.pathnames import temp_prefix
 from ..tree import names
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
@@ -209,7 +209,7 @@ class EditSession:
         try:
             if isinstance(writer, DirectoryWriter):
                 def build(path: str) -> None:
-                    owners = Owners() if remote.is_url(source) else Owners.of(source)
+                    owners = Owners() if location(source).remote else Owners.of(source)
                     try:
                         with NewDirectory(path, owners) as out:
                             writer.write_dir(after, self.before(), out)
@@ -243,7 +243,7 @@ def remove_stale_temp_files(source: str) -> None:
     the name. A remote
     source has none: its repack is uploaded, and an upload cut short never
     shows."""
-    if remote.is_url(source):
+    if location(source).remote:
         return
     directory, name = os.path.split(os.path.abspath(source))
     ours = {os.geteuid()}

@@ -22,8 +22,10 @@ _REFUSED = {
                      "a second pickle after the first"], _PLAIN),
     **dict.fromkeys(["INST", "OBJ", "protocol 0 in model_best.pth.tar", "protocol 1 in a .dat",
                      "protocol 0 in a .data", "protocol 0 named .npy", "legacy torch.save of protocol 0",
-                     "INT in base 0", "STRING of UTF-8", "object .npy, double quotes", "object .npy, 'object'",
-                     "object .npy, dtype past 64 KiB"], _UNKNOWN),
+                     "INT in base 0", "STRING of UTF-8"], _UNKNOWN),
+    # a bare .npy is a format (formats/npy.py): one of objects is refused as one, however its dtype is spelled
+    **dict.fromkeys(["object .npy, double quotes", "object .npy, 'object'"], "an array of Python objects"),
+    "object .npy, dtype past 64 KiB": "an NPY header longer than the 65,536 bytes ckptfs reads",
 }
 
 

@@ -16,7 +16,7 @@ from ...tree import names, xattrs
 from ...tree.checkpoint import Checkpoint
 from ...tree.nodes import Access, Dir
 from ...tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
-from ..base import DirectoryFormat
+from ..base import DirectoryFormat, Nest, WriterKind
 from ..nested import Grafts
 from .metadata import is_metadata
 from .reader import expand
@@ -48,7 +48,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     for name, source in files.items():
         leaf, mtime = names.file_parts(name)[0], directory.mtime_ns(name)
         raw.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
-        if is_metadata(name) or name.endswith(".distcp") or leaf in root.children:
+        if owns(name) or leaf in root.children:
             continue
         # the directory's other files: Megatron's metadata.json as it is, common.pt expanded
         root.add(leaf, raw_file(source, 0, source.size, mtime_ns=mtime))
@@ -63,5 +63,25 @@ def open_dir(directory: Directory) -> Checkpoint:
     return ckpt
 
 
+def open_in_archive(members: Directory) -> Checkpoint:
+    """A distributed checkpoint in a folder of an archive (a `.nemo`'s
+    `model_weights/`): its tensors and items, served from the archive's
+    bytes; the archive shows the other files of the folder beside them."""
+    files = {name: members.open(name) for name in members.names()}
+    chunks_of: dict = {}
+    fqn_of: dict = {}
+    root, placed, notes, pickle_globals = expand(members.path, files, chunks_of, fqn_of)
+    ckpt = Checkpoint("torch.distributed.checkpoint", members.path, members.stat(), root, Dir(), placed, notes,
+                      pickle_globals)
+    ckpt.writer = Writer(members.path, files, chunks_of, fqn_of)
+    return ckpt
+
+
+def owns(name: str) -> bool:
+    """The files a distributed checkpoint reads itself: its metadata and shards."""
+    return is_metadata(name) or name.endswith(".distcp")
+
+
 FORMAT = DirectoryFormat("torch.distributed.checkpoint", sniff, open_dir,
-                         "torch.distributed.checkpoint directories (FSDP, DTensor, Megatron)", writable=True)
+                         "torch.distributed.checkpoint directories (FSDP, DTensor, Megatron)", WriterKind.DIRECTORY,
+                         nest=Nest(open_in_archive, owns))

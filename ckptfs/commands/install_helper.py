@@ -18,8 +18,9 @@ import stat
 import sys
 import sysconfig
 
+from ..errors import CkptfsError
 from . import manual
-from .errors import CkptfsError
+from .command import Command
 
 HELPER_MARK = "written by ckptfs install-helper"
 HELPER = "sbin/mount.fuse.ckptfs"
@@ -50,7 +51,7 @@ def _paths(root: str) -> list[str]:
 
 def _files(root: str) -> dict[str, tuple[str, int]]:
     """Path under `root` -> (text, mode) of everything install-helper writes."""
-    from .cli import build_parser
+    from . import build_parser  # the package that lists this command
 
     helper, *made = _paths(root)
     texts = manual.render(build_parser())
@@ -105,3 +106,28 @@ def uninstall(root: str = "/") -> list[str]:
         os.unlink(path)
         done.append(f"{path}: removed")
     return done or ["nothing to remove"]
+
+
+def _arguments(parser) -> None:
+    parser.add_argument("--uninstall", action="store_true", help="remove what install-helper installed")
+    parser.add_argument("--root", default="/", metavar="DIR",
+                        help="install under DIR instead of / (for packages and images)")
+
+
+def run(args) -> int:
+    try:
+        done = uninstall(args.root) if args.uninstall else install(args.root)
+    except OSError as e:
+        hint = " (install-helper writes system folders: run it as root)" if e.errno in (1, 13) else ""
+        raise CkptfsError(f"{e.filename}: {e.strerror}{hint}") from None
+    for line in done:
+        print(f"ckptfs: {line}", file=sys.stderr)
+    return 0
+
+
+COMMAND = Command(
+    "install-helper", "let mount(8), fstab and systemd mount with this ckptfs (root)",
+    "Install /sbin/mount.fuse.ckptfs, which runs this installation's ckptfs by its absolute path (mount(8) resets "
+    "PATH), with the man page and the bash and zsh completions under /usr/local/share. Run it again after moving "
+    "ckptfs; files it did not write are left alone.", _arguments, run,
+)
