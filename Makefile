@@ -25,7 +25,7 @@ MAN_PAGE := $(VENV)/share/man/man1/ckptfs.1
 $(MAN_PAGE): ckptfs/manual.py $(wildcard ckptfs/commands/*.py) ckptfs/mount/options.py ckptfs/mount/logs.py | $(PY)
 	$(PY) -m ckptfs.manual --prefix $(VENV)
 
-.PHONY: demo test bench fuzz clean demo-deps test-deps
+.PHONY: demo test bench before-after fuzz clean demo-deps test-deps
 
 define apt_install
 	@missing=$$(for p in $(1) $(PYTHON_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -75,6 +75,10 @@ fuzz: test-deps
 # ratarmount, the peer the benchmarks compare with, lives in a virtualenv of
 # its own: it pins an older rapidgzip than ckptfs is tested with.
 # QUICK=1: 1k and 10k tensors and smaller files (minutes instead of half an hour)
+# the scale benchmark's walks and reads of commit REV and of this tree, taking turns
+before-after:
+	bench/before_after.sh $(REV) $(or $(ROUNDS),2)
+
 RATARMOUNT_VENV ?= .venv-ratarmount
 # picklescan, modelscan and fickling, the scanners `ckptfs scan` is compared with, likewise
 SCANNERS_VENV ?= .venv-scanners

@@ -3,7 +3,7 @@
 # tree, alternated, each part ROUNDS times (a restructuring must not make
 # them worse; the machine's speed drifts, so the two sides take turns):
 #
-#     bench/before_after.sh REV [ROUNDS]     # tables in bench/out/before_after/
+#     make before-after REV=REV [ROUNDS=N]     # tables in bench/out/before_after/
 #
 # REV is checked out in a temporary git worktree; both sides run with this
 # tree's virtualenv (.venv) and `bench/scale.py --quick`.
