@@ -75,26 +75,14 @@ def _pack_columns_gptq(values: torch.Tensor, bits: int) -> torch.Tensor:
             packed |= v[j::per] << (bits * j)
         return packed.to(torch.uint32).view(torch.int32) if hasattr(torch, "uint32") else packed.int()
     packed = torch.zeros(v.shape[0] * 3 // 32, v.shape[1], dtype=torch.int64)
-    i = row = 0
-    while row < packed.shape[0]:
-        for j in range(i, i + 10):
-            packed[row] |= v[j] << (3 * (j - i))
-        i += 10
-        packed[row] |= (v[i] << 30) & 0xFFFFFFFF
-        row += 1
-        packed[row] |= (v[i] >> 2) & 1
-        i += 1
-        for j in range(i, i + 10):
-            packed[row] |= v[j] << (3 * (j - i) + 1)
-        i += 10
-        packed[row] |= (v[i] << 31) & 0xFFFFFFFF
-        row += 1
-        packed[row] |= (v[i] >> 1) & 0x3
-        i += 1
-        for j in range(i, i + 10):
-            packed[row] |= v[j] << (3 * (j - i) + 2)
-        i += 10
-        row += 1
+    for row in range(0, packed.shape[0], 3):  # 32 values in 3 words: 10, 1 across, 10, 1 across, 10
+        i = row * 32 // 3
+        for word, (first, shift) in enumerate(((0, 0), (11, 1), (22, 2))):
+            for j in range(10):
+                packed[row + word] |= v[i + first + j] << (3 * j + shift)
+        packed[row] |= (v[i + 10] << 30) & 0xFFFFFFFF
+        packed[row + 1] |= ((v[i + 10] >> 2) & 1) | ((v[i + 21] << 31) & 0xFFFFFFFF)
+        packed[row + 2] |= (v[i + 21] >> 1) & 0x3
     return _int32(packed)
 
 
@@ -294,21 +282,21 @@ def compressed_model(folder, format_name: str, arguments: dict) -> dict:
     return references
 
 
+def _case(format_name: str, kind: str, symmetric: bool, strategy: str, detail: str, **extra) -> tuple:
+    """(format, the weights' QuantizationArgs, the scheme a mount names) of one sample."""
+    arguments = {"num_bits": 8 if kind != "int4" else 4, "type": "float" if kind.startswith("float") else "int",
+                 "symmetric": symmetric, "strategy": strategy, **extra}
+    return format_name, arguments, f"compressed-tensors {format_name} {kind}, {detail}"
+
+
 COMPRESSED_CASES = {
-    "int4-group-asym": ("pack-quantized", {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group",
-                                           "group_size": GROUP}, "compressed-tensors pack-quantized int4, group 32"),
-    "int4-channel-sym": ("pack-quantized", {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "channel"},
-                         "compressed-tensors pack-quantized int4, channel"),
-    "int8-channel-asym": ("pack-quantized", {"num_bits": 8, "type": "int", "symmetric": False, "strategy": "channel"},
-                          "compressed-tensors pack-quantized int8, channel"),
-    "naive-int8-group-asym": ("naive-quantized", {"num_bits": 8, "type": "int", "symmetric": False, "strategy": "group",
-                                                  "group_size": GROUP}, "compressed-tensors naive-quantized int8, group 32"),
-    "fp8-channel": ("float-quantized", {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"},
-                    "compressed-tensors float-quantized float8_e4m3fn, channel"),
-    "fp8-tensor": ("float-quantized", {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor"},
-                   "compressed-tensors float-quantized float8_e4m3fn, tensor"),
-    "fp8-block": ("float-quantized", {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "block",
-                                      "block_structure": [32, 32]}, "compressed-tensors float-quantized float8_e4m3fn, blocks of 32x32"),
+    "int4-group-asym": _case("pack-quantized", "int4", False, "group", "group 32", group_size=GROUP),
+    "int4-channel-sym": _case("pack-quantized", "int4", True, "channel", "channel"),
+    "int8-channel-asym": _case("pack-quantized", "int8", False, "channel", "channel"),
+    "naive-int8-group-asym": _case("naive-quantized", "int8", False, "group", "group 32", group_size=GROUP),
+    "fp8-channel": _case("float-quantized", "float8_e4m3fn", True, "channel", "channel"),
+    "fp8-tensor": _case("float-quantized", "float8_e4m3fn", True, "tensor", "tensor"),
+    "fp8-block": _case("float-quantized", "float8_e4m3fn", True, "block", "blocks of 32x32", block_structure=[32, 32]),
 }
 
 

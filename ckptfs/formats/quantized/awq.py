@@ -16,18 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import packed
 from .base import QuantizationError, QuantizedWeight, Stored
-from .packed import (
-    SCALE_DTYPES,
-    affine,
-    check_bits,
-    check_dtype,
-    check_shape,
-    group_index,
-    packed_layout,
-    packed_modules,
-    unpack,
-)
 
 #: where each output of a word's eight is among its nibbles (AutoAWQ's AWQ_REVERSE_ORDER)
 NIBBLE_OF_OUTPUT = np.array([0, 4, 1, 5, 2, 6, 3, 7])
@@ -40,8 +30,8 @@ def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
     if method not in (None, "awq") or (method is None and stored.quantization):
         return [], []
     weights, notes = [], []
-    for prefix in packed_modules(stored):
-        if method is None and packed_layout(stored, prefix) != "awq":
+    for prefix in packed.packed_modules(stored):
+        if method is None and packed.packed_layout(stored, prefix) != "awq":
             continue  # GPTQ's, or a note of gptq.py's
         try:
             weights.append(_weight(stored, prefix, stored.quantization))
@@ -55,7 +45,7 @@ def _settings(config: dict, inputs: int, groups: int) -> int:
     version = str(config.get("version", "gemm")).lower()
     if version != "gemm":
         raise QuantizationError(f"AWQ version {version!r}: ckptfs dequantizes the GEMM layout only")
-    check_bits(config.get("bits", config.get("w_bit", 4)), (4,))
+    packed.check_bits(config.get("bits", config.get("w_bit", 4)), (4,))
     group_size = config.get("group_size", config.get("q_group_size", -(-inputs // max(1, groups))))
     if type(group_size) is not int or group_size == 0 or group_size < -1:
         raise QuantizationError(f"group_size {group_size!r}")
@@ -63,33 +53,29 @@ def _settings(config: dict, inputs: int, groups: int) -> int:
 
 
 def _weight(stored: Stored, prefix: str, config: dict) -> QuantizedWeight:
-    qweight, qzeros, scales = (prefix + s for s in ("qweight", "qzeros", "scales"))
-    for name, dtypes in ((qweight, ("int32",)), (qzeros, ("int32",)), (scales, SCALE_DTYPES)):
-        check_dtype(stored, name, dtypes)
-        if len(stored.get(name).shape) != 2:
-            raise QuantizationError(f"{name} has shape {list(stored.get(name).shape)}, not two dimensions")
+    qweight, qzeros, scales = packed.packed_parts(stored, prefix)
     groups, outputs = stored.get(scales).shape
     inputs = stored.get(qweight).shape[0]
     if outputs % PER_WORD:
         raise QuantizationError(f"{scales} holds {outputs} outputs, not a multiple of {PER_WORD}")
-    check_shape(stored, qweight, (inputs, outputs // PER_WORD))
-    check_shape(stored, qzeros, (groups, outputs // PER_WORD))
+    packed.check_shape(stored, qweight, (inputs, outputs // PER_WORD))
+    packed.check_shape(stored, qzeros, (groups, outputs // PER_WORD))
     group_size = _settings(config, inputs, groups)
-    index = group_index(stored, None, inputs, group_size, groups)
+    index = packed.group_index(stored, None, inputs, group_size, groups)
     dtype = stored.compute_dtype()
 
     def values(first: int, last: int) -> np.ndarray:
         w0, w1 = first // PER_WORD, -(-last // PER_WORD)
         q = _outputs(stored.columns(qweight, w0, w1), first - w0 * PER_WORD, last - first)
         zero = _outputs(stored.columns(qzeros, w0, w1), first - w0 * PER_WORD, last - first)
-        return affine(q, zero[:, index], stored.columns(scales, first, last).T[:, index], dtype)
+        return packed.affine(q, zero[:, index], stored.columns(scales, first, last).T[:, index], dtype)
 
     return QuantizedWeight(prefix + "weight", f"AWQ 4-bit GEMM, group {group_size}", (outputs, inputs), dtype,
                            (qweight, qzeros, scales), values)
 
 
-def _outputs(packed: np.ndarray, first: int, count: int) -> np.ndarray:
+def _outputs(words: np.ndarray, first: int, count: int) -> np.ndarray:
     """Outputs [first, first + count) of words of eight, as (outputs, rows)."""
-    nibbles = unpack(packed, 4, 0, packed.shape[1] * PER_WORD, 1)
-    ordered = nibbles.reshape(packed.shape[0], -1, PER_WORD)[:, :, NIBBLE_OF_OUTPUT].reshape(packed.shape[0], -1)
+    nibbles = packed.unpack(words, 4, 0, words.shape[1] * PER_WORD, 1)
+    ordered = nibbles.reshape(words.shape[0], -1, PER_WORD)[:, :, NIBBLE_OF_OUTPUT].reshape(words.shape[0], -1)
     return ordered[:, first: first + count].T

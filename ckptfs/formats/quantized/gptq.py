@@ -17,19 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import packed
 from .base import QuantizationError, QuantizedWeight, Stored
-from .packed import (
-    SCALE_DTYPES,
-    affine,
-    check_bits,
-    check_dtype,
-    check_shape,
-    group_index,
-    packed_layout,
-    packed_modules,
-    unpack,
-    words,
-)
 
 #: what each checkpoint format adds to the zero points it stores
 ZERO_OFFSETS = {"gptq": 1, "gptq_v2": 0}
@@ -42,8 +31,8 @@ def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
     if method not in (None, "gptq") or (method is None and stored.quantization):
         return [], []
     weights, notes = [], []
-    for prefix in packed_modules(stored):
-        layout = packed_layout(stored, prefix)
+    for prefix in packed.packed_modules(stored):
+        layout = packed.packed_layout(stored, prefix)
         if method is None and layout != "gptq":
             if layout is None:
                 notes.append(f"{prefix}weight: not dequantized: its qweight, qzeros and scales fit neither "
@@ -64,35 +53,31 @@ def _zero_offset(config: dict) -> int:
 
 
 def _weight(stored: Stored, prefix: str, configured: bool) -> QuantizedWeight:
-    qweight, qzeros, scales = (prefix + s for s in ("qweight", "qzeros", "scales"))
+    qweight, qzeros, scales = packed.packed_parts(stored, prefix)
     g_idx = prefix + "g_idx" if prefix + "g_idx" in stored else None
-    for name, dtypes in ((qweight, ("int32",)), (qzeros, ("int32",)), (scales, SCALE_DTYPES)):
-        check_dtype(stored, name, dtypes)
-        if len(stored.get(name).shape) != 2:
-            raise QuantizationError(f"{name} has shape {list(stored.get(name).shape)}, not two dimensions")
     config = stored.quantization
     groups, outputs = stored.get(scales).shape
     packed_words = stored.get(qzeros).shape[1]
-    bits = check_bits(config.get("bits") if configured else packed_words * 32 // max(1, outputs))
+    bits = packed.check_bits(config.get("bits") if configured else packed_words * 32 // max(1, outputs))
     inputs, remainder = divmod(stored.get(qweight).shape[0] * 32, bits)
     if remainder or stored.get(qweight).shape[1] != outputs:
         raise QuantizationError(f"{qweight} of shape {list(stored.get(qweight).shape)} does not pack {bits}-bit "
                                 f"values of {outputs} outputs (its scales' width)")
-    check_shape(stored, qzeros, (groups, words(0, outputs, bits)[1]))
+    packed.check_shape(stored, qzeros, (groups, packed.words(0, outputs, bits)[1]))
     group_size = config.get("group_size", -1) if configured else -(-inputs // max(1, groups))
     if type(group_size) is not int or group_size == 0 or group_size < -1:
         raise QuantizationError(f"group_size {group_size!r}")
     group_size = inputs if group_size == -1 else group_size
-    index = group_index(stored, g_idx, inputs, group_size, groups)
+    index = packed.group_index(stored, g_idx, inputs, group_size, groups)
     offset = _zero_offset(config if configured else {})
     dtype = stored.compute_dtype()
 
     def values(first: int, last: int) -> np.ndarray:
-        q = unpack(stored.columns(qweight, first, last), bits, 0, inputs, 0).T
-        w0, w1 = words(first, last, bits)
-        zero = unpack(stored.columns(qzeros, w0, w1), bits, first * bits - w0 * 32, last - first, 1).T
+        q = packed.unpack(stored.columns(qweight, first, last), bits, 0, inputs, 0).T
+        w0, w1 = packed.words(first, last, bits)
+        zero = packed.unpack(stored.columns(qzeros, w0, w1), bits, first * bits - w0 * 32, last - first, 1).T
         zero = zero.astype(np.int16) + offset
-        return affine(q, zero[:, index], stored.columns(scales, first, last).T[:, index], dtype)
+        return packed.affine(q, zero[:, index], stored.columns(scales, first, last).T[:, index], dtype)
 
     order = ", act order" if g_idx is not None and np.any(np.diff(index) < 0) else ""
     members = (qweight, qzeros, scales) + ((g_idx,) if g_idx else ())

@@ -114,3 +114,14 @@ def packed_layout(stored: Stored, prefix: str) -> str | None:
     if qweight[1] == scales[1]:
         return "gptq"
     return "awq" if qweight[1] * 8 == scales[1] else None
+
+
+def packed_parts(stored: Stored, prefix: str) -> tuple[str, str, str]:
+    """The names of a module's `qweight`, `qzeros` and `scales`, each
+    checked to be two-dimensional, of int32 words or of float scales."""
+    names = tuple(prefix + s for s in ("qweight", "qzeros", "scales"))
+    for name, dtypes in zip(names, (("int32",), ("int32",), SCALE_DTYPES)):
+        check_dtype(stored, name, dtypes)
+        if len(stored.get(name).shape) != 2:
+            raise QuantizationError(f"{name} has shape {list(stored.get(name).shape)}, not two dimensions")
+    return names
