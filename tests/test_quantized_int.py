@@ -35,9 +35,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ckptfs.formats.quantized import awq, compressed, gptq
+from ckptfs.formats.quantized.base import Stored
 from ckptfs.formats.quantized.packed import unpack
+from ckptfs.tree.dtypes import BY_NAME
+from ckptfs.tree.nodes import Extent
+from ckptfs.tree.tensors import Tensor
 
 from .conftest import run_ckptfs
+from .fuzz.targets import MemorySource
 from .quantized_models import dequantized_path, linear_names, logits, tiny_llama, with_quantization
 
 GROUP = 32
@@ -338,3 +344,125 @@ def test_compressed_tensors_export_has_transformers_own_logits_and_ignore_is_res
     assert dequantized_path(mnt, "model.layers.1.mlp.down_proj.weight").exists()
     notes = yaml.safe_load((mnt / ".ckptfs/info.yaml").read_text())["notes"]
     assert any(n.startswith("module pattern 're:(a+)+$' not used: a repeat of a repeat") for n in notes)
+
+
+class CountingSource(MemorySource):
+    """Bytes in memory that count what is read of them."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.read_bytes = 0
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self.read_bytes += length
+        return super().pread(offset, length)
+
+
+def _stored(tensors: dict[str, torch.Tensor], config: dict | None) -> tuple[Stored, CountingSource]:
+    """The tensors as one counting source, as a mount's Stored holds them."""
+    data, records = b"", {}
+    for name, t in tensors.items():
+        raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype != torch.int64 else t.numpy().tobytes()
+        records[name] = (str(t.dtype).removeprefix("torch."), tuple(t.shape), len(data), len(raw))
+        data += raw
+    source = CountingSource(data)
+    return Stored({n: Tensor(n, BY_NAME[d], shape, Extent(source, o, n_)) for n, (d, shape, o, n_) in records.items()},
+                  {"dtype": "float16", "quantization_config": config} if config else None), source
+
+
+def _few_rows_read_little(find, stored: Stored, source: CountingSource, want: torch.Tensor, stored_bytes: int) -> None:
+    (weight,), notes = find(stored)
+    assert notes == []
+    source.read_bytes = 0
+    rows = weight.rows(1000, 1004)
+    assert rows.tobytes() == want[1000:1004].numpy().tobytes()
+    assert source.read_bytes < stored_bytes // 200, source.read_bytes  # the columns or rows that hold them, never the whole
+
+
+def test_a_read_of_a_few_rows_of_a_big_weight_reads_only_their_parts():
+    torch.manual_seed(0)
+    weight = torch.randn(2048, 1024)  # 4-bit: a qweight of 1 MiB
+    parts, want = gptq_layer(weight, 4, True, True, 0)
+    stored, source = _stored({"l." + k: v for k, v in parts.items()}, {"quant_method": "gptq", "bits": 4, "group_size": GROUP})
+    _few_rows_read_little(gptq.find, stored, source, want, source.size)
+    parts, want = awq_layer(weight, 0)
+    stored, source = _stored({"l." + k: v for k, v in parts.items()}, {"quant_method": "awq", "group_size": GROUP})
+    _few_rows_read_little(awq.find, stored, source, want, source.size)
+    q = torch.randint(-128, 128, (2048, 1024), dtype=torch.int8)
+    scale = torch.rand(2048, 1024 // GROUP).half()
+    packed = {"l.weight_packed": q.view(torch.int32), "l.weight_scale": scale, "l.weight_shape": torch.tensor([2048, 1024])}
+    config = {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"g": {
+        "targets": ["Linear"], "weights": {"num_bits": 8, "strategy": "group", "group_size": GROUP}}}}
+    stored, source = _stored(packed, config)
+    # pack-quantized 8-bit: four values a word, each stored + 128; q x scale in float16
+    values = (q.view(torch.uint8).int() - 128).half() * scale.repeat_interleave(GROUP, 1)
+    _few_rows_read_little(compressed.find, stored, source, values, source.size)
+
+
+def _hostile_gptq(folder, bits_in_config: int = 4) -> None:
+    """A GPTQ model whose layers are each wrong in their own way."""
+    _packed_model(folder, lambda w, s: gptq_layer(w, 4, False, True, s),
+                  {"quant_method": "gptq", "bits": bits_in_config, "group_size": GROUP})
+    state = load_file(folder / "model.safetensors")
+    layer = "model.layers.0."
+    state[layer + "mlp.down_proj.scales"] = state[layer + "mlp.down_proj.scales"][:2].contiguous()  # 5 groups served
+    state[layer + "mlp.down_proj.qzeros"] = state[layer + "mlp.down_proj.qzeros"][:2].contiguous()
+    del state[layer + "mlp.down_proj.g_idx"]  # groups in order, by the config's group size
+    state[layer + "mlp.up_proj.g_idx"][7] = 99  # out of range
+    state[layer + "self_attn.q_proj.qweight"] = state[layer + "self_attn.q_proj.qweight"][:, :-1].contiguous()
+    state[layer + "self_attn.k_proj.g_idx"][0] = -1
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+HOSTILE_NOTES = {
+    "model.layers.0.mlp.down_proj.weight": "a group size of 32 puts a column in group 4, and the scales hold 2 groups",
+    "model.layers.0.mlp.up_proj.weight": "model.layers.0.mlp.up_proj.g_idx puts a column in group 99, and the scales hold 2 groups",
+    "model.layers.0.self_attn.q_proj.weight": "model.layers.0.self_attn.q_proj.qweight of shape [8, 63] does not pack "
+                                              "4-bit values of 64 outputs (its scales' width)",
+    "model.layers.0.self_attn.k_proj.weight": "model.layers.0.self_attn.k_proj.g_idx puts a column in group -1, and "
+                                              "the scales hold 2 groups",
+}
+
+
+def test_hostile_layers_are_each_a_note_and_the_rest_of_the_model_reads(tmp_path, mount):
+    _hostile_gptq(tmp_path / "m")
+    mnt = mount(tmp_path / "m", "-o", "ro")
+    notes = yaml.safe_load((mnt / ".ckptfs/info.yaml").read_text())["notes"]
+    for name, why in HOSTILE_NOTES.items():
+        assert f"{name}: not dequantized: {why}" in notes
+        assert not dequantized_path(mnt, name).exists()
+    assert np.load(dequantized_path(mnt, "model.layers.1.mlp.down_proj.weight")).shape == (64, 160)
+    assert np.load(mnt / "model/layers/0/mlp/up_proj/g_idx.npy")[7] == 99  # stored tensors read as stored
+    done = run_ckptfs("export", tmp_path / "m", tmp_path / "out", "--to", "hf", "--dequantize")
+    assert done.returncode == 0, done.stderr  # the bad layers exported as stored
+    assert "model.layers.0.mlp.up_proj.qweight" in load_file(tmp_path / "out/model.safetensors")
+
+
+@pytest.mark.parametrize("config,why", [
+    ({"quant_method": "gptq", "bits": 5, "group_size": GROUP}, "5 bits: values of 2, 3, 4, 8 bits are dequantized"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": GROUP, "checkpoint_format": "marlin"},
+     "checkpoint format 'marlin': ckptfs dequantizes 'gptq' and 'gptq_v2'"),
+    ({"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemv"},
+     "AWQ version 'gemv': ckptfs dequantizes the GEMM layout only"),
+    ({"quant_method": "gptq", "bits": "4", "group_size": GROUP}, "'4' bits: values of 2, 3, 4, 8 bits are dequantized"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 0}, "group_size 0"),
+])
+def test_a_config_that_cannot_be_dequantized_is_a_note_per_weight(tmp_path, mount, config, why):
+    make = awq_layer if config["quant_method"] == "awq" else (lambda w, s: gptq_layer(w, 4, False, True, s))
+    _packed_model(tmp_path / "m", make, config)
+    mnt = mount(tmp_path / "m", "-o", "ro")
+    notes = yaml.safe_load((mnt / ".ckptfs/info.yaml").read_text())["notes"]
+    assert f"model.layers.0.mlp.down_proj.weight: not dequantized: {why}" in notes
+    assert not list(mnt.rglob("dequantized.npy"))
+
+
+def test_compressed_tensors_scales_that_do_not_cover_their_weight_are_a_note(tmp_path, mount):
+    format_name, arguments, _ = COMPRESSED_CASES["int4-group-asym"]
+    compressed_model(tmp_path / "m", format_name, arguments)
+    state = load_file(tmp_path / "m/model.safetensors")
+    name = "model.layers.1.mlp.gate_proj."
+    state[name + "weight_scale"] = state[name + "weight_scale"][:, :1].contiguous()
+    state[name + "weight_shape"] = torch.tensor([160, 64, 1])
+    save_file(state, tmp_path / "m/model.safetensors", metadata={"format": "pt"})
+    notes = yaml.safe_load((mount(tmp_path / "m", "-o", "ro") / ".ckptfs/info.yaml").read_text())["notes"]
+    assert f"{name}weight: not dequantized: no weight_shape of two numbers beside its weight_packed" in notes
