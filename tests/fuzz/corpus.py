@@ -96,6 +96,20 @@ def _gguf_metadata() -> list[bytes]:
     return [gguf_values.metadata_yaml(gguf.read_header(MemorySource(data), "seed")[0]).encode() for data in _gguf()]
 
 
+def _quantization_configs() -> list[bytes]:
+    """config.json as GPTQModel, AutoAWQ and compressed-tensors write its quantization_config."""
+    weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 32}
+    configs = [
+        {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False, "checkpoint_format": "gptq"},
+        {"quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemm", "zero_point": True},
+        {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head", "re:.*k_proj$"],
+         "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "format": "pack-quantized"},
+                           "group_1": {"targets": ["re:^n$"], "format": "naive-quantized",
+                                       "weights": {**weights, "num_bits": 8, "strategy": "channel"}}}},
+    ]
+    return [json.dumps({"torch_dtype": "float16", "quantization_config": c}).encode() for c in configs]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -113,5 +127,6 @@ def seeds(target: str) -> list[bytes]:
         "npy_header": _npy_headers,
         "yaml_merge": _yaml,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
+        "quantization_config": _quantization_configs,
     }
     return by_target[target]()

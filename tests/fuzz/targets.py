@@ -7,6 +7,7 @@ never anything else, within the time and memory budget (docs/security.md).
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import traceback
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ckptfs.errors import CkptfsError
-from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, safetensors, tar, torchzip
+from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, quantized, safetensors, tar, torchzip
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
 from ckptfs.pickle import object_edits
@@ -24,7 +27,9 @@ from ckptfs.pickle.pyobjects import to_yaml
 from ckptfs.pickle.torch_classes import KNOWN, persistent_load
 from ckptfs.sources.base import FileSource, Source
 from ckptfs.tree import npy
-from ckptfs.tree.nodes import File
+from ckptfs.tree.dtypes import BY_NAME
+from ckptfs.tree.nodes import Extent, File
+from ckptfs.tree.tensors import Tensor
 
 CRASHES = Path(__file__).parent / "crashes"
 #: how much of each file of a mounted tree the whole-file target reads
@@ -139,6 +144,41 @@ def _whole_file(data: bytes) -> None:
     _with_file(data, open_and_read)
 
 
+def stored_tensors(arrays: dict[str, np.ndarray], source_type=MemorySource) -> dict[str, Tensor]:
+    """Arrays as the tensor records of one in-memory source, as a safetensors file's."""
+    data, tensors, offsets = b"", {}, {}
+    for name, array in arrays.items():
+        offsets[name] = len(data)
+        data += np.ascontiguousarray(array).tobytes()
+    source = source_type(data)
+    for name, array in arrays.items():
+        tensors[name] = Tensor(name, BY_NAME[array.dtype.name], array.shape, Extent(source, offsets[name], array.nbytes))
+    return tensors
+
+
+def _quantized_layers() -> dict[str, Tensor]:
+    """One small layer of each packed layout (GPTQ, AWQ, compressed-tensors), values arbitrary."""
+    words = np.arange(-256, 256, dtype=np.int32) * 0x01234567
+    return stored_tensors({
+        "g.qweight": words.reshape(8, 64), "g.qzeros": words[:16].reshape(2, 8), "g.g_idx": np.arange(64, dtype=np.int32) % 2,
+        "g.scales": np.full((2, 64), 0.01, np.float16),
+        "a.qweight": words.reshape(64, 8), "a.qzeros": words[:16].reshape(2, 8), "a.scales": np.full((2, 64), 0.01, np.float16),
+        "c.weight_packed": words.reshape(64, 8), "c.weight_scale": np.full((64, 2), 0.01, np.float16),
+        "c.weight_zero_point": words[:16].reshape(8, 2), "c.weight_shape": np.array([64, 64]),
+        "n.weight": np.resize(words.view(np.int8), (64, 64)), "n.weight_scale": np.full((64, 1), 0.5, np.float32)})
+
+
+def _quantization_config(data: bytes) -> None:
+    """A config.json's quantization_config read as the schemes read it,
+    over one layer of each layout, and a few rows of each weight found made."""
+    try:
+        config = json.loads(data)
+    except ValueError:
+        return  # model_config's note: not JSON
+    for weight in quantized.find(_quantized_layers(), config if isinstance(config, dict) else None).weights:
+        weight.rows(0, min(3, weight.shape[0]))
+
+
 TARGETS = {t.name: t for t in (
     Target("safetensors_header", _safetensors_header, (CkptfsError,)),
     Target("tar_reader", _tar_reader, (CkptfsError,)),
@@ -152,6 +192,7 @@ TARGETS = {t.name: t for t in (
     Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
+    Target("quantization_config", _quantization_config, (CkptfsError,)),
 )}
 
 

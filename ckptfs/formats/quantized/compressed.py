@@ -33,6 +33,8 @@ METHOD = "compressed-tensors"
 #: formats whose weights are stored as values, not packed
 UNPACKED = ("naive-quantized", "int-quantized", "float-quantized")
 PACKED = "pack-quantized"
+#: what naive- and float-quantized weights are stored as
+STORED_DTYPES = ("int8", "float8_e4m3fn", "float8_e5m2")
 #: a module's activation parameters: not part of a plain model
 ACTIVATION_PARAMETERS = ("input_scale", "input_zero_point", "input_global_scale", "output_scale",
                          "output_zero_point", "weight_global_scale")
@@ -77,7 +79,7 @@ def _scheme(groups: list[dict], module: str, default_format) -> tuple[str, dict]
     `module`: the first whose regular expression matches it, else the
     only one that targets modules by class."""
     by_pattern = [g for g in groups if Patterns(g.get("targets"), []).matches(module)]
-    by_class = [g for g in groups if any(isinstance(t, str) and not t.startswith("re:") for t in g.get("targets") or ())]
+    by_class = [g for g in groups if any(isinstance(t, str) and not t.startswith("re:") for t in _listed(g.get("targets")))]
     chosen = by_pattern[:1] or (by_class if len(by_class) == 1 else [])
     if not chosen:
         raise QuantizationError(f"{len(by_class)} config groups may target it, and none names it")
@@ -86,6 +88,10 @@ def _scheme(groups: list[dict], module: str, default_format) -> tuple[str, dict]
     if not isinstance(arguments, dict):
         raise QuantizationError("its config group quantizes no weights")
     return group.get("format") or default_format, arguments
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _block(arguments: dict, shape: tuple[int, int]) -> tuple[int, int]:
@@ -121,21 +127,27 @@ def _weight(stored: Stored, prefix: str, format_name, arguments: dict) -> Quanti
     if format_name not in UNPACKED + (PACKED,):
         raise QuantizationError(f"format {format_name!r}: ckptfs dequantizes {PACKED} and {', '.join(UNPACKED)}")
     packed = format_name == PACKED
+    stored_values = prefix + ("weight_packed" if packed else "weight")
+    if stored_values not in stored:
+        raise QuantizationError(f"its config group's format is {format_name}, and it stores no {stored_values}")
     bits = arguments.get("num_bits", 8)
     if packed and (type(bits) is not int or not 1 <= bits <= 8):
         raise QuantizationError(f"{bits!r} bits: pack-quantized packs 1 to 8")
     shape = _shape(stored, prefix, packed)
+    read = _packed_rows(stored, stored_values, bits, shape) if packed else (lambda a, b: stored.rows(stored_values, a, b))
     block = _block(arguments, shape)
     scale, zero = prefix + "weight_scale", prefix + "weight_zero_point"
+    if scale not in stored:
+        raise QuantizationError(f"no {scale} beside its {stored_values}")
     check_dtype(stored, scale, SCALE_DTYPES)
+    if not packed:
+        check_dtype(stored, stored_values, STORED_DTYPES)
     grid = (math.ceil(shape[0] / block[0]), math.ceil(shape[1] / block[1]))
     if stored.get(scale).numel != math.prod(grid) or (stored.get(scale).numel > 1 and stored.get(scale).shape[-1] != grid[1]):
         raise QuantizationError(f"{scale} of shape {list(stored.get(scale).shape)} does not cover a weight of "
                                 f"{list(shape)} in blocks of {list(block)}")
     columns = group_index(stored, prefix + "weight_g_idx" if prefix + "weight_g_idx" in stored else None,
                           shape[1], block[1], grid[1])
-    stored_values = prefix + ("weight_packed" if packed else "weight")
-    read = _packed_rows(stored, stored_values, bits, shape[1]) if packed else (lambda a, b: stored.rows(stored_values, a, b))
     zeros = _zero_rows(stored, zero, bits, packed, grid) if zero in stored else None
     dtype = stored.compute_dtype()
 
@@ -155,10 +167,12 @@ def _weight(stored: Stored, prefix: str, format_name, arguments: dict) -> Quanti
                            members, values)
 
 
-def _packed_rows(stored: Stored, name: str, bits: int, inputs: int):
+def _packed_rows(stored: Stored, name: str, bits: int, shape: tuple[int, int]):
+    """Rows of the weight's integers, once `weight_packed` is checked to hold `shape` (weight_shape's)."""
     check_dtype(stored, name, ("int32",))
-    if len(stored.get(name).shape) != 2 or stored.get(name).shape[1] != words(0, inputs, bits)[1]:
-        raise QuantizationError(f"{name} of shape {list(stored.get(name).shape)} does not pack {inputs} values of {bits} bits a row")
+    rows, inputs = shape
+    if stored.get(name).shape != (rows, words(0, inputs, bits)[1]):
+        raise QuantizationError(f"{name} of shape {list(stored.get(name).shape)} does not pack {list(shape)} values of {bits} bits")
     offset = 1 << (bits - 1)
     return lambda first, last: unpack(stored.rows(name, first, last), bits, 0, inputs, 1).astype(np.int16) - offset
 

@@ -47,7 +47,7 @@ def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
 
 def _zero_offset(config: dict) -> int:
     name = config.get("checkpoint_format", config.get("format", "gptq"))
-    if name not in ZERO_OFFSETS:
+    if not isinstance(name, str) or name not in ZERO_OFFSETS:
         raise QuantizationError(f"checkpoint format {name!r}: ckptfs dequantizes 'gptq' and 'gptq_v2'")
     return ZERO_OFFSETS[name]
 
