@@ -38,12 +38,9 @@ from safetensors.torch import load_file, save_file
 from ckptfs.formats.quantized import awq, compressed, gptq
 from ckptfs.formats.quantized.base import Stored
 from ckptfs.formats.quantized.packed import unpack
-from ckptfs.tree.dtypes import BY_NAME
-from ckptfs.tree.nodes import Extent
-from ckptfs.tree.tensors import Tensor
 
 from .conftest import run_ckptfs
-from .fuzz.targets import MemorySource
+from .fuzz.targets import MemorySource, stored_tensors
 from .quantized_models import dequantized_path, linear_names, logits, tiny_llama, with_quantization
 
 GROUP = 32
@@ -360,14 +357,9 @@ class CountingSource(MemorySource):
 
 def _stored(tensors: dict[str, torch.Tensor], config: dict | None) -> tuple[Stored, CountingSource]:
     """The tensors as one counting source, as a mount's Stored holds them."""
-    data, records = b"", {}
-    for name, t in tensors.items():
-        raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype != torch.int64 else t.numpy().tobytes()
-        records[name] = (str(t.dtype).removeprefix("torch."), tuple(t.shape), len(data), len(raw))
-        data += raw
-    source = CountingSource(data)
-    return Stored({n: Tensor(n, BY_NAME[d], shape, Extent(source, o, n_)) for n, (d, shape, o, n_) in records.items()},
-                  {"dtype": "float16", "quantization_config": config} if config else None), source
+    records = stored_tensors({n: t.numpy() for n, t in tensors.items()}, CountingSource)
+    source = next(iter(records.values())).data.source
+    return Stored(records, {"dtype": "float16", "quantization_config": config} if config else None), source
 
 
 def _few_rows_read_little(find, stored: Stored, source: CountingSource, want: torch.Tensor, stored_bytes: int) -> None:
