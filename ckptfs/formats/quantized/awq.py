@@ -22,6 +22,8 @@ from .base import QuantizationError, QuantizedWeight, Stored
 #: where each output of a word's eight is among its nibbles (AutoAWQ's AWQ_REVERSE_ORDER)
 NIBBLE_OF_OUTPUT = np.array([0, 4, 1, 5, 2, 6, 3, 7])
 PER_WORD = 8
+#: what each 4-bit code stands for
+LEVELS = np.arange(16, dtype=np.int16)
 
 
 def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
@@ -68,7 +70,7 @@ def _weight(stored: Stored, prefix: str, config: dict) -> QuantizedWeight:
         w0, w1 = first // PER_WORD, -(-last // PER_WORD)
         q = _outputs(stored.columns(qweight, w0, w1), first - w0 * PER_WORD, last - first)
         zero = _outputs(stored.columns(qzeros, w0, w1), first - w0 * PER_WORD, last - first)
-        return packed.affine(q, zero[:, index], stored.columns(scales, first, last).T[:, index], dtype)
+        return packed.grouped(q, LEVELS, zero, stored.columns(scales, first, last).T, index, dtype)
 
     return QuantizedWeight(prefix + "weight", f"AWQ 4-bit GEMM, group {group_size}", (outputs, inputs), dtype,
                            (qweight, qzeros, scales), values)

@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from .base import QuantizationError, QuantizedWeight, Stored
-from .packed import SCALE_DTYPES, affine, check_dtype, group_index, unpack, words
+from .packed import SCALE_DTYPES, affine, check_dtype, group_index, grouped, unpack, words
 from .patterns import Patterns
 
 METHOD = "compressed-tensors"
@@ -150,13 +150,17 @@ def _weight(stored: Stored, prefix: str, format_name, arguments: dict) -> Quanti
                           shape[1], block[1], grid[1])
     zeros = _zero_rows(stored, zero, bits, packed, grid) if zero in stored else None
     dtype = stored.compute_dtype()
+    levels = np.arange(1 << bits, dtype=np.int16) - (1 << (bits - 1)) if packed else None  # stored + half their range
 
     def values(first: int, last: int) -> np.ndarray:
         g0, g1 = first // block[0], -(-last // block[0])
         rows = np.arange(first, last) // block[0] - g0
-        grid_rows = stored.rows(scale, g0, g1).reshape(g1 - g0, -1) if grid[0] > 1 else stored.whole(scale).reshape(1, -1)
-        zero_rows = 0 if zeros is None else zeros(g0, g1)[rows][:, columns]
-        return affine(read(first, last), zero_rows, grid_rows[rows if grid[0] > 1 else np.zeros_like(rows)][:, columns], dtype)
+        scales = stored.rows(scale, g0, g1).reshape(g1 - g0, -1) if grid[0] > 1 else stored.whole(scale).reshape(1, -1)
+        zero_points = 0 if zeros is None else zeros(g0, g1)[rows]
+        if packed:  # codes of 2^bits values: looked up per group
+            return grouped(read(first, last), levels, zero_points, scales[rows], columns, dtype)
+        return affine(read(first, last), zero_points if zeros is None else zero_points[:, columns],
+                      scales[rows][:, columns], dtype)
 
     members = tuple(prefix + n for n in ("weight_packed", "weight", "weight_shape", "weight_scale", "weight_zero_point",
                                          "weight_g_idx") + ACTIVATION_PARAMETERS if prefix + n in stored)
@@ -168,13 +172,13 @@ def _weight(stored: Stored, prefix: str, format_name, arguments: dict) -> Quanti
 
 
 def _packed_rows(stored: Stored, name: str, bits: int, shape: tuple[int, int]):
-    """Rows of the weight's integers, once `weight_packed` is checked to hold `shape` (weight_shape's)."""
+    """Rows of the weight's codes (each stored integer + 2^(bits - 1)), once `weight_packed` is checked
+    to hold `shape` (weight_shape's)."""
     check_dtype(stored, name, ("int32",))
     rows, inputs = shape
     if stored.get(name).shape != (rows, words(0, inputs, bits)[1]):
         raise QuantizationError(f"{name} of shape {list(stored.get(name).shape)} does not pack {list(shape)} values of {bits} bits")
-    offset = 1 << (bits - 1)
-    return lambda first, last: unpack(stored.rows(name, first, last), bits, 0, inputs, 1).astype(np.int16) - offset
+    return lambda first, last: unpack(stored.rows(name, first, last), bits, 0, inputs, 1)
 
 
 def _zero_rows(stored: Stored, name: str, bits: int, packed: bool, grid: tuple[int, int]):

@@ -71,13 +71,14 @@ def _weight(stored: Stored, prefix: str, configured: bool) -> QuantizedWeight:
     index = packed.group_index(stored, g_idx, inputs, group_size, groups)
     offset = _zero_offset(config if configured else {})
     dtype = stored.compute_dtype()
+    levels = np.arange(1 << bits, dtype=np.int16)
 
     def values(first: int, last: int) -> np.ndarray:
         q = packed.unpack(stored.columns(qweight, first, last), bits, 0, inputs, 0).T
         w0, w1 = packed.words(first, last, bits)
         zero = packed.unpack(stored.columns(qzeros, w0, w1), bits, first * bits - w0 * 32, last - first, 1).T
         zero = zero.astype(np.int16) + offset
-        return packed.affine(q, zero[:, index], stored.columns(scales, first, last).T[:, index], dtype)
+        return packed.grouped(q, levels, zero, stored.columns(scales, first, last).T, index, dtype)
 
     order = ", act order" if g_idx is not None and np.any(np.diff(index) < 0) else ""
     members = (qweight, qzeros, scales) + ((g_idx,) if g_idx else ())

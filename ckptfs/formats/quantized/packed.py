@@ -40,9 +40,10 @@ def unpack(packed: np.ndarray, bits: int, start: int, count: int, axis: int) -> 
     words, the run's first word first), the first at bit `start`, as uint8."""
     stream = np.moveaxis(packed, axis, -1).view(np.uint32)
     mask = (1 << bits) - 1
-    if 32 % bits == 0:
-        shifts = np.arange(0, 32, bits, dtype=np.uint32)
-        values = ((stream[..., :, None] >> shifts) & np.uint32(mask)).reshape(*stream.shape[:-1], -1)
+    if 8 % bits == 0:  # whole values in each byte: split the bytes, little-endian words' first byte first
+        data = np.ascontiguousarray(stream, dtype="<u4").view(np.uint8)
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        values = ((data[..., :, None] >> shifts) & np.uint8(mask)).reshape(*stream.shape[:-1], -1)
         values = values[..., start // bits: start // bits + count]
     else:  # a value may start in one word and end in the next
         bit = start + np.arange(count, dtype=np.int64) * bits
@@ -61,6 +62,26 @@ def affine(q: np.ndarray, zero: np.ndarray | float, scale: np.ndarray, dtype) ->
     scales' dtype, then to `dtype` (the model's)."""
     product = (q.astype(np.float32) - zero) * scale.astype(np.float32)
     return product.astype(scale.dtype).astype(numpy_dtype(dtype))
+
+
+def grouped(codes: np.ndarray, levels: np.ndarray, zero: np.ndarray | int, scale: np.ndarray, columns: np.ndarray,
+            dtype) -> np.ndarray:
+    """`affine` of rows whose zero points and scales are per group of
+    columns: codes [n, in] (uint8, each standing for `levels[code]`),
+    zero and scale [n, groups], `columns` the group of each column. Each
+    row's groups have at most 2^bits values, computed once (with `affine`,
+    so the same bits) and looked up for each code: one pass over the
+    values instead of one per operation. Where that table would be larger
+    than the values, the values are computed one by one instead."""
+    rows, groups = scale.shape
+    zero = np.broadcast_to(zero, scale.shape)
+    if rows * groups * len(levels) > codes.size:
+        return affine(levels[codes], zero[:, columns], scale[:, columns], dtype)
+    table = affine(levels[None, None, :], zero[:, :, None], scale[:, :, None], dtype).reshape(-1)
+    index_type = np.int32 if table.size < 2**31 else np.int64
+    base = (np.arange(rows, dtype=index_type)[:, None] * groups + columns.astype(index_type)[None, :]) * len(levels)
+    base += codes
+    return table[base]
 
 
 def check_bits(bits, allowed: tuple[int, ...] = PACKED_BITS) -> int:
