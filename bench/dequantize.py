@@ -176,10 +176,10 @@ def report(results: dict, samples: dict, layers: int, rounds: int) -> str:
     names = {"gptq": ("GPTQ", "GPTQModel's `dequantize_weight` formula"), "fp8": ("FP8", "transformers' FP8 dequantization")}
     for scheme, (mounted, referenced) in results.items():
         title, library = names[scheme]
-        lines.append(f"| {title}: `cat` of every `dequantized.npy` through a mount | {median(mounted):.2f} | "
+        lines.append(f"| {title}: `cat` of every `dequantized.npy` through a mount | {median(mounted):.3f} | "
                      f"{median(mounted) / median(referenced):.2f}x |")
         lines.append(f"| {title}: {library} in torch, one process (safetensors reads included) | "
-                     f"{median(referenced):.2f} | 1.00x |")
+                     f"{median(referenced):.3f} | 1.00x |")
     lines += ["", f"Medians of {rounds} interleaved rounds, page cache warm, a fresh mount each round; the first "
               "layer's values are the same bytes both ways."]
     text = "\n".join(lines) + "\n"
