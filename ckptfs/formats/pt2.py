@@ -1,0 +1,252 @@
+"""torch.export archives (`.pt2`: `torch.export.save`, `package_pt2`).
+
+A PT2 archive is a zip written by torch's `PyTorchFileWriter`, every record
+in one folder, read as `torch.export.load` reads it: through miniz's rules
+(`torchzip_records`), the folder's `archive_format` holding `pt2`. Each
+program `<name>` is `models/<name>.json` (the serialized ExportedProgram),
+its weights and constants are records `data/weights/weight_N` and
+`data/constants/tensor_N` described by their payload configs (`pt2_payloads`),
+its example inputs `data/sample_inputs/<name>.pt` (a torch.save zip). An
+archive of torch 2.5 to 2.7 holds each program's state dict and constants
+as torch.save zips instead (`data/weights/<name>.pt`), which are shown
+expanded, as `torch.load` would read them.
+
+Read-only: the tree shows what `torch.export.load` loads, the JSON records
+as YAML; `.ckptfs/raw/` holds the archive and each of its records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+from ..humanize import plural
+from ..limits import LIMITS
+from ..pickle.pyobjects import to_yaml
+from ..sources.base import Source
+from ..tree import names
+from ..tree.checkpoint import Checkpoint
+from ..tree.nodes import Content, Dir, File, Node, PathConflict
+from ..tree.rawfiles import raw_file, raw_mirror
+from ..tree.tensors import PlacedTensor, Tensor, tensor_tree
+from .base import FileFormat, Opening, Pickles
+from .pt2_payloads import Payload, PayloadError, payloads, raw_tensor
+from .torchzip import LOCAL_HEADER, ZIP_MAGIC, archive_folder, expand_nested
+from .torchzip_records import Entry, read_records
+
+#: what the first record of a PT2 archive may be, below the archive's folder
+#: (torch writes the weights first, older versions `archive_format` or a model)
+FIRST_RECORDS = (b"archive_format", b"archive_version", b"models/", b"data/weights/", b"data/constants/",
+                 b"data/sample_inputs/", b"data/aotinductor/", b"data/executorch/", b"data/mtia", b"extra/",
+                 b"xl_model_weights/")
+#: the short text records shown together in `archive.yaml`
+ARCHIVE_FACTS = (b"archive_format", b"archive_version", b"byteorder", b".data/version", b".data/serialization_id")
+MODELS, WEIGHTS, CONSTANTS, EXTRA = b"models/", b"data/weights/", b"data/constants/", b"extra/"
+#: the payload config of each kind, and where its records lie
+KINDS = ((WEIGHTS, "weights"), (CONSTANTS, "constants"))
+
+
+def sniff(head: bytes) -> bool:
+    """A zip whose first record is one of a PT2 archive's, in a folder."""
+    if head[:4] != ZIP_MAGIC or len(head) < LOCAL_HEADER.size:
+        return False
+    name_length = LOCAL_HEADER.unpack_from(head)[9]
+    first = head[LOCAL_HEADER.size : LOCAL_HEADER.size + name_length]
+    folder, slash, rest = first.partition(b"/")
+    return bool(folder and slash) and rest.startswith(FIRST_RECORDS)
+
+
+@dataclass
+class _Tree:
+    """What the mount shows, gathered program by program."""
+
+    root: Dir = field(default_factory=Dir)
+    tensors: list[Tensor] = field(default_factory=list)
+    #: files that are not tensors, by their path parts
+    files: list[tuple[list[str], Node]] = field(default_factory=list)
+    placed: list[PlacedTensor] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    #: the globals the pickles of torch 2.5-2.7's state dicts name
+    pickle_globals: list[str] = field(default_factory=list)
+
+
+class Pt2Archive:
+    """The records of one archive and what they hold."""
+
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+        self.archive = read_records(source, name)
+        self.archive.require_agreement()
+        if len(self.archive.entries) > LIMITS.members:
+            raise FormatError(name, f"more than {plural(LIMITS.members, 'record')} (-o max_members raises the limit)")
+        self.folder = archive_folder(self.archive, name)
+        marker = self.text(b"archive_format")
+        if marker != "pt2":
+            raise FormatError(name, "a zip archive whose archive_format record " + (
+                f"holds {marker!r}" if marker is not None else "is missing") + ", not a PT2 archive")
+        order = self.text(b"byteorder")
+        if order not in (None, "little"):
+            raise FormatError(name, f"byteorder record holds {order!r}: only little-endian archives are read")
+
+    def entry(self, path: bytes) -> Entry | None:
+        return self.archive.find(self.folder + path)
+
+    def label(self, path: bytes) -> str:
+        return f"{self.name}: {(self.folder + path).decode('utf-8', 'replace')}"
+
+    def text(self, path: bytes) -> str | None:
+        """A short text record (at most 1 KiB), stripped, or None if absent."""
+        entry = self.entry(path)
+        if entry is None:
+            return None
+        return self.archive.read(entry, 1024).decode("utf-8", "replace").strip()
+
+    def json(self, entry: Entry) -> object:
+        """A JSON record, parsed; FormatError naming it if it is not JSON
+        or is larger than max_header_bytes."""
+        label = f"{self.name}: {entry.filename}"
+        if entry.file_size > LIMITS.header_bytes:
+            raise FormatError(label, f"{plural(entry.file_size, 'byte')} of JSON, above max_header_bytes "
+                                     "(-o max_header_bytes raises the limit)")
+        try:
+            return json.loads(self.archive.read(entry, LIMITS.header_bytes))
+        except (ValueError, RecursionError) as e:
+            raise FormatError(label, f"not readable JSON ({type(e).__name__}: {e})") from None
+
+    def programs(self) -> list[str]:
+        """The names of the programs, from `models/<name>.json`, in the archive's order."""
+        prefix = self.folder + MODELS
+        return [e.name_bytes[len(prefix) : -5].decode("utf-8", "replace") for e in self.archive.entries
+                if e.name_bytes.startswith(prefix) and e.name_bytes.endswith(b".json") and len(e.name_bytes) > len(prefix) + 5]
+
+    def tree(self) -> _Tree:
+        tree = _Tree()
+        programs = self.programs()
+        for program in programs:
+            self._program(tree, program, "" if len(programs) == 1 else program)
+        facts = {p.decode(): self.text(p) for p in ARCHIVE_FACTS if self.entry(p) is not None}
+        tree.files.append((["archive.yaml"], _yaml_file(facts)))
+        self._extra_files(tree)
+        if not programs:
+            tree.notes.append("holds no exported program (models/*.json): an AOTInductor package? Its records "
+                              "are in .ckptfs/raw/")
+        return tree
+
+    def _program(self, tree: _Tree, program: str, prefix: str) -> None:
+        """One program's files: its ExportedProgram, payload configs and
+        sample inputs, and its tensors, under `prefix` (its name when the
+        archive holds several)."""
+        where = names.tensor_path(prefix, "") if prefix else []  # the folder of its tensors
+        model = self.entry(MODELS + program.encode() + b".json")
+        tree.files.append((where + ["exported_program.yaml"], _yaml_file(self.json(model))))
+        inputs = self.entry(b"data/sample_inputs/" + program.encode() + b".pt")
+        if inputs is not None:
+            tree.files.append((where + ["sample_inputs.pt"], self._record_file(inputs)))
+        for folder, kind in KINDS:
+            config = self.entry(folder + f"{program}_{kind}_config.json".encode())
+            legacy = self.entry(folder + f"{program}.pt".encode())
+            if config is not None:
+                parsed = self.json(config)
+                tree.files.append((where + [f"{kind}_config.yaml"], _yaml_file(parsed)))
+                self._payloads(tree, parsed, folder, prefix, config.filename)
+            elif legacy is not None:
+                self._legacy(tree, legacy, where, kind)
+            else:
+                tree.notes.append(f"program {program!r} has no {kind} config: it holds no {kind}")
+
+    def _payloads(self, tree: _Tree, config: object, folder: bytes, prefix: str, label: str) -> None:
+        """The tensor (or the file) of each payload of a config."""
+        entries, notes = payloads(config, f"{self.name}: {label}")
+        tree.notes += notes
+        for payload in entries:
+            key = f"{prefix}.{payload.fqn}" if prefix else payload.fqn
+            if key in tree.keys:
+                tree.notes.append(f"{label}: {payload.fqn!r} is left out: another payload has the same name")
+                continue
+            tree.keys.add(key)
+            record = self.entry(folder + payload.path_name.encode())
+            if record is None:
+                problem = f"its record {payload.path_name!r} is not in the archive"
+            elif payload.pickled:
+                self._pickled(tree, payload, key, record)
+                continue
+            else:
+                try:
+                    source = self.archive.contents(record)
+                    tree.tensors.append(raw_tensor(payload, key, source, 0))
+                    continue
+                except (PayloadError, FormatError) as e:
+                    problem = getattr(e, "problem", None) or str(e)
+            tree.notes.append(f"{label}: {payload.fqn!r} is left out: {problem}")
+
+    def _pickled(self, tree: _Tree, payload: Payload, key: str, record: Entry) -> None:
+        """A pickled payload, never unpickled: its bytes as a file (`.pt`
+        for a tensor, torch.load reads it; `.pkl` for an object)."""
+        suffix = ".pt" if payload.meta is not None else ".pkl"
+        tree.files.append((names.tensor_path(key, suffix), self._record_file(record)))
+        tree.notes.append(f"{payload.fqn!r} is pickled ({record.filename}), shown as its bytes: ckptfs runs no "
+                          "pickle")
+
+    def _legacy(self, tree: _Tree, entry: Entry, where: list[str], kind: str) -> None:
+        """A torch 2.5-2.7 program's state dict or constants: a torch.save
+        zip, its tensors shown where a newer archive's would be (one that
+        cannot be read stays a plain file, `<kind>.pt`)."""
+        expanded = expand_nested(self.archive.contents(entry), entry.filename, tree.notes)
+        if expanded is None:
+            tree.files.append((where + [f"{kind}.pt"], self._record_file(entry)))
+            return
+        folder, placed, pickle_globals = expanded
+        tree.pickle_globals += pickle_globals
+        tree.files += [(where + [name], node) for name, node in folder.children.items()]
+        tree.placed += [PlacedTensor("/".join(where + [p.path]), p.tensor) for p in placed]
+
+    def _extra_files(self, tree: _Tree) -> None:
+        """The `extra/` records (`torch.export.save(extra_files=...)`) as they are."""
+        prefix = self.folder + EXTRA
+        for entry in self.archive.entries:
+            if entry.name_bytes.startswith(prefix) and not entry.marked_folder:
+                parts = names.file_parts(entry.filename.split("/", 1)[1])
+                tree.files.append((parts, self._record_file(entry)))
+
+    def _record_file(self, entry: Entry) -> File:
+        contents = self.archive.contents(entry)
+        return raw_file(contents, 0, contents.size)
+
+    def raw(self) -> Dir:
+        """The archive itself, and each of its records at its path."""
+        raw = raw_mirror(self.source)
+        for entry in self.archive.entries:
+            if not entry.marked_folder:
+                try:
+                    _place(raw, names.file_parts(entry.filename), self._record_file(entry))
+                except (PathConflict, FormatError):
+                    continue  # a record no path holds beside the others: the archive still has it
+        return raw
+
+
+def _yaml_file(value: object) -> File:
+    return File(Content([to_yaml(value).encode()]))
+
+
+def _place(root: Dir, parts: list[str], node: Node) -> None:
+    root.subdir(parts[:-1]).add(parts[-1], node)
+
+
+def open_file(opening: Opening) -> Checkpoint:
+    source, st = opening.source, opening.stat
+    archive = Pt2Archive(source, source.path)
+    tree = archive.tree()
+    root, placed = tensor_tree(tree.tensors)
+    for parts, node in tree.files:
+        try:
+            _place(root, parts, node)
+        except PathConflict:
+            tree.notes.append(f"{'/'.join(parts)} is left out: another file or folder takes its place")
+    return Checkpoint("torch.export (pt2)", source.path, st, root, archive.raw(), placed + tree.placed, tree.notes,
+                      pickle_globals=list(dict.fromkeys(tree.pickle_globals)))
+
+
+FORMAT = FileFormat("torch.export (pt2)", sniff, open_file, "torch.export archives (.pt2: torch.export.save)", None,
+                    pickles=Pickles.ZIP)
