@@ -68,6 +68,8 @@ class _Tree:
     placed: list[PlacedTensor] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
+    #: `.ckptfs/raw/`: the archive, and each of its records
+    raw: Dir = field(default_factory=Dir)
     #: the globals the pickles of torch 2.5-2.7's state dicts name
     pickle_globals: list[str] = field(default_factory=list)
 
@@ -79,8 +81,6 @@ class Pt2Archive:
         self.source, self.name = source, name
         self.archive = read_records(source, name)
         self.archive.require_agreement()
-        if len(self.archive.entries) > LIMITS.members:
-            raise FormatError(name, f"more than {plural(LIMITS.members, 'record')} (-o max_members raises the limit)")
         self.folder = archive_folder(self.archive, name)
         marker = self.text(b"archive_format")
         if marker != "pt2":
@@ -122,7 +122,7 @@ class Pt2Archive:
                 if e.name_bytes.startswith(prefix) and e.name_bytes.endswith(b".json") and len(e.name_bytes) > len(prefix) + 5]
 
     def tree(self) -> _Tree:
-        tree = _Tree()
+        tree = _Tree(raw=self.raw())
         programs = self.programs()
         for program in programs:
             self._program(tree, program, "" if len(programs) == 1 else program)
@@ -158,7 +158,10 @@ class Pt2Archive:
 
     def _payloads(self, tree: _Tree, config: object, folder: bytes, prefix: str, label: str) -> None:
         """The tensor (or the file) of each payload of a config."""
-        entries, notes = payloads(config, f"{self.name}: {label}")
+        try:
+            entries, notes = payloads(config, label)
+        except PayloadError as e:
+            raise FormatError(self.name, str(e)) from None
         tree.notes += notes
         for payload in entries:
             key = f"{prefix}.{payload.fqn}" if prefix else payload.fqn
@@ -234,18 +237,24 @@ def _place(root: Dir, parts: list[str], node: Node) -> None:
     root.subdir(parts[:-1]).add(parts[-1], node)
 
 
-def open_file(opening: Opening) -> Checkpoint:
-    source, st = opening.source, opening.stat
-    archive = Pt2Archive(source, source.path)
-    tree = archive.tree()
+def read(source: Source, name: str) -> tuple[Dir, list[PlacedTensor], _Tree]:
+    """The tree of the archive in `source`, its tensors, and what else was
+    gathered (notes, pickle globals)."""
+    tree = Pt2Archive(source, name).tree()
     root, placed = tensor_tree(tree.tensors)
     for parts, node in tree.files:
         try:
             _place(root, parts, node)
         except PathConflict:
             tree.notes.append(f"{'/'.join(parts)} is left out: another file or folder takes its place")
-    return Checkpoint("torch.export (pt2)", source.path, st, root, archive.raw(), placed + tree.placed, tree.notes,
-                      pickle_globals=list(dict.fromkeys(tree.pickle_globals)))
+    return root, placed + tree.placed, tree
+
+
+def open_file(opening: Opening) -> Checkpoint:
+    source, st = opening.source, opening.stat
+    root, placed, tree = read(source, source.path)
+    return Checkpoint("torch.export (pt2)", source.path, st, root, tree.raw, placed,
+                      tree.notes, pickle_globals=list(dict.fromkeys(tree.pickle_globals)))
 
 
 FORMAT = FileFormat("torch.export (pt2)", sniff, open_file, "torch.export archives (.pt2: torch.export.save)", None,

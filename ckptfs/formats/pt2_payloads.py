@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import FormatError
 from ..humanize import plural
 from ..sources.base import Source
 from ..tree import xattrs
@@ -43,6 +42,9 @@ SCALAR_TYPES = {
 STRIDED = 7
 #: the most dimensions a payload's sizes may list (torch's own bound)
 MAX_DIMS = 64
+#: the most bytes a tensor's file may hold (a stride of 0 repeats one
+#: element as often as the sizes say): what a file offset holds
+MAX_BYTES = 1 << 62
 
 
 class PayloadError(ValueError):
@@ -61,11 +63,11 @@ class Payload:
 
 def payloads(config: object, label: str) -> tuple[list[Payload], list[str]]:
     """The entries of a parsed payload config, and a note for each entry
-    that is not one (named by its key). FormatError if the config as a
+    that is not one (named by its key). PayloadError if the config as a
     whole is not one."""
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
-        raise FormatError(label, "not a payload config (no \"config\" mapping)")
+        raise PayloadError(f"{label}: not a payload config (no \"config\" mapping)")
     found, notes = [], []
     for fqn, meta in entries.items():
         if not (isinstance(meta, dict) and isinstance(meta.get("path_name"), str) and meta["path_name"]):
@@ -82,9 +84,9 @@ def _int(value: object, what: str) -> int:
     if isinstance(value, dict) and set(value) == {"as_int"}:
         value = value["as_int"]
     elif isinstance(value, dict) and "as_expr" in value:
-        raise PayloadError(f"a symbolic {what}, which no stored tensor has")
+        raise PayloadError(f"{what} given as a symbolic expression, which no stored tensor has")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise PayloadError(f"{what} {value!r} is not a count")
+        raise PayloadError(f"{what} holds {value!r}, not a count")
     return value
 
 
@@ -145,15 +147,20 @@ def raw_tensor(payload: Payload, key: str, record: Source, base: int) -> Tensor:
         raise PayloadError("its record is empty (a fake tensor's), which torch.export.load fills with zeros")
     if nbytes % itemsize:
         raise PayloadError(f"its record's {plural(nbytes, 'byte')} are not whole {view.dtype.name} elements")
+    length = math.prod(view.shape) * itemsize
+    if length > MAX_BYTES:
+        raise PayloadError(f"sizes {list(view.shape)} make {length} bytes, more than a file can hold")
+    if not length:
+        return Tensor(key, view.dtype, view.shape, Extent(record, base, 0))
     needed = view.elements_needed()
     if needed * itemsize > nbytes:
         raise PayloadError(f"sizes {list(view.shape)}, strides {list(view.strides)} and offset {view.offset} reach "
                            f"element {needed - 1} of a record of {nbytes // itemsize}")
     start = base + view.offset * itemsize
-    length = math.prod(view.shape) * itemsize
     if view.contiguous:
         return Tensor(key, view.dtype, view.shape, Extent(record, start, length))
     facts = ((xattrs.SOURCE, record.locate(base)[0]),
              (xattrs.STORAGE, f"{payload.path_name} offset {view.offset} stride {list(view.strides)}"))
-    gather = Gather(record, base, itemsize, view.offset, view.shape, view.strides)
+    steps = tuple(0 if n == 1 else s for n, s in zip(view.shape, view.strides))  # a stride no index reaches: any
+    gather = Gather(record, base, itemsize, view.offset, view.shape, steps)
     return PiecedTensor(key, view.dtype, view.shape, Extent(record, start, length), (gather,), facts)
