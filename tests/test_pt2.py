@@ -167,30 +167,55 @@ def test_several_programs_each_have_their_folder(tmp_path, mount):
     assert sorted(os.listdir(mnt)) == [".ckptfs", "archive.yaml", "dec", "enc"]
 
 
-def test_an_archive_of_torch_2_7_shows_the_same_tree(archive, tmp_path, mount):
-    """torch 2.5-2.7 kept each program's state dict and constants as
-    torch.save zips (data/weights/model.pt), which torch.export.load still reads."""
-    ep = torch.export.load(archive)
-    path = tmp_path / "older.pt2"
+def _saved(value) -> bytes:
+    out = io.BytesIO()
+    torch.save(value, out)
+    return out.getvalue()
 
-    def saved(value) -> bytes:
-        out = io.BytesIO()
-        torch.save(value, out)
-        return out.getvalue()
 
-    with zipfile.ZipFile(archive) as z:
-        model, inputs = (next(z.read(n) for n in z.namelist() if n.endswith(end))
-                         for end in ("models/model.json", "sample_inputs/model.pt"))
+def _in_pt2_of_torch_2_7(path: Path, ep, model: bytes, inputs: bytes) -> None:
+    """torch 2.5-2.7: a PT2 archive, each program's state dict and constants
+    a torch.save zip (data/weights/model.pt)."""
     with PT2ArchiveWriter(str(path)) as w:
         w.write_bytes("models/model.json", model)
         w.write_bytes("data/sample_inputs/model.pt", inputs)
-        w.write_bytes("data/weights/model.pt", saved(ep.state_dict))
-        w.write_bytes("data/constants/model.pt", saved(ep.constants))
+        w.write_bytes("data/weights/model.pt", _saved(ep.state_dict))
+        w.write_bytes("data/constants/model.pt", _saved(ep.constants))
+        w.write_string("extra/notes.txt", "older")
+
+
+def _in_zip_of_torch_2_1(path: Path, ep, model: bytes, inputs: bytes) -> None:
+    """torch 2.1-2.6: a plain zip of serialized_*.json and .pt records."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("serialized_exported_program.json", model)
+        z.writestr("serialized_state_dict.pt", _saved(ep.state_dict))
+        z.writestr("serialized_constants.pt", _saved(ep.constants))
+        z.writestr("serialized_example_inputs.pt", inputs)
+        z.writestr("version", ".".join(map(str, SCHEMA_VERSION)))
+        z.writestr("extra_files/notes.txt", "older")
+
+
+@pytest.mark.parametrize("write", [_in_pt2_of_torch_2_7, _in_zip_of_torch_2_1])
+def test_an_archive_of_an_older_torch_shows_the_same_tree(archive, tmp_path, mount, write):
+    """Layouts torch.export.load still reads: the tensors come from
+    torch.save zips, read as such, and land where a new archive's do."""
+    with zipfile.ZipFile(archive) as z:
+        model, inputs = (next(z.read(n) for n in z.namelist() if n.endswith(end))
+                         for end in ("models/model.json", "sample_inputs/model.pt"))
+    path = tmp_path / "older.pt2"
+    write(path, torch.export.load(archive), model, inputs)
     mnt = mount(path, "-o", "ro")
-    reference = _reference(path)
+    extra = {"notes.txt": ""}
+    ep = torch.export.load(path, extra_files=extra)
+    reference = {**ep.state_dict, **ep.constants}
     assert _npy_files(mnt) == {key.replace(".", "/") + ".npy" for key in reference}
     for key, tensor in reference.items():
         _same(mnt / (key.replace(".", "/") + ".npy"), tensor)
+    assert yaml.safe_load((mnt / "exported_program.yaml").read_text()) == json.loads(model)
+    assert (mnt / "extra" / "notes.txt").read_text() == extra["notes.txt"] == "older"
+    assert (mnt / "sample_inputs.pt").read_bytes() == inputs
 
 
 def test_a_torch_save_zip_is_not_taken_for_an_archive(tmp_path):

@@ -8,8 +8,10 @@ its weights and constants are records `data/weights/weight_N` and
 `data/constants/tensor_N` described by their payload configs (`pt2_payloads`),
 its example inputs `data/sample_inputs/<name>.pt` (a torch.save zip). An
 archive of torch 2.5 to 2.7 holds each program's state dict and constants
-as torch.save zips instead (`data/weights/<name>.pt`), which are shown
-expanded, as `torch.load` would read them.
+as torch.save zips instead (`data/weights/<name>.pt`); the zip of torch 2.1
+to 2.6 (`serialized_exported_program.json`, `serialized_state_dict.pt`...,
+no folder) one program in the same way. Their tensors are shown where a
+newer archive's are, read as `torch.load` would read them (inertly).
 
 Read-only: the tree shows what `torch.export.load` loads, the JSON records
 as YAML; `.ckptfs/raw/` holds the archive and each of its records.
@@ -40,28 +42,58 @@ from .torchzip_records import Entry, read_records
 FIRST_RECORDS = (b"archive_format", b"archive_version", b"models/", b"data/weights/", b"data/constants/",
                  b"data/sample_inputs/", b"data/aotinductor/", b"data/executorch/", b"data/mtia", b"extra/",
                  b"xl_model_weights/")
+#: the first record of the zip torch.export.save wrote before the PT2 archive (torch 2.1 to 2.6)
+OLD_FIRST_RECORD = b"serialized_exported_program.json"
 #: the short text records shown together in `archive.yaml`
-ARCHIVE_FACTS = (b"archive_format", b"archive_version", b"byteorder", b".data/version", b".data/serialization_id")
-MODELS, WEIGHTS, CONSTANTS, EXTRA = b"models/", b"data/weights/", b"data/constants/", b"extra/"
-#: the payload config of each kind, and where its records lie
-KINDS = ((WEIGHTS, "weights"), (CONSTANTS, "constants"))
+ARCHIVE_FACTS = (b"archive_format", b"archive_version", b"byteorder", b".data/version", b".data/serialization_id",
+                 b"version")
+MODELS, WEIGHTS, CONSTANTS = b"models/", b"data/weights/", b"data/constants/"
+KINDS = ("weights", "constants")
+
+
+@dataclass(frozen=True)
+class Program:
+    """Where one exported program's records are, below the archive's folder."""
+
+    name: str
+    #: its serialized ExportedProgram (JSON)
+    model: bytes
+    #: its example inputs (a torch.save zip)
+    inputs: bytes
+    #: weights, constants -> (the payload config, the folder of its records), for a PT2 archive
+    configs: dict[str, tuple[bytes, bytes]]
+    #: weights, constants -> the torch.save zip of them all (torch 2.1 to 2.7)
+    pickled: dict[str, bytes]
+
+    @classmethod
+    def in_pt2(cls, name: str) -> Program:
+        n = name.encode()
+        configs = {"weights": (WEIGHTS + n + b"_weights_config.json", WEIGHTS),
+                   "constants": (CONSTANTS + n + b"_constants_config.json", CONSTANTS)}
+        return cls(name, MODELS + n + b".json", b"data/sample_inputs/" + n + b".pt", configs,
+                   {"weights": WEIGHTS + n + b".pt", "constants": CONSTANTS + n + b".pt"})
+
+
+#: the one program of the zip torch 2.1 to 2.6 wrote
+OLD_PROGRAM = Program("model", OLD_FIRST_RECORD, b"serialized_example_inputs.pt", {},
+                      {"weights": b"serialized_state_dict.pt", "constants": b"serialized_constants.pt"})
 
 
 def sniff(head: bytes) -> bool:
-    """A zip whose first record is one of a PT2 archive's, in a folder."""
+    """A zip whose first record is one of a PT2 archive's, in a folder, or
+    the ExportedProgram of the zip torch.export.save wrote before."""
     if head[:4] != ZIP_MAGIC or len(head) < LOCAL_HEADER.size:
         return False
     name_length = LOCAL_HEADER.unpack_from(head)[9]
     first = head[LOCAL_HEADER.size : LOCAL_HEADER.size + name_length]
     folder, slash, rest = first.partition(b"/")
-    return bool(folder and slash) and rest.startswith(FIRST_RECORDS)
+    return (bool(folder and slash) and rest.startswith(FIRST_RECORDS)) or first == OLD_FIRST_RECORD
 
 
 @dataclass
 class _Tree:
     """What the mount shows, gathered program by program."""
 
-    root: Dir = field(default_factory=Dir)
     tensors: list[Tensor] = field(default_factory=list)
     #: files that are not tensors, by their path parts
     files: list[tuple[list[str], Node]] = field(default_factory=list)
@@ -70,7 +102,7 @@ class _Tree:
     keys: set[str] = field(default_factory=set)
     #: `.ckptfs/raw/`: the archive, and each of its records
     raw: Dir = field(default_factory=Dir)
-    #: the globals the pickles of torch 2.5-2.7's state dicts name
+    #: the globals the pickles of older archives' state dicts name
     pickle_globals: list[str] = field(default_factory=list)
 
 
@@ -81,9 +113,10 @@ class Pt2Archive:
         self.source, self.name = source, name
         self.archive = read_records(source, name)
         self.archive.require_agreement()
-        self.folder = archive_folder(self.archive, name)
+        first = self.archive.entries[0].name_bytes if self.archive.entries else b""
+        self.folder = b"" if first == OLD_FIRST_RECORD else archive_folder(self.archive, name)
         marker = self.text(b"archive_format")
-        if marker != "pt2":
+        if self.folder and marker != "pt2":
             raise FormatError(name, "a zip archive whose archive_format record " + (
                 f"holds {marker!r}" if marker is not None else "is missing") + ", not a PT2 archive")
         order = self.text(b"byteorder")
@@ -92,9 +125,6 @@ class Pt2Archive:
 
     def entry(self, path: bytes) -> Entry | None:
         return self.archive.find(self.folder + path)
-
-    def label(self, path: bytes) -> str:
-        return f"{self.name}: {(self.folder + path).decode('utf-8', 'replace')}"
 
     def text(self, path: bytes) -> str | None:
         """A short text record (at most 1 KiB), stripped, or None if absent."""
@@ -115,46 +145,51 @@ class Pt2Archive:
         except (ValueError, RecursionError) as e:
             raise FormatError(label, f"not readable JSON ({type(e).__name__}: {e})") from None
 
-    def programs(self) -> list[str]:
-        """The names of the programs, from `models/<name>.json`, in the archive's order."""
+    def programs(self) -> list[Program]:
+        """The programs, from `models/<name>.json`, in the archive's order."""
+        if not self.folder:
+            return [OLD_PROGRAM]
         prefix = self.folder + MODELS
-        return [e.name_bytes[len(prefix) : -5].decode("utf-8", "replace") for e in self.archive.entries
+        return [Program.in_pt2(e.name_bytes[len(prefix) : -5].decode("utf-8", "replace")) for e in self.archive.entries
                 if e.name_bytes.startswith(prefix) and e.name_bytes.endswith(b".json") and len(e.name_bytes) > len(prefix) + 5]
 
     def tree(self) -> _Tree:
         tree = _Tree(raw=self.raw())
         programs = self.programs()
         for program in programs:
-            self._program(tree, program, "" if len(programs) == 1 else program)
+            self._program(tree, program, "" if len(programs) == 1 else program.name)
         facts = {p.decode(): self.text(p) for p in ARCHIVE_FACTS if self.entry(p) is not None}
         tree.files.append((["archive.yaml"], _yaml_file(facts)))
-        self._extra_files(tree)
+        self._extra_files(tree, b"extra/" if self.folder else b"extra_files/")
         if not programs:
             tree.notes.append("holds no exported program (models/*.json): an AOTInductor package? Its records "
                               "are in .ckptfs/raw/")
         return tree
 
-    def _program(self, tree: _Tree, program: str, prefix: str) -> None:
+    def _program(self, tree: _Tree, program: Program, prefix: str) -> None:
         """One program's files: its ExportedProgram, payload configs and
         sample inputs, and its tensors, under `prefix` (its name when the
         archive holds several)."""
         where = names.tensor_path(prefix, "") if prefix else []  # the folder of its tensors
-        model = self.entry(MODELS + program.encode() + b".json")
+        model = self.entry(program.model)
+        if model is None:
+            raise FormatError(self.name, f"{program.model.decode()} is missing")
         tree.files.append((where + ["exported_program.yaml"], _yaml_file(self.json(model))))
-        inputs = self.entry(b"data/sample_inputs/" + program.encode() + b".pt")
+        inputs = self.entry(program.inputs)
         if inputs is not None:
             tree.files.append((where + ["sample_inputs.pt"], self._record_file(inputs)))
-        for folder, kind in KINDS:
-            config = self.entry(folder + f"{program}_{kind}_config.json".encode())
-            legacy = self.entry(folder + f"{program}.pt".encode())
+        for kind in KINDS:
+            config_path, folder = program.configs.get(kind, (None, b""))
+            config = self.entry(config_path) if config_path else None
+            pickled = self.entry(program.pickled[kind])
             if config is not None:
                 parsed = self.json(config)
                 tree.files.append((where + [f"{kind}_config.yaml"], _yaml_file(parsed)))
                 self._payloads(tree, parsed, folder, prefix, config.filename)
-            elif legacy is not None:
-                self._legacy(tree, legacy, where, kind)
+            elif pickled is not None:
+                self._legacy(tree, pickled, where, kind)
             else:
-                tree.notes.append(f"program {program!r} has no {kind} config: it holds no {kind}")
+                tree.notes.append(f"program {program.name!r} has no {kind} config: it holds no {kind}")
 
     def _payloads(self, tree: _Tree, config: object, folder: bytes, prefix: str, label: str) -> None:
         """The tensor (or the file) of each payload of a config."""
@@ -193,9 +228,9 @@ class Pt2Archive:
                           "pickle")
 
     def _legacy(self, tree: _Tree, entry: Entry, where: list[str], kind: str) -> None:
-        """A torch 2.5-2.7 program's state dict or constants: a torch.save
-        zip, its tensors shown where a newer archive's would be (one that
-        cannot be read stays a plain file, `<kind>.pt`)."""
+        """An older program's state dict or constants: a torch.save zip,
+        its tensors shown where a newer archive's would be (one that cannot
+        be read stays a plain file, `<kind>.pt`)."""
         expanded = expand_nested(self.archive.contents(entry), entry.filename, tree.notes)
         if expanded is None:
             tree.files.append((where + [f"{kind}.pt"], self._record_file(entry)))
@@ -205,13 +240,14 @@ class Pt2Archive:
         tree.files += [(where + [name], node) for name, node in folder.children.items()]
         tree.placed += [PlacedTensor("/".join(where + [p.path]), p.tensor) for p in placed]
 
-    def _extra_files(self, tree: _Tree) -> None:
-        """The `extra/` records (`torch.export.save(extra_files=...)`) as they are."""
-        prefix = self.folder + EXTRA
+    def _extra_files(self, tree: _Tree, folder: bytes) -> None:
+        """The extra files saved with the programs (`extra_files=`), as they
+        are, in `extra/`."""
+        prefix = self.folder + folder
         for entry in self.archive.entries:
             if entry.name_bytes.startswith(prefix) and not entry.marked_folder:
-                parts = names.file_parts(entry.filename.split("/", 1)[1])
-                tree.files.append((parts, self._record_file(entry)))
+                relative = entry.name_bytes[len(prefix) :].decode("utf-8", "replace")
+                tree.files.append((["extra", *names.file_parts(relative)], self._record_file(entry)))
 
     def _record_file(self, entry: Entry) -> File:
         contents = self.archive.contents(entry)
