@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..pickle.inert import InertUnpickler, PickleError
 from ..pickle.pyobjects import to_yaml
 from ..sources.base import Source
 from ..tree import names
@@ -49,6 +50,8 @@ ARCHIVE_FACTS = (b"archive_format", b"archive_version", b"byteorder", b".data/ve
                  b"version")
 MODELS, WEIGHTS, CONSTANTS = b"models/", b"data/weights/", b"data/constants/"
 KINDS = ("weights", "constants")
+#: the records of constants Python's pickle wrote (opaque objects), as torch names them
+OPAQUE_PREFIX = "opaque_obj_"
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class _Tree:
     keys: set[str] = field(default_factory=set)
     #: `.ckptfs/raw/`: the archive, and each of its records
     raw: Dir = field(default_factory=Dir)
-    #: the globals the pickles of older archives' state dicts name
+    #: the globals the pickles name (older archives' state dicts, opaque objects)
     pickle_globals: list[str] = field(default_factory=list)
 
 
@@ -221,11 +224,22 @@ class Pt2Archive:
 
     def _pickled(self, tree: _Tree, payload: Payload, key: str, record: Entry) -> None:
         """A pickled payload, never unpickled: its bytes as a file (`.pt`
-        for a tensor, torch.load reads it; `.pkl` for an object)."""
+        for a tensor, torch.load reads it; `.pkl` for an object), and for
+        an object pickled by Python's pickle (an opaque object), what it
+        holds as YAML, read by the inert interpreter."""
         suffix = ".pt" if payload.meta is not None else ".pkl"
         tree.files.append((names.tensor_path(key, suffix), self._record_file(record)))
         tree.notes.append(f"{payload.fqn!r} is pickled ({record.filename}), shown as its bytes: ckptfs runs no "
                           "pickle")
+        if payload.path_name.startswith(OPAQUE_PREFIX) and record.file_size <= LIMITS.pickle_bytes:
+            try:
+                unpickler = InertUnpickler(self.archive.read(record, LIMITS.pickle_bytes))
+                value = unpickler.load()
+            except (PickleError, FormatError) as e:
+                tree.notes.append(f"{record.filename} cannot be shown as YAML: {e}")
+                return
+            tree.pickle_globals += [g.path for g in unpickler.globals]
+            tree.files.append((names.tensor_path(key, ".yaml"), _yaml_file(value)))
 
     def _legacy(self, tree: _Tree, entry: Entry, where: list[str], kind: str) -> None:
         """An older program's state dict or constants: a torch.save zip,
@@ -266,6 +280,7 @@ class Pt2Archive:
 
 
 def _yaml_file(value: object) -> File:
+    """A value (JSON's, or an inert pickle's) as a YAML file."""
     return File(Content([to_yaml(value).encode()]))
 
 

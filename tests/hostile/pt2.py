@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 import zipfile
 from pathlib import Path
@@ -42,6 +43,15 @@ def _payload(path_name: str, meta: dict | None, pickled: bool = False) -> dict:
     return {"path_name": path_name, "is_param": False, "use_pickle": pickled, "tensor_meta": meta}
 
 
+class _Call:
+    """An object whose unpickling would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+OS_SYSTEM_CALL = _Call()
+
 #: FQN -> its entry, and whether the mount shows it as a tensor
 PAYLOADS = {
     "good.weight": (_payload("weight_0", _meta([2, 2], [2, 1])), True),
@@ -57,6 +67,7 @@ PAYLOADS = {
     "climbing": (_payload("../../models/model.json", _meta([4], [1])), False),
     "no_entry": ("not a mapping", False),
     "opaque": (_payload("opaque_obj_0", None, pickled=True), False),
+    "opaque_call": (_payload("opaque_obj_1", None, pickled=True), False),
 }
 
 
@@ -65,6 +76,7 @@ def _pt2_of_bad_payloads(tmp_path: Path) -> Path:
     return pt2_zip(tmp_path / "bad.pt2", {
         "data/weights/weight_0": VALUES.tobytes(),
         "data/weights/opaque_obj_0": b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94.",
+        "data/weights/opaque_obj_1": pickle.dumps(OS_SYSTEM_CALL),
         "data/weights/model_weights_config.json": json.dumps(config).encode(),
         "data/constants/model_constants_config.json": b'{"config": {}}',
         "models/model.json": b'{"graph_module": {}}',
@@ -78,6 +90,10 @@ def _each_bad_payload_breaks_only_itself(mnt: Path, source: Path) -> None:
     assert tensors == {"good/weight.npy", "good/turned.npy", "%/%/%2F/%/%2Fevil.npy"}, tensors
     assert np.load(mnt / "%" / "%" / "%2F" / "%" / "%2Fevil.npy").tolist() == [0, 1, 2, 3]
     assert (mnt / "opaque.pkl").read_bytes().endswith(b"os\x94.")  # its bytes, never unpickled
+    assert yaml.safe_load((mnt / "opaque.yaml").read_text()) == "os"
+    called = f"{os.system.__module__}.system"  # posix.system
+    assert (mnt / "opaque_call.yaml").read_text().startswith(f"!python/object:{called}\nargs:\n- touch pwned")
+    assert called in (mnt / ".ckptfs" / "pickle-globals.txt").read_text().splitlines()
     notes = "\n".join(yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"])
     for fqn in ("past", "unknown_dtype", "symbolic", "astronomical", "backwards", "sparse", "missing", "climbing",
                 "no_entry"):
