@@ -194,3 +194,15 @@ def test_a_read_makes_only_the_blocks_of_rows_it_covers():
     assert asked == [(512, 1024)]
     data = piece.read(1023 * row, 2 * row)  # across two blocks
     assert asked == [(512, 1024), (1024, 1536)] and len(data) == 2 * row
+
+
+def test_a_weight_whose_rows_are_too_long_to_make_is_left_stored_with_a_note(tmp_path, monkeypatch):
+    from ckptfs.formats import open_checkpoint, quantized
+
+    monkeypatch.setattr(quantized, "MAX_ROW_BYTES", 1000)  # a row of 300 float32 values: 1,200 bytes
+    weight = torch.randn(4, 300)
+    q, scale = _fp8_blocks(weight, (128, 128))
+    save_file({"a.weight": q, "a.weight_scale_inv": scale}, tmp_path / "w.safetensors")
+    ckpt = open_checkpoint(str(tmp_path / "w.safetensors"), str(tmp_path / "cache"))
+    assert ckpt.quantized == [] and "weight" not in ckpt.root.children["a"].children
+    assert ckpt.notes == ["a.weight: not dequantized: a row of its values would take 1200 bytes, more than 1000"]
