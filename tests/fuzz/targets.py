@@ -162,6 +162,8 @@ TARGETS = {t.name: t for t in (
     Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
+    # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
+    Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
 
 
