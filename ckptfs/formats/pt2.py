@@ -308,5 +308,5 @@ def open_file(opening: Opening) -> Checkpoint:
                       tree.notes, pickle_globals=list(dict.fromkeys(tree.pickle_globals)))
 
 
-FORMAT = FileFormat("torch.export (pt2)", sniff, open_file, "torch.export archives (.pt2: torch.export.save)", None,
+FORMAT = FileFormat("torch.export (pt2)", sniff, open_file, "torch.export archives (.pt2)", None,
                     pickles=Pickles.ZIP)
