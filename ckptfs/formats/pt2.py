@@ -54,6 +54,15 @@ KINDS = ("weights", "constants")
 OPAQUE_PREFIX = "opaque_obj_"
 
 
+#: the most JSON values a payload config may hold for each record the
+#: archive may have (one payload is 25)
+VALUES_PER_PAYLOAD = 32
+
+
+class TooManyValues(FormatError):
+    """A JSON record that may hold more values than it is worth parsing."""
+
+
 @dataclass(frozen=True)
 class Program:
     """Where one exported program's records are, below the archive's folder."""
@@ -136,15 +145,21 @@ class Pt2Archive:
             return None
         return self.archive.read(entry, 1024).decode("utf-8", "replace").strip()
 
-    def json(self, entry: Entry) -> object:
+    def json(self, entry: Entry, most_values: int) -> object:
         """A JSON record, parsed; FormatError naming it if it is not JSON
-        or is larger than max_header_bytes."""
+        or is larger than max_header_bytes; TooManyValues, before it is
+        parsed, if it may hold more than `most_values` values (a value
+        takes ten times its bytes once parsed, `{}` seventy)."""
         label = f"{self.name}: {entry.filename}"
         if entry.file_size > LIMITS.header_bytes:
             raise FormatError(label, f"{plural(entry.file_size, 'byte')} of JSON, above max_header_bytes "
                                      "(-o max_header_bytes raises the limit)")
+        data = self.archive.read(entry, LIMITS.header_bytes)
+        values = data.count(b",") + data.count(b"[") + data.count(b"{") + 1  # at least as many as it holds
+        if values > most_values:
+            raise TooManyValues(label, f"up to {values} JSON values, more than {most_values}")
         try:
-            return json.loads(self.archive.read(entry, LIMITS.header_bytes))
+            return json.loads(data)
         except (ValueError, RecursionError) as e:
             raise FormatError(label, f"not readable JSON ({type(e).__name__}: {e})") from None
 
@@ -177,7 +192,12 @@ class Pt2Archive:
         model = self.entry(program.model)
         if model is None:
             raise FormatError(self.name, f"{program.model.decode()} is missing")
-        tree.files.append((where + ["exported_program.yaml"], _yaml_file(self.json(model))))
+        try:
+            tree.files.append((where + ["exported_program.yaml"], _yaml_file(self.json(model, LIMITS.yaml_values))))
+        except TooManyValues as e:
+            tree.files.append((where + ["exported_program.json"], self._record_file(model)))
+            tree.notes.append(f"{model.filename} is shown as the JSON it is: {e.problem}, the max_yaml_values a "
+                              "YAML view shows")
         inputs = self.entry(program.inputs)
         if inputs is not None:
             tree.files.append((where + ["sample_inputs.pt"], self._record_file(inputs)))
@@ -186,7 +206,11 @@ class Pt2Archive:
             config = self.entry(config_path) if config_path else None
             pickled = self.entry(program.pickled[kind])
             if config is not None:
-                parsed = self.json(config)
+                try:
+                    parsed = self.json(config, LIMITS.members * VALUES_PER_PAYLOAD)
+                except TooManyValues as e:
+                    raise FormatError(self.name, f"{config.filename}: {e.problem}, which {plural(LIMITS.members, 'payload')} "
+                                                 "take (-o max_members raises the limit)") from None
                 tree.files.append((where + [f"{kind}_config.yaml"], _yaml_file(parsed)))
                 self._payloads(tree, parsed, folder, prefix, config.filename)
             elif pickled is not None:

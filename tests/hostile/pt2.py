@@ -105,6 +105,29 @@ def _pt2_of_deep_json(tmp_path: Path) -> Path:
     return pt2_zip(tmp_path / "deep.pt2", {"models/model.json": b"[" * 100_000 + b"]" * 100_000})
 
 
+#: how many empty objects the wide model.json lists
+WIDE = 30_000_000
+
+
+def _pt2_of_wide_json(tmp_path: Path) -> Path:
+    """A model.json of 30 million empty objects in 90 MB (under
+    max_header_bytes): parsed, it would take 2.3 GB."""
+    return pt2_zip(tmp_path / "wide.pt2", {"models/model.json": b"[" + b"{}," * WIDE + b"{}]"})
+
+
+def _shown_as_json(mnt: Path, source: Path) -> None:
+    assert not (mnt / "exported_program.yaml").exists()
+    assert (mnt / "exported_program.json").stat().st_size == 3 * WIDE + 4
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any("h/models/model.json is shown as the JSON it is" in note for note in notes), notes
+
+
+def _pt2_of_a_wide_config(tmp_path: Path) -> Path:
+    config = b'{"config": [' + b"0," * 7_000_000 + b"0]}"
+    return pt2_zip(tmp_path / "config.pt2", {"data/weights/model_weights_config.json": config,
+                                             "models/model.json": b"{}"})
+
+
 def _pt2_of_a_million_records(tmp_path: Path) -> Path:
     """A million empty stored records in the archive's folder, written
     directly (zipfile takes minutes for as many)."""
@@ -126,5 +149,8 @@ CASES = {
     "a pt2 whose payloads run past their record, name unknown dtypes, climb with ../": Case(
         _pt2_of_bad_payloads, "served", "is left out", check=_each_bad_payload_breaks_only_itself),
     "a pt2 whose model.json nests 100000 deep": Case(_pt2_of_deep_json, "refused", "not readable JSON"),
+    "a pt2 whose model.json is 30 million empty objects": Case(_pt2_of_wide_json, "served", check=_shown_as_json),
+    "a pt2 whose weights config holds 7 million values": Case(_pt2_of_a_wide_config, "refused",
+                                                              "-o max_members raises the limit"),
     "a pt2 of a million records": Case(_pt2_of_a_million_records, "refused", "more than 200000 records"),
 }
