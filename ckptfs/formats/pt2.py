@@ -50,17 +50,11 @@ ARCHIVE_FACTS = (b"archive_format", b"archive_version", b"byteorder", b".data/ve
                  b"version")
 MODELS, WEIGHTS, CONSTANTS = b"models/", b"data/weights/", b"data/constants/"
 KINDS = ("weights", "constants")
-#: the records of constants Python's pickle wrote (opaque objects), as torch names them
-OPAQUE_PREFIX = "opaque_obj_"
-
-
 #: the most JSON values a payload config may hold for each record the
 #: archive may have (one payload is 25)
 VALUES_PER_PAYLOAD = 32
-
-
-class TooManyValues(FormatError):
-    """A JSON record that may hold more values than it is worth parsing."""
+#: the records of constants Python's pickle wrote (opaque objects), as torch names them
+OPAQUE_PREFIX = "opaque_obj_"
 
 
 @dataclass(frozen=True)
@@ -89,6 +83,10 @@ class Program:
 #: the one program of the zip torch 2.1 to 2.6 wrote
 OLD_PROGRAM = Program("model", OLD_FIRST_RECORD, b"serialized_example_inputs.pt", {},
                       {"weights": b"serialized_state_dict.pt", "constants": b"serialized_constants.pt"})
+
+
+class TooManyValues(FormatError):
+    """A JSON record that may hold more values than it is worth parsing."""
 
 
 def sniff(head: bytes) -> bool:
