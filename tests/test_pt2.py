@@ -26,22 +26,24 @@ from .conftest import run_ckptfs
 
 
 class Tiny(torch.nn.Module):
-    """float32 and bfloat16 parameters, a transposed (non-contiguous)
-    parameter, a buffer and a slice of it (one storage, an offset), and a
-    tensor constant."""
+    """float32 and bfloat16 parameters, a parameter tied to another, a
+    transposed (non-contiguous) parameter, a buffer and a slice of it (one
+    storage, an offset), and a tensor constant."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
         self.lin = torch.nn.Linear(4, 3)
         self.low = torch.nn.Linear(3, 2).to(torch.bfloat16)
+        self.head = torch.nn.Linear(4, 3, bias=False)
+        self.head.weight = self.lin.weight
         self.turned = torch.nn.Parameter(torch.randn(4, 6).t())
         self.register_buffer("steps", torch.arange(10, dtype=torch.int64))
         self.register_buffer("window", self.steps[2:8])
         self.scale = torch.tensor([1.0, 2.0, 3.0])
 
     def forward(self, x):
-        y = self.lin(x) + self.scale + self.window.sum() + self.steps.sum()
+        y = self.lin(x) + self.head(x) + self.scale + self.window.sum() + self.steps.sum()
         return self.low(y.bfloat16()).float().sum() + self.turned.sum()
 
 
@@ -91,7 +93,8 @@ def _npy_files(mnt: Path) -> set[str]:
 def test_every_weight_and_constant_is_what_torch_export_load_loads(archive, mount):
     mnt = mount(archive, "-o", "ro")
     reference = _reference(archive)
-    assert set(reference) == {"lin.weight", "lin.bias", "low.weight", "low.bias", "turned", "steps", "window", "scale"}
+    assert set(reference) == {"lin.weight", "lin.bias", "low.weight", "low.bias", "head.weight", "turned", "steps",
+                              "window", "scale"}
     assert _npy_files(mnt) == {key.replace(".", "/") + ".npy" for key in reference}
     for key, tensor in reference.items():
         served = mnt / (key.replace(".", "/") + ".npy")
@@ -102,6 +105,8 @@ def test_every_weight_and_constant_is_what_torch_export_load_loads(archive, moun
     with open(archive, "rb") as f:
         f.seek(start)
         assert f.read(end - start) == _bits(reference["lin.weight"])
+    tied = os.getxattr(mnt / "head" / "weight.npy", "user.ckptfs.range")
+    assert tied == os.getxattr(mnt / "lin" / "weight.npy", "user.ckptfs.range")  # one record, shown twice
     assert os.getxattr(mnt / "turned.npy", "user.ckptfs.storage").decode().endswith("stride [1, 6]")
     start, end = map(int, os.getxattr(mnt / "window.npy", "user.ckptfs.range").decode().split("-"))
     assert end - start == 6 * 8  # the slice alone, inside the record of `steps`
@@ -134,7 +139,7 @@ def test_the_json_records_are_yaml_and_every_record_is_in_raw(archive, mount):
 
 def test_info_ls_diff_and_export(archive, tmp_path):
     info = json.loads(run_ckptfs("info", "--json", archive).stdout)
-    assert info["format"] == "torch.export (pt2)" and info["tensors"] == 8
+    assert info["format"] == "torch.export (pt2)" and info["tensors"] == 9
     listed = run_ckptfs("ls", "-l", archive)
     assert listed.returncode == 0 and "turned.npy  float32 [6, 4]" in listed.stdout, listed.stdout
     other = tmp_path / "tuned.pt2"
