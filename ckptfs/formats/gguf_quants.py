@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sources.base import Source
+from ..tree.nodes import read_into
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -150,8 +151,4 @@ class Dequantized:
         return data[skip: skip + length]
 
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        data = self.read(offset, sum(map(len, buffers)))
-        pos = 0
-        for buffer in buffers:
-            buffer[:] = data[pos: pos + len(buffer)]
-            pos += len(buffer)
+        read_into(self, offset, buffers)

@@ -103,6 +103,16 @@ def len_of(piece: Piece) -> int:
     return len(piece) if isinstance(piece, bytes) else piece.length
 
 
+def read_into(piece, offset: int, buffers: list[memoryview]) -> None:
+    """`readv` of a piece whose bytes are computed (dequantized, merged):
+    one `read` of them all, cut into the buffers."""
+    data = piece.read(offset, sum(map(len, buffers)))
+    pos = 0
+    for buffer in buffers:
+        buffer[:] = data[pos: pos + len(buffer)]
+        pos += len(buffer)
+
+
 @dataclass(frozen=True)
 class Access:
     """Who may read a node: the owner, group and read bits of the file (or
