@@ -32,6 +32,11 @@ def _arguments(parser) -> None:
                         help="a quantized tensor (GGUF's Q4_0, Q6_K...) as float32 values, as its dequantized.npy "
                         "shows them, or as its blocks (uint8, its GGML type in the safetensors metadata) "
                         "(default: dequantize)")
+    parser.add_argument("--merged", action="store_true",
+                        help="a PEFT adapter folder: write its base model with the adapter merged, as the mount's "
+                        "merged/ shows it (the base from --base, else from the Hugging Face cache)")
+    parser.add_argument("--base", metavar="PATH", help="a PEFT adapter's base model (a Hugging Face folder, a "
+                        ".safetensors file or hf://ORG/NAME); implies --merged")
 
 
 def _byte_size(text: str) -> int:
@@ -61,7 +66,9 @@ def run(args) -> int:
     maps = arguments.prefix_maps(args.map)
     max_bytes = _byte_size(args.max_shard_size)
     source = arguments.source_path(args.source)
-    checkpoint = open_checkpoint(source, default_cache_dir())
+    checkpoint = open_checkpoint(source, default_cache_dir(), args.base and arguments.source_path(args.base))
+    if args.merged or args.base:
+        checkpoint = _merged(checkpoint, source)
     selection = exporting.select(checkpoint, args.include, args.exclude, maps, args.quantized)
     for note in checkpoint.notes:  # what the reader could not show: a tensor cut off is not exported either
         print(f"ckptfs: {source}: {note}", file=sys.stderr)
@@ -72,7 +79,8 @@ def run(args) -> int:
                                                                if args.include or args.exclude else ""))
     progress = _transfer_printer("exporting") if sys.stderr.isatty() else None
     readers = selection.access or Access.of(checkpoint.stat)  # never wider than the source
-    exporting.write(args.to, selection.items, args.out, max_bytes, progress, readers)
+    beside = {n: checkpoint.root.children[n].content for n in checkpoint.pretrained_files or ()} if args.to == "hf" else {}
+    exporting.write(args.to, selection.items, args.out, max_bytes, progress, readers, beside)
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
@@ -83,11 +91,24 @@ def run(args) -> int:
     return 0
 
 
+def _merged(checkpoint, source: str):
+    """The merged model of an adapter, or CkptfsError saying why there is none."""
+    merged = checkpoint.merged
+    if merged is None:
+        why = [n for n in checkpoint.notes if n.startswith("no merged/")]
+        raise CkptfsError(why[0] if why else f"{source}: not a PEFT adapter folder; --merged and --base are for those")
+    if merged.notes:  # a module that does not fit its base: no half-merged model
+        raise CkptfsError(f"{source}: the merged model cannot be written: {merged.notes[0]}")
+    return merged
+
+
 COMMAND = Command(
     "export", "write a checkpoint's tensors as safetensors, a Hugging Face folder or a torch.save file",
     "Convert SOURCE, of any format, tensor by tensor into OUT: one .safetensors file, a Hugging Face folder of "
     "safetensors shards with model.safetensors.index.json (hf), or a torch.save file of the state dict that "
     "torch.load(weights_only=True) reads (torch). Streams: memory stays within a copy block, however large the "
-    "tensors. The bytes of --to safetensors are those of a mount's .ckptfs/export/model.safetensors.",
+    "tensors. The bytes of --to safetensors are those of a mount's .ckptfs/export/model.safetensors. With --merged "
+    "or --base, a PEFT adapter's base model with the adapter merged (and, --to hf, the base's config.json and the "
+    "other files from_pretrained reads).",
     _arguments, run,
 )

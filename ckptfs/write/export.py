@@ -189,19 +189,20 @@ def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DE
 
 
 def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHARD_BYTES, progress=None,
-          readers: Access | None = None) -> None:
+          readers: Access | None = None, beside: dict[str, Content] | None = None) -> None:
     """Write the export to `out` (a new file, or for hf a new folder) beside
     which it is first written whole and fsynced, then renamed into place:
     `out` never holds half an export. An `s3://` `out` is uploaded instead.
     `readers` say who may read the tensors' source: the export is readable
-    by them at most (`output.created_mode`), by its owner alone if None."""
+    by them at most (`output.created_mode`), by its owner alone if None.
+    `beside` are other files of an hf folder, by name (a config.json)."""
     if location(out).remote:
-        return _upload(target, items, out, max_bytes, progress)
+        return _upload(target, items, out, max_bytes, progress, beside)
     out = os.path.abspath(out)
     if os.path.lexists(out):
         raise CkptfsError(f"{out}: exists; remove it first or give a new path")
     parent = os.path.dirname(out)
-    files = files_for(target, items, os.path.basename(out), max_bytes)
+    files = _with_beside(target, files_for(target, items, os.path.basename(out), max_bytes), beside)
     expected = sum(f.size for f in files.values())
     fs = os.statvfs(parent)
     if fs.f_bavail * fs.f_frsize < expected:
@@ -248,7 +249,12 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
     fsync_dir(parent)
 
 
-def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) -> None:
+def _with_beside(target: str, files: dict, beside: dict | None) -> dict:
+    """An hf folder's weight files and the other files given for it."""
+    return {**beside, **files} if target == "hf" and beside else files
+
+
+def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress, beside: dict | None) -> None:
     """The export as new objects (pack/upload.py), streamed: one, or for hf
     the shards and then the index, so that a reader never finds an index
     whose shards are not all there. A failed hf upload removes the shards
@@ -256,7 +262,7 @@ def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) 
     from ..pack.upload import upload
 
     prefix = out.rstrip("/") + "/"
-    files = files_for(target, items, prefix[:-1].rpartition("/")[2], max_bytes)
+    files = _with_beside(target, files_for(target, items, prefix[:-1].rpartition("/")[2], max_bytes), beside)
     expected = sum(f.size for f in files.values())
     written: list[int] = [0]
 
