@@ -165,11 +165,14 @@ def test_the_base_is_found_in_the_hugging_face_cache(models, mount, tmp_path, mo
     _check_merged(mount(adapter), _merged_by_peft(models["llama"], models["lora"]))
 
 
-def test_export_of_the_merged_model_loads_with_from_pretrained_and_gives_peft_s_logits(models, tmp_path):
+def test_export_of_the_merged_model_loads_with_from_pretrained_and_gives_peft_s_logits(models, tmp_path, mount):
     out = tmp_path / "merged-model"
     done = run_ckptfs("export", models["lora"], out, "--to", "hf", "--base", models["llama"])
     assert done.returncode == 0, done.stderr
     assert (out / "config.json").read_bytes() == (models["llama"] / "config.json").read_bytes()
+    view = mount(models["lora"], "-o", f"base={models['llama']}") / ".ckptfs" / "export" / "merged" / "hf"
+    assert sorted(p.name for p in view.iterdir()) == sorted(p.name for p in out.iterdir())
+    assert all((view / p.name).read_bytes() == p.read_bytes() for p in out.iterdir())
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     reference = _merged_by_peft(models["llama"], models["lora"])
     with torch.no_grad():
@@ -222,3 +225,39 @@ def test_hostile_keys_and_ranks_break_only_their_own_module(models, mount, tmp_p
     got = np.load(mnt / "merged" / "model" / "layers" / "1" / "self_attn" / "v_proj" / "weight.npy")
     np.testing.assert_array_equal(got, want["model.layers.1.self_attn.v_proj.weight"].numpy())
     assert not list(tmp_path.rglob("passwd*"))
+
+
+def test_edits_go_to_the_adapter_and_merged_stays_out_of_it(models, mount, tmp_path):
+    from safetensors.numpy import load_file
+
+    adapter = shutil.copytree(models["lora"], tmp_path / "edited")
+    before = load_file(adapter / "adapter_model.safetensors")
+    mnt = mount(adapter, "-o", f"base={models['llama']}")
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    path = mnt.joinpath(*key.split(".")[:-1], "weight.npy")
+    np.save(path, np.zeros_like(before[key]))
+    done = run_ckptfs("umount", mnt, "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    after = load_file(adapter / "adapter_model.safetensors")
+    assert set(after) == set(before) and not after[key].any()
+    assert sorted(p.name for p in adapter.iterdir()) == sorted(p.name for p in models["lora"].iterdir())
+
+
+def test_a_bfloat16_base_is_rounded_once_from_float32(models, mount, tmp_path):
+    """The merge in float32 of the base's bfloat16 values, rounded to
+    nearest even once; PEFT rounds the delta to bfloat16 before adding it,
+    so the two differ by at most one unit in bfloat16's last place."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(models["llama"], dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    mnt = mount(models["lora"], "-o", f"base={tmp_path / 'bf16'}")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    data = mnt.joinpath("merged", *name.split(".")[:-1], "weight.npy").read_bytes()[-32 * 32 * 2:]  # after the header
+    got = torch.frombuffer(bytearray(data), dtype=torch.bfloat16).reshape(32, 32)
+    lora = peft.PeftModel.from_pretrained(model, models["lora"])
+    module = lora.base_model.model.model.layers[0].self_attn.q_proj
+    w = module.base_layer.weight.float()
+    delta = (module.lora_B["default"].weight @ module.lora_A["default"].weight).float() * module.scaling["default"]
+    assert torch.equal(got, (w + delta).to(torch.bfloat16))
+    peft_merged = lora.merge_and_unload().state_dict()[name]
+    ulps = (got.view(torch.int16).int() - peft_merged.view(torch.int16).int()).abs()
+    assert ulps.max() <= 1

@@ -14,7 +14,7 @@ import yaml
 from ..tree import npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir
-from ..tree.tensors import PlacedTensor, Tensor, shape_text, tensor_key
+from ..tree.tensors import PlacedTensor, Tensor, shape_text, shown_again, tensor_key
 from ..version import __version__
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
@@ -65,6 +65,12 @@ def _fill_export(ckpt: Checkpoint, folder: Dir) -> None:
     if selection.left_out:
         lines = ["# Tensors the export leaves out, and why:", *selection.left_out]
         folder.add("left-out.txt", _text_file("\n".join(lines) + "\n"))
+    merged = ckpt.merged
+    if merged is not None and not merged.notes:  # a PEFT adapter merged into its base (formats/adapter.py)
+        _fill_export(merged, folder.add("merged", Dir(read_only=True)))
+        for name in merged.pretrained_files or ():  # config.json...: a folder from_pretrained loads
+            node = merged.root.children[name]
+            folder.children["merged"].children["hf"].add(name, shown_again(node, node.mtime_ns))
 
 
 def pickle_globals_text(ckpt: Checkpoint) -> str:
