@@ -48,7 +48,7 @@ def _gpt2(folder: Path) -> Path:
     return folder
 
 
-def _adapter(base: Path, folder: Path, seed: int = 1, **settings) -> Path:
+def _adapter(base: Path, folder: Path, seed: int = 1, safe_serialization: bool = True, **settings) -> Path:
     """A LoRA adapter of `base` with random (nonzero) A and B, as PEFT saves it."""
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(seed)
@@ -58,7 +58,7 @@ def _adapter(base: Path, folder: Path, seed: int = 1, **settings) -> Path:
         for name, p in peft_model.named_parameters():
             if "lora_magnitude_vector" in name:
                 p.mul_(torch.rand_like(p) + 0.5)
-    peft_model.save_pretrained(folder)
+    peft_model.save_pretrained(folder, safe_serialization=safe_serialization)
     return folder
 
 
@@ -83,6 +83,8 @@ def models(tmp_path_factory):
         "rslora": _adapter(llama, root / "rslora", r=4, lora_alpha=6, use_rslora=True,
                            target_modules=["o_proj", "gate_proj", "down_proj"]),
         "dora": _adapter(llama, root / "dora", r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "up_proj"]),
+        "torch-saved": _adapter(llama, root / "torch-saved", r=4, lora_alpha=8, target_modules=["k_proj", "lm_head"],
+                                safe_serialization=False),
         "conv1d": _adapter(gpt2, root / "conv1d", r=4, lora_alpha=8, fan_in_fan_out=True,
                            target_modules=["c_attn", "c_proj"]),
     }
@@ -100,13 +102,13 @@ def _check_merged(mnt: Path, reference) -> None:
         np.testing.assert_array_equal(values, want[name], err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["lora", "rslora", "conv1d"])
+@pytest.mark.parametrize("kind", ["lora", "rslora", "conv1d", "torch-saved"])
 def test_merged_is_peft_merge_and_unload_bit_for_bit(kind, models, mount):
     base = models["gpt2" if kind == "conv1d" else "llama"]
     mnt = mount(models[kind], "-o", f"base={base}")
     _check_merged(mnt, _merged_by_peft(base, models[kind]))
     assert (mnt / "adapter_config.json").read_bytes() == (models[kind] / "adapter_config.json").read_bytes()
-    stored = _tensors_below(mnt / "adapter_model.safetensors")
+    stored = _tensors_below(mnt / ("adapter_model.bin" if kind == "torch-saved" else "adapter_model.safetensors"))
     assert any(name.endswith("lora_B.weight") for name in stored)
 
 

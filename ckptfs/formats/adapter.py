@@ -27,12 +27,14 @@ from ..sources.directory import Directory
 from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, File
-from ..tree.tensors import ComputedTensor, Tensor, shown_again, tensor_tree
-from . import hf, lora_config, lora_merge
+from ..tree.tensors import ComputedTensor, PlacedTensor, Tensor, shown_again, tensor_tree
+from . import hf, hf_torch, lora_config, lora_merge
 from .base import DirectoryFormat, DirectoryWriter, WriterKind
 from .lora_merge import Factors, Unfit
 
 WEIGHTS = "adapter_model.safetensors"
+#: what PEFT writes with safe_serialization=False (older adapters on the Hub), read where no WEIGHTS is
+TORCH_WEIGHTS = "adapter_model.bin"
 #: the folder at the mount's root that shows the merged model
 MERGED = "merged"
 #: what PEFT puts before every module name of the saved state dict
@@ -50,14 +52,34 @@ NO_BASE = ("; give the base with -o base=PATH (a Hugging Face folder, a .safeten
 
 def sniff(directory: Directory) -> bool:
     entries = set(directory.names())
-    return lora_config.CONFIG_NAME in entries and WEIGHTS in entries
+    return lora_config.CONFIG_NAME in entries and (WEIGHTS in entries or TORCH_WEIGHTS in entries)
 
 
 def open_dir(directory: Directory) -> Checkpoint:
     ckpt = hf.open_dir(directory)
-    ckpt.format = "peft adapter (safetensors)"
     ckpt.pretrained_files = None  # PeftModel.from_pretrained reads the folder as it is, not a model.safetensors
+    if WEIGHTS in directory.names():
+        ckpt.format = "peft adapter (safetensors)"
+    else:
+        _torch_weights(ckpt, directory)
     return ckpt
+
+
+def _torch_weights(ckpt: Checkpoint, directory: Directory) -> None:
+    """An adapter saved as `adapter_model.bin`, which the Hugging Face
+    reader shows as a plain file (it is no `pytorch_model*.bin`): shown
+    expanded, its state dict the adapter's tensors, the folder read-only."""
+    ckpt.format = "peft adapter (torch.save)"
+    shard = hf_torch.expand(directory.open(TORCH_WEIGHTS), os.path.join(directory.path, TORCH_WEIGHTS))
+    shard.folder.read_only = True
+    ckpt.root.add(TORCH_WEIGHTS, shard.folder, replace=True)
+    ckpt.root.xattrs[xattrs.READ_ONLY] = (f"an adapter saved as {TORCH_WEIGHTS} is not written back; "
+                                          "PEFT's save_pretrained(safe_serialization=True) makes one that is")
+    ckpt.pickle_globals = shard.globals
+    if shard.problem is not None:
+        ckpt.notes.append(f"{TORCH_WEIGHTS} {shard.problem}")
+        return
+    ckpt.tensors = [PlacedTensor(f"{TORCH_WEIGHTS}/{p.path}", p.tensor) for p in shard.placed]
 
 
 def add_merged(ckpt: Checkpoint, base: str | None, open_base: Callable[[str], Checkpoint]) -> None:
