@@ -263,3 +263,16 @@ def test_a_bfloat16_base_is_rounded_once_from_float32(models, mount, tmp_path):
     peft_merged = lora.merge_and_unload().state_dict()[name]
     ulps = (got.view(torch.int16).int() - peft_merged.view(torch.int16).int()).abs()
     assert ulps.max() <= 1
+
+
+def test_the_base_may_be_a_hub_repository(models, mount, tmp_path, monkeypatch):
+    from .remote_servers import HubServer
+
+    hub = HubServer(models["llama"])
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        mnt = mount(models["lora"], "-o", "base=hf://org/model@main")
+        _check_merged(mnt, _merged_by_peft(models["llama"], models["lora"]))
+    finally:
+        hub.close()
