@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sources.base import Source
-from ..tree.nodes import read_into
+from ..sources.base import Source, scatter
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -151,4 +150,4 @@ class Dequantized:
         return data[skip: skip + length]
 
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        read_into(self, offset, buffers)
+        scatter(self.read(offset, sum(map(len, buffers))), buffers)

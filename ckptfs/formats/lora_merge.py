@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError
-from ..tree.nodes import read_into
+from ..sources.base import scatter
 from ..tree.tensors import Tensor
 
 #: the dtypes a merge reads and writes
@@ -110,7 +110,7 @@ class MergedRows:
         return data[skip: skip + end - offset]
 
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        read_into(self, offset, buffers)
+        scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
     def _block(self, r0: int, r1: int) -> bytes:
         row_bytes = self.cols * self.item

@@ -103,16 +103,6 @@ def len_of(piece: Piece) -> int:
     return len(piece) if isinstance(piece, bytes) else piece.length
 
 
-def read_into(piece, offset: int, buffers: list[memoryview]) -> None:
-    """`readv` of a piece whose bytes are computed (dequantized, merged):
-    one `read` of them all, cut into the buffers."""
-    data = piece.read(offset, sum(map(len, buffers)))
-    pos = 0
-    for buffer in buffers:
-        buffer[:] = data[pos: pos + len(buffer)]
-        pos += len(buffer)
-
-
 @dataclass(frozen=True)
 class Access:
     """Who may read a node: the owner, group and read bits of the file (or
@@ -187,6 +177,12 @@ class File(Node):
         """Whether its path no longer holds the source's bytes there: its
         bytes were written through the mount, or a rename moved it."""
         return self.moved or getattr(self.content, "edited", False)
+
+    @property
+    def computed(self) -> bool:
+        """Whether it shows values computed from the checkpoint's tensors (a
+        quantized weight dequantized): a view, which no repack writes."""
+        return self.tensor is not None and self.tensor.computed
 
 
 @dataclass(eq=False, slots=True)

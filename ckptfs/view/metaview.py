@@ -14,7 +14,7 @@ import yaml
 from ..tree import npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, LazyDir
-from ..tree.tensors import PlacedTensor, Tensor, shape_text, shown_again, tensor_key
+from ..tree.tensors import PlacedTensor, Tensor, shape_text, tensor_key
 from ..version import __version__
 
 TSV_COLUMNS = ("path", "name", "dtype", "shape", "parameters", "bytes", "file", "offset")
@@ -53,24 +53,22 @@ def build(ckpt: Checkpoint, session=None) -> Dir:
 
 def _fill_export(ckpt: Checkpoint, folder: Dir) -> None:
     """`export/`: the tensors as one safetensors file, and as a Hugging Face
-    folder (shards of 5 GB and their index where it takes more than one),
+    folder (shards of 5 GB and their index where it takes more than one,
+    and a Hugging Face source's config.json and other files beside them),
     the bytes `ckptfs export --to safetensors` and `--to hf` write."""
     from ..write import export
 
     selection = export.select(ckpt)
     folder.add(export.SINGLE, File(export.safetensors_file(selection.items), access=selection.access))
     hf = folder.add("hf", Dir(read_only=True))
-    for name, content in export.hf_files(selection.items).items():
+    for name, content in export.hf_files(selection.items, beside=selection.beside).items():
         hf.add(name, File(content, access=selection.access))
     if selection.left_out:
         lines = ["# Tensors the export leaves out, and why:", *selection.left_out]
         folder.add("left-out.txt", _text_file("\n".join(lines) + "\n"))
     merged = ckpt.merged
     if merged is not None and not merged.notes:  # a PEFT adapter merged into its base (formats/adapter.py)
-        _fill_export(merged, folder.add("merged", Dir(read_only=True)))
-        for name in merged.pretrained_files or ():  # config.json...: a folder from_pretrained loads
-            node = merged.root.children[name]
-            folder.children["merged"].children["hf"].add(name, shown_again(node, node.mtime_ns))
+        _fill_export(merged, folder.add("merged", Dir(read_only=True)))  # hf/ with the base's config.json
 
 
 def pickle_globals_text(ckpt: Checkpoint) -> str:

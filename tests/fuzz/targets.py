@@ -153,6 +153,8 @@ TARGETS = {t.name: t for t in (
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
     Target("adapter_config", lambda data: lora_config.parse(data, "<fuzz input>"), (CkptfsError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
+    # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
+    Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
 
 
