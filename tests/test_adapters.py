@@ -2,9 +2,10 @@
 the adapter merged on read, against PEFT's own `merge_and_unload` on CPU
 in float32 (formats/adapter.py, formats/lora_merge.py).
 
-LoRA, rsLoRA, rank and alpha patterns, an embedding, fan_in_fan_out and
-modules_to_save are bit-exact: the tests' ranks are small, and NumPy's
-float32 B·A then sums the rank's products as torch does. DoRA divides by
+LoRA, rsLoRA, rank and alpha patterns, an embedding, fan_in_fan_out (with
+lora_bias), modules_to_save and adapters saved as adapter_model.bin are
+bit-exact: the tests' ranks are small, and NumPy's float32 B·A then sums
+the rank's products as torch does. DoRA divides by
 each row's norm, which torch sums in its own vectorised order: within 4
 units in the last place of float32 (measured: 1).
 """
@@ -85,7 +86,7 @@ def models(tmp_path_factory):
         "dora": _adapter(llama, root / "dora", r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "up_proj"]),
         "torch-saved": _adapter(llama, root / "torch-saved", r=4, lora_alpha=8, target_modules=["k_proj", "lm_head"],
                                 safe_serialization=False),
-        "conv1d": _adapter(gpt2, root / "conv1d", r=4, lora_alpha=8, fan_in_fan_out=True,
+        "conv1d": _adapter(gpt2, root / "conv1d", r=4, lora_alpha=8, fan_in_fan_out=True, lora_bias=True,
                            target_modules=["c_attn", "c_proj"]),
     }
 
