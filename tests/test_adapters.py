@@ -277,3 +277,12 @@ def test_the_base_may_be_a_hub_repository(models, mount, tmp_path, monkeypatch):
         _check_merged(mnt, _merged_by_peft(models["llama"], models["lora"]))
     finally:
         hub.close()
+
+
+def test_a_factor_past_what_a_merge_holds_is_refused_for_its_module(models, tmp_path, monkeypatch):
+    from ckptfs.formats import lora_merge, open_checkpoint
+
+    monkeypatch.setattr(lora_merge, "MAX_FACTOR_BYTES", 4 * 32 * 4 - 1)  # one byte short of a 4 x 32 lora_A
+    merged = open_checkpoint(str(models["rslora"]), str(tmp_path), str(models["llama"])).merged
+    refused = [n for n in merged.notes if "not merged" in n]
+    assert len(refused) == 6 and all("of float32 ckptfs holds to merge one module" in n for n in refused), refused

@@ -7,7 +7,8 @@ DoRA: `variants.py` `DoraLinearVariant.merge_safe`, `dora.py`
 Rows [r0, r1) of the merged weight need rows [r0, r1) of W and of the
 delta only: B[r0:r1]·A for a Linear's (out, in) weight, or, where the
 delta is transposed (an Embedding's (num, dim) weight, a GPT-2 Conv1D's
-(in, out) with `fan_in_fan_out`), (B·A[:, r0:r1])ᵀ. DoRA's factor is
+(in, out) with `fan_in_fan_out`), (B·A[:, r0:r1])ᵀ. Only the thin factor
+needed whole (A, or B where transposed) is held, at most 64 MiB of it. DoRA's factor is
 per row (the magnitude over the row's norm), so it too is found row by
 row. Everything is computed in float32 (the factors and W converted
 exactly) and rounded once, to nearest even, to W's dtype; PEFT adds a
@@ -76,12 +77,31 @@ def tensor_bytes(tensor: Tensor, offset: int, length: int) -> bytes:
     return content.read(content.size - tensor.dtype.nbytes(tensor.numel) + offset, length)
 
 
+#: the most a factor read whole (A, or B where the delta is transposed) may
+#: take as float32: a rank in the thousands of a dimension in the tens of thousands
+MAX_FACTOR_BYTES = 64 << 20
+
+
 @functools.lru_cache(maxsize=8)
 def _whole(tensor: Tensor) -> np.ndarray:
-    """A (thin) factor as float32, kept for the next reads of its module's
-    rows: at most 8 of them at a time."""
+    """A thin factor (or DoRA's magnitude, a bias) as float32, kept for
+    the next reads of its module's rows: at most 8 of them at a time."""
     raw = tensor_bytes(tensor, 0, tensor.dtype.nbytes(tensor.numel))
     return to_float32(raw, tensor.dtype.name).reshape(tensor.shape)
+
+
+def _rows(tensor: Tensor, r0: int, r1: int) -> np.ndarray:
+    """Rows [r0, r1) of a 2-D factor as float32."""
+    row = tensor.shape[1] * (tensor.dtype.bits // 8)
+    return to_float32(tensor_bytes(tensor, r0 * row, (r1 - r0) * row), tensor.dtype.name).reshape(r1 - r0, -1)
+
+
+def _columns(tensor: Tensor, c0: int, c1: int) -> np.ndarray:
+    """Columns [c0, c1) of every row of a 2-D factor (its rank's few rows) as float32."""
+    rows, cols = tensor.shape
+    item = tensor.dtype.bits // 8
+    raw = b"".join(tensor_bytes(tensor, (k * cols + c0) * item, (c1 - c0) * item) for k in range(rows))
+    return to_float32(raw, tensor.dtype.name).reshape(rows, c1 - c0)
 
 
 class MergedRows:
@@ -127,10 +147,9 @@ class MergedRows:
         f = self.factors
         if len(self.base.shape) == 1:  # the bias: lora_B's own, scaled
             return (_whole(f.bias) * self.scaling)[None, :]
-        a, b = _whole(f.a), _whole(f.b)
         if self.transposed:
-            return (b @ a[:, r0:r1]).T * self.scaling
-        return (b[r0:r1] @ a) * self.scaling
+            return (_whole(f.b) @ _columns(f.a, r0, r1)).T * self.scaling
+        return (_rows(f.b, r0, r1) @ _whole(f.a)) * self.scaling
 
 
 def fitted(base: Tensor, factors: Factors, rank: int, fan_in_fan_out: bool, dora: bool) -> bool:
@@ -161,6 +180,10 @@ def fitted(base: Tensor, factors: Factors, rank: int, fan_in_fan_out: bool, dora
         raise Unfit(f"lora_B·lora_A is {[b[0], a[1]]}, which fits neither the base tensor's {list(w)} "
                     "nor its transpose")
     transposed = fits[0]
+    whole = factors.b if transposed else factors.a  # the factor every block of rows needs all of
+    if whole.numel * 4 > MAX_FACTOR_BYTES:
+        raise Unfit(f"{'lora_B' if transposed else 'lora_A'} is {list(whole.shape)}: more than the "
+                    f"{MAX_FACTOR_BYTES >> 20} MiB of float32 ckptfs holds to merge one module")
     if dora:
         if transposed:
             raise Unfit("DoRA of an embedding or with fan_in_fan_out is not merged by ckptfs")
