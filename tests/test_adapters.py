@@ -286,3 +286,13 @@ def test_a_factor_past_what_a_merge_holds_is_refused_for_its_module(models, tmp_
     merged = open_checkpoint(str(models["rslora"]), str(tmp_path), str(models["llama"])).merged
     refused = [n for n in merged.notes if "not merged" in n]
     assert len(refused) == 6 and all("of float32 ckptfs holds to merge one module" in n for n in refused), refused
+
+
+def test_the_api_gives_the_merged_model(models):
+    import ckptfs
+
+    merged = ckptfs.open(models["lora"], base=models["llama"]).merged
+    want = _merged_by_peft(models["llama"], models["lora"]).state_dict()
+    name = "model.layers.1.self_attn.q_proj.weight"
+    np.testing.assert_array_equal(merged.tensor(name), want[name].numpy())
+    assert ckptfs.open(models["llama"]).merged is None
