@@ -107,6 +107,15 @@ def _gguf_metadata() -> list[bytes]:
     return [gguf_values.metadata_yaml(gguf.read_header(MemorySource(data), "seed")[0]).encode() for data in _gguf()]
 
 
+def _adapter_configs() -> list[bytes]:
+    """adapter_config.json as PEFT's LoraConfig.save_pretrained writes it (the keys a merge reads)."""
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": False, "use_dora": False,
+              "fan_in_fan_out": False, "rank_pattern": {"model.layers.1.self_attn.q_proj": 4},
+              "alpha_pattern": {"v_proj": 32}, "base_model_name_or_path": "org/name", "modules_to_save": ["lm_head"],
+              "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    return [json.dumps(config, indent=2, sort_keys=True).encode()]
+
+
 def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
     """A safetensors file as the reference writer lays it out."""
     codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8"}
@@ -148,6 +157,7 @@ def seeds(target: str) -> list[bytes]:
         "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
         "npy_header": _npy_headers,
         "yaml_merge": _yaml,
+        "adapter_config": _adapter_configs,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
         "quantized_weights": _quantized_safetensors,
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ckptfs.errors import CkptfsError
-from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, pt2, safetensors, tar, torchzip
+from ckptfs.formats import gguf, gguf_values, lora_config, npz, open_checkpoint, pt2, safetensors, tar, torchzip
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
 from ckptfs.pickle import object_edits
@@ -161,6 +161,7 @@ TARGETS = {t.name: t for t in (
     Target("dcp_metadata", _dcp_metadata, (CkptfsError,)),
     Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
+    Target("adapter_config", lambda data: lora_config.parse(data, "<fuzz input>"), (CkptfsError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
