@@ -17,6 +17,7 @@ from ..tree.checkpoint import Checkpoint
 from . import (
     dcp,
     deepspeed,
+    diffusers,
     folder,
     gguf,
     gzindex,
@@ -47,6 +48,7 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     dcp.FORMAT,
     deepspeed.FORMAT,
     sharded_torch.FORMAT,
+    diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
     folder.FORMAT,
 )

@@ -96,6 +96,15 @@ def _gguf_metadata() -> list[bytes]:
     return [gguf_values.metadata_yaml(gguf.read_header(MemorySource(data), "seed")[0]).encode() for data in _gguf()]
 
 
+def _model_index() -> list[bytes]:
+    """model_index.json as DiffusionPipeline.save_pretrained writes it:
+    components as [library, class], left-out ones as [null, null]."""
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+             "requires_safety_checker": False, "safety_checker": [None, None],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    return [json.dumps(index, indent=2).encode(), json.dumps({**index, "../x": ["diffusers", "X"]}).encode()]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -113,5 +122,6 @@ def seeds(target: str) -> list[bytes]:
         "npy_header": _npy_headers,
         "yaml_merge": _yaml,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
+        "diffusers_model_index": _model_index,
     }
     return by_target[target]()
