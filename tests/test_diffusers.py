@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .conftest import TIMED_APART, run_ckptfs, umount
 
@@ -125,9 +125,15 @@ def test_edits_are_repacked_into_a_pipeline_diffusers_loads(pipeline, mount, tmp
     from diffusers import DiffusionPipeline
 
     src = Path(shutil.copytree(pipeline, tmp_path / "pipe"))
+    single = {"model.diffusion_model.w": torch.arange(6.0).reshape(2, 3)}  # a single-file checkpoint beside the folders
+    save_file(single, str(src / "single.safetensors"))
     before, variants = _inodes(src), {p: (src / p).read_bytes() for p in (
         "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.bin")}
     mnt = mount(src)
+    shown = mnt / "single.safetensors" / "model" / "diffusion_model" / "w.npy"
+    assert same(np.load(shown), single["model.diffusion_model.w"])
+    with pytest.raises(OSError):  # not the pipeline: shown read-only, kept as it is
+        np.save(shown, np.zeros((2, 3), np.float32))
     edits = _edit(mnt)
     done = umount(mnt)
     assert done.returncode == 0, done.stderr

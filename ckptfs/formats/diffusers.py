@@ -9,7 +9,9 @@ an index or not, variants such as `diffusion_pytorch_model.fp16.safetensors`
 beside them) is shown as hf.py shows a model folder, at its own name: its
 merged tensor tree, each weights file expanded read-only at its own name, its
 other files (config.json) as they are. Every other file (model_index.json,
-scheduler_config.json, the tokenizer's files) appears as it is. Edits are
+scheduler_config.json, the tokenizer's files) appears as it is; a
+safetensors file at the top (a single-file checkpoint shipped beside the
+folders) is expanded read-only at its own name, and kept as it is. Edits are
 written back by each component's own writer into a new folder swapped in for
 the pipeline, every unchanged file hard-linked (folder.py's writer).
 
@@ -24,15 +26,15 @@ from __future__ import annotations
 
 import json
 
-from ..errors import CkptfsError
+from ..errors import CkptfsError, FormatError, RepackError
 from ..limits import LIMITS
 from ..sources.directory import Directory
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Dir
-from . import hf
-from .base import DirectoryFormat, WriterKind
+from ..tree.nodes import Access, Dir, File
+from . import hf, safetensors
+from .base import DirectoryFormat, FileWriter, WriterKind
 from .folder import Nested
-from .nested import show_directory
+from .nested import Shown, show_directory
 
 MODEL_INDEX = "model_index.json"
 
@@ -55,7 +57,41 @@ def open_dir(directory: Directory) -> Checkpoint:
             hf.open_dir, directory, rel, parts, root, raw)
 
     shown = show_directory(directory, nested.grafts, take_folder=component)
+    _expand_single_files(shown, nested.grafts.notes)
     return nested.checkpoint("diffusers pipeline", directory, shown, index_notes(directory))
+
+
+def _expand_single_files(shown: Shown, notes: list[str]) -> None:
+    """The safetensors files at the pipeline's top (the single-file
+    checkpoint some repositories ship beside the folders), expanded at their
+    own names, read-only: they are not the pipeline, and are kept as they are."""
+    for name, node in list(shown.root.children.items()):
+        source = shown.sources.get(id(node))
+        if not (isinstance(node, File) and name.endswith(".safetensors") and source is not None):
+            continue
+        try:
+            folder = safetensors.expand(source)[0]
+        except FormatError as e:
+            notes.append(f"{name} is shown as a plain file: {e.problem}")
+            continue
+        folder.read_only, folder.writer, folder.mtime_ns = True, KEPT, node.mtime_ns
+        folder.access = Access.of(source.stat)
+        shown.root.children[name] = folder
+        shown.sources[id(folder)] = source
+
+
+class Kept(FileWriter):
+    """The writer of a file shown expanded read-only: the pipeline's writer
+    (folder.py's) keeps it as it is."""
+
+    def write(self, files, before, output) -> None:
+        raise RepackError("a file shown read-only is kept as it is, never written")
+
+    def blob(self, files, before) -> None:
+        return None
+
+
+KEPT = Kept()
 
 
 def index_notes(directory: Directory) -> list[str]:
