@@ -34,7 +34,12 @@ def summary(ckpt: Checkpoint) -> dict:
             row["tensors"] += 1
             row["parameters"] += t.numel
             row["bytes"] += t.data.length
+    dequantized: dict[str, dict[str, int]] = defaultdict(lambda: {"weights": 0, "parameters": 0})
     for q in ckpt.quantized:  # a GGUF's block-quantized tensors, under their GGML type
+        if q.members:  # a Hub weight: its stored parts are among the tensors
+            dequantized[q.kind]["weights"] += 1
+            dequantized[q.kind]["parameters"] += math.prod(q.shape)
+            continue
         for row in (by_dtype[q.kind], by_prefix[q.raw_path.split("/", 1)[0]]):
             row["tensors"] += 1
             row["parameters"] += math.prod(q.shape)
@@ -46,11 +51,12 @@ def summary(ckpt: Checkpoint) -> dict:
         "source_bytes": ckpt.source_bytes(),
         "writable": ckpt.writer is not None,
         "read_only_because": None if ckpt.writer is not None else ckpt.root.xattrs.get(xattrs.READ_ONLY),
-        "tensors": len(ckpt.tensors) + len(ckpt.quantized),
+        "tensors": len(ckpt.tensors) + sum(not q.members for q in ckpt.quantized),
         "parameters": sum(r["parameters"] for r in by_dtype.values()),
         "tensor_bytes": sum(r["bytes"] for r in by_dtype.values()),
         "by_dtype": dict(sorted(by_dtype.items())),
         "by_prefix": dict(sorted(by_prefix.items())),
+        "dequantized_on_read": dict(sorted(dequantized.items())),
         "pickle_globals": list(ckpt.pickle_globals),
         "unsafe_globals": [g for g in ckpt.pickle_globals if not _allowed(g)],
         "notes": list(ckpt.notes),
@@ -78,6 +84,9 @@ def text(info: dict) -> str:
         for i, (name, row) in enumerate(rows.items()):
             lines.append(f"{title if i == 0 else '':<11} {name:<24} {plural(row['tensors'], 'tensor', spec='>8,'):<17}"
                          f"{plural(row['parameters'], 'parameter', spec='>16,')}")
+    for i, (scheme, row) in enumerate(info["dequantized_on_read"].items()):
+        lines.append(f"{'quantized' if i == 0 else '':<11} {scheme}: {plural(row['weights'], 'weight', spec=',')} "
+                     f"({plural(row['parameters'], 'parameter', spec=',')}), dequantized on read")
     if info["pickle_globals"]:
         unsafe = info["unsafe_globals"]
         verdict = f"{len(unsafe)} outside the allowlist: see ckptfs scan" if unsafe else "all on the allowlist"

@@ -29,9 +29,13 @@ def _arguments(parser) -> None:
     parser.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                         help="largest shard of --to hf, as transformers says it: 5GB, 500MB, 2GiB (default: 5GB)")
     parser.add_argument("--quantized", choices=("dequantize", "raw"), default="dequantize",
-                        help="a quantized tensor (GGUF's Q4_0, Q6_K...) as float32 values, as its dequantized.npy "
-                        "shows them, or as its blocks (uint8, its GGML type in the safetensors metadata) "
-                        "(default: dequantize)")
+                        help="a quantized weight as its values, as its dequantized.npy shows them (GGUF's Q4_0, "
+                        "Q6_K... as float32; GPTQ, AWQ, bitsandbytes, FP8, compressed-tensors and MLX weights in "
+                        "the model's dtype, in place of their stored parts, config.json without its "
+                        "quantization_config: a plain model), or as stored (GGUF's blocks as uint8, their GGML type "
+                        "in the safetensors metadata; a Hub weight's parts as they are) (default: dequantize)")
+    parser.add_argument("--dequantize", dest="quantized", action="store_const", const="dequantize",
+                        help="the same as --quantized dequantize")
 
 
 def _byte_size(text: str) -> int:
@@ -72,11 +76,11 @@ def run(args) -> int:
                                                                if args.include or args.exclude else ""))
     progress = _transfer_printer("exporting") if sys.stderr.isatty() else None
     readers = selection.access or Access.of(checkpoint.stat)  # never wider than the source
-    exporting.write(args.to, selection.items, args.out, max_bytes, progress, readers)
+    exporting.write(args.to, selection.items, args.out, max_bytes, progress, readers, selection.beside)
     if progress:
         print(file=sys.stderr)
     total = sum(i.length for i in selection.items)
-    dequantized = f" ({len(selection.dequantized):,} dequantized to float32)" if selection.dequantized else ""
+    dequantized = f" ({len(selection.dequantized):,} dequantized)" if selection.dequantized else ""
     print(f"ckptfs: wrote {destination(args.out)}: {plural(len(selection.items), 'tensor', spec=',')}{dequantized}, "
           f"{human_size(total)} "
           f"({args.to})", file=sys.stderr)
@@ -86,7 +90,8 @@ def run(args) -> int:
 COMMAND = Command(
     "export", "write a checkpoint's tensors as safetensors, a Hugging Face folder or a torch.save file",
     "Convert SOURCE, of any format, tensor by tensor into OUT: one .safetensors file, a Hugging Face folder of "
-    "safetensors shards with model.safetensors.index.json (hf), or a torch.save file of the state dict that "
+    "safetensors shards with model.safetensors.index.json and, for a Hugging Face source, its config.json and "
+    "other top-level files (hf), or a torch.save file of the state dict that "
     "torch.load(weights_only=True) reads (torch). Streams: memory stays within a copy block, however large the "
     "tensors. The bytes of --to safetensors are those of a mount's .ckptfs/export/model.safetensors.",
     _arguments, run,

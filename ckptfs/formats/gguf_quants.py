@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sources.base import Source
+from ..sources.base import Source, scatter
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -150,8 +150,4 @@ class Dequantized:
         return data[skip: skip + length]
 
     def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        data = self.read(offset, sum(map(len, buffers)))
-        pos = 0
-        for buffer in buffers:
-            buffer[:] = data[pos: pos + len(buffer)]
-            pos += len(buffer)
+        scatter(self.read(offset, sum(map(len, buffers))), buffers)

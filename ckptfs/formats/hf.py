@@ -27,7 +27,7 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Access, Dir, File, Symlink
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
 from ..tree.tensors import Tensor, dtype_before, merge_into, tensor_key, tensor_tree
-from . import hf_torch, safetensors
+from . import hf_torch, quantized, safetensors
 from .base import DirectoryFormat, DirectoryWriter, WriterKind
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -102,11 +102,17 @@ def open_dir(directory: Directory) -> Checkpoint:
         used = {id(t) for t in merged}  # a sentence-transformers 2_Dense/model.safetensors holds none of them
         aside = sorted(rel for rel, by_name in shards.items() if not any(id(t) in used for t in by_name.values()))
     _own_access(tree, placed, Access.of(directory.stat()))
+    by_name = {p.tensor.name: p.tensor for p in placed}
+    quantization_notes: list[str] = []  # not the notes that make the mount read-only
+    found = quantized.find(by_name, quantized.model_config(directory, quantization_notes))
+    dequantized = quantized.dequantized_files(tree, found, by_name)
     placed = merge_into(root, tree, placed)
     add_links(directory, outside, root, raw)
     kind = "torch.save" if in_torch else "safetensors"
     pickle_globals = sorted({g for s in torch_shards.values() for g in s.globals})
-    ckpt = Checkpoint(f"huggingface ({kind})", path, directory.stat(), root, raw, placed, notes, pickle_globals)
+    ckpt = Checkpoint(f"huggingface ({kind})", path, directory.stat(), root, raw, placed,
+                      notes + quantization_notes + found.notes,
+                      pickle_globals, quantized=dequantized)
     ckpt.pretrained_files = _beside_weights(root, weights | set(shards), {p.path.split("/")[0] for p in placed})
     if outside:
         root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))

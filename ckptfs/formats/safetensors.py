@@ -25,6 +25,7 @@ from ..tree.dtypes import BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, dtype_before, tensor_key, tensor_tree
+from . import quantized
 from .base import FileFormat, FileWriter, Moved, Opening, Pickles, WriterKind
 
 MAGIC_LENGTH = 9
@@ -265,9 +266,16 @@ def _edited_metadata(node: File, problems: list[str]):
 
 
 def open_file(opening: Opening) -> Checkpoint:
+    """The file's tree; quantized weights dequantized beside their tensors,
+    as config.json beside the file (a Hugging Face folder's) describes them."""
     source, st = opening.source, opening.stat
     root, placed, by_name, _ = expand(source)
-    ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed)
+    notes: list[str] = []
+    config = quantized.model_config(opening.neighbours, notes) if opening.neighbours is not None else None
+    found = quantized.find(by_name, config)
+    dequantized = quantized.dequantized_files(root, found, by_name)
+    ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed, notes + found.notes,
+                      quantized=dequantized)
     ckpt.writer = Writer(by_name)
     return ckpt
 

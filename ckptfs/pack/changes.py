@@ -56,7 +56,8 @@ def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, 
     """Every node of the main tree by path, without editors' temporary files
     (names matching `ignored`, unless `kept(path, node)` says the source had
     it: a tensor `layers.4913.w` is no editor's) and the `skip` top-level
-    names (the `.ckptfs/` view). A read-only folder is listed but not
+    names (the `.ckptfs/` view), and files of values computed from other
+    files (`File.computed`). A read-only folder is listed but not
     entered: nothing below it can change (and a lazy one stays unfilled)."""
     found: dict[str, Node] = {}
     pending = [("", root)]
@@ -66,6 +67,8 @@ def files_of(root: Dir, skip: frozenset[str] = frozenset(), ignored: tuple[str, 
             path = prefix + name
             if (not prefix and name in skip) or (is_temp_name(name, ignored) and not kept(path, node)):
                 continue
+            if isinstance(node, File) and node.computed:
+                continue  # a dequantized weight: a view of other files, never packed
             found[path] = node
             if isinstance(node, Dir) and not node.read_only:
                 pending.append((path + "/", node))

@@ -178,6 +178,12 @@ class File(Node):
         bytes were written through the mount, or a rename moved it."""
         return self.moved or getattr(self.content, "edited", False)
 
+    @property
+    def computed(self) -> bool:
+        """Whether it shows values computed from the checkpoint's tensors (a
+        quantized weight dequantized): a view, which no repack writes."""
+        return self.tensor is not None and self.tensor.computed
+
 
 @dataclass(eq=False, slots=True)
 class Symlink(Node):

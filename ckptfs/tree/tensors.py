@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from . import names, npy, xattrs
-from .dtypes import DType
+from .dtypes import BY_NAME, DType
 from .nodes import Content, Dir, Extent, File, Piece, len_of
+
+FLOAT32 = BY_NAME["float32"]
 
 
 class NpyContent(Content):
@@ -73,6 +75,8 @@ class Tensor:
 
     #: what its file's bytes are, made from the record: the NPY header, then `data`
     content_type: ClassVar[type[Content]] = NpyContent
+    #: whether its values are computed from stored tensors rather than stored (`ComputedTensor`)
+    computed: ClassVar[bool] = False
 
     @property
     def numel(self) -> int:
@@ -111,6 +115,8 @@ class ComputedTensor(PiecedTensor):
     or dtype of its own, only its `facts` (what it was computed from) and
     its shape."""
 
+    computed: ClassVar[bool] = True
+
     def attributes(self) -> dict[str, str]:
         return {**dict(self.facts), xattrs.SHAPE: shape_text(self.shape)}
 
@@ -125,18 +131,25 @@ class PlacedTensor:
 
 @dataclass(frozen=True, slots=True)
 class QuantizedTensor:
-    """A tensor stored in blocks of a quantized type no NumPy dtype holds
-    (GGML's Q4_0, Q6_K...): the shape of its values, the path in the tree
-    of its raw bytes (`raw_shape`: uint8, the last dimension counted in
-    bytes, as gguf-py's reader gives them), and of its values as float32,
-    None where ckptfs cannot compute them."""
+    """A weight stored quantized, whose values no stored tensor holds as
+    they are: a GGUF tensor in blocks of a type no NumPy dtype holds
+    (GGML's Q4_0, Q6_K...), or a Hub weight made of several stored tensors
+    (GPTQ's qweight, qzeros, scales and g_idx; FP8 and its scales...).
+    `kind` names its type or scheme; `shape` is the shape of its values,
+    `dequantized_path` the path in the tree of its values as `dtype`, None
+    where ckptfs cannot compute them. A GGUF tensor has `raw_path`, the
+    path of its blocks (`raw_shape`: uint8, the last dimension counted in
+    bytes, as gguf-py's reader gives them); a Hub weight has `members`, the
+    names of the stored tensors (among the checkpoint's) it is made of."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
-    raw_path: str
-    raw_shape: tuple[int, ...]
+    raw_path: str | None
+    raw_shape: tuple[int, ...] | None
     dequantized_path: str | None
+    dtype: DType = FLOAT32
+    members: tuple[str, ...] = ()
 
 
 class TensorFile(File):

@@ -53,14 +53,15 @@ def build(ckpt: Checkpoint, session=None) -> Dir:
 
 def _fill_export(ckpt: Checkpoint, folder: Dir) -> None:
     """`export/`: the tensors as one safetensors file, and as a Hugging Face
-    folder (shards of 5 GB and their index where it takes more than one),
+    folder (shards of 5 GB and their index where it takes more than one,
+    and a Hugging Face source's config.json and other files beside them),
     the bytes `ckptfs export --to safetensors` and `--to hf` write."""
     from ..write import export
 
     selection = export.select(ckpt)
     folder.add(export.SINGLE, File(export.safetensors_file(selection.items), access=selection.access))
     hf = folder.add("hf", Dir(read_only=True))
-    for name, content in export.hf_files(selection.items).items():
+    for name, content in export.hf_files(selection.items, beside=selection.beside).items():
         hf.add(name, File(content, access=selection.access))
     if selection.left_out:
         lines = ["# Tensors the export leaves out, and why:", *selection.left_out]

@@ -3,8 +3,9 @@
 tokenizer, subfolders) are links into the mount, and `model.safetensors`
 holds every tensor of the merged tree as it is now: on a writable mount it
 is laid out again after each edit, so a model loaded before the unmount
-sees the edits. The mount's own root cannot be loaded: there each weights
-file is a folder.
+sees the edits. Quantized weights are there as they are stored, beside
+the config that says how (`.ckptfs/export/hf/` has them dequantized). The
+mount's own root cannot be loaded: there each weights file is a folder.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build(ckpt: Checkpoint, session=None) -> Dir:
         for name in ckpt.pretrained_files or ():
             folder.add(name, Symlink(f"../../{name}"))
         if session is None:
-            selection = export.select(ckpt)
+            selection = export.select(ckpt, quantized="raw")  # as stored, as the edited tree's weights are
             folder.add(export.SINGLE, File(export.safetensors_file(selection.items), access=selection.access))
         else:
             folder.add(export.SINGLE, File(CurrentWeights(ckpt, session)))

@@ -40,6 +40,7 @@ GGML_TYPE_KEY = "ggml_type."
 #: the shard size `--to hf` and the view's `hf/` folder use unless told (transformers' default)
 DEFAULT_SHARD_BYTES = 5 * 10**9
 SINGLE = "model.safetensors"
+CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
 
 
@@ -64,19 +65,24 @@ class Selection:
     left_out: list[str]
     #: who may read the bytes of every item (None: whoever may read the source)
     access: Access | None = None
-    #: the names of the items whose values are a quantized tensor's, dequantized to float32
+    #: the names of the items whose values are a quantized tensor's, dequantized
     dequantized: list[str] = field(default_factory=list)
+    #: a Hugging Face folder's other files (config.json, tokenizer...), by
+    #: name, that a Hugging Face export writes beside the weights
+    beside: dict[str, Content] = field(default_factory=dict)
 
 
-#: what `--quantized` makes of a quantized tensor (GGUF's Q4_0...): float32 values, or its blocks as uint8
+#: what `--quantized` makes of a quantized tensor: its values (GGUF's as float32, a Hub weight's in the
+#: model's compute dtype), or as stored (GGUF's blocks as uint8, a Hub weight's parts as the tensors they are)
 QUANTIZED = ("dequantize", "raw")
 
 
 def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "dequantize") -> Selection:
     """The tensors of `ckpt` that the include and exclude globs choose (by
     their names in the checkpoint), by name after `maps` ((old prefix, new
-    prefix) pairs). A quantized tensor is written as float32, as its
-    `dequantized.npy` shows it, or with `quantized="raw"` as its blocks."""
+    prefix) pairs). A quantized tensor is written as its values, as its
+    `dequantized.npy` shows them (in place of the stored tensors it is made
+    of), or with `quantized="raw"` as it is stored."""
     items: dict[str, Item] = {}
     left_out: list[str] = []
     accesses: set = set()
@@ -87,9 +93,11 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "
         return ((not include or any(fnmatch.fnmatchcase(name, g) for g in include))
                 and not any(fnmatch.fnmatchcase(name, g) for g in exclude))
 
+    # a Hub weight's stored parts (GPTQ's qweight, scales...) give way to its values
+    replaced = {m for q in ckpt.quantized for m in q.members} if quantized == "dequantize" else set()
     for placed in ckpt.tensors:
         tensor = placed.tensor
-        if not chosen(tensor.name):
+        if not chosen(tensor.name) or tensor.name in replaced:
             continue
         name = rename_prefix(tensor.name, maps)
         if tensor.dtype.safetensors is None:
@@ -110,8 +118,8 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "
         items[name] = Item(name, tensor.dtype, tuple(tensor.shape), tuple(pieces[1:]), nbytes)
         accesses.add(access or default)
     for tensor in ckpt.quantized:
-        if not chosen(tensor.name):
-            continue
+        if not chosen(tensor.name) or (quantized == "raw" and tensor.members):
+            continue  # raw: a Hub weight's stored parts are exported as the tensors they are
         name = rename_prefix(tensor.name, maps)
         if name in items:
             left_out.append(f"{name}: a second tensor of that name (at {tensor.raw_path}); the first is kept")
@@ -124,7 +132,36 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "
                 selection.dequantized.append(name)
     selection.items = [items[name] for name in sorted(items)]
     selection.access = None if accesses <= {default} else Access.common(accesses)
+    selection.beside = _beside(ckpt, plain=bool(replaced))  # no stored part of a quantized weight is written
     return selection
+
+
+def _beside(ckpt: Checkpoint, plain: bool) -> dict[str, Content]:
+    """The files `from_pretrained` reads beside a Hugging Face folder's
+    weights, those at its top level; with `plain`, config.json without its
+    `quantization_config`, for weights written dequantized."""
+    files = {}
+    for name in ckpt.pretrained_files or ():
+        node = ckpt.root.children.get(name)
+        if isinstance(node, File):
+            files[name] = node.content
+    if plain and CONFIG in files:
+        files[CONFIG] = Content([plain_config(files[CONFIG].read(0, files[CONFIG].size))])
+    return files
+
+
+def plain_config(text: bytes) -> bytes:
+    """A config.json without its `quantization_config`: the model's config
+    once its weights are dequantized (as transformers writes it: sorted
+    keys, two spaces); as it is where it is no JSON object."""
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(config, dict) or "quantization_config" not in config:
+        return text
+    del config["quantization_config"]
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _quantized_item(root: Dir, tensor: QuantizedTensor, name: str, quantized: str, left_out: list[str]):
@@ -143,11 +180,11 @@ def _quantized_item(root: Dir, tensor: QuantizedTensor, name: str, quantized: st
         return None, None
     node, access = _find(root, tensor.dequantized_path)
     pieces = node.content.pieces if isinstance(node, File) else []
-    length = 4 * math.prod(tensor.shape)
+    length = tensor.dtype.nbytes(math.prod(tensor.shape))
     if not pieces or not isinstance(pieces[0], bytes) or sum(map(len_of, pieces[1:])) != length:
         left_out.append(f"{name}: its file at {tensor.dequantized_path} does not hold its {plural(length, 'byte')}")
         return None, None
-    return Item(name, BY_NAME["float32"], tensor.shape, tuple(pieces[1:]), length), access
+    return Item(name, tensor.dtype, tensor.shape, tuple(pieces[1:]), length), access
 
 
 def rename_prefix(name: str, maps) -> str:
@@ -174,7 +211,8 @@ def _find(root: Dir, path: str) -> tuple[Node | None, Access | None]:
 TARGETS = ("safetensors", "hf", "torch")
 
 
-def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
+def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DEFAULT_SHARD_BYTES,
+              beside: dict[str, Content] | None = None) -> dict:
     """The files `target` makes of `items`, by name: one for safetensors
     and torch (named `out_name`), a folder's for hf. Each is a Content or
     a ZipBlob: its `size` known, `write(output)` writing it."""
@@ -185,23 +223,24 @@ def files_for(target: str, items: list[Item], out_name: str, max_bytes: int = DE
             raise CkptfsError("--quantized raw: a torch.save file has no place to say the GGML type of a tensor's "
                               "blocks; write them --to safetensors or --to hf")
         return {out_name: torch_zip(items, os.path.splitext(out_name)[0] or "archive")}
-    return hf_files(items, max_bytes)
+    return hf_files(items, max_bytes, beside)
 
 
 def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHARD_BYTES, progress=None,
-          readers: Access | None = None) -> None:
+          readers: Access | None = None, beside: dict[str, Content] | None = None) -> None:
     """Write the export to `out` (a new file, or for hf a new folder) beside
     which it is first written whole and fsynced, then renamed into place:
     `out` never holds half an export. An `s3://` `out` is uploaded instead.
     `readers` say who may read the tensors' source: the export is readable
-    by them at most (`output.created_mode`), by its owner alone if None."""
+    by them at most (`output.created_mode`), by its owner alone if None.
+    `beside`: the files a Hugging Face folder holds besides its weights."""
     if location(out).remote:
-        return _upload(target, items, out, max_bytes, progress)
+        return _upload(target, items, out, max_bytes, progress, beside)
     out = os.path.abspath(out)
     if os.path.lexists(out):
         raise CkptfsError(f"{out}: exists; remove it first or give a new path")
     parent = os.path.dirname(out)
-    files = files_for(target, items, os.path.basename(out), max_bytes)
+    files = files_for(target, items, os.path.basename(out), max_bytes, beside)
     expected = sum(f.size for f in files.values())
     fs = os.statvfs(parent)
     if fs.f_bavail * fs.f_frsize < expected:
@@ -248,7 +287,7 @@ def write(target: str, items: list[Item], out: str, max_bytes: int = DEFAULT_SHA
     fsync_dir(parent)
 
 
-def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) -> None:
+def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress, beside) -> None:
     """The export as new objects (pack/upload.py), streamed: one, or for hf
     the shards and then the index, so that a reader never finds an index
     whose shards are not all there. A failed hf upload removes the shards
@@ -256,7 +295,7 @@ def _upload(target: str, items: list[Item], out: str, max_bytes: int, progress) 
     from ..pack.upload import upload
 
     prefix = out.rstrip("/") + "/"
-    files = files_for(target, items, prefix[:-1].rpartition("/")[2], max_bytes)
+    files = files_for(target, items, prefix[:-1].rpartition("/")[2], max_bytes, beside)
     expected = sum(f.size for f in files.values())
     written: list[int] = [0]
 
@@ -309,13 +348,16 @@ def shards(items: list[Item], max_bytes: int) -> list[list[Item]]:
     return out or [[]]
 
 
-def hf_files(items: list[Item], max_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Content]:
-    """A Hugging Face checkpoint's weight files: `model.safetensors`, or
-    `model-0000K-of-0000N.safetensors` shards and their index."""
+def hf_files(items: list[Item], max_bytes: int = DEFAULT_SHARD_BYTES,
+             beside: dict[str, Content] | None = None) -> dict[str, Content]:
+    """A Hugging Face checkpoint's files: `beside` (config.json...), and its
+    weights: `model.safetensors`, or `model-0000K-of-0000N.safetensors`
+    shards and their index."""
+    files: dict[str, Content] = dict(beside or {})
     cut = shards(items, max_bytes)
     if len(cut) == 1:
-        return {SINGLE: safetensors_file(cut[0])}
-    files: dict[str, Content] = {}
+        files[SINGLE] = safetensors_file(cut[0])
+        return files
     weight_map = {}
     for k, shard in enumerate(cut, 1):
         name = f"model-{k:05d}-of-{len(cut):05d}.safetensors"

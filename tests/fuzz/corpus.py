@@ -105,6 +105,30 @@ def _model_index() -> list[bytes]:
     return [json.dumps(index, indent=2).encode(), json.dumps({**index, "../x": ["diffusers", "X"]}).encode()]
 
 
+def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
+    """A safetensors file as the reference writer lays it out."""
+    codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8"}
+    header, data, position = {}, b"", 0
+    for name, array in tensors.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": codes[array.dtype.name], "shape": list(array.shape),
+                        "data_offsets": [position, position + len(raw)]}
+        data, position = data + raw, position + len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _quantized_safetensors() -> list[bytes]:
+    """Quantized weights with no config.json beside them, found from their names, dtypes and shapes."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    fp8 = rng.standard_normal((40, 24)).astype(ml_dtypes.float8_e4m3fn)
+    return [_safetensors_file({"a.weight": fp8, "a.weight_scale_inv": rng.random((2, 3), np.float32)}),
+            _safetensors_file({"b.weight": fp8, "b.weight_scale_inv": rng.random((1,), np.float32)})]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -123,5 +147,6 @@ def seeds(target: str) -> list[bytes]:
         "yaml_merge": _yaml,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
         "diffusers_model_index": _model_index,
+        "quantized_weights": _quantized_safetensors,
     }
     return by_target[target]()

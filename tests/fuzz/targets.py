@@ -169,6 +169,8 @@ TARGETS = {t.name: t for t in (
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
+    # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
+    Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
 
 
