@@ -225,3 +225,17 @@ def test_a_model_index_nested_too_deep_or_too_large_is_a_note(pipeline, tmp_path
     monkeypatch.setattr(LIMITS, "header_bytes", 1000)
     assert diffusers.index_notes(LocalDirectory(str(src))) == [
         "model_index.json is 200000 bytes, more than the 1000 of max_header_bytes; its components are not checked"]
+
+
+def test_a_quantized_component_shows_its_dequantized_weights(pipeline, mount, tmp_path):
+    """An FP8 transformer (one scale per tensor) as a component: its
+    dequantized.npy, as a Hugging Face folder shows it, under the component."""
+    src = _pipeline_copy(pipeline, tmp_path)
+    (src / "transformer").mkdir()
+    weight, scale = torch.randn(40, 24, generator=torch.Generator().manual_seed(0)).to(torch.float8_e4m3fn), 0.5
+    save_file({"a.weight": weight, "a.weight_scale_inv": torch.tensor([scale])},
+              str(src / "transformer" / "diffusion_pytorch_model.safetensors"))
+    mnt = mount(src, "-o", "ro")
+    values = np.load(mnt / "transformer" / "a" / "weight" / "dequantized.npy")
+    assert values.tobytes() == (weight.to(torch.float32) * scale).numpy().tobytes()
+    assert info(src)["dequantized_on_read"] == {"FP8 float8_e4m3fn, one scale": {"weights": 1, "parameters": 960}}
