@@ -239,3 +239,24 @@ def test_a_quantized_component_shows_its_dequantized_weights(pipeline, mount, tm
     values = np.load(mnt / "transformer" / "a" / "weight" / "dequantized.npy")
     assert values.tobytes() == (weight.to(torch.float32) * scale).numpy().tobytes()
     assert info(src)["dequantized_on_read"] == {"FP8 float8_e4m3fn, one scale": {"weights": 1, "parameters": 960}}
+
+
+def test_a_pipeline_on_the_hub_mounts_as_on_disk(pipeline, mount, tmp_path, monkeypatch):
+    """hf:// against a stand-in for the Hub: the same pipeline, component by component."""
+    from .remote_servers import HubServer
+
+    hub = HubServer(pipeline)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        remote = mount("hf://org/model", "--cache-dir", tmp_path / "cache")
+        def placed(mnt):  # each row but the file's location, a URL on the Hub
+            return [{k: v for k, v in r.items() if k != "file"} for r in rows(mnt)]
+
+        assert placed(remote) == placed(mount(pipeline, "-o", "ro"))
+        for r in rows(remote)[::25]:
+            name, component = r["name"], r["path"].split("/")[0]
+            assert same(np.load(remote / r["path"]), stored(pipeline, component)[name]), r["path"]
+        assert info("hf://org/model")["format"] == "diffusers pipeline"
+    finally:
+        hub.close()
