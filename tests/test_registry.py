@@ -58,6 +58,12 @@ def _deepspeed(path):
                tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
 
 
+def _diffusers(path):
+    from .diffusers_writer import pipeline
+
+    pipeline().save_pretrained(path)
+
+
 def _legacy(path):
     import torch
 
@@ -88,6 +94,7 @@ MADE = {
     "Hugging Face directory": ("m", lambda p: shutil.copytree(FIXTURES / "hf/bert_tiny_sharded", p)),
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
+    "diffusers pipeline": ("m", _diffusers),
 }
 
 

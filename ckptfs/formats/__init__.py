@@ -18,6 +18,7 @@ from . import (
     adapter,
     dcp,
     deepspeed,
+    diffusers,
     folder,
     gguf,
     gzindex,
@@ -51,6 +52,7 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     deepspeed.FORMAT,
     sharded_torch.FORMAT,
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
+    diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
     folder.FORMAT,
 )

@@ -116,6 +116,15 @@ def _adapter_configs() -> list[bytes]:
     return [json.dumps(config, indent=2, sort_keys=True).encode()]
 
 
+def _model_index() -> list[bytes]:
+    """model_index.json as DiffusionPipeline.save_pretrained writes it:
+    components as [library, class], left-out ones as [null, null]."""
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+             "requires_safety_checker": False, "safety_checker": [None, None],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    return [json.dumps(index, indent=2).encode(), json.dumps({**index, "../x": ["diffusers", "X"]}).encode()]
+
+
 def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
     """A safetensors file as the reference writer lays it out."""
     codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8"}
@@ -159,6 +168,7 @@ def seeds(target: str) -> list[bytes]:
         "yaml_merge": _yaml,
         "adapter_config": _adapter_configs,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
+        "diffusers_model_index": _model_index,
         "quantized_weights": _quantized_safetensors,
     }
     return by_target[target]()
