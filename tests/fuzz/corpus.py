@@ -63,6 +63,17 @@ def _npz() -> list[bytes]:
     return out
 
 
+def _pt2() -> list[bytes]:
+    """An archive as torch.export.save writes it, and one whose payloads
+    share a record, are strided or pickled, or are wrong (tests/hostile/pt2.py)."""
+    import tempfile
+
+    from ..hostile.pt2 import _pt2_of_bad_payloads
+
+    with tempfile.TemporaryDirectory() as folder:
+        return [(SAMPLES / "pt2" / "tiny.pt2").read_bytes(), _pt2_of_bad_payloads(Path(folder)).read_bytes()]
+
+
 def _gguf() -> list[bytes]:
     """A file as the gguf package's GGUFWriter writes one: every value type, a plain and a quantized tensor."""
     import tempfile
@@ -110,6 +121,53 @@ def _quantization_configs() -> list[bytes]:
     return [json.dumps({"torch_dtype": "float16", "quantization_config": c}).encode() for c in configs]
 
 
+def _adapter_configs() -> list[bytes]:
+    """adapter_config.json as PEFT's LoraConfig.save_pretrained writes it (the keys a merge reads)."""
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": False, "use_dora": False,
+              "fan_in_fan_out": False, "rank_pattern": {"model.layers.1.self_attn.q_proj": 4},
+              "alpha_pattern": {"v_proj": 32}, "base_model_name_or_path": "org/name", "modules_to_save": ["lm_head"],
+              "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    return [json.dumps(config, indent=2, sort_keys=True).encode()]
+
+
+def _model_index() -> list[bytes]:
+    """model_index.json as DiffusionPipeline.save_pretrained writes it:
+    components as [library, class], left-out ones as [null, null]."""
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+             "requires_safety_checker": False, "safety_checker": [None, None],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    return [json.dumps(index, indent=2).encode(), json.dumps({**index, "../x": ["diffusers", "X"]}).encode()]
+
+
+def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
+    """A safetensors file as the reference writer lays it out."""
+    codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8"}
+    header, data, position = {}, b"", 0
+    for name, array in tensors.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": codes[array.dtype.name], "shape": list(array.shape),
+                        "data_offsets": [position, position + len(raw)]}
+        data, position = data + raw, position + len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _quantized_safetensors() -> list[bytes]:
+    """Quantized weights with no config.json beside them, found from their names, dtypes and shapes (FP8, GPTQ, AWQ)."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    fp8 = rng.standard_normal((40, 24)).astype(ml_dtypes.float8_e4m3fn)
+    words = rng.integers(-2**31, 2**31, 512).astype(np.int32)
+    return [_safetensors_file({"a.weight": fp8, "a.weight_scale_inv": rng.random((2, 3), np.float32)}),
+            _safetensors_file({"b.weight": fp8, "b.weight_scale_inv": rng.random((1,), np.float32)}),
+            _safetensors_file({"g.qweight": words.reshape(8, 64), "g.qzeros": words[:16].reshape(2, 8),  # GPTQ
+                               "g.scales": rng.random((2, 64)).astype(np.float16), "g.g_idx": np.arange(64, dtype=np.int32) % 2}),
+            _safetensors_file({"a.qweight": words.reshape(64, 8), "a.qzeros": words[:16].reshape(2, 8),  # AWQ
+                               "a.scales": rng.random((2, 64)).astype(np.float16)})]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -120,13 +178,17 @@ def seeds(target: str) -> list[bytes]:
         "gzip_index": lambda: [gzip.compress(nemo, mtime=0)],
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
+        "pt2_reader": _pt2,
         "gguf_header": _gguf,
         "gguf_metadata_edit": _gguf_metadata,
         "inert_pickle": _pickles,
         "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
         "npy_header": _npy_headers,
         "yaml_merge": _yaml,
+        "adapter_config": _adapter_configs,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
         "quantization_config": _quantization_configs,
+        "diffusers_model_index": _model_index,
+        "quantized_weights": _quantized_safetensors,
     }
     return by_target[target]()
