@@ -448,13 +448,19 @@ def test_a_config_that_cannot_be_dequantized_is_a_note_per_weight(tmp_path, moun
     assert not list(mnt.rglob("dequantized.npy"))
 
 
-def test_compressed_tensors_scales_that_do_not_cover_their_weight_are_a_note(tmp_path, mount):
+def test_compressed_tensors_parts_that_do_not_fit_are_each_a_note(tmp_path, mount):
     format_name, arguments, _ = COMPRESSED_CASES["int4-group-asym"]
     compressed_model(tmp_path / "m", format_name, arguments)
     state = load_file(tmp_path / "m/model.safetensors")
-    name = "model.layers.1.mlp.gate_proj."
-    state[name + "weight_scale"] = state[name + "weight_scale"][:, :1].contiguous()
-    state[name + "weight_shape"] = torch.tensor([160, 64, 1])
+    layer = "model.layers.1.mlp."
+    state[layer + "gate_proj.weight_scale"] = state[layer + "gate_proj.weight_scale"][:, :1].contiguous()
+    state[layer + "up_proj.weight_shape"] = torch.tensor([160, 1 << 40])  # believed, an index of 8 TiB
+    state[layer + "down_proj.weight_shape"] = torch.tensor([64, 160, 1])
     save_file(state, tmp_path / "m/model.safetensors", metadata={"format": "pt"})
     notes = yaml.safe_load((mount(tmp_path / "m", "-o", "ro") / ".ckptfs/info.yaml").read_text())["notes"]
-    assert f"{name}weight: not dequantized: no weight_shape of two numbers beside its weight_packed" in notes
+    assert {n for n in notes if n.startswith(layer)} == {
+        f"{layer}gate_proj.weight: not dequantized: {layer}gate_proj.weight_scale of shape [160, 1] does not cover "
+        "a weight of [160, 64] in blocks of [1, 32]",
+        f"{layer}up_proj.weight: not dequantized: {layer}up_proj.weight_packed of shape [160, 8] does not pack "
+        "[160, 1099511627776] values of 4 bits",
+        f"{layer}down_proj.weight: not dequantized: no weight_shape of two numbers beside its weight_packed"}
