@@ -54,7 +54,7 @@ def unpack(packed: np.ndarray, bits: int, start: int, count: int, axis: int) -> 
             values = values[..., :0]
     if values.shape[-1] != count:
         raise QuantizationError(f"{packed.shape[axis]} words hold fewer than {count} values of {bits} bits")
-    return np.moveaxis(values.astype(np.uint8), -1, axis)
+    return np.moveaxis(values.astype(np.uint8, copy=False), -1, axis)
 
 
 def affine(q: np.ndarray, zero: np.ndarray | float, scale: np.ndarray, dtype) -> np.ndarray:
