@@ -96,6 +96,19 @@ def _gguf_metadata() -> list[bytes]:
     return [gguf_values.metadata_yaml(gguf.read_header(MemorySource(data), "seed")[0]).encode() for data in _gguf()]
 
 
+def _bnb_quant_states() -> list[bytes]:
+    """The JSON bitsandbytes packs into a 4-bit weight's quant state, with and without double quantization."""
+    import bitsandbytes.functional as F
+    import torch
+
+    found = []
+    for quant_type, nested in (("nf4", True), ("fp4", False)):
+        _, state = F.quantize_4bit(torch.ones(4, 64), quant_type=quant_type, compress_statistics=nested)
+        packed = state.as_dict(packed=True)
+        found.append(bytes(packed["quant_state.bitsandbytes__" + quant_type].numpy()))
+    return found
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -113,5 +126,6 @@ def seeds(target: str) -> list[bytes]:
         "npy_header": _npy_headers,
         "yaml_merge": _yaml,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
+        "bnb_quant_state": _bnb_quant_states,
     }
     return by_target[target]()

@@ -18,6 +18,8 @@ from ckptfs.errors import CkptfsError
 from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, safetensors, tar, torchzip
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
+from ckptfs.formats.quantized import bnb
+from ckptfs.formats.quantized.base import QuantizationError
 from ckptfs.pickle import object_edits
 from ckptfs.pickle.inert import InertUnpickler, PickleError
 from ckptfs.pickle.pyobjects import to_yaml
@@ -104,6 +106,10 @@ def _dcp_metadata(data: bytes) -> None:
     Metadata.read("<fuzz input>", {".metadata": MemorySource(data)})
 
 
+def _bnb_quant_state(data: bytes) -> None:
+    bnb.quant_state(data)
+
+
 def _npy_header(data: bytes) -> None:
     npy.parse_header(data, "<fuzz input>")
 
@@ -152,6 +158,7 @@ TARGETS = {t.name: t for t in (
     Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
+    Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
 )}
 
 

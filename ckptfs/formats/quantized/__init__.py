@@ -22,7 +22,7 @@ from ...sources.directory import Directory
 from ...tree import names, xattrs
 from ...tree.nodes import Dir, Extent, PathConflict
 from ...tree.tensors import ComputedTensor, QuantizedTensor, Tensor, TensorFile
-from . import fp8
+from . import bnb, fp8
 from .base import DequantizedRows, QuantizationError, QuantizedWeight, Stored
 
 #: the model's configuration, which `quantization_config` and the compute dtype are read from
@@ -31,6 +31,7 @@ CONFIG = "config.json"
 #: a tensor one scheme claims is not offered to the next
 SCHEMES: tuple[tuple[str, Callable[[Stored], tuple[list[QuantizedWeight], list[str]]]], ...] = (
     ("fp8", fp8.find),
+    ("bitsandbytes", bnb.find),
 )
 
 
