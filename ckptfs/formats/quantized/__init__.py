@@ -22,7 +22,7 @@ from ...sources.directory import Directory
 from ...tree import names, xattrs
 from ...tree.nodes import Dir, Extent, PathConflict
 from ...tree.tensors import ComputedTensor, QuantizedTensor, Tensor, TensorFile
-from . import bnb, fp8
+from . import bnb, fp8, mlx
 from .base import DequantizedRows, QuantizationError, QuantizedWeight, Stored
 
 #: the model's configuration, which `quantization_config` and the compute dtype are read from
@@ -32,6 +32,7 @@ CONFIG = "config.json"
 SCHEMES: tuple[tuple[str, Callable[[Stored], tuple[list[QuantizedWeight], list[str]]]], ...] = (
     ("fp8", fp8.find),
     ("bitsandbytes", bnb.find),
+    ("mlx", mlx.find),
 )
 
 
