@@ -26,6 +26,8 @@ GROUP_SIZES = (32, 64, 128)
 SCALE_DTYPES = ("float32", "float16", "bfloat16")
 #: the only mode with biases; mxfp4, nvfp4 and mxfp8 are other schemes
 AFFINE = "affine"
+#: codes unpacked at a time (their 64-bit steps take 8 bytes each)
+CHUNK_CODES = 1 << 18
 
 
 def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
@@ -115,10 +117,16 @@ def _unpacker(width: int, bits: int):
     word, shift = start >> 5, (start & 31).astype(np.uint64)
     mask = np.uint64((1 << bits) - 1)
 
-    def unpack(words: np.ndarray) -> np.ndarray:
+    step = max(1, CHUNK_CODES // width)
+
+    def part(words: np.ndarray) -> np.ndarray:
         wide = words.astype(np.uint64)
         low = wide[:, word] >> shift
         high = wide[:, np.minimum(word + 1, words.shape[1] - 1)] << (np.uint64(32) - shift)
         return ((low | high) & mask).astype(np.uint8)
+
+    def unpack(words: np.ndarray) -> np.ndarray:
+        """A few rows at a time, so that the 64-bit steps stay small however many rows a block holds."""
+        return np.concatenate([part(words[i:i + step]) for i in range(0, len(words), step)] or [part(words)])
 
     return unpack
