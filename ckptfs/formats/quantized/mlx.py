@@ -100,11 +100,12 @@ def _weight(stored: Stored, module: str, params: tuple[int, int]) -> QuantizedWe
 
     def values(first: int, last: int) -> np.ndarray:
         kind = numpy_dtype(dtype)
-        codes = unpack(stored.rows(name, first, last).reshape(-1, packed.shape[-1])).astype(kind)
+        codes = unpack(stored.rows(name, first, last).reshape(-1, packed.shape[-1])).astype(np.float32)
         per_code = (last - first, *shape[1:-1], groups, group_size)
-        made = codes.reshape(per_code) * stored.rows(scales, first, last)[..., None] \
-            + stored.rows(biases, first, last)[..., None]
-        return made.reshape(last - first, *shape[1:])
+        scaled = codes.reshape(per_code) * stored.rows(scales, first, last)[..., None].astype(np.float32)
+        # each step rounded to the scales' dtype, as a float16 or bfloat16 multiply and add are
+        made = scaled.astype(kind).astype(np.float32) + stored.rows(biases, first, last)[..., None].astype(np.float32)
+        return made.astype(kind).reshape(last - first, *shape[1:])
 
     return QuantizedWeight(name, f"MLX affine {bits}-bit, groups of {group_size}", shape, dtype,
                            (name, scales, biases), values)
