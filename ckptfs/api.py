@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -63,6 +64,8 @@ class Checkpoint:
     def __init__(self, parsed: _Parsed):
         self._parsed = parsed
         self._by_name = {placed.tensor.name: placed for placed in parsed.tensors}
+        #: the quantized weights whose values ckptfs makes, by name
+        self._values = {q.name: q for q in parsed.quantized if q.dequantized_path is not None}
         browse.tree(parsed)  # the `.ckptfs/` view, as a mount has it
 
     @property
@@ -73,14 +76,27 @@ class Checkpoint:
     def path(self) -> str:
         return self._parsed.source_path
 
-    def tensors(self) -> list[TensorInfo]:
-        return [TensorInfo(p.tensor.name, p.path, p.tensor.dtype.name, tuple(p.tensor.shape), p.tensor.data.length)
-                for p in self._parsed.tensors]
+    def tensors(self, dequantized: bool = False) -> list[TensorInfo]:
+        """The stored tensors; with `dequantized`, each quantized weight (a
+        GGUF's Q4_K, a Hub model's GPTQ or FP8 weight...) that ckptfs
+        dequantizes as one tensor of its values (its `dequantized.npy`), in
+        place of the stored tensors a Hub weight is made of."""
+        stored = [TensorInfo(p.tensor.name, p.path, p.tensor.dtype.name, tuple(p.tensor.shape), p.tensor.data.length)
+                  for p in self._parsed.tensors]
+        if not dequantized:
+            return stored
+        replaced = {m for q in self._values.values() for m in q.members}
+        return [t for t in stored if t.name not in replaced] + [
+            TensorInfo(q.name, q.dequantized_path, q.dtype.name, q.shape, q.dtype.nbytes(math.prod(q.shape)))
+            for q in self._values.values()]
 
-    def tensor(self, name: str) -> np.ndarray:
+    def tensor(self, name: str, dequantized: bool = False) -> np.ndarray:
         """The tensor called `name` (`encoder.0.weight`): a read-only memory
         map where its bytes lie whole in an uncompressed file, else an array
-        read from the source. bfloat16 and float8 need ml_dtypes installed."""
+        read from the source. bfloat16 and float8 need ml_dtypes installed.
+        With `dequantized`, a quantized weight's values (`tensors`)."""
+        if dequantized and name in self._values:
+            return np.load(io.BytesIO(self.read(self._values[name].dequantized_path)))
         placed = self._by_name.get(name)
         if placed is None:
             raise KeyError(f"{self.path}: no tensor {name!r}")

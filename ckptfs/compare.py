@@ -55,9 +55,9 @@ def _raw(ckpt: Checkpoint, info: TensorInfo) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header)
 
 
-def _array(ckpt: Checkpoint, info: TensorInfo) -> np.ndarray | None:
+def _array(ckpt: Checkpoint, info: TensorInfo, dequantized: bool) -> np.ndarray | None:
     try:
-        return ckpt.tensor(info.name).reshape(-1)
+        return ckpt.tensor(info.name, dequantized).reshape(-1)
     except (TypeError, ValueError):  # a dtype NumPy does not know (bfloat16 without ml_dtypes)
         return None
 
@@ -112,13 +112,14 @@ def json_safe(value):
 
 
 def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), include: list[str] = (),
-            exclude: list[str] = (), tensors_only: bool = False) -> dict:
-    """The report of `ckptfs diff --json` (docs/cli.md)."""
+            exclude: list[str] = (), tensors_only: bool = False, dequantized: bool = False) -> dict:
+    """The report of `ckptfs diff --json` (docs/cli.md); with `dequantized`,
+    quantized weights compared by their values (`api.Checkpoint.tensors`)."""
     def selected(name: str) -> bool:
         return _selected(name, list(include), list(exclude))
 
-    left = {n: t for n, t in ((rename_prefix(t.name, list(maps)), t) for t in a.tensors()) if selected(n)}
-    right = {t.name: t for t in b.tensors() if selected(t.name)}
+    left = {n: t for n, t in ((rename_prefix(t.name, list(maps)), t) for t in a.tensors(dequantized)) if selected(n)}
+    right = {t.name: t for t in b.tensors(dequantized) if selected(t.name)}
     report: dict = {
         "removed": sorted(set(left) - set(right)),
         "added": sorted(set(right) - set(left)),
@@ -132,7 +133,7 @@ def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), incl
             report["changed"].append({"name": name, "a": {"dtype": ta.dtype, "shape": list(ta.shape)},
                                       "b": {"dtype": tb.dtype, "shape": list(tb.shape)}})
             continue
-        x, y = _array(a, ta), _array(b, tb)
+        x, y = _array(a, ta, dequantized), _array(b, tb, dequantized)
         if x is None or y is None:
             itemsize = max(1, ta.nbytes // max(1, math.prod(ta.shape)))
             x, y = _raw(a, ta).view(f"V{itemsize}"), _raw(b, tb).view(f"V{itemsize}")

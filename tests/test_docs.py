@@ -68,6 +68,19 @@ def _broken_safetensors(path: Path) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(131072))
 
 
+def _fp8_pair(plain: Path, fp8: Path) -> None:
+    """A float32 layer and the same with its weight in FP8 (blocks of 128 x 128, cut at the edges; cli.md's diff)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    weight, norm = torch.randn(200, 64, generator=generator), torch.ones(64)
+    scale = torch.stack([weight[:128].abs().max(), weight[128:].abs().max()]).reshape(2, 1) / 448
+    stored = (weight / scale.repeat_interleave(128, 0)[:200]).to(torch.float8_e4m3fn)
+    save_file({"proj.weight": weight, "norm.weight": norm}, plain)
+    save_file({"proj.weight": stored, "proj.weight_scale_inv": scale, "norm.weight": norm}, fp8)
+
+
 @pytest.fixture
 def sandbox(tmp_path):
     data = tmp_path / "data"
@@ -78,6 +91,7 @@ def sandbox(tmp_path):
     shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", data / "fsdp")
     _broken_safetensors(data / "broken.safetensors")
     write_cut_gguf(data / "cut.gguf")  # troubleshooting.md
+    _fp8_pair(data / "layer.safetensors", data / "layer-fp8.safetensors")  # cli.md
     # a bfloat16 tensor's .npy as a mount serves it (dtypes.md)
     (data / "weight.npy").write_bytes(ckptfs.open(data / "model.nemo").read("model_weights.ckpt/emb/weight.npy"))
     for name in ("m", "a", "b"):

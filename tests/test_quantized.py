@@ -52,7 +52,10 @@ def _deepseek_dequant(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, in
 @pytest.fixture(scope="module")
 def fp8_model(tmp_path_factory):
     """A tiny Llama whose linear weights are FP8 in blocks of 32 x 32, as FineGrainedFP8Config saves them."""
-    folder = tiny_llama(tmp_path_factory.mktemp("fp8") / "model")
+    import shutil
+
+    root = tmp_path_factory.mktemp("fp8")
+    folder = shutil.copytree(tiny_llama(root / "plain"), root / "model")  # the plain model kept beside, for diff
     state = load_file(folder / "model.safetensors")
     for name in linear_names(state):
         state[name], state[name + "_scale_inv"] = _fp8_blocks(state[name], (BLOCK, BLOCK))
@@ -194,3 +197,34 @@ def test_a_read_makes_only_the_blocks_of_rows_it_covers():
     assert asked == [(512, 1024)]
     data = piece.read(1023 * row, 2 * row)  # across two blocks
     assert asked == [(512, 1024), (1024, 1536)] and len(data) == 2 * row
+
+
+def test_a_weight_whose_rows_are_too_long_to_make_is_left_stored_with_a_note(tmp_path, monkeypatch):
+    from ckptfs.formats import open_checkpoint, quantized
+
+    monkeypatch.setattr(quantized, "MAX_ROW_BYTES", 1000)  # a row of 300 float32 values: 1,200 bytes
+    weight = torch.randn(4, 300)
+    q, scale = _fp8_blocks(weight, (128, 128))
+    save_file({"a.weight": q, "a.weight_scale_inv": scale}, tmp_path / "w.safetensors")
+    ckpt = open_checkpoint(str(tmp_path / "w.safetensors"), str(tmp_path / "cache"))
+    assert ckpt.quantized == [] and "weight" not in ckpt.root.children["a"].children
+    assert ckpt.notes == ["a.weight: not dequantized: a row of its values would take 1200 bytes, more than 1000"]
+
+
+def test_diff_dequantize_compares_a_quantized_model_with_the_one_it_was_made_from(fp8_model, tmp_path):
+    plain = fp8_model.parent / "plain"
+    stored = run_ckptfs("diff", plain, fp8_model, "--tensors-only", "--json")
+    report = json.loads(stored.stdout)
+    assert stored.returncode == 1 and len(report["added"]) == 14  # the scales, by name
+    assert all(c["b"]["dtype"] == "float8_e4m3fn" for c in report["changed"])
+    done = run_ckptfs("diff", plain, fp8_model, "--tensors-only", "--json", "--dequantize")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and not (report["added"] or report["removed"] or report["changed"]), report
+    assert sorted(report["differing"]) == linear_names(load_file(plain / "model.safetensors"))
+    assert all(0.99 < d["cosine"] <= 1 for d in report["differing"].values())  # FP8's rounding, no more
+    assert report["equal"] == 7  # the norms and embeddings, not quantized
+    out = tmp_path / "plain"
+    assert run_ckptfs("export", fp8_model, out, "--to", "hf").returncode == 0
+    report = json.loads(run_ckptfs("diff", out, fp8_model, "--dequantize", "--json").stdout)
+    assert report["equal"] == 21 and not report["differing"]  # the export holds the values, bit for bit
+    assert [c["path"] for c in report["files"]["changed"]] == ["config.json"]  # its quantization_config alone

@@ -20,6 +20,10 @@ def _arguments(parser) -> None:
                         help="leave out the tensors, values and files whose names or paths match (repeatable)")
     parser.add_argument("--tensors-only", action="store_true",
                         help="compare tensors only, not the files and values beside them (across formats)")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="compare quantized weights (GGUF's, GPTQ, AWQ, bitsandbytes, FP8, compressed-tensors, "
+                        "MLX) by their values, as their dequantized.npy shows them, in place of their stored parts: "
+                        "a quantized model against the model it was made from")
     parser.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
 
@@ -30,7 +34,7 @@ def run(args) -> int:
 
     maps = arguments.prefix_maps(args.map)
     report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude,
-                             args.tensors_only)
+                             args.tensors_only, args.dequantize)
     print(json.dumps(compare.json_safe(report), indent=2) if args.json else compare.text(report))
     return 0 if report["same"] else 1
 

@@ -109,6 +109,44 @@ def _bnb_quant_states() -> list[bytes]:
     return found
 
 
+def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
+    """A safetensors file as the reference writer lays it out."""
+    codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8",
+             "int8": "I8"}
+    header, data, position = {}, b"", 0
+    for name, array in tensors.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": codes[array.dtype.name], "shape": list(array.shape),
+                        "data_offsets": [position, position + len(raw)]}
+        data, position = data + raw, position + len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _quantized_safetensors() -> list[bytes]:
+    """Quantized weights with no config.json beside them, found from their names, dtypes and shapes."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    fp8 = rng.standard_normal((40, 24)).astype(ml_dtypes.float8_e4m3fn)
+    return [_safetensors_file({"a.weight": fp8, "a.weight_scale_inv": rng.random((2, 3), np.float32)}),
+            _safetensors_file({"b.weight": fp8, "b.weight_scale_inv": rng.random((1,), np.float32)})]
+
+
+def _bnb_safetensors() -> list[bytes]:
+    """A bitsandbytes nf4 weight (double quantized) and an int8 one, found from their names alone."""
+    import bitsandbytes.functional as F
+    import torch
+
+    packed, state = F.quantize_4bit(torch.randn(8, 64), quant_type="nf4", compress_statistics=True)
+    parts = {f"a.weight.{k}": v.numpy() for k, v in state.as_dict(packed=True).items()}
+    rows = torch.randn(4, 32)
+    scb = rows.abs().amax(1)
+    int8 = (rows * 127 / scb[:, None]).round().to(torch.int8)
+    return [_safetensors_file({"a.weight": packed.numpy(), **parts, "b.weight": int8.numpy(), "b.SCB": scb.numpy()})]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -127,5 +165,6 @@ def seeds(target: str) -> list[bytes]:
         "yaml_merge": _yaml,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
         "bnb_quant_state": _bnb_quant_states,
+        "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
     }
     return by_target[target]()

@@ -159,6 +159,8 @@ TARGETS = {t.name: t for t in (
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
+    # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
+    Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
 
 

@@ -13,6 +13,7 @@ from (docs/layout.md, "Quantized Hugging Face weights").
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +28,8 @@ from .base import DequantizedRows, QuantizationError, QuantizedWeight, Stored
 
 #: the model's configuration, which `quantization_config` and the compute dtype are read from
 CONFIG = "config.json"
+#: the largest row of values made at once (a weight's values are made a block of whole rows at a time)
+MAX_ROW_BYTES = 64 << 20
 #: (scheme name, find: Stored -> the weights it stores, notes) in the order they are tried;
 #: a tensor one scheme claims is not offered to the next
 SCHEMES: tuple[tuple[str, Callable[[Stored], tuple[list[QuantizedWeight], list[str]]]], ...] = (
@@ -69,8 +72,13 @@ def find(tensors: dict[str, Tensor], config: dict | None) -> Found:
         weights, notes = find_weights(stored)
         found.notes += notes
         for weight in weights:
-            found.weights.append(weight)
             claimed.update(weight.members)
+            row_bytes = weight.dtype.nbytes(math.prod(weight.shape[1:]))
+            if row_bytes > MAX_ROW_BYTES:  # made a row at least at a time: memory is bounded by one row
+                found.notes.append(f"{weight.name}: not dequantized: a row of its values would take {row_bytes} "
+                                   f"bytes, more than {MAX_ROW_BYTES}")
+                continue
+            found.weights.append(weight)
     return found
 
 

@@ -63,19 +63,22 @@ def _weight(stored: Stored, name: str, scale_name: str, block: tuple[int, int] |
                                          if f"{name[:-len('weight')]}{a}" in stored)
     dtype = stored.compute_dtype()
     if scale.numel == 1:
+        one = _floats(stored.whole(scale_name)).reshape(())
         return QuantizedWeight(name, f"FP8 {weight.dtype.name}, one scale", weight.shape, dtype, members,
-                               lambda first, last: _scaled(stored, name, first, last, _floats(stored.whole(scale_name)).reshape(()), dtype))
+                               lambda first, last: _scaled(stored, name, first, last, one, dtype))
     grid = scale.shape
     block = block or _inferred_block(rows, cols, grid)
     if len(grid) != 2 or grid != (math.ceil(rows / block[0]), math.ceil(cols / block[1])):
         raise QuantizationError(f"{len(grid) == 2 and 'a grid of' or 'scales of shape'} {list(grid)} does not "
                                 f"cover a weight of {[rows, cols]} in blocks of {list(block)}")
 
+    column_block = np.arange(cols) // block[1]  # the block of scales each column is in
+
     def values(first: int, last: int) -> np.ndarray:
         g0, g1 = first // block[0], math.ceil(last / block[0])
         grid_rows = _floats(stored.rows(scale_name, g0, g1))
-        per_row = np.repeat(grid_rows, block[0], axis=0)[first - g0 * block[0]: last - g0 * block[0]]
-        return _scaled(stored, name, first, last, np.repeat(per_row, block[1], axis=1)[:, :cols], dtype)
+        row_block = np.arange(first, last) // block[0] - g0
+        return _scaled(stored, name, first, last, grid_rows[row_block[:, None], column_block[None, :]], dtype)
 
     return QuantizedWeight(name, f"FP8 {weight.dtype.name}, blocks of {block[0]}x{block[1]}", weight.shape, dtype,
                            members, values)
