@@ -87,6 +87,7 @@ def sandbox(tmp_path):
     data.mkdir()
     shutil.copyfile(FIXTURES / "nemo" / "tiny.nemo", data / "model.nemo")
     shutil.copyfile(FIXTURES / "lightning" / "tiny.ckpt", data / "tiny.ckpt")
+    shutil.copyfile(FIXTURES / "pt2" / "tiny.pt2", data / "tiny.pt2")  # layout.md, torch.export archives
     shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", data / "bert")
     shutil.copytree(FIXTURES / "dcp" / "fsdp2_2rank", data / "fsdp")
     _broken_safetensors(data / "broken.safetensors")

@@ -72,6 +72,7 @@ MADE = {
     "gguf": ("m.gguf", _gguf),
     "numpy .npz": ("m.npz", lambda p: np.savez(p, w=np.ones(3))),
     "numpy .npy": ("m.npy", lambda p: np.save(p, np.ones(3))),
+    "torch.export (pt2)": ("m.pt2", lambda p: shutil.copyfile(FIXTURES / "pt2/tiny.pt2", p)),
     "torch.save (zip)": ("m.ckpt", lambda p: shutil.copyfile(FIXTURES / "lightning/tiny.ckpt", p)),
     "torch.save (legacy)": ("m.pt", _legacy),
     "torch.distributed.checkpoint": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p)),

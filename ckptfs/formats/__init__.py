@@ -23,6 +23,7 @@ from . import (
     hf,
     npy,
     npz,
+    pt2,
     safetensors,
     sharded_torch,
     tar,
@@ -38,6 +39,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npy.FORMAT,
     safetensors.FORMAT,
     gguf.FORMAT,
+    pt2.FORMAT,  # a zip too: before npz and torchzip, told by its first record's name
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,

@@ -110,7 +110,7 @@ class TorchZip(PickledCheckpoint):
         self.source, self.name = source, name
         archive = read_records(source, name)
         archive.require_agreement()
-        folder = _folder(archive, name)
+        folder = archive_folder(archive, name)
         self.prefix = archive.entries[0].filename.partition("/")[0] + "/"  # as the names in `records` are decoded
         pickled = archive.find(folder + b"data.pkl")
         if any(entry.name_bytes == folder + b"constants.pkl" for entry in archive.entries):  # as torch.load tells them
@@ -164,7 +164,7 @@ class TorchZip(PickledCheckpoint):
         return Extent(self.source, entry.data_offset, entry.compress_size)
 
 
-def _folder(archive: ZipRecords, name: str) -> bytes:
+def archive_folder(archive: ZipRecords, name: str) -> bytes:
     """The archive's folder, with its slash: the first record's, every record
     in it (torch.load refuses an archive with a record elsewhere)."""
     first = archive.entries[0].name_bytes if archive.entries else b""

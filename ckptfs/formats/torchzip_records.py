@@ -213,6 +213,8 @@ def _directory(source: Source, name: str, disagreements: list[str]) -> _Director
         raise _unreadable(name, f"a central directory of {plural(count, 'entry', 'entries')} in "
                                 f"{plural(directory_size, 'byte')} at offset "
                                 f"{directory_offset} does not fit in the archive (truncated?)")
+    if count > LIMITS.members:
+        raise FormatError(name, f"more than {plural(LIMITS.members, 'record')} (-o max_members raises the limit)")
     if directory_size > LIMITS.header_bytes:
         raise FormatError(name, f"a central directory of {plural(directory_size, 'byte')}, above the limit of "
                                 f"{LIMITS.header_bytes} (-o max_header_bytes raises it)")

@@ -63,6 +63,17 @@ def _npz() -> list[bytes]:
     return out
 
 
+def _pt2() -> list[bytes]:
+    """An archive as torch.export.save writes it, and one whose payloads
+    share a record, are strided or pickled, or are wrong (tests/hostile/pt2.py)."""
+    import tempfile
+
+    from ..hostile.pt2 import _pt2_of_bad_payloads
+
+    with tempfile.TemporaryDirectory() as folder:
+        return [(SAMPLES / "pt2" / "tiny.pt2").read_bytes(), _pt2_of_bad_payloads(Path(folder)).read_bytes()]
+
+
 def _gguf() -> list[bytes]:
     """A file as the gguf package's GGUFWriter writes one: every value type, a plain and a quantized tensor."""
     import tempfile
@@ -157,6 +168,7 @@ def seeds(target: str) -> list[bytes]:
         "gzip_index": lambda: [gzip.compress(nemo, mtime=0)],
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
+        "pt2_reader": _pt2,
         "gguf_header": _gguf,
         "gguf_metadata_edit": _gguf_metadata,
         "inert_pickle": _pickles,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ckptfs.errors import CkptfsError
-from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, safetensors, tar, torchzip
+from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, pt2, safetensors, tar, torchzip
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
 from ckptfs.formats.quantized import bnb
@@ -88,6 +88,15 @@ def _npz_reader(data: bytes) -> None:
             node.content.read(0, READ_BYTES)  # a deflated record inflates as a mount reads it
 
 
+def _pt2_reader(data: bytes) -> None:
+    """A torch.export archive's tree, and the first bytes of each of its files."""
+    root, _, tree = pt2.read(MemorySource(data), "<fuzz input>")
+    for folder in (root, tree.raw):
+        for _, node in folder.walk():
+            if isinstance(node, File):
+                node.content.read(0, READ_BYTES)
+
+
 def _gguf_metadata_edit(data: bytes) -> None:
     """An edited metadata.yaml, as the writer reads it back (a user's edit is input too)."""
     gguf_values.parse(data, [("n", 4, 7), ("tokens", 9, (8, ["a", "b"]))])
@@ -151,6 +160,7 @@ TARGETS = {t.name: t for t in (
     Target("gzip_index", _gzip_index, (CkptfsError,)),
     Target("zip_reader", _zip_reader, (CkptfsError,)),
     Target("npz_reader", _npz_reader, (CkptfsError,)),
+    Target("pt2_reader", _pt2_reader, (CkptfsError,)),
     Target("gguf_header", _gguf_header, (CkptfsError,)),
     Target("gguf_metadata_edit", _gguf_metadata_edit, (ValueError,)),  # parse's contract: ValueError with the reason
     Target("inert_pickle", _inert_pickle, (PickleError,)),
