@@ -115,6 +115,13 @@ class Checkpoint:
         return out.getvalue()
 
     @property
+    def merged(self) -> Checkpoint | None:
+        """A PEFT adapter's base with the adapter merged (the mount's
+        `merged/`, its tensors computed when read); None where it has none."""
+        merged = self._parsed.merged
+        return None if merged is None else Checkpoint(merged)
+
+    @property
     def config(self) -> Any:
         """The configuration where the format has one (a `.nemo`'s
         `model_config.yaml`, Lightning's `hyper_parameters.yaml`, a Hugging
@@ -136,12 +143,14 @@ class Checkpoint:
         return f"<ckptfs.Checkpoint {self.format} {self.path!r}: {plural(len(self._by_name), 'tensor')}>"
 
 
-def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None) -> Checkpoint:
+def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None,
+                    base: str | os.PathLike | None = None) -> Checkpoint:
     from .formats import open_checkpoint as parse
     from .sources.cachedir import default_cache_dir
     from .sources.location import location
 
-    return Checkpoint(parse(location(os.fspath(source)).text, cache_dir or default_cache_dir()))
+    base = base and location(os.fspath(base)).text
+    return Checkpoint(parse(location(os.fspath(source)).text, cache_dir or default_cache_dir(), base))
 
 
 def _memory_map(tensor: Tensor) -> np.ndarray | None:

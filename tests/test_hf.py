@@ -182,3 +182,22 @@ def test_a_safetensors_file_in_a_subfolder_is_kept_when_the_model_is_edited(moun
     view = mount(folder, "-o", "ro") / ".ckptfs" / "pretrained"  # the subfolder is what from_pretrained reads too
     assert sorted(os.listdir(view)) == ["2_Dense", "config.json", "model.safetensors"]
     assert (view / "2_Dense" / "model.safetensors").is_dir()  # as the mount shows it
+
+
+def test_a_variant_beside_the_weights_is_kept_out_of_the_merged_tree(mount, tmp_path):
+    """`model.safetensors` with `model.fp16.safetensors` beside it (save_pretrained's
+    `variant`) and no index: transformers loads the first, and so the merged
+    tree is its tensors; the variant is its own read-only folder, kept as it
+    is (hard-linked) when the model is written."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({"w": torch.ones(4)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    variant = folder / "model.fp16.safetensors"
+    save_file({"w": torch.ones(4, dtype=torch.float16)}, str(variant), metadata={"format": "pt"})
+    inode = variant.stat().st_ino
+    mnt = mount(folder)
+    assert np.load(mnt / "w.npy").dtype == np.float32 and (mnt / "model.fp16.safetensors" / "w.npy").is_file()
+    np.save(mnt / "w.npy", np.zeros(4, np.float32))
+    assert umount(mnt).returncode == 0
+    assert load_file(str(folder / "model.safetensors"))["w"].tolist() == [0] * 4
+    assert variant.stat().st_ino == inode and load_file(str(variant))["w"].tolist() == [1] * 4

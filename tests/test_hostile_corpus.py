@@ -1,4 +1,4 @@
-"""The hostile corpus: files of a few kilobytes made to hang a mount, take
+"""The hostile corpus: files (and folders) of a few kilobytes made to hang a mount, take
 gigabytes or break more than their own part, each mounted by a daemon
 under a memory cap (RLIMIT_AS, set in the child) and a timeout. The
 contract (docs/security.md): a file is refused with one line naming it and
@@ -69,7 +69,7 @@ CORPUS = corpus()
 def test_a_hostile_file_is_refused_in_one_line_or_served_within_budget(name, tmp_path):
     case = CORPUS[name]
     source = case.make(tmp_path)
-    before = source.read_bytes()
+    before = _contents(source)
     mnt = tmp_path / "mnt"
     try:
         done = _mount_capped(source, mnt, *case.options)
@@ -88,9 +88,21 @@ def test_a_hostile_file_is_refused_in_one_line_or_served_within_budget(name, tmp
             if case.check is not None:
                 case.check(mnt, source)
             assert run_ckptfs("umount", mnt, timeout=TIME_CAP).returncode == 0
-        assert source.read_bytes() == before
+        assert _contents(source) == before
     finally:
         force_unmount(mnt)
+
+
+def _contents(source: Path) -> bytes | dict[str, bytes]:
+    """A file's bytes; a folder's files and links (not followed), by relative path."""
+    if not source.is_dir():
+        return source.read_bytes()
+    found = {}
+    for folder, dirs, files in os.walk(source):
+        for name in files + [d for d in dirs if Path(folder, d).is_symlink()]:
+            path = Path(folder, name)
+            found[str(path.relative_to(source))] = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+    return found
 
 
 def test_a_shared_graph_is_shown_as_a_graph(tmp_path, mount):

@@ -228,3 +228,17 @@ def test_diff_dequantize_compares_a_quantized_model_with_the_one_it_was_made_fro
     report = json.loads(run_ckptfs("diff", out, fp8_model, "--dequantize", "--json").stdout)
     assert report["equal"] == 21 and not report["differing"]  # the export holds the values, bit for bit
     assert [c["path"] for c in report["files"]["changed"]] == ["config.json"]  # its quantization_config alone
+
+
+def test_without_ml_dtypes_the_bfloat16_values_are_one_note_and_the_stored_tensors_read(fp8_model):
+    import subprocess
+    import sys
+
+    no_ml_dtypes = "import sys; sys.modules['ml_dtypes'] = None; from ckptfs.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", no_ml_dtypes, "info", "--json", str(fp8_model)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["dequantized_on_read"] == {} and info["tensors"] == 35
+    assert info["notes"] == ["model.layers.0.mlp.down_proj.weight and 13 more weights: not dequantized: its bfloat16 "
+                             "values need ml_dtypes (pip install ml_dtypes)"]

@@ -58,10 +58,24 @@ def _deepspeed(path):
                tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
 
 
+def _diffusers(path):
+    from .diffusers_writer import pipeline
+
+    pipeline().save_pretrained(path)
+
+
 def _legacy(path):
     import torch
 
     torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+
+
+def _peft_adapter(path):
+    import peft
+    import torch
+
+    peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), peft.LoraConfig(target_modules=["0"])) \
+        .save_pretrained(path)
 
 
 #: format name -> (file or folder name, how to make one from the library that writes it, or a sample)
@@ -78,7 +92,9 @@ MADE = {
     "torch.distributed.checkpoint": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p)),
     "deepspeed zero": ("m", _deepspeed),
     "Hugging Face directory": ("m", lambda p: shutil.copytree(FIXTURES / "hf/bert_tiny_sharded", p)),
+    "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
+    "diffusers pipeline": ("m", _diffusers),
 }
 
 

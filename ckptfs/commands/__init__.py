@@ -8,7 +8,7 @@ import argparse
 
 from ..version import __version__
 from . import cat, commit, completion, diff, export, info, install_helper, ls, mount, recover, scan, status, umount
-from .command import FORMATS, Command, Parser
+from .command import FORMATS, Command, Formatter, Parser
 
 #: in the order of `ckptfs --help`, the man page and the message naming them after an unknown one
 COMMANDS: tuple[Command, ...] = tuple(module.COMMAND for module in (
@@ -22,7 +22,7 @@ DESCRIPTION = (f"Mount a machine learning checkpoint as a directory: configs as 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="ckptfs", description=DESCRIPTION)
+    parser = Parser(prog="ckptfs", description=DESCRIPTION, formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"ckptfs {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="log every detail; show the traceback of an internal error")

@@ -5,11 +5,28 @@ command's own module (commands/__init__.py lists them)."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 from dataclasses import dataclass
 from typing import Callable
 
 #: stands in a description for the formats' list, which `Parser` reads from their registry
 FORMATS = "{formats}"
+
+
+class Formatter(argparse.HelpFormatter):
+    """argparse's help, its lines never broken at a hyphen: "(read-only)"
+    stays whole where --help lists the formats."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
+class RawDescriptionFormatter(argparse.RawDescriptionHelpFormatter, Formatter):
+    """The description and epilog as written (mount's options and examples), the arguments' help as `Formatter`'s."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,7 +67,7 @@ class Command:
     trouble: int = 1
 
     def add_to(self, subparsers, common: argparse.ArgumentParser) -> None:
-        formatter = argparse.RawDescriptionHelpFormatter if self.epilog else argparse.HelpFormatter
+        formatter = RawDescriptionFormatter if self.epilog else Formatter
         parser = subparsers.add_parser(self.name, aliases=list(self.aliases), help=self.help, parents=[common],
                                        description=self.description, epilog=self.epilog, formatter_class=formatter)
         self.arguments(parser)

@@ -36,6 +36,11 @@ def _arguments(parser) -> None:
                         "in the safetensors metadata; a Hub weight's parts as they are) (default: dequantize)")
     parser.add_argument("--dequantize", dest="quantized", action="store_const", const="dequantize",
                         help="the same as --quantized dequantize")
+    parser.add_argument("--merged", action="store_true",
+                        help="a PEFT adapter folder: write its base model with the adapter merged, as the mount's "
+                        "merged/ shows it (the base from --base, else from the Hugging Face cache)")
+    parser.add_argument("--base", metavar="PATH", help="a PEFT adapter's base model (a Hugging Face folder, a "
+                        ".safetensors file or hf://ORG/NAME); implies --merged")
 
 
 def _byte_size(text: str) -> int:
@@ -65,7 +70,9 @@ def run(args) -> int:
     maps = arguments.prefix_maps(args.map)
     max_bytes = _byte_size(args.max_shard_size)
     source = arguments.source_path(args.source)
-    checkpoint = open_checkpoint(source, default_cache_dir())
+    checkpoint = open_checkpoint(source, default_cache_dir(), args.base and arguments.source_path(args.base))
+    if args.merged or args.base:
+        checkpoint = _merged(checkpoint, source)
     selection = exporting.select(checkpoint, args.include, args.exclude, maps, args.quantized)
     for note in checkpoint.notes:  # what the reader could not show: a tensor cut off is not exported either
         print(f"ckptfs: {source}: {note}", file=sys.stderr)
@@ -87,12 +94,25 @@ def run(args) -> int:
     return 0
 
 
+def _merged(checkpoint, source: str):
+    """The merged model of an adapter, or CkptfsError saying why there is none."""
+    merged = checkpoint.merged
+    if merged is None:
+        why = [n for n in checkpoint.notes if n.startswith("no merged/")]
+        raise CkptfsError(why[0] if why else f"{source}: not a PEFT adapter folder; --merged and --base are for those")
+    if merged.notes:  # a module that does not fit its base: no half-merged model
+        raise CkptfsError(f"{source}: the merged model cannot be written: {merged.notes[0]}")
+    return merged
+
+
 COMMAND = Command(
     "export", "write a checkpoint's tensors as safetensors, a Hugging Face folder or a torch.save file",
     "Convert SOURCE, of any format, tensor by tensor into OUT: one .safetensors file, a Hugging Face folder of "
     "safetensors shards with model.safetensors.index.json and, for a Hugging Face source, its config.json and "
     "other top-level files (hf), or a torch.save file of the state dict that "
     "torch.load(weights_only=True) reads (torch). Streams: memory stays within a copy block, however large the "
-    "tensors. The bytes of --to safetensors are those of a mount's .ckptfs/export/model.safetensors.",
+    "tensors. The bytes of --to safetensors are those of a mount's .ckptfs/export/model.safetensors. With --merged "
+    "or --base, a PEFT adapter's base model with the adapter merged (and, --to hf, the base's config.json and the "
+    "other files from_pretrained reads).",
     _arguments, run,
 )

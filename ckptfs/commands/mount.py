@@ -27,6 +27,9 @@ mount options (-o, comma-separated):
                      .*.swp:.*.swx:.*.swo:*~:4913:.#*:*.tmp:.~lock.*#; ignore=+GLOB adds
                      to them, ignore= packs everything)
   debug, log_level=LEVEL, log_file=PATH, cache_dir=PATH  as the long options
+  base=PATH          a PEFT adapter's base model (a Hugging Face folder, a .safetensors file
+                     or hf://ORG/NAME): merged/ shows it with the adapter merged (default:
+                     base_model_name_or_path in the Hugging Face cache, where it is)
   max_NAME=N         raise a bound on what a checkpoint may make ckptfs spend: max_pickle_ops,
                      max_pickle_memo, max_pickle_nesting, max_pickle_bytes, max_yaml_values,
                      max_header_bytes, max_members (defaults in docs/security.md)

@@ -15,8 +15,10 @@ from ..sources.settings import page_cache
 from ..sources.stores.base import places
 from ..tree.checkpoint import Checkpoint
 from . import (
+    adapter,
     dcp,
     deepspeed,
+    diffusers,
     folder,
     gguf,
     gzindex,
@@ -49,6 +51,8 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     dcp.FORMAT,
     deepspeed.FORMAT,
     sharded_torch.FORMAT,
+    adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
+    diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
     folder.FORMAT,
 )
@@ -77,9 +81,17 @@ _NOT_CHECKPOINTS = {
 }
 
 
-def open_checkpoint(path: str, cache_dir: str) -> Checkpoint:
+def open_checkpoint(path: str, cache_dir: str, base: str | None = None) -> Checkpoint:
     """Read the metadata of the checkpoint at `path` (a file, a directory,
-    or a URL: sources/remote.py) into a tree."""
+    or a URL: sources/remote.py) into a tree. A PEFT adapter gets its
+    `merged/` from `base` (a checkpoint's path or URL), else from the Hugging
+    Face cache where its base is there (formats/adapter.py)."""
+    ckpt = _open(path, cache_dir)
+    adapter.add_merged(ckpt, base, lambda base_path: _open(base_path, cache_dir))
+    return ckpt
+
+
+def _open(path: str, cache_dir: str) -> Checkpoint:
     if location(path).remote:
         return _open_remote(path, cache_dir)
     try:

@@ -9,6 +9,8 @@ expanded at their own name as everywhere else (docs/layout.md).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..errors import FormatError
 from ..pack.changes import below
 from ..sources.base import Source
@@ -18,7 +20,7 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE
 from .base import DirectoryFormat, DirectoryWriter, FileWriter, WriterKind, nested_writer
-from .nested import Grafts, directory_format, show_directory
+from .nested import Grafts, Shown, directory_format, show_directory
 
 
 def sniff(directory: Directory) -> bool:
@@ -28,36 +30,55 @@ def sniff(directory: Directory) -> bool:
 
 
 def open_dir(directory: Directory) -> Checkpoint:
-    grafts = Grafts()
-    unwritable: list[str] = []  # why a distributed checkpoint inside cannot be written, if one cannot
+    nested = Nested()
 
     def distributed(rel: str, parts: list[str], root: Dir, raw: Dir) -> bool:
         """A subfolder that is a distributed checkpoint, shown expanded in place."""
         fmt = directory_format(directory.sub(rel))
-        if fmt is None:
-            return False
+        return fmt is not None and nested.take(fmt.open, directory, rel, parts, root, raw)
+
+    shown = show_directory(directory, nested.grafts, take_folder=distributed)
+    return nested.checkpoint("folder of distributed checkpoints", directory, shown)
+
+
+class Nested:
+    """The checkpoints of a folder's subfolders, each shown expanded where
+    it lies and written by its own writer (`Writer` below), and what keeps
+    the folder from being written: any of them that cannot be."""
+
+    def __init__(self):
+        self.grafts = Grafts()
+        self.unwritable: list[str] = []  # why a checkpoint inside cannot be written, if one cannot
+
+    def take(self, opener: Callable[[Directory], Checkpoint], directory: Directory, rel: str, parts: list[str],
+             root: Dir, raw: Dir) -> bool:
+        """Show the subfolder `rel` (`parts` in the tree) as `opener` reads
+        it; False leaves it plain files (with a note if it cannot be read)."""
         try:
-            inner = fmt.open(directory.sub(rel))
+            inner = opener(directory.sub(rel))
         except FormatError as e:
-            grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
+            self.grafts.notes.append(f"{rel} is shown as plain files: {e.problem}")
             return False
         inner.root.writer = inner.writer  # writes its folder of the new directory
         if inner.writer is None:  # then neither can the folder that holds it be written
-            unwritable.append(f"{rel}: {inner.root.xattrs.get(xattrs.READ_ONLY)}")
+            self.unwritable.append(f"{rel}: {inner.root.xattrs.get(xattrs.READ_ONLY)}")
         raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
-        grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
-                     inner.notes, inner.pickle_globals)
+        self.grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
+                          inner.notes, inner.pickle_globals, inner.quantized)
         return True
 
-    shown = show_directory(directory, grafts, take_folder=distributed)
-    ckpt = Checkpoint("folder of distributed checkpoints", directory.path, directory.stat(), shown.root, shown.raw,
-                      grafts.placed, grafts.notes, grafts.pickle_globals)
-    if shown.outside or unwritable:
-        shown.root.xattrs[xattrs.READ_ONLY] = (unwritable[0] if unwritable
-                                                 else LINKS_OUTSIDE.format(", ".join(shown.outside)))
-    else:
-        ckpt.writer = Writer(shown.sources)
-    return ckpt
+    def checkpoint(self, name: str, directory: Directory, shown: Shown, notes: list[str] = ()) -> Checkpoint:
+        """The folder as one checkpoint, `notes` of its own first; writable
+        unless a link leads out or a checkpoint inside cannot be written."""
+        grafts = self.grafts
+        ckpt = Checkpoint(name, directory.path, directory.stat(), shown.root, shown.raw,
+                          grafts.placed, [*notes, *grafts.notes], grafts.pickle_globals, quantized=grafts.quantized)
+        if shown.outside or self.unwritable:
+            shown.root.xattrs[xattrs.READ_ONLY] = (self.unwritable[0] if self.unwritable
+                                                     else LINKS_OUTSIDE.format(", ".join(shown.outside)))
+        else:
+            ckpt.writer = Writer(shown.sources)
+        return ckpt
 
 
 class Writer(DirectoryWriter):

@@ -4,9 +4,12 @@ torch.save weights (`pytorch_model.bin`, shards and their index: hf_torch.py).
 
 Every `.safetensors` file (or torch.save weights file) appears expanded at
 its own name as a read-only shard folder. The tensors named by the index
-(`*.safetensors.index.json`, `*.bin.index.json`; without one, those of all
-top-level weights files) are merged into one tree at the root. Every other
-file appears as it is.
+(`*.safetensors.index.json`, `*.bin.index.json`; without one, those of the
+file the library loads by default, `model.safetensors` or
+`diffusion_pytorch_model.safetensors` (`.bin`), where there is one beside
+variants such as `model.fp16.safetensors`, else of all top-level weights
+files) are merged into one tree at the root. Every other file appears as
+it is.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from . import hf_torch, quantized, safetensors
 from .base import DirectoryFormat, DirectoryWriter, WriterKind
 
 INDEX_SUFFIX = ".safetensors.index.json"
+#: the weights file transformers or diffusers loads without an index (and
+#: without a `variant`), where one lies among others
+DEFAULT_WEIGHTS = ("model.safetensors", "diffusion_pytorch_model.safetensors",
+                   "pytorch_model.bin", "diffusion_pytorch_model.bin")
 
 
 def sniff(directory: Directory) -> bool:
@@ -160,6 +167,9 @@ def _merged_tensors(directory: Directory, indexes: list[str], shards: dict[str, 
         return _from_index(directory, indexes[0], shards), []
     if len(indexes) > 1:
         return [], [f"several index files ({', '.join(indexes)}) and none is {preferred}; no merged tree"]
+    default = [rel for rel in shards if rel in DEFAULT_WEIGHTS]
+    if len(default) == 1:  # what the library loads; a variant beside it (`model.fp16.safetensors`) is not the model
+        shards = {default[0]: shards[default[0]]}
     merged: dict[str, object] = {}
     for rel, tensors in sorted(shards.items()):
         if "/" in rel:

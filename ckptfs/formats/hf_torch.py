@@ -30,8 +30,9 @@ from .base import SNIFF_BYTES, FileWriter
 
 INDEX_SUFFIX = ".bin.index.json"
 #: the weights files transformers looks for without an index: `pytorch_model.bin`,
-#: a variant (`pytorch_model.fp16.bin`), shards (`pytorch_model-00001-of-00002.bin`)
-WEIGHTS = re.compile(r"pytorch_model([.-][^/]*)?\.bin")
+#: a variant (`pytorch_model.fp16.bin`), shards (`pytorch_model-00001-of-00002.bin`);
+#: and diffusers, in a pipeline's component folder: `diffusion_pytorch_model.bin`, ...
+WEIGHTS = re.compile(r"(diffusion_)?pytorch_model([.-][^/]*)?\.bin")
 
 
 def is_weights(rel: str) -> bool:

@@ -12,6 +12,7 @@ nested (`DirectoryFormat.nest`, `directory_format`): no format names another.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -21,7 +22,7 @@ from ..sources.directory import Directory
 from ..tree import names
 from ..tree.nodes import Access, Dir
 from ..tree.rawfiles import add_links, raw_file
-from ..tree.tensors import PlacedTensor
+from ..tree.tensors import PlacedTensor, QuantizedTensor
 from .base import SNIFF_BYTES
 
 if TYPE_CHECKING:
@@ -78,13 +79,17 @@ class Grafts:
     placed: list[PlacedTensor] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pickle_globals: list[str] = field(default_factory=list)
+    quantized: list[QuantizedTensor] = field(default_factory=list)
 
     def graft(self, parent: Dir, leaf: str, path: str, folder: Dir, tensors: list[PlacedTensor],
-              notes: list[str] = (), pickle_globals: list[str] = ()) -> None:
+              notes: list[str] = (), pickle_globals: list[str] = (), quantized: list[QuantizedTensor] = ()) -> None:
         """Put `folder` (an inner checkpoint's tree) at `parent/leaf`, whose
         path in the outer tree is `path`."""
         parent.children[leaf] = folder
         self.placed += [PlacedTensor(f"{path}/{p.path}", p.tensor) for p in tensors]
+        self.quantized += [dataclasses.replace(q, raw_path=q.raw_path and f"{path}/{q.raw_path}",
+                                               dequantized_path=q.dequantized_path and f"{path}/{q.dequantized_path}")
+                           for q in quantized]
         self.notes += [f"{path}: {n}" for n in notes]
         self.pickle_globals += [g for g in pickle_globals if g not in self.pickle_globals]
 

@@ -103,7 +103,7 @@ class MountEdits:
         # third of the parse time), and frozen they are never scanned again.
         gc.disable()
         try:
-            checkpoint = open_checkpoint(self.source, self.opts.cache_dir)
+            checkpoint = open_checkpoint(self.source, self.opts.cache_dir, self.opts.base)
             if self.operations is None:  # at mount; a commit's new checkpoint has the same to say
                 say_notes(checkpoint, self.state.mountpoint)
             # what the edits are made on, and what advice must name: for hf://ORG/NAME@main,

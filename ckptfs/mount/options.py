@@ -8,6 +8,7 @@ from typing import Callable, TypeVar
 from .. import limits
 from ..errors import CkptfsError
 from ..humanize import parse_size
+from ..sources.location import location
 from ..sources.pagecache import PAGE
 from .logs import LEVELS
 
@@ -60,6 +61,8 @@ class MountOptions:
     output: str | None = None
     #: `--replace`: a remote source is written over (it mounts read-only without this or --output)
     replace: bool = False
+    #: `base=PATH`: a PEFT adapter's base model, its `merged/` made from it (formats/adapter.py)
+    base: str | None = None
     #: `--overlay-dir`: where a remote source's edits are kept (None: ~/.cache/ckptfs/edits)
     overlay_dir: str | None = None
 
@@ -81,6 +84,8 @@ def parse(option_lists: list[str], into: MountOptions) -> MountOptions:
             into.nonempty = True
         elif name in ("log_file", "cache_dir") and value:
             setattr(into, name, value)
+        elif name == "base" and value:
+            into.base = location(value).text  # a path made absolute, as the source's is
         elif name == "log_level" and value in LEVELS:
             into.log_level = value
         elif name in ("uid", "gid"):

@@ -42,6 +42,9 @@ class Checkpoint:
     #: files, subfolders), which `.ckptfs/pretrained/` links to; None for
     #: any other checkpoint
     pretrained_files: list[str] | None = None
+    #: for a PEFT adapter given its base: the merged model (formats/adapter.py),
+    #: its tree the mount's `merged/`, which `ckptfs export --merged` writes
+    merged: Checkpoint | None = None
     #: its format as the registry describes it in one line (formats/__init__.py)
     description: str = ""
 

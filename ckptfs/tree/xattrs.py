@@ -27,6 +27,8 @@ GGML_TYPE = "ckptfs.ggml_type"
 GGUF_SHAPE = "ckptfs.gguf_shape"
 #: the ggml type a `dequantized.npy` was computed from
 DEQUANTIZED_FROM = "ckptfs.dequantized_from"
+#: a PEFT adapter's `merged/` tensor: the adapter's tensors it was computed from, and the scaling
+MERGED_FROM = "ckptfs.merged_from"
 #: on `.ckptfs/`: the source's modification time
 SOURCE_MTIME = "ckptfs.source_mtime"
 #: an edited file's bytes are in the overlay until the repack

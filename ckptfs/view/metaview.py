@@ -66,6 +66,9 @@ def _fill_export(ckpt: Checkpoint, folder: Dir) -> None:
     if selection.left_out:
         lines = ["# Tensors the export leaves out, and why:", *selection.left_out]
         folder.add("left-out.txt", _text_file("\n".join(lines) + "\n"))
+    merged = ckpt.merged
+    if merged is not None and not merged.notes:  # a PEFT adapter merged into its base (formats/adapter.py)
+        _fill_export(merged, folder.add("merged", Dir(read_only=True)))  # hf/ with the base's config.json
 
 
 def pickle_globals_text(ckpt: Checkpoint) -> str:

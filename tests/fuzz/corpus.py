@@ -120,6 +120,24 @@ def _bnb_quant_states() -> list[bytes]:
     return found
 
 
+def _adapter_configs() -> list[bytes]:
+    """adapter_config.json as PEFT's LoraConfig.save_pretrained writes it (the keys a merge reads)."""
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": False, "use_dora": False,
+              "fan_in_fan_out": False, "rank_pattern": {"model.layers.1.self_attn.q_proj": 4},
+              "alpha_pattern": {"v_proj": 32}, "base_model_name_or_path": "org/name", "modules_to_save": ["lm_head"],
+              "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    return [json.dumps(config, indent=2, sort_keys=True).encode()]
+
+
+def _model_index() -> list[bytes]:
+    """model_index.json as DiffusionPipeline.save_pretrained writes it:
+    components as [library, class], left-out ones as [null, null]."""
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+             "requires_safety_checker": False, "safety_checker": [None, None],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    return [json.dumps(index, indent=2).encode(), json.dumps({**index, "../x": ["diffusers", "X"]}).encode()]
+
+
 def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
     """A safetensors file as the reference writer lays it out."""
     codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8",
@@ -175,8 +193,10 @@ def seeds(target: str) -> list[bytes]:
         "dcp_metadata": lambda: [(SAMPLES / "dcp" / "fsdp2_2rank" / ".metadata").read_bytes()],
         "npy_header": _npy_headers,
         "yaml_merge": _yaml,
+        "adapter_config": _adapter_configs,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
         "bnb_quant_state": _bnb_quant_states,
         "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
+        "diffusers_model_index": _model_index,
     }
     return by_target[target]()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ckptfs.errors import CkptfsError
-from ckptfs.formats import gguf, gguf_values, npz, open_checkpoint, pt2, safetensors, tar, torchzip
+from ckptfs.formats import gguf, gguf_values, lora_config, npz, open_checkpoint, pt2, safetensors, tar, torchzip
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
 from ckptfs.formats.quantized import bnb
@@ -140,18 +140,34 @@ def _yaml_merge(data: bytes) -> None:
     object_edits.merge(old, node, "edited.yaml")
 
 
+def _open_and_read(path: str) -> None:
+    """The checkpoint at `path` as `ckptfs mount` opens it, then the first
+    bytes of every file of its tree read as a mount reads them."""
+    with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-cache-") as cache:
+        checkpoint = open_checkpoint(path, cache)
+        for _, node in checkpoint.root.walk():
+            if isinstance(node, File):
+                node.content.read(0, READ_BYTES)
+
+
 def _whole_file(data: bytes) -> None:
-    """Any file as `ckptfs mount` opens it, then the first bytes of every
-    file of its tree read as a mount reads them."""
+    """Any file as `ckptfs mount` opens it, and read."""
+    _with_file(data, _open_and_read)
 
-    def open_and_read(path: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-cache-") as cache:
-            checkpoint = open_checkpoint(path, cache)
-            for _, node in checkpoint.root.walk():
-                if isinstance(node, File):
-                    node.content.read(0, READ_BYTES)
 
-    _with_file(data, open_and_read)
+#: a safetensors file of one tensor: a diffusers component's weights
+_HEADER = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+_COMPONENT_WEIGHTS = len(_HEADER).to_bytes(8, "little") + _HEADER + bytes(8)
+
+
+def _diffusers_model_index(data: bytes) -> None:
+    """A diffusers pipeline whose model_index.json is the input, beside a
+    component folder holding a model, opened and read."""
+    with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-") as folder:
+        Path(folder, "model_index.json").write_bytes(data)
+        Path(folder, "unet").mkdir()
+        Path(folder, "unet", "diffusion_pytorch_model.safetensors").write_bytes(_COMPONENT_WEIGHTS)
+        _open_and_read(folder)
 
 
 TARGETS = {t.name: t for t in (
@@ -167,8 +183,10 @@ TARGETS = {t.name: t for t in (
     Target("dcp_metadata", _dcp_metadata, (CkptfsError,)),
     Target("npy_header", _npy_header, (ValueError,)),  # its documented contract: ValueError with the reason
     Target("yaml_merge", _yaml_merge, (object_edits.EditError,)),
+    Target("adapter_config", lambda data: lora_config.parse(data, "<fuzz input>"), (CkptfsError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
+    Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}

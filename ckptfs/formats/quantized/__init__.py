@@ -24,7 +24,7 @@ from ...tree import names, xattrs
 from ...tree.nodes import Dir, Extent, PathConflict
 from ...tree.tensors import ComputedTensor, QuantizedTensor, Tensor, TensorFile
 from . import bnb, fp8, mlx
-from .base import DequantizedRows, QuantizationError, QuantizedWeight, Stored
+from .base import DequantizedRows, QuantizationError, QuantizedWeight, Stored, numpy_dtype
 
 #: the model's configuration, which `quantization_config` and the compute dtype are read from
 CONFIG = "config.json"
@@ -67,19 +67,36 @@ def find(tensors: dict[str, Tensor], config: dict | None) -> Found:
     """Every quantized weight among `tensors` (the merged tree's, by name)."""
     found = Found()
     claimed: set[str] = set()
+    unmade: dict[str, list[str]] = {}  # weights by why this machine cannot make them: one note each
     for _, find_weights in SCHEMES:
         stored = Stored({n: t for n, t in tensors.items() if n not in claimed}, config)
         weights, notes = find_weights(stored)
         found.notes += notes
         for weight in weights:
             claimed.update(weight.members)
-            row_bytes = weight.dtype.nbytes(math.prod(weight.shape[1:]))
-            if row_bytes > MAX_ROW_BYTES:  # made a row at least at a time: memory is bounded by one row
-                found.notes.append(f"{weight.name}: not dequantized: a row of its values would take {row_bytes} "
-                                   f"bytes, more than {MAX_ROW_BYTES}")
-                continue
-            found.weights.append(weight)
+            problem = _unmade(weight, stored)
+            if problem:
+                unmade.setdefault(problem, []).append(weight.name)
+            else:
+                found.weights.append(weight)
+    for problem, weight_names in unmade.items():
+        which = weight_names[0] if len(weight_names) == 1 else \
+            f"{weight_names[0]} and {len(weight_names) - 1:,} more weights"
+        found.notes.append(f"{which}: not dequantized: {problem}")
     return found
+
+
+def _unmade(weight: QuantizedWeight, stored: Stored) -> str | None:
+    """Why this machine cannot make the weight's values, if it cannot."""
+    row_bytes = weight.dtype.nbytes(math.prod(weight.shape[1:]))
+    if row_bytes > MAX_ROW_BYTES:  # made a row at least at a time: memory is bounded by one row
+        return f"a row of its values would take {row_bytes} bytes, more than {MAX_ROW_BYTES}"
+    try:
+        for dtype in (weight.dtype, *(stored.tensors[m].dtype for m in weight.members)):
+            numpy_dtype(dtype)
+    except QuantizationError as e:
+        return str(e)
+    return None
 
 
 def dequantized_files(root: Dir, found: Found, tensors: dict[str, Tensor]) -> list[QuantizedTensor]:

@@ -126,23 +126,23 @@ def _bytes(tensor: Tensor, offset: int, length: int) -> bytes:
 
 
 def _array(tensor: Tensor, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(data, np.dtype(tensor.dtype.npy_descr) if tensor.dtype.name not in _ML_DTYPES
-                         else _ML_DTYPES[tensor.dtype.name]).reshape(shape)
+    return np.frombuffer(data, numpy_dtype(tensor.dtype)).reshape(shape)
 
 
-def _ml_dtypes() -> dict:
-    import ml_dtypes
-
-    return {name: np.dtype(getattr(ml_dtypes, name)) for name in
-            ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")}
-
-
-_ML_DTYPES = _ml_dtypes()
+#: the dtypes NumPy knows only through ml_dtypes (an optional dependency of ckptfs)
+ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
 
 
 def numpy_dtype(dtype: DType) -> np.dtype:
-    """The NumPy dtype of a DType that has one (ml_dtypes' for bfloat16 and float8)."""
-    return _ML_DTYPES.get(dtype.name) or np.dtype(dtype.npy_descr)
+    """The NumPy dtype of a DType that has one: ml_dtypes' for bfloat16 and
+    float8, where it is installed (QuantizationError says to install it)."""
+    if dtype.name not in ML_DTYPES:
+        return np.dtype(dtype.npy_descr)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise QuantizationError(f"its {dtype.name} values need ml_dtypes (pip install ml_dtypes)") from None
+    return np.dtype(getattr(ml_dtypes, dtype.name))
 
 
 class DequantizedRows:
