@@ -150,17 +150,23 @@ def _beside(ckpt: Checkpoint, plain: bool) -> dict[str, Content]:
     return files
 
 
+#: the keys of config.json that say how its weights are quantized (MLX's `quantization` too)
+QUANTIZATION_KEYS = {"quantization_config", "quantization"}
+
+
 def plain_config(text: bytes) -> bytes:
-    """A config.json without its `quantization_config`: the model's config
-    once its weights are dequantized (as transformers writes it: sorted
-    keys, two spaces); as it is where it is no JSON object."""
+    """A config.json without its `quantization_config` (nor MLX's
+    `quantization`): the model's config once its weights are dequantized
+    (as transformers writes it: sorted keys, two spaces); as it is where it
+    is no JSON object."""
     try:
         config = json.loads(text)
     except ValueError:
         return text
-    if not isinstance(config, dict) or "quantization_config" not in config:
+    if not isinstance(config, dict) or not QUANTIZATION_KEYS & config.keys():
         return text
-    del config["quantization_config"]
+    for key in QUANTIZATION_KEYS & config.keys():
+        del config[key]
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 

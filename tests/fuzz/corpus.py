@@ -119,6 +119,17 @@ def _quantization_configs() -> list[bytes]:
                                        "weights": {**weights, "num_bits": 8, "strategy": "channel"}}}},
     ]
     return [json.dumps({"torch_dtype": "float16", "quantization_config": c}).encode() for c in configs]
+def _bnb_quant_states() -> list[bytes]:
+    """The JSON bitsandbytes packs into a 4-bit weight's quant state, with and without double quantization."""
+    import bitsandbytes.functional as F
+    import torch
+
+    found = []
+    for quant_type, nested in (("nf4", True), ("fp4", False)):
+        _, state = F.quantize_4bit(torch.ones(4, 64), quant_type=quant_type, compress_statistics=nested)
+        packed = state.as_dict(packed=True)
+        found.append(bytes(packed["quant_state.bitsandbytes__" + quant_type].numpy()))
+    return found
 
 
 def _adapter_configs() -> list[bytes]:
@@ -141,7 +152,8 @@ def _model_index() -> list[bytes]:
 
 def _safetensors_file(tensors: dict[str, np.ndarray]) -> bytes:
     """A safetensors file as the reference writer lays it out."""
-    codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8"}
+    codes = {"float32": "F32", "float8_e4m3fn": "F8_E4M3", "int32": "I32", "float16": "F16", "uint8": "U8",
+             "int8": "I8"}
     header, data, position = {}, b"", 0
     for name, array in tensors.items():
         raw = np.ascontiguousarray(array).tobytes()
@@ -168,6 +180,19 @@ def _quantized_safetensors() -> list[bytes]:
                                "a.scales": rng.random((2, 64)).astype(np.float16)})]
 
 
+def _bnb_safetensors() -> list[bytes]:
+    """A bitsandbytes nf4 weight (double quantized) and an int8 one, found from their names alone."""
+    import bitsandbytes.functional as F
+    import torch
+
+    packed, state = F.quantize_4bit(torch.randn(8, 64), quant_type="nf4", compress_statistics=True)
+    parts = {f"a.weight.{k}": v.numpy() for k, v in state.as_dict(packed=True).items()}
+    rows = torch.randn(4, 32)
+    scb = rows.abs().amax(1)
+    int8 = (rows * 127 / scb[:, None]).round().to(torch.int8)
+    return [_safetensors_file({"a.weight": packed.numpy(), **parts, "b.weight": int8.numpy(), "b.SCB": scb.numpy()})]
+
+
 @functools.cache
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
@@ -188,7 +213,8 @@ def seeds(target: str) -> list[bytes]:
         "adapter_config": _adapter_configs,
         "whole_file": lambda: [nemo, torch_zip, _safetensors()[0]],
         "quantization_config": _quantization_configs,
+        "bnb_quant_state": _bnb_quant_states,
+        "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
         "diffusers_model_index": _model_index,
-        "quantized_weights": _quantized_safetensors,
     }
     return by_target[target]()

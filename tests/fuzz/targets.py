@@ -32,6 +32,8 @@ from ckptfs.formats import (
 )
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
+from ckptfs.formats.quantized import bnb
+from ckptfs.formats.quantized.base import QuantizationError
 from ckptfs.pickle import object_edits
 from ckptfs.pickle.inert import InertUnpickler, PickleError
 from ckptfs.pickle.pyobjects import to_yaml
@@ -127,6 +129,10 @@ def _inert_pickle(data: bytes) -> None:
 
 def _dcp_metadata(data: bytes) -> None:
     Metadata.read("<fuzz input>", {".metadata": MemorySource(data)})
+
+
+def _bnb_quant_state(data: bytes) -> None:
+    bnb.quant_state(data)
 
 
 def _npy_header(data: bytes) -> None:
@@ -231,6 +237,7 @@ TARGETS = {t.name: t for t in (
     Target("adapter_config", lambda data: lora_config.parse(data, "<fuzz input>"), (CkptfsError,)),
     Target("whole_file", _whole_file, (CkptfsError,)),
     Target("quantization_config", _quantization_config, (CkptfsError,)),
+    Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),

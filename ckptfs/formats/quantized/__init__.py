@@ -23,7 +23,7 @@ from ...sources.directory import Directory
 from ...tree import names, xattrs
 from ...tree.nodes import Dir, Extent, PathConflict
 from ...tree.tensors import ComputedTensor, QuantizedTensor, Tensor, TensorFile
-from . import awq, compressed, fp8, gptq
+from . import awq, bnb, compressed, fp8, gptq, mlx
 from .base import DequantizedRows, QuantizationError, QuantizedWeight, Stored, numpy_dtype
 
 #: the model's configuration, which `quantization_config` and the compute dtype are read from
@@ -37,6 +37,8 @@ SCHEMES: tuple[tuple[str, Callable[[Stored], tuple[list[QuantizedWeight], list[s
     ("gptq", gptq.find),
     ("awq", awq.find),
     ("compressed-tensors", compressed.find),
+    ("bitsandbytes", bnb.find),
+    ("mlx", mlx.find),
 )
 
 
