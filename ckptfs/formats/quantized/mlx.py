@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from .base import QuantizationError, QuantizedWeight, Stored, numpy_dtype
+from .packed import unpack as unpack_stream
 
 #: the bits `mlx.core.quantize` packs codes in, and its group sizes
 BITS = (1, 2, 3, 4, 5, 6, 8)
@@ -113,21 +114,13 @@ def _weight(stored: Stored, module: str, params: tuple[int, int]) -> QuantizedWe
 
 def _unpacker(width: int, bits: int):
     """Rows of packed words -> rows of `width` codes: code j is bits
-    [j x bits, (j + 1) x bits) of the row read as one little-endian stream."""
-    start = np.arange(width, dtype=np.int64) * bits
-    word, shift = start >> 5, (start & 31).astype(np.uint64)
-    mask = np.uint64((1 << bits) - 1)
-
+    [j x bits, (j + 1) x bits) of the row read as one little-endian stream
+    (packed.py), a few rows at a time, so that its 64-bit steps stay
+    small however many rows a block holds (a 3-D weight's block is a whole expert)."""
     step = max(1, CHUNK_CODES // width)
 
-    def part(words: np.ndarray) -> np.ndarray:
-        wide = words.astype(np.uint64)
-        low = wide[:, word] >> shift
-        high = wide[:, np.minimum(word + 1, words.shape[1] - 1)] << (np.uint64(32) - shift)
-        return ((low | high) & mask).astype(np.uint8)
-
     def unpack(words: np.ndarray) -> np.ndarray:
-        """A few rows at a time, so that the 64-bit steps stay small however many rows a block holds."""
-        return np.concatenate([part(words[i:i + step]) for i in range(0, len(words), step)] or [part(words)])
+        parts = [unpack_stream(words[i:i + step], bits, 0, width, axis=-1) for i in range(0, len(words), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, width), np.uint8)
 
     return unpack
