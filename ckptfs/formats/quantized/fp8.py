@@ -12,6 +12,7 @@ A scale stored as uint8 is an E8M0 exponent, 2^(byte - 127), as there.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -72,13 +73,12 @@ def _weight(stored: Stored, name: str, scale_name: str, block: tuple[int, int] |
         raise QuantizationError(f"{len(grid) == 2 and 'a grid of' or 'scales of shape'} {list(grid)} does not "
                                 f"cover a weight of {[rows, cols]} in blocks of {list(block)}")
 
-    column_block = np.arange(cols) // block[1]  # the block of scales each column is in
+    width = min(block[1], cols)  # columns a scale covers (a block wider than the weight covers it all)
 
     def values(first: int, last: int) -> np.ndarray:
         g0, g1 = first // block[0], math.ceil(last / block[0])
-        grid_rows = _floats(stored.rows(scale_name, g0, g1))
-        row_block = np.arange(first, last) // block[0] - g0
-        return _scaled(stored, name, first, last, grid_rows[row_block[:, None], column_block[None, :]], dtype)
+        row_scales = _floats(stored.rows(scale_name, g0, g1))[np.arange(first, last) // block[0] - g0]
+        return _scaled(stored, name, first, last, np.repeat(row_scales, width, axis=1)[:, :cols], dtype)
 
     return QuantizedWeight(name, f"FP8 {weight.dtype.name}, blocks of {block[0]}x{block[1]}", weight.shape, dtype,
                            members, values)
@@ -101,4 +101,13 @@ def _floats(scales: np.ndarray) -> np.ndarray:
 
 
 def _scaled(stored: Stored, name: str, first: int, last: int, scale: np.ndarray, dtype) -> np.ndarray:
-    return (stored.rows(name, first, last).astype(np.float32) * scale).astype(numpy_dtype(dtype))
+    stored_rows = stored.rows(name, first, last)
+    values = np.take(_float8_values(stored_rows.dtype), stored_rows.view(np.uint8))  # 3x ml_dtypes' cast
+    values *= scale
+    return values.astype(numpy_dtype(dtype))
+
+
+@functools.cache
+def _float8_values(dtype: np.dtype) -> np.ndarray:
+    """The float32 value of each of the 256 codes of a float8 dtype (NaN's included), to look codes up in."""
+    return np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32)
