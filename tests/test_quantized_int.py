@@ -29,6 +29,7 @@ import os
 import shutil
 import warnings
 
+import ml_dtypes  # noqa: F401  (np.load then knows bfloat16)
 import numpy as np
 import pytest
 import torch
@@ -101,12 +102,22 @@ def gptq_layer(weight: torch.Tensor, bits: int, desc_act: bool, v1: bool, seed: 
     g_idx = torch.empty(inputs, dtype=torch.int32)
     g_idx[order] = torch.arange(inputs, dtype=torch.int32) // GROUP
     q, zeros, scales = _quantized(weight, bits, g_idx.long(), groups, seed)
-    stored_zeros = (zeros - 1) & (2 ** bits - 1) if v1 else zeros
-    tensors = {"qweight": _pack_columns_gptq(q, bits), "qzeros": _pack_columns_gptq(stored_zeros.T, bits).T.contiguous(),
-               "scales": scales, "g_idx": g_idx}
-    used_zeros = stored_zeros + 1 if v1 else stored_zeros  # 0 stored as 2^bits - 1: the v1 off-by-one, as the library reads it
-    reference = scales[g_idx.long()] * (q - used_zeros[g_idx.long()]).half()
+    qzeros = _v1_zeros(zeros, bits) if v1 else _pack_columns_gptq(zeros.T, bits).T.contiguous()
+    tensors = {"qweight": _pack_columns_gptq(q, bits), "qzeros": qzeros, "scales": scales, "g_idx": g_idx}
+    reference = scales[g_idx.long()] * (q - zeros[g_idx.long()]).half()  # v1 read back exactly, as GPTQModel reads it
     return tensors, reference.T.contiguous()
+
+
+def _v1_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """Zero points as GPTQModel writes a v1 ("gptq") checkpoint,
+    `convert_gptq_v2_to_v1_format_module`: packed, then one taken from every
+    field of each whole int32 word (a zero of 0 borrows from the next field);
+    3-bit fields, which cross words, each shifted on its own modulo 8."""
+    if bits == 3:
+        return _pack_columns_gptq(((zeros - 1) & 7).T, bits).T.contiguous()
+    words = _pack_columns_gptq(zeros.T, bits).T.contiguous().numpy().view(np.uint32)
+    one_per_field = sum(1 << shift for shift in range(0, 32, bits))
+    return torch.from_numpy((words - np.uint32(one_per_field)).view(np.int32))
 
 
 def awq_layer(weight: torch.Tensor, seed: int) -> tuple[dict, torch.Tensor]:

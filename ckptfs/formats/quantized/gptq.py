@@ -7,9 +7,13 @@ inputs packed, `bits` of them a word, 3-bit values spanning words),
 and the plain `bias`. The weight, (out, in) as nn.Linear holds it, is
 scales[g_idx[i], o] x (q[i, o] - zero[g_idx[i], o]): GPTQModel's
 `dequantize_weight` (gptqmodel/nn_modules/qlinear/__init__.py) and
-AutoGPTQ's. A "gptq" (v1) checkpoint stores each zero point less one,
-masked to its bits, so the zero is the stored one + 1; a "gptq_v2" one
-stores it as it is. A read of rows [r0, r1) reads columns r0..r1 of
+AutoGPTQ's. A "gptq" (v1) checkpoint stores each zero point less one; a
+"gptq_v2" one stores it as it is. GPTQModel reads v1 (and writes it) by
+adding (subtracting) one in every field of each whole int32 word at once,
+`convert_gptq_v1_to_v2_format_module`: a zero point of 0, stored as the
+field's all-ones, borrows from the field above it, and the word-wide add
+gives both back. 3-bit fields cross words, so there each field is shifted
+on its own, modulo 8 (`_correct_gptq_v1_qzeros`). A read of rows [r0, r1) reads columns r0..r1 of
 `qweight` and `scales` and the words of `qzeros` that hold them.
 """
 
@@ -22,6 +26,8 @@ from .base import QuantizationError, QuantizedWeight, Stored
 
 #: what each checkpoint format adds to the zero points it stores
 ZERO_OFFSETS = {"gptq": 1, "gptq_v2": 0}
+#: a one in every field of an int32 word of 2-, 4- or 8-bit fields: what v1 adds to each word of qzeros
+ONE_PER_FIELD = {bits: sum(1 << shift for shift in range(0, 32, bits)) for bits in (2, 4, 8)}
 
 
 def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
@@ -73,12 +79,17 @@ def _weight(stored: Stored, prefix: str, configured: bool) -> QuantizedWeight:
     dtype = stored.compute_dtype()
     levels = np.arange(1 << bits, dtype=np.int16)
 
+    def zeros(first: int, last: int) -> np.ndarray:
+        w0, w1 = packed.words(first, last, bits)
+        words = stored.columns(qzeros, w0, w1)
+        if offset and bits in ONE_PER_FIELD:  # v1: each whole word, wrapping at 2^32
+            words = (words.view(np.uint32) + np.uint32(ONE_PER_FIELD[bits])).view(np.int32)
+        zero = packed.unpack(words, bits, first * bits - w0 * 32, last - first, 1).T.astype(np.int16)
+        return (zero + offset) & ((1 << bits) - 1) if offset and bits not in ONE_PER_FIELD else zero
+
     def values(first: int, last: int) -> np.ndarray:
         q = packed.unpack(stored.columns(qweight, first, last), bits, 0, inputs, 0).T
-        w0, w1 = packed.words(first, last, bits)
-        zero = packed.unpack(stored.columns(qzeros, w0, w1), bits, first * bits - w0 * 32, last - first, 1).T
-        zero = zero.astype(np.int16) + offset
-        return packed.grouped(q, levels, zero, stored.columns(scales, first, last).T, index, dtype)
+        return packed.grouped(q, levels, zeros(first, last), stored.columns(scales, first, last).T, index, dtype)
 
     order = ", act order" if g_idx is not None and np.any(np.diff(index) < 0) else ""
     members = (qweight, qzeros, scales) + ((g_idx,) if g_idx else ())
