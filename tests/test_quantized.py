@@ -242,3 +242,17 @@ def test_without_ml_dtypes_the_bfloat16_values_are_one_note_and_the_stored_tenso
     assert info["dequantized_on_read"] == {} and info["tensors"] == 35
     assert info["notes"] == ["model.layers.0.mlp.down_proj.weight and 13 more weights: not dequantized: its bfloat16 "
                              "values need ml_dtypes (pip install ml_dtypes)"]
+
+
+def test_a_config_nested_too_deep_is_a_note_and_the_folder_mounts(fp8_model, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(fp8_model, tmp_path / "deep")
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    done = run_ckptfs("info", "--json", folder)
+    assert done.returncode == 0, done.stderr
+    notes = json.loads(done.stdout)["notes"]
+    assert any(n.startswith("config.json: not read (") for n in notes), notes
+    out = tmp_path / "out"
+    assert run_ckptfs("export", folder, out, "--to", "hf").returncode == 0  # the config copied as it is
+    assert (out / "config.json").read_bytes() == (folder / "config.json").read_bytes()

@@ -161,7 +161,7 @@ def plain_config(text: bytes) -> bytes:
     is no JSON object."""
     try:
         config = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
     if not isinstance(config, dict) or not QUANTIZATION_KEYS & config.keys():
         return text

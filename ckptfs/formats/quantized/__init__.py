@@ -52,7 +52,7 @@ def model_config(directory: Directory, notes: list[str]) -> dict | None:
         if source.size > LIMITS.header_bytes:
             raise ValueError(f"{source.size} bytes, above the header limit")
         config = json.loads(source.read_exact(0, source.size))
-    except (OSError, ValueError, CkptfsError) as e:
+    except (OSError, ValueError, RecursionError, CkptfsError) as e:  # RecursionError: JSON nested too deep
         notes.append(f"{CONFIG}: not read ({e}); quantized weights are found from their tensors alone")
         return None
     return config if isinstance(config, dict) else None
