@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -26,10 +27,10 @@ import yaml
 from .errors import CkptfsError
 from .humanize import plural
 from .sources.base import FileSource, SliceSource
-from .tree import npy
+from .tree import names, npy
 from .tree.checkpoint import Checkpoint as _Parsed
 from .tree.nodes import File
-from .tree.tensors import NpyContent, Tensor
+from .tree.tensors import NpyContent, PlacedTensor, Tensor
 from .view import browse
 
 #: where a format keeps its configuration, in the order they are looked for
@@ -63,7 +64,7 @@ class Checkpoint:
 
     def __init__(self, parsed: _Parsed):
         self._parsed = parsed
-        self._by_name = {placed.tensor.name: placed for placed in parsed.tensors}
+        self._by_name = _by_unique_name(parsed.tensors)
         #: the quantized weights whose values ckptfs makes, by name
         self._values = {q.name: q for q in parsed.quantized if q.dequantized_path is not None}
         browse.tree(parsed)  # the `.ckptfs/` view, as a mount has it
@@ -81,8 +82,8 @@ class Checkpoint:
         GGUF's Q4_K, a Hub model's GPTQ or FP8 weight...) that ckptfs
         dequantizes as one tensor of its values (its `dequantized.npy`), in
         place of the stored tensors a Hub weight is made of."""
-        stored = [TensorInfo(p.tensor.name, p.path, p.tensor.dtype.name, tuple(p.tensor.shape), p.tensor.data.length)
-                  for p in self._parsed.tensors]
+        stored = [TensorInfo(name, p.path, p.tensor.dtype.name, tuple(p.tensor.shape), p.tensor.data.length)
+                  for name, p in self._by_name.items()]
         if not dequantized:
             return stored
         replaced = {m for q in self._values.values() for m in q.members}
@@ -141,6 +142,15 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"<ckptfs.Checkpoint {self.format} {self.path!r}: {plural(len(self._by_name), 'tensor')}>"
+
+
+def _by_unique_name(placed: list[PlacedTensor]) -> dict[str, PlacedTensor]:
+    """The tensors by name: the key each has in its checkpoint, or where
+    two share one (the components of a diffusers pipeline each hold their
+    own `text_model...weight`), the name their paths spell
+    (`text_encoder_2.text_model...weight`), so that no tensor hides another."""
+    counts = Counter(p.tensor.name for p in placed)
+    return {p.tensor.name if counts[p.tensor.name] == 1 else names.tensor_name(p.path): p for p in placed}
 
 
 def open_checkpoint(source: str | os.PathLike, cache_dir: str | None = None,

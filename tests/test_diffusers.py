@@ -260,3 +260,24 @@ def test_a_pipeline_on_the_hub_mounts_as_on_disk(pipeline, mount, tmp_path, monk
         assert info("hf://org/model")["format"] == "diffusers pipeline"
     finally:
         hub.close()
+
+
+def test_diff_tells_apart_components_whose_tensors_share_names(pipeline, tmp_path):
+    """SDXL's text_encoder and text_encoder_2 hold tensors of the same names:
+    a change to one is a change, never hidden by the other."""
+    a = _pipeline_copy(pipeline, tmp_path)
+    shutil.copytree(a / "text_encoder", a / "text_encoder_2")
+    index = json.loads((a / "model_index.json").read_text())
+    index["text_encoder_2"] = index["text_encoder"]
+    (a / "model_index.json").write_text(json.dumps(index, indent=2))
+    b = Path(shutil.copytree(a, tmp_path / "b"))
+    state = load_file(str(b / "text_encoder" / "model.safetensors"))
+    name = sorted(state)[0]
+    state[name] = state[name] + 1
+    from safetensors.torch import save_file
+
+    save_file(state, str(b / "text_encoder" / "model.safetensors"), metadata={"format": "pt"})
+    done = run_ckptfs("diff", a, b, "--tensors-only", "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and list(report["differing"]) == [f"text_encoder.{name}"], report
+    assert not (report["added"] or report["removed"])
