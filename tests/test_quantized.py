@@ -159,6 +159,13 @@ def test_scales_that_do_not_cover_the_weight_leave_it_undequantized_with_a_note(
     notes = yaml.safe_load((mnt / ".ckptfs/info.yaml").read_text())["notes"]
     assert f"{name}: not dequantized: a grid of [2, 4] does not cover a weight of [64, 160] in blocks of [32, 32]" in notes
     assert np.load(mnt / "model/layers/0/mlp/down_proj/weight_scale_inv.npy").shape == (2, 4)
+    # no plain model without that weight's values: its float8 bytes would pass for them
+    done = run_ckptfs("export", folder, tmp_path / "out", "--to", "hf")
+    assert done.returncode == 1 and not (tmp_path / "out").exists()
+    assert (f"ckptfs: left out every tensor: a plain model needs every quantized weight's values, and {name}: "
+            "not dequantized: a grid of [2, 4] does not cover") in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"ckptfs: {folder}: no tensors to export"
+    assert run_ckptfs("export", folder, tmp_path / "raw", "--to", "hf", "--quantized", "raw").returncode == 0
 
 
 def test_a_writable_mount_repacks_the_stored_tensors_and_never_the_dequantized_values(fp8_model, tmp_path, mount):

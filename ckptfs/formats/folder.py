@@ -64,7 +64,7 @@ class Nested:
             self.unwritable.append(f"{rel}: {inner.root.xattrs.get(xattrs.READ_ONLY)}")
         raw.subdir(parts[:-1]).add(parts[-1], inner.raw)
         self.grafts.graft(root.subdir(parts[:-1]), parts[-1], "/".join(parts), inner.root, inner.tensors,
-                          inner.notes, inner.pickle_globals, inner.quantized)
+                          inner.notes, inner.pickle_globals, inner.quantized, inner.undequantized)
         return True
 
     def checkpoint(self, name: str, directory: Directory, shown: Shown, notes: list[str] = ()) -> Checkpoint:
@@ -72,7 +72,8 @@ class Nested:
         unless a link leads out or a checkpoint inside cannot be written."""
         grafts = self.grafts
         ckpt = Checkpoint(name, directory.path, directory.stat(), shown.root, shown.raw,
-                          grafts.placed, [*notes, *grafts.notes], grafts.pickle_globals, quantized=grafts.quantized)
+                          grafts.placed, [*notes, *grafts.notes], grafts.pickle_globals, quantized=grafts.quantized,
+                          undequantized=grafts.undequantized)
         if shown.outside or self.unwritable:
             shown.root.xattrs[xattrs.READ_ONLY] = (self.unwritable[0] if self.unwritable
                                                      else LINKS_OUTSIDE.format(", ".join(shown.outside)))

@@ -112,7 +112,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     pickle_globals = sorted({g for s in torch_shards.values() for g in s.globals})
     ckpt = Checkpoint(f"huggingface ({kind})", path, directory.stat(), root, raw, placed,
                       notes + quantization_notes + found.notes,
-                      pickle_globals, quantized=dequantized)
+                      pickle_globals, quantized=dequantized, undequantized=found.notes)
     ckpt.pretrained_files = _beside_weights(root, weights | set(shards), {p.path.split("/")[0] for p in placed})
     if outside:
         root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))

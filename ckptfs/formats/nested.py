@@ -80,9 +80,11 @@ class Grafts:
     notes: list[str] = field(default_factory=list)
     pickle_globals: list[str] = field(default_factory=list)
     quantized: list[QuantizedTensor] = field(default_factory=list)
+    undequantized: list[str] = field(default_factory=list)
 
     def graft(self, parent: Dir, leaf: str, path: str, folder: Dir, tensors: list[PlacedTensor],
-              notes: list[str] = (), pickle_globals: list[str] = (), quantized: list[QuantizedTensor] = ()) -> None:
+              notes: list[str] = (), pickle_globals: list[str] = (), quantized: list[QuantizedTensor] = (),
+              undequantized: list[str] = ()) -> None:
         """Put `folder` (an inner checkpoint's tree) at `parent/leaf`, whose
         path in the outer tree is `path`."""
         parent.children[leaf] = folder
@@ -91,6 +93,7 @@ class Grafts:
                                                dequantized_path=q.dequantized_path and f"{path}/{q.dequantized_path}")
                            for q in quantized]
         self.notes += [f"{path}: {n}" for n in notes]
+        self.undequantized += [f"{path}: {n}" for n in undequantized]
         self.pickle_globals += [g for g in pickle_globals if g not in self.pickle_globals]
 
     def file(self, parent: Dir, leaf: str, path: str, source: Source, mtime_ns: int | None) -> bool:

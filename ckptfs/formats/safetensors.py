@@ -275,7 +275,7 @@ def open_file(opening: Opening) -> Checkpoint:
     found = quantized.find(by_name, config)
     dequantized = quantized.dequantized_files(root, found, by_name)
     ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed, notes + found.notes,
-                      quantized=dequantized)
+                      quantized=dequantized, undequantized=found.notes)
     ckpt.writer = Writer(by_name)
     return ckpt
 

@@ -37,6 +37,9 @@ class Checkpoint:
     writer: Writer | None = None
     #: tensors of quantized types no NumPy dtype holds (GGUF's), not among `tensors`
     quantized: list[QuantizedTensor] = field(default_factory=list)
+    #: quantized Hub weights ckptfs found but cannot dequantize, a note each (also among `notes`):
+    #: their stored parts are tensors like any other, so no plain model can be exported
+    undequantized: list[str] = field(default_factory=list)
     #: for a Hugging Face folder: the top-level entries of the main tree that
     #: `from_pretrained` reads beside the weights (config.json, tokenizer
     #: files, subfolders), which `.ckptfs/pretrained/` links to; None for

@@ -93,6 +93,10 @@ def select(ckpt: Checkpoint, include=(), exclude=(), maps=(), quantized: str = "
         return ((not include or any(fnmatch.fnmatchcase(name, g) for g in include))
                 and not any(fnmatch.fnmatchcase(name, g) for g in exclude))
 
+    if quantized == "dequantize" and ckpt.undequantized:  # its stored parts would pass for a plain model's
+        selection.left_out += [f"every tensor: a plain model needs every quantized weight's values, and "
+                               f"{note}; --quantized raw writes the model as stored" for note in ckpt.undequantized[:1]]
+        return selection
     # a Hub weight's stored parts (GPTQ's qweight, scales...) give way to its values
     replaced = {m for q in ckpt.quantized for m in q.members} if quantized == "dequantize" else set()
     for placed in ckpt.tensors:

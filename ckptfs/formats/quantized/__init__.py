@@ -60,7 +60,7 @@ def model_config(directory: Directory, notes: list[str]) -> dict | None:
 
 @dataclass
 class Found:
-    """The quantized weights of a checkpoint, and why any was left out."""
+    """The quantized weights of a checkpoint, and a note on each left stored (not dequantized) and why."""
 
     weights: list[QuantizedWeight] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
