@@ -437,7 +437,10 @@ def test_hostile_layers_are_each_a_note_and_the_rest_of_the_model_reads(tmp_path
     assert np.load(dequantized_path(mnt, "model.layers.1.mlp.down_proj.weight")).shape == (64, 160)
     assert np.load(mnt / "model/layers/0/mlp/up_proj/g_idx.npy")[7] == 99  # stored tensors read as stored
     done = run_ckptfs("export", tmp_path / "m", tmp_path / "out", "--to", "hf", "--dequantize")
-    assert done.returncode == 0, done.stderr  # the bad layers exported as stored
+    assert done.returncode == 1 and not (tmp_path / "out").exists()  # no plain model with layers left packed
+    assert "a plain model needs every quantized weight's values" in done.stderr
+    done = run_ckptfs("export", tmp_path / "m", tmp_path / "out", "--to", "hf", "--quantized", "raw")
+    assert done.returncode == 0, done.stderr  # as stored, the bad layers too
     assert "model.layers.0.mlp.up_proj.qweight" in load_file(tmp_path / "out/model.safetensors")
 
 
@@ -475,3 +478,19 @@ def test_compressed_tensors_parts_that_do_not_fit_are_each_a_note(tmp_path, moun
         f"{layer}up_proj.weight: not dequantized: {layer}up_proj.weight_packed of shape [160, 8] does not pack "
         "[160, 1099511627776] values of 4 bits",
         f"{layer}down_proj.weight: not dequantized: no weight_shape of two numbers beside its weight_packed"}
+
+
+def test_a_pattern_of_many_open_repeats_is_refused_before_it_can_backtrack():
+    """`.*` k times then a character no name has takes a name's length to the
+    k-th power of steps (10 of them: minutes on a 40-character name)."""
+    import time
+
+    from ckptfs.formats.quantized.patterns import Patterns
+
+    notes: list[str] = []
+    patterns = Patterns(["re:" + ".*" * 10 + "#", "re:.*mlp.*down_proj", r"re:model\.layers\.\d+\..*"], notes)
+    started = time.monotonic()
+    assert patterns.matches("model.layers.3.mlp.down_proj") and not patterns.matches("x" * 10_000)
+    assert time.monotonic() - started < 1
+    assert notes == ["module pattern 're:.*.*.*.*.*.*.*.*.*.*#' not used: more than 2 open-ended repeats could "
+                     "backtrack for a name's length to their number's power"]

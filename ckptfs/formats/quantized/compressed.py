@@ -49,13 +49,14 @@ def find(stored: Stored) -> tuple[list[QuantizedWeight], list[str]]:
     groups = config.get("config_groups")
     groups = [g for g in groups.values() if isinstance(g, dict)] if isinstance(groups, dict) else []
     ignore = Patterns(config.get("ignore"), notes)
+    targets = [Patterns(g.get("targets"), notes) for g in groups]  # compiled once, not once a module
     weights = []
     for prefix in _modules(stored):
         module = prefix[:-1]
         if ignore.matches(module):
             continue
         try:
-            scheme = _scheme(groups, module, config.get("format"))
+            scheme = _scheme(groups, targets, module, config.get("format"))
             weights.append(_weight(stored, prefix, *scheme))
         except QuantizationError as e:
             notes.append(f"{prefix}weight: not dequantized: {e}")
@@ -74,11 +75,11 @@ def _modules(stored: Stored) -> list[str]:
     return prefixes
 
 
-def _scheme(groups: list[dict], module: str, default_format) -> tuple[str, dict]:
+def _scheme(groups: list[dict], targets: list[Patterns], module: str, default_format) -> tuple[str, dict]:
     """(format, weights' arguments) of the config group that targets
-    `module`: the first whose regular expression matches it, else the
-    only one that targets modules by class."""
-    by_pattern = [g for g in groups if Patterns(g.get("targets"), []).matches(module)]
+    `module` (`targets`: each group's, in order): the first whose regular
+    expression matches it, else the only one that targets modules by class."""
+    by_pattern = [g for g, aimed in zip(groups, targets) if aimed.matches(module)]
     by_class = [g for g in groups if any(isinstance(t, str) and not t.startswith("re:") for t in _listed(g.get("targets")))]
     chosen = by_pattern[:1] or (by_class if len(by_class) == 1 else [])
     if not chosen:

@@ -3,8 +3,10 @@
 `re:` entry whose regular expression matches its start (`re.match`, as
 compressed-tensors' `match_name`). The expressions come from the file,
 so one that could backtrack without bound (a repeat inside a repeat, an
-alternation under a repeat, a back reference) or longer than
-`MAX_PATTERN` is refused with a note and matches nothing."""
+alternation under a repeat, a back reference), one of more than
+`MAX_OPEN_REPEATS` open-ended repeats one after another (k of them can
+take a name's length to the k-th power of steps: `.*.*.*...x`), or one
+longer than `MAX_PATTERN` is refused with a note and matches nothing."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ except ImportError:  # Python before 3.11
 PREFIX = "re:"
 MAX_PATTERN = 512
 MAX_ENTRIES = 4096
+#: open-ended repeats (`*`, `+`, `{n,}`, or a bound above `OPEN_REPEAT`) one pattern may hold
+MAX_OPEN_REPEATS = 2
+OPEN_REPEAT = 16
 _REPEATS = {sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT}
 _UNSAFE_UNDER_REPEAT = _REPEATS | {sre_constants.BRANCH, sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS}
 
@@ -51,8 +56,22 @@ class Patterns:
 def _compiled(pattern: str) -> re.Pattern:
     if len(pattern) > MAX_PATTERN:
         raise ValueError(f"longer than {MAX_PATTERN} characters")
-    _check(sre_parse.parse(pattern), under_repeat=False)
+    parsed = sre_parse.parse(pattern)
+    _check(parsed, under_repeat=False)
+    if _open_repeats(parsed) > MAX_OPEN_REPEATS:
+        raise ValueError(f"more than {MAX_OPEN_REPEATS} open-ended repeats could backtrack for a name's length "
+                         "to their number's power")
     return re.compile(pattern)
+
+
+def _open_repeats(items) -> int:
+    """How many open-ended repeats the parsed pattern holds, at any depth."""
+    count = 0
+    for op, value in items:
+        if op in _REPEATS and value[1] > OPEN_REPEAT:
+            count += 1
+        count += sum(_open_repeats(part) for part in _parts(op, value))
+    return count
 
 
 def _check(items, under_repeat: bool) -> None:
