@@ -70,7 +70,7 @@ def _weight(stored: Stored, prefix: str, config: dict) -> QuantizedWeight:
         w0, w1 = first // PER_WORD, -(-last // PER_WORD)
         q = _outputs(stored.columns(qweight, w0, w1), first - w0 * PER_WORD, last - first)
         zero = _outputs(stored.columns(qzeros, w0, w1), first - w0 * PER_WORD, last - first)
-        return packed.grouped(q, LEVELS, zero, stored.columns(scales, first, last).T, index, dtype)
+        return packed.grouped(q, LEVELS, zero, stored.columns(scales, first, last).T, index(), dtype)
 
     return QuantizedWeight(prefix + "weight", f"AWQ 4-bit GEMM, group {group_size}", (outputs, inputs), dtype,
                            (qweight, qzeros, scales), values)

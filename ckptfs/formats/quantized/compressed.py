@@ -159,9 +159,10 @@ def _weight(stored: Stored, prefix: str, format_name, arguments: dict) -> Quanti
         scales = stored.rows(scale, g0, g1).reshape(g1 - g0, -1) if grid[0] > 1 else stored.whole(scale).reshape(1, -1)
         zero_points = 0 if zeros is None else zeros(g0, g1)[rows]
         if packed:  # codes of 2^bits values: looked up per group
-            return grouped(read(first, last), levels, zero_points, scales[rows], columns, dtype)
-        return affine(read(first, last), zero_points if zeros is None else zero_points[:, columns],
-                      scales[rows][:, columns], dtype)
+            return grouped(read(first, last), levels, zero_points, scales[rows], columns(), dtype)
+        group = columns()
+        return affine(read(first, last), zero_points if zeros is None else zero_points[:, group],
+                      scales[rows][:, group], dtype)
 
     members = tuple(prefix + n for n in ("weight_packed", "weight", "weight_shape", "weight_scale", "weight_zero_point",
                                          "weight_g_idx") + ACTIVATION_PARAMETERS if prefix + n in stored)

@@ -89,9 +89,9 @@ def _weight(stored: Stored, prefix: str, configured: bool) -> QuantizedWeight:
 
     def values(first: int, last: int) -> np.ndarray:
         q = packed.unpack(stored.columns(qweight, first, last), bits, 0, inputs, 0).T
-        return packed.grouped(q, levels, zeros(first, last), stored.columns(scales, first, last).T, index, dtype)
+        return packed.grouped(q, levels, zeros(first, last), stored.columns(scales, first, last).T, index(), dtype)
 
-    order = ", act order" if g_idx is not None and np.any(np.diff(index) < 0) else ""
+    order = ", act order" if g_idx is not None and np.any(np.diff(index()) < 0) else ""
     members = (qweight, qzeros, scales) + ((g_idx,) if g_idx else ())
     return QuantizedWeight(prefix + "weight", f"GPTQ {bits}-bit, group {group_size}{order}", (outputs, inputs),
                            dtype, members, values)

@@ -18,7 +18,9 @@ float32's exact one), then to the dtype the model computes in.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -101,20 +103,33 @@ def check_shape(stored: Stored, name: str, shape: tuple[int, ...]) -> None:
         raise QuantizationError(f"{name} has shape {list(stored.get(name).shape)}, not {list(shape)}")
 
 
-def group_index(stored: Stored, name: str | None, inputs: int, group_size: int, groups: int) -> np.ndarray:
-    """The group of each input column: stored (GPTQ's `g_idx`, whose order
-    `desc_act` permutes) or column // group_size; each checked to be one
-    of the `groups` the scales hold."""
+def group_index(stored: Stored, name: str | None, inputs: int, group_size: int, groups: int
+                ) -> Callable[[], np.ndarray]:
+    """What gives the group of each input column: stored (GPTQ's `g_idx`,
+    whose order `desc_act` permutes) or column // group_size; each checked
+    here to be one of the `groups` the scales hold. Nothing is held per
+    weight: a stored index is read again for each block of values (4 bytes
+    a column), columns in order are one array for every weight of their width."""
     if name is None:
-        index = np.arange(inputs, dtype=np.int64) // group_size
-    else:
-        check_shape(stored, name, (inputs,))
-        check_dtype(stored, name, ("int32", "int64"))
-        index = stored.whole(name).astype(np.int64)
+        last = (inputs - 1) // group_size
+        if inputs and last >= groups:
+            raise QuantizationError(f"a group size of {group_size} puts a column in group {last}, "
+                                    f"and the scales hold {groups} groups")
+        return functools.partial(_in_order, inputs, group_size)
+    check_shape(stored, name, (inputs,))
+    check_dtype(stored, name, ("int32", "int64"))
+    index = stored.whole(name)
     if inputs and (index.min() < 0 or index.max() >= groups):
         bad = int(index.min() if index.min() < 0 else index.max())
-        raise QuantizationError(f"{name or f'a group size of {group_size}'} puts a column in group {bad}, "
-                                f"and the scales hold {groups} groups")
+        raise QuantizationError(f"{name} puts a column in group {bad}, and the scales hold {groups} groups")
+    return functools.partial(stored.whole, name)
+
+
+@functools.lru_cache(maxsize=64)
+def _in_order(inputs: int, group_size: int) -> np.ndarray:
+    """Column // group_size, shared by every weight of this width and group size (read-only)."""
+    index = np.arange(inputs, dtype=np.int32) // np.int32(group_size)
+    index.flags.writeable = False
     return index
 
 
