@@ -18,7 +18,8 @@ weights the two can differ by one unit in the last place.
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,12 +83,35 @@ def tensor_bytes(tensor: Tensor, offset: int, length: int) -> bytes:
 MAX_FACTOR_BYTES = 64 << 20
 
 
-@functools.lru_cache(maxsize=8)
+class _Kept:
+    """The factors read whole last, kept for the next reads of their
+    modules' rows, the least recently used dropped first: at most
+    `MAX_FACTOR_BYTES` of them in all, however many modules are read."""
+
+    def __init__(self):
+        self._arrays: OrderedDict[Tensor, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, tensor: Tensor) -> np.ndarray:
+        with self._lock:
+            if tensor in self._arrays:
+                self._arrays.move_to_end(tensor)
+                return self._arrays[tensor]
+        raw = tensor_bytes(tensor, 0, tensor.dtype.nbytes(tensor.numel))
+        array = to_float32(raw, tensor.dtype.name).reshape(tensor.shape)
+        with self._lock:
+            self._arrays[tensor] = array
+            while sum(a.nbytes for a in self._arrays.values()) > MAX_FACTOR_BYTES and len(self._arrays) > 1:
+                self._arrays.popitem(last=False)
+        return array
+
+
+_kept = _Kept()
+
+
 def _whole(tensor: Tensor) -> np.ndarray:
-    """A thin factor (or DoRA's magnitude, a bias) as float32, kept for
-    the next reads of its module's rows: at most 8 of them at a time."""
-    raw = tensor_bytes(tensor, 0, tensor.dtype.nbytes(tensor.numel))
-    return to_float32(raw, tensor.dtype.name).reshape(tensor.shape)
+    """A thin factor (or DoRA's magnitude, a bias) as float32 (`_Kept`)."""
+    return _kept.get(tensor)
 
 
 def _rows(tensor: Tensor, r0: int, r1: int) -> np.ndarray:
