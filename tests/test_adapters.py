@@ -296,3 +296,18 @@ def test_the_api_gives_the_merged_model(models):
     name = "model.layers.1.self_attn.q_proj.weight"
     np.testing.assert_array_equal(merged.tensor(name), want[name].numpy())
     assert ckptfs.open(models["llama"]).merged is None
+
+
+def test_trainable_tokens_refuse_their_embedding_rather_than_show_it_unchanged(models, mount, tmp_path):
+    """PEFT's trainable tokens replace rows of an embedding, which ckptfs
+    does not merge: merged/'s embedding fails to read with the reason,
+    never the base's rows shown as if merged."""
+    adapter = _adapter(models["llama"], tmp_path / "tokens", r=4, lora_alpha=8, target_modules=["q_proj"],
+                       trainable_token_indices=[3, 5])
+    mnt = mount(adapter, "-o", f"base={models['llama']}", log_errors_expected=True)
+    embedding = mnt / "merged" / "model" / "embed_tokens" / "weight.npy"
+    with pytest.raises(OSError) as failed:
+        embedding.read_bytes()
+    assert failed.value.errno == errno.EIO
+    assert "trainable tokens" in os.getxattr(embedding, "user.ckptfs.problem").decode()
+    assert np.load(mnt / "merged" / "model" / "norm" / "weight.npy").shape == (32,)  # the rest is served

@@ -148,13 +148,15 @@ def _cached_base(settings: lora_config.LoraSettings, config_path: str) -> str:
     return snapshot
 
 
-def adapter_parts(tensors: list[Tensor]) -> tuple[dict[str, Factors], dict[str, Tensor], list[str]]:
+def adapter_parts(tensors: list[Tensor]) -> tuple[dict[str, Factors], dict[str, Tensor], list[str], set[str]]:
     """The adapter's tensors by what they do: the factors of each adapted
-    module, the copies that replace base tensors (by the base's name), and
-    the keys of neither."""
+    module, the copies that replace base tensors (by the base's name), the
+    keys of neither, and the base tensors the adapter changes in a way
+    ckptfs does not merge (PEFT's trainable tokens: rows of an embedding)."""
     parts: dict[str, dict[str, object]] = {}
     replacing: dict[str, Tensor] = {}
     unknown: list[str] = []
+    unmerged: set[str] = set()
     for tensor in tensors:
         key = tensor.name
         if not key.startswith(PREFIX):
@@ -168,18 +170,20 @@ def adapter_parts(tensors: list[Tensor]) -> tuple[dict[str, Factors], dict[str, 
             fields["embedding"] = fields.get("embedding", False) or "embedding" in ending
         elif ".base_layer." in name:
             replacing[name.replace(".base_layer.", ".")] = tensor
+        elif ".token_adapter." in name:
+            unmerged.add(name.partition(".token_adapter.")[0] + ".weight")
         elif "lora_" in name:
             unknown.append(key)
         else:
             replacing[name] = tensor
-    return {module: Factors(**fields) for module, fields in parts.items()}, replacing, unknown
+    return {module: Factors(**fields) for module, fields in parts.items()}, replacing, unknown, unmerged
 
 
 def merged_checkpoint(ckpt: Checkpoint, settings: lora_config.LoraSettings, base: Checkpoint) -> Checkpoint:
     """The merged model: every tensor of `base`, the adapted ones computed,
     those that cannot be refused file by file (EIO, with the reason in the
     `user.ckptfs.problem` attribute and a note)."""
-    modules, replacing, unknown = adapter_parts([p.tensor for p in ckpt.tensors])
+    modules, replacing, unknown, unmerged = adapter_parts([p.tensor for p in ckpt.tensors])
     by_name = {p.tensor.name: p.tensor for p in base.tensors}
     notes = [f"{key}: not a tensor a LoRA merge uses; {MERGED}/ leaves it out" for key in unknown]
     notes += [f"{PREFIX}{m}: the base has no tensor {m}.weight to merge it into" for m in modules
@@ -188,6 +192,10 @@ def merged_checkpoint(ckpt: Checkpoint, settings: lora_config.LoraSettings, base
               for name in replacing if name not in by_name]
     records, refused = [], {}
     for name, tensor in by_name.items():
+        if name in unmerged:
+            refused[name] = ("the adapter trains some of its rows (PEFT's trainable tokens), which ckptfs does not "
+                             "merge", tensor)
+            continue
         try:
             records.append(_merged_record(name, tensor, modules, replacing, settings))
         except Unfit as e:
