@@ -83,12 +83,12 @@ import sys, time, torch
 from safetensors import safe_open
 torch.set_num_threads(2)
 
-def gptq(f, p):  # GPTQModel dequantize_weight, 4-bit, v1 zeros
-    qweight, qzeros = f.get_tensor(p + "qweight"), f.get_tensor(p + "qzeros")
+def gptq(f, p):  # GPTQModel: v1 zeros to v2 (one added to every field of each word), then dequantize_weight, 4-bit
+    qweight, qzeros = f.get_tensor(p + "qweight"), f.get_tensor(p + "qzeros") + 0x11111111  # int32: wraps
     scales, g_idx = f.get_tensor(p + "scales"), f.get_tensor(p + "g_idx").long()
     wf = torch.arange(0, 32, 4, dtype=torch.int32)
     zeros = torch.bitwise_and(torch.bitwise_right_shift(qzeros.unsqueeze(2).expand(-1, -1, 8), wf.view(1, 1, 8)), 15)
-    zeros = zeros.to(torch.int16).reshape(scales.shape) + 1
+    zeros = zeros.to(torch.int16).reshape(scales.shape)
     weight = torch.bitwise_and(torch.bitwise_right_shift(qweight.unsqueeze(1).expand(-1, 8, -1), wf.view(1, 8, 1)), 15)
     weight = weight.to(torch.int16).reshape(-1, weight.shape[2])
     return (scales[g_idx] * (weight - zeros[g_idx])).T.contiguous()
