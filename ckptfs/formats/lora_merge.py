@@ -18,14 +18,13 @@ weights the two can differ by one unit in the last place.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FormatError
 from ..sources.base import scatter
+from ..tree.kept import Kept
 from ..tree.tensors import Tensor
 
 #: the dtypes a merge reads and writes
@@ -83,35 +82,14 @@ def tensor_bytes(tensor: Tensor, offset: int, length: int) -> bytes:
 MAX_FACTOR_BYTES = 64 << 20
 
 
-class _Kept:
-    """The factors read whole last, kept for the next reads of their
-    modules' rows, the least recently used dropped first: at most
-    `MAX_FACTOR_BYTES` of them in all, however many modules are read."""
-
-    def __init__(self):
-        self._arrays: OrderedDict[Tensor, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, tensor: Tensor) -> np.ndarray:
-        with self._lock:
-            if tensor in self._arrays:
-                self._arrays.move_to_end(tensor)
-                return self._arrays[tensor]
-        raw = tensor_bytes(tensor, 0, tensor.dtype.nbytes(tensor.numel))
-        array = to_float32(raw, tensor.dtype.name).reshape(tensor.shape)
-        with self._lock:
-            self._arrays[tensor] = array
-            while sum(a.nbytes for a in self._arrays.values()) > MAX_FACTOR_BYTES and len(self._arrays) > 1:
-                self._arrays.popitem(last=False)
-        return array
-
-
-_kept = _Kept()
+#: the factors read whole last, kept for the next reads of their modules' rows
+_KEPT = Kept(MAX_FACTOR_BYTES, lambda array: array.nbytes)
 
 
 def _whole(tensor: Tensor) -> np.ndarray:
-    """A thin factor (or DoRA's magnitude, a bias) as float32 (`_Kept`)."""
-    return _kept.get(tensor)
+    """A thin factor (or DoRA's magnitude, a bias) as float32, kept (`_KEPT`)."""
+    return _KEPT.get(tensor, lambda: to_float32(tensor_bytes(tensor, 0, tensor.dtype.nbytes(tensor.numel)),
+                                                tensor.dtype.name).reshape(tensor.shape))
 
 
 def _rows(tensor: Tensor, r0: int, r1: int) -> np.ndarray:

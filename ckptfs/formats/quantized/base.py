@@ -12,7 +12,6 @@ one block of rows however large the weight.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +20,7 @@ import numpy as np
 from ...errors import CkptfsError
 from ...sources.base import Source, scatter
 from ...tree.dtypes import BY_NAME, DType
+from ...tree.kept import Kept
 from ...tree.tensors import Tensor
 
 #: bytes of dequantized values made at a time (one block of whole rows, at least one row)
@@ -147,8 +147,7 @@ def numpy_dtype(dtype: DType) -> np.dtype:
 
 class DequantizedRows:
     """A quantized weight's values, made on read a block of whole rows at a
-    time; the last block made is kept, so the reads of a sequential copy
-    (128 KiB each through FUSE) make each block once."""
+    time; the blocks made last are kept (`_KEPT`)."""
 
     def __init__(self, weight: QuantizedWeight, source: Source):
         #: where its stored tensors lie (the first's): a slow one is read off the event loop
@@ -157,8 +156,6 @@ class DequantizedRows:
         self.row_bytes = weight.dtype.nbytes(math.prod(weight.shape[1:]))
         self.length = self.row_bytes * (weight.shape[0] if weight.shape else 1)
         self.block_rows = max(1, BLOCK_BYTES // max(1, self.row_bytes))
-        self._last: tuple[int, bytes] = (-1, b"")
-        self._lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(self.length, offset + max(0, length))
@@ -178,9 +175,9 @@ class DequantizedRows:
         scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
     def _block(self, block: int) -> bytes:
-        with self._lock:
-            if self._last[0] == block:
-                return self._last[1]
+        return _KEPT.get((self, block), lambda: self._make(block))
+
+    def _make(self, block: int) -> bytes:
         weight, rows = self.weight, self.weight.shape[0]
         first = block * self.block_rows
         last = min(rows, first + self.block_rows)
@@ -190,7 +187,9 @@ class DequantizedRows:
         if values.shape != expected or values.dtype != numpy_dtype(weight.dtype):
             raise QuantizationError(f"{weight.name}: made {values.dtype}{list(values.shape)}, not "
                                     f"{weight.dtype.name}{list(expected)}")  # a scheme's own mistake, never the file's
-        data = np.ascontiguousarray(values).tobytes()
-        with self._lock:
-            self._last = (block, data)
-        return data
+        return np.ascontiguousarray(values).tobytes()
+
+
+#: the blocks made last, of any weight: a sequential copy (128 KiB reads
+#: through FUSE) makes each block once, and a walk of every weight holds a few
+_KEPT = Kept(4 * BLOCK_BYTES, len)
