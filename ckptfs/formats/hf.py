@@ -104,15 +104,14 @@ def open_dir(directory: Directory) -> Checkpoint:
     _own_access(tree, placed, Access.of(directory.stat()))
     by_name = {p.tensor.name: p.tensor for p in placed}
     quantization_notes: list[str] = []  # not the notes that make the mount read-only
-    found = quantized.find(by_name, quantized.model_config(directory, quantization_notes))
-    dequantized = quantized.dequantized_files(tree, found, by_name)
+    dequantized, undequantized = quantized.shown(tree, by_name, quantized.model_config(directory, quantization_notes))
     placed = merge_into(root, tree, placed)
     add_links(directory, outside, root, raw)
     kind = "torch.save" if in_torch else "safetensors"
     pickle_globals = sorted({g for s in torch_shards.values() for g in s.globals})
     ckpt = Checkpoint(f"huggingface ({kind})", path, directory.stat(), root, raw, placed,
-                      notes + quantization_notes + found.notes,
-                      pickle_globals, quantized=dequantized, undequantized=found.notes)
+                      notes + quantization_notes + undequantized,
+                      pickle_globals, quantized=dequantized, undequantized=undequantized)
     ckpt.pretrained_files = _beside_weights(root, weights | set(shards), {p.path.split("/")[0] for p in placed})
     if outside:
         root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(outside))

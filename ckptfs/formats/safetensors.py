@@ -272,10 +272,9 @@ def open_file(opening: Opening) -> Checkpoint:
     root, placed, by_name, _ = expand(source)
     notes: list[str] = []
     config = quantized.model_config(opening.neighbours, notes) if opening.neighbours is not None else None
-    found = quantized.find(by_name, config)
-    dequantized = quantized.dequantized_files(root, found, by_name)
-    ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed, notes + found.notes,
-                      quantized=dequantized, undequantized=found.notes)
+    dequantized, undequantized = quantized.shown(root, by_name, config)
+    ckpt = Checkpoint("safetensors", source.path, st, root, raw_mirror(source), placed, notes + undequantized,
+                      quantized=dequantized, undequantized=undequantized)
     ckpt.writer = Writer(by_name)
     return ckpt
 

@@ -66,13 +66,21 @@ class Found:
     notes: list[str] = field(default_factory=list)
 
 
+def shown(root: Dir, tensors: dict[str, Tensor], config: dict | None) -> tuple[list[QuantizedTensor], list[str]]:
+    """Find the quantized weights among `tensors` (the tree's, by name) and
+    add their `dequantized.npy` files to `root`: (their records, a note on
+    each weight left stored)."""
+    found = find(tensors, config)
+    return dequantized_files(root, found, tensors), found.notes
+
+
 def find(tensors: dict[str, Tensor], config: dict | None) -> Found:
     """Every quantized weight among `tensors` (the merged tree's, by name)."""
     found = Found()
     claimed: set[str] = set()
     unmade: dict[str, list[str]] = {}  # weights by why this machine cannot make them: one note each
     for _, find_weights in SCHEMES:
-        stored = Stored({n: t for n, t in tensors.items() if n not in claimed}, config)
+        stored = Stored({n: t for n, t in tensors.items() if n not in claimed} if claimed else tensors, config)
         weights, notes = find_weights(stored)
         found.notes += notes
         for weight in weights:
@@ -124,4 +132,4 @@ def dequantized_files(root: Dir, found: Found, tensors: dict[str, Tensor]) -> li
     return records
 
 
-__all__ = ["Found", "QuantizationError", "QuantizedWeight", "dequantized_files", "find", "model_config"]
+__all__ = ["Found", "QuantizationError", "QuantizedWeight", "dequantized_files", "find", "model_config", "shown"]
