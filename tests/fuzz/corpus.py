@@ -194,6 +194,24 @@ def _bnb_safetensors() -> list[bytes]:
 
 
 @functools.cache
+def _protobuf_messages() -> list[bytes]:
+    """A small ONNX model as the onnx package serializes it: nested messages,
+    packed and unpacked repeated fields, floats, raw tensor bytes."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, 4.0])
+    node = helper.make_node("Gemm", ["x", "w"], ["y"], alpha=0.5, transB=1)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [weight],
+    )
+    model = helper.make_model(graph, producer_name="seed")
+    return [model.SerializeToString(), weight.SerializeToString()]
+
+
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
     torch_zip = (SAMPLES / "lightning" / "tiny.ckpt").read_bytes()
@@ -216,5 +234,6 @@ def seeds(target: str) -> list[bytes]:
         "bnb_quant_state": _bnb_quant_states,
         "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
         "diffusers_model_index": _model_index,
+        "protowire": _protobuf_messages,
     }
     return by_target[target]()

@@ -24,6 +24,7 @@ from ckptfs.formats import (
     lora_config,
     npz,
     open_checkpoint,
+    protowire,
     pt2,
     quantized,
     safetensors,
@@ -176,6 +177,18 @@ _HEADER = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
 _COMPONENT_WEIGHTS = len(_HEADER).to_bytes(8, "little") + _HEADER + bytes(8)
 
 
+def _protowire(data: bytes) -> None:
+    """Every field of the message, and of each LEN field read as a message
+    in turn (one that is a string or bytes may fail, as a FormatError)."""
+    source = MemorySource(data)
+    for field in protowire.fields(source):
+        if field.wire == protowire.LEN:
+            try:
+                list(protowire.fields(source, field.offset, field.end))
+            except CkptfsError:
+                pass
+
+
 def _diffusers_model_index(data: bytes) -> None:
     """A diffusers pipeline whose model_index.json is the input, beside a
     component folder holding a model, opened and read."""
@@ -239,6 +252,7 @@ TARGETS = {t.name: t for t in (
     Target("quantization_config", _quantization_config, (CkptfsError,)),
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
+    Target("protowire", _protowire, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
