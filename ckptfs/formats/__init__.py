@@ -25,6 +25,7 @@ from . import (
     hf,
     npy,
     npz,
+    onnx,
     pt2,
     safetensors,
     sharded_torch,
@@ -45,6 +46,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,
+    onnx.FORMAT,  # no magic: last, told by its first fields being a ModelProto's
 )
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (

@@ -1,0 +1,216 @@
+"""ONNX models (formats/onnx.py): every initializer read through a mount
+bit for bit as onnx.load + numpy_helper.to_array read it, in every way ONNX
+stores values, inline or in external data files; graph.yaml and
+metadata.yaml; edits run in onnxruntime; export, diff against the torch
+checkpoint the model was exported from."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import numpy_helper
+
+from ckptfs.formats import FILE_FORMATS, file_formats
+from ckptfs.formats import onnx as onnx_format
+from ckptfs.formats.base import SNIFF_BYTES
+
+from . import onnx_models
+from .conftest import REPO, TIMED_APART, run_ckptfs, umount, write_refused
+
+pytestmark = TIMED_APART
+LAYOUTS = ["inline", "external", "per-tensor"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("onnx")
+    return {layout: onnx_models.save(folder / layout, layout) for layout in LAYOUTS}
+
+
+def _tensors(mnt) -> dict[str, np.ndarray]:
+    """Every `.npy` of the mount by its tensor name (user.ckptfs.name)."""
+    found = {}
+    for folder, _, files in os.walk(mnt):
+        if "/.ckptfs" in folder:
+            continue
+        for name in files:
+            if name.endswith(".npy"):
+                path = os.path.join(folder, name)
+                found[os.getxattr(path, "user.ckptfs.name").decode()] = np.load(path)
+    return found
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_initializer_is_read_bit_for_bit_as_onnx_reads_it(models, layout, mount):
+    path = models[layout]
+    expected = onnx_models.reference(path)
+    mnt = mount(path, "-o", "ro")
+    shown = _tensors(mnt)
+    assert sorted(shown) == sorted(expected)
+    for name, array in shown.items():
+        want = expected[name]
+        assert array.dtype == want.dtype and array.shape == want.shape, name
+        assert array.tobytes() == want.tobytes(), name
+    assert yaml.safe_load((mnt / "metadata.yaml").read_text()) == onnx_models.METADATA
+    graph = yaml.safe_load((mnt / "graph.yaml").read_text())
+    assert graph["ir_version"] == 8 and graph["opsets"] == {"ai.onnx": 17} and graph["producer_name"] == "ckptfs-tests"
+    assert graph["graph"]["inputs"] == [{"name": "x", "type": "float32", "shape": ["batch", 4]}]
+    assert graph["graph"]["nodes"] == [{"op_type": "Gemm", "name": "fc", "inputs": ["x", "fc.weight", "fc.bias"],
+                                        "outputs": ["y"], "attributes": {"alpha": 1.0, "transB": 1}}]
+    assert graph["graph"]["initializers"] == len(expected)
+
+
+def test_external_tensors_are_served_zero_copy_from_their_data_file(models, mount):
+    mnt = mount(models["external"], "-o", "ro")
+    source = os.getxattr(mnt / "raw" / "big.npy", "user.ckptfs.source").decode()
+    assert source.endswith("external/model.data")
+    assert os.getxattr(mnt / "fc" / "bias.npy", "user.ckptfs.source").decode().endswith("model.onnx")  # under 64 bytes
+
+
+def test_only_onnx_takes_a_model_and_it_takes_no_other_format():
+    head = onnx_models.model().SerializeToString()[:SNIFF_BYTES]
+    assert file_formats(head) == [onnx_format.FORMAT]
+    assert FILE_FORMATS[-1] is onnx_format.FORMAT
+    for other in (b"\x80\x02}q\x00.", b"\x08\x01\x00\x00\x00\x00\x00\x00{}", b"PK\x03\x04", b"GGUF\x03\x00",
+                  b"\x93NUMPY", b"\x08\x00", b"\x08\x07\x99\x01", b"\x0a\x03abc"):
+        assert not onnx_format.sniff(other), other
+
+
+def test_info_ls_cat(models):
+    path = models["external"]
+    info = run_ckptfs("info", path)
+    assert info.returncode == 0 and "onnx" in info.stdout, info.stderr
+    listed = run_ckptfs("ls", path, "fc")
+    assert listed.returncode == 0 and listed.stdout.split() == ["bias.npy", "weight.npy"], listed.stdout
+    cat = subprocess.run([sys.executable, "-m", "ckptfs", "cat", str(path), "metadata.yaml"], capture_output=True,
+                         cwd=REPO, timeout=120)
+    assert cat.returncode == 0 and yaml.safe_load(cat.stdout) == onnx_models.METADATA
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # not the warnings of unused initializers
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def test_an_edited_model_runs_in_onnxruntime_with_its_new_bias_and_metadata(models, tmp_path, mount):
+    path = onnx_models.save(tmp_path / "edit", "inline")
+    x = np.ones((2, 4), np.float32)
+    before = _run(path, x)
+    mnt = mount(path)
+    np.save(mnt / "fc" / "bias.npy", onnx_models.BIAS + 10)
+    (mnt / "metadata.yaml").write_text("author: someone else\nnew key: '1.0'\n")
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    assert np.allclose(_run(path, x), before + 10)
+    loaded = onnx.load(str(path))
+    assert {p.key: p.value for p in loaded.metadata_props} == {"author": "someone else", "new key": "1.0"}
+    assert onnx_models.reference(path)["raw.big"].tobytes() == numpy_helper.to_array(
+        next(t for t in onnx_models.model().graph.initializer if t.name == "raw.big")).tobytes()
+
+
+def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "edit", "external")
+    data_before = (path.parent / "model.data").read_bytes()
+    reference = onnx_models.reference(path)
+    mnt = mount(path)
+    write_refused(mnt / "raw" / "big.npy", (mnt / "raw" / "big.npy").read_bytes())
+    write_refused(mnt / "typed" / "i64.npy", (mnt / "typed" / "i64.npy").read_bytes())  # varints
+    with pytest.raises(OSError) as refused:
+        (mnt / "graph.yaml").write_text("graph: {}\n")
+    assert refused.value.errno == errno.EROFS
+    np.save(mnt / "fc" / "bias.npy", onnx_models.BIAS * 2)
+    (mnt / "metadata.yaml").write_text("{}\n")
+    done = umount(mnt, "--discard")
+    assert done.returncode == 0, done.stderr
+    mnt = mount(path)
+    np.save(mnt / "fc" / "bias.npy", onnx_models.BIAS * 2)
+    (mnt / "metadata.yaml").write_text("{}\n")
+    assert umount(mnt).returncode == 0
+    assert (path.parent / "model.data").read_bytes() == data_before
+    onnx.checker.check_model(str(path))
+    after = onnx_models.reference(path)
+    assert after["fc.bias"].tolist() == (onnx_models.BIAS * 2).tolist()
+    assert all(after[k].tobytes() == v.tobytes() for k, v in reference.items() if k != "fc.bias")
+    assert not onnx.load(str(path)).metadata_props
+    assert np.allclose(_run(path, np.zeros((1, 4), np.float32)), onnx_models.BIAS * 2)
+
+
+@pytest.mark.parametrize("layout", ["inline", "external"])
+def test_a_model_rewritten_with_its_own_bytes_repacks_to_identical_bytes(layout, tmp_path, mount):
+    path = onnx_models.save(tmp_path / "same", layout)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    mnt = mount(path)
+    for name in ("metadata.yaml", "typed/f32.npy", "typed/f64.npy") + (("fc/weight.npy",) if layout == "inline" else ()):
+        (mnt / name).write_bytes((mnt / name).read_bytes())
+    assert umount(mnt).returncode == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_edits_it_cannot_hold_are_refused_at_once(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "bad", "inline")
+    mnt = mount(path)
+    write_refused(mnt / "fc" / "bias.npy", _npy(np.zeros(4, np.float32)))  # another shape
+    write_refused(mnt / "fc" / "weight.npy", _npy(onnx_models.WEIGHT.astype(np.float64)))  # another dtype
+    write_refused(mnt / "metadata.yaml", b"key: 3\n")  # not a string
+    write_refused(mnt / "new.npy", _npy(np.zeros(2, np.float32)))
+    with pytest.raises(PermissionError):
+        os.rename(mnt / "fc" / "bias.npy", mnt / "fc" / "b.npy")
+    assert umount(mnt, "--discard").returncode == 0
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def test_export_to_safetensors_streams_in_bounded_memory(tmp_path):
+    from safetensors.torch import load_file
+
+    big = numpy_helper.from_array(np.random.default_rng(0).standard_normal((96 << 20) // 4).astype(np.float32),
+                                  "huge.weight")
+    path = onnx_models.save(tmp_path / "big", "external", onnx_models.model([big]))
+    out = tmp_path / "out.safetensors"
+    measured = subprocess.run(
+        [sys.executable, "-c", "import resource, subprocess, sys; "
+         "done = subprocess.run(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)",
+         sys.executable, "-m", "ckptfs", "export", str(path), str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert measured.returncode == 0, measured.stderr
+    peak_kib = int(measured.stdout.split()[-1])
+    assert peak_kib < 200 << 10, f"export peaked at {peak_kib} KiB"  # not a copy of the 96 MiB tensor plus Python
+    import torch
+
+    exported = load_file(str(out))
+    expected = onnx_models.reference(path)
+    assert sorted(exported) == sorted(expected)
+    for name, tensor in exported.items():
+        assert tensor.flatten().view(torch.uint8).numpy().tobytes() == expected[name].tobytes(), name
+        assert tuple(tensor.shape) == expected[name].shape, name
+
+
+def test_diff_with_the_torch_checkpoint_it_was_exported_from(tmp_path):
+    folder = tmp_path / "torch"
+    done = subprocess.run([sys.executable, "-m", "tests.onnx_models", "torch", str(folder)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    compared = run_ckptfs("diff", folder / "model.pt", folder / "model.onnx", "--map", "model.=", "--tensors-only")
+    assert compared.returncode == 0, compared.stderr
+    assert compared.stdout.strip() == "4 tensors bit-equal; the checkpoints are the same"
+    unmapped = run_ckptfs("diff", folder / "model.pt", folder / "model.onnx", "--tensors-only")
+    assert unmapped.returncode == 1 and "model.0.weight" in unmapped.stdout
