@@ -30,6 +30,8 @@ import math
 import posixpath
 from dataclasses import dataclass, field
 
+import yaml
+
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
@@ -40,7 +42,7 @@ from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PiecedTensor, Tensor, tensor_tree
-from ..tree.yamltext import dump
+from ..tree.yamltext import Dumper, FastDumper, dump
 from . import protowire
 from .base import FileFormat, Opening, WriterKind
 from .onnx_graph import GraphText, type_name
@@ -210,8 +212,6 @@ def tensor_of(source: Source, info: TensorInfo, neighbours: Directory | None,
     dtype, shape = BY_NAME[dtype_name], tuple(info.dims)
     numel = math.prod(shape)
     nbytes = numel * dtype.bits // 8
-    if nbytes > source.size + (1 << 60):
-        raise FormatError(path, f"shape {list(shape)} claims {nbytes} bytes")
     if info.data_location == EXTERNAL or info.external:
         return Tensor(info.name, dtype, shape, _external(source, info, neighbours, externals, nbytes)), "external"
     if info.raw is not None:
@@ -228,6 +228,7 @@ def tensor_of(source: Source, info: TensorInfo, neighbours: Directory | None,
     if number in FIXED_FIELDS:
         return _fixed(source, info, fields, nbytes), "inline"
     values = VarintValues(source, fields, dtype.bits // 8, numel)
+    values.marks()  # read through once: values that are no whole varints, or too few, leave the tensor out now
     first = Extent(source, fields[0].offset, fields[0].value if fields[0].wire == LEN else 0)
     return PiecedTensor(info.name, dtype, shape, first, (values,)), "varints"
 
@@ -276,6 +277,15 @@ def _external(source: Source, info: TensorInfo, neighbours: Directory | None, ex
     return Extent(data, offset, nbytes)
 
 
+def graph_text(head: dict) -> str:
+    """graph.yaml: blocks, with lists of names and numbers (inputs, shapes) on one line each, lines unwrapped."""
+    options = dict(sort_keys=False, allow_unicode=True, default_flow_style=None, width=1 << 20)
+    try:
+        return yaml.dump(head, Dumper=FastDumper, **options)
+    except UnicodeEncodeError:
+        return yaml.dump(head, Dumper=Dumper, **options)
+
+
 def metadata_text(metadata: list[tuple[str, str]]) -> str:
     return dump(dict(metadata)) if metadata else "{}\n"
 
@@ -292,7 +302,7 @@ def read(source: Source, neighbours: Directory | None):
     head = {**model.facts, "opsets": model.opsets, "graph": graph}
     if model.functions:
         head["functions"] = model.functions
-    described = File(Content([dump(head).encode()]))
+    described = File(Content([graph_text(head).encode()]))
     described.read_only = True
     if len(dict(model.metadata)) < len(model.metadata):
         shown.notes.append("metadata_props holds a key twice: metadata.yaml shows the last value")

@@ -159,6 +159,13 @@ class VarintValues:
         #: (first value, its field, start, end): whole varints in source[start:end]
         self._marks: list[tuple[int, int, int, int]] | None = None
 
+    def marks(self) -> list[tuple[int, int, int, int]]:
+        """The marks, laid on first use: FormatError where the values are
+        not whole varints or not as many as the shape takes."""
+        if self._marks is None:
+            self._marks = self._lay_marks()
+        return self._marks
+
     def _lay_marks(self) -> list[tuple[int, int, int, int]]:
         marks, values = [], 0
         for i, f in enumerate(self.fields):
@@ -185,17 +192,16 @@ class VarintValues:
         first, last = offset // size, min(self.count, -(-(offset + length) // size))
         if first >= last:
             return b""
-        if self._marks is None:
-            self._marks = self._lay_marks()
-        m = bisect.bisect_right(self._marks, (first, len(self.fields), 0, 0)) - 1
+        marks = self.marks()
+        m = bisect.bisect_right(marks, (first, len(self.fields), 0, 0)) - 1
         out = []
-        for start_value, i, start, end in self._marks[m:]:
+        for start_value, i, start, end in marks[m:]:
             if start_value >= last:
                 break
             f = self.fields[i]
             out.append(np.array([f.value], np.uint64) if f.wire == VARINT
                        else decode_varints(self.source.read_exact(start, end - start), self.source.path, start))
-        base = self._marks[m][0]
+        base = marks[m][0]
         values = np.concatenate(out)[first - base: last - base]
         data = values.astype(np.dtype(f"<u{size}")).tobytes()
         skip = offset - first * size

@@ -212,6 +212,21 @@ def _protobuf_messages() -> list[bytes]:
     return [model.SerializeToString(), weight.SerializeToString()]
 
 
+def _onnx_models() -> list[bytes]:
+    """The tests' model (every way ONNX stores values) and one with a subgraph (an If's branches)."""
+    from onnx import TensorProto, helper
+
+    from ..onnx_models import model
+
+    branch = helper.make_graph([helper.make_node("Identity", ["c"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+                               [helper.make_tensor("c", TensorProto.FLOAT, [1], [2.0])])
+    node = helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+    return [model().SerializeToString(), helper.make_model(graph).SerializeToString()]
+
+
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
     torch_zip = (SAMPLES / "lightning" / "tiny.ckpt").read_bytes()
@@ -235,5 +250,6 @@ def seeds(target: str) -> list[bytes]:
         "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
         "diffusers_model_index": _model_index,
         "protowire": _protobuf_messages,
+        "onnx_model": _onnx_models,
     }
     return by_target[target]()
