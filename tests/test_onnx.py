@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from ckptfs.formats import FILE_FORMATS, file_formats
 from ckptfs.formats import onnx as onnx_format
 from ckptfs.formats.base import SNIFF_BYTES
+from ckptfs.formats.onnx_graph import yaml_text
 
 from . import onnx_models
 from .conftest import REPO, TIMED_APART, run_ckptfs, umount, write_refused
@@ -82,6 +83,14 @@ def test_only_onnx_takes_a_model_and_it_takes_no_other_format():
     for other in (b"\x80\x02}q\x00.", b"\x08\x01\x00\x00\x00\x00\x00\x00{}", b"PK\x03\x04", b"GGUF\x03\x00",
                   b"\x93NUMPY", b"\x08\x00", b"\x08\x07\x99\x01", b"\x0a\x03abc"):
         assert not onnx_format.sniff(other), other
+
+
+def test_graph_yaml_reads_back_as_the_values_it_was_written_from():
+    tricky = ["yes", "No", "1.5", "", "x y", "#c", "\u00e9", "\x85z", "\U0001F600", "a: b", "a:", "onnx::MatMul_1",
+              "-x", "[1]", None, 1e-05, float("inf"), -0.0, 3, True, "null", "~", "0x10", ".inf", "12:30", "<<"]
+    value = {"graph": {"nodes": [{"op_type": "If", "attributes": {"then_branch": {"nodes": []}, "xs": tricky}}],
+                       "empty": {}, "lists": [[1, 2], []]}}
+    assert yaml.safe_load(yaml_text(value)) == value
 
 
 def test_info_ls_cat(models):

@@ -30,8 +30,6 @@ import math
 import posixpath
 from dataclasses import dataclass, field
 
-import yaml
-
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
@@ -42,10 +40,10 @@ from ..tree.dtypes import BY_NAME
 from ..tree.nodes import Content, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PiecedTensor, Tensor, tensor_tree
-from ..tree.yamltext import Dumper, FastDumper, dump
+from ..tree.yamltext import dump
 from . import protowire
 from .base import FileFormat, Opening, WriterKind
-from .onnx_graph import GraphText, type_name
+from .onnx_graph import GraphText, type_name, yaml_text
 from .onnx_proto import (
     DATA_TYPES,
     EXTERNAL,
@@ -277,15 +275,6 @@ def _external(source: Source, info: TensorInfo, neighbours: Directory | None, ex
     return Extent(data, offset, nbytes)
 
 
-def graph_text(head: dict) -> str:
-    """graph.yaml: blocks, with lists of names and numbers (inputs, shapes) on one line each, lines unwrapped."""
-    options = dict(sort_keys=False, allow_unicode=True, default_flow_style=None, width=1 << 20)
-    try:
-        return yaml.dump(head, Dumper=FastDumper, **options)
-    except UnicodeEncodeError:
-        return yaml.dump(head, Dumper=Dumper, **options)
-
-
 def metadata_text(metadata: list[tuple[str, str]]) -> str:
     return dump(dict(metadata)) if metadata else "{}\n"
 
@@ -302,7 +291,7 @@ def read(source: Source, neighbours: Directory | None):
     head = {**model.facts, "opsets": model.opsets, "graph": graph}
     if model.functions:
         head["functions"] = model.functions
-    described = File(Content([graph_text(head).encode()]))
+    described = File(Content([yaml_text(head).encode()]))
     described.read_only = True
     if len(dict(model.metadata)) < len(model.metadata):
         shown.notes.append("metadata_props holds a key twice: metadata.yaml shows the last value")

@@ -10,6 +10,8 @@ Subgraphs nest at most MAX_DEPTH deep and the whole file holds at most
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 
 from ..errors import FormatError
@@ -187,3 +189,68 @@ def _floats(source: Source, f: protowire.Field) -> list[float]:
         raise FormatError(source.path, f"field {f.number} at offset {f.offset} holds no floats")
     data = source.read_exact(f.offset, f.value // 4 * 4)
     return [v for (v,) in struct.iter_unpack("<f", data)]
+
+
+# -- the YAML text, written here: PyYAML's representer takes seconds for a graph of 20,000 nodes
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./:\-]*(?<!:)\Z")
+#: words YAML 1.1 (PyYAML) reads as something other than a string
+_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def yaml_text(value: dict) -> str:
+    """Block-style YAML of a graph's description (dicts, lists, strings,
+    numbers, None), lists of scalars on one line, strings quoted as JSON
+    where plain would not read back as the same string."""
+    out: list[str] = []
+    _mapping(value, "", out)
+    return "\n".join(out) + "\n"
+
+
+def _mapping(value: dict, indent: str, out: list[str], first: str | None = None) -> None:
+    if not value:
+        out.append(f"{first or indent}{{}}")
+        return
+    for i, (key, item) in enumerate(value.items()):
+        lead = first if first is not None and i == 0 else indent
+        _entry(f"{lead}{_scalar(key)}:", item, indent + "  ", out)
+
+
+def _entry(head: str, item, indent: str, out: list[str]) -> None:
+    if isinstance(item, dict) and item:
+        out.append(head)
+        _mapping(item, indent, out)
+    elif isinstance(item, list) and any(isinstance(v, (dict, list)) for v in item):
+        out.append(head)
+        for v in item:
+            if isinstance(v, dict):
+                _mapping(v, indent + "  ", out, first=indent + "- ")
+            else:
+                _entry(indent + "-", v, indent + "  ", out)
+    else:
+        out.append(f"{head} {_flow(item)}")
+
+
+def _flow(item) -> str:
+    if isinstance(item, list):
+        return "[" + ", ".join(_flow(v) for v in item) + "]"
+    return "{}" if isinstance(item, dict) else _scalar(item)
+
+
+def _scalar(item) -> str:
+    if item is None:
+        return "null"
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, int):
+        return str(item)
+    if isinstance(item, float):
+        if item != item:
+            return ".nan"
+        if item in (float("inf"), float("-inf")):
+            return ".inf" if item > 0 else "-.inf"
+        text = repr(item)
+        return text.replace("e", ".0e") if "e" in text and "." not in text else text  # 1e-05 reads back as a float
+    text = str(item)
+    if _PLAIN.match(text) and text.lower() not in _WORDS and not text.startswith("//"):
+        return text
+    return json.dumps(text, ensure_ascii=not text.isprintable())  # YAML takes no unprintable character unescaped
