@@ -95,17 +95,29 @@ def main() -> None:
         print(write_model(args.write, args.gib))
         return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ckptfs-bench-onnx-"))
+    try:
+        text = measure(work, args.rounds, args.gib)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(text)
+    (HERE / "out").mkdir(exist_ok=True)
+    (HERE / "out" / "onnx.md").write_text(text)
+
+
+def measure(work: Path, rounds: int, gib: float) -> str:
+    """The benchmark's Markdown, the model written in `work` unless it is there."""
     work.mkdir(parents=True, exist_ok=True)
     model, mnt = work / "model.onnx", work / "mnt"
     mnt.mkdir(exist_ok=True)
     count = None
     if not model.exists():  # in a process of its own: a child forked from this one would start with its memory
-        done = subprocess.run([sys.executable, __file__, "--write", str(model), "--gib", str(args.gib)], check=True,
+        done = subprocess.run([sys.executable, __file__, "--write", str(model), "--gib", str(gib)], check=True,
                               capture_output=True, text=True, timeout=3600)
         count = int(done.stdout)
     subprocess.run(["cat", model, work / "model.data"], check=True, stdout=subprocess.DEVNULL)  # warm for both
     ours, theirs = [], []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         ours.append(mount_and_read(model, mnt))
         theirs.append(load(model))
     median = statistics.median
@@ -120,14 +132,9 @@ def main() -> None:
              f"{rss_ours:.0f} (the daemon) | {rss_ours / rss_theirs:.2f}x |",
              f"| `onnx.load` + `numpy_helper.to_array` of every initializer | {t_theirs:.2f} | 1.00x | "
              f"{rss_theirs:.0f} | 1.00x |",
-             "", f"Medians of {args.rounds} interleaved rounds (peak RSS: the largest), page cache warm, a fresh "
+             "", f"Medians of {rounds} interleaved rounds (peak RSS: the largest), page cache warm, a fresh "
              "mount each round, Python's start included on both sides."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "onnx.md").write_text(text)
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
