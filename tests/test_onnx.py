@@ -129,6 +129,18 @@ def test_an_edited_model_runs_in_onnxruntime_with_its_new_bias_and_metadata(mode
         next(t for t in onnx_models.model().graph.initializer if t.name == "raw.big")).tobytes()
 
 
+def test_metadata_added_to_a_model_without_any(tmp_path, mount):
+    proto = onnx_models.model()
+    del proto.metadata_props[:]
+    path = onnx_models.save(tmp_path / "plain", "inline", proto)
+    mnt = mount(path)
+    assert (mnt / "metadata.yaml").read_text() == "{}\n"
+    (mnt / "metadata.yaml").write_text("converted_by: ckptfs\n")
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"converted_by": "ckptfs"}
+
+
 def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
     path = onnx_models.save(tmp_path / "edit", "external")
     data_before = (path.parent / "model.data").read_bytes()

@@ -46,6 +46,8 @@ from .base import FileFormat, Opening, WriterKind
 from .onnx_graph import GraphText, type_name, yaml_text
 from .onnx_proto import (
     DATA_TYPES,
+    DOC_STRING,
+    DOMAIN,
     EXTERNAL,
     FIELD_NAMES,
     FIXED_FIELDS,
@@ -55,7 +57,10 @@ from .onnx_proto import (
     IR_VERSION,
     METADATA_PROPS,
     MODEL_FIELDS,
+    MODEL_VERSION,
     OPSET_IMPORT,
+    PRODUCER_NAME,
+    PRODUCER_VERSION,
     T_INT32_DATA,
     TYPED_FIELD,
     TensorInfo,
@@ -68,10 +73,10 @@ from .onnx_proto import (
 from .onnx_write import Writer
 from .protowire import LEN, VARINT
 
-#: the highest ir_version the sniff takes (ONNX 1.20 writes 11 or 12)
+#: the highest ir_version the sniff takes: far above any ONNX has defined (one more every release or two)
 MAX_IR_VERSION = 100
-FACTS = {IR_VERSION: "ir_version", 2: "producer_name", 3: "producer_version", 4: "domain", 5: "model_version",
-         6: "doc_string"}
+FACTS = {IR_VERSION: "ir_version", PRODUCER_NAME: "producer_name", PRODUCER_VERSION: "producer_version",
+         DOMAIN: "domain", MODEL_VERSION: "model_version", DOC_STRING: "doc_string"}
 
 
 def sniff(head: bytes) -> bool:
@@ -82,31 +87,18 @@ def sniff(head: bytes) -> bool:
     pos, first = 0, True
     while pos < len(head):
         try:
-            tag, pos = _varint(head, pos)
+            tag, used = protowire.decode_varint(head, pos, "", pos)
             number, wire = tag >> 3, tag & 7
             if first and (number, wire) != (IR_VERSION, VARINT) or MODEL_FIELDS.get(number) != wire:
                 return False
-            value, pos = _varint(head, pos)
-        except IndexError:
-            return not first  # a varint cut by the end of the head
-        except ValueError:
-            return False
+            value, more = protowire.decode_varint(head, pos + used, "", pos)
+        except FormatError:  # a varint cut by the end of the head, or longer than 10 bytes
+            return not first and len(head) - pos < 20
         if first and not 1 <= value <= MAX_IR_VERSION:
             return False
-        pos += value if wire == LEN else 0
+        pos += used + more + (value if wire == LEN else 0)
         first = False
     return not first
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A varint; IndexError where data ends first, ValueError past 10 bytes."""
-    value = 0
-    for used in range(10):
-        byte = data[pos + used]
-        value |= (byte & 0x7F) << 7 * used
-        if not byte & 0x80:
-            return value, pos + used + 1
-    raise ValueError("a varint longer than 10 bytes")
 
 
 @dataclass
@@ -252,7 +244,7 @@ def _external(source: Source, info: TensorInfo, neighbours: Directory | None, ex
     normal = posixpath.normpath(location)
     if location.startswith(("/", "\\")) or normal == ".." or normal.startswith("../") or "\\" in location \
             or ":" in location.split("/")[0]:
-        raise FormatError(path, f"external data location {location!r} leads outside the model's folder")
+        raise FormatError(path, f"external data location {location!r} is no relative path inside the model's folder")
     if neighbours is None:
         raise FormatError(path, f"its external data {location!r} cannot be opened: the model is no local file")
     if not neighbours.is_file(normal):

@@ -57,6 +57,9 @@ FIELD_NAMES = {T_FLOAT_DATA: "float_data", T_INT32_DATA: "int32_data", T_INT64_D
 MAX_STRING = 1 << 20
 #: the most dimensions a tensor may claim
 MAX_RANK = 64
+#: the most fields one tensor's values may be spread over (the onnx package
+#: writes one, packed; proto2 allows a field a value, each held while mounted)
+MAX_PARTS = 1 << 16
 
 
 def text(source: Source, f: protowire.Field, limit: int = MAX_STRING) -> str:
@@ -119,8 +122,9 @@ def read_tensor(source: Source, start: int, end: int) -> TensorInfo:
             info.raw = f
         elif n in FIELD_NAMES:
             fields = info.typed.setdefault(n, [])
-            if len(fields) >= MAX_STRING:
-                raise FormatError(source.path, f"a tensor at offset {start} spreads its values over too many fields")
+            if len(fields) >= MAX_PARTS:
+                raise FormatError(source.path, f"a tensor at offset {start} spreads its values over more than "
+                                               f"{MAX_PARTS} fields")
             fields.append(f)
         elif n == T_EXTERNAL_DATA and f.wire == LEN:
             key, value = string_pair(source, f)
