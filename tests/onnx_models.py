@@ -36,6 +36,11 @@ def _typed() -> list[onnx.TensorProto]:
         helper.make_tensor("typed.u64", TensorProto.UINT64, [2], [2**64 - 1, 3]),
         helper.make_tensor("typed.u32", TensorProto.UINT32, [2], [2**32 - 1, 3]),
         helper.make_tensor("typed.bool", TensorProto.BOOL, [3], [True, False, True]),
+        helper.make_tensor("typed.u16", TensorProto.UINT16, [2], [65535, 1]),
+        helper.make_tensor("typed.f8", TensorProto.FLOAT8E4M3FN, [3], [1.0, -2.0, 448.0]),
+        helper.make_tensor("typed.e8m0", TensorProto.FLOAT8E8M0, [2], [1.0, 0.5]),
+        helper.make_tensor("typed.c64", TensorProto.COMPLEX64, [2], [1 + 2j, 3 - 4j]),
+        helper.make_tensor("typed.c128", TensorProto.COMPLEX128, [1], [1 + 2j]),
         helper.make_tensor("typed.empty", TensorProto.FLOAT, [0, 3], []),
     ]
 

@@ -213,12 +213,14 @@ def test_export_to_safetensors_streams_in_bounded_memory(tmp_path):
          sys.executable, "-m", "ckptfs", "export", str(path), str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert measured.returncode == 0, measured.stderr
+    assert "left out typed.c128: safetensors has no dtype complex128" in measured.stderr
     peak_kib = int(measured.stdout.split()[-1])
     assert peak_kib < 200 << 10, f"export peaked at {peak_kib} KiB"  # not a copy of the 96 MiB tensor plus Python
     import torch
 
     exported = load_file(str(out))
     expected = onnx_models.reference(path)
+    del expected["typed.c128"]
     assert sorted(exported) == sorted(expected)
     for name, tensor in exported.items():
         assert tensor.flatten().view(torch.uint8).numpy().tobytes() == expected[name].tobytes(), name
