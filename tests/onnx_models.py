@@ -71,6 +71,22 @@ def model(extra: list[onnx.TensorProto] = ()) -> onnx.ModelProto:
     return made
 
 
+def if_model() -> onnx.ModelProto:
+    """z = c of the branch `cond` chooses, each branch's c an initializer of its subgraph."""
+    def branch(name: str, value: float) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Identity", ["c"], ["z"])], name, [],
+                                 [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])],
+                                 [numpy_helper.from_array(np.array([value, -value], np.float32), "c")])
+
+    node = helper.make_node("If", ["cond"], ["z"], then_branch=branch("yes", 2.0), else_branch=branch("no", 3.0),
+                            name="choose")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    made.ir_version = 8
+    return made
+
+
 def save(folder: Path, layout: str, proto: onnx.ModelProto | None = None) -> Path:
     """The model saved in `folder` as `layout`: "inline", "external" (one
     data file for tensors of 64 bytes and more) or "per-tensor" (a file each)."""

@@ -104,13 +104,31 @@ def test_info_ls_cat(models):
     assert cat.returncode == 0 and yaml.safe_load(cat.stdout) == onnx_models.METADATA
 
 
-def _run(path, x: np.ndarray) -> np.ndarray:
+def _run(path, x: np.ndarray, inputs: str = "x", output: str = "y") -> np.ndarray:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # not the warnings of unused initializers
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(["y"], {"x": x})[0]
+    return session.run([output], {inputs: x})[0]
+
+
+def test_the_initializers_of_subgraphs_are_shown_and_take_edits(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "if", "inline", onnx_models.if_model())
+    branches = {a.name: {t.name: numpy_helper.to_array(t) for t in a.g.initializer}
+                for a in onnx.load(str(path)).graph.node[0].attribute}
+    mnt = mount(path)
+    assert sorted(os.listdir(mnt / "subgraphs" / "choose")) == ["else_branch", "then_branch"]
+    for branch, tensors in branches.items():
+        shown = mnt / "subgraphs" / "choose" / branch / "c.npy"
+        assert np.load(shown).tobytes() == tensors["c"].tobytes()
+        assert os.getxattr(shown, "user.ckptfs.name").decode() == f"choose/{branch}/c"
+    assert "else_branch:" in (mnt / "graph.yaml").read_text()
+    np.save(mnt / "subgraphs" / "choose" / "then_branch" / "c.npy", np.array([7.0, 8.0], np.float32))
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    assert _run(path, np.array(True), "cond", "z").tolist() == [7.0, 8.0]
+    assert _run(path, np.array(False), "cond", "z").tolist() == [3.0, -3.0]
 
 
 def test_an_edited_model_runs_in_onnxruntime_with_its_new_bias_and_metadata(models, tmp_path, mount):

@@ -12,7 +12,8 @@ cannot afford). The tree:
   external data file, whose `location` must lie inside the model's
   folder); decoded on read where they are varints (`int32_data`,
   `int64_data`, `uint64_data`: float16 and bfloat16 bits, bools and small
-  integers in int32s as ONNX keeps them);
+  integers in int32s as ONNX keeps them); the initializers of subgraphs
+  (If, Loop, Scan bodies) the same way under `subgraphs/NODE/ATTRIBUTE/`;
 - `graph.yaml`, read-only: ir_version, opsets, producer, inputs, outputs,
   nodes with their attributes, subgraphs nested (onnx_graph);
 - `metadata.yaml`: `metadata_props`, editable.
@@ -21,7 +22,7 @@ A tensor that cannot be shown (a type no NumPy dtype holds as ONNX stores
 it: strings, 4-bit and 2-bit types; values that run past their file; an
 external location outside the folder) is left out with a note, alone.
 Writable (onnx_write): metadata.yaml, and initializers stored in the model
-file replaced with the same dtype and shape.
+file (of the main graph or a subgraph) replaced with the same dtype and shape.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from ..humanize import plural
 from ..limits import LIMITS
 from ..sources.base import Source
 from ..sources.directory import Directory
+from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
-from ..tree.nodes import Content, Extent, File, PathConflict
+from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PiecedTensor, Tensor, tensor_tree
+from ..tree.tensors import PiecedTensor, PlacedTensor, Tensor, TensorFile, tensor_tree
 from ..tree.yamltext import dump
 from . import protowire
 from .base import FileFormat, Opening, WriterKind
@@ -75,6 +77,8 @@ from .protowire import LEN, VARINT
 
 #: the highest ir_version the sniff takes: far above any ONNX has defined (one more every release or two)
 MAX_IR_VERSION = 100
+#: the folder of the subgraphs' initializers
+SUBGRAPHS = "subgraphs"
 FACTS = {IR_VERSION: "ir_version", PRODUCER_NAME: "producer_name", PRODUCER_VERSION: "producer_version",
          DOMAIN: "domain", MODEL_VERSION: "model_version", DOC_STRING: "doc_string"}
 
@@ -157,35 +161,73 @@ class Shown:
     notes: list[str] = field(default_factory=list)
 
 
-def initializers(source: Source, graph: protowire.Field, neighbours: Directory | None,
-                 notes: list[str]) -> list[tuple[Tensor, str]]:
-    """The main graph's initializers that can be shown, each with its kind
-    of storage; a note for each that cannot."""
-    found, names, externals, sparse = [], set(), {}, 0
+class Initializers:
+    """Initializers read into tensors that can be shown, each with its kind
+    of storage (`Stored.kind`); a note for each that cannot. Names are
+    unique within a graph; the external data files opened are shared."""
+
+    def __init__(self, source: Source, neighbours: Directory | None, notes: list[str]):
+        self.source, self.neighbours, self.notes = source, neighbours, notes
+        self.externals: dict[str, Source] = {}
+        self.count = 0
+
+    def read(self, fields: list[protowire.Field], prefix: str = "") -> list[tuple[Tensor, str]]:
+        """The tensors of a graph's initializers, each named `prefix` + its name."""
+        found, names = [], set()
+        for f in fields:
+            self.count += 1
+            if self.count > LIMITS.members:
+                raise FormatError(self.source.path, f"more than {plural(LIMITS.members, 'initializer')} "
+                                                    "(-o max_members raises the limit)")
+            try:
+                info = read_tensor(self.source, f.offset, f.end)
+            except FormatError as e:
+                self.notes.append(f"the initializer at offset {f.offset} is left out: {e.problem}")
+                continue
+            info.name = prefix + info.name
+            if info.name in names:
+                self.notes.append(f"{info.name!r}: a second initializer of this name is left out "
+                                  "(ONNX names are unique)")
+                continue
+            try:
+                found.append(tensor_of(self.source, info, self.neighbours, self.externals))
+                names.add(info.name)
+            except FormatError as e:
+                self.notes.append(f"{info.name!r} is left out: {e.problem}")
+        return found
+
+
+def main_initializers(source: Source, graph: protowire.Field, notes: list[str]) -> list[protowire.Field]:
+    """The fields of the main graph's initializers (a note for its sparse ones, not shown)."""
+    found, sparse = [], 0
     for f in counted(source, graph.offset, graph.end, "the graph"):
-        if f.number == G_SPARSE_INITIALIZER:
-            sparse += 1
-        if f.number != G_INITIALIZER or f.wire != LEN:
-            continue
-        if len(found) >= LIMITS.members:
-            raise FormatError(source.path, f"more than {plural(LIMITS.members, 'initializer')} "
-                                           "(-o max_members raises the limit)")
-        try:
-            info = read_tensor(source, f.offset, f.end)
-        except FormatError as e:
-            notes.append(f"the initializer at offset {f.offset} is left out: {e.problem}")
-            continue
-        if info.name in names:
-            notes.append(f"{info.name!r}: a second initializer of this name is left out (ONNX names are unique)")
-            continue
-        try:
-            found.append(tensor_of(source, info, neighbours, externals))
-            names.add(info.name)
-        except FormatError as e:
-            notes.append(f"{info.name!r} is left out: {e.problem}")
+        sparse += f.number == G_SPARSE_INITIALIZER
+        if f.number == G_INITIALIZER and f.wire == LEN:
+            found.append(f)
     if sparse:
         notes.append(f"{plural(sparse, 'sparse initializer')} not shown (graph.yaml counts them)")
     return found
+
+
+def place_subgraph_initializers(root: Dir, reader: Initializers, found: list) -> list[PlacedTensor]:
+    """The initializers of subgraphs (an If's branches, a Loop's body) under
+    `subgraphs/`, a folder per node and attribute down to each, named there
+    by those too (`If_0/then_branch/c`): names repeat across subgraphs."""
+    by_place: dict[tuple[str, ...], list[protowire.Field]] = {}
+    for where, f in found:
+        by_place.setdefault(where, []).append(f)
+    placed = []
+    for where, fields in by_place.items():
+        folder = [SUBGRAPHS, *(names.escape(part) for part in where)]
+        for tensor, kind in reader.read(fields, "/".join(where) + "/"):
+            parts = folder + names.tensor_path(tensor.name[len("/".join(where)) + 1:])
+            try:
+                root.subdir(parts[:-1]).add(parts[-1], TensorFile(tensor))
+            except PathConflict:
+                reader.notes.append(f"{tensor.name!r} is left out: another file or folder takes its path")
+                continue
+            placed.append((PlacedTensor("/".join(parts), tensor), kind))
+    return placed
 
 
 def tensor_of(source: Source, info: TensorInfo, neighbours: Directory | None,
@@ -275,11 +317,16 @@ def read(source: Source, neighbours: Directory | None):
     """(the tree, its placed tensors, what the writer needs)."""
     model = read_model(source)
     shown = Shown(model)
-    found = initializers(source, model.graph, neighbours, shown.notes)
+    reader = Initializers(source, neighbours, shown.notes)
+    found = reader.read(main_initializers(source, model.graph, shown.notes))
     root, placed = tensor_tree([t for t, _ in found])
     kinds = {id(t): kind for t, kind in found}
+    graph_text = GraphText(source)
+    graph = graph_text.graph(model.graph.offset, model.graph.end)
+    inner = place_subgraph_initializers(root, reader, graph_text.subgraph_initializers)
+    placed += [p for p, _ in inner]
+    kinds.update((id(p.tensor), kind) for p, kind in inner)
     shown.stored = {p.path: Stored(p.tensor, kinds[id(p.tensor)]) for p in placed}
-    graph = GraphText(source).graph(model.graph.offset, model.graph.end)
     head = {**model.facts, "opsets": model.opsets, "graph": graph}
     if model.functions:
         head["functions"] = model.functions

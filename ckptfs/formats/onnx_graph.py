@@ -2,7 +2,8 @@
 outputs with their types and shapes, every node with its op_type, inputs,
 outputs and attributes, and the subgraphs of If/Loop/Scan nested where
 their attribute is. A tensor inside an attribute is summarized (its
-dtype and shape), never dumped; initializers are the tree's `.npy` files.
+dtype and shape), never dumped; initializers are the tree's `.npy` files
+(`GraphText` finds those of the subgraphs it renders).
 
 Subgraphs nest at most MAX_DEPTH deep and the whole file holds at most
 `max_yaml_values` nodes: past either, a line says what was left out.
@@ -45,12 +46,16 @@ def type_name(data_type: int) -> str:
 
 
 class GraphText:
-    """Renders graphs, counting the nodes shown across all of them."""
+    """Renders graphs, counting the nodes shown across all of them, and
+    finds the initializers of the subgraphs it renders: `subgraph_initializers`,
+    each (where: the node and attribute of each subgraph down to it, the
+    TensorProto's field)."""
 
     def __init__(self, source: Source):
         self.source, self.nodes = source, 0
+        self.subgraph_initializers: list[tuple[tuple[str, ...], protowire.Field]] = []
 
-    def graph(self, start: int, end: int, depth: int = 0) -> dict:
+    def graph(self, start: int, end: int, where: tuple[str, ...] = ()) -> dict:
         out: dict = {"name": "", "inputs": [], "outputs": [], "initializers": 0, "nodes": []}
         source = self.source
         for f in counted(source, start, end, "a graph"):
@@ -60,6 +65,8 @@ class GraphText:
                 out["inputs" if f.number == G_INPUT else "outputs"].append(self.value_info(f))
             elif f.number == G_INITIALIZER:
                 out["initializers"] += 1
+                if where and f.wire == LEN:
+                    self.subgraph_initializers.append((where, f))
             elif f.number == G_SPARSE_INITIALIZER:
                 out["sparse_initializers"] = out.get("sparse_initializers", 0) + 1
             elif f.number == G_NODE and f.wire == LEN:
@@ -67,7 +74,7 @@ class GraphText:
                 if self.nodes > LIMITS.yaml_values:
                     out["nodes"].append(f"... more nodes, past max_yaml_values ({LIMITS.yaml_values})")
                     break
-                out["nodes"].append(self.node(f, depth))
+                out["nodes"].append(self.node(f, where, len(out["nodes"])))
         return out
 
     def value_info(self, f: protowire.Field) -> dict:
@@ -104,7 +111,9 @@ class GraphText:
                 return text(self.source, part)
         return "?"
 
-    def node(self, f: protowire.Field, depth: int) -> dict:
+    def node(self, f: protowire.Field, where: tuple[str, ...], index: int) -> dict:
+        """A NodeProto; `where` its graph's place, `index` its place in the graph
+        (what a subgraph's folder is named after when the node has no name)."""
         source = self.source
         out: dict = {"op_type": "", "name": "", "inputs": [], "outputs": []}
         attributes: dict = {}
@@ -116,15 +125,16 @@ class GraphText:
             elif part.number == 7:
                 out["domain"] = text(source, part)
             elif part.number == 5 and part.wire == LEN:
-                name, value = self.attribute(part, depth)
+                name, value = self.attribute(part, where + (out["name"] or f"{out['op_type']}_{index}",))
                 attributes[name] = value
         if attributes:
             out["attributes"] = attributes
         return out
 
-    def attribute(self, f: protowire.Field, depth: int) -> tuple[str, object]:
+    def attribute(self, f: protowire.Field, where: tuple[str, ...]) -> tuple[str, object]:
         """An AttributeProto's (name, value): numbers and strings as they
-        are, lists as lists, a tensor as a summary, a graph nested."""
+        are, lists as lists, a tensor as a summary, a graph nested (`where`
+        it lies: its node's, then the attribute's name, and a list's index)."""
         name, single, listed = "", None, None
         for part in protowire.fields(self.source, f.offset, f.end):
             if part.number == 1:
@@ -132,12 +142,12 @@ class GraphText:
             elif part.number == 21:
                 single = f"ref: {text(self.source, part)}"
             elif part.number in (2, 3, 4, 5, 6, 14, 22):
-                single = self._value(part, depth)
+                single = self._value(part, where + (name,))
             elif part.number in (7, 8, 9, 10, 11, 15, 23):
-                listed = (listed or []) + self._values(part, depth)
+                listed = (listed or []) + self._values(part, where + (f"{name}_{len(listed or [])}",))
         return name, single if listed is None else listed
 
-    def _value(self, f: protowire.Field, depth: int) -> object:
+    def _value(self, f: protowire.Field, where: tuple[str, ...]) -> object:
         n = f.number
         if n == 2 and f.wire == I32:
             return _float(f.value)
@@ -148,16 +158,16 @@ class GraphText:
         if n == 4:
             return self._string(f)
         if n == 6:
-            return self._subgraph(f, depth)
+            return self._subgraph(f, where)
         return "type" if n == 14 else self._tensor(f)
 
-    def _values(self, f: protowire.Field, depth: int) -> list:
+    def _values(self, f: protowire.Field, where: tuple[str, ...]) -> list:
         if f.number == 7:
             return _floats(self.source, f)
         if f.number == 8:
             return ints(self.source, f)
         return [self._value(protowire.Field(4 if f.number == 9 else 6 if f.number == 11 else 14 if f.number == 15
-                                            else 5, f.wire, f.value, f.offset), depth)]
+                                            else 5, f.wire, f.value, f.offset), where)]
 
     def _string(self, f: protowire.Field) -> str:
         if f.value > SHOWN_BYTES:
@@ -172,10 +182,10 @@ class GraphText:
             return f"tensor (unreadable: {e.problem})"
         return f"tensor {type_name(info.data_type)} {info.dims}" + (f" {info.name}" if info.name else "")
 
-    def _subgraph(self, f: protowire.Field, depth: int) -> dict | str:
-        if depth + 1 >= MAX_DEPTH:
+    def _subgraph(self, f: protowire.Field, where: tuple[str, ...]) -> dict | str:
+        if len(where) // 2 >= MAX_DEPTH:
             return f"a graph nested more than {MAX_DEPTH} deep, not shown"
-        return self.graph(f.offset, f.end, depth + 1)
+        return self.graph(f.offset, f.end, where)
 
 
 def _float(bits: int) -> float:
