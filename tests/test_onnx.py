@@ -233,7 +233,8 @@ def test_export_to_safetensors_streams_in_bounded_memory(tmp_path):
     assert measured.returncode == 0, measured.stderr
     assert "left out typed.c128: safetensors has no dtype complex128" in measured.stderr
     peak_kib = int(measured.stdout.split()[-1])
-    assert peak_kib < 200 << 10, f"export peaked at {peak_kib} KiB"  # not a copy of the 96 MiB tensor plus Python
+    # Python and ckptfs take about 45 MiB: the 96 MiB tensor held whole would pass the bound
+    assert peak_kib < 96 << 10, f"export peaked at {peak_kib} KiB"
     import torch
 
     exported = load_file(str(out))
