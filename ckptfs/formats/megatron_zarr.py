@@ -1,0 +1,127 @@
+"""Megatron-Core (and NeMo 1.x) distributed checkpoints saved with the
+`zarr` backend: `metadata.json` saying `"sharded_backend": "zarr"`,
+`common.pt` (the state that is not sharded, a torch.save file), and a
+folder per sharded tensor key holding a zarr v2 array (formats/zarr_array.py):
+`.zarray` and a chunk file per rank's shard, stored raw.
+
+Every array is one `.npy` at its key split at dots, read chunk by chunk;
+`metadata.json` shows as `metadata.yaml`; `common.pt` and the sharded
+objects' `.pt` files are expanded as torch.save files are everywhere. The
+array folders are found by listing (a folder holding `.zarray`), never by a
+name read from a file. Read-only: Megatron no longer writes this backend.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import FormatError
+from ..limits import LIMITS
+from ..pickle.pyobjects import to_yaml
+from ..sources.base import Source
+from ..sources.directory import Directory
+from ..tree import names, xattrs
+from ..tree.checkpoint import Checkpoint
+from ..tree.nodes import Content, Dir, File
+from ..tree.rawfiles import LINKS_OUTSIDE, raw_file
+from ..tree.tensors import PlacedTensor, Tensor, merge_into, tensor_tree
+from .base import DirectoryFormat
+from .nested import Grafts, show_directory
+from .zarr_array import array_tensor, find_chunks, parse_meta
+
+NAME = "Megatron zarr distributed checkpoint"
+CONFIG = "metadata.json"
+#: bytes of metadata.json read at most (Megatron writes four short fields)
+MAX_CONFIG_BYTES = 1 << 16
+ARRAY_META = ".zarray"
+READ_ONLY = "a Megatron zarr checkpoint is read-only"
+
+
+def _config(directory: Directory) -> dict | None:
+    """metadata.json, when it is a JSON object of at most MAX_CONFIG_BYTES."""
+    if not directory.is_file(CONFIG):
+        return None
+    source = directory.open(CONFIG)
+    if source.size > MAX_CONFIG_BYTES:
+        return None
+    try:
+        config = json.loads(source.read_exact(0, source.size))
+    except (ValueError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def sniff(directory: Directory) -> bool:
+    config = _config(directory)
+    return config is not None and config.get("sharded_backend") == "zarr"
+
+
+class Arrays:
+    """The zarr arrays of a checkpoint's folder as tensors, each read from
+    the files of its own folder; an array that cannot be read is left out
+    with a note naming it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tensors: list[Tensor] = []
+        self.notes: list[str] = []
+
+    def add(self, key: str, files: dict[str, Source]) -> None:
+        """The array of the key `key`, whose folder's files are `files` (by
+        path relative to it)."""
+        label = f"{self.path}/{key}"
+        try:
+            if len(files) > LIMITS.members:
+                raise FormatError(label, f"{len(files)} files: more than max_members ({LIMITS.members})")
+            meta_source = files[ARRAY_META]
+            meta = parse_meta(meta_source.pread(0, meta_source.size), label)
+            self.tensors.append(array_tensor(key, meta, find_chunks(meta, files), label, meta_source))
+        except FormatError as e:
+            self.notes.append(f"{key}: {e.problem}" if e.path == label else f"{key}: {e}")
+
+    def placed(self, root: Dir) -> list[PlacedTensor]:
+        """Put the tensors' files into `root` (a name a file of the folder
+        holds already gets its first character escaped)."""
+        tree, placed = tensor_tree(self.tensors)
+        return merge_into(root, tree, placed)
+
+
+def open_dir(directory: Directory) -> Checkpoint:
+    config = _config(directory)
+    if config is None:
+        raise FormatError(directory.path, f"{CONFIG} is no longer a JSON object")
+    grafts, arrays = Grafts(), Arrays(directory.path)
+
+    def array_folder(rel: str, parts: list[str], root: Dir, raw: Dir) -> bool:
+        """A folder holding `.zarray`: its array, its files in the raw mirror only."""
+        if not directory.is_file(f"{rel}/{ARRAY_META}"):
+            return False
+        inside, _ = directory.walk(rel)
+        files = {name[len(rel) + 1:]: directory.open(name) for name in inside[:LIMITS.members + 1]}
+        for name, source in files.items():
+            where = names.file_parts(name)
+            raw.subdir(parts + where[:-1]).add(where[-1], raw_file(source, 0, source.size,
+                                                                   mtime_ns=directory.mtime_ns(f"{rel}/{name}")))
+        arrays.add(rel, files)
+        return True
+
+    shown = show_directory(directory, grafts, take_folder=array_folder)
+    root = shown.root
+    _config_as_yaml(root, config)
+    placed = arrays.placed(root)
+    ckpt = Checkpoint(NAME, directory.path, directory.stat(), root, shown.raw, [*grafts.placed, *placed],
+                      [*arrays.notes, *grafts.notes], grafts.pickle_globals)
+    root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(shown.outside)) if shown.outside else READ_ONLY
+    return ckpt
+
+
+def _config_as_yaml(root: Dir, config: dict) -> None:
+    """metadata.json as metadata.yaml (the raw mirror keeps the JSON)."""
+    shown = root.children.pop(CONFIG, None)
+    yaml_file = File(Content([to_yaml(config).encode("utf-8")]))
+    yaml_file.mtime_ns = shown.mtime_ns if shown is not None else None
+    root.add("metadata.yaml", yaml_file)
+
+
+FORMAT = DirectoryFormat("megatron-zarr", sniff, open_dir,
+                         "Megatron-Core / NeMo distributed checkpoints, zarr backend", None)
