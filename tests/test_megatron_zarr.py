@@ -6,20 +6,24 @@ compared bit for bit with what `zarr.open(...)[:]` reads; `common.pt`,
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import ml_dtypes  # noqa: F401  (bfloat16 for np.load)
 import numpy as np
 import pytest
+import torch
 import yaml
 from safetensors.numpy import load_file
 
 from ckptfs.tree import names
 
-from .conftest import CKPTFS, TIMED_APART, TIMEOUT, run_ckptfs
+from .conftest import CKPTFS, TIMED_APART, TIMEOUT, run_ckptfs, tar_members, umount
 
 pytestmark = TIMED_APART
 
@@ -115,3 +119,34 @@ def test_commands_info_ls_cat_export_and_diff(out, tmp_path):
     assert diff.returncode == 1 and "differs: zstd.weight: 36 of 36 elements" in diff.stdout, diff.stdout + diff.stderr
     assert "linear_qkv" not in diff.stdout
 
+
+
+def test_a_nemo_holding_it_in_model_weights_is_served_from_the_tar(out, mount, tmp_path):
+    nemo = tmp_path / "model.nemo"
+    shutil.copyfile(out / "model.nemo", nemo)
+    mnt = mount(nemo)
+    _same_arrays(mnt / "model_weights", out)
+    assert (mnt / "model_config.yaml").read_text() == "precision: bf16\n"
+    assert yaml.safe_load((mnt / "model_weights/common.pt/iteration.yaml").read_text()) == 10
+    with tarfile.open(nemo) as tf:
+        assert "./model_weights/zstd.weight/.zarray" in tf.getnames()
+    assert torch.load(io.BytesIO((mnt / ".ckptfs/raw/model_weights/common.pt").read_bytes()),
+                      weights_only=True)["iteration"] == 10
+
+
+def test_a_writable_nemo_keeps_its_zarr_checkpoint_as_it_is(out, mount, tmp_path):
+    """The checkpoint inside is read-only; an edit beside it repacks the
+    .nemo with every member of model_weights/ copied as it was."""
+    nemo = tmp_path / "model.nemo"
+    shutil.copyfile(out / "model.nemo", nemo)
+    mnt = mount(nemo)
+    with pytest.raises(OSError) as refused:
+        (mnt / "model_weights/zstd/weight.npy").write_bytes(b"x")
+    assert refused.value.errno == errno.EROFS
+    (mnt / "model_config.yaml").write_text("precision: 16\n")
+    assert umount(mnt).returncode == 0
+    before, after = tar_members(out / "model.nemo"), tar_members(nemo)
+    assert after["./model_config.yaml"] == b"precision: 16\n"
+    weights = [name for name in before if name.startswith("./model_weights/")]
+    assert len(weights) > 40 and all(after[name] == before[name] for name in weights)
+    _same_arrays(mount(nemo) / "model_weights", out)

@@ -25,9 +25,9 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE, raw_file
 from ..tree.tensors import PlacedTensor, Tensor, merge_into, tensor_tree
-from .base import DirectoryFormat
+from .base import DirectoryFormat, Nest
 from .nested import Grafts, show_directory
-from .zarr_array import array_tensor, find_chunks, parse_meta
+from .zarr_array import MAX_META_BYTES, array_tensor, find_chunks, parse_meta
 
 NAME = "Megatron zarr distributed checkpoint"
 CONFIG = "metadata.json"
@@ -74,7 +74,7 @@ class Arrays:
             if len(files) > LIMITS.members:
                 raise FormatError(label, f"{len(files)} files: more than max_members ({LIMITS.members})")
             meta_source = files[ARRAY_META]
-            meta = parse_meta(meta_source.pread(0, meta_source.size), label)
+            meta = parse_meta(meta_source.pread(0, MAX_META_BYTES + 1), label)  # a longer one is refused
             self.tensors.append(array_tensor(key, meta, find_chunks(meta, files), label, meta_source))
         except FormatError as e:
             self.notes.append(f"{key}: {e.problem}" if e.path == label else f"{key}: {e}")
@@ -123,5 +123,15 @@ def _config_as_yaml(root: Dir, config: dict) -> None:
     root.add("metadata.yaml", yaml_file)
 
 
+def open_in_archive(members: Directory) -> Checkpoint:
+    """The checkpoint in a folder of an archive (a NeMo 1.x `.nemo`'s
+    `model_weights/`), every file below the folder shown by it, read-only
+    in a writable mount of the archive."""
+    ckpt = open_dir(members)
+    ckpt.root.read_only = True
+    return ckpt
+
+
 FORMAT = DirectoryFormat("megatron-zarr", sniff, open_dir,
-                         "Megatron-Core / NeMo distributed checkpoints, zarr backend", None)
+                         "Megatron-Core / NeMo distributed checkpoints, zarr backend", None,
+                         nest=Nest(open_in_archive, lambda name: True, deep=True))

@@ -167,7 +167,10 @@ def _fill(value: object, dtype: DType, label: str) -> bytes:
         if isinstance(number, (list, dict, str)) or (isinstance(number, float) and dtype.name.startswith(("int", "uint"))):
             raise TypeError(type(number).__name__)
         with np.errstate(all="ignore"):  # a value too large for float16 is inf, as NumPy makes it
-            return np.array(number).astype(numpy_dtype(dtype)).tobytes()
+            element = np.array(number).astype(numpy_dtype(dtype))
+        if element.dtype.kind in "iub" and element.item() != number:
+            raise OverflowError(f"out of the range of {dtype.name}")
+        return element.tobytes()
     except (TypeError, ValueError, OverflowError, CkptfsError) as e:
         raise FormatError(label, f"fill_value {str(value)[:40]} is not a {dtype.name} ({type(e).__name__})") from None
 
@@ -204,7 +207,11 @@ class ChunkedArray:
 
     def _fill_box(self, view: np.ndarray, box: tuple[tuple[int, int], ...]) -> None:
         spans = [range(lo // c, -(-hi // c)) for (lo, hi), c in zip(box, self.meta.chunks)]
-        for index in product(*spans):
+        indices = product(*spans)
+        if math.prod(map(len, spans)) > len(self.chunks):  # more chunks than are stored: most hold the fill value
+            view[...] = np.frombuffer(self.meta.fill, np.uint8)
+            indices = (i for i in self.chunks if all(n in span for n, span in zip(i, spans)))
+        for index in indices:
             inside, there = [], []
             for (lo, hi), c, i in zip(box, self.meta.chunks, index):
                 a, b = max(lo, i * c), min(hi, i * c + c)
