@@ -12,6 +12,8 @@ import json
 import shutil
 import subprocess
 import tarfile
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import ml_dtypes  # noqa: F401  (bfloat16 for np.load)
@@ -21,6 +23,8 @@ import torch
 import yaml
 from safetensors.numpy import load_file
 
+from ckptfs.errors import FormatError
+from ckptfs.sources.zstd import zstd
 from ckptfs.tree import names
 
 from .conftest import CKPTFS, TIMED_APART, TIMEOUT, run_ckptfs, tar_members, umount
@@ -150,3 +154,65 @@ def test_a_writable_nemo_keeps_its_zarr_checkpoint_as_it_is(out, mount, tmp_path
     weights = [name for name in before if name.startswith("./model_weights/")]
     assert len(weights) > 40 and all(after[name] == before[name] for name in weights)
     _same_arrays(mount(nemo) / "model_weights", out)
+
+
+def _compressed(tmp_path: Path, chunks: dict[str, bytes], codec: str = "zlib", size: int = 16) -> Path:
+    """A checkpoint by hand: one compressed |u1 array of `size` bytes in one
+    chunk per key, the chunk file's bytes as given."""
+    folder = tmp_path / "compressed"
+    folder.mkdir()
+    (folder / "metadata.json").write_text('{"sharded_backend": "zarr"}')
+    for key, data in chunks.items():
+        (folder / key).mkdir()
+        (folder / key / ".zarray").write_text(json.dumps({
+            "zarr_format": 2, "shape": [size], "chunks": [size], "dtype": "|u1", "compressor": {"id": codec},
+            "fill_value": 0, "order": "C", "filters": None}))
+        (folder / key / "0").write_bytes(data)
+    return folder
+
+
+def _zeros_compressed(count: int, codec: str) -> bytes:
+    """`count` zero bytes compressed in steps (a bomb, made without holding it)."""
+    stream = zstd.ZstdCompressor() if codec == "zstd" else zlib.compressobj(9)
+    out = [stream.compress(bytes(1 << 20)) for _ in range(count >> 20)]
+    return b"".join(out) + stream.flush(zstd.ZstdCompressor.FLUSH_FRAME if codec == "zstd" else zlib.Z_FINISH)
+
+
+def test_a_chunk_that_does_not_decompress_to_one_chunk_fails_its_array_alone(tmp_path, mount):
+    good = bytes(range(16))
+    folder = _compressed(tmp_path, {
+        "good": zlib.compress(good), "short": zlib.compress(good[:15]), "long": zlib.compress(good + b"!"),
+        "corrupt": b"\x78\x9c" + b"\xff" * 20, "trailing": zlib.compress(good) + b"more",
+        "cut": zlib.compress(good)[:-2],
+    })
+    mnt = mount(folder, "-o", "ro", log_errors_expected=True)
+    assert np.load(mnt / "good.npy").tobytes() == good
+    problems = {"short": "decompresses to 15 bytes", "long": "decompresses to more than the 16 bytes",
+                "corrupt": "not a zlib stream", "trailing": "more bytes after its compressed stream", "cut": "cut short"}
+    for key in problems:
+        with pytest.raises(OSError) as failed:
+            (mnt / f"{key}.npy").read_bytes()
+        assert failed.value.errno == errno.EIO, key
+    log = (mnt.parent / "daemon0.log").read_text()  # one line each, naming the chunk file
+    for key, says in problems.items():
+        assert any(f"compressed/{key}/0: " in line and says in line for line in log.splitlines()), (key, log)
+
+
+@pytest.mark.parametrize("codec", ["zlib", "zstd"])
+def test_a_decompression_bomb_is_decompressed_no_further_than_its_chunk(tmp_path, codec):
+    """A chunk of 1 MiB whose stream inflates to 256 MiB: at most the chunk
+    and a byte is made before it is refused."""
+    from ckptfs.formats import open_checkpoint
+
+    bomb = _zeros_compressed(256 << 20, codec)
+    assert len(bomb) < 1 << 20
+    ckpt = open_checkpoint(str(_compressed(tmp_path, {"bomb": bomb}, codec, 1 << 20)), str(tmp_path / "cache"))
+    content = ckpt.root.children["bomb.npy"].content
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="decompresses to more than the 1048576 bytes of a chunk"):
+            content.read(content.size - 10, 10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak

@@ -15,7 +15,6 @@ from the chunk files, zero-copy.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ..tree.kept import Kept
 from ..tree.nodes import Extent
 from ..tree.npy import MAX_FILE_SIZE
 from ..tree.tensors import PiecedTensor, Tensor, shape_text
+from .jsontext import json_object
 from .quantized.base import numpy_dtype
 
 #: bytes of a `.zarray` read at most (a real one holds a few hundred)
@@ -99,13 +99,8 @@ class ArrayMeta:
 
 def parse_meta(data: bytes, label: str) -> ArrayMeta:
     """The `.zarray` of the array at `label`, checked; FormatError naming the problem."""
-    if len(data) > MAX_META_BYTES:
-        raise FormatError(label, f".zarray of {plural(len(data), 'byte')}: more than {MAX_META_BYTES} bytes")
-    try:
-        meta = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise FormatError(label, f".zarray is not JSON ({type(e).__name__})") from None
-    if not isinstance(meta, dict) or meta.get("zarr_format") != 2:
+    meta = json_object(data, f"{label}/.zarray", MAX_META_BYTES, "a .zarray")
+    if meta.get("zarr_format") != 2:
         raise FormatError(label, ".zarray is not the metadata of a zarr v2 array (zarr_format 2)")
     shape = _dims(meta.get("shape"), label, "shape", 0)
     chunks = _dims(meta.get("chunks"), label, "chunks", 1)
@@ -153,7 +148,7 @@ def _codec(compressor: object, label: str) -> str | None:
     if compressor is None:
         return None
     name = compressor.get("id") if isinstance(compressor, dict) else compressor
-    if name not in CODECS:
+    if not isinstance(compressor, dict) or not isinstance(name, str) or name not in CODECS:
         _refused(label, f"compressor {str(name)[:40]!r} is not one ckptfs reads (none, zlib, gzip, zstd)")
     return name
 
@@ -246,13 +241,25 @@ class ChunkedArray:
         try:
             stream = zstd.ZstdDecompressor() if wbits is None else zlib.decompressobj(wbits)
             out = stream.decompress(data, want + 1)  # one byte more tells a chunk that holds too much
-            whole = stream.eof and not stream.unused_data
+            ended, more = stream.eof, stream.unused_data
         except (zlib.error, zstd.ZstdError, EOFError) as e:
             raise FormatError(name, f"not a {self.meta.codec} stream ({e})") from None
-        if len(out) != want or not whole:
-            raise FormatError(name, f"decompresses to {'more than ' if len(out) > want else ''}"
-                                    f"{plural(len(out), 'byte')}, not the {want} of a chunk")
+        problem = _decoded_problem(len(out), want, ended, bool(more))
+        if problem is not None:
+            raise FormatError(name, problem)
         return np.frombuffer(out, np.uint8)
+
+
+def _decoded_problem(made: int, want: int, ended: bool, more: bool) -> str | None:
+    """What is wrong with a chunk's stream that made `made` bytes (at most
+    `want` + 1 are asked for), or None."""
+    if made > want:
+        return f"decompresses to more than the {plural(want, 'byte')} of a chunk"
+    if made < want:
+        return f"decompresses to {plural(made, 'byte')}, not the {plural(want, 'byte')} of a chunk"
+    if more:
+        return "holds more bytes after its compressed stream"
+    return None if ended else "its compressed stream is cut short"
 
 
 def boxes(shape: tuple[int, ...], first: int, last: int, start: int = 0):

@@ -59,7 +59,7 @@ BAD = {
     "version_3": (_meta(zarr_format=3), {}, "zarr_format 2"),
     "not_json": (b"{not json", {}, "not JSON"),
     "deep_json": (b"[" * 100_000 + b"]" * 100_000, {}, "not JSON"),
-    "huge_meta": (b" " * (2 << 20) + b"{}", {}, "more than 1048576 bytes"),
+    "huge_meta": (b" " * (2 << 20) + b"{}", {}, "not a .zarray (at most 1,048,576)"),
     "short_chunk": (_meta(), {"0": GOOD.tobytes()[:-1]}, "15 bytes, not the 16 bytes of a raw chunk"),
     "long_chunk": (_meta(), {"0": GOOD.tobytes() + b"\0"}, "17 bytes, not the 16 bytes of a raw chunk"),
     "huge_compressed_chunks": (_meta(shape=[1 << 30], chunks=[1 << 30], dtype="|u1", compressor={"id": "zlib"}), {},
