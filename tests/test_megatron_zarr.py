@@ -216,3 +216,14 @@ def test_a_decompression_bomb_is_decompressed_no_further_than_its_chunk(tmp_path
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20, peak
+
+
+def test_a_megatron_save_folder_shows_its_zarr_iteration_in_place(out, mount, tmp_path):
+    save = tmp_path / "save"
+    shutil.copytree(out / "ckpt", save / "iter_0000010")
+    (save / "latest_checkpointed_iteration.txt").write_text("10")
+    mnt = mount(save, "-o", "ro")
+    _same_arrays(mnt / "iter_0000010", out)
+    assert (mnt / "latest_checkpointed_iteration.txt").read_text() == "10"
+    info = yaml.safe_load((mnt / ".ckptfs/info.yaml").read_text())
+    assert info["tensors"] == len(ARRAYS)
