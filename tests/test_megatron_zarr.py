@@ -227,3 +227,20 @@ def test_a_megatron_save_folder_shows_its_zarr_iteration_in_place(out, mount, tm
     assert (mnt / "latest_checkpointed_iteration.txt").read_text() == "10"
     info = yaml.safe_load((mnt / ".ckptfs/info.yaml").read_text())
     assert info["tensors"] == len(ARRAYS)
+
+
+def test_a_chunk_linked_from_outside_leaves_its_array_out(out, tmp_path):
+    """A link is not followed out of the checkpoint: read as a missing
+    chunk, it would give the fill value; the array is left out instead."""
+    from ckptfs.formats import open_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(out / "ckpt", ckpt)
+    chunk = ckpt / "zstd.weight" / "1.0"
+    outside = tmp_path / "outside"
+    chunk.rename(outside)
+    chunk.symlink_to(outside)
+    opened = open_checkpoint(str(ckpt), str(tmp_path / "cache"))
+    assert "zstd.weight" not in {p.tensor.name for p in opened.tensors}
+    assert len(opened.tensors) == len(ARRAYS) - 1
+    assert any(n.startswith("zstd.weight: holds links that lead outside") for n in opened.notes), opened.notes

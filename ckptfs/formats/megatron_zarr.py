@@ -61,18 +61,35 @@ class Arrays:
     the files of its own folder; an array that cannot be read is left out
     with a note naming it."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, directory: Directory):
+        self.directory = directory
         self.tensors: list[Tensor] = []
         self.notes: list[str] = []
+
+    def take(self, rel: str, parts: list[str], root: Dir, raw: Dir) -> bool:
+        """`show_directory`'s `take_folder`: a folder holding `.zarray` is
+        an array, its files shown in the raw mirror only."""
+        directory = self.directory
+        if not directory.is_file(f"{rel}/{ARRAY_META}"):
+            return False
+        inside, links = directory.walk(rel)
+        if links:  # a chunk not followed would read as the fill value
+            self.notes.append(f"{rel}: holds links that lead outside the checkpoint ({', '.join(links)}): not read")
+        elif len(inside) > LIMITS.members:
+            self.notes.append(f"{rel}: {len(inside)} files: more than max_members ({LIMITS.members})")
+        else:
+            files = {name[len(rel) + 1:]: directory.open(name) for name in inside}
+            for name, source in files.items():
+                where, mtime = names.file_parts(name), directory.mtime_ns(f"{rel}/{name}")
+                raw.subdir(parts + where[:-1]).add(where[-1], raw_file(source, 0, source.size, mtime_ns=mtime))
+            self.add(rel, files)
+        return True
 
     def add(self, key: str, files: dict[str, Source]) -> None:
         """The array of the key `key`, whose folder's files are `files` (by
         path relative to it)."""
-        label = f"{self.path}/{key}"
+        label = f"{self.directory.path}/{key}"
         try:
-            if len(files) > LIMITS.members:
-                raise FormatError(label, f"{len(files)} files: more than max_members ({LIMITS.members})")
             meta_source = files[ARRAY_META]
             meta = parse_meta(meta_source.pread(0, MAX_META_BYTES + 1), label)  # a longer one is refused
             self.tensors.append(array_tensor(key, meta, find_chunks(meta, files), label, meta_source))
@@ -90,22 +107,8 @@ def open_dir(directory: Directory) -> Checkpoint:
     config = _config(directory)
     if config is None:
         raise FormatError(directory.path, f"{CONFIG} is no longer a JSON object")
-    grafts, arrays = Grafts(), Arrays(directory.path)
-
-    def array_folder(rel: str, parts: list[str], root: Dir, raw: Dir) -> bool:
-        """A folder holding `.zarray`: its array, its files in the raw mirror only."""
-        if not directory.is_file(f"{rel}/{ARRAY_META}"):
-            return False
-        inside, _ = directory.walk(rel)
-        files = {name[len(rel) + 1:]: directory.open(name) for name in inside[:LIMITS.members + 1]}
-        for name, source in files.items():
-            where = names.file_parts(name)
-            raw.subdir(parts + where[:-1]).add(where[-1], raw_file(source, 0, source.size,
-                                                                   mtime_ns=directory.mtime_ns(f"{rel}/{name}")))
-        arrays.add(rel, files)
-        return True
-
-    shown = show_directory(directory, grafts, take_folder=array_folder)
+    grafts, arrays = Grafts(), Arrays(directory)
+    shown = show_directory(directory, grafts, take_folder=arrays.take)
     root = shown.root
     _config_as_yaml(root, config)
     placed = arrays.placed(root)
