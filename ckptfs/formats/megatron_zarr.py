@@ -34,7 +34,7 @@ CONFIG = "metadata.json"
 #: bytes of metadata.json read at most (Megatron writes four short fields)
 MAX_CONFIG_BYTES = 1 << 16
 ARRAY_META = ".zarray"
-READ_ONLY = "a Megatron zarr checkpoint is read-only"
+READ_ONLY = "ckptfs reads Megatron zarr checkpoints but does not write them"
 
 
 def _config(directory: Directory) -> dict | None:
