@@ -133,15 +133,15 @@ def _dims(value: object, label: str, what: str, least: int) -> tuple[int, ...]:
 def _dtype(value: object, label: str) -> DType:
     if isinstance(value, str) and value in DTYPES:
         return DTYPES[value]
-    return _refused(label, f"dtype {str(value)[:80]!r} is not one ckptfs reads (little-endian numbers, bool, "
-                           "bfloat16)")
+    raise FormatError(label, f"dtype {str(value)[:80]!r} is not one ckptfs reads (little-endian numbers, bool, "
+                             "bfloat16)")
 
 
 def _refuse_layout(meta: dict, label: str) -> None:
     if meta.get("order", "C") != "C":
-        _refused(label, f"order {str(meta.get('order'))[:20]!r}: only C order is read")
+        raise FormatError(label, f"order {str(meta.get('order'))[:20]!r}: only C order is read")
     if meta.get("filters") not in (None, []):
-        _refused(label, f"filters {str(meta.get('filters'))[:80]}: arrays with filters are not read")
+        raise FormatError(label, f"filters {str(meta.get('filters'))[:80]}: arrays with filters are not read")
 
 
 def _codec(compressor: object, label: str) -> str | None:
@@ -149,7 +149,7 @@ def _codec(compressor: object, label: str) -> str | None:
         return None
     name = compressor.get("id") if isinstance(compressor, dict) else compressor
     if not isinstance(compressor, dict) or not isinstance(name, str) or name not in CODECS:
-        _refused(label, f"compressor {str(name)[:40]!r} is not one ckptfs reads (none, zlib, gzip, zstd)")
+        raise FormatError(label, f"compressor {str(name)[:40]!r} is not one ckptfs reads (none, zlib, gzip, zstd)")
     return name
 
 
@@ -158,8 +158,9 @@ def _fill(value: object, dtype: DType, label: str) -> bytes:
     if value is None:
         return bytes(dtype.bits // 8)
     number = FLOAT_WORDS.get(value, value) if isinstance(value, str) else value
+    whole = dtype.name.startswith(("int", "uint", "bool"))
     try:
-        if isinstance(number, (list, dict, str)) or (isinstance(number, float) and dtype.name.startswith(("int", "uint"))):
+        if isinstance(number, (list, dict, str)) or whole and isinstance(number, float):
             raise TypeError(type(number).__name__)
         with np.errstate(all="ignore"):  # a value too large for float16 is inf, as NumPy makes it
             element = np.array(number).astype(numpy_dtype(dtype))
@@ -168,10 +169,6 @@ def _fill(value: object, dtype: DType, label: str) -> bytes:
         return element.tobytes()
     except (TypeError, ValueError, OverflowError, CkptfsError) as e:
         raise FormatError(label, f"fill_value {str(value)[:40]} is not a {dtype.name} ({type(e).__name__})") from None
-
-
-def _refused(label: str, problem: str):
-    raise FormatError(label, problem)
 
 
 class ChunkedArray:
