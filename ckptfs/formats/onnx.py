@@ -301,7 +301,10 @@ def _external(source: Source, info: TensorInfo, neighbours: Directory | None, ex
     if normal not in externals:
         if len(externals) >= LIMITS.members:
             raise FormatError(path, f"more than {plural(LIMITS.members, 'external data file')}")
-        externals[normal] = neighbours.open(normal)
+        try:
+            externals[normal] = neighbours.open(normal)
+        except OSError as e:  # unreadable, or no descriptor left (a file per tensor, thousands of them)
+            raise FormatError(path, f"its external data file {location!r}: {e.strerror or e}") from None
     data = externals[normal]
     if offset + nbytes > data.size:
         raise FormatError(path, f"its {plural(nbytes, 'byte')} at {offset} run past the end of {location} "
