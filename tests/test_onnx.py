@@ -164,7 +164,6 @@ def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_
     reference = onnx_models.reference(path)
     mnt = mount(path)
     write_refused(mnt / "raw" / "big.npy", (mnt / "raw" / "big.npy").read_bytes())
-    write_refused(mnt / "typed" / "i64.npy", (mnt / "typed" / "i64.npy").read_bytes())  # varints
     with pytest.raises(OSError) as refused:
         (mnt / "graph.yaml").write_text("graph: {}\n")
     assert refused.value.errno == errno.EROFS
@@ -185,12 +184,35 @@ def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_
     assert np.allclose(_run(path, np.zeros((1, 4), np.float32)), onnx_models.BIAS * 2)
 
 
+def test_initializers_kept_as_varints_are_written_back_as_varints(tmp_path, mount):
+    """New values change the length of the field, of the TensorProto and of
+    the graph: onnx reads every initializer back, the edited ones new."""
+    path = onnx_models.save(tmp_path / "varints", "external")
+    before = onnx_models.reference(path)
+    new = {"typed/i64.npy": np.array([-1, 2**40, 0], np.int64), "typed/f16.npy": np.float16([[0.5, -1], [2, 70]]),
+           "typed/i8.npy": np.int8([5, -5, 127, -128]), "typed/bool.npy": np.array([False, True, False]),
+           "typed/u64.npy": np.uint64([0, 2**63]), "typed/bf16.npy": before["typed.bf16"][::-1].copy()}
+    mnt = mount(path)
+    for name, array in new.items():
+        np.save(mnt / name, array)
+    (mnt / "metadata.yaml").write_text("note: varints\n")
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    after = onnx_models.reference(path)
+    for name, array in new.items():
+        key = name[:-4].replace("/", ".")
+        assert after[key].dtype == before[key].dtype and after[key].tobytes() == array.tobytes(), key
+    assert all(after[k].tobytes() == v.tobytes() for k, v in before.items() if f"{k.replace('.', '/')}.npy" not in new)
+    assert np.allclose(_run(path, np.zeros((1, 4), np.float32)), onnx_models.BIAS)
+
+
 @pytest.mark.parametrize("layout", ["inline", "external"])
 def test_a_model_rewritten_with_its_own_bytes_repacks_to_identical_bytes(layout, tmp_path, mount):
     path = onnx_models.save(tmp_path / "same", layout)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     mnt = mount(path)
-    for name in ("metadata.yaml", "typed/f32.npy", "typed/f64.npy") + (("fc/weight.npy",) if layout == "inline" else ()):
+    for name in ("metadata.yaml", "typed/f32.npy", "typed/f64.npy", "typed/i8.npy", "typed/f16.npy", "typed/u64.npy") \
+            + (("fc/weight.npy",) if layout == "inline" else ()):
         (mnt / name).write_bytes((mnt / name).read_bytes())
     assert umount(mnt).returncode == 0
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

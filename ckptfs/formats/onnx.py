@@ -150,6 +150,9 @@ class Stored:
     #: "inline" (raw_data or a packed float_data/double_data: bytes a repack can replace where they lie),
     #: "external" or "varints"
     kind: str
+    #: for one of the main graph: its TensorProto's field in the graph (a
+    #: repack of new varints rewrites its length and the graph's)
+    proto: protowire.Field | None = None
 
 
 @dataclass
@@ -171,8 +174,9 @@ class Initializers:
         self.externals: dict[str, Source] = {}
         self.count = 0
 
-    def read(self, fields: list[protowire.Field], prefix: str = "") -> list[tuple[Tensor, str]]:
-        """The tensors of a graph's initializers, each named `prefix` + its name."""
+    def read(self, fields: list[protowire.Field], prefix: str = "") -> list[tuple[Tensor, str, protowire.Field]]:
+        """The tensors of a graph's initializers, each named `prefix` + its
+        name, with its kind of storage and its TensorProto's field."""
         found, names = [], set()
         for f in fields:
             self.count += 1
@@ -190,7 +194,7 @@ class Initializers:
                                   "(ONNX names are unique)")
                 continue
             try:
-                found.append(tensor_of(self.source, info, self.neighbours, self.externals))
+                found.append((*tensor_of(self.source, info, self.neighbours, self.externals), f))
                 names.add(info.name)
             except FormatError as e:
                 self.notes.append(f"{info.name!r} is left out: {e.problem}")
@@ -219,7 +223,7 @@ def place_subgraph_initializers(root: Dir, reader: Initializers, found: list) ->
     placed = []
     for where, fields in by_place.items():
         folder = [SUBGRAPHS, *(names.escape(part) for part in where)]
-        for tensor, kind in reader.read(fields, "/".join(where) + "/"):
+        for tensor, kind, _ in reader.read(fields, "/".join(where) + "/"):
             parts = folder + names.tensor_path(tensor.name[len("/".join(where)) + 1:])
             try:
                 root.subdir(parts[:-1]).add(parts[-1], TensorFile(tensor))
@@ -322,14 +326,14 @@ def read(source: Source, neighbours: Directory | None):
     shown = Shown(model)
     reader = Initializers(source, neighbours, shown.notes)
     found = reader.read(main_initializers(source, model.graph, shown.notes))
-    root, placed = tensor_tree([t for t, _ in found])
-    kinds = {id(t): kind for t, kind in found}
+    root, placed = tensor_tree([t for t, _, _ in found])
+    kinds = {id(t): (kind, proto) for t, kind, proto in found}
     graph_text = GraphText(source)
     graph = graph_text.graph(model.graph.offset, model.graph.end)
     inner = place_subgraph_initializers(root, reader, graph_text.subgraph_initializers)
     placed += [p for p, _ in inner]
-    kinds.update((id(p.tensor), kind) for p, kind in inner)
-    shown.stored = {p.path: Stored(p.tensor, kinds[id(p.tensor)]) for p in placed}
+    kinds.update((id(p.tensor), (kind, None)) for p, kind in inner)
+    shown.stored = {p.path: Stored(p.tensor, *kinds[id(p.tensor)]) for p in placed}
     head = {**model.facts, "opsets": model.opsets, "graph": graph}
     if model.functions:
         head["functions"] = model.functions
