@@ -206,6 +206,24 @@ def test_initializers_kept_as_varints_are_written_back_as_varints(tmp_path, moun
     assert np.allclose(_run(path, np.zeros((1, 4), np.float32)), onnx_models.BIAS)
 
 
+def test_a_varint_edit_behind_a_length_written_long_is_refused(tmp_path, mount):
+    """A graph whose length takes a byte more than it needs (protobuf reads
+    it, no writer makes it): the repack could not rewrite it as it lies."""
+    from ckptfs.formats.protowire import encode_varint
+    from ckptfs.sources.base import FileSource
+
+    path = onnx_models.save(tmp_path / "long", "inline")
+    data = path.read_bytes()
+    graph = onnx_format.read_model(FileSource(str(path))).graph
+    header = encode_varint(graph.value)
+    path.write_bytes(data[: graph.offset - len(header)] + header[:-1] + bytes([header[-1] | 0x80, 0])
+                     + data[graph.offset:])
+    onnx.checker.check_model(str(path))
+    mnt = mount(path)
+    write_refused(mnt / "typed" / "i64.npy", _npy(np.array([1, 2, 3], np.int64)))
+    assert umount(mnt, "--discard").returncode == 0
+
+
 @pytest.mark.parametrize("layout", ["inline", "external"])
 def test_a_model_rewritten_with_its_own_bytes_repacks_to_identical_bytes(layout, tmp_path, mount):
     path = onnx_models.save(tmp_path / "same", layout)
