@@ -29,6 +29,7 @@ from . import (
     safetensors,
     sharded_torch,
     tar,
+    tf_bundle,
     torchlegacy,
     torchzip,
 )
@@ -45,6 +46,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,
+    tf_bundle.FORMAT,  # last: told by its first entry, the empty key of a table
 )
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
