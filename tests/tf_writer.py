@@ -2,7 +2,7 @@
 TensorFlow itself, in a process of its own (importing tensorflow in the
 pytest process warns and clashes with torch):
 
-    python tests/tf_writer.py OUT
+    python tests/tf_writer.py OUT [PREFIX...]
 
 makes `OUT/ckpt/` (a `tf.train.Checkpoint` save: `checkpoint`, `ckpt-1.index`,
 `ckpt-1.data-00000-of-00001`), `OUT/second/` (the same variables, one of them
@@ -10,7 +10,9 @@ changed, for `ckptfs diff`), `OUT/sharded/` (the same model saved in several
 data shards by a `MaxShardSizePolicy`), `OUT/saved_model/`
 (`tf.saved_model.save`), and for each bundle `OUT/refs/NAME.json`: every key
 with its dtype, shape and the bytes `tf.train.load_checkpoint(...).get_tensor`
-gives, in `OUT/refs/NAME/N.bin`.
+gives, in `OUT/refs/NAME/N.bin` (NAME: the folder of the bundle). Each
+PREFIX given (a bundle written by tests/tf_bundle_writer.py) is read the
+same way, and nothing written.
 """
 
 from __future__ import annotations
@@ -83,4 +85,8 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) > 2:
+        for prefix in sys.argv[2:]:
+            references(prefix, sys.argv[1])
+    else:
+        main(sys.argv[1])

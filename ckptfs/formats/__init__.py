@@ -30,6 +30,8 @@ from . import (
     sharded_torch,
     tar,
     tf_bundle,
+    tf_checkpoint_dir,
+    tf_saved_model,
     torchlegacy,
     torchzip,
 )
@@ -56,6 +58,8 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
     diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
+    tf_saved_model.FORMAT,  # saved_model.pb beside variables/variables.index
+    tf_checkpoint_dir.FORMAT,  # a `checkpoint` file beside PREFIX.index files
     folder.FORMAT,
 )
 

@@ -37,6 +37,7 @@ from ..tree.tensors import PlacedTensor, Tensor, TensorFile
 from . import crc32c, tf_entries, tf_slices
 from .base import FileFormat, Opening
 from .dcp.assemble import Chunk, assembled_tensor, covers_exactly
+from .nested import Grafts, show_directory
 from .protowire import decode_varint
 from .tf_checked import CheckedSource
 from .tf_entries import DT_STRING, DTYPES, Entry
@@ -255,3 +256,34 @@ def open_file(opening: Opening) -> Checkpoint:
 
 FORMAT = FileFormat(FORMAT_NAME, sniff, open_file, "TensorFlow tensor bundles (PREFIX.index + its .data shards)",
                     None)
+
+
+def folder_checkpoint(name: str, directory: Directory, bundles: list[tuple[str, str, list[str]]]) -> Checkpoint:
+    """A folder holding bundles, each `(its folder in directory, its
+    prefix, the path parts of the folder it is shown as)`: every file of
+    the folder as it is but for the bundles' files, each bundle's tree in
+    their place (`.ckptfs/raw/` keeps them all). A bundle that cannot be
+    read stays its files, with a note."""
+    grafts = Grafts()
+    shown = show_directory(directory, grafts)
+    notes = []
+    for folder, prefix, parts in bundles:
+        try:
+            inside = directory.sub(folder) if folder else directory
+            bundle = read(inside, prefix, inside.open(prefix + SUFFIX))
+        except FormatError as e:
+            notes.append(f"{'/'.join(parts)} is shown as its files: {e.problem}")
+            continue
+        holder = shown.root.subdir(names.file_parts(folder)) if folder else shown.root
+        for file in bundle.files:
+            holder.children.pop(names.file_parts(file)[0], None)
+        parent = shown.root.subdir(parts[:-1])
+        there = parent.children.get(parts[-1])
+        if there is not None and not (isinstance(there, Dir) and not there.children):
+            notes.append(f"{'/'.join(parts)} holds other files: the bundle {prefix} is shown as its files in "
+                         ".ckptfs/raw/")
+            continue
+        parent.children.pop(parts[-1], None)
+        grafts.graft(parent, parts[-1], "/".join(parts), bundle.root, bundle.tensors, bundle.notes)
+    return Checkpoint(name, directory.path, directory.stat(), shown.root, shown.raw, grafts.placed,
+                      [*notes, *grafts.notes], grafts.pickle_globals)
