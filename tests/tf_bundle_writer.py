@@ -136,3 +136,19 @@ ARRAYS = {
     "flags": np.array([True, False]),
     "half": np.ones((2, 2), np.float16),
 }
+
+
+def checkpoint_folder(path: Path) -> Path:
+    """A folder as `tf.train.Checkpoint.save` leaves it: `checkpoint` beside the bundle `ckpt-1`."""
+    path.mkdir()
+    write_arrays(path / "ckpt-1", ARRAYS)
+    (path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    return path
+
+
+def saved_model_folder(path: Path) -> Path:
+    """A SavedModel's layout: `saved_model.pb` (here a stand-in) beside `variables/`."""
+    (path / "variables").mkdir(parents=True)
+    write_arrays(path / "variables" / "variables", ARRAYS)
+    (path / "saved_model.pb").write_bytes(b"\x08\x01")
+    return path

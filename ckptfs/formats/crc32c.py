@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-try:  # optional: the fast path (pip install 'ckptfs[tensorflow]')
+try:  # optional, the tensorflow extra: pip install '.[tensorflow]'
     import google_crc32c as _fast
 except ImportError:  # pragma: no cover - taken where the package is missing
     _fast = None
