@@ -37,17 +37,23 @@ def _node(source: MemorySource, node: Field) -> dict:
         if f.wire != LEN:
             continue
         values = _message(source, f)
+        text, number = (lambda n: _of(values, n, str, "")), (lambda n: _of(values, n, int, 0))
         if f.number == 1:
-            out["children"][values.get(2, "")] = values.get(1, 0)
+            out["children"][text(2)] = number(1)
         elif f.number == 2:
-            out["attributes"].append({"name": values.get(1, ""), "full_name": values.get(2, ""),
-                                      "checkpoint_key": values.get(3, "")})
+            out["attributes"].append({"name": text(1), "full_name": text(2), "checkpoint_key": text(3)})
         elif f.number == 3:
-            out["slot_variables"].append({"variable": values.get(1, 0), "slot": values.get(2, ""),
-                                          "slot_variable": values.get(3, 0)})
+            out["slot_variables"].append({"variable": number(1), "slot": text(2), "slot_variable": number(3)})
         elif f.number == 4:
-            out["registered_saver"] = {"name": values.get(1, ""), "object_name": values.get(2, "")}
+            out["registered_saver"] = {"name": text(1), "object_name": text(2)}
     return {k: v for k, v in out.items() if v != [] and v != {}}
+
+
+def _of(values: dict[int, object], number: int, kind: type, default: object) -> object:
+    """A field's value if it is of the kind the message says (a string, an
+    integer), else the default, as protobuf reads a message that lacks it."""
+    value = values.get(number, default)
+    return value if isinstance(value, kind) else default
 
 
 def _message(source: MemorySource, f: Field) -> dict[int, object]:
