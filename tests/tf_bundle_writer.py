@@ -59,18 +59,27 @@ def trailer(contents: bytes, kind: int = 0) -> bytes:
 
 def table(items: list[tuple[bytes, bytes]], per_block: int = 8) -> bytes:
     """An SSTable of `items` (sorted by key), `per_block` entries a data block."""
+    return table_of_blocks([block(items[start : start + per_block]) for start in range(0, len(items), per_block)],
+                           [items[min(start + per_block, len(items)) - 1][0] for start in range(0, len(items), per_block)])
+
+
+def table_of_blocks(blocks: list[bytes], last_keys: list[bytes], kind: int = 0) -> bytes:
+    """Data blocks as they are (each with its last key, for the index), stored as `kind`."""
     out, index = bytearray(), []
-    for start in range(0, len(items), per_block):
-        chunk = items[start : start + per_block]
-        data = block(chunk)
-        index.append((chunk[-1][0], encode_varint(len(out)) + encode_varint(len(data))))
-        out += data + trailer(data)
+    for data, key in zip(blocks, last_keys):
+        index.append((key, encode_varint(len(out)) + encode_varint(len(data))))
+        out += data + trailer(data, kind)
     handles = []
     for contents in (block([]), block(index, restart_interval=1)):
-        handles.append(encode_varint(len(out)) + encode_varint(len(contents)))
+        handles.append((len(out), len(contents)))
         out += contents + trailer(contents)
-    footer = (handles[0] + handles[1]).ljust(40, b"\0") + struct.pack("<II", MAGIC & 0xFFFFFFFF, MAGIC >> 32)
-    return bytes(out + footer)
+    return bytes(out + footer(*handles))
+
+
+def footer(metaindex: tuple[int, int], index: tuple[int, int]) -> bytes:
+    """The 48 bytes after the blocks: the two handles, padding, the magic."""
+    handles = b"".join(encode_varint(n) for n in (*metaindex, *index))
+    return handles.ljust(40, b"\0") + struct.pack("<II", MAGIC & 0xFFFFFFFF, MAGIC >> 32)
 
 
 def header(shards: int) -> bytes:
