@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from ckptfs.errors import FormatError
 from ckptfs.formats import crc32c
 from ckptfs.formats.tf_bundle import tree_path
-from ckptfs.formats.tf_checked import CheckedSource
+from ckptfs.formats.tf_checked import checked
 from ckptfs.sources.base import FileSource
 
 from . import tf_bundle_writer
@@ -189,14 +189,14 @@ def test_only_a_read_through_from_the_start_is_checked(tmp_path):
     data = bytearray(np.arange(4096, dtype=np.uint8).tobytes())
     path = tmp_path / "shard"
     path.write_bytes(bytes(data))
-    good = CheckedSource(FileSource(str(path)), 100, 3000, google_crc32c.value(bytes(data[100:3100])), "good")
-    assert good.pread(2000, 1000) == data[2100:3100] and not good.checked
+    good = checked(FileSource(str(path)), 100, 3000, google_crc32c.value(bytes(data[100:3100])), "good")
+    assert good.pread(2000, 1000) == data[2100:3100] and not good.run.checked
     for start in range(0, 3000, 700):
         good.pread(start, 700)
-    assert good.checked
+    assert good.run.checked
     data[150] ^= 1
     path.write_bytes(bytes(data))
-    bad = CheckedSource(FileSource(str(path)), 100, 3000, good.crc, "bad")
+    bad = checked(FileSource(str(path)), 100, 3000, good.run.crc, "bad")
     assert bad.pread(1000, 2000) == data[1100:3100]  # not from the start: served, unchecked
     bad.pread(0, 1500)
     with pytest.raises(FormatError, match="bad: its bytes do not match the CRC-32C"):

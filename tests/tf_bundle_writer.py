@@ -18,6 +18,7 @@ import google_crc32c
 import ml_dtypes
 import numpy as np
 
+from ckptfs.formats import tf_entries
 from ckptfs.formats.protowire import I32, VARINT, encode_len, encode_tag, encode_varint
 
 MAGIC = 0xDB4775248B80FB57
@@ -87,16 +88,13 @@ def header(shards: int) -> bytes:
     return encode_tag(1, VARINT) + encode_varint(shards) + encode_len(3, len(version)) + version
 
 
-@dataclass
-class Entry:
-    """A BundleEntryProto's fields, any of them as hostile as a test wants."""
+@dataclass(frozen=True)
+class Entry(tf_entries.Entry):
+    """A BundleEntryProto's fields (as ckptfs reads them), any of them as
+    hostile as a test wants; slices are not written."""
 
-    dtype: int
-    shape: tuple[int, ...]
-    shard: int
-    offset: int
-    size: int
     crc: int = 0
+    slices: tuple[tuple[int, int], ...] = ()
 
     def encode(self) -> bytes:
         dims = b""

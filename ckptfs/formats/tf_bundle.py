@@ -39,7 +39,7 @@ from .base import FileFormat, Opening
 from .dcp.assemble import Chunk, assembled_tensor, covers_exactly
 from .nested import Grafts, show_directory
 from .protowire import decode_varint
-from .tf_checked import CheckedSource
+from .tf_checked import checked
 from .tf_entries import DT_STRING, DTYPES, Entry
 from .tf_objects import KEY as OBJECT_GRAPH_KEY
 from .tf_objects import object_graph
@@ -138,7 +138,7 @@ class _Reader:
             raise FormatError(label, f"its entry gives {plural(item.size, 'byte')}, a {dtype.name} tensor of shape "
                                      f"{list(item.shape)} takes {expected}")
         shard = self._shard(item, label)
-        return Extent(CheckedSource(shard, item.offset, item.size, crc32c.unmask(item.crc), label), 0, item.size)
+        return Extent(checked(shard, item.offset, item.size, crc32c.unmask(item.crc), label), 0, item.size)
 
     def _partitioned(self, raw_key: bytes, key: str, item: Entry, value: bytes, label: str) -> Tensor:
         """A partitioned tensor, whole: its slices assembled on read."""

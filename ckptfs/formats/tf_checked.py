@@ -15,60 +15,28 @@ tensor once found whole is not checked again.
 from __future__ import annotations
 
 from ..errors import FormatError
-from ..sources.base import FileSource, Source
+from ..sources.base import FileSource, SliceSource, Source
 from . import crc32c
 
 
-class CheckedSource(Source):
-    """`length` bytes of `parent` from `offset`, whose CRC-32C must be `crc` (unmasked)."""
+class Run:
+    """The check of one tensor's bytes: `size` bytes whose CRC-32C must be
+    `crc` (unmasked), followed as reads of them come."""
 
-    def __init__(self, parent: Source, offset: int, length: int, crc: int, label: str):
-        self.parent, self.offset, self.size = parent, offset, length
-        self.crc, self.label = crc, label
+    def __init__(self, size: int, crc: int, label: str):
+        self.size, self.crc, self.label = size, crc, label
         #: (bytes checked from the start, their CRC), or None between runs
         self._run: tuple[int, int] | None = None
-        self.checked = length == 0
+        self.checked = size == 0
         self.damaged = False
 
-    @property
-    def path(self) -> str:  # type: ignore[override]
-        return self.parent.path
-
-    @property
-    def slow(self) -> bool:  # type: ignore[override]
-        return self.parent.slow
-
-    def pread(self, offset: int, length: int) -> bytes:
-        self._refuse_damaged()
-        data = self.parent.pread(self.offset + offset, max(0, min(length, self.size - offset)))
-        self._follow(offset, data)
-        return data
-
-    def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        self._refuse_damaged()
-        if offset + sum(map(len, buffers)) > self.size:
-            raise ValueError(f"{self.path}: read past the end of a {self.size}-byte tensor at {offset}")
-        self.parent.readv(self.offset + offset, buffers)
-        for buffer in buffers:
-            self._follow(offset, buffer)
-            offset += len(buffer)
-
-    def prefetch(self, offset: int, length: int) -> None:
-        self.parent.prefetch(self.offset + offset, max(0, min(length, self.size - offset)))
-
-    def locate(self, offset: int) -> tuple[str, int]:
-        return self.parent.locate(self.offset + offset)
-
-    @property
-    def origin(self) -> FileSource | None:
-        return self.parent.origin
-
-    def _refuse_damaged(self) -> None:
+    def refuse_damaged(self) -> None:
         if self.damaged:
             raise FormatError(self.label, "its bytes do not match the CRC-32C its bundle entry keeps (the data "
                                           "shard is damaged)")
 
-    def _follow(self, offset: int, data: bytes | memoryview) -> None:
+    def follow(self, offset: int, data: bytes | memoryview) -> None:
+        """Bytes read at `offset`: the run goes on if they come next."""
         if self.checked or not data:
             return
         if offset == 0:
@@ -84,5 +52,50 @@ class CheckedSource(Source):
         self._run = None
         if crc != self.crc:
             self.damaged = True
-            self._refuse_damaged()
+            self.refuse_damaged()
         self.checked = True
+
+
+class CheckedSource(Source):
+    """A tensor's bytes (`inner`, a slice of its shard) read through their
+    `Run`. Not a SliceSource: writers and maps that reach through slices to
+    the file underneath (copy_file_range, mmap) would skip the check."""
+
+    def __init__(self, inner: SliceSource, run: Run):
+        self.inner, self.run, self.size = inner, run, inner.size
+
+    @property
+    def path(self) -> str:  # type: ignore[override]
+        return self.inner.path
+
+    @property
+    def slow(self) -> bool:  # type: ignore[override]
+        return self.inner.slow
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self.run.refuse_damaged()
+        data = self.inner.pread(offset, length)
+        self.run.follow(offset, data)
+        return data
+
+    def readv(self, offset: int, buffers: list[memoryview]) -> None:
+        self.run.refuse_damaged()
+        self.inner.readv(offset, buffers)
+        for buffer in buffers:
+            self.run.follow(offset, buffer)
+            offset += len(buffer)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        self.inner.prefetch(offset, length)
+
+    def locate(self, offset: int) -> tuple[str, int]:
+        return self.inner.locate(offset)
+
+    @property
+    def origin(self) -> FileSource | None:
+        return self.inner.origin
+
+
+def checked(parent: Source, offset: int, length: int, crc: int, label: str) -> CheckedSource:
+    """A tensor's bytes, checked against `crc` (unmasked) as they are read through."""
+    return CheckedSource(parent.slice(offset, length), Run(length, crc, label))
