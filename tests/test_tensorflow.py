@@ -100,8 +100,8 @@ def test_the_object_graph_and_string_variables_are_yaml(saves, mount):
     paths = {node["path"]: node for node in graph["nodes"]}
     assert paths["/model/dense/kernel"]["attributes"][0]["checkpoint_key"] == \
         "model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE"
-    assert set(paths["/model"]["children"]) == {"dense", "half", "brain", "steps", "mask", "small", "wide", "waves",
-                                                "label"}
+    assert set(paths["/model"]["children"]) == {"vocabulary", "dense", "half", "brain", "steps", "mask", "small", "wide",
+                                                "waves", "label"}
     label = yaml.safe_load((mnt / "model" / "label.yaml").read_text())
     assert label == {"dtype": "string", "shape": [], "values": "a string variable"}
 
@@ -120,8 +120,8 @@ def test_a_sharded_checkpoint_has_its_partitioned_variables_whole(saves, mount):
 @TIMED_APART
 def test_a_saved_model_shows_its_variables_and_keeps_its_graph(saves, mount):
     mnt = mount(saves / "saved_model")
-    assert sorted(os.listdir(mnt)) == [".ckptfs", "fingerprint.pb", "saved_model.pb", "variables"]
-    for name in ("saved_model.pb", "fingerprint.pb"):
+    assert sorted(os.listdir(mnt)) == [".ckptfs", "assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    for name in ("saved_model.pb", "fingerprint.pb", "assets/vocab.txt"):
         assert (mnt / name).read_bytes() == (saves / "saved_model" / name).read_bytes()
     _same_as_tensorflow(mnt / "variables", saves, "variables")
     assert (mnt / "variables" / "object_graph.yaml").is_file()

@@ -7,10 +7,11 @@ pytest process warns and clashes with torch):
 makes `OUT/ckpt/` (a `tf.train.Checkpoint` save: `checkpoint`, `ckpt-1.index`,
 `ckpt-1.data-00000-of-00001`), `OUT/second/` (the same variables, one of them
 changed, for `ckptfs diff`), `OUT/sharded/` (the same model saved in several
-data shards by a `MaxShardSizePolicy`), `OUT/saved_model/`
-(`tf.saved_model.save`), and for each bundle `OUT/refs/NAME.json`: every key
-with its dtype, shape and the bytes `tf.train.load_checkpoint(...).get_tensor`
-gives, in `OUT/refs/NAME/N.bin` (NAME: the folder of the bundle). Each
+data shards by a `MaxShardSizePolicy`, which splits some variables across
+them), `OUT/saved_model/` (`tf.saved_model.save`, `assets/vocab.txt` among
+its files), and for each bundle `OUT/refs/NAME.json`: every key with its
+dtype, shape and the bytes `tf.train.load_checkpoint(...).get_tensor` gives,
+in `OUT/refs/NAME/N.bin` (NAME: the folder of the bundle). Each
 PREFIX given (a bundle written by tests/tf_bundle_writer.py) is read the
 same way, and nothing written.
 """
@@ -37,8 +38,9 @@ class Layer(tf.Module):
 
 
 class Model(tf.Module):
-    def __init__(self):
+    def __init__(self, vocabulary: str):
         super().__init__()
+        self.vocabulary = tf.saved_model.Asset(vocabulary)  # the SavedModel's assets/
         self.dense = Layer((3, 4), "float32")
         self.half = Layer((5, 2), "float16")
         self.brain = Layer((2, 3), "bfloat16")
@@ -72,7 +74,10 @@ def references(prefix: str, out: str) -> None:
 
 
 def main(out: str) -> None:
-    model = Model()
+    vocabulary = os.path.join(out, "vocab.txt")
+    with open(vocabulary, "w") as f:
+        f.write("a\nb\n")
+    model = Model(vocabulary)
     ckpt = tf.train.Checkpoint(model=model)
     references(ckpt.save(os.path.join(out, "ckpt", "ckpt")), out)
     model.dense.bias.assign([9.0, 9.0, 9.0, 9.0])

@@ -14,6 +14,8 @@ tensor once found whole is not checked again.
 
 from __future__ import annotations
 
+import threading
+
 from ..errors import FormatError
 from ..sources.base import FileSource, SliceSource, Source
 from . import crc32c
@@ -29,6 +31,7 @@ class Run:
         self._run: tuple[int, int] | None = None
         self.checked = size == 0
         self.damaged = False
+        self._lock = threading.Lock()  # reads of a slow source come from worker threads
 
     def refuse_damaged(self) -> None:
         if self.damaged:
@@ -39,6 +42,10 @@ class Run:
         """Bytes read at `offset`: the run goes on if they come next."""
         if self.checked or not data:
             return
+        with self._lock:
+            self._follow(offset, data)
+
+    def _follow(self, offset: int, data: bytes | memoryview) -> None:
         if offset == 0:
             self._run = (0, 0)
         if self._run is None or self._run[0] != offset:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ckptfs.formats.protowire import VARINT, encode_tag, encode_varint
+
 from ..tf_bundle_writer import Entry, block, entries_for, footer, header, table_of_blocks, write
 from . import Case
 
@@ -54,6 +56,11 @@ def _unsorted(tmp_path: Path) -> Path:
     return _index(tmp_path, table_of_blocks([block(items)], [b"b"]))
 
 
+def _big_endian(tmp_path: Path) -> Path:
+    big = header(1) + encode_tag(2, VARINT) + encode_varint(1)  # endianness BIG
+    return _index(tmp_path, table_of_blocks([block([(b"", big)])], [b""]))
+
+
 def _many_entries(tmp_path: Path) -> Path:
     return write(tmp_path / "b", {f"t{n:03d}": Entry(1, (1,), 0, 0, 4) for n in range(100)}, [GOOD.tobytes()])
 
@@ -83,6 +90,7 @@ CASES = {
     "tf index whose footer points past its end": Case(_handle_past_the_end, "refused", "past the end of the table"),
     "tf index block of 4 billion restart points": Case(_huge_restart_count, "refused", "restart points"),
     "tf index block in snappy": Case(_snappy, "refused", "snappy"),
+    "tf bundle written big-endian": Case(_big_endian, "refused", "big-endian"),
     "tf index of unsorted keys": Case(_unsorted, "refused", "not sorted"),
     "tf index of more entries than max_members": Case(_many_entries, "refused", "max_members",
                                                       options=("-o", "max_members=50")),
