@@ -228,6 +228,9 @@ def test_tensorflow_reads_the_test_side_bundle_writer(tmp_path, mount):
     for key, array in tf_bundle_writer.ARRAYS.items():
         served = np.load(mnt.joinpath(*tree_path(key, ".npy")))
         assert served.dtype == array.dtype and served.tobytes() == array.tobytes(), key
+    # an optimizer slot: beside its variable's file, the leading dot of `.OPTIMIZER_SLOT` escaped
+    assert (mnt / "layer" / "kernel" / "%2EOPTIMIZER_SLOT" / "optimizer" / "m.npy").is_file()
+    assert (mnt / "layer" / "kernel.npy").is_file()
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 511, 512, 513, 4096 + 3, 131072, (1 << 20) + 17])

@@ -139,6 +139,7 @@ def write_arrays(prefix: Path, arrays: dict[str, np.ndarray], shards: int = 1) -
 ARRAYS = {
     "layer/kernel/.ATTRIBUTES/VARIABLE_VALUE": np.arange(12, dtype=np.float32).reshape(3, 4),
     "layer/bias/.ATTRIBUTES/VARIABLE_VALUE": np.array([1.5, -2], dtype=ml_dtypes.bfloat16),
+    "layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE": np.full((3, 4), 0.25, np.float32),
     "steps": np.array([7, 1 << 40], dtype=np.int64),
     "flags": np.array([True, False]),
     "half": np.ones((2, 2), np.float16),
