@@ -175,6 +175,9 @@ def test_a_damaged_tensor_is_found_by_its_crc_when_read_through(saves, tmp_path,
     with pytest.raises(OSError) as failed:
         kernel.read_bytes()
     assert failed.value.errno == errno.EIO
+    assert os.getxattr(kernel, "user.ckptfs.problem").decode().endswith(
+        "model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE: its bytes do not match the CRC-32C its bundle entry keeps "
+        "(the data shard is damaged)")
     _same_as_tensorflow_but(mnt / "ckpt-1", saves, "model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE")
     said = run_ckptfs("cat", copy, "ckpt-1/model/dense/kernel.npy")
     assert said.returncode != 0 and said.stderr.count("\n") == 1

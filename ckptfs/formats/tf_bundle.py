@@ -39,7 +39,7 @@ from .base import FileFormat, Opening
 from .dcp.assemble import Chunk, assembled_tensor, covers_exactly
 from .nested import Grafts, show_directory
 from .protowire import decode_varint
-from .tf_checked import checked
+from .tf_checked import Run, checked
 from .tf_entries import DT_STRING, DTYPES, Entry
 from .tf_objects import KEY as OBJECT_GRAPH_KEY
 from .tf_objects import object_graph
@@ -94,6 +94,7 @@ class _Reader:
         self.bundle = Bundle(files={prefix + SUFFIX: index})
         self.shards: dict[int, Source | str] = {}  # shard number -> its file, or why it cannot be read
         self.slices: dict[bytes, bytes] = {}  # the entries of slices not yet claimed, by key
+        self.runs: list[Run] = []  # the checks of the tensor being read, for its file
 
     def read(self) -> Bundle:
         items = Table(self.index, self.name).items()
@@ -116,19 +117,28 @@ class _Reader:
             return
         key = raw_key.decode("utf-8", "backslashreplace")
         label = f"{self.name}: {key}"
+        self.runs = []
         try:
             item = tf_entries.entry(value, label)
             if item.slices:
-                self._place(key, ".npy", TensorFile(self._partitioned(raw_key, key, item, value, label)))
+                self._place(key, ".npy", self._file(self._partitioned(raw_key, key, item, value, label)))
             elif item.dtype in DTYPES:
                 dtype = DTYPES[item.dtype]
-                self._place(key, ".npy", TensorFile(Tensor(key, dtype, item.shape, self._extent(item, dtype, label))))
+                self._place(key, ".npy", self._file(Tensor(key, dtype, item.shape, self._extent(item, dtype, label))))
             elif item.dtype == DT_STRING:
                 self._strings(key, item, label)
             else:
                 self.bundle.notes.append(f"{key}: a {item.type_name} tensor, left out: no .npy holds its values")
         except FormatError as e:
             self.bundle.notes.append(f"{key} is left out: {e.problem}")
+
+    def _file(self, tensor: Tensor) -> TensorFile:
+        """A tensor's file, whose attributes the checks of its bytes report to."""
+        file = TensorFile(tensor)
+        for run in self.runs:
+            run.shown_by = file.xattrs
+        self.runs = []
+        return file
 
     def _extent(self, item: Entry, dtype: DType, label: str) -> Extent:
         """Where an entry's bytes lie, checked: their size against dtype and
@@ -137,8 +147,9 @@ class _Reader:
         if item.size != expected:
             raise FormatError(label, f"its entry gives {plural(item.size, 'byte')}, a {dtype.name} tensor of shape "
                                      f"{list(item.shape)} takes {expected}")
-        shard = self._shard(item, label)
-        return Extent(checked(shard, item.offset, item.size, crc32c.unmask(item.crc), label), 0, item.size)
+        source = checked(self._shard(item, label), item.offset, item.size, crc32c.unmask(item.crc), label)
+        self.runs.append(source.run)
+        return Extent(source, 0, item.size)
 
     def _partitioned(self, raw_key: bytes, key: str, item: Entry, value: bytes, label: str) -> Tensor:
         """A partitioned tensor, whole: its slices assembled on read."""

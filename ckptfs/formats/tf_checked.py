@@ -5,8 +5,8 @@ Each read is served from the shard as it is. Reads that follow one another
 from the tensor's first byte (`cat`, `cp`, an export, a loader reading the
 file through) extend a running CRC; when they reach its last byte, the CRC
 must match the entry's. If it does not, that read fails, and every later
-one: the mount answers EIO and logs one line naming the file and the
-tensor, a command prints that line. A read that starts elsewhere is served
+one: the mount answers EIO, logs one line naming the file and the tensor
+and puts it in the file's `user.ckptfs.problem`; a command prints that line. A read that starts elsewhere is served
 unchecked and the run waits for a read from the start. So a whole pass
 costs one CRC of the bytes it reads anyway, a partial read nothing, and a
 tensor once found whole is not checked again.
@@ -18,7 +18,10 @@ import threading
 
 from ..errors import FormatError
 from ..sources.base import FileSource, SliceSource, Source
+from ..tree import xattrs
 from . import crc32c
+
+DAMAGED = "its bytes do not match the CRC-32C its bundle entry keeps (the data shard is damaged)"
 
 
 class Run:
@@ -32,11 +35,13 @@ class Run:
         self.checked = size == 0
         self.damaged = False
         self._lock = threading.Lock()  # reads of a slow source come from worker threads
+        #: the attributes of the file that shows these bytes, which get its
+        #: `user.ckptfs.problem` when they are found damaged
+        self.shown_by: dict[str, str] | None = None
 
     def refuse_damaged(self) -> None:
         if self.damaged:
-            raise FormatError(self.label, "its bytes do not match the CRC-32C its bundle entry keeps (the data "
-                                          "shard is damaged)")
+            raise FormatError(self.label, DAMAGED)
 
     def follow(self, offset: int, data: bytes | memoryview) -> None:
         """Bytes read at `offset`: the run goes on if they come next."""
@@ -59,6 +64,8 @@ class Run:
         self._run = None
         if crc != self.crc:
             self.damaged = True
+            if self.shown_by is not None:
+                self.shown_by[xattrs.PROBLEM] = f"{self.label}: {DAMAGED}"
             self.refuse_damaged()
         self.checked = True
 
