@@ -118,6 +118,14 @@ def test_a_sharded_checkpoint_has_its_partitioned_variables_whole(saves, mount):
 
 
 @TIMED_APART
+def test_a_v1_saver_folder_has_its_partitioned_variable_whole(saves, mount):
+    mnt = mount(saves / "saver")
+    assert sorted(os.listdir(mnt)) == [".ckptfs", "checkpoint", "model.ckpt", "model.ckpt.meta"]
+    _same_as_tensorflow(mnt / "model.ckpt", saves, "saver")
+    assert len(json.loads(os.getxattr(mnt / "model.ckpt" / "part" / "w.npy", "user.ckptfs.chunks"))) == 3
+
+
+@TIMED_APART
 def test_a_saved_model_shows_its_variables_and_keeps_its_graph(saves, mount):
     mnt = mount(saves / "saved_model")
     assert sorted(os.listdir(mnt)) == [".ckptfs", "assets", "fingerprint.pb", "saved_model.pb", "variables"]

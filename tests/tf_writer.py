@@ -9,7 +9,8 @@ makes `OUT/ckpt/` (a `tf.train.Checkpoint` save: `checkpoint`, `ckpt-1.index`,
 changed, for `ckptfs diff`), `OUT/sharded/` (the same model saved in several
 data shards by a `MaxShardSizePolicy`, which splits some variables across
 them), `OUT/saved_model/` (`tf.saved_model.save`, `assets/vocab.txt` among
-its files), and for each bundle `OUT/refs/NAME.json`: every key with its
+its files), `OUT/saver/` (`tf.compat.v1.train.Saver`, a partitioned
+variable), and for each bundle `OUT/refs/NAME.json`: every key with its
 dtype, shape and the bytes `tf.train.load_checkpoint(...).get_tensor` gives,
 in `OUT/refs/NAME/N.bin` (NAME: the folder of the bundle). Each
 PREFIX given (a bundle written by tests/tf_bundle_writer.py) is read the
@@ -73,6 +74,21 @@ def references(prefix: str, out: str) -> None:
         json.dump(listed, f, indent=1)
 
 
+def saver_v1(out: str) -> None:
+    """A `tf.compat.v1.train.Saver` (V2 bundle) of a graph whose variable
+    `part/w` is partitioned in three (a slice entry each)."""
+    folder = os.path.join(out, "saver")
+    os.makedirs(folder)
+    with tf.Graph().as_default():
+        tf.compat.v1.get_variable("part/w", shape=[10, 3], initializer=tf.compat.v1.random_normal_initializer(seed=1),
+                                  partitioner=tf.compat.v1.fixed_size_partitioner(3))
+        tf.compat.v1.get_variable("b", initializer=tf.constant([1, 2, 3], tf.int32))
+        saver = tf.compat.v1.train.Saver(sharded=True)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            references(saver.save(session, os.path.join(folder, "model.ckpt")), out)
+
+
 def main(out: str) -> None:
     vocabulary = os.path.join(out, "vocab.txt")
     with open(vocabulary, "w") as f:
@@ -87,6 +103,7 @@ def main(out: str) -> None:
     references(tf.train.Checkpoint(model=model).save(os.path.join(out, "sharded", "ckpt"), options=options), out)
     tf.saved_model.save(model, os.path.join(out, "saved_model"))
     references(os.path.join(out, "saved_model", "variables", "variables"), out)
+    saver_v1(out)
 
 
 if __name__ == "__main__":
