@@ -30,6 +30,9 @@ from . import (
     safetensors,
     sharded_torch,
     tar,
+    tf_bundle,
+    tf_checkpoint_dir,
+    tf_saved_model,
     torchlegacy,
     torchzip,
 )
@@ -46,6 +49,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,
+    tf_bundle.FORMAT,  # last: told by its first entry, the empty key of a table
 )
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
@@ -56,6 +60,8 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
     diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
+    tf_saved_model.FORMAT,  # saved_model.pb beside variables/variables.index
+    tf_checkpoint_dir.FORMAT,  # a `checkpoint` file beside PREFIX.index files
     folder.FORMAT,
 )
 
