@@ -18,6 +18,7 @@ from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
 from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, WriterKind
 from ckptfs.sources.directory import LocalDirectory
 
+from . import tf_bundle_writer
 from .conftest import FIXTURES, REPO
 
 
@@ -113,6 +114,9 @@ MADE = {
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
     "diffusers pipeline": ("m", _diffusers),
+    "tensorflow bundle": ("m.index", lambda p: tf_bundle_writer.write_arrays(p.with_suffix(""), tf_bundle_writer.ARRAYS)),
+    "tensorflow checkpoint folder": ("m", tf_bundle_writer.checkpoint_folder),
+    "tensorflow saved model": ("m", tf_bundle_writer.saved_model_folder),
 }
 
 

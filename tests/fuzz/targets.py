@@ -31,6 +31,10 @@ from ckptfs.formats import (
     quantized,
     safetensors,
     tar,
+    tf_entries,
+    tf_objects,
+    tf_slices,
+    tf_table,
     torchzip,
     zarr_array,
 )
@@ -208,6 +212,30 @@ def _protowire(data: bytes) -> None:
                 pass
 
 
+def _tf_table(data: bytes) -> None:
+    """Every entry of an SSTable (a TensorFlow bundle's index)."""
+    list(tf_table.Table(MemorySource(data), "<fuzz input>").items())
+
+
+def _tf_bundle_entry(data: bytes) -> None:
+    """A BundleEntryProto, and each slice it lists."""
+    entry = tf_entries.entry(data, "<fuzz input>")
+    for start, end in entry.slices:
+        tf_slices.extents(data, len(entry.shape), start, end, "<fuzz input>")
+
+
+#: the data shard the tf_bundle target's index finds beside it
+_TF_SHARD = np.arange(64, dtype=np.uint8).tobytes()
+
+
+def _tf_bundle(data: bytes) -> None:
+    """A bundle whose index is the input, beside a data shard, opened and read."""
+    with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-") as folder:
+        Path(folder, "b.index").write_bytes(data)
+        Path(folder, "b.data-00000-of-00001").write_bytes(_TF_SHARD)
+        _open_and_read(str(Path(folder, "b.index")))
+
+
 def _diffusers_model_index(data: bytes) -> None:
     """A diffusers pipeline whose model_index.json is the input, beside a
     component folder holding a model, opened and read."""
@@ -283,6 +311,10 @@ TARGETS = {t.name: t for t in (
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
     Target("onnx_model", _onnx_model, (CkptfsError,)),
+    Target("tf_table", _tf_table, (CkptfsError,)),
+    Target("tf_bundle_entry", _tf_bundle_entry, (CkptfsError,)),
+    Target("tf_bundle", _tf_bundle, (CkptfsError,)),
+    Target("tf_object_graph", lambda data: tf_objects.object_graph(data, "<fuzz input>"), (CkptfsError,)),
     Target("zarr_array_meta", _zarr_array_meta, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
