@@ -65,6 +65,12 @@ def _diffusers(path):
     pipeline().save_pretrained(path)
 
 
+def _onnx(path):
+    from .onnx_models import save
+
+    save(path.parent / "onnx", "inline").rename(path)
+
+
 def _legacy(path):
     import torch
 
@@ -97,6 +103,7 @@ MADE = {
     "gguf": ("m.gguf", _gguf),
     "numpy .npz": ("m.npz", lambda p: np.savez(p, w=np.ones(3))),
     "numpy .npy": ("m.npy", lambda p: np.save(p, np.ones(3))),
+    "onnx": ("m.onnx", _onnx),
     "torch.export (pt2)": ("m.pt2", lambda p: shutil.copyfile(FIXTURES / "pt2/tiny.pt2", p)),
     "torch.save (zip)": ("m.ckpt", lambda p: shutil.copyfile(FIXTURES / "lightning/tiny.ckpt", p)),
     "torch.save (legacy)": ("m.pt", _legacy),

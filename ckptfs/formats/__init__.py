@@ -26,6 +26,7 @@ from . import (
     megatron_zarr,
     npy,
     npz,
+    onnx,
     pt2,
     safetensors,
     sharded_torch,
@@ -49,7 +50,8 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,
-    tf_bundle.FORMAT,  # last: told by its first entry, the empty key of a table
+    tf_bundle.FORMAT,  # no magic: told by its first entry, the empty key of a table (its first byte 0)
+    onnx.FORMAT,  # no magic: told by its first fields being a ModelProto's (its first byte 0x08)
 )
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (

@@ -212,6 +212,21 @@ def _protobuf_messages() -> list[bytes]:
     return [model.SerializeToString(), weight.SerializeToString()]
 
 
+def _onnx_models() -> list[bytes]:
+    """The tests' model (every way ONNX stores values) and one with a subgraph (an If's branches)."""
+    from onnx import TensorProto, helper
+
+    from ..onnx_models import model
+
+    branch = helper.make_graph([helper.make_node("Identity", ["c"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+                               [helper.make_tensor("c", TensorProto.FLOAT, [1], [2.0])])
+    node = helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+    return [model().SerializeToString(), helper.make_model(graph).SerializeToString()]
+
+
 @functools.cache
 def _tf_bundles() -> list[bytes]:
     """Indexes of small bundles as tests/tf_bundle_writer.py lays them out
@@ -303,6 +318,7 @@ def seeds(target: str) -> list[bytes]:
         "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
         "diffusers_model_index": _model_index,
         "protowire": _protobuf_messages,
+        "onnx_model": _onnx_models,
         "tf_table": _tf_bundles,
         "tf_bundle_entry": _tf_entries,
         "tf_bundle": _tf_indexes,

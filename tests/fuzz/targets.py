@@ -23,6 +23,8 @@ from ckptfs.formats import (
     gguf_values,
     lora_config,
     npz,
+    onnx,
+    onnx_write,
     open_checkpoint,
     protowire,
     pt2,
@@ -119,6 +121,20 @@ def _pt2_reader(data: bytes) -> None:
         for _, node in folder.walk():
             if isinstance(node, File):
                 node.content.read(0, READ_BYTES)
+
+
+def _onnx_model(data: bytes) -> None:
+    """An ONNX model's tree (its external data never found: no folder), and
+    the first bytes of each file, varint-packed values decoded; an edited
+    metadata.yaml read back as the writer reads it."""
+    root, _, _ = onnx.read(MemorySource(data), None)
+    for _, node in root.walk():
+        if isinstance(node, File):
+            node.content.read(0, READ_BYTES)
+    try:
+        onnx_write.parse_metadata(data)
+    except ValueError:
+        pass  # parse_metadata's contract: ValueError with the reason
 
 
 def _gguf_metadata_edit(data: bytes) -> None:
@@ -294,6 +310,7 @@ TARGETS = {t.name: t for t in (
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
+    Target("onnx_model", _onnx_model, (CkptfsError,)),
     Target("tf_table", _tf_table, (CkptfsError,)),
     Target("tf_bundle_entry", _tf_bundle_entry, (CkptfsError,)),
     Target("tf_bundle", _tf_bundle, (CkptfsError,)),
