@@ -39,9 +39,9 @@ from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME
-from ..tree.nodes import Content, Dir, Extent, File, PathConflict
-from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import PiecedTensor, PlacedTensor, Tensor, TensorFile, tensor_tree
+from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
+from ..tree.rawfiles import raw_file, raw_mirror
+from ..tree.tensors import PiecedTensor, PlacedTensor, Tensor, TensorFile, own_access, tensor_tree
 from ..tree.yamltext import dump
 from . import protowire
 from .base import FileFormat, Opening, WriterKind
@@ -162,6 +162,8 @@ class Shown:
     model: Model
     stored: dict[str, Stored] = field(default_factory=dict)  # by path in the tree
     notes: list[str] = field(default_factory=list)
+    #: the external data files the initializers lie in, by their path beside the model
+    externals: dict[str, Source] = field(default_factory=dict)
 
 
 class Initializers:
@@ -334,6 +336,7 @@ def read(source: Source, neighbours: Directory | None):
     placed += [p for p, _ in inner]
     kinds.update((id(p.tensor), (kind, None)) for p, kind in inner)
     shown.stored = {p.path: Stored(p.tensor, *kinds[id(p.tensor)]) for p in placed}
+    shown.externals = reader.externals
     head = {**model.facts, "opsets": model.opsets, "graph": graph}
     if model.functions:
         head["functions"] = model.functions
@@ -353,9 +356,19 @@ def read(source: Source, neighbours: Directory | None):
 def open_file(opening: Opening) -> Checkpoint:
     source = opening.source
     root, placed, shown = read(source, opening.neighbours)
-    ckpt = Checkpoint("onnx", source.path, opening.stat, root, raw_mirror(source), placed, shown.notes)
+    own_access(root, placed, Access.of(opening.stat))
+    ckpt = Checkpoint("onnx", source.path, opening.stat, root, _raw(source, shown.externals), placed, shown.notes)
     ckpt.writer = Writer(source, shown)
     return ckpt
+
+
+def _raw(source: Source, externals: dict[str, Source]) -> Dir:
+    """`.ckptfs/raw/`: the model and the external data files it reads, as they are."""
+    raw = raw_mirror(source)
+    for name, data in externals.items():
+        parts = names.file_parts(name)
+        raw.subdir(parts[:-1]).children.setdefault(parts[-1], raw_file(data, 0, data.size))
+    return raw
 
 
 FORMAT = FileFormat("onnx", sniff, open_file, "ONNX models (.onnx, with external data beside them)", WriterKind.FILE)

@@ -31,9 +31,9 @@ from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import DType
-from ..tree.nodes import Content, Dir, Extent, File, PathConflict
+from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_file
-from ..tree.tensors import PlacedTensor, Tensor, TensorFile
+from ..tree.tensors import PlacedTensor, Tensor, TensorFile, own_access
 from . import crc32c, tf_entries, tf_slices
 from .base import FileFormat, Opening
 from .dcp.assemble import Chunk, assembled_tensor, covers_exactly
@@ -260,6 +260,7 @@ def open_file(opening: Opening) -> Checkpoint:
         raise FormatError(source.path, f"a tensor bundle's index must be named PREFIX{SUFFIX}: its data shards are "
                                        "found by that prefix")
     bundle = read(opening.neighbours, base[: -len(SUFFIX)], source)
+    own_access(bundle.root, bundle.tensors, Access.of(opening.stat))
     raw = Dir()
     raw_files(bundle, raw, [])
     return Checkpoint(FORMAT_NAME, source.path, opening.stat, bundle.root, raw, bundle.tensors, bundle.notes)
@@ -285,6 +286,7 @@ def folder_checkpoint(name: str, directory: Directory, bundles: list[tuple[str, 
         except FormatError as e:
             notes.append(f"{'/'.join(parts)} is shown as its files: {e.problem}")
             continue
+        own_access(bundle.root, bundle.tensors, Access.of(directory.stat()))
         holder = shown.root.subdir(names.file_parts(folder)) if folder else shown.root
         for file in bundle.files:
             holder.children.pop(names.file_parts(file)[0], None)
