@@ -136,6 +136,29 @@ def test_a_tensor_in_a_private_file_beside_the_one_mounted_stays_private(shared,
         assert umount(mnt).returncode == 0
 
 
+def test_a_zarr_array_is_readable_by_whom_all_its_chunks_are(shared):
+    ckpt = shared / "ckpt"
+    (ckpt / "w").mkdir(parents=True)
+    (ckpt / "b").mkdir()
+    ckpt.chmod(0o755)
+    (ckpt / "metadata.json").write_text(json.dumps({"sharded_backend": "zarr", "sharded_backend_version": 1}))
+    for key, chunk_rows in (("w", 2), ("b", 4)):
+        meta = {"zarr_format": 2, "shape": [4, 2], "chunks": [chunk_rows, 2], "dtype": "<f4", "order": "C",
+                "compressor": None, "filters": None, "fill_value": None}
+        (ckpt / key / ".zarray").write_text(json.dumps(meta))
+        for row in range(4 // chunk_rows):
+            (ckpt / key / f"{row}.0").write_bytes(np.full((chunk_rows, 2), row, np.float32).tobytes())
+    (ckpt / "w" / "1.0").chmod(0o600)  # the second half of w's rows
+    mnt = shared / "mnt"
+    _mount_shared(ckpt, mnt, "ro")
+    try:
+        got = _as_nobody(mnt / "w.npy", mnt / "b.npy")
+        assert list(got.values()) == ["EACCES", "ok"], got
+        assert np.load(mnt / "w.npy").tolist() == [[0, 0], [0, 0], [1, 1], [1, 1]]
+    finally:
+        assert umount(mnt).returncode == 0
+
+
 def test_links_out_of_a_directory_are_shown_not_followed(shared):
     model = shared / "model"
     model.mkdir()

@@ -238,10 +238,13 @@ def own_access(tree: Dir, placed: list[PlacedTensor], default: Access) -> None:
     that is not `default` (the mounted file's or folder's): a Hugging Face
     shard, an ONNX model's external data or a TensorFlow data shard may be
     more private than what was mounted, and a tensor's file is never more
-    readable than its bytes."""
+    readable than its bytes. A piece that reads several files (a zarr
+    array's chunks) lists them as its `sources`."""
     for p in placed:
-        extents = [p.tensor.data, *getattr(p.tensor, "pieces", ())]
-        origins = {id(o): o for e in extents if isinstance(e, Extent) and (o := e.source.origin) is not None}
+        pieces = [p.tensor.data, *getattr(p.tensor, "pieces", ())]
+        sources = [s for piece in pieces for s in ([piece.source] if isinstance(piece, Extent)
+                                                   else getattr(piece, "sources", ()))]
+        origins = {id(o): o for s in sources if (o := s.origin) is not None}
         if not origins:
             continue
         access = Access.of_all([o.stat for o in origins.values()])
