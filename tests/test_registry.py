@@ -19,6 +19,7 @@ from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, F
 from ckptfs.sources.directory import LocalDirectory
 
 from .conftest import FIXTURES, REPO
+from .hostile.keras import keras_zip, weights_h5
 
 
 def test_every_format_module_is_in_the_registry_once():
@@ -95,6 +96,8 @@ MADE = {
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
     "diffusers pipeline": ("m", _diffusers),
+    "Keras (.keras)": ("m.keras", keras_zip),  # as model.save lays it out (tests/test_keras.py: Keras's own)
+    "HDF5 (Keras .h5)": ("m.weights.h5", lambda p: p.write_bytes(weights_h5())),
 }
 
 
