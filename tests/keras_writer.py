@@ -14,7 +14,7 @@ the .weights.h5) gives them.
 
     python -m tests.keras_writer OUT --check MODEL.keras LAYER
 
-loads an edited model and prints the named layer's config as JSON.
+loads an edited model and prints the named layer's config and weights as JSON.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def write(out: Path) -> None:
 
 def check(path: str, layer: str) -> None:
     model = keras.saving.load_model(path)
-    print(json.dumps({"config": model.get_layer(layer).get_config(), "name": model.name,
-                      "layers": [lay.name for lay in model.layers]}))
+    found = model.get_layer(layer)
+    print(json.dumps({"config": found.get_config(), "name": model.name, "layers": [lay.name for lay in model.layers],
+                      "weights": [w.tolist() for w in found.get_weights()]}))
 
 
 if __name__ == "__main__":

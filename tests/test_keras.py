@@ -243,12 +243,36 @@ def test_without_h5py_one_line_names_the_extra(models):
     assert len(done.stderr.strip().splitlines()) == 1 and "plain.h5" in done.stderr
 
 
-def test_a_weight_edit_is_refused_when_closed(models, tmp_path, mount):
+def test_a_weight_edit_of_the_same_shape_is_put_in_place(models, tmp_path, mount):
+    """A dataset's bytes are replaced where they lie in model.weights.h5:
+    Keras loads the new values, and every other byte of the file stays."""
+    path = tmp_path / "weights.keras"
+    path.write_bytes((models / "plain.keras").read_bytes())
+    mnt = mount(path)
+    bias = mnt / "layers" / "dense_1" / "vars" / "1.npy"  # d2's float16 bias
+    new = np.load(bias) + np.float16(1.5)
+    np.save(bias, new)
+    assert run_ckptfs("umount", str(mnt)).returncode == 0
+    loaded = _keras_check(path, "d2")
+    assert np.array_equal(np.array(loaded["weights"][1], np.float16), new)
+    assert np.array_equal(np.array(loaded["weights"][0], np.float16), np.load(models / "references" / "plain.keras"
+                                                                               / "d2" / "0.npy"))
+    with zipfile.ZipFile(path) as edited, zipfile.ZipFile(models / "plain.keras") as old:
+        before, after = old.read("model.weights.h5"), edited.read("model.weights.h5")
+        changed = [i for i in range(len(before)) if before[i] != after[i]]
+        assert len(after) == len(before) and changed and after[changed[0]:changed[-1] + 1] in new.tobytes()
+
+
+def test_an_edit_the_file_cannot_hold_is_refused_when_closed(models, tmp_path, mount):
     path = tmp_path / "refused.keras"
     path.write_bytes((models / "plain.keras").read_bytes())
     mnt = mount(path)
-    write_refused(mnt / "layers" / "dense" / "vars" / "0.npy", (mnt / "layers" / "dense" / "vars" / "0.npy").read_bytes())
-    problem = os.getxattr(mnt / "layers" / "dense" / "vars" / "0.npy", "user.ckptfs.problem").decode()
-    assert "takes edits of config.yaml and metadata.yaml only" in problem
+    kernel = mnt / "layers" / "dense" / "vars" / "0.npy"
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 2), np.float32))
+    write_refused(kernel, buffer.getvalue())
+    assert "keeps its dtype and shape (float32 [5, 4])" in os.getxattr(kernel, "user.ckptfs.problem").decode()
+    write_refused(mnt / "notes.txt", b"hello")
+    assert "a .keras file takes edits of config.yaml" in os.getxattr(mnt / "notes.txt", "user.ckptfs.problem").decode()
     assert umount(mnt, "--discard").returncode == 0
     assert path.read_bytes() == (models / "plain.keras").read_bytes()

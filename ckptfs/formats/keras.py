@@ -16,9 +16,11 @@ attributes in `attributes.yaml` (each `vars` group's `name` is the layer's
 name in the config), `assets/` and any other record as files.
 `.ckptfs/raw/` holds the archive and each of its records.
 
-Writable: edits of `config.yaml` and `metadata.yaml`, written back as JSON
-into a new archive whose other records are copied byte for byte (their
-CRCs kept); any other edit is refused when the file is closed.
+Writable: edits of `config.yaml` and `metadata.yaml`, written back as JSON,
+and of the datasets served zero-copy (same dtype and shape: their bytes
+replaced where they lie in `model.weights.h5`, the rest of it copied), into
+a new archive whose other records are copied byte for byte (their CRCs
+kept); any other edit is refused when the file is closed.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from ..limits import LIMITS
 from ..pack.changes import is_edited
 from ..pickle.pyobjects import to_yaml
 from ..sources.base import Source
-from ..tree import names
+from ..tree import names, npy
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Content, Dir, File, Node, PathConflict
+from ..tree.nodes import Content, Dir, Extent, File, Node, PathConflict
 from ..tree.rawfiles import raw_file, raw_mirror
-from ..tree.tensors import PlacedTensor
+from ..tree.tensors import PlacedTensor, Tensor
 from . import hdf5
 from .base import FileFormat, FileWriter, Opening, WriterKind
 from .npz import records_of
@@ -132,22 +134,57 @@ def _add(root: Dir, parts: list[str], node: Node, notes: list[str]) -> None:
         notes.append(f"{'/'.join(parts)} is left out: another file or folder takes its place")
 
 
+#: what a `.keras` mount takes edits of
+EDITABLE = "config.yaml, metadata.yaml and the datasets served zero-copy (same dtype and shape)"
+
+
+class _Window:
+    """`length` bytes of an edited file's content from `start`: its data
+    after the NPY header."""
+
+    def __init__(self, content, start: int, length: int):
+        self.content, self.start, self.length = content, start, length
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.content.read(self.start + offset, length)
+
+
 class Writer(FileWriter):
     """A new `.keras` zip: the edited JSON records written from their YAML,
-    every other record copied as it is, in the archive's order."""
+    `model.weights.h5` with the edited datasets' bytes put in place of
+    theirs, every other record copied as it is, in the archive's order."""
 
     renames = False
 
-    def __init__(self, archive: KerasArchive):
+    def __init__(self, archive: KerasArchive, placed: list[PlacedTensor]):
         self.archive = archive
+        #: the datasets whose bytes lie in one range of the weights record, by path
+        self.in_place = {p.path: p.tensor for p in placed if type(p.tensor) is Tensor}
 
     def check(self, path: str, node: File) -> None:
-        if path not in JSON_RECORDS:
-            raise EditRefused(f"{path}: a .keras file takes edits of config.yaml and metadata.yaml only")
-        _json_of(path, node)
+        if path in JSON_RECORDS:
+            _json_of(path, node)
+        elif path in self.in_place:
+            self._data_of(path, node)
+        else:
+            raise EditRefused(f"{path}: a .keras file takes edits of {EDITABLE} only")
+
+    def _data_of(self, path: str, node: File) -> _Window:
+        """The edited dataset's new bytes; EditRefused unless they are an
+        NPY of its dtype and shape."""
+        tensor = self.in_place[path]
+        try:
+            dtype, shape, start, length = npy.edited_layout(node.content, path, tensor.dtype, lambda d: True, "HDF5")
+        except ValueError as e:
+            raise EditRefused(str(e)) from None
+        if dtype != tensor.dtype or tuple(shape) != tensor.shape:
+            raise EditRefused(f"{path}: {dtype.name} {list(shape)}; a dataset keeps its dtype and shape "
+                              f"({tensor.dtype.name} {list(tensor.shape)})")
+        return _Window(node.content, start, length)
 
     def write(self, files: dict, before: dict, output) -> None:
         new: dict[str, bytes] = {}
+        datasets: dict[int, _Window] = {}  # offset in the weights record -> new bytes
         problems = []
         for path, (node, _) in before.items():
             if isinstance(node, File) and path not in files:
@@ -157,20 +194,39 @@ class Writer(FileWriter):
                 continue
             try:
                 self.check(path, node)
-                new[JSON_RECORDS[path]] = _json_of(path, node)
+                if path in JSON_RECORDS:
+                    new[JSON_RECORDS[path]] = _json_of(path, node)
+                else:
+                    datasets[self.in_place[path].data.offset] = self._data_of(path, node)
             except EditRefused as e:
                 problems.append(str(e))
         if problems:
             raise RepackError(f"cannot write {self.archive.name}: " + "; ".join(problems))
-        ZipStream([self._record(info, new) for info in self.archive.records]).write(output)
+        ZipStream([self._record(info, new, datasets) for info in self.archive.records]).write(output)
 
-    def _record(self, info: zipfile.ZipInfo, new: dict[str, bytes]) -> Record:
-        if info.filename in new and self.archive.by_name[info.filename] is info:
+    def _record(self, info: zipfile.ZipInfo, new: dict[str, bytes], datasets: dict[int, _Window]) -> Record:
+        latest = self.archive.by_name[info.filename] is info
+        if info.filename in new and latest:
             data = new[info.filename]
             return Record(info.filename, len(data), data=data)
+        if info.filename == WEIGHTS and datasets and latest:
+            weights = self.archive.contents(WEIGHTS)
+            return Record(WEIGHTS, weights.size, piece=_patched(weights, datasets))
         extent = record_extent(self.archive.source, info, self.archive.name)
         return Record(info.filename, extent.length, piece=extent, crc=info.CRC, method=info.compress_type,
                       size=info.file_size)
+
+
+def _patched(weights: Source, datasets: dict[int, _Window]) -> Content:
+    """The weights file's bytes with each edited dataset's in place of its own."""
+    pieces: list = []
+    pos = 0
+    for offset in sorted(datasets):
+        if offset < pos:
+            raise RepackError(f"{weights.path}: two edited datasets share bytes; edit one at a time")
+        pieces += [Extent(weights, pos, offset - pos), datasets[offset]]
+        pos = offset + datasets[offset].length
+    return Content([*pieces, Extent(weights, pos, weights.size - pos)])
 
 
 def _json_of(path: str, node: File) -> bytes:
@@ -191,7 +247,7 @@ def open_file(opening: Opening) -> Checkpoint:
     source, st = opening.source, opening.stat
     archive, root, placed, notes = read(source, source.path)
     ckpt = Checkpoint("Keras (.keras)", source.path, st, root, archive.raw(), placed, notes)
-    ckpt.writer = Writer(archive)
+    ckpt.writer = Writer(archive, placed)
     return ckpt
 
 
