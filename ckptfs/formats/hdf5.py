@@ -286,35 +286,53 @@ def _plain_list(value: object) -> object:
 
 # -- reading through h5py
 class _Handles:
-    """The h5py files this process opened to read datasets, by source: a
-    few kept open (HDF5 keeps decompressed chunks in a cache per file),
-    each closed at exit, before the interpreter tears h5py down."""
+    """The h5py files and datasets this process opened to read datasets
+    through h5py: a few of each kept open, least recently read closed
+    first, the rest closed at exit, before the interpreter tears h5py
+    down. A dataset stays open between reads for its chunk cache, made to
+    hold a row of chunks of a large weight: with HDF5's default (1 MiB, and
+    a cache per open dataset) a mount's 128 KiB reads of a gzip dataset of
+    4096 x 4096 float32 in 256 x 256 chunks inflated each chunk 16 times.
+    At most MOST_DATASETS x CHUNK_CACHE bytes of chunks are kept."""
 
-    MOST = 8
+    MOST_FILES, MOST_DATASETS = 4, 4
+    CHUNK_CACHE = 16 << 20
 
     def __init__(self):
-        self.open: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.files: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.datasets: OrderedDict[tuple[int, int, str], object] = OrderedDict()
         atexit.register(self.close_all)
 
-    def get(self, source: Source, name: str):
+    def dataset(self, source: Source, name: str, path: str):
+        key = (os.getpid(), id(source), path)
+        dset = self.datasets.get(key)
+        if dset is None:
+            dset = self.datasets[key] = self._file(source, name)[path]
+            while len(self.datasets) > self.MOST_DATASETS:
+                self.datasets.popitem(last=False)
+        self.datasets.move_to_end(key)
+        return dset
+
+    def _file(self, source: Source, name: str):
         key = (os.getpid(), id(source))
-        handle = self.open.get(key)
+        handle = self.files.get(key)
         if handle is None:
-            handle = self.open[key] = h5py_module(name).File(_Reader(source), "r")
-            while len(self.open) > self.MOST:
-                self._close(self.open.popitem(last=False))
-        self.open.move_to_end(key)
+            handle = self.files[key] = h5py_module(name).File(_Reader(source), "r", rdcc_nbytes=self.CHUNK_CACHE,
+                                                               rdcc_nslots=100_003)
+            while len(self.files) > self.MOST_FILES:
+                self._close(*self.files.popitem(last=False))
+        self.files.move_to_end(key)
         return handle
 
     def close_all(self) -> None:
         with _LOCK:
-            while self.open:
-                self._close(self.open.popitem())
+            while self.files:
+                self._close(*self.files.popitem())
 
-    @staticmethod
-    def _close(item) -> None:
-        (pid, _), handle = item
-        if pid == os.getpid():  # a parent's handle is the parent's to close
+    def _close(self, key: tuple[int, int], handle) -> None:
+        for held in [k for k in self.datasets if k[:2] == key]:
+            del self.datasets[held]
+        if key[0] == os.getpid():  # a parent's handle is the parent's to close
             handle.close()
 
 
@@ -336,7 +354,7 @@ class H5Values:
             return b""
         with _LOCK:
             try:
-                dset = _HANDLES.get(self.source, self.name)[self.path]
+                dset = _HANDLES.dataset(self.source, self.name, self.path)
                 data = b"".join(_elements(dset, (), self.shape, first, last))
             except FormatError:
                 raise
