@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,12 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
+from ckptfs.errors import FormatError
+from ckptfs.formats import hdf5
+from ckptfs.sources.base import FileSource
+
 from .conftest import REPO, TIMED_APART, run_ckptfs, umount, write_refused
+from .hostile.keras import weights_h5
 
 pytestmark = TIMED_APART
 
@@ -212,7 +218,7 @@ def test_scan_lists_lambda_layers(models):
         report = json.loads(done.stdout)
         assert done.returncode == 1 and report["verdict"] == "dangerous", done.stdout
         assert [d["global"] for d in report["dangerous"]] == ["keras.layers.Lambda"]
-        assert "bytecode" in report["dangerous"][0]["reason"]
+        assert "bytecode" in report["dangerous"][0]["reason"] and "layer 'double'" in report["dangerous"][0]["location"]
     for model in MODELS:
         done = run_ckptfs("scan", "--json", str(models / model))
         assert done.returncode == 0 and json.loads(done.stdout)["verdict"] == "safe", done.stdout
@@ -276,3 +282,16 @@ def test_an_edit_the_file_cannot_hold_is_refused_when_closed(models, tmp_path, m
     assert "a .keras file takes edits of config.yaml" in os.getxattr(mnt / "notes.txt", "user.ckptfs.problem").decode()
     assert umount(mnt, "--discard").returncode == 0
     assert path.read_bytes() == (models / "plain.keras").read_bytes()
+
+
+def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path):
+    """The walk of a local file runs in a child: a file that crashes HDF5
+    there (a byte-flipped attribute did) is refused, and this process goes on."""
+    path = tmp_path / "x.h5"
+    path.write_bytes(weights_h5())
+    source = FileSource(str(path))
+    with pytest.raises(FormatError, match=r"the HDF5 library crashed reading it \(SIGTERM\)"):  # not SIGSEGV:
+        hdf5._isolated(lambda: os.kill(os.getpid(), signal.SIGTERM), source, str(path))  # pytest's faulthandler prints
+    with pytest.raises(FormatError, match="a problem of its own"):
+        hdf5._isolated(lambda: (_ for _ in ()).throw(FormatError(str(path), "a problem of its own")), source, str(path))
+    assert [d.path for d in hdf5.walk(source, str(path)).datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]

@@ -26,9 +26,13 @@ import atexit
 import json
 import math
 import os
+import select
+import signal
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..errors import FormatError
 from ..humanize import plural
@@ -49,6 +53,8 @@ MAX_DEPTH = 64
 #: what a filtered (compressed) dataset may claim, in times its stored bytes
 #: (plus one MiB): more is a decompression bomb, refused as Keras refuses it
 MAX_EXPANSION = 1024
+#: how long the child that reads a file's objects (`_isolated`) may take
+CHILD_SECONDS = 600
 #: attributes the YAML files show, for the whole file
 MAX_ATTRIBUTES = 100_000
 #: bytes of one attribute's value shown
@@ -111,7 +117,16 @@ class Contents:
 
 def walk(source: Source, name: str) -> Contents:
     """Every dataset and attribute of the HDF5 file in `source`, bounded;
-    FormatError naming `name` for a file h5py cannot read."""
+    FormatError naming `name` for a file h5py cannot read (or that crashes
+    it: `_isolated`)."""
+    found = _isolated(lambda: _as_json(_walk(source, name)), source, name)
+    return Contents([Dataset(path, BY_NAME[dtype], tuple(shape), None if offset is None else
+                             Extent(source, offset, BY_NAME[dtype].nbytes(math.prod(shape))), tuple(map(tuple, facts)))
+                     for path, dtype, shape, offset, facts in found["datasets"]],
+                    found["attributes"], found["notes"])
+
+
+def _walk(source: Source, name: str) -> Contents:
     h5py = h5py_module(name)
     contents = _Walk(source, name, h5py)
     with _LOCK:
@@ -125,23 +140,84 @@ def walk(source: Source, name: str) -> Contents:
     return contents.found
 
 
+def _as_json(contents: Contents) -> dict:
+    datasets = [(d.path, d.dtype.name, d.shape, None if d.extent is None else d.extent.offset, d.facts)
+                for d in contents.datasets]
+    return {"datasets": datasets, "attributes": contents.attributes, "notes": contents.notes}
+
+
 def model_config(source: Source, name: str) -> object:
     """The parsed `model_config` attribute of a Keras legacy `.h5` file (the
     model `load_model` builds), or None where it has none; FormatError for a
     file h5py cannot read or a config that is no JSON."""
-    h5py = h5py_module(name)
-    with _LOCK:
-        try:
-            with h5py.File(_Reader(source), "r") as f:
-                text = _plain(f.attrs["model_config"]) if "model_config" in f.attrs else None
-        except Exception as e:  # whatever h5py raises on a damaged file: one line
-            raise FormatError(name, f"not a readable HDF5 file ({type(e).__name__}: {_first_line(e)})") from None
+    text = _isolated(lambda: _model_config_text(source, name), source, name)
     if not isinstance(text, str):
         return None
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
         raise FormatError(name, f"its model_config attribute is not readable JSON ({type(e).__name__})") from None
+
+
+def _model_config_text(source: Source, name: str) -> object:
+    h5py = h5py_module(name)
+    with _LOCK:
+        try:
+            with h5py.File(_Reader(source), "r") as f:
+                return _plain(f.attrs["model_config"]) if "model_config" in f.attrs else None
+        except Exception as e:  # whatever h5py raises on a damaged file: one line
+            raise FormatError(name, f"not a readable HDF5 file ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _answer(readable: int, pid: int, name: str) -> bytes:
+    """What the child wrote, up to its exit; FormatError (the child
+    killed) if it takes more than CHILD_SECONDS."""
+    chunks, deadline = [], time.monotonic() + CHILD_SECONDS
+    with os.fdopen(readable, "rb", buffering=0) as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([pipe], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise FormatError(name, f"reading it through h5py took more than {CHILD_SECONDS} s")
+            chunk = pipe.read(1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _isolated(work: Callable[[], object], source: Source, name: str) -> object:
+    """`work()` (a value JSON holds) run in a child process where the file is
+    a local one: a hostile file that crashes the HDF5 library there (a
+    byte-flipped attribute did, in H5Aread) is refused in one line, and the
+    command or mount goes on. Elsewhere (a remote source, whose fetching
+    threads a child would not have) it runs here."""
+    if source.origin is None or source.slow:
+        return work()
+    h5py_module(name)  # imported before the fork: its absence is one line here
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the value, or the FormatError's problem, then exit
+        try:
+            os.close(readable)
+            try:
+                out = {"value": work()}
+            except FormatError as e:
+                out = {"problem": e.problem}
+            with os.fdopen(writable, "wb") as pipe:
+                pipe.write(json.dumps(out, default=repr).encode())
+        finally:
+            os._exit(0)
+    os.close(writable)
+    data = _answer(readable, pid, name)
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        why = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        raise FormatError(name, f"the HDF5 library crashed reading it ({why}): a damaged or hostile HDF5 file")
+    out = json.loads(data)
+    if "problem" in out:
+        raise FormatError(name, out["problem"])
+    return out["value"]
 
 
 def _first_line(e: Exception) -> str:

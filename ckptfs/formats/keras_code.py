@@ -44,10 +44,10 @@ def code_in(config: object) -> tuple[list[Code], list[str]]:
     problems (a config too deep or too large to be walked whole)."""
     found: list[Code] = []
     problems: list[str] = []
-    pending: list[tuple[object, str, int]] = [(config, "config", 0)]
+    pending: list[tuple[object, str, int, str]] = [(config, "config", 0, "")]
     seen = 0
     while pending:
-        value, where, depth = pending.pop()
+        value, where, depth, layer = pending.pop()
         seen += 1
         if seen > LIMITS.yaml_values:
             problems.append(f"more than {LIMITS.yaml_values} values: the rest of the config is not scanned")
@@ -56,11 +56,20 @@ def code_in(config: object) -> tuple[list[Code], list[str]]:
             problems.append(f"{where}: nested more than {MAX_NESTING} deep: not scanned")
             continue
         if isinstance(value, dict):
-            found += _in_object(value, where)
-            pending += [(v, f"{where}.{k}", depth + 1) for k, v in reversed(value.items())]
+            layer = _layer_name(value) or layer
+            found += _in_object(value, f"layer {layer!r}: {where}" if layer else where)
+            pending += [(v, f"{where}.{k}", depth + 1, layer) for k, v in reversed(value.items())]
         elif isinstance(value, list):
-            pending += [(v, f"{where}[{i}]", depth + 1) for i, v in reversed(list(enumerate(value)))]
+            pending += [(v, f"{where}[{i}]", depth + 1, layer) for i, v in reversed(list(enumerate(value)))]
     return found, problems
+
+
+def _layer_name(obj: dict) -> str:
+    """The name of the layer `obj` serializes (its config has `trainable`), or ""."""
+    inner = obj.get("config")
+    if "class_name" in obj and isinstance(inner, dict) and "trainable" in inner and isinstance(inner.get("name"), str):
+        return inner["name"]
+    return ""
 
 
 def _in_object(obj: dict, where: str) -> list[Code]:
