@@ -25,6 +25,7 @@ from . import (
     hdf5,
     hf,
     keras,
+    megatron_zarr,
     npy,
     npz,
     pt2,
@@ -53,6 +54,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     dcp.FORMAT,
+    megatron_zarr.FORMAT,  # metadata.json with sharded_backend zarr: no .metadata, no .safetensors
     deepspeed.FORMAT,
     sharded_torch.FORMAT,
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
