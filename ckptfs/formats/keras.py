@@ -42,6 +42,7 @@ from ..tree.rawfiles import raw_file, raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor
 from . import hdf5
 from .base import FileFormat, FileWriter, Opening, WriterKind
+from .jsontext import json_object
 from .npz import records_of
 from .torchzip import LOCAL_HEADER, ZIP_MAGIC, record_extent, record_source
 from .zipout import Record, ZipStream
@@ -74,18 +75,16 @@ class KerasArchive:
     def contents(self, record: str) -> Source:
         return record_source(self.source, self.by_name[record], self.name)
 
-    def json(self, record: str) -> object:
-        """A JSON record, parsed; FormatError naming it if it is not JSON
-        or larger than max_header_bytes."""
+    def json(self, record: str) -> dict:
+        """A JSON record, parsed (formats/jsontext.py); FormatError naming it
+        if it is not a JSON object or is larger than max_header_bytes."""
         info = self.by_name[record]
         label = f"{self.name}: {record}"
         if info.file_size > LIMITS.header_bytes:
             raise FormatError(label, f"{info.file_size} bytes of JSON, above max_header_bytes "
                                      "(-o max_header_bytes raises the limit)")
-        try:
-            return json.loads(self.contents(record).read_exact(0, info.file_size))
-        except (ValueError, RecursionError) as e:
-            raise FormatError(label, f"not readable JSON ({type(e).__name__})") from None
+        return json_object(self.contents(record).read_exact(0, info.file_size), label, LIMITS.header_bytes,
+                           f"Keras's {record}")
 
     def raw(self) -> Dir:
         """The archive itself, and each of its records at its path."""

@@ -99,7 +99,7 @@ CASES = {
     "a .keras whose weights file is deflated in the zip": Case(_deflated, "served", "compressed in the archive",
                                                                check=_kernel_reads),
     "a .keras whose config.json is no JSON": Case(
-        lambda p: keras_zip(p / "bad_config.keras", config=b"{" * 100_000), "refused", "not readable JSON"),
+        lambda p: keras_zip(p / "bad_config.keras", config=b"{" * 100_000), "refused", "not JSON"),
     "a .keras whose model.weights.h5 is no HDF5": Case(
         lambda p: keras_zip(p / "bad_weights.keras", weights=b"\x89HDF\r\n\x1a\n" + bytes(600)), "refused",
         "not a readable HDF5 file"),
