@@ -8,7 +8,8 @@ OUT/plain.keras, plain.h5 (legacy `save`), plain.weights.h5 (`save_weights`):
 a Sequential model of two Dense layers, the second float16, and a
 BatchNormalization (non-trainable variables); other.keras: the same model
 built with other initial values (for `diff`); lambda.keras, lambda.h5: a
-functional model with a Lambda layer. OUT/references/<file>/<layer>/<n>.npy:
+functional model with a Lambda layer; bf16.keras: a bfloat16 Dense layer
+(Keras stores it as 2-byte opaque values marked `dtype: bfloat16`). OUT/references/<file>/<layer>/<n>.npy:
 each layer's weights as `keras.saving.load_model` (`model.load_weights` for
 the .weights.h5) gives them.
 
@@ -64,8 +65,9 @@ def write(out: Path) -> None:
     plain(1).save(out / "other.keras")
     with_lambda().save(out / "lambda.keras")
     with_lambda().save(out / "lambda.h5")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="b", dtype="bfloat16")]).save(out / "bf16.keras")
     refs = out / "references"
-    for name in ("plain.keras", "plain.h5", "other.keras"):
+    for name in ("plain.keras", "plain.h5", "other.keras", "bf16.keras"):
         references(keras.saving.load_model(out / name), refs / name)
     empty = plain(5)
     empty.load_weights(out / "plain.weights.h5")

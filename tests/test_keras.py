@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import h5py
+import ml_dtypes
 import numpy as np
 import pytest
 import yaml
@@ -88,6 +89,19 @@ def test_every_dataset_reads_as_keras_loads_it(models, mount, model):
         assert yaml.safe_load((mnt / "metadata.yaml").read_text())["keras_version"].startswith("3.")
     if model == "plain.h5":
         assert yaml.safe_load((mnt / "model_config.yaml").read_text())["config"]["name"] == "plain"
+
+
+def test_bfloat16_weights_read_as_keras_loads_them(models, mount):
+    """Keras stores bfloat16 as 2-byte opaque HDF5 values with a `dtype`
+    attribute: served as bfloat16 (docs/dtypes.md), bit for bit."""
+    mnt = mount(models / "bf16.keras", "-o", "ro")
+    for n in (0, 1):
+        want = np.load(models / "references" / "bf16.keras" / "b" / f"{n}.npy", allow_pickle=False)
+        served = mnt / "layers" / "dense" / "vars" / f"{n}.npy"
+        assert os.getxattr(served, "user.ckptfs.dtype") == b"bfloat16"
+        got = np.load(served)
+        assert got.dtype == ml_dtypes.bfloat16 and want.dtype.itemsize == 2  # np.save wrote Keras's values as |V2
+        assert got.shape == want.shape and got.tobytes() == want.tobytes(), n
 
 
 def test_contiguous_datasets_are_served_from_the_file(models, mount):
