@@ -18,6 +18,7 @@ from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
 from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, WriterKind
 from ckptfs.sources.directory import LocalDirectory
 
+from . import tf_bundle_writer
 from .conftest import FIXTURES, REPO
 from .hostile.keras import keras_zip, weights_h5
 
@@ -65,6 +66,12 @@ def _diffusers(path):
     pipeline().save_pretrained(path)
 
 
+def _onnx(path):
+    from .onnx_models import save
+
+    save(path.parent / "onnx", "inline").rename(path)
+
+
 def _legacy(path):
     import torch
 
@@ -97,6 +104,7 @@ MADE = {
     "gguf": ("m.gguf", _gguf),
     "numpy .npz": ("m.npz", lambda p: np.savez(p, w=np.ones(3))),
     "numpy .npy": ("m.npy", lambda p: np.save(p, np.ones(3))),
+    "onnx": ("m.onnx", _onnx),
     "torch.export (pt2)": ("m.pt2", lambda p: shutil.copyfile(FIXTURES / "pt2/tiny.pt2", p)),
     "torch.save (zip)": ("m.ckpt", lambda p: shutil.copyfile(FIXTURES / "lightning/tiny.ckpt", p)),
     "torch.save (legacy)": ("m.pt", _legacy),
@@ -109,6 +117,9 @@ MADE = {
     "diffusers pipeline": ("m", _diffusers),
     "Keras (.keras)": ("m.keras", keras_zip),  # as model.save lays it out (tests/test_keras.py: Keras's own)
     "HDF5 (Keras .h5)": ("m.weights.h5", lambda p: p.write_bytes(weights_h5())),
+    "tensorflow bundle": ("m.index", lambda p: tf_bundle_writer.write_arrays(p.with_suffix(""), tf_bundle_writer.ARRAYS)),
+    "tensorflow checkpoint folder": ("m", tf_bundle_writer.checkpoint_folder),
+    "tensorflow saved model": ("m", tf_bundle_writer.saved_model_folder),
 }
 
 

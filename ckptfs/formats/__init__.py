@@ -28,10 +28,14 @@ from . import (
     megatron_zarr,
     npy,
     npz,
+    onnx,
     pt2,
     safetensors,
     sharded_torch,
     tar,
+    tf_bundle,
+    tf_checkpoint_dir,
+    tf_saved_model,
     torchlegacy,
     torchzip,
 )
@@ -50,6 +54,8 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     torchzip.FORMAT,
     torchlegacy.FORMAT,
     hdf5.FORMAT,  # Keras legacy .h5 and .weights.h5: HDF5's signature
+    tf_bundle.FORMAT,  # no magic: told by its first entry, the empty key of a table (its first byte 0)
+    onnx.FORMAT,  # no magic: told by its first fields being a ModelProto's (its first byte 0x08)
 )
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
@@ -60,6 +66,8 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
     diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
+    tf_saved_model.FORMAT,  # saved_model.pb beside variables/variables.index
+    tf_checkpoint_dir.FORMAT,  # a `checkpoint` file beside PREFIX.index files
     folder.FORMAT,
 )
 

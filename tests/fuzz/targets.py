@@ -24,12 +24,18 @@ from ckptfs.formats import (
     keras,
     lora_config,
     npz,
+    onnx,
+    onnx_write,
     open_checkpoint,
     protowire,
     pt2,
     quantized,
     safetensors,
     tar,
+    tf_entries,
+    tf_objects,
+    tf_slices,
+    tf_table,
     torchzip,
     zarr_array,
 )
@@ -137,6 +143,20 @@ def _keras_config(data: bytes) -> None:
     code_in(config)
 
 
+def _onnx_model(data: bytes) -> None:
+    """An ONNX model's tree (its external data never found: no folder), and
+    the first bytes of each file, varint-packed values decoded; an edited
+    metadata.yaml read back as the writer reads it."""
+    root, _, _ = onnx.read(MemorySource(data), None)
+    for _, node in root.walk():
+        if isinstance(node, File):
+            node.content.read(0, READ_BYTES)
+    try:
+        onnx_write.parse_metadata(data)
+    except ValueError:
+        pass  # parse_metadata's contract: ValueError with the reason
+
+
 def _gguf_metadata_edit(data: bytes) -> None:
     """An edited metadata.yaml, as the writer reads it back (a user's edit is input too)."""
     gguf_values.parse(data, [("n", 4, 7), ("tokens", 9, (8, ["a", "b"]))])
@@ -210,6 +230,30 @@ def _protowire(data: bytes) -> None:
                 list(protowire.fields(source, field.offset, field.end))
             except CkptfsError:
                 pass
+
+
+def _tf_table(data: bytes) -> None:
+    """Every entry of an SSTable (a TensorFlow bundle's index)."""
+    list(tf_table.Table(MemorySource(data), "<fuzz input>").items())
+
+
+def _tf_bundle_entry(data: bytes) -> None:
+    """A BundleEntryProto, and each slice it lists."""
+    entry = tf_entries.entry(data, "<fuzz input>")
+    for start, end in entry.slices:
+        tf_slices.extents(data, len(entry.shape), start, end, "<fuzz input>")
+
+
+#: the data shard the tf_bundle target's index finds beside it
+_TF_SHARD = np.arange(64, dtype=np.uint8).tobytes()
+
+
+def _tf_bundle(data: bytes) -> None:
+    """A bundle whose index is the input, beside a data shard, opened and read."""
+    with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-") as folder:
+        Path(folder, "b.index").write_bytes(data)
+        Path(folder, "b.data-00000-of-00001").write_bytes(_TF_SHARD)
+        _open_and_read(str(Path(folder, "b.index")))
 
 
 def _diffusers_model_index(data: bytes) -> None:
@@ -288,6 +332,11 @@ TARGETS = {t.name: t for t in (
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
+    Target("onnx_model", _onnx_model, (CkptfsError,)),
+    Target("tf_table", _tf_table, (CkptfsError,)),
+    Target("tf_bundle_entry", _tf_bundle_entry, (CkptfsError,)),
+    Target("tf_bundle", _tf_bundle, (CkptfsError,)),
+    Target("tf_object_graph", lambda data: tf_objects.object_graph(data, "<fuzz input>"), (CkptfsError,)),
     Target("zarr_array_meta", _zarr_array_meta, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
