@@ -20,6 +20,7 @@ from ckptfs.sources.directory import LocalDirectory
 
 from . import tf_bundle_writer
 from .conftest import FIXTURES, REPO
+from .hostile.keras import keras_zip, weights_h5
 
 
 def test_every_format_module_is_in_the_registry_once():
@@ -114,6 +115,8 @@ MADE = {
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
     "diffusers pipeline": ("m", _diffusers),
+    "Keras (.keras)": ("m.keras", keras_zip),  # as model.save lays it out (tests/test_keras.py: Keras's own)
+    "HDF5 (Keras .h5)": ("m.weights.h5", lambda p: p.write_bytes(weights_h5())),
     "tensorflow bundle": ("m.index", lambda p: tf_bundle_writer.write_arrays(p.with_suffix(""), tf_bundle_writer.ARRAYS)),
     "tensorflow checkpoint folder": ("m", tf_bundle_writer.checkpoint_folder),
     "tensorflow saved model": ("m", tf_bundle_writer.saved_model_folder),

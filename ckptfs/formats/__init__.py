@@ -22,7 +22,9 @@ from . import (
     folder,
     gguf,
     gzindex,
+    hdf5,
     hf,
+    keras,
     megatron_zarr,
     npy,
     npz,
@@ -46,10 +48,12 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npy.FORMAT,
     safetensors.FORMAT,
     gguf.FORMAT,
+    keras.FORMAT,  # a zip too: before npz and torchzip, told by its first record (metadata.json)
     pt2.FORMAT,  # a zip too: before npz and torchzip, told by its first record's name
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,
+    hdf5.FORMAT,  # Keras legacy .h5 and .weights.h5: HDF5's signature
     tf_bundle.FORMAT,  # no magic: told by its first entry, the empty key of a table (its first byte 0)
     onnx.FORMAT,  # no magic: told by its first fields being a ModelProto's (its first byte 0x08)
 )

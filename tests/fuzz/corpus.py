@@ -74,6 +74,29 @@ def _pt2() -> list[bytes]:
         return [(SAMPLES / "pt2" / "tiny.pt2").read_bytes(), _pt2_of_bad_payloads(Path(folder)).read_bytes()]
 
 
+def _keras() -> list[bytes]:
+    """A .keras zip as model.save lays it out (h5py and zipfile, tests/hostile/keras.py)."""
+    import tempfile
+
+    from ..hostile.keras import keras_zip
+
+    with tempfile.TemporaryDirectory() as folder:
+        return [keras_zip(Path(folder) / "m.keras").read_bytes()]
+
+
+def _keras_configs() -> list[bytes]:
+    """Configs naming code: a Keras 3 Lambda, a tf.keras 2 Lambda, a custom object, a TFOpLambda."""
+    from ..hostile.keras import CONFIG
+
+    lambda3 = {"class_name": "Lambda", "config": {"function": {"class_name": "__lambda__", "config": {"code": "4wE="}}}}
+    lambda2 = {"class_name": "Lambda", "config": {"function": ["4wE=", None, None], "function_type": "lambda",
+                                                  "output_shape": "f", "output_shape_type": "function",
+                                                  "output_shape_module": "__main__", "module": "__main__"}}
+    custom = {"module": "my_package", "class_name": "Layer", "config": {}}
+    op = {"class_name": "TFOpLambda", "config": {"function": "math.add"}}
+    return [json.dumps(c).encode() for c in (CONFIG, lambda3, lambda2, custom, op)]
+
+
 def _gguf() -> list[bytes]:
     """A file as the gguf package's GGUFWriter writes one: every value type, a plain and a quantized tensor."""
     import tempfile
@@ -305,6 +328,8 @@ def seeds(target: str) -> list[bytes]:
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
         "pt2_reader": _pt2,
+        "keras_reader": _keras,
+        "keras_config": _keras_configs,
         "gguf_header": _gguf,
         "gguf_metadata_edit": _gguf_metadata,
         "inert_pickle": _pickles,

@@ -21,6 +21,7 @@ from ckptfs.errors import CkptfsError
 from ckptfs.formats import (
     gguf,
     gguf_values,
+    keras,
     lora_config,
     npz,
     onnx,
@@ -40,6 +41,7 @@ from ckptfs.formats import (
 )
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
+from ckptfs.formats.keras_code import code_in
 from ckptfs.formats.quantized import bnb
 from ckptfs.formats.quantized.base import QuantizationError
 from ckptfs.pickle import object_edits
@@ -121,6 +123,24 @@ def _pt2_reader(data: bytes) -> None:
         for _, node in folder.walk():
             if isinstance(node, File):
                 node.content.read(0, READ_BYTES)
+
+
+def _keras_reader(data: bytes) -> None:
+    """A .keras zip's tree (its HDF5 weights through h5py), and the first bytes of each of its files."""
+    archive, root, _, _ = keras.read(MemorySource(data), "<fuzz input>")
+    for folder in (root, archive.raw()):
+        for _, node in folder.walk():
+            if isinstance(node, File):
+                node.content.read(0, READ_BYTES)
+
+
+def _keras_config(data: bytes) -> None:
+    """The code a Keras config names (what `ckptfs scan` lists), from any JSON."""
+    try:
+        config = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # not JSON: the format refuses it before the scan reads it
+    code_in(config)
 
 
 def _onnx_model(data: bytes) -> None:
@@ -298,6 +318,8 @@ TARGETS = {t.name: t for t in (
     Target("zip_reader", _zip_reader, (CkptfsError,)),
     Target("npz_reader", _npz_reader, (CkptfsError,)),
     Target("pt2_reader", _pt2_reader, (CkptfsError,)),
+    Target("keras_reader", _keras_reader, (CkptfsError,)),
+    Target("keras_config", _keras_config, (CkptfsError,)),
     Target("gguf_header", _gguf_header, (CkptfsError,)),
     Target("gguf_metadata_edit", _gguf_metadata_edit, (ValueError,)),  # parse's contract: ValueError with the reason
     Target("inert_pickle", _inert_pickle, (PickleError,)),
