@@ -8,6 +8,8 @@ import gzip
 import importlib
 import pkgutil
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
 from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, WriterKind
 from ckptfs.sources.directory import LocalDirectory
 
-from .conftest import FIXTURES, REPO
+from .conftest import FIXTURES, REPO, WRITER_TIMEOUT
 
 
 def test_every_format_module_is_in_the_registry_once():
@@ -78,6 +80,14 @@ def _peft_adapter(path):
         .save_pretrained(path)
 
 
+def _orbax(path):
+    """An OCDBT checkpoint Orbax writes, in a program of its own (JAX stays out of pytest)."""
+    code = "import sys, pathlib; from tests.orbax_writer import pytree_save, tree; pytree_save(pathlib.Path(sys.argv[1]), tree())"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=WRITER_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 #: format name -> (file or folder name, how to make one from the library that writes it, or a sample)
 MADE = {
     "nemo (gzip tar)": ("m.nemo", lambda p: p.write_bytes(gzip.compress((FIXTURES / "nemo/tiny.nemo").read_bytes()))),
@@ -95,6 +105,7 @@ MADE = {
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
     "diffusers pipeline": ("m", _diffusers),
+    "orbax": ("m", _orbax),
 }
 
 

@@ -25,6 +25,7 @@ from . import (
     hf,
     npy,
     npz,
+    orbax,
     pt2,
     safetensors,
     sharded_torch,
@@ -54,6 +55,7 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
     diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
+    orbax.FORMAT,  # only where _METADATA is Orbax's tree metadata: no other format's folder has it
     folder.FORMAT,
 )
 
