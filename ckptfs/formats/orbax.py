@@ -96,9 +96,8 @@ class Shown:
     def _infos(self, params: list[str]) -> dict[str, meta.ArrayInfo | str]:
         """Each array's zarr metadata, or why it cannot be read."""
         if self.ocdbt:
-            outside = [link for link in self.links if not link.startswith(("array_metadatas/", "_"))]
-            if outside:
-                return dict.fromkeys(params, f"the checkpoint holds links that lead outside it ({outside[0]})")
+            if self.links:  # tensorstore would follow them wherever they lead
+                return dict.fromkeys(params, f"the checkpoint holds links that lead outside it ({self.links[0]})")
             found = arrays.ocdbt_metadata(self.root_path, params)
         else:
             found = {p: self._zarr_metadata(p) for p in params}
@@ -114,8 +113,8 @@ class Shown:
         """The zarr metadata of the array folder `param`, or why it cannot be
         read: the name must stay inside the checkpoint, as must every file below it."""
         problem = pathnames.path_problem(param)
-        if problem is not None or param.startswith("_"):
-            return f"its name cannot be a folder of the checkpoint: {problem or 'a metadata name'}"
+        if problem is not None:
+            return f"its name cannot be a folder of the checkpoint: {problem}"
         real = os.path.realpath(os.path.join(self.root_path, param))
         if not real.startswith(self.root_path + os.sep) or not self.directory.is_dir(param):
             return "its folder is missing or leads outside the checkpoint"

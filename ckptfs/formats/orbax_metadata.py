@@ -34,7 +34,7 @@ MAX_BYTES = 1 << 50
 #: the largest chunk a read decodes whole (tensorstore reads a chunk at a time)
 MAX_CHUNK_BYTES = 4 << 30
 
-_ZARR2_DTYPE = re.compile(r"[<>|=][a-zA-Z][0-9]{1,2}")
+_ZARR2_DTYPE = re.compile(r"[<>|=]?[biufc][0-9]{1,2}")
 
 
 class Unfit(ValueError):

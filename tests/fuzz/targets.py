@@ -24,6 +24,7 @@ from ckptfs.formats import (
     lora_config,
     npz,
     open_checkpoint,
+    orbax_metadata,
     protowire,
     pt2,
     quantized,
@@ -189,6 +190,17 @@ def _protowire(data: bytes) -> None:
                 pass
 
 
+def _orbax_metadata(data: bytes) -> None:
+    """The input as an Orbax checkpoint's `_METADATA`, `_sharding`, and an
+    array's `.zarray` and `zarr.json`: each read, or refused as Unfit."""
+    for read in (orbax_metadata.tree, orbax_metadata.sharding, lambda d: orbax_metadata.array(d, False),
+                 lambda d: orbax_metadata.array(d, True)):
+        try:
+            read(data)
+        except orbax_metadata.Unfit:
+            pass
+
+
 def _diffusers_model_index(data: bytes) -> None:
     """A diffusers pipeline whose model_index.json is the input, beside a
     component folder holding a model, opened and read."""
@@ -253,6 +265,7 @@ TARGETS = {t.name: t for t in (
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
+    Target("orbax_metadata", _orbax_metadata, (orbax_metadata.Unfit,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
