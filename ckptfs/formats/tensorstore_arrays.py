@@ -44,8 +44,8 @@ def require(path: str) -> None:
 class Store:
     """How every array of one checkpoint is reached: its folder, whether
     through an OCDBT database, and the tensorstore context its arrays share
-    (made in the process that reads, once: a chunk cache that holds the
-    largest chunk, so reads across one chunk decode it once)."""
+    (made in the process that reads, once: a chunk cache that holds two of
+    the largest chunks, so the reads across one chunk decode it once)."""
 
     def __init__(self, root: str, ocdbt: bool, cache_bytes: int):
         self.root, self.ocdbt, self.cache_bytes = root, ocdbt, cache_bytes
@@ -58,14 +58,15 @@ class Store:
             kvstore = {"driver": "ocdbt", "base": {"driver": "file", "path": self.root + "/"}, "path": param + "/"}
         else:
             kvstore = {"driver": "file", "path": f"{self.root}/{param}/"}
-        return {"driver": driver, "kvstore": kvstore}
+        # the source does not change under a mount: a chunk decoded once is not checked again on each read
+        return {"driver": driver, "kvstore": kvstore, "recheck_cached_data": "open", "recheck_cached_metadata": "open"}
 
     def context(self):
         """The context of this process (called with `lock` held)."""
         import tensorstore as ts
 
         if self._context is None or self._context[0] != os.getpid():
-            limit = max(64 << 20, self.cache_bytes)
+            limit = 2 * self.cache_bytes + (32 << 20)  # the chunk read and the next: a full pool keeps neither
             self._context = (os.getpid(), ts.Context({"cache_pool": {"total_bytes_limit": limit}}))
         return self._context[1]
 
