@@ -1,5 +1,5 @@
 """JAX Orbax checkpoints: OCDBT, zarr and zarr3 layouts and a
-CheckpointManager step folder, written at test time by orbax-checkpoint on
+CheckpointManager step folder and folder of steps, written at test time by orbax-checkpoint on
 CPU JAX (tests/orbax_writer.py, in a program of its own), read through a
 real mount, every array bit for bit what Orbax restores; the JSON metadata as
 YAML; info, ls, cat, export and diff on them; a missing tensorstore in one
@@ -29,7 +29,9 @@ from .conftest import REPO, TIMED_APART, run_ckptfs
 pytestmark = TIMED_APART
 
 #: the layouts the writer makes, and where the checkpoint lies in each
-LAYOUTS = {"ocdbt": "ocdbt", "zarr": "zarr", "zarr3": "zarr3", "manager": "manager/3"}
+LAYOUTS = {"ocdbt": "ocdbt", "zarr": "zarr", "zarr3": "zarr3", "manager": "manager/3", "steps": "manager"}
+#: where the item of a CheckpointManager's save lies in the tree: its step folder, and its folder of steps
+ITEM = {"manager": "default/", "steps": "3/default/"}
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +40,16 @@ def saved(written) -> Path:
 
 
 def _references(saved: Path, layout: str) -> dict[str, np.ndarray]:
-    folder = saved / f"{layout}.ref"
+    folder = saved / f"{LAYOUTS[layout].split('/')[0]}.ref"
     dtypes = json.loads((folder / "dtypes.json").read_text())
     return {p.stem: np.load(p).view(np.dtype(dtypes[p.stem])) for p in sorted(folder.glob("*.npy"))}
 
 
 def _tree_path(layout: str, param: str) -> str:
     """Where the writer's arrays lie in the tree (its keys hold no dots):
-    a step folder shows its item, `default/`, expanded."""
-    return ("default/" if layout == "manager" else "") + param.replace(".", "/") + ".npy"
+    a step folder shows its item, `default/`, expanded, and so does a
+    CheckpointManager's folder of steps."""
+    return ITEM.get(layout, "") + param.replace(".", "/") + ".npy"
 
 
 def _same(got: np.ndarray, want: np.ndarray, what: str) -> None:

@@ -9,7 +9,8 @@ keys and list indices as folders), read through tensorstore a few chunks at
 a time (formats/tensorstore_arrays.py); a string leaf as a `.yaml` of its
 value; `_METADATA`, `_CHECKPOINT_METADATA`, `_sharding` and every array's
 zarr metadata (`_arrays.yaml`) as YAML. A CheckpointManager step folder
-(`<step>/<item>/`) shows each item expanded in place (formats/folder.py).
+(`<step>/<item>/`) shows each item expanded in place (formats/folder.py),
+and so does a CheckpointManager's folder of steps, as a folder of them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import add_links, raw_file
 from ..tree.tensors import PiecedTensor, PlacedTensor, TensorFile, shape_text
+from . import folder
 from . import orbax_metadata as meta
 from . import tensorstore_arrays as arrays
 from .base import DirectoryFormat, Nest
@@ -39,13 +41,27 @@ ARRAYS_YAML = "_arrays.yaml"
 
 
 def sniff(directory: Directory) -> bool:
-    """A folder whose `_METADATA` is Orbax's tree metadata."""
-    if not directory.is_file("_METADATA"):
-        return False
-    return b'"tree_metadata"' in directory.open("_METADATA").pread(0, 4096)
+    """A checkpoint (its `_METADATA` is Orbax's tree metadata), or a
+    CheckpointManager step folder holding them."""
+    return _is_item(directory, "") or _is_step(directory)
+
+
+def _is_item(directory: Directory, folder: str) -> bool:
+    name = f"{folder}/_METADATA" if folder else "_METADATA"
+    return directory.is_file(name) and b'"tree_metadata"' in directory.open(name).pread(0, 4096)
+
+
+def _is_step(directory: Directory) -> bool:
+    """A CheckpointManager step: `_CHECKPOINT_METADATA` beside a checkpoint folder per item."""
+    return directory.is_file("_CHECKPOINT_METADATA") and any(
+        directory.is_dir(e) and _is_item(directory, e) for e in directory.names())
 
 
 def open_dir(directory: Directory) -> Checkpoint:
+    if not _is_item(directory, ""):
+        step = folder.open_dir(directory)  # each item expanded in place, every other file as it is
+        step.format = "orbax (CheckpointManager step)"
+        return step
     path = directory.path
     if not isinstance(directory, LocalDirectory):
         raise FormatError(path, "an Orbax checkpoint is read through tensorstore, from a local folder only")
