@@ -14,16 +14,15 @@ and peak RSS of each (the mount's: its daemon's). Prints Markdown
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from tools import median, run
+from scale import daemon_pid  # bench/ is the script's folder
+from tools import median, rounds_and_folder, run
 
 CKPTFS = [sys.executable, "-m", "ckptfs"]
 HERE = Path(__file__).resolve().parent
@@ -69,21 +68,15 @@ def mount_find_read(ckpt: Path, mnt: Path, cache: Path) -> tuple[float, float]:
                 while f.read(1 << 20):
                     pass
         seconds = time.perf_counter() - start
-        pid = int(subprocess.run(["pgrep", "-n", "-f", f"ckptfs mount .* {mnt}"], capture_output=True, text=True)
-                  .stdout.split()[0])
-        rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM")) / 1024
+        status = Path(f"/proc/{daemon_pid(mnt, b'ckptfs')}/status").read_text()
+        rss = int(status.split("VmHWM:")[1].split()[0]) / 1024
     finally:
         subprocess.run([*CKPTFS, "umount", mnt], check=True, timeout=600)
     return seconds, rss
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="ckptfs-bench-orbax-"))
-    work.mkdir(parents=True, exist_ok=True)
+    args, work, temporary = rounds_and_folder(__doc__, "orbax")
     ckpt, mnt, cache, out = work / "ckpt", work / "mnt", work / "cache", work / "out.safetensors"
     mnt.mkdir(exist_ok=True)
     try:
@@ -103,7 +96,7 @@ def main() -> None:
             "`ckptfs export --to safetensors` of it": exported,
         })
     finally:
-        if not args.workdir:
+        if temporary:
             shutil.rmtree(work, ignore_errors=True)
     text = "\n".join(lines) + "\n"
     print(text)
