@@ -146,6 +146,19 @@ def test_without_tensorstore_one_line_says_what_to_install(saved):
     assert str(saved / "ocdbt") in lines[0] and "pip install -e '.[tensorstore]'" in lines[0]
 
 
+def test_opening_starts_no_tensorstore(saved, tmp_path):
+    """The process that opens a checkpoint (the mount, before its daemon
+    forks) does not import tensorstore, whose import starts a thread: the
+    OCDBT metadata is read by a process of its own, the arrays on first read."""
+    code = ("import sys; from ckptfs.formats import open_checkpoint\n"
+            "ckpt = open_checkpoint(sys.argv[1], sys.argv[2])\n"
+            "print(len(ckpt.tensors), 'tensorstore' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(saved / "ocdbt"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7", "False"]
+
+
 def test_a_broken_array_breaks_only_its_own_file(saved, mount, tmp_path):
     """A chunk of one array overwritten with junk, and another array's
     `.zarray` claiming an astronomical shape: their files fail (EIO, the

@@ -12,6 +12,7 @@ store's) is read by a short-lived subprocess (`ocdbt_metadata`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -33,12 +34,11 @@ TIMEOUT = 300
 
 
 def require(path: str) -> None:
-    """FormatError naming `path` and the extra to install, unless tensorstore imports."""
-    try:
-        import tensorstore  # noqa: F401
-    except ImportError:
-        raise FormatError(path, f"an Orbax checkpoint is read through tensorstore, the tensorstore extra: {EXTRA}") \
-            from None
+    """FormatError naming `path` and the extra to install, unless tensorstore
+    is installed. Found, not imported: its import starts a thread, which a
+    process that forks next (the mount) should not have."""
+    if importlib.util.find_spec("tensorstore") is None:
+        raise FormatError(path, f"an Orbax checkpoint is read through tensorstore, the tensorstore extra: {EXTRA}")
 
 
 class Store:
@@ -221,7 +221,12 @@ def ocdbt_metadata(root: str, params: list[str]) -> dict[str, tuple[bool, bytes]
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise FormatError(root, f"its OCDBT database cannot be read: {last[:300]}")
-    found = json.loads(done.stdout)
+    try:
+        found = json.loads(done.stdout)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise FormatError(root, "its OCDBT database cannot be read: tensorstore's answer is not a JSON object")
     return {name: _answer(found.get(name)) for name in params}
 
 
