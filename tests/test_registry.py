@@ -88,6 +88,16 @@ def _orbax(path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _megatron_zarr(path):
+    """Megatron's zarr layout by hand: metadata.json and one raw zarr v2
+    array (tests/megatron_zarr_writer.py writes them with zarr)."""
+    (path / "w").mkdir(parents=True)
+    (path / "metadata.json").write_text('{"sharded_backend": "zarr", "sharded_backend_version": 1}')
+    (path / "w" / ".zarray").write_text('{"zarr_format": 2, "shape": [3], "chunks": [3], "dtype": "<f4", '
+                                        '"compressor": null, "fill_value": null, "order": "C", "filters": null}')
+    (path / "w" / "0").write_bytes(np.ones(3, np.float32).tobytes())
+
+
 #: format name -> (file or folder name, how to make one from the library that writes it, or a sample)
 MADE = {
     "nemo (gzip tar)": ("m.nemo", lambda p: p.write_bytes(gzip.compress((FIXTURES / "nemo/tiny.nemo").read_bytes()))),
@@ -101,6 +111,7 @@ MADE = {
     "torch.save (legacy)": ("m.pt", _legacy),
     "torch.distributed.checkpoint": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p)),
     "deepspeed zero": ("m", _deepspeed),
+    "megatron-zarr": ("m", _megatron_zarr),
     "Hugging Face directory": ("m", lambda p: shutil.copytree(FIXTURES / "hf/bert_tiny_sharded", p)),
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),

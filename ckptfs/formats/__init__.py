@@ -23,6 +23,7 @@ from . import (
     gguf,
     gzindex,
     hf,
+    megatron_zarr,
     npy,
     npz,
     orbax,
@@ -50,6 +51,7 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     dcp.FORMAT,
+    megatron_zarr.FORMAT,  # metadata.json with sharded_backend zarr: no .metadata, no .safetensors
     deepspeed.FORMAT,
     sharded_torch.FORMAT,
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is

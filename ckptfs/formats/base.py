@@ -131,6 +131,10 @@ class Nest:
     #: whether a file of the folder, by name, is the format's own (read by
     #: `open`); the others stay beside its tree as the archive shows them
     owns: Callable[[str], bool]
+    #: whether `open` reads the files of the folder's subfolders too (a
+    #: Megatron zarr checkpoint's array folders): its Directory then holds
+    #: every file below the folder, and the archive expands none of them itself
+    deep: bool = False
 
 
 @dataclass(frozen=True)

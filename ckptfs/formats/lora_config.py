@@ -13,11 +13,11 @@ and the ranks against the tensors' shapes where the merge is planned.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 from ..errors import FormatError
+from .jsontext import json_object
 
 CONFIG_NAME = "adapter_config.json"
 #: the largest rank believed: LoRA ranks are in the tens to thousands; the
@@ -63,14 +63,7 @@ def _pattern_key(patterns: dict, module: str) -> str | None:
 def parse(text: bytes, path: str) -> LoraSettings:
     """The settings of `text`, the config at `path`; FormatError naming
     the file and the first value that cannot be used."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise FormatError(path, f"{len(text):,} bytes: not an adapter config (at most {MAX_CONFIG_BYTES:,})")
-    try:
-        config = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise FormatError(path, f"not JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise FormatError(path, "not a JSON object")
+    config = json_object(text, path, MAX_CONFIG_BYTES, "an adapter config")
     kind = config.get("peft_type")
     if kind != "LORA":
         raise FormatError(path, f"peft_type {kind!r}: ckptfs merges LORA adapters only")

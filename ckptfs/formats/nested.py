@@ -38,23 +38,37 @@ def directory_format(directory: Directory) -> DirectoryFormat | None:
 
 
 class Members(Directory):
-    """The files of one folder of an archive, by name, as a flat directory
-    (`Nest.open` reads it): no subfolders, no links."""
+    """The files of one folder of an archive, by name, as a directory
+    (`Nest.open` reads it): names with a `/` lie in its subfolders (a
+    deep nest's); no links."""
 
     def __init__(self, path: str, stat: os.stat_result, mtimes: dict[str, int], opener: Callable[[str], Source]):
         self.path, self._stat, self.mtimes, self.opener = path, stat, mtimes, opener
+        self._folders: dict[str, list[str]] | None = None
+
+    def _listing(self) -> dict[str, list[str]]:
+        """Each folder's entries (files and subfolders), made when first asked for."""
+        if self._folders is None:
+            listing: dict[str, set[str]] = {"": set()}
+            for name in self.mtimes:
+                folder = ""
+                for part in name.split("/"):
+                    listing.setdefault(folder, set()).add(part)
+                    folder = f"{folder}/{part}" if folder else part
+            self._folders = {folder: sorted(entries) for folder, entries in listing.items()}
+        return self._folders
 
     def stat(self) -> os.stat_result:
         return self._stat
 
     def names(self, folder: str = "") -> list[str]:
-        return sorted(self.mtimes) if not folder else []
+        return self._listing().get(folder, [])
 
     def is_file(self, name: str) -> bool:
         return name in self.mtimes
 
     def is_dir(self, name: str) -> bool:
-        return False
+        return name not in self.mtimes and name in self._listing()
 
     def is_link(self, name: str) -> bool:
         return False
@@ -69,7 +83,12 @@ class Members(Directory):
         return self.mtimes[name]
 
     def sub(self, folder: str) -> Directory:
-        raise FileNotFoundError(folder)
+        if not self.is_dir(folder):
+            raise FileNotFoundError(folder)
+        prefix = folder + "/"
+        return Members(f"{self.path}/{folder}", self._stat,
+                       {name[len(prefix):]: t for name, t in self.mtimes.items() if name.startswith(prefix)},
+                       lambda name: self.opener(prefix + name))
 
 
 @dataclass

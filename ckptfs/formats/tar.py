@@ -176,6 +176,11 @@ def _nested_folders(files, source: Source, st: os.stat_result) -> dict[str, tupl
         members = Members(f"{source.path}:{folder}", st, mtimes,
                           lambda name, in_folder=in_folder: source.slice(in_folder[name].offset, in_folder[name].size))
         fmt = directory_format(members)
+        if fmt is not None and fmt.nest.deep:  # it reads its subfolders too: every file below the folder
+            prefix = f"{folder}/" if folder else ""
+            below = {m.name[len(prefix):]: m for m in files if m.name.startswith(prefix)}
+            members = Members(members.path, st, {name: m.mtime_ns for name, m in below.items()},
+                              lambda name, below=below: source.slice(below[name].offset, below[name].size))
         if fmt is not None:
             nested[folder] = (fmt, members)
     return nested
@@ -209,10 +214,12 @@ def _expand_checkpoints(root: Dir, files, source: Source, grafts: Grafts, folder
     expanded at their own name (docs/layout.md). The files a directory
     checkpoint's folder holds of its own are not: a distributed
     checkpoint's shards hold torch.save archives one after another, read
-    through the metadata beside them (`_expand_folders`)."""
+    through the metadata beside them (`_expand_folders`); a deep nest's
+    folder shows every file below it itself."""
+    deep = [f"{folder}/" for folder, (fmt, _) in folders.items() if folder and fmt.nest.deep]
     for m in files:
         folder, _, leaf = m.name.rpartition("/")
-        if folder in folders and folders[folder][0].nest.owns(leaf):
+        if folder in folders and folders[folder][0].nest.owns(leaf) or m.name.startswith(tuple(deep)):
             continue
         parts = names.file_parts(m.name)
         parent = root.subdir(parts[:-1])

@@ -232,6 +232,19 @@ def _orbax_metadata() -> list[bytes]:
     return [json.dumps(doc).encode() for doc in (tree, sharding, zarray, zarr3)]
 
 
+def _zarray() -> list[bytes]:
+    """`.zarray` files as zarr 2 wrote them for Megatron (raw, bfloat16),
+    and with the codecs, fill values and separator ckptfs reads."""
+    def meta(**more) -> bytes:
+        fields = {"chunks": [2, 3], "compressor": None, "dtype": "<f4", "fill_value": None, "filters": None,
+                  "order": "C", "shape": [5, 7], "zarr_format": 2, **more}
+        return json.dumps(fields, indent=4, sort_keys=True).encode()
+
+    return [meta(), meta(dtype="bfloat16", shape=[4, 6], chunks=[2, 6]), meta(dtype="<i8", fill_value=3,
+            compressor={"id": "zlib", "level": 1}), meta(dtype="<f2", fill_value="NaN", compressor={"id": "zstd"}),
+            meta(dtype="|b1", dimension_separator="/", compressor={"id": "gzip"}), meta(shape=[], chunks=[])]
+
+
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
     torch_zip = (SAMPLES / "lightning" / "tiny.ckpt").read_bytes()
@@ -256,5 +269,6 @@ def seeds(target: str) -> list[bytes]:
         "diffusers_model_index": _model_index,
         "protowire": _protobuf_messages,
         "orbax_metadata": _orbax_metadata,
+        "zarr_array_meta": _zarray,
     }
     return by_target[target]()

@@ -31,6 +31,7 @@ from ckptfs.formats import (
     safetensors,
     tar,
     torchzip,
+    zarr_array,
 )
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
@@ -44,11 +45,13 @@ from ckptfs.sources.base import FileSource, Source
 from ckptfs.tree import npy
 from ckptfs.tree.dtypes import BY_NAME
 from ckptfs.tree.nodes import Extent, File
-from ckptfs.tree.tensors import Tensor
+from ckptfs.tree.tensors import Tensor, TensorFile
 
 CRASHES = Path(__file__).parent / "crashes"
 #: how much of each file of a mounted tree the whole-file target reads
 READ_BYTES = 1 << 16
+#: how much of each end of a zarr array the zarr_array_meta target reads (a byte a chunk at worst)
+ZARR_READ_BYTES = 1 << 12
 
 
 class MemorySource(Source):
@@ -211,6 +214,16 @@ def _diffusers_model_index(data: bytes) -> None:
         _open_and_read(folder)
 
 
+def _zarr_array_meta(data: bytes) -> None:
+    """A `.zarray` as a Megatron zarr checkpoint's array reads it, no chunk
+    stored (every one the fill value), the first and last bytes of its
+    file read."""
+    meta = zarr_array.parse_meta(data, "<fuzz input>")
+    file = TensorFile(zarr_array.array_tensor("a", meta, {}, "<fuzz input>", MemorySource(data)))
+    file.content.read(0, ZARR_READ_BYTES)
+    file.content.read(max(0, file.content.size - ZARR_READ_BYTES), ZARR_READ_BYTES)
+
+
 def stored_tensors(arrays: dict[str, np.ndarray], source_type=MemorySource) -> dict[str, Tensor]:
     """Arrays as the tensor records of one in-memory source, as a safetensors file's."""
     data, tensors, offsets = b"", {}, {}
@@ -266,6 +279,7 @@ TARGETS = {t.name: t for t in (
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
     Target("orbax_metadata", _orbax_metadata, (orbax_metadata.Unfit,)),
+    Target("zarr_array_meta", _zarr_array_meta, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),
 )}
