@@ -155,7 +155,7 @@ class Shown:
             self._place(parts, file)
             return
         self.described[leaf.param] = info.document
-        source = arrays.ArraySource(self.store, leaf.param, info, f"{self.directory.path}: {shown_path}")
+        source = arrays.ArraySource(self.store, leaf.param, info, self._location(leaf.param))
         data = Extent(source, 0, source.size)
         tensor = PiecedTensor(leaf.param, info.dtype, info.shape, data, (data,),
                               ((xattrs.SOURCE, self._location(leaf.param)), (xattrs.ARRAY_CHUNK, shape_text(info.chunk))))
