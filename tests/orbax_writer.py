@@ -30,6 +30,8 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 #: bytes per chunk of the larger array: several chunks, as a sharded save has
 CHUNK_BYTES = 64 << 10
+#: the size of the one array of `wide`
+WIDE_MIB = 256
 
 
 def tree(changed: bool = False) -> dict:
@@ -87,6 +89,16 @@ def reference(restored: dict, out: Path) -> None:
     (out / "dtypes.json").write_text(json.dumps(dtypes))
 
 
+def wide(out: Path) -> None:
+    """`python -m tests.orbax_writer OUT wide`: OUT/wide/, one float32 array
+    of WIDE_MIB MiB in chunks of 4 MiB (a repeating pattern: small on disk)."""
+    values = np.tile(np.arange(1 << 20, dtype=np.float32), WIDE_MIB // 4).reshape(-1, 1024)
+    item = {"wide": values}
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    checkpointer.save(out / "wide", args=ocp.args.PyTreeSave(item, save_args={"wide": ocp.SaveArgs(
+        chunk_byte_size=4 << 20)}))
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True)
     pytree_save(out / "ocdbt", tree())
@@ -97,4 +109,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    (wide if sys.argv[2:] == ["wide"] else main)(Path(sys.argv[1]))

@@ -128,6 +128,23 @@ def test_export_to_safetensors(saved, tmp_path):
             assert bits.numpy().tobytes() == want.tobytes(), name
 
 
+def test_export_holds_a_few_chunks_not_the_array(written, tmp_path):
+    """`ckptfs export` of a 256 MiB array in 4 MiB chunks grows its peak RSS
+    by less than half the array above an export of the tiny checkpoint."""
+    wide = written("tests.orbax_writer", "wide") / "wide"
+    peaks = {}
+    for name, source in (("tiny", written("tests.orbax_writer") / "ocdbt"), ("wide", wide)):
+        proc = subprocess.Popen([sys.executable, "-m", "ckptfs", "export", str(source), str(tmp_path / f"{name}.st")],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, proc.stderr.read()
+        proc.stderr.close()
+        peaks[name] = usage.ru_maxrss / 1024  # MiB
+    assert (tmp_path / "wide.st").stat().st_size > 256 << 20
+    assert peaks["wide"] - peaks["tiny"] < 128, peaks
+
+
 def test_diff_finds_the_one_value_changed(saved):
     done = run_ckptfs("diff", "--tensors-only", saved / "ocdbt", saved / "changed")
     assert done.returncode == 1, done.stderr

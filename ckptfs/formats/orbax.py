@@ -101,8 +101,8 @@ class Shown:
     def leaves(self, leaves: list[meta.Leaf]) -> None:
         stored = [leaf for leaf in leaves if leaf.value_type in meta.ARRAY_TYPES]
         infos = self._infos([leaf.param for leaf in stored])
-        largest = max((i.chunk_bytes for i in infos.values() if isinstance(i, meta.ArrayInfo)), default=0)
-        self.store = arrays.Store(self.root_path, self.ocdbt, largest)
+        readable = [i for i in infos.values() if isinstance(i, meta.ArrayInfo)]
+        self.store = arrays.Store(self.root_path, self.ocdbt, arrays.cache_bytes(readable))
         for leaf in stored:
             self._array(leaf, infos[leaf.param])
         strings = [leaf for leaf in leaves if leaf.value_type == meta.STRING_TYPE]

@@ -79,6 +79,15 @@ class ArrayInfo:
     def chunk_bytes(self) -> int:
         return math.prod(self.chunk) * self.dtype.bits // 8
 
+    @property
+    def band_bytes(self) -> int:
+        """The chunks across one chunk-row of the array (all but its first
+        dimension whole): what reads in C order go through before they leave
+        a chunk for good, so what a cache must hold for each chunk to be
+        decoded once."""
+        across = math.prod(-(-n // c) for n, c in zip(self.shape[1:], self.chunk[1:]))
+        return self.chunk_bytes * across
+
 
 def json_object(text: bytes, what: str, limit: int) -> dict:
     """The JSON object `text` holds; Unfit naming `what` if it is too large or not one."""

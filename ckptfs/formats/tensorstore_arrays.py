@@ -41,11 +41,26 @@ def require(path: str) -> None:
         raise FormatError(path, f"an Orbax checkpoint is read through tensorstore, the tensorstore extra: {EXTRA}")
 
 
+#: the most the chunk cache holds, unless one chunk is larger
+CACHE_CAP = 2 << 30
+
+
+def cache_bytes(infos: list[ArrayInfo]) -> int:
+    """What the chunk cache of a checkpoint of these arrays holds: the
+    largest band of chunks (`ArrayInfo.band_bytes`) and one more chunk, so a
+    sequential read decodes each chunk once; at most CACHE_CAP, or two of
+    its largest chunks where they are larger."""
+    band = max((i.band_bytes + i.chunk_bytes for i in infos), default=0)
+    chunk = max((i.chunk_bytes for i in infos), default=0)
+    return max(2 * chunk, min(band, CACHE_CAP)) + (16 << 20)
+
+
 class Store:
     """How every array of one checkpoint is reached: its folder, whether
     through an OCDBT database, and the tensorstore context its arrays share
-    (made in the process that reads, once: a chunk cache that holds two of
-    the largest chunks, so the reads across one chunk decode it once)."""
+    (made in the process that reads, once: a chunk cache of `cache_bytes`,
+    and one thread to decode, which keeps what the decoders' memory
+    allocators hold small)."""
 
     def __init__(self, root: str, ocdbt: bool, cache_bytes: int):
         self.root, self.ocdbt, self.cache_bytes = root, ocdbt, cache_bytes
@@ -66,8 +81,8 @@ class Store:
         import tensorstore as ts
 
         if self._context is None or self._context[0] != os.getpid():
-            limit = 2 * self.cache_bytes + (32 << 20)  # the chunk read and the next: a full pool keeps neither
-            self._context = (os.getpid(), ts.Context({"cache_pool": {"total_bytes_limit": limit}}))
+            self._context = (os.getpid(), ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes},
+                                                      "data_copy_concurrency": {"limit": 1}}))
         return self._context[1]
 
 
