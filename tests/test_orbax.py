@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from ckptfs.formats.orbax_metadata import Unfit, array
-from ckptfs.formats.tensorstore_arrays import boxes
+from ckptfs.formats.tensorstore_arrays import CACHE_CAP, boxes, cache_bytes
 
 from .conftest import REPO, TIMED_APART, run_ckptfs
 
@@ -210,6 +210,20 @@ def test_a_read_asks_for_no_element_outside_it():
             assert np.array_equal(np.concatenate(got) if got else np.array([], int), np.arange(first, last))
             assert len(got) <= 2 * len(shape) + 1
     assert boxes((), 0, 1) == [()]
+
+
+def test_the_chunk_cache_holds_a_row_of_chunks():
+    """Column-sharded chunks: a C-order read goes through a whole row of
+    them before it leaves one, so the cache holds that row and one chunk
+    more; never more than CACHE_CAP unless one chunk is larger."""
+    def info(shape, chunks):
+        return array(json.dumps({"zarr_format": 2, "dtype": "<f4", "shape": shape, "chunks": chunks}).encode(), False)
+
+    columns = info([4096, 4096], [4096, 512])
+    assert columns.band_bytes == 64 << 20
+    assert cache_bytes([columns, info([10], [10])]) == (64 << 20) + (8 << 20) + (16 << 20)
+    assert cache_bytes([info([4, 2 ** 30], [4, 1024])]) == CACHE_CAP + (16 << 20)
+    assert cache_bytes([info([2 ** 29], [2 ** 29])]) == 2 * (2 << 30) + (16 << 20)
 
 
 @pytest.mark.parametrize("claim", [
