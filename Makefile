@@ -89,6 +89,7 @@ bench: test-deps
 	$(PY) bench/run.py $(if $(QUICK),--gib 0.25) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount
 	$(PY) bench/tools.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/gguf_bench.py $(if $(QUICK),--rounds 2)
+	$(PY) bench/onnx_load.py $(if $(QUICK),--rounds 1 --gib 0.25)
 	$(PY) bench/deepspeed_bench.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/remote_bench.py $(if $(QUICK),--rounds 2)
 	$(PY) bench/adapter_merge.py $(if $(QUICK),--rounds 1)

@@ -35,10 +35,11 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import CkptfsError, FormatError, SourceChangedError
-from .formats import file_formats, gzindex, torchlegacy, torchzip
+from .formats import file_formats, gzindex, hdf5, keras, torchlegacy, torchzip
 from .formats.base import SNIFF_BYTES, Pickles
 from .formats.dcp.metadata import Metadata, is_metadata
 from .formats.dcp.reader import Reader
+from .formats.keras_code import code_in
 from .formats.torchzip_records import CONSEQUENCE, read_records
 from .humanize import plural
 from .limits import LIMITS
@@ -95,6 +96,8 @@ class Report:
     problems: list[str] = field(default_factory=list)
     #: what was passed over, and why that is not a problem
     notes: list[str] = field(default_factory=list)
+    #: the Keras configs read for the code they name (formats/keras_code.py)
+    configs: list[str] = field(default_factory=list)
 
     @property
     def dangerous(self) -> list[Found]:
@@ -114,6 +117,7 @@ class Report:
             "dangerous": [f.to_json() for f in self.dangerous],
             "problems": self.problems,
             "notes": self.notes,
+            "keras_configs": self.configs,
             "ckptfs_version": __version__,
         }
 
@@ -231,8 +235,14 @@ class _Scanner:
         pickles = _pickles(head)
         if depth > MAX_DEPTH:
             self.report.problems.append(f"{location}: more than {MAX_DEPTH} archives deep; not scanned")
+        elif keras.sniff(head):  # a zip too: its records as any zip's, then its config
+            self.zip(source, location, depth)
+            self.keras_config(lambda: keras.KerasArchive(source, location).json(keras.CONFIG),
+                              f"{location}:{keras.CONFIG}")
         elif Pickles.ZIP in pickles or head.startswith(EMPTY_ZIP):
             self.zip(source, location, depth)
+        elif hdf5.sniff(head):
+            self.keras_config(lambda: hdf5.model_config(source, location), f"{location}:model_config")
         elif is_tar(head):  # torch.load tries tarfile first too
             self.tar(source, location, depth)
             self.pickles(source, location, loaded=False)  # pickle.load and np.load read it from its first byte
@@ -370,6 +380,27 @@ class _Scanner:
                     self.blob(contents, inner, depth + 1)
             except (FormatError, SourceChangedError, OSError, zlib.error) as e:
                 self.report.problems.append(e.args[0] if isinstance(e, CkptfsError) else f"{inner}: cannot read it ({e})")
+
+    def keras_config(self, read, location: str) -> None:
+        """The code a Keras config names (formats/keras_code.py), each a
+        global of the report: Lambda bytecode always dangerous, an import
+        of a module outside Keras judged as a pickle's global is."""
+        try:
+            config = read()
+        except FormatError as e:
+            self.report.problems.append(e.args[0])
+            return
+        if config is None:
+            return
+        found, problems = code_in(config)
+        self.report.problems += [f"{location}: {p}" for p in problems]
+        self.report.configs.append(location)
+        for code in found:
+            g = Global(code.module, code.name)
+            verdict = Verdict(False, code.reason) if code.bytecode else classify(g, self.allowed)
+            if not verdict.safe and not code.bytecode:
+                verdict = Verdict(False, code.reason)
+            self.report.found.append(Found(g, f"{location} ({code.where})", verdict))
 
     def read_differently(self, location: str, problem: str) -> None:
         """A zip whose records depend on the reader: as dangerous as a global
@@ -555,6 +586,8 @@ def text(report: Report, verbose: bool = False) -> str:
     pickles = len(report.pickles)
     names = len({f.glob for f in report.found})
     counted = f"{names} global{'s' if names != 1 else ''} named by {pickles} pickle{'s' if pickles != 1 else ''}"
+    if report.configs:
+        counted += f" and {plural(len(report.configs), 'Keras config')}"
     dangerous = report.dangerous
     if dangerous:
         outside = len({f.glob for f in dangerous})
@@ -562,7 +595,7 @@ def text(report: Report, verbose: bool = False) -> str:
                 f"({counted}; nothing was imported or run)")
     elif report.problems:
         head = f"{report.source}: not scanned completely, no verdict ({counted} so far, all on the allowlist)"
-    elif not pickles:
+    elif not pickles and not report.configs:
         head = f"{report.source}: safe: no pickles"
     else:
         head = f"{report.source}: safe: {counted}, all on the allowlist (nothing was imported or run)"

@@ -20,7 +20,9 @@ import pytest
 
 import ckptfs
 
+from . import tf_bundle_writer
 from .conftest import FIXTURES, REPO, force_unmount, is_mounted, write_cut_gguf
+from .hostile.keras import keras_zip
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
 MARK = "@@ckptfs-doc-command"
@@ -93,6 +95,8 @@ def sandbox(tmp_path):
     _broken_safetensors(data / "broken.safetensors")
     write_cut_gguf(data / "cut.gguf")  # troubleshooting.md
     _fp8_pair(data / "layer.safetensors", data / "layer-fp8.safetensors")  # cli.md
+    keras_zip(data / "model.keras")  # layout.md, Keras models
+    tf_bundle_writer.checkpoint_folder(data / "ckpt")  # layout.md, TensorFlow checkpoints
     # a bfloat16 tensor's .npy as a mount serves it (dtypes.md)
     (data / "weight.npy").write_bytes(ckptfs.open(data / "model.nemo").read("model_weights.ckpt/emb/weight.npy"))
     for name in ("m", "a", "b"):

@@ -97,6 +97,68 @@ def test_a_distributed_checkpoint_is_readable_by_whom_all_its_shards_are(shared)
         assert umount(mnt).returncode == 0
 
 
+def _onnx_with_external_data(folder: Path) -> Path:
+    from onnx import TensorProto, helper, numpy_helper, save_model
+
+    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weight])
+    save_model(helper.make_model(graph), folder / "model.onnx", save_as_external_data=True, location="model.data",
+               size_threshold=0)
+    return folder / "model.onnx"
+
+
+def _tf_bundle(folder: Path) -> Path:
+    from .tf_bundle_writer import write_arrays
+
+    return write_arrays(folder / "ckpt", {"w": np.arange(64, dtype=np.float32).reshape(8, 8)})
+
+
+@pytest.mark.parametrize("make, private, tensor", [
+    (_onnx_with_external_data, "model.data", "w.npy"),
+    (_tf_bundle, "ckpt.data-00000-of-00001", "w.npy"),
+], ids=["onnx-external-data", "tf-bundle-shard"])
+def test_a_tensor_in_a_private_file_beside_the_one_mounted_stays_private(shared, make, private, tensor):
+    folder = shared / "model"
+    folder.mkdir(mode=0o755)
+    source = make(folder)
+    source.chmod(0o644)
+    (folder / private).chmod(0o600)
+    mnt = shared / "mnt"
+    _mount_shared(source, mnt, "ro")
+    try:
+        got = _as_nobody(mnt / tensor, mnt / ".ckptfs" / "raw" / private, mnt / ".ckptfs" / "raw" / source.name)
+        assert list(got.values()) == ["EACCES", "EACCES", "ok"], got
+        assert os.stat(mnt / tensor).st_mode & 0o444 == 0o400
+        assert np.load(mnt / tensor).shape == (8, 8)  # its owner (root) still reads it
+    finally:
+        assert umount(mnt).returncode == 0
+
+
+def test_a_zarr_array_is_readable_by_whom_all_its_chunks_are(shared):
+    ckpt = shared / "ckpt"
+    (ckpt / "w").mkdir(parents=True)
+    (ckpt / "b").mkdir()
+    ckpt.chmod(0o755)
+    (ckpt / "metadata.json").write_text(json.dumps({"sharded_backend": "zarr", "sharded_backend_version": 1}))
+    for key, chunk_rows in (("w", 2), ("b", 4)):
+        meta = {"zarr_format": 2, "shape": [4, 2], "chunks": [chunk_rows, 2], "dtype": "<f4", "order": "C",
+                "compressor": None, "filters": None, "fill_value": None}
+        (ckpt / key / ".zarray").write_text(json.dumps(meta))
+        for row in range(4 // chunk_rows):
+            (ckpt / key / f"{row}.0").write_bytes(np.full((chunk_rows, 2), row, np.float32).tobytes())
+    (ckpt / "w" / "1.0").chmod(0o600)  # the second half of w's rows
+    mnt = shared / "mnt"
+    _mount_shared(ckpt, mnt, "ro")
+    try:
+        got = _as_nobody(mnt / "w.npy", mnt / "b.npy")
+        assert list(got.values()) == ["EACCES", "ok"], got
+        assert np.load(mnt / "w.npy").tolist() == [[0, 0], [0, 0], [1, 1], [1, 1]]
+    finally:
+        assert umount(mnt).returncode == 0
+
+
 def test_links_out_of_a_directory_are_shown_not_followed(shared):
     model = shared / "model"
     model.mkdir()

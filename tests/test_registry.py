@@ -20,7 +20,9 @@ from ckptfs.formats import DIRECTORY_FORMATS, FILE_FORMATS
 from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, FileFormat, FileWriter, WriterKind
 from ckptfs.sources.directory import LocalDirectory
 
+from . import tf_bundle_writer
 from .conftest import FIXTURES, REPO, WRITER_TIMEOUT
+from .hostile.keras import keras_zip, weights_h5
 
 
 def test_every_format_module_is_in_the_registry_once():
@@ -66,6 +68,12 @@ def _diffusers(path):
     pipeline().save_pretrained(path)
 
 
+def _onnx(path):
+    from .onnx_models import save
+
+    save(path.parent / "onnx", "inline").rename(path)
+
+
 def _legacy(path):
     import torch
 
@@ -106,6 +114,7 @@ MADE = {
     "gguf": ("m.gguf", _gguf),
     "numpy .npz": ("m.npz", lambda p: np.savez(p, w=np.ones(3))),
     "numpy .npy": ("m.npy", lambda p: np.save(p, np.ones(3))),
+    "onnx": ("m.onnx", _onnx),
     "torch.export (pt2)": ("m.pt2", lambda p: shutil.copyfile(FIXTURES / "pt2/tiny.pt2", p)),
     "torch.save (zip)": ("m.ckpt", lambda p: shutil.copyfile(FIXTURES / "lightning/tiny.ckpt", p)),
     "torch.save (legacy)": ("m.pt", _legacy),
@@ -117,6 +126,11 @@ MADE = {
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
     "diffusers pipeline": ("m", _diffusers),
     "orbax": ("m", _orbax),
+    "Keras (.keras)": ("m.keras", keras_zip),  # as model.save lays it out (tests/test_keras.py: Keras's own)
+    "HDF5 (Keras .h5)": ("m.weights.h5", lambda p: p.write_bytes(weights_h5())),
+    "tensorflow bundle": ("m.index", lambda p: tf_bundle_writer.write_arrays(p.with_suffix(""), tf_bundle_writer.ARRAYS)),
+    "tensorflow checkpoint folder": ("m", tf_bundle_writer.checkpoint_folder),
+    "tensorflow saved model": ("m", tf_bundle_writer.saved_model_folder),
 }
 
 

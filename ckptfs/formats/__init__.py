@@ -22,15 +22,21 @@ from . import (
     folder,
     gguf,
     gzindex,
+    hdf5,
     hf,
+    keras,
     megatron_zarr,
     npy,
     npz,
+    onnx,
     orbax,
     pt2,
     safetensors,
     sharded_torch,
     tar,
+    tf_bundle,
+    tf_checkpoint_dir,
+    tf_saved_model,
     torchlegacy,
     torchzip,
 )
@@ -43,10 +49,14 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     npy.FORMAT,
     safetensors.FORMAT,
     gguf.FORMAT,
+    keras.FORMAT,  # a zip too: before npz and torchzip, told by its first record (metadata.json)
     pt2.FORMAT,  # a zip too: before npz and torchzip, told by its first record's name
     npz.FORMAT,  # a zip too: before torchzip, which takes any zip
     torchzip.FORMAT,
     torchlegacy.FORMAT,
+    hdf5.FORMAT,  # Keras legacy .h5 and .weights.h5: HDF5's signature
+    tf_bundle.FORMAT,  # no magic: told by its first entry, the empty key of a table (its first byte 0)
+    onnx.FORMAT,  # no magic: told by its first fields being a ModelProto's (its first byte 0x08)
 )
 #: directory formats, tried in this order
 DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
@@ -57,6 +67,8 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     adapter.FORMAT,  # a Hugging Face folder too: before hf, only where adapter_config.json is
     diffusers.FORMAT,  # a folder per component: before hf, which takes a folder of weights
     hf.FORMAT,
+    tf_saved_model.FORMAT,  # saved_model.pb beside variables/variables.index
+    tf_checkpoint_dir.FORMAT,  # a `checkpoint` file beside PREFIX.index files
     orbax.FORMAT,  # only where _METADATA is Orbax's tree metadata: no other format's folder has it
     folder.FORMAT,
 )

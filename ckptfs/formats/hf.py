@@ -26,7 +26,7 @@ from ..tree import names, npy, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Access, Dir, File, Symlink
 from ..tree.rawfiles import LINKS_OUTSIDE, add_links, raw_file
-from ..tree.tensors import Tensor, dtype_before, merge_into, tensor_key, tensor_tree
+from ..tree.tensors import Tensor, dtype_before, merge_into, own_access, tensor_key, tensor_tree
 from . import hf_torch, quantized, safetensors
 from .base import DirectoryFormat, DirectoryWriter, WriterKind
 
@@ -101,7 +101,7 @@ def open_dir(directory: Directory) -> Checkpoint:
         tree, placed = tensor_tree(merged)
         used = {id(t) for t in merged}  # a sentence-transformers 2_Dense/model.safetensors holds none of them
         aside = sorted(rel for rel, by_name in shards.items() if not any(id(t) in used for t in by_name.values()))
-    _own_access(tree, placed, Access.of(directory.stat()))
+    own_access(tree, placed, Access.of(directory.stat()))
     by_name = {p.tensor.name: p.tensor for p in placed}
     quantization_notes: list[str] = []  # not the notes that make the mount read-only
     dequantized, undequantized = quantized.shown(tree, by_name, quantized.model_config(directory, quantization_notes))
@@ -144,16 +144,6 @@ def _torch_weights(directory: Directory, indexes: list[str]) -> set[str]:
     for index in indexes:
         weights |= {f for f in _weight_map(directory, index).values() if isinstance(f, str)}
     return weights
-
-
-def _own_access(tree: Dir, placed: list, default: Access) -> None:
-    """Each tensor is readable by whom its shard file is, where that is not
-    the directory's owner and read bits."""
-    for p in placed:
-        access = Access.of(p.tensor.data.source.origin.stat)
-        if access != default:
-            parts = p.path.split("/")
-            tree.subdir(parts[:-1]).children[parts[-1]].access = access
 
 
 def _merged_tensors(directory: Directory, indexes: list[str], shards: dict[str, dict], suffix: str):

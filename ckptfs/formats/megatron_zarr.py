@@ -22,9 +22,9 @@ from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Content, Dir, File
+from ..tree.nodes import Access, Content, Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE, raw_file
-from ..tree.tensors import PlacedTensor, Tensor, merge_into, tensor_tree
+from ..tree.tensors import PlacedTensor, Tensor, merge_into, own_access, tensor_tree
 from .base import DirectoryFormat, Nest
 from .nested import Grafts, show_directory
 from .zarr_array import MAX_META_BYTES, array_tensor, find_chunks, parse_meta
@@ -112,6 +112,7 @@ def open_dir(directory: Directory) -> Checkpoint:
     root = shown.root
     _config_as_yaml(root, config)
     placed = arrays.placed(root)
+    own_access(root, placed, Access.of(directory.stat()))
     ckpt = Checkpoint(NAME, directory.path, directory.stat(), root, shown.raw, [*grafts.placed, *placed],
                       [*arrays.notes, *grafts.notes], grafts.pickle_globals)
     root.xattrs[xattrs.READ_ONLY] = LINKS_OUTSIDE.format(", ".join(shown.outside)) if shown.outside else READ_ONLY

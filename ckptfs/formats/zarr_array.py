@@ -182,6 +182,12 @@ class ChunkedArray:
         #: a chunk's strides, in bytes
         self.strides = tuple(math.prod(meta.chunks[d + 1:]) * meta.itemsize for d in range(len(meta.shape)))
 
+    @property
+    def sources(self) -> list[Source]:
+        """The files its bytes come from (whoever reads the tensor must be
+        able to read them all: tree.tensors.own_access)."""
+        return [self.source, *self.chunks.values()]
+
     def read(self, offset: int, length: int) -> bytes:
         return read_elements(self, offset, length, self._elements)
 

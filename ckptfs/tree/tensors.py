@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from . import names, npy, xattrs
 from .dtypes import BY_NAME, DType
-from .nodes import Content, Dir, Extent, File, Piece, len_of
+from .nodes import Access, Content, Dir, Extent, File, Piece, len_of
 
 FLOAT32 = BY_NAME["float32"]
 
@@ -231,6 +231,26 @@ def tensor_tree(tensors: list[Tensor]) -> tuple[Dir, list[PlacedTensor]]:
         folder.add(file_name, TensorFile(tensor))
         placed.append(PlacedTensor(folder_path + file_name, tensor))
     return root, placed
+
+
+def own_access(tree: Dir, placed: list[PlacedTensor], default: Access) -> None:
+    """Each tensor readable by whom the files holding its bytes are, where
+    that is not `default` (the mounted file's or folder's): a Hugging Face
+    shard, an ONNX model's external data or a TensorFlow data shard may be
+    more private than what was mounted, and a tensor's file is never more
+    readable than its bytes. A piece that reads several files (a zarr
+    array's chunks) lists them as its `sources`."""
+    for p in placed:
+        pieces = [p.tensor.data, *getattr(p.tensor, "pieces", ())]
+        sources = [s for piece in pieces for s in ([piece.source] if isinstance(piece, Extent)
+                                                   else getattr(piece, "sources", ()))]
+        origins = {id(o): o for s in sources if (o := s.origin) is not None}
+        if not origins:
+            continue
+        access = Access.of_all([o.stat for o in origins.values()])
+        if access != default:
+            parts = p.path.split("/")
+            tree.subdir(parts[:-1]).children[parts[-1]].access = access
 
 
 def merge_into(root: Dir, tree: Dir, placed: list[PlacedTensor]) -> list[PlacedTensor]:

@@ -31,6 +31,8 @@ GGUF_SHAPE = "ckptfs.gguf_shape"
 DEQUANTIZED_FROM = "ckptfs.dequantized_from"
 #: a PEFT adapter's `merged/` tensor: the adapter's tensors it was computed from, and the scaling
 MERGED_FROM = "ckptfs.merged_from"
+#: an HDF5 dataset read through h5py: how it is stored (`chunked [7, 33], filters: deflate, shuffle`)
+HDF5_STORAGE = "ckptfs.hdf5_storage"
 #: on `.ckptfs/`: the source's modification time
 SOURCE_MTIME = "ckptfs.source_mtime"
 #: an edited file's bytes are in the overlay until the repack

@@ -74,6 +74,29 @@ def _pt2() -> list[bytes]:
         return [(SAMPLES / "pt2" / "tiny.pt2").read_bytes(), _pt2_of_bad_payloads(Path(folder)).read_bytes()]
 
 
+def _keras() -> list[bytes]:
+    """A .keras zip as model.save lays it out (h5py and zipfile, tests/hostile/keras.py)."""
+    import tempfile
+
+    from ..hostile.keras import keras_zip
+
+    with tempfile.TemporaryDirectory() as folder:
+        return [keras_zip(Path(folder) / "m.keras").read_bytes()]
+
+
+def _keras_configs() -> list[bytes]:
+    """Configs naming code: a Keras 3 Lambda, a tf.keras 2 Lambda, a custom object, a TFOpLambda."""
+    from ..hostile.keras import CONFIG
+
+    lambda3 = {"class_name": "Lambda", "config": {"function": {"class_name": "__lambda__", "config": {"code": "4wE="}}}}
+    lambda2 = {"class_name": "Lambda", "config": {"function": ["4wE=", None, None], "function_type": "lambda",
+                                                  "output_shape": "f", "output_shape_type": "function",
+                                                  "output_shape_module": "__main__", "module": "__main__"}}
+    custom = {"module": "my_package", "class_name": "Layer", "config": {}}
+    op = {"class_name": "TFOpLambda", "config": {"function": "math.add"}}
+    return [json.dumps(c).encode() for c in (CONFIG, lambda3, lambda2, custom, op)]
+
+
 def _gguf() -> list[bytes]:
     """A file as the gguf package's GGUFWriter writes one: every value type, a plain and a quantized tensor."""
     import tempfile
@@ -232,6 +255,76 @@ def _orbax_metadata() -> list[bytes]:
     return [json.dumps(doc).encode() for doc in (tree, sharding, zarray, zarr3)]
 
 
+def _onnx_models() -> list[bytes]:
+    """The tests' model (every way ONNX stores values) and one with a subgraph (an If's branches)."""
+    from onnx import TensorProto, helper
+
+    from ..onnx_models import model
+
+    branch = helper.make_graph([helper.make_node("Identity", ["c"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+                               [helper.make_tensor("c", TensorProto.FLOAT, [1], [2.0])])
+    node = helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+    return [model().SerializeToString(), helper.make_model(graph).SerializeToString()]
+
+
+@functools.cache
+def _tf_bundles() -> list[bytes]:
+    """Indexes of small bundles as tests/tf_bundle_writer.py lays them out
+    (TensorFlow reads them: tests/test_tensorflow.py): plain tensors, two
+    shards, blocks of several entries."""
+    import tempfile
+
+    from ..tf_bundle_writer import ARRAYS, table, write_arrays
+
+    with tempfile.TemporaryDirectory(prefix="ckptfs-seed-") as folder:
+        one = write_arrays(Path(folder) / "one", ARRAYS).read_bytes()
+        two = write_arrays(Path(folder) / "two", {"w": np.arange(8, dtype=np.uint8)}).read_bytes()
+    return [one, two, table([(b"a", b"1"), (b"ab", b"22"), (b"b", b"")], per_block=2)]
+
+
+@functools.cache
+def _tf_indexes() -> list[bytes]:
+    """Indexes whose tensors lie in the data shard the tf_bundle target puts
+    beside them (the bytes 0 to 63), in one tensor and in two."""
+    import tempfile
+
+    from ..tf_bundle_writer import write_arrays
+
+    shard = np.arange(64, dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="ckptfs-seed-") as folder:
+        return [write_arrays(Path(folder) / "one", {"w": shard}).read_bytes(),
+                write_arrays(Path(folder) / "two", {"a": shard[:32], "b/c": shard[32:].view(np.int16)}).read_bytes()]
+
+
+@functools.cache
+def _tf_entries() -> list[bytes]:
+    """BundleEntryProtos: a plain tensor's, a partitioned one's (two slices)."""
+    from ckptfs.formats.protowire import VARINT, encode_len, encode_tag, encode_varint
+
+    from ..tf_bundle_writer import Entry
+
+    plain = Entry(1, (3, 4), 0, 64, 48, 0x1234).encode()
+    extent = encode_tag(1, VARINT) + encode_varint(2) + encode_tag(2, VARINT) + encode_varint(1)
+    spans = encode_len(1, len(extent)) + extent + encode_len(1, 0)
+    sliced = Entry(1, (3, 4), 0, 0, 0).encode() + (encode_len(7, len(spans)) + spans) * 2
+    return [plain, sliced]
+
+
+def _tf_object_graphs() -> list[bytes]:
+    """A TrackableObjectGraph of a root, its child and the child's variable."""
+    from ckptfs.formats.protowire import LEN, VARINT, encode_len, encode_tag, encode_varint
+
+    child = encode_tag(1, VARINT) + encode_varint(1) + encode_tag(2, LEN) + encode_varint(5) + b"model"
+    key = b"model/.ATTRIBUTES/VARIABLE_VALUE"
+    attribute = encode_tag(1, LEN) + encode_varint(14) + b"VARIABLE_VALUE" + encode_len(3, len(key)) + key
+    root = encode_len(1, len(child)) + child
+    leaf = encode_len(2, len(attribute)) + attribute
+    return [encode_len(1, len(root)) + root + encode_len(1, len(leaf)) + leaf]
+
+
 def _zarray() -> list[bytes]:
     """`.zarray` files as zarr 2 wrote them for Megatron (raw, bfloat16),
     and with the codecs, fill values and separator ckptfs reads."""
@@ -255,6 +348,8 @@ def seeds(target: str) -> list[bytes]:
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
         "pt2_reader": _pt2,
+        "keras_reader": _keras,
+        "keras_config": _keras_configs,
         "gguf_header": _gguf,
         "gguf_metadata_edit": _gguf_metadata,
         "inert_pickle": _pickles,
@@ -269,6 +364,11 @@ def seeds(target: str) -> list[bytes]:
         "diffusers_model_index": _model_index,
         "protowire": _protobuf_messages,
         "orbax_metadata": _orbax_metadata,
+        "onnx_model": _onnx_models,
+        "tf_table": _tf_bundles,
+        "tf_bundle_entry": _tf_entries,
+        "tf_bundle": _tf_indexes,
+        "tf_object_graph": _tf_object_graphs,
         "zarr_array_meta": _zarray,
     }
     return by_target[target]()

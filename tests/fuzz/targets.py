@@ -21,8 +21,11 @@ from ckptfs.errors import CkptfsError
 from ckptfs.formats import (
     gguf,
     gguf_values,
+    keras,
     lora_config,
     npz,
+    onnx,
+    onnx_write,
     open_checkpoint,
     orbax_metadata,
     protowire,
@@ -30,11 +33,16 @@ from ckptfs.formats import (
     quantized,
     safetensors,
     tar,
+    tf_entries,
+    tf_objects,
+    tf_slices,
+    tf_table,
     torchzip,
     zarr_array,
 )
 from ckptfs.formats.dcp.metadata import Metadata
 from ckptfs.formats.gzindex import _scan as scan_gzip
+from ckptfs.formats.keras_code import code_in
 from ckptfs.formats.quantized import bnb
 from ckptfs.formats.quantized.base import QuantizationError
 from ckptfs.pickle import object_edits
@@ -116,6 +124,38 @@ def _pt2_reader(data: bytes) -> None:
         for _, node in folder.walk():
             if isinstance(node, File):
                 node.content.read(0, READ_BYTES)
+
+
+def _keras_reader(data: bytes) -> None:
+    """A .keras zip's tree (its HDF5 weights through h5py), and the first bytes of each of its files."""
+    archive, root, _, _ = keras.read(MemorySource(data), "<fuzz input>")
+    for folder in (root, archive.raw()):
+        for _, node in folder.walk():
+            if isinstance(node, File):
+                node.content.read(0, READ_BYTES)
+
+
+def _keras_config(data: bytes) -> None:
+    """The code a Keras config names (what `ckptfs scan` lists), from any JSON."""
+    try:
+        config = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # not JSON: the format refuses it before the scan reads it
+    code_in(config)
+
+
+def _onnx_model(data: bytes) -> None:
+    """An ONNX model's tree (its external data never found: no folder), and
+    the first bytes of each file, varint-packed values decoded; an edited
+    metadata.yaml read back as the writer reads it."""
+    root, _, _ = onnx.read(MemorySource(data), None)
+    for _, node in root.walk():
+        if isinstance(node, File):
+            node.content.read(0, READ_BYTES)
+    try:
+        onnx_write.parse_metadata(data)
+    except ValueError:
+        pass  # parse_metadata's contract: ValueError with the reason
 
 
 def _gguf_metadata_edit(data: bytes) -> None:
@@ -204,6 +244,30 @@ def _orbax_metadata(data: bytes) -> None:
             pass
 
 
+def _tf_table(data: bytes) -> None:
+    """Every entry of an SSTable (a TensorFlow bundle's index)."""
+    list(tf_table.Table(MemorySource(data), "<fuzz input>").items())
+
+
+def _tf_bundle_entry(data: bytes) -> None:
+    """A BundleEntryProto, and each slice it lists."""
+    entry = tf_entries.entry(data, "<fuzz input>")
+    for start, end in entry.slices:
+        tf_slices.extents(data, len(entry.shape), start, end, "<fuzz input>")
+
+
+#: the data shard the tf_bundle target's index finds beside it
+_TF_SHARD = np.arange(64, dtype=np.uint8).tobytes()
+
+
+def _tf_bundle(data: bytes) -> None:
+    """A bundle whose index is the input, beside a data shard, opened and read."""
+    with tempfile.TemporaryDirectory(prefix="ckptfs-fuzz-") as folder:
+        Path(folder, "b.index").write_bytes(data)
+        Path(folder, "b.data-00000-of-00001").write_bytes(_TF_SHARD)
+        _open_and_read(str(Path(folder, "b.index")))
+
+
 def _diffusers_model_index(data: bytes) -> None:
     """A diffusers pipeline whose model_index.json is the input, beside a
     component folder holding a model, opened and read."""
@@ -266,6 +330,8 @@ TARGETS = {t.name: t for t in (
     Target("zip_reader", _zip_reader, (CkptfsError,)),
     Target("npz_reader", _npz_reader, (CkptfsError,)),
     Target("pt2_reader", _pt2_reader, (CkptfsError,)),
+    Target("keras_reader", _keras_reader, (CkptfsError,)),
+    Target("keras_config", _keras_config, (CkptfsError,)),
     Target("gguf_header", _gguf_header, (CkptfsError,)),
     Target("gguf_metadata_edit", _gguf_metadata_edit, (ValueError,)),  # parse's contract: ValueError with the reason
     Target("inert_pickle", _inert_pickle, (PickleError,)),
@@ -279,6 +345,11 @@ TARGETS = {t.name: t for t in (
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
     Target("orbax_metadata", _orbax_metadata, (orbax_metadata.Unfit,)),
+    Target("onnx_model", _onnx_model, (CkptfsError,)),
+    Target("tf_table", _tf_table, (CkptfsError,)),
+    Target("tf_bundle_entry", _tf_bundle_entry, (CkptfsError,)),
+    Target("tf_bundle", _tf_bundle, (CkptfsError,)),
+    Target("tf_object_graph", lambda data: tf_objects.object_graph(data, "<fuzz input>"), (CkptfsError,)),
     Target("zarr_array_meta", _zarr_array_meta, (CkptfsError,)),
     # a safetensors file of quantized weights and their scales, each dequantized.npy read as a mount reads it
     Target("quantized_weights", _whole_file, (CkptfsError,)),

@@ -1,0 +1,311 @@
+"""Keras `.keras` files and HDF5 `.h5` / `.weights.h5` files, written by
+Keras in a subprocess (tests/keras_writer.py): every dataset read through
+a real mount equal, bit for bit, to what `keras.saving.load_model` (or
+`model.load_weights`) gives and to what h5py reads; chunked, compressed,
+big-endian and compact datasets read through h5py in the forked daemon;
+a config edit repacked into a model Keras loads; info, cat, export, diff;
+Lambda layers found by `ckptfs scan`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import ml_dtypes
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from ckptfs.errors import FormatError
+from ckptfs.formats import hdf5
+from ckptfs.sources.base import FileSource
+
+from .conftest import REPO, TIMED_APART, run_ckptfs, umount, write_refused
+from .hostile.keras import weights_h5
+
+pytestmark = TIMED_APART
+
+MODELS = ("plain.keras", "plain.h5", "plain.weights.h5")
+
+
+@pytest.fixture(scope="module")
+def models(written):
+    return written("tests.keras_writer")
+
+
+def _served_weights(mnt: Path, model: str) -> dict[tuple[str, int], Path]:
+    """(layer name, weight index) -> its file in the mount, through
+    attributes.yaml: each `vars` group's `name` in a .keras or .weights.h5
+    file, each layer's `weight_names` in a legacy .h5."""
+    attributes = yaml.safe_load((mnt / "attributes.yaml").read_text())
+    found = {}
+    for group, attrs in attributes.items():
+        if model.endswith(".weights.h5") or model.endswith(".keras"):
+            if group.endswith("/vars") and group != "vars":
+                for file in (mnt / group).glob("*.npy"):
+                    found[(attrs["name"], int(file.stem))] = file
+        elif "weight_names" in attrs:
+            layer = group.rpartition("/")[2]
+            for n, weight in enumerate(attrs["weight_names"]):
+                found[(layer, n)] = mnt / group / f"{weight}.npy"
+    return found
+
+
+def _h5_datasets(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset as h5py reads it (inside the zip for a .keras)."""
+    data = zipfile.ZipFile(path).read("model.weights.h5") if path.suffix == ".keras" else path.read_bytes()
+    out = {}
+    with h5py.File(io.BytesIO(data), "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_dataset_reads_as_keras_loads_it(models, mount, model):
+    mnt = mount(models / model, "-o", "ro")
+    references = models / "references" / model
+    served = _served_weights(mnt, model)
+    expected = {(layer.name, int(f.stem)): f for layer in references.iterdir() for f in layer.iterdir()}
+    assert sorted(served) == sorted(expected) and len(served) == 8
+    for key, reference in expected.items():
+        want, got = np.load(reference), np.load(served[key])
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), key
+    assert np.load(served[("d2", 0)]).dtype == np.float16
+    datasets = _h5_datasets(models / model)
+    for name, values in datasets.items():
+        got = np.load(mnt / f"{name}.npy")
+        assert got.dtype == values.dtype and got.tobytes() == values.tobytes(), name
+    if model.endswith(".keras"):
+        config = yaml.safe_load((mnt / "config.yaml").read_text())
+        assert config == json.loads(zipfile.ZipFile(models / model).read("config.json"))
+        assert yaml.safe_load((mnt / "metadata.yaml").read_text())["keras_version"].startswith("3.")
+    if model == "plain.h5":
+        assert yaml.safe_load((mnt / "model_config.yaml").read_text())["config"]["name"] == "plain"
+
+
+def test_bfloat16_weights_read_as_keras_loads_them(models, mount):
+    """Keras stores bfloat16 as 2-byte opaque HDF5 values with a `dtype`
+    attribute: served as bfloat16 (docs/dtypes.md), bit for bit."""
+    mnt = mount(models / "bf16.keras", "-o", "ro")
+    for n in (0, 1):
+        want = np.load(models / "references" / "bf16.keras" / "b" / f"{n}.npy", allow_pickle=False)
+        served = mnt / "layers" / "dense" / "vars" / f"{n}.npy"
+        assert os.getxattr(served, "user.ckptfs.dtype") == b"bfloat16"
+        got = np.load(served)
+        assert got.dtype == ml_dtypes.bfloat16 and want.dtype.itemsize == 2  # np.save wrote Keras's values as |V2
+        assert got.shape == want.shape and got.tobytes() == want.tobytes(), n
+
+
+def test_contiguous_datasets_are_served_from_the_file(models, mount):
+    """Keras stores the weights file uncompressed in the zip, and h5py
+    writes contiguous datasets: each `.npy` names its byte range in the
+    .keras file itself, where those bytes are the values."""
+    path = models / "plain.keras"
+    mnt = mount(path, "-o", "ro")
+    kernel = mnt / "layers" / "dense" / "vars" / "0.npy"
+    start, end = map(int, os.getxattr(kernel, "user.ckptfs.range").decode().split("-"))
+    assert os.getxattr(kernel, "user.ckptfs.source").decode() == str(path)
+    assert path.read_bytes()[start:end] == np.load(kernel).tobytes()
+
+
+def _odd_h5(path: Path) -> dict[str, np.ndarray]:
+    """An HDF5 file of datasets stored every way but contiguous and
+    little-endian, as h5py writes them; returns what it holds."""
+    rng = np.random.default_rng(3)
+    arrays = {"gzip/weight": rng.standard_normal((301, 517)).astype(np.float32),
+              "lzf/ids": rng.integers(-9, 9, (3, 40, 7)).astype(np.int64),
+              "big_endian": np.arange(12, dtype=">f8").reshape(3, 4),
+              "compact": np.arange(10, dtype=np.int16),
+              "scalar": np.float64(2.5), "mask": np.array([True, False, True])}
+    with h5py.File(path, "w") as f:
+        f.create_dataset("gzip/weight", data=arrays["gzip/weight"], chunks=(7, 33), compression="gzip", shuffle=True)
+        f.create_dataset("lzf/ids", data=arrays["lzf/ids"], chunks=(2, 9, 7), compression="lzf")
+        f.create_dataset("big_endian", data=arrays["big_endian"])
+        space = h5py.h5s.create_simple((10,))
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_layout(h5py.h5d.COMPACT)
+        h5py.h5d.create(f.id, b"compact", h5py.h5t.STD_I16LE, space, plist).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, arrays["compact"])
+        f["scalar"], f["mask"] = arrays["scalar"], arrays["mask"]
+        f["names"] = np.array([b"a", b"bcd"])  # no tensor: left out, in a note
+        f.attrs["note"] = "written by h5py"
+    return arrays
+
+
+def test_chunked_compressed_and_compact_datasets_read_through_h5py(tmp_path, mount):
+    path = tmp_path / "odd.h5"
+    arrays = _odd_h5(path)
+    mnt = mount(path, "-o", "ro")
+    for name, values in arrays.items():
+        got = np.load(mnt / f"{name}.npy")
+        want = np.asarray(values).astype(np.asarray(values).dtype.newbyteorder("<"))
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
+    weight = (mnt / "gzip" / "weight.npy").read_bytes()
+    header = len(weight) - arrays["gzip/weight"].nbytes
+    rng = np.random.default_rng(0)
+    with open(mnt / "gzip" / "weight.npy", "rb") as f:
+        for _ in range(40):  # reads that start and end inside rows and chunks
+            offset, length = int(rng.integers(header, len(weight))), int(rng.integers(1, 9000))
+            assert os.pread(f.fileno(), length, offset) == weight[offset:offset + length]
+    storage = os.getxattr(mnt / "gzip" / "weight.npy", "user.ckptfs.hdf5_storage").decode()
+    assert storage.startswith("chunked [7, 33], filters: shuffle, deflate"), storage
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert any("names" in note and "not a tensor" in note for note in info["notes"])
+    assert yaml.safe_load((mnt / "attributes.yaml").read_text())["/"]["note"] == "written by h5py"
+
+
+def test_a_deflated_weights_record_still_reads(models, tmp_path, mount):
+    """A .keras zip rewritten with every record deflated (Keras reads it):
+    the HDF5 file is inflated as h5py and the mount read it."""
+    path = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(models / "plain.keras") as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info))
+    mnt = mount(path, "-o", "ro")
+    for name, values in _h5_datasets(path).items():
+        assert np.load(mnt / f"{name}.npy").tobytes() == values.tobytes(), name
+    info = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())
+    assert any("compressed in the archive" in note for note in info["notes"])
+
+
+def test_info_cat_export_and_diff(models, tmp_path):
+    info = json.loads(run_ckptfs("info", "--json", str(models / "plain.keras")).stdout)
+    assert info["format"] == "Keras (.keras)" and info["tensors"] == 8
+    legacy = json.loads(run_ckptfs("info", "--json", str(models / "plain.h5")).stdout)
+    assert legacy["format"] == "HDF5 (Keras .h5)" and legacy["tensors"] == 8
+    listed = run_ckptfs("ls", str(models / "plain.keras"), "layers/dense/vars")
+    assert listed.returncode == 0 and "0.npy" in listed.stdout and "1.npy" in listed.stdout
+    shown = run_ckptfs("cat", str(models / "plain.keras"), "config.yaml")
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["class_name"] == "Sequential"
+    out = tmp_path / "plain.safetensors"
+    done = run_ckptfs("export", str(models / "plain.keras"), "--to", "safetensors", str(out))
+    assert done.returncode == 0, done.stderr
+    exported = load_file(out)
+    datasets = _h5_datasets(models / "plain.keras")
+    assert {k.replace(".", "/") for k in exported} == set(datasets)
+    for key, values in exported.items():
+        assert values.tobytes() == datasets[key.replace(".", "/")].tobytes(), key
+    diff = run_ckptfs("diff", str(models / "plain.keras"), str(models / "other.keras"))
+    assert diff.returncode == 1 and "layers.dense.vars.0" in diff.stdout
+    assert run_ckptfs("diff", str(models / "plain.keras"), str(models / "plain.keras")).returncode == 0
+
+
+def _keras_check(path: Path, layer: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "tests.keras_writer", "-", "--check", str(path), layer], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_config_edit_is_repacked_into_a_model_keras_loads(models, tmp_path, mount):
+    path = tmp_path / "edited.keras"
+    path.write_bytes((models / "plain.keras").read_bytes())
+    mnt = mount(path)
+    config = yaml.safe_load((mnt / "config.yaml").read_text())
+    dense = next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == "d1")
+    dense["config"]["name"], dense["config"]["trainable"] = "first", False
+    (mnt / "config.yaml").write_text(yaml.safe_dump(config))
+    assert run_ckptfs("umount", str(mnt)).returncode == 0
+    loaded = _keras_check(path, "first")
+    assert loaded["config"]["trainable"] is False and loaded["layers"][0] == "first"
+    with zipfile.ZipFile(path) as new, zipfile.ZipFile(models / "plain.keras") as old:
+        assert [i.filename for i in new.infolist()] == [i.filename for i in old.infolist()]
+        for name in ("metadata.json", "model.weights.h5"):
+            assert new.read(name) == old.read(name)
+    references = models / "references" / "plain.keras" / "d1"
+    remounted = mount(path, "-o", "ro")
+    assert np.load(remounted / "layers" / "dense" / "vars" / "0.npy").tobytes() == np.load(
+        references / "0.npy").tobytes()
+
+
+def test_scan_lists_lambda_layers(models):
+    for model in ("lambda.keras", "lambda.h5"):
+        done = run_ckptfs("scan", "--json", str(models / model))
+        report = json.loads(done.stdout)
+        assert done.returncode == 1 and report["verdict"] == "dangerous", done.stdout
+        assert [d["global"] for d in report["dangerous"]] == ["keras.layers.Lambda"]
+        assert "bytecode" in report["dangerous"][0]["reason"] and "layer 'double'" in report["dangerous"][0]["location"]
+    for model in MODELS:
+        done = run_ckptfs("scan", "--json", str(models / model))
+        assert done.returncode == 0 and json.loads(done.stdout)["verdict"] == "safe", done.stdout
+
+
+def test_a_config_importing_a_module_outside_keras_is_dangerous(models, tmp_path):
+    path = tmp_path / "custom.keras"
+    with zipfile.ZipFile(models / "plain.keras") as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["layers"][1]["module"] = "my_package.layers"
+                data = json.dumps(config).encode()
+            out.writestr(info.filename, data)
+    report = json.loads(run_ckptfs("scan", "--json", str(path)).stdout)
+    assert [d["global"] for d in report["dangerous"]] == ["my_package.layers.Dense"]
+    allowed = json.loads(run_ckptfs("scan", "--json", "--allow", "my_package.*", str(path)).stdout)
+    assert allowed["verdict"] == "safe"
+
+
+def test_without_h5py_one_line_names_the_extra(models):
+    code = ("import sys, runpy; sys.modules['h5py'] = None; sys.argv = ['ckptfs', 'info', sys.argv[1]]; "
+            "runpy.run_module('ckptfs', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code, str(models / "plain.h5")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "pip install -e '.[keras]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "plain.h5" in done.stderr
+
+
+def test_a_weight_edit_of_the_same_shape_is_put_in_place(models, tmp_path, mount):
+    """A dataset's bytes are replaced where they lie in model.weights.h5:
+    Keras loads the new values, and every other byte of the file stays."""
+    path = tmp_path / "weights.keras"
+    path.write_bytes((models / "plain.keras").read_bytes())
+    mnt = mount(path)
+    bias = mnt / "layers" / "dense_1" / "vars" / "1.npy"  # d2's float16 bias
+    new = np.load(bias) + np.float16(1.5)
+    np.save(bias, new)
+    assert run_ckptfs("umount", str(mnt)).returncode == 0
+    loaded = _keras_check(path, "d2")
+    assert np.array_equal(np.array(loaded["weights"][1], np.float16), new)
+    assert np.array_equal(np.array(loaded["weights"][0], np.float16), np.load(models / "references" / "plain.keras"
+                                                                               / "d2" / "0.npy"))
+    with zipfile.ZipFile(path) as edited, zipfile.ZipFile(models / "plain.keras") as old:
+        before, after = old.read("model.weights.h5"), edited.read("model.weights.h5")
+        changed = [i for i in range(len(before)) if before[i] != after[i]]
+        assert len(after) == len(before) and changed and after[changed[0]:changed[-1] + 1] in new.tobytes()
+
+
+def test_an_edit_the_file_cannot_hold_is_refused_when_closed(models, tmp_path, mount):
+    path = tmp_path / "refused.keras"
+    path.write_bytes((models / "plain.keras").read_bytes())
+    mnt = mount(path)
+    kernel = mnt / "layers" / "dense" / "vars" / "0.npy"
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 2), np.float32))
+    write_refused(kernel, buffer.getvalue())
+    assert "keeps its dtype and shape (float32 [5, 4])" in os.getxattr(kernel, "user.ckptfs.problem").decode()
+    write_refused(mnt / "notes.txt", b"hello")
+    assert "a .keras file takes edits of config.yaml" in os.getxattr(mnt / "notes.txt", "user.ckptfs.problem").decode()
+    assert umount(mnt, "--discard").returncode == 0
+    assert path.read_bytes() == (models / "plain.keras").read_bytes()
+
+
+def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path):
+    """The walk of a local file runs in a child: a file that crashes HDF5
+    there (a byte-flipped attribute did) is refused, and this process goes on."""
+    path = tmp_path / "x.h5"
+    path.write_bytes(weights_h5())
+    source = FileSource(str(path))
+    with pytest.raises(FormatError, match=r"the HDF5 library crashed reading it \(SIGTERM\)"):  # not SIGSEGV:
+        hdf5._isolated(lambda: os.kill(os.getpid(), signal.SIGTERM), source, str(path))  # pytest's faulthandler prints
+    with pytest.raises(FormatError, match="a problem of its own"):
+        hdf5._isolated(lambda: (_ for _ in ()).throw(FormatError(str(path), "a problem of its own")), source, str(path))
+    assert [d.path for d in hdf5.walk(source, str(path)).datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]

@@ -1,0 +1,297 @@
+"""ONNX models (formats/onnx.py): every initializer read through a mount
+bit for bit as onnx.load + numpy_helper.to_array read it, in every way ONNX
+stores values, inline or in external data files; graph.yaml and
+metadata.yaml; edits run in onnxruntime; export, diff against the torch
+checkpoint the model was exported from."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import numpy_helper
+
+from ckptfs.formats import file_formats
+from ckptfs.formats import onnx as onnx_format
+from ckptfs.formats.base import SNIFF_BYTES
+from ckptfs.formats.onnx_graph import yaml_text
+
+from . import onnx_models
+from .conftest import REPO, TIMED_APART, run_ckptfs, umount, write_refused
+
+pytestmark = TIMED_APART
+LAYOUTS = ["inline", "external", "per-tensor"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("onnx")
+    return {layout: onnx_models.save(folder / layout, layout) for layout in LAYOUTS}
+
+
+def _tensors(mnt) -> dict[str, np.ndarray]:
+    """Every `.npy` of the mount by its tensor name (user.ckptfs.name)."""
+    found = {}
+    for folder, _, files in os.walk(mnt):
+        if "/.ckptfs" in folder:
+            continue
+        for name in files:
+            if name.endswith(".npy"):
+                path = os.path.join(folder, name)
+                found[os.getxattr(path, "user.ckptfs.name").decode()] = np.load(path)
+    return found
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_initializer_is_read_bit_for_bit_as_onnx_reads_it(models, layout, mount):
+    path = models[layout]
+    expected = onnx_models.reference(path)
+    mnt = mount(path, "-o", "ro")
+    shown = _tensors(mnt)
+    assert sorted(shown) == sorted(expected)
+    for name, array in shown.items():
+        want = expected[name]
+        assert array.dtype == want.dtype and array.shape == want.shape, name
+        assert array.tobytes() == want.tobytes(), name
+    assert yaml.safe_load((mnt / "metadata.yaml").read_text()) == onnx_models.METADATA
+    graph = yaml.safe_load((mnt / "graph.yaml").read_text())
+    assert graph["ir_version"] == 8 and graph["opsets"] == {"ai.onnx": 17} and graph["producer_name"] == "ckptfs-tests"
+    assert graph["graph"]["inputs"] == [{"name": "x", "type": "float32", "shape": ["batch", 4]}]
+    assert graph["graph"]["nodes"] == [{"op_type": "Gemm", "name": "fc", "inputs": ["x", "fc.weight", "fc.bias"],
+                                        "outputs": ["y"], "attributes": {"alpha": 1.0, "transB": 1}}]
+    assert graph["graph"]["initializers"] == len(expected)
+
+
+def test_external_tensors_are_served_zero_copy_from_their_data_file(models, mount):
+    mnt = mount(models["external"], "-o", "ro")
+    source = os.getxattr(mnt / "raw" / "big.npy", "user.ckptfs.source").decode()
+    assert source.endswith("external/model.data")
+    assert os.getxattr(mnt / "fc" / "bias.npy", "user.ckptfs.source").decode().endswith("model.onnx")  # under 64 bytes
+
+
+def test_only_onnx_takes_a_model_and_it_takes_no_other_format():
+    head = onnx_models.model().SerializeToString()[:SNIFF_BYTES]
+    assert file_formats(head) == [onnx_format.FORMAT]  # no other format takes a model, wherever it is tried
+    for other in (b"\x80\x02}q\x00.", b"\x08\x01\x00\x00\x00\x00\x00\x00{}", b"PK\x03\x04", b"GGUF\x03\x00",
+                  b"\x93NUMPY", b"\x08\x00", b"\x08\x07\x99\x01", b"\x0a\x03abc"):
+        assert not onnx_format.sniff(other), other
+
+
+def test_graph_yaml_reads_back_as_the_values_it_was_written_from():
+    tricky = ["yes", "No", "1.5", "", "x y", "#c", "\u00e9", "\x85z", "\U0001F600", "a: b", "a:", "onnx::MatMul_1",
+              "-x", "[1]", None, 1e-05, float("inf"), -0.0, 3, True, "null", "~", "0x10", ".inf", "12:30", "<<"]
+    value = {"graph": {"nodes": [{"op_type": "If", "attributes": {"then_branch": {"nodes": []}, "xs": tricky}}],
+                       "empty": {}, "lists": [[1, 2], []]}}
+    assert yaml.safe_load(yaml_text(value)) == value
+
+
+def test_info_ls_cat(models):
+    path = models["external"]
+    info = run_ckptfs("info", path)
+    assert info.returncode == 0 and "onnx" in info.stdout, info.stderr
+    listed = run_ckptfs("ls", path, "fc")
+    assert listed.returncode == 0 and listed.stdout.split() == ["bias.npy", "weight.npy"], listed.stdout
+    cat = subprocess.run([sys.executable, "-m", "ckptfs", "cat", str(path), "metadata.yaml"], capture_output=True,
+                         cwd=REPO, timeout=120)
+    assert cat.returncode == 0 and yaml.safe_load(cat.stdout) == onnx_models.METADATA
+
+
+def _run(path, x: np.ndarray, inputs: str = "x", output: str = "y") -> np.ndarray:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # not the warnings of unused initializers
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run([output], {inputs: x})[0]
+
+
+def test_the_initializers_of_subgraphs_are_shown_and_take_edits(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "if", "inline", onnx_models.if_model())
+    branches = {a.name: {t.name: numpy_helper.to_array(t) for t in a.g.initializer}
+                for a in onnx.load(str(path)).graph.node[0].attribute}
+    mnt = mount(path)
+    assert sorted(os.listdir(mnt / "subgraphs" / "choose")) == ["else_branch", "then_branch"]
+    for branch, tensors in branches.items():
+        shown = mnt / "subgraphs" / "choose" / branch / "c.npy"
+        assert np.load(shown).tobytes() == tensors["c"].tobytes()
+        assert os.getxattr(shown, "user.ckptfs.name").decode() == f"choose/{branch}/c"
+    assert "else_branch:" in (mnt / "graph.yaml").read_text()
+    np.save(mnt / "subgraphs" / "choose" / "then_branch" / "c.npy", np.array([7.0, 8.0], np.float32))
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    assert _run(path, np.array(True), "cond", "z").tolist() == [7.0, 8.0]
+    assert _run(path, np.array(False), "cond", "z").tolist() == [3.0, -3.0]
+
+
+def test_an_edited_model_runs_in_onnxruntime_with_its_new_bias_and_metadata(models, tmp_path, mount):
+    path = onnx_models.save(tmp_path / "edit", "inline")
+    x = np.ones((2, 4), np.float32)
+    before = _run(path, x)
+    mnt = mount(path)
+    np.save(mnt / "fc" / "bias.npy", onnx_models.BIAS + 10)
+    (mnt / "metadata.yaml").write_text("author: someone else\nnew key: '1.0'\n")
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    assert np.allclose(_run(path, x), before + 10)
+    loaded = onnx.load(str(path))
+    assert {p.key: p.value for p in loaded.metadata_props} == {"author": "someone else", "new key": "1.0"}
+    assert onnx_models.reference(path)["raw.big"].tobytes() == numpy_helper.to_array(
+        next(t for t in onnx_models.model().graph.initializer if t.name == "raw.big")).tobytes()
+
+
+def test_metadata_added_to_a_model_without_any(tmp_path, mount):
+    proto = onnx_models.model()
+    del proto.metadata_props[:]
+    path = onnx_models.save(tmp_path / "plain", "inline", proto)
+    mnt = mount(path)
+    assert (mnt / "metadata.yaml").read_text() == "{}\n"
+    (mnt / "metadata.yaml").write_text("converted_by: ckptfs\n")
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"converted_by": "ckptfs"}
+
+
+def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "edit", "external")
+    data_before = (path.parent / "model.data").read_bytes()
+    reference = onnx_models.reference(path)
+    mnt = mount(path)
+    write_refused(mnt / "raw" / "big.npy", (mnt / "raw" / "big.npy").read_bytes())
+    with pytest.raises(OSError) as refused:
+        (mnt / "graph.yaml").write_text("graph: {}\n")
+    assert refused.value.errno == errno.EROFS
+    np.save(mnt / "fc" / "bias.npy", onnx_models.BIAS * 2)
+    (mnt / "metadata.yaml").write_text("{}\n")
+    done = umount(mnt, "--discard")
+    assert done.returncode == 0, done.stderr
+    mnt = mount(path)
+    np.save(mnt / "fc" / "bias.npy", onnx_models.BIAS * 2)
+    (mnt / "metadata.yaml").write_text("{}\n")
+    assert umount(mnt).returncode == 0
+    assert (path.parent / "model.data").read_bytes() == data_before
+    onnx.checker.check_model(str(path))
+    after = onnx_models.reference(path)
+    assert after["fc.bias"].tolist() == (onnx_models.BIAS * 2).tolist()
+    assert all(after[k].tobytes() == v.tobytes() for k, v in reference.items() if k != "fc.bias")
+    assert not onnx.load(str(path)).metadata_props
+    assert np.allclose(_run(path, np.zeros((1, 4), np.float32)), onnx_models.BIAS * 2)
+
+
+def test_initializers_kept_as_varints_are_written_back_as_varints(tmp_path, mount):
+    """New values change the length of the field, of the TensorProto and of
+    the graph: onnx reads every initializer back, the edited ones new."""
+    path = onnx_models.save(tmp_path / "varints", "external")
+    before = onnx_models.reference(path)
+    new = {"typed/i64.npy": np.array([-1, 2**40, 0], np.int64), "typed/f16.npy": np.float16([[0.5, -1], [2, 70]]),
+           "typed/i8.npy": np.int8([5, -5, 127, -128]), "typed/bool.npy": np.array([False, True, False]),
+           "typed/u64.npy": np.uint64([0, 2**63]), "typed/bf16.npy": before["typed.bf16"][::-1].copy()}
+    mnt = mount(path)
+    for name, array in new.items():
+        np.save(mnt / name, array)
+    (mnt / "metadata.yaml").write_text("note: varints\n")
+    assert umount(mnt).returncode == 0
+    onnx.checker.check_model(str(path))
+    after = onnx_models.reference(path)
+    for name, array in new.items():
+        key = name[:-4].replace("/", ".")
+        assert after[key].dtype == before[key].dtype and after[key].tobytes() == array.tobytes(), key
+    assert all(after[k].tobytes() == v.tobytes() for k, v in before.items() if f"{k.replace('.', '/')}.npy" not in new)
+    assert np.allclose(_run(path, np.zeros((1, 4), np.float32)), onnx_models.BIAS)
+
+
+def test_a_varint_edit_behind_a_length_written_long_is_refused(tmp_path, mount):
+    """A graph whose length takes a byte more than it needs (protobuf reads
+    it, no writer makes it): the repack could not rewrite it as it lies."""
+    from ckptfs.formats.protowire import encode_varint
+    from ckptfs.sources.base import FileSource
+
+    path = onnx_models.save(tmp_path / "long", "inline")
+    data = path.read_bytes()
+    graph = onnx_format.read_model(FileSource(str(path))).graph
+    header = encode_varint(graph.value)
+    path.write_bytes(data[: graph.offset - len(header)] + header[:-1] + bytes([header[-1] | 0x80, 0])
+                     + data[graph.offset:])
+    onnx.checker.check_model(str(path))
+    mnt = mount(path)
+    write_refused(mnt / "typed" / "i64.npy", _npy(np.array([1, 2, 3], np.int64)))
+    assert umount(mnt, "--discard").returncode == 0
+
+
+@pytest.mark.parametrize("layout", ["inline", "external"])
+def test_a_model_rewritten_with_its_own_bytes_repacks_to_identical_bytes(layout, tmp_path, mount):
+    path = onnx_models.save(tmp_path / "same", layout)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    mnt = mount(path)
+    for name in ("metadata.yaml", "typed/f32.npy", "typed/f64.npy", "typed/i8.npy", "typed/f16.npy", "typed/u64.npy") \
+            + (("fc/weight.npy",) if layout == "inline" else ()):
+        (mnt / name).write_bytes((mnt / name).read_bytes())
+    assert umount(mnt).returncode == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_edits_it_cannot_hold_are_refused_at_once(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "bad", "inline")
+    mnt = mount(path)
+    write_refused(mnt / "fc" / "bias.npy", _npy(np.zeros(4, np.float32)))  # another shape
+    write_refused(mnt / "fc" / "weight.npy", _npy(onnx_models.WEIGHT.astype(np.float64)))  # another dtype
+    write_refused(mnt / "metadata.yaml", b"key: 3\n")  # not a string
+    write_refused(mnt / "new.npy", _npy(np.zeros(2, np.float32)))
+    with pytest.raises(PermissionError):
+        os.rename(mnt / "fc" / "bias.npy", mnt / "fc" / "b.npy")
+    assert umount(mnt, "--discard").returncode == 0
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def test_export_to_safetensors_streams_in_bounded_memory(tmp_path):
+    from safetensors.torch import load_file
+
+    big = numpy_helper.from_array(np.random.default_rng(0).standard_normal((96 << 20) // 4).astype(np.float32),
+                                  "huge.weight")
+    path = onnx_models.save(tmp_path / "big", "external", onnx_models.model([big]))
+    out = tmp_path / "out.safetensors"
+    measured = subprocess.run(
+        [sys.executable, "-c", "import resource, subprocess, sys; "
+         "done = subprocess.run(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)",
+         sys.executable, "-m", "ckptfs", "export", str(path), str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert measured.returncode == 0, measured.stderr
+    assert "left out typed.c128: safetensors has no dtype complex128" in measured.stderr
+    peak_kib = int(measured.stdout.split()[-1])
+    # Python and ckptfs take about 45 MiB: the 96 MiB tensor held whole would pass the bound
+    assert peak_kib < 96 << 10, f"export peaked at {peak_kib} KiB"
+    import torch
+
+    exported = load_file(str(out))
+    expected = onnx_models.reference(path)
+    del expected["typed.c128"]
+    assert sorted(exported) == sorted(expected)
+    for name, tensor in exported.items():
+        assert tensor.flatten().view(torch.uint8).numpy().tobytes() == expected[name].tobytes(), name
+        assert tuple(tensor.shape) == expected[name].shape, name
+
+
+def test_diff_with_the_torch_checkpoint_it_was_exported_from(tmp_path):
+    folder = tmp_path / "torch"
+    done = subprocess.run([sys.executable, "-m", "tests.onnx_models", "torch", str(folder)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    compared = run_ckptfs("diff", folder / "model.pt", folder / "model.onnx", "--map", "model.=", "--tensors-only")
+    assert compared.returncode == 0, compared.stderr
+    assert compared.stdout.strip() == "4 tensors bit-equal; the checkpoints are the same"
+    unmapped = run_ckptfs("diff", folder / "model.pt", folder / "model.onnx", "--tensors-only")
+    assert unmapped.returncode == 1 and "model.0.weight" in unmapped.stdout
