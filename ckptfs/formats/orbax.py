@@ -24,7 +24,7 @@ from ..sources import pathnames
 from ..sources.directory import Directory, LocalDirectory
 from ..tree import names, xattrs, yamltext
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Content, Dir, Extent, File, PathConflict
+from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import add_links, raw_file
 from ..tree.tensors import PiecedTensor, PlacedTensor, TensorFile, shape_text
 from . import folder
@@ -77,11 +77,19 @@ def open_dir(directory: Directory) -> Checkpoint:
     shown.leaves(pytree.leaves)
     shown.metadata(files)
     raw = Dir()
+    stats = [directory.stat()]
     for name in files:
         source = directory.open(name)
+        stats.append(source.origin.stat)
         raw.subdir(names.file_parts(name)[:-1]).add(names.file_parts(name)[-1],
                                                   raw_file(source, 0, source.size, mtime_ns=directory.mtime_ns(name)))
     add_links(directory, links, raw)
+    # tensorstore reads an array from files ckptfs does not place (OCDBT's
+    # d/ data files, chunk folders): readable by whom all of them are
+    shared = Access.of_all(stats)
+    for p in shown.placed:
+        parts = p.path.split("/")
+        shown.root.subdir(parts[:-1]).children[parts[-1]].access = shared
     shown.root.xattrs[xattrs.READ_ONLY] = READ_ONLY
     kind = "OCDBT" if ocdbt else "zarr"
     return Checkpoint(f"orbax ({kind})", path, directory.stat(), shown.root, raw, shown.placed, shown.notes)
