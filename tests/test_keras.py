@@ -309,3 +309,34 @@ def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path):
     with pytest.raises(FormatError, match="a problem of its own"):
         hdf5._isolated(lambda: (_ for _ in ()).throw(FormatError(str(path), "a problem of its own")), source, str(path))
     assert [d.path for d in hdf5.walk(source, str(path)).datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]
+
+
+def _walked(path: Path) -> hdf5.Contents:
+    return hdf5.walk(FileSource(str(path)), str(path))
+
+
+def test_external_storage_is_not_followed(tmp_path):
+    """A dataset whose values HDF5 keeps in another file (`external=`) would
+    serve any file the mounting user can read: left out, with a note."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"SECRETSECRETKEY!" * 4)
+    secret.chmod(0o600)
+    path = tmp_path / "ext.h5"
+    path.write_bytes(weights_h5(w=lambda f: f.create_dataset("w", (64,), "u1", external=[(str(secret), 0, 64)])))
+    contents = _walked(path)
+    assert [d.path for d in contents.datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    assert any(n.startswith("w: its values are kept in other files") for n in contents.notes), contents.notes
+
+
+def test_a_virtual_dataset_is_not_followed(tmp_path):
+    """A virtual dataset maps other HDF5 files' datasets: left out, with a note."""
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["data"] = np.arange(16, dtype=np.float64)
+    layout = h5py.VirtualLayout((16,), np.float64)
+    layout[:] = h5py.VirtualSource(str(tmp_path / "src.h5"), "data", (16,))
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("v", layout, fillvalue=-1)
+    contents = _walked(path)
+    assert contents.datasets == []
+    assert any(n.startswith("v: a virtual dataset") for n in contents.notes), contents.notes

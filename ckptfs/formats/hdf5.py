@@ -290,6 +290,12 @@ class _Walk:
         stored = dset.id.get_storage_size()
         plist = dset.id.get_create_plist()
         layout, filters = plist.get_layout(), plist.get_nfilters()
+        if plist.get_external_count() > 0:
+            raise _Skipped("its values are kept in other files (HDF5 external storage): not followed, as links "
+                           "are not: left out")
+        if layout == self.h5py.h5d.VIRTUAL:
+            raise _Skipped("a virtual dataset, whose values come from other HDF5 files: not followed, as links "
+                           "are not: left out")
         facts = ((xattrs.SOURCE, self.source.locate(0)[0]), (xattrs.HDF5_STORAGE, _storage(dset, plist, layout)))
         offset = dset.id.get_offset()
         native = dset.dtype.byteorder in ("<", "=", "|")
@@ -308,7 +314,8 @@ class _Walk:
 
 
 class _Skipped(Exception):
-    """A dataset that is no tensor (strings, compound types): left out, in a note."""
+    """A dataset not served (no tensor, values in other files, sizes that do
+    not add up): left out, in a note."""
 
 
 _LAYOUTS = {0: "compact", 1: "contiguous", 2: "chunked", 3: "virtual"}
