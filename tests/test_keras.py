@@ -340,3 +340,32 @@ def test_a_virtual_dataset_is_not_followed(tmp_path):
     contents = _walked(path)
     assert contents.datasets == []
     assert any(n.startswith("v: a virtual dataset") for n in contents.notes), contents.notes
+
+
+def _dangerous(path: Path) -> list[str]:
+    done = run_ckptfs("scan", "--json", str(path))
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and report["verdict"] == "dangerous", done.stdout
+    return [d["global"] for d in report["dangerous"]]
+
+
+def test_a_reordered_keras_zip_is_scanned_for_its_config(models, tmp_path):
+    """Keras reads `config.json` by name, whatever comes first in the zip."""
+    path = tmp_path / "reordered.keras"
+    with zipfile.ZipFile(models / "lambda.keras") as src, zipfile.ZipFile(path, "w") as out:
+        out.writestr("assets/x.txt", b"first")
+        for info in sorted(src.infolist(), key=lambda i: i.filename != "model.weights.h5"):
+            out.writestr(info.filename, src.read(info))
+    assert _dangerous(path) == ["keras.layers.Lambda"]
+
+
+def test_an_h5_after_a_user_block_is_scanned_for_its_config(models, tmp_path):
+    """HDF5 allows a user block (512, 1024, 2048... bytes) before its signature."""
+    path = tmp_path / "ub.h5"
+    with h5py.File(models / "lambda.h5", "r") as src, h5py.File(path, "w", userblock_size=1024) as out:
+        for key in src.attrs:
+            out.attrs[key] = src.attrs[key]
+        for key in src:
+            src.copy(src[key], out, key)
+    assert path.read_bytes()[:8] != hdf5.MAGIC
+    assert _dangerous(path) == ["keras.layers.Lambda"]

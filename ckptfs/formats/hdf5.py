@@ -79,8 +79,21 @@ def h5py_module(name: str):
 
 def sniff(head: bytes) -> bool:
     """HDF5's signature at the start. (A file whose signature follows a user
-    block, at 512 bytes or beyond, is not seen: Keras and h5py write none.)"""
+    block, at 512 bytes or beyond, is not mounted: Keras and h5py write
+    none; `ckptfs scan` finds it, `after_user_block`.)"""
     return head.startswith(MAGIC)
+
+
+def after_user_block(source: Source) -> bool:
+    """Whether HDF5's signature lies after a user block: at 512, 1024,
+    2048... bytes, where the HDF5 library (and so h5py and Keras) looks for
+    it; one 8-byte read per power of two below the file's size."""
+    offset = 512
+    while offset + len(MAGIC) <= source.size:
+        if source.pread(offset, len(MAGIC)) == MAGIC:
+            return True
+        offset *= 2
+    return False
 
 
 class _Reader(SeekableReader):
