@@ -55,8 +55,10 @@ MAX_DEPTH = 64
 MAX_EXPANSION = 1024
 #: how long the child that reads a file's objects (`_isolated`) may take
 CHILD_SECONDS = 600
-#: attributes the YAML files show, for the whole file
+#: attributes the YAML files show, for the whole file (and at most max_header_bytes stored, yaml_values values)
 MAX_ATTRIBUTES = 100_000
+#: the JSON the walk's child may answer, in bytes per max_header_bytes (a number's text outgrows its 8 bytes)
+ANSWER_BYTES_PER_HEADER_BYTE = 4
 #: bytes of one attribute's value shown
 MAX_ATTRIBUTE_BYTES = 16 << 20
 #: root attributes of a Keras legacy file that hold JSON, each shown in `<name>.yaml`
@@ -145,6 +147,7 @@ def _walk(source: Source, name: str) -> Contents:
     with _LOCK:
         try:
             with h5py.File(_Reader(source), "r") as f:
+                contents.first_seen(f, "")
                 contents.group(f, "", 0)
         except FormatError:
             raise
@@ -184,8 +187,10 @@ def _model_config_text(source: Source, name: str) -> object:
 
 def _answer(readable: int, pid: int, name: str) -> bytes:
     """What the child wrote, up to its exit; FormatError (the child
-    killed) if it takes more than CHILD_SECONDS."""
-    chunks, deadline = [], time.monotonic() + CHILD_SECONDS
+    killed) if it takes more than CHILD_SECONDS or writes more than
+    ANSWER_BYTES_PER_HEADER_BYTE x max_header_bytes."""
+    chunks, size, deadline = [], 0, time.monotonic() + CHILD_SECONDS
+    most = ANSWER_BYTES_PER_HEADER_BYTE * LIMITS.header_bytes
     with os.fdopen(readable, "rb", buffering=0) as pipe:
         while True:
             left = deadline - time.monotonic()
@@ -196,6 +201,12 @@ def _answer(readable: int, pid: int, name: str) -> bytes:
             chunk = pipe.read(1 << 20)
             if not chunk:
                 return b"".join(chunks)
+            size += len(chunk)
+            if size > most:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise FormatError(name, f"its objects and attributes take more than {plural(most, 'byte')} of "
+                                        "JSON (-o max_header_bytes raises the limit)")
             chunks.append(chunk)
 
 
@@ -242,7 +253,14 @@ class _Walk:
         self.source, self.name, self.h5py = source, name, h5py
         self.found = Contents()
         self.objects = 0
-        self.attribute_count = 0
+        self.attribute_count = self.attribute_bytes = self.attribute_values = 0
+        self.attributes_cut = False
+        #: the path each object was first found at, by its address: each is read once, however many links it has
+        self.seen: dict[int, str] = {}
+
+    def first_seen(self, node, path: str) -> str:
+        """Where the walk first found `node`: `path`, unless another hard link led to it before."""
+        return self.seen.setdefault(self.h5py.h5o.get_info(node.id).addr, path or "/")
 
     def group(self, group, path: str, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -265,6 +283,10 @@ class _Walk:
                 self.found.notes.append(f"{child}: h5py cannot open it ({type(e).__name__}: {_first_line(e)}): "
                                         "left out")
                 continue
+            first = self.first_seen(node, child)
+            if first != child:
+                self.found.notes.append(f"{child}: a hard link to {first}, shown there only")
+                continue
             if isinstance(node, self.h5py.Dataset):
                 self.attributes(node, child)
                 self.dataset(node, child)
@@ -274,16 +296,31 @@ class _Walk:
     def attributes(self, node, path: str) -> None:
         shown = {}
         for key in node.attrs:
-            self.attribute_count += 1
-            if self.attribute_count > MAX_ATTRIBUTES:
-                self.found.notes.append(f"{path or '/'}: more than {MAX_ATTRIBUTES} attributes: the rest not shown")
-                return
+            if self.attributes_cut:
+                break
             try:
+                self.within_budget(node.attrs.get_id(key), path)
+                if self.attributes_cut:
+                    break
                 shown[key] = _plain(node.attrs[key])
+                self.attribute_bytes += len(shown[key]) if isinstance(shown[key], str) else 0  # a variable-length one
             except (OSError, TypeError, ValueError) as e:
                 shown[key] = f"<unreadable: {_first_line(e)}>"
         if shown:
             self.found.attributes[path or "/"] = shown
+
+    def within_budget(self, attribute, path: str) -> None:
+        """Counts one more attribute before it is read: past MAX_ATTRIBUTES
+        in all, max_header_bytes or yaml_values values in all, it and the
+        rest of the file's are not shown (`attributes_cut`, a note)."""
+        self.attribute_count += 1
+        self.attribute_bytes += attribute.get_storage_size()
+        self.attribute_values += math.prod(attribute.shape or ())
+        if (self.attribute_count > MAX_ATTRIBUTES or self.attribute_bytes > LIMITS.header_bytes
+                or self.attribute_values > LIMITS.yaml_values):
+            self.attributes_cut = True
+            self.found.notes.append(f"{path or '/'}: attributes past {MAX_ATTRIBUTES}, max_header_bytes or "
+                                    "yaml_values values in all: the rest of the file's not shown")
 
     def dataset(self, dset, path: str) -> None:
         """One dataset: a tensor, or a note saying why it is not shown."""
