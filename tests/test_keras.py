@@ -412,3 +412,20 @@ def test_the_walks_answer_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(LIMITS, "header_bytes", 1000)
     with pytest.raises(FormatError, match=r"take more than 4,?000 bytes of JSON"):
         _walked(path)
+
+
+def test_datasets_read_through_h5py_are_slow_and_their_chunks_bounded(tmp_path):
+    """A read through h5py may inflate chunks: it runs off the mount's event
+    loop (slow); a chunk of more than MAX_CHUNK_BYTES decoded is left out."""
+    path = tmp_path / "chunks.h5"
+    rows = hdf5.MAX_CHUNK_BYTES // 4096 + 1
+    with h5py.File(path, "w") as f:
+        f.create_dataset("small", data=np.arange(64, dtype=np.float32).reshape(8, 8), chunks=(4, 4), compression="gzip")
+        f.create_dataset("big", data=(np.arange(rows * 1024) % 7).astype(np.float32).reshape(rows, 1024),
+                         chunks=(rows, 1024), compression="gzip")
+    shown = hdf5.expand(FileSource(str(path)), str(path))
+    assert [p.path for p in shown.placed] == ["small.npy"]
+    assert any(n.startswith("big: one chunk holds") for n in shown.notes), shown.notes
+    content = shown.root.children["small.npy"].content
+    assert content.slow
+    assert np.array_equal(np.load(io.BytesIO(content.read(0, content.size))), np.arange(64).reshape(8, 8))

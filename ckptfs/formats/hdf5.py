@@ -38,7 +38,7 @@ from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..pickle.pyobjects import to_yaml
-from ..sources.base import SeekableReader, Source, scatter
+from ..sources.base import SeekableReader, Source
 from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
@@ -53,6 +53,11 @@ MAX_DEPTH = 64
 #: what a filtered (compressed) dataset may claim, in times its stored bytes
 #: (plus one MiB): more is a decompression bomb, refused as Keras refuses it
 MAX_EXPANSION = 1024
+#: the most one chunk of a dataset read through h5py may hold, decoded: the
+#: chunk cache of each open dataset (`_Handles.CHUNK_CACHE`), so a chunk is
+#: inflated once for the reads it serves, and a read inflates at most a few
+#: (a 256 MiB gzip chunk took 1 s per 128 KiB read, inflated each time)
+MAX_CHUNK_BYTES = 16 << 20
 #: how long the child that reads a file's objects (`_isolated`) may take
 CHILD_SECONDS = 600
 #: attributes the YAML files show, for the whole file (and at most max_header_bytes stored, yaml_values values)
@@ -304,7 +309,7 @@ class _Walk:
                     break
                 shown[key] = _plain(node.attrs[key])
                 self.attribute_bytes += len(shown[key]) if isinstance(shown[key], str) else 0  # a variable-length one
-            except (OSError, TypeError, ValueError) as e:
+            except (OSError, RuntimeError, TypeError, ValueError) as e:
                 shown[key] = f"<unreadable: {_first_line(e)}>"
         if shown:
             self.found.attributes[path or "/"] = shown
@@ -314,8 +319,9 @@ class _Walk:
         in all, max_header_bytes or yaml_values values in all, it and the
         rest of the file's are not shown (`attributes_cut`, a note)."""
         self.attribute_count += 1
-        self.attribute_bytes += attribute.get_storage_size()
-        self.attribute_values += math.prod(attribute.shape or ())
+        values = math.prod(attribute.shape or ())
+        self.attribute_bytes += values * attribute.get_type().get_size()  # a variable-length string's text: after
+        self.attribute_values += values
         if (self.attribute_count > MAX_ATTRIBUTES or self.attribute_bytes > LIMITS.header_bytes
                 or self.attribute_values > LIMITS.yaml_values):
             self.attributes_cut = True
@@ -357,6 +363,10 @@ class _Walk:
                 raise _Skipped(f"its {plural(nbytes, 'byte')} at {offset} run past the end of the file "
                                f"({plural(self.source.size, 'byte')}): left out")
             return Dataset(path, dtype, shape, Extent(self.source, offset, nbytes), facts)
+        chunk = dtype.nbytes(math.prod(dset.chunks)) if dset.chunks else 0
+        if chunk > MAX_CHUNK_BYTES:
+            raise _Skipped(f"one chunk holds {plural(chunk, 'byte')} decoded, more than the "
+                           f"{MAX_CHUNK_BYTES >> 20} MiB a read may inflate: left out")
         if nbytes > stored * MAX_EXPANSION + (1 << 20):
             raise _Skipped(f"claims {plural(nbytes, 'byte')} ({dtype.name} {list(shape)}) from "
                            f"{plural(stored, 'stored byte')}, more than {MAX_EXPANSION} times: left out")
@@ -429,7 +439,7 @@ class _Handles:
     At most MOST_DATASETS x CHUNK_CACHE bytes of chunks are kept."""
 
     MOST_FILES, MOST_DATASETS = 4, 4
-    CHUNK_CACHE = 16 << 20
+    CHUNK_CACHE = MAX_CHUNK_BYTES
 
     def __init__(self):
         self.files: OrderedDict[tuple[int, int], object] = OrderedDict()
@@ -472,33 +482,40 @@ class _Handles:
 _HANDLES = _Handles()
 
 
-class H5Values:
+class H5Values(Source):
     """A dataset's C-order bytes, read through h5py on demand: the elements
-    a read covers, no more (whole rows where they fit, else row by row)."""
+    a read covers, no more (whole rows where they fit, else row by row).
+    Slow: a read may inflate chunks (up to MAX_CHUNK_BYTES each), so
+    fuse/operations.py serves it in a worker thread, off the event loop
+    (`_LOCK` still lets one thread at a time into h5py)."""
+
+    slow = True
 
     def __init__(self, source: Source, name: str, dataset: Dataset):
-        self.source, self.name, self.path = source, name, dataset.path
+        self.file, self.name, self.dataset_path = source, name, dataset.path
+        self.path = f"{name}:{dataset.path}"
         self.shape, self.itemsize = dataset.shape, dataset.dtype.bits // 8
-        self.length = math.prod(self.shape) * self.itemsize
+        self.size = math.prod(self.shape) * self.itemsize
 
-    def read(self, offset: int, length: int) -> bytes:
-        first, last = offset // self.itemsize, -(-min(self.length, offset + length) // self.itemsize)
+    @property
+    def origin(self):
+        return self.file.origin
+
+    def pread(self, offset: int, length: int) -> bytes:
+        first, last = offset // self.itemsize, -(-min(self.size, offset + length) // self.itemsize)
         if first >= last:
             return b""
         with _LOCK:
             try:
-                dset = _HANDLES.dataset(self.source, self.name, self.path)
+                dset = _HANDLES.dataset(self.file, self.name, self.dataset_path)
                 data = b"".join(_elements(dset, (), self.shape, first, last))
             except FormatError:
                 raise
             except Exception as e:
-                raise FormatError(self.name, f"{self.path}: h5py cannot read it ({type(e).__name__}: "
+                raise FormatError(self.name, f"{self.dataset_path}: h5py cannot read it ({type(e).__name__}: "
                                              f"{_first_line(e)})") from None
         skip = offset - first * self.itemsize
         return data[skip : skip + length]
-
-    def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
 
 def _elements(dset, index: tuple, shape: tuple[int, ...], first: int, last: int):
@@ -580,7 +597,8 @@ def _tensor(source: Source, name: str, dataset: Dataset, key: str) -> Tensor:
     if dataset.extent is not None:
         return Tensor(key, dataset.dtype, dataset.shape, dataset.extent)
     values = H5Values(source, name, dataset)
-    return PiecedTensor(key, dataset.dtype, dataset.shape, Extent(source, 0, 0), (values,), dataset.facts)
+    return PiecedTensor(key, dataset.dtype, dataset.shape, Extent(source, 0, 0), (Extent(values, 0, values.size),),
+                        dataset.facts)
 
 
 def _json(text: str, label: str, notes: list[str]) -> object:
