@@ -429,3 +429,20 @@ def test_datasets_read_through_h5py_are_slow_and_their_chunks_bounded(tmp_path):
     content = shown.root.children["small.npy"].content
     assert content.slow
     assert np.array_equal(np.load(io.BytesIO(content.read(0, content.size))), np.arange(64).reshape(8, 8))
+
+
+def test_keras_functions_of_published_bypasses_are_dangerous():
+    """`keras.*` is trusted, except what CVE-2025-8747 / CVE-2025-9906 called from a config."""
+    from ckptfs.formats.keras_code import code_in
+
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {
+        "name": "d", "trainable": True, "units": 3,
+        "activation": {"module": "keras.utils", "class_name": "function", "config": "get_file"},
+        "kernel_initializer": {"module": "keras.config", "class_name": "function",
+                               "config": "enable_unsafe_deserialization"},
+        "bias_initializer": {"module": "keras.initializers", "class_name": "Zeros", "config": {}}}}
+    found, problems = code_in({"module": "keras", "class_name": "Sequential", "config": {"layers": [dense]}})
+    assert problems == []
+    assert sorted((c.module, c.name) for c in found) == [("keras.config", "enable_unsafe_deserialization"),
+                                                         ("keras.utils", "get_file")]
+    assert all("CVE-2025-" in c.reason and not c.bytecode for c in found)
