@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import zipfile
@@ -298,17 +297,27 @@ def test_an_edit_the_file_cannot_hold_is_refused_when_closed(models, tmp_path, m
     assert path.read_bytes() == (models / "plain.keras").read_bytes()
 
 
-def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path):
-    """The walk of a local file runs in a child: a file that crashes HDF5
-    there (a byte-flipped attribute did) is refused, and this process goes on."""
+def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path, monkeypatch):
+    """The walk of a local file runs in a child, a new Python handed the
+    file's descriptor (never a fork of this process and its threads): a
+    file that crashes HDF5 there (a byte-flipped attribute did) is refused,
+    and this process goes on."""
     path = tmp_path / "x.h5"
     path.write_bytes(weights_h5())
     source = FileSource(str(path))
-    with pytest.raises(FormatError, match=r"the HDF5 library crashed reading it \(SIGTERM\)"):  # not SIGSEGV:
-        hdf5._isolated(lambda: os.kill(os.getpid(), signal.SIGTERM), source, str(path))  # pytest's faulthandler prints
-    with pytest.raises(FormatError, match="a problem of its own"):
-        hdf5._isolated(lambda: (_ for _ in ()).throw(FormatError(str(path), "a problem of its own")), source, str(path))
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked"))
     assert [d.path for d in hdf5.walk(source, str(path)).datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"  # not SIGSEGV: pytest's faulthandler prints
+    monkeypatch.setattr(hdf5, "_CHILD_CODE", crash)
+    with pytest.raises(FormatError, match=r"the HDF5 library crashed reading it \(SIGTERM\)"):
+        hdf5.walk(source, str(path))
+    monkeypatch.setattr(hdf5, "_CHILD_CODE", "print('{\"problem\": \"a problem of its own\"}')")
+    with pytest.raises(FormatError, match="a problem of its own"):
+        hdf5.walk(source, str(path))
+    monkeypatch.setattr(hdf5, "_CHILD_CODE", "import time; time.sleep(60)")
+    monkeypatch.setattr(hdf5, "CHILD_SECONDS", 1)
+    with pytest.raises(FormatError, match="took more than 1 s"):
+        hdf5.walk(source, str(path))
 
 
 def _walked(path: Path) -> hdf5.Contents:
@@ -396,7 +405,7 @@ def test_attributes_are_bounded_in_all(tmp_path, monkeypatch):
     with h5py.File(path, "w") as f:
         for i in range(10):
             f.create_group(f"g{i}").attrs["a"] = np.zeros(1000, np.float64)
-    monkeypatch.setattr(LIMITS, "yaml_values", 4500)  # the walk's child is forked: it sees this
+    monkeypatch.setattr(LIMITS, "yaml_values", 4500)  # handed to the walk's child
     contents = _walked(path)
     assert len(contents.attributes) == 4
     assert sum("the rest of the file's not shown" in n for n in contents.notes) == 1
@@ -446,3 +455,4 @@ def test_keras_functions_of_published_bypasses_are_dangerous():
     assert sorted((c.module, c.name) for c in found) == [("keras.config", "enable_unsafe_deserialization"),
                                                          ("keras.utils", "get_file")]
     assert all("CVE-2025-" in c.reason and not c.bytecode for c in found)
+

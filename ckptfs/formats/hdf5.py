@@ -23,22 +23,25 @@ whatever it raises becomes one line naming the file.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import math
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..limits import apply as apply_limits
 from ..pickle.pyobjects import to_yaml
-from ..sources.base import SeekableReader, Source
+from ..sources.base import FileSource, SeekableReader, SliceSource, Source
 from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
@@ -58,8 +61,9 @@ MAX_EXPANSION = 1024
 #: inflated once for the reads it serves, and a read inflates at most a few
 #: (a 256 MiB gzip chunk took 1 s per 128 KiB read, inflated each time)
 MAX_CHUNK_BYTES = 16 << 20
-#: how long the child that reads a file's objects (`_isolated`) may take
-CHILD_SECONDS = 600
+#: how long the child that reads a file's objects (`_isolated`) may take: h5py
+#: reads no data there, only objects and attributes, bounded in number
+CHILD_SECONDS = 60
 #: attributes the YAML files show, for the whole file (and at most max_header_bytes stored, yaml_values values)
 MAX_ATTRIBUTES = 100_000
 #: the JSON the walk's child may answer, in bytes per max_header_bytes (a number's text outgrows its 8 bytes)
@@ -139,7 +143,7 @@ def walk(source: Source, name: str) -> Contents:
     """Every dataset and attribute of the HDF5 file in `source`, bounded;
     FormatError naming `name` for a file h5py cannot read (or that crashes
     it: `_isolated`)."""
-    found = _isolated(lambda: _as_json(_walk(source, name)), source, name)
+    found = _isolated("walk", source, name)
     return Contents([Dataset(path, BY_NAME[dtype], tuple(shape), None if offset is None else
                              Extent(source, offset, BY_NAME[dtype].nbytes(math.prod(shape))), tuple(map(tuple, facts)))
                      for path, dtype, shape, offset, facts in found["datasets"]],
@@ -171,7 +175,7 @@ def model_config(source: Source, name: str) -> object:
     """The parsed `model_config` attribute of a Keras legacy `.h5` file (the
     model `load_model` builds), or None where it has none; FormatError for a
     file h5py cannot read or a config that is no JSON."""
-    text = _isolated(lambda: _model_config_text(source, name), source, name)
+    text = _isolated("model_config", source, name)
     if not isinstance(text, str):
         return None
     try:
@@ -190,63 +194,93 @@ def _model_config_text(source: Source, name: str) -> object:
             raise FormatError(name, f"not a readable HDF5 file ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _answer(readable: int, pid: int, name: str) -> bytes:
-    """What the child wrote, up to its exit; FormatError (the child
-    killed) if it takes more than CHILD_SECONDS or writes more than
-    ANSWER_BYTES_PER_HEADER_BYTE x max_header_bytes."""
+def _answer(child: subprocess.Popen, name: str) -> bytes:
+    """What the child wrote, up to its end; FormatError if it takes more
+    than CHILD_SECONDS or writes more than ANSWER_BYTES_PER_HEADER_BYTE x
+    max_header_bytes (the caller kills and reaps it)."""
     chunks, size, deadline = [], 0, time.monotonic() + CHILD_SECONDS
     most = ANSWER_BYTES_PER_HEADER_BYTE * LIMITS.header_bytes
-    with os.fdopen(readable, "rb", buffering=0) as pipe:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([pipe], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise FormatError(name, f"reading it through h5py took more than {CHILD_SECONDS} s")
-            chunk = pipe.read(1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > most:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise FormatError(name, f"its objects and attributes take more than {plural(most, 'byte')} of "
-                                        "JSON (-o max_header_bytes raises the limit)")
-            chunks.append(chunk)
+    pipe = child.stdout.fileno()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([pipe], [], [], left)[0]:
+            raise FormatError(name, f"reading it through h5py took more than {CHILD_SECONDS} s")
+        chunk = os.read(pipe, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > most:
+            raise FormatError(name, f"its objects and attributes take more than {plural(most, 'byte')} of "
+                                    "JSON (-o max_header_bytes raises the limit)")
+        chunks.append(chunk)
 
 
-def _isolated(work: Callable[[], object], source: Source, name: str) -> object:
-    """`work()` (a value JSON holds) run in a child process where the file is
-    a local one: a hostile file that crashes the HDF5 library there (a
-    byte-flipped attribute did, in H5Aread) is refused in one line, and the
-    command or mount goes on. Elsewhere (a remote source, whose fetching
-    threads a child would not have) it runs here."""
-    if source.origin is None or source.slow:
-        return work()
-    h5py_module(name)  # imported before the fork: its absence is one line here
-    readable, writable = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the value, or the FormatError's problem, then exit
-        try:
-            os.close(readable)
-            try:
-                out = {"value": work()}
-            except FormatError as e:
-                out = {"problem": e.problem}
-            with os.fdopen(writable, "wb") as pipe:
-                pipe.write(json.dumps(out, default=repr).encode())
-        finally:
-            os._exit(0)
-    os.close(writable)
-    data = _answer(readable, pid, name)
-    _, status = os.waitpid(pid, 0)
+#: what the child runs: `_child` of this module, found below the folder holding ckptfs (argv[1])
+_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from ckptfs.formats.hdf5 import _child; _child(*sys.argv[2:])"
+_CKPTFS_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _isolated(task: str, source: Source, name: str) -> object:
+    """`_TASKS[task](source, name)` (a value JSON holds) run in a child
+    process, a new Python (not a fork of this one, whose threads' locks a
+    fork would copy held), handed the file's descriptor: a hostile file
+    that crashes the HDF5 library there (a byte-flipped attribute did, in
+    H5Aread) is refused in one line, and the command or mount goes on. A
+    source that is no byte range of a local file (remote, deflated in a
+    zip) is read here."""
+    on_disk = _on_disk(source)
+    if on_disk is None:
+        return _TASKS[task](source, name)
+    h5py_module(name)  # its absence is one line here
+    fd, offset, path = on_disk
+    limits = json.dumps(dataclasses.asdict(LIMITS))  # -o max_...: the child spends what this process may
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, _CKPTFS_PARENT, str(fd), path, str(offset),
+                              str(source.size), task, name, limits], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, pass_fds=(fd,))
+    try:
+        data = _answer(child, name)
+        child.wait(CHILD_SECONDS)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
     if not data:
-        why = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        code = child.returncode
+        why = signal.Signals(-code).name if code < 0 else f"exit {code}"
         raise FormatError(name, f"the HDF5 library crashed reading it ({why}): a damaged or hostile HDF5 file")
     out = json.loads(data)
     if "problem" in out:
         raise FormatError(name, out["problem"])
     return out["value"]
+
+
+def _on_disk(source: Source) -> tuple[int, int, str] | None:
+    """The descriptor and path of the local file `source` is a byte range
+    of, and where the range starts; else None."""
+    offset = 0
+    while isinstance(source, SliceSource):
+        offset += source.offset
+        source = source.parent
+    return (source.fd, offset, source.path) if isinstance(source, FileSource) else None
+
+
+def _child(fd: str, path: str, offset: str, size: str, task: str, name: str, limits: str) -> None:
+    """The child's side of `_isolated`: the value, or the FormatError's problem, as JSON on stdout."""
+    apply_limits(json.loads(limits))
+    file = FileSource(f"/proc/self/fd/{fd}")  # the parent's file, whatever its path now holds
+    file.path = path
+    source = file.slice(int(offset), int(size))
+    try:
+        out = {"value": _TASKS[task](source, name)}
+    except FormatError as e:
+        out = {"problem": e.problem}
+    sys.stdout.write(json.dumps(out, default=repr))
+
+
+#: what `_isolated` runs, by name (the child is handed a name, not code)
+_TASKS = {"walk": lambda source, name: _as_json(_walk(source, name)), "model_config": lambda source, name:
+          _model_config_text(source, name)}
 
 
 def _first_line(e: Exception) -> str:
