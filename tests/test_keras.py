@@ -456,3 +456,29 @@ def test_keras_functions_of_published_bypasses_are_dangerous():
                                                          ("keras.utils", "get_file")]
     assert all("CVE-2025-" in c.reason and not c.bytecode for c in found)
 
+
+def test_types_hdf5_converts_on_read_are_not_served_zero_copy(tmp_path):
+    """An integer type of 16 bits of precision at bit 8 of 4 bytes is int32
+    to h5py, which converts it when reading: its raw bytes are not its values."""
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        odd = h5py.h5t.STD_I32LE.copy()
+        odd.set_precision(16)
+        odd.set_offset(8)
+        dset = h5py.Dataset(h5py.h5d.create(f.id, b"odd", odd, h5py.h5s.create_simple((4,))))
+        dset[...] = np.array([1, 2, -3, 300], np.int32)
+        want = dset[...]
+    shown = hdf5.expand(FileSource(str(path)), str(path))
+    content = shown.root.children["odd.npy"].content
+    assert np.array_equal(np.load(io.BytesIO(content.read(0, content.size))), want)
+    assert content.slow  # read through h5py
+
+
+def test_a_dataset_hard_linked_twice_is_shown_once(tmp_path):
+    """Two paths to one dataset would be two files whose edits land on the same bytes."""
+    path = tmp_path / "twice.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = np.arange(4, dtype=np.float32)
+        f["b"] = f["a"]
+    contents = _walked(path)
+    assert [d.path for d in contents.datasets] == ["a"] and contents.notes == ["b: a hard link to a, shown there only"]

@@ -389,7 +389,7 @@ class _Walk:
         facts = ((xattrs.SOURCE, self.source.locate(0)[0]), (xattrs.HDF5_STORAGE, _storage(dset, plist, layout)))
         offset = dset.id.get_offset()
         native = dset.dtype.byteorder in ("<", "=", "|")
-        if layout == self.h5py.h5d.CONTIGUOUS and not filters and native and offset is not None:
+        if layout == self.h5py.h5d.CONTIGUOUS and not filters and native and offset is not None and self.plain(dset):
             if stored != nbytes:
                 raise _Skipped(f"stores {plural(stored, 'byte')} for {dtype.name} {list(shape)}, which take {nbytes}: "
                                "left out")
@@ -405,6 +405,13 @@ class _Walk:
             raise _Skipped(f"claims {plural(nbytes, 'byte')} ({dtype.name} {list(shape)}) from "
                            f"{plural(stored, 'stored byte')}, more than {MAX_EXPANSION} times: left out")
         return Dataset(path, dtype, shape, None, facts)
+
+
+    def plain(self, dset) -> bool:
+        """Whether a dataset's stored bytes are its values: a number type
+        HDF5 converts on read (precision or offset within its bytes, a
+        float of its own layout) is not, and is read through h5py."""
+        return dset.dtype.kind not in "biuf" or dset.id.get_type().equal(self.h5py.h5t.py_create(dset.dtype))
 
 
 class _Skipped(Exception):
