@@ -6,7 +6,8 @@ dtype and shape), never dumped; initializers are the tree's `.npy` files
 (`GraphText` finds those of the subgraphs it renders).
 
 Subgraphs nest at most MAX_DEPTH deep and the whole file holds at most
-`max_yaml_values` nodes: past either, a line says what was left out.
+`max_yaml_values` nodes and attribute values together: past either, a line
+says what was left out (so its cost grows with the model only up to there).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class GraphText:
     TensorProto's field)."""
 
     def __init__(self, source: Source):
-        self.source, self.nodes = source, 0
+        #: nodes and attribute values shown so far, across every graph
+        self.source, self.values = source, 0
         self.subgraph_initializers: list[tuple[tuple[str, ...], protowire.Field]] = []
 
     def graph(self, start: int, end: int, where: tuple[str, ...] = ()) -> dict:
@@ -70,8 +72,8 @@ class GraphText:
             elif f.number == G_SPARSE_INITIALIZER:
                 out["sparse_initializers"] = out.get("sparse_initializers", 0) + 1
             elif f.number == G_NODE and f.wire == LEN:
-                self.nodes += 1
-                if self.nodes > LIMITS.yaml_values:
+                self.values += 1
+                if self.values > LIMITS.yaml_values:
                     out["nodes"].append(f"... more nodes, past max_yaml_values ({LIMITS.yaml_values})")
                     break
                 out["nodes"].append(self.node(f, where, len(out["nodes"])))
@@ -144,7 +146,13 @@ class GraphText:
             elif part.number in (2, 3, 4, 5, 6, 14, 22):
                 single = self._value(part, where + (name,))
             elif part.number in (7, 8, 9, 10, 11, 15, 23):
-                listed = (listed or []) + self._values(part, where + (f"{name}_{len(listed or [])}",))
+                listed = [] if listed is None else listed
+                listed.extend(self._values(part, where + (f"{name}_{len(listed)}",)))
+                if self.values + len(listed) > LIMITS.yaml_values:
+                    del listed[LIMITS.yaml_values - self.values:]
+                    listed.append(f"... more values, past max_yaml_values ({LIMITS.yaml_values})")
+                    break
+        self.values += len(listed or ())
         return name, single if listed is None else listed
 
     def _value(self, f: protowire.Field, where: tuple[str, ...]) -> object:
