@@ -158,6 +158,38 @@ def test_metadata_added_to_a_model_without_any(tmp_path, mount):
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"converted_by": "ckptfs"}
 
 
+def test_external_data_entries_without_data_location_external_are_ignored_as_onnx_does(tmp_path, mount):
+    """raw_data beside stray external_data entries: onnx.load + to_array and
+    onnxruntime read raw_data (they look at data_location only); so does the mount."""
+    w = numpy_helper.from_array(np.array([1, 2], np.float32), "w")
+    w.external_data.add(key="location", value="w.bin")
+    path = tmp_path / "stray" / "model.onnx"
+    path.parent.mkdir()
+    (path.parent / "w.bin").write_bytes(np.array([9, 9], np.float32).tobytes())
+    onnx.save_model(onnx_models.add_model([w]), path)
+    expected = onnx_models.reference(path)["w"]
+    assert expected.tolist() == [1, 2]
+    assert _run(path, np.zeros(2, np.float32)).tolist() == [1, 2]
+    mnt = mount(path, "-o", "ro")
+    assert np.load(mnt / "w.npy").tobytes() == expected.tobytes()
+
+
+def test_of_initializers_named_twice_the_last_is_shown_and_edited_as_onnxruntime_runs_it(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "twice", "inline", onnx_models.add_model(
+        [numpy_helper.from_array(np.array(v, np.float32), "w") for v in ([1, 2], [7, 8])]))
+    x = np.zeros(2, np.float32)
+    ran = _run(path, x)
+    assert ran.tolist() == [7, 8]
+    mnt = mount(path)
+    assert np.load(mnt / "w.npy").tobytes() == ran.tobytes()
+    notes = "\n".join(yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"])
+    assert "'w': an earlier initializer of this name is left out" in notes
+    np.save(mnt / "w.npy", np.array([5, 6], np.float32))
+    assert umount(mnt).returncode == 0
+    assert _run(path, x).tolist() == [5, 6]
+    assert [numpy_helper.to_array(t).tolist() for t in onnx.load(str(path)).graph.initializer] == [[1, 2], [5, 6]]
+
+
 def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
     path = onnx_models.save(tmp_path / "edit", "external")
     data_before = (path.parent / "model.data").read_bytes()

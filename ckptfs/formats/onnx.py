@@ -250,7 +250,7 @@ def tensor_of(source: Source, info: TensorInfo, neighbours: Directory | None,
     dtype, shape = BY_NAME[dtype_name], tuple(info.dims)
     numel = math.prod(shape)
     nbytes = numel * dtype.bits // 8
-    if info.data_location == EXTERNAL or info.external:
+    if info.data_location == EXTERNAL:  # as onnx and onnxruntime decide: external_data entries alone are ignored
         return Tensor(info.name, dtype, shape, _external(source, info, neighbours, externals, nbytes)), "external"
     if info.raw is not None:
         if info.raw.value != nbytes:
