@@ -168,8 +168,10 @@ class Shown:
 
 class Initializers:
     """Initializers read into tensors that can be shown, each with its kind
-    of storage (`Stored.kind`); a note for each that cannot. Names are
-    unique within a graph; the external data files opened are shared."""
+    of storage (`Stored.kind`); a note for each that cannot. Of two of one
+    name in a graph the last is shown, as onnxruntime runs it (onnx.checker
+    refuses such a model, onnxruntime does not); the external data files
+    opened are shared."""
 
     def __init__(self, source: Source, neighbours: Directory | None, notes: list[str]):
         self.source, self.neighbours, self.notes = source, neighbours, notes
@@ -179,7 +181,7 @@ class Initializers:
     def read(self, fields: list[protowire.Field], prefix: str = "") -> list[tuple[Tensor, str, protowire.Field]]:
         """The tensors of a graph's initializers, each named `prefix` + its
         name, with its kind of storage and its TensorProto's field."""
-        found, names = [], set()
+        found: dict[str, tuple[Tensor, str, protowire.Field]] = {}
         for f in fields:
             self.count += 1
             if self.count > LIMITS.members:
@@ -191,16 +193,14 @@ class Initializers:
                 self.notes.append(f"the initializer at offset {f.offset} is left out: {e.problem}")
                 continue
             info.name = prefix + info.name
-            if info.name in names:
-                self.notes.append(f"{info.name!r}: a second initializer of this name is left out "
-                                  "(ONNX names are unique)")
-                continue
+            if found.pop(info.name, None) is not None:
+                self.notes.append(f"{info.name!r}: an earlier initializer of this name is left out "
+                                  "(onnxruntime runs the last)")
             try:
-                found.append((*tensor_of(self.source, info, self.neighbours, self.externals), f))
-                names.add(info.name)
+                found[info.name] = (*tensor_of(self.source, info, self.neighbours, self.externals), f)
             except FormatError as e:
                 self.notes.append(f"{info.name!r} is left out: {e.problem}")
-        return found
+        return list(found.values())
 
 
 def main_initializers(source: Source, graph: protowire.Field, notes: list[str]) -> list[protowire.Field]:
