@@ -268,12 +268,19 @@ def test_a_model_rewritten_with_its_own_bytes_repacks_to_identical_bytes(layout,
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
+#: metadata that YAML reads and a repack could not write: a lone surrogate
+#: (UTF-8 cannot encode it), a list nested deeper than the parser recurses
+UNWRITABLE_YAML = (b'a: "\\ud800"\n', b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n")
+
+
 def test_edits_it_cannot_hold_are_refused_at_once(tmp_path, mount):
     path = onnx_models.save(tmp_path / "bad", "inline")
     mnt = mount(path)
     write_refused(mnt / "fc" / "bias.npy", _npy(np.zeros(4, np.float32)))  # another shape
     write_refused(mnt / "fc" / "weight.npy", _npy(onnx_models.WEIGHT.astype(np.float64)))  # another dtype
     write_refused(mnt / "metadata.yaml", b"key: 3\n")  # not a string
+    write_refused(mnt / "metadata.yaml", UNWRITABLE_YAML[0])
+    write_refused(mnt / "metadata.yaml", UNWRITABLE_YAML[1])
     write_refused(mnt / "new.npy", _npy(np.zeros(2, np.float32)))
     with pytest.raises(PermissionError):
         os.rename(mnt / "fc" / "bias.npy", mnt / "fc" / "b.npy")

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import yaml
-
 from ..errors import EditRefused, RepackError
 from ..pack.changes import is_edited
 from ..sources.base import Source
@@ -33,6 +31,7 @@ from .base import Before, Files, FileWriter
 from .onnx_proto import T_INT32_DATA, TYPED_FIELD, read_tensor
 from .onnx_varints import VarintField
 from .protowire import encode_len
+from .yamlmap import string_mapping
 
 if TYPE_CHECKING:
     from .onnx import Shown, Stored
@@ -185,19 +184,11 @@ class Writer(FileWriter):
 
 
 def parse_metadata(data: bytes) -> list[tuple[str, str]]:
-    """metadata.yaml's entries; ValueError unless it is a mapping of strings."""
+    """metadata.yaml's entries (none for an empty file); ValueError unless it is a mapping of strings."""
     try:
-        value = yaml.safe_load(data.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{METADATA}: not readable YAML: {str(e).splitlines()[0]}") from None
-    if value is None:
-        return []
-    if not isinstance(value, dict):
-        raise ValueError(f"{METADATA}: a mapping of keys to strings is expected, not {type(value).__name__}")
-    for key, item in value.items():
-        if not isinstance(key, str) or not isinstance(item, str):
-            raise ValueError(f"{METADATA}: {key!r}: ONNX metadata keys and values are strings (quote {item!r})")
-    return list(value.items())
+        return list((string_mapping(data) or {}).items())
+    except ValueError as e:
+        raise ValueError(f"{METADATA}: {e}") from None
 
 
 def entry_bytes(key: str, value: str) -> bytes:
