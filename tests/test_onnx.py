@@ -190,6 +190,65 @@ def test_of_initializers_named_twice_the_last_is_shown_and_edited_as_onnxruntime
     assert [numpy_helper.to_array(t).tolist() for t in onnx.load(str(path)).graph.initializer] == [[1, 2], [5, 6]]
 
 
+def test_strings_over_a_mebibyte_are_summarized_and_kept_byte_for_byte(tmp_path, mount):
+    """A 2 MiB metadata value and doc_string: shown as their length, the
+    model mounted whole; an untouched repack, and an edit of another key,
+    keep them as they were."""
+    proto = onnx_models.model()
+    proto.doc_string = "d" * (2 << 20)
+    helper_props = {**onnx_models.METADATA, "vocab": "v" * (2 << 20)}
+    onnx.helper.set_model_props(proto, helper_props)
+    path = onnx_models.save(tmp_path / "long", "inline", proto)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = onnx_models.reference(path)
+    mnt = mount(path)
+    assert _tensors(mnt).keys() == expected.keys()
+    assert all(array.tobytes() == expected[name].tobytes() for name, array in _tensors(mnt).items())
+    assert yaml.safe_load((mnt / "metadata.yaml").read_text())["vocab"] == f"<{2 << 20} bytes>"
+    assert yaml.safe_load((mnt / "graph.yaml").read_text())["doc_string"] == f"<{2 << 20} bytes>"
+    (mnt / "metadata.yaml").write_bytes((mnt / "metadata.yaml").read_bytes())
+    assert umount(mnt).returncode == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    mnt = mount(path)
+    shown = yaml.safe_load((mnt / "metadata.yaml").read_text())
+    (mnt / "metadata.yaml").write_text(yaml.safe_dump({**shown, "author": "another"}))
+    assert umount(mnt).returncode == 0
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {**helper_props, "author": "another"}
+
+
+def test_metadata_not_utf8_is_kept_byte_for_byte_when_another_key_is_edited(tmp_path, mount):
+    from ckptfs.formats.onnx_write import entry_bytes
+    from ckptfs.formats.protowire import encode_len
+
+    odd = encode_len(1, 3) + b"odd" + encode_len(2, 2) + b"\xff\xfe"
+    path = onnx_models.save(tmp_path / "odd", "inline")
+    path.write_bytes(path.read_bytes() + encode_len(14, len(odd)) + odd)
+    mnt = mount(path)
+    shown = yaml.safe_load((mnt / "metadata.yaml").read_text())
+    assert shown["odd"] == "\ufffd\ufffd"
+    (mnt / "metadata.yaml").write_text(yaml.safe_dump({**shown, "license": "apache"}))
+    assert umount(mnt).returncode == 0
+    data = path.read_bytes()
+    assert encode_len(14, len(odd)) + odd in data and entry_bytes("license", "apache") in data
+
+
+def test_an_attribute_of_a_wrong_wire_type_fails_graph_yaml_alone(tmp_path, mount):
+    from ckptfs.formats.protowire import VARINT, encode_len, encode_tag, encode_varint
+
+    proto = onnx_models.add_model([numpy_helper.from_array(np.array([1, 2], np.float32), "w")])
+    attribute = encode_len(1, 1) + b"f" + encode_tag(2, VARINT) + encode_varint(1)  # a float written as a varint
+    node = encode_len(4, 4) + b"Relu" + encode_len(5, len(attribute)) + attribute
+    graph = proto.graph.SerializeToString() + encode_len(1, len(node)) + node
+    proto.ClearField("graph")
+    path = tmp_path / "odd.onnx"
+    path.write_bytes(proto.SerializeToString() + encode_len(7, len(graph)) + graph)
+    mnt = mount(path, "-o", "ro")
+    assert np.load(mnt / "w.npy").tolist() == [1, 2]
+    assert "has wire type 0" in yaml.safe_load((mnt / "graph.yaml").read_text())["graph"]
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any(n.startswith("graph.yaml cannot show the graph") for n in notes), notes
+
+
 def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
     path = onnx_models.save(tmp_path / "edit", "external")
     data_before = (path.parent / "model.data").read_bytes()

@@ -331,7 +331,11 @@ def read(source: Source, neighbours: Directory | None):
     root, placed = tensor_tree([t for t, _, _ in found])
     kinds = {id(t): (kind, proto) for t, kind, proto in found}
     graph_text = GraphText(source)
-    graph = graph_text.graph(model.graph.offset, model.graph.end)
+    try:
+        graph = graph_text.graph(model.graph.offset, model.graph.end)
+    except FormatError as e:  # the initializers and metadata are shown all the same
+        graph = f"not shown: {e.problem}"
+        shown.notes.append(f"graph.yaml cannot show the graph: {e.problem}")
     inner = place_subgraph_initializers(root, reader, graph_text.subgraph_initializers)
     placed += [p for p, _ in inner]
     kinds.update((id(p.tensor), (kind, None)) for p, kind in inner)

@@ -164,7 +164,7 @@ class GraphText:
         if f.wire != LEN:
             raise FormatError(self.source.path, f"attribute field {n} at offset {f.offset} has wire type {f.wire}")
         if n == 4:
-            return self._string(f)
+            return text(self.source, f, SHOWN_BYTES)
         if n == 6:
             return self._subgraph(f, where)
         return "type" if n == 14 else self._tensor(f)
@@ -177,10 +177,6 @@ class GraphText:
         return [self._value(protowire.Field(4 if f.number == 9 else 6 if f.number == 11 else 14 if f.number == 15
                                             else 5, f.wire, f.value, f.offset), where)]
 
-    def _string(self, f: protowire.Field) -> str:
-        if f.value > SHOWN_BYTES:
-            return f"<{f.value} bytes>"
-        return text(self.source, f)
 
     def _tensor(self, f: protowire.Field) -> str:
         """A tensor in an attribute, summarized: `tensor float32 [2, 3]`."""

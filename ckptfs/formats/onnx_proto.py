@@ -63,11 +63,12 @@ MAX_PARTS = 1 << 16
 
 
 def text(source: Source, f: protowire.Field, limit: int = MAX_STRING) -> str:
-    """A string field's value (one longer than `limit` is a FormatError)."""
+    """A string field's value; one longer than `limit` is shown by its
+    length, `<N bytes>`, unread (a metadata value may hold a vocabulary)."""
     if f.wire != LEN:
         raise FormatError(source.path, f"field {f.number} at offset {f.offset} is no string")
     if f.value > limit:
-        raise FormatError(source.path, f"a string of {f.value} bytes at offset {f.offset}, more than {limit}")
+        return f"<{f.value} bytes>"
     return source.read_exact(f.offset, f.value).decode("utf-8", "replace")
 
 
@@ -117,6 +118,8 @@ def read_tensor(source: Source, start: int, end: int) -> TensorInfo:
         elif n == T_DATA_TYPE and f.wire == VARINT:
             info.data_type = f.signed
         elif n == T_NAME:
+            if f.value > MAX_STRING:  # a name is a path in the tree, never a summary
+                raise FormatError(source.path, f"a tensor's name of {f.value} bytes, more than {MAX_STRING}")
             info.name = text(source, f)
         elif n == T_RAW_DATA and f.wire == LEN:
             info.raw = f

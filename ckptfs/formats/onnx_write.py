@@ -165,7 +165,10 @@ class Writer(FileWriter):
 
     def _metadata(self, node, problems: list[str]) -> list:
         """The splices that put the edited metadata in: the entries where
-        the first one lay, the others' ranges emptied."""
+        the first one lay, the others' ranges emptied. An entry left as
+        metadata.yaml shows it is copied as it lies (a value shown as
+        `<N bytes>`, or not UTF-8 and shown with U+FFFD, stays byte for
+        byte); a new or changed one is written anew."""
         if not isinstance(node, File):
             problems.append(f"{METADATA} was removed: an empty mapping ({{}}) clears the metadata")
             return []
@@ -176,11 +179,19 @@ class Writer(FileWriter):
         except ValueError as e:
             problems.append(str(e))
             return []
-        new = b"".join(entry_bytes(key, value) for key, value in entries)
-        ranges = self.shown.model.metadata_ranges or [(self.source.size, self.source.size)]
-        first, *rest = ranges
-        return [(first[0], first[1] - first[0], lambda out: out.write(new))] + \
-            [(start, end - start, lambda out: None) for start, end in rest]
+        model = self.shown.model
+        kept = dict(zip(model.metadata, model.metadata_ranges))
+        parts = [kept.get(entry) or entry_bytes(*entry) for entry in entries]
+
+        def write(out) -> None:
+            for part in parts:
+                if isinstance(part, bytes):
+                    out.write(part)
+                else:
+                    out.copy(self.source, part[0], part[1] - part[0])
+
+        first, *rest = model.metadata_ranges or [(self.source.size, self.source.size)]
+        return [(first[0], first[1] - first[0], write)] + [(start, end - start, lambda out: None) for start, end in rest]
 
 
 def parse_metadata(data: bytes) -> list[tuple[str, str]]:
