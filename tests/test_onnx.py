@@ -84,6 +84,35 @@ def test_only_onnx_takes_a_model_and_it_takes_no_other_format():
         assert not onnx_format.sniff(other), other
 
 
+def test_a_tensorflow_saved_model_pb_is_no_onnx_model(tmp_path):
+    """Both start `08 01 12`: ir_version 1 and producer_name, or a SavedModel's
+    schema version 1 and its MetaGraphDef."""
+    done = subprocess.run([sys.executable, "-c", "import sys, tensorflow as tf; "
+                           "tf.saved_model.save(tf.Module(), sys.argv[1])", str(tmp_path / "saved")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    head = (tmp_path / "saved" / "saved_model.pb").read_bytes()[:SNIFF_BYTES]
+    assert head.startswith(b"\x08\x01\x12") and not onnx_format.sniff(head)
+    whole = head[:3] + bytes([100]) + head[5:105]  # its field 2 cut to end inside the head: binary, no name
+    assert not onnx_format.sniff(whole)
+    assert run_ckptfs("info", tmp_path / "saved" / "saved_model.pb").returncode != 0
+
+
+def test_every_onnx_model_of_the_installed_packages_is_sniffed():
+    """The .onnx files the test libraries ship (onnx's backend test data): each taken."""
+    import site
+
+    found = [os.path.join(folder, name) for root in site.getsitepackages() for folder, _, files in os.walk(root)
+             for name in files if name.endswith(".onnx")]
+    assert len(found) > 100
+    refused = []
+    for path in found:
+        with open(path, "rb") as f:
+            if not onnx_format.sniff(f.read(SNIFF_BYTES)):
+                refused.append(path)
+    assert not refused, refused
+
+
 def test_graph_yaml_reads_back_as_the_values_it_was_written_from():
     tricky = ["yes", "No", "1.5", "", "x y", "#c", "\u00e9", "\x85z", "\U0001F600", "a: b", "a:", "onnx::MatMul_1",
               "-x", "[1]", None, 1e-05, float("inf"), -0.0, 3, True, "null", "~", "0x10", ".inf", "12:30", "<<"]

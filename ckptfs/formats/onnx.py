@@ -77,6 +77,8 @@ from .protowire import LEN, VARINT
 
 #: the highest ir_version the sniff takes: far above any ONNX has defined (one more every release or two)
 MAX_IR_VERSION = 100
+#: ModelProto's string fields that name: its producer, their version, its domain
+NAMES = (PRODUCER_NAME, PRODUCER_VERSION, DOMAIN)
 #: the folder of the subgraphs' initializers
 SUBGRAPHS = "subgraphs"
 FACTS = {IR_VERSION: "ir_version", PRODUCER_NAME: "producer_name", PRODUCER_VERSION: "producer_version",
@@ -87,7 +89,10 @@ def sniff(head: bytes) -> bool:
     """The first bytes are a ModelProto's fields: ir_version first, as
     protobuf writes fields in their numbers' order, a small number, then
     only ModelProto's fields with their wire types, up to where the head
-    ends (a field may run past it)."""
+    ends (a field may run past it). A producer_name, producer_version or
+    domain is short text that ends inside the head: a TensorFlow
+    saved_model.pb starts alike (`08 01 12`: schema version 1, then its
+    MetaGraphDef as field 2, a long binary message)."""
     pos, first = 0, True
     while pos < len(head):
         try:
@@ -100,9 +105,22 @@ def sniff(head: bytes) -> bool:
             return not first and len(head) - pos < 20
         if first and not 1 <= value <= MAX_IR_VERSION:
             return False
+        if number in NAMES and not _short_text(head[pos + used + more:pos + used + more + value], value):
+            return False
         pos += used + more + (value if wire == LEN else 0)
         first = False
     return not first
+
+
+def _short_text(data: bytes, length: int) -> bool:
+    """Whether a string field of `length` bytes, `data` as far as the head
+    holds it, is a name: whole in the head, printable UTF-8."""
+    if len(data) < length:
+        return False
+    try:
+        return data.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        return False
 
 
 @dataclass
