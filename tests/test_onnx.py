@@ -278,6 +278,38 @@ def test_an_attribute_of_a_wrong_wire_type_fails_graph_yaml_alone(tmp_path, moun
     assert any(n.startswith("graph.yaml cannot show the graph") for n in notes), notes
 
 
+def test_nodes_of_one_name_keep_their_subgraphs_in_folders_of_their_own(tmp_path, mount):
+    """Two If nodes named `choose` (and an unnamed one beside a node named
+    `If_3`): each node's branches in a folder of its own, `_INDEX` appended."""
+    made = onnx_models.if_model()
+    first = made.graph.node[0]
+    second, third, fourth = (onnx.NodeProto() for _ in range(3))
+    for node, output, name in ((second, "z2", "choose"), (third, "z3", "If_3"), (fourth, "z4", "")):
+        node.CopyFrom(first)
+        node.output[0], node.name = output, name
+        node.attribute[0].g.initializer[0].CopyFrom(numpy_helper.from_array(np.float32([len(output)] * 2), "c"))
+        made.graph.node.append(node)
+    path = onnx_models.save(tmp_path / "same", "inline", made)
+    mnt = mount(path, "-o", "ro")
+    assert sorted(os.listdir(mnt / "subgraphs")) == ["If_3", "If_3_3", "choose", "choose_1"]
+    for folder, node in zip(["choose", "choose_1", "If_3", "If_3_3"], onnx.load(str(path)).graph.node):
+        for attribute in node.attribute:
+            want = numpy_helper.to_array(attribute.g.initializer[0])
+            assert np.load(mnt / "subgraphs" / folder / attribute.name / "c.npy").tobytes() == want.tobytes()
+
+
+def test_external_data_located_in_the_model_file_itself_is_left_out(tmp_path, mount):
+    w = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[2])
+    for key, value in (("location", "model.onnx"), ("offset", "0"), ("length", "8")):
+        w.external_data.add(key=key, value=value)
+    w.data_location = onnx.TensorProto.EXTERNAL
+    path = onnx_models.save(tmp_path / "self", "inline", onnx_models.add_model([w]))
+    mnt = mount(path, "-o", "ro")
+    assert not (mnt / "w.npy").exists()
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert "'w' is left out: its external data location 'model.onnx' is the model file itself" in notes, notes
+
+
 def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
     path = onnx_models.save(tmp_path / "edit", "external")
     data_before = (path.parent / "model.data").read_bytes()

@@ -20,7 +20,8 @@ cannot afford). The tree:
 
 A tensor that cannot be shown (a type no NumPy dtype holds as ONNX stores
 it: strings, 4-bit and 2-bit types; values that run past their file; an
-external location outside the folder) is left out with a note, alone.
+external location outside the folder or naming the model itself) is
+left out with a note, alone.
 Writable (onnx_write): metadata.yaml, and initializers stored in the model
 file (of the main graph or a subgraph) replaced with the same dtype and shape.
 """
@@ -313,6 +314,8 @@ def _external(source: Source, info: TensorInfo, neighbours: Directory | None, ex
         raise FormatError(path, f"external data location {location!r} is no relative path inside the model's folder")
     if neighbours is None:
         raise FormatError(path, f"its external data {location!r} cannot be opened: the model is no local file")
+    if normal == posixpath.basename(path):  # its offset would point elsewhere once a repack changes a length
+        raise FormatError(path, f"its external data location {location!r} is the model file itself")
     if not neighbours.is_file(normal):
         raise FormatError(path, f"its external data file {location!r} is not a file inside the model's folder")
     try:

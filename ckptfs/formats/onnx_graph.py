@@ -59,7 +59,7 @@ class GraphText:
 
     def graph(self, start: int, end: int, where: tuple[str, ...] = ()) -> dict:
         out: dict = {"name": "", "inputs": [], "outputs": [], "initializers": 0, "nodes": []}
-        source = self.source
+        source, folders = self.source, set()
         for f in counted(source, start, end, "a graph"):
             if f.number == G_NAME:
                 out["name"] = text(source, f)
@@ -76,7 +76,7 @@ class GraphText:
                 if self.values > LIMITS.yaml_values:
                     out["nodes"].append(f"... more nodes, past max_yaml_values ({LIMITS.yaml_values})")
                     break
-                out["nodes"].append(self.node(f, where, len(out["nodes"])))
+                out["nodes"].append(self.node(f, where, len(out["nodes"]), folders))
         return out
 
     def value_info(self, f: protowire.Field) -> dict:
@@ -113,12 +113,14 @@ class GraphText:
                 return text(self.source, part)
         return "?"
 
-    def node(self, f: protowire.Field, where: tuple[str, ...], index: int) -> dict:
-        """A NodeProto; `where` its graph's place, `index` its place in the graph
-        (what a subgraph's folder is named after when the node has no name)."""
+    def node(self, f: protowire.Field, where: tuple[str, ...], index: int, folders: set[str]) -> dict:
+        """A NodeProto; `where` its graph's place, `index` its place in the
+        graph, `folders` the names its graph's nodes took for their
+        subgraphs' folders (`folder`)."""
         source = self.source
         out: dict = {"op_type": "", "name": "", "inputs": [], "outputs": []}
         attributes: dict = {}
+        folder = None
         for part in protowire.fields(source, f.offset, f.end):
             if part.number in (1, 2):
                 out["inputs" if part.number == 1 else "outputs"].append(text(source, part))
@@ -127,7 +129,8 @@ class GraphText:
             elif part.number == 7:
                 out["domain"] = text(source, part)
             elif part.number == 5 and part.wire == LEN:
-                name, value = self.attribute(part, where + (out["name"] or f"{out['op_type']}_{index}",))
+                folder = folder or _folder(out["name"] or f"{out['op_type']}_{index}", index, folders)
+                name, value = self.attribute(part, where + (folder,))
                 attributes[name] = value
         if attributes:
             out["attributes"] = attributes
@@ -190,6 +193,16 @@ class GraphText:
         if len(where) // 2 >= MAX_DEPTH:
             return f"a graph nested more than {MAX_DEPTH} deep, not shown"
         return self.graph(f.offset, f.end, where)
+
+
+def _folder(name: str, index: int, taken: set[str]) -> str:
+    """The folder of a node's subgraphs: its name (or op_type and index),
+    `_INDEX` appended while an earlier node of its graph took it (two nodes
+    of one name, or one named `If_0` beside an unnamed If)."""
+    while name in taken:
+        name = f"{name}_{index}"
+    taken.add(name)
+    return name
 
 
 def _float(bits: int) -> float:
