@@ -182,8 +182,7 @@ class VarintValues:
                 continue
             at = f.offset
             while at < f.end:
-                data = np.frombuffer(self.source.read_exact(at, min(self.STEP, f.end - at)), np.uint8)
-                stops = np.flatnonzero(data < 0x80)
+                stops = varint_ends(self.source.read_exact(at, min(self.STEP, f.end - at)))
                 if not len(stops):
                     raise FormatError(self.source.path, f"a varint at offset {at} is cut short or longer than 10 bytes")
                 marks.append((values, i, at, at + int(stops[-1]) + 1))
@@ -218,11 +217,17 @@ class VarintValues:
         scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
 
+def varint_ends(data: bytes) -> np.ndarray:
+    """Where each varint of `data` ends: the index of every byte without
+    the continuation bit (a varint cut short at the end has none)."""
+    return np.flatnonzero(np.frombuffer(data, np.uint8) < 0x80)
+
+
 def decode_varints(data: bytes, path: str, offset: int) -> np.ndarray:
     """The whole varints at the start of `data`, as uint64 (a varint cut
     short at its end is left out; one of more than 10 bytes is a FormatError)."""
     b = np.frombuffer(data, np.uint8)
-    stops = np.flatnonzero(b < 0x80)
+    stops = varint_ends(data)
     if not len(stops):
         return np.zeros(0, np.uint64)
     b = b[: stops[-1] + 1]
