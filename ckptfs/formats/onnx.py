@@ -369,12 +369,9 @@ def read(source: Source, neighbours: Directory | None):
     described.read_only = True
     if len(dict(model.metadata)) < len(model.metadata):
         shown.notes.append("metadata_props holds a key twice: metadata.yaml shows the last value")
-    for name, node in (("graph.yaml", described),
-                       ("metadata.yaml", File(Content([metadata_text(model.metadata).encode()])))):
-        try:
-            root.add(name, node)
-        except PathConflict:
-            shown.notes.append(f"{name} is not shown: an initializer takes its name")
+    # no initializer takes these names: every name splits at its dots, and a file of the tree ends in .npy
+    root.add("graph.yaml", described)
+    root.add("metadata.yaml", File(Content([metadata_text(model.metadata).encode()])))
     return root, placed, shown
 
 
