@@ -65,6 +65,19 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def rounds_and_folder(doc: str, name: str) -> tuple[argparse.Namespace, Path, bool]:
+    """A benchmark's `--rounds` and `--workdir` (default: a new temporary
+    folder, `ckptfs-bench-NAME-*`): (the arguments, the folder, whether it
+    is temporary, to be removed after the run)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=f"ckptfs-bench-{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    return args, work, args.workdir is None
+
+
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 

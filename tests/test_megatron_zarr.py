@@ -244,3 +244,28 @@ def test_a_chunk_linked_from_outside_leaves_its_array_out(out, tmp_path):
     assert "zstd.weight" not in {p.tensor.name for p in opened.tensors}
     assert len(opened.tensors) == len(ARRAYS) - 1
     assert any(n.startswith("zstd.weight: holds links that lead outside") for n in opened.notes), opened.notes
+
+
+def test_a_chunk_name_of_thousands_of_digits_is_no_chunk_and_breaks_nothing(tmp_path):
+    """A tar member's name may be longer than a folder's: 5,000 digits are
+    more than int() takes, and no grid index of an array spells them."""
+    meta = {"zarr_format": 2, "shape": [4], "chunks": [2], "dtype": "<f4", "order": "C", "compressor": None,
+            "filters": None, "fill_value": 0}
+    members = {"model_weights/metadata.json": json.dumps({"sharded_backend": "zarr"}).encode(),
+               "model_weights/w/.zarray": json.dumps(meta).encode(),
+               "model_weights/w/0": np.arange(2, dtype=np.float32).tobytes(),
+               "model_weights/w/1": np.arange(2, 4, dtype=np.float32).tobytes(),
+               "model_weights/w/" + "9" * 5000: b"\0" * 8,
+               "model_config.yaml": b"a: 1\n"}
+    nemo = tmp_path / "long.nemo"
+    with tarfile.open(nemo, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    listed = run_ckptfs("ls", "-R", nemo)
+    assert listed.returncode == 0, listed.stderr
+    assert "model_weights/w.npy" in listed.stdout
+    shown = subprocess.run([*CKPTFS, "cat", str(nemo), "model_weights/w.npy"], capture_output=True, timeout=TIMEOUT)
+    assert shown.returncode == 0, shown.stderr
+    assert np.load(io.BytesIO(shown.stdout)).tolist() == [0, 1, 2, 3]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from .conftest import FIXTURES, force_unmount, is_mounted, require_fuse, run_ckptfs, umount
+from .conftest import FIXTURES, TIMED_APART, force_unmount, is_mounted, require_fuse, run_ckptfs, umount
 
 NOBODY = 65534
 
@@ -155,6 +155,26 @@ def test_a_zarr_array_is_readable_by_whom_all_its_chunks_are(shared):
         got = _as_nobody(mnt / "w.npy", mnt / "b.npy")
         assert list(got.values()) == ["EACCES", "ok"], got
         assert np.load(mnt / "w.npy").tolist() == [[0, 0], [0, 0], [1, 1], [1, 1]]
+    finally:
+        assert umount(mnt).returncode == 0
+
+
+@TIMED_APART
+def test_an_orbax_array_is_readable_by_whom_all_the_files_of_its_checkpoint_are(shared, written):
+    """tensorstore reads an OCDBT array from data files under d/ that no
+    tensor names: a private one keeps every array private."""
+    ckpt = Path(shutil.copytree(written("tests.orbax_writer") / "ocdbt", shared / "ckpt"))
+    for folder in [ckpt, *(p for p in ckpt.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
+    for data in (ckpt / "d").rglob("*"):
+        data.chmod(0o600 if data.is_file() else 0o755)
+    mnt = shared / "mnt"
+    _mount_shared(ckpt, mnt, "ro")
+    try:
+        arrays = sorted(mnt.rglob("*.npy"))
+        got = _as_nobody(*arrays, mnt / "_METADATA.yaml")
+        assert set(list(got.values())[:-1]) == {"EACCES"} and list(got.values())[-1] == "ok", got
+        assert np.load(arrays[0]).size >= 1  # its owner (root) still reads it
     finally:
         assert umount(mnt).returncode == 0
 

@@ -8,6 +8,8 @@ import gzip
 import importlib
 import pkgutil
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from ckptfs.formats.base import SNIFF_BYTES, DirectoryFormat, DirectoryWriter, F
 from ckptfs.sources.directory import LocalDirectory
 
 from . import tf_bundle_writer
-from .conftest import FIXTURES, REPO
+from .conftest import FIXTURES, REPO, WRITER_TIMEOUT
 from .hostile.keras import keras_zip, weights_h5
 
 
@@ -86,6 +88,14 @@ def _peft_adapter(path):
         .save_pretrained(path)
 
 
+def _orbax(path):
+    """An OCDBT checkpoint Orbax writes, in a program of its own (JAX stays out of pytest)."""
+    code = "import sys, pathlib; from tests.orbax_writer import pytree_save, tree; pytree_save(pathlib.Path(sys.argv[1]), tree())"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=WRITER_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def _megatron_zarr(path):
     """Megatron's zarr layout by hand: metadata.json and one raw zarr v2
     array (tests/megatron_zarr_writer.py writes them with zarr)."""
@@ -115,6 +125,7 @@ MADE = {
     "PEFT adapter": ("m", _peft_adapter),
     "folder of distributed checkpoints": ("m", lambda p: shutil.copytree(FIXTURES / "dcp/fsdp2_2rank", p / "weights")),
     "diffusers pipeline": ("m", _diffusers),
+    "orbax": ("m", _orbax),
     "Keras (.keras)": ("m.keras", keras_zip),  # as model.save lays it out (tests/test_keras.py: Keras's own)
     "HDF5 (Keras .h5)": ("m.weights.h5", lambda p: p.write_bytes(weights_h5())),
     "tensorflow bundle": ("m.index", lambda p: tf_bundle_writer.write_arrays(p.with_suffix(""), tf_bundle_writer.ARRAYS)),

@@ -253,3 +253,12 @@ def test_the_numpy_crc32c_is_google_crc32c(size):
     assert crc32c.value(data) == google_crc32c.value(data)
     assert crc32c.unmask(crc32c.mask(0x12345678)) == 0x12345678
     assert crc32c.mask(0x12345678) == tf_bundle_writer.mask(0x12345678)
+
+
+@pytest.mark.parametrize("head", [b"\0\0\x82\x80\x80\0", b"\0\0\x05", b"\0\0\x05\x08"])
+def test_a_file_cut_short_after_the_first_entry_is_not_a_bundle_and_raises_nothing(tmp_path, head):
+    path = tmp_path / "cut.index"
+    path.write_bytes(head)
+    done = run_ckptfs("info", path)
+    assert done.returncode != 0
+    assert done.stderr.startswith(f"ckptfs: {path}: ") and "internal error" not in done.stderr, done.stderr

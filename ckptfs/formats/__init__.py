@@ -29,6 +29,7 @@ from . import (
     npy,
     npz,
     onnx,
+    orbax,
     pt2,
     safetensors,
     sharded_torch,
@@ -68,6 +69,7 @@ DIRECTORY_FORMATS: tuple[DirectoryFormat, ...] = (
     hf.FORMAT,
     tf_saved_model.FORMAT,  # saved_model.pb beside variables/variables.index
     tf_checkpoint_dir.FORMAT,  # a `checkpoint` file beside PREFIX.index files
+    orbax.FORMAT,  # only where _METADATA is Orbax's tree metadata: no other format's folder has it
     folder.FORMAT,
 )
 

@@ -13,8 +13,6 @@ name read from a file. Read-only: Megatron no longer writes this backend.
 
 from __future__ import annotations
 
-import json
-
 from ..errors import FormatError
 from ..limits import LIMITS
 from ..pickle.pyobjects import to_yaml
@@ -26,6 +24,7 @@ from ..tree.nodes import Access, Content, Dir, File
 from ..tree.rawfiles import LINKS_OUTSIDE, raw_file
 from ..tree.tensors import PlacedTensor, Tensor, merge_into, own_access, tensor_tree
 from .base import DirectoryFormat, Nest
+from .jsontext import json_object
 from .nested import Grafts, show_directory
 from .zarr_array import MAX_META_BYTES, array_tensor, find_chunks, parse_meta
 
@@ -45,10 +44,9 @@ def _config(directory: Directory) -> dict | None:
     if source.size > MAX_CONFIG_BYTES:
         return None
     try:
-        config = json.loads(source.read_exact(0, source.size))
-    except (ValueError, RecursionError):
+        return json_object(source.read_exact(0, source.size), source.path, MAX_CONFIG_BYTES, "a checkpoint's metadata")
+    except FormatError:
         return None
-    return config if isinstance(config, dict) else None
 
 
 def sniff(directory: Directory) -> bool:

@@ -68,7 +68,7 @@ def sniff(head: bytes) -> bool:
         length, used = decode_varint(head, 2, "", 2)
     except FormatError:
         return False
-    return 2 <= length <= 64 and head[2 + used] == 0x08
+    return 2 <= length <= 64 and len(head) > 2 + used and head[2 + used] == 0x08
 
 
 @dataclass

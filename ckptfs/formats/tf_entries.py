@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ..humanize import plural
-from ..sources.base import Source
+from ..sources.base import BytesSource
 from ..tree.dtypes import BY_NAME, DType
 from . import crc32c
 from .protowire import I32, LEN, VARINT, decode_varint, fields, signed64
@@ -71,20 +71,10 @@ class Entry:
             self.dtype, f"DataType {self.dtype}")
 
 
-class MemorySource(Source):
-    """An index entry's value, already read, to walk with protowire."""
-
-    def __init__(self, data: bytes, path: str):
-        self.data, self.size, self.path = data, len(data), path
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
-
-
 def header(value: bytes, name: str) -> Header:
     """The header entry's BundleHeaderProto."""
     shards = endianness = producer = 0
-    source = MemorySource(value, name)
+    source = BytesSource(value, name)
     for f in fields(source):
         if f.number == 1 and f.wire == VARINT:
             shards = signed64(f.value)
@@ -103,7 +93,7 @@ def entry(value: bytes, label: str) -> Entry:
     got = {"dtype": 0, "shard": 0, "offset": 0, "size": 0, "crc": 0}
     slices = []
     shape: tuple[int, ...] = ()
-    source = MemorySource(value, label)
+    source = BytesSource(value, label)
     numbers = {1: "dtype", 3: "shard", 4: "offset", 5: "size"}
     for f in fields(source):
         if f.number in numbers and f.wire == VARINT:
@@ -127,7 +117,7 @@ def _int32(value: int) -> int:
     return low - (1 << 32) if low >> 31 else low
 
 
-def _shape(source: MemorySource, start: int, end: int, label: str) -> tuple[int, ...]:
+def _shape(source: BytesSource, start: int, end: int, label: str) -> tuple[int, ...]:
     """A TensorShapeProto's dimensions (a shape of unknown rank refused)."""
     dims = []
     for f in fields(source, start, end):
@@ -144,11 +134,6 @@ def _shape(source: MemorySource, start: int, end: int, label: str) -> tuple[int,
     if math.prod(dims) > MAX_ELEMENTS:
         raise FormatError(label, f"its shape {dims} holds more than 2**63 elements")
     return tuple(dims)
-
-
-def expected_size(item: Entry, dtype: DType) -> int | None:
-    """The bytes its dtype and shape take."""
-    return dtype.nbytes(math.prod(item.shape))
 
 
 def strings(data: bytes, item: Entry, label: str) -> list[bytes]:

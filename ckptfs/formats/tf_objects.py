@@ -11,15 +11,15 @@ from collections import deque
 
 from ..errors import FormatError
 from ..limits import LIMITS
+from ..sources.base import BytesSource
 from .protowire import LEN, VARINT, Field, fields, signed64
-from .tf_entries import MemorySource
 
 KEY = b"_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
 def object_graph(data: bytes, label: str) -> dict:
     """The graph, as `object_graph.yaml` shows it."""
-    source = MemorySource(data, label)
+    source = BytesSource(data, label)
     nodes = []
     for f in fields(source):
         if f.number == 1 and f.wire == LEN:
@@ -31,7 +31,7 @@ def object_graph(data: bytes, label: str) -> dict:
     return {"nodes": nodes}
 
 
-def _node(source: MemorySource, node: Field) -> dict:
+def _node(source: BytesSource, node: Field) -> dict:
     out: dict = {"id": None, "path": None, "children": {}, "attributes": [], "slot_variables": []}
     for f in fields(source, node.offset, node.end):
         if f.wire != LEN:
@@ -56,7 +56,7 @@ def _of(values: dict[int, object], number: int, kind: type, default: object) -> 
     return value if isinstance(value, kind) else default
 
 
-def _message(source: MemorySource, f: Field) -> dict[int, object]:
+def _message(source: BytesSource, f: Field) -> dict[int, object]:
     """A small message's scalar fields: strings decoded, int32s with their sign."""
     values: dict[int, object] = {}
     for v in fields(source, f.offset, f.end):

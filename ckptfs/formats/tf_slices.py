@@ -10,8 +10,8 @@ them when a sharding policy splits a variable across data shards.
 from __future__ import annotations
 
 from ..errors import FormatError
+from ..sources.base import BytesSource
 from .protowire import LEN, VARINT, fields, signed64
-from .tf_entries import MemorySource
 
 #: the first two bytes of a signed number's encoding, by its length
 _HEADER_BITS = ((0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0), (0xFE, 0), (0xFF, 0),
@@ -23,7 +23,7 @@ FULL = -1
 def extents(value: bytes, rank: int, start: int, end: int, label: str) -> list[tuple[int, int]]:
     """A TensorSliceProto's (start, length) per dimension, FULL where it
     takes the whole dimension."""
-    source = MemorySource(value, label)
+    source = BytesSource(value, label)
     out = []
     for f in fields(source, start, end):
         if f.number == 1 and f.wire == LEN:

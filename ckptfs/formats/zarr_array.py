@@ -89,7 +89,7 @@ class ArrayMeta:
         """The grid index a chunk file's name spells, None if it spells none
         (only the name `chunk_name` makes of it counts)."""
         parts = name.split(self.separator) if self.shape else [] if name == "0" else [""]
-        if len(parts) != len(self.shape) or not all(p.isascii() and p.isdigit() for p in parts):
+        if len(parts) != len(self.shape) or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
             return None
         index = tuple(map(int, parts))
         if self.chunk_name(index) != name or any(i >= n for i, n in zip(index, self.grid)):

@@ -134,6 +134,17 @@ def scatter(data: bytes, buffers: list[memoryview]) -> None:
         pos += len(b)
 
 
+class BytesSource(Source):
+    """Bytes already read (a record of an index), as a source for the
+    parsers that walk sources (formats/protowire.py)."""
+
+    def __init__(self, data: bytes, path: str):
+        self.data, self.size, self.path = data, len(data), path
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
 @dataclass(frozen=True)
 class SliceSource(Source):
     """`length` bytes of `parent` starting at `offset`."""

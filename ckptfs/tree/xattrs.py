@@ -19,6 +19,8 @@ RANGE = "ckptfs.range"
 STORAGE = "ckptfs.storage"
 #: an assembled tensor's chunks: `[[offsets, sizes], ...]` as JSON
 CHUNKS = "ckptfs.chunks"
+#: an array read a chunk at a time (an Orbax checkpoint's): its chunk's shape as a JSON list
+ARRAY_CHUNK = "ckptfs.array_chunk"
 #: where one chunk of a distributed checkpoint lies in its tensor
 OFFSETS = "ckptfs.offsets"
 #: a GGUF tensor's ggml type (`Q4_0`), on its `raw.bin`

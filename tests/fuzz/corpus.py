@@ -235,6 +235,26 @@ def _protobuf_messages() -> list[bytes]:
     return [model.SerializeToString(), weight.SerializeToString()]
 
 
+def _orbax_metadata() -> list[bytes]:
+    """What orbax-checkpoint 0.12 writes: `_METADATA` of nested dicts and a
+    list, `_sharding` (keys in base64), a `.zarray` and a sharded `zarr.json`."""
+    leaf = {"key_metadata": [{"key": "layers", "key_type": 2}, {"key": "1", "key_type": 1}, {"key": "w", "key_type": 2}],
+            "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False, "write_shape": [700, 300]}}
+    scalar = {"key_metadata": [{"key": "step", "key_type": 2}],
+              "value_metadata": {"value_type": "scalar", "skip_deserialize": False}}
+    tree = {"tree_metadata": {"('layers', '1', 'w')": leaf, "('step',)": scalar}, "use_ocdbt": True,
+            "use_zarr3": False, "store_array_data_equal_to_fill_value": True, "custom_metadata": None}
+    sharding = {"bGF5ZXJzLjEudw==": json.dumps({"sharding_type": "SingleDeviceSharding", "device_str": "cpu:0"})}
+    zarray = {"chunks": [140, 100], "compressor": {"id": "zstd", "level": 1}, "dimension_separator": ".",
+              "dtype": "<f4", "fill_value": None, "filters": None, "order": "C", "shape": [700, 300], "zarr_format": 2}
+    inner = {"chunk_shape": [140, 100], "codecs": [{"configuration": {"endian": "little"}, "name": "bytes"}],
+             "index_codecs": [{"name": "crc32c"}]}
+    zarr3 = {"chunk_grid": {"configuration": {"chunk_shape": [140, 100]}, "name": "regular"},
+             "codecs": [{"configuration": inner, "name": "sharding_indexed"}], "data_type": "bfloat16",
+             "fill_value": 0.0, "node_type": "array", "shape": [700, 300], "zarr_format": 3}
+    return [json.dumps(doc).encode() for doc in (tree, sharding, zarray, zarr3)]
+
+
 def _onnx_models() -> list[bytes]:
     """The tests' model (every way ONNX stores values) and one with a subgraph (an If's branches)."""
     from onnx import TensorProto, helper
@@ -343,6 +363,7 @@ def seeds(target: str) -> list[bytes]:
         "quantized_weights": lambda: _quantized_safetensors() + _bnb_safetensors(),
         "diffusers_model_index": _model_index,
         "protowire": _protobuf_messages,
+        "orbax_metadata": _orbax_metadata,
         "onnx_model": _onnx_models,
         "tf_table": _tf_bundles,
         "tf_bundle_entry": _tf_entries,

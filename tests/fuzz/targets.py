@@ -27,6 +27,7 @@ from ckptfs.formats import (
     onnx,
     onnx_write,
     open_checkpoint,
+    orbax_metadata,
     protowire,
     pt2,
     quantized,
@@ -232,6 +233,17 @@ def _protowire(data: bytes) -> None:
                 pass
 
 
+def _orbax_metadata(data: bytes) -> None:
+    """The input as an Orbax checkpoint's `_METADATA`, `_sharding`, and an
+    array's `.zarray` and `zarr.json`: each read, or refused as Unfit."""
+    for read in (orbax_metadata.tree, orbax_metadata.sharding, lambda d: orbax_metadata.array(d, False),
+                 lambda d: orbax_metadata.array(d, True)):
+        try:
+            read(data)
+        except orbax_metadata.Unfit:
+            pass
+
+
 def _tf_table(data: bytes) -> None:
     """Every entry of an SSTable (a TensorFlow bundle's index)."""
     list(tf_table.Table(MemorySource(data), "<fuzz input>").items())
@@ -332,6 +344,7 @@ TARGETS = {t.name: t for t in (
     Target("bnb_quant_state", _bnb_quant_state, (QuantizationError,)),
     Target("diffusers_model_index", _diffusers_model_index, (CkptfsError,)),
     Target("protowire", _protowire, (CkptfsError,)),
+    Target("orbax_metadata", _orbax_metadata, (orbax_metadata.Unfit,)),
     Target("onnx_model", _onnx_model, (CkptfsError,)),
     Target("tf_table", _tf_table, (CkptfsError,)),
     Target("tf_bundle_entry", _tf_bundle_entry, (CkptfsError,)),

@@ -26,6 +26,9 @@ class Case:
     options: tuple[str, ...] = ()
     #: more to check on a served mount: check(mount point, source)
     check: Callable[[Path, Path], None] | None = None
+    #: the files of a served mount whose reads fail (EIO), each with its
+    #: problem in `user.ckptfs.problem`; every other file reads
+    broken: tuple[str, ...] = ()
 
 
 def corpus() -> dict[str, Case]:
