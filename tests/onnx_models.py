@@ -87,6 +87,16 @@ def if_model() -> onnx.ModelProto:
     return made
 
 
+def add_model(initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """y = x + w, float32 [2], beside `initializers` (which hold w, or several)."""
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "add",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializers)
+    made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    made.ir_version = 8
+    return made
+
+
 def save(folder: Path, layout: str, proto: onnx.ModelProto | None = None) -> Path:
     """The model saved in `folder` as `layout`: "inline", "external" (one
     data file for tensors of 64 bytes and more) or "per-tensor" (a file each)."""

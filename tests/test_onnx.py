@@ -84,6 +84,35 @@ def test_only_onnx_takes_a_model_and_it_takes_no_other_format():
         assert not onnx_format.sniff(other), other
 
 
+def test_a_tensorflow_saved_model_pb_is_no_onnx_model(tmp_path):
+    """Both start `08 01 12`: ir_version 1 and producer_name, or a SavedModel's
+    schema version 1 and its MetaGraphDef."""
+    done = subprocess.run([sys.executable, "-c", "import sys, tensorflow as tf; "
+                           "tf.saved_model.save(tf.Module(), sys.argv[1])", str(tmp_path / "saved")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    head = (tmp_path / "saved" / "saved_model.pb").read_bytes()[:SNIFF_BYTES]
+    assert head.startswith(b"\x08\x01\x12") and not onnx_format.sniff(head)
+    whole = head[:3] + bytes([100]) + head[5:105]  # its field 2 cut to end inside the head: binary, no name
+    assert not onnx_format.sniff(whole)
+    assert run_ckptfs("info", tmp_path / "saved" / "saved_model.pb").returncode != 0
+
+
+def test_every_onnx_model_of_the_installed_packages_is_sniffed():
+    """The .onnx files the test libraries ship (onnx's backend test data): each taken."""
+    import site
+
+    found = [os.path.join(folder, name) for root in site.getsitepackages() for folder, _, files in os.walk(root)
+             for name in files if name.endswith(".onnx")]
+    assert len(found) > 100
+    refused = []
+    for path in found:
+        with open(path, "rb") as f:
+            if not onnx_format.sniff(f.read(SNIFF_BYTES)):
+                refused.append(path)
+    assert not refused, refused
+
+
 def test_graph_yaml_reads_back_as_the_values_it_was_written_from():
     tricky = ["yes", "No", "1.5", "", "x y", "#c", "\u00e9", "\x85z", "\U0001F600", "a: b", "a:", "onnx::MatMul_1",
               "-x", "[1]", None, 1e-05, float("inf"), -0.0, 3, True, "null", "~", "0x10", ".inf", "12:30", "<<"]
@@ -156,6 +185,129 @@ def test_metadata_added_to_a_model_without_any(tmp_path, mount):
     assert umount(mnt).returncode == 0
     onnx.checker.check_model(str(path))
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"converted_by": "ckptfs"}
+
+
+def test_external_data_entries_without_data_location_external_are_ignored_as_onnx_does(tmp_path, mount):
+    """raw_data beside stray external_data entries: onnx.load + to_array and
+    onnxruntime read raw_data (they look at data_location only); so does the mount."""
+    w = numpy_helper.from_array(np.array([1, 2], np.float32), "w")
+    w.external_data.add(key="location", value="w.bin")
+    path = tmp_path / "stray" / "model.onnx"
+    path.parent.mkdir()
+    (path.parent / "w.bin").write_bytes(np.array([9, 9], np.float32).tobytes())
+    onnx.save_model(onnx_models.add_model([w]), path)
+    expected = onnx_models.reference(path)["w"]
+    assert expected.tolist() == [1, 2]
+    assert _run(path, np.zeros(2, np.float32)).tolist() == [1, 2]
+    mnt = mount(path, "-o", "ro")
+    assert np.load(mnt / "w.npy").tobytes() == expected.tobytes()
+
+
+def test_of_initializers_named_twice_the_last_is_shown_and_edited_as_onnxruntime_runs_it(tmp_path, mount):
+    path = onnx_models.save(tmp_path / "twice", "inline", onnx_models.add_model(
+        [numpy_helper.from_array(np.array(v, np.float32), "w") for v in ([1, 2], [7, 8])]))
+    x = np.zeros(2, np.float32)
+    ran = _run(path, x)
+    assert ran.tolist() == [7, 8]
+    mnt = mount(path)
+    assert np.load(mnt / "w.npy").tobytes() == ran.tobytes()
+    notes = "\n".join(yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"])
+    assert "'w': an earlier initializer of this name is left out" in notes
+    np.save(mnt / "w.npy", np.array([5, 6], np.float32))
+    assert umount(mnt).returncode == 0
+    assert _run(path, x).tolist() == [5, 6]
+    assert [numpy_helper.to_array(t).tolist() for t in onnx.load(str(path)).graph.initializer] == [[1, 2], [5, 6]]
+
+
+def test_strings_over_a_mebibyte_are_summarized_and_kept_byte_for_byte(tmp_path, mount):
+    """A 2 MiB metadata value and doc_string: shown as their length, the
+    model mounted whole; an untouched repack, and an edit of another key,
+    keep them as they were."""
+    proto = onnx_models.model()
+    proto.doc_string = "d" * (2 << 20)
+    helper_props = {**onnx_models.METADATA, "vocab": "v" * (2 << 20)}
+    onnx.helper.set_model_props(proto, helper_props)
+    path = onnx_models.save(tmp_path / "long", "inline", proto)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = onnx_models.reference(path)
+    mnt = mount(path)
+    assert _tensors(mnt).keys() == expected.keys()
+    assert all(array.tobytes() == expected[name].tobytes() for name, array in _tensors(mnt).items())
+    assert yaml.safe_load((mnt / "metadata.yaml").read_text())["vocab"] == f"<{2 << 20} bytes>"
+    assert yaml.safe_load((mnt / "graph.yaml").read_text())["doc_string"] == f"<{2 << 20} bytes>"
+    (mnt / "metadata.yaml").write_bytes((mnt / "metadata.yaml").read_bytes())
+    assert umount(mnt).returncode == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    mnt = mount(path)
+    shown = yaml.safe_load((mnt / "metadata.yaml").read_text())
+    (mnt / "metadata.yaml").write_text(yaml.safe_dump({**shown, "author": "another"}))
+    assert umount(mnt).returncode == 0
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {**helper_props, "author": "another"}
+
+
+def test_metadata_not_utf8_is_kept_byte_for_byte_when_another_key_is_edited(tmp_path, mount):
+    from ckptfs.formats.onnx_write import entry_bytes
+    from ckptfs.formats.protowire import encode_len
+
+    odd = encode_len(1, 3) + b"odd" + encode_len(2, 2) + b"\xff\xfe"
+    path = onnx_models.save(tmp_path / "odd", "inline")
+    path.write_bytes(path.read_bytes() + encode_len(14, len(odd)) + odd)
+    mnt = mount(path)
+    shown = yaml.safe_load((mnt / "metadata.yaml").read_text())
+    assert shown["odd"] == "\ufffd\ufffd"
+    (mnt / "metadata.yaml").write_text(yaml.safe_dump({**shown, "license": "apache"}))
+    assert umount(mnt).returncode == 0
+    data = path.read_bytes()
+    assert encode_len(14, len(odd)) + odd in data and entry_bytes("license", "apache") in data
+
+
+def test_an_attribute_of_a_wrong_wire_type_fails_graph_yaml_alone(tmp_path, mount):
+    from ckptfs.formats.protowire import VARINT, encode_len, encode_tag, encode_varint
+
+    proto = onnx_models.add_model([numpy_helper.from_array(np.array([1, 2], np.float32), "w")])
+    attribute = encode_len(1, 1) + b"f" + encode_tag(2, VARINT) + encode_varint(1)  # a float written as a varint
+    node = encode_len(4, 4) + b"Relu" + encode_len(5, len(attribute)) + attribute
+    graph = proto.graph.SerializeToString() + encode_len(1, len(node)) + node
+    proto.ClearField("graph")
+    path = tmp_path / "odd.onnx"
+    path.write_bytes(proto.SerializeToString() + encode_len(7, len(graph)) + graph)
+    mnt = mount(path, "-o", "ro")
+    assert np.load(mnt / "w.npy").tolist() == [1, 2]
+    assert "has wire type 0" in yaml.safe_load((mnt / "graph.yaml").read_text())["graph"]
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert any(n.startswith("graph.yaml cannot show the graph") for n in notes), notes
+
+
+def test_nodes_of_one_name_keep_their_subgraphs_in_folders_of_their_own(tmp_path, mount):
+    """Two If nodes named `choose` (and an unnamed one beside a node named
+    `If_3`): each node's branches in a folder of its own, `_INDEX` appended."""
+    made = onnx_models.if_model()
+    first = made.graph.node[0]
+    second, third, fourth = (onnx.NodeProto() for _ in range(3))
+    for node, output, name in ((second, "z2", "choose"), (third, "z3", "If_3"), (fourth, "z4", "")):
+        node.CopyFrom(first)
+        node.output[0], node.name = output, name
+        node.attribute[0].g.initializer[0].CopyFrom(numpy_helper.from_array(np.float32([len(output)] * 2), "c"))
+        made.graph.node.append(node)
+    path = onnx_models.save(tmp_path / "same", "inline", made)
+    mnt = mount(path, "-o", "ro")
+    assert sorted(os.listdir(mnt / "subgraphs")) == ["If_3", "If_3_3", "choose", "choose_1"]
+    for folder, node in zip(["choose", "choose_1", "If_3", "If_3_3"], onnx.load(str(path)).graph.node):
+        for attribute in node.attribute:
+            want = numpy_helper.to_array(attribute.g.initializer[0])
+            assert np.load(mnt / "subgraphs" / folder / attribute.name / "c.npy").tobytes() == want.tobytes()
+
+
+def test_external_data_located_in_the_model_file_itself_is_left_out(tmp_path, mount):
+    w = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[2])
+    for key, value in (("location", "model.onnx"), ("offset", "0"), ("length", "8")):
+        w.external_data.add(key=key, value=value)
+    w.data_location = onnx.TensorProto.EXTERNAL
+    path = onnx_models.save(tmp_path / "self", "inline", onnx_models.add_model([w]))
+    mnt = mount(path, "-o", "ro")
+    assert not (mnt / "w.npy").exists()
+    notes = yaml.safe_load((mnt / ".ckptfs" / "info.yaml").read_text())["notes"]
+    assert "'w' is left out: its external data location 'model.onnx' is the model file itself" in notes, notes
 
 
 def test_a_model_with_external_data_takes_metadata_and_inline_edits_and_refuses_external_ones(tmp_path, mount):
@@ -236,12 +388,19 @@ def test_a_model_rewritten_with_its_own_bytes_repacks_to_identical_bytes(layout,
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
+#: metadata that YAML reads and a repack could not write: a lone surrogate
+#: (UTF-8 cannot encode it), a list nested deeper than the parser recurses
+UNWRITABLE_YAML = (b'a: "\\ud800"\n', b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n")
+
+
 def test_edits_it_cannot_hold_are_refused_at_once(tmp_path, mount):
     path = onnx_models.save(tmp_path / "bad", "inline")
     mnt = mount(path)
     write_refused(mnt / "fc" / "bias.npy", _npy(np.zeros(4, np.float32)))  # another shape
     write_refused(mnt / "fc" / "weight.npy", _npy(onnx_models.WEIGHT.astype(np.float64)))  # another dtype
     write_refused(mnt / "metadata.yaml", b"key: 3\n")  # not a string
+    write_refused(mnt / "metadata.yaml", UNWRITABLE_YAML[0])
+    write_refused(mnt / "metadata.yaml", UNWRITABLE_YAML[1])
     write_refused(mnt / "new.npy", _npy(np.zeros(2, np.float32)))
     with pytest.raises(PermissionError):
         os.rename(mnt / "fc" / "bias.npy", mnt / "fc" / "b.npy")

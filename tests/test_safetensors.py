@@ -105,6 +105,16 @@ def test_metadata_yaml(mount, every_dtype):
         assert yaml.safe_load(f) == {"format": "pt", "note": "ü and\nnewline"}
 
 
+def test_metadata_a_repack_could_not_write_is_refused_at_close(mount, every_dtype):
+    from .conftest import umount, write_refused
+    from .test_onnx import UNWRITABLE_YAML
+
+    mnt = mount(every_dtype)
+    for data in UNWRITABLE_YAML:
+        write_refused(Path(mnt) / "__metadata__.yaml", data)
+    assert umount(mnt, "--discard").returncode == 0
+
+
 def test_subbyte_dtypes_are_raw_bytes_with_true_dtype(mount, tmp_path):
     data = bytes(range(256)) * 2
     header = {

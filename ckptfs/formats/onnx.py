@@ -20,7 +20,8 @@ cannot afford). The tree:
 
 A tensor that cannot be shown (a type no NumPy dtype holds as ONNX stores
 it: strings, 4-bit and 2-bit types; values that run past their file; an
-external location outside the folder) is left out with a note, alone.
+external location outside the folder or naming the model itself) is
+left out with a note, alone.
 Writable (onnx_write): metadata.yaml, and initializers stored in the model
 file (of the main graph or a subgraph) replaced with the same dtype and shape.
 """
@@ -77,6 +78,8 @@ from .protowire import LEN, VARINT
 
 #: the highest ir_version the sniff takes: far above any ONNX has defined (one more every release or two)
 MAX_IR_VERSION = 100
+#: ModelProto's string fields that name: its producer, their version, its domain
+NAMES = (PRODUCER_NAME, PRODUCER_VERSION, DOMAIN)
 #: the folder of the subgraphs' initializers
 SUBGRAPHS = "subgraphs"
 FACTS = {IR_VERSION: "ir_version", PRODUCER_NAME: "producer_name", PRODUCER_VERSION: "producer_version",
@@ -87,7 +90,10 @@ def sniff(head: bytes) -> bool:
     """The first bytes are a ModelProto's fields: ir_version first, as
     protobuf writes fields in their numbers' order, a small number, then
     only ModelProto's fields with their wire types, up to where the head
-    ends (a field may run past it)."""
+    ends (a field may run past it). A producer_name, producer_version or
+    domain is short text that ends inside the head: a TensorFlow
+    saved_model.pb starts alike (`08 01 12`: schema version 1, then its
+    MetaGraphDef as field 2, a long binary message)."""
     pos, first = 0, True
     while pos < len(head):
         try:
@@ -100,9 +106,22 @@ def sniff(head: bytes) -> bool:
             return not first and len(head) - pos < 20
         if first and not 1 <= value <= MAX_IR_VERSION:
             return False
+        if number in NAMES and not _short_text(head[pos + used + more:pos + used + more + value], value):
+            return False
         pos += used + more + (value if wire == LEN else 0)
         first = False
     return not first
+
+
+def _short_text(data: bytes, length: int) -> bool:
+    """Whether a string field of `length` bytes, `data` as far as the head
+    holds it, is a name: whole in the head, printable UTF-8."""
+    if len(data) < length:
+        return False
+    try:
+        return data.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        return False
 
 
 @dataclass
@@ -168,8 +187,10 @@ class Shown:
 
 class Initializers:
     """Initializers read into tensors that can be shown, each with its kind
-    of storage (`Stored.kind`); a note for each that cannot. Names are
-    unique within a graph; the external data files opened are shared."""
+    of storage (`Stored.kind`); a note for each that cannot. Of two of one
+    name in a graph the last is shown, as onnxruntime runs it (onnx.checker
+    refuses such a model, onnxruntime does not); the external data files
+    opened are shared."""
 
     def __init__(self, source: Source, neighbours: Directory | None, notes: list[str]):
         self.source, self.neighbours, self.notes = source, neighbours, notes
@@ -179,7 +200,7 @@ class Initializers:
     def read(self, fields: list[protowire.Field], prefix: str = "") -> list[tuple[Tensor, str, protowire.Field]]:
         """The tensors of a graph's initializers, each named `prefix` + its
         name, with its kind of storage and its TensorProto's field."""
-        found, names = [], set()
+        found: dict[str, tuple[Tensor, str, protowire.Field]] = {}
         for f in fields:
             self.count += 1
             if self.count > LIMITS.members:
@@ -191,16 +212,14 @@ class Initializers:
                 self.notes.append(f"the initializer at offset {f.offset} is left out: {e.problem}")
                 continue
             info.name = prefix + info.name
-            if info.name in names:
-                self.notes.append(f"{info.name!r}: a second initializer of this name is left out "
-                                  "(ONNX names are unique)")
-                continue
+            if found.pop(info.name, None) is not None:
+                self.notes.append(f"{info.name!r}: an earlier initializer of this name is left out "
+                                  "(onnxruntime runs the last)")
             try:
-                found.append((*tensor_of(self.source, info, self.neighbours, self.externals), f))
-                names.add(info.name)
+                found[info.name] = (*tensor_of(self.source, info, self.neighbours, self.externals), f)
             except FormatError as e:
                 self.notes.append(f"{info.name!r} is left out: {e.problem}")
-        return found
+        return list(found.values())
 
 
 def main_initializers(source: Source, graph: protowire.Field, notes: list[str]) -> list[protowire.Field]:
@@ -250,7 +269,7 @@ def tensor_of(source: Source, info: TensorInfo, neighbours: Directory | None,
     dtype, shape = BY_NAME[dtype_name], tuple(info.dims)
     numel = math.prod(shape)
     nbytes = numel * dtype.bits // 8
-    if info.data_location == EXTERNAL or info.external:
+    if info.data_location == EXTERNAL:  # as onnx and onnxruntime decide: external_data entries alone are ignored
         return Tensor(info.name, dtype, shape, _external(source, info, neighbours, externals, nbytes)), "external"
     if info.raw is not None:
         if info.raw.value != nbytes:
@@ -295,6 +314,8 @@ def _external(source: Source, info: TensorInfo, neighbours: Directory | None, ex
         raise FormatError(path, f"external data location {location!r} is no relative path inside the model's folder")
     if neighbours is None:
         raise FormatError(path, f"its external data {location!r} cannot be opened: the model is no local file")
+    if normal == posixpath.basename(path):  # its offset would point elsewhere once a repack changes a length
+        raise FormatError(path, f"its external data location {location!r} is the model file itself")
     if not neighbours.is_file(normal):
         raise FormatError(path, f"its external data file {location!r} is not a file inside the model's folder")
     try:
@@ -331,7 +352,11 @@ def read(source: Source, neighbours: Directory | None):
     root, placed = tensor_tree([t for t, _, _ in found])
     kinds = {id(t): (kind, proto) for t, kind, proto in found}
     graph_text = GraphText(source)
-    graph = graph_text.graph(model.graph.offset, model.graph.end)
+    try:
+        graph = graph_text.graph(model.graph.offset, model.graph.end)
+    except FormatError as e:  # the initializers and metadata are shown all the same
+        graph = f"not shown: {e.problem}"
+        shown.notes.append(f"graph.yaml cannot show the graph: {e.problem}")
     inner = place_subgraph_initializers(root, reader, graph_text.subgraph_initializers)
     placed += [p for p, _ in inner]
     kinds.update((id(p.tensor), (kind, None)) for p, kind in inner)
@@ -344,12 +369,9 @@ def read(source: Source, neighbours: Directory | None):
     described.read_only = True
     if len(dict(model.metadata)) < len(model.metadata):
         shown.notes.append("metadata_props holds a key twice: metadata.yaml shows the last value")
-    for name, node in (("graph.yaml", described),
-                       ("metadata.yaml", File(Content([metadata_text(model.metadata).encode()])))):
-        try:
-            root.add(name, node)
-        except PathConflict:
-            shown.notes.append(f"{name} is not shown: an initializer takes its name")
+    # no initializer takes these names: every name splits at its dots, and a file of the tree ends in .npy
+    root.add("graph.yaml", described)
+    root.add("metadata.yaml", File(Content([metadata_text(model.metadata).encode()])))
     return root, placed, shown
 
 

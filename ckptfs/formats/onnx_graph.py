@@ -6,7 +6,8 @@ dtype and shape), never dumped; initializers are the tree's `.npy` files
 (`GraphText` finds those of the subgraphs it renders).
 
 Subgraphs nest at most MAX_DEPTH deep and the whole file holds at most
-`max_yaml_values` nodes: past either, a line says what was left out.
+`max_yaml_values` nodes and attribute values together: past either, a line
+says what was left out (so its cost grows with the model only up to there).
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ class GraphText:
     TensorProto's field)."""
 
     def __init__(self, source: Source):
-        self.source, self.nodes = source, 0
+        #: nodes and attribute values shown so far, across every graph
+        self.source, self.values = source, 0
         self.subgraph_initializers: list[tuple[tuple[str, ...], protowire.Field]] = []
 
     def graph(self, start: int, end: int, where: tuple[str, ...] = ()) -> dict:
         out: dict = {"name": "", "inputs": [], "outputs": [], "initializers": 0, "nodes": []}
-        source = self.source
+        source, folders = self.source, set()
         for f in counted(source, start, end, "a graph"):
             if f.number == G_NAME:
                 out["name"] = text(source, f)
@@ -70,11 +72,11 @@ class GraphText:
             elif f.number == G_SPARSE_INITIALIZER:
                 out["sparse_initializers"] = out.get("sparse_initializers", 0) + 1
             elif f.number == G_NODE and f.wire == LEN:
-                self.nodes += 1
-                if self.nodes > LIMITS.yaml_values:
+                self.values += 1
+                if self.values > LIMITS.yaml_values:
                     out["nodes"].append(f"... more nodes, past max_yaml_values ({LIMITS.yaml_values})")
                     break
-                out["nodes"].append(self.node(f, where, len(out["nodes"])))
+                out["nodes"].append(self.node(f, where, len(out["nodes"]), folders))
         return out
 
     def value_info(self, f: protowire.Field) -> dict:
@@ -111,12 +113,14 @@ class GraphText:
                 return text(self.source, part)
         return "?"
 
-    def node(self, f: protowire.Field, where: tuple[str, ...], index: int) -> dict:
-        """A NodeProto; `where` its graph's place, `index` its place in the graph
-        (what a subgraph's folder is named after when the node has no name)."""
+    def node(self, f: protowire.Field, where: tuple[str, ...], index: int, folders: set[str]) -> dict:
+        """A NodeProto; `where` its graph's place, `index` its place in the
+        graph, `folders` the names its graph's nodes took for their
+        subgraphs' folders (`folder`)."""
         source = self.source
         out: dict = {"op_type": "", "name": "", "inputs": [], "outputs": []}
         attributes: dict = {}
+        folder = None
         for part in protowire.fields(source, f.offset, f.end):
             if part.number in (1, 2):
                 out["inputs" if part.number == 1 else "outputs"].append(text(source, part))
@@ -125,7 +129,8 @@ class GraphText:
             elif part.number == 7:
                 out["domain"] = text(source, part)
             elif part.number == 5 and part.wire == LEN:
-                name, value = self.attribute(part, where + (out["name"] or f"{out['op_type']}_{index}",))
+                folder = folder or _folder(out["name"] or f"{out['op_type']}_{index}", index, folders)
+                name, value = self.attribute(part, where + (folder,))
                 attributes[name] = value
         if attributes:
             out["attributes"] = attributes
@@ -144,7 +149,13 @@ class GraphText:
             elif part.number in (2, 3, 4, 5, 6, 14, 22):
                 single = self._value(part, where + (name,))
             elif part.number in (7, 8, 9, 10, 11, 15, 23):
-                listed = (listed or []) + self._values(part, where + (f"{name}_{len(listed or [])}",))
+                listed = [] if listed is None else listed
+                listed.extend(self._values(part, where + (f"{name}_{len(listed)}",)))
+                if self.values + len(listed) > LIMITS.yaml_values:
+                    del listed[LIMITS.yaml_values - self.values:]
+                    listed.append(f"... more values, past max_yaml_values ({LIMITS.yaml_values})")
+                    break
+        self.values += len(listed or ())
         return name, single if listed is None else listed
 
     def _value(self, f: protowire.Field, where: tuple[str, ...]) -> object:
@@ -156,7 +167,7 @@ class GraphText:
         if f.wire != LEN:
             raise FormatError(self.source.path, f"attribute field {n} at offset {f.offset} has wire type {f.wire}")
         if n == 4:
-            return self._string(f)
+            return text(self.source, f, SHOWN_BYTES)
         if n == 6:
             return self._subgraph(f, where)
         return "type" if n == 14 else self._tensor(f)
@@ -169,10 +180,6 @@ class GraphText:
         return [self._value(protowire.Field(4 if f.number == 9 else 6 if f.number == 11 else 14 if f.number == 15
                                             else 5, f.wire, f.value, f.offset), where)]
 
-    def _string(self, f: protowire.Field) -> str:
-        if f.value > SHOWN_BYTES:
-            return f"<{f.value} bytes>"
-        return text(self.source, f)
 
     def _tensor(self, f: protowire.Field) -> str:
         """A tensor in an attribute, summarized: `tensor float32 [2, 3]`."""
@@ -186,6 +193,16 @@ class GraphText:
         if len(where) // 2 >= MAX_DEPTH:
             return f"a graph nested more than {MAX_DEPTH} deep, not shown"
         return self.graph(f.offset, f.end, where)
+
+
+def _folder(name: str, index: int, taken: set[str]) -> str:
+    """The folder of a node's subgraphs: its name (or op_type and index),
+    `_INDEX` appended while an earlier node of its graph took it (two nodes
+    of one name, or one named `If_0` beside an unnamed If)."""
+    while name in taken:
+        name = f"{name}_{index}"
+    taken.add(name)
+    return name
 
 
 def _float(bits: int) -> float:

@@ -63,11 +63,12 @@ MAX_PARTS = 1 << 16
 
 
 def text(source: Source, f: protowire.Field, limit: int = MAX_STRING) -> str:
-    """A string field's value (one longer than `limit` is a FormatError)."""
+    """A string field's value; one longer than `limit` is shown by its
+    length, `<N bytes>`, unread (a metadata value may hold a vocabulary)."""
     if f.wire != LEN:
         raise FormatError(source.path, f"field {f.number} at offset {f.offset} is no string")
     if f.value > limit:
-        raise FormatError(source.path, f"a string of {f.value} bytes at offset {f.offset}, more than {limit}")
+        return f"<{f.value} bytes>"
     return source.read_exact(f.offset, f.value).decode("utf-8", "replace")
 
 
@@ -117,6 +118,8 @@ def read_tensor(source: Source, start: int, end: int) -> TensorInfo:
         elif n == T_DATA_TYPE and f.wire == VARINT:
             info.data_type = f.signed
         elif n == T_NAME:
+            if f.value > MAX_STRING:  # a name is a path in the tree, never a summary
+                raise FormatError(source.path, f"a tensor's name of {f.value} bytes, more than {MAX_STRING}")
             info.name = text(source, f)
         elif n == T_RAW_DATA and f.wire == LEN:
             info.raw = f
@@ -179,8 +182,7 @@ class VarintValues:
                 continue
             at = f.offset
             while at < f.end:
-                data = np.frombuffer(self.source.read_exact(at, min(self.STEP, f.end - at)), np.uint8)
-                stops = np.flatnonzero(data < 0x80)
+                stops = varint_ends(self.source.read_exact(at, min(self.STEP, f.end - at)))
                 if not len(stops):
                     raise FormatError(self.source.path, f"a varint at offset {at} is cut short or longer than 10 bytes")
                 marks.append((values, i, at, at + int(stops[-1]) + 1))
@@ -215,11 +217,17 @@ class VarintValues:
         scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
 
+def varint_ends(data: bytes) -> np.ndarray:
+    """Where each varint of `data` ends: the index of every byte without
+    the continuation bit (a varint cut short at the end has none)."""
+    return np.flatnonzero(np.frombuffer(data, np.uint8) < 0x80)
+
+
 def decode_varints(data: bytes, path: str, offset: int) -> np.ndarray:
     """The whole varints at the start of `data`, as uint64 (a varint cut
     short at its end is left out; one of more than 10 bytes is a FormatError)."""
     b = np.frombuffer(data, np.uint8)
-    stops = np.flatnonzero(b < 0x80)
+    stops = varint_ends(data)
     if not len(stops):
         return np.zeros(0, np.uint64)
     b = b[: stops[-1] + 1]

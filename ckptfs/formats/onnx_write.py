@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import yaml
-
 from ..errors import EditRefused, RepackError
 from ..pack.changes import is_edited
 from ..sources.base import Source
@@ -33,6 +31,7 @@ from .base import Before, Files, FileWriter
 from .onnx_proto import T_INT32_DATA, TYPED_FIELD, read_tensor
 from .onnx_varints import VarintField
 from .protowire import encode_len
+from .yamlmap import string_mapping
 
 if TYPE_CHECKING:
     from .onnx import Shown, Stored
@@ -166,7 +165,10 @@ class Writer(FileWriter):
 
     def _metadata(self, node, problems: list[str]) -> list:
         """The splices that put the edited metadata in: the entries where
-        the first one lay, the others' ranges emptied."""
+        the first one lay, the others' ranges emptied. An entry left as
+        metadata.yaml shows it is copied as it lies (a value shown as
+        `<N bytes>`, or not UTF-8 and shown with U+FFFD, stays byte for
+        byte); a new or changed one is written anew."""
         if not isinstance(node, File):
             problems.append(f"{METADATA} was removed: an empty mapping ({{}}) clears the metadata")
             return []
@@ -177,27 +179,27 @@ class Writer(FileWriter):
         except ValueError as e:
             problems.append(str(e))
             return []
-        new = b"".join(entry_bytes(key, value) for key, value in entries)
-        ranges = self.shown.model.metadata_ranges or [(self.source.size, self.source.size)]
-        first, *rest = ranges
-        return [(first[0], first[1] - first[0], lambda out: out.write(new))] + \
-            [(start, end - start, lambda out: None) for start, end in rest]
+        model = self.shown.model
+        kept = dict(zip(model.metadata, model.metadata_ranges))
+        parts = [kept.get(entry) or entry_bytes(*entry) for entry in entries]
+
+        def write(out) -> None:
+            for part in parts:
+                if isinstance(part, bytes):
+                    out.write(part)
+                else:
+                    out.copy(self.source, part[0], part[1] - part[0])
+
+        first, *rest = model.metadata_ranges or [(self.source.size, self.source.size)]
+        return [(first[0], first[1] - first[0], write)] + [(start, end - start, lambda out: None) for start, end in rest]
 
 
 def parse_metadata(data: bytes) -> list[tuple[str, str]]:
-    """metadata.yaml's entries; ValueError unless it is a mapping of strings."""
+    """metadata.yaml's entries (none for an empty file); ValueError unless it is a mapping of strings."""
     try:
-        value = yaml.safe_load(data.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{METADATA}: not readable YAML: {str(e).splitlines()[0]}") from None
-    if value is None:
-        return []
-    if not isinstance(value, dict):
-        raise ValueError(f"{METADATA}: a mapping of keys to strings is expected, not {type(value).__name__}")
-    for key, item in value.items():
-        if not isinstance(key, str) or not isinstance(item, str):
-            raise ValueError(f"{METADATA}: {key!r}: ONNX metadata keys and values are strings (quote {item!r})")
-    return list(value.items())
+        return list((string_mapping(data) or {}).items())
+    except ValueError as e:
+        raise ValueError(f"{METADATA}: {e}") from None
 
 
 def entry_bytes(key: str, value: str) -> bytes:

@@ -12,8 +12,6 @@ import errno
 import json
 import math
 
-import yaml
-
 from ..errors import EditRefused, FormatError, MoveRefused, RepackError
 from ..humanize import plural
 from ..limits import LIMITS
@@ -27,6 +25,7 @@ from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import Tensor, dtype_before, tensor_key, tensor_tree
 from . import quantized
 from .base import FileFormat, FileWriter, Moved, Opening, Pickles, WriterKind
+from .yamlmap import string_mapping
 
 MAGIC_LENGTH = 9
 
@@ -253,16 +252,10 @@ def storable(dtype: DType) -> bool:
 
 def _edited_metadata(node: File, problems: list[str]):
     try:
-        value = yaml.safe_load(node.content.read(0, node.content.size).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        problems.append(f"__metadata__.yaml: not valid YAML ({str(e).splitlines()[0]})")
+        return string_mapping(node.content.read(0, node.content.size))
+    except ValueError as e:
+        problems.append(f"__metadata__.yaml: {e}")
         return None
-    if value is None:
-        return None
-    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
-        problems.append("__metadata__.yaml: must map strings to strings")
-        return None
-    return value
 
 
 def open_file(opening: Opening) -> Checkpoint:

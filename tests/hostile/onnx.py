@@ -120,11 +120,32 @@ def _model_past_its_end(tmp_path: Path) -> Path:
     return path
 
 
+def _model_of_a_long_attribute(tmp_path: Path) -> Path:
+    """A node whose `ints` attribute holds 600,000 values, each its own field
+    (as onnx.proto's unpacked repeated ints are written): read in linear
+    time, and past max_yaml_values (set lower) graph.yaml says so."""
+    values = (encode_tag(8, VARINT) + encode_varint(7)) * 600_000
+    attribute = encode_len(1, 4) + b"ints" + encode_tag(20, VARINT) + encode_varint(7) + values
+    node = encode_len(4, 4) + b"Pads" + encode_len(5, len(attribute)) + attribute
+    graph = encode_len(1, len(node)) + node
+    path = tmp_path / "long.onnx"
+    path.write_bytes(encode_tag(1, VARINT) + encode_varint(8) + encode_len(7, len(graph)) + graph)
+    return path
+
+
+def _long_attribute_is_cut(mnt: Path, source: Path) -> None:
+    nodes = yaml.safe_load((mnt / "graph.yaml").read_text())["graph"]["nodes"]
+    assert nodes[0]["attributes"]["ints"] == [7] * 400_000 + ["... more values, past max_yaml_values (400001)"]
+
+
 CASES = {
     "an onnx model of initializers that climb out, run past their file, claim huge shapes":
         Case(_model_of_bad_initializers, "served", check=_each_bad_initializer_breaks_only_itself),
     "an onnx model whose varints never end": Case(lambda p: _endless_varint(p / "endless.onnx"), "served",
                                                   "is cut short or longer than 10 bytes"),
     "an onnx model of If branches nested 5000 deep": Case(_model_of_a_deep_graph, "served", check=_deep_is_cut),
+    "an onnx model of an attribute of 600,000 values, each its own field":
+        Case(_model_of_a_long_attribute, "served", options=("-o", "max_yaml_values=400001"),
+             check=_long_attribute_is_cut),
     "an onnx model cut in half": Case(_model_past_its_end, "refused", "past its message"),
 }
