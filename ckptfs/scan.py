@@ -235,14 +235,11 @@ class _Scanner:
         pickles = _pickles(head)
         if depth > MAX_DEPTH:
             self.report.problems.append(f"{location}: more than {MAX_DEPTH} archives deep; not scanned")
-        elif keras.sniff(head):  # a zip too: its records as any zip's, then its config
-            self.zip(source, location, depth)
-            self.keras_config(lambda: keras.KerasArchive(source, location).json(keras.CONFIG),
-                              f"{location}:{keras.CONFIG}")
-        elif Pickles.ZIP in pickles or head.startswith(EMPTY_ZIP):
-            self.zip(source, location, depth)
+        elif keras.sniff(head) or Pickles.ZIP in pickles or head.startswith(EMPTY_ZIP):
+            self.zip(source, location, depth)  # its records as any zip's, then a Keras config wherever it lies
+            self.keras_config(lambda: keras.zip_config(source, location), f"{location}:{keras.CONFIG}")
         elif hdf5.sniff(head):
-            self.keras_config(lambda: hdf5.model_config(source, location), f"{location}:model_config")
+            self.h5_config(source, location)
         elif is_tar(head):  # torch.load tries tarfile first too
             self.tar(source, location, depth)
             self.pickles(source, location, loaded=False)  # pickle.load and np.load read it from its first byte
@@ -260,6 +257,11 @@ class _Scanner:
                                      "PROTO: no loader unpickles it")
         else:
             self.pickles(source, location, loaded=False)
+        if depth <= MAX_DEPTH and not hdf5.sniff(head) and hdf5.after_user_block(source):
+            self.h5_config(source, location)  # whatever its user block holds, h5py and Keras read it as HDF5
+
+    def h5_config(self, source: Source, location: str) -> None:
+        self.keras_config(lambda: hdf5.model_config(source, location), f"{location}:model_config")
 
     def object_array(self, source: Source, location: str) -> None:
         """An `.npy` whose dtype holds Python objects holds a pickle after

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import zipfile
@@ -298,14 +297,188 @@ def test_an_edit_the_file_cannot_hold_is_refused_when_closed(models, tmp_path, m
     assert path.read_bytes() == (models / "plain.keras").read_bytes()
 
 
-def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path):
-    """The walk of a local file runs in a child: a file that crashes HDF5
-    there (a byte-flipped attribute did) is refused, and this process goes on."""
+def test_a_crash_of_the_hdf5_library_is_one_line(tmp_path, monkeypatch):
+    """The walk of a local file runs in a child, a new Python handed the
+    file's descriptor (never a fork of this process and its threads): a
+    file that crashes HDF5 there (a byte-flipped attribute did) is refused,
+    and this process goes on."""
     path = tmp_path / "x.h5"
     path.write_bytes(weights_h5())
     source = FileSource(str(path))
-    with pytest.raises(FormatError, match=r"the HDF5 library crashed reading it \(SIGTERM\)"):  # not SIGSEGV:
-        hdf5._isolated(lambda: os.kill(os.getpid(), signal.SIGTERM), source, str(path))  # pytest's faulthandler prints
-    with pytest.raises(FormatError, match="a problem of its own"):
-        hdf5._isolated(lambda: (_ for _ in ()).throw(FormatError(str(path), "a problem of its own")), source, str(path))
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked"))
     assert [d.path for d in hdf5.walk(source, str(path)).datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"  # not SIGSEGV: pytest's faulthandler prints
+    monkeypatch.setattr(hdf5, "_CHILD_CODE", crash)
+    with pytest.raises(FormatError, match=r"the HDF5 library crashed reading it \(SIGTERM\)"):
+        hdf5.walk(source, str(path))
+    monkeypatch.setattr(hdf5, "_CHILD_CODE", "print('{\"problem\": \"a problem of its own\"}')")
+    with pytest.raises(FormatError, match="a problem of its own"):
+        hdf5.walk(source, str(path))
+    monkeypatch.setattr(hdf5, "_CHILD_CODE", "import time; time.sleep(60)")
+    monkeypatch.setattr(hdf5, "CHILD_SECONDS", 1)
+    with pytest.raises(FormatError, match="took more than 1 s"):
+        hdf5.walk(source, str(path))
+
+
+def _walked(path: Path) -> hdf5.Contents:
+    return hdf5.walk(FileSource(str(path)), str(path))
+
+
+def test_external_storage_is_not_followed(tmp_path):
+    """A dataset whose values HDF5 keeps in another file (`external=`) would
+    serve any file the mounting user can read: left out, with a note."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"SECRETSECRETKEY!" * 4)
+    secret.chmod(0o600)
+    path = tmp_path / "ext.h5"
+    path.write_bytes(weights_h5(w=lambda f: f.create_dataset("w", (64,), "u1", external=[(str(secret), 0, 64)])))
+    contents = _walked(path)
+    assert [d.path for d in contents.datasets] == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    assert any(n.startswith("w: its values are kept in other files") for n in contents.notes), contents.notes
+
+
+def test_a_virtual_dataset_is_not_followed(tmp_path):
+    """A virtual dataset maps other HDF5 files' datasets: left out, with a note."""
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["data"] = np.arange(16, dtype=np.float64)
+    layout = h5py.VirtualLayout((16,), np.float64)
+    layout[:] = h5py.VirtualSource(str(tmp_path / "src.h5"), "data", (16,))
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("v", layout, fillvalue=-1)
+    contents = _walked(path)
+    assert contents.datasets == []
+    assert any(n.startswith("v: a virtual dataset") for n in contents.notes), contents.notes
+
+
+def _dangerous(path: Path) -> list[str]:
+    done = run_ckptfs("scan", "--json", str(path))
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and report["verdict"] == "dangerous", done.stdout
+    return [d["global"] for d in report["dangerous"]]
+
+
+def test_a_reordered_keras_zip_is_scanned_for_its_config(models, tmp_path):
+    """Keras reads `config.json` by name, whatever comes first in the zip."""
+    path = tmp_path / "reordered.keras"
+    with zipfile.ZipFile(models / "lambda.keras") as src, zipfile.ZipFile(path, "w") as out:
+        out.writestr("assets/x.txt", b"first")
+        for info in sorted(src.infolist(), key=lambda i: i.filename != "model.weights.h5"):
+            out.writestr(info.filename, src.read(info))
+    assert _dangerous(path) == ["keras.layers.Lambda"]
+
+
+def test_an_h5_after_a_user_block_is_scanned_for_its_config(models, tmp_path):
+    """HDF5 allows a user block (512, 1024, 2048... bytes) before its signature."""
+    path = tmp_path / "ub.h5"
+    with h5py.File(models / "lambda.h5", "r") as src, h5py.File(path, "w", userblock_size=1024) as out:
+        for key in src.attrs:
+            out.attrs[key] = src.attrs[key]
+        for key in src:
+            src.copy(src[key], out, key)
+    assert path.read_bytes()[:8] != hdf5.MAGIC
+    assert _dangerous(path) == ["keras.layers.Lambda"]
+
+
+def _linked_300_times(path: Path) -> Path:
+    with h5py.File(path, "w", libver="latest") as f:
+        group = f.create_group("g")
+        group.attrs["big"] = np.zeros(1 << 17, np.float64)  # 1 MiB
+        group["w"] = np.arange(4, dtype=np.float32)
+        for i in range(300):
+            f[f"l{i}"] = group
+    return path
+
+
+def test_an_object_linked_many_times_is_read_once(tmp_path):
+    """300 hard links to a group with a 1 MiB attribute took 28 s and 2 GB
+    of RSS when each link was walked: each object is read once, by address."""
+    contents = _walked(_linked_300_times(tmp_path / "amp.h5"))
+    assert [d.path for d in contents.datasets] == ["g/w"] and list(contents.attributes) == ["g"]
+    assert sum(n.endswith("a hard link to g, shown there only") for n in contents.notes) == 300
+
+
+def test_attributes_are_bounded_in_all(tmp_path, monkeypatch):
+    from ckptfs.limits import LIMITS
+
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as f:
+        for i in range(10):
+            f.create_group(f"g{i}").attrs["a"] = np.zeros(1000, np.float64)
+    monkeypatch.setattr(LIMITS, "yaml_values", 4500)  # handed to the walk's child
+    contents = _walked(path)
+    assert len(contents.attributes) == 4
+    assert sum("the rest of the file's not shown" in n for n in contents.notes) == 1
+
+
+def test_the_walks_answer_is_bounded(tmp_path, monkeypatch):
+    from ckptfs.limits import LIMITS
+
+    path = tmp_path / "wide.h5"
+    with h5py.File(path, "w") as f:
+        for i in range(40):
+            f[f"w{i}"] = np.zeros(2, np.float32)
+    monkeypatch.setattr(LIMITS, "header_bytes", 1000)
+    with pytest.raises(FormatError, match=r"take more than 4,?000 bytes of JSON"):
+        _walked(path)
+
+
+def test_datasets_read_through_h5py_are_slow_and_their_chunks_bounded(tmp_path):
+    """A read through h5py may inflate chunks: it runs off the mount's event
+    loop (slow); a chunk of more than MAX_CHUNK_BYTES decoded is left out."""
+    path = tmp_path / "chunks.h5"
+    rows = hdf5.MAX_CHUNK_BYTES // 4096 + 1
+    with h5py.File(path, "w") as f:
+        f.create_dataset("small", data=np.arange(64, dtype=np.float32).reshape(8, 8), chunks=(4, 4), compression="gzip")
+        f.create_dataset("big", data=(np.arange(rows * 1024) % 7).astype(np.float32).reshape(rows, 1024),
+                         chunks=(rows, 1024), compression="gzip")
+    shown = hdf5.expand(FileSource(str(path)), str(path))
+    assert [p.path for p in shown.placed] == ["small.npy"]
+    assert any(n.startswith("big: one chunk holds") for n in shown.notes), shown.notes
+    content = shown.root.children["small.npy"].content
+    assert content.slow
+    assert np.array_equal(np.load(io.BytesIO(content.read(0, content.size))), np.arange(64).reshape(8, 8))
+
+
+def test_keras_functions_of_published_bypasses_are_dangerous():
+    """`keras.*` is trusted, except what CVE-2025-8747 / CVE-2025-9906 called from a config."""
+    from ckptfs.formats.keras_code import code_in
+
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {
+        "name": "d", "trainable": True, "units": 3,
+        "activation": {"module": "keras.utils", "class_name": "function", "config": "get_file"},
+        "kernel_initializer": {"module": "keras.config", "class_name": "function",
+                               "config": "enable_unsafe_deserialization"},
+        "bias_initializer": {"module": "keras.initializers", "class_name": "Zeros", "config": {}}}}
+    found, problems = code_in({"module": "keras", "class_name": "Sequential", "config": {"layers": [dense]}})
+    assert problems == []
+    assert sorted((c.module, c.name) for c in found) == [("keras.config", "enable_unsafe_deserialization"),
+                                                         ("keras.utils", "get_file")]
+    assert all("CVE-2025-" in c.reason and not c.bytecode for c in found)
+
+
+def test_types_hdf5_converts_on_read_are_not_served_zero_copy(tmp_path):
+    """An integer type of 16 bits of precision at bit 8 of 4 bytes is int32
+    to h5py, which converts it when reading: its raw bytes are not its values."""
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        odd = h5py.h5t.STD_I32LE.copy()
+        odd.set_precision(16)
+        odd.set_offset(8)
+        dset = h5py.Dataset(h5py.h5d.create(f.id, b"odd", odd, h5py.h5s.create_simple((4,))))
+        dset[...] = np.array([1, 2, -3, 300], np.int32)
+        want = dset[...]
+    shown = hdf5.expand(FileSource(str(path)), str(path))
+    content = shown.root.children["odd.npy"].content
+    assert np.array_equal(np.load(io.BytesIO(content.read(0, content.size))), want)
+    assert content.slow  # read through h5py
+
+
+def test_a_dataset_hard_linked_twice_is_shown_once(tmp_path):
+    """Two paths to one dataset would be two files whose edits land on the same bytes."""
+    path = tmp_path / "twice.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = np.arange(4, dtype=np.float32)
+        f["b"] = f["a"]
+    contents = _walked(path)
+    assert [d.path for d in contents.datasets] == ["a"] and contents.notes == ["b: a hard link to a, shown there only"]

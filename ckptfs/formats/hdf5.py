@@ -23,22 +23,25 @@ whatever it raises becomes one line naming the file.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import math
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
+from ..limits import apply as apply_limits
 from ..pickle.pyobjects import to_yaml
-from ..sources.base import SeekableReader, Source, scatter
+from ..sources.base import FileSource, SeekableReader, SliceSource, Source
 from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_NAME, DType
@@ -53,10 +56,18 @@ MAX_DEPTH = 64
 #: what a filtered (compressed) dataset may claim, in times its stored bytes
 #: (plus one MiB): more is a decompression bomb, refused as Keras refuses it
 MAX_EXPANSION = 1024
-#: how long the child that reads a file's objects (`_isolated`) may take
-CHILD_SECONDS = 600
-#: attributes the YAML files show, for the whole file
+#: the most one chunk of a dataset read through h5py may hold, decoded: the
+#: chunk cache of each open dataset (`_Handles.CHUNK_CACHE`), so a chunk is
+#: inflated once for the reads it serves, and a read inflates at most a few
+#: (a 256 MiB gzip chunk took 1 s per 128 KiB read, inflated each time)
+MAX_CHUNK_BYTES = 16 << 20
+#: how long the child that reads a file's objects (`_isolated`) may take: h5py
+#: reads no data there, only objects and attributes, bounded in number
+CHILD_SECONDS = 60
+#: attributes the YAML files show, for the whole file (and at most max_header_bytes stored, yaml_values values)
 MAX_ATTRIBUTES = 100_000
+#: the JSON the walk's child may answer, in bytes per max_header_bytes (a number's text outgrows its 8 bytes)
+ANSWER_BYTES_PER_HEADER_BYTE = 4
 #: bytes of one attribute's value shown
 MAX_ATTRIBUTE_BYTES = 16 << 20
 #: root attributes of a Keras legacy file that hold JSON, each shown in `<name>.yaml`
@@ -79,8 +90,21 @@ def h5py_module(name: str):
 
 def sniff(head: bytes) -> bool:
     """HDF5's signature at the start. (A file whose signature follows a user
-    block, at 512 bytes or beyond, is not seen: Keras and h5py write none.)"""
+    block, at 512 bytes or beyond, is not mounted: Keras and h5py write
+    none; `ckptfs scan` finds it, `after_user_block`.)"""
     return head.startswith(MAGIC)
+
+
+def after_user_block(source: Source) -> bool:
+    """Whether HDF5's signature lies after a user block: at 512, 1024,
+    2048... bytes, where the HDF5 library (and so h5py and Keras) looks for
+    it; one 8-byte read per power of two below the file's size."""
+    offset = 512
+    while offset + len(MAGIC) <= source.size:
+        if source.pread(offset, len(MAGIC)) == MAGIC:
+            return True
+        offset *= 2
+    return False
 
 
 class _Reader(SeekableReader):
@@ -119,7 +143,7 @@ def walk(source: Source, name: str) -> Contents:
     """Every dataset and attribute of the HDF5 file in `source`, bounded;
     FormatError naming `name` for a file h5py cannot read (or that crashes
     it: `_isolated`)."""
-    found = _isolated(lambda: _as_json(_walk(source, name)), source, name)
+    found = _isolated("walk", source, name)
     return Contents([Dataset(path, BY_NAME[dtype], tuple(shape), None if offset is None else
                              Extent(source, offset, BY_NAME[dtype].nbytes(math.prod(shape))), tuple(map(tuple, facts)))
                      for path, dtype, shape, offset, facts in found["datasets"]],
@@ -132,6 +156,7 @@ def _walk(source: Source, name: str) -> Contents:
     with _LOCK:
         try:
             with h5py.File(_Reader(source), "r") as f:
+                contents.first_seen(f, "")
                 contents.group(f, "", 0)
         except FormatError:
             raise
@@ -150,7 +175,7 @@ def model_config(source: Source, name: str) -> object:
     """The parsed `model_config` attribute of a Keras legacy `.h5` file (the
     model `load_model` builds), or None where it has none; FormatError for a
     file h5py cannot read or a config that is no JSON."""
-    text = _isolated(lambda: _model_config_text(source, name), source, name)
+    text = _isolated("model_config", source, name)
     if not isinstance(text, str):
         return None
     try:
@@ -169,55 +194,93 @@ def _model_config_text(source: Source, name: str) -> object:
             raise FormatError(name, f"not a readable HDF5 file ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _answer(readable: int, pid: int, name: str) -> bytes:
-    """What the child wrote, up to its exit; FormatError (the child
-    killed) if it takes more than CHILD_SECONDS."""
-    chunks, deadline = [], time.monotonic() + CHILD_SECONDS
-    with os.fdopen(readable, "rb", buffering=0) as pipe:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([pipe], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise FormatError(name, f"reading it through h5py took more than {CHILD_SECONDS} s")
-            chunk = pipe.read(1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+def _answer(child: subprocess.Popen, name: str) -> bytes:
+    """What the child wrote, up to its end; FormatError if it takes more
+    than CHILD_SECONDS or writes more than ANSWER_BYTES_PER_HEADER_BYTE x
+    max_header_bytes (the caller kills and reaps it)."""
+    chunks, size, deadline = [], 0, time.monotonic() + CHILD_SECONDS
+    most = ANSWER_BYTES_PER_HEADER_BYTE * LIMITS.header_bytes
+    pipe = child.stdout.fileno()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([pipe], [], [], left)[0]:
+            raise FormatError(name, f"reading it through h5py took more than {CHILD_SECONDS} s")
+        chunk = os.read(pipe, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > most:
+            raise FormatError(name, f"its objects and attributes take more than {plural(most, 'byte')} of "
+                                    "JSON (-o max_header_bytes raises the limit)")
+        chunks.append(chunk)
 
 
-def _isolated(work: Callable[[], object], source: Source, name: str) -> object:
-    """`work()` (a value JSON holds) run in a child process where the file is
-    a local one: a hostile file that crashes the HDF5 library there (a
-    byte-flipped attribute did, in H5Aread) is refused in one line, and the
-    command or mount goes on. Elsewhere (a remote source, whose fetching
-    threads a child would not have) it runs here."""
-    if source.origin is None or source.slow:
-        return work()
-    h5py_module(name)  # imported before the fork: its absence is one line here
-    readable, writable = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the value, or the FormatError's problem, then exit
-        try:
-            os.close(readable)
-            try:
-                out = {"value": work()}
-            except FormatError as e:
-                out = {"problem": e.problem}
-            with os.fdopen(writable, "wb") as pipe:
-                pipe.write(json.dumps(out, default=repr).encode())
-        finally:
-            os._exit(0)
-    os.close(writable)
-    data = _answer(readable, pid, name)
-    _, status = os.waitpid(pid, 0)
+#: what the child runs: `_child` of this module, found below the folder holding ckptfs (argv[1])
+_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from ckptfs.formats.hdf5 import _child; _child(*sys.argv[2:])"
+_CKPTFS_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _isolated(task: str, source: Source, name: str) -> object:
+    """`_TASKS[task](source, name)` (a value JSON holds) run in a child
+    process, a new Python (not a fork of this one, whose threads' locks a
+    fork would copy held), handed the file's descriptor: a hostile file
+    that crashes the HDF5 library there (a byte-flipped attribute did, in
+    H5Aread) is refused in one line, and the command or mount goes on. A
+    source that is no byte range of a local file (remote, deflated in a
+    zip) is read here."""
+    on_disk = _on_disk(source)
+    if on_disk is None:
+        return _TASKS[task](source, name)
+    h5py_module(name)  # its absence is one line here
+    fd, offset, path = on_disk
+    limits = json.dumps(dataclasses.asdict(LIMITS))  # -o max_...: the child spends what this process may
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, _CKPTFS_PARENT, str(fd), path, str(offset),
+                              str(source.size), task, name, limits], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, pass_fds=(fd,))
+    try:
+        data = _answer(child, name)
+        child.wait(CHILD_SECONDS)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
     if not data:
-        why = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        code = child.returncode
+        why = signal.Signals(-code).name if code < 0 else f"exit {code}"
         raise FormatError(name, f"the HDF5 library crashed reading it ({why}): a damaged or hostile HDF5 file")
     out = json.loads(data)
     if "problem" in out:
         raise FormatError(name, out["problem"])
     return out["value"]
+
+
+def _on_disk(source: Source) -> tuple[int, int, str] | None:
+    """The descriptor and path of the local file `source` is a byte range
+    of, and where the range starts; else None."""
+    offset = 0
+    while isinstance(source, SliceSource):
+        offset += source.offset
+        source = source.parent
+    return (source.fd, offset, source.path) if isinstance(source, FileSource) else None
+
+
+def _child(fd: str, path: str, offset: str, size: str, task: str, name: str, limits: str) -> None:
+    """The child's side of `_isolated`: the value, or the FormatError's problem, as JSON on stdout."""
+    apply_limits(json.loads(limits))
+    file = FileSource(f"/proc/self/fd/{fd}")  # the parent's file, whatever its path now holds
+    file.path = path
+    source = file.slice(int(offset), int(size))
+    try:
+        out = {"value": _TASKS[task](source, name)}
+    except FormatError as e:
+        out = {"problem": e.problem}
+    sys.stdout.write(json.dumps(out, default=repr))
+
+
+#: what `_isolated` runs, by name (the child is handed a name, not code)
+_TASKS = {"walk": lambda source, name: _as_json(_walk(source, name)), "model_config": lambda source, name:
+          _model_config_text(source, name)}
 
 
 def _first_line(e: Exception) -> str:
@@ -229,7 +292,14 @@ class _Walk:
         self.source, self.name, self.h5py = source, name, h5py
         self.found = Contents()
         self.objects = 0
-        self.attribute_count = 0
+        self.attribute_count = self.attribute_bytes = self.attribute_values = 0
+        self.attributes_cut = False
+        #: the path each object was first found at, by its address: each is read once, however many links it has
+        self.seen: dict[int, str] = {}
+
+    def first_seen(self, node, path: str) -> str:
+        """Where the walk first found `node`: `path`, unless another hard link led to it before."""
+        return self.seen.setdefault(self.h5py.h5o.get_info(node.id).addr, path or "/")
 
     def group(self, group, path: str, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -252,6 +322,10 @@ class _Walk:
                 self.found.notes.append(f"{child}: h5py cannot open it ({type(e).__name__}: {_first_line(e)}): "
                                         "left out")
                 continue
+            first = self.first_seen(node, child)
+            if first != child:
+                self.found.notes.append(f"{child}: a hard link to {first}, shown there only")
+                continue
             if isinstance(node, self.h5py.Dataset):
                 self.attributes(node, child)
                 self.dataset(node, child)
@@ -261,16 +335,32 @@ class _Walk:
     def attributes(self, node, path: str) -> None:
         shown = {}
         for key in node.attrs:
-            self.attribute_count += 1
-            if self.attribute_count > MAX_ATTRIBUTES:
-                self.found.notes.append(f"{path or '/'}: more than {MAX_ATTRIBUTES} attributes: the rest not shown")
-                return
+            if self.attributes_cut:
+                break
             try:
+                self.within_budget(node.attrs.get_id(key), path)
+                if self.attributes_cut:
+                    break
                 shown[key] = _plain(node.attrs[key])
-            except (OSError, TypeError, ValueError) as e:
+                self.attribute_bytes += len(shown[key]) if isinstance(shown[key], str) else 0  # a variable-length one
+            except (OSError, RuntimeError, TypeError, ValueError) as e:
                 shown[key] = f"<unreadable: {_first_line(e)}>"
         if shown:
             self.found.attributes[path or "/"] = shown
+
+    def within_budget(self, attribute, path: str) -> None:
+        """Counts one more attribute before it is read: past MAX_ATTRIBUTES
+        in all, max_header_bytes or yaml_values values in all, it and the
+        rest of the file's are not shown (`attributes_cut`, a note)."""
+        self.attribute_count += 1
+        values = math.prod(attribute.shape or ())
+        self.attribute_bytes += values * attribute.get_type().get_size()  # a variable-length string's text: after
+        self.attribute_values += values
+        if (self.attribute_count > MAX_ATTRIBUTES or self.attribute_bytes > LIMITS.header_bytes
+                or self.attribute_values > LIMITS.yaml_values):
+            self.attributes_cut = True
+            self.found.notes.append(f"{path or '/'}: attributes past {MAX_ATTRIBUTES}, max_header_bytes or "
+                                    "yaml_values values in all: the rest of the file's not shown")
 
     def dataset(self, dset, path: str) -> None:
         """One dataset: a tensor, or a note saying why it is not shown."""
@@ -290,10 +380,16 @@ class _Walk:
         stored = dset.id.get_storage_size()
         plist = dset.id.get_create_plist()
         layout, filters = plist.get_layout(), plist.get_nfilters()
+        if plist.get_external_count() > 0:
+            raise _Skipped("its values are kept in other files (HDF5 external storage): not followed, as links "
+                           "are not: left out")
+        if layout == self.h5py.h5d.VIRTUAL:
+            raise _Skipped("a virtual dataset, whose values come from other HDF5 files: not followed, as links "
+                           "are not: left out")
         facts = ((xattrs.SOURCE, self.source.locate(0)[0]), (xattrs.HDF5_STORAGE, _storage(dset, plist, layout)))
         offset = dset.id.get_offset()
         native = dset.dtype.byteorder in ("<", "=", "|")
-        if layout == self.h5py.h5d.CONTIGUOUS and not filters and native and offset is not None:
+        if layout == self.h5py.h5d.CONTIGUOUS and not filters and native and offset is not None and self.plain(dset):
             if stored != nbytes:
                 raise _Skipped(f"stores {plural(stored, 'byte')} for {dtype.name} {list(shape)}, which take {nbytes}: "
                                "left out")
@@ -301,14 +397,26 @@ class _Walk:
                 raise _Skipped(f"its {plural(nbytes, 'byte')} at {offset} run past the end of the file "
                                f"({plural(self.source.size, 'byte')}): left out")
             return Dataset(path, dtype, shape, Extent(self.source, offset, nbytes), facts)
+        chunk = dtype.nbytes(math.prod(dset.chunks)) if dset.chunks else 0
+        if chunk > MAX_CHUNK_BYTES:
+            raise _Skipped(f"one chunk holds {plural(chunk, 'byte')} decoded, more than the "
+                           f"{MAX_CHUNK_BYTES >> 20} MiB a read may inflate: left out")
         if nbytes > stored * MAX_EXPANSION + (1 << 20):
             raise _Skipped(f"claims {plural(nbytes, 'byte')} ({dtype.name} {list(shape)}) from "
                            f"{plural(stored, 'stored byte')}, more than {MAX_EXPANSION} times: left out")
         return Dataset(path, dtype, shape, None, facts)
 
 
+    def plain(self, dset) -> bool:
+        """Whether a dataset's stored bytes are its values: a number type
+        HDF5 converts on read (precision or offset within its bytes, a
+        float of its own layout) is not, and is read through h5py."""
+        return dset.dtype.kind not in "biuf" or dset.id.get_type().equal(self.h5py.h5t.py_create(dset.dtype))
+
+
 class _Skipped(Exception):
-    """A dataset that is no tensor (strings, compound types): left out, in a note."""
+    """A dataset not served (no tensor, values in other files, sizes that do
+    not add up): left out, in a note."""
 
 
 _LAYOUTS = {0: "compact", 1: "contiguous", 2: "chunked", 3: "virtual"}
@@ -372,7 +480,7 @@ class _Handles:
     At most MOST_DATASETS x CHUNK_CACHE bytes of chunks are kept."""
 
     MOST_FILES, MOST_DATASETS = 4, 4
-    CHUNK_CACHE = 16 << 20
+    CHUNK_CACHE = MAX_CHUNK_BYTES
 
     def __init__(self):
         self.files: OrderedDict[tuple[int, int], object] = OrderedDict()
@@ -415,33 +523,40 @@ class _Handles:
 _HANDLES = _Handles()
 
 
-class H5Values:
+class H5Values(Source):
     """A dataset's C-order bytes, read through h5py on demand: the elements
-    a read covers, no more (whole rows where they fit, else row by row)."""
+    a read covers, no more (whole rows where they fit, else row by row).
+    Slow: a read may inflate chunks (up to MAX_CHUNK_BYTES each), so
+    fuse/operations.py serves it in a worker thread, off the event loop
+    (`_LOCK` still lets one thread at a time into h5py)."""
+
+    slow = True
 
     def __init__(self, source: Source, name: str, dataset: Dataset):
-        self.source, self.name, self.path = source, name, dataset.path
+        self.file, self.name, self.dataset_path = source, name, dataset.path
+        self.path = f"{name}:{dataset.path}"
         self.shape, self.itemsize = dataset.shape, dataset.dtype.bits // 8
-        self.length = math.prod(self.shape) * self.itemsize
+        self.size = math.prod(self.shape) * self.itemsize
 
-    def read(self, offset: int, length: int) -> bytes:
-        first, last = offset // self.itemsize, -(-min(self.length, offset + length) // self.itemsize)
+    @property
+    def origin(self):
+        return self.file.origin
+
+    def pread(self, offset: int, length: int) -> bytes:
+        first, last = offset // self.itemsize, -(-min(self.size, offset + length) // self.itemsize)
         if first >= last:
             return b""
         with _LOCK:
             try:
-                dset = _HANDLES.dataset(self.source, self.name, self.path)
+                dset = _HANDLES.dataset(self.file, self.name, self.dataset_path)
                 data = b"".join(_elements(dset, (), self.shape, first, last))
             except FormatError:
                 raise
             except Exception as e:
-                raise FormatError(self.name, f"{self.path}: h5py cannot read it ({type(e).__name__}: "
+                raise FormatError(self.name, f"{self.dataset_path}: h5py cannot read it ({type(e).__name__}: "
                                              f"{_first_line(e)})") from None
         skip = offset - first * self.itemsize
         return data[skip : skip + length]
-
-    def readv(self, offset: int, buffers: list[memoryview]) -> None:
-        scatter(self.read(offset, sum(map(len, buffers))), buffers)
 
 
 def _elements(dset, index: tuple, shape: tuple[int, ...], first: int, last: int):
@@ -523,7 +638,8 @@ def _tensor(source: Source, name: str, dataset: Dataset, key: str) -> Tensor:
     if dataset.extent is not None:
         return Tensor(key, dataset.dtype, dataset.shape, dataset.extent)
     values = H5Values(source, name, dataset)
-    return PiecedTensor(key, dataset.dtype, dataset.shape, Extent(source, 0, 0), (values,), dataset.facts)
+    return PiecedTensor(key, dataset.dtype, dataset.shape, Extent(source, 0, 0), (Extent(values, 0, values.size),),
+                        dataset.facts)
 
 
 def _json(text: str, label: str, notes: list[str]) -> object:

@@ -62,6 +62,22 @@ def sniff(head: bytes) -> bool:
     return head[LOCAL_HEADER.size : LOCAL_HEADER.size + name_length] in FIRST_RECORDS
 
 
+def zip_config(source: Source, name: str) -> dict | None:
+    """The `config.json` of any zip, parsed, as `keras.saving.load_model`
+    finds it (zipfile, by name, wherever the record lies; the last of that
+    name); None where the zip has none, or zipfile cannot read it (nor can
+    Keras). FormatError where the config is no JSON object or the zip is
+    past the budgets."""
+    try:
+        archive = KerasArchive(source, name)
+    except FormatError as e:
+        if e.problem.startswith(("not a readable zip archive", f"a zip whose first record is Keras's, but it holds "
+                                                                f"no {CONFIG}")):
+            return None
+        raise
+    return archive.json(CONFIG)
+
+
 class KerasArchive:
     """The records of one `.keras` file, by name (the last of a name, as zipfile takes it)."""
 

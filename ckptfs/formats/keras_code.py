@@ -11,7 +11,8 @@ attribute (docs/security.md, "Keras models"), as modelscan does.
 - a `TFOpLambda` layer: it calls the TensorFlow function it names.
 
 Built-in Keras objects (`module` keras or keras.*, or Keras's `builtins`
-functions) are code Keras ships, and are not listed.
+functions) are code Keras ships, and are not listed, except `DENIED`:
+those published safe_mode bypasses called from a config.
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ from ..limits import LIMITS
 
 #: dicts inside dicts the walk enters (Keras nests a few per layer)
 MAX_NESTING = 200
+#: Keras's own functions and layers a config can name that fetch or load
+#: other files or turn safe_mode off, by name in any keras.* module: the
+#: safe_mode bypasses after CVE-2025-1550 (which named modules outside
+#: Keras) used them: CVE-2025-8747 (`keras.utils.get_file` downloads),
+#: CVE-2025-9906 (`keras.config.enable_unsafe_deserialization`, and
+#: `set_global_attribute` of its module, before a Lambda; the same report
+#: loads another model with `keras.models.load_model(safe_mode=False)`);
+#: `TFSMLayer` loads a TensorFlow SavedModel, whose graph may read and write files
+DENIED = {"get_file": "downloads a file (CVE-2025-8747)",
+          "enable_unsafe_deserialization": "turns safe_mode off (CVE-2025-9906)",
+          "set_global_attribute": "can turn safe_mode off (CVE-2025-9906)",
+          "load_model": "loads another model, safe_mode its own argument (CVE-2025-9906)",
+          "load_weights": "loads weights from another file",
+          "TFSMLayer": "loads a TensorFlow SavedModel from a path"}
 BYTECODE = ("Python bytecode (marshalled, base64) that Keras runs when the model is loaded "
             "(Keras 3 only with safe_mode=False; tf.keras 2 always)")
 
@@ -84,9 +99,12 @@ def _in_object(obj: dict, where: str) -> list[Code]:
     found = []
     if isinstance(inner, dict) and inner.get("function_type") in ("lambda", "function"):  # a tf.keras 2 Lambda
         found += _legacy_lambda(inner, where)
-    if isinstance(kind, str) and isinstance(module, str) and not _ships_with_keras(module):
+    if isinstance(kind, str) and isinstance(module, str):
         name = inner if kind == "function" and isinstance(inner, str) else kind
-        found.append(Code(module, name, where, False, f"Keras imports {module!r} to find {name!r} (a custom object)"))
+        if not _ships_with_keras(module):
+            found.append(Code(module, name, where, False, f"Keras imports {module!r} to find {name!r} (a custom object)"))
+        elif name in DENIED:
+            found.append(Code(module, name, where, False, f"a Keras function that {DENIED[name]}"))
     return found
 
 

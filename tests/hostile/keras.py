@@ -105,3 +105,22 @@ CASES = {
         "not a readable HDF5 file"),
     "an HDF5 file cut short": Case(_cut, "refused", "not a readable HDF5 file"),
 }
+
+
+def _external(tmp_path: Path) -> Path:
+    """A dataset whose values HDF5 would read from a 0600 file by path."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"SECRETSECRETKEY!" * 4)
+    secret.chmod(0o600)
+    path = tmp_path / "external.h5"
+    path.write_bytes(weights_h5(w=lambda f: f.create_dataset("w", (64,), "u1", external=[(str(secret), 0, 64)])))
+    return path
+
+
+def _no_w(mnt: Path, source: Path) -> None:
+    _kernel_reads(mnt, source)
+    assert not (mnt / "w.npy").exists()
+
+
+CASES["an HDF5 dataset stored in another file (external storage)"] = Case(
+    _external, "served", "its values are kept in other files", check=_no_w)
