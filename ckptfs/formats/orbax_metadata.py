@@ -13,7 +13,6 @@ import math
 import re
 from dataclasses import dataclass
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with NumPy)
 import numpy as np
 
 from ..limits import LIMITS
