@@ -240,3 +240,18 @@ def test_zarr_metadata_claims_are_checked(claim):
     assert array(json.dumps(good).encode(), False).shape == (10,)
     with pytest.raises(Unfit):
         array(json.dumps({**good, **claim}).encode(), False)
+
+
+def test_no_module_of_the_folder_the_user_stands_in_is_run(saved, tmp_path):
+    """`python -c` looks for modules in its working directory first: the
+    process that reads the OCDBT database must not import a `json.py` of
+    the folder `ckptfs` was run from (a checkpoint's own folder, say)."""
+    marker = tmp_path / "ran"
+    for module in ("json", "tensorstore"):
+        (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('{module}')\n")
+    script = Path(sys.executable).with_name("ckptfs")  # `python -m` would itself import from the folder
+    done = subprocess.run([script, "ls", str(saved / "ocdbt")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "_METADATA.yaml" in done.stdout
+    assert not marker.exists(), marker.read_text()

@@ -27,12 +27,9 @@ import dataclasses
 import json
 import math
 import os
-import select
 import signal
-import subprocess
 import sys
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -49,6 +46,7 @@ from ..tree.nodes import Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_mirror
 from ..tree.tensors import PiecedTensor, PlacedTensor, Tensor, TensorFile
 from .base import FileFormat, Opening
+from .child import run as run_child
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 #: groups inside groups the walk enters
@@ -194,27 +192,6 @@ def _model_config_text(source: Source, name: str) -> object:
             raise FormatError(name, f"not a readable HDF5 file ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _answer(child: subprocess.Popen, name: str) -> bytes:
-    """What the child wrote, up to its end; FormatError if it takes more
-    than CHILD_SECONDS or writes more than ANSWER_BYTES_PER_HEADER_BYTE x
-    max_header_bytes (the caller kills and reaps it)."""
-    chunks, size, deadline = [], 0, time.monotonic() + CHILD_SECONDS
-    most = ANSWER_BYTES_PER_HEADER_BYTE * LIMITS.header_bytes
-    pipe = child.stdout.fileno()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([pipe], [], [], left)[0]:
-            raise FormatError(name, f"reading it through h5py took more than {CHILD_SECONDS} s")
-        chunk = os.read(pipe, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > most:
-            raise FormatError(name, f"its objects and attributes take more than {plural(most, 'byte')} of "
-                                    "JSON (-o max_header_bytes raises the limit)")
-        chunks.append(chunk)
-
-
 #: what the child runs: `_child` of this module, found below the folder holding ckptfs (argv[1])
 _CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from ckptfs.formats.hdf5 import _child; _child(*sys.argv[2:])"
 _CKPTFS_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -234,19 +211,10 @@ def _isolated(task: str, source: Source, name: str) -> object:
     h5py_module(name)  # its absence is one line here
     fd, offset, path = on_disk
     limits = json.dumps(dataclasses.asdict(LIMITS))  # -o max_...: the child spends what this process may
-    child = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, _CKPTFS_PARENT, str(fd), path, str(offset),
-                              str(source.size), task, name, limits], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, pass_fds=(fd,))
-    try:
-        data = _answer(child, name)
-        child.wait(CHILD_SECONDS)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        child.stdout.close()
+    code, data = run_child([sys.executable, "-c", _CHILD_CODE, _CKPTFS_PARENT, str(fd), path, str(offset),
+                           str(source.size), task, name, limits], name, CHILD_SECONDS,
+                          ANSWER_BYTES_PER_HEADER_BYTE * LIMITS.header_bytes, pass_fds=(fd,))
     if not data:
-        code = child.returncode
         why = signal.Signals(-code).name if code < 0 else f"exit {code}"
         raise FormatError(name, f"the HDF5 library crashed reading it ({why}): a damaged or hostile HDF5 file")
     out = json.loads(data)

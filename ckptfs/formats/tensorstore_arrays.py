@@ -16,15 +16,16 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 import threading
 
 import numpy as np
 
 from ..errors import FormatError
+from ..limits import LIMITS
 from ..sources.base import Source
 from ..tree.dtypes import DType
+from .child import run as run_child
 from .orbax_metadata import METADATA_BYTES, ArrayInfo
 
 #: what `pip` installs for these checkpoints
@@ -205,7 +206,11 @@ _PROBE = r"""
 import json, sys
 import tensorstore as ts
 base, names, limit = sys.argv[1], json.load(sys.stdin), int(sys.argv[2])
-store = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": base + "/"}}).result()
+try:
+    store = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": base + "/"}}).result()
+except Exception as e:
+    json.dump({"unreadable": " ".join(str(e).split())[:300]}, sys.stdout)
+    sys.exit(0)
 found = {}
 for name in names:
     try:
@@ -219,7 +224,7 @@ for name in names:
             found[name] = ["missing"]
     except Exception as e:
         found[name] = ["error", " ".join(str(e).split())[:300]]
-json.dump(found, sys.stdout)
+json.dump({"arrays": found}, sys.stdout)
 """
 
 
@@ -228,21 +233,20 @@ def ocdbt_metadata(root: str, params: list[str]) -> dict[str, tuple[bool, bytes]
     `root`: (zarr3, its bytes), or why there is none. Read by a subprocess,
     so this process never starts tensorstore's threads (a later fork would
     abort); FormatError if the database cannot be read at all."""
+    # -I: neither the folder the user stands in nor PYTHONPATH lends it modules
+    code, answer = run_child([sys.executable, "-I", "-c", _PROBE, root, str(METADATA_BYTES)], root, TIMEOUT,
+                             LIMITS.header_bytes, stdin=json.dumps(params).encode())
+    if code != 0:
+        raise FormatError(root, f"its OCDBT database cannot be read (tensorstore's reader ended with status {code})")
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, root, str(METADATA_BYTES)], input=json.dumps(params),
-                              capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise FormatError(root, f"its OCDBT database was not read in {TIMEOUT} s") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise FormatError(root, f"its OCDBT database cannot be read: {last[:300]}")
-    try:
-        found = json.loads(done.stdout)
-    except ValueError:
+        found = json.loads(answer)
+    except (ValueError, RecursionError):
         found = None
-    if not isinstance(found, dict):
+    if isinstance(found, dict) and isinstance(found.get("unreadable"), str):
+        raise FormatError(root, f"its OCDBT database cannot be read: {found['unreadable']}")
+    if not isinstance(found, dict) or not isinstance(found.get("arrays"), dict):
         raise FormatError(root, "its OCDBT database cannot be read: tensorstore's answer is not a JSON object")
-    return {name: _answer(found.get(name)) for name in params}
+    return {name: _answer(found["arrays"].get(name)) for name in params}
 
 
 def _answer(said: object) -> tuple[bool, bytes] | str:
