@@ -101,7 +101,10 @@ def _contents(source: Path) -> bytes | dict[str, bytes]:
     for folder, dirs, files in os.walk(source):
         for name in files + [d for d in dirs if Path(folder, d).is_symlink()]:
             path = Path(folder, name)
-            found[str(path.relative_to(source))] = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+            if path.is_symlink():
+                found[str(path.relative_to(source))] = os.readlink(path).encode()
+            else:  # a FIFO is not read: nobody writes to it
+                found[str(path.relative_to(source))] = path.read_bytes() if path.is_file() else b"(not a regular file)"
     return found
 
 

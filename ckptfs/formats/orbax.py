@@ -15,14 +15,15 @@ and so does a CheckpointManager's folder of steps, as a folder of them.
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 
 from ..errors import FormatError
 from ..limits import LIMITS
+from ..pickle.pyobjects import to_yaml
 from ..sources import pathnames
 from ..sources.directory import Directory, LocalDirectory
-from ..tree import names, xattrs, yamltext
+from ..tree import names, xattrs
 from ..tree.checkpoint import Checkpoint
 from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import add_links, raw_file
@@ -72,7 +73,7 @@ def open_dir(directory: Directory) -> Checkpoint:
         raise FormatError(f"{path}/_METADATA", str(e)) from None
     files, links = directory.walk()
     ocdbt = directory.is_file("manifest.ocdbt")
-    shown = Shown(directory, ocdbt, links)
+    shown = Shown(directory, ocdbt, links + _special_files(path))
     shown.notes += pytree.problems
     shown.leaves(pytree.leaves)
     shown.metadata(files)
@@ -121,7 +122,8 @@ class Shown:
         """Each array's zarr metadata, or why it cannot be read."""
         if self.ocdbt:
             if self.links:  # tensorstore would follow them wherever they lead
-                return dict.fromkeys(params, f"the checkpoint holds links that lead outside it ({self.links[0]})")
+                return dict.fromkeys(params, f"the checkpoint holds links that lead outside it, or files that "
+                                             f"are not regular files ({self.links[0]})")
             found = arrays.ocdbt_metadata(self.root_path, params)
         else:
             found = {p: self._zarr_metadata(p) for p in params}
@@ -139,11 +141,13 @@ class Shown:
         problem = pathnames.path_problem(param)
         if problem is not None:
             return f"its name cannot be a folder of the checkpoint: {problem}"
-        real = os.path.realpath(os.path.join(self.root_path, param))
-        if not real.startswith(self.root_path + os.sep) or not self.directory.is_dir(param):
-            return "its folder is missing or leads outside the checkpoint"
+        where = os.path.join(self.root_path, param)
+        if os.path.realpath(where) != where or not self.directory.is_dir(param):
+            # a link anywhere on the way would let its chunks be any folder's (walk lists the links
+            # below a linked folder under the folder it leads to)
+            return "its folder is missing, or reached through a link (one that leads outside the checkpoint or to another folder of it)"
         if any(link == param or link.startswith(param + "/") for link in self.links):
-            return "its folder holds links that lead outside the checkpoint"
+            return "its folder holds links that lead outside the checkpoint, or files that are not regular files"
         for name, zarr3 in (("zarr.json", True), (".zarray", False)):
             if self.directory.is_file(f"{param}/{name}"):
                 source = self.directory.open(f"{param}/{name}")
@@ -213,6 +217,20 @@ class Shown:
         return True
 
 
+def _special_files(root: str) -> list[str]:
+    """The files below `root` that are neither regular files, folders nor
+    links (FIFOs, sockets, devices), relative to it: tensorstore would
+    open one and wait for it forever, so they count as links not followed."""
+    found = []
+    for below, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(below, name)
+            mode = os.lstat(path).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                found.append(os.path.relpath(path, root))
+    return sorted(found)
+
+
 def _parts(leaf: meta.Leaf, suffix: str) -> list[str]:
     """A leaf's path in the tree: a folder per key, the last one a file."""
     *folders, last = leaf.keys
@@ -220,7 +238,7 @@ def _parts(leaf: meta.Leaf, suffix: str) -> list[str]:
 
 
 def _yaml_file(value: object) -> File:
-    file = File(Content([yamltext.dump(json.loads(json.dumps(value))).encode()]))
+    file = File(Content([to_yaml(value).encode()]))  # too deep or too large: one line in the file
     file.read_only = True
     return file
 

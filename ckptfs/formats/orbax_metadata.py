@@ -223,6 +223,6 @@ def sharding(text: bytes) -> dict:
             name = key
         try:
             shown[name] = json.loads(value) if isinstance(value, str) else value
-        except ValueError:
+        except (ValueError, RecursionError):
             shown[name] = value
     return shown

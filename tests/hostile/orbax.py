@@ -59,6 +59,39 @@ def _linked_folder(tmp: Path) -> Path:
     return ckpt
 
 
+def _linked_parent(tmp: Path) -> Path:
+    """A leaf `a/b` whose folder `a` is a link to `c` inside the checkpoint,
+    and `c/b`'s chunk a link to a file outside it: nothing outside is read."""
+    (tmp / "outside.bin").write_bytes(np.full(4, 7, np.float32).tobytes())
+    ckpt = orbax_folder(tmp / "ckpt", [("a", "b")], {})
+    (ckpt / "c" / "b").mkdir(parents=True)
+    (ckpt / "c" / "b" / ".zarray").write_text(json.dumps(ZARRAY))
+    os.symlink("../../../outside.bin", ckpt / "c" / "b" / "0")
+    os.symlink("c", ckpt / "a")
+    return ckpt
+
+
+def _deep_values(tmp: Path) -> Path:
+    """A `_sharding` value nested 5,000 deep (past the JSON parser's stack)
+    and a `_CHECKPOINT_METADATA` nested 500 deep (past YAML's): the one is
+    shown as its text, the other's YAML says it cannot be shown; the
+    arrays read."""
+    path = orbax_folder(tmp / "ckpt", [], {})
+    (path / "_sharding").write_text(json.dumps({"dw==": "[" * 5_000 + "]" * 5_000}))
+    (path / "_CHECKPOINT_METADATA").write_text('{"custom": ' + "[" * 500 + "]" * 500 + "}")
+    return path
+
+
+def _fifo_chunk(tmp: Path) -> Path:
+    """An array whose chunk is a FIFO nobody writes to: tensorstore would
+    wait on it forever."""
+    ckpt = orbax_folder(tmp / "ckpt", [("piped",)], {})
+    (ckpt / "piped").mkdir()
+    (ckpt / "piped" / ".zarray").write_text(json.dumps(ZARRAY))
+    os.mkfifo(ckpt / "piped" / "0")
+    return ckpt
+
+
 def _claims(tmp: Path) -> Path:
     arrays = {"huge": {**ZARRAY, "shape": [2 ** 47, 2 ** 6], "chunks": [4, 4]},
               "deep": {**ZARRAY, "shape": [1] * 40, "chunks": [1] * 40},
@@ -95,6 +128,11 @@ CASES = {
         broken=("%2E.%2Foutside.npy", "%2Fabs.npy", "%2E..npy")),
     "an Orbax array folder that is a link out": Case(_linked_folder, "served", "leads outside",
                                                      broken=("linked.npy",)),
+    "an Orbax array reached through a linked folder, its chunk a link out": Case(
+        _linked_parent, "served", "reached through", broken=("a/b.npy",)),
+    "an Orbax array whose chunk is a FIFO": Case(_fifo_chunk, "served", "not regular files", broken=("piped.npy",)),
+    "Orbax _sharding and _CHECKPOINT_METADATA values nested 5,000 and 500 deep": Case(
+        _deep_values, "served", "cannot be shown"),
     "Orbax arrays of 2^53 elements, 40 dimensions, objects, a 4 TiB chunk, a negative size": Case(
         _claims, "served", "larger than", broken=("huge.npy", "deep.npy", "objects.npy", "chunky.npy", "negative.npy")),
     "an Orbax _METADATA nested 100,000 deep": Case(_deep_metadata, "refused", "_METADATA is not JSON"),
