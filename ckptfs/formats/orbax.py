@@ -145,7 +145,8 @@ class Shown:
         if os.path.realpath(where) != where or not self.directory.is_dir(param):
             # a link anywhere on the way would let its chunks be any folder's (walk lists the links
             # below a linked folder under the folder it leads to)
-            return "its folder is missing, or reached through a link (one that leads outside the checkpoint or to another folder of it)"
+            return ("its folder is missing, or reached through a link (one that leads outside the checkpoint "
+                    "or to another folder of it)")
         if any(link == param or link.startswith(param + "/") for link in self.links):
             return "its folder holds links that lead outside the checkpoint, or files that are not regular files"
         for name, zarr3 in (("zarr.json", True), (".zarray", False)):
