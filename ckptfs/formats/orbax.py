@@ -20,7 +20,7 @@ import stat
 
 from ..errors import FormatError
 from ..limits import LIMITS
-from ..pickle.pyobjects import to_yaml
+from ..pickle.pyobjects import yaml_file
 from ..sources import pathnames
 from ..sources.directory import Directory, LocalDirectory
 from ..tree import names, xattrs
@@ -192,7 +192,7 @@ class Shown:
             return
         for leaf in leaves:
             if leaf.param in values:
-                self._place(_parts(leaf, ".yaml"), _yaml_file(values[leaf.param]))
+                self._place(_parts(leaf, ".yaml"), _read_only(yaml_file(values[leaf.param])))
 
     def metadata(self, files: list[str]) -> None:
         """The checkpoint's JSON files as YAML, and every array's zarr metadata."""
@@ -205,9 +205,9 @@ class Shown:
                 except meta.Unfit as e:
                     self.notes.append(f"{name} is shown as it is only in .ckptfs/raw/: {e}")
                     continue
-                self._place([f"{name}.yaml"], _yaml_file(value))
+                self._place([f"{name}.yaml"], _read_only(yaml_file(value)))
         if self.described:
-            self._place([ARRAYS_YAML], _yaml_file(self.described))
+            self._place([ARRAYS_YAML], _read_only(yaml_file(self.described)))
 
     def _place(self, parts: list[str], file: File) -> bool:
         try:
@@ -232,16 +232,15 @@ def _special_files(root: str) -> list[str]:
     return sorted(found)
 
 
+def _read_only(file: File) -> File:
+    file.read_only = True
+    return file
+
+
 def _parts(leaf: meta.Leaf, suffix: str) -> list[str]:
     """A leaf's path in the tree: a folder per key, the last one a file."""
     *folders, last = leaf.keys
     return [names.key_name(k) for k in folders] + [names.key_name(last, suffix=suffix)]
-
-
-def _yaml_file(value: object) -> File:
-    file = File(Content([to_yaml(value).encode()]))  # too deep or too large: one line in the file
-    file.read_only = True
-    return file
 
 
 def _in_archive(members: Directory) -> Checkpoint:

@@ -26,11 +26,11 @@ from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..pickle.inert import InertUnpickler, PickleError
-from ..pickle.pyobjects import to_yaml
+from ..pickle.pyobjects import yaml_file
 from ..sources.base import Source
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
-from ..tree.nodes import Content, Dir, File, Node, PathConflict
+from ..tree.nodes import Dir, File, Node, PathConflict
 from ..tree.rawfiles import raw_file, raw_mirror
 from ..tree.tensors import PlacedTensor, Tensor, tensor_tree
 from .base import FileFormat, Opening, Pickles
@@ -175,7 +175,7 @@ class Pt2Archive:
         for program in programs:
             self._program(tree, program, "" if len(programs) == 1 else program.name)
         facts = {p.decode(): self.text(p) for p in ARCHIVE_FACTS if self.entry(p) is not None}
-        tree.files.append((["archive.yaml"], _yaml_file(facts)))
+        tree.files.append((["archive.yaml"], yaml_file(facts)))
         self._extra_files(tree, b"extra/" if self.folder else b"extra_files/")
         if not programs:
             tree.notes.append("holds no exported program (models/*.json): an AOTInductor package? Its records "
@@ -191,7 +191,7 @@ class Pt2Archive:
         if model is None:
             raise FormatError(self.name, f"{program.model.decode()} is missing")
         try:
-            tree.files.append((where + ["exported_program.yaml"], _yaml_file(self.json(model, LIMITS.yaml_values))))
+            tree.files.append((where + ["exported_program.yaml"], yaml_file(self.json(model, LIMITS.yaml_values))))
         except TooManyValues as e:
             tree.files.append((where + ["exported_program.json"], self._record_file(model)))
             tree.notes.append(f"{model.filename} is shown as the JSON it is: {e.problem}, the max_yaml_values a "
@@ -209,7 +209,7 @@ class Pt2Archive:
                 except TooManyValues as e:
                     raise FormatError(self.name, f"{config.filename}: {e.problem}, which {plural(LIMITS.members, 'payload')} "
                                                  "take (-o max_members raises the limit)") from None
-                tree.files.append((where + [f"{kind}_config.yaml"], _yaml_file(parsed)))
+                tree.files.append((where + [f"{kind}_config.yaml"], yaml_file(parsed)))
                 self._payloads(tree, parsed, folder, prefix, config.filename)
             elif pickled is not None:
                 self._legacy(tree, pickled, where, kind)
@@ -261,7 +261,7 @@ class Pt2Archive:
                 tree.notes.append(f"{record.filename} cannot be shown as YAML: {e}")
                 return
             tree.pickle_globals += [g.path for g in unpickler.globals]
-            tree.files.append((names.tensor_path(key, ".yaml"), _yaml_file(value)))
+            tree.files.append((names.tensor_path(key, ".yaml"), yaml_file(value)))
 
     def _legacy(self, tree: _Tree, entry: Entry, where: list[str], kind: str) -> None:
         """An older program's state dict or constants: a torch.save zip,
@@ -299,11 +299,6 @@ class Pt2Archive:
                 except (PathConflict, FormatError):
                     continue  # a record no path holds beside the others: the archive still has it
         return raw
-
-
-def _yaml_file(value: object) -> File:
-    """A value (JSON's, or an inert pickle's) as a YAML file."""
-    return File(Content([to_yaml(value).encode()]))
 
 
 def _place(root: Dir, parts: list[str], node: Node) -> None:

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 from ..errors import FormatError
 from ..humanize import plural
-from ..pickle.pyobjects import to_yaml
+from ..pickle.pyobjects import yaml_file
 from ..sources.base import Source
 from ..sources.directory import Directory
 from ..tree import names
 from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import DType
-from ..tree.nodes import Access, Content, Dir, Extent, File, PathConflict
+from ..tree.nodes import Access, Dir, Extent, File, PathConflict
 from ..tree.rawfiles import raw_file
 from ..tree.tensors import PlacedTensor, Tensor, TensorFile, own_access
 from . import crc32c, tf_entries, tf_slices
@@ -208,10 +208,10 @@ class _Reader:
         shard = self._shard(item, label)
         values = tf_entries.strings(shard.read_exact(item.offset, item.size), item, label)
         if key.encode() == OBJECT_GRAPH_KEY and len(values) == 1:
-            self._add([OBJECT_GRAPH_FILE], _yaml_file(object_graph(values[0], label)), key)
+            self._add([OBJECT_GRAPH_FILE], yaml_file(object_graph(values[0], label)), key)
             return
         shown = [_text(v) for v in values]
-        self._place(key, ".yaml", _yaml_file({"dtype": "string", "shape": list(item.shape),
+        self._place(key, ".yaml", yaml_file({"dtype": "string", "shape": list(item.shape),
                                               "values": shown[0] if not item.shape else shown}))
 
     def _place(self, key: str, suffix: str, node: File) -> None:
@@ -241,10 +241,6 @@ def _text(value: bytes) -> str | bytes:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value
-
-
-def _yaml_file(value: object) -> File:
-    return File(Content([to_yaml(value).encode()]))
 
 
 def raw_files(bundle: Bundle, raw: Dir, where: list[str]) -> None:

@@ -9,6 +9,7 @@ import yaml
 from ..humanize import plural
 from ..limits import LIMITS
 from ..tree import yamltext
+from ..tree.nodes import Content, File
 from .inert import Call, Global, Persistent, Unhashable, short_repr
 from .torch_classes import StorageRef, TensorRef
 
@@ -173,3 +174,8 @@ def to_yaml(value: object, budget: list[int] | None = None) -> str:
     except RenderError as e:
         return f"# ckptfs: this value cannot be shown: {e}\n!unrendered null\n"
     return yamltext.dump(rendered).removesuffix("...\n")  # the end marker PyYAML puts after a lone scalar
+
+
+def yaml_file(value: object) -> File:
+    """A value (a file's JSON, an inert pickle's) as a YAML file of the tree (`to_yaml`)."""
+    return File(Content([to_yaml(value).encode()]))
