@@ -146,7 +146,12 @@ class Mounted:
 
     def close(self) -> None:
         if self.how == "ratarmount":
-            sh("fusermount3", "-u", self.where)
+            for _ in range(20):  # busy for a moment after a walk when the machine is loaded
+                if subprocess.run(["fusermount3", "-u", str(self.where)], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.5)
+            else:
+                sh("fusermount3", "-u", self.where)  # the error, said
             deadline = time.time() + 60
             while Path(f"/proc/{self.pid}").exists() and time.time() < deadline:
                 time.sleep(0.05)

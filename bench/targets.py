@@ -22,6 +22,7 @@ docs/benchmarks.md ("The issue-31 targets") says what each row measures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -181,7 +182,7 @@ class Bench:
         finally:
             m.close_seconds = timed(m.close)  # a writable mount's repack is in it
             wait_gone(m.pid, 60)
-            where.rmdir()
+            where.rmdir()  # raises if anything is left in it, or mounted on it
 
     def input(self, name: str, make) -> Path:
         """inputs/NAME, made by make(path) unless a run with --keep left it."""
@@ -195,9 +196,13 @@ class Bench:
             partial.rename(path)
         return path
 
-    def cleanup(self, keep: bool) -> None:
-        for where in sorted(self.mnt.iterdir()):
+    def unmount_all(self) -> None:
+        """Lazily unmount whatever is left mounted below mnt/ (after a failure)."""
+        for where in sorted(self.mnt.iterdir()) if self.mnt.is_dir() else []:
             subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True, timeout=60)
+
+    def cleanup(self, keep: bool) -> None:
+        self.unmount_all()
         for pid in self.pids:
             if not wait_gone(pid, 30) and self.serves_here(pid):
                 os.kill(pid, signal.SIGTERM)  # a daemon this run started
@@ -281,19 +286,31 @@ def dense_names(count: int) -> list[str]:
     return [f"model.layers.{i // len(parts)}.{parts[i % len(parts)]}.weight" for i in range(count)]
 
 
+def names_of(kind: str, count: int) -> list[str]:
+    """The tensor names of a tree, sorted: "moe" (bench/scale.py's), "dense",
+    or "short" (moe without `model.` and `.weight`: the safetensors library,
+    and ckptfs, refuse a header over 100 MB, which a million of the long
+    names take)."""
+    if kind == "dense":
+        return sorted(dense_names(count))
+    if kind == "short":
+        return sorted(n.removeprefix("model.").removesuffix(".weight") for n in moe_names(count))
+    return sorted(moe_names(count))
+
+
 def tree_safetensors(b: Bench, kind: str, count: int) -> Path:
-    names = moe_names(count) if kind == "moe" else dense_names(count)
+    """`count` float32 tensors of 4 elements, the i-th (by name) all i (bench/scale.py's many_tensors)."""
     if kind == "moe":
         return b.input(f"moe-{count}.safetensors", lambda p: many_tensors(p, count))
-    return b.input(f"dense-{count}.safetensors", lambda p: write_safetensors(
-        p, {n: ("F32", [4], np.full(4, i, np.float32).tobytes()) for i, n in enumerate(sorted(names))}))
+    return b.input(f"{kind}-{count}.safetensors", lambda p: write_safetensors(
+        p, {n: ("F32", [4], np.full(4, i, np.float32).tobytes()) for i, n in enumerate(names_of(kind, count))}))
 
 
 def tree_tar(b: Bench, kind: str, count: int) -> tuple[Path, Path]:
     """The tensors' tree as ckptfs shows it (a folder per name part, the
     tensors as .npy) packed as a tar, and ratarmount's index of it (built
     here, so that the timed mounts only load it)."""
-    names = sorted(moe_names(count) if kind == "moe" else dense_names(count))
+    names = names_of(kind, count)
 
     def make(folder: Path) -> None:
         folder.mkdir()
@@ -583,7 +600,7 @@ def measure_sparse(b: Bench, rows: dict) -> None:
 
 def measure_million(b: Bench, rows: dict) -> None:
     """Mount time and RSS after the mount of a safetensors of a million (--quick: 100k) tensors."""
-    source = tree_safetensors(b, "moe", b.sizes.million)
+    source = tree_safetensors(b, million_kind(b), b.sizes.million)
     warm(source)
     for i in range(b.sizes.rounds):
         for side in b.turns(i):
@@ -593,6 +610,11 @@ def measure_million(b: Bench, rows: dict) -> None:
                     rows["million-rss"].add(side.name, rss_mib(m.pid) * MiB / 1e6)
                     if side is b.sides[-1]:
                         b.record(b.sizes.million, "ckptfs", m.mount_seconds, None, rss_mib(m.pid))
+
+
+def million_kind(b: Bench) -> str:
+    """The names of the million's tree: the short ones where the long ones would not fit a header."""
+    return "short" if b.sizes.million >= 500_000 else "moe"
 
 
 def measure_gzip(b: Bench, rows: dict) -> None:
@@ -661,9 +683,9 @@ def draw(b: Bench, png: Path, full: bool) -> None:
                     seconds = find(m.where)
                     b.record(count, "ckptfs" if side else "ratarmount", m.mount_seconds, seconds, rss_mib(m.pid))
     if full:  # ratarmount's index of a million tensors alone takes many minutes
-        tar, index = tree_tar(b, "moe", b.sizes.million)
+        tar, index = tree_tar(b, million_kind(b), b.sizes.million)
         for side, source, extra in ((None, tar, ("--index-file", index)),
-                                    (after, tree_safetensors(b, "moe", b.sizes.million), ())):
+                                    (after, tree_safetensors(b, million_kind(b), b.sizes.million), ())):
             with b.mount(side, source, extra=extra) as m:
                 seconds = find(m.where)
                 b.record(b.sizes.million, "ckptfs" if side else "ratarmount", m.mount_seconds, seconds, rss_mib(m.pid))
@@ -745,6 +767,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller files and trees, fewer rounds: a few minutes")
     keys = [row.key for row in rows_for(Sizes())]
+    parser.add_argument("--rounds", type=int, help="rounds of every row, the walks' too (default 3, walks 2)")
     parser.add_argument("--only", nargs="+", choices=keys, metavar="ROW", help="these rows: " + ", ".join(keys))
     parser.add_argument("--before", type=Path, help="a checkout of an older commit, measured beside this tree")
     parser.add_argument("--before-python", default=sys.executable, help="the interpreter of the --before side")
@@ -755,7 +778,11 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="draw mount, walk and RSS against the tensor count as a PNG")
     parser.add_argument("--full", action="store_true", help="with --plot: walk the million tensors too")
     args = parser.parse_args()
+    if args.before and not (args.before / "ckptfs" / "__init__.py").is_file():
+        parser.error(f"--before {args.before}: no ckptfs/ there (a checkout of the repository)")
     sizes = QUICK if args.quick else Sizes()
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds, walk_rounds=args.rounds)
     b = Bench(args, sizes)
     rows = rows_for(sizes)
     by_key = {row.key: row for row in rows}
@@ -791,8 +818,7 @@ def run_group(b: Bench, keys: tuple, measure, by_key: dict) -> None:
             print(f"the plot failed: {reason}", flush=True)
         for key in set(keys) & set(by_key):
             by_key[key].failed = f"{type(e).__name__}: {reason}".replace("|", "/")
-        for where in sorted(b.mnt.iterdir()):  # what the failure left mounted
-            subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True, timeout=60)
+        b.unmount_all()
     print(f"   {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
 
