@@ -49,7 +49,8 @@ def open_gzip_tar(compressed: Source, st: os.stat_result, cache_dir: str) -> Che
     next mount builds its tree from them, inflating nothing."""
     stem = _stem(compressed, st, cache_dir)
     source, members, notes = open_tar_stream(compressed, st, cache_dir)
-    fingerprint = gzip_reads.fingerprint(compressed)
+    # a remote file's version (its ETag) is in the key already: no requests for its ends
+    fingerprint = 0 if getattr(compressed, "identity", "") else gzip_reads.fingerprint(compressed)
     source.record_reads(_load_reads(stem, source.size, fingerprint), fingerprint)
     try:
         checkpoint = tar.build("nemo (tar.gz)", source, members, st, notes)
