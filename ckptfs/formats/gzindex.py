@@ -8,7 +8,9 @@ is served from a stream that failed its check. Later reads start at the
 nearest seek point, and each span they inflate is checked against its
 CRC-32. The index, the span checksums and the member list are kept on disk,
 keyed by the source's device, inode, size and mtime, so the next mount of
-the same file reads none of them again.
+the same file reads none of them again; so are the bytes the tree's build
+read (`KEY.reads`, sources/gzip_reads.py), which the next build is served
+from instead of inflating a span for each.
 
 Reads go through `sources.gzip.GzipSource`.
 """
