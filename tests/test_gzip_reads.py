@@ -45,6 +45,22 @@ def test_pieces_merge_where_they_touch_and_are_found_whole():
     assert again.find(100, 35) == log.find(100, 35) and len(again) == 2
 
 
+def test_reads_going_forward_extend_their_piece_and_any_order_is_bounded(monkeypatch):
+    data = os.urandom(1 << 16)
+    log = ReadLog(1 << 20, 7)
+    for offset in range(0, len(data), 100):  # a reader going forward in small reads
+        log.add(offset, data[offset:offset + 150])
+    assert len(log) == 1 and log.find(0, len(data)) == data and not log.full
+    parsed = parse(log.to_bytes(), 1 << 20, 7)
+    parsed.add(len(data), b"more")  # a piece a parsed log holds, extended
+    assert parsed.find(len(data) - 2, 6) == data[-2:] + b"more"
+    monkeypatch.setattr(gzip_reads, "WORK", 1 << 16)
+    backwards = ReadLog(1 << 20, 7)
+    for offset in range(len(data) - 100, 0, -100):  # each read before the piece: the piece copied anew
+        backwards.add(offset, data[offset:offset + 100])
+    assert backwards.full  # stopped keeping before the copying grew quadratic
+
+
 def test_a_log_keeps_at_most_its_bytes(monkeypatch):
     monkeypatch.setattr(gzip_reads, "MAX_BYTES", 100)
     log = ReadLog(1000, 7)

@@ -35,6 +35,9 @@ DIGEST = 32
 #: inflates them, as it would without a log)
 MAX_PIECES = 1 << 20
 MAX_BYTES = 64 << 20
+#: bytes copied and pieces moved while merging, at most (a hostile order
+#: of reads cannot make recording them quadratic)
+WORK = 1 << 28
 #: the largest file a log can take (a longer one is not read)
 MAX_FILE = len(MAGIC) + HEAD.size + MAX_PIECES * PIECE.size + MAX_BYTES + DIGEST
 #: bytes at each end of the compressed file its fingerprint covers
@@ -48,8 +51,9 @@ class ReadLog:
         self.size, self.fingerprint = size, fingerprint
         self._starts: list[int] = []
         self._data: list[bytes] = []
-        self.full = False  # a read was not kept: past MAX_PIECES or MAX_BYTES
+        self.full = False  # a read was not kept: past MAX_PIECES, MAX_BYTES or WORK
         self.bytes = 0
+        self._work = 0
         for offset, data in pieces or ():
             self._starts.append(offset)
             self._data.append(data)
@@ -66,10 +70,14 @@ class ReadLog:
         start, data = self._starts[at], self._data[at]
         if offset + length > start + len(data):
             return None
-        return data[offset - start : offset - start + length]
+        return bytes(data[offset - start : offset - start + length])
 
     def add(self, offset: int, data: bytes) -> None:
-        """Keep the bytes read at `offset`, merged with the pieces they touch."""
+        """Keep the bytes read at `offset`, merged with the pieces they touch.
+        A read that goes on from within one piece extends it in place (a
+        reader going forward in small reads costs what it reads); any other
+        merge copies the pieces it joins, and all of them together are
+        bounded by `WORK`, past which the log is `full`."""
         if not data or self.full:
             return
         stop = offset + len(data)
@@ -79,19 +87,42 @@ class ReadLog:
         last = first
         while last < len(self._starts) and self._starts[last] <= stop:
             last += 1
+        if last - first == 1 and self._starts[first] <= offset:
+            self._extend(first, offset, data)
+        else:
+            self._merge(first, last, offset, data)
+
+    def _extend(self, at: int, offset: int, data: bytes) -> None:
+        start, piece = self._starts[at], self._data[at]
+        grown = max(0, offset + len(data) - start - len(piece))
+        if self.bytes + grown > MAX_BYTES or not self._spend(len(data)):
+            self.full = True
+            return
+        if not isinstance(piece, bytearray):  # one a parsed log holds
+            piece = self._data[at] = bytearray(piece)
+        piece[offset - start : offset - start + len(data)] = data
+        self.bytes += grown
+
+    def _merge(self, first: int, last: int, offset: int, data: bytes) -> None:
+        stop = offset + len(data)
         start = min([offset] + self._starts[first:first + 1])
         end = max(stop, self._starts[last - 1] + len(self._data[last - 1])) if last > first else stop
+        grown = (end - start) - sum(map(len, self._data[first:last]))
+        if (self.bytes + grown > MAX_BYTES or len(self) - (last - first) + 1 > MAX_PIECES
+                or not self._spend(end - start + len(self) - last)):  # the bytes copied, the pieces moved along
+            self.full = True
+            return
         merged = bytearray(end - start)
         for piece_start, piece in zip(self._starts[first:last], self._data[first:last]):
             merged[piece_start - start : piece_start - start + len(piece)] = piece
         merged[offset - start : stop - start] = data
-        grown = len(merged) - sum(map(len, self._data[first:last]))
-        if self.bytes + grown > MAX_BYTES or len(self) - (last - first) + 1 > MAX_PIECES:
-            self.full = True
-            return
         self._starts[first:last] = [start]
-        self._data[first:last] = [bytes(merged)]
+        self._data[first:last] = [merged]
         self.bytes += grown
+
+    def _spend(self, work: int) -> bool:
+        self._work += work
+        return self._work <= WORK
 
     def to_bytes(self) -> bytes:
         out = [MAGIC, HEAD.pack(VERSION, self.size, self.fingerprint, len(self))]
