@@ -430,14 +430,17 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         inode = fh if self.zero_message_opens else self.handles[fh].inode
         content = self.nodes[inode].content
+        # a source's content answers in one buffer (`Content.reply`), what
+        # the edits keep (and the views that follow them) with its bytes
+        answer = content.reply if isinstance(content, Content) else content.read
         if content.slow:
             self._read_ahead(inode, content, off, size)
             # pyfuse3 built with vendor/pyfuse3's patches cancels a read the
             # kernel interrupts (its reader got a signal, SIGKILL too), and
             # answers EINTR; the thread is left to finish waiting for pages
             # other reads share, bounded by -o stall_timeout
-            return await trio.to_thread.run_sync(content.read, off, size, abandon_on_cancel=True)
-        return content.read(off, size)
+            return await trio.to_thread.run_sync(answer, off, size, abandon_on_cancel=True)
+        return answer(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
         """For a file whose bytes are fetched (a remote source): what the
