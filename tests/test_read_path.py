@@ -1,5 +1,6 @@
 """The read path: a read across pieces answered in one buffer
-(`Content.reply`), bit-exact at every offset through a real mount."""
+(`Content.reply`), bit-exact at every offset through a real mount; and what
+a writable mount lets the kernel cache (`Operations.cache_seconds`)."""
 
 import io
 import os
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
+from ckptfs.fuse.operations import CACHE_SECONDS, EDIT_CACHE_SECONDS
 from ckptfs.sources.base import BytesSource
 from ckptfs.tree.nodes import Content, Extent
 
@@ -79,3 +81,46 @@ def test_reads_at_every_offset_across_the_header_are_the_source_bytes(mount, tmp
                 os.close(fd)
     if kind == "safetensors":
         assert {k: v.tobytes() for k, v in load_file(str(source)).items()} == {k: v.tobytes() for k, v in tensors.items()}
+
+
+def test_a_writable_mount_caches_what_no_edit_changed_and_shows_edits_at_once(mount, tmp_path):
+    source = tmp_path / "m.safetensors"
+    save_file({"w": np.arange(1000, dtype=np.float32), "b": np.ones(3, dtype=np.float32)}, str(source))
+    mnt = mount(source)
+    before = (mnt / "w.npy").read_bytes()
+    assert os.stat(mnt / "w.npy").st_size == len(before)
+    replaced = np.arange(2000, dtype=np.float32) * 2
+    np.save(mnt / "w.npy", replaced)  # opened with O_TRUNC, written, a larger size
+    assert os.stat(mnt / "w.npy").st_size == (mnt / "w.npy").stat().st_size
+    assert np.array_equal(np.load(mnt / "w.npy"), replaced)  # its pages are the written ones, at once
+    with open(mnt / "w.npy", "r+b") as f:  # a write in place, through another open
+        f.seek(-4, os.SEEK_END)
+        f.write(np.float32(-1).tobytes())
+    again = np.load(mnt / "w.npy")
+    assert again[-1] == -1 and np.array_equal(again[:-1], replaced[:-1])
+    assert np.array_equal(np.load(mnt / "b.npy"), np.ones(3, dtype=np.float32))
+
+
+def test_cache_seconds_are_long_except_for_what_edits_change(tmp_path):
+    from ckptfs.fuse.operations import Operations, Ownership
+    from ckptfs.tree.nodes import Dir, File
+
+    root = Dir()
+    kept, moved, view = root.add("kept", File(Content([b"x"]))), root.add("moved", File(Content([b"y"]), moved=True)), Dir()
+    root.add(".view", view)
+    view.add("info", File(Content([b"z"])))
+    source = tmp_path / "s"
+    source.write_bytes(b"")
+    read_only = Operations(root, Ownership.of(os.stat(source)))
+    writable = Operations(root, Ownership.of(os.stat(source)), editable=object())
+    for ops in (read_only, writable):
+        ops._listing(1)
+    inode = {name: writable._child(1, name.encode()) for name in ("kept", "moved", ".view")}
+    writable.read_only.add(inode[".view"])
+    assert {name: read_only.cache_seconds(number, read_only.nodes[number]) for name, number in inode.items()} == {
+        "kept": CACHE_SECONDS, "moved": CACHE_SECONDS, ".view": CACHE_SECONDS}
+    assert {name: writable.cache_seconds(number, writable.nodes[number]) for name, number in inode.items()} == {
+        "kept": CACHE_SECONDS, "moved": EDIT_CACHE_SECONDS, ".view": EDIT_CACHE_SECONDS}
+    writable.following.add(inode["kept"])
+    assert writable.cache_seconds(inode["kept"], kept) == EDIT_CACHE_SECONDS
+    assert moved.edited and not kept.edited
