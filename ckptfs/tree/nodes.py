@@ -83,6 +83,34 @@ class Content:
             i += 1
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def reply(self, offset: int, length: int) -> bytes | bytearray:
+        """`read`'s bytes for a FUSE read's answer: a read across pieces (an
+        NPY header and the first bytes after it, read whole for every file
+        smaller than a request) is one buffer that the bytes pieces are
+        copied into and the rest read into (`readv`: `preadv` for a file),
+        not each piece read into bytes of its own and then all joined."""
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if end <= self.starts[i] + len_of(self.pieces[i]):
+            return self.read(offset, length)  # within one piece: nothing to join
+        buffer = bytearray(end - offset)
+        into, pos = memoryview(buffer), offset
+        while pos < end:
+            piece, start = self.pieces[i], self.starts[i]
+            take = min(end, start + len_of(piece)) - pos
+            part = into[pos - offset : pos - offset + take]
+            if isinstance(piece, bytes):
+                part[:] = piece[pos - start : pos - start + take]
+            elif hasattr(piece, "readv"):
+                piece.readv(pos - start, [part])
+            else:
+                part[:] = piece.read(pos - start, take)
+            pos += take
+            i += 1
+        return buffer
+
     def prefetch(self, offset: int, length: int) -> None:
         """Start fetching the bytes [offset, offset + length) where a source
         fetches (a remote one); elsewhere nothing."""
