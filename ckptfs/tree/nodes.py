@@ -254,6 +254,8 @@ class LazyDir(Dir):
     many directories `fill` will add, so that `stat` needs no fill.
     """
 
+    __slots__ = ("_fill", "_subdirs", "_children")
+
     def __init__(self, fill: Callable[[Dir], None], subdirs: int, **kwargs):
         self._fill: Callable[[Dir], None] | None = None
         super().__init__(**kwargs)
