@@ -111,3 +111,10 @@ def test_an_entry_of_a_kind_seen_before_is_checked_as_the_first(second, problem)
 def test_entries_of_one_kind_share_one_shape():
     _, tensors = safetensors.read(MemorySource(_header([("a", GOOD), ("b", GOOD.replace("0,4", "4,8"))]) + bytes(8)))
     assert tensors[0].shape is tensors[1].shape and [t.name for t in tensors] == ["a", "b"]
+
+
+def test_names_holding_nul_are_read_one_by_one():
+    names = ["a", "b\0c", "d"]
+    column = NameColumn(names)
+    assert list(column) == names and column[1] == "b\0c" and not column._split
+    assert list(NameColumn([])) == [] and list(NameColumn([""])) == [""]

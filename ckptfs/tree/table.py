@@ -105,16 +105,20 @@ class TensorTable:
 
 
 class NameColumn(Sequence):
-    """Names as one string and where each ends: a name is a string of its
-    own only while it is used. (A million names as strings hold 110 MB; the
-    strings a JSON parser made also pin its freed objects' memory, which
-    the process then keeps: kept in one piece, all of it is given back.)"""
+    """Names as one string, each followed by a NUL, and where each ends: a
+    name is a string of its own only while it is used. (A million names as
+    strings hold 110 MB; the strings a JSON parser made also pin its freed
+    objects' memory, which the process then keeps: kept in one piece, all
+    of it is given back.)"""
 
-    __slots__ = ("text", "ends")
+    __slots__ = ("text", "ends", "_split")
 
     def __init__(self, names: list[str]):
-        self.text = "".join(names)
-        self.ends = array("q", accumulate(map(len, names)))
+        self.text = "".join(name + "\0" for name in names)
+        self.ends = array("q", accumulate(len(name) + 1 for name in names))  # each just past its NUL
+        #: whether the NULs are only the separators: then iterating is one `split` (the
+        #: quantized-weight search reads every name six times at mount)
+        self._split = self.text.count("\0") == len(names) > 0
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -124,13 +128,14 @@ class NameColumn(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         end = self.ends[i]  # (IndexError past the end)
         i %= len(self.ends)
-        return self.text[self.ends[i - 1] if i else 0:end]
+        return self.text[self.ends[i - 1] if i else 0:end - 1]
 
     def __iter__(self) -> Iterator[str]:
-        text, start = self.text, 0
-        for end in self.ends:
-            yield text[start:end]
-            start = end
+        if self._split:
+            names = self.text.split("\0")
+            names.pop()  # (the empty string after the last NUL)
+            return iter(names)
+        return (self[i] for i in range(len(self)))
 
 
 class TableDir(LazyDir):
@@ -177,6 +182,7 @@ def _fill_from_table(folder: TableDir) -> None:
             children[table.folder_name(name[start:dot])] = TableDir(table, i, end, dot + 1)
             i = end
     folder._children = children
+    folder._table, folder._lo, folder._hi = None, 0, 0  # (a million folders' ints: 50 MB)
 
 
 class TableTensors(Mapping):
