@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 
 import pytest
 
@@ -118,3 +119,19 @@ def test_names_holding_nul_are_read_one_by_one():
     column = NameColumn(names)
     assert list(column) == names and column[1] == "b\0c" and not column._split
     assert list(NameColumn([])) == [] and list(NameColumn([""])) == [""]
+
+
+def test_a_folder_renamed_before_its_subfolders_were_listed_moves_them_all(mount, tmp_path):
+    """A rename marks every file below the folder moved, so that the repack
+    keys them by their new paths: folders made when used are made for it."""
+    from safetensors.numpy import load_file
+
+    from .conftest import umount
+
+    source = tmp_path / "m.safetensors"
+    source.write_bytes(_safetensors(["a.b.c.w", "a.b.c.v", "a.d", "e"]))
+    mnt = mount(source)
+    os.rename(mnt / "a", mnt / "z")  # nothing below a/ listed or looked up
+    done = umount(mnt)
+    assert done.returncode == 0, done.stderr
+    assert sorted(load_file(source)) == ["e", "z.b.c.v", "z.b.c.w", "z.d"]
