@@ -282,6 +282,8 @@ class LazyDir(Dir):
     many directories `fill` will add, so that `stat` needs no fill.
     """
 
+    __slots__ = ("_fill", "_subdirs", "_children")
+
     def __init__(self, fill: Callable[[Dir], None], subdirs: int, **kwargs):
         self._fill: Callable[[Dir], None] | None = None
         super().__init__(**kwargs)
@@ -304,3 +306,12 @@ class LazyDir(Dir):
 
     def subdir_count(self) -> int:
         return self._subdirs if self._fill is not None else super().subdir_count()
+
+
+def unmade_view(node: Node) -> bool:
+    """Whether `node` is a read-only folder whose entries are not made yet
+    (a shard's chunks, the export view): what an edit moves or changes lies
+    elsewhere, so a walk for it leaves them unmade. A folder of tensors
+    made when used (`table.TableDir`) is entered: its entries are the
+    checkpoint's, and a rename moves them."""
+    return isinstance(node, LazyDir) and not node.filled and node.read_only
