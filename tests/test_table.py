@@ -135,3 +135,42 @@ def test_a_folder_renamed_before_its_subfolders_were_listed_moves_them_all(mount
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
     assert sorted(load_file(source)) == ["e", "z.b.c.v", "z.b.c.w", "z.d"]
+
+
+def test_statfs_counts_folders_never_made_from_the_table():
+    """`df` of a mount must neither make every folder nor leave the tensors out."""
+    from ckptfs.fuse.operations import Operations, Ownership
+
+    source = MemorySource(_safetensors(NAMES))
+    counted = Operations(safetensors.expand(source)[0], Ownership(0, 0, 0o444, 0)).totals
+    made = safetensors.expand(source)[0]
+    files = [node for _, node in made.walk() if isinstance(node, TensorFile)]
+    assert counted == (sum(f.content.size for f in files), 1 + len(list(made.walk())))
+
+
+def test_a_commit_after_an_unlink_at_the_root_serves_the_committed_tree(mount, tmp_path):
+    """The kernel keeps names of a writable mount's unedited files as long as
+    a read-only mount's: a commit must make it look up every old name again,
+    those an unlink at the root took out of the root's listing too."""
+    import errno
+
+    import numpy as np
+
+    from .conftest import run_ckptfs
+
+    source = tmp_path / "m.safetensors"
+    source.write_bytes(_safetensors(["a", "enc.w", "enc.b"], shapes=[[4], [2], [2]]))
+    mnt = mount(source)
+    np.save(mnt / "enc" / "w.npy", np.full(2, 5, dtype=np.float32))
+    before = os.stat(mnt / "enc" / "w.npy").st_ino
+    os.unlink(mnt / "a.npy")
+    done = run_ckptfs("commit", mnt)
+    assert done.returncode == 0, done.stderr
+    assert os.stat(mnt / "enc" / "w.npy").st_ino != before  # looked up again, in the committed tree
+    try:
+        with open(mnt / "enc" / "w.npy", "r+b", buffering=0) as f:
+            f.seek(128)
+            f.write(np.float32(7).tobytes())
+    except OSError as e:  # the old tree's file, whose edits the commit took: ESTALE
+        pytest.fail(f"writing after the commit: {errno.errorcode[e.errno]}")
+    assert np.load(mnt / "enc" / "w.npy").tolist() == [7.0, 5.0]

@@ -206,19 +206,22 @@ class Operations(pyfuse3.Operations):
     def replace_tree(self, root: Dir, editable: Edits | None, check=None, check_move=None) -> None:
         """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
         their inodes, so open files read on; names are looked up afresh."""
+        # every name the kernel may have cached: the old root's (its listing
+        # is dropped by an unlink or a rename there, its entries are not)
+        listing = self.listings.get(pyfuse3.ROOT_INODE)
+        old = sorted({*self.root.children, *(listing.names if listing else ())})
         self.root, self.editable, self.check, self.check_move = root, editable, check, check_move
         self.nodes[pyfuse3.ROOT_INODE] = root
-        listing = self.listings.get(pyfuse3.ROOT_INODE)
-        old = [os.fsencode(name) for name in listing.names] if listing else []
         self.listings.clear()
         self.read_only = set()
         self.access_of = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
         self.__dict__.pop("totals", None)
-        # names the kernel may have cached: look them up again (which also
-        # drops its cached listing of the root; other folders get new inodes)
+        # look them up again (which also drops the kernel's listing of the
+        # root; other folders get new inodes), and the root's own attributes
         for name in old:
-            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, os.fsencode(name), ignore_enoent=True)
+        pyfuse3.invalidate_inode(pyfuse3.ROOT_INODE, attr_only=True)
 
     def _listing(self, inode: int) -> _Listing:
         """A directory's entries, numbered on first use (a node keeps its
@@ -310,14 +313,19 @@ class Operations(pyfuse3.Operations):
 
     @functools.cached_property
     def totals(self) -> tuple[int, int]:
-        """(bytes of all files, number of nodes), for statfs. Folders made
-        on first use (a shard's chunks, the export view) count once made:
-        `df` must not make them."""
+        """(bytes of all files, number of nodes), for statfs, found once.
+        `df` must not make folders made on first use: a table's folders
+        are counted from the table, others (a shard's chunks, the export
+        view) not, unless made before."""
         size, count, pending = 0, 1, [self.root]
         while pending:
             for child in pending.pop().children.values():
                 count += 1
-                if isinstance(child, Dir) and not (isinstance(child, LazyDir) and not child.filled):
+                unmade = isinstance(child, LazyDir) and not child.filled
+                if unmade and hasattr(child, "unmade_totals"):
+                    child_size, child_count = child.unmade_totals()
+                    size, count = size + child_size, count + child_count
+                elif isinstance(child, Dir) and not unmade:
                     pending.append(child)
                 elif isinstance(child, File):
                     size += child.content.size

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from itertools import accumulate
 
 from . import names as naming
+from . import npy
 from .dtypes import DType
 from .nodes import Dir, Extent, LazyDir, Node
 from .tensors import PlacedTensor, Tensor, TensorFile
@@ -163,6 +164,30 @@ class TableDir(LazyDir):
 
     def subdir_count(self) -> int:
         return Dir.subdir_count(self)
+
+    def unmade_totals(self) -> tuple[int, int] | None:
+        """(bytes of its files, its entries), all the way down, counted from
+        the table without making them (`statfs` of a mount of a million
+        tensors); None once made: its entries are then counted as nodes."""
+        if self.filled:
+            return None
+        table, names, start = self._table, self._table.names, self._start
+        folders: set[str] = set()
+        size = 0
+        headers: dict[tuple[int, int, int], int] = {}
+        for i in range(self._lo, self._hi):
+            name = names[i]
+            dot = name.find(".", start)
+            while dot >= 0:  # the folders `_fill_from_table` makes on the way down
+                folders.add(name[:dot])
+                dot = name.find(".", dot + 1)
+            kind = (table.dtype_of[i], table.shape_of[i], table.lengths[i])
+            header = headers.get(kind)
+            if header is None:
+                layout = npy.served_layout(table.dtypes[kind[0]], table.shapes[kind[1]], kind[2])
+                header = headers[kind] = len(npy.header(*layout))
+            size += header + kind[2]
+        return size, self._hi - self._lo + len(folders)
 
 
 def _fill_from_table(folder: TableDir) -> None:
