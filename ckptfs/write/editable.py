@@ -124,7 +124,9 @@ class EditableTree:
             content.copy_up(blocks)
             self._log(op="dirty", file=content.number, blocks=blocks)
         self.generation += 1
-        return os.pwrite(content.fd, data, offset)
+        written = os.pwrite(content.fd, data, offset)
+        content.written_crc.wrote(offset, memoryview(data)[:written])
+        return written
 
     def truncate(self, content: EditedContent, size: int) -> None:
         if not content.whole and size < content.base_size:
@@ -133,6 +135,7 @@ class EditableTree:
             self._log(op="whole", file=content.number)
         self.generation += 1
         os.ftruncate(content.fd, size)
+        content.written_crc.truncated(size)
 
     def holds(self, content: EditedContent) -> bool:
         """Whether an edited content is this tree's (one of before a commit is
