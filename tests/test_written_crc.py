@@ -160,3 +160,47 @@ def test_a_replaced_tensor_repacks_with_the_right_crc(mount, weights_pt, how):
     done = umount(mnt)
     assert done.returncode == 0, done.stderr
     _check(path, {"big": new, "small": state["small"]})
+
+
+@pytest.fixture
+def other_file_system(tmp_path):
+    """A folder on tmpfs (/dev/shm), beside tmp_path on the disk: what a
+    remote source's overlay in ~/.cache and an --output elsewhere can be."""
+    import shutil
+    import tempfile
+
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("/dev/shm and tmp_path are one file system here: the test needs two")
+    folder = tempfile.mkdtemp(dir="/dev/shm", prefix="ckptfs-test-")
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_bytes_on_another_file_system_are_read_and_written(tmp_path, other_file_system):
+    """copy_file_range cannot copy across file systems (EXDEV): an edit kept
+    in an overlay there, and a source file there, are copied by reading."""
+    from ckptfs.pack.output import Output
+    from ckptfs.sources.base import FileSource
+    from ckptfs.tree.nodes import Dir
+    from ckptfs.write.editable import EditableTree
+    from ckptfs.write.overlay import Overlay
+
+    source_path = os.path.join(other_file_system, "model.bin")
+    with open(source_path, "wb") as f:
+        f.write(b"source bytes " * 1000)
+    overlay = Overlay.create(source_path)
+    try:
+        tree = EditableTree(Dir(), overlay)
+        content = tree.create("t.npy").content
+        tree.write(content, 0, b"edited bytes" * 1000)
+        out_path = tmp_path / "out.bin"
+        fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            output = Output(fd)
+            output.copy_content(content)
+            output.copy(FileSource(source_path), 7, 5000)
+        finally:
+            os.close(fd)
+        assert out_path.read_bytes() == b"edited bytes" * 1000 + (b"source bytes " * 1000)[7:5007]
+    finally:
+        overlay.remove()

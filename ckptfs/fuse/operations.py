@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 #: attributes and pages for as long as it likes.
 CACHE_SECONDS = 24 * 3600
 #: A writable mount changes only through the kernel, which updates what it
-#: caches, but a short timeout keeps times and sizes honest after edits.
+#: caches, but a short timeout keeps times and sizes honest after edits: for
+#: what an edit made or changed, and for what follows the edits (views);
+#: the rest of a writable mount is cached as a read-only one (`cache_seconds`).
 EDIT_CACHE_SECONDS = 1.0
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 #: pyfuse3 built with vendor/pyfuse3's patch passes the inode as the handle
@@ -350,11 +352,26 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
+    def cache_seconds(self, inode: int, node: Node) -> float:
+        """How long the kernel may keep a node's name and attributes: as long
+        as it likes where only the kernel's own requests can change them
+        (it updates or drops what it caches when it writes, truncates,
+        renames or removes), which is everything of a read-only mount and,
+        of a writable one, every node neither edited nor in a read-only part
+        (views whose entries follow edits) nor a file that follows the edits.
+        A second `cat` of every file of a writable mount then costs an open,
+        a flush and a release, not a lookup more per file and folder."""
+        if self.editable is None:
+            return CACHE_SECONDS
+        if inode in self.read_only or inode in self.following or (isinstance(node, File) and node.edited):
+            return EDIT_CACHE_SECONDS
+        return CACHE_SECONDS
+
     def attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
-        attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS if self.editable is None else EDIT_CACHE_SECONDS
+        attr.entry_timeout = attr.attr_timeout = self.cache_seconds(inode, node)
         write_bits = 0 if self.editable is None or inode in self.read_only else 0o200
         access = self.access_of.get(inode)
         attr.st_uid, attr.st_gid = (access.uid, access.gid) if access else (self.owner.uid, self.owner.gid)
@@ -453,14 +470,17 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         inode = fh if self.zero_message_opens else self.handles[fh].inode
         content = self.nodes[inode].content
+        # a source's content answers in one buffer (`Content.reply`), what
+        # the edits keep (and the views that follow them) with its bytes
+        answer = content.reply if isinstance(content, Content) else content.read
         if content.slow:
             self._read_ahead(inode, content, off, size)
             # pyfuse3 built with vendor/pyfuse3's patches cancels a read the
             # kernel interrupts (its reader got a signal, SIGKILL too), and
             # answers EINTR; the thread is left to finish waiting for pages
             # other reads share, bounded by -o stall_timeout
-            return await trio.to_thread.run_sync(content.read, off, size, abandon_on_cancel=True)
-        return content.read(off, size)
+            return await trio.to_thread.run_sync(answer, off, size, abandon_on_cancel=True)
+        return answer(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
         """For a file whose bytes are fetched (a remote source): what the

@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import CkptfsError
 from ..tree import npy, xattrs
-from ..tree.nodes import Content, Dir, File, LazyDir, Node
+from ..tree.nodes import Content, Dir, File, Node, unmade_view
 from ..tree.tensors import dtype_before, shape_text
 from .overlay import EditedContent, Overlay
 
@@ -45,7 +45,7 @@ def _moved(node: Node) -> None:
         here.xattrs.pop(xattrs.NAME, None)
         if isinstance(here, File):
             here.moved = True
-        elif isinstance(here, Dir) and not (isinstance(here, LazyDir) and not here.filled):
+        elif isinstance(here, Dir) and not unmade_view(here):
             pending.extend(here.children.values())
 
 
