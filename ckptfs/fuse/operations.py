@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import errno
 import functools
+import inspect
 import logging
 import os
 import stat
@@ -119,25 +120,47 @@ def _dot_attributes(inode: int) -> pyfuse3.EntryAttributes:
 
 
 def _handler(method):
+    """Only FUSEError reaches pyfuse3. Handlers that never wait are plain
+    functions, called by one coroutine (the one pyfuse3 awaits): a request
+    then costs one coroutine, not two."""
+    name = method.__name__
+
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def waiting(self, *args):
+            try:
+                return await method(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as e:
+                raise _fuse_error(e, name, args) from None
+
+        return waiting
+
     @functools.wraps(method)
     async def wrapper(self, *args):
         try:
-            return await method(self, *args)
+            return method(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except CkptfsError as e:  # a source changed under the mount, a lazily read part is broken
-            if not getattr(e, "logged", False):  # one failed fetch fails every read waiting for it: one line
-                log.error("%s", e)
-                e.logged = True
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as e:
-            log.warning("%s%r: %s", method.__name__, args[:1], e)
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in %s%r", method.__name__, args[:3])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise _fuse_error(e, name, args) from None
 
     return wrapper
+
+
+def _fuse_error(e: Exception, name: str, args: tuple) -> pyfuse3.FUSEError:
+    """The answer to a handler's unexpected exception, logged."""
+    if isinstance(e, CkptfsError):  # a source changed under the mount, a lazily read part is broken
+        if not getattr(e, "logged", False):  # one failed fetch fails every read waiting for it: one line
+            log.error("%s", e)
+            e.logged = True
+        return pyfuse3.FUSEError(errno.EIO)
+    if isinstance(e, OSError):
+        log.warning("%s%r: %s", name, args[:1], e)
+        return pyfuse3.FUSEError(e.errno or errno.EIO)
+    log.error("unexpected error in %s%r", name, args[:3], exc_info=e)
+    return pyfuse3.FUSEError(errno.EIO)
 
 
 @dataclass(slots=True)
@@ -383,18 +406,18 @@ class Operations(pyfuse3.Operations):
         return attr
 
     @_handler
-    async def getattr(self, inode, ctx=None):
+    def getattr(self, inode, ctx=None):
         return self.attributes(inode)
 
     @_handler
-    async def lookup(self, parent_inode, name, ctx=None):
+    def lookup(self, parent_inode, name, ctx=None):
         inode = self._child(parent_inode, name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(inode)
 
     @_handler
-    async def opendir(self, inode, ctx):
+    def opendir(self, inode, ctx):
         if self.zero_message_opendirs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not isinstance(self._node(inode), Dir):
@@ -402,7 +425,7 @@ class Operations(pyfuse3.Operations):
         return inode
 
     @_handler
-    async def readdir(self, fh, start_id, token):
+    def readdir(self, fh, start_id, token):
         listing = self._listing(fh)
         for index in range(start_id, len(listing.names) + 2):
             if index < 2:  # "." and "..": the kernel reads only their inode and type
@@ -420,7 +443,7 @@ class Operations(pyfuse3.Operations):
                 break
 
     @_handler
-    async def open(self, inode, flags, ctx):
+    def open(self, inode, flags, ctx):
         if self.zero_message_opens:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
@@ -443,7 +466,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @_handler
-    async def release(self, fh):
+    def release(self, fh):
         handle = self.handles.pop(fh, None)
         if handle is not None and handle.wrote:
             self._views_changed()
@@ -481,7 +504,7 @@ class Operations(pyfuse3.Operations):
     # -- writes (docs/writing.md): each goes to the overlay before it returns
 
     @_handler
-    async def write(self, fh, off, buf):
+    def write(self, fh, off, buf):
         handle = self.handles[fh]
         node = self.nodes[handle.inode]
         if not node.content.edited:
@@ -495,7 +518,7 @@ class Operations(pyfuse3.Operations):
         return written
 
     @_handler
-    async def flush(self, fh):
+    def flush(self, fh):
         if self.editable is None:  # nothing to check on close: the kernel stops asking
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self.handles[fh]
@@ -521,7 +544,7 @@ class Operations(pyfuse3.Operations):
         return problem
 
     @_handler
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
         if fields.update_size:
             if not isinstance(node, File):
@@ -542,7 +565,7 @@ class Operations(pyfuse3.Operations):
         return self.attributes(inode)
 
     @_handler
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    def create(self, parent_inode, name, mode, flags, ctx):
         editable = self._writable(parent_inode)
         existing = self._child(parent_inode, name)
         if existing is not None:
@@ -555,20 +578,20 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=False), self.attributes(inode)
 
     @_handler
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    def mkdir(self, parent_inode, name, mode, ctx):
         self._writable(parent_inode).mkdir(self._path(parent_inode, os.fsdecode(name)))
         self._changed(parent_inode)
         return self.attributes(self._child(parent_inode, name))
 
     @_handler
-    async def unlink(self, parent_inode, name, ctx):
-        await self._remove(parent_inode, name, directory=False)
+    def unlink(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, directory=False)
 
     @_handler
-    async def rmdir(self, parent_inode, name, ctx):
-        await self._remove(parent_inode, name, directory=True)
+    def rmdir(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, directory=True)
 
-    async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+    def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
         inode = self._child(parent_inode, name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -582,7 +605,7 @@ class Operations(pyfuse3.Operations):
         self._changed(parent_inode)
 
     @_handler
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         inode = self._child(parent_inode_old, name_old)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -626,15 +649,15 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(refused.errno)
 
     @_handler
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    def link(self, inode, new_parent_inode, new_name, ctx):
         self._refuse(new_parent_inode, new_name, "a hard link", errno.EPERM)
 
     @_handler
-    async def symlink(self, parent_inode, name, target, ctx):
+    def symlink(self, parent_inode, name, target, ctx):
         self._refuse(parent_inode, name, "a symbolic link", errno.EPERM)
 
     @_handler
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    def mknod(self, parent_inode, name, mode, rdev, ctx):
         if stat.S_ISREG(mode):  # mknod(2) of a plain file: an empty file, as create makes it
             editable = self._writable(parent_inode)
             if self._child(parent_inode, name) is not None:
@@ -650,42 +673,42 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(code)
 
     @_handler
-    async def setxattr(self, inode, name, value, ctx):
+    def setxattr(self, inode, name, value, ctx):
         self._writable(inode)
         log.warning("%s: setting attribute %s refused: a checkpoint keeps no attributes (its user.ckptfs.* ones "
                     "are made from what it holds)", self._path(inode), os.fsdecode(name))
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @_handler
-    async def removexattr(self, inode, name, ctx):
+    def removexattr(self, inode, name, ctx):
         self._writable(inode)
         log.warning("%s: removing attribute %s refused: a checkpoint keeps no attributes",
                     self._path(inode), os.fsdecode(name))
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @_handler
-    async def fsync(self, fh, datasync):
+    def fsync(self, fh, datasync):
         if self.editable is not None:
             self.editable.fsync(self.nodes[self.handles[fh].inode])
 
     @_handler
-    async def fsyncdir(self, fh, datasync):
+    def fsyncdir(self, fh, datasync):
         if self.editable is not None:
             self.editable.fsync()
 
     @_handler
-    async def readlink(self, inode, ctx):
+    def readlink(self, inode, ctx):
         node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.target)
 
     @_handler
-    async def listxattr(self, inode, ctx):
+    def listxattr(self, inode, ctx):
         return [b"user." + name.encode() for name in self._node(inode).xattrs]
 
     @_handler
-    async def getxattr(self, inode, name, ctx):
+    def getxattr(self, inode, name, ctx):
         key = name.decode("utf-8", "surrogateescape")
         value = self._node(inode).xattrs.get(key[5:]) if key.startswith("user.") else None
         if value is None:
@@ -693,7 +716,7 @@ class Operations(pyfuse3.Operations):
         return value.encode("utf-8", "surrogatepass")
 
     @_handler
-    async def statfs(self, ctx):
+    def statfs(self, ctx):
         sv = pyfuse3.StatvfsData()
         sv.f_bsize = sv.f_frsize = 512
         total_bytes, total_nodes = self.totals
