@@ -39,13 +39,13 @@ $(PY):
 	@echo "== making a virtualenv in $(VENV)"
 	python3 -m venv $(VENV)
 
-$(VENV)/.demo-installed: pyproject.toml vendor/pyfuse3/zero-message-open.patch vendor/pyfuse3/read-interrupts.patch | $(PY)
+$(VENV)/.demo-installed: pyproject.toml vendor/pyfuse3/zero-message-open.patch vendor/pyfuse3/read-interrupts.patch vendor/pyfuse3/fast-loop.patch | $(PY)
 	bash vendor/pyfuse3/install.sh $(PY)
 	@echo "== installing ckptfs and its dependencies (about 30 MB)"
 	$(PIP) -e .
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml vendor/pyfuse3/zero-message-open.patch vendor/pyfuse3/read-interrupts.patch | $(PY)
+$(VENV)/.test-installed: pyproject.toml vendor/pyfuse3/zero-message-open.patch vendor/pyfuse3/read-interrupts.patch vendor/pyfuse3/fast-loop.patch | $(PY)
 	bash vendor/pyfuse3/install.sh $(PY)
 	@echo "== installing ckptfs with its test dependencies (torch, safetensors, Lightning, ...)"
 	$(PIP) -e '.[test]'

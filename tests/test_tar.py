@@ -138,7 +138,7 @@ def test_gzip_seek_index_is_kept_and_reused(mount, tmp_path):
     mount(path)
     index_dir = mount.cache_dir / "gzindex"
     cached = sorted(index_dir.iterdir())
-    assert [p.suffix for p in cached] == [".gzidx", ".json"]
+    assert [p.suffix for p in cached] == [".gzidx", ".json", ".reads"]
     # Mark the cached member list: a second mount that shows the mark did not re-read the archive.
     doc = json.loads(cached[1].read_text())
     doc["notes"] = ["served from the cached index"]

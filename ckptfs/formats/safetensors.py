@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+from operator import itemgetter
 
 from ..errors import EditRefused, FormatError, MoveRefused, RepackError
 from ..humanize import plural
@@ -22,7 +23,8 @@ from ..tree.checkpoint import Checkpoint
 from ..tree.dtypes import BY_SAFETENSORS, DType
 from ..tree.nodes import Content, Dir, Extent, File
 from ..tree.rawfiles import raw_mirror
-from ..tree.tensors import Tensor, dtype_before, tensor_key, tensor_tree
+from ..tree.table import TensorTable
+from ..tree.tensors import Tensor, dtype_before, tensor_key
 from . import quantized
 from .base import FileFormat, FileWriter, Moved, Opening, Pickles, WriterKind
 from .yamlmap import string_mapping
@@ -36,18 +38,17 @@ def sniff(head: bytes) -> bool:
 
 
 def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
-    """The `__metadata__` and the tensors of a safetensors source, validated."""
+    """The `__metadata__` and the tensors of a safetensors source, validated,
+    in the order of their bytes."""
+    metadata, table = read_table(source)
+    return metadata, table.records()
+
+
+def read_table(source: Source) -> tuple[dict[str, str] | None, TensorTable]:
+    """The `__metadata__` and the tensors of a safetensors source as a
+    table, validated."""
     path = source.path
-    if source.size < 8:
-        raise FormatError(path, f"safetensors file too short ({plural(source.size, 'byte')}) to hold a header length")
-    header_len = int.from_bytes(source.read_exact(0, 8), "little")
-    if header_len > LIMITS.header_bytes:
-        raise FormatError(path, f"safetensors header length {header_len} is above the limit of {LIMITS.header_bytes}"
-                                " (-o max_header_bytes raises it)")
-    if 8 + header_len > source.size:
-        raise FormatError(
-            path, f"safetensors header length {header_len} runs past the end of the file ({source.size} bytes; truncated?)"
-        )
+    header_len = _header_length(source)
     try:
         text = source.read_exact(8, header_len).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -64,15 +65,63 @@ def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
         isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
     ):
         raise FormatError(path, "safetensors __metadata__ must map strings to strings")
-
     data_start = 8 + header_len
-    data_size = source.size - data_start
-    entries = [_entry(path, name, info) for name, info in header.items()]
-    entries.sort(key=lambda e: (e[3], e[4]))
-    tensors = []
+    rows, dtypes, shapes = _rows(path, header)
+    _check_layout(path, rows, source.size - data_start)
+    return metadata, TensorTable(source, rows, dtypes, shapes, data_start)
+
+
+def _header_length(source: Source) -> int:
+    path = source.path
+    if source.size < 8:
+        raise FormatError(path, f"safetensors file too short ({plural(source.size, 'byte')}) to hold a header length")
+    header_len = int.from_bytes(source.read_exact(0, 8), "little")
+    if header_len > LIMITS.header_bytes:
+        raise FormatError(path, f"safetensors header length {header_len} is above the limit of {LIMITS.header_bytes}"
+                                " (-o max_header_bytes raises it)")
+    if 8 + header_len > source.size:
+        raise FormatError(
+            path, f"safetensors header length {header_len} runs past the end of the file ({source.size} bytes; truncated?)"
+        )
+    return header_len
+
+
+def _rows(path: str, header: dict) -> tuple[list[tuple], list[DType], list[tuple[int, ...]]]:
+    """(name, dtype index, shape index, start, end) for each entry, and the
+    distinct dtypes and shapes the indexes point into. Each distinct (dtype,
+    shape) is checked once by `_entry`, which says what is wrong with an
+    entry; the rest of an entry (its offsets) is checked here. A checkpoint
+    of 100,000 tensors has a few hundred distinct kinds."""
+    kinds: dict[tuple, tuple[int, int, int]] = {}  # (dtype code, repr of shape) -> (dtype, shape index, bytes)
+    dtypes: list[DType] = []
+    shapes: list[tuple[int, ...]] = []
+    rows = []
+    for name, info in header.items():
+        try:
+            key = (info["dtype"], repr(info["shape"]))  # repr: [1] and [True] and "[1]" are distinct kinds
+            start, end = info["data_offsets"]
+            kind = kinds[key]
+            if not (type(start) is int and type(end) is int and start >= 0 and end - start == kind[2]):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            _, dtype, shape, start, end = _entry(path, name, info)  # says what is wrong, or is a new kind
+            kind = kinds[(info["dtype"], repr(info["shape"]))] = (_index(dtypes, dtype), len(shapes), end - start)
+            shapes.append(shape)
+        rows.append((name, kind[0], kind[1], start, end))
+    return rows, dtypes, shapes
+
+
+def _index(values: list, value) -> int:
+    if value not in values:
+        values.append(value)
+    return values.index(value)
+
+
+def _check_layout(path: str, rows: list[tuple], data_size: int) -> None:
+    """Offsets sorted and contiguous from 0, the data area ending the file."""
     expected = 0
     previous = None
-    for name, dtype, shape, start, end in entries:
+    for name, _, _, start, end in sorted(rows, key=itemgetter(3, 4)):
         if start != expected:
             what = "overlap" if start < expected else "leave a gap after"
             other = f"tensor {previous!r}" if previous is not None else "the start of the data"
@@ -82,14 +131,12 @@ def read(source: Source) -> tuple[dict[str, str] | None, list[Tensor]]:
                 path, f"tensor {name!r}: data_offsets end at {end} but the file holds {plural(data_size, 'byte')} "
                 "of data (truncated?)"
             )
-        tensors.append(Tensor(name, dtype, shape, Extent(source, data_start + start, end - start)))
         expected = end
         previous = name
     if expected != data_size:
         raise FormatError(
             path, f"{plural(data_size - expected, 'byte')} after the last tensor's data; the data area must end the file"
         )
-    return metadata, tensors
 
 
 def _entry(path: str, name: str, info: object):
@@ -143,13 +190,14 @@ def metadata_file(metadata: dict[str, str]) -> File:
 def expand(source: Source):
     """The folder a safetensors file shows as: its tensors and `__metadata__.yaml`.
 
-    Returns (folder, placed tensors, tensors by name, `__metadata__`).
+    Returns (folder, placed tensors, tensors by name, `__metadata__`): the
+    folder's entries and the records are made when first used (tree/table.py).
     """
-    metadata, tensors = read(source)
-    folder, placed = tensor_tree(tensors)
+    metadata, table = read_table(source)
+    folder = table.tree()
     if metadata is not None:
         folder.add("__metadata__.yaml", metadata_file(metadata))
-    return folder, placed, {t.name: t for t in tensors}, metadata
+    return folder, table.placed(), table.by_name(), metadata
 
 
 # ---------------------------------------------------------------- the writer

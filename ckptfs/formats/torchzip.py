@@ -20,6 +20,7 @@ from ..errors import FormatError
 from ..humanize import plural
 from ..limits import LIMITS
 from ..pack.changes import changes, is_edited
+from ..pack.crc import combine
 from ..pack.output import COPY_BLOCK
 from ..pickle.inert import Global, InertUnpickler, PickleError
 from ..pickle.objtree import ObjectTree
@@ -343,10 +344,21 @@ class Writer(FileWriter):
             if offset == end:
                 break
             length, content, data = patches[offset]
-            for pos in range(0, length, COPY_BLOCK):
-                crc = zlib.crc32(content.read(data + pos, min(COPY_BLOCK, length - pos)), crc)
+            crc = _content_crc(content, data, length, crc)
             position = offset + length
         return crc
+
+
+def _content_crc(content, offset: int, length: int, crc: int) -> int:
+    """`crc` carried on over `length` bytes of an edited file from `offset`:
+    from the CRC-32 taken as they were written when there is one, else read."""
+    known = getattr(content, "crc32", None)
+    taken = known(offset, length) if known is not None else None
+    if taken is not None:
+        return combine(crc, taken, length)
+    for pos in range(0, length, COPY_BLOCK):
+        crc = zlib.crc32(content.read(offset + pos, min(COPY_BLOCK, length - pos)), crc)
+    return crc
 
 
 class _Patched:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import errno
 import functools
+import inspect
 import logging
 import os
 import stat
@@ -36,7 +37,9 @@ log = logging.getLogger(__name__)
 #: attributes and pages for as long as it likes.
 CACHE_SECONDS = 24 * 3600
 #: A writable mount changes only through the kernel, which updates what it
-#: caches, but a short timeout keeps times and sizes honest after edits.
+#: caches, but a short timeout keeps times and sizes honest after edits: for
+#: what an edit made or changed, and for what follows the edits (views);
+#: the rest of a writable mount is cached as a read-only one (`cache_seconds`).
 EDIT_CACHE_SECONDS = 1.0
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 #: pyfuse3 built with vendor/pyfuse3's patch passes the inode as the handle
@@ -117,25 +120,47 @@ def _dot_attributes(inode: int) -> pyfuse3.EntryAttributes:
 
 
 def _handler(method):
+    """Only FUSEError reaches pyfuse3. Handlers that never wait are plain
+    functions, called by one coroutine (the one pyfuse3 awaits): a request
+    then costs one coroutine, not two."""
+    name = method.__name__
+
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def waiting(self, *args):
+            try:
+                return await method(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as e:
+                raise _fuse_error(e, name, args) from None
+
+        return waiting
+
     @functools.wraps(method)
     async def wrapper(self, *args):
         try:
-            return await method(self, *args)
+            return method(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except CkptfsError as e:  # a source changed under the mount, a lazily read part is broken
-            if not getattr(e, "logged", False):  # one failed fetch fails every read waiting for it: one line
-                log.error("%s", e)
-                e.logged = True
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as e:
-            log.warning("%s%r: %s", method.__name__, args[:1], e)
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in %s%r", method.__name__, args[:3])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise _fuse_error(e, name, args) from None
 
     return wrapper
+
+
+def _fuse_error(e: Exception, name: str, args: tuple) -> pyfuse3.FUSEError:
+    """The answer to a handler's unexpected exception, logged."""
+    if isinstance(e, CkptfsError):  # a source changed under the mount, a lazily read part is broken
+        if not getattr(e, "logged", False):  # one failed fetch fails every read waiting for it: one line
+            log.error("%s", e)
+            e.logged = True
+        return pyfuse3.FUSEError(errno.EIO)
+    if isinstance(e, OSError):
+        log.warning("%s%r: %s", name, args[:1], e)
+        return pyfuse3.FUSEError(e.errno or errno.EIO)
+    log.error("unexpected error in %s%r", name, args[:3], exc_info=e)
+    return pyfuse3.FUSEError(errno.EIO)
 
 
 @dataclass(slots=True)
@@ -204,19 +229,22 @@ class Operations(pyfuse3.Operations):
     def replace_tree(self, root: Dir, editable: Edits | None, check=None, check_move=None) -> None:
         """Serve a new tree (after `ckptfs commit`). Nodes already numbered keep
         their inodes, so open files read on; names are looked up afresh."""
+        # every name the kernel may have cached: the old root's (its listing
+        # is dropped by an unlink or a rename there, its entries are not)
+        listing = self.listings.get(pyfuse3.ROOT_INODE)
+        old = sorted({*self.root.children, *(listing.names if listing else ())})
         self.root, self.editable, self.check, self.check_move = root, editable, check, check_move
         self.nodes[pyfuse3.ROOT_INODE] = root
-        listing = self.listings.get(pyfuse3.ROOT_INODE)
-        old = [os.fsencode(name) for name in listing.names] if listing else []
         self.listings.clear()
         self.read_only = set()
         self.access_of = {}
         self._set_access(pyfuse3.ROOT_INODE, root.access)
         self.__dict__.pop("totals", None)
-        # names the kernel may have cached: look them up again (which also
-        # drops its cached listing of the root; other folders get new inodes)
+        # look them up again (which also drops the kernel's listing of the
+        # root; other folders get new inodes), and the root's own attributes
         for name in old:
-            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name, ignore_enoent=True)
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, os.fsencode(name), ignore_enoent=True)
+        pyfuse3.invalidate_inode(pyfuse3.ROOT_INODE, attr_only=True)
 
     def _listing(self, inode: int) -> _Listing:
         """A directory's entries, numbered on first use (a node keeps its
@@ -308,14 +336,19 @@ class Operations(pyfuse3.Operations):
 
     @functools.cached_property
     def totals(self) -> tuple[int, int]:
-        """(bytes of all files, number of nodes), for statfs. Folders made
-        on first use (a shard's chunks, the export view) count once made:
-        `df` must not make them."""
+        """(bytes of all files, number of nodes), for statfs, found once.
+        `df` must not make folders made on first use: a table's folders
+        are counted from the table, others (a shard's chunks, the export
+        view) not, unless made before."""
         size, count, pending = 0, 1, [self.root]
         while pending:
             for child in pending.pop().children.values():
                 count += 1
-                if isinstance(child, Dir) and not (isinstance(child, LazyDir) and not child.filled):
+                unmade = isinstance(child, LazyDir) and not child.filled
+                if unmade and hasattr(child, "unmade_totals"):
+                    child_size, child_count = child.unmade_totals()
+                    size, count = size + child_size, count + child_count
+                elif isinstance(child, Dir) and not unmade:
                     pending.append(child)
                 elif isinstance(child, File):
                     size += child.content.size
@@ -327,11 +360,26 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
+    def cache_seconds(self, inode: int, node: Node) -> float:
+        """How long the kernel may keep a node's name and attributes: as long
+        as it likes where only the kernel's own requests can change them
+        (it updates or drops what it caches when it writes, truncates,
+        renames or removes), which is everything of a read-only mount and,
+        of a writable one, every node neither edited nor in a read-only part
+        (views whose entries follow edits) nor a file that follows the edits.
+        A second `cat` of every file of a writable mount then costs an open,
+        a flush and a release, not a lookup more per file and folder."""
+        if self.editable is None:
+            return CACHE_SECONDS
+        if inode in self.read_only or inode in self.following or (isinstance(node, File) and node.edited):
+            return EDIT_CACHE_SECONDS
+        return CACHE_SECONDS
+
     def attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
-        attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS if self.editable is None else EDIT_CACHE_SECONDS
+        attr.entry_timeout = attr.attr_timeout = self.cache_seconds(inode, node)
         write_bits = 0 if self.editable is None or inode in self.read_only else 0o200
         access = self.access_of.get(inode)
         attr.st_uid, attr.st_gid = (access.uid, access.gid) if access else (self.owner.uid, self.owner.gid)
@@ -358,18 +406,18 @@ class Operations(pyfuse3.Operations):
         return attr
 
     @_handler
-    async def getattr(self, inode, ctx=None):
+    def getattr(self, inode, ctx=None):
         return self.attributes(inode)
 
     @_handler
-    async def lookup(self, parent_inode, name, ctx=None):
+    def lookup(self, parent_inode, name, ctx=None):
         inode = self._child(parent_inode, name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(inode)
 
     @_handler
-    async def opendir(self, inode, ctx):
+    def opendir(self, inode, ctx):
         if self.zero_message_opendirs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not isinstance(self._node(inode), Dir):
@@ -377,7 +425,7 @@ class Operations(pyfuse3.Operations):
         return inode
 
     @_handler
-    async def readdir(self, fh, start_id, token):
+    def readdir(self, fh, start_id, token):
         listing = self._listing(fh)
         for index in range(start_id, len(listing.names) + 2):
             if index < 2:  # "." and "..": the kernel reads only their inode and type
@@ -395,7 +443,7 @@ class Operations(pyfuse3.Operations):
                 break
 
     @_handler
-    async def open(self, inode, flags, ctx):
+    def open(self, inode, flags, ctx):
         if self.zero_message_opens:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
@@ -418,7 +466,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @_handler
-    async def release(self, fh):
+    def release(self, fh):
         handle = self.handles.pop(fh, None)
         if handle is not None and handle.wrote:
             self._views_changed()
@@ -430,14 +478,17 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         inode = fh if self.zero_message_opens else self.handles[fh].inode
         content = self.nodes[inode].content
+        # a source's content answers in one buffer (`Content.reply`), what
+        # the edits keep (and the views that follow them) with its bytes
+        answer = content.reply if isinstance(content, Content) else content.read
         if content.slow:
             self._read_ahead(inode, content, off, size)
             # pyfuse3 built with vendor/pyfuse3's patches cancels a read the
             # kernel interrupts (its reader got a signal, SIGKILL too), and
             # answers EINTR; the thread is left to finish waiting for pages
             # other reads share, bounded by -o stall_timeout
-            return await trio.to_thread.run_sync(content.read, off, size, abandon_on_cancel=True)
-        return content.read(off, size)
+            return await trio.to_thread.run_sync(answer, off, size, abandon_on_cancel=True)
+        return answer(off, size)
 
     def _read_ahead(self, inode: int, content, off: int, size: int) -> None:
         """For a file whose bytes are fetched (a remote source): what the
@@ -453,7 +504,7 @@ class Operations(pyfuse3.Operations):
     # -- writes (docs/writing.md): each goes to the overlay before it returns
 
     @_handler
-    async def write(self, fh, off, buf):
+    def write(self, fh, off, buf):
         handle = self.handles[fh]
         node = self.nodes[handle.inode]
         if not node.content.edited:
@@ -467,7 +518,7 @@ class Operations(pyfuse3.Operations):
         return written
 
     @_handler
-    async def flush(self, fh):
+    def flush(self, fh):
         if self.editable is None:  # nothing to check on close: the kernel stops asking
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self.handles[fh]
@@ -493,7 +544,7 @@ class Operations(pyfuse3.Operations):
         return problem
 
     @_handler
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
         if fields.update_size:
             if not isinstance(node, File):
@@ -514,7 +565,7 @@ class Operations(pyfuse3.Operations):
         return self.attributes(inode)
 
     @_handler
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    def create(self, parent_inode, name, mode, flags, ctx):
         editable = self._writable(parent_inode)
         existing = self._child(parent_inode, name)
         if existing is not None:
@@ -527,20 +578,20 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=False), self.attributes(inode)
 
     @_handler
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    def mkdir(self, parent_inode, name, mode, ctx):
         self._writable(parent_inode).mkdir(self._path(parent_inode, os.fsdecode(name)))
         self._changed(parent_inode)
         return self.attributes(self._child(parent_inode, name))
 
     @_handler
-    async def unlink(self, parent_inode, name, ctx):
-        await self._remove(parent_inode, name, directory=False)
+    def unlink(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, directory=False)
 
     @_handler
-    async def rmdir(self, parent_inode, name, ctx):
-        await self._remove(parent_inode, name, directory=True)
+    def rmdir(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, directory=True)
 
-    async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+    def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
         inode = self._child(parent_inode, name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -554,7 +605,7 @@ class Operations(pyfuse3.Operations):
         self._changed(parent_inode)
 
     @_handler
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         inode = self._child(parent_inode_old, name_old)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -598,15 +649,15 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(refused.errno)
 
     @_handler
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    def link(self, inode, new_parent_inode, new_name, ctx):
         self._refuse(new_parent_inode, new_name, "a hard link", errno.EPERM)
 
     @_handler
-    async def symlink(self, parent_inode, name, target, ctx):
+    def symlink(self, parent_inode, name, target, ctx):
         self._refuse(parent_inode, name, "a symbolic link", errno.EPERM)
 
     @_handler
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    def mknod(self, parent_inode, name, mode, rdev, ctx):
         if stat.S_ISREG(mode):  # mknod(2) of a plain file: an empty file, as create makes it
             editable = self._writable(parent_inode)
             if self._child(parent_inode, name) is not None:
@@ -622,42 +673,42 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(code)
 
     @_handler
-    async def setxattr(self, inode, name, value, ctx):
+    def setxattr(self, inode, name, value, ctx):
         self._writable(inode)
         log.warning("%s: setting attribute %s refused: a checkpoint keeps no attributes (its user.ckptfs.* ones "
                     "are made from what it holds)", self._path(inode), os.fsdecode(name))
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @_handler
-    async def removexattr(self, inode, name, ctx):
+    def removexattr(self, inode, name, ctx):
         self._writable(inode)
         log.warning("%s: removing attribute %s refused: a checkpoint keeps no attributes",
                     self._path(inode), os.fsdecode(name))
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @_handler
-    async def fsync(self, fh, datasync):
+    def fsync(self, fh, datasync):
         if self.editable is not None:
             self.editable.fsync(self.nodes[self.handles[fh].inode])
 
     @_handler
-    async def fsyncdir(self, fh, datasync):
+    def fsyncdir(self, fh, datasync):
         if self.editable is not None:
             self.editable.fsync()
 
     @_handler
-    async def readlink(self, inode, ctx):
+    def readlink(self, inode, ctx):
         node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.target)
 
     @_handler
-    async def listxattr(self, inode, ctx):
+    def listxattr(self, inode, ctx):
         return [b"user." + name.encode() for name in self._node(inode).xattrs]
 
     @_handler
-    async def getxattr(self, inode, name, ctx):
+    def getxattr(self, inode, name, ctx):
         key = name.decode("utf-8", "surrogateescape")
         value = self._node(inode).xattrs.get(key[5:]) if key.startswith("user.") else None
         if value is None:
@@ -665,7 +716,7 @@ class Operations(pyfuse3.Operations):
         return value.encode("utf-8", "surrogatepass")
 
     @_handler
-    async def statfs(self, ctx):
+    def statfs(self, ctx):
         sv = pyfuse3.StatvfsData()
         sv.f_bsize = sv.f_frsize = 512
         total_bytes, total_nodes = self.totals

@@ -24,7 +24,12 @@ from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD_KB = 1024
+#: read_ahead_kb of a mount (root only; the kernel's default is 128): reads
+#: then come in 1 MiB requests (libfuse 3.14's largest), and a random read of
+#: 1 MiB, which spans 257 pages where it is not aligned, is still less than
+#: the window, so the kernel reads just its pages: at 1024 it takes it for
+#: a stream's start and reads 2-3 MiB (docs/benchmarks.md, "Issue 31: reads")
+READ_AHEAD_KB = 2048
 READY = b"ok\n"
 
 

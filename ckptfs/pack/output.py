@@ -9,6 +9,7 @@ untouched; if anything fails before it, the temp file is removed.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -93,26 +94,45 @@ class Output:
         """`length` bytes of `source` from `offset`: `copy_file_range` when they
         lie in a plain file (no trip through user space), else read and write."""
         base, start = _file_range(source, offset) if self.in_kernel else (None, offset)
-        if base is not None:
-            done = 0
-            while done < length:
-                n = os.copy_file_range(base.fd, self.fd, min(COPY_BLOCK, length - done), start + done)
-                if n == 0:
-                    raise CkptfsError(f"{base.path}: ended while copying (changed since mount?)")
-                done += n
-                self._advanced(n)
+        if base is not None and self._copy_file_range(base.fd, start, length, base.path):
             return
         for pos in range(0, length, COPY_BLOCK):
             if source.slow:
                 source.prefetch(offset + pos + COPY_BLOCK, min(COPY_AHEAD, length - pos - COPY_BLOCK))
             self.write(source.read_exact(offset + pos, min(COPY_BLOCK, length - pos)))
 
+    def _copy_file_range(self, fd: int, offset: int, length: int, path: str) -> bool:
+        """Copy in the kernel; False, with nothing copied, where it cannot
+        copy between these two files (another file system: EXDEV), so
+        that the caller reads and writes them instead."""
+        done = 0
+        while done < length:
+            try:
+                n = os.copy_file_range(fd, self.fd, min(COPY_BLOCK, length - done), offset + done)
+            except OSError as e:
+                if done == 0 and e.errno in _NO_KERNEL_COPY:
+                    return False
+                raise
+            if n == 0:
+                raise CkptfsError(f"{path}: ended while copying (changed since mount?)")
+            done += n
+            self._advanced(n)
+        return True
+
     def copy_content(self, content, offset: int = 0, length: int | None = None) -> None:
-        """Bytes of a file of the tree (an edited one, or one of the source)."""
+        """Bytes of a file of the tree (an edited one, or one of the source):
+        file to file by the kernel when an edit's data file holds them all."""
         length = content.size - offset if length is None else length
+        in_file = getattr(content, "in_data_file", None)
+        fd = in_file(offset, length) if in_file is not None and self.in_kernel else None
+        if fd is not None and self._copy_file_range(fd, offset, length, "an edited file's data in the overlay"):
+            return
         for pos in range(0, length, COPY_BLOCK):
             self.write(content.read(offset + pos, min(COPY_BLOCK, length - pos)))
 
+
+#: what copy_file_range says where it cannot copy between two files
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 
 #: written bytes are sent to the disk every so often while the copy goes on,
 #: so the final fsync has little left to wait for (a third faster here than

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from ..errors import FormatError
 from ..humanize import plural
 from .base import FileSource, SeekableReader, Source
+from .gzip_reads import ReadLog
 
 #: bytes of the inflated stream checked together (the last span is shorter)
 SPAN = 1 << 20
@@ -190,12 +191,37 @@ class GzipSource(Source):
         self._spans: OrderedDict[int, memoryview] = OrderedDict()  # the last spans served, checked
         self._reader = None
         self._lock = threading.Lock()
+        self._kept: ReadLog | None = None  # the reads of an earlier mount's tree build, served while this one builds
+        self._log: ReadLog | None = None  # the reads of this build, while it lasts
+        self._missed = False
         # The reader's threads would not survive the daemon's fork: close it
         # before any fork; whoever reads next opens a new one.
         os.register_at_fork(before=self.close)
         atexit.register(self.close)  # and stop its threads before Python stops
 
+    def record_reads(self, kept: ReadLog | None, fingerprint: int) -> None:
+        """While a tree is built: keep every read, and serve those `kept`
+        holds (the same build's reads at an earlier mount) without inflating."""
+        self._kept, self._log, self._missed = kept, ReadLog(self.size, fingerprint), kept is None
+
+    def recorded(self) -> ReadLog | None:
+        """The tree is built: the reads it made, if they are not all those
+        kept already (None then); later reads are all inflated and checked."""
+        log, missed = self._log, self._missed
+        self._kept = self._log = None
+        return log if missed and log is not None and not log.full else None
+
     def pread(self, offset: int, length: int) -> bytes:
+        if self._log is None:
+            return self._pread(offset, length)
+        length = max(0, min(length, self.size - offset))
+        data = self._kept.find(offset, length) if self._kept is not None else None
+        if data is None:
+            data, self._missed = self._pread(offset, length), True
+        self._log.add(offset, data)
+        return data
+
+    def _pread(self, offset: int, length: int) -> bytes:
         end = min(offset + max(0, length), self.size)
         pieces = []
         while offset < end:

@@ -83,6 +83,34 @@ class Content:
             i += 1
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def reply(self, offset: int, length: int) -> bytes | bytearray:
+        """`read`'s bytes for a FUSE read's answer: a read across pieces (an
+        NPY header and the first bytes after it, read whole for every file
+        smaller than a request) is one buffer that the bytes pieces are
+        copied into and the rest read into (`readv`: `preadv` for a file),
+        not each piece read into bytes of its own and then all joined."""
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if end <= self.starts[i] + len_of(self.pieces[i]):
+            return self.read(offset, length)  # within one piece: nothing to join
+        buffer = bytearray(end - offset)
+        into, pos = memoryview(buffer), offset
+        while pos < end:
+            piece, start = self.pieces[i], self.starts[i]
+            take = min(end, start + len_of(piece)) - pos
+            part = into[pos - offset : pos - offset + take]
+            if isinstance(piece, bytes):
+                part[:] = piece[pos - start : pos - start + take]
+            elif hasattr(piece, "readv"):
+                piece.readv(pos - start, [part])
+            else:
+                part[:] = piece.read(pos - start, take)
+            pos += take
+            i += 1
+        return buffer
+
     def prefetch(self, offset: int, length: int) -> None:
         """Start fetching the bytes [offset, offset + length) where a source
         fetches (a remote one); elsewhere nothing."""
@@ -254,6 +282,8 @@ class LazyDir(Dir):
     many directories `fill` will add, so that `stat` needs no fill.
     """
 
+    __slots__ = ("_fill", "_subdirs", "_children")
+
     def __init__(self, fill: Callable[[Dir], None], subdirs: int, **kwargs):
         self._fill: Callable[[Dir], None] | None = None
         super().__init__(**kwargs)
@@ -276,3 +306,12 @@ class LazyDir(Dir):
 
     def subdir_count(self) -> int:
         return self._subdirs if self._fill is not None else super().subdir_count()
+
+
+def unmade_view(node: Node) -> bool:
+    """Whether `node` is a read-only folder whose entries are not made yet
+    (a shard's chunks, the export view): what an edit moves or changes lies
+    elsewhere, so a walk for it leaves them unmade. A folder of tensors
+    made when used (`table.TableDir`) is entered: its entries are the
+    checkpoint's, and a rename moves them."""
+    return isinstance(node, LazyDir) and not node.filled and node.read_only

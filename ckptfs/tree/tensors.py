@@ -38,6 +38,11 @@ class NpyContent(Content):
             return data.read(offset - start, max(0, min(length, self.size - offset)))
         return Content.read(self, offset, length)
 
+    def reply(self, offset: int, length: int) -> bytes | bytearray:
+        if offset >= self.size - self.tensor.data.length:  # past the header: one piece
+            return self.read(offset, length)
+        return Content.reply(self, offset, length)
+
     @property  # type: ignore[override]
     def pieces(self) -> list:
         return [self._header(), self.tensor.data]

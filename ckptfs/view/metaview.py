@@ -59,9 +59,10 @@ def _fill_export(ckpt: Checkpoint, folder: Dir) -> None:
     from ..write import export
 
     selection = export.select(ckpt)
-    folder.add(export.SINGLE, File(export.safetensors_file(selection.items), access=selection.access))
+    single = export.safetensors_file(selection.items)
+    folder.add(export.SINGLE, File(single, access=selection.access))
     hf = folder.add("hf", Dir(read_only=True))
-    for name, content in export.hf_files(selection.items, beside=selection.beside).items():
+    for name, content in export.hf_files(selection.items, beside=selection.beside, single=single).items():
         hf.add(name, File(content, access=selection.access))
     if selection.left_out:
         lines = ["# Tensors the export leaves out, and why:", *selection.left_out]

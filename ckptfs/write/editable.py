@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import CkptfsError
 from ..tree import npy, xattrs
-from ..tree.nodes import Content, Dir, File, LazyDir, Node
+from ..tree.nodes import Content, Dir, File, Node, unmade_view
 from ..tree.tensors import dtype_before, shape_text
 from .overlay import EditedContent, Overlay
 
@@ -45,7 +45,7 @@ def _moved(node: Node) -> None:
         here.xattrs.pop(xattrs.NAME, None)
         if isinstance(here, File):
             here.moved = True
-        elif isinstance(here, Dir) and not (isinstance(here, LazyDir) and not here.filled):
+        elif isinstance(here, Dir) and not unmade_view(here):
             pending.extend(here.children.values())
 
 
@@ -124,7 +124,9 @@ class EditableTree:
             content.copy_up(blocks)
             self._log(op="dirty", file=content.number, blocks=blocks)
         self.generation += 1
-        return os.pwrite(content.fd, data, offset)
+        written = os.pwrite(content.fd, data, offset)
+        content.written_crc.wrote(offset, memoryview(data)[:written])
+        return written
 
     def truncate(self, content: EditedContent, size: int) -> None:
         if not content.whole and size < content.base_size:
@@ -133,6 +135,7 @@ class EditableTree:
             self._log(op="whole", file=content.number)
         self.generation += 1
         os.ftruncate(content.fd, size)
+        content.written_crc.truncated(size)
 
     def holds(self, content: EditedContent) -> bool:
         """Whether an edited content is this tree's (one of before a commit is

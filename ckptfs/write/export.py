@@ -359,14 +359,16 @@ def shards(items: list[Item], max_bytes: int) -> list[list[Item]]:
 
 
 def hf_files(items: list[Item], max_bytes: int = DEFAULT_SHARD_BYTES,
-             beside: dict[str, Content] | None = None) -> dict[str, Content]:
+             beside: dict[str, Content] | None = None, single: Content | None = None) -> dict[str, Content]:
     """A Hugging Face checkpoint's files: `beside` (config.json...), and its
     weights: `model.safetensors`, or `model-0000K-of-0000N.safetensors`
-    shards and their index."""
+    shards and their index. `single`, where given, is `safetensors_file(items)`,
+    made already: a single shard is the same bytes (a header of 100,000
+    tensors and its pieces are 25 MB)."""
     files: dict[str, Content] = dict(beside or {})
     cut = shards(items, max_bytes)
     if len(cut) == 1:
-        files[SINGLE] = safetensors_file(cut[0])
+        files[SINGLE] = single if single is not None else safetensors_file(cut[0])
         return files
     weight_map = {}
     for k, shard in enumerate(cut, 1):

@@ -38,6 +38,7 @@ import zlib
 
 from ..errors import CkptfsError, EditsWaiting
 from ..pack.changes import TEMP_PATTERNS
+from ..pack.crc import RunningCrc
 from ..pack.output import source_identity
 from ..sources import pathnames
 from ..sources.base import Source
@@ -105,11 +106,15 @@ class EditedContent:
 
     edited = True
 
-    def __init__(self, fd: int, number: int, base: Content | None):
+    def __init__(self, fd: int, number: int, base: Content | None, fresh: bool = False):
         self.fd, self.number, self.base = fd, number, base
         self.base_size = base.size if base is not None else 0
         self.dirty: set[int] = set()  # blocks of `base` copied into the data file
         self.whole = base is None  # every byte is in the data file
+        #: the CRC-32 of the bytes written from offset 0, as they were written (a
+        #: zip writer's record CRC without reading them again); unknown for
+        #: a data file an earlier mount wrote
+        self.written_crc = RunningCrc(known=fresh)
 
     @property
     def size(self) -> int:
@@ -136,6 +141,18 @@ class EditedContent:
                     parts.append(os.pread(self.fd, stop - self.base_size, self.base_size))
             pos = stop
         return b"".join(parts)
+
+    def crc32(self, offset: int, length: int) -> int | None:
+        """The CRC-32 of `length` bytes from `offset`, if the writes made them
+        all, in an order that kept it, up to the end of the file; else None."""
+        return self.written_crc.of_range(offset, offset + length, self.size, self.read)
+
+    def in_data_file(self, offset: int, length: int) -> int | None:
+        """The data file's descriptor, if it holds every one of these bytes
+        (so that they can be copied from it file to file)."""
+        if self.whole and offset + length <= self.size:
+            return self.fd
+        return None
 
     def blocks_to_copy(self, offset: int, length: int) -> list[int]:
         if self.whole:
@@ -293,7 +310,7 @@ class Overlay:
         number = self.next_number
         self.next_number += 1
         fd = self.data_file(number, create=True)
-        content = EditedContent(fd, number, base)
+        content = EditedContent(fd, number, base, fresh=True)
         if base is not None:
             os.ftruncate(fd, base.size)
         return content

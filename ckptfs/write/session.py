@@ -23,7 +23,7 @@ from ..sources.location import location
 from ..sources.pathnames import temp_prefix
 from ..tree import names
 from ..tree.checkpoint import VIEW_NAME, Checkpoint
-from ..tree.nodes import Dir, File, LazyDir, Node, Symlink
+from ..tree.nodes import Dir, File, Node, Symlink, unmade_view
 from .editable import EditableTree
 from .overlay import EditedContent, Overlay, mounted_identity
 
@@ -271,7 +271,7 @@ def _subtree(path: str, node: Node):
     while pending:
         path, node = pending.pop()
         yield path, node
-        if isinstance(node, Dir) and not (isinstance(node, LazyDir) and not node.filled):
+        if isinstance(node, Dir) and not unmade_view(node):
             pending.extend((f"{path}/{name}", child) for name, child in node.children.items())
 
 

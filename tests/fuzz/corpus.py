@@ -338,6 +338,16 @@ def _zarray() -> list[bytes]:
             meta(dtype="|b1", dimension_separator="/", compressor={"id": "gzip"}), meta(shape=[], chunks=[])]
 
 
+def _gzip_read_logs() -> list[bytes]:
+    """Logs as gzip_reads writes them, without their checksum (the target signs them)."""
+    from ckptfs.sources.gzip_reads import DIGEST, ReadLog
+
+    log = ReadLog(1 << 20, 12345)
+    for offset, data in ((0, b"ustar" * 20), (4096, b"PK\3\4" + bytes(40)), (1 << 19, b"\x80\x02}q\x00.")):
+        log.add(offset, data)
+    return [ReadLog(100, 1).to_bytes()[:-DIGEST], log.to_bytes()[:-DIGEST]]
+
+
 def seeds(target: str) -> list[bytes]:
     nemo = (SAMPLES / "nemo" / "tiny.nemo").read_bytes()
     torch_zip = (SAMPLES / "lightning" / "tiny.ckpt").read_bytes()
@@ -345,6 +355,7 @@ def seeds(target: str) -> list[bytes]:
         "safetensors_header": _safetensors,
         "tar_reader": lambda: [nemo],
         "gzip_index": lambda: [gzip.compress(nemo, mtime=0)],
+        "gzip_read_log": _gzip_read_logs,
         "zip_reader": lambda: [torch_zip, (SAMPLES / "dcp" / "fsdp2_2rank.ref.pt").read_bytes()],
         "npz_reader": _npz,
         "pt2_reader": _pt2,

@@ -6,6 +6,7 @@ never anything else, within the time and memory budget (docs/security.md).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -49,6 +50,7 @@ from ckptfs.pickle import object_edits
 from ckptfs.pickle.inert import InertUnpickler, PickleError
 from ckptfs.pickle.pyobjects import to_yaml
 from ckptfs.pickle.torch_classes import KNOWN, persistent_load
+from ckptfs.sources import gzip_reads
 from ckptfs.sources.base import FileSource, Source
 from ckptfs.tree import npy
 from ckptfs.tree.dtypes import BY_NAME
@@ -105,6 +107,18 @@ def _gzip_index(data: bytes) -> None:
             source.close()
 
     _with_file(data, scan)
+
+
+def _gzip_read_log(data: bytes) -> None:
+    """A read log kept beside a gzip seek index, as a forger writes one: a
+    checksum that matches, the stream size and fingerprint asked for."""
+    blob = data + hashlib.sha256(data).digest()
+    head = len(gzip_reads.MAGIC)
+    size, fingerprint = gzip_reads.HEAD.unpack_from(data, head)[1:3] if len(data) >= head + gzip_reads.HEAD.size else (0, 0)
+    log = gzip_reads.parse(blob, size, fingerprint)
+    assert log.to_bytes() == blob  # what it keeps is what the file said, nothing more
+    for offset in range(0, size, max(1, size // 64)):
+        log.find(offset, 16)
 
 
 def _zip_reader(data: bytes) -> None:
@@ -327,6 +341,7 @@ TARGETS = {t.name: t for t in (
     Target("safetensors_header", _safetensors_header, (CkptfsError,)),
     Target("tar_reader", _tar_reader, (CkptfsError,)),
     Target("gzip_index", _gzip_index, (CkptfsError,)),
+    Target("gzip_read_log", _gzip_read_log, (ValueError,)),  # parse's contract: ValueError with the reason
     Target("zip_reader", _zip_reader, (CkptfsError,)),
     Target("npz_reader", _npz_reader, (CkptfsError,)),
     Target("pt2_reader", _pt2_reader, (CkptfsError,)),
