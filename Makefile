@@ -82,9 +82,15 @@ before-after:
 RATARMOUNT_VENV ?= .venv-ratarmount
 # picklescan, modelscan and fickling, the scanners `ckptfs scan` is compared with, likewise
 SCANNERS_VENV ?= .venv-scanners
+# BEFORE=DIR [BEFORE_PYTHON=PY]: the issue-31 targets of the checkout DIR too, beside this tree's
+# strace: bench/targets.py counts the FUSE requests of a walk with perf where
+# its syscall tracepoints work, else with strace
 bench: test-deps
+	$(call apt_install,strace)
 	$(PIP) -e '.[bench]'
 	[ -x $(RATARMOUNT_VENV)/bin/ratarmount ] || { python3 -m venv $(RATARMOUNT_VENV) && $(RATARMOUNT_VENV)/bin/pip install --progress-bar on ratarmount; }
+	$(PY) bench/targets.py $(if $(QUICK),--quick,--plot docs/scale-tensors.png) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount \
+		$(if $(BEFORE),--before $(BEFORE)) $(if $(BEFORE_PYTHON),--before-python $(BEFORE_PYTHON))
 	$(PY) bench/scale.py $(if $(QUICK),--quick) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount --plot docs/scale.png
 	$(PY) bench/run.py $(if $(QUICK),--gib 0.25) --ratarmount $(RATARMOUNT_VENV)/bin/ratarmount
 	$(PY) bench/tools.py $(if $(QUICK),--rounds 2)

@@ -82,23 +82,26 @@ def make_checkpoints(work: Path, gib: float, count: int) -> dict[str, Path]:
         tensors = state_dict(gib, count, small=size == "small")
         st = work / f"{size}.safetensors"
         save_file(tensors, str(st))
-        weights = io.BytesIO()
-        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, weights)
-        nemo = work / f"{size}.nemo"
-        with tarfile.open(nemo, "w:") as tf:  # the way NeMo >= 1.7 writes
-            for name, data in (("./model_config.yaml", b"precision: 32\n"), ("./model_weights.ckpt", weights.getvalue())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-        pt = work / f"{size}.pt"
-        pt.write_bytes(weights.getvalue())
+        pt, nemo = work / f"{size}.pt", work / f"{size}.nemo"
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, pt)
+        write_nemo(nemo, pt)
         paths[f"{size}.safetensors"], paths[f"{size}.nemo"], paths[f"{size}.pt"] = st, nemo, pt
-        del tensors, weights
+        del tensors
     gz = work / "big.gz.nemo"
     with open(gz, "wb") as out:
         subprocess.run(["gzip", "-1", "-c", str(paths["big.nemo"])], stdout=out, check=True)
     paths["big.gz.nemo"] = gz
     return paths
+
+
+def write_nemo(nemo: Path, pt: Path) -> None:
+    """A .nemo tar of a one-line config and the torch.save file `pt`, the way NeMo >= 1.7 writes."""
+    config = b"precision: 32\n"
+    with tarfile.open(nemo, "w:") as tf:
+        info = tarfile.TarInfo("./model_config.yaml")
+        info.size = len(config)
+        tf.addfile(info, io.BytesIO(config))
+        tf.add(pt, arcname="./model_weights.ckpt")
 
 
 # ---------------------------------------------------------------- mounts

@@ -120,17 +120,22 @@ def rss_mib(pid: int) -> float:
 
 
 class Mounted:
-    """A ckptfs (`how` = "ro" or "rw") or ratarmount mount: (mount s, find s, RSS MiB after the walk)."""
+    """A ckptfs (`how` = "ro" or "rw") or ratarmount mount: (mount s, find s, RSS MiB after the walk).
 
-    def __init__(self, how: str, source: Path, where: Path, ratarmount: str | None = None):
-        self.how, self.where = how, where
+    `ckptfs` and `env` run another ckptfs (bench/targets.py's `--before`:
+    another interpreter, another PYTHONPATH); `extra` goes before the
+    source on the mount's command line (`--cache-dir DIR`, `--index-file F`)."""
+
+    def __init__(self, how: str, source: Path, where: Path, ratarmount: str | None = None,
+                 ckptfs: list[str] = CKPTFS, env: dict | None = None, extra: tuple = ()):
+        self.how, self.where, self.ckptfs, self.env = how, where, ckptfs, env
         where.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         if how == "ratarmount":
-            sh(ratarmount, source, where)
+            sh(ratarmount, *extra, source, where)
             self.pid = daemon_pid(where, b"ratarmount")
         else:
-            sh(*CKPTFS, "mount", source, where, *(["-o", "ro"] if how == "ro" else []))
+            sh(*ckptfs, "mount", *extra, source, where, *(["-o", "ro"] if how == "ro" else []), env=env)
             self.pid = daemon_pid(where, b"ckptfs")
         self.mount_seconds = time.perf_counter() - start
 
@@ -141,12 +146,17 @@ class Mounted:
 
     def close(self) -> None:
         if self.how == "ratarmount":
-            sh("fusermount3", "-u", self.where)
+            for _ in range(20):  # busy for a moment after a walk when the machine is loaded
+                if subprocess.run(["fusermount3", "-u", str(self.where)], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.5)
+            else:
+                sh("fusermount3", "-u", self.where)  # the error, said
             deadline = time.time() + 60
             while Path(f"/proc/{self.pid}").exists() and time.time() < deadline:
                 time.sleep(0.05)
         else:
-            sh(*CKPTFS, "umount", self.where)
+            sh(*self.ckptfs, "umount", self.where, env=self.env)
 
 
 def in_process_parse(path: Path, cache: Path) -> tuple[float, float, float | None]:
@@ -385,7 +395,8 @@ def read_files(files: list[Path], buffer: bytearray) -> float:
 # ---------------------------------------------------------------- plot
 
 
-def plot(rows: dict, png: Path) -> None:
+def plot(rows: dict, png: Path, labels: dict | None = None, rss_title: str = "RSS after the walk, MiB") -> None:
+    """rows: count -> how -> (mount s, find s, RSS MiB); a None is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,11 +404,11 @@ def plot(rows: dict, png: Path) -> None:
 
     counts = sorted(rows)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    titles = ("mount, s", "`find`, s", "RSS after the walk, MiB")
-    labels = {"ro": "ckptfs -o ro", "rw": "ckptfs (writable)", "ratarmount": "ratarmount (tar of the tree)"}
+    titles = ("mount, s", "`find`, s", rss_title)
+    labels = labels or {"ro": "ckptfs -o ro", "rw": "ckptfs (writable)", "ratarmount": "ratarmount (tar of the tree)"}
     for col, (ax, title) in enumerate(zip(axes, titles)):
         for how, label in labels.items():
-            points = [(c, rows[c][how][col]) for c in counts if how in rows[c]]
+            points = [(c, rows[c][how][col]) for c in counts if how in rows[c] and rows[c][how][col] is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
         ax.set_xscale("log")
