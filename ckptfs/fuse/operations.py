@@ -244,7 +244,10 @@ class Operations(pyfuse3.Operations):
         # root; other folders get new inodes), and the root's own attributes
         for name in old:
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, os.fsencode(name), ignore_enoent=True)
-        pyfuse3.invalidate_inode(pyfuse3.ROOT_INODE, attr_only=True)
+        try:
+            pyfuse3.invalidate_inode(pyfuse3.ROOT_INODE, attr_only=True)
+        except OSError as e:  # unmounted meanwhile: nothing caches it any more
+            log.debug("root attributes not invalidated: %s", e)
 
     def _listing(self, inode: int) -> _Listing:
         """A directory's entries, numbered on first use (a node keeps its
