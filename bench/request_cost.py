@@ -24,13 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.scale import daemon_pid, many_tensors, tar_of_tree  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from scale import daemon_pid, many_tensors, tar_of_tree  # bench/ is the script's folder
+from targets import cpu_seconds
 
 
 def make_tar(source: Path, tar: Path, work: Path, ratarmount: str) -> None:
