@@ -135,7 +135,9 @@ class Side:
     path: Path
 
     def env(self) -> dict:
-        return dict(os.environ, PYTHONPATH=str(self.path))
+        # PYTHONSAFEPATH: `python -m ckptfs` would put the working folder
+        # first on sys.path, and run the ckptfs found there, not PYTHONPATH's
+        return dict(os.environ, PYTHONPATH=str(self.path), PYTHONSAFEPATH="1")
 
 
 class Bench:
