@@ -348,9 +348,9 @@ class Operations(pyfuse3.Operations):
             for child in pending.pop().children.values():
                 count += 1
                 unmade = isinstance(child, LazyDir) and not child.filled
-                if unmade and hasattr(child, "unmade_totals"):
-                    child_size, child_count = child.unmade_totals()
-                    size, count = size + child_size, count + child_count
+                counted = child.unmade_totals() if unmade else None
+                if counted is not None:
+                    size, count = size + counted[0], count + counted[1]
                 elif isinstance(child, Dir) and not unmade:
                     pending.append(child)
                 elif isinstance(child, File):

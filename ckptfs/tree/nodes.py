@@ -307,6 +307,11 @@ class LazyDir(Dir):
     def subdir_count(self) -> int:
         return self._subdirs if self._fill is not None else super().subdir_count()
 
+    def unmade_totals(self) -> tuple[int, int] | None:
+        """(bytes of its files, its entries), all the way down, where they
+        can be counted without making them (`statfs`); None here."""
+        return None
+
 
 def unmade_view(node: Node) -> bool:
     """Whether `node` is a read-only folder whose entries are not made yet

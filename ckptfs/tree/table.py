@@ -166,8 +166,7 @@ class TableDir(LazyDir):
         return Dir.subdir_count(self)
 
     def unmade_totals(self) -> tuple[int, int] | None:
-        """(bytes of its files, its entries), all the way down, counted from
-        the table without making them (`statfs` of a mount of a million
+        """Counted from the table (`statfs` of a mount of a million
         tensors); None once made: its entries are then counted as nodes."""
         if self.filled:
             return None
