@@ -38,10 +38,31 @@ def _exact_in_js(value):
     return str(value) if isinstance(value, int) and abs(value) > EXACT_IN_JS else value
 
 
+def even_edges(low: float, high: float, bins: int) -> list[float]:
+    """`np.linspace(low, high, bins + 1)`, computed as NumPy computes it (a
+    float64 step, `i * step + low`, the last edge `high`), and as the page's
+    script computes it again from the two ends."""
+    step = (high - low) / bins
+    return [i * step + low for i in range(bins)] + [high]
+
+
+def _compact(histogram: dict | None) -> dict | None:
+    """Even edges (`ckptfs stats` makes them so) as their two ends: 32 bins
+    of 100k tensors would be some 70 MB of edges in the page."""
+    if histogram is None:
+        return None
+    edges, counts = histogram["edges"], histogram["counts"]
+    if edges == even_edges(edges[0], edges[-1], len(counts)):
+        return {"even": [edges[0], edges[-1]], "counts": counts}
+    return histogram
+
+
 def rows(stats: dict) -> list[dict]:
     """The rows the page's script shows: the stats dict's tensors, integers
-    too large for a JavaScript number as strings (their digits kept)."""
-    return [{key: _exact_in_js(value) for key, value in t.items()} for t in stats["tensors"]]
+    too large for a JavaScript number as strings (their digits kept), even
+    histogram edges by their ends."""
+    return [{key: _compact(value) if key == "histogram" else _exact_in_js(value) for key, value in t.items()}
+            for t in stats["tensors"]]
 
 
 def description(stats: dict) -> str:
@@ -160,13 +181,22 @@ SCRIPT = r"""
     if (cls) p.className = cls;
     return p;
   }
+  // the edges as ckptfs stats gave them, or as NumPy's linspace made them from their ends
+  function edges(h) {
+    if (h.edges) return h.edges;
+    var k = h.counts.length, low = h.even[0], high = h.even[1], step = (high - low) / k, out = [];
+    for (var i = 0; i < k; i++) out.push(i * step + low);
+    out.push(high);
+    return out;
+  }
   function histogram(t, g4) {
-    var h = t.histogram, w = 560, ht = 150, pad = 40;
+    var h = {edges: edges(t.histogram), counts: t.histogram.counts}, w = 560, ht = 150, pad = 40;
     var most = Math.max.apply(null, h.counts.concat([1])), step = (w - 2 * pad) / h.counts.length;
     var picture = svg("svg", {width: w, height: ht + 34, role: "img", "class": "ri-hist"});
     h.counts.forEach(function (c, i) {
       var hh = (ht - 8) * c / most;
-      var bar = svg("rect", {x: pad + i * step, y: ht - hh, width: Math.max(step - 1, 1), height: hh, "data-count": c});
+      var bar = svg("rect", {x: pad + i * step, y: ht - hh, width: Math.max(step - 1, 1), height: hh, "data-count": c,
+                           "data-low": h.edges[i], "data-high": h.edges[i + 1]});
       bar.appendChild(svg("title", {}, "[" + g4(h.edges[i]) + ", " + g4(h.edges[i + 1]) + "): " + c.toLocaleString("en-US")));
       picture.appendChild(bar);
     });
