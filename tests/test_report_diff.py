@@ -94,6 +94,14 @@ def test_stacks_are_told_apart_and_long_ones_binned():
     assert found.cells[("0–2", "attn")].tensors == 3
 
 
+def test_the_grid_is_bounded_whatever_the_names():
+    names = {f"w{i}.weight": {"norm_a": 1.0, "norm_diff": 0.1} for i in range(500)}
+    names["x." + "9" * 5000 + ".weight"] = {"norm_a": 1.0, "norm_diff": 0.1}  # no int() of 5,000 digits
+    found = grouping.grid({"differing": names, "equal_tensors": {}})
+    assert found.rows == ["other"] and len(found.columns) == grouping.MAX_COLUMNS
+    assert found.columns[-1] == grouping.MORE and sum(c.tensors for c in found.cells.values()) == 501
+
+
 def _tensors(folder: Path) -> dict[str, np.ndarray]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -135,8 +143,7 @@ def test_the_page_shows_the_pair_offline(made, browser):
     expected = _expected_cells(report)
     assert len(rows) == len(shown) == len(expected) == 3 * 9 + 3  # 3 layers × 9 modules, and 3 "other"
     assert shown.keys() == expected.keys()
-    for key, value in expected.items():
-        assert shown[key] == pytest.approx(value, rel=1e-12), key
+    assert shown == expected  # exactly: the page's value is the JSON's norms' own sum
     assert all((v == 0) == (row == FROZEN) for (row, _), v in shown.items())
     assert page.count(".ck-heat td.ck-zero") == 9 == sum(1 for row in rows if row == FROZEN)
 
@@ -183,6 +190,21 @@ def test_added_removed_reshaped_and_config_changes(tmp_path, browser):
     assert page.texts(".ck-diff .ck-del") == ['-  "rms_norm_eps": 1e-06,\n']
     assert page.texts(".ck-diff .ck-add") == ['+  "rms_norm_eps": 1e-05,\n']
     assert page.count('.ck-heat td[data-row="other"][data-column="lm_head"]') == 0  # compared tensors only
+
+
+def test_hostile_names_are_shown_as_they_are(tmp_path, browser):
+    report = _synthetic(3)
+    hostile = ['model.layers.0.</script><script>alert(1)</script>.weight', 'model.layers.1.<!--x-->.weight',
+               'lm_head.<img src="http://127.0.0.1:9/x">.weight']
+    report["differing"] = dict(zip(hostile, report["differing"].values()))
+    report["removed"] = hostile[:1]
+    (tmp_path / "r.html").write_text(diff_page.document(report, "<a>", "&b"), encoding="utf-8")
+    page = browser.open(tmp_path / "r.html")
+    assert page.console_errors == [] and page.requests == []
+    assert sorted(page.attributes("#ranked-table td[data-key=name]", "data-value")) == sorted(hostile)
+    assert page.attributes("#removed-table td[data-key=name]", "data-value") == hostile[:1]
+    assert page.js("return document.title") == "ckptfs diff: <a> → &b"
+    assert page.count(".ck-heat td.ck-cell") == 3
 
 
 def test_the_png(made):

@@ -45,15 +45,23 @@ def _is_expert(component: str) -> bool:
     return "expert" in component.lower()
 
 
+#: the most digits a layer's number has (a longer run of digits is a name, not an index)
+LAYER_DIGITS = 9
+
+
+def _is_index(part: str) -> bool:
+    return part.isascii() and part.isdigit() and len(part) <= LAYER_DIGITS
+
+
 def place(name: str) -> Place:
     """The stack, layer and module of a dotted tensor name."""
     parts = name.split(".")
-    index = next((i for i, part in enumerate(parts) if part.isdigit() and part.isascii()), None)
+    index = next((i for i, part in enumerate(parts) if _is_index(part)), None)
     if index is None:
         return Place("", None, ".".join(parts[:-1]) or name)
     inside = parts[index + 1:]
     module = inside[:-1] if len(inside) > 1 else inside
-    folded = ["*" if part.isdigit() and i and _is_expert(module[i - 1]) else part for i, part in enumerate(module)]
+    folded = ["*" if _is_index(part) and i and _is_expert(module[i - 1]) else part for i, part in enumerate(module)]
     return Place(".".join(parts[:index]), int(parts[index]), ".".join(folded) or parts[-1])
 
 
