@@ -65,12 +65,13 @@ class Page:
     def texts(self, selector: str) -> list[str]:
         return self.js("return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent)", selector)
 
-    def screenshot(self, path: Path, full: bool = True) -> Path:
-        """A PNG of the page (the whole of it if `full`, else the window)."""
+    def screenshot(self, path: Path, full: bool = True, height: int = 8000) -> Path:
+        """A PNG of the page (the whole of it, up to `height` pixels, if
+        `full`; else the window)."""
         shot = {"format": "png", "captureBeyondViewport": full}
         if full:
             size = self.js("return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-            shot["clip"] = {"x": 0, "y": 0, "width": max(size[0], WIDTH), "height": min(size[1], 8000), "scale": 1}
+            shot["clip"] = {"x": 0, "y": 0, "width": max(size[0], WIDTH), "height": min(size[1], height), "scale": 1}
         data = self.driver.execute_cdp_cmd("Page.captureScreenshot", shot)["data"]
         Path(path).write_bytes(base64.b64decode(data))
         return Path(path)
@@ -161,7 +162,7 @@ def chromium():
 #: the test modules whose reports are photographed: each holds
 #: `SCREENSHOTS = {name: make}`, `make(folder)` writing a report there from the
 #: repository's fixtures and returning its path (docs/report-NAME.png)
-SCREENSHOT_MODULES: tuple[str, ...] = ()
+SCREENSHOT_MODULES: tuple[str, ...] = ("tests.test_report_diff",)
 
 
 def screenshots(folder: Path) -> list[Path]:
@@ -176,7 +177,7 @@ def screenshots(folder: Path) -> list[Path]:
             page = browser.open(make(Path(tmp)))
             if page.console_errors or page.requests:
                 raise RuntimeError(f"report {name}: {page.console_errors} {page.requests}")
-            written.append(page.screenshot(folder / f"report-{name}.png", full=False))
+            written.append(page.screenshot(folder / f"report-{name}.png", height=1500))
     return written
 
 

@@ -361,7 +361,7 @@ STYLE = """
 .ckptfs-report .ck-outline .ck-open::before{content:"\\25BE "}
 .ckptfs-report .ck-count{color:#5a606b;font-size:.9em}
 .ckptfs-report .ck-heat{font-size:12px}
-.ckptfs-report .ck-heat td{width:22px;min-width:22px;height:18px;border:1px solid #fff;text-align:center;
+.ckptfs-report .ck-heat td{width:26px;min-width:26px;height:22px;border:1px solid #fff;text-align:center;
  padding:0;color:#5a606b;font-size:10px}
 .ckptfs-report .ck-heat td.ck-zero{background:repeating-linear-gradient(45deg,#f4f5f7 0 3px,#dfe2e6 3px 5px);
  color:#1d1f23;font-weight:600}
