@@ -220,7 +220,7 @@ def test_without_matplotlib_png_is_one_line_and_nothing_is_done(tmp_path):
     done = subprocess.run([sys.executable, "-c", no_matplotlib, "diff", str(BASE), str(TUNED), "--png",
                            str(tmp_path / "r.png")], capture_output=True, text=True, timeout=TIMEOUT)
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == "ckptfs: --png needs matplotlib: pip install 'ckptfs[plot]'\n"
+    assert done.stderr == "ckptfs: --png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' in a clone of ckptfs\n"
     assert not (tmp_path / "r.png").exists()
 
 

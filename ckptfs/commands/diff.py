@@ -31,7 +31,7 @@ def _arguments(parser) -> None:
                         help="also write the report as one self-contained HTML page: a heatmap of relative change by "
                         "layer and module, the tensors ranked by change, the side files' diffs (docs/reports.md)")
     parser.add_argument("--png", metavar="FILE",
-                        help="also draw the heatmap as a PNG (needs matplotlib: pip install 'ckptfs[plot]')")
+                        help="also draw the heatmap as a PNG (needs matplotlib, the plot extra)")
 
 
 def run(args) -> int:

@@ -23,7 +23,8 @@ def matplotlib():
         from matplotlib.colors import LogNorm
         from matplotlib.figure import Figure
     except ImportError:
-        raise CkptfsError("--png needs matplotlib: pip install 'ckptfs[plot]'") from None
+        raise CkptfsError("--png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' "
+                          "in a clone of ckptfs") from None
     return Figure, FigureCanvasAgg, LogNorm
 
 
