@@ -278,7 +278,8 @@ def test_png_without_matplotlib_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ckptfs", "info", str(NEMO), "--png", str(tmp_path / "x.png"),
                            "--no-stats"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == ["ckptfs: --png needs matplotlib: pip install 'ckptfs[plot]'"]
+    assert done.stderr.strip().splitlines() == [
+        "ckptfs: --png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' in a clone of ckptfs"]
     assert not (tmp_path / "x.png").exists()
 
 

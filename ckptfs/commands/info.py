@@ -20,7 +20,7 @@ def _arguments(parser) -> None:
     parser.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML page: "
                         "the summary, the tree, every tensor's stats and histogram, the globals and the scan's verdict")
     parser.add_argument("--png", metavar="FILE", help="also draw the report's main figure (parameters by module and "
-                        "dtype, tensors with NaN or inf) with matplotlib: pip install 'ckptfs[plot]'")
+                        "dtype, tensors with NaN or inf) with matplotlib (the plot extra)")
     stats = parser.add_mutually_exclusive_group()
     stats.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
                        help=f"the report's stats look at about N elements per tensor (default {DEFAULT_SAMPLE:,}: a "

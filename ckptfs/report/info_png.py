@@ -1,5 +1,5 @@
 """`ckptfs info --png`: the info report's main figure drawn with matplotlib
-(the `plot` extra), for a terminal or a paper: the parameters by top-level
+(the plot extra), for a terminal or a paper: the parameters by top-level
 module and by dtype, and where the stats found NaN or infinities, which
 tensors hold them."""
 
@@ -17,7 +17,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise CkptfsError("--png needs matplotlib: pip install 'ckptfs[plot]'") from None
+        raise CkptfsError("--png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' "
+                          "in a clone of ckptfs") from None
     matplotlib.use("Agg")  # no display: a file is written
     import matplotlib.pyplot as plt
 
