@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPENDENCIES = {"trio": "trio", "yaml": "pyyaml", "numpy": "numpy", "rapidgzip": "rapidgzip"}
 if sys.version_info < (3, 14):
     DEPENDENCIES["backports.zstd"] = "backports.zstd"
-#: scheme -> the modules its store needs (sources/stores/), all from the remote extra
+#: scheme -> the modules its store needs (sources/stores/), all from the remote extra, each pip's name too
 REMOTE_SCHEMES = {"s3": ("fsspec", "s3fs"), "https": ("fsspec", "aiohttp"), "http": ("fsspec", "aiohttp"),
                   "hf": ("fsspec", "aiohttp")}
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -243,11 +243,12 @@ def _install(packages: str) -> str:
     return f"{sys.executable} -m pip install {packages}"
 
 
-def _extra(name: str) -> str:
-    """The pip line that installs an extra of ckptfs, from its clone when it runs from one."""
+def _extra(name: str, packages: list[str]) -> str:
+    """The pip line that installs an extra of ckptfs: from its clone when it
+    runs from one, else the extra's `packages` themselves."""
     if (REPO / "pyproject.toml").is_file():
         return _install(f"-e '{REPO}[{name}]'")
-    return _install(f"'ckptfs[{name}]'")
+    return _install(" ".join(packages))
 
 
 def _patched_build() -> str:
@@ -387,10 +388,10 @@ def remote_extra(scheme: str, required: bool) -> Check:
         if not missing:
             return Check(name, "ok", "installed: " + ", ".join(REMOTE_SCHEMES[scheme]))
         return Check(name, "fail" if required else "note",
-                     f"{', '.join(missing)} missing: {scheme}:// sources cannot be read", _extra("remote"))
+                     f"{', '.join(missing)} missing: {scheme}:// sources cannot be read", _extra("remote", missing))
     if importlib.util.find_spec("fsspec") is None:
         return Check(name, "fail", "fsspec missing: only s3://, https:// and hf:// have stores of ckptfs's own",
-                     _extra("fsspec"))
+                     _extra("fsspec", ["fsspec"]))
     from fsspec.registry import known_implementations, registry
 
     if scheme in registry:
