@@ -267,11 +267,24 @@ PATCHES = (
 )
 
 
-def pyfuse3() -> Check:
+def _import(name: str):
+    """The module, or the one line that says why it does not import: a
+    broken install fails in its own ways (a missing libfuse3, an ABI that
+    does not match), and doctor is what runs when something is broken."""
     try:
-        module = importlib.import_module("pyfuse3")
-    except ImportError as e:
-        return Check("pyfuse3", "fail", f"not importable ({e})", _patched_build())
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):  # it, or its namespace package
+            return "not installed"
+        return f"does not import ({e})"
+    except Exception as e:  # each is reported, in one line
+        return f"does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+
+
+def pyfuse3() -> Check:
+    module = _import("pyfuse3")
+    if isinstance(module, str):
+        return Check("pyfuse3", "fail", module, _patched_build())
     version = getattr(module, "__version__", "?")
     if _release(version) < (3, 3):
         return Check("pyfuse3", "fail", f"{version}: ckptfs needs 3.3 or later", _patched_build())
@@ -289,14 +302,11 @@ def _release(version: str) -> tuple[int, ...]:
 
 def dependencies() -> Check:
     """pyproject.toml's dependencies, each imported as the mount imports it."""
-    missing = []
-    for module, package in DEPENDENCIES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        return Check("dependencies", "fail", "missing: " + ", ".join(missing), _install(" ".join(missing)))
+    problems = {package: _import(module) for module, package in DEPENDENCIES.items()}
+    problems = {package: why for package, why in problems.items() if isinstance(why, str)}
+    if problems:
+        found = "; ".join(f"{package} {why}" for package, why in problems.items())
+        return Check("dependencies", "fail", found, _install(" ".join(problems)))
     return Check("dependencies", "ok", ", ".join(DEPENDENCIES.values()))
 
 
@@ -341,10 +351,12 @@ def state_folder() -> Check:
 def cache_folder() -> Check:
     """Gzip seek indexes, the remote disk cache and remote sources' edits
     go there: a mount works without it, rebuilding and fetching again."""
-    path = default_cache_dir()
+    path = os.path.abspath(default_cache_dir())
     fix = "export XDG_CACHE_HOME naming a folder you can write, or mount with --cache-dir PATH"
     existing = path
     while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            return Check("cache folder", "warn", f"{path}: {existing} is in the way, not a folder", fix)
         existing = os.path.dirname(existing)
     try:
         _writable(existing)
@@ -369,7 +381,8 @@ def mount_helper(helper: Helper) -> Check:
     if helper.mark not in written:
         return Check(name, "warn", f"{helper.path} was not written by ckptfs install-helper",
                      f"sudo rm {helper.path} && {helper.install}")
-    runs = next((line.split()[1] for line in written.splitlines() if line.startswith("exec ")), "?")
+    runs = next((line.split()[1] for line in written.splitlines() if line.startswith("exec ") and line.split()[1:]),
+                "?")
     if not os.access(helper.path, os.X_OK):
         return Check(name, "warn", f"{helper.path} is not executable", helper.install)
     if helper.expected is not None and written != helper.expected:
