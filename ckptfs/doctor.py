@@ -311,10 +311,14 @@ def dependencies() -> Check:
 
 
 def ml_dtypes() -> Check:
-    if importlib.util.find_spec("ml_dtypes") is not None:
-        return Check("ml_dtypes", "ok", "bfloat16 and float8 tensors load as NumPy arrays of their type")
-    return Check("ml_dtypes", "warn", "missing: bfloat16 and float8 .npy files load only as raw integers, diff "
-                 "compares them bit for bit, fp8 quantized views cannot be dequantized", _install("ml_dtypes"))
+    """A mount serves bfloat16 and float8 bytes as they are without it;
+    reading them as numbers needs it (docs/dtypes.md)."""
+    module = _import("ml_dtypes")
+    if not isinstance(module, str):
+        return Check("ml_dtypes", "ok", "np.load reads bfloat16 and float8 .npy files as their types")
+    return Check("ml_dtypes", "warn", f"{module}: np.load refuses bfloat16 and float8 .npy files (their bytes "
+                 "read as integers: docs/dtypes.md), diff compares them bit for bit, fp8 quantized views cannot "
+                 "be dequantized", _install("ml_dtypes"))
 
 
 # ------------------------------------------------------------ folders

@@ -248,6 +248,23 @@ def test_a_stock_pyfuse3_warns_with_what_it_costs_and_a_mount_still_can_work(sto
     assert done.stdout.splitlines()[-1].startswith("a mount can work here (")
 
 
+def test_without_ml_dtypes_it_warns_that_numpy_refuses_bfloat16_as_numpy_does(stock, tmp_path):
+    import ckptfs
+
+    python, source = stock
+    weight = tmp_path / "weight.npy"  # a bfloat16 tensor as a mount serves it
+    weight.write_bytes(ckptfs.open(FIXTURES / "nemo" / "tiny.nemo").read("model_weights.ckpt/emb/weight.npy"))
+    refused = subprocess.run([str(python), "-c", f"import numpy; numpy.load({str(weight)!r})"], capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert refused.returncode == 1 and "'bfloat16'" in refused.stderr, refused.stderr
+    done = subprocess.run([str(python), "-m", "ckptfs", "doctor"], capture_output=True, text=True, cwd=source,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(source), "HOME": str(source)},
+                          timeout=TIMEOUT)
+    found, fix = line_of(done.stdout, "ml_dtypes")
+    assert found.startswith("warn ml_dtypes not installed: np.load refuses bfloat16 and float8 .npy files")
+    assert fix == f"fix: {python} -m pip install ml_dtypes"
+
+
 @pytest.fixture
 def dev_fuse_mode():
     """Sets /dev/fuse's mode for the test; the mode found is put back."""
