@@ -47,6 +47,8 @@ if sys.version_info < (3, 14):
 #: scheme -> the modules its store needs (sources/stores/), all from the remote extra, each pip's name too
 REMOTE_SCHEMES = {"s3": ("fsspec", "s3fs"), "https": ("fsspec", "aiohttp"), "http": ("fsspec", "aiohttp"),
                   "hf": ("fsspec", "aiohttp")}
+#: the FUSE device's numbers (the kernel's Documentation/admin-guide/devices.txt)
+FUSE_DEVICE = (10, 229)
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -172,8 +174,10 @@ def dev_fuse(path: str = "/dev/fuse") -> Check:
     except OSError as e:
         return Check(path, "fail", f"missing ({e.strerror})",
                      "sudo modprobe fuse (in a container: docker run --device /dev/fuse --cap-add SYS_ADMIN)")
-    if not stat.S_ISCHR(st.st_mode):
-        return Check(path, "fail", f"not a character device ({stat.filemode(st.st_mode)})",
+    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != FUSE_DEVICE:
+        kind = f"character device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISCHR(st.st_mode) else \
+            stat.filemode(st.st_mode)
+        return Check(path, "fail", f"not the FUSE device ({kind}, not character device 10:229)",
                      f"sudo rm {path} && sudo mknod -m 0666 {path} c 10 229")
     group = _group_name(st.st_gid)
     mode = f"{stat.filemode(st.st_mode)} {_user_name(st.st_uid)}:{group}"

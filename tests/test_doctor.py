@@ -25,7 +25,7 @@ import tomllib
 
 from ckptfs import doctor
 
-from .conftest import FIXTURES, REPO, TIMED_APART, TIMEOUT, as_user, force_unmount, run_ckptfs, user_home
+from .conftest import CKPTFS, FIXTURES, REPO, TIMED_APART, TIMEOUT, as_user, force_unmount, run_ckptfs, user_home
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 #: the stock pyfuse3 is built from source once for the module, within the timeouts of its own steps
@@ -130,6 +130,24 @@ def test_a_helper_written_by_another_or_for_another_ckptfs_warns(tmp_path):
     assert doctor.mount_helper(helper).found == f"{path} runs /opt/old/bin/ckptfs, not this ckptfs"
     path.write_text(helper.expected)
     assert doctor.mount_helper(helper) == doctor.Check("mount helper", "ok", f"{path} runs /opt/new/bin/ckptfs")
+
+
+def test_a_missing_dev_fuse_fails_with_modprobe(tmp_path):
+    check = doctor.dev_fuse(str(tmp_path / "fuse"))
+    assert check.status == "fail" and check.found == "missing (No such file or directory)"
+    assert check.fix.startswith("sudo modprobe fuse (in a container: docker run --device /dev/fuse")
+
+
+def test_a_dev_fuse_that_is_another_device_fails(tmp_path):
+    """/dev/null bound over /dev/fuse in a private mount namespace: it opens
+    read-write, but nothing could mount through it."""
+    script = 'mount --bind /dev/null /dev/fuse && exec "$@"'
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                           *CKPTFS, "doctor"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert line_of(done.stdout, "/dev/fuse") == [
+        "FAIL /dev/fuse not the FUSE device (character device 1:3, not character device 10:229)",
+        "fix: sudo rm /dev/fuse && sudo mknod -m 0666 /dev/fuse c 10 229"]
 
 
 # ---------------------------------------------------------------- credentials
