@@ -349,6 +349,8 @@ def state_folder() -> Check:
     try:
         path = mounts.state_dir()
         _writable(path)
+    except mounts.StateFolderError as e:
+        return Check("state folder", "fail", f"{e.path}: {e.reason}: no mount can record itself", fix)
     except CkptfsError as e:
         return Check("state folder", "fail", str(e), fix)
     except OSError as e:

@@ -348,7 +348,9 @@ def test_folders_the_user_cannot_write_fail_the_state_and_warn_the_cache(users, 
     os.chown(mnt, user.pw_uid, user.pw_gid)
     mounted = as_user(user, [python, "-m", "ckptfs", "mount", _users_copy(home), mnt], env, cwd=home)
     force_unmount(mnt)
-    assert mounted.returncode == 1 and f"{locked}/ckptfs-{user.pw_uid}" in mounted.stderr, mounted.stderr
+    assert (mounted.returncode, mounted.stderr) == (1, (
+        f"ckptfs: {locked}/ckptfs-{user.pw_uid}: cannot make the state folder (Permission denied); "
+        "set XDG_RUNTIME_DIR (or TMPDIR) to a folder of yours that you can write\n"))
 
 
 # ---------------------------------------------------------------- /etc/fuse.conf, in a mount namespace of its own
