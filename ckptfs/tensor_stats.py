@@ -96,7 +96,7 @@ class Decoder:
 
 
 def _bfloat16(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)  # bfloat16 is float32's upper half
 
 
 def decoder(descr: str) -> Decoder | None:
@@ -175,6 +175,42 @@ class Moments:
         return {"min": self.low, "max": self.high, "mean": self.mean if seen else None,
                 "std": math.sqrt(self.m2 / self.finite) if seen else None,
                 "nan": self.nan, "posinf": self.posinf, "neginf": self.neginf, "zeros": self.zeros}
+
+
+#: elements binned at a time: the work arrays stay in the processor's cache
+BIN_BLOCK = 1 << 16
+
+
+def bin_counts(values: np.ndarray, lo: np.float64, hi: np.float64, bins: int) -> np.ndarray:
+    """`np.histogram(values, bins, (lo, hi))[0]`, in half its time: each
+    value's bin is guessed from its position, (v - lo) * bins / (hi - lo),
+    and only a value whose guess lies within rounding of a bin's border is
+    placed by comparing it with the edges, which decide (edges[i] <= v <
+    edges[i + 1], the last bin closed) as they decide for NumPy."""
+    edges = np.linspace(lo, hi, bins + 1)
+    scale = bins / (hi - lo)
+    # how far a guess may stray from the true position, in bins: a few roundings of the largest magnitude
+    tolerance = 1e-9 + 8 * np.finfo(np.float64).eps * bins * max(abs(lo), abs(hi)) / (hi - lo)
+    if not tolerance <= 0.25:  # a range within rounding of its magnitude: NumPy's own way
+        return np.histogram(values, bins, (lo, hi))[0]
+    counts = np.zeros(bins, np.int64)
+    size = min(BIN_BLOCK, values.size)
+    position, index, stray = np.empty(size), np.empty(size, np.intp), np.empty(size)
+    for start in range(0, values.size, BIN_BLOCK):
+        block = values[start:start + BIN_BLOCK]
+        guess, bin_of, off = position[:block.size], index[:block.size], stray[:block.size]
+        np.subtract(block, lo, out=guess, dtype=np.float64)
+        guess *= scale
+        bin_of[:] = guess  # truncated: every value is at least lo
+        np.rint(guess, out=off)
+        off -= guess
+        np.abs(off, out=off)
+        near = np.flatnonzero(off < tolerance)
+        if near.size:
+            bin_of[near] = np.searchsorted(edges, block[near].astype(np.float64), side="right") - 1
+        np.minimum(bin_of, bins - 1, out=bin_of)
+        counts += np.bincount(bin_of, minlength=bins)
+    return counts
 
 
 def histogram_range(low, high) -> tuple[np.float64, np.float64]:
@@ -259,8 +295,10 @@ def tensor_stats(ckpt: Checkpoint, info: TensorInfo, sample: int | None, bins: i
             counts = np.histogram(np.array([moments.low], np.float64), bins, (lo, hi))[0] * moments.finite
         else:
             counts = np.zeros(bins, np.int64)
-            for values in kept if kept is not None else (_finite(v) for v in chunks(ckpt, where, reads)):
-                counts += np.histogram(values, bins, (lo, hi))[0]
+            clean = not (moments.nan or moments.posinf or moments.neginf)
+            for values in kept if kept is not None else (
+                    v if clean else _finite(v) for v in chunks(ckpt, where, reads)):
+                counts += bin_counts(values, lo, hi, bins)
         histogram = {"edges": np.linspace(lo, hi, bins + 1).tolist(), "counts": counts.tolist()}
     return {"counted": sum(count for _, count in reads), **moments.report(), "histogram": histogram}
 
@@ -301,10 +339,13 @@ def selected(ckpt: Checkpoint, paths: list[str], include: list[str], exclude: li
 
 
 def _named(tensors: list[tuple[TensorInfo, bool]], asked: str) -> set[str]:
-    """The paths of the tensors one PATH argument names."""
+    """The paths of the tensors one PATH argument names: a tensor by its
+    name or path, or every tensor below a folder of the tree or a dotted
+    prefix of names (`encoder` for `encoder.0.weight`)."""
     folder = asked.strip("/")
     return {t.path for t, _ in tensors
-            if asked in (t.name, t.path) or folder in ("", ".") or t.path == folder or t.path.startswith(folder + "/")}
+            if asked in (t.name, t.path) or folder in ("", ".") or t.path.startswith(folder + "/")
+            or t.name.startswith(asked + ".")}
 
 
 def _matches(info: TensorInfo, include: list[str], exclude: list[str]) -> bool:

@@ -74,6 +74,7 @@ def planted() -> dict[str, np.ndarray]:
     tensors["complex64"] = (base[2:] + 1j * base[2:].T[:38].T).astype(np.complex64)
     tensors["all_nan"] = np.full(5, np.nan, np.float32)
     tensors["constant"] = np.full((3, 3), 2.5, np.float32)
+    tensors["on_edges"] = np.repeat(np.linspace(-3, 5, 33), 5)  # every value on a border of the bins
     tensors["empty"] = np.zeros((0, 4), np.float32)
     tensors["scalar"] = np.array(-1.25, np.float32)
     return tensors
@@ -263,3 +264,16 @@ def test_memory_stays_bounded_on_a_tensor_larger_than_the_limit(tmp_path, elemen
     mapped = subprocess.run([sys.executable, "-c", f"import numpy; numpy.memmap({str(path)!r}, 'f4', 'r')"],
                             capture_output=True, text=True, timeout=60, preexec_fn=_limited)
     assert mapped.returncode != 0 and ("MemoryError" in mapped.stderr or "mmap" in mapped.stderr)
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(2).standard_normal(200_000).astype(np.float32),
+    np.linspace(-1, 1, 70_001),  # values on the borders
+    np.arange(-5000, 5000, dtype=np.int64),
+    np.array([0, 1e-300, 1e300]),
+    1e10 + np.linspace(0, 1e-2, 1000),  # a range near the rounding of its magnitude
+], ids=["normal", "borders", "integers", "wide", "narrow"])
+@pytest.mark.parametrize("bins", [1, 7, 32, 100])
+def test_bins_are_numpy_histograms(values, bins):
+    lo, hi = np.float64(values.min()), np.float64(values.max())
+    assert np.array_equal(tensor_stats.bin_counts(values, lo, hi, bins), np.histogram(values, bins, (lo, hi))[0])
