@@ -24,10 +24,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -42,10 +41,10 @@ CHUNK_BYTES = 8 << 20
 #: contiguous runs a sampled tensor is read in, spread evenly over it
 SAMPLE_RUNS = 16
 DEFAULT_BINS = 32
+#: the longest NPY header read (NumPy's own reader refuses longer ones)
+MAX_HEADER = 1 << 16
 #: the largest `--bins` (each tensor's counts are kept in the report)
 MAX_BINS = 10_000
-#: bytes read to find an NPY header (ckptfs writes them within a few hundred)
-HEADER_PROBE = 4096
 
 
 # --- decoding stored bits into numbers -------------------------------------
@@ -232,22 +231,17 @@ class Layout:
     decoder: Decoder | None
 
 
-#: npy.parse_header runs ast.literal_eval, which CPython before 3.11.8 cannot
-#: run in two threads at once ("AST constructor recursion depth mismatch", gh-106905)
-_PARSING = threading.Lock()
-
-
 def layout(ckpt: Checkpoint, info: TensorInfo) -> Layout:
-    head = ckpt.read_range(info.path, 0, HEADER_PROBE)
-    if len(head) >= 10 and head[:6] == npy.MAGIC:
-        needed = 10 + int.from_bytes(head[8:10], "little")
-        if needed > len(head):
-            head = ckpt.read_range(info.path, 0, needed)
+    """Where the data of a tensor's `.npy` starts, and its decoder, from its
+    header (which ckptfs makes for most formats: no source is read)."""
+    head = ckpt.read_range(info.path, 0, 12)
+    if head[:6] == npy.MAGIC[:6] and len(head) == 12:  # the header's length: 2 bytes in NPY 1.0, 4 after
+        length = 10 + int.from_bytes(head[8:10], "little") if head[6] == 1 else 12 + int.from_bytes(head[8:12], "little")
+        head = ckpt.read_range(info.path, 0, min(length, MAX_HEADER))
     try:
-        with _PARSING:
-            descr, shape, start = npy.parse_header(head, info.path)
+        descr, shape, start = npy.parse_header(head, info.path)
     except ValueError as e:
-        raise CkptfsError(str(e)) from None
+        raise CkptfsError(f"{ckpt.path}: {e}") from None
     raw = info.dtype in BY_NAME and BY_NAME[info.dtype].npy_descr is None  # served as raw bytes (docs/dtypes.md)
     return Layout(info.path, start, math.prod(shape), None if raw else decoder(descr))
 
@@ -277,30 +271,30 @@ def chunks(ckpt: Checkpoint, where: Layout, reads: list[tuple[int, int]]) -> Ite
         yield where.decoder.values(np.frombuffer(data, where.decoder.stored))
 
 
-def tensor_stats(ckpt: Checkpoint, info: TensorInfo, sample: int | None, bins: int) -> dict:
+def tensor_stats(ckpt: Checkpoint, where: Layout, sample: int | None, bins: int) -> dict:
     """The measures of one tensor (its entry of the report, less its name)."""
-    where = layout(ckpt, info)
     if where.decoder is None:  # raw bytes: no numbers to measure
         return {"counted": 0, **Moments().report(), "histogram": None}
     reads = runs(where.elements, max(1, CHUNK_BYTES // where.decoder.stored.itemsize), sample)
     moments = Moments()
-    kept = [moments.add(values) for values in chunks(ckpt, where, reads)] if len(reads) == 1 else None
-    if kept is None:
+    if len(reads) == 1:  # one chunk: its finite values kept for the bins
+        kept = [moments.add(values) for values in chunks(ckpt, where, reads)]
+    else:  # the bins need min and max: the chunks are read again
         for values in chunks(ckpt, where, reads):
             moments.add(values)
-    histogram = None
-    if moments.finite:
-        lo, hi = histogram_range(moments.low, moments.high)
-        if moments.low == moments.high:  # one value: its bin, found without reading again
-            counts = np.histogram(np.array([moments.low], np.float64), bins, (lo, hi))[0] * moments.finite
-        else:
-            counts = np.zeros(bins, np.int64)
-            clean = not (moments.nan or moments.posinf or moments.neginf)
-            for values in kept if kept is not None else (
-                    v if clean else _finite(v) for v in chunks(ckpt, where, reads)):
-                counts += bin_counts(values, lo, hi, bins)
-        histogram = {"edges": np.linspace(lo, hi, bins + 1).tolist(), "counts": counts.tolist()}
-    return {"counted": sum(count for _, count in reads), **moments.report(), "histogram": histogram}
+        clean = not (moments.nan or moments.posinf or moments.neginf)
+        kept = (values if clean else _finite(values) for values in chunks(ckpt, where, reads))
+    return {"counted": sum(count for _, count in reads), **moments.report(),
+            "histogram": _histogram(moments, kept, bins) if moments.finite else None}
+
+
+def _histogram(moments: Moments, finite: Iterable[np.ndarray], bins: int) -> dict:
+    lo, hi = histogram_range(moments.low, moments.high)
+    if moments.low == moments.high:  # one value: its bin, found without reading again
+        counts = np.histogram(np.array([moments.low], np.float64), bins, (lo, hi))[0] * moments.finite
+    else:
+        counts = sum((bin_counts(values, lo, hi, bins) for values in finite), np.zeros(bins, np.int64))
+    return {"edges": np.linspace(lo, hi, bins + 1).tolist(), "counts": counts.tolist()}
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -309,15 +303,41 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 # --- the report ------------------------------------------------------------
 
-def _entry(ckpt: Checkpoint, info: TensorInfo, dequantized: bool, sample: int | None, bins: int) -> dict:
-    head = {"name": info.name, "path": info.path, "dtype": info.dtype, "shape": list(info.shape),
-            "elements": math.prod(info.shape), "dequantized": dequantized}
+@dataclass(frozen=True)
+class Task:
+    """A tensor to measure: where its values lie, or why that is unknown."""
+
+    info: TensorInfo
+    dequantized: bool
+    where: Layout | None
+    error: str | None
+
+
+def _task(ckpt: Checkpoint, info: TensorInfo, dequantized: bool) -> Task:
+    """Made before the workers start, one tensor after another: finding a
+    file fills the folders of the tree above it (a `LazyDir`), which two
+    threads must not do at once."""
     try:
-        measures = {**tensor_stats(ckpt, info, sample, bins), "error": None}
+        return Task(info, dequantized, layout(ckpt, info), None)
     except (CkptfsError, OSError, ValueError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__
-        measures = {"counted": 0, **Moments().report(), "histogram": None, "error": message}
-    return {**head, **measures}
+        return Task(info, dequantized, None, _one_line(e))
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _entry(ckpt: Checkpoint, task: Task, sample: int | None, bins: int) -> dict:
+    info = task.info
+    head = {"name": info.name, "path": info.path, "dtype": info.dtype, "shape": list(info.shape),
+            "elements": math.prod(info.shape), "dequantized": task.dequantized}
+    failed = {"counted": 0, **Moments().report(), "histogram": None}
+    if task.where is None:
+        return {**head, **failed, "error": task.error}
+    try:
+        return {**head, **tensor_stats(ckpt, task.where, sample, bins), "error": None}
+    except (CkptfsError, OSError, ValueError) as e:
+        return {**head, **failed, "error": _one_line(e)}
 
 
 def selected(ckpt: Checkpoint, paths: list[str], include: list[str], exclude: list[str],
@@ -396,10 +416,11 @@ def compute(source: str | os.PathLike | Checkpoint, paths: list[str] | None = No
     if not 1 <= bins <= MAX_BINS:
         raise CkptfsError(f"--bins {bins}: give between 1 and {MAX_BINS:,} bins")
     ckpt = source if isinstance(source, Checkpoint) else open_checkpoint(source)
-    tensors = selected(ckpt, list(paths or ()), list(include), list(exclude), raw)
+    tasks = [_task(ckpt, info, dequantized) for info, dequantized in
+             selected(ckpt, list(paths or ()), list(include), list(exclude), raw)]
     workers = max(1, jobs or os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        entries = list(pool.map(lambda t: _entry(ckpt, t[0], t[1], sample, bins), tensors))
+        entries = list(pool.map(lambda task: _entry(ckpt, task, sample, bins), tasks))
     return Stats(ckpt.path, ckpt.format, sample, bins, entries)
 
 
@@ -413,6 +434,7 @@ def _number(value) -> str:
 
 
 def _row(entry: dict) -> list[str]:
+    """The cells of a tensor's row; a tensor not measured: its first three and the error."""
     shape = "x".join(map(str, entry["shape"])) or "scalar"
     if entry["error"] is not None:
         return [entry["name"], entry["dtype"], shape, f"error: {entry['error']}"]
@@ -423,28 +445,26 @@ def _row(entry: dict) -> list[str]:
 
 
 def text(stats: Stats) -> str:
-    """One row per tensor, aligned; a `!` marks a tensor holding NaN or inf,
-    and the lines after the table name them and any tensor not measured."""
+    """One row per tensor, aligned (names left, numbers right); a `!` marks
+    a tensor holding NaN or inf, and the lines after the table name them,
+    the tensors not measured, and a sample."""
     rows = [list(COLUMNS)] + [_row(entry) for entry in stats]
-    widths = [max(len(row[i]) for row in rows if len(row) > i and len(row) == len(COLUMNS)) for i in range(3)]
-    widths += [max(len(row[i]) for row in rows if len(row) == len(COLUMNS)) for i in range(3, len(COLUMNS))]
-    lines = []
-    for entry, row in zip([None, *stats], rows):
-        flag = "!" if entry is not None and entry["error"] is None and _odd(entry) else " "
-        cells = [cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        if len(row) < len(COLUMNS):
-            cells = [cell.ljust(w) for cell, w in zip(row[:3], widths)] + [row[3]]
-        lines.append(f"{flag} " + "  ".join(cells).rstrip())
+    widths = [max(len(row[i]) for row in rows if i < len(row) - (len(row) < len(COLUMNS)))
+              for i in range(len(COLUMNS))]
+    flags = [" "] + ["!" if e["error"] is None and _odd(e) else " " for e in stats]
+    lines = [f"{flag} " + "  ".join(cell.ljust(w) if i < 3 or len(row) < len(COLUMNS) else cell.rjust(w)
+                                     for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for flag, row in zip(flags, rows)]
     odd = [e["name"] for e in stats if e["error"] is None and _odd(e)]
     if odd:
         lines.append(f"! {plural(len(odd), 'tensor')} with NaN or inf: {', '.join(odd)}")
     if stats.errors:
         lines.append(f"{plural(len(stats.errors), 'tensor')} not measured (error above)")
-    if stats.sample is not None:
-        lines.append(f"sampled: about {stats.sample:,} elements of each tensor, not all (--sample)")
     raw = [e["name"] for e in stats if e["error"] is None and e["counted"] == 0 and e["elements"]]
     if raw:
         lines.append(f"served as raw bytes, not measured: {', '.join(raw)}")
+    if stats.sample is not None:
+        lines.append(f"sampled: about {stats.sample:,} elements of each tensor, not all (--sample)")
     return "\n".join(lines)
 
 

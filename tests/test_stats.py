@@ -277,3 +277,21 @@ def test_memory_stays_bounded_on_a_tensor_larger_than_the_limit(tmp_path, elemen
 def test_bins_are_numpy_histograms(values, bins):
     lo, hi = np.float64(values.min()), np.float64(values.max())
     assert np.array_equal(tensor_stats.bin_counts(values, lo, hi, bins), np.histogram(values, bins, (lo, hi))[0])
+
+
+def test_raw_byte_types_are_listed_unmeasured(tmp_path):
+    """float4 (served as raw bytes, docs/dtypes.md) has no numbers to measure: no error, no measures."""
+    header = json.dumps({"packed": {"dtype": "F4", "shape": [2, 4], "data_offsets": [0, 4]},
+                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "f4.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes([0x21, 0x43, 0x65, 0x87])
+                     + np.array([1.5, -2], np.float32).tobytes())
+    stats = ckptfs.stats(path)
+    assert stats["packed"] == {
+        "name": "packed", "path": "packed.npy", "dtype": "float4_e2m1fn", "shape": [2, 4], "elements": 8,
+        "dequantized": False, "counted": 0, "min": None, "max": None, "mean": None, "std": None, "nan": 0,
+        "posinf": 0, "neginf": 0, "zeros": 0, "histogram": None, "error": None}
+    assert_measured(stats["w"], np.array([1.5, -2], np.float32))
+    done = run_ckptfs("stats", path)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "served as raw bytes, not measured: packed"
