@@ -20,8 +20,8 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 from safetensors.numpy import save_file
 
 import ckptfs
-from ckptfs import tensor_stats
 from ckptfs.compare import json_safe
+from ckptfs.tensor_stats import decode, measure, table, tensor
 
 from .conftest import CKPTFS, FIXTURES, REPO, run_ckptfs
 
@@ -90,7 +90,7 @@ def planted_file(tmp_path_factory):
 @pytest.mark.parametrize("name", FLOAT8)
 def test_float8_tables_hold_the_values_ml_dtypes_gives(name):
     want = np.arange(256, dtype=np.uint8).view(getattr(ml_dtypes, name)).astype(np.float32)
-    got = tensor_stats.float8_table(name)
+    got = decode.float8_table(name)
     assert np.array_equal(got, want, equal_nan=True)
     numbers = ~np.isnan(want)
     assert np.array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))  # negative zero is kept
@@ -98,7 +98,7 @@ def test_float8_tables_hold_the_values_ml_dtypes_gives(name):
 
 def test_bfloat16_decodes_bit_for_bit():
     bits = np.arange(1 << 16, dtype=np.uint16)
-    got = tensor_stats.decoder("bfloat16").values(bits)
+    got = decode.decoder("bfloat16").values(bits)
     assert np.array_equal(got, bits.view(ml_dtypes.bfloat16).astype(np.float32), equal_nan=True)
 
 
@@ -112,7 +112,7 @@ def test_every_dtype_measured_as_numpy_measures_it(planted_file):
 
 
 def test_chunks_combine_to_the_measures_of_the_whole(planted_file, monkeypatch):
-    monkeypatch.setattr(tensor_stats, "CHUNK_BYTES", 40)  # many chunks per tensor, and a second read for the bins
+    monkeypatch.setattr(tensor, "CHUNK_BYTES", 40)  # many chunks per tensor, and a second read for the bins
     stats = ckptfs.stats(planted_file, jobs=3)
     for name, array in planted().items():
         assert_measured(stats[name], array)
@@ -160,7 +160,7 @@ def test_the_cli_prints_the_api_report(planted_file):
         str(planted_file), "safetensors", None, 8)
     text = run_ckptfs("stats", planted_file, "float32", "int8")
     rows = text.stdout.splitlines()
-    assert text.returncode == 0 and rows[0].split() == list(tensor_stats.COLUMNS)
+    assert text.returncode == 0 and rows[0].split() == list(table.COLUMNS)
     assert rows[1].startswith("! float32 ") and rows[2].startswith("  int8 ")
     assert rows[3] == "! 1 tensor with NaN or inf: float32"
 
@@ -185,11 +185,11 @@ def test_sampled_reads_are_spread_deterministic_and_measured_as_numpy(tmp_path, 
     array = np.random.default_rng(1).standard_normal(100_000).astype(np.float32)
     array[::1000] = np.nan
     save_file({"w": array}, str(tmp_path / "w.safetensors"))
-    monkeypatch.setattr(tensor_stats, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(tensor, "CHUNK_BYTES", 1000)
     first, again = (ckptfs.stats(tmp_path / "w.safetensors", sample=5000)["w"] for _ in range(2))
     assert first == again
-    runs = tensor_stats.runs(array.size, 10**9, 5000)
-    assert len(runs) == tensor_stats.SAMPLE_RUNS and runs[0][0] == 0 and sum(runs[-1]) == 100_000
+    runs = tensor.runs(array.size, 10**9, 5000)
+    assert len(runs) == tensor.SAMPLE_RUNS and runs[0][0] == 0 and sum(runs[-1]) == 100_000
     assert all(a + n < b for (a, n), (b, _) in zip(runs, runs[1:]))  # apart, spread from first to last element
     seen = np.concatenate([array[start:start + count] for start, count in runs])
     assert first["counted"] == seen.size == 5000 and first["elements"] == 100_000
@@ -213,7 +213,7 @@ def test_a_tensor_that_cannot_be_read_is_its_own_error(planted_file, tmp_path):
     for name, array in planted().items():
         if name != broken[0]["name"]:
             assert_measured(stats[name], array)
-    assert tensor_stats.text(stats).splitlines()[-1] == "1 tensor not measured (error above)"
+    assert table.text(stats).splitlines()[-1] == "1 tensor not measured (error above)"
 
 
 def data_ends(path) -> dict[str, int]:
@@ -276,7 +276,7 @@ def test_memory_stays_bounded_on_a_tensor_larger_than_the_limit(tmp_path, elemen
 @pytest.mark.parametrize("bins", [1, 7, 32, 100])
 def test_bins_are_numpy_histograms(values, bins):
     lo, hi = np.float64(values.min()), np.float64(values.max())
-    assert np.array_equal(tensor_stats.bin_counts(values, lo, hi, bins), np.histogram(values, bins, (lo, hi))[0])
+    assert np.array_equal(measure.bin_counts(values, lo, hi, bins), np.histogram(values, bins, (lo, hi))[0])
 
 
 def test_raw_byte_types_are_listed_unmeasured(tmp_path):

@@ -1,6 +1,6 @@
 """`ckptfs stats`: per tensor min, max, mean, std, NaN, ±inf and zero
 counts and a histogram, read in bounded memory, without mounting
-(ckptfs/tensor_stats.py)."""
+(ckptfs/tensor_stats/)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def _arguments(parser) -> None:
 def run(args) -> int:
     """Exit status 0, or 1 when a tensor could not be measured (its error is in the report)."""
     from ..compare import json_safe
-    from ..tensor_stats import compute, text
+    from ..tensor_stats import compute
+    from ..tensor_stats.table import text
 
     stats = compute(arguments.source_path(args.source), args.paths, args.sample, args.bins, args.jobs,
                     args.include, args.exclude, args.raw)
