@@ -12,7 +12,8 @@ DEMO_APT := fuse3 libfuse3-dev pkg-config gcc attr patch man-db
 # vim and nano: the tests of writable mounts edit through real editors;
 # systemd: systemd-analyze verifies the units in systemd/; zsh: the completion;
 # python3-dev, python3-venv: an unprivileged user's mount runs Debian's own python3
-TEST_APT := $(DEMO_APT) vim nano systemd zsh python3-dev python3-venv
+# chromium, chromium-driver: the HTML reports open in a real headless browser (tests/browser.py)
+TEST_APT := $(DEMO_APT) vim nano systemd zsh python3-dev python3-venv chromium chromium-driver
 # Debian's own python3 needs its headers and venv module to build pyfuse3
 PYTHON_APT := $(if $(filter /usr/bin/python3,$(shell command -v python3)),python3-dev python3-venv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

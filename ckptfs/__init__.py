@@ -3,7 +3,7 @@ without one: `ckptfs.open(path)` (ckptfs/api.py, docs/api.md)."""
 
 from .version import __version__
 
-__all__ = ["__version__", "open", "stats"]
+__all__ = ["__version__", "diff", "open", "stats"]
 
 
 def open(source, cache_dir=None, base=None):  # noqa: A001 (as tarfile.open and zipfile do)
@@ -13,6 +13,20 @@ def open(source, cache_dir=None, base=None):  # noqa: A001 (as tarfile.open and 
     from .api import open_checkpoint
 
     return open_checkpoint(source, cache_dir, base)
+
+
+def diff(a, b, **options):
+    """Compare the checkpoints `a` and `b` (paths, or Checkpoints opened by
+    `ckptfs.open`) as `ckptfs diff` does. Returns a `ckptfs.compare.Diff`:
+    the dict `ckptfs diff --json` prints, that a notebook shows as its
+    summary and heatmap, and whose `.html()` is the page of `--html`.
+    Options as the command's: `maps` ([(old, new)] prefixes of A's names),
+    `include`, `exclude` (globs), `tensors_only`, `dequantized`."""
+    from .api import Checkpoint, open_checkpoint
+    from .compare import compare
+
+    opened = [side if isinstance(side, Checkpoint) else open_checkpoint(side) for side in (a, b)]
+    return compare(*opened, **options)
 
 
 def stats(source, paths=None, sample=None, bins=32, jobs=None, include=(), exclude=(), raw=False):

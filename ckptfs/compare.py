@@ -25,6 +25,7 @@ import numpy as np
 from .api import Checkpoint, TensorInfo
 from .compare_files import compare_files
 from .humanize import plural
+from .report import diff_page
 from .write.export import rename_prefix
 
 try:  # where installed, NumPy then knows bfloat16 and float8, to measure them
@@ -68,7 +69,7 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
     differing = 0
     numeric = x.dtype.kind in "biufc" or x.dtype.name in ("bfloat16",) or x.dtype.name.startswith("float8")
     max_abs = max_rel = 0.0
-    dot = norm_x = norm_y = 0.0
+    dot = norm_x = norm_y = norm_d = 0.0
     for start in range(0, x.size, CHUNK):
         a, b = np.ascontiguousarray(x[start:start + CHUNK]), np.ascontiguousarray(y[start:start + CHUNK])
         bits_a, bits_b = a.view(np.uint8).reshape(-1, size), b.view(np.uint8).reshape(-1, size)
@@ -80,6 +81,7 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 # over the elements whose bits differ: a NaN equal to itself is no difference
                 delta = np.abs(fa[unequal] - fb[unequal])
+                norm_d += float(np.vdot(delta, delta))
                 rel = np.where(delta == 0, 0.0, delta / np.maximum(np.abs(fa[unequal]), np.abs(fb[unequal])))
                 max_abs = _larger(max_abs, np.max(delta, initial=0.0))
                 max_rel = _larger(max_rel, np.max(rel, initial=0.0))
@@ -90,7 +92,19 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
     if numeric:
         norms = math.sqrt(norm_x) * math.sqrt(norm_y)
         result.update(max_abs_diff=max_abs, max_rel_diff=max_rel, cosine=dot / norms if norms else None)
+        result.update(_change(math.sqrt(norm_x), math.sqrt(norm_d)))
     return result
+
+
+def _change(norm_a: float, norm_diff: float) -> dict:
+    """‖A‖₂, ‖B−A‖₂ (over the elements whose bits differ, as the other
+    measures) and their ratio, the relative change: 0 where nothing moved,
+    None where A is all zeros and B is not (no ratio is defined)."""
+    if norm_a > 0 or math.isnan(norm_a):
+        relative = norm_diff / norm_a
+    else:
+        relative = 0.0 if norm_diff == 0 else None
+    return {"norm_a": norm_a, "norm_diff": norm_diff, "relative_change": relative}
 
 
 def _larger(known: float, found) -> float:
@@ -112,9 +126,10 @@ def json_safe(value):
 
 
 def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), include: list[str] = (),
-            exclude: list[str] = (), tensors_only: bool = False, dequantized: bool = False) -> dict:
-    """The report of `ckptfs diff --json` (docs/cli.md); with `dequantized`,
-    quantized weights compared by their values (`api.Checkpoint.tensors`)."""
+            exclude: list[str] = (), tensors_only: bool = False, dequantized: bool = False) -> Diff:
+    """The report of `ckptfs diff --json` (docs/cli.md), as a Diff; with
+    `dequantized`, quantized weights compared by their values
+    (`api.Checkpoint.tensors`)."""
     def selected(name: str) -> bool:
         return _selected(name, list(include), list(exclude))
 
@@ -126,6 +141,7 @@ def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), incl
         "changed": [],
         "differing": {},
         "equal": 0,
+        "equal_tensors": {},
     }
     for name in sorted(set(left) & set(right)):
         ta, tb = left[name], right[name]
@@ -142,11 +158,29 @@ def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), incl
             report["differing"][name] = difference
         else:
             report["equal"] += 1
+            report["equal_tensors"][name] = {k: difference[k] for k in ("elements", "norm_a") if k in difference}
     report["values"], report["files"] = ([], {"removed": [], "added": [], "changed": []}) if tensors_only else (
         compare_files(a._parsed, b._parsed, selected))
     report["same"] = not (report["removed"] or report["added"] or report["changed"] or report["differing"]
                           or report["values"] or any(report["files"].values()))
-    return report
+    return Diff(report, a.path, b.path)
+
+
+class Diff(dict):
+    """The report of `compare`, a dict as `--json` prints it (before
+    json_safe), that a notebook shows as its summary and heatmap; `a` and
+    `b` name the checkpoints compared."""
+
+    def __init__(self, report: dict, a: str = "A", b: str = "B"):
+        super().__init__(report)
+        self.a, self.b = a, b
+
+    def html(self) -> str:
+        """The whole report as one self-contained HTML page (`ckptfs diff --html`)."""
+        return diff_page.document(json_safe(self), self.a, self.b)
+
+    def _repr_html_(self) -> str:
+        return diff_page.fragment(json_safe(self), self.a, self.b)
 
 
 #: the longest value `text` prints whole

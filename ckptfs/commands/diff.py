@@ -4,7 +4,9 @@ and file by file, without mounting (ckptfs/compare.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from ..errors import CkptfsError
 from . import arguments
 from .command import Command
 
@@ -25,18 +27,38 @@ def _arguments(parser) -> None:
                         "MLX) by their values, as their dequantized.npy shows them, in place of their stored parts: "
                         "a quantized model against the model it was made from")
     parser.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write the report as one self-contained HTML page: a heatmap of relative change by "
+                        "layer and module, the tensors ranked by change, the side files' diffs (docs/reports.md)")
+    parser.add_argument("--png", metavar="FILE",
+                        help="also draw the heatmap as a PNG (needs matplotlib, the plot extra)")
 
 
 def run(args) -> int:
     """Exit status as diff(1): 0 the same, 1 different, 2 trouble."""
     from .. import compare
     from ..api import open_checkpoint
+    from ..report import diff_png
 
     maps = arguments.prefix_maps(args.map)
+    if args.png:
+        diff_png.matplotlib()  # its absence said before the work, not after
     report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude,
                              args.tensors_only, args.dequantize)
+    report.a, report.b = args.a, args.b  # the report names them as the user did
     print(json.dumps(compare.json_safe(report), indent=2) if args.json else compare.text(report))
+    if args.html:
+        _write(args.html, lambda path: Path(path).write_text(report.html(), encoding="utf-8"))
+    if args.png:
+        _write(args.png, lambda path: diff_png.write(compare.json_safe(report), path, f"{args.a} → {args.b}"))
     return 0 if report["same"] else 1
+
+
+def _write(path: str, write) -> None:
+    try:
+        write(path)
+    except OSError as e:
+        raise CkptfsError(f"{path}: {e.strerror or e}") from None
 
 
 COMMAND = Command(
@@ -44,6 +66,7 @@ COMMAND = Command(
     "tensors only one has, tensors whose dtype or shape changed, and for the others whether their bits are equal "
     "or how far apart they are (elements that differ, largest absolute and relative difference, cosine "
     "similarity); every non-tensor value by its path and both values; every other file, added, removed or "
-    "changed (text as a unified diff). Exit status 0: nothing differs; 1: different; 2: trouble, as diff(1).",
+    "changed (text as a unified diff). --html and --png write the report as a page and its heatmap as a figure. "
+    "Exit status 0: nothing differs; 1: different; 2: trouble, as diff(1).",
     _arguments, run, printing=True, trouble=2,
 )
