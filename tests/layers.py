@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("advice",),  # what to do after a refused repack: the mount says it too
     ("mount",),
     # what the commands use, then the commands, then their entry points
-    ("compare_files", "info", "scan_tar", "report"),
+    ("compare_files", "info", "scan_tar", "report", "doctor"),
     ("api", "scan"),
     ("compare", "fsspec_fs", "tensor_stats"),
     ("commands",),
