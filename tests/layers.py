@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # what the commands use, then the commands, then their entry points
     ("compare_files", "info", "scan_tar", "report", "doctor"),
     ("api", "scan"),
-    ("compare", "fsspec_fs"),
+    ("compare", "fsspec_fs", "tensor_stats"),
     ("commands",),
     ("cli", "manual"),
     ("__init__", "__main__"),
