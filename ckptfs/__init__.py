@@ -3,7 +3,7 @@ without one: `ckptfs.open(path)` (ckptfs/api.py, docs/api.md)."""
 
 from .version import __version__
 
-__all__ = ["__version__", "diff", "open"]
+__all__ = ["__version__", "diff", "open", "stats"]
 
 
 def open(source, cache_dir=None, base=None):  # noqa: A001 (as tarfile.open and zipfile do)
@@ -28,3 +28,13 @@ def diff(a, b, **options):
     opened = [side if isinstance(side, Checkpoint) else open_checkpoint(side) for side in (a, b)]
     return compare(*opened, **options)
 
+
+def stats(source, paths=None, sample=None, bins=32, jobs=None, include=(), exclude=(), raw=False):
+    """Per tensor min, max, mean, std, NaN/inf/zero counts and histogram of
+    the checkpoint `source` (a path, or a `Checkpoint` from `open`), as
+    `ckptfs stats` measures them (docs/api.md). Returns a
+    `ckptfs.tensor_stats.Stats`: iterable, indexable by tensor name, its
+    `as_dict()` the report `ckptfs stats --json` prints."""
+    from .tensor_stats import compute
+
+    return compute(source, paths, sample, bins, jobs, include, exclude, raw)

@@ -115,6 +115,15 @@ class Checkpoint:
         browse.copy(self._parsed, path, node, out)
         return out.getvalue()
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Up to `length` bytes of the file at `path` from `offset` (fewer at
+        its end), as a mount serves them: a large tensor read piece by piece
+        in bounded memory (`ckptfs stats`), where `read` reads it whole."""
+        node = browse.find(self._parsed, path)
+        if not isinstance(node, File):
+            raise CkptfsError(f"{self.path}: {path}: not a file of the checkpoint")
+        return node.content.read(offset, length)
+
     @property
     def merged(self) -> Checkpoint | None:
         """A PEFT adapter's base with the adapter merged (the mount's

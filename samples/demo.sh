@@ -58,3 +58,9 @@ show "$ckptfs" umount "$edited"
 # without FUSE: is it safe to torch.load, and one consolidated file from FSDP2's shards
 show "$ckptfs" scan "$here/lightning/tiny.ckpt"
 show "$ckptfs" export "$here/dcp/fsdp2_2rank" "$work/consolidated.safetensors"
+
+# what each tensor holds, and the edit as a page to open in a browser (kept after the demo)
+show "$ckptfs" stats "$work/copy.nemo"
+report=${TMPDIR:-/tmp}/ckptfs-demo-diff.html
+show "$ckptfs" diff "$here/nemo/tiny.nemo" "$work/copy.nemo" --html "$report" || true
+printf '\n# open %s in a browser: the change by layer and module, the tensors ranked, the config diff\n' "$report"

@@ -39,9 +39,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("advice",),  # what to do after a refused repack: the mount says it too
     ("mount",),
     # what the commands use, then the commands, then their entry points
-    ("compare_files", "info", "scan_tar", "report"),
+    ("compare_files", "info", "scan_tar", "report", "doctor"),
     ("api", "scan"),
-    ("compare", "fsspec_fs"),
+    ("compare", "fsspec_fs", "tensor_stats"),
     ("info_report",),  # what `ckptfs info --html` shows: info, the tree, stats and the scan
     ("commands",),
     ("cli", "manual"),

@@ -67,7 +67,7 @@ def _complete(words: str, tmp_path: Path) -> list[str]:
 def test_bash_completion_offers_commands_options_and_values(tmp_path):
     (tmp_path / "model.nemo").touch()
     assert {"mount", "umount", "status", "install-helper", "completion"} <= set(_complete("ckptfs ", tmp_path))
-    assert _complete("ckptfs st", tmp_path) == ["status"]
+    assert _complete("ckptfs statu", tmp_path) == ["status"]  # "st" is stats too
     assert {"--foreground", "--log-level", "--resume"} <= set(_complete("ckptfs mount --", tmp_path))
     assert _complete("ckptfs mount --log-level w", tmp_path) == ["warning"]
     assert {"allow_other", "umask=", "uid="} <= set(_complete("ckptfs mount -o ", tmp_path))

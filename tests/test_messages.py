@@ -72,7 +72,7 @@ def test_an_unknown_command_names_the_commands():
     done = run_ckptfs("bogus")
     assert done.returncode == 2
     assert _one_line(done) == ("ckptfs: unknown command 'bogus' (commands: mount, umount, unmount, commit, recover, "
-                               "status, info, ls, cat, diff, scan, export, install-helper, completion; see 'ckptfs --help')")
+                               "status, doctor, info, ls, cat, diff, stats, scan, export, install-helper, completion; see 'ckptfs --help')")
 
 
 def test_help_names_every_format_and_where_the_log_goes():

@@ -7,12 +7,28 @@ from __future__ import annotations
 import argparse
 
 from ..version import __version__
-from . import cat, commit, completion, diff, export, info, install_helper, ls, mount, recover, scan, status, umount
+from . import (
+    cat,
+    commit,
+    completion,
+    diff,
+    doctor,
+    export,
+    info,
+    install_helper,
+    ls,
+    mount,
+    recover,
+    scan,
+    stats,
+    status,
+    umount,
+)
 from .command import FORMATS, Command, Formatter, Parser
 
 #: in the order of `ckptfs --help`, the man page and the message naming them after an unknown one
 COMMANDS: tuple[Command, ...] = tuple(module.COMMAND for module in (
-    mount, umount, commit, recover, status, info, ls, cat, diff, scan, export, install_helper, completion))
+    mount, umount, commit, recover, status, doctor, info, ls, cat, diff, stats, scan, export, install_helper, completion))
 #: every name a command is called by, aliases included
 NAMES = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 

@@ -96,11 +96,22 @@ def state_dir() -> str:
     return _private(os.path.join(os.environ.get("TMPDIR") or "/tmp", f"ckptfs-{os.geteuid()}"))
 
 
+class StateFolderError(CkptfsError):
+    """The state folder cannot be made (`ckptfs doctor` says it its own way)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: cannot make the state folder ({reason}); set XDG_RUNTIME_DIR (or TMPDIR) to a"
+                         " folder of yours that you can write")
+        self.path, self.reason = path, reason
+
+
 def _private(path: str) -> str:
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    except OSError as e:
+        raise StateFolderError(path, e.strerror) from None
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise CkptfsError(f"{path}: not a directory of this user's (a link, or another user's); remove it, or set"

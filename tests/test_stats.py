@@ -1,0 +1,297 @@
+"""`ckptfs stats` and `ckptfs.stats`: every measure equal to NumPy's on the
+same values (min, max and counts exactly, mean and std to float64 rounding,
+the histogram bin for bin as `np.histogram` makes it), over every format of
+the samples, bfloat16 and float8 decoded without ml_dtypes, quantized
+weights by their dequantized values; sampled reads; per-tensor errors; and
+memory bounded under an address-space limit on a tensor of 8 GB."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter, quants
+from safetensors.numpy import save_file
+
+import ckptfs
+from ckptfs.compare import json_safe
+from ckptfs.tensor_stats import decode, measure, table, tensor
+
+from .conftest import CKPTFS, FIXTURES, REPO, run_ckptfs
+
+SAMPLES = [FIXTURES / "nemo" / "tiny.nemo", FIXTURES / "lightning" / "tiny.ckpt", FIXTURES / "hf" / "bert_tiny_sharded",
+           FIXTURES / "dcp" / "fsdp2_2rank", FIXTURES / "pt2" / "tiny.pt2"]
+FLOAT8 = ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"]
+
+
+def expected(array: np.ndarray, bins: int = 32) -> dict:
+    """The measures of `array` as NumPy gives them (complex: of the magnitudes)."""
+    values = np.abs(array) if array.dtype.kind == "c" else array.astype(np.uint8) if array.dtype == bool else array
+    wide = values.astype(np.float64).ravel()
+    finite = np.isfinite(wide)
+    kept = values.ravel()[finite]
+    out = {"elements": array.size, "counted": array.size, "nan": int(np.isnan(wide).sum()),
+           "posinf": int((wide == np.inf).sum()), "neginf": int((wide == -np.inf).sum()), "zeros": int((wide == 0).sum())}
+    if not kept.size:
+        return {**out, "min": None, "max": None, "mean": None, "std": None, "histogram": None}
+    counts, edges = np.histogram(wide[finite], bins)
+    return {**out, "min": kept.min().item(), "max": kept.max().item(), "mean": np.mean(wide[finite]),
+            "std": np.std(wide[finite]), "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
+def assert_measured(got: dict, array: np.ndarray, bins: int = 32) -> None:
+    want = expected(array, bins)
+    assert got["error"] is None, got["error"]
+    for key in ("elements", "counted", "nan", "posinf", "neginf", "zeros", "min", "max", "histogram"):
+        assert got[key] == want[key], (got["name"], key, got[key], want[key])
+    for key in ("mean", "std"):
+        if want[key] is None:
+            assert got[key] is None
+        else:  # float64 sums of the same values in another order
+            scale = max(abs(want["min"]), abs(want["max"]), 1e-300)
+            assert abs(got[key] - want[key]) <= 1e-12 * scale, (got["name"], key, got[key], want[key])
+
+
+def planted() -> dict[str, np.ndarray]:
+    """Every numeric dtype the dtype table serves as NPY, NaN, ±inf and zeros planted."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((40, 30)) * 3
+    base[0, :3] = [np.nan, np.inf, -np.inf]
+    base[1, :4] = 0
+    tensors = {name: base.astype(name) for name in ("float16", "float32", "float64")}
+    tensors["bfloat16"] = base.astype(ml_dtypes.bfloat16)
+    tensors |= {name: base.astype(getattr(ml_dtypes, name)) for name in FLOAT8 if name != "float8_e8m0fnu"}
+    tensors["float8_e8m0fnu"] = np.abs(base[2:]).astype(ml_dtypes.float8_e8m0fnu)  # positive powers of two
+    tensors |= {name: rng.integers(np.iinfo(name).min, np.iinfo(name).max, 999, dtype=name, endpoint=True)
+                for name in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")}
+    tensors["bool"] = rng.random(77) < 0.3
+    tensors["complex64"] = (base[2:] + 1j * base[2:].T[:38].T).astype(np.complex64)
+    tensors["all_nan"] = np.full(5, np.nan, np.float32)
+    tensors["constant"] = np.full((3, 3), 2.5, np.float32)
+    tensors["on_edges"] = np.repeat(np.linspace(-3, 5, 33), 5)  # every value on a border of the bins
+    tensors["empty"] = np.zeros((0, 4), np.float32)
+    tensors["scalar"] = np.array(-1.25, np.float32)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def planted_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stats") / "planted.safetensors"
+    save_file(planted(), str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", FLOAT8)
+def test_float8_tables_hold_the_values_ml_dtypes_gives(name):
+    want = np.arange(256, dtype=np.uint8).view(getattr(ml_dtypes, name)).astype(np.float32)
+    got = decode.float8_table(name)
+    assert np.array_equal(got, want, equal_nan=True)
+    numbers = ~np.isnan(want)
+    assert np.array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))  # negative zero is kept
+
+
+def test_bfloat16_decodes_bit_for_bit():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    got = decode.decoder("bfloat16").values(bits)
+    assert np.array_equal(got, bits.view(ml_dtypes.bfloat16).astype(np.float32), equal_nan=True)
+
+
+def test_every_dtype_measured_as_numpy_measures_it(planted_file):
+    stats = ckptfs.stats(planted_file, bins=16)
+    arrays = dict(sorted(planted().items()))  # the arrays written, in safetensors' order
+    assert [t["name"] for t in stats] == list(arrays)
+    for name, array in arrays.items():
+        assert_measured(stats[name], array, 16)
+        assert stats[name]["dtype"] == str(array.dtype) and stats[name]["shape"] == list(array.shape)
+
+
+def test_chunks_combine_to_the_measures_of_the_whole(planted_file, monkeypatch):
+    monkeypatch.setattr(tensor, "CHUNK_BYTES", 40)  # many chunks per tensor, and a second read for the bins
+    stats = ckptfs.stats(planted_file, jobs=3)
+    for name, array in planted().items():
+        assert_measured(stats[name], array)
+
+
+@pytest.mark.parametrize("source", SAMPLES, ids=lambda p: p.name)
+def test_every_tensor_of_the_samples(source):
+    ckpt = ckptfs.open(source)
+    stats = ckptfs.stats(ckpt)
+    infos = ckpt.tensors(dequantized=True)
+    assert [t["name"] for t in stats] == [t.name for t in infos] and infos
+    for info in infos:
+        assert_measured(stats[info.name], np.asarray(ckpt.tensor(info.name, dequantized=True)))
+
+
+def write_gguf(path):
+    values = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    w = GGUFWriter(str(path), "llama")
+    w.add_tensor("plain", values[:1])
+    q = quants.quantize(values, GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.w", q, raw_shape=q.shape, raw_dtype=GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return values, quants.dequantize(q, GGMLQuantizationType.Q8_0)
+
+
+def test_quantized_weights_are_measured_by_their_values_or_their_parts(tmp_path):
+    values, dequantized = write_gguf(tmp_path / "q.gguf")
+    stats = ckptfs.stats(tmp_path / "q.gguf")
+    assert [(t["name"], t["dequantized"]) for t in stats] == [("plain", False), ("blk.0.w", True)]
+    assert_measured(stats["plain"], values[:1])
+    assert_measured(stats["blk.0.w"], dequantized)  # bit for bit gguf's own dequantization
+    raw = ckptfs.stats(tmp_path / "q.gguf", raw=True)
+    assert all(not t["dequantized"] for t in raw) and "blk.0.w" not in [t["name"] for t in raw]
+
+
+def test_the_cli_prints_the_api_report(planted_file):
+    done = run_ckptfs("stats", "--json", "--bins", "8", planted_file)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report == json.loads(json.dumps(json_safe(ckptfs.stats(planted_file, bins=8).as_dict())))
+    assert (report["source"], report["format"], report["sample"], report["bins"]) == (
+        str(planted_file), "safetensors", None, 8)
+    text = run_ckptfs("stats", planted_file, "float32", "int8")
+    rows = text.stdout.splitlines()
+    assert text.returncode == 0 and rows[0].split() == list(table.COLUMNS)
+    assert rows[1].startswith("! float32 ") and rows[2].startswith("  int8 ")
+    assert rows[3] == "! 1 tensor with NaN or inf: float32"
+
+
+def test_paths_name_tensors_files_and_folders():
+    source = FIXTURES / "nemo" / "tiny.nemo"
+    infos = {t.name: t.path for t in ckptfs.open(source).tensors()}
+    name, path = next(iter(infos.items()))
+    folder = path.rsplit("/", 2)[0]
+    assert [t["name"] for t in ckptfs.stats(source, [name])] == [name]
+    assert [t["name"] for t in ckptfs.stats(source, [path])] == [name]
+    below = [n for n, p in infos.items() if p.startswith(folder + "/")]
+    assert [t["name"] for t in ckptfs.stats(source, [folder + "/"])] == below and len(below) > 1
+    assert [t["name"] for t in ckptfs.stats(source, exclude=["*.weight"])] == [
+        n for n in infos if not n.endswith(".weight")]
+    done = run_ckptfs("stats", source, "no.such.tensor")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"ckptfs: {source}: no.such.tensor: no such tensor, tensor file or folder of tensors\n"
+
+
+def test_sampled_reads_are_spread_deterministic_and_measured_as_numpy(tmp_path, monkeypatch):
+    array = np.random.default_rng(1).standard_normal(100_000).astype(np.float32)
+    array[::1000] = np.nan
+    save_file({"w": array}, str(tmp_path / "w.safetensors"))
+    monkeypatch.setattr(tensor, "CHUNK_BYTES", 1000)
+    first, again = (ckptfs.stats(tmp_path / "w.safetensors", sample=5000)["w"] for _ in range(2))
+    assert first == again
+    runs = tensor.runs(array.size, 10**9, 5000)
+    assert len(runs) == tensor.SAMPLE_RUNS and runs[0][0] == 0 and sum(runs[-1]) == 100_000
+    assert all(a + n < b for (a, n), (b, _) in zip(runs, runs[1:]))  # apart, spread from first to last element
+    seen = np.concatenate([array[start:start + count] for start, count in runs])
+    assert first["counted"] == seen.size == 5000 and first["elements"] == 100_000
+    assert_measured({**first, "counted": seen.size, "elements": seen.size}, seen)
+    whole = ckptfs.stats(tmp_path / "w.safetensors", sample=10**6)["w"]
+    assert whole["counted"] == 100_000  # more asked for than there are: every element
+    done = run_ckptfs("stats", "--sample", "100", tmp_path / "w.safetensors")
+    assert "sampled: about 100 elements of each tensor, not all (--sample)" in done.stdout.splitlines()
+
+
+def test_a_tensor_that_cannot_be_read_is_its_own_error(planted_file, tmp_path):
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(planted_file.read_bytes())
+    ckpt = ckptfs.open(damaged)
+    ends = data_ends(damaged)
+    os.truncate(damaged, os.path.getsize(damaged) - 1)  # a shard damaged after it was opened
+    stats = ckptfs.stats(ckpt)
+    broken = [t for t in stats if t["error"] is not None]
+    assert [t["name"] for t in broken] == [max(ends, key=ends.get)] and "\n" not in broken[0]["error"]
+    assert str(damaged) in broken[0]["error"] and broken[0]["min"] is None and broken[0]["histogram"] is None
+    for name, array in planted().items():
+        if name != broken[0]["name"]:
+            assert_measured(stats[name], array)
+    assert table.text(stats).splitlines()[-1] == "1 tensor not measured (error above)"
+
+
+def data_ends(path) -> dict[str, int]:
+    """Where each tensor's bytes end in a safetensors file."""
+    size = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8:8 + size])
+    return {k: v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_hostile_arguments_are_one_line():
+    source = FIXTURES / "nemo" / "tiny.nemo"
+    for args, message in [(["--bins", "0"], "--bins: '0': give a whole number, 1 or more"),
+                          (["--bins", "20000"], "--bins 20000: give between 1 and 10,000 bins")]:
+        done = run_ckptfs("stats", source, *args)
+        assert done.returncode in (1, 2) and message in done.stderr and "Traceback" not in done.stderr
+
+
+def sparse_safetensors(path, elements: int) -> None:
+    """One float32 tensor of zeros, its data a hole: `elements` × 4 bytes on no disk."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [elements], "data_offsets": [0, 4 * elements]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + 4 * elements)
+
+
+def _limited():
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("elements, sample", [(1 << 29, None), (1 << 31, 1_000_000)], ids=["exact-2GiB", "sampled-8GiB"])
+def test_memory_stays_bounded_on_a_tensor_larger_than_the_limit(tmp_path, elements, sample):
+    """float32 zeros under a 1 GiB address-space limit: a map of the tensor
+    fails, chunked reads do not. Every element of 2 GiB (6 s on a quiet
+    machine, a minute on a busy one), a sample of 8 GiB."""
+    path = tmp_path / "big.safetensors"
+    sparse_safetensors(path, elements)
+    options = [] if sample is None else ["--sample", str(sample)]
+    done = subprocess.run(CKPTFS + ["stats", "--json", *options, str(path)], capture_output=True, text=True,
+                          timeout=240, preexec_fn=_limited, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    (got,) = json.loads(done.stdout)["tensors"]
+    counted = sample or elements
+    assert (got["elements"], got["counted"], got["zeros"], got["min"], got["max"], got["mean"], got["std"]) == (
+        elements, counted, counted, 0.0, 0.0, 0.0, 0.0)
+    assert got["histogram"]["counts"][16] == counted and sum(got["histogram"]["counts"]) == counted
+    mapped = subprocess.run([sys.executable, "-c", f"import numpy; numpy.memmap({str(path)!r}, 'f4', 'r')"],
+                            capture_output=True, text=True, timeout=60, preexec_fn=_limited)
+    assert mapped.returncode != 0 and ("MemoryError" in mapped.stderr or "mmap" in mapped.stderr)
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(2).standard_normal(200_000).astype(np.float32),
+    np.linspace(-1, 1, 70_001),  # values on the borders
+    np.arange(-5000, 5000, dtype=np.int64),
+    np.array([0, 1e-300, 1e300]),
+    1e10 + np.linspace(0, 1e-2, 1000),  # a range near the rounding of its magnitude
+], ids=["normal", "borders", "integers", "wide", "narrow"])
+@pytest.mark.parametrize("bins", [1, 7, 32, 100])
+def test_bins_are_numpy_histograms(values, bins):
+    lo, hi = np.float64(values.min()), np.float64(values.max())
+    assert np.array_equal(measure.bin_counts(values, lo, hi, bins), np.histogram(values, bins, (lo, hi))[0])
+
+
+def test_raw_byte_types_are_listed_unmeasured(tmp_path):
+    """float4 (served as raw bytes, docs/dtypes.md) has no numbers to measure: no error, no measures."""
+    header = json.dumps({"packed": {"dtype": "F4", "shape": [2, 4], "data_offsets": [0, 4]},
+                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "f4.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes([0x21, 0x43, 0x65, 0x87])
+                     + np.array([1.5, -2], np.float32).tobytes())
+    stats = ckptfs.stats(path)
+    assert stats["packed"] == {
+        "name": "packed", "path": "packed.npy", "dtype": "float4_e2m1fn", "shape": [2, 4], "elements": 8,
+        "dequantized": False, "counted": 0, "min": None, "max": None, "mean": None, "std": None, "nan": 0,
+        "posinf": 0, "neginf": 0, "zeros": 0, "histogram": None, "error": None}
+    assert_measured(stats["w"], np.array([1.5, -2], np.float32))
+    done = run_ckptfs("stats", path)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "served as raw bytes, not measured: packed"
