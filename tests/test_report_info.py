@@ -28,7 +28,7 @@ from .conftest import FIXTURES, REPO, run_ckptfs
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
-SHARD = FIXTURES / "hf" / "bert_tiny_sharded" / "model-00001-of-00004.safetensors"
+SHARD = FIXTURES / "hf" / "bert_tiny_sharded" / "model-00002-of-00004.safetensors"
 #: the computed style of a cell the page calls out
 RED = "rgb(180, 35, 24)"
 
