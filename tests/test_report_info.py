@@ -97,7 +97,11 @@ def parsed(text: str) -> Outline:
 
 def test_png_of_each_sample(tmp_path, nan_source):
     for source in (NEMO, LIGHTNING, nan_source[0]):
-        _, png = write_report(source, tmp_path, "--no-stats" if source == NEMO else "--exact")
+        html, png = write_report(source, tmp_path, *(() if source == NEMO else ("--exact",)))
+        stats = parsed(html.read_text()).data["ckptfs-stats"]
+        if source == NEMO:  # sampled by default; tensors this small are read whole all the same
+            assert "about 65,536 elements sampled per tensor" in html.read_text()
+            assert all(t["counted"] == t["elements"] for t in stats)
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -268,6 +272,25 @@ def test_100k_tensors_render_and_open_small(tmp_path, browser):
     opened.js("document.querySelectorAll('#ri-tree .ck-toggle')[1].click()")  # model/layers/
     assert opened.elements() < 5_000
     assert opened.texts("#ri-flagged-table tbody td:first-child") == ["model.layers.5.w5"]
+
+
+def test_hostile_names_stay_text(tmp_path, browser):
+    report = synthetic(3)
+    hostile = '</script><img src="http://127.0.0.1:9/x.png" onerror="boom()"><!--'
+    for rows in (report["stats"]["tensors"], report["outline"][-3:]):
+        rows[0]["name"] = hostile
+    report["stats"]["tensors"][0]["path"] = report["outline"][-3]["path"] = "model/layers/0/" + hostile
+    report["info"]["pickle_globals"] = report["info"]["unsafe_globals"] = [hostile]
+    html = tmp_path / "hostile.html"
+    html.write_text(info_page.document(report), encoding="utf-8")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == [] and opened.count("img") == 0
+    assert opened.texts("#ri-globals-table tbody td:first-child") == [hostile]
+    assert opened.attributes("#ri-stats tbody td[data-key=name]", "data-value")[0] == hostile
+    opened.js("document.querySelector('#ri-stats tbody tr').click()")
+    assert opened.texts("#ri-stats .ri-detail h3") == [hostile]
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == [] and opened.count("img") == 0
 
 
 def test_png_without_matplotlib_is_one_line(tmp_path):
