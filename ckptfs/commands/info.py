@@ -31,8 +31,8 @@ def _arguments(parser) -> None:
                        "(no tensor read)")
 
 
-def _report(args, parsed) -> None:
-    """Writes --html and --png."""
+def _report(args, parsed) -> dict:
+    """Writes --html and --png; returns the report."""
     from .. import info_report
 
     if args.sample < 1:
@@ -51,15 +51,14 @@ def _report(args, parsed) -> None:
                 out.write(text)
         except OSError as e:
             raise CkptfsError(f"{args.html}: {e.strerror or e}") from None
+    return report
 
 
 def run(args) -> int:
     from .. import info as checkpoint_info
 
     parsed = arguments.open_source(args.source)
-    if args.html or args.png:
-        _report(args, parsed)
-    summary = checkpoint_info.summary(parsed)
+    summary = _report(args, parsed)["info"] if args.html or args.png else checkpoint_info.summary(parsed)
     print(json.dumps(summary, indent=2) if args.json else checkpoint_info.text(summary))
     return 0
 
