@@ -100,7 +100,7 @@ def test_png_of_each_sample(tmp_path, nan_source):
         html, png = write_report(source, tmp_path, *(() if source == NEMO else ("--exact",)))
         stats = parsed(html.read_text()).data["ckptfs-stats"]
         if source == NEMO:  # sampled by default; tensors this small are read whole all the same
-            assert "about 65,536 elements sampled per tensor" in html.read_text()
+            assert "about 65,536 elements of each tensor sampled" in html.read_text()
             assert all(t["counted"] == t["elements"] for t in stats)
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -68,7 +68,7 @@ def rows(stats: dict) -> list[dict]:
 def description(stats: dict) -> str:
     """What the stats looked at, in a line."""
     tensors = len(stats["tensors"])
-    how = (f"about {stats['sample']:,} elements sampled per tensor" if stats.get("sample")
+    how = (f"about {stats['sample']:,} elements of each tensor sampled (a smaller one whole)" if stats.get("sample")
            else "every element counted")
     return f"{tensors:,} tensors, {how}, histograms of {stats['bins']} bins over the finite values"
 
