@@ -197,6 +197,26 @@ def test_globals_and_verdict_shown(tmp_path, browser):
     assert opened.count("#ri-stats .ck-paged") == 0  # --no-stats: metadata and pickles alone
 
 
+def test_a_dangerous_global_is_red_and_the_verdict_dangerous(tmp_path, browser):
+    import torch
+
+    source = tmp_path / "hooked.pt"
+    torch.save({"weight": torch.ones(3), "hook": os.system}, source)  # names os.system; loading would import it
+    html, _ = write_report(source, tmp_path, "--no-stats")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    info, scan = json_of("info", source, "--json"), json_of("scan", source, "--json")
+    assert scan["verdict"] == "dangerous" and info["unsafe_globals"] == ["posix.system"]
+    assert set(opened.attributes("[data-verdict]", "data-verdict")) == {"dangerous"}
+    red = opened.js("return Array.from(document.querySelectorAll('#ri-globals-table .ri-bad'), "
+                    "e => e.closest('tr').cells[0].textContent)")
+    assert red == info["unsafe_globals"]
+    shown = opened.js("return Array.from(document.querySelectorAll('#ri-dangerous tbody tr'), "
+                      "tr => Array.from(tr.cells, td => td.textContent))")
+    assert shown == [[f["global"], f["location"], f["reason"]] for f in scan["dangerous"]]
+    assert opened.js("return getComputedStyle(document.querySelector('[data-verdict]')).color") == RED
+
+
 def test_checkpoint_repr_html_is_a_fragment_of_the_summary():
     ckpt = ckptfs.open(NEMO)
     made = ckpt._repr_html_()
