@@ -7,7 +7,8 @@ reads a checkpoint):
                 (the tree as `ckptfs ls -R --json` lists it, the `.ckptfs/` view left out),
      "stats": the dict of `ckptfs stats --json`, or None (`stats_note` says why),
      "stats_note": str | None,
-     "scan": the dict of `ckptfs scan --json`, or {"verdict": "not scanned", "problems": [why]}}
+     "scan": the dict of `ckptfs scan --json`, or, where it could not run (a URL, an unreadable
+             file), {"verdict": "not scanned" | "error", "problems": [why]}}
 
 What it reads: the metadata (as `ckptfs info`), the pickles (as `ckptfs
 scan`), and for the stats a bounded sample of each tensor unless asked to
