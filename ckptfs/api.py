@@ -149,6 +149,15 @@ class Checkpoint:
             entry = browse.describe(path, node)
             yield Entry(path, entry["type"], entry.get("size", 0))
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the top of `ckptfs info --html` (format,
+        size, parameters by top-level module and by dtype, the pickles'
+        globals), from the metadata alone: no tensor is read."""
+        from . import info
+        from .report import info_page
+
+        return info_page.fragment(info.summary(self._parsed))
+
     def __repr__(self) -> str:
         return f"<ckptfs.Checkpoint {self.format} {self.path!r}: {plural(len(self._by_name), 'tensor')}>"
 

@@ -162,7 +162,7 @@ def chromium():
 #: the test modules whose reports are photographed: each holds
 #: `SCREENSHOTS = {name: make}`, `make(folder)` writing a report there from the
 #: repository's fixtures and returning its path (docs/report-NAME.png)
-SCREENSHOT_MODULES: tuple[str, ...] = ("tests.test_report_diff",)
+SCREENSHOT_MODULES: tuple[str, ...] = ("tests.test_report_diff", "tests.test_report_info")
 
 
 def screenshots(folder: Path) -> list[Path]:

@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("compare_files", "info", "scan_tar", "report", "doctor"),
     ("api", "scan"),
     ("compare", "fsspec_fs", "tensor_stats"),
+    ("info_report",),  # what `ckptfs info --html` shows: info, the tree, stats and the scan
     ("commands",),
     ("cli", "manual"),
     ("__init__", "__main__"),

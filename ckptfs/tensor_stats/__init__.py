@@ -138,6 +138,14 @@ class Stats:
     def __getitem__(self, name: str) -> dict:
         return self._by_name[name]
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the tensors with NaN or inf called out, and
+        the first rows of the table with their histograms (report/stats_page.py;
+        bounded however many tensors there are)."""
+        from ..report import stats_page
+
+        return stats_page.fragment(self.as_dict())
+
     def __repr__(self) -> str:
         return f"<ckptfs.Stats {self.source!r}: {plural(len(self.tensors), 'tensor')}>"
 

@@ -1,0 +1,348 @@
+"""`ckptfs info --html/--png` (ckptfs/info_report.py, ckptfs/report/info_page.py,
+stats_page.py, info_png.py) and the notebook reprs: each page opened in a
+real headless Chromium (tests/browser.py) from file://, with no console error
+and no request; its numbers are those of `ckptfs info --json`, `ckptfs stats
+--json` and `ckptfs scan --json`; the outline opens, a histogram appears on
+demand, NaN and infinities are red; 100k tensors stay a small page."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import ckptfs
+from ckptfs.report import info_page, stats_page
+
+from .browser import chromium
+from .conftest import FIXTURES, REPO, run_ckptfs
+
+NEMO = FIXTURES / "nemo" / "tiny.nemo"
+LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
+SHARD = FIXTURES / "hf" / "bert_tiny_sharded" / "model-00002-of-00004.safetensors"
+#: the computed style of a cell the page calls out
+RED = "rgb(180, 35, 24)"
+
+
+def planted(folder: Path) -> tuple[Path, str, str]:
+    """A copy of a safetensors shard with NaN in one tensor and +inf and
+    -inf in another: the path, and the two names."""
+    tensors = load_file(SHARD)
+    first, second = sorted(name for name, t in tensors.items() if t.dtype == np.float32 and t.size >= 4)[:2]
+    tensors[first].flat[[0, 3]] = np.nan
+    tensors[second].flat[1], tensors[second].flat[2] = np.inf, -np.inf
+    path = folder / "planted.safetensors"
+    save_file(tensors, str(path))
+    return path, first, second
+
+
+def json_of(*args) -> dict:
+    done = run_ckptfs(*args)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def write_report(source: Path, folder: Path, *options: str) -> tuple[Path, Path]:
+    html, png = folder / f"{source.stem}.html", folder / f"{source.stem}.png"
+    done = run_ckptfs("info", source, "--html", html, "--png", png, *options)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("source ")  # the text of `ckptfs info` as ever
+    return html, png
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def nan_source(tmp_path_factory):
+    return planted(tmp_path_factory.mktemp("planted"))
+
+
+class Outline(HTMLParser):
+    """The tags of a page, and the JSON of its data scripts by id."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.data, self._in = [], {}, None
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        self.tags.append((tag, attributes))
+        if tag == "script" and attributes.get("type") == "application/json":
+            self._in = attributes["id"]
+
+    def handle_data(self, data):
+        if self._in:
+            self.data[self._in] = json.loads(data)
+            self._in = None
+
+
+def parsed(text: str) -> Outline:
+    outline = Outline()
+    outline.feed(text)
+    return outline
+
+
+def test_png_of_each_sample(tmp_path, nan_source):
+    for source in (NEMO, LIGHTNING, nan_source[0]):
+        html, png = write_report(source, tmp_path, *(() if source == NEMO else ("--exact",)))
+        stats = parsed(html.read_text()).data["ckptfs-stats"]
+        if source == NEMO:  # sampled by default; tensors this small are read whole all the same
+            assert "about 65,536 elements of each tensor sampled" in html.read_text()
+            assert all(t["counted"] == t["elements"] for t in stats)
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert 600 <= width <= 4000 and 300 <= height <= 2000
+
+
+def test_page_structure_holds_the_jsons(tmp_path):
+    html, _ = write_report(LIGHTNING, tmp_path, "--exact")
+    text = html.read_text()
+    page = parsed(text)
+    assert text.startswith("<!DOCTYPE html>") and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    ids = {a.get("id") for _, a in page.tags}
+    assert {"ri-tree", "ri-stats", "ri-globals", "ri-scan", "ri-by-module", "ri-by-dtype"} <= ids
+    info = json_of("info", LIGHTNING, "--json")
+    tree = json_of("ls", LIGHTNING, "-R", "--json")
+    rows = page.data["ckptfs-outline"]
+    assert [r["path"] for r in rows] == [e["path"] for e in tree if not e["path"].startswith(".ckptfs")]
+    shapes = {e["path"]: e["shape"] for e in tree if "shape" in e}
+    assert {r["path"]: r["shape"] for r in rows if r["shape"] is not None} == shapes
+    globals_shown = [a for t, a in page.tags if t == "table" and a.get("id") == "ri-globals-table"]
+    assert globals_shown and all(g in text for g in info["pickle_globals"])
+
+
+def test_page_in_the_browser_equals_the_jsons(tmp_path, browser, nan_source):
+    source, nan_name, inf_name = nan_source
+    html, _ = write_report(source, tmp_path, "--exact")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    info, stats = json_of("info", source, "--json"), json_of("stats", source, "--json")
+    summary = [int(v) for v in opened.attributes(".ck-summary dd .ck-num", "data-value")]
+    assert summary == [info["source_bytes"], info["tensors"], info["parameters"], info["tensor_bytes"]]
+    by_module = opened.attributes("#ri-by-module tbody .ck-num", "data-value")
+    assert [int(v) for v in by_module[1::3]] == sorted((r["parameters"] for r in info["by_prefix"].values()),
+                                                       reverse=True)
+    # every stats row of the first page: each number the JSON's, exactly
+    shown = opened.js("return Array.from(document.querySelectorAll('#ri-stats tbody tr'), tr => "
+                      "Object.fromEntries(Array.from(tr.cells, td => [td.dataset.key, td.dataset.value])))")
+    expected = {t["name"]: t for t in stats["tensors"]}
+    assert len(shown) == min(50, len(expected))
+    for row in shown:
+        t = expected[row["name"]]
+        for key in ("min", "max", "mean", "std"):
+            assert float(row[key]) == t[key], (row["name"], key)
+        for key in ("counted", "nan", "posinf", "neginf", "zeros"):
+            assert int(row[key]) == t[key], (row["name"], key)
+    # NaN and inf cells red, the others not
+    colour = "return getComputedStyle(document.querySelector(arguments[0])).color"
+    nan_row = f"#ri-stats tbody tr:nth-child({[r['name'] for r in shown].index(nan_name) + 1})"
+    assert opened.js(colour, nan_row + " td[data-key=nan]") == RED
+    assert opened.js(colour, nan_row + " td[data-key=mean]") != RED
+    assert expected[nan_name]["nan"] == 2 and expected[inf_name]["posinf"] == expected[inf_name]["neginf"] == 1
+    assert set(opened.texts("#ri-flagged-table tbody td:first-child")) == {nan_name, inf_name}
+
+
+def test_outline_and_histogram_open_on_click(tmp_path, browser, nan_source):
+    source, nan_name, _ = nan_source
+    html, _ = write_report(source, tmp_path, "--exact")
+    stats = {t["name"]: t for t in json_of("stats", source, "--json")["tensors"]}
+    opened = browser.open(html)
+    before = opened.count("#ri-tree tbody tr")
+    path = stats[nan_name]["path"].split("/")
+    for depth in range(len(path) - 1):  # open each folder down to the tensor
+        opened.js("Array.from(document.querySelectorAll('#ri-tree .ck-toggle')).find("
+                  "e => e.closest('tr').dataset.value === arguments[0]).click()", "/".join(path[:depth + 1]))
+    assert opened.count("#ri-tree tbody tr") > before
+    row = f"#ri-tree tbody tr[data-value='{stats[nan_name]['path']}']"
+    assert opened.attributes(row + " td[data-key=shape]", "data-value") == [json.dumps(stats[nan_name]["shape"])]
+    assert opened.js("return getComputedStyle(document.querySelector(arguments[0])).color",
+                     row + " td[data-key=nonfinite]") == RED
+    assert opened.count("#ri-tree + .ri-detail svg, .ri-pick + .ri-detail svg") == 0
+    opened.js("document.querySelector(arguments[0]).click()", row)
+    bars = opened.attributes("#ri-tree .ri-detail svg rect", "data-count")
+    assert [int(b) for b in bars] == stats[nan_name]["histogram"]["counts"]
+    lows = opened.attributes("#ri-tree .ri-detail svg rect", "data-low")
+    highs = opened.attributes("#ri-tree .ri-detail svg rect", "data-high")
+    assert [float(v) for v in lows + highs[-1:]] == stats[nan_name]["histogram"]["edges"]
+    # and in the stats table
+    opened.js("document.querySelector('#ri-stats tbody tr').click()")
+    first = next(iter(stats.values()))
+    assert [int(b) for b in opened.attributes("#ri-stats .ri-detail svg rect", "data-count")] == \
+        first["histogram"]["counts"]
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == []
+
+
+def test_globals_and_verdict_shown(tmp_path, browser):
+    html, _ = write_report(LIGHTNING, tmp_path, "--no-stats")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    info, scan = json_of("info", LIGHTNING, "--json"), json_of("scan", LIGHTNING, "--json")
+    assert opened.texts("#ri-globals-table tbody td:first-child") == info["pickle_globals"]
+    assert set(opened.attributes("[data-verdict]", "data-verdict")) == {scan["verdict"]} == {"safe"}
+    assert opened.count("#ri-stats .ck-paged") == 0  # --no-stats: metadata and pickles alone
+
+
+def test_a_dangerous_global_is_red_and_the_verdict_dangerous(tmp_path, browser):
+    import torch
+
+    source = tmp_path / "hooked.pt"
+    torch.save({"weight": torch.ones(3), "hook": os.system}, source)  # names os.system; loading would import it
+    html, _ = write_report(source, tmp_path, "--no-stats")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    info, scan = json_of("info", source, "--json"), json_of("scan", source, "--json")
+    assert scan["verdict"] == "dangerous" and info["unsafe_globals"] == ["posix.system"]
+    assert set(opened.attributes("[data-verdict]", "data-verdict")) == {"dangerous"}
+    red = opened.js("return Array.from(document.querySelectorAll('#ri-globals-table .ri-bad'), "
+                    "e => e.closest('tr').cells[0].textContent)")
+    assert red == info["unsafe_globals"]
+    shown = opened.js("return Array.from(document.querySelectorAll('#ri-dangerous tbody tr'), "
+                      "tr => Array.from(tr.cells, td => td.textContent))")
+    assert shown == [[f["global"], f["location"], f["reason"]] for f in scan["dangerous"]]
+    assert opened.js("return getComputedStyle(document.querySelector('[data-verdict]')).color") == RED
+
+
+def test_checkpoint_repr_html_is_a_fragment_of_the_summary():
+    ckpt = ckptfs.open(NEMO)
+    made = ckpt._repr_html_()
+    info = json_of("info", NEMO, "--json")
+    assert made.startswith('<div class="ckptfs-report">') and "<html" not in made and "<script" not in made
+    tags = parsed(made)
+    values = [a["data-value"] for t, a in tags.tags if t == "span" and "data-value" in a]
+    assert [int(v) for v in values[:4]] == [info["source_bytes"], info["tensors"], info["parameters"],
+                                            info["tensor_bytes"]]
+    assert info["format"] in made and all(g in made for g in info["pickle_globals"])
+
+
+def test_stats_repr_html_is_a_bounded_fragment(nan_source):
+    source, nan_name, _ = nan_source
+    stats = ckptfs.stats(source)
+    made = stats._repr_html_()
+    assert made.startswith('<div class="ckptfs-report">') and "<html" not in made and "<script" not in made
+    assert nan_name in made and 'class="ri-bad"' in made
+    huge = synthetic(100_000)["stats"]
+    started = time.monotonic()
+    fragment = stats_page.fragment(huge)
+    assert time.monotonic() - started < 5 and len(fragment) < 200_000
+    assert "99,950 more tensors" in fragment
+
+
+def test_even_edges_are_numpys():
+    rng = np.random.default_rng(7)
+    for low, high in [(-1.5, 2.5), (0.0, 1e-30), (-3e38, 3e38), *rng.normal(size=(50, 2)).cumsum(axis=1)]:
+        for bins in (1, 2, 7, 32, 100):
+            assert stats_page.even_edges(float(low), float(high), bins) == \
+                np.linspace(low, high, bins + 1).tolist()
+    uneven = {"edges": [0.0, 0.1, 1.0], "counts": [1, 2]}
+    assert stats_page.rows({"tensors": [{"histogram": uneven, "min": 2**60}]}) == \
+        [{"histogram": uneven, "min": str(2**60)}]
+
+
+def synthetic(n: int) -> dict:
+    """An info report of `n` tensors in 100 layers, one with NaN."""
+    tensors, outline = [], [{"path": "model", "type": "dir", "size": 0}]
+    for layer in range(100):
+        outline.append({"path": f"model/layers/{layer}", "type": "dir", "size": 0})
+    outline.insert(1, {"path": "model/layers", "type": "dir", "size": 0})
+    for i in range(n):
+        name, path = f"model.layers.{i % 100}.w{i}", f"model/layers/{i % 100}/w{i}.npy"
+        tensors.append({"name": name, "path": path, "dtype": "float32", "shape": [4, 4], "elements": 16,
+                        "counted": 16, "dequantized": False, "min": -1.5, "max": 2.5, "mean": i / 7, "std": 0.5,
+                        "nan": int(i == 5), "posinf": 0, "neginf": 0, "zeros": 1,
+                        "histogram": {"edges": [-1.5, 0.5, 2.5], "counts": [7, 9 - int(i == 5)]}, "error": None})
+        outline.append({"path": path, "type": "file", "size": 192, "name": name, "dtype": "float32", "shape": [4, 4]})
+    by = {"tensors": n, "parameters": 16 * n, "bytes": 64 * n}
+    info = {"source": "/data/big.safetensors", "format": "safetensors", "format_description": "", "source_bytes":
+            64 * n, "writable": True, "read_only_because": None, "tensors": n, "parameters": 16 * n,
+            "tensor_bytes": 64 * n, "by_dtype": {"float32": by}, "by_prefix": {"model": by},
+            "dequantized_on_read": {}, "pickle_globals": [], "unsafe_globals": [], "notes": [],
+            "ckptfs_version": ckptfs.__version__}
+    return {"info": info, "outline": outline, "stats": {"source": info["source"], "format": "safetensors",
+            "sample": None, "bins": 2, "tensors": tensors}, "stats_note": None,
+            "scan": {"verdict": "safe", "pickles": [], "globals": [], "dangerous": [], "problems": []}}
+
+
+def test_100k_tensors_render_and_open_small(tmp_path, browser):
+    report = synthetic(100_000)
+    started = time.monotonic()
+    text = info_page.document(report)
+    assert time.monotonic() - started < 20
+    html = tmp_path / "big.html"
+    html.write_text(text, encoding="utf-8")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    assert opened.seconds < 30 and opened.elements() < 5_000
+    assert opened.count("#ri-stats tbody tr") == 50
+    opened.js("document.querySelector('#ri-tree .ck-toggle').click()")  # model/
+    opened.js("document.querySelectorAll('#ri-tree .ck-toggle')[1].click()")  # model/layers/
+    assert opened.elements() < 5_000
+    assert opened.texts("#ri-flagged-table tbody td:first-child") == ["model.layers.5.w5"]
+
+
+def test_hostile_names_stay_text(tmp_path, browser):
+    report = synthetic(3)
+    hostile = '</script><img src="http://127.0.0.1:9/x.png" onerror="boom()"><!--'
+    for rows in (report["stats"]["tensors"], report["outline"][-3:]):
+        rows[0]["name"] = hostile
+    report["stats"]["tensors"][0]["path"] = report["outline"][-3]["path"] = "model/layers/0/" + hostile
+    report["info"]["pickle_globals"] = report["info"]["unsafe_globals"] = [hostile]
+    html = tmp_path / "hostile.html"
+    html.write_text(info_page.document(report), encoding="utf-8")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == [] and opened.count("img") == 0
+    assert opened.texts("#ri-globals-table tbody td:first-child") == [hostile]
+    assert opened.attributes("#ri-stats tbody td[data-key=name]", "data-value")[0] == hostile
+    opened.js("document.querySelector('#ri-stats tbody tr').click()")
+    assert opened.texts("#ri-stats .ri-detail h3") == [hostile]
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == [] and opened.count("img") == 0
+
+
+def test_png_without_matplotlib_is_one_line(tmp_path):
+    poisoned = tmp_path / "poisoned"
+    poisoned.mkdir()
+    (poisoned / "matplotlib.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = dict(os.environ, PYTHONPATH=f"{poisoned}{os.pathsep}{REPO}")
+    done = subprocess.run([sys.executable, "-m", "ckptfs", "info", str(NEMO), "--png", str(tmp_path / "x.png"),
+                           "--no-stats"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ckptfs: --png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' in a clone of ckptfs"]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_sample_and_unwritable_file_are_one_line(tmp_path):
+    done = run_ckptfs("info", NEMO, "--html", tmp_path / "r.html", "--sample", "0")
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "ckptfs: --sample 0: give at least one element per tensor"]
+    done = run_ckptfs("info", NEMO, "--html", tmp_path / "missing" / "r.html", "--no-stats")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "r.html: No such file or directory" in done.stderr
+
+
+def make_screenshot_report(folder: Path) -> Path:
+    """docs/report-info.png's page: the sharded BERT with a NaN and infinities planted."""
+    copy = folder / "bert"
+    shutil.copytree(FIXTURES / "hf" / "bert_tiny_sharded", copy)
+    source, _, _ = planted(folder)
+    shutil.move(source, copy / SHARD.name)
+    html, _ = write_report(copy, folder, "--exact")
+    return html
+
+
+SCREENSHOTS = {"info": make_screenshot_report}
