@@ -59,8 +59,12 @@ show "$ckptfs" umount "$edited"
 show "$ckptfs" scan "$here/lightning/tiny.ckpt"
 show "$ckptfs" export "$here/dcp/fsdp2_2rank" "$work/consolidated.safetensors"
 
-# what each tensor holds, and the edit as a page to open in a browser (kept after the demo)
+# what each tensor holds; the edit and the Lightning checkpoint as pages to open in a browser (kept after the demo)
 show "$ckptfs" stats "$work/copy.nemo"
-report=${TMPDIR:-/tmp}/ckptfs-demo-diff.html
-show "$ckptfs" diff "$here/nemo/tiny.nemo" "$work/copy.nemo" --html "$report" || true
-printf '\n# open %s in a browser: the change by layer and module, the tensors ranked, the config diff\n' "$report"
+reports=${TMPDIR:-/tmp}
+show "$ckptfs" diff "$here/nemo/tiny.nemo" "$work/copy.nemo" --html "$reports/ckptfs-demo-diff.html" || true
+show "$ckptfs" info "$here/lightning/tiny.ckpt" --html "$reports/ckptfs-demo-info.html"
+printf '\n# open %s in a browser: the change by layer and module, the tensors ranked, the config diff\n' \
+    "$reports/ckptfs-demo-diff.html"
+printf "# and %s: parameters by module and dtype, the tree, each tensor's statistics, the pickle's globals\n" \
+    "$reports/ckptfs-demo-info.html"
