@@ -102,6 +102,7 @@ bench: test-deps
 	$(PY) bench/adapter_merge.py $(if $(QUICK),--rounds 1)
 	$(PY) bench/dequantize.py $(if $(QUICK),--rounds 1 --gib 0.25)
 	$(PY) bench/orbax_load.py $(if $(QUICK),--rounds 1)
+	$(PY) bench/stats.py $(if $(QUICK),--rounds 1)
 	[ -x $(SCANNERS_VENV)/bin/fickling ] || { python3 -m venv $(SCANNERS_VENV) && $(SCANNERS_VENV)/bin/pip install --progress-bar on picklescan modelscan fickling typing_extensions; }
 	$(PY) bench/scan_bench.py --scanners $(SCANNERS_VENV)
 
