@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -22,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 import ckptfs
 from ckptfs import compare
+from ckptfs.commands import build_parser, manual
 from ckptfs.report import diff_page, diff_png, grouping, write_atomic
 from ckptfs.report.grouping import Place, place
 
@@ -485,3 +487,11 @@ def test_json_of_identical_checkpoints_stays_small(tmp_path):
         assert sum(c["tensors"] for c in report["by_layer_module"]["cells"]) == count
         sizes.append(len(done.stdout))
     assert sizes[1] < 1.1 * sizes[0] < 50 * 600  # 50 cells (100 layers in 50 rows) of 200 or 4,000 tensors
+
+
+def test_the_report_files_complete_as_file_names():
+    """`--html FILE` and `--png FILE` completed nothing in bash and zsh."""
+    made = manual.render(build_parser())
+    for option in ("--html", "--png"):
+        assert f'{option}) COMPREPLY=($(compgen -f -- "$cur")); return ;;' in made["bash"]
+        assert re.search(re.escape(option) + r"\[[^]]*\]:value:_files'", made["zsh"])
