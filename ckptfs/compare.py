@@ -25,7 +25,7 @@ import numpy as np
 from .api import Checkpoint, TensorInfo
 from .compare_files import compare_files
 from .humanize import plural
-from .report import diff_page
+from .report import diff_page, grouping
 from .write.export import rename_prefix
 
 try:  # where installed, NumPy then knows bfloat16 and float8, to measure them
@@ -69,7 +69,8 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
     differing = 0
     numeric = x.dtype.kind in "biufc" or x.dtype.name in ("bfloat16",) or x.dtype.name.startswith("float8")
     max_abs = max_rel = 0.0
-    dot = norm_x = norm_y = norm_d = 0.0
+    dot = 0.0
+    norm_x, norm_y, norm_d = _Norm(), _Norm(), _Norm()
     for start in range(0, x.size, CHUNK):
         a, b = np.ascontiguousarray(x[start:start + CHUNK]), np.ascontiguousarray(y[start:start + CHUNK])
         bits_a, bits_b = a.view(np.uint8).reshape(-1, size), b.view(np.uint8).reshape(-1, size)
@@ -81,19 +82,54 @@ def tensor_difference(x: np.ndarray, y: np.ndarray) -> dict:
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 # over the elements whose bits differ: a NaN equal to itself is no difference
                 delta = np.abs(fa[unequal] - fb[unequal])
-                norm_d += float(np.vdot(delta, delta))
+                norm_d.add(delta)
                 rel = np.where(delta == 0, 0.0, delta / np.maximum(np.abs(fa[unequal]), np.abs(fb[unequal])))
                 max_abs = _larger(max_abs, np.max(delta, initial=0.0))
                 max_rel = _larger(max_rel, np.max(rel, initial=0.0))
                 dot += float(np.real(np.vdot(fa, fb)))
-                norm_x += float(np.real(np.vdot(fa, fa)))
-                norm_y += float(np.real(np.vdot(fb, fb)))
+                norm_x.add(fa)
+                norm_y.add(fb)
     result: dict = {"elements": int(x.size), "differing": differing}
     if numeric:
-        norms = math.sqrt(norm_x) * math.sqrt(norm_y)
+        norms = norm_x.value * norm_y.value
         result.update(max_abs_diff=max_abs, max_rel_diff=max_rel, cosine=dot / norms if norms else None)
-        result.update(_change(math.sqrt(norm_x), math.sqrt(norm_d)))
+        result.update(_change(norm_x.value, norm_d.value))
     return result
+
+
+class _Norm:
+    """‖v‖₂ of the chunks added, kept as scale · sqrt(ssq) as BLAS's nrm2
+    does: values of 1e154 and more, whose squares overflow, and of 1e-162
+    and less, whose squares underflow, still give the right norm. A chunk
+    whose plain sum of squares is neither takes the fast path (one dot)."""
+
+    #: a sum of squares at least this large lost nothing to underflow
+    SAFE = 1e-250
+
+    def __init__(self):
+        self.scale, self.ssq, self.special = 0.0, 0.0, 0.0  # special: inf or NaN found
+
+    def add(self, v: np.ndarray) -> None:
+        plain = float(np.real(np.vdot(v, v)))
+        if math.isfinite(plain) and plain >= self.SAFE:
+            self._combine(1.0, plain)
+            return
+        largest = float(np.max(np.abs(v), initial=0.0))
+        if not math.isfinite(largest):
+            self.special = math.nan if math.isnan(largest) or math.isnan(self.special) else math.inf
+        elif largest > 0:
+            scaled = v / largest
+            self._combine(largest, float(np.real(np.vdot(scaled, scaled))))
+
+    def _combine(self, scale: float, ssq: float) -> None:
+        if scale > self.scale:
+            self.scale, self.ssq = scale, ssq + self.ssq * (self.scale / scale) ** 2
+        else:
+            self.ssq += ssq * (scale / self.scale) ** 2
+
+    @property
+    def value(self) -> float:
+        return self.special if self.special else self.scale * math.sqrt(self.ssq)
 
 
 def _change(norm_a: float, norm_diff: float) -> dict:
@@ -141,8 +177,8 @@ def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), incl
         "changed": [],
         "differing": {},
         "equal": 0,
-        "equal_tensors": {},
     }
+    compared: list[grouping.Compared] = []
     for name in sorted(set(left) & set(right)):
         ta, tb = left[name], right[name]
         if (ta.dtype, ta.shape) != (tb.dtype, tb.shape):
@@ -154,11 +190,12 @@ def compare(a: Checkpoint, b: Checkpoint, maps: list[tuple[str, str]] = (), incl
             itemsize = max(1, ta.nbytes // max(1, math.prod(ta.shape)))
             x, y = _raw(a, ta).view(f"V{itemsize}"), _raw(b, tb).view(f"V{itemsize}")
         difference = tensor_difference(x, y)
+        compared.append((name, difference.get("norm_a"), difference.get("norm_diff"), bool(difference["differing"])))
         if difference["differing"]:
             report["differing"][name] = difference
         else:
             report["equal"] += 1
-            report["equal_tensors"][name] = {k: difference[k] for k in ("elements", "norm_a") if k in difference}
+    report["by_layer_module"] = grouping.grid(compared).as_dict()
     report["values"], report["files"] = ([], {"removed": [], "added": [], "changed": []}) if tensors_only else (
         compare_files(a._parsed, b._parsed, selected))
     report["same"] = not (report["removed"] or report["added"] or report["changed"] or report["differing"]

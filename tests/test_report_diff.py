@@ -8,7 +8,8 @@ the frozen row alone shows zero, and every number it shows is the one of
 from __future__ import annotations
 
 import json
-import math
+import os
+import re
 import shutil
 import struct
 import subprocess
@@ -21,11 +22,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import ckptfs
-from ckptfs.report import diff_page, grouping
+from ckptfs import compare
+from ckptfs.commands import build_parser, manual
+from ckptfs.report import diff_page, diff_png, grouping, write_atomic
 from ckptfs.report.grouping import Place, place
 
 from .browser import chromium
-from .conftest import REPO, TIMEOUT, run_ckptfs
+from .conftest import CKPTFS, REPO, TIMEOUT, run_ckptfs
 
 FINETUNE = REPO / "tests" / "fixtures" / "finetune"
 BASE, TUNED = FINETUNE / "base", FINETUNE / "tuned"
@@ -85,19 +88,36 @@ def test_the_place_of_a_name(name, expected):
 def test_stacks_are_told_apart_and_long_ones_binned():
     names = [f"encoder.block.{i}.layer.0.SelfAttention.q.weight" for i in range(2)] + \
             [f"decoder.block.{i}.layer.0.SelfAttention.q.weight" for i in range(2)] + ["shared.weight"]
-    report = {"differing": {n: {"norm_a": 2.0, "norm_diff": 1.0} for n in names}, "equal_tensors": {}}
-    assert grouping.grid(report).rows == ["decoder.block 0", "decoder.block 1", "encoder.block 0", "encoder.block 1",
-                                          "other"]
-    many = {f"h.{i}.attn.weight": {"norm_a": 1.0, "norm_diff": 0.5} for i in range(200)}
-    found = grouping.grid({"differing": many, "equal_tensors": {}})
+    assert grouping.grid((n, 2.0, 1.0, True) for n in names).rows == [
+        "decoder.block 0", "decoder.block 1", "encoder.block 0", "encoder.block 1", "other"]
+    found = grouping.grid((f"h.{i}.attn.weight", 1.0, 0.5, True) for i in range(200))
     assert len(found.rows) <= grouping.MAX_ROWS and found.rows[0] == "0–2"
     assert found.cells[("0–2", "attn")].tensors == 3
 
 
+def test_many_stacks_make_a_bounded_grid_in_linear_time():
+    """20k stacks of one layer each (was quadratic: 257 s for `--html`, and
+    a row per stack): a bounded grid, quickly, the stacks past MAX_STACKS
+    folded into one row."""
+    names = [f"s{i}.0.w" for i in range(20_000)] + [f"big.{i}.mlp.w" for i in range(300)] + ["lm_head.weight"]
+    began = time.monotonic()
+    found = grouping.grid((n, 1.0, 0.5, True) for n in names)
+    assert time.monotonic() - began < 30
+    assert len(found.rows) <= grouping.MAX_ROWS and found.rows[-2:] == [grouping.MORE_STACKS, grouping.OTHER]
+    assert sum(c.tensors for c in found.cells.values()) == len(names)
+    assert found.rows[0].startswith("big ") and found.cells[(grouping.MORE_STACKS, "w")].tensors == 20_000 - 7
+    report = _gridded({**_synthetic(0), "differing": {n: {"elements": 1, "differing": 1, "norm_a": 1.0,
+                                                           "norm_diff": 0.5, "relative_change": 0.5} for n in names}})
+    began = time.monotonic()
+    made = diff_page.document(report)
+    assert time.monotonic() - began < 30
+    heat = made[made.index('<table class="ck-heat"'):]
+    assert heat[:heat.index("</table>")].count("<tr>") == len(found.rows) + 1  # and the head
+
+
 def test_the_grid_is_bounded_whatever_the_names():
-    names = {f"w{i}.weight": {"norm_a": 1.0, "norm_diff": 0.1} for i in range(500)}
-    names["x." + "9" * 5000 + ".weight"] = {"norm_a": 1.0, "norm_diff": 0.1}  # no int() of 5,000 digits
-    found = grouping.grid({"differing": names, "equal_tensors": {}})
+    names = [f"w{i}.weight" for i in range(500)] + ["x." + "9" * 5000 + ".weight"]  # no int() of 5,000 digits
+    found = grouping.grid((n, 1.0, 0.1, True) for n in names)
     assert found.rows == ["other"] and len(found.columns) == grouping.MAX_COLUMNS
     assert found.columns[-1] == grouping.MORE and sum(c.tensors for c in found.cells.values()) == 501
 
@@ -115,21 +135,30 @@ def test_the_norms_are_numpys_and_the_frozen_layer_did_not_move(made):
         assert d["norm_diff"] == pytest.approx(np.linalg.norm(y - x), rel=1e-12)
         assert d["relative_change"] == d["norm_diff"] / d["norm_a"]
     frozen = {n for n in a if place(n).layer == int(FROZEN)}
-    assert frozen and set(report["equal_tensors"]) == frozen
+    assert frozen and not frozen & set(report["differing"]) and report["equal"] == len(frozen)
     assert all(np.array_equal(a[n], b[n]) for n in frozen)
-    for name, e in report["equal_tensors"].items():
-        assert e["norm_a"] == pytest.approx(np.linalg.norm(a[name].astype(np.float64)), rel=1e-12)
+    assert "equal_tensors" not in report  # no list of the bit-equal tensors: --json stays small
+    for cell, (norm_a, norm_diff, changed, tensors) in _expected_cells(a, b).items():
+        shown = next(c for c in report["by_layer_module"]["cells"] if (c["row"], c["column"]) == cell)
+        assert (shown["changed"], shown["tensors"]) == (changed, tensors)
+        assert shown["norm_a"] == pytest.approx(norm_a, rel=1e-12)
+        assert shown["norm_diff"] == pytest.approx(norm_diff, rel=1e-12)
+        assert shown["relative_change"] == (shown["norm_diff"] / shown["norm_a"] if changed else 0.0)
 
 
-def _expected_cells(report: dict) -> dict[tuple[str, str], float]:
-    sums: dict[tuple[str, str], list[float]] = {}
-    for name, a, d in grouping.compared(report):
+def _expected_cells(a: dict, b: dict) -> dict[tuple[str, str], tuple[float, float, int, int]]:
+    """Each cell's ‖A‖, ‖B−A‖ over its tensors as one vector (NumPy), how many changed, how many tensors."""
+    cells: dict[tuple[str, str], list] = {}
+    for name in a:
         p = place(name)
-        key = (grouping.OTHER if p.layer is None else str(p.layer), p.module)
-        sums.setdefault(key, [0.0, 0.0])
-        sums[key][0] += a * a
-        sums[key][1] += d * d
-    return {key: (0.0 if sd == 0 else math.sqrt(sd) / math.sqrt(sa)) for key, (sa, sd) in sums.items()}
+        cell = cells.setdefault((grouping.OTHER if p.layer is None else str(p.layer), p.module), [[], [], 0, 0])
+        x, y = a[name].astype(np.float64).ravel(), b[name].astype(np.float64).ravel()
+        cell[0].append(x)
+        cell[1].append(y - x)
+        cell[2] += not np.array_equal(a[name], b[name])
+        cell[3] += 1
+    return {key: (np.linalg.norm(np.concatenate(xs)), np.linalg.norm(np.concatenate(ds)), changed, tensors)
+            for key, (xs, ds, changed, tensors) in cells.items()}
 
 
 def test_the_page_shows_the_pair_offline(made, browser):
@@ -140,12 +169,12 @@ def test_the_page_shows_the_pair_offline(made, browser):
     columns = page.attributes(".ck-heat td.ck-cell", "data-column")
     values = [float(v) for v in page.attributes(".ck-heat td.ck-cell", "data-value")]
     shown = dict(zip(zip(rows, columns), values))
-    expected = _expected_cells(report)
+    expected = {(c["row"], c["column"]): c["relative_change"] for c in report["by_layer_module"]["cells"]}
     assert len(rows) == len(shown) == len(expected) == 3 * 9 + 3  # 3 layers × 9 modules, and 3 "other"
-    assert shown.keys() == expected.keys()
-    assert shown == expected  # exactly: the page's value is the JSON's norms' own sum
+    assert shown == expected  # exactly: the page draws the JSON's cells
     assert all((v == 0) == (row == FROZEN) for (row, _), v in shown.items())
     assert page.count(".ck-heat td.ck-zero") == 9 == sum(1 for row in rows if row == FROZEN)
+    assert page.attributes("[data-zero-rows]", "data-zero-rows") == [FROZEN]
 
 
 def test_the_ranked_table_and_the_summary_are_the_jsons(made, browser):
@@ -198,6 +227,7 @@ def test_hostile_names_are_shown_as_they_are(tmp_path, browser):
                'lm_head.<img src="http://127.0.0.1:9/x">.weight']
     report["differing"] = dict(zip(hostile, report["differing"].values()))
     report["removed"] = hostile[:1]
+    report = _gridded(report)
     (tmp_path / "r.html").write_text(diff_page.document(report, "<a>", "&b"), encoding="utf-8")
     page = browser.open(tmp_path / "r.html")
     assert page.console_errors == [] and page.requests == []
@@ -250,8 +280,14 @@ def _synthetic(tensors: int) -> dict:
         differing[name] = {"elements": 4096, "differing": 4000, "max_abs_diff": change, "max_rel_diff": 2 * change,
                            "cosine": 1 - change, "norm_a": 1.0, "norm_diff": change, "relative_change": change}
         i += 1
-    return {"removed": [], "added": [], "changed": [], "differing": differing, "equal": 0, "equal_tensors": {},
-            "values": [], "files": {"removed": [], "added": [], "changed": []}, "same": False}
+    return _gridded({"removed": [], "added": [], "changed": [], "differing": differing, "equal": 0,
+                     "values": [], "files": {"removed": [], "added": [], "changed": []}, "same": False})
+
+
+def _gridded(report: dict) -> dict:
+    """The report with the heatmap's cells of its differing tensors, as compare.compare makes them."""
+    grid = grouping.grid((name, d.get("norm_a"), d.get("norm_diff"), True) for name, d in report["differing"].items())
+    return {**report, "by_layer_module": compare.json_safe(grid.as_dict())}
 
 
 def test_a_hundred_thousand_tensors_stay_responsive(tmp_path, browser):
@@ -277,3 +313,185 @@ def test_readme_shows_each_report_screenshot():
     assert REPO / "docs" / "report-diff.png" in shots
     for shot in shots:
         assert f"](docs/{shot.name})" in readme, shot.name
+
+
+def _pair(folder: Path, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[Path, Path]:
+    for side, tensors in (("a", a), ("b", b)):
+        (folder / side).mkdir()
+        save_file(tensors, str(folder / side / "model.safetensors"))
+    return folder / "a", folder / "b"
+
+
+def _awkward_tensors() -> tuple[dict, dict]:
+    """Changes a float ratio gets wrong, one a layer: +0 → −0 (bits changed,
+    ratio 0), a change beside an inf of A (ratio 0), float64 values whose
+    squares underflow or overflow (ratio 0.5), a NaN in A, an inf new in B,
+    a bit-equal tensor, a plain 10% change, A all zeros (no ratio)."""
+    f = np.arange(1, 11, dtype=np.float32)
+    inf_a, nan = f.copy(), f.copy()
+    inf_a[0], nan[3] = np.inf, np.nan
+    a = {"signed": np.zeros(10, np.float32), "inf_a": inf_a, "tiny": np.full(4, 1e-200), "huge": np.full(4, 1e200),
+         "nan": nan, "inf_b": f, "same": f, "plain": f, "zero_a": np.zeros(4, np.float32)}
+    b = {"signed": -np.zeros(10, np.float32), "inf_a": inf_a + (np.arange(10) == 1), "tiny": a["tiny"] * 1.5,
+         "huge": a["huge"] * 1.5, "nan": nan + (np.arange(10) == 5), "inf_b": np.where(np.arange(10) == 0, np.inf, f),
+         "same": f.copy(), "plain": f * np.float32(1.1), "zero_a": np.ones(4, np.float32)}
+    names = {key: f"model.layers.{i}.{key}.w" for i, key in enumerate(a)}
+    return ({names[k]: v for k, v in a.items()}, {names[k]: v.astype(a[k].dtype) for k, v in b.items()})
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("awkward")
+    a, b = _pair(folder, *_awkward_tensors())
+    done = run_ckptfs("diff", a, b, "--json", "--html", folder / "r.html")
+    assert done.returncode == 1, done.stderr
+    return json.loads(done.stdout), folder / "r.html"
+
+
+def test_norms_that_overflow_or_underflow_in_squares_are_right(awkward):
+    report, _ = awkward
+    for key, value in (("tiny", 1e-200), ("huge", 1e200)):
+        d = report["differing"][f"model.layers.{2 if key == 'tiny' else 3}.{key}.w"]
+        assert d["norm_a"] == pytest.approx(2 * value, rel=1e-15)  # sqrt(4) · value: NumPy's norm gives 0 and inf
+        assert d["norm_diff"] == pytest.approx(value, rel=1e-15) and d["relative_change"] == pytest.approx(0.5)
+
+
+def test_the_heatmap_tells_unchanged_from_the_bits(awkward, browser):
+    """Hatched "0" only where not one bit changed; the other cells by their
+    ratio: none ("?") where A is all zeros or a norm is NaN, the scale's low
+    end where the ratio is 0, an infinite one the top colour."""
+    report, html = awkward
+    cells = {c["row"]: c for c in report["by_layer_module"]["cells"]}
+    assert [row for row, c in cells.items() if not c["changed"]] == ["6"]
+    assert {row: c["relative_change"] for row, c in cells.items() if row in "014568"} == {
+        "0": 0.0, "1": 0.0, "4": "nan", "5": "inf", "6": 0.0, "8": None}
+    page = browser.open(html)
+    assert page.console_errors == [] and page.requests == []
+    assert page.attributes(".ck-heat td.ck-zero", "data-row") == ["6"]
+    assert page.attributes(".ck-heat td.ck-unknown", "data-row") == ["4", "8"]
+    styles = dict(zip(page.attributes(".ck-heat td.ck-cell", "data-row"), page.attributes(".ck-heat td.ck-cell", "style")))
+    low, high = diff_page.page.colour(0.0), diff_page.page.colour(1.0)
+    assert low in styles["0"] and low in styles["1"] and high in styles["5"]
+    assert page.attributes("[data-zero-rows]", "data-zero-rows") == ["6"]
+
+
+def test_an_infinite_change_is_ranked_first_and_named_largest(awkward, browser):
+    report, html = awkward
+    expected = ["5.inf_b", "2.tiny", "3.huge", "7.plain", "0.signed", "1.inf_a", "4.nan", "8.zero_a"]
+    page = browser.open(html)
+    names = page.attributes("#ranked-table tbody td[data-key=name]", "data-value")
+    assert names == [f"model.layers.{n}.w" for n in expected]
+    assert page.attributes(".ck-summary [data-key=largest]", "data-value") == ["inf"]
+    assert "model.layers.5.inf_b.w" in page.texts(".ck-summary dd code")
+    page.js("document.querySelectorAll('#ranked-table th')[1].click()")  # the script's sort, largest first
+    assert page.attributes("#ranked-table tbody td[data-key=name]", "data-value") == names
+    assert report["differing"]["model.layers.5.inf_b.w"]["relative_change"] == "inf"
+
+
+def test_the_png_marks_what_colour_cannot_say(awkward):
+    report, _ = awkward
+    drawn = diff_png.figure(report)
+    axes = drawn.axes[0]
+    marks = {(round(t.get_position()[1]), t.get_text()) for t in axes.texts}
+    rows = report["by_layer_module"]["rows"]
+    assert marks == {(rows.index("8"), "?"), (rows.index("4"), "?"), (rows.index("5"), "∞")}
+    hatched = [p for p in axes.patches if p.get_hatch()]
+    assert [round(p.get_y() + 0.5) for p in hatched] == [rows.index("6")]
+    assert "∞" in axes.get_xlabel() and "blank: no such tensor" in axes.get_xlabel()
+
+
+def test_a_report_that_cannot_be_finished_leaves_the_old_file(tmp_path):
+    """A file size limit (8 KiB) stops the writing midway: one line, exit 2,
+    the file that was there untouched and no temporary left beside it."""
+    for option in ("--html", "--png"):
+        target = tmp_path / f"old.{option[2:]}"
+        target.write_text("previous good report\n")
+        command = " ".join(CKPTFS + ["diff", str(BASE), str(TUNED), option, str(target)])
+        done = subprocess.run(["bash", "-c", f"trap '' XFSZ; ulimit -f 8; exec {command}"], capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        assert (done.returncode, done.stderr) == (2, f"ckptfs: {target}: File too large\n")
+        assert target.read_text() == "previous good report\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["old.html", "old.png"][:1 + (option == "--png")])
+
+
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "r.html"
+    target.write_bytes(b"old")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+    def interrupted(descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"newer")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_names_are_plain_text_in_the_png(tmp_path):
+    """A `$` in a name was read as mathtext: an internal error for `\\foo{`."""
+    f = np.ones(4, np.float32)
+    names = ["model.layers.0.a$\\foo{$.weight", "model.layers.0.$x^2$.weight", "model.layers.1.mlp.weight"]
+    a, b = _pair(tmp_path, dict.fromkeys(names, f), dict.fromkeys(names, f * 2))
+    done = run_ckptfs("diff", a, b, "--png", tmp_path / "r.png")
+    assert done.returncode == 1 and done.stderr == ""
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(run_ckptfs("diff", a, b, "--json").stdout)
+    labels = [t.get_text() for t in diff_png.figure(report, "$\\foo{$").axes[0].get_xticklabels()]
+    assert labels == ["$x^2$", "a$\\foo{$", "mlp"]
+
+
+def _safetensors_with_raw_header(path: Path, header: str, data: bytes) -> None:
+    encoded = header.encode("ascii")
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
+def test_a_name_utf8_cannot_encode_is_shown_escaped(tmp_path, browser):
+    """A lone surrogate in a name (JSON's "\\ud800" in a safetensors header):
+    a valid UTF-8 page showing `\\ud800`, never an internal error or an empty file."""
+    for side, value in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / side).mkdir()
+        _safetensors_with_raw_header(tmp_path / side / "model.safetensors",
+                                     '{"model.layers.0.w\\ud800.weight":{"dtype":"F32","shape":[1],'
+                                     '"data_offsets":[0,4]}}', struct.pack("<f", value))
+    done = run_ckptfs("diff", tmp_path / "a", tmp_path / "b", "--html", tmp_path / "r.html")
+    assert done.returncode == 1 and done.stderr == "" and "model.layers.0.w\\ud800.weight" in done.stdout
+    (tmp_path / "r.html").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    page = browser.open(tmp_path / "r.html")
+    assert page.console_errors == [] and page.requests == []
+    assert page.attributes("#ranked-table td[data-key=name]", "data-value") == ["model.layers.0.w\\ud800.weight"]
+
+
+def test_json_of_identical_checkpoints_stays_small(tmp_path):
+    """Two identical checkpoints: the report is its counts and the heatmap's
+    cells, whatever the number of tensors (it listed every bit-equal one)."""
+    sizes = []
+    for count in (200, 4000):
+        weights = {f"model.layers.{i % 100}.mlp.w{i // 100}": np.zeros(1, np.float32) for i in range(count)}
+        folder = tmp_path / str(count)
+        folder.mkdir()
+        save_file(weights, str(folder / "model.safetensors"))
+        done = run_ckptfs("diff", folder, folder, "--json", "--tensors-only")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["equal"] == count and "equal_tensors" not in report
+        assert sum(c["tensors"] for c in report["by_layer_module"]["cells"]) == count
+        sizes.append(len(done.stdout))
+    assert sizes[1] < 1.1 * sizes[0] < 50 * 600  # 50 cells (100 layers in 50 rows) of 200 or 4,000 tensors
+
+
+def test_the_report_files_complete_as_file_names():
+    """`--html FILE` and `--png FILE` completed nothing in bash and zsh."""
+    made = manual.render(build_parser())
+    for option in ("--html", "--png"):
+        assert f'{option}) COMPREPLY=($(compgen -f -- "$cur")); return ;;' in made["bash"]
+        assert re.search(re.escape(option) + r"\[[^]]*\]:value:_files'", made["zsh"])

@@ -6,6 +6,7 @@ rows exactly, and the harness does catch a page that fetches or throws."""
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
@@ -153,3 +154,62 @@ def test_a_report_refuses_to_fetch_even_what_it_is_handed(tmp_path, browser):
 def test_a_fragment_is_no_document():
     made = page.fragment(page.summary_list([("a", 1)]))
     assert made.startswith('<div class="ckptfs-report"><style>') and "<html" not in made and "<script" not in made
+
+
+def _ties() -> list[float]:
+    """20,012 values, many of them ties at four digits (short dyadics, as the
+    largest difference of float16 tensors is): 1.0625, 12345.0, 0.15625..."""
+    values = [1.0625, 12345.0, 0.00012345, 2.5e-5, 1.2345e20, 99995.0, 0.15625, -0.0, 5e-324,
+              1.7976931348623157e308, 0.0001, 9999.5]
+    generator = random.Random(1)
+    return values + [generator.randint(1, 99999) / 2 ** generator.randint(0, 20) for _ in range(20_000)]
+
+
+def test_every_float_a_table_shows_is_pythons_text(tmp_path, browser):
+    """JavaScript rounds a tie away from zero (1.0625 → 1.063), Python the
+    binary value half to even (1.062): the table shows Python's text."""
+    values = _ties()
+    columns = [page.Column("name", "name", "code"), page.Column("v", "value", "float")]
+    rows = page.with_text(({"name": str(i), "v": v} for i, v in enumerate(values)), columns)
+    path = tmp_path / "ties.html"
+    path.write_text(page.document("ties", page.json_script("ties", rows),
+                                  page.paged_table("ties", columns, page=len(values))), encoding="utf-8")
+    opened = browser.open(path)
+    assert opened.console_errors == []
+    shown = opened.texts(".ck-paged tbody td[data-key=v]")
+    assert len(shown) == len(values) and shown == [page.format_float(v) for v in values]
+    assert shown[:2] == ["1.062", "1.234e+04"]
+
+
+def test_only_the_two_file_lines_of_a_diff_are_headers():
+    made = page.unified_diff(["--- A/c.yaml\n", "+++ B/c.yaml\n", "@@ -1,3 +1,2 @@\n", "----\n", " a: 1\n",
+                              "--- x\n", "+++ B/config.json\n"])
+    classes = re.findall(r'<span(?: class="([^"]+)")?>', made)
+    assert classes == ["ck-file", "ck-file", "ck-hunk", "ck-del", "", "ck-del", "ck-add"]
+
+
+def test_long_labels_are_shortened_in_the_heatmap(tmp_path, browser):
+    """A name of 5,000 digits made the map 38,000 px tall: labels show their
+    last 40 characters, the whole one in the title."""
+    long_row, long_column = "9" * 5000, "m" * 5000
+    cells = {(long_row, long_column): page.HeatCell(0.5, "x", True), ("0", "a"): page.HeatCell(0.1, "y", True)}
+    path = tmp_path / "long.html"
+    path.write_text(page.document("long", page.heatmap([long_row, "0"], [long_column, "a"], cells,
+                                                       page.ColourScale.spanning([0.1, 0.5]))), encoding="utf-8")
+    opened = browser.open(path)
+    width, height = opened.js("var r = document.querySelector('.ck-heat').getBoundingClientRect();"
+                              "return [r.width, r.height]")
+    assert width <= 1200 and height < 800
+    scroll_width, scroll_height = opened.js("var d = document.documentElement; return [d.scrollWidth, d.scrollHeight]")
+    assert scroll_width <= 1280 and scroll_height < 1500
+    assert [len(t) for t in opened.texts(".ck-heat th.ck-row")] == [page.LONGEST_LABEL, 1]
+    assert opened.attributes(".ck-heat th.ck-row", "title") == [long_row, "0"]
+    assert opened.attributes(".ck-heat th.ck-col", "title") == [long_column, "a"]
+
+
+def test_text_utf8_cannot_encode_is_shown_as_its_escape():
+    name = "w\udcff.weight"
+    assert page.escape(name) == "w\\udcff.weight"
+    script = page.json_script("d", {"name": name})
+    assert json.loads(script[script.index(">") + 1:script.rindex("<")]) == {"name": "w\\udcff.weight"}
+    assert page.encoded(page.document(name, page.element("code", name))).decode("utf-8").count("w\\udcff") == 3

@@ -4,7 +4,6 @@ and file by file, without mounting (ckptfs/compare.py)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import CkptfsError
 from . import arguments
@@ -38,7 +37,7 @@ def run(args) -> int:
     """Exit status as diff(1): 0 the same, 1 different, 2 trouble."""
     from .. import compare
     from ..api import open_checkpoint
-    from ..report import diff_png
+    from ..report import diff_png, page, write_atomic
 
     maps = arguments.prefix_maps(args.map)
     if args.png:
@@ -46,9 +45,10 @@ def run(args) -> int:
     report = compare.compare(open_checkpoint(args.a), open_checkpoint(args.b), maps, args.include, args.exclude,
                              args.tensors_only, args.dequantize)
     report.a, report.b = args.a, args.b  # the report names them as the user did
-    print(json.dumps(compare.json_safe(report), indent=2) if args.json else compare.text(report))
-    if args.html:
-        _write(args.html, lambda path: Path(path).write_text(report.html(), encoding="utf-8"))
+    # a name UTF-8 cannot encode (a lone surrogate) printed as its escape, as --json does
+    print(json.dumps(compare.json_safe(report), indent=2) if args.json else page.visible(compare.text(report)))
+    if args.html:  # each written whole or not at all: a failure leaves the previous file as it was
+        _write(args.html, lambda path: write_atomic(path, page.encoded(report.html())))
     if args.png:
         _write(args.png, lambda path: diff_png.write(compare.json_safe(report), path, f"{args.a} → {args.b}"))
     return 0 if report["same"] else 1

@@ -111,7 +111,7 @@ def _value_words(action: argparse.Action) -> str | None:
         return " ".join(map(str, action.choices))
     if action.dest == "options":
         return " ".join(MOUNT_OPTION_WORDS)
-    if action.metavar in ("PATH", "DIR"):
+    if action.metavar in ("PATH", "DIR", "FILE"):
         return None
     return ""
 

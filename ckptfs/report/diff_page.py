@@ -12,7 +12,9 @@ notebook shows (`fragment`).
 
 from __future__ import annotations
 
-from . import grouping, page
+import math
+
+from . import page
 from .page import Column, Markup, element
 
 #: the changed side files whose unified diffs are shown (the others are listed)
@@ -46,9 +48,12 @@ def fragment(report: dict, a: str = "A", b: str = "B") -> Markup:
 
 
 def _largest(report: dict) -> tuple[str, object] | None:
-    """The tensor of the largest relative change and its change."""
+    """The tensor of the largest relative change (an infinite one first)
+    and its change; None where no tensor has a number for it."""
     ranked = _ranked_rows(report)
-    return (ranked[0]["name"], ranked[0]["relative_change"]) if ranked else None
+    if not ranked or _magnitude(ranked[0].get("relative_change")) is None:
+        return None
+    return ranked[0]["name"], ranked[0]["relative_change"]
 
 
 def _summary(report: dict, a: str, b: str) -> Markup:
@@ -78,33 +83,57 @@ def _summary(report: dict, a: str, b: str) -> Markup:
 
 
 def _heatmap(report: dict) -> Markup:
-    found = grouping.grid(report)
-    if not found.cells:
+    """The map of the report's `by_layer_module` cells (grouping.py): the
+    numbers shown are the JSON's."""
+    grid = report["by_layer_module"]
+    if not grid["cells"]:
         return element("p", "No tensor was compared: there is nothing to draw.")
-    scale = page.ColourScale.spanning(cell.value for cell in found.cells.values())
-    cells = {key: page.HeatCell(cell.value, _cell_title(key, cell)) for key, cell in found.cells.items()}
-    zero_rows = [row for row in found.rows if all(cell.value == 0 for (r, _), cell in found.cells.items() if r == row)]
+    values = {(c["row"], c["column"]): _magnitude(c["relative_change"]) for c in grid["cells"]}
+    scale = page.ColourScale.spanning(v for v in values.values() if v is not None)
+    cells = {(c["row"], c["column"]): page.HeatCell(values[c["row"], c["column"]], _cell_title(c), bool(c["changed"]))
+             for c in grid["cells"]}
+    changed_rows = {c["row"] for c in grid["cells"] if c["changed"]}
+    zero_rows = [row for row in grid["rows"] if row not in changed_rows]
     notes = [element("p", "Each cell: sqrt(Σ‖B−A‖²) / sqrt(Σ‖A‖²) over the tensors of one module of one layer; "
-                     "hatched “0”: not one bit changed; empty: no such tensor.", class_="ck-count")]
+                     "hatched “0”: not one bit changed; “?”: no ratio (A is all zeros, or a norm is NaN); "
+                     "empty: no such tensor.", class_="ck-count")]
     if zero_rows:
         notes.append(element("p", "Unchanged rows: ", element("code", ", ".join(zero_rows)), class_="ck-count",
                              data_zero_rows=",".join(zero_rows)))
-    return page.join([page.heatmap(found.rows, found.columns, cells, scale, data_cells=str(len(cells))),
+    return page.join([page.heatmap(grid["rows"], grid["columns"], cells, scale, data_cells=str(len(cells))),
                       scale.legend("relative change"), *notes])
 
 
-def _cell_title(key: tuple[str, str], cell: grouping.Cell) -> str:
-    row, column = key
-    value = "not measured" if cell.value is None else page.format_float(cell.value)
-    more = f", {cell.tensors - len(cell.names)} more" if cell.tensors > len(cell.names) else ""
-    return (f"layer {row} · {column}: relative change {value} over {cell.tensors} "
-            f"tensor{'s' if cell.tensors != 1 else ''} ({', '.join(cell.names)}{more})")
+def _cell_title(cell: dict) -> str:
+    change = cell["relative_change"]
+    if not cell["changed"]:
+        value = "0: not one bit changed"
+    elif cell["unmeasured"] == cell["tensors"]:
+        value = "not measured (a dtype NumPy does not know)"
+    elif change is None:
+        value = "none: A is all zeros, so no ratio is defined"
+    else:
+        value = page.format_float(change)
+    names, tensors = cell["names"], cell["tensors"]
+    more = f", {tensors - len(names)} more" if tensors > len(names) else ""
+    return (f"layer {cell['row']} · {cell['column']}: relative change {value}; {cell['changed']} of {tensors} "
+            f"tensor{'s' if tensors != 1 else ''} changed ({', '.join(names)}{more})")
+
+
+def _magnitude(value) -> float | None:
+    """A measure as json_safe wrote it ("inf", "nan" as text) as a float; None stays None."""
+    return None if value is None else float(value)
 
 
 def _sort_key(row: dict) -> tuple:
-    change = row.get("relative_change")
-    numeric = isinstance(change, (int, float))
-    return (not numeric, -change if numeric else 0.0, row["name"])
+    """Largest change first, an infinite one above every number; then NaN
+    (a change with no size), then the tensors with no ratio."""
+    change = _magnitude(row.get("relative_change"))
+    if change is None:
+        return (2, 0.0, row["name"])
+    if math.isnan(change):
+        return (1, 0.0, row["name"])
+    return (0, -change, row["name"])
 
 
 def _ranked_rows(report: dict) -> list[dict]:
@@ -116,7 +145,7 @@ def _ranked(report: dict) -> list[Markup]:
     rows = _ranked_rows(report)
     if not rows:
         return [element("p", "No tensor differs.")]
-    return [page.json_script("ck-ranked", rows),
+    return [page.json_script("ck-ranked", page.with_text(rows, RANKED)),
             page.paged_table("ck-ranked", RANKED, page=50, filter_key="name", id="ranked-table")]
 
 

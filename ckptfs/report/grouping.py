@@ -13,23 +13,37 @@ change of all of a layer's experts' w1, and a model of 128 experts still
 has a column per projection, not 384.
 
 A cell is sqrt(Σ‖B−A‖²) / sqrt(Σ‖A‖²) over its tensors (the report's
-`norm_diff` and `norm_a`): the relative change of the cell's tensors taken
-as one vector. The grid is bounded whatever the model: past MAX_ROWS
-layers of a stack, neighbouring layers share a row; past MAX_COLUMNS
-modules, the modules with the fewest tensors share the last column.
+`norm_diff` and `norm_a`, summed with `math.hypot`, which scales and so
+neither overflows nor underflows): the relative change of the cell's
+tensors taken as one vector. Whether a cell changed at all is told by the
+bits (`changed`: how many of its tensors differ by one bit or more), never
+by that ratio, which is 0 for +0.0 → −0.0 or a change beside an infinity.
+
+The grid is bounded whatever the model, and made in time linear in the
+number of tensors: at most MAX_COLUMNS columns (past them, the modules
+with the fewest tensors share the last column) and MAX_ROWS rows (past
+MAX_STACKS stacks, those with the fewest tensors share the row "(other
+stacks)"; the rows left are shared among the stacks kept, and past its
+share, neighbouring layers of a stack share a row).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 OTHER = "other"
 #: the column of the modules past MAX_COLUMNS
 MORE = "(other modules)"
+#: the row of the stacks past MAX_STACKS
+MORE_STACKS = "(other stacks)"
 MAX_ROWS = 96
 MAX_COLUMNS = 48
+MAX_STACKS = 8
+#: the tensors a cell names (in its tooltip)
+NAMED = 3
 
 
 @dataclass(frozen=True)
@@ -67,36 +81,50 @@ def place(name: str) -> Place:
 
 @dataclass
 class Cell:
-    """The sums of a cell's tensors: Σ‖A‖², Σ‖B−A‖², how many, and how
-    many of them have no norms (a dtype NumPy cannot measure)."""
+    """A cell's tensors: their norms ‖A‖ and ‖B−A‖, how many there are,
+    how many changed (bits), how many have no norms (a dtype NumPy cannot
+    measure), and the first few names."""
 
-    sum_a: float = 0.0
-    sum_diff: float = 0.0
+    norms_a: list[float] = field(default_factory=list)
+    norms_diff: list[float] = field(default_factory=list)
     tensors: int = 0
+    changed: int = 0
     unmeasured: int = 0
     names: list[str] = field(default_factory=list)
 
-    def add(self, name: str, norm_a, norm_diff) -> None:
+    def add(self, name: str, norm_a, norm_diff, changed: bool) -> None:
         self.tensors += 1
-        if len(self.names) < 3:
+        self.changed += bool(changed)
+        if len(self.names) < NAMED:
             self.names.append(name)
         if norm_a is None or norm_diff is None:
             self.unmeasured += 1
             return
-        self.sum_a += float(norm_a) ** 2  # "nan" and "inf" as json_safe wrote them
-        self.sum_diff += float(norm_diff) ** 2
+        self.norms_a.append(float(norm_a))  # "nan" and "inf" as json_safe writes them
+        self.norms_diff.append(float(norm_diff))
 
-    @property
-    def value(self) -> float | None:
-        """The cell's relative change: 0.0 exactly where nothing moved, None
-        where nothing was measured or A is all zeros and B is not."""
-        if self.unmeasured == self.tensors:
-            return None
-        if self.sum_diff == 0:
-            return 0.0
-        if self.sum_a == 0:
-            return None
-        return math.sqrt(self.sum_diff) / math.sqrt(self.sum_a)
+    def as_dict(self, row: str, column: str) -> dict:
+        """The cell as the report's `by_layer_module` holds it."""
+        measured = self.unmeasured < self.tensors
+        norm_a = math.hypot(*self.norms_a) if measured else None
+        norm_diff = math.hypot(*self.norms_diff) if measured else None
+        return {"row": row, "column": column, "tensors": self.tensors, "changed": self.changed,
+                "unmeasured": self.unmeasured, "norm_a": norm_a, "norm_diff": norm_diff,
+                "relative_change": _ratio(self.changed, norm_a, norm_diff), "names": self.names}
+
+
+def _ratio(changed: int, norm_a: float | None, norm_diff: float | None) -> float | None:
+    """A cell's relative change, as a tensor's (compare._change): 0.0
+    where not one bit changed, and where bits changed but ‖B−A‖ is 0 (+0.0
+    → −0.0) or ‖A‖ is infinite; None where nothing was measured or A is
+    all zeros and B is not (no ratio is defined); NaN where a norm is NaN."""
+    if not changed:
+        return 0.0
+    if norm_a is None or norm_diff is None:
+        return None
+    if norm_a == 0:
+        return 0.0 if norm_diff == 0 else None
+    return norm_diff / norm_a
 
 
 @dataclass
@@ -108,62 +136,90 @@ class Grid:
     columns: list[str]
     cells: dict[tuple[str, str], Cell]
 
+    def as_dict(self) -> dict:
+        """`{"rows", "columns", "cells": [cell, ...]}`, row by row: the
+        report's `by_layer_module` (docs/cli.md)."""
+        at = {row: i for i, row in enumerate(self.rows)}
+        order = {column: i for i, column in enumerate(self.columns)}
+        keys = sorted(self.cells, key=lambda key: (at[key[0]], order[key[1]]))
+        return {"rows": self.rows, "columns": self.columns,
+                "cells": [self.cells[key].as_dict(*key) for key in keys]}
 
-def compared(report: dict) -> Iterable[tuple[str, object, object]]:
-    """(name, ‖A‖, ‖B−A‖) of every tensor the report compared: the
-    differing ones and the bit-equal ones (‖B−A‖ = 0)."""
-    for name, d in report["differing"].items():
-        yield name, d.get("norm_a"), d.get("norm_diff")
-    for name, e in report.get("equal_tensors", {}).items():
-        norm_a = e.get("norm_a")
-        yield name, norm_a, None if norm_a is None else 0.0
+
+Compared = tuple[str, object, object, bool]
+"""A compared tensor: its name, ‖A‖, ‖B−A‖ (None where not measured),
+and whether its bits differ."""
 
 
-def grid(report: dict) -> Grid:
-    """The layer × module grid of a diff report (the dict of `--json`)."""
-    places = [(place(name), name, a, d) for name, a, d in compared(report)]
-    stacks = sorted({p.stack for p, *_ in places if p.layer is not None})
-    width = {s: _bin_width({p.layer for p, *_ in places if p.stack == s and p.layer is not None}) for s in stacks}
-    counts: dict[str, int] = {}
-    for p, *_ in places:
-        counts[p.module] = counts.get(p.module, 0) + 1
-    columns = _columns(places, counts)
+def grid(compared: Iterable[Compared]) -> Grid:
+    """The layer × module grid of the compared tensors."""
+    places = [(place(name), name, a, d, changed) for name, a, d, changed in compared]
+    rows = _Rows(places)
+    columns = _columns(places)
     kept = set(columns)
     cells: dict[tuple[str, str], Cell] = {}
-    order: dict[str, tuple] = {}
-    for p, name, a, d in places:
-        row, key = _row(p, width.get(p.stack, 1), len(stacks) > 1, stacks)
-        order[row] = key
+    for p, name, a, d, changed in places:
         column = p.module if p.module in kept else MORE
-        cells.setdefault((row, column), Cell()).add(name, a, d)
-    if MORE in {c for _, c in cells}:
+        cells.setdefault((rows.label(p), column), Cell()).add(name, a, d, changed)
+    if len(kept) < len({p.module for p, *_ in places}):
         columns.append(MORE)
-    return Grid(sorted(order, key=order.__getitem__), columns, cells)
+    return Grid(rows.ordered(), columns, cells)
 
 
-def _bin_width(layers: set[int]) -> int:
+class _Rows:
+    """The rows of the grid: the MAX_STACKS stacks with the most tensors
+    (the others in MORE_STACKS), each binned to its share of MAX_ROWS."""
+
+    def __init__(self, places: list):
+        layers: dict[str, set[int]] = defaultdict(set)
+        tensors: Counter[str] = Counter()
+        for p, *_ in places:
+            if p.layer is not None:
+                layers[p.stack].add(p.layer)
+                tensors[p.stack] += 1
+        kept = sorted(sorted(tensors, key=lambda s: (-tensors[s], s))[:MAX_STACKS])
+        self.stacks = {stack: i for i, stack in enumerate(kept)}
+        self.named = len(layers) > 1
+        share = max(1, (MAX_ROWS - 2) // max(1, len(kept)))  # two rows left: "other", MORE_STACKS
+        self.width = {s: _bin_width(layers[s], share) for s in kept}
+        self.keys: dict[str, tuple] = {}
+
+    def label(self, p: Place) -> str:
+        """The row of a tensor's place, noted with its sort key."""
+        if p.layer is None:
+            label, key = OTHER, (len(self.stacks) + 1, 0)
+        elif p.stack not in self.stacks:
+            label, key = MORE_STACKS, (len(self.stacks), 0)
+        else:
+            width = self.width[p.stack]
+            first = p.layer - p.layer % width
+            label = str(first) if width == 1 else f"{first}–{first + width - 1}"
+            label, key = (f"{p.stack} {label}" if self.named else label), (self.stacks[p.stack], first)
+        self.keys.setdefault(label, key)
+        return label
+
+    def ordered(self) -> list[str]:
+        """The rows: stacks in order, layers by number, then MORE_STACKS, "other"."""
+        return sorted(self.keys, key=self.keys.__getitem__)
+
+
+def _bin_width(layers: set[int], rows: int) -> int:
     """How many neighbouring layer numbers share a row, so that a stack
-    has MAX_ROWS rows at most."""
+    has `rows` rows at most."""
     if not layers:
         return 1
-    return max(1, math.ceil((max(layers) - min(layers) + 1) / MAX_ROWS))
+    return max(1, math.ceil((max(layers) - min(layers) + 1) / rows))
 
 
-def _row(p: Place, width: int, named: bool, stacks: list[str]) -> tuple[str, tuple]:
-    """A row's label and its sort key: stacks in order, layers by number,
-    "other" last."""
-    if p.layer is None:
-        return OTHER, (len(stacks), 0)
-    first = p.layer - p.layer % width
-    label = str(first) if width == 1 else f"{first}–{first + width - 1}"
-    return (f"{p.stack} {label}" if named else label), (stacks.index(p.stack), first)
-
-
-def _columns(places: list, counts: dict[str, int]) -> list[str]:
+def _columns(places: list) -> list[str]:
     """The modules as columns, in the order they first appear in layers
     (then in "other"); past MAX_COLUMNS, those with the most tensors."""
+    counts: Counter[str] = Counter(p.module for p, *_ in places)
     seen: dict[str, None] = {}
-    for p, *_ in sorted(places, key=lambda item: item[0].layer is None):
+    for p, *_ in places:
+        if p.layer is not None:
+            seen.setdefault(p.module, None)
+    for p, *_ in places:
         seen.setdefault(p.module, None)
     modules = list(seen)
     if len(modules) <= MAX_COLUMNS:

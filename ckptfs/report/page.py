@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,10 +33,35 @@ class Markup(str):
 
 
 def escape(value) -> Markup:
-    """`value` as HTML text: Markup as it is, anything else escaped (quotes too)."""
+    """`value` as HTML text: Markup as it is, anything else escaped (quotes
+    too, and what UTF-8 cannot encode: `visible`)."""
     if isinstance(value, Markup):
         return value
-    return Markup(html.escape(str(value), quote=True))
+    return Markup(html.escape(visible(str(value)), quote=True))
+
+
+#: a lone surrogate (a name read with surrogateescape, or JSON's "\ud800"): UTF-8 has no spelling for it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\udcff`),
+    so that a page stays valid UTF-8 and shows the name as it is."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def encoded(document: str) -> bytes:
+    """A page as UTF-8 (anything unencodable that reached it written as an escape)."""
+    return document.encode("utf-8", "backslashreplace")
+
+
+#: the longest label a heatmap shows whole (its whole text is in its title)
+LONGEST_LABEL = 40
+
+
+def short(label: str, longest: int = LONGEST_LABEL) -> str:
+    """`label`, or its end after "…" where it is longer than `longest`."""
+    return label if len(label) <= longest else "…" + label[-longest + 1:]
 
 
 def join(parts: Iterable) -> Markup:
@@ -143,14 +169,17 @@ def table(columns: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[bo
 
 
 def unified_diff(lines: Iterable[str]) -> Markup:
-    """A unified diff's lines, coloured: additions, removals, hunk heads."""
-
-    def line_class(line: str) -> str | None:
-        if line.startswith(("+++", "---")):
-            return "ck-file"
-        return {"+": "ck-add", "-": "ck-del", "@": "ck-hunk"}.get(line[:1])
-
-    shown = (element("span", line.rstrip("\n") + "\n", class_=line_class(line)) for line in lines)
+    """A unified diff's lines, coloured: the two file lines before the
+    first hunk, additions, removals, hunk heads (a removed `---` line is a
+    removal, not a file line)."""
+    shown, in_hunks = [], False
+    for line in lines:
+        in_hunks = in_hunks or line.startswith("@@")
+        if not in_hunks and line.startswith(("+++ ", "--- ")):
+            kind = "ck-file"
+        else:
+            kind = {"+": "ck-add", "-": "ck-del", "@": "ck-hunk"}.get(line[:1])
+        shown.append(element("span", line.rstrip("\n") + "\n", class_=kind))
     return element("pre", *shown, class_="ck-diff")
 
 
@@ -163,10 +192,30 @@ def json_script(element_id: str, data) -> Markup:
     a tensor's name ends the element or opens a comment. Non-finite floats
     must have been made strings already (compare.json_safe): JSON has none."""
     text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    # a lone surrogate as the six characters \udcff (JSON's own escape of it would read back as the surrogate)
+    text = _SURROGATE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text)
     for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                           ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(char, escaped)
     return Markup(f'<script type="application/json" id="{escape(element_id)}">{text}</script>')
+
+
+#: the suffix of a row's key that holds the text a float is shown as (`with_text`)
+TEXT = "~"
+
+
+def with_text(rows: Iterable[dict], columns: Sequence[Column]) -> list[dict]:
+    """The rows with, beside each float of a "float" column (key `k`), the
+    text `format_float` shows for it (key `k~`), which the script shows as
+    it is: JavaScript rounds a tie such as 1.0625 away from zero, Python the
+    exact binary value half to even, and a number must read the same in
+    every part of a page."""
+    floats = [c.key for c in columns if c.format == "float"]
+    made = []
+    for row in rows:
+        texts = {k + TEXT: format_float(row[k]) for k in floats if isinstance(row.get(k), float)}
+        made.append({**row, **texts} if texts else row)
+    return made
 
 
 @dataclass(frozen=True)
@@ -294,11 +343,15 @@ def histogram(edges: Sequence[float], counts: Sequence[int], width: int = 160, h
 
 @dataclass(frozen=True)
 class HeatCell:
-    """A heatmap cell: its value (None: no value, e.g. not comparable), and
-    the words of its tooltip."""
+    """A heatmap cell: its value (None or NaN: no value, e.g. not
+    comparable), the words of its tooltip, and whether anything in it
+    changed: False draws it hatched as unchanged whatever its value, True
+    coloured even at 0 (the scale's low end); None (unknown) lets a value
+    of exactly 0 stand for unchanged."""
 
     value: float | None
     title: str
+    changed: bool | None = None
 
 
 def heatmap(rows: Sequence[str], columns: Sequence[str], cells: Mapping[tuple[str, str], HeatCell],
@@ -307,10 +360,11 @@ def heatmap(rows: Sequence[str], columns: Sequence[str], cells: Mapping[tuple[st
     `scale`, with `data-value`, `data-row`, `data-column` and a title; a
     value of exactly zero drawn apart (class `ck-zero`), a pair with no
     cell left empty (`ck-empty`)."""
-    head = element("tr", element("th", ""), *(element("th", element("span", c), class_="ck-col") for c in columns))
+    head = element("tr", element("th", ""), *(element("th", element("span", short(c)), class_="ck-col", title=c)
+                                              for c in columns))
     body = []
     for row in rows:
-        tds = [element("th", row, class_="ck-row")]
+        tds = [element("th", short(row), class_="ck-row", title=row)]
         for column in columns:
             cell = cells.get((row, column))
             tds.append(_heat_td(row, column, cell, scale))
@@ -322,10 +376,12 @@ def _heat_td(row: str, column: str, cell: HeatCell | None, scale: ColourScale) -
     if cell is None:
         return element("td", "", class_="ck-empty")
     common = {"data_row": row, "data_column": column, "title": cell.title}
-    if cell.value is None:
-        return element("td", "?", class_="ck-cell ck-unknown", data_value="", **common)
-    if cell.value == 0:
-        return element("td", "0", class_="ck-cell ck-zero", data_value="0.0", **common)
+    unchanged = cell.changed is False or (cell.changed is None and cell.value == 0)
+    if unchanged:
+        return element("td", "0", class_="ck-cell ck-zero", data_value=exact(cell.value or 0.0), **common)
+    if cell.value is None or math.isnan(cell.value):
+        return element("td", "?", class_="ck-cell ck-unknown", data_value=exact(cell.value) if cell.value else "",
+                       **common)
     return element("td", "", class_="ck-cell", data_value=exact(cell.value),
                    style=f"background:{scale.colour(cell.value)}", **common)
 
@@ -360,7 +416,7 @@ STYLE = """
 .ckptfs-report .ck-outline .ck-toggle::before{content:"\\25B8 ";color:#5a606b}
 .ckptfs-report .ck-outline .ck-open::before{content:"\\25BE "}
 .ckptfs-report .ck-count{color:#5a606b;font-size:.9em}
-.ckptfs-report .ck-heat{font-size:12px}
+.ckptfs-report .ck-heat{font-size:12px;display:block;overflow:auto;max-width:100%;max-height:90vh}
 .ckptfs-report .ck-heat td{width:26px;min-width:26px;height:22px;border:1px solid #fff;text-align:center;
  padding:0;color:#5a606b;font-size:10px}
 .ckptfs-report .ck-heat td.ck-zero{background:repeating-linear-gradient(45deg,#f4f5f7 0 3px,#dfe2e6 3px 5px);
@@ -430,7 +486,8 @@ SCRIPT = r"""
       td.className = "ck-none";
       td.dataset.value = "";
     } else {
-      td.textContent = FORMATS[column.format](v);
+      var text = row[column.key + "~"];  // the text Python shows (with_text)
+      td.textContent = typeof text === "string" ? text : FORMATS[column.format](v);
       td.dataset.value = exact(v);
       if (column.format !== "text" && column.format !== "code") {
         td.className = "ck-n";
@@ -455,19 +512,24 @@ SCRIPT = r"""
     thead.appendChild(tr);
     return thead;
   }
-  function compare(a, b) {
-    if (typeof a === "number" && typeof b === "number") return a - b;
-    return String(a) < String(b) ? -1 : (String(a) > String(b) ? 1 : 0);
+  function magnitude(v) {
+    // a number, "inf" and "-inf" as the --json output writes them; NaN for anything else
+    return typeof v === "number" ? v : (v === "inf" ? Infinity : (v === "-inf" ? -Infinity : NaN));
+  }
+  function compare(a, b, numeric) {
+    var x = numeric ? magnitude(a) : String(a), y = numeric ? magnitude(b) : String(b);
+    return x < y ? -1 : (x > y ? 1 : 0);
   }
   function sorted(all, key, numeric, desc) {
-    // numbers by value, texts by text; what is neither ("nan", null) last
-    var kept = [], rest = [];
+    // numbers by value (infinities at the ends), texts by text; then "nan", then none
+    var kept = [], nan = [], rest = [];
     all.forEach(function (row) {
       var v = row[key];
-      (numeric ? typeof v === "number" : v !== null && v !== undefined) ? kept.push(row) : rest.push(row);
+      if (numeric ? !isNaN(magnitude(v)) : v !== null && v !== undefined) kept.push(row);
+      else (v === "nan" ? nan : rest).push(row);
     });
-    kept.sort(function (a, b) { return desc ? compare(b[key], a[key]) : compare(a[key], b[key]); });
-    return kept.concat(rest);
+    kept.sort(function (a, b) { return desc ? compare(b[key], a[key], numeric) : compare(a[key], b[key], numeric); });
+    return kept.concat(nan, rest);
   }
   function button(text, onClick) {
     var b = document.createElement("button");
