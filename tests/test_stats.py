@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 
 import ckptfs
 from ckptfs.compare import json_safe
+from ckptfs.errors import CkptfsError
 from ckptfs.tensor_stats import decode, measure, table, tensor
 
 from .conftest import CKPTFS, FIXTURES, REPO, run_ckptfs
@@ -295,3 +296,21 @@ def test_raw_byte_types_are_listed_unmeasured(tmp_path):
     assert_measured(stats["w"], np.array([1.5, -2], np.float32))
     done = run_ckptfs("stats", path)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "served as raw bytes, not measured: packed"
+
+
+def test_read_range_refuses_negative_offsets_and_lengths_and_stops_at_the_end(tmp_path):
+    """`Checkpoint.read_range`, which stats reads through: a negative offset
+    used to select the last piece of the file and return the source's
+    header and other tensors' bytes; now it is refused, as is a negative
+    length, and nothing past the end comes back."""
+    source = tmp_path / "rr.safetensors"
+    save_file({"a": np.arange(4, dtype=np.int32), "secret": np.full(4, 0x41414141, np.int32)}, str(source))
+    ckpt = ckptfs.open(source)
+    path = next(t.path for t in ckpt.tensors() if t.name == "a")
+    whole = ckpt.read(path)
+    assert ckpt.read_range(path, 0, len(whole) + 100) == whole
+    assert ckpt.read_range(path, len(whole) - 4, 100) == whole[-4:]
+    assert ckpt.read_range(path, len(whole) + 10, 5) == b""
+    for offset, length in [(-16, 16), (-8, 100), (-1000, 1010), (0, -5)]:
+        with pytest.raises(CkptfsError, match="must be 0 or more"):
+            ckpt.read_range(path, offset, length)
