@@ -16,7 +16,8 @@ accumulated in float64, chunk moments combined by Chan's parallel formula.
 The histogram has `bins` equal bins over [min, max] of the counted finite
 values (a second read of the tensor, unless its counted elements fit one
 chunk); a constant tensor's single value gets [v - 0.5, v + 0.5], as
-`np.histogram` gives it.
+`np.histogram` gives it. Where NumPy cannot make the bins, the tensor keeps
+its other measures (measure.histogram says what it gets instead).
 """
 
 from __future__ import annotations
