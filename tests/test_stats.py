@@ -390,3 +390,20 @@ def test_sample_runs_stay_inside_the_tensor_at_any_size(elements, sample):
     assert reads[0][0] == 0 and (sample == 1 or sum(reads[-1]) == elements)  # from the first element to the last
     assert all(first + count <= after for (first, count), (after, _) in zip(reads, reads[1:]))
     assert sum(count for _, count in reads) == sample and all(count > 0 for _, count in reads)
+
+
+def test_the_bins_default_is_the_api_s():
+    """The CLI's `--bins` default is `tensor_stats.DEFAULT_BINS` (it was a
+    second 32 of its own), and its help says that number."""
+    import argparse
+
+    from ckptfs.commands import stats as command
+    from ckptfs.tensor_stats import DEFAULT_BINS
+
+    parser = argparse.ArgumentParser()
+    command._arguments(parser)
+    assert parser.parse_args(["x"]).bins is None  # the default is decided where DEFAULT_BINS is
+    assert f"(default {DEFAULT_BINS})" in " ".join(parser.format_help().split())
+    path = FIXTURES / "nemo" / "tiny.nemo"
+    done = run_ckptfs("stats", path, "--json")
+    assert json.loads(done.stdout)["bins"] == DEFAULT_BINS == ckptfs.stats(path).bins
