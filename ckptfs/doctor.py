@@ -17,6 +17,7 @@ missing; "fail": a mount cannot work here until it is fixed.
 from __future__ import annotations
 
 import configparser
+import errno
 import grp
 import importlib
 import importlib.util
@@ -148,9 +149,29 @@ def user() -> Check:
                  "read-ahead stays as it is (raising it needs root)")
 
 
+def _read_bytes(path: str) -> bytes:
+    """The first MAX_CONFIG bytes of a regular file. Opened without
+    blocking and checked before reading: a named pipe (a secret manager's
+    credentials, a FIFO over /etc/fuse.conf) would wait for a writer
+    forever, a device would never end; either is an OSError here."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        pieces, size = [], 0
+        while size < MAX_CONFIG:  # /proc files come a page at a time
+            piece = os.read(fd, MAX_CONFIG - size)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces)
+    finally:
+        os.close(fd)
+
+
 def _read_small(path: str) -> str:
-    with open(path, "rb") as f:
-        return f.read(MAX_CONFIG).decode("utf-8", "replace")
+    return _read_bytes(path).decode("utf-8", "replace")
 
 
 def fuse_module() -> Check:
@@ -217,28 +238,80 @@ def fusermount() -> Check:
     return Check("fusermount3", "ok", path)
 
 
-def fuse_conf(path: str = "/etc/fuse.conf") -> list[str]:
-    """The options of /etc/fuse.conf, comments and blanks left out ([] where there is none)."""
+#: the longest line of /etc/fuse.conf fusermount3 reads, its newline included (fgets into 256 bytes)
+FUSE_CONF_LINE = 255
+
+
+@dataclass(frozen=True)
+class FuseConf:
+    """/etc/fuse.conf as fusermount3 (libfuse 3.14's read_conf) reads it."""
+
+    options: tuple[str, ...]  # the lines it parses: cut at '#', stripped, blanks left out
+    last: str | None  # a last line with no newline, stripped, which it ignores ("missing newline")
+    unreadable: OSError | None  # why the file could not be read (None: read, or there is none)
+
+
+def fuse_conf(path: str = "/etc/fuse.conf") -> FuseConf:
+    """fusermount3 reads the file as the user, a line at a time into 256
+    bytes: a line that does not fit is skipped whole, a last line without
+    a newline is ignored, and each line is cut at '#' and stripped."""
     try:
-        lines = _read_small(path).splitlines()
-    except OSError:
-        return []
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        data = _read_bytes(path)
+    except FileNotFoundError:
+        return FuseConf((), None, None)
+    except OSError as e:
+        return FuseConf((), None, e)
+    options, whole, start = [], True, 0
+    while start < len(data):
+        end = data.find(b"\n", start, start + FUSE_CONF_LINE)
+        piece = data[start:end + 1] if end >= 0 else data[start:start + FUSE_CONF_LINE]
+        start += len(piece)
+        piece = piece.split(b"\0")[0]  # C's strlen
+        if whole and piece.endswith(b"\n"):
+            options.append(_strip_conf_line(piece))
+        whole = piece.endswith(b"\n")
+    tail = data[data.rfind(b"\n") + 1:]
+    last = _strip_conf_line(tail) if tail else None
+    if last == "user_allow_other" and len(tail) >= FUSE_CONF_LINE:
+        last = "a line too long"  # fusermount3 would skip it with a newline too
+    return FuseConf(tuple(o for o in options if o), last, None)
+
+
+def _strip_conf_line(line: bytes) -> str:
+    """libfuse's strip_line: cut at '#', C's white space stripped both ends."""
+    return line.split(b"#")[0].strip(b" \t\n\v\f\r").decode("utf-8", "replace")
+
+
+#: the append that adds user_allow_other on a line of its own
+ALLOW_OTHER_FIX = "echo user_allow_other | sudo tee -a /etc/fuse.conf"
 
 
 def allow_other(asked: bool) -> Check:
     """fusermount3 lets users other than root mount with `-o allow_other`
-    only when /etc/fuse.conf says `user_allow_other`; root needs nothing."""
-    options = fuse_conf()
-    limit = next((o.partition("=")[2].strip() for o in options if o.partition("=")[0].strip() == "mount_max"), None)
+    only when /etc/fuse.conf says `user_allow_other`, on a line it reads;
+    root needs nothing."""
+    conf = fuse_conf()
+    limit = next((m[1] for o in conf.options if (m := re.match(r"mount_max\s*=\s*([-+]?\w+)", o))), None)
     mounts_max = f"; mount_max = {limit}" if limit else ""
-    fix = "echo user_allow_other | sudo tee -a /etc/fuse.conf"
     if os.geteuid() == 0:
         return Check("allow_other", "ok", f"root mounts with -o allow_other whatever /etc/fuse.conf says{mounts_max}")
-    if "user_allow_other" in options:
+    if "user_allow_other" in conf.options:
         return Check("allow_other", "ok", f"user_allow_other in /etc/fuse.conf{mounts_max}")
-    found = f"no user_allow_other in /etc/fuse.conf: mounts with -o allow_other are refused{mounts_max}"
-    return Check("allow_other", "fail" if asked else "note", found, fix)
+    status = "fail" if asked else "note"
+    refused = "mounts with -o allow_other are refused"
+    if conf.unreadable is not None:
+        found = f"cannot read /etc/fuse.conf ({conf.unreadable.strerror}), as fusermount3 cannot: {refused}"
+        if conf.unreadable.errno == errno.EINVAL:  # not a regular file: fusermount3 would wait on a pipe
+            return Check("allow_other", status, found, f"sudo rm /etc/fuse.conf && {ALLOW_OTHER_FIX}")
+        return Check("allow_other", status, found, "sudo chmod 644 /etc/fuse.conf")
+    if conf.last == "user_allow_other":
+        return Check("allow_other", status, "user_allow_other is the last line of /etc/fuse.conf, with no newline "
+                     f"after it: fusermount3 ignores that line, and {refused}", "echo | sudo tee -a /etc/fuse.conf")
+    if conf.last is not None:  # the append must start on a line of its own
+        return Check("allow_other", status, f"no user_allow_other in /etc/fuse.conf: {refused}{mounts_max}",
+                     "printf '\\nuser_allow_other\\n' | sudo tee -a /etc/fuse.conf")
+    return Check("allow_other", status, f"no user_allow_other in /etc/fuse.conf: {refused}{mounts_max}",
+                 ALLOW_OTHER_FIX)
 
 
 # ------------------------------------------------------------ Python packages
@@ -381,8 +454,7 @@ def mount_helper(helper: Helper) -> Check:
     """/sbin/mount.fuse.ckptfs: what `mount -t fuse.ckptfs`, fstab and systemd run."""
     name = "mount helper"
     try:
-        with open(helper.path, "rb") as f:
-            written = f.read(MAX_CONFIG).decode("utf-8", "replace")
+        written = _read_small(helper.path)
     except FileNotFoundError:
         return Check(name, "note", f"{helper.path} missing: mount -t fuse.ckptfs, fstab lines and systemd .mount "
                      "units cannot mount (ckptfs mount can)", helper.install)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -355,13 +356,13 @@ def test_folders_the_user_cannot_write_fail_the_state_and_warn_the_cache(users, 
 
 # ---------------------------------------------------------------- /etc/fuse.conf, in a mount namespace of its own
 
-def _in_namespace(conf: Path, user, command: list, env: dict) -> subprocess.CompletedProcess:
+def _in_namespace(conf: Path, user, command: list, env: dict, **options) -> subprocess.CompletedProcess:
     """`command` run as `user` in a private mount namespace where /etc/fuse.conf is `conf`."""
     as_them = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
                "env", "-i", "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in env.items()), *map(str, command)]
     script = 'mount --bind "$0" /etc/fuse.conf && exec "$@"'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(conf),
-                           *as_them], capture_output=True, text=True, cwd=env["HOME"], timeout=TIMEOUT)
+                           *as_them], capture_output=True, text=True, cwd=env["HOME"], timeout=TIMEOUT, **options)
 
 
 def _end_daemons(state: Path) -> None:
@@ -425,3 +426,77 @@ def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(stock)
     found = "; ".join(f"{package} not installed" for package in packages)
     assert line_of(done.stdout, "dependencies") == [f"FAIL dependencies {found}",
                                                     f"fix: {DEBIAN_PYTHON} -m pip install {' '.join(packages)}"]
+
+
+@pytest.fixture(scope="module")
+def plain_source(shared_dir) -> Path:
+    """A copy of this ckptfs every user can read, for Debian's python3 (doctor needs no package)."""
+    source = shared_dir / "src-plain"
+    shutil.copytree(REPO / "ckptfs", source / "ckptfs", ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+def _fusermount3_allows_other(conf: Path, user, env: dict, mnt: Path) -> subprocess.CompletedProcess:
+    """The real fusermount3 asked, as `user`, for an allow_other mount (as
+    libfuse asks it: the device comes back over _FUSE_COMMFD); a mount it
+    makes dies with its namespace, and the device with our socket."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        return _in_namespace(conf, user, ["/usr/bin/fusermount3", "-o", "allow_other,ro,fsname=doctor-test", "--",
+                                          mnt], {**env, "_FUSE_COMMFD": str(theirs.fileno())},
+                             pass_fds=[theirs.fileno()])
+
+
+FUSE_CONFS = {  # libfuse 3.14's read_conf: cut at '#', stripped, lines of 255 bytes at most, the last one ended
+    "inline comment": (b"user_allow_other  # for ckptfs\n", 0o644, "ok", None),
+    "blanks around": (b"# a comment\n\n \t user_allow_other \t\n", 0o644, "ok", None),
+    "no final newline": (b"mount_max = 10\nuser_allow_other", 0o644, "fail", "echo | sudo tee -a /etc/fuse.conf"),
+    "another last line": (b"user_allow_otherx\n#end", 0o644, "fail",
+                          "printf '\\nuser_allow_other\\n' | sudo tee -a /etc/fuse.conf"),
+    "line too long": (b"user_allow_other" + b" " * 300 + b"\n", 0o644, "fail",
+                      "echo user_allow_other | sudo tee -a /etc/fuse.conf"),
+    "unreadable": (b"user_allow_other\n", 0o600, "fail", "sudo chmod 644 /etc/fuse.conf"),
+}
+
+
+@pytest.mark.parametrize("case", FUSE_CONFS)
+def test_fuse_conf_is_read_as_fusermount3_reads_it(case, users, shared_dir, plain_source, dev_fuse_mode):
+    """The doctor's allow_other verdict equals the real fusermount3's, run
+    as a test user on the same /etc/fuse.conf; each fix line is the one that
+    file needs (an append starting on a line of its own after a last line
+    with no newline; chmod where the user cannot read it)."""
+    body, mode, status, fix = FUSE_CONFS[case]
+    user = users[0]
+    home = user_home(shared_dir, user)
+    env = _user_env(home, plain_source)
+    dev_fuse_mode(0o666)
+    conf = shared_dir / f"fuse-{case.replace(' ', '-')}.conf"
+    conf.write_bytes(body)
+    conf.chmod(mode)
+    mnt = home / "mnt-conf"
+    mnt.mkdir(exist_ok=True)
+    os.chown(mnt, user.pw_uid, user.pw_gid)
+    mounted = _fusermount3_allows_other(conf, user, env, mnt)
+    assert (mounted.returncode == 0) == (status == "ok"), mounted.stderr
+    done = _in_namespace(conf, user, [DEBIAN_PYTHON, "-m", "ckptfs", "doctor", "--allow-other", "--json"], env)
+    check = checks_of(done.stdout)["allow_other"]
+    assert (check["status"], check["fix"]) == (status, fix), check
+    if mode == 0o600:
+        assert "Permission denied" in mounted.stderr and check["found"].startswith(
+            "cannot read /etc/fuse.conf (Permission denied), as fusermount3 cannot")
+
+
+def test_a_pipe_where_a_file_is_read_is_not_waited_on(tmp_path):
+    """A named pipe with no writer as the credentials file, the AWS config
+    or /etc/fuse.conf used to block the doctor forever: now it is no
+    regular file, not read (each run bounded by its timeout)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    env = _doctor_env(tmp_path, AWS_SHARED_CREDENTIALS_FILE=str(fifo), AWS_CONFIG_FILE=str(fifo))
+    done = subprocess.run([sys.executable, "-m", "ckptfs", "doctor", "--source", "s3://bucket/model.safetensors",
+                           "--json"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.stderr == "" and checks_of(done.stdout)["s3 credentials"]["status"] == "warn"
+    assert doctor.fuse_conf(str(fifo)).unreadable.strerror == "not a regular file"
+    helper = doctor.Helper(str(fifo), "written by ckptfs install-helper", None, "sudo ckptfs install-helper")
+    assert doctor.mount_helper(helper) == doctor.Check("mount helper", "warn", f"{fifo}: not a regular file",
+                                                       "sudo ckptfs install-helper")
