@@ -145,8 +145,13 @@ def user() -> Check:
     uid = os.geteuid()
     if uid == 0:
         return Check("user", "ok", "root: mounts directly, and may raise the kernel's read-ahead")
-    return Check("user", "ok", f"{_user_name(uid)} (uid {uid}): mounts through fusermount3; the kernel's "
-                 "read-ahead stays as it is (raising it needs root)")
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # fusermount3 names the user in the mount's options: it refuses
+        return Check("user", "fail", f"uid {uid} has no passwd entry: fusermount3 refuses to mount for it (\"could "
+                     "not determine username\")", f"sudo useradd --uid {uid} NAME, or run as a user the system knows")
+    return Check("user", "ok", f"{name} (uid {uid}): mounts through fusermount3; the kernel's read-ahead stays as it "
+                 "is (raising it needs root)")
 
 
 def _read_bytes(path: str) -> bytes:
@@ -434,8 +439,12 @@ def state_folder() -> Check:
 def cache_folder() -> Check:
     """Gzip seek indexes, the remote disk cache and remote sources' edits
     go there: a mount works without it, rebuilding and fetching again."""
-    path = os.path.abspath(default_cache_dir())
     fix = "export XDG_CACHE_HOME naming a folder you can write, or mount with --cache-dir PATH"
+    named = default_cache_dir()
+    if not os.path.isabs(named):  # no HOME, and a uid with no passwd entry: "~" stays as it is
+        return Check("cache folder", "warn", f"{named}: no HOME and no home folder for this uid: a mount would make "
+                     f"it below the folder it starts in ({os.path.abspath(named)} here)", fix)
+    path = os.path.abspath(named)
     existing = path
     while not os.path.isdir(existing):
         if os.path.lexists(existing):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -500,3 +501,37 @@ def test_a_pipe_where_a_file_is_read_is_not_waited_on(tmp_path):
     helper = doctor.Helper(str(fifo), "written by ckptfs install-helper", None, "sudo ckptfs install-helper")
     assert doctor.mount_helper(helper) == doctor.Check("mount helper", "warn", f"{fifo}: not a regular file",
                                                        "sudo ckptfs install-helper")
+
+
+def test_a_uid_without_passwd_entry_or_home_is_told_what_fusermount3_and_the_cache_do(shared_dir, plain_source):
+    """It used to be "uid N (uid N)", ok, and a cache folder "~/.cache/ckptfs"
+    below the current folder, ok: fusermount3 refuses such a user (checked
+    here), and `~` is no home."""
+    uid = next(u for u in range(54321, 55321) if not _has_passwd_entry(u))
+    cwd = shared_dir / f"cwd-{uid}"
+    cwd.mkdir(exist_ok=True)
+    os.chown(cwd, uid, uid)
+    as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        mounted = subprocess.run([*as_uid, "/usr/bin/fusermount3", "-o", "ro,fsname=doctor-test", "--", cwd],
+                                 env={"_FUSE_COMMFD": str(theirs.fileno()), "PATH": "/usr/bin:/bin"},
+                                 pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=TIMEOUT)
+    assert mounted.returncode == 1 and "could not determine username" in mounted.stderr, mounted.stderr
+    done = subprocess.run([*as_uid, "env", "-i", "PATH=/usr/bin:/bin", f"PYTHONPATH={plain_source}", DEBIAN_PYTHON,
+                           "-m", "ckptfs", "doctor", "--json"], capture_output=True, text=True, cwd=cwd,
+                          timeout=TIMEOUT)
+    checks = checks_of(done.stdout)
+    assert done.returncode == 1 and checks["user"] == {
+        "name": "user", "status": "fail", "found": f'uid {uid} has no passwd entry: fusermount3 refuses to mount for '
+        'it ("could not determine username")', "fix": f"sudo useradd --uid {uid} NAME, or run as a user the system knows"}
+    assert checks["cache folder"]["status"] == "warn"
+    assert checks["cache folder"]["found"] == ("~/.cache/ckptfs: no HOME and no home folder for this uid: a mount "
+                                               f"would make it below the folder it starts in ({cwd}/~/.cache/ckptfs here)")
+
+
+def _has_passwd_entry(uid: int) -> bool:
+    try:
+        return pwd.getpwuid(uid) is not None
+    except KeyError:
+        return False
