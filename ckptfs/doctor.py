@@ -27,6 +27,7 @@ import re
 import shutil
 import stat
 import sys
+import sysconfig
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -321,23 +322,50 @@ def allow_other(asked: bool) -> Check:
 
 # ------------------------------------------------------------ Python packages
 
-def _install(packages: str) -> str:
-    return f"{sys.executable} -m pip install {packages}"
+#: where the fixes make a virtualenv when this Python is the system's (PEP 668)
+VENV = "~/.venvs/ckptfs"
+
+
+def _externally_managed() -> bool:
+    """PEP 668: a distribution's own Python (Debian's /usr/bin/python3) marks
+    its standard library EXTERNALLY-MANAGED, and pip refuses to install into
+    it; a virtualenv made from it is not marked."""
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    return sys.prefix == sys.base_prefix and os.path.isfile(marker)
+
+
+def _install(packages: list[str]) -> str:
+    """The pip line that installs `packages` for this Python; where pip may
+    not (PEP 668), a virtualenv of ckptfs's own with `packages`, ckptfs
+    and its dependencies (from its clone when it runs from one)."""
+    if not _externally_managed():
+        return f"{sys.executable} -m pip install {' '.join(packages)}"
+    if any(p.startswith("-e ") for p in packages):  # the clone, with an extra
+        wanted = packages
+    else:
+        base = [f"-e '{REPO}'"] if (REPO / "pyproject.toml").is_file() else list(DEPENDENCIES.values())
+        wanted = base + [p for p in packages if p not in base]
+    return (f"{sys.executable} -m venv {VENV} && {VENV}/bin/python -m pip install {' '.join(wanted)}, then run "
+            f"{VENV}/bin/python -m ckptfs (pip may not install into {sys.executable}: PEP 668)")
 
 
 def _extra(name: str, packages: list[str]) -> str:
     """The pip line that installs an extra of ckptfs: from its clone when it
     runs from one, else the extra's `packages` themselves."""
     if (REPO / "pyproject.toml").is_file():
-        return _install(f"-e '{REPO}[{name}]'")
-    return _install(" ".join(packages))
+        return _install([f"-e '{REPO}[{name}]'"])
+    return _install(packages)
 
 
 def _patched_build() -> str:
+    """vendor/pyfuse3/install.sh, which pip-installs the build into the
+    Python it is given: a virtualenv's where this Python is the system's."""
+    python = f"{VENV}/bin/python" if _externally_managed() else sys.executable
+    venv = f"{sys.executable} -m venv {VENV} && " if _externally_managed() else ""
     script = REPO / "vendor" / "pyfuse3" / "install.sh"
     if script.is_file():
-        return f"bash {script} {sys.executable}"
-    return f"in a clone of ckptfs: bash vendor/pyfuse3/install.sh {sys.executable}"
+        return f"{venv}bash {script} {python}"
+    return f"in a clone of ckptfs: {venv}bash vendor/pyfuse3/install.sh {python}"
 
 
 #: what each patch of vendor/pyfuse3 saves, as its README measures it: (attribute, what a stock build costs)
@@ -388,7 +416,7 @@ def dependencies() -> Check:
     problems = {package: why for package, why in problems.items() if isinstance(why, str)}
     if problems:
         found = "; ".join(f"{package} {why}" for package, why in problems.items())
-        return Check("dependencies", "fail", found, _install(" ".join(problems)))
+        return Check("dependencies", "fail", found, _install(list(problems)))
     return Check("dependencies", "ok", ", ".join(DEPENDENCIES.values()))
 
 
@@ -400,7 +428,7 @@ def ml_dtypes() -> Check:
         return Check("ml_dtypes", "ok", "np.load reads bfloat16 and float8 .npy files as their types")
     return Check("ml_dtypes", "warn", f"{module}: np.load refuses bfloat16 and float8 .npy files (their bytes "
                  "read as integers: docs/dtypes.md), diff compares them bit for bit, fp8 quantized views cannot "
-                 "be dequantized", _install("ml_dtypes"))
+                 "be dequantized", _install(["ml_dtypes"]))
 
 
 # ------------------------------------------------------------ folders
@@ -505,7 +533,7 @@ def remote_extra(scheme: str, required: bool) -> Check:
         return Check(name, "fail", "no store of ckptfs's and no fsspec protocol of that name")
     top = entry["class"].split(".")[0]
     if importlib.util.find_spec(top) is None:
-        return Check(name, "fail", f"fsspec reads it with {top}, which is missing", _install(top))
+        return Check(name, "fail", f"fsspec reads it with {top}, which is missing", _install([top]))
     return Check(name, "ok", f"through fsspec ({top}), read-only")
 
 

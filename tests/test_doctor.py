@@ -410,8 +410,8 @@ def test_allow_other_without_user_allow_other_fails_as_fusermount3_does(users, s
                                               "found": "user_allow_other in /etc/fuse.conf; mount_max = 100"}
 
 
-def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(stock):
-    _, source = stock  # only the copy of ckptfs: Debian's python3 has no pyfuse3, numpy, trio
+def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(plain_source):
+    source = plain_source  # Debian's python3 has no pyfuse3, numpy, trio
     code = ("import importlib\nfor m in %r:\n  try: importlib.import_module(m)\n  except ImportError: print(m)"
             % list(doctor.DEPENDENCIES))
     lacking = subprocess.run([DEBIAN_PYTHON, "-c", code], capture_output=True, text=True, timeout=TIMEOUT).stdout.split()
@@ -420,13 +420,24 @@ def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(stock)
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(source), "HOME": str(source)},
                           timeout=TIMEOUT)
     assert done.returncode == 1 and done.stderr == "", done.stderr
+    # Debian's python3 is externally managed (PEP 668): pip refuses it, so every fix makes a virtualenv
+    assert Path("/usr/lib/python3.11/EXTERNALLY-MANAGED").is_file()
+    refused = subprocess.run([DEBIAN_PYTHON, "-m", "pip", "install", "--dry-run", "ml_dtypes"], capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr, refused.stderr
+    venv = f"{DEBIAN_PYTHON} -m venv ~/.venvs/ckptfs && "
     found, fix = line_of(done.stdout, "pyfuse3")
     assert found == "FAIL pyfuse3 not installed"
-    assert fix == f"fix: in a clone of ckptfs: bash vendor/pyfuse3/install.sh {DEBIAN_PYTHON}"
+    assert fix == f"fix: in a clone of ckptfs: {venv}bash vendor/pyfuse3/install.sh ~/.venvs/ckptfs/bin/python"
     packages = [doctor.DEPENDENCIES[m] for m in lacking]
     found = "; ".join(f"{package} not installed" for package in packages)
-    assert line_of(done.stdout, "dependencies") == [f"FAIL dependencies {found}",
-                                                    f"fix: {DEBIAN_PYTHON} -m pip install {' '.join(packages)}"]
+    everything = " ".join(doctor.DEPENDENCIES.values())
+    assert line_of(done.stdout, "dependencies") == [f"FAIL dependencies {found}", (
+        f"fix: {venv}~/.venvs/ckptfs/bin/python -m pip install {everything}, then run ~/.venvs/ckptfs/bin/python "
+        f"-m ckptfs (pip may not install into {DEBIAN_PYTHON}: PEP 668)")]
+    assert line_of(done.stdout, "ml_dtypes")[1] == (
+        f"fix: {venv}~/.venvs/ckptfs/bin/python -m pip install {everything} ml_dtypes, then run "
+        f"~/.venvs/ckptfs/bin/python -m ckptfs (pip may not install into {DEBIAN_PYTHON}: PEP 668)")
 
 
 @pytest.fixture(scope="module")
