@@ -155,7 +155,7 @@ def compute(source: str | os.PathLike | Checkpoint, paths: list[str] | None = No
     ckpt = source if isinstance(source, Checkpoint) else open_checkpoint(source)
     tasks = [_task(ckpt, info, dequantized) for info, dequantized in
              selected(ckpt, list(paths or ()), list(include), list(exclude), raw)]
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))  # each holds up to ~100 MiB of work
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))  # each holds up to ~130 MiB of work (docs/cli.md)
     with ThreadPoolExecutor(workers) as pool:
         entries = list(pool.map(lambda task: _entry(ckpt, task, sample, bins), tasks))
     return Stats(ckpt.path, ckpt.format, sample, bins, entries)
