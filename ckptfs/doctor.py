@@ -288,6 +288,9 @@ def _strip_conf_line(line: bytes) -> str:
     return line.split(b"#")[0].strip(b" \t\n\v\f\r").decode("utf-8", "replace")
 
 
+#: the errors opening /etc/fuse.conf after which fusermount3 goes on, as if it said nothing (libfuse 3.14's
+#: read_conf); any other stops every mount by a user, and so does a file that is no regular file
+FUSE_CONF_BEARABLE = (errno.EACCES, errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EOVERFLOW)
 #: the append that adds user_allow_other on a line of its own
 ALLOW_OTHER_FIX = "echo user_allow_other | sudo tee -a /etc/fuse.conf"
 
@@ -305,10 +308,12 @@ def allow_other(asked: bool) -> Check:
         return Check("allow_other", "ok", f"user_allow_other in /etc/fuse.conf{mounts_max}")
     status = "fail" if asked else "note"
     refused = "mounts with -o allow_other are refused"
+    if conf.unreadable is not None and conf.unreadable.errno not in FUSE_CONF_BEARABLE:
+        return Check("allow_other", "fail", f"/etc/fuse.conf: {conf.unreadable.strerror}: fusermount3 stops there "
+                     "(waits on a pipe, exits on a folder or a read error): no user can mount",
+                     f"sudo mv /etc/fuse.conf /etc/fuse.conf.bad && {ALLOW_OTHER_FIX}")
     if conf.unreadable is not None:
         found = f"cannot read /etc/fuse.conf ({conf.unreadable.strerror}), as fusermount3 cannot: {refused}"
-        if conf.unreadable.errno == errno.EINVAL:  # not a regular file: fusermount3 would wait on a pipe
-            return Check("allow_other", status, found, f"sudo rm /etc/fuse.conf && {ALLOW_OTHER_FIX}")
         return Check("allow_other", status, found, "sudo chmod 644 /etc/fuse.conf")
     if conf.last == "user_allow_other":
         return Check("allow_other", status, "user_allow_other is the last line of /etc/fuse.conf, with no newline "

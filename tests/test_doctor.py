@@ -363,7 +363,8 @@ def _in_namespace(conf: Path, user, command: list, env: dict, **options) -> subp
                "env", "-i", "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in env.items()), *map(str, command)]
     script = 'mount --bind "$0" /etc/fuse.conf && exec "$@"'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(conf),
-                           *as_them], capture_output=True, text=True, cwd=env["HOME"], timeout=TIMEOUT, **options)
+                           *as_them], capture_output=True, text=True, cwd=env["HOME"],
+                          **{"timeout": TIMEOUT, **options})
 
 
 def _end_daemons(state: Path) -> None:
@@ -546,3 +547,28 @@ def _has_passwd_entry(uid: int) -> bool:
         return pwd.getpwuid(uid) is not None
     except KeyError:
         return False
+
+
+def test_a_pipe_over_fuse_conf_fails_as_it_stops_fusermount3(users, shared_dir, plain_source, dev_fuse_mode):
+    """fusermount3 opens /etc/fuse.conf blocking: a named pipe there makes
+    every user's mount wait (the real one, bounded here by a timeout); the
+    doctor fails it, even without --allow-other, and does not wait."""
+    user = users[0]
+    home = user_home(shared_dir, user)
+    env = _user_env(home, plain_source)
+    dev_fuse_mode(0o666)
+    pipe = shared_dir / "fuse.conf.fifo"
+    if not pipe.exists():
+        os.mkfifo(pipe, 0o644)
+    mnt = home / "mnt-pipe"
+    mnt.mkdir(exist_ok=True)
+    os.chown(mnt, user.pw_uid, user.pw_gid)
+    ours, theirs = socket.socketpair()
+    with ours, theirs, pytest.raises(subprocess.TimeoutExpired):  # fusermount3 waits for a writer
+        _in_namespace(pipe, user, ["/usr/bin/fusermount3", "-o", "ro,fsname=doctor-test", "--", mnt],
+                      {**env, "_FUSE_COMMFD": str(theirs.fileno())}, pass_fds=[theirs.fileno()], timeout=5)
+    done = _in_namespace(pipe, user, [DEBIAN_PYTHON, "-m", "ckptfs", "doctor", "--json"], env)
+    assert checks_of(done.stdout)["allow_other"] == {
+        "name": "allow_other", "status": "fail", "found": "/etc/fuse.conf: not a regular file: fusermount3 stops there "
+        "(waits on a pipe, exits on a folder or a read error): no user can mount",
+        "fix": "sudo mv /etc/fuse.conf /etc/fuse.conf.bad && echo user_allow_other | sudo tee -a /etc/fuse.conf"}
