@@ -118,7 +118,12 @@ class Checkpoint:
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         """Up to `length` bytes of the file at `path` from `offset` (fewer at
         its end), as a mount serves them: a large tensor read piece by piece
-        in bounded memory (`ckptfs stats`), where `read` reads it whole."""
+        in bounded memory (`ckptfs stats`), where `read` reads it whole.
+        A negative offset or length is refused: the pieces a file is made of
+        would take it as counting from their ends, outside the file."""
+        if offset < 0 or length < 0:
+            raise CkptfsError(f"{self.path}: {path}: read_range({offset}, {length}): the offset and the length "
+                              "must be 0 or more")
         node = browse.find(self._parsed, path)
         if not isinstance(node, File):
             raise CkptfsError(f"{self.path}: {path}: not a file of the checkpoint")

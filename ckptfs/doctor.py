@@ -17,6 +17,7 @@ missing; "fail": a mount cannot work here until it is fixed.
 from __future__ import annotations
 
 import configparser
+import errno
 import grp
 import importlib
 import importlib.util
@@ -26,6 +27,7 @@ import re
 import shutil
 import stat
 import sys
+import sysconfig
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,13 +146,38 @@ def user() -> Check:
     uid = os.geteuid()
     if uid == 0:
         return Check("user", "ok", "root: mounts directly, and may raise the kernel's read-ahead")
-    return Check("user", "ok", f"{_user_name(uid)} (uid {uid}): mounts through fusermount3; the kernel's "
-                 "read-ahead stays as it is (raising it needs root)")
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # fusermount3 names the user in the mount's options: it refuses
+        return Check("user", "fail", f"uid {uid} has no passwd entry: fusermount3 refuses to mount for it (\"could "
+                     "not determine username\")", f"sudo useradd --uid {uid} NAME, or run as a user the system knows")
+    return Check("user", "ok", f"{name} (uid {uid}): mounts through fusermount3; the kernel's read-ahead stays as it "
+                 "is (raising it needs root)")
+
+
+def _read_bytes(path: str) -> bytes:
+    """The first MAX_CONFIG bytes of a regular file. Opened without
+    blocking and checked before reading: a named pipe (a secret manager's
+    credentials, a FIFO over /etc/fuse.conf) would wait for a writer
+    forever, a device would never end; either is an OSError here."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        pieces, size = [], 0
+        while size < MAX_CONFIG:  # /proc files come a page at a time
+            piece = os.read(fd, MAX_CONFIG - size)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces)
+    finally:
+        os.close(fd)
 
 
 def _read_small(path: str) -> str:
-    with open(path, "rb") as f:
-        return f.read(MAX_CONFIG).decode("utf-8", "replace")
+    return _read_bytes(path).decode("utf-8", "replace")
 
 
 def fuse_module() -> Check:
@@ -217,49 +244,133 @@ def fusermount() -> Check:
     return Check("fusermount3", "ok", path)
 
 
-def fuse_conf(path: str = "/etc/fuse.conf") -> list[str]:
-    """The options of /etc/fuse.conf, comments and blanks left out ([] where there is none)."""
+#: the longest line of /etc/fuse.conf fusermount3 reads, its newline included (fgets into 256 bytes)
+FUSE_CONF_LINE = 255
+
+
+@dataclass(frozen=True)
+class FuseConf:
+    """/etc/fuse.conf as fusermount3 (libfuse 3.14's read_conf) reads it."""
+
+    options: tuple[str, ...]  # the lines it parses: cut at '#', stripped, blanks left out
+    last: str | None  # a last line with no newline, stripped, which it ignores ("missing newline")
+    unreadable: OSError | None  # why the file could not be read (None: read, or there is none)
+
+
+def fuse_conf(path: str = "/etc/fuse.conf") -> FuseConf:
+    """fusermount3 reads the file as the user, a line at a time into 256
+    bytes: a line that does not fit is skipped whole, a last line without
+    a newline is ignored, and each line is cut at '#' and stripped."""
     try:
-        lines = _read_small(path).splitlines()
-    except OSError:
-        return []
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        data = _read_bytes(path)
+    except FileNotFoundError:
+        return FuseConf((), None, None)
+    except OSError as e:
+        return FuseConf((), None, e)
+    options, whole, start = [], True, 0
+    while start < len(data):
+        end = data.find(b"\n", start, start + FUSE_CONF_LINE)
+        piece = data[start:end + 1] if end >= 0 else data[start:start + FUSE_CONF_LINE]
+        start += len(piece)
+        piece = piece.split(b"\0")[0]  # C's strlen
+        if whole and piece.endswith(b"\n"):
+            options.append(_strip_conf_line(piece))
+        whole = piece.endswith(b"\n")
+    tail = data[data.rfind(b"\n") + 1:]
+    last = _strip_conf_line(tail) if tail else None
+    if last == "user_allow_other" and len(tail) >= FUSE_CONF_LINE:
+        last = "a line too long"  # fusermount3 would skip it with a newline too
+    return FuseConf(tuple(o for o in options if o), last, None)
+
+
+def _strip_conf_line(line: bytes) -> str:
+    """libfuse's strip_line: cut at '#', C's white space stripped both ends."""
+    return line.split(b"#")[0].strip(b" \t\n\v\f\r").decode("utf-8", "replace")
+
+
+#: the errors opening /etc/fuse.conf after which fusermount3 goes on, as if it said nothing (libfuse 3.14's
+#: read_conf); any other stops every mount by a user, and so does a file that is no regular file
+FUSE_CONF_BEARABLE = (errno.EACCES, errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EOVERFLOW)
+#: the append that adds user_allow_other on a line of its own
+ALLOW_OTHER_FIX = "echo user_allow_other | sudo tee -a /etc/fuse.conf"
 
 
 def allow_other(asked: bool) -> Check:
     """fusermount3 lets users other than root mount with `-o allow_other`
-    only when /etc/fuse.conf says `user_allow_other`; root needs nothing."""
-    options = fuse_conf()
-    limit = next((o.partition("=")[2].strip() for o in options if o.partition("=")[0].strip() == "mount_max"), None)
+    only when /etc/fuse.conf says `user_allow_other`, on a line it reads;
+    root needs nothing."""
+    conf = fuse_conf()
+    limit = next((m[1] for o in conf.options if (m := re.match(r"mount_max\s*=\s*([-+]?\w+)", o))), None)
     mounts_max = f"; mount_max = {limit}" if limit else ""
-    fix = "echo user_allow_other | sudo tee -a /etc/fuse.conf"
     if os.geteuid() == 0:
         return Check("allow_other", "ok", f"root mounts with -o allow_other whatever /etc/fuse.conf says{mounts_max}")
-    if "user_allow_other" in options:
+    if "user_allow_other" in conf.options:
         return Check("allow_other", "ok", f"user_allow_other in /etc/fuse.conf{mounts_max}")
-    found = f"no user_allow_other in /etc/fuse.conf: mounts with -o allow_other are refused{mounts_max}"
-    return Check("allow_other", "fail" if asked else "note", found, fix)
+    status = "fail" if asked else "note"
+    refused = "mounts with -o allow_other are refused"
+    if conf.unreadable is not None and conf.unreadable.errno not in FUSE_CONF_BEARABLE:
+        return Check("allow_other", "fail", f"/etc/fuse.conf: {conf.unreadable.strerror}: fusermount3 stops there "
+                     "(waits on a pipe, exits on a folder or a read error): no user can mount",
+                     f"sudo mv /etc/fuse.conf /etc/fuse.conf.bad && {ALLOW_OTHER_FIX}")
+    if conf.unreadable is not None:
+        found = f"cannot read /etc/fuse.conf ({conf.unreadable.strerror}), as fusermount3 cannot: {refused}"
+        return Check("allow_other", status, found, "sudo chmod 644 /etc/fuse.conf")
+    if conf.last == "user_allow_other":
+        return Check("allow_other", status, "user_allow_other is the last line of /etc/fuse.conf, with no newline "
+                     f"after it: fusermount3 ignores that line, and {refused}", "echo | sudo tee -a /etc/fuse.conf")
+    if conf.last is not None:  # the append must start on a line of its own
+        return Check("allow_other", status, f"no user_allow_other in /etc/fuse.conf: {refused}{mounts_max}",
+                     "printf '\\nuser_allow_other\\n' | sudo tee -a /etc/fuse.conf")
+    return Check("allow_other", status, f"no user_allow_other in /etc/fuse.conf: {refused}{mounts_max}",
+                 ALLOW_OTHER_FIX)
 
 
 # ------------------------------------------------------------ Python packages
 
-def _install(packages: str) -> str:
-    return f"{sys.executable} -m pip install {packages}"
+#: where the fixes make a virtualenv when this Python is the system's (PEP 668)
+VENV = "~/.venvs/ckptfs"
+
+
+def _externally_managed() -> bool:
+    """PEP 668: a distribution's own Python (Debian's /usr/bin/python3) marks
+    its standard library EXTERNALLY-MANAGED, and pip refuses to install into
+    it; a virtualenv made from it is not marked."""
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    return sys.prefix == sys.base_prefix and os.path.isfile(marker)
+
+
+def _install(packages: list[str]) -> str:
+    """The pip line that installs `packages` for this Python; where pip may
+    not (PEP 668), a virtualenv of ckptfs's own with `packages`, ckptfs
+    and its dependencies (from its clone when it runs from one)."""
+    if not _externally_managed():
+        return f"{sys.executable} -m pip install {' '.join(packages)}"
+    if any(p.startswith("-e ") for p in packages):  # the clone, with an extra
+        wanted = packages
+    else:
+        base = [f"-e '{REPO}'"] if (REPO / "pyproject.toml").is_file() else list(DEPENDENCIES.values())
+        wanted = base + [p for p in packages if p not in base]
+    return (f"{sys.executable} -m venv {VENV} && {VENV}/bin/python -m pip install {' '.join(wanted)}, then run "
+            f"{VENV}/bin/python -m ckptfs (pip may not install into {sys.executable}: PEP 668)")
 
 
 def _extra(name: str, packages: list[str]) -> str:
     """The pip line that installs an extra of ckptfs: from its clone when it
     runs from one, else the extra's `packages` themselves."""
     if (REPO / "pyproject.toml").is_file():
-        return _install(f"-e '{REPO}[{name}]'")
-    return _install(" ".join(packages))
+        return _install([f"-e '{REPO}[{name}]'"])
+    return _install(packages)
 
 
 def _patched_build() -> str:
+    """vendor/pyfuse3/install.sh, which pip-installs the build into the
+    Python it is given: a virtualenv's where this Python is the system's."""
+    python = f"{VENV}/bin/python" if _externally_managed() else sys.executable
+    venv = f"{sys.executable} -m venv {VENV} && " if _externally_managed() else ""
     script = REPO / "vendor" / "pyfuse3" / "install.sh"
     if script.is_file():
-        return f"bash {script} {sys.executable}"
-    return f"in a clone of ckptfs: bash vendor/pyfuse3/install.sh {sys.executable}"
+        return f"{venv}bash {script} {python}"
+    return f"in a clone of ckptfs: {venv}bash vendor/pyfuse3/install.sh {python}"
 
 
 #: what each patch of vendor/pyfuse3 saves, as its README measures it: (attribute, what a stock build costs)
@@ -310,7 +421,7 @@ def dependencies() -> Check:
     problems = {package: why for package, why in problems.items() if isinstance(why, str)}
     if problems:
         found = "; ".join(f"{package} {why}" for package, why in problems.items())
-        return Check("dependencies", "fail", found, _install(" ".join(problems)))
+        return Check("dependencies", "fail", found, _install(list(problems)))
     return Check("dependencies", "ok", ", ".join(DEPENDENCIES.values()))
 
 
@@ -322,7 +433,7 @@ def ml_dtypes() -> Check:
         return Check("ml_dtypes", "ok", "np.load reads bfloat16 and float8 .npy files as their types")
     return Check("ml_dtypes", "warn", f"{module}: np.load refuses bfloat16 and float8 .npy files (their bytes "
                  "read as integers: docs/dtypes.md), diff compares them bit for bit, fp8 quantized views cannot "
-                 "be dequantized", _install("ml_dtypes"))
+                 "be dequantized", _install(["ml_dtypes"]))
 
 
 # ------------------------------------------------------------ folders
@@ -361,8 +472,12 @@ def state_folder() -> Check:
 def cache_folder() -> Check:
     """Gzip seek indexes, the remote disk cache and remote sources' edits
     go there: a mount works without it, rebuilding and fetching again."""
-    path = os.path.abspath(default_cache_dir())
     fix = "export XDG_CACHE_HOME naming a folder you can write, or mount with --cache-dir PATH"
+    named = default_cache_dir()
+    if not os.path.isabs(named):  # no HOME, and a uid with no passwd entry: "~" stays as it is
+        return Check("cache folder", "warn", f"{named}: no HOME and no home folder for this uid: a mount would make "
+                     f"it below the folder it starts in ({os.path.abspath(named)} here)", fix)
+    path = os.path.abspath(named)
     existing = path
     while not os.path.isdir(existing):
         if os.path.lexists(existing):
@@ -381,8 +496,7 @@ def mount_helper(helper: Helper) -> Check:
     """/sbin/mount.fuse.ckptfs: what `mount -t fuse.ckptfs`, fstab and systemd run."""
     name = "mount helper"
     try:
-        with open(helper.path, "rb") as f:
-            written = f.read(MAX_CONFIG).decode("utf-8", "replace")
+        written = _read_small(helper.path)
     except FileNotFoundError:
         return Check(name, "note", f"{helper.path} missing: mount -t fuse.ckptfs, fstab lines and systemd .mount "
                      "units cannot mount (ckptfs mount can)", helper.install)
@@ -424,7 +538,7 @@ def remote_extra(scheme: str, required: bool) -> Check:
         return Check(name, "fail", "no store of ckptfs's and no fsspec protocol of that name")
     top = entry["class"].split(".")[0]
     if importlib.util.find_spec(top) is None:
-        return Check(name, "fail", f"fsspec reads it with {top}, which is missing", _install(top))
+        return Check(name, "fail", f"fsspec reads it with {top}, which is missing", _install([top]))
     return Check(name, "ok", f"through fsspec ({top}), read-only")
 
 

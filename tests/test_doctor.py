@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -355,13 +357,14 @@ def test_folders_the_user_cannot_write_fail_the_state_and_warn_the_cache(users, 
 
 # ---------------------------------------------------------------- /etc/fuse.conf, in a mount namespace of its own
 
-def _in_namespace(conf: Path, user, command: list, env: dict) -> subprocess.CompletedProcess:
+def _in_namespace(conf: Path, user, command: list, env: dict, **options) -> subprocess.CompletedProcess:
     """`command` run as `user` in a private mount namespace where /etc/fuse.conf is `conf`."""
     as_them = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
                "env", "-i", "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in env.items()), *map(str, command)]
     script = 'mount --bind "$0" /etc/fuse.conf && exec "$@"'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(conf),
-                           *as_them], capture_output=True, text=True, cwd=env["HOME"], timeout=TIMEOUT)
+                           *as_them], capture_output=True, text=True, cwd=env["HOME"],
+                          **{"timeout": TIMEOUT, **options})
 
 
 def _end_daemons(state: Path) -> None:
@@ -408,8 +411,8 @@ def test_allow_other_without_user_allow_other_fails_as_fusermount3_does(users, s
                                               "found": "user_allow_other in /etc/fuse.conf; mount_max = 100"}
 
 
-def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(stock):
-    _, source = stock  # only the copy of ckptfs: Debian's python3 has no pyfuse3, numpy, trio
+def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(plain_source):
+    source = plain_source  # Debian's python3 has no pyfuse3, numpy, trio
     code = ("import importlib\nfor m in %r:\n  try: importlib.import_module(m)\n  except ImportError: print(m)"
             % list(doctor.DEPENDENCIES))
     lacking = subprocess.run([DEBIAN_PYTHON, "-c", code], capture_output=True, text=True, timeout=TIMEOUT).stdout.split()
@@ -418,10 +421,154 @@ def test_doctor_runs_where_nothing_is_installed_and_names_what_is_missing(stock)
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(source), "HOME": str(source)},
                           timeout=TIMEOUT)
     assert done.returncode == 1 and done.stderr == "", done.stderr
+    # Debian's python3 is externally managed (PEP 668): pip refuses it, so every fix makes a virtualenv
+    assert Path("/usr/lib/python3.11/EXTERNALLY-MANAGED").is_file()
+    refused = subprocess.run([DEBIAN_PYTHON, "-m", "pip", "install", "--dry-run", "ml_dtypes"], capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr, refused.stderr
+    venv = f"{DEBIAN_PYTHON} -m venv ~/.venvs/ckptfs && "
     found, fix = line_of(done.stdout, "pyfuse3")
     assert found == "FAIL pyfuse3 not installed"
-    assert fix == f"fix: in a clone of ckptfs: bash vendor/pyfuse3/install.sh {DEBIAN_PYTHON}"
+    assert fix == f"fix: in a clone of ckptfs: {venv}bash vendor/pyfuse3/install.sh ~/.venvs/ckptfs/bin/python"
     packages = [doctor.DEPENDENCIES[m] for m in lacking]
     found = "; ".join(f"{package} not installed" for package in packages)
-    assert line_of(done.stdout, "dependencies") == [f"FAIL dependencies {found}",
-                                                    f"fix: {DEBIAN_PYTHON} -m pip install {' '.join(packages)}"]
+    everything = " ".join(doctor.DEPENDENCIES.values())
+    assert line_of(done.stdout, "dependencies") == [f"FAIL dependencies {found}", (
+        f"fix: {venv}~/.venvs/ckptfs/bin/python -m pip install {everything}, then run ~/.venvs/ckptfs/bin/python "
+        f"-m ckptfs (pip may not install into {DEBIAN_PYTHON}: PEP 668)")]
+    assert line_of(done.stdout, "ml_dtypes")[1] == (
+        f"fix: {venv}~/.venvs/ckptfs/bin/python -m pip install {everything} ml_dtypes, then run "
+        f"~/.venvs/ckptfs/bin/python -m ckptfs (pip may not install into {DEBIAN_PYTHON}: PEP 668)")
+
+
+@pytest.fixture(scope="module")
+def plain_source(shared_dir) -> Path:
+    """A copy of this ckptfs every user can read, for Debian's python3 (doctor needs no package)."""
+    source = shared_dir / "src-plain"
+    shutil.copytree(REPO / "ckptfs", source / "ckptfs", ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+def _fusermount3_allows_other(conf: Path, user, env: dict, mnt: Path) -> subprocess.CompletedProcess:
+    """The real fusermount3 asked, as `user`, for an allow_other mount (as
+    libfuse asks it: the device comes back over _FUSE_COMMFD); a mount it
+    makes dies with its namespace, and the device with our socket."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        return _in_namespace(conf, user, ["/usr/bin/fusermount3", "-o", "allow_other,ro,fsname=doctor-test", "--",
+                                          mnt], {**env, "_FUSE_COMMFD": str(theirs.fileno())},
+                             pass_fds=[theirs.fileno()])
+
+
+FUSE_CONFS = {  # libfuse 3.14's read_conf: cut at '#', stripped, lines of 255 bytes at most, the last one ended
+    "inline comment": (b"user_allow_other  # for ckptfs\n", 0o644, "ok", None),
+    "blanks around": (b"# a comment\n\n \t user_allow_other \t\n", 0o644, "ok", None),
+    "no final newline": (b"mount_max = 10\nuser_allow_other", 0o644, "fail", "echo | sudo tee -a /etc/fuse.conf"),
+    "another last line": (b"user_allow_otherx\n#end", 0o644, "fail",
+                          "printf '\\nuser_allow_other\\n' | sudo tee -a /etc/fuse.conf"),
+    "line too long": (b"user_allow_other" + b" " * 300 + b"\n", 0o644, "fail",
+                      "echo user_allow_other | sudo tee -a /etc/fuse.conf"),
+    "unreadable": (b"user_allow_other\n", 0o600, "fail", "sudo chmod 644 /etc/fuse.conf"),
+}
+
+
+@pytest.mark.parametrize("case", FUSE_CONFS)
+def test_fuse_conf_is_read_as_fusermount3_reads_it(case, users, shared_dir, plain_source, dev_fuse_mode):
+    """The doctor's allow_other verdict equals the real fusermount3's, run
+    as a test user on the same /etc/fuse.conf; each fix line is the one that
+    file needs (an append starting on a line of its own after a last line
+    with no newline; chmod where the user cannot read it)."""
+    body, mode, status, fix = FUSE_CONFS[case]
+    user = users[0]
+    home = user_home(shared_dir, user)
+    env = _user_env(home, plain_source)
+    dev_fuse_mode(0o666)
+    conf = shared_dir / f"fuse-{case.replace(' ', '-')}.conf"
+    conf.write_bytes(body)
+    conf.chmod(mode)
+    mnt = home / "mnt-conf"
+    mnt.mkdir(exist_ok=True)
+    os.chown(mnt, user.pw_uid, user.pw_gid)
+    mounted = _fusermount3_allows_other(conf, user, env, mnt)
+    assert (mounted.returncode == 0) == (status == "ok"), mounted.stderr
+    done = _in_namespace(conf, user, [DEBIAN_PYTHON, "-m", "ckptfs", "doctor", "--allow-other", "--json"], env)
+    check = checks_of(done.stdout)["allow_other"]
+    assert (check["status"], check["fix"]) == (status, fix), check
+    if mode == 0o600:
+        assert "Permission denied" in mounted.stderr and check["found"].startswith(
+            "cannot read /etc/fuse.conf (Permission denied), as fusermount3 cannot")
+
+
+def test_a_pipe_where_a_file_is_read_is_not_waited_on(tmp_path):
+    """A named pipe with no writer as the credentials file, the AWS config
+    or /etc/fuse.conf used to block the doctor forever: now it is no
+    regular file, not read (each run bounded by its timeout)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    env = _doctor_env(tmp_path, AWS_SHARED_CREDENTIALS_FILE=str(fifo), AWS_CONFIG_FILE=str(fifo))
+    done = subprocess.run([sys.executable, "-m", "ckptfs", "doctor", "--source", "s3://bucket/model.safetensors",
+                           "--json"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.stderr == "" and checks_of(done.stdout)["s3 credentials"]["status"] == "warn"
+    assert doctor.fuse_conf(str(fifo)).unreadable.strerror == "not a regular file"
+    helper = doctor.Helper(str(fifo), "written by ckptfs install-helper", None, "sudo ckptfs install-helper")
+    assert doctor.mount_helper(helper) == doctor.Check("mount helper", "warn", f"{fifo}: not a regular file",
+                                                       "sudo ckptfs install-helper")
+
+
+def test_a_uid_without_passwd_entry_or_home_is_told_what_fusermount3_and_the_cache_do(shared_dir, plain_source):
+    """It used to be "uid N (uid N)", ok, and a cache folder "~/.cache/ckptfs"
+    below the current folder, ok: fusermount3 refuses such a user (checked
+    here), and `~` is no home."""
+    uid = next(u for u in range(54321, 55321) if not _has_passwd_entry(u))
+    cwd = shared_dir / f"cwd-{uid}"
+    cwd.mkdir(exist_ok=True)
+    os.chown(cwd, uid, uid)
+    as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        mounted = subprocess.run([*as_uid, "/usr/bin/fusermount3", "-o", "ro,fsname=doctor-test", "--", cwd],
+                                 env={"_FUSE_COMMFD": str(theirs.fileno()), "PATH": "/usr/bin:/bin"},
+                                 pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=TIMEOUT)
+    assert mounted.returncode == 1 and "could not determine username" in mounted.stderr, mounted.stderr
+    done = subprocess.run([*as_uid, "env", "-i", "PATH=/usr/bin:/bin", f"PYTHONPATH={plain_source}", DEBIAN_PYTHON,
+                           "-m", "ckptfs", "doctor", "--json"], capture_output=True, text=True, cwd=cwd,
+                          timeout=TIMEOUT)
+    checks = checks_of(done.stdout)
+    assert done.returncode == 1 and checks["user"] == {
+        "name": "user", "status": "fail", "found": f'uid {uid} has no passwd entry: fusermount3 refuses to mount for '
+        'it ("could not determine username")', "fix": f"sudo useradd --uid {uid} NAME, or run as a user the system knows"}
+    assert checks["cache folder"]["status"] == "warn"
+    assert checks["cache folder"]["found"] == ("~/.cache/ckptfs: no HOME and no home folder for this uid: a mount "
+                                               f"would make it below the folder it starts in ({cwd}/~/.cache/ckptfs here)")
+
+
+def _has_passwd_entry(uid: int) -> bool:
+    try:
+        return pwd.getpwuid(uid) is not None
+    except KeyError:
+        return False
+
+
+def test_a_pipe_over_fuse_conf_fails_as_it_stops_fusermount3(users, shared_dir, plain_source, dev_fuse_mode):
+    """fusermount3 opens /etc/fuse.conf blocking: a named pipe there makes
+    every user's mount wait (the real one, bounded here by a timeout); the
+    doctor fails it, even without --allow-other, and does not wait."""
+    user = users[0]
+    home = user_home(shared_dir, user)
+    env = _user_env(home, plain_source)
+    dev_fuse_mode(0o666)
+    pipe = shared_dir / "fuse.conf.fifo"
+    if not pipe.exists():
+        os.mkfifo(pipe, 0o644)
+    mnt = home / "mnt-pipe"
+    mnt.mkdir(exist_ok=True)
+    os.chown(mnt, user.pw_uid, user.pw_gid)
+    ours, theirs = socket.socketpair()
+    with ours, theirs, pytest.raises(subprocess.TimeoutExpired):  # fusermount3 waits for a writer
+        _in_namespace(pipe, user, ["/usr/bin/fusermount3", "-o", "ro,fsname=doctor-test", "--", mnt],
+                      {**env, "_FUSE_COMMFD": str(theirs.fileno())}, pass_fds=[theirs.fileno()], timeout=5)
+    done = _in_namespace(pipe, user, [DEBIAN_PYTHON, "-m", "ckptfs", "doctor", "--json"], env)
+    assert checks_of(done.stdout)["allow_other"] == {
+        "name": "allow_other", "status": "fail", "found": "/etc/fuse.conf: not a regular file: fusermount3 stops there "
+        "(waits on a pipe, exits on a folder or a read error): no user can mount",
+        "fix": "sudo mv /etc/fuse.conf /etc/fuse.conf.bad && echo user_allow_other | sudo tee -a /etc/fuse.conf"}

@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 
 import ckptfs
 from ckptfs.compare import json_safe
+from ckptfs.errors import CkptfsError
 from ckptfs.tensor_stats import decode, measure, table, tensor
 
 from .conftest import CKPTFS, FIXTURES, REPO, run_ckptfs
@@ -272,7 +273,8 @@ def test_memory_stays_bounded_on_a_tensor_larger_than_the_limit(tmp_path, elemen
     np.arange(-5000, 5000, dtype=np.int64),
     np.array([0, 1e-300, 1e300]),
     1e10 + np.linspace(0, 1e-2, 1000),  # a range near the rounding of its magnitude
-], ids=["normal", "borders", "integers", "wide", "narrow"])
+    np.array([5e-324, 1e-310, -5e-324, 0.0, 3e-311]),  # subnormals: bins / (hi - lo) is inf
+], ids=["normal", "borders", "integers", "wide", "narrow", "subnormal"])
 @pytest.mark.parametrize("bins", [1, 7, 32, 100])
 def test_bins_are_numpy_histograms(values, bins):
     lo, hi = np.float64(values.min()), np.float64(values.max())
@@ -295,3 +297,113 @@ def test_raw_byte_types_are_listed_unmeasured(tmp_path):
     assert_measured(stats["w"], np.array([1.5, -2], np.float32))
     done = run_ckptfs("stats", path)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "served as raw bytes, not measured: packed"
+
+
+def test_read_range_refuses_negative_offsets_and_lengths_and_stops_at_the_end(tmp_path):
+    """`Checkpoint.read_range`, which stats reads through: a negative offset
+    used to select the last piece of the file and return the source's
+    header and other tensors' bytes; now it is refused, as is a negative
+    length, and nothing past the end comes back."""
+    source = tmp_path / "rr.safetensors"
+    save_file({"a": np.arange(4, dtype=np.int32), "secret": np.full(4, 0x41414141, np.int32)}, str(source))
+    ckpt = ckptfs.open(source)
+    path = next(t.path for t in ckpt.tensors() if t.name == "a")
+    whole = ckpt.read(path)
+    assert ckpt.read_range(path, 0, len(whole) + 100) == whole
+    assert ckpt.read_range(path, len(whole) - 4, 100) == whole[-4:]
+    assert ckpt.read_range(path, len(whole) + 10, 5) == b""
+    for offset, length in [(-16, 16), (-8, 100), (-1000, 1010), (0, -5)]:
+        with pytest.raises(CkptfsError, match="must be 0 or more"):
+            ckpt.read_range(path, offset, length)
+
+
+@pytest.mark.parametrize("values", [
+    np.array([1e160, 1.0000001e160, 1.0000002e160]),  # a mean whose square is past float64's range
+    np.full(4, 1e308),  # a sum past float64's range: NumPy's mean and std are inf
+    np.array([-1e308, 1e308, 0.0]),
+], ids=["big-mean", "sum-overflows", "huge-range"])
+@pytest.mark.parametrize("chunk", [1 << 20, 8], ids=["one-chunk", "chunks"])
+def test_moments_of_huge_values_are_numpy_s_without_a_warning(tmp_path, monkeypatch, values, chunk):
+    """The first chunk's mean and M2 used to be pooled with the empty start,
+    inf x 0 = NaN for |mean| > 1.3e154; NumPy's overflow warnings reached
+    stderr (here, with filterwarnings=error, they would raise)."""
+    save_file({"w": values}, str(tmp_path / "w.safetensors"))
+    monkeypatch.setattr(tensor, "CHUNK_BYTES", chunk)
+    got = ckptfs.stats(tmp_path / "w.safetensors")["w"]
+    with np.errstate(all="ignore"):
+        mean, std = np.mean(values), np.std(values)
+    for key, want in (("mean", mean), ("std", std)):
+        assert got[key] == want or abs(got[key] - want) <= 1e-12 * abs(want), (key, got[key], want)
+
+
+def unbinnable() -> dict[str, np.ndarray]:
+    return {"f32_min_mask": np.full((4, 4), np.finfo(np.float32).min, np.float32),  # v +- 0.5 == v
+            "i64_sentinel": np.full(8, np.iinfo(np.int64).max),
+            "f64_max": np.full(3, np.finfo(np.float64).max),
+            "i64_near_max": np.iinfo(np.int64).max - np.arange(5, dtype=np.int64),  # distinct, equal in float64
+            "subnormal": np.array([5e-324, 1e-310, -5e-324, 0.0]),
+            "huge_range": np.array([1.7e308, -1.7e308, 0.0, 1.0, 1e307])}
+
+
+def test_a_histogram_numpy_cannot_make_leaves_the_other_measures(tmp_path):
+    """These tensors used to lose every measure to NumPy's "Too many bins"
+    or bincount's "negative elements", and exit 1. A constant tensor gets
+    one bin holding all its elements; a range float64 cannot split into K
+    equal bins gets no histogram and a note; a subnormal range is binned
+    as NumPy bins it; a range wider than float64 holds (hi - lo = inf,
+    which NumPy refuses) by the halves' edges doubled, each value placed by
+    comparison as `np.histogram` places values in those edges."""
+    arrays = unbinnable()
+    save_file(arrays, str(tmp_path / "u.safetensors"))
+    stats = ckptfs.stats(tmp_path / "u.safetensors", bins=8)
+    for name, array in arrays.items():
+        got = stats[name]
+        assert got["error"] is None and got["counted"] == array.size
+        assert (got["min"], got["max"]) == (array.min().item(), array.max().item()), name
+        with np.errstate(all="ignore"):
+            assert got["std"] == np.std(array.astype(np.float64)) or abs(got["std"] - np.std(array)) <= 1e-12 * np.std(array)
+    for name in ("f32_min_mask", "i64_sentinel", "f64_max"):
+        (low, high), counts = stats[name]["histogram"]["edges"], stats[name]["histogram"]["counts"]
+        value = float(arrays[name].flat[0])
+        assert low < high and low <= value <= high and counts == [arrays[name].size], name
+    assert stats["i64_near_max"]["histogram"] is None
+    with pytest.raises(ValueError, match="Too many bins"):
+        np.histogram(arrays["i64_near_max"].astype(np.float64), 8)
+    assert_measured(stats["subnormal"], arrays["subnormal"], bins=8)
+    huge = arrays["huge_range"]
+    edges = 2 * np.histogram_bin_edges(huge / 2, 8)
+    assert stats["huge_range"]["histogram"] == {"edges": edges.tolist(), "counts": np.histogram(huge, edges)[0].tolist()}
+    done = run_ckptfs("stats", tmp_path / "u.safetensors", "--bins", "8")
+    assert done.returncode == 0 and done.stderr == ""
+    assert "no histogram (no 8 equal bins between min and max in float64): i64_near_max" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("elements", [17, 10**6, 2**53 + 1, 2**60 + 12345, 2**62 + 7, 2**63 - 1])
+@pytest.mark.parametrize("sample", [1, 2, 15, 16, 17, 1000, 999_999])
+def test_sample_runs_stay_inside_the_tensor_at_any_size(elements, sample):
+    """Placed in integers: with a float gap, runs of tensors past 2^53
+    elements ended past the tensor (a short read, a "truncated?" error).
+    Nothing is read: the placement alone."""
+    if sample >= elements:
+        pytest.skip("every element is read")
+    reads = tensor.runs(elements, 1 << 21, sample)
+    assert reads[0][0] == 0 and (sample == 1 or sum(reads[-1]) == elements)  # from the first element to the last
+    assert all(first + count <= after for (first, count), (after, _) in zip(reads, reads[1:]))
+    assert sum(count for _, count in reads) == sample and all(count > 0 for _, count in reads)
+
+
+def test_the_bins_default_is_the_api_s():
+    """The CLI's `--bins` default is `tensor_stats.DEFAULT_BINS` (it was a
+    second 32 of its own), and its help says that number."""
+    import argparse
+
+    from ckptfs.commands import stats as command
+    from ckptfs.tensor_stats import DEFAULT_BINS
+
+    parser = argparse.ArgumentParser()
+    command._arguments(parser)
+    assert parser.parse_args(["x"]).bins is None  # the default is decided where DEFAULT_BINS is
+    assert f"(default {DEFAULT_BINS})" in " ".join(parser.format_help().split())
+    path = FIXTURES / "nemo" / "tiny.nemo"
+    done = run_ckptfs("stats", path, "--json")
+    assert json.loads(done.stdout)["bins"] == DEFAULT_BINS == ckptfs.stats(path).bins

@@ -34,7 +34,7 @@ def _arguments(parser) -> None:
     parser.add_argument("--sample", type=_positive, metavar="N",
                         help="look at about N elements of each tensor, read in a few runs spread over it (the same "
                         "every time), not every element: a quick look at a large checkpoint")
-    parser.add_argument("--bins", type=_positive, default=32, metavar="K",
+    parser.add_argument("--bins", type=_positive, metavar="K",  # None: tensor_stats.DEFAULT_BINS, not imported here
                         help="the histogram's number of equal bins over [min, max] (default 32)")
     parser.add_argument("--jobs", "-j", type=_positive, metavar="N",
                         help="tensors measured at a time (default: the number of cores)")
@@ -47,10 +47,11 @@ def _arguments(parser) -> None:
 def run(args) -> int:
     """Exit status 0, or 1 when a tensor could not be measured (its error is in the report)."""
     from ..compare import json_safe
-    from ..tensor_stats import compute
+    from ..tensor_stats import DEFAULT_BINS, compute
     from ..tensor_stats.table import text
 
-    stats = compute(arguments.source_path(args.source), args.paths, args.sample, args.bins, args.jobs,
+    bins = DEFAULT_BINS if args.bins is None else args.bins
+    stats = compute(arguments.source_path(args.source), args.paths, args.sample, bins, args.jobs,
                     args.include, args.exclude, args.raw)
     print(json.dumps(json_safe(stats.as_dict()), indent=2) if args.json else text(stats))
     return 1 if stats.errors else 0

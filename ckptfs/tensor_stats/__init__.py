@@ -16,7 +16,8 @@ accumulated in float64, chunk moments combined by Chan's parallel formula.
 The histogram has `bins` equal bins over [min, max] of the counted finite
 values (a second read of the tensor, unless its counted elements fit one
 chunk); a constant tensor's single value gets [v - 0.5, v + 0.5], as
-`np.histogram` gives it.
+`np.histogram` gives it. Where NumPy cannot make the bins, the tensor keeps
+its other measures (measure.histogram says what it gets instead).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def compute(source: str | os.PathLike | Checkpoint, paths: list[str] | None = No
     ckpt = source if isinstance(source, Checkpoint) else open_checkpoint(source)
     tasks = [_task(ckpt, info, dequantized) for info, dequantized in
              selected(ckpt, list(paths or ()), list(include), list(exclude), raw)]
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))  # each holds up to ~100 MiB of work
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))  # each holds up to ~130 MiB of work (docs/cli.md)
     with ThreadPoolExecutor(workers) as pool:
         entries = list(pool.map(lambda task: _entry(ckpt, task, sample, bins), tasks))
     return Stats(ckpt.path, ckpt.format, sample, bins, entries)

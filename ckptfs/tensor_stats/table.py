@@ -43,6 +43,9 @@ def text(stats: Stats) -> str:
         lines.append(f"! {plural(len(odd), 'tensor')} with NaN or inf: {', '.join(odd)}")
     if stats.errors:
         lines.append(f"{plural(len(stats.errors), 'tensor')} not measured (error above)")
+    unbinned = [e["name"] for e in stats if e["error"] is None and e["min"] is not None and e["histogram"] is None]
+    if unbinned:
+        lines.append(f"no histogram (no {stats.bins} equal bins between min and max in float64): {', '.join(unbinned)}")
     raw = [e["name"] for e in stats if e["error"] is None and e["counted"] == 0 and e["elements"]]
     if raw:
         lines.append(f"served as raw bytes, not measured: {', '.join(raw)}")

@@ -60,8 +60,10 @@ def runs(elements: int, per_chunk: int, sample: int | None) -> list[tuple[int, i
     else:
         count = min(SAMPLE_RUNS, sample)
         lengths = [sample // count + (i < sample % count) for i in range(count)]  # `sample` in all
-        gap = (elements - sample) / max(1, count - 1)  # what is not read, in equal gaps between the runs
-        spans = [(sum(lengths[:i]) + round(i * gap), lengths[i]) for i in range(count)]
+        # what is not read, in equal gaps between the runs; in integers (a float's spacing past 2^53 elements
+        # would move the last run past the end), the last run ending at the last element
+        skipped, gaps = elements - sample, max(1, count - 1)
+        spans = [(sum(lengths[:i]) + i * skipped // gaps, lengths[i]) for i in range(count)]
     return [(first + k, min(per_chunk, length - k)) for first, length in spans for k in range(0, length, per_chunk)]
 
 
