@@ -29,12 +29,13 @@ def diff(a, b, **options):
     return compare(*opened, **options)
 
 
-def stats(source, paths=None, sample=None, bins=32, jobs=None, include=(), exclude=(), raw=False):
+def stats(source, paths=None, sample=None, bins=None, jobs=None, include=(), exclude=(), raw=False):
     """Per tensor min, max, mean, std, NaN/inf/zero counts and histogram of
     the checkpoint `source` (a path, or a `Checkpoint` from `open`), as
     `ckptfs stats` measures them (docs/api.md). Returns a
     `ckptfs.tensor_stats.Stats`: iterable, indexable by tensor name, its
-    `as_dict()` the report `ckptfs stats --json` prints."""
-    from .tensor_stats import compute
+    `as_dict()` the report `ckptfs stats --json` prints. `bins`: the
+    histogram's, `ckptfs stats`'s default where None."""
+    from .tensor_stats import DEFAULT_BINS, compute
 
-    return compute(source, paths, sample, bins, jobs, include, exclude, raw)
+    return compute(source, paths, sample, DEFAULT_BINS if bins is None else bins, jobs, include, exclude, raw)
