@@ -346,3 +346,67 @@ def make_screenshot_report(folder: Path) -> Path:
 
 
 SCREENSHOTS = {"info": make_screenshot_report}
+
+
+#: names that are members of every JavaScript object: a script indexing by name with `{}` finds them there
+PROTO_NAMES = ("__proto__.weight", "constructor.weight", "toString", "model.__proto__.bias",
+               "model.constructor", "model.hasOwnProperty.w", "model.w")
+
+
+def test_names_of_object_members_are_names_on_both_pages(tmp_path, browser):
+    """`__proto__`, `constructor`... as folder and tensor names: the outline
+    opens each, a click shows each one's own histogram; the diff page too."""
+    tensors = {name: np.arange(4, dtype=np.float32) + i for i, name in enumerate(PROTO_NAMES)}
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(tensors, str(a))
+    save_file({name: t * 2 for name, t in tensors.items()}, str(b))
+    html, _ = write_report(a, tmp_path, "--exact")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    top = opened.texts("#ri-tree tbody tr td:first-child .ck-toggle, #ri-tree tbody tr td:first-child > span")
+    assert {"__proto__", "constructor", "model", "toString.npy"} <= set(top)
+    opened.js("Array.from(document.querySelectorAll('#ri-tree .ck-toggle')).find("
+              "e => e.closest('tr').dataset.value === 'model').click()")
+    opened.js("Array.from(document.querySelectorAll('#ri-tree .ck-toggle')).find("
+              "e => e.closest('tr').dataset.value === 'model/__proto__').click()")
+    opened.js("document.querySelector(\"#ri-tree tr[data-value='model/__proto__/bias.npy']\").click()")
+    assert opened.texts("#ri-tree .ri-detail h3") == ["model.__proto__.bias"]
+    for i, name in enumerate(sorted(PROTO_NAMES)):
+        opened.js("document.querySelectorAll('#ri-stats tbody tr')[arguments[0]].click()", i)
+        assert opened.texts("#ri-stats .ri-detail h3") == [name]
+        assert sum(int(c) for c in opened.attributes("#ri-stats .ri-detail svg rect", "data-count")) == 4
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == []
+    done = run_ckptfs("diff", a, b, "--html", tmp_path / "d.html")
+    assert done.returncode == 1, done.stderr
+    diffed = browser.open(tmp_path / "d.html")
+    assert diffed.console_errors == [] and diffed.requests == []
+    assert sorted(diffed.attributes("#ranked-table td[data-key=name]", "data-value")) == sorted(PROTO_NAMES)
+
+
+def test_outline_counts_the_entries_below_a_folder(tmp_path, browser):
+    """A folder's count is of what is below it (`ls -R`), not itself too."""
+    save_file({"a.w": np.ones(2, np.float32), "b.c.w": np.ones(2, np.float32), "b.c.v": np.ones(2, np.float32),
+               "b.d": np.ones(2, np.float32)}, str(tmp_path / "t.safetensors"))
+    html, _ = write_report(tmp_path / "t.safetensors", tmp_path, "--no-stats")
+    opened = browser.open(html)
+    counts = opened.js("return Array.from(document.querySelectorAll('#ri-tree tbody tr'), "
+                       "tr => [tr.dataset.value, tr.querySelector('.ck-count').textContent])")
+    assert counts == [["a", " (1)"], ["b", " (4)"]]  # b: c, c/w.npy, c/v.npy, d.npy
+
+
+def test_a_tensor_with_no_finite_value_shows_its_panel(tmp_path, browser):
+    """An empty tensor and an all-NaN one: a click shows a dash for each
+    statistic and says why there is no histogram."""
+    save_file({"model.empty_buffer": np.zeros(0, np.float32), "model.allnan": np.full(3, np.nan, np.float32),
+               "model.w": np.ones(3, np.float32)}, str(tmp_path / "e.safetensors"))
+    html, _ = write_report(tmp_path / "e.safetensors", tmp_path, "--exact")
+    opened = browser.open(html)
+    for i, name in enumerate(["model.allnan", "model.empty_buffer"]):
+        opened.js("document.querySelectorAll('#ri-stats tbody tr')[arguments[0]].click()", i)
+        assert opened.texts("#ri-stats .ri-detail h3") == [name]
+        panel = opened.texts("#ri-stats .ri-detail p")
+        assert "min \u2013, max \u2013, mean \u2013, std \u2013" in panel[0]
+        assert panel[-1] == "no histogram: no finite value counted"
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == []

@@ -443,7 +443,7 @@ STYLE = """
 SCRIPT = r"""
 (function () {
   "use strict";
-  var cache = {};
+  var cache = Object.create(null);
   function rows(id) {
     if (!(id in cache)) cache[id] = JSON.parse(document.getElementById(id).textContent);
     return cache[id];
@@ -590,19 +590,21 @@ SCRIPT = r"""
     draw();
   }
   var CHUNK = 200;
+  // a folder's count is of the rows below it, not its own; children keyed by
+  // name with no prototype: a name such as "__proto__" or "constructor" is a name
   function tree(all, key, sep) {
-    var root = {children: {}, order: [], count: 0};
+    var root = {children: Object.create(null), order: [], count: 0};
     all.forEach(function (row, index) {
       var parts = String(row[key]).split(sep), node = root;
       parts.forEach(function (part, depth) {
         node.count++;
         if (!(part in node.children)) {
-          node.children[part] = {label: part, children: {}, order: [], count: 0, row: -1, depth: depth};
+          node.children[part] = {label: part, children: Object.create(null), order: [], count: 0, row: -1,
+                                 depth: depth};
           node.order.push(part);
         }
         node = node.children[part];
       });
-      node.count++;
       node.row = index;
     });
     return root;
@@ -687,8 +689,9 @@ SCRIPT = r"""
   document.querySelectorAll("details").forEach(function (d) {
     d.addEventListener("toggle", function () { if (d.open) build(d); });
   });
+  // set first: the histogram panel's script uses it, whatever a table's build does
+  window.ckptfsReport = {format: FORMATS};
   build(document);
-  window.ckptfsReport = {format: FORMATS};  // for the tests: the numbers as the rows show them
   document.documentElement.dataset.ready = "1";
 })();
 """

@@ -160,14 +160,16 @@ STYLE = """
 SCRIPT = r"""
 (function () {
   "use strict";
-  var SVG = "http://www.w3.org/2000/svg", index = {};
+  // tensors by name or path in a Map: a tensor named "__proto__" or "constructor" is a name
+  var SVG = "http://www.w3.org/2000/svg", index = new Map();
   function lookup(id, key) {
     var name = id + " " + key;
-    if (!(name in index)) {
-      index[name] = {};
-      JSON.parse(document.getElementById(id).textContent).forEach(function (t) { index[name][t[key]] = t; });
+    if (!index.has(name)) {
+      var byKey = new Map();
+      JSON.parse(document.getElementById(id).textContent).forEach(function (t) { byKey.set(t[key], t); });
+      index.set(name, byKey);
     }
-    return index[name];
+    return index.get(name);
   }
   function svg(tag, attributes, text) {
     var node = document.createElementNS(SVG, tag);
@@ -214,9 +216,14 @@ SCRIPT = r"""
     title.textContent = t.name;
     panel.appendChild(title);
     if (t.error) { panel.appendChild(line(t.error, "ri-bad")); return; }
+    // the text Python made (with_text), else a dash where no finite value was counted
+    function shown(key) {
+      var v = t[key];
+      return typeof t[key + "~"] === "string" ? t[key + "~"] : (v === null || v === undefined ? "\u2013" : g4(v));
+    }
     panel.appendChild(line(t.dtype + " [" + t.shape.join(", ") + "], " + t.counted.toLocaleString("en-US") + " of " +
-      t.elements.toLocaleString("en-US") + " elements counted; min " + g4(t.min) + ", max " + g4(t.max) +
-      ", mean " + g4(t.mean) + ", std " + g4(t.std)));
+      t.elements.toLocaleString("en-US") + " elements counted; min " + shown("min") + ", max " + shown("max") +
+      ", mean " + shown("mean") + ", std " + shown("std")));
     var bad = (t.nan || 0) + (t.posinf || 0) + (t.neginf || 0);
     if (bad) panel.appendChild(line("not in the histogram: " + t.nan + " NaN, " + t.posinf + " +inf, " + t.neginf + " \u2212inf", "ri-bad"));
     if (t.histogram && t.histogram.counts.length) panel.appendChild(histogram(t, g4));
@@ -227,7 +234,7 @@ SCRIPT = r"""
     if (!tr || event.target.closest(".ck-toggle, button")) return;
     var key = host.dataset.key, cell = tr.querySelector("td[data-key=" + key + "]");
     var value = key === "path" ? tr.dataset.value : cell && cell.dataset.value;
-    var t = value === undefined ? null : lookup(host.dataset.stats, key)[value];
+    var t = value === undefined ? null : lookup(host.dataset.stats, key).get(value);
     if (!t) return;
     host.querySelectorAll("tr.ri-picked").forEach(function (r) { r.classList.remove("ri-picked"); });
     tr.classList.add("ri-picked");
