@@ -7,9 +7,12 @@ demand, NaN and infinities are red; 100k tensors stay a small page."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -21,10 +24,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import ckptfs
-from ckptfs.report import info_page, stats_page
+from ckptfs.commands import info as info_command
+from ckptfs.errors import CkptfsError
+from ckptfs.report import info_page, info_png, plot, stats_page
 
 from .browser import chromium
-from .conftest import FIXTURES, REPO, run_ckptfs
+from .conftest import CKPTFS, FIXTURES, REPO, TIMEOUT, run_ckptfs
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
@@ -202,7 +207,10 @@ def test_a_dangerous_global_is_red_and_the_verdict_dangerous(tmp_path, browser):
 
     source = tmp_path / "hooked.pt"
     torch.save({"weight": torch.ones(3), "hook": os.system}, source)  # names os.system; loading would import it
-    html, _ = write_report(source, tmp_path, "--no-stats")
+    html = tmp_path / "hooked.html"
+    done = run_ckptfs("info", source, "--html", html, "--no-stats")
+    assert done.returncode == 1 and done.stdout.startswith("source ")  # as `ckptfs scan` exits
+    assert done.stderr == "ckptfs: the report is written; it found the scan says dangerous (ckptfs scan -v says why)\n"
     opened = browser.open(html)
     assert opened.console_errors == [] and opened.requests == []
     info, scan = json_of("info", source, "--json"), json_of("scan", source, "--json")
@@ -328,8 +336,8 @@ def test_png_without_matplotlib_is_one_line(tmp_path):
 
 def test_bad_sample_and_unwritable_file_are_one_line(tmp_path):
     done = run_ckptfs("info", NEMO, "--html", tmp_path / "r.html", "--sample", "0")
-    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
-        "ckptfs: --sample 0: give at least one element per tensor"]
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == \
+        "ckptfs info: error: argument --sample: '0': give a whole number, 1 or more"
     done = run_ckptfs("info", NEMO, "--html", tmp_path / "missing" / "r.html", "--no-stats")
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "r.html: No such file or directory" in done.stderr
@@ -410,3 +418,84 @@ def test_a_tensor_with_no_finite_value_shows_its_panel(tmp_path, browser):
         assert panel[-1] == "no histogram: no finite value counted"
     opened.refresh_logs()
     assert opened.console_errors == [] and opened.requests == []
+
+
+def _raw_safetensors(path: Path, names: list[str]) -> None:
+    """A safetensors of float32 [2] tensors named as written (JSON escapes
+    kept: "\\udc80" is a lone surrogate once read), each [NaN, 1]."""
+    header = "{" + ",".join(f'"{n}":{{"dtype":"F32","shape":[2],"data_offsets":[{8 * i},{8 * i + 8}]}}'
+                            for i, n in enumerate(names)) + "}"
+    header += " " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode("ascii") +
+                     struct.pack("<2f", math.nan, 1.0) * len(names))
+
+
+def test_png_draws_every_name_as_plain_text(tmp_path):
+    """`$\\foo{$` (mathtext that cannot parse) and a lone surrogate, as the
+    file's name, a module and a tensor with NaN: a PNG, no error; the
+    labels are the names, the surrogate as its escape."""
+    names = ["a$\\\\foo{$.w", "bad\\udc80name", "$x^2$"]
+    source = tmp_path / "$\\foo{$.safetensors"
+    _raw_safetensors(source, names)
+    done = subprocess.run(CKPTFS + ["info", str(source), "--png", str(tmp_path / "r.png"), "--html",
+                                    str(tmp_path / "r.html"), "--exact"], capture_output=True, timeout=TIMEOUT)
+    assert (done.returncode, done.stderr) == (0, b"")  # stdout: the text of `ckptfs info` (bytes: the name)
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = {"info": json_of("info", source, "--json"), "stats": json_of("stats", source, "--json")}
+    drawn = info_png.figure(report)
+    labels = [sorted(t.get_text() for t in axes.get_yticklabels()) for axes in drawn.axes]
+    assert labels[0] == sorted(["$x^2$.npy", "a$\\foo{$", "bad\\udc80name.npy"])  # top-level entries
+    assert labels[2] == sorted(["$x^2$", "a$\\foo{$.w", "bad\\udc80name"])
+    assert drawn.get_suptitle().startswith(f"{source} (safetensors)")
+
+
+def test_png_or_html_naming_a_folder_is_one_line(tmp_path):
+    for option in ("--png", "--html"):
+        done = run_ckptfs("info", NEMO, option, tmp_path, "--no-stats")
+        assert (done.returncode, done.stderr) == (1, f"ckptfs: {tmp_path}: Is a directory\n")
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_finished_leaves_the_old_file(tmp_path):
+    """A file size limit (8 KiB) stops the writing midway: one line, exit 1,
+    the file that was there untouched and no temporary left beside it."""
+    for option in ("--html", "--png"):
+        target = tmp_path / f"old.{option[2:]}"
+        target.write_text("previous good report\n")
+        command = " ".join(CKPTFS + ["info", str(LIGHTNING), option, str(target), "--exact"])
+        done = subprocess.run(["bash", "-c", f"trap '' XFSZ; ulimit -f 8; exec {command}"], capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        assert (done.returncode, done.stderr) == (1, f"ckptfs: {target}: File too large\n")
+        assert target.read_text() == "previous good report\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["old.html", "old.png"][:1 + (option == "--png")])
+
+
+def test_png_without_matplotlib_is_said_before_any_stats(monkeypatch, capsys):
+    def absent():
+        raise CkptfsError("--png needs matplotlib")
+
+    def gather(*_):
+        raise AssertionError("stats read before matplotlib was looked for")
+
+    monkeypatch.setattr(plot, "matplotlib", absent)
+    monkeypatch.setattr("ckptfs.info_report.gather", gather)
+    args = argparse.Namespace(source=str(NEMO), json=False, html=None, png="x.png", sample=None, exact=True,
+                              no_stats=False)
+    with pytest.raises(CkptfsError, match="needs matplotlib"):
+        info_command.run(args)
+
+
+def test_report_options_alone_are_one_line():
+    for option in (["--sample", "5"], ["--exact"], ["--no-stats"]):
+        done = run_ckptfs("info", NEMO, *option)
+        assert (done.returncode, done.stdout) == (1, "")
+        assert done.stderr == f"ckptfs: {option[0]} is for the report: give --html FILE or --png FILE too\n"
+
+
+def test_trouble_is_a_dangerous_verdict_or_a_tensor_without_stats():
+    safe = {"scan": {"verdict": "safe"}, "stats": {"tensors": [{"error": None, "nan": 3}]}}
+    assert info_command.trouble(safe) is None
+    assert info_command.trouble({"scan": {"verdict": "not scanned"}, "stats": None}) is None
+    bad = {"scan": {"verdict": "dangerous"}, "stats": {"tensors": [{"error": "cannot read"}, {"error": None}]}}
+    assert info_command.trouble(bad) == ("the scan says dangerous (ckptfs scan -v says why); "
+                                         "1 tensor whose stats could not be made")
