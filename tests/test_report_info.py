@@ -499,3 +499,27 @@ def test_trouble_is_a_dangerous_verdict_or_a_tensor_without_stats():
     bad = {"scan": {"verdict": "dangerous"}, "stats": {"tensors": [{"error": "cannot read"}, {"error": None}]}}
     assert info_command.trouble(bad) == ("the scan says dangerous (ckptfs scan -v says why); "
                                          "1 tensor whose stats could not be made")
+
+
+def test_tables_by_module_and_of_globals_are_bounded(tmp_path):
+    """20,000 dot-less names (a flat checkpoint): 20,000 top-level modules,
+    shown as the largest 50 and one row summing the rest, in the page and in
+    the notebook's fragment; the same for 20,000 globals."""
+    save_file({f"w{i}": np.ones(1 + (i == 7), np.float32) for i in range(20_000)}, str(tmp_path / "flat.safetensors"))
+    made = ckptfs.open(tmp_path / "flat.safetensors")._repr_html_()
+    assert len(made) < 100_000
+    rows = [a for t, a in parsed(made).tags if t == "tr"]
+    assert len(rows) < 150
+    module = parsed(made)
+    numbers = [int(a["data-value"]) for t, a in module.tags if t == "span" and "data-value" in a]
+    assert numbers[4:7] == [1, 2, 8]  # the largest first: w7, 2 parameters
+    assert "and 19,950 others" in made
+    tail = made[made.index("and 19,950 others"):]
+    assert [int(v) for v in tail.split('data-value="')[1:4] for v in [v.split('"')[0]]] == [19_950, 19_950, 79_800]
+    report = synthetic(3)
+    report["info"]["pickle_globals"] = [f"m.g{i}" for i in range(20_000)]
+    report["info"]["unsafe_globals"] = ["m.g19999"]
+    page = info_page.document(report)
+    shown = [a for t, a in parsed(page).tags if t == "tr"]
+    assert len(shown) < 200 and "and 19,950 more" in page
+    assert page.index("m.g19999") < page.index("m.g0<")  # outside the allowlist first

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..humanize import plural
 from . import page, stats_page
 from .page import Column, Markup, element
 
@@ -17,6 +18,8 @@ OUTLINE = (Column("path", "name", "code"), Column("dtype", "dtype", "code"), Col
            Column("size", "size", "bytes"), Column("nonfinite", "NaN + inf", "int"))
 #: scan findings listed; the rest are counted
 MAX_FINDINGS = 200
+#: rows of the tables by module and by dtype, and of the globals; the rest summed or counted
+MAX_ROWS = 50
 
 
 def _writable(info: dict) -> Markup:
@@ -48,27 +51,42 @@ def _verdict(scan: dict) -> Markup:
 
 
 def _breakdown(title: str, rows: dict[str, dict], parameters: int, anchor: str) -> Markup:
-    """A table of tensors, parameters and bytes per name, each with a bar of its share of the parameters."""
+    """A table of tensors, parameters and bytes per name, each with a bar of
+    its share of the parameters: the MAX_ROWS largest, the rest summed in a
+    last row (a flat checkpoint has a top-level name per tensor)."""
+    ranked = sorted(rows.items(), key=lambda item: -item[1]["parameters"])
     largest = max([row["parameters"] for row in rows.values()] + [1])
-    shown = [(element("code", name), page.number(row["tensors"], "int"), page.number(row["parameters"], "int"),
-              page.number(row["bytes"], "bytes"),
-              page.bar(row["parameters"] / largest, width=160, title=f"{row['parameters'] / max(parameters, 1):.1%}"))
-             for name, row in sorted(rows.items(), key=lambda item: -item[1]["parameters"])]
-    table = page.table([title, "tensors", "parameters", "bytes", "share of the parameters"], shown,
-                       numeric=[False, True, True, True, False], id=anchor)
-    return table
+    shown = [(element("code", name), *_shares(row, parameters, largest)) for name, row in ranked[:MAX_ROWS]]
+    if len(ranked) > MAX_ROWS:
+        rest = {key: sum(row[key] for _, row in ranked[MAX_ROWS:]) for key in ("tensors", "parameters", "bytes")}
+        shown.append((element("span", f"and {plural(len(ranked) - MAX_ROWS, 'other', spec=',')} "
+                              "(ckptfs info --json lists them)", class_="ri-others"),
+                      *_shares(rest, parameters, largest)))
+    return page.table([title, "tensors", "parameters", "bytes", "share of the parameters"], shown,
+                      numeric=[False, True, True, True, False], id=anchor)
+
+
+def _shares(row: dict, parameters: int, largest: int) -> tuple:
+    return (page.number(row["tensors"], "int"), page.number(row["parameters"], "int"),
+            page.number(row["bytes"], "bytes"),
+            page.bar(row["parameters"] / largest, width=160, title=f"{row['parameters'] / max(parameters, 1):.1%}"))
 
 
 def _globals(info: dict) -> Markup:
+    """The globals the pickles name, those outside the allowlist first; the
+    first MAX_ROWS, the others counted."""
     unsafe = set(info["unsafe_globals"])
-    if not info["pickle_globals"]:
+    named = sorted(info["pickle_globals"], key=lambda name: name not in unsafe)
+    if not named:
         return element("p", "The checkpoint's pickles name no global (or it has no pickle).")
     shown = [(element("code", name), element("span", "outside the allowlist: see ckptfs scan", class_="ri-bad")
-              if name in unsafe else "on the allowlist") for name in info["pickle_globals"]]
+              if name in unsafe else "on the allowlist") for name in named[:MAX_ROWS]]
+    more = [element("p", f"and {len(named) - MAX_ROWS:,} more (ckptfs info --json lists them all)")] \
+        if len(named) > MAX_ROWS else []
     return page.join([
-        element("p", f"{len(info['pickle_globals'])} globals named by its pickles, none imported or run: what "
+        element("p", f"{plural(len(named), 'global', spec=',')} named by its pickles, none imported or run: what "
                 "torch.load(weights_only=False) would import or call."),
-        page.table(["global", "allowed"], shown, id="ri-globals-table"),
+        page.table(["global", "allowed"], shown, id="ri-globals-table"), *more,
     ])
 
 
