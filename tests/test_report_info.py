@@ -523,3 +523,14 @@ def test_tables_by_module_and_of_globals_are_bounded(tmp_path):
     shown = [a for t, a in parsed(page).tags if t == "tr"]
     assert len(shown) < 200 and "and 19,950 more" in page
     assert page.index("m.g19999") < page.index("m.g0<")  # outside the allowlist first
+
+
+def test_one_tensor_is_singular_and_the_verdict_one_class():
+    report = synthetic(3)
+    report["stats"]["tensors"][1]["nan"] = 2
+    report["scan"] = {"verdict": "not scanned", "problems": ["a URL"]}
+    page = info_page.document(report)
+    assert "1 tensor with NaN, infinities or an error" in page and "1 tensors" not in page
+    classes = {a["class"] for t, a in parsed(page).tags if a.get("data-verdict")}
+    assert classes == {"ri-verdict-not-scanned"}
+    assert "1 tensor with NaN" in stats_page.fragment(report["stats"])

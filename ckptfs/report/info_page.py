@@ -36,7 +36,7 @@ def _summary_list(info: dict, stats: dict | None, scan: dict | None) -> Markup:
              ("tensor bytes", page.number(info["tensor_bytes"], "bytes")), ("edits", _writable(info))]
     if stats is not None:
         bad = stats_page.flagged(stats)
-        items.append(("NaN / inf", element("span", f"{len(bad):,} tensors with NaN, infinities or an error",
+        items.append(("NaN / inf", element("span", f"{plural(len(bad), 'tensor', spec=',')} with NaN, infinities or an error",
                                            class_="ri-bad") if bad else "none"))
     if scan is not None:
         items.append(("scan", _verdict(scan)))
@@ -46,7 +46,7 @@ def _summary_list(info: dict, stats: dict | None, scan: dict | None) -> Markup:
 def _verdict(scan: dict) -> Markup:
     words = {"safe": "safe: every global on the allowlist", "dangerous": "dangerous: globals outside the allowlist",
              "error": "no verdict: parts could not be scanned", "not scanned": "not scanned"}
-    return element("span", words.get(scan["verdict"], scan["verdict"]), class_=f"ri-verdict-{scan['verdict']}",
+    return element("span", words.get(scan["verdict"], scan["verdict"]), class_="ri-verdict-" + "-".join(scan["verdict"].split()),
                    data_verdict=scan["verdict"])
 
 

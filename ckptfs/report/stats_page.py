@@ -6,6 +6,7 @@ static table, each row with a small inline-SVG histogram)."""
 
 from __future__ import annotations
 
+from ..humanize import plural
 from . import page
 from .page import Column, Markup, element
 
@@ -70,7 +71,7 @@ def description(stats: dict) -> str:
     tensors = len(stats["tensors"])
     how = (f"about {stats['sample']:,} elements of each tensor sampled (a smaller one whole)" if stats.get("sample")
            else "every element counted")
-    return f"{tensors:,} tensors, {how}, histograms of {stats['bins']} bins over the finite values"
+    return f"{plural(tensors, 'tensor', spec=',')}, {how}, histograms of {stats['bins']} bins over the finite values"
 
 
 def flagged_table(stats: dict) -> Markup:
@@ -127,7 +128,8 @@ def fragment(stats: dict) -> Markup:
     tensors, bad = stats["tensors"], flagged(stats)
     parts = [element("p", element("strong", stats["source"]), f" ({stats['format']}): {description(stats)}")]
     if bad:
-        parts.append(element("p", f"{len(bad):,} tensors with NaN, infinities or an error", class_="ri-bad"))
+        parts.append(element("p", f"{plural(len(bad), 'tensor', spec=',')} with NaN, infinities or an error",
+                             class_="ri-bad"))
     shown = tensors[:FRAGMENT_ROWS]
     parts.append(page.table(["tensor", "dtype", "shape", "min", "max", "mean", "std", "NaN", "+inf", "\u2212inf",
                              "histogram"], (_fragment_row(t) for t in shown),
