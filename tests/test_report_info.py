@@ -534,3 +534,20 @@ def test_one_tensor_is_singular_and_the_verdict_one_class():
     classes = {a["class"] for t, a in parsed(page).tags if a.get("data-verdict")}
     assert classes == {"ri-verdict-not-scanned"}
     assert "1 tensor with NaN" in stats_page.fragment(report["stats"])
+
+
+def test_numbers_read_as_python_rounds_them(tmp_path, browser):
+    """1.0625 is a tie at four digits: Python (format_float, the notebook)
+    writes 1.062, JavaScript's toFixed 1.063; the page shows Python's."""
+    save_file({"tie": np.full(4, 1.0625, np.float32)}, str(tmp_path / "tie.safetensors"))
+    html, _ = write_report(tmp_path / "tie.safetensors", tmp_path, "--exact")
+    opened = browser.open(html)
+    cells = opened.js("return Object.fromEntries(Array.from(document.querySelectorAll('#ri-stats tbody td'), "
+                      "td => [td.dataset.key, td.textContent]))")
+    python = stats_page.page.format_float(1.0625)
+    assert python == "1.062" and [cells[k] for k in ("min", "max", "mean", "std")] == [python] * 3 + ["0"]
+    opened.js("document.querySelector('#ri-stats tbody tr').click()")
+    assert "min 1.062, max 1.062, mean 1.062, std 0" in opened.texts("#ri-stats .ri-detail p")[0]
+    notebook = ckptfs.stats(tmp_path / "tie.safetensors")._repr_html_()
+    assert notebook.count(">1.062<") == 3 and ">1.063<" not in notebook
+    assert opened.console_errors == []

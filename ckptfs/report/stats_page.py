@@ -98,7 +98,7 @@ def section(stats: dict, rows_id: str = "ckptfs-stats") -> Markup:
     panel where a clicked row's histogram is drawn."""
     return page.join([
         element("p", description(stats), " \u2014 click a row for its histogram."),
-        page.json_script(rows_id, rows(stats)),
+        page.json_script(rows_id, page.with_text(rows(stats), COLUMNS)),
         element("div", page.paged_table(rows_id, COLUMNS, page=50, filter_key="name"), class_="ri-pick",
                 data_stats=rows_id, data_key="name"),
         element("div", "", class_="ri-detail", hidden=True),
