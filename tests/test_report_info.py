@@ -94,6 +94,12 @@ class Outline(HTMLParser):
             self._in = None
 
 
+def by_row(data: dict) -> list[dict]:
+    """`page.columnar`'s lists, one per key, as rows."""
+    columns = data["columns"]
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
 def parsed(text: str) -> Outline:
     outline = Outline()
     outline.feed(text)
@@ -103,7 +109,7 @@ def parsed(text: str) -> Outline:
 def test_png_of_each_sample(tmp_path, nan_source):
     for source in (NEMO, LIGHTNING, nan_source[0]):
         html, png = write_report(source, tmp_path, *(() if source == NEMO else ("--exact",)))
-        stats = parsed(html.read_text()).data["ckptfs-stats"]
+        stats = by_row(parsed(html.read_text()).data["ckptfs-stats"])
         if source == NEMO:  # sampled by default; tensors this small are read whole all the same
             assert "about 65,536 elements of each tensor sampled" in html.read_text()
             assert all(t["counted"] == t["elements"] for t in stats)
@@ -122,7 +128,7 @@ def test_page_structure_holds_the_jsons(tmp_path):
     assert {"ri-tree", "ri-stats", "ri-globals", "ri-scan", "ri-by-module", "ri-by-dtype"} <= ids
     info = json_of("info", LIGHTNING, "--json")
     tree = json_of("ls", LIGHTNING, "-R", "--json")
-    rows = page.data["ckptfs-outline"]
+    rows = by_row(page.data["ckptfs-outline"])
     assert [r["path"] for r in rows] == [e["path"] for e in tree if not e["path"].startswith(".ckptfs")]
     shapes = {e["path"]: e["shape"] for e in tree if "shape" in e}
     assert {r["path"]: r["shape"] for r in rows if r["shape"] is not None} == shapes
@@ -257,8 +263,10 @@ def test_even_edges_are_numpys():
             assert stats_page.even_edges(float(low), float(high), bins) == \
                 np.linspace(low, high, bins + 1).tolist()
     uneven = {"edges": [0.0, 0.1, 1.0], "counts": [1, 2]}
-    assert stats_page.rows({"tensors": [{"histogram": uneven, "min": 2**60}]}) == \
-        [{"histogram": uneven, "min": str(2**60)}]
+    even = {"edges": [0.0, 0.5, 1.0], "counts": [3, 4]}
+    made = stats_page.rows({"tensors": [{"histogram": uneven, "min": 2**60}, {"histogram": even, "min": 0.5}]})
+    assert made["columns"]["histogram"] == [uneven, [0.0, 1.0, [3, 4]]]
+    assert made["columns"]["min"] == [str(2**60), 0.5] and made["columns"]["min~"] == [None, "0.5"]
 
 
 def synthetic(n: int) -> dict:
@@ -290,6 +298,10 @@ def test_100k_tensors_render_and_open_small(tmp_path, browser):
     started = time.monotonic()
     text = info_page.document(report)
     assert time.monotonic() - started < 20
+    # by columns, no path in the stats (the outline's rows point at them): 19 MB; an object per row was 40 MB
+    assert len(text) < 25_000_000
+    data = parsed(text).data
+    assert "path" not in data["ckptfs-stats"]["columns"] and data["ckptfs-outline"]["columns"]["stat"][-1] == 99_999
     html = tmp_path / "big.html"
     html.write_text(text, encoding="utf-8")
     opened = browser.open(html)

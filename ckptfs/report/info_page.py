@@ -117,18 +117,19 @@ def summary_parts(info: dict, stats: dict | None = None, scan: dict | None = Non
     return parts
 
 
-def outline_rows(outline: list[dict], stats: dict | None) -> list[dict]:
-    """The outline's rows: the tree's entries, a tensor's with its NaN and
-    infinities counted where the stats have it."""
-    by_path = {t["path"]: t for t in stats["tensors"]} if stats else {}
+def outline_rows(outline: list[dict], stats: dict | None) -> dict:
+    """The outline's rows by columns (`page.columnar`): the tree's entries,
+    a tensor's with its NaN and infinities counted and `stat`, the index of
+    its stats row, where the stats have it."""
+    at = {t["path"]: i for i, t in enumerate(stats["tensors"])} if stats else {}
     rows = []
     for entry in outline:
         row = {key: entry.get(key) for key in ("path", "dtype", "shape")}
         row["size"] = entry["size"] if entry["type"] != "dir" else None
-        tensor = by_path.get(entry["path"])
-        row["nonfinite"] = stats_page.nonfinite(tensor) if tensor else None
+        row["stat"] = at.get(entry["path"])
+        row["nonfinite"] = stats_page.nonfinite(stats["tensors"][row["stat"]]) if row["stat"] is not None else None
         rows.append(row)
-    return rows
+    return page.columnar(rows, ("path", "dtype", "shape", "size", "nonfinite") + (("stat",) if stats else ()))
 
 
 def _outline(report: dict) -> Markup:
@@ -138,7 +139,7 @@ def _outline(report: dict) -> Markup:
         element("p", "Folders open on a click; their rows are made then." + how),
         page.json_script("ckptfs-outline", outline_rows(report["outline"], stats)),
         element("div", page.outline("ckptfs-outline", OUTLINE, name_key="path", separator="/"), class_="ri-pick",
-                data_stats="ckptfs-stats", data_key="path") if stats else
+                data_stats="ckptfs-stats", data_rows="ckptfs-outline") if stats else
         page.outline("ckptfs-outline", OUTLINE, name_key="path", separator="/"),
         element("div", "", class_="ri-detail", hidden=True),
     ])
