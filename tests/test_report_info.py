@@ -7,9 +7,12 @@ demand, NaN and infinities are red; 100k tensors stay a small page."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -21,10 +24,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import ckptfs
-from ckptfs.report import info_page, stats_page
+from ckptfs.commands import info as info_command
+from ckptfs.errors import CkptfsError
+from ckptfs.report import info_page, info_png, plot, stats_page
 
 from .browser import chromium
-from .conftest import FIXTURES, REPO, run_ckptfs
+from .conftest import CKPTFS, FIXTURES, REPO, TIMEOUT, run_ckptfs
 
 NEMO = FIXTURES / "nemo" / "tiny.nemo"
 LIGHTNING = FIXTURES / "lightning" / "tiny.ckpt"
@@ -89,6 +94,12 @@ class Outline(HTMLParser):
             self._in = None
 
 
+def by_row(data: dict) -> list[dict]:
+    """`page.columnar`'s lists, one per key, as rows."""
+    columns = data["columns"]
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
 def parsed(text: str) -> Outline:
     outline = Outline()
     outline.feed(text)
@@ -98,7 +109,7 @@ def parsed(text: str) -> Outline:
 def test_png_of_each_sample(tmp_path, nan_source):
     for source in (NEMO, LIGHTNING, nan_source[0]):
         html, png = write_report(source, tmp_path, *(() if source == NEMO else ("--exact",)))
-        stats = parsed(html.read_text()).data["ckptfs-stats"]
+        stats = by_row(parsed(html.read_text()).data["ckptfs-stats"])
         if source == NEMO:  # sampled by default; tensors this small are read whole all the same
             assert "about 65,536 elements of each tensor sampled" in html.read_text()
             assert all(t["counted"] == t["elements"] for t in stats)
@@ -117,7 +128,7 @@ def test_page_structure_holds_the_jsons(tmp_path):
     assert {"ri-tree", "ri-stats", "ri-globals", "ri-scan", "ri-by-module", "ri-by-dtype"} <= ids
     info = json_of("info", LIGHTNING, "--json")
     tree = json_of("ls", LIGHTNING, "-R", "--json")
-    rows = page.data["ckptfs-outline"]
+    rows = by_row(page.data["ckptfs-outline"])
     assert [r["path"] for r in rows] == [e["path"] for e in tree if not e["path"].startswith(".ckptfs")]
     shapes = {e["path"]: e["shape"] for e in tree if "shape" in e}
     assert {r["path"]: r["shape"] for r in rows if r["shape"] is not None} == shapes
@@ -202,7 +213,10 @@ def test_a_dangerous_global_is_red_and_the_verdict_dangerous(tmp_path, browser):
 
     source = tmp_path / "hooked.pt"
     torch.save({"weight": torch.ones(3), "hook": os.system}, source)  # names os.system; loading would import it
-    html, _ = write_report(source, tmp_path, "--no-stats")
+    html = tmp_path / "hooked.html"
+    done = run_ckptfs("info", source, "--html", html, "--no-stats")
+    assert done.returncode == 1 and done.stdout.startswith("source ")  # as `ckptfs scan` exits
+    assert done.stderr == "ckptfs: the report is written; it found the scan says dangerous (ckptfs scan -v says why)\n"
     opened = browser.open(html)
     assert opened.console_errors == [] and opened.requests == []
     info, scan = json_of("info", source, "--json"), json_of("scan", source, "--json")
@@ -249,8 +263,10 @@ def test_even_edges_are_numpys():
             assert stats_page.even_edges(float(low), float(high), bins) == \
                 np.linspace(low, high, bins + 1).tolist()
     uneven = {"edges": [0.0, 0.1, 1.0], "counts": [1, 2]}
-    assert stats_page.rows({"tensors": [{"histogram": uneven, "min": 2**60}]}) == \
-        [{"histogram": uneven, "min": str(2**60)}]
+    even = {"edges": [0.0, 0.5, 1.0], "counts": [3, 4]}
+    made = stats_page.rows({"tensors": [{"histogram": uneven, "min": 2**60}, {"histogram": even, "min": 0.5}]})
+    assert made["columns"]["histogram"] == [uneven, [0.0, 1.0, [3, 4]]]
+    assert made["columns"]["min"] == [str(2**60), 0.5] and made["columns"]["min~"] == [None, "0.5"]
 
 
 def synthetic(n: int) -> dict:
@@ -282,6 +298,10 @@ def test_100k_tensors_render_and_open_small(tmp_path, browser):
     started = time.monotonic()
     text = info_page.document(report)
     assert time.monotonic() - started < 20
+    # by columns, no path in the stats (the outline's rows point at them): 19 MB; an object per row was 40 MB
+    assert len(text) < 25_000_000
+    data = parsed(text).data
+    assert "path" not in data["ckptfs-stats"]["columns"] and data["ckptfs-outline"]["columns"]["stat"][-1] == 99_999
     html = tmp_path / "big.html"
     html.write_text(text, encoding="utf-8")
     opened = browser.open(html)
@@ -328,8 +348,8 @@ def test_png_without_matplotlib_is_one_line(tmp_path):
 
 def test_bad_sample_and_unwritable_file_are_one_line(tmp_path):
     done = run_ckptfs("info", NEMO, "--html", tmp_path / "r.html", "--sample", "0")
-    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
-        "ckptfs: --sample 0: give at least one element per tensor"]
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == \
+        "ckptfs info: error: argument --sample: '0': give a whole number, 1 or more"
     done = run_ckptfs("info", NEMO, "--html", tmp_path / "missing" / "r.html", "--no-stats")
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "r.html: No such file or directory" in done.stderr
@@ -346,3 +366,200 @@ def make_screenshot_report(folder: Path) -> Path:
 
 
 SCREENSHOTS = {"info": make_screenshot_report}
+
+
+#: names that are members of every JavaScript object: a script indexing by name with `{}` finds them there
+PROTO_NAMES = ("__proto__.weight", "constructor.weight", "toString", "model.__proto__.bias",
+               "model.constructor", "model.hasOwnProperty.w", "model.w")
+
+
+def test_names_of_object_members_are_names_on_both_pages(tmp_path, browser):
+    """`__proto__`, `constructor`... as folder and tensor names: the outline
+    opens each, a click shows each one's own histogram; the diff page too."""
+    tensors = {name: np.arange(4, dtype=np.float32) + i for i, name in enumerate(PROTO_NAMES)}
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(tensors, str(a))
+    save_file({name: t * 2 for name, t in tensors.items()}, str(b))
+    html, _ = write_report(a, tmp_path, "--exact")
+    opened = browser.open(html)
+    assert opened.console_errors == [] and opened.requests == []
+    top = opened.texts("#ri-tree tbody tr td:first-child .ck-toggle, #ri-tree tbody tr td:first-child > span")
+    assert {"__proto__", "constructor", "model", "toString.npy"} <= set(top)
+    opened.js("Array.from(document.querySelectorAll('#ri-tree .ck-toggle')).find("
+              "e => e.closest('tr').dataset.value === 'model').click()")
+    opened.js("Array.from(document.querySelectorAll('#ri-tree .ck-toggle')).find("
+              "e => e.closest('tr').dataset.value === 'model/__proto__').click()")
+    opened.js("document.querySelector(\"#ri-tree tr[data-value='model/__proto__/bias.npy']\").click()")
+    assert opened.texts("#ri-tree .ri-detail h3") == ["model.__proto__.bias"]
+    for i, name in enumerate(sorted(PROTO_NAMES)):
+        opened.js("document.querySelectorAll('#ri-stats tbody tr')[arguments[0]].click()", i)
+        assert opened.texts("#ri-stats .ri-detail h3") == [name]
+        assert sum(int(c) for c in opened.attributes("#ri-stats .ri-detail svg rect", "data-count")) == 4
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == []
+    done = run_ckptfs("diff", a, b, "--html", tmp_path / "d.html")
+    assert done.returncode == 1, done.stderr
+    diffed = browser.open(tmp_path / "d.html")
+    assert diffed.console_errors == [] and diffed.requests == []
+    assert sorted(diffed.attributes("#ranked-table td[data-key=name]", "data-value")) == sorted(PROTO_NAMES)
+
+
+def test_outline_counts_the_entries_below_a_folder(tmp_path, browser):
+    """A folder's count is of what is below it (`ls -R`), not itself too."""
+    save_file({"a.w": np.ones(2, np.float32), "b.c.w": np.ones(2, np.float32), "b.c.v": np.ones(2, np.float32),
+               "b.d": np.ones(2, np.float32)}, str(tmp_path / "t.safetensors"))
+    html, _ = write_report(tmp_path / "t.safetensors", tmp_path, "--no-stats")
+    opened = browser.open(html)
+    counts = opened.js("return Array.from(document.querySelectorAll('#ri-tree tbody tr'), "
+                       "tr => [tr.dataset.value, tr.querySelector('.ck-count').textContent])")
+    assert counts == [["a", " (1)"], ["b", " (4)"]]  # b: c, c/w.npy, c/v.npy, d.npy
+
+
+def test_a_tensor_with_no_finite_value_shows_its_panel(tmp_path, browser):
+    """An empty tensor and an all-NaN one: a click shows a dash for each
+    statistic and says why there is no histogram."""
+    save_file({"model.empty_buffer": np.zeros(0, np.float32), "model.allnan": np.full(3, np.nan, np.float32),
+               "model.w": np.ones(3, np.float32)}, str(tmp_path / "e.safetensors"))
+    html, _ = write_report(tmp_path / "e.safetensors", tmp_path, "--exact")
+    opened = browser.open(html)
+    for i, name in enumerate(["model.allnan", "model.empty_buffer"]):
+        opened.js("document.querySelectorAll('#ri-stats tbody tr')[arguments[0]].click()", i)
+        assert opened.texts("#ri-stats .ri-detail h3") == [name]
+        panel = opened.texts("#ri-stats .ri-detail p")
+        assert "min \u2013, max \u2013, mean \u2013, std \u2013" in panel[0]
+        assert panel[-1] == "no histogram: no finite value counted"
+    opened.refresh_logs()
+    assert opened.console_errors == [] and opened.requests == []
+
+
+def _raw_safetensors(path: Path, names: list[str]) -> None:
+    """A safetensors of float32 [2] tensors named as written (JSON escapes
+    kept: "\\udc80" is a lone surrogate once read), each [NaN, 1]."""
+    header = "{" + ",".join(f'"{n}":{{"dtype":"F32","shape":[2],"data_offsets":[{8 * i},{8 * i + 8}]}}'
+                            for i, n in enumerate(names)) + "}"
+    header += " " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode("ascii") +
+                     struct.pack("<2f", math.nan, 1.0) * len(names))
+
+
+def test_png_draws_every_name_as_plain_text(tmp_path):
+    """`$\\foo{$` (mathtext that cannot parse) and a lone surrogate, as the
+    file's name, a module and a tensor with NaN: a PNG, no error; the
+    labels are the names, the surrogate as its escape."""
+    names = ["a$\\\\foo{$.w", "bad\\udc80name", "$x^2$"]
+    source = tmp_path / "$\\foo{$.safetensors"
+    _raw_safetensors(source, names)
+    done = subprocess.run(CKPTFS + ["info", str(source), "--png", str(tmp_path / "r.png"), "--html",
+                                    str(tmp_path / "r.html"), "--exact"], capture_output=True, timeout=TIMEOUT)
+    assert (done.returncode, done.stderr) == (0, b"")  # stdout: the text of `ckptfs info` (bytes: the name)
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = {"info": json_of("info", source, "--json"), "stats": json_of("stats", source, "--json")}
+    drawn = info_png.figure(report)
+    labels = [sorted(t.get_text() for t in axes.get_yticklabels()) for axes in drawn.axes]
+    assert labels[0] == sorted(["$x^2$.npy", "a$\\foo{$", "bad\\udc80name.npy"])  # top-level entries
+    assert labels[2] == sorted(["$x^2$", "a$\\foo{$.w", "bad\\udc80name"])
+    assert drawn.get_suptitle().startswith(f"{source} (safetensors)")
+
+
+def test_png_or_html_naming_a_folder_is_one_line(tmp_path):
+    for option in ("--png", "--html"):
+        done = run_ckptfs("info", NEMO, option, tmp_path, "--no-stats")
+        assert (done.returncode, done.stderr) == (1, f"ckptfs: {tmp_path}: Is a directory\n")
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_finished_leaves_the_old_file(tmp_path):
+    """A file size limit (8 KiB) stops the writing midway: one line, exit 1,
+    the file that was there untouched and no temporary left beside it."""
+    for option in ("--html", "--png"):
+        target = tmp_path / f"old.{option[2:]}"
+        target.write_text("previous good report\n")
+        command = " ".join(CKPTFS + ["info", str(LIGHTNING), option, str(target), "--exact"])
+        done = subprocess.run(["bash", "-c", f"trap '' XFSZ; ulimit -f 8; exec {command}"], capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        assert (done.returncode, done.stderr) == (1, f"ckptfs: {target}: File too large\n")
+        assert target.read_text() == "previous good report\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["old.html", "old.png"][:1 + (option == "--png")])
+
+
+def test_png_without_matplotlib_is_said_before_any_stats(monkeypatch, capsys):
+    def absent():
+        raise CkptfsError("--png needs matplotlib")
+
+    def gather(*_):
+        raise AssertionError("stats read before matplotlib was looked for")
+
+    monkeypatch.setattr(plot, "matplotlib", absent)
+    monkeypatch.setattr("ckptfs.info_report.gather", gather)
+    args = argparse.Namespace(source=str(NEMO), json=False, html=None, png="x.png", sample=None, exact=True,
+                              no_stats=False)
+    with pytest.raises(CkptfsError, match="needs matplotlib"):
+        info_command.run(args)
+
+
+def test_report_options_alone_are_one_line():
+    for option in (["--sample", "5"], ["--exact"], ["--no-stats"]):
+        done = run_ckptfs("info", NEMO, *option)
+        assert (done.returncode, done.stdout) == (1, "")
+        assert done.stderr == f"ckptfs: {option[0]} is for the report: give --html FILE or --png FILE too\n"
+
+
+def test_trouble_is_a_dangerous_verdict_or_a_tensor_without_stats():
+    safe = {"scan": {"verdict": "safe"}, "stats": {"tensors": [{"error": None, "nan": 3}]}}
+    assert info_command.trouble(safe) is None
+    assert info_command.trouble({"scan": {"verdict": "not scanned"}, "stats": None}) is None
+    bad = {"scan": {"verdict": "dangerous"}, "stats": {"tensors": [{"error": "cannot read"}, {"error": None}]}}
+    assert info_command.trouble(bad) == ("the scan says dangerous (ckptfs scan -v says why); "
+                                         "1 tensor whose stats could not be made")
+
+
+def test_tables_by_module_and_of_globals_are_bounded(tmp_path):
+    """20,000 dot-less names (a flat checkpoint): 20,000 top-level modules,
+    shown as the largest 50 and one row summing the rest, in the page and in
+    the notebook's fragment; the same for 20,000 globals."""
+    save_file({f"w{i}": np.ones(1 + (i == 7), np.float32) for i in range(20_000)}, str(tmp_path / "flat.safetensors"))
+    made = ckptfs.open(tmp_path / "flat.safetensors")._repr_html_()
+    assert len(made) < 100_000
+    rows = [a for t, a in parsed(made).tags if t == "tr"]
+    assert len(rows) < 150
+    module = parsed(made)
+    numbers = [int(a["data-value"]) for t, a in module.tags if t == "span" and "data-value" in a]
+    assert numbers[4:7] == [1, 2, 8]  # the largest first: w7, 2 parameters
+    assert "and 19,950 others" in made
+    tail = made[made.index("and 19,950 others"):]
+    assert [int(v) for v in tail.split('data-value="')[1:4] for v in [v.split('"')[0]]] == [19_950, 19_950, 79_800]
+    report = synthetic(3)
+    report["info"]["pickle_globals"] = [f"m.g{i}" for i in range(20_000)]
+    report["info"]["unsafe_globals"] = ["m.g19999"]
+    page = info_page.document(report)
+    shown = [a for t, a in parsed(page).tags if t == "tr"]
+    assert len(shown) < 200 and "and 19,950 more" in page
+    assert page.index("m.g19999") < page.index("m.g0<")  # outside the allowlist first
+
+
+def test_one_tensor_is_singular_and_the_verdict_one_class():
+    report = synthetic(3)
+    report["stats"]["tensors"][1]["nan"] = 2
+    report["scan"] = {"verdict": "not scanned", "problems": ["a URL"]}
+    page = info_page.document(report)
+    assert "1 tensor with NaN, infinities or an error" in page and "1 tensors" not in page
+    classes = {a["class"] for t, a in parsed(page).tags if a.get("data-verdict")}
+    assert classes == {"ri-verdict-not-scanned"}
+    assert "1 tensor with NaN" in stats_page.fragment(report["stats"])
+
+
+def test_numbers_read_as_python_rounds_them(tmp_path, browser):
+    """1.0625 is a tie at four digits: Python (format_float, the notebook)
+    writes 1.062, JavaScript's toFixed 1.063; the page shows Python's."""
+    save_file({"tie": np.full(4, 1.0625, np.float32)}, str(tmp_path / "tie.safetensors"))
+    html, _ = write_report(tmp_path / "tie.safetensors", tmp_path, "--exact")
+    opened = browser.open(html)
+    cells = opened.js("return Object.fromEntries(Array.from(document.querySelectorAll('#ri-stats tbody td'), "
+                      "td => [td.dataset.key, td.textContent]))")
+    python = stats_page.page.format_float(1.0625)
+    assert python == "1.062" and [cells[k] for k in ("min", "max", "mean", "std")] == [python] * 3 + ["0"]
+    opened.js("document.querySelector('#ri-stats tbody tr').click()")
+    assert "min 1.062, max 1.062, mean 1.062, std 0" in opened.texts("#ri-stats .ri-detail p")[0]
+    notebook = ckptfs.stats(tmp_path / "tie.safetensors")._repr_html_()
+    assert notebook.count(">1.062<") == 3 and ">1.063<" not in notebook
+    assert opened.console_errors == []

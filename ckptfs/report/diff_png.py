@@ -1,32 +1,16 @@
 """`ckptfs diff --png FILE`: the heatmap of the diff report (grouping.py)
-drawn by matplotlib, for a terminal or a paper. matplotlib is the optional
-extra `plot`; it is imported here alone, and without it the command says
-which extra to install."""
+drawn by matplotlib (plot.py loads it), for a terminal or a paper."""
 
 from __future__ import annotations
 
-import io
 import math
 
-from ..errors import CkptfsError
 from . import write_atomic
 from .page import short
+from .plot import matplotlib, png
 
 #: inches per cell
 CELL = 0.28
-
-
-def matplotlib():
-    """matplotlib's Figure and Agg canvas (no pyplot: no global state, no
-    backend chosen for a notebook that imports this)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.colors import LogNorm
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CkptfsError("--png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' "
-                          "in a clone of ckptfs") from None
-    return Figure, FigureCanvasAgg, LogNorm
 
 
 def write(report: dict, path: str, title: str = "ckptfs diff") -> None:
@@ -41,14 +25,7 @@ def render(report: dict, title: str = "ckptfs diff") -> bytes:
     colour scale; an infinite one the top colour marked ∞; an unchanged
     cell hatched; a cell with no ratio grey with "?"; no tensor blank. A
     name is drawn as plain text whatever it holds (no mathtext)."""
-    try:
-        out = io.BytesIO()
-        FigureCanvasAgg = matplotlib()[1]
-        FigureCanvasAgg(figure(report, title)).print_png(out)
-        return out.getvalue()
-    except (ValueError, RuntimeError, OverflowError) as e:  # matplotlib's own failures
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CkptfsError(f"cannot draw the heatmap: {first}") from None
+    return png(lambda: figure(report, title), "the heatmap")
 
 
 def figure(report: dict, title: str = "ckptfs diff"):

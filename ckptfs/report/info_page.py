@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..humanize import plural
 from . import page, stats_page
 from .page import Column, Markup, element
 
@@ -17,6 +18,8 @@ OUTLINE = (Column("path", "name", "code"), Column("dtype", "dtype", "code"), Col
            Column("size", "size", "bytes"), Column("nonfinite", "NaN + inf", "int"))
 #: scan findings listed; the rest are counted
 MAX_FINDINGS = 200
+#: rows of the tables by module and by dtype, and of the globals; the rest summed or counted
+MAX_ROWS = 50
 
 
 def _writable(info: dict) -> Markup:
@@ -33,7 +36,7 @@ def _summary_list(info: dict, stats: dict | None, scan: dict | None) -> Markup:
              ("tensor bytes", page.number(info["tensor_bytes"], "bytes")), ("edits", _writable(info))]
     if stats is not None:
         bad = stats_page.flagged(stats)
-        items.append(("NaN / inf", element("span", f"{len(bad):,} tensors with NaN, infinities or an error",
+        items.append(("NaN / inf", element("span", f"{plural(len(bad), 'tensor', spec=',')} with NaN, infinities or an error",
                                            class_="ri-bad") if bad else "none"))
     if scan is not None:
         items.append(("scan", _verdict(scan)))
@@ -43,32 +46,47 @@ def _summary_list(info: dict, stats: dict | None, scan: dict | None) -> Markup:
 def _verdict(scan: dict) -> Markup:
     words = {"safe": "safe: every global on the allowlist", "dangerous": "dangerous: globals outside the allowlist",
              "error": "no verdict: parts could not be scanned", "not scanned": "not scanned"}
-    return element("span", words.get(scan["verdict"], scan["verdict"]), class_=f"ri-verdict-{scan['verdict']}",
+    return element("span", words.get(scan["verdict"], scan["verdict"]), class_="ri-verdict-" + "-".join(scan["verdict"].split()),
                    data_verdict=scan["verdict"])
 
 
 def _breakdown(title: str, rows: dict[str, dict], parameters: int, anchor: str) -> Markup:
-    """A table of tensors, parameters and bytes per name, each with a bar of its share of the parameters."""
+    """A table of tensors, parameters and bytes per name, each with a bar of
+    its share of the parameters: the MAX_ROWS largest, the rest summed in a
+    last row (a flat checkpoint has a top-level name per tensor)."""
+    ranked = sorted(rows.items(), key=lambda item: -item[1]["parameters"])
     largest = max([row["parameters"] for row in rows.values()] + [1])
-    shown = [(element("code", name), page.number(row["tensors"], "int"), page.number(row["parameters"], "int"),
-              page.number(row["bytes"], "bytes"),
-              page.bar(row["parameters"] / largest, width=160, title=f"{row['parameters'] / max(parameters, 1):.1%}"))
-             for name, row in sorted(rows.items(), key=lambda item: -item[1]["parameters"])]
-    table = page.table([title, "tensors", "parameters", "bytes", "share of the parameters"], shown,
-                       numeric=[False, True, True, True, False], id=anchor)
-    return table
+    shown = [(element("code", name), *_shares(row, parameters, largest)) for name, row in ranked[:MAX_ROWS]]
+    if len(ranked) > MAX_ROWS:
+        rest = {key: sum(row[key] for _, row in ranked[MAX_ROWS:]) for key in ("tensors", "parameters", "bytes")}
+        shown.append((element("span", f"and {plural(len(ranked) - MAX_ROWS, 'other', spec=',')} "
+                              "(ckptfs info --json lists them)", class_="ri-others"),
+                      *_shares(rest, parameters, largest)))
+    return page.table([title, "tensors", "parameters", "bytes", "share of the parameters"], shown,
+                      numeric=[False, True, True, True, False], id=anchor)
+
+
+def _shares(row: dict, parameters: int, largest: int) -> tuple:
+    return (page.number(row["tensors"], "int"), page.number(row["parameters"], "int"),
+            page.number(row["bytes"], "bytes"),
+            page.bar(row["parameters"] / largest, width=160, title=f"{row['parameters'] / max(parameters, 1):.1%}"))
 
 
 def _globals(info: dict) -> Markup:
+    """The globals the pickles name, those outside the allowlist first; the
+    first MAX_ROWS, the others counted."""
     unsafe = set(info["unsafe_globals"])
-    if not info["pickle_globals"]:
+    named = sorted(info["pickle_globals"], key=lambda name: name not in unsafe)
+    if not named:
         return element("p", "The checkpoint's pickles name no global (or it has no pickle).")
     shown = [(element("code", name), element("span", "outside the allowlist: see ckptfs scan", class_="ri-bad")
-              if name in unsafe else "on the allowlist") for name in info["pickle_globals"]]
+              if name in unsafe else "on the allowlist") for name in named[:MAX_ROWS]]
+    more = [element("p", f"and {len(named) - MAX_ROWS:,} more (ckptfs info --json lists them all)")] \
+        if len(named) > MAX_ROWS else []
     return page.join([
-        element("p", f"{len(info['pickle_globals'])} globals named by its pickles, none imported or run: what "
+        element("p", f"{plural(len(named), 'global', spec=',')} named by its pickles, none imported or run: what "
                 "torch.load(weights_only=False) would import or call."),
-        page.table(["global", "allowed"], shown, id="ri-globals-table"),
+        page.table(["global", "allowed"], shown, id="ri-globals-table"), *more,
     ])
 
 
@@ -99,18 +117,19 @@ def summary_parts(info: dict, stats: dict | None = None, scan: dict | None = Non
     return parts
 
 
-def outline_rows(outline: list[dict], stats: dict | None) -> list[dict]:
-    """The outline's rows: the tree's entries, a tensor's with its NaN and
-    infinities counted where the stats have it."""
-    by_path = {t["path"]: t for t in stats["tensors"]} if stats else {}
+def outline_rows(outline: list[dict], stats: dict | None) -> dict:
+    """The outline's rows by columns (`page.columnar`): the tree's entries,
+    a tensor's with its NaN and infinities counted and `stat`, the index of
+    its stats row, where the stats have it."""
+    at = {t["path"]: i for i, t in enumerate(stats["tensors"])} if stats else {}
     rows = []
     for entry in outline:
         row = {key: entry.get(key) for key in ("path", "dtype", "shape")}
         row["size"] = entry["size"] if entry["type"] != "dir" else None
-        tensor = by_path.get(entry["path"])
-        row["nonfinite"] = stats_page.nonfinite(tensor) if tensor else None
+        row["stat"] = at.get(entry["path"])
+        row["nonfinite"] = stats_page.nonfinite(stats["tensors"][row["stat"]]) if row["stat"] is not None else None
         rows.append(row)
-    return rows
+    return page.columnar(rows, ("path", "dtype", "shape", "size", "nonfinite") + (("stat",) if stats else ()))
 
 
 def _outline(report: dict) -> Markup:
@@ -120,7 +139,7 @@ def _outline(report: dict) -> Markup:
         element("p", "Folders open on a click; their rows are made then." + how),
         page.json_script("ckptfs-outline", outline_rows(report["outline"], stats)),
         element("div", page.outline("ckptfs-outline", OUTLINE, name_key="path", separator="/"), class_="ri-pick",
-                data_stats="ckptfs-stats", data_key="path") if stats else
+                data_stats="ckptfs-stats", data_rows="ckptfs-outline") if stats else
         page.outline("ckptfs-outline", OUTLINE, name_key="path", separator="/"),
         element("div", "", class_="ri-detail", hidden=True),
     ])

@@ -6,6 +6,7 @@ static table, each row with a small inline-SVG histogram)."""
 
 from __future__ import annotations
 
+from ..humanize import plural
 from . import page
 from .page import Column, Markup, element
 
@@ -46,23 +47,34 @@ def even_edges(low: float, high: float, bins: int) -> list[float]:
     return [i * step + low for i in range(bins)] + [high]
 
 
-def _compact(histogram: dict | None) -> dict | None:
-    """Even edges (`ckptfs stats` makes them so) as their two ends: 32 bins
-    of 100k tensors would be some 70 MB of edges in the page."""
+def _compact(histogram: dict | None) -> list | dict | None:
+    """Even edges (`ckptfs stats` makes them so) as their two ends, `[low,
+    high, counts]`: 32 bins of 100k tensors would be some 70 MB of edges in
+    the page; uneven ones as they are."""
     if histogram is None:
         return None
     edges, counts = histogram["edges"], histogram["counts"]
     if edges == even_edges(edges[0], edges[-1], len(counts)):
-        return {"even": [edges[0], edges[-1]], "counts": counts}
+        return [edges[0], edges[-1], counts]
     return histogram
 
 
-def rows(stats: dict) -> list[dict]:
-    """The rows the page's script shows: the stats dict's tensors, integers
-    too large for a JavaScript number as strings (their digits kept), even
-    histogram edges by their ends."""
-    return [{key: _compact(value) if key == "histogram" else _exact_in_js(value) for key, value in t.items()}
-            for t in stats["tensors"]]
+#: what the page's script needs of each tensor: the table's columns, `elements`
+#: for the histogram's line; `path` is not (the outline's rows point here by index)
+KEYS = tuple(c.key for c in COLUMNS) + ("elements", "histogram")
+
+
+def rows(stats: dict) -> dict:
+    """The rows the page's script shows, by columns (`page.columnar`, with
+    the texts Python shows each float as): the stats dict's tensors,
+    integers too large for a JavaScript number as strings (their digits
+    kept), histograms compact; `dequantized` only where a tensor is."""
+    tensors = stats["tensors"]
+    keys = KEYS + (("dequantized",) if any(t.get("dequantized") for t in tensors) else ())
+    made = page.columnar(tensors, keys, floats=[c.key for c in COLUMNS if c.format == "float"])
+    for key in keys:
+        made["columns"][key] = [_compact(v) if key == "histogram" else _exact_in_js(v) for v in made["columns"][key]]
+    return made
 
 
 def description(stats: dict) -> str:
@@ -70,7 +82,7 @@ def description(stats: dict) -> str:
     tensors = len(stats["tensors"])
     how = (f"about {stats['sample']:,} elements of each tensor sampled (a smaller one whole)" if stats.get("sample")
            else "every element counted")
-    return f"{tensors:,} tensors, {how}, histograms of {stats['bins']} bins over the finite values"
+    return f"{plural(tensors, 'tensor', spec=',')}, {how}, histograms of {stats['bins']} bins over the finite values"
 
 
 def flagged_table(stats: dict) -> Markup:
@@ -99,7 +111,7 @@ def section(stats: dict, rows_id: str = "ckptfs-stats") -> Markup:
         element("p", description(stats), " \u2014 click a row for its histogram."),
         page.json_script(rows_id, rows(stats)),
         element("div", page.paged_table(rows_id, COLUMNS, page=50, filter_key="name"), class_="ri-pick",
-                data_stats=rows_id, data_key="name"),
+                data_stats=rows_id),
         element("div", "", class_="ri-detail", hidden=True),
         element("script", Markup(SCRIPT)),
     ])
@@ -127,7 +139,8 @@ def fragment(stats: dict) -> Markup:
     tensors, bad = stats["tensors"], flagged(stats)
     parts = [element("p", element("strong", stats["source"]), f" ({stats['format']}): {description(stats)}")]
     if bad:
-        parts.append(element("p", f"{len(bad):,} tensors with NaN, infinities or an error", class_="ri-bad"))
+        parts.append(element("p", f"{plural(len(bad), 'tensor', spec=',')} with NaN, infinities or an error",
+                             class_="ri-bad"))
     shown = tensors[:FRAGMENT_ROWS]
     parts.append(page.table(["tensor", "dtype", "shape", "min", "max", "mean", "std", "NaN", "+inf", "\u2212inf",
                              "histogram"], (_fragment_row(t) for t in shown),
@@ -156,18 +169,30 @@ STYLE = """
 
 #: a click on a row of a `.ri-pick` table (the stats' rows, the outline's)
 #: draws that tensor's histogram in the `.ri-detail` panel after the table,
-#: from the stats rows embedded as `data-stats` (by `data-key`: name or path)
+#: from the stats rows embedded as `data-stats`: by the row's name, or for
+#: the outline (`data-rows`, its embedded rows) by its row's `stat` index
 SCRIPT = r"""
 (function () {
   "use strict";
-  var SVG = "http://www.w3.org/2000/svg", index = {};
-  function lookup(id, key) {
-    var name = id + " " + key;
-    if (!(name in index)) {
-      index[name] = {};
-      JSON.parse(document.getElementById(id).textContent).forEach(function (t) { index[name][t[key]] = t; });
+  // tensors by name or path in a Map: a tensor named "__proto__" or "constructor" is a name
+  var SVG = "http://www.w3.org/2000/svg", index = new Map();
+  function byName(id) {
+    if (!index.has(id)) {
+      var named = new Map();
+      window.ckptfsReport.rows(id).forEach(function (t) { named.set(t.name, t); });
+      index.set(id, named);
     }
-    return index[name];
+    return index.get(id);
+  }
+  // the stats of a clicked row: the outline's row holds their index (`stat`), the table's row the name
+  function picked(host, tr) {
+    var all = window.ckptfsReport.rows(host.dataset.stats);
+    if (host.dataset.rows) {
+      var row = tr.dataset.row === undefined ? null : window.ckptfsReport.rows(host.dataset.rows)[+tr.dataset.row];
+      return row && typeof row.stat === "number" ? all[row.stat] : null;
+    }
+    var cell = tr.querySelector("td[data-key=name]");
+    return cell ? byName(host.dataset.stats).get(cell.dataset.value) || null : null;
   }
   function svg(tag, attributes, text) {
     var node = document.createElementNS(SVG, tag);
@@ -183,14 +208,17 @@ SCRIPT = r"""
   }
   // the edges as ckptfs stats gave them, or as NumPy's linspace made them from their ends
   function edges(h) {
-    if (h.edges) return h.edges;
-    var k = h.counts.length, low = h.even[0], high = h.even[1], step = (high - low) / k, out = [];
+    if (!Array.isArray(h)) return h.edges;
+    var k = h[2].length, low = h[0], high = h[1], step = (high - low) / k, out = [];
     for (var i = 0; i < k; i++) out.push(i * step + low);
     out.push(high);
     return out;
   }
+  function counts(h) {
+    return Array.isArray(h) ? h[2] : h.counts;
+  }
   function histogram(t, g4) {
-    var h = {edges: edges(t.histogram), counts: t.histogram.counts}, w = 560, ht = 150, pad = 40;
+    var h = {edges: edges(t.histogram), counts: counts(t.histogram)}, w = 560, ht = 150, pad = 40;
     var most = Math.max.apply(null, h.counts.concat([1])), step = (w - 2 * pad) / h.counts.length;
     var picture = svg("svg", {width: w, height: ht + 34, role: "img", "class": "ri-hist"});
     h.counts.forEach(function (c, i) {
@@ -214,20 +242,23 @@ SCRIPT = r"""
     title.textContent = t.name;
     panel.appendChild(title);
     if (t.error) { panel.appendChild(line(t.error, "ri-bad")); return; }
+    // the text Python made (with_text), else a dash where no finite value was counted
+    function shown(key) {
+      var v = t[key];
+      return typeof t[key + "~"] === "string" ? t[key + "~"] : (v === null || v === undefined ? "\u2013" : g4(v));
+    }
     panel.appendChild(line(t.dtype + " [" + t.shape.join(", ") + "], " + t.counted.toLocaleString("en-US") + " of " +
-      t.elements.toLocaleString("en-US") + " elements counted; min " + g4(t.min) + ", max " + g4(t.max) +
-      ", mean " + g4(t.mean) + ", std " + g4(t.std)));
+      t.elements.toLocaleString("en-US") + " elements counted; min " + shown("min") + ", max " + shown("max") +
+      ", mean " + shown("mean") + ", std " + shown("std")));
     var bad = (t.nan || 0) + (t.posinf || 0) + (t.neginf || 0);
     if (bad) panel.appendChild(line("not in the histogram: " + t.nan + " NaN, " + t.posinf + " +inf, " + t.neginf + " \u2212inf", "ri-bad"));
-    if (t.histogram && t.histogram.counts.length) panel.appendChild(histogram(t, g4));
+    if (t.histogram && counts(t.histogram).length) panel.appendChild(histogram(t, g4));
     else panel.appendChild(line("no histogram: no finite value counted"));
   }
   document.addEventListener("click", function (event) {
     var tr = event.target.closest(".ri-pick tbody tr"), host = tr && tr.closest(".ri-pick");
     if (!tr || event.target.closest(".ck-toggle, button")) return;
-    var key = host.dataset.key, cell = tr.querySelector("td[data-key=" + key + "]");
-    var value = key === "path" ? tr.dataset.value : cell && cell.dataset.value;
-    var t = value === undefined ? null : lookup(host.dataset.stats, key)[value];
+    var t = picked(host, tr);
     if (!t) return;
     host.querySelectorAll("tr.ri-picked").forEach(function (r) { r.classList.remove("ri-picked"); });
     tr.classList.add("ri-picked");
