@@ -245,17 +245,17 @@ def _limited():
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("elements, sample", [(1 << 29, None), (1 << 31, 1_000_000)], ids=["exact-2GiB", "sampled-8GiB"])
+@pytest.mark.timeout(660)
+@pytest.mark.parametrize("elements, sample", [(1 << 31, None), (1 << 31, 1_000_000)], ids=["exact-8GiB", "sampled-8GiB"])
 def test_memory_stays_bounded_on_a_tensor_larger_than_the_limit(tmp_path, elements, sample):
-    """float32 zeros under a 1 GiB address-space limit: a map of the tensor
-    fails, chunked reads do not. Every element of 2 GiB (6 s on a quiet
-    machine, a minute on a busy one), a sample of 8 GiB."""
+    """8 GiB of float32 zeros (a sparse file) under a 1 GiB address-space
+    limit: a map of the tensor fails, chunked reads do not. Every element
+    (7 s on a quiet machine, about a minute on a busy one), then a sample."""
     path = tmp_path / "big.safetensors"
     sparse_safetensors(path, elements)
     options = [] if sample is None else ["--sample", str(sample)]
     done = subprocess.run(CKPTFS + ["stats", "--json", *options, str(path)], capture_output=True, text=True,
-                          timeout=240, preexec_fn=_limited, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=600, preexec_fn=_limited, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     (got,) = json.loads(done.stdout)["tensors"]
     counted = sample or elements
