@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import math
 
-from . import write_atomic
 from .page import short
 from .plot import matplotlib, png
 
 #: inches per cell
 CELL = 0.28
-
-
-def write(report: dict, path: str, title: str = "ckptfs diff") -> None:
-    """The heatmap of `report` as a PNG file at `path`, written whole or
-    not at all (`write_atomic`)."""
-    write_atomic(path, render(report, title))
 
 
 def render(report: dict, title: str = "ckptfs diff") -> bytes:
