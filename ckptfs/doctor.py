@@ -159,10 +159,15 @@ def _read_bytes(path: str) -> bytes:
     """The first MAX_CONFIG bytes of a regular file. Opened without
     blocking and checked before reading: a named pipe (a secret manager's
     credentials, a FIFO over /etc/fuse.conf) would wait for a writer
-    forever, a device would never end; either is an OSError here."""
+    forever, a device would never end; either is an OSError here. A
+    device that ends at once (/dev/null, the usual way to blank a config)
+    is read as the empty file it is to fopen and fgets."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISCHR(mode) and _ends_at_once(fd):
+            return b""
+        if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
         pieces, size = [], 0
         while size < MAX_CONFIG:  # /proc files come a page at a time
@@ -174,6 +179,14 @@ def _read_bytes(path: str) -> bytes:
         return b"".join(pieces)
     finally:
         os.close(fd)
+
+
+def _ends_at_once(fd: int) -> bool:
+    """Whether a device's first read (without blocking) says end of file."""
+    try:
+        return os.read(fd, 1) == b""
+    except OSError:  # EAGAIN: a terminal with nothing typed, and the like
+        return False
 
 
 def _read_small(path: str) -> str:
@@ -255,6 +268,7 @@ class FuseConf:
     options: tuple[str, ...]  # the lines it parses: cut at '#', stripped, blanks left out
     last: str | None  # a last line with no newline, stripped, which it ignores ("missing newline")
     unreadable: OSError | None  # why the file could not be read (None: read, or there is none)
+    device: bool = False  # a device read as empty (a link to /dev/null): an append cannot change it
 
 
 def fuse_conf(path: str = "/etc/fuse.conf") -> FuseConf:
@@ -267,6 +281,8 @@ def fuse_conf(path: str = "/etc/fuse.conf") -> FuseConf:
         return FuseConf((), None, None)
     except OSError as e:
         return FuseConf((), None, e)
+    if not data and not os.path.isfile(path):
+        return FuseConf((), None, None, device=True)
     options, whole, start = [], True, 0
     while start < len(data):
         end = data.find(b"\n", start, start + FUSE_CONF_LINE)
@@ -293,12 +309,15 @@ def _strip_conf_line(line: bytes) -> str:
 FUSE_CONF_BEARABLE = (errno.EACCES, errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EOVERFLOW)
 #: the append that adds user_allow_other on a line of its own
 ALLOW_OTHER_FIX = "echo user_allow_other | sudo tee -a /etc/fuse.conf"
+#: a file of its own in place of a link to a device (/dev/null), with user_allow_other
+ALLOW_OTHER_FILE_FIX = "sudo rm /etc/fuse.conf && echo user_allow_other | sudo tee /etc/fuse.conf"
 
 
 def allow_other(asked: bool) -> Check:
     """fusermount3 lets users other than root mount with `-o allow_other`
     only when /etc/fuse.conf says `user_allow_other`, on a line it reads;
-    root needs nothing."""
+    root needs nothing. A fix that turns user_allow_other on (every user's
+    mounts open to every other user) is given only when `asked`."""
     conf = fuse_conf()
     limit = next((m[1] for o in conf.options if (m := re.match(r"mount_max\s*=\s*([-+]?\w+)", o))), None)
     mounts_max = f"; mount_max = {limit}" if limit else ""
@@ -309,20 +328,28 @@ def allow_other(asked: bool) -> Check:
     status = "fail" if asked else "note"
     refused = "mounts with -o allow_other are refused"
     if conf.unreadable is not None and conf.unreadable.errno not in FUSE_CONF_BEARABLE:
+        move = "sudo mv /etc/fuse.conf /etc/fuse.conf.bad"
         return Check("allow_other", "fail", f"/etc/fuse.conf: {conf.unreadable.strerror}: fusermount3 stops there "
                      "(waits on a pipe, exits on a folder or a read error): no user can mount",
-                     f"sudo mv /etc/fuse.conf /etc/fuse.conf.bad && {ALLOW_OTHER_FIX}")
+                     f"{move} && {ALLOW_OTHER_FIX}" if asked else move)
     if conf.unreadable is not None:
         found = f"cannot read /etc/fuse.conf ({conf.unreadable.strerror}), as fusermount3 cannot: {refused}"
         return Check("allow_other", status, found, "sudo chmod 644 /etc/fuse.conf")
     if conf.last == "user_allow_other":
         return Check("allow_other", status, "user_allow_other is the last line of /etc/fuse.conf, with no newline "
-                     f"after it: fusermount3 ignores that line, and {refused}", "echo | sudo tee -a /etc/fuse.conf")
+                     f"after it: fusermount3 ignores that line, and {refused}",
+                     "echo | sudo tee -a /etc/fuse.conf" if asked else None)
+    found = f"no user_allow_other in /etc/fuse.conf{' (a device, read as empty)' if conf.device else ''}: {refused}"
+    return Check("allow_other", status, found + mounts_max, _allow_other_fix(conf) if asked else None)
+
+
+def _allow_other_fix(conf: FuseConf) -> str:
+    """The line that adds user_allow_other where fusermount3 reads it."""
+    if conf.device:
+        return ALLOW_OTHER_FILE_FIX
     if conf.last is not None:  # the append must start on a line of its own
-        return Check("allow_other", status, f"no user_allow_other in /etc/fuse.conf: {refused}{mounts_max}",
-                     "printf '\\nuser_allow_other\\n' | sudo tee -a /etc/fuse.conf")
-    return Check("allow_other", status, f"no user_allow_other in /etc/fuse.conf: {refused}{mounts_max}",
-                 ALLOW_OTHER_FIX)
+        return "printf '\\nuser_allow_other\\n' | sudo tee -a /etc/fuse.conf"
+    return ALLOW_OTHER_FIX
 
 
 # ------------------------------------------------------------ Python packages

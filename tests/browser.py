@@ -167,10 +167,11 @@ SCREENSHOT_MODULES: tuple[str, ...] = ("tests.test_report_diff", "tests.test_rep
 
 def screenshots(folder: Path) -> list[Path]:
     """docs/report-*.png: each report of SCREENSHOT_MODULES, opened here and
-    photographed."""
+    photographed into `folder` (made if missing)."""
     makers = {}
     for module in SCREENSHOT_MODULES:
         makers.update(importlib.import_module(module).SCREENSHOTS)
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     with chromium() as browser, tempfile.TemporaryDirectory() as tmp:
         for name, make in makers.items():

@@ -449,13 +449,14 @@ def plain_source(shared_dir) -> Path:
     return source
 
 
-def _fusermount3_allows_other(conf: Path, user, env: dict, mnt: Path) -> subprocess.CompletedProcess:
-    """The real fusermount3 asked, as `user`, for an allow_other mount (as
-    libfuse asks it: the device comes back over _FUSE_COMMFD); a mount it
-    makes dies with its namespace, and the device with our socket."""
+def _fusermount3_allows_other(conf: Path, user, env: dict, mnt: Path,
+                              options: str = "allow_other,ro") -> subprocess.CompletedProcess:
+    """The real fusermount3 asked, as `user`, for a mount with `options`
+    (as libfuse asks it: the device comes back over _FUSE_COMMFD); a mount
+    it makes dies with its namespace, and the device with our socket."""
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        return _in_namespace(conf, user, ["/usr/bin/fusermount3", "-o", "allow_other,ro,fsname=doctor-test", "--",
+        return _in_namespace(conf, user, ["/usr/bin/fusermount3", "-o", f"{options},fsname=doctor-test", "--",
                                           mnt], {**env, "_FUSE_COMMFD": str(theirs.fileno())},
                              pass_fds=[theirs.fileno()])
 
@@ -497,6 +498,50 @@ def test_fuse_conf_is_read_as_fusermount3_reads_it(case, users, shared_dir, plai
     if mode == 0o600:
         assert "Permission denied" in mounted.stderr and check["found"].startswith(
             "cannot read /etc/fuse.conf (Permission denied), as fusermount3 cannot")
+
+
+def test_fuse_conf_linked_to_dev_null_is_read_as_empty_as_fusermount3_reads_it(users, shared_dir, plain_source,
+                                                                               dev_fuse_mode):
+    """/etc/fuse.conf a link to /dev/null: fusermount3 reads it as empty (a
+    user mounts; allow_other is refused), so the doctor does: a note with no
+    fix when allow_other is not asked for, with --allow-other a FAIL whose fix
+    writes a file of its own (an append to /dev/null would change nothing)."""
+    user = users[0]
+    home = user_home(shared_dir, user)
+    env = _user_env(home, plain_source)
+    dev_fuse_mode(0o666)
+    conf = shared_dir / "fuse-null.conf"
+    conf.symlink_to("/dev/null")
+    mnt = home / "mnt-null"
+    mnt.mkdir(exist_ok=True)
+    os.chown(mnt, user.pw_uid, user.pw_gid)
+    assert _fusermount3_allows_other(conf, user, env, mnt, "ro").returncode == 0
+    refused = _fusermount3_allows_other(conf, user, env, mnt)
+    assert refused.returncode != 0 and "user_allow_other" in refused.stderr, refused.stderr
+    plain = _in_namespace(conf, user, [DEBIAN_PYTHON, "-m", "ckptfs", "doctor", "--json"], env)
+    found = "no user_allow_other in /etc/fuse.conf (a device, read as empty): mounts with -o allow_other are refused"
+    assert checks_of(plain.stdout)["allow_other"] == {  # the exit status: that of a Python without pyfuse3
+        "name": "allow_other", "status": "note", "found": found, "fix": None}
+    asked = _in_namespace(conf, user, [DEBIAN_PYTHON, "-m", "ckptfs", "doctor", "--allow-other", "--json"], env)
+    assert checks_of(asked.stdout)["allow_other"] == {
+        "name": "allow_other", "status": "fail", "found": found, "fix": doctor.ALLOW_OTHER_FILE_FIX}
+
+
+def test_user_allow_other_is_suggested_only_when_asked_for(tmp_path, monkeypatch):
+    """A FIFO over /etc/fuse.conf stops every user's mount: FAIL either way,
+    but its fix adds user_allow_other only with --allow-other; a file
+    without it is a note with no fix unless asked."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)
+    read = {"fifo": doctor.fuse_conf(str(fifo)), "plain": doctor.FuseConf(("mount_max = 10",), None, None)}
+    fixes = {}
+    for case, conf in read.items():
+        monkeypatch.setattr(doctor, "fuse_conf", lambda conf=conf: conf)
+        fixes[case] = [(check.status, check.fix) for check in (doctor.allow_other(False), doctor.allow_other(True))]
+    assert fixes["fifo"] == [("fail", "sudo mv /etc/fuse.conf /etc/fuse.conf.bad"),
+                             ("fail", f"sudo mv /etc/fuse.conf /etc/fuse.conf.bad && {doctor.ALLOW_OTHER_FIX}")]
+    assert fixes["plain"] == [("note", None), ("fail", doctor.ALLOW_OTHER_FIX)]
 
 
 def test_a_pipe_where_a_file_is_read_is_not_waited_on(tmp_path):
@@ -571,4 +616,4 @@ def test_a_pipe_over_fuse_conf_fails_as_it_stops_fusermount3(users, shared_dir, 
     assert checks_of(done.stdout)["allow_other"] == {
         "name": "allow_other", "status": "fail", "found": "/etc/fuse.conf: not a regular file: fusermount3 stops there "
         "(waits on a pipe, exits on a folder or a read error): no user can mount",
-        "fix": "sudo mv /etc/fuse.conf /etc/fuse.conf.bad && echo user_allow_other | sudo tee -a /etc/fuse.conf"}
+        "fix": "sudo mv /etc/fuse.conf /etc/fuse.conf.bad"}  # user_allow_other only when --allow-other asks

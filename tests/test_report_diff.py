@@ -24,7 +24,7 @@ from safetensors.numpy import load_file, save_file
 import ckptfs
 from ckptfs import compare
 from ckptfs.commands import build_parser, manual
-from ckptfs.report import diff_page, diff_png, grouping, write_atomic
+from ckptfs.report import diff_page, diff_png, grouping, plot, write_atomic
 from ckptfs.report.grouping import Place, place
 
 from .browser import chromium
@@ -398,6 +398,25 @@ def test_the_png_marks_what_colour_cannot_say(awkward):
     hatched = [p for p in axes.patches if p.get_hatch()]
     assert [round(p.get_y() + 0.5) for p in hatched] == [rows.index("6")]
     assert "∞" in axes.get_xlabel() and "blank: no such tensor" in axes.get_xlabel()
+
+
+def test_the_png_shows_its_labels_whole(made, awkward):
+    """The colour bar's label, the title and the legend under the axes lie
+    inside the figure as drawn, for the fine-tune pair (whose legend leaves
+    a short axes) and a grid of a single row."""
+    one_row = {"by_layer_module": {"rows": ["0"], "columns": ["mlp"], "cells": [
+        {"row": "0", "column": "mlp", "changed": True, "relative_change": 0.5}]}}
+    for report in (made[0], awkward[0], one_row):
+        drawn = diff_png.figure(report)
+        renderer = plot.matplotlib()[1](drawn).get_renderer()  # the Agg canvas the PNG is drawn on
+        drawn.draw(renderer)  # the constrained layout is made as it draws
+        heatmap, bar = drawn.axes
+        labels = [bar.yaxis.label, heatmap.xaxis.label, heatmap.title]
+        assert bar.get_ylabel() != "" and all(label.get_text() for label in labels)
+        for label in labels:
+            extent = label.get_window_extent(renderer)
+            assert drawn.bbox.x0 <= extent.x0 and extent.x1 <= drawn.bbox.x1, label.get_text()
+            assert drawn.bbox.y0 <= extent.y0 and extent.y1 <= drawn.bbox.y1, label.get_text()
 
 
 def test_a_report_that_cannot_be_finished_leaves_the_old_file(tmp_path):

@@ -229,6 +229,10 @@ def test_a_dangerous_global_is_red_and_the_verdict_dangerous(tmp_path, browser):
                       "tr => Array.from(tr.cells, td => td.textContent))")
     assert shown == [[f["global"], f["location"], f["reason"]] for f in scan["dangerous"]]
     assert opened.js("return getComputedStyle(document.querySelector('[data-verdict]')).color") == RED
+    png = run_ckptfs("info", source, "--png", tmp_path / "hooked.png", "--no-stats")  # the figure shows no verdict
+    assert (png.returncode, png.stderr) == (0, "")
+    assert (tmp_path / "hooked.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_ckptfs("info", source).returncode == 0  # plain info has no finding
 
 
 def test_checkpoint_repr_html_is_a_fragment_of_the_summary():
@@ -340,7 +344,7 @@ def test_png_without_matplotlib_is_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=f"{poisoned}{os.pathsep}{REPO}")
     done = subprocess.run([sys.executable, "-m", "ckptfs", "info", str(NEMO), "--png", str(tmp_path / "x.png"),
                            "--no-stats"], capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "ckptfs: --png needs matplotlib: pip install matplotlib, or pip install -e '.[plot]' in a clone of ckptfs"]
     assert not (tmp_path / "x.png").exists()
@@ -351,7 +355,7 @@ def test_bad_sample_and_unwritable_file_are_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == \
         "ckptfs info: error: argument --sample: '0': give a whole number, 1 or more"
     done = run_ckptfs("info", NEMO, "--html", tmp_path / "missing" / "r.html", "--no-stats")
-    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "r.html: No such file or directory" in done.stderr
 
 
@@ -461,15 +465,30 @@ def test_png_draws_every_name_as_plain_text(tmp_path):
     assert drawn.get_suptitle().startswith(f"{source} (safetensors)")
 
 
+def test_png_titles_count_in_words_one_tensor_one_parameter(tmp_path):
+    """One tensor of one element, NaN: "1 tensor, 1 parameter" and "1 tensor
+    with NaN or inf", not "1 tensors"; two tensors of 3 elements: plurals."""
+    for values, words in (([math.nan], ("1 tensor, 1 parameter", "1 tensor with")),
+                          ([math.nan, 1.0, 2.0], ("2 tensors, 6 parameters", "2 tensors with"))):
+        source = tmp_path / f"n{len(values)}.safetensors"
+        tensors = {"a.w": np.array(values, np.float32)}
+        if len(values) > 1:
+            tensors["b.w"] = np.array([np.inf, 0, 0], np.float32)
+        save_file(tensors, str(source))
+        drawn = info_png.figure({"info": json_of("info", source, "--json"), "stats": json_of("stats", source, "--json")})
+        assert drawn.get_suptitle() == f"{source} (safetensors): {words[0]}"
+        assert drawn.axes[2].get_title().startswith(words[1])
+
+
 def test_png_or_html_naming_a_folder_is_one_line(tmp_path):
     for option in ("--png", "--html"):
         done = run_ckptfs("info", NEMO, option, tmp_path, "--no-stats")
-        assert (done.returncode, done.stderr) == (1, f"ckptfs: {tmp_path}: Is a directory\n")
+        assert (done.returncode, done.stderr) == (2, f"ckptfs: {tmp_path}: Is a directory\n")
         assert list(tmp_path.iterdir()) == []
 
 
 def test_a_report_that_cannot_be_finished_leaves_the_old_file(tmp_path):
-    """A file size limit (8 KiB) stops the writing midway: one line, exit 1,
+    """A file size limit (8 KiB) stops the writing midway: one line, exit 2,
     the file that was there untouched and no temporary left beside it."""
     for option in ("--html", "--png"):
         target = tmp_path / f"old.{option[2:]}"
@@ -477,7 +496,7 @@ def test_a_report_that_cannot_be_finished_leaves_the_old_file(tmp_path):
         command = " ".join(CKPTFS + ["info", str(LIGHTNING), option, str(target), "--exact"])
         done = subprocess.run(["bash", "-c", f"trap '' XFSZ; ulimit -f 8; exec {command}"], capture_output=True,
                               text=True, timeout=TIMEOUT)
-        assert (done.returncode, done.stderr) == (1, f"ckptfs: {target}: File too large\n")
+        assert (done.returncode, done.stderr) == (2, f"ckptfs: {target}: File too large\n")
         assert target.read_text() == "previous good report\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["old.html", "old.png"][:1 + (option == "--png")])
 
@@ -493,24 +512,27 @@ def test_png_without_matplotlib_is_said_before_any_stats(monkeypatch, capsys):
     monkeypatch.setattr("ckptfs.info_report.gather", gather)
     args = argparse.Namespace(source=str(NEMO), json=False, html=None, png="x.png", sample=None, exact=True,
                               no_stats=False)
-    with pytest.raises(CkptfsError, match="needs matplotlib"):
-        info_command.run(args)
+    assert info_command.run(args) == 2
+    assert capsys.readouterr().err == "ckptfs: --png needs matplotlib\n"
 
 
 def test_report_options_alone_are_one_line():
     for option in (["--sample", "5"], ["--exact"], ["--no-stats"]):
         done = run_ckptfs("info", NEMO, *option)
-        assert (done.returncode, done.stdout) == (1, "")
+        assert (done.returncode, done.stdout) == (2, "")
         assert done.stderr == f"ckptfs: {option[0]} is for the report: give --html FILE or --png FILE too\n"
 
 
 def test_trouble_is_a_dangerous_verdict_or_a_tensor_without_stats():
+    """A verdict counts where it is shown, on the page (html), not in the figure."""
     safe = {"scan": {"verdict": "safe"}, "stats": {"tensors": [{"error": None, "nan": 3}]}}
-    assert info_command.trouble(safe) is None
-    assert info_command.trouble({"scan": {"verdict": "not scanned"}, "stats": None}) is None
+    assert info_command.trouble(safe, html=True) is None
+    assert info_command.trouble({"scan": {"verdict": "not scanned"}, "stats": None}, html=True) is None
     bad = {"scan": {"verdict": "dangerous"}, "stats": {"tensors": [{"error": "cannot read"}, {"error": None}]}}
-    assert info_command.trouble(bad) == ("the scan says dangerous (ckptfs scan -v says why); "
-                                         "1 tensor whose stats could not be made")
+    assert info_command.trouble(bad, html=True) == ("the scan says dangerous (ckptfs scan -v says why); "
+                                                    "1 tensor whose stats could not be made")
+    assert info_command.trouble(bad, html=False) == "1 tensor whose stats could not be made"
+    assert info_command.trouble({"scan": {"verdict": "dangerous"}, "stats": None}, html=False) is None
 
 
 def test_tables_by_module_and_of_globals_are_bounded(tmp_path):

@@ -149,7 +149,23 @@ def test_quantized_weights_are_measured_by_their_values_or_their_parts(tmp_path)
     assert_measured(stats["plain"], values[:1])
     assert_measured(stats["blk.0.w"], dequantized)  # bit for bit gguf's own dequantization
     raw = ckptfs.stats(tmp_path / "q.gguf", raw=True)
-    assert all(not t["dequantized"] for t in raw) and "blk.0.w" not in [t["name"] for t in raw]
+    assert all(not t["dequantized"] for t in raw) and [t["name"] for t in raw] == ["plain", "blk.0.w"]
+    assert_measured(raw["plain"], values[:1])
+
+
+def test_raw_says_what_a_gguf_block_tensor_is_and_paths_name_it(tmp_path):
+    """--raw has no measure of a GGUF's Q8_0 blocks (no stored tensor holds
+    them): the tensor is listed with its GGML type and why, not left out,
+    and PATH names it (by name, or its raw.bin) as it names any tensor."""
+    write_gguf(tmp_path / "q.gguf")
+    why = "Q8_0 blocks: no raw measure; leave out --raw for its values"
+    entry = ckptfs.stats(tmp_path / "q.gguf", raw=True)["blk.0.w"]
+    assert (entry["dtype"], entry["shape"], entry["path"], entry["error"]) == ("Q8_0", [4, 64], "blk/0/w/raw.bin", why)
+    for path in ("blk.0.w", "blk/0/w/raw.bin", "blk"):
+        done = run_ckptfs("stats", tmp_path / "q.gguf", path, "--raw")
+        assert (done.returncode, done.stderr) == (1, ""), done.stderr
+        assert done.stdout.splitlines()[1].split() == ["blk.0.w", "Q8_0", "4x64", "error:", *why.split()]
+    assert run_ckptfs("stats", tmp_path / "q.gguf", "plain", "--raw").returncode == 0
 
 
 def test_the_cli_prints_the_api_report(planted_file):

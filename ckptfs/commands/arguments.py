@@ -31,6 +31,17 @@ def open_source(text: str):
     return open_checkpoint(source_path(text), default_cache_dir())
 
 
+def positive_int(text: str) -> int:
+    """An option's whole number of 1 or more (`--sample N`, `--bins K`, `--jobs N`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 1 or more")
+    return value
+
+
 def prefix_maps(items: list[str]) -> list[tuple[str, str]]:
     """`--map OLD=NEW`, each as (OLD, NEW)."""
     maps = []

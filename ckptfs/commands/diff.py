@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-from ..errors import CkptfsError
 from . import arguments
 from .command import Command
 
@@ -37,7 +36,7 @@ def run(args) -> int:
     """Exit status as diff(1): 0 the same, 1 different, 2 trouble."""
     from .. import compare
     from ..api import open_checkpoint
-    from ..report import diff_png, page, write_atomic
+    from ..report import diff_png, page, write_report
 
     maps = arguments.prefix_maps(args.map)
     if args.png:
@@ -48,17 +47,10 @@ def run(args) -> int:
     # a name UTF-8 cannot encode (a lone surrogate) printed as its escape, as --json does
     print(json.dumps(compare.json_safe(report), indent=2) if args.json else page.visible(compare.text(report)))
     if args.html:  # each written whole or not at all: a failure leaves the previous file as it was
-        _write(args.html, lambda path: write_atomic(path, page.encoded(report.html())))
+        write_report(args.html, page.encoded(report.html()))
     if args.png:
-        _write(args.png, lambda path: diff_png.write(compare.json_safe(report), path, f"{args.a} → {args.b}"))
+        write_report(args.png, diff_png.render(compare.json_safe(report), f"{args.a} → {args.b}"))
     return 0 if report["same"] else 1
-
-
-def _write(path: str, write) -> None:
-    try:
-        write(path)
-    except OSError as e:
-        raise CkptfsError(f"{path}: {e.strerror or e}") from None
 
 
 COMMAND = Command(

@@ -10,18 +10,6 @@ from . import arguments
 from .command import Command
 
 
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 1 or more")
-    return value
-
-
 def _arguments(parser) -> None:
     arguments.source(parser)
     parser.add_argument("paths", nargs="*", metavar="PATH",
@@ -31,12 +19,12 @@ def _arguments(parser) -> None:
                         help="only the tensors whose names or paths match (repeatable)")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="leave out the tensors whose names or paths match (repeatable)")
-    parser.add_argument("--sample", type=_positive, metavar="N",
+    parser.add_argument("--sample", type=arguments.positive_int, metavar="N",
                         help="look at about N elements of each tensor, read in a few runs spread over it (the same "
                         "every time), not every element: a quick look at a large checkpoint")
-    parser.add_argument("--bins", type=_positive, metavar="K",  # None: tensor_stats.DEFAULT_BINS, not imported here
+    parser.add_argument("--bins", type=arguments.positive_int, metavar="K",  # None: tensor_stats.DEFAULT_BINS, not imported here
                         help="the histogram's number of equal bins over [min, max] (default 32)")
-    parser.add_argument("--jobs", "-j", type=_positive, metavar="N",
+    parser.add_argument("--jobs", "-j", type=arguments.positive_int, metavar="N",
                         help="tensors measured at a time (default: the number of cores)")
     parser.add_argument("--raw", action="store_true",
                         help="measure quantized weights' stored parts (their packed integers, scales...) in place "

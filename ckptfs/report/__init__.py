@@ -2,7 +2,7 @@
 plain dicts the `--json` outputs print (docs/reports.md).
 
 Every module here renders data it is handed and reads nothing: no
-checkpoint, no file, no network; `write_atomic` below is how a command
+checkpoint, no file, no network; `write_report` below is how a command
 writes what they make. page.py is the shell every report shares
 (styles, escaping, tables, colour scales, the embedded data and the small
 script that shows it lazily); each report is a module of its own beside it.
@@ -13,6 +13,17 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+
+from ..errors import CkptfsError
+
+
+def write_report(path: str, data: bytes) -> None:
+    """A report's bytes as the file `path` (`write_atomic`); a failure is
+    the one line naming the file and why."""
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise CkptfsError(f"{path}: {e.strerror or e}") from None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import math
 
-from . import write_atomic
 from .page import short
 from .plot import matplotlib, png
 
 #: inches per cell
 CELL = 0.28
-
-
-def write(report: dict, path: str, title: str = "ckptfs diff") -> None:
-    """The heatmap of `report` as a PNG file at `path`, written whole or
-    not at all (`write_atomic`)."""
-    write_atomic(path, render(report, title))
+#: the figure's least height, inches: the legend under the axes takes about
+#: two, and the colour bar's label must still fit beside what is left
+MIN_HEIGHT = 4.5
 
 
 def render(report: dict, title: str = "ckptfs diff") -> bytes:
@@ -39,7 +35,7 @@ def figure(report: dict, title: str = "ckptfs diff"):
     positive = [v for line in values for v in line if v is not None and math.isfinite(v) and v > 0]
     low, high = (min(positive), max(positive)) if positive else (1e-6, 1.0)
     high = high if high > low else low * 10
-    drawn = Figure(figsize=(min(2.5 + CELL * len(columns), 30), min(3 + CELL * len(rows), 40)), dpi=110,
+    drawn = Figure(figsize=(min(2.5 + CELL * len(columns), 30), min(max(MIN_HEIGHT, 3 + CELL * len(rows)), 40)), dpi=110,
                     layout="constrained")
     axes = drawn.add_subplot()
     shown = [[_shown(v, low, high) for v in line] for line in values]
@@ -53,7 +49,7 @@ def figure(report: dict, title: str = "ckptfs diff"):
     axes.set_xlabel(f"module\n\n{LEGEND}", fontsize=8)
     axes.set_ylabel("layer")
     axes.set_title(title, fontsize=9, parse_math=False)
-    drawn.colorbar(image, ax=axes, label="relative change ‖B−A‖/‖A‖ (log scale)")
+    drawn.colorbar(image, ax=axes).set_label("relative change ‖B−A‖/‖A‖, log", fontsize=8)
     return drawn
 
 

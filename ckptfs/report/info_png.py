@@ -6,7 +6,7 @@ surrogate as its escape."""
 
 from __future__ import annotations
 
-from . import write_atomic
+from ..humanize import plural
 from .page import short, visible
 from .plot import matplotlib, png
 from .stats_page import nonfinite
@@ -50,10 +50,10 @@ def figure(report: dict):
     _panel(axes[1], "parameters by dtype", *_bars(info["by_dtype"]), "#55a868")
     if bad:
         shown = bad[:MAX_NONFINITE][::-1]
-        _panel(axes[2], f"{len(bad):,} tensors with NaN or inf", [t["name"] for t in shown],
+        _panel(axes[2], f"{plural(len(bad), 'tensor', spec=',')} with NaN or inf", [t["name"] for t in shown],
                [nonfinite(t) for t in shown], "#c44e52", unit="NaN + inf elements")
-    drawn.suptitle(visible(f"{info['source']} ({info['format']}): {info['tensors']:,} tensors, "
-                           f"{info['parameters']:,} parameters"), fontsize=10, parse_math=False)
+    counts = f"{plural(info['tensors'], 'tensor', spec=',')}, {plural(info['parameters'], 'parameter', spec=',')}"
+    drawn.suptitle(visible(f"{info['source']} ({info['format']}): {counts}"), fontsize=10, parse_math=False)
     return drawn
 
 
@@ -61,7 +61,3 @@ def render(report: dict) -> bytes:
     """The figure of an info report as PNG bytes."""
     return png(lambda: figure(report), "the info figure")
 
-
-def write(report: dict, path: str) -> None:
-    """The figure as a PNG file at `path`, written whole or not at all (`write_atomic`)."""
-    write_atomic(path, render(report))

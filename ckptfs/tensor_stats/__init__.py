@@ -77,13 +77,31 @@ def _entry(ckpt: Checkpoint, task: Task, sample: int | None, bins: int) -> dict:
         return {**head, **failed, "error": _one_line(e)}
 
 
+def blocks(ckpt: Checkpoint) -> list[TensorInfo]:
+    """A GGUF's block-quantized tensors as `--raw` lists them: no stored
+    tensor holds them (their blocks are a `raw.bin` no NumPy dtype reads),
+    so each is its blocks' path, its GGML type (Q4_K...) as its dtype, and
+    the shape of its values."""
+    return [TensorInfo(q.name, q.raw_path, q.kind, tuple(q.shape), math.prod(q.raw_shape))
+            for q in ckpt._parsed.quantized if q.raw_path is not None and not q.members]
+
+
+def unmeasured(info: TensorInfo) -> str:
+    """Why `--raw` has no measures for a GGUF's block-quantized tensor."""
+    return f"{info.dtype} blocks: no raw measure; leave out --raw for its values"
+
+
 def selected(ckpt: Checkpoint, paths: list[str], include: list[str], exclude: list[str],
              raw: bool) -> list[tuple[TensorInfo, bool]]:
     """(tensor, whether it is a dequantized view) of the tensors asked for,
     in the checkpoint's order: all, or those `paths` name (a dotted name,
-    a `.npy` path of the tree, or a folder of it), matching the globs."""
+    a `.npy` path of the tree, or a folder of it), matching the globs.
+    With `raw`, a GGUF's block-quantized tensors are among them (`blocks`),
+    to be said unmeasured, not left out."""
     stored = {t.path for t in ckpt.tensors()}
     tensors = [(t, t.path not in stored) for t in ckpt.tensors(dequantized=not raw)]
+    if raw:
+        tensors += [(t, False) for t in blocks(ckpt)]
     if paths:
         wanted = set()
         for asked in paths:
@@ -161,8 +179,9 @@ def compute(source: str | os.PathLike | Checkpoint, paths: list[str] | None = No
     if not 1 <= bins <= MAX_BINS:
         raise CkptfsError(f"--bins {bins}: give between 1 and {MAX_BINS:,} bins")
     ckpt = source if isinstance(source, Checkpoint) else open_checkpoint(source)
-    tasks = [_task(ckpt, info, dequantized) for info, dequantized in
-             selected(ckpt, list(paths or ()), list(include), list(exclude), raw)]
+    unread = {t.path for t in blocks(ckpt)} if raw else set()
+    tasks = [Task(info, False, None, unmeasured(info)) if info.path in unread else _task(ckpt, info, dequantized)
+             for info, dequantized in selected(ckpt, list(paths or ()), list(include), list(exclude), raw)]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))  # each holds up to ~130 MiB of work (docs/cli.md)
     with ThreadPoolExecutor(workers) as pool:
         entries = list(pool.map(lambda task: _entry(ckpt, task, sample, bins), tasks))
