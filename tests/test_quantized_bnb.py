@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 
+import ml_dtypes  # noqa: F401 (np.load of bfloat16 values)
 import numpy as np
 import pytest
 import torch
@@ -72,8 +73,31 @@ def reference(folder) -> dict[str, torch.Tensor]:
             values[name] = F.int8_vectorwise_dequant(stored[name], stored[name[: -len("weight")] + "SCB"]).to(dtype)
         else:
             state = {k[len(name) + 1:]: v for k, v in stored.items() if k.startswith(name + ".")}
-            values[name] = F.dequantize_4bit(stored[name], F.QuantState.from_dict(state, torch.device("cpu")))
+            values[name] = _dequantize_4bit(stored[name], F.QuantState.from_dict(state, torch.device("cpu")))
     return values
+
+
+def _dequantize_4bit(packed: torch.Tensor, state) -> torch.Tensor:
+    """`F.dequantize_4bit` through bitsandbytes's device-independent kernel
+    (blocks over the flat tensor, as its CUDA kernel places them), not its
+    CPU one: on a CPU with AVX-512, bitsandbytes 0.50's C++ CPU kernel
+    places blocks row by row and gives other values where a row is not a
+    whole number of blocks (its own Linear4bit forward refuses such a
+    weight on that CPU: `_convert_weight_packed_for_cpu`). Its fp4 table
+    writes the code 0b1000 as +0 (the integer `-0`), where the CUDA kernel
+    (dDequantizeFP4Tree) and the CPU one give -0: -0 here too."""
+    import bitsandbytes.functional as F
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    absmax = state.absmax
+    if state.nested:  # as F.dequantize_4bit does
+        absmax = (F.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
+    code = _get_4bit_code(state.quant_type, packed.device).clone()
+    if state.quant_type == "fp4":
+        code[0b1000] = -0.0
+    return _dequantize_4bit_compute(packed.view(torch.uint8).reshape(-1), absmax, code, state.blocksize, state.shape,
+                                    state.dtype)
 
 
 def _bits(tensor: torch.Tensor) -> bytes:
