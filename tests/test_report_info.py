@@ -523,16 +523,16 @@ def test_report_options_alone_are_one_line():
         assert done.stderr == f"ckptfs: {option[0]} is for the report: give --html FILE or --png FILE too\n"
 
 
-def test_trouble_is_a_dangerous_verdict_or_a_tensor_without_stats():
+def test_a_finding_is_a_dangerous_verdict_or_a_tensor_without_stats():
     """A verdict counts where it is shown, on the page (html), not in the figure."""
     safe = {"scan": {"verdict": "safe"}, "stats": {"tensors": [{"error": None, "nan": 3}]}}
-    assert info_command.trouble(safe, html=True) is None
-    assert info_command.trouble({"scan": {"verdict": "not scanned"}, "stats": None}, html=True) is None
+    assert info_command.findings(safe, html=True) is None
+    assert info_command.findings({"scan": {"verdict": "not scanned"}, "stats": None}, html=True) is None
     bad = {"scan": {"verdict": "dangerous"}, "stats": {"tensors": [{"error": "cannot read"}, {"error": None}]}}
-    assert info_command.trouble(bad, html=True) == ("the scan says dangerous (ckptfs scan -v says why); "
+    assert info_command.findings(bad, html=True) == ("the scan says dangerous (ckptfs scan -v says why); "
                                                     "1 tensor whose stats could not be made")
-    assert info_command.trouble(bad, html=False) == "1 tensor whose stats could not be made"
-    assert info_command.trouble({"scan": {"verdict": "dangerous"}, "stats": None}, html=False) is None
+    assert info_command.findings(bad, html=False) == "1 tensor whose stats could not be made"
+    assert info_command.findings({"scan": {"verdict": "dangerous"}, "stats": None}, html=False) is None
 
 
 def test_tables_by_module_and_of_globals_are_bounded(tmp_path):

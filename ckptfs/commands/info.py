@@ -69,7 +69,7 @@ def _for_the_report_alone(args) -> str | None:
     return None
 
 
-def trouble(report: dict, html: bool) -> str | None:
+def findings(report: dict, html: bool) -> str | None:
     """What the report shows that `ckptfs scan` or `ckptfs stats` would exit
     1 for, in a line (None if nothing): tensors whose stats could not be
     made, and with `html` (the page shows the verdict, the figure does not)
@@ -100,7 +100,7 @@ def run(args) -> int:
         print(f"ckptfs: {e}", file=sys.stderr)
         return TROUBLE
     print(json.dumps(report["info"], indent=2) if args.json else checkpoint_info.text(report["info"]))
-    found = trouble(report, bool(args.html))
+    found = findings(report, bool(args.html))
     if found:
         print(f"ckptfs: the report is written; it found {found}", file=sys.stderr)
     return 1 if found else 0
