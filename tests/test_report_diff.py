@@ -449,6 +449,14 @@ def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
 
 
+def test_write_atomic_takes_a_name_as_long_as_the_file_system_allows(tmp_path):
+    """The temporary beside a 250-byte name stays within NAME_MAX (it was
+    `.NAME.RANDOM.tmp`: ENAMETOOLONG for a name the target itself could have)."""
+    target = tmp_path / ("r" * 245 + ".html")
+    write_atomic(target, b"page")
+    assert target.read_bytes() == b"page" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -15,6 +15,7 @@ import stat
 import tempfile
 
 from ..errors import CkptfsError
+from ..sources.pathnames import temp_prefix
 
 
 def write_report(path: str, data: bytes) -> None:
@@ -44,7 +45,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             out.write(data)
         return
     folder, name = os.path.split(os.path.abspath(target))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    descriptor, temporary = tempfile.mkstemp(prefix=temp_prefix(name, ".tmp"), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(descriptor, "wb") as out:
             out.write(data)
